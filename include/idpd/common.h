@@ -1,0 +1,83 @@
+/*
+ * common.h - the project-wide error codes, diagnostics and allocation rules.
+ *
+ * Every function that can fail returns an idp_err (0 or a negative code) or
+ * NULL with a struct idp_diag filled in.  Detail text travels in the diag,
+ * never in the code.  Out of memory aborts the process with a message: every
+ * input-driven size is bounded elsewhere, so OOM means the machine is gone.
+ */
+#ifndef IDPD_COMMON_H
+#define IDPD_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDP_WUR __attribute__((warn_unused_result))
+#define IDP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define IDP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Test builds reach static functions through this macro: a test defines
+ * IDP_TESTING and the function becomes visible.
+ */
+#ifdef IDP_TESTING
+#define IDP_STATIC
+#else
+#define IDP_STATIC static
+#endif
+
+typedef enum idp_err {
+	IDP_OK = 0,
+	IDP_EINVAL = -1,      /* malformed input (syntax, shape, limits) */
+	IDP_EUNPROCESSABLE = -2, /* well-formed but semantically invalid */
+	IDP_ENOTFOUND = -3,
+	IDP_ECONFLICT = -4,   /* duplicate, or state forbids the change */
+	IDP_EPRECOND = -5,    /* If-Match / version mismatch */
+	IDP_EUNAUTH = -6,     /* no or bad credentials */
+	IDP_EFORBIDDEN = -7,  /* authenticated but not allowed */
+	IDP_ETOOBIG = -8,     /* a size limit was exceeded */
+	IDP_EUNAVAIL = -9,    /* a dependency is down: fail closed */
+	IDP_EIO = -10,        /* file or socket error */
+	IDP_EINTERNAL = -11,  /* a bug or an impossible state */
+} idp_err;
+
+/* Stable lower-case name of an error code ("invalid", "not_found", ...). */
+const char *idp_err_name(int err);
+
+/*
+ * A diagnostic: zero or more lines of human-readable detail.  Bounded to
+ * IDP_DIAG_MAX bytes; lines beyond that are counted but dropped.
+ */
+#define IDP_DIAG_MAX 16384
+struct idp_diag {
+	char text[IDP_DIAG_MAX];
+	size_t len;
+	unsigned count;   /* lines added, including dropped ones */
+};
+
+void idp_diag_init(struct idp_diag *d);
+/* Append one line (no trailing newline needed).  Never fails. */
+void idp_diag_add(struct idp_diag *d, const char *fmt, ...) IDP_PRINTF(2, 3);
+void idp_diag_vadd(struct idp_diag *d, const char *fmt, va_list ap) IDP_PRINTF(2, 0);
+/* The text, "" when empty; valid until the next add or init. */
+const char *idp_diag_str(const struct idp_diag *d);
+
+/* Allocation that cannot fail: abort with a message on OOM. */
+void *idp_xmalloc(size_t n);
+void *idp_xcalloc(size_t nmemb, size_t size);
+void *idp_xrealloc(void *p, size_t n);
+char *idp_xstrdup(const char *s);
+char *idp_xstrndup(const char *s, size_t n);
+char *idp_xasprintf(const char *fmt, ...) IDP_PRINTF(1, 2);
+
+/* Overwrite a secret so the compiler cannot elide it. */
+void idp_wipe(void *p, size_t n);
+
+/* Constant-time equality of two byte strings of equal length n. */
+int idp_ct_equal(const void *a, const void *b, size_t n);
+
+/* strerror_r wrapper that always yields a string. */
+const char *idp_strerror(int errnum, char *buf, size_t len);
+
+#endif /* IDPD_COMMON_H */

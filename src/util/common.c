@@ -1,0 +1,171 @@
+/*
+ * common.c - error names, diagnostics, allocation that cannot fail, and the
+ * small secret-handling helpers every module shares.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "idpd/common.h"
+
+const char *
+idp_err_name(int err)
+{
+	switch (err) {
+	case IDP_OK: return "ok";
+	case IDP_EINVAL: return "invalid";
+	case IDP_EUNPROCESSABLE: return "unprocessable";
+	case IDP_ENOTFOUND: return "not_found";
+	case IDP_ECONFLICT: return "conflict";
+	case IDP_EPRECOND: return "precondition_failed";
+	case IDP_EUNAUTH: return "unauthorized";
+	case IDP_EFORBIDDEN: return "forbidden";
+	case IDP_ETOOBIG: return "too_large";
+	case IDP_EUNAVAIL: return "unavailable";
+	case IDP_EIO: return "io_error";
+	case IDP_EINTERNAL: return "internal";
+	}
+	return "unknown";
+}
+
+void
+idp_diag_init(struct idp_diag *d)
+{
+	d->text[0] = '\0';
+	d->len = 0;
+	d->count = 0;
+}
+
+void
+idp_diag_vadd(struct idp_diag *d, const char *fmt, va_list ap)
+{
+	size_t room;
+	int n;
+
+	d->count++;
+	/* Leave room for the separating newline and the NUL. */
+	if (d->len + 2 >= sizeof(d->text))
+		return;
+	if (d->len > 0)
+		d->text[d->len++] = '\n';
+	room = sizeof(d->text) - d->len;
+	n = vsnprintf(d->text + d->len, room, fmt, ap);
+	if (n < 0) {
+		d->text[d->len] = '\0';
+		return;
+	}
+	d->len += (size_t)n < room ? (size_t)n : room - 1;
+}
+
+void
+idp_diag_add(struct idp_diag *d, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	idp_diag_vadd(d, fmt, ap);
+	va_end(ap);
+}
+
+const char *
+idp_diag_str(const struct idp_diag *d)
+{
+	return d->text;
+}
+
+static void
+oom(size_t n)
+{
+	char msg[96];
+	int len = snprintf(msg, sizeof(msg), "idpd: out of memory allocating %zu bytes\n", n);
+
+	if (len > 0 && write(STDERR_FILENO, msg, (size_t)len) < 0) {
+		/* Nothing more can be done; abort regardless. */
+	}
+	abort();
+}
+
+void *
+idp_xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+
+	if (p == NULL)
+		oom(n);
+	return p;
+}
+
+void *
+idp_xcalloc(size_t nmemb, size_t size)
+{
+	void *p = calloc(nmemb ? nmemb : 1, size ? size : 1);
+
+	if (p == NULL)
+		oom(nmemb * size);
+	return p;
+}
+
+void *
+idp_xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+
+	if (q == NULL)
+		oom(n);
+	return q;
+}
+
+char *
+idp_xstrdup(const char *s)
+{
+	return idp_xstrndup(s, strlen(s));
+}
+
+char *
+idp_xstrndup(const char *s, size_t n)
+{
+	char *p = idp_xmalloc(n + 1);
+
+	memcpy(p, s, n);
+	p[n] = '\0';
+	return p;
+}
+
+char *
+idp_xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *p = NULL;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&p, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		oom(0);
+	return p;
+}
+
+void
+idp_wipe(void *p, size_t n)
+{
+	if (p != NULL)
+		OPENSSL_cleanse(p, n);
+}
+
+int
+idp_ct_equal(const void *a, const void *b, size_t n)
+{
+	return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+const char *
+idp_strerror(int errnum, char *buf, size_t len)
+{
+	/* _GNU_SOURCE gives the GNU strerror_r, which may return a static string. */
+	return strerror_r(errnum, buf, len);
+}

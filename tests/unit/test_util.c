@@ -1,0 +1,141 @@
+/*
+ * Unit tests for src/util: buffers, diagnostics, durations, time format,
+ * constant-time comparison.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "idpd/buf.h"
+#include "idpd/clock.h"
+#include "idpd/common.h"
+
+static void
+buf_append_respects_cap(void **state)
+{
+	struct idp_buf b;
+
+	(void)state;
+	idp_buf_init(&b, 8);
+	assert_int_equal(idp_buf_puts(&b, "abcd"), IDP_OK);
+	assert_int_equal(idp_buf_printf(&b, "%d", 1234), IDP_OK);
+	assert_string_equal(idp_buf_str(&b), "abcd1234");
+	assert_int_equal(idp_buf_putc(&b, 'x'), IDP_ETOOBIG);
+	/* A refused append leaves the contents unchanged. */
+	assert_string_equal(idp_buf_str(&b), "abcd1234");
+	assert_int_equal(b.len, 8);
+	idp_buf_cleanup(&b);
+}
+
+static void
+buf_take_hands_over_storage(void **state)
+{
+	struct idp_buf b;
+	size_t len;
+	char *s;
+
+	(void)state;
+	idp_buf_init(&b, 0);
+	s = idp_buf_take(&b, &len);
+	assert_string_equal(s, "");
+	assert_int_equal(len, 0);
+	free(s);
+	assert_int_equal(idp_buf_puts(&b, "hello"), IDP_OK);
+	s = idp_buf_take(&b, &len);
+	assert_string_equal(s, "hello");
+	assert_int_equal(len, 5);
+	assert_null(b.data);
+	free(s);
+	idp_buf_cleanup(&b);
+}
+
+static void
+diag_joins_lines_and_bounds_size(void **state)
+{
+	struct idp_diag d;
+
+	(void)state;
+	idp_diag_init(&d);
+	assert_string_equal(idp_diag_str(&d), "");
+	idp_diag_add(&d, "a:%d", 1);
+	idp_diag_add(&d, "b");
+	assert_string_equal(idp_diag_str(&d), "a:1\nb");
+	assert_int_equal(d.count, 2);
+	for (int i = 0; i < 5000; i++)
+		idp_diag_add(&d, "line %d is here", i);
+	assert_true(d.len < IDP_DIAG_MAX);
+	assert_int_equal(strlen(d.text), d.len);
+	assert_int_equal(d.count, 5002);
+}
+
+static void
+duration_parse_accepts_units_only(void **state)
+{
+	int64_t ms = -1;
+
+	(void)state;
+	assert_int_equal(idp_duration_parse("15m", &ms), IDP_OK);
+	assert_int_equal(ms, 15 * 60 * 1000);
+	assert_int_equal(idp_duration_parse("1h", &ms), IDP_OK);
+	assert_int_equal(ms, 3600000);
+	assert_int_equal(idp_duration_parse("250ms", &ms), IDP_OK);
+	assert_int_equal(ms, 250);
+	assert_int_equal(idp_duration_parse("7d", &ms), IDP_OK);
+	assert_int_equal(ms, 7LL * 86400000);
+	assert_int_equal(idp_duration_parse("15", &ms), IDP_EINVAL);
+	assert_int_equal(idp_duration_parse("-1s", &ms), IDP_EINVAL);
+	assert_int_equal(idp_duration_parse("1h30m", &ms), IDP_EINVAL);
+	assert_int_equal(idp_duration_parse("", &ms), IDP_EINVAL);
+	assert_int_equal(idp_duration_parse("m", &ms), IDP_EINVAL);
+	assert_int_equal(idp_duration_parse("99999999999999999999s", &ms), IDP_EINVAL);
+}
+
+static void
+time_format_is_rfc3339_utc_ms(void **state)
+{
+	char out[32];
+
+	(void)state;
+	idp_time_format(1774621523456LL, out);
+	assert_string_equal(out, "2026-03-27T14:25:23.456Z");
+}
+
+static void
+fixed_clock_does_not_move(void **state)
+{
+	struct idp_clock c;
+
+	(void)state;
+	idp_clock_fixed(&c, 42);
+	assert_int_equal(idp_now_ms(&c), 42);
+	assert_int_equal(idp_now_ms(&c), 42);
+	assert_true(idp_now_ms(idp_clock_system()) > 1700000000000LL);
+}
+
+static void
+ct_equal_compares_bytes(void **state)
+{
+	(void)state;
+	assert_true(idp_ct_equal("abc", "abc", 3));
+	assert_false(idp_ct_equal("abc", "abd", 3));
+	assert_true(idp_ct_equal("", "", 0));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(buf_append_respects_cap),
+		cmocka_unit_test(buf_take_hands_over_storage),
+		cmocka_unit_test(diag_joins_lines_and_bounds_size),
+		cmocka_unit_test(duration_parse_accepts_units_only),
+		cmocka_unit_test(time_format_is_rfc3339_utc_ms),
+		cmocka_unit_test(fixed_clock_does_not_move),
+		cmocka_unit_test(ct_equal_compares_bytes),
+	};
+	return cmocka_run_group_tests_name("util", tests, NULL, NULL);
+}
