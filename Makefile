@@ -30,7 +30,7 @@ CFLAGS_ALL = $(STD) $(WARN) $(OPT) $(SAN) $(DEFS) -Iinclude $(PKG_CFLAGS) -pthre
 LDLIBS_ALL = $(SAN) $(PKG_LIBS) -pthread -lm
 
 # Filled in by the module files.
-LIB_SRCS          =
+LIB_SRCS          = src/app.c
 UNIT_TESTS        =
 INTEGRATION_TESTS =
 FUZZ_TARGETS      =
@@ -59,19 +59,21 @@ bin/idpd: $(IDPD)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/tobj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -DIDP_TESTING $(TEST_CFLAGS) -c $< -o $@
+	@echo "  CC [t]  $<"
+	@$(CC) $(CFLAGS_ALL) -DIDP_TESTING $(TEST_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(TLIB): $(TLIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(IDPD): $(BUILD)/obj/$(MAIN_SRC:.c=.o) $(LIB)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)

@@ -1,11 +1,345 @@
 /*
- * main.c - placeholder while the daemon is assembled.
+ * main.c - idpd's command line: serve, migrate, check-config, version.
+ *
+ * serve: load the configuration, make sure the schema is current, open the
+ * pool and the listener, start HTTP, then wait for signals on the main
+ * thread.  Every other thread is started with SIGINT, SIGTERM and SIGHUP
+ * blocked, so sigwait() here is the one place that sees them.
  */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "idpd/app.h"
+#include "idpd/clock.h"
+#include "idpd/config.h"
+#include "idpd/http.h"
+#include "idpd/log.h"
+#include "idpd/store.h"
+
+#ifndef IDPD_VERSION
+#define IDPD_VERSION "0.1.0"
+#endif
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: idpd serve --config FILE [--migrate]\n"
+		   "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
+		   "       idpd check-config FILE\n"
+		   "       idpd check-config --keys\n"
+		   "       idpd version\n");
+}
+
+static struct idpd_config *
+load_config(const char *path)
+{
+	struct idpd_config *cfg = NULL;
+	struct idp_diag diag;
+
+	idp_diag_init(&diag);
+	if (idpd_config_load(path, &cfg, &diag) != IDP_OK) {
+		fprintf(stderr, "%s\n", idp_diag_str(&diag));
+		fprintf(stderr, "idpd: %u error(s) in %s\n", diag.count, path);
+		return NULL;
+	}
+	return cfg;
+}
+
+/* idpd check-config FILE | --keys */
+static int
+cmd_check_config(int argc, char **argv)
+{
+	struct idpd_config *cfg;
+
+	if (argc != 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "--keys") == 0) {
+		idpd_config_describe(STDOUT_FILENO);
+		return 0;
+	}
+	cfg = load_config(argv[1]);
+	if (cfg == NULL)
+		return 1;
+	printf("%s: ok\n", argv[1]);
+	idpd_config_free(cfg);
+	return 0;
+}
+
+static int
+run_migrations(const char *url, const char *dir)
+{
+	struct idp_diag diag;
+	int applied = 0;
+
+	idp_diag_init(&diag);
+	if (store_migrate(url, dir, &applied, &diag) != IDP_OK) {
+		fprintf(stderr, "idpd: migrate: %s\n", idp_diag_str(&diag));
+		return 1;
+	}
+	log_info("migrate: %d migration(s) applied; schema is current", applied);
+	return 0;
+}
+
+/* idpd migrate (--config FILE | --database-url URL) [--migrations DIR] */
+static int
+cmd_migrate(int argc, char **argv)
+{
+	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+					     {"database-url", required_argument, NULL, 'd'},
+					     {"migrations", required_argument, NULL, 'm'},
+					     {NULL, 0, NULL, 0}};
+	const char *config = NULL, *url = NULL, *dir = NULL;
+	struct idpd_config *cfg = NULL;
+	int c, rc;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': config = optarg; break;
+		case 'd': url = optarg; break;
+		case 'm': dir = optarg; break;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc || (config == NULL) == (url == NULL)) {
+		usage(stderr);
+		return 2;
+	}
+	if (config != NULL) {
+		cfg = load_config(config);
+		if (cfg == NULL)
+			return 1;
+		url = cfg->database.url;
+		if (dir == NULL)
+			dir = cfg->node.migrations_dir;
+	}
+	rc = run_migrations(url, dir ? dir : "migrations");
+	idpd_config_free(cfg);
+	return rc;
+}
+
+static int
+check_schema(struct idpd_app *app)
+{
+	struct store_conn *c;
+	int v;
+
+	if (store_acquire(app->store, &c) != IDP_OK) {
+		log_error("cannot reach PostgreSQL; not starting (check database.url)");
+		return -1;
+	}
+	v = store_schema_version(c);
+	store_release(app->store, c);
+	if (v < 0) {
+		log_error("cannot read the schema version; not starting");
+		return -1;
+	}
+	if (v < app->schema_expected) {
+		log_error("the database schema is at version %d but this idpd needs %d: run "
+			  "`idpd migrate --config FILE`, or start with --migrate",
+			  v, app->schema_expected);
+		return -1;
+	}
+	if (v > app->schema_expected)
+		log_warn("the database schema (%d) is newer than this idpd (%d)", v,
+			 app->schema_expected);
+	return 0;
+}
+
+static void
+reload(struct idpd_app *app)
+{
+	struct idpd_config *next = NULL;
+	struct idp_diag diag;
+
+	idp_diag_init(&diag);
+	if (idpd_config_load(app->cfg->path, &next, &diag) != IDP_OK) {
+		log_error("reload: %s; keeping the running configuration", idp_diag_str(&diag));
+		return;
+	}
+	if (app_run_reload_hooks(app, next, &diag) != 0) {
+		log_error("reload: %s; components that failed keep their state",
+			  idp_diag_str(&diag));
+	}
+	{
+		int lvl = idp_log_level_parse(next->log.level);
+
+		if (lvl >= 0)
+			idp_log_set_level((enum idp_log_level)lvl);
+	}
+	/* Components copied what they need, so the old config can go. */
+	idpd_config_free(app->cfg);
+	app->cfg = next;
+	log_info("reload: done");
+}
+
+/* idpd serve --config FILE [--migrate] */
+static int
+cmd_serve(int argc, char **argv)
+{
+	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+					     {"migrate", no_argument, NULL, 'm'},
+					     {NULL, 0, NULL, 0}};
+	struct idpd_app app;
+	struct http_server_opts ho;
+	struct http_router *router;
+	struct idp_diag diag;
+	struct store_opts so;
+	const char *config = NULL;
+	bool migrate = false;
+	sigset_t sigs;
+	int c, sig, rc = 1, left;
+	char host[64];
+
+	memset(&app, 0, sizeof(app));
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': config = optarg; break;
+		case 'm': migrate = true; break;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (config == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	app.cfg = load_config(config);
+	if (app.cfg == NULL)
+		return 1;
+	{
+		int lvl = idp_log_level_parse(app.cfg->log.level);
+
+		idp_log_set_level(lvl >= 0 ? (enum idp_log_level)lvl : IDP_LOG_INFO);
+	}
+	app.started_ms = idp_now_ms(idp_clock_system());
+	if (app.cfg->node.instance_id[0] != '\0') {
+		snprintf(app.instance_id, sizeof(app.instance_id), "%s", app.cfg->node.instance_id);
+	} else {
+		if (gethostname(host, sizeof(host)) != 0)
+			snprintf(host, sizeof(host), "localhost");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(app.instance_id, sizeof(app.instance_id), "%s:%d", host, (int)getpid());
+	}
+
+	/* Block the signals before any thread exists, so all threads inherit
+	 * the mask and only sigwait() below sees them. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	idp_diag_init(&diag);
+	app.schema_expected = store_migrations_latest(app.cfg->node.migrations_dir, &diag);
+	if (app.schema_expected < 0) {
+		log_error("migrations: %s", idp_diag_str(&diag));
+		goto done;
+	}
+	if (migrate && run_migrations(app.cfg->database.url, app.cfg->node.migrations_dir) != 0)
+		goto done;
+
+	so.url = app.cfg->database.url;
+	so.pool_size = app.cfg->database.pool_size;
+	so.connect_timeout_ms = app.cfg->database.connect_timeout_ms;
+	so.acquire_timeout_ms = app.cfg->database.acquire_timeout_ms;
+	so.statement_timeout_ms = app.cfg->database.statement_timeout_ms;
+	app.store = store_open(&so);
+	if (check_schema(&app) != 0)
+		goto done;
+	app.listener = store_listener_new(app.cfg->database.url);
+	store_register_metrics(app.store, app.listener);
+
+	router = http_router_new();
+	if (ops_routes(router, &app) != IDP_OK) {
+		log_error("bug: cannot register routes");
+		http_router_free(router);
+		goto done;
+	}
+	if (store_listener_start(app.listener) != IDP_OK) {
+		log_error("cannot start the listener thread");
+		http_router_free(router);
+		goto done;
+	}
+
+	ho.listen = app.cfg->server.listen;
+	ho.port = app.cfg->server.port;
+	ho.threads = app.cfg->server.threads > 0 ? app.cfg->server.threads
+						 : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (ho.threads < 1)
+		ho.threads = 1;
+	ho.max_body = (size_t)app.cfg->server.max_body;
+	ho.max_connections = app.cfg->server.max_connections;
+	ho.connection_timeout_s = (int)(app.cfg->server.connection_timeout_ms / 1000);
+	ho.json_max_depth = app.cfg->server.json_max_depth;
+	ho.access_log = app.cfg->log.access;
+	idp_diag_init(&diag);
+	app.http = http_server_start(&ho, router, &diag);
+	if (app.http == NULL) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
+	log_info("idpd %s listening on %s:%d with %d thread(s), instance %s", IDPD_VERSION,
+		 ho.listen, ho.port, ho.threads, app.instance_id);
+
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_info("SIGHUP: reloading %s", app.cfg->path);
+			reload(&app);
+			continue;
+		}
+		log_info("%s: draining (up to %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+			 (long long)app.cfg->server.shutdown_timeout_ms);
+		break;
+	}
+	left = http_server_stop(app.http, app.cfg->server.shutdown_timeout_ms);
+	app.http = NULL;
+	if (left > 0)
+		log_warn("shutdown: %d request(s) still in flight were cut off", left);
+	rc = 0;
+done:
+	if (app.http != NULL)
+		http_server_stop(app.http, 0);
+	store_listener_free(app.listener);
+	store_close(app.store);
+	idpd_config_free(app.cfg);
+	if (rc == 0)
+		log_info("stopped");
+	return rc;
+}
 
 int
-main(void)
+main(int argc, char **argv)
 {
-	fprintf(stderr, "idpd: not yet assembled\n");
-	return 1;
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "serve") == 0)
+		return cmd_serve(argc - 1, argv + 1);
+	if (strcmp(argv[1], "migrate") == 0)
+		return cmd_migrate(argc - 1, argv + 1);
+	if (strcmp(argv[1], "check-config") == 0)
+		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+		printf("idpd %s\n", IDPD_VERSION);
+		return 0;
+	}
+	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "idpd: unknown command \"%s\"\n", argv[1]);
+	usage(stderr);
+	return 2;
 }

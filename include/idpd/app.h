@@ -1,0 +1,45 @@
+/*
+ * app.h - the running process: configuration, store, listener, HTTP server,
+ * and the reload hooks that SIGHUP runs.
+ *
+ * main() owns the one struct idpd_app.  Components keep a pointer to it for
+ * the process lifetime.  cfg is replaced only on the main thread, during a
+ * reload, after every hook has accepted the new configuration; workers read
+ * the values they need at start-up or take their own snapshots.
+ */
+#ifndef IDPD_APP_H
+#define IDPD_APP_H
+
+#include "idpd/config.h"
+#include "idpd/http.h"
+#include "idpd/store.h"
+
+struct idpd_app {
+	struct idpd_config *cfg;
+	struct store *store;
+	struct store_listener *listener;
+	struct http_server *http;
+	int schema_expected;   /* latest migration shipped with this binary */
+	int64_t started_ms;
+	char instance_id[128];
+};
+
+/*
+ * A reload hook gets the new configuration before it takes effect.  It
+ * returns IDP_OK having switched to it, or an error with diag filled, in
+ * which case it must keep its old state.  Hooks run on the main thread.
+ */
+typedef int (*app_reload_fn)(struct idpd_app *app, const struct idpd_config *next, void *ctx,
+			     struct idp_diag *diag);
+
+/* Register before the server starts; IDP_ETOOBIG past a fixed number. */
+int app_on_reload(app_reload_fn fn, void *ctx) IDP_WUR;
+
+/* Run every hook; returns the number that failed. */
+int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
+			 struct idp_diag *diag);
+
+/* Add the ops routes (/healthz, /readyz, /metrics) to r. */
+int ops_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+
+#endif /* IDPD_APP_H */

@@ -1,0 +1,187 @@
+/*
+ * http.h - the HTTP front: libmicrohttpd server, router, request and response
+ * helpers, problem+json errors, JSON intake with limits, access log and
+ * request metrics.
+ *
+ * The server owns the MHD daemon and one struct http_req per request.  A
+ * request's memory (its arena, body, headers it copied) is released in MHD's
+ * completion callback, so handlers rarely free anything.  Handlers run on
+ * MHD's pool threads ("any worker") and must answer exactly once through one
+ * of the http_reply_* functions; a handler that returns without answering
+ * gets a 500, which is logged as a bug.
+ */
+#ifndef IDPD_HTTP_H
+#define IDPD_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "idpd/arena.h"
+#include "idpd/common.h"
+
+struct http_server;
+struct http_router;
+struct http_req;
+
+enum http_method {
+	HTTP_GET = 1 << 0,
+	HTTP_HEAD = 1 << 1,
+	HTTP_POST = 1 << 2,
+	HTTP_PUT = 1 << 3,
+	HTTP_PATCH = 1 << 4,
+	HTTP_DELETE = 1 << 5,
+	HTTP_OPTIONS = 1 << 6,
+};
+
+/* Parse "GET" etc.; 0 for a method idpd does not serve. */
+unsigned http_method_parse(const char *s);
+const char *http_method_name(unsigned m);
+
+typedef void (*http_handler)(struct http_req *req, void *ctx);
+
+/* ---- router (no MHD dependency; unit-tested alone) ---- */
+
+#define HTTP_MAX_PARAMS 4
+#define HTTP_MAX_ROUTES 128
+
+struct http_match {
+	int route;       /* index, or -1 */
+	int status;      /* 0 on match, 404 or 405 otherwise */
+	unsigned allow;  /* for 405: methods the path accepts */
+	size_t n_params;
+	struct {
+		const char *name;
+		const char *value; /* points into the caller's scratch buffer */
+	} params[HTTP_MAX_PARAMS];
+};
+
+struct http_router *http_router_new(void);
+void http_router_free(struct http_router *r);
+
+/*
+ * Add a route.  pattern is a path of literal segments and "{name}"
+ * parameters, e.g. "/v1/agents/{id}/attest".  methods is a mask; GET routes
+ * also answer HEAD.  Returns IDP_EINVAL for a malformed pattern or a
+ * duplicate (pattern, method), IDP_ETOOBIG past HTTP_MAX_ROUTES.
+ */
+int http_router_add(struct http_router *r, unsigned methods, const char *pattern,
+		    http_handler h, void *ctx) IDP_WUR;
+
+/*
+ * Match path for method.  scratch (scratch_len bytes) receives the parameter
+ * values; they are percent-decoded and never contain '/'.  A path that does
+ * not parse (no leading '/', empty segment, a "." or ".." segment, a NUL)
+ * matches nothing (404).
+ */
+void http_router_match(const struct http_router *r, unsigned method, const char *path,
+		       char *scratch, size_t scratch_len, struct http_match *m);
+
+const char *http_router_pattern(const struct http_router *r, int route);
+size_t http_router_count(const struct http_router *r);
+http_handler http_router_handler(const struct http_router *r, int route, void **ctx);
+
+/* Format an Allow header value from a mask ("GET, HEAD, POST"). */
+void http_allow_format(unsigned mask, char *out, size_t len);
+
+/* ---- server ---- */
+
+struct http_server_opts {
+	const char *listen;         /* IPv4 or IPv6 literal */
+	int port;
+	int threads;                /* >= 1 */
+	size_t max_body;            /* bytes; larger bodies get 413 */
+	int max_connections;
+	int connection_timeout_s;
+	int json_max_depth;
+	bool access_log;
+};
+
+/*
+ * Start serving with the given router (the server takes ownership of it).
+ * Returns NULL with diag filled when the socket cannot be bound or MHD fails.
+ */
+struct http_server *http_server_start(const struct http_server_opts *o, struct http_router *r,
+				      struct idp_diag *diag);
+
+/*
+ * Stop accepting new connections, wait up to timeout_ms for requests in
+ * flight to complete, then stop the daemon and free everything.  Returns the
+ * number of requests that were still in flight when the wait gave up.
+ * Main thread only.
+ */
+int http_server_stop(struct http_server *s, int64_t timeout_ms);
+
+/* Requests whose handler has started and whose response is not yet sent. */
+int http_server_in_flight(const struct http_server *s);
+
+/* ---- request accessors (handler thread) ---- */
+
+struct idp_arena *http_req_arena(struct http_req *req);
+unsigned http_req_method(const struct http_req *req);
+const char *http_req_path(const struct http_req *req);
+const char *http_req_route(const struct http_req *req); /* pattern, for logs */
+const char *http_req_id(const struct http_req *req);
+const char *http_req_param(const struct http_req *req, const char *name);
+const char *http_req_query(struct http_req *req, const char *name);
+const char *http_req_header(struct http_req *req, const char *name);
+const char *http_req_body(const struct http_req *req, size_t *len);
+/* Peer address as text ("127.0.0.1"); "" when unknown. */
+const char *http_req_peer(struct http_req *req);
+bool http_req_answered(const struct http_req *req);
+
+/*
+ * Parse the body as one JSON object: Content-Type must be application/json
+ * (415 otherwise), nesting within the configured depth, no duplicate keys,
+ * no trailing data.  On failure the request is answered (400/415) and NULL
+ * returned; the handler then just returns.  The caller owns the result
+ * (json_decref).
+ */
+json_t *http_req_json_object(struct http_req *req);
+
+/* ---- responses: each answers the request; call exactly one, once ---- */
+
+/* Add a response header (copied).  Before the reply call. */
+void http_add_header(struct http_req *req, const char *name, const char *value);
+
+/* Reply with a JSON document; steals the reference to body. */
+void http_reply_json(struct http_req *req, int status, json_t *body);
+void http_reply_data(struct http_req *req, int status, const char *content_type,
+		     const void *data, size_t len);
+/* 204 or any status without a body. */
+void http_reply_empty(struct http_req *req, int status);
+
+/*
+ * application/problem+json (RFC 9457): type "urn:idpd:problem:<code>",
+ * title (from the status), status, detail, code, request_id.  extra, when
+ * not NULL, is merged in (stolen), e.g. a field-by-field "errors" list.
+ */
+void http_reply_problem(struct http_req *req, int status, const char *code, json_t *extra,
+			const char *fmt, ...) IDP_PRINTF(5, 6);
+/* The same, with status and code taken from the one error table. */
+void http_reply_error(struct http_req *req, int err, const char *fmt, ...) IDP_PRINTF(3, 4);
+
+/* The table: idp_err -> HTTP status and problem code. */
+int http_status_for(int err);
+const char *http_code_for(int err);
+const char *http_status_title(int status);
+
+/* ---- JSON limits (no MHD dependency) ---- */
+
+/*
+ * Parse text as JSON with duplicate keys rejected and nesting bounded by
+ * max_depth.  On error returns NULL and writes "line L, column C: why" into
+ * err (err_len bytes).
+ */
+json_t *http_json_parse(const char *text, size_t len, int max_depth, char *err, size_t err_len);
+
+/* ---- ids ---- */
+
+/* A well-formed request id: 1..128 of [A-Za-z0-9._:-]. */
+bool http_request_id_valid(const char *s);
+/* 32 hex chars from the CSPRNG into out[33]. */
+void http_request_id_new(char out[33]);
+
+#endif /* IDPD_HTTP_H */

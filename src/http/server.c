@@ -1,0 +1,727 @@
+/*
+ * server.c - libmicrohttpd glue: one struct http_req per request, body
+ * intake under a cap, dispatch through the router, responses, access log
+ * and request metrics.
+ *
+ * MHD calls the access handler several times per request: first when the
+ * headers are in (the request is created here), then once per chunk of
+ * body, then a last time with no data, where the handler is dispatched and
+ * the response queued.  Queuing on that later call keeps the connection
+ * alive; queuing on the first one makes MHD close it, which is acceptable
+ * only for errors (413 on a declared oversize body).
+ *
+ * Shutdown: MHD_quiesce_daemon stops accepting, in_flight counts requests
+ * between their first callback and their completion, and http_server_stop
+ * waits for it to reach zero (bounded) before stopping the daemon.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <openssl/rand.h>
+
+#include "idpd/buf.h"
+#include "idpd/clock.h"
+#include "idpd/http.h"
+#include "idpd/log.h"
+#include "idpd/metrics.h"
+
+/* Latency histogram bounds, in microseconds. */
+static const int64_t lat_bounds[] = {100,   250,    500,    1000,   2500,    5000,   10000,
+				     25000, 50000, 100000, 250000, 500000, 1000000};
+#define N_BOUNDS (IDP_ARRAY_LEN(lat_bounds))
+#define N_STATUS 600
+
+struct route_stats {
+	_Atomic uint64_t by_status[N_STATUS];
+	_Atomic uint64_t buckets[N_BOUNDS + 1];
+	_Atomic uint64_t sum_us;
+	_Atomic uint64_t count;
+};
+
+struct http_server {
+	struct MHD_Daemon *mhd;
+	struct http_router *router;
+	struct http_server_opts opts;
+	char listen[64];
+	_Atomic int in_flight;
+	/* One slot per route plus one for requests that matched none. */
+	struct route_stats *stats;
+	size_t n_stats;
+};
+
+struct resp_header {
+	const char *name, *value;
+	struct resp_header *next;
+};
+
+struct http_req {
+	struct http_server *srv;
+	struct MHD_Connection *conn;
+	struct idp_arena arena;
+	unsigned method;
+	const char *method_text;
+	const char *path;
+	int route;
+	struct http_match match;
+	char scratch[1024];
+	char request_id[129];
+	char peer[INET6_ADDRSTRLEN];
+	struct idp_buf body;
+	struct resp_header *headers;
+	bool answered;
+	int status;
+	int64_t start_us;
+};
+
+/* ---- responses ---- */
+
+static void
+queue(struct http_req *req, int status, const char *ctype, void *data, size_t len,
+      enum MHD_ResponseMemoryMode mode)
+{
+	struct MHD_Response *r;
+	bool has_cache = false;
+
+	if (req->answered) {
+		log_error("bug: second response for %s %s (request %s)", req->method_text,
+			  http_req_route(req), req->request_id);
+		if (mode == MHD_RESPMEM_MUST_FREE)
+			free(data);
+		return;
+	}
+	req->answered = true;
+	req->status = status;
+	r = MHD_create_response_from_buffer(len, data, mode);
+	if (r == NULL) {
+		log_error("cannot create a response for request %s", req->request_id);
+		if (mode == MHD_RESPMEM_MUST_FREE)
+			free(data);
+		return;
+	}
+	if (ctype != NULL)
+		MHD_add_response_header(r, "Content-Type", ctype);
+	MHD_add_response_header(r, "X-Request-Id", req->request_id);
+	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	for (struct resp_header *h = req->headers; h != NULL; h = h->next) {
+		MHD_add_response_header(r, h->name, h->value);
+		if (strcasecmp(h->name, "Cache-Control") == 0)
+			has_cache = true;
+	}
+	/* Responses carry tokens and identity data: never cached unless a
+	 * handler says otherwise (JWKS, metadata). */
+	if (!has_cache)
+		MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (MHD_queue_response(req->conn, (unsigned)status, r) != MHD_YES)
+		log_warn("could not queue response %d for request %s", status, req->request_id);
+	MHD_destroy_response(r);
+}
+
+void
+http_add_header(struct http_req *req, const char *name, const char *value)
+{
+	struct resp_header *h = idp_arena_alloc(&req->arena, sizeof(*h));
+
+	if (h == NULL)
+		return;
+	h->name = idp_arena_strdup(&req->arena, name);
+	h->value = idp_arena_strdup(&req->arena, value);
+	if (h->name == NULL || h->value == NULL)
+		return;
+	h->next = req->headers;
+	req->headers = h;
+}
+
+void
+http_reply_data(struct http_req *req, int status, const char *content_type, const void *data,
+		size_t len)
+{
+	queue(req, status, content_type, (void *)data, len, MHD_RESPMEM_MUST_COPY);
+}
+
+void
+http_reply_empty(struct http_req *req, int status)
+{
+	queue(req, status, NULL, NULL, 0, MHD_RESPMEM_PERSISTENT);
+}
+
+static void
+reply_json_typed(struct http_req *req, int status, json_t *body, const char *ctype)
+{
+	char *text = json_dumps(body, JSON_COMPACT);
+
+	json_decref(body);
+	if (text == NULL) {
+		static const char fallback[] =
+			"{\"type\":\"urn:idpd:problem:internal\",\"title\":\"Internal Server Error\","
+			"\"status\":500,\"code\":\"internal\"}";
+
+		log_error("cannot serialize a response for request %s", req->request_id);
+		queue(req, 500, "application/problem+json", (void *)fallback, sizeof(fallback) - 1,
+		      MHD_RESPMEM_PERSISTENT);
+		return;
+	}
+	queue(req, status, ctype, text, strlen(text), MHD_RESPMEM_MUST_FREE);
+}
+
+void
+http_reply_json(struct http_req *req, int status, json_t *body)
+{
+	reply_json_typed(req, status, body, "application/json");
+}
+
+static void
+vproblem(struct http_req *req, int status, const char *code, json_t *extra, const char *fmt,
+	 va_list ap)
+{
+	char detail[1024];
+	json_t *p;
+
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	p = json_pack("{s:s+,s:s,s:i,s:s,s:s,s:s}", "type", "urn:idpd:problem:", code, "title",
+		      http_status_title(status), "status", status, "detail", detail, "code", code,
+		      "request_id", req->request_id);
+	if (p == NULL) {
+		/* detail was not valid UTF-8 (it may echo input): drop it. */
+		p = json_pack("{s:s+,s:s,s:i,s:s,s:s}", "type", "urn:idpd:problem:", code, "title",
+			      http_status_title(status), "status", status, "code", code,
+			      "request_id", req->request_id);
+	}
+	if (p != NULL && extra != NULL)
+		json_object_update_missing(p, extra);
+	json_decref(extra);
+	if (p == NULL) {
+		http_reply_empty(req, status);
+		return;
+	}
+	reply_json_typed(req, status, p, "application/problem+json");
+}
+
+void
+http_reply_problem(struct http_req *req, int status, const char *code, json_t *extra,
+		   const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vproblem(req, status, code, extra, fmt, ap);
+	va_end(ap);
+}
+
+void
+http_reply_error(struct http_req *req, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vproblem(req, http_status_for(err), http_code_for(err), NULL, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- request accessors ---- */
+
+struct idp_arena *
+http_req_arena(struct http_req *req)
+{
+	return &req->arena;
+}
+
+unsigned
+http_req_method(const struct http_req *req)
+{
+	return req->method;
+}
+
+const char *
+http_req_path(const struct http_req *req)
+{
+	return req->path;
+}
+
+const char *
+http_req_route(const struct http_req *req)
+{
+	return http_router_pattern(req->srv->router, req->route);
+}
+
+const char *
+http_req_id(const struct http_req *req)
+{
+	return req->request_id;
+}
+
+const char *
+http_req_param(const struct http_req *req, const char *name)
+{
+	for (size_t i = 0; i < req->match.n_params; i++)
+		if (strcmp(req->match.params[i].name, name) == 0)
+			return req->match.params[i].value;
+	return NULL;
+}
+
+const char *
+http_req_query(struct http_req *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *
+http_req_header(struct http_req *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *
+http_req_body(const struct http_req *req, size_t *len)
+{
+	*len = req->body.len;
+	return idp_buf_str(&req->body);
+}
+
+const char *
+http_req_peer(struct http_req *req)
+{
+	return req->peer;
+}
+
+bool
+http_req_answered(const struct http_req *req)
+{
+	return req->answered;
+}
+
+static bool
+is_json_type(const char *ct)
+{
+	size_t n;
+
+	if (ct == NULL)
+		return false;
+	n = strcspn(ct, ";");
+	while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+		n--;
+	if (n == strlen("application/json") && strncasecmp(ct, "application/json", n) == 0)
+		return true;
+	/* RFC 6839 structured syntax suffix, e.g. application/merge-patch+json */
+	return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+	       strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+json_t *
+http_req_json_object(struct http_req *req)
+{
+	char err[256];
+	json_t *j;
+
+	if (!is_json_type(http_req_header(req, "Content-Type"))) {
+		http_reply_problem(req, 415, "unsupported_media_type", NULL,
+				   "the body must be application/json");
+		return NULL;
+	}
+	if (req->body.len == 0) {
+		http_reply_problem(req, 400, "invalid_json", NULL, "a JSON body is required");
+		return NULL;
+	}
+	j = http_json_parse(idp_buf_str(&req->body), req->body.len, req->srv->opts.json_max_depth,
+			    err, sizeof(err));
+	if (j == NULL) {
+		http_reply_problem(req, 400, "invalid_json", NULL, "the body is not valid JSON: %s",
+				   err);
+		return NULL;
+	}
+	if (!json_is_object(j)) {
+		json_decref(j);
+		http_reply_problem(req, 400, "invalid_json", NULL,
+				   "the body must be a JSON object");
+		return NULL;
+	}
+	return j;
+}
+
+/* ---- ids ---- */
+
+bool
+http_request_id_valid(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL)
+		return false;
+	for (; s[n] != '\0'; n++) {
+		unsigned char c = (unsigned char)s[n];
+
+		if (n >= 128)
+			return false;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return n > 0;
+}
+
+void
+http_request_id_new(char out[33])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char r[16];
+
+	if (RAND_bytes(r, sizeof(r)) != 1) {
+		/* The CSPRNG failing is not a reason to drop a request: a
+		 * request id is a correlation key, not a secret. */
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		memcpy(r, &ts, sizeof(r) < sizeof(ts) ? sizeof(r) : sizeof(ts));
+	}
+	for (size_t i = 0; i < sizeof(r); i++) {
+		out[2 * i] = hex[r[i] >> 4];
+		out[2 * i + 1] = hex[r[i] & 15];
+	}
+	out[32] = '\0';
+}
+
+/* ---- the MHD callbacks ---- */
+
+static struct http_req *
+req_new(struct http_server *s, struct MHD_Connection *conn, const char *url, const char *method)
+{
+	struct http_req *req = idp_xcalloc(1, sizeof(*req));
+	const union MHD_ConnectionInfo *ci;
+	const char *rid;
+
+	req->srv = s;
+	req->conn = conn;
+	req->route = -1;
+	req->start_us = idp_mono_us();
+	idp_arena_init(&req->arena, 4u << 20);
+	idp_buf_init(&req->body, s->opts.max_body);
+	req->method_text = idp_arena_strdup(&req->arena, method);
+	req->method = http_method_parse(method);
+	req->path = idp_arena_strndup(&req->arena, url, strnlen(url, 4096));
+	rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+	if (http_request_id_valid(rid))
+		snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
+	else
+		http_request_id_new(req->request_id);
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (ci != NULL && ci->client_addr != NULL) {
+		const struct sockaddr *sa = ci->client_addr;
+
+		if (sa->sa_family == AF_INET)
+			inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
+				  req->peer, sizeof(req->peer));
+		else if (sa->sa_family == AF_INET6)
+			inet_ntop(AF_INET6,
+				  &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+				  req->peer, sizeof(req->peer));
+	}
+	return req;
+}
+
+static void
+dispatch(struct http_req *req)
+{
+	struct http_server *s = req->srv;
+	http_handler h;
+	void *ctx;
+
+	http_router_match(s->router, req->method, req->path, req->scratch, sizeof(req->scratch),
+			  &req->match);
+	if (req->match.status == 405) {
+		char allow[128];
+
+		http_allow_format(req->match.allow, allow, sizeof(allow));
+		http_add_header(req, "Allow", allow);
+		http_reply_problem(req, 405, "method_not_allowed", NULL,
+				   "%s is not allowed here; allowed: %s",
+				   req->method ? http_method_name(req->method) : "this method",
+				   allow);
+		return;
+	}
+	if (req->match.status != 0) {
+		http_reply_problem(req, 404, "not_found", NULL, "no such resource");
+		return;
+	}
+	req->route = req->match.route;
+	h = http_router_handler(s->router, req->route, &ctx);
+	h(req, ctx);
+	if (!req->answered) {
+		log_error("bug: handler for %s returned without answering (request %s)",
+			  http_req_route(req), req->request_id);
+		http_reply_problem(req, 500, "internal", NULL, "internal error");
+	}
+}
+
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+	   const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+	struct http_server *s = cls;
+	struct http_req *req = *con_cls;
+
+	(void)version;
+	if (req == NULL) {
+		const char *cl;
+
+		req = req_new(s, conn, url, method);
+		*con_cls = req;
+		atomic_fetch_add(&s->in_flight, 1);
+		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+		if (cl != NULL) {
+			char *end;
+			unsigned long long n = strtoull(cl, &end, 10);
+
+			if (*end == '\0' && n > s->opts.max_body)
+				http_reply_problem(req, 413, "payload_too_large", NULL,
+						   "the body is larger than %zu bytes",
+						   s->opts.max_body);
+		}
+		return MHD_YES;
+	}
+	if (*upload_size > 0) {
+		if (!req->answered &&
+		    idp_buf_append(&req->body, upload_data, *upload_size) != IDP_OK) {
+			idp_buf_cleanup(&req->body);
+			http_reply_problem(req, 413, "payload_too_large", NULL,
+					   "the body is larger than %zu bytes", s->opts.max_body);
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (!req->answered)
+		dispatch(req);
+	return MHD_YES;
+}
+
+static void
+stats_record(struct http_server *s, int route, int status, int64_t us)
+{
+	size_t slot = route >= 0 ? (size_t)route : s->n_stats - 1;
+	struct route_stats *st = &s->stats[slot];
+	size_t b = 0;
+
+	if (status > 0 && status < N_STATUS)
+		atomic_fetch_add_explicit(&st->by_status[status], 1, memory_order_relaxed);
+	while (b < N_BOUNDS && us > lat_bounds[b])
+		b++;
+	atomic_fetch_add_explicit(&st->buckets[b], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->sum_us, (uint64_t)us, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->count, 1, memory_order_relaxed);
+}
+
+static void
+access_log(struct http_req *req, int64_t us)
+{
+	char line[512], ts[32];
+	int n;
+
+	idp_time_format(idp_now_ms(idp_clock_system()), ts);
+	/* The route pattern, not the raw path: paths and queries can carry
+	 * identifiers an operator did not mean to log. */
+	n = snprintf(line, sizeof(line),
+		     "{\"ts\":\"%s\",\"type\":\"access\",\"method\":\"%s\",\"route\":\"%s\","
+		     "\"status\":%d,\"us\":%lld,\"request_id\":\"%s\",\"peer\":\"%s\"}",
+		     ts, req->method ? http_method_name(req->method) : "other", http_req_route(req),
+		     req->status, (long long)us, req->request_id, req->peer);
+	if (n > 0)
+		idp_log_raw(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+	     enum MHD_RequestTerminationCode toe)
+{
+	struct http_server *s = cls;
+	struct http_req *req = *con_cls;
+	int64_t us;
+
+	(void)conn;
+	if (req == NULL)
+		return;
+	us = idp_mono_us() - req->start_us;
+	if (!req->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		req->status = req->answered ? req->status : 0;
+	stats_record(s, req->route, req->status, us);
+	if (s->opts.access_log)
+		access_log(req, us);
+	idp_buf_cleanup(&req->body);
+	idp_arena_cleanup(&req->arena);
+	free(req);
+	*con_cls = NULL;
+	atomic_fetch_sub(&s->in_flight, 1);
+}
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	size_t n;
+
+	(void)cls;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+		msg[--n] = '\0';
+	log_warn("http: %s", msg);
+}
+
+/* ---- metrics ---- */
+
+static void
+collect(struct idp_buf *out, void *ctx)
+{
+	struct http_server *s = ctx;
+	int rc = 0;
+
+	rc |= idp_buf_puts(out, "# HELP idpd_http_requests_total HTTP requests by route and "
+				"status.\n# TYPE idpd_http_requests_total counter\n");
+	for (size_t i = 0; i < s->n_stats; i++) {
+		const char *route = http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
+
+		for (int st = 100; st < N_STATUS; st++) {
+			uint64_t v = atomic_load_explicit(&s->stats[i].by_status[st],
+							  memory_order_relaxed);
+
+			if (v != 0)
+				rc |= idp_buf_printf(
+					out, "idpd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+					route, st, (unsigned long long)v);
+		}
+	}
+	rc |= idp_buf_puts(out, "# HELP idpd_http_request_duration_seconds Time from request "
+				"headers to response completion.\n"
+				"# TYPE idpd_http_request_duration_seconds histogram\n");
+	for (size_t i = 0; i < s->n_stats; i++) {
+		const char *route = http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
+		uint64_t cum = 0, count;
+
+		count = atomic_load_explicit(&s->stats[i].count, memory_order_relaxed);
+		if (count == 0)
+			continue;
+		for (size_t b = 0; b <= N_BOUNDS; b++) {
+			cum += atomic_load_explicit(&s->stats[i].buckets[b], memory_order_relaxed);
+			if (b < N_BOUNDS)
+				rc |= idp_buf_printf(out,
+						     "idpd_http_request_duration_seconds_bucket{route="
+						     "\"%s\",le=\"%g\"} %llu\n",
+						     route, (double)lat_bounds[b] / 1e6,
+						     (unsigned long long)cum);
+			else
+				rc |= idp_buf_printf(out,
+						     "idpd_http_request_duration_seconds_bucket{route="
+						     "\"%s\",le=\"+Inf\"} %llu\n",
+						     route, (unsigned long long)cum);
+		}
+		rc |= idp_buf_printf(
+			out,
+			"idpd_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
+			"idpd_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+			route,
+			(double)atomic_load_explicit(&s->stats[i].sum_us, memory_order_relaxed) / 1e6,
+			route, (unsigned long long)count);
+	}
+	rc |= idp_buf_printf(out,
+			     "# HELP idpd_http_in_flight Requests being served.\n"
+			     "# TYPE idpd_http_in_flight gauge\nidpd_http_in_flight %d\n",
+			     atomic_load(&s->in_flight));
+	if (rc != 0)
+		log_warn("metrics: output truncated");
+}
+
+/* ---- start / stop ---- */
+
+struct http_server *
+http_server_start(const struct http_server_opts *o, struct http_router *r, struct idp_diag *diag)
+{
+	struct http_server *s = idp_xcalloc(1, sizeof(*s));
+	struct sockaddr_storage ss;
+	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+	socklen_t sl;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, o->listen, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)o->port);
+		sl = sizeof(*sin);
+	} else if (inet_pton(AF_INET6, o->listen, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)o->port);
+		sl = sizeof(*sin6);
+		flags |= MHD_USE_IPv6;
+	} else {
+		idp_diag_add(diag, "server.listen: \"%s\" is not an IPv4 or IPv6 address",
+			     o->listen);
+		http_router_free(r);
+		free(s);
+		return NULL;
+	}
+	(void)sl;
+	s->opts = *o;
+	snprintf(s->listen, sizeof(s->listen), "%s", o->listen);
+	s->opts.listen = s->listen;
+	s->router = r;
+	s->n_stats = http_router_count(r) + 1;
+	s->stats = idp_xcalloc(s->n_stats, sizeof(*s->stats));
+	s->mhd = MHD_start_daemon(
+		flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &ss,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT,
+		(unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+		(unsigned)o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+		MHD_OPTION_END);
+	if (s->mhd == NULL) {
+		idp_diag_add(diag, "cannot listen on %s:%d (in use, or not an address of this host)",
+			     o->listen, o->port);
+		http_router_free(r);
+		free(s->stats);
+		free(s);
+		return NULL;
+	}
+	if (metrics_register(collect, s) != IDP_OK)
+		log_warn("metrics: too many collectors; HTTP metrics not exported");
+	return s;
+}
+
+int
+http_server_in_flight(const struct http_server *s)
+{
+	return atomic_load(&((struct http_server *)s)->in_flight);
+}
+
+int
+http_server_stop(struct http_server *s, int64_t timeout_ms)
+{
+	MHD_socket fd;
+	int64_t deadline;
+	int left;
+
+	if (s == NULL)
+		return 0;
+	fd = MHD_quiesce_daemon(s->mhd);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+	deadline = idp_mono_us() + timeout_ms * 1000;
+	while ((left = atomic_load(&s->in_flight)) > 0 && idp_mono_us() < deadline) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	MHD_stop_daemon(s->mhd);
+	metrics_clear();
+	http_router_free(s->router);
+	free(s->stats);
+	free(s);
+	return left;
+}

@@ -1,0 +1,228 @@
+/*
+ * Integration tests of the foundation: a real idpd child process against the
+ * private PostgreSQL, over HTTP on loopback.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+static struct idpd_proc idpd;
+
+static int
+group_setup(void **state)
+{
+	(void)state;
+	if (harness_db_create("t_foundation") != 0)
+		return -1;
+	return harness_idpd_start(&idpd, "t_foundation", NULL, NULL);
+}
+
+static int
+group_teardown(void **state)
+{
+	(void)state;
+	return harness_idpd_stop(&idpd, SIGTERM, 10000) == 0 ? 0 : -1;
+}
+
+static void
+get(const char *path, struct http_resp *r)
+{
+	char url[256];
+
+	snprintf(url, sizeof(url), "%s%s", idpd.base, path);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, r), 0);
+}
+
+static void
+assert_problem(const struct http_resp *r, long status, const char *code)
+{
+	char ct[128], rid[160];
+	json_t *j = r->json;
+
+	assert_int_equal(r->status, status);
+	assert_true(harness_resp_header(r, "Content-Type", ct, sizeof(ct)));
+	assert_string_equal(ct, "application/problem+json");
+	assert_non_null(j);
+	assert_int_equal(json_integer_value(json_object_get(j, "status")), status);
+	assert_string_equal(json_string_value(json_object_get(j, "code")), code);
+	assert_non_null(json_string_value(json_object_get(j, "title")));
+	assert_non_null(json_string_value(json_object_get(j, "detail")));
+	assert_true(strncmp(json_string_value(json_object_get(j, "type")), "urn:idpd:problem:",
+			    17) == 0);
+	/* The problem names the request, and so does the header. */
+	assert_true(harness_resp_header(r, "X-Request-Id", rid, sizeof(rid)));
+	assert_string_equal(json_string_value(json_object_get(j, "request_id")), rid);
+}
+
+static void
+healthz_answers_ok_with_a_generated_request_id(void **state)
+{
+	struct http_resp r;
+	char rid[160];
+
+	(void)state;
+	get("/healthz", &r);
+	assert_int_equal(r.status, 200);
+	assert_non_null(r.json);
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ok");
+	assert_true(harness_resp_header(&r, "X-Request-Id", rid, sizeof(rid)));
+	assert_int_equal(strlen(rid), 32);
+	assert_int_equal(strspn(rid, "0123456789abcdef"), 32);
+	harness_resp_free(&r);
+}
+
+static void
+request_id_is_echoed_when_well_formed_and_replaced_otherwise(void **state)
+{
+	const char *good[] = {"X-Request-Id: trace-42.abc:1", NULL};
+	const char *bad[] = {"X-Request-Id: <script>", NULL};
+	struct http_resp r;
+	char url[256], rid[160];
+
+	(void)state;
+	snprintf(url, sizeof(url), "%s/healthz", idpd.base);
+	assert_int_equal(harness_http("GET", url, good, NULL, 0, &r), 0);
+	assert_true(harness_resp_header(&r, "X-Request-Id", rid, sizeof(rid)));
+	assert_string_equal(rid, "trace-42.abc:1");
+	harness_resp_free(&r);
+
+	assert_int_equal(harness_http("GET", url, bad, NULL, 0, &r), 0);
+	assert_true(harness_resp_header(&r, "X-Request-Id", rid, sizeof(rid)));
+	assert_string_not_equal(rid, "<script>");
+	assert_int_equal(strlen(rid), 32);
+	harness_resp_free(&r);
+	/* And the access log carries the id it answered with. */
+	assert_true(harness_log_contains(&idpd, "\"request_id\":\"trace-42.abc:1\""));
+}
+
+static void
+readyz_reports_the_schema_version(void **state)
+{
+	struct http_resp r;
+	char v[32];
+
+	(void)state;
+	get("/readyz", &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ready");
+	assert_int_equal(harness_sql_value("t_foundation",
+					   "SELECT max(version) FROM schema_migrations", v,
+					   sizeof(v)),
+			 0);
+	assert_int_equal(json_integer_value(json_object_get(r.json, "schema_version")), atoi(v));
+	harness_resp_free(&r);
+}
+
+static void
+metrics_expose_requests_pool_listener_and_build(void **state)
+{
+	struct http_resp r;
+
+	(void)state;
+	get("/healthz", &r);
+	harness_resp_free(&r);
+	get("/nope", &r);
+	harness_resp_free(&r);
+	get("/metrics", &r);
+	assert_int_equal(r.status, 200);
+	assert_non_null(
+		strstr(r.body, "idpd_http_requests_total{route=\"/healthz\",status=\"200\"} "));
+	assert_non_null(
+		strstr(r.body, "idpd_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"));
+	assert_non_null(strstr(r.body, "idpd_http_request_duration_seconds_bucket{route="
+				       "\"/healthz\",le=\"+Inf\"}"));
+	assert_non_null(strstr(r.body, "idpd_db_pool_connections{state=\"idle\"}"));
+	assert_non_null(strstr(r.body, "idpd_db_pool_connections{state=\"in_use\"}"));
+	assert_non_null(strstr(r.body, "idpd_listener_connected 1\n"));
+	assert_non_null(strstr(r.body, "idpd_build_info{version=\""));
+	harness_resp_free(&r);
+}
+
+static void
+unknown_path_is_a_404_problem(void **state)
+{
+	struct http_resp r;
+
+	(void)state;
+	get("/v1/no/such/thing", &r);
+	assert_problem(&r, 404, "not_found");
+	harness_resp_free(&r);
+	/* Paths that cannot name a resource are 404s too, not crashes. */
+	get("/healthz/../healthz", &r);
+	assert_int_equal(r.status, 404);
+	harness_resp_free(&r);
+	get("/%00", &r);
+	assert_int_equal(r.status, 404);
+	harness_resp_free(&r);
+}
+
+static void
+wrong_method_is_a_405_problem_with_allow(void **state)
+{
+	struct http_resp r;
+	char url[256], allow[128];
+
+	(void)state;
+	snprintf(url, sizeof(url), "%s/healthz", idpd.base);
+	assert_int_equal(harness_http("DELETE", url, NULL, NULL, 0, &r), 0);
+	assert_problem(&r, 405, "method_not_allowed");
+	assert_true(harness_resp_header(&r, "Allow", allow, sizeof(allow)));
+	assert_string_equal(allow, "GET, HEAD");
+	harness_resp_free(&r);
+}
+
+static void
+head_is_answered_like_get_without_a_body(void **state)
+{
+	struct http_resp r;
+	char url[256];
+
+	(void)state;
+	snprintf(url, sizeof(url), "%s/healthz", idpd.base);
+	assert_int_equal(harness_http("HEAD", url, NULL, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(r.len, 0);
+	harness_resp_free(&r);
+}
+
+static void
+responses_are_not_cacheable_by_default(void **state)
+{
+	struct http_resp r;
+	char v[64];
+
+	(void)state;
+	get("/healthz", &r);
+	assert_true(harness_resp_header(&r, "Cache-Control", v, sizeof(v)));
+	assert_string_equal(v, "no-store");
+	assert_true(harness_resp_header(&r, "X-Content-Type-Options", v, sizeof(v)));
+	assert_string_equal(v, "nosniff");
+	harness_resp_free(&r);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
+		cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
+		cmocka_unit_test(readyz_reports_the_schema_version),
+		cmocka_unit_test(metrics_expose_requests_pool_listener_and_build),
+		cmocka_unit_test(unknown_path_is_a_404_problem),
+		cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
+		cmocka_unit_test(head_is_answered_like_get_without_a_body),
+		cmocka_unit_test(responses_are_not_cacheable_by_default),
+	};
+	return cmocka_run_group_tests_name("foundation", tests, group_setup, group_teardown);
+}

@@ -1,0 +1,350 @@
+/*
+ * Integration tests of idpd's life cycle and limits: body caps, readiness
+ * across a PostgreSQL outage, draining on SIGTERM, schema checks and the
+ * migrations runner.  Real processes and a real database; no mocks.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+/* Read from fd until the peer closes or timeout_ms passes. */
+static size_t
+read_all(int fd, char *buf, size_t len, int timeout_ms)
+{
+	size_t got = 0;
+
+	while (got + 1 < len) {
+		struct pollfd p = {fd, POLLIN, 0};
+		ssize_t n;
+
+		if (poll(&p, 1, timeout_ms) <= 0)
+			break;
+		n = read(fd, buf + got, len - 1 - got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+		/* A complete small response is enough for these tests. */
+		if (strstr(buf, "\r\n\r\n") != NULL && got > 0) {
+			buf[got] = '\0';
+			const char *cl = strstr(buf, "Content-Length: ");
+
+			if (cl != NULL) {
+				size_t body = strtoul(cl + 16, NULL, 10);
+				const char *hend = strstr(buf, "\r\n\r\n") + 4;
+
+				if ((size_t)(buf + got - hend) >= body)
+					break;
+			}
+		}
+	}
+	buf[got] = '\0';
+	return got;
+}
+
+static int
+send_all(int fd, const char *s)
+{
+	size_t n = strlen(s);
+
+	return send(fd, s, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
+static void
+body_over_the_limit_is_a_413_problem(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char url[256], buf[4096], *big;
+	const char *hdrs[] = {"Content-Type: application/json", NULL};
+	int fd;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_413"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_413", "max_body = 1024\n", NULL), 0);
+	big = malloc(4096);
+	memset(big, 'x', 4096);
+	snprintf(url, sizeof(url), "%s/healthz", p.base);
+	assert_int_equal(harness_http("POST", url, hdrs, big, 4096, &r), 0);
+	assert_int_equal(r.status, 413);
+	assert_non_null(r.json);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+			    "payload_too_large");
+	harness_resp_free(&r);
+
+	/* Without a Content-Length the cap still holds: chunked upload. */
+	fd = harness_connect(p.port);
+	assert_true(fd >= 0);
+	assert_int_equal(send_all(fd, "POST /healthz HTTP/1.1\r\nHost: t\r\n"
+				      "Content-Type: application/json\r\n"
+				      "Transfer-Encoding: chunked\r\n\r\n"),
+			 0);
+	for (int i = 0; i < 4; i++) {
+		char chunk[700];
+
+		snprintf(chunk, sizeof(chunk), "200\r\n%.*s\r\n", 512, big);
+		if (send_all(fd, chunk) != 0)
+			break; /* idpd may already have answered and closed */
+	}
+	send_all(fd, "0\r\n\r\n");
+	read_all(fd, buf, sizeof(buf), 5000);
+	close(fd);
+	assert_non_null(strstr(buf, "HTTP/1.1 413"));
+	assert_non_null(strstr(buf, "application/problem+json"));
+	free(big);
+
+	/* idpd is still healthy afterwards. */
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/* Poll /readyz until it answers want (or 30 s pass); returns the last status. */
+static long
+wait_ready(const struct idpd_proc *p, long want, json_t **last)
+{
+	char url[256];
+	long status = 0;
+
+	snprintf(url, sizeof(url), "%s/readyz", p->base);
+	for (int i = 0; i < 300; i++) {
+		struct http_resp r;
+
+		if (harness_http("GET", url, NULL, NULL, 0, &r) == 0) {
+			status = r.status;
+			if (status == want) {
+				if (last != NULL) {
+					*last = r.json;
+					r.json = NULL;
+				}
+				harness_resp_free(&r);
+				return status;
+			}
+		}
+		harness_resp_free(&r);
+		sleep_ms(100);
+	}
+	return status;
+}
+
+static struct idpd_proc outage_proc;
+
+static int
+outage_teardown(void **state)
+{
+	(void)state;
+	/* Whatever happened, leave the cluster running for the next test. */
+	harness_pg_start();
+	if (outage_proc.pid > 0)
+		harness_idpd_stop(&outage_proc, SIGKILL, 2000);
+	return 0;
+}
+
+static void
+readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **state)
+{
+	struct idpd_proc *p = &outage_proc;
+	json_t *j = NULL;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_outage"), 0);
+	assert_int_equal(harness_idpd_start(p, "t_life_outage", NULL, NULL), 0);
+	pid = p->pid;
+	assert_int_equal(wait_ready(p, 200, NULL), 200);
+
+	assert_int_equal(harness_pg_stop("immediate"), 0);
+	assert_int_equal(wait_ready(p, 503, &j), 503);
+	assert_non_null(j);
+	assert_string_equal(json_string_value(json_object_get(j, "code")), "not_ready");
+	assert_string_equal(json_string_value(json_object_get(j, "reason")),
+			    "database_unreachable");
+	json_decref(j);
+
+	assert_int_equal(harness_pg_start(), 0);
+	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	/* Same process throughout: idpd healed its pool on its own. */
+	assert_int_equal(p->pid, pid);
+	assert_int_equal(kill(pid, 0), 0);
+	/* The listener noticed too and came back. */
+	for (int i = 0; i < 100 && !harness_log_contains(p, "listener: reconnected"); i++)
+		sleep_ms(100);
+	assert_true(harness_log_contains(p, "listener: reconnected"));
+	assert_int_equal(harness_idpd_stop(p, SIGTERM, 10000), 0);
+}
+
+static void
+sigterm_drains_a_slow_in_flight_request(void **state)
+{
+	struct idpd_proc p;
+	char buf[4096];
+	int fd, fd2, rc;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_drain"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_drain", NULL, NULL), 0);
+
+	/* Headers and half the body now; the rest after SIGTERM. */
+	fd = harness_connect(p.port);
+	assert_true(fd >= 0);
+	assert_int_equal(send_all(fd, "POST /healthz HTTP/1.1\r\nHost: t\r\n"
+				      "Content-Type: application/json\r\n"
+				      "Content-Length: 20\r\n\r\n{\"half\":\"a"),
+			 0);
+	sleep_ms(300);
+	assert_int_equal(kill(p.pid, SIGTERM), 0);
+	sleep_ms(500);
+
+	/* Draining: no new connections are accepted... */
+	fd2 = harness_connect(p.port);
+	assert_true(fd2 < 0);
+	/* ...but the request in flight is finished and answered. */
+	assert_int_equal(send_all(fd, "bcdefgh\"}"), 0);
+	read_all(fd, buf, sizeof(buf), 5000);
+	close(fd);
+	assert_non_null(strstr(buf, "HTTP/1.1 405"));
+
+	rc = harness_idpd_stop(&p, 0, 10000); /* signal 0: just wait */
+	assert_int_equal(rc, 0);
+	assert_true(harness_log_contains(&p, "SIGTERM: draining"));
+	assert_true(harness_log_contains(&p, "stopped"));
+}
+
+static void
+serve_refuses_a_database_whose_schema_is_behind(void **state)
+{
+	struct idpd_proc p;
+	char v[32];
+
+	(void)state;
+	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_empty"), 0);
+	assert_int_equal(harness_sql("postgres", "CREATE DATABASE t_life_empty TEMPLATE template0"),
+			 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_empty", NULL, NULL), -1);
+	assert_int_equal(p.exit_status, 1);
+	assert_true(harness_log_contains(&p, "the database schema is at version 0"));
+	assert_true(harness_log_contains(&p, "--migrate"));
+
+	/* With --migrate it brings the schema up and serves. */
+	assert_int_equal(harness_idpd_start_ex(&p, "t_life_empty", NULL, NULL, true), 0);
+	assert_int_equal(wait_ready(&p, 200, NULL), 200);
+	assert_int_equal(harness_sql_value("t_life_empty",
+					   "SELECT count(*) FROM schema_migrations", v, sizeof(v)),
+			 0);
+	assert_true(atoi(v) >= 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+concurrent_migrate_runs_apply_each_migration_once(void **state)
+{
+	char url[256], n1[32], n2[32];
+	const char *top = getenv("IDPD_TEST_TOP");
+	char dir[512];
+	pid_t a, b;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/migrations", top ? top : ".");
+	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_mig"), 0);
+	assert_int_equal(harness_sql("postgres", "CREATE DATABASE t_life_mig TEMPLATE template0"),
+			 0);
+	harness_db_url("t_life_mig", url, sizeof(url));
+	{
+		const char *args[] = {"migrate", "--database-url", url, "--migrations", dir, NULL};
+
+		a = harness_idpd_spawn(args, "/tmp/idpd-test-mig-a.log");
+		b = harness_idpd_spawn(args, "/tmp/idpd-test-mig-b.log");
+		assert_int_equal(harness_wait(a), 0);
+		assert_int_equal(harness_wait(b), 0);
+		/* A third run finds nothing to do. */
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-mig-c.log"), 0);
+		assert_true(harness_file_contains("/tmp/idpd-test-mig-c.log",
+						  "0 migration(s) applied"));
+	}
+	assert_int_equal(harness_sql_value("t_life_mig", "SELECT count(*) FROM schema_migrations",
+					   n1, sizeof(n1)),
+			 0);
+	assert_int_equal(harness_sql_value("t_life_mig",
+					   "SELECT count(DISTINCT version) FROM schema_migrations",
+					   n2, sizeof(n2)),
+			 0);
+	assert_string_equal(n1, n2);
+	assert_true(atoi(n1) >= 1);
+}
+
+static void
+migrate_refuses_an_applied_migration_that_changed(void **state)
+{
+	char url[256], dir[512];
+	const char *top = getenv("IDPD_TEST_TOP");
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/migrations", top ? top : ".");
+	assert_int_equal(harness_db_create("t_life_changed"), 0);
+	assert_int_equal(harness_sql("t_life_changed",
+				     "UPDATE schema_migrations SET checksum = 'tampered' "
+				     "WHERE version = 1"),
+			 0);
+	harness_db_url("t_life_changed", url, sizeof(url));
+	{
+		const char *args[] = {"migrate", "--database-url", url, "--migrations", dir, NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-mig-d.log"), 1);
+	}
+	assert_true(harness_file_contains("/tmp/idpd-test-mig-d.log",
+					  "0001_init.sql was changed after it was applied"));
+}
+
+static void
+check_config_names_file_line_and_column(void **state)
+{
+	const char *path = "/tmp/idpd-test-bad.toml";
+	const char *args[] = {"check-config", path, NULL};
+	FILE *f = fopen(path, "w");
+
+	(void)state;
+	assert_non_null(f);
+	fputs("[server]\nport = 8080\nprot = 1\n", f);
+	fclose(f);
+	assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-check.log"), 1);
+	assert_true(harness_file_contains("/tmp/idpd-test-check.log", "idpd-test-bad.toml:3:1"));
+	assert_true(harness_file_contains("/tmp/idpd-test-check.log", "prot"));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(body_over_the_limit_is_a_413_problem),
+		cmocka_unit_test_teardown(
+			readyz_turns_503_while_postgres_is_down_and_recovers_without_restart,
+			outage_teardown),
+		cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
+		cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
+		cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
+		cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
+		cmocka_unit_test(check_config_names_file_line_and_column),
+	};
+	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
+}

@@ -1,0 +1,477 @@
+/*
+ * harness.c - integration-test support (see harness.h).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+
+static const char *
+env_or(const char *name, const char *dflt)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && v[0] != '\0' ? v : dflt;
+}
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+void
+harness_db_url(const char *name, char *out, size_t len)
+{
+	snprintf(out, len, "postgresql://postgres@127.0.0.1:%s/%s",
+		 env_or("IDPD_TEST_PG_PORT", "55400"), name);
+}
+
+static PGconn *
+connect_db(const char *name)
+{
+	char url[256];
+	PGconn *pg;
+
+	harness_db_url(name, url, sizeof(url));
+	pg = PQconnectdb(url);
+	if (PQstatus(pg) != CONNECTION_OK) {
+		fprintf(stderr, "harness: connect %s: %s", name, PQerrorMessage(pg));
+		PQfinish(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int
+harness_sql(const char *name, const char *sql)
+{
+	PGconn *pg = connect_db(name);
+	PGresult *r;
+	int rc;
+
+	if (pg == NULL)
+		return -1;
+	r = PQexec(pg, sql);
+	rc = (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) ? 0
+												: -1;
+	if (rc != 0)
+		fprintf(stderr, "harness: %s: %s", sql, PQresultErrorMessage(r));
+	PQclear(r);
+	PQfinish(pg);
+	return rc;
+}
+
+int
+harness_sql_value(const char *name, const char *sql, char *out, size_t len)
+{
+	PGconn *pg = connect_db(name);
+	PGresult *r;
+	int rc = -1;
+
+	if (pg == NULL)
+		return -1;
+	r = PQexec(pg, sql);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) >= 1) {
+		snprintf(out, len, "%s", PQgetvalue(r, 0, 0));
+		rc = 0;
+	} else {
+		fprintf(stderr, "harness: %s: %s", sql, PQresultErrorMessage(r));
+	}
+	PQclear(r);
+	PQfinish(pg);
+	return rc;
+}
+
+int
+harness_db_create(const char *name)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", name);
+	if (harness_sql("postgres", sql) != 0)
+		return -1;
+	snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s\" TEMPLATE idpd_template", name);
+	return harness_sql("postgres", sql);
+}
+
+int
+harness_free_port(void)
+{
+	struct sockaddr_in sa;
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+	if (fd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+		port = ntohs(sa.sin_port);
+	close(fd);
+	return port;
+}
+
+int
+harness_connect(int port)
+{
+	struct sockaddr_in sa;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (fd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+void
+harness_idpd_dump_log(const struct idpd_proc *p)
+{
+	FILE *f = fopen(p->log, "r");
+	char line[1024];
+
+	if (f == NULL)
+		return;
+	fprintf(stderr, "---- idpd log (%s) ----\n", p->log);
+	while (fgets(line, sizeof(line), f) != NULL)
+		fputs(line, stderr);
+	fprintf(stderr, "---- end of log ----\n");
+	fclose(f);
+}
+
+bool
+harness_log_contains(const struct idpd_proc *p, const char *s)
+{
+	return harness_file_contains(p->log, s);
+}
+
+int
+harness_idpd_start(struct idpd_proc *p, const char *db, const char *server_keys,
+		   const char *extra_toml)
+{
+	return harness_idpd_start_ex(p, db, server_keys, extra_toml, false);
+}
+
+int
+harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_keys,
+		      const char *extra_toml, bool migrate)
+{
+	const char *top = env_or("IDPD_TEST_TOP", ".");
+	const char *bin = env_or("IDPD_BIN", "build/idpd");
+	char tmpl[] = "/tmp/idpd-test-XXXXXX", url[256];
+	FILE *f;
+
+	memset(p, 0, sizeof(*p));
+	if (mkdtemp(tmpl) == NULL)
+		return -1;
+	snprintf(p->dir, sizeof(p->dir), "%s", tmpl);
+	snprintf(p->config, sizeof(p->config), "%s/idpd.toml", p->dir);
+	snprintf(p->log, sizeof(p->log), "%s/idpd.log", p->dir);
+	snprintf(p->db, sizeof(p->db), "%s", db);
+	p->port = harness_free_port();
+	snprintf(p->base, sizeof(p->base), "http://127.0.0.1:%d", p->port);
+	harness_db_url(db, url, sizeof(url));
+	f = fopen(p->config, "w");
+	if (f == NULL)
+		return -1;
+	fprintf(f,
+		"[server]\nlisten = \"127.0.0.1\"\nport = %d\nthreads = 2\n"
+		"shutdown_timeout = \"10s\"\n%s"
+		"[database]\nurl = \"%s\"\npool_size = 4\nacquire_timeout = \"1s\"\n"
+		"connect_timeout = \"2s\"\n"
+		"[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%d\"\n"
+		"[log]\nlevel = \"debug\"\n",
+		p->port, server_keys != NULL ? server_keys : "", url, top, p->port);
+	if (extra_toml != NULL)
+		fputs(extra_toml, f);
+	fclose(f);
+
+	p->pid = fork();
+	if (p->pid < 0)
+		return -1;
+	if (p->pid == 0) {
+		int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		if (fd >= 0) {
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+			close(fd);
+		}
+		/* The test's environment would otherwise override the config. */
+		unsetenv("IDPD_DATABASE_URL");
+		if (migrate)
+			execl(bin, bin, "serve", "--config", p->config, "--migrate", (char *)NULL);
+		else
+			execl(bin, bin, "serve", "--config", p->config, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 200; i++) {
+		struct http_resp r;
+		char u[128];
+		int status;
+
+		if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+			p->exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+			p->pid = 0;
+			return -1;
+		}
+		snprintf(u, sizeof(u), "%s/healthz", p->base);
+		if (harness_http("GET", u, NULL, NULL, 0, &r) == 0 && r.status == 200) {
+			harness_resp_free(&r);
+			return 0;
+		}
+		harness_resp_free(&r);
+		sleep_ms(50);
+	}
+	fprintf(stderr, "harness: idpd did not answer /healthz in 10 s\n");
+	harness_idpd_dump_log(p);
+	harness_idpd_stop(p, SIGKILL, 2000);
+	return -1;
+}
+
+int
+harness_idpd_stop(struct idpd_proc *p, int sig, int timeout_ms)
+{
+	int status;
+
+	if (p->pid <= 0)
+		return -1;
+	kill(p->pid, sig);
+	for (int waited = 0; waited <= timeout_ms; waited += 10) {
+		pid_t w = waitpid(p->pid, &status, WNOHANG);
+
+		if (w == p->pid) {
+			p->pid = 0;
+			if (WIFEXITED(status))
+				return WEXITSTATUS(status);
+			return 128 + WTERMSIG(status);
+		}
+		sleep_ms(10);
+	}
+	kill(p->pid, SIGKILL);
+	waitpid(p->pid, &status, 0);
+	p->pid = 0;
+	return -1;
+}
+
+/* ---- HTTP ---- */
+
+struct sink {
+	char *data;
+	size_t len;
+};
+
+static size_t
+on_data(char *ptr, size_t size, size_t n, void *arg)
+{
+	struct sink *s = arg;
+	size_t add = size * n;
+
+	s->data = realloc(s->data, s->len + add + 1);
+	if (s->data == NULL)
+		abort();
+	memcpy(s->data + s->len, ptr, add);
+	s->len += add;
+	s->data[s->len] = '\0';
+	return add;
+}
+
+int
+harness_http(const char *method, const char *url, const char *const *headers, const char *body,
+	     size_t body_len, struct http_resp *r)
+{
+	static bool inited;
+	struct sink b = {NULL, 0}, h = {NULL, 0};
+	struct curl_slist *hl = NULL;
+	CURL *c;
+	CURLcode cc;
+
+	memset(r, 0, sizeof(*r));
+	if (!inited) {
+		curl_global_init(CURL_GLOBAL_DEFAULT);
+		inited = true;
+	}
+	c = curl_easy_init();
+	if (c == NULL)
+		return -1;
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	if (strcmp(method, "HEAD") == 0)
+		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
+		hl = curl_slist_append(hl, headers[i]);
+	if (body != NULL) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
+		hl = curl_slist_append(hl, "Expect:");
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+	cc = curl_easy_perform(c);
+	if (cc == CURLE_OK)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+	curl_slist_free_all(hl);
+	curl_easy_cleanup(c);
+	r->body = b.data ? b.data : calloc(1, 1);
+	r->len = b.len;
+	r->headers = h.data ? h.data : calloc(1, 1);
+	if (r->len > 0)
+		r->json = json_loadb(r->body, r->len, 0, NULL);
+	return cc == CURLE_OK ? 0 : -1;
+}
+
+void
+harness_resp_free(struct http_resp *r)
+{
+	free(r->body);
+	free(r->headers);
+	json_decref(r->json);
+	memset(r, 0, sizeof(*r));
+}
+
+bool
+harness_resp_header(const struct http_resp *r, const char *name, char *out, size_t len)
+{
+	const char *p = r->headers;
+	size_t n = strlen(name);
+
+	while (p != NULL && *p != '\0') {
+		const char *eol = strstr(p, "\r\n");
+		size_t ll = eol ? (size_t)(eol - p) : strlen(p);
+
+		if (ll > n && strncasecmp(p, name, n) == 0 && p[n] == ':') {
+			const char *v = p + n + 1;
+			size_t vl;
+
+			while (*v == ' ')
+				v++;
+			vl = ll - (size_t)(v - p);
+			snprintf(out, len, "%.*s", (int)vl, v);
+			return true;
+		}
+		p = eol ? eol + 2 : NULL;
+	}
+	return false;
+}
+
+/* ---- the cluster ---- */
+
+static int
+pg_script(const char *args)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd), "'%s/tests/support/pg.sh' %s >/dev/null 2>&1",
+		 env_or("IDPD_TEST_TOP", "."), args);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+int
+harness_pg_stop(const char *mode)
+{
+	char args[512];
+
+	snprintf(args, sizeof(args), "stop '%s' %s", env_or("IDPD_TEST_PG_DIR", "build/pg"),
+		 mode);
+	return pg_script(args);
+}
+
+int
+harness_pg_start(void)
+{
+	char args[512];
+
+	snprintf(args, sizeof(args), "start '%s' %s fast", env_or("IDPD_TEST_PG_DIR", "build/pg"),
+		 env_or("IDPD_TEST_PG_PORT", "55400"));
+	return pg_script(args);
+}
+
+pid_t
+harness_idpd_spawn(const char *const *args, const char *out_path)
+{
+	const char *bin = env_or("IDPD_BIN", "build/idpd");
+	const char *argv[32];
+	size_t n = 0;
+	pid_t pid;
+
+	argv[n++] = bin;
+	for (size_t i = 0; args[i] != NULL && n < 31; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		if (fd >= 0) {
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+			close(fd);
+		}
+		unsetenv("IDPD_DATABASE_URL");
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+int
+harness_wait(pid_t pid)
+{
+	int status;
+
+	if (pid <= 0 || waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int
+harness_idpd_run(const char *const *args, const char *out_path)
+{
+	return harness_wait(harness_idpd_spawn(args, out_path));
+}
+
+bool
+harness_file_contains(const char *path, const char *s)
+{
+	FILE *f = fopen(path, "r");
+	char line[4096];
+	bool found = false;
+
+	if (f == NULL)
+		return false;
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found = strstr(line, s) != NULL;
+	fclose(f);
+	return found;
+}

@@ -1,0 +1,93 @@
+/*
+ * harness.h - integration-test support: a database per test cloned from the
+ * migrated template, an idpd child process on a free loopback port, HTTP
+ * over libcurl, and control of the private PostgreSQL cluster.
+ *
+ * The test runner (tests/support/run-tests.sh) starts the cluster and sets
+ * IDPD_BIN, IDPD_TEST_PG_DIR, IDPD_TEST_PG_PORT and IDPD_TEST_TOP.
+ */
+#ifndef IDPD_TEST_HARNESS_H
+#define IDPD_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+struct idpd_proc {
+	pid_t pid;
+	int port;
+	char dir[256];      /* temp dir with config and log */
+	char config[300];
+	char log[300];
+	char base[64];      /* "http://127.0.0.1:PORT" */
+	char db[64];
+	int exit_status;    /* when start failed because idpd exited */
+};
+
+struct http_resp {
+	long status;
+	char *body;
+	size_t len;
+	char *headers;      /* raw response header block */
+	json_t *json;       /* parsed body when it is JSON, else NULL */
+};
+
+/* Create database name from the template (drops an old one first). */
+int harness_db_create(const char *name);
+/* A libpq connection string for database name. */
+void harness_db_url(const char *name, char *out, size_t len);
+/* Run one SQL statement in database name; returns 0 on success. */
+int harness_sql(const char *name, const char *sql);
+/* Run a query returning one value; copies it into out; 0 on success. */
+int harness_sql_value(const char *name, const char *sql, char *out, size_t len);
+
+/*
+ * Start idpd with a fresh config in a temp dir: the given database, a free
+ * port, server_keys added inside [server] and extra_toml appended at the
+ * end (either may be NULL).  Waits until /healthz answers.  Returns 0, or
+ * -1 when idpd did not come up (exit_status set
+ * if it exited; the log stays in p->log).
+ */
+int harness_idpd_start(struct idpd_proc *p, const char *db, const char *server_keys,
+		       const char *extra_toml);
+/* The same; migrate adds --migrate.  If idpd exits, exit_status says how. */
+int harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_keys,
+			  const char *extra_toml, bool migrate);
+
+/* Run idpd with args (NULL-terminated) to completion; output to out_path. */
+int harness_idpd_run(const char *const *args, const char *out_path);
+/* Start it without waiting; harness_wait() returns its exit status. */
+pid_t harness_idpd_spawn(const char *const *args, const char *out_path);
+int harness_wait(pid_t pid);
+bool harness_file_contains(const char *path, const char *s);
+/* Send sig and wait up to timeout_ms; returns the exit status, or -1. */
+int harness_idpd_stop(struct idpd_proc *p, int sig, int timeout_ms);
+/* Print the child's log to stderr (for failures). */
+void harness_idpd_dump_log(const struct idpd_proc *p);
+/* Does the child's log contain s? */
+bool harness_log_contains(const struct idpd_proc *p, const char *s);
+
+/*
+ * One HTTP request.  headers is a NULL-terminated list of "Name: value"
+ * strings (may be NULL); body may be NULL.  Returns 0 when a response
+ * arrived (any status).  Free with harness_resp_free.
+ */
+int harness_http(const char *method, const char *url, const char *const *headers,
+		 const char *body, size_t body_len, struct http_resp *r);
+void harness_resp_free(struct http_resp *r);
+/* Value of response header name (case-insensitive) into out; false if absent. */
+bool harness_resp_header(const struct http_resp *r, const char *name, char *out, size_t len);
+
+/* Stop / start the private PostgreSQL cluster (pg.sh). */
+int harness_pg_stop(const char *mode);
+int harness_pg_start(void);
+
+/* A free TCP port on 127.0.0.1. */
+int harness_free_port(void);
+
+/* Connect a raw TCP socket to 127.0.0.1:port; -1 on failure. */
+int harness_connect(int port);
+
+#endif /* IDPD_TEST_HARNESS_H */
