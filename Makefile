@@ -65,7 +65,7 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/tobj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC [t]  $<"
-	@$(CC) $(CFLAGS_ALL) -DIDP_TESTING $(TEST_CFLAGS) -c $< -o $@
+	@$(CC) $(CFLAGS_ALL) -DIDP_TESTING -Itests/support $(TEST_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJS)
 	@rm -f $@

@@ -39,6 +39,7 @@ static const int64_t lat_bounds[] = {100,   250,    500,    1000,   2500,    500
 				     25000, 50000, 100000, 250000, 500000, 1000000};
 #define N_BOUNDS (IDP_ARRAY_LEN(lat_bounds))
 #define N_STATUS 600
+#define DISCARD_MAX (16u << 20)
 
 struct route_stats {
 	_Atomic uint64_t by_status[N_STATUS];
@@ -78,6 +79,8 @@ struct http_req {
 	struct idp_buf body;
 	struct resp_header *headers;
 	bool answered;
+	bool too_big; /* body passed the cap: discard the rest, answer 413 at the end */
+	size_t discarded;
 	int status;
 	int64_t start_us;
 };
@@ -487,16 +490,25 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		return MHD_YES;
 	}
 	if (*upload_size > 0) {
-		if (!req->answered &&
-		    idp_buf_append(&req->body, upload_data, *upload_size) != IDP_OK) {
+		/* MHD cannot queue a response in the middle of an upload, so an
+		 * oversize chunked body is read and dropped, then answered 413;
+		 * past DISCARD_MAX the connection is simply closed. */
+		if (req->too_big || req->answered) {
+			req->discarded += *upload_size;
+			*upload_size = 0;
+			return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+		}
+		if (idp_buf_append(&req->body, upload_data, *upload_size) != IDP_OK) {
 			idp_buf_cleanup(&req->body);
-			http_reply_problem(req, 413, "payload_too_large", NULL,
-					   "the body is larger than %zu bytes", s->opts.max_body);
+			req->too_big = true;
 		}
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	if (!req->answered)
+	if (req->too_big)
+		http_reply_problem(req, 413, "payload_too_large", NULL,
+				   "the body is larger than %zu bytes", s->opts.max_body);
+	else if (!req->answered)
 		dispatch(req);
 	return MHD_YES;
 }

@@ -220,7 +220,7 @@ sigterm_drains_a_slow_in_flight_request(void **state)
 	fd2 = harness_connect(p.port);
 	assert_true(fd2 < 0);
 	/* ...but the request in flight is finished and answered. */
-	assert_int_equal(send_all(fd, "bcdefgh\"}"), 0);
+	assert_int_equal(send_all(fd, "bcdefghi\"}"), 0);
 	read_all(fd, buf, sizeof(buf), 5000);
 	close(fd);
 	assert_non_null(strstr(buf, "HTTP/1.1 405"));

@@ -44,6 +44,13 @@ harness_db_url(const char *name, char *out, size_t len)
 		 env_or("IDPD_TEST_PG_PORT", "55400"), name);
 }
 
+static void
+quiet(void *arg, const char *msg)
+{
+	(void)arg;
+	(void)msg;
+}
+
 static PGconn *
 connect_db(const char *name)
 {
@@ -57,6 +64,7 @@ connect_db(const char *name)
 		PQfinish(pg);
 		return NULL;
 	}
+	PQsetNoticeProcessor(pg, quiet, NULL);
 	return pg;
 }
 
@@ -330,6 +338,7 @@ harness_http(const char *method, const char *url, const char *const *headers, co
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
 	for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
 		hl = curl_slist_append(hl, headers[i]);
 	if (body != NULL) {

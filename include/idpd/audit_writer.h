@@ -1,0 +1,76 @@
+/*
+ * audit_writer.h - the one entry point every component emits through, and
+ * the writer thread behind it.
+ *
+ * audit_emit() puts an event on a bounded queue.  One writer thread per
+ * process takes batches off it, extends this process's hash chain over them
+ * and commits each batch in one transaction (COPY into audit_events): group
+ * commit, so durability costs one commit per batch, not per event.  With
+ * durability "sync" (the default) audit_emit() returns only once its event
+ * is committed; a token is therefore never handed out before its audit
+ * event is durable.
+ *
+ * The writer owns its own PostgreSQL connection (not a pooled one), so a
+ * saturated pool cannot stall auditing.  When PostgreSQL is away the writer
+ * keeps its batch and retries; emitters waiting for it give up after
+ * audit.timeout with IDP_EUNAVAIL (the request answers 503), and their
+ * events are written once PostgreSQL is back.
+ */
+#ifndef IDPD_AUDIT_WRITER_H
+#define IDPD_AUDIT_WRITER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "idpd/audit.h"
+
+struct audit_writer_opts {
+	const char *url;          /* PostgreSQL; the writer connects on its own */
+	const char *instance_id;  /* stamped on every event */
+	int queue_max;            /* events waiting at most */
+	int batch_max;            /* events per transaction at most */
+	int64_t batch_wait_ms;    /* how long a batch may wait to fill; 0 = never */
+	bool sync;                /* durability "sync" (true) or "async" */
+	bool fail_closed;         /* on_full "fail_closed" (true) or "block" */
+	int64_t timeout_ms;       /* how long an emitter waits (space, commit) */
+};
+
+/*
+ * Start the process's writer.  Fails (IDP_EINVAL) if one is running.
+ * Connects lazily, so it starts while PostgreSQL is down.  Main thread.
+ */
+int audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag) IDP_WUR;
+
+/*
+ * Write what is queued (waiting up to timeout_ms), stop the thread, close
+ * the connection.  Returns the number of events left unwritten.  Main thread.
+ */
+int audit_writer_stop(int64_t timeout_ms);
+
+/*
+ * Emit one event.  ALWAYS takes ownership of ev, also when it fails.
+ * Fills in what the emitter left unset: id (a UUID), time (now) and
+ * instance id.  Returns IDP_OK once the event is committed (sync) or queued
+ * (async); IDP_EUNAVAIL when no writer runs, the queue is full under
+ * fail_closed, or the wait passed audit.timeout.  IDP_EINVAL for NULL.
+ * Any thread.
+ */
+int audit_emit(struct audit_event *ev) IDP_WUR;
+
+struct audit_writer_stats {
+	uint64_t queued;     /* accepted onto the queue */
+	uint64_t committed;  /* written and committed */
+	uint64_t refused;    /* refused: queue full (fail_closed) or no writer */
+	uint64_t timeouts;   /* emitters that gave up waiting */
+	uint64_t batches;
+	uint64_t commit_us_total;
+	uint64_t failures;   /* batches that failed and were retried */
+	int depth;           /* waiting now */
+	bool connected;
+};
+void audit_writer_get_stats(struct audit_writer_stats *st);
+
+/* This process's chain id ("<instance>/<start ms>"); "" before start. */
+const char *audit_writer_chain_id(void);
+
+#endif /* IDPD_AUDIT_WRITER_H */
