@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/auth.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
@@ -31,6 +32,7 @@ usage(FILE *f)
 	fprintf(f, "usage: idpd serve --config FILE [--migrate]\n"
 		   "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
 		   "       idpd check-config FILE\n"
+		   "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
 		   "       idpd check-config --keys\n"
 		   "       idpd version\n");
 }
@@ -84,6 +86,66 @@ run_migrations(const char *url, const char *dir)
 		return 1;
 	}
 	log_info("migrate: %d migration(s) applied; schema is current", applied);
+	return 0;
+}
+
+/*
+ * idpd api-key new --name NAME --roles a,b: print a fresh key once, with the
+ * [[api_keys]] lines that configure it.  Only the hash goes into the config.
+ */
+static int
+cmd_api_key(int argc, char **argv)
+{
+	static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
+					     {"roles", required_argument, NULL, 'r'},
+					     {NULL, 0, NULL, 0}};
+	const char *name = NULL, *roles_csv = NULL;
+	char key[64], hash[80];
+	unsigned roles;
+	int c;
+
+	if (argc < 2 || strcmp(argv[1], "new") != 0) {
+		usage(stderr);
+		return 2;
+	}
+	optind = 2;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'n': name = optarg; break;
+		case 'r': roles_csv = optarg; break;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (name == NULL || roles_csv == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (strlen(name) == 0 || strlen(name) > 100 || strcspn(name, "\"\\\n\r\t") != strlen(name)) {
+		fprintf(stderr, "idpd: --name must be 1..100 characters without quotes or "
+				"control characters\n");
+		return 2;
+	}
+	if (auth_roles_parse(roles_csv, &roles) != IDP_OK) {
+		fprintf(stderr, "idpd: --roles: use a comma-separated list of admin, registrar, "
+				"auditor, introspector, approver, maintenance\n");
+		return 2;
+	}
+	if (auth_key_generate(key, hash) != IDP_OK) {
+		fprintf(stderr, "idpd: the random number generator failed\n");
+		return 1;
+	}
+	/* Line 1 is the key alone, so a script can take it with head -n 1. */
+	printf("%s\n# the key above is shown once; idpd keeps only this hash:\n"
+	       "[[api_keys]]\nname = \"%s\"\nhash = \"%s\"\nroles = [",
+	       key, name, hash);
+	for (unsigned bit = 1, first = 1; bit <= IDPD_ROLE_MAINTENANCE; bit <<= 1) {
+		if (!(roles & bit))
+			continue;
+		printf("%s\"%s\"", first ? "" : ", ", auth_role_name(bit));
+		first = 0;
+	}
+	printf("]\n");
+	idp_wipe(key, sizeof(key));
 	return 0;
 }
 
@@ -151,6 +213,18 @@ check_schema(struct idpd_app *app)
 		log_warn("the database schema (%d) is newer than this idpd (%d)", v,
 			 app->schema_expected);
 	return 0;
+}
+
+static int
+reload_api_keys(struct idpd_app *app, const struct idpd_config *next, void *ctx,
+		struct idp_diag *diag)
+{
+	(void)app;
+	(void)ctx;
+	(void)diag;
+	auth_keys_install(auth_keys_new(next->api_keys, next->n_api_keys));
+	log_info("reload: %zu API key(s)", next->n_api_keys);
+	return IDP_OK;
 }
 
 static void
@@ -253,6 +327,9 @@ cmd_serve(int argc, char **argv)
 	so.acquire_timeout_ms = app.cfg->database.acquire_timeout_ms;
 	so.statement_timeout_ms = app.cfg->database.statement_timeout_ms;
 	app.store = store_open(&so);
+	auth_keys_install(auth_keys_new(app.cfg->api_keys, app.cfg->n_api_keys));
+	if (app_on_reload(reload_api_keys, NULL) != IDP_OK)
+		log_warn("bug: cannot register the API key reload hook");
 	if (check_schema(&app) != 0)
 		goto done;
 	app.listener = store_listener_new(app.cfg->database.url);
@@ -312,6 +389,7 @@ done:
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
 	store_close(app.store);
+	auth_keys_install(NULL);
 	idpd_config_free(app.cfg);
 	if (rc == 0)
 		log_info("stopped");
@@ -331,6 +409,8 @@ main(int argc, char **argv)
 		return cmd_migrate(argc - 1, argv + 1);
 	if (strcmp(argv[1], "check-config") == 0)
 		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(argv[1], "api-key") == 0)
+		return cmd_api_key(argc - 1, argv + 1);
 	if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
 		printf("idpd %s\n", IDPD_VERSION);
 		return 0;

@@ -1,3 +1,3 @@
 LIB_SRCS += src/http/router.c src/http/json.c src/http/problem.c src/http/server.c \
-	src/http/metrics.c src/http/ops.c
-UNIT_TESTS += router http_json
+	src/http/metrics.c src/http/ops.c src/http/auth.c
+UNIT_TESTS += router http_json auth
