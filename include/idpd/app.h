@@ -41,5 +41,7 @@ int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
 
 /* Add the ops routes (/healthz, /readyz, /metrics) to r. */
 int ops_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+/* Add the audit routes (/v1/audit/events, /v1/audit/verify) to r. */
+int audit_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
 
 #endif /* IDPD_APP_H */

@@ -1,0 +1,407 @@
+/*
+ * api.c - the audit endpoints: query (GET /v1/audit/events), ingestion of
+ * tool invocations (POST /v1/audit/events) and chain verification
+ * (GET /v1/audit/verify).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/app.h"
+#include "idpd/audit_writer.h"
+#include "idpd/auth.h"
+#include "idpd/buf.h"
+#include "idpd/log.h"
+
+#define PAGE_DEFAULT 100
+#define PAGE_MAX 1000
+#define VERIFY_BATCH 2000
+
+/* ---- GET /v1/audit/events ---- */
+
+static const struct {
+	const char *param;
+	const char *column;
+} filters[] = {
+	{"task_id", "task_id"},
+	{"agent_id", "agent_id"},
+	{"human_principal", "human_principal"},
+	{"type", "type"},
+};
+
+static bool
+parse_limit(const char *s, int *out)
+{
+	char *end;
+	long v;
+
+	if (s == NULL) {
+		*out = PAGE_DEFAULT;
+		return true;
+	}
+	v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || v < 1 || v > PAGE_MAX)
+		return false;
+	*out = (int)v;
+	return true;
+}
+
+/* Cursors are the table's row id, opaque to clients ("c" + decimal). */
+static bool
+parse_cursor(const char *s, long long *out)
+{
+	char *end;
+
+	if (s == NULL || s[0] != 'c' || s[1] < '0' || s[1] > '9')
+		return false;
+	*out = strtoll(s + 1, &end, 10);
+	return *end == '\0' && *out >= 0;
+}
+
+static void
+query_events(struct http_req *req, void *ctx)
+{
+	struct idpd_app *app = ctx;
+	struct auth_principal who;
+	struct idp_buf sql;
+	const char *params[8];
+	char limit_s[16], cursor_s[24];
+	const char *order = http_req_query(req, "order");
+	const char *since = http_req_query(req, "since"), *until = http_req_query(req, "until");
+	bool desc;
+	int n = 0, limit, rc, rows;
+	long long cursor = 0;
+	struct store_conn *c;
+	PGresult *res = NULL;
+	json_t *events, *out;
+
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+		return;
+	if (order != NULL && strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0) {
+		http_reply_problem(req, 400, "bad_request", NULL, "order must be asc or desc");
+		return;
+	}
+	desc = order != NULL && strcmp(order, "desc") == 0;
+	if (!parse_limit(http_req_query(req, "limit"), &limit)) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+				   "limit must be an integer from 1 to %d", PAGE_MAX);
+		return;
+	}
+	if (http_req_query(req, "cursor") != NULL &&
+	    !parse_cursor(http_req_query(req, "cursor"), &cursor)) {
+		http_reply_problem(req, 400, "bad_request", NULL, "cursor is not one idpd issued");
+		return;
+	}
+
+	/* The SQL text is assembled from constant fragments only; every value
+	 * travels as a parameter. */
+	idp_buf_init(&sql, 4096);
+	rc = idp_buf_puts(&sql, "SELECT id, body FROM audit_events WHERE true");
+	for (size_t i = 0; i < IDP_ARRAY_LEN(filters); i++) {
+		const char *v = http_req_query(req, filters[i].param);
+
+		if (v == NULL)
+			continue;
+		if (strlen(v) > 1024) {
+			idp_buf_cleanup(&sql);
+			http_reply_problem(req, 400, "bad_request", NULL, "%s is too long",
+					   filters[i].param);
+			return;
+		}
+		params[n++] = v;
+		rc |= idp_buf_printf(&sql, " AND %s = $%d", filters[i].column, n);
+	}
+	if (since != NULL) {
+		params[n++] = since;
+		rc |= idp_buf_printf(&sql, " AND ts >= $%d::timestamptz", n);
+	}
+	if (until != NULL) {
+		params[n++] = until;
+		rc |= idp_buf_printf(&sql, " AND ts < $%d::timestamptz", n);
+	}
+	if (http_req_query(req, "cursor") != NULL) {
+		snprintf(cursor_s, sizeof(cursor_s), "%lld", cursor);
+		params[n++] = cursor_s;
+		rc |= idp_buf_printf(&sql, " AND id %s $%d::bigint", desc ? "<" : ">", n);
+	}
+	snprintf(limit_s, sizeof(limit_s), "%d", limit + 1);
+	params[n++] = limit_s;
+	rc |= idp_buf_printf(&sql, " ORDER BY id %s LIMIT $%d::int", desc ? "DESC" : "ASC", n);
+	if (rc != 0) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EINTERNAL, "query too long");
+		return;
+	}
+
+	if (store_acquire(app->store, &c) != IDP_OK) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
+		return;
+	}
+	res = PQexecParams(store_pg(c), idp_buf_str(&sql), n, NULL, params, NULL, NULL, 0);
+	idp_buf_cleanup(&sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		PQclear(res);
+		store_release(app->store, c);
+		/* 22xxx: since/until did not parse as timestamps. */
+		if (st != NULL && strncmp(st, "22", 2) == 0)
+			http_reply_problem(req, 400, "bad_request", NULL,
+					   "since and until must be RFC 3339 timestamps");
+		else
+			http_reply_error(req, IDP_EUNAVAIL, "the audit query failed");
+		return;
+	}
+	store_release(app->store, c);
+	rows = PQntuples(res);
+	events = json_array();
+	for (int i = 0; i < rows && i < limit; i++) {
+		json_t *ev = json_loads(PQgetvalue(res, i, 1), 0, NULL);
+
+		if (ev != NULL)
+			json_array_append_new(events, ev);
+	}
+	out = json_pack("{s:o}", "events", events);
+	if (rows > limit) {
+		char next[32];
+
+		snprintf(next, sizeof(next), "c%s", PQgetvalue(res, limit - 1, 0));
+		json_object_set_new(out, "next_cursor", json_string(next));
+	}
+	PQclear(res);
+	http_reply_json(req, 200, out);
+}
+
+/* ---- POST /v1/audit/events ---- */
+
+static void
+ingest_event(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct audit_event *ev = NULL;
+	struct idp_diag diag;
+	json_t *body, *errs;
+	char id[80];
+	int rc;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	idp_diag_init(&diag);
+	rc = audit_event_from_jsonv(body, &ev, &diag);
+	json_decref(body);
+	if (rc != IDP_OK) {
+		const char *p = idp_diag_str(&diag);
+
+		errs = json_array();
+		while (*p != '\0') {
+			size_t len = strcspn(p, "\n");
+
+			json_t *line = json_stringn(p, len);
+
+			if (line != NULL)
+				json_array_append_new(errs, line);
+			p += len;
+			if (*p == '\n')
+				p++;
+		}
+		http_reply_problem(req, rc == IDP_ETOOBIG ? 413 : 422,
+				   rc == IDP_ETOOBIG ? "payload_too_large" : "unprocessable",
+				   json_pack("{s:o}", "errors", errs), "the event is not valid");
+		return;
+	}
+	if (audit_event_type(ev) != AUDIT_TOOL_INVOCATION) {
+		audit_event_free(ev);
+		http_reply_problem(req, 422, "unprocessable", NULL,
+				   "only tool_invocation events may be reported");
+		return;
+	}
+	/* What the reporter may not choose: identity, time, origin. */
+	if (audit_event_set(ev, AUDIT_F_ID, NULL) != IDP_OK ||
+	    audit_event_assign_id(ev) != IDP_OK ||
+	    audit_event_set_time(ev, AUDIT_TIME_UNSET) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, NULL) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS,
+			    http_req_peer(req)[0] ? http_req_peer(req) : NULL) != IDP_OK ||
+	    audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who.name) != IDP_OK) {
+		audit_event_free(ev);
+		http_reply_error(req, IDP_EINTERNAL, "cannot stamp the event");
+		return;
+	}
+	snprintf(id, sizeof(id), "%s", audit_event_get(ev, AUDIT_F_ID));
+	if (audit_emit(ev) != IDP_OK) {
+		http_reply_error(req, IDP_EUNAVAIL, "the audit log cannot take the event now");
+		return;
+	}
+	http_reply_json(req, 201, json_pack("{s:s}", "id", id));
+}
+
+/* ---- GET /v1/audit/verify ---- */
+
+struct verify_state {
+	char writer[320];
+	long long seq;
+	uint8_t prev[AUDIT_HASH_LEN];
+	bool in_chain;
+	long long events, chains;
+};
+
+static bool
+hex_bytea(const char *s, uint8_t out[AUDIT_HASH_LEN])
+{
+	/* bytea in hex output form: "\x" + 64 hex digits */
+	return s[0] == '\\' && s[1] == 'x' && audit_hash_from_hex(s + 2, out) == IDP_OK;
+}
+
+static const char *
+json_str_at(json_t *o, const char *group, const char *key)
+{
+	if (group != NULL)
+		o = json_object_get(o, group);
+	return json_string_value(json_object_get(o, key));
+}
+
+static bool
+same(const char *col, const char *body)
+{
+	if (col == NULL || col[0] == '\0')
+		return body == NULL;
+	return body != NULL && strcmp(col, body) == 0;
+}
+
+/* Check one row; on a break, fill reason and return false. */
+static bool
+verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
+{
+	const char *writer = PQgetvalue(r, i, 1);
+	long long seq = strtoll(PQgetvalue(r, i, 2), NULL, 10);
+	const char *body = PQgetvalue(r, i, 3);
+	uint8_t prev[AUDIT_HASH_LEN], hash[AUDIT_HASH_LEN], want[AUDIT_HASH_LEN];
+	json_t *j;
+	bool ok;
+
+	if (!hex_bytea(PQgetvalue(r, i, 4), prev) || !hex_bytea(PQgetvalue(r, i, 5), hash)) {
+		*reason = "hash columns are malformed";
+		return false;
+	}
+	if (!st->in_chain || strcmp(st->writer, writer) != 0) {
+		/* A chain's oldest remaining row: retention may have removed the
+		 * ones before it, so its prev_hash is where verification starts. */
+		snprintf(st->writer, sizeof(st->writer), "%s", writer);
+		st->in_chain = true;
+		st->chains++;
+	} else {
+		if (seq != st->seq + 1) {
+			*reason = "a row is missing before this one (sequence gap)";
+			return false;
+		}
+		if (memcmp(prev, st->prev, AUDIT_HASH_LEN) != 0) {
+			*reason = "prev_hash does not match the previous row's hash";
+			return false;
+		}
+	}
+	if (audit_chain_hash(prev, body, strlen(body), want) != IDP_OK ||
+	    memcmp(want, hash, AUDIT_HASH_LEN) != 0) {
+		*reason = "the row's content does not match its hash";
+		return false;
+	}
+	j = json_loads(body, 0, NULL);
+	ok = j != NULL && same(PQgetvalue(r, i, 6), json_str_at(j, NULL, "type")) &&
+	     same(PQgetvalue(r, i, 7), json_str_at(j, NULL, "agent_id")) &&
+	     same(PQgetvalue(r, i, 8), json_str_at(j, NULL, "task_id")) &&
+	     same(PQgetvalue(r, i, 9), json_str_at(j, NULL, "human_principal")) &&
+	     same(PQgetvalue(r, i, 10), json_str_at(j, NULL, "id"));
+	json_decref(j);
+	if (!ok) {
+		*reason = "an indexed column disagrees with the hashed body";
+		return false;
+	}
+	st->seq = seq;
+	memcpy(st->prev, hash, AUDIT_HASH_LEN);
+	st->events++;
+	return true;
+}
+
+static void
+verify(struct http_req *req, void *ctx)
+{
+	static struct store_stmt page = {
+		"audit_verify_page",
+		"SELECT id, writer_id, seq, body, prev_hash, hash, type, agent_id, task_id, "
+		"human_principal, event_id FROM audit_events "
+		"WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
+		2, 0};
+	struct idpd_app *app = ctx;
+	struct auth_principal who;
+	struct verify_state st;
+	char last_writer[320] = "", last_seq[24] = "0";
+	struct store_conn *c;
+	json_t *out;
+
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+		return;
+	memset(&st, 0, sizeof(st));
+	if (store_acquire(app->store, &c) != IDP_OK) {
+		http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
+		return;
+	}
+	for (;;) {
+		const char *params[2] = {last_writer, last_seq};
+		PGresult *r;
+		int n;
+
+		if (store_exec(c, &page, params, &r) != IDP_OK) {
+			store_release(app->store, c);
+			http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
+			return;
+		}
+		n = PQntuples(r);
+		for (int i = 0; i < n; i++) {
+			const char *reason = NULL;
+
+			if (!verify_row(&st, r, i, &reason)) {
+				out = json_pack("{s:b,s:I,s:I,s:{s:I,s:s,s:I,s:s,s:s}}", "ok", 0,
+						"events_verified", (json_int_t)st.events, "chains",
+						(json_int_t)st.chains, "broken_at", "row",
+						(json_int_t)strtoll(PQgetvalue(r, i, 0), NULL, 10),
+						"chain", PQgetvalue(r, i, 1), "seq",
+						(json_int_t)strtoll(PQgetvalue(r, i, 2), NULL, 10),
+						"event_id", PQgetvalue(r, i, 10), "reason", reason);
+				PQclear(r);
+				store_release(app->store, c);
+				log_warn("audit: verification failed at row %s",
+					 json_string_value(json_object_get(
+						 json_object_get(out, "broken_at"), "event_id")));
+				http_reply_json(req, 200, out);
+				return;
+			}
+		}
+		if (n > 0) {
+			snprintf(last_writer, sizeof(last_writer), "%s", PQgetvalue(r, n - 1, 1));
+			snprintf(last_seq, sizeof(last_seq), "%s", PQgetvalue(r, n - 1, 2));
+		}
+		PQclear(r);
+		if (n < VERIFY_BATCH)
+			break;
+	}
+	store_release(app->store, c);
+	http_reply_json(req, 200,
+			json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",
+				  (json_int_t)st.events, "chains", (json_int_t)st.chains));
+}
+
+int
+audit_routes(struct http_router *r, struct idpd_app *app)
+{
+	int rc = 0;
+
+	rc |= http_router_add(r, HTTP_GET, "/v1/audit/events", query_events, app);
+	rc |= http_router_add(r, HTTP_POST, "/v1/audit/events", ingest_event, app);
+	rc |= http_router_add(r, HTTP_GET, "/v1/audit/verify", verify, app);
+	return rc == 0 ? IDP_OK : IDP_EINVAL;
+}

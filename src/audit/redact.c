@@ -1,0 +1,160 @@
+/*
+ * redact.c - hiding secrets in tool parameters and detail objects, and the
+ * size and depth bounds on them (see audit_redact_params in audit.h).
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit_int.h"
+
+/* Compared against keys lower-cased and stripped of '_', '-', '.' and ' '. */
+static const char *const secret_words[] = {
+    "password", "passwd",     "passphrase", "secret", "token",   "authorization",
+    "apikey",   "privatekey", "credential", "cookie", "session", "jwt",
+};
+
+bool
+audit_key_is_secret(const char *key)
+{
+	char small[256], *norm;
+	size_t len = strlen(key), n = 0;
+	bool hit = false;
+
+	norm = len < sizeof(small) ? small : idp_xmalloc(len + 1);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)key[i];
+
+		if (c == '_' || c == '-' || c == '.' || c == ' ')
+			continue;
+		norm[n++] = (char)(c < 0x80 ? tolower(c) : c);
+	}
+	norm[n] = '\0';
+	for (size_t i = 0; i < IDP_ARRAY_LEN(secret_words) && !hit; i++)
+		hit = strstr(norm, secret_words[i]) != NULL;
+	if (norm != small)
+		free(norm);
+	return hit;
+}
+
+static bool
+has_prefix_nocase(const char *s, const char *prefix)
+{
+	return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * Whether a string value is itself a credential, whatever its key: an HTTP
+ * authorization value, an idpd API key, or a compact JWS/JWE (base64url
+ * segments, the first a JSON header, so it starts with "eyJ").
+ */
+static bool
+value_is_secret(const char *s)
+{
+	size_t dots = 0;
+
+	if (has_prefix_nocase(s, "bearer ") || has_prefix_nocase(s, "basic ") ||
+	    strncmp(s, "idpk_", 5) == 0)
+		return true;
+	if (strncmp(s, "eyJ", 3) != 0)
+		return false;
+	for (const char *p = s; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '.')
+			dots++;
+		else if (!isalnum(c) && c != '-' && c != '_' && c != '=')
+			return false;
+	}
+	return dots >= 2;
+}
+
+static json_t *
+redacted(void)
+{
+	return audit_json_must(json_string(AUDIT_REDACTED));
+}
+
+/* Recursion is bounded: the caller checked the depth first. */
+static void
+redact(json_t *v)
+{
+	if (json_is_object(v)) {
+		for (void *it = json_object_iter(v); it != NULL;
+		     it = json_object_iter_next(v, it)) {
+			json_t *child = json_object_iter_value(it);
+
+			if (audit_key_is_secret(json_object_iter_key(it)) ||
+			    (json_is_string(child) && value_is_secret(json_string_value(child)))) {
+				if (json_object_iter_set_new(v, it, redacted()) != 0)
+					audit_json_must(NULL);
+			} else {
+				redact(child);
+			}
+		}
+	} else if (json_is_array(v)) {
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			json_t *child = json_array_get(v, i);
+
+			if (json_is_string(child) && value_is_secret(json_string_value(child))) {
+				if (json_array_set_new(v, i, redacted()) != 0)
+					audit_json_must(NULL);
+			} else {
+				redact(child);
+			}
+		}
+	}
+}
+
+int
+audit_json_depth(const json_t *j, int limit)
+{
+	int max = 0;
+
+	if (!json_is_object(j) && !json_is_array(j))
+		return 0;
+	if (limit <= 0)
+		return 1;
+	if (json_is_object(j)) {
+		const char *key;
+		json_t *v;
+
+		json_object_foreach((json_t *)j, key, v)
+		{
+			int d = audit_json_depth(v, limit - 1);
+
+			if (d > max)
+				max = d;
+			if (1 + max > limit)
+				break;
+		}
+	} else {
+		size_t i;
+		json_t *v;
+
+		json_array_foreach(j, i, v)
+		{
+			int d = audit_json_depth(v, limit - 1);
+
+			if (d > max)
+				max = d;
+			if (1 + max > limit)
+				break;
+		}
+	}
+	return 1 + max;
+}
+
+int
+audit_redact_params(json_t *params)
+{
+	if (params == NULL)
+		return IDP_EINVAL;
+	if (audit_json_depth(params, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH)
+		return IDP_EINVAL;
+	redact(params);
+	if (json_dumpb(params, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(17)) >
+	    AUDIT_JSON_MAX_BYTES)
+		return IDP_ETOOBIG;
+	return IDP_OK;
+}

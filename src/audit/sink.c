@@ -1,0 +1,678 @@
+/*
+ * sink.c - the file and syslog transports of audit_sink.h.
+ *
+ * Sockets are non-blocking from creation; every wait is a poll(2) against a
+ * deadline on the monotonic clock, so no call blocks longer than the
+ * configured timeouts (name resolution excepted: getaddrinfo has no
+ * timeout, so an address should be a literal or resolve from /etc/hosts).
+ * Every send passes MSG_NOSIGNAL, so a closed peer is an error, not a
+ * signal.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <linux/sockios.h>
+
+#include "idpd/audit_sink.h"
+#include "idpd/clock.h"
+
+#include "audit_int.h"
+
+#define APP_NAME "idpd"
+#define HOSTNAME_MAX 255 /* RFC 5424 */
+#define MSGID_MAX 32     /* RFC 5424 */
+
+struct audit_sink {
+	enum audit_sink_type type;
+	enum audit_format format;
+	enum audit_sink_proto protocol;
+	char *path;
+	char *host; /* syslog: the address split in two */
+	char *port;
+	char hostname[HOSTNAME_MAX + 1];
+	char *version;
+	int facility;
+	int64_t connect_timeout_ms;
+	int64_t send_timeout_ms;
+	size_t udp_max;
+	bool fsync;
+
+	int fd;               /* -1 when closed */
+	struct idp_buf line;  /* write_event's formatted line */
+	struct idp_buf frame; /* file: line + LF; syslog: header + line */
+	struct idp_buf wire;  /* TCP: length prefix + frame, sent with one send() */
+	char desc[320];
+};
+
+static const char *const type_names[] = {"file", "syslog"};
+static const char *const proto_names[] = {"tcp", "udp"};
+
+const char *
+audit_sink_type_name(enum audit_sink_type t)
+{
+	return (unsigned)t < IDP_ARRAY_LEN(type_names) ? type_names[t] : NULL;
+}
+
+int
+audit_sink_type_parse(const char *s, enum audit_sink_type *out)
+{
+	for (size_t i = 0; i < IDP_ARRAY_LEN(type_names); i++) {
+		if (strcmp(s, type_names[i]) == 0) {
+			*out = (enum audit_sink_type)i;
+			return IDP_OK;
+		}
+	}
+	return IDP_EINVAL;
+}
+
+const char *
+audit_sink_proto_name(enum audit_sink_proto p)
+{
+	return (unsigned)p < IDP_ARRAY_LEN(proto_names) ? proto_names[p] : NULL;
+}
+
+int
+audit_sink_proto_parse(const char *s, enum audit_sink_proto *out)
+{
+	for (size_t i = 0; i < IDP_ARRAY_LEN(proto_names); i++) {
+		if (strcmp(s, proto_names[i]) == 0) {
+			*out = (enum audit_sink_proto)i;
+			return IDP_OK;
+		}
+	}
+	return IDP_EINVAL;
+}
+
+bool
+audit_sink_retryable(int err)
+{
+	return err == IDP_EUNAVAIL;
+}
+
+void
+audit_sink_config_defaults(struct audit_sink_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->type = AUDIT_SINK_FILE;
+	c->format = AUDIT_FORMAT_JSON;
+	c->protocol = AUDIT_PROTO_TCP;
+	c->version = "0";
+	c->facility = 13;
+	c->connect_timeout_ms = 5000;
+	c->send_timeout_ms = 5000;
+	c->udp_max = 2048;
+	c->fsync = true;
+}
+
+/* Copy s into out keeping only printable ASCII without spaces, as RFC 5424 wants. */
+static void
+header_token(const char *s, char *out, size_t max)
+{
+	size_t n = 0;
+
+	for (; s != NULL && *s != '\0' && n < max; s++)
+		if (*s > 0x20 && *s < 0x7f)
+			out[n++] = *s;
+	if (n == 0)
+		out[n++] = '-';
+	out[n] = '\0';
+}
+
+/* "host:port" or "[v6]:port" -> host and port; false if malformed. */
+static bool
+split_address(const char *addr, char **host, char **port)
+{
+	const char *colon, *h = addr;
+	size_t hlen;
+	char *end;
+	long p;
+
+	if (addr[0] == '[') {
+		const char *close = strchr(addr, ']');
+
+		if (close == NULL || close[1] != ':')
+			return false;
+		h = addr + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(addr, ':');
+		if (colon == NULL || strchr(addr, ':') != colon)
+			return false;
+		hlen = (size_t)(colon - addr);
+	}
+	if (hlen == 0 || hlen > 253)
+		return false;
+	errno = 0;
+	p = strtol(colon + 1, &end, 10);
+	if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 1 || p > 65535)
+		return false;
+	*host = idp_xstrndup(h, hlen);
+	*port = idp_xstrdup(colon + 1);
+	return true;
+}
+
+int
+audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, struct idp_diag *diag)
+{
+	struct audit_sink *s;
+	char host[HOSTNAME_MAX + 1];
+
+	*out = NULL;
+	if (audit_format_name(cfg->format) == NULL) {
+		idp_diag_add(diag, "audit sink: unknown format");
+		return IDP_EINVAL;
+	}
+	if (cfg->connect_timeout_ms <= 0 || cfg->send_timeout_ms <= 0) {
+		idp_diag_add(diag, "audit sink: timeouts must be positive");
+		return IDP_EINVAL;
+	}
+	s = idp_xcalloc(1, sizeof(*s));
+	s->fd = -1;
+	s->type = cfg->type;
+	s->format = cfg->format;
+	s->protocol = cfg->protocol;
+	s->version = idp_xstrdup(cfg->version ? cfg->version : "0");
+	s->facility = cfg->facility;
+	s->connect_timeout_ms = cfg->connect_timeout_ms;
+	s->send_timeout_ms = cfg->send_timeout_ms;
+	s->udp_max = cfg->udp_max;
+	s->fsync = cfg->fsync;
+	idp_buf_init(&s->line, AUDIT_SINK_LINE_MAX);
+	idp_buf_init(&s->frame, 0);
+	idp_buf_init(&s->wire, 0);
+
+	if (cfg->type == AUDIT_SINK_FILE) {
+		if (cfg->path == NULL || cfg->path[0] == '\0') {
+			idp_diag_add(diag, "audit sink: a file sink needs a path");
+			goto fail;
+		}
+		s->path = idp_xstrdup(cfg->path);
+		snprintf(s->desc, sizeof(s->desc), "file %.256s (%s)", s->path,
+		         audit_format_name(s->format));
+	} else if (cfg->type == AUDIT_SINK_SYSLOG) {
+		if (audit_sink_proto_name(cfg->protocol) == NULL) {
+			idp_diag_add(diag, "audit sink: protocol must be tcp or udp");
+			goto fail;
+		}
+		if (cfg->address == NULL || !split_address(cfg->address, &s->host, &s->port)) {
+			idp_diag_add(diag, "audit sink: address must be host:port or [v6]:port");
+			goto fail;
+		}
+		if (cfg->facility < 0 || cfg->facility > 23) {
+			idp_diag_add(diag, "audit sink: facility must be 0-23");
+			goto fail;
+		}
+		if (cfg->protocol == AUDIT_PROTO_UDP &&
+		    (cfg->udp_max < AUDIT_SINK_UDP_MIN || cfg->udp_max > AUDIT_SINK_UDP_MAX)) {
+			idp_diag_add(diag, "audit sink: udp_max must be %d-%d", AUDIT_SINK_UDP_MIN,
+			             AUDIT_SINK_UDP_MAX);
+			goto fail;
+		}
+		if (cfg->hostname != NULL) {
+			header_token(cfg->hostname, s->hostname, HOSTNAME_MAX);
+		} else {
+			if (gethostname(host, sizeof(host)) != 0)
+				host[0] = '\0';
+			host[HOSTNAME_MAX] = '\0';
+			header_token(host, s->hostname, HOSTNAME_MAX);
+		}
+		snprintf(s->desc, sizeof(s->desc), "syslog %s %.264s (%s)",
+		         audit_sink_proto_name(s->protocol), cfg->address,
+		         audit_format_name(s->format));
+	} else {
+		idp_diag_add(diag, "audit sink: type must be file or syslog");
+		goto fail;
+	}
+	*out = s;
+	return IDP_OK;
+fail:
+	audit_sink_free(s);
+	return IDP_EINVAL;
+}
+
+const char *
+audit_sink_describe(const struct audit_sink *s)
+{
+	return s->desc;
+}
+
+void
+audit_sink_close(struct audit_sink *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+}
+
+void
+audit_sink_free(struct audit_sink *s)
+{
+	if (s == NULL)
+		return;
+	audit_sink_close(s);
+	free(s->path);
+	free(s->host);
+	free(s->port);
+	free(s->version);
+	idp_buf_cleanup(&s->line);
+	idp_buf_cleanup(&s->frame);
+	idp_buf_cleanup(&s->wire);
+	free(s);
+}
+
+/* Record errno in diag and close the transport; returns err. */
+static int
+sys_fail(struct audit_sink *s, struct idp_diag *diag, int err, const char *what, int errnum)
+{
+	char buf[128];
+
+	idp_diag_add(diag, "%s: %s: %s", s->desc, what, idp_strerror(errnum, buf, sizeof(buf)));
+	audit_sink_close(s);
+	return err;
+}
+
+/* ---- file --------------------------------------------------------------- */
+
+/* Whether a failed file call may succeed later without anyone's help. */
+static bool
+file_errno_transient(int e)
+{
+	return e == ENOSPC || e == EDQUOT || e == EINTR || e == EAGAIN || e == EIO || e == EMFILE ||
+	       e == ENFILE || e == ENOMEM;
+}
+
+static int
+file_open(struct audit_sink *s, struct idp_diag *diag)
+{
+	int fd = open(s->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+
+	if (fd < 0) {
+		int e = errno;
+
+		return sys_fail(s, diag, file_errno_transient(e) ? IDP_EUNAVAIL : IDP_EIO, "open",
+		                e);
+	}
+	s->fd = fd;
+	return IDP_OK;
+}
+
+/*
+ * If the path no longer names the open file (log rotation renamed or
+ * removed it), close it so the next write creates a new file.  Called after
+ * a successful sync, so nothing written to the old file is lost.
+ */
+static void
+file_check_rotation(struct audit_sink *s)
+{
+	struct stat a, b;
+
+	if (fstat(s->fd, &a) != 0)
+		return;
+	if (stat(s->path, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+		audit_sink_close(s);
+}
+
+static int
+file_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
+{
+	struct stat st;
+	ssize_t w;
+	int e;
+
+	idp_buf_reset(&s->frame);
+	if (idp_buf_append(&s->frame, m->line, m->len) != IDP_OK ||
+	    idp_buf_putc(&s->frame, '\n') != IDP_OK)
+		return IDP_ETOOBIG;
+	if (fstat(s->fd, &st) != 0)
+		return sys_fail(s, diag, IDP_EUNAVAIL, "fstat", errno);
+	do {
+		w = write(s->fd, s->frame.data, s->frame.len);
+	} while (w < 0 && errno == EINTR);
+	if (w == (ssize_t)s->frame.len)
+		return IDP_OK;
+	e = w < 0 ? errno : ENOSPC;
+	/* Cut back a partial line so the file only ever holds whole lines. */
+	if (w > 0 && ftruncate(s->fd, st.st_size) != 0) {
+		idp_diag_add(diag, "%s: a partial line could not be removed", s->desc);
+	}
+	return sys_fail(s, diag, file_errno_transient(e) ? IDP_EUNAVAIL : IDP_EIO, "write", e);
+}
+
+/* ---- sockets ------------------------------------------------------------ */
+
+static int64_t
+deadline_after(int64_t ms)
+{
+	return idp_mono_us() + ms * 1000;
+}
+
+/* Milliseconds left until deadline, for poll(); 0 once it has passed. */
+static int
+ms_left(int64_t deadline)
+{
+	int64_t left = (deadline - idp_mono_us() + 999) / 1000;
+
+	return left <= 0 ? 0 : left > 60000 ? 60000 : (int)left;
+}
+
+/* Wait until fd is ready for events; 0, or ETIMEDOUT / an errno. */
+static int
+wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd p = {fd, events, 0};
+		int left = ms_left(deadline), n;
+
+		if (left == 0)
+			return ETIMEDOUT;
+		n = poll(&p, 1, left);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return errno;
+	}
+}
+
+static int
+connect_one(const struct addrinfo *ai, int64_t deadline, int *err)
+{
+	int fd =
+	    socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+	socklen_t len = sizeof(*err);
+
+	if (fd < 0) {
+		*err = errno;
+		return -1;
+	}
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		return fd;
+	*err = errno;
+	if (*err == EINPROGRESS) {
+		*err = wait_fd(fd, POLLOUT, deadline);
+		if (*err == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) != 0)
+			*err = errno;
+		if (*err == 0)
+			return fd;
+	}
+	close(fd);
+	return -1;
+}
+
+static int
+sock_open(struct audit_sink *s, struct idp_diag *diag)
+{
+	struct addrinfo hints, *res = NULL;
+	int64_t deadline = deadline_after(s->connect_timeout_ms);
+	int rc, err = ECONNREFUSED;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = s->protocol == AUDIT_PROTO_TCP ? SOCK_STREAM : SOCK_DGRAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	rc = getaddrinfo(s->host, s->port, &hints, &res);
+	if (rc != 0) {
+		idp_diag_add(diag, "%s: resolve: %s", s->desc, gai_strerror(rc));
+		/* A name that does not exist is a configuration error. */
+		return rc == EAI_AGAIN || rc == EAI_SYSTEM || rc == EAI_MEMORY ? IDP_EUNAVAIL
+		                                                               : IDP_EIO;
+	}
+	for (struct addrinfo *ai = res; ai != NULL && s->fd < 0; ai = ai->ai_next)
+		s->fd = connect_one(ai, deadline, &err);
+	freeaddrinfo(res);
+	if (s->fd < 0)
+		return sys_fail(s, diag, IDP_EUNAVAIL, "connect", err);
+	return IDP_OK;
+}
+
+/*
+ * Whether the TCP peer has closed or reset the connection.  A syslog
+ * receiver never sends, so whatever arrives is read and dropped; end of
+ * stream or an error means bytes written now would be lost.
+ */
+static bool
+tcp_peer_gone(int fd)
+{
+	char scratch[512];
+
+	for (;;) {
+		ssize_t n = recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+
+		if (n > 0)
+			continue;
+		if (n == 0)
+			return true;
+		if (errno == EINTR)
+			continue;
+		return errno != EAGAIN && errno != EWOULDBLOCK;
+	}
+}
+
+static int
+send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *diag)
+{
+	int64_t deadline = deadline_after(s->send_timeout_ms);
+
+	while (n > 0) {
+		ssize_t w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int e;
+
+		if (w >= 0) {
+			p += w;
+			n -= (size_t)w;
+			continue;
+		}
+		e = errno;
+		if (e == EINTR)
+			continue;
+		if (e != EAGAIN && e != EWOULDBLOCK)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
+		e = wait_fd(s->fd, POLLOUT, deadline);
+		if (e != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
+	}
+	return IDP_OK;
+}
+
+/* RFC 5424 severity for a CEF-style 0-10 severity. */
+static int
+syslog_severity(int sev)
+{
+	if (sev >= 9)
+		return 2; /* critical */
+	if (sev >= 7)
+		return 3; /* error */
+	if (sev >= 5)
+		return 4; /* warning */
+	if (sev >= 3)
+		return 5; /* notice */
+	return 6;         /* informational */
+}
+
+/* s->frame = RFC 5424 header + line, without framing. */
+static int
+syslog_message(struct audit_sink *s, const struct audit_sink_msg *m)
+{
+	char ts[32] = "-", msgid[MSGID_MAX + 1];
+	int rc;
+
+	if (m->ts_ms != AUDIT_TIME_UNSET)
+		idp_time_format(m->ts_ms, ts);
+	header_token(m->msgid, msgid, MSGID_MAX);
+	idp_buf_reset(&s->frame);
+	rc = idp_buf_printf(&s->frame, "<%d>1 %s %s %s %ld %s - ",
+	                    s->facility * 8 + syslog_severity(m->severity), ts, s->hostname,
+	                    APP_NAME, (long)getpid(), msgid);
+	return rc == IDP_OK ? idp_buf_append(&s->frame, m->line, m->len) : rc;
+}
+
+static int
+tcp_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
+{
+	int rc = syslog_message(s, m);
+
+	if (rc != IDP_OK)
+		return rc;
+	/*
+	 * RFC 6587 octet counting: "MSG-LEN SP SYSLOG-MSG", in one send so the
+	 * frame does not wait on Nagle's algorithm between its two parts.
+	 */
+	idp_buf_reset(&s->wire);
+	rc = idp_buf_printf(&s->wire, "%zu ", s->frame.len);
+	if (rc == IDP_OK)
+		rc = idp_buf_append(&s->wire, s->frame.data, s->frame.len);
+	return rc == IDP_OK ? send_all(s, s->wire.data, s->wire.len, diag) : rc;
+}
+
+/* The longest prefix of p[0..n) of at most max bytes that ends on a UTF-8 boundary. */
+static size_t
+utf8_cut(const char *p, size_t n, size_t max)
+{
+	if (n <= max)
+		return n;
+	while (max > 0 && ((unsigned char)p[max] & 0xc0) == 0x80)
+		max--;
+	return max;
+}
+
+static int
+udp_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
+{
+	size_t len;
+	ssize_t w;
+	int rc = syslog_message(s, m);
+
+	if (rc != IDP_OK)
+		return rc;
+	len = utf8_cut(s->frame.data, s->frame.len, s->udp_max);
+	do {
+		w = send(s->fd, s->frame.data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} while (w < 0 && errno == EINTR);
+	if (w < 0)
+		return sys_fail(s, diag, IDP_EUNAVAIL, "send", errno);
+	return IDP_OK;
+}
+
+/* ---- the interface ------------------------------------------------------ */
+
+int
+audit_sink_open(struct audit_sink *s, struct idp_diag *diag)
+{
+	if (s->fd >= 0)
+		return IDP_OK;
+	return s->type == AUDIT_SINK_FILE ? file_open(s, diag) : sock_open(s, diag);
+}
+
+int
+audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
+{
+	int rc;
+
+	if (memchr(m->line, '\n', m->len) != NULL || memchr(m->line, '\r', m->len) != NULL) {
+		idp_diag_add(diag, "%s: a line may not contain a line break", s->desc);
+		return IDP_EINVAL;
+	}
+	if (m->len > AUDIT_SINK_LINE_MAX) {
+		idp_diag_add(diag, "%s: line of %zu bytes is over the %d byte limit", s->desc,
+		             m->len, AUDIT_SINK_LINE_MAX);
+		return IDP_ETOOBIG;
+	}
+	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol == AUDIT_PROTO_TCP &&
+	    tcp_peer_gone(s->fd))
+		audit_sink_close(s);
+	rc = audit_sink_open(s, diag);
+	if (rc != IDP_OK)
+		return rc;
+	if (s->type == AUDIT_SINK_FILE)
+		return file_write(s, m, diag);
+	return s->protocol == AUDIT_PROTO_TCP ? tcp_write(s, m, diag) : udp_write(s, m, diag);
+}
+
+int
+audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev, struct idp_diag *diag)
+{
+	struct audit_sink_msg m;
+	int rc;
+
+	idp_buf_reset(&s->line);
+	rc = audit_format_line(s->format, ev, s->version, &s->line);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "%s: formatted event is over %d bytes", s->desc,
+		             AUDIT_SINK_LINE_MAX);
+		return rc;
+	}
+	m.line = idp_buf_str(&s->line);
+	m.len = s->line.len;
+	m.ts_ms = audit_event_time(ev);
+	m.msgid = audit_type_name(audit_event_type(ev));
+	m.severity = audit_event_severity(ev);
+	return audit_sink_write(s, &m, diag);
+}
+
+/* The kernel's TCP state of fd (TCP_ESTABLISHED, TCP_CLOSE, ...), or -1. */
+static int
+tcp_state(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+		return -1;
+	return ti.tcpi_state;
+}
+
+/*
+ * Wait until the peer's TCP has acknowledged everything sent.  An empty send
+ * queue alone proves nothing: a reset empties it too, so the connection must
+ * also not have been closed under us.
+ */
+static int
+tcp_drain(struct audit_sink *s, struct idp_diag *diag)
+{
+	int64_t deadline = deadline_after(s->send_timeout_ms);
+
+	for (;;) {
+		struct pollfd p = {s->fd, POLLRDHUP, 0};
+		int queued = 0, state;
+
+		if (ioctl(s->fd, SIOCOUTQ, &queued) != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "ioctl(SIOCOUTQ)", errno);
+		state = tcp_state(s->fd);
+		if (state < 0 || state == TCP_CLOSE)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
+		if (queued == 0)
+			return IDP_OK;
+		if (ms_left(deadline) == 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ETIMEDOUT);
+		/* Acknowledgements raise no event to wait for: look again shortly. */
+		if (poll(&p, 1, 5) < 0 && errno != EINTR)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "poll", errno);
+	}
+}
+
+int
+audit_sink_flush(struct audit_sink *s, struct idp_diag *diag)
+{
+	if (s->fd < 0)
+		return IDP_OK;
+	if (s->type == AUDIT_SINK_FILE) {
+		if (s->fsync && fdatasync(s->fd) != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "fdatasync", errno);
+		file_check_rotation(s);
+		return IDP_OK;
+	}
+	if (s->protocol == AUDIT_PROTO_TCP)
+		return tcp_drain(s, diag);
+	return IDP_OK;
+}

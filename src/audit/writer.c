@@ -1,0 +1,533 @@
+/*
+ * writer.c - the audit queue and its writer thread (see audit_writer.h).
+ *
+ * DESIGN
+ *
+ * State lives in one struct guarded by one lock, writer.lock: the ring of
+ * queued events, the count of events enqueued (enq_seq) and committed
+ * (committed_seq), and the stop flag.  Events leave the ring in FIFO order
+ * and are committed in that order, so an emitter whose event was the k-th
+ * enqueued knows it is durable once committed_seq >= k.  Two condition
+ * variables: `work` wakes the writer, `done` wakes emitters (space freed or
+ * a batch committed; they re-check their own condition).
+ *
+ * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
+ * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
+ * the COPY text of a batch are computed once; if the transaction fails the
+ * same rows are retried after a reconnect, skipping those that turn out to
+ * have committed already (the COMMIT reply can be lost with the connection),
+ * so the chain never forks and no event is written twice.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "idpd/audit_writer.h"
+#include "idpd/buf.h"
+#include "idpd/clock.h"
+#include "idpd/log.h"
+#include "idpd/metrics.h"
+#include "../store/store_int.h"
+
+struct row {
+	size_t off, len; /* this row's bytes in the batch's COPY text */
+	uint64_t seq;
+};
+
+static struct {
+	struct audit_writer_opts o;
+	char *url;
+	char instance[256];
+	char chain_id[320];
+
+	pthread_mutex_t lock; /* writer.lock: everything below up to `thread` */
+	pthread_cond_t work;
+	pthread_cond_t done;
+	struct audit_event **ring;
+	int cap, head, count;
+	uint64_t enq_seq;
+	uint64_t committed_seq;
+	bool stop;
+	int64_t stop_deadline_us;
+	bool running;
+	pthread_t thread;
+
+	/* writer thread only */
+	PGconn *pg;
+	uint64_t chain_seq;
+	uint8_t chain_hash[AUDIT_HASH_LEN];
+
+	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures;
+	_Atomic bool connected;
+} W = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static void
+deadline_in(struct timespec *ts, int64_t ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+/* COPY text format: backslash, tab, newline and CR are escaped. */
+static int
+copy_text(struct idp_buf *b, const char *s)
+{
+	int rc = 0;
+
+	if (s == NULL)
+		return idp_buf_puts(b, "\\N");
+	for (; *s != '\0' && rc == 0; s++) {
+		switch (*s) {
+		case '\\': rc = idp_buf_puts(b, "\\\\"); break;
+		case '\t': rc = idp_buf_puts(b, "\\t"); break;
+		case '\n': rc = idp_buf_puts(b, "\\n"); break;
+		case '\r': rc = idp_buf_puts(b, "\\r"); break;
+		default: rc = idp_buf_putc(b, *s); break;
+		}
+	}
+	return rc;
+}
+
+/* One COPY row for ev; extends the chain held in W. */
+static int
+build_row(struct audit_event *ev, struct idp_buf *b, struct row *r)
+{
+	uint8_t prev[AUDIT_HASH_LEN];
+	char ts[32], prev_hex[AUDIT_HASH_HEX_LEN + 1], hash_hex[AUDIT_HASH_HEX_LEN + 1];
+	size_t clen;
+	char *canon;
+	int rc = 0;
+
+	memcpy(prev, W.chain_hash, sizeof(prev));
+	canon = audit_event_canonical(ev, &clen);
+	if (audit_chain_hash(prev, canon, clen, W.chain_hash) != IDP_OK) {
+		free(canon);
+		return IDP_EINTERNAL;
+	}
+	W.chain_seq++;
+	r->seq = W.chain_seq;
+	r->off = b->len;
+	audit_hash_to_hex(prev, prev_hex);
+	audit_hash_to_hex(W.chain_hash, hash_hex);
+	idp_time_format(audit_event_time(ev), ts);
+
+	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_ID));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= copy_text(b, W.chain_id);
+	rc |= idp_buf_printf(b, "\t%llu\t%s\t", (unsigned long long)r->seq, ts);
+	rc |= copy_text(b, audit_type_name(audit_event_type(ev)));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_AGENT_ID));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_HUMAN_PRINCIPAL));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_TASK_ID));
+	rc |= idp_buf_printf(b, "\t%d\t", audit_event_severity(ev));
+	rc |= copy_text(b, audit_outcome_name(audit_event_outcome(ev)));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= copy_text(b, canon);
+	rc |= idp_buf_printf(b, "\t\\\\x%s\t\\\\x%s\n", prev_hex, hash_hex);
+	r->len = b->len - r->off;
+	free(canon);
+	return rc == 0 ? IDP_OK : IDP_ETOOBIG;
+}
+
+static bool
+exec_ok(PGconn *pg, const char *sql, ExecStatusType want)
+{
+	PGresult *r = PQexec(pg, sql);
+	bool ok = PQresultStatus(r) == want;
+
+	if (!ok)
+		log_warn("audit: %s: %s", sql, PQresultErrorMessage(r));
+	PQclear(r);
+	return ok;
+}
+
+/* Highest seq of this chain already committed; -1 if it cannot be known. */
+static int64_t
+committed_max(void)
+{
+	const char *p[1] = {W.chain_id};
+	PGresult *r = PQexecParams(W.pg,
+				   "SELECT coalesce(max(seq), 0) FROM audit_events WHERE writer_id = $1",
+				   1, NULL, p, NULL, NULL, 0);
+	int64_t v = -1;
+
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+		v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	PQclear(r);
+	return v;
+}
+
+/* One attempt to commit rows [0, n).  IDP_OK when all of them are durable. */
+static int
+write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
+{
+	PGresult *r;
+	size_t from = 0;
+	int first = 0;
+
+	if (W.pg == NULL) {
+		char err[256];
+
+		W.pg = store_connect_url(W.url, 5000, 0, err, sizeof(err));
+		if (W.pg == NULL) {
+			log_warn("audit: cannot connect to PostgreSQL: %s", err);
+			return IDP_EUNAVAIL;
+		}
+		atomic_store(&W.connected, true);
+	}
+	if (retry) {
+		int64_t max = committed_max();
+
+		if (max < 0)
+			goto lost;
+		while (first < n && (int64_t)rows[first].seq <= max)
+			first++;
+		if (first == n)
+			return IDP_OK;
+	}
+	from = rows[first].off;
+	if (!exec_ok(W.pg, "BEGIN", PGRES_COMMAND_OK))
+		goto lost;
+	if (!exec_ok(W.pg,
+		     "COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, "
+		     "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
+		     "FROM STDIN",
+		     PGRES_COPY_IN))
+		goto lost;
+	if (PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
+	    PQputCopyEnd(W.pg, NULL) != 1)
+		goto lost;
+	r = PQgetResult(W.pg);
+	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+		log_warn("audit: COPY: %s", PQresultErrorMessage(r));
+		PQclear(r);
+		while ((r = PQgetResult(W.pg)) != NULL)
+			PQclear(r);
+		goto lost;
+	}
+	PQclear(r);
+	while ((r = PQgetResult(W.pg)) != NULL)
+		PQclear(r);
+	if (!exec_ok(W.pg, "COMMIT", PGRES_COMMAND_OK))
+		goto lost;
+	return IDP_OK;
+lost:
+	/* Start over on a fresh session: whatever state this one is in. */
+	PQfinish(W.pg);
+	W.pg = NULL;
+	atomic_store(&W.connected, false);
+	return IDP_EUNAVAIL;
+}
+
+static bool
+stopping_past_deadline(void)
+{
+	bool past;
+
+	pthread_mutex_lock(&W.lock);
+	past = W.stop && idp_mono_us() > W.stop_deadline_us;
+	pthread_mutex_unlock(&W.lock);
+	return past;
+}
+
+static void *
+run(void *arg)
+{
+	struct audit_event **batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
+	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
+	struct idp_buf b;
+
+	(void)arg;
+	idp_buf_init(&b, 0);
+	for (;;) {
+		int n = 0, backoff_ms = 50;
+		bool retry = false, written = false;
+		int64_t t0;
+
+		pthread_mutex_lock(&W.lock);
+		while (!W.stop && W.count == 0)
+			pthread_cond_wait(&W.work, &W.lock);
+		if (W.count == 0 && W.stop) {
+			pthread_mutex_unlock(&W.lock);
+			break;
+		}
+		if (W.o.batch_wait_ms > 0 && W.count < W.o.batch_max && !W.stop) {
+			struct timespec ts;
+
+			deadline_in(&ts, W.o.batch_wait_ms);
+			pthread_cond_timedwait(&W.work, &W.lock, &ts);
+		}
+		while (n < W.o.batch_max && W.count > 0) {
+			batch[n++] = W.ring[W.head];
+			W.ring[W.head] = NULL;
+			W.head = (W.head + 1) % W.cap;
+			W.count--;
+		}
+		pthread_cond_broadcast(&W.done); /* space for blocked emitters */
+		pthread_mutex_unlock(&W.lock);
+
+		idp_buf_reset(&b);
+		for (int i = 0; i < n; i++) {
+			if (build_row(batch[i], &b, &rows[i]) != IDP_OK) {
+				/* Only a bug can get here: valid events always serialize. */
+				log_error("audit: cannot serialize an event; aborting to keep the "
+					  "chain honest");
+				abort();
+			}
+		}
+		t0 = idp_mono_us();
+		while (!written) {
+			if (write_rows(&b, rows, n, retry) == IDP_OK) {
+				written = true;
+				break;
+			}
+			atomic_fetch_add(&W.failures, 1);
+			retry = true;
+			if (stopping_past_deadline())
+				break;
+			{
+				struct timespec ts = {backoff_ms / 1000,
+						      (long)(backoff_ms % 1000) * 1000000L};
+
+				nanosleep(&ts, NULL);
+			}
+			backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
+		}
+		if (written) {
+			atomic_fetch_add(&W.commit_us, (uint64_t)(idp_mono_us() - t0));
+			atomic_fetch_add(&W.batches, 1);
+			atomic_fetch_add(&W.committed, (uint64_t)n);
+			pthread_mutex_lock(&W.lock);
+			W.committed_seq += (uint64_t)n;
+			pthread_cond_broadcast(&W.done);
+			pthread_mutex_unlock(&W.lock);
+		} else {
+			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
+				  "unreachable); their emitters were not acknowledged",
+				  n);
+		}
+		for (int i = 0; i < n; i++)
+			audit_event_free(batch[i]);
+		if (!written)
+			break;
+	}
+	idp_buf_cleanup(&b);
+	free(batch);
+	free(rows);
+	if (W.pg != NULL)
+		PQfinish(W.pg);
+	W.pg = NULL;
+	atomic_store(&W.connected, false);
+	return NULL;
+}
+
+static void
+collect(struct idp_buf *out, void *ctx)
+{
+	struct audit_writer_stats st;
+
+	(void)ctx;
+	audit_writer_get_stats(&st);
+	if (idp_buf_printf(
+		    out,
+		    "# HELP idpd_audit_events_total Audit events by fate.\n"
+		    "# TYPE idpd_audit_events_total counter\n"
+		    "idpd_audit_events_total{state=\"queued\"} %llu\n"
+		    "idpd_audit_events_total{state=\"committed\"} %llu\n"
+		    "idpd_audit_events_total{state=\"refused\"} %llu\n"
+		    "idpd_audit_events_total{state=\"timed_out\"} %llu\n"
+		    "# HELP idpd_audit_queue_depth Events waiting for the writer.\n"
+		    "# TYPE idpd_audit_queue_depth gauge\nidpd_audit_queue_depth %d\n"
+		    "# HELP idpd_audit_batches_total Transactions committed by the writer.\n"
+		    "# TYPE idpd_audit_batches_total counter\nidpd_audit_batches_total %llu\n"
+		    "# HELP idpd_audit_batch_failures_total Batches that failed and were retried.\n"
+		    "# TYPE idpd_audit_batch_failures_total counter\n"
+		    "idpd_audit_batch_failures_total %llu\n"
+		    "# HELP idpd_audit_commit_seconds_total Time spent writing batches.\n"
+		    "# TYPE idpd_audit_commit_seconds_total counter\n"
+		    "idpd_audit_commit_seconds_total %.6f\n"
+		    "# HELP idpd_audit_writer_connected 1 when the writer has a session.\n"
+		    "# TYPE idpd_audit_writer_connected gauge\nidpd_audit_writer_connected %d\n",
+		    (unsigned long long)st.queued, (unsigned long long)st.committed,
+		    (unsigned long long)st.refused, (unsigned long long)st.timeouts, st.depth,
+		    (unsigned long long)st.batches, (unsigned long long)st.failures,
+		    (double)st.commit_us_total / 1e6, st.connected ? 1 : 0) != IDP_OK)
+		log_warn("metrics: audit output truncated");
+}
+
+int
+audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
+{
+	pthread_condattr_t ca;
+
+	if (W.running) {
+		idp_diag_add(diag, "audit writer already running");
+		return IDP_EINVAL;
+	}
+	if (o->queue_max < 1 || o->batch_max < 1 || o->url == NULL) {
+		idp_diag_add(diag, "audit: queue_max and batch_max must be positive");
+		return IDP_EINVAL;
+	}
+	W.o = *o;
+	W.url = idp_xstrdup(o->url);
+	W.o.url = W.url;
+	snprintf(W.instance, sizeof(W.instance), "%s", o->instance_id ? o->instance_id : "");
+	W.o.instance_id = W.instance;
+	snprintf(W.chain_id, sizeof(W.chain_id), "%s/%lld", W.instance,
+		 (long long)idp_now_ms(idp_clock_system()));
+	W.cap = o->queue_max;
+	W.ring = idp_xcalloc((size_t)W.cap, sizeof(*W.ring));
+	W.head = W.count = 0;
+	W.enq_seq = W.committed_seq = 0;
+	W.stop = false;
+	W.chain_seq = 0;
+	memcpy(W.chain_hash, audit_genesis_hash, sizeof(W.chain_hash));
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&W.work, &ca);
+	pthread_cond_init(&W.done, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
+		idp_diag_add(diag, "audit: cannot start the writer thread");
+		free(W.ring);
+		free(W.url);
+		return IDP_EINTERNAL;
+	}
+	pthread_mutex_lock(&W.lock);
+	W.running = true;
+	pthread_mutex_unlock(&W.lock);
+	if (metrics_register(collect, NULL) != IDP_OK)
+		log_warn("metrics: too many collectors; audit metrics not exported");
+	return IDP_OK;
+}
+
+int
+audit_writer_stop(int64_t timeout_ms)
+{
+	int left;
+
+	pthread_mutex_lock(&W.lock);
+	if (!W.running) {
+		pthread_mutex_unlock(&W.lock);
+		return 0;
+	}
+	W.stop = true;
+	W.running = false; /* new emits are refused from here on */
+	W.stop_deadline_us = idp_mono_us() + timeout_ms * 1000;
+	pthread_cond_signal(&W.work);
+	pthread_mutex_unlock(&W.lock);
+	pthread_join(W.thread, NULL);
+
+	pthread_mutex_lock(&W.lock);
+	left = W.count;
+	while (W.count > 0) {
+		audit_event_free(W.ring[W.head]);
+		W.head = (W.head + 1) % W.cap;
+		W.count--;
+	}
+	/* Wake emitters still waiting: they will see the writer is gone. */
+	pthread_cond_broadcast(&W.done);
+	pthread_mutex_unlock(&W.lock);
+	free(W.ring);
+	W.ring = NULL;
+	idp_wipe(W.url, strlen(W.url));
+	free(W.url);
+	W.url = NULL;
+	return left;
+}
+
+int
+audit_emit(struct audit_event *ev)
+{
+	struct timespec deadline;
+	uint64_t mine;
+	int rc = IDP_OK;
+
+	if (ev == NULL)
+		return IDP_EINVAL;
+	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
+		audit_event_free(ev);
+		return IDP_EINTERNAL;
+	}
+	if (audit_event_time(ev) == AUDIT_TIME_UNSET &&
+	    audit_event_set_time(ev, idp_now_ms(idp_clock_system())) != IDP_OK) {
+		audit_event_free(ev);
+		return IDP_EINTERNAL;
+	}
+	pthread_mutex_lock(&W.lock);
+	if (!W.running) {
+		pthread_mutex_unlock(&W.lock);
+		audit_event_free(ev);
+		atomic_fetch_add(&W.refused, 1);
+		return IDP_EUNAVAIL;
+	}
+	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
+	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
+		log_warn("audit: instance id rejected by the event model");
+	deadline_in(&deadline, W.o.timeout_ms);
+	while (W.count == W.cap) {
+		if (W.o.fail_closed || !W.running ||
+		    pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+			pthread_mutex_unlock(&W.lock);
+			audit_event_free(ev);
+			atomic_fetch_add(&W.refused, 1);
+			return IDP_EUNAVAIL;
+		}
+	}
+	W.ring[(W.head + W.count) % W.cap] = ev;
+	W.count++;
+	mine = ++W.enq_seq;
+	atomic_fetch_add(&W.queued, 1);
+	pthread_cond_signal(&W.work);
+	if (W.o.sync) {
+		/* A stopped writer leaves committed_seq where it is; the
+		 * deadline ends the wait either way. */
+		while (W.committed_seq < mine) {
+			if (pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+				if (W.committed_seq >= mine)
+					break;
+				atomic_fetch_add(&W.timeouts, 1);
+				rc = IDP_EUNAVAIL;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&W.lock);
+	return rc;
+}
+
+void
+audit_writer_get_stats(struct audit_writer_stats *st)
+{
+	st->queued = atomic_load(&W.queued);
+	st->committed = atomic_load(&W.committed);
+	st->refused = atomic_load(&W.refused);
+	st->timeouts = atomic_load(&W.timeouts);
+	st->batches = atomic_load(&W.batches);
+	st->commit_us_total = atomic_load(&W.commit_us);
+	st->failures = atomic_load(&W.failures);
+	st->connected = atomic_load(&W.connected);
+	pthread_mutex_lock(&W.lock);
+	st->depth = W.count;
+	pthread_mutex_unlock(&W.lock);
+}
+
+const char *
+audit_writer_chain_id(void)
+{
+	return W.chain_id;
+}

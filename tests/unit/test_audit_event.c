@@ -1,0 +1,708 @@
+/*
+ * Unit tests for the audit event model: type names, validated setters, JSON
+ * in and out, the canonical form, the hash chain and redaction.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "idpd/audit.h"
+
+/* Read tests/golden/audit/<name> (from $IDPD_TEST_TOP or the current directory), minus its final
+ * newline. */
+static char *
+golden(const char *name)
+{
+	const char *top = getenv("IDPD_TEST_TOP");
+	char path[512];
+	char *text;
+	long n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/tests/golden/audit/%s", top ? top : ".", name);
+	f = fopen(path, "rb");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	n = ftell(f);
+	assert_true(n > 0);
+	rewind(f);
+	text = malloc((size_t)n + 1);
+	assert_non_null(text);
+	assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	if (text[n - 1] == '\n')
+		n--;
+	text[n] = '\0';
+	return text;
+}
+
+static struct audit_event *
+parse_ok(const char *text)
+{
+	struct audit_event *ev = NULL;
+	struct idp_diag d;
+	int rc;
+
+	idp_diag_init(&d);
+	rc = audit_event_from_json(text, strlen(text), &ev, &d);
+	if (rc != IDP_OK)
+		fail_msg("parse failed: %s", idp_diag_str(&d));
+	return ev;
+}
+
+/* Parse text expecting failure rc; the diag must mention `mention`. */
+static void
+parse_fails(const char *text, int rc, const char *mention)
+{
+	struct audit_event *ev = (struct audit_event *)1;
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	assert_int_equal(audit_event_from_json(text, strlen(text), &ev, &d), rc);
+	assert_null(ev);
+	if (strstr(idp_diag_str(&d), mention) == NULL)
+		fail_msg("diag \"%s\" does not mention \"%s\"", idp_diag_str(&d), mention);
+}
+
+static void
+type_names_round_trip_and_fit_syslog_msgid(void **state)
+{
+	(void)state;
+	for (int t = 0; t < AUDIT_TYPE_COUNT; t++) {
+		enum audit_type back;
+		const char *name = audit_type_name((enum audit_type)t);
+
+		assert_non_null(name);
+		assert_true(strlen(name) <= 32);
+		assert_non_null(audit_type_category((enum audit_type)t));
+		assert_non_null(audit_type_title((enum audit_type)t));
+		assert_int_equal(audit_type_parse(name, &back), IDP_OK);
+		assert_int_equal(back, t);
+		for (int u = 0; u < t; u++)
+			assert_string_not_equal(name, audit_type_name((enum audit_type)u));
+	}
+	assert_null(audit_type_name(AUDIT_TYPE_COUNT));
+}
+
+static void
+type_parse_rejects_unknown_and_case_variants(void **state)
+{
+	enum audit_type t = AUDIT_ALERT;
+
+	(void)state;
+	assert_int_equal(audit_type_parse("token.issued", &t), IDP_OK);
+	assert_int_equal(t, AUDIT_TOKEN_ISSUED);
+	assert_int_equal(audit_type_parse("Token.Issued", &t), IDP_EINVAL);
+	assert_int_equal(audit_type_parse("token", &t), IDP_EINVAL);
+	assert_int_equal(audit_type_parse("", &t), IDP_EINVAL);
+	assert_int_equal(t, AUDIT_TOKEN_ISSUED);
+	assert_string_equal(audit_type_category(AUDIT_TOKEN_ISSUED), "token");
+	assert_string_equal(audit_type_category(AUDIT_TOOL_INVOCATION), "tool");
+	assert_string_equal(audit_type_category(AUDIT_ALERT), "alert");
+}
+
+static void
+enum_names_parse_back(void **state)
+{
+	enum audit_outcome o;
+	enum audit_decision d;
+	enum audit_actor_kind k;
+
+	(void)state;
+	assert_int_equal(audit_outcome_parse("denied", &o), IDP_OK);
+	assert_int_equal(o, AUDIT_OUTCOME_DENIED);
+	assert_int_equal(audit_outcome_parse("DENIED", &o), IDP_EINVAL);
+	assert_null(audit_outcome_name(AUDIT_OUTCOME_NONE));
+	assert_int_equal(audit_decision_parse("REQUIRE_APPROVAL", &d), IDP_OK);
+	assert_int_equal(d, AUDIT_DECISION_REQUIRE_APPROVAL);
+	assert_int_equal(audit_decision_parse("allow", &d), IDP_EINVAL);
+	assert_int_equal(audit_actor_kind_parse("operator", &k), IDP_OK);
+	assert_int_equal(k, AUDIT_ACTOR_OPERATOR);
+	assert_int_equal(audit_actor_kind_parse("robot", &k), IDP_EINVAL);
+}
+
+static void
+new_event_has_type_defaults_only(void **state)
+{
+	struct audit_event *ev;
+	char *c;
+
+	(void)state;
+	assert_null(audit_event_new(AUDIT_TYPE_COUNT, 0));
+	assert_null(audit_event_new(AUDIT_ALERT, AUDIT_TIME_MAX + 1));
+	assert_null(audit_event_new(AUDIT_ALERT, -2));
+	ev = audit_event_new(AUDIT_TOKEN_DENIED, AUDIT_TIME_UNSET);
+	assert_non_null(ev);
+	assert_int_equal(audit_event_severity(ev), audit_type_default_severity(AUDIT_TOKEN_DENIED));
+	assert_int_equal(audit_event_time(ev), AUDIT_TIME_UNSET);
+	c = audit_event_canonical(ev, NULL);
+	assert_string_equal(c, "{\"severity\":5,\"type\":\"token.denied\"}");
+	free(c);
+	audit_event_free(ev);
+	audit_event_free(NULL);
+}
+
+static void
+setters_copy_their_strings(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, 0);
+	char buf[32];
+
+	(void)state;
+	snprintf(buf, sizeof(buf), "agent-1");
+	assert_int_equal(audit_event_set(ev, AUDIT_F_AGENT_ID, buf), IDP_OK);
+	assert_int_equal(audit_event_set_actor(ev, AUDIT_ACTOR_AGENT, buf), IDP_OK);
+	assert_int_equal(audit_event_chain_append(ev, buf), IDP_OK);
+	buf[0] = 'X';
+	assert_string_equal(audit_event_get(ev, AUDIT_F_AGENT_ID), "agent-1");
+	assert_string_equal(audit_event_actor_name(ev), "agent-1");
+	assert_string_equal(audit_event_chain_at(ev, 0), "agent-1");
+	assert_null(audit_event_chain_at(ev, 1));
+	audit_event_free(ev);
+}
+
+static void
+set_rejects_bad_values_and_keeps_the_old_one(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, 0);
+	char long_tool[258];
+
+	(void)state;
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "good"), IDP_OK);
+	memset(long_tool, 'a', 257);
+	long_tool[257] = '\0';
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, long_tool), IDP_ETOOBIG);
+	long_tool[256] = '\0';
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, long_tool), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "bad\xc3("), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "over\xc0\xaflong"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "surrogate\xed\xa0\x80"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "bell\a"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "del\x7f"), IDP_EINVAL);
+	assert_string_equal(audit_event_get(ev, AUDIT_F_TOOL), "good");
+	/* Tab, LF and CR are text; other fields may hold them. */
+	assert_int_equal(audit_event_set(ev, AUDIT_F_RESULT, "a\tb\r\nc \xe2\x9c\x93"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_ID, "has space"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_ID, "evt_1.2:3-x"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, "example.com"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, "10.0.0.1:80"), IDP_EINVAL);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, "2001:db8::1"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, "192.0.2.7"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_COUNT, "x"), IDP_EINVAL);
+	assert_int_equal(audit_event_set_actor(ev, AUDIT_ACTOR_HUMAN, "nl\x01"), IDP_EINVAL);
+	audit_event_free(ev);
+}
+
+static void
+empty_string_clears_a_field(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, 0);
+
+	(void)state;
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, "t1"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, ""), IDP_OK);
+	assert_null(audit_event_get(ev, AUDIT_F_TASK_ID));
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, "t2"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, NULL), IDP_OK);
+	assert_null(audit_event_get(ev, AUDIT_F_TASK_ID));
+	audit_event_free(ev);
+}
+
+static void
+severity_and_time_are_bounded(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_ALERT, 5);
+
+	(void)state;
+	assert_int_equal(audit_event_set_severity(ev, 11), IDP_EINVAL);
+	assert_int_equal(audit_event_set_severity(ev, -1), IDP_EINVAL);
+	assert_int_equal(audit_event_set_severity(ev, 10), IDP_OK);
+	assert_int_equal(audit_event_severity(ev), 10);
+	assert_int_equal(audit_event_set_time(ev, AUDIT_TIME_MAX + 1), IDP_EINVAL);
+	assert_int_equal(audit_event_time(ev), 5);
+	assert_int_equal(audit_event_set_time(ev, AUDIT_TIME_MAX), IDP_OK);
+	assert_int_equal(audit_event_set_time(ev, AUDIT_TIME_UNSET), IDP_OK);
+	audit_event_free(ev);
+}
+
+static void
+delegation_chain_is_bounded(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_DELEGATION_CREATED, 0);
+	char name[16];
+
+	(void)state;
+	for (int i = 0; i < AUDIT_CHAIN_MAX; i++) {
+		snprintf(name, sizeof(name), "agent-%d", i);
+		assert_int_equal(audit_event_chain_append(ev, name), IDP_OK);
+	}
+	assert_int_equal(audit_event_chain_append(ev, "one-more"), IDP_ETOOBIG);
+	assert_int_equal(audit_event_chain_len(ev), AUDIT_CHAIN_MAX);
+	audit_event_chain_clear(ev);
+	assert_int_equal(audit_event_chain_len(ev), 0);
+	assert_int_equal(audit_event_chain_append(ev, ""), IDP_EINVAL);
+	audit_event_free(ev);
+}
+
+static void
+golden_event_parses_and_reserialises_byte_for_byte(void **state)
+{
+	char *text = golden("full.json"), *canon;
+	struct audit_event *ev;
+	size_t len;
+
+	(void)state;
+	ev = parse_ok(text);
+	assert_int_equal(audit_event_type(ev), AUDIT_TOOL_INVOCATION);
+	assert_int_equal(audit_event_time(ev), 1774620923456LL);
+	assert_int_equal(audit_event_decision(ev), AUDIT_DECISION_ALLOW);
+	assert_int_equal(audit_event_outcome(ev), AUDIT_OUTCOME_SUCCESS);
+	assert_int_equal(audit_event_actor_kind(ev), AUDIT_ACTOR_AGENT);
+	assert_int_equal(audit_event_chain_len(ev), 3);
+	assert_string_equal(audit_event_get(ev, AUDIT_F_STEP), "3 of 12 in infrastructure review");
+	assert_string_equal(audit_event_detail_str(ev, "audience"), "cloud-inventory-api");
+	canon = audit_event_canonical(ev, &len);
+	assert_string_equal(canon, text);
+	assert_int_equal(len, strlen(text));
+	free(canon);
+	audit_event_free(ev);
+	free(text);
+}
+
+static void
+canonical_sorts_keys_and_drops_whitespace(void **state)
+{
+	const char *in = "{ \"type\" : \"tool_invocation\", \"action\": {\"tool\": \"t\", "
+	                 "\"parameters\": {\"z\": 1.5, \"a\": [true, null, \"\\u00e9\"]}}, "
+	                 "\"severity\": 3 }";
+	struct audit_event *ev = parse_ok(in);
+	char *c = audit_event_canonical(ev, NULL);
+
+	(void)state;
+	assert_string_equal(
+	    c, "{\"action\":{\"parameters\":{\"a\":[true,null,\"\xc3\xa9\"],\"z\":1.5},"
+	       "\"tool\":\"t\"},\"severity\":3,\"type\":\"tool_invocation\"}");
+	free(c);
+	audit_event_free(ev);
+}
+
+static void
+canonical_is_stable_across_a_round_trip(void **state)
+{
+	const char *in = "{\"type\":\"alert\",\"detail\":{\"x\":0.1,\"y\":1e300,\"k\":-0.0,"
+	                 "\"n\":12345678901234567}}";
+	struct audit_event *a = parse_ok(in), *b;
+	char *ca = audit_event_canonical(a, NULL), *cb;
+
+	(void)state;
+	b = parse_ok(ca);
+	cb = audit_event_canonical(b, NULL);
+	assert_string_equal(ca, cb);
+	free(ca);
+	free(cb);
+	audit_event_free(a);
+	audit_event_free(b);
+}
+
+static void
+from_json_rejects_malformed_events(void **state)
+{
+	char big[AUDIT_EVENT_JSON_MAX + 16];
+	struct audit_event *ev;
+
+	(void)state;
+	parse_fails("[1]", IDP_EINVAL, "expected a JSON object");
+	parse_fails("{\"type\":\"alert\"} x", IDP_EINVAL, "event: line 1");
+	parse_fails("{\"type\":\"alert\",\"type\":\"alert\"}", IDP_EINVAL, "duplicate");
+	parse_fails("{}", IDP_EINVAL, "type: missing");
+	parse_fails("{\"type\":\"alert.unknown\"}", IDP_EINVAL, "type: not a known");
+	parse_fails("{\"type\":\"alert\",\"colour\":1}", IDP_EINVAL, "colour: unknown key");
+	parse_fails("{\"type\":\"alert\",\"action\":{\"tool\":\"t\",\"x\":1}}", IDP_EINVAL,
+	            "action.x: unknown key");
+	parse_fails("{\"type\":\"alert\",\"action\":[]}", IDP_EINVAL, "action: expected an object");
+	parse_fails("{\"type\":\"alert\",\"task_id\":7}", IDP_EINVAL, "task_id: expected a string");
+	parse_fails("{\"type\":\"alert\",\"severity\":11}", IDP_EINVAL, "severity");
+	parse_fails("{\"type\":\"alert\",\"severity\":5.0}", IDP_EINVAL, "severity");
+	parse_fails("{\"type\":\"alert\",\"outcome\":\"ok\"}", IDP_EINVAL, "outcome");
+	parse_fails("{\"type\":\"alert\",\"timestamp\":\"2026-02-30T00:00:00.000Z\"}", IDP_EINVAL,
+	            "timestamp");
+	parse_fails("{\"type\":\"alert\",\"timestamp\":\"2026-03-27T14:15:23Z\"}", IDP_EINVAL,
+	            "timestamp");
+	parse_fails("{\"type\":\"alert\",\"timestamp\":1774620923456}", IDP_EINVAL, "timestamp");
+	parse_fails("{\"type\":\"alert\",\"authorization\":{\"policy_decision\":\"MAYBE\"}}",
+	            IDP_EINVAL, "authorization.policy_decision");
+	parse_fails("{\"type\":\"alert\",\"actor\":{\"name\":\"x\"}}", IDP_EINVAL, "actor.kind");
+	parse_fails("{\"type\":\"alert\",\"delegation_chain\":[\"a\",3]}", IDP_EINVAL,
+	            "delegation_chain[1]");
+	parse_fails("{\"type\":\"alert\",\"source_address\":\"localhost\"}", IDP_EINVAL,
+	            "source_address: not an IPv4 or IPv6");
+	parse_fails("{\"type\":\"alert\",\"action\":{\"parameters\":[1]}}", IDP_EINVAL,
+	            "action.parameters: expected an object");
+	/* detail and eight objects inside it: nine levels. */
+	parse_fails("{\"type\":\"alert\",\"detail\":{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{"
+	            "\"g\":{\"h\":{\"i\":1}}}}}}}}}}",
+	            IDP_EINVAL, "detail: nested deeper than 8");
+	ev = parse_ok("{\"type\":\"alert\",\"detail\":{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{"
+	              "\"g\":{\"h\":1}}}}}}}}}");
+	audit_event_free(ev);
+	parse_fails("{\"type\":\"alert\",\"task_id\":\"nul\\u0000\"}", IDP_EINVAL, "event: line 1");
+
+	memset(big, ' ', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	memcpy(big, "{\"type\":\"alert\"}", 16);
+	parse_fails(big, IDP_ETOOBIG, "larger than 65536 bytes");
+}
+
+/* "<head><n times fill><tail>" in a new string. */
+static char *
+padded(const char *head, char fill, size_t n, const char *tail)
+{
+	size_t h = strlen(head), t = strlen(tail);
+	char *s = malloc(h + n + t + 1);
+
+	assert_non_null(s);
+	memcpy(s, head, h);
+	memset(s + h, fill, n);
+	memcpy(s + h + n, tail, t + 1);
+	return s;
+}
+
+static void
+from_json_reports_size_bounds_as_too_big(void **state)
+{
+	char *text;
+
+	(void)state;
+	text = padded("{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"", 'x', 300, "\"}}");
+	parse_fails(text, IDP_ETOOBIG, "action.tool: longer than 256 bytes");
+	free(text);
+	text = padded("{\"type\":\"tool_invocation\",\"action\":{\"parameters\":{\"q\":\"", 'y',
+	              AUDIT_JSON_MAX_BYTES, "\"}}}");
+	parse_fails(text, IDP_ETOOBIG, "action.parameters: larger than 16384 bytes");
+	free(text);
+	text = padded("{\"type\":\"tool_invocation\",\"delegation_chain\":[\"", 'z', 321, "\"]}");
+	parse_fails(text, IDP_ETOOBIG, "delegation_chain[0]: longer than 320 bytes");
+	free(text);
+}
+
+static void
+from_json_collects_every_error(void **state)
+{
+	const char *in = "{\"type\":\"nope\",\"task_id\":1,\"severity\":\"high\",\"extra\":0}";
+	struct audit_event *ev;
+	struct idp_diag d;
+
+	(void)state;
+	idp_diag_init(&d);
+	assert_int_equal(audit_event_from_json(in, strlen(in), &ev, &d), IDP_EINVAL);
+	assert_int_equal(d.count, 4);
+	assert_non_null(strstr(idp_diag_str(&d), "type:"));
+	assert_non_null(strstr(idp_diag_str(&d), "task_id:"));
+	assert_non_null(strstr(idp_diag_str(&d), "severity:"));
+	assert_non_null(strstr(idp_diag_str(&d), "extra: unknown key"));
+}
+
+static void
+from_json_redacts_parameters_and_detail(void **state)
+{
+	const char *in =
+	    "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"db_query\",\"parameters\":{"
+	    "\"db_password\":\"hunter2\",\"query\":\"select 1\",\"headers\":{\"Authorization\":"
+	    "\"Bearer abc\",\"Accept\":\"*/*\"},\"list\":[{\"client_secret\":{\"k\":1}},"
+	    "\"Bearer xyz\",\"plain\"],\"note\":\"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\"}},"
+	    "\"detail\":{\"session\":\"s1\",\"count\":2}}";
+	struct audit_event *ev = parse_ok(in);
+	char *c = audit_event_canonical(ev, NULL);
+
+	(void)state;
+	assert_string_equal(
+	    c, "{\"action\":{\"parameters\":{\"db_password\":\"[REDACTED]\",\"headers\":{"
+	       "\"Accept\":\"*/*\",\"Authorization\":\"[REDACTED]\"},\"list\":[{\"client_secret\":"
+	       "\"[REDACTED]\"},\"[REDACTED]\",\"plain\"],\"note\":\"[REDACTED]\",\"query\":"
+	       "\"select 1\"},\"tool\":\"db_query\"},\"detail\":{\"count\":2,\"session\":"
+	       "\"[REDACTED]\"},\"severity\":2,\"type\":\"tool_invocation\"}");
+	assert_null(strstr(c, "hunter2"));
+	free(c);
+	audit_event_free(ev);
+}
+
+static void
+secret_keys_match_case_and_separators(void **state)
+{
+	static const char *const secret[] = {
+	    "password",        "DB_PASSWORD",   "passwd",       "pass-phrase",
+	    "client_secret",   "token",         "access_token", "refreshToken",
+	    "id_token",        "Authorization", "api_key",      "X-Api-Key",
+	    "apikey",          "private_key",   "privateKey",   "credential",
+	    "aws_credentials", "Cookie",        "set-cookie",   "session",
+	    "session_id",      "jwt",
+	};
+	static const char *const plain[] = {"region", "filters", "author", "user", "query",
+	                                    "path",   "count",   "key",    "pass", ""};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+		if (!audit_key_is_secret(secret[i]))
+			fail_msg("\"%s\" should count as secret", secret[i]);
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+		if (audit_key_is_secret(plain[i]))
+			fail_msg("\"%s\" should not count as secret", plain[i]);
+}
+
+static json_t *
+nested(int depth)
+{
+	json_t *j = json_pack("{s:i}", "leaf", 1);
+
+	for (int i = 1; i < depth; i++)
+		j = json_pack("{s:o}", "n", j);
+	return j;
+}
+
+static void
+redact_bounds_depth_and_size(void **state)
+{
+	json_t *ok = nested(AUDIT_JSON_MAX_DEPTH), *deep = nested(AUDIT_JSON_MAX_DEPTH + 1);
+	json_t *big = json_object();
+	char *before = json_dumps(deep, JSON_COMPACT), *after;
+	char filler[1025];
+
+	(void)state;
+	assert_int_equal(audit_redact_params(ok), IDP_OK);
+	assert_int_equal(audit_redact_params(deep), IDP_EINVAL);
+	after = json_dumps(deep, JSON_COMPACT);
+	assert_string_equal(before, after);
+	memset(filler, 'f', 1024);
+	filler[1024] = '\0';
+	for (int i = 0; i < 15; i++) {
+		char key[8];
+
+		snprintf(key, sizeof(key), "k%d", i);
+		json_object_set_new(big, key, json_string(filler));
+	}
+	assert_int_equal(audit_redact_params(big), IDP_OK);
+	json_object_set_new(big, "k15", json_string(filler));
+	assert_int_equal(audit_redact_params(big), IDP_ETOOBIG);
+	assert_int_equal(audit_redact_params(NULL), IDP_EINVAL);
+	free(before);
+	free(after);
+	json_decref(ok);
+	json_decref(deep);
+	json_decref(big);
+}
+
+static void
+redact_twice_changes_nothing_more(void **state)
+{
+	json_t *p = json_pack("{s:s,s:[s,{s:i}],s:{s:s}}", "token", "t", "xs", "Basic dXNlcjpw",
+	                      "cookie", 5, "o", "k", "v");
+	char *once, *twice;
+
+	(void)state;
+	assert_int_equal(audit_redact_params(p), IDP_OK);
+	once = json_dumps(p, JSON_COMPACT | JSON_SORT_KEYS);
+	assert_string_equal(once,
+	                    "{\"o\":{\"k\":\"v\"},\"token\":\"[REDACTED]\",\"xs\":[\"[REDACTED]\","
+	                    "{\"cookie\":\"[REDACTED]\"}]}");
+	assert_int_equal(audit_redact_params(p), IDP_OK);
+	twice = json_dumps(p, JSON_COMPACT | JSON_SORT_KEYS);
+	assert_string_equal(once, twice);
+	free(once);
+	free(twice);
+	json_decref(p);
+}
+
+static void
+set_params_copies_and_redacts(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, 0);
+	json_t *p = json_pack("{s:s,s:s}", "region", "eu", "secret", "s3cr3t");
+	json_t *empty = json_object(), *one = json_integer(1);
+
+	(void)state;
+	assert_int_equal(audit_event_set_params(ev, p), IDP_OK);
+	/* The caller's object is neither changed nor shared. */
+	assert_string_equal(json_string_value(json_object_get(p, "secret")), "s3cr3t");
+	json_object_set_new(p, "region", json_string("us"));
+	assert_string_equal(json_string_value(json_object_get(audit_event_params(ev), "region")),
+	                    "eu");
+	assert_string_equal(json_string_value(json_object_get(audit_event_params(ev), "secret")),
+	                    "[REDACTED]");
+	assert_int_equal(audit_event_set_params(ev, one), IDP_EINVAL);
+	assert_non_null(audit_event_params(ev));
+	assert_int_equal(audit_event_set_params(ev, empty), IDP_OK);
+	assert_null(audit_event_params(ev));
+	json_decref(p);
+	json_decref(empty);
+	json_decref(one);
+	audit_event_free(ev);
+}
+
+static void
+put_detail_adds_keys_and_redacts(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOKEN_DENIED, 0);
+
+	(void)state;
+	assert_int_equal(audit_event_put_detail(ev, "reason", json_string("chain_depth_exceeded")),
+	                 IDP_OK);
+	assert_int_equal(audit_event_put_detail(ev, "refresh_token", json_string("r")), IDP_OK);
+	assert_int_equal(audit_event_put_detail(ev, "n", json_integer(3)), IDP_OK);
+	assert_string_equal(audit_event_detail_str(ev, "reason"), "chain_depth_exceeded");
+	assert_string_equal(audit_event_detail_str(ev, "refresh_token"), "[REDACTED]");
+	assert_null(audit_event_detail_str(ev, "n"));
+	assert_int_equal(audit_event_put_detail(ev, "bad\xff", json_integer(1)), IDP_EINVAL);
+	assert_int_equal(audit_event_put_detail(ev, "x", NULL), IDP_EINVAL);
+	assert_int_equal(json_object_size(audit_event_detail(ev)), 3);
+	audit_event_free(ev);
+}
+
+static void
+clone_is_independent(void **state)
+{
+	struct audit_event *ev = parse_ok("{\"type\":\"delegation.created\",\"task_id\":\"t\","
+	                                  "\"delegation_chain\":[\"alice\",\"planner\"],"
+	                                  "\"detail\":{\"depth\":1}}");
+	struct audit_event *c = audit_event_clone(ev);
+	char *a = audit_event_canonical(ev, NULL), *b;
+
+	(void)state;
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, "changed"), IDP_OK);
+	assert_int_equal(audit_event_chain_append(ev, "more"), IDP_OK);
+	assert_int_equal(audit_event_put_detail(ev, "depth", json_integer(2)), IDP_OK);
+	audit_event_free(ev);
+	b = audit_event_canonical(c, NULL);
+	assert_string_equal(a, b);
+	free(a);
+	free(b);
+	audit_event_free(c);
+}
+
+static void
+assigned_ids_are_uuid_v4_and_differ(void **state)
+{
+	struct audit_event *a = audit_event_new(AUDIT_ALERT, 0),
+	                   *b = audit_event_new(AUDIT_ALERT, 0);
+	const char *id;
+
+	(void)state;
+	assert_int_equal(audit_event_assign_id(a), IDP_OK);
+	assert_int_equal(audit_event_assign_id(b), IDP_OK);
+	id = audit_event_get(a, AUDIT_F_ID);
+	assert_int_equal(strlen(id), 36);
+	assert_int_equal(id[8], '-');
+	assert_int_equal(id[14], '4');
+	assert_non_null(strchr("89ab", id[19]));
+	assert_string_not_equal(id, audit_event_get(b, AUDIT_F_ID));
+	audit_event_free(a);
+	audit_event_free(b);
+}
+
+static void
+chain_hash_is_sha256_of_prev_and_canonical(void **state)
+{
+	uint8_t h[AUDIT_HASH_LEN], back[AUDIT_HASH_LEN];
+	char hex[AUDIT_HASH_HEX_LEN + 1];
+
+	(void)state;
+	for (int i = 0; i < AUDIT_HASH_LEN; i++)
+		assert_int_equal(audit_genesis_hash[i], 0);
+	/* Vectors from an independent SHA-256 (Python's hashlib). */
+	assert_int_equal(audit_chain_hash(audit_genesis_hash, "abc", 3, h), IDP_OK);
+	audit_hash_to_hex(h, hex);
+	assert_string_equal(hex,
+	                    "365aa7d8f7f9402c4b9434502b4cc89ddb09fe50d7cd95b493b834c62d5a5370");
+	assert_int_equal(audit_hash_from_hex(hex, back), IDP_OK);
+	assert_memory_equal(h, back, AUDIT_HASH_LEN);
+}
+
+static void
+chain_links_events_and_exposes_a_change(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, AUDIT_TIME_UNSET);
+	uint8_t h1[AUDIT_HASH_LEN], h2[AUDIT_HASH_LEN], t[AUDIT_HASH_LEN];
+	char hex[AUDIT_HASH_HEX_LEN + 1];
+	size_t len;
+	char *c = audit_event_canonical(ev, &len);
+
+	(void)state;
+	assert_int_equal(audit_chain_hash(audit_genesis_hash, c, len, h1), IDP_OK);
+	audit_hash_to_hex(h1, hex);
+	assert_string_equal(hex,
+	                    "2e9185a6859bfa7328aa8990bf6ba1be4260ea6ca6d1eeae6dadf96e1742b24c");
+	assert_int_equal(audit_chain_hash(h1, c, len, h2), IDP_OK);
+	audit_hash_to_hex(h2, hex);
+	assert_string_equal(hex,
+	                    "2ae8ad938122e63527860285bcfcbd65b44ac2ce7d13bf62f0ecdee6e611a622");
+	/* out may alias prev. */
+	memcpy(t, h1, sizeof(t));
+	assert_int_equal(audit_chain_hash(t, c, len, t), IDP_OK);
+	assert_memory_equal(t, h2, AUDIT_HASH_LEN);
+	free(c);
+	/* Any edit of the event changes its link. */
+	assert_int_equal(audit_event_set_severity(ev, 3), IDP_OK);
+	c = audit_event_canonical(ev, &len);
+	assert_int_equal(audit_chain_hash(audit_genesis_hash, c, len, t), IDP_OK);
+	assert_memory_not_equal(t, h1, AUDIT_HASH_LEN);
+	free(c);
+	audit_event_free(ev);
+}
+
+static void
+hash_from_hex_rejects_bad_input(void **state)
+{
+	uint8_t h[AUDIT_HASH_LEN];
+	char hex[AUDIT_HASH_HEX_LEN + 2];
+
+	(void)state;
+	memset(hex, 'A', AUDIT_HASH_HEX_LEN);
+	hex[AUDIT_HASH_HEX_LEN] = '\0';
+	assert_int_equal(audit_hash_from_hex(hex, h), IDP_OK);
+	assert_int_equal(h[0], 0xaa);
+	hex[10] = 'g';
+	assert_int_equal(audit_hash_from_hex(hex, h), IDP_EINVAL);
+	hex[10] = 'a';
+	hex[AUDIT_HASH_HEX_LEN] = 'a';
+	hex[AUDIT_HASH_HEX_LEN + 1] = '\0';
+	assert_int_equal(audit_hash_from_hex(hex, h), IDP_EINVAL);
+	assert_int_equal(audit_hash_from_hex("", h), IDP_EINVAL);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(type_names_round_trip_and_fit_syslog_msgid),
+	    cmocka_unit_test(type_parse_rejects_unknown_and_case_variants),
+	    cmocka_unit_test(enum_names_parse_back),
+	    cmocka_unit_test(new_event_has_type_defaults_only),
+	    cmocka_unit_test(setters_copy_their_strings),
+	    cmocka_unit_test(set_rejects_bad_values_and_keeps_the_old_one),
+	    cmocka_unit_test(empty_string_clears_a_field),
+	    cmocka_unit_test(severity_and_time_are_bounded),
+	    cmocka_unit_test(delegation_chain_is_bounded),
+	    cmocka_unit_test(golden_event_parses_and_reserialises_byte_for_byte),
+	    cmocka_unit_test(canonical_sorts_keys_and_drops_whitespace),
+	    cmocka_unit_test(canonical_is_stable_across_a_round_trip),
+	    cmocka_unit_test(from_json_rejects_malformed_events),
+	    cmocka_unit_test(from_json_reports_size_bounds_as_too_big),
+	    cmocka_unit_test(from_json_collects_every_error),
+	    cmocka_unit_test(from_json_redacts_parameters_and_detail),
+	    cmocka_unit_test(secret_keys_match_case_and_separators),
+	    cmocka_unit_test(redact_bounds_depth_and_size),
+	    cmocka_unit_test(redact_twice_changes_nothing_more),
+	    cmocka_unit_test(set_params_copies_and_redacts),
+	    cmocka_unit_test(put_detail_adds_keys_and_redacts),
+	    cmocka_unit_test(clone_is_independent),
+	    cmocka_unit_test(assigned_ids_are_uuid_v4_and_differ),
+	    cmocka_unit_test(chain_hash_is_sha256_of_prev_and_canonical),
+	    cmocka_unit_test(chain_links_events_and_exposes_a_change),
+	    cmocka_unit_test(hash_from_hex_rejects_bad_input),
+	};
+	return cmocka_run_group_tests_name("audit_event", tests, NULL, NULL);
+}

@@ -1,0 +1,609 @@
+/*
+ * Unit tests for the sink transports: a file in a private directory, and
+ * syslog receivers (TCP and UDP) that the tests open on 127.0.0.1 with
+ * port 0.  Nothing leaves the loopback interface.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "idpd/audit_sink.h"
+#include "idpd/buf.h"
+
+#define TS 1774620923456LL
+#define TS_TEXT "2026-03-27T14:15:23.456Z"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static char *
+tmpdir(void)
+{
+	char *dir = strdup("/tmp/idpd-audit-sink-XXXXXX");
+
+	assert_non_null(dir);
+	assert_non_null(mkdtemp(dir));
+	return dir;
+}
+
+static char *
+path_in(const char *dir, const char *name)
+{
+	char *p = malloc(strlen(dir) + strlen(name) + 2);
+
+	assert_non_null(p);
+	memcpy(p, dir, strlen(dir));
+	p[strlen(dir)] = '/';
+	memcpy(p + strlen(dir) + 1, name, strlen(name) + 1);
+	return p;
+}
+
+static char *
+slurp(const char *path)
+{
+	struct idp_buf b;
+	char chunk[4096];
+	ssize_t n;
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	idp_buf_init(&b, 0);
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		assert_int_equal(idp_buf_append(&b, chunk, (size_t)n), IDP_OK);
+	close(fd);
+	return idp_buf_take(&b, NULL);
+}
+
+/* A socket of type bound to 127.0.0.1 on a port the kernel picks; *port gets it. */
+static int
+loopback_socket(int type, int *port)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+static struct audit_sink *
+syslog_sink(enum audit_sink_proto proto, int port, enum audit_format fmt, size_t udp_max)
+{
+	struct audit_sink_config c;
+	struct audit_sink *s = NULL;
+	struct idp_diag d;
+	char addr[32];
+
+	audit_sink_config_defaults(&c);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+	c.type = AUDIT_SINK_SYSLOG;
+	c.protocol = proto;
+	c.address = addr;
+	c.format = fmt;
+	c.hostname = "testhost";
+	c.version = "0.1.0";
+	c.connect_timeout_ms = 2000;
+	c.send_timeout_ms = 2000;
+	if (udp_max)
+		c.udp_max = udp_max;
+	idp_diag_init(&d);
+	if (audit_sink_new(&c, &s, &d) != IDP_OK)
+		fail_msg("sink: %s", idp_diag_str(&d));
+	return s;
+}
+
+static struct audit_sink_msg
+msg(const char *line, const char *msgid, int severity)
+{
+	struct audit_sink_msg m = {line, strlen(line), TS, msgid, severity};
+
+	return m;
+}
+
+/* The RFC 5424 message idpd sends for line, as a test builds it by hand. */
+static char *
+syslog_text(int pri, const char *msgid, const char *line)
+{
+	struct idp_buf b;
+
+	idp_buf_init(&b, 0);
+	assert_int_equal(idp_buf_printf(&b, "<%d>1 " TS_TEXT " testhost idpd %ld %s - %s", pri,
+	                                (long)getpid(), msgid, line),
+	                 IDP_OK);
+	return idp_buf_take(&b, NULL);
+}
+
+/* Read from a connected stream until want bytes arrived (or EOF / 5 s of silence). */
+static char *
+read_bytes(int fd, size_t want)
+{
+	struct idp_buf b;
+	char chunk[4096];
+
+	idp_buf_init(&b, 0);
+	while (b.len < want) {
+		struct pollfd p = {fd, POLLIN, 0};
+		ssize_t n;
+
+		if (poll(&p, 1, 5000) <= 0)
+			break;
+		n = read(fd, chunk, sizeof(chunk));
+		if (n <= 0)
+			break;
+		assert_int_equal(idp_buf_append(&b, chunk, (size_t)n), IDP_OK);
+	}
+	return idp_buf_take(&b, NULL);
+}
+
+/* Accept one connection, waiting up to 5 s. */
+static int
+accept_one(int lfd)
+{
+	struct pollfd p = {lfd, POLLIN, 0};
+
+	assert_int_equal(poll(&p, 1, 5000), 1);
+	return accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+static struct audit_event *
+sample_event(enum audit_type t, const char *task)
+{
+	struct audit_event *ev = audit_event_new(t, TS);
+
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, task), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_AGENT_ID, "agent-7"), IDP_OK);
+	return ev;
+}
+
+/* ---- file --------------------------------------------------------------- */
+
+static struct audit_sink *
+file_sink(const char *path, enum audit_format fmt)
+{
+	struct audit_sink_config c;
+	struct audit_sink *s = NULL;
+	struct idp_diag d;
+
+	audit_sink_config_defaults(&c);
+	c.type = AUDIT_SINK_FILE;
+	c.path = path;
+	c.format = fmt;
+	c.version = "0.1.0";
+	idp_diag_init(&d);
+	if (audit_sink_new(&c, &s, &d) != IDP_OK)
+		fail_msg("sink: %s", idp_diag_str(&d));
+	return s;
+}
+
+static void
+file_sink_appends_exactly_the_lines(void **state)
+{
+	char *dir = tmpdir(), *path = path_in(dir, "audit.log"), *got;
+	struct audit_event *a = sample_event(AUDIT_TOKEN_ISSUED, "t1");
+	struct audit_event *b = sample_event(AUDIT_ALERT, "t2");
+	struct idp_buf want;
+	struct audit_sink *s;
+	struct audit_sink_msg m = msg("raw line", "x", 1);
+	struct idp_diag d;
+	struct stat st;
+
+	(void)state;
+	idp_diag_init(&d);
+	idp_buf_init(&want, 0);
+	s = file_sink(path, AUDIT_FORMAT_CEF);
+	assert_int_equal(audit_sink_write_event(s, a, &d), IDP_OK);
+	assert_int_equal(audit_sink_write_event(s, b, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	audit_sink_free(s);
+	/* A new sink appends; it never truncates. */
+	s = file_sink(path, AUDIT_FORMAT_CEF);
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	audit_sink_free(s);
+
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_CEF, a, "0.1.0", &want), IDP_OK);
+	assert_int_equal(idp_buf_putc(&want, '\n'), IDP_OK);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_CEF, b, "0.1.0", &want), IDP_OK);
+	assert_int_equal(idp_buf_puts(&want, "\nraw line\n"), IDP_OK);
+	got = slurp(path);
+	assert_string_equal(got, idp_buf_str(&want));
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+
+	free(got);
+	idp_buf_cleanup(&want);
+	audit_event_free(a);
+	audit_event_free(b);
+	unlink(path);
+	rmdir(dir);
+	free(path);
+	free(dir);
+}
+
+static void
+file_sink_follows_rotation_after_a_flush(void **state)
+{
+	char *dir = tmpdir(), *path = path_in(dir, "audit.log"), *old = path_in(dir, "audit.log.1");
+	struct audit_sink *s = file_sink(path, AUDIT_FORMAT_JSON);
+	struct audit_sink_msg one = msg("one", "x", 1), two = msg("two", "x", 1);
+	struct idp_diag d;
+	char *got;
+
+	(void)state;
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	assert_int_equal(rename(path, old), 0);
+	/* Written before the flush notices: still goes to the renamed file. */
+	assert_int_equal(audit_sink_write(s, &two, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	got = slurp(old);
+	assert_string_equal(got, "one\ntwo\n");
+	free(got);
+	got = slurp(path);
+	assert_string_equal(got, "one\n");
+	free(got);
+	audit_sink_free(s);
+	unlink(path);
+	unlink(old);
+	rmdir(dir);
+	free(path);
+	free(old);
+	free(dir);
+}
+
+static void
+file_sink_in_missing_directory_fails_permanently(void **state)
+{
+	struct audit_sink *s = file_sink("/nonexistent-idpd-dir/audit.log", AUDIT_FORMAT_JSON);
+	struct audit_sink_msg m = msg("x", "x", 1);
+	struct idp_diag d;
+	int rc;
+
+	(void)state;
+	idp_diag_init(&d);
+	rc = audit_sink_write(s, &m, &d);
+	assert_int_equal(rc, IDP_EIO);
+	assert_false(audit_sink_retryable(rc));
+	assert_non_null(strstr(idp_diag_str(&d), "open"));
+	audit_sink_free(s);
+}
+
+static void
+sink_refuses_oversized_or_broken_lines(void **state)
+{
+	char *dir = tmpdir(), *path = path_in(dir, "audit.log");
+	struct audit_sink *s = file_sink(path, AUDIT_FORMAT_JSON);
+	char *line = malloc(AUDIT_SINK_LINE_MAX + 2);
+	struct audit_sink_msg m;
+	struct idp_diag d;
+	int rc;
+
+	(void)state;
+	assert_non_null(line);
+	memset(line, 'x', AUDIT_SINK_LINE_MAX + 1);
+	line[AUDIT_SINK_LINE_MAX + 1] = '\0';
+	m = msg(line, "x", 1);
+	idp_diag_init(&d);
+	rc = audit_sink_write(s, &m, &d);
+	assert_int_equal(rc, IDP_ETOOBIG);
+	assert_false(audit_sink_retryable(rc));
+	m = msg("two\nlines", "x", 1);
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_EINVAL);
+	m = msg("cr\r", "x", 1);
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_EINVAL);
+	/* Nothing reached the file. */
+	assert_int_equal(access(path, F_OK), -1);
+	audit_sink_free(s);
+	unlink(path);
+	rmdir(dir);
+	free(line);
+	free(path);
+	free(dir);
+}
+
+/* ---- syslog over TCP ---------------------------------------------------- */
+
+static void
+tcp_sink_sends_octet_counted_rfc5424_frames(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port), cfd;
+	struct audit_sink *s = syslog_sink(AUDIT_PROTO_TCP, port, AUDIT_FORMAT_LEEF, 0);
+	struct audit_event *ev = sample_event(AUDIT_TOKEN_DENIED, "t-9");
+	struct audit_sink_msg m = msg("first \xc3\xa9 line", "tool_invocation", 2);
+	struct idp_buf want, line;
+	struct idp_diag d;
+	char *a, *b, *got;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4), 0);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_open(s, &d), IDP_OK);
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_OK);
+	assert_int_equal(audit_sink_write_event(s, ev, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+
+	/* Severity 2 is informational (6), 5 is warning (4); facility 13 (log audit). */
+	idp_buf_init(&line, 0);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_LEEF, ev, "0.1.0", &line), IDP_OK);
+	a = syslog_text(13 * 8 + 6, "tool_invocation", "first \xc3\xa9 line");
+	b = syslog_text(13 * 8 + 4, "token.denied", idp_buf_str(&line));
+	idp_buf_init(&want, 0);
+	assert_int_equal(idp_buf_printf(&want, "%zu %s%zu %s", strlen(a), a, strlen(b), b), IDP_OK);
+
+	cfd = accept_one(lfd);
+	assert_true(cfd >= 0);
+	got = read_bytes(cfd, want.len);
+	assert_string_equal(got, idp_buf_str(&want));
+
+	free(got);
+	free(a);
+	free(b);
+	idp_buf_cleanup(&want);
+	idp_buf_cleanup(&line);
+	audit_event_free(ev);
+	audit_sink_free(s);
+	close(cfd);
+	close(lfd);
+}
+
+static void
+tcp_sink_to_a_closed_port_asks_to_retry(void **state)
+{
+	int port, fd = loopback_socket(SOCK_STREAM, &port);
+	struct audit_sink *s;
+	struct audit_sink_msg m = msg("x", "x", 1);
+	struct idp_diag d;
+	int rc;
+
+	(void)state;
+	/* Bound but not listening: the kernel refuses connections to it. */
+	s = syslog_sink(AUDIT_PROTO_TCP, port, AUDIT_FORMAT_JSON, 0);
+	idp_diag_init(&d);
+	rc = audit_sink_write(s, &m, &d);
+	assert_int_equal(rc, IDP_EUNAVAIL);
+	assert_true(audit_sink_retryable(rc));
+	assert_non_null(strstr(idp_diag_str(&d), "connect"));
+	assert_int_equal(audit_sink_open(s, &d), IDP_EUNAVAIL);
+	audit_sink_free(s);
+	close(fd);
+}
+
+/*
+ * The receiver drops the connection; the sender's loop (write, flush, on
+ * error write again) must get the line to the next connection.
+ */
+static void
+tcp_sink_reconnects_when_the_receiver_comes_back(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port), cfd;
+	struct audit_sink *s = syslog_sink(AUDIT_PROTO_TCP, port, AUDIT_FORMAT_JSON, 0);
+	struct audit_sink_msg one = msg("one", "x", 2), two = msg("two", "x", 2);
+	char *a = syslog_text(110, "x", "one"), *b = syslog_text(110, "x", "two"), *got;
+	struct idp_buf want;
+	struct idp_diag d;
+	int tries = 0, rc;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4), 0);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	cfd = accept_one(lfd);
+	idp_buf_init(&want, 0);
+	assert_int_equal(idp_buf_printf(&want, "%zu %s", strlen(a), a), IDP_OK);
+	got = read_bytes(cfd, want.len);
+	assert_string_equal(got, idp_buf_str(&want));
+	free(got);
+	close(cfd);
+
+	do {
+		rc = audit_sink_write(s, &two, &d);
+		if (rc == IDP_OK)
+			rc = audit_sink_flush(s, &d);
+		assert_true(rc == IDP_OK || audit_sink_retryable(rc));
+	} while (rc != IDP_OK && ++tries < 5);
+	assert_int_equal(rc, IDP_OK);
+
+	cfd = accept_one(lfd);
+	idp_buf_reset(&want);
+	assert_int_equal(idp_buf_printf(&want, "%zu %s", strlen(b), b), IDP_OK);
+	got = read_bytes(cfd, want.len);
+	assert_string_equal(got, idp_buf_str(&want));
+
+	free(got);
+	free(a);
+	free(b);
+	idp_buf_cleanup(&want);
+	audit_sink_free(s);
+	close(cfd);
+	close(lfd);
+}
+
+/* ---- syslog over UDP ---------------------------------------------------- */
+
+static void
+udp_sink_sends_one_datagram_per_message(void **state)
+{
+	int port, fd = loopback_socket(SOCK_DGRAM, &port);
+	struct audit_sink *s = syslog_sink(AUDIT_PROTO_UDP, port, AUDIT_FORMAT_CEF, 0);
+	struct audit_sink_msg m1 = msg("CEF:0|a", "token.issued", 9), m2 = msg("b", "-", 0);
+	char *w1 = syslog_text(13 * 8 + 2, "token.issued", "CEF:0|a");
+	char *w2 = syslog_text(13 * 8 + 6, "-", "b");
+	char got[2048];
+	struct idp_diag d;
+	ssize_t n;
+
+	(void)state;
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &m1, &d), IDP_OK);
+	assert_int_equal(audit_sink_write(s, &m2, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	n = recv(fd, got, sizeof(got), 0);
+	assert_int_equal(n, (ssize_t)strlen(w1));
+	assert_memory_equal(got, w1, strlen(w1));
+	n = recv(fd, got, sizeof(got), 0);
+	assert_int_equal(n, (ssize_t)strlen(w2));
+	assert_memory_equal(got, w2, strlen(w2));
+	free(w1);
+	free(w2);
+	audit_sink_free(s);
+	close(fd);
+}
+
+static void
+udp_sink_truncates_on_a_utf8_boundary(void **state)
+{
+	int port, fd = loopback_socket(SOCK_DGRAM, &port);
+	struct audit_sink *s = syslog_sink(AUDIT_PROTO_UDP, port, AUDIT_FORMAT_JSON, 480);
+	char line[1201], got[2048], *full;
+	struct audit_sink_msg m;
+	struct idp_diag d;
+	ssize_t n;
+
+	(void)state;
+	/* 600 two-byte characters: any cut lands next to a lead byte or inside a pair. */
+	for (int i = 0; i < 600; i++)
+		memcpy(line + 2 * i, "\xc3\xa9", 2);
+	line[1200] = '\0';
+	m = msg(line, "x", 1);
+	full = syslog_text(110, "x", line);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_OK);
+	n = recv(fd, got, sizeof(got), 0);
+	assert_true(n > 400 && n <= 480);
+	assert_memory_equal(got, full, (size_t)n);
+	/* The last byte ends a character: it is the second byte of a pair. */
+	assert_int_equal((unsigned char)got[n - 1], 0xa9);
+	free(full);
+	audit_sink_free(s);
+	close(fd);
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+static void
+sink_new_rejects_bad_settings(void **state)
+{
+	static const struct {
+		enum audit_sink_type type;
+		const char *path, *address;
+		enum audit_sink_proto proto;
+		int facility;
+		size_t udp_max;
+		const char *mention;
+	} bad[] = {
+	    {AUDIT_SINK_FILE, NULL, NULL, AUDIT_PROTO_TCP, 13, 2048, "path"},
+	    {AUDIT_SINK_FILE, "", NULL, AUDIT_PROTO_TCP, 13, 2048, "path"},
+	    {AUDIT_SINK_SYSLOG, NULL, NULL, AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "localhost", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "localhost:0", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "localhost:70000", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "localhost:51x", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "::1:514", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "[::1]514", AUDIT_PROTO_TCP, 13, 2048, "address"},
+	    {AUDIT_SINK_SYSLOG, NULL, "127.0.0.1:514", (enum audit_sink_proto)5, 13, 2048,
+	     "protocol"},
+	    {AUDIT_SINK_SYSLOG, NULL, "127.0.0.1:514", AUDIT_PROTO_TCP, 24, 2048, "facility"},
+	    {AUDIT_SINK_SYSLOG, NULL, "127.0.0.1:514", AUDIT_PROTO_UDP, 13, 100, "udp_max"},
+	    {(enum audit_sink_type)9, "/tmp/x", NULL, AUDIT_PROTO_TCP, 13, 2048, "type"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = (struct audit_sink *)1;
+		struct idp_diag d;
+
+		audit_sink_config_defaults(&c);
+		c.type = bad[i].type;
+		c.path = bad[i].path;
+		c.address = bad[i].address;
+		c.protocol = bad[i].proto;
+		c.facility = bad[i].facility;
+		c.udp_max = bad[i].udp_max;
+		idp_diag_init(&d);
+		assert_int_equal(audit_sink_new(&c, &s, &d), IDP_EINVAL);
+		assert_null(s);
+		if (strstr(idp_diag_str(&d), bad[i].mention) == NULL)
+			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, idp_diag_str(&d),
+			         bad[i].mention);
+	}
+}
+
+static void
+sink_accepts_ipv6_addresses_and_describes_itself(void **state)
+{
+	struct audit_sink_config c;
+	struct audit_sink *s;
+	struct idp_diag d;
+
+	(void)state;
+	audit_sink_config_defaults(&c);
+	c.type = AUDIT_SINK_SYSLOG;
+	c.address = "[::1]:6514";
+	c.protocol = AUDIT_PROTO_UDP;
+	c.format = AUDIT_FORMAT_LEEF;
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_new(&c, &s, &d), IDP_OK);
+	assert_string_equal(audit_sink_describe(s), "syslog udp [::1]:6514 (leef)");
+	audit_sink_free(s);
+	audit_sink_free(NULL);
+}
+
+static void
+sink_names_parse_back(void **state)
+{
+	enum audit_sink_type t;
+	enum audit_sink_proto p;
+
+	(void)state;
+	assert_int_equal(audit_sink_type_parse("syslog", &t), IDP_OK);
+	assert_int_equal(t, AUDIT_SINK_SYSLOG);
+	assert_int_equal(audit_sink_type_parse("kafka", &t), IDP_EINVAL);
+	assert_int_equal(audit_sink_proto_parse("udp", &p), IDP_OK);
+	assert_int_equal(p, AUDIT_PROTO_UDP);
+	assert_int_equal(audit_sink_proto_parse("TCP", &p), IDP_EINVAL);
+	assert_string_equal(audit_sink_type_name(AUDIT_SINK_FILE), "file");
+	assert_string_equal(audit_sink_proto_name(AUDIT_PROTO_TCP), "tcp");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(file_sink_appends_exactly_the_lines),
+	    cmocka_unit_test(file_sink_follows_rotation_after_a_flush),
+	    cmocka_unit_test(file_sink_in_missing_directory_fails_permanently),
+	    cmocka_unit_test(sink_refuses_oversized_or_broken_lines),
+	    cmocka_unit_test(tcp_sink_sends_octet_counted_rfc5424_frames),
+	    cmocka_unit_test(tcp_sink_to_a_closed_port_asks_to_retry),
+	    cmocka_unit_test(tcp_sink_reconnects_when_the_receiver_comes_back),
+	    cmocka_unit_test(udp_sink_sends_one_datagram_per_message),
+	    cmocka_unit_test(udp_sink_truncates_on_a_utf8_boundary),
+	    cmocka_unit_test(sink_new_rejects_bad_settings),
+	    cmocka_unit_test(sink_accepts_ipv6_addresses_and_describes_itself),
+	    cmocka_unit_test(sink_names_parse_back),
+	};
+	return cmocka_run_group_tests_name("audit_sink", tests, NULL, NULL);
+}
