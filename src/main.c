@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
@@ -332,11 +333,29 @@ cmd_serve(int argc, char **argv)
 		log_warn("bug: cannot register the API key reload hook");
 	if (check_schema(&app) != 0)
 		goto done;
+	{
+		struct audit_writer_opts ao = {
+			.url = app.cfg->database.url,
+			.instance_id = app.instance_id,
+			.queue_max = app.cfg->audit.queue_max,
+			.batch_max = app.cfg->audit.batch_max,
+			.batch_wait_ms = app.cfg->audit.batch_wait_ms,
+			.sync = strcmp(app.cfg->audit.durability, "sync") == 0,
+			.fail_closed = strcmp(app.cfg->audit.on_full, "fail_closed") == 0,
+			.timeout_ms = app.cfg->audit.timeout_ms,
+		};
+
+		idp_diag_init(&diag);
+		if (audit_writer_start(&ao, &diag) != IDP_OK) {
+			log_error("%s", idp_diag_str(&diag));
+			goto done;
+		}
+	}
 	app.listener = store_listener_new(app.cfg->database.url);
 	store_register_metrics(app.store, app.listener);
 
 	router = http_router_new();
-	if (ops_routes(router, &app) != IDP_OK) {
+	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -388,6 +407,10 @@ done:
 	if (app.http != NULL)
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
+	/* After HTTP: every request that emitted has been answered. */
+	left = audit_writer_stop(app.cfg ? app.cfg->server.shutdown_timeout_ms : 0);
+	if (left > 0)
+		log_error("audit: %d queued event(s) could not be written before exit", left);
 	store_close(app.store);
 	auth_keys_install(NULL);
 	idpd_config_free(app.cfg);

@@ -16,60 +16,138 @@
 
 #include "idpd/common.h"
 
+/* What an API key may do; bit i is the i-th name in the `roles` key's list. */
+enum idpd_role {
+	IDPD_ROLE_ADMIN = 1u << 0,
+	IDPD_ROLE_REGISTRAR = 1u << 1,
+	IDPD_ROLE_AUDITOR = 1u << 2,
+	IDPD_ROLE_INTROSPECTOR = 1u << 3,
+	IDPD_ROLE_APPROVER = 1u << 4,
+	IDPD_ROLE_MAINTENANCE = 1u << 5,
+};
+
+/* One [[api_keys]] section. */
+struct idpd_api_key_cfg {
+	char *name;     /* unique label, the principal in audit events */
+	char *hash;     /* "sha256:" + 64 lowercase hex digits of the key */
+	unsigned roles; /* IDPD_ROLE_* bits; none by default */
+};
+
+/* One [[audit.sinks]] section: where the audit log is shipped. */
+struct idpd_audit_sink_cfg {
+	char *name;               /* names the sink's cursor; unique */
+	char *type;               /* "file" | "syslog" */
+	char *format;             /* "json" | "cef" | "leef" */
+	char *path;               /* file */
+	char *address;            /* syslog: "host:port" */
+	char *protocol;           /* syslog: "tcp" | "udp" */
+	char *hostname;           /* RFC 5424 HOSTNAME; "" = gethostname() */
+	int facility;             /* 13 (log audit) */
+	int64_t connect_timeout_ms;
+	int64_t send_timeout_ms;
+	int udp_max;              /* bytes per datagram */
+	bool fsync;               /* file: fdatasync before the cursor moves */
+};
+
 struct idpd_config {
 	char *path; /* the file it was read from */
 
 	struct {
-		char *listen;                /* "127.0.0.1" */
-		int port;                    /* 8080 */
-		int threads;                 /* 0 = number of cores */
-		int64_t max_body;            /* bytes, 1 MiB */
-		int max_connections;         /* 1024 */
+		char *listen;                  /* "127.0.0.1" */
+		int port;                      /* 8080 */
+		int threads;                   /* 0 = number of cores */
+		int64_t max_body;              /* bytes, 1 MiB */
+		int max_connections;           /* 1024 */
 		int64_t connection_timeout_ms; /* idle keep-alive, "30s" */
 		int64_t shutdown_timeout_ms;   /* drain bound on SIGTERM, "10s" */
-		int json_max_depth;          /* 32 */
+		int json_max_depth;            /* 32 */
 	} server;
 
 	struct {
-		char *url;                   /* secret; IDPD_DATABASE_URL wins */
-		int pool_size;               /* 8 */
-		int64_t connect_timeout_ms;  /* "5s" */
-		int64_t acquire_timeout_ms;  /* wait for a free connection, "2s" */
-		int64_t statement_timeout_ms;/* "5s" */
+		char *url;                    /* secret; IDPD_DATABASE_URL wins */
+		int pool_size;                /* 8 */
+		int64_t connect_timeout_ms;   /* "5s" */
+		int64_t acquire_timeout_ms;   /* wait for a free connection, "2s" */
+		int64_t statement_timeout_ms; /* "5s" */
 	} database;
 
 	struct {
-		char *level;                 /* "info" */
-		bool access;                 /* one JSON line per request, true */
+		char *level; /* "info" */
+		bool access; /* one JSON line per request, true */
 	} log;
 
 	struct {
-		char *instance_id;           /* "" = hostname:pid */
-		char *migrations_dir;        /* "migrations" */
+		char *instance_id;    /* "" = hostname:pid */
+		char *migrations_dir; /* "migrations" */
 	} node;
+
+	struct {
+		char *durability;        /* "sync" | "async" */
+		char *on_full;           /* "block" | "fail_closed" */
+		int queue_max;           /* 65536 */
+		int batch_max;           /* 512 */
+		int64_t batch_wait_ms;   /* "0ms" */
+		int64_t timeout_ms;      /* "5s" */
+		int64_t retention_ms;    /* "365d"; 0 keeps everything */
+		int64_t ship_interval_ms;/* "1s": how often an idle shipper looks again */
+		struct idpd_audit_sink_cfg *sinks;
+		size_t n_sinks;
+		struct {
+			int escalation_threshold;
+			int64_t escalation_window_ms;
+			int escalation_severity;
+			bool chain_violation;
+			int chain_severity;
+			bool novelty;
+			int novelty_min_events;
+			int novelty_max_items;
+			int novelty_severity;
+			int max_agents;
+		} alerts;
+	} audit;
+
+	struct idpd_api_key_cfg *api_keys; /* [[api_keys]], in file order */
+	size_t n_api_keys;
 };
 
 /*
  * Read and validate the file at path.  On success *out is a new config the
  * caller owns (idpd_config_free).  On failure *out is NULL and diag holds
- * every error found, each as "file:line:column: key: message".  Reads the
- * environment for secret overrides; touches no other global state.
+ * every error found, each as "file:line:column: key: message" (a TOML syntax
+ * error has no key), most followed by the source line and a caret.  Returns
+ * IDP_EIO if the file cannot be read, IDP_ETOOBIG past 1 MiB, IDP_EINVAL for
+ * TOML errors, IDP_EUNPROCESSABLE for keys or values the table rejects.
+ * Reads the environment for secret overrides; touches no other global state.
+ * Any thread may call it.
  */
 int idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *diag) IDP_WUR;
 
-/* Parse from memory; name is used in messages.  Same contract as load. */
+/* Parse len bytes from memory; name is used in messages.  Same contract as load. */
 int idpd_config_parse(const char *name, const char *text, size_t len, struct idpd_config **out,
-		      struct idp_diag *diag) IDP_WUR;
+                      struct idp_diag *diag) IDP_WUR;
 
-/* A config with every default; for tests and for `idpd migrate`. */
+/* A config with every default; for tests and for `idpd migrate`.  Cannot fail; any thread. */
 struct idpd_config *idpd_config_defaults(void);
 
+/* Wipes secrets and frees everything; NULL is a no-op. */
 void idpd_config_free(struct idpd_config *cfg);
+
+/*
+ * For a reload: add one diag line naming each restart-only key whose value
+ * differs between old and cur ("server.port: changed; takes effect after a
+ * restart") and return how many there are.  Values are never printed.
+ * Reads both configs only; any thread.
+ */
+unsigned idpd_config_restart_keys(const struct idpd_config *old, const struct idpd_config *cur,
+                                  struct idp_diag *diag);
 
 /*
  * Print each key with its type, default and help, one per line; used by
  * `idpd check-config --keys` and by the documentation test.  Secrets print
- * as "<secret>".
+ * as "<secret>".  Each line is
+ *   NAME  TYPE  DEFAULT  reload|restart  HELP
+ * in aligned columns; keys of an array of tables are named "api_keys[].name".
+ * Write errors end the output silently: it is a listing, not a duty.  Any thread.
  */
 void idpd_config_describe(int fd);
 

@@ -46,6 +46,37 @@ parse_limit(const char *s, int *out)
 	return true;
 }
 
+/*
+ * RFC 3339 date-time, strictly: "2026-03-27T14:15:23Z", optional fraction,
+ * "Z" or a numeric offset.  PostgreSQL alone would also take "yesterday".
+ */
+static bool
+rfc3339(const char *s)
+{
+	static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+	size_t i;
+
+	if (s == NULL || strlen(s) < sizeof(shape) || strlen(s) > 40)
+		return false;
+	for (i = 0; i < sizeof(shape) - 1; i++) {
+		if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != shape[i])
+			return false;
+	}
+	if (s[i] == '.') {
+		size_t start = ++i;
+
+		while (s[i] >= '0' && s[i] <= '9')
+			i++;
+		if (i == start || i - start > 9)
+			return false;
+	}
+	if (s[i] == 'Z')
+		return s[i + 1] == '\0';
+	return (s[i] == '+' || s[i] == '-') && s[i + 1] >= '0' && s[i + 1] <= '9' &&
+	       s[i + 2] >= '0' && s[i + 2] <= '9' && s[i + 3] == ':' && s[i + 4] >= '0' &&
+	       s[i + 4] <= '9' && s[i + 5] >= '0' && s[i + 5] <= '9' && s[i + 6] == '\0';
+}
+
 /* Cursors are the table's row id, opaque to clients ("c" + decimal). */
 static bool
 parse_cursor(const char *s, long long *out)
@@ -85,6 +116,11 @@ query_events(struct http_req *req, void *ctx)
 	if (!parse_limit(http_req_query(req, "limit"), &limit)) {
 		http_reply_problem(req, 400, "bad_request", NULL,
 				   "limit must be an integer from 1 to %d", PAGE_MAX);
+		return;
+	}
+	if ((since != NULL && !rfc3339(since)) || (until != NULL && !rfc3339(until))) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+				   "since and until must be RFC 3339 timestamps");
 		return;
 	}
 	if (http_req_query(req, "cursor") != NULL &&

@@ -1,0 +1,3 @@
+LIB_SRCS += src/config/toml.c src/config/config.c
+UNIT_TESTS += toml config
+FUZZ_TARGETS += toml

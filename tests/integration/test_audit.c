@@ -1,0 +1,451 @@
+/*
+ * Integration tests of the audit layer through idpd's HTTP API and a real
+ * PostgreSQL: ingestion, query with pagination, the hash chain and its
+ * verification (including a row edited behind idpd's back), durability
+ * across a PostgreSQL outage and a kill -9.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "idpd/auth.h"
+
+static char auditor_key[64], reporter_key[64], keys_toml[1024];
+
+static void
+make_keys(void)
+{
+	char h1[80], h2[80];
+
+	if (keys_toml[0] != '\0')
+		return;
+	assert_int_equal(auth_key_generate(auditor_key, h1), IDP_OK);
+	assert_int_equal(auth_key_generate(reporter_key, h2), IDP_OK);
+	snprintf(keys_toml, sizeof(keys_toml),
+		 "[audit]\ntimeout = \"1s\"\n"
+		 "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
+		 "[[api_keys]]\nname = \"billing-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+		 h1, h2);
+}
+
+static void
+bearer(char *out, size_t len, const char *key)
+{
+	snprintf(out, len, "Authorization: Bearer %s", key);
+}
+
+/* POST one tool_invocation; returns the HTTP status, and the event id in id. */
+static long
+report(const struct idpd_proc *p, const char *body, char *id, size_t id_len)
+{
+	char url[256], auth[128];
+	const char *h[] = {auth, "Content-Type: application/json", NULL};
+	struct http_resp r;
+	long st;
+
+	bearer(auth, sizeof(auth), reporter_key);
+	snprintf(url, sizeof(url), "%s/v1/audit/events", p->base);
+	if (harness_http("POST", url, h, body, strlen(body), &r) != 0) {
+		harness_resp_free(&r);
+		return -1;
+	}
+	st = r.status;
+	if (id != NULL && r.json != NULL && json_string_value(json_object_get(r.json, "id")))
+		snprintf(id, id_len, "%s", json_string_value(json_object_get(r.json, "id")));
+	harness_resp_free(&r);
+	return st;
+}
+
+static void
+get_as(const struct idpd_proc *p, const char *key, const char *path, struct http_resp *r)
+{
+	char url[512], auth[128];
+	const char *h[] = {auth, NULL};
+
+	bearer(auth, sizeof(auth), key);
+	snprintf(url, sizeof(url), "%s%s", p->base, path);
+	assert_int_equal(harness_http("GET", url, key ? h : NULL, NULL, 0, r), 0);
+}
+
+static const char *tool_event =
+	"{\"type\":\"tool_invocation\",\"agent_id\":\"agent-planning-prod-001\","
+	"\"agent_type\":\"planning-orchestrator\",\"human_principal\":\"alice@company.com\","
+	"\"task_id\":\"infra-review-q1-2026\",\"delegation_chain\":[\"alice@company.com\","
+	"\"planning-agent\",\"inventory-agent\"],\"action\":{\"tool\":\"aws_ec2_describe_instances\","
+	"\"parameters\":{\"region\":\"us-east-1\",\"db_password\":\"hunter2\"},"
+	"\"result\":\"success (247 instances returned)\"},\"authorization\":{\"token_id\":"
+	"\"tok_abc123\",\"granted_scope\":\"ec2:DescribeInstances\",\"policy_decision\":\"ALLOW\","
+	"\"policy_rule\":\"agent-cloud-read-v2\"},\"context\":{\"step\":\"3 of 12\","
+	"\"previous_step\":\"Listed S3 buckets (success)\",\"next_step\":\"Query cost data\"}}";
+
+static void
+reported_event_is_stored_redacted_and_attributed(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char id[80] = "", path[256];
+	json_t *ev;
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_ingest"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_ingest", NULL, keys_toml), 0);
+	assert_int_equal(report(&p, tool_event, id, sizeof(id)), 201);
+	assert_int_equal(strlen(id), 36);
+
+	snprintf(path, sizeof(path), "/v1/audit/events?task_id=infra-review-q1-2026");
+	get_as(&p, auditor_key, path, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "events")), 1);
+	ev = json_array_get(json_object_get(r.json, "events"), 0);
+	assert_string_equal(json_string_value(json_object_get(ev, "id")), id);
+	assert_string_equal(json_string_value(json_object_get(ev, "type")), "tool_invocation");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(ev, "actor"), "name")),
+			    "billing-api");
+	assert_string_equal(
+		json_string_value(json_object_get(
+			json_object_get(json_object_get(ev, "action"), "parameters"), "db_password")),
+		"[REDACTED]");
+	assert_string_equal(json_string_value(json_object_get(
+				    json_object_get(json_object_get(ev, "action"), "parameters"),
+				    "region")),
+			    "us-east-1");
+	assert_int_equal(json_array_size(json_object_get(ev, "delegation_chain")), 3);
+	assert_non_null(json_string_value(json_object_get(ev, "timestamp")));
+	{
+		char inst[32];
+
+		snprintf(inst, sizeof(inst), "test-%d", p.port);
+		assert_string_equal(json_string_value(json_object_get(ev, "instance_id")), inst);
+	}
+	harness_resp_free(&r);
+	/* The secret never reached the database in any column. */
+	{
+		char n[16];
+
+		assert_int_equal(harness_sql_value("t_audit_ingest",
+						   "SELECT count(*) FROM audit_events WHERE body "
+						   "LIKE '%hunter2%'",
+						   n, sizeof(n)),
+				 0);
+		assert_string_equal(n, "0");
+	}
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+audit_endpoints_require_the_right_key(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char www[128];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_auth"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_auth", NULL, keys_toml), 0);
+	get_as(&p, NULL, "/v1/audit/events", &r);
+	assert_int_equal(r.status, 401);
+	assert_true(harness_resp_header(&r, "WWW-Authenticate", www, sizeof(www)));
+	assert_non_null(strstr(www, "Bearer"));
+	harness_resp_free(&r);
+	get_as(&p, "idpk_not-a-real-key", "/v1/audit/verify", &r);
+	assert_int_equal(r.status, 401);
+	assert_true(harness_resp_header(&r, "WWW-Authenticate", www, sizeof(www)));
+	assert_non_null(strstr(www, "invalid_token"));
+	harness_resp_free(&r);
+	/* The reporter may write events but not read them. */
+	get_as(&p, reporter_key, "/v1/audit/events", &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "forbidden");
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+bad_reports_are_rejected_and_nothing_is_written(void **state)
+{
+	struct idpd_proc p;
+	char n[16], *big;
+	size_t len = 80 * 1024;
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_bad"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_bad", NULL, keys_toml), 0);
+	assert_int_equal(report(&p, "{\"type\":\"tool_invocation\",\"bogus\":1}", NULL, 0), 422);
+	assert_int_equal(report(&p, "{\"type\":\"token.issued\"}", NULL, 0), 422);
+	assert_int_equal(report(&p, "{\"type\":\"tool_invocation\",\"severity\":\"high\"}", NULL, 0),
+			 422);
+	assert_int_equal(report(&p, "{\"type\":", NULL, 0), 400);
+	assert_int_equal(report(&p, "[1,2]", NULL, 0), 400);
+	big = malloc(len + 64);
+	snprintf(big, len + 64, "{\"type\":\"tool_invocation\",\"action\":{\"result\":\"");
+	memset(big + strlen(big), 'r', len - strlen(big));
+	big[len] = '\0';
+	strcat(big, "\"}}");
+	assert_true(report(&p, big, NULL, 0) == 413 || report(&p, big, NULL, 0) == 422);
+	free(big);
+	assert_int_equal(harness_sql_value("t_audit_bad", "SELECT count(*) FROM audit_events", n,
+					   sizeof(n)),
+			 0);
+	assert_string_equal(n, "0");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+query_pages_through_events_in_order_both_ways(void **state)
+{
+	struct idpd_proc p;
+	char ids[7][80], path[512], cursor[64] = "";
+	int seen = 0;
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_page"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_page", NULL, keys_toml), 0);
+	for (int i = 0; i < 7; i++)
+		assert_int_equal(report(&p, tool_event, ids[i], sizeof(ids[i])), 201);
+	for (int page = 0; page < 10; page++) {
+		struct http_resp r;
+		json_t *evs;
+
+		snprintf(path, sizeof(path), "/v1/audit/events?type=tool_invocation&limit=3%s%s",
+			 cursor[0] ? "&cursor=" : "", cursor);
+		get_as(&p, auditor_key, path, &r);
+		assert_int_equal(r.status, 200);
+		evs = json_object_get(r.json, "events");
+		for (size_t i = 0; i < json_array_size(evs); i++)
+			assert_string_equal(
+				json_string_value(json_object_get(json_array_get(evs, i), "id")),
+				ids[seen++]);
+		if (json_object_get(r.json, "next_cursor") == NULL) {
+			harness_resp_free(&r);
+			break;
+		}
+		snprintf(cursor, sizeof(cursor), "%s",
+			 json_string_value(json_object_get(r.json, "next_cursor")));
+		harness_resp_free(&r);
+	}
+	assert_int_equal(seen, 7);
+	{
+		struct http_resp r;
+
+		get_as(&p, auditor_key, "/v1/audit/events?order=desc&limit=2", &r);
+		assert_string_equal(json_string_value(json_object_get(
+					    json_array_get(json_object_get(r.json, "events"), 0), "id")),
+				    ids[6]);
+		harness_resp_free(&r);
+		get_as(&p, auditor_key, "/v1/audit/events?limit=0", &r);
+		assert_int_equal(r.status, 400);
+		harness_resp_free(&r);
+		get_as(&p, auditor_key, "/v1/audit/events?cursor=zzz", &r);
+		assert_int_equal(r.status, 400);
+		harness_resp_free(&r);
+		get_as(&p, auditor_key, "/v1/audit/events?since=yesterday", &r);
+		assert_int_equal(r.status, 400);
+		harness_resp_free(&r);
+		get_as(&p, auditor_key, "/v1/audit/events?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00.5%2B01:00", &r);
+		assert_int_equal(r.status, 200);
+		assert_int_equal(json_array_size(json_object_get(r.json, "events")), 7);
+		harness_resp_free(&r);
+		get_as(&p, auditor_key, "/v1/audit/events?until=2000-01-01T00:00:00Z", &r);
+		assert_int_equal(r.status, 200);
+		assert_int_equal(json_array_size(json_object_get(r.json, "events")), 0);
+		harness_resp_free(&r);
+	}
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+verify_names_the_row_edited_behind_idpds_back(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char victim[80], rowid[32];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_tamper"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_tamper", NULL, keys_toml), 0);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(report(&p, tool_event, i == 2 ? victim : NULL, sizeof(victim)),
+				 201);
+	get_as(&p, auditor_key, "/v1/audit/verify", &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_true(json_object_get(r.json, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(r.json, "events_verified")), 5);
+	harness_resp_free(&r);
+
+	/* Someone with SQL access rewrites what the agent did. */
+	{
+		char sql[512];
+
+		snprintf(sql, sizeof(sql),
+			 "UPDATE audit_events SET body = replace(body, '247 instances', "
+			 "'0 instances') WHERE event_id = '%s'",
+			 victim);
+		assert_int_equal(harness_sql("t_audit_tamper", sql), 0);
+		snprintf(sql, sizeof(sql), "SELECT id FROM audit_events WHERE event_id = '%s'",
+			 victim);
+		assert_int_equal(harness_sql_value("t_audit_tamper", sql, rowid, sizeof(rowid)), 0);
+	}
+	get_as(&p, auditor_key, "/v1/audit/verify", &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_false(json_object_get(r.json, "ok")));
+	assert_string_equal(json_string_value(json_object_get(json_object_get(r.json, "broken_at"),
+							       "event_id")),
+			    victim);
+	assert_int_equal(json_integer_value(
+				 json_object_get(json_object_get(r.json, "broken_at"), "row")),
+			 atoll(rowid));
+	assert_int_equal(json_integer_value(json_object_get(r.json, "events_verified")), 2);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static struct idpd_proc outage;
+
+static int
+outage_teardown(void **state)
+{
+	(void)state;
+	harness_pg_start();
+	if (outage.pid > 0)
+		harness_idpd_stop(&outage, SIGKILL, 2000);
+	return 0;
+}
+
+static void
+sync_emit_fails_closed_while_postgres_is_down_then_resumes(void **state)
+{
+	char before[80], after[80], n[16], sql[256];
+	long st = 0;
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_outage"), 0);
+	assert_int_equal(harness_idpd_start(&outage, "t_audit_outage", NULL, keys_toml), 0);
+	assert_int_equal(report(&outage, tool_event, before, sizeof(before)), 201);
+	assert_int_equal(harness_pg_stop("immediate"), 0);
+	/* audit.timeout is 1 s here: the emitter gets 503, never a false 201. */
+	st = report(&outage, tool_event, NULL, 0);
+	assert_int_equal(st, 503);
+	assert_int_equal(harness_pg_start(), 0);
+	for (int i = 0; i < 100; i++) {
+		st = report(&outage, tool_event, after, sizeof(after));
+		if (st == 201)
+			break;
+		struct timespec ts = {0, 100 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(st, 201);
+	snprintf(sql, sizeof(sql),
+		 "SELECT count(*) FROM audit_events WHERE event_id IN ('%s', '%s')", before, after);
+	assert_int_equal(harness_sql_value("t_audit_outage", sql, n, sizeof(n)), 0);
+	assert_string_equal(n, "2");
+	assert_int_equal(harness_idpd_stop(&outage, SIGTERM, 10000), 0);
+}
+
+/* ---- kill -9 under load ---- */
+
+#define LOADERS 8
+#define PER_LOADER 400
+
+struct loader {
+	const struct idpd_proc *p;
+	char (*acked)[40];
+	int n_acked;
+};
+
+static void *
+load(void *arg)
+{
+	struct loader *l = arg;
+
+	for (int i = 0; i < PER_LOADER; i++) {
+		char id[80];
+
+		if (report(l->p, tool_event, id, sizeof(id)) != 201)
+			break; /* idpd is gone */
+		snprintf(l->acked[l->n_acked++], 40, "%.36s", id);
+	}
+	return NULL;
+}
+
+static void
+kill_9_under_load_loses_no_acknowledged_event(void **state)
+{
+	struct idpd_proc p;
+	struct loader ls[LOADERS];
+	pthread_t th[LOADERS];
+	struct http_resp r;
+	int total = 0;
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_kill"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_kill", NULL, keys_toml), 0);
+	for (int i = 0; i < LOADERS; i++) {
+		ls[i].p = &p;
+		ls[i].acked = calloc(PER_LOADER, 40);
+		ls[i].n_acked = 0;
+		pthread_create(&th[i], NULL, load, &ls[i]);
+	}
+	{
+		struct timespec ts = {0, 700 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(harness_idpd_stop(&p, SIGKILL, 5000), 128 + SIGKILL);
+	for (int i = 0; i < LOADERS; i++) {
+		pthread_join(th[i], NULL);
+		total += ls[i].n_acked;
+	}
+	assert_true(total > 0);
+	for (int i = 0; i < LOADERS; i++) {
+		for (int j = 0; j < ls[i].n_acked; j++) {
+			char sql[256], n[16];
+
+			snprintf(sql, sizeof(sql),
+				 "SELECT count(*) FROM audit_events WHERE event_id = '%s'",
+				 ls[i].acked[j]);
+			assert_int_equal(harness_sql_value("t_audit_kill", sql, n, sizeof(n)), 0);
+			assert_string_equal(n, "1");
+		}
+		free(ls[i].acked);
+	}
+	/* A new idpd on the same database finds an intact chain. */
+	assert_int_equal(harness_idpd_start(&p, "t_audit_kill", NULL, keys_toml), 0);
+	get_as(&p, auditor_key, "/v1/audit/verify", &r);
+	assert_true(json_is_true(json_object_get(r.json, "ok")));
+	assert_true(json_integer_value(json_object_get(r.json, "events_verified")) >= total);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(reported_event_is_stored_redacted_and_attributed),
+		cmocka_unit_test(audit_endpoints_require_the_right_key),
+		cmocka_unit_test(bad_reports_are_rejected_and_nothing_is_written),
+		cmocka_unit_test(query_pages_through_events_in_order_both_ways),
+		cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
+		cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,
+					  outage_teardown),
+		cmocka_unit_test(kill_9_under_load_loses_no_acknowledged_event),
+	};
+	return cmocka_run_group_tests_name("audit", tests, NULL, NULL);
+}
