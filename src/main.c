@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/audit_ship.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/clock.h"
@@ -334,6 +335,7 @@ cmd_serve(int argc, char **argv)
 	if (check_schema(&app) != 0)
 		goto done;
 	{
+		struct audit_alert_config alerts;
 		struct audit_writer_opts ao = {
 			.url = app.cfg->database.url,
 			.instance_id = app.instance_id,
@@ -343,10 +345,28 @@ cmd_serve(int argc, char **argv)
 			.sync = strcmp(app.cfg->audit.durability, "sync") == 0,
 			.fail_closed = strcmp(app.cfg->audit.on_full, "fail_closed") == 0,
 			.timeout_ms = app.cfg->audit.timeout_ms,
+			.alerts = &alerts,
 		};
+
+		audit_alert_config_defaults(&alerts);
+		alerts.escalation_threshold = (unsigned)app.cfg->audit.alerts.escalation_threshold;
+		alerts.escalation_window_ms = app.cfg->audit.alerts.escalation_window_ms;
+		alerts.escalation_severity = app.cfg->audit.alerts.escalation_severity;
+		alerts.chain_violation = app.cfg->audit.alerts.chain_violation;
+		alerts.chain_severity = app.cfg->audit.alerts.chain_severity;
+		alerts.novelty = app.cfg->audit.alerts.novelty;
+		alerts.novelty_min_events = (unsigned)app.cfg->audit.alerts.novelty_min_events;
+		alerts.novelty_max_items = (unsigned)app.cfg->audit.alerts.novelty_max_items;
+		alerts.novelty_severity = app.cfg->audit.alerts.novelty_severity;
+		alerts.max_agents = (unsigned)app.cfg->audit.alerts.max_agents;
 
 		idp_diag_init(&diag);
 		if (audit_writer_start(&ao, &diag) != IDP_OK) {
+			log_error("%s", idp_diag_str(&diag));
+			goto done;
+		}
+		idp_diag_init(&diag);
+		if (audit_ship_start(app.cfg, IDPD_VERSION, &diag) != IDP_OK) {
 			log_error("%s", idp_diag_str(&diag));
 			goto done;
 		}
@@ -408,6 +428,7 @@ done:
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
 	/* After HTTP: every request that emitted has been answered. */
+	audit_ship_stop();
 	left = audit_writer_stop(app.cfg ? app.cfg->server.shutdown_timeout_ms : 0);
 	if (left > 0)
 		log_error("audit: %d queued event(s) could not be written before exit", left);

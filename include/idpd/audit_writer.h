@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "idpd/audit.h"
+#include "idpd/audit_alerts.h"
 
 struct audit_writer_opts {
 	const char *url;          /* PostgreSQL; the writer connects on its own */
@@ -33,6 +34,9 @@ struct audit_writer_opts {
 	bool sync;                /* durability "sync" (true) or "async" */
 	bool fail_closed;         /* on_full "fail_closed" (true) or "block" */
 	int64_t timeout_ms;       /* how long an emitter waits (space, commit) */
+	/* Detection rules fed with every committed event; NULL turns them off.
+	 * The alerts they raise are queued like any event. */
+	const struct audit_alert_config *alerts;
 };
 
 /*

@@ -57,6 +57,7 @@ static struct {
 	pthread_t thread;
 
 	/* writer thread only */
+	struct audit_alerts *alerts;
 	PGconn *pg;
 	uint64_t chain_seq;
 	uint8_t chain_hash[AUDIT_HASH_LEN];
@@ -233,6 +234,43 @@ lost:
 	return IDP_EUNAVAIL;
 }
 
+/*
+ * Queue an event raised by the writer itself (an alert).  The writer cannot
+ * wait for its own commit or for space, so a full queue refuses the alert;
+ * the refusal is counted and logged, never silent.
+ */
+static void
+enqueue_own(struct audit_event *ev)
+{
+	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
+		audit_event_free(ev);
+		return;
+	}
+	if (audit_event_time(ev) == AUDIT_TIME_UNSET &&
+	    audit_event_set_time(ev, idp_now_ms(idp_clock_system())) != IDP_OK) {
+		audit_event_free(ev);
+		return;
+	}
+	pthread_mutex_lock(&W.lock);
+	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
+	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
+		log_warn("audit: instance id rejected by the event model");
+	if (W.count == W.cap) {
+		pthread_mutex_unlock(&W.lock);
+		atomic_fetch_add(&W.refused, 1);
+		log_error("audit: queue full, alert %s refused",
+			  audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
+							      : "?");
+		audit_event_free(ev);
+		return;
+	}
+	W.ring[(W.head + W.count) % W.cap] = ev;
+	W.count++;
+	++W.enq_seq;
+	atomic_fetch_add(&W.queued, 1);
+	pthread_mutex_unlock(&W.lock);
+}
+
 static bool
 stopping_past_deadline(void)
 {
@@ -320,8 +358,16 @@ run(void *arg)
 				  "unreachable); their emitters were not acknowledged",
 				  n);
 		}
-		for (int i = 0; i < n; i++)
+		for (int i = 0; i < n; i++) {
+			if (written && W.alerts != NULL) {
+				struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
+				size_t k = audit_alerts_feed(W.alerts, batch[i], raised);
+
+				for (size_t j = 0; j < k; j++)
+					enqueue_own(raised[j]);
+			}
 			audit_event_free(batch[i]);
+		}
 		if (!written)
 			break;
 	}
@@ -332,6 +378,8 @@ run(void *arg)
 		PQfinish(W.pg);
 	W.pg = NULL;
 	atomic_store(&W.connected, false);
+	audit_alerts_free(W.alerts);
+	W.alerts = NULL;
 	return NULL;
 }
 
@@ -389,6 +437,13 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	W.o.instance_id = W.instance;
 	snprintf(W.chain_id, sizeof(W.chain_id), "%s/%lld", W.instance,
 		 (long long)idp_now_ms(idp_clock_system()));
+	W.alerts = NULL;
+	if (o->alerts != NULL &&
+	    audit_alerts_new(o->alerts, idp_clock_system(), &W.alerts, diag) != IDP_OK) {
+		free(W.url);
+		return IDP_EINVAL;
+	}
+	W.o.alerts = NULL; /* borrowed only for the constructor */
 	W.cap = o->queue_max;
 	W.ring = idp_xcalloc((size_t)W.cap, sizeof(*W.ring));
 	W.head = W.count = 0;
@@ -403,6 +458,8 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
 		idp_diag_add(diag, "audit: cannot start the writer thread");
+		audit_alerts_free(W.alerts);
+		W.alerts = NULL;
 		free(W.ring);
 		free(W.url);
 		return IDP_EINTERNAL;
