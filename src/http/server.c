@@ -181,6 +181,9 @@ http_reply_json(struct http_req *req, int status, json_t *body)
 	reply_json_typed(req, status, body, "application/json");
 }
 
+static void vproblem(struct http_req *req, int status, const char *code, json_t *extra,
+		     const char *fmt, va_list ap) IDP_PRINTF(5, 0);
+
 static void
 vproblem(struct http_req *req, int status, const char *code, json_t *extra, const char *fmt,
 	 va_list ap)
@@ -570,6 +573,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 	atomic_fetch_sub(&s->in_flight, 1);
 }
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) IDP_PRINTF(2, 0);
 
 static void
 mhd_log(void *cls, const char *fmt, va_list ap)
