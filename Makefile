@@ -29,11 +29,16 @@ TEST_LIBS   := $(shell pkg-config --libs $(TESTPKGS) 2>/dev/null)
 CFLAGS_ALL = $(STD) $(WARN) $(OPT) $(SAN) $(DEFS) -Iinclude $(PKG_CFLAGS) -pthread -MMD -MP
 LDLIBS_ALL = $(SAN) $(PKG_LIBS) -pthread -lm
 
+LIB       = $(BUILD)/libidpd.a
+TLIB      = $(BUILD)/libidpd-test.a
+IDPD      = $(BUILD)/idpd
+
 # Filled in by the module files.
 LIB_SRCS          = src/app.c
 UNIT_TESTS        =
 INTEGRATION_TESTS =
 FUZZ_TARGETS      =
+BENCH_BINS        =
 # MODULES="util policy" builds a subset, so work on one module is not held up
 # by another that is half written.
 MODULES ?= $(notdir $(patsubst %/,%,$(dir $(sort $(wildcard src/*/module.mk)))))
@@ -43,9 +48,6 @@ include tests/module.mk
 MAIN_SRC  = src/main.c
 LIB_OBJS  = $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TLIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/tobj/%.o)
-LIB       = $(BUILD)/libidpd.a
-TLIB      = $(BUILD)/libidpd-test.a
-IDPD      = $(BUILD)/idpd
 UNIT_BINS = $(UNIT_TESTS:%=$(BUILD)/tests/unit/test_%)
 INTEG_BINS = $(INTEGRATION_TESTS:%=$(BUILD)/tests/integration/test_%)
 SUPPORT_OBJS = $(BUILD)/tobj/tests/support/harness.o
@@ -117,6 +119,12 @@ fuzz: deps
 $(BUILD)/tests/fuzz/fuzz_%: $(BUILD)/tobj/tests/fuzz/fuzz_%.o $(TLIB)
 	@mkdir -p $(dir $@)
 	$(CC) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_ALL)
+
+# Benchmark programs (tests/bench/*.c, listed in BENCH_BINS) link the
+# production build of the library.
+$(BUILD)/tests/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 bench: deps
 	@$(MAKE) --no-print-directory bin/idpd $(BENCH_BINS)
