@@ -136,4 +136,5 @@ format:
 clean:
 	rm -rf build build-san build-fuzz bin
 
--include $(LIB_OBJS:.o=.d) $(TLIB_OBJS:.o=.d)
+# Every object's header dependencies, main and tests included.
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

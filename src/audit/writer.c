@@ -38,6 +38,17 @@ struct row {
 	uint64_t seq;
 };
 
+/*
+ * A queued event with its canonical form.  The emitting thread serializes
+ * (the costly part) before taking the lock, so that work spreads over the
+ * emitters instead of piling up on the one writer thread.
+ */
+struct slot {
+	struct audit_event *ev;
+	char *canon;
+	size_t clen;
+};
+
 static struct {
 	struct audit_writer_opts o;
 	char *url;
@@ -47,7 +58,7 @@ static struct {
 	pthread_mutex_t lock; /* writer.lock: everything below up to `thread` */
 	pthread_cond_t work;
 	pthread_cond_t done;
-	struct audit_event **ring;
+	struct slot *ring;
 	int cap, head, count;
 	uint64_t enq_seq;
 	uint64_t committed_seq;
@@ -100,22 +111,18 @@ copy_text(struct idp_buf *b, const char *s)
 	return rc;
 }
 
-/* One COPY row for ev; extends the chain held in W. */
+/* One COPY row for a queued event; extends the chain held in W. */
 static int
-build_row(struct audit_event *ev, struct idp_buf *b, struct row *r)
+build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 {
+	const struct audit_event *ev = sl->ev;
 	uint8_t prev[AUDIT_HASH_LEN];
 	char ts[32], prev_hex[AUDIT_HASH_HEX_LEN + 1], hash_hex[AUDIT_HASH_HEX_LEN + 1];
-	size_t clen;
-	char *canon;
 	int rc = 0;
 
 	memcpy(prev, W.chain_hash, sizeof(prev));
-	canon = audit_event_canonical(ev, &clen);
-	if (audit_chain_hash(prev, canon, clen, W.chain_hash) != IDP_OK) {
-		free(canon);
+	if (audit_chain_hash(prev, sl->canon, sl->clen, W.chain_hash) != IDP_OK)
 		return IDP_EINTERNAL;
-	}
 	W.chain_seq++;
 	r->seq = W.chain_seq;
 	r->off = b->len;
@@ -137,10 +144,9 @@ build_row(struct audit_event *ev, struct idp_buf *b, struct row *r)
 	rc |= idp_buf_printf(b, "\t%d\t", audit_event_severity(ev));
 	rc |= copy_text(b, audit_outcome_name(audit_event_outcome(ev)));
 	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, canon);
+	rc |= copy_text(b, sl->canon);
 	rc |= idp_buf_printf(b, "\t\\\\x%s\t\\\\x%s\n", prev_hex, hash_hex);
 	r->len = b->len - r->off;
-	free(canon);
 	return rc == 0 ? IDP_OK : IDP_ETOOBIG;
 }
 
@@ -201,8 +207,10 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 			return IDP_OK;
 	}
 	from = rows[first].off;
-	if (!exec_ok(W.pg, "BEGIN", PGRES_COMMAND_OK))
-		goto lost;
+	/* One COPY outside an explicit transaction is its own transaction:
+	 * all rows or none, committed (and flushed, with synchronous_commit)
+	 * when its completion arrives.  That saves BEGIN and COMMIT round
+	 * trips per batch. */
 	if (!exec_ok(W.pg,
 		     "COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, "
 		     "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
@@ -223,8 +231,6 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	PQclear(r);
 	while ((r = PQgetResult(W.pg)) != NULL)
 		PQclear(r);
-	if (!exec_ok(W.pg, "COMMIT", PGRES_COMMAND_OK))
-		goto lost;
 	return IDP_OK;
 lost:
 	/* Start over on a fresh session: whatever state this one is in. */
@@ -251,10 +257,14 @@ enqueue_own(struct audit_event *ev)
 		audit_event_free(ev);
 		return;
 	}
-	pthread_mutex_lock(&W.lock);
+	struct slot sl;
+
 	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
 	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
 		log_warn("audit: instance id rejected by the event model");
+	sl.ev = ev;
+	sl.canon = audit_event_canonical(ev, &sl.clen);
+	pthread_mutex_lock(&W.lock);
 	if (W.count == W.cap) {
 		pthread_mutex_unlock(&W.lock);
 		atomic_fetch_add(&W.refused, 1);
@@ -262,9 +272,10 @@ enqueue_own(struct audit_event *ev)
 			  audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
 							      : "?");
 		audit_event_free(ev);
+		free(sl.canon);
 		return;
 	}
-	W.ring[(W.head + W.count) % W.cap] = ev;
+	W.ring[(W.head + W.count) % W.cap] = sl;
 	W.count++;
 	++W.enq_seq;
 	atomic_fetch_add(&W.queued, 1);
@@ -285,7 +296,7 @@ stopping_past_deadline(void)
 static void *
 run(void *arg)
 {
-	struct audit_event **batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
+	struct slot *batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
 	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
 	struct idp_buf b;
 
@@ -311,7 +322,7 @@ run(void *arg)
 		}
 		while (n < W.o.batch_max && W.count > 0) {
 			batch[n++] = W.ring[W.head];
-			W.ring[W.head] = NULL;
+			memset(&W.ring[W.head], 0, sizeof(W.ring[W.head]));
 			W.head = (W.head + 1) % W.cap;
 			W.count--;
 		}
@@ -320,7 +331,7 @@ run(void *arg)
 
 		idp_buf_reset(&b);
 		for (int i = 0; i < n; i++) {
-			if (build_row(batch[i], &b, &rows[i]) != IDP_OK) {
+			if (build_row(&batch[i], &b, &rows[i]) != IDP_OK) {
 				/* Only a bug can get here: valid events always serialize. */
 				log_error("audit: cannot serialize an event; aborting to keep the "
 					  "chain honest");
@@ -361,12 +372,13 @@ run(void *arg)
 		for (int i = 0; i < n; i++) {
 			if (written && W.alerts != NULL) {
 				struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
-				size_t k = audit_alerts_feed(W.alerts, batch[i], raised);
+				size_t k = audit_alerts_feed(W.alerts, batch[i].ev, raised);
 
 				for (size_t j = 0; j < k; j++)
 					enqueue_own(raised[j]);
 			}
-			audit_event_free(batch[i]);
+			audit_event_free(batch[i].ev);
+			free(batch[i].canon);
 		}
 		if (!written)
 			break;
@@ -492,7 +504,8 @@ audit_writer_stop(int64_t timeout_ms)
 	pthread_mutex_lock(&W.lock);
 	left = W.count;
 	while (W.count > 0) {
-		audit_event_free(W.ring[W.head]);
+		audit_event_free(W.ring[W.head].ev);
+		free(W.ring[W.head].canon);
 		W.head = (W.head + 1) % W.cap;
 		W.count--;
 	}
@@ -510,6 +523,7 @@ audit_writer_stop(int64_t timeout_ms)
 int
 audit_emit(struct audit_event *ev)
 {
+	struct slot sl;
 	struct timespec deadline;
 	uint64_t mine;
 	int rc = IDP_OK;
@@ -525,27 +539,32 @@ audit_emit(struct audit_event *ev)
 		audit_event_free(ev);
 		return IDP_EINTERNAL;
 	}
+	/* W.instance is written once, before the writer runs, and read only. */
+	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
+	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
+		log_warn("audit: instance id rejected by the event model");
+	sl.ev = ev;
+	sl.canon = audit_event_canonical(ev, &sl.clen);
 	pthread_mutex_lock(&W.lock);
 	if (!W.running) {
 		pthread_mutex_unlock(&W.lock);
 		audit_event_free(ev);
+		free(sl.canon);
 		atomic_fetch_add(&W.refused, 1);
 		return IDP_EUNAVAIL;
 	}
-	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
-	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
-		log_warn("audit: instance id rejected by the event model");
 	deadline_in(&deadline, W.o.timeout_ms);
 	while (W.count == W.cap) {
 		if (W.o.fail_closed || !W.running ||
 		    pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&W.lock);
 			audit_event_free(ev);
+			free(sl.canon);
 			atomic_fetch_add(&W.refused, 1);
 			return IDP_EUNAVAIL;
 		}
 	}
-	W.ring[(W.head + W.count) % W.cap] = ev;
+	W.ring[(W.head + W.count) % W.cap] = sl;
 	W.count++;
 	mine = ++W.enq_seq;
 	atomic_fetch_add(&W.queued, 1);
