@@ -392,6 +392,7 @@ cmd_serve(int argc, char **argv)
 						 : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (ho.threads < 1)
 		ho.threads = 1;
+	ho.handler_threads = app.cfg->server.handler_threads;
 	ho.max_body = (size_t)app.cfg->server.max_body;
 	ho.max_connections = app.cfg->server.max_connections;
 	ho.connection_timeout_s = (int)(app.cfg->server.connection_timeout_ms / 1000);
@@ -403,8 +404,8 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
-	log_info("idpd %s listening on %s:%d with %d thread(s), instance %s", IDPD_VERSION,
-		 ho.listen, ho.port, ho.threads, app.instance_id);
+	log_info("idpd %s listening on %s:%d with %d I/O and %d handler thread(s), instance %s",
+		 IDPD_VERSION, ho.listen, ho.port, ho.threads, ho.handler_threads, app.instance_id);
 
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)

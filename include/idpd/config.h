@@ -56,6 +56,7 @@ struct idpd_config {
 		char *listen;                  /* "127.0.0.1" */
 		int port;                      /* 8080 */
 		int threads;                   /* 0 = number of cores */
+		int handler_threads;           /* 32: handlers that may block */
 		int64_t max_body;              /* bytes, 1 MiB */
 		int max_connections;           /* 1024 */
 		int64_t connection_timeout_ms; /* idle keep-alive, "30s" */
@@ -105,6 +106,17 @@ struct idpd_config {
 			int max_agents;
 		} alerts;
 	} audit;
+
+	struct {
+		char *departed_owners; /* file of owners who left; "" = none */
+	} registry;
+
+	struct {
+		int64_t stale_after_ms;  /* "30d"; 0 = never stale */
+		char *stale_action;      /* "report" | "suspend" */
+		char *departed_action;   /* "report" | "suspend" */
+		int batch_size;          /* rows per statement, and agents per run at most */
+	} cleanup;
 
 	struct idpd_api_key_cfg *api_keys; /* [[api_keys]], in file order */
 	size_t n_api_keys;

@@ -9,6 +9,13 @@
  * MHD's pool threads ("any worker") and must answer exactly once through one
  * of the http_reply_* functions; a handler that returns without answering
  * gets a 500, which is logged as a bug.
+ *
+ * Threads: MHD's pool (server.threads, one per core) does the I/O.  A
+ * request whose route may block is handed to a pool of handler threads
+ * (server.handler_threads) while its connection is suspended, so an I/O
+ * thread never waits on PostgreSQL and a slow handler never stalls the
+ * other connections of its I/O thread.  Waiting handlers are what lets the
+ * audit writer group-commit the events of many requests at once.
  */
 #ifndef IDPD_HTTP_H
 #define IDPD_HTTP_H
@@ -71,6 +78,18 @@ int http_router_add(struct http_router *r, unsigned methods, const char *pattern
 		    http_handler h, void *ctx) IDP_WUR;
 
 /*
+ * Handlers run on the server's handler pool by default, because most of
+ * them wait on PostgreSQL or on the audit commit.  HTTP_ROUTE_INLINE runs
+ * one on the I/O thread instead: for handlers that never block (liveness,
+ * metrics, JWKS, answers from memory), where a thread hand-off would cost
+ * more than the work.
+ */
+#define HTTP_ROUTE_INLINE 1u
+int http_router_add_ex(struct http_router *r, unsigned methods, const char *pattern,
+		       http_handler h, void *ctx, unsigned flags) IDP_WUR;
+unsigned http_router_flags(const struct http_router *r, int route);
+
+/*
  * Match path for method.  scratch (scratch_len bytes) receives the parameter
  * values; they are percent-decoded and never contain '/'.  A path that does
  * not parse (no leading '/', empty segment, a "." or ".." segment, a NUL)
@@ -91,7 +110,8 @@ void http_allow_format(unsigned mask, char *out, size_t len);
 struct http_server_opts {
 	const char *listen;         /* IPv4 or IPv6 literal */
 	int port;
-	int threads;                /* >= 1 */
+	int threads;                /* I/O threads (MHD's pool), >= 1 */
+	int handler_threads;        /* handler pool; 0 runs every handler inline */
 	size_t max_body;            /* bytes; larger bodies get 413 */
 	int max_connections;
 	int connection_timeout_s;

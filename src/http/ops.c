@@ -97,8 +97,8 @@ ops_routes(struct http_router *r, struct idpd_app *app)
 {
 	int rc = 0;
 
-	rc |= http_router_add(r, HTTP_GET, "/healthz", healthz, app);
+	rc |= http_router_add_ex(r, HTTP_GET, "/healthz", healthz, app, HTTP_ROUTE_INLINE);
 	rc |= http_router_add(r, HTTP_GET, "/readyz", readyz, app);
-	rc |= http_router_add(r, HTTP_GET, "/metrics", metrics, app);
+	rc |= http_router_add_ex(r, HTTP_GET, "/metrics", metrics, app, HTTP_ROUTE_INLINE);
 	return rc == 0 ? IDP_OK : IDP_EINVAL;
 }

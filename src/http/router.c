@@ -23,6 +23,7 @@ struct route {
 	} segs[MAX_SEGS];
 	http_handler handler;
 	void *ctx;
+	unsigned flags;
 };
 
 struct http_router {
@@ -155,6 +156,13 @@ int
 http_router_add(struct http_router *r, unsigned methods_mask, const char *pattern,
 		http_handler h, void *ctx)
 {
+	return http_router_add_ex(r, methods_mask, pattern, h, ctx, 0);
+}
+
+int
+http_router_add_ex(struct http_router *r, unsigned methods_mask, const char *pattern,
+		   http_handler h, void *ctx, unsigned flags)
+{
 	struct route *rt;
 
 	if (r->n == HTTP_MAX_ROUTES)
@@ -179,6 +187,7 @@ http_router_add(struct http_router *r, unsigned methods_mask, const char *patter
 	rt->methods = methods_mask;
 	rt->handler = h;
 	rt->ctx = ctx;
+	rt->flags = flags;
 	r->n++;
 	return IDP_OK;
 }
@@ -331,4 +340,10 @@ http_router_handler(const struct http_router *r, int route, void **ctx)
 {
 	*ctx = r->routes[route].ctx;
 	return r->routes[route].handler;
+}
+
+unsigned
+http_router_flags(const struct http_router *r, int route)
+{
+	return r->routes[route].flags;
 }

@@ -15,6 +15,7 @@
  * waits for it to reach zero (bounded) before stopping the daemon.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,6 +51,15 @@ struct route_stats {
 
 struct http_server {
 	struct MHD_Daemon *mhd;
+	/* The handler pool.  pool.lock guards the job list and stop flag. */
+	struct {
+		pthread_mutex_t lock;
+		pthread_cond_t cond;
+		struct http_req *head, *tail;
+		bool stop;
+		pthread_t *threads;
+		int n;
+	} pool;
 	struct http_router *router;
 	struct http_server_opts opts;
 	char listen[64];
@@ -79,6 +89,10 @@ struct http_req {
 	struct idp_buf body;
 	struct resp_header *headers;
 	bool answered;
+	bool on_pool;   /* the handler runs on the pool: stash the response */
+	struct MHD_Response *resp; /* stashed until the connection is resumed */
+	int resp_status;
+	struct http_req *next_job;
 	bool too_big; /* body passed the cap: discard the rest, answer 413 at the end */
 	size_t discarded;
 	int status;
@@ -123,6 +137,13 @@ queue(struct http_req *req, int status, const char *ctype, void *data, size_t le
 	 * handler says otherwise (JWKS, metadata). */
 	if (!has_cache)
 		MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (req->on_pool) {
+		/* A suspended connection cannot take a response: keep it until
+		 * the pool thread resumes the connection and MHD calls us again. */
+		req->resp = r;
+		req->resp_status = status;
+		return;
+	}
 	if (MHD_queue_response(req->conn, (unsigned)status, r) != MHD_YES)
 		log_warn("could not queue response %d for request %s", status, req->request_id);
 	MHD_destroy_response(r);
@@ -433,11 +454,56 @@ req_new(struct http_server *s, struct MHD_Connection *conn, const char *url, con
 }
 
 static void
-dispatch(struct http_req *req)
+run_handler(struct http_req *req)
 {
-	struct http_server *s = req->srv;
 	http_handler h;
 	void *ctx;
+
+	h = http_router_handler(req->srv->router, req->route, &ctx);
+	h(req, ctx);
+	if (!req->answered) {
+		log_error("bug: handler for %s returned without answering (request %s)",
+			  http_req_route(req), req->request_id);
+		http_reply_problem(req, 500, "internal", NULL, "internal error");
+	}
+}
+
+static void *
+pool_main(void *arg)
+{
+	struct http_server *s = arg;
+
+	for (;;) {
+		struct http_req *req;
+
+		pthread_mutex_lock(&s->pool.lock);
+		while (s->pool.head == NULL && !s->pool.stop)
+			pthread_cond_wait(&s->pool.cond, &s->pool.lock);
+		req = s->pool.head;
+		if (req == NULL) {
+			pthread_mutex_unlock(&s->pool.lock);
+			break;
+		}
+		s->pool.head = req->next_job;
+		if (s->pool.head == NULL)
+			s->pool.tail = NULL;
+		pthread_mutex_unlock(&s->pool.lock);
+
+		run_handler(req);
+		/* Hand the connection back to MHD; it calls on_request again and
+		 * the stashed response is queued there.  req is not touched after
+		 * this line: it may be freed at any moment. */
+		MHD_resume_connection(req->conn);
+	}
+	return NULL;
+}
+
+/* Match the route (cheap, on the I/O thread); returns true when a handler
+ * should run, false when the request was answered here (404, 405). */
+static bool
+route(struct http_req *req)
+{
+	struct http_server *s = req->srv;
 
 	http_router_match(s->router, req->method, req->path, req->scratch, sizeof(req->scratch),
 			  &req->match);
@@ -450,20 +516,38 @@ dispatch(struct http_req *req)
 				   "%s is not allowed here; allowed: %s",
 				   req->method ? http_method_name(req->method) : "this method",
 				   allow);
-		return;
+		return false;
 	}
 	if (req->match.status != 0) {
 		http_reply_problem(req, 404, "not_found", NULL, "no such resource");
-		return;
+		return false;
 	}
 	req->route = req->match.route;
-	h = http_router_handler(s->router, req->route, &ctx);
-	h(req, ctx);
-	if (!req->answered) {
-		log_error("bug: handler for %s returned without answering (request %s)",
-			  http_req_route(req), req->request_id);
-		http_reply_problem(req, 500, "internal", NULL, "internal error");
+	return true;
+}
+
+static void
+dispatch(struct http_req *req)
+{
+	struct http_server *s = req->srv;
+
+	if (!route(req))
+		return;
+	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
+		run_handler(req);
+		return;
 	}
+	req->on_pool = true;
+	MHD_suspend_connection(req->conn);
+	pthread_mutex_lock(&s->pool.lock);
+	req->next_job = NULL;
+	if (s->pool.tail != NULL)
+		s->pool.tail->next_job = req;
+	else
+		s->pool.head = req;
+	s->pool.tail = req;
+	pthread_cond_signal(&s->pool.cond);
+	pthread_mutex_unlock(&s->pool.lock);
 }
 
 static enum MHD_Result
@@ -506,6 +590,16 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 			req->too_big = true;
 		}
 		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (req->resp != NULL) {
+		/* Back from the handler pool with its answer. */
+		req->on_pool = false;
+		if (MHD_queue_response(conn, (unsigned)req->resp_status, req->resp) != MHD_YES)
+			log_warn("could not queue response %d for request %s", req->resp_status,
+				 req->request_id);
+		MHD_destroy_response(req->resp);
+		req->resp = NULL;
 		return MHD_YES;
 	}
 	if (req->too_big)
@@ -567,6 +661,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	stats_record(s, req->route, req->status, us);
 	if (s->opts.access_log)
 		access_log(req, us);
+	if (req->resp != NULL)
+		MHD_destroy_response(req->resp);
 	idp_buf_cleanup(&req->body);
 	idp_arena_cleanup(&req->arena);
 	free(req);
@@ -660,7 +756,8 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 {
 	struct http_server *s = idp_xcalloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
-	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+			 MHD_ALLOW_SUSPEND_RESUME;
 	socklen_t sl;
 
 	memset(&ss, 0, sizeof(ss));
@@ -706,6 +803,18 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 		free(s);
 		return NULL;
 	}
+	pthread_mutex_init(&s->pool.lock, NULL);
+	pthread_cond_init(&s->pool.cond, NULL);
+	s->pool.threads = idp_xcalloc((size_t)(o->handler_threads > 0 ? o->handler_threads : 1),
+				      sizeof(pthread_t));
+	for (int i = 0; i < o->handler_threads; i++) {
+		if (pthread_create(&s->pool.threads[i], NULL, pool_main, s) != 0) {
+			log_warn("http: started only %d of %d handler threads", i,
+				 o->handler_threads);
+			break;
+		}
+		s->pool.n++;
+	}
 	if (metrics_register(collect, s) != IDP_OK)
 		log_warn("metrics: too many collectors; HTTP metrics not exported");
 	return s;
@@ -735,7 +844,19 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 
 		nanosleep(&ts, NULL);
 	}
+	/* The pool threads leave only once the job list is empty, so every job
+	 * queued before this point still runs and is answered, and every
+	 * suspended connection is resumed before MHD stops, as MHD requires. */
+	pthread_mutex_lock(&s->pool.lock);
+	s->pool.stop = true;
+	pthread_cond_broadcast(&s->pool.cond);
+	pthread_mutex_unlock(&s->pool.lock);
+	for (int i = 0; i < s->pool.n; i++)
+		pthread_join(s->pool.threads[i], NULL);
 	MHD_stop_daemon(s->mhd);
+	pthread_cond_destroy(&s->pool.cond);
+	pthread_mutex_destroy(&s->pool.lock);
+	free(s->pool.threads);
 	metrics_clear();
 	http_router_free(s->router);
 	free(s->stats);
