@@ -53,6 +53,8 @@ INTEG_BINS = $(INTEGRATION_TESTS:%=$(BUILD)/tests/integration/test_%)
 SUPPORT_OBJS = $(BUILD)/tobj/tests/support/harness.o
 
 .PHONY: all deps test check sanitize run fuzz bench clean format tests-build
+# Keep intermediate objects: they are reused by the next build.
+.SECONDARY:
 all: bin/idpd
 
 bin/idpd: $(IDPD)
