@@ -54,7 +54,7 @@ SUPPORT_OBJS = $(BUILD)/tobj/tests/support/harness.o
 
 .PHONY: all deps test check sanitize run fuzz bench clean format tests-build
 # Keep intermediate objects: they are reused by the next build.
-.SECONDARY:
+.PRECIOUS: $(BUILD)/obj/%.o $(BUILD)/tobj/%.o
 all: bin/idpd
 
 bin/idpd: $(IDPD)

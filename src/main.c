@@ -21,7 +21,12 @@
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/keys.h"
 #include "idpd/log.h"
+#include "idpd/maintenance.h"
+#include "idpd/policy.h"
+#include "idpd/policy_service.h"
+#include "idpd/registry.h"
 #include "idpd/store.h"
 
 #ifndef IDPD_VERSION
@@ -35,7 +40,9 @@ usage(FILE *f)
 		   "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
 		   "       idpd check-config FILE\n"
 		   "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
+		   "       idpd keys rotate|list --config FILE [--reason TEXT]\n"
 		   "       idpd check-config --keys\n"
+		   "       idpd policy check DIR | idpd policy test DIR\n"
 		   "       idpd version\n");
 }
 
@@ -266,6 +273,7 @@ cmd_serve(int argc, char **argv)
 	struct idpd_app app;
 	struct http_server_opts ho;
 	struct http_router *router;
+	struct keys *keys = NULL;
 	struct idp_diag diag;
 	struct store_opts so;
 	const char *config = NULL;
@@ -373,9 +381,30 @@ cmd_serve(int argc, char **argv)
 	}
 	app.listener = store_listener_new(app.cfg->database.url);
 	store_register_metrics(app.store, app.listener);
+	idp_diag_init(&diag);
+	if (registry_init(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
+	/* A wrong or missing KEK ends startup here, before anything is served. */
+	idp_diag_init(&diag);
+	if (keys_start(&app, &keys, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
+	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
+		log_warn("bug: cannot register the key rotation job");
+	/* A policy set with errors ends startup here: idpd never runs without one. */
+	idp_diag_init(&diag);
+	if (policy_service_start(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
 
 	router = http_router_new();
-	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK) {
+	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK ||
+	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
+	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -428,6 +457,9 @@ done:
 	if (app.http != NULL)
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
+	registry_shutdown(); /* after HTTP and the listener, its two users */
+	keys_free(keys);     /* likewise */
+	policy_service_stop();
 	/* After HTTP: every request that emitted has been answered. */
 	audit_ship_stop();
 	left = audit_writer_stop(app.cfg ? app.cfg->server.shutdown_timeout_ms : 0);
@@ -454,6 +486,10 @@ main(int argc, char **argv)
 		return cmd_migrate(argc - 1, argv + 1);
 	if (strcmp(argv[1], "check-config") == 0)
 		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(argv[1], "keys") == 0)
+		return keys_cli(argc - 1, argv + 1);
+	if (strcmp(argv[1], "policy") == 0)
+		return policy_cli_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "api-key") == 0)
 		return cmd_api_key(argc - 1, argv + 1);
 	if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {

@@ -118,6 +118,19 @@ struct idpd_config {
 		int batch_size;          /* rows per statement, and agents per run at most */
 	} cleanup;
 
+	struct {
+		char *kek_file;          /* file holding the KEK; "" = $IDPD_KEK only */
+		int64_t rotate_every_ms; /* "30d"; 0 = no scheduled rotation */
+		int64_t retire_after_ms; /* "24h": publication after a key last signed */
+		int64_t max_age_ms;      /* "90d": a key's not-after, from its creation */
+		int64_t jwks_max_age_ms; /* "5m": Cache-Control max-age of the JWKS */
+	} keys;
+
+	struct {
+		char *dir;               /* "policies": the *.policy files */
+		char *timezone;          /* "UTC": IANA zone for hours and weekdays */
+	} policy;
+
 	struct idpd_api_key_cfg *api_keys; /* [[api_keys]], in file order */
 	size_t n_api_keys;
 };

@@ -29,6 +29,8 @@ access = false
 [node]
 migrations_dir = "$top/migrations"
 CFG
+# A throwaway KEK: the bench database is dropped on every run.
+export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 bin/idpd serve --config "$cfg" --migrate 2>build/bench-idpd.log &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true; rm -f "$cfg"' EXIT

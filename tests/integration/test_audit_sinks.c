@@ -59,16 +59,19 @@ report(const struct idpd_proc *p, const char *task, char *id, size_t id_len)
 	return st;
 }
 
+/* Lines of path that mention s: idpd ships its own events (key
+ * generation, say) to the same sinks, so tests count theirs. */
 static int
-count_lines(const char *path)
+count_lines(const char *path, const char *s)
 {
 	FILE *f = fopen(path, "r");
-	int n = 0, c;
+	char line[8192];
+	int n = 0;
 
 	if (f == NULL)
 		return 0;
-	while ((c = fgetc(f)) != EOF)
-		n += c == '\n';
+	while (fgets(line, sizeof(line), f) != NULL)
+		n += strstr(line, s) != NULL;
 	fclose(f);
 	return n;
 }
@@ -99,24 +102,27 @@ file_sinks_receive_every_event_in_order_in_each_format(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_sink_file", NULL, extra), 0);
 	for (i = 0; i < 5; i++)
 		assert_int_equal(report(&p, "task-file", ids[i], sizeof(ids[i])), 201);
-	for (i = 0; i < 100 && (count_lines(json_path) < 5 || count_lines(cef_path) < 5); i++)
+	for (i = 0; i < 100 && (count_lines(json_path, "task-file") < 5 || count_lines(cef_path, "task-file") < 5); i++)
 		sleep_ms(50);
-	assert_int_equal(count_lines(json_path), 5);
-	assert_int_equal(count_lines(cef_path), 5);
+	assert_int_equal(count_lines(json_path, "task-file"), 5);
+	assert_int_equal(count_lines(cef_path, "task-file"), 5);
 
 	f = fopen(json_path, "r");
-	for (i = 0; fgets(line, sizeof(line), f) != NULL; i++) {
+	for (i = 0; fgets(line, sizeof(line), f) != NULL;) {
 		json_t *j = json_loads(line, 0, NULL);
 
 		assert_non_null(j);
-		assert_string_equal(json_string_value(json_object_get(j, "id")), ids[i]);
+		if (strstr(line, "task-file") != NULL)
+			assert_string_equal(json_string_value(json_object_get(j, "id")), ids[i++]);
 		json_decref(j);
 	}
 	fclose(f);
 	f = fopen(cef_path, "r");
-	for (i = 0; fgets(line, sizeof(line), f) != NULL; i++) {
+	for (i = 0; fgets(line, sizeof(line), f) != NULL;) {
 		assert_int_equal(strncmp(line, "CEF:0|idpd|idpd|", 16), 0);
-		assert_non_null(strstr(line, ids[i]));
+		if (strstr(line, "task-file") == NULL)
+			continue;
+		assert_non_null(strstr(line, ids[i++]));
 		/* The extension escapes '=' and '\\' in values. */
 		assert_non_null(strstr(line, "ok\\=1\\\\done"));
 	}
@@ -126,12 +132,12 @@ file_sinks_receive_every_event_in_order_in_each_format(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_file", NULL, extra), 0);
 	sleep_ms(500);
-	assert_int_equal(count_lines(json_path), 5);
+	assert_int_equal(count_lines(json_path, "task-file"), 5);
 	/* ...and what is new still goes out. */
 	assert_int_equal(report(&p, "task-file", ids[0], sizeof(ids[0])), 201);
-	for (i = 0; i < 100 && count_lines(json_path) < 6; i++)
+	for (i = 0; i < 100 && count_lines(json_path, "task-file") < 6; i++)
 		sleep_ms(50);
-	assert_int_equal(count_lines(json_path), 6);
+	assert_int_equal(count_lines(json_path, "task-file"), 6);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	unlink(json_path);
 	unlink(cef_path);

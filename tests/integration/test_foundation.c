@@ -134,7 +134,15 @@ metrics_expose_requests_pool_listener_and_build(void **state)
 	harness_resp_free(&r);
 	get("/nope", &r);
 	harness_resp_free(&r);
-	get("/metrics", &r);
+	/* The listener connects in the background: give it a moment. */
+	for (int i = 0; i < 100; i++) {
+		get("/metrics", &r);
+		if (strstr(r.body, "idpd_listener_connected 1\n") != NULL)
+			break;
+		harness_resp_free(&r);
+		struct timespec ts = {0, 50 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
 	assert_int_equal(r.status, 200);
 	assert_non_null(
 		strstr(r.body, "idpd_http_requests_total{route=\"/healthz\",status=\"200\"} "));

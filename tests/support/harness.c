@@ -216,6 +216,9 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 		"[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%d\"\n"
 		"[log]\nlevel = \"debug\"\n",
 		p->port, server_keys != NULL ? server_keys : "", url, top, p->port);
+	/* The shipped policy set, unless the test brings its own. */
+	if (extra_toml == NULL || strstr(extra_toml, "[policy]") == NULL)
+		fprintf(f, "[policy]\ndir = \"%s/policies\"\n", top);
 	if (extra_toml != NULL)
 		fputs(extra_toml, f);
 	fclose(f);
@@ -233,6 +236,10 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 		}
 		/* The test's environment would otherwise override the config. */
 		unsetenv("IDPD_DATABASE_URL");
+		/* Every idpd needs a KEK.  A test may set its own IDPD_KEK, or set it
+		 * empty to have idpd read keys.kek_file instead. */
+		setenv("IDPD_KEK",
+		       "746573742d6f6e6c792d6b656b2d6e657665722d7573652d69742d666f722121", 0);
 		if (migrate)
 			execl(bin, bin, "serve", "--config", p->config, "--migrate", (char *)NULL);
 		else

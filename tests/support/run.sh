@@ -20,7 +20,7 @@ for hook in tests/support/run.d/*.sh; do
 	[ -f "$hook" ] && . "$hook"
 done
 
-bin/idpd serve --config config.example.toml --migrate &
+bin/idpd serve --config "${IDPD_RUN_CONFIG:-config.example.toml}" --migrate &
 pid=$!
 # A non-interactive shell starts background jobs with SIGINT ignored, so
 # forward Ctrl-C (and a TERM sent to make) to idpd as SIGTERM.

@@ -1,0 +1,461 @@
+/*
+ * http.c - the policy engine's endpoints: the dry run, the OpenID AuthZEN
+ * evaluation API for downstream PEPs, the loaded set, and reloads.
+ *
+ * The engine (struct policy_engine) holds the current set; every request
+ * acquires a reference, evaluates on that set and drops it, so a reload
+ * never waits for an evaluation and an evaluation never sees half a set.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/app.h"
+#include "idpd/audit_writer.h"
+#include "idpd/auth.h"
+#include "idpd/clock.h"
+#include "idpd/log.h"
+#include "idpd/policy.h"
+#include "idpd/policy_service.h"
+
+#define AUTHZEN_MAX_BATCH 64
+
+static struct {
+	struct policy_engine *engine;
+	struct policy_tz *tz;
+	char *dir;
+} P;
+
+static json_t *
+diag_lines(const struct idp_diag *d)
+{
+	json_t *a = json_array();
+	const char *p = idp_diag_str(d);
+
+	while (*p != '\0') {
+		size_t n = strcspn(p, "\n");
+		json_t *line = json_stringn(p, n);
+
+		if (line != NULL)
+			json_array_append_new(a, line);
+		p += n;
+		if (*p == '\n')
+			p++;
+	}
+	return a;
+}
+
+/* Evaluate a policy-shaped JSON object; on bad input answers 422 and returns NULL. */
+static json_t *
+evaluate(struct http_req *req, const json_t *input, struct policy_decision *d)
+{
+	struct policy_json_opts jo = {NULL, P.tz, false};
+	struct policy_context ctx = {idp_clock_system(), P.tz, NULL, NULL};
+	struct policy_input_doc *doc = NULL;
+	struct policy_set *set;
+	struct idp_diag diag;
+	json_t *out;
+
+	idp_diag_init(&diag);
+	if (policy_input_from_json(input, &jo, &doc, &diag) != IDP_OK) {
+		http_reply_problem(req, 422, "unprocessable",
+				   json_pack("{s:o}", "errors", diag_lines(&diag)),
+				   "the input does not fit the policy input model");
+		return NULL;
+	}
+	set = policy_engine_acquire(P.engine);
+	if (set == NULL) {
+		policy_input_doc_free(doc);
+		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
+		return NULL;
+	}
+	/* The time is now unless the caller said when (a what-if question);
+	 * counters and risk are the token service's live state, not filled here. */
+	if (!policy_input_has(policy_input_doc_input(doc), POLICY_ATTR_CONTEXT_HOUR) &&
+	    !policy_input_has(policy_input_doc_input(doc), POLICY_ATTR_CONTEXT_WEEKDAY))
+		policy_context_fill(&ctx, policy_input_doc_input(doc));
+	policy_eval(set, policy_input_doc_input(doc), d);
+	out = policy_decision_json(d);
+	json_object_set_new(out, "policy_hash", json_string(policy_set_hash(set)));
+	policy_set_unref(set);
+	policy_input_doc_free(doc);
+	return out;
+}
+
+/* POST /v1/policy/evaluate: the full input in, the full decision out. */
+static void
+dry_run(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct policy_decision d;
+	json_t *body, *out;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	out = evaluate(req, body, &d);
+	json_decref(body);
+	if (out != NULL)
+		http_reply_json(req, 200, out);
+}
+
+/*
+ * AuthZEN subject/action/resource/context -> the policy input shape:
+ * subject.id -> agent.id, subject.properties -> agent.*; action.name ->
+ * request.scopes [name], action.properties -> request.*; resource.id ->
+ * resource.audience (and request.audience), resource.properties ->
+ * resource.*; context -> context.*, except context.delegation, which is the
+ * delegation section (absent: a direct call, depth 0).
+ */
+/* jansson's reference counts make even a read-only update take json_t *. */
+static json_t *
+authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *context,
+		 const char **why)
+{
+	json_t *in = json_object(), *agent = json_object(), *request = json_object(),
+	       *res = json_object(), *ctx = json_object();
+	const char *s;
+
+	*why = NULL;
+	if (!json_is_object(subject) || !json_is_string(json_object_get(subject, "id")))
+		*why = "subject.id is required";
+	else if (!json_is_object(action) || !json_is_string(json_object_get(action, "name")))
+		*why = "action.name is required";
+	else if (!json_is_object(resource) || !json_is_string(json_object_get(resource, "id")))
+		*why = "resource.id is required";
+	else if (context != NULL && !json_is_object(context))
+		*why = "context must be an object";
+	if (*why != NULL)
+		goto fail;
+	if (json_is_object(json_object_get(subject, "properties")))
+		json_object_update(agent, json_object_get(subject, "properties"));
+	json_object_set(agent, "id", json_object_get(subject, "id"));
+	if (json_is_object(json_object_get(action, "properties")))
+		json_object_update(request, json_object_get(action, "properties"));
+	json_object_set_new(request, "scopes",
+			    json_pack("[O]", json_object_get(action, "name")));
+	if (json_is_object(json_object_get(resource, "properties")))
+		json_object_update(res, json_object_get(resource, "properties"));
+	s = json_string_value(json_object_get(resource, "id"));
+	json_object_set_new(res, "audience", json_string(s));
+	if (json_object_get(request, "audience") == NULL)
+		json_object_set_new(request, "audience", json_string(s));
+	if (context != NULL)
+		json_object_update(ctx, context);
+	/* A PEP asking about a direct call sends no chain: depth 0.  One that
+	 * knows the chain passes it as context.delegation. */
+	if (json_is_object(json_object_get(ctx, "delegation"))) {
+		json_object_set(in, "delegation", json_object_get(ctx, "delegation"));
+		json_object_del(ctx, "delegation");
+	} else {
+		json_object_set_new(in, "delegation",
+				    json_pack("{s:i,s:[],s:i}", "depth", 0, "chain", "approvals", 0));
+	}
+	json_object_set_new(in, "agent", agent);
+	json_object_set_new(in, "request", request);
+	json_object_set_new(in, "resource", res);
+	json_object_set_new(in, "context", ctx);
+	return in;
+fail:
+	json_decref(agent);
+	json_decref(request);
+	json_decref(res);
+	json_decref(ctx);
+	json_decref(in);
+	return NULL;
+}
+
+/* {decision: bool, context: {reason, ...}} from a full decision. */
+static json_t *
+authzen_answer(const json_t *full)
+{
+	const char *d = json_string_value(json_object_get(full, "decision"));
+	bool allow = d != NULL && (strcmp(d, "ALLOW") == 0 || strcmp(d, "ALLOW_WITH_CONDITIONS") == 0);
+	json_t *ctx = json_pack("{s:O*,s:O*,s:O*}", "reason", json_object_get(full, "reason"),
+				"idpd_decision", json_object_get(full, "decision"), "rules",
+				json_object_get(full, "rules"));
+
+	if (json_object_get(full, "conditions") != NULL)
+		json_object_set(ctx, "conditions", json_object_get(full, "conditions"));
+	return json_pack("{s:b,s:o}", "decision", allow, "context", ctx);
+}
+
+/* One AuthZEN evaluation; answers the request itself on bad input. */
+static json_t *
+authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resource,
+	    json_t *context)
+{
+	struct policy_decision d;
+	const char *why;
+	json_t *in = authzen_to_input(subject, action, resource, context, &why), *full, *ans;
+
+	if (in == NULL) {
+		http_reply_problem(req, 400, "bad_request", NULL, "%s", why);
+		return NULL;
+	}
+	full = evaluate(req, in, &d);
+	json_decref(in);
+	if (full == NULL)
+		return NULL;
+	ans = authzen_answer(full);
+	json_decref(full);
+	return ans;
+}
+
+/* POST /access/v1/evaluation (AuthZEN 1.0). */
+static void
+authzen_evaluation(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	json_t *body, *ans;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	ans = authzen_one(req, json_object_get(body, "subject"), json_object_get(body, "action"),
+			  json_object_get(body, "resource"), json_object_get(body, "context"));
+	json_decref(body);
+	if (ans != NULL)
+		http_reply_json(req, 200, ans);
+}
+
+/* Member of the item if present, else the request's default. */
+static json_t *
+pick(json_t *item, json_t *body, const char *key)
+{
+	json_t *v = json_object_get(item, key);
+
+	return v != NULL ? v : json_object_get(body, key);
+}
+
+/* POST /access/v1/evaluations: defaults at the top level, overrides per item. */
+static void
+authzen_evaluations(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	json_t *body, *items, *out;
+	size_t i;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	items = json_object_get(body, "evaluations");
+	if (items == NULL) {
+		/* Without a list it is a single evaluation, answered as a list of one. */
+		json_t *ans = authzen_one(req, json_object_get(body, "subject"),
+					  json_object_get(body, "action"),
+					  json_object_get(body, "resource"),
+					  json_object_get(body, "context"));
+
+		json_decref(body);
+		if (ans != NULL)
+			http_reply_json(req, 200, json_pack("{s:[o]}", "evaluations", ans));
+		return;
+	}
+	if (!json_is_array(items) || json_array_size(items) > AUTHZEN_MAX_BATCH) {
+		json_decref(body);
+		http_reply_problem(req, 400, "bad_request", NULL,
+				   "evaluations must be a list of at most %d items", AUTHZEN_MAX_BATCH);
+		return;
+	}
+	out = json_array();
+	for (i = 0; i < json_array_size(items); i++) {
+		json_t *it = json_array_get(items, i);
+		json_t *ans;
+
+		if (!json_is_object(it)) {
+			json_decref(out);
+			json_decref(body);
+			http_reply_problem(req, 400, "bad_request", NULL,
+					   "evaluations[%zu] must be an object", i);
+			return;
+		}
+		ans = authzen_one(req, pick(it, body, "subject"), pick(it, body, "action"),
+				  pick(it, body, "resource"), pick(it, body, "context"));
+		if (ans == NULL) {
+			json_decref(out);
+			json_decref(body);
+			return;
+		}
+		json_array_append_new(out, ans);
+	}
+	json_decref(body);
+	http_reply_json(req, 200, json_pack("{s:o}", "evaluations", out));
+}
+
+/* GET /.well-known/authzen-configuration */
+static void
+authzen_metadata(struct http_req *req, void *ctx)
+{
+	const char *host = http_req_header(req, "Host");
+	char base[300];
+
+	(void)ctx;
+	if (host == NULL || strlen(host) > 255 || strpbrk(host, " \"\\/<>") != NULL) {
+		http_reply_problem(req, 400, "bad_request", NULL, "a valid Host header is required");
+		return;
+	}
+	snprintf(base, sizeof(base), "http://%s", host);
+	http_add_header(req, "Cache-Control", "public, max-age=3600");
+	http_reply_json(req, 200,
+			json_pack("{s:s,s:s+,s:s+}", "policy_decision_point", base,
+				  "access_evaluation_endpoint", base, "/access/v1/evaluation",
+				  "access_evaluations_endpoint", base, "/access/v1/evaluations"));
+}
+
+/* GET /v1/policies */
+static void
+list_policies(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct policy_set *set;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+		return;
+	set = policy_engine_acquire(P.engine);
+	if (set == NULL) {
+		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
+		return;
+	}
+	http_reply_json(req, 200, policy_set_describe(set));
+	policy_set_unref(set);
+}
+
+/* Reload and audit; on failure the old set stays and diag says why. */
+static int
+reload(const char *actor_kind_name, enum audit_actor_kind kind, const char *request_id,
+       struct idp_diag *diag)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_POLICY_RELOADED, AUDIT_TIME_UNSET);
+	int rc = policy_engine_reload(P.engine, P.dir, NULL, diag);
+	struct policy_set *set = policy_engine_acquire(P.engine);
+
+	if (ev != NULL) {
+		if (audit_event_set_actor(ev, kind, actor_kind_name) != IDP_OK ||
+		    audit_event_set(ev, AUDIT_F_REQUEST_ID, request_id) != IDP_OK)
+			log_warn("policy: cannot describe the reload event");
+		audit_event_set_outcome(ev, rc == IDP_OK ? AUDIT_OUTCOME_SUCCESS
+							 : AUDIT_OUTCOME_FAILURE);
+		if (set != NULL &&
+		    (audit_event_put_detail(ev, "policy_hash", json_string(policy_set_hash(set))) !=
+			     IDP_OK ||
+		     audit_event_put_detail(ev, "rules",
+					    json_integer((json_int_t)policy_set_rule_count(set))) !=
+			     IDP_OK))
+			log_warn("policy: cannot describe the reload event");
+		if (audit_emit(ev) != IDP_OK)
+			log_warn("policy: the reload could not be audited");
+	}
+	if (rc == IDP_OK && set != NULL)
+		log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set),
+			 P.dir, policy_set_hash(set));
+	policy_set_unref(set);
+	return rc;
+}
+
+/* POST /v1/policies/reload */
+static void
+reload_policies(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct idp_diag diag;
+	struct policy_set *set;
+
+	(void)ctx;
+	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
+		return;
+	idp_diag_init(&diag);
+	if (reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag) != IDP_OK) {
+		http_reply_problem(req, 422, "unprocessable",
+				   json_pack("{s:o}", "errors", diag_lines(&diag)),
+				   "the policy set has errors; the old set stays in force");
+		return;
+	}
+	set = policy_engine_acquire(P.engine);
+	http_reply_json(req, 200, policy_set_describe(set));
+	policy_set_unref(set);
+}
+
+static int
+on_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	(void)app;
+	(void)next;
+	(void)ctx;
+	return reload("sighup", AUDIT_ACTOR_SYSTEM, NULL, diag);
+}
+
+int
+policy_service_start(struct idpd_app *app, struct idp_diag *diag)
+{
+	struct policy_set *set = NULL;
+
+	P.dir = idp_xstrdup(app->cfg->policy.dir);
+	if (strcmp(app->cfg->policy.timezone, "UTC") == 0) {
+		P.tz = policy_tz_fixed("UTC", 0);
+	} else if (policy_tz_load(app->cfg->policy.timezone, NULL, &P.tz, diag) != IDP_OK) {
+		idp_diag_add(diag, "policy.timezone: cannot load \"%s\"", app->cfg->policy.timezone);
+		return IDP_EINVAL;
+	}
+	if (policy_set_load_dir(P.dir, NULL, &set, diag) != IDP_OK) {
+		idp_diag_add(diag, "policy.dir: %s does not load; not starting", P.dir);
+		return IDP_EINVAL;
+	}
+	P.engine = policy_engine_new();
+	log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set), P.dir,
+		 policy_set_hash(set));
+	policy_engine_swap(P.engine, set);
+	return app_on_reload(on_sighup, NULL);
+}
+
+struct policy_engine *
+policy_service_engine(void)
+{
+	return P.engine;
+}
+
+const struct policy_tz *
+policy_service_tz(void)
+{
+	return P.tz;
+}
+
+void
+policy_service_stop(void)
+{
+	policy_engine_free(P.engine);
+	policy_tz_free(P.tz);
+	free(P.dir);
+	memset(&P, 0, sizeof(P));
+}
+
+int
+policy_routes(struct http_router *r, struct idpd_app *app)
+{
+	int rc = 0;
+
+	(void)app;
+	rc |= http_router_add_ex(r, HTTP_POST, "/v1/policy/evaluate", dry_run, NULL,
+				 HTTP_ROUTE_INLINE);
+	rc |= http_router_add_ex(r, HTTP_POST, "/access/v1/evaluation", authzen_evaluation, NULL,
+				 HTTP_ROUTE_INLINE);
+	rc |= http_router_add_ex(r, HTTP_POST, "/access/v1/evaluations", authzen_evaluations, NULL,
+				 HTTP_ROUTE_INLINE);
+	rc |= http_router_add_ex(r, HTTP_GET, "/.well-known/authzen-configuration",
+				 authzen_metadata, NULL, HTTP_ROUTE_INLINE);
+	rc |= http_router_add_ex(r, HTTP_GET, "/v1/policies", list_policies, NULL,
+				 HTTP_ROUTE_INLINE);
+	/* A reload reads files and waits on the audit commit: off the I/O threads. */
+	rc |= http_router_add(r, HTTP_POST, "/v1/policies/reload", reload_policies, NULL);
+	return rc == 0 ? IDP_OK : IDP_EINVAL;
+}

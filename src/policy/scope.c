@@ -1,0 +1,385 @@
+/*
+ * scope.c - scope patterns, glob containment and action classes (see scope.h).
+ *
+ * Containment rests on one observation.  Patterns only have '*', and the
+ * scope charset has characters a given pattern does not use.  Replace every
+ * '*' of the requested pattern by such a fresh character: the resulting
+ * string is matched by the candidate pattern only if the candidate's own '*'
+ * swallow each fresh character, which is the same as matching the candidate
+ * against the requested pattern read literally, its '*' an ordinary byte
+ * that only a '*' can absorb.  So "requested within pattern" is a single glob
+ * match of pattern against the text of requested.  When a pattern uses every
+ * character of the charset the argument weakens, but only towards "not
+ * within": a literal match still proves containment.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/scope.h"
+#include "policy_int.h"
+
+static bool
+scope_char(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '-' || c == '/' || c == '*';
+}
+
+/* Check one part; NULL if fine, else why not.  *stars counts its '*'. */
+static const char *
+check_part(const char *p, size_t n, unsigned *stars)
+{
+	if (n == 0)
+		return "empty part";
+	for (size_t i = 0; i < n; i++) {
+		if (!scope_char((unsigned char)p[i]))
+			return "character not allowed (letters, digits, \"._-/\" and '*')";
+		if (p[i] == '*')
+			(*stars)++;
+	}
+	return NULL;
+}
+
+static bool glob_match_n(const char *p, size_t plen, const char *t, size_t tlen);
+
+/* Byte classes for the one-pass scanner: 0 invalid, 1 ordinary, 2 '*', 3 ':'. */
+static const unsigned char byte_class[256] = {
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1,
+    ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1,
+    ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['.'] = 1, ['_'] = 1,
+    ['-'] = 1, ['/'] = 1, ['*'] = 2, [':'] = 3,
+};
+
+bool
+scope_scan(const char *s, struct scope_split *out)
+{
+	size_t i, colon = 0, colons = 0, stars = 0;
+
+	for (i = 0; s[i] != '\0'; i++) {
+		unsigned c = byte_class[(unsigned char)s[i]];
+
+		if (c == 0 || i >= IDP_SCOPE_MAX_LEN)
+			return false;
+		if (c == 3) {
+			colon = i;
+			colons++;
+		}
+		stars += c == 2;
+	}
+	if (colons != 1 || colon == 0 || colon + 1 == i || stars > IDP_SCOPE_MAX_STARS)
+		return false;
+	out->s = s;
+	out->colon = colon;
+	out->len = i;
+	return true;
+}
+
+bool
+scope_within_split(const struct scope_split *r, const struct scope_split *p)
+{
+	return glob_match_n(p->s, p->colon, r->s, r->colon) &&
+	       glob_match_n(p->s + p->colon + 1, p->len - p->colon - 1, r->s + r->colon + 1,
+	                    r->len - r->colon - 1);
+}
+
+int
+scope_validate(const char *s, struct idp_diag *diag)
+{
+	const char *colon, *why = NULL;
+	unsigned stars = 0;
+	size_t len;
+
+	if (s == NULL) {
+		if (diag != NULL)
+			idp_diag_add(diag, "scope: missing");
+		return IDP_EINVAL;
+	}
+	{
+		struct scope_split sp;
+
+		if (scope_scan(s, &sp))
+			return IDP_OK;
+	}
+	/* Invalid: find the reason, in the order the rules are listed. */
+	len = strnlen(s, IDP_SCOPE_MAX_LEN + 1);
+	colon = memchr(s, ':', len);
+	if (len > IDP_SCOPE_MAX_LEN)
+		why = "longer than 256 bytes";
+	else if (colon == NULL)
+		why = "no ':' between resource and verb";
+	else if (memchr(colon + 1, ':', len - (size_t)(colon + 1 - s)) != NULL)
+		why = "more than one ':'";
+	else if ((why = check_part(s, (size_t)(colon - s), &stars)) != NULL ||
+	         (why = check_part(colon + 1, len - (size_t)(colon + 1 - s), &stars)) != NULL)
+		;
+	else if (stars > IDP_SCOPE_MAX_STARS)
+		why = "more than 4 '*'";
+	if (why == NULL)
+		return IDP_OK;
+	if (diag != NULL)
+		idp_diag_add(diag, "scope \"%.64s\": %s", s, why);
+	return IDP_EINVAL;
+}
+
+bool
+scope_is_pattern(const char *s)
+{
+	return strchr(s, '*') != NULL;
+}
+
+/*
+ * Iterative glob match with backtracking to the last '*': with '*' the only
+ * wildcard, resuming from the most recent star is enough, so the work is
+ * O(plen * tlen) and nothing recurses.
+ */
+static bool
+glob_match_n(const char *p, size_t plen, const char *t, size_t tlen)
+{
+	size_t pi = 0, ti = 0, star_p = SIZE_MAX, star_t = 0;
+
+	while (ti < tlen) {
+		if (pi < plen && p[pi] == '*') {
+			star_p = pi++;
+			star_t = ti;
+		} else if (pi < plen && p[pi] == t[ti]) {
+			pi++;
+			ti++;
+		} else if (star_p != SIZE_MAX) {
+			pi = star_p + 1;
+			ti = ++star_t;
+		} else {
+			return false;
+		}
+	}
+	while (pi < plen && p[pi] == '*')
+		pi++;
+	return pi == plen;
+}
+
+bool
+scope_glob_match(const char *pattern, const char *text)
+{
+	return glob_match_n(pattern, strlen(pattern), text, strlen(text));
+}
+
+/* Both arguments already validated: match each part separately. */
+bool
+scope_within_valid(const char *requested, const char *pattern)
+{
+	const char *rc = strchr(requested, ':'), *pc = strchr(pattern, ':');
+
+	return glob_match_n(pattern, (size_t)(pc - pattern), requested, (size_t)(rc - requested)) &&
+	       glob_match_n(pc + 1, strlen(pc + 1), rc + 1, strlen(rc + 1));
+}
+
+bool
+scope_pattern_within(const char *requested, const char *pattern)
+{
+	if (scope_validate(requested, NULL) != IDP_OK || scope_validate(pattern, NULL) != IDP_OK)
+		return false;
+	return scope_within_valid(requested, pattern);
+}
+
+bool
+scope_within(const char *requested, const char *const *patterns, size_t n)
+{
+	if (scope_validate(requested, NULL) != IDP_OK)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (patterns[i] != NULL && scope_pattern_within(requested, patterns[i]))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Whether a[0..la) and b[0..lb) match a common string.  f(i, j) says whether
+ * the suffixes a[i..] and b[j..] do: a '*' may stop, or swallow the next
+ * symbol of the other side (a literal, or the output of the other's '*');
+ * two literals must agree.  Filled from the ends with two rows, so the work
+ * is O(la * lb) and the stack use O(lb).
+ */
+static bool
+glob_overlap_n(const char *a, size_t la, const char *b, size_t lb)
+{
+	bool row[2][IDP_SCOPE_MAX_LEN + 2];
+	bool *next = row[0], *cur = row[1], *tmp;
+
+	if (lb > IDP_SCOPE_MAX_LEN)
+		return true; /* never reached for valid scopes; "overlaps" is the safe answer */
+	for (size_t ii = la + 1; ii-- > 0;) {
+		for (size_t jj = lb + 1; jj-- > 0;) {
+			bool v;
+
+			if (ii == la && jj == lb)
+				v = true;
+			else if (ii < la && a[ii] == '*')
+				v = next[jj] || (jj < lb && cur[jj + 1]);
+			else if (jj < lb && b[jj] == '*')
+				v = cur[jj + 1] || (ii < la && next[jj]);
+			else if (ii < la && jj < lb && a[ii] == b[jj])
+				v = next[jj + 1];
+			else
+				v = false;
+			cur[jj] = v;
+		}
+		tmp = next;
+		next = cur;
+		cur = tmp;
+	}
+	return next[0];
+}
+
+bool
+scope_glob_overlap(const char *a, const char *b)
+{
+	return glob_overlap_n(a, strlen(a), b, strlen(b));
+}
+
+/* ---- action classes ---------------------------------------------------- */
+
+#define VERB_MAP_MAX 256
+
+struct verb_entry {
+	const char *verb;
+	enum idp_action_class cls;
+};
+
+struct scope_verb_map {
+	struct verb_entry *entries;
+	size_t n;
+	bool owned; /* entries and their strings are heap copies */
+};
+
+static const struct verb_entry default_entries[] = {
+    {"Describe*", IDP_ACTION_READ},  {"List*", IDP_ACTION_READ},
+    {"Get*", IDP_ACTION_READ},       {"Read*", IDP_ACTION_READ},
+    {"read", IDP_ACTION_READ},       {"write", IDP_ACTION_WRITE},
+    {"Put*", IDP_ACTION_WRITE},      {"Create*", IDP_ACTION_WRITE},
+    {"Update*", IDP_ACTION_WRITE},   {"Modify*", IDP_ACTION_WRITE},
+    {"delete", IDP_ACTION_DELETE},   {"Delete*", IDP_ACTION_DELETE},
+    {"Remove*", IDP_ACTION_DELETE},  {"Terminate*", IDP_ACTION_DELETE},
+    {"Destroy*", IDP_ACTION_DELETE}, {"Purge*", IDP_ACTION_DELETE},
+    {"admin", IDP_ACTION_ADMIN},     {"Admin*", IDP_ACTION_ADMIN},
+    {"Grant*", IDP_ACTION_ADMIN},    {"Revoke*", IDP_ACTION_ADMIN},
+};
+
+static const struct scope_verb_map default_map = {(struct verb_entry *)default_entries,
+                                                  IDP_ARRAY_LEN(default_entries), false};
+
+static const char *const class_names[IDP_ACTION_COUNT] = {"read", "write", "delete", "admin"};
+
+const char *
+idp_action_class_name(enum idp_action_class c)
+{
+	if ((unsigned)c < IDP_ACTION_COUNT)
+		return class_names[c];
+	return "admin";
+}
+
+int
+idp_action_class_parse(const char *s)
+{
+	for (int i = 0; i < IDP_ACTION_COUNT; i++) {
+		if (strcmp(s, class_names[i]) == 0)
+			return i;
+	}
+	return -1;
+}
+
+const struct scope_verb_map *
+scope_verb_map_default(void)
+{
+	return &default_map;
+}
+
+struct scope_verb_map *
+scope_verb_map_new(void)
+{
+	struct scope_verb_map *m = idp_xcalloc(1, sizeof(*m));
+
+	m->entries = idp_xcalloc(VERB_MAP_MAX, sizeof(*m->entries));
+	m->owned = true;
+	return m;
+}
+
+void
+scope_verb_map_free(struct scope_verb_map *m)
+{
+	if (m == NULL || !m->owned)
+		return;
+	for (size_t i = 0; i < m->n; i++)
+		free((char *)m->entries[i].verb);
+	free(m->entries);
+	free(m);
+}
+
+/* A verb (pattern) on its own: the verb part's rules. */
+static int
+verb_validate(const char *verb)
+{
+	unsigned stars = 0;
+	size_t n = strnlen(verb, IDP_SCOPE_MAX_LEN + 1);
+
+	if (n > IDP_SCOPE_MAX_LEN || check_part(verb, n, &stars) != NULL ||
+	    stars > IDP_SCOPE_MAX_STARS)
+		return IDP_EINVAL;
+	return IDP_OK;
+}
+
+int
+scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_class c,
+                   struct idp_diag *diag)
+{
+	if (verb_validate(verb) != IDP_OK || (unsigned)c >= IDP_ACTION_COUNT) {
+		if (diag != NULL)
+			idp_diag_add(diag, "verb \"%.64s\": not a valid verb pattern", verb);
+		return IDP_EINVAL;
+	}
+	if (!m->owned || m->n >= VERB_MAP_MAX) {
+		if (diag != NULL)
+			idp_diag_add(diag, "verb map: more than %d entries", VERB_MAP_MAX);
+		return IDP_ETOOBIG;
+	}
+	m->entries[m->n].verb = idp_xstrdup(verb);
+	m->entries[m->n].cls = c;
+	m->n++;
+	return IDP_OK;
+}
+
+enum idp_action_class
+scope_verb_class(const struct scope_verb_map *m, const char *verb)
+{
+	enum idp_action_class best = IDP_ACTION_READ;
+	bool covered = false;
+
+	if (verb_validate(verb) != IDP_OK)
+		return IDP_ACTION_ADMIN;
+	for (size_t i = 0; i < m->n; i++) {
+		const struct verb_entry *e = &m->entries[i];
+
+		if (!scope_glob_overlap(verb, e->verb))
+			continue;
+		if (e->cls > best)
+			best = e->cls;
+		/* verb as literal text against the entry: containment (see top). */
+		if (scope_glob_match(e->verb, verb))
+			covered = true;
+	}
+	if (!covered && best < IDP_ACTION_WRITE)
+		best = IDP_ACTION_WRITE;
+	return best;
+}
+
+enum idp_action_class
+scope_action_class(const struct scope_verb_map *m, const char *scope)
+{
+	if (scope_validate(scope, NULL) != IDP_OK)
+		return IDP_ACTION_ADMIN;
+	return scope_verb_class(m, strchr(scope, ':') + 1);
+}

@@ -1,0 +1,639 @@
+/*
+ * api.c - the registry's HTTP endpoints:
+ *
+ *   POST  /v1/agents                       register (registrar)
+ *   GET   /v1/agents                       list with filters, keyset pages
+ *   GET   /v1/agents/{id}                  one agent, from the cache
+ *   PATCH /v1/agents/{id}                  JSON merge patch, If-Match required
+ *   POST  /v1/agents/{id}/suspend          active -> suspended
+ *   POST  /v1/agents/{id}/resume           suspended -> active
+ *   POST  /v1/agents/{id}/decommission     -> decommissioned (terminal)
+ *
+ * Reads need registrar, auditor or introspector (a downstream API checks
+ * an agent's capabilities); writes need registrar.  admin passes every check.
+ * docs/api.md describes the shapes; docs/openapi.yaml is the schema.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/auth.h"
+#include "idpd/log.h"
+#include "registry_int.h"
+
+#define READ_ROLES (IDPD_ROLE_REGISTRAR | IDPD_ROLE_AUDITOR | IDPD_ROLE_INTROSPECTOR)
+#define WRITE_ROLES IDPD_ROLE_REGISTRAR
+/* The largest agent JSON: 256 capabilities of 256 bytes, escaped, and the rest. */
+#define AGENT_JSON_MAX (1u << 20)
+
+/* ---- helpers ---- */
+
+static void
+set_etag(struct http_req *req, const struct registry_agent *a)
+{
+	char etag[32];
+
+	snprintf(etag, sizeof(etag), "\"%lld\"", (long long)a->version);
+	http_add_header(req, "ETag", etag);
+}
+
+/* Answer with one agent as JSON; status 200 or 201. */
+static void
+reply_agent(struct http_req *req, int status, const struct registry_agent *a)
+{
+	static const char room[2048];
+	struct idp_buf b;
+
+	idp_buf_init(&b, AGENT_JSON_MAX);
+	/* Room for a typical record up front, instead of five doublings. */
+	if (idp_buf_append(&b, room, sizeof(room) - 1) == IDP_OK)
+		idp_buf_reset(&b);
+	if (agent_render(a, &b) != IDP_OK) {
+		idp_buf_cleanup(&b);
+		http_reply_error(req, IDP_EINTERNAL, "the agent record is too large to render");
+		return;
+	}
+	set_etag(req, a);
+	http_reply_data(req, status, "application/json", b.data, b.len);
+	idp_buf_cleanup(&b);
+}
+
+static void
+reply_errors(struct http_req *req, json_t *errors)
+{
+	http_reply_problem(req, 422, "unprocessable", json_pack("{s:O}", "errors", errors),
+	                   "the agent is not valid: %zu problem(s), listed in errors",
+	                   json_array_size(errors));
+}
+
+static void
+actor_of(struct http_req *req, const struct auth_principal *who, struct registry_actor *a)
+{
+	a->name = who->name;
+	a->request_id = http_req_id(req);
+	a->source_address = http_req_peer(req);
+}
+
+/*
+ * If-Match: one strong ETag ("7") or "*".  Returns 0 with *version set
+ * (-1 for "*" or no header), or -1 for a value idpd never issued, after
+ * answering 400.
+ */
+static int
+if_match(struct http_req *req, bool required, int64_t *version)
+{
+	const char *h = http_req_header(req, "If-Match");
+	char *end;
+	long long v;
+
+	*version = -1;
+	if (h == NULL) {
+		if (required) {
+			http_reply_problem(
+			    req, 428, "precondition_required", NULL,
+			    "send If-Match with the ETag of the version you read, so "
+			    "a concurrent change is not overwritten");
+			return -1;
+		}
+		return 0;
+	}
+	while (*h == ' ')
+		h++;
+	if (strcmp(h, "*") == 0)
+		return 0;
+	if (h[0] != '"' || h[1] < '0' || h[1] > '9')
+		goto bad;
+	v = strtoll(h + 1, &end, 10);
+	if (end[0] != '"' || end[1] != '\0' || v < 1)
+		goto bad;
+	*version = v;
+	return 0;
+bad:
+	http_reply_problem(req, 400, "bad_request", NULL,
+	                   "If-Match must be one ETag as idpd sends it (\"7\") or *");
+	return -1;
+}
+
+static void
+reply_not_found(struct http_req *req, const char *id)
+{
+	http_reply_problem(req, 404, "not_found", NULL, "no agent has the id \"%.128s\"",
+	                   registry_id_valid(id) ? id : "(malformed)");
+}
+
+/* ---- POST /v1/agents ---- */
+
+static void
+create(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct registry_actor actor;
+	struct registry_agent *a = NULL;
+	json_t *body, *norm, *errors;
+	char location[160];
+	int rc;
+
+	(void)ctx;
+	if (!auth_require(req, WRITE_ROLES, &who))
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	errors = json_array();
+	norm = agent_input_validate(body, errors);
+	json_decref(body);
+	if (norm != NULL && registry_owner_check(json_string_value(json_object_get(norm, "owner")),
+	                                         errors) != IDP_OK) {
+		json_decref(norm);
+		norm = NULL;
+	}
+	if (norm == NULL) {
+		reply_errors(req, errors);
+		json_decref(errors);
+		return;
+	}
+	json_decref(errors);
+	actor_of(req, &who, &actor);
+	rc = registry_db_create(registry_store(), norm, &actor, &a);
+	if (rc == IDP_ECONFLICT) {
+		http_reply_problem(
+		    req, 409, "conflict",
+		    json_pack("{s:s}", "id", json_string_value(json_object_get(norm, "id"))),
+		    "an agent with this id exists (decommissioned ids are never "
+		    "reused)");
+		json_decref(norm);
+		return;
+	}
+	json_decref(norm);
+	if (rc != IDP_OK) {
+		http_reply_error(req, rc == IDP_EINVAL ? IDP_EUNPROCESSABLE : rc,
+		                 "the agent could not be registered");
+		return;
+	}
+	snprintf(location, sizeof(location), "/v1/agents/%s", a->id);
+	http_add_header(req, "Location", location);
+	reply_agent(req, 201, a);
+	registry_publish(a); /* hands over the reference */
+}
+
+/* ---- GET /v1/agents/{id} ---- */
+
+static void
+get_one(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	const struct registry_agent *a;
+	const char *id = http_req_param(req, "id"), *inm;
+	int rc;
+
+	(void)ctx;
+	if (!auth_require(req, READ_ROLES, &who))
+		return;
+	rc = registry_get(id, &a);
+	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
+		reply_not_found(req, id);
+		return;
+	}
+	if (rc != IDP_OK) {
+		http_reply_error(req, rc, "the registry cannot answer now");
+		return;
+	}
+	inm = http_req_header(req, "If-None-Match");
+	if (inm != NULL) {
+		char etag[32];
+
+		snprintf(etag, sizeof(etag), "\"%lld\"", (long long)a->version);
+		if (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0) {
+			set_etag(req, a);
+			registry_agent_unref(a);
+			http_reply_empty(req, 304);
+			return;
+		}
+	}
+	reply_agent(req, 200, a);
+	registry_agent_unref(a);
+}
+
+/* ---- GET /v1/agents ---- */
+
+/* Cursor: "a1" + base64url(last id), opaque to clients. */
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+void
+registry_cursor_encode(const char *last_id, char *out, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)last_id;
+	size_t n = strlen(last_id), o = 0;
+
+	if (len < 3) {
+		if (len > 0)
+			out[0] = '\0';
+		return;
+	}
+	out[o++] = 'a';
+	out[o++] = '1';
+	for (size_t i = 0; i < n && o + 5 < len; i += 3) {
+		uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
+		             (i + 2 < n ? s[i + 2] : 0);
+
+		out[o++] = b64url[(v >> 18) & 63];
+		out[o++] = b64url[(v >> 12) & 63];
+		if (i + 1 < n)
+			out[o++] = b64url[(v >> 6) & 63];
+		if (i + 2 < n)
+			out[o++] = b64url[v & 63];
+	}
+	out[o] = '\0';
+}
+
+bool
+registry_cursor_decode(const char *cursor, char *id, size_t len)
+{
+	size_t n, o = 0;
+	uint32_t acc = 0;
+	int bits = 0;
+
+	if (cursor == NULL || strncmp(cursor, "a1", 2) != 0)
+		return false;
+	cursor += 2;
+	n = strlen(cursor);
+	if (n == 0 || n > 180 || n % 4 == 1)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		const char *p = strchr(b64url, cursor[i]);
+
+		if (p == NULL || cursor[i] == '\0')
+			return false;
+		acc = acc << 6 | (uint32_t)(p - b64url);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o + 1 >= len)
+				return false;
+			id[o++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	id[o] = '\0';
+	return registry_id_valid(id);
+}
+
+static bool
+parse_limit(const char *s, int *out)
+{
+	char *end;
+	long v;
+
+	if (s == NULL) {
+		*out = REGISTRY_PAGE_DEFAULT;
+		return true;
+	}
+	v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || v < 1 || v > REGISTRY_PAGE_MAX)
+		return false;
+	*out = (int)v;
+	return true;
+}
+
+static void
+list(struct http_req *req, void *ctx)
+{
+	static const struct {
+		const char *param;
+		const char *before, *after; /* around "$n" */
+	} filters[] = {
+	    {"owner", " AND owner = ", ""},
+	    {"team", " AND team = ", ""},
+	    {"type", " AND agent_type = ", ""},
+	    {"status", " AND status = ", ""},
+	    {"capability", " AND idpd_scope_within(", ", capabilities)"},
+	};
+	struct auth_principal who;
+	struct store_conn *c;
+	struct idp_buf sql, out;
+	const char *params[8];
+	char owner[330], after[REGISTRY_ID_MAX + 1], limit_s[16], next[200];
+	const char *cursor = http_req_query(req, "cursor");
+	int n = 0, limit, rc = 0, rows, shown = 0;
+	PGresult *res;
+
+	(void)ctx;
+	if (!auth_require(req, READ_ROLES, &who))
+		return;
+	if (!parse_limit(http_req_query(req, "limit"), &limit)) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "limit must be an integer from 1 to %d", REGISTRY_PAGE_MAX);
+		return;
+	}
+	if (cursor != NULL && !registry_cursor_decode(cursor, after, sizeof(after))) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "cursor is not one idpd issued; start again without it");
+		return;
+	}
+
+	/* The SQL is assembled from the constant fragments above; every value
+	 * travels as a parameter. */
+	idp_buf_init(&sql, 4096);
+	rc |= idp_buf_puts(&sql, "SELECT " AGENT_COLUMNS " FROM agents WHERE true");
+	for (size_t i = 0; i < IDP_ARRAY_LEN(filters); i++) {
+		const char *v = http_req_query(req, filters[i].param);
+
+		if (v == NULL)
+			continue;
+		if (strcmp(filters[i].param, "status") == 0 && registry_status_parse(v) < 0) {
+			idp_buf_cleanup(&sql);
+			http_reply_problem(req, 400, "bad_request", NULL,
+			                   "status must be active, suspended or decommissioned");
+			return;
+		}
+		if (strcmp(filters[i].param, "capability") == 0 &&
+		    scope_validate(v, NULL) != IDP_OK) {
+			idp_buf_cleanup(&sql);
+			http_reply_problem(
+			    req, 400, "bad_request", NULL,
+			    "capability must be a scope such as ec2:DescribeInstances");
+			return;
+		}
+		if (strlen(v) > 512) {
+			idp_buf_cleanup(&sql);
+			http_reply_problem(req, 400, "bad_request", NULL, "%s is too long",
+			                   filters[i].param);
+			return;
+		}
+		if (strcmp(filters[i].param, "owner") == 0) {
+			registry_owner_normalize(v, owner, sizeof(owner));
+			v = owner;
+		}
+		params[n++] = v;
+		rc |= idp_buf_printf(&sql, "%s$%d%s", filters[i].before, n, filters[i].after);
+	}
+	if (cursor != NULL) {
+		params[n++] = after;
+		rc |= idp_buf_printf(&sql, " AND id > $%d", n);
+	}
+	snprintf(limit_s, sizeof(limit_s), "%d", limit + 1);
+	params[n++] = limit_s;
+	rc |= idp_buf_printf(&sql, " ORDER BY id LIMIT $%d::int", n);
+	if (rc != 0) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EINTERNAL, "query too long");
+		return;
+	}
+	if (store_acquire(registry_store(), &c) != IDP_OK) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EUNAVAIL, "the registry is unavailable");
+		return;
+	}
+	res = PQexecParams(store_pg(c), idp_buf_str(&sql), n, NULL, params, NULL, NULL, 0);
+	idp_buf_cleanup(&sql);
+	store_release(registry_store(), c);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warn("registry: list failed: %s", PQresultErrorMessage(res));
+		PQclear(res);
+		http_reply_error(req, IDP_EUNAVAIL, "the registry query failed");
+		return;
+	}
+	rows = PQntuples(res);
+	idp_buf_init(&out, 0);
+	rc = idp_buf_puts(&out, "{\"agents\":[");
+	for (int i = 0; i < rows && i < limit; i++) {
+		struct registry_agent *a = agent_from_row(res, i);
+
+		if (a == NULL)
+			continue;
+		if (shown++ > 0)
+			rc |= idp_buf_putc(&out, ',');
+		rc |= agent_render(a, &out);
+		registry_agent_unref(a);
+	}
+	rc |= idp_buf_putc(&out, ']');
+	if (rows > limit) {
+		registry_cursor_encode(PQgetvalue(res, limit - 1, 0), next, sizeof(next));
+		rc |= idp_buf_printf(&out, ",\"next_cursor\":\"%s\"", next);
+	}
+	rc |= idp_buf_putc(&out, '}');
+	PQclear(res);
+	if (rc != 0) {
+		idp_buf_cleanup(&out);
+		http_reply_error(req, IDP_EINTERNAL, "cannot render the page");
+		return;
+	}
+	http_reply_data(req, 200, "application/json", out.data, out.len);
+	idp_buf_cleanup(&out);
+}
+
+/* ---- PATCH /v1/agents/{id} ---- */
+
+static void
+patch(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct registry_actor actor;
+	struct registry_agent *a = NULL;
+	const char *id = http_req_param(req, "id");
+	json_t *body, *errors;
+	int64_t version;
+	int rc;
+
+	(void)ctx;
+	if (!auth_require(req, WRITE_ROLES, &who))
+		return;
+	if (!registry_id_valid(id)) {
+		reply_not_found(req, id);
+		return;
+	}
+	if (if_match(req, true, &version) != 0)
+		return;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	errors = json_array();
+	actor_of(req, &who, &actor);
+	rc = registry_db_patch(registry_store(), id, version, body, &actor, errors, &a);
+	json_decref(body);
+	switch (rc) {
+	case IDP_OK:
+		reply_agent(req, 200, a);
+		registry_publish(a);
+		break;
+	case IDP_EUNPROCESSABLE:
+		reply_errors(req, errors);
+		break;
+	case IDP_ENOTFOUND:
+		reply_not_found(req, id);
+		break;
+	case IDP_EPRECOND:
+		http_reply_problem(req, 412, "precondition_failed", NULL,
+		                   "the agent changed since you read it: GET it again and "
+		                   "re-apply your change");
+		break;
+	case IDP_ECONFLICT:
+		http_reply_problem(req, 409, "conflict",
+		                   json_pack("{s:s}", "agent_status", "decommissioned"),
+		                   "a decommissioned agent cannot change");
+		break;
+	default:
+		http_reply_error(req, rc, "the agent could not be updated");
+		break;
+	}
+	json_decref(errors);
+}
+
+/* ---- status transitions ---- */
+
+/*
+ * The optional body {"reason": "..."}; *reason is NULL without one.
+ * false after answering (400/415/422).  An empty body is no body.
+ */
+static bool
+read_reason(struct http_req *req, json_t **holder, const char **reason)
+{
+	const char *k;
+	json_t *v, *errors;
+	size_t len;
+
+	*holder = NULL;
+	*reason = NULL;
+	(void)http_req_body(req, &len);
+	if (len == 0)
+		return true;
+	*holder = http_req_json_object(req);
+	if (*holder == NULL)
+		return false;
+	errors = json_array();
+	json_object_foreach(*holder, k, v)
+	{
+		if (strcmp(k, "reason") != 0) {
+			agent_error(errors, k, "unknown field");
+		} else if (!json_is_string(v)) {
+			agent_error(errors, k, "expected a string");
+		} else {
+			const char *s = json_string_value(v);
+			bool ctl = strlen(s) != json_string_length(v);
+
+			for (size_t i = 0; s[i] != '\0' && !ctl; i++)
+				ctl = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
+			if (strlen(s) == 0 || strlen(s) > REGISTRY_REASON_MAX || ctl)
+				agent_error(errors, k,
+				            "must be 1 to %d bytes without control characters",
+				            REGISTRY_REASON_MAX);
+			else
+				*reason = s;
+		}
+	}
+	if (json_array_size(errors) > 0) {
+		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
+		                   "the body is not valid");
+		json_decref(*holder);
+		*holder = NULL;
+		return false;
+	}
+	json_decref(errors);
+	return true;
+}
+
+static void
+transition(struct http_req *req, enum registry_status to)
+{
+	struct auth_principal who;
+	struct registry_actor actor;
+	struct registry_agent *a = NULL;
+	enum registry_status from = REGISTRY_ACTIVE;
+	const char *id = http_req_param(req, "id"), *reason;
+	struct store_conn *c;
+	json_t *holder;
+	int64_t version;
+	int rc;
+
+	if (!auth_require(req, WRITE_ROLES, &who))
+		return;
+	if (!registry_id_valid(id)) {
+		reply_not_found(req, id);
+		return;
+	}
+	if (if_match(req, false, &version) != 0)
+		return;
+	if (!read_reason(req, &holder, &reason))
+		return;
+	if (to == REGISTRY_DECOMMISSIONED && reason == NULL) {
+		json_t *errors = json_array();
+
+		agent_error(errors, "reason",
+		            "is required: a decommissioning records who, when and why");
+		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
+		                   "the body is not valid");
+		json_decref(holder);
+		return;
+	}
+	if (store_acquire(registry_store(), &c) != IDP_OK) {
+		json_decref(holder);
+		http_reply_error(req, IDP_EUNAVAIL, "the registry is unavailable");
+		return;
+	}
+	actor_of(req, &who, &actor);
+	rc = registry_db_transition(c, id, to, version, reason, &actor, &from, &a);
+	store_release(registry_store(), c);
+	json_decref(holder);
+	switch (rc) {
+	case IDP_OK:
+		reply_agent(req, 200, a);
+		registry_publish(a);
+		break;
+	case IDP_ENOTFOUND:
+		reply_not_found(req, id);
+		break;
+	case IDP_EPRECOND:
+		http_reply_problem(req, 412, "precondition_failed", NULL,
+		                   "the agent changed since you read it");
+		break;
+	case IDP_ECONFLICT:
+		http_reply_problem(req, 409, "conflict",
+		                   json_pack("{s:s}", "agent_status", registry_status_name(from)),
+		                   "the agent is %s; it cannot become %s%s",
+		                   registry_status_name(from), registry_status_name(to),
+		                   from == REGISTRY_DECOMMISSIONED ? " (decommissioned is final)"
+		                                                   : "");
+		break;
+	default:
+		http_reply_error(req, rc, "the status could not be changed");
+		break;
+	}
+}
+
+static void
+suspend(struct http_req *req, void *ctx)
+{
+	(void)ctx;
+	transition(req, REGISTRY_SUSPENDED);
+}
+
+static void
+resume(struct http_req *req, void *ctx)
+{
+	(void)ctx;
+	transition(req, REGISTRY_ACTIVE);
+}
+
+static void
+decommission(struct http_req *req, void *ctx)
+{
+	(void)ctx;
+	transition(req, REGISTRY_DECOMMISSIONED);
+}
+
+int
+registry_routes(struct http_router *r, struct idpd_app *app)
+{
+	int rc = 0;
+
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents", create, app);
+	rc |= http_router_add(r, HTTP_GET, "/v1/agents", list, app);
+	/* Answered from memory: on the I/O thread, where a hand-off to the
+	 * handler pool would cost more than the lookup.  Only before the cache
+	 * has loaded does it read PostgreSQL (one indexed row). */
+	rc |= http_router_add_ex(r, HTTP_GET, "/v1/agents/{id}", get_one, app, HTTP_ROUTE_INLINE);
+	rc |= http_router_add(r, HTTP_PATCH, "/v1/agents/{id}", patch, app);
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents/{id}/suspend", suspend, app);
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents/{id}/resume", resume, app);
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents/{id}/decommission", decommission, app);
+	return rc == 0 ? IDP_OK : IDP_EINVAL;
+}

@@ -1,0 +1,304 @@
+/*
+ * jobs.c - the cleanup jobs the registry brings: stale agents, agents of
+ * departed owners, and audit retention.  Each is idempotent: running it
+ * twice in a row changes nothing the second time (report mode reports the
+ * same agents again, since they still need a human's attention).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/clock.h"
+#include "idpd/log.h"
+#include "idpd/maintenance.h"
+#include "registry_int.h"
+
+/* Agent ids a report lists at most; counts are always complete. */
+#define REPORT_IDS 100
+/* Batches audit retention deletes per run at most; the next run goes on. */
+#define RETENTION_BATCHES 1000
+
+/* The sinks' names as a text[] literal: retention keeps what they have not shipped. */
+static char *sink_names_pg;
+
+static void
+add_id(json_t *counts, const char *key, const char *id)
+{
+	json_t *a = json_object_get(counts, key);
+
+	if (a == NULL) {
+		a = json_array();
+		json_object_set_new(counts, key, a);
+	}
+	if (json_array_size(a) < REPORT_IDS)
+		json_array_append_new(a, json_string(id));
+}
+
+static void
+actor_of(const struct maintenance_run *run, struct registry_actor *a)
+{
+	a->name = run->actor;
+	a->request_id = run->request_id;
+	a->source_address = run->source_address;
+}
+
+/*
+ * Suspend each agent of ids (a result's column 0) that is still active,
+ * with reason; counts "suspended" and lists them.  Stops at the first
+ * database failure.
+ */
+static int
+suspend_each(const struct maintenance_run *run, PGresult *ids, const char *reason, json_t *counts,
+             struct idp_diag *diag)
+{
+	struct registry_actor actor;
+	json_int_t done = 0;
+
+	actor_of(run, &actor);
+	for (int i = 0; i < PQntuples(ids); i++) {
+		struct registry_agent *a = NULL;
+		enum registry_status from;
+		int rc = registry_db_transition(run->conn, PQgetvalue(ids, i, 0),
+		                                REGISTRY_SUSPENDED, -1, reason, &actor, &from, &a);
+
+		if (rc == IDP_OK) {
+			add_id(counts, "suspended_ids", a->id);
+			registry_publish(a);
+			done++;
+		} else if (rc != IDP_ECONFLICT && rc != IDP_ENOTFOUND) {
+			/* Changed meanwhile is fine; anything else ends the job. */
+			json_object_set_new(counts, "suspended", json_integer(done));
+			idp_diag_add(diag, "suspending %s: %s", PQgetvalue(ids, i, 0),
+			             idp_err_name(rc));
+			return rc;
+		}
+	}
+	json_object_set_new(counts, "suspended", json_integer(done));
+	return IDP_OK;
+}
+
+/* ---- stale agents ---- */
+
+static int
+stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt find = {
+	    "cleanup_stale_find",
+	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' AND "
+	    "coalesce(last_active, created_at) < to_timestamp($1::bigint / 1000.0) "
+	    "ORDER BY id LIMIT $2::int",
+	    2, 0};
+	struct registry_settings s;
+	char cutoff[24], limit[16], after[32], reason[160];
+	const char *params[2] = {cutoff, limit};
+	PGresult *r;
+	int rc;
+
+	(void)ctx;
+	registry_settings_get(&s);
+	json_object_set_new(counts, "action", json_string(s.stale_suspend ? "suspend" : "report"));
+	if (s.stale_after_ms == 0) {
+		json_object_set_new(counts, "skipped", json_true());
+		return IDP_OK;
+	}
+	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.stale_after_ms));
+	snprintf(limit, sizeof(limit), "%d", s.stale_suspend ? s.batch_size : REPORT_IDS);
+	rc = store_exec(run->conn, &find, params, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "finding stale agents: %s", idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(
+	    counts, "stale",
+	    json_integer(PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 1), NULL, 10) : 0));
+	if (!s.stale_suspend) {
+		for (int i = 0; i < PQntuples(r); i++)
+			add_id(counts, "stale_ids", PQgetvalue(r, i, 0));
+		PQclear(r);
+		return IDP_OK;
+	}
+	registry_duration_format(s.stale_after_ms, after);
+	snprintf(reason, sizeof(reason), "stale: no activity for %s (cleanup.stale_after)", after);
+	rc = suspend_each(run, r, reason, counts, diag);
+	PQclear(r);
+	return rc;
+}
+
+/* ---- departed owners ---- */
+
+static int
+departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt find = {
+	    "cleanup_departed_find",
+	    "SELECT id, owner, count(*) OVER () FROM agents WHERE owner = ANY($1::text[]) "
+	    "AND status <> 'decommissioned' ORDER BY id",
+	    1, 0};
+	static struct store_stmt active = {
+	    "cleanup_departed_active",
+	    "SELECT id FROM agents WHERE owner = ANY($1::text[]) AND status = 'active' "
+	    "ORDER BY id LIMIT $2::int",
+	    2, 0};
+	struct registry_settings s;
+	struct owner_set *set = NULL;
+	char *arr = NULL, limit[16];
+	const char *params[2];
+	PGresult *r = NULL;
+	int rc;
+
+	(void)ctx;
+	registry_settings_get(&s);
+	json_object_set_new(counts, "action",
+	                    json_string(s.departed_suspend ? "suspend" : "report"));
+	if (s.departed_owners[0] == '\0') {
+		json_object_set_new(counts, "skipped", json_true());
+		return IDP_OK;
+	}
+	rc = departed_owners_load(s.departed_owners, &set, diag);
+	if (rc != IDP_OK)
+		return rc;
+	json_object_set_new(counts, "departed_owners",
+	                    json_integer((json_int_t)owner_set_count(set)));
+	arr = owner_set_pg_array(set);
+	owner_set_free(set);
+	params[0] = arr;
+	if (s.departed_suspend) {
+		snprintf(limit, sizeof(limit), "%d", s.batch_size);
+		params[1] = limit;
+		rc = store_exec(run->conn, &active, params, &r);
+		if (rc != IDP_OK) {
+			idp_diag_add(diag, "finding agents of departed owners: %s",
+			             idp_err_name(rc));
+			goto done;
+		}
+		rc = suspend_each(run, r,
+		                  "owner departed: reassign the agent to an accountable "
+		                  "human (registry.departed_owners)",
+		                  counts, diag);
+		PQclear(r);
+		r = NULL;
+		if (rc != IDP_OK)
+			goto done;
+	}
+	/* Every agent still owned by someone who left, suspended or not: each
+	 * needs a new accountable human. */
+	rc = store_exec(run->conn, &find, params, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "finding agents of departed owners: %s", idp_err_name(rc));
+		goto done;
+	}
+	json_object_set_new(
+	    counts, "unowned",
+	    json_integer(PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 2), NULL, 10) : 0));
+	for (int i = 0; i < PQntuples(r) && i < REPORT_IDS; i++)
+		add_id(counts, "unowned_ids", PQgetvalue(r, i, 0));
+done:
+	PQclear(r);
+	free(arr);
+	return rc;
+}
+
+/* ---- audit retention ---- */
+
+/*
+ * Deletes audit events older than audit.retention, as a prefix of each
+ * writer's hash chain (so GET /v1/audit/verify starts at the oldest row
+ * left, as it is built to), and never past what a configured sink has
+ * shipped: a sink that has been down keeps its backlog.  The prefix ends at
+ * the last event older than the cutoff; events a few seconds younger that a
+ * writer committed before it go with it, which retention can afford and
+ * the chain requires.
+ */
+static int
+audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt bounds = {
+	    "cleanup_audit_bounds",
+	    "SELECT o.writer_id, LEAST(o.upto, coalesce((SELECT min(coalesce(k.last_seq, 0)) "
+	    "FROM unnest($2::text[]) AS s(name) LEFT JOIN audit_sink_cursors k "
+	    "ON k.sink = s.name AND k.writer_id = o.writer_id), o.upto)) "
+	    "FROM (SELECT writer_id, max(seq) AS upto FROM audit_events "
+	    "WHERE ts < to_timestamp($1::bigint / 1000.0) GROUP BY writer_id) o",
+	    2, 0};
+	static struct store_stmt del = {
+	    "cleanup_audit_delete",
+	    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
+	    "WHERE writer_id = $1 AND seq <= $2::bigint ORDER BY seq LIMIT $3::int)",
+	    3, 0};
+	struct registry_settings s;
+	char cutoff[24], limit[16];
+	const char *params[3];
+	json_int_t deleted = 0;
+	int batches = 0, rc;
+	PGresult *b;
+
+	(void)ctx;
+	registry_settings_get(&s);
+	if (s.audit_retention_ms == 0) {
+		json_object_set_new(counts, "skipped", json_true());
+		json_object_set_new(counts, "deleted", json_integer(0));
+		return IDP_OK;
+	}
+	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.audit_retention_ms));
+	params[0] = cutoff;
+	params[1] = sink_names_pg != NULL ? sink_names_pg : "{}";
+	rc = store_exec(run->conn, &bounds, params, &b);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "finding expired audit events: %s", idp_err_name(rc));
+		return rc;
+	}
+	snprintf(limit, sizeof(limit), "%d", s.batch_size);
+	for (int i = 0; i < PQntuples(b) && rc == IDP_OK; i++) {
+		for (;;) {
+			PGresult *r;
+			json_int_t n;
+
+			if (batches == RETENTION_BATCHES) {
+				json_object_set_new(counts, "more", json_true());
+				break;
+			}
+			params[0] = PQgetvalue(b, i, 0);
+			params[1] = PQgetvalue(b, i, 1);
+			params[2] = limit;
+			rc = store_exec(run->conn, &del, params, &r);
+			if (rc != IDP_OK) {
+				idp_diag_add(diag, "deleting expired audit events: %s",
+				             idp_err_name(rc));
+				break;
+			}
+			batches++;
+			n = strtoll(PQcmdTuples(r), NULL, 10);
+			PQclear(r);
+			deleted += n;
+			if (n < s.batch_size)
+				break;
+		}
+	}
+	PQclear(b);
+	json_object_set_new(counts, "deleted", json_integer(deleted));
+	return rc;
+}
+
+int
+registry_register_jobs(const struct idpd_config *cfg)
+{
+	json_t *names = json_array();
+	int rc = 0;
+
+	for (size_t i = 0; i < cfg->audit.n_sinks; i++)
+		json_array_append_new(names, json_string(cfg->audit.sinks[i].name));
+	free(sink_names_pg);
+	sink_names_pg = pg_text_array_json(names);
+	json_decref(names);
+	rc |= maintenance_register("stale_agents", stale_agents, NULL);
+	rc |= maintenance_register("departed_owners", departed_owners, NULL);
+	rc |= maintenance_register("audit_retention", audit_retention, NULL);
+	return rc == 0 ? IDP_OK : IDP_EINVAL;
+}
+
+void
+registry_jobs_cleanup(void)
+{
+	free(sink_names_pg);
+	sink_names_pg = NULL;
+}

@@ -1,0 +1,241 @@
+/*
+ * registry_int.h - what the registry's files share: input validation, the
+ * record's PostgreSQL row and JSON forms, the cache, the departed-owners
+ * list and the write paths.  Not for other modules: they use registry.h.
+ */
+#ifndef IDPD_REGISTRY_INT_H
+#define IDPD_REGISTRY_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "idpd/audit.h"
+#include "idpd/buf.h"
+#include "idpd/registry.h"
+#include "idpd/store.h"
+
+#define REGISTRY_CAPABILITIES_MAX 256
+#define REGISTRY_DELEGATE_TO_MAX 64
+#define REGISTRY_DOMAINS_MAX 32
+#define REGISTRY_SELECTORS_MAX 32
+#define REGISTRY_LABELS_MAX 64
+#define REGISTRY_CHAIN_DEPTH_MAX 16
+#define REGISTRY_REASON_MAX 1024
+#define REGISTRY_ROTATION_MIN_MS (5 * 60 * 1000LL)
+#define REGISTRY_ROTATION_MAX_MS (24 * 3600 * 1000LL)
+#define REGISTRY_ROTATION_DEFAULT_MS (3600 * 1000LL)
+#define REGISTRY_PAGE_DEFAULT 100
+#define REGISTRY_PAGE_MAX 500
+
+/* ---- input (agent.c): pure functions, no I/O ---- */
+
+/*
+ * Validate a registration body (or a merged PATCH result) and return its
+ * normalised form: every writable field present (null for an absent
+ * optional one), defaults filled in, an email owner in lower case.  Every
+ * problem is appended to errors as {"field": "...", "message": "..."}; the
+ * result is NULL when there was at least one.  The caller owns the result.
+ */
+json_t *agent_input_validate(const json_t *body, json_t *errors);
+
+/*
+ * Check the top level of a PATCH body against current (the record's
+ * writable form): unknown and read-only fields, and changes to id or
+ * agent_type, are appended to errors.  Returns the number of errors added.
+ */
+size_t agent_patch_check(const json_t *patch, const json_t *current, json_t *errors);
+
+/* RFC 7396 JSON merge patch: returns a new value (caller owns it). */
+json_t *json_merge_patch(const json_t *target, const json_t *patch);
+
+/* An owner as stored: an email address lower-cased, a subject as is. */
+void registry_owner_normalize(const char *in, char *out, size_t len);
+
+/* Append {"field": field, "message": ...} to errors. */
+void agent_error(json_t *errors, const char *field, const char *fmt, ...) IDP_PRINTF(3, 4);
+
+/* ---- records (record.c) ---- */
+
+/*
+ * The columns every query that reads agents selects, in the order
+ * agent_from_row expects.
+ */
+#define AGENT_COLUMNS                                                                              \
+	"id, agent_type, agent_version, model, deployment, owner, team, "                          \
+	"floor(extract(epoch FROM created_at) * 1000)::bigint, "                                   \
+	"coalesce(floor(extract(epoch FROM last_active) * 1000)::bigint, 0), status, "             \
+	"array_to_string(capabilities, E'\\n'), array_to_string(delegate_to, E'\\n'), "            \
+	"max_chain_depth, max_scope_per_delegation, "                                              \
+	"array_to_string(requires_human_approval_for, E'\\n'), credential_type, "                  \
+	"credential_rotation_ms, "                                                                 \
+	"coalesce(floor(extract(epoch FROM credential_last_rotated) * 1000)::bigint, 0), "         \
+	"array_to_string(domains, E'\\n'), environment, "                                          \
+	"array_to_string(attestation_selectors, E'\\n'), labels::text, version, "                  \
+	"floor(extract(epoch FROM updated_at) * 1000)::bigint, "                                   \
+	"coalesce(floor(extract(epoch FROM revocation_epoch) * 1000)::bigint, 0), "                \
+	"coalesce(floor(extract(epoch FROM status_changed_at) * 1000)::bigint, 0), "               \
+	"status_changed_by, status_reason"
+#define AGENT_NCOLUMNS 28
+
+/*
+ * Build a record from row `row` of r (selected with AGENT_COLUMNS), with one
+ * reference.  NULL when the row does not hold a record idpd could have
+ * written (logged as a warning with the id).
+ */
+struct registry_agent *agent_from_row(const PGresult *r, int row);
+
+/* Append a's JSON form (the API's agent object) to out.  IDP_ETOOBIG past out's cap. */
+int agent_render(const struct registry_agent *a, struct idp_buf *out) IDP_WUR;
+/* The writable fields of a as a JSON object (the base a PATCH merges into). */
+json_t *agent_writable_json(const struct registry_agent *a);
+
+/* Format a duration the way the API writes it: "1h", "90m", "45s". */
+void registry_duration_format(int64_t ms, char out[32]);
+
+/* ---- cache (cache.c) ---- */
+
+struct agent_cache;
+
+struct agent_cache *agent_cache_new(void);
+void agent_cache_free(struct agent_cache *c);
+/*
+ * Install rec (the cache takes the caller's reference) unless the cache
+ * already holds that agent at the same or a later version, in which case
+ * rec is released.  Returns true when rec was installed.  Any thread.
+ */
+bool agent_cache_install(struct agent_cache *c, struct registry_agent *rec);
+/* Drop agent id if cached.  Any thread. */
+void agent_cache_remove(struct agent_cache *c, const char *id);
+/* A new reference to agent id, or NULL.  Any thread. */
+const struct registry_agent *agent_cache_get(struct agent_cache *c, const char *id);
+/* A counter of installs; read it before a full load and pass it to replace. */
+uint64_t agent_cache_seq(struct agent_cache *c);
+/*
+ * Replace the whole content with recs[0..n) (references taken).  Records
+ * installed after agent_cache_seq() returned `since` survive where they are
+ * newer than the loaded ones or missing from the load, so a write published
+ * while the load ran is not lost.  Frees recs (the array).  Any thread.
+ */
+void agent_cache_replace(struct agent_cache *c, struct registry_agent **recs, size_t n,
+                         uint64_t since);
+size_t agent_cache_count(struct agent_cache *c);
+
+/* ---- departed owners (owners.c) ---- */
+
+struct owner_set;
+
+/*
+ * Parse a departed-owners file: one owner per line, blank lines and lines
+ * starting with '#' ignored, surrounding spaces trimmed.  A line that is
+ * not a valid owner is an error naming its line.  Returns a new set, or
+ * NULL with diag filled.
+ */
+struct owner_set *owner_set_parse(const char *text, size_t len, struct idp_diag *diag);
+void owner_set_free(struct owner_set *s);
+bool owner_set_contains(const struct owner_set *s, const char *owner);
+size_t owner_set_count(const struct owner_set *s);
+/* The owners, normalised, as a PostgreSQL text[] literal (caller frees). */
+char *owner_set_pg_array(const struct owner_set *s);
+
+/*
+ * The departed owners from path, re-read when the file changes (size or
+ * mtime).  IDP_OK with *out a set the caller frees with owner_set_free
+ * (an empty set for path ""); IDP_EIO / IDP_EINVAL / IDP_ETOOBIG with diag.
+ * Any thread.
+ */
+int departed_owners_load(const char *path, struct owner_set **out, struct idp_diag *diag) IDP_WUR;
+
+/* ---- PostgreSQL helpers (db.c) ---- */
+
+/* A PostgreSQL text[] literal of the strings of a JSON array (caller frees). */
+char *pg_text_array_json(const json_t *arr);
+
+/* Who asked for a write, for the audit event and status_changed_by. */
+struct registry_actor {
+	const char *name; /* the API key's name */
+	const char *request_id;
+	const char *source_address; /* may be "" */
+};
+
+/*
+ * Insert the agent described by norm (from agent_input_validate), emit its
+ * agent.registered event, commit.  *out gets the new record (a reference).
+ * IDP_ECONFLICT for a duplicate id, IDP_EUNAVAIL when PostgreSQL or the
+ * audit log cannot take it.  Any worker thread.
+ */
+int registry_db_create(struct store *st, const json_t *norm, const struct registry_actor *who,
+                       struct registry_agent **out) IDP_WUR;
+
+/*
+ * The PATCH path under one row lock: read the agent, check if_match (a
+ * version, or -1 for none) and its status, merge patch, validate, update,
+ * emit agent.updated, commit.  IDP_ENOTFOUND, IDP_EPRECOND (stale
+ * version), IDP_ECONFLICT (decommissioned), IDP_EUNPROCESSABLE with errors
+ * filled, IDP_EUNAVAIL.  *out gets the new record.  Any worker thread.
+ */
+int registry_db_patch(struct store *st, const char *id, int64_t if_match, const json_t *patch,
+                      const struct registry_actor *who, json_t *errors,
+                      struct registry_agent **out) IDP_WUR;
+
+/*
+ * Move agent id to status `to` (suspended, active or decommissioned)
+ * under a row lock, with reason (may be NULL except for decommissioning),
+ * emitting the matching agent.* event before the commit.  Suspension and
+ * decommissioning set the revocation epoch.  IDP_ENOTFOUND, IDP_EPRECOND,
+ * IDP_ECONFLICT (the transition is not allowed from the current status;
+ * *from gets that status), IDP_EUNAVAIL.  c is a connection the caller holds
+ * (outside a transaction); the function runs its own transaction on it.
+ */
+int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
+                           int64_t if_match, const char *reason, const struct registry_actor *who,
+                           enum registry_status *from, struct registry_agent **out) IDP_WUR;
+
+/* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
+int registry_db_get(struct store *st, const char *id, struct registry_agent **out) IDP_WUR;
+
+/*
+ * Read every agent, in id order, into a new array (*out, *n; caller frees
+ * the array and unrefs each).  IDP_EUNAVAIL when PostgreSQL cannot answer.
+ */
+int registry_db_load_all(struct store *st, struct registry_agent ***out, size_t *n) IDP_WUR;
+
+/* ---- the process's registry (registry.c) ---- */
+
+/* Copy of the settings the registry reads at run time; swapped on reload. */
+struct registry_settings {
+	char departed_owners[4096];
+	int64_t stale_after_ms;
+	bool stale_suspend;
+	bool departed_suspend;
+	int batch_size;
+	int64_t audit_retention_ms;
+};
+
+void registry_settings_get(struct registry_settings *out);
+/*
+ * Refuse an owner listed in registry.departed_owners: IDP_EUNPROCESSABLE
+ * with an error on "owner" added to errors, else IDP_OK (also when the file
+ * cannot be read: that is logged, and reported by the cleanup job).
+ */
+int registry_owner_check(const char *owner, json_t *errors) IDP_WUR;
+struct store *registry_store(void);
+/* Install a record this instance just wrote (takes the reference). */
+void registry_publish(struct registry_agent *rec);
+
+/*
+ * The built-in cleanup jobs (jobs.c): stale agents, departed owners, audit
+ * retention.  Registered by registry_init; cfg gives the audit sinks whose
+ * backlog retention keeps.  registry_jobs_cleanup frees what it copied.
+ */
+int registry_register_jobs(const struct idpd_config *cfg) IDP_WUR;
+void registry_jobs_cleanup(void);
+
+/* Keyset cursors (api.c): opaque to clients. */
+void registry_cursor_encode(const char *last_id, char *out, size_t len);
+bool registry_cursor_decode(const char *cursor, char *id, size_t len);
+
+#endif /* IDPD_REGISTRY_INT_H */

@@ -1,0 +1,1120 @@
+/*
+ * keys.c - the key manager (see keys.h): the rotation rules, the snapshot
+ * readers share, and the changes made under the cluster-wide lock.
+ *
+ * Locks, in the order they may be taken:
+ *   keys.reload_lock  one reload at a time in this process, so the newest
+ *                     read is the one installed;
+ *   keys.lock         guards the current snapshot pointer; held only to swap
+ *                     it or to take a reference;
+ *   keys.policy_lock  guards the policy and the JWKS max-age.
+ * A change (keys_change) holds none of them during its transaction: the
+ * PostgreSQL advisory lock serializes changes across every instance.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/audit_writer.h"
+#include "idpd/clock.h"
+#include "idpd/kek.h"
+#include "idpd/keys.h"
+#include "idpd/log.h"
+#include "idpd/store.h"
+#include "keys_int.h"
+
+struct keys {
+	struct store *store;
+	const struct idp_clock *clock;
+	struct idp_kek *kek;
+	char kek_id[21];
+	char kek_source[192];
+
+	pthread_mutex_t lock; /* keys.lock */
+	struct keys_snapshot *current;
+
+	pthread_mutex_t reload_lock; /* keys.reload_lock */
+
+	pthread_mutex_t policy_lock; /* keys.policy_lock */
+	struct keys_policy policy;
+	int64_t jwks_max_age_ms;
+};
+
+/* The process's manager (keys_start); written on the main thread before workers start. */
+static struct keys *process_keys;
+
+/* ---- names ---- */
+
+static const char *const state_names[] = {"next", "active", "retiring", "retired"};
+
+const char *
+keys_state_name(enum keys_state s)
+{
+	return (unsigned)s < IDP_ARRAY_LEN(state_names) ? state_names[s] : NULL;
+}
+
+int
+keys_state_parse(const char *s)
+{
+	for (size_t i = 0; s != NULL && i < IDP_ARRAY_LEN(state_names); i++)
+		if (strcmp(s, state_names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
+const char *
+keys_trigger_name(enum keys_trigger t)
+{
+	switch (t) {
+	case KEYS_TRIGGER_START:
+		return "start";
+	case KEYS_TRIGGER_SCHEDULE:
+		return "schedule";
+	case KEYS_TRIGGER_DEMAND:
+		return "demand";
+	}
+	return "unknown";
+}
+
+/* ---- the rotation rules ---- */
+
+static void
+plan_retire(struct keys_plan *plan, size_t i)
+{
+	plan->retire[plan->n_retire++] = i;
+}
+
+bool
+keys_plan_empty(const struct keys_plan *plan)
+{
+	return plan->n_retire == 0 && plan->demote < 0 && plan->promote < 0 &&
+	       !plan->generate_active && !plan->generate_next;
+}
+
+int
+keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
+               const struct keys_policy *pol, enum keys_trigger trigger, struct keys_plan *plan,
+               struct idp_diag *diag)
+{
+	int active = -1, next = -1;
+	bool next_usable, active_expired, rotate;
+	int64_t earliest_retire = INT64_MAX;
+	size_t after;
+
+	memset(plan, 0, sizeof(*plan));
+	plan->demote = plan->promote = -1;
+	plan->why = "none";
+	if (n > KEYS_MAX_LIVE) {
+		idp_diag_add(diag, "%zu signing keys are live; at most %d can be", n,
+		             KEYS_MAX_LIVE);
+		return IDP_EINTERNAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		switch (live[i].state) {
+		case KEYS_NEXT:
+		case KEYS_ACTIVE: {
+			int *slot = live[i].state == KEYS_NEXT ? &next : &active;
+
+			if (*slot >= 0) {
+				idp_diag_add(diag, "two %s signing keys: %s and %s",
+				             keys_state_name(live[i].state), live[*slot].kid,
+				             live[i].kid);
+				return IDP_EINTERNAL;
+			}
+			*slot = (int)i;
+			break;
+		}
+		case KEYS_RETIRING:
+			if (now_ms >= live[i].retire_after_ms)
+				plan_retire(plan, i);
+			else if (live[i].retire_after_ms < earliest_retire)
+				earliest_retire = live[i].retire_after_ms;
+			break;
+		default:
+			idp_diag_add(diag, "signing key %s is %s but was read as live", live[i].kid,
+			             keys_state_name(live[i].state) ? keys_state_name(live[i].state)
+			                                            : "in an unknown state");
+			return IDP_EINTERNAL;
+		}
+	}
+
+	/* A next key past its not-after never signed anything: retire it now. */
+	next_usable = next >= 0 && now_ms < live[next].not_after_ms;
+	if (next >= 0 && !next_usable)
+		plan_retire(plan, (size_t)next);
+	active_expired = active >= 0 && now_ms >= live[active].not_after_ms;
+
+	switch (trigger) {
+	case KEYS_TRIGGER_DEMAND:
+		rotate = true;
+		break;
+	case KEYS_TRIGGER_SCHEDULE:
+		rotate = active < 0 || active_expired ||
+		         (pol->rotate_every_ms > 0 &&
+		          now_ms - live[active].activated_ms >= pol->rotate_every_ms);
+		break;
+	default:
+		rotate = active < 0 || active_expired;
+		break;
+	}
+
+	if (active < 0)
+		plan->why = n == 0 ? "first_key" : "no_active_key";
+	else if (active_expired)
+		plan->why = "expired";
+	else if (trigger == KEYS_TRIGGER_DEMAND)
+		plan->why = "on_demand";
+	else if (rotate)
+		plan->why = "scheduled";
+	else if (!next_usable)
+		plan->why = "no_next_key";
+	else if (plan->n_retire > 0)
+		plan->why = "served";
+
+	if (rotate) {
+		if (active >= 0) {
+			/* The last token it signed was signed before now and before
+			 * its not-after; it expires at most retire_after later. */
+			int64_t last_signed =
+			    now_ms < live[active].not_after_ms ? now_ms : live[active].not_after_ms;
+			int64_t until = last_signed + pol->retire_after_ms;
+
+			if (until <= now_ms) {
+				plan_retire(plan, (size_t)active);
+			} else {
+				plan->demote = active;
+				plan->demote_retire_after_ms = until;
+			}
+		}
+		if (next_usable)
+			plan->promote = next;
+		else
+			plan->generate_active = true;
+		plan->generate_next = true;
+	} else if (!next_usable) {
+		plan->generate_next = true;
+	}
+
+	after =
+	    n - plan->n_retire + (plan->generate_active ? 1 : 0) + (plan->generate_next ? 1 : 0);
+	if (after > KEYS_MAX_LIVE) {
+		char when[32];
+
+		idp_time_format(earliest_retire == INT64_MAX ? now_ms : earliest_retire, when);
+		idp_diag_add(diag,
+		             "%zu signing keys are still published; rotating now would pass the "
+		             "limit of %d (the oldest retiring key may retire at %s)",
+		             n - plan->n_retire, KEYS_MAX_LIVE, when);
+		return IDP_ECONFLICT;
+	}
+	return IDP_OK;
+}
+
+/* ---- rows ---- */
+
+void
+keys_rows_free(struct keys_row *rows, size_t n)
+{
+	for (size_t i = 0; rows != NULL && i < n; i++) {
+		free(rows[i].public_jwk);
+		free(rows[i].sealed);
+	}
+	free(rows);
+}
+
+/* The public key a row publishes, checked against the row's kid. */
+static int
+row_public_key(const struct keys_row *row, struct idp_jws_key **out, struct idp_diag *diag)
+{
+	json_error_t jerr;
+	json_t *jwk;
+	int rc;
+
+	*out = NULL;
+	jwk = json_loads(row->public_jwk != NULL ? row->public_jwk : "", JSON_REJECT_DUPLICATES,
+	                 &jerr);
+	if (jwk == NULL) {
+		idp_diag_add(diag, "signing key %s: the stored public JWK is not JSON",
+		             row->info.kid);
+		return IDP_EINTERNAL;
+	}
+	rc = idp_jws_key_from_jwk(jwk, out, diag);
+	json_decref(jwk);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "signing key %s: the stored public JWK is not a usable key",
+		             row->info.kid);
+		return IDP_EINTERNAL;
+	}
+	if (strcmp(idp_jws_key_kid(*out), row->info.kid) != 0 ||
+	    idp_jws_key_alg(*out) != IDP_JWS_ALG_ES256) {
+		idp_diag_add(diag, "signing key %s: the stored public JWK names another key",
+		             row->info.kid);
+		idp_jws_key_unref(*out);
+		*out = NULL;
+		return IDP_EINTERNAL;
+	}
+	return IDP_OK;
+}
+
+/*
+ * Open a row's private half and check that it is the key the row publishes,
+ * so a public JWK swapped behind idpd's back cannot make it sign with a key
+ * nobody can verify (or the reverse).
+ */
+static int
+row_private_key(const struct keys_row *row, const struct idp_jws_key *pub,
+                const struct idp_kek *kek, struct idp_jws_key **out, struct idp_diag *diag)
+{
+	char a[44], b[44];
+	int rc;
+
+	*out = NULL;
+	if (kek == NULL) {
+		idp_diag_add(diag, "signing key %s: no key-encryption key to open it with",
+		             row->info.kid);
+		return IDP_EFORBIDDEN;
+	}
+	if (row->sealed == NULL) {
+		idp_diag_add(diag, "signing key %s has no stored private key", row->info.kid);
+		return IDP_EFORBIDDEN;
+	}
+	rc = idp_kek_open_key(kek, row->info.kid, row->sealed, row->sealed_len, out, diag);
+	if (rc != IDP_OK)
+		return IDP_EFORBIDDEN;
+	idp_jws_key_thumbprint(*out, a);
+	idp_jws_key_thumbprint(pub, b);
+	if (strcmp(a, b) != 0) {
+		idp_diag_add(diag,
+		             "signing key %s: the stored private key does not match its public "
+		             "JWK; the row was altered",
+		             row->info.kid);
+		idp_jws_key_unref(*out);
+		*out = NULL;
+		return IDP_EFORBIDDEN;
+	}
+	return IDP_OK;
+}
+
+int
+keys_check_kek(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
+               const char *kek_source, struct idp_diag *diag)
+{
+	char mine[21];
+
+	idp_kek_id(kek, mine);
+	for (size_t i = 0; i < n; i++) {
+		const struct keys_row *row = &rows[i];
+		struct idp_jws_key *pub = NULL, *priv = NULL;
+		int rc;
+
+		if (row->info.state != KEYS_NEXT && row->info.state != KEYS_ACTIVE)
+			continue;
+		if (strcmp(row->info.kek_id, mine) != 0) {
+			idp_diag_add(
+			    diag,
+			    "the %s signing key %s was sealed with key-encryption key %s, "
+			    "but the KEK from %s is %s: start idpd with the KEK that sealed "
+			    "its keys (nothing was changed)",
+			    keys_state_name(row->info.state), row->info.kid, row->info.kek_id,
+			    kek_source, mine);
+			return IDP_EFORBIDDEN;
+		}
+		rc = row_public_key(row, &pub, diag);
+		if (rc == IDP_OK)
+			rc = row_private_key(row, pub, kek, &priv, diag);
+		idp_jws_key_unref(pub);
+		idp_jws_key_unref(priv);
+		if (rc != IDP_OK) {
+			idp_diag_add(
+			    diag,
+			    "the %s signing key %s does not open with the KEK from %s (%s) "
+			    "although its id matches: the stored key is damaged or was "
+			    "altered (nothing was changed)",
+			    keys_state_name(row->info.state), row->info.kid, kek_source, mine);
+			return IDP_EFORBIDDEN;
+		}
+	}
+	return IDP_OK;
+}
+
+/* ---- snapshots ---- */
+
+struct keys_snapshot *
+keys_snapshot_ref(struct keys_snapshot *s)
+{
+	if (s != NULL)
+		atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	return s;
+}
+
+void
+keys_snapshot_unref(struct keys_snapshot *s)
+{
+	if (s == NULL || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	idp_jws_key_unref(s->signing);
+	idp_jws_keyset_unref(s->verify);
+	free(s->jwks);
+	free(s->info);
+	free(s);
+}
+
+int
+keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
+                    const struct keys_snapshot *prev, struct keys_snapshot **out,
+                    struct idp_diag *diag, struct idp_diag *signing_diag)
+{
+	static const enum keys_state order[] = {KEYS_ACTIVE, KEYS_NEXT, KEYS_RETIRING};
+	struct idp_diag scratch;
+	struct idp_jws_key **pubs;
+	struct keys_snapshot *s;
+	size_t np = 0;
+	json_t *jwks;
+	int rc = IDP_OK;
+
+	*out = NULL;
+	if (signing_diag == NULL) {
+		idp_diag_init(&scratch);
+		signing_diag = &scratch;
+	}
+	pubs = idp_xcalloc(n ? n : 1, sizeof(*pubs));
+	s = idp_xcalloc(1, sizeof(*s));
+	atomic_init(&s->refs, 1);
+	atomic_init(&s->warned_expired, false);
+	s->info = idp_xcalloc(n ? n : 1, sizeof(*s->info));
+	for (size_t o = 0; o < IDP_ARRAY_LEN(order); o++) {
+		for (size_t i = 0; i < n; i++) {
+			const struct keys_row *row = &rows[i];
+			struct idp_jws_key *pub;
+
+			if (row->info.state != order[o])
+				continue;
+			rc = row_public_key(row, &pub, diag);
+			if (rc != IDP_OK)
+				goto done;
+			pubs[np++] = pub;
+			s->info[s->n_info++] = row->info;
+			if (row->info.state != KEYS_ACTIVE)
+				continue;
+			s->signing_not_after_ms = row->info.not_after_ms;
+			if (prev != NULL && prev->signing != NULL &&
+			    strcmp(idp_jws_key_kid(prev->signing), row->info.kid) == 0)
+				s->signing = idp_jws_key_ref(prev->signing);
+			else if (row_private_key(row, pub, kek, &s->signing, signing_diag) !=
+			         IDP_OK)
+				s->signing = NULL;
+		}
+	}
+	rc = idp_jws_keyset_new(pubs, np, &s->verify, diag);
+	if (rc != IDP_OK) {
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+	jwks = idp_jws_keyset_to_jwks(s->verify);
+	s->jwks = json_dumps(jwks, JSON_COMPACT);
+	json_decref(jwks);
+	if (s->jwks == NULL) {
+		idp_diag_add(diag, "cannot render the JWKS");
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+	s->jwks_len = strlen(s->jwks);
+done:
+	for (size_t i = 0; i < np; i++)
+		idp_jws_key_unref(pubs[i]);
+	free(pubs);
+	if (rc != IDP_OK) {
+		keys_snapshot_unref(s);
+		return rc;
+	}
+	*out = s;
+	return IDP_OK;
+}
+
+struct keys_snapshot *
+keys_current(struct keys *km)
+{
+	struct keys_snapshot *s;
+
+	pthread_mutex_lock(&km->lock);
+	s = keys_snapshot_ref(km->current);
+	pthread_mutex_unlock(&km->lock);
+	return s;
+}
+
+void
+keys_install(struct keys *km, struct keys_snapshot *s)
+{
+	struct keys_snapshot *old;
+
+	pthread_mutex_lock(&km->lock);
+	old = km->current;
+	km->current = s;
+	pthread_mutex_unlock(&km->lock);
+	keys_snapshot_unref(old);
+}
+
+/* ---- the manager ---- */
+
+static int
+policy_check(const struct keys_policy *pol, int64_t jwks_max_age_ms, struct idp_diag *diag)
+{
+	if (pol->rotate_every_ms < 0 || pol->retire_after_ms <= 0 || pol->max_age_ms <= 0 ||
+	    jwks_max_age_ms < 0) {
+		idp_diag_add(diag, "keys: rotate_every must be >= 0, retire_after and max_age > 0, "
+		                   "jwks_max_age >= 0");
+		return IDP_EINVAL;
+	}
+	if (pol->rotate_every_ms > 0 && pol->max_age_ms < 2 * pol->rotate_every_ms)
+		log_warn("keys: keys.max_age is less than twice keys.rotate_every, so a key "
+		         "made as next reaches its not-after before its scheduled rotation "
+		         "ends; it is then rotated as expired");
+	return IDP_OK;
+}
+
+int
+keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out, struct idp_diag *diag)
+{
+	struct keys *km;
+
+	*out = NULL;
+	if (o->store == NULL || o->clock == NULL || kek == NULL) {
+		idp_diag_add(diag, "keys: a store, a clock and a KEK are required");
+		idp_kek_free(kek);
+		return IDP_EINVAL;
+	}
+	if (policy_check(&o->policy, o->jwks_max_age_ms, diag) != IDP_OK) {
+		idp_kek_free(kek);
+		return IDP_EINVAL;
+	}
+	km = idp_xcalloc(1, sizeof(*km));
+	km->store = o->store;
+	km->clock = o->clock;
+	km->kek = kek;
+	idp_kek_id(kek, km->kek_id);
+	snprintf(km->kek_source, sizeof(km->kek_source), "%s",
+	         o->kek_source != NULL ? o->kek_source : "the configuration");
+	km->policy = o->policy;
+	km->jwks_max_age_ms = o->jwks_max_age_ms;
+	pthread_mutex_init(&km->lock, NULL);
+	pthread_mutex_init(&km->reload_lock, NULL);
+	pthread_mutex_init(&km->policy_lock, NULL);
+	*out = km;
+	return IDP_OK;
+}
+
+void
+keys_free(struct keys *km)
+{
+	if (km == NULL)
+		return;
+	if (process_keys == km)
+		process_keys = NULL;
+	keys_snapshot_unref(km->current);
+	idp_kek_free(km->kek);
+	pthread_mutex_destroy(&km->lock);
+	pthread_mutex_destroy(&km->reload_lock);
+	pthread_mutex_destroy(&km->policy_lock);
+	free(km);
+}
+
+void
+keys_set_policy(struct keys *km, const struct keys_policy *pol, int64_t jwks_max_age_ms)
+{
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	if (policy_check(pol, jwks_max_age_ms, &d) != IDP_OK) {
+		log_error("%s; keeping the key policy in force", idp_diag_str(&d));
+		return;
+	}
+	pthread_mutex_lock(&km->policy_lock);
+	km->policy = *pol;
+	km->jwks_max_age_ms = jwks_max_age_ms;
+	pthread_mutex_unlock(&km->policy_lock);
+}
+
+void
+keys_get_policy(struct keys *km, struct keys_policy *pol)
+{
+	pthread_mutex_lock(&km->policy_lock);
+	*pol = km->policy;
+	pthread_mutex_unlock(&km->policy_lock);
+}
+
+int64_t
+keys_jwks_max_age_ms(struct keys *km)
+{
+	int64_t v;
+
+	pthread_mutex_lock(&km->policy_lock);
+	v = km->jwks_max_age_ms;
+	pthread_mutex_unlock(&km->policy_lock);
+	return v;
+}
+
+int64_t
+keys_max_token_lifetime_ms(struct keys *km)
+{
+	struct keys_policy pol;
+
+	keys_get_policy(km, &pol);
+	return pol.retire_after_ms;
+}
+
+const char *
+keys_kek_id(const struct keys *km)
+{
+	return km->kek_id;
+}
+
+struct store *
+keys_store(const struct keys *km)
+{
+	return km->store;
+}
+
+void
+keys_set_process(struct keys *km)
+{
+	process_keys = km;
+}
+
+struct keys *
+keys_process(void)
+{
+	return process_keys;
+}
+
+/* Read the live rows on c and install a snapshot built from them. */
+static int
+reload_on(struct keys *km, struct store_conn *c, struct idp_diag *diag)
+{
+	struct keys_snapshot *prev, *snap = NULL;
+	struct keys_row *rows = NULL;
+	struct idp_diag sdiag;
+	size_t n = 0;
+	int rc;
+
+	pthread_mutex_lock(&km->reload_lock);
+	rc = keys_db_read_live(c, &rows, &n);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "keys: cannot read the signing keys (%s)", idp_err_name(rc));
+		pthread_mutex_unlock(&km->reload_lock);
+		return rc;
+	}
+	prev = keys_current(km);
+	idp_diag_init(&sdiag);
+	rc = keys_snapshot_build(rows, n, km->kek, prev, &snap, diag, &sdiag);
+	if (rc == IDP_OK) {
+		const char *was =
+		    prev != NULL && prev->signing ? idp_jws_key_kid(prev->signing) : "";
+		const char *now = snap->signing != NULL ? idp_jws_key_kid(snap->signing) : "";
+
+		if (snap->signing == NULL && n > 0)
+			log_error("keys: no usable signing key: %s%s",
+			          sdiag.len ? idp_diag_str(&sdiag) : "no key is active",
+			          "; this instance cannot sign until it is fixed");
+		else if (strcmp(was, now) != 0)
+			log_info("keys: signing with %s%s%s; %zu key(s) published", now,
+			         was[0] ? ", was " : "", was, snap->n_info);
+		keys_install(km, snap);
+	}
+	keys_snapshot_unref(prev);
+	keys_rows_free(rows, n);
+	pthread_mutex_unlock(&km->reload_lock);
+	return rc;
+}
+
+int
+keys_reload(struct keys *km, struct idp_diag *diag)
+{
+	struct store_conn *c;
+	int rc;
+
+	if (store_acquire(km->store, &c) != IDP_OK) {
+		idp_diag_add(diag, "keys: PostgreSQL is unavailable");
+		return IDP_EUNAVAIL;
+	}
+	rc = reload_on(km, c, diag);
+	store_release(km->store, c);
+	return rc;
+}
+
+static void
+on_notify(const char *channel, const char *payload, void *ctx)
+{
+	struct idp_diag d;
+
+	(void)channel;
+	(void)payload;
+	idp_diag_init(&d);
+	if (keys_reload(ctx, &d) != IDP_OK)
+		log_warn("%s; keeping the keys loaded before", idp_diag_str(&d));
+}
+
+static void
+on_resync(void *ctx)
+{
+	on_notify("keys", NULL, ctx);
+}
+
+int
+keys_subscribe(struct keys *km, struct store_listener *l)
+{
+	struct store_subscription sub = {
+	    .channel = "keys", .on_notify = on_notify, .on_resync = on_resync, .ctx = km};
+
+	return store_listener_subscribe(l, &sub) == IDP_OK ? IDP_OK : IDP_EINVAL;
+}
+
+/* ---- for the token service ---- */
+
+int
+keys_signing_key(struct keys *km, struct idp_jws_key **out, int64_t *not_after_ms)
+{
+	struct keys_snapshot *s = keys_current(km);
+	int rc = IDP_EUNAVAIL;
+
+	*out = NULL;
+	if (s == NULL || s->signing == NULL)
+		goto done;
+	if (idp_now_ms(km->clock) >= s->signing_not_after_ms) {
+		if (!atomic_exchange(&s->warned_expired, true))
+			log_error(
+			    "keys: the active key %s is past its not-after and signs no more; "
+			    "rotate (POST /v1/keys/rotate, idpd keys rotate, or the cleanup job)",
+			    idp_jws_key_kid(s->signing));
+		goto done;
+	}
+	*out = idp_jws_key_ref(s->signing);
+	if (not_after_ms != NULL)
+		*not_after_ms = s->signing_not_after_ms;
+	rc = IDP_OK;
+done:
+	keys_snapshot_unref(s);
+	return rc;
+}
+
+struct idp_jws_keyset *
+keys_verify_set(struct keys *km)
+{
+	struct keys_snapshot *s = keys_current(km);
+	struct idp_jws_keyset *set = s != NULL ? idp_jws_keyset_ref(s->verify) : NULL;
+
+	keys_snapshot_unref(s);
+	return set;
+}
+
+int
+keys_jwks(struct keys *km, char **json, size_t *len)
+{
+	struct keys_snapshot *s = keys_current(km);
+
+	*json = NULL;
+	*len = 0;
+	if (s == NULL)
+		return IDP_EUNAVAIL;
+	*json = idp_xstrndup(s->jwks, s->jwks_len);
+	*len = s->jwks_len;
+	keys_snapshot_unref(s);
+	return IDP_OK;
+}
+
+/* ---- changes ---- */
+
+/* A key made during a change, before and after it is stored. */
+struct new_key {
+	struct idp_jws_key *key;
+	struct keys_info info;
+	char *jwk;
+	unsigned char *sealed;
+	size_t sealed_len;
+};
+
+static void
+new_key_cleanup(struct new_key *k)
+{
+	idp_jws_key_unref(k->key);
+	free(k->jwk);
+	free(k->sealed);
+	memset(k, 0, sizeof(*k));
+}
+
+static int
+new_key_make(struct keys *km, enum keys_state state, int64_t now_ms, const struct keys_policy *pol,
+             struct new_key *k, struct idp_diag *diag)
+{
+	json_t *jwk;
+	int rc;
+
+	memset(k, 0, sizeof(*k));
+	rc = idp_jws_key_generate(NULL, &k->key, diag);
+	if (rc != IDP_OK)
+		return rc;
+	rc = idp_kek_seal_key(km->kek, k->key, &k->sealed, &k->sealed_len);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "keys: cannot seal a new key (%s)", idp_err_name(rc));
+		return rc;
+	}
+	jwk = idp_jws_key_public_jwk(k->key);
+	k->jwk = jwk != NULL ? json_dumps(jwk, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+	json_decref(jwk);
+	if (k->jwk == NULL) {
+		idp_diag_add(diag, "keys: cannot render a new key's JWK");
+		return IDP_EINTERNAL;
+	}
+	snprintf(k->info.kid, sizeof(k->info.kid), "%s", idp_jws_key_kid(k->key));
+	snprintf(k->info.kek_id, sizeof(k->info.kek_id), "%s", km->kek_id);
+	k->info.state = state;
+	k->info.created_ms = now_ms;
+	k->info.activated_ms = state == KEYS_ACTIVE ? now_ms : 0;
+	k->info.not_after_ms = now_ms + pol->max_age_ms;
+	return IDP_OK;
+}
+
+static void
+put_time(json_t *o, const char *key, int64_t ms)
+{
+	char t[32];
+
+	idp_time_format(ms, t);
+	json_object_set_new(o, key, json_string(t));
+}
+
+/* Emit one key.* event; takes detail.  Returns 0, or 1 if it could not be written. */
+static unsigned
+emit(enum audit_type type, enum audit_outcome outcome, const struct keys_origin *who,
+     json_t *detail)
+{
+	struct audit_event *ev = audit_event_new(type, AUDIT_TIME_UNSET);
+	int rc;
+
+	if (ev == NULL) {
+		json_decref(detail);
+		return 1;
+	}
+	audit_event_set_outcome(ev, outcome);
+	if (who->reason != NULL && who->reason[0] != '\0')
+		json_object_set_new(detail, "reason", json_string(who->reason));
+	if (audit_event_set_actor(ev, who->actor_kind, who->actor) != IDP_OK ||
+	    (who->request_id != NULL &&
+	     audit_event_set(ev, AUDIT_F_REQUEST_ID, who->request_id) != IDP_OK) ||
+	    (who->source_address != NULL && who->source_address[0] != '\0' &&
+	     audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, who->source_address) != IDP_OK) ||
+	    audit_event_set_detail(ev, detail) != IDP_OK) {
+		log_error("keys: cannot build the %s audit event", audit_type_name(type));
+		json_decref(detail);
+		audit_event_free(ev);
+		return 1;
+	}
+	json_decref(detail);
+	rc = audit_emit(ev);
+	if (rc != IDP_OK) {
+		log_error("keys: the %s audit event could not be written (%s)",
+		          audit_type_name(type), idp_err_name(rc));
+		return 1;
+	}
+	return 0;
+}
+
+static unsigned
+emit_generated(const struct new_key *k, const struct keys_plan *plan, enum keys_trigger t,
+               const struct keys_origin *who)
+{
+	json_t *d = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "kid", k->info.kid, "alg", "ES256",
+	                      "state", keys_state_name(k->info.state), "kek_id", k->info.kek_id,
+	                      "why", plan->why, "trigger", keys_trigger_name(t));
+
+	put_time(d, "not_after", k->info.not_after_ms);
+	return emit(AUDIT_KEY_GENERATED, AUDIT_OUTCOME_SUCCESS, who, d);
+}
+
+/*
+ * Apply plan on c inside the caller's transaction.  Keys to generate are
+ * made first, so a failure to make one writes nothing.
+ */
+static int
+apply_plan(struct keys *km, struct store_conn *c, const struct keys_row *rows,
+           const struct keys_plan *plan, int64_t now_ms, const struct keys_policy *pol,
+           struct new_key *made, size_t *n_made, struct idp_diag *diag)
+{
+	int rc;
+
+	*n_made = 0;
+	if (plan->generate_active) {
+		rc = new_key_make(km, KEYS_ACTIVE, now_ms, pol, &made[(*n_made)++], diag);
+		if (rc != IDP_OK)
+			return rc;
+	}
+	if (plan->generate_next) {
+		rc = new_key_make(km, KEYS_NEXT, now_ms, pol, &made[(*n_made)++], diag);
+		if (rc != IDP_OK)
+			return rc;
+	}
+	for (size_t i = 0; i < plan->n_retire; i++) {
+		rc = keys_db_retire(c, rows[plan->retire[i]].info.kid, now_ms);
+		if (rc != IDP_OK)
+			goto failed;
+	}
+	/* Demote before promoting: at most one key is active at any moment. */
+	if (plan->demote >= 0) {
+		rc = keys_db_demote(c, rows[plan->demote].info.kid, now_ms,
+		                    plan->demote_retire_after_ms);
+		if (rc != IDP_OK)
+			goto failed;
+	}
+	if (plan->promote >= 0) {
+		rc = keys_db_promote(c, rows[plan->promote].info.kid, now_ms);
+		if (rc != IDP_OK)
+			goto failed;
+	}
+	for (size_t i = 0; i < *n_made; i++) {
+		rc = keys_db_insert(c, &made[i].info, made[i].jwk, made[i].sealed,
+		                    made[i].sealed_len);
+		if (rc != IDP_OK)
+			goto failed;
+	}
+	return IDP_OK;
+failed:
+	idp_diag_add(diag, "keys: storing the change failed (%s)", idp_err_name(rc));
+	return rc;
+}
+
+/* Index of the row that was active before the change, or -1. */
+static int
+old_active(const struct keys_row *rows, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (rows[i].info.state == KEYS_ACTIVE)
+			return (int)i;
+	return -1;
+}
+
+/* What the table holds after plan: the active, next and demoted kids. */
+static void
+fill_result(struct keys_result *res, const struct keys_row *rows, size_t n,
+            const struct keys_plan *plan, const struct new_key *made, size_t n_made)
+{
+	for (size_t i = 0; i < n; i++) {
+		bool retired = false;
+
+		for (size_t r = 0; r < plan->n_retire; r++)
+			retired |= plan->retire[r] == i;
+		if (retired || (int)i == plan->demote)
+			continue;
+		if ((int)i == plan->promote || (rows[i].info.state == KEYS_ACTIVE))
+			snprintf(res->active, sizeof(res->active), "%s", rows[i].info.kid);
+		else if (rows[i].info.state == KEYS_NEXT)
+			snprintf(res->next, sizeof(res->next), "%s", rows[i].info.kid);
+	}
+	for (size_t i = 0; i < n_made; i++) {
+		char *slot = made[i].info.state == KEYS_ACTIVE ? res->active : res->next;
+
+		snprintf(slot, sizeof(res->active), "%s", made[i].info.kid);
+	}
+	if (plan->demote >= 0)
+		snprintf(res->previous, sizeof(res->previous), "%s", rows[plan->demote].info.kid);
+	/* The active key changed from one key to another; a first key is no rotation. */
+	res->rotated = plan->demote >= 0 || plan->promote >= 0 ||
+	               (plan->generate_active && old_active(rows, n) >= 0);
+	res->generated = (unsigned)n_made;
+	res->retired = (unsigned)plan->n_retire;
+	res->changed = !keys_plan_empty(plan);
+	res->why = plan->why;
+}
+
+static unsigned
+emit_change(const struct keys_row *rows, size_t n_rows, const struct keys_plan *plan,
+            const struct new_key *made, size_t n_made, enum keys_trigger t,
+            const struct keys_origin *who, const struct keys_result *res)
+{
+	unsigned failures = 0;
+
+	for (size_t i = 0; i < n_made; i++)
+		failures += emit_generated(&made[i], plan, t, who);
+	if (res->rotated) {
+		json_t *d = json_pack("{s:s,s:s,s:s}", "kid", res->active, "why", plan->why,
+		                      "trigger", keys_trigger_name(t));
+
+		int was = old_active(rows, n_rows);
+
+		if (plan->demote >= 0) {
+			json_object_set_new(d, "previous_kid", json_string(res->previous));
+			put_time(d, "previous_retire_after", plan->demote_retire_after_ms);
+		} else if (was >= 0) {
+			/* Past its not-after long enough that nothing it signed is still valid. */
+			json_object_set_new(d, "previous_kid", json_string(rows[was].info.kid));
+			json_object_set_new(d, "previous_retired", json_true());
+		}
+		failures += emit(AUDIT_KEY_ROTATED, AUDIT_OUTCOME_SUCCESS, who, d);
+	}
+	for (size_t i = 0; i < plan->n_retire; i++) {
+		const struct keys_info *info = &rows[plan->retire[i]].info;
+		json_t *d =
+		    json_pack("{s:s,s:s,s:s}", "kid", info->kid, "was",
+		              keys_state_name(info->state), "trigger", keys_trigger_name(t));
+
+		if (info->retire_after_ms > 0)
+			put_time(d, "retire_after", info->retire_after_ms);
+		failures += emit(AUDIT_KEY_RETIRED, AUDIT_OUTCOME_SUCCESS, who, d);
+	}
+	return failures;
+}
+
+/* Install what was just committed (or found); on failure the listener's reload will. */
+static void
+reload_after_change(struct keys *km, struct store_conn *c)
+{
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	if (reload_on(km, c, &d) != IDP_OK)
+		log_warn("%s", idp_diag_str(&d));
+}
+
+static void
+rollback(struct store_conn *c)
+{
+	if (store_cmd(c, "ROLLBACK") != IDP_OK)
+		log_debug("keys: ROLLBACK failed; the connection is gone");
+}
+
+int
+keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
+            const struct keys_origin *who, struct keys_result *res, struct idp_diag *diag)
+{
+	static const struct keys_origin system_origin = {.actor_kind = AUDIT_ACTOR_SYSTEM};
+	struct store_conn *c = conn;
+	struct keys_row *rows = NULL;
+	struct keys_result local;
+	struct keys_plan plan;
+	struct keys_policy pol;
+	struct new_key made[2];
+	size_t n = 0, n_made = 0;
+	struct keys_info *infos = NULL;
+	bool in_tx = false;
+	int64_t now;
+	int rc;
+
+	if (who == NULL)
+		who = &system_origin;
+	if (res == NULL)
+		res = &local;
+	memset(res, 0, sizeof(*res));
+	memset(made, 0, sizeof(made));
+	keys_get_policy(km, &pol);
+	if (c == NULL && store_acquire(km->store, &c) != IDP_OK) {
+		idp_diag_add(diag, "keys: PostgreSQL is unavailable");
+		c = NULL;
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc != IDP_OK)
+		goto db_failed;
+	in_tx = true;
+	rc = keys_db_lock(c);
+	if (rc == IDP_OK)
+		rc = keys_db_read_live(c, &rows, &n);
+	if (rc != IDP_OK)
+		goto db_failed;
+	rc = keys_check_kek(rows, n, km->kek, km->kek_source, diag);
+	if (rc != IDP_OK)
+		goto done;
+	/* Read after the lock: a change that waited must plan on the table it will change. */
+	now = idp_now_ms(km->clock);
+	infos = idp_xcalloc(n ? n : 1, sizeof(*infos));
+	for (size_t i = 0; i < n; i++)
+		infos[i] = rows[i].info;
+	rc = keys_plan_make(infos, n, now, &pol, trigger, &plan, diag);
+	if (rc != IDP_OK)
+		goto done;
+	if (keys_plan_empty(&plan)) {
+		struct keys_snapshot *cur;
+
+		rollback(c);
+		in_tx = false;
+		fill_result(res, rows, n, &plan, made, 0);
+		cur = keys_current(km);
+		keys_snapshot_unref(cur);
+		if (cur == NULL)
+			reload_after_change(km, c);
+		goto done;
+	}
+	rc = apply_plan(km, c, rows, &plan, now, &pol, made, &n_made, diag);
+	if (rc != IDP_OK)
+		goto done;
+	rc = store_cmd(c, "COMMIT");
+	in_tx = false;
+	if (rc != IDP_OK)
+		goto db_failed;
+	fill_result(res, rows, n, &plan, made, n_made);
+	log_info("keys: %s (%s): active %s, next %s%s%s; %u generated, %u retired",
+	         res->rotated ? "rotated" : "changed", plan.why, res->active, res->next,
+	         res->previous[0] ? ", retiring " : "", res->previous, res->generated,
+	         res->retired);
+	reload_after_change(km, c);
+	res->audit_failures = emit_change(rows, n, &plan, made, n_made, trigger, who, res);
+	goto done;
+db_failed:
+	idp_diag_add(diag, "keys: the signing keys could not be read or changed (%s)",
+	             idp_err_name(rc));
+	if (rc == IDP_EINTERNAL)
+		idp_diag_add(diag, "keys: is the schema current? (idpd migrate)");
+done:
+	if (in_tx)
+		rollback(c);
+	if (c != NULL && conn == NULL)
+		store_release(km->store, c);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(made); i++)
+		new_key_cleanup(&made[i]);
+	free(infos);
+	keys_rows_free(rows, n);
+	if (rc != IDP_OK && trigger == KEYS_TRIGGER_DEMAND) {
+		json_t *d = json_pack("{s:s,s:s}", "error", idp_err_name(rc), "trigger",
+		                      keys_trigger_name(trigger));
+
+		res->audit_failures += emit(AUDIT_KEY_ROTATED, AUDIT_OUTCOME_FAILURE, who, d);
+	}
+	return rc;
+}
+
+int
+keys_ensure(struct keys *km, struct idp_diag *diag)
+{
+	struct keys_snapshot *s;
+	int rc;
+
+	rc = keys_change(km, NULL, KEYS_TRIGGER_START, NULL, NULL, diag);
+	if (rc != IDP_OK)
+		return rc;
+	s = keys_current(km);
+	if (s == NULL) {
+		rc = keys_reload(km, diag);
+		if (rc != IDP_OK)
+			return rc;
+		s = keys_current(km);
+	}
+	if (s == NULL || s->signing == NULL) {
+		idp_diag_add(diag, "keys: no usable signing key after loading");
+		rc = IDP_EINTERNAL;
+	}
+	keys_snapshot_unref(s);
+	return rc;
+}
+
+int
+keys_rotate(struct keys *km, const struct keys_origin *who, struct keys_result *res,
+            struct idp_diag *diag)
+{
+	return keys_change(km, NULL, KEYS_TRIGGER_DEMAND, who, res, diag);
+}
+
+int
+keys_rotate_if_due(struct keys *km, struct store_conn *conn, const struct keys_origin *who,
+                   struct keys_result *res, struct idp_diag *diag)
+{
+	return keys_change(km, conn, KEYS_TRIGGER_SCHEDULE, who, res, diag);
+}

@@ -1,0 +1,793 @@
+/*
+ * Integration tests of signing-key management against a real PostgreSQL and
+ * real idpd processes: the first start, rotation on demand (HTTP and CLI)
+ * and on schedule (the cleanup job), retirement, two instances that start
+ * together and follow each other's rotations, a wrong KEK, and the roles the
+ * endpoints require.
+ *
+ * Tokens are signed here, in the test process, through the key manager's
+ * own API (keys.h) on the same database and KEK, exactly as the token
+ * service will sign them; they are verified against the JWKS that idpd
+ * serves over HTTP.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "idpd/auth.h"
+#include "idpd/clock.h"
+#include "idpd/jws.h"
+#include "idpd/kek.h"
+#include "idpd/keys.h"
+#include "idpd/store.h"
+
+/* This test's KEK, and another one. */
+#define TEST_KEK "6b6579732d746573742d6b656b2d7468697274792d74776f2d62797465732121"
+#define WRONG_KEK "612d77726f6e672d6b656b2d6f662d7468697274792d74776f2d627974657321"
+
+static char admin_key[64], auditor_key[64], maint_key[64], roles_toml[2048];
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static void
+make_api_keys(void)
+{
+	char h1[80], h2[80], h3[80];
+
+	if (roles_toml[0] != '\0')
+		return;
+	assert_int_equal(auth_key_generate(admin_key, h1), IDP_OK);
+	assert_int_equal(auth_key_generate(auditor_key, h2), IDP_OK);
+	assert_int_equal(auth_key_generate(maint_key, h3), IDP_OK);
+	snprintf(roles_toml, sizeof(roles_toml),
+	         "[[api_keys]]\nname = \"ops-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
+	         "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
+	         "[[api_keys]]\nname = \"cron\"\nhash = \"%s\"\nroles = [\"maintenance\"]\n",
+	         h1, h2, h3);
+}
+
+/* [keys] lines (may be NULL) followed by the API keys. */
+static const char *
+config_with(const char *keys_section)
+{
+	static char buf[4096];
+
+	make_api_keys();
+	snprintf(buf, sizeof(buf), "%s%s", keys_section ? keys_section : "", roles_toml);
+	return buf;
+}
+
+static void
+start(struct idpd_proc *p, const char *db, const char *keys_section)
+{
+	if (harness_idpd_start(p, db, NULL, config_with(keys_section)) != 0) {
+		harness_idpd_dump_log(p);
+		fail_msg("idpd did not start on %s", db);
+	}
+}
+
+static long
+call(const char *method, const struct idpd_proc *p, const char *path, const char *key,
+     const char *body, struct http_resp *r)
+{
+	char url[512], auth[128];
+	const char *h[] = {auth, "Content-Type: application/json", NULL};
+	const char *no_auth[] = {"Content-Type: application/json", NULL};
+
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key ? key : "");
+	snprintf(url, sizeof(url), "%s%s", p->base, path);
+	assert_int_equal(
+	    harness_http(method, url, key ? h : no_auth, body, body ? strlen(body) : 0, r), 0);
+	return r->status;
+}
+
+/* The served JWKS document, as text the caller frees. */
+static char *
+jwks_text(const struct idpd_proc *p)
+{
+	struct http_resp r;
+	char *text;
+
+	assert_int_equal(call("GET", p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+	text = strdup(r.body);
+	harness_resp_free(&r);
+	return text;
+}
+
+static bool
+jwks_has(const struct idpd_proc *p, const char *kid)
+{
+	char *t = jwks_text(p), want[200];
+	bool found;
+
+	snprintf(want, sizeof(want), "\"kid\":\"%s\"", kid);
+	found = strstr(t, want) != NULL;
+	free(t);
+	return found;
+}
+
+static size_t
+jwks_count(const struct idpd_proc *p)
+{
+	char *t = jwks_text(p);
+	json_t *doc = json_loads(t, 0, NULL);
+	size_t n = json_array_size(json_object_get(doc, "keys"));
+
+	json_decref(doc);
+	free(t);
+	return n;
+}
+
+/* Verify token against the JWKS idpd serves now; returns the idp_jws_verify result. */
+static int
+verify_with_served_jwks(const struct idpd_proc *p, const char *token, enum idp_jws_reason *reason)
+{
+	char *t = jwks_text(p);
+	struct idp_jws_keyset *set = NULL;
+	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_ACCESS};
+	struct idp_jws_verified v;
+	struct idp_diag d;
+	int rc;
+
+	idp_diag_init(&d);
+	assert_int_equal(idp_jws_keyset_from_jwks(t, strlen(t), &set, &d), IDP_OK);
+	free(t);
+	*reason = IDP_JWS_OK;
+	rc = idp_jws_verify(set, token, strlen(token), &opts, &v, reason);
+	if (rc == IDP_OK)
+		idp_jws_verified_cleanup(&v);
+	idp_jws_keyset_unref(set);
+	return rc;
+}
+
+static int
+db_int(const char *db, const char *sql)
+{
+	char v[64];
+
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	return atoi(v);
+}
+
+static void
+db_text(const char *db, const char *sql, char *out, size_t len)
+{
+	assert_int_equal(harness_sql_value(db, sql, out, len), 0);
+}
+
+static void
+active_kid(const char *db, char out[IDP_JWS_MAX_KID + 1])
+{
+	db_text(db, "SELECT kid FROM signing_keys WHERE state = 'active'", out,
+	        IDP_JWS_MAX_KID + 1);
+}
+
+/* What a running idpd's keys look like from outside: a fingerprint of every row. */
+static void
+table_fingerprint(const char *db, char out[64])
+{
+	db_text(db,
+	        "SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY id)), 'empty') "
+	        "FROM signing_keys t",
+	        out, 64);
+}
+
+/* ---- a key manager in the test process, as the token service uses one ---- */
+
+struct signer {
+	struct store *store;
+	struct keys *km;
+};
+
+static void
+signer_open(struct signer *s, const char *db)
+{
+	char url[256];
+	struct store_opts so = {.pool_size = 1,
+	                        .connect_timeout_ms = 2000,
+	                        .acquire_timeout_ms = 2000,
+	                        .statement_timeout_ms = 5000};
+	struct keys_opts o = {.clock = idp_clock_system(),
+	                      .policy = {.rotate_every_ms = 0,
+	                                 .retire_after_ms = 3600 * 1000,
+	                                 .max_age_ms = 90LL * 86400 * 1000},
+	                      .jwks_max_age_ms = 0,
+	                      .kek_source = "the test"};
+	struct idp_kek *k = NULL;
+	struct idp_diag d;
+
+	harness_db_url(db, url, sizeof(url));
+	so.url = url;
+	s->store = store_open(&so);
+	o.store = s->store;
+	idp_diag_init(&d);
+	assert_int_equal(idp_kek_from_string(TEST_KEK, &k, &d), IDP_OK);
+	assert_int_equal(keys_open(&o, k, &s->km, &d), IDP_OK);
+	if (keys_reload(s->km, &d) != IDP_OK)
+		fail_msg("%s", idp_diag_str(&d));
+}
+
+static void
+signer_close(struct signer *s)
+{
+	keys_free(s->km);
+	store_close(s->store);
+}
+
+/* Sign an access token with the current key; *kid gets the header's kid. */
+static char *
+sign_token(struct signer *s, char kid[IDP_JWS_MAX_KID + 1])
+{
+	struct idp_jws_key *key = NULL;
+	struct idp_jws_verified v;
+	struct idp_diag d;
+	json_t *claims =
+	    json_pack("{s:s,s:s,s:I,s:I}", "sub", "agent-research-01", "aud", "s3.internal", "iat",
+	              (json_int_t)time(NULL), "exp", (json_int_t)time(NULL) + 300);
+	char *tok = NULL;
+
+	assert_int_equal(keys_signing_key(s->km, &key, NULL), IDP_OK);
+	idp_diag_init(&d);
+	assert_int_equal(idp_jws_sign(key, IDP_JWS_TYP_ACCESS, claims, &tok, NULL, &d), IDP_OK);
+	json_decref(claims);
+	idp_jws_key_unref(key);
+	/* The kid as a verifier reads it: from the token's own header. */
+	{
+		struct idp_jws_keyset *set = keys_verify_set(s->km);
+
+		assert_int_equal(idp_jws_verify(set, tok, strlen(tok), NULL, &v, NULL), IDP_OK);
+		idp_jws_keyset_unref(set);
+	}
+	snprintf(kid, IDP_JWS_MAX_KID + 1, "%s", v.kid);
+	idp_jws_verified_cleanup(&v);
+	return tok;
+}
+
+/* ---- tests ---- */
+
+static void
+first_start_generates_a_key_and_jwks_serves_it(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char cache[128], kek_id[21], stored[32], active[IDP_JWS_MAX_KID + 1], *before, *after;
+	struct idp_kek *k = NULL;
+	struct idp_diag d;
+	json_t *keys;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_first"), 0);
+	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM signing_keys"), 0);
+	start(&p, "t_keys_first", NULL);
+
+	/* One active and one next key, sealed with this KEK. */
+	assert_int_equal(
+	    db_int("t_keys_first", "SELECT count(*) FROM signing_keys WHERE state = 'active'"), 1);
+	assert_int_equal(
+	    db_int("t_keys_first", "SELECT count(*) FROM signing_keys WHERE state = 'next'"), 1);
+	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM signing_keys"), 2);
+	idp_diag_init(&d);
+	assert_int_equal(idp_kek_from_string(TEST_KEK, &k, &d), IDP_OK);
+	idp_kek_id(k, kek_id);
+	idp_kek_free(k);
+	db_text("t_keys_first", "SELECT DISTINCT kek_id FROM signing_keys", stored, sizeof(stored));
+	assert_string_equal(stored, kek_id);
+	active_kid("t_keys_first", active);
+
+	/* The JWKS serves both public keys, cacheable. */
+	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+	assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+	assert_string_equal(cache, "public, max-age=300");
+	keys = json_object_get(r.json, "keys");
+	assert_int_equal(json_array_size(keys), 2);
+	for (size_t i = 0; i < 2; i++) {
+		json_t *jwk = json_array_get(keys, i);
+
+		assert_string_equal(json_string_value(json_object_get(jwk, "kty")), "EC");
+		assert_string_equal(json_string_value(json_object_get(jwk, "crv")), "P-256");
+		assert_string_equal(json_string_value(json_object_get(jwk, "alg")), "ES256");
+		assert_null(json_object_get(jwk, "d"));
+	}
+	assert_string_equal(json_string_value(json_object_get(json_array_get(keys, 0), "kid")),
+	                    active);
+	harness_resp_free(&r);
+
+	/* Two key.generated events (a first key is no rotation), without the KEK or any
+	 * private key in them. */
+	assert_int_equal(db_int("t_keys_first",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.generated'"),
+	                 2);
+	assert_int_equal(
+	    db_int("t_keys_first", "SELECT count(*) FROM audit_events WHERE type LIKE 'key.%'"), 2);
+	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM audit_events WHERE type "
+	                                        "LIKE 'key.%' AND (body LIKE '%" TEST_KEK
+	                                        "%' OR body LIKE '%\"d\"%')"),
+	                 0);
+
+	/* The cleanup job has nothing to rotate with the default schedule. */
+	assert_int_equal(call("POST", &p, "/v1/maintenance/cleanup", maint_key, NULL, &r), 200);
+	assert_int_equal(
+	    json_integer_value(json_object_get(
+	        json_object_get(json_object_get(r.json, "jobs"), "signing_keys"), "rotated")),
+	    0);
+	harness_resp_free(&r);
+
+	/* A restart loads the same keys and generates nothing. */
+	before = jwks_text(&p);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	start(&p, "t_keys_first", NULL);
+	after = jwks_text(&p);
+	assert_string_equal(before, after);
+	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM signing_keys"), 2);
+	free(before);
+	free(after);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+rotation_keeps_old_tokens_verifiable_and_new_tokens_carry_the_new_kid(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	struct signer s;
+	enum idp_jws_reason why;
+	char k1[IDP_JWS_MAX_KID + 1], k2[IDP_JWS_MAX_KID + 1], k2_signed[IDP_JWS_MAX_KID + 1];
+	char q[512], *t1, *t2;
+	json_t *job;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_rotate"), 0);
+	start(&p, "t_keys_rotate", "[keys]\nretire_after = \"1s\"\n");
+	signer_open(&s, "t_keys_rotate");
+	t1 = sign_token(&s, k1);
+	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_OK);
+
+	assert_int_equal(
+	    call("POST", &p, "/v1/keys/rotate", admin_key, "{\"reason\":\"quarterly drill\"}", &r),
+	    200);
+	assert_true(json_is_true(json_object_get(r.json, "rotated")));
+	assert_string_equal(json_string_value(json_object_get(r.json, "previous")), k1);
+	snprintf(k2, sizeof(k2), "%s", json_string_value(json_object_get(r.json, "active")));
+	assert_string_not_equal(k2, k1);
+	harness_resp_free(&r);
+
+	/* While k1 is retiring: published, and its token still verifies. */
+	snprintf(q, sizeof(q), "SELECT state FROM signing_keys WHERE kid = '%s'", k1);
+	{
+		char st[32];
+
+		db_text("t_keys_rotate", q, st, sizeof(st));
+		assert_string_equal(st, "retiring");
+	}
+	assert_true(jwks_has(&p, k1));
+	assert_true(jwks_has(&p, k2));
+	assert_int_equal(jwks_count(&p), 3);
+	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_OK);
+
+	/* New tokens carry the new kid. */
+	{
+		struct idp_diag d;
+
+		idp_diag_init(&d);
+		assert_int_equal(keys_reload(s.km, &d), IDP_OK);
+	}
+	t2 = sign_token(&s, k2_signed);
+	assert_string_equal(k2_signed, k2);
+	assert_int_equal(verify_with_served_jwks(&p, t2, &why), IDP_OK);
+
+	/* The rotation is audited with its operator and reason. */
+	assert_int_equal(db_int("t_keys_rotate",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.rotated' AND "
+	                        "body LIKE '%\"name\":\"ops-admin\"%' AND "
+	                        "body LIKE '%quarterly drill%'"),
+	                 1);
+
+	/* Past retire_after, the cleanup job retires k1: gone from the JWKS. */
+	sleep_ms(1500);
+	assert_int_equal(call("POST", &p, "/v1/maintenance/cleanup", maint_key, NULL, &r), 200);
+	job = json_object_get(json_object_get(r.json, "jobs"), "signing_keys");
+	assert_int_equal(json_integer_value(json_object_get(job, "retired")), 1);
+	assert_int_equal(json_integer_value(json_object_get(job, "rotated")), 0);
+	harness_resp_free(&r);
+	assert_false(jwks_has(&p, k1));
+	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_EUNAUTH);
+	assert_int_equal(why, IDP_JWS_KID_UNKNOWN);
+	assert_int_equal(verify_with_served_jwks(&p, t2, &why), IDP_OK);
+	snprintf(q, sizeof(q),
+	         "SELECT count(*) FROM signing_keys WHERE kid = '%s' AND state = 'retired' AND "
+	         "private_sealed IS NULL AND retired_at IS NOT NULL",
+	         k1);
+	assert_int_equal(db_int("t_keys_rotate", q), 1);
+	assert_int_equal(
+	    db_int("t_keys_rotate", "SELECT count(*) FROM audit_events WHERE type = 'key.retired'"),
+	    1);
+	free(t1);
+	free(t2);
+	signer_close(&s);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+scheduled_rotation_runs_in_the_cleanup_job_when_due(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char before[IDP_JWS_MAX_KID + 1], next[IDP_JWS_MAX_KID + 1], after[IDP_JWS_MAX_KID + 1];
+	json_t *job;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_schedule"), 0);
+	start(&p, "t_keys_schedule", "[keys]\nrotate_every = \"1s\"\n");
+	active_kid("t_keys_schedule", before);
+	db_text("t_keys_schedule", "SELECT kid FROM signing_keys WHERE state = 'next'", next,
+	        sizeof(next));
+	sleep_ms(1500);
+	assert_int_equal(call("POST", &p, "/v1/maintenance/cleanup", maint_key, NULL, &r), 200);
+	job = json_object_get(json_object_get(r.json, "jobs"), "signing_keys");
+	assert_int_equal(json_integer_value(json_object_get(job, "rotated")), 1);
+	assert_int_equal(json_integer_value(json_object_get(job, "generated")), 1);
+	/* The key published as next is the one that now signs. */
+	assert_string_equal(json_string_value(json_object_get(job, "active")), next);
+	harness_resp_free(&r);
+	active_kid("t_keys_schedule", after);
+	assert_string_equal(after, next);
+	assert_true(jwks_has(&p, before));
+	assert_int_equal(db_int("t_keys_schedule",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.rotated' AND "
+	                        "body LIKE '%\"trigger\":\"schedule\"%'"),
+	                 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/* An idpd started without waiting for it, so two can start together. */
+struct spawned {
+	pid_t pid;
+	char base[64];
+	char config[128];
+	char log[128];
+};
+
+static void
+spawn(struct spawned *s, const char *db, const char *name)
+{
+	int port = harness_free_port();
+	const char *top = getenv("IDPD_TEST_TOP");
+	char url[256];
+	FILE *f;
+
+	harness_db_url(db, url, sizeof(url));
+	snprintf(s->base, sizeof(s->base), "http://127.0.0.1:%d", port);
+	snprintf(s->config, sizeof(s->config), "/tmp/idpd-test-keys-%s.toml", name);
+	snprintf(s->log, sizeof(s->log), "/tmp/idpd-test-keys-%s.log", name);
+	f = fopen(s->config, "w");
+	assert_non_null(f);
+	fprintf(f,
+	        "[server]\nport = %d\nthreads = 2\n[database]\nurl = \"%s\"\npool_size = 4\n"
+	        "[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%s\"\n%s",
+	        port, url, top ? top : ".", name, config_with(NULL));
+	fclose(f);
+	{
+		const char *args[] = {"serve", "--config", s->config, NULL};
+
+		s->pid = harness_idpd_spawn(args, s->log);
+	}
+	assert_true(s->pid > 0);
+}
+
+static void
+wait_up(const struct spawned *s)
+{
+	for (int i = 0; i < 200; i++) {
+		struct http_resp r;
+		char url[128];
+
+		snprintf(url, sizeof(url), "%s/healthz", s->base);
+		if (harness_http("GET", url, NULL, NULL, 0, &r) == 0 && r.status == 200) {
+			harness_resp_free(&r);
+			return;
+		}
+		harness_resp_free(&r);
+		sleep_ms(50);
+	}
+	fail_msg("idpd (%s) did not come up; see %s", s->base, s->log);
+}
+
+static void
+as_proc(const struct spawned *s, struct idpd_proc *p)
+{
+	memset(p, 0, sizeof(*p));
+	snprintf(p->base, sizeof(p->base), "%s", s->base);
+}
+
+static void
+stop_spawned(struct spawned *s)
+{
+	kill(s->pid, SIGTERM);
+	assert_int_equal(harness_wait(s->pid), 0);
+}
+
+/* Poll b's JWKS until it equals a's, for up to 10 s; true if it did. */
+static bool
+jwks_converge(const struct idpd_proc *a, const struct idpd_proc *b)
+{
+	char *want = jwks_text(a);
+	bool same = false;
+
+	for (int i = 0; i < 200 && !same; i++) {
+		char *got = jwks_text(b);
+
+		same = strcmp(want, got) == 0;
+		free(got);
+		if (!same)
+			sleep_ms(50);
+	}
+	free(want);
+	return same;
+}
+
+static void
+two_instances_start_together_and_agree_on_keys_after_a_rotation(void **state)
+{
+	struct spawned sa, sb;
+	struct idpd_proc a, b;
+	struct http_resp r;
+	char *ja, *jb, active[IDP_JWS_MAX_KID + 1];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_two"), 0);
+	spawn(&sa, "t_keys_two", "a");
+	spawn(&sb, "t_keys_two", "b");
+	wait_up(&sa);
+	wait_up(&sb);
+	as_proc(&sa, &a);
+	as_proc(&sb, &b);
+
+	/* One first key pair for both, not two. */
+	assert_int_equal(db_int("t_keys_two", "SELECT count(*) FROM signing_keys"), 2);
+	assert_int_equal(
+	    db_int("t_keys_two", "SELECT count(*) FROM audit_events WHERE type = 'key.generated'"),
+	    2);
+	ja = jwks_text(&a);
+	jb = jwks_text(&b);
+	assert_string_equal(ja, jb);
+	free(ja);
+	free(jb);
+
+	/* A rotation on a reaches b through NOTIFY. */
+	assert_int_equal(call("POST", &a, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	snprintf(active, sizeof(active), "%s",
+	         json_string_value(json_object_get(r.json, "active")));
+	harness_resp_free(&r);
+	assert_true(jwks_converge(&a, &b));
+	assert_true(jwks_has(&b, active));
+	assert_int_equal(jwks_count(&b), 3);
+	/* And one on b reaches a. */
+	assert_int_equal(call("POST", &b, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_true(jwks_converge(&b, &a));
+	assert_int_equal(jwks_count(&a), 4);
+
+	stop_spawned(&sa);
+	stop_spawned(&sb);
+}
+
+static void
+cli_rotation_is_followed_by_a_running_instance(void **state)
+{
+	struct idpd_proc p;
+	char fp[64], fp2[64], out[4096], *json_start, next[IDP_JWS_MAX_KID + 1];
+	json_t *res;
+	FILE *f;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_cli"), 0);
+	start(&p, "t_keys_cli", NULL);
+	{
+		const char *args[] = {"keys",     "rotate",       "--config", p.config,
+		                      "--reason", "key ceremony", NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-cli.out"), 0);
+	}
+	f = fopen("/tmp/idpd-test-keys-cli.out", "r");
+	assert_non_null(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	fclose(f);
+	out[n] = '\0';
+	json_start = strstr(out, "{\"rotated\"");
+	assert_non_null(json_start);
+	res = json_loads(json_start, JSON_DISABLE_EOF_CHECK, NULL);
+	assert_non_null(res);
+	assert_true(json_is_true(json_object_get(res, "rotated")));
+	snprintf(next, sizeof(next), "%s", json_string_value(json_object_get(res, "next")));
+	json_decref(res);
+
+	/* The running instance publishes the key the CLI made. */
+	for (int i = 0; i < 200 && !jwks_has(&p, next); i++)
+		sleep_ms(50);
+	assert_true(jwks_has(&p, next));
+	assert_int_equal(db_int("t_keys_cli",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.rotated' AND "
+	                        "body LIKE '%\"name\":\"cli:%' AND body LIKE '%key ceremony%'"),
+	                 1);
+
+	/* With the wrong KEK the CLI changes nothing. */
+	table_fingerprint("t_keys_cli", fp);
+	setenv("IDPD_KEK", WRONG_KEK, 1);
+	{
+		const char *args[] = {"keys", "rotate", "--config", p.config, NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-cli2.out"), 1);
+	}
+	setenv("IDPD_KEK", TEST_KEK, 1);
+	assert_true(harness_file_contains("/tmp/idpd-test-keys-cli2.out", "nothing was changed"));
+	table_fingerprint("t_keys_cli", fp2);
+	assert_string_equal(fp, fp2);
+
+	/* keys list shows every key, retired or not, without key material. */
+	{
+		const char *args[] = {"keys", "list", "--config", p.config, NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-cli3.out"), 0);
+		assert_true(harness_file_contains("/tmp/idpd-test-keys-cli3.out",
+		                                  "\"state\": \"retiring\""));
+		assert_false(harness_file_contains("/tmp/idpd-test-keys-cli3.out", "sealed"));
+	}
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
+wrong_kek_refuses_to_start_and_changes_nothing(void **state)
+{
+	struct idpd_proc p;
+	char fp[64], fp2[64], *jwks_before, *jwks_after, kek_toml[256];
+	const char *path = "/tmp/idpd-test-keys-wrong.kek";
+	int events;
+	FILE *f;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_wrong"), 0);
+	start(&p, "t_keys_wrong", NULL);
+	jwks_before = jwks_text(&p);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	table_fingerprint("t_keys_wrong", fp);
+	events = db_int("t_keys_wrong", "SELECT count(*) FROM audit_events");
+
+	/* From the environment. */
+	setenv("IDPD_KEK", WRONG_KEK, 1);
+	assert_int_equal(harness_idpd_start(&p, "t_keys_wrong", NULL, config_with(NULL)), -1);
+	assert_int_equal(p.exit_status, 1);
+	assert_true(harness_log_contains(&p, "was sealed with key-encryption key kek-"));
+	assert_true(harness_log_contains(&p, "the KEK from $IDPD_KEK is kek-"));
+	assert_true(harness_log_contains(&p, "nothing was changed"));
+	assert_false(harness_log_contains(&p, WRONG_KEK));
+
+	/* From keys.kek_file. */
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f, "%s\n", WRONG_KEK);
+	fclose(f);
+	assert_int_equal(chmod(path, 0600), 0);
+	setenv("IDPD_KEK", "", 1);
+	snprintf(kek_toml, sizeof(kek_toml), "[keys]\nkek_file = \"%s\"\n", path);
+	assert_int_equal(harness_idpd_start(&p, "t_keys_wrong", NULL, config_with(kek_toml)), -1);
+	assert_int_equal(p.exit_status, 1);
+	assert_true(harness_log_contains(&p, "the KEK from keys.kek_file (/tmp/idpd-test-keys-"));
+
+	/* A KEK file others can read is refused even with the right key in it. */
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f, "%s\n", TEST_KEK);
+	fclose(f);
+	assert_int_equal(chmod(path, 0644), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_keys_wrong", NULL, config_with(kek_toml)), -1);
+	assert_int_equal(p.exit_status, 1);
+	assert_true(harness_log_contains(&p, "chmod 600"));
+
+	/* No KEK at all. */
+	assert_int_equal(harness_idpd_start(&p, "t_keys_wrong", NULL, config_with(NULL)), -1);
+	assert_int_equal(p.exit_status, 1);
+	assert_true(harness_log_contains(&p, "no key-encryption key"));
+
+	/* Nothing was written by any of them. */
+	table_fingerprint("t_keys_wrong", fp2);
+	assert_string_equal(fp, fp2);
+	assert_int_equal(db_int("t_keys_wrong", "SELECT count(*) FROM audit_events"), events);
+
+	/* The right KEK, from the file this time, still opens everything. */
+	assert_int_equal(chmod(path, 0600), 0);
+	start(&p, "t_keys_wrong", kek_toml);
+	jwks_after = jwks_text(&p);
+	assert_string_equal(jwks_before, jwks_after);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	setenv("IDPD_KEK", TEST_KEK, 1);
+	unlink(path);
+	free(jwks_before);
+	free(jwks_after);
+}
+
+static void
+rotation_and_listing_require_the_right_roles(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char fp[64], fp2[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_roles"), 0);
+	start(&p, "t_keys_roles", NULL);
+	table_fingerprint("t_keys_roles", fp);
+
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", NULL, NULL, &r), 401);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", "idpk_not-a-key", NULL, &r), 401);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", auditor_key, NULL, &r), 403);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", maint_key, NULL, &r), 403);
+	harness_resp_free(&r);
+	/* Bad bodies from an admin change nothing either. */
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"reason\":5}", &r), 422);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"kid\":\"mine\"}", &r),
+	                 422);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "[1,2]", &r), 400);
+	harness_resp_free(&r);
+	table_fingerprint("t_keys_roles", fp2);
+	assert_string_equal(fp, fp2);
+
+	assert_int_equal(call("GET", &p, "/v1/keys", NULL, NULL, &r), 401);
+	harness_resp_free(&r);
+	assert_int_equal(call("GET", &p, "/v1/keys", maint_key, NULL, &r), 403);
+	harness_resp_free(&r);
+	assert_int_equal(call("GET", &p, "/v1/keys", auditor_key, NULL, &r), 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "keys")), 2);
+	assert_null(strstr(r.body, "sealed"));
+	assert_null(strstr(r.body, "\"d\""));
+	harness_resp_free(&r);
+
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(call("GET", &p, "/v1/keys", admin_key, NULL, &r), 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "keys")), 3);
+	harness_resp_free(&r);
+	/* The JWKS needs no credentials. */
+	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(first_start_generates_a_key_and_jwks_serves_it),
+	    cmocka_unit_test(rotation_keeps_old_tokens_verifiable_and_new_tokens_carry_the_new_kid),
+	    cmocka_unit_test(scheduled_rotation_runs_in_the_cleanup_job_when_due),
+	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
+	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
+	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
+	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
+	};
+
+	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
+	setenv("IDPD_KEK", TEST_KEK, 1);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,323 @@
+/*
+ * Integration tests of the policy endpoints: the dry run, the AuthZEN
+ * evaluation API, the loaded set, and reloads (HTTP and SIGHUP) that keep
+ * the old set when the new one has errors.  Real idpd, real policy files.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "idpd/auth.h"
+
+static char admin_key[64], auditor_key[64], pep_key[64], keys_toml[2048];
+static char policy_dir[128];
+static struct idpd_proc idpd;
+
+static const char *input_ok =
+	"{\"agent\":{\"id\":\"agent-cloud-inventory-001\",\"type\":\"cloud-inventory\","
+	"\"owner\":\"alice@company.com\",\"status\":\"active\",\"environment\":\"production\","
+	"\"domains\":[\"cloud\"],\"capabilities\":[\"ec2:Describe*\",\"s3:ListBuckets\"]},"
+	"\"request\":{\"scopes\":[\"ec2:DescribeInstances\"],\"audience\":\"cloud-inventory-api\","
+	"\"ttl\":900},\"resource\":{\"audience\":\"cloud-inventory-api\",\"domain\":\"cloud\","
+	"\"classification\":\"internal\",\"environment\":\"production\"},"
+	"\"delegation\":{\"depth\":0,\"chain\":[],\"approvals\":0},"
+	"\"context\":{\"weekday\":\"mon\",\"hour\":10,\"minute\":0,\"calls_last_minute\":3,"
+	"\"risk\":10,\"approval\":false}}";
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static long
+call(const char *method, const char *path, const char *key, const char *body,
+     struct http_resp *r)
+{
+	char url[256], auth[128];
+	const char *h[] = {auth, "Content-Type: application/json", NULL};
+	const char *noauth[] = {"Content-Type: application/json", NULL};
+
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key ? key : "");
+	snprintf(url, sizeof(url), "%s%s", idpd.base, path);
+	assert_int_equal(harness_http(method, url, key ? h : noauth, body,
+				      body ? strlen(body) : 0, r),
+			 0);
+	return r->status;
+}
+
+static int
+group_setup(void **state)
+{
+	char h1[80], h2[80], h3[80], cmd[512];
+
+	(void)state;
+	if (auth_key_generate(admin_key, h1) != IDP_OK || auth_key_generate(auditor_key, h2) != IDP_OK ||
+	    auth_key_generate(pep_key, h3) != IDP_OK)
+		return -1;
+	/* A private copy of the shipped set, so the reload tests can edit it. */
+	snprintf(policy_dir, sizeof(policy_dir), "/tmp/idpd-policies-XXXXXX");
+	if (mkdtemp(policy_dir) == NULL)
+		return -1;
+	snprintf(cmd, sizeof(cmd), "cp '%s'/policies/*.policy '%s'/",
+		 getenv("IDPD_TEST_TOP") ? getenv("IDPD_TEST_TOP") : ".", policy_dir);
+	if (system(cmd) != 0)
+		return -1;
+	snprintf(keys_toml, sizeof(keys_toml),
+		 "[policy]\ndir = \"%s\"\n"
+		 "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
+		 "[[api_keys]]\nname = \"reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
+		 "[[api_keys]]\nname = \"pep\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+		 policy_dir, h1, h2, h3);
+	if (harness_db_create("t_policy_api") != 0)
+		return -1;
+	return harness_idpd_start(&idpd, "t_policy_api", NULL, keys_toml);
+}
+
+static int
+group_teardown(void **state)
+{
+	char cmd[256];
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", policy_dir);
+	if (system(cmd) != 0)
+		return -1;
+	return harness_idpd_stop(&idpd, SIGTERM, 10000) == 0 ? 0 : -1;
+}
+
+static void
+dry_run_allows_and_names_the_rule(void **state)
+{
+	struct http_resp r;
+
+	(void)state;
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, input_ok, &r), 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "ALLOW");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(r.json, "rules"), 0)),
+			    "base-allow");
+	assert_int_equal(strncmp(json_string_value(json_object_get(r.json, "policy_hash")),
+				 "sha256:", 7),
+			 0);
+	harness_resp_free(&r);
+}
+
+static void
+dry_run_denies_a_scope_outside_capabilities_with_the_reason(void **state)
+{
+	struct http_resp r;
+	json_t *in = json_loads(input_ok, 0, NULL);
+	char *body;
+
+	(void)state;
+	json_object_set_new(json_object_get(in, "request"), "scopes",
+			    json_pack("[s]", "ec2:TerminateInstances"));
+	body = json_dumps(in, JSON_COMPACT);
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, body, &r), 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "DENY");
+	assert_non_null(strstr(json_dumps(json_object_get(r.json, "rules"), 0), "scope-boundary"));
+	assert_non_null(json_string_value(json_object_get(r.json, "reason")));
+	harness_resp_free(&r);
+	free(body);
+	json_decref(in);
+}
+
+static void
+dry_run_rejects_bad_input_with_a_problem(void **state)
+{
+	struct http_resp r;
+
+	(void)state;
+	/* Not JSON at all: the 400 shape. */
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, "{\"agent\":", &r), 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "invalid_json");
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "line 1"));
+	harness_resp_free(&r);
+	/* Duplicate keys are refused, not silently resolved. */
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key,
+			      "{\"agent\":{},\"agent\":{}}", &r),
+			 400);
+	harness_resp_free(&r);
+	/* JSON, but not the input model: 422 naming the attribute. */
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key,
+			      "{\"agent\":{\"name\":\"x\"}}", &r),
+			 422);
+	assert_non_null(strstr(json_dumps(json_object_get(r.json, "errors"), 0), "agent.name"));
+	harness_resp_free(&r);
+	/* No key, or the wrong role. */
+	assert_int_equal(call("POST", "/v1/policy/evaluate", NULL, input_ok, &r), 401);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/v1/policy/evaluate", pep_key, input_ok, &r), 403);
+	harness_resp_free(&r);
+}
+
+static void
+authzen_answers_a_pep_in_the_standard_shape(void **state)
+{
+	struct http_resp r;
+	const char *allow =
+		"{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\","
+		"\"properties\":{\"status\":\"active\",\"environment\":\"production\","
+		"\"domains\":[\"cloud\"],\"capabilities\":[\"ec2:Describe*\"]}},"
+		"\"action\":{\"name\":\"ec2:DescribeInstances\"},"
+		"\"resource\":{\"type\":\"api\",\"id\":\"cloud-inventory-api\",\"properties\":"
+		"{\"domain\":\"cloud\",\"classification\":\"internal\",\"environment\":\"production\"}},"
+		"\"context\":{\"weekday\":\"tue\",\"hour\":11,\"risk\":5,\"calls_last_minute\":1}}";
+	const char *deny =
+		"{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\",\"properties\":{\"status\":"
+		"\"active\",\"environment\":\"production\",\"domains\":[\"cloud\"],\"capabilities\":"
+		"[\"billing:read\"]}},\"action\":{\"name\":\"billing:write\"},"
+		"\"resource\":{\"type\":\"api\",\"id\":\"billing-api\",\"properties\":{\"domain\":"
+		"\"cloud\",\"classification\":\"internal\",\"environment\":\"production\"}},"
+		"\"context\":{\"weekday\":\"tue\",\"hour\":11,\"risk\":5,\"calls_last_minute\":1}}";
+
+	(void)state;
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, allow, &r), 200);
+	assert_true(json_is_true(json_object_get(r.json, "decision")));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, deny, &r), 200);
+	assert_true(json_is_false(json_object_get(r.json, "decision")));
+	assert_non_null(json_string_value(
+		json_object_get(json_object_get(r.json, "context"), "reason")));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key,
+			      "{\"subject\":{\"id\":\"x\"}}", &r),
+			 400);
+	harness_resp_free(&r);
+
+	/* The batch form: defaults at the top, one override per item. */
+	{
+		json_t *b = json_loads(allow, 0, NULL);
+		char *body;
+
+		json_object_set_new(b, "evaluations",
+				    json_pack("[{},{s:{s:s}}]", "action", "name", "ec2:RunInstances"));
+		body = json_dumps(b, JSON_COMPACT);
+		assert_int_equal(call("POST", "/access/v1/evaluations", pep_key, body, &r), 200);
+		assert_int_equal(json_array_size(json_object_get(r.json, "evaluations")), 2);
+		assert_true(json_is_true(json_object_get(
+			json_array_get(json_object_get(r.json, "evaluations"), 0), "decision")));
+		assert_true(json_is_false(json_object_get(
+			json_array_get(json_object_get(r.json, "evaluations"), 1), "decision")));
+		harness_resp_free(&r);
+		free(body);
+		json_decref(b);
+	}
+	assert_int_equal(call("GET", "/.well-known/authzen-configuration", NULL, NULL, &r), 200);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json,
+							      "access_evaluation_endpoint")),
+			       "/access/v1/evaluation"));
+	harness_resp_free(&r);
+}
+
+static char *
+current_hash(void)
+{
+	struct http_resp r;
+	char *h;
+
+	assert_int_equal(call("GET", "/v1/policies", auditor_key, NULL, &r), 200);
+	assert_true(json_array_size(json_object_get(r.json, "rules")) >= 7);
+	h = strdup(json_string_value(json_object_get(r.json, "hash")));
+	harness_resp_free(&r);
+	return h;
+}
+
+static void
+reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
+{
+	struct http_resp r;
+	char path[256], *before, *after;
+	FILE *f;
+
+	(void)state;
+	before = current_hash();
+	snprintf(path, sizeof(path), "%s/zz-extra.policy", policy_dir);
+	f = fopen(path, "w");
+	fputs("@id(\"broken\")\n@reason(\"x\")\ndeny when { agent.nonexistent == 1 };\n", f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 422);
+	assert_non_null(strstr(json_dumps(json_object_get(r.json, "errors"), 0),
+			       "zz-extra.policy:3:"));
+	harness_resp_free(&r);
+	after = current_hash();
+	assert_string_equal(before, after);
+	free(after);
+	/* Only admins reload. */
+	assert_int_equal(call("POST", "/v1/policies/reload", auditor_key, NULL, &r), 403);
+	harness_resp_free(&r);
+
+	/* Fixed, it loads: a new hash, and the new rule decides. */
+	f = fopen(path, "w");
+	fputs("@id(\"no-mondays\")\n@reason(\"closed on mondays\")\n"
+	      "deny when { context.weekday == \"mon\" };\n",
+	      f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+	after = current_hash();
+	assert_string_not_equal(before, after);
+	free(after);
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, input_ok, &r), 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "DENY");
+	assert_non_null(strstr(json_dumps(json_object_get(r.json, "rules"), 0), "no-mondays"));
+	harness_resp_free(&r);
+	free(before);
+}
+
+static void
+sighup_reloads_the_set(void **state)
+{
+	char path[256], *before, *after = NULL;
+
+	(void)state;
+	before = current_hash();
+	snprintf(path, sizeof(path), "%s/zz-extra.policy", policy_dir);
+	unlink(path);
+	assert_int_equal(kill(idpd.pid, SIGHUP), 0);
+	for (int i = 0; i < 100; i++) {
+		free(after);
+		after = current_hash();
+		if (strcmp(before, after) != 0)
+			break;
+		sleep_ms(50);
+	}
+	assert_string_not_equal(before, after);
+	free(before);
+	free(after);
+	/* And the Monday rule is gone again. */
+	{
+		struct http_resp r;
+
+		assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, input_ok, &r),
+				 200);
+		assert_string_equal(json_string_value(json_object_get(r.json, "decision")),
+				    "ALLOW");
+		harness_resp_free(&r);
+	}
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(dry_run_allows_and_names_the_rule),
+		cmocka_unit_test(dry_run_denies_a_scope_outside_capabilities_with_the_reason),
+		cmocka_unit_test(dry_run_rejects_bad_input_with_a_problem),
+		cmocka_unit_test(authzen_answers_a_pep_in_the_standard_shape),
+		cmocka_unit_test(reload_refuses_a_broken_set_and_keeps_the_old_one),
+		cmocka_unit_test(sighup_reloads_the_set),
+	};
+	return cmocka_run_group_tests_name("policy_api", tests, group_setup, group_teardown);
+}
