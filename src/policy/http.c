@@ -20,11 +20,84 @@
 
 #define AUTHZEN_MAX_BATCH 64
 
+/*
+ * The live context state: per-agent call counters and behavioural
+ * baselines, shared by every evaluation of this process (the token service
+ * will use the same ones), each bounded and internally locked.
+ */
+#define CONTEXT_CAPACITY 65536
+
 static struct {
 	struct policy_engine *engine;
 	struct policy_tz *tz;
+	struct policy_counters *counters;
+	struct policy_baseline *baseline;
 	char *dir;
 } P;
+
+static const char *
+slot_str(const struct policy_input *in, enum policy_attr a)
+{
+	return policy_input_has(in, a) ? in->slot[a].s : NULL;
+}
+
+/*
+ * Fill what the caller left out of context: the local time, the agent's
+ * calls to this resource in the last minute, and its risk score.  A live
+ * evaluation (a PEP asking before it acts) counts as a call; a dry run only
+ * looks.  Values the caller gave are kept: a dry run may ask "what if".
+ */
+static void
+fill_context(struct policy_input *in, bool live, int64_t now)
+{
+	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
+	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
+	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
+
+	if (resource == NULL)
+		resource = slot_str(in, POLICY_ATTR_REQUEST_AUDIENCE);
+	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_HOUR) &&
+	    !policy_input_has(in, POLICY_ATTR_CONTEXT_WEEKDAY)) {
+		struct policy_context ctx = {idp_clock_system(), P.tz, NULL, NULL};
+
+		policy_context_fill(&ctx, in);
+	}
+	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL)
+		(void)policy_input_set_int(
+			in, POLICY_ATTR_CONTEXT_CALLS,
+			live ? policy_counters_hit(P.counters, agent, resource, now)
+			     : policy_counters_get(P.counters, agent, resource, now));
+	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
+		(void)policy_input_set_int(
+			in, POLICY_ATTR_CONTEXT_RISK,
+			policy_baseline_score(P.baseline, agent,
+					      has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v
+							 : NULL,
+					      has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n
+							 : 0,
+					      resource, now, NULL));
+}
+
+/* Teach the baseline what a live request did and how it ended. */
+static void
+learn(const struct policy_input *in, const struct policy_decision *d, const json_t *out,
+      int64_t now)
+{
+	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
+	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
+	const char *decision = json_string_value(json_object_get(out, "decision"));
+	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
+
+	(void)d;
+	if (agent == NULL)
+		return;
+	if (resource == NULL)
+		resource = slot_str(in, POLICY_ATTR_REQUEST_AUDIENCE);
+	policy_baseline_record(P.baseline, agent,
+			       has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v : NULL,
+			       has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n : 0, resource,
+			       decision != NULL && strcmp(decision, "DENY") == 0, now);
+}
 
 static json_t *
 diag_lines(const struct idp_diag *d)
@@ -45,13 +118,16 @@ diag_lines(const struct idp_diag *d)
 	return a;
 }
 
-/* Evaluate a policy-shaped JSON object; on bad input answers 422 and returns NULL. */
+/*
+ * Evaluate a policy-shaped JSON object; on bad input answers 422 and returns
+ * NULL.  live: a PEP's real question (counted, learnt from), not a dry run.
+ */
 static json_t *
-evaluate(struct http_req *req, const json_t *input, struct policy_decision *d)
+evaluate(struct http_req *req, const json_t *input, struct policy_decision *d, bool live)
 {
 	struct policy_json_opts jo = {NULL, P.tz, false};
-	struct policy_context ctx = {idp_clock_system(), P.tz, NULL, NULL};
 	struct policy_input_doc *doc = NULL;
+	int64_t now = idp_now_ms(idp_clock_system());
 	struct policy_set *set;
 	struct idp_diag diag;
 	json_t *out;
@@ -69,13 +145,11 @@ evaluate(struct http_req *req, const json_t *input, struct policy_decision *d)
 		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
 		return NULL;
 	}
-	/* The time is now unless the caller said when (a what-if question);
-	 * counters and risk are the token service's live state, not filled here. */
-	if (!policy_input_has(policy_input_doc_input(doc), POLICY_ATTR_CONTEXT_HOUR) &&
-	    !policy_input_has(policy_input_doc_input(doc), POLICY_ATTR_CONTEXT_WEEKDAY))
-		policy_context_fill(&ctx, policy_input_doc_input(doc));
+	fill_context(policy_input_doc_input(doc), live, now);
 	policy_eval(set, policy_input_doc_input(doc), d);
 	out = policy_decision_json(d);
+	if (live)
+		learn(policy_input_doc_input(doc), d, out, now);
 	json_object_set_new(out, "policy_hash", json_string(policy_set_hash(set)));
 	policy_set_unref(set);
 	policy_input_doc_free(doc);
@@ -96,7 +170,7 @@ dry_run(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
-	out = evaluate(req, body, &d);
+	out = evaluate(req, body, &d, false);
 	json_decref(body);
 	if (out != NULL)
 		http_reply_json(req, 200, out);
@@ -196,7 +270,7 @@ authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resou
 		http_reply_problem(req, 400, "bad_request", NULL, "%s", why);
 		return NULL;
 	}
-	full = evaluate(req, in, &d);
+	full = evaluate(req, in, &d, true);
 	json_decref(in);
 	if (full == NULL)
 		return NULL;
@@ -412,6 +486,8 @@ policy_service_start(struct idpd_app *app, struct idp_diag *diag)
 		return IDP_EINVAL;
 	}
 	P.engine = policy_engine_new();
+	P.counters = policy_counters_new(CONTEXT_CAPACITY);
+	P.baseline = policy_baseline_new(CONTEXT_CAPACITY, P.tz, NULL);
 	log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set), P.dir,
 		 policy_set_hash(set));
 	policy_engine_swap(P.engine, set);
@@ -434,6 +510,8 @@ void
 policy_service_stop(void)
 {
 	policy_engine_free(P.engine);
+	policy_counters_free(P.counters);
+	policy_baseline_free(P.baseline);
 	policy_tz_free(P.tz);
 	free(P.dir);
 	memset(&P, 0, sizeof(P));
