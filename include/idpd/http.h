@@ -146,6 +146,13 @@ const char *http_req_route(const struct http_req *req); /* pattern, for logs */
 const char *http_req_id(const struct http_req *req);
 const char *http_req_param(const struct http_req *req, const char *name);
 const char *http_req_query(struct http_req *req, const char *name);
+/*
+ * Query parameter name as a decimal integer in [min, max]; dflt when it is
+ * absent.  Returns false (and leaves *out alone) when it is present but not
+ * such an integer; the caller answers 400.
+ */
+bool http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
+			long *out);
 const char *http_req_header(struct http_req *req, const char *name);
 const char *http_req_body(const struct http_req *req, size_t *len);
 /* Peer address as text ("127.0.0.1"); "" when unknown. */

@@ -29,22 +29,6 @@ static const struct {
 	{"type", "type"},
 };
 
-static bool
-parse_limit(const char *s, int *out)
-{
-	char *end;
-	long v;
-
-	if (s == NULL) {
-		*out = PAGE_DEFAULT;
-		return true;
-	}
-	v = strtol(s, &end, 10);
-	if (*s == '\0' || *end != '\0' || v < 1 || v > PAGE_MAX)
-		return false;
-	*out = (int)v;
-	return true;
-}
 
 /*
  * RFC 3339 date-time, strictly: "2026-03-27T14:15:23Z", optional fraction,
@@ -96,11 +80,12 @@ query_events(struct http_req *req, void *ctx)
 	struct auth_principal who;
 	struct idp_buf sql;
 	const char *params[8];
-	char limit_s[16], cursor_s[24];
+	char limit_s[24], cursor_s[24];
 	const char *order = http_req_query(req, "order");
 	const char *since = http_req_query(req, "since"), *until = http_req_query(req, "until");
 	bool desc;
-	int n = 0, limit, rc, rows;
+	int n = 0, rc, rows;
+	long limit;
 	long long cursor = 0;
 	struct store_conn *c;
 	PGresult *res = NULL;
@@ -113,7 +98,7 @@ query_events(struct http_req *req, void *ctx)
 		return;
 	}
 	desc = order != NULL && strcmp(order, "desc") == 0;
-	if (!parse_limit(http_req_query(req, "limit"), &limit)) {
+	if (!http_req_query_int(req, "limit", 1, PAGE_MAX, PAGE_DEFAULT, &limit)) {
 		http_reply_problem(req, 400, "bad_request", NULL,
 				   "limit must be an integer from 1 to %d", PAGE_MAX);
 		return;
@@ -160,7 +145,7 @@ query_events(struct http_req *req, void *ctx)
 		params[n++] = cursor_s;
 		rc |= idp_buf_printf(&sql, " AND id %s $%d::bigint", desc ? "<" : ">", n);
 	}
-	snprintf(limit_s, sizeof(limit_s), "%d", limit + 1);
+	snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
 	params[n++] = limit_s;
 	rc |= idp_buf_printf(&sql, " ORDER BY id %s LIMIT $%d::int", desc ? "DESC" : "ASC", n);
 	if (rc != 0) {

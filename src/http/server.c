@@ -15,6 +15,7 @@
  * waits for it to reach zero (bounded) before stopping the daemon.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <pthread.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -298,6 +299,26 @@ const char *
 http_req_query(struct http_req *req, const char *name)
 {
 	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+bool
+http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
+		   long *out)
+{
+	const char *s = http_req_query(req, name);
+	char *end;
+	long v;
+
+	if (s == NULL) {
+		*out = dflt;
+		return true;
+	}
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
 }
 
 const char *

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "idpd/auth.h"
+#include "idpd/b64.h"
 #include "idpd/log.h"
 #include "registry_int.h"
 
@@ -217,82 +218,36 @@ get_one(struct http_req *req, void *ctx)
 /* ---- GET /v1/agents ---- */
 
 /* Cursor: "a1" + base64url(last id), opaque to clients. */
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 void
 registry_cursor_encode(const char *last_id, char *out, size_t len)
 {
-	const unsigned char *s = (const unsigned char *)last_id;
-	size_t n = strlen(last_id), o = 0;
+	size_t n = strlen(last_id);
 
-	if (len < 3) {
+	if (len < 3 + idp_b64url_encoded_len(n)) {
 		if (len > 0)
 			out[0] = '\0';
 		return;
 	}
-	out[o++] = 'a';
-	out[o++] = '1';
-	for (size_t i = 0; i < n && o + 5 < len; i += 3) {
-		uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
-		             (i + 2 < n ? s[i + 2] : 0);
-
-		out[o++] = b64url[(v >> 18) & 63];
-		out[o++] = b64url[(v >> 12) & 63];
-		if (i + 1 < n)
-			out[o++] = b64url[(v >> 6) & 63];
-		if (i + 2 < n)
-			out[o++] = b64url[v & 63];
-	}
-	out[o] = '\0';
+	memcpy(out, "a1", 2);
+	idp_b64url_encode_to(last_id, n, out + 2);
 }
 
 bool
 registry_cursor_decode(const char *cursor, char *id, size_t len)
 {
-	size_t n, o = 0;
-	uint32_t acc = 0;
-	int bits = 0;
+	size_t n, got;
 
-	if (cursor == NULL || strncmp(cursor, "a1", 2) != 0)
+	if (cursor == NULL || strncmp(cursor, "a1", 2) != 0 || len == 0)
 		return false;
 	cursor += 2;
 	n = strlen(cursor);
-	if (n == 0 || n > 180 || n % 4 == 1)
+	if (n == 0 || n > 180 ||
+	    idp_b64url_decode(cursor, n, (unsigned char *)id, len - 1, &got) != IDP_OK)
 		return false;
-	for (size_t i = 0; i < n; i++) {
-		const char *p = strchr(b64url, cursor[i]);
-
-		if (p == NULL || cursor[i] == '\0')
-			return false;
-		acc = acc << 6 | (uint32_t)(p - b64url);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (o + 1 >= len)
-				return false;
-			id[o++] = (char)((acc >> bits) & 0xff);
-		}
-	}
-	id[o] = '\0';
-	return registry_id_valid(id);
+	id[got] = '\0';
+	return memchr(id, '\0', got) == NULL && registry_id_valid(id);
 }
 
-static bool
-parse_limit(const char *s, int *out)
-{
-	char *end;
-	long v;
-
-	if (s == NULL) {
-		*out = REGISTRY_PAGE_DEFAULT;
-		return true;
-	}
-	v = strtol(s, &end, 10);
-	if (*s == '\0' || *end != '\0' || v < 1 || v > REGISTRY_PAGE_MAX)
-		return false;
-	*out = (int)v;
-	return true;
-}
 
 static void
 list(struct http_req *req, void *ctx)
@@ -311,15 +266,16 @@ list(struct http_req *req, void *ctx)
 	struct store_conn *c;
 	struct idp_buf sql, out;
 	const char *params[8];
-	char owner[330], after[REGISTRY_ID_MAX + 1], limit_s[16], next[200];
+	char owner[330], after[REGISTRY_ID_MAX + 1], limit_s[24], next[200];
 	const char *cursor = http_req_query(req, "cursor");
-	int n = 0, limit, rc = 0, rows, shown = 0;
+	int n = 0, rc = 0, rows, shown = 0;
+	long limit;
 	PGresult *res;
 
 	(void)ctx;
 	if (!auth_require(req, READ_ROLES, &who))
 		return;
-	if (!parse_limit(http_req_query(req, "limit"), &limit)) {
+	if (!http_req_query_int(req, "limit", 1, REGISTRY_PAGE_MAX, REGISTRY_PAGE_DEFAULT, &limit)) {
 		http_reply_problem(req, 400, "bad_request", NULL,
 		                   "limit must be an integer from 1 to %d", REGISTRY_PAGE_MAX);
 		return;
@@ -370,7 +326,7 @@ list(struct http_req *req, void *ctx)
 		params[n++] = after;
 		rc |= idp_buf_printf(&sql, " AND id > $%d", n);
 	}
-	snprintf(limit_s, sizeof(limit_s), "%d", limit + 1);
+	snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
 	params[n++] = limit_s;
 	rc |= idp_buf_printf(&sql, " ORDER BY id LIMIT $%d::int", n);
 	if (rc != 0) {
