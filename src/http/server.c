@@ -65,6 +65,9 @@ struct http_server {
 	struct http_server_opts opts;
 	char listen[64];
 	_Atomic int in_flight;
+	/* Set when shutdown begins: responses then carry "Connection: close",
+	 * so keep-alive clients leave and in_flight can reach zero. */
+	_Atomic bool draining;
 	/* One slot per route plus one for requests that matched none. */
 	struct route_stats *stats;
 	size_t n_stats;
@@ -123,7 +126,13 @@ queue(struct http_req *req, int status, const char *ctype, void *data, size_t le
 		log_error("cannot create a response for request %s", req->request_id);
 		if (mode == MHD_RESPMEM_MUST_FREE)
 			free(data);
-		return;
+		/* A pooled request must still get something, or its suspended
+		 * connection would wait for its timeout. */
+		r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		if (r == NULL)
+			return;
+		status = 500;
+		req->status = 500;
 	}
 	if (ctype != NULL)
 		MHD_add_response_header(r, "Content-Type", ctype);
@@ -138,6 +147,8 @@ queue(struct http_req *req, int status, const char *ctype, void *data, size_t le
 	 * handler says otherwise (JWKS, metadata). */
 	if (!has_cache)
 		MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (atomic_load(&req->srv->draining))
+		MHD_add_response_header(r, "Connection", "close");
 	if (req->on_pool) {
 		/* A suspended connection cannot take a response: keep it until
 		 * the pool thread resumes the connection and MHD calls us again. */
@@ -558,9 +569,17 @@ dispatch(struct http_req *req)
 		run_handler(req);
 		return;
 	}
+	pthread_mutex_lock(&s->pool.lock);
+	if (s->pool.stop) {
+		/* The pool is going away: nobody would resume a suspended
+		 * connection, and MHD cannot stop with one.  The last requests
+		 * of a shutdown run here instead. */
+		pthread_mutex_unlock(&s->pool.lock);
+		run_handler(req);
+		return;
+	}
 	req->on_pool = true;
 	MHD_suspend_connection(req->conn);
-	pthread_mutex_lock(&s->pool.lock);
 	req->next_job = NULL;
 	if (s->pool.tail != NULL)
 		s->pool.tail->next_job = req;
@@ -856,6 +875,7 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 
 	if (s == NULL)
 		return 0;
+	atomic_store(&s->draining, true);
 	fd = MHD_quiesce_daemon(s->mhd);
 	if (fd != MHD_INVALID_SOCKET)
 		close(fd);

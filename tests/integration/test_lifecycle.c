@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -231,6 +232,72 @@ sigterm_drains_a_slow_in_flight_request(void **state)
 	assert_true(harness_log_contains(&p, "stopped"));
 }
 
+/* ---- keep-alive clients hammering during shutdown ---- */
+
+struct hammer {
+	int port;
+	volatile int stop;
+	int requests;
+};
+
+/* One keep-alive client: request after request on one connection, a new
+ * connection whenever idpd closes one, until no connection is accepted. */
+static void *
+hammer_main(void *arg)
+{
+	struct hammer *h = arg;
+	char buf[8192];
+
+	while (!h->stop) {
+		int fd = harness_connect(h->port);
+
+		if (fd < 0)
+			break; /* listening socket closed: idpd is draining */
+		while (!h->stop) {
+			size_t got;
+
+			if (send_all(fd, "GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n") != 0)
+				break;
+			got = read_all(fd, buf, sizeof(buf), 5000);
+			if (got == 0 || strstr(buf, "HTTP/1.1 ") == NULL)
+				break;
+			h->requests++;
+			if (strstr(buf, "Connection: close") != NULL)
+				break;
+		}
+		close(fd);
+	}
+	return NULL;
+}
+
+static void
+sigterm_with_busy_keep_alive_clients_still_exits_cleanly(void **state)
+{
+	struct idpd_proc p;
+	struct hammer hs[3];
+	pthread_t th[3];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_busy"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_busy", NULL, NULL), 0);
+	for (int i = 0; i < 3; i++) {
+		hs[i].port = p.port;
+		hs[i].stop = 0;
+		hs[i].requests = 0;
+		pthread_create(&th[i], NULL, hammer_main, &hs[i]);
+	}
+	sleep_ms(500);
+	/* Requests keep coming on open connections while idpd drains: it must
+	 * still finish them, close those connections and exit 0 in time. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 15000), 0);
+	for (int i = 0; i < 3; i++) {
+		hs[i].stop = 1;
+		pthread_join(th[i], NULL);
+		assert_true(hs[i].requests > 0);
+	}
+	assert_true(harness_log_contains(&p, "stopped"));
+}
+
 static void
 serve_refuses_a_database_whose_schema_is_behind(void **state)
 {
@@ -341,6 +408,7 @@ main(void)
 			readyz_turns_503_while_postgres_is_down_and_recovers_without_restart,
 			outage_teardown),
 		cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
+		cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 		cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
 		cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
 		cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
