@@ -17,6 +17,8 @@
 #include "idpd/log.h"
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
+#include "idpd/registry.h"
+#include "idpd/scope.h"
 
 #define AUTHZEN_MAX_BATCH 64
 
@@ -176,18 +178,64 @@ dry_run(struct http_req *req, void *ctx)
 		http_reply_json(req, 200, out);
 }
 
+static json_t *
+strings(const char *const *v, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+/* The agent section of a policy input, from the registry's record. */
+static json_t *
+agent_from_registry(const struct registry_agent *a)
+{
+	json_t *o = json_object(), *labels = json_object(), *approval = json_array();
+
+	json_object_set_new(o, "id", json_string(a->id));
+	json_object_set_new(o, "type", json_string(a->agent_type));
+	if (a->agent_version != NULL)
+		json_object_set_new(o, "version", json_string(a->agent_version));
+	if (a->model != NULL)
+		json_object_set_new(o, "model", json_string(a->model));
+	if (a->deployment != NULL)
+		json_object_set_new(o, "deployment", json_string(a->deployment));
+	json_object_set_new(o, "owner", json_string(a->owner));
+	if (a->team != NULL)
+		json_object_set_new(o, "team", json_string(a->team));
+	json_object_set_new(o, "status", json_string(registry_status_name(a->status)));
+	if (a->environment != NULL)
+		json_object_set_new(o, "environment", json_string(a->environment));
+	json_object_set_new(o, "capabilities", strings(a->capabilities, a->n_capabilities));
+	json_object_set_new(o, "delegate_to", strings(a->delegate_to, a->n_delegate_to));
+	json_object_set_new(o, "domains", strings(a->domains, a->n_domains));
+	json_object_set_new(o, "max_chain_depth", json_integer(a->max_chain_depth));
+	for (int c = IDP_ACTION_READ; c <= IDP_ACTION_ADMIN; c++)
+		if (a->requires_human_approval_for & (1u << c))
+			json_array_append_new(approval,
+					      json_string(idp_action_class_name((enum idp_action_class)c)));
+	json_object_set_new(o, "requires_human_approval_for", approval);
+	for (size_t i = 0; i < a->n_labels; i++)
+		json_object_set_new(labels, a->labels[i].key, json_string(a->labels[i].value));
+	json_object_set_new(o, "labels", labels);
+	return o;
+}
+
 /*
  * AuthZEN subject/action/resource/context -> the policy input shape:
- * subject.id -> agent.id, subject.properties -> agent.*; action.name ->
+ * subject.id -> agent.* from the registry; action.name ->
  * request.scopes [name], action.properties -> request.*; resource.id ->
  * resource.audience (and request.audience), resource.properties ->
- * resource.*; context -> context.*, except context.delegation, which is the
- * delegation section (absent: a direct call, depth 0).
+ * resource.* (the PEP describes its own resource); context -> context.*,
+ * without what only idpd may know (time, calls, risk, approval), and with
+ * context.delegation moved to the delegation section (absent: depth 0).
  */
 /* jansson's reference counts make even a read-only update take json_t *. */
 static json_t *
 authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *context,
-		 const char **why)
+		 const char **why, int *status)
 {
 	json_t *in = json_object(), *agent = json_object(), *request = json_object(),
 	       *res = json_object(), *ctx = json_object();
@@ -204,9 +252,30 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 		*why = "context must be an object";
 	if (*why != NULL)
 		goto fail;
-	if (json_is_object(json_object_get(subject, "properties")))
-		json_object_update(agent, json_object_get(subject, "properties"));
-	json_object_set(agent, "id", json_object_get(subject, "id"));
+	/*
+	 * Who the agent is and what it may do come from the registry, never
+	 * from the PEP: a caller could otherwise claim any capability for any
+	 * id.  An id the registry does not know is refused; subject.properties
+	 * is ignored.
+	 */
+	{
+		const struct registry_agent *ra = NULL;
+		int rc = registry_get(json_string_value(json_object_get(subject, "id")), &ra);
+
+		if (rc == IDP_EUNAVAIL) {
+			*why = "the registry cannot be read";
+			*status = 503;
+			goto fail;
+		}
+		if (rc != IDP_OK) {
+			*why = "unknown agent";
+			*status = 404;
+			goto fail;
+		}
+		json_decref(agent);
+		agent = agent_from_registry(ra);
+		registry_agent_unref(ra);
+	}
 	if (json_is_object(json_object_get(action, "properties")))
 		json_object_update(request, json_object_get(action, "properties"));
 	json_object_set_new(request, "scopes",
@@ -219,6 +288,15 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 		json_object_set_new(request, "audience", json_string(s));
 	if (context != NULL)
 		json_object_update(ctx, context);
+	/* The clock, the call counters, the risk score and approvals are
+	 * idpd's own knowledge: a PEP cannot supply them. */
+	json_object_del(ctx, "time");
+	json_object_del(ctx, "hour");
+	json_object_del(ctx, "minute");
+	json_object_del(ctx, "weekday");
+	json_object_del(ctx, "calls_last_minute");
+	json_object_del(ctx, "risk");
+	json_object_del(ctx, "approval");
 	/* A PEP asking about a direct call sends no chain: depth 0.  One that
 	 * knows the chain passes it as context.delegation. */
 	if (json_is_object(json_object_get(ctx, "delegation"))) {
@@ -264,10 +342,16 @@ authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resou
 {
 	struct policy_decision d;
 	const char *why;
-	json_t *in = authzen_to_input(subject, action, resource, context, &why), *full, *ans;
+	int status = 400;
+	json_t *in = authzen_to_input(subject, action, resource, context, &why, &status), *full,
+	       *ans;
 
 	if (in == NULL) {
-		http_reply_problem(req, 400, "bad_request", NULL, "%s", why);
+		if (status == 404) /* AuthZEN: a decision, not an error, for an unknown subject */
+			return json_pack("{s:b,s:{s:s}}", "decision", 0, "context", "reason",
+					 "unknown agent");
+		http_reply_problem(req, status, status == 503 ? "unavailable" : "bad_request", NULL,
+				   "%s", why);
 		return NULL;
 	}
 	full = evaluate(req, in, &d, true);

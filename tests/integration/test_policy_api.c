@@ -174,6 +174,24 @@ dry_run_rejects_bad_input_with_a_problem(void **state)
 }
 
 static void
+register_agent(const char *id, const char *caps, const char *domains)
+{
+	struct http_resp r;
+	char body[1024];
+
+	snprintf(body, sizeof(body),
+		 "{\"id\":\"%s\",\"agent_type\":\"worker\",\"owner\":\"alice@company.com\","
+		 "\"environment\":\"production\",\"domains\":%s,\"capabilities\":%s,"
+		 "\"delegate_to\":[],\"delegation_constraints\":{\"max_chain_depth\":3,"
+		 "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[\"write\","
+		 "\"delete\",\"admin\"]},\"credential\":{\"type\":\"spiffe-jwt-svid\","
+		 "\"rotation\":\"1h\"}}",
+		 id, domains, caps);
+	assert_int_equal(call("POST", "/v1/agents", admin_key, body, &r), 201);
+	harness_resp_free(&r);
+}
+
+static void
 authzen_answers_a_pep_in_the_standard_shape(void **state)
 {
 	struct http_resp r;
@@ -194,6 +212,8 @@ authzen_answers_a_pep_in_the_standard_shape(void **state)
 		"\"context\":{\"weekday\":\"tue\",\"hour\":11,\"risk\":5,\"calls_last_minute\":1}}";
 
 	(void)state;
+	register_agent("agent-cloud-inventory-001", "[\"ec2:Describe*\"]", "[\"cloud\"]");
+	register_agent("cost-agent", "[\"billing:read\"]", "[\"cloud\"]");
 	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, allow, &r), 200);
 	assert_true(json_is_true(json_object_get(r.json, "decision")));
 	harness_resp_free(&r);
@@ -206,6 +226,58 @@ authzen_answers_a_pep_in_the_standard_shape(void **state)
 			      "{\"subject\":{\"id\":\"x\"}}", &r),
 			 400);
 	harness_resp_free(&r);
+	/* The PEP cannot vouch for the agent: claimed capabilities and a claimed
+	 * approval count for nothing, the registry's record decides. */
+	{
+		const char *claims =
+			"{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\",\"properties\":"
+			"{\"capabilities\":[\"*:*\"],\"status\":\"active\"}},\"action\":{\"name\":"
+			"\"billing:write\"},\"resource\":{\"type\":\"api\",\"id\":\"billing-api\","
+			"\"properties\":{\"domain\":\"cloud\",\"classification\":\"internal\","
+			"\"environment\":\"production\"}},\"context\":{\"approval\":true,\"risk\":0}}";
+
+		assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, claims, &r), 200);
+		assert_true(json_is_false(json_object_get(r.json, "decision")));
+		harness_resp_free(&r);
+	}
+	/* An agent the registry does not know gets a plain "no". */
+	{
+		json_t *b = json_loads(allow, 0, NULL);
+		char *body;
+
+		json_object_set_new(json_object_get(b, "subject"), "id", json_string("ghost-agent"));
+		body = json_dumps(b, JSON_COMPACT);
+		assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, body, &r), 200);
+		assert_true(json_is_false(json_object_get(r.json, "decision")));
+		assert_string_equal(json_string_value(json_object_get(
+					    json_object_get(r.json, "context"), "reason")),
+				    "unknown agent");
+		harness_resp_free(&r);
+		free(body);
+		json_decref(b);
+	}
+	/* A suspended agent is refused whatever the PEP says about it. */
+	assert_int_equal(call("POST", "/v1/agents/agent-cloud-inventory-001/suspend", admin_key,
+			      "{\"reason\":\"test\"}", &r),
+			 200);
+	harness_resp_free(&r);
+	{
+		struct timespec ts = {0, 200 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, allow, &r), 200);
+	assert_true(json_is_false(json_object_get(r.json, "decision")));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/v1/agents/agent-cloud-inventory-001/resume", admin_key, NULL,
+			      &r),
+			 200);
+	harness_resp_free(&r);
+	{
+		struct timespec ts = {0, 200 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
 	/* A PEP that sends no context: idpd fills in the time, this agent's call
 	 * count and its risk score from its own live state (a first call has
 	 * no history to raise the risk), so nothing is missing and the
