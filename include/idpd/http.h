@@ -158,6 +158,14 @@ const char *http_req_body(const struct http_req *req, size_t *len);
 /* Peer address as text ("127.0.0.1"); "" when unknown. */
 const char *http_req_peer(struct http_req *req);
 bool http_req_answered(const struct http_req *req);
+/*
+ * From an inline handler that finds it would have to wait (a cache miss
+ * that needs PostgreSQL): ask to be run again on the handler pool.  Returns
+ * true when granted; the handler then returns at once without answering and
+ * is called again, from the start, on a pool thread.  Returns false on the
+ * pool (or when there is none, or during shutdown): then just do the work.
+ */
+bool http_req_defer(struct http_req *req);
 
 /*
  * Parse the body as one JSON object: Content-Type must be application/json

@@ -94,6 +94,8 @@ struct http_req {
 	struct resp_header *headers;
 	bool answered;
 	bool on_pool;   /* the handler runs on the pool: stash the response */
+	bool deferred;  /* an inline handler asked to be run on the pool */
+	bool no_defer;  /* the pool is stopping: the handler must finish here */
 	struct MHD_Response *resp; /* stashed until the connection is resumed */
 	int resp_status;
 	struct http_req *next_job;
@@ -352,6 +354,15 @@ http_req_peer(struct http_req *req)
 }
 
 bool
+http_req_defer(struct http_req *req)
+{
+	if (req->on_pool || req->no_defer || req->answered || req->srv->pool.n == 0)
+		return false;
+	req->deferred = true;
+	return true;
+}
+
+bool
 http_req_answered(const struct http_req *req)
 {
 	return req->answered;
@@ -493,7 +504,7 @@ run_handler(struct http_req *req)
 
 	h = http_router_handler(req->srv->router, req->route, &ctx);
 	h(req, ctx);
-	if (!req->answered) {
+	if (!req->answered && !req->deferred) {
 		log_error("bug: handler for %s returned without answering (request %s)",
 			  http_req_route(req), req->request_id);
 		http_reply_problem(req, 500, "internal", NULL, "internal error");
@@ -567,7 +578,9 @@ dispatch(struct http_req *req)
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		run_handler(req);
-		return;
+		if (!req->deferred)
+			return;
+		req->deferred = false; /* it would block: to the pool with it */
 	}
 	pthread_mutex_lock(&s->pool.lock);
 	if (s->pool.stop) {
@@ -575,6 +588,7 @@ dispatch(struct http_req *req)
 		 * connection, and MHD cannot stop with one.  The last requests
 		 * of a shutdown run here instead. */
 		pthread_mutex_unlock(&s->pool.lock);
+		req->no_defer = true;
 		run_handler(req);
 		return;
 	}

@@ -363,6 +363,24 @@ authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resou
 	return ans;
 }
 
+/* Whether looking up the subjects of body would read PostgreSQL. */
+static bool
+subjects_would_block(json_t *body)
+{
+	json_t *items = json_object_get(body, "evaluations"), *it;
+	const char *id = json_string_value(json_object_get(json_object_get(body, "subject"), "id"));
+	size_t i;
+
+	if (id != NULL && registry_get_would_block(id))
+		return true;
+	json_array_foreach(items, i, it) {
+		id = json_string_value(json_object_get(json_object_get(it, "subject"), "id"));
+		if (id != NULL && registry_get_would_block(id))
+			return true;
+	}
+	return false;
+}
+
 /* POST /access/v1/evaluation (AuthZEN 1.0). */
 static void
 authzen_evaluation(struct http_req *req, void *ctx)
@@ -376,6 +394,10 @@ authzen_evaluation(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
+	if (subjects_would_block(body) && http_req_defer(req)) {
+		json_decref(body);
+		return;
+	}
 	ans = authzen_one(req, json_object_get(body, "subject"), json_object_get(body, "action"),
 			  json_object_get(body, "resource"), json_object_get(body, "context"));
 	json_decref(body);
@@ -406,6 +428,10 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
+	if (subjects_would_block(body) && http_req_defer(req)) {
+		json_decref(body);
+		return;
+	}
 	items = json_object_get(body, "evaluations");
 	if (items == NULL) {
 		/* Without a list it is a single evaluation, answered as a list of one. */

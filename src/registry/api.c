@@ -190,6 +190,10 @@ get_one(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!auth_require(req, READ_ROLES, &who))
 		return;
+	/* Served from memory on the I/O thread; a read that would wait on
+	 * PostgreSQL moves to the handler pool instead. */
+	if (registry_get_would_block(id) && http_req_defer(req))
+		return;
 	rc = registry_get(id, &a);
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
 		reply_not_found(req, id);

@@ -306,6 +306,13 @@ registry_get(const char *id, const struct registry_agent **out)
 	return rc == IDP_ENOTFOUND ? IDP_ENOTFOUND : IDP_EUNAVAIL;
 }
 
+bool
+registry_get_would_block(const char *id)
+{
+	return reg == NULL || !atomic_load_explicit(&reg->ready, memory_order_acquire) ||
+	       pending_has(id);
+}
+
 size_t
 registry_cached_count(void)
 {
