@@ -116,13 +116,17 @@ struct store_listener;
 /*
  * Callbacks run on the listener thread and must not block for long.
  * on_notify gets each notification of the channel; on_resync is called
- * after a reconnect, because notifications sent while the listener was
- * away are lost: the subscriber must reload what it caches.
+ * after every (re)connect, because notifications sent while the listener
+ * was away are lost: the subscriber must reload what it caches.  on_lost
+ * (may be NULL) is called as soon as the connection is found gone: from
+ * then until the next on_resync, a cache cannot know it is current and
+ * must not answer as if it were.
  */
 struct store_subscription {
 	const char *channel; /* an SQL identifier: [a-z_][a-z0-9_]* */
 	void (*on_notify)(const char *channel, const char *payload, void *ctx);
 	void (*on_resync)(void *ctx);
+	void (*on_lost)(void *ctx);
 	void *ctx;
 };
 

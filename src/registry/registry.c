@@ -251,6 +251,18 @@ on_resync(void *ctx)
 	load_all();
 }
 
+/*
+ * The listener lost its session: changes made elsewhere are no longer
+ * heard, so the cache stops answering alone and lookups read PostgreSQL
+ * (or fail with 503 when it is down) until the next resync reloads it.
+ */
+static void
+on_lost(void *ctx)
+{
+	(void)ctx;
+	atomic_store(&reg->ready, false);
+}
+
 /* ---- metrics ---- */
 
 static void
@@ -329,7 +341,11 @@ int
 registry_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	struct store_subscription sub = {
-	    .channel = "agents", .on_notify = on_notify, .on_resync = on_resync, .ctx = NULL};
+	    .channel = "agents",
+	    .on_notify = on_notify,
+	    .on_resync = on_resync,
+	    .on_lost = on_lost,
+	    .ctx = NULL};
 
 	if (reg != NULL) {
 		idp_diag_add(diag, "registry: already initialised");

@@ -153,8 +153,14 @@ run(void *arg)
 		p[1].fd = l->wake[0];
 		p[1].events = POLLIN;
 		p[1].revents = 0;
-		if (poll(p, 2, 30000) < 0 && errno != EINTR)
-			break;
+		/* Idle for 10 s: probe the session, so a half-open connection is
+		 * noticed in seconds, not when TCP gives up. */
+		if (poll(p, 2, 10000) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_warn("listener: poll failed; reconnecting");
+			goto lost;
+		}
 		if (p[1].revents)
 			break;
 		if (p[0].revents == 0) {
@@ -185,6 +191,9 @@ lost:
 		atomic_store(&l->connected, false);
 		PQfinish(pg);
 		pg = NULL;
+		for (size_t i = 0; i < l->n_subs; i++)
+			if (l->subs[i].on_lost != NULL)
+				l->subs[i].on_lost(l->subs[i].ctx);
 	}
 	atomic_store(&l->connected, false);
 	if (pg != NULL)

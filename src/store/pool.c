@@ -94,8 +94,8 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	char ct[32], opt[64];
 	const char *keys[] = {"dbname", "connect_timeout", "application_name", "options",
 			      "keepalives", "keepalives_idle", "keepalives_interval",
-			      "keepalives_count", NULL};
-	const char *vals[9];
+			      "keepalives_count", "tcp_user_timeout", NULL};
+	const char *vals[10];
 	PGconn *pg;
 	int64_t secs = (connect_timeout_ms + 999) / 1000;
 
@@ -109,7 +109,8 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	vals[5] = "10";
 	vals[6] = "5";
 	vals[7] = "3";
-	vals[8] = NULL;
+	vals[8] = "15000"; /* ms: data unacknowledged this long means the peer is gone */
+	vals[9] = NULL;
 	pg = PQconnectdbParams(keys, vals, 1);
 	if (pg == NULL) {
 		snprintf(err, err_len, "out of memory");
