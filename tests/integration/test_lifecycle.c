@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "idpd/auth.h"
 
 static void
 sleep_ms(int ms)
@@ -169,14 +170,48 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 	json_t *j = NULL;
 	pid_t pid;
 
+	char key[64], hash[80], extra[512], url[256], auth[128];
+	const char *hdr[] = {auth, "Content-Type: application/json", NULL};
+	struct http_resp r;
+
 	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	snprintf(extra, sizeof(extra),
+		 "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);
 	assert_int_equal(harness_db_create("t_life_outage"), 0);
-	assert_int_equal(harness_idpd_start(p, "t_life_outage", NULL, NULL), 0);
+	assert_int_equal(harness_idpd_start(p, "t_life_outage", NULL, extra), 0);
 	pid = p->pid;
 	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	{
+		const char *body =
+			"{\"id\":\"agent-x\",\"agent_type\":\"worker\",\"owner\":\"alice@company.com\","
+			"\"capabilities\":[\"a:read\"],\"delegation_constraints\":{\"max_chain_depth\":1,"
+			"\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
+
+		snprintf(url, sizeof(url), "%s/v1/agents", p->base);
+		assert_int_equal(harness_http("POST", url, hdr, body, strlen(body), &r), 0);
+		assert_int_equal(r.status, 201);
+		harness_resp_free(&r);
+	}
+	snprintf(url, sizeof(url), "%s/v1/agents/agent-x", p->base);
+	assert_int_equal(harness_http("GET", url, hdr, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
 
 	assert_int_equal(harness_pg_stop("immediate"), 0);
 	assert_int_equal(wait_ready(p, 503, &j), 503);
+	/* The registry's cache no longer hears about changes made elsewhere:
+	 * it does not answer from memory as if it were current (fail closed). */
+	for (int i = 0; i < 100; i++) {
+		assert_int_equal(harness_http("GET", url, hdr, NULL, 0, &r), 0);
+		if (r.status == 503)
+			break;
+		harness_resp_free(&r);
+		sleep_ms(100);
+	}
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
 	assert_non_null(j);
 	assert_string_equal(json_string_value(json_object_get(j, "code")), "not_ready");
 	assert_string_equal(json_string_value(json_object_get(j, "reason")),
@@ -185,6 +220,15 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 
 	assert_int_equal(harness_pg_start(), 0);
 	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	for (int i = 0; i < 100; i++) {
+		assert_int_equal(harness_http("GET", url, hdr, NULL, 0, &r), 0);
+		if (r.status == 200)
+			break;
+		harness_resp_free(&r);
+		sleep_ms(100);
+	}
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
 	/* Same process throughout: idpd healed its pool on its own. */
 	assert_int_equal(p->pid, pid);
 	assert_int_equal(kill(pid, 0), 0);
