@@ -44,7 +44,7 @@ struct row {
  * emitters instead of piling up on the one writer thread.
  */
 struct slot {
-	struct audit_event *ev;
+	struct audit_event *ev; /* NULL: cancelled by its emitter, nothing to write */
 	char *canon;
 	size_t clen;
 };
@@ -64,6 +64,11 @@ static struct {
 	uint64_t committed_seq;
 	bool stop;
 	int64_t stop_deadline_us;
+	/* The batch the writer is writing: its first seq, its size, and the
+	 * slots whose emitters have given up on it since. */
+	uint64_t inflight_first;
+	int inflight_n;
+	bool *inflight_cancel;
 	bool running;
 	pthread_t thread;
 
@@ -73,7 +78,8 @@ static struct {
 	uint64_t chain_seq;
 	uint8_t chain_hash[AUDIT_HASH_LEN];
 
-	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures;
+	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures,
+		cancelled;
 	_Atomic bool connected;
 } W = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -162,6 +168,23 @@ exec_ok(PGconn *pg, const char *sql, ExecStatusType want)
 	return ok;
 }
 
+/* The writer's own session, opened when missing.  Writer thread only. */
+static bool
+writer_connect(void)
+{
+	char err[256];
+
+	if (W.pg != NULL)
+		return true;
+	W.pg = store_connect_url(W.url, 5000, 0, err, sizeof(err));
+	if (W.pg == NULL) {
+		log_warn("audit: cannot connect to PostgreSQL: %s", err);
+		return false;
+	}
+	atomic_store(&W.connected, true);
+	return true;
+}
+
 /* Highest seq of this chain already committed; -1 if it cannot be known. */
 static int64_t
 committed_max(void)
@@ -186,16 +209,8 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	size_t from = 0;
 	int first = 0;
 
-	if (W.pg == NULL) {
-		char err[256];
-
-		W.pg = store_connect_url(W.url, 5000, 0, err, sizeof(err));
-		if (W.pg == NULL) {
-			log_warn("audit: cannot connect to PostgreSQL: %s", err);
-			return IDP_EUNAVAIL;
-		}
-		atomic_store(&W.connected, true);
-	}
+	if (!writer_connect())
+		return IDP_EUNAVAIL;
 	if (retry) {
 		int64_t max = committed_max();
 
@@ -293,6 +308,65 @@ stopping_past_deadline(void)
 	return past;
 }
 
+/* Rows of the batch's live events, extending the chain from where it is. */
+static int
+build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
+{
+	int m = 0;
+
+	idp_buf_reset(b);
+	for (int i = 0; i < n; i++) {
+		if (batch[i].ev == NULL)
+			continue; /* its emitter gave up and cancelled it */
+		if (build_row(&batch[i], b, &rows[m++]) != IDP_OK) {
+			/* Only a bug can get here: valid events always serialize. */
+			log_error("audit: cannot serialize an event; aborting to keep the chain "
+				  "honest");
+			abort();
+		}
+	}
+	return m;
+}
+
+/*
+ * Between two attempts at a batch: drop the events whose emitters gave up
+ * meanwhile, but only when PostgreSQL confirms none of the batch committed
+ * (a lost COMMIT reply would otherwise make the rebuilt rows differ from
+ * what is stored).  Then rebuild the rows from the chain state before the
+ * batch.  Returns the new row count.
+ */
+static int
+apply_cancellations(struct slot *batch, int n, int m, struct idp_buf *b, struct row *rows,
+		    uint64_t chain_seq0, const uint8_t hash0[AUDIT_HASH_LEN])
+{
+	bool any = false;
+	int64_t max;
+
+	pthread_mutex_lock(&W.lock);
+	for (int i = 0; i < n; i++)
+		any |= W.inflight_cancel[i] && batch[i].ev != NULL;
+	pthread_mutex_unlock(&W.lock);
+	if (!any || m == 0 || !writer_connect())
+		return m;
+	max = committed_max();
+	if (max < 0 || (uint64_t)max >= rows[0].seq)
+		return m;
+	pthread_mutex_lock(&W.lock);
+	for (int i = 0; i < n; i++) {
+		if (W.inflight_cancel[i] && batch[i].ev != NULL) {
+			audit_event_free(batch[i].ev);
+			free(batch[i].canon);
+			batch[i].ev = NULL;
+			batch[i].canon = NULL;
+			atomic_fetch_add(&W.cancelled, 1);
+		}
+	}
+	pthread_mutex_unlock(&W.lock);
+	W.chain_seq = chain_seq0;
+	memcpy(W.chain_hash, hash0, AUDIT_HASH_LEN);
+	return build_rows(batch, n, b, rows);
+}
+
 static void *
 run(void *arg)
 {
@@ -303,8 +377,10 @@ run(void *arg)
 	(void)arg;
 	idp_buf_init(&b, 0);
 	for (;;) {
-		int n = 0, backoff_ms = 50;
+		int n = 0, m, backoff_ms = 50;
 		bool retry = false, written = false;
+		uint8_t hash0[AUDIT_HASH_LEN];
+		uint64_t chain_seq0;
 		int64_t t0;
 
 		pthread_mutex_lock(&W.lock);
@@ -314,33 +390,35 @@ run(void *arg)
 			pthread_mutex_unlock(&W.lock);
 			break;
 		}
-		if (W.o.batch_wait_ms > 0 && W.count < W.o.batch_max && !W.stop) {
+		if (W.o.batch_wait_ms > 0) {
+			/* Let the batch fill, up to batch_max or the deadline: each
+			 * emit wakes us, so wait again until one of the two. */
 			struct timespec ts;
 
 			deadline_in(&ts, W.o.batch_wait_ms);
-			pthread_cond_timedwait(&W.work, &W.lock, &ts);
+			while (W.count < W.o.batch_max && !W.stop &&
+			       pthread_cond_timedwait(&W.work, &W.lock, &ts) != ETIMEDOUT)
+				;
 		}
+		W.inflight_first = W.enq_seq - (uint64_t)W.count + 1;
 		while (n < W.o.batch_max && W.count > 0) {
-			batch[n++] = W.ring[W.head];
+			batch[n] = W.ring[W.head];
+			W.inflight_cancel[n] = false;
+			n++;
 			memset(&W.ring[W.head], 0, sizeof(W.ring[W.head]));
 			W.head = (W.head + 1) % W.cap;
 			W.count--;
 		}
+		W.inflight_n = n;
 		pthread_cond_broadcast(&W.done); /* space for blocked emitters */
 		pthread_mutex_unlock(&W.lock);
 
-		idp_buf_reset(&b);
-		for (int i = 0; i < n; i++) {
-			if (build_row(&batch[i], &b, &rows[i]) != IDP_OK) {
-				/* Only a bug can get here: valid events always serialize. */
-				log_error("audit: cannot serialize an event; aborting to keep the "
-					  "chain honest");
-				abort();
-			}
-		}
+		chain_seq0 = W.chain_seq;
+		memcpy(hash0, W.chain_hash, sizeof(hash0));
+		m = build_rows(batch, n, &b, rows);
 		t0 = idp_mono_us();
 		while (!written) {
-			if (write_rows(&b, rows, n, retry) == IDP_OK) {
+			if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK) {
 				written = true;
 				break;
 			}
@@ -355,13 +433,15 @@ run(void *arg)
 				nanosleep(&ts, NULL);
 			}
 			backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
+			m = apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0);
 		}
 		if (written) {
 			atomic_fetch_add(&W.commit_us, (uint64_t)(idp_mono_us() - t0));
 			atomic_fetch_add(&W.batches, 1);
-			atomic_fetch_add(&W.committed, (uint64_t)n);
+			atomic_fetch_add(&W.committed, (uint64_t)m);
 			pthread_mutex_lock(&W.lock);
 			W.committed_seq += (uint64_t)n;
+			W.inflight_n = 0;
 			pthread_cond_broadcast(&W.done);
 			pthread_mutex_unlock(&W.lock);
 		} else {
@@ -370,6 +450,8 @@ run(void *arg)
 				  n);
 		}
 		for (int i = 0; i < n; i++) {
+			if (batch[i].ev == NULL)
+				continue;
 			if (written && W.alerts != NULL) {
 				struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
 				size_t k = audit_alerts_feed(W.alerts, batch[i].ev, raised);
@@ -410,6 +492,7 @@ collect(struct idp_buf *out, void *ctx)
 		    "idpd_audit_events_total{state=\"committed\"} %llu\n"
 		    "idpd_audit_events_total{state=\"refused\"} %llu\n"
 		    "idpd_audit_events_total{state=\"timed_out\"} %llu\n"
+		    "idpd_audit_events_total{state=\"cancelled\"} %llu\n"
 		    "# HELP idpd_audit_queue_depth Events waiting for the writer.\n"
 		    "# TYPE idpd_audit_queue_depth gauge\nidpd_audit_queue_depth %d\n"
 		    "# HELP idpd_audit_batches_total Transactions committed by the writer.\n"
@@ -423,7 +506,8 @@ collect(struct idp_buf *out, void *ctx)
 		    "# HELP idpd_audit_writer_connected 1 when the writer has a session.\n"
 		    "# TYPE idpd_audit_writer_connected gauge\nidpd_audit_writer_connected %d\n",
 		    (unsigned long long)st.queued, (unsigned long long)st.committed,
-		    (unsigned long long)st.refused, (unsigned long long)st.timeouts, st.depth,
+		    (unsigned long long)st.refused, (unsigned long long)st.timeouts,
+		    (unsigned long long)atomic_load(&W.cancelled), st.depth,
 		    (unsigned long long)st.batches, (unsigned long long)st.failures,
 		    (double)st.commit_us_total / 1e6, st.connected ? 1 : 0) != IDP_OK)
 		log_warn("metrics: audit output truncated");
@@ -458,6 +542,9 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	W.o.alerts = NULL; /* borrowed only for the constructor */
 	W.cap = o->queue_max;
 	W.ring = idp_xcalloc((size_t)W.cap, sizeof(*W.ring));
+	W.inflight_cancel = idp_xcalloc((size_t)o->batch_max, sizeof(*W.inflight_cancel));
+	W.inflight_first = 0;
+	W.inflight_n = 0;
 	W.head = W.count = 0;
 	W.enq_seq = W.committed_seq = 0;
 	W.stop = false;
@@ -514,10 +601,40 @@ audit_writer_stop(int64_t timeout_ms)
 	pthread_mutex_unlock(&W.lock);
 	free(W.ring);
 	W.ring = NULL;
+	free(W.inflight_cancel);
+	W.inflight_cancel = NULL;
 	idp_wipe(W.url, strlen(W.url));
 	free(W.url);
 	W.url = NULL;
 	return left;
+}
+
+/*
+ * The emitter of event number seq gave up waiting (its request answers 503
+ * and undoes its change): if the event is still queued, drop it, so the log
+ * never records an action that did not happen.  If the writer already took
+ * it, it may still be committed; docs/audit.md says what that means.
+ * Caller holds W.lock.
+ */
+static void
+cancel_queued(uint64_t seq)
+{
+	uint64_t first = W.enq_seq - (uint64_t)W.count + 1; /* seq of the slot at head */
+	struct slot *sl;
+
+	if (seq < first) {
+		/* Already with the writer: flag it; the writer drops it before
+		 * its next attempt if none of the batch has committed yet. */
+		if (seq >= W.inflight_first && seq < W.inflight_first + (uint64_t)W.inflight_n)
+			W.inflight_cancel[seq - W.inflight_first] = true;
+		return;
+	}
+	sl = &W.ring[(W.head + (int)(seq - first)) % W.cap];
+	audit_event_free(sl->ev);
+	free(sl->canon);
+	sl->ev = NULL;
+	sl->canon = NULL;
+	atomic_fetch_add(&W.cancelled, 1);
 }
 
 int
@@ -577,6 +694,7 @@ audit_emit(struct audit_event *ev)
 				if (W.committed_seq >= mine)
 					break;
 				atomic_fetch_add(&W.timeouts, 1);
+				cancel_queued(mine);
 				rc = IDP_EUNAVAIL;
 				break;
 			}

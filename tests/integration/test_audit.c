@@ -348,8 +348,13 @@ sync_emit_fails_closed_while_postgres_is_down_then_resumes(void **state)
 	assert_int_equal(harness_idpd_start(&outage, "t_audit_outage", NULL, keys_toml), 0);
 	assert_int_equal(report(&outage, tool_event, before, sizeof(before)), 201);
 	assert_int_equal(harness_pg_stop("immediate"), 0);
-	/* audit.timeout is 1 s here: the emitter gets 503, never a false 201. */
-	st = report(&outage, tool_event, NULL, 0);
+	/* audit.timeout is 1 s here: the emitter gets 503, never a false 201.
+	 * And since it was told "not recorded", the event must not turn up
+	 * later either: the writer drops it before writing again. */
+	st = report(&outage,
+		    "{\"type\":\"tool_invocation\",\"task_id\":\"task-given-up\","
+		    "\"action\":{\"tool\":\"x\"}}",
+		    NULL, 0);
 	assert_int_equal(st, 503);
 	assert_int_equal(harness_pg_start(), 0);
 	for (int i = 0; i < 100; i++) {
@@ -364,6 +369,12 @@ sync_emit_fails_closed_while_postgres_is_down_then_resumes(void **state)
 		 "SELECT count(*) FROM audit_events WHERE event_id IN ('%s', '%s')", before, after);
 	assert_int_equal(harness_sql_value("t_audit_outage", sql, n, sizeof(n)), 0);
 	assert_string_equal(n, "2");
+	assert_int_equal(harness_sql_value("t_audit_outage",
+					   "SELECT count(*) FROM audit_events WHERE task_id = "
+					   "'task-given-up'",
+					   n, sizeof(n)),
+			 0);
+	assert_string_equal(n, "0");
 	assert_int_equal(harness_idpd_stop(&outage, SIGTERM, 10000), 0);
 }
 
