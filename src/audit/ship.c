@@ -107,26 +107,27 @@ move_cursor(struct shipper *sh, const char *writer, const char *seq)
 }
 
 /*
- * Ship one batch.  Returns the number of events shipped (0: nothing new),
- * or -1 on an error after which the same rows are sent again.
+ * Ship what one chain has past the sink's cursor, at most SHIP_BATCH rows:
+ * write, flush, then move the cursor.  Returns the rows shipped, or -1 on
+ * an error after which the same rows are sent again.
  */
 static int
-ship_batch(struct shipper *sh)
+ship_chain(struct shipper *sh, const char *writer, const char *after)
 {
-	const char *p[2];
+	const char *p[3];
 	char lim[16];
 	PGresult *r;
 	struct idp_diag diag;
 	int n, rc;
 
 	snprintf(lim, sizeof(lim), "%d", SHIP_BATCH);
-	p[0] = sh->name;
-	p[1] = lim;
+	p[0] = writer;
+	p[1] = after;
+	p[2] = lim;
 	r = PQexecParams(sh->pg,
-			 "SELECT e.writer_id, e.seq, e.body FROM audit_events e "
-			 "LEFT JOIN audit_sink_cursors c ON c.sink = $1 AND c.writer_id = e.writer_id "
-			 "WHERE e.seq > coalesce(c.last_seq, 0) ORDER BY e.id LIMIT $2::int",
-			 2, NULL, p, NULL, NULL, 0);
+			 "SELECT seq, body FROM audit_events WHERE writer_id = $1 AND seq > $2::bigint "
+			 "ORDER BY seq LIMIT $3::int",
+			 3, NULL, p, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		PQclear(r);
 		drop_session(sh);
@@ -134,7 +135,7 @@ ship_batch(struct shipper *sh)
 	}
 	n = PQntuples(r);
 	for (int i = 0; i < n; i++) {
-		const char *body = PQgetvalue(r, i, 2);
+		const char *body = PQgetvalue(r, i, 1);
 		struct audit_event *ev = NULL;
 
 		idp_diag_init(&diag);
@@ -142,7 +143,7 @@ ship_batch(struct shipper *sh)
 			/* Only a row written by another version, or by hand, can
 			 * get here; skipping it is logged and counted, never silent. */
 			log_error("audit sink %s: event %s/%s does not parse (%s); skipped", sh->name,
-				  PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), idp_diag_str(&diag));
+				  writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
 			atomic_fetch_add(&sh->skipped, 1);
 			continue;
 		}
@@ -153,8 +154,7 @@ ship_batch(struct shipper *sh)
 		audit_event_free(ev);
 		if (rc == IDP_ETOOBIG || rc == IDP_EINVAL) {
 			log_error("audit sink %s: event %s/%s cannot be carried (%s); skipped",
-				  sh->name, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-				  idp_diag_str(&diag));
+				  sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
 			atomic_fetch_add(&sh->skipped, 1);
 			continue;
 		}
@@ -172,36 +172,54 @@ ship_batch(struct shipper *sh)
 		PQclear(r);
 		return -1;
 	}
-	/*
-	 * Delivered: move each chain's cursor to the last row it reached.
-	 * Rows come in id order, and within a chain id order is seq order, so
-	 * a chain's last row in the batch, found walking backwards, has its
-	 * highest seq.
-	 */
-	{
-		const char *done[SHIP_BATCH];
-		int n_done = 0;
-
-		for (int i = n - 1; i >= 0; i--) {
-			const char *w = PQgetvalue(r, i, 0);
-			bool seen = false;
-
-			for (int j = 0; j < n_done && !seen; j++)
-				seen = strcmp(done[j], w) == 0;
-			if (seen)
-				continue;
-			done[n_done++] = w;
-			if (!move_cursor(sh, w, PQgetvalue(r, i, 1))) {
-				PQclear(r);
-				drop_session(sh);
-				return -1;
-			}
-		}
+	/* Delivered: the cursor moves to the last row sent. */
+	if (n > 0 && !move_cursor(sh, writer, PQgetvalue(r, n - 1, 0))) {
+		PQclear(r);
+		drop_session(sh);
+		return -1;
 	}
 	atomic_fetch_add(&sh->shipped, (uint64_t)n);
-	atomic_store(&sh->behind, n == SHIP_BATCH);
 	PQclear(r);
 	return n;
+}
+
+/*
+ * One round: every chain with events past this sink's cursor gets up to
+ * SHIP_BATCH of them shipped.  Returns the events shipped (0: caught up),
+ * or -1 on an error.
+ */
+static int
+ship_batch(struct shipper *sh)
+{
+	const char *p[1] = {sh->name};
+	PGresult *r;
+	int total = 0, n;
+	bool full = false;
+
+	r = PQexecParams(sh->pg,
+			 "SELECT ch.writer_id, coalesce(c.last_seq, 0) FROM audit_chains ch "
+			 "LEFT JOIN audit_sink_cursors c ON c.sink = $1 AND c.writer_id = ch.writer_id "
+			 "WHERE ch.last_seq > coalesce(c.last_seq, 0) ORDER BY ch.updated_at LIMIT 64",
+			 1, NULL, p, NULL, NULL, 0);
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		PQclear(r);
+		drop_session(sh);
+		return -1;
+	}
+	n = PQntuples(r);
+	for (int i = 0; i < n; i++) {
+		int k = ship_chain(sh, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+
+		if (k < 0) {
+			PQclear(r);
+			return -1;
+		}
+		total += k;
+		full |= k == SHIP_BATCH;
+	}
+	PQclear(r);
+	atomic_store(&sh->behind, full || n == 64);
+	return full || n == 64 ? SHIP_BATCH : total;
 }
 
 static void *
