@@ -62,6 +62,12 @@ int idp_kek_load(const char *kek_file, struct idp_kek **out, struct idp_diag *di
 
 /* Wipe and free; NULL is a no-op. */
 void idp_kek_free(struct idp_kek *kek);
+/*
+ * Once the KEK is loaded: overwrite $IDPD_KEK in the environment block and
+ * unset it, so it is neither readable in /proc/<pid>/environ nor inherited.
+ * Main thread, before other threads read the environment.
+ */
+void idp_kek_scrub_env(void);
 
 /*
  * A short non-secret identifier of the KEK ("kek-" and 16 hex digits, from

@@ -65,6 +65,12 @@ int store_acquire(struct store *s, struct store_conn **out) IDP_WUR;
 void store_release(struct store *s, struct store_conn *c);
 
 PGconn *store_pg(struct store_conn *c);
+/*
+ * End this connection's session now (it still must be released): for a
+ * session left holding state that must not reach the next borrower, such
+ * as an advisory lock that would not unlock.
+ */
+void store_discard(struct store_conn *c);
 
 /*
  * Execute a prepared statement with text parameters (NULL for SQL NULL).

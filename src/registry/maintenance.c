@@ -102,11 +102,15 @@ unlock(struct store_conn *c)
 	/* Leave any transaction a failed job left open, then unlock.  If the
 	 * connection is gone, so is the lock. */
 	rollback(c);
-	if (store_exec(c, &unlock_st, params, &r) == IDP_OK)
+	if (store_exec(c, &unlock_st, params, &r) == IDP_OK) {
 		PQclear(r);
-	else
-		log_warn("maintenance: cannot release the cleanup lock; it goes with the "
-		         "connection");
+	} else {
+		/* A session still holding the lock must not go back to the pool,
+		 * or every later cleanup would get 409: end the session, and the
+		 * lock goes with it. */
+		log_warn("maintenance: cannot release the cleanup lock; closing its connection");
+		store_discard(c);
+	}
 }
 
 /* The maintenance.cleanup event: who ran it and what each job did. */

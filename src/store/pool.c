@@ -199,6 +199,7 @@ store_release(struct store *s, struct store_conn *c)
 {
 	if (c == NULL)
 		return;
+	/* (a discarded connection has pg == NULL and is reopened on demand) */
 	if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_OK &&
 	    PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
 		/* A caller left a transaction open (an error path): undo it so
@@ -216,6 +217,14 @@ store_release(struct store *s, struct store_conn *c)
 	c->in_use = false;
 	pthread_cond_signal(&s->freed);
 	pthread_mutex_unlock(&s->lock);
+}
+
+void
+store_discard(struct store_conn *c)
+{
+	if (c->pg != NULL)
+		PQfinish(c->pg);
+	c->pg = NULL;
 }
 
 PGconn *

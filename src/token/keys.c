@@ -1046,17 +1046,30 @@ keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
 	rc = apply_plan(km, c, rows, &plan, now, &pol, made, &n_made, diag);
 	if (rc != IDP_OK)
 		goto done;
+	/*
+	 * Audit before COMMIT, as every write in idpd does: a key change that
+	 * cannot be recorded is not made.  (If COMMIT then fails, the events
+	 * describe a change that did not happen; the error below says so.)
+	 */
+	fill_result(res, rows, n, &plan, made, n_made);
+	res->audit_failures = emit_change(rows, n, &plan, made, n_made, trigger, who, res);
+	if (res->audit_failures > 0) {
+		idp_diag_add(diag, "keys: the change could not be audited, so it was not made");
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
 	rc = store_cmd(c, "COMMIT");
 	in_tx = false;
-	if (rc != IDP_OK)
+	if (rc != IDP_OK) {
+		log_error("keys: COMMIT failed after the key change was audited; the key.* events "
+			  "just written describe a change that did not happen");
 		goto db_failed;
-	fill_result(res, rows, n, &plan, made, n_made);
+	}
 	log_info("keys: %s (%s): active %s, next %s%s%s; %u generated, %u retired",
 	         res->rotated ? "rotated" : "changed", plan.why, res->active, res->next,
 	         res->previous[0] ? ", retiring " : "", res->previous, res->generated,
 	         res->retired);
 	reload_after_change(km, c);
-	res->audit_failures = emit_change(rows, n, &plan, made, n_made, trigger, who, res);
 	goto done;
 db_failed:
 	idp_diag_add(diag, "keys: the signing keys could not be read or changed (%s)",

@@ -64,6 +64,7 @@ open_from_config(const struct idpd_config *cfg, struct store *store, struct keys
 		return rc;
 	}
 	kek_source(cfg, source, sizeof(source));
+	idp_kek_scrub_env();
 	memset(&o, 0, sizeof(o));
 	o.store = store;
 	o.clock = idp_clock_system();
