@@ -347,6 +347,16 @@ list(struct http_req *req, void *ctx)
 	idp_buf_cleanup(&sql);
 	store_release(registry_store(), c);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* Class 22 (data exception): a filter value PostgreSQL cannot
+		 * take, such as invalid UTF-8: the client's error, not ours. */
+		if (st != NULL && strncmp(st, "22", 2) == 0) {
+			PQclear(res);
+			http_reply_problem(req, 400, "bad_request", NULL,
+					   "a filter value is not valid text");
+			return;
+		}
 		log_warn("registry: list failed: %s", PQresultErrorMessage(res));
 		PQclear(res);
 		http_reply_error(req, IDP_EUNAVAIL, "the registry query failed");
