@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/attest.h"
 #include "idpd/audit_ship.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
@@ -392,6 +393,11 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
+	idp_diag_init(&diag);
+	if (attest_init(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
 	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
 		log_warn("bug: cannot register the key rotation job");
 	/* A policy set with errors ends startup here: idpd never runs without one. */
@@ -404,7 +410,8 @@ cmd_serve(int argc, char **argv)
 	router = http_router_new();
 	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK ||
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
-	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK) {
+	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
+	    attest_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -459,6 +466,7 @@ done:
 	store_listener_free(app.listener);
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
+	attest_shutdown();
 	policy_service_stop();
 	/* After HTTP: every request that emitted has been answered. */
 	audit_ship_stop();

@@ -49,6 +49,19 @@ struct idpd_audit_sink_cfg {
 	bool fsync;               /* file: fdatasync before the cursor moves */
 };
 
+/*
+ * One [[attestors]] section: an issuer of workload tokens (Kubernetes
+ * service-account tokens, SPIRE JWT-SVIDs, ...) that attestation trusts.
+ */
+struct idpd_attestor_cfg {
+	char *name;      /* unique label, named in audit events */
+	char *issuer;    /* the exact "iss" of its tokens */
+	char *audience;  /* an "aud" its tokens must carry */
+	char *jwks_file; /* its public keys, a JWKS document */
+	unsigned algs;   /* bit 0 ES256, bit 1 RS256; none set means both */
+	char *selectors; /* "prefix=claim/path ..." (docs/tokens.md) */
+};
+
 struct idpd_config {
 	char *path; /* the file it was read from */
 
@@ -127,9 +140,23 @@ struct idpd_config {
 	} keys;
 
 	struct {
+		char *trust_domain;      /* SPIFFE trust domain of agent ids, "idpd.local" */
+		char *issuer;            /* "iss" of identity credentials, "idpd" */
+		char *audience;          /* "aud" of identity credentials, "idpd" */
+		int64_t leeway_ms;       /* clock skew tolerated on time claims, "5s" */
+	} identity;
+
+	struct {
+		int64_t join_token_ttl_ms; /* "1h" */
+	} attestation;
+
+	struct {
 		char *dir;               /* "policies": the *.policy files */
 		char *timezone;          /* "UTC": IANA zone for hours and weekdays */
 	} policy;
+
+	struct idpd_attestor_cfg *attestors; /* [[attestors]], in file order */
+	size_t n_attestors;
 
 	struct idpd_api_key_cfg *api_keys; /* [[api_keys]], in file order */
 	size_t n_api_keys;

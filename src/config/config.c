@@ -89,6 +89,9 @@ struct section {
 static const char *check_ip(const char *s);
 static const char *check_label(const char *s);
 static const char *check_sha256(const char *s);
+static const char *check_trust_domain(const char *s);
+static const char *check_selector_map(const char *s);
+static const char *check_visible(const char *s);
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 /* In the order of the IDPD_ROLE_* bits. */
@@ -121,6 +124,56 @@ static const struct key api_key_keys[] = {
 
 static const struct section api_key_section = {api_key_keys, IDP_ARRAY_LEN(api_key_keys),
                                                sizeof(struct idpd_api_key_cfg)};
+
+/* In the order of the attestor algs bits. */
+static const char *const attestor_algs[] = {"ES256", "RS256", NULL};
+
+static const struct key attestor_keys[] = {
+    {.name = "name",
+     STRING_AT(struct idpd_attestor_cfg, name),
+     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE,
+     .min = 1,
+     .max = 64,
+     .check = check_label,
+     .help = "label of the attestor; named in audit events"},
+    {.name = "issuer",
+     STRING_AT(struct idpd_attestor_cfg, issuer),
+     .flags = K_RELOAD | K_REQUIRED,
+     .min = 1,
+     .max = 512,
+     .check = check_visible,
+     .help = "the exact \"iss\" claim of its workload tokens"},
+    {.name = "audience",
+     STRING_AT(struct idpd_attestor_cfg, audience),
+     .flags = K_RELOAD | K_REQUIRED,
+     .min = 1,
+     .max = 512,
+     .check = check_visible,
+     .help = "a value the token's \"aud\" claim must hold"},
+    {.name = "jwks_file",
+     STRING_AT(struct idpd_attestor_cfg, jwks_file),
+     .flags = K_RELOAD | K_REQUIRED,
+     .min = 1,
+     .max = 4096,
+     .help = "JWKS file of the attestor's public keys; re-read on reload"},
+    {.name = "algs",
+     FLAGS_AT(struct idpd_attestor_cfg, algs),
+     .flags = K_RELOAD,
+     .def = "[]",
+     .choices = attestor_algs,
+     .help = "signature algorithms accepted from it; [] means ES256 and RS256"},
+    {.name = "selectors",
+     STRING_AT(struct idpd_attestor_cfg, selectors),
+     .flags = K_RELOAD | K_REQUIRED,
+     .min = 1,
+     .max = 4096,
+     .check = check_selector_map,
+     .help = "space-separated \"prefix=claim/path\" mappings from selector prefixes to "
+             "claims"},
+};
+
+static const struct section attestor_section = {attestor_keys, IDP_ARRAY_LEN(attestor_keys),
+                                                sizeof(struct idpd_attestor_cfg)};
 
 static const char *const durabilities[] = {"sync", "async", NULL};
 static const char *const on_full_modes[] = {"block", "fail_closed", NULL};
@@ -494,6 +547,46 @@ static const struct key config_keys[] = {
      .max = HOURS(24),
      .def = "5m",
      .help = "Cache-Control max-age of GET /.well-known/jwks.json"},
+    {.name = "identity.trust_domain",
+     STRING_AT(struct idpd_config, identity.trust_domain),
+     .min = 1,
+     .max = 255,
+     .def = "idpd.local",
+     .check = check_trust_domain,
+     .help = "SPIFFE trust domain of agent identities: spiffe://<trust_domain>/agent/<id>"},
+    {.name = "identity.issuer",
+     STRING_AT(struct idpd_config, identity.issuer),
+     .min = 1,
+     .max = 512,
+     .def = "idpd",
+     .check = check_visible,
+     .help = "\"iss\" of the identity credentials this service issues"},
+    {.name = "identity.audience",
+     STRING_AT(struct idpd_config, identity.audience),
+     .min = 1,
+     .max = 512,
+     .def = "idpd",
+     .check = check_visible,
+     .help = "\"aud\" of identity credentials; only credentials for it authenticate"},
+    {.name = "identity.leeway",
+     DURATION_AT(struct idpd_config, identity.leeway_ms),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = MINUTES(5),
+     .def = "5s",
+     .help = "clock skew tolerated on exp, nbf and iat of credentials and workload tokens"},
+    {.name = "attestation.join_token_ttl",
+     DURATION_AT(struct idpd_config, attestation.join_token_ttl_ms),
+     .flags = K_RELOAD,
+     .min = SECONDS(10),
+     .max = 30LL * 86400 * 1000,
+     .def = "1h",
+     .help = "a join token expires this long after it is made"},
+    {.name = "attestors",
+     TABLES_AT(struct idpd_config, attestors, n_attestors, struct idpd_attestor_cfg,
+               attestor_section),
+     .flags = K_RELOAD,
+     .help = "issuers of workload tokens that jwt attestation trusts"},
     {.name = "policy.dir",
      STRING_AT(struct idpd_config, policy.dir),
      .min = 1,
@@ -554,6 +647,76 @@ check_sha256(const char *s)
 	return NULL;
 bad:
 	return "expected \"sha256:\" followed by 64 lowercase hexadecimal digits";
+}
+
+/* A DNS-like name: lower-case letters, digits, '.', '-' and '_'. */
+static const char *
+check_trust_domain(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '.' ||
+		      *s == '-' || *s == '_'))
+			return "expected lower-case letters, digits, '.', '-' and '_' "
+			       "(a SPIFFE trust domain)";
+	return NULL;
+}
+
+/* Printable ASCII without spaces. */
+static const char *
+check_visible(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if (*s <= ' ' || *s >= 0x7f)
+			return "expected printable characters without spaces";
+	return NULL;
+}
+
+/*
+ * "prefix=claim/path" mappings separated by spaces: a prefix of letters,
+ * digits and '.', '_', '-', ':'; a path of '/'-separated claim names of
+ * printable characters.  The attestation module reads the same syntax.
+ */
+static const char *
+check_selector_map(const char *s)
+{
+	static const char *const bad =
+	    "expected space-separated \"prefix=claim/path\" mappings, such as "
+	    "\"k8s:ns=kubernetes.io/namespace spiffe_id=sub\"";
+	bool any = false;
+
+	while (*s != '\0') {
+		size_t n = strcspn(s, " ");
+		const char *eq = memchr(s, '=', n);
+		size_t pn, cn;
+
+		if (n == 0) {
+			s++;
+			continue;
+		}
+		if (eq == NULL)
+			return bad;
+		pn = (size_t)(eq - s);
+		cn = n - pn - 1;
+		if (pn == 0 || cn == 0 || eq[1] == '/' || eq[cn] == '/' ||
+		    memchr(eq + 1, '=', cn) != NULL)
+			return bad;
+		for (size_t i = 0; i < pn; i++) {
+			char c = s[i];
+
+			if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == ':'))
+				return bad;
+		}
+		for (size_t i = 1; i < cn; i++)
+			if (eq[i] == '/' && eq[i + 1] == '/')
+				return bad;
+		for (size_t i = 1; i <= cn; i++)
+			if (eq[i] <= ' ' || eq[i] >= 0x7f)
+				return bad;
+		any = true;
+		s += n;
+	}
+	return any ? NULL : bad;
 }
 
 /* ---- field access ---- */

@@ -1,0 +1,71 @@
+/*
+ * agent_auth.h - agents authenticate with the identity credential that
+ * attestation gave them (attest.h), sent as "Authorization: Bearer <jwt>".
+ *
+ * A credential authenticates only if every one of these holds: its
+ * signature verifies with a key of the keys module's verify set (ES256
+ * pinned to the key), its typ is IDP_JWS_TYP_IDENTITY, its iss and aud are
+ * this service's (identity.issuer, identity.audience), exp/nbf/iat are
+ * within identity.leeway of the clock, its sub is
+ * spiffe://<trust_domain>/agent/<id>, its jti is recorded and not revoked,
+ * the agent is in the registry and active, and the credential was issued
+ * after the agent's revocation epoch (a suspension or decommissioning cuts
+ * every credential issued before it).
+ */
+#ifndef IDPD_AGENT_AUTH_H
+#define IDPD_AGENT_AUTH_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "idpd/attest.h"
+#include "idpd/common.h"
+
+struct http_req;
+struct idp_clock;
+struct idp_jws_keyset;
+struct registry_agent;
+
+/* Who a credential names, after the cryptographic and claim checks. */
+struct agent_credential {
+	char agent_id[129];
+	char jti[65];
+	char kid[129];
+	int64_t issued_at_s;
+	int64_t expires_at_s;
+};
+
+/*
+ * The stateless half of authentication: verify token (len bytes) with set
+ * and check typ, iss, aud, time claims (leeway_ms) and the form of sub and
+ * jti against id.  Fills *out and returns IDP_OK, or returns IDP_EUNAUTH
+ * with *reason a stable code ("expired", "audience_mismatch", ...).
+ * Touches no global state; any thread.
+ */
+int agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+                            const struct attest_identity *id, int64_t leeway_ms,
+                            const struct idp_clock *clock, struct agent_credential *out,
+                            const char **reason) IDP_WUR;
+
+/* What authenticate_agent hands back; agent_principal_cleanup releases it. */
+struct agent_principal {
+	const struct registry_agent *agent; /* a reference to the current record */
+	struct agent_credential cred;
+};
+
+/*
+ * Authenticate req's bearer credential with the process's keys, identity
+ * settings, credential records and registry.  Does not answer the request.
+ * Returns IDP_OK with *out filled (the caller calls
+ * agent_principal_cleanup); IDP_EUNAUTH for a missing or bad credential
+ * (*reason, if not NULL, gets the precise code for logs and audit, never
+ * for the client); IDP_EUNAVAIL when idpd cannot tell (no keys loaded,
+ * PostgreSQL down): fail closed with 503.  Any worker thread; may wait on
+ * PostgreSQL for the jti lookup.
+ */
+int authenticate_agent(struct http_req *req, struct agent_principal *out,
+                       const char **reason) IDP_WUR;
+void agent_principal_cleanup(struct agent_principal *p);
+
+#endif /* IDPD_AGENT_AUTH_H */

@@ -1,0 +1,513 @@
+/*
+ * attest.c - the attestation service and its endpoints:
+ *
+ *   POST /v1/agents/{id}/join-tokens   a one-time join token (registrar)
+ *   POST /v1/agents/{id}/attest        evidence in, identity credential out
+ *   GET  /v1/me                        the calling agent's own record
+ *
+ * The service's settings (identity.*, attestation.*, [[attestors]] with
+ * their key sets) are one immutable snapshot behind attest.lock, taken with
+ * a reference by each request.  A reload re-reads the attestors' JWKS files
+ * and swaps the snapshot; if any file fails, the reload is refused and the
+ * old attestors stay.  identity.* are restart-only: a reload keeps them.
+ *
+ * Wrong evidence always gets the same 401, so a caller learns nothing about
+ * which check failed; the precise reason goes into the
+ * agent.attestation_failed audit event.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/agent_auth.h"
+#include "idpd/app.h"
+#include "idpd/auth.h"
+#include "idpd/b64.h"
+#include "idpd/clock.h"
+#include "idpd/log.h"
+#include "attest_int.h"
+
+#define WRITE_ROLES IDPD_ROLE_REGISTRAR
+#define GENERIC_401 "the evidence does not prove this agent's identity"
+/* The largest agent JSON, as the registry renders it. */
+#define AGENT_JSON_MAX (1u << 20)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* attest.lock: guards current */
+static struct attest_conf *current;
+
+/* ---- the settings snapshot ---- */
+
+static void
+conf_free(struct attest_conf *c)
+{
+	for (size_t i = 0; i < c->n_attestors; i++) {
+		struct attestor *at = &c->attestors[i];
+
+		free(at->name);
+		free(at->issuer);
+		free(at->audience);
+		idp_jws_keyset_unref(at->keys);
+		attest_selector_map_free(at->map);
+	}
+	free(c->attestors);
+	free(c->trust_domain);
+	free(c->issuer);
+	free(c->audience);
+	free(c);
+}
+
+void
+attest_conf_unref(struct attest_conf *c)
+{
+	if (c != NULL && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		conf_free(c);
+}
+
+struct attest_conf *
+attest_conf_current(void)
+{
+	struct attest_conf *c;
+
+	pthread_mutex_lock(&lock);
+	c = current;
+	if (c != NULL)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&lock);
+	return c;
+}
+
+/*
+ * A snapshot of cfg's attestation settings, with the identity strings of
+ * keep (a reload) or of cfg (startup).  NULL with diag naming what failed.
+ */
+static struct attest_conf *
+conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct idp_diag *diag)
+{
+	struct attest_conf *c = idp_xcalloc(1, sizeof(*c));
+
+	atomic_init(&c->refs, 1);
+	c->trust_domain = idp_xstrdup(keep ? keep->trust_domain : cfg->identity.trust_domain);
+	c->issuer = idp_xstrdup(keep ? keep->issuer : cfg->identity.issuer);
+	c->audience = idp_xstrdup(keep ? keep->audience : cfg->identity.audience);
+	c->leeway_ms = cfg->identity.leeway_ms;
+	c->join_token_ttl_ms = cfg->attestation.join_token_ttl_ms;
+	c->attestors = idp_xcalloc(cfg->n_attestors ? cfg->n_attestors : 1, sizeof(*c->attestors));
+	for (size_t i = 0; i < cfg->n_attestors; i++) {
+		const struct idpd_attestor_cfg *ac = &cfg->attestors[i];
+		struct attestor *at = &c->attestors[c->n_attestors++];
+		struct idp_diag d;
+
+		at->name = idp_xstrdup(ac->name);
+		at->issuer = idp_xstrdup(ac->issuer);
+		at->audience = idp_xstrdup(ac->audience);
+		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
+		at->algs = (ac->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
+		           (ac->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
+		if (at->algs == 0)
+			at->algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256;
+		idp_diag_init(&d);
+		at->map = attest_selector_map_parse(ac->selectors, &d);
+		if (at->map == NULL ||
+		    idp_jws_keyset_load_jwks_file(ac->jwks_file, &at->keys, &d) != IDP_OK) {
+			idp_diag_add(diag, "attestor \"%s\" (%s): %s", ac->name, ac->jwks_file,
+			             idp_diag_str(&d));
+			conf_free(c);
+			return NULL;
+		}
+	}
+	return c;
+}
+
+static void
+install(struct attest_conf *c)
+{
+	struct attest_conf *old;
+
+	pthread_mutex_lock(&lock);
+	old = current;
+	current = c;
+	pthread_mutex_unlock(&lock);
+	attest_conf_unref(old);
+}
+
+static int
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	struct attest_conf *old = attest_conf_current(), *c;
+
+	(void)app;
+	(void)ctx;
+	c = conf_build(next, old, diag);
+	attest_conf_unref(old);
+	if (c == NULL)
+		return IDP_EINVAL;
+	install(c);
+	log_info("attest: %zu attestor(s) loaded", c->n_attestors);
+	return IDP_OK;
+}
+
+int
+attest_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	struct attest_conf *c = conf_build(app->cfg, NULL, diag);
+
+	if (c == NULL)
+		return IDP_EINVAL;
+	install(c);
+	if (app_on_reload(on_reload, NULL) != IDP_OK) {
+		idp_diag_add(diag, "attest: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	return IDP_OK;
+}
+
+void
+attest_shutdown(void)
+{
+	install(NULL);
+}
+
+void
+attest_identity_get(struct attest_identity_copy *out)
+{
+	struct attest_conf *c = attest_conf_current();
+
+	memset(out, 0, sizeof(*out));
+	if (c == NULL)
+		return;
+	snprintf(out->trust_domain, sizeof(out->trust_domain), "%s", c->trust_domain);
+	snprintf(out->issuer, sizeof(out->issuer), "%s", c->issuer);
+	snprintf(out->audience, sizeof(out->audience), "%s", c->audience);
+	out->leeway_ms = c->leeway_ms;
+	attest_conf_unref(c);
+}
+
+/* ---- POST /v1/agents/{id}/join-tokens ---- */
+
+static void
+join_tokens(struct http_req *req, void *ctx)
+{
+	struct auth_principal who;
+	struct registry_actor actor;
+	struct attest_conf *conf;
+	const char *id = http_req_param(req, "id");
+	char token[ATTEST_JOIN_TOKEN_LEN + 1], hash[65], exp[32];
+	int64_t token_id = 0, expires_ms = 0;
+	int rc;
+
+	(void)ctx;
+	if (!auth_require(req, WRITE_ROLES, &who))
+		return;
+	if (!registry_id_valid(id)) {
+		http_reply_problem(req, 404, "not_found", NULL, "no agent has this id");
+		return;
+	}
+	conf = attest_conf_current();
+	if (conf == NULL) {
+		http_reply_error(req, IDP_EUNAVAIL, "attestation is not ready");
+		return;
+	}
+	if (attest_join_token_new(token, hash) != IDP_OK) {
+		attest_conf_unref(conf);
+		http_reply_error(req, IDP_EINTERNAL, "cannot make a random token");
+		return;
+	}
+	actor.name = who.name;
+	actor.request_id = http_req_id(req);
+	actor.source_address = http_req_peer(req);
+	rc = attest_db_join_token_create(id, hash, conf->join_token_ttl_ms, &actor, &token_id,
+	                                 &expires_ms);
+	attest_conf_unref(conf);
+	switch (rc) {
+	case IDP_OK:
+		idp_time_format(expires_ms, exp);
+		http_add_header(req, "Cache-Control", "no-store");
+		http_reply_json(req, 201,
+		                json_pack("{s:s,s:s,s:I,s:s}", "join_token", token, "agent_id", id,
+		                          "join_token_id", (json_int_t)token_id, "expires_at",
+		                          exp));
+		break;
+	case IDP_ENOTFOUND:
+		http_reply_problem(req, 404, "not_found", NULL, "no agent has the id \"%s\"", id);
+		break;
+	case IDP_ECONFLICT:
+		http_reply_problem(req, 409, "conflict",
+		                   json_pack("{s:s}", "agent_status", "decommissioned"),
+		                   "a decommissioned agent cannot attest");
+		break;
+	default:
+		http_reply_error(req, rc, "the join token could not be made");
+		break;
+	}
+	idp_wipe(token, sizeof(token));
+}
+
+/* ---- POST /v1/agents/{id}/attest ---- */
+
+/*
+ * Find the attestor that vouches for token: its signature verifies with the
+ * attestor's keys and algorithms, and its iss, aud and time claims are the
+ * attestor's.  On success *claims is the verified payload (caller decrefs)
+ * and the attestor is returned; otherwise NULL with *reason the most
+ * specific failure (that of an attestor that knew the token's kid).
+ */
+/*
+ * The kid of token's header, when the header decodes; the verification that
+ * follows checks the header again, strictly.
+ */
+static bool
+header_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
+{
+	size_t n = strcspn(token, ".");
+	unsigned char *raw = NULL;
+	size_t len = 0;
+	json_t *h;
+	const char *k;
+	bool ok = false;
+
+	if (token[n] != '.' || idp_b64url_decode_alloc(token, n, &raw, &len) != IDP_OK)
+		return false;
+	h = json_loadb((const char *)raw, len, JSON_REJECT_DUPLICATES, NULL);
+	free(raw);
+	k = json_string_value(json_object_get(h, "kid"));
+	if (k != NULL && strlen(k) <= IDP_JWS_MAX_KID) {
+		snprintf(kid, IDP_JWS_MAX_KID + 1, "%s", k);
+		ok = true;
+	}
+	json_decref(h);
+	return ok;
+}
+
+static const struct attestor *
+find_attestor(const struct attest_conf *conf, const char *token, json_t **claims,
+              const char **reason)
+{
+	/* A failure after the signature verified says more than one before,
+	 * which says more than an unknown kid. */
+	int rank = 0;
+	char kid[IDP_JWS_MAX_KID + 1];
+	bool have_kid = header_kid(token, kid);
+
+	*claims = NULL;
+	*reason =
+	    conf->n_attestors == 0 ? "no_attestors" : idp_jws_reason_name(IDP_JWS_KID_UNKNOWN);
+	for (size_t i = 0; i < conf->n_attestors; i++) {
+		const struct attestor *at = &conf->attestors[i];
+		struct idp_jws_verify_opts opts = {.typ = NULL, .algs = at->algs};
+		struct idp_jws_verified v = {0};
+		enum idp_jws_reason jr = IDP_JWS_OK;
+		const char *iss, *why;
+
+		/* Only the attestors that know the key are asked. */
+		if (have_kid && idp_jws_keyset_find(at->keys, kid) == NULL)
+			continue;
+		if (idp_jws_verify(at->keys, token, strlen(token), &opts, &v, &jr) != IDP_OK) {
+			if (jr != IDP_JWS_KID_UNKNOWN && rank < 1) {
+				*reason = idp_jws_reason_name(jr);
+				rank = 1;
+			}
+			continue;
+		}
+		iss = json_string_value(json_object_get(v.claims, "iss"));
+		if (idp_jwt_check_time(v.claims, idp_clock_system(), conf->leeway_ms / 1000,
+		                       IDP_JWT_REQUIRE_EXP, &jr) != IDP_OK)
+			why = idp_jws_reason_name(jr);
+		else if (iss == NULL || strcmp(iss, at->issuer) != 0)
+			why = "issuer_mismatch";
+		else if (!attest_audience_holds(json_object_get(v.claims, "aud"), at->audience))
+			why = "audience_mismatch";
+		else {
+			*claims = json_incref(v.claims);
+			idp_jws_verified_cleanup(&v);
+			*reason = NULL;
+			return at;
+		}
+		if (rank < 2) {
+			*reason = why;
+			rank = 2;
+		}
+		idp_jws_verified_cleanup(&v);
+	}
+	return NULL;
+}
+
+/*
+ * Read {"method": ..., "join_token"|"token": ...}.  false after answering
+ * 400 for a body that is not one of the two shapes.
+ */
+static bool
+read_evidence(struct http_req *req, json_t *body, const char **method, const char **evidence)
+{
+	const char *k, *want;
+	json_t *v;
+
+	*method = json_string_value(json_object_get(body, "method"));
+	if (*method == NULL ||
+	    (strcmp(*method, "join_token") != 0 && strcmp(*method, "jwt") != 0)) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "method must be \"join_token\" or \"jwt\"");
+		return false;
+	}
+	want = strcmp(*method, "jwt") == 0 ? "token" : "join_token";
+	json_object_foreach(body, k, v)
+	{
+		if (strcmp(k, "method") != 0 && strcmp(k, want) != 0) {
+			http_reply_problem(req, 400, "bad_request", NULL,
+			                   "unknown field \"%.64s\" for method %s", k, *method);
+			return false;
+		}
+	}
+	v = json_object_get(body, want);
+	*evidence = json_string_value(v);
+	if (*evidence == NULL || strlen(*evidence) != json_string_length(v) ||
+	    json_string_length(v) == 0 || json_string_length(v) > IDP_JWS_MAX_TOKEN) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "%s must be a non-empty string of at most %d bytes", want,
+		                   IDP_JWS_MAX_TOKEN);
+		return false;
+	}
+	return true;
+}
+
+static void
+record_failure(struct http_req *req, const char *id, const struct attest_attempt *at,
+               const char *attestor, int rc)
+{
+	enum audit_outcome o = rc == IDP_EUNAVAIL ? AUDIT_OUTCOME_ERROR : AUDIT_OUTCOME_DENIED;
+
+	if (attest_emit(AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
+	                AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
+	                json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
+	                          "reason", at->reason ? at->reason : "unavailable", "selector",
+	                          at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
+		log_warn("attest: the failed attestation of %s could not be audited",
+		         registry_id_valid(id) ? id : "(malformed id)");
+}
+
+static void
+attest(struct http_req *req, void *ctx)
+{
+	struct attest_attempt at = {0};
+	struct attest_conf *conf = NULL;
+	const struct attestor *who = NULL;
+	const char *id = http_req_param(req, "id"), *method, *evidence;
+	char hash[65], jti[ATTEST_JTI_LEN + 1], spiffe[ATTEST_SPIFFE_ID_MAX], exp[32];
+	char *credential = NULL;
+	json_t *body, *claims = NULL;
+	int64_t exp_s = 0;
+	int rc;
+
+	(void)ctx;
+	body = http_req_json_object(req);
+	if (body == NULL)
+		return;
+	if (!read_evidence(req, body, &method, &evidence))
+		goto done;
+	conf = attest_conf_current();
+	if (conf == NULL) {
+		http_reply_error(req, IDP_EUNAVAIL, "attestation is not ready");
+		goto done;
+	}
+	at.agent_id = id;
+	at.method = method;
+	at.request_id = http_req_id(req);
+	at.source_address = http_req_peer(req);
+	if (!registry_id_valid(id)) {
+		at.reason = "unknown_agent";
+		rc = IDP_EUNAUTH;
+	} else if (strcmp(method, "join_token") == 0) {
+		if (attest_join_token_hash(evidence, hash)) {
+			at.join_hash = hash;
+			rc = IDP_OK;
+		} else {
+			at.reason = "join_token_malformed";
+			rc = IDP_EUNAUTH;
+		}
+	} else {
+		who = find_attestor(conf, evidence, &claims, &at.reason);
+		at.at = who;
+		at.claims = claims;
+		rc = who != NULL ? IDP_OK : IDP_EUNAUTH;
+	}
+	if (rc == IDP_OK)
+		rc = attest_db_issue(conf, idp_clock_system(), &at, &credential, jti, &exp_s);
+	if (rc != IDP_OK) {
+		record_failure(req, id, &at, who != NULL ? who->name : NULL, rc);
+		if (rc == IDP_EUNAUTH)
+			http_reply_problem(req, 401, "unauthorized", NULL, GENERIC_401);
+		else if (rc == IDP_EFORBIDDEN)
+			http_reply_problem(req, 403, "forbidden",
+			                   json_pack("{s:s}", "agent_status",
+			                             strcmp(at.reason, "agent_suspended") == 0
+			                                 ? "suspended"
+			                                 : "decommissioned"),
+			                   "the agent is not active and cannot attest");
+		else
+			http_reply_error(req, rc, "the attestation could not be completed");
+		goto done;
+	}
+	if (!attest_spiffe_id(conf->trust_domain, id, spiffe, sizeof(spiffe)))
+		spiffe[0] = '\0';
+	idp_time_format(exp_s * 1000, exp);
+	http_add_header(req, "Cache-Control", "no-store");
+	http_reply_json(req, 200,
+	                json_pack("{s:s,s:s,s:s,s:s,s:s}", "credential", credential, "token_type",
+	                          "Bearer", "expires_at", exp, "spiffe_id", spiffe, "jti", jti));
+done:
+	if (credential != NULL) {
+		idp_wipe(credential, strlen(credential));
+		free(credential);
+	}
+	json_decref(at.matched);
+	json_decref(claims);
+	json_decref(body);
+	attest_conf_unref(conf);
+}
+
+/* ---- GET /v1/me ---- */
+
+static void
+me(struct http_req *req, void *ctx)
+{
+	struct agent_principal p;
+	const char *why = NULL;
+	struct idp_buf b;
+	int rc;
+
+	(void)ctx;
+	rc = authenticate_agent(req, &p, &why);
+	if (rc == IDP_EUNAUTH) {
+		log_info("attest: agent authentication refused (%s), request %s", why,
+		         http_req_id(req));
+		http_add_header(req, "WWW-Authenticate", "Bearer realm=\"idpd\"");
+		http_reply_problem(req, 401, "unauthorized", NULL,
+		                   "send a valid identity credential as a Bearer token");
+		return;
+	}
+	if (rc != IDP_OK) {
+		http_reply_error(req, rc, "agent authentication is not available now");
+		return;
+	}
+	idp_buf_init(&b, AGENT_JSON_MAX);
+	if (agent_render(p.agent, &b) != IDP_OK) {
+		idp_buf_cleanup(&b);
+		agent_principal_cleanup(&p);
+		http_reply_error(req, IDP_EINTERNAL, "the agent record is too large to render");
+		return;
+	}
+	http_reply_data(req, 200, "application/json", b.data, b.len);
+	idp_buf_cleanup(&b);
+	agent_principal_cleanup(&p);
+}
+
+int
+attest_routes(struct http_router *r, struct idpd_app *app)
+{
+	int rc = 0;
+
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents/{id}/join-tokens", join_tokens, app);
+	rc |= http_router_add(r, HTTP_POST, "/v1/agents/{id}/attest", attest, app);
+	rc |= http_router_add(r, HTTP_GET, "/v1/me", me, app);
+	return rc == 0 ? IDP_OK : IDP_EINVAL;
+}

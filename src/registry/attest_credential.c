@@ -1,0 +1,301 @@
+/*
+ * attest_credential.c - the agent identity credential: its claims, the
+ * random values around it (jti, join tokens), and its verification, from
+ * the stateless checks (agent_credential_verify) to authenticate_agent,
+ * which adds the jti record and the registry.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "idpd/agent_auth.h"
+#include "idpd/b64.h"
+#include "idpd/clock.h"
+#include "idpd/http.h"
+#include "idpd/jws.h"
+#include "idpd/keys.h"
+#include "idpd/log.h"
+#include "idpd/registry.h"
+#include "attest_int.h"
+
+#define SPIFFE_AGENT_PATH "/agent/"
+
+/* ---- random values ---- */
+
+int
+attest_jti_new(char out[ATTEST_JTI_LEN + 1])
+{
+	unsigned char r[16];
+
+	if (RAND_bytes(r, sizeof(r)) != 1)
+		return IDP_EINTERNAL;
+	idp_b64url_encode_to(r, sizeof(r), out);
+	out[ATTEST_JTI_LEN] = '\0';
+	return IDP_OK;
+}
+
+static void
+hex_sha256(const char *s, size_t n, char hash[65])
+{
+	unsigned char h[SHA256_DIGEST_LENGTH];
+
+	SHA256((const unsigned char *)s, n, h);
+	for (size_t i = 0; i < sizeof(h); i++)
+		snprintf(hash + 2 * i, 3, "%02x", h[i]);
+}
+
+int
+attest_join_token_new(char token[ATTEST_JOIN_TOKEN_LEN + 1], char hash[65])
+{
+	unsigned char r[32];
+	size_t p = sizeof(ATTEST_JOIN_TOKEN_PREFIX) - 1;
+
+	if (RAND_bytes(r, sizeof(r)) != 1)
+		return IDP_EINTERNAL;
+	memcpy(token, ATTEST_JOIN_TOKEN_PREFIX, p);
+	idp_b64url_encode_to(r, sizeof(r), token + p);
+	token[ATTEST_JOIN_TOKEN_LEN] = '\0';
+	idp_wipe(r, sizeof(r));
+	hex_sha256(token, ATTEST_JOIN_TOKEN_LEN, hash);
+	return IDP_OK;
+}
+
+bool
+attest_join_token_hash(const char *token, char hash[65])
+{
+	size_t p = sizeof(ATTEST_JOIN_TOKEN_PREFIX) - 1;
+
+	if (token == NULL || strlen(token) != ATTEST_JOIN_TOKEN_LEN ||
+	    strncmp(token, ATTEST_JOIN_TOKEN_PREFIX, p) != 0)
+		return false;
+	for (const char *c = token + p; *c != '\0'; c++)
+		if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+		      (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
+			return false;
+	hex_sha256(token, ATTEST_JOIN_TOKEN_LEN, hash);
+	return true;
+}
+
+/* ---- claims ---- */
+
+bool
+attest_spiffe_id(const char *trust_domain, const char *agent_id, char *out, size_t len)
+{
+	int n = snprintf(out, len, "spiffe://%s" SPIFFE_AGENT_PATH "%s", trust_domain, agent_id);
+
+	return n > 0 && (size_t)n < len;
+}
+
+static int64_t
+floor_div(int64_t a, int64_t b)
+{
+	return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+json_t *
+attest_credential_claims(const struct attest_identity *id, const char *agent_id, const char *jti,
+                         int64_t now_ms, int64_t lifetime_ms, int64_t not_after_ms, int64_t max_ms)
+{
+	char sub[ATTEST_SPIFFE_ID_MAX];
+	int64_t exp_ms = now_ms + lifetime_ms, iat, exp;
+
+	if (not_after_ms > 0 && exp_ms > not_after_ms)
+		exp_ms = not_after_ms;
+	if (max_ms > 0 && exp_ms > now_ms + max_ms)
+		exp_ms = now_ms + max_ms;
+	/* Whole seconds, rounded towards the past on both ends: exp never
+	 * passes the bound it was cut to. */
+	iat = floor_div(now_ms, 1000);
+	exp = floor_div(exp_ms, 1000);
+	if (exp <= iat || !attest_spiffe_id(id->trust_domain, agent_id, sub, sizeof(sub)))
+		return NULL;
+	return json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s}", "iss", id->issuer, "sub", sub, "aud",
+	                 id->audience, "iat", (json_int_t)iat, "nbf", (json_int_t)iat, "exp",
+	                 (json_int_t)exp, "jti", jti);
+}
+
+/* ---- verification ---- */
+
+static bool
+jti_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 16 || n > 64)
+		return false;
+	for (; *s != '\0'; s++)
+		if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
+		      (*s >= '0' && *s <= '9') || *s == '-' || *s == '_'))
+			return false;
+	return true;
+}
+
+/* aud as a string or an array of strings holding want (RFC 7519 4.1.3). */
+bool
+attest_audience_holds(const json_t *aud, const char *want)
+{
+	size_t i;
+	const json_t *v;
+
+	if (json_is_string(aud))
+		return strcmp(json_string_value(aud), want) == 0;
+	if (!json_is_array(aud))
+		return false;
+	json_array_foreach(aud, i, v)
+	{
+		if (json_is_string(v) && strcmp(json_string_value(v), want) == 0)
+			return true;
+	}
+	return false;
+}
+
+int
+agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+                        const struct attest_identity *id, int64_t leeway_ms,
+                        const struct idp_clock *clock, struct agent_credential *out,
+                        const char **reason)
+{
+	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
+	                                   .algs = IDP_JWS_ALLOW_ES256};
+	struct idp_jws_verified v = {0};
+	enum idp_jws_reason jr = IDP_JWS_OK;
+	char prefix[ATTEST_SPIFFE_ID_MAX];
+	const char *sub, *jti, *iss;
+	size_t plen;
+	int rc = IDP_EUNAUTH;
+
+	memset(out, 0, sizeof(*out));
+	if (idp_jws_verify(set, token, len, &opts, &v, &jr) != IDP_OK) {
+		*reason = idp_jws_reason_name(jr);
+		return IDP_EUNAUTH;
+	}
+	if (idp_jwt_check_time(v.claims, clock, leeway_ms / 1000,
+	                       IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT, &jr) != IDP_OK) {
+		*reason = idp_jws_reason_name(jr);
+		goto done;
+	}
+	iss = json_string_value(json_object_get(v.claims, "iss"));
+	if (iss == NULL || strcmp(iss, id->issuer) != 0) {
+		*reason = "issuer_mismatch";
+		goto done;
+	}
+	if (!attest_audience_holds(json_object_get(v.claims, "aud"), id->audience)) {
+		*reason = "audience_mismatch";
+		goto done;
+	}
+	sub = json_string_value(json_object_get(v.claims, "sub"));
+	if (!attest_spiffe_id(id->trust_domain, "", prefix, sizeof(prefix)) || sub == NULL ||
+	    strncmp(sub, prefix, (plen = strlen(prefix))) != 0 || !registry_id_valid(sub + plen)) {
+		*reason = "subject_invalid";
+		goto done;
+	}
+	jti = json_string_value(json_object_get(v.claims, "jti"));
+	if (jti == NULL || !jti_ok(jti)) {
+		*reason = "jti_invalid";
+		goto done;
+	}
+	snprintf(out->agent_id, sizeof(out->agent_id), "%s", sub + plen);
+	snprintf(out->jti, sizeof(out->jti), "%s", jti);
+	snprintf(out->kid, sizeof(out->kid), "%s", v.kid);
+	out->issued_at_s = (int64_t)json_number_value(json_object_get(v.claims, "iat"));
+	out->expires_at_s = (int64_t)json_number_value(json_object_get(v.claims, "exp"));
+	*reason = NULL;
+	rc = IDP_OK;
+done:
+	idp_jws_verified_cleanup(&v);
+	if (rc != IDP_OK)
+		memset(out, 0, sizeof(*out));
+	return rc;
+}
+
+/* The credential of "Authorization: Bearer <token>", or NULL. */
+static const char *
+bearer(struct http_req *req)
+{
+	const char *h = http_req_header(req, "Authorization");
+
+	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+		return NULL;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	return *h != '\0' ? h : NULL;
+}
+
+int
+authenticate_agent(struct http_req *req, struct agent_principal *out, const char **reason)
+{
+	struct attest_conf *conf = attest_conf_current();
+	struct idp_jws_keyset *set = NULL;
+	struct keys *km = keys_process();
+	const struct registry_agent *a = NULL;
+	const char *token = bearer(req), *why = NULL;
+	struct attest_identity id;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (conf == NULL || km == NULL || (set = keys_verify_set(km)) == NULL) {
+		why = "not_ready";
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	if (token == NULL) {
+		why = "no_credential";
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
+	id.trust_domain = conf->trust_domain;
+	id.issuer = conf->issuer;
+	id.audience = conf->audience;
+	rc = agent_credential_verify(set, token, strlen(token), &id, conf->leeway_ms,
+	                             idp_clock_system(), &out->cred, &why);
+	if (rc != IDP_OK)
+		goto done;
+	rc = registry_get(out->cred.agent_id, &a);
+	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
+		why = "unknown_agent";
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
+	if (rc != IDP_OK)
+		goto done;
+	/* The revocation epoch first: a credential from before a suspension is
+	 * dead even after the agent is resumed. */
+	if (registry_issued_before_revocation(a, out->cred.issued_at_s)) {
+		why = "agent_revoked";
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
+	if (a->status != REGISTRY_ACTIVE) {
+		why = a->status == REGISTRY_SUSPENDED ? "agent_suspended" : "agent_decommissioned";
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
+	rc = attest_db_credential_check(out->cred.jti, out->cred.agent_id, &why);
+	if (rc != IDP_OK)
+		goto done;
+	out->agent = a;
+	a = NULL;
+done:
+	registry_agent_unref(a);
+	idp_jws_keyset_unref(set);
+	attest_conf_unref(conf);
+	if (rc != IDP_OK) {
+		if (rc == IDP_EUNAVAIL && why == NULL)
+			why = "unavailable";
+		memset(out, 0, sizeof(*out));
+	}
+	if (reason != NULL)
+		*reason = why;
+	return rc;
+}
+
+void
+agent_principal_cleanup(struct agent_principal *p)
+{
+	registry_agent_unref(p->agent);
+	memset(p, 0, sizeof(*p));
+}
