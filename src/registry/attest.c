@@ -26,6 +26,7 @@
 #include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/log.h"
+#include "idpd/maintenance.h"
 #include "attest_int.h"
 
 #define WRITE_ROLES IDPD_ROLE_REGISTRAR
@@ -147,6 +148,55 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	return IDP_OK;
 }
 
+/*
+ * Cleanup job: join tokens that were spent or have expired, and records of
+ * identity credentials that expired, both older than a day (kept that long
+ * for investigations; the audit log keeps the story for good).  Bounded
+ * batches, like every cleanup job.
+ */
+#define ATTEST_KEEP_MS (24LL * 3600 * 1000)
+#define ATTEST_CLEANUP_BATCH "10000"
+
+static int
+attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt tokens = {
+		"cleanup_join_tokens",
+		"DELETE FROM agent_join_tokens WHERE id IN (SELECT id FROM agent_join_tokens "
+		"WHERE coalesce(used_at, expires_at) < to_timestamp($1::bigint / 1000.0) "
+		"LIMIT $2::int)",
+		2, 0};
+	static struct store_stmt creds = {
+		"cleanup_credentials",
+		"DELETE FROM agent_credentials WHERE jti IN (SELECT jti FROM agent_credentials "
+		"WHERE expires_at < to_timestamp($1::bigint / 1000.0) LIMIT $2::int)",
+		2, 0};
+	char cutoff[24];
+	const char *params[2] = {cutoff, ATTEST_CLEANUP_BATCH};
+	PGresult *r;
+	int rc;
+
+	(void)ctx;
+	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - ATTEST_KEEP_MS));
+	rc = store_exec(run->conn, &tokens, params, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "deleting old join tokens: %s", idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(counts, "join_tokens_deleted",
+			    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	PQclear(r);
+	rc = store_exec(run->conn, &creds, params, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "deleting expired credential records: %s", idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(counts, "credentials_deleted",
+			    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	PQclear(r);
+	return IDP_OK;
+}
+
 int
 attest_init(struct idpd_app *app, struct idp_diag *diag)
 {
@@ -157,6 +207,10 @@ attest_init(struct idpd_app *app, struct idp_diag *diag)
 	install(c);
 	if (app_on_reload(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "attest: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	if (maintenance_register("attestation", attest_cleanup, NULL) != IDP_OK) {
+		idp_diag_add(diag, "attest: cannot register the cleanup job");
 		return IDP_EINVAL;
 	}
 	return IDP_OK;

@@ -34,7 +34,7 @@
 #define K8S_ISS "https://kubernetes.default.svc.cluster.local"
 #define SPIRE_ISS "https://spire.example.org"
 
-static char registrar_key[64], auditor_key[64];
+static char registrar_key[64], auditor_key[64], maint_key[64];
 static char keys_toml[1024];
 
 /* The attestors' test keys: PEM private halves for libjwt. */
@@ -122,17 +122,19 @@ make_attestor_keys(void)
 static void
 make_keys(void)
 {
-	char h1[80], h2[80];
+	char h1[80], h2[80], h3[80];
 
 	make_attestor_keys();
 	if (keys_toml[0] != '\0')
 		return;
 	assert_int_equal(auth_key_generate(registrar_key, h1), IDP_OK);
 	assert_int_equal(auth_key_generate(auditor_key, h2), IDP_OK);
+	assert_int_equal(auth_key_generate(maint_key, h3), IDP_OK);
 	snprintf(keys_toml, sizeof(keys_toml),
 	         "[[api_keys]]\nname = \"ci-registrar\"\nhash = \"%s\"\nroles = [\"registrar\"]\n"
-	         "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n",
-	         h1, h2);
+	         "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
+	         "[[api_keys]]\nname = \"cron\"\nhash = \"%s\"\nroles = [\"maintenance\"]\n",
+	         h1, h2, h3);
 }
 
 static void
@@ -507,6 +509,44 @@ join_token_expired_or_for_another_agent_is_refused(void **state)
 	assert_int_equal(attest_join(&p, "planner-2", tok2, NULL, 0), 401);
 	assert_last_failure("t_att_expired", "planner-2", "join_token_other_agent");
 	assert_int_equal(attest_join(&p, "planner-1", tok2, NULL, 0), 200);
+
+	/* The cron job removes spent and expired join tokens and expired
+	 * credential records once they are a day old; fresh ones stay. */
+	{
+		struct http_resp r;
+		json_t *job;
+		char n[32];
+
+		join_token(&p, "planner-1", tok, sizeof(tok)); /* unspent, fresh: kept */
+		assert_int_equal(harness_sql("t_att_expired",
+					     "UPDATE agent_join_tokens SET created_at = now() - "
+					     "interval '3 days', expires_at = now() - interval '2 days', "
+					     "used_at = CASE WHEN used_at IS NULL THEN NULL ELSE now() - "
+					     "interval '2 days' END WHERE id < (SELECT max(id) FROM "
+					     "agent_join_tokens)"),
+				 0);
+		assert_int_equal(harness_sql("t_att_expired",
+					     "UPDATE agent_credentials SET issued_at = now() - interval "
+					     "'3 days', expires_at = now() - interval '2 days'"),
+				 0);
+		call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
+		assert_int_equal(r.status, 200);
+		job = json_object_get(json_object_get(r.json, "jobs"), "attestation");
+		assert_non_null(job);
+		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")), 2);
+		assert_int_equal(json_integer_value(json_object_get(job, "credentials_deleted")), 1);
+		harness_resp_free(&r);
+		assert_int_equal(harness_sql_value("t_att_expired",
+						   "SELECT count(*) FROM agent_join_tokens", n,
+						   sizeof(n)),
+				 0);
+		assert_string_equal(n, "1");
+		/* Idempotent: a second run finds nothing more. */
+		call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
+		job = json_object_get(json_object_get(r.json, "jobs"), "attestation");
+		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")), 0);
+		harness_resp_free(&r);
+	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
