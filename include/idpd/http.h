@@ -154,6 +154,8 @@ const char *http_req_query(struct http_req *req, const char *name);
 bool http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
 			long *out);
 const char *http_req_header(struct http_req *req, const char *name);
+/* The token of "Authorization: Bearer <token>", or NULL when there is none. */
+const char *http_req_bearer(struct http_req *req);
 const char *http_req_body(const struct http_req *req, size_t *len);
 /* Peer address as text ("127.0.0.1"); "" when unknown. */
 const char *http_req_peer(struct http_req *req);
@@ -197,6 +199,10 @@ void http_reply_problem(struct http_req *req, int status, const char *code, json
 			const char *fmt, ...) IDP_PRINTF(5, 6);
 /* The same, with status and code taken from the one error table. */
 void http_reply_error(struct http_req *req, int err, const char *fmt, ...) IDP_PRINTF(3, 4);
+
+/* The lines of a diagnostic as a JSON array of strings, for a problem's
+ * "errors" member.  Lines that are not valid UTF-8 are left out. */
+json_t *http_diag_lines(const struct idp_diag *d);
 
 /* The table: idp_err -> HTTP status and problem code. */
 int http_status_for(int err);

@@ -216,20 +216,7 @@ ingest_event(struct http_req *req, void *ctx)
 	rc = audit_event_from_jsonv(body, &ev, &diag);
 	json_decref(body);
 	if (rc != IDP_OK) {
-		const char *p = idp_diag_str(&diag);
-
-		errs = json_array();
-		while (*p != '\0') {
-			size_t len = strcspn(p, "\n");
-
-			json_t *line = json_stringn(p, len);
-
-			if (line != NULL)
-				json_array_append_new(errs, line);
-			p += len;
-			if (*p == '\n')
-				p++;
-		}
+		errs = http_diag_lines(&diag);
 		http_reply_problem(req, rc == IDP_ETOOBIG ? 413 : 422,
 				   rc == IDP_ETOOBIG ? "payload_too_large" : "unprocessable",
 				   json_pack("{s:o}", "errors", errs), "the event is not valid");

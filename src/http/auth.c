@@ -172,24 +172,11 @@ auth_check_key(const struct auth_keys *k, const char *key, struct auth_principal
 	return IDP_OK;
 }
 
-static const char *
-bearer(struct http_req *req)
-{
-	const char *h = http_req_header(req, "Authorization");
-
-	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-		return NULL;
-	h += 7;
-	while (*h == ' ')
-		h++;
-	return *h != '\0' ? h : NULL;
-}
-
 bool
 auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out)
 {
 	struct auth_keys *k = auth_keys_current();
-	const char *key = bearer(req);
+	const char *key = http_req_bearer(req);
 	int rc = key != NULL ? auth_check_key(k, key, out) : IDP_EUNAUTH;
 
 	auth_keys_unref(k);

@@ -3,6 +3,7 @@
  * and the RFC 9457 problem+json body.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include "idpd/http.h"
 
@@ -23,6 +24,25 @@ static const struct {
 	{IDP_EIO, 500, "internal"},
 	{IDP_EINTERNAL, 500, "internal"},
 };
+
+json_t *
+http_diag_lines(const struct idp_diag *d)
+{
+	json_t *a = json_array();
+	const char *p = idp_diag_str(d);
+
+	while (*p != '\0') {
+		size_t n = strcspn(p, "\n");
+		json_t *line = json_stringn(p, n);
+
+		if (line != NULL)
+			json_array_append_new(a, line);
+		p += n;
+		if (*p == '\n')
+			p++;
+	}
+	return a;
+}
 
 int
 http_status_for(int err)

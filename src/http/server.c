@@ -341,6 +341,19 @@ http_req_header(struct http_req *req, const char *name)
 }
 
 const char *
+http_req_bearer(struct http_req *req)
+{
+	const char *h = http_req_header(req, "Authorization");
+
+	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+		return NULL;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	return *h != '\0' ? h : NULL;
+}
+
+const char *
 http_req_body(const struct http_req *req, size_t *len)
 {
 	*len = req->body.len;

@@ -101,25 +101,6 @@ learn(const struct policy_input *in, const struct policy_decision *d, const json
 			       decision != NULL && strcmp(decision, "DENY") == 0, now);
 }
 
-static json_t *
-diag_lines(const struct idp_diag *d)
-{
-	json_t *a = json_array();
-	const char *p = idp_diag_str(d);
-
-	while (*p != '\0') {
-		size_t n = strcspn(p, "\n");
-		json_t *line = json_stringn(p, n);
-
-		if (line != NULL)
-			json_array_append_new(a, line);
-		p += n;
-		if (*p == '\n')
-			p++;
-	}
-	return a;
-}
-
 /*
  * Evaluate a policy-shaped JSON object; on bad input answers 422 and returns
  * NULL.  live: a PEP's real question (counted, learnt from), not a dry run.
@@ -137,7 +118,7 @@ evaluate(struct http_req *req, const json_t *input, struct policy_decision *d, b
 	idp_diag_init(&diag);
 	if (policy_input_from_json(input, &jo, &doc, &diag) != IDP_OK) {
 		http_reply_problem(req, 422, "unprocessable",
-				   json_pack("{s:o}", "errors", diag_lines(&diag)),
+				   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
 				   "the input does not fit the policy input model");
 		return NULL;
 	}
@@ -561,7 +542,7 @@ reload_policies(struct http_req *req, void *ctx)
 	idp_diag_init(&diag);
 	if (reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag) != IDP_OK) {
 		http_reply_problem(req, 422, "unprocessable",
-				   json_pack("{s:o}", "errors", diag_lines(&diag)),
+				   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
 				   "the policy set has errors; the old set stays in force");
 		return;
 	}

@@ -211,20 +211,6 @@ done:
 	return rc;
 }
 
-/* The credential of "Authorization: Bearer <token>", or NULL. */
-static const char *
-bearer(struct http_req *req)
-{
-	const char *h = http_req_header(req, "Authorization");
-
-	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-		return NULL;
-	h += 7;
-	while (*h == ' ')
-		h++;
-	return *h != '\0' ? h : NULL;
-}
-
 int
 authenticate_agent(struct http_req *req, struct agent_principal *out, const char **reason)
 {
@@ -232,7 +218,7 @@ authenticate_agent(struct http_req *req, struct agent_principal *out, const char
 	struct idp_jws_keyset *set = NULL;
 	struct keys *km = keys_process();
 	const struct registry_agent *a = NULL;
-	const char *token = bearer(req), *why = NULL;
+	const char *token = http_req_bearer(req), *why = NULL;
 	struct attest_identity id;
 	int rc;
 
