@@ -22,6 +22,7 @@
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/human_auth.h"
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/maintenance.h"
@@ -29,6 +30,7 @@
 #include "idpd/policy_service.h"
 #include "idpd/registry.h"
 #include "idpd/store.h"
+#include "idpd/tasks.h"
 
 #ifndef IDPD_VERSION
 #define IDPD_VERSION "0.1.0"
@@ -398,6 +400,11 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
+	idp_diag_init(&diag);
+	if (human_auth_init(&app, &diag) != IDP_OK || tasks_init(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
 	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
 		log_warn("bug: cannot register the key rotation job");
 	/* A policy set with errors ends startup here: idpd never runs without one. */
@@ -411,7 +418,7 @@ cmd_serve(int argc, char **argv)
 	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK ||
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
-	    attest_routes(router, &app) != IDP_OK) {
+	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -467,6 +474,7 @@ done:
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
 	attest_shutdown();
+	human_auth_shutdown();
 	policy_service_stop();
 	/* After HTTP: every request that emitted has been answered. */
 	audit_ship_stop();

@@ -62,6 +62,19 @@ struct idpd_attestor_cfg {
 	char *selectors; /* "prefix=claim/path ..." (docs/tokens.md) */
 };
 
+/*
+ * One [[idp]] section: an identity provider whose bearer JWTs authenticate
+ * humans (POST /v1/tasks and the endpoints a task's human may call).
+ */
+struct idpd_idp_cfg {
+	char *name;            /* unique label, named in audit events */
+	char *issuer;          /* the exact "iss" of its tokens */
+	char *audience;        /* an "aud" its tokens must carry */
+	char *jwks_file;       /* its public keys, a JWKS document */
+	unsigned algs;         /* bit 0 ES256, bit 1 RS256; none set means both */
+	char *principal_claim; /* the claim naming the human, e.g. "email" */
+};
+
 struct idpd_config {
 	char *path; /* the file it was read from */
 
@@ -154,6 +167,14 @@ struct idpd_config {
 		char *dir;               /* "policies": the *.policy files */
 		char *timezone;          /* "UTC": IANA zone for hours and weekdays */
 	} policy;
+
+	struct {
+		int64_t max_ttl_ms;     /* "24h": longest task and task delegation token */
+		int64_t default_ttl_ms; /* "1h": a task's ttl when the request gives none */
+	} tasks;
+
+	struct idpd_idp_cfg *idps; /* [[idp]], in file order */
+	size_t n_idps;
 
 	struct idpd_attestor_cfg *attestors; /* [[attestors]], in file order */
 	size_t n_attestors;

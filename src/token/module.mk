@@ -10,3 +10,6 @@ BENCH_BINS += $(BUILD)/tests/bench/jws_bench
 $(BUILD)/tests/bench/jws_bench: $(BUILD)/obj/tests/bench/jws_bench.o $(BUILD)/libidpd.a
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
+# Tasks: human identity ([[idp]]), tasks and their delegation tokens.
+LIB_SRCS += src/token/human_auth.c src/token/tasks.c
+UNIT_TESTS += tasks

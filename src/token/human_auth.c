@@ -1,0 +1,277 @@
+/*
+ * human_auth.c - bearer JWTs of the [[idp]] identity providers.
+ *
+ * The verifier is chosen by kid: each provider's key set is tried in
+ * configuration order and the first that knows the token's kid decides, so
+ * a token is never checked against the issuer or audience of a provider
+ * whose key did not sign it.  The process's verifier sits behind
+ * human_auth.lock with a reference count, like attestation's settings.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "idpd/app.h"
+#include "idpd/clock.h"
+#include "idpd/config.h"
+#include "idpd/http.h"
+#include "idpd/human_auth.h"
+#include "idpd/jws.h"
+#include "idpd/log.h"
+
+struct human_idp {
+	char *name;
+	char *issuer;
+	char *audience;
+	char *claim;
+	unsigned algs; /* IDP_JWS_ALLOW bits */
+	struct idp_jws_keyset *keys;
+};
+
+struct human_verifier {
+	_Atomic int refs;
+	int64_t leeway_ms;
+	struct human_idp *idps;
+	size_t n_idps;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* human_auth.lock: guards current */
+static struct human_verifier *current;
+
+void
+human_verifier_free(struct human_verifier *v)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < v->n_idps; i++) {
+		free(v->idps[i].name);
+		free(v->idps[i].issuer);
+		free(v->idps[i].audience);
+		free(v->idps[i].claim);
+		idp_jws_keyset_unref(v->idps[i].keys);
+	}
+	free(v->idps);
+	free(v);
+}
+
+static void
+verifier_unref(struct human_verifier *v)
+{
+	if (v != NULL && atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1)
+		human_verifier_free(v);
+}
+
+static struct human_verifier *
+verifier_current(void)
+{
+	struct human_verifier *v;
+
+	pthread_mutex_lock(&lock);
+	v = current;
+	if (v != NULL)
+		atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&lock);
+	return v;
+}
+
+static void
+install(struct human_verifier *v)
+{
+	struct human_verifier *old;
+
+	pthread_mutex_lock(&lock);
+	old = current;
+	current = v;
+	pthread_mutex_unlock(&lock);
+	verifier_unref(old);
+}
+
+struct human_verifier *
+human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
+{
+	struct human_verifier *v = idp_xcalloc(1, sizeof(*v));
+
+	atomic_init(&v->refs, 1);
+	v->leeway_ms = cfg->identity.leeway_ms;
+	v->idps = idp_xcalloc(cfg->n_idps ? cfg->n_idps : 1, sizeof(*v->idps));
+	for (size_t i = 0; i < cfg->n_idps; i++) {
+		const struct idpd_idp_cfg *ic = &cfg->idps[i];
+		struct human_idp *h = &v->idps[v->n_idps++];
+		struct idp_diag d;
+
+		h->name = idp_xstrdup(ic->name);
+		h->issuer = idp_xstrdup(ic->issuer);
+		h->audience = idp_xstrdup(ic->audience);
+		h->claim = idp_xstrdup(ic->principal_claim);
+		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
+		h->algs = (ic->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
+		          (ic->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
+		if (h->algs == 0)
+			h->algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256;
+		idp_diag_init(&d);
+		if (idp_jws_keyset_load_jwks_file(ic->jwks_file, &h->keys, &d) != IDP_OK) {
+			idp_diag_add(diag, "idp \"%s\" (%s): %s", ic->name, ic->jwks_file,
+			             idp_diag_str(&d));
+			human_verifier_free(v);
+			return NULL;
+		}
+	}
+	return v;
+}
+
+static bool
+audience_holds(const json_t *aud, const char *want)
+{
+	size_t i;
+	const json_t *e;
+
+	if (json_is_string(aud))
+		return strcmp(json_string_value(aud), want) == 0;
+	if (!json_is_array(aud))
+		return false;
+	json_array_foreach(aud, i, e)
+	{
+		if (json_is_string(e) && strcmp(json_string_value(e), want) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* A principal is printable ASCII or UTF-8 without controls or spaces, 1..MAX bytes. */
+static bool
+principal_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > HUMAN_PRINCIPAL_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c <= 0x20 || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+int
+human_token_verify(const struct human_verifier *v, const char *token, size_t len,
+                   const struct idp_clock *clock, struct human_principal *out, const char **reason)
+{
+	struct idp_jws_verified ver = {0};
+	enum idp_jws_reason why = IDP_JWS_KID_UNKNOWN;
+	const struct human_idp *h = NULL;
+	const char *r = NULL, *p;
+	int rc = IDP_EUNAUTH;
+
+	memset(out, 0, sizeof(*out));
+	if (v == NULL || v->n_idps == 0) {
+		r = "no_idp";
+		goto done;
+	}
+	for (size_t i = 0; i < v->n_idps; i++) {
+		struct idp_jws_verify_opts o = {.typ = NULL, .algs = v->idps[i].algs};
+
+		if (idp_jws_verify(v->idps[i].keys, token, len, &o, &ver, &why) == IDP_OK) {
+			h = &v->idps[i];
+			break;
+		}
+		/* Any failure but an unknown kid is this provider's verdict. */
+		if (why != IDP_JWS_KID_UNKNOWN)
+			break;
+	}
+	if (h == NULL) {
+		r = idp_jws_reason_name(why);
+		goto done;
+	}
+	p = json_string_value(json_object_get(ver.claims, "iss"));
+	if (p == NULL || strcmp(p, h->issuer) != 0) {
+		r = "issuer_mismatch";
+		goto done;
+	}
+	if (!audience_holds(json_object_get(ver.claims, "aud"), h->audience)) {
+		r = "audience_mismatch";
+		goto done;
+	}
+	if (idp_jwt_check_time(ver.claims, clock, v->leeway_ms / 1000, IDP_JWT_REQUIRE_EXP, &why) !=
+	    IDP_OK) {
+		r = idp_jws_reason_name(why);
+		goto done;
+	}
+	p = json_string_value(json_object_get(ver.claims, h->claim));
+	if (p == NULL || !principal_ok(p)) {
+		r = "principal_missing";
+		goto done;
+	}
+	snprintf(out->principal, sizeof(out->principal), "%s", p);
+	snprintf(out->idp, sizeof(out->idp), "%s", h->name);
+	out->expires_at_s = (int64_t)json_number_value(json_object_get(ver.claims, "exp"));
+	rc = IDP_OK;
+done:
+	idp_jws_verified_cleanup(&ver);
+	if (reason != NULL)
+		*reason = r;
+	return rc;
+}
+
+static int
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	struct human_verifier *v = human_verifier_new(next, diag);
+
+	(void)app;
+	(void)ctx;
+	if (v == NULL)
+		return IDP_EINVAL;
+	install(v);
+	log_info("human_auth: %zu identity provider(s) loaded", v->n_idps);
+	return IDP_OK;
+}
+
+int
+human_auth_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	struct human_verifier *v = human_verifier_new(app->cfg, diag);
+
+	if (v == NULL)
+		return IDP_EINVAL;
+	install(v);
+	if (app_on_reload(on_reload, NULL) != IDP_OK) {
+		idp_diag_add(diag, "human_auth: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	return IDP_OK;
+}
+
+void
+human_auth_shutdown(void)
+{
+	install(NULL);
+}
+
+int
+authenticate_human(struct http_req *req, struct human_principal *out, const char **reason)
+{
+	struct human_verifier *v = verifier_current();
+	const char *tok = http_req_bearer(req);
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (v == NULL) {
+		if (reason != NULL)
+			*reason = "not_ready";
+		return IDP_EUNAVAIL;
+	}
+	if (tok == NULL) {
+		if (reason != NULL)
+			*reason = "missing";
+		verifier_unref(v);
+		return IDP_EUNAUTH;
+	}
+	rc = human_token_verify(v, tok, strlen(tok), idp_clock_system(), out, reason);
+	verifier_unref(v);
+	return rc;
+}
