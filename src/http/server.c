@@ -855,12 +855,14 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	s->router = r;
 	s->n_stats = http_router_count(r) + 1;
 	s->stats = idp_xcalloc(s->n_stats, sizeof(*s->stats));
+	/* The logger goes first, so MHD sends even its option errors to it. */
 	s->mhd = MHD_start_daemon(
-		flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &ss,
+		flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+		mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT,
 		(unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
 		(unsigned)o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+		MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
 		MHD_OPTION_END);
 	if (s->mhd == NULL) {
 		idp_diag_add(diag, "cannot listen on %s:%d (in use, or not an address of this host)",
