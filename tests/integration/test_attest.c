@@ -156,35 +156,12 @@ start(struct idpd_proc *p, const char *db, const char *identity)
 	assert_int_equal(harness_idpd_start(p, db, NULL, toml), 0);
 }
 
+/* Every request of these tests must get an answer. */
 static void
 call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
      const char *body, struct http_resp *r)
 {
-	char url[1024], auth[4200];
-	const char *h[3];
-	int n = 0;
-
-	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", bearer ? bearer : "");
-	if (bearer != NULL)
-		h[n++] = auth;
-	if (body != NULL)
-		h[n++] = "Content-Type: application/json";
-	h[n] = NULL;
-	snprintf(url, sizeof(url), "%s%s", p->base, path);
-	assert_int_equal(harness_http(method, url, h, body, body ? strlen(body) : 0, r), 0);
-}
-
-static long
-status_of(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-          const char *body)
-{
-	struct http_resp r;
-	long st;
-
-	call(p, method, path, bearer, body, &r);
-	st = r.status;
-	harness_resp_free(&r);
-	return st;
+	assert_int_equal(harness_call(p, method, path, bearer, body, r), 0);
 }
 
 static void
@@ -292,7 +269,7 @@ assert_last_failure(const char *db, const char *id, const char *want)
 static long
 me_status(const struct idpd_proc *p, const char *cred)
 {
-	return status_of(p, "GET", "/v1/me", cred, NULL);
+	return harness_status(p, "GET", "/v1/me", cred, NULL);
 }
 
 /* ---- workload tokens ---- */
@@ -390,12 +367,12 @@ join_token_attests_once_and_is_never_stored_in_clear(void **state)
 	register_agent(&p, "planner-1", NULL);
 
 	/* Only a registrar (or admin) makes join tokens. */
-	assert_int_equal(status_of(&p, "POST", "/v1/agents/planner-1/join-tokens", NULL, NULL),
+	assert_int_equal(harness_status(&p, "POST", "/v1/agents/planner-1/join-tokens", NULL, NULL),
 	                 401);
 	assert_int_equal(
-	    status_of(&p, "POST", "/v1/agents/planner-1/join-tokens", auditor_key, NULL), 403);
+	    harness_status(&p, "POST", "/v1/agents/planner-1/join-tokens", auditor_key, NULL), 403);
 	assert_int_equal(
-	    status_of(&p, "POST", "/v1/agents/nobody/join-tokens", registrar_key, NULL), 404);
+	    harness_status(&p, "POST", "/v1/agents/nobody/join-tokens", registrar_key, NULL), 404);
 	join_token(&p, "planner-1", tok, sizeof(tok));
 
 	attest(&p, "planner-1", "{\"method\":\"join_token\",\"join_token\":\"x\",\"extra\":1}", &r);
@@ -518,33 +495,38 @@ join_token_expired_or_for_another_agent_is_refused(void **state)
 		char n[32];
 
 		join_token(&p, "planner-1", tok, sizeof(tok)); /* unspent, fresh: kept */
-		assert_int_equal(harness_sql("t_att_expired",
-					     "UPDATE agent_join_tokens SET created_at = now() - "
-					     "interval '3 days', expires_at = now() - interval '2 days', "
-					     "used_at = CASE WHEN used_at IS NULL THEN NULL ELSE now() - "
-					     "interval '2 days' END WHERE id < (SELECT max(id) FROM "
-					     "agent_join_tokens)"),
-				 0);
-		assert_int_equal(harness_sql("t_att_expired",
-					     "UPDATE agent_credentials SET issued_at = now() - interval "
-					     "'3 days', expires_at = now() - interval '2 days'"),
-				 0);
+		assert_int_equal(
+		    harness_sql("t_att_expired",
+		                "UPDATE agent_join_tokens SET created_at = now() - "
+		                "interval '3 days', expires_at = now() - interval '2 days', "
+		                "used_at = CASE WHEN used_at IS NULL THEN NULL ELSE now() - "
+		                "interval '2 days' END WHERE id < (SELECT max(id) FROM "
+		                "agent_join_tokens)"),
+		    0);
+		assert_int_equal(
+		    harness_sql("t_att_expired",
+		                "UPDATE agent_credentials SET issued_at = now() - interval "
+		                "'3 days', expires_at = now() - interval '2 days'"),
+		    0);
 		call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
 		assert_int_equal(r.status, 200);
 		job = json_object_get(json_object_get(r.json, "jobs"), "attestation");
 		assert_non_null(job);
-		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")), 2);
-		assert_int_equal(json_integer_value(json_object_get(job, "credentials_deleted")), 1);
+		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")),
+		                 2);
+		assert_int_equal(json_integer_value(json_object_get(job, "credentials_deleted")),
+		                 1);
 		harness_resp_free(&r);
 		assert_int_equal(harness_sql_value("t_att_expired",
-						   "SELECT count(*) FROM agent_join_tokens", n,
-						   sizeof(n)),
-				 0);
+		                                   "SELECT count(*) FROM agent_join_tokens", n,
+		                                   sizeof(n)),
+		                 0);
 		assert_string_equal(n, "1");
 		/* Idempotent: a second run finds nothing more. */
 		call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
 		job = json_object_get(json_object_get(r.json, "jobs"), "attestation");
-		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")), 0);
+		assert_int_equal(json_integer_value(json_object_get(job, "join_tokens_deleted")),
+		                 0);
 		harness_resp_free(&r);
 	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
@@ -621,8 +603,8 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 	register_agent(&p, "planner-2", NULL);
 	join_token(&p, "planner-1", tok, sizeof(tok));
 	join_token(&p, "planner-2", tok2, sizeof(tok2));
-	assert_int_equal(status_of(&p, "POST", "/v1/agents/planner-1/suspend", registrar_key, NULL),
-	                 200);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/planner-1/suspend", registrar_key, NULL), 200);
 	assert_int_equal(attest_join(&p, "planner-1", tok, NULL, 0), 403);
 	assert_last_failure("t_att_status", "planner-1", "agent_suspended");
 	call(&p, "POST", "/v1/agents/planner-2/decommission", registrar_key,
@@ -633,10 +615,11 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 	assert_last_failure("t_att_status", "planner-2", "agent_decommissioned");
 	/* No join token for a decommissioned agent. */
 	assert_int_equal(
-	    status_of(&p, "POST", "/v1/agents/planner-2/join-tokens", registrar_key, NULL), 409);
+	    harness_status(&p, "POST", "/v1/agents/planner-2/join-tokens", registrar_key, NULL),
+	    409);
 	/* The refused attempt did not spend the token: resumed, the agent attests. */
-	assert_int_equal(status_of(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL),
-	                 200);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL), 200);
 	assert_int_equal(attest_join(&p, "planner-1", tok, NULL, 0), 200);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
@@ -785,11 +768,11 @@ credential_revoked_suspended_or_decommissioned_does_not_authenticate(void **stat
 	assert_int_equal(me_status(&p, c1), 401);
 
 	/* Suspended after issuance; resuming does not revive the credential. */
-	assert_int_equal(status_of(&p, "POST", "/v1/agents/agent-b/suspend", registrar_key, NULL),
-	                 200);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/agent-b/suspend", registrar_key, NULL), 200);
 	assert_int_equal(me_status(&p, c2), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/agents/agent-b/resume", registrar_key, NULL),
-	                 200);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/agent-b/resume", registrar_key, NULL), 200);
 	assert_int_equal(me_status(&p, c2), 401);
 
 	/* Decommissioned. */

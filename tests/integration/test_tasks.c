@@ -95,35 +95,12 @@ human_token(const struct idp_jws_key *key, const char *email, const char *aud, l
 	return tok;
 }
 
+/* Every request of these tests must get an answer. */
 static void
 call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
      const char *body, struct http_resp *r)
 {
-	char url[1024], auth[4200];
-	const char *h[3];
-	int n = 0;
-
-	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", bearer ? bearer : "");
-	if (bearer != NULL)
-		h[n++] = auth;
-	if (body != NULL)
-		h[n++] = "Content-Type: application/json";
-	h[n] = NULL;
-	snprintf(url, sizeof(url), "%s%s", p->base, path);
-	assert_int_equal(harness_http(method, url, h, body, body ? strlen(body) : 0, r), 0);
-}
-
-static long
-status_of(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-          const char *body)
-{
-	struct http_resp r;
-	long st;
-
-	call(p, method, path, bearer, body, &r);
-	st = r.status;
-	harness_resp_free(&r);
-	return st;
+	assert_int_equal(harness_call(p, method, path, bearer, body, r), 0);
 }
 
 static void
@@ -301,14 +278,14 @@ task_refusals_issue_nothing(void **state)
 	}
 
 	/* Bad human tokens: 401. */
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", NULL, ok_body), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", "not-a-jwt", ok_body), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", expired, ok_body), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", other_aud, ok_body), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", rogue, ok_body), 401);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", none, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", NULL, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", "not-a-jwt", ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", expired, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", other_aud, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", rogue, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", none, ok_body), 401);
 	/* An operator key is not a human. */
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", admin_key, ok_body), 401);
+	assert_int_equal(harness_status(&p, "POST", "/v1/tasks", admin_key, ok_body), 401);
 
 	/* Scope outside the root agent's capabilities: 403 with the reason. */
 	call(&p, "POST", "/v1/tasks", alice,
@@ -326,7 +303,8 @@ task_refusals_issue_nothing(void **state)
 	harness_resp_free(&r);
 	/* Suspended root agent. */
 	assert_int_equal(
-	    status_of(&p, "POST", "/v1/agents/sleepy-agent/suspend", registrar_key, NULL), 200);
+	    harness_status(&p, "POST", "/v1/agents/sleepy-agent/suspend", registrar_key, NULL),
+	    200);
 	call(&p, "POST", "/v1/tasks", alice,
 	     "{\"root_agent\":\"sleepy-agent\",\"scope\":\"reports:write\"}", &r);
 	assert_int_equal(r.status, 403);
@@ -335,14 +313,17 @@ task_refusals_issue_nothing(void **state)
 	harness_resp_free(&r);
 	/* Malformed requests. */
 	assert_int_equal(
-	    status_of(&p, "POST", "/v1/tasks", alice, "{\"root_agent\":\"planning-agent\"}"), 400);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", alice,
-	                           "{\"root_agent\":\"planning-agent\",\"scope\":\"nocolon\"}"),
-	                 400);
-	assert_int_equal(status_of(&p, "POST", "/v1/tasks", alice,
-	                           "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
-	                           "\"ttl\":\"forever\"}"),
-	                 400);
+	    harness_status(&p, "POST", "/v1/tasks", alice, "{\"root_agent\":\"planning-agent\"}"),
+	    400);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/tasks", alice,
+	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"nocolon\"}"),
+	    400);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/tasks", alice,
+	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
+	                   "\"ttl\":\"forever\"}"),
+	    400);
 
 	/* Nothing was issued or recorded. */
 	assert_int_equal(count("t_tasks_refuse", "SELECT count(*) FROM tasks"), 0);
@@ -385,21 +366,21 @@ task_read_and_complete_by_who_may(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "id")), task_id);
 	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "open");
 	harness_resp_free(&r);
-	assert_int_equal(status_of(&p, "GET", path, bob, NULL), 403);
-	assert_int_equal(status_of(&p, "GET", path, auditor_key, NULL), 200);
-	assert_int_equal(status_of(&p, "GET", path, registrar_key, NULL), 403);
-	assert_int_equal(status_of(&p, "GET", path, NULL, NULL), 401);
-	assert_int_equal(status_of(&p, "GET", "/v1/tasks/task_doesnotexist0000000", alice, NULL),
-	                 403);
+	assert_int_equal(harness_status(&p, "GET", path, bob, NULL), 403);
+	assert_int_equal(harness_status(&p, "GET", path, auditor_key, NULL), 200);
+	assert_int_equal(harness_status(&p, "GET", path, registrar_key, NULL), 403);
+	assert_int_equal(harness_status(&p, "GET", path, NULL, NULL), 401);
+	assert_int_equal(
+	    harness_status(&p, "GET", "/v1/tasks/task_doesnotexist0000000", alice, NULL), 403);
 	agent_credential(&p, "planning-agent", cred, sizeof(cred));
-	assert_int_equal(status_of(&p, "GET", path, cred, NULL), 200);
+	assert_int_equal(harness_status(&p, "GET", path, cred, NULL), 200);
 	agent_credential(&p, "other-agent", cred, sizeof(cred));
-	assert_int_equal(status_of(&p, "GET", path, cred, NULL), 403);
+	assert_int_equal(harness_status(&p, "GET", path, cred, NULL), 403);
 
 	/* Complete: not by another human, another agent or an auditor. */
-	assert_int_equal(status_of(&p, "POST", path2, bob, NULL), 403);
-	assert_int_equal(status_of(&p, "POST", path2, cred, NULL), 403);
-	assert_int_equal(status_of(&p, "POST", path2, auditor_key, NULL), 403);
+	assert_int_equal(harness_status(&p, "POST", path2, bob, NULL), 403);
+	assert_int_equal(harness_status(&p, "POST", path2, cred, NULL), 403);
+	assert_int_equal(harness_status(&p, "POST", path2, auditor_key, NULL), 403);
 	snprintf(
 	    sql, sizeof(sql),
 	    "SELECT count(*) FROM delegation_tokens WHERE task_id = '%s' AND revoked_at IS NULL",
@@ -447,8 +428,8 @@ task_read_and_complete_by_who_may(void **state)
 	assert_string_equal(json_string_value(json_object_get(json_array_get(evs, 1), "task_id")),
 	                    task_id);
 	harness_resp_free(&r);
-	assert_int_equal(status_of(&p, "GET", path, bob, NULL), 403);
-	assert_int_equal(status_of(&p, "GET", path, auditor_key, NULL), 200);
+	assert_int_equal(harness_status(&p, "GET", path, bob, NULL), 403);
+	assert_int_equal(harness_status(&p, "GET", path, auditor_key, NULL), 200);
 	free(alice);
 	free(bob);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);

@@ -367,6 +367,37 @@ harness_http(const char *method, const char *url, const char *const *headers, co
 	return cc == CURLE_OK ? 0 : -1;
 }
 
+int
+harness_call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
+	     const char *body, struct http_resp *r)
+{
+	char url[1024], auth[4200];
+	const char *h[3];
+	int n = 0;
+
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", bearer ? bearer : "");
+	if (bearer != NULL)
+		h[n++] = auth;
+	if (body != NULL)
+		h[n++] = "Content-Type: application/json";
+	h[n] = NULL;
+	snprintf(url, sizeof(url), "%s%s", p->base, path);
+	return harness_http(method, url, h, body, body ? strlen(body) : 0, r);
+}
+
+long
+harness_status(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
+	       const char *body)
+{
+	struct http_resp r;
+	long st = -1;
+
+	if (harness_call(p, method, path, bearer, body, &r) == 0)
+		st = r.status;
+	harness_resp_free(&r);
+	return st;
+}
+
 void
 harness_resp_free(struct http_resp *r)
 {

@@ -77,6 +77,16 @@ bool harness_log_contains(const struct idpd_proc *p, const char *s);
 int harness_http(const char *method, const char *url, const char *const *headers,
 		 const char *body, size_t body_len, struct http_resp *r);
 void harness_resp_free(struct http_resp *r);
+/*
+ * A request to idpd p: path relative to its base URL, bearer (may be NULL)
+ * sent as "Authorization: Bearer", body (may be NULL) as application/json.
+ * Returns 0 when a response arrived.  harness_status returns its status
+ * (-1 when none) and frees the response.
+ */
+int harness_call(const struct idpd_proc *p, const char *method, const char *path,
+		 const char *bearer, const char *body, struct http_resp *r);
+long harness_status(const struct idpd_proc *p, const char *method, const char *path,
+		    const char *bearer, const char *body);
 /* Value of response header name (case-insensitive) into out; false if absent. */
 bool harness_resp_header(const struct http_resp *r, const char *name, char *out, size_t len);
 
