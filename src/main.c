@@ -21,6 +21,7 @@
 #include "idpd/auth.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
+#include "idpd/delegation.h"
 #include "idpd/http.h"
 #include "idpd/human_auth.h"
 #include "idpd/keys.h"
@@ -401,7 +402,8 @@ cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	idp_diag_init(&diag);
-	if (human_auth_init(&app, &diag) != IDP_OK || tasks_init(&app, &diag) != IDP_OK) {
+	if (human_auth_init(&app, &diag) != IDP_OK || tasks_init(&app, &diag) != IDP_OK ||
+	    delegation_init(&app, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
@@ -418,7 +420,8 @@ cmd_serve(int argc, char **argv)
 	if (ops_routes(router, &app) != IDP_OK || audit_routes(router, &app) != IDP_OK ||
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
-	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK) {
+	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK ||
+	    delegation_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;

@@ -90,6 +90,12 @@ connect_and_listen(struct store_listener *l)
 
 	if (pg == NULL)
 		return NULL;
+	/* Named, so an operator (or a test) can tell this session from the pool's. */
+	{
+		PGresult *r = PQexec(pg, "SET application_name = 'idpd listener'");
+
+		PQclear(r);
+	}
 	for (size_t i = 0; i < l->n_subs; i++) {
 		char sql[96];
 		PGresult *r;

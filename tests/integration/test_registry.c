@@ -808,7 +808,7 @@ cache_reloads_after_the_listener_reconnects(void **state)
 	 * the notification is sent while nobody listens, and is lost. */
 	sql_value("t_reg_resync",
 	          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-	          "WHERE datname = 't_reg_resync' AND query LIKE 'LISTEN%'",
+	          "WHERE datname = 't_reg_resync' AND application_name = 'idpd listener'",
 	          n, sizeof(n));
 	assert_string_equal(n, "1");
 	assert_int_equal(

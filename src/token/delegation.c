@@ -1,0 +1,739 @@
+/*
+ * delegation.c - POST /v1/delegations: an agent hands a narrower part of its
+ * task-scoped delegation token to another agent (docs/tokens.md
+ * "Delegation", DESIGN §7).
+ *
+ * The caller authenticates with its identity credential and presents its
+ * own delegation token in the body.  Every check that needs no database
+ * runs first (the token, delegate-to, scope diminishment, capabilities,
+ * max-scope-per-delegation, lifetime); then one transaction locks the task
+ * row (so a completion cannot slip in), walks the stored chain from the
+ * parent jti up to the root (every link unrevoked, every agent's
+ * max_chain_depth respected), inserts the new token with its parent jti,
+ * emits delegation.created and COMMITs.  The token is handed out only after
+ * its event is durable.
+ *
+ * Refusals are 403 problems whose "reason" is a stable code; chain
+ * violations start with AUDIT_REASON_CHAIN_PREFIX so the audit alert rule
+ * classifies them.  Each refusal is audited as delegation.denied, best
+ * effort: a refusal stands even when its event cannot be written.
+ *
+ * An action class listed in the delegator's requires_human_approval_for
+ * answers 202 REQUIRE_APPROVAL; approvals are not issued yet, so such a
+ * delegation cannot complete.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/agent_auth.h"
+#include "idpd/app.h"
+#include "idpd/attest.h"
+#include "idpd/audit_writer.h"
+#include "idpd/clock.h"
+#include "idpd/delegation.h"
+#include "idpd/jws.h"
+#include "idpd/keys.h"
+#include "idpd/log.h"
+#include "idpd/registry.h"
+#include "idpd/scope.h"
+#include "idpd/tasks.h"
+
+#define GENERIC_401 "a valid agent credential is required"
+/* Walking more links than this means a corrupt chain: no agent allows it. */
+#define CHAIN_MAX 64
+
+static struct store *store;
+static char issuer[513], audience[513];
+
+int
+delegation_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	(void)diag;
+	store = app->store;
+	/* identity.* are restart-only, like the copies in tasks and attestation. */
+	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
+	snprintf(audience, sizeof(audience), "%s", app->cfg->identity.audience);
+	return IDP_OK;
+}
+
+/* ---- the pure parts ---- */
+
+json_t *
+delegation_claims(const struct delegation_token *t, const json_t *parent_act)
+{
+	json_t *c, *act;
+
+	if (t->exp_s <= t->iat_s || !json_is_object(parent_act))
+		return NULL;
+	act =
+	    json_pack("{s:s,s:s,s:O}", "sub", t->delegator, "sub_type", "agent", "act", parent_act);
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:i,s:o}", "iss", t->issuer, "sub",
+	              t->agent_id, "aud", t->audience, "iat", (json_int_t)t->iat_s, "exp",
+	              (json_int_t)t->exp_s, "jti", t->jti, "task_id", t->task_id, "scope", t->scope,
+	              "human_principal", t->human, "delegation_chain_hash", t->chain_hash, "depth",
+	              t->depth, "act", act);
+	return c;
+}
+
+int
+delegation_chain_parse(const char *text, uint8_t out[TASK_CHAIN_HASH_LEN])
+{
+	if (text == NULL || strlen(text) != TASK_CHAIN_TEXT_LEN - 1 ||
+	    strncmp(text, "sha256:", 7) != 0)
+		return IDP_EINVAL;
+	for (size_t i = 0; i < TASK_CHAIN_HASH_LEN; i++) {
+		int v = 0;
+
+		for (size_t k = 0; k < 2; k++) {
+			char ch = text[7 + 2 * i + k];
+
+			if (ch >= '0' && ch <= '9')
+				v = v * 16 + (ch - '0');
+			else if (ch >= 'a' && ch <= 'f')
+				v = v * 16 + (ch - 'a' + 10);
+			else
+				return IDP_EINVAL;
+		}
+		out[i] = (uint8_t)v;
+	}
+	return IDP_OK;
+}
+
+bool
+delegation_may_delegate_to(const struct registry_agent *from, const struct registry_agent *to)
+{
+	for (size_t i = 0; i < from->n_delegate_to; i++)
+		if (strcmp(from->delegate_to[i], to->id) == 0 ||
+		    strcmp(from->delegate_to[i], to->agent_type) == 0)
+			return true;
+	return false;
+}
+
+/* ---- scopes ---- */
+
+struct scopes {
+	char *v[TASK_MAX_SCOPES];
+	size_t n;
+	char joined[TASK_MAX_SCOPES * (IDP_SCOPE_MAX_LEN + 1)];
+};
+
+static void
+scopes_cleanup(struct scopes *s)
+{
+	for (size_t i = 0; i < s->n; i++)
+		free(s->v[i]);
+	s->n = 0;
+}
+
+static bool
+scopes_add(struct scopes *s, const char *p, size_t len, struct idp_diag *d)
+{
+	char one[IDP_SCOPE_MAX_LEN + 1];
+	size_t at = strlen(s->joined);
+
+	if (len == 0)
+		return true;
+	if (len > IDP_SCOPE_MAX_LEN) {
+		idp_diag_add(d, "scope: longer than %d bytes", IDP_SCOPE_MAX_LEN);
+		return false;
+	}
+	memcpy(one, p, len);
+	one[len] = '\0';
+	if (scope_validate(one, d) != IDP_OK)
+		return false;
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(s->v[i], one) == 0)
+			return true;
+	if (s->n == TASK_MAX_SCOPES) {
+		idp_diag_add(d, "scope: more than %d scopes", TASK_MAX_SCOPES);
+		return false;
+	}
+	if (at > 0)
+		s->joined[at++] = ' ';
+	memcpy(s->joined + at, one, len + 1);
+	s->v[s->n++] = idp_xstrdup(one);
+	return true;
+}
+
+/* A space-separated string (RFC 6749) or an array of strings; at least one scope. */
+static bool
+scopes_parse(const json_t *j, struct scopes *s, struct idp_diag *d)
+{
+	size_t i;
+	const json_t *e;
+
+	if (json_is_string(j)) {
+		const char *p = json_string_value(j);
+
+		while (*p != '\0') {
+			size_t n = strcspn(p, " ");
+
+			if (!scopes_add(s, p, n, d))
+				return false;
+			p += n;
+			p += strspn(p, " ");
+		}
+	} else if (json_is_array(j)) {
+		json_array_foreach(j, i, e)
+		{
+			if (!json_is_string(e)) {
+				idp_diag_add(d, "scope[%zu]: not a string", i);
+				return false;
+			}
+			if (!scopes_add(s, json_string_value(e), json_string_length(e), d))
+				return false;
+		}
+	} else {
+		idp_diag_add(d, "scope: required, a string or an array of strings");
+		return false;
+	}
+	if (s->n == 0) {
+		idp_diag_add(d, "scope: at least one scope is required");
+		return false;
+	}
+	return true;
+}
+
+/* A PostgreSQL text[] literal; every scope is validated (no quotes, no backslashes). */
+static char *
+pg_array(const struct scopes *s)
+{
+	struct idp_buf b;
+	int rc;
+	char *out;
+
+	idp_buf_init(&b, 1u << 20);
+	rc = idp_buf_putc(&b, '{');
+	for (size_t i = 0; rc == IDP_OK && i < s->n; i++)
+		rc = idp_buf_printf(&b, "%s\"%s\"", i > 0 ? "," : "", s->v[i]);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	out = rc == IDP_OK ? idp_buf_take(&b, NULL) : NULL;
+	idp_buf_cleanup(&b);
+	return out;
+}
+
+/* ---- the request ---- */
+
+struct deleg {
+	struct http_req *req;
+	struct agent_principal who;
+	const struct registry_agent *target;
+	struct idp_jws_verified parent;
+	struct scopes sc;
+	struct scopes parent_sc;
+	const char *to_agent;
+	const char *task_id;
+	const char *human;
+	const char *parent_jti;
+	int parent_depth;
+	int64_t parent_exp_s;
+	int64_t ttl_s; /* 0: absent */
+	/* the outcome */
+	const char *reason;
+	char jti[ATTEST_JTI_LEN + 1];
+	char chain[TASK_CHAIN_TEXT_LEN];
+	char *token;
+	int64_t exp_s;
+};
+
+static void
+emit_event(struct deleg *g, enum audit_type type, enum audit_outcome outcome, json_t *detail,
+           bool *ok)
+{
+	struct audit_event *ev = audit_event_new(type, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(g->req);
+	const char *agent = g->who.agent != NULL ? g->who.agent->id : NULL;
+	int rc = IDP_OK;
+
+	*ok = false;
+	if (ev == NULL) {
+		json_decref(detail);
+		return;
+	}
+	audit_event_set_outcome(ev, outcome);
+	if (audit_event_set(ev, AUDIT_F_TASK_ID, g->task_id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, g->human) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_ID, agent) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_TYPE,
+	                    g->who.agent != NULL ? g->who.agent->agent_type : NULL) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(g->req)) != IDP_OK ||
+	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+	    (agent != NULL && audit_event_set_actor(ev, AUDIT_ACTOR_AGENT, agent) != IDP_OK))
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && type == AUDIT_DELEGATION_CREATED &&
+	    (audit_event_set(ev, AUDIT_F_TOKEN_ID, g->jti) != IDP_OK ||
+	     audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, g->sc.joined) != IDP_OK))
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && g->human != NULL && audit_event_chain_append(ev, g->human) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && agent != NULL && audit_event_chain_append(ev, agent) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && g->to_agent != NULL && type == AUDIT_DELEGATION_CREATED &&
+	    audit_event_chain_append(ev, g->to_agent) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && detail != NULL && audit_event_set_detail(ev, detail) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	json_decref(detail);
+	if (rc != IDP_OK) {
+		log_error("delegation: bug: cannot build the %s event", audit_type_name(type));
+		audit_event_free(ev);
+		return;
+	}
+	*ok = audit_emit(ev) == IDP_OK;
+}
+
+/* Answer a refusal and record it, best effort. */
+static void
+deny(struct deleg *g, int status, const char *reason)
+{
+	bool ok;
+
+	emit_event(g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_DENIED,
+	           json_pack("{s:s,s:s?,s:s?}", "reason", reason, "to_agent", g->to_agent,
+	                     "requested_scope", g->sc.n > 0 ? g->sc.joined : NULL),
+	           &ok);
+	if (!ok)
+		log_warn("delegation: cannot record the refusal (%s) in the audit log", reason);
+	http_reply_problem(g->req, status, reason, json_pack("{s:s}", "reason", reason),
+	                   "the delegation is refused: %s", reason);
+}
+
+/* Verify the presented delegation token; on failure sets g->reason. */
+static bool
+parent_verify(struct deleg *g, const char *tok)
+{
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP};
+	enum idp_jws_reason why;
+	const json_t *c;
+	const char *sub, *iss, *aud, *scope;
+	struct idp_diag d;
+	bool ok = false;
+
+	if (set == NULL) {
+		g->reason = "unavailable";
+		return false;
+	}
+	g->reason = "delegation_token_invalid";
+	if (idp_jws_verify(set, tok, strlen(tok), &o, &g->parent, &why) != IDP_OK)
+		goto done;
+	c = g->parent.claims;
+	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
+	                       &why) != IDP_OK) {
+		g->reason = "delegation_token_expired";
+		goto done;
+	}
+	sub = json_string_value(json_object_get(c, "sub"));
+	iss = json_string_value(json_object_get(c, "iss"));
+	aud = json_string_value(json_object_get(c, "aud"));
+	scope = json_string_value(json_object_get(c, "scope"));
+	g->task_id = json_string_value(json_object_get(c, "task_id"));
+	g->human = json_string_value(json_object_get(c, "human_principal"));
+	g->parent_jti = json_string_value(json_object_get(c, "jti"));
+	if (sub == NULL || iss == NULL || aud == NULL || scope == NULL || g->task_id == NULL ||
+	    g->human == NULL || g->parent_jti == NULL || strcmp(iss, issuer) != 0 ||
+	    strcmp(aud, audience) != 0 || !json_is_integer(json_object_get(c, "depth")) ||
+	    !json_is_object(json_object_get(c, "act"))) {
+		g->task_id = g->human = g->parent_jti = NULL;
+		goto done;
+	}
+	if (strcmp(sub, g->who.agent->id) != 0) {
+		g->reason = "delegation_token_not_yours";
+		goto done;
+	}
+	g->parent_depth = (int)json_integer_value(json_object_get(c, "depth"));
+	g->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
+	idp_diag_init(&d);
+	if (!scopes_parse(json_object_get(c, "scope"), &g->parent_sc, &d))
+		goto done;
+	ok = true;
+done:
+	idp_jws_keyset_unref(set);
+	return ok;
+}
+
+/* The checks that need no database; false with g->reason on a refusal. */
+static bool
+check_request(struct deleg *g, int64_t now_s)
+{
+	const struct registry_agent *me = g->who.agent;
+	const struct scope_verb_map *vm = scope_verb_map_default();
+	int rc = registry_get(g->to_agent, &g->target);
+
+	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
+		g->target = NULL;
+		g->reason = "chain_delegate_unknown";
+		return false;
+	}
+	if (rc != IDP_OK) {
+		g->target = NULL;
+		g->reason = "unavailable";
+		return false;
+	}
+	if (!delegation_may_delegate_to(me, g->target)) {
+		g->reason = "chain_delegate_not_allowed";
+		return false;
+	}
+	if (g->target->status != REGISTRY_ACTIVE) {
+		g->reason = "chain_delegate_not_active";
+		return false;
+	}
+	for (size_t i = 0; i < g->sc.n; i++) {
+		if (!scope_within(g->sc.v[i], (const char *const *)g->parent_sc.v,
+		                  g->parent_sc.n)) {
+			g->reason = "scope_not_within_parent";
+			return false;
+		}
+	}
+	for (size_t i = 0; i < g->sc.n; i++) {
+		if (!registry_agent_can(g->target, g->sc.v[i])) {
+			g->reason = AUDIT_REASON_SCOPE_ESCALATION;
+			return false;
+		}
+	}
+	for (size_t i = 0; i < g->sc.n; i++) {
+		if (scope_action_class(vm, g->sc.v[i]) > me->max_scope_per_delegation) {
+			g->reason = "scope_exceeds_max_per_delegation";
+			return false;
+		}
+	}
+	if (g->parent_depth + 1 > me->max_chain_depth ||
+	    g->parent_depth + 1 > g->target->max_chain_depth) {
+		g->reason = "chain_depth_exceeded";
+		return false;
+	}
+	if (g->ttl_s > 0 && now_s + g->ttl_s > g->parent_exp_s) {
+		g->reason = "chain_lifetime_exceeds_parent";
+		return false;
+	}
+	for (size_t i = 0; i < g->sc.n; i++) {
+		enum idp_action_class k = scope_action_class(vm, g->sc.v[i]);
+
+		if ((me->requires_human_approval_for & (1u << k)) != 0) {
+			g->reason = "approval_required";
+			return false;
+		}
+	}
+	return true;
+}
+
+static struct store_stmt st_task_share = {
+    "deleg_task_share", "SELECT status, expires_at > now() FROM tasks WHERE id = $1 FOR SHARE", 1,
+    0};
+
+/* The parent and its ancestors, nearest first. */
+static struct store_stmt st_chain = {
+    "deleg_chain",
+    "WITH RECURSIVE c(jti, parent_jti, agent_id, depth, revoked, n) AS ("
+    " SELECT jti, parent_jti, agent_id, depth, revoked_at IS NOT NULL, 0 FROM delegation_tokens"
+    " WHERE jti = $1 AND task_id = $2"
+    " UNION ALL SELECT d.jti, d.parent_jti, d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
+    " c.n + 1 FROM delegation_tokens d JOIN c ON d.jti = c.parent_jti WHERE c.n < 64)"
+    " SELECT agent_id, depth, revoked FROM c ORDER BY n",
+    2, 0};
+
+static struct store_stmt st_insert = {
+    "deleg_insert",
+    "INSERT INTO delegation_tokens (jti, task_id, parent_jti, agent_id, scope, depth, "
+    "chain_hash, kid, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5::text[], $6::int, $7, "
+    "$8, to_timestamp($9::bigint), to_timestamp($10::bigint))",
+    10, 0};
+
+/* Every agent on the stored chain allows depth; false with g->reason otherwise. */
+static bool
+chain_ok(struct deleg *g, PGresult *r, int depth)
+{
+	int n = PQntuples(r);
+
+	/* The stored parent must be the token presented, held by the caller. */
+	if (n != g->parent_depth + 1 || n > CHAIN_MAX ||
+	    strcmp(PQgetvalue(r, 0, 0), g->who.agent->id) != 0) {
+		g->reason = "chain_broken";
+		return false;
+	}
+	for (int i = 0; i < n; i++) {
+		const struct registry_agent *a = NULL;
+		int rc;
+
+		if (strcmp(PQgetvalue(r, i, 2), "t") == 0) {
+			g->reason = "chain_token_revoked";
+			return false;
+		}
+		rc = registry_get(PQgetvalue(r, i, 0), &a);
+		if (rc != IDP_OK) {
+			g->reason = rc == IDP_EUNAVAIL ? "unavailable" : "chain_agent_unknown";
+			return false;
+		}
+		if (depth > a->max_chain_depth) {
+			registry_agent_unref(a);
+			g->reason = "chain_depth_exceeded";
+			return false;
+		}
+		registry_agent_unref(a);
+	}
+	return true;
+}
+
+/*
+ * The transaction.  IDP_EFORBIDDEN with g->reason for a refusal found in
+ * the database, IDP_EUNAVAIL when the store or the audit log is down.
+ */
+static int
+issue(struct deleg *g, int64_t now_ms)
+{
+	struct keys *km = keys_process();
+	struct idp_jws_key *key = NULL;
+	struct store_conn *c = NULL;
+	PGresult *r = NULL;
+	json_t *claims = NULL;
+	char *scopes = NULL;
+	char depth[16], iat[24], exp[24];
+	const char *params[10];
+	uint8_t h[TASK_CHAIN_HASH_LEN];
+	int64_t not_after = 0, exp_ms;
+	bool ok;
+	int rc;
+
+	if (km == NULL || keys_signing_key(km, &key, &not_after) != IDP_OK)
+		return IDP_EUNAVAIL;
+	exp_ms = g->ttl_s > 0 ? now_ms + g->ttl_s * 1000 : g->parent_exp_s * 1000;
+	if (exp_ms > g->parent_exp_s * 1000)
+		exp_ms = g->parent_exp_s * 1000;
+	if (exp_ms > now_ms + keys_max_token_lifetime_ms(km))
+		exp_ms = now_ms + keys_max_token_lifetime_ms(km);
+	if (exp_ms > not_after)
+		exp_ms = not_after;
+	g->exp_s = exp_ms / 1000;
+	if (g->exp_s <= now_ms / 1000) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	if (attest_jti_new(g->jti) != IDP_OK ||
+	    delegation_chain_parse(
+	        json_string_value(json_object_get(g->parent.claims, "delegation_chain_hash")), h) !=
+	        IDP_OK ||
+	    task_chain_next(h, g->to_agent, g->jti, g->sc.joined, h) != IDP_OK) {
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+	task_chain_format(h, g->chain);
+	claims = delegation_claims(
+	    &(struct delegation_token){
+	        .issuer = issuer,
+	        .audience = audience,
+	        .agent_id = g->to_agent,
+	        .delegator = g->who.agent->id,
+	        .jti = g->jti,
+	        .task_id = g->task_id,
+	        .scope = g->sc.joined,
+	        .human = g->human,
+	        .chain_hash = g->chain,
+	        .depth = g->parent_depth + 1,
+	        .iat_s = now_ms / 1000,
+	        .exp_s = g->exp_s,
+	    },
+	    json_object_get(g->parent.claims, "act"));
+	scopes = pg_array(&g->sc);
+	if (claims == NULL || scopes == NULL ||
+	    idp_jws_sign(key, TASK_TOKEN_TYP, claims, &g->token, NULL, NULL) != IDP_OK) {
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+
+	if (store_acquire(store, &c) != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc != IDP_OK)
+		goto done;
+	/* Under the share lock a completion waits for this delegation or is seen by it. */
+	params[0] = g->task_id;
+	rc = store_exec(c, &st_task_share, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "open") != 0 ||
+	    strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
+		g->reason = "task_not_open";
+		rc = IDP_EFORBIDDEN;
+		goto done;
+	}
+	PQclear(r);
+	r = NULL;
+	params[0] = g->parent_jti;
+	params[1] = g->task_id;
+	rc = store_exec(c, &st_chain, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	if (!chain_ok(g, r, g->parent_depth + 1)) {
+		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
+		goto done;
+	}
+	PQclear(r);
+	r = NULL;
+	snprintf(depth, sizeof(depth), "%d", g->parent_depth + 1);
+	snprintf(iat, sizeof(iat), "%lld", (long long)(now_ms / 1000));
+	snprintf(exp, sizeof(exp), "%lld", (long long)g->exp_s);
+	params[0] = g->jti;
+	params[1] = g->task_id;
+	params[2] = g->parent_jti;
+	params[3] = g->to_agent;
+	params[4] = scopes;
+	params[5] = depth;
+	params[6] = g->chain;
+	params[7] = idp_jws_key_kid(key);
+	params[8] = iat;
+	params[9] = exp;
+	rc = store_exec(c, &st_insert, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	emit_event(g, AUDIT_DELEGATION_CREATED, AUDIT_OUTCOME_SUCCESS,
+	           json_pack("{s:s,s:s,s:s,s:i,s:s,s:I}", "to_agent", g->to_agent, "parent_jti",
+	                     g->parent_jti, "delegation_chain_hash", g->chain, "depth",
+	                     g->parent_depth + 1, "kid", idp_jws_key_kid(key), "exp",
+	                     (json_int_t)g->exp_s),
+	           &ok);
+	if (!ok) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "COMMIT");
+	if (rc != IDP_OK) {
+		log_error("delegation: COMMIT failed after delegation.created for %s was written",
+		          g->jti);
+		rc = IDP_EUNAVAIL;
+	}
+done:
+	PQclear(r);
+	if (c != NULL) {
+		if (rc != IDP_OK && store_cmd(c, "ROLLBACK") != IDP_OK)
+			store_discard(c);
+		store_release(store, c);
+	}
+	idp_jws_key_unref(key);
+	json_decref(claims);
+	free(scopes);
+	if (rc != IDP_OK && g->token != NULL) {
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+		g->token = NULL;
+	}
+	return rc;
+}
+
+static void
+post_delegation(struct http_req *req, void *ctx)
+{
+	struct deleg g = {.req = req};
+	struct idp_diag d;
+	const char *why = NULL, *tok;
+	json_t *body = NULL, *v;
+	int64_t now_ms, ttl_ms = 0;
+	int rc;
+
+	(void)ctx;
+	rc = authenticate_agent(req, &g.who, &why);
+	if (rc != IDP_OK) {
+		log_info("delegation: agent authentication failed: %s", why ? why : "unknown");
+		g.who.agent = NULL;
+		if (rc == IDP_EUNAUTH)
+			http_add_header(req, "WWW-Authenticate", "Bearer");
+		http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
+		                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
+		return;
+	}
+	body = http_req_json_object(req);
+	if (body == NULL)
+		goto done;
+	idp_diag_init(&d);
+	tok = json_string_value(json_object_get(body, "delegation_token"));
+	if (tok == NULL)
+		idp_diag_add(&d, "delegation_token: required, the caller's delegation token");
+	g.to_agent = json_string_value(json_object_get(body, "to_agent"));
+	if (g.to_agent == NULL)
+		idp_diag_add(&d, "to_agent: required, an agent id");
+	(void)scopes_parse(json_object_get(body, "scope"), &g.sc, &d);
+	v = json_object_get(body, "ttl");
+	if (v != NULL) {
+		if (json_is_integer(v) && json_integer_value(v) > 0 &&
+		    json_integer_value(v) <= 366LL * 86400)
+			ttl_ms = (int64_t)json_integer_value(v) * 1000;
+		else if (!json_is_string(v) ||
+		         idp_duration_parse(json_string_value(v), &ttl_ms) != IDP_OK ||
+		         ttl_ms < 1000)
+			idp_diag_add(&d,
+			             "ttl: a positive duration (\"30m\") or a number of seconds");
+		g.ttl_s = ttl_ms / 1000;
+	}
+	if (d.count > 0) {
+		http_reply_problem(req, 400, "invalid_request",
+		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),
+		                   "the delegation request is not valid");
+		goto done;
+	}
+	if (!parent_verify(&g, tok)) {
+		if (strcmp(g.reason, "unavailable") == 0)
+			http_reply_error(req, IDP_EUNAVAIL, "cannot verify tokens now");
+		else
+			deny(&g, 403, g.reason);
+		goto done;
+	}
+	now_ms = idp_now_ms(idp_clock_system());
+	if (!check_request(&g, now_ms / 1000)) {
+		if (strcmp(g.reason, "unavailable") == 0) {
+			http_reply_error(req, IDP_EUNAVAIL, "the registry is not reachable");
+		} else if (strcmp(g.reason, "approval_required") == 0) {
+			bool ok;
+
+			emit_event(&g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_PENDING,
+			           json_pack("{s:s,s:s,s:s}", "reason", g.reason, "to_agent",
+			                     g.to_agent, "requested_scope", g.sc.joined),
+			           &ok);
+			if (!ok)
+				log_warn("delegation: cannot record the approval requirement");
+			http_reply_json(req, 202,
+			                json_pack("{s:s,s:s}", "decision", "REQUIRE_APPROVAL",
+			                          "reason", g.reason));
+		} else {
+			deny(&g, 403, g.reason);
+		}
+		goto done;
+	}
+	rc = issue(&g, now_ms);
+	switch (rc) {
+	case IDP_OK:
+		http_reply_json(req, 201,
+		                json_pack("{s:s,s:s,s:s,s:I,s:s,s:i}", "delegation_token", g.token,
+		                          "token_type", TASK_TOKEN_TYP, "jti", g.jti, "expires_in",
+		                          (json_int_t)(g.exp_s - now_ms / 1000),
+		                          "delegation_chain_hash", g.chain, "depth",
+		                          g.parent_depth + 1));
+		idp_wipe(g.token, strlen(g.token));
+		free(g.token);
+		break;
+	case IDP_EFORBIDDEN:
+		deny(&g, 403, g.reason);
+		break;
+	default:
+		http_reply_error(req, rc == IDP_EINTERNAL ? IDP_EINTERNAL : IDP_EUNAVAIL,
+		                 "the delegation cannot be made now");
+	}
+done:
+	json_decref(body);
+	scopes_cleanup(&g.sc);
+	scopes_cleanup(&g.parent_sc);
+	idp_jws_verified_cleanup(&g.parent);
+	registry_agent_unref(g.target);
+	agent_principal_cleanup(&g.who);
+}
+
+int
+delegation_routes(struct http_router *r, struct idpd_app *app)
+{
+	(void)app;
+	return http_router_add(r, HTTP_POST, "/v1/delegations", post_delegation, NULL);
+}
