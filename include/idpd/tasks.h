@@ -16,12 +16,14 @@
 #ifndef IDPD_TASKS_H
 #define IDPD_TASKS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
 
 #include "idpd/common.h"
+#include "idpd/scope.h"
 
 struct http_router;
 struct idpd_app;
@@ -34,6 +36,26 @@ struct idpd_app;
 #define TASK_CHAIN_TEXT_LEN 72
 #define TASK_ID_MAX 64
 #define TASK_MAX_SCOPES 64
+
+/*
+ * The scopes a task or delegation request names: validated, duplicates
+ * dropped, in request order, also joined with spaces (the RFC 6749 form).
+ * Caller's storage, no allocation; large, so keep it off small stacks.
+ */
+struct task_scopes {
+	const char *v[TASK_MAX_SCOPES];
+	size_t n;
+	char vals[TASK_MAX_SCOPES][IDP_SCOPE_MAX_LEN + 1];
+	char joined[TASK_MAX_SCOPES * (IDP_SCOPE_MAX_LEN + 1)];
+};
+
+/*
+ * Fill s from a space-separated string or an array of strings; at least
+ * one scope.  false with diag filled on anything invalid.  Any thread.
+ */
+bool task_scopes_parse(const json_t *j, struct task_scopes *s, struct idp_diag *d);
+/* s as a PostgreSQL text[] literal (the scopes are validated: no quotes); free() it. */
+char *task_scopes_pg_array(const struct task_scopes *s);
 #define TASK_DESCRIPTION_MAX 1024
 
 /*

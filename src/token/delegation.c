@@ -111,110 +111,6 @@ delegation_may_delegate_to(const struct registry_agent *from, const struct regis
 	return false;
 }
 
-/* ---- scopes ---- */
-
-struct scopes {
-	char *v[TASK_MAX_SCOPES];
-	size_t n;
-	char joined[TASK_MAX_SCOPES * (IDP_SCOPE_MAX_LEN + 1)];
-};
-
-static void
-scopes_cleanup(struct scopes *s)
-{
-	for (size_t i = 0; i < s->n; i++)
-		free(s->v[i]);
-	s->n = 0;
-}
-
-static bool
-scopes_add(struct scopes *s, const char *p, size_t len, struct idp_diag *d)
-{
-	char one[IDP_SCOPE_MAX_LEN + 1];
-	size_t at = strlen(s->joined);
-
-	if (len == 0)
-		return true;
-	if (len > IDP_SCOPE_MAX_LEN) {
-		idp_diag_add(d, "scope: longer than %d bytes", IDP_SCOPE_MAX_LEN);
-		return false;
-	}
-	memcpy(one, p, len);
-	one[len] = '\0';
-	if (scope_validate(one, d) != IDP_OK)
-		return false;
-	for (size_t i = 0; i < s->n; i++)
-		if (strcmp(s->v[i], one) == 0)
-			return true;
-	if (s->n == TASK_MAX_SCOPES) {
-		idp_diag_add(d, "scope: more than %d scopes", TASK_MAX_SCOPES);
-		return false;
-	}
-	if (at > 0)
-		s->joined[at++] = ' ';
-	memcpy(s->joined + at, one, len + 1);
-	s->v[s->n++] = idp_xstrdup(one);
-	return true;
-}
-
-/* A space-separated string (RFC 6749) or an array of strings; at least one scope. */
-static bool
-scopes_parse(const json_t *j, struct scopes *s, struct idp_diag *d)
-{
-	size_t i;
-	const json_t *e;
-
-	if (json_is_string(j)) {
-		const char *p = json_string_value(j);
-
-		while (*p != '\0') {
-			size_t n = strcspn(p, " ");
-
-			if (!scopes_add(s, p, n, d))
-				return false;
-			p += n;
-			p += strspn(p, " ");
-		}
-	} else if (json_is_array(j)) {
-		json_array_foreach(j, i, e)
-		{
-			if (!json_is_string(e)) {
-				idp_diag_add(d, "scope[%zu]: not a string", i);
-				return false;
-			}
-			if (!scopes_add(s, json_string_value(e), json_string_length(e), d))
-				return false;
-		}
-	} else {
-		idp_diag_add(d, "scope: required, a string or an array of strings");
-		return false;
-	}
-	if (s->n == 0) {
-		idp_diag_add(d, "scope: at least one scope is required");
-		return false;
-	}
-	return true;
-}
-
-/* A PostgreSQL text[] literal; every scope is validated (no quotes, no backslashes). */
-static char *
-pg_array(const struct scopes *s)
-{
-	struct idp_buf b;
-	int rc;
-	char *out;
-
-	idp_buf_init(&b, 1u << 20);
-	rc = idp_buf_putc(&b, '{');
-	for (size_t i = 0; rc == IDP_OK && i < s->n; i++)
-		rc = idp_buf_printf(&b, "%s\"%s\"", i > 0 ? "," : "", s->v[i]);
-	if (rc == IDP_OK)
-		rc = idp_buf_putc(&b, '}');
-	out = rc == IDP_OK ? idp_buf_take(&b, NULL) : NULL;
-	idp_buf_cleanup(&b);
-	return out;
-}
-
 /* ---- the request ---- */
 
 struct deleg {
@@ -222,8 +118,8 @@ struct deleg {
 	struct agent_principal who;
 	const struct registry_agent *target;
 	struct idp_jws_verified parent;
-	struct scopes sc;
-	struct scopes parent_sc;
+	struct task_scopes sc;
+	struct task_scopes parent_sc;
 	const char *to_agent;
 	const char *task_id;
 	const char *human;
@@ -348,7 +244,7 @@ parent_verify(struct deleg *g, const char *tok)
 	g->parent_depth = (int)json_integer_value(json_object_get(c, "depth"));
 	g->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
 	idp_diag_init(&d);
-	if (!scopes_parse(json_object_get(c, "scope"), &g->parent_sc, &d))
+	if (!task_scopes_parse(json_object_get(c, "scope"), &g->parent_sc, &d))
 		goto done;
 	ok = true;
 done:
@@ -383,7 +279,7 @@ check_request(struct deleg *g, int64_t now_s)
 		return false;
 	}
 	for (size_t i = 0; i < g->sc.n; i++) {
-		if (!scope_within(g->sc.v[i], (const char *const *)g->parent_sc.v,
+		if (!scope_within(g->sc.v[i], g->parent_sc.v,
 		                  g->parent_sc.n)) {
 			g->reason = "scope_not_within_parent";
 			return false;
@@ -537,7 +433,7 @@ issue(struct deleg *g, int64_t now_ms)
 	        .exp_s = g->exp_s,
 	    },
 	    json_object_get(g->parent.claims, "act"));
-	scopes = pg_array(&g->sc);
+	scopes = task_scopes_pg_array(&g->sc);
 	if (claims == NULL || scopes == NULL ||
 	    idp_jws_sign(key, TASK_TOKEN_TYP, claims, &g->token, NULL, NULL) != IDP_OK) {
 		rc = IDP_EINTERNAL;
@@ -656,7 +552,7 @@ post_delegation(struct http_req *req, void *ctx)
 	g.to_agent = json_string_value(json_object_get(body, "to_agent"));
 	if (g.to_agent == NULL)
 		idp_diag_add(&d, "to_agent: required, an agent id");
-	(void)scopes_parse(json_object_get(body, "scope"), &g.sc, &d);
+	(void)task_scopes_parse(json_object_get(body, "scope"), &g.sc, &d);
 	v = json_object_get(body, "ttl");
 	if (v != NULL) {
 		if (json_is_integer(v) && json_integer_value(v) > 0 &&
@@ -724,8 +620,6 @@ post_delegation(struct http_req *req, void *ctx)
 	}
 done:
 	json_decref(body);
-	scopes_cleanup(&g.sc);
-	scopes_cleanup(&g.parent_sc);
 	idp_jws_verified_cleanup(&g.parent);
 	registry_agent_unref(g.target);
 	agent_principal_cleanup(&g.who);

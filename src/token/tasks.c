@@ -208,26 +208,6 @@ task_json(PGresult *r)
 	return j;
 }
 
-/* A PostgreSQL text[] literal of the scopes; every scope is already validated (no quotes). */
-static char *
-pg_array(const char *const *v, size_t n)
-{
-	struct idp_buf b;
-	int rc;
-	char *s;
-
-	idp_buf_init(&b, 1u << 20);
-	rc = idp_buf_putc(&b, '{');
-	for (size_t i = 0; rc == IDP_OK && i < n; i++)
-		rc = idp_buf_printf(&b, "%s\"%s\"", i > 0 ? "," : "", v[i]);
-	if (rc == IDP_OK)
-		rc = idp_buf_putc(&b, '}');
-	/* 64 scopes of 256 bytes cannot reach the cap. */
-	s = rc == IDP_OK ? idp_buf_take(&b, NULL) : NULL;
-	idp_buf_cleanup(&b);
-	return s;
-}
-
 /* ---- audit ---- */
 
 struct task_event {
@@ -305,16 +285,8 @@ rollback(struct store_conn *c)
 
 /* ---- POST /v1/tasks ---- */
 
-/* The requested scopes: validated, duplicates dropped, in request order. */
-struct scope_set {
-	const char *v[TASK_MAX_SCOPES];
-	size_t n;
-	char vals[TASK_MAX_SCOPES][IDP_SCOPE_MAX_LEN + 1];
-	char joined[TASK_MAX_SCOPES * (IDP_SCOPE_MAX_LEN + 1)];
-};
-
 static bool
-scope_set_add(struct scope_set *s, const char *scope, size_t len, struct idp_diag *d)
+scopes_add(struct task_scopes *s, const char *scope, size_t len, struct idp_diag *d)
 {
 	char one[IDP_SCOPE_MAX_LEN + 1];
 	size_t at = strlen(s->joined);
@@ -345,9 +317,8 @@ scope_set_add(struct scope_set *s, const char *scope, size_t len, struct idp_dia
 	return true;
 }
 
-/* scope: a space-separated string (RFC 6749) or an array of strings. */
-static bool
-scope_set_parse(const json_t *j, struct scope_set *s, struct idp_diag *d)
+bool
+task_scopes_parse(const json_t *j, struct task_scopes *s, struct idp_diag *d)
 {
 	size_t i;
 	const json_t *e;
@@ -359,7 +330,7 @@ scope_set_parse(const json_t *j, struct scope_set *s, struct idp_diag *d)
 		while (*p != '\0') {
 			size_t n = strcspn(p, " ");
 
-			if (!scope_set_add(s, p, n, d))
+			if (!scopes_add(s, p, n, d))
 				return false;
 			p += n;
 			p += strspn(p, " ");
@@ -371,7 +342,7 @@ scope_set_parse(const json_t *j, struct scope_set *s, struct idp_diag *d)
 				idp_diag_add(d, "scope[%zu]: not a string", i);
 				return false;
 			}
-			if (!scope_set_add(s, json_string_value(e), json_string_length(e), d))
+			if (!scopes_add(s, json_string_value(e), json_string_length(e), d))
 				return false;
 		}
 	} else {
@@ -383,6 +354,25 @@ scope_set_parse(const json_t *j, struct scope_set *s, struct idp_diag *d)
 		return false;
 	}
 	return true;
+}
+
+char *
+task_scopes_pg_array(const struct task_scopes *s)
+{
+	struct idp_buf b;
+	int rc;
+	char *out;
+
+	idp_buf_init(&b, 1u << 20);
+	rc = idp_buf_putc(&b, '{');
+	for (size_t i = 0; rc == IDP_OK && i < s->n; i++)
+		rc = idp_buf_printf(&b, "%s\"%s\"", i > 0 ? "," : "", s->v[i]);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	/* 64 scopes of 256 bytes cannot reach the cap. */
+	out = rc == IDP_OK ? idp_buf_take(&b, NULL) : NULL;
+	idp_buf_cleanup(&b);
+	return out;
 }
 
 /* ttl: a duration string ("30m") or whole seconds; absent means tasks.default_ttl. */
@@ -427,7 +417,7 @@ struct opened {
 
 static int
 task_open(struct http_req *req, const struct human_principal *who, const char *agent_id,
-          const struct scope_set *sc, const char *description, int64_t ttl_ms, struct opened *o)
+          const struct task_scopes *sc, const char *description, int64_t ttl_ms, struct opened *o)
 {
 	struct store_conn *c = NULL;
 	const struct registry_agent *a = NULL;
@@ -503,7 +493,7 @@ task_open(struct http_req *req, const struct human_principal *who, const char *a
 		rc = IDP_EINTERNAL;
 		goto done;
 	}
-	scopes = pg_array(sc->v, sc->n);
+	scopes = task_scopes_pg_array(sc);
 	if (scopes == NULL) {
 		rc = IDP_EINTERNAL;
 		goto done;
@@ -609,7 +599,7 @@ static void
 post_task(struct http_req *req, void *ctx)
 {
 	struct human_principal who;
-	struct scope_set sc;
+	struct task_scopes sc;
 	struct opened o = {0};
 	struct idp_diag d;
 	const char *why = NULL, *agent_id, *description = "";
@@ -642,7 +632,7 @@ post_task(struct http_req *req, void *ctx)
 		else
 			description = json_string_value(v);
 	}
-	(void)scope_set_parse(json_object_get(body, "scope"), &sc, &d);
+	(void)task_scopes_parse(json_object_get(body, "scope"), &sc, &d);
 	(void)ttl_parse(json_object_get(body, "ttl"), &ttl_ms, &d);
 	if (d.count > 0) {
 		http_reply_problem(req, 400, "invalid_request",
