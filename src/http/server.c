@@ -905,9 +905,13 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	if (s == NULL)
 		return 0;
 	atomic_store(&s->draining, true);
+	/* The listening socket is ours now, but the pool threads drop it from
+	 * their epoll sets on their own time: closing it before MHD has stopped
+	 * makes that removal fail, which MHD treats as fatal.  So shut it down
+	 * (new connections are refused at once) and close it last. */
 	fd = MHD_quiesce_daemon(s->mhd);
 	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
+		shutdown(fd, SHUT_RDWR);
 	deadline = idp_mono_us() + timeout_ms * 1000;
 	while ((left = atomic_load(&s->in_flight)) > 0 && idp_mono_us() < deadline) {
 		struct timespec ts = {0, 10 * 1000 * 1000};
@@ -924,6 +928,8 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	for (int i = 0; i < s->pool.n; i++)
 		pthread_join(s->pool.threads[i], NULL);
 	MHD_stop_daemon(s->mhd);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
 	pthread_cond_destroy(&s->pool.cond);
 	pthread_mutex_destroy(&s->pool.lock);
 	free(s->pool.threads);
