@@ -35,18 +35,18 @@ struct idpd_api_key_cfg {
 
 /* One [[audit.sinks]] section: where the audit log is shipped. */
 struct idpd_audit_sink_cfg {
-	char *name;               /* names the sink's cursor; unique */
-	char *type;               /* "file" | "syslog" */
-	char *format;             /* "json" | "cef" | "leef" */
-	char *path;               /* file */
-	char *address;            /* syslog: "host:port" */
-	char *protocol;           /* syslog: "tcp" | "udp" */
-	char *hostname;           /* RFC 5424 HOSTNAME; "" = gethostname() */
-	int facility;             /* 13 (log audit) */
+	char *name;     /* names the sink's cursor; unique */
+	char *type;     /* "file" | "syslog" */
+	char *format;   /* "json" | "cef" | "leef" */
+	char *path;     /* file */
+	char *address;  /* syslog: "host:port" */
+	char *protocol; /* syslog: "tcp" | "udp" */
+	char *hostname; /* RFC 5424 HOSTNAME; "" = gethostname() */
+	int facility;   /* 13 (log audit) */
 	int64_t connect_timeout_ms;
 	int64_t send_timeout_ms;
-	int udp_max;              /* bytes per datagram */
-	bool fsync;               /* file: fdatasync before the cursor moves */
+	int udp_max; /* bytes per datagram */
+	bool fsync;  /* file: fdatasync before the cursor moves */
 };
 
 /*
@@ -73,6 +73,18 @@ struct idpd_idp_cfg {
 	char *jwks_file;       /* its public keys, a JWKS document */
 	unsigned algs;         /* bit 0 ES256, bit 1 RS256; none set means both */
 	char *principal_claim; /* the claim naming the human, e.g. "email" */
+};
+
+/*
+ * One [[resources]] section: an API that access tokens are issued for,
+ * named by its audience.  Policies see it as resource.*.
+ */
+struct idpd_resource_cfg {
+	char *audience;       /* the token's "aud"; unique */
+	char *domain;         /* business domain, resource.domain */
+	char *classification; /* "public" .. "financial", resource.classification */
+	char *environment;    /* "" when not set */
+	char *description;    /* "" when not set */
 };
 
 struct idpd_config {
@@ -109,14 +121,14 @@ struct idpd_config {
 	} node;
 
 	struct {
-		char *durability;        /* "sync" | "async" */
-		char *on_full;           /* "block" | "fail_closed" */
-		int queue_max;           /* 65536 */
-		int batch_max;           /* 512 */
-		int64_t batch_wait_ms;   /* "0ms" */
-		int64_t timeout_ms;      /* "5s" */
-		int64_t retention_ms;    /* "365d"; 0 keeps everything */
-		int64_t ship_interval_ms;/* "1s": how often an idle shipper looks again */
+		char *durability;         /* "sync" | "async" */
+		char *on_full;            /* "block" | "fail_closed" */
+		int queue_max;            /* 65536 */
+		int batch_max;            /* 512 */
+		int64_t batch_wait_ms;    /* "0ms" */
+		int64_t timeout_ms;       /* "5s" */
+		int64_t retention_ms;     /* "365d"; 0 keeps everything */
+		int64_t ship_interval_ms; /* "1s": how often an idle shipper looks again */
 		struct idpd_audit_sink_cfg *sinks;
 		size_t n_sinks;
 		struct {
@@ -134,14 +146,15 @@ struct idpd_config {
 	} audit;
 
 	struct {
-		char *departed_owners; /* file of owners who left; "" = none */
+		char *departed_owners;        /* file of owners who left; "" = none */
+		int64_t last_active_flush_ms; /* "10s": writes of the batched last_active */
 	} registry;
 
 	struct {
-		int64_t stale_after_ms;  /* "30d"; 0 = never stale */
-		char *stale_action;      /* "report" | "suspend" */
-		char *departed_action;   /* "report" | "suspend" */
-		int batch_size;          /* rows per statement, and agents per run at most */
+		int64_t stale_after_ms; /* "30d"; 0 = never stale */
+		char *stale_action;     /* "report" | "suspend" */
+		char *departed_action;  /* "report" | "suspend" */
+		int batch_size;         /* rows per statement, and agents per run at most */
 	} cleanup;
 
 	struct {
@@ -153,10 +166,10 @@ struct idpd_config {
 	} keys;
 
 	struct {
-		char *trust_domain;      /* SPIFFE trust domain of agent ids, "idpd.local" */
-		char *issuer;            /* "iss" of identity credentials, "idpd" */
-		char *audience;          /* "aud" of identity credentials, "idpd" */
-		int64_t leeway_ms;       /* clock skew tolerated on time claims, "5s" */
+		char *trust_domain; /* SPIFFE trust domain of agent ids, "idpd.local" */
+		char *issuer;       /* "iss" of identity credentials, "idpd" */
+		char *audience;     /* "aud" of identity credentials, "idpd" */
+		int64_t leeway_ms;  /* clock skew tolerated on time claims, "5s" */
 	} identity;
 
 	struct {
@@ -164,14 +177,35 @@ struct idpd_config {
 	} attestation;
 
 	struct {
-		char *dir;               /* "policies": the *.policy files */
-		char *timezone;          /* "UTC": IANA zone for hours and weekdays */
+		char *dir;      /* "policies": the *.policy files */
+		char *timezone; /* "UTC": IANA zone for hours and weekdays */
 	} policy;
 
 	struct {
 		int64_t max_ttl_ms;     /* "24h": longest task and task delegation token */
 		int64_t default_ttl_ms; /* "1h": a task's ttl when the request gives none */
 	} tasks;
+
+	struct {
+		int64_t default_ttl_ms; /* "15m": an access token's ttl when none is asked */
+		int64_t max_ttl_ms;     /* "1h": longest access token */
+	} tokens;
+
+	struct {
+		int64_t ttl_ms; /* "1h": an approval expires this long after the request */
+	} approvals;
+
+	struct {
+		int64_t max_staleness_ms; /* "5s": answer from the state this long after losing
+		                             NOTIFY */
+	} revocation;
+
+	struct {
+		int cache_size; /* 65536 verified tokens; 0 = no cache */
+	} introspection;
+
+	struct idpd_resource_cfg *resources; /* [[resources]], in file order */
+	size_t n_resources;
 
 	struct idpd_idp_cfg *idps; /* [[idp]], in file order */
 	size_t n_idps;

@@ -222,6 +222,50 @@ static const struct key idp_keys[] = {
 static const struct section idp_section = {idp_keys, IDP_ARRAY_LEN(idp_keys),
                                            sizeof(struct idpd_idp_cfg)};
 
+static const char *const classifications[] = {
+    "public", "internal", "confidential", "restricted", "pii", "financial", NULL};
+
+static const struct key resource_keys[] = {
+    {.name = "audience",
+     STRING_AT(struct idpd_resource_cfg, audience),
+     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE,
+     .min = 1,
+     .max = 512,
+     .check = check_visible,
+     .help = "the \"aud\" of access tokens for this resource; token requests name it"},
+    {.name = "domain",
+     STRING_AT(struct idpd_resource_cfg, domain),
+     .flags = K_RELOAD | K_REQUIRED,
+     .min = 1,
+     .max = 64,
+     .check = check_label,
+     .help = "the business domain the resource belongs to (resource.domain in policies)"},
+    {.name = "classification",
+     ENUM_AT(struct idpd_resource_cfg, classification),
+     .flags = K_RELOAD,
+     .def = "internal",
+     .choices = classifications,
+     .help = "the sensitivity of its data (resource.classification in policies)"},
+    {.name = "environment",
+     STRING_AT(struct idpd_resource_cfg, environment),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 64,
+     .def = "",
+     .check = check_label,
+     .help = "e.g. production (resource.environment in policies); \"\" means not set"},
+    {.name = "description",
+     STRING_AT(struct idpd_resource_cfg, description),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 256,
+     .def = "",
+     .help = "free text for operators"},
+};
+
+static const struct section resource_section = {resource_keys, IDP_ARRAY_LEN(resource_keys),
+                                                sizeof(struct idpd_resource_cfg)};
+
 static const char *const durabilities[] = {"sync", "async", NULL};
 static const char *const on_full_modes[] = {"block", "fail_closed", NULL};
 static const char *const sink_types[] = {"file", "syslog", NULL};
@@ -300,8 +344,8 @@ static const struct key audit_sink_keys[] = {
      .help = "file sinks: fdatasync before the cursor moves past a line"},
 };
 
-static const struct section audit_sink_section = {
-    audit_sink_keys, IDP_ARRAY_LEN(audit_sink_keys), sizeof(struct idpd_audit_sink_cfg)};
+static const struct section audit_sink_section = {audit_sink_keys, IDP_ARRAY_LEN(audit_sink_keys),
+                                                  sizeof(struct idpd_audit_sink_cfg)};
 
 static const struct key config_keys[] = {
     {.name = "server.listen",
@@ -643,6 +687,53 @@ static const struct key config_keys[] = {
      .max = 30LL * 86400 * 1000,
      .def = "1h",
      .help = "lifetime of a task whose request gives no ttl (capped by tasks.max_ttl)"},
+    {.name = "tokens.default_ttl",
+     DURATION_AT(struct idpd_config, tokens.default_ttl_ms),
+     .flags = K_RELOAD,
+     .min = SECONDS(10),
+     .max = HOURS(24),
+     .def = "15m",
+     .help = "lifetime of an access token whose request gives no ttl (capped by tokens.max_ttl)"},
+    {.name = "tokens.max_ttl",
+     DURATION_AT(struct idpd_config, tokens.max_ttl_ms),
+     .flags = K_RELOAD,
+     .min = SECONDS(10),
+     .max = HOURS(24),
+     .def = "1h",
+     .help = "longest lifetime of an access token; a longer ttl is cut to it"},
+    {.name = "approvals.ttl",
+     DURATION_AT(struct idpd_config, approvals.ttl_ms),
+     .flags = K_RELOAD,
+     .min = MINUTES(1),
+     .max = 7LL * 86400 * 1000,
+     .def = "1h",
+     .help = "an approval expires this long after it was requested, decided or not"},
+    {.name = "revocation.max_staleness",
+     DURATION_AT(struct idpd_config, revocation.max_staleness_ms),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = MINUTES(10),
+     .def = "5s",
+     .help = "how long after losing its notification connection an instance still answers "
+             "from its revocation state; past it, 503"},
+    {.name = "introspection.cache_size",
+     INT_AT(struct idpd_config, introspection.cache_size),
+     .min = 0,
+     .max = 10000000,
+     .def = "65536",
+     .help = "verified tokens whose signature check introspection may skip; 0 disables"},
+    {.name = "registry.last_active_flush",
+     DURATION_AT(struct idpd_config, registry.last_active_flush_ms),
+     .flags = K_RELOAD,
+     .min = SECONDS(1),
+     .max = HOURS(1),
+     .def = "10s",
+     .help = "how often the agents' last_active times, kept in memory, are written"},
+    {.name = "resources",
+     TABLES_AT(struct idpd_config, resources, n_resources, struct idpd_resource_cfg,
+               resource_section),
+     .flags = K_RELOAD,
+     .help = "the resources access tokens are for: audience, domain, classification"},
     {.name = "idp",
      TABLES_AT(struct idpd_config, idps, n_idps, struct idpd_idp_cfg, idp_section),
      .flags = K_RELOAD,
@@ -769,7 +860,8 @@ check_selector_map(const char *s)
 			char c = s[i];
 
 			if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-			      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == ':'))
+			      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
+			      c == ':'))
 				return bad;
 		}
 		for (size_t i = 1; i < cn; i++)
