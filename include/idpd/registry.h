@@ -141,6 +141,14 @@ void registry_agent_unref(const struct registry_agent *a);
  */
 bool registry_issued_before_revocation(const struct registry_agent *a, int64_t issued_at_s);
 
+/*
+ * Note that agent id was active at now_ms (it was issued a token).  Kept in
+ * memory and written for all agents at once every registry.last_active_flush
+ * (one statement, no notification), so a busy agent costs no write per
+ * token.  Never blocks on PostgreSQL.  Any thread.
+ */
+void registry_touch(const char *id, int64_t now_ms);
+
 /* Whether scope is within a's capabilities (scope_within over them). */
 bool registry_agent_can(const struct registry_agent *a, const char *scope);
 

@@ -1,0 +1,74 @@
+/*
+ * approvals.h - human approvals: a token or delegation request that needs
+ * one (REQUIRE_APPROVAL) leaves a pending approval; the task's human, the
+ * agent's owner or an operator with the approver role decides it; the agent
+ * retries its request with the approval's id (docs/tokens.md "Approvals").
+ *
+ *   GET  /v1/approvals?status=&approver=&task_id=&agent_id=
+ *   GET  /v1/approvals/{id}
+ *   POST /v1/approvals/{id}/approve
+ *   POST /v1/approvals/{id}/deny
+ *
+ * An approval is bound to what was asked - kind, agent, task, scope set and
+ * target (the audience of an access token, the delegate of a delegation) -
+ * is used at most once, and expires approvals.ttl after it was requested.
+ * PostgreSQL holds them (migrations/0009_approvals.sql); every change is
+ * audited before it commits.
+ */
+#ifndef IDPD_APPROVALS_H
+#define IDPD_APPROVALS_H
+
+#include <stdint.h>
+
+#include "idpd/common.h"
+
+struct http_router;
+struct idpd_app;
+
+/* "apr_" + 22 base64url characters. */
+#define APPROVAL_ID_MAX 64
+
+enum approval_kind {
+	APPROVAL_TOKEN,      /* POST /v1/token, /oauth2/token */
+	APPROVAL_DELEGATION, /* POST /v1/delegations */
+};
+
+/* What an approval is for; every string borrowed. */
+struct approval_subject {
+	enum approval_kind kind;
+	const char *agent_id; /* the agent that asked */
+	const char *task_id;
+	const char *human;  /* the task's human principal */
+	const char *scope;  /* the requested scopes, space-separated (order does not matter) */
+	const char *target; /* the audience (token) or the delegate's id (delegation) */
+	const char *reason; /* why an approval is needed: the policy's reason or a check's code */
+	const char *rules; /* the deciding rule ids, space-separated; NULL when no policy decided */
+	const char *request_id;
+};
+
+/*
+ * Record a pending approval for s, audited as approval.requested.  IDP_OK
+ * with id (NUL-terminated) and *expires_s filled; IDP_EUNAVAIL when
+ * PostgreSQL or the audit log cannot take it.  Any worker thread; waits on
+ * PostgreSQL.
+ */
+int approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
+                     int64_t *expires_s) IDP_WUR;
+
+/*
+ * Use approval id for s: it must be approved, unexpired, unused and bound
+ * to exactly s (kind, agent, task, scope set, target).  On IDP_OK it is
+ * marked used in the same statement, so it can never serve twice.
+ * IDP_EFORBIDDEN with *reason one of "approval_unknown",
+ * "approval_pending", "approval_denied", "approval_used",
+ * "approval_expired", "approval_mismatch" (bound to something else);
+ * IDP_EUNAVAIL when PostgreSQL cannot answer.  Any worker thread.
+ */
+int approval_consume(const char *id, const struct approval_subject *s, const char **reason) IDP_WUR;
+
+/* Copy the settings and the store from app, register the reload hook. Main thread. */
+int approvals_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
+/* Add the /v1/approvals routes to r. */
+int approvals_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+
+#endif /* IDPD_APPROVALS_H */
