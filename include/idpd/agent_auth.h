@@ -66,6 +66,9 @@ struct agent_principal {
  */
 int authenticate_agent(struct http_req *req, struct agent_principal *out,
                        const char **reason) IDP_WUR;
+/* The same for a credential given otherwise (RFC 8693's actor_token); NULL is IDP_EUNAUTH. */
+int authenticate_agent_token(const char *token, struct agent_principal *out,
+                             const char **reason) IDP_WUR;
 void agent_principal_cleanup(struct agent_principal *p);
 
 #endif /* IDPD_AGENT_AUTH_H */

@@ -101,41 +101,54 @@ learn(const struct policy_input *in, const struct policy_decision *d, const json
 			       decision != NULL && strcmp(decision, "DENY") == 0, now);
 }
 
+int
+policy_service_decide(const json_t *input, bool live, json_t **out, struct idp_diag *diag)
+{
+	struct policy_json_opts jo = {NULL, P.tz, false};
+	struct policy_input_doc *doc = NULL;
+	int64_t now = idp_now_ms(idp_clock_system());
+	struct policy_decision d;
+	struct policy_set *set;
+
+	*out = NULL;
+	if (policy_input_from_json(input, &jo, &doc, diag) != IDP_OK)
+		return IDP_EUNPROCESSABLE;
+	set = policy_engine_acquire(P.engine);
+	if (set == NULL) {
+		policy_input_doc_free(doc);
+		return IDP_EUNAVAIL;
+	}
+	fill_context(policy_input_doc_input(doc), live, now);
+	policy_eval(set, policy_input_doc_input(doc), &d);
+	/* The decision points into the set: turn it into JSON while it is held. */
+	*out = policy_decision_json(&d);
+	if (live)
+		learn(policy_input_doc_input(doc), &d, *out, now);
+	json_object_set_new(*out, "policy_hash", json_string(policy_set_hash(set)));
+	policy_set_unref(set);
+	policy_input_doc_free(doc);
+	return IDP_OK;
+}
+
 /*
  * Evaluate a policy-shaped JSON object; on bad input answers 422 and returns
  * NULL.  live: a PEP's real question (counted, learnt from), not a dry run.
  */
 static json_t *
-evaluate(struct http_req *req, const json_t *input, struct policy_decision *d, bool live)
+evaluate(struct http_req *req, const json_t *input, bool live)
 {
-	struct policy_json_opts jo = {NULL, P.tz, false};
-	struct policy_input_doc *doc = NULL;
-	int64_t now = idp_now_ms(idp_clock_system());
-	struct policy_set *set;
 	struct idp_diag diag;
-	json_t *out;
+	json_t *out = NULL;
+	int rc;
 
 	idp_diag_init(&diag);
-	if (policy_input_from_json(input, &jo, &doc, &diag) != IDP_OK) {
+	rc = policy_service_decide(input, live, &out, &diag);
+	if (rc == IDP_EUNPROCESSABLE)
 		http_reply_problem(req, 422, "unprocessable",
 				   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
 				   "the input does not fit the policy input model");
-		return NULL;
-	}
-	set = policy_engine_acquire(P.engine);
-	if (set == NULL) {
-		policy_input_doc_free(doc);
+	else if (rc != IDP_OK)
 		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
-		return NULL;
-	}
-	fill_context(policy_input_doc_input(doc), live, now);
-	policy_eval(set, policy_input_doc_input(doc), d);
-	out = policy_decision_json(d);
-	if (live)
-		learn(policy_input_doc_input(doc), d, out, now);
-	json_object_set_new(out, "policy_hash", json_string(policy_set_hash(set)));
-	policy_set_unref(set);
-	policy_input_doc_free(doc);
 	return out;
 }
 
@@ -144,7 +157,6 @@ static void
 dry_run(struct http_req *req, void *ctx)
 {
 	struct auth_principal who;
-	struct policy_decision d;
 	json_t *body, *out;
 
 	(void)ctx;
@@ -153,7 +165,7 @@ dry_run(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
-	out = evaluate(req, body, &d, false);
+	out = evaluate(req, body, false);
 	json_decref(body);
 	if (out != NULL)
 		http_reply_json(req, 200, out);
@@ -169,9 +181,8 @@ strings(const char *const *v, size_t n)
 	return a;
 }
 
-/* The agent section of a policy input, from the registry's record. */
-static json_t *
-agent_from_registry(const struct registry_agent *a)
+json_t *
+policy_agent_json(const struct registry_agent *a)
 {
 	json_t *o = json_object(), *labels = json_object(), *approval = json_array();
 
@@ -254,7 +265,7 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 			goto fail;
 		}
 		json_decref(agent);
-		agent = agent_from_registry(ra);
+		agent = policy_agent_json(ra);
 		registry_agent_unref(ra);
 	}
 	if (json_is_object(json_object_get(action, "properties")))
@@ -321,7 +332,6 @@ static json_t *
 authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resource,
 	    json_t *context)
 {
-	struct policy_decision d;
 	const char *why;
 	int status = 400;
 	json_t *in = authzen_to_input(subject, action, resource, context, &why, &status), *full,
@@ -335,7 +345,7 @@ authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resou
 				   "%s", why);
 		return NULL;
 	}
-	full = evaluate(req, in, &d, true);
+	full = evaluate(req, in, true);
 	json_decref(in);
 	if (full == NULL)
 		return NULL;

@@ -214,11 +214,17 @@ done:
 int
 authenticate_agent(struct http_req *req, struct agent_principal *out, const char **reason)
 {
+	return authenticate_agent_token(http_req_bearer(req), out, reason);
+}
+
+int
+authenticate_agent_token(const char *token, struct agent_principal *out, const char **reason)
+{
 	struct attest_conf *conf = attest_conf_current();
 	struct idp_jws_keyset *set = NULL;
 	struct keys *km = keys_process();
 	const struct registry_agent *a = NULL;
-	const char *token = http_req_bearer(req), *why = NULL;
+	const char *why = NULL;
 	struct attest_identity id;
 	int rc;
 
