@@ -50,7 +50,7 @@ LIB_OBJS  = $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TLIB_OBJS = $(LIB_SRCS:%.c=$(BUILD)/tobj/%.o)
 UNIT_BINS = $(UNIT_TESTS:%=$(BUILD)/tests/unit/test_%)
 INTEG_BINS = $(INTEGRATION_TESTS:%=$(BUILD)/tests/integration/test_%)
-SUPPORT_OBJS = $(BUILD)/tobj/tests/support/harness.o
+SUPPORT_OBJS = $(BUILD)/tobj/tests/support/harness.o $(BUILD)/tobj/tests/support/world.o
 
 .PHONY: all deps test check sanitize run fuzz bench clean format tests-build
 # Keep intermediate objects: they are reused by the next build.

@@ -15,3 +15,5 @@ LIB_SRCS += src/token/human_auth.c src/token/tasks.c
 UNIT_TESTS += tasks
 # Delegation: POST /v1/delegations.
 LIB_SRCS += src/token/delegation.c
+# Access tokens: POST /v1/token.
+LIB_SRCS += src/token/access.c

@@ -7,7 +7,7 @@ pkgs=(
 	build-essential pkg-config clang libclang-rt-14-dev
 	libmicrohttpd-dev libpq-dev libjansson-dev libssl-dev openssl
 	libcmocka-dev libcurl4-openssl-dev libjwt-dev
-	postgresql postgresql-contrib util-linux iproute2 wrk tzdata curl
+	postgresql postgresql-contrib util-linux iproute2 wrk tzdata curl jq xxd
 )
 
 missing=()

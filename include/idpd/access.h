@@ -1,0 +1,70 @@
+/*
+ * access.h - just-in-time access tokens: short-lived, audience-bound,
+ * narrowly scoped ES256 JWTs (RFC 9068 "at+jwt") for one resource of
+ * [[resources]], issued to an agent within a task (docs/tokens.md "Access
+ * tokens", DESIGN §7, the seed's "Just-in-Time Token Issuance").
+ *
+ *   POST /v1/token          JSON, the agent's identity credential as Bearer
+ *   POST /oauth2/token      RFC 8693 token exchange, the same core
+ *
+ * access_issue() is that core: every check, the policy decision, the
+ * approval, the signature and the audit event.  It reads in-memory state
+ * only (registry, keys, revocation state, policy set) except for the
+ * approval it is given and, when no delegation token is presented, the
+ * task's root token; its one write is the audit event, which is durable
+ * before the token is handed out.
+ */
+#ifndef IDPD_ACCESS_H
+#define IDPD_ACCESS_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "idpd/approvals.h"
+#include "idpd/attest.h"
+#include "idpd/common.h"
+#include "idpd/tasks.h"
+
+struct agent_principal;
+struct http_req;
+struct http_router;
+struct idpd_app;
+
+/* What an agent asks for; every pointer borrowed. */
+struct access_ask {
+	struct http_req *req; /* for the request id and the peer in audit events */
+	const struct agent_principal *who;
+	const char *audience;
+	const struct task_scopes *scopes; /* parsed, at least one */
+	const char *task_id;          /* NULL: the task the delegation token names */
+	const char *delegation_token; /* NULL: the task's root token (the root agent only) */
+	const char *reason;           /* the agent's stated purpose, may be NULL */
+	const char *approval_id;      /* may be NULL */
+	int64_t ttl_s;                /* 0: tokens.default_ttl */
+};
+
+/* The outcome; access_grant_cleanup releases it. */
+struct access_grant {
+	int status;       /* 200 issued, 202 approval required, 400, 403, 500, 503 */
+	const char *code; /* a stable code when status != 200 ("scope_outside_capabilities") */
+	json_t *decision; /* the policy's decision object when one was made, else NULL */
+	char *token;      /* the JWT, when issued */
+	char jti[ATTEST_JTI_LEN + 1];
+	char *scope;        /* granted, space-separated */
+	int64_t expires_in; /* seconds */
+	char approval_id[APPROVAL_ID_MAX + 1];
+	int64_t approval_expires_s;
+};
+
+/* Run every check and issue a token or refuse.  Never answers req.  Worker threads. */
+void access_issue(const struct access_ask *a, struct access_grant *g);
+void access_grant_cleanup(struct access_grant *g);
+
+/* Copy the settings, register the reload hook.  Main thread, after the modules it reads. */
+int access_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
+void access_shutdown(void);
+/* POST /v1/token. */
+int access_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+
+#endif /* IDPD_ACCESS_H */

@@ -1,0 +1,826 @@
+/*
+ * access.c - POST /v1/token: just-in-time access tokens (docs/tokens.md
+ * "Access tokens", DESIGN §7).
+ *
+ * The order of the checks is the seed's: the agent is registered and
+ * active (its credential authenticated it), the audience is a known
+ * resource, the scope is within its capabilities and within the delegation
+ * token it holds (permission diminishment), the chain is live (revocation
+ * state: every link unrevoked, the task open, every agent on it active),
+ * then the policy engine decides with the resource from [[resources]].
+ * A presented approval is used only after every check before the policy
+ * has passed, so such a refusal never burns one; the policy then sees
+ * context.approval (a DENY after that still stands: an approval lifts
+ * REQUIRE_APPROVAL, never a deny).  The token's lifetime is the smallest of the asked ttl
+ * (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition, the
+ * delegation token's exp, the keys' longest lifetime and the signing key's
+ * not-after.
+ *
+ * Every outcome is audited: token.issued durably before the token goes
+ * out (audit.durability "sync"), token.denied best effort (a refusal stands
+ * even when its event cannot be written).  last_active is batched
+ * (registry_touch), never written per token.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/access.h"
+#include "idpd/agent_auth.h"
+#include "idpd/app.h"
+#include "idpd/audit_writer.h"
+#include "idpd/clock.h"
+#include "idpd/config.h"
+#include "idpd/http.h"
+#include "idpd/jws.h"
+#include "idpd/keys.h"
+#include "idpd/log.h"
+#include "idpd/policy_service.h"
+#include "idpd/registry.h"
+#include "idpd/revocation.h"
+#include "idpd/scope.h"
+#include "idpd/store.h"
+
+#define GENERIC_401 "a valid agent credential is required"
+
+/* ---- settings: identity.* are restart-only; the rest follows reloads ---- */
+
+struct resource {
+	char *audience, *domain, *classification, *environment;
+};
+
+static struct {
+	/* access.settings_lock guards everything below it. */
+	pthread_rwlock_t lock;
+	int64_t default_ttl_ms;
+	int64_t max_ttl_ms;
+	struct resource *res;
+	size_t n_res;
+} S = {.lock = PTHREAD_RWLOCK_INITIALIZER};
+
+static struct store *store;
+static char issuer[513], audience_self[513];
+
+static void
+resources_free(struct resource *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(r[i].audience);
+		free(r[i].domain);
+		free(r[i].classification);
+		free(r[i].environment);
+	}
+	free(r);
+}
+
+static void
+settings_set(const struct idpd_config *cfg)
+{
+	struct resource *r =
+	    cfg->n_resources > 0 ? idp_xcalloc(cfg->n_resources, sizeof(*r)) : NULL;
+	struct resource *old;
+	size_t n_old;
+
+	for (size_t i = 0; i < cfg->n_resources; i++) {
+		r[i].audience = idp_xstrdup(cfg->resources[i].audience);
+		r[i].domain = idp_xstrdup(cfg->resources[i].domain);
+		r[i].classification = idp_xstrdup(cfg->resources[i].classification);
+		r[i].environment = idp_xstrdup(cfg->resources[i].environment);
+	}
+	pthread_rwlock_wrlock(&S.lock);
+	S.default_ttl_ms = cfg->tokens.default_ttl_ms;
+	S.max_ttl_ms = cfg->tokens.max_ttl_ms;
+	old = S.res;
+	n_old = S.n_res;
+	S.res = r;
+	S.n_res = cfg->n_resources;
+	pthread_rwlock_unlock(&S.lock);
+	resources_free(old, n_old);
+}
+
+static int
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	(void)app;
+	(void)ctx;
+	(void)diag;
+	settings_set(next);
+	return IDP_OK;
+}
+
+int
+access_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	store = app->store;
+	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
+	snprintf(audience_self, sizeof(audience_self), "%s", app->cfg->identity.audience);
+	settings_set(app->cfg);
+	if (app_on_reload(on_reload, NULL) != IDP_OK) {
+		idp_diag_add(diag, "access: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	return IDP_OK;
+}
+
+void
+access_shutdown(void)
+{
+	pthread_rwlock_wrlock(&S.lock);
+	resources_free(S.res, S.n_res);
+	S.res = NULL;
+	S.n_res = 0;
+	pthread_rwlock_unlock(&S.lock);
+}
+
+/* The resource section of a policy input for aud, or NULL if aud is not a resource. */
+static json_t *
+resource_json(const char *aud, int64_t *default_ttl_ms, int64_t *max_ttl_ms)
+{
+	json_t *o = NULL;
+
+	pthread_rwlock_rdlock(&S.lock);
+	*default_ttl_ms = S.default_ttl_ms;
+	*max_ttl_ms = S.max_ttl_ms;
+	for (size_t i = 0; i < S.n_res; i++) {
+		if (strcmp(S.res[i].audience, aud) != 0)
+			continue;
+		o = json_pack("{s:s,s:s,s:s}", "audience", S.res[i].audience, "domain",
+		              S.res[i].domain, "classification", S.res[i].classification);
+		if (o != NULL && S.res[i].environment[0] != '\0')
+			json_object_set_new(o, "environment", json_string(S.res[i].environment));
+		break;
+	}
+	pthread_rwlock_unlock(&S.lock);
+	return o;
+}
+
+/* ---- one request ---- */
+
+struct issuing {
+	const struct access_ask *a;
+	struct access_grant *g;
+	const struct registry_agent *agent; /* borrowed from a->who */
+	struct idp_jws_verified parent;     /* the delegation token presented */
+	const char *djti;                   /* its jti */
+	const char *task_id;                /* a->task_id, or the delegation token's */
+	const char *human;
+	const char *chain_hash;
+	json_t *act; /* owned */
+	json_t *own; /* owned: strings of the root token when none was presented */
+	int64_t parent_exp_s;
+	struct task_scopes parent_sc;
+	struct revocation_chain *chain;
+	bool approved;
+	char rules[1024];
+};
+
+static void
+refuse(struct issuing *s, int status, const char *code)
+{
+	s->g->status = status;
+	s->g->code = code;
+}
+
+static const char *
+decision_name(const struct issuing *s)
+{
+	return s->g->decision != NULL
+	           ? json_string_value(json_object_get(s->g->decision, "decision"))
+	           : NULL;
+}
+
+static void
+rules_join(struct issuing *s)
+{
+	json_t *rules = s->g->decision != NULL ? json_object_get(s->g->decision, "rules") : NULL;
+	size_t i, used = 0;
+	json_t *v;
+
+	s->rules[0] = '\0';
+	json_array_foreach(rules, i, v)
+	{
+		int n = snprintf(s->rules + used, sizeof(s->rules) - used, "%s%s", used ? " " : "",
+		                 json_string_value(v) ? json_string_value(v) : "");
+
+		if (n < 0 || (size_t)n >= sizeof(s->rules) - used) {
+			s->rules[used] = '\0';
+			break;
+		}
+		used += (size_t)n;
+	}
+}
+
+/* token.issued (durable: false means the token must not go out) or token.denied. */
+static bool
+audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s)
+{
+	const struct access_ask *a = s->a;
+	struct audit_event *ev =
+	    audit_event_new(issued ? AUDIT_TOKEN_ISSUED : AUDIT_TOKEN_DENIED, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(a->req);
+	const char *dec = decision_name(s);
+	json_t *detail;
+	enum audit_decision ad = AUDIT_DECISION_NONE;
+	int rc = IDP_OK;
+
+	if (ev == NULL)
+		return false;
+	if (dec != NULL && audit_decision_parse(dec, &ad) == IDP_OK)
+		audit_event_set_decision(ev, ad);
+	audit_event_set_outcome(ev, issued ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_DENIED);
+	if (audit_event_set(ev, AUDIT_F_TASK_ID, s->task_id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, s->human) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_ID, s->agent->id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_TYPE, s->agent->agent_type) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(a->req)) != IDP_OK ||
+	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+	    audit_event_set_actor(ev, AUDIT_ACTOR_AGENT, s->agent->id) != IDP_OK ||
+	    (s->rules[0] != '\0' && audit_event_set(ev, AUDIT_F_POLICY_RULE, s->rules) != IDP_OK))
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && issued &&
+	    (audit_event_set(ev, AUDIT_F_TOKEN_ID, s->g->jti) != IDP_OK ||
+	     audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, granted) != IDP_OK))
+		rc = IDP_EINTERNAL;
+	/* The chain: the human, then every agent from the root to this one. */
+	if (rc == IDP_OK && s->human != NULL && audit_event_chain_append(ev, s->human) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	for (size_t i = 0; rc == IDP_OK && s->chain != NULL && i < s->chain->n; i++)
+		if (audit_event_chain_append(ev, s->chain->links[i].agent_id) != IDP_OK)
+			rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && s->chain == NULL &&
+	    audit_event_chain_append(ev, s->agent->id) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	/* detail.reason is the refusal code: the alert rules classify by it. */
+	detail =
+	    json_pack("{s:s,s:s,s:s?,s:s?}", "audience", a->audience, "requested_scope",
+	              a->scopes->joined, "stated_reason", a->reason, "delegation_jti", s->djti);
+	if (detail != NULL) {
+		if (!issued)
+			json_object_set_new(detail, "reason", json_string(s->g->code));
+		else
+			json_object_set_new(detail, "exp", json_integer((json_int_t)exp_s));
+		if (s->g->decision != NULL) {
+			json_object_set(detail, "policy_reason",
+			                json_object_get(s->g->decision, "reason"));
+			if (json_object_get(s->g->decision, "conditions") != NULL)
+				json_object_set(detail, "conditions",
+				                json_object_get(s->g->decision, "conditions"));
+		}
+		if (s->approved)
+			json_object_set_new(detail, "approval_id", json_string(a->approval_id));
+		if (s->g->approval_id[0] != '\0')
+			json_object_set_new(detail, "approval_requested",
+			                    json_string(s->g->approval_id));
+	}
+	if (rc == IDP_OK && detail != NULL && audit_event_set_detail(ev, detail) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	json_decref(detail);
+	if (rc != IDP_OK) {
+		log_error("access: bug: cannot build the token event");
+		audit_event_free(ev);
+		return false;
+	}
+	return audit_emit(ev) == IDP_OK;
+}
+
+/* Verify the presented delegation token: ours, for idpd, unexpired, the caller's, this task's. */
+static bool
+parent_verify(struct issuing *s)
+{
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP};
+	const char *tok = s->a->delegation_token;
+	enum idp_jws_reason why;
+	const json_t *c;
+	const char *sub, *iss, *aud, *task;
+	struct idp_diag d;
+	bool ok = false;
+
+	if (set == NULL) {
+		refuse(s, 503, "unavailable");
+		return false;
+	}
+	refuse(s, 403, "delegation_token_invalid");
+	if (idp_jws_verify(set, tok, strlen(tok), &o, &s->parent, &why) != IDP_OK)
+		goto done;
+	c = s->parent.claims;
+	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
+	                       &why) != IDP_OK) {
+		refuse(s, 403, "delegation_token_expired");
+		goto done;
+	}
+	sub = json_string_value(json_object_get(c, "sub"));
+	iss = json_string_value(json_object_get(c, "iss"));
+	aud = json_string_value(json_object_get(c, "aud"));
+	task = json_string_value(json_object_get(c, "task_id"));
+	s->human = json_string_value(json_object_get(c, "human_principal"));
+	s->djti = json_string_value(json_object_get(c, "jti"));
+	s->chain_hash = json_string_value(json_object_get(c, "delegation_chain_hash"));
+	if (sub == NULL || iss == NULL || aud == NULL || task == NULL || s->human == NULL ||
+	    s->djti == NULL || s->chain_hash == NULL || strcmp(iss, issuer) != 0 ||
+	    strcmp(aud, audience_self) != 0 || !json_is_object(json_object_get(c, "act")) ||
+	    !json_is_integer(json_object_get(c, "exp"))) {
+		s->human = s->djti = s->chain_hash = NULL;
+		goto done;
+	}
+	if (strcmp(sub, s->agent->id) != 0) {
+		s->human = s->djti = s->chain_hash = NULL;
+		refuse(s, 403, "delegation_token_not_yours");
+		goto done;
+	}
+	if (s->a->task_id == NULL)
+		s->task_id = task;
+	if (strcmp(task, s->task_id) != 0) {
+		s->human = s->djti = s->chain_hash = NULL;
+		refuse(s, 403, "task_mismatch");
+		goto done;
+	}
+	s->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
+	s->act = json_deep_copy(json_object_get(c, "act"));
+	idp_diag_init(&d);
+	if (!task_scopes_parse(json_object_get(c, "scope"), &s->parent_sc, &d))
+		goto done;
+	s->g->status = 0;
+	s->g->code = NULL;
+	ok = true;
+done:
+	idp_jws_keyset_unref(set);
+	return ok;
+}
+
+static struct store_stmt st_root = {
+    "access_root_token",
+    "SELECT d.jti, d.chain_hash, array_to_string(d.scope, ' '), t.human_principal, t.idp,"
+    " extract(epoch FROM d.expires_at)::bigint FROM delegation_tokens d JOIN tasks t ON"
+    " t.id = d.task_id WHERE d.task_id = $1 AND d.depth = 0 AND t.root_agent = $2",
+    2, 0};
+
+/* No delegation token presented: the task's root agent stands on the task's root token. */
+static bool
+root_token(struct issuing *s)
+{
+	const char *params[2] = {s->task_id, s->agent->id};
+	struct store_conn *c = NULL;
+	PGresult *r = NULL;
+	struct idp_diag d;
+	bool ok = false;
+
+	if (store_acquire(store, &c) != IDP_OK) {
+		refuse(s, 503, "unavailable");
+		return false;
+	}
+	if (store_exec(c, &st_root, params, &r) != IDP_OK) {
+		refuse(s, 503, "unavailable");
+		goto done;
+	}
+	if (PQntuples(r) != 1) {
+		refuse(s, 403, "delegation_token_required");
+		goto done;
+	}
+	s->own =
+	    json_pack("{s:s,s:s,s:s,s:s}", "jti", PQgetvalue(r, 0, 0), "chain", PQgetvalue(r, 0, 1),
+	              "scope", PQgetvalue(r, 0, 2), "human", PQgetvalue(r, 0, 3));
+	s->act = json_pack("{s:s,s:s,s:s}", "sub", PQgetvalue(r, 0, 3), "sub_type", "human", "idp",
+	                   PQgetvalue(r, 0, 4));
+	if (s->own == NULL || s->act == NULL) {
+		refuse(s, 500, "internal");
+		goto done;
+	}
+	s->djti = json_string_value(json_object_get(s->own, "jti"));
+	s->chain_hash = json_string_value(json_object_get(s->own, "chain"));
+	s->human = json_string_value(json_object_get(s->own, "human"));
+	s->parent_exp_s = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+	idp_diag_init(&d);
+	if (!task_scopes_parse(json_object_get(s->own, "scope"), &s->parent_sc, &d)) {
+		refuse(s, 500, "internal");
+		goto done;
+	}
+	ok = true;
+done:
+	PQclear(r);
+	store_release(store, c);
+	return ok;
+}
+
+/* Every agent on the chain is active and its link was made after its revocation epoch. */
+static bool
+chain_agents_ok(struct issuing *s)
+{
+	for (size_t i = 0; i < s->chain->n; i++) {
+		const struct revocation_link *l = &s->chain->links[i];
+		const struct registry_agent *ag = NULL;
+		int rc = registry_get(l->agent_id, &ag);
+		bool live;
+
+		if (rc == IDP_EUNAVAIL) {
+			refuse(s, 503, "unavailable");
+			return false;
+		}
+		live = rc == IDP_OK && ag->status == REGISTRY_ACTIVE &&
+		       !registry_issued_before_revocation(ag, l->iat_s);
+		registry_agent_unref(ag);
+		if (!live) {
+			refuse(s, 403, "chain_agent_inactive");
+			return false;
+		}
+	}
+	return true;
+}
+
+static json_t *
+strings_json(const char *const *v, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; a != NULL && i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+/* The policy input of the seed's step 5: agent, request, resource, delegation, context. */
+static json_t *
+policy_input(struct issuing *s, json_t *resource, int64_t ttl_s)
+{
+	json_t *chain = json_array();
+	json_t *in;
+
+	for (size_t i = 0; chain != NULL && i < s->chain->n; i++)
+		json_array_append_new(chain, json_string(s->chain->links[i].agent_id));
+	in = json_pack("{s:o,s:{s:o,s:s,s:I,s:s,s:s},s:O,s:{s:i,s:o,s:i},s:{s:b}}", "agent",
+	               policy_agent_json(s->agent), "request", "scopes",
+	               strings_json(s->a->scopes->v, s->a->scopes->n), "audience", s->a->audience,
+	               "ttl", (json_int_t)ttl_s, "task_id", s->task_id, "human", s->human,
+	               "resource", resource, "delegation", "depth",
+	               s->chain->n > 0 ? s->chain->links[s->chain->n - 1].depth : 0, "chain", chain,
+	               "approvals", 0, "context", "approval", s->approved);
+	return in;
+}
+
+static json_t *
+claims_json(struct issuing *s, const char *scope, int64_t iat_s, int64_t exp_s)
+{
+	json_t *c = json_pack(
+	    "{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:O}", "iss", issuer, "sub",
+	    s->agent->id, "aud", s->a->audience, "iat", (json_int_t)iat_s, "exp", (json_int_t)exp_s,
+	    "jti", s->g->jti, "scope", scope, "task_id", s->task_id, "human_principal", s->human,
+	    "delegation_chain_hash", s->chain_hash, "agent_type", s->agent->agent_type, "client_id",
+	    s->agent->id, ACCESS_CLAIM_DELEGATION_JTI, s->djti, "act", s->act);
+
+	if (c != NULL && s->agent->agent_version != NULL)
+		json_object_set_new(c, "agent_version", json_string(s->agent->agent_version));
+	return c;
+}
+
+/* Narrow the requested scopes as an ALLOW_WITH_CONDITIONS says; NULL if nothing is left. */
+static char *
+granted_scope(struct issuing *s)
+{
+	const json_t *cond = json_object_get(s->g->decision, "conditions");
+	const json_t *narrow = cond != NULL ? json_object_get(cond, "scopes") : NULL;
+	struct idp_buf b;
+	size_t i;
+	json_t *v;
+
+	if (!json_is_array(narrow))
+		return idp_xstrdup(s->a->scopes->joined);
+	idp_buf_init(&b, 64 * 1024);
+	json_array_foreach(narrow, i, v)
+	{
+		if (!json_is_string(v))
+			continue;
+		/* The scopes come from a bounded request: the 64 KiB cap is never reached. */
+		if ((b.len > 0 && idp_buf_putc(&b, ' ') != IDP_OK) ||
+		    idp_buf_puts(&b, json_string_value(v)) != IDP_OK) {
+			idp_buf_cleanup(&b);
+			return NULL;
+		}
+	}
+	if (b.len == 0) {
+		idp_buf_cleanup(&b);
+		return NULL;
+	}
+	return idp_buf_take(&b, NULL);
+}
+
+void
+access_issue(const struct access_ask *a, struct access_grant *g)
+{
+	struct issuing s = {.a = a, .g = g, .agent = a->who->agent, .task_id = a->task_id};
+	struct approval_subject subj;
+	struct keys *km = keys_process();
+	struct idp_jws_key *key = NULL;
+	json_t *resource = NULL, *input = NULL, *claims = NULL;
+	const char *dec, *why = NULL;
+	int64_t now_ms = idp_now_ms(idp_clock_system()), default_ttl_ms, max_ttl_ms, exp_ms;
+	int64_t not_after = 0;
+	struct idp_diag d;
+	int rc;
+
+	memset(g, 0, sizeof(*g));
+	/* 1. The audience names a resource. */
+	resource = resource_json(a->audience, &default_ttl_ms, &max_ttl_ms);
+	if (resource == NULL) {
+		refuse(&s, 400, "invalid_target");
+		goto refused;
+	}
+	/* 2. Within the agent's capabilities. */
+	for (size_t i = 0; i < a->scopes->n; i++) {
+		if (!registry_agent_can(s.agent, a->scopes->v[i])) {
+			refuse(&s, 403, AUDIT_REASON_SCOPE_ESCALATION);
+			goto refused;
+		}
+	}
+	/* 3. The delegation token it stands on, and within that token's scope. */
+	if (a->delegation_token != NULL ? !parent_verify(&s) : !root_token(&s))
+		goto refused;
+	for (size_t i = 0; i < a->scopes->n; i++) {
+		if (!scope_within(a->scopes->v[i], s.parent_sc.v, s.parent_sc.n)) {
+			refuse(&s, 403, "scope_not_within_delegation");
+			goto refused;
+		}
+	}
+	/* 4. The chain is live: no link revoked, the task open, every agent on it active. */
+	rc = revocation_check_delegation(s.djti, s.task_id, now_ms / 1000, &s.chain, &why);
+	if (rc == IDP_EUNAVAIL) {
+		refuse(&s, 503, "unavailable");
+		goto refused;
+	}
+	if (rc != IDP_OK) {
+		refuse(&s, 403, why != NULL ? why : "token_revoked");
+		goto refused;
+	}
+	if (!chain_agents_ok(&s))
+		goto refused;
+	/* 5. An approval presented must be for exactly this request. */
+	subj = (struct approval_subject){
+	    .kind = APPROVAL_TOKEN,
+	    .agent_id = s.agent->id,
+	    .task_id = s.task_id,
+	    .human = s.human,
+	    .scope = a->scopes->joined,
+	    .target = a->audience,
+	    .request_id = http_req_id(a->req),
+	};
+	if (a->approval_id != NULL) {
+		rc = approval_consume(a->approval_id, &subj, &why);
+		if (rc == IDP_EUNAVAIL) {
+			refuse(&s, 503, "unavailable");
+			goto refused;
+		}
+		if (rc != IDP_OK) {
+			refuse(&s, 403, why != NULL ? why : "approval_invalid");
+			goto refused;
+		}
+		s.approved = true;
+	}
+	/* 6. The policy decides. */
+	{
+		int64_t ttl_ms = a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms;
+
+		input =
+		    policy_input(&s, resource, (ttl_ms < max_ttl_ms ? ttl_ms : max_ttl_ms) / 1000);
+	}
+	idp_diag_init(&d);
+	rc = input != NULL ? policy_service_decide(input, true, &g->decision, &d) : IDP_EINTERNAL;
+	if (rc != IDP_OK) {
+		log_error("access: the policy input could not be evaluated: %s",
+		          d.count > 0 ? idp_diag_str(&d) : "no set or no memory");
+		refuse(&s, 503, "unavailable");
+		goto refused;
+	}
+	rules_join(&s);
+	dec = decision_name(&s);
+	if (dec == NULL || strcmp(dec, "DENY") == 0) {
+		refuse(&s, 403, "policy_denied");
+		goto refused;
+	}
+	if (strcmp(dec, "REQUIRE_APPROVAL") == 0) {
+		subj.reason = json_string_value(json_object_get(g->decision, "reason"));
+		subj.rules = s.rules[0] != '\0' ? s.rules : NULL;
+		if (approval_request(&subj, g->approval_id, &g->approval_expires_s) != IDP_OK) {
+			g->approval_id[0] = '\0';
+			refuse(&s, 503, "unavailable");
+			goto refused;
+		}
+		refuse(&s, 202, "approval_required");
+		goto refused;
+	}
+
+	/* 7. The lifetime, the scope, the signature. */
+	exp_ms = now_ms + (a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms);
+	if (exp_ms > now_ms + max_ttl_ms)
+		exp_ms = now_ms + max_ttl_ms;
+	{
+		const json_t *cond = json_object_get(g->decision, "conditions");
+		const json_t *mt = cond != NULL ? json_object_get(cond, "max_ttl") : NULL;
+
+		if (json_is_integer(mt) && exp_ms > now_ms + json_integer_value(mt) * 1000)
+			exp_ms = now_ms + json_integer_value(mt) * 1000;
+	}
+	if (exp_ms > s.parent_exp_s * 1000)
+		exp_ms = s.parent_exp_s * 1000;
+	if (km == NULL || keys_signing_key(km, &key, &not_after) != IDP_OK) {
+		refuse(&s, 503, "unavailable");
+		goto refused;
+	}
+	if (exp_ms > now_ms + keys_max_token_lifetime_ms(km))
+		exp_ms = now_ms + keys_max_token_lifetime_ms(km);
+	if (exp_ms > not_after)
+		exp_ms = not_after;
+	if (exp_ms / 1000 <= now_ms / 1000) {
+		/* The delegation token ends within the second: nothing useful is left. */
+		refuse(&s, 403, "delegation_token_expired");
+		goto refused;
+	}
+	g->scope = granted_scope(&s);
+	if (g->scope == NULL) {
+		refuse(&s, 403, "policy_denied");
+		goto refused;
+	}
+	if (attest_jti_new(g->jti) != IDP_OK ||
+	    (claims = claims_json(&s, g->scope, now_ms / 1000, exp_ms / 1000)) == NULL ||
+	    idp_jws_sign(key, ACCESS_TOKEN_TYP, claims, &g->token, NULL, NULL) != IDP_OK) {
+		refuse(&s, 500, "internal");
+		goto refused;
+	}
+	if (!audit_outcome(&s, true, g->scope, exp_ms / 1000)) {
+		/* Not durable, not issued. */
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+		g->token = NULL;
+		refuse(&s, 503, "unavailable");
+		goto done;
+	}
+	g->status = 200;
+	g->expires_in = exp_ms / 1000 - now_ms / 1000;
+	registry_touch(s.agent->id, now_ms);
+	goto done;
+
+refused:
+	/* A 5xx is idpd's own failure, logged where it happened; writing it
+	 * to an audit log that may be the thing down would only delay it. */
+	/* A 202 is audited by approval_request as approval.requested. */
+	if (g->status < 500 && g->status != 202 && !audit_outcome(&s, false, NULL, 0))
+		log_warn("access: cannot record the refusal (%s) in the audit log", g->code);
+done:
+	idp_jws_key_unref(key);
+	json_decref(claims);
+	json_decref(input);
+	json_decref(resource);
+	json_decref(s.act);
+	json_decref(s.own);
+	revocation_chain_free(s.chain);
+	idp_jws_verified_cleanup(&s.parent);
+}
+
+void
+access_grant_cleanup(struct access_grant *g)
+{
+	if (g->token != NULL) {
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+	}
+	free(g->scope);
+	json_decref(g->decision);
+	memset(g, 0, sizeof(*g));
+}
+
+/* ---- POST /v1/token ---- */
+
+static void
+reply(struct http_req *req, struct access_grant *g)
+{
+	json_t *dec = g->decision;
+	json_t *extra;
+
+	switch (g->status) {
+	case 200:
+		extra = json_pack("{s:s,s:s,s:I,s:s,s:s,s:O*}", "access_token", g->token,
+		                  "token_type", "Bearer", "expires_in", (json_int_t)g->expires_in,
+		                  "scope", g->scope, "jti", g->jti, "decision",
+		                  dec ? json_object_get(dec, "decision") : NULL);
+		if (extra != NULL && dec != NULL && json_object_get(dec, "conditions") != NULL)
+			json_object_set(extra, "conditions", json_object_get(dec, "conditions"));
+		http_add_header(req, "Cache-Control", "no-store");
+		http_reply_json(req, 200, extra);
+		return;
+	case 202: {
+		char loc[128];
+
+		snprintf(loc, sizeof(loc), "/v1/approvals/%s", g->approval_id);
+		http_add_header(req, "Location", loc);
+		http_reply_json(req, 202,
+		                json_pack("{s:s,s:O*,s:O*,s:s,s:I}", "decision", "REQUIRE_APPROVAL",
+		                          "reason", json_object_get(dec, "reason"), "rules",
+		                          json_object_get(dec, "rules"), "approval_id",
+		                          g->approval_id, "expires_at",
+		                          (json_int_t)g->approval_expires_s));
+		return;
+	}
+	case 400:
+		http_reply_problem(req, 400, g->code, NULL,
+		                   "the audience is not a resource access tokens are issued for");
+		return;
+	case 403:
+		extra = json_pack("{s:s}", "reason", g->code);
+		if (extra != NULL && dec != NULL) {
+			json_object_set(extra, "decision", json_object_get(dec, "decision"));
+			json_object_set(extra, "policy_reason", json_object_get(dec, "reason"));
+			json_object_set(extra, "rules", json_object_get(dec, "rules"));
+		}
+		http_reply_problem(req, 403, g->code, extra, "the token is refused: %s",
+		                   dec != NULL && json_string_value(json_object_get(dec, "reason"))
+		                       ? json_string_value(json_object_get(dec, "reason"))
+		                       : g->code);
+		return;
+	case 503:
+		http_reply_error(req, IDP_EUNAVAIL, "idpd cannot decide now; retry");
+		return;
+	default:
+		http_reply_error(req, IDP_EINTERNAL, "the token cannot be issued");
+	}
+}
+
+static void
+post_token(struct http_req *req, void *ctx)
+{
+	struct agent_principal who;
+	struct access_grant g;
+	struct task_scopes *sc = idp_xcalloc(1, sizeof(*sc));
+	struct access_ask a = {.req = req, .who = &who, .scopes = sc};
+	const char *why = NULL;
+	struct idp_diag d;
+	json_t *body = NULL, *v;
+	int rc;
+
+	(void)ctx;
+	memset(&g, 0, sizeof(g));
+	rc = authenticate_agent(req, &who, &why);
+	if (rc != IDP_OK) {
+		log_info("access: agent authentication failed: %s", why ? why : "unknown");
+		if (rc == IDP_EUNAUTH)
+			http_add_header(req, "WWW-Authenticate", "Bearer");
+		http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
+		                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
+		free(sc);
+		return;
+	}
+	body = http_req_json_object(req);
+	if (body == NULL)
+		goto done;
+	idp_diag_init(&d);
+	a.audience = json_string_value(json_object_get(body, "audience"));
+	if (a.audience == NULL || a.audience[0] == '\0')
+		idp_diag_add(&d, "audience: required, the resource the token is for");
+	a.task_id = json_string_value(json_object_get(body, "task_id"));
+	if (a.task_id == NULL)
+		idp_diag_add(&d, "task_id: required, the task the token serves");
+	(void)task_scopes_parse(json_object_get(body, "scope"), sc, &d);
+	v = json_object_get(body, "delegation_token");
+	if (v != NULL && !json_is_null(v) && (a.delegation_token = json_string_value(v)) == NULL)
+		idp_diag_add(&d, "delegation_token: a string, the caller's delegation token");
+	v = json_object_get(body, "approval_id");
+	if (v != NULL && !json_is_null(v) && (a.approval_id = json_string_value(v)) == NULL)
+		idp_diag_add(&d, "approval_id: a string");
+	v = json_object_get(body, "reason");
+	if (v != NULL && !json_is_null(v) &&
+	    ((a.reason = json_string_value(v)) == NULL || strlen(a.reason) > 1024))
+		idp_diag_add(&d, "reason: a string of at most 1024 bytes");
+	v = json_object_get(body, "ttl");
+	if (v != NULL) {
+		int64_t ttl_ms = 0;
+
+		if (json_is_integer(v) && json_integer_value(v) > 0 &&
+		    json_integer_value(v) <= 86400)
+			ttl_ms = (int64_t)json_integer_value(v) * 1000;
+		else if (!json_is_string(v) ||
+		         idp_duration_parse(json_string_value(v), &ttl_ms) != IDP_OK ||
+		         ttl_ms < 1000)
+			idp_diag_add(&d,
+			             "ttl: a positive duration (\"5m\") or a number of seconds");
+		a.ttl_s = ttl_ms / 1000;
+	}
+	if (d.count > 0) {
+		http_reply_problem(req, 400, "invalid_request",
+		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),
+		                   "the token request is not valid");
+		goto done;
+	}
+	access_issue(&a, &g);
+	reply(req, &g);
+done:
+	access_grant_cleanup(&g);
+	json_decref(body);
+	agent_principal_cleanup(&who);
+	free(sc);
+}
+
+int
+access_routes(struct http_router *r, struct idpd_app *app)
+{
+	(void)app;
+	return http_router_add(r, HTTP_POST, "/v1/token", post_token, NULL);
+}

@@ -1,0 +1,252 @@
+/*
+ * oauth.c - the standards surface of the token service: RFC 8693 token
+ * exchange at POST /oauth2/token and RFC 8414 metadata at
+ * /.well-known/oauth-authorization-server (docs/tokens.md "OAuth").
+ *
+ * Token exchange reaches the same core as POST /v1/token (access_issue):
+ * the subject_token is the agent's delegation token (it names the task),
+ * the actor_token is the agent's identity credential (it authenticates the
+ * agent), audience or resource names the resource, scope the scopes.  The
+ * answers are RFC 6749 §5 bodies; the mapping of idpd's outcomes to OAuth
+ * error codes is in docs/tokens.md.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idpd/access.h"
+#include "idpd/agent_auth.h"
+#include "idpd/app.h"
+#include "idpd/config.h"
+#include "idpd/http.h"
+#include "idpd/log.h"
+#include "idpd/oauth.h"
+#include "idpd/revocation.h"
+#include "idpd/tasks.h"
+
+#define GRANT_TOKEN_EXCHANGE "urn:ietf:params:oauth:grant-type:token-exchange"
+#define TT_JWT "urn:ietf:params:oauth:token-type:jwt"
+#define TT_ACCESS "urn:ietf:params:oauth:token-type:access_token"
+/* idpd's own type for delegation tokens; a plain jwt type is accepted too. */
+#define TT_DELEGATION "urn:idpd:params:oauth:token-type:delegation"
+
+static char issuer[513];
+
+int
+oauth_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	(void)diag;
+	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
+	return IDP_OK;
+}
+
+/* RFC 6749 §5.2 codes for access_issue's refusals. */
+static const char *
+oauth_error_for(const struct access_grant *g, int *status)
+{
+	const char *c = g->code != NULL ? g->code : "";
+
+	*status = 400;
+	if (g->status == 202)
+		return "authorization_pending"; /* RFC 8628 §3.5: retry with the approval */
+	if (g->status >= 500) {
+		*status = g->status;
+		return g->status == 503 ? "temporarily_unavailable" : "server_error";
+	}
+	if (strcmp(c, "invalid_target") == 0)
+		return "invalid_target";
+	if (strcmp(c, "scope_outside_capabilities") == 0 ||
+	    strcmp(c, "scope_not_within_delegation") == 0)
+		return "invalid_scope";
+	if (strcmp(c, "policy_denied") == 0) {
+		*status = 403;
+		return "access_denied";
+	}
+	/* The subject token: invalid, expired, revoked, another's, its task closed; approvals. */
+	return "invalid_grant";
+}
+
+static void
+exchange(struct http_req *req, void *ctx)
+{
+	struct http_form form, *f = &form;
+	struct agent_principal who;
+	struct access_grant g;
+	struct task_scopes *sc = NULL;
+	struct access_ask a = {.req = req, .who = &who};
+	const char *grant, *subject, *stt, *actor, *att, *aud, *res, *scope, *rtt, *why = NULL;
+	struct idp_diag d;
+	int rc, status;
+
+	(void)ctx;
+	memset(&g, 0, sizeof(g));
+	memset(&who, 0, sizeof(who));
+	idp_diag_init(&d);
+	if (!http_req_is_form(req) || http_req_form(req, f, &d) != IDP_OK) {
+		http_reply_oauth_error(req, 400, "invalid_request",
+		                       d.count > 0 ? idp_diag_str(&d)
+		                                   : "the body must be application/x-www-form-urlencoded");
+		return;
+	}
+	grant = http_form_get(f, "grant_type");
+	if (grant == NULL || strcmp(grant, GRANT_TOKEN_EXCHANGE) != 0) {
+		http_reply_oauth_error(req, 400,
+		                       grant ? "unsupported_grant_type" : "invalid_request",
+		                       "grant_type must be " GRANT_TOKEN_EXCHANGE);
+		goto done;
+	}
+	subject = http_form_get(f, "subject_token");
+	stt = http_form_get(f, "subject_token_type");
+	actor = http_form_get(f, "actor_token");
+	att = http_form_get(f, "actor_token_type");
+	aud = http_form_get(f, "audience");
+	res = http_form_get(f, "resource");
+	scope = http_form_get(f, "scope");
+	rtt = http_form_get(f, "requested_token_type");
+	if (subject == NULL || stt == NULL || actor == NULL || att == NULL || scope == NULL ||
+	    (aud == NULL && res == NULL)) {
+		http_reply_oauth_error(
+		    req, 400, "invalid_request",
+		    "subject_token, subject_token_type, actor_token, "
+		    "actor_token_type, scope and audience or resource are required");
+		goto done;
+	}
+	if ((strcmp(stt, TT_JWT) != 0 && strcmp(stt, TT_DELEGATION) != 0) ||
+	    strcmp(att, TT_JWT) != 0) {
+		http_reply_oauth_error(req, 400, "invalid_request",
+		                       "subject_token_type must be " TT_DELEGATION " or " TT_JWT
+		                       ", actor_token_type " TT_JWT);
+		goto done;
+	}
+	if (rtt != NULL && strcmp(rtt, TT_ACCESS) != 0 && strcmp(rtt, TT_JWT) != 0) {
+		http_reply_oauth_error(req, 400, "invalid_request",
+		                       "requested_token_type: only access tokens are issued here");
+		goto done;
+	}
+	if (aud != NULL && res != NULL && strcmp(aud, res) != 0) {
+		http_reply_oauth_error(req, 400, "invalid_target",
+		                       "audience and resource name different resources");
+		goto done;
+	}
+	rc = authenticate_agent_token(actor, &who, &why);
+	if (rc != IDP_OK) {
+		log_info("oauth: actor token refused: %s", why ? why : "unknown");
+		if (rc == IDP_EUNAUTH)
+			http_reply_oauth_error(req, 400, "invalid_grant",
+			                       "the actor_token is not a valid agent credential");
+		else
+			http_reply_oauth_error(req, 503, "temporarily_unavailable",
+			                       "idpd cannot authenticate now");
+		goto done;
+	}
+	sc = idp_xcalloc(1, sizeof(*sc));
+	idp_diag_init(&d);
+	{
+		json_t *js = json_string(scope);
+
+		if (js == NULL || !task_scopes_parse(js, sc, &d)) {
+			json_decref(js);
+			http_reply_oauth_error(req, 400, "invalid_scope",
+			                       d.count > 0 ? idp_diag_str(&d) : "invalid scope");
+			goto done;
+		}
+		json_decref(js);
+	}
+	a.audience = aud != NULL ? aud : res;
+	a.scopes = sc;
+	a.task_id = NULL; /* the subject token names it */
+	a.delegation_token = subject;
+	a.approval_id = http_form_get(f, "approval_id");
+	a.reason = http_form_get(f, "reason");
+	access_issue(&a, &g);
+	if (g.status == 200) {
+		http_add_header(req, "Cache-Control", "no-store");
+		http_reply_json(req, 200,
+		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g.token,
+		                          "issued_token_type", TT_ACCESS, "token_type", "Bearer",
+		                          "expires_in", (json_int_t)g.expires_in, "scope",
+		                          g.scope));
+		goto done;
+	}
+	{
+		const char *err = oauth_error_for(&g, &status);
+		const char *desc =
+		    g.decision != NULL &&
+		            json_string_value(json_object_get(g.decision, "reason")) != NULL
+		        ? json_string_value(json_object_get(g.decision, "reason"))
+		        : (g.code != NULL ? g.code : "refused");
+		json_t *body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc,
+		                         "idpd_code", g.code);
+
+		if (body != NULL && g.status == 202) {
+			json_object_set_new(body, "approval_id", json_string(g.approval_id));
+			json_object_set_new(body, "approval_expires_at",
+			                    json_integer((json_int_t)g.approval_expires_s));
+		}
+		if (body != NULL && g.decision != NULL)
+			json_object_set(body, "rules", json_object_get(g.decision, "rules"));
+		http_add_header(req, "Cache-Control", "no-store");
+		http_reply_json(req, status, body);
+	}
+done:
+	access_grant_cleanup(&g);
+	agent_principal_cleanup(&who);
+	free(sc);
+}
+
+/*
+ * RFC 8414.  The endpoints are absolute URLs: under identity.issuer when it
+ * is one (the recommended setting behind an ingress), else under the
+ * address the client used (Host).
+ */
+static void
+metadata(struct http_req *req, void *ctx)
+{
+	const char *host = http_req_header(req, "Host");
+	char base[600];
+	json_t *m;
+
+	(void)ctx;
+	if (strncmp(issuer, "https://", 8) == 0 || strncmp(issuer, "http://", 7) == 0)
+		snprintf(base, sizeof(base), "%s", issuer);
+	else
+		snprintf(base, sizeof(base), "http://%s", host != NULL ? host : "127.0.0.1");
+	if (base[0] != '\0' && base[strlen(base) - 1] == '/')
+		base[strlen(base) - 1] = '\0';
+	m = json_pack("{s:s,s:s+,s:s+,s:s+,s:s+}", "issuer", issuer, "token_endpoint", base,
+	              "/oauth2/token", "introspection_endpoint", base, "/introspect",
+	              "revocation_endpoint", base, "/revoke", "jwks_uri", base,
+	              "/.well-known/jwks.json");
+	if (m != NULL) {
+		/* No authorization endpoint: no response types (RFC 8414 §2 asks for the member).
+		 */
+		json_object_set_new(m, "response_types_supported", json_array());
+		json_object_set_new(m, "grant_types_supported",
+		                    json_pack("[s]", GRANT_TOKEN_EXCHANGE));
+		/* The agent authenticates with its actor_token, not as an OAuth client. */
+		json_object_set_new(m, "token_endpoint_auth_methods_supported",
+		                    json_pack("[s]", "none"));
+		json_object_set_new(m, "introspection_endpoint_auth_methods_supported",
+		                    json_pack("[s,s]", "client_secret_basic", "bearer"));
+		json_object_set_new(m, "revocation_endpoint_auth_methods_supported",
+		                    json_pack("[s,s]", "client_secret_basic", "bearer"));
+		json_object_set_new(m, "subject_token_types_supported",
+		                    json_pack("[s,s]", TT_DELEGATION, TT_JWT));
+		json_object_set_new(m, "actor_token_types_supported", json_pack("[s]", TT_JWT));
+		json_object_set_new(m, "issued_token_types_supported", json_pack("[s]", TT_ACCESS));
+		json_object_set_new(m, "token_signing_alg_values_supported",
+		                    json_pack("[s]", "ES256"));
+	}
+	http_add_header(req, "Cache-Control", "max-age=300");
+	http_reply_json(req, 200, m);
+}
+
+int
+oauth_routes(struct http_router *r, struct idpd_app *app)
+{
+	(void)app;
+	if (http_router_add(r, HTTP_POST, "/oauth2/token", exchange, NULL) != IDP_OK)
+		return IDP_EINVAL;
+	return http_router_add_ex(r, HTTP_GET, "/.well-known/oauth-authorization-server", metadata,
+	                          NULL, HTTP_ROUTE_INLINE);
+}

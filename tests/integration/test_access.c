@@ -1,0 +1,526 @@
+/*
+ * Integration tests of POST /v1/token through idpd's HTTP API and a real
+ * PostgreSQL: a task opened by alice, a planning agent delegating to a cloud
+ * agent and a cost agent, and access tokens for the [[resources]] of the
+ * world (tests/support/world.h).
+ *
+ * The policy set is the shipped base, scope-boundary and cross-domain
+ * policies plus two test rules, so that every outcome is reachable at any
+ * hour: an ALLOW_WITH_CONDITIONS for long-lived cloud tokens and a
+ * REQUIRE_APPROVAL for write-class scopes on confidential resources.  Each
+ * refusal is checked for its status and code, for its token.denied event,
+ * and for issuing nothing (no token.issued event appears).
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "idpd/revocation.h"
+#include "idpd/tasks.h"
+#include "world.h"
+
+static const char test_rules[] =
+    "@id(\"test-long-cloud-tokens\")\n"
+    "@reason(\"long-lived cloud tokens are narrowed to Describe and five minutes\")\n"
+    "allow_with_conditions when { resource.domain == \"cloud\" and request.ttl > 1800 }\n"
+    "\twith { scopes: [\"cloud:Describe*\"], max_ttl: \"5m\" };\n"
+    "\n"
+    "@id(\"test-confidential-writes\")\n"
+    "@reason(\"writes to confidential resources need a human approval\")\n"
+    "require_approval when {\n"
+    "\tresource.classification == \"confidential\" and request.action_class >= \"write\"\n"
+    "} unless { context.approval };\n";
+
+static char policy_dir[64];
+
+/* The shipped policies these tests rely on, and the test rules. */
+static void
+write_policies(void)
+{
+	static const char *const shipped[] = {"base", "scope-boundary", "cross-domain"};
+	const char *top = getenv("IDPD_TEST_TOP");
+	char src[512], dst[512], buf[8192];
+
+	if (policy_dir[0] != '\0')
+		return;
+	snprintf(policy_dir, sizeof(policy_dir), "/tmp/idpd_access_pol_XXXXXX");
+	assert_non_null(mkdtemp(policy_dir));
+	for (size_t i = 0; i < sizeof(shipped) / sizeof(shipped[0]); i++) {
+		FILE *in, *out;
+		size_t n;
+
+		snprintf(src, sizeof(src), "%s/policies/%s.policy", top ? top : ".", shipped[i]);
+		snprintf(dst, sizeof(dst), "%s/%s.policy", policy_dir, shipped[i]);
+		in = fopen(src, "r");
+		assert_non_null(in);
+		out = fopen(dst, "w");
+		assert_non_null(out);
+		while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+			assert_int_equal(fwrite(buf, 1, n, out), n);
+		fclose(in);
+		assert_int_equal(fclose(out), 0);
+	}
+	snprintf(dst, sizeof(dst), "%s/test.policy", policy_dir);
+	{
+		FILE *out = fopen(dst, "w");
+
+		assert_non_null(out);
+		assert_int_equal(fputs(test_rules, out) >= 0, 1);
+		assert_int_equal(fclose(out), 0);
+	}
+}
+
+struct setting {
+	struct world w;
+	char planner[4096], cloud[4096], cost[4096], outsider[4096];
+	char task_id[80];
+	char *root_token, *cloud_token, *cost_token;
+	char *alice;
+};
+
+static void
+agent(struct setting *s, const char *id, const char *type, const char *caps, const char *domains,
+      const char *delegate_to)
+{
+	char body[2048];
+
+	snprintf(body, sizeof(body),
+	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"agent_version\":\"v2.4.1\","
+	         "\"owner\":\"alice@example.com\",\"capabilities\":%s,\"domains\":%s,"
+	         "\"delegate_to\":%s,\"delegation_constraints\":{\"max_chain_depth\":3,"
+	         "\"max_scope_per_delegation\":\"write\",\"requires_human_approval_for\":[]},"
+	         "\"credential\":{\"rotation\":\"30m\"}}",
+	         id, type, caps, domains, delegate_to);
+	world_register(&s->w, body);
+}
+
+static char *
+delegate(struct setting *s, const char *to, const char *scope)
+{
+	char body[8192];
+	struct http_resp r;
+	char *tok;
+
+	snprintf(
+	    body, sizeof(body),
+	    "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":\"%s\",\"ttl\":\"1h\"}",
+	    s->root_token, to, scope);
+	world_call(&s->w, "POST", "/v1/delegations", s->planner, body, &r);
+	if (r.status != 201)
+		fprintf(stderr, "delegate to %s: %ld %s\n", to, r.status, r.body);
+	assert_int_equal(r.status, 201);
+	tok = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
+	assert_non_null(tok);
+	harness_resp_free(&r);
+	return tok;
+}
+
+static void
+setting_start(struct setting *s, const char *db)
+{
+	char extra[256];
+
+	memset(s, 0, sizeof(*s));
+	write_policies();
+	snprintf(extra, sizeof(extra), "[policy]\ndir = \"%s\"\n", policy_dir);
+	world_start(&s->w, db, extra);
+	agent(s, "cloud-agent", "cloud-inventory",
+	      "[\"cloud:Describe*\",\"cloud:List*\",\"billing:read\"]", "[\"cloud\"]", "[]");
+	agent(s, "cost-agent", "cost-analysis", "[\"billing:read\",\"billing:export\"]",
+	      "[\"finance\"]", "[]");
+	agent(s, "outsider", "helper", "[\"cloud:Describe*\"]", "[\"cloud\"]", "[]");
+	agent(s, "planning-agent", "planner",
+	      "[\"cloud:Describe*\",\"cloud:List*\",\"billing:read\",\"billing:export\"]",
+	      "[\"cloud\",\"finance\"]", "[\"cloud-agent\",\"cost-agent\"]");
+	world_credential(&s->w, "planning-agent", s->planner, sizeof(s->planner));
+	world_credential(&s->w, "cloud-agent", s->cloud, sizeof(s->cloud));
+	world_credential(&s->w, "cost-agent", s->cost, sizeof(s->cost));
+	world_credential(&s->w, "outsider", s->outsider, sizeof(s->outsider));
+	s->alice = world_human_token("alice@example.com");
+	world_task(&s->w, s->alice, "planning-agent",
+	           "[\"cloud:DescribeInstances\",\"cloud:ListBuckets\",\"billing:read\","
+	           "\"billing:export\"]",
+	           s->task_id, &s->root_token);
+	s->cloud_token =
+	    delegate(s, "cloud-agent", "cloud:DescribeInstances cloud:ListBuckets billing:read");
+	s->cost_token = delegate(s, "cost-agent", "billing:read billing:export");
+}
+
+static void
+setting_stop(struct setting *s)
+{
+	world_stop(&s->w);
+	free(s->root_token);
+	free(s->cloud_token);
+	free(s->cost_token);
+	free(s->alice);
+}
+
+/* POST /v1/token as bearer; extra is more JSON members (may be ""). */
+static void
+token(struct setting *s, const char *bearer, const char *dtoken, const char *audience,
+      const char *scope, const char *extra, struct http_resp *r)
+{
+	char body[8192];
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"%s\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory for the quarterly review\"%s%s%s%s}",
+	         audience, scope, s->task_id, dtoken ? ",\"delegation_token\":\"" : "",
+	         dtoken ? dtoken : "", dtoken ? "\"" : "", extra);
+	world_call(&s->w, "POST", "/v1/token", bearer, body, r);
+}
+
+static long
+issued(struct setting *s)
+{
+	return world_count(&s->w, "SELECT count(*) FROM audit_events WHERE type = 'token.issued'");
+}
+
+static long
+denied(struct setting *s, const char *reason)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'token.denied' AND "
+	         "body::json->'detail'->>'reason' = '%s'",
+	         reason);
+	return world_count(&s->w, sql);
+}
+
+/* A refusal: the status, the code, one token.denied event with it, nothing issued. */
+static void
+expect_refusal(struct setting *s, const char *bearer, const char *dtoken, const char *audience,
+               const char *scope, const char *extra, long status, const char *code)
+{
+	long before = issued(s), seen = denied(s, code);
+	struct http_resp r;
+
+	token(s, bearer, dtoken, audience, scope, extra, &r);
+	if (r.status != status)
+		fprintf(stderr, "expected %ld %s: %ld %s\n", status, code, r.status, r.body);
+	assert_int_equal(r.status, status);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), code);
+	assert_null(json_object_get(r.json, "access_token"));
+	harness_resp_free(&r);
+	assert_int_equal(issued(s), before);
+	if (status == 403)
+		assert_int_equal(denied(s, code), seen + 1);
+}
+
+static void
+access_token_carries_the_seed_claims(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	json_t *c, *dc;
+	const char *tok;
+
+	(void)state;
+	setting_start(&s, "t_access_claims");
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	if (r.status != 200)
+		fprintf(stderr, "token: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")),
+	                    "cloud:DescribeInstances");
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "ALLOW");
+	/* tokens.default_ttl is 15 minutes. */
+	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 900);
+	tok = json_string_value(json_object_get(r.json, "access_token"));
+	assert_non_null(tok);
+	c = world_verify(&s.w, tok, ACCESS_TOKEN_TYP);
+	dc = world_verify(&s.w, s.cloud_token, TASK_TOKEN_TYP);
+	assert_string_equal(json_string_value(json_object_get(c, "sub")), "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(c, "client_id")), "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(c, "aud")), WORLD_AWS);
+	assert_string_equal(json_string_value(json_object_get(c, "iss")), "idpd");
+	assert_string_equal(json_string_value(json_object_get(c, "scope")),
+	                    "cloud:DescribeInstances");
+	assert_string_equal(json_string_value(json_object_get(c, "task_id")), s.task_id);
+	assert_string_equal(json_string_value(json_object_get(c, "human_principal")),
+	                    "alice@example.com");
+	assert_string_equal(json_string_value(json_object_get(c, "agent_type")), "cloud-inventory");
+	assert_string_equal(json_string_value(json_object_get(c, "agent_version")), "v2.4.1");
+	assert_string_equal(json_string_value(json_object_get(c, "jti")),
+	                    json_string_value(json_object_get(r.json, "jti")));
+	assert_int_equal(json_integer_value(json_object_get(c, "exp")) -
+	                     json_integer_value(json_object_get(c, "iat")),
+	                 900);
+	/* Bound to the delegation token it stands on: its chain hash, its jti, its act. */
+	assert_string_equal(json_string_value(json_object_get(c, "delegation_chain_hash")),
+	                    json_string_value(json_object_get(dc, "delegation_chain_hash")));
+	assert_string_equal(json_string_value(json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI)),
+	                    json_string_value(json_object_get(dc, "jti")));
+	assert_true(json_equal(json_object_get(c, "act"), json_object_get(dc, "act")));
+	assert_string_equal(json_string_value(json_object_get(json_object_get(c, "act"), "sub")),
+	                    "planning-agent");
+	json_decref(c);
+	json_decref(dc);
+	harness_resp_free(&r);
+
+	/* Audited durably, with the task, the human and the chain. */
+	assert_int_equal(
+	    world_count(&s.w,
+	                "SELECT count(*) FROM audit_events WHERE type = 'token.issued' AND "
+	                "task_id IS NOT NULL AND body::json->>'human_principal' = "
+	                "'alice@example.com' AND body::json->'authorization'->>'granted_scope'"
+	                " = 'cloud:DescribeInstances'"),
+	    1);
+	/* last_active is written in batches (registry.last_active_flush = 1s). */
+	for (int i = 0; i < 100; i++) {
+		if (world_count(&s.w, "SELECT count(*) FROM agents WHERE id = 'cloud-agent' AND "
+		                      "last_active IS NOT NULL") == 1)
+			break;
+		usleep(50 * 1000);
+	}
+	assert_int_equal(world_count(&s.w, "SELECT count(*) FROM agents WHERE id = 'cloud-agent' "
+	                                   "AND last_active IS NOT NULL"),
+	                 1);
+	setting_stop(&s);
+}
+
+static void
+conditions_narrow_scope_and_lifetime(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	json_t *c;
+
+	(void)state;
+	setting_start(&s, "t_access_conditions");
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances cloud:ListBuckets",
+	      ",\"ttl\":3600", &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")),
+	                    "ALLOW_WITH_CONDITIONS");
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")),
+	                    "cloud:DescribeInstances");
+	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 300);
+	assert_int_equal(
+	    json_integer_value(json_object_get(json_object_get(r.json, "conditions"), "max_ttl")),
+	    300);
+	c = world_verify(&s.w, json_string_value(json_object_get(r.json, "access_token")),
+	                 ACCESS_TOKEN_TYP);
+	assert_string_equal(json_string_value(json_object_get(c, "scope")),
+	                    "cloud:DescribeInstances");
+	json_decref(c);
+	harness_resp_free(&r);
+	/* tokens.max_ttl caps an ask the policy does not narrow: 2h becomes at most 1h. */
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read", ",\"ttl\":\"2h\"", &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) <= 3600);
+	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) >= 3590);
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
+static void
+policy_deny_answers_403_with_rules(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+
+	(void)state;
+	setting_start(&s, "t_access_deny");
+	/* billing:read is a capability of cloud-agent, but finance is not its domain. */
+	token(&s, s.cloud, s.cloud_token, WORLD_BILLING, "billing:read", "", &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "policy_denied");
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "DENY");
+	assert_string_equal(json_string_value(json_object_get(r.json, "policy_reason")),
+	                    "the resource is in a domain the agent is not registered for");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(r.json, "rules"), 0)),
+	                    "cross-domain");
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 0);
+	assert_int_equal(denied(&s, "policy_denied"), 1);
+	setting_stop(&s);
+}
+
+static void
+refusals_issue_nothing(void **state)
+{
+	struct setting s;
+	char forged[8192];
+	size_t n;
+
+	(void)state;
+	setting_start(&s, "t_access_refusals");
+	/* An audience that is not a resource. */
+	expect_refusal(&s, s.cloud, s.cloud_token, "https://evil.example.com",
+	               "cloud:DescribeInstances", "", 400, "invalid_target");
+	/* Outside the agent's capabilities (an escalation attempt). */
+	expect_refusal(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:TerminateInstances", "", 403,
+	               "scope_outside_capabilities");
+	/* Within its capabilities but wider than its delegation token. */
+	expect_refusal(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeVolumes", "", 403,
+	               "scope_not_within_delegation");
+	/* Another agent's delegation token. */
+	expect_refusal(&s, s.outsider, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_not_yours");
+	/* A forged one: the last signature character changed. */
+	snprintf(forged, sizeof(forged), "%s", s.cloud_token);
+	n = strlen(forged);
+	forged[n - 2] = forged[n - 2] == 'A' ? 'B' : 'A';
+	expect_refusal(&s, s.cloud, forged, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_invalid");
+	/* Only the root agent may stand on the task's root token without presenting it. */
+	expect_refusal(&s, s.cloud, NULL, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_required");
+	/* Another task's id. */
+	{
+		struct http_resp r;
+		char body[8192];
+
+		snprintf(body, sizeof(body),
+		         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+		         "\"task_id\":\"task_AAAAAAAAAAAAAAAAAAAAAA\",\"delegation_token\":\"%s\"}",
+		         WORLD_AWS, s.cloud_token);
+		world_call(&s.w, "POST", "/v1/token", s.cloud, body, &r);
+		assert_int_equal(r.status, 403);
+		assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+		                    "task_mismatch");
+		harness_resp_free(&r);
+	}
+	/* No credential; a body that is not a token request. */
+	{
+		struct http_resp r;
+
+		world_call(&s.w, "POST", "/v1/token", NULL, "{}", &r);
+		assert_int_equal(r.status, 401);
+		harness_resp_free(&r);
+		world_call(&s.w, "POST", "/v1/token", s.cloud, "{\"scope\":7}", &r);
+		assert_int_equal(r.status, 400);
+		assert_non_null(json_object_get(r.json, "errors"));
+		harness_resp_free(&r);
+	}
+	assert_int_equal(issued(&s), 0);
+	setting_stop(&s);
+}
+
+static void
+root_agent_needs_no_delegation_token(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	json_t *c;
+
+	(void)state;
+	setting_start(&s, "t_access_root");
+	token(&s, s.planner, NULL, WORLD_AWS, "cloud:ListBuckets", "", &r);
+	if (r.status != 200)
+		fprintf(stderr, "root: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	c = world_verify(&s.w, json_string_value(json_object_get(r.json, "access_token")),
+	                 ACCESS_TOKEN_TYP);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(c, "act"), "sub")),
+	                    "alice@example.com");
+	json_decref(c);
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
+static void
+completed_task_and_decommissioned_agent_get_nothing(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char path[256];
+
+	(void)state;
+	setting_start(&s, "t_access_ended");
+	/* The cost agent is decommissioned mid-task: its credential stops authenticating. */
+	world_call(&s.w, "POST", "/v1/agents/cost-agent/decommission", s.w.k.registrar,
+	           "{\"reason\":\"retired mid-task\"}", &r);
+	assert_true(r.status == 200 || r.status == 204);
+	harness_resp_free(&r);
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read", "", &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	/* The task completes: every token of it stops working, new ones are refused. */
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", s.task_id);
+	world_call(&s.w, "POST", path, s.alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	expect_refusal(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "token_revoked");
+	assert_int_equal(issued(&s), 0);
+	setting_stop(&s);
+}
+
+/* REQUIRE_APPROVAL: 202 with an approval; alice approves; the retry is issued once. */
+static void
+approval_is_bound_and_single_use(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char approval[128], path[256], extra[256];
+
+	(void)state;
+	setting_start(&s, "t_access_approval");
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", "", &r);
+	if (r.status != 202)
+		fprintf(stderr, "approval: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 202);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decision")),
+	                    "REQUIRE_APPROVAL");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(r.json, "rules"), 0)),
+	                    "test-confidential-writes");
+	snprintf(approval, sizeof(approval), "%s",
+	         json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 0);
+	snprintf(extra, sizeof(extra), ",\"approval_id\":\"%s\"", approval);
+	/* Still pending: the retry is refused and the approval is not spent. */
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
+	               "approval_pending");
+	/* Alice, the task's human, approves. */
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", approval);
+	world_call(&s.w, "POST", path, s.alice, "{\"note\":\"ok for the review\"}", &r);
+	if (r.status != 200)
+		fprintf(stderr, "approve: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	/* Used for another scope: refused, and still usable for its own. */
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read billing:export",
+	               extra, 403, "approval_mismatch");
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, &r);
+	if (r.status != 200)
+		fprintf(stderr, "approved retry: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "billing:export");
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 1);
+	/* Replayed: refused. */
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
+	               "approval_used");
+	setting_stop(&s);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(access_token_carries_the_seed_claims),
+	    cmocka_unit_test(conditions_narrow_scope_and_lifetime),
+	    cmocka_unit_test(policy_deny_answers_403_with_rules),
+	    cmocka_unit_test(refusals_issue_nothing),
+	    cmocka_unit_test(root_agent_needs_no_delegation_token),
+	    cmocka_unit_test(completed_task_and_decommissioned_agent_get_nothing),
+	    cmocka_unit_test(approval_is_bound_and_single_use),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
