@@ -531,7 +531,8 @@ decide(struct http_req *req, bool approve)
 	struct caller who;
 	json_t *holder = NULL, *out = NULL;
 	PGresult *t = NULL, *r = NULL;
-	int rc, status = 0;
+	enum { NONE, NOT_FOUND, DECIDED, EXPIRED } refused = NONE;
+	int rc;
 
 	if (!identify(req, DECIDE_ROLES, &who))
 		return;
@@ -560,11 +561,11 @@ decide(struct http_req *req, bool approve)
 	if (rc != IDP_OK)
 		goto done;
 	if (PQntuples(t) != 1 || !may_see(&who, t)) {
-		status = 404;
+		refused = NOT_FOUND;
 		goto done;
 	}
 	if (strcmp(PQgetvalue(t, 0, APR_C_STORED_STATUS), "pending") != 0) {
-		status = 409;
+		refused = DECIDED;
 		goto done;
 	}
 	if (strcmp(PQgetvalue(t, 0, APR_C_STATUS), "expired") == 0) {
@@ -572,7 +573,7 @@ decide(struct http_req *req, bool approve)
 		if (emit_decision(req, &who, AUDIT_APPROVAL_EXPIRED, AUDIT_OUTCOME_DENIED, t, note,
 		                  approve ? "approve" : "deny") != IDP_OK)
 			log_warn("approvals: cannot record the decision attempt on expired %s", id);
-		status = 410;
+		refused = EXPIRED;
 		goto done;
 	}
 	params[1] = approve ? "approved" : "denied";
@@ -604,16 +605,16 @@ done:
 	store_release(approvals_store(), c);
 	if (out != NULL) {
 		http_reply_json(req, 200, out);
-	} else if (status == 404) {
+	} else if (refused == NOT_FOUND) {
 		reply_not_found(req);
-	} else if (status == 409) {
+	} else if (refused == DECIDED) {
 		http_reply_problem(
 		    req, 409, "approval_already_decided",
-		    json_pack("{s:s}", "status", PQgetvalue(t, 0, APR_C_STORED_STATUS)),
+		    json_pack("{s:s}", "approval_status", PQgetvalue(t, 0, APR_C_STORED_STATUS)),
 		    "the approval is already %s", PQgetvalue(t, 0, APR_C_STORED_STATUS));
-	} else if (status == 410) {
+	} else if (refused == EXPIRED) {
 		http_reply_problem(req, 409, "approval_expired",
-		                   json_pack("{s:s}", "status", "expired"),
+		                   json_pack("{s:s}", "approval_status", "expired"),
 		                   "the approval expired before it was decided");
 	} else {
 		http_reply_error(req, rc == IDP_EINTERNAL ? IDP_EINTERNAL : IDP_EUNAVAIL,

@@ -402,6 +402,8 @@ an_approved_delegation_is_issued_once(void **state)
 	assert_int_equal(decide(w, id, "deny", w->bob, NULL, &r), 409);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
 	                    "approval_already_decided");
+	assert_int_equal(json_integer_value(json_object_get(r.json, "status")), 409);
+	assert_string_equal(json_string_value(json_object_get(r.json, "approval_status")), "used");
 	harness_resp_free(&r);
 	world_stop(w);
 }
@@ -497,6 +499,8 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	assert_int_equal(harness_sql(w->db, sql), 0);
 	assert_int_equal(decide(w, stale, "approve", w->alice, NULL, &r), 409);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "approval_expired");
+	assert_string_equal(json_string_value(json_object_get(r.json, "approval_status")),
+	                    "expired");
 	harness_resp_free(&r);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'approval.expired' AND "
