@@ -512,12 +512,13 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 
 	*reason = NULL;
 	/* The id goes into the event only once it is known to be well formed. */
-	if (!approval_id_valid(id) || !subject_ok(s)) {
+	if (!approval_id_valid(id)) {
 		*reason = "approval_unknown";
-		refused(approval_id_valid(id) ? id : NULL, s, *reason);
+		refused(NULL, s, *reason);
 		return IDP_EFORBIDDEN;
 	}
-	scopes = approval_scope_set(s->scope);
+	/* No approval is bound to a request that is not well formed. */
+	scopes = subject_ok(s) ? approval_scope_set(s->scope) : NULL;
 	if (scopes == NULL) {
 		*reason = "approval_mismatch";
 		refused(id, s, *reason);

@@ -642,7 +642,8 @@ post_delegation(struct http_req *req, void *ctx)
 	v = json_object_get(body, "approval_id");
 	if (v != NULL) {
 		if (!json_is_string(v) || json_string_length(v) == 0 ||
-		    json_string_length(v) > APPROVAL_ID_MAX)
+		    json_string_length(v) > APPROVAL_ID_MAX ||
+		    strlen(json_string_value(v)) != json_string_length(v))
 			idp_diag_add(&d, "approval_id: the id of an approval, a string");
 		else
 			g.approval_id = json_string_value(v);
