@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/approvals.h"
 #include "idpd/attest.h"
 #include "idpd/audit_ship.h"
 #include "idpd/audit_writer.h"
@@ -403,7 +404,7 @@ cmd_serve(int argc, char **argv)
 	}
 	idp_diag_init(&diag);
 	if (human_auth_init(&app, &diag) != IDP_OK || tasks_init(&app, &diag) != IDP_OK ||
-	    delegation_init(&app, &diag) != IDP_OK) {
+	    delegation_init(&app, &diag) != IDP_OK || approvals_init(&app, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
@@ -421,7 +422,7 @@ cmd_serve(int argc, char **argv)
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
 	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK ||
-	    delegation_routes(router, &app) != IDP_OK) {
+	    delegation_routes(router, &app) != IDP_OK || approvals_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;

@@ -24,6 +24,7 @@
 
 struct http_router;
 struct idpd_app;
+struct store_conn;
 
 /* "apr_" + 22 base64url characters. */
 #define APPROVAL_ID_MAX 64
@@ -47,8 +48,13 @@ struct approval_subject {
 };
 
 /*
- * Record a pending approval for s, audited as approval.requested.  IDP_OK
- * with id (NUL-terminated) and *expires_s filled; IDP_EUNAVAIL when
+ * Record a pending approval for s, audited as approval.requested (actor:
+ * the agent; decision REQUIRE_APPROVAL; outcome pending) before it
+ * commits.  The agent's owner is read from the registry and copied into
+ * the approval, so the owner at request time may decide it.  IDP_OK with
+ * id (NUL-terminated) and *expires_s (seconds since the epoch, PostgreSQL's
+ * clock) filled; IDP_EINVAL for a subject that is not well formed or names
+ * an agent or task that does not exist; IDP_EUNAVAIL when the registry,
  * PostgreSQL or the audit log cannot take it.  Any worker thread; waits on
  * PostgreSQL.
  */
@@ -62,9 +68,27 @@ int approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX +
  * IDP_EFORBIDDEN with *reason one of "approval_unknown",
  * "approval_pending", "approval_denied", "approval_used",
  * "approval_expired", "approval_mismatch" (bound to something else);
- * IDP_EUNAVAIL when PostgreSQL cannot answer.  Any worker thread.
+ * IDP_EUNAVAIL when PostgreSQL cannot answer.  A use and a refused use
+ * are both audited as approval.used (outcome success or denied, with
+ * detail.reason).  Runs and commits its own transaction.  Any worker
+ * thread.
  */
 int approval_consume(const char *id, const struct approval_subject *s, const char **reason) IDP_WUR;
+
+/*
+ * approval_consume inside the caller's open transaction on c, so the
+ * approval is spent if and only if the caller commits what it was for.
+ * The approval.used event is written before this returns, that is before
+ * the caller's COMMIT (the audit-before-commit order); if the caller rolls
+ * back afterwards, the approval stays approved.  Same results as
+ * approval_consume; on an error other than IDP_EFORBIDDEN the caller must
+ * roll back.  Any worker thread.
+ */
+int approval_consume_in(struct store_conn *c, const char *id, const struct approval_subject *s,
+                        const char **reason) IDP_WUR;
+
+/* "token", "delegation". */
+const char *approval_kind_name(enum approval_kind k);
 
 /* Copy the settings and the store from app, register the reload hook. Main thread. */
 int approvals_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;

@@ -145,9 +145,21 @@ bool registry_issued_before_revocation(const struct registry_agent *a, int64_t i
  * Note that agent id was active at now_ms (it was issued a token).  Kept in
  * memory and written for all agents at once every registry.last_active_flush
  * (one statement, no notification), so a busy agent costs no write per
- * token.  Never blocks on PostgreSQL.  Any thread.
+ * token; last_active never moves backwards.  Holds registry.touch_lock for
+ * a hash lookup; never blocks on PostgreSQL.  A no-op before registry_init
+ * and after registry_shutdown.  Any thread.
  */
 void registry_touch(const char *id, int64_t now_ms);
+/*
+ * Write what registry_touch noted now, on the caller's thread, in one
+ * statement, as the flusher thread does every registry.last_active_flush.
+ * IDP_OK (also when nothing was noted); IDP_EUNAVAIL when PostgreSQL cannot
+ * take it, in which case the times stay noted for the next flush.  Any
+ * thread; waits on PostgreSQL.
+ */
+int registry_touch_flush(void) IDP_WUR;
+/* How many flush statements have succeeded since the process started.  Any thread. */
+uint64_t registry_touch_flushes(void);
 
 /* Whether scope is within a's capabilities (scope_within over them). */
 bool registry_agent_can(const struct registry_agent *a, const char *scope);

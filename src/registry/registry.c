@@ -75,6 +75,7 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	pthread_mutex_lock(&reg->settings_lock);
 	reg->settings = s;
 	pthread_mutex_unlock(&reg->settings_lock);
+	touch_set_interval(next->registry.last_active_flush_ms);
 	return IDP_OK;
 }
 
@@ -268,9 +269,29 @@ on_lost(void *ctx)
 static void
 collect(struct idp_buf *out, void *ctx)
 {
+	struct touch_stats ts;
+
 	(void)ctx;
 	if (reg == NULL)
 		return;
+	touch_stats(&ts);
+	if (idp_buf_printf(
+	        out,
+	        "# HELP idpd_registry_last_active_pending Agents whose last_active is noted in "
+	        "memory, not yet written.\n"
+	        "# TYPE idpd_registry_last_active_pending gauge\n"
+	        "idpd_registry_last_active_pending %zu\n"
+	        "# HELP idpd_registry_last_active_flushes_total Statements that wrote the noted "
+	        "last_active times.\n"
+	        "# TYPE idpd_registry_last_active_flushes_total counter\n"
+	        "idpd_registry_last_active_flushes_total %llu\n"
+	        "# HELP idpd_registry_last_active_dropped_total last_active touches dropped "
+	        "(map full, or unwritten at exit).\n"
+	        "# TYPE idpd_registry_last_active_dropped_total counter\n"
+	        "idpd_registry_last_active_dropped_total %llu\n",
+	        ts.pending, (unsigned long long)ts.flushes,
+	        (unsigned long long)ts.dropped) != IDP_OK)
+		log_warn("metrics: registry output truncated");
 	if (idp_buf_printf(
 	        out,
 	        "# HELP idpd_registry_agents Agents in this instance's in-memory registry.\n"
@@ -374,6 +395,11 @@ registry_init(struct idpd_app *app, struct idp_diag *diag)
 		registry_shutdown();
 		return IDP_EINVAL;
 	}
+	if (touch_start(app->store, app->cfg->registry.last_active_flush_ms) != IDP_OK) {
+		idp_diag_add(diag, "registry: cannot start the last_active flusher");
+		registry_shutdown();
+		return IDP_EINVAL;
+	}
 	return IDP_OK;
 }
 
@@ -382,6 +408,8 @@ registry_shutdown(void)
 {
 	if (reg == NULL)
 		return;
+	/* First: its last flush needs the store, which outlives the registry. */
+	touch_stop();
 	pending_clear();
 	free(reg->pending);
 	registry_jobs_cleanup();

@@ -234,6 +234,44 @@ void registry_publish(struct registry_agent *rec);
 int registry_register_jobs(const struct idpd_config *cfg) IDP_WUR;
 void registry_jobs_cleanup(void);
 
+/*
+ * The map behind registry_touch (touch.c): agent id -> latest time, open
+ * addressing with linear probing; cap is 0 or a power of two, n <= cap / 2,
+ * n <= TOUCH_MAX_ENTRIES.  Its functions are static; the unit tests reach
+ * them in test builds.
+ */
+#define TOUCH_MAX_ENTRIES 65536
+
+struct touch_entry {
+	char *id; /* NULL: the slot is free */
+	int64_t ms;
+	uint32_t hash;
+};
+
+struct touch_map {
+	struct touch_entry *slots;
+	size_t cap;
+	size_t n;
+};
+
+/*
+ * The batched last_active writes (touch.c).  touch_start starts the
+ * flusher thread on st, writing every interval_ms; touch_set_interval
+ * changes the period (reload); touch_stop writes what is left and stops
+ * the thread.  Main thread.
+ */
+int touch_start(struct store *st, int64_t interval_ms) IDP_WUR;
+void touch_set_interval(int64_t interval_ms);
+void touch_stop(void);
+
+struct touch_stats {
+	size_t pending;   /* agents noted since the last flush */
+	uint64_t flushes; /* UPDATE statements that succeeded */
+	uint64_t dropped; /* touches dropped: the map was full, or a flush failed at exit */
+	uint64_t written; /* rows those statements moved forward */
+};
+void touch_stats(struct touch_stats *out);
+
 /* Keyset cursors (api.c): opaque to clients. */
 void registry_cursor_encode(const char *last_id, char *out, size_t len);
 bool registry_cursor_decode(const char *cursor, char *id, size_t len);

@@ -19,8 +19,15 @@
  * effort: a refusal stands even when its event cannot be written.
  *
  * An action class listed in the delegator's requires_human_approval_for
- * answers 202 REQUIRE_APPROVAL; approvals are not issued yet, so such a
- * delegation cannot complete.
+ * turns a request that passes every other check into 202 REQUIRE_APPROVAL
+ * with a pending approval (approvals.h) bound to it: kind delegation, the
+ * delegator, the task, the scope set and to_agent as target.  The agent
+ * retries with "approval_id"; the approval is then spent inside the
+ * delegation's own transaction, after every other check and just before
+ * the token's row is inserted, so it is used if and only if the delegation
+ * commits.  A presented approval_id is always checked and spent, also when
+ * no approval is required (any more); the new token's row names it, which
+ * makes that link of the chain human-approved.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,6 +36,7 @@
 
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
+#include "idpd/approvals.h"
 #include "idpd/attest.h"
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
@@ -126,7 +134,8 @@ struct deleg {
 	const char *parent_jti;
 	int parent_depth;
 	int64_t parent_exp_s;
-	int64_t ttl_s; /* 0: absent */
+	int64_t ttl_s;           /* 0: absent */
+	const char *approval_id; /* presented with the request, or NULL */
 	/* the outcome */
 	const char *reason;
 	char jti[ATTEST_JTI_LEN + 1];
@@ -309,7 +318,7 @@ check_request(struct deleg *g, int64_t now_s)
 	for (size_t i = 0; i < g->sc.n; i++) {
 		enum idp_action_class k = scope_action_class(vm, g->sc.v[i]);
 
-		if ((me->requires_human_approval_for & (1u << k)) != 0) {
+		if ((me->requires_human_approval_for & (1u << k)) != 0 && g->approval_id == NULL) {
 			g->reason = "approval_required";
 			return false;
 		}
@@ -335,9 +344,25 @@ static struct store_stmt st_chain = {
 static struct store_stmt st_insert = {
     "deleg_insert",
     "INSERT INTO delegation_tokens (jti, task_id, parent_jti, agent_id, scope, depth, "
-    "chain_hash, kid, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5::text[], $6::int, $7, "
-    "$8, to_timestamp($9::bigint), to_timestamp($10::bigint))",
-    10, 0};
+    "chain_hash, kid, issued_at, expires_at, approval_id) VALUES ($1, $2, $3, $4, $5::text[], "
+    "$6::int, $7, $8, to_timestamp($9::bigint), to_timestamp($10::bigint), $11)",
+    11, 0};
+
+/* What an approval of g is bound to; strings borrowed from g. */
+static struct approval_subject
+subject_of(const struct deleg *g)
+{
+	return (struct approval_subject){
+	    .kind = APPROVAL_DELEGATION,
+	    .agent_id = g->who.agent->id,
+	    .task_id = g->task_id,
+	    .human = g->human,
+	    .scope = g->sc.joined,
+	    .target = g->to_agent,
+	    .reason = "approval_required",
+	    .request_id = http_req_id(g->req),
+	};
+}
 
 /* Every agent on the stored chain allows depth; false with g->reason otherwise. */
 static bool
@@ -388,7 +413,7 @@ issue(struct deleg *g, int64_t now_ms)
 	json_t *claims = NULL;
 	char *scopes = NULL;
 	char depth[16], iat[24], exp[24];
-	const char *params[10];
+	const char *params[11];
 	uint8_t h[TASK_CHAIN_HASH_LEN];
 	int64_t not_after = 0, exp_ms;
 	bool ok;
@@ -471,6 +496,20 @@ issue(struct deleg *g, int64_t now_ms)
 	}
 	PQclear(r);
 	r = NULL;
+	if (g->approval_id != NULL) {
+		struct approval_subject s = subject_of(g);
+		const char *why = NULL;
+
+		rc = approval_consume_in(c, g->approval_id, &s, &why);
+		if (rc == IDP_EFORBIDDEN) {
+			g->reason = why;
+			goto done;
+		}
+		if (rc != IDP_OK) {
+			rc = IDP_EUNAVAIL;
+			goto done;
+		}
+	}
 	snprintf(depth, sizeof(depth), "%d", g->parent_depth + 1);
 	snprintf(iat, sizeof(iat), "%lld", (long long)(now_ms / 1000));
 	snprintf(exp, sizeof(exp), "%lld", (long long)g->exp_s);
@@ -484,14 +523,15 @@ issue(struct deleg *g, int64_t now_ms)
 	params[7] = idp_jws_key_kid(key);
 	params[8] = iat;
 	params[9] = exp;
+	params[10] = g->approval_id;
 	rc = store_exec(c, &st_insert, params, &r);
 	if (rc != IDP_OK)
 		goto done;
 	emit_event(g, AUDIT_DELEGATION_CREATED, AUDIT_OUTCOME_SUCCESS,
-	           json_pack("{s:s,s:s,s:s,s:i,s:s,s:I}", "to_agent", g->to_agent, "parent_jti",
-	                     g->parent_jti, "delegation_chain_hash", g->chain, "depth",
-	                     g->parent_depth + 1, "kid", idp_jws_key_kid(key), "exp",
-	                     (json_int_t)g->exp_s),
+	           json_pack("{s:s,s:s,s:s,s:i,s:s,s:I,s:s?}", "to_agent", g->to_agent,
+	                     "parent_jti", g->parent_jti, "delegation_chain_hash", g->chain,
+	                     "depth", g->parent_depth + 1, "kid", idp_jws_key_kid(key), "exp",
+	                     (json_int_t)g->exp_s, "approval_id", g->approval_id),
 	           &ok);
 	if (!ok) {
 		rc = IDP_EUNAVAIL;
@@ -519,6 +559,40 @@ done:
 		g->token = NULL;
 	}
 	return rc;
+}
+
+/*
+ * Every check passed but an approval is required: record a pending
+ * approval bound to this request and answer 202 with where to watch it.
+ */
+static void
+require_approval(struct deleg *g)
+{
+	struct approval_subject s = subject_of(g);
+	char id[APPROVAL_ID_MAX + 1], when[32], location[APPROVAL_ID_MAX + 20];
+	int64_t expires_s = 0;
+	bool ok;
+	int rc = approval_request(&s, id, &expires_s);
+
+	if (rc != IDP_OK) {
+		/* Only a bug makes this subject invalid: it passed every check. */
+		http_reply_error(g->req, rc == IDP_EINVAL ? IDP_EINTERNAL : IDP_EUNAVAIL,
+		                 "the approval cannot be requested now");
+		return;
+	}
+	emit_event(g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_PENDING,
+	           json_pack("{s:s,s:s,s:s,s:s}", "reason", g->reason, "to_agent", g->to_agent,
+	                     "requested_scope", g->sc.joined, "approval_id", id),
+	           &ok);
+	if (!ok)
+		log_warn("delegation: cannot record the approval requirement");
+	idp_time_format(expires_s * 1000, when);
+	snprintf(location, sizeof(location), "/v1/approvals/%s", id);
+	http_add_header(g->req, "Location", location);
+	http_reply_json(g->req, 202,
+	                json_pack("{s:s,s:s,s:s,s:s,s:s}", "decision", "REQUIRE_APPROVAL", "reason",
+	                          g->reason, "approval_id", id, "status", "pending", "expires_at",
+	                          when));
 }
 
 static void
@@ -565,6 +639,15 @@ post_delegation(struct http_req *req, void *ctx)
 			             "ttl: a positive duration (\"30m\") or a number of seconds");
 		g.ttl_s = ttl_ms / 1000;
 	}
+	v = json_object_get(body, "approval_id");
+	if (v != NULL) {
+		if (!json_is_string(v) || json_string_length(v) == 0 ||
+		    json_string_length(v) > APPROVAL_ID_MAX ||
+		    strlen(json_string_value(v)) != json_string_length(v))
+			idp_diag_add(&d, "approval_id: the id of an approval, a string");
+		else
+			g.approval_id = json_string_value(v);
+	}
 	if (d.count > 0) {
 		http_reply_problem(req, 400, "invalid_request",
 		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),
@@ -583,17 +666,7 @@ post_delegation(struct http_req *req, void *ctx)
 		if (strcmp(g.reason, "unavailable") == 0) {
 			http_reply_error(req, IDP_EUNAVAIL, "the registry is not reachable");
 		} else if (strcmp(g.reason, "approval_required") == 0) {
-			bool ok;
-
-			emit_event(&g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_PENDING,
-			           json_pack("{s:s,s:s,s:s}", "reason", g.reason, "to_agent",
-			                     g.to_agent, "requested_scope", g.sc.joined),
-			           &ok);
-			if (!ok)
-				log_warn("delegation: cannot record the approval requirement");
-			http_reply_json(req, 202,
-			                json_pack("{s:s,s:s}", "decision", "REQUIRE_APPROVAL",
-			                          "reason", g.reason));
+			require_approval(&g);
 		} else {
 			deny(&g, 403, g.reason);
 		}

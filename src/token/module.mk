@@ -15,5 +15,8 @@ LIB_SRCS += src/token/human_auth.c src/token/tasks.c
 UNIT_TESTS += tasks
 # Delegation: POST /v1/delegations.
 LIB_SRCS += src/token/delegation.c
+# Approvals: the rows, their binding and use; the /v1/approvals endpoints.
+LIB_SRCS += src/token/approvals.c src/token/approvals_api.c
+UNIT_TESTS += approvals
 # Access tokens: POST /v1/token.
 LIB_SRCS += src/token/access.c

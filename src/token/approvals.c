@@ -1,0 +1,606 @@
+/*
+ * approvals.c - the approvals the token service and delegation ask for and
+ * spend: the row's SQL, the binding, and their audit events.  The HTTP
+ * endpoints that list and decide them are in approvals_api.c.
+ *
+ * Requesting is one transaction: insert the approval (expiry by
+ * PostgreSQL's clock), emit approval.requested, COMMIT.  Spending is one
+ * UPDATE that sets status 'used' only where the approval is approved,
+ * unexpired and bound to exactly the request (kind, agent, task, scope set,
+ * target); concurrent attempts serialise on the row lock and the second
+ * finds it used.  When the UPDATE takes no row, one SELECT of the approval
+ * names the precise reason.  Both a use and a refused use are audited as
+ * approval.used.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "approvals_int.h"
+#include "idpd/app.h"
+#include "idpd/attest.h"
+#include "idpd/audit_writer.h"
+#include "idpd/buf.h"
+#include "idpd/clock.h"
+#include "idpd/log.h"
+#include "idpd/registry.h"
+#include "idpd/scope.h"
+#include "idpd/tasks.h"
+
+static struct store *store;
+static _Atomic int64_t ttl_ms;
+
+struct store *
+approvals_store(void)
+{
+	return store;
+}
+
+const char *
+approval_kind_name(enum approval_kind k)
+{
+	return k == APPROVAL_TOKEN ? "token" : "delegation";
+}
+
+/* ---- settings ---- */
+
+static int
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	(void)app;
+	(void)ctx;
+	(void)diag;
+	atomic_store(&ttl_ms, next->approvals.ttl_ms);
+	return IDP_OK;
+}
+
+int
+approvals_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	store = app->store;
+	atomic_store(&ttl_ms, app->cfg->approvals.ttl_ms);
+	if (app_on_reload(on_reload, NULL) != IDP_OK) {
+		idp_diag_add(diag, "approvals: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	return IDP_OK;
+}
+
+/* ---- pure rules ---- */
+
+bool
+approval_id_valid(const char *s)
+{
+	size_t n;
+
+	if (s == NULL || strncmp(s, "apr_", 4) != 0)
+		return false;
+	n = strlen(s + 4);
+	if (n < 16 || n > 60)
+		return false;
+	for (size_t i = 4; s[i] != '\0'; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+char *
+approval_scope_set(const char *scope)
+{
+	struct task_scopes *sc;
+	struct idp_diag d;
+	const char *v[TASK_MAX_SCOPES];
+	char *out = NULL;
+	json_t *j;
+
+	if (scope == NULL)
+		return NULL;
+	j = json_string(scope);
+	if (j == NULL)
+		return NULL;
+	/* Large (64 scopes of 256 bytes, twice): off the worker's stack. */
+	sc = idp_xmalloc(sizeof(*sc));
+	idp_diag_init(&d);
+	if (task_scopes_parse(j, sc, &d)) {
+		memcpy(v, sc->v, sc->n * sizeof(v[0]));
+		qsort(v, sc->n, sizeof(v[0]), cmp_str);
+		memcpy(sc->v, v, sc->n * sizeof(v[0]));
+		out = task_scopes_pg_array(sc);
+	}
+	json_decref(j);
+	free(sc);
+	return out;
+}
+
+char *
+approval_words_array(const char *s, size_t max)
+{
+	struct idp_buf b;
+	size_t n = 0;
+	int rc;
+	char *out;
+
+	idp_buf_init(&b, 1u << 20);
+	rc = idp_buf_putc(&b, '{');
+	while (rc == IDP_OK && s != NULL && *s != '\0') {
+		size_t len;
+
+		s += strspn(s, " ");
+		len = strcspn(s, " ");
+		if (len == 0)
+			break;
+		if (++n > max) {
+			rc = IDP_ETOOBIG;
+			break;
+		}
+		rc = idp_buf_puts(&b, n > 1 ? ",\"" : "\"");
+		for (size_t i = 0; rc == IDP_OK && i < len; i++) {
+			if (s[i] == '"' || s[i] == '\\')
+				rc = idp_buf_putc(&b, '\\');
+			if (rc == IDP_OK)
+				rc = idp_buf_putc(&b, s[i]);
+		}
+		if (rc == IDP_OK)
+			rc = idp_buf_putc(&b, '"');
+		s += len;
+	}
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	out = rc == IDP_OK ? idp_buf_take(&b, NULL) : NULL;
+	idp_buf_cleanup(&b);
+	return out;
+}
+
+const char *
+approval_refusal(bool found, bool bound, const char *status, bool live)
+{
+	if (!found)
+		return "approval_unknown";
+	if (!bound)
+		return "approval_mismatch";
+	if (strcmp(status, "used") == 0)
+		return "approval_used";
+	if (strcmp(status, "denied") == 0)
+		return "approval_denied";
+	if (!live)
+		return "approval_expired";
+	if (strcmp(status, "pending") == 0)
+		return "approval_pending";
+	/* Approved, bound and live, yet not taken: it was spent in between. */
+	return "approval_used";
+}
+
+void
+approval_owner_form(const char *principal, char *out, size_t len)
+{
+	size_t i;
+
+	if (len == 0)
+		return;
+	if (strchr(principal, ':') != NULL) {
+		snprintf(out, len, "%s", principal);
+		return;
+	}
+	for (i = 0; principal[i] != '\0' && i + 1 < len; i++) {
+		char c = principal[i];
+
+		out[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+	}
+	out[i] = '\0';
+}
+
+bool
+approval_human_may_decide(const char *principal, const char *idp, const char *human,
+                          const char *owner)
+{
+	char form[330];
+	size_t n = strlen(idp);
+
+	if (strcmp(principal, human) == 0)
+		return true;
+	approval_owner_form(principal, form, sizeof(form));
+	if (strcmp(form, owner) == 0)
+		return true;
+	/* An owner named by IdP subject: "corp:00u1abc" for principal 00u1abc of corp. */
+	return n > 0 && strncmp(owner, idp, n) == 0 && owner[n] == ':' &&
+	       strcmp(owner + n + 1, principal) == 0;
+}
+
+/* ---- the row ---- */
+
+static void
+put_time(json_t *o, const char *key, const PGresult *r, int row, int col)
+{
+	char t[32];
+
+	if (PQgetisnull(r, row, col))
+		return;
+	idp_time_format(strtoll(PQgetvalue(r, row, col), NULL, 10), t);
+	json_object_set_new(o, key, json_string(t));
+}
+
+static void
+put_text(json_t *o, const char *key, const PGresult *r, int row, int col)
+{
+	if (!PQgetisnull(r, row, col))
+		json_object_set_new(o, key, json_string(PQgetvalue(r, row, col)));
+}
+
+static json_t *
+json_array_col(const PGresult *r, int row, int col)
+{
+	json_t *a = json_loads(PQgetvalue(r, row, col), JSON_REJECT_DUPLICATES, NULL);
+
+	if (!json_is_array(a)) {
+		json_decref(a);
+		a = json_array();
+	}
+	return a;
+}
+
+json_t *
+approval_json(const PGresult *r, int row)
+{
+	json_t *o = json_pack(
+	    "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:o}", "id", PQgetvalue(r, row, APR_C_ID),
+	    "kind", PQgetvalue(r, row, APR_C_KIND), "status", PQgetvalue(r, row, APR_C_STATUS),
+	    "agent_id", PQgetvalue(r, row, APR_C_AGENT), "task_id", PQgetvalue(r, row, APR_C_TASK),
+	    "human_principal", PQgetvalue(r, row, APR_C_HUMAN), "agent_owner",
+	    PQgetvalue(r, row, APR_C_OWNER), "scope", json_array_col(r, row, APR_C_SCOPE), "target",
+	    PQgetvalue(r, row, APR_C_TARGET), "reason", PQgetvalue(r, row, APR_C_REASON), "rules",
+	    json_array_col(r, row, APR_C_RULES));
+
+	if (o == NULL)
+		return json_object();
+	put_time(o, "created_at", r, row, APR_C_CREATED);
+	put_time(o, "expires_at", r, row, APR_C_EXPIRES);
+	put_time(o, "decided_at", r, row, APR_C_DECIDED);
+	put_text(o, "decided_by", r, row, APR_C_DECIDED_BY);
+	put_text(o, "decided_by_kind", r, row, APR_C_DECIDED_KIND);
+	put_text(o, "note", r, row, APR_C_NOTE);
+	put_time(o, "used_at", r, row, APR_C_USED);
+	return o;
+}
+
+/* ---- audit ---- */
+
+int
+approval_emit(struct approval_event *e)
+{
+	struct audit_event *ev = audit_event_new(e->type, AUDIT_TIME_UNSET);
+	int rc = IDP_OK;
+
+	if (ev == NULL) {
+		json_decref(e->detail);
+		e->detail = NULL;
+		return IDP_EINTERNAL;
+	}
+	audit_event_set_outcome(ev, e->outcome);
+	if (e->type == AUDIT_APPROVAL_REQUESTED)
+		audit_event_set_decision(ev, AUDIT_DECISION_REQUIRE_APPROVAL);
+	if (audit_event_set(ev, AUDIT_F_TASK_ID, e->task_id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, e->human) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_ID, e->agent_id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, e->granted_scope) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_POLICY_RULE, e->rules) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, e->request_id) != IDP_OK ||
+	    (e->peer != NULL && e->peer[0] != '\0' &&
+	     audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, e->peer) != IDP_OK) ||
+	    audit_event_set_actor(ev, e->actor, e->actor_name) != IDP_OK ||
+	    (e->severity > 0 && audit_event_set_severity(ev, e->severity) != IDP_OK))
+		rc = IDP_EINTERNAL;
+	/* The chain the approval belongs to: the task's human, then the agent. */
+	if (rc == IDP_OK && e->human != NULL && e->human[0] != '\0' &&
+	    audit_event_chain_append(ev, e->human) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && e->agent_id != NULL && e->agent_id[0] != '\0' &&
+	    audit_event_chain_append(ev, e->agent_id) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && e->detail != NULL && audit_event_set_detail(ev, e->detail) != IDP_OK)
+		rc = IDP_EINTERNAL;
+	json_decref(e->detail);
+	e->detail = NULL;
+	if (rc != IDP_OK) {
+		log_error("approvals: bug: cannot build the %s event for %s",
+		          audit_type_name(e->type), e->approval_id ? e->approval_id : "-");
+		audit_event_free(ev);
+		return rc;
+	}
+	return audit_emit(ev) == IDP_OK ? IDP_OK : IDP_EUNAVAIL;
+}
+
+/* ---- requesting ---- */
+
+static struct store_stmt st_insert = {
+    "apr_insert",
+    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, agent_owner, scope, "
+    "target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, "
+    "$7::text[], $8, $9, $10::text[], now() + $11::bigint * interval '1 millisecond', $12) "
+    "RETURNING floor(extract(epoch FROM expires_at))::bigint",
+    12, 0};
+
+/* A printable string of 1..max bytes without control characters. */
+static bool
+text_ok(const char *s, size_t max)
+{
+	size_t n;
+
+	if (s == NULL)
+		return false;
+	n = strlen(s);
+	if (n == 0 || n > max)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return false;
+	return true;
+}
+
+static bool
+subject_ok(const struct approval_subject *s)
+{
+	return s != NULL && registry_id_valid(s->agent_id) && text_ok(s->task_id, TASK_ID_MAX) &&
+	       text_ok(s->human, 320) && text_ok(s->target, APPROVAL_TARGET_MAX) &&
+	       (s->kind == APPROVAL_TOKEN || s->kind == APPROVAL_DELEGATION);
+}
+
+int
+approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1], int64_t *expires_s)
+{
+	const struct registry_agent *a = NULL;
+	struct store_conn *c = NULL;
+	char jti[ATTEST_JTI_LEN + 1], ttl[24], exp_text[32];
+	char *scopes = NULL, *rules = NULL;
+	const char *params[12];
+	PGresult *r = NULL;
+	int rc;
+
+	id[0] = '\0';
+	*expires_s = 0;
+	if (!subject_ok(s) || !text_ok(s->reason, APPROVAL_TEXT_MAX) ||
+	    (s->rules != NULL && strlen(s->rules) > APPROVAL_TEXT_MAX) ||
+	    (s->request_id != NULL && strlen(s->request_id) > 128))
+		return IDP_EINVAL;
+	scopes = approval_scope_set(s->scope);
+	rules = approval_words_array(s->rules, APPROVAL_RULES_MAX);
+	if (scopes == NULL || rules == NULL) {
+		rc = IDP_EINVAL;
+		goto done;
+	}
+	rc = registry_get(s->agent_id, &a);
+	if (rc != IDP_OK) {
+		rc = rc == IDP_EUNAVAIL ? IDP_EUNAVAIL : IDP_EINVAL;
+		goto done;
+	}
+	if (attest_jti_new(jti) != IDP_OK) {
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+	snprintf(id, APPROVAL_ID_MAX + 1, "apr_%s", jti);
+	snprintf(ttl, sizeof(ttl), "%lld", (long long)atomic_load(&ttl_ms));
+	params[0] = id;
+	params[1] = approval_kind_name(s->kind);
+	params[2] = s->agent_id;
+	params[3] = s->task_id;
+	params[4] = s->human;
+	params[5] = a->owner;
+	params[6] = scopes;
+	params[7] = s->target;
+	params[8] = s->reason;
+	params[9] = rules;
+	params[10] = ttl;
+	params[11] = s->request_id != NULL && s->request_id[0] != '\0' ? s->request_id : NULL;
+
+	if (store == NULL || store_acquire(store, &c) != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc != IDP_OK)
+		goto done;
+	/* A task or agent that does not exist fails its foreign key: IDP_EINVAL. */
+	rc = store_exec(c, &st_insert, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	*expires_s = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	idp_time_format(*expires_s * 1000, exp_text);
+
+	struct approval_event e = {
+	    .type = AUDIT_APPROVAL_REQUESTED,
+	    .outcome = AUDIT_OUTCOME_PENDING,
+	    .approval_id = id,
+	    .task_id = s->task_id,
+	    .human = s->human,
+	    .agent_id = s->agent_id,
+	    .actor = AUDIT_ACTOR_AGENT,
+	    .actor_name = s->agent_id,
+	    .rules = s->rules,
+	    .request_id = s->request_id,
+	    .detail = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s?,s:s}", "approval_id", id, "kind",
+	                        approval_kind_name(s->kind), "requested_scope", s->scope, "target",
+	                        s->target, "reason", s->reason, "agent_owner", a->owner, "rules",
+	                        s->rules, "expires_at", exp_text),
+	};
+	rc = approval_emit(&e);
+	if (rc != IDP_OK)
+		goto done;
+	rc = store_cmd(c, "COMMIT");
+	if (rc != IDP_OK) {
+		log_error("approvals: COMMIT failed after approval.requested for %s was written",
+		          id);
+		rc = IDP_EUNAVAIL;
+	} else {
+		log_debug("approvals: %s requested by %s for %s", id, s->agent_id, s->target);
+	}
+done:
+	PQclear(r);
+	if (c != NULL) {
+		if (rc != IDP_OK && store_cmd(c, "ROLLBACK") != IDP_OK)
+			store_discard(c);
+		store_release(store, c);
+	}
+	registry_agent_unref(a);
+	free(scopes);
+	free(rules);
+	if (rc != IDP_OK) {
+		id[0] = '\0';
+		*expires_s = 0;
+		if (rc != IDP_EINVAL)
+			rc = IDP_EUNAVAIL;
+	}
+	return rc;
+}
+
+/* ---- spending ---- */
+
+static struct store_stmt st_use = {
+    "apr_use",
+    "UPDATE approvals SET status = 'used', used_at = now() WHERE id = $1 AND status = 'approved' "
+    "AND expires_at > now() AND kind = $2 AND agent_id = $3 AND task_id = $4 "
+    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind",
+    6, 0};
+
+static struct store_stmt st_why = {
+    "apr_why",
+    "SELECT kind = $2 AND agent_id = $3 AND task_id = $4 AND scope = $5::text[] AND target = $6, "
+    "status, expires_at > now() FROM approvals WHERE id = $1",
+    6, 0};
+
+/* Record a refused use, best effort: the refusal stands either way. */
+static void
+refused(const char *id, const struct approval_subject *s, const char *reason)
+{
+	struct approval_event e = {
+	    .type = AUDIT_APPROVAL_USED,
+	    .outcome = AUDIT_OUTCOME_DENIED,
+	    .approval_id = id,
+	    .task_id = s->task_id,
+	    .human = s->human,
+	    .agent_id = s->agent_id,
+	    .actor = AUDIT_ACTOR_AGENT,
+	    .actor_name = s->agent_id,
+	    .request_id = s->request_id,
+	    .severity = 5,
+	    .detail = json_pack("{s:s?,s:s,s:s?,s:s?,s:s}", "approval_id", id, "kind",
+	                        approval_kind_name(s->kind), "requested_scope", s->scope, "target",
+	                        s->target, "reason", reason),
+	};
+
+	if (approval_emit(&e) != IDP_OK)
+		log_warn("approvals: cannot record the refused use (%s) of an approval", reason);
+}
+
+int
+approval_consume_in(struct store_conn *c, const char *id, const struct approval_subject *s,
+                    const char **reason)
+{
+	const char *params[6];
+	char *scopes = NULL;
+	PGresult *r = NULL;
+	int rc;
+
+	*reason = NULL;
+	/* The id goes into the event only once it is known to be well formed. */
+	if (!approval_id_valid(id)) {
+		*reason = "approval_unknown";
+		refused(NULL, s, *reason);
+		return IDP_EFORBIDDEN;
+	}
+	/* No approval is bound to a request that is not well formed. */
+	scopes = subject_ok(s) ? approval_scope_set(s->scope) : NULL;
+	if (scopes == NULL) {
+		*reason = "approval_mismatch";
+		refused(id, s, *reason);
+		return IDP_EFORBIDDEN;
+	}
+	params[0] = id;
+	params[1] = approval_kind_name(s->kind);
+	params[2] = s->agent_id;
+	params[3] = s->task_id;
+	params[4] = scopes;
+	params[5] = s->target;
+	rc = store_exec(c, &st_use, params, &r);
+	if (rc != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	if (PQntuples(r) == 1) {
+		struct approval_event e = {
+		    .type = AUDIT_APPROVAL_USED,
+		    .outcome = AUDIT_OUTCOME_SUCCESS,
+		    .approval_id = id,
+		    .task_id = s->task_id,
+		    .human = s->human,
+		    .agent_id = s->agent_id,
+		    .actor = AUDIT_ACTOR_AGENT,
+		    .actor_name = s->agent_id,
+		    .granted_scope = s->scope,
+		    .request_id = s->request_id,
+		    .detail =
+		        json_pack("{s:s,s:s,s:s,s:s,s:s}", "approval_id", id, "kind",
+		                  approval_kind_name(s->kind), "target", s->target, "approved_by",
+		                  PQgetvalue(r, 0, 0), "approved_by_kind", PQgetvalue(r, 0, 1)),
+		};
+
+		rc = approval_emit(&e);
+		if (rc != IDP_OK)
+			rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	PQclear(r);
+	r = NULL;
+	rc = store_exec(c, &st_why, params, &r);
+	if (rc != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	*reason = PQntuples(r) == 1
+	              ? approval_refusal(true, strcmp(PQgetvalue(r, 0, 0), "t") == 0,
+	                                 PQgetvalue(r, 0, 1), strcmp(PQgetvalue(r, 0, 2), "t") == 0)
+	              : approval_refusal(false, false, "", false);
+	refused(id, s, *reason);
+	rc = IDP_EFORBIDDEN;
+done:
+	PQclear(r);
+	free(scopes);
+	return rc;
+}
+
+int
+approval_consume(const char *id, const struct approval_subject *s, const char **reason)
+{
+	struct store_conn *c = NULL;
+	int rc;
+
+	*reason = NULL;
+	if (store == NULL || store_acquire(store, &c) != IDP_OK)
+		return IDP_EUNAVAIL;
+	rc = store_cmd(c, "BEGIN");
+	if (rc == IDP_OK)
+		rc = approval_consume_in(c, id, s, reason);
+	if (rc == IDP_OK) {
+		rc = store_cmd(c, "COMMIT");
+		if (rc != IDP_OK) {
+			log_error("approvals: COMMIT failed after approval.used for %s was written",
+			          id);
+			rc = IDP_EUNAVAIL;
+		}
+	} else if (store_cmd(c, "ROLLBACK") != IDP_OK) {
+		store_discard(c);
+	}
+	store_release(store, c);
+	if (rc != IDP_OK && rc != IDP_EFORBIDDEN)
+		rc = IDP_EUNAVAIL;
+	return rc;
+}

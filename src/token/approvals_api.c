@@ -1,0 +1,652 @@
+/*
+ * approvals_api.c - the /v1/approvals endpoints: list, read, approve, deny.
+ *
+ * Callers are told apart by their bearer, as for tasks: an operator API key
+ * ("idpk_..."), else a human token of an [[idp]], else an agent's identity
+ * credential.
+ *
+ *   who                                   reads                decides
+ *   API key, role approver (or admin)     every approval       every approval
+ *   API key, role auditor                 every approval       -
+ *   human (IdP token)                     those they may decide: the task's
+ *                                         human, or the agent's owner
+ *   agent (identity credential)           its own              -
+ *
+ * An approval the caller may not see is answered 404, exactly like one that
+ * does not exist, so ids cannot be probed.  A caller who may see it but not
+ * decide it (an agent) gets 403.
+ *
+ * Deciding is one transaction: lock the row, check it is pending and
+ * unexpired (PostgreSQL's clock), set the decision, emit approval.granted or
+ * approval.denied with the decider as actor, COMMIT.  Deciding again is 409
+ * approval_already_decided; deciding an expired approval is 409
+ * approval_expired, recorded as approval.expired, and changes nothing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "approvals_int.h"
+#include "idpd/agent_auth.h"
+#include "idpd/app.h"
+#include "idpd/auth.h"
+#include "idpd/b64.h"
+#include "idpd/buf.h"
+#include "idpd/clock.h"
+#include "idpd/human_auth.h"
+#include "idpd/log.h"
+#include "idpd/registry.h"
+#include "idpd/tasks.h"
+
+#define GENERIC_401 "a valid bearer token is required"
+#define READ_ROLES (IDPD_ROLE_APPROVER | IDPD_ROLE_AUDITOR)
+#define DECIDE_ROLES IDPD_ROLE_APPROVER
+
+enum caller_kind { CALLER_HUMAN, CALLER_AGENT, CALLER_OPERATOR };
+
+struct caller {
+	enum caller_kind kind;
+	char name[HUMAN_PRINCIPAL_MAX + 1]; /* principal, agent id or API key name */
+	char idp[65];                       /* a human's [[idp]] */
+	unsigned roles;                     /* an operator's */
+};
+
+/*
+ * Who is calling: an operator key with one of op_roles (admin passes), a
+ * human, or an agent.  On failure answers the request (401, 403, 503) and
+ * returns false.
+ */
+static bool
+identify(struct http_req *req, unsigned op_roles, struct caller *c)
+{
+	const char *bearer = http_req_bearer(req), *why = NULL, *why_agent = NULL;
+	struct human_principal h;
+	struct agent_principal ap;
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	if (bearer != NULL && strncmp(bearer, AUTH_KEY_PREFIX, strlen(AUTH_KEY_PREFIX)) == 0) {
+		struct auth_principal op;
+
+		if (!auth_require(req, op_roles, &op))
+			return false;
+		c->kind = CALLER_OPERATOR;
+		c->roles = op.roles;
+		snprintf(c->name, sizeof(c->name), "%s", op.name);
+		return true;
+	}
+	rc = authenticate_human(req, &h, &why);
+	if (rc == IDP_OK) {
+		c->kind = CALLER_HUMAN;
+		snprintf(c->name, sizeof(c->name), "%s", h.principal);
+		snprintf(c->idp, sizeof(c->idp), "%s", h.idp);
+		return true;
+	}
+	if (rc == IDP_EUNAUTH) {
+		rc = authenticate_agent(req, &ap, &why_agent);
+		if (rc == IDP_OK) {
+			c->kind = CALLER_AGENT;
+			snprintf(c->name, sizeof(c->name), "%s", ap.agent->id);
+			agent_principal_cleanup(&ap);
+			return true;
+		}
+	}
+	log_info("approvals: caller not authenticated (human: %s, agent: %s)", why ? why : "-",
+	         why_agent ? why_agent : "-");
+	if (rc == IDP_EUNAUTH)
+		http_add_header(req, "WWW-Authenticate", "Bearer");
+	http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
+	                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
+	return false;
+}
+
+/* Whether c may read the approval in row r. */
+static bool
+may_see(const struct caller *c, const PGresult *r)
+{
+	switch (c->kind) {
+	case CALLER_OPERATOR:
+		return true; /* identify() required approver, auditor or admin */
+	case CALLER_HUMAN:
+		return approval_human_may_decide(c->name, c->idp, PQgetvalue(r, 0, APR_C_HUMAN),
+		                                 PQgetvalue(r, 0, APR_C_OWNER));
+	case CALLER_AGENT:
+		return strcmp(c->name, PQgetvalue(r, 0, APR_C_AGENT)) == 0;
+	}
+	return false;
+}
+
+static void
+reply_not_found(struct http_req *req)
+{
+	http_reply_problem(req, 404, "not_found", NULL, "no such approval, or not one you may see");
+}
+
+static enum audit_actor_kind
+actor_kind(const struct caller *c)
+{
+	return c->kind == CALLER_HUMAN   ? AUDIT_ACTOR_HUMAN
+	       : c->kind == CALLER_AGENT ? AUDIT_ACTOR_AGENT
+	                                 : AUDIT_ACTOR_OPERATOR;
+}
+
+/* ---- GET /v1/approvals/{id} ---- */
+
+static struct store_stmt st_get = {
+    "apr_get", "SELECT " APPROVAL_COLUMNS " FROM approvals WHERE id = $1", 1, 0};
+
+static void
+get_one(struct http_req *req, void *ctx)
+{
+	const char *id = http_req_param(req, "id");
+	const char *params[1] = {id};
+	struct store_conn *c = NULL;
+	struct caller who;
+	PGresult *r = NULL;
+	int rc;
+
+	(void)ctx;
+	if (!identify(req, READ_ROLES, &who))
+		return;
+	if (!approval_id_valid(id)) {
+		reply_not_found(req);
+		return;
+	}
+	if (store_acquire(approvals_store(), &c) != IDP_OK) {
+		http_reply_error(req, IDP_EUNAVAIL, "the approval store is not reachable");
+		return;
+	}
+	rc = store_exec(c, &st_get, params, &r);
+	store_release(approvals_store(), c);
+	if (rc != IDP_OK) {
+		http_reply_error(req, IDP_EUNAVAIL, "the approval store is not reachable");
+		return;
+	}
+	if (PQntuples(r) != 1 || !may_see(&who, r))
+		reply_not_found(req);
+	else
+		http_reply_json(req, 200, approval_json(r, 0));
+	PQclear(r);
+}
+
+/* ---- GET /v1/approvals ---- */
+
+static void
+cursor_encode(const char *last_id, char *out, size_t len)
+{
+	size_t n = strlen(last_id);
+
+	if (len < 3 + idp_b64url_encoded_len(n)) {
+		if (len > 0)
+			out[0] = '\0';
+		return;
+	}
+	memcpy(out, "p1", 2);
+	idp_b64url_encode_to(last_id, n, out + 2);
+}
+
+static bool
+cursor_decode(const char *cursor, char *id, size_t len)
+{
+	size_t n, got;
+
+	if (cursor == NULL || strncmp(cursor, "p1", 2) != 0 || len == 0)
+		return false;
+	cursor += 2;
+	n = strlen(cursor);
+	if (n == 0 || n > 120 ||
+	    idp_b64url_decode(cursor, n, (unsigned char *)id, len - 1, &got) != IDP_OK)
+		return false;
+	id[got] = '\0';
+	return memchr(id, '\0', got) == NULL && approval_id_valid(id);
+}
+
+static const struct {
+	const char *name;
+	const char *sql;
+} status_filters[] = {
+    {"pending", " AND status = 'pending' AND expires_at > now()"},
+    {"approved", " AND status = 'approved' AND expires_at > now()"},
+    {"denied", " AND status = 'denied'"},
+    {"used", " AND status = 'used'"},
+    {"expired", " AND status IN ('pending', 'approved') AND expires_at <= now()"},
+};
+
+static bool
+task_id_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 6 || n > TASK_ID_MAX || strncmp(s, "task_", 5) != 0)
+		return false;
+	for (size_t i = 5; i < n; i++) {
+		char ch = s[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
+			return false;
+	}
+	return true;
+}
+
+static bool
+principal_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > HUMAN_PRINCIPAL_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f)
+			return false;
+	return true;
+}
+
+static void
+list(struct http_req *req, void *ctx)
+{
+	const char *status = http_req_query(req, "status");
+	const char *approver = http_req_query(req, "approver");
+	const char *task_id = http_req_query(req, "task_id");
+	const char *agent_id = http_req_query(req, "agent_id");
+	const char *cursor = http_req_query(req, "cursor");
+	char after[APPROVAL_ID_MAX + 1], limit_s[24], next[200];
+	char owner_form[HUMAN_PRINCIPAL_MAX + 1], idp_form[HUMAN_PRINCIPAL_MAX + 70];
+	const char *params[8];
+	struct store_conn *c = NULL;
+	struct caller who;
+	struct idp_buf sql;
+	json_t *items;
+	PGresult *res;
+	long limit;
+	int n = 0, rc = 0, rows;
+
+	(void)ctx;
+	if (!identify(req, READ_ROLES, &who))
+		return;
+	if (!http_req_query_int(req, "limit", 1, APPROVAL_PAGE_MAX, APPROVAL_PAGE_DEFAULT,
+	                        &limit)) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "limit must be an integer from 1 to %d", APPROVAL_PAGE_MAX);
+		return;
+	}
+	if (cursor != NULL && !cursor_decode(cursor, after, sizeof(after))) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "cursor is not one idpd issued; start again without it");
+		return;
+	}
+	if (approver != NULL && !principal_ok(approver)) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "approver must be a principal of 1 to %d printable characters",
+		                   HUMAN_PRINCIPAL_MAX);
+		return;
+	}
+	if (task_id != NULL && !task_id_ok(task_id)) {
+		http_reply_problem(req, 400, "bad_request", NULL, "task_id is not a task id");
+		return;
+	}
+	if (agent_id != NULL && !registry_id_valid(agent_id)) {
+		http_reply_problem(req, 400, "bad_request", NULL, "agent_id is not an agent id");
+		return;
+	}
+	/* A human sees what they may decide; an agent sees its own. */
+	if (who.kind == CALLER_HUMAN) {
+		if (approver != NULL && strcmp(approver, who.name) != 0) {
+			http_reply_problem(req, 403, "forbidden", NULL,
+			                   "a human lists only the approvals they may decide");
+			return;
+		}
+		approver = who.name;
+	} else if (who.kind == CALLER_AGENT) {
+		if (agent_id != NULL && strcmp(agent_id, who.name) != 0) {
+			http_reply_problem(req, 403, "forbidden", NULL,
+			                   "an agent lists only its own approvals");
+			return;
+		}
+		agent_id = who.name;
+	}
+
+	/* Assembled from constant fragments; every value travels as a parameter. */
+	idp_buf_init(&sql, 8192);
+	rc |= idp_buf_puts(&sql, "SELECT " APPROVAL_COLUMNS " FROM approvals WHERE true");
+	if (status != NULL) {
+		size_t i;
+
+		for (i = 0; i < IDP_ARRAY_LEN(status_filters); i++)
+			if (strcmp(status, status_filters[i].name) == 0)
+				break;
+		if (i == IDP_ARRAY_LEN(status_filters)) {
+			idp_buf_cleanup(&sql);
+			http_reply_problem(
+			    req, 400, "bad_request", NULL,
+			    "status must be pending, approved, denied, used or expired");
+			return;
+		}
+		rc |= idp_buf_puts(&sql, status_filters[i].sql);
+	}
+	if (approver != NULL) {
+		approval_owner_form(approver, owner_form, sizeof(owner_form));
+		if (who.kind == CALLER_HUMAN)
+			snprintf(idp_form, sizeof(idp_form), "%s:%s", who.idp, approver);
+		else
+			snprintf(idp_form, sizeof(idp_form), "%s", owner_form);
+		params[n++] = approver;
+		params[n++] = owner_form;
+		params[n++] = idp_form;
+		rc |= idp_buf_printf(&sql,
+		                     " AND (human_principal = $%d OR agent_owner = $%d OR "
+		                     "agent_owner = $%d)",
+		                     n - 2, n - 1, n);
+	}
+	if (task_id != NULL) {
+		params[n++] = task_id;
+		rc |= idp_buf_printf(&sql, " AND task_id = $%d", n);
+	}
+	if (agent_id != NULL) {
+		params[n++] = agent_id;
+		rc |= idp_buf_printf(&sql, " AND agent_id = $%d", n);
+	}
+	if (cursor != NULL) {
+		params[n++] = after;
+		rc |= idp_buf_printf(&sql,
+		                     " AND (created_at, id) > "
+		                     "(SELECT created_at, id FROM approvals WHERE id = $%d)",
+		                     n);
+	}
+	snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
+	params[n++] = limit_s;
+	rc |= idp_buf_printf(&sql, " ORDER BY created_at, id LIMIT $%d::int", n);
+	if (rc != 0) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EINTERNAL, "query too long");
+		return;
+	}
+	if (store_acquire(approvals_store(), &c) != IDP_OK) {
+		idp_buf_cleanup(&sql);
+		http_reply_error(req, IDP_EUNAVAIL, "the approval store is not reachable");
+		return;
+	}
+	res = PQexecParams(store_pg(c), idp_buf_str(&sql), n, NULL, params, NULL, NULL, 0);
+	idp_buf_cleanup(&sql);
+	store_release(approvals_store(), c);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* Class 22 (data exception): a filter PostgreSQL cannot take. */
+		if (st != NULL && strncmp(st, "22", 2) == 0) {
+			PQclear(res);
+			http_reply_problem(req, 400, "bad_request", NULL,
+			                   "a filter value is not valid text");
+			return;
+		}
+		log_warn("approvals: list failed: %s", PQresultErrorMessage(res));
+		PQclear(res);
+		http_reply_error(req, IDP_EUNAVAIL, "the approval query failed");
+		return;
+	}
+	rows = PQntuples(res);
+	items = json_array();
+	for (int i = 0; i < rows && i < limit; i++)
+		json_array_append_new(items, approval_json(res, i));
+	if (rows > limit) {
+		cursor_encode(PQgetvalue(res, (int)limit - 1, APR_C_ID), next, sizeof(next));
+		http_reply_json(req, 200,
+		                json_pack("{s:o,s:s}", "approvals", items, "next_cursor", next));
+	} else {
+		http_reply_json(req, 200, json_pack("{s:o}", "approvals", items));
+	}
+	PQclear(res);
+}
+
+/* ---- POST /v1/approvals/{id}/approve, /deny ---- */
+
+/*
+ * The optional body {"note": "..."}; *note is NULL without one.  false
+ * after answering (400/415/422).  An empty body is no body.
+ */
+static bool
+read_note(struct http_req *req, json_t **holder, const char **note)
+{
+	const char *k;
+	json_t *v, *errors;
+	size_t len;
+
+	*holder = NULL;
+	*note = NULL;
+	(void)http_req_body(req, &len);
+	if (len == 0)
+		return true;
+	*holder = http_req_json_object(req);
+	if (*holder == NULL)
+		return false;
+	errors = json_array();
+	json_object_foreach(*holder, k, v)
+	{
+		if (strcmp(k, "note") != 0) {
+			json_array_append_new(
+			    errors, json_pack("{s:s,s:s}", "field", k, "message", "unknown field"));
+			continue;
+		}
+		if (json_is_string(v)) {
+			const char *s = json_string_value(v);
+			bool bad = strlen(s) != json_string_length(v) || strlen(s) == 0 ||
+			           strlen(s) > APPROVAL_TEXT_MAX;
+
+			for (size_t i = 0; s[i] != '\0' && !bad; i++)
+				bad = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
+			if (!bad) {
+				*note = s;
+				continue;
+			}
+		}
+		json_array_append_new(
+		    errors, json_pack("{s:s,s:s}", "field", k, "message",
+		                      "must be a string of 1 to 1024 bytes without control "
+		                      "characters"));
+	}
+	if (json_array_size(errors) > 0) {
+		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
+		                   "the body is not valid");
+		json_decref(*holder);
+		*holder = NULL;
+		*note = NULL;
+		return false;
+	}
+	json_decref(errors);
+	return true;
+}
+
+static struct store_stmt st_lock = {
+    "apr_lock", "SELECT " APPROVAL_COLUMNS " FROM approvals WHERE id = $1 FOR UPDATE", 1, 0};
+
+static struct store_stmt st_decide = {
+    "apr_decide",
+    "UPDATE approvals SET status = $2, decided_at = now(), decided_by = $3, "
+    "decided_by_kind = $4, decision_note = $5 WHERE id = $1 AND status = 'pending' "
+    "AND expires_at > now() RETURNING " APPROVAL_COLUMNS,
+    5, 0};
+
+/* The scope column (a JSON array) of row 0 of r, space-separated, into out. */
+static void
+scope_joined(const PGresult *r, char *out, size_t len)
+{
+	json_t *a = json_loads(PQgetvalue(r, 0, APR_C_SCOPE), 0, NULL);
+	size_t at = 0, i;
+	json_t *e;
+
+	out[0] = '\0';
+	json_array_foreach(a, i, e)
+	{
+		int w = snprintf(out + at, len - at, "%s%s", at > 0 ? " " : "",
+		                 json_string_value(e) ? json_string_value(e) : "");
+
+		if (w < 0 || (size_t)w >= len - at)
+			break;
+		at += (size_t)w;
+	}
+	json_decref(a);
+}
+
+/* The event of a decision (or of an attempt on an expired approval). */
+static int
+emit_decision(struct http_req *req, const struct caller *who, enum audit_type type,
+              enum audit_outcome outcome, const PGresult *r, const char *note,
+              const char *attempted)
+{
+	char scope[TASK_MAX_SCOPES * (IDP_SCOPE_MAX_LEN + 1)];
+	json_t *scopes = json_loads(PQgetvalue(r, 0, APR_C_SCOPE), 0, NULL);
+	char when[32];
+
+	scope_joined(r, scope, sizeof(scope));
+	idp_time_format(strtoll(PQgetvalue(r, 0, APR_C_EXPIRES), NULL, 10), when);
+	struct approval_event e = {
+	    .type = type,
+	    .outcome = outcome,
+	    .approval_id = PQgetvalue(r, 0, APR_C_ID),
+	    .task_id = PQgetvalue(r, 0, APR_C_TASK),
+	    .human = PQgetvalue(r, 0, APR_C_HUMAN),
+	    .agent_id = PQgetvalue(r, 0, APR_C_AGENT),
+	    .actor = actor_kind(who),
+	    .actor_name = who->name,
+	    .granted_scope = type == AUDIT_APPROVAL_GRANTED ? scope : NULL,
+	    .request_id = http_req_id(req),
+	    .peer = http_req_peer(req),
+	    .detail = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s?,s:s?,s:s}", "approval_id",
+	                        PQgetvalue(r, 0, APR_C_ID), "kind", PQgetvalue(r, 0, APR_C_KIND),
+	                        "target", PQgetvalue(r, 0, APR_C_TARGET), "scope",
+	                        scopes != NULL ? scopes : json_array(), "reason",
+	                        PQgetvalue(r, 0, APR_C_REASON), "decided_by_kind",
+	                        who->kind == CALLER_HUMAN ? "human" : "operator", "note", note,
+	                        "attempted", attempted, "expires_at", when),
+	};
+	return approval_emit(&e);
+}
+
+static void
+decide(struct http_req *req, bool approve)
+{
+	const char *id = http_req_param(req, "id");
+	const char *note = NULL, *params[5];
+	struct store_conn *c = NULL;
+	struct caller who;
+	json_t *holder = NULL, *out = NULL;
+	PGresult *t = NULL, *r = NULL;
+	enum { NONE, NOT_FOUND, DECIDED, EXPIRED } refused = NONE;
+	int rc;
+
+	if (!identify(req, DECIDE_ROLES, &who))
+		return;
+	if (who.kind == CALLER_AGENT) {
+		http_reply_problem(
+		    req, 403, "forbidden", NULL,
+		    "an agent cannot decide an approval; a human or an approver does");
+		return;
+	}
+	if (!approval_id_valid(id)) {
+		reply_not_found(req);
+		return;
+	}
+	if (!read_note(req, &holder, &note))
+		return;
+	if (store_acquire(approvals_store(), &c) != IDP_OK) {
+		json_decref(holder);
+		http_reply_error(req, IDP_EUNAVAIL, "the approval store is not reachable");
+		return;
+	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc != IDP_OK)
+		goto done;
+	params[0] = id;
+	rc = store_exec(c, &st_lock, params, &t);
+	if (rc != IDP_OK)
+		goto done;
+	if (PQntuples(t) != 1 || !may_see(&who, t)) {
+		refused = NOT_FOUND;
+		goto done;
+	}
+	if (strcmp(PQgetvalue(t, 0, APR_C_STORED_STATUS), "pending") != 0) {
+		refused = DECIDED;
+		goto done;
+	}
+	if (strcmp(PQgetvalue(t, 0, APR_C_STATUS), "expired") == 0) {
+		/* Nothing changes; the attempt is on the record. */
+		if (emit_decision(req, &who, AUDIT_APPROVAL_EXPIRED, AUDIT_OUTCOME_DENIED, t, note,
+		                  approve ? "approve" : "deny") != IDP_OK)
+			log_warn("approvals: cannot record the decision attempt on expired %s", id);
+		refused = EXPIRED;
+		goto done;
+	}
+	params[1] = approve ? "approved" : "denied";
+	params[2] = who.name;
+	params[3] = who.kind == CALLER_HUMAN ? "human" : "operator";
+	params[4] = note;
+	rc = store_exec(c, &st_decide, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	if (PQntuples(r) != 1) {
+		/* Locked above and pending under one clock: this cannot happen. */
+		rc = IDP_EINTERNAL;
+		goto done;
+	}
+	rc = emit_decision(req, &who, approve ? AUDIT_APPROVAL_GRANTED : AUDIT_APPROVAL_DENIED,
+	                   AUDIT_OUTCOME_SUCCESS, r, note, NULL);
+	if (rc != IDP_OK)
+		goto done;
+	rc = store_cmd(c, "COMMIT");
+	if (rc != IDP_OK) {
+		log_error("approvals: COMMIT failed after the decision on %s was audited", id);
+		goto done;
+	}
+	out = approval_json(r, 0);
+	log_info("approvals: %s %s by %s", id, approve ? "approved" : "denied", who.name);
+done:
+	if (out == NULL && store_cmd(c, "ROLLBACK") != IDP_OK)
+		store_discard(c);
+	store_release(approvals_store(), c);
+	if (out != NULL) {
+		http_reply_json(req, 200, out);
+	} else if (refused == NOT_FOUND) {
+		reply_not_found(req);
+	} else if (refused == DECIDED) {
+		http_reply_problem(
+		    req, 409, "approval_already_decided",
+		    json_pack("{s:s}", "approval_status", PQgetvalue(t, 0, APR_C_STORED_STATUS)),
+		    "the approval is already %s", PQgetvalue(t, 0, APR_C_STORED_STATUS));
+	} else if (refused == EXPIRED) {
+		http_reply_problem(req, 409, "approval_expired",
+		                   json_pack("{s:s}", "approval_status", "expired"),
+		                   "the approval expired before it was decided");
+	} else {
+		http_reply_error(req, rc == IDP_EINTERNAL ? IDP_EINTERNAL : IDP_EUNAVAIL,
+		                 "the approval cannot be decided now");
+	}
+	PQclear(r);
+	PQclear(t);
+	json_decref(holder);
+}
+
+static void
+approve(struct http_req *req, void *ctx)
+{
+	(void)ctx;
+	decide(req, true);
+}
+
+static void
+deny(struct http_req *req, void *ctx)
+{
+	(void)ctx;
+	decide(req, false);
+}
+
+int
+approvals_routes(struct http_router *r, struct idpd_app *app)
+{
+	(void)app;
+	if (http_router_add(r, HTTP_GET, "/v1/approvals", list, NULL) != IDP_OK ||
+	    http_router_add(r, HTTP_GET, "/v1/approvals/{id}", get_one, NULL) != IDP_OK ||
+	    http_router_add(r, HTTP_POST, "/v1/approvals/{id}/approve", approve, NULL) != IDP_OK ||
+	    http_router_add(r, HTTP_POST, "/v1/approvals/{id}/deny", deny, NULL) != IDP_OK)
+		return IDP_EINVAL;
+	return IDP_OK;
+}

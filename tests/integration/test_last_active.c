@@ -1,0 +1,281 @@
+/*
+ * Integration tests of registry_touch against a real PostgreSQL, through
+ * the library as the token service calls it: the registry runs in this
+ * process on a database cloned from the migrated template.  Touches are
+ * written by one statement per flush (registry_touch_flushes counts them),
+ * last_active never moves backwards, a flush changes no version and sends
+ * no notification on the agents channel (checked against a version bump
+ * that does, in commit order), the flusher thread writes on its period,
+ * and registry_shutdown writes what is left.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "idpd/app.h"
+#include "idpd/clock.h"
+#include "idpd/config.h"
+#include "idpd/maintenance.h"
+#include "idpd/registry.h"
+#include "idpd/store.h"
+
+struct world {
+	const char *db;
+	struct idpd_app app;
+};
+
+/* Static, so that teardown can still stop the world of a failed test. */
+static struct world the_world;
+static struct world *current;
+
+static void
+add_agent(const char *db, const char *id)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO agents (id, agent_type, owner, capabilities, max_chain_depth, "
+	         "max_scope_per_delegation) VALUES ('%s', 'worker', 'alice@example.com', "
+	         "'{cloud:Describe*}', 1, 'read')",
+	         id);
+	assert_int_equal(harness_sql(db, sql), 0);
+}
+
+static void
+world_start(struct world *w, const char *db, int64_t flush_ms)
+{
+	char url[256];
+	struct store_opts so = {.pool_size = 2,
+	                        .connect_timeout_ms = 2000,
+	                        .acquire_timeout_ms = 2000,
+	                        .statement_timeout_ms = 5000};
+	struct idp_diag d;
+
+	memset(w, 0, sizeof(*w));
+	w->db = db;
+	assert_int_equal(harness_db_create(db), 0);
+	add_agent(db, "planner");
+	add_agent(db, "cloud");
+	add_agent(db, "null"); /* a valid id that an unquoted array literal would read as NULL */
+	harness_db_url(db, url, sizeof(url));
+	so.url = url;
+	w->app.cfg = idpd_config_defaults();
+	assert_non_null(w->app.cfg);
+	w->app.cfg->registry.last_active_flush_ms = flush_ms;
+	w->app.store = store_open(&so);
+	w->app.listener = store_listener_new(url);
+	idp_diag_init(&d);
+	if (registry_init(&w->app, &d) != IDP_OK)
+		fail_msg("registry_init: %s", idp_diag_str(&d));
+	current = w;
+}
+
+static void
+world_stop(struct world *w)
+{
+	current = NULL;
+	registry_shutdown();
+	maintenance_reset();
+	store_listener_free(w->app.listener);
+	store_close(w->app.store);
+	idpd_config_free(w->app.cfg);
+}
+
+/* last_active of agent id in ms since the epoch, or -1 when NULL. */
+static long long
+last_active(const char *db, const char *id)
+{
+	char sql[256], v[64];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT coalesce(floor(extract(epoch FROM last_active) * 1000)::bigint, -1) "
+	         "FROM agents WHERE id = '%s'",
+	         id);
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	return strtoll(v, NULL, 10);
+}
+
+static long long
+value(const char *db, const char *sql)
+{
+	char v[64];
+
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	return strtoll(v, NULL, 10);
+}
+
+static void
+touches_are_written_in_one_statement_and_never_backwards(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+	int64_t later = now + 86400000; /* cloud was seen "tomorrow" already */
+	uint64_t before;
+	char sql[256];
+
+	(void)state;
+	world_start(w, "t_last_active_batch", 3600 * 1000);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE agents SET last_active = to_timestamp(%lld / 1000.0) WHERE id = 'cloud'",
+	         (long long)later);
+	assert_int_equal(harness_sql(w->db, sql), 0);
+	before = registry_touch_flushes();
+
+	/* Nothing noted: no statement at all. */
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(registry_touch_flushes(), before);
+
+	/* A thousand touches of three agents (and one unknown): one statement. */
+	for (int i = 0; i < 1000; i++)
+		registry_touch("planner", now - 1000 + i);
+	registry_touch("null", now - 5000);
+	registry_touch("cloud", now);
+	registry_touch("no-such-agent", now);
+	registry_touch("Not A Valid Id", now);
+	assert_int_equal(last_active(w->db, "planner"), -1);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(registry_touch_flushes(), before + 1);
+	assert_int_equal(last_active(w->db, "planner"), now - 1);
+	assert_int_equal(last_active(w->db, "null"), now - 5000);
+	/* cloud's stored time is later than the touch: kept. */
+	assert_int_equal(last_active(w->db, "cloud"), later);
+	assert_int_equal(value(w->db, "SELECT count(*) FROM agents WHERE id = 'no-such-agent'"), 0);
+
+	/* An older touch does not move planner back. */
+	registry_touch("planner", now - 60000);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(registry_touch_flushes(), before + 2);
+	assert_int_equal(last_active(w->db, "planner"), now - 1);
+	/* A newer one moves it forward. */
+	registry_touch("planner", now + 2000);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(last_active(w->db, "planner"), now + 2000);
+
+	/* Touches are not record changes: no version moved. */
+	assert_int_equal(value(w->db, "SELECT max(version) FROM agents"), 1);
+	world_stop(w);
+}
+
+/* Wait for the next notification on pg; its payload into out.  false after ~10 s. */
+static bool
+next_notification(PGconn *pg, char *out, size_t len)
+{
+	for (int i = 0; i < 500; i++) {
+		PGnotify *n;
+		PGresult *r = PQexec(pg, "SELECT 1");
+
+		PQclear(r);
+		assert_int_equal(PQconsumeInput(pg), 1);
+		n = PQnotifies(pg);
+		if (n != NULL) {
+			snprintf(out, len, "%s", n->extra);
+			PQfreemem(n);
+			return true;
+		}
+		usleep(20000);
+	}
+	return false;
+}
+
+static void
+a_flush_sends_no_notification(void **state)
+{
+	struct world *w = &the_world;
+	char url[256], payload[256];
+	int64_t now = idp_now_ms(idp_clock_system());
+	PGconn *pg;
+	PGresult *r;
+
+	(void)state;
+	world_start(w, "t_last_active_notify", 3600 * 1000);
+	harness_db_url(w->db, url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	r = PQexec(pg, "LISTEN agents");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+
+	registry_touch("cloud", now);
+	registry_touch("null", now);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(last_active(w->db, "cloud"), now);
+	/* A change that does notify, committed after the flush: notifications
+	 * arrive in commit order, so the first one heard must be this one. */
+	assert_int_equal(harness_sql(w->db, "UPDATE agents SET version = version + 1 "
+	                                    "WHERE id = 'planner'"),
+	                 0);
+	assert_true(next_notification(pg, payload, sizeof(payload)));
+	assert_string_equal(payload, "planner");
+	PQfinish(pg);
+	world_stop(w);
+}
+
+static void
+the_flusher_writes_on_its_period(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+	uint64_t before = registry_touch_flushes();
+	int waited = 0;
+
+	(void)state;
+	world_start(w, "t_last_active_period", 1000);
+	registry_touch("planner", now);
+	/* No flush is asked for: the thread writes within its period. */
+	while (last_active(w->db, "planner") == -1 && waited++ < 200)
+		usleep(50000);
+	assert_int_equal(last_active(w->db, "planner"), now);
+	assert_true(registry_touch_flushes() > before);
+	world_stop(w);
+}
+
+static void
+shutdown_writes_what_is_left(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+	uint64_t before;
+
+	(void)state;
+	world_start(w, "t_last_active_shutdown", 3600 * 1000);
+	before = registry_touch_flushes();
+	registry_touch("cloud", now);
+	assert_int_equal(last_active(w->db, "cloud"), -1);
+	world_stop(w);
+	assert_int_equal(last_active(w->db, "cloud"), now);
+	assert_int_equal(registry_touch_flushes(), before + 1);
+	/* After shutdown a touch is a no-op, not a leak. */
+	registry_touch("cloud", now + 1);
+}
+
+static int
+teardown(void **state)
+{
+	(void)state;
+	if (current != NULL)
+		world_stop(current);
+	return 0;
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_teardown(touches_are_written_in_one_statement_and_never_backwards,
+	                              teardown),
+	    cmocka_unit_test_teardown(a_flush_sends_no_notification, teardown),
+	    cmocka_unit_test_teardown(the_flusher_writes_on_its_period, teardown),
+	    cmocka_unit_test_teardown(shutdown_writes_what_is_left, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
