@@ -30,6 +30,7 @@
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
 #include "idpd/registry.h"
+#include "idpd/revocation.h"
 #include "idpd/store.h"
 #include "idpd/tasks.h"
 
@@ -407,6 +408,11 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
+	idp_diag_init(&diag);
+	if (revocation_init(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
 	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
 		log_warn("bug: cannot register the key rotation job");
 	/* A policy set with errors ends startup here: idpd never runs without one. */
@@ -421,7 +427,8 @@ cmd_serve(int argc, char **argv)
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
 	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK ||
-	    delegation_routes(router, &app) != IDP_OK) {
+	    delegation_routes(router, &app) != IDP_OK ||
+	    revocation_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -474,6 +481,7 @@ done:
 	if (app.http != NULL)
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
+	revocation_shutdown(); /* after HTTP and the listener, its users */
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
 	attest_shutdown();

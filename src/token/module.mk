@@ -15,3 +15,6 @@ LIB_SRCS += src/token/human_auth.c src/token/tasks.c
 UNIT_TESTS += tasks
 # Delegation: POST /v1/delegations.
 LIB_SRCS += src/token/delegation.c
+# Revocation: the in-memory state, POST /introspect and POST /revoke.
+LIB_SRCS += src/token/revocation.c src/token/introspect.c src/token/revoke.c
+UNIT_TESTS += revocation
