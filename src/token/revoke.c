@@ -18,12 +18,17 @@
  * delegation token need no row: every check walks their ancestors.  The
  * triggers notify every instance; this one installs the change itself
  * before it answers.
+ *
+ * An agent's identity credential (typ idpd-agent+jwt) may be revoked too,
+ * by an admin or by the agent itself: agent_credentials.revoked_at, which
+ * authenticate_agent reads on every use, and a token.revoked event.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/attest.h"
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
 #include "idpd/http.h"
@@ -182,6 +187,12 @@ static struct store_stmt st_revoke_subtree = {
     "(SELECT jti FROM s) AND revoked_at IS NULL RETURNING jti",
     1, 0};
 
+static struct store_stmt st_credential = {
+    "revoke_credential",
+    "UPDATE agent_credentials SET revoked_at = now() WHERE jti = $1 AND agent_id = $2 AND "
+    "revoked_at IS NULL RETURNING jti",
+    2, 0};
+
 static struct store_stmt st_record = {
     "revoke_record",
     "INSERT INTO revoked_tokens (jti, kind, task_id, agent_id, expires_at, revoked_by, reason) "
@@ -338,10 +349,10 @@ revoke_tx(struct http_req *req, const struct caller *who, const struct target *t
 	for (int i = 0; *revoked != NULL && i < PQntuples(*revoked) && i < EVENT_JTIS; i++)
 		json_array_append_new(jtis, json_string(PQgetvalue(*revoked, i, 0)));
 	rc = emit(req, who, t, AUDIT_OUTCOME_SUCCESS, chain,
-	          json_pack("{s:s,s:s?,s:I,s:I,s:o,s:s}", "token_use",
+	          json_pack("{s:s,s:s?,s:I,s:I,s:o,s:s}", "kind",
 	                    t->access ? "access_token" : "delegation_token", "reason", reason,
 	                    "revoked_count",
-	                    (json_int_t)(*revoked != NULL ? PQntuples(*revoked) : 1), "token_exp",
+	                    (json_int_t)(*revoked != NULL ? PQntuples(*revoked) : 1), "exp",
 	                    (json_int_t)t->exp_s, "revoked_jtis", jtis, "revoked_by", by));
 	if (rc != IDP_OK)
 		goto done;
@@ -357,7 +368,7 @@ revoke_tx(struct http_req *req, const struct caller *who, const struct target *t
 done:
 	if (rc == IDP_EFORBIDDEN)
 		(void)emit(req, who, t, AUDIT_OUTCOME_DENIED, chain,
-		           json_pack("{s:s,s:s}", "reason", "not_authorized", "token_use",
+		           json_pack("{s:s,s:s}", "reason", "not_authorized", "kind",
 		                     t->access ? "access_token" : "delegation_token"));
 	if (c != NULL) {
 		if (PQtransactionStatus(store_pg(c)) != PQTRANS_IDLE)
@@ -372,6 +383,72 @@ done:
 	PQclear(chain);
 	PQclear(r);
 	return rc;
+}
+
+/*
+ * Revoke an identity credential, if tok is one of this service's: the
+ * agent itself or an admin.  IDP_OK (revoked, or nothing to revoke),
+ * IDP_EFORBIDDEN, IDP_EUNAVAIL; IDP_ENOTFOUND when tok is no credential.
+ */
+static int
+revoke_credential(struct http_req *req, const struct caller *who, const char *tok, int64_t now)
+{
+	struct attest_identity_copy idc;
+	struct agent_credential cred;
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	struct idp_clock fixed;
+	struct store_conn *c = NULL;
+	const char *params[2], *why = NULL;
+	PGresult *r = NULL;
+	char by[HUMAN_PRINCIPAL_MAX + 16];
+	int rc;
+
+	if (set == NULL)
+		return IDP_EUNAVAIL;
+	attest_identity_get(&idc);
+	idp_clock_fixed(&fixed, now * 1000);
+	rc = agent_credential_verify(
+	    set, tok, strlen(tok),
+	    &(struct attest_identity){idc.trust_domain, idc.issuer, idc.audience}, 0, &fixed, &cred,
+	    &why);
+	idp_jws_keyset_unref(set);
+	if (rc != IDP_OK)
+		return IDP_ENOTFOUND;
+	struct target t = {
+	    .access = true, .jti = cred.jti, .sub = cred.agent_id, .exp_s = cred.expires_at_s};
+	if (who->kind == CALLER_HUMAN ||
+	    (who->kind == CALLER_AGENT && strcmp(who->name, cred.agent_id) != 0)) {
+		(void)emit(req, who, &t, AUDIT_OUTCOME_DENIED, NULL,
+		           json_pack("{s:s,s:s}", "reason", "not_authorized", "kind",
+		                     "identity_credential"));
+		return IDP_EFORBIDDEN;
+	}
+	if (store_acquire(store, &c) != IDP_OK)
+		return IDP_EUNAVAIL;
+	rc = store_cmd(c, "BEGIN");
+	params[0] = cred.jti;
+	params[1] = cred.agent_id;
+	if (rc == IDP_OK)
+		rc = store_exec(c, &st_credential, params, &r);
+	if (rc == IDP_OK && PQntuples(r) == 1) {
+		snprintf(by, sizeof(by), "%s:%s",
+		         who->kind == CALLER_OPERATOR ? "operator" : "agent", who->name);
+		rc = emit(req, who, &t, AUDIT_OUTCOME_SUCCESS, NULL,
+		          json_pack("{s:s,s:I,s:s}", "kind", "identity_credential", "exp",
+		                    (json_int_t)cred.expires_at_s, "revoked_by", by));
+	}
+	if (rc == IDP_OK)
+		rc = store_cmd(c, "COMMIT");
+	if (PQtransactionStatus(store_pg(c)) != PQTRANS_IDLE)
+		rollback(c);
+	store_release(store, c);
+	PQclear(r);
+	if (rc != IDP_OK)
+		return IDP_EUNAVAIL;
+	log_info("revoke: identity credential %s of %s revoked by %s", cred.jti, cred.agent_id,
+	         who->name);
+	return IDP_OK;
 }
 
 static void
@@ -419,8 +496,14 @@ revoke(struct http_req *req, void *ctx)
 		return;
 	}
 	if (rc != IDP_OK) {
-		/* Not a live token of ours: there is nothing to revoke (RFC 7009 2.2). */
-		http_reply_data(req, 200, "application/json", "{}", 2);
+		rc = revoke_credential(req, &who, token, now);
+		if (rc == IDP_EFORBIDDEN)
+			http_reply_oauth_error(req, 403, "unauthorized_client",
+			                       "the caller may not revoke this credential");
+		else if (rc == IDP_EUNAVAIL)
+			http_reply_error(req, IDP_EUNAVAIL, "the token cannot be revoked now");
+		else /* revoked, or not a live token of ours: nothing to revoke (RFC 7009 2.2) */
+			http_reply_data(req, 200, "application/json", "{}", 2);
 		return;
 	}
 	rc = revoke_tx(req, &who, &t, reason, &revoked, &recorded);

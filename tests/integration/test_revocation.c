@@ -787,6 +787,36 @@ revoking_a_delegation_token_cascades_to_everything_derived_from_it(void **state)
 }
 
 static void
+revoking_an_identity_credential_ends_its_use(void **state)
+{
+	struct world w;
+	struct http_resp r;
+
+	(void)state;
+	world_start(&w, "t_rev_credential", NULL);
+	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 200);
+	/* Another agent may not; the agent itself may. */
+	assert_int_equal(revoke_as(&w.p, bearer(w.outsider), w.cloud, &r), 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+	                    "unauthorized_client");
+	harness_resp_free(&r);
+	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 200);
+	assert_int_equal(revoke_as(&w.p, bearer(w.cloud), w.cloud, NULL), 200);
+	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 401);
+	assert_int_equal(count(w.db, "SELECT count(*) FROM agent_credentials WHERE agent_id = "
+	                             "'cloud-agent' AND revoked_at IS NOT NULL"),
+	                 1);
+	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type = "
+	                             "'token.revoked' AND outcome = 'success' AND "
+	                             "body::json->'detail'->>'kind' = 'identity_credential'"),
+	                 1);
+	/* An admin may revoke any agent's. */
+	assert_int_equal(revoke_as(&w.p, bearer(admin_key), w.sub, NULL), 200);
+	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.sub, NULL), 401);
+	world_stop(&w);
+}
+
+static void
 completing_the_task_makes_every_token_inactive(void **state)
 {
 	struct world w;
@@ -1101,6 +1131,7 @@ main(void)
 	    cmocka_unit_test(introspect_active_token_carries_its_claims_and_a_recomputable_chain),
 	    cmocka_unit_test(introspect_answers_exactly_active_false_for_bad_tokens),
 	    cmocka_unit_test(revoking_a_delegation_token_cascades_to_everything_derived_from_it),
+	    cmocka_unit_test(revoking_an_identity_credential_ends_its_use),
 	    cmocka_unit_test(completing_the_task_makes_every_token_inactive),
 	    cmocka_unit_test(agent_decommissioned_or_suspended_mid_task_makes_its_tokens_inactive),
 	    cmocka_unit_test(bad_callers_and_bad_bodies_are_refused_with_oauth_errors),
