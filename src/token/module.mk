@@ -18,3 +18,4 @@ LIB_SRCS += src/token/delegation.c
 # Revocation: the in-memory state, POST /introspect and POST /revoke.
 LIB_SRCS += src/token/revocation.c src/token/introspect.c src/token/revoke.c
 UNIT_TESTS += revocation
+BENCH_BINS += $(BUILD)/tests/bench/introspect_helper
