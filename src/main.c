@@ -31,6 +31,7 @@
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
 #include "idpd/registry.h"
+#include "idpd/revocation.h"
 #include "idpd/store.h"
 #include "idpd/tasks.h"
 
@@ -408,6 +409,11 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
+	idp_diag_init(&diag);
+	if (revocation_init(&app, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
 	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
 		log_warn("bug: cannot register the key rotation job");
 	/* A policy set with errors ends startup here: idpd never runs without one. */
@@ -422,7 +428,8 @@ cmd_serve(int argc, char **argv)
 	    registry_routes(router, &app) != IDP_OK || maintenance_routes(router, &app) != IDP_OK ||
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
 	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK ||
-	    delegation_routes(router, &app) != IDP_OK || approvals_routes(router, &app) != IDP_OK) {
+	    delegation_routes(router, &app) != IDP_OK || approvals_routes(router, &app) != IDP_OK ||
+	    revocation_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -475,6 +482,7 @@ done:
 	if (app.http != NULL)
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
+	revocation_shutdown(); /* after HTTP and the listener, its users */
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
 	attest_shutdown();

@@ -178,7 +178,50 @@ bool http_req_defer(struct http_req *req);
  */
 json_t *http_req_json_object(struct http_req *req);
 
+/* ---- application/x-www-form-urlencoded (the OAuth endpoints' bodies) ---- */
+
+#define HTTP_FORM_MAX_PARAMS 32
+#define HTTP_FORM_MAX_NAME 64      /* bytes, decoded */
+#define HTTP_FORM_MAX_VALUE 16384  /* bytes, decoded */
+#define HTTP_FORM_MAX_BODY 65536   /* bytes, encoded */
+
+/* A parsed form: names and values decoded, NUL-terminated, each name once. */
+struct http_form {
+	size_t n;
+	struct {
+		const char *name;
+		const char *value;
+	} p[HTTP_FORM_MAX_PARAMS];
+};
+
+/*
+ * Parse len bytes of body into out, the strings allocated from arena.
+ * '+' decodes to a space and %XX to its byte; empty pairs are skipped; a
+ * pair without '=' has an empty value.  Refused with a line in diag:
+ * IDP_EINVAL for a '%' without two hex digits, a name or value that is not
+ * UTF-8 text without control characters (so never a NUL), an empty name, or
+ * a name given twice (RFC 6749 section 3.2); IDP_ETOOBIG past the limits
+ * above or a full arena.  out is unspecified on error.  Pure; no MHD.
+ */
+int http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct http_form *out,
+		    struct idp_diag *diag) IDP_WUR;
+/* The value of name, or NULL when the form does not have it. */
+const char *http_form_get(const struct http_form *f, const char *name);
+/* Whether req's Content-Type is application/x-www-form-urlencoded (parameters allowed). */
+bool http_req_is_form(struct http_req *req);
+/* http_form_parse of req's body into its arena.  Does not answer the request. */
+int http_req_form(struct http_req *req, struct http_form *out, struct idp_diag *diag) IDP_WUR;
+
 /* ---- responses: each answers the request; call exactly one, once ---- */
+
+/*
+ * An OAuth error (RFC 6749 section 5.2): {"error": error,
+ * "error_description": description} (description may be NULL), with
+ * Cache-Control: no-store and Pragma: no-cache.  Headers such as
+ * WWW-Authenticate are added by the caller first.
+ */
+void http_reply_oauth_error(struct http_req *req, int status, const char *error,
+			    const char *description);
 
 /* Add a response header (copied).  Before the reply call. */
 void http_add_header(struct http_req *req, const char *name, const char *value);

@@ -45,6 +45,7 @@
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/registry.h"
+#include "idpd/revocation.h"
 #include "idpd/scope.h"
 #include "idpd/tasks.h"
 
@@ -542,6 +543,10 @@ issue(struct deleg *g, int64_t now_ms)
 		log_error("delegation: COMMIT failed after delegation.created for %s was written",
 		          g->jti);
 		rc = IDP_EUNAVAIL;
+	} else {
+		revocation_note_delegation(g->jti, g->parent_jti, g->task_id, g->to_agent,
+		                           g->sc.joined, g->parent_depth + 1, now_ms / 1000,
+		                           g->exp_s);
 	}
 done:
 	PQclear(r);

@@ -15,6 +15,10 @@ LIB_SRCS += src/token/human_auth.c src/token/tasks.c
 UNIT_TESTS += tasks
 # Delegation: POST /v1/delegations.
 LIB_SRCS += src/token/delegation.c
+# Revocation: the in-memory state, POST /introspect and POST /revoke.
+LIB_SRCS += src/token/revocation.c src/token/introspect.c src/token/revoke.c
+UNIT_TESTS += revocation
+BENCH_BINS += $(BUILD)/tests/bench/introspect_helper
 # Approvals: the rows, their binding and use; the /v1/approvals endpoints.
 LIB_SRCS += src/token/approvals.c src/token/approvals_api.c
 UNIT_TESTS += approvals

@@ -33,6 +33,7 @@
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/registry.h"
+#include "idpd/revocation.h"
 #include "idpd/scope.h"
 #include "idpd/tasks.h"
 
@@ -570,8 +571,11 @@ task_open(struct http_req *req, const struct human_principal *who, const char *a
 	if (rc != IDP_OK)
 		goto done;
 	rc = commit_or_flag(c, &e);
-	if (rc == IDP_OK)
+	if (rc == IDP_OK) {
+		revocation_note_delegation(o->jti, NULL, task_id, a->id, sc->joined, 0,
+		                           now_ms / 1000, o->exp_s);
 		log_debug("tasks: %s opened by %s for %s", task_id, who->principal, a->id);
+	}
 done:
 	PQclear(r);
 	if (c != NULL) {
@@ -861,6 +865,8 @@ complete_task(struct http_req *req, void *ctx)
 	if (rc != IDP_OK)
 		goto done;
 	rc = commit_or_flag(c, &e);
+	if (rc == IDP_OK)
+		revocation_note_task_closed(id);
 done:
 	if (rc != IDP_OK || task == NULL || r == NULL)
 		rollback(c);

@@ -1,0 +1,778 @@
+/*
+ * introspect.c - POST /introspect (RFC 7662) and its verified-token cache.
+ *
+ * A token is active only if every check holds: its signature verifies with
+ * a key of the keys module's verify set (ES256 pinned to the key), its typ
+ * is an access token's (at+jwt) or a delegation token's
+ * (idpd-delegation+jwt), iss is identity.issuer (and, for a delegation
+ * token, aud is identity.audience), it is unexpired, its jti and every jti
+ * on its chain are unrevoked, every agent on the chain and its subject are
+ * active and were not revoked after their token was issued (the registry's
+ * revocation epoch), and its task is open.  Anything else is exactly
+ * {"active":false}.  When the revocation state or the registry cannot
+ * answer, 503: never a guess.
+ *
+ * The cache.  Everything but the live checks is a function of the token's
+ * bytes: the claims and, since a chain never changes once issued, the
+ * whole active response.  So a token that verified once is kept, keyed by
+ * the SHA-256 of the token, with its response already rendered; a later
+ * request for it skips the signature (the key that signed it must still be
+ * in the verify set) and runs every live check again.  Bounded: at most
+ * introspection.cache_size entries in sets of CACHE_WAYS, an expired or the
+ * oldest-placed entry of a set giving way.  Lock striping keeps threads
+ * apart.  A delegation token's agent_version is the registry's at the time
+ * of the request, so a cached response whose version is out of date is
+ * rendered again.
+ *
+ * Threads: the handler runs inline on the I/O threads (it is CPU work over
+ * memory); a check that would read PostgreSQL (a token or task the state
+ * does not hold, a registry miss) hands the request to the handler pool.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/sha.h>
+
+#include "idpd/auth.h"
+#include "idpd/b64.h"
+#include "idpd/clock.h"
+#include "idpd/http.h"
+#include "idpd/jws.h"
+#include "idpd/keys.h"
+#include "idpd/log.h"
+#include "idpd/metrics.h"
+#include "idpd/registry.h"
+#include "idpd/tasks.h"
+#include "revocation_int.h"
+
+#define CACHE_WAYS 4
+#define CACHE_STRIPES 64
+
+/* ---- operator keys, Bearer or Basic ---- */
+
+int
+rev_operator_key(struct http_req *req, struct auth_principal *out)
+{
+	const char *h = http_req_header(req, "Authorization");
+	const char *bearer = http_req_bearer(req);
+	struct auth_keys *k;
+	int rc = IDP_ENOTFOUND;
+
+	if (bearer != NULL && strncmp(bearer, AUTH_KEY_PREFIX, strlen(AUTH_KEY_PREFIX)) == 0) {
+		k = auth_keys_current();
+		rc = auth_check_key(k, bearer, out);
+		auth_keys_unref(k);
+		return rc == IDP_OK ? IDP_OK : IDP_EUNAUTH;
+	}
+	if (h != NULL && strncasecmp(h, "Basic ", 6) == 0) {
+		unsigned char buf[512];
+		size_t len = 0;
+		char *colon;
+
+		h += 6;
+		while (*h == ' ')
+			h++;
+		if (idp_b64_decode(h, strlen(h), buf, sizeof(buf) - 1, &len) != IDP_OK)
+			return IDP_EUNAUTH;
+		buf[len] = '\0';
+		colon = memchr(buf, ':', len);
+		if (colon == NULL || strlen((char *)buf) != len) {
+			idp_wipe(buf, sizeof(buf));
+			return IDP_EUNAUTH;
+		}
+		*colon = '\0';
+		k = auth_keys_current();
+		rc = auth_check_key(k, colon + 1, out);
+		auth_keys_unref(k);
+		/* The user name is the key's name, or nothing. */
+		if (rc == IDP_OK && buf[0] != '\0' && strcmp((char *)buf, out->name) != 0)
+			rc = IDP_EUNAUTH;
+		idp_wipe(buf, sizeof(buf));
+		return rc == IDP_OK ? IDP_OK : IDP_EUNAUTH;
+	}
+	return rc;
+}
+
+/* ---- the cache ---- */
+
+/* What a verified token says, its active response rendered.  Immutable. */
+struct vc_entry {
+	_Atomic int refs;
+	uint8_t key[SHA256_DIGEST_LENGTH];
+	bool access;
+	int64_t iat_s, exp_s;
+	char *kid;
+	char *jti;
+	char *sub;
+	char *task_id;
+	char *chain_jti;     /* the delegation token to walk from; NULL: the task alone */
+	char *agent_version; /* delegation tokens: the registry's when rendered, or NULL */
+	char *body;
+	size_t body_len;
+	size_t bytes;
+};
+
+static struct {
+	size_t nsets;
+	struct vc_entry **slots;                /* nsets * CACHE_WAYS */
+	uint8_t *hand;                          /* per set: the way to evict next */
+	pthread_mutex_t stripes[CACHE_STRIPES]; /* introspection.cache_lock: set % CACHE_STRIPES */
+	_Atomic size_t entries, bytes;
+} cache;
+
+static struct {
+	_Atomic uint64_t active, inactive, unavailable, hits, misses, deferred;
+} stats;
+
+/* Reasons an inactive answer is counted under; anything else is "other". */
+static const char *const inactive_reasons[] = {
+    "malformed",         "bad_signature", "alg_not_allowed", "typ_mismatch",
+    "kid_unknown",       "expired",       "claims_invalid",  "issuer_mismatch",
+    "audience_mismatch", "token_revoked", "token_unknown",   "token_expired",
+    "task_mismatch",     "task_not_open", "chain_mismatch",  "agent_unknown",
+    "agent_not_active",  "agent_revoked", "other",
+};
+static _Atomic uint64_t inactive_counts[IDP_ARRAY_LEN(inactive_reasons)];
+
+static void
+count_inactive(const char *reason)
+{
+	size_t n = IDP_ARRAY_LEN(inactive_reasons);
+
+	for (size_t i = 0; i < n; i++) {
+		if (i == n - 1 || strcmp(inactive_reasons[i], reason) == 0) {
+			atomic_fetch_add_explicit(&inactive_counts[i], 1, memory_order_relaxed);
+			return;
+		}
+	}
+}
+
+static void
+vc_unref(struct vc_entry *e)
+{
+	if (e == NULL || atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	free(e->kid);
+	free(e->jti);
+	free(e->sub);
+	free(e->task_id);
+	free(e->chain_jti);
+	free(e->agent_version);
+	free(e->body);
+	free(e);
+}
+
+static size_t
+vc_set(const uint8_t key[SHA256_DIGEST_LENGTH])
+{
+	uint64_t h;
+
+	memcpy(&h, key, sizeof(h));
+	return (size_t)(h % cache.nsets);
+}
+
+/* The entry for key with a new reference, or NULL. */
+static struct vc_entry *
+vc_get(const uint8_t key[SHA256_DIGEST_LENGTH])
+{
+	size_t set, i;
+	struct vc_entry *e = NULL;
+
+	if (cache.nsets == 0)
+		return NULL;
+	set = vc_set(key);
+	pthread_mutex_lock(&cache.stripes[set % CACHE_STRIPES]);
+	for (i = set * CACHE_WAYS; i < (set + 1) * CACHE_WAYS; i++) {
+		if (cache.slots[i] != NULL &&
+		    memcmp(cache.slots[i]->key, key, sizeof(e->key)) == 0) {
+			e = cache.slots[i];
+			atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&cache.stripes[set % CACHE_STRIPES]);
+	return e;
+}
+
+/* Keep e (a new reference is taken), replacing its key's entry, an expired one, or the oldest. */
+static void
+vc_put(struct vc_entry *e, int64_t now)
+{
+	struct vc_entry *old = NULL;
+	size_t set, base, pick = SIZE_MAX;
+
+	if (cache.nsets == 0)
+		return;
+	set = vc_set(e->key);
+	base = set * CACHE_WAYS;
+	atomic_fetch_add(&e->refs, 1);
+	pthread_mutex_lock(&cache.stripes[set % CACHE_STRIPES]);
+	for (size_t i = base; i < base + CACHE_WAYS && pick == SIZE_MAX; i++)
+		if (cache.slots[i] != NULL &&
+		    memcmp(cache.slots[i]->key, e->key, sizeof(e->key)) == 0)
+			pick = i;
+	for (size_t i = base; i < base + CACHE_WAYS && pick == SIZE_MAX; i++)
+		if (cache.slots[i] == NULL || cache.slots[i]->exp_s <= now)
+			pick = i;
+	if (pick == SIZE_MAX) {
+		pick = base + cache.hand[set];
+		cache.hand[set] = (uint8_t)((cache.hand[set] + 1) % CACHE_WAYS);
+	}
+	old = cache.slots[pick];
+	cache.slots[pick] = e;
+	pthread_mutex_unlock(&cache.stripes[set % CACHE_STRIPES]);
+	atomic_fetch_add(&cache.bytes, e->bytes);
+	if (old != NULL)
+		atomic_fetch_sub(&cache.bytes, old->bytes);
+	else
+		atomic_fetch_add(&cache.entries, 1);
+	vc_unref(old);
+}
+
+/* ---- the checks ---- */
+
+/* One agent of the chain: known, active, not revoked at or after iat_s. */
+static int
+agent_ok(const char *id, int64_t iat_s, bool may_block, const struct registry_agent **out,
+         const char **reason)
+{
+	const struct registry_agent *a = NULL;
+	int rc;
+
+	if (out != NULL)
+		*out = NULL;
+	if (!may_block && registry_get_would_block(id))
+		return REV_WOULD_BLOCK;
+	rc = registry_get(id, &a);
+	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
+		*reason = "agent_unknown";
+		return IDP_EFORBIDDEN;
+	}
+	if (rc != IDP_OK)
+		return IDP_EUNAVAIL;
+	if (a->status != REGISTRY_ACTIVE) {
+		*reason = "agent_not_active";
+		rc = IDP_EFORBIDDEN;
+	} else if (registry_issued_before_revocation(a, iat_s)) {
+		*reason = "agent_revoked";
+		rc = IDP_EFORBIDDEN;
+	}
+	if (rc == IDP_OK && out != NULL)
+		*out = a;
+	else
+		registry_agent_unref(a);
+	return rc;
+}
+
+/* What the live checks need to know of a token. */
+struct tok {
+	bool access;
+	const char *jti, *sub, *task_id, *chain_jti;
+	int64_t iat_s, exp_s;
+};
+
+/*
+ * Every check that depends on the moment: expiry, revocation of the token
+ * and its chain, the task, the agents.  IDP_OK with *v (release it) and
+ * *sub_agent (unref it); IDP_EFORBIDDEN with *reason; IDP_EUNAVAIL;
+ * REV_WOULD_BLOCK when !may_block and PostgreSQL would be read.
+ */
+static int
+live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v,
+            const struct registry_agent **sub_agent, const char **reason)
+{
+	int rc;
+
+	*sub_agent = NULL;
+	memset(v, 0, sizeof(*v));
+	if (t->exp_s <= now) {
+		*reason = "expired";
+		return IDP_EFORBIDDEN;
+	}
+	if (t->access) {
+		rc = revocation_check_jti(t->jti);
+		if (rc == IDP_EFORBIDDEN)
+			*reason = "token_revoked";
+		if (rc != IDP_OK)
+			return rc;
+	}
+	if (t->chain_jti != NULL)
+		rc = rev_view_delegation(t->chain_jti, t->task_id, now, may_block, v, reason);
+	else
+		rc = rev_view_task(t->task_id, now, may_block, v, reason);
+	if (rc != IDP_OK)
+		return rc;
+	/* The chain ends with the token's subject: the agent holding it. */
+	if (v->n > 0 && strcmp(v->links[v->n - 1].agent_id, t->sub) != 0) {
+		*reason = "chain_mismatch";
+		rc = IDP_EFORBIDDEN;
+	}
+	for (size_t i = 0; rc == IDP_OK && i < v->n; i++)
+		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, may_block, NULL, reason);
+	if (rc == IDP_OK)
+		rc = agent_ok(t->sub, t->iat_s, may_block, sub_agent, reason);
+	if (rc != IDP_OK)
+		rev_view_release(v);
+	return rc;
+}
+
+/* ---- the cold path: verify and render ---- */
+
+static const char *
+claim_str(const json_t *c, const char *name)
+{
+	return json_string_value(json_object_get(c, name));
+}
+
+static bool
+aud_ok(const json_t *aud)
+{
+	size_t i;
+	const json_t *e;
+
+	if (json_is_string(aud))
+		return json_string_length(aud) > 0;
+	if (!json_is_array(aud) || json_array_size(aud) == 0)
+		return false;
+	json_array_foreach(aud, i, e)
+	{
+		if (!json_is_string(e))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Verify token and check its claims (not yet its state): IDP_OK with *out
+ * filled (the caller cleans it up) and *access set; IDP_EFORBIDDEN with
+ * *reason; IDP_EUNAVAIL when no key set is loaded.
+ */
+static int
+verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified *out, bool *access,
+       const char **reason)
+{
+	const struct rev_identity *id = rev_identity();
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	bool deleg_first = hint != NULL && strcmp(hint, "delegation_token") == 0;
+	const char *typs[2] = {deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP,
+	                       deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP};
+	enum idp_jws_reason why = IDP_JWS_OK;
+	struct idp_clock fixed;
+	const json_t *c;
+	int rc = IDP_EUNAUTH;
+
+	memset(out, 0, sizeof(*out));
+	if (set == NULL)
+		return IDP_EUNAVAIL;
+	for (size_t i = 0; i < 2; i++) {
+		struct idp_jws_verify_opts o = {.typ = typs[i]};
+
+		rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
+		*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
+		if (rc == IDP_OK || why != IDP_JWS_TYP_MISMATCH)
+			break;
+	}
+	idp_jws_keyset_unref(set);
+	if (rc != IDP_OK) {
+		switch (why) {
+		case IDP_JWS_BAD_SIGNATURE:
+		case IDP_JWS_BAD_SIGNATURE_FORMAT:
+			*reason = "bad_signature";
+			break;
+		case IDP_JWS_ALG_NOT_ALLOWED:
+		case IDP_JWS_ALG_MISSING:
+		case IDP_JWS_ALG_KEY_MISMATCH:
+			*reason = "alg_not_allowed";
+			break;
+		case IDP_JWS_TYP_MISMATCH:
+			*reason = "typ_mismatch";
+			break;
+		case IDP_JWS_KID_UNKNOWN:
+		case IDP_JWS_KID_MISSING:
+			*reason = "kid_unknown";
+			break;
+		default:
+			*reason = "malformed";
+		}
+		return IDP_EFORBIDDEN;
+	}
+	c = out->claims;
+	idp_clock_fixed(&fixed, now * 1000);
+	if (idp_jwt_check_time(c, &fixed, 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT, &why) !=
+	    IDP_OK) {
+		*reason = why == IDP_JWS_EXPIRED ? "expired" : "claims_invalid";
+		goto refused;
+	}
+	if (claim_str(c, "iss") == NULL || strcmp(claim_str(c, "iss"), id->issuer) != 0) {
+		*reason = "issuer_mismatch";
+		goto refused;
+	}
+	if (*access
+	        ? !aud_ok(json_object_get(c, "aud"))
+	        : (claim_str(c, "aud") == NULL || strcmp(claim_str(c, "aud"), id->audience) != 0)) {
+		*reason = "audience_mismatch";
+		goto refused;
+	}
+	if (claim_str(c, "jti") == NULL || claim_str(c, "sub") == NULL ||
+	    claim_str(c, "task_id") == NULL || claim_str(c, "scope") == NULL ||
+	    (*access && json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI) != NULL &&
+	     claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) == NULL) ||
+	    (!*access && (!json_is_integer(json_object_get(c, "depth")) ||
+	                  !json_is_object(json_object_get(c, "act"))))) {
+		*reason = "claims_invalid";
+		goto refused;
+	}
+	return IDP_OK;
+refused:
+	idp_jws_verified_cleanup(out);
+	return IDP_EFORBIDDEN;
+}
+
+/* The active response for a verified token whose checks held. */
+static char *
+render(const json_t *c, bool access, const struct rev_view *v, const struct registry_agent *sub,
+       size_t *len)
+{
+	json_t *r, *chain = json_array(), *x;
+	const char *s;
+	char *text;
+
+	for (size_t i = 0; i < v->n; i++)
+		json_array_append_new(chain,
+		                      json_pack("{s:s,s:s,s:s,s:i}", "jti", v->links[i].jti,
+		                                "agent", v->links[i].agent_id, "scope",
+		                                v->links[i].scope, "depth", v->links[i].depth));
+	r = json_pack("{s:b,s:s,s:s,s:s,s:O,s:s,s:O,s:O,s:s,s:s,s:s,s:s,s:s,s:o}", "active", 1,
+	              "scope", claim_str(c, "scope"), "client_id",
+	              access && claim_str(c, "client_id") != NULL ? claim_str(c, "client_id")
+	                                                          : claim_str(c, "sub"),
+	              "sub", claim_str(c, "sub"), "aud", json_object_get(c, "aud"), "iss",
+	              claim_str(c, "iss"), "exp", json_object_get(c, "exp"), "iat",
+	              json_object_get(c, "iat"), "jti", claim_str(c, "jti"), "token_type", "Bearer",
+	              "token_use", access ? "access_token" : "delegation_token", "task_id",
+	              claim_str(c, "task_id"), "human_principal", v->human, "delegation_chain",
+	              chain);
+	if (r == NULL)
+		return NULL;
+	s = access ? claim_str(c, "agent_type") : sub->agent_type;
+	if (s != NULL)
+		json_object_set_new(r, "agent_type", json_string(s));
+	s = access ? claim_str(c, "agent_version") : sub->agent_version;
+	if (s != NULL)
+		json_object_set_new(r, "agent_version", json_string(s));
+	x = json_object_get(c, "act");
+	if (json_is_object(x))
+		json_object_set(r, "act", x);
+	s = claim_str(c, "delegation_chain_hash");
+	if (s != NULL)
+		json_object_set_new(r, "delegation_chain_hash", json_string(s));
+	if (!access)
+		json_object_set(r, "depth", json_object_get(c, "depth"));
+	text = json_dumps(r, JSON_COMPACT);
+	json_decref(r);
+	if (text != NULL)
+		*len = strlen(text);
+	return text;
+}
+
+/*
+ * The whole decision for a token the cache does not hold (or holds out of
+ * date): verify, check, render, cache.  Same returns as live_checks, with
+ * *out the entry to answer from on IDP_OK.
+ */
+static int
+cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hint, int64_t now,
+     bool may_block, struct vc_entry **out, const char **reason)
+{
+	struct idp_jws_verified jv;
+	const struct registry_agent *sub = NULL;
+	struct rev_view v;
+	struct tok t;
+	struct vc_entry *e;
+	const json_t *c;
+	bool access = false;
+	int rc;
+
+	*out = NULL;
+	rc = verify(token, hint, now, &jv, &access, reason);
+	if (rc != IDP_OK)
+		return rc;
+	c = jv.claims;
+	t = (struct tok){
+	    .access = access,
+	    .jti = claim_str(c, "jti"),
+	    .sub = claim_str(c, "sub"),
+	    .task_id = claim_str(c, "task_id"),
+	    .chain_jti = access ? claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) : claim_str(c, "jti"),
+	    .iat_s = (int64_t)json_number_value(json_object_get(c, "iat")),
+	    .exp_s = (int64_t)json_number_value(json_object_get(c, "exp")),
+	};
+	rc = live_checks(&t, now, may_block, &v, &sub, reason);
+	if (rc != IDP_OK)
+		goto done;
+	/* The human the token names is the task's. */
+	if (claim_str(c, "human_principal") == NULL ||
+	    strcmp(claim_str(c, "human_principal"), v.human) != 0) {
+		*reason = "chain_mismatch";
+		rc = IDP_EFORBIDDEN;
+		goto release;
+	}
+	e = idp_xcalloc(1, sizeof(*e));
+	atomic_init(&e->refs, 1);
+	memcpy(e->key, key, sizeof(e->key));
+	e->access = access;
+	e->iat_s = t.iat_s;
+	e->exp_s = t.exp_s;
+	e->kid = idp_xstrdup(jv.kid);
+	e->jti = idp_xstrdup(t.jti);
+	e->sub = idp_xstrdup(t.sub);
+	e->task_id = idp_xstrdup(t.task_id);
+	e->chain_jti = t.chain_jti != NULL ? idp_xstrdup(t.chain_jti) : NULL;
+	e->agent_version =
+	    !access && sub->agent_version != NULL ? idp_xstrdup(sub->agent_version) : NULL;
+	e->body = render(c, access, &v, sub, &e->body_len);
+	if (e->body == NULL) {
+		vc_unref(e);
+		rc = IDP_EINTERNAL;
+		goto release;
+	}
+	e->bytes = sizeof(*e) + e->body_len + strlen(token) / 4 + 256;
+	vc_put(e, now);
+	*out = e;
+release:
+	rev_view_release(&v);
+	registry_agent_unref(sub);
+done:
+	idp_jws_verified_cleanup(&jv);
+	return rc;
+}
+
+static bool
+same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Whether the key that signed e is still one idpd verifies with. */
+static bool
+kid_trusted(const char *kid)
+{
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	bool ok = set != NULL && idp_jws_keyset_find(set, kid) != NULL;
+
+	idp_jws_keyset_unref(set);
+	return ok;
+}
+
+/* The decision for token: IDP_OK with *out (unref it), or as live_checks. */
+static int
+decide(const char *token, const char *hint, int64_t now, bool may_block, struct vc_entry **out,
+       const char **reason)
+{
+	uint8_t key[SHA256_DIGEST_LENGTH];
+	const struct registry_agent *sub = NULL;
+	struct vc_entry *e;
+	struct rev_view v;
+	int rc;
+
+	*out = NULL;
+	SHA256((const unsigned char *)token, strlen(token), key);
+	e = vc_get(key);
+	if (e == NULL || !kid_trusted(e->kid)) {
+		vc_unref(e);
+		atomic_fetch_add_explicit(&stats.misses, 1, memory_order_relaxed);
+		return cold(token, key, hint, now, may_block, out, reason);
+	}
+	rc = live_checks(&(struct tok){.access = e->access,
+	                               .jti = e->jti,
+	                               .sub = e->sub,
+	                               .task_id = e->task_id,
+	                               .chain_jti = e->chain_jti,
+	                               .iat_s = e->iat_s,
+	                               .exp_s = e->exp_s},
+	                 now, may_block, &v, &sub, reason);
+	if (rc != IDP_OK) {
+		vc_unref(e);
+		return rc;
+	}
+	if (!e->access && !same_str(e->agent_version, sub->agent_version)) {
+		/* The agent's record changed since the response was rendered. */
+		rev_view_release(&v);
+		registry_agent_unref(sub);
+		vc_unref(e);
+		atomic_fetch_add_explicit(&stats.misses, 1, memory_order_relaxed);
+		return cold(token, key, hint, now, may_block, out, reason);
+	}
+	rev_view_release(&v);
+	registry_agent_unref(sub);
+	atomic_fetch_add_explicit(&stats.hits, 1, memory_order_relaxed);
+	*out = e;
+	return IDP_OK;
+}
+
+/* ---- the endpoint ---- */
+
+static void
+introspect(struct http_req *req, void *ctx)
+{
+	struct auth_principal op;
+	struct http_form form;
+	struct idp_diag d;
+	struct vc_entry *e = NULL;
+	const char *token, *reason = "other";
+	int64_t now;
+	int rc;
+
+	(void)ctx;
+	rc = rev_operator_key(req, &op);
+	if (rc != IDP_OK) {
+		http_add_header(req, "WWW-Authenticate",
+		                "Basic realm=\"idpd\", Bearer realm=\"idpd\"");
+		http_reply_oauth_error(
+		    req, 401, "invalid_client",
+		    rc == IDP_ENOTFOUND ? "an API key is required (Authorization: Bearer or Basic)"
+		                        : "the API key is not valid");
+		return;
+	}
+	if ((op.roles & (IDPD_ROLE_INTROSPECTOR | IDPD_ROLE_ADMIN)) == 0) {
+		http_reply_oauth_error(req, 403, "unauthorized_client",
+		                       "this API key does not have the introspector role");
+		return;
+	}
+	if (!http_req_is_form(req)) {
+		http_reply_oauth_error(req, 415, "invalid_request",
+		                       "the body must be application/x-www-form-urlencoded");
+		return;
+	}
+	idp_diag_init(&d);
+	if (http_req_form(req, &form, &d) != IDP_OK) {
+		http_reply_oauth_error(req, 400, "invalid_request", idp_diag_str(&d));
+		return;
+	}
+	token = http_form_get(&form, "token");
+	if (token == NULL || token[0] == '\0') {
+		http_reply_oauth_error(req, 400, "invalid_request", "token is required");
+		return;
+	}
+	now = idp_now_ms(idp_clock_system()) / 1000;
+	rc = decide(token, http_form_get(&form, "token_type_hint"), now, false, &e, &reason);
+	if (rc == REV_WOULD_BLOCK) {
+		if (http_req_defer(req)) {
+			atomic_fetch_add_explicit(&stats.deferred, 1, memory_order_relaxed);
+			return;
+		}
+		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, &e, &reason);
+	}
+	switch (rc) {
+	case IDP_OK:
+		atomic_fetch_add_explicit(&stats.active, 1, memory_order_relaxed);
+		http_reply_data(req, 200, "application/json", e->body, e->body_len);
+		vc_unref(e);
+		break;
+	case IDP_EFORBIDDEN:
+		atomic_fetch_add_explicit(&stats.inactive, 1, memory_order_relaxed);
+		count_inactive(reason);
+		log_debug("introspect: inactive (%s), request %s", reason, http_req_id(req));
+		http_reply_data(req, 200, "application/json", "{\"active\":false}", 16);
+		break;
+	case IDP_EUNAVAIL:
+		atomic_fetch_add_explicit(&stats.unavailable, 1, memory_order_relaxed);
+		http_reply_error(req, IDP_EUNAVAIL,
+		                 "idpd cannot tell whether the token is active now");
+		break;
+	default:
+		http_reply_error(req, IDP_EINTERNAL, "the token cannot be introspected");
+	}
+}
+
+/* ---- metrics and lifecycle ---- */
+
+static void
+collect(struct idp_buf *out, void *ctx)
+{
+	int rc = 0;
+
+	(void)ctx;
+	rc |= idp_buf_printf(
+	    out,
+	    "# HELP idpd_introspection_total Introspection answers by result.\n"
+	    "# TYPE idpd_introspection_total counter\n"
+	    "idpd_introspection_total{result=\"active\"} %llu\n"
+	    "idpd_introspection_total{result=\"inactive\"} %llu\n"
+	    "idpd_introspection_total{result=\"unavailable\"} %llu\n"
+	    "# HELP idpd_introspection_cache_total Verified-token cache lookups by result.\n"
+	    "# TYPE idpd_introspection_cache_total counter\n"
+	    "idpd_introspection_cache_total{result=\"hit\"} %llu\n"
+	    "idpd_introspection_cache_total{result=\"miss\"} %llu\n"
+	    "# HELP idpd_introspection_cache_entries Tokens in the verified-token cache.\n"
+	    "# TYPE idpd_introspection_cache_entries gauge\nidpd_introspection_cache_entries %zu\n"
+	    "# HELP idpd_introspection_cache_bytes Approximate memory of the cache.\n"
+	    "# TYPE idpd_introspection_cache_bytes gauge\nidpd_introspection_cache_bytes %zu\n"
+	    "# HELP idpd_introspection_deferred_total Requests handed to the handler pool "
+	    "because a check had to read PostgreSQL.\n"
+	    "# TYPE idpd_introspection_deferred_total counter\n"
+	    "idpd_introspection_deferred_total %llu\n"
+	    "# HELP idpd_introspection_inactive_total Inactive answers by reason.\n"
+	    "# TYPE idpd_introspection_inactive_total counter\n",
+	    (unsigned long long)atomic_load(&stats.active),
+	    (unsigned long long)atomic_load(&stats.inactive),
+	    (unsigned long long)atomic_load(&stats.unavailable),
+	    (unsigned long long)atomic_load(&stats.hits),
+	    (unsigned long long)atomic_load(&stats.misses), atomic_load(&cache.entries),
+	    atomic_load(&cache.bytes), (unsigned long long)atomic_load(&stats.deferred));
+	for (size_t i = 0; i < IDP_ARRAY_LEN(inactive_reasons); i++) {
+		uint64_t v = atomic_load(&inactive_counts[i]);
+
+		if (v != 0)
+			rc |= idp_buf_printf(
+			    out, "idpd_introspection_inactive_total{reason=\"%s\"} %llu\n",
+			    inactive_reasons[i], (unsigned long long)v);
+	}
+	if (rc != 0)
+		log_warn("metrics: introspection output truncated");
+}
+
+int
+introspect_init(struct idpd_app *app, struct idp_diag *diag)
+{
+	int size = app->cfg->introspection.cache_size;
+
+	(void)diag;
+	memset(&cache, 0, sizeof(cache));
+	if (size > 0) {
+		cache.nsets = ((size_t)size + CACHE_WAYS - 1) / CACHE_WAYS;
+		cache.slots = idp_xcalloc(cache.nsets * CACHE_WAYS, sizeof(*cache.slots));
+		cache.hand = idp_xcalloc(cache.nsets, 1);
+		for (size_t i = 0; i < CACHE_STRIPES; i++)
+			pthread_mutex_init(&cache.stripes[i], NULL);
+	}
+	if (metrics_register(collect, NULL) != IDP_OK)
+		log_warn("metrics: too many collectors; introspection metrics not exported");
+	return IDP_OK;
+}
+
+void
+introspect_shutdown(void)
+{
+	if (cache.nsets == 0)
+		return;
+	for (size_t i = 0; i < cache.nsets * CACHE_WAYS; i++)
+		vc_unref(cache.slots[i]);
+	for (size_t i = 0; i < CACHE_STRIPES; i++)
+		pthread_mutex_destroy(&cache.stripes[i]);
+	free(cache.slots);
+	free(cache.hand);
+	memset(&cache, 0, sizeof(cache));
+}
+
+int
+introspect_routes(struct http_router *r)
+{
+	return http_router_add_ex(r, HTTP_POST, "/introspect", introspect, NULL, HTTP_ROUTE_INLINE);
+}
