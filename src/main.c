@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idpd/app.h"
+#include "idpd/access.h"
 #include "idpd/approvals.h"
 #include "idpd/attest.h"
 #include "idpd/audit_ship.h"
@@ -28,6 +29,7 @@
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/maintenance.h"
+#include "idpd/oauth.h"
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
 #include "idpd/registry.h"
@@ -410,7 +412,8 @@ cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	idp_diag_init(&diag);
-	if (revocation_init(&app, &diag) != IDP_OK) {
+	if (revocation_init(&app, &diag) != IDP_OK || access_init(&app, &diag) != IDP_OK ||
+	    oauth_init(&app, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
@@ -429,7 +432,8 @@ cmd_serve(int argc, char **argv)
 	    keys_routes(router, keys) != IDP_OK || policy_routes(router, &app) != IDP_OK ||
 	    attest_routes(router, &app) != IDP_OK || tasks_routes(router, &app) != IDP_OK ||
 	    delegation_routes(router, &app) != IDP_OK || approvals_routes(router, &app) != IDP_OK ||
-	    revocation_routes(router, &app) != IDP_OK) {
+	    revocation_routes(router, &app) != IDP_OK || access_routes(router, &app) != IDP_OK ||
+	    oauth_routes(router, &app) != IDP_OK) {
 		log_error("bug: cannot register routes");
 		http_router_free(router);
 		goto done;
@@ -483,6 +487,7 @@ done:
 		http_server_stop(app.http, 0);
 	store_listener_free(app.listener);
 	revocation_shutdown(); /* after HTTP and the listener, its users */
+	access_shutdown();
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
 	attest_shutdown();

@@ -2,19 +2,22 @@
  * access.c - POST /v1/token: just-in-time access tokens (docs/tokens.md
  * "Access tokens", DESIGN §7).
  *
- * The order of the checks is the seed's: the agent is registered and
- * active (its credential authenticated it), the audience is a known
- * resource, the scope is within its capabilities and within the delegation
- * token it holds (permission diminishment), the chain is live (revocation
- * state: every link unrevoked, the task open, every agent on it active),
- * then the policy engine decides with the resource from [[resources]].
+ * The checks are the seed's: the agent is registered and active (its
+ * credential authenticated it), the audience is a known resource, the
+ * delegation token it holds is ours and its own and its chain is live
+ * (revocation state: every link unrevoked, the task open), the scope is
+ * within its capabilities and within that token (permission diminishment),
+ * every agent on the chain is active, and then the policy engine decides
+ * with the resource from [[resources]].  The token comes first so that
+ * even a refusal names the task, the human and the chain in its event.
+ *
  * A presented approval is used only after every check before the policy
  * has passed, so such a refusal never burns one; the policy then sees
  * context.approval (a DENY after that still stands: an approval lifts
- * REQUIRE_APPROVAL, never a deny).  The token's lifetime is the smallest of the asked ttl
- * (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition, the
- * delegation token's exp, the keys' longest lifetime and the signing key's
- * not-after.
+ * REQUIRE_APPROVAL, never a deny).  The token's lifetime is the smallest of
+ * the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl
+ * condition, the delegation token's exp, the keys' longest lifetime and
+ * the signing key's not-after.
  *
  * Every outcome is audited: token.issued durably before the token goes
  * out (audit.durability "sync"), token.denied best effort (a refusal stands
@@ -526,23 +529,10 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 400, "invalid_target");
 		goto refused;
 	}
-	/* 2. Within the agent's capabilities. */
-	for (size_t i = 0; i < a->scopes->n; i++) {
-		if (!registry_agent_can(s.agent, a->scopes->v[i])) {
-			refuse(&s, 403, AUDIT_REASON_SCOPE_ESCALATION);
-			goto refused;
-		}
-	}
-	/* 3. The delegation token it stands on, and within that token's scope. */
+	/* 2. The delegation token it stands on: who delegated, for which task. */
 	if (a->delegation_token != NULL ? !parent_verify(&s) : !root_token(&s))
 		goto refused;
-	for (size_t i = 0; i < a->scopes->n; i++) {
-		if (!scope_within(a->scopes->v[i], s.parent_sc.v, s.parent_sc.n)) {
-			refuse(&s, 403, "scope_not_within_delegation");
-			goto refused;
-		}
-	}
-	/* 4. The chain is live: no link revoked, the task open, every agent on it active. */
+	/* 3. The chain is live: no link revoked, the task open. */
 	rc = revocation_check_delegation(s.djti, s.task_id, now_ms / 1000, &s.chain, &why);
 	if (rc == IDP_EUNAVAIL) {
 		refuse(&s, 503, "unavailable");
@@ -552,6 +542,20 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 403, why != NULL ? why : "token_revoked");
 		goto refused;
 	}
+	/* 4. Within the agent's capabilities, and within its delegation token. */
+	for (size_t i = 0; i < a->scopes->n; i++) {
+		if (!registry_agent_can(s.agent, a->scopes->v[i])) {
+			refuse(&s, 403, AUDIT_REASON_SCOPE_ESCALATION);
+			goto refused;
+		}
+	}
+	for (size_t i = 0; i < a->scopes->n; i++) {
+		if (!scope_within(a->scopes->v[i], s.parent_sc.v, s.parent_sc.n)) {
+			refuse(&s, 403, "scope_not_within_delegation");
+			goto refused;
+		}
+	}
+	/* Every agent on the chain is still active. */
 	if (!chain_agents_ok(&s))
 		goto refused;
 	/* 5. An approval presented must be for exactly this request. */

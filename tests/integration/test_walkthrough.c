@@ -55,6 +55,7 @@ agent(struct day *d, const char *id, const char *type, const char *caps, const c
 	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"agent_version\":\"v1.0.0\","
 	         "\"model\":\"claude-sonnet-4-20250514\",\"deployment\":\"k8s-prod-us-east-1\","
 	         "\"owner\":\"alice@example.com\",\"team\":\"platform-engineering\","
+	         "\"environment\":\"production\","
 	         "\"capabilities\":%s,\"domains\":%s,\"delegate_to\":%s,"
 	         "\"delegation_constraints\":{\"max_chain_depth\":2,"
 	         "\"max_scope_per_delegation\":\"%s\",\"requires_human_approval_for\":"
@@ -284,6 +285,12 @@ a_day_in_the_life(void **state)
 			                    d.task_id);
 			if (strncmp(type, "token.", 6) == 0 ||
 			    strncmp(type, "delegation.", 11) == 0) {
+				if (json_array_size(chain) < 2) {
+					char *txt = json_dumps(ev, JSON_COMPACT);
+
+					fprintf(stderr, "no chain: %s\n", txt ? txt : "?");
+					free(txt);
+				}
 				assert_true(json_array_size(chain) >= 2);
 				assert_string_equal(json_string_value(json_array_get(chain, 0)),
 				                    "alice@example.com");
