@@ -89,14 +89,21 @@ for _ in $(seq 300); do
 done
 
 api() { curl -sS -X "$1" "$base$2" -H "Authorization: Bearer $3" -H 'Content-Type: application/json' ${4:+-d "$4"}; }
-jget() { jq -er ".$1"; }
-for a in planner:planner helper:helper; do
-	id=${a%%:*}
-	api POST /v1/agents "$admin" "{\"id\":\"$id\",\"agent_type\":\"${a##*:}\",\"owner\":\"alice@example.com\",
-		\"capabilities\":[\"cloud:Describe*\"],\"domains\":[\"cloud\"],\"delegate_to\":[\"helper\"],
-		\"delegation_constraints\":{\"max_chain_depth\":3,\"max_scope_per_delegation\":\"read\",
-		\"requires_human_approval_for\":[]},\"credential\":{\"rotation\":\"8h\"}}" >/dev/null
-done
+# jget KEY: the member of the JSON on stdin; the whole answer on stderr when it is missing
+jget() {
+	local in
+	in=$(cat)
+	printf '%s' "$in" | jq -er ".$1" || { echo "bench: no $1 in: $in" >&2; return 1; }
+}
+register() { # id type delegate_to
+	api POST /v1/agents "$admin" "{\"id\":\"$1\",\"agent_type\":\"$2\",\"owner\":\"alice@example.com\",
+		\"environment\":\"production\",\"capabilities\":[\"cloud:Describe*\"],\"domains\":[\"cloud\"],
+		\"delegate_to\":$3,\"delegation_constraints\":{\"max_chain_depth\":3,
+		\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]},
+		\"credential\":{\"rotation\":\"8h\"}}" | jget id >/dev/null
+}
+register helper helper '[]'
+register planner planner '["helper"]'
 join=$(api POST /v1/agents/planner/join-tokens "$admin" | jget join_token)
 cred=$(curl -sS "$base/v1/agents/planner/attest" -H 'Content-Type: application/json' \
 	-d "{\"method\":\"join_token\",\"join_token\":\"$join\"}" | jget credential)
