@@ -418,7 +418,7 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 		*reason = "audience_mismatch";
 		goto refused;
 	}
-	if (claim_str(c, "jti") == NULL || claim_str(c, "sub") == NULL ||
+	if (!rev_jti_ok(claim_str(c, "jti")) || claim_str(c, "sub") == NULL ||
 	    claim_str(c, "task_id") == NULL || claim_str(c, "scope") == NULL ||
 	    (*access && json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI) != NULL &&
 	     claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) == NULL) ||

@@ -779,6 +779,12 @@ key_ok(const char *s)
 	return n > 0;
 }
 
+bool
+rev_jti_ok(const char *s)
+{
+	return s != NULL && strlen(s) >= 16 && key_ok(s);
+}
+
 /* Read one row named by a notification; IDP_ENOTFOUND when it is gone. */
 static int
 fetch_one(char kind, const char *key, struct rev_entry **out)

@@ -73,6 +73,9 @@ void rev_view_release(struct rev_view *v);
 void rev_note_revoked_jti(const char *jti, int64_t exp_s);
 void rev_note_revoked_delegation(const char *jti);
 
+/* Whether s has the form of a jti idpd issues and records: [A-Za-z0-9_-]{16,64}. */
+bool rev_jti_ok(const char *s);
+
 /* The identity settings the endpoints check tokens against (restart-only). */
 struct rev_identity {
 	char issuer[513];
