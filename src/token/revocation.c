@@ -110,6 +110,7 @@ static struct {
 	_Atomic uint64_t gen;           /* bumped by every event that may make the state stale */
 	_Atomic int64_t stale_since_us; /* 0: current */
 	_Atomic int64_t max_staleness_ms;
+	_Atomic int64_t leeway_ms;
 	struct rev_identity identity;
 	bool initialised;
 
@@ -1260,6 +1261,12 @@ rev_identity(void)
 	return &state.identity;
 }
 
+int64_t
+rev_leeway_s(void)
+{
+	return atomic_load(&state.leeway_ms) / 1000;
+}
+
 #ifdef IDP_TESTING
 /* Unit tests: an empty state, loaded and current, as if PostgreSQL had answered. */
 void
@@ -1418,6 +1425,7 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	(void)ctx;
 	(void)diag;
 	atomic_store(&state.max_staleness_ms, next->revocation.max_staleness_ms);
+	atomic_store(&state.leeway_ms, next->identity.leeway_ms);
 	return IDP_OK;
 }
 
@@ -1446,6 +1454,7 @@ revocation_init(struct idpd_app *app, struct idp_diag *diag)
 	snprintf(state.identity.audience, sizeof(state.identity.audience), "%s",
 	         app->cfg->identity.audience);
 	atomic_store(&state.max_staleness_ms, app->cfg->revocation.max_staleness_ms);
+	atomic_store(&state.leeway_ms, app->cfg->identity.leeway_ms);
 	/* Not current until the listener has connected and reloaded. */
 	atomic_store(&state.stale_since_us, rev_mono_us());
 	state.initialised = true;

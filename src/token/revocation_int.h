@@ -82,6 +82,11 @@ struct rev_identity {
 	char audience[513];
 };
 const struct rev_identity *rev_identity(void);
+/*
+ * identity.leeway in seconds: tolerated for an iat in the future (another
+ * instance's clock may run ahead), never for exp.
+ */
+int64_t rev_leeway_s(void);
 
 /* introspect.c: set up the verified-token cache and the metrics; main thread. */
 int introspect_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
