@@ -5,3 +5,4 @@ FUZZ_TARGETS += http_json
 # Form bodies and OAuth error replies (the OAuth endpoints).
 LIB_SRCS += src/http/form.c
 UNIT_TESTS += form
+FUZZ_TARGETS += form

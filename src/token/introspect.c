@@ -403,9 +403,20 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	}
 	c = out->claims;
 	idp_clock_fixed(&fixed, now * 1000);
-	if (idp_jwt_check_time(c, &fixed, 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT, &why) !=
-	    IDP_OK) {
+	/* The leeway is for an iat (or nbf) from a clock running ahead; exp is
+	 * checked without it below and again on every request. */
+	if (idp_jwt_check_time(c, &fixed, rev_leeway_s(), IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
+	                       &why) != IDP_OK) {
 		*reason = why == IDP_JWS_EXPIRED ? "expired" : "claims_invalid";
+		goto refused;
+	}
+	if (!json_is_integer(json_object_get(c, "exp")) ||
+	    !json_is_integer(json_object_get(c, "iat"))) {
+		*reason = "claims_invalid";
+		goto refused;
+	}
+	if (json_integer_value(json_object_get(c, "exp")) <= now) {
+		*reason = "expired";
 		goto refused;
 	}
 	if (claim_str(c, "iss") == NULL || strcmp(claim_str(c, "iss"), id->issuer) != 0) {
@@ -418,7 +429,7 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 		*reason = "audience_mismatch";
 		goto refused;
 	}
-	if (claim_str(c, "jti") == NULL || claim_str(c, "sub") == NULL ||
+	if (!rev_jti_ok(claim_str(c, "jti")) || claim_str(c, "sub") == NULL ||
 	    claim_str(c, "task_id") == NULL || claim_str(c, "scope") == NULL ||
 	    (*access && json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI) != NULL &&
 	     claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) == NULL) ||
@@ -509,8 +520,8 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .sub = claim_str(c, "sub"),
 	    .task_id = claim_str(c, "task_id"),
 	    .chain_jti = access ? claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) : claim_str(c, "jti"),
-	    .iat_s = (int64_t)json_number_value(json_object_get(c, "iat")),
-	    .exp_s = (int64_t)json_number_value(json_object_get(c, "exp")),
+	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
+	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),
 	};
 	rc = live_checks(&t, now, may_block, &v, &sub, reason);
 	if (rc != IDP_OK)

@@ -110,6 +110,7 @@ static struct {
 	_Atomic uint64_t gen;           /* bumped by every event that may make the state stale */
 	_Atomic int64_t stale_since_us; /* 0: current */
 	_Atomic int64_t max_staleness_ms;
+	_Atomic int64_t leeway_ms;
 	struct rev_identity identity;
 	bool initialised;
 
@@ -779,6 +780,12 @@ key_ok(const char *s)
 	return n > 0;
 }
 
+bool
+rev_jti_ok(const char *s)
+{
+	return s != NULL && strlen(s) >= 16 && key_ok(s);
+}
+
 /* Read one row named by a notification; IDP_ENOTFOUND when it is gone. */
 static int
 fetch_one(char kind, const char *key, struct rev_entry **out)
@@ -801,6 +808,26 @@ fetch_one(char kind, const char *key, struct rev_entry **out)
 	return *out != NULL ? IDP_OK : IDP_ENOTFOUND;
 }
 
+/*
+ * Whether the state already holds the last word on kind/key, so that its
+ * row need not be read: a revoked jti, a revoked token, a closed task with
+ * its row.  Nothing that changes such a row is ever notified again.
+ */
+static bool
+known_final(char kind, const char *key)
+{
+	struct rev_snap *s = snap_get();
+	const struct rev_entry *e;
+	bool final;
+
+	if (s == NULL)
+		return false;
+	e = snap_lookup(s, kind, key);
+	final = e != NULL && e->dead && !e->partial;
+	snap_unref(s);
+	return final;
+}
+
 IDP_STATIC void
 on_notify(const char *channel, const char *payload, void *ctx)
 {
@@ -819,6 +846,8 @@ on_notify(const char *channel, const char *payload, void *ctx)
 		(void)reload_and_settle();
 		return;
 	}
+	if (known_final(payload[0], payload + 2))
+		return;
 	rc = fetch_one(payload[0], payload + 2, &e);
 	if (rc == IDP_OK) {
 		apply(&e, 1);
@@ -1232,6 +1261,12 @@ rev_identity(void)
 	return &state.identity;
 }
 
+int64_t
+rev_leeway_s(void)
+{
+	return atomic_load(&state.leeway_ms) / 1000;
+}
+
 #ifdef IDP_TESTING
 /* Unit tests: an empty state, loaded and current, as if PostgreSQL had answered. */
 void
@@ -1390,6 +1425,7 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	(void)ctx;
 	(void)diag;
 	atomic_store(&state.max_staleness_ms, next->revocation.max_staleness_ms);
+	atomic_store(&state.leeway_ms, next->identity.leeway_ms);
 	return IDP_OK;
 }
 
@@ -1418,6 +1454,7 @@ revocation_init(struct idpd_app *app, struct idp_diag *diag)
 	snprintf(state.identity.audience, sizeof(state.identity.audience), "%s",
 	         app->cfg->identity.audience);
 	atomic_store(&state.max_staleness_ms, app->cfg->revocation.max_staleness_ms);
+	atomic_store(&state.leeway_ms, app->cfg->identity.leeway_ms);
 	/* Not current until the listener has connected and reloaded. */
 	atomic_store(&state.stale_since_us, rev_mono_us());
 	state.initialised = true;

@@ -73,12 +73,20 @@ void rev_view_release(struct rev_view *v);
 void rev_note_revoked_jti(const char *jti, int64_t exp_s);
 void rev_note_revoked_delegation(const char *jti);
 
+/* Whether s has the form of a jti idpd issues and records: [A-Za-z0-9_-]{16,64}. */
+bool rev_jti_ok(const char *s);
+
 /* The identity settings the endpoints check tokens against (restart-only). */
 struct rev_identity {
 	char issuer[513];
 	char audience[513];
 };
 const struct rev_identity *rev_identity(void);
+/*
+ * identity.leeway in seconds: tolerated for an iat in the future (another
+ * instance's clock may run ahead), never for exp.
+ */
+int64_t rev_leeway_s(void);
 
 /* introspect.c: set up the verified-token cache and the metrics; main thread. */
 int introspect_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;

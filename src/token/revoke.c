@@ -159,7 +159,7 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	    t->access ? json_string_value(json_object_get(v->claims, ACCESS_CLAIM_DELEGATION_JTI))
 	              : t->jti;
 	t->exp_s = (int64_t)json_integer_value(json_object_get(v->claims, "exp"));
-	if (iss == NULL || strcmp(iss, rev_identity()->issuer) != 0 || t->jti == NULL ||
+	if (iss == NULL || strcmp(iss, rev_identity()->issuer) != 0 || !rev_jti_ok(t->jti) ||
 	    t->sub == NULL || t->task_id == NULL || t->exp_s <= now) {
 		idp_jws_verified_cleanup(v);
 		memset(t, 0, sizeof(*t));

@@ -665,6 +665,16 @@ introspect_answers_exactly_active_false_for_bad_tokens(void **state)
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS, c);
 	assert_false(active(&w.p, tok));
 	free(tok);
+	/* Issued in the future: a minute is refused, two seconds (a clock a little ahead,
+	 * within identity.leeway) are not. */
+	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS,
+	              access_claims(dc, "https://s3.internal", now + 60, now + 600));
+	assert_false(active(&w.p, tok));
+	free(tok);
+	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS,
+	              access_claims(dc, "https://s3.internal", now + 2, now + 600));
+	assert_true(active(&w.p, tok));
+	free(tok);
 	/* Garbage. */
 	assert_false(active(&w.p, "not-a-token"));
 	assert_false(active(&w.p, "a.b.c"));
@@ -678,7 +688,7 @@ introspect_answers_exactly_active_false_for_bad_tokens(void **state)
 		    "{reason=\"alg_not_allowed\"} 2", "{reason=\"typ_mismatch\"} 2",
 		    "{reason=\"issuer_mismatch\"} 1", "{reason=\"audience_mismatch\"} 1",
 		    "{reason=\"token_unknown\"} 1",   "{reason=\"chain_mismatch\"} 1",
-		    "{reason=\"malformed\"} 2"};
+		    "{reason=\"malformed\"} 2",       "{reason=\"claims_invalid\"} 1"};
 		struct http_resp m;
 		char line[128];
 
