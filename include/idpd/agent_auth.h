@@ -7,7 +7,8 @@
  * pinned to the key), its typ is IDP_JWS_TYP_IDENTITY, its iss and aud are
  * this service's (identity.issuer, identity.audience), exp/nbf/iat are
  * within identity.leeway of the clock, its sub is
- * spiffe://<trust_domain>/agent/<id>, its jti is recorded and not revoked,
+ * spiffe://<trust_domain>/agent/<id>, its jti is not revoked (the
+ * revocation state, or PostgreSQL when the state cannot answer),
  * the agent is in the registry and active, and the credential was issued
  * after the agent's revocation epoch (a suspension or decommissioning cuts
  * every credential issued before it).
@@ -15,6 +16,7 @@
 #ifndef IDPD_AGENT_AUTH_H
 #define IDPD_AGENT_AUTH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -66,6 +68,12 @@ struct agent_principal {
  */
 int authenticate_agent(struct http_req *req, struct agent_principal *out,
                        const char **reason) IDP_WUR;
+/*
+ * How many verified credentials authenticate_agent remembers, so that it
+ * checks an agent's credential signature once, not on every request (0:
+ * never).  Before the first authentication; main thread.
+ */
+void agent_credential_cache_size(size_t slots);
 /* The same for a credential given otherwise (RFC 8693's actor_token); NULL is IDP_EUNAUTH. */
 int authenticate_agent_token(const char *token, struct agent_principal *out,
                              const char **reason) IDP_WUR;

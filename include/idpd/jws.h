@@ -214,6 +214,23 @@ int idp_jws_sign_payload(const struct idp_jws_key *key, const char *typ, const c
 
 /* ---- verification ---- */
 
+/*
+ * A cache of tokens that verified, keyed by the SHA-256 of the token's
+ * bytes: a token seen again skips the signature check (the costly part)
+ * as long as the key that signed it is still in the set it is checked
+ * against.  It holds the parsed header and claims, shared read-only.  Only
+ * the signature is skipped: every caller still checks the time claims,
+ * revocation and status itself.  Direct-mapped, bounded, striped locks;
+ * any thread.  One cache serves one kind of token: always pass it with the
+ * same verify options.
+ */
+struct idp_jws_cache;
+/* A cache of slots entries (rounded up to a power of two); 0 means NULL: no cache. */
+struct idp_jws_cache *idp_jws_cache_new(size_t slots);
+void idp_jws_cache_free(struct idp_jws_cache *c);
+/* Hits and misses so far, for metrics. */
+void idp_jws_cache_stats(const struct idp_jws_cache *c, uint64_t *hits, uint64_t *misses);
+
 struct idp_jws_verify_opts {
 	/*
 	 * Expected typ, compared as RFC 7515 says (case-insensitive, an
@@ -225,6 +242,8 @@ struct idp_jws_verify_opts {
 	unsigned algs;
 	/* Size bound in bytes; 0 means IDP_JWS_MAX_TOKEN. */
 	size_t max_len;
+	/* Verified tokens to consult and fill; NULL: verify every time. */
+	struct idp_jws_cache *cache;
 };
 
 /* What a successful verification hands back; idp_jws_verified_cleanup() releases it. */

@@ -721,7 +721,7 @@ static const struct key config_keys[] = {
      .min = 0,
      .max = 10000000,
      .def = "65536",
-     .help = "verified tokens whose signature check introspection may skip; 0 disables"},
+     .help = "verified tokens (per kind) whose signature check may be skipped; 0 disables"},
     {.name = "registry.last_active_flush",
      DURATION_AT(struct idpd_config, registry.last_active_flush_ms),
      .flags = K_RELOAD,

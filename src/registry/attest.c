@@ -205,6 +205,7 @@ attest_init(struct idpd_app *app, struct idp_diag *diag)
 	if (c == NULL)
 		return IDP_EINVAL;
 	install(c);
+	agent_credential_cache_size((size_t)app->cfg->introspection.cache_size);
 	if (app_on_reload(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "attest: cannot register the reload hook");
 		return IDP_EINVAL;

@@ -4,6 +4,7 @@
  * the stateless checks (agent_credential_verify) to authenticate_agent,
  * which adds the jti record and the registry.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -19,6 +20,7 @@
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/registry.h"
+#include "idpd/revocation.h"
 #include "attest_int.h"
 
 #define SPIFFE_AGENT_PATH "/agent/"
@@ -152,14 +154,51 @@ attest_audience_holds(const json_t *aud, const char *want)
 	return false;
 }
 
+/*
+ * Credentials are presented on every request of an agent, so the signature
+ * checks of authenticate_agent go through a verified-token cache: an
+ * agent's credential is verified once per key and lifetime, then only its
+ * claims, its revocation and its agent are checked (introspection.cache_size
+ * entries; made on first use).
+ */
+static struct idp_jws_cache *cred_cache;
+static pthread_once_t cred_cache_once = PTHREAD_ONCE_INIT;
+static size_t cred_cache_slots = 65536;
+
+static void
+cred_cache_make(void)
+{
+	cred_cache = idp_jws_cache_new(cred_cache_slots);
+}
+
+void
+agent_credential_cache_size(size_t slots)
+{
+	cred_cache_slots = slots;
+}
+
+static int credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+                             const struct attest_identity *id, int64_t leeway_ms,
+                             const struct idp_clock *clock, struct idp_jws_cache *cache,
+                             struct agent_credential *out, const char **reason);
+
 int
 agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
                         const struct attest_identity *id, int64_t leeway_ms,
                         const struct idp_clock *clock, struct agent_credential *out,
                         const char **reason)
 {
-	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
-	                                   .algs = IDP_JWS_ALLOW_ES256};
+	return credential_verify(set, token, len, id, leeway_ms, clock, NULL, out, reason);
+}
+
+static int
+credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+                  const struct attest_identity *id, int64_t leeway_ms,
+                  const struct idp_clock *clock, struct idp_jws_cache *cache,
+                  struct agent_credential *out, const char **reason)
+{
+	struct idp_jws_verify_opts opts = {
+	    .typ = IDP_JWS_TYP_IDENTITY, .algs = IDP_JWS_ALLOW_ES256, .cache = cache};
 	struct idp_jws_verified v = {0};
 	enum idp_jws_reason jr = IDP_JWS_OK;
 	char prefix[ATTEST_SPIFFE_ID_MAX];
@@ -242,8 +281,9 @@ authenticate_agent_token(const char *token, struct agent_principal *out, const c
 	id.trust_domain = conf->trust_domain;
 	id.issuer = conf->issuer;
 	id.audience = conf->audience;
-	rc = agent_credential_verify(set, token, strlen(token), &id, conf->leeway_ms,
-	                             idp_clock_system(), &out->cred, &why);
+	pthread_once(&cred_cache_once, cred_cache_make);
+	rc = credential_verify(set, token, strlen(token), &id, conf->leeway_ms, idp_clock_system(),
+	                       cred_cache, &out->cred, &why);
 	if (rc != IDP_OK)
 		goto done;
 	rc = registry_get(out->cred.agent_id, &a);
@@ -266,7 +306,19 @@ authenticate_agent_token(const char *token, struct agent_principal *out, const c
 		rc = IDP_EUNAUTH;
 		goto done;
 	}
-	rc = attest_db_credential_check(out->cred.jti, out->cred.agent_id, &why);
+	/*
+	 * A credential revoked one by one is in the revocation state (migration
+	 * 0010 copies it there), so the check needs no query; when the state
+	 * cannot answer, PostgreSQL does.
+	 */
+	rc = revocation_check_jti(out->cred.jti);
+	if (rc == IDP_EFORBIDDEN) {
+		why = "jti_revoked";
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
+	if (rc != IDP_OK)
+		rc = attest_db_credential_check(out->cred.jti, out->cred.agent_id, &why);
 	if (rc != IDP_OK)
 		goto done;
 	out->agent = a;

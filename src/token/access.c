@@ -65,6 +65,8 @@ static struct {
 
 static struct store *store;
 static char issuer[513], audience_self[513];
+/* Delegation tokens are presented with every request: verify each once per key. */
+static struct idp_jws_cache *parent_cache;
 
 static void
 resources_free(struct resource *r, size_t n)
@@ -120,6 +122,7 @@ access_init(struct idpd_app *app, struct idp_diag *diag)
 	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
 	snprintf(audience_self, sizeof(audience_self), "%s", app->cfg->identity.audience);
 	settings_set(app->cfg);
+	parent_cache = idp_jws_cache_new((size_t)app->cfg->introspection.cache_size);
 	if (app_on_reload(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "access: cannot register the reload hook");
 		return IDP_EINVAL;
@@ -135,6 +138,8 @@ access_shutdown(void)
 	S.res = NULL;
 	S.n_res = 0;
 	pthread_rwlock_unlock(&S.lock);
+	idp_jws_cache_free(parent_cache);
+	parent_cache = NULL;
 }
 
 /* The resource section of a policy input for aud, or NULL if aud is not a resource. */
@@ -294,7 +299,7 @@ parent_verify(struct issuing *s)
 {
 	struct keys *km = keys_process();
 	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP};
+	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = parent_cache};
 	const char *tok = s->a->delegation_token;
 	enum idp_jws_reason why;
 	const json_t *c;

@@ -55,12 +55,16 @@
 
 static struct store *store;
 static char issuer[513], audience[513];
+/* A delegator presents the same token for each delegation: verify it once per key. */
+static struct idp_jws_cache *parent_cache;
 
 int
 delegation_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	(void)diag;
 	store = app->store;
+	if (parent_cache == NULL)
+		parent_cache = idp_jws_cache_new((size_t)app->cfg->introspection.cache_size);
 	/* identity.* are restart-only, like the copies in tasks and attestation. */
 	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
 	snprintf(audience, sizeof(audience), "%s", app->cfg->identity.audience);
@@ -213,7 +217,7 @@ parent_verify(struct deleg *g, const char *tok)
 {
 	struct keys *km = keys_process();
 	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP};
+	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = parent_cache};
 	enum idp_jws_reason why;
 	const json_t *c;
 	const char *sub, *iss, *aud, *scope;
@@ -289,8 +293,7 @@ check_request(struct deleg *g, int64_t now_s)
 		return false;
 	}
 	for (size_t i = 0; i < g->sc.n; i++) {
-		if (!scope_within(g->sc.v[i], g->parent_sc.v,
-		                  g->parent_sc.n)) {
+		if (!scope_within(g->sc.v[i], g->parent_sc.v, g->parent_sc.n)) {
 			g->reason = "scope_not_within_parent";
 			return false;
 		}

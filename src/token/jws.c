@@ -33,6 +33,7 @@
 #include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/jws.h"
+#include "jws_cache_int.h"
 
 #define ES256_SIG_LEN 64
 #define P256_COORD_LEN 32
@@ -1456,12 +1457,12 @@ check_header(const json_t *hdr, const struct idp_jws_keyset *set,
 	return IDP_JWS_OK;
 }
 
-int
-idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
-               const struct idp_jws_verify_opts *opts, struct idp_jws_verified *out,
-               enum idp_jws_reason *reason)
+static int
+verify_token(const struct idp_jws_keyset *set, const char *token, size_t len,
+             const struct idp_jws_verify_opts *opts, struct idp_jws_verified *out,
+             enum idp_jws_reason *reason)
 {
-	static const struct idp_jws_verify_opts defaults = {NULL, 0, 0};
+	static const struct idp_jws_verify_opts defaults = {NULL, 0, 0, NULL};
 	unsigned char sig[MAX_SIG_LEN];
 	unsigned char *hbytes = NULL, *pbytes = NULL;
 	size_t hlen, plen, slen, max;
@@ -1533,6 +1534,37 @@ done:
 	if (r != IDP_JWS_OK)
 		return fail(r, reason);
 	return IDP_OK;
+}
+
+int
+idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+               const struct idp_jws_verify_opts *opts, struct idp_jws_verified *out,
+               enum idp_jws_reason *reason)
+{
+	uint8_t key[32];
+	int rc;
+
+	if (opts == NULL || opts->cache == NULL ||
+	    len > (opts->max_len ? opts->max_len : IDP_JWS_MAX_TOKEN))
+		return verify_token(set, token, len, opts, out, reason);
+	jws_cache_key(token, len, key);
+	memset(out, 0, sizeof(*out));
+	/* A hit counts only while the key that signed it is still trusted. */
+	if (jws_cache_get(opts->cache, key, out)) {
+		const struct idp_jws_key *k =
+		    out->kid != NULL ? idp_jws_keyset_find(set, out->kid) : NULL;
+
+		if (k != NULL && idp_jws_key_alg(k) == out->alg) {
+			if (reason != NULL)
+				*reason = IDP_JWS_OK;
+			return IDP_OK;
+		}
+		idp_jws_verified_cleanup(out);
+	}
+	rc = verify_token(set, token, len, opts, out, reason);
+	if (rc == IDP_OK)
+		jws_cache_put(opts->cache, key, out);
+	return rc;
 }
 
 void

@@ -765,6 +765,10 @@ credential_revoked_suspended_or_decommissioned_does_not_authenticate(void **stat
 	         json_string_value(json_object_get(claims, "jti")));
 	json_decref(claims);
 	assert_int_equal(harness_sql("t_att_auth", sql), 0);
+	/* A revocation written by another session reaches idpd's revocation
+	 * state by NOTIFY: within milliseconds, not within the same instant. */
+	for (int i = 0; i < 200 && me_status(&p, c1) != 401; i++)
+		usleep(10 * 1000);
 	assert_int_equal(me_status(&p, c1), 401);
 
 	/* Suspended after issuance; resuming does not revive the credential. */

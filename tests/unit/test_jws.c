@@ -1637,6 +1637,52 @@ jws_reason_names_are_stable(void **state)
 		assert_string_not_equal(idp_jws_reason_name((enum idp_jws_reason)r), "unknown");
 }
 
+/* ---- the verified-token cache ---- */
+
+static void
+jws_cache_skips_only_what_it_verified(void **state)
+{
+	struct idp_jws_cache *c = idp_jws_cache_new(4);
+	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_ACCESS, .cache = c};
+	struct idp_jws_keyset *other = NULL;
+	struct idp_jws_verified v;
+	enum idp_jws_reason r;
+	json_t *claims = json_pack("{s:s}", "sub", "agent-1");
+	char *tok = NULL, *forged;
+	size_t len = 0;
+	uint64_t hits, misses;
+
+	(void)state;
+	assert_non_null(c);
+	assert_null(idp_jws_cache_new(0));
+	assert_int_equal(idp_jws_sign(fx->ec1, IDP_JWS_TYP_ACCESS, claims, &tok, &len, NULL),
+	                 IDP_OK);
+	/* The first verification fills the cache, the second is served from it. */
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(idp_jws_verify(fx->own, tok, len, &opts, &v, &r), IDP_OK);
+		assert_true(json_equal(v.claims, claims));
+		assert_string_equal(v.kid, "ec-1");
+		idp_jws_verified_cleanup(&v);
+	}
+	idp_jws_cache_stats(c, &hits, &misses);
+	assert_int_equal(hits, 1);
+	assert_int_equal(misses, 1);
+	/* A changed byte is another key: verified, and refused. */
+	forged = strdup(tok);
+	forged[len - 3] = forged[len - 3] == 'A' ? 'B' : 'A';
+	assert_int_equal(idp_jws_verify(fx->own, forged, len, &opts, &v, &r), IDP_EUNAUTH);
+	assert_null(v.claims);
+	/* A hit counts only while the signing key is still in the set. */
+	assert_int_equal(idp_jws_keyset_new(&fx->ec2, 1, &other, NULL), IDP_OK);
+	assert_int_equal(idp_jws_verify(other, tok, len, &opts, &v, &r), IDP_EUNAUTH);
+	assert_null(v.claims);
+	idp_jws_keyset_unref(other);
+	idp_jws_cache_free(c);
+	json_decref(claims);
+	free(forged);
+	free(tok);
+}
+
 int
 main(void)
 {
@@ -1689,6 +1735,7 @@ main(void)
 	    cmocka_unit_test(jwt_time_claims_reject_future_iat_and_bad_values),
 	    cmocka_unit_test(jws_concurrent_sign_and_verify_with_one_key),
 	    cmocka_unit_test(jws_reason_names_are_stable),
+	    cmocka_unit_test(jws_cache_skips_only_what_it_verified),
 	};
 	return cmocka_run_group_tests_name("jws", tests, group_setup, group_teardown);
 }

@@ -1,0 +1,20 @@
+/*
+ * jws_cache_int.h - what idp_jws_verify uses of the verified-token cache.
+ */
+#ifndef IDPD_JWS_CACHE_INT_H
+#define IDPD_JWS_CACHE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "idpd/jws.h"
+
+void jws_cache_key(const char *token, size_t len, uint8_t key[32]);
+/* A hit fills *out with references to the cached header and claims. */
+bool jws_cache_get(struct idp_jws_cache *c, const uint8_t key[32], struct idp_jws_verified *out);
+/* Remember v (references are taken) under key, replacing the slot's entry. */
+void jws_cache_put(struct idp_jws_cache *c, const uint8_t key[32],
+                   const struct idp_jws_verified *v);
+
+#endif /* IDPD_JWS_CACHE_INT_H */
