@@ -446,6 +446,8 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	PQclear(r);
 	if (rc != IDP_OK)
 		return IDP_EUNAVAIL;
+	/* Read your writes: authentication checks the revocation state (0010). */
+	rev_note_revoked_jti(cred.jti, cred.expires_at_s);
 	log_info("revoke: identity credential %s of %s revoked by %s", cred.jti, cred.agent_id,
 	         who->name);
 	return IDP_OK;
