@@ -178,7 +178,7 @@ struct issuing {
 	json_t *act; /* owned */
 	json_t *own; /* owned: strings of the root token when none was presented */
 	int64_t parent_exp_s;
-	struct task_scopes parent_sc;
+	struct task_scopes *parent_sc; /* the token's scopes: thread-local storage */
 	struct revocation_chain *chain;
 	bool approved;
 	char rules[1024];
@@ -349,7 +349,7 @@ parent_verify(struct issuing *s)
 	s->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
 	s->act = json_deep_copy(json_object_get(c, "act"));
 	idp_diag_init(&d);
-	if (!task_scopes_parse(json_object_get(c, "scope"), &s->parent_sc, &d))
+	if (!task_scopes_parse(json_object_get(c, "scope"), s->parent_sc, &d))
 		goto done;
 	s->g->status = 0;
 	s->g->code = NULL;
@@ -402,7 +402,7 @@ root_token(struct issuing *s)
 	s->human = json_string_value(json_object_get(s->own, "human"));
 	s->parent_exp_s = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
 	idp_diag_init(&d);
-	if (!task_scopes_parse(json_object_get(s->own, "scope"), &s->parent_sc, &d)) {
+	if (!task_scopes_parse(json_object_get(s->own, "scope"), s->parent_sc, &d)) {
 		refuse(s, 500, "internal");
 		goto done;
 	}
@@ -516,7 +516,13 @@ granted_scope(struct issuing *s)
 void
 access_issue(const struct access_ask *a, struct access_grant *g)
 {
-	struct issuing s = {.a = a, .g = g, .agent = a->who->agent, .task_id = a->task_id};
+	/*
+	 * A scope set is 16 KiB: kept per thread rather than on the stack or
+	 * the heap of every request (a handler thread serves one at a time).
+	 */
+	static _Thread_local struct task_scopes parent_sc;
+	struct issuing s = {
+	    .a = a, .g = g, .agent = a->who->agent, .task_id = a->task_id, .parent_sc = &parent_sc};
 	struct approval_subject subj;
 	struct keys *km = keys_process();
 	struct idp_jws_key *key = NULL;
@@ -555,7 +561,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		}
 	}
 	for (size_t i = 0; i < a->scopes->n; i++) {
-		if (!scope_within(a->scopes->v[i], s.parent_sc.v, s.parent_sc.n)) {
+		if (!scope_within(a->scopes->v[i], s.parent_sc->v, s.parent_sc->n)) {
 			refuse(&s, 403, "scope_not_within_delegation");
 			goto refused;
 		}
@@ -757,8 +763,9 @@ static void
 post_token(struct http_req *req, void *ctx)
 {
 	struct agent_principal who;
+	static _Thread_local struct task_scopes scopes;
 	struct access_grant g;
-	struct task_scopes *sc = idp_xcalloc(1, sizeof(*sc));
+	struct task_scopes *sc = &scopes;
 	struct access_ask a = {.req = req, .who = &who, .scopes = sc};
 	const char *why = NULL;
 	struct idp_diag d;
@@ -774,7 +781,6 @@ post_token(struct http_req *req, void *ctx)
 			http_add_header(req, "WWW-Authenticate", "Bearer");
 		http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
 		                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
-		free(sc);
 		return;
 	}
 	body = http_req_json_object(req);
@@ -824,7 +830,6 @@ done:
 	access_grant_cleanup(&g);
 	json_decref(body);
 	agent_principal_cleanup(&who);
-	free(sc);
 }
 
 int

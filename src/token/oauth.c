@@ -72,7 +72,8 @@ exchange(struct http_req *req, void *ctx)
 	struct http_form form, *f = &form;
 	struct agent_principal who;
 	struct access_grant g;
-	struct task_scopes *sc = NULL;
+	static _Thread_local struct task_scopes scopes; /* 16 KiB: per thread, not per request */
+	struct task_scopes *sc = &scopes;
 	struct access_ask a = {.req = req, .who = &who};
 	const char *grant, *subject, *stt, *actor, *att, *aud, *res, *scope, *rtt, *why = NULL;
 	struct idp_diag d;
@@ -84,8 +85,9 @@ exchange(struct http_req *req, void *ctx)
 	idp_diag_init(&d);
 	if (!http_req_is_form(req) || http_req_form(req, f, &d) != IDP_OK) {
 		http_reply_oauth_error(req, 400, "invalid_request",
-		                       d.count > 0 ? idp_diag_str(&d)
-		                                   : "the body must be application/x-www-form-urlencoded");
+		                       d.count > 0
+		                           ? idp_diag_str(&d)
+		                           : "the body must be application/x-www-form-urlencoded");
 		return;
 	}
 	grant = http_form_get(f, "grant_type");
@@ -139,7 +141,6 @@ exchange(struct http_req *req, void *ctx)
 			                       "idpd cannot authenticate now");
 		goto done;
 	}
-	sc = idp_xcalloc(1, sizeof(*sc));
 	idp_diag_init(&d);
 	{
 		json_t *js = json_string(scope);
@@ -191,7 +192,6 @@ exchange(struct http_req *req, void *ctx)
 done:
 	access_grant_cleanup(&g);
 	agent_principal_cleanup(&who);
-	free(sc);
 }
 
 /*

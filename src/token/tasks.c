@@ -324,7 +324,9 @@ task_scopes_parse(const json_t *j, struct task_scopes *s, struct idp_diag *d)
 	size_t i;
 	const json_t *e;
 
-	memset(s, 0, sizeof(*s));
+	/* Only what scopes_add reads: the struct is large, and hot paths parse it per request. */
+	s->n = 0;
+	s->joined[0] = '\0';
 	if (json_is_string(j)) {
 		const char *p = json_string_value(j);
 

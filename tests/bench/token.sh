@@ -54,6 +54,7 @@ cat >"$work/idpd.toml" <<CFG
 listen = "127.0.0.1"
 port = $port
 threads = 2
+handler_threads = ${BENCH_HANDLERS:-128}
 [database]
 url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$db"
 pool_size = 8
@@ -140,6 +141,7 @@ run() {
 	before=$(events "$type")
 	out=$(wrk -t1 -c"$conns" -d"${dur}s" --latency "$@")
 	after=$(events "$type")
+	[ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | grep -E "Requests/sec|99%|Non-2xx" >&2
 	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$work/rate.$type"
 	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
 		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/p99.$type"
