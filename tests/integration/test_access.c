@@ -524,6 +524,188 @@ approval_is_bound_and_single_use(void **state)
 	setting_stop(&s);
 }
 
+/* A form value with the characters RFC 3986 reserves percent-encoded (tokens are base64url: none).
+ */
+static void
+form_add(char *out, size_t len, const char *name, const char *value)
+{
+	size_t at = strlen(out);
+
+	snprintf(out + at, len - at, "%s%s=", at > 0 ? "&" : "", name);
+	at = strlen(out);
+	for (const char *p = value; *p != '\0' && at + 4 < len; p++) {
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+		    (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~')
+			out[at++] = *p;
+		else
+			at += (size_t)snprintf(out + at, len - at, "%%%02X", (unsigned char)*p);
+	}
+	out[at] = '\0';
+}
+
+/* RFC 8693 token exchange reaches the same core: same checks, same token. */
+static void
+token_exchange_issues_the_same_token(void **state)
+{
+	static char form[16384];
+	struct setting s;
+	struct http_resp r;
+	char cc[64];
+	json_t *c;
+
+	(void)state;
+	setting_start(&s, "t_access_exchange");
+	form[0] = '\0';
+	form_add(form, sizeof(form), "grant_type",
+	         "urn:ietf:params:oauth:grant-type:token-exchange");
+	form_add(form, sizeof(form), "subject_token", s.cloud_token);
+	form_add(form, sizeof(form), "subject_token_type",
+	         "urn:idpd:params:oauth:token-type:delegation");
+	form_add(form, sizeof(form), "actor_token", s.cloud);
+	form_add(form, sizeof(form), "actor_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	if (r.status != 200)
+		fprintf(stderr, "exchange: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "issued_token_type")),
+	                    "urn:ietf:params:oauth:token-type:access_token");
+	assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
+	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 900);
+	assert_true(harness_resp_header(&r, "Cache-Control", cc, sizeof(cc)));
+	assert_string_equal(cc, "no-store");
+	c = world_verify(&s.w, json_string_value(json_object_get(r.json, "access_token")),
+	                 ACCESS_TOKEN_TYP);
+	assert_string_equal(json_string_value(json_object_get(c, "sub")), "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(c, "task_id")), s.task_id);
+	assert_string_equal(json_string_value(json_object_get(c, "aud")), WORLD_AWS);
+	json_decref(c);
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 1);
+	setting_stop(&s);
+}
+
+/* Failures are RFC 6749 section 5.2 bodies, and issue nothing. */
+static void
+token_exchange_errors_are_oauth_bodies(void **state)
+{
+	static char form[16384];
+	static const struct {
+		const char *audience, *scope, *subject, *actor_type;
+		long status;
+		const char *error;
+	} cases[] = {
+	    {WORLD_AWS, "cloud:DescribeInstances", "garbage.token.here",
+	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_grant"},
+	    {"https://evil.example.com", "cloud:DescribeInstances", NULL,
+	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_target"},
+	    {WORLD_AWS, "cloud:TerminateInstances", NULL, "urn:ietf:params:oauth:token-type:jwt",
+	     400, "invalid_scope"},
+	    {WORLD_BILLING, "billing:read", NULL, "urn:ietf:params:oauth:token-type:jwt", 403,
+	     "access_denied"},
+	    {WORLD_AWS, "cloud:DescribeInstances", NULL, "urn:x:unknown", 400, "invalid_request"},
+	};
+	struct setting s;
+	struct http_resp r;
+
+	(void)state;
+	setting_start(&s, "t_access_exchange_err");
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		form[0] = '\0';
+		form_add(form, sizeof(form), "grant_type",
+		         "urn:ietf:params:oauth:grant-type:token-exchange");
+		form_add(form, sizeof(form), "subject_token",
+		         cases[i].subject ? cases[i].subject : s.cloud_token);
+		form_add(form, sizeof(form), "subject_token_type",
+		         "urn:ietf:params:oauth:token-type:jwt");
+		form_add(form, sizeof(form), "actor_token", s.cloud);
+		form_add(form, sizeof(form), "actor_token_type", cases[i].actor_type);
+		form_add(form, sizeof(form), "resource", cases[i].audience);
+		form_add(form, sizeof(form), "scope", cases[i].scope);
+		world_form(&s.w, "/oauth2/token", NULL, form, &r);
+		if (r.status != cases[i].status)
+			fprintf(stderr, "case %zu: %ld %s\n", i, r.status, r.body);
+		assert_int_equal(r.status, cases[i].status);
+		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+		                    cases[i].error);
+		assert_null(json_object_get(r.json, "access_token"));
+		harness_resp_free(&r);
+	}
+	/* Another grant type; a parameter given twice. */
+	world_form(&s.w, "/oauth2/token", NULL, "grant_type=client_credentials", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+	                    "unsupported_grant_type");
+	harness_resp_free(&r);
+	world_form(&s.w, "/oauth2/token", NULL, "grant_type=a&grant_type=b", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_request");
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 0);
+	setting_stop(&s);
+}
+
+static void
+metadata_names_the_endpoints(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	char want[256];
+
+	(void)state;
+	world_start(&w, "t_access_metadata", NULL);
+	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "issuer")), "idpd");
+	snprintf(want, sizeof(want), "%s/oauth2/token", w.p.base);
+	assert_string_equal(json_string_value(json_object_get(r.json, "token_endpoint")), want);
+	snprintf(want, sizeof(want), "%s/introspect", w.p.base);
+	assert_string_equal(json_string_value(json_object_get(r.json, "introspection_endpoint")),
+	                    want);
+	snprintf(want, sizeof(want), "%s/.well-known/jwks.json", w.p.base);
+	assert_string_equal(json_string_value(json_object_get(r.json, "jwks_uri")), want);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "grant_types_supported"), 0)),
+	    "urn:ietf:params:oauth:grant-type:token-exchange");
+	harness_resp_free(&r);
+	world_stop(&w);
+}
+
+/* An expired delegation token, and a token of another kind, stand for nothing. */
+static void
+expired_or_other_kind_tokens_are_refused(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char body[8192];
+	char *short_deleg, *access;
+
+	(void)state;
+	setting_start(&s, "t_access_expired");
+	snprintf(body, sizeof(body),
+	         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+	         "\"scope\":\"cloud:DescribeInstances\",\"ttl\":2}",
+	         s.root_token);
+	world_call(&s.w, "POST", "/v1/delegations", s.planner, body, &r);
+	assert_int_equal(r.status, 201);
+	short_deleg = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
+	harness_resp_free(&r);
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	access = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	sleep(3);
+	expect_refusal(&s, s.cloud, short_deleg, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_expired");
+	/* An access token (typ at+jwt, aud a resource) is not a delegation token. */
+	expect_refusal(&s, s.cloud, access, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_invalid");
+	free(short_deleg);
+	free(access);
+	setting_stop(&s);
+}
+
 int
 main(void)
 {
@@ -535,6 +717,10 @@ main(void)
 	    cmocka_unit_test(root_agent_needs_no_delegation_token),
 	    cmocka_unit_test(completed_task_and_decommissioned_agent_get_nothing),
 	    cmocka_unit_test(approval_is_bound_and_single_use),
+	    cmocka_unit_test(token_exchange_issues_the_same_token),
+	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
+	    cmocka_unit_test(metadata_names_the_endpoints),
+	    cmocka_unit_test(expired_or_other_kind_tokens_are_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -50,7 +50,7 @@ void world_task(struct world *w, const char *human, const char *root_agent, cons
 /* method path with bearer and a JSON body (either may be NULL); asserts the transport worked. */
 void world_call(struct world *w, const char *method, const char *path, const char *bearer,
                 const char *body, struct http_resp *r);
-/* POST path with a form body and the introspector key as Bearer. */
+/* POST path with a form body, and bearer (NULL: none) as the Authorization. */
 void world_form(struct world *w, const char *path, const char *bearer, const char *form,
                 struct http_resp *r);
 /* Verify token against the served JWKS (ES256, typ); its claims, a new reference. */
