@@ -45,13 +45,13 @@ static void
 usage(FILE *f)
 {
 	fprintf(f, "usage: idpd serve --config FILE [--migrate]\n"
-		   "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
-		   "       idpd check-config FILE\n"
-		   "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
-		   "       idpd keys rotate|list --config FILE [--reason TEXT]\n"
-		   "       idpd check-config --keys\n"
-		   "       idpd policy check DIR | idpd policy test DIR\n"
-		   "       idpd version\n");
+	           "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
+	           "       idpd check-config FILE\n"
+	           "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
+	           "       idpd keys rotate|list --config FILE [--reason TEXT]\n"
+	           "       idpd check-config --keys\n"
+	           "       idpd policy check DIR | idpd policy test DIR\n"
+	           "       idpd version\n");
 }
 
 static struct idpd_config *
@@ -114,8 +114,8 @@ static int
 cmd_api_key(int argc, char **argv)
 {
 	static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
-					     {"roles", required_argument, NULL, 'r'},
-					     {NULL, 0, NULL, 0}};
+	                                     {"roles", required_argument, NULL, 'r'},
+	                                     {NULL, 0, NULL, 0}};
 	const char *name = NULL, *roles_csv = NULL;
 	char key[64], hash[80];
 	unsigned roles;
@@ -128,23 +128,30 @@ cmd_api_key(int argc, char **argv)
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'n': name = optarg; break;
-		case 'r': roles_csv = optarg; break;
-		default: usage(stderr); return 2;
+		case 'n':
+			name = optarg;
+			break;
+		case 'r':
+			roles_csv = optarg;
+			break;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (name == NULL || roles_csv == NULL || optind != argc) {
 		usage(stderr);
 		return 2;
 	}
-	if (strlen(name) == 0 || strlen(name) > 100 || strcspn(name, "\"\\\n\r\t") != strlen(name)) {
+	if (strlen(name) == 0 || strlen(name) > 100 ||
+	    strcspn(name, "\"\\\n\r\t") != strlen(name)) {
 		fprintf(stderr, "idpd: --name must be 1..100 characters without quotes or "
-				"control characters\n");
+		                "control characters\n");
 		return 2;
 	}
 	if (auth_roles_parse(roles_csv, &roles) != IDP_OK) {
 		fprintf(stderr, "idpd: --roles: use a comma-separated list of admin, registrar, "
-				"auditor, introspector, approver, maintenance\n");
+		                "auditor, introspector, approver, maintenance\n");
 		return 2;
 	}
 	if (auth_key_generate(key, hash) != IDP_OK) {
@@ -171,9 +178,9 @@ static int
 cmd_migrate(int argc, char **argv)
 {
 	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-					     {"database-url", required_argument, NULL, 'd'},
-					     {"migrations", required_argument, NULL, 'm'},
-					     {NULL, 0, NULL, 0}};
+	                                     {"database-url", required_argument, NULL, 'd'},
+	                                     {"migrations", required_argument, NULL, 'm'},
+	                                     {NULL, 0, NULL, 0}};
 	const char *config = NULL, *url = NULL, *dir = NULL;
 	struct idpd_config *cfg = NULL;
 	int c, rc;
@@ -181,10 +188,18 @@ cmd_migrate(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': config = optarg; break;
-		case 'd': url = optarg; break;
-		case 'm': dir = optarg; break;
-		default: usage(stderr); return 2;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			url = optarg;
+			break;
+		case 'm':
+			dir = optarg;
+			break;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (optind != argc || (config == NULL) == (url == NULL)) {
@@ -222,19 +237,19 @@ check_schema(struct idpd_app *app)
 	}
 	if (v < app->schema_expected) {
 		log_error("the database schema is at version %d but this idpd needs %d: run "
-			  "`idpd migrate --config FILE`, or start with --migrate",
-			  v, app->schema_expected);
+		          "`idpd migrate --config FILE`, or start with --migrate",
+		          v, app->schema_expected);
 		return -1;
 	}
 	if (v > app->schema_expected)
 		log_warn("the database schema (%d) is newer than this idpd (%d)", v,
-			 app->schema_expected);
+		         app->schema_expected);
 	return 0;
 }
 
 static int
 reload_api_keys(struct idpd_app *app, const struct idpd_config *next, void *ctx,
-		struct idp_diag *diag)
+                struct idp_diag *diag)
 {
 	(void)app;
 	(void)ctx;
@@ -257,7 +272,7 @@ reload(struct idpd_app *app)
 	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
 		log_error("reload: %s; components that failed keep their state",
-			  idp_diag_str(&diag));
+		          idp_diag_str(&diag));
 	}
 	{
 		int lvl = idp_log_level_parse(next->log.level);
@@ -276,8 +291,8 @@ static int
 cmd_serve(int argc, char **argv)
 {
 	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-					     {"migrate", no_argument, NULL, 'm'},
-					     {NULL, 0, NULL, 0}};
+	                                     {"migrate", no_argument, NULL, 'm'},
+	                                     {NULL, 0, NULL, 0}};
 	struct idpd_app app;
 	struct http_server_opts ho;
 	struct http_router *router;
@@ -294,9 +309,15 @@ cmd_serve(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': config = optarg; break;
-		case 'm': migrate = true; break;
-		default: usage(stderr); return 2;
+		case 'c':
+			config = optarg;
+			break;
+		case 'm':
+			migrate = true;
+			break;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (config == NULL || optind != argc) {
@@ -353,15 +374,15 @@ cmd_serve(int argc, char **argv)
 	{
 		struct audit_alert_config alerts;
 		struct audit_writer_opts ao = {
-			.url = app.cfg->database.url,
-			.instance_id = app.instance_id,
-			.queue_max = app.cfg->audit.queue_max,
-			.batch_max = app.cfg->audit.batch_max,
-			.batch_wait_ms = app.cfg->audit.batch_wait_ms,
-			.sync = strcmp(app.cfg->audit.durability, "sync") == 0,
-			.fail_closed = strcmp(app.cfg->audit.on_full, "fail_closed") == 0,
-			.timeout_ms = app.cfg->audit.timeout_ms,
-			.alerts = &alerts,
+		    .url = app.cfg->database.url,
+		    .instance_id = app.instance_id,
+		    .queue_max = app.cfg->audit.queue_max,
+		    .batch_max = app.cfg->audit.batch_max,
+		    .batch_wait_ms = app.cfg->audit.batch_wait_ms,
+		    .sync = strcmp(app.cfg->audit.durability, "sync") == 0,
+		    .fail_closed = strcmp(app.cfg->audit.on_full, "fail_closed") == 0,
+		    .timeout_ms = app.cfg->audit.timeout_ms,
+		    .alerts = &alerts,
 		};
 
 		audit_alert_config_defaults(&alerts);
@@ -417,6 +438,7 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
+	audit_set_token_resolver(revocation_introspect_access);
 	if (maintenance_register("signing_keys", keys_maintenance_job, keys) != IDP_OK)
 		log_warn("bug: cannot register the key rotation job");
 	/* A policy set with errors ends startup here: idpd never runs without one. */
@@ -447,7 +469,7 @@ cmd_serve(int argc, char **argv)
 	ho.listen = app.cfg->server.listen;
 	ho.port = app.cfg->server.port;
 	ho.threads = app.cfg->server.threads > 0 ? app.cfg->server.threads
-						 : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	                                         : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (ho.threads < 1)
 		ho.threads = 1;
 	ho.handler_threads = app.cfg->server.handler_threads;
@@ -463,7 +485,7 @@ cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	log_info("idpd %s listening on %s:%d with %d I/O and %d handler thread(s), instance %s",
-		 IDPD_VERSION, ho.listen, ho.port, ho.threads, ho.handler_threads, app.instance_id);
+	         IDPD_VERSION, ho.listen, ho.port, ho.threads, ho.handler_threads, app.instance_id);
 
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)
@@ -474,7 +496,7 @@ cmd_serve(int argc, char **argv)
 			continue;
 		}
 		log_info("%s: draining (up to %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-			 (long long)app.cfg->server.shutdown_timeout_ms);
+		         (long long)app.cfg->server.shutdown_timeout_ms);
 		break;
 	}
 	left = http_server_stop(app.http, app.cfg->server.shutdown_timeout_ms);

@@ -10,6 +10,8 @@
 #ifndef IDPD_APP_H
 #define IDPD_APP_H
 
+#include <jansson.h>
+
 #include "idpd/config.h"
 #include "idpd/http.h"
 #include "idpd/store.h"
@@ -19,7 +21,7 @@ struct idpd_app {
 	struct store *store;
 	struct store_listener *listener;
 	struct http_server *http;
-	int schema_expected;   /* latest migration shipped with this binary */
+	int schema_expected; /* latest migration shipped with this binary */
 	int64_t started_ms;
 	char instance_id[128];
 };
@@ -30,17 +32,28 @@ struct idpd_app {
  * which case it must keep its old state.  Hooks run on the main thread.
  */
 typedef int (*app_reload_fn)(struct idpd_app *app, const struct idpd_config *next, void *ctx,
-			     struct idp_diag *diag);
+                             struct idp_diag *diag);
 
 /* Register before the server starts; IDP_ETOOBIG past a fixed number. */
 int app_on_reload(app_reload_fn fn, void *ctx) IDP_WUR;
 
 /* Run every hook; returns the number that failed. */
 int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
-			 struct idp_diag *diag);
+                         struct idp_diag *diag);
 
 /* Add the ops routes (/healthz, /readyz, /metrics) to r. */
 int ops_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+/*
+ * An agent reports its tool invocations with the access token it used:
+ * the resolver (installed by the token service before the server starts)
+ * answers whether token is an active access token and, if it is, gives
+ * its introspection response (a new object: sub, agent_type, task_id,
+ * human_principal, jti, scope, delegation_chain).  IDP_OK, IDP_EUNAUTH
+ * for any token that is not active, IDP_EUNAVAIL when it cannot tell.
+ */
+typedef int (*audit_token_resolver)(const char *token, json_t **out);
+void audit_set_token_resolver(audit_token_resolver fn);
+
 /* Add the audit routes (/v1/audit/events, /v1/audit/verify) to r. */
 int audit_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
 

@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "idpd/common.h"
 
 struct http_router;
@@ -91,6 +93,15 @@ void revocation_note_delegation(const char *jti, const char *parent_jti, const c
                                 const char *agent_id, const char *scope, int depth, int64_t iat_s,
                                 int64_t exp_s);
 void revocation_note_task_closed(const char *task_id);
+
+/*
+ * Whether token is an active access token, by every rule of POST
+ * /introspect.  IDP_OK with *out its introspection response (a new object);
+ * IDP_EUNAUTH for any token that is not an active access token;
+ * IDP_EUNAVAIL when idpd cannot tell.  Any worker thread; may wait on
+ * PostgreSQL on a miss.  The audit log's token resolver.
+ */
+int revocation_introspect_access(const char *token, json_t **out) IDP_WUR;
 
 /*
  * Load the state and subscribe to the listener (before

@@ -3,6 +3,7 @@
  * tool invocations (POST /v1/audit/events) and chain verification
  * (GET /v1/audit/verify).
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,22 +197,97 @@ query_events(struct http_req *req, void *ctx)
 
 /* ---- POST /v1/audit/events ---- */
 
+static _Atomic(audit_token_resolver) token_resolver;
+
+void
+audit_set_token_resolver(audit_token_resolver fn)
+{
+	atomic_store(&token_resolver, fn);
+}
+
+/*
+ * Stamp a report made with an access token with what the token says: the
+ * agent, the task, the human, the token and its scope, and the chain from
+ * the human through every agent.  The reporter cannot choose these.
+ */
+static int
+stamp_from_token(struct audit_event *ev, const json_t *t)
+{
+	const char *sub = json_string_value(json_object_get(t, "sub"));
+	const char *human = json_string_value(json_object_get(t, "human_principal"));
+	const json_t *chain = json_object_get(t, "delegation_chain"), *link;
+	size_t i;
+
+	if (sub == NULL || audit_event_set_actor(ev, AUDIT_ACTOR_AGENT, sub) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_ID, sub) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_AGENT_TYPE,
+	                    json_string_value(json_object_get(t, "agent_type"))) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_TASK_ID, json_string_value(json_object_get(t, "task_id"))) !=
+	        IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, human) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_TOKEN_ID, json_string_value(json_object_get(t, "jti"))) !=
+	        IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_GRANTED_SCOPE,
+	                    json_string_value(json_object_get(t, "scope"))) != IDP_OK)
+		return IDP_EINTERNAL;
+	audit_event_chain_clear(ev);
+	if (human != NULL && audit_event_chain_append(ev, human) != IDP_OK)
+		return IDP_EINTERNAL;
+	json_array_foreach(chain, i, link)
+	{
+		const char *a = json_string_value(json_object_get(link, "agent"));
+
+		if (a != NULL && audit_event_chain_append(ev, a) != IDP_OK)
+			return IDP_EINTERNAL;
+	}
+	return IDP_OK;
+}
+
+/*
+ * Who reports: an operator key with the introspector role (a downstream API
+ * reporting what an agent did), or an agent with the access token it used.
+ * true with *agent_token set (a new reference) for the latter; false when
+ * the request was answered.
+ */
+static bool
+reporter(struct http_req *req, struct auth_principal *who, json_t **agent_token)
+{
+	const char *bearer = http_req_bearer(req);
+	audit_token_resolver fn = atomic_load(&token_resolver);
+	int rc;
+
+	*agent_token = NULL;
+	if (bearer == NULL || strncmp(bearer, "idpk_", 5) == 0 || fn == NULL)
+		return auth_require(req, IDPD_ROLE_INTROSPECTOR, who);
+	rc = fn(bearer, agent_token);
+	if (rc == IDP_OK)
+		return true;
+	if (rc == IDP_EUNAVAIL) {
+		http_reply_error(req, IDP_EUNAVAIL, "cannot tell whether the token is active now");
+		return false;
+	}
+	http_add_header(req, "WWW-Authenticate", "Bearer realm=\"idpd\", error=\"invalid_token\"");
+	http_reply_problem(req, 401, "unauthorized", NULL,
+	                   "an active access token or an introspector API key is required");
+	return false;
+}
+
 static void
 ingest_event(struct http_req *req, void *ctx)
 {
 	struct auth_principal who;
 	struct audit_event *ev = NULL;
 	struct idp_diag diag;
-	json_t *body, *errs;
+	json_t *body, *errs, *token = NULL;
 	char id[80];
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+	if (!reporter(req, &who, &token))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
-		return;
+		goto done;
 	idp_diag_init(&diag);
 	rc = audit_event_from_jsonv(body, &ev, &diag);
 	json_decref(body);
@@ -220,13 +296,13 @@ ingest_event(struct http_req *req, void *ctx)
 		http_reply_problem(req, rc == IDP_ETOOBIG ? 413 : 422,
 				   rc == IDP_ETOOBIG ? "payload_too_large" : "unprocessable",
 				   json_pack("{s:o}", "errors", errs), "the event is not valid");
-		return;
+		goto done;
 	}
 	if (audit_event_type(ev) != AUDIT_TOOL_INVOCATION) {
 		audit_event_free(ev);
 		http_reply_problem(req, 422, "unprocessable", NULL,
 				   "only tool_invocation events may be reported");
-		return;
+		goto done;
 	}
 	/* What the reporter may not choose: identity, time, origin. */
 	if (audit_event_set(ev, AUDIT_F_ID, NULL) != IDP_OK ||
@@ -236,17 +312,20 @@ ingest_event(struct http_req *req, void *ctx)
 	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS,
 			    http_req_peer(req)[0] ? http_req_peer(req) : NULL) != IDP_OK ||
-	    audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who.name) != IDP_OK) {
+	    (token != NULL ? stamp_from_token(ev, token)
+			   : audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who.name)) != IDP_OK) {
 		audit_event_free(ev);
 		http_reply_error(req, IDP_EINTERNAL, "cannot stamp the event");
-		return;
+		goto done;
 	}
 	snprintf(id, sizeof(id), "%s", audit_event_get(ev, AUDIT_F_ID));
 	if (audit_emit(ev) != IDP_OK) {
 		http_reply_error(req, IDP_EUNAVAIL, "the audit log cannot take the event now");
-		return;
+		goto done;
 	}
 	http_reply_json(req, 201, json_pack("{s:s}", "id", id));
+done:
+	json_decref(token);
 }
 
 /* ---- GET /v1/audit/verify ---- */

@@ -627,6 +627,36 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 	return IDP_OK;
 }
 
+int
+revocation_introspect_access(const char *token, json_t **out)
+{
+	struct vc_entry *e = NULL;
+	const char *reason = NULL;
+	int64_t now = idp_now_ms(idp_clock_system()) / 1000;
+	json_t *r;
+	int rc;
+
+	*out = NULL;
+	if (token == NULL)
+		return IDP_EUNAUTH;
+	rc = decide(token, "access_token", now, true, &e, &reason);
+	if (rc == IDP_EUNAVAIL)
+		return IDP_EUNAVAIL;
+	if (rc != IDP_OK)
+		return IDP_EUNAUTH;
+	r = json_loadb(e->body, e->body_len, 0, NULL);
+	vc_unref(e);
+	if (r == NULL)
+		return IDP_EUNAVAIL;
+	if (!json_is_string(json_object_get(r, "token_use")) ||
+	    strcmp(json_string_value(json_object_get(r, "token_use")), "access_token") != 0) {
+		json_decref(r);
+		return IDP_EUNAUTH;
+	}
+	*out = r;
+	return IDP_OK;
+}
+
 /* ---- the endpoint ---- */
 
 static void

@@ -131,6 +131,7 @@ a_day_in_the_life(void **state)
 	struct tm utc;
 	bool office, risk_off;
 	const char *inv_tok;
+	char *report_tok;
 
 	(void)state;
 	gmtime_r(&now, &utc);
@@ -252,7 +253,27 @@ a_day_in_the_life(void **state)
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "reports:write");
 	keep(&d, json_string_value(json_object_get(r.json, "access_token")));
+	report_tok = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	assert_non_null(report_tok);
 	harness_resp_free(&r);
+	/*    The report generator records what it did, with the token it used:
+	 *    the event takes its agent, task, human and chain from the token. */
+	world_call(&d.w, "POST", "/v1/audit/events", report_tok,
+	           "{\"type\":\"tool_invocation\",\"agent_id\":\"someone-else\","
+	           "\"action\":{\"tool\":\"s3.put_object\",\"parameters\":{\"key\":"
+	           "\"reports/q3-infra.pdf\"},\"result\":\"success\"}}",
+	           &r);
+	if (r.status != 201)
+		fprintf(stderr, "tool report: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM audit_events WHERE type = 'tool_invocation' AND task_id = '%s'"
+	    " AND agent_id = 'report-agent' AND body::json->'delegation_chain'->>0 = "
+	    "'alice@example.com' AND body::json->'delegation_chain'->>2 = 'report-agent'",
+	    d.task_id);
+	assert_int_equal(world_count(&d.w, sql), 1);
 
 	/* 7. The task completes, and every token of it is inactive on introspection. */
 	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", d.task_id);
@@ -261,6 +282,12 @@ a_day_in_the_life(void **state)
 	harness_resp_free(&r);
 	for (size_t i = 0; i < d.n_tokens; i++)
 		assert_false(active(&d, d.tokens[i], NULL));
+	/*    A dead token cannot report either. */
+	world_call(&d.w, "POST", "/v1/audit/events", report_tok,
+	           "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"s3.put_object\"}}", &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	free(report_tok);
 
 	/* 8. The audit log tells the whole story back to Alice's request, with
 	 *    the task id on every event and the delegation chain on every
