@@ -30,6 +30,7 @@
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
 #include "idpd/auth.h"
+#include "idpd/caller.h"
 #include "idpd/b64.h"
 #include "idpd/buf.h"
 #include "idpd/clock.h"
@@ -38,67 +39,8 @@
 #include "idpd/registry.h"
 #include "idpd/tasks.h"
 
-#define GENERIC_401 "a valid bearer token is required"
 #define READ_ROLES (IDPD_ROLE_APPROVER | IDPD_ROLE_AUDITOR)
 #define DECIDE_ROLES IDPD_ROLE_APPROVER
-
-enum caller_kind { CALLER_HUMAN, CALLER_AGENT, CALLER_OPERATOR };
-
-struct caller {
-	enum caller_kind kind;
-	char name[HUMAN_PRINCIPAL_MAX + 1]; /* principal, agent id or API key name */
-	char idp[65];                       /* a human's [[idp]] */
-	unsigned roles;                     /* an operator's */
-};
-
-/*
- * Who is calling: an operator key with one of op_roles (admin passes), a
- * human, or an agent.  On failure answers the request (401, 403, 503) and
- * returns false.
- */
-static bool
-identify(struct http_req *req, unsigned op_roles, struct caller *c)
-{
-	const char *bearer = http_req_bearer(req), *why = NULL, *why_agent = NULL;
-	struct human_principal h;
-	struct agent_principal ap;
-	int rc;
-
-	memset(c, 0, sizeof(*c));
-	if (bearer != NULL && strncmp(bearer, AUTH_KEY_PREFIX, strlen(AUTH_KEY_PREFIX)) == 0) {
-		struct auth_principal op;
-
-		if (!auth_require(req, op_roles, &op))
-			return false;
-		c->kind = CALLER_OPERATOR;
-		c->roles = op.roles;
-		snprintf(c->name, sizeof(c->name), "%s", op.name);
-		return true;
-	}
-	rc = authenticate_human(req, &h, &why);
-	if (rc == IDP_OK) {
-		c->kind = CALLER_HUMAN;
-		snprintf(c->name, sizeof(c->name), "%s", h.principal);
-		snprintf(c->idp, sizeof(c->idp), "%s", h.idp);
-		return true;
-	}
-	if (rc == IDP_EUNAUTH) {
-		rc = authenticate_agent(req, &ap, &why_agent);
-		if (rc == IDP_OK) {
-			c->kind = CALLER_AGENT;
-			snprintf(c->name, sizeof(c->name), "%s", ap.agent->id);
-			agent_principal_cleanup(&ap);
-			return true;
-		}
-	}
-	log_info("approvals: caller not authenticated (human: %s, agent: %s)", why ? why : "-",
-	         why_agent ? why_agent : "-");
-	if (rc == IDP_EUNAUTH)
-		http_add_header(req, "WWW-Authenticate", "Bearer");
-	http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
-	                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
-	return false;
-}
 
 /* Whether c may read the approval in row r. */
 static bool
@@ -122,14 +64,6 @@ reply_not_found(struct http_req *req)
 	http_reply_problem(req, 404, "not_found", NULL, "no such approval, or not one you may see");
 }
 
-static enum audit_actor_kind
-actor_kind(const struct caller *c)
-{
-	return c->kind == CALLER_HUMAN   ? AUDIT_ACTOR_HUMAN
-	       : c->kind == CALLER_AGENT ? AUDIT_ACTOR_AGENT
-	                                 : AUDIT_ACTOR_OPERATOR;
-}
-
 /* ---- GET /v1/approvals/{id} ---- */
 
 static struct store_stmt st_get = {
@@ -146,7 +80,7 @@ get_one(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!identify(req, READ_ROLES, &who))
+	if (!caller_identify(req, READ_ROLES, "approvals", &who))
 		return;
 	if (!approval_id_valid(id)) {
 		reply_not_found(req);
@@ -262,7 +196,7 @@ list(struct http_req *req, void *ctx)
 	int n = 0, rc = 0, rows;
 
 	(void)ctx;
-	if (!identify(req, READ_ROLES, &who))
+	if (!caller_identify(req, READ_ROLES, "approvals", &who))
 		return;
 	if (!http_req_query_int(req, "limit", 1, APPROVAL_PAGE_MAX, APPROVAL_PAGE_DEFAULT,
 	                        &limit)) {
@@ -506,7 +440,7 @@ emit_decision(struct http_req *req, const struct caller *who, enum audit_type ty
 	    .task_id = PQgetvalue(r, 0, APR_C_TASK),
 	    .human = PQgetvalue(r, 0, APR_C_HUMAN),
 	    .agent_id = PQgetvalue(r, 0, APR_C_AGENT),
-	    .actor = actor_kind(who),
+	    .actor = caller_actor_kind(who),
 	    .actor_name = who->name,
 	    .granted_scope = type == AUDIT_APPROVAL_GRANTED ? scope : NULL,
 	    .request_id = http_req_id(req),
@@ -534,7 +468,7 @@ decide(struct http_req *req, bool approve)
 	enum { NONE, NOT_FOUND, DECIDED, EXPIRED } refused = NONE;
 	int rc;
 
-	if (!identify(req, DECIDE_ROLES, &who))
+	if (!caller_identify(req, DECIDE_ROLES, "approvals", &who))
 		return;
 	if (who.kind == CALLER_AGENT) {
 		http_reply_problem(

@@ -23,4 +23,4 @@ BENCH_BINS += $(BUILD)/tests/bench/introspect_helper
 LIB_SRCS += src/token/approvals.c src/token/approvals_api.c
 UNIT_TESTS += approvals
 # Access tokens: POST /v1/token.
-LIB_SRCS += src/token/access.c src/token/oauth.c
+LIB_SRCS += src/token/access.c src/token/oauth.c src/token/caller.c

@@ -30,6 +30,7 @@
 #include "idpd/agent_auth.h"
 #include "idpd/attest.h"
 #include "idpd/audit_writer.h"
+#include "idpd/caller.h"
 #include "idpd/clock.h"
 #include "idpd/http.h"
 #include "idpd/human_auth.h"
@@ -43,13 +44,6 @@
 #define REASON_MAX 256
 /* Revoked jtis an event lists at most; the count is always complete. */
 #define EVENT_JTIS 100
-
-enum caller_kind { CALLER_OPERATOR, CALLER_AGENT, CALLER_HUMAN };
-
-struct caller {
-	enum caller_kind kind;
-	char name[HUMAN_PRINCIPAL_MAX + 1];
-};
 
 /* The token as far as revocation needs it. */
 struct target {
@@ -68,9 +62,7 @@ static bool
 identify(struct http_req *req, struct caller *c)
 {
 	struct auth_principal op;
-	struct human_principal h;
-	struct agent_principal ap;
-	const char *why = NULL;
+	const char *why = NULL, *why_agent = NULL;
 	int rc;
 
 	memset(c, 0, sizeof(*c));
@@ -86,26 +78,15 @@ identify(struct http_req *req, struct caller *c)
 		return true;
 	}
 	if (rc == IDP_ENOTFOUND && http_req_bearer(req) != NULL) {
-		rc = authenticate_human(req, &h, &why);
-		if (rc == IDP_OK) {
-			c->kind = CALLER_HUMAN;
-			snprintf(c->name, sizeof(c->name), "%s", h.principal);
+		rc = caller_authenticate(req, c, &why, &why_agent);
+		if (rc == IDP_OK)
 			return true;
-		}
-		if (rc == IDP_EUNAUTH) {
-			rc = authenticate_agent(req, &ap, &why);
-			if (rc == IDP_OK) {
-				c->kind = CALLER_AGENT;
-				snprintf(c->name, sizeof(c->name), "%s", ap.agent->id);
-				agent_principal_cleanup(&ap);
-				return true;
-			}
-		}
 		if (rc == IDP_EUNAVAIL) {
 			http_reply_error(req, IDP_EUNAVAIL, "cannot authenticate now");
 			return false;
 		}
-		log_info("revoke: caller not authenticated: %s", why != NULL ? why : "unknown");
+		log_info("revoke: caller not authenticated (human: %s, agent: %s)",
+		         why != NULL ? why : "-", why_agent != NULL ? why_agent : "-");
 	}
 	http_add_header(req, "WWW-Authenticate", "Basic realm=\"idpd\", Bearer realm=\"idpd\"");
 	http_reply_oauth_error(req, 401, "invalid_client",
@@ -202,14 +183,6 @@ static struct store_stmt st_record = {
 
 /* ---- audit ---- */
 
-static enum audit_actor_kind
-actor_kind(const struct caller *c)
-{
-	return c->kind == CALLER_HUMAN   ? AUDIT_ACTOR_HUMAN
-	       : c->kind == CALLER_AGENT ? AUDIT_ACTOR_AGENT
-	                                 : AUDIT_ACTOR_OPERATOR;
-}
-
 /* Emit the revocation's event; detail is stolen.  IDP_OK once durable. */
 static int
 emit(struct http_req *req, const struct caller *who, const struct target *t,
@@ -231,7 +204,7 @@ emit(struct http_req *req, const struct caller *who, const struct target *t,
 	    audit_event_set(ev, AUDIT_F_TOKEN_ID, t->jti) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
 	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
-	    audit_event_set_actor(ev, actor_kind(who), who->name) != IDP_OK ||
+	    audit_event_set_actor(ev, caller_actor_kind(who), who->name) != IDP_OK ||
 	    (t->human != NULL && audit_event_chain_append(ev, t->human) != IDP_OK))
 		rc = IDP_EINTERNAL;
 	/* The chain's agents, root first (the result is nearest first). */

@@ -27,6 +27,7 @@
 #include "idpd/app.h"
 #include "idpd/attest.h"
 #include "idpd/audit_writer.h"
+#include "idpd/caller.h"
 #include "idpd/auth.h"
 #include "idpd/clock.h"
 #include "idpd/human_auth.h"
@@ -672,61 +673,6 @@ done:
 
 /* ---- GET /v1/tasks/{id}, POST /v1/tasks/{id}/complete ---- */
 
-enum caller_kind { CALLER_HUMAN, CALLER_AGENT, CALLER_OPERATOR };
-
-struct caller {
-	enum caller_kind kind;
-	char name[HUMAN_PRINCIPAL_MAX + 1];
-	unsigned roles;
-};
-
-/*
- * Who is calling: an operator key with one of op_roles, a human, or an
- * agent.  On failure answers the request and returns false.
- */
-static bool
-identify(struct http_req *req, unsigned op_roles, struct caller *c)
-{
-	const char *bearer = http_req_bearer(req), *why = NULL, *why_agent = NULL;
-	struct human_principal h;
-	struct agent_principal ap;
-	int rc;
-
-	memset(c, 0, sizeof(*c));
-	if (bearer != NULL && strncmp(bearer, AUTH_KEY_PREFIX, strlen(AUTH_KEY_PREFIX)) == 0) {
-		struct auth_principal op;
-
-		if (!auth_require(req, op_roles, &op))
-			return false;
-		c->kind = CALLER_OPERATOR;
-		c->roles = op.roles;
-		snprintf(c->name, sizeof(c->name), "%s", op.name);
-		return true;
-	}
-	rc = authenticate_human(req, &h, &why);
-	if (rc == IDP_OK) {
-		c->kind = CALLER_HUMAN;
-		snprintf(c->name, sizeof(c->name), "%s", h.principal);
-		return true;
-	}
-	if (rc == IDP_EUNAUTH) {
-		rc = authenticate_agent(req, &ap, &why_agent);
-		if (rc == IDP_OK) {
-			c->kind = CALLER_AGENT;
-			snprintf(c->name, sizeof(c->name), "%s", ap.agent->id);
-			agent_principal_cleanup(&ap);
-			return true;
-		}
-	}
-	log_info("tasks: caller not authenticated (human: %s, agent: %s)", why ? why : "-",
-	         why_agent ? why_agent : "-");
-	if (rc == IDP_EUNAUTH)
-		http_add_header(req, "WWW-Authenticate", "Bearer");
-	http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
-	                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
-	return false;
-}
-
 /* Whether c may act on the task in row r (TASK_COLUMNS) as owner or root agent. */
 static bool
 may_touch(const struct caller *c, PGresult *r, unsigned op_roles)
@@ -740,14 +686,6 @@ may_touch(const struct caller *c, PGresult *r, unsigned op_roles)
 		return (c->roles & (op_roles | IDPD_ROLE_ADMIN)) != 0;
 	}
 	return false;
-}
-
-static enum audit_actor_kind
-actor_kind(const struct caller *c)
-{
-	return c->kind == CALLER_HUMAN   ? AUDIT_ACTOR_HUMAN
-	       : c->kind == CALLER_AGENT ? AUDIT_ACTOR_AGENT
-	                                 : AUDIT_ACTOR_OPERATOR;
 }
 
 static bool
@@ -778,7 +716,7 @@ get_task(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!identify(req, IDPD_ROLE_AUDITOR, &who))
+	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
 		return;
 	if (!task_id_ok(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
@@ -814,7 +752,7 @@ complete_task(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!identify(req, IDPD_ROLE_ADMIN, &who))
+	if (!caller_identify(req, IDPD_ROLE_ADMIN, "tasks", &who))
 		return;
 	if (!task_id_ok(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
@@ -857,7 +795,7 @@ complete_task(struct http_req *req, void *ctx)
 	    .task_id = id,
 	    .human = PQgetvalue(t, 0, 1),
 	    .agent_id = PQgetvalue(t, 0, 3),
-	    .actor = actor_kind(&who),
+	    .actor = caller_actor_kind(&who),
 	    .actor_name = who.name,
 	    .req = req,
 	    .detail = json_pack("{s:I,s:s}", "delegations_revoked", (json_int_t)revoked,
@@ -910,7 +848,7 @@ task_timeline(struct http_req *req, void *ctx)
 	int rc, n;
 
 	(void)ctx;
-	if (!identify(req, IDPD_ROLE_AUDITOR, &who))
+	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
 		return;
 	if (!task_id_ok(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
