@@ -816,9 +816,13 @@ cache_reloads_after_the_listener_reconnects(void **state)
 	                "UPDATE agents SET team = 'changed-behind', version = version + 1 "
 	                "WHERE id = 'resync-agent'"),
 	    0);
-	/* The reconnect reloads the whole cache and finds the change. */
+	/* The reconnect reloads the whole cache and finds the change.  Until
+	 * then lookups read PostgreSQL, so the change may show first: wait for
+	 * the reconnection itself too. */
 	assert_true(wait_visible(&p, "/v1/agents/resync-agent", "team", "changed-behind", 10000) >=
 	            0);
+	for (int i = 0; i < 1000 && !harness_log_contains(&p, "listener: reconnected"); i++)
+		sleep_ms(10);
 	assert_true(harness_log_contains(&p, "listener: reconnected"));
 	/* A row deleted behind idpd's back leaves the cache too (notified). */
 	assert_int_equal(

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -228,6 +229,11 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 		return -1;
 	if (p->pid == 0) {
 		int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		/* A test binary that fails or dies takes its idpd children with it:
+		 * a stray idpd would reconnect to the next database of the same name. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
+			_exit(127);
 
 		if (fd >= 0) {
 			dup2(fd, STDOUT_FILENO);
