@@ -26,14 +26,14 @@
 #include "idpd/audit_alerts.h"
 
 struct audit_writer_opts {
-	const char *url;          /* PostgreSQL; the writer connects on its own */
-	const char *instance_id;  /* stamped on every event */
-	int queue_max;            /* events waiting at most */
-	int batch_max;            /* events per transaction at most */
-	int64_t batch_wait_ms;    /* how long a batch may wait to fill; 0 = never */
-	bool sync;                /* durability "sync" (true) or "async" */
-	bool fail_closed;         /* on_full "fail_closed" (true) or "block" */
-	int64_t timeout_ms;       /* how long an emitter waits (space, commit) */
+	const char *url;         /* PostgreSQL; the writer connects on its own */
+	const char *instance_id; /* stamped on every event */
+	int queue_max;           /* events waiting at most */
+	int batch_max;           /* events per transaction at most */
+	int64_t batch_wait_ms;   /* how long a batch may wait to fill; 0 = never */
+	bool sync;               /* durability "sync" (true) or "async" */
+	bool fail_closed;        /* on_full "fail_closed" (true) or "block" */
+	int64_t timeout_ms;      /* how long an emitter waits (space, commit) */
 	/* Detection rules fed with every committed event; NULL turns them off.
 	 * The alerts they raise are queued like any event. */
 	const struct audit_alert_config *alerts;
@@ -60,16 +60,24 @@ int audit_writer_stop(int64_t timeout_ms);
  * Any thread.
  */
 int audit_emit(struct audit_event *ev) IDP_WUR;
+/*
+ * The same for an event no answer depends on (an introspection that found
+ * a token inactive): queued without waiting for room or for the commit,
+ * so a flood of such events can neither slow the requests nor block them.
+ * IDP_EUNAVAIL when no writer runs or the queue is full: the event is
+ * dropped and counted as refused.  Takes ownership.  Any thread.
+ */
+int audit_emit_nowait(struct audit_event *ev) IDP_WUR;
 
 struct audit_writer_stats {
-	uint64_t queued;     /* accepted onto the queue */
-	uint64_t committed;  /* written and committed */
-	uint64_t refused;    /* refused: queue full (fail_closed) or no writer */
-	uint64_t timeouts;   /* emitters that gave up waiting */
+	uint64_t queued;    /* accepted onto the queue */
+	uint64_t committed; /* written and committed */
+	uint64_t refused;   /* refused: queue full (fail_closed) or no writer */
+	uint64_t timeouts;  /* emitters that gave up waiting */
 	uint64_t batches;
 	uint64_t commit_us_total;
-	uint64_t failures;   /* batches that failed and were retried */
-	int depth;           /* waiting now */
+	uint64_t failures; /* batches that failed and were retried */
+	int depth;         /* waiting now */
 	bool connected;
 };
 void audit_writer_get_stats(struct audit_writer_stats *st);

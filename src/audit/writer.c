@@ -637,8 +637,9 @@ cancel_queued(uint64_t seq)
 	atomic_fetch_add(&W.cancelled, 1);
 }
 
-int
-audit_emit(struct audit_event *ev)
+/* audit_emit and audit_emit_nowait: wait says whether to wait for room and, if sync, the commit. */
+static int
+emit(struct audit_event *ev, bool wait)
 {
 	struct slot sl;
 	struct timespec deadline;
@@ -672,7 +673,7 @@ audit_emit(struct audit_event *ev)
 	}
 	deadline_in(&deadline, W.o.timeout_ms);
 	while (W.count == W.cap) {
-		if (W.o.fail_closed || !W.running ||
+		if (!wait || W.o.fail_closed || !W.running ||
 		    pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&W.lock);
 			audit_event_free(ev);
@@ -686,7 +687,7 @@ audit_emit(struct audit_event *ev)
 	mine = ++W.enq_seq;
 	atomic_fetch_add(&W.queued, 1);
 	pthread_cond_signal(&W.work);
-	if (W.o.sync) {
+	if (W.o.sync && wait) {
 		/* A stopped writer leaves committed_seq where it is; the
 		 * deadline ends the wait either way. */
 		while (W.committed_seq < mine) {
@@ -702,6 +703,18 @@ audit_emit(struct audit_event *ev)
 	}
 	pthread_mutex_unlock(&W.lock);
 	return rc;
+}
+
+int
+audit_emit(struct audit_event *ev)
+{
+	return emit(ev, true);
+}
+
+int
+audit_emit_nowait(struct audit_event *ev)
+{
+	return emit(ev, false);
 }
 
 void

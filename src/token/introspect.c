@@ -37,6 +37,7 @@
 
 #include <openssl/sha.h>
 
+#include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/b64.h"
 #include "idpd/clock.h"
@@ -657,6 +658,34 @@ revocation_introspect_access(const char *token, json_t **out)
 	return IDP_OK;
 }
 
+/*
+ * A token a resource server was shown and idpd found inactive is worth a
+ * line in the audit log (a revoked token still in use, a forgery), but no
+ * answer waits for it: it is queued without waiting (audit_emit_nowait), so
+ * a flood of bad tokens can neither slow introspection nor fill the queue
+ * for anyone else.  The token itself is never recorded.
+ */
+static void
+audit_inactive(struct http_req *req, const struct auth_principal *op, const char *reason)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_AUTH_FAILED, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(req);
+
+	if (ev == NULL)
+		return;
+	audit_event_set_outcome(ev, AUDIT_OUTCOME_DENIED);
+	if (audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, op->name) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+	    audit_event_put_detail(ev, "endpoint", json_string("introspect")) != IDP_OK ||
+	    audit_event_put_detail(ev, "reason", json_string(reason)) != IDP_OK) {
+		audit_event_free(ev);
+		return;
+	}
+	if (audit_emit_nowait(ev) != IDP_OK)
+		log_debug("introspect: the inactive answer was not recorded (audit queue full)");
+}
+
 /* ---- the endpoint ---- */
 
 static void
@@ -719,6 +748,7 @@ introspect(struct http_req *req, void *ctx)
 	case IDP_EFORBIDDEN:
 		atomic_fetch_add_explicit(&stats.inactive, 1, memory_order_relaxed);
 		count_inactive(reason);
+		audit_inactive(req, &op, reason);
 		log_debug("introspect: inactive (%s), request %s", reason, http_req_id(req));
 		http_reply_data(req, 200, "application/json", "{\"active\":false}", 16);
 		break;
