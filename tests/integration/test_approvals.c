@@ -563,12 +563,6 @@ approvals_list_in_keyset_pages(void **state)
 	setting_stop(w);
 }
 
-static int
-group_teardown(void **state)
-{
-	return world_teardown(state);
-}
-
 int
 main(void)
 {
@@ -580,5 +574,5 @@ main(void)
 	    cmocka_unit_test_teardown(approvals_list_in_keyset_pages, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, group_teardown);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

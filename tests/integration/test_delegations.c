@@ -71,11 +71,9 @@ setting_start(struct setting *s, const char *db, const char *planner_approvals)
 	world_credential(&s->w, "cloud-agent", s->cloud, sizeof(s->cloud));
 	world_credential(&s->w, "outsider", s->outsider, sizeof(s->outsider));
 	s->alice = world_human_token("alice@example.com");
-	world_task_body(&s->w, s->alice,
-	                "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\","
-	                "\"reports:write\"],\"description\":\"quarterly infrastructure review\","
-	                "\"ttl\":\"1h\"}",
-	                s->task_id, s->root_jti, &s->root_token);
+	world_task_ttl(&s->w, s->alice, "planning-agent",
+	               "[\"cloud:DescribeInstances\",\"reports:write\"]", "1h", s->task_id,
+	               s->root_jti, &s->root_token);
 }
 
 static void
@@ -255,12 +253,6 @@ delegation_of_an_approval_class_requires_approval(void **state)
 	setting_stop(&w);
 }
 
-static int
-teardown(void **state)
-{
-	return world_teardown(state);
-}
-
 int
 main(void)
 {
@@ -270,5 +262,5 @@ main(void)
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, teardown);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

@@ -206,11 +206,9 @@ setting_start(struct setting *s, const char *db, const char *max_staleness)
 	world_credential(&s->w, "sub-agent", s->sub, sizeof(s->sub));
 	world_credential(&s->w, "outsider", s->outsider, sizeof(s->outsider));
 	s->alice = world_human_token("alice@example.com");
-	world_task_body(&s->w, s->alice,
-	                "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\","
-	                "\"reports:write\"],\"description\":\"quarterly infrastructure review\","
-	                "\"ttl\":\"1h\"}",
-	                s->task_id, NULL, &s->root);
+	world_task_ttl(&s->w, s->alice, "planning-agent",
+	               "[\"cloud:DescribeInstances\",\"reports:write\"]", "1h", s->task_id, NULL,
+	               &s->root);
 	s->d1 = world_delegate(&s->w, s->planner, s->root, "cloud-agent", "cloud:DescribeInstances",
 	                       NULL);
 	s->d2 =
@@ -943,12 +941,6 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	setting_stop(&w);
 }
 
-static int
-teardown(void **state)
-{
-	return world_teardown(state);
-}
-
 int
 main(void)
 {
@@ -965,5 +957,5 @@ main(void)
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, teardown);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

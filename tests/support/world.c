@@ -342,16 +342,23 @@ world_task_body(struct world *w, const char *human, const char *body, char task_
 }
 
 void
-world_task(struct world *w, const char *human, const char *root_agent, const char *scope_json,
-           char task_id[80], char **root_token)
+world_task_ttl(struct world *w, const char *human, const char *root_agent, const char *scope_json,
+               const char *ttl, char task_id[80], char jti[80], char **root_token)
 {
 	char body[2048];
 
 	snprintf(body, sizeof(body),
 	         "{\"root_agent\":\"%s\",\"scope\":%s,\"description\":\"quarterly infrastructure "
-	         "review\",\"ttl\":\"4h\"}",
-	         root_agent, scope_json);
-	world_task_body(w, human, body, task_id, NULL, root_token);
+	         "review\",\"ttl\":\"%s\"}",
+	         root_agent, scope_json, ttl);
+	world_task_body(w, human, body, task_id, jti, root_token);
+}
+
+void
+world_task(struct world *w, const char *human, const char *root_agent, const char *scope_json,
+           char task_id[80], char **root_token)
+{
+	world_task_ttl(w, human, root_agent, scope_json, "4h", task_id, NULL, root_token);
 }
 
 void

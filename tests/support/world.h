@@ -95,6 +95,10 @@ void world_credential(struct world *w, const char *id, char *out, size_t len);
 /* POST /v1/tasks as human for root_agent with scope_json; the task id and root token (free()). */
 void world_task(struct world *w, const char *human, const char *root_agent, const char *scope_json,
                 char task_id[80], char **root_token);
+/* The same with the task's ttl (a duration); the root token's jti into jti (may be NULL). */
+void world_task_ttl(struct world *w, const char *human, const char *root_agent,
+                    const char *scope_json, const char *ttl, char task_id[80], char jti[80],
+                    char **root_token);
 /*
  * POST /v1/tasks as human with body; asserts 201.  The task id, the root
  * token's jti (jti may be NULL) and the root token (free()).
