@@ -19,43 +19,20 @@ work=$(mktemp -d)
 db=idpd_bench_attest
 idpd=${IDPD_BIN:-bin/idpd}
 
-bench_pg_start
-psql_bench() {
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$@"
-}
-psql_bench -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null
-tests/support/pg.sh createdb "$BENCH_PG_DIR" "$db"
-
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+bench_db "$db"
 
 # The attestor's key: RSA 2048, its JWKS built from the modulus and exponent.
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/k8s.pem" 2>/dev/null
-n=$(openssl rsa -in "$work/k8s.pem" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
-printf '{"keys":[{"kty":"RSA","kid":"bench-k8s","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}' \
-	"$n" >"$work/k8s.jwks.json"
+bench_idp_key "$work/k8s" bench-k8s
 now=$(date +%s)
-hdr=$(printf '{"alg":"RS256","kid":"bench-k8s"}' | b64url)
-pl=$(printf '{"iss":"https://kubernetes.default.svc","aud":["idpd"],"sub":"system:serviceaccount:agents:planner","iat":%d,"exp":%d,"kubernetes.io":{"namespace":"agents","serviceaccount":{"name":"planner"}}}' \
-	"$now" $((now + 3600)) | b64url)
-sig=$(printf '%s.%s' "$hdr" "$pl" | openssl dgst -sha256 -sign "$work/k8s.pem" -binary | b64url)
-workload="$hdr.$pl.$sig"
+workload=$(bench_jwt "$work/k8s" bench-k8s "$(printf '{"iss":"https://kubernetes.default.svc","aud":["idpd"],"sub":"system:serviceaccount:agents:planner","iat":%d,"exp":%d,"kubernetes.io":{"namespace":"agents","serviceaccount":{"name":"planner"}}}' \
+	"$now" $((now + 3600)))")
 
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
 port=$(( 57000 + RANDOM % 1000 ))
-cat >"$work/idpd.toml" <<CFG
-[server]
-listen = "127.0.0.1"
-port = $port
-threads = 2
-[database]
-url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$db"
-pool_size = 8
-[log]
-level = "info"
-access = false
-[node]
-migrations_dir = "$top/migrations"
+{
+	bench_config_head "$port" "$db"
+	cat <<CFG
 [[attestors]]
 name = "k8s"
 issuer = "https://kubernetes.default.svc"
@@ -65,15 +42,12 @@ algs = ["RS256"]
 selectors = "k8s:ns=kubernetes.io/namespace k8s:sa=kubernetes.io/serviceaccount/name"
 $(printf '%s\n' "$key_out" | tail -n +3)
 CFG
+} >"$work/idpd.toml"
 
 pid=
-"$idpd" serve --config "$work/idpd.toml" --migrate 2>"$work/idpd.log" &
-pid=$!
+bench_idpd_start "$work/idpd.toml" "$work/idpd.log"
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-for _ in $(seq 300); do
-	grep -q "registry: .* agent(s) loaded" "$work/idpd.log" 2>/dev/null && break
-	sleep 0.1
-done
+bench_wait "$work/idpd.log" grep -q "registry: .* agent(s) loaded" "$work/idpd.log"
 
 # Agents whose selectors the workload token satisfies, inserted directly;
 # idpd's cache hears of them through NOTIFY.
@@ -134,13 +108,7 @@ LUA
 
 # One run: wrk with script args; rate = credentials recorded per second.
 run() {
-	local before after out
-	before=$(creds)
-	out=$(wrk -t1 -c16 -d"${dur}s" --latency "$@")
-	after=$(creds)
-	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$work/rate.txt"
-	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
-		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/p99.txt"
+	bench_wrk_run creds "$work/rate.txt" "$work/p99.txt" -t1 -c16 "$@"
 }
 
 : >"$work/rate.txt"; : >"$work/p99.txt"

@@ -22,12 +22,7 @@ idpd=${IDPD_BIN:-bin/idpd}
 work=$(mktemp -d)
 db=idpd_bench_introspect
 
-bench_pg_start
-psql_bench() {
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$@"
-}
-psql_bench -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null
-tests/support/pg.sh createdb "$BENCH_PG_DIR" "$db"
+bench_db "$db"
 url="postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$db"
 
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
@@ -38,19 +33,8 @@ intro=${intro_out%%$'\n'*}
 human=$("$helper" idp "$work")
 
 config() { # config PORT CACHE_SIZE
+	bench_config_head "$1" "$db"
 	cat <<CFG
-[server]
-listen = "127.0.0.1"
-port = $1
-threads = 2
-[database]
-url = "$url"
-pool_size = 8
-[log]
-level = "info"
-access = false
-[node]
-migrations_dir = "$top/migrations"
 instance_id = "bench-$1"
 [identity]
 issuer = "https://idpd.bench"
@@ -70,16 +54,12 @@ CFG
 pids=()
 start_idpd() { # start_idpd PORT CACHE_SIZE
 	config "$1" "$2" >"$work/idpd-$1.toml"
-	"$idpd" serve --config "$work/idpd-$1.toml" --migrate 2>"$work/idpd-$1.log" &
-	pids+=($!)
-	for _ in $(seq 300); do
-		if curl -fs "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 &&
-			grep -q "revocation: loaded" "$work/idpd-$1.log"; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "bench: idpd did not start"; cat "$work/idpd-$1.log"; exit 1
+	bench_idpd_start "$work/idpd-$1.toml" "$work/idpd-$1.log"
+	pids+=("$pid")
+	bench_wait "$work/idpd-$1.log" ready "$1"
+}
+ready() { # ready PORT: it answers and has loaded its revocation state
+	curl -fs "http://127.0.0.1:$1/healthz" && grep -q "revocation: loaded" "$work/idpd-$1.log"
 }
 stop_all() {
 	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
@@ -145,13 +125,6 @@ function init(args)
 end
 LUA
 
-# wrk's "456.00us", "1.23ms", "1.02s" -> microseconds
-us() {
-	awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 }
-		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
-		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } }'
-}
-
 # measure PORT TAG: BENCH_RUNS wrk runs; every answer must have been "active".
 measure() {
 	local p=$1 tag=$2 out before after reqs
@@ -170,8 +143,8 @@ measure() {
 			echo "bench: some answers were not active"; echo "$out"; exit 1
 		fi
 		echo "$out" | awk '/Requests\/sec/ {print $2}' >>"$work/$tag-rps"
-		echo "$out" | awk '$1 == "50%" {print $2}' | us >>"$work/$tag-p50"
-		echo "$out" | awk '$1 == "99%" {print $2}' | us >>"$work/$tag-p99"
+		echo "$out" | wrk_pct 50% >>"$work/$tag-p50"
+		echo "$out" | wrk_pct 99% >>"$work/$tag-p99"
 	done
 }
 

@@ -31,3 +31,99 @@ bench_pg_start() {
 	tests/support/pg.sh start "$BENCH_PG_DIR" "$BENCH_PG_PORT"
 	trap 'tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true' EXIT
 }
+
+psql_bench() {
+	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$@"
+}
+
+# bench_db NAME: the benchmark PostgreSQL started and a fresh database NAME in it.
+bench_db() {
+	bench_pg_start
+	psql_bench -d postgres -c "DROP DATABASE IF EXISTS $1" >/dev/null
+	tests/support/pg.sh createdb "$BENCH_PG_DIR" "$1"
+}
+
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+
+# bench_idp_key PREFIX KID: an RSA 2048 key PREFIX.pem and its JWKS PREFIX.jwks.json
+# (an IdP's or an attestor's, RS256, key id KID).
+bench_idp_key() {
+	local n
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1.pem" 2>/dev/null
+	n=$(openssl rsa -in "$1.pem" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
+	printf '{"keys":[{"kty":"RSA","kid":"%s","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}' \
+		"$2" "$n" >"$1.jwks.json"
+}
+
+# bench_jwt PREFIX KID PAYLOAD: PAYLOAD (JSON) as an RS256 JWT signed with PREFIX.pem.
+bench_jwt() {
+	local hdr pl sig
+	hdr=$(printf '{"alg":"RS256","kid":"%s"}' "$2" | b64url)
+	pl=$(printf '%s' "$3" | b64url)
+	sig=$(printf '%s.%s' "$hdr" "$pl" | openssl dgst -sha256 -sign "$1.pem" -binary | b64url)
+	printf '%s.%s.%s\n' "$hdr" "$pl" "$sig"
+}
+
+# bench_config_head PORT DB [SERVER_LINE]: the [server], [database], [log] and [node]
+# tables every benchmark's idpd shares (2 I/O threads, a pool of 8).
+bench_config_head() {
+	cat <<CFG
+[server]
+listen = "127.0.0.1"
+port = $1
+threads = 2
+${3:-}
+[database]
+url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$2"
+pool_size = 8
+[log]
+level = "info"
+access = false
+[node]
+migrations_dir = "$top/migrations"
+CFG
+}
+
+# bench_idpd_start CONFIG LOG: idpd serving CONFIG (migrating first) in the background,
+# its pid in pid.
+bench_idpd_start() {
+	"$idpd" serve --config "$1" --migrate 2>"$2" &
+	pid=$!
+}
+
+# bench_wait LOG CMD...: until CMD succeeds (30 s at the most); else LOG is shown and
+# the benchmark ends.
+bench_wait() {
+	local log=$1
+	shift
+	for _ in $(seq 300); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench: idpd did not get ready"
+	cat "$log"
+	exit 1
+}
+
+# wrk's latencies on stdin ("456.00us", "1.23ms", "1.02s") in microseconds.
+wrk_us() {
+	awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 }
+		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
+		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } }'
+}
+
+# wrk_pct P: percentile P ("50%", "99%") of the wrk --latency output on stdin, in us.
+wrk_pct() { awk -v p="$1" '$1 == p {print $2}' | wrk_us; }
+
+# bench_wrk_run COUNT RATE P99 WRK_ARG...: one wrk run of $dur seconds.  COUNT (a
+# command printing a number) is read before and after: the difference per second is
+# appended to file RATE, wrk's p99 (us) to file P99; wrk's output stays in BENCH_WRK_OUT.
+bench_wrk_run() {
+	local count=$1 rate=$2 p99=$3 before after
+	shift 3
+	before=$($count)
+	BENCH_WRK_OUT=$(wrk -d"${dur}s" --latency "$@")
+	after=$($count)
+	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$rate"
+	printf '%s\n' "$BENCH_WRK_OUT" | wrk_pct 99% >>"$p99"
+}

@@ -15,45 +15,22 @@ work=$(mktemp -d)
 db=idpd_bench_registry
 idpd=${IDPD_BIN:-bin/idpd}
 
-bench_pg_start
-psql_bench() {
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$@"
-}
-psql_bench -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null
-tests/support/pg.sh createdb "$BENCH_PG_DIR" "$db"
+bench_db "$db"
 
 # idpd seals its signing keys with a key-encryption key: a throwaway one here.
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
 key=${key_out%%$'\n'*}
 port=$(( 56000 + RANDOM % 1000 ))
-cat >"$work/idpd.toml" <<CFG
-[server]
-listen = "127.0.0.1"
-port = $port
-threads = 2
-[database]
-url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$db"
-pool_size = 8
-[log]
-level = "info"
-access = false
-[node]
-migrations_dir = "$top/migrations"
-$(printf '%s\n' "$key_out" | tail -n +3)
-CFG
+{
+	bench_config_head "$port" "$db"
+	printf '%s\n' "$key_out" | tail -n +3
+} >"$work/idpd.toml"
 
 pid=
 start_idpd() {
-	"$idpd" serve --config "$work/idpd.toml" --migrate 2>"$work/idpd.log" &
-	pid=$!
-	for _ in $(seq 300); do
-		if grep -q "registry: .* agent(s) loaded" "$work/idpd.log" 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "bench: idpd did not load the registry"; cat "$work/idpd.log"; exit 1
+	bench_idpd_start "$work/idpd.toml" "$work/idpd.log"
+	bench_wait "$work/idpd.log" grep -q "registry: .* agent(s) loaded" "$work/idpd.log"
 }
 stop_idpd() {
 	kill -INT "$pid" 2>/dev/null || true
@@ -106,12 +83,8 @@ rss0=$(rss_kib "$pid")
 : >"$work/reg.txt"
 : >"$work/reg-p99.txt"
 for _ in $(seq "$runs"); do
-	before=$(count_agents)
-	out=$(wrk -t1 -c16 -d"${dur}s" --latency -s "$work/register.lua" "http://127.0.0.1:$port" -- "$key")
-	after=$(count_agents)
-	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$work/reg.txt"
-	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
-		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/reg-p99.txt"
+	bench_wrk_run count_agents "$work/reg.txt" "$work/reg-p99.txt" -t1 -c16 \
+		-s "$work/register.lua" "http://127.0.0.1:$port" -- "$key"
 done
 reg_rate=$(median <"$work/reg.txt")
 reg_p99=$(median <"$work/reg-p99.txt")
@@ -140,10 +113,8 @@ for _ in $(seq "$runs"); do
 		echo "bench: GET answered errors"; echo "$out"; exit 1
 	fi
 	echo "$out" | awk '/Requests\/sec/ {print $2}' >>"$work/rps.txt"
-	echo "$out" | awk '$1 == "50%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
-		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/p50.txt"
-	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
-		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/p99.txt"
+	echo "$out" | wrk_pct 50% >>"$work/p50.txt"
+	echo "$out" | wrk_pct 99% >>"$work/p99.txt"
 done
 get_rps=$(median <"$work/rps.txt")
 get_p50=$(median <"$work/p50.txt")

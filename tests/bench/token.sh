@@ -24,45 +24,21 @@ work=$(mktemp -d)
 db=idpd_bench_token
 idpd=${IDPD_BIN:-bin/idpd}
 
-bench_pg_start
-psql_bench() {
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$@"
-}
-psql_bench -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null
-tests/support/pg.sh createdb "$BENCH_PG_DIR" "$db"
-
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+bench_db "$db"
 
 # The human's IdP: an RSA key and its JWKS.
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/idp.pem" 2>/dev/null
-n=$(openssl rsa -in "$work/idp.pem" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
-printf '{"keys":[{"kty":"RSA","kid":"bench-idp","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}' \
-	"$n" >"$work/idp.jwks.json"
+bench_idp_key "$work/idp" bench-idp
 now=$(date +%s)
-hdr=$(printf '{"alg":"RS256","kid":"bench-idp"}' | b64url)
-pl=$(printf '{"iss":"https://idp.bench","aud":"idpd","sub":"alice","email":"alice@example.com","iat":%d,"exp":%d}' \
-	"$now" $((now + 3600)) | b64url)
-sig=$(printf '%s.%s' "$hdr" "$pl" | openssl dgst -sha256 -sign "$work/idp.pem" -binary | b64url)
-alice="$hdr.$pl.$sig"
+alice=$(bench_jwt "$work/idp" bench-idp "$(printf '{"iss":"https://idp.bench","aud":"idpd","sub":"alice","email":"alice@example.com","iat":%d,"exp":%d}' \
+	"$now" $((now + 3600)))")
 
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
 admin=$(printf '%s\n' "$key_out" | head -n 1)
 port=$(( 58000 + RANDOM % 1000 ))
-cat >"$work/idpd.toml" <<CFG
-[server]
-listen = "127.0.0.1"
-port = $port
-threads = 2
-handler_threads = ${BENCH_HANDLERS:-128}
-[database]
-url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$db"
-pool_size = 8
-[log]
-level = "info"
-access = false
-[node]
-migrations_dir = "$top/migrations"
+{
+	bench_config_head "$port" "$db" "handler_threads = ${BENCH_HANDLERS:-128}"
+	cat <<CFG
 [tasks]
 max_ttl = "8h"
 [[resources]]
@@ -78,16 +54,13 @@ algs = ["RS256"]
 principal_claim = "email"
 $(printf '%s\n' "$key_out" | tail -n +3)
 CFG
+} >"$work/idpd.toml"
 
 pid=
-"$idpd" serve --config "$work/idpd.toml" --migrate 2>"$work/idpd.log" &
-pid=$!
+bench_idpd_start "$work/idpd.toml" "$work/idpd.log"
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 base="http://127.0.0.1:$port"
-for _ in $(seq 300); do
-	curl -sf "$base/readyz" >/dev/null 2>&1 && break
-	sleep 0.1
-done
+bench_wait "$work/idpd.log" curl -sf "$base/readyz"
 
 api() { curl -sS -X "$1" "$base$2" -H "Authorization: Bearer $3" -H 'Content-Type: application/json' ${4:+-d "$4"}; }
 # jget KEY: the member of the JSON on stdin; the whole answer on stderr when it is missing
@@ -136,16 +109,11 @@ events() { psql_bench -d "$db" -At -c "SELECT count(*) FROM audit_events WHERE t
 
 # One run: rate = events of type $1 committed per second; p99 from wrk.
 run() {
-	local type=$1 before after out
+	local type=$1
 	shift
-	before=$(events "$type")
-	out=$(wrk -t1 -c"$conns" -d"${dur}s" --latency "$@")
-	after=$(events "$type")
-	[ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | grep -E "Requests/sec|99%|Non-2xx" >&2
-	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$work/rate.$type"
-	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
-		awk '{ if ($2 == "ms") print $1*1000; else print $1 }' >>"$work/p99.$type"
-	echo "$out" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$type"
+	bench_wrk_run "events $type" "$work/rate.$type" "$work/p99.$type" -t1 -c"$conns" "$@"
+	[ -n "${BENCH_VERBOSE:-}" ] && echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx" >&2
+	echo "$BENCH_WRK_OUT" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$type"
 }
 
 for _ in $(seq "$runs"); do

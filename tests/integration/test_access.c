@@ -92,38 +92,24 @@ static void
 agent(struct setting *s, const char *id, const char *type, const char *caps, const char *domains,
       const char *delegate_to)
 {
-	char body[2048];
+	const struct world_agent a = {.id = id,
+	                              .type = type,
+	                              .owner = "alice@example.com",
+	                              .version = "v2.4.1",
+	                              .environment = "production",
+	                              .caps = caps,
+	                              .domains = domains,
+	                              .delegate_to = delegate_to,
+	                              .max_depth = 3,
+	                              .max_scope = "write"};
 
-	snprintf(body, sizeof(body),
-	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"agent_version\":\"v2.4.1\","
-	         "\"owner\":\"alice@example.com\",\"environment\":\"production\",\"capabilities\":%"
-	         "s,\"domains\":%s,"
-	         "\"delegate_to\":%s,\"delegation_constraints\":{\"max_chain_depth\":3,"
-	         "\"max_scope_per_delegation\":\"write\",\"requires_human_approval_for\":[]},"
-	         "\"credential\":{\"rotation\":\"30m\"}}",
-	         id, type, caps, domains, delegate_to);
-	world_register(&s->w, body);
+	world_agent(&s->w, &a);
 }
 
 static char *
 delegate(struct setting *s, const char *to, const char *scope)
 {
-	char body[8192];
-	struct http_resp r;
-	char *tok;
-
-	snprintf(
-	    body, sizeof(body),
-	    "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":\"%s\",\"ttl\":\"1h\"}",
-	    s->root_token, to, scope);
-	world_call(&s->w, "POST", "/v1/delegations", s->planner, body, &r);
-	if (r.status != 201)
-		fprintf(stderr, "delegate to %s: %ld %s\n", to, r.status, r.body);
-	assert_int_equal(r.status, 201);
-	tok = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
-	assert_non_null(tok);
-	harness_resp_free(&r);
-	return tok;
+	return world_delegate(&s->w, s->planner, s->root_token, to, scope, "\"1h\"");
 }
 
 static void
@@ -723,5 +709,5 @@ main(void)
 	    cmocka_unit_test(expired_or_other_kind_tokens_are_refused),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

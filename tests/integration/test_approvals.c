@@ -21,183 +21,72 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "harness.h"
-#include "idpd/auth.h"
-#include "idpd/jws.h"
-
-#define IDP_ISS "https://sso.example.com"
-
-static char registrar_key[64], approver_key[64], auditor_key[64];
-static char keys_toml[1024];
-static struct idp_jws_key *idp_key;
-static char jwks_path[64];
-
-static void
-setup_keys(void)
-{
-	char h1[80], h2[80], h3[80];
-	json_t *doc;
-	FILE *f;
-	int fd;
-
-	if (idp_key != NULL)
-		return;
-	assert_int_equal(idp_jws_key_generate("sso-1", &idp_key, NULL), IDP_OK);
-	snprintf(jwks_path, sizeof(jwks_path), "/tmp/test_apr_idp_XXXXXX");
-	fd = mkstemp(jwks_path);
-	assert_true(fd >= 0);
-	f = fdopen(fd, "w");
-	assert_non_null(f);
-	doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(idp_key));
-	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
-	json_decref(doc);
-	assert_int_equal(fclose(f), 0);
-	assert_int_equal(auth_key_generate(registrar_key, h1), IDP_OK);
-	assert_int_equal(auth_key_generate(approver_key, h2), IDP_OK);
-	assert_int_equal(auth_key_generate(auditor_key, h3), IDP_OK);
-	snprintf(keys_toml, sizeof(keys_toml),
-	         "[[api_keys]]\nname = \"ci-registrar\"\nhash = \"%s\"\nroles = [\"registrar\"]\n"
-	         "[[api_keys]]\nname = \"ops-approver\"\nhash = \"%s\"\nroles = [\"approver\"]\n"
-	         "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n",
-	         h1, h2, h3);
-}
-
-static char *
-human_token(const char *email)
-{
-	long long now = (long long)time(NULL);
-	json_t *c =
-	    json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", IDP_ISS, "sub", email, "aud", "idpd",
-	              "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + 600), "email", email);
-	char *tok = NULL;
-
-	assert_int_equal(idp_jws_sign(idp_key, NULL, c, &tok, NULL, NULL), IDP_OK);
-	json_decref(c);
-	return tok;
-}
-
-static void
-call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-     const char *body, struct http_resp *r)
-{
-	assert_int_equal(harness_call(p, method, path, bearer, body, r), 0);
-}
-
-static long
-count(const char *db, const char *sql)
-{
-	char v[64];
-
-	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
-	return strtol(v, NULL, 10);
-}
-
-static void
-register_agent(const struct idpd_proc *p, const char *id, const char *owner, const char *caps,
-               const char *delegate_to, const char *approvals)
-{
-	char body[2048];
-	struct http_resp r;
-
-	snprintf(body, sizeof(body),
-	         "{\"id\":\"%s\",\"agent_type\":\"worker\",\"owner\":\"%s\","
-	         "\"capabilities\":%s,\"delegate_to\":%s,"
-	         "\"delegation_constraints\":{\"max_chain_depth\":2,"
-	         "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":%s},"
-	         "\"credential\":{\"rotation\":\"30m\"}}",
-	         id, owner, caps, delegate_to, approvals);
-	call(p, "POST", "/v1/agents", registrar_key, body, &r);
-	if (r.status != 201)
-		fprintf(stderr, "register %s: %ld %s\n", id, r.status, r.body);
-	assert_int_equal(r.status, 201);
-	harness_resp_free(&r);
-}
-
-static void
-agent_credential(const struct idpd_proc *p, const char *id, char *out, size_t len)
-{
-	char path[256], body[512];
-	struct http_resp r;
-
-	snprintf(path, sizeof(path), "/v1/agents/%s/join-tokens", id);
-	call(p, "POST", path, registrar_key, NULL, &r);
-	assert_int_equal(r.status, 201);
-	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}",
-	         json_string_value(json_object_get(r.json, "join_token")));
-	harness_resp_free(&r);
-	snprintf(path, sizeof(path), "/v1/agents/%s/attest", id);
-	call(p, "POST", path, NULL, body, &r);
-	assert_int_equal(r.status, 200);
-	snprintf(out, len, "%s", json_string_value(json_object_get(r.json, "credential")));
-	harness_resp_free(&r);
-}
+#include "world.h"
 
 /* alice's task for planning-agent (owned by bob), which needs approval for reads. */
-struct world {
-	struct idpd_proc p;
-	const char *db;
+struct setting {
+	struct world w;
 	char planner[4096], cloud[4096];
 	char task_id[80];
 	char *root_token;
 	char *alice, *bob, *mallory;
 };
 
-/* Static, so that teardown can still stop the world of a failed test. */
-static struct world the_world;
-static struct world *current;
+/* Static, so that teardown can still stop the setting of a failed test. */
+static struct setting the_setting;
+static struct setting *current;
 
 static void
-world_start(struct world *w, const char *db)
+register_agent(struct world *w, const char *id, const char *owner, const char *caps,
+               const char *delegate_to, const char *approvals)
 {
-	char toml[4096];
-	struct http_resp r;
+	const struct world_agent a = {.id = id,
+	                              .type = "worker",
+	                              .owner = owner,
+	                              .caps = caps,
+	                              .delegate_to = delegate_to,
+	                              .max_depth = 2,
+	                              .approvals = approvals};
 
-	memset(w, 0, sizeof(*w));
-	w->db = db;
-	setup_keys();
-	assert_int_equal(harness_db_create(db), 0);
-	snprintf(toml, sizeof(toml),
-	         "[identity]\ntrust_domain = \"example.org\"\n"
-	         "[tasks]\nmax_ttl = \"2h\"\n"
-	         "[[idp]]\nname = \"corp\"\nissuer = \"" IDP_ISS "\"\naudience = \"idpd\"\n"
-	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s",
-	         jwks_path, keys_toml);
-	assert_int_equal(harness_idpd_start(&w->p, db, NULL, toml), 0);
-	current = w;
-	register_agent(&w->p, "cloud-agent", "carol@example.com", "[\"cloud:Describe*\"]", "[]",
-	               "[]");
-	register_agent(&w->p, "cloud-agent-2", "carol@example.com", "[\"cloud:Describe*\"]", "[]",
-	               "[]");
-	register_agent(&w->p, "planning-agent", "Bob@Example.com",
-	               "[\"cloud:Describe*\",\"reports:write\"]",
-	               "[\"cloud-agent\",\"cloud-agent-2\"]", "[\"read\"]");
-	agent_credential(&w->p, "planning-agent", w->planner, sizeof(w->planner));
-	agent_credential(&w->p, "cloud-agent", w->cloud, sizeof(w->cloud));
-	w->alice = human_token("alice@example.com");
-	w->bob = human_token("bob@example.com");
-	w->mallory = human_token("mallory@example.com");
-	call(&w->p, "POST", "/v1/tasks", w->alice,
-	     "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\","
-	     "\"cloud:DescribeVolumes\",\"reports:write\"],\"description\":\"quarterly review\","
-	     "\"ttl\":\"1h\"}",
-	     &r);
-	assert_int_equal(r.status, 201);
-	snprintf(w->task_id, sizeof(w->task_id), "%s",
-	         json_string_value(json_object_get(json_object_get(r.json, "task"), "id")));
-	w->root_token = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
-	assert_non_null(w->root_token);
-	harness_resp_free(&r);
+	world_agent(w, &a);
 }
 
 static void
-world_stop(struct world *w)
+setting_start(struct setting *s, const char *db)
+{
+	const struct world_opts o = {.max_ttl = "2h"};
+
+	memset(s, 0, sizeof(*s));
+	world_start_opts(&s->w, db, &o);
+	current = s;
+	register_agent(&s->w, "cloud-agent", "carol@example.com", "[\"cloud:Describe*\"]", "[]",
+	               "[]");
+	register_agent(&s->w, "cloud-agent-2", "carol@example.com", "[\"cloud:Describe*\"]", "[]",
+	               "[]");
+	register_agent(&s->w, "planning-agent", "Bob@Example.com",
+	               "[\"cloud:Describe*\",\"reports:write\"]",
+	               "[\"cloud-agent\",\"cloud-agent-2\"]", "[\"read\"]");
+	world_credential(&s->w, "planning-agent", s->planner, sizeof(s->planner));
+	world_credential(&s->w, "cloud-agent", s->cloud, sizeof(s->cloud));
+	s->alice = world_human_token("alice@example.com");
+	s->bob = world_human_token("bob@example.com");
+	s->mallory = world_human_token("mallory@example.com");
+	world_task_body(&s->w, s->alice,
+	                "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\","
+	                "\"cloud:DescribeVolumes\",\"reports:write\"],\"description\":\"quarterly "
+	                "review\",\"ttl\":\"1h\"}",
+	                s->task_id, NULL, &s->root_token);
+}
+
+static void
+setting_stop(struct setting *s)
 {
 	current = NULL;
-	free(w->root_token);
-	free(w->alice);
-	free(w->bob);
-	free(w->mallory);
-	assert_int_equal(harness_idpd_stop(&w->p, SIGTERM, 10000), 0);
+	free(s->root_token);
+	free(s->alice);
+	free(s->bob);
+	free(s->mallory);
+	world_stop(&s->w);
 }
 
 static int
@@ -205,29 +94,23 @@ teardown(void **state)
 {
 	(void)state;
 	if (current != NULL) {
-		harness_idpd_dump_log(&current->p);
-		world_stop(current);
+		harness_idpd_dump_log(&current->w.p);
+		setting_stop(current);
 	}
 	return 0;
 }
 
 /* POST /v1/delegations from planning-agent; approval may be NULL. */
 static void
-delegate(struct world *w, const char *to, const char *scope, const char *approval,
+delegate(struct setting *s, const char *to, const char *scope, const char *approval,
          struct http_resp *r)
 {
-	char body[8192];
-
-	snprintf(body, sizeof(body),
-	         "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":\"%s\"%s%s%s}",
-	         w->root_token, to, scope, approval != NULL ? ",\"approval_id\":\"" : "",
-	         approval != NULL ? approval : "", approval != NULL ? "\"" : "");
-	call(&w->p, "POST", "/v1/delegations", w->planner, body, r);
+	world_delegation(&s->w, s->planner, s->root_token, to, scope, NULL, approval, r);
 }
 
 /* A delegation that needs approval: 202, and the new approval's id into id. */
 static void
-request_approval(struct world *w, const char *to, const char *scope, char *id, size_t len)
+request_approval(struct setting *w, const char *to, const char *scope, char *id, size_t len)
 {
 	struct http_resp r;
 	char location[128], want[128];
@@ -251,18 +134,18 @@ request_approval(struct world *w, const char *to, const char *scope, char *id, s
 
 /* POST /v1/approvals/{id}/{verb} as bearer; returns the status, the answer in r. */
 static long
-decide(struct world *w, const char *id, const char *verb, const char *bearer, const char *body,
+decide(struct setting *w, const char *id, const char *verb, const char *bearer, const char *body,
        struct http_resp *r)
 {
 	char path[160];
 
 	snprintf(path, sizeof(path), "/v1/approvals/%s/%s", id, verb);
-	call(&w->p, "POST", path, bearer, body, r);
+	world_call(&w->w, "POST", path, bearer, body, r);
 	return r->status;
 }
 
 static long
-decide_status(struct world *w, const char *id, const char *verb, const char *bearer)
+decide_status(struct setting *w, const char *id, const char *verb, const char *bearer)
 {
 	struct http_resp r;
 	long s = decide(w, id, verb, bearer, NULL, &r);
@@ -272,18 +155,18 @@ decide_status(struct world *w, const char *id, const char *verb, const char *bea
 }
 
 static long
-get_status(struct world *w, const char *path, const char *bearer)
+get_status(struct setting *w, const char *path, const char *bearer)
 {
-	return harness_status(&w->p, "GET", path, bearer, NULL);
+	return harness_status(&w->w.p, "GET", path, bearer, NULL);
 }
 
 /* A delegation refused with reason; checks its events and that nothing was issued. */
 static void
-expect_refusal(struct world *w, const char *to, const char *scope, const char *approval,
+expect_refusal(struct setting *w, const char *to, const char *scope, const char *approval,
                const char *reason)
 {
 	struct http_resp r;
-	long tokens = count(w->db, "SELECT count(*) FROM delegation_tokens");
+	long tokens = world_count(&w->w, "SELECT count(*) FROM delegation_tokens");
 	char sql[512];
 
 	delegate(w, to, scope, approval, &r);
@@ -292,29 +175,29 @@ expect_refusal(struct world *w, const char *to, const char *scope, const char *a
 	assert_int_equal(r.status, 403);
 	assert_string_equal(json_string_value(json_object_get(r.json, "reason")), reason);
 	harness_resp_free(&r);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM delegation_tokens"), tokens);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM delegation_tokens"), tokens);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'delegation.denied' AND "
 	         "body::json->'detail'->>'reason' = '%s'",
 	         reason);
-	assert_true(count(w->db, sql) >= 1);
+	assert_true(world_count(&w->w, sql) >= 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'approval.used' AND outcome = "
 	         "'denied' AND body::json->'detail'->>'reason' = '%s' AND agent_id = "
 	         "'planning-agent'",
 	         reason);
-	assert_true(count(w->db, sql) >= 1);
+	assert_true(world_count(&w->w, sql) >= 1);
 }
 
 static void
 an_approved_delegation_is_issued_once(void **state)
 {
-	struct world *w = &the_world;
+	struct setting *w = &the_setting;
 	struct http_resp r;
 	char id[80], sql[1024], path[160], jti[80];
 
 	(void)state;
-	world_start(w, "t_apr_once");
+	setting_start(w, "t_apr_once");
 	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
 
 	/* Stored bound to the request, with the owner as registered (lower case). */
@@ -325,7 +208,7 @@ an_approved_delegation_is_issued_once(void **state)
 	         "scope = '{cloud:DescribeInstances}' AND target = 'cloud-agent' AND "
 	         "expires_at > now() + interval '50 minutes'",
 	         id, w->task_id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'approval.requested' AND "
 	         "outcome = 'pending' AND task_id = '%s' AND "
@@ -333,9 +216,9 @@ an_approved_delegation_is_issued_once(void **state)
 	         "body::json->'detail'->>'approval_id' = '%s' AND "
 	         "body::json->'detail'->>'target' = 'cloud-agent'",
 	         w->task_id, id);
-	assert_int_equal(count(w->db, sql), 1);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM audit_events WHERE type = "
-	                              "'delegation.denied' AND outcome = 'pending'"),
+	assert_int_equal(world_count(&w->w, sql), 1);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                    "'delegation.denied' AND outcome = 'pending'"),
 	                 1);
 
 	/* Not yet decided. */
@@ -357,7 +240,7 @@ an_approved_delegation_is_issued_once(void **state)
 	         "body::json->'actor'->>'name' = 'alice@example.com' AND "
 	         "body::json->'detail'->>'approval_id' = '%s'",
 	         id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 
 	/* The retry is issued, and its token's row names the approval. */
 	delegate(w, "cloud-agent", "cloud:DescribeInstances", id, &r);
@@ -369,30 +252,30 @@ an_approved_delegation_is_issued_once(void **state)
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM delegation_tokens WHERE jti = '%s' AND approval_id = '%s'",
 	         jti, id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM approvals WHERE id = '%s' AND status = 'used' AND "
 	         "used_at IS NOT NULL",
 	         id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'approval.used' AND "
 	         "outcome = 'success' AND body::json->'detail'->>'approval_id' = '%s'",
 	         id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM audit_events WHERE type = 'delegation.created' AND "
 	         "body::json->'detail'->>'approval_id' = '%s'",
 	         id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 
 	/* A replay: refused, nothing issued. */
 	expect_refusal(w, "cloud-agent", "cloud:DescribeInstances", id, "approval_used");
-	assert_int_equal(count(w->db, "SELECT count(*) FROM delegation_tokens"), 2);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM delegation_tokens"), 2);
 
 	/* The record shows it used; it cannot be decided again. */
 	snprintf(path, sizeof(path), "/v1/approvals/%s", id);
-	call(&w->p, "GET", path, w->alice, NULL, &r);
+	world_call(&w->w, "GET", path, w->alice, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "used");
 	assert_non_null(json_object_get(r.json, "used_at"));
@@ -405,22 +288,22 @@ an_approved_delegation_is_issued_once(void **state)
 	assert_int_equal(json_integer_value(json_object_get(r.json, "status")), 409);
 	assert_string_equal(json_string_value(json_object_get(r.json, "approval_status")), "used");
 	harness_resp_free(&r);
-	world_stop(w);
+	setting_stop(w);
 }
 
 static void
 an_approval_serves_only_its_own_request(void **state)
 {
-	struct world *w = &the_world;
+	struct setting *w = &the_setting;
 	struct http_resp r;
 	char id[80], sql[256];
 
 	(void)state;
-	world_start(w, "t_apr_binding");
+	setting_start(w, "t_apr_binding");
 	request_approval(w, "cloud-agent", "cloud:DescribeVolumes cloud:DescribeInstances", id,
 	                 sizeof(id));
 	/* An operator with the approver role decides. */
-	assert_int_equal(decide(w, id, "approve", approver_key, NULL, &r), 200);
+	assert_int_equal(decide(w, id, "approve", w->w.k.approver, NULL, &r), 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "decided_by")),
 	                    "ops-approver");
 	assert_string_equal(json_string_value(json_object_get(r.json, "decided_by_kind")),
@@ -439,17 +322,17 @@ an_approval_serves_only_its_own_request(void **state)
 	         "SELECT count(*) FROM approvals WHERE id = '%s' AND "
 	         "status = 'approved'",
 	         id);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	/* Every other check still runs first, and spends nothing. */
 	delegate(w, "cloud-agent", "cloud:DescribeInstances cloud:DescribeSnapshots", id, &r);
 	assert_int_equal(r.status, 403);
 	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
 	                    "scope_not_within_parent");
 	harness_resp_free(&r);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	/* approval_id must be a string. */
 	assert_int_equal(
-	    harness_status(&w->p, "POST", "/v1/delegations", w->planner,
+	    harness_status(&w->w.p, "POST", "/v1/delegations", w->planner,
 	                   "{\"delegation_token\":\"x\",\"to_agent\":\"cloud-agent\","
 	                   "\"scope\":\"cloud:DescribeInstances\",\"approval_id\":42}"),
 	    400);
@@ -460,19 +343,20 @@ an_approval_serves_only_its_own_request(void **state)
 		fprintf(stderr, "retry: %ld %s\n", r.status, r.body);
 	assert_int_equal(r.status, 201);
 	harness_resp_free(&r);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM approvals WHERE status = 'used'"), 1);
-	world_stop(w);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'used'"),
+	                 1);
+	setting_stop(w);
 }
 
 static void
 denied_and_expired_approvals_issue_nothing(void **state)
 {
-	struct world *w = &the_world;
+	struct setting *w = &the_setting;
 	struct http_resp r;
 	char denied[80], stale[80], late[80], sql[1024];
 
 	(void)state;
-	world_start(w, "t_apr_denied");
+	setting_start(w, "t_apr_denied");
 
 	/* bob, the agent's owner, denies. */
 	request_approval(w, "cloud-agent", "cloud:DescribeInstances", denied, sizeof(denied));
@@ -486,7 +370,7 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	         "SELECT count(*) FROM audit_events WHERE type = 'approval.denied' AND "
 	         "body::json->'actor'->>'name' = 'bob@example.com' AND "
 	         "body::json->'detail'->>'note' = 'not this week'");
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	expect_refusal(w, "cloud-agent", "cloud:DescribeInstances", denied, "approval_denied");
 	assert_int_equal(decide_status(w, denied, "approve", w->alice), 409);
 
@@ -496,7 +380,7 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	         "UPDATE approvals SET created_at = now() - interval '2 hours', expires_at = now() "
 	         "- interval '1 hour' WHERE id = '%s'",
 	         stale);
-	assert_int_equal(harness_sql(w->db, sql), 0);
+	assert_int_equal(harness_sql(w->w.db, sql), 0);
 	assert_int_equal(decide(w, stale, "approve", w->alice, NULL, &r), 409);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "approval_expired");
 	assert_string_equal(json_string_value(json_object_get(r.json, "approval_status")),
@@ -507,12 +391,12 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	         "body::json->'actor'->>'name' = 'alice@example.com' AND "
 	         "body::json->'detail'->>'approval_id' = '%s'",
 	         stale);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM approvals WHERE id = '%s' AND "
 	         "status = 'pending' AND decided_at IS NULL",
 	         stale);
-	assert_int_equal(count(w->db, sql), 1);
+	assert_int_equal(world_count(&w->w, sql), 1);
 	expect_refusal(w, "cloud-agent", "cloud:DescribeInstances", stale, "approval_expired");
 
 	/* Approved, then expired before the retry. */
@@ -522,34 +406,34 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	         "UPDATE approvals SET created_at = now() - interval '2 hours', decided_at = now() "
 	         "- interval '90 minutes', expires_at = now() - interval '1 hour' WHERE id = '%s'",
 	         late);
-	assert_int_equal(harness_sql(w->db, sql), 0);
+	assert_int_equal(harness_sql(w->w.db, sql), 0);
 	expect_refusal(w, "cloud-agent", "cloud:DescribeInstances", late, "approval_expired");
 
 	/* Listed as expired, not as pending or approved. */
-	call(&w->p, "GET", "/v1/approvals?status=expired", approver_key, NULL, &r);
+	world_call(&w->w, "GET", "/v1/approvals?status=expired", w->w.k.approver, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_int_equal(json_array_size(json_object_get(r.json, "approvals")), 2);
 	harness_resp_free(&r);
-	call(&w->p, "GET", "/v1/approvals?status=pending", approver_key, NULL, &r);
+	world_call(&w->w, "GET", "/v1/approvals?status=pending", w->w.k.approver, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_int_equal(json_array_size(json_object_get(r.json, "approvals")), 0);
 	harness_resp_free(&r);
-	call(&w->p, "GET", "/v1/approvals?status=denied", approver_key, NULL, &r);
+	world_call(&w->w, "GET", "/v1/approvals?status=denied", w->w.k.approver, NULL, &r);
 	assert_int_equal(json_array_size(json_object_get(r.json, "approvals")), 1);
 	harness_resp_free(&r);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM delegation_tokens"), 1);
-	world_stop(w);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM delegation_tokens"), 1);
+	setting_stop(w);
 }
 
 /* The ids listed by GET path as bearer, joined with spaces, into out; returns how many. */
 static size_t
-listed(struct world *w, const char *path, const char *bearer, char *out, size_t len)
+listed(struct setting *w, const char *path, const char *bearer, char *out, size_t len)
 {
 	struct http_resp r;
 	json_t *a, *e;
 	size_t i, at = 0;
 
-	call(&w->p, "GET", path, bearer, NULL, &r);
+	world_call(&w->w, "GET", path, bearer, NULL, &r);
 	if (r.status != 200)
 		fprintf(stderr, "GET %s: %ld %s\n", path, r.status, r.body);
 	assert_int_equal(r.status, 200);
@@ -568,36 +452,36 @@ listed(struct world *w, const char *path, const char *bearer, char *out, size_t 
 static void
 who_may_read_and_decide(void **state)
 {
-	struct world *w = &the_world;
+	struct setting *w = &the_setting;
 	struct http_resp r;
 	char id[80], path[160], ids[1024], want[1024];
 
 	(void)state;
-	world_start(w, "t_apr_access");
+	setting_start(w, "t_apr_access");
 	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
 	snprintf(path, sizeof(path), "/v1/approvals/%s", id);
 
 	/* Reading. */
 	assert_int_equal(get_status(w, path, w->alice), 200);
 	assert_int_equal(get_status(w, path, w->bob), 200);
-	assert_int_equal(get_status(w, path, approver_key), 200);
-	assert_int_equal(get_status(w, path, auditor_key), 200);
+	assert_int_equal(get_status(w, path, w->w.k.approver), 200);
+	assert_int_equal(get_status(w, path, w->w.k.auditor), 200);
 	assert_int_equal(get_status(w, path, w->planner), 200);
 	assert_int_equal(get_status(w, path, w->mallory), 404);
 	assert_int_equal(get_status(w, path, w->cloud), 404);
-	assert_int_equal(get_status(w, path, registrar_key), 403);
+	assert_int_equal(get_status(w, path, w->w.k.registrar), 403);
 	assert_int_equal(get_status(w, path, NULL), 401);
 	assert_int_equal(get_status(w, path, "not-a-token"), 401);
-	assert_int_equal(get_status(w, "/v1/approvals/apr_doesnotexist0000000000", approver_key),
+	assert_int_equal(get_status(w, "/v1/approvals/apr_doesnotexist0000000000", w->w.k.approver),
 	                 404);
-	assert_int_equal(get_status(w, "/v1/approvals/nope", approver_key), 404);
+	assert_int_equal(get_status(w, "/v1/approvals/nope", w->w.k.approver), 404);
 
 	/* Deciding: neither a stranger, an agent, an auditor nor a registrar. */
 	assert_int_equal(decide_status(w, id, "approve", w->mallory), 404);
 	assert_int_equal(decide_status(w, id, "approve", w->planner), 403);
 	assert_int_equal(decide_status(w, id, "approve", w->cloud), 403);
-	assert_int_equal(decide_status(w, id, "approve", auditor_key), 403);
-	assert_int_equal(decide_status(w, id, "approve", registrar_key), 403);
+	assert_int_equal(decide_status(w, id, "approve", w->w.k.auditor), 403);
+	assert_int_equal(decide_status(w, id, "approve", w->w.k.registrar), 403);
 	assert_int_equal(decide_status(w, id, "approve", NULL), 401);
 	/* A bad body changes nothing. */
 	assert_int_equal(decide(w, id, "approve", w->alice, "{\"reason\":\"x\"}", &r), 422);
@@ -606,10 +490,10 @@ who_may_read_and_decide(void **state)
 	harness_resp_free(&r);
 	assert_int_equal(decide(w, id, "approve", w->alice, "[]", &r), 400);
 	harness_resp_free(&r);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM approvals WHERE status = 'pending'"),
-	                 1);
-	assert_int_equal(count(w->db, "SELECT count(*) FROM audit_events WHERE type IN "
-	                              "('approval.granted', 'approval.denied')"),
+	assert_int_equal(
+	    world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'pending'"), 1);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM audit_events WHERE type IN "
+	                                    "('approval.granted', 'approval.denied')"),
 	                 0);
 
 	/* Listing: what each caller may see. */
@@ -620,44 +504,45 @@ who_may_read_and_decide(void **state)
 	assert_int_equal(listed(w, "/v1/approvals", w->mallory, ids, sizeof(ids)), 0);
 	assert_int_equal(listed(w, "/v1/approvals", w->planner, ids, sizeof(ids)), 1);
 	assert_int_equal(listed(w, "/v1/approvals", w->cloud, ids, sizeof(ids)), 0);
+	assert_int_equal(listed(w, "/v1/approvals?approver=alice@example.com", w->w.k.approver, ids,
+	                        sizeof(ids)),
+	                 1);
 	assert_int_equal(
-	    listed(w, "/v1/approvals?approver=alice@example.com", approver_key, ids, sizeof(ids)),
+	    listed(w, "/v1/approvals?approver=BOB@example.com", w->w.k.auditor, ids, sizeof(ids)),
 	    1);
-	assert_int_equal(
-	    listed(w, "/v1/approvals?approver=BOB@example.com", auditor_key, ids, sizeof(ids)), 1);
-	assert_int_equal(
-	    listed(w, "/v1/approvals?approver=carol@example.com", approver_key, ids, sizeof(ids)),
-	    0);
+	assert_int_equal(listed(w, "/v1/approvals?approver=carol@example.com", w->w.k.approver, ids,
+	                        sizeof(ids)),
+	                 0);
 	snprintf(path, sizeof(path), "/v1/approvals?task_id=%s&agent_id=planning-agent",
 	         w->task_id);
-	assert_int_equal(listed(w, path, approver_key, ids, sizeof(ids)), 1);
+	assert_int_equal(listed(w, path, w->w.k.approver, ids, sizeof(ids)), 1);
 	assert_int_equal(
-	    listed(w, "/v1/approvals?agent_id=cloud-agent", approver_key, ids, sizeof(ids)), 0);
+	    listed(w, "/v1/approvals?agent_id=cloud-agent", w->w.k.approver, ids, sizeof(ids)), 0);
 	assert_int_equal(get_status(w, "/v1/approvals?approver=bob@example.com", w->alice), 403);
 	assert_int_equal(get_status(w, "/v1/approvals?agent_id=cloud-agent", w->planner), 403);
-	assert_int_equal(get_status(w, "/v1/approvals?status=maybe", approver_key), 400);
-	assert_int_equal(get_status(w, "/v1/approvals?agent_id=Bad%20Id", approver_key), 400);
-	assert_int_equal(get_status(w, "/v1/approvals?task_id=nope", approver_key), 400);
-	assert_int_equal(get_status(w, "/v1/approvals?limit=0", approver_key), 400);
-	assert_int_equal(get_status(w, "/v1/approvals", registrar_key), 403);
+	assert_int_equal(get_status(w, "/v1/approvals?status=maybe", w->w.k.approver), 400);
+	assert_int_equal(get_status(w, "/v1/approvals?agent_id=Bad%20Id", w->w.k.approver), 400);
+	assert_int_equal(get_status(w, "/v1/approvals?task_id=nope", w->w.k.approver), 400);
+	assert_int_equal(get_status(w, "/v1/approvals?limit=0", w->w.k.approver), 400);
+	assert_int_equal(get_status(w, "/v1/approvals", w->w.k.registrar), 403);
 	assert_int_equal(get_status(w, "/v1/approvals", NULL), 401);
-	world_stop(w);
+	setting_stop(w);
 }
 
 static void
 approvals_list_in_keyset_pages(void **state)
 {
-	struct world *w = &the_world;
+	struct setting *w = &the_setting;
 	struct http_resp r;
 	char ids[3][80], path[256], cursor[200], page[1024];
 	json_t *a;
 
 	(void)state;
-	world_start(w, "t_apr_pages");
+	setting_start(w, "t_apr_pages");
 	for (int i = 0; i < 3; i++)
 		request_approval(w, "cloud-agent", "cloud:DescribeInstances", ids[i],
 		                 sizeof(ids[i]));
-	call(&w->p, "GET", "/v1/approvals?limit=2", approver_key, NULL, &r);
+	world_call(&w->w, "GET", "/v1/approvals?limit=2", w->w.k.approver, NULL, &r);
 	assert_int_equal(r.status, 200);
 	a = json_object_get(r.json, "approvals");
 	assert_int_equal(json_array_size(a), 2);
@@ -669,23 +554,13 @@ approvals_list_in_keyset_pages(void **state)
 	         json_string_value(json_object_get(r.json, "next_cursor")));
 	harness_resp_free(&r);
 	snprintf(path, sizeof(path), "/v1/approvals?limit=2&cursor=%s", cursor);
-	assert_int_equal(listed(w, path, approver_key, page, sizeof(page)), 1);
+	assert_int_equal(listed(w, path, w->w.k.approver, page, sizeof(page)), 1);
 	assert_string_equal(page, ids[2]);
-	call(&w->p, "GET", path, approver_key, NULL, &r);
+	world_call(&w->w, "GET", path, w->w.k.approver, NULL, &r);
 	assert_null(json_object_get(r.json, "next_cursor"));
 	harness_resp_free(&r);
-	assert_int_equal(get_status(w, "/v1/approvals?cursor=garbage", approver_key), 400);
-	world_stop(w);
-}
-
-static int
-group_teardown(void **state)
-{
-	(void)state;
-	if (jwks_path[0] != '\0')
-		unlink(jwks_path);
-	idp_jws_key_unref(idp_key);
-	return 0;
+	assert_int_equal(get_status(w, "/v1/approvals?cursor=garbage", w->w.k.approver), 400);
+	setting_stop(w);
 }
 
 int
@@ -699,5 +574,5 @@ main(void)
 	    cmocka_unit_test_teardown(approvals_list_in_keyset_pages, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, group_teardown);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

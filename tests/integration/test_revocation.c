@@ -31,9 +31,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "harness.h"
 #include "idpd/attest.h"
-#include "idpd/auth.h"
 #include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/delegation.h"
@@ -43,139 +41,11 @@
 #include "idpd/revocation.h"
 #include "idpd/store.h"
 #include "idpd/tasks.h"
+#include "world.h"
 
-#define IDP_ISS "https://sso.example.com"
 #define ISSUER "https://idpd.test"
 /* The KEK the harness gives every idpd. */
 #define HARNESS_KEK "746573742d6f6e6c792d6b656b2d6e657665722d7573652d69742d666f722121"
-
-static char registrar_key[64], admin_key[64], introspector_key[64], maint_key[64], auditor_key[64];
-static char keys_toml[2048];
-static struct idp_jws_key *idp_key;
-static char jwks_path[64];
-
-static void
-add_key(char *key, const char *name, const char *roles, size_t *at)
-{
-	char hash[80];
-
-	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
-	*at += (size_t)snprintf(keys_toml + *at, sizeof(keys_toml) - *at,
-	                        "[[api_keys]]\nname = \"%s\"\nhash = \"%s\"\nroles = [%s]\n", name,
-	                        hash, roles);
-}
-
-static void
-setup_keys(void)
-{
-	json_t *doc;
-	size_t at = 0;
-	FILE *f;
-	int fd;
-
-	if (idp_key != NULL)
-		return;
-	assert_int_equal(idp_jws_key_generate("sso-1", &idp_key, NULL), IDP_OK);
-	snprintf(jwks_path, sizeof(jwks_path), "/tmp/test_rev_idp_XXXXXX");
-	fd = mkstemp(jwks_path);
-	assert_true(fd >= 0);
-	f = fdopen(fd, "w");
-	assert_non_null(f);
-	doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(idp_key));
-	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
-	json_decref(doc);
-	assert_int_equal(fclose(f), 0);
-	add_key(registrar_key, "ci-registrar", "\"registrar\"", &at);
-	add_key(admin_key, "ci-admin", "\"admin\"", &at);
-	add_key(introspector_key, "resource-api", "\"introspector\"", &at);
-	add_key(maint_key, "ci-cron", "\"maintenance\"", &at);
-	add_key(auditor_key, "ci-auditor", "\"auditor\"", &at);
-}
-
-static void
-start_on(struct idpd_proc *p, const char *db, const char *extra)
-{
-	char toml[8192];
-
-	setup_keys();
-	snprintf(toml, sizeof(toml),
-	         "[identity]\ntrust_domain = \"example.org\"\nissuer = \"" ISSUER "\"\n"
-	         "[tasks]\nmax_ttl = \"2h\"\n%s"
-	         "[[idp]]\nname = \"corp\"\nissuer = \"" IDP_ISS "\"\naudience = \"idpd\"\n"
-	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s",
-	         extra != NULL ? extra : "", jwks_path, keys_toml);
-	assert_int_equal(harness_idpd_start(p, db, NULL, toml), 0);
-}
-
-static char *
-human_token(const char *email)
-{
-	long long now = (long long)time(NULL);
-	json_t *c =
-	    json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", IDP_ISS, "sub", email, "aud", "idpd",
-	              "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + 600), "email", email);
-	char *tok = NULL;
-
-	assert_int_equal(idp_jws_sign(idp_key, NULL, c, &tok, NULL, NULL), IDP_OK);
-	json_decref(c);
-	return tok;
-}
-
-static void
-call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-     const char *body, struct http_resp *r)
-{
-	assert_int_equal(harness_call(p, method, path, bearer, body, r), 0);
-}
-
-static void
-register_agent(const struct idpd_proc *p, const char *id, const char *type, const char *caps,
-               const char *delegate_to)
-{
-	char body[2048];
-	struct http_resp r;
-
-	snprintf(body, sizeof(body),
-	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"agent_version\":\"v1.2.0\","
-	         "\"owner\":\"alice@example.com\",\"capabilities\":%s,\"delegate_to\":%s,"
-	         "\"delegation_constraints\":{\"max_chain_depth\":3,"
-	         "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]},"
-	         "\"credential\":{\"rotation\":\"30m\"}}",
-	         id, type, caps, delegate_to);
-	call(p, "POST", "/v1/agents", registrar_key, body, &r);
-	if (r.status != 201)
-		fprintf(stderr, "register %s: %ld %s\n", id, r.status, r.body);
-	assert_int_equal(r.status, 201);
-	harness_resp_free(&r);
-}
-
-static void
-agent_credential(const struct idpd_proc *p, const char *id, char *out, size_t len)
-{
-	char path[256], body[512];
-	struct http_resp r;
-
-	snprintf(path, sizeof(path), "/v1/agents/%s/join-tokens", id);
-	call(p, "POST", path, registrar_key, NULL, &r);
-	assert_int_equal(r.status, 201);
-	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}",
-	         json_string_value(json_object_get(r.json, "join_token")));
-	harness_resp_free(&r);
-	snprintf(path, sizeof(path), "/v1/agents/%s/attest", id);
-	call(p, "POST", path, NULL, body, &r);
-	assert_int_equal(r.status, 200);
-	snprintf(out, len, "%s", json_string_value(json_object_get(r.json, "credential")));
-	harness_resp_free(&r);
-}
-
-static long
-count(const char *db, const char *sql)
-{
-	char v[64];
-
-	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
-	return strtol(v, NULL, 10);
-}
 
 /* ---- idpd's signing key, opened here with the harness KEK ---- */
 
@@ -290,107 +160,73 @@ mint_access(struct signer *s, const char *deleg)
 	return tok;
 }
 
-/* ---- the world ---- */
+/* ---- the setting ---- */
 
-struct world {
-	struct idpd_proc p;
+struct setting {
+	struct world w;
 	struct signer sg;
-	const char *db;
 	char planner[4096], cloud[4096], sub[4096], outsider[4096];
 	char task_id[80];
 	char *alice, *root, *d1, *d2;
 };
 
-static char *
-delegate(struct world *w, const char *bearer, const char *token, const char *to)
+static void
+register_agent(struct world *w, const char *id, const char *type, const char *caps,
+               const char *delegate_to)
 {
-	char body[8192];
-	struct http_resp r;
-	char *tok;
+	const struct world_agent a = {.id = id,
+	                              .type = type,
+	                              .owner = "alice@example.com",
+	                              .version = "v1.2.0",
+	                              .caps = caps,
+	                              .delegate_to = delegate_to,
+	                              .max_depth = 3};
 
-	snprintf(body, sizeof(body),
-	         "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":"
-	         "\"cloud:DescribeInstances\"}",
-	         token, to);
-	call(&w->p, "POST", "/v1/delegations", bearer, body, &r);
-	if (r.status != 201)
-		fprintf(stderr, "POST /v1/delegations: %ld %s\n", r.status, r.body);
-	assert_int_equal(r.status, 201);
-	tok = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
-	assert_non_null(tok);
-	harness_resp_free(&r);
-	return tok;
+	world_agent(w, &a);
 }
 
+/* The setting with revocation.max_staleness (NULL: the world's). */
 static void
-world_start(struct world *w, const char *db, const char *extra)
+setting_start(struct setting *s, const char *db, const char *max_staleness)
 {
-	struct http_resp r;
+	const struct world_opts o = {
+	    .issuer = ISSUER, .max_ttl = "2h", .max_staleness = max_staleness};
 
-	memset(w, 0, sizeof(*w));
-	w->db = db;
-	assert_int_equal(harness_db_create(db), 0);
-	start_on(&w->p, db, extra);
-	signer_open(&w->sg, db);
-	register_agent(&w->p, "sub-agent", "helper", "[\"cloud:Describe*\"]", "[]");
-	register_agent(&w->p, "cloud-agent", "cloud-inventory", "[\"cloud:Describe*\"]",
+	memset(s, 0, sizeof(*s));
+	world_start_opts(&s->w, db, &o);
+	signer_open(&s->sg, db);
+	register_agent(&s->w, "sub-agent", "helper", "[\"cloud:Describe*\"]", "[]");
+	register_agent(&s->w, "cloud-agent", "cloud-inventory", "[\"cloud:Describe*\"]",
 	               "[\"sub-agent\"]");
-	register_agent(&w->p, "outsider", "helper", "[\"cloud:Describe*\"]", "[]");
-	register_agent(&w->p, "planning-agent", "planner",
+	register_agent(&s->w, "outsider", "helper", "[\"cloud:Describe*\"]", "[]");
+	register_agent(&s->w, "planning-agent", "planner",
 	               "[\"cloud:Describe*\",\"reports:write\"]", "[\"cloud-agent\"]");
-	agent_credential(&w->p, "planning-agent", w->planner, sizeof(w->planner));
-	agent_credential(&w->p, "cloud-agent", w->cloud, sizeof(w->cloud));
-	agent_credential(&w->p, "sub-agent", w->sub, sizeof(w->sub));
-	agent_credential(&w->p, "outsider", w->outsider, sizeof(w->outsider));
-	w->alice = human_token("alice@example.com");
-	call(&w->p, "POST", "/v1/tasks", w->alice,
-	     "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\","
-	     "\"reports:write\"],\"description\":\"quarterly infrastructure review\","
-	     "\"ttl\":\"1h\"}",
-	     &r);
-	assert_int_equal(r.status, 201);
-	snprintf(w->task_id, sizeof(w->task_id), "%s",
-	         json_string_value(json_object_get(json_object_get(r.json, "task"), "id")));
-	w->root = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
-	assert_non_null(w->root);
-	harness_resp_free(&r);
-	w->d1 = delegate(w, w->planner, w->root, "cloud-agent");
-	w->d2 = delegate(w, w->cloud, w->d1, "sub-agent");
+	world_credential(&s->w, "planning-agent", s->planner, sizeof(s->planner));
+	world_credential(&s->w, "cloud-agent", s->cloud, sizeof(s->cloud));
+	world_credential(&s->w, "sub-agent", s->sub, sizeof(s->sub));
+	world_credential(&s->w, "outsider", s->outsider, sizeof(s->outsider));
+	s->alice = world_human_token("alice@example.com");
+	world_task_ttl(&s->w, s->alice, "planning-agent",
+	               "[\"cloud:DescribeInstances\",\"reports:write\"]", "1h", s->task_id, NULL,
+	               &s->root);
+	s->d1 = world_delegate(&s->w, s->planner, s->root, "cloud-agent", "cloud:DescribeInstances",
+	                       NULL);
+	s->d2 =
+	    world_delegate(&s->w, s->cloud, s->d1, "sub-agent", "cloud:DescribeInstances", NULL);
 }
 
 static void
-world_stop(struct world *w)
+setting_stop(struct setting *s)
 {
-	free(w->root);
-	free(w->d1);
-	free(w->d2);
-	free(w->alice);
-	signer_close(&w->sg);
-	assert_int_equal(harness_idpd_stop(&w->p, SIGTERM, 10000), 0);
+	free(s->root);
+	free(s->d1);
+	free(s->d2);
+	free(s->alice);
+	signer_close(&s->sg);
+	world_stop(&s->w);
 }
 
 /* ---- the two endpoints ---- */
-
-/* POST path with a form body and the given Authorization and Content-Type. */
-static void
-post_form(const struct idpd_proc *p, const char *path, const char *auth, const char *ctype,
-          const char *body, struct http_resp *r)
-{
-	char url[512], a[4200], ct[128];
-	const char *h[3];
-	int n = 0;
-
-	if (auth != NULL) {
-		snprintf(a, sizeof(a), "Authorization: %s", auth);
-		h[n++] = a;
-	}
-	snprintf(ct, sizeof(ct), "Content-Type: %s",
-	         ctype != NULL ? ctype : "application/x-www-form-urlencoded");
-	h[n++] = ct;
-	h[n] = NULL;
-	snprintf(url, sizeof(url), "%s%s", p->base, path);
-	assert_int_equal(harness_http("POST", url, h, body, strlen(body), r), 0);
-}
 
 static char *
 bearer(const char *key)
@@ -401,24 +237,21 @@ bearer(const char *key)
 	return b;
 }
 
-/* POST /introspect as the introspector; the answer in r. */
+/* POST /introspect as the introspector, hinting an access token; the answer in r. */
 static void
-introspect(const struct idpd_proc *p, const char *tok, struct http_resp *r)
+introspect(struct world *w, const char *tok, struct http_resp *r)
 {
-	char body[9000];
-
-	snprintf(body, sizeof(body), "token=%s&token_type_hint=access_token", tok);
-	post_form(p, "/introspect", bearer(introspector_key), NULL, body, r);
+	world_introspect(w, tok, "access_token", r);
 }
 
-/* Whether tok is active on p; fails the test on anything but a 200. */
+/* Whether tok is active on w; fails the test on anything but a 200. */
 static bool
-active(const struct idpd_proc *p, const char *tok)
+active(struct world *w, const char *tok)
 {
 	struct http_resp r;
 	bool a;
 
-	introspect(p, tok, &r);
+	introspect(w, tok, &r);
 	if (r.status != 200)
 		fprintf(stderr, "POST /introspect: %ld %s\n", r.status, r.body);
 	assert_int_equal(r.status, 200);
@@ -429,30 +262,12 @@ active(const struct idpd_proc *p, const char *tok)
 	return a;
 }
 
-/* POST /revoke with auth ("Bearer x" or "Basic y"); returns the status. */
-static long
-revoke_as(const struct idpd_proc *p, const char *auth, const char *tok, struct http_resp *out)
-{
-	char body[9000];
-	struct http_resp r;
-	long st;
-
-	snprintf(body, sizeof(body), "token=%s", tok);
-	post_form(p, "/revoke", auth, NULL, body, &r);
-	st = r.status;
-	if (out != NULL)
-		*out = r;
-	else
-		harness_resp_free(&r);
-	return st;
-}
-
 /* ---- tests ---- */
 
 static void
 introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct http_resp r, again;
 	json_t *dc, *chain, *act;
 	uint8_t h[TASK_CHAIN_HASH_LEN];
@@ -462,11 +277,11 @@ introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state
 	json_t *link;
 
 	(void)state;
-	world_start(&w, "t_rev_active", NULL);
+	setting_start(&w, "t_rev_active", NULL);
 	at = mint_access(&w.sg, w.d1);
 	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
 
-	introspect(&w.p, at, &r);
+	introspect(&w.w, at, &r);
 	assert_int_equal(r.status, 200);
 	assert_true(json_is_true(json_object_get(r.json, "active")));
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
@@ -515,34 +330,34 @@ introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state
 	assert_string_equal(text, json_string_value(json_object_get(dc, "delegation_chain_hash")));
 
 	/* Again (from the verified-token cache): the same answer. */
-	introspect(&w.p, at, &again);
+	introspect(&w.w, at, &again);
 	assert_int_equal(again.status, 200);
 	assert_string_equal(again.body, r.body);
 	harness_resp_free(&again);
 	harness_resp_free(&r);
 
 	/* HTTP Basic: the key as the password, the user name empty or the key's name. */
-	snprintf(user_pass, sizeof(user_pass), ":%s", introspector_key);
+	snprintf(user_pass, sizeof(user_pass), ":%s", w.w.k.introspector);
 	idp_b64_encode_to(user_pass, strlen(user_pass), b64);
 	snprintf(basic, sizeof(basic), "Basic %s", b64);
 	{
 		char body[9000];
 
 		snprintf(body, sizeof(body), "token=%s", at);
-		post_form(&w.p, "/introspect", basic, NULL, body, &r);
+		world_post(&w.w, "/introspect", basic, NULL, body, &r);
 		assert_int_equal(r.status, 200);
 		assert_true(json_is_true(json_object_get(r.json, "active")));
 		harness_resp_free(&r);
-		snprintf(user_pass, sizeof(user_pass), "resource-api:%s", introspector_key);
+		snprintf(user_pass, sizeof(user_pass), "resource-api:%s", w.w.k.introspector);
 		idp_b64_encode_to(user_pass, strlen(user_pass), b64);
 		snprintf(basic, sizeof(basic), "Basic %s", b64);
-		post_form(&w.p, "/introspect", basic, NULL, body, &r);
+		world_post(&w.w, "/introspect", basic, NULL, body, &r);
 		assert_int_equal(r.status, 200);
 		harness_resp_free(&r);
-		snprintf(user_pass, sizeof(user_pass), "someone-else:%s", introspector_key);
+		snprintf(user_pass, sizeof(user_pass), "someone-else:%s", w.w.k.introspector);
 		idp_b64_encode_to(user_pass, strlen(user_pass), b64);
 		snprintf(basic, sizeof(basic), "Basic %s", b64);
-		post_form(&w.p, "/introspect", basic, NULL, body, &r);
+		world_post(&w.w, "/introspect", basic, NULL, body, &r);
 		assert_int_equal(r.status, 401);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_client");
@@ -550,7 +365,7 @@ introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state
 	}
 
 	/* A delegation token introspects too, its agent fields from the registry. */
-	introspect(&w.p, w.d2, &r);
+	introspect(&w.w, w.d2, &r);
 	assert_int_equal(r.status, 200);
 	assert_true(json_is_true(json_object_get(r.json, "active")));
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_use")),
@@ -562,16 +377,16 @@ introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state
 	harness_resp_free(&r);
 
 	/* No audit event per answer; the answers are counted. */
-	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type LIKE '%intro%'"),
-	                 0);
-	call(&w.p, "GET", "/metrics", NULL, NULL, &r);
+	assert_int_equal(
+	    world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type LIKE '%intro%'"), 0);
+	world_call(&w.w, "GET", "/metrics", NULL, NULL, &r);
 	assert_non_null(strstr(r.body, "idpd_introspection_total{result=\"active\"} 5"));
 	assert_non_null(strstr(r.body, "idpd_introspection_cache_total{result=\"hit\"}"));
 	assert_non_null(strstr(r.body, "idpd_revocation_current 1"));
 	harness_resp_free(&r);
 	json_decref(dc);
 	free(at);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 /* A compact JWS with this header and payload and a junk signature. */
@@ -599,88 +414,88 @@ hand_made(const char *header, const json_t *payload)
 static void
 introspect_answers_exactly_active_false_for_bad_tokens(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct idp_jws_key *key = NULL, *forger = NULL;
 	json_t *dc, *c;
 	char *tok, header[256];
 	long long now = (long long)time(NULL);
 
 	(void)state;
-	world_start(&w, "t_rev_inactive", NULL);
+	setting_start(&w, "t_rev_inactive", NULL);
 	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
 	assert_int_equal(keys_signing_key(w.sg.km, &key, NULL), IDP_OK);
 
 	/* Expired. */
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS,
 	              access_claims(dc, "https://s3.internal", now - 1000, now - 100));
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* Forged: a key of its own under the active key's kid. */
 	assert_int_equal(idp_jws_key_generate(idp_jws_key_kid(key), &forger, NULL), IDP_OK);
 	c = access_claims(dc, "https://s3.internal", now, now + 600);
 	assert_int_equal(idp_jws_sign(forger, IDP_JWS_TYP_ACCESS, c, &tok, NULL, NULL), IDP_OK);
 	json_decref(c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* alg none and HS256, with idpd's kid. */
 	c = access_claims(dc, "https://s3.internal", now, now + 600);
 	snprintf(header, sizeof(header), "{\"alg\":\"none\",\"typ\":\"at+jwt\",\"kid\":\"%s\"}",
 	         idp_jws_key_kid(key));
 	tok = hand_made(header, c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	snprintf(header, sizeof(header), "{\"alg\":\"HS256\",\"typ\":\"at+jwt\",\"kid\":\"%s\"}",
 	         idp_jws_key_kid(key));
 	tok = hand_made(header, c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* The right key and claims, the wrong typ: an identity credential's, or none. */
 	tok = sign_as(&w.sg, IDP_JWS_TYP_IDENTITY, json_incref(c));
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	tok = sign_as(&w.sg, NULL, json_incref(c));
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* Another issuer. */
 	json_object_set_new(c, "iss", json_string("https://elsewhere.example"));
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS, json_incref(c));
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	json_decref(c);
 	/* A delegation token for another audience. */
 	c = json_deep_copy(dc);
 	json_object_set_new(c, "aud", json_string("some-other-service"));
 	tok = sign_as(&w.sg, TASK_TOKEN_TYP, c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* An access token naming a delegation token that does not exist. */
 	c = access_claims(dc, "https://s3.internal", now, now + 600);
 	json_object_set_new(c, ACCESS_CLAIM_DELEGATION_JTI, json_string("nosuchjti-AAAAAAAAAAAA"));
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS, c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* An access token whose subject is not the delegation token's. */
 	c = access_claims(dc, "https://s3.internal", now, now + 600);
 	json_object_set_new(c, "sub", json_string("outsider"));
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS, c);
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	/* Issued in the future: a minute is refused, two seconds (a clock a little ahead,
 	 * within identity.leeway) are not. */
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS,
 	              access_claims(dc, "https://s3.internal", now + 60, now + 600));
-	assert_false(active(&w.p, tok));
+	assert_false(active(&w.w, tok));
 	free(tok);
 	tok = sign_as(&w.sg, IDP_JWS_TYP_ACCESS,
 	              access_claims(dc, "https://s3.internal", now + 2, now + 600));
-	assert_true(active(&w.p, tok));
+	assert_true(active(&w.w, tok));
 	free(tok);
 	/* Garbage. */
-	assert_false(active(&w.p, "not-a-token"));
-	assert_false(active(&w.p, "a.b.c"));
+	assert_false(active(&w.w, "not-a-token"));
+	assert_false(active(&w.w, "a.b.c"));
 	/* The genuine article is active, and each refusal above had its own reason. */
 	tok = mint_access(&w.sg, w.d1);
-	assert_true(active(&w.p, tok));
+	assert_true(active(&w.w, tok));
 	free(tok);
 	{
 		static const char *const want[] = {
@@ -692,7 +507,7 @@ introspect_answers_exactly_active_false_for_bad_tokens(void **state)
 		struct http_resp m;
 		char line[128];
 
-		call(&w.p, "GET", "/metrics", NULL, NULL, &m);
+		world_call(&w.w, "GET", "/metrics", NULL, NULL, &m);
 		for (size_t i = 0; i < IDP_ARRAY_LEN(want); i++) {
 			snprintf(line, sizeof(line), "idpd_introspection_inactive_total%s\n",
 			         want[i]);
@@ -705,202 +520,203 @@ introspect_answers_exactly_active_false_for_bad_tokens(void **state)
 	idp_jws_key_unref(forger);
 	idp_jws_key_unref(key);
 	json_decref(dc);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static void
 revoking_a_delegation_token_cascades_to_everything_derived_from_it(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct http_resp r;
 	char *at1, *at2, *at_root, sql[512];
 	json_t *d1c;
 
 	(void)state;
-	world_start(&w, "t_rev_cascade", NULL);
+	setting_start(&w, "t_rev_cascade", NULL);
 	at1 = mint_access(&w.sg, w.d1);
 	at2 = mint_access(&w.sg, w.d2);
 	at_root = mint_access(&w.sg, w.root);
 	d1c = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
-	assert_true(active(&w.p, at1));
-	assert_true(active(&w.p, at2));
-	assert_true(active(&w.p, w.d2));
+	assert_true(active(&w.w, at1));
+	assert_true(active(&w.w, at2));
+	assert_true(active(&w.w, w.d2));
 
 	/* An agent off the chain may not; the token stays active. */
-	assert_int_equal(revoke_as(&w.p, bearer(w.outsider), w.d1, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.d1, &r), 403);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
-	assert_true(active(&w.p, at1));
+	assert_true(active(&w.w, at1));
 	/* The delegator revokes what it delegated: D1, D2 and their access tokens die at once. */
-	assert_int_equal(revoke_as(&w.p, bearer(w.planner), w.d1, NULL), 200);
-	assert_false(active(&w.p, w.d1));
-	assert_false(active(&w.p, w.d2));
-	assert_false(active(&w.p, at1));
-	assert_false(active(&w.p, at2));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.planner), w.d1, NULL), 200);
+	assert_false(active(&w.w, w.d1));
+	assert_false(active(&w.w, w.d2));
+	assert_false(active(&w.w, at1));
+	assert_false(active(&w.w, at2));
 	/* Its parent and what hangs off the parent alone live on. */
-	assert_true(active(&w.p, w.root));
-	assert_true(active(&w.p, at_root));
+	assert_true(active(&w.w, w.root));
+	assert_true(active(&w.w, at_root));
 	snprintf(
 	    sql, sizeof(sql),
 	    "SELECT count(*) FROM delegation_tokens WHERE revoked_at IS NOT NULL AND jti <> '%s'",
 	    json_string_value(json_object_get(d1c, "jti")));
-	assert_int_equal(count(w.db, sql), 1); /* D2 */
+	assert_int_equal(world_count(&w.w, sql), 1); /* D2 */
 	snprintf(sql, sizeof(sql),
 	         "SELECT count(*) FROM revoked_tokens WHERE jti = '%s' AND kind = 'delegation' "
 	         "AND revoked_by = 'agent:planning-agent'",
 	         json_string_value(json_object_get(d1c, "jti")));
-	assert_int_equal(count(w.db, sql), 1);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type = "
-	                             "'delegation.revoked' AND outcome = 'success' AND "
-	                             "(body::json->'detail'->>'revoked_count')::int = 2"),
+	assert_int_equal(world_count(&w.w, sql), 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'delegation.revoked' AND outcome = 'success' AND "
+	                                   "(body::json->'detail'->>'revoked_count')::int = 2"),
 	                 1);
 	/* Revoking it again changes nothing and records nothing more. */
-	assert_int_equal(revoke_as(&w.p, bearer(w.planner), w.d1, NULL), 200);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type = "
-	                             "'delegation.revoked' AND outcome = 'success'"),
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.planner), w.d1, NULL), 200);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'delegation.revoked' AND outcome = 'success'"),
 	                 1);
 
 	/* An access token, by its own subject. */
 	free(at1);
 	at1 = mint_access(&w.sg, w.root);
-	assert_true(active(&w.p, at1));
-	assert_int_equal(revoke_as(&w.p, bearer(w.planner), at1, NULL), 200);
-	assert_false(active(&w.p, at1));
-	assert_true(active(&w.p, at_root));
-	assert_int_equal(count(w.db, "SELECT count(*) FROM revoked_tokens WHERE kind = 'access'"),
-	                 1);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type = "
-	                             "'token.revoked' AND outcome = 'success'"),
+	assert_true(active(&w.w, at1));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.planner), at1, NULL), 200);
+	assert_false(active(&w.w, at1));
+	assert_true(active(&w.w, at_root));
+	assert_int_equal(
+	    world_count(&w.w, "SELECT count(*) FROM revoked_tokens WHERE kind = 'access'"), 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'token.revoked' AND outcome = 'success'"),
 	                 1);
 	/* The task's human, and an admin key, may revoke too; an auditor key may not. */
-	assert_int_equal(revoke_as(&w.p, bearer(w.alice), at_root, NULL), 200);
-	assert_false(active(&w.p, at_root));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.alice), at_root, NULL), 200);
+	assert_false(active(&w.w, at_root));
 	free(at_root);
 	at_root = mint_access(&w.sg, w.root);
-	assert_int_equal(revoke_as(&w.p, bearer(auditor_key), at_root, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.auditor), at_root, &r), 403);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
-	assert_true(active(&w.p, at_root));
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), w.root, NULL), 200);
-	assert_false(active(&w.p, at_root));
+	assert_true(active(&w.w, at_root));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), w.root, NULL), 200);
+	assert_false(active(&w.w, at_root));
 	/* RFC 7009: an invalid or unknown token is still a 200. */
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), "not-a-token", &r), 200);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), "not-a-token", &r), 200);
 	harness_resp_free(&r);
 
 	json_decref(d1c);
 	free(at1);
 	free(at2);
 	free(at_root);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static void
 revoking_an_identity_credential_ends_its_use(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct http_resp r;
 
 	(void)state;
-	world_start(&w, "t_rev_credential", NULL);
-	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 200);
+	setting_start(&w, "t_rev_credential", NULL);
+	assert_int_equal(harness_status(&w.w.p, "GET", "/v1/me", w.cloud, NULL), 200);
 	/* Another agent may not; the agent itself may. */
-	assert_int_equal(revoke_as(&w.p, bearer(w.outsider), w.cloud, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.cloud, &r), 403);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
-	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 200);
-	assert_int_equal(revoke_as(&w.p, bearer(w.cloud), w.cloud, NULL), 200);
-	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.cloud, NULL), 401);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM agent_credentials WHERE agent_id = "
+	assert_int_equal(harness_status(&w.w.p, "GET", "/v1/me", w.cloud, NULL), 200);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.cloud), w.cloud, NULL), 200);
+	assert_int_equal(harness_status(&w.w.p, "GET", "/v1/me", w.cloud, NULL), 401);
+	assert_int_equal(world_count(&w.w,
+	                             "SELECT count(*) FROM agent_credentials WHERE agent_id = "
 	                             "'cloud-agent' AND revoked_at IS NOT NULL"),
 	                 1);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM audit_events WHERE type = "
-	                             "'token.revoked' AND outcome = 'success' AND "
-	                             "body::json->'detail'->>'kind' = 'identity_credential'"),
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'token.revoked' AND outcome = 'success' AND "
+	                                   "body::json->'detail'->>'kind' = 'identity_credential'"),
 	                 1);
 	/* An admin may revoke any agent's. */
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), w.sub, NULL), 200);
-	assert_int_equal(harness_status(&w.p, "GET", "/v1/me", w.sub, NULL), 401);
-	world_stop(&w);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), w.sub, NULL), 200);
+	assert_int_equal(harness_status(&w.w.p, "GET", "/v1/me", w.sub, NULL), 401);
+	setting_stop(&w);
 }
 
 static void
 completing_the_task_makes_every_token_inactive(void **state)
 {
-	struct world w;
+	struct setting w;
 	char *at, path[160];
 
 	(void)state;
-	world_start(&w, "t_rev_complete", NULL);
+	setting_start(&w, "t_rev_complete", NULL);
 	at = mint_access(&w.sg, w.d2);
-	assert_true(active(&w.p, at));
+	assert_true(active(&w.w, at));
 	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", w.task_id);
-	assert_int_equal(harness_status(&w.p, "POST", path, w.alice, NULL), 200);
-	assert_false(active(&w.p, w.root));
-	assert_false(active(&w.p, w.d1));
-	assert_false(active(&w.p, w.d2));
-	assert_false(active(&w.p, at));
+	assert_int_equal(harness_status(&w.w.p, "POST", path, w.alice, NULL), 200);
+	assert_false(active(&w.w, w.root));
+	assert_false(active(&w.w, w.d1));
+	assert_false(active(&w.w, w.d2));
+	assert_false(active(&w.w, at));
 	free(at);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static void
 agent_decommissioned_or_suspended_mid_task_makes_its_tokens_inactive(void **state)
 {
-	struct world w;
+	struct setting w;
 	char *at_cloud, *at_root;
 
 	(void)state;
-	world_start(&w, "t_rev_agents", NULL);
+	setting_start(&w, "t_rev_agents", NULL);
 	at_cloud = mint_access(&w.sg, w.d1);
 	at_root = mint_access(&w.sg, w.root);
-	assert_true(active(&w.p, at_cloud));
-	assert_int_equal(harness_status(&w.p, "POST", "/v1/agents/cloud-agent/decommission",
-	                                registrar_key, "{\"reason\":\"compromised\"}"),
+	assert_true(active(&w.w, at_cloud));
+	assert_int_equal(harness_status(&w.w.p, "POST", "/v1/agents/cloud-agent/decommission",
+	                                w.w.k.registrar, "{\"reason\":\"compromised\"}"),
 	                 200);
-	assert_false(active(&w.p, at_cloud));
-	assert_false(active(&w.p, w.d1));
+	assert_false(active(&w.w, at_cloud));
+	assert_false(active(&w.w, w.d1));
 	/* D2 was delegated by cloud-agent: an agent on its chain is gone. */
-	assert_false(active(&w.p, w.d2));
-	assert_true(active(&w.p, at_root));
+	assert_false(active(&w.w, w.d2));
+	assert_true(active(&w.w, at_root));
 
 	/* A suspension of the root agent cuts the whole task's tokens, and a resume does not
 	 * bring them back. */
-	assert_int_equal(harness_status(&w.p, "POST", "/v1/agents/planning-agent/suspend",
-	                                registrar_key, "{\"reason\":\"investigation\"}"),
+	assert_int_equal(harness_status(&w.w.p, "POST", "/v1/agents/planning-agent/suspend",
+	                                w.w.k.registrar, "{\"reason\":\"investigation\"}"),
 	                 200);
-	assert_false(active(&w.p, at_root));
-	assert_false(active(&w.p, w.root));
-	assert_int_equal(
-	    harness_status(&w.p, "POST", "/v1/agents/planning-agent/resume", registrar_key, "{}"),
-	    200);
-	assert_false(active(&w.p, at_root));
-	assert_false(active(&w.p, w.root));
+	assert_false(active(&w.w, at_root));
+	assert_false(active(&w.w, w.root));
+	assert_int_equal(harness_status(&w.w.p, "POST", "/v1/agents/planning-agent/resume",
+	                                w.w.k.registrar, "{}"),
+	                 200);
+	assert_false(active(&w.w, at_root));
+	assert_false(active(&w.w, w.root));
 	free(at_cloud);
 	free(at_root);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static void
 bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 {
 	static const char *const paths[] = {"/introspect", "/revoke"};
-	struct world w;
+	struct setting w;
 	struct http_resp r;
 	char body[9000], hdr[256];
 	char *at;
 
 	(void)state;
-	world_start(&w, "t_rev_bad", NULL);
+	setting_start(&w, "t_rev_bad", NULL);
 	at = mint_access(&w.sg, w.d1);
 	snprintf(body, sizeof(body), "token=%s", at);
 	for (size_t i = 0; i < 2; i++) {
-		const char *key = i == 0 ? introspector_key : admin_key;
+		const char *key = i == 0 ? w.w.k.introspector : w.w.k.admin;
 
 		/* No credentials, a wrong key, garbage Basic: 401 invalid_client. */
-		post_form(&w.p, paths[i], NULL, NULL, body, &r);
+		world_post(&w.w, paths[i], NULL, NULL, body, &r);
 		assert_int_equal(r.status, 401);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_client");
@@ -908,29 +724,30 @@ bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 		assert_true(harness_resp_header(&r, "Cache-Control", hdr, sizeof(hdr)));
 		assert_string_equal(hdr, "no-store");
 		harness_resp_free(&r);
-		post_form(&w.p, paths[i], bearer("idpk_wrongwrongwrongwrongwrongwrongwrongwrongw"),
-		          NULL, body, &r);
+		world_post(&w.w, paths[i], bearer("idpk_wrongwrongwrongwrongwrongwrongwrongwrongw"),
+		           NULL, body, &r);
 		assert_int_equal(r.status, 401);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_client");
 		harness_resp_free(&r);
-		post_form(&w.p, paths[i], "Basic !!!", NULL, body, &r);
+		world_post(&w.w, paths[i], "Basic !!!", NULL, body, &r);
 		assert_int_equal(r.status, 401);
 		harness_resp_free(&r);
 		/* A key without the role. */
-		post_form(&w.p, paths[i], bearer(auditor_key), NULL, body, &r);
+		world_post(&w.w, paths[i], bearer(w.w.k.auditor), NULL, body, &r);
 		assert_int_equal(r.status, 403);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "unauthorized_client");
 		harness_resp_free(&r);
 		/* The right caller, a wrong body: JSON, a duplicate, no token, a bad escape. */
-		post_form(&w.p, paths[i], bearer(key), "application/json", "{\"token\":\"x\"}", &r);
+		world_post(&w.w, paths[i], bearer(key), "application/json", "{\"token\":\"x\"}",
+		           &r);
 		assert_int_equal(r.status, 415);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_request");
 		harness_resp_free(&r);
 		snprintf(body, sizeof(body), "token=%s&token=%s", at, at);
-		post_form(&w.p, paths[i], bearer(key), NULL, body, &r);
+		world_post(&w.w, paths[i], bearer(key), NULL, body, &r);
 		assert_int_equal(r.status, 400);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_request");
@@ -938,51 +755,51 @@ bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 		    strstr(json_string_value(json_object_get(r.json, "error_description")),
 		           "more than once"));
 		harness_resp_free(&r);
-		post_form(&w.p, paths[i], bearer(key), NULL, "token_type_hint=access_token", &r);
+		world_post(&w.w, paths[i], bearer(key), NULL, "token_type_hint=access_token", &r);
 		assert_int_equal(r.status, 400);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_request");
 		harness_resp_free(&r);
-		post_form(&w.p, paths[i], bearer(key), NULL, "token=%zz", &r);
+		world_post(&w.w, paths[i], bearer(key), NULL, "token=%zz", &r);
 		assert_int_equal(r.status, 400);
 		harness_resp_free(&r);
 		snprintf(body, sizeof(body), "token=%s", at);
 	}
 	/* None of that revoked anything. */
-	assert_true(active(&w.p, at));
-	assert_int_equal(count(w.db, "SELECT count(*) FROM revoked_tokens"), 0);
+	assert_true(active(&w.w, at));
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM revoked_tokens"), 0);
 	free(at);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static void
 cleanup_job_prunes_revocations_past_their_expiry(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct http_resp r;
 	json_t *job;
 	char *at;
 
 	(void)state;
-	world_start(&w, "t_rev_cleanup", NULL);
+	setting_start(&w, "t_rev_cleanup", NULL);
 	at = mint_access(&w.sg, w.root);
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), at, NULL), 200);
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), w.d2, NULL), 200);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM revoked_tokens"), 2);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), at, NULL), 200);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), w.d2, NULL), 200);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM revoked_tokens"), 2);
 	/* The chain below the root (D1, D2) and both records have long expired; the root has
 	 * not, and a fresh record stays. */
-	assert_int_equal(harness_sql(w.db, "UPDATE delegation_tokens SET issued_at = now() - "
-	                                   "interval '3 hours', expires_at = now() - interval "
-	                                   "'2 hours' WHERE depth > 0"),
+	assert_int_equal(harness_sql(w.w.db, "UPDATE delegation_tokens SET issued_at = now() - "
+	                                     "interval '3 hours', expires_at = now() - interval "
+	                                     "'2 hours' WHERE depth > 0"),
 	                 0);
-	assert_int_equal(harness_sql(w.db, "UPDATE revoked_tokens SET expires_at = now() - "
-	                                   "interval '2 hours'"),
+	assert_int_equal(harness_sql(w.w.db, "UPDATE revoked_tokens SET expires_at = now() - "
+	                                     "interval '2 hours'"),
 	                 0);
 	free(at);
 	at = mint_access(&w.sg, w.root);
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), at, NULL), 200);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), at, NULL), 200);
 
-	call(&w.p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
+	world_call(&w.w, "POST", "/v1/maintenance/cleanup", w.w.k.maintenance, NULL, &r);
 	assert_int_equal(r.status, 200);
 	job = json_object_get(json_object_get(r.json, "jobs"), "revocations");
 	if (job == NULL)
@@ -991,19 +808,19 @@ cleanup_job_prunes_revocations_past_their_expiry(void **state)
 	assert_int_equal(json_integer_value(json_object_get(job, "revoked_tokens_deleted")), 2);
 	assert_int_equal(json_integer_value(json_object_get(job, "delegation_tokens_deleted")), 2);
 	harness_resp_free(&r);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM delegation_tokens"), 1);
-	assert_int_equal(count(w.db, "SELECT count(*) FROM revoked_tokens"), 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM revoked_tokens"), 1);
 	/* Idempotent. */
-	call(&w.p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, &r);
+	world_call(&w.w, "POST", "/v1/maintenance/cleanup", w.w.k.maintenance, NULL, &r);
 	job = json_object_get(json_object_get(r.json, "jobs"), "revocations");
 	assert_int_equal(json_integer_value(json_object_get(job, "revoked_tokens_deleted")), 0);
 	assert_int_equal(json_integer_value(json_object_get(job, "delegation_tokens_deleted")), 0);
 	harness_resp_free(&r);
 	/* What was kept still works, and what was revoked stays so. */
-	assert_true(active(&w.p, w.root));
-	assert_false(active(&w.p, at));
+	assert_true(active(&w.w, w.root));
+	assert_false(active(&w.w, at));
 	free(at);
-	world_stop(&w);
+	setting_stop(&w);
 }
 
 static int
@@ -1018,13 +835,13 @@ static void
 revocation_on_one_instance_reaches_the_other(void **state)
 {
 	enum { ROUNDS = 5 };
-	struct world w;
-	struct idpd_proc b;
+	struct setting w;
+	struct world b;
 	long long delays[ROUNDS];
 
 	(void)state;
-	world_start(&w, "t_rev_two", NULL);
-	start_on(&b, w.db, NULL);
+	setting_start(&w, "t_rev_two", NULL);
+	world_start_peer(&w.w, &b);
 	for (int i = 0; i < ROUNDS; i++) {
 		char *at = mint_access(&w.sg, w.d1);
 		int64_t t0;
@@ -1033,7 +850,7 @@ revocation_on_one_instance_reaches_the_other(void **state)
 		/* Known to the other instance before the revocation. */
 		assert_true(active(&b, at));
 		t0 = idp_mono_us();
-		assert_int_equal(revoke_as(&w.p, bearer(admin_key), at, NULL), 200);
+		assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), at, NULL), 200);
 		while (idp_mono_us() - t0 < 1000000) {
 			if (!active(&b, at)) {
 				gone = true;
@@ -1050,35 +867,35 @@ revocation_on_one_instance_reaches_the_other(void **state)
 	       delays[ROUNDS / 2], delays[ROUNDS - 1]);
 	/* A whole subtree, and a completed task, the same way. */
 	assert_true(active(&b, w.d2));
-	assert_int_equal(revoke_as(&w.p, bearer(w.planner), w.d1, NULL), 200);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.planner), w.d1, NULL), 200);
 	for (int i = 0; i < 100 && active(&b, w.d2); i++)
 		usleep(10000);
 	assert_false(active(&b, w.d2));
-	assert_int_equal(harness_idpd_stop(&b, SIGTERM, 10000), 0);
-	world_stop(&w);
+	world_stop(&b);
+	setting_stop(&w);
 }
 
 static void
 postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 {
-	struct world w;
+	struct setting w;
 	struct http_resp r;
 	char *live, *dead;
 	long st = 0;
 	int64_t t0;
 
 	(void)state;
-	world_start(&w, "t_rev_pgdown", "[revocation]\nmax_staleness = \"1s\"\n");
+	setting_start(&w, "t_rev_pgdown", "1s");
 	live = mint_access(&w.sg, w.d1);
 	dead = mint_access(&w.sg, w.d1);
-	assert_int_equal(revoke_as(&w.p, bearer(admin_key), dead, NULL), 200);
-	assert_true(active(&w.p, live));
-	assert_false(active(&w.p, dead));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), dead, NULL), 200);
+	assert_true(active(&w.w, live));
+	assert_false(active(&w.w, dead));
 
 	assert_int_equal(harness_pg_stop("immediate"), 0);
 	t0 = idp_mono_us();
 	while (idp_mono_us() - t0 < 10 * 1000000LL) {
-		introspect(&w.p, live, &r);
+		introspect(&w.w, live, &r);
 		st = r.status;
 		if (st == 503)
 			assert_string_equal(json_string_value(json_object_get(r.json, "code")),
@@ -1093,13 +910,13 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	assert_int_equal(st, 503);
 	/* Past max_staleness every answer is a 503, the revoked token's too: never a guess. */
 	usleep(1200000);
-	introspect(&w.p, live, &r);
+	introspect(&w.w, live, &r);
 	assert_int_equal(r.status, 503);
 	harness_resp_free(&r);
-	introspect(&w.p, dead, &r);
+	introspect(&w.w, dead, &r);
 	assert_int_equal(r.status, 503);
 	harness_resp_free(&r);
-	call(&w.p, "GET", "/metrics", NULL, NULL, &r);
+	world_call(&w.w, "GET", "/metrics", NULL, NULL, &r);
 	assert_non_null(strstr(r.body, "idpd_revocation_current 0\n"));
 	harness_resp_free(&r);
 
@@ -1107,7 +924,7 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	t0 = idp_mono_us();
 	st = 0;
 	while (idp_mono_us() - t0 < 30 * 1000000LL) {
-		introspect(&w.p, live, &r);
+		introspect(&w.w, live, &r);
 		st = r.status;
 		harness_resp_free(&r);
 		if (st == 200)
@@ -1117,21 +934,11 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	assert_int_equal(st, 200);
 	printf("introspection answered again %lld ms after PostgreSQL was started\n",
 	       (long long)((idp_mono_us() - t0) / 1000));
-	assert_true(active(&w.p, live));
-	assert_false(active(&w.p, dead));
+	assert_true(active(&w.w, live));
+	assert_false(active(&w.w, dead));
 	free(live);
 	free(dead);
-	world_stop(&w);
-}
-
-static int
-teardown(void **state)
-{
-	(void)state;
-	if (jwks_path[0] != '\0')
-		unlink(jwks_path);
-	idp_jws_key_unref(idp_key);
-	return 0;
+	setting_stop(&w);
 }
 
 int
@@ -1150,5 +957,5 @@ main(void)
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, teardown);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

@@ -49,33 +49,33 @@ static void
 agent(struct day *d, const char *id, const char *type, const char *caps, const char *domains,
       const char *delegate_to, const char *max_scope)
 {
-	char body[2048];
+	const struct world_agent a = {
+	    .id = id,
+	    .type = type,
+	    .owner = "alice@example.com",
+	    .version = "v1.0.0",
+	    .environment = "production",
+	    .caps = caps,
+	    .domains = domains,
+	    .delegate_to = delegate_to,
+	    .max_depth = 2,
+	    .max_scope = max_scope,
+	    .approvals = "[\"delete\",\"admin\"]",
+	    .rotation = "1h",
+	    .extra =
+	        ",\"model\":\"claude-sonnet-4-20250514\",\"deployment\":\"k8s-prod-us-east-1\","
+	        "\"team\":\"platform-engineering\""};
 
-	snprintf(body, sizeof(body),
-	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"agent_version\":\"v1.0.0\","
-	         "\"model\":\"claude-sonnet-4-20250514\",\"deployment\":\"k8s-prod-us-east-1\","
-	         "\"owner\":\"alice@example.com\",\"team\":\"platform-engineering\","
-	         "\"environment\":\"production\","
-	         "\"capabilities\":%s,\"domains\":%s,\"delegate_to\":%s,"
-	         "\"delegation_constraints\":{\"max_chain_depth\":2,"
-	         "\"max_scope_per_delegation\":\"%s\",\"requires_human_approval_for\":"
-	         "[\"delete\",\"admin\"]},\"credential\":{\"rotation\":\"1h\"}}",
-	         id, type, caps, domains, delegate_to, max_scope);
-	world_register(&d->w, body);
+	world_agent(&d->w, &a);
 }
 
 static char *
 delegate(struct day *d, const char *to, const char *scope)
 {
-	char body[8192];
 	struct http_resp r;
 	char *tok;
 
-	snprintf(
-	    body, sizeof(body),
-	    "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":\"%s\",\"ttl\":\"1h\"}",
-	    d->root, to, scope);
-	world_call(&d->w, "POST", "/v1/delegations", d->planner, body, &r);
+	world_delegation(&d->w, d->planner, d->root, to, scope, "\"1h\"", NULL, &r);
 	if (r.status != 201)
 		fprintf(stderr, "delegate to %s: %ld %s\n", to, r.status, r.body);
 	assert_int_equal(r.status, 201);
@@ -104,20 +104,7 @@ ask(struct day *d, const char *cred, const char *dtoken, const char *aud, const 
 static bool
 active(struct day *d, const char *tok, json_t **claims)
 {
-	char form[8192];
-	struct http_resp r;
-	bool on;
-
-	snprintf(form, sizeof(form), "token=%s", tok);
-	world_form(&d->w, "/introspect", d->w.k.introspector, form, &r);
-	assert_int_equal(r.status, 200);
-	on = json_is_true(json_object_get(r.json, "active"));
-	if (!on)
-		assert_int_equal(json_object_size(r.json), 1);
-	if (claims != NULL)
-		*claims = on ? json_incref(r.json) : NULL;
-	harness_resp_free(&r);
-	return on;
+	return world_active(&d->w, tok, claims);
 }
 
 static void
@@ -358,5 +345,5 @@ main(void)
 	    cmocka_unit_test(a_day_in_the_life),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

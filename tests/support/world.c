@@ -59,60 +59,120 @@ world_once(void)
 	assert_int_equal(fclose(f), 0);
 	key_section("ci-registrar", "registrar", keys.registrar, &used);
 	key_section("ci-admin", "admin", keys.admin, &used);
-	key_section("ci-introspector", "introspector", keys.introspector, &used);
-	key_section("ci-approver", "approver", keys.approver, &used);
+	key_section("resource-api", "introspector", keys.introspector, &used);
+	key_section("ops-approver", "approver", keys.approver, &used);
 	key_section("ci-auditor", "auditor", keys.auditor, &used);
+	key_section("ci-cron", "maintenance", keys.maintenance, &used);
 }
 
-void
-world_start(struct world *w, const char *db, const char *extra_toml)
+static void
+start_on(struct world *w, const char *db)
 {
-	static char toml[16384];
-
-	world_once();
-	memset(w, 0, sizeof(*w));
-	snprintf(w->db, sizeof(w->db), "%s", db);
-	w->k = keys;
-	assert_int_equal(harness_db_create(db), 0);
-	snprintf(toml, sizeof(toml),
-	         "[identity]\ntrust_domain = \"example.org\"\n"
-	         "[tasks]\nmax_ttl = \"8h\"\n"
-	         "[revocation]\nmax_staleness = \"2s\"\n"
-	         "[registry]\nlast_active_flush = \"1s\"\n"
-	         "[[resources]]\naudience = \"" WORLD_AWS "\"\ndomain = \"cloud\"\n"
-	         "classification = \"internal\"\nenvironment = \"production\"\n"
-	         "[[resources]]\naudience = \"" WORLD_BILLING "\"\ndomain = \"finance\"\n"
-	         "classification = \"confidential\"\nenvironment = \"production\"\n"
-	         "[[resources]]\naudience = \"" WORLD_REPORTS "\"\ndomain = \"reporting\"\n"
-	         "classification = \"internal\"\n"
-	         "[[idp]]\nname = \"corp\"\nissuer = \"" WORLD_IDP_ISS "\"\naudience = \"idpd\"\n"
-	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s%s",
-	         jwks_path, keys_toml, extra_toml != NULL ? extra_toml : "");
-	if (harness_idpd_start(&w->p, db, NULL, toml) != 0) {
+	if (harness_idpd_start(&w->p, db, NULL, w->toml) != 0) {
 		harness_idpd_dump_log(&w->p);
 		fail_msg("idpd did not start");
 	}
 }
 
 void
+world_start_opts(struct world *w, const char *db, const struct world_opts *o)
+{
+	static const struct world_opts none;
+	char issuer[256] = "";
+	size_t len = 16384;
+	int n;
+
+	if (o == NULL)
+		o = &none;
+	world_once();
+	memset(w, 0, sizeof(*w));
+	snprintf(w->db, sizeof(w->db), "%s", db);
+	w->k = keys;
+	assert_int_equal(harness_db_create(db), 0);
+	if (o->issuer != NULL)
+		snprintf(issuer, sizeof(issuer), "issuer = \"%s\"\n", o->issuer);
+	w->toml = malloc(len);
+	assert_non_null(w->toml);
+	n = snprintf(w->toml, len,
+	             "[identity]\ntrust_domain = \"example.org\"\n%s"
+	             "[tasks]\nmax_ttl = \"%s\"\n"
+	             "[revocation]\nmax_staleness = \"%s\"\n"
+	             "[registry]\nlast_active_flush = \"1s\"\n"
+	             "[[resources]]\naudience = \"" WORLD_AWS "\"\ndomain = \"cloud\"\n"
+	             "classification = \"internal\"\nenvironment = \"production\"\n"
+	             "[[resources]]\naudience = \"" WORLD_BILLING "\"\ndomain = \"finance\"\n"
+	             "classification = \"confidential\"\nenvironment = \"production\"\n"
+	             "[[resources]]\naudience = \"" WORLD_REPORTS "\"\ndomain = \"reporting\"\n"
+	             "classification = \"internal\"\n"
+	             "[[idp]]\nname = \"corp\"\nissuer = \"" WORLD_IDP_ISS
+	             "\"\naudience = \"idpd\"\n"
+	             "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s%s",
+	             issuer, o->max_ttl != NULL ? o->max_ttl : "8h",
+	             o->max_staleness != NULL ? o->max_staleness : "2s", jwks_path, keys_toml,
+	             o->extra_toml != NULL ? o->extra_toml : "");
+	assert_true(n > 0 && (size_t)n < len);
+	start_on(w, db);
+}
+
+void
+world_start(struct world *w, const char *db, const char *extra_toml)
+{
+	const struct world_opts o = {.extra_toml = extra_toml};
+
+	world_start_opts(w, db, &o);
+}
+
+void
+world_start_peer(const struct world *w, struct world *peer)
+{
+	memset(peer, 0, sizeof(*peer));
+	snprintf(peer->db, sizeof(peer->db), "%s", w->db);
+	peer->k = w->k;
+	peer->toml = strdup(w->toml);
+	assert_non_null(peer->toml);
+	start_on(peer, peer->db);
+}
+
+void
 world_stop(struct world *w)
 {
+	free(w->toml);
+	w->toml = NULL;
 	assert_int_equal(harness_idpd_stop(&w->p, SIGTERM, 10000), 0);
+}
+
+int
+world_teardown(void **state)
+{
+	(void)state;
+	if (jwks_path[0] != '\0')
+		unlink(jwks_path);
+	idp_jws_key_unref(idp_key);
+	idp_key = NULL;
+	return 0;
+}
+
+char *
+world_idp_token(const struct idp_jws_key *key, const char *email, const char *aud, long exp_in)
+{
+	long long now = (long long)time(NULL);
+	json_t *c;
+	char *tok = NULL;
+
+	world_once();
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", WORLD_IDP_ISS, "sub", email, "aud", aud,
+	              "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + exp_in), "email",
+	              email);
+	assert_int_equal(idp_jws_sign(key != NULL ? key : idp_key, NULL, c, &tok, NULL, NULL),
+	                 IDP_OK);
+	json_decref(c);
+	return tok;
 }
 
 char *
 world_human_token(const char *email)
 {
-	long long now = (long long)time(NULL);
-	json_t *c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", WORLD_IDP_ISS, "sub", email,
-	                      "aud", "idpd", "iat", (json_int_t)(now - 5), "exp",
-	                      (json_int_t)(now + 600), "email", email);
-	char *tok = NULL;
-
-	world_once();
-	assert_int_equal(idp_jws_sign(idp_key, NULL, c, &tok, NULL, NULL), IDP_OK);
-	json_decref(c);
-	return tok;
+	return world_idp_token(NULL, email, "idpd", 600);
 }
 
 void
@@ -123,21 +183,80 @@ world_call(struct world *w, const char *method, const char *path, const char *be
 }
 
 void
-world_form(struct world *w, const char *path, const char *bearer, const char *form,
+world_post(struct world *w, const char *path, const char *auth, const char *ctype, const char *body,
            struct http_resp *r)
 {
-	char url[512], auth[4200];
+	char url[512], a[4200], ct[128];
 	const char *headers[3];
-
 	size_t n = 0;
 
 	snprintf(url, sizeof(url), "%s%s", w->p.base, path);
-	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", bearer != NULL ? bearer : "");
-	if (bearer != NULL)
-		headers[n++] = auth;
-	headers[n++] = "Content-Type: application/x-www-form-urlencoded";
+	if (auth != NULL) {
+		snprintf(a, sizeof(a), "Authorization: %s", auth);
+		headers[n++] = a;
+	}
+	snprintf(ct, sizeof(ct), "Content-Type: %s",
+	         ctype != NULL ? ctype : "application/x-www-form-urlencoded");
+	headers[n++] = ct;
 	headers[n] = NULL;
-	assert_int_equal(harness_http("POST", url, headers, form, strlen(form), r), 0);
+	assert_int_equal(harness_http("POST", url, headers, body, strlen(body), r), 0);
+}
+
+void
+world_form(struct world *w, const char *path, const char *bearer, const char *form,
+           struct http_resp *r)
+{
+	char auth[4200];
+
+	if (bearer != NULL)
+		snprintf(auth, sizeof(auth), "Bearer %s", bearer);
+	world_post(w, path, bearer != NULL ? auth : NULL, NULL, form, r);
+}
+
+void
+world_introspect(struct world *w, const char *tok, const char *hint, struct http_resp *r)
+{
+	char form[9000];
+
+	snprintf(form, sizeof(form), "token=%s%s%s", tok, hint != NULL ? "&token_type_hint=" : "",
+	         hint != NULL ? hint : "");
+	world_form(w, "/introspect", w->k.introspector, form, r);
+}
+
+bool
+world_active(struct world *w, const char *tok, json_t **claims)
+{
+	struct http_resp r;
+	bool on;
+
+	world_introspect(w, tok, NULL, &r);
+	if (r.status != 200)
+		fprintf(stderr, "POST /introspect: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	on = json_is_true(json_object_get(r.json, "active"));
+	if (!on)
+		assert_int_equal(json_object_size(r.json), 1);
+	if (claims != NULL)
+		*claims = on ? json_incref(r.json) : NULL;
+	harness_resp_free(&r);
+	return on;
+}
+
+long
+world_revoke_as(struct world *w, const char *auth, const char *tok, struct http_resp *out)
+{
+	char form[9000];
+	struct http_resp r;
+	long st;
+
+	snprintf(form, sizeof(form), "token=%s", tok);
+	world_post(w, "/revoke", auth, NULL, form, &r);
+	st = r.status;
+	if (out != NULL)
+		*out = r;
+	else
+		harness_resp_free(&r);
+	return st;
 }
 
 void
@@ -172,25 +291,105 @@ world_credential(struct world *w, const char *id, char *out, size_t len)
 }
 
 void
-world_task(struct world *w, const char *human, const char *root_agent, const char *scope_json,
-           char task_id[80], char **root_token)
+world_agent(struct world *w, const struct world_agent *a)
 {
-	char body[2048];
+	char body[4096];
+	char opt[2048];
+	size_t at = 0;
+
+	opt[0] = '\0';
+#define OPT(fmt, v)                                                                                \
+	do {                                                                                       \
+		if ((v) != NULL)                                                                   \
+			at += (size_t)snprintf(opt + at, sizeof(opt) - at, fmt, (v));              \
+		assert_true(at < sizeof(opt));                                                     \
+	} while (0)
+	OPT(",\"agent_version\":\"%s\"", a->version);
+	OPT(",\"environment\":\"%s\"", a->environment);
+	OPT(",\"domains\":%s", a->domains);
+	OPT(",\"delegate_to\":%s", a->delegate_to);
+	OPT("%s", a->extra);
+#undef OPT
+	snprintf(body, sizeof(body),
+	         "{\"id\":\"%s\",\"agent_type\":\"%s\",\"owner\":\"%s\",\"capabilities\":%s%s,"
+	         "\"delegation_constraints\":{\"max_chain_depth\":%d,"
+	         "\"max_scope_per_delegation\":\"%s\",\"requires_human_approval_for\":%s},"
+	         "\"credential\":{\"rotation\":\"%s\"}}",
+	         a->id, a->type, a->owner, a->caps, opt, a->max_depth != 0 ? a->max_depth : 2,
+	         a->max_scope != NULL ? a->max_scope : "read",
+	         a->approvals != NULL ? a->approvals : "[]",
+	         a->rotation != NULL ? a->rotation : "30m");
+	world_register(w, body);
+}
+
+void
+world_task_body(struct world *w, const char *human, const char *body, char task_id[80],
+                char jti[80], char **root_token)
+{
 	struct http_resp r;
 
-	snprintf(body, sizeof(body),
-	         "{\"root_agent\":\"%s\",\"scope\":%s,\"description\":\"quarterly infrastructure "
-	         "review\",\"ttl\":\"4h\"}",
-	         root_agent, scope_json);
 	world_call(w, "POST", "/v1/tasks", human, body, &r);
 	if (r.status != 201)
 		fprintf(stderr, "task: %ld %s\n", r.status, r.body);
 	assert_int_equal(r.status, 201);
 	snprintf(task_id, 80, "%s",
 	         json_string_value(json_object_get(json_object_get(r.json, "task"), "id")));
+	if (jti != NULL)
+		snprintf(jti, 80, "%s", json_string_value(json_object_get(r.json, "jti")));
 	*root_token = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
 	assert_non_null(*root_token);
 	harness_resp_free(&r);
+}
+
+void
+world_task_ttl(struct world *w, const char *human, const char *root_agent, const char *scope_json,
+               const char *ttl, char task_id[80], char jti[80], char **root_token)
+{
+	char body[2048];
+
+	snprintf(body, sizeof(body),
+	         "{\"root_agent\":\"%s\",\"scope\":%s,\"description\":\"quarterly infrastructure "
+	         "review\",\"ttl\":\"%s\"}",
+	         root_agent, scope_json, ttl);
+	world_task_body(w, human, body, task_id, jti, root_token);
+}
+
+void
+world_task(struct world *w, const char *human, const char *root_agent, const char *scope_json,
+           char task_id[80], char **root_token)
+{
+	world_task_ttl(w, human, root_agent, scope_json, "4h", task_id, NULL, root_token);
+}
+
+void
+world_delegation(struct world *w, const char *bearer, const char *token, const char *to,
+                 const char *scope, const char *ttl, const char *approval, struct http_resp *r)
+{
+	char body[8192];
+
+	snprintf(body, sizeof(body),
+	         "{\"delegation_token\":\"%s\",\"to_agent\":\"%s\",\"scope\":\"%s\"%s%s%s%s%s}",
+	         token, to, scope, ttl != NULL ? ",\"ttl\":" : "", ttl != NULL ? ttl : "",
+	         approval != NULL ? ",\"approval_id\":\"" : "", approval != NULL ? approval : "",
+	         approval != NULL ? "\"" : "");
+	world_call(w, "POST", "/v1/delegations", bearer, body, r);
+}
+
+char *
+world_delegate(struct world *w, const char *bearer, const char *token, const char *to,
+               const char *scope, const char *ttl)
+{
+	struct http_resp r;
+	char *tok;
+
+	world_delegation(w, bearer, token, to, scope, ttl, NULL, &r);
+	if (r.status != 201)
+		fprintf(stderr, "delegate to %s: %ld %s\n", to, r.status, r.body);
+	assert_int_equal(r.status, 201);
+	tok = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
+	assert_non_null(tok);
+	harness_resp_free(&r);
+	return tok;
 }
 
 long
