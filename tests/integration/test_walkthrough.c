@@ -269,6 +269,22 @@ a_day_in_the_life(void **state)
 	harness_resp_free(&r);
 	for (size_t i = 0; i < d.n_tokens; i++)
 		assert_false(active(&d, d.tokens[i], NULL));
+	/*    Each inactive answer is in the audit log (queued without waiting:
+	 *    poll), as auth.failed from the introspector, with its reason. */
+	{
+		long want = (long)d.n_tokens + 1; /* and the 2-second token */
+		const char *q = "SELECT count(*) FROM audit_events WHERE type = 'auth.failed' AND "
+		                "body::json->'detail'->>'endpoint' = 'introspect'";
+
+		for (int i = 0; i < 200 && world_count(&d.w, q) < want; i++)
+			usleep(10 * 1000);
+		assert_int_equal(world_count(&d.w, q), want);
+		assert_int_equal(
+		    world_count(&d.w,
+		                "SELECT count(*) FROM audit_events WHERE type = 'auth.failed' "
+		                "AND body::json->'detail'->>'reason' = 'expired'"),
+		    1);
+	}
 	/*    A dead token cannot report either. */
 	world_call(&d.w, "POST", "/v1/audit/events", report_tok,
 	           "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"s3.put_object\"}}", &r);
