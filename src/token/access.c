@@ -37,6 +37,7 @@
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/json_out.h"
 #include "idpd/jws.h"
 #include "idpd/keys.h"
 #include "idpd/log.h"
@@ -361,7 +362,8 @@ parent_verify(struct issuing *s)
 		goto done;
 	}
 	s->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
-	s->act = json_deep_copy(json_object_get(c, "act"));
+	/* The verified claims are never modified: share act rather than copy it. */
+	s->act = json_incref(json_object_get(c, "act"));
 	idp_diag_init(&d);
 	if (!task_scopes_parse(json_object_get(c, "scope"), s->parent_sc, &d))
 		goto done;
@@ -534,19 +536,71 @@ policy_input_build(struct issuing *s, const struct resource *r, int64_t ttl_s,
 	return true;
 }
 
-static json_t *
-claims_json(struct issuing *s, const char *scope, int64_t iat_s, int64_t exp_s)
+/* "key":"value" after a comma; a NULL value is an error, as it is to json_pack. */
+static int
+put_member(struct idp_buf *b, const char *key, const char *value)
 {
-	json_t *c = json_pack(
-	    "{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:O}", "iss", issuer, "sub",
-	    s->agent->id, "aud", s->a->audience, "iat", (json_int_t)iat_s, "exp", (json_int_t)exp_s,
-	    "jti", s->g->jti, "scope", scope, "task_id", s->task_id, "human_principal", s->human,
-	    "delegation_chain_hash", s->chain_hash, "agent_type", s->agent->agent_type, "client_id",
-	    s->agent->id, ACCESS_CLAIM_DELEGATION_JTI, s->djti, "act", s->act);
+	int rc;
 
-	if (c != NULL && s->agent->agent_version != NULL)
-		json_object_set_new(c, "agent_version", json_string(s->agent->agent_version));
-	return c;
+	if (value == NULL)
+		return IDP_EINVAL;
+	rc = idp_json_put_key(b, key, false);
+	return rc == IDP_OK ? idp_json_put_str(b, value) : rc;
+}
+
+/*
+ * The access token's claims as compact JSON into b, written directly (no
+ * tree built to be serialized): the members and their order are those
+ * json_pack gave them.  IDP_EINVAL when a value is not valid UTF-8.
+ */
+static int
+claims_write(struct issuing *s, struct idp_buf *b, const char *scope, int64_t iat_s, int64_t exp_s)
+{
+	int rc = idp_buf_reserve(b, 1000);
+
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '{');
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "iss", true);
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(b, issuer);
+	if (rc == IDP_OK)
+		rc = put_member(b, "sub", s->agent->id);
+	if (rc == IDP_OK)
+		rc = put_member(b, "aud", s->a->audience);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "iat", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_int(b, iat_s);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "exp", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_int(b, exp_s);
+	if (rc == IDP_OK)
+		rc = put_member(b, "jti", s->g->jti);
+	if (rc == IDP_OK)
+		rc = put_member(b, "scope", scope);
+	if (rc == IDP_OK)
+		rc = put_member(b, "task_id", s->task_id);
+	if (rc == IDP_OK)
+		rc = put_member(b, "human_principal", s->human);
+	if (rc == IDP_OK)
+		rc = put_member(b, "delegation_chain_hash", s->chain_hash);
+	if (rc == IDP_OK)
+		rc = put_member(b, "agent_type", s->agent->agent_type);
+	if (rc == IDP_OK)
+		rc = put_member(b, "client_id", s->agent->id);
+	if (rc == IDP_OK)
+		rc = put_member(b, ACCESS_CLAIM_DELEGATION_JTI, s->djti);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "act", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_value(b, s->act, false);
+	if (rc == IDP_OK && s->agent->agent_version != NULL)
+		rc = put_member(b, "agent_version", s->agent->agent_version);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '}');
+	return rc;
 }
 
 /* Narrow the requested scopes as an ALLOW_WITH_CONDITIONS says; NULL if nothing is left. */
@@ -590,7 +644,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	struct resource res;
 	struct policy_input input;
 	struct input_lists lists = {.labels_heap = NULL, .chain_heap = NULL};
-	json_t *claims = NULL;
+	struct idp_buf claims;
 	const char *dec, *why = NULL;
 	int64_t now_ms = idp_now_ms(idp_clock_system()), default_ttl_ms, max_ttl_ms, exp_ms;
 	int64_t not_after = 0;
@@ -598,6 +652,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	int rc;
 
 	memset(g, 0, sizeof(*g));
+	idp_buf_init(&claims, IDP_JWS_MAX_TOKEN);
 	/* 1. The audience names a resource. */
 	if (!resource_get(a->audience, &res, &default_ttl_ms, &max_ttl_ms)) {
 		refuse(&s, 400, "invalid_target");
@@ -716,9 +771,10 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 403, "policy_denied");
 		goto refused;
 	}
-	if (attest_jti_new(g->jti) != IDP_OK ||
-	    (claims = claims_json(&s, g->scope, now_ms / 1000, exp_ms / 1000)) == NULL ||
-	    idp_jws_sign(key, ACCESS_TOKEN_TYP, claims, &g->token, NULL, NULL) != IDP_OK) {
+	if (s.act == NULL || attest_jti_new(g->jti) != IDP_OK ||
+	    claims_write(&s, &claims, g->scope, now_ms / 1000, exp_ms / 1000) != IDP_OK ||
+	    idp_jws_sign_payload(key, ACCESS_TOKEN_TYP, claims.data, claims.len, &g->token, NULL,
+	                         NULL) != IDP_OK) {
 		refuse(&s, 500, "internal");
 		goto refused;
 	}
@@ -743,7 +799,7 @@ refused:
 		log_warn("access: cannot record the refusal (%s) in the audit log", g->code);
 done:
 	idp_jws_key_unref(key);
-	json_decref(claims);
+	idp_buf_cleanup(&claims);
 	free(res.audience);
 	free(lists.labels_heap);
 	free(lists.chain_heap);
@@ -767,6 +823,83 @@ access_grant_cleanup(struct access_grant *g)
 
 /* ---- POST /v1/token ---- */
 
+/* {"max_ttl"?, "scopes"?, "enhanced_logging"}, as policy_outcome_conditions_json. */
+static int
+conditions_write(struct idp_buf *b, const struct policy_outcome *o)
+{
+	int rc = idp_buf_putc(b, '{');
+	bool first = true;
+
+	if (rc == IDP_OK && o->has_max_ttl) {
+		rc = idp_json_put_key(b, "max_ttl", true);
+		if (rc == IDP_OK)
+			rc = idp_json_put_int(b, o->max_ttl);
+		first = false;
+	}
+	if (rc == IDP_OK && o->narrowed) {
+		rc = idp_json_put_key(b, "scopes", first);
+		if (rc == IDP_OK)
+			rc = idp_buf_putc(b, '[');
+		for (size_t i = 0; rc == IDP_OK && i < o->n_scopes; i++) {
+			if (i > 0)
+				rc = idp_buf_putc(b, ',');
+			if (rc == IDP_OK)
+				rc = idp_json_put_str(b, o->scopes[i]);
+		}
+		if (rc == IDP_OK)
+			rc = idp_buf_putc(b, ']');
+		first = false;
+	}
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "enhanced_logging", first);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(b, o->enhanced_logging ? "true" : "false");
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '}');
+	return rc;
+}
+
+/* The 200 answer, written directly: the members json_pack gave it, in that order. */
+static void
+reply_issued(struct http_req *req, const struct access_grant *g)
+{
+	const struct policy_outcome *dec = g->decided ? &g->decision : NULL;
+	struct idp_buf b;
+	int rc;
+
+	idp_buf_init(&b, 2 * IDP_JWS_MAX_TOKEN);
+	rc = idp_buf_reserve(&b, strlen(g->token) + 256);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(&b, "{\"access_token\":");
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->token);
+	if (rc == IDP_OK)
+		rc = idp_buf_printf(&b, ",\"token_type\":\"Bearer\",\"expires_in\":%lld",
+		                    (long long)g->expires_in);
+	if (rc == IDP_OK)
+		rc = put_member(&b, "scope", g->scope);
+	if (rc == IDP_OK)
+		rc = put_member(&b, "jti", g->jti);
+	if (rc == IDP_OK && dec != NULL)
+		rc = put_member(&b, "decision", policy_effect_name(dec->effect));
+	if (rc == IDP_OK && dec != NULL && dec->has_conditions) {
+		rc = idp_json_put_key(&b, "conditions", false);
+		if (rc == IDP_OK)
+			rc = conditions_write(&b, dec);
+	}
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	if (rc != IDP_OK) {
+		log_error("access: bug: cannot write the token answer");
+		http_reply_error(req, IDP_EINTERNAL, "the token cannot be issued");
+	} else {
+		http_reply_data(req, 200, "application/json", b.data, b.len);
+	}
+	if (b.data != NULL)
+		idp_wipe(b.data, b.len);
+	idp_buf_cleanup(&b);
+}
+
 static void
 reply(struct http_req *req, struct access_grant *g)
 {
@@ -775,15 +908,8 @@ reply(struct http_req *req, struct access_grant *g)
 
 	switch (g->status) {
 	case 200:
-		extra = json_pack("{s:s,s:s,s:I,s:s,s:s,s:o*}", "access_token", g->token,
-		                  "token_type", "Bearer", "expires_in", (json_int_t)g->expires_in,
-		                  "scope", g->scope, "jti", g->jti, "decision",
-		                  dec ? json_string(policy_effect_name(dec->effect)) : NULL);
-		if (extra != NULL && dec != NULL && dec->has_conditions)
-			json_object_set_new(extra, "conditions",
-			                    policy_outcome_conditions_json(dec));
 		http_add_header(req, "Cache-Control", "no-store");
-		http_reply_json(req, 200, extra);
+		reply_issued(req, g);
 		return;
 	case 202: {
 		char loc[128];
