@@ -7,9 +7,11 @@
  * queued events, the count of events enqueued (enq_seq) and committed
  * (committed_seq), and the stop flag.  Events leave the ring in FIFO order
  * and are committed in that order, so an emitter whose event was the k-th
- * enqueued knows it is durable once committed_seq >= k.  Two condition
- * variables: `work` wakes the writer, `done` wakes emitters (space freed or
- * a batch committed; they re-check their own condition).
+ * enqueued knows it is durable once committed_seq >= k.  Three condition
+ * variables: `work` wakes the writer, `space` wakes emitters waiting for
+ * room in the ring, `done` wakes emitters waiting for their commit (they
+ * re-check their own condition).  Keeping the last two apart spares the
+ * emitters waiting for a commit a wake-up each time the writer takes a batch.
  *
  * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
  * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
@@ -57,6 +59,7 @@ static struct {
 
 	pthread_mutex_t lock; /* writer.lock: everything below up to `thread` */
 	pthread_cond_t work;
+	pthread_cond_t space;
 	pthread_cond_t done;
 	struct slot *ring;
 	int cap, head, count;
@@ -97,7 +100,8 @@ deadline_in(struct timespec *ts, int64_t ms)
 	}
 }
 
-/* COPY text format: backslash, tab, newline and CR are escaped. */
+/* COPY text format: backslash, tab, newline and CR are escaped.  Runs of
+ * other bytes are appended whole. */
 static int
 copy_text(struct idp_buf *b, const char *s)
 {
@@ -105,14 +109,20 @@ copy_text(struct idp_buf *b, const char *s)
 
 	if (s == NULL)
 		return idp_buf_puts(b, "\\N");
-	for (; *s != '\0' && rc == 0; s++) {
+	while (*s != '\0' && rc == 0) {
+		size_t run = strcspn(s, "\\\t\n\r");
+
+		rc = idp_buf_append(b, s, run);
+		s += run;
+		if (*s == '\0' || rc != 0)
+			break;
 		switch (*s) {
 		case '\\': rc = idp_buf_puts(b, "\\\\"); break;
 		case '\t': rc = idp_buf_puts(b, "\\t"); break;
 		case '\n': rc = idp_buf_puts(b, "\\n"); break;
-		case '\r': rc = idp_buf_puts(b, "\\r"); break;
-		default: rc = idp_buf_putc(b, *s); break;
+		default: rc = idp_buf_puts(b, "\\r"); break;
 		}
+		s++;
 	}
 	return rc;
 }
@@ -410,7 +420,7 @@ run(void *arg)
 			W.count--;
 		}
 		W.inflight_n = n;
-		pthread_cond_broadcast(&W.done); /* space for blocked emitters */
+		pthread_cond_broadcast(&W.space); /* room for blocked emitters */
 		pthread_mutex_unlock(&W.lock);
 
 		chain_seq0 = W.chain_seq;
@@ -553,6 +563,7 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&W.work, &ca);
+	pthread_cond_init(&W.space, &ca);
 	pthread_cond_init(&W.done, &ca);
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
@@ -597,6 +608,7 @@ audit_writer_stop(int64_t timeout_ms)
 		W.count--;
 	}
 	/* Wake emitters still waiting: they will see the writer is gone. */
+	pthread_cond_broadcast(&W.space);
 	pthread_cond_broadcast(&W.done);
 	pthread_mutex_unlock(&W.lock);
 	free(W.ring);
@@ -673,7 +685,7 @@ audit_emit(struct audit_event *ev)
 	deadline_in(&deadline, W.o.timeout_ms);
 	while (W.count == W.cap) {
 		if (W.o.fail_closed || !W.running ||
-		    pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+		    pthread_cond_timedwait(&W.space, &W.lock, &deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&W.lock);
 			audit_event_free(ev);
 			free(sl.canon);
