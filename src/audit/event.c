@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "idpd/buf.h"
 #include "idpd/clock.h"
@@ -535,7 +534,7 @@ audit_event_assign_id(struct audit_event *ev)
 	char id[37];
 	size_t o = 0;
 
-	if (RAND_bytes(b, sizeof(b)) != 1)
+	if (idp_random_id_bytes(b, sizeof(b)) != IDP_OK)
 		return IDP_EINTERNAL;
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 9562 variant */

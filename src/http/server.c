@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
-#include <openssl/rand.h>
 
 #include "idpd/buf.h"
 #include "idpd/clock.h"
@@ -183,6 +182,13 @@ http_reply_data(struct http_req *req, int status, const char *content_type, cons
 		size_t len)
 {
 	queue(req, status, content_type, (void *)data, len, MHD_RESPMEM_MUST_COPY);
+}
+
+void
+http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
+		size_t len)
+{
+	queue(req, status, content_type, data, len, MHD_RESPMEM_MUST_FREE);
 }
 
 void
@@ -456,7 +462,7 @@ http_request_id_new(char out[33])
 	static const char hex[] = "0123456789abcdef";
 	unsigned char r[16];
 
-	if (RAND_bytes(r, sizeof(r)) != 1) {
+	if (idp_random_id_bytes(r, sizeof(r)) != IDP_OK) {
 		/* The CSPRNG failing is not a reason to drop a request: a
 		 * request id is a correlation key, not a secret. */
 		struct timespec ts;

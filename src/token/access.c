@@ -892,12 +892,18 @@ reply_issued(struct http_req *req, const struct access_grant *g)
 	if (rc != IDP_OK) {
 		log_error("access: bug: cannot write the token answer");
 		http_reply_error(req, IDP_EINTERNAL, "the token cannot be issued");
-	} else {
-		http_reply_data(req, 200, "application/json", b.data, b.len);
+		if (b.data != NULL)
+			idp_wipe(b.data, b.len);
+		idp_buf_cleanup(&b);
+		return;
 	}
-	if (b.data != NULL)
-		idp_wipe(b.data, b.len);
-	idp_buf_cleanup(&b);
+	/* Handed over, not copied: MHD frees it once sent. */
+	{
+		size_t len;
+		char *body = idp_buf_take(&b, &len);
+
+		http_reply_take(req, 200, "application/json", body, len);
+	}
 }
 
 static void
