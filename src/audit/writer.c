@@ -10,8 +10,11 @@
  * enqueued knows it is durable once committed_seq >= k.  Three condition
  * variables: `work` wakes the writer, `space` wakes emitters waiting for
  * room in the ring, `done` wakes emitters waiting for their commit (they
- * re-check their own condition).  Keeping the last two apart spares the
- * emitters waiting for a commit a wake-up each time the writer takes a batch.
+ * re-check their own condition).  `done` is DONE_WAYS variables, the
+ * emitter of event k waiting on done[k % DONE_WAYS], so that a commit wakes
+ * the emitters whose events it made durable and not those already queued
+ * for the next batch; and room has its own, so taking a batch wakes none of
+ * them.
  *
  * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
  * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
@@ -34,6 +37,8 @@
 #include "idpd/log.h"
 #include "idpd/metrics.h"
 #include "../store/store_int.h"
+
+#define DONE_WAYS 64
 
 struct row {
 	size_t off, len; /* this row's bytes in the batch's COPY text */
@@ -60,7 +65,7 @@ static struct {
 	pthread_mutex_t lock; /* writer.lock: everything below up to `thread` */
 	pthread_cond_t work;
 	pthread_cond_t space;
-	pthread_cond_t done;
+	pthread_cond_t done[DONE_WAYS];
 	struct slot *ring;
 	int cap, head, count;
 	uint64_t enq_seq;
@@ -450,9 +455,12 @@ run(void *arg)
 			atomic_fetch_add(&W.batches, 1);
 			atomic_fetch_add(&W.committed, (uint64_t)m);
 			pthread_mutex_lock(&W.lock);
+			for (uint64_t q = W.committed_seq + 1;
+			     q <= W.committed_seq + (uint64_t)n && q <= W.committed_seq + DONE_WAYS;
+			     q++)
+				pthread_cond_broadcast(&W.done[q % DONE_WAYS]);
 			W.committed_seq += (uint64_t)n;
 			W.inflight_n = 0;
-			pthread_cond_broadcast(&W.done);
 			pthread_mutex_unlock(&W.lock);
 		} else {
 			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
@@ -564,7 +572,8 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&W.work, &ca);
 	pthread_cond_init(&W.space, &ca);
-	pthread_cond_init(&W.done, &ca);
+	for (int i = 0; i < DONE_WAYS; i++)
+		pthread_cond_init(&W.done[i], &ca);
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
 		idp_diag_add(diag, "audit: cannot start the writer thread");
@@ -609,7 +618,8 @@ audit_writer_stop(int64_t timeout_ms)
 	}
 	/* Wake emitters still waiting: they will see the writer is gone. */
 	pthread_cond_broadcast(&W.space);
-	pthread_cond_broadcast(&W.done);
+	for (int i = 0; i < DONE_WAYS; i++)
+		pthread_cond_broadcast(&W.done[i]);
 	pthread_mutex_unlock(&W.lock);
 	free(W.ring);
 	W.ring = NULL;
@@ -702,7 +712,8 @@ audit_emit(struct audit_event *ev)
 		/* A stopped writer leaves committed_seq where it is; the
 		 * deadline ends the wait either way. */
 		while (W.committed_seq < mine) {
-			if (pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+			if (pthread_cond_timedwait(&W.done[mine % DONE_WAYS], &W.lock,
+						   &deadline) == ETIMEDOUT) {
 				if (W.committed_seq >= mine)
 					break;
 				atomic_fetch_add(&W.timeouts, 1);
