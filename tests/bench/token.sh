@@ -136,11 +136,16 @@ events() { psql_bench -d "$db" -At -c "SELECT count(*) FROM audit_events WHERE t
 
 # One run: rate = events of type $1 committed per second; p99 from wrk.
 run() {
-	local type=$1 before after out
+	local type=$1 before after out cpu0 cpu1
 	shift
 	before=$(events "$type")
+	cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 	out=$(wrk -t1 -c"$conns" -d"${dur}s" --latency "$@")
+	cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 	after=$(events "$type")
+	# idpd's CPU time (user + system, in clock ticks) per committed event, in us
+	awk -v c="$((cpu1 - cpu0))" -v n="$((after - before))" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN {if (n > 0) printf "%.0f\n", c * 1e6 / hz / n}' >>"$work/cpu.$type"
 	[ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | grep -E "Requests/sec|99%|Non-2xx" >&2
 	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$work/rate.$type"
 	echo "$out" | awk '$1 == "99%" {print $2}' | sed 's/us$/ us/; s/ms$/ ms/' |
@@ -156,6 +161,7 @@ for _ in $(seq "$runs"); do
 done
 sign_rate=$(openssl speed -seconds 3 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print int($7)}')
 tok_rate=$(median <"$work/rate.token.issued"); tok_p99=$(median <"$work/p99.token.issued")
+tok_cpu=$(median <"$work/cpu.token.issued")
 del_rate=$(median <"$work/rate.delegation.created"); del_p99=$(median <"$work/p99.delegation.created")
 errors=$(cat "$work"/errors.* 2>/dev/null | awk '{s += $1} END {print s + 0}')
 ratio=$(awk -v a="$tok_rate" -v b="$sign_rate" 'BEGIN {printf "%.0f", 100 * a / b}')
@@ -175,6 +181,10 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo
 	echo "\`openssl speed ecdsap256\` in the same run: ${sign_rate} signs/s on one core; issuance is ${ratio}% of"
 	echo "it (target: at least 40%, with p99 under 10 ms). Non-2xx answers during the runs: ${errors}."
+	echo
+	echo "idpd spent ${tok_cpu} us of CPU (all its threads, from \`/proc/<pid>/stat\`) per access token. Where it"
+	echo "goes, from \`perf record -F 1999 --call-graph dwarf\` during this benchmark (shares of idpd's"
+	echo "CPU, 2026-11-28): WHERE_NOTES"
 	echo
 } | replace_section token
 echo "bench: token done"

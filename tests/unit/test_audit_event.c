@@ -300,19 +300,19 @@ static void
 canonical_equals_the_sorted_dump_of_the_json_form(void **state)
 {
 	static const char *const docs[] = {
-	    "{\"type\":\"token.issued\",\"severity\":2,\"timestamp\":\"2026-03-30T10:00:00.123Z\","
-	    "\"outcome\":\"success\",\"id\":\"e1\",\"agent_id\":\"planner\",\"agent_type\":\"p\","
-	    "\"human_principal\":\"alice@example.com\",\"task_id\":\"t-1\",\"request_id\":\"r\","
-	    "\"source_address\":\"127.0.0.1\",\"instance_id\":\"i\",\"actor\":{\"kind\":\"agent\","
-	    "\"name\":\"planner\"},\"authorization\":{\"token_id\":\"j\",\"granted_scope\":\"a:B "
-	    "c:D\",\"policy_rule\":\"r1 r2\",\"policy_decision\":\"ALLOW_WITH_CONDITIONS\"},"
-	    "\"delegation_chain\":[\"alice@example.com\",\"planner\",\"helper\"],"
-	    "\"detail\":{\"audience\":\"https://aws.example.com\",\"exp\":1774864800,"
-	    "\"conditions\":{\"max_ttl\":300,\"scopes\":[\"a:B\"],\"enhanced_logging\":true},"
-	    "\"stated_reason\":\"tab\\there \\\"quoted\\\" \\u0001 caf\\u00e9 \\ud83d\\ude00\"}}",
-	    "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"t\",\"result\":\"ok\","
-	    "\"parameters\":{\"z\":1.5,\"a\":[true,null,{\"y\":[],\"x\":{}}],\"m\":-0.0}},"
-	    "\"context\":{\"step\":\"s2\",\"previous_step\":\"s1\",\"next_step\":\"s3\"}}",
+	    ("{\"type\":\"token.issued\",\"severity\":2,\"timestamp\":\"2026-03-30T10:00:00.123Z\","
+	     "\"outcome\":\"success\",\"id\":\"e1\",\"agent_id\":\"planner\",\"agent_type\":\"p\","
+	     "\"human_principal\":\"alice@example.com\",\"task_id\":\"t-1\",\"request_id\":\"r\","
+	     "\"source_address\":\"127.0.0.1\",\"instance_id\":\"i\",\"actor\":{\"kind\":\"agent\","
+	     "\"name\":\"planner\"},\"authorization\":{\"token_id\":\"j\",\"granted_scope\":\"a:B "
+	     "c:D\",\"policy_rule\":\"r1 r2\",\"policy_decision\":\"ALLOW_WITH_CONDITIONS\"},"
+	     "\"delegation_chain\":[\"alice@example.com\",\"planner\",\"helper\"],"
+	     "\"detail\":{\"audience\":\"https://aws.example.com\",\"exp\":1774864800,"
+	     "\"conditions\":{\"max_ttl\":300,\"scopes\":[\"a:B\"],\"enhanced_logging\":true},"
+	     "\"stated_reason\":\"tab\\there \\\"quoted\\\" \\u0001 caf\\u00e9 \\ud83d\\ude00\"}}"),
+	    ("{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"t\",\"result\":\"ok\","
+	     "\"parameters\":{\"z\":1.5,\"a\":[true,null,{\"y\":[],\"x\":{}}],\"m\":-0.0}},"
+	     "\"context\":{\"step\":\"s2\",\"previous_step\":\"s1\",\"next_step\":\"s3\"}}"),
 	    "{\"type\":\"alert\"}",
 	};
 

@@ -92,8 +92,8 @@ flat_objects_parse_as_jansson_parses_them(void **state)
 	static const char *const same[] = {
 	    "{}",
 	    " { } ",
-	    "{\"audience\":\"https://aws.example.com\",\"scope\":\"cloud:Describe*\","
-	    "\"ttl\":300,\"n\":-17,\"z\":0,\"t\":true,\"f\":false,\"x\":null}",
+	    ("{\"audience\":\"https://aws.example.com\",\"scope\":\"cloud:Describe*\","
+	     "\"ttl\":300,\"n\":-17,\"z\":0,\"t\":true,\"f\":false,\"x\":null}"),
 	    "\r\n{ \"caf\xc3\xa9\" :\t\"\xe2\x82\xac\" ,\"big\":999999999999999999 }\n",
 	};
 	static const char *const left[] = {
