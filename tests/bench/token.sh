@@ -183,8 +183,18 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "it (target: at least 40%, with p99 under 10 ms). Non-2xx answers during the runs: ${errors}."
 	echo
 	echo "idpd spent ${tok_cpu} us of CPU (all its threads, from \`/proc/<pid>/stat\`) per access token. Where it"
-	echo "goes, from \`perf record -F 1999 --call-graph dwarf\` during this benchmark (shares of idpd's"
-	echo "CPU, 2026-11-28): WHERE_NOTES"
+	echo "goes (\`perf record -F 1999 --call-graph dwarf -p <idpd>\` during this benchmark, 2026-11-28, shares"
+	echo "of idpd's CPU): the ES256 signature about 21% (the ECDSA arithmetic and its nonce: what"
+	echo "\`openssl speed\` measures); the durable audit event about 28% (building it and redacting its detail"
+	echo "6%, its canonical form 4%, waiting for the commit 3%, and on the writer thread the COPY to PostgreSQL"
+	echo "5%, rows and hash chain 4%, waking emitters 2%); HTTP and the hand-offs between threads about 18%"
+	echo "(libmicrohttpd's I/O threads, the handler pool's wake-ups 7%, the answer 5%); the agent's credential"
+	echo "check 4% (a verified-token cache hit: SHA-256 of the credential); the jti's RAND_bytes 4% (OpenSSL"
+	echo "3 takes a global lock per call); reading the body 3%; malloc and free about 5%; the policy"
+	echo "decision 2.5%; the delegation token, the chain and revocation state 3.5%; the claims 2%. Before"
+	echo "this work the same token cost about 450 us: the policy input and decision went through JSON, the"
+	echo "claims, answer and canonical audit form through jansson trees, and deriving the action class ran a"
+	echo "quadratic glob comparison against every verb of the map."
 	echo
 } | replace_section token
 echo "bench: token done"
