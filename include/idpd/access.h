@@ -24,6 +24,7 @@
 #include "idpd/approvals.h"
 #include "idpd/attest.h"
 #include "idpd/common.h"
+#include "idpd/policy_service.h"
 #include "idpd/tasks.h"
 
 struct agent_principal;
@@ -37,19 +38,20 @@ struct access_ask {
 	const struct agent_principal *who;
 	const char *audience;
 	const struct task_scopes *scopes; /* parsed, at least one */
-	const char *task_id;          /* NULL: the task the delegation token names */
-	const char *delegation_token; /* NULL: the task's root token (the root agent only) */
-	const char *reason;           /* the agent's stated purpose, may be NULL */
-	const char *approval_id;      /* may be NULL */
-	int64_t ttl_s;                /* 0: tokens.default_ttl */
+	const char *task_id;              /* NULL: the task the delegation token names */
+	const char *delegation_token;     /* NULL: the task's root token (the root agent only) */
+	const char *reason;               /* the agent's stated purpose, may be NULL */
+	const char *approval_id;          /* may be NULL */
+	int64_t ttl_s;                    /* 0: tokens.default_ttl */
 };
 
 /* The outcome; access_grant_cleanup releases it. */
 struct access_grant {
 	int status;       /* 200 issued, 202 approval required, 400, 403, 500, 503 */
 	const char *code; /* a stable code when status != 200 ("scope_outside_capabilities") */
-	json_t *decision; /* the policy's decision object when one was made, else NULL */
-	char *token;      /* the JWT, when issued */
+	bool decided;     /* the policy made a decision: */
+	struct policy_outcome decision; /* ... this one */
+	char *token;                    /* the JWT, when issued */
 	char jti[ATTEST_JTI_LEN + 1];
 	char *scope;        /* granted, space-separated */
 	int64_t expires_in; /* seconds */

@@ -20,6 +20,8 @@ struct idp_buf {
 void idp_buf_init(struct idp_buf *b, size_t max);
 void idp_buf_cleanup(struct idp_buf *b);
 void idp_buf_reset(struct idp_buf *b);
+/* Room for n more bytes (one allocation instead of several doublings); IDP_ETOOBIG past max. */
+int idp_buf_reserve(struct idp_buf *b, size_t n) IDP_WUR;
 int idp_buf_append(struct idp_buf *b, const void *p, size_t n) IDP_WUR;
 int idp_buf_puts(struct idp_buf *b, const char *s) IDP_WUR;
 int idp_buf_putc(struct idp_buf *b, char c) IDP_WUR;

@@ -63,6 +63,15 @@ void idp_diag_vadd(struct idp_diag *d, const char *fmt, va_list ap) IDP_PRINTF(2
 /* The text, "" when empty; valid until the next add or init. */
 const char *idp_diag_str(const struct idp_diag *d);
 
+/*
+ * n random bytes for an identifier (an audit event id, a request id): not
+ * for keys, nonces or anything secret.  They come from a small per-thread
+ * pool refilled with one RAND_bytes call, so a request's ids cost one draw
+ * from the CSPRNG between them, not one each.  IDP_EINTERNAL if the CSPRNG
+ * fails; n at most 64.  Any thread.
+ */
+int idp_random_id_bytes(void *out, size_t n) IDP_WUR;
+
 /* Allocation that cannot fail: abort with a message on OOM. */
 void *idp_xmalloc(size_t n);
 void *idp_xcalloc(size_t nmemb, size_t size);

@@ -230,6 +230,9 @@ void http_add_header(struct http_req *req, const char *name, const char *value);
 void http_reply_json(struct http_req *req, int status, json_t *body);
 void http_reply_data(struct http_req *req, int status, const char *content_type,
 		     const void *data, size_t len);
+/* As http_reply_data, but takes data (from malloc) instead of copying it. */
+void http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
+		     size_t len);
 /* 204 or any status without a body. */
 void http_reply_empty(struct http_req *req, int status);
 

@@ -222,6 +222,20 @@ struct policy_json_opts {
 	bool lenient;
 };
 
+/*
+ * Check an input built with the setters against the limits the JSON reader
+ * enforces (string and list lengths, integer ranges, scope syntax in
+ * agent.capabilities and request.scopes), so both ways of building an input
+ * accept the same values.  IDP_EINVAL with one diag line per problem.  Any
+ * thread.
+ */
+int policy_input_validate(const struct policy_input *in, struct idp_diag *diag) IDP_WUR;
+/*
+ * Raise request.action_class to what request.scopes imply (derived when
+ * unset), as the JSON reader does; verbs NULL means the default map.
+ */
+void policy_input_derive_action_class(struct policy_input *in, const struct scope_verb_map *verbs);
+
 /* An input built from JSON; owns the arrays it needs and a reference to the JSON. */
 struct policy_input_doc;
 

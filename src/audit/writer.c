@@ -7,9 +7,14 @@
  * queued events, the count of events enqueued (enq_seq) and committed
  * (committed_seq), and the stop flag.  Events leave the ring in FIFO order
  * and are committed in that order, so an emitter whose event was the k-th
- * enqueued knows it is durable once committed_seq >= k.  Two condition
- * variables: `work` wakes the writer, `done` wakes emitters (space freed or
- * a batch committed; they re-check their own condition).
+ * enqueued knows it is durable once committed_seq >= k.  Three condition
+ * variables: `work` wakes the writer, `space` wakes emitters waiting for
+ * room in the ring, `done` wakes emitters waiting for their commit (they
+ * re-check their own condition).  `done` is DONE_WAYS variables, the
+ * emitter of event k waiting on done[k % DONE_WAYS], so that a commit wakes
+ * the emitters whose events it made durable and not those already queued
+ * for the next batch; and room has its own, so taking a batch wakes none of
+ * them.
  *
  * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
  * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
@@ -32,6 +37,8 @@
 #include "idpd/log.h"
 #include "idpd/metrics.h"
 #include "../store/store_int.h"
+
+#define DONE_WAYS 64
 
 struct row {
 	size_t off, len; /* this row's bytes in the batch's COPY text */
@@ -57,7 +64,8 @@ static struct {
 
 	pthread_mutex_t lock; /* writer.lock: everything below up to `thread` */
 	pthread_cond_t work;
-	pthread_cond_t done;
+	pthread_cond_t space;
+	pthread_cond_t done[DONE_WAYS];
 	struct slot *ring;
 	int cap, head, count;
 	uint64_t enq_seq;
@@ -97,7 +105,8 @@ deadline_in(struct timespec *ts, int64_t ms)
 	}
 }
 
-/* COPY text format: backslash, tab, newline and CR are escaped. */
+/* COPY text format: backslash, tab, newline and CR are escaped.  Runs of
+ * other bytes are appended whole. */
 static int
 copy_text(struct idp_buf *b, const char *s)
 {
@@ -105,14 +114,20 @@ copy_text(struct idp_buf *b, const char *s)
 
 	if (s == NULL)
 		return idp_buf_puts(b, "\\N");
-	for (; *s != '\0' && rc == 0; s++) {
+	while (*s != '\0' && rc == 0) {
+		size_t run = strcspn(s, "\\\t\n\r");
+
+		rc = idp_buf_append(b, s, run);
+		s += run;
+		if (*s == '\0' || rc != 0)
+			break;
 		switch (*s) {
 		case '\\': rc = idp_buf_puts(b, "\\\\"); break;
 		case '\t': rc = idp_buf_puts(b, "\\t"); break;
 		case '\n': rc = idp_buf_puts(b, "\\n"); break;
-		case '\r': rc = idp_buf_puts(b, "\\r"); break;
-		default: rc = idp_buf_putc(b, *s); break;
+		default: rc = idp_buf_puts(b, "\\r"); break;
 		}
+		s++;
 	}
 	return rc;
 }
@@ -410,7 +425,7 @@ run(void *arg)
 			W.count--;
 		}
 		W.inflight_n = n;
-		pthread_cond_broadcast(&W.done); /* space for blocked emitters */
+		pthread_cond_broadcast(&W.space); /* room for blocked emitters */
 		pthread_mutex_unlock(&W.lock);
 
 		chain_seq0 = W.chain_seq;
@@ -440,9 +455,12 @@ run(void *arg)
 			atomic_fetch_add(&W.batches, 1);
 			atomic_fetch_add(&W.committed, (uint64_t)m);
 			pthread_mutex_lock(&W.lock);
+			for (uint64_t q = W.committed_seq + 1;
+			     q <= W.committed_seq + (uint64_t)n && q <= W.committed_seq + DONE_WAYS;
+			     q++)
+				pthread_cond_broadcast(&W.done[q % DONE_WAYS]);
 			W.committed_seq += (uint64_t)n;
 			W.inflight_n = 0;
-			pthread_cond_broadcast(&W.done);
 			pthread_mutex_unlock(&W.lock);
 		} else {
 			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
@@ -553,7 +571,9 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&W.work, &ca);
-	pthread_cond_init(&W.done, &ca);
+	pthread_cond_init(&W.space, &ca);
+	for (int i = 0; i < DONE_WAYS; i++)
+		pthread_cond_init(&W.done[i], &ca);
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
 		idp_diag_add(diag, "audit: cannot start the writer thread");
@@ -597,7 +617,9 @@ audit_writer_stop(int64_t timeout_ms)
 		W.count--;
 	}
 	/* Wake emitters still waiting: they will see the writer is gone. */
-	pthread_cond_broadcast(&W.done);
+	pthread_cond_broadcast(&W.space);
+	for (int i = 0; i < DONE_WAYS; i++)
+		pthread_cond_broadcast(&W.done[i]);
 	pthread_mutex_unlock(&W.lock);
 	free(W.ring);
 	W.ring = NULL;
@@ -674,7 +696,7 @@ emit(struct audit_event *ev, bool wait)
 	deadline_in(&deadline, W.o.timeout_ms);
 	while (W.count == W.cap) {
 		if (!wait || W.o.fail_closed || !W.running ||
-		    pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+		    pthread_cond_timedwait(&W.space, &W.lock, &deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&W.lock);
 			audit_event_free(ev);
 			free(sl.canon);
@@ -691,7 +713,8 @@ emit(struct audit_event *ev, bool wait)
 		/* A stopped writer leaves committed_seq where it is; the
 		 * deadline ends the wait either way. */
 		while (W.committed_seq < mine) {
-			if (pthread_cond_timedwait(&W.done, &W.lock, &deadline) == ETIMEDOUT) {
+			if (pthread_cond_timedwait(&W.done[mine % DONE_WAYS], &W.lock,
+						   &deadline) == ETIMEDOUT) {
 				if (W.committed_seq >= mine)
 					break;
 				atomic_fetch_add(&W.timeouts, 1);

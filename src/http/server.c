@@ -10,7 +10,7 @@
  * alive; queuing on the first one makes MHD close it, which is acceptable
  * only for errors (413 on a declared oversize body).
  *
- * Shutdown: MHD_quiesce_daemon stops accepting, in_flight counts requests
+ * Shutdown: new connections are closed at once (on_accept), in_flight counts requests
  * between their first callback and their completion, and http_server_stop
  * waits for it to reach zero (bounded) before stopping the daemon.
  */
@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
-#include <openssl/rand.h>
 
 #include "idpd/buf.h"
 #include "idpd/clock.h"
@@ -183,6 +182,13 @@ http_reply_data(struct http_req *req, int status, const char *content_type, cons
 		size_t len)
 {
 	queue(req, status, content_type, (void *)data, len, MHD_RESPMEM_MUST_COPY);
+}
+
+void
+http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
+		size_t len)
+{
+	queue(req, status, content_type, data, len, MHD_RESPMEM_MUST_FREE);
 }
 
 void
@@ -456,7 +462,7 @@ http_request_id_new(char out[33])
 	static const char hex[] = "0123456789abcdef";
 	unsigned char r[16];
 
-	if (RAND_bytes(r, sizeof(r)) != 1) {
+	if (idp_random_id_bytes(r, sizeof(r)) != IDP_OK) {
 		/* The CSPRNG failing is not a reason to drop a request: a
 		 * request id is a correlation key, not a secret. */
 		struct timespec ts;
@@ -818,6 +824,23 @@ collect(struct idp_buf *out, void *ctx)
 
 /* ---- start / stop ---- */
 
+/*
+ * While draining, a new connection is closed as soon as it is accepted.
+ * (MHD_quiesce_daemon would stop accepting altogether, but with a pool of
+ * epoll I/O threads this libmicrohttpd races its own threads over removing
+ * the listening socket from their epoll sets, and treats losing the race as
+ * fatal: idpd aborted on SIGTERM now and then.)
+ */
+static enum MHD_Result
+on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+	struct http_server *s = cls;
+
+	(void)addr;
+	(void)len;
+	return atomic_load(&s->draining) ? MHD_NO : MHD_YES;
+}
+
 struct http_server *
 http_server_start(const struct http_server_opts *o, struct http_router *r, struct idp_diag *diag)
 {
@@ -857,7 +880,7 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	s->stats = idp_xcalloc(s->n_stats, sizeof(*s->stats));
 	/* The logger goes first, so MHD sends even its option errors to it. */
 	s->mhd = MHD_start_daemon(
-		flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+		flags, (uint16_t)o->port, on_accept, s, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
 		mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT,
 		(unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
@@ -898,20 +921,14 @@ http_server_in_flight(const struct http_server *s)
 int
 http_server_stop(struct http_server *s, int64_t timeout_ms)
 {
-	MHD_socket fd;
 	int64_t deadline;
 	int left;
 
 	if (s == NULL)
 		return 0;
+	/* From here new connections are closed at once (on_accept), and every
+	 * answer says Connection: close, so the open ones end too. */
 	atomic_store(&s->draining, true);
-	/* The listening socket is ours now, but the pool threads drop it from
-	 * their epoll sets on their own time: closing it before MHD has stopped
-	 * makes that removal fail, which MHD treats as fatal.  So shut it down
-	 * (new connections are refused at once) and close it last. */
-	fd = MHD_quiesce_daemon(s->mhd);
-	if (fd != MHD_INVALID_SOCKET)
-		shutdown(fd, SHUT_RDWR);
 	deadline = idp_mono_us() + timeout_ms * 1000;
 	while ((left = atomic_load(&s->in_flight)) > 0 && idp_mono_us() < deadline) {
 		struct timespec ts = {0, 10 * 1000 * 1000};
@@ -928,8 +945,6 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	for (int i = 0; i < s->pool.n; i++)
 		pthread_join(s->pool.threads[i], NULL);
 	MHD_stop_daemon(s->mhd);
-	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
 	pthread_cond_destroy(&s->pool.cond);
 	pthread_mutex_destroy(&s->pool.lock);
 	free(s->pool.threads);

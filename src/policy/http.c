@@ -37,6 +37,8 @@ static struct {
 	char *dir;
 } P;
 
+static json_t *strings(const char *const *v, size_t n);
+
 static const char *
 slot_str(const struct policy_input *in, enum policy_attr a)
 {
@@ -72,33 +74,48 @@ fill_context(struct policy_input *in, bool live, int64_t now)
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
 		(void)policy_input_set_int(
 			in, POLICY_ATTR_CONTEXT_RISK,
-			policy_baseline_score(P.baseline, agent,
-					      has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v
-							 : NULL,
-					      has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n
-							 : 0,
-					      resource, now, NULL));
+		    policy_baseline_score(
+		        P.baseline, agent,
+		        has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v : NULL,
+		        has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n : 0, resource, now,
+		        NULL));
 }
 
 /* Teach the baseline what a live request did and how it ended. */
 static void
-learn(const struct policy_input *in, const struct policy_decision *d, const json_t *out,
-      int64_t now)
+learn(const struct policy_input *in, bool denied, int64_t now)
 {
 	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
 	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
-	const char *decision = json_string_value(json_object_get(out, "decision"));
 	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
 
-	(void)d;
 	if (agent == NULL)
 		return;
 	if (resource == NULL)
 		resource = slot_str(in, POLICY_ATTR_REQUEST_AUDIENCE);
-	policy_baseline_record(P.baseline, agent,
-			       has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v : NULL,
-			       has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n : 0, resource,
-			       decision != NULL && strcmp(decision, "DENY") == 0, now);
+	policy_baseline_record(
+	    P.baseline, agent, has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v : NULL,
+	    has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n : 0, resource, denied, now);
+}
+
+/*
+ * The core both entry points share: on the current set (returned with a
+ * reference the caller drops), fill the context, evaluate and, when live,
+ * learn.  NULL when no set is loaded.
+ */
+static struct policy_set *
+decide(struct policy_input *in, bool live, struct policy_decision *d)
+{
+	int64_t now = idp_now_ms(idp_clock_system());
+	struct policy_set *set = policy_engine_acquire(P.engine);
+
+	if (set == NULL)
+		return NULL;
+	fill_context(in, live, now);
+	policy_eval(set, in, d);
+	if (live)
+		learn(in, d->effect == POLICY_DENY, now);
+	return set;
 }
 
 int
@@ -106,28 +123,108 @@ policy_service_decide(const json_t *input, bool live, json_t **out, struct idp_d
 {
 	struct policy_json_opts jo = {NULL, P.tz, false};
 	struct policy_input_doc *doc = NULL;
-	int64_t now = idp_now_ms(idp_clock_system());
 	struct policy_decision d;
 	struct policy_set *set;
 
 	*out = NULL;
 	if (policy_input_from_json(input, &jo, &doc, diag) != IDP_OK)
 		return IDP_EUNPROCESSABLE;
-	set = policy_engine_acquire(P.engine);
+	set = decide(policy_input_doc_input(doc), live, &d);
 	if (set == NULL) {
 		policy_input_doc_free(doc);
 		return IDP_EUNAVAIL;
 	}
-	fill_context(policy_input_doc_input(doc), live, now);
-	policy_eval(set, policy_input_doc_input(doc), &d);
 	/* The decision points into the set: turn it into JSON while it is held. */
 	*out = policy_decision_json(&d);
-	if (live)
-		learn(policy_input_doc_input(doc), &d, *out, now);
 	json_object_set_new(*out, "policy_hash", json_string(policy_set_hash(set)));
 	policy_set_unref(set);
 	policy_input_doc_free(doc);
 	return IDP_OK;
+}
+
+/* Copy what an outcome keeps of d (pointing into the set and the input) into one block. */
+static void
+outcome_copy(const struct policy_decision *d, struct policy_outcome *o)
+{
+	size_t need = strlen(d->reason) + 1, used = 0;
+	bool cond = d->effect == POLICY_ALLOW_WITH_CONDITIONS;
+
+	for (size_t i = 0; i < d->n_matches; i++)
+		if (d->matches[i].applied)
+			need += strlen(policy_rule_id(d->matches[i].rule)) + 1;
+	for (size_t i = 0; cond && d->cond.narrowed && i < d->cond.n_scopes; i++)
+		need += strlen(d->cond.scopes[i]) + 1;
+	o->text = idp_xmalloc(need);
+#define OUTCOME_PUT(dst, src)                                                                      \
+	do {                                                                                       \
+		size_t n_ = strlen(src) + 1;                                                       \
+		memcpy(o->text + used, (src), n_);                                                 \
+		(dst) = o->text + used;                                                            \
+		used += n_;                                                                        \
+	} while (0)
+	o->effect = d->effect;
+	OUTCOME_PUT(o->reason, d->reason);
+	for (size_t i = 0; i < d->n_matches; i++)
+		if (d->matches[i].applied)
+			OUTCOME_PUT(o->rules[o->n_rules++], policy_rule_id(d->matches[i].rule));
+	if (cond) {
+		o->has_conditions = true;
+		o->has_max_ttl = d->cond.has_max_ttl;
+		o->max_ttl = d->cond.max_ttl;
+		o->enhanced_logging = d->cond.enhanced_logging;
+		o->narrowed = d->cond.narrowed;
+		for (size_t i = 0; o->narrowed && i < d->cond.n_scopes; i++)
+			OUTCOME_PUT(o->scopes[o->n_scopes++], d->cond.scopes[i]);
+	}
+#undef OUTCOME_PUT
+}
+
+int
+policy_service_decide_input(struct policy_input *in, bool live, struct policy_outcome *out,
+                            struct idp_diag *diag)
+{
+	struct policy_decision d;
+	struct policy_set *set;
+
+	memset(out, 0, sizeof(*out));
+	if (policy_input_validate(in, diag) != IDP_OK)
+		return IDP_EUNPROCESSABLE;
+	policy_input_derive_action_class(in, NULL);
+	set = decide(in, live, &d);
+	if (set == NULL)
+		return IDP_EUNAVAIL;
+	outcome_copy(&d, out);
+	policy_set_unref(set);
+	return IDP_OK;
+}
+
+void
+policy_outcome_cleanup(struct policy_outcome *o)
+{
+	free(o->text);
+	memset(o, 0, sizeof(*o));
+}
+
+json_t *
+policy_outcome_rules_json(const struct policy_outcome *o)
+{
+	return strings(o->rules, o->n_rules);
+}
+
+json_t *
+policy_outcome_conditions_json(const struct policy_outcome *o)
+{
+	json_t *c;
+
+	if (!o->has_conditions)
+		return NULL;
+	c = json_object();
+	if (o->has_max_ttl)
+		json_object_set_new(c, "max_ttl", json_integer((json_int_t)o->max_ttl));
+	if (o->narrowed)
+		json_object_set_new(c, "scopes", strings(o->scopes, o->n_scopes));
+	json_object_set_new(c, "enhanced_logging", json_boolean(o->enhanced_logging));
+	return c;
 }
 
 /*
@@ -206,8 +303,8 @@ policy_agent_json(const struct registry_agent *a)
 	json_object_set_new(o, "max_chain_depth", json_integer(a->max_chain_depth));
 	for (int c = IDP_ACTION_READ; c <= IDP_ACTION_ADMIN; c++)
 		if (a->requires_human_approval_for & (1u << c))
-			json_array_append_new(approval,
-					      json_string(idp_action_class_name((enum idp_action_class)c)));
+			json_array_append_new(
+			    approval, json_string(idp_action_class_name((enum idp_action_class)c)));
 	json_object_set_new(o, "requires_human_approval_for", approval);
 	for (size_t i = 0; i < a->n_labels; i++)
 		json_object_set_new(labels, a->labels[i].key, json_string(a->labels[i].value));
@@ -270,8 +367,7 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 	}
 	if (json_is_object(json_object_get(action, "properties")))
 		json_object_update(request, json_object_get(action, "properties"));
-	json_object_set_new(request, "scopes",
-			    json_pack("[O]", json_object_get(action, "name")));
+	json_object_set_new(request, "scopes", json_pack("[O]", json_object_get(action, "name")));
 	if (json_is_object(json_object_get(resource, "properties")))
 		json_object_update(res, json_object_get(resource, "properties"));
 	s = json_string_value(json_object_get(resource, "id"));
@@ -295,7 +391,8 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 		json_object_set(in, "delegation", json_object_get(ctx, "delegation"));
 		json_object_del(ctx, "delegation");
 	} else {
-		json_object_set_new(in, "delegation",
+		json_object_set_new(
+		    in, "delegation",
 				    json_pack("{s:i,s:[],s:i}", "depth", 0, "chain", "approvals", 0));
 	}
 	json_object_set_new(in, "agent", agent);
@@ -317,7 +414,8 @@ static json_t *
 authzen_answer(const json_t *full)
 {
 	const char *d = json_string_value(json_object_get(full, "decision"));
-	bool allow = d != NULL && (strcmp(d, "ALLOW") == 0 || strcmp(d, "ALLOW_WITH_CONDITIONS") == 0);
+	bool allow =
+	    d != NULL && (strcmp(d, "ALLOW") == 0 || strcmp(d, "ALLOW_WITH_CONDITIONS") == 0);
 	json_t *ctx = json_pack("{s:O*,s:O*,s:O*}", "reason", json_object_get(full, "reason"),
 				"idpd_decision", json_object_get(full, "decision"), "rules",
 				json_object_get(full, "rules"));
@@ -364,7 +462,8 @@ subjects_would_block(json_t *body)
 
 	if (id != NULL && registry_get_would_block(id))
 		return true;
-	json_array_foreach(items, i, it) {
+	json_array_foreach(items, i, it)
+	{
 		id = json_string_value(json_object_get(json_object_get(it, "subject"), "id"));
 		if (id != NULL && registry_get_would_block(id))
 			return true;
@@ -426,10 +525,9 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	items = json_object_get(body, "evaluations");
 	if (items == NULL) {
 		/* Without a list it is a single evaluation, answered as a list of one. */
-		json_t *ans = authzen_one(req, json_object_get(body, "subject"),
-					  json_object_get(body, "action"),
-					  json_object_get(body, "resource"),
-					  json_object_get(body, "context"));
+		json_t *ans = authzen_one(
+		    req, json_object_get(body, "subject"), json_object_get(body, "action"),
+		    json_object_get(body, "resource"), json_object_get(body, "context"));
 
 		json_decref(body);
 		if (ans != NULL)
@@ -439,7 +537,8 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	if (!json_is_array(items) || json_array_size(items) > AUTHZEN_MAX_BATCH) {
 		json_decref(body);
 		http_reply_problem(req, 400, "bad_request", NULL,
-				   "evaluations must be a list of at most %d items", AUTHZEN_MAX_BATCH);
+		                   "evaluations must be a list of at most %d items",
+		                   AUTHZEN_MAX_BATCH);
 		return;
 	}
 	out = json_array();
@@ -476,7 +575,8 @@ authzen_metadata(struct http_req *req, void *ctx)
 
 	(void)ctx;
 	if (host == NULL || strlen(host) > 255 || strpbrk(host, " \"\\/<>") != NULL) {
-		http_reply_problem(req, 400, "bad_request", NULL, "a valid Host header is required");
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "a valid Host header is required");
 		return;
 	}
 	snprintf(base, sizeof(base), "http://%s", host);
@@ -579,7 +679,8 @@ policy_service_start(struct idpd_app *app, struct idp_diag *diag)
 	if (strcmp(app->cfg->policy.timezone, "UTC") == 0) {
 		P.tz = policy_tz_fixed("UTC", 0);
 	} else if (policy_tz_load(app->cfg->policy.timezone, NULL, &P.tz, diag) != IDP_OK) {
-		idp_diag_add(diag, "policy.timezone: cannot load \"%s\"", app->cfg->policy.timezone);
+		idp_diag_add(diag, "policy.timezone: cannot load \"%s\"",
+		             app->cfg->policy.timezone);
 		return IDP_EINVAL;
 	}
 	if (policy_set_load_dir(P.dir, NULL, &set, diag) != IDP_OK) {
@@ -632,8 +733,8 @@ policy_routes(struct http_router *r, struct idpd_app *app)
 				 HTTP_ROUTE_INLINE);
 	rc |= http_router_add_ex(r, HTTP_GET, "/.well-known/authzen-configuration",
 				 authzen_metadata, NULL, HTTP_ROUTE_INLINE);
-	rc |= http_router_add_ex(r, HTTP_GET, "/v1/policies", list_policies, NULL,
-				 HTTP_ROUTE_INLINE);
+	rc |=
+	    http_router_add_ex(r, HTTP_GET, "/v1/policies", list_policies, NULL, HTTP_ROUTE_INLINE);
 	/* A reload reads files and waits on the audit commit: off the I/O threads. */
 	rc |= http_router_add(r, HTTP_POST, "/v1/policies/reload", reload_policies, NULL);
 	return rc == 0 ? IDP_OK : IDP_EINVAL;

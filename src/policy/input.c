@@ -348,6 +348,100 @@ read_value(struct policy_input_doc *doc, int a, const json_t *v, struct idp_diag
 	return false;
 }
 
+/*
+ * The action class is at least what the scopes imply: derived when the
+ * caller gives none, raised when the caller's is lower.
+ */
+void
+policy_input_derive_action_class(struct policy_input *in, const struct scope_verb_map *verbs)
+{
+	const struct scope_verb_map *m = verbs != NULL ? verbs : scope_verb_map_default();
+	const union policy_slot *s = &in->slot[POLICY_ATTR_REQUEST_SCOPES];
+	enum idp_action_class c = IDP_ACTION_READ;
+
+	if (!policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES) || s->list.n == 0)
+		return;
+	if (policy_input_has(in, POLICY_ATTR_REQUEST_ACTION_CLASS))
+		c = (enum idp_action_class)in->slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i;
+	for (size_t i = 0; i < s->list.n; i++) {
+		enum idp_action_class k = scope_action_class(m, s->list.v[i]);
+
+		if (k > c)
+			c = k;
+	}
+	(void)policy_input_set_int(in, POLICY_ATTR_REQUEST_ACTION_CLASS, c);
+}
+
+/* One string of a set input: as the JSON reader would take it. */
+static bool
+string_ok(const char *name, const char *s, struct idp_diag *diag)
+{
+	if (s == NULL || strlen(s) > POLICY_MAX_STRING) {
+		idp_diag_add(diag, "%s: string too long or missing", name);
+		return false;
+	}
+	return true;
+}
+
+int
+policy_input_validate(const struct policy_input *in, struct idp_diag *diag)
+{
+	unsigned before = diag->count;
+
+	for (int a = 0; a < POLICY_ATTR_COUNT; a++) {
+		const union policy_slot *v = &in->slot[a];
+		const char *name = attrs[a].name;
+		int64_t lo, hi;
+
+		if (!policy_input_has(in, (enum policy_attr)a))
+			continue;
+		switch (attrs[a].type) {
+		case POLICY_T_STRING:
+			(void)string_ok(name, v->s, diag);
+			break;
+		case POLICY_T_INT:
+			int_bounds(a, &lo, &hi);
+			if (v->i < lo || v->i > hi)
+				idp_diag_add(diag, "%s: %lld is out of range", name,
+				             (long long)v->i);
+			break;
+		case POLICY_T_BOOL:
+		case POLICY_T_ACTION:
+		case POLICY_T_WEEKDAY:
+			break; /* the setters admit only valid values */
+		case POLICY_T_LIST:
+			if (v->list.n > POLICY_MAX_LIST) {
+				idp_diag_add(diag, "%s: more than %d items", name, POLICY_MAX_LIST);
+				break;
+			}
+			for (size_t i = 0; i < v->list.n; i++) {
+				struct idp_diag d;
+
+				if (!string_ok(name, v->list.v[i], diag))
+					break;
+				idp_diag_init(&d);
+				if (scope_list(a) && scope_validate(v->list.v[i], &d) != IDP_OK) {
+					idp_diag_add(diag, "%s[%zu]: %s", name, i,
+					             idp_diag_str(&d));
+					break;
+				}
+			}
+			break;
+		case POLICY_T_MAP:
+			if (v->map.n > POLICY_MAX_LIST) {
+				idp_diag_add(diag, "%s: more than %d items", name, POLICY_MAX_LIST);
+				break;
+			}
+			for (size_t i = 0; i < v->map.n; i++)
+				if (!string_ok(name, v->map.kv[i].key, diag) ||
+				    !string_ok(name, v->map.kv[i].value, diag))
+					break;
+			break;
+		}
+	}
+	return diag->count == before ? IDP_OK : IDP_EINVAL;
+}
+
 /* context.time: the local hour, minute and weekday, unless given explicitly. */
 static bool
 read_time(struct policy_input_doc *doc, const json_t *v, const struct policy_json_opts *opts,
@@ -449,28 +543,7 @@ policy_input_from_json(const json_t *obj, const struct policy_json_opts *opts,
 	}
 	if (time_v != NULL && !json_is_null(time_v))
 		(void)read_time(doc, time_v, opts, explicit_time, diag);
-	/*
-	 * The action class is at least what the scopes imply: derived when the
-	 * caller gives none, raised when the caller's is lower.
-	 */
-	if (policy_input_has(&doc->in, POLICY_ATTR_REQUEST_SCOPES) &&
-	    doc->in.slot[POLICY_ATTR_REQUEST_SCOPES].list.n > 0) {
-		const struct scope_verb_map *m =
-		    opts->verbs != NULL ? opts->verbs : scope_verb_map_default();
-		const union policy_slot *s = &doc->in.slot[POLICY_ATTR_REQUEST_SCOPES];
-		enum idp_action_class c = IDP_ACTION_READ;
-
-		if (policy_input_has(&doc->in, POLICY_ATTR_REQUEST_ACTION_CLASS))
-			c = (enum idp_action_class)doc->in.slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i;
-
-		for (size_t i = 0; i < s->list.n; i++) {
-			enum idp_action_class k = scope_action_class(m, s->list.v[i]);
-
-			if (k > c)
-				c = k;
-		}
-		(void)policy_input_set_int(&doc->in, POLICY_ATTR_REQUEST_ACTION_CLASS, c);
-	}
+	policy_input_derive_action_class(&doc->in, opts->verbs);
 	if (diag->count != before) {
 		policy_input_doc_free(doc);
 		return IDP_EINVAL;

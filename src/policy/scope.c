@@ -210,6 +210,18 @@ glob_overlap_n(const char *a, size_t la, const char *b, size_t lb)
 	bool row[2][IDP_SCOPE_MAX_LEN + 2];
 	bool *next = row[0], *cur = row[1], *tmp;
 
+	/*
+	 * A cheap necessary condition first: a common string begins with the
+	 * literal text before each side's first '*' and ends with the text
+	 * after each side's last one, so where those disagree nothing is
+	 * common.  Most pairs (a verb against the class map) part there.
+	 */
+	for (size_t i = 0; i < la && i < lb && a[i] != '*' && b[i] != '*'; i++)
+		if (a[i] != b[i])
+			return false;
+	for (size_t k = 1; k <= la && k <= lb && a[la - k] != '*' && b[lb - k] != '*'; k++)
+		if (a[la - k] != b[lb - k])
+			return false;
 	if (lb > IDP_SCOPE_MAX_LEN)
 		return true; /* never reached for valid scopes; "overlaps" is the safe answer */
 	for (size_t ii = la + 1; ii-- > 0;) {

@@ -37,6 +37,7 @@
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/json_out.h"
 #include "idpd/jws.h"
 #include "idpd/keys.h"
 #include "idpd/log.h"
@@ -142,26 +143,43 @@ access_shutdown(void)
 	parent_cache = NULL;
 }
 
-/* The resource section of a policy input for aud, or NULL if aud is not a resource. */
-static json_t *
-resource_json(const char *aud, int64_t *default_ttl_ms, int64_t *max_ttl_ms)
+/*
+ * A copy of the resource aud names (a reload may free the settings'), its
+ * strings in one block the caller frees (r->audience), or false if aud is
+ * not a resource.
+ */
+static bool
+resource_get(const char *aud, struct resource *r, int64_t *default_ttl_ms, int64_t *max_ttl_ms)
 {
-	json_t *o = NULL;
+	bool found = false;
 
+	memset(r, 0, sizeof(*r));
 	pthread_rwlock_rdlock(&S.lock);
 	*default_ttl_ms = S.default_ttl_ms;
 	*max_ttl_ms = S.max_ttl_ms;
 	for (size_t i = 0; i < S.n_res; i++) {
-		if (strcmp(S.res[i].audience, aud) != 0)
+		const struct resource *c = &S.res[i];
+		size_t la, ld, lc, le;
+
+		if (strcmp(c->audience, aud) != 0)
 			continue;
-		o = json_pack("{s:s,s:s,s:s}", "audience", S.res[i].audience, "domain",
-		              S.res[i].domain, "classification", S.res[i].classification);
-		if (o != NULL && S.res[i].environment[0] != '\0')
-			json_object_set_new(o, "environment", json_string(S.res[i].environment));
+		la = strlen(c->audience) + 1;
+		ld = strlen(c->domain) + 1;
+		lc = strlen(c->classification) + 1;
+		le = strlen(c->environment) + 1;
+		r->audience = idp_xmalloc(la + ld + lc + le);
+		r->domain = r->audience + la;
+		r->classification = r->domain + ld;
+		r->environment = r->classification + lc;
+		memcpy(r->audience, c->audience, la);
+		memcpy(r->domain, c->domain, ld);
+		memcpy(r->classification, c->classification, lc);
+		memcpy(r->environment, c->environment, le);
+		found = true;
 		break;
 	}
 	pthread_rwlock_unlock(&S.lock);
-	return o;
+	return found;
 }
 
 /* ---- one request ---- */
@@ -194,23 +212,19 @@ refuse(struct issuing *s, int status, const char *code)
 static const char *
 decision_name(const struct issuing *s)
 {
-	return s->g->decision != NULL
-	           ? json_string_value(json_object_get(s->g->decision, "decision"))
-	           : NULL;
+	return s->g->decided ? policy_effect_name(s->g->decision.effect) : NULL;
 }
 
 static void
 rules_join(struct issuing *s)
 {
-	json_t *rules = s->g->decision != NULL ? json_object_get(s->g->decision, "rules") : NULL;
-	size_t i, used = 0;
-	json_t *v;
+	const struct policy_outcome *o = &s->g->decision;
+	size_t used = 0;
 
 	s->rules[0] = '\0';
-	json_array_foreach(rules, i, v)
-	{
+	for (size_t i = 0; s->g->decided && i < o->n_rules; i++) {
 		int n = snprintf(s->rules + used, sizeof(s->rules) - used, "%s%s", used ? " " : "",
-		                 json_string_value(v) ? json_string_value(v) : "");
+		                 o->rules[i]);
 
 		if (n < 0 || (size_t)n >= sizeof(s->rules) - used) {
 			s->rules[used] = '\0';
@@ -269,12 +283,13 @@ audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 			json_object_set_new(detail, "reason", json_string(s->g->code));
 		else
 			json_object_set_new(detail, "exp", json_integer((json_int_t)exp_s));
-		if (s->g->decision != NULL) {
-			json_object_set(detail, "policy_reason",
-			                json_object_get(s->g->decision, "reason"));
-			if (json_object_get(s->g->decision, "conditions") != NULL)
-				json_object_set(detail, "conditions",
-				                json_object_get(s->g->decision, "conditions"));
+		if (s->g->decided) {
+			json_object_set_new(detail, "policy_reason",
+			                    json_string(s->g->decision.reason));
+			if (s->g->decision.has_conditions)
+				json_object_set_new(
+				    detail, "conditions",
+				    policy_outcome_conditions_json(&s->g->decision));
 		}
 		if (s->approved)
 			json_object_set_new(detail, "approval_id", json_string(a->approval_id));
@@ -347,7 +362,8 @@ parent_verify(struct issuing *s)
 		goto done;
 	}
 	s->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
-	s->act = json_deep_copy(json_object_get(c, "act"));
+	/* The verified claims are never modified: share act rather than copy it. */
+	s->act = json_incref(json_object_get(c, "act"));
 	idp_diag_init(&d);
 	if (!task_scopes_parse(json_object_get(c, "scope"), s->parent_sc, &d))
 		goto done;
@@ -438,70 +454,169 @@ chain_agents_ok(struct issuing *s)
 	return true;
 }
 
-static json_t *
-strings_json(const char *const *v, size_t n)
-{
-	json_t *a = json_array();
+/* Room for the lists of one policy input, on the caller's stack. */
+#define INPUT_CHAIN_MAX 32
+struct input_lists {
+	const char *approval_for[IDP_ACTION_COUNT];
+	struct policy_kv labels[64];
+	struct policy_kv *labels_heap; /* owned: when there are more labels */
+	const char *chain[INPUT_CHAIN_MAX];
+	const char **chain_heap; /* owned: when the chain is longer */
+};
 
-	for (size_t i = 0; a != NULL && i < n; i++)
-		json_array_append_new(a, json_string(v[i]));
-	return a;
+/*
+ * The policy input of the seed's step 5: agent, request, resource,
+ * delegation, context, with the values policy_agent_json and the JSON
+ * reader would give.  Everything is borrowed from s, r and l.  false when a
+ * value the input needs is missing.
+ */
+static bool
+policy_input_build(struct issuing *s, const struct resource *r, int64_t ttl_s,
+                   struct input_lists *l, struct policy_input *in)
+{
+	const struct registry_agent *ag = s->agent;
+	struct policy_kv *kv = l->labels;
+	const char **chain = l->chain;
+	size_t n_approval = 0, n_chain = s->chain->n;
+
+	if (s->a->audience == NULL || s->task_id == NULL || s->human == NULL)
+		return false;
+	policy_input_init(in);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_ID, ag->id);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_TYPE, ag->agent_type);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_VERSION, ag->agent_version);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_MODEL, ag->model);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_DEPLOYMENT, ag->deployment);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_OWNER, ag->owner);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_TEAM, ag->team);
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_STATUS, registry_status_name(ag->status));
+	(void)policy_input_set_str(in, POLICY_ATTR_AGENT_ENVIRONMENT, ag->environment);
+	(void)policy_input_set_list(in, POLICY_ATTR_AGENT_CAPABILITIES, ag->capabilities,
+	                            ag->n_capabilities);
+	(void)policy_input_set_list(in, POLICY_ATTR_AGENT_DELEGATE_TO, ag->delegate_to,
+	                            ag->n_delegate_to);
+	(void)policy_input_set_list(in, POLICY_ATTR_AGENT_DOMAINS, ag->domains, ag->n_domains);
+	(void)policy_input_set_int(in, POLICY_ATTR_AGENT_MAX_CHAIN_DEPTH, ag->max_chain_depth);
+	for (int c = IDP_ACTION_READ; c <= IDP_ACTION_ADMIN; c++)
+		if (ag->requires_human_approval_for & (1u << c))
+			l->approval_for[n_approval++] =
+			    idp_action_class_name((enum idp_action_class)c);
+	(void)policy_input_set_list(in, POLICY_ATTR_AGENT_APPROVAL_FOR, l->approval_for,
+	                            n_approval);
+	if (ag->n_labels > IDP_ARRAY_LEN(l->labels))
+		kv = l->labels_heap = idp_xcalloc(ag->n_labels, sizeof(*kv));
+	for (size_t i = 0; i < ag->n_labels; i++) {
+		kv[i].key = ag->labels[i].key;
+		kv[i].value = ag->labels[i].value;
+	}
+	(void)policy_input_set_map(in, POLICY_ATTR_AGENT_LABELS, kv, ag->n_labels);
+
+	(void)policy_input_set_list(in, POLICY_ATTR_REQUEST_SCOPES, s->a->scopes->v,
+	                            s->a->scopes->n);
+	(void)policy_input_set_str(in, POLICY_ATTR_REQUEST_AUDIENCE, s->a->audience);
+	(void)policy_input_set_int(in, POLICY_ATTR_REQUEST_TTL, ttl_s);
+	(void)policy_input_set_str(in, POLICY_ATTR_REQUEST_TASK_ID, s->task_id);
+	(void)policy_input_set_str(in, POLICY_ATTR_REQUEST_HUMAN, s->human);
+
+	(void)policy_input_set_str(in, POLICY_ATTR_RESOURCE_AUDIENCE, r->audience);
+	(void)policy_input_set_str(in, POLICY_ATTR_RESOURCE_DOMAIN, r->domain);
+	(void)policy_input_set_str(in, POLICY_ATTR_RESOURCE_CLASSIFICATION, r->classification);
+	if (r->environment[0] != '\0')
+		(void)policy_input_set_str(in, POLICY_ATTR_RESOURCE_ENVIRONMENT, r->environment);
+
+	if (n_chain > INPUT_CHAIN_MAX)
+		chain = l->chain_heap = idp_xcalloc(n_chain, sizeof(*chain));
+	for (size_t i = 0; i < n_chain; i++)
+		chain[i] = s->chain->links[i].agent_id;
+	(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_DEPTH,
+	                           n_chain > 0 ? s->chain->links[n_chain - 1].depth : 0);
+	(void)policy_input_set_list(in, POLICY_ATTR_DELEGATION_CHAIN, chain, n_chain);
+	(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_APPROVALS, 0);
+	(void)policy_input_set_bool(in, POLICY_ATTR_CONTEXT_APPROVAL, s->approved);
+	return true;
 }
 
-/* The policy input of the seed's step 5: agent, request, resource, delegation, context. */
-static json_t *
-policy_input(struct issuing *s, json_t *resource, int64_t ttl_s)
+/* "key":"value" after a comma; a NULL value is an error, as it is to json_pack. */
+static int
+put_member(struct idp_buf *b, const char *key, const char *value)
 {
-	json_t *chain = json_array();
-	json_t *in;
+	int rc;
 
-	for (size_t i = 0; chain != NULL && i < s->chain->n; i++)
-		json_array_append_new(chain, json_string(s->chain->links[i].agent_id));
-	in = json_pack("{s:o,s:{s:o,s:s,s:I,s:s,s:s},s:O,s:{s:i,s:o,s:i},s:{s:b}}", "agent",
-	               policy_agent_json(s->agent), "request", "scopes",
-	               strings_json(s->a->scopes->v, s->a->scopes->n), "audience", s->a->audience,
-	               "ttl", (json_int_t)ttl_s, "task_id", s->task_id, "human", s->human,
-	               "resource", resource, "delegation", "depth",
-	               s->chain->n > 0 ? s->chain->links[s->chain->n - 1].depth : 0, "chain", chain,
-	               "approvals", 0, "context", "approval", s->approved);
-	return in;
+	if (value == NULL)
+		return IDP_EINVAL;
+	rc = idp_json_put_key(b, key, false);
+	return rc == IDP_OK ? idp_json_put_str(b, value) : rc;
 }
 
-static json_t *
-claims_json(struct issuing *s, const char *scope, int64_t iat_s, int64_t exp_s)
+/*
+ * The access token's claims as compact JSON into b, written directly (no
+ * tree built to be serialized): the members and their order are those
+ * json_pack gave them.  IDP_EINVAL when a value is not valid UTF-8.
+ */
+static int
+claims_write(struct issuing *s, struct idp_buf *b, const char *scope, int64_t iat_s, int64_t exp_s)
 {
-	json_t *c = json_pack(
-	    "{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:O}", "iss", issuer, "sub",
-	    s->agent->id, "aud", s->a->audience, "iat", (json_int_t)iat_s, "exp", (json_int_t)exp_s,
-	    "jti", s->g->jti, "scope", scope, "task_id", s->task_id, "human_principal", s->human,
-	    "delegation_chain_hash", s->chain_hash, "agent_type", s->agent->agent_type, "client_id",
-	    s->agent->id, ACCESS_CLAIM_DELEGATION_JTI, s->djti, "act", s->act);
+	int rc = idp_buf_reserve(b, 1000);
 
-	if (c != NULL && s->agent->agent_version != NULL)
-		json_object_set_new(c, "agent_version", json_string(s->agent->agent_version));
-	return c;
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '{');
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "iss", true);
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(b, issuer);
+	if (rc == IDP_OK)
+		rc = put_member(b, "sub", s->agent->id);
+	if (rc == IDP_OK)
+		rc = put_member(b, "aud", s->a->audience);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "iat", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_int(b, iat_s);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "exp", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_int(b, exp_s);
+	if (rc == IDP_OK)
+		rc = put_member(b, "jti", s->g->jti);
+	if (rc == IDP_OK)
+		rc = put_member(b, "scope", scope);
+	if (rc == IDP_OK)
+		rc = put_member(b, "task_id", s->task_id);
+	if (rc == IDP_OK)
+		rc = put_member(b, "human_principal", s->human);
+	if (rc == IDP_OK)
+		rc = put_member(b, "delegation_chain_hash", s->chain_hash);
+	if (rc == IDP_OK)
+		rc = put_member(b, "agent_type", s->agent->agent_type);
+	if (rc == IDP_OK)
+		rc = put_member(b, "client_id", s->agent->id);
+	if (rc == IDP_OK)
+		rc = put_member(b, ACCESS_CLAIM_DELEGATION_JTI, s->djti);
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "act", false);
+	if (rc == IDP_OK)
+		rc = idp_json_put_value(b, s->act, false);
+	if (rc == IDP_OK && s->agent->agent_version != NULL)
+		rc = put_member(b, "agent_version", s->agent->agent_version);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '}');
+	return rc;
 }
 
 /* Narrow the requested scopes as an ALLOW_WITH_CONDITIONS says; NULL if nothing is left. */
 static char *
 granted_scope(struct issuing *s)
 {
-	const json_t *cond = json_object_get(s->g->decision, "conditions");
-	const json_t *narrow = cond != NULL ? json_object_get(cond, "scopes") : NULL;
+	const struct policy_outcome *o = &s->g->decision;
 	struct idp_buf b;
-	size_t i;
-	json_t *v;
 
-	if (!json_is_array(narrow))
+	if (!o->narrowed)
 		return idp_xstrdup(s->a->scopes->joined);
 	idp_buf_init(&b, 64 * 1024);
-	json_array_foreach(narrow, i, v)
-	{
-		if (!json_is_string(v))
-			continue;
+	for (size_t i = 0; i < o->n_scopes; i++) {
 		/* The scopes come from a bounded request: the 64 KiB cap is never reached. */
 		if ((b.len > 0 && idp_buf_putc(&b, ' ') != IDP_OK) ||
-		    idp_buf_puts(&b, json_string_value(v)) != IDP_OK) {
+		    idp_buf_puts(&b, o->scopes[i]) != IDP_OK) {
 			idp_buf_cleanup(&b);
 			return NULL;
 		}
@@ -526,7 +641,10 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	struct approval_subject subj;
 	struct keys *km = keys_process();
 	struct idp_jws_key *key = NULL;
-	json_t *resource = NULL, *input = NULL, *claims = NULL;
+	struct resource res;
+	struct policy_input input;
+	struct input_lists lists = {.labels_heap = NULL, .chain_heap = NULL};
+	struct idp_buf claims;
 	const char *dec, *why = NULL;
 	int64_t now_ms = idp_now_ms(idp_clock_system()), default_ttl_ms, max_ttl_ms, exp_ms;
 	int64_t not_after = 0;
@@ -534,9 +652,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	int rc;
 
 	memset(g, 0, sizeof(*g));
+	idp_buf_init(&claims, IDP_JWS_MAX_TOKEN);
 	/* 1. The audience names a resource. */
-	resource = resource_json(a->audience, &default_ttl_ms, &max_ttl_ms);
-	if (resource == NULL) {
+	if (!resource_get(a->audience, &res, &default_ttl_ms, &max_ttl_ms)) {
 		refuse(&s, 400, "invalid_target");
 		goto refused;
 	}
@@ -595,11 +713,14 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	{
 		int64_t ttl_ms = a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms;
 
-		input =
-		    policy_input(&s, resource, (ttl_ms < max_ttl_ms ? ttl_ms : max_ttl_ms) / 1000);
+		idp_diag_init(&d);
+		rc =
+		    policy_input_build(&s, &res, (ttl_ms < max_ttl_ms ? ttl_ms : max_ttl_ms) / 1000,
+		                       &lists, &input)
+		        ? policy_service_decide_input(&input, true, &g->decision, &d)
+		        : IDP_EINTERNAL;
 	}
-	idp_diag_init(&d);
-	rc = input != NULL ? policy_service_decide(input, true, &g->decision, &d) : IDP_EINTERNAL;
+	g->decided = rc == IDP_OK;
 	if (rc != IDP_OK) {
 		log_error("access: the policy input could not be evaluated: %s",
 		          d.count > 0 ? idp_diag_str(&d) : "no set or no memory");
@@ -613,7 +734,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		goto refused;
 	}
 	if (strcmp(dec, "REQUIRE_APPROVAL") == 0) {
-		subj.reason = json_string_value(json_object_get(g->decision, "reason"));
+		subj.reason = g->decision.reason;
 		subj.rules = s.rules[0] != '\0' ? s.rules : NULL;
 		if (approval_request(&subj, g->approval_id, &g->approval_expires_s) != IDP_OK) {
 			g->approval_id[0] = '\0';
@@ -628,13 +749,8 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	exp_ms = now_ms + (a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms);
 	if (exp_ms > now_ms + max_ttl_ms)
 		exp_ms = now_ms + max_ttl_ms;
-	{
-		const json_t *cond = json_object_get(g->decision, "conditions");
-		const json_t *mt = cond != NULL ? json_object_get(cond, "max_ttl") : NULL;
-
-		if (json_is_integer(mt) && exp_ms > now_ms + json_integer_value(mt) * 1000)
-			exp_ms = now_ms + json_integer_value(mt) * 1000;
-	}
+	if (g->decision.has_max_ttl && exp_ms > now_ms + g->decision.max_ttl * 1000)
+		exp_ms = now_ms + g->decision.max_ttl * 1000;
 	if (exp_ms > s.parent_exp_s * 1000)
 		exp_ms = s.parent_exp_s * 1000;
 	if (km == NULL || keys_signing_key(km, &key, &not_after) != IDP_OK) {
@@ -655,9 +771,10 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 403, "policy_denied");
 		goto refused;
 	}
-	if (attest_jti_new(g->jti) != IDP_OK ||
-	    (claims = claims_json(&s, g->scope, now_ms / 1000, exp_ms / 1000)) == NULL ||
-	    idp_jws_sign(key, ACCESS_TOKEN_TYP, claims, &g->token, NULL, NULL) != IDP_OK) {
+	if (s.act == NULL || attest_jti_new(g->jti) != IDP_OK ||
+	    claims_write(&s, &claims, g->scope, now_ms / 1000, exp_ms / 1000) != IDP_OK ||
+	    idp_jws_sign_payload(key, ACCESS_TOKEN_TYP, claims.data, claims.len, &g->token, NULL,
+	                         NULL) != IDP_OK) {
 		refuse(&s, 500, "internal");
 		goto refused;
 	}
@@ -682,9 +799,10 @@ refused:
 		log_warn("access: cannot record the refusal (%s) in the audit log", g->code);
 done:
 	idp_jws_key_unref(key);
-	json_decref(claims);
-	json_decref(input);
-	json_decref(resource);
+	idp_buf_cleanup(&claims);
+	free(res.audience);
+	free(lists.labels_heap);
+	free(lists.chain_heap);
 	json_decref(s.act);
 	json_decref(s.own);
 	revocation_chain_free(s.chain);
@@ -699,28 +817,105 @@ access_grant_cleanup(struct access_grant *g)
 		free(g->token);
 	}
 	free(g->scope);
-	json_decref(g->decision);
+	policy_outcome_cleanup(&g->decision);
 	memset(g, 0, sizeof(*g));
 }
 
 /* ---- POST /v1/token ---- */
 
+/* {"max_ttl"?, "scopes"?, "enhanced_logging"}, as policy_outcome_conditions_json. */
+static int
+conditions_write(struct idp_buf *b, const struct policy_outcome *o)
+{
+	int rc = idp_buf_putc(b, '{');
+	bool first = true;
+
+	if (rc == IDP_OK && o->has_max_ttl) {
+		rc = idp_json_put_key(b, "max_ttl", true);
+		if (rc == IDP_OK)
+			rc = idp_json_put_int(b, o->max_ttl);
+		first = false;
+	}
+	if (rc == IDP_OK && o->narrowed) {
+		rc = idp_json_put_key(b, "scopes", first);
+		if (rc == IDP_OK)
+			rc = idp_buf_putc(b, '[');
+		for (size_t i = 0; rc == IDP_OK && i < o->n_scopes; i++) {
+			if (i > 0)
+				rc = idp_buf_putc(b, ',');
+			if (rc == IDP_OK)
+				rc = idp_json_put_str(b, o->scopes[i]);
+		}
+		if (rc == IDP_OK)
+			rc = idp_buf_putc(b, ']');
+		first = false;
+	}
+	if (rc == IDP_OK)
+		rc = idp_json_put_key(b, "enhanced_logging", first);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(b, o->enhanced_logging ? "true" : "false");
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(b, '}');
+	return rc;
+}
+
+/* The 200 answer, written directly: the members json_pack gave it, in that order. */
+static void
+reply_issued(struct http_req *req, const struct access_grant *g)
+{
+	const struct policy_outcome *dec = g->decided ? &g->decision : NULL;
+	struct idp_buf b;
+	int rc;
+
+	idp_buf_init(&b, 2 * IDP_JWS_MAX_TOKEN);
+	rc = idp_buf_reserve(&b, strlen(g->token) + 256);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(&b, "{\"access_token\":");
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->token);
+	if (rc == IDP_OK)
+		rc = idp_buf_printf(&b, ",\"token_type\":\"Bearer\",\"expires_in\":%lld",
+		                    (long long)g->expires_in);
+	if (rc == IDP_OK)
+		rc = put_member(&b, "scope", g->scope);
+	if (rc == IDP_OK)
+		rc = put_member(&b, "jti", g->jti);
+	if (rc == IDP_OK && dec != NULL)
+		rc = put_member(&b, "decision", policy_effect_name(dec->effect));
+	if (rc == IDP_OK && dec != NULL && dec->has_conditions) {
+		rc = idp_json_put_key(&b, "conditions", false);
+		if (rc == IDP_OK)
+			rc = conditions_write(&b, dec);
+	}
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	if (rc != IDP_OK) {
+		log_error("access: bug: cannot write the token answer");
+		http_reply_error(req, IDP_EINTERNAL, "the token cannot be issued");
+		if (b.data != NULL)
+			idp_wipe(b.data, b.len);
+		idp_buf_cleanup(&b);
+		return;
+	}
+	/* Handed over, not copied: MHD frees it once sent. */
+	{
+		size_t len;
+		char *body = idp_buf_take(&b, &len);
+
+		http_reply_take(req, 200, "application/json", body, len);
+	}
+}
+
 static void
 reply(struct http_req *req, struct access_grant *g)
 {
-	json_t *dec = g->decision;
+	const struct policy_outcome *dec = g->decided ? &g->decision : NULL;
 	json_t *extra;
 
 	switch (g->status) {
 	case 200:
-		extra = json_pack("{s:s,s:s,s:I,s:s,s:s,s:O*}", "access_token", g->token,
-		                  "token_type", "Bearer", "expires_in", (json_int_t)g->expires_in,
-		                  "scope", g->scope, "jti", g->jti, "decision",
-		                  dec ? json_object_get(dec, "decision") : NULL);
-		if (extra != NULL && dec != NULL && json_object_get(dec, "conditions") != NULL)
-			json_object_set(extra, "conditions", json_object_get(dec, "conditions"));
 		http_add_header(req, "Cache-Control", "no-store");
-		http_reply_json(req, 200, extra);
+		reply_issued(req, g);
 		return;
 	case 202: {
 		char loc[128];
@@ -728,10 +923,10 @@ reply(struct http_req *req, struct access_grant *g)
 		snprintf(loc, sizeof(loc), "/v1/approvals/%s", g->approval_id);
 		http_add_header(req, "Location", loc);
 		http_reply_json(req, 202,
-		                json_pack("{s:s,s:O*,s:O*,s:s,s:I}", "decision", "REQUIRE_APPROVAL",
-		                          "reason", json_object_get(dec, "reason"), "rules",
-		                          json_object_get(dec, "rules"), "approval_id",
-		                          g->approval_id, "expires_at",
+		                json_pack("{s:s,s:s*,s:o*,s:s,s:I}", "decision", "REQUIRE_APPROVAL",
+		                          "reason", dec ? dec->reason : NULL, "rules",
+		                          dec ? policy_outcome_rules_json(dec) : NULL,
+		                          "approval_id", g->approval_id, "expires_at",
 		                          (json_int_t)g->approval_expires_s));
 		return;
 	}
@@ -742,14 +937,13 @@ reply(struct http_req *req, struct access_grant *g)
 	case 403:
 		extra = json_pack("{s:s}", "reason", g->code);
 		if (extra != NULL && dec != NULL) {
-			json_object_set(extra, "decision", json_object_get(dec, "decision"));
-			json_object_set(extra, "policy_reason", json_object_get(dec, "reason"));
-			json_object_set(extra, "rules", json_object_get(dec, "rules"));
+			json_object_set_new(extra, "decision",
+			                    json_string(policy_effect_name(dec->effect)));
+			json_object_set_new(extra, "policy_reason", json_string(dec->reason));
+			json_object_set_new(extra, "rules", policy_outcome_rules_json(dec));
 		}
 		http_reply_problem(req, 403, g->code, extra, "the token is refused: %s",
-		                   dec != NULL && json_string_value(json_object_get(dec, "reason"))
-		                       ? json_string_value(json_object_get(dec, "reason"))
-		                       : g->code);
+		                   dec != NULL ? dec->reason : g->code);
 		return;
 	case 503:
 		http_reply_error(req, IDP_EUNAVAIL, "idpd cannot decide now; retry");

@@ -172,10 +172,7 @@ exchange(struct http_req *req, void *ctx)
 	{
 		const char *err = oauth_error_for(&g, &status);
 		const char *desc =
-		    g.decision != NULL &&
-		            json_string_value(json_object_get(g.decision, "reason")) != NULL
-		        ? json_string_value(json_object_get(g.decision, "reason"))
-		        : (g.code != NULL ? g.code : "refused");
+		    g.decided ? g.decision.reason : (g.code != NULL ? g.code : "refused");
 		json_t *body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc,
 		                         "idpd_code", g.code);
 
@@ -184,8 +181,8 @@ exchange(struct http_req *req, void *ctx)
 			json_object_set_new(body, "approval_expires_at",
 			                    json_integer((json_int_t)g.approval_expires_s));
 		}
-		if (body != NULL && g.decision != NULL)
-			json_object_set(body, "rules", json_object_get(g.decision, "rules"));
+		if (body != NULL && g.decided)
+			json_object_set_new(body, "rules", policy_outcome_rules_json(&g.decision));
 		http_add_header(req, "Cache-Control", "no-store");
 		http_reply_json(req, status, body);
 	}

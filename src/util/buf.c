@@ -53,6 +53,24 @@ reserve(struct idp_buf *b, size_t n)
 }
 
 int
+idp_buf_reserve(struct idp_buf *b, size_t n)
+{
+	size_t need, cap;
+
+	if (n > b->max || b->len > b->max - n)
+		return IDP_ETOOBIG;
+	need = b->len + n + 1;
+	if (need <= b->cap)
+		return IDP_OK;
+	cap = need < 64 ? 64 : need;
+	b->data = idp_xrealloc(b->data, cap);
+	b->cap = cap;
+	if (b->len == 0)
+		b->data[0] = '\0';
+	return IDP_OK;
+}
+
+int
 idp_buf_append(struct idp_buf *b, const void *p, size_t n)
 {
 	int rc = reserve(b, n);

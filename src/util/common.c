@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "idpd/common.h"
 
@@ -168,4 +169,27 @@ idp_strerror(int errnum, char *buf, size_t len)
 {
 	/* _GNU_SOURCE gives the GNU strerror_r, which may return a static string. */
 	return strerror_r(errnum, buf, len);
+}
+
+#define ID_POOL 512
+
+int
+idp_random_id_bytes(void *out, size_t n)
+{
+	/* Fixed per-thread storage: nothing to free when a thread ends. */
+	static _Thread_local unsigned char pool[ID_POOL];
+	static _Thread_local size_t left;
+
+	if (n > 64)
+		return IDP_EINVAL;
+	if (left < n) {
+		if (RAND_bytes(pool, sizeof(pool)) != 1)
+			return IDP_EINTERNAL;
+		left = sizeof(pool);
+	}
+	memcpy(out, pool + sizeof(pool) - left, n);
+	/* Bytes handed out are not kept: a later reader of the pool cannot learn them. */
+	idp_wipe(pool + sizeof(pool) - left, n);
+	left -= n;
+	return IDP_OK;
 }

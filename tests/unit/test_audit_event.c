@@ -291,6 +291,49 @@ canonical_sorts_keys_and_drops_whitespace(void **state)
 	audit_event_free(ev);
 }
 
+/*
+ * The canonical form is written directly; it must stay byte for byte what
+ * jansson writes for audit_event_to_json with sorted keys, or the hash
+ * chains of events already stored would no longer verify.
+ */
+static void
+canonical_equals_the_sorted_dump_of_the_json_form(void **state)
+{
+	static const char *const docs[] = {
+	    ("{\"type\":\"token.issued\",\"severity\":2,\"timestamp\":\"2026-03-30T10:00:00.123Z\","
+	     "\"outcome\":\"success\",\"id\":\"e1\",\"agent_id\":\"planner\",\"agent_type\":\"p\","
+	     "\"human_principal\":\"alice@example.com\",\"task_id\":\"t-1\",\"request_id\":\"r\","
+	     "\"source_address\":\"127.0.0.1\",\"instance_id\":\"i\",\"actor\":{\"kind\":\"agent\","
+	     "\"name\":\"planner\"},\"authorization\":{\"token_id\":\"j\",\"granted_scope\":\"a:B "
+	     "c:D\",\"policy_rule\":\"r1 r2\",\"policy_decision\":\"ALLOW_WITH_CONDITIONS\"},"
+	     "\"delegation_chain\":[\"alice@example.com\",\"planner\",\"helper\"],"
+	     "\"detail\":{\"audience\":\"https://aws.example.com\",\"exp\":1774864800,"
+	     "\"conditions\":{\"max_ttl\":300,\"scopes\":[\"a:B\"],\"enhanced_logging\":true},"
+	     "\"stated_reason\":\"tab\\there \\\"quoted\\\" \\u0001 caf\\u00e9 \\ud83d\\ude00\"}}"),
+	    ("{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"t\",\"result\":\"ok\","
+	     "\"parameters\":{\"z\":1.5,\"a\":[true,null,{\"y\":[],\"x\":{}}],\"m\":-0.0}},"
+	     "\"context\":{\"step\":\"s2\",\"previous_step\":\"s1\",\"next_step\":\"s3\"}}"),
+	    "{\"type\":\"alert\"}",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+		struct audit_event *ev = parse_ok(docs[i]);
+		json_t *j = audit_event_to_json(ev);
+		char *want = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+		size_t len = 0;
+		char *got = audit_event_canonical(ev, &len);
+
+		assert_non_null(want);
+		assert_string_equal(got, want);
+		assert_int_equal(len, strlen(want));
+		free(want);
+		free(got);
+		json_decref(j);
+		audit_event_free(ev);
+	}
+}
+
 static void
 canonical_is_stable_across_a_round_trip(void **state)
 {
@@ -689,6 +732,7 @@ main(void)
 	    cmocka_unit_test(golden_event_parses_and_reserialises_byte_for_byte),
 	    cmocka_unit_test(canonical_sorts_keys_and_drops_whitespace),
 	    cmocka_unit_test(canonical_is_stable_across_a_round_trip),
+	    cmocka_unit_test(canonical_equals_the_sorted_dump_of_the_json_form),
 	    cmocka_unit_test(from_json_rejects_malformed_events),
 	    cmocka_unit_test(from_json_reports_size_bounds_as_too_big),
 	    cmocka_unit_test(from_json_collects_every_error),

@@ -80,11 +80,70 @@ json_rejects_garbage_trailing_data_and_nul(void **state)
 	assert_null(parse("{\"a\": \"\xff\"}", 8, err));
 }
 
+json_t *json_parse_flat(const char *s, size_t len);
+
+/*
+ * The flat-object fast path gives what json_loadb gives, or nothing (and
+ * then json_loadb decides, with its own errors).
+ */
+static void
+flat_objects_parse_as_jansson_parses_them(void **state)
+{
+	static const char *const same[] = {
+	    "{}",
+	    " { } ",
+	    ("{\"audience\":\"https://aws.example.com\",\"scope\":\"cloud:Describe*\","
+	     "\"ttl\":300,\"n\":-17,\"z\":0,\"t\":true,\"f\":false,\"x\":null}"),
+	    "\r\n{ \"caf\xc3\xa9\" :\t\"\xe2\x82\xac\" ,\"big\":999999999999999999 }\n",
+	};
+	static const char *const left[] = {
+	    "{\"a\":\"b\\n\"}",        /* an escape */
+	    "{\"a\":{\"b\":1}}",         /* nesting */
+	    "{\"a\":[1]}",
+	    "{\"a\":1.5}",               /* a real */
+	    "{\"a\":1e3}",
+	    "{\"a\":01}",                /* jansson's error */
+	    "{\"a\":-0}",
+	    "{\"a\":1234567890123456789}", /* 19 digits */
+	    "{\"a\":1,\"a\":2}",         /* a duplicate */
+	    "{\"a\":\"\xff\"}",         /* bad UTF-8 */
+	    "{\"\xc3\":1}",
+	    "{\"a\":1} x",               /* trailing data */
+	    "{\"a\":1,}",
+	    "{\"a\" 1}",
+	    "{\"a\":truex}",
+	    "{\"a\":\"tab\there\"}",    /* a raw control character */
+	    "[1]",
+	    "\"s\"",
+	    "{\"a\":1",
+	};
+	json_error_t je;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
+		json_t *fast = json_parse_flat(same[i], strlen(same[i]));
+		json_t *ref = json_loadb(same[i], strlen(same[i]), JSON_REJECT_DUPLICATES, &je);
+
+		assert_non_null(fast);
+		assert_non_null(ref);
+		assert_true(json_equal(fast, ref));
+		json_decref(fast);
+		json_decref(ref);
+	}
+	for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
+		json_t *fast = json_parse_flat(left[i], strlen(left[i]));
+
+		if (fast != NULL)
+			fail_msg("the fast path took %s", left[i]);
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(json_accepts_a_plain_object),
+		cmocka_unit_test(flat_objects_parse_as_jansson_parses_them),
 		cmocka_unit_test(json_rejects_duplicate_keys),
 		cmocka_unit_test(json_rejects_nesting_past_the_limit),
 		cmocka_unit_test(json_rejects_garbage_trailing_data_and_nul),

@@ -1155,6 +1155,69 @@ json_input_reads_every_type_and_derives_the_action_class(void **state)
 	json_decref(j);
 }
 
+/* An input built with the setters passes or fails exactly where the JSON reader does. */
+static void
+set_input_is_validated_like_json_input(void **state)
+{
+	static char long_str[1100];
+	static const char *many[300];
+	const char *caps[] = {"ec2:*"}, *bad_caps[] = {"ec2:Describe Instances"};
+	const char *scopes[] = {"ec2:Describe*", "ec2:DeleteVolume"};
+	struct policy_input in;
+	struct idp_diag dd;
+	json_t *j;
+	struct policy_input_doc *jd = NULL;
+
+	(void)state;
+	memset(long_str, 'a', sizeof(long_str) - 1);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(many); i++)
+		many[i] = "x";
+
+	/* Valid: accepted, and the action class derived as from JSON. */
+	policy_input_init(&in);
+	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_AGENT_ID, "a"), IDP_OK);
+	assert_int_equal(policy_input_set_list(&in, POLICY_ATTR_AGENT_CAPABILITIES, caps, 1), IDP_OK);
+	assert_int_equal(policy_input_set_list(&in, POLICY_ATTR_REQUEST_SCOPES, scopes, 2), IDP_OK);
+	idp_diag_init(&dd);
+	assert_int_equal(policy_input_validate(&in, &dd), IDP_OK);
+	policy_input_derive_action_class(&in, NULL);
+	j = json_loads("{\"agent\": {\"id\": \"a\", \"capabilities\": [\"ec2:*\"]}, \"request\":"
+	               " {\"scopes\": [\"ec2:Describe*\", \"ec2:DeleteVolume\"]}}",
+	               0, NULL);
+	assert_int_equal(policy_input_from_json(j, NULL, &jd, &dd), IDP_OK);
+	assert_int_equal(in.slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i,
+	                 policy_input_doc_input(jd)->slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i);
+	assert_int_equal(in.slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i, IDP_ACTION_DELETE);
+	policy_input_doc_free(jd);
+	json_decref(j);
+
+	/* A string past the limit. */
+	policy_input_init(&in);
+	(void)policy_input_set_str(&in, POLICY_ATTR_AGENT_TEAM, long_str);
+	idp_diag_init(&dd);
+	assert_int_equal(policy_input_validate(&in, &dd), IDP_EINVAL);
+	assert_non_null(strstr(idp_diag_str(&dd), "agent.team"));
+	/* A capability that is not a scope pattern. */
+	policy_input_init(&in);
+	(void)policy_input_set_list(&in, POLICY_ATTR_AGENT_CAPABILITIES, bad_caps, 1);
+	idp_diag_init(&dd);
+	assert_int_equal(policy_input_validate(&in, &dd), IDP_EINVAL);
+	assert_non_null(strstr(idp_diag_str(&dd), "agent.capabilities[0]"));
+	/* Too many items. */
+	policy_input_init(&in);
+	(void)policy_input_set_list(&in, POLICY_ATTR_DELEGATION_CHAIN, many, IDP_ARRAY_LEN(many));
+	idp_diag_init(&dd);
+	assert_int_equal(policy_input_validate(&in, &dd), IDP_EINVAL);
+	assert_non_null(strstr(idp_diag_str(&dd), "delegation.chain"));
+	/* Integers out of the reader's ranges. */
+	policy_input_init(&in);
+	(void)policy_input_set_int(&in, POLICY_ATTR_CONTEXT_HOUR, 24);
+	(void)policy_input_set_int(&in, POLICY_ATTR_AGENT_MAX_CHAIN_DEPTH, -1);
+	idp_diag_init(&dd);
+	assert_int_equal(policy_input_validate(&in, &dd), IDP_EINVAL);
+	assert_int_equal(dd.count, 2);
+}
+
 static void
 setters_refuse_the_wrong_type(void **state)
 {
@@ -1407,6 +1470,7 @@ main(void)
 	    cmocka_unit_test(json_input_rejects_bad_shapes_with_clear_errors),
 	    cmocka_unit_test(json_input_reads_every_type_and_derives_the_action_class),
 	    cmocka_unit_test(setters_refuse_the_wrong_type),
+	    cmocka_unit_test(set_input_is_validated_like_json_input),
 	    cmocka_unit_test(set_hash_covers_names_and_texts),
 	    cmocka_unit_test_setup_teardown(engine_keeps_the_old_set_when_a_reload_fails, tmp_setup,
 	                                    tmp_teardown),

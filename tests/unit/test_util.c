@@ -125,11 +125,27 @@ ct_equal_compares_bytes(void **state)
 	assert_true(idp_ct_equal("", "", 0));
 }
 
+static void
+random_id_bytes_differ_across_refills_and_refuse_oversize(void **state)
+{
+	unsigned char ids[100][16], big[65];
+
+	(void)state;
+	/* 1,600 bytes: the per-thread pool is refilled along the way. */
+	for (size_t i = 0; i < IDP_ARRAY_LEN(ids); i++)
+		assert_int_equal(idp_random_id_bytes(ids[i], sizeof(ids[i])), IDP_OK);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(ids); i++)
+		for (size_t j = i + 1; j < IDP_ARRAY_LEN(ids); j++)
+			assert_memory_not_equal(ids[i], ids[j], sizeof(ids[i]));
+	assert_int_equal(idp_random_id_bytes(big, sizeof(big)), IDP_EINVAL);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(buf_append_respects_cap),
+		cmocka_unit_test(random_id_bytes_differ_across_refills_and_refuse_oversize),
 		cmocka_unit_test(buf_take_hands_over_storage),
 		cmocka_unit_test(diag_joins_lines_and_bounds_size),
 		cmocka_unit_test(duration_parse_accepts_units_only),
