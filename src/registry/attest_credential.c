@@ -32,7 +32,9 @@ attest_jti_new(char out[ATTEST_JTI_LEN + 1])
 {
 	unsigned char r[16];
 
-	if (RAND_bytes(r, sizeof(r)) != 1)
+	/* An identifier, not a secret: the per-thread pool spares a CSPRNG call
+	 * (and OpenSSL's global lock) per token; the bytes are the CSPRNG's. */
+	if (idp_random_id_bytes(r, sizeof(r)) != IDP_OK)
 		return IDP_EINTERNAL;
 	idp_b64url_encode_to(r, sizeof(r), out);
 	out[ATTEST_JTI_LEN] = '\0';
