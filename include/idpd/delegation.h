@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "idpd/common.h"
+#include "idpd/jws.h"
 #include "idpd/tasks.h"
 
 struct http_router;
@@ -51,6 +52,34 @@ json_t *delegation_claims(const struct delegation_token *t, const json_t *parent
 int delegation_chain_parse(const char *text, uint8_t out[TASK_CHAIN_HASH_LEN]) IDP_WUR;
 /* Whether to's id or agent type is in from's delegate_to.  Any thread. */
 bool delegation_may_delegate_to(const struct registry_agent *from, const struct registry_agent *to);
+
+/* What a verified delegation token says; every pointer borrows from the verified claims. */
+struct delegation_presented {
+	const char *sub;
+	const char *jti;
+	const char *task_id;
+	const char *human;
+	const char *chain_hash; /* delegation_chain_hash */
+	const json_t *act;
+	const json_t *scope; /* the "scope" claim, for task_scopes_parse */
+	int depth;
+	int64_t exp_s;
+};
+
+/*
+ * Verify a delegation token presented by agent_id: it verifies with idpd's
+ * keys (ES256, typ TASK_TOKEN_TYP; through cache when not NULL), is
+ * unexpired, carries idpd's iss and aud and every claim a delegation token
+ * has, and its sub is agent_id.  IDP_OK with *v (the caller cleans it up
+ * with idp_jws_verified_cleanup) and *p filled; IDP_EFORBIDDEN with
+ * *reason "delegation_token_invalid", "delegation_token_expired" or
+ * "delegation_token_not_yours" (then *p is filled too when the claims
+ * were whole: the refusal can name the task); IDP_EUNAVAIL when no keys
+ * are loaded.  Any thread.
+ */
+int delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_cache *cache,
+                            struct idp_jws_verified *v, struct delegation_presented *p,
+                            const char **reason) IDP_WUR;
 
 /* Copy the identity settings and the store from app.  Main thread, after tasks_init. */
 int delegation_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;

@@ -36,6 +36,7 @@
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
+#include "idpd/delegation.h"
 #include "idpd/http.h"
 #include "idpd/json_out.h"
 #include "idpd/jws.h"
@@ -65,7 +66,7 @@ static struct {
 } S = {.lock = PTHREAD_RWLOCK_INITIALIZER};
 
 static struct store *store;
-static char issuer[513], audience_self[513];
+static char issuer[513];
 /* Delegation tokens are presented with every request: verify each once per key. */
 static struct idp_jws_cache *parent_cache;
 
@@ -121,7 +122,6 @@ access_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	store = app->store;
 	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
-	snprintf(audience_self, sizeof(audience_self), "%s", app->cfg->identity.audience);
 	settings_set(app->cfg);
 	parent_cache = idp_jws_cache_new((size_t)app->cfg->introspection.cache_size);
 	if (app_on_reload(on_reload, NULL) != IDP_OK) {
@@ -312,67 +312,35 @@ audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 static bool
 parent_verify(struct issuing *s)
 {
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = parent_cache};
-	const char *tok = s->a->delegation_token;
-	enum idp_jws_reason why;
-	const json_t *c;
-	const char *sub, *iss, *aud, *task;
+	struct delegation_presented p;
 	struct idp_diag d;
-	bool ok = false;
+	const char *why = NULL;
+	int rc = delegation_token_verify(s->a->delegation_token, s->agent->id, parent_cache,
+	                                 &s->parent, &p, &why);
 
-	if (set == NULL) {
-		refuse(s, 503, "unavailable");
+	/* Even a refusal names the task, the human and the chain when the token said them. */
+	s->human = p.human;
+	s->djti = p.jti;
+	s->chain_hash = p.chain_hash;
+	if (s->a->task_id == NULL)
+		s->task_id = p.task_id;
+	if (rc != IDP_OK) {
+		refuse(s, rc == IDP_EUNAVAIL ? 503 : 403, rc == IDP_EUNAVAIL ? "unavailable" : why);
 		return false;
 	}
-	refuse(s, 403, "delegation_token_invalid");
-	if (idp_jws_verify(set, tok, strlen(tok), &o, &s->parent, &why) != IDP_OK)
-		goto done;
-	c = s->parent.claims;
-	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
-	                       &why) != IDP_OK) {
-		refuse(s, 403, "delegation_token_expired");
-		goto done;
-	}
-	sub = json_string_value(json_object_get(c, "sub"));
-	iss = json_string_value(json_object_get(c, "iss"));
-	aud = json_string_value(json_object_get(c, "aud"));
-	task = json_string_value(json_object_get(c, "task_id"));
-	s->human = json_string_value(json_object_get(c, "human_principal"));
-	s->djti = json_string_value(json_object_get(c, "jti"));
-	s->chain_hash = json_string_value(json_object_get(c, "delegation_chain_hash"));
-	if (sub == NULL || iss == NULL || aud == NULL || task == NULL || s->human == NULL ||
-	    s->djti == NULL || s->chain_hash == NULL || strcmp(iss, issuer) != 0 ||
-	    strcmp(aud, audience_self) != 0 || !json_is_object(json_object_get(c, "act")) ||
-	    !json_is_integer(json_object_get(c, "exp"))) {
-		s->human = s->djti = s->chain_hash = NULL;
-		goto done;
-	}
-	if (strcmp(sub, s->agent->id) != 0) {
-		s->human = s->djti = s->chain_hash = NULL;
-		refuse(s, 403, "delegation_token_not_yours");
-		goto done;
-	}
-	if (s->a->task_id == NULL)
-		s->task_id = task;
-	if (strcmp(task, s->task_id) != 0) {
-		s->human = s->djti = s->chain_hash = NULL;
+	if (strcmp(p.task_id, s->task_id) != 0) {
 		refuse(s, 403, "task_mismatch");
-		goto done;
+		return false;
 	}
-	s->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
+	s->parent_exp_s = p.exp_s;
 	/* The verified claims are never modified: share act rather than copy it. */
-	s->act = json_incref(json_object_get(c, "act"));
+	s->act = json_incref((json_t *)p.act);
 	idp_diag_init(&d);
-	if (!task_scopes_parse(json_object_get(c, "scope"), s->parent_sc, &d))
-		goto done;
-	s->g->status = 0;
-	s->g->code = NULL;
-	ok = true;
-done:
-	idp_jws_keyset_unref(set);
-	return ok;
+	if (!task_scopes_parse(p.scope, s->parent_sc, &d)) {
+		refuse(s, 403, "delegation_token_invalid");
+		return false;
+	}
+	return true;
 }
 
 static struct store_stmt st_root = {

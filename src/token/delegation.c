@@ -211,59 +211,87 @@ deny(struct deleg *g, int status, const char *reason)
 	                   "the delegation is refused: %s", reason);
 }
 
+int
+delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_cache *cache,
+                        struct idp_jws_verified *v, struct delegation_presented *p,
+                        const char **reason)
+{
+	struct keys *km = keys_process();
+	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
+	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = cache};
+	enum idp_jws_reason why;
+	const json_t *c;
+	const char *iss, *aud;
+	int rc = IDP_EFORBIDDEN;
+
+	memset(p, 0, sizeof(*p));
+	memset(v, 0, sizeof(*v));
+	if (set == NULL) {
+		*reason = "unavailable";
+		return IDP_EUNAVAIL;
+	}
+	*reason = "delegation_token_invalid";
+	if (idp_jws_verify(set, tok, strlen(tok), &o, v, &why) != IDP_OK)
+		goto done;
+	c = v->claims;
+	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
+	                       &why) != IDP_OK) {
+		*reason = "delegation_token_expired";
+		goto done;
+	}
+	iss = json_string_value(json_object_get(c, "iss"));
+	aud = json_string_value(json_object_get(c, "aud"));
+	p->sub = json_string_value(json_object_get(c, "sub"));
+	p->jti = json_string_value(json_object_get(c, "jti"));
+	p->task_id = json_string_value(json_object_get(c, "task_id"));
+	p->human = json_string_value(json_object_get(c, "human_principal"));
+	p->chain_hash = json_string_value(json_object_get(c, "delegation_chain_hash"));
+	p->act = json_object_get(c, "act");
+	p->scope = json_object_get(c, "scope");
+	if (iss == NULL || aud == NULL || p->sub == NULL || p->jti == NULL || p->task_id == NULL ||
+	    p->human == NULL || p->chain_hash == NULL || !json_is_string(p->scope) ||
+	    !json_is_object(p->act) || strcmp(iss, issuer) != 0 || strcmp(aud, audience) != 0 ||
+	    !json_is_integer(json_object_get(c, "depth")) ||
+	    !json_is_integer(json_object_get(c, "exp"))) {
+		memset(p, 0, sizeof(*p));
+		goto done;
+	}
+	p->depth = (int)json_integer_value(json_object_get(c, "depth"));
+	p->exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
+	if (strcmp(p->sub, agent_id) != 0) {
+		*reason = "delegation_token_not_yours";
+		goto done;
+	}
+	*reason = NULL;
+	rc = IDP_OK;
+done:
+	idp_jws_keyset_unref(set);
+	return rc;
+}
+
 /* Verify the presented delegation token; on failure sets g->reason. */
 static bool
 parent_verify(struct deleg *g, const char *tok)
 {
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = parent_cache};
-	enum idp_jws_reason why;
-	const json_t *c;
-	const char *sub, *iss, *aud, *scope;
+	struct delegation_presented p;
 	struct idp_diag d;
-	bool ok = false;
+	int rc = delegation_token_verify(tok, g->who.agent->id, parent_cache, &g->parent, &p,
+	                                 &g->reason);
 
-	if (set == NULL) {
-		g->reason = "unavailable";
+	/* Even a refusal names the task and the human when the token said them. */
+	g->task_id = p.task_id;
+	g->human = p.human;
+	g->parent_jti = p.jti;
+	if (rc != IDP_OK)
+		return false;
+	g->parent_depth = p.depth;
+	g->parent_exp_s = p.exp_s;
+	idp_diag_init(&d);
+	if (!task_scopes_parse(p.scope, &g->parent_sc, &d)) {
+		g->reason = "delegation_token_invalid";
 		return false;
 	}
-	g->reason = "delegation_token_invalid";
-	if (idp_jws_verify(set, tok, strlen(tok), &o, &g->parent, &why) != IDP_OK)
-		goto done;
-	c = g->parent.claims;
-	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
-	                       &why) != IDP_OK) {
-		g->reason = "delegation_token_expired";
-		goto done;
-	}
-	sub = json_string_value(json_object_get(c, "sub"));
-	iss = json_string_value(json_object_get(c, "iss"));
-	aud = json_string_value(json_object_get(c, "aud"));
-	scope = json_string_value(json_object_get(c, "scope"));
-	g->task_id = json_string_value(json_object_get(c, "task_id"));
-	g->human = json_string_value(json_object_get(c, "human_principal"));
-	g->parent_jti = json_string_value(json_object_get(c, "jti"));
-	if (sub == NULL || iss == NULL || aud == NULL || scope == NULL || g->task_id == NULL ||
-	    g->human == NULL || g->parent_jti == NULL || strcmp(iss, issuer) != 0 ||
-	    strcmp(aud, audience) != 0 || !json_is_integer(json_object_get(c, "depth")) ||
-	    !json_is_object(json_object_get(c, "act"))) {
-		g->task_id = g->human = g->parent_jti = NULL;
-		goto done;
-	}
-	if (strcmp(sub, g->who.agent->id) != 0) {
-		g->reason = "delegation_token_not_yours";
-		goto done;
-	}
-	g->parent_depth = (int)json_integer_value(json_object_get(c, "depth"));
-	g->parent_exp_s = (int64_t)json_integer_value(json_object_get(c, "exp"));
-	idp_diag_init(&d);
-	if (!task_scopes_parse(json_object_get(c, "scope"), &g->parent_sc, &d))
-		goto done;
-	ok = true;
-done:
-	idp_jws_keyset_unref(set);
-	return ok;
+	return true;
 }
 
 /* The checks that need no database; false with g->reason on a refusal. */
