@@ -82,7 +82,17 @@ void store_discard(struct store_conn *c);
  * logged, never returned to a client.
  */
 int store_exec(struct store_conn *c, struct store_stmt *st, const char *const *params,
-	       PGresult **res) IDP_WUR;
+               PGresult **res) IDP_WUR;
+
+/*
+ * One statement built at run time (a list query whose filters vary), on a
+ * connection of s taken and given back here; parameters as text.  Same
+ * results and errors as store_exec: IDP_EINVAL is a value PostgreSQL
+ * refuses (class 22 or 23), i.e. the client's error.  Use store_exec for
+ * anything fixed: this one is planned every time.
+ */
+int store_query(struct store *s, const char *sql, int n, const char *const *params,
+                PGresult **res) IDP_WUR;
 
 /* A plain command without parameters (BEGIN, COMMIT, ROLLBACK). */
 int store_cmd(struct store_conn *c, const char *sql) IDP_WUR;
@@ -138,7 +148,8 @@ struct store_subscription {
 
 struct store_listener *store_listener_new(const char *url);
 /* Before store_listener_start; IDP_EINVAL for a bad channel name. */
-int store_listener_subscribe(struct store_listener *l, const struct store_subscription *sub) IDP_WUR;
+int store_listener_subscribe(struct store_listener *l,
+                             const struct store_subscription *sub) IDP_WUR;
 /* Start the thread; it connects (and reconnects) on its own. */
 int store_listener_start(struct store_listener *l) IDP_WUR;
 /* Stop the thread and free everything. */

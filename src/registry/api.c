@@ -267,7 +267,6 @@ list(struct http_req *req, void *ctx)
 	    {"capability", " AND idpd_scope_within(", ", capabilities)"},
 	};
 	struct auth_principal who;
-	struct store_conn *c;
 	struct idp_buf sql, out;
 	const char *params[8];
 	char owner[330], after[REGISTRY_ID_MAX + 1], limit_s[24], next[200];
@@ -338,27 +337,15 @@ list(struct http_req *req, void *ctx)
 		http_reply_error(req, IDP_EINTERNAL, "query too long");
 		return;
 	}
-	if (store_acquire(registry_store(), &c) != IDP_OK) {
-		idp_buf_cleanup(&sql);
-		http_reply_error(req, IDP_EUNAVAIL, "the registry is unavailable");
+	rc = store_query(registry_store(), idp_buf_str(&sql), n, params, &res);
+	idp_buf_cleanup(&sql);
+	if (rc == IDP_EINVAL) {
+		/* A filter value PostgreSQL cannot take, such as invalid UTF-8:
+		 * the client's error, not ours. */
+		http_reply_problem(req, 400, "bad_request", NULL, "a filter value is not valid text");
 		return;
 	}
-	res = PQexecParams(store_pg(c), idp_buf_str(&sql), n, NULL, params, NULL, NULL, 0);
-	idp_buf_cleanup(&sql);
-	store_release(registry_store(), c);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-		/* Class 22 (data exception): a filter value PostgreSQL cannot
-		 * take, such as invalid UTF-8: the client's error, not ours. */
-		if (st != NULL && strncmp(st, "22", 2) == 0) {
-			PQclear(res);
-			http_reply_problem(req, 400, "bad_request", NULL,
-					   "a filter value is not valid text");
-			return;
-		}
-		log_warn("registry: list failed: %s", PQresultErrorMessage(res));
-		PQclear(res);
+	if (rc != IDP_OK) {
 		http_reply_error(req, IDP_EUNAVAIL, "the registry query failed");
 		return;
 	}

@@ -89,12 +89,19 @@ notice_sink(void *arg, const char *message)
 
 PGconn *
 store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_timeout_ms, char *err,
-		  size_t err_len)
+                  size_t err_len)
 {
 	char ct[32], opt[64];
-	const char *keys[] = {"dbname", "connect_timeout", "application_name", "options",
-			      "keepalives", "keepalives_idle", "keepalives_interval",
-			      "keepalives_count", "tcp_user_timeout", NULL};
+	const char *keys[] = {"dbname",
+	                      "connect_timeout",
+	                      "application_name",
+	                      "options",
+	                      "keepalives",
+	                      "keepalives_idle",
+	                      "keepalives_interval",
+	                      "keepalives_count",
+	                      "tcp_user_timeout",
+	                      NULL};
 	const char *vals[10];
 	PGconn *pg;
 	int64_t secs = (connect_timeout_ms + 999) / 1000;
@@ -172,7 +179,7 @@ store_acquire(struct store *s, struct store_conn **out)
 
 		memset(c->prepared, 0, sizeof(c->prepared));
 		c->pg = store_connect_url(s->url, s->opts.connect_timeout_ms,
-					  s->opts.statement_timeout_ms, err, sizeof(err));
+		                          s->opts.statement_timeout_ms, err, sizeof(err));
 		if (c->pg == NULL) {
 			int64_t now = idp_mono_us(), last = atomic_load(&s->last_fail_log_us);
 
@@ -208,8 +215,8 @@ store_release(struct store *s, struct store_conn *c)
 
 		PQclear(r);
 	}
-	if (c->pg != NULL && (PQstatus(c->pg) != CONNECTION_OK ||
-			      PQtransactionStatus(c->pg) != PQTRANS_IDLE)) {
+	if (c->pg != NULL &&
+	    (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) != PQTRANS_IDLE)) {
 		PQfinish(c->pg);
 		c->pg = NULL;
 	}
@@ -281,7 +288,7 @@ stmt_id(struct store_stmt *st)
 	if (fresh >= MAX_STMTS)
 		return 0;
 	if (__atomic_compare_exchange_n(&st->id, &expected, fresh, false, __ATOMIC_ACQ_REL,
-					__ATOMIC_ACQUIRE))
+	                                __ATOMIC_ACQUIRE))
 		return fresh;
 	return expected;
 }
@@ -331,6 +338,27 @@ store_cmd(struct store_conn *c, const char *sql)
 	if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
 		rc = map_error(c, r, sql);
 	PQclear(r);
+	return rc;
+}
+
+int
+store_query(struct store *s, const char *sql, int n, const char *const *params, PGresult **res)
+{
+	struct store_conn *c;
+	PGresult *r;
+	int rc = store_acquire(s, &c);
+
+	*res = NULL;
+	if (rc != IDP_OK)
+		return rc;
+	r = PQexecParams(c->pg, sql, n, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK) {
+		*res = r;
+	} else {
+		rc = map_error(c, r, "query");
+		PQclear(r);
+	}
+	store_release(s, c);
 	return rc;
 }
 

@@ -187,7 +187,6 @@ list(struct http_req *req, void *ctx)
 	char after[APPROVAL_ID_MAX + 1], limit_s[24], next[200];
 	char owner_form[HUMAN_PRINCIPAL_MAX + 1], idp_form[HUMAN_PRINCIPAL_MAX + 70];
 	const char *params[8];
-	struct store_conn *c = NULL;
 	struct caller who;
 	struct idp_buf sql;
 	json_t *items;
@@ -295,26 +294,16 @@ list(struct http_req *req, void *ctx)
 		http_reply_error(req, IDP_EINTERNAL, "query too long");
 		return;
 	}
-	if (store_acquire(approvals_store(), &c) != IDP_OK) {
-		idp_buf_cleanup(&sql);
-		http_reply_error(req, IDP_EUNAVAIL, "the approval store is not reachable");
+	rc = store_query(approvals_store(), idp_buf_str(&sql), n, params, &res);
+	idp_buf_cleanup(&sql);
+	if (rc == IDP_EINVAL) {
+		/* A filter value PostgreSQL cannot take, such as invalid UTF-8:
+		 * the client's error, not ours. */
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "a filter value is not valid text");
 		return;
 	}
-	res = PQexecParams(store_pg(c), idp_buf_str(&sql), n, NULL, params, NULL, NULL, 0);
-	idp_buf_cleanup(&sql);
-	store_release(approvals_store(), c);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-		/* Class 22 (data exception): a filter PostgreSQL cannot take. */
-		if (st != NULL && strncmp(st, "22", 2) == 0) {
-			PQclear(res);
-			http_reply_problem(req, 400, "bad_request", NULL,
-			                   "a filter value is not valid text");
-			return;
-		}
-		log_warn("approvals: list failed: %s", PQresultErrorMessage(res));
-		PQclear(res);
+	if (rc != IDP_OK) {
 		http_reply_error(req, IDP_EUNAVAIL, "the approval query failed");
 		return;
 	}
