@@ -24,12 +24,14 @@
 #include "idpd/buf.h"
 #include "idpd/clock.h"
 #include "idpd/log.h"
+#include "idpd/maintenance.h"
 #include "idpd/registry.h"
 #include "idpd/scope.h"
 #include "idpd/tasks.h"
 
 static struct store *store;
 static _Atomic int64_t ttl_ms;
+static _Atomic int64_t retention_ms; /* audit.retention: 0 keeps them forever */
 
 struct store *
 approvals_store(void)
@@ -52,6 +54,49 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	(void)ctx;
 	(void)diag;
 	atomic_store(&ttl_ms, next->approvals.ttl_ms);
+	atomic_store(&retention_ms, next->audit.retention_ms);
+	return IDP_OK;
+}
+
+/* ---- the cleanup job "approvals" ---- */
+
+#define CLEANUP_BATCH "10000"
+
+/*
+ * Approvals whose expiry is older than audit.retention go: by then their
+ * events are being deleted too, and the row can no longer serve anything.
+ * One that a delegation token still names stays until that token's row is
+ * pruned (the "revocations" job), since the token references it.
+ */
+static int
+cleanup_job(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt st_delete = {
+	    "apr_cleanup",
+	    "DELETE FROM approvals WHERE id IN (SELECT a.id FROM approvals a WHERE a.expires_at < "
+	    "to_timestamp($1::bigint / 1000.0) AND NOT EXISTS (SELECT 1 FROM delegation_tokens d "
+	    "WHERE d.approval_id = a.id) LIMIT $2::int)",
+	    2, 0};
+	int64_t keep = atomic_load(&retention_ms);
+	char cutoff[24];
+	const char *params[2] = {cutoff, CLEANUP_BATCH};
+	PGresult *r;
+	int rc;
+
+	(void)ctx;
+	if (keep == 0) {
+		json_object_set_new(counts, "approvals_deleted", json_integer(0));
+		return IDP_OK;
+	}
+	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - keep));
+	rc = store_exec(run->conn, &st_delete, params, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "deleting old approvals: %s", idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(counts, "approvals_deleted",
+	                    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	PQclear(r);
 	return IDP_OK;
 }
 
@@ -60,8 +105,13 @@ approvals_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	store = app->store;
 	atomic_store(&ttl_ms, app->cfg->approvals.ttl_ms);
+	atomic_store(&retention_ms, app->cfg->audit.retention_ms);
 	if (app_on_reload(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "approvals: cannot register the reload hook");
+		return IDP_EINVAL;
+	}
+	if (maintenance_register("approvals", cleanup_job, NULL) != IDP_OK) {
+		idp_diag_add(diag, "approvals: cannot register the cleanup job");
 		return IDP_EINVAL;
 	}
 	return IDP_OK;

@@ -422,6 +422,27 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	assert_int_equal(json_array_size(json_object_get(r.json, "approvals")), 1);
 	harness_resp_free(&r);
 	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM delegation_tokens"), 1);
+
+	/* The cleanup job deletes an approval once its expiry is older than
+	 * audit.retention (365d here), and only then. */
+	snprintf(
+	    sql, sizeof(sql),
+	    "UPDATE approvals SET created_at = now() - interval '401 days', expires_at = now() "
+	    "- interval '400 days' WHERE id = '%s'",
+	    stale);
+	assert_int_equal(harness_sql(w->w.db, sql), 0);
+	world_call(&w->w, "POST", "/v1/maintenance/cleanup", w->w.k.maintenance, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(json_integer_value(json_object_get(
+	                     json_object_get(json_object_get(r.json, "jobs"), "approvals"),
+	                     "approvals_deleted")),
+	                 1);
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM approvals WHERE id = '%s'", stale);
+	assert_int_equal(world_count(&w->w, sql), 0);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM approvals WHERE id IN ('%s', '%s')",
+	         denied, late);
+	assert_int_equal(world_count(&w->w, sql), 2);
 	setting_stop(w);
 }
 
