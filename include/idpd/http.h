@@ -178,6 +178,16 @@ bool http_req_defer(struct http_req *req);
  */
 json_t *http_req_json_object(struct http_req *req);
 
+/*
+ * An optional body of one text field, {"<field>": "..."} (a reason, a
+ * note): an empty body is none (*out NULL).  The text must be 1..max bytes
+ * without control characters; any other field is refused.  true with *out
+ * pointing into *holder (json_decref it when done); false after answering
+ * (400/415 as http_req_json_object, 422 with "errors").
+ */
+bool http_req_optional_text(struct http_req *req, const char *field, size_t max,
+			    json_t **holder, const char **out);
+
 /* ---- application/x-www-form-urlencoded (the OAuth endpoints' bodies) ---- */
 
 #define HTTP_FORM_MAX_PARAMS 32

@@ -435,6 +435,68 @@ http_req_json_object(struct http_req *req)
 	return j;
 }
 
+/* One {"field", "message"} entry; an unknown field's name is cut and made ASCII. */
+static json_t *
+field_error(const char *field, const char *message)
+{
+	char safe[65];
+	size_t i;
+
+	for (i = 0; field[i] != '\0' && i + 1 < sizeof(safe); i++)
+		safe[i] = (unsigned char)field[i] >= 0x20 && (unsigned char)field[i] < 0x7f
+				  ? field[i]
+				  : '?';
+	safe[i] = '\0';
+	return json_pack("{s:s,s:s}", "field", safe, "message", message);
+}
+
+bool
+http_req_optional_text(struct http_req *req, const char *field, size_t max, json_t **holder,
+		       const char **out)
+{
+	const char *k;
+	json_t *v, *errors;
+	size_t len;
+	char msg[128];
+
+	*holder = NULL;
+	*out = NULL;
+	(void)http_req_body(req, &len);
+	if (len == 0)
+		return true;
+	*holder = http_req_json_object(req);
+	if (*holder == NULL)
+		return false;
+	snprintf(msg, sizeof(msg),
+		 "must be a string of 1 to %zu bytes without control characters", max);
+	errors = json_array();
+	json_object_foreach(*holder, k, v)
+	{
+		const char *s = json_string_value(v);
+		bool bad = strcmp(k, field) != 0 || s == NULL ||
+			   strlen(s) != json_string_length(v) || s[0] == '\0' || strlen(s) > max;
+
+		for (size_t i = 0; !bad && s[i] != '\0'; i++)
+			bad = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
+		if (!bad)
+			*out = s;
+		else
+			json_array_append_new(errors,
+					      field_error(k, strcmp(k, field) != 0 ? "unknown field"
+										: msg));
+	}
+	if (json_array_size(errors) > 0) {
+		http_reply_problem(req, 422, "unprocessable",
+				   json_pack("{s:o}", "errors", errors), "the body is not valid");
+		json_decref(*holder);
+		*holder = NULL;
+		*out = NULL;
+		return false;
+	}
+	json_decref(errors);
+	return true;
+}
+
 /* ---- ids ---- */
 
 bool

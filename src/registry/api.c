@@ -252,7 +252,6 @@ registry_cursor_decode(const char *cursor, char *id, size_t len)
 	return memchr(id, '\0', got) == NULL && registry_id_valid(id);
 }
 
-
 static void
 list(struct http_req *req, void *ctx)
 {
@@ -278,7 +277,8 @@ list(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!auth_require(req, READ_ROLES, &who))
 		return;
-	if (!http_req_query_int(req, "limit", 1, REGISTRY_PAGE_MAX, REGISTRY_PAGE_DEFAULT, &limit)) {
+	if (!http_req_query_int(req, "limit", 1, REGISTRY_PAGE_MAX, REGISTRY_PAGE_DEFAULT,
+	                        &limit)) {
 		http_reply_problem(req, 400, "bad_request", NULL,
 		                   "limit must be an integer from 1 to %d", REGISTRY_PAGE_MAX);
 		return;
@@ -342,7 +342,8 @@ list(struct http_req *req, void *ctx)
 	if (rc == IDP_EINVAL) {
 		/* A filter value PostgreSQL cannot take, such as invalid UTF-8:
 		 * the client's error, not ours. */
-		http_reply_problem(req, 400, "bad_request", NULL, "a filter value is not valid text");
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "a filter value is not valid text");
 		return;
 	}
 	if (rc != IDP_OK) {
@@ -437,55 +438,11 @@ patch(struct http_req *req, void *ctx)
 
 /* ---- status transitions ---- */
 
-/*
- * The optional body {"reason": "..."}; *reason is NULL without one.
- * false after answering (400/415/422).  An empty body is no body.
- */
+/* The optional body {"reason": "..."}; *reason is NULL without one.  false after answering. */
 static bool
 read_reason(struct http_req *req, json_t **holder, const char **reason)
 {
-	const char *k;
-	json_t *v, *errors;
-	size_t len;
-
-	*holder = NULL;
-	*reason = NULL;
-	(void)http_req_body(req, &len);
-	if (len == 0)
-		return true;
-	*holder = http_req_json_object(req);
-	if (*holder == NULL)
-		return false;
-	errors = json_array();
-	json_object_foreach(*holder, k, v)
-	{
-		if (strcmp(k, "reason") != 0) {
-			agent_error(errors, k, "unknown field");
-		} else if (!json_is_string(v)) {
-			agent_error(errors, k, "expected a string");
-		} else {
-			const char *s = json_string_value(v);
-			bool ctl = strlen(s) != json_string_length(v);
-
-			for (size_t i = 0; s[i] != '\0' && !ctl; i++)
-				ctl = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
-			if (strlen(s) == 0 || strlen(s) > REGISTRY_REASON_MAX || ctl)
-				agent_error(errors, k,
-				            "must be 1 to %d bytes without control characters",
-				            REGISTRY_REASON_MAX);
-			else
-				*reason = s;
-		}
-	}
-	if (json_array_size(errors) > 0) {
-		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
-		                   "the body is not valid");
-		json_decref(*holder);
-		*holder = NULL;
-		return false;
-	}
-	json_decref(errors);
-	return true;
+	return http_req_optional_text(req, "reason", REGISTRY_REASON_MAX, holder, reason);
 }
 
 static void

@@ -323,60 +323,11 @@ list(struct http_req *req, void *ctx)
 
 /* ---- POST /v1/approvals/{id}/approve, /deny ---- */
 
-/*
- * The optional body {"note": "..."}; *note is NULL without one.  false
- * after answering (400/415/422).  An empty body is no body.
- */
+/* The optional body {"note": "..."}; *note is NULL without one.  false after answering. */
 static bool
 read_note(struct http_req *req, json_t **holder, const char **note)
 {
-	const char *k;
-	json_t *v, *errors;
-	size_t len;
-
-	*holder = NULL;
-	*note = NULL;
-	(void)http_req_body(req, &len);
-	if (len == 0)
-		return true;
-	*holder = http_req_json_object(req);
-	if (*holder == NULL)
-		return false;
-	errors = json_array();
-	json_object_foreach(*holder, k, v)
-	{
-		if (strcmp(k, "note") != 0) {
-			json_array_append_new(
-			    errors, json_pack("{s:s,s:s}", "field", k, "message", "unknown field"));
-			continue;
-		}
-		if (json_is_string(v)) {
-			const char *s = json_string_value(v);
-			bool bad = strlen(s) != json_string_length(v) || strlen(s) == 0 ||
-			           strlen(s) > APPROVAL_TEXT_MAX;
-
-			for (size_t i = 0; s[i] != '\0' && !bad; i++)
-				bad = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
-			if (!bad) {
-				*note = s;
-				continue;
-			}
-		}
-		json_array_append_new(
-		    errors, json_pack("{s:s,s:s}", "field", k, "message",
-		                      "must be a string of 1 to 1024 bytes without control "
-		                      "characters"));
-	}
-	if (json_array_size(errors) > 0) {
-		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
-		                   "the body is not valid");
-		json_decref(*holder);
-		*holder = NULL;
-		*note = NULL;
-		return false;
-	}
-	json_decref(errors);
-	return true;
+	return http_req_optional_text(req, "note", APPROVAL_TEXT_MAX, holder, note);
 }
 
 static struct store_stmt st_lock = {
