@@ -58,6 +58,9 @@ bool task_scopes_parse(const json_t *j, struct task_scopes *s, struct idp_diag *
 char *task_scopes_pg_array(const struct task_scopes *s);
 #define TASK_DESCRIPTION_MAX 1024
 
+/* Whether s has the form of a task id: "task_" and 1..59 of [A-Za-z0-9_-].  Any thread. */
+bool task_id_valid(const char *s);
+
 /*
  * The delegation hash chain (DESIGN §7):
  *   h0 = SHA-256("idpd-chain-v1" || human)

@@ -147,23 +147,6 @@ static const struct {
 };
 
 static bool
-task_id_ok(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n < 6 || n > TASK_ID_MAX || strncmp(s, "task_", 5) != 0)
-		return false;
-	for (size_t i = 5; i < n; i++) {
-		char ch = s[i];
-
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-		      (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
-			return false;
-	}
-	return true;
-}
-
-static bool
 principal_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -214,7 +197,7 @@ list(struct http_req *req, void *ctx)
 		                   HUMAN_PRINCIPAL_MAX);
 		return;
 	}
-	if (task_id != NULL && !task_id_ok(task_id)) {
+	if (task_id != NULL && !task_id_valid(task_id)) {
 		http_reply_problem(req, 400, "bad_request", NULL, "task_id is not a task id");
 		return;
 	}

@@ -688,8 +688,8 @@ may_touch(const struct caller *c, PGresult *r, unsigned op_roles)
 	return false;
 }
 
-static bool
-task_id_ok(const char *id)
+bool
+task_id_valid(const char *id)
 {
 	size_t n = strlen(id);
 
@@ -718,7 +718,7 @@ get_task(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
 		return;
-	if (!task_id_ok(id)) {
+	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
 		return;
 	}
@@ -754,7 +754,7 @@ complete_task(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!caller_identify(req, IDPD_ROLE_ADMIN, "tasks", &who))
 		return;
-	if (!task_id_ok(id)) {
+	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
 		return;
 	}
@@ -850,7 +850,7 @@ task_timeline(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
 		return;
-	if (!task_id_ok(id)) {
+	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
 		return;
 	}
