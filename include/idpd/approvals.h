@@ -51,7 +51,11 @@ struct approval_subject {
  * Record a pending approval for s, audited as approval.requested (actor:
  * the agent; decision REQUIRE_APPROVAL; outcome pending) before it
  * commits.  The agent's owner is read from the registry and copied into
- * the approval, so the owner at request time may decide it.  IDP_OK with
+ * the approval, so the owner at request time may decide it.  When one is
+ * pending already for exactly this request (kind, agent, task, scope set,
+ * target), its id and expiry are returned instead and nothing is written:
+ * an agent that retries before the human decides waits on one approval.
+ * IDP_OK with
  * id (NUL-terminated) and *expires_s (seconds since the epoch, PostgreSQL's
  * clock) filled; IDP_EINVAL for a subject that is not well formed or names
  * an agent or task that does not exist; IDP_EUNAVAIL when the registry,

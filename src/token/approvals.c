@@ -380,6 +380,15 @@ static struct store_stmt st_insert = {
     "RETURNING floor(extract(epoch FROM expires_at))::bigint",
     12, 0};
 
+/* A pending approval for the same request, so that an agent retrying before the human decides
+ * gets the same approval back instead of a new one each time. */
+static struct store_stmt st_pending = {
+    "apr_pending",
+    "SELECT id, floor(extract(epoch FROM expires_at))::bigint FROM approvals WHERE kind = $1 "
+    "AND agent_id = $2 AND task_id = $3 AND scope = $4::text[] AND target = $5 AND status = "
+    "'pending' AND expires_at > now() ORDER BY created_at DESC LIMIT 1",
+    5, 0};
+
 /* A printable string of 1..max bytes without control characters. */
 static bool
 text_ok(const char *s, size_t max)
@@ -455,6 +464,21 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 	if (store == NULL || store_acquire(store, &c) != IDP_OK) {
 		rc = IDP_EUNAVAIL;
 		goto done;
+	}
+	{
+		const char *p5[5] = {params[1], params[2], params[3], params[6], params[7]};
+
+		rc = store_exec(c, &st_pending, p5, &r);
+		if (rc != IDP_OK)
+			goto done;
+		if (PQntuples(r) == 1) {
+			snprintf(id, APPROVAL_ID_MAX + 1, "%s", PQgetvalue(r, 0, 0));
+			*expires_s = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+			log_debug("approvals: %s asked again by %s", id, s->agent_id);
+			goto done;
+		}
+		PQclear(r);
+		r = NULL;
 	}
 	rc = store_cmd(c, "BEGIN");
 	if (rc != IDP_OK)

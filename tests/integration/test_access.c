@@ -483,6 +483,12 @@ approval_is_bound_and_single_use(void **state)
 	         json_string_value(json_object_get(r.json, "approval_id")));
 	harness_resp_free(&r);
 	assert_int_equal(issued(&s), 0);
+	/* Asking again before anyone decides waits on the same approval. */
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", "", &r);
+	assert_int_equal(r.status, 202);
+	assert_string_equal(json_string_value(json_object_get(r.json, "approval_id")), approval);
+	harness_resp_free(&r);
+	assert_int_equal(world_count(&s.w, "SELECT count(*) FROM approvals"), 1);
 	snprintf(extra, sizeof(extra), ",\"approval_id\":\"%s\"", approval);
 	/* Still pending: the retry is refused and the approval is not spent. */
 	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,

@@ -560,9 +560,10 @@ approvals_list_in_keyset_pages(void **state)
 
 	(void)state;
 	setting_start(w, "t_apr_pages");
-	for (int i = 0; i < 3; i++)
-		request_approval(w, "cloud-agent", "cloud:DescribeInstances", ids[i],
-		                 sizeof(ids[i]));
+	/* Three different requests: asking twice for the same one waits on one approval. */
+	request_approval(w, "cloud-agent", "cloud:DescribeInstances", ids[0], sizeof(ids[0]));
+	request_approval(w, "cloud-agent", "cloud:DescribeVolumes", ids[1], sizeof(ids[1]));
+	request_approval(w, "cloud-agent-2", "cloud:DescribeInstances", ids[2], sizeof(ids[2]));
 	world_call(&w->w, "GET", "/v1/approvals?limit=2", w->w.k.approver, NULL, &r);
 	assert_int_equal(r.status, 200);
 	a = json_object_get(r.json, "approvals");
