@@ -279,15 +279,11 @@ list(struct http_req *req, void *ctx)
 	}
 	rc = store_query(approvals_store(), idp_buf_str(&sql), n, params, &res);
 	idp_buf_cleanup(&sql);
-	if (rc == IDP_EINVAL) {
-		/* A filter value PostgreSQL cannot take, such as invalid UTF-8:
-		 * the client's error, not ours. */
-		http_reply_problem(req, 400, "bad_request", NULL,
-		                   "a filter value is not valid text");
-		return;
-	}
 	if (rc != IDP_OK) {
-		http_reply_error(req, IDP_EUNAVAIL, "the approval query failed");
+		/* IDP_EINVAL is a filter value PostgreSQL cannot take, such as
+		 * invalid UTF-8: the client's error (400), not ours. */
+		http_reply_error(req, rc == IDP_EINVAL ? IDP_EINVAL : IDP_EUNAVAIL,
+		                 rc == IDP_EINVAL ? "a filter value is not valid text" : "the approval query failed");
 		return;
 	}
 	rows = PQntuples(res);
