@@ -11,8 +11,10 @@
  * approval, the signature and the audit event.  It reads in-memory state
  * only (registry, keys, revocation state, policy set) except for the
  * approval it is given and, when no delegation token is presented, the
- * task's root token; its one write is the audit event, which is durable
- * before the token is handed out.
+ * task's root token.  access_finish() then makes the audit event durable
+ * before the token is handed out, without holding a thread: POST /v1/token
+ * runs on the HTTP I/O thread and goes to the handler pool only for what
+ * must wait on PostgreSQL.
  */
 #ifndef IDPD_ACCESS_H
 #define IDPD_ACCESS_H
@@ -28,6 +30,7 @@
 #include "idpd/tasks.h"
 
 struct agent_principal;
+struct audit_event;
 struct http_req;
 struct http_router;
 struct idpd_app;
@@ -43,6 +46,8 @@ struct access_ask {
 	const char *reason;               /* the agent's stated purpose, may be NULL */
 	const char *approval_id;          /* may be NULL */
 	int64_t ttl_s;                    /* 0: tokens.default_ttl */
+	/* false on a thread that must not wait (an HTTP I/O thread): see would_block */
+	bool may_block;
 };
 
 /* The outcome; access_grant_cleanup releases it. */
@@ -57,11 +62,35 @@ struct access_grant {
 	int64_t expires_in; /* seconds */
 	char approval_id[APPROVAL_ID_MAX + 1];
 	int64_t approval_expires_s;
+	/* !may_block and a step would have waited on PostgreSQL (a cache miss,
+	 * the root token, an approval): nothing was done; ask again where
+	 * waiting is allowed. */
+	bool would_block;
+	/* Owned, for access_finish: the outcome's audit event (token.issued,
+	 * token.denied), and the approval to record for a REQUIRE_APPROVAL. */
+	struct audit_event *event;
+	struct approval_subject *approval;
 };
 
-/* Run every check and issue a token or refuse.  Never answers req.  Worker threads. */
+/*
+ * Run every check, decide, sign, or refuse.  Never answers req, writes
+ * nothing: what must be made durable before the answer is left in g for
+ * access_finish.  Any worker thread; with !a->may_block it never waits.
+ */
 void access_issue(const struct access_ask *a, struct access_grant *g);
 void access_grant_cleanup(struct access_grant *g);
+
+/*
+ * Make g's outcome durable, then answer req with reply(req, g): the event
+ * is committed first (a token whose token.issued cannot be committed
+ * within audit.timeout is withheld: 503), and an approval is recorded on
+ * the handler pool.  Neither blocks the calling thread: req is suspended
+ * meanwhile, and reply runs on the audit writer's thread or a pool thread.
+ * Takes over g's contents (g is left empty); the caller must not touch req
+ * after this returns.  The thread of any handler.
+ */
+typedef void (*access_reply_fn)(struct http_req *req, struct access_grant *g);
+void access_finish(struct http_req *req, struct access_grant *g, access_reply_fn reply);
 
 /* Copy the settings, register the reload hook.  Main thread, after the modules it reads. */
 int access_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;

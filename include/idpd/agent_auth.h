@@ -69,6 +69,14 @@ struct agent_principal {
 int authenticate_agent(struct http_req *req, struct agent_principal *out,
                        const char **reason) IDP_WUR;
 /*
+ * The same on a thread that must not wait (an HTTP I/O thread): where
+ * PostgreSQL would be read (an agent not cached, a revocation state that
+ * cannot answer) it returns IDP_EWOULDBLOCK instead, having changed
+ * nothing; the caller defers to the handler pool (http_req_defer).
+ */
+int authenticate_agent_nowait(struct http_req *req, struct agent_principal *out,
+                              const char **reason) IDP_WUR;
+/*
  * How many verified credentials authenticate_agent remembers, so that it
  * checks an agent's credential signature once, not on every request (0:
  * never).  Before the first authentication; main thread.

@@ -66,6 +66,12 @@ int approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX +
                      int64_t *expires_s) IDP_WUR;
 
 /*
+ * A copy of s and of every string it points to, in one allocation that
+ * free() releases: for a subject handed to another thread.  Never NULL.
+ */
+struct approval_subject *approval_subject_dup(const struct approval_subject *s);
+
+/*
  * Use approval id for s: it must be approved, unexpired, unused and bound
  * to exactly s (kind, agent, task, scope set, target).  On IDP_OK it is
  * marked used in the same statement, so it can never serve twice.

@@ -8,7 +8,8 @@
  * commit, so durability costs one commit per batch, not per event.  With
  * durability "sync" (the default) audit_emit() returns only once its event
  * is committed; a token is therefore never handed out before its audit
- * event is durable.
+ * event is durable.  audit_emit_then() does the same without blocking:
+ * the writer calls back once the event is committed.
  *
  * The writer owns its own PostgreSQL connection (not a pooled one), so a
  * saturated pool cannot stall auditing.  When PostgreSQL is away the writer
@@ -69,6 +70,25 @@ int audit_emit(struct audit_event *ev) IDP_WUR;
  */
 int audit_emit_nowait(struct audit_event *ev) IDP_WUR;
 
+/*
+ * Called once an event emitted with audit_emit_then is settled: rc is
+ * IDP_OK when it is committed, IDP_EUNAVAIL when audit.timeout passed first
+ * or the writer stopped without writing it (it may still be committed
+ * later, as with audit_emit).  Runs on the writer or the audit timer
+ * thread, outside every audit lock: keep it short and never emit from it.
+ */
+typedef void (*audit_done_fn)(void *arg, int rc);
+#define AUDIT_PENDING 1
+/*
+ * audit_emit for a thread that must not wait (an HTTP I/O thread): the
+ * event is queued and the call returns at once.  Returns AUDIT_PENDING when
+ * done(arg, rc) will be called, exactly once, from another thread; IDP_OK
+ * when there is nothing to wait for (durability "async": the event is
+ * queued) and done is not called; IDP_EUNAVAIL when no writer runs or the
+ * queue is full (never waits for room), IDP_EINVAL for NULL, and then done
+ * is not called either.  ALWAYS takes ownership of ev.  Any thread.
+ */
+int audit_emit_then(struct audit_event *ev, audit_done_fn done, void *arg) IDP_WUR;
 struct audit_writer_stats {
 	uint64_t queued;    /* accepted onto the queue */
 	uint64_t committed; /* written and committed */

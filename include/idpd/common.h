@@ -29,17 +29,19 @@
 
 typedef enum idp_err {
 	IDP_OK = 0,
-	IDP_EINVAL = -1,      /* malformed input (syntax, shape, limits) */
+	IDP_EINVAL = -1,         /* malformed input (syntax, shape, limits) */
 	IDP_EUNPROCESSABLE = -2, /* well-formed but semantically invalid */
 	IDP_ENOTFOUND = -3,
-	IDP_ECONFLICT = -4,   /* duplicate, or state forbids the change */
-	IDP_EPRECOND = -5,    /* If-Match / version mismatch */
-	IDP_EUNAUTH = -6,     /* no or bad credentials */
-	IDP_EFORBIDDEN = -7,  /* authenticated but not allowed */
-	IDP_ETOOBIG = -8,     /* a size limit was exceeded */
-	IDP_EUNAVAIL = -9,    /* a dependency is down: fail closed */
-	IDP_EIO = -10,        /* file or socket error */
-	IDP_EINTERNAL = -11,  /* a bug or an impossible state */
+	IDP_ECONFLICT = -4,  /* duplicate, or state forbids the change */
+	IDP_EPRECOND = -5,   /* If-Match / version mismatch */
+	IDP_EUNAUTH = -6,    /* no or bad credentials */
+	IDP_EFORBIDDEN = -7, /* authenticated but not allowed */
+	IDP_ETOOBIG = -8,    /* a size limit was exceeded */
+	IDP_EUNAVAIL = -9,   /* a dependency is down: fail closed */
+	IDP_EIO = -10,       /* file or socket error */
+	IDP_EINTERNAL = -11, /* a bug or an impossible state */
+	IDP_EWOULDBLOCK =
+	    -12, /* the answer needs a wait the caller cannot afford (an I/O thread) */
 } idp_err;
 
 /* Stable lower-case name of an error code ("invalid", "not_found", ...). */
@@ -53,7 +55,7 @@ const char *idp_err_name(int err);
 struct idp_diag {
 	char text[IDP_DIAG_MAX];
 	size_t len;
-	unsigned count;   /* lines added, including dropped ones */
+	unsigned count; /* lines added, including dropped ones */
 };
 
 void idp_diag_init(struct idp_diag *d);

@@ -55,9 +55,9 @@ typedef void (*http_handler)(struct http_req *req, void *ctx);
 #define HTTP_MAX_ROUTES 128
 
 struct http_match {
-	int route;       /* index, or -1 */
-	int status;      /* 0 on match, 404 or 405 otherwise */
-	unsigned allow;  /* for 405: methods the path accepts */
+	int route;      /* index, or -1 */
+	int status;     /* 0 on match, 404 or 405 otherwise */
+	unsigned allow; /* for 405: methods the path accepts */
 	size_t n_params;
 	struct {
 		const char *name;
@@ -74,8 +74,8 @@ void http_router_free(struct http_router *r);
  * also answer HEAD.  Returns IDP_EINVAL for a malformed pattern or a
  * duplicate (pattern, method), IDP_ETOOBIG past HTTP_MAX_ROUTES.
  */
-int http_router_add(struct http_router *r, unsigned methods, const char *pattern,
-		    http_handler h, void *ctx) IDP_WUR;
+int http_router_add(struct http_router *r, unsigned methods, const char *pattern, http_handler h,
+                    void *ctx) IDP_WUR;
 
 /*
  * Handlers run on the server's handler pool by default, because most of
@@ -85,8 +85,8 @@ int http_router_add(struct http_router *r, unsigned methods, const char *pattern
  * more than the work.
  */
 #define HTTP_ROUTE_INLINE 1u
-int http_router_add_ex(struct http_router *r, unsigned methods, const char *pattern,
-		       http_handler h, void *ctx, unsigned flags) IDP_WUR;
+int http_router_add_ex(struct http_router *r, unsigned methods, const char *pattern, http_handler h,
+                       void *ctx, unsigned flags) IDP_WUR;
 unsigned http_router_flags(const struct http_router *r, int route);
 
 /*
@@ -96,7 +96,7 @@ unsigned http_router_flags(const struct http_router *r, int route);
  * matches nothing (404).
  */
 void http_router_match(const struct http_router *r, unsigned method, const char *path,
-		       char *scratch, size_t scratch_len, struct http_match *m);
+                       char *scratch, size_t scratch_len, struct http_match *m);
 
 const char *http_router_pattern(const struct http_router *r, int route);
 size_t http_router_count(const struct http_router *r);
@@ -108,11 +108,11 @@ void http_allow_format(unsigned mask, char *out, size_t len);
 /* ---- server ---- */
 
 struct http_server_opts {
-	const char *listen;         /* IPv4 or IPv6 literal */
+	const char *listen; /* IPv4 or IPv6 literal */
 	int port;
-	int threads;                /* I/O threads (MHD's pool), >= 1 */
-	int handler_threads;        /* handler pool; 0 runs every handler inline */
-	size_t max_body;            /* bytes; larger bodies get 413 */
+	int threads;         /* I/O threads (MHD's pool), >= 1 */
+	int handler_threads; /* handler pool; 0 runs every handler inline */
+	size_t max_body;     /* bytes; larger bodies get 413 */
 	int max_connections;
 	int connection_timeout_s;
 	int json_max_depth;
@@ -124,7 +124,7 @@ struct http_server_opts {
  * Returns NULL with diag filled when the socket cannot be bound or MHD fails.
  */
 struct http_server *http_server_start(const struct http_server_opts *o, struct http_router *r,
-				      struct idp_diag *diag);
+                                      struct idp_diag *diag);
 
 /*
  * Stop accepting new connections, wait up to timeout_ms for requests in
@@ -152,7 +152,7 @@ const char *http_req_query(struct http_req *req, const char *name);
  * such an integer; the caller answers 400.
  */
 bool http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
-			long *out);
+                        long *out);
 const char *http_req_header(struct http_req *req, const char *name);
 /* The token of "Authorization: Bearer <token>", or NULL when there is none. */
 const char *http_req_bearer(struct http_req *req);
@@ -168,6 +168,30 @@ bool http_req_answered(const struct http_req *req);
  * pool (or when there is none, or during shutdown): then just do the work.
  */
 bool http_req_defer(struct http_req *req);
+/* Whether this handler may wait (on the pool, or with no pool to defer to):
+ * false exactly when http_req_defer would grant a deferral. */
+bool http_req_may_wait(const struct http_req *req);
+
+/*
+ * Answer later, from another thread.  The handler calls this, hands req to
+ * whoever will answer it (the audit writer's completion, say) and returns
+ * without answering and without touching req again.  That thread answers
+ * with http_reply_* and then calls http_req_resume, after which req is
+ * gone.  Until then the connection is suspended and nothing else touches
+ * req.  Any handler, inline or pooled; http_server_stop waits for every
+ * suspended request to be resumed.
+ */
+void http_req_suspend(struct http_req *req);
+void http_req_resume(struct http_req *req);
+
+/*
+ * From an inline handler that reached a step that must wait (a write to
+ * PostgreSQL) after work it must not repeat: run fn(req, arg) on the
+ * handler pool, which answers.  The handler returns at once and does not
+ * touch req again.  On the pool (or with no pool, or during shutdown) fn
+ * runs right here, before this returns.
+ */
+void http_req_continue(struct http_req *req, http_handler fn, void *arg);
 
 /*
  * Parse the body as one JSON object: Content-Type must be application/json
@@ -185,15 +209,15 @@ json_t *http_req_json_object(struct http_req *req);
  * pointing into *holder (json_decref it when done); false after answering
  * (400/415 as http_req_json_object, 422 with "errors").
  */
-bool http_req_optional_text(struct http_req *req, const char *field, size_t max,
-			    json_t **holder, const char **out);
+bool http_req_optional_text(struct http_req *req, const char *field, size_t max, json_t **holder,
+                            const char **out);
 
 /* ---- application/x-www-form-urlencoded (the OAuth endpoints' bodies) ---- */
 
 #define HTTP_FORM_MAX_PARAMS 32
-#define HTTP_FORM_MAX_NAME 64      /* bytes, decoded */
-#define HTTP_FORM_MAX_VALUE 16384  /* bytes, decoded */
-#define HTTP_FORM_MAX_BODY 65536   /* bytes, encoded */
+#define HTTP_FORM_MAX_NAME 64     /* bytes, decoded */
+#define HTTP_FORM_MAX_VALUE 16384 /* bytes, decoded */
+#define HTTP_FORM_MAX_BODY 65536  /* bytes, encoded */
 
 /* A parsed form: names and values decoded, NUL-terminated, each name once. */
 struct http_form {
@@ -214,7 +238,7 @@ struct http_form {
  * above or a full arena.  out is unspecified on error.  Pure; no MHD.
  */
 int http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct http_form *out,
-		    struct idp_diag *diag) IDP_WUR;
+                    struct idp_diag *diag) IDP_WUR;
 /* The value of name, or NULL when the form does not have it. */
 const char *http_form_get(const struct http_form *f, const char *name);
 /* Whether req's Content-Type is application/x-www-form-urlencoded (parameters allowed). */
@@ -231,18 +255,18 @@ int http_req_form(struct http_req *req, struct http_form *out, struct idp_diag *
  * WWW-Authenticate are added by the caller first.
  */
 void http_reply_oauth_error(struct http_req *req, int status, const char *error,
-			    const char *description);
+                            const char *description);
 
 /* Add a response header (copied).  Before the reply call. */
 void http_add_header(struct http_req *req, const char *name, const char *value);
 
 /* Reply with a JSON document; steals the reference to body. */
 void http_reply_json(struct http_req *req, int status, json_t *body);
-void http_reply_data(struct http_req *req, int status, const char *content_type,
-		     const void *data, size_t len);
+void http_reply_data(struct http_req *req, int status, const char *content_type, const void *data,
+                     size_t len);
 /* As http_reply_data, but takes data (from malloc) instead of copying it. */
 void http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
-		     size_t len);
+                     size_t len);
 /* 204 or any status without a body. */
 void http_reply_empty(struct http_req *req, int status);
 
@@ -252,7 +276,7 @@ void http_reply_empty(struct http_req *req, int status);
  * not NULL, is merged in (stolen), e.g. a field-by-field "errors" list.
  */
 void http_reply_problem(struct http_req *req, int status, const char *code, json_t *extra,
-			const char *fmt, ...) IDP_PRINTF(5, 6);
+                        const char *fmt, ...) IDP_PRINTF(5, 6);
 /* The same, with status and code taken from the one error table. */
 void http_reply_error(struct http_req *req, int err, const char *fmt, ...) IDP_PRINTF(3, 4);
 

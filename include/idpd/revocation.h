@@ -71,9 +71,9 @@ void revocation_chain_free(struct revocation_chain *c);
  * of "token_unknown", "token_expired", "token_revoked", "task_mismatch",
  * "task_not_open"; IDP_EUNAVAIL when the state is stale or the lookup of an
  * unknown jti cannot reach PostgreSQL.  Any thread; waits on PostgreSQL only
- * on a miss.
+ * on a miss, and only when may_block: else a miss is IDP_EWOULDBLOCK.
  */
-int revocation_check_delegation(const char *jti, const char *task_id, int64_t now_s,
+int revocation_check_delegation(const char *jti, const char *task_id, int64_t now_s, bool may_block,
                                 struct revocation_chain **out, const char **reason) IDP_WUR;
 
 /*

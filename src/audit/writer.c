@@ -16,6 +16,13 @@
  * for the next batch; and room has its own, so taking a batch wakes none of
  * them.
  *
+ * An emitter that must not block (audit_emit_then, from an I/O thread)
+ * leaves a waiter instead: its event's number, a function to call and a
+ * deadline, in a FIFO that is in seq order and so also in deadline order.
+ * The writer calls the waiters its commit made durable; the timer thread
+ * sleeps until the oldest waiter's deadline and fails those whose time is
+ * up, as a waiting emitter would fail itself.  Both call outside the lock.
+ *
  * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
  * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
  * the COPY text of a batch are computed once; if the transaction fails the
@@ -56,6 +63,14 @@ struct slot {
 	size_t clen;
 };
 
+/* An emitter that did not wait: called once its event is durable, or not. */
+struct waiter {
+	uint64_t seq;
+	audit_done_fn done;
+	void *arg;
+	int64_t deadline_us;
+};
+
 static struct {
 	struct audit_writer_opts o;
 	char *url;
@@ -79,6 +94,12 @@ static struct {
 	bool *inflight_cancel;
 	bool running;
 	pthread_t thread;
+	/* The waiters of audit_emit_then, oldest first, and their timer. */
+	struct waiter *waiters;
+	int wcap, whead, wcount;
+	pthread_cond_t timer_wake;
+	bool timer_stop;
+	pthread_t timer;
 
 	/* writer thread only */
 	struct audit_alerts *alerts;
@@ -87,10 +108,10 @@ static struct {
 	uint8_t chain_hash[AUDIT_HASH_LEN];
 
 	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures,
-		cancelled;
+	    cancelled;
 	_Atomic bool connected;
 } W = {
-	.lock = PTHREAD_MUTEX_INITIALIZER,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
 static void
@@ -122,10 +143,18 @@ copy_text(struct idp_buf *b, const char *s)
 		if (*s == '\0' || rc != 0)
 			break;
 		switch (*s) {
-		case '\\': rc = idp_buf_puts(b, "\\\\"); break;
-		case '\t': rc = idp_buf_puts(b, "\\t"); break;
-		case '\n': rc = idp_buf_puts(b, "\\n"); break;
-		default: rc = idp_buf_puts(b, "\\r"); break;
+		case '\\':
+			rc = idp_buf_puts(b, "\\\\");
+			break;
+		case '\t':
+			rc = idp_buf_puts(b, "\\t");
+			break;
+		case '\n':
+			rc = idp_buf_puts(b, "\\n");
+			break;
+		default:
+			rc = idp_buf_puts(b, "\\r");
+			break;
 		}
 		s++;
 	}
@@ -205,9 +234,9 @@ static int64_t
 committed_max(void)
 {
 	const char *p[1] = {W.chain_id};
-	PGresult *r = PQexecParams(W.pg,
-				   "SELECT coalesce(max(seq), 0) FROM audit_events WHERE writer_id = $1",
-				   1, NULL, p, NULL, NULL, 0);
+	PGresult *r = PQexecParams(
+	    W.pg, "SELECT coalesce(max(seq), 0) FROM audit_events WHERE writer_id = $1", 1, NULL, p,
+	    NULL, NULL, 0);
 	int64_t v = -1;
 
 	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
@@ -242,10 +271,10 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	 * when its completion arrives.  That saves BEGIN and COMMIT round
 	 * trips per batch. */
 	if (!exec_ok(W.pg,
-		     "COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, "
-		     "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
-		     "FROM STDIN",
-		     PGRES_COPY_IN))
+	             "COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, "
+	             "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
+	             "FROM STDIN",
+	             PGRES_COPY_IN))
 		goto lost;
 	if (PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
 	    PQputCopyEnd(W.pg, NULL) != 1)
@@ -271,6 +300,55 @@ lost:
 }
 
 /*
+ * What every emitter does before taking the lock: fill in what the emitter
+ * left unset and serialize.  On failure the event is freed.
+ */
+static int
+prepare(struct audit_event *ev, struct slot *sl)
+{
+	if (ev == NULL)
+		return IDP_EINVAL;
+	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
+		audit_event_free(ev);
+		return IDP_EINTERNAL;
+	}
+	if (audit_event_time(ev) == AUDIT_TIME_UNSET &&
+	    audit_event_set_time(ev, idp_now_ms(idp_clock_system())) != IDP_OK) {
+		audit_event_free(ev);
+		return IDP_EINTERNAL;
+	}
+	/* W.instance is written once, before the writer runs, and read only. */
+	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
+	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
+		log_warn("audit: instance id rejected by the event model");
+	sl->ev = ev;
+	sl->canon = audit_event_canonical(ev, &sl->clen);
+	return IDP_OK;
+}
+
+/* Put sl on the ring (caller holds W.lock and checked for room); its seq. */
+static uint64_t
+enqueue(const struct slot *sl)
+{
+	W.ring[(W.head + W.count) % W.cap] = *sl;
+	W.count++;
+	atomic_fetch_add(&W.queued, 1);
+	pthread_cond_signal(&W.work);
+	return ++W.enq_seq;
+}
+
+/* A refusal under W.lock: released, the event dropped and counted. */
+static int
+refuse_locked(struct slot *sl)
+{
+	pthread_mutex_unlock(&W.lock);
+	audit_event_free(sl->ev);
+	free(sl->canon);
+	atomic_fetch_add(&W.refused, 1);
+	return IDP_EUNAVAIL;
+}
+
+/*
  * Queue an event raised by the writer itself (an alert).  The writer cannot
  * wait for its own commit or for space, so a full queue refuses the alert;
  * the refusal is counted and logged, never silent.
@@ -278,37 +356,19 @@ lost:
 static void
 enqueue_own(struct audit_event *ev)
 {
-	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
-		audit_event_free(ev);
-		return;
-	}
-	if (audit_event_time(ev) == AUDIT_TIME_UNSET &&
-	    audit_event_set_time(ev, idp_now_ms(idp_clock_system())) != IDP_OK) {
-		audit_event_free(ev);
-		return;
-	}
 	struct slot sl;
 
-	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
-	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
-		log_warn("audit: instance id rejected by the event model");
-	sl.ev = ev;
-	sl.canon = audit_event_canonical(ev, &sl.clen);
+	if (prepare(ev, &sl) != IDP_OK)
+		return;
 	pthread_mutex_lock(&W.lock);
 	if (W.count == W.cap) {
-		pthread_mutex_unlock(&W.lock);
-		atomic_fetch_add(&W.refused, 1);
 		log_error("audit: queue full, alert %s refused",
-			  audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
-							      : "?");
-		audit_event_free(ev);
-		free(sl.canon);
+		          audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
+		                                             : "?");
+		(void)refuse_locked(&sl);
 		return;
 	}
-	W.ring[(W.head + W.count) % W.cap] = sl;
-	W.count++;
-	++W.enq_seq;
-	atomic_fetch_add(&W.queued, 1);
+	(void)enqueue(&sl);
 	pthread_mutex_unlock(&W.lock);
 }
 
@@ -336,7 +396,7 @@ build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
 		if (build_row(&batch[i], b, &rows[m++]) != IDP_OK) {
 			/* Only a bug can get here: valid events always serialize. */
 			log_error("audit: cannot serialize an event; aborting to keep the chain "
-				  "honest");
+			          "honest");
 			abort();
 		}
 	}
@@ -352,7 +412,7 @@ build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
  */
 static int
 apply_cancellations(struct slot *batch, int n, int m, struct idp_buf *b, struct row *rows,
-		    uint64_t chain_seq0, const uint8_t hash0[AUDIT_HASH_LEN])
+                    uint64_t chain_seq0, const uint8_t hash0[AUDIT_HASH_LEN])
 {
 	bool any = false;
 	int64_t max;
@@ -382,17 +442,84 @@ apply_cancellations(struct slot *batch, int n, int m, struct idp_buf *b, struct 
 	return build_rows(batch, n, b, rows);
 }
 
+static void cancel_queued(uint64_t seq);
+
+static void
+waiter_pop(struct waiter *out)
+{
+	*out = W.waiters[W.whead];
+	W.whead = (W.whead + 1) % W.wcap;
+	W.wcount--;
+}
+
+/* The waiters whose events are committed now, into out (room for max).
+ * Caller holds W.lock. */
+static int
+waiters_committed(struct waiter *out, int max)
+{
+	int n = 0;
+
+	while (n < max && W.wcount > 0 && W.waiters[W.whead].seq <= W.committed_seq)
+		waiter_pop(&out[n++]);
+	return n;
+}
+
+/*
+ * The timer thread: fails the waiters whose deadline has passed, the
+ * oldest first, and drops their events if still queued (cancel_queued), as
+ * an emitter that waited would.  It sleeps until the oldest deadline, or
+ * until a first waiter arrives.
+ */
+static void *
+timer_main(void *arg)
+{
+	struct waiter *due = idp_xcalloc((size_t)W.wcap, sizeof(*due));
+
+	(void)arg;
+	pthread_mutex_lock(&W.lock);
+	while (!W.timer_stop) {
+		int64_t now = idp_mono_us();
+		int n = 0;
+
+		if (W.wcount == 0) {
+			pthread_cond_wait(&W.timer_wake, &W.lock);
+			continue;
+		}
+		while (W.wcount > 0 && W.waiters[W.whead].deadline_us <= now) {
+			waiter_pop(&due[n]);
+			cancel_queued(due[n].seq);
+			n++;
+		}
+		if (n == 0) {
+			int64_t at = W.waiters[W.whead].deadline_us;
+			struct timespec ts = {(time_t)(at / 1000000), (long)(at % 1000000) * 1000};
+
+			pthread_cond_timedwait(&W.timer_wake, &W.lock, &ts);
+			continue;
+		}
+		atomic_fetch_add(&W.timeouts, (uint64_t)n);
+		pthread_mutex_unlock(&W.lock);
+		for (int i = 0; i < n; i++)
+			due[i].done(due[i].arg, IDP_EUNAVAIL);
+		pthread_mutex_lock(&W.lock);
+	}
+	pthread_mutex_unlock(&W.lock);
+	free(due);
+	return NULL;
+}
+
 static void *
 run(void *arg)
 {
 	struct slot *batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
 	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
+	struct waiter *wake = idp_xcalloc((size_t)W.o.batch_max, sizeof(*wake));
 	struct idp_buf b;
 
 	(void)arg;
 	idp_buf_init(&b, 0);
 	for (;;) {
-		int n = 0, m, backoff_ms = 50;
+		int n = 0, m, n_wake = 0, backoff_ms = 50;
 		bool retry = false, written = false;
 		uint8_t hash0[AUDIT_HASH_LEN];
 		uint64_t chain_seq0;
@@ -443,7 +570,7 @@ run(void *arg)
 				break;
 			{
 				struct timespec ts = {backoff_ms / 1000,
-						      (long)(backoff_ms % 1000) * 1000000L};
+				                      (long)(backoff_ms % 1000) * 1000000L};
 
 				nanosleep(&ts, NULL);
 			}
@@ -461,11 +588,14 @@ run(void *arg)
 				pthread_cond_broadcast(&W.done[q % DONE_WAYS]);
 			W.committed_seq += (uint64_t)n;
 			W.inflight_n = 0;
+			n_wake = waiters_committed(wake, W.o.batch_max);
 			pthread_mutex_unlock(&W.lock);
+			for (int i = 0; i < n_wake; i++)
+				wake[i].done(wake[i].arg, IDP_OK);
 		} else {
 			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
-				  "unreachable); their emitters were not acknowledged",
-				  n);
+			          "unreachable); their emitters were not acknowledged",
+			          n);
 		}
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
@@ -486,6 +616,7 @@ run(void *arg)
 	idp_buf_cleanup(&b);
 	free(batch);
 	free(rows);
+	free(wake);
 	if (W.pg != NULL)
 		PQfinish(W.pg);
 	W.pg = NULL;
@@ -503,32 +634,42 @@ collect(struct idp_buf *out, void *ctx)
 	(void)ctx;
 	audit_writer_get_stats(&st);
 	if (idp_buf_printf(
-		    out,
-		    "# HELP idpd_audit_events_total Audit events by fate.\n"
-		    "# TYPE idpd_audit_events_total counter\n"
-		    "idpd_audit_events_total{state=\"queued\"} %llu\n"
-		    "idpd_audit_events_total{state=\"committed\"} %llu\n"
-		    "idpd_audit_events_total{state=\"refused\"} %llu\n"
-		    "idpd_audit_events_total{state=\"timed_out\"} %llu\n"
-		    "idpd_audit_events_total{state=\"cancelled\"} %llu\n"
-		    "# HELP idpd_audit_queue_depth Events waiting for the writer.\n"
-		    "# TYPE idpd_audit_queue_depth gauge\nidpd_audit_queue_depth %d\n"
-		    "# HELP idpd_audit_batches_total Transactions committed by the writer.\n"
-		    "# TYPE idpd_audit_batches_total counter\nidpd_audit_batches_total %llu\n"
-		    "# HELP idpd_audit_batch_failures_total Batches that failed and were retried.\n"
-		    "# TYPE idpd_audit_batch_failures_total counter\n"
-		    "idpd_audit_batch_failures_total %llu\n"
-		    "# HELP idpd_audit_commit_seconds_total Time spent writing batches.\n"
-		    "# TYPE idpd_audit_commit_seconds_total counter\n"
-		    "idpd_audit_commit_seconds_total %.6f\n"
-		    "# HELP idpd_audit_writer_connected 1 when the writer has a session.\n"
-		    "# TYPE idpd_audit_writer_connected gauge\nidpd_audit_writer_connected %d\n",
-		    (unsigned long long)st.queued, (unsigned long long)st.committed,
-		    (unsigned long long)st.refused, (unsigned long long)st.timeouts,
-		    (unsigned long long)atomic_load(&W.cancelled), st.depth,
-		    (unsigned long long)st.batches, (unsigned long long)st.failures,
-		    (double)st.commit_us_total / 1e6, st.connected ? 1 : 0) != IDP_OK)
+	        out,
+	        "# HELP idpd_audit_events_total Audit events by fate.\n"
+	        "# TYPE idpd_audit_events_total counter\n"
+	        "idpd_audit_events_total{state=\"queued\"} %llu\n"
+	        "idpd_audit_events_total{state=\"committed\"} %llu\n"
+	        "idpd_audit_events_total{state=\"refused\"} %llu\n"
+	        "idpd_audit_events_total{state=\"timed_out\"} %llu\n"
+	        "idpd_audit_events_total{state=\"cancelled\"} %llu\n"
+	        "# HELP idpd_audit_queue_depth Events waiting for the writer.\n"
+	        "# TYPE idpd_audit_queue_depth gauge\nidpd_audit_queue_depth %d\n"
+	        "# HELP idpd_audit_batches_total Transactions committed by the writer.\n"
+	        "# TYPE idpd_audit_batches_total counter\nidpd_audit_batches_total %llu\n"
+	        "# HELP idpd_audit_batch_failures_total Batches that failed and were retried.\n"
+	        "# TYPE idpd_audit_batch_failures_total counter\n"
+	        "idpd_audit_batch_failures_total %llu\n"
+	        "# HELP idpd_audit_commit_seconds_total Time spent writing batches.\n"
+	        "# TYPE idpd_audit_commit_seconds_total counter\n"
+	        "idpd_audit_commit_seconds_total %.6f\n"
+	        "# HELP idpd_audit_writer_connected 1 when the writer has a session.\n"
+	        "# TYPE idpd_audit_writer_connected gauge\nidpd_audit_writer_connected %d\n",
+	        (unsigned long long)st.queued, (unsigned long long)st.committed,
+	        (unsigned long long)st.refused, (unsigned long long)st.timeouts,
+	        (unsigned long long)atomic_load(&W.cancelled), st.depth,
+	        (unsigned long long)st.batches, (unsigned long long)st.failures,
+	        (double)st.commit_us_total / 1e6, st.connected ? 1 : 0) != IDP_OK)
 		log_warn("metrics: audit output truncated");
+}
+
+static void
+timer_stop(void)
+{
+	pthread_mutex_lock(&W.lock);
+	W.timer_stop = true;
+	pthread_cond_signal(&W.timer_wake);
+	pthread_mutex_unlock(&W.lock);
+	pthread_join(W.timer, NULL);
 }
 
 int
@@ -550,7 +691,7 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	snprintf(W.instance, sizeof(W.instance), "%s", o->instance_id ? o->instance_id : "");
 	W.o.instance_id = W.instance;
 	snprintf(W.chain_id, sizeof(W.chain_id), "%s/%lld", W.instance,
-		 (long long)idp_now_ms(idp_clock_system()));
+	         (long long)idp_now_ms(idp_clock_system()));
 	W.alerts = NULL;
 	if (o->alerts != NULL &&
 	    audit_alerts_new(o->alerts, idp_clock_system(), &W.alerts, diag) != IDP_OK) {
@@ -560,6 +701,11 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	W.o.alerts = NULL; /* borrowed only for the constructor */
 	W.cap = o->queue_max;
 	W.ring = idp_xcalloc((size_t)W.cap, sizeof(*W.ring));
+	/* A waiter's event is queued or in the batch being written. */
+	W.wcap = o->queue_max + o->batch_max;
+	W.waiters = idp_xcalloc((size_t)W.wcap, sizeof(*W.waiters));
+	W.whead = W.wcount = 0;
+	W.timer_stop = false;
 	W.inflight_cancel = idp_xcalloc((size_t)o->batch_max, sizeof(*W.inflight_cancel));
 	W.inflight_first = 0;
 	W.inflight_n = 0;
@@ -574,14 +720,16 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	pthread_cond_init(&W.space, &ca);
 	for (int i = 0; i < DONE_WAYS; i++)
 		pthread_cond_init(&W.done[i], &ca);
+	pthread_cond_init(&W.timer_wake, &ca);
 	pthread_condattr_destroy(&ca);
+	if (pthread_create(&W.timer, NULL, timer_main, NULL) != 0) {
+		idp_diag_add(diag, "audit: cannot start the timer thread");
+		goto fail;
+	}
 	if (pthread_create(&W.thread, NULL, run, NULL) != 0) {
 		idp_diag_add(diag, "audit: cannot start the writer thread");
-		audit_alerts_free(W.alerts);
-		W.alerts = NULL;
-		free(W.ring);
-		free(W.url);
-		return IDP_EINTERNAL;
+		timer_stop();
+		goto fail;
 	}
 	pthread_mutex_lock(&W.lock);
 	W.running = true;
@@ -589,12 +737,25 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	if (metrics_register(collect, NULL) != IDP_OK)
 		log_warn("metrics: too many collectors; audit metrics not exported");
 	return IDP_OK;
+fail:
+	audit_alerts_free(W.alerts);
+	W.alerts = NULL;
+	free(W.ring);
+	W.ring = NULL;
+	free(W.waiters);
+	W.waiters = NULL;
+	free(W.inflight_cancel);
+	W.inflight_cancel = NULL;
+	free(W.url);
+	W.url = NULL;
+	return IDP_EINTERNAL;
 }
 
 int
 audit_writer_stop(int64_t timeout_ms)
 {
-	int left;
+	struct waiter *failed;
+	int left, n_failed;
 
 	pthread_mutex_lock(&W.lock);
 	if (!W.running) {
@@ -607,6 +768,7 @@ audit_writer_stop(int64_t timeout_ms)
 	pthread_cond_signal(&W.work);
 	pthread_mutex_unlock(&W.lock);
 	pthread_join(W.thread, NULL);
+	timer_stop();
 
 	pthread_mutex_lock(&W.lock);
 	left = W.count;
@@ -620,7 +782,18 @@ audit_writer_stop(int64_t timeout_ms)
 	pthread_cond_broadcast(&W.space);
 	for (int i = 0; i < DONE_WAYS; i++)
 		pthread_cond_broadcast(&W.done[i]);
+	/* And tell those that did not wait: their events were not written. */
+	n_failed = W.wcount;
+	failed = idp_xcalloc((size_t)(n_failed > 0 ? n_failed : 1), sizeof(*failed));
+	for (int i = 0; i < n_failed; i++)
+		waiter_pop(&failed[i]);
 	pthread_mutex_unlock(&W.lock);
+	for (int i = 0; i < n_failed; i++)
+		failed[i].done(failed[i].arg, IDP_EUNAVAIL);
+	free(failed);
+	pthread_cond_destroy(&W.timer_wake);
+	free(W.waiters);
+	W.waiters = NULL;
 	free(W.ring);
 	W.ring = NULL;
 	free(W.inflight_cancel);
@@ -666,55 +839,26 @@ emit(struct audit_event *ev, bool wait)
 	struct slot sl;
 	struct timespec deadline;
 	uint64_t mine;
-	int rc = IDP_OK;
+	int rc;
 
-	if (ev == NULL)
-		return IDP_EINVAL;
-	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
-		audit_event_free(ev);
-		return IDP_EINTERNAL;
-	}
-	if (audit_event_time(ev) == AUDIT_TIME_UNSET &&
-	    audit_event_set_time(ev, idp_now_ms(idp_clock_system())) != IDP_OK) {
-		audit_event_free(ev);
-		return IDP_EINTERNAL;
-	}
-	/* W.instance is written once, before the writer runs, and read only. */
-	if (audit_event_get(ev, AUDIT_F_INSTANCE_ID) == NULL && W.instance[0] != '\0' &&
-	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, W.instance) != IDP_OK)
-		log_warn("audit: instance id rejected by the event model");
-	sl.ev = ev;
-	sl.canon = audit_event_canonical(ev, &sl.clen);
+	if ((rc = prepare(ev, &sl)) != IDP_OK)
+		return rc;
 	pthread_mutex_lock(&W.lock);
-	if (!W.running) {
-		pthread_mutex_unlock(&W.lock);
-		audit_event_free(ev);
-		free(sl.canon);
-		atomic_fetch_add(&W.refused, 1);
-		return IDP_EUNAVAIL;
-	}
+	if (!W.running)
+		return refuse_locked(&sl);
 	deadline_in(&deadline, W.o.timeout_ms);
 	while (W.count == W.cap) {
 		if (!wait || W.o.fail_closed || !W.running ||
-		    pthread_cond_timedwait(&W.space, &W.lock, &deadline) == ETIMEDOUT) {
-			pthread_mutex_unlock(&W.lock);
-			audit_event_free(ev);
-			free(sl.canon);
-			atomic_fetch_add(&W.refused, 1);
-			return IDP_EUNAVAIL;
-		}
+		    pthread_cond_timedwait(&W.space, &W.lock, &deadline) == ETIMEDOUT)
+			return refuse_locked(&sl);
 	}
-	W.ring[(W.head + W.count) % W.cap] = sl;
-	W.count++;
-	mine = ++W.enq_seq;
-	atomic_fetch_add(&W.queued, 1);
-	pthread_cond_signal(&W.work);
+	mine = enqueue(&sl);
 	if (W.o.sync && wait) {
 		/* A stopped writer leaves committed_seq where it is; the
 		 * deadline ends the wait either way. */
 		while (W.committed_seq < mine) {
-			if (pthread_cond_timedwait(&W.done[mine % DONE_WAYS], &W.lock,
-						   &deadline) == ETIMEDOUT) {
+			if (pthread_cond_timedwait(&W.done[mine % DONE_WAYS], &W.lock, &deadline) ==
+			    ETIMEDOUT) {
 				if (W.committed_seq >= mine)
 					break;
 				atomic_fetch_add(&W.timeouts, 1);
@@ -738,6 +882,38 @@ int
 audit_emit_nowait(struct audit_event *ev)
 {
 	return emit(ev, false);
+}
+
+int
+audit_emit_then(struct audit_event *ev, audit_done_fn done, void *arg)
+{
+	struct slot sl;
+	uint64_t mine;
+	int rc;
+
+	if (done == NULL) {
+		audit_event_free(ev);
+		return IDP_EINVAL;
+	}
+	if ((rc = prepare(ev, &sl)) != IDP_OK)
+		return rc;
+	pthread_mutex_lock(&W.lock);
+	/* Never waits for room: a full queue is refused, as under fail_closed.
+	 * The waiters ring holds every queued and in-flight event, so it has
+	 * room whenever the queue has. */
+	if (!W.running || W.count == W.cap || W.wcount == W.wcap)
+		return refuse_locked(&sl);
+	mine = enqueue(&sl);
+	if (!W.o.sync) {
+		pthread_mutex_unlock(&W.lock);
+		return IDP_OK;
+	}
+	W.waiters[(W.whead + W.wcount) % W.wcap] =
+	    (struct waiter){mine, done, arg, idp_mono_us() + W.o.timeout_ms * 1000};
+	if (W.wcount++ == 0)
+		pthread_cond_signal(&W.timer_wake);
+	pthread_mutex_unlock(&W.lock);
+	return AUDIT_PENDING;
 }
 
 void

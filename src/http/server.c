@@ -36,8 +36,8 @@
 #include "idpd/metrics.h"
 
 /* Latency histogram bounds, in microseconds. */
-static const int64_t lat_bounds[] = {100,   250,    500,    1000,   2500,    5000,   10000,
-				     25000, 50000, 100000, 250000, 500000, 1000000};
+static const int64_t lat_bounds[] = {100,   250,   500,    1000,   2500,   5000,   10000,
+                                     25000, 50000, 100000, 250000, 500000, 1000000};
 #define N_BOUNDS (IDP_ARRAY_LEN(lat_bounds))
 #define N_STATUS 600
 #define DISCARD_MAX (16u << 20)
@@ -64,6 +64,9 @@ struct http_server {
 	struct http_server_opts opts;
 	char listen[64];
 	_Atomic int in_flight;
+	/* Requests handed to another thread by http_req_suspend, not yet
+	 * resumed: MHD must not stop while one is suspended. */
+	_Atomic int held;
 	/* Set when shutdown begins: responses then carry "Connection: close",
 	 * so keep-alive clients leave and in_flight can reach zero. */
 	_Atomic bool draining;
@@ -92,17 +95,29 @@ struct http_req {
 	struct idp_buf body;
 	struct resp_header *headers;
 	bool answered;
-	bool on_pool;   /* the handler runs on the pool: stash the response */
-	bool deferred;  /* an inline handler asked to be run on the pool */
-	bool no_defer;  /* the pool is stopping: the handler must finish here */
+	bool on_pool;              /* the handler runs on the pool: stash the response */
+	bool deferred;             /* an inline handler asked to be run on the pool */
+	bool no_defer;             /* the pool is stopping: the handler must finish here */
 	struct MHD_Response *resp; /* stashed until the connection is resumed */
 	int resp_status;
 	struct http_req *next_job;
+	http_handler cont; /* the job is this continuation, not the route's handler */
+	void *cont_arg;
 	bool too_big; /* body passed the cap: discard the rest, answer 413 at the end */
 	size_t discarded;
 	int status;
 	int64_t start_us;
 };
+
+/*
+ * The request a handler gave away on this thread (http_req_suspend,
+ * http_req_continue): from then on another thread may answer and free it,
+ * so the code that ran the handler compares the pointer and touches
+ * nothing behind it.
+ */
+static _Thread_local struct http_req *given_away;
+
+static bool pool_push(struct http_req *req);
 
 /* ---- responses ---- */
 
@@ -115,7 +130,7 @@ queue(struct http_req *req, int status, const char *ctype, void *data, size_t le
 
 	if (req->answered) {
 		log_error("bug: second response for %s %s (request %s)", req->method_text,
-			  http_req_route(req), req->request_id);
+		          http_req_route(req), req->request_id);
 		if (mode == MHD_RESPMEM_MUST_FREE)
 			free(data);
 		return;
@@ -179,14 +194,13 @@ http_add_header(struct http_req *req, const char *name, const char *value)
 
 void
 http_reply_data(struct http_req *req, int status, const char *content_type, const void *data,
-		size_t len)
+                size_t len)
 {
 	queue(req, status, content_type, (void *)data, len, MHD_RESPMEM_MUST_COPY);
 }
 
 void
-http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
-		size_t len)
+http_reply_take(struct http_req *req, int status, const char *content_type, char *data, size_t len)
 {
 	queue(req, status, content_type, data, len, MHD_RESPMEM_MUST_FREE);
 }
@@ -205,8 +219,8 @@ reply_json_typed(struct http_req *req, int status, json_t *body, const char *cty
 	json_decref(body);
 	if (text == NULL) {
 		static const char fallback[] =
-			"{\"type\":\"urn:idpd:problem:internal\",\"title\":\"Internal Server Error\","
-			"\"status\":500,\"code\":\"internal\"}";
+		    "{\"type\":\"urn:idpd:problem:internal\",\"title\":\"Internal Server Error\","
+		    "\"status\":500,\"code\":\"internal\"}";
 
 		log_error("cannot serialize a response for request %s", req->request_id);
 		queue(req, 500, "application/problem+json", (void *)fallback, sizeof(fallback) - 1,
@@ -223,24 +237,24 @@ http_reply_json(struct http_req *req, int status, json_t *body)
 }
 
 static void vproblem(struct http_req *req, int status, const char *code, json_t *extra,
-		     const char *fmt, va_list ap) IDP_PRINTF(5, 0);
+                     const char *fmt, va_list ap) IDP_PRINTF(5, 0);
 
 static void
 vproblem(struct http_req *req, int status, const char *code, json_t *extra, const char *fmt,
-	 va_list ap)
+         va_list ap)
 {
 	char detail[1024];
 	json_t *p;
 
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	p = json_pack("{s:s+,s:s,s:i,s:s,s:s,s:s}", "type", "urn:idpd:problem:", code, "title",
-		      http_status_title(status), "status", status, "detail", detail, "code", code,
-		      "request_id", req->request_id);
+	              http_status_title(status), "status", status, "detail", detail, "code", code,
+	              "request_id", req->request_id);
 	if (p == NULL) {
 		/* detail was not valid UTF-8 (it may echo input): drop it. */
 		p = json_pack("{s:s+,s:s,s:i,s:s,s:s}", "type", "urn:idpd:problem:", code, "title",
-			      http_status_title(status), "status", status, "code", code,
-			      "request_id", req->request_id);
+		              http_status_title(status), "status", status, "code", code,
+		              "request_id", req->request_id);
 	}
 	if (p != NULL && extra != NULL)
 		json_object_update_missing(p, extra);
@@ -254,7 +268,7 @@ vproblem(struct http_req *req, int status, const char *code, json_t *extra, cons
 
 void
 http_reply_problem(struct http_req *req, int status, const char *code, json_t *extra,
-		   const char *fmt, ...)
+                   const char *fmt, ...)
 {
 	va_list ap;
 
@@ -321,8 +335,7 @@ http_req_query(struct http_req *req, const char *name)
 }
 
 bool
-http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
-		   long *out)
+http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt, long *out)
 {
 	const char *s = http_req_query(req, name);
 	char *end;
@@ -373,12 +386,59 @@ http_req_peer(struct http_req *req)
 }
 
 bool
+http_req_may_wait(const struct http_req *req)
+{
+	return req->on_pool || req->no_defer || req->answered || req->srv->pool.n == 0;
+}
+
+bool
 http_req_defer(struct http_req *req)
 {
-	if (req->on_pool || req->no_defer || req->answered || req->srv->pool.n == 0)
+	if (http_req_may_wait(req))
 		return false;
 	req->deferred = true;
 	return true;
+}
+
+void
+http_req_suspend(struct http_req *req)
+{
+	if (!req->on_pool) {
+		req->on_pool = true;
+		MHD_suspend_connection(req->conn);
+	}
+	atomic_fetch_add(&req->srv->held, 1);
+	given_away = req;
+}
+
+void
+http_req_resume(struct http_req *req)
+{
+	struct http_server *s = req->srv;
+
+	if (!req->answered) {
+		log_error("bug: request %s resumed without an answer", req->request_id);
+		http_reply_problem(req, 500, "internal", NULL, "internal error");
+	}
+	MHD_resume_connection(req->conn);
+	atomic_fetch_sub(&s->held, 1);
+}
+
+void
+http_req_continue(struct http_req *req, http_handler fn, void *arg)
+{
+	if (req->on_pool || req->no_defer || req->srv->pool.n == 0) {
+		fn(req, arg);
+		return;
+	}
+	req->cont = fn;
+	req->cont_arg = arg;
+	if (!pool_push(req)) {
+		req->cont = NULL;
+		fn(req, arg);
+		return;
+	}
+	given_away = req;
 }
 
 bool
@@ -412,7 +472,7 @@ http_req_json_object(struct http_req *req)
 
 	if (!is_json_type(http_req_header(req, "Content-Type"))) {
 		http_reply_problem(req, 415, "unsupported_media_type", NULL,
-				   "the body must be application/json");
+		                   "the body must be application/json");
 		return NULL;
 	}
 	if (req->body.len == 0) {
@@ -420,16 +480,16 @@ http_req_json_object(struct http_req *req)
 		return NULL;
 	}
 	j = http_json_parse(idp_buf_str(&req->body), req->body.len, req->srv->opts.json_max_depth,
-			    err, sizeof(err));
+	                    err, sizeof(err));
 	if (j == NULL) {
 		http_reply_problem(req, 400, "invalid_json", NULL, "the body is not valid JSON: %s",
-				   err);
+		                   err);
 		return NULL;
 	}
 	if (!json_is_object(j)) {
 		json_decref(j);
 		http_reply_problem(req, 400, "invalid_json", NULL,
-				   "the body must be a JSON object");
+		                   "the body must be a JSON object");
 		return NULL;
 	}
 	return j;
@@ -444,15 +504,15 @@ field_error(const char *field, const char *message)
 
 	for (i = 0; field[i] != '\0' && i + 1 < sizeof(safe); i++)
 		safe[i] = (unsigned char)field[i] >= 0x20 && (unsigned char)field[i] < 0x7f
-				  ? field[i]
-				  : '?';
+		              ? field[i]
+		              : '?';
 	safe[i] = '\0';
 	return json_pack("{s:s,s:s}", "field", safe, "message", message);
 }
 
 bool
 http_req_optional_text(struct http_req *req, const char *field, size_t max, json_t **holder,
-		       const char **out)
+                       const char **out)
 {
 	const char *k;
 	json_t *v, *errors;
@@ -467,27 +527,26 @@ http_req_optional_text(struct http_req *req, const char *field, size_t max, json
 	*holder = http_req_json_object(req);
 	if (*holder == NULL)
 		return false;
-	snprintf(msg, sizeof(msg),
-		 "must be a string of 1 to %zu bytes without control characters", max);
+	snprintf(msg, sizeof(msg), "must be a string of 1 to %zu bytes without control characters",
+	         max);
 	errors = json_array();
 	json_object_foreach(*holder, k, v)
 	{
 		const char *s = json_string_value(v);
 		bool bad = strcmp(k, field) != 0 || s == NULL ||
-			   strlen(s) != json_string_length(v) || s[0] == '\0' || strlen(s) > max;
+		           strlen(s) != json_string_length(v) || s[0] == '\0' || strlen(s) > max;
 
 		for (size_t i = 0; !bad && s[i] != '\0'; i++)
 			bad = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
 		if (!bad)
 			*out = s;
 		else
-			json_array_append_new(errors,
-					      field_error(k, strcmp(k, field) != 0 ? "unknown field"
-										: msg));
+			json_array_append_new(
+			    errors, field_error(k, strcmp(k, field) != 0 ? "unknown field" : msg));
 	}
 	if (json_array_size(errors) > 0) {
-		http_reply_problem(req, 422, "unprocessable",
-				   json_pack("{s:o}", "errors", errors), "the body is not valid");
+		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
+		                   "the body is not valid");
 		json_decref(*holder);
 		*holder = NULL;
 		*out = NULL;
@@ -567,29 +626,40 @@ req_new(struct http_server *s, struct MHD_Connection *conn, const char *url, con
 		const struct sockaddr *sa = ci->client_addr;
 
 		if (sa->sa_family == AF_INET)
-			inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
-				  req->peer, sizeof(req->peer));
+			inet_ntop(AF_INET,
+			          &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
+			          req->peer, sizeof(req->peer));
 		else if (sa->sa_family == AF_INET6)
 			inet_ntop(AF_INET6,
-				  &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
-				  req->peer, sizeof(req->peer));
+			          &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+			          req->peer, sizeof(req->peer));
 	}
 	return req;
 }
 
-static void
+/* Run the request's job: its continuation or its route's handler.  Returns
+ * false when the handler gave the request away: then req is not touched. */
+static bool
 run_handler(struct http_req *req)
 {
-	http_handler h;
-	void *ctx;
+	http_handler h = req->cont;
+	void *ctx = req->cont_arg;
 
-	h = http_router_handler(req->srv->router, req->route, &ctx);
+	if (h != NULL)
+		req->cont = NULL;
+	else
+		h = http_router_handler(req->srv->router, req->route, &ctx);
 	h(req, ctx);
+	if (given_away == req) {
+		given_away = NULL;
+		return false;
+	}
 	if (!req->answered && !req->deferred) {
 		log_error("bug: handler for %s returned without answering (request %s)",
-			  http_req_route(req), req->request_id);
+		          http_req_route(req), req->request_id);
 		http_reply_problem(req, 500, "internal", NULL, "internal error");
 	}
+	return true;
 }
 
 static void *
@@ -613,13 +683,42 @@ pool_main(void *arg)
 			s->pool.tail = NULL;
 		pthread_mutex_unlock(&s->pool.lock);
 
-		run_handler(req);
 		/* Hand the connection back to MHD; it calls on_request again and
 		 * the stashed response is queued there.  req is not touched after
 		 * this line: it may be freed at any moment. */
-		MHD_resume_connection(req->conn);
+		if (run_handler(req))
+			MHD_resume_connection(req->conn);
 	}
 	return NULL;
+}
+
+/*
+ * Suspend req and queue it for the pool.  false when the pool is stopping
+ * (nobody would resume a suspended connection, and MHD cannot stop with
+ * one): the caller runs the job itself.
+ */
+static bool
+pool_push(struct http_req *req)
+{
+	struct http_server *s = req->srv;
+
+	pthread_mutex_lock(&s->pool.lock);
+	if (s->pool.stop) {
+		pthread_mutex_unlock(&s->pool.lock);
+		req->no_defer = true;
+		return false;
+	}
+	req->on_pool = true;
+	MHD_suspend_connection(req->conn);
+	req->next_job = NULL;
+	if (s->pool.tail != NULL)
+		s->pool.tail->next_job = req;
+	else
+		s->pool.head = req;
+	s->pool.tail = req;
+	pthread_cond_signal(&s->pool.cond);
+	pthread_mutex_unlock(&s->pool.lock);
+	return true;
 }
 
 /* Match the route (cheap, on the I/O thread); returns true when a handler
@@ -630,16 +729,15 @@ route(struct http_req *req)
 	struct http_server *s = req->srv;
 
 	http_router_match(s->router, req->method, req->path, req->scratch, sizeof(req->scratch),
-			  &req->match);
+	                  &req->match);
 	if (req->match.status == 405) {
 		char allow[128];
 
 		http_allow_format(req->match.allow, allow, sizeof(allow));
 		http_add_header(req, "Allow", allow);
-		http_reply_problem(req, 405, "method_not_allowed", NULL,
-				   "%s is not allowed here; allowed: %s",
-				   req->method ? http_method_name(req->method) : "this method",
-				   allow);
+		http_reply_problem(
+		    req, 405, "method_not_allowed", NULL, "%s is not allowed here; allowed: %s",
+		    req->method ? http_method_name(req->method) : "this method", allow);
 		return false;
 	}
 	if (req->match.status != 0) {
@@ -658,36 +756,18 @@ dispatch(struct http_req *req)
 	if (!route(req))
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
-		run_handler(req);
-		if (!req->deferred)
+		if (!run_handler(req) || !req->deferred)
 			return;
 		req->deferred = false; /* it would block: to the pool with it */
 	}
-	pthread_mutex_lock(&s->pool.lock);
-	if (s->pool.stop) {
-		/* The pool is going away: nobody would resume a suspended
-		 * connection, and MHD cannot stop with one.  The last requests
-		 * of a shutdown run here instead. */
-		pthread_mutex_unlock(&s->pool.lock);
-		req->no_defer = true;
-		run_handler(req);
-		return;
-	}
-	req->on_pool = true;
-	MHD_suspend_connection(req->conn);
-	req->next_job = NULL;
-	if (s->pool.tail != NULL)
-		s->pool.tail->next_job = req;
-	else
-		s->pool.head = req;
-	s->pool.tail = req;
-	pthread_cond_signal(&s->pool.cond);
-	pthread_mutex_unlock(&s->pool.lock);
+	/* The last requests of a shutdown run here. */
+	if (!pool_push(req))
+		(void)run_handler(req);
 }
 
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-	   const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+           const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
 	struct http_server *s = cls;
 	struct http_req *req = *con_cls;
@@ -706,8 +786,8 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 
 			if (*end == '\0' && n > s->opts.max_body)
 				http_reply_problem(req, 413, "payload_too_large", NULL,
-						   "the body is larger than %zu bytes",
-						   s->opts.max_body);
+				                   "the body is larger than %zu bytes",
+				                   s->opts.max_body);
 		}
 		return MHD_YES;
 	}
@@ -732,14 +812,14 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		req->on_pool = false;
 		if (MHD_queue_response(conn, (unsigned)req->resp_status, req->resp) != MHD_YES)
 			log_warn("could not queue response %d for request %s", req->resp_status,
-				 req->request_id);
+			         req->request_id);
 		MHD_destroy_response(req->resp);
 		req->resp = NULL;
 		return MHD_YES;
 	}
 	if (req->too_big)
 		http_reply_problem(req, 413, "payload_too_large", NULL,
-				   "the body is larger than %zu bytes", s->opts.max_body);
+		                   "the body is larger than %zu bytes", s->opts.max_body);
 	else if (!req->answered)
 		dispatch(req);
 	return MHD_YES;
@@ -771,17 +851,17 @@ access_log(struct http_req *req, int64_t us)
 	/* The route pattern, not the raw path: paths and queries can carry
 	 * identifiers an operator did not mean to log. */
 	n = snprintf(line, sizeof(line),
-		     "{\"ts\":\"%s\",\"type\":\"access\",\"method\":\"%s\",\"route\":\"%s\","
-		     "\"status\":%d,\"us\":%lld,\"request_id\":\"%s\",\"peer\":\"%s\"}",
-		     ts, req->method ? http_method_name(req->method) : "other", http_req_route(req),
-		     req->status, (long long)us, req->request_id, req->peer);
+	             "{\"ts\":\"%s\",\"type\":\"access\",\"method\":\"%s\",\"route\":\"%s\","
+	             "\"status\":%d,\"us\":%lld,\"request_id\":\"%s\",\"peer\":\"%s\"}",
+	             ts, req->method ? http_method_name(req->method) : "other", http_req_route(req),
+	             req->status, (long long)us, req->request_id, req->peer);
 	if (n > 0)
 		idp_log_raw(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
 static void
 on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-	     enum MHD_RequestTerminationCode toe)
+             enum MHD_RequestTerminationCode toe)
 {
 	struct http_server *s = cls;
 	struct http_req *req = *con_cls;
@@ -830,25 +910,28 @@ collect(struct idp_buf *out, void *ctx)
 	int rc = 0;
 
 	rc |= idp_buf_puts(out, "# HELP idpd_http_requests_total HTTP requests by route and "
-				"status.\n# TYPE idpd_http_requests_total counter\n");
+	                        "status.\n# TYPE idpd_http_requests_total counter\n");
 	for (size_t i = 0; i < s->n_stats; i++) {
-		const char *route = http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
+		const char *route =
+		    http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
 
 		for (int st = 100; st < N_STATUS; st++) {
-			uint64_t v = atomic_load_explicit(&s->stats[i].by_status[st],
-							  memory_order_relaxed);
+			uint64_t v =
+			    atomic_load_explicit(&s->stats[i].by_status[st], memory_order_relaxed);
 
 			if (v != 0)
 				rc |= idp_buf_printf(
-					out, "idpd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-					route, st, (unsigned long long)v);
+				    out,
+				    "idpd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+				    route, st, (unsigned long long)v);
 		}
 	}
 	rc |= idp_buf_puts(out, "# HELP idpd_http_request_duration_seconds Time from request "
-				"headers to response completion.\n"
-				"# TYPE idpd_http_request_duration_seconds histogram\n");
+	                        "headers to response completion.\n"
+	                        "# TYPE idpd_http_request_duration_seconds histogram\n");
 	for (size_t i = 0; i < s->n_stats; i++) {
-		const char *route = http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
+		const char *route =
+		    http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
 		uint64_t cum = 0, count;
 
 		count = atomic_load_explicit(&s->stats[i].count, memory_order_relaxed);
@@ -857,29 +940,30 @@ collect(struct idp_buf *out, void *ctx)
 		for (size_t b = 0; b <= N_BOUNDS; b++) {
 			cum += atomic_load_explicit(&s->stats[i].buckets[b], memory_order_relaxed);
 			if (b < N_BOUNDS)
-				rc |= idp_buf_printf(out,
-						     "idpd_http_request_duration_seconds_bucket{route="
-						     "\"%s\",le=\"%g\"} %llu\n",
-						     route, (double)lat_bounds[b] / 1e6,
-						     (unsigned long long)cum);
+				rc |= idp_buf_printf(
+				    out,
+				    "idpd_http_request_duration_seconds_bucket{route="
+				    "\"%s\",le=\"%g\"} %llu\n",
+				    route, (double)lat_bounds[b] / 1e6, (unsigned long long)cum);
 			else
-				rc |= idp_buf_printf(out,
-						     "idpd_http_request_duration_seconds_bucket{route="
-						     "\"%s\",le=\"+Inf\"} %llu\n",
-						     route, (unsigned long long)cum);
+				rc |= idp_buf_printf(
+				    out,
+				    "idpd_http_request_duration_seconds_bucket{route="
+				    "\"%s\",le=\"+Inf\"} %llu\n",
+				    route, (unsigned long long)cum);
 		}
 		rc |= idp_buf_printf(
-			out,
-			"idpd_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
-			"idpd_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
-			route,
-			(double)atomic_load_explicit(&s->stats[i].sum_us, memory_order_relaxed) / 1e6,
-			route, (unsigned long long)count);
+		    out,
+		    "idpd_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
+		    "idpd_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+		    route,
+		    (double)atomic_load_explicit(&s->stats[i].sum_us, memory_order_relaxed) / 1e6,
+		    route, (unsigned long long)count);
 	}
 	rc |= idp_buf_printf(out,
-			     "# HELP idpd_http_in_flight Requests being served.\n"
-			     "# TYPE idpd_http_in_flight gauge\nidpd_http_in_flight %d\n",
-			     atomic_load(&s->in_flight));
+	                     "# HELP idpd_http_in_flight Requests being served.\n"
+	                     "# TYPE idpd_http_in_flight gauge\nidpd_http_in_flight %d\n",
+	                     atomic_load(&s->in_flight));
 	if (rc != 0)
 		log_warn("metrics: output truncated");
 }
@@ -909,7 +993,7 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	struct http_server *s = idp_xcalloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
-			 MHD_ALLOW_SUSPEND_RESUME;
+	                 MHD_ALLOW_SUSPEND_RESUME;
 	socklen_t sl;
 
 	memset(&ss, 0, sizeof(ss));
@@ -928,7 +1012,7 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 		flags |= MHD_USE_IPv6;
 	} else {
 		idp_diag_add(diag, "server.listen: \"%s\" is not an IPv4 or IPv6 address",
-			     o->listen);
+		             o->listen);
 		http_router_free(r);
 		free(s);
 		return NULL;
@@ -941,17 +1025,17 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	s->n_stats = http_router_count(r) + 1;
 	s->stats = idp_xcalloc(s->n_stats, sizeof(*s->stats));
 	/* The logger goes first, so MHD sends even its option errors to it. */
-	s->mhd = MHD_start_daemon(
-		flags, (uint16_t)o->port, on_accept, s, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
-		mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
-		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT,
-		(unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-		(unsigned)o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-		MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-		MHD_OPTION_END);
+	s->mhd = MHD_start_daemon(flags, (uint16_t)o->port, on_accept, s, on_request, s,
+	                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+	                          &ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads,
+	                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+	                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->connection_timeout_s,
+	                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+	                          MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
 	if (s->mhd == NULL) {
-		idp_diag_add(diag, "cannot listen on %s:%d (in use, or not an address of this host)",
-			     o->listen, o->port);
+		idp_diag_add(diag,
+		             "cannot listen on %s:%d (in use, or not an address of this host)",
+		             o->listen, o->port);
 		http_router_free(r);
 		free(s->stats);
 		free(s);
@@ -960,11 +1044,11 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	pthread_mutex_init(&s->pool.lock, NULL);
 	pthread_cond_init(&s->pool.cond, NULL);
 	s->pool.threads = idp_xcalloc((size_t)(o->handler_threads > 0 ? o->handler_threads : 1),
-				      sizeof(pthread_t));
+	                              sizeof(pthread_t));
 	for (int i = 0; i < o->handler_threads; i++) {
 		if (pthread_create(&s->pool.threads[i], NULL, pool_main, s) != 0) {
 			log_warn("http: started only %d of %d handler threads", i,
-				 o->handler_threads);
+			         o->handler_threads);
 			break;
 		}
 		s->pool.n++;
@@ -1006,6 +1090,13 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	pthread_mutex_unlock(&s->pool.lock);
 	for (int i = 0; i < s->pool.n; i++)
 		pthread_join(s->pool.threads[i], NULL);
+	/* A request handed to the audit writer is answered within
+	 * audit.timeout, committed or not: wait for it. */
+	while (atomic_load(&s->held) > 0) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
 	MHD_stop_daemon(s->mhd);
 	pthread_cond_destroy(&s->pool.cond);
 	pthread_mutex_destroy(&s->pool.lock);

@@ -252,14 +252,29 @@ done:
 	return rc;
 }
 
+static int authenticate(const char *token, bool may_block, struct agent_principal *out,
+                        const char **reason);
+
 int
 authenticate_agent(struct http_req *req, struct agent_principal *out, const char **reason)
 {
-	return authenticate_agent_token(http_req_bearer(req), out, reason);
+	return authenticate(http_req_bearer(req), true, out, reason);
+}
+
+int
+authenticate_agent_nowait(struct http_req *req, struct agent_principal *out, const char **reason)
+{
+	return authenticate(http_req_bearer(req), false, out, reason);
 }
 
 int
 authenticate_agent_token(const char *token, struct agent_principal *out, const char **reason)
+{
+	return authenticate(token, true, out, reason);
+}
+
+static int
+authenticate(const char *token, bool may_block, struct agent_principal *out, const char **reason)
 {
 	struct attest_conf *conf = attest_conf_current();
 	struct idp_jws_keyset *set = NULL;
@@ -288,6 +303,10 @@ authenticate_agent_token(const char *token, struct agent_principal *out, const c
 	                       cred_cache, &out->cred, &why);
 	if (rc != IDP_OK)
 		goto done;
+	if (!may_block && registry_get_would_block(out->cred.agent_id)) {
+		rc = IDP_EWOULDBLOCK;
+		goto done;
+	}
 	rc = registry_get(out->cred.agent_id, &a);
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
 		why = "unknown_agent";
@@ -320,7 +339,8 @@ authenticate_agent_token(const char *token, struct agent_principal *out, const c
 		goto done;
 	}
 	if (rc != IDP_OK)
-		rc = attest_db_credential_check(out->cred.jti, out->cred.agent_id, &why);
+		rc = may_block ? attest_db_credential_check(out->cred.jti, out->cred.agent_id, &why)
+		               : IDP_EWOULDBLOCK;
 	if (rc != IDP_OK)
 		goto done;
 	out->agent = a;
@@ -332,6 +352,8 @@ done:
 	if (rc != IDP_OK) {
 		if (rc == IDP_EUNAVAIL && why == NULL)
 			why = "unavailable";
+		if (rc == IDP_EWOULDBLOCK)
+			why = NULL;
 		memset(out, 0, sizeof(*out));
 	}
 	if (reason != NULL)

@@ -234,9 +234,9 @@ rules_join(struct issuing *s)
 	}
 }
 
-/* token.issued (durable: false means the token must not go out) or token.denied. */
-static bool
-audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s)
+/* The outcome's event, token.issued or token.denied; NULL only on a bug. */
+static struct audit_event *
+outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s)
 {
 	const struct access_ask *a = s->a;
 	struct audit_event *ev =
@@ -248,7 +248,7 @@ audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	int rc = IDP_OK;
 
 	if (ev == NULL)
-		return false;
+		return NULL;
 	if (dec != NULL && audit_decision_parse(dec, &ad) == IDP_OK)
 		audit_event_set_decision(ev, ad);
 	audit_event_set_outcome(ev, issued ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_DENIED);
@@ -303,9 +303,9 @@ audit_outcome(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	if (rc != IDP_OK) {
 		log_error("access: bug: cannot build the token event");
 		audit_event_free(ev);
-		return false;
+		return NULL;
 	}
-	return audit_emit(ev) == IDP_OK;
+	return ev;
 }
 
 /* Verify the presented delegation token: ours, for idpd, unexpired, the caller's, this task's. */
@@ -404,9 +404,14 @@ chain_agents_ok(struct issuing *s)
 	for (size_t i = 0; i < s->chain->n; i++) {
 		const struct revocation_link *l = &s->chain->links[i];
 		const struct registry_agent *ag = NULL;
-		int rc = registry_get(l->agent_id, &ag);
 		bool live;
+		int rc;
 
+		if (!s->a->may_block && registry_get_would_block(l->agent_id)) {
+			s->g->would_block = true;
+			return false;
+		}
+		rc = registry_get(l->agent_id, &ag);
 		if (rc == IDP_EUNAVAIL) {
 			refuse(s, 503, "unavailable");
 			return false;
@@ -620,6 +625,11 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	int rc;
 
 	memset(g, 0, sizeof(*g));
+	if (!a->may_block && (a->delegation_token == NULL || a->approval_id != NULL)) {
+		/* The root token and the approval are read from PostgreSQL. */
+		g->would_block = true;
+		return;
+	}
 	idp_buf_init(&claims, IDP_JWS_MAX_TOKEN);
 	/* 1. The audience names a resource. */
 	if (!resource_get(a->audience, &res, &default_ttl_ms, &max_ttl_ms)) {
@@ -630,7 +640,12 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	if (a->delegation_token != NULL ? !parent_verify(&s) : !root_token(&s))
 		goto refused;
 	/* 3. The chain is live: no link revoked, the task open. */
-	rc = revocation_check_delegation(s.djti, s.task_id, now_ms / 1000, &s.chain, &why);
+	rc = revocation_check_delegation(s.djti, s.task_id, now_ms / 1000, a->may_block, &s.chain,
+	                                 &why);
+	if (rc == IDP_EWOULDBLOCK) {
+		g->would_block = true;
+		goto done;
+	}
 	if (rc == IDP_EUNAVAIL) {
 		refuse(&s, 503, "unavailable");
 		goto refused;
@@ -653,8 +668,11 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		}
 	}
 	/* Every agent on the chain is still active. */
-	if (!chain_agents_ok(&s))
+	if (!chain_agents_ok(&s)) {
+		if (g->would_block)
+			goto done;
 		goto refused;
+	}
 	/* 5. An approval presented must be for exactly this request. */
 	subj = (struct approval_subject){
 	    .kind = APPROVAL_TOKEN,
@@ -702,13 +720,10 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		goto refused;
 	}
 	if (strcmp(dec, "REQUIRE_APPROVAL") == 0) {
+		/* Recorded by access_finish, where PostgreSQL may be waited on. */
 		subj.reason = g->decision.reason;
 		subj.rules = s.rules[0] != '\0' ? s.rules : NULL;
-		if (approval_request(&subj, g->approval_id, &g->approval_expires_s) != IDP_OK) {
-			g->approval_id[0] = '\0';
-			refuse(&s, 503, "unavailable");
-			goto refused;
-		}
+		g->approval = approval_subject_dup(&subj);
 		refuse(&s, 202, "approval_required");
 		goto refused;
 	}
@@ -746,7 +761,8 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 500, "internal");
 		goto refused;
 	}
-	if (!audit_outcome(&s, true, g->scope, exp_ms / 1000)) {
+	g->event = outcome_event(&s, true, g->scope, exp_ms / 1000);
+	if (g->event == NULL) {
 		/* Not durable, not issued. */
 		idp_wipe(g->token, strlen(g->token));
 		free(g->token);
@@ -763,7 +779,8 @@ refused:
 	/* A 5xx is idpd's own failure, logged where it happened; writing it
 	 * to an audit log that may be the thing down would only delay it. */
 	/* A 202 is audited by approval_request as approval.requested. */
-	if (g->status < 500 && g->status != 202 && !audit_outcome(&s, false, NULL, 0))
+	if (g->status < 500 && g->status != 202 &&
+	    (g->event = outcome_event(&s, false, NULL, 0)) == NULL)
 		log_warn("access: cannot record the refusal (%s) in the audit log", g->code);
 done:
 	idp_jws_key_unref(key);
@@ -784,9 +801,96 @@ access_grant_cleanup(struct access_grant *g)
 		idp_wipe(g->token, strlen(g->token));
 		free(g->token);
 	}
+	audit_event_free(g->event);
+	free(g->approval);
 	free(g->scope);
 	policy_outcome_cleanup(&g->decision);
 	memset(g, 0, sizeof(*g));
+}
+
+/* ---- finishing: the outcome made durable, then the answer ---- */
+
+/* A grant on its way to its answer, owned by whichever thread holds it. */
+struct finishing {
+	struct http_req *req;
+	access_reply_fn reply;
+	struct access_grant g;
+};
+
+static void
+finish_answer(struct finishing *f)
+{
+	f->reply(f->req, &f->g);
+	access_grant_cleanup(&f->g);
+	free(f);
+}
+
+/* The audit writer's word on the outcome's event (writer or timer thread). */
+static void
+audited(void *arg, int rc)
+{
+	struct finishing *f = arg;
+	struct http_req *req = f->req;
+
+	if (rc != IDP_OK && f->g.status == 200) {
+		/* Not durable, not issued. */
+		idp_wipe(f->g.token, strlen(f->g.token));
+		free(f->g.token);
+		f->g.token = NULL;
+		f->g.status = 503;
+		f->g.code = "unavailable";
+		log_warn("access: token %s withheld: its audit event is not durable", f->g.jti);
+	} else if (rc != IDP_OK) {
+		log_warn("access: cannot record the refusal (%s) in the audit log", f->g.code);
+	}
+	finish_answer(f);
+	http_req_resume(req);
+}
+
+/* On the handler pool: record the approval the policy asked for. */
+static void
+request_approval(struct http_req *req, void *arg)
+{
+	struct finishing *f = arg;
+
+	(void)req;
+	if (approval_request(f->g.approval, f->g.approval_id, &f->g.approval_expires_s) != IDP_OK) {
+		f->g.approval_id[0] = '\0';
+		f->g.status = 503;
+		f->g.code = "unavailable";
+	}
+	finish_answer(f);
+}
+
+void
+access_finish(struct http_req *req, struct access_grant *g, access_reply_fn reply)
+{
+	struct finishing *f;
+	struct audit_event *ev;
+	int rc;
+
+	if (g->event == NULL && g->approval == NULL) {
+		reply(req, g);
+		access_grant_cleanup(g);
+		return;
+	}
+	f = idp_xcalloc(1, sizeof(*f));
+	f->req = req;
+	f->reply = reply;
+	f->g = *g;
+	memset(g, 0, sizeof(*g));
+	if (f->g.approval != NULL) {
+		http_req_continue(req, request_approval, f);
+		return;
+	}
+	/* From here f belongs to the audit writer: the callback may run before
+	 * audit_emit_then returns. */
+	ev = f->g.event;
+	f->g.event = NULL;
+	http_req_suspend(req);
+	rc = audit_emit_then(ev, audited, f);
+	if (rc != AUDIT_PENDING)
+		audited(f, rc);
 }
 
 /* ---- POST /v1/token ---- */
@@ -936,7 +1040,15 @@ post_token(struct http_req *req, void *ctx)
 
 	(void)ctx;
 	memset(&g, 0, sizeof(g));
-	rc = authenticate_agent(req, &who, &why);
+	/* Inline on the I/O thread: whatever would wait on PostgreSQL sends the
+	 * request to the handler pool before anything is done. */
+	a.may_block = http_req_may_wait(req);
+	rc = a.may_block ? authenticate_agent(req, &who, &why)
+	                 : authenticate_agent_nowait(req, &who, &why);
+	if (rc == IDP_EWOULDBLOCK) {
+		(void)http_req_defer(req);
+		return;
+	}
 	if (rc != IDP_OK) {
 		log_info("access: agent authentication failed: %s", why ? why : "unknown");
 		if (rc == IDP_EUNAUTH)
@@ -987,7 +1099,10 @@ post_token(struct http_req *req, void *ctx)
 		goto done;
 	}
 	access_issue(&a, &g);
-	reply(req, &g);
+	if (g.would_block)
+		(void)http_req_defer(req);
+	else
+		access_finish(req, &g, reply);
 done:
 	access_grant_cleanup(&g);
 	json_decref(body);
@@ -998,5 +1113,5 @@ int
 access_routes(struct http_router *r, struct idpd_app *app)
 {
 	(void)app;
-	return http_router_add(r, HTTP_POST, "/v1/token", post_token, NULL);
+	return http_router_add_ex(r, HTTP_POST, "/v1/token", post_token, NULL, HTTP_ROUTE_INLINE);
 }

@@ -414,6 +414,38 @@ subject_ok(const struct approval_subject *s)
 	       (s->kind == APPROVAL_TOKEN || s->kind == APPROVAL_DELEGATION);
 }
 
+struct approval_subject *
+approval_subject_dup(const struct approval_subject *s)
+{
+	const char *const *from[] = {&s->agent_id, &s->task_id, &s->human, &s->scope,
+	                             &s->target,   &s->reason,  &s->rules, &s->request_id};
+	struct approval_subject *c;
+	size_t size = sizeof(*c);
+	char *p;
+
+	for (size_t i = 0; i < IDP_ARRAY_LEN(from); i++)
+		size += *from[i] != NULL ? strlen(*from[i]) + 1 : 0;
+	c = idp_xcalloc(1, size);
+	c->kind = s->kind;
+	p = (char *)(c + 1);
+	{
+		const char **to[] = {&c->agent_id, &c->task_id, &c->human, &c->scope,
+		                     &c->target,   &c->reason,  &c->rules, &c->request_id};
+
+		for (size_t i = 0; i < IDP_ARRAY_LEN(from); i++) {
+			size_t n;
+
+			if (*from[i] == NULL)
+				continue;
+			n = strlen(*from[i]) + 1;
+			memcpy(p, *from[i], n);
+			*to[i] = p;
+			p += n;
+		}
+	}
+	return c;
+}
+
 int
 approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1], int64_t *expires_s)
 {

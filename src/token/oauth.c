@@ -66,6 +66,37 @@ oauth_error_for(const struct access_grant *g, int *status)
 	return "invalid_grant";
 }
 
+/* The token endpoint's answer to an outcome: RFC 8693 §2.2. */
+static void
+answer(struct http_req *req, struct access_grant *g)
+{
+	const char *err, *desc;
+	json_t *body;
+	int status;
+
+	http_add_header(req, "Cache-Control", "no-store");
+	if (g->status == 200) {
+		http_reply_json(req, 200,
+		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g->token,
+		                          "issued_token_type", TT_ACCESS, "token_type", "Bearer",
+		                          "expires_in", (json_int_t)g->expires_in, "scope",
+		                          g->scope));
+		return;
+	}
+	err = oauth_error_for(g, &status);
+	desc = g->decided ? g->decision.reason : (g->code != NULL ? g->code : "refused");
+	body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc, "idpd_code",
+	                 g->code);
+	if (body != NULL && g->status == 202) {
+		json_object_set_new(body, "approval_id", json_string(g->approval_id));
+		json_object_set_new(body, "approval_expires_at",
+		                    json_integer((json_int_t)g->approval_expires_s));
+	}
+	if (body != NULL && g->decided)
+		json_object_set_new(body, "rules", policy_outcome_rules_json(&g->decision));
+	http_reply_json(req, status, body);
+}
+
 static void
 exchange(struct http_req *req, void *ctx)
 {
@@ -77,7 +108,7 @@ exchange(struct http_req *req, void *ctx)
 	struct access_ask a = {.req = req, .who = &who};
 	const char *grant, *subject, *stt, *actor, *att, *aud, *res, *scope, *rtt, *why = NULL;
 	struct idp_diag d;
-	int rc, status;
+	int rc;
 
 	(void)ctx;
 	memset(&g, 0, sizeof(g));
@@ -159,33 +190,9 @@ exchange(struct http_req *req, void *ctx)
 	a.delegation_token = subject;
 	a.approval_id = http_form_get(f, "approval_id");
 	a.reason = http_form_get(f, "reason");
+	a.may_block = true; /* a pooled route */
 	access_issue(&a, &g);
-	if (g.status == 200) {
-		http_add_header(req, "Cache-Control", "no-store");
-		http_reply_json(req, 200,
-		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g.token,
-		                          "issued_token_type", TT_ACCESS, "token_type", "Bearer",
-		                          "expires_in", (json_int_t)g.expires_in, "scope",
-		                          g.scope));
-		goto done;
-	}
-	{
-		const char *err = oauth_error_for(&g, &status);
-		const char *desc =
-		    g.decided ? g.decision.reason : (g.code != NULL ? g.code : "refused");
-		json_t *body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc,
-		                         "idpd_code", g.code);
-
-		if (body != NULL && g.status == 202) {
-			json_object_set_new(body, "approval_id", json_string(g.approval_id));
-			json_object_set_new(body, "approval_expires_at",
-			                    json_integer((json_int_t)g.approval_expires_s));
-		}
-		if (body != NULL && g.decided)
-			json_object_set_new(body, "rules", policy_outcome_rules_json(&g.decision));
-		http_add_header(req, "Cache-Control", "no-store");
-		http_reply_json(req, status, body);
-	}
+	access_finish(req, &g, answer);
 done:
 	access_grant_cleanup(&g);
 	agent_principal_cleanup(&who);

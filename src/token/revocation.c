@@ -1118,7 +1118,7 @@ rev_view_release(struct rev_view *v)
 }
 
 int
-revocation_check_delegation(const char *jti, const char *task_id, int64_t now,
+revocation_check_delegation(const char *jti, const char *task_id, int64_t now, bool may_block,
                             struct revocation_chain **out, const char **reason)
 {
 	struct rev_view v;
@@ -1127,7 +1127,9 @@ revocation_check_delegation(const char *jti, const char *task_id, int64_t now,
 
 	if (out != NULL)
 		*out = NULL;
-	rc = rev_view_delegation(jti, task_id, now, true, &v, reason);
+	rc = rev_view_delegation(jti, task_id, now, may_block, &v, reason);
+	if (rc == REV_WOULD_BLOCK)
+		return IDP_EWOULDBLOCK;
 	if (rc != IDP_OK)
 		return rc;
 	if (out != NULL) {

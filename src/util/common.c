@@ -29,6 +29,7 @@ idp_err_name(int err)
 	case IDP_EUNAVAIL: return "unavailable";
 	case IDP_EIO: return "io_error";
 	case IDP_EINTERNAL: return "internal";
+	case IDP_EWOULDBLOCK: return "would_block";
 	}
 	return "unknown";
 }

@@ -103,7 +103,8 @@ checks_fail_closed_before_the_first_load(void **state)
 
 	(void)state;
 	assert_int_equal(revocation_check_jti("somejti-AAAAAAAAAAAAAA"), IDP_EUNAVAIL);
-	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, NULL, &reason), IDP_EUNAVAIL);
+	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, true, NULL, &reason),
+	                 IDP_EUNAVAIL);
 }
 
 static void
@@ -114,7 +115,7 @@ check_delegation_returns_the_chain_root_first(void **state)
 
 	(void)state;
 	three_links();
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, &c, &reason), IDP_OK);
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, &c, &reason), IDP_OK);
 	assert_non_null(c);
 	assert_string_equal(c->task_id, TASK);
 	assert_string_equal(c->human, "alice@example.com");
@@ -139,17 +140,18 @@ revoked_ancestor_makes_descendants_revoked(void **state)
 	(void)state;
 	three_links();
 	rev_note_revoked_delegation(MID);
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, &c, &reason), IDP_EFORBIDDEN);
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, &c, &reason),
+	                 IDP_EFORBIDDEN);
 	assert_null(c);
 	assert_string_equal(reason, "token_revoked");
-	assert_int_equal(revocation_check_delegation(MID, TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(MID, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	/* The parent is untouched. */
-	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, NULL, &reason), IDP_OK);
+	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, true, NULL, &reason), IDP_OK);
 	/* A late fact saying the token is alive does not revive it. */
 	revocation_note_delegation(MID, ROOT, TASK, "cloud", "cloud:Describe*", 1, NOW - 30,
 	                           NOW + 1800);
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_revoked");
 }
@@ -164,7 +166,7 @@ a_revoked_jti_record_revokes_a_delegation_token_too(void **state)
 	assert_int_equal(revocation_check_jti(ROOT), IDP_OK);
 	rev_note_revoked_jti(ROOT, NOW + 3600);
 	assert_int_equal(revocation_check_jti(ROOT), IDP_EFORBIDDEN);
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_revoked");
 }
@@ -177,24 +179,24 @@ closed_or_expired_task_and_expired_links_are_refused(void **state)
 	(void)state;
 	three_links();
 	/* Expired: the leaf at its exp, an ancestor past its own. */
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW + 600, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW + 600, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_expired");
-	assert_int_equal(revocation_check_delegation(MID, TASK, NOW + 1800, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(MID, TASK, NOW + 1800, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_expired");
 	/* Another task's id. */
-	assert_int_equal(
-	    revocation_check_delegation(LEAF, "task_BBBBBBBBBBBBBBBBBBBBBB", NOW, NULL, &reason),
-	    IDP_EFORBIDDEN);
+	assert_int_equal(revocation_check_delegation(LEAF, "task_BBBBBBBBBBBBBBBBBBBBBB", NOW, true,
+	                                             NULL, &reason),
+	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "task_mismatch");
 	/* Completed, by this instance's note and then by the row. */
 	revocation_note_task_closed(TASK);
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "task_not_open");
 	rev_testing_task(TASK, "alice@example.com", NOW + 3600, false);
-	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "task_not_open");
 
@@ -203,7 +205,7 @@ closed_or_expired_task_and_expired_links_are_refused(void **state)
 	rev_testing_task(TASK, "alice@example.com", NOW + 100, false);
 	revocation_note_delegation(ROOT, NULL, TASK, "planner", "cloud:Describe*", 0, NOW - 60,
 	                           NOW + 3600);
-	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW + 100, NULL, &reason),
+	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW + 100, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "task_not_open");
 }
@@ -222,16 +224,16 @@ unknown_jti_with_store_down_is_unavailable_never_unknown(void **state)
 	    REV_WOULD_BLOCK);
 	/* Allowed to read PostgreSQL, which cannot answer: 503, not "inactive". */
 	assert_int_equal(
-	    revocation_check_delegation("otherjti-AAAAAAAAAAAAA", TASK, NOW, NULL, &reason),
+	    revocation_check_delegation("otherjti-AAAAAAAAAAAAA", TASK, NOW, true, NULL, &reason),
 	    IDP_EUNAVAIL);
 	/* A missing ancestor is a miss too. */
 	revocation_note_delegation("orphanjti-AAAAAAAAAAAA", "gonejti-AAAAAAAAAAAAAA", TASK, "x",
 	                           "a:b", 1, NOW, NOW + 60);
 	assert_int_equal(
-	    revocation_check_delegation("orphanjti-AAAAAAAAAAAA", TASK, NOW, NULL, &reason),
+	    revocation_check_delegation("orphanjti-AAAAAAAAAAAA", TASK, NOW, true, NULL, &reason),
 	    IDP_EUNAVAIL);
 	/* Malformed ids never reach the store. */
-	assert_int_equal(revocation_check_delegation("bad jti", TASK, NOW, NULL, &reason),
+	assert_int_equal(revocation_check_delegation("bad jti", TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_unknown");
 }
@@ -245,10 +247,11 @@ state_answers_until_max_staleness_after_the_listener_is_lost(void **state)
 	three_links();
 	on_lost(NULL);
 	fake_us += 4900 * 1000;
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason), IDP_OK);
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason), IDP_OK);
 	assert_int_equal(revocation_check_jti(LEAF), IDP_OK);
 	fake_us += 200 * 1000;
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason), IDP_EUNAVAIL);
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason),
+	                 IDP_EUNAVAIL);
 	assert_int_equal(revocation_check_jti(LEAF), IDP_EUNAVAIL);
 	/* Reconnected, but the reload cannot read the store: still stale. */
 	on_resync(NULL);
@@ -278,10 +281,10 @@ overlay_merges_into_a_new_base_and_loses_nothing(void **state)
 	assert_true(rev_testing_merges() >= merges + 2);
 	for (int i = 0; i < 1500; i++) {
 		snprintf(jti, sizeof(jti), "bulkjti-%014d", i);
-		assert_int_equal(revocation_check_delegation(jti, TASK, NOW, NULL, &reason),
+		assert_int_equal(revocation_check_delegation(jti, TASK, NOW, true, NULL, &reason),
 		                 i % 3 == 0 ? IDP_EFORBIDDEN : IDP_OK);
 	}
-	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, NULL, &reason), IDP_OK);
+	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason), IDP_OK);
 }
 
 int
