@@ -26,6 +26,8 @@ int idp_buf_append(struct idp_buf *b, const void *p, size_t n) IDP_WUR;
 int idp_buf_puts(struct idp_buf *b, const char *s) IDP_WUR;
 int idp_buf_putc(struct idp_buf *b, char c) IDP_WUR;
 int idp_buf_printf(struct idp_buf *b, const char *fmt, ...) IDP_PRINTF(2, 3) IDP_WUR;
+/* v in decimal, as "%lld" would write it, without going through printf. */
+int idp_buf_put_int(struct idp_buf *b, int64_t v) IDP_WUR;
 int idp_buf_vprintf(struct idp_buf *b, const char *fmt, va_list ap) IDP_PRINTF(2, 0) IDP_WUR;
 /* Hand the storage to the caller (free() it); the buffer is left empty. */
 char *idp_buf_take(struct idp_buf *b, size_t *len);

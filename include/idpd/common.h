@@ -87,6 +87,15 @@ void idp_wipe(void *p, size_t n);
 
 /* Constant-time equality of two byte strings of equal length n. */
 int idp_ct_equal(const void *a, const void *b, size_t n);
+/*
+ * SHA-256 of a (alen bytes) followed by b (blen bytes; NULL when 0) into
+ * out.  The algorithm is fetched once per process: OpenSSL 3's SHA256()
+ * and EVP_sha256() look it up again on every call, which costs more than
+ * hashing a token.  IDP_EINTERNAL if OpenSSL fails.  Any thread.
+ */
+#define IDP_SHA256_LEN 32
+int idp_sha256(const void *a, size_t alen, const void *b, size_t blen,
+	       uint8_t out[IDP_SHA256_LEN]) IDP_WUR;
 
 /* strerror_r wrapper that always yields a string. */
 const char *idp_strerror(int errnum, char *buf, size_t len);

@@ -183,6 +183,12 @@ bool http_req_may_wait(const struct http_req *req);
  */
 void http_req_suspend(struct http_req *req);
 void http_req_resume(struct http_req *req);
+/*
+ * Take back the answer a suspended request holds, not yet sent, so that
+ * another can be given: a token answered before its audit event was
+ * committed becomes a 503 when the commit fails.
+ */
+void http_req_withdraw(struct http_req *req);
 
 /*
  * From an inline handler that reached a step that must wait (a write to

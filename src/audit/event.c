@@ -1234,18 +1234,7 @@ int
 audit_chain_hash(const uint8_t prev[AUDIT_HASH_LEN], const char *canonical, size_t len,
                  uint8_t out[AUDIT_HASH_LEN])
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned int n = 0;
-	int ok;
-
-	if (ctx == NULL)
-		return IDP_EINTERNAL;
-	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-	     EVP_DigestUpdate(ctx, prev, AUDIT_HASH_LEN) == 1 &&
-	     EVP_DigestUpdate(ctx, canonical, len) == 1 && EVP_DigestFinal_ex(ctx, out, &n) == 1 &&
-	     n == AUDIT_HASH_LEN;
-	EVP_MD_CTX_free(ctx);
-	return ok ? IDP_OK : IDP_EINTERNAL;
+	return idp_sha256(prev, AUDIT_HASH_LEN, canonical, len, out);
 }
 
 void

@@ -183,7 +183,11 @@ build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_ID));
 	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, W.chain_id);
-	rc |= idp_buf_printf(b, "\t%llu\t%s\t", (unsigned long long)r->seq, ts);
+	rc |= idp_buf_putc(b, '\t');
+	rc |= idp_buf_put_int(b, (int64_t)r->seq);
+	rc |= idp_buf_putc(b, '\t');
+	rc |= idp_buf_puts(b, ts);
+	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, audit_type_name(audit_event_type(ev)));
 	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_AGENT_ID));
@@ -191,11 +195,17 @@ build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_HUMAN_PRINCIPAL));
 	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_TASK_ID));
-	rc |= idp_buf_printf(b, "\t%d\t", audit_event_severity(ev));
+	rc |= idp_buf_putc(b, '\t');
+	rc |= idp_buf_put_int(b, audit_event_severity(ev));
+	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, audit_outcome_name(audit_event_outcome(ev)));
 	rc |= idp_buf_putc(b, '\t');
 	rc |= copy_text(b, sl->canon);
-	rc |= idp_buf_printf(b, "\t\\\\x%s\t\\\\x%s\n", prev_hex, hash_hex);
+	rc |= idp_buf_puts(b, "\t\\\\x");
+	rc |= idp_buf_append(b, prev_hex, AUDIT_HASH_HEX_LEN);
+	rc |= idp_buf_puts(b, "\t\\\\x");
+	rc |= idp_buf_append(b, hash_hex, AUDIT_HASH_HEX_LEN);
+	rc |= idp_buf_putc(b, '\n');
 	r->len = b->len - r->off;
 	return rc == 0 ? IDP_OK : IDP_ETOOBIG;
 }

@@ -26,8 +26,8 @@ struct auth_keys {
 	struct key keys[];
 };
 
-static const char *const role_names[] = {"admin",	 "registrar", "auditor",
-					 "introspector", "approver",  "maintenance"};
+static const char *const role_names[] = {"admin",        "registrar", "auditor",
+                                         "introspector", "approver",  "maintenance"};
 
 const char *
 auth_role_name(unsigned role_bit)
@@ -155,10 +155,10 @@ auth_check_key(const struct auth_keys *k, const char *key, struct auth_principal
 	uint8_t h[SHA256_DIGEST_LENGTH];
 	const struct key *match = NULL;
 
-	if (k == NULL || key == NULL || strncmp(key, AUTH_KEY_PREFIX, 5) != 0 ||
-	    strlen(key) > 256)
+	if (k == NULL || key == NULL || strncmp(key, AUTH_KEY_PREFIX, 5) != 0 || strlen(key) > 256)
 		return IDP_EUNAUTH;
-	SHA256((const unsigned char *)key, strlen(key), h);
+	if (idp_sha256(key, strlen(key), NULL, 0, h) != IDP_OK)
+		return IDP_EUNAUTH; /* fail closed */
 	/* Compare with every key, whatever matched, so timing says nothing
 	 * about which key (or whether a prefix of one) was close. */
 	for (size_t i = 0; i < k->n; i++)
@@ -182,11 +182,11 @@ auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out)
 	auth_keys_unref(k);
 	if (rc != IDP_OK) {
 		http_add_header(req, "WWW-Authenticate",
-				key == NULL ? "Bearer realm=\"idpd\""
-					    : "Bearer realm=\"idpd\", error=\"invalid_token\"");
+		                key == NULL ? "Bearer realm=\"idpd\""
+		                            : "Bearer realm=\"idpd\", error=\"invalid_token\"");
 		http_reply_problem(req, 401, "unauthorized", NULL,
-				   key == NULL ? "an API key is required (Authorization: Bearer)"
-					       : "the API key is not valid");
+		                   key == NULL ? "an API key is required (Authorization: Bearer)"
+		                               : "the API key is not valid");
 		return false;
 	}
 	if (!(out->roles & (any_of | IDPD_ROLE_ADMIN))) {
@@ -224,7 +224,7 @@ int
 auth_key_generate(char key[64], char hash[80])
 {
 	static const char b64[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	uint8_t r[32];
 	size_t o = 5;
 	uint32_t acc = 0;

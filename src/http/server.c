@@ -425,6 +425,17 @@ http_req_resume(struct http_req *req)
 }
 
 void
+http_req_withdraw(struct http_req *req)
+{
+	if (req->resp != NULL) {
+		MHD_destroy_response(req->resp);
+		req->resp = NULL;
+	}
+	req->answered = false;
+	req->status = 0;
+}
+
+void
 http_req_continue(struct http_req *req, http_handler fn, void *arg)
 {
 	if (req->on_pool || req->no_defer || req->srv->pool.n == 0) {

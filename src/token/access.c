@@ -825,7 +825,12 @@ finish_answer(struct finishing *f)
 	free(f);
 }
 
-/* The audit writer's word on the outcome's event (writer or timer thread). */
+/*
+ * The audit writer's word on the outcome's event (writer or timer thread).
+ * The answer is already written and held by the suspended request: on
+ * success it only goes out; a token whose event did not commit is taken
+ * back and becomes a 503.  f->g holds only the status and jti by now.
+ */
 static void
 audited(void *arg, int rc)
 {
@@ -833,17 +838,15 @@ audited(void *arg, int rc)
 	struct http_req *req = f->req;
 
 	if (rc != IDP_OK && f->g.status == 200) {
-		/* Not durable, not issued. */
-		idp_wipe(f->g.token, strlen(f->g.token));
-		free(f->g.token);
-		f->g.token = NULL;
+		log_warn("access: token %s withheld: its audit event is not durable", f->g.jti);
+		http_req_withdraw(req);
 		f->g.status = 503;
 		f->g.code = "unavailable";
-		log_warn("access: token %s withheld: its audit event is not durable", f->g.jti);
+		f->reply(req, &f->g);
 	} else if (rc != IDP_OK) {
 		log_warn("access: cannot record the refusal (%s) in the audit log", f->g.code);
 	}
-	finish_answer(f);
+	free(f);
 	http_req_resume(req);
 }
 
@@ -883,11 +886,26 @@ access_finish(struct http_req *req, struct access_grant *g, access_reply_fn repl
 		http_req_continue(req, request_approval, f);
 		return;
 	}
-	/* From here f belongs to the audit writer: the callback may run before
-	 * audit_emit_then returns. */
+	/* The answer is written here, on this thread, and held until the event
+	 * commits: the writer's thread, which every request goes through, only
+	 * releases it. */
 	ev = f->g.event;
 	f->g.event = NULL;
 	http_req_suspend(req);
+	reply(req, &f->g);
+	{
+		int status = f->g.status;
+		const char *code = f->g.code; /* static text */
+		char jti[sizeof(f->g.jti)];
+
+		memcpy(jti, f->g.jti, sizeof(jti));
+		access_grant_cleanup(&f->g);
+		f->g.status = status;
+		f->g.code = code;
+		memcpy(f->g.jti, jti, sizeof(jti));
+	}
+	/* From here f belongs to the audit writer: the callback may run before
+	 * audit_emit_then returns. */
 	rc = audit_emit_then(ev, audited, f);
 	if (rc != AUDIT_PENDING)
 		audited(f, rc);

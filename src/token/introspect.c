@@ -594,7 +594,8 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 	int rc;
 
 	*out = NULL;
-	SHA256((const unsigned char *)token, strlen(token), key);
+	if (idp_sha256(token, strlen(token), NULL, 0, key) != IDP_OK)
+		return IDP_EUNAVAIL;
 	e = vc_get(key);
 	if (e == NULL || !kid_trusted(e->kid)) {
 		vc_unref(e);

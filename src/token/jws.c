@@ -231,7 +231,10 @@ key_fill_public(struct idp_jws_key *k, struct idp_diag *diag)
 		canon = idp_xasprintf("{\"e\":\"%s\",\"kty\":\"RSA\",\"n\":\"%s\"}", k->pub_b,
 		                      k->pub_a);
 	}
-	SHA256((const unsigned char *)canon, strlen(canon), digest);
+	if (idp_sha256(canon, strlen(canon), NULL, 0, digest) != IDP_OK) {
+		ossl_diag(diag, "hashing the public key");
+		goto done;
+	}
 	idp_b64url_encode_to(digest, sizeof(digest), k->thumbprint);
 	rc = IDP_OK;
 done:
@@ -1544,10 +1547,11 @@ idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
 	uint8_t key[32];
 	int rc;
 
+	/* Without a key (OpenSSL failing) the cache is left alone. */
 	if (opts == NULL || opts->cache == NULL ||
-	    len > (opts->max_len ? opts->max_len : IDP_JWS_MAX_TOKEN))
+	    len > (opts->max_len ? opts->max_len : IDP_JWS_MAX_TOKEN) ||
+	    !jws_cache_key(token, len, key))
 		return verify_token(set, token, len, opts, out, reason);
-	jws_cache_key(token, len, key);
 	memset(out, 0, sizeof(*out));
 	/* A hit counts only while the key that signed it is still trusted. */
 	if (jws_cache_get(opts->cache, key, out)) {

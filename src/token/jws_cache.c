@@ -86,10 +86,10 @@ slot_of(const struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH])
 	return (size_t)h & c->mask;
 }
 
-void
+bool
 jws_cache_key(const char *token, size_t len, uint8_t key[SHA256_DIGEST_LENGTH])
 {
-	SHA256((const unsigned char *)token, len, key);
+	return idp_sha256(token, len, NULL, 0, key) == IDP_OK;
 }
 
 bool

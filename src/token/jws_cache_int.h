@@ -10,7 +10,7 @@
 
 #include "idpd/jws.h"
 
-void jws_cache_key(const char *token, size_t len, uint8_t key[32]);
+bool jws_cache_key(const char *token, size_t len, uint8_t key[32]);
 /* A hit fills *out with references to the cached header and claims. */
 bool jws_cache_get(struct idp_jws_cache *c, const uint8_t key[32], struct idp_jws_verified *out);
 /* Remember v (references are taken) under key, replacing the slot's entry. */

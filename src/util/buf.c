@@ -116,6 +116,23 @@ idp_buf_vprintf(struct idp_buf *b, const char *fmt, va_list ap)
 }
 
 int
+idp_buf_put_int(struct idp_buf *b, int64_t v)
+{
+	char t[24];
+	size_t n = sizeof(t);
+	/* In unsigned arithmetic, so that INT64_MIN negates without overflow. */
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+	do {
+		t[--n] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u != 0);
+	if (v < 0)
+		t[--n] = '-';
+	return idp_buf_append(b, t + n, sizeof(t) - n);
+}
+
+int
 idp_buf_printf(struct idp_buf *b, const char *fmt, ...)
 {
 	va_list ap;

@@ -8,7 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "idpd/common.h"
@@ -17,19 +20,32 @@ const char *
 idp_err_name(int err)
 {
 	switch (err) {
-	case IDP_OK: return "ok";
-	case IDP_EINVAL: return "invalid";
-	case IDP_EUNPROCESSABLE: return "unprocessable";
-	case IDP_ENOTFOUND: return "not_found";
-	case IDP_ECONFLICT: return "conflict";
-	case IDP_EPRECOND: return "precondition_failed";
-	case IDP_EUNAUTH: return "unauthorized";
-	case IDP_EFORBIDDEN: return "forbidden";
-	case IDP_ETOOBIG: return "too_large";
-	case IDP_EUNAVAIL: return "unavailable";
-	case IDP_EIO: return "io_error";
-	case IDP_EINTERNAL: return "internal";
-	case IDP_EWOULDBLOCK: return "would_block";
+	case IDP_OK:
+		return "ok";
+	case IDP_EINVAL:
+		return "invalid";
+	case IDP_EUNPROCESSABLE:
+		return "unprocessable";
+	case IDP_ENOTFOUND:
+		return "not_found";
+	case IDP_ECONFLICT:
+		return "conflict";
+	case IDP_EPRECOND:
+		return "precondition_failed";
+	case IDP_EUNAUTH:
+		return "unauthorized";
+	case IDP_EFORBIDDEN:
+		return "forbidden";
+	case IDP_ETOOBIG:
+		return "too_large";
+	case IDP_EUNAVAIL:
+		return "unavailable";
+	case IDP_EIO:
+		return "io_error";
+	case IDP_EINTERNAL:
+		return "internal";
+	case IDP_EWOULDBLOCK:
+		return "would_block";
 	}
 	return "unknown";
 }
@@ -163,6 +179,32 @@ int
 idp_ct_equal(const void *a, const void *b, size_t n)
 {
 	return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+int
+idp_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8_t out[IDP_SHA256_LEN])
+{
+	EVP_MD_CTX *ctx;
+	unsigned int n = 0;
+	int ok;
+
+	pthread_once(&sha256_once, sha256_fetch);
+	if (sha256_md == NULL || (ctx = EVP_MD_CTX_new()) == NULL)
+		return IDP_EINTERNAL;
+	ok = EVP_DigestInit_ex2(ctx, sha256_md, NULL) == 1 && EVP_DigestUpdate(ctx, a, alen) == 1 &&
+	     (blen == 0 || EVP_DigestUpdate(ctx, b, blen) == 1) &&
+	     EVP_DigestFinal_ex(ctx, out, &n) == 1 && n == IDP_SHA256_LEN;
+	EVP_MD_CTX_free(ctx);
+	return ok ? IDP_OK : IDP_EINTERNAL;
 }
 
 const char *

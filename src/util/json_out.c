@@ -118,7 +118,7 @@ idp_json_put_key(struct idp_buf *b, const char *key, bool first)
 int
 idp_json_put_int(struct idp_buf *b, int64_t v)
 {
-	return idp_buf_printf(b, "%lld", (long long)v);
+	return idp_buf_put_int(b, v);
 }
 
 /* As jansson: 17 significant digits, always with '.' or an exponent, exponent unpadded. */
