@@ -214,6 +214,12 @@ int audit_event_set_params(struct audit_event *ev, const json_t *params) IDP_WUR
  */
 int audit_event_set_detail(struct audit_event *ev, const json_t *detail) IDP_WUR;
 /*
+ * The same for a detail object the caller built and hands over: it is
+ * redacted in place rather than copied.  Steals the reference, also on
+ * error; nobody else may hold one.
+ */
+int audit_event_take_detail(struct audit_event *ev, json_t *detail) IDP_WUR;
+/*
  * Add or replace one key of detail.  Steals the reference to value, also on
  * error.  The value is redacted if key looks secret.  Same limits as
  * audit_event_set_detail, checked on the whole detail object.

@@ -491,6 +491,33 @@ set_json_object(json_t **slot, const json_t *v)
 	return IDP_OK;
 }
 
+/* set_json_object for an object nobody else holds: redacted in place, not copied. */
+static int
+adopt_json_object(json_t **slot, json_t *v)
+{
+	int rc;
+
+	if (v == NULL || (json_is_object(v) && json_object_size(v) == 0)) {
+		json_decref(v);
+		json_decref(*slot);
+		*slot = NULL;
+		return IDP_OK;
+	}
+	if (!json_is_object(v) ||
+	    audit_json_depth(v, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH) {
+		json_decref(v);
+		return IDP_EINVAL;
+	}
+	rc = audit_redact_params(v);
+	if (rc != IDP_OK) {
+		json_decref(v);
+		return rc;
+	}
+	json_decref(*slot);
+	*slot = v;
+	return IDP_OK;
+}
+
 int
 audit_event_set_params(struct audit_event *ev, const json_t *params)
 {
@@ -501,6 +528,12 @@ int
 audit_event_set_detail(struct audit_event *ev, const json_t *detail)
 {
 	return set_json_object(&ev->detail, detail);
+}
+
+int
+audit_event_take_detail(struct audit_event *ev, json_t *detail)
+{
+	return adopt_json_object(&ev->detail, detail);
 }
 
 int

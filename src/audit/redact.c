@@ -145,6 +145,53 @@ audit_json_depth(const json_t *j, int limit)
 	return 1 + max;
 }
 
+/*
+ * An upper bound of v's compact serialization, without writing it: six
+ * bytes per string byte (\u00XX) and the widest number.  Stops counting
+ * once past limit.
+ */
+static size_t
+json_size_bound(const json_t *v, size_t limit)
+{
+	size_t n = 0;
+
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		const char *key;
+		json_t *child;
+
+		n = 2;
+		json_object_foreach((json_t *)v, key, child)
+		{
+			n += 6 * strlen(key) + 4 + json_size_bound(child, limit);
+			if (n > limit)
+				break;
+		}
+		return n;
+	}
+	case JSON_ARRAY: {
+		size_t i;
+		json_t *child;
+
+		n = 2;
+		json_array_foreach(v, i, child)
+		{
+			n += 1 + json_size_bound(child, limit);
+			if (n > limit)
+				break;
+		}
+		return n;
+	}
+	case JSON_STRING:
+		return 2 + 6 * json_string_length(v);
+	case JSON_INTEGER:
+	case JSON_REAL:
+		return 32;
+	default:
+		return 5;
+	}
+}
+
 int
 audit_redact_params(json_t *params)
 {
@@ -153,8 +200,10 @@ audit_redact_params(json_t *params)
 	if (audit_json_depth(params, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH)
 		return IDP_EINVAL;
 	redact(params);
-	if (json_dumpb(params, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(17)) >
-	    AUDIT_JSON_MAX_BYTES)
+	/* The exact size only when the cheap bound cannot vouch for it. */
+	if (json_size_bound(params, AUDIT_JSON_MAX_BYTES) > AUDIT_JSON_MAX_BYTES &&
+	    json_dumpb(params, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(17)) >
+	        AUDIT_JSON_MAX_BYTES)
 		return IDP_ETOOBIG;
 	return IDP_OK;
 }

@@ -297,9 +297,10 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 			json_object_set_new(detail, "approval_requested",
 			                    json_string(s->g->approval_id));
 	}
-	if (rc == IDP_OK && detail != NULL && audit_event_set_detail(ev, detail) != IDP_OK)
+	if (rc != IDP_OK || detail == NULL)
+		json_decref(detail);
+	else if (audit_event_take_detail(ev, detail) != IDP_OK)
 		rc = IDP_EINTERNAL;
-	json_decref(detail);
 	if (rc != IDP_OK) {
 		log_error("access: bug: cannot build the token event");
 		audit_event_free(ev);

@@ -1,6 +1,8 @@
 /*
  * json_out.c - compact JSON writer (see json_out.h).
  */
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,31 @@ utf8_seq(const unsigned char *s, size_t n)
 	return len;
 }
 
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/* Whether any of the 8 bytes in x is zero (the classic bit trick: exact, no false positives). */
+static inline uint64_t
+has_zero(uint64_t x)
+{
+	return (x - ONES) & ~x & HIGHS;
+}
+
+/*
+ * Whether any of the 8 bytes at p needs a look of its own: a control
+ * character, '"', '\\' or a byte of a multi-byte sequence.  Strings are
+ * mostly plain ASCII, so they go past 8 bytes at a time.
+ */
+static inline bool
+word_needs_care(const unsigned char *p)
+{
+	uint64_t x;
+
+	memcpy(&x, p, sizeof(x));
+	return ((x | (x - 0x20 * ONES)) & HIGHS) != 0 || has_zero(x ^ ('"' * ONES)) != 0 ||
+	       has_zero(x ^ ('\\' * ONES)) != 0;
+}
+
 int
 idp_json_put_strn(struct idp_buf *b, const char *s, size_t len)
 {
@@ -47,10 +74,15 @@ idp_json_put_strn(struct idp_buf *b, const char *s, size_t len)
 	int rc = idp_buf_putc(b, '"');
 
 	while (rc == IDP_OK && i < len) {
-		unsigned char c = u[i];
+		unsigned char c;
 		char esc[8];
 		size_t n;
 
+		while (len - i >= 8 && !word_needs_care(u + i))
+			i += 8;
+		if (i == len)
+			break;
+		c = u[i];
 		if (c >= 0x20 && c != '"' && c != '\\') {
 			n = c < 0x80 ? 1 : utf8_seq(u + i, len - i);
 			if (n == 0)

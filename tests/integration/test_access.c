@@ -112,15 +112,19 @@ delegate(struct setting *s, const char *to, const char *scope)
 	return world_delegate(&s->w, s->planner, s->root_token, to, scope, "\"1h\"");
 }
 
+/* The setting on database db; more is appended to the config (may be NULL). */
 static void
-setting_start(struct setting *s, const char *db)
+setting_start_with(struct setting *s, const char *db, const struct world_opts *more)
 {
-	char extra[256];
+	char extra[512];
+	struct world_opts o = more != NULL ? *more : (struct world_opts){0};
 
 	memset(s, 0, sizeof(*s));
 	write_policies();
-	snprintf(extra, sizeof(extra), "[policy]\ndir = \"%s\"\n", policy_dir);
-	world_start(&s->w, db, extra);
+	snprintf(extra, sizeof(extra), "[policy]\ndir = \"%s\"\n%s", policy_dir,
+	         o.extra_toml != NULL ? o.extra_toml : "");
+	o.extra_toml = extra;
+	world_start_opts(&s->w, db, &o);
 	agent(s, "cloud-agent", "cloud-inventory",
 	      "[\"cloud:Describe*\",\"cloud:List*\",\"billing:read\"]", "[\"cloud\"]", "[]");
 	agent(s, "cost-agent", "cost-analysis", "[\"billing:read\",\"billing:export\"]",
@@ -141,6 +145,12 @@ setting_start(struct setting *s, const char *db)
 	s->cloud_token =
 	    delegate(s, "cloud-agent", "cloud:DescribeInstances cloud:ListBuckets billing:read");
 	s->cost_token = delegate(s, "cost-agent", "billing:read billing:export");
+}
+
+static void
+setting_start(struct setting *s, const char *db)
+{
+	setting_start_with(s, db, NULL);
 }
 
 static void
@@ -698,6 +708,101 @@ expired_or_other_kind_tokens_are_refused(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * The token is written before its token.issued event commits and held
+ * back until it does.  Here PostgreSQL refuses that one event (a trigger
+ * of the test's), so the commit never comes: once audit.timeout (1 s here)
+ * passes the request answers 503 and the token never leaves; the writer
+ * then drops the event and goes on with the others.
+ */
+static void
+token_is_withheld_when_its_event_cannot_commit(void **state)
+{
+	const struct world_opts o = {.extra_toml = "[audit]\ntimeout = \"1s\"\n"};
+	struct setting s;
+	struct http_resp r;
+	char body[8192];
+
+	(void)state;
+	setting_start_with(&s, "t_access_withheld", &o);
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_int_equal(harness_sql("t_access_withheld",
+	                             "CREATE FUNCTION refuse_marker() RETURNS trigger LANGUAGE "
+	                             "plpgsql AS $$ BEGIN IF NEW.body LIKE '%withheld-marker%' "
+	                             "THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+	                             "RETURN NEW; END $$; CREATE TRIGGER refuse_marker BEFORE "
+	                             "INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION "
+	                             "refuse_marker()"),
+	                 0);
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\",\"task_id\":\"%s\","
+	         "\"reason\":\"withheld-marker\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, s.task_id, s.cloud_token);
+	world_call(&s.w, "POST", "/v1/token", s.cloud, body, &r);
+	if (r.status != 503)
+		fprintf(stderr, "withheld: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 503);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "unavailable");
+	assert_null(strstr(r.body, "access_token"));
+	assert_null(strstr(r.body, "eyJ"));
+	harness_resp_free(&r);
+	/* The writer drops the given-up event at its next attempt and goes on. */
+	for (int i = 0; i < 100; i++) {
+		struct timespec ts = {0, 100 * 1000 * 1000};
+
+		token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+		if (r.status == 200)
+			break;
+		harness_resp_free(&r);
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	world_call(&s.w, "GET", "/v1/audit/verify", s.w.k.auditor, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_true(json_object_get(r.json, "ok")));
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
+/*
+ * A second instance starts with nothing cached: its first requests go to
+ * the handler pool for what they must read from PostgreSQL (the agent, the
+ * delegation chain), and are answered like any other.
+ */
+static void
+a_fresh_instance_issues_from_cold_caches(void **state)
+{
+	struct setting s;
+	struct world peer;
+	struct http_resp r;
+
+	(void)state;
+	setting_start(&s, "t_access_cold");
+	world_start_peer(&s.w, &peer);
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read", "", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	{
+		char body[8192];
+
+		snprintf(body, sizeof(body),
+		         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+		         "\"task_id\":\"%s\",\"delegation_token\":\"%s\"}",
+		         WORLD_AWS, s.task_id, s.cloud_token);
+		world_call(&peer, "POST", "/v1/token", s.cloud, body, &r);
+	}
+	if (r.status != 200)
+		fprintf(stderr, "cold: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_non_null(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	world_stop(&peer);
+	setting_stop(&s);
+}
+
 int
 main(void)
 {
@@ -713,6 +818,8 @@ main(void)
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
 	    cmocka_unit_test(metadata_names_the_endpoints),
 	    cmocka_unit_test(expired_or_other_kind_tokens_are_refused),
+	    cmocka_unit_test(token_is_withheld_when_its_event_cannot_commit),
+	    cmocka_unit_test(a_fresh_instance_issues_from_cold_caches),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -539,6 +539,40 @@ redact_bounds_depth_and_size(void **state)
 	json_decref(big);
 }
 
+/* A detail handed over is checked and redacted like a copied one, and
+ * belongs to the event from then on, also when it is refused. */
+static void
+take_detail_redacts_like_set_detail(void **state)
+{
+	struct audit_event *a = audit_event_new(AUDIT_TOKEN_ISSUED, 1764000000000);
+	struct audit_event *b = audit_event_new(AUDIT_TOKEN_ISSUED, 1764000000000);
+	json_t *d = json_pack("{s:s,s:s,s:{s:s}}", "audience", "https://aws.example.com",
+	                      "client_secret", "hunter2", "inner", "note", "Bearer abc");
+	char *ca, *cb;
+
+	(void)state;
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_int_equal(audit_event_set(a, AUDIT_F_ID, "11111111-2222-4333-8444-555555555555"),
+	                 IDP_OK);
+	assert_int_equal(audit_event_set(b, AUDIT_F_ID, "11111111-2222-4333-8444-555555555555"),
+	                 IDP_OK);
+	assert_int_equal(audit_event_set_detail(a, d), IDP_OK);
+	assert_int_equal(audit_event_take_detail(b, d), IDP_OK); /* d is b's now */
+	ca = audit_event_canonical(a, NULL);
+	cb = audit_event_canonical(b, NULL);
+	assert_non_null(ca);
+	assert_string_equal(ca, cb);
+	assert_null(strstr(cb, "hunter2"));
+	assert_null(strstr(cb, "Bearer abc"));
+	/* Refused (too deep), and still consumed: ASan would report a leak. */
+	assert_int_equal(audit_event_take_detail(b, nested(AUDIT_JSON_MAX_DEPTH + 1)), IDP_EINVAL);
+	free(ca);
+	free(cb);
+	audit_event_free(a);
+	audit_event_free(b);
+}
+
 static void
 redact_twice_changes_nothing_more(void **state)
 {
@@ -740,6 +774,7 @@ main(void)
 	    cmocka_unit_test(secret_keys_match_case_and_separators),
 	    cmocka_unit_test(redact_bounds_depth_and_size),
 	    cmocka_unit_test(redact_twice_changes_nothing_more),
+	    cmocka_unit_test(take_detail_redacts_like_set_detail),
 	    cmocka_unit_test(set_params_copies_and_redacts),
 	    cmocka_unit_test(put_detail_adds_keys_and_redacts),
 	    cmocka_unit_test(clone_is_independent),

@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -127,6 +129,63 @@ json_out_refuses_invalid_utf8(void **state)
 	}
 }
 
+/* Plain runs are skipped 8 bytes at a time: a byte that needs care is seen
+ * wherever it falls in or across a word. */
+static void
+json_out_sees_special_bytes_at_every_offset(void **state)
+{
+	static const char *const specials[] = {
+	    "\x01", "\x1f", "\"", "\\", "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+	static const char *const bad[] = {"\xc3", "\xff", "\xed\xa0\x80"};
+	char text[64];
+
+	(void)state;
+	for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++) {
+		for (size_t off = 0; off < 24; off++) {
+			json_t *v;
+
+			memset(text, 'a', 24);
+			memcpy(text + off, specials[k], strlen(specials[k]));
+			text[24 + strlen(specials[k])] = '\0';
+			memset(text + off + strlen(specials[k]), 'b', 24 - off);
+			v = json_string(text);
+			assert_non_null(v);
+			assert_same_as_jansson(v, false);
+			json_decref(v);
+		}
+	}
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		for (size_t off = 0; off < 24; off++) {
+			struct idp_buf b;
+
+			memset(text, 'a', 32);
+			memcpy(text + off, bad[k], strlen(bad[k]));
+			text[32] = '\0';
+			idp_buf_init(&b, 0);
+			assert_int_equal(idp_json_put_str(&b, text), IDP_EINVAL);
+			idp_buf_cleanup(&b);
+		}
+	}
+}
+
+static void
+json_out_writes_integers_as_printf_does(void **state)
+{
+	static const int64_t v[] = {0, 7, -1, 10, -10, 1234567890123, INT64_MAX, INT64_MIN};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		struct idp_buf b;
+		char want[32];
+
+		snprintf(want, sizeof(want), "%lld", (long long)v[i]);
+		idp_buf_init(&b, 0);
+		assert_int_equal(idp_json_put_int(&b, v[i]), IDP_OK);
+		assert_string_equal(idp_buf_str(&b), want);
+		idp_buf_cleanup(&b);
+	}
+}
+
 static void
 json_out_keys_and_ints_compose_an_object(void **state)
 {
@@ -157,6 +216,8 @@ main(void)
 	    cmocka_unit_test(json_out_matches_jansson_on_random_objects),
 	    cmocka_unit_test(json_out_refuses_invalid_utf8),
 	    cmocka_unit_test(json_out_keys_and_ints_compose_an_object),
+	    cmocka_unit_test(json_out_sees_special_bytes_at_every_offset),
+	    cmocka_unit_test(json_out_writes_integers_as_printf_does),
 	};
 	return cmocka_run_group_tests_name("json_out", tests, NULL, NULL);
 }
