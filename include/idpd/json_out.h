@@ -26,6 +26,12 @@
  * error the buffer may hold part of the string.
  */
 int idp_json_put_strn(struct idp_buf *b, const char *s, size_t len) IDP_WUR;
+/*
+ * How many leading bytes of s[0..len) are plain: printable ASCII other
+ * than '"' and '\\', which JSON carries as they are in either direction.
+ * Goes 8 bytes at a time; for scanners and writers of JSON strings.
+ */
+size_t idp_json_plain_prefix(const char *s, size_t len);
 int idp_json_put_str(struct idp_buf *b, const char *s) IDP_WUR;
 /* "key": at the start of an object member, preceded by a comma unless first. */
 int idp_json_put_key(struct idp_buf *b, const char *key, bool first) IDP_WUR;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "idpd/http.h"
+#include "idpd/json_out.h"
 
 /* Deepest nesting of [ and { outside strings; -1 if it passes max_depth. */
 static int
@@ -52,10 +53,11 @@ is_ws(char c)
  * control characters.  Sets *start and *n; false for anything else.
  */
 static bool
-flat_string(const char *s, size_t len, size_t *i, const char **start, size_t *n)
+flat_string(const char *s, size_t len, size_t *i, const char **start, size_t *n, bool *ascii)
 {
-	size_t j = *i;
+	size_t j = *i + idp_json_plain_prefix(s + *i, len - *i);
 
+	*ascii = j < len && s[j] == '"';
 	while (j < len && s[j] != '"') {
 		unsigned char c = (unsigned char)s[j];
 
@@ -104,6 +106,7 @@ json_parse_flat(const char *s, size_t len)
 		const char *k, *vs;
 		size_t kn, vn;
 		json_t *v = NULL;
+		bool ascii;
 
 		while (i < len && is_ws(s[i]))
 			i++;
@@ -114,7 +117,7 @@ json_parse_flat(const char *s, size_t len)
 		if (i == len || s[i] != '"')
 			goto fallback;
 		i++;
-		if (!flat_string(s, len, &i, &k, &kn))
+		if (!flat_string(s, len, &i, &k, &kn, &ascii))
 			goto fallback;
 		while (i < len && is_ws(s[i]))
 			i++;
@@ -127,9 +130,11 @@ json_parse_flat(const char *s, size_t len)
 			goto fallback;
 		if (s[i] == '"') {
 			i++;
-			if (!flat_string(s, len, &i, &vs, &vn))
+			if (!flat_string(s, len, &i, &vs, &vn, &ascii))
 				goto fallback;
-			v = json_stringn(vs, vn); /* NULL for bad UTF-8 */
+			/* Plain ASCII is valid UTF-8: jansson need not check it again. */
+			v = ascii ? json_stringn_nocheck(vs, vn)
+			          : json_stringn(vs, vn); /* NULL for bad UTF-8 */
 		} else if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
 			size_t d = i + (s[i] == '-'), e = d;
 			long long x = 0;
@@ -191,6 +196,11 @@ http_json_parse(const char *text, size_t len, int max_depth, char *err, size_t e
 	json_error_t je;
 	json_t *j;
 
+	/* A flat object is one level deep, and holds no NUL (a control
+	 * character, refused by flat_string): the checks below are for the
+	 * rest. */
+	if (max_depth >= 1 && (j = json_parse_flat(text, len)) != NULL)
+		return j;
 	if (scan_depth(text, len, max_depth) < 0) {
 		snprintf(err, err_len, "nesting deeper than %d levels", max_depth);
 		return NULL;
@@ -199,9 +209,6 @@ http_json_parse(const char *text, size_t len, int max_depth, char *err, size_t e
 		snprintf(err, err_len, "NUL byte in body");
 		return NULL;
 	}
-	j = json_parse_flat(text, len);
-	if (j != NULL)
-		return j;
 	j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
 	if (j == NULL) {
 		snprintf(err, err_len, "line %d, column %d: %s", je.line, je.column, je.text);

@@ -66,6 +66,19 @@ word_needs_care(const unsigned char *p)
 	       has_zero(x ^ ('\\' * ONES)) != 0;
 }
 
+size_t
+idp_json_plain_prefix(const char *s, size_t len)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0;
+
+	while (len - i >= 8 && !word_needs_care(u + i))
+		i += 8;
+	while (i < len && u[i] >= 0x20 && u[i] < 0x80 && u[i] != '"' && u[i] != '\\')
+		i++;
+	return i;
+}
+
 int
 idp_json_put_strn(struct idp_buf *b, const char *s, size_t len)
 {
@@ -78,8 +91,7 @@ idp_json_put_strn(struct idp_buf *b, const char *s, size_t len)
 		char esc[8];
 		size_t n;
 
-		while (len - i >= 8 && !word_needs_care(u + i))
-			i += 8;
+		i += idp_json_plain_prefix(s + i, len - i);
 		if (i == len)
 			break;
 		c = u[i];

@@ -29,7 +29,7 @@ workload=$(bench_jwt "$work/k8s" bench-k8s "$(printf '{"iss":"https://kubernetes
 
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
-port=$(( 57000 + RANDOM % 1000 ))
+port=$(bench_port)
 {
 	bench_config_head "$port" "$db"
 	cat <<CFG

@@ -13,7 +13,7 @@ psql -X -q -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres -d postgres \
 	-c "DROP DATABASE IF EXISTS idpd_bench" >/dev/null
 tests/support/pg.sh createdb "$BENCH_PG_DIR" idpd_bench
 
-port=$(( 56000 + RANDOM % 1000 ))
+port=$(bench_port)
 cfg=$(mktemp)
 cat >"$cfg" <<CFG
 [server]

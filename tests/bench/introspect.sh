@@ -78,7 +78,7 @@ api() { # api PORT METHOD PATH BEARER [JSON]
 }
 jget() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
-port=$(( 56000 + RANDOM % 1000 ))
+port=$(bench_port)
 port_b=$(( port + 1 ))
 start_idpd "$port" 65536
 

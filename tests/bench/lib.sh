@@ -24,6 +24,22 @@ replace_section() {
 	rm -f "$tmp" "$tmp.new"
 }
 
+# bench_port: a free TCP port for an idpd under test, below the ephemeral
+# range (32768-60999 on Linux), where the outgoing connections of wrk, of
+# PostgreSQL's clients and of anything else running could already hold it.
+bench_port() {
+	local p
+	for _ in $(seq 100); do
+		p=$((20000 + RANDOM % 12000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	echo "bench: no free port" >&2
+	return 1
+}
+
 # A PostgreSQL for benchmarks: durable (fsync on), separate from tests.
 bench_pg_start() {
 	BENCH_PG_DIR=$top/build/bench-pg

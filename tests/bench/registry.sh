@@ -21,7 +21,7 @@ bench_db "$db"
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
 key=${key_out%%$'\n'*}
-port=$(( 56000 + RANDOM % 1000 ))
+port=$(bench_port)
 {
 	bench_config_head "$port" "$db"
 	printf '%s\n' "$key_out" | tail -n +3

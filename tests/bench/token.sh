@@ -35,7 +35,7 @@ alice=$(bench_jwt "$work/idp" bench-idp "$(printf '{"iss":"https://idp.bench","a
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}
 key_out=$("$idpd" api-key new --name bench-admin --roles admin)
 admin=$(printf '%s\n' "$key_out" | head -n 1)
-port=$(( 58000 + RANDOM % 1000 ))
+port=$(bench_port)
 {
 	bench_config_head "$port" "$db" "handler_threads = ${BENCH_HANDLERS:-128}"
 	cat <<CFG
