@@ -23,6 +23,7 @@
 #   BENCH_PREFILL      rows loaded before measuring, 100000
 #   BENCH_UPTO         apply migrations up to this number only (e.g. 0010, the
 #                      schema before 0011), default all
+#   BENCH_SQL          SQL applied to the schema before measuring (current only)
 #   BENCH_WRITER       how rows are sent: "FORMAT CHAIN IDS" with FORMAT text|binary,
 #                      CHAIN trigger|writer, IDS v4|v7 (see audit_rows_bench.c);
 #                      default: what src/audit/writer.c does
@@ -102,31 +103,32 @@ echo "| schema | rows per COPY | backend CPU us/row | us/batch | WAL bytes/row |
 echo "|---|---|---|---|---|"
 case $what in
 current)
-	variant current "" "$batches"
+	variant current "${BENCH_SQL:-}" "$batches"
 	;;
 ablation)
 	b=${BENCH_ABLATION_BATCH:-32}
+	idx=$(psql_bench -d "$tpl" -Atc "SELECT indexrelid::regclass FROM pg_index
+		WHERE indrelid = 'audit_events'::regclass AND NOT indisprimary AND NOT indisunique
+		ORDER BY 1")
 	variant base "" "$b"
-	variant no_trigger "DROP TRIGGER audit_events_chain ON audit_events" "$b"
-	variant no_checks "ALTER TABLE audit_events DROP CONSTRAINT audit_events_seq_check,
+	if [ -n "$(psql_bench -d "$tpl" -Atc "SELECT 1 FROM pg_trigger
+			WHERE tgname = 'audit_events_chain'")" ]; then
+		variant no_trigger "DROP TRIGGER audit_events_chain ON audit_events" "$b"
+	fi
+	checks="ALTER TABLE audit_events DROP CONSTRAINT audit_events_seq_check,
 		DROP CONSTRAINT audit_events_prev_hash_check,
-		DROP CONSTRAINT audit_events_hash_check" "$b"
-	for i in $(psql_bench -d "$tpl" -Atc "SELECT indexrelid::regclass FROM pg_index
-			WHERE indrelid = 'audit_events'::regclass AND NOT indisprimary
-			AND NOT indisunique ORDER BY 1"); do
+		DROP CONSTRAINT audit_events_hash_check"
+	variant no_checks "$checks" "$b"
+	for i in $idx; do
 		variant "no_$i" "DROP INDEX $i" "$b"
 	done
 	variant no_unique_writer_seq "ALTER TABLE audit_events
 		DROP CONSTRAINT audit_events_writer_id_seq_key" "$b"
 	variant no_pkey "ALTER TABLE audit_events DROP CONSTRAINT audit_events_pkey" "$b"
-	variant heap_only "DROP TRIGGER audit_events_chain ON audit_events;
-		ALTER TABLE audit_events DROP CONSTRAINT audit_events_pkey,
-		DROP CONSTRAINT audit_events_writer_id_seq_key,
-		DROP CONSTRAINT audit_events_seq_check,
-		DROP CONSTRAINT audit_events_prev_hash_check,
-		DROP CONSTRAINT audit_events_hash_check;
-		DROP INDEX audit_events_task, audit_events_agent, audit_events_human,
-		audit_events_type, audit_events_ts, audit_events_event_id" "$b"
+	variant heap_only "DROP TRIGGER IF EXISTS audit_events_chain ON audit_events;
+		$checks, DROP CONSTRAINT audit_events_pkey,
+		DROP CONSTRAINT audit_events_writer_id_seq_key;
+		DROP INDEX $(echo $idx | sed 's/ /, /g')" "$b"
 	;;
 *)
 	echo "usage: audit_rows.sh [current|ablation]"
