@@ -2,6 +2,8 @@
 # PostgreSQL's own CPU per audit row, by COPY batch size.
 #
 #   tests/bench/audit_rows.sh            the schema of migrations/ and the writer's COPY
+#   tests/bench/audit_rows.sh compare    the schema before 0011 and the writer's old COPY
+#                                        against the current ones, runs interleaved
 #   tests/bench/audit_rows.sh ablation   the same at one batch size, with one part of the
 #                                        schema (an index, the trigger, the CHECKs) removed
 #                                        at a time, in a scratch database each
@@ -21,6 +23,7 @@
 #   BENCH_ROWS         rows per run, 4096 (a quarter of that at batch size 1)
 #   BENCH_BATCHES      batch sizes, "1 8 32 64 128"
 #   BENCH_PREFILL      rows loaded before measuring, 100000
+#   BENCH_OLD_UPTO, BENCH_OLD_WRITER  compare's "before": 0010, "text trigger v4"
 #   BENCH_UPTO         apply migrations up to this number only (e.g. 0010, the
 #                      schema before 0011), default all
 #   BENCH_SQL          SQL applied to the schema before measuring (current only)
@@ -51,27 +54,31 @@ bench_pg_start
 trap 'tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 url() { printf 'postgresql://postgres@127.0.0.1:%s/%s' "$BENCH_PG_PORT" "$1"; }
 
-# The template: migrated (up to BENCH_UPTO), filled, vacuumed, checkpointed.
-mkdir "$work/migrations"
-for m in migrations/*.sql; do
-	n=$(basename "$m" | cut -c1-4)
-	if [ -z "${BENCH_UPTO:-}" ] || [ "$n" -le "$BENCH_UPTO" ]; then
-		cp "$m" "$work/migrations/"
-	fi
-done
-bench_db "$tpl"
-"$idpd" migrate --database-url "$(url "$tpl")" --migrations "$work/migrations" 2>/dev/null
-# shellcheck disable=SC2086 # $writer is three words
-"$helper" "$(url "$tpl")" "$prefill" 2000 $writer >/dev/null
-psql_bench -d "$tpl" -c "VACUUM ANALYZE audit_events" -c CHECKPOINT
+# template NAME UPTO WRITER: a database migrated up to UPTO (all when empty),
+# filled by WRITER, vacuumed and checkpointed.
+template() {
+	local dir=$work/migrations-$1 m n
+	mkdir "$dir"
+	for m in migrations/*.sql; do
+		n=$(basename "$m" | cut -c1-4)
+		if [ -z "$2" ] || [ "$n" -le "$2" ]; then
+			cp "$m" "$dir/"
+		fi
+	done
+	bench_db "$1"
+	"$idpd" migrate --database-url "$(url "$1")" --migrations "$dir" 2>/dev/null
+	# shellcheck disable=SC2086 # $3 is three words
+	"$helper" "$(url "$1")" "$prefill" 2000 $3 >/dev/null
+	psql_bench -d "$1" -c "VACUUM ANALYZE audit_events" -c CHECKPOINT
+}
 
-# measure DB BATCH: one run's line from the helper.
+# measure DB BATCH [WRITER]: one run's line from the helper.
 measure() {
 	local r=$rows
 	[ "$2" -eq 1 ] && r=$((rows / 4))
 	[ "$checkpoint" = 1 ] && psql_bench -d "$1" -c CHECKPOINT
 	# shellcheck disable=SC2086
-	"$helper" "$(url "$1")" "$r" "$2" $writer
+	"$helper" "$(url "$1")" "$r" "$2" ${3:-$writer}
 }
 
 # field NAME: the median of NAME=value over the lines on stdin.
@@ -95,6 +102,39 @@ variant() {
 			"$(field cpu_us_per_batch <"$out")" "$(field wal_bytes_per_row <"$out")"
 	done
 }
+
+if [ "$what" = compare ]; then
+	# Before and after, each run of one right after the same run of the
+	# other, so that whatever else the machine does weighs on both alike.
+	old_upto=${BENCH_OLD_UPTO:-0010}
+	old_writer=${BENCH_OLD_WRITER:-text trigger v4}
+	template idpd_bench_rows_old "$old_upto" "$old_writer"
+	template idpd_bench_rows_new "${BENCH_UPTO:-}" "$writer"
+	for _ in $(seq "$runs"); do
+		for b in $batches; do
+			measure idpd_bench_rows_old "$b" "$old_writer" >>"$work/old.$b"
+			measure idpd_bench_rows_new "$b" >>"$work/new.$b"
+		done
+	done
+	echo "old: migrations up to $old_upto, $old_writer; new: migrations up to" \
+		"${BENCH_UPTO:-the last}, $writer; $prefill rows before; $rows rows per run;" \
+		"median of $runs runs, interleaved; checkpoint before each run: $checkpoint"
+	echo
+	echo "| rows per COPY | old us/row | new us/row | old us/batch | new us/batch |" \
+		"old WAL B/row | new WAL B/row |"
+	echo "|---|---|---|---|---|---|---|"
+	for b in $batches; do
+		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$b" \
+			"$(field cpu_us_per_row <"$work/old.$b")" \
+			"$(field cpu_us_per_row <"$work/new.$b")" \
+			"$(field cpu_us_per_batch <"$work/old.$b")" \
+			"$(field cpu_us_per_batch <"$work/new.$b")" \
+			"$(field wal_bytes_per_row <"$work/old.$b")" \
+			"$(field wal_bytes_per_row <"$work/new.$b")"
+	done
+	exit 0
+fi
+template "$tpl" "${BENCH_UPTO:-}" "$writer"
 
 echo "writer: $writer; migrations up to ${BENCH_UPTO:-the last}; $prefill rows before;" \
 	"$rows rows per run; median of $runs runs; checkpoint before each run: $checkpoint"
@@ -128,10 +168,10 @@ ablation)
 	variant heap_only "DROP TRIGGER IF EXISTS audit_events_chain ON audit_events;
 		$checks, DROP CONSTRAINT audit_events_pkey,
 		DROP CONSTRAINT audit_events_writer_id_seq_key;
-		DROP INDEX $(echo $idx | sed 's/ /, /g')" "$b"
+		DROP INDEX ${idx//$'\n'/, }" "$b"
 	;;
 *)
-	echo "usage: audit_rows.sh [current|ablation]"
+	echo "usage: audit_rows.sh [current|compare|ablation]"
 	exit 2
 	;;
 esac
