@@ -3,4 +3,4 @@
 INTEGRATION_TESTS += foundation lifecycle audit audit_sinks registry keys policy_api attest tasks delegations
 INTEGRATION_TESTS += approvals last_active revocation access walkthrough
 
-BENCH_BINS += $(BUILD)/tests/bench/audit_bench
+BENCH_BINS += $(BUILD)/tests/bench/audit_bench $(BUILD)/tests/bench/audit_rows_bench

@@ -225,7 +225,10 @@ int audit_event_take_detail(struct audit_event *ev, json_t *detail) IDP_WUR;
  * audit_event_set_detail, checked on the whole detail object.
  */
 int audit_event_put_detail(struct audit_event *ev, const char *key, json_t *value) IDP_WUR;
-/* Set AUDIT_F_ID to a random UUID (version 4).  IDP_EINTERNAL if the RNG fails. */
+/*
+ * Set AUDIT_F_ID to a time-ordered UUID (version 7, RFC 9562): ids a process
+ * assigns strictly increase.  IDP_EINTERNAL if the RNG fails.  Any thread.
+ */
 int audit_event_assign_id(struct audit_event *ev) IDP_WUR;
 
 /* ---- getters: borrowed pointers, valid until the field changes ---------- */

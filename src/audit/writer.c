@@ -25,7 +25,7 @@
  *
  * The chain: the writer numbers events 1, 2, ... (seq) and hashes each over
  * the previous hash, starting from 32 zero bytes.  Canonical form, hashes and
- * the COPY text of a batch are computed once; if the transaction fails the
+ * the COPY rows of a batch are computed once; if the transaction fails the
  * same rows are retried after a reconnect, skipping those that turn out to
  * have committed already (the COMMIT reply can be lost with the connection),
  * so the chain never forks and no event is written twice.
@@ -48,7 +48,7 @@
 #define DONE_WAYS 64
 
 struct row {
-	size_t off, len; /* this row's bytes in the batch's COPY text */
+	size_t off, len; /* this row's bytes in the batch's COPY data */
 	uint64_t seq;
 };
 
@@ -126,39 +126,44 @@ deadline_in(struct timespec *ts, int64_t ms)
 	}
 }
 
-/* COPY text format: backslash, tab, newline and CR are escaped.  Runs of
- * other bytes are appended whole. */
+/*
+ * Rows travel in COPY's binary format: no escaping here, and PostgreSQL
+ * parses no timestamp and decodes no hex per row.  Each row is a field
+ * count, then per field a length (-1 for NULL) and the bytes, integers big
+ * endian; the stream opens with copy_head and ends with copy_tail.
+ */
+static const char copy_head[19] = {'P',  'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n',
+                                   '\0', 0,   0,   0,   0,   0,   0,    0,      0};
+static const char copy_tail[2] = {'\377', '\377'};
+
+/* Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01T00:00:00Z. */
+#define PG_EPOCH_US 946684800000000LL
+
 static int
-copy_text(struct idp_buf *b, const char *s)
+put_be(struct idp_buf *b, uint64_t v, int n)
 {
-	int rc = 0;
+	unsigned char x[8];
 
-	if (s == NULL)
-		return idp_buf_puts(b, "\\N");
-	while (*s != '\0' && rc == 0) {
-		size_t run = strcspn(s, "\\\t\n\r");
+	for (int i = 0; i < n; i++)
+		x[i] = (unsigned char)(v >> (8 * (n - 1 - i)));
+	return idp_buf_append(b, x, (size_t)n);
+}
 
-		rc = idp_buf_append(b, s, run);
-		s += run;
-		if (*s == '\0' || rc != 0)
-			break;
-		switch (*s) {
-		case '\\':
-			rc = idp_buf_puts(b, "\\\\");
-			break;
-		case '\t':
-			rc = idp_buf_puts(b, "\\t");
-			break;
-		case '\n':
-			rc = idp_buf_puts(b, "\\n");
-			break;
-		default:
-			rc = idp_buf_puts(b, "\\r");
-			break;
-		}
-		s++;
-	}
-	return rc;
+/* One field: its length and bytes, or length -1 for NULL. */
+static int
+put_field(struct idp_buf *b, const void *p, size_t n)
+{
+	if (p == NULL)
+		return put_be(b, 0xffffffffu, 4);
+	if (n > INT32_MAX)
+		return IDP_ETOOBIG;
+	return put_be(b, n, 4) | idp_buf_append(b, p, n);
+}
+
+static int
+put_text(struct idp_buf *b, const char *s)
+{
+	return put_field(b, s, s != NULL ? strlen(s) : 0);
 }
 
 /* One COPY row for a queued event; extends the chain held in W. */
@@ -167,7 +172,7 @@ build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 {
 	const struct audit_event *ev = sl->ev;
 	uint8_t prev[AUDIT_HASH_LEN];
-	char ts[32], prev_hex[AUDIT_HASH_HEX_LEN + 1], hash_hex[AUDIT_HASH_HEX_LEN + 1];
+	int64_t ts_us = audit_event_time(ev) * 1000 - PG_EPOCH_US;
 	int rc = 0;
 
 	memcpy(prev, W.chain_hash, sizeof(prev));
@@ -176,36 +181,22 @@ build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 	W.chain_seq++;
 	r->seq = W.chain_seq;
 	r->off = b->len;
-	audit_hash_to_hex(prev, prev_hex);
-	audit_hash_to_hex(W.chain_hash, hash_hex);
-	idp_time_format(audit_event_time(ev), ts);
 
-	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_ID));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, W.chain_id);
-	rc |= idp_buf_putc(b, '\t');
-	rc |= idp_buf_put_int(b, (int64_t)r->seq);
-	rc |= idp_buf_putc(b, '\t');
-	rc |= idp_buf_puts(b, ts);
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, audit_type_name(audit_event_type(ev)));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_AGENT_ID));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_HUMAN_PRINCIPAL));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, audit_event_get(ev, AUDIT_F_TASK_ID));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= idp_buf_put_int(b, audit_event_severity(ev));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, audit_outcome_name(audit_event_outcome(ev)));
-	rc |= idp_buf_putc(b, '\t');
-	rc |= copy_text(b, sl->canon);
-	rc |= idp_buf_puts(b, "\t\\\\x");
-	rc |= idp_buf_append(b, prev_hex, AUDIT_HASH_HEX_LEN);
-	rc |= idp_buf_puts(b, "\t\\\\x");
-	rc |= idp_buf_append(b, hash_hex, AUDIT_HASH_HEX_LEN);
-	rc |= idp_buf_putc(b, '\n');
+	/* The columns of COPY_SQL, in its order. */
+	rc |= put_be(b, 13, 2);
+	rc |= put_text(b, audit_event_get(ev, AUDIT_F_ID));
+	rc |= put_text(b, W.chain_id);
+	rc |= put_be(b, 8, 4) | put_be(b, r->seq, 8);
+	rc |= put_be(b, 8, 4) | put_be(b, (uint64_t)ts_us, 8);
+	rc |= put_text(b, audit_type_name(audit_event_type(ev)));
+	rc |= put_text(b, audit_event_get(ev, AUDIT_F_AGENT_ID));
+	rc |= put_text(b, audit_event_get(ev, AUDIT_F_HUMAN_PRINCIPAL));
+	rc |= put_text(b, audit_event_get(ev, AUDIT_F_TASK_ID));
+	rc |= put_be(b, 2, 4) | put_be(b, (uint64_t)audit_event_severity(ev), 2);
+	rc |= put_text(b, audit_outcome_name(audit_event_outcome(ev)));
+	rc |= put_field(b, sl->canon, sl->clen);
+	rc |= put_field(b, prev, AUDIT_HASH_LEN);
+	rc |= put_field(b, W.chain_hash, AUDIT_HASH_LEN);
 	r->len = b->len - r->off;
 	return rc == 0 ? IDP_OK : IDP_ETOOBIG;
 }
@@ -255,13 +246,24 @@ committed_max(void)
 	return v;
 }
 
+#define COPY_SQL                                                                                   \
+	"COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, human_principal, "       \
+	"task_id, severity, outcome, body, prev_hash, hash) FROM STDIN (FORMAT binary)"
+#define CHAIN_SQL_HEAD "INSERT INTO audit_chains AS c (writer_id, last_seq) VALUES"
+#define CHAIN_SQL_TAIL                                                                             \
+	"ON CONFLICT (writer_id) DO UPDATE SET last_seq = greatest(c.last_seq, "                   \
+	"excluded.last_seq), updated_at = now()"
+
 /* One attempt to commit rows [0, n).  IDP_OK when all of them are durable. */
 static int
 write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 {
 	PGresult *r;
+	char sql[sizeof(COPY_SQL) + sizeof(CHAIN_SQL_HEAD) + sizeof(CHAIN_SQL_TAIL) + 2 * 320 + 64];
+	char *lit;
 	size_t from = 0;
 	int first = 0;
+	bool ok = true;
 
 	if (!writer_connect())
 		return IDP_EUNAVAIL;
@@ -276,31 +278,35 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 			return IDP_OK;
 	}
 	from = rows[first].off;
-	/* One COPY outside an explicit transaction is its own transaction:
-	 * all rows or none, committed (and flushed, with synchronous_commit)
-	 * when its completion arrives.  That saves BEGIN and COMMIT round
-	 * trips per batch. */
-	if (!exec_ok(W.pg,
-	             "COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, "
-	             "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
-	             "FROM STDIN",
-	             PGRES_COPY_IN))
+	/*
+	 * The COPY and the chain's upsert in one query string: PostgreSQL runs
+	 * the statements of one simple query as one implicit transaction, so
+	 * the rows and audit_chains commit together or not at all, in one
+	 * round trip, committed (and flushed, with synchronous_commit) when
+	 * the last result has arrived.
+	 */
+	lit = PQescapeLiteral(W.pg, W.chain_id, strlen(W.chain_id));
+	if (lit == NULL)
 		goto lost;
-	if (PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
-	    PQputCopyEnd(W.pg, NULL) != 1)
+	snprintf(sql, sizeof(sql), "%s; %s (%s, %llu) %s", COPY_SQL, CHAIN_SQL_HEAD, lit,
+	         (unsigned long long)rows[n - 1].seq, CHAIN_SQL_TAIL);
+	PQfreemem(lit);
+	if (!exec_ok(W.pg, sql, PGRES_COPY_IN))
 		goto lost;
-	r = PQgetResult(W.pg);
-	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-		log_warn("audit: COPY: %s", PQresultErrorMessage(r));
+	if (PQputCopyData(W.pg, copy_head, sizeof(copy_head)) != 1 ||
+	    PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
+	    PQputCopyData(W.pg, copy_tail, sizeof(copy_tail)) != 1 || PQputCopyEnd(W.pg, NULL) != 1)
+		goto lost;
+	while ((r = PQgetResult(W.pg)) != NULL) {
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			if (ok)
+				log_warn("audit: writing a batch: %s", PQresultErrorMessage(r));
+			ok = false;
+		}
 		PQclear(r);
-		while ((r = PQgetResult(W.pg)) != NULL)
-			PQclear(r);
-		goto lost;
 	}
-	PQclear(r);
-	while ((r = PQgetResult(W.pg)) != NULL)
-		PQclear(r);
-	return IDP_OK;
+	if (ok)
+		return IDP_OK;
 lost:
 	/* Start over on a fresh session: whatever state this one is in. */
 	PQfinish(W.pg);

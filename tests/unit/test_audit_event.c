@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <cmocka.h>
 
 #include "idpd/audit.h"
+#include "idpd/clock.h"
 
 /* Read tests/golden/audit/<name> (from $IDPD_TEST_TOP or the current directory), minus its final
  * newline. */
@@ -660,24 +662,88 @@ clone_is_independent(void **state)
 	audit_event_free(c);
 }
 
+uint64_t audit_uuid7_stamp(_Atomic uint64_t *last_stamp, int64_t now_ms);
+
+/* The 48-bit millisecond field of a version-7 id. */
+static int64_t
+uuid7_ms(const char *id)
+{
+	char hex[13];
+
+	memcpy(hex, id, 8);
+	memcpy(hex + 8, id + 9, 4);
+	hex[12] = '\0';
+	return strtoll(hex, NULL, 16);
+}
+
 static void
-assigned_ids_are_uuid_v4_and_differ(void **state)
+assigned_ids_are_uuid_v7_of_now(void **state)
 {
 	struct audit_event *a = audit_event_new(AUDIT_ALERT, 0),
 	                   *b = audit_event_new(AUDIT_ALERT, 0);
+	int64_t before = idp_now_ms(idp_clock_system()), after;
 	const char *id;
 
 	(void)state;
 	assert_int_equal(audit_event_assign_id(a), IDP_OK);
 	assert_int_equal(audit_event_assign_id(b), IDP_OK);
+	after = idp_now_ms(idp_clock_system());
 	id = audit_event_get(a, AUDIT_F_ID);
 	assert_int_equal(strlen(id), 36);
-	assert_int_equal(id[8], '-');
-	assert_int_equal(id[14], '4');
+	for (int i = 0; i < 36; i++) {
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+			assert_int_equal(id[i], '-');
+		else
+			assert_non_null(strchr("0123456789abcdef", id[i]));
+	}
+	assert_int_equal(id[14], '7');
 	assert_non_null(strchr("89ab", id[19]));
+	assert_true(uuid7_ms(id) >= before && uuid7_ms(id) <= after);
 	assert_string_not_equal(id, audit_event_get(b, AUDIT_F_ID));
 	audit_event_free(a);
 	audit_event_free(b);
+}
+
+/* Byte order is time order: what makes the event_id index grow at its end. */
+static void
+assigned_ids_strictly_increase(void **state)
+{
+	char prev[37] = "";
+
+	(void)state;
+	for (int i = 0; i < 20000; i++) {
+		struct audit_event *ev = audit_event_new(AUDIT_ALERT, 0);
+		const char *id;
+
+		assert_int_equal(audit_event_assign_id(ev), IDP_OK);
+		id = audit_event_get(ev, AUDIT_F_ID);
+		assert_true(strcmp(id, prev) > 0);
+		memcpy(prev, id, sizeof(prev));
+		audit_event_free(ev);
+	}
+}
+
+static void
+uuid7_stamp_counts_within_a_millisecond_and_survives_a_clock_step_back(void **state)
+{
+	const int64_t t = 1774620923456;
+	_Atomic uint64_t last = 0;
+	uint64_t s0, s1, s2, s3;
+
+	(void)state;
+	s0 = audit_uuid7_stamp(&last, t);
+	s1 = audit_uuid7_stamp(&last, t);
+	s2 = audit_uuid7_stamp(&last, t - 5000); /* the clock stepped back */
+	s3 = audit_uuid7_stamp(&last, t + 1);
+	assert_true(s0 == (uint64_t)t << 12);
+	assert_true(s1 == s0 + 1);
+	assert_true(s2 == s1 + 1);
+	assert_true(s3 == (uint64_t)(t + 1) << 12);
+	/* 4096 ids in one millisecond: the next borrows the next millisecond. */
+	for (int i = 0; i < 4095; i++)
+		s3 = audit_uuid7_stamp(&last, t + 1);
+	assert_true(s3 == ((uint64_t)(t + 1) << 12) + 4095);
+	assert_true(audit_uuid7_stamp(&last, t + 1) == (uint64_t)(t + 2) << 12);
 }
 
 static void
@@ -778,7 +844,10 @@ main(void)
 	    cmocka_unit_test(set_params_copies_and_redacts),
 	    cmocka_unit_test(put_detail_adds_keys_and_redacts),
 	    cmocka_unit_test(clone_is_independent),
-	    cmocka_unit_test(assigned_ids_are_uuid_v4_and_differ),
+	    cmocka_unit_test(assigned_ids_are_uuid_v7_of_now),
+	    cmocka_unit_test(assigned_ids_strictly_increase),
+	    cmocka_unit_test(
+	        uuid7_stamp_counts_within_a_millisecond_and_survives_a_clock_step_back),
 	    cmocka_unit_test(chain_hash_is_sha256_of_prev_and_canonical),
 	    cmocka_unit_test(chain_links_events_and_exposes_a_change),
 	    cmocka_unit_test(hash_from_hex_rejects_bad_input),
