@@ -46,6 +46,12 @@ bench_pg_start() {
 	BENCH_PG_PORT=${BENCH_PG_PORT:-55391}
 	tests/support/pg.sh start "$BENCH_PG_DIR" "$BENCH_PG_PORT"
 	trap 'tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null 2>&1 || true' EXIT
+	# Checkpoints as a write-heavy deployment would space them (the
+	# defaults, 1 GB of WAL or 5 minutes, suit a small idle database):
+	# right after one, every index page touched is logged whole.
+	psql_bench -d postgres -c "ALTER SYSTEM SET max_wal_size = '8GB'" \
+		-c "ALTER SYSTEM SET checkpoint_timeout = '15min'" \
+		-c "SELECT pg_reload_conf()" >/dev/null
 }
 
 psql_bench() {
