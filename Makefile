@@ -42,6 +42,7 @@ BENCH_BINS        =
 # MODULES="util policy" builds a subset, so work on one module is not held up
 # by another that is half written.
 MODULES ?= $(notdir $(patsubst %/,%,$(dir $(sort $(wildcard src/*/module.mk)))))
+.DEFAULT_GOAL := all
 include $(MODULES:%=src/%/module.mk)
 include tests/module.mk
 

@@ -24,7 +24,18 @@ void idp_buf_reset(struct idp_buf *b);
 int idp_buf_reserve(struct idp_buf *b, size_t n) IDP_WUR;
 int idp_buf_append(struct idp_buf *b, const void *p, size_t n) IDP_WUR;
 int idp_buf_puts(struct idp_buf *b, const char *s) IDP_WUR;
-int idp_buf_putc(struct idp_buf *b, char c) IDP_WUR;
+int idp_buf_putc_slow(struct idp_buf *b, char c) IDP_WUR;
+/* One byte: inline while there is room, the JSON writers put many. */
+IDP_WUR static inline int
+idp_buf_putc(struct idp_buf *b, char c)
+{
+	if (b->len + 2 <= b->cap && b->len < b->max) {
+		b->data[b->len++] = c;
+		b->data[b->len] = '\0';
+		return IDP_OK;
+	}
+	return idp_buf_putc_slow(b, c);
+}
 int idp_buf_printf(struct idp_buf *b, const char *fmt, ...) IDP_PRINTF(2, 3) IDP_WUR;
 /* v in decimal, as "%lld" would write it, without going through printf. */
 int idp_buf_put_int(struct idp_buf *b, int64_t v) IDP_WUR;

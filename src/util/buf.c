@@ -44,7 +44,9 @@ reserve(struct idp_buf *b, size_t n)
 	need = b->len + n + 1;
 	if (need <= b->cap)
 		return IDP_OK;
-	cap = b->cap ? b->cap : 64;
+	/* Most buffers hold a JSON document or a token: start past the
+	 * first few doublings. */
+	cap = b->cap ? b->cap : 256;
 	while (cap < need)
 		cap *= 2;
 	b->data = idp_xrealloc(b->data, cap);
@@ -91,7 +93,7 @@ idp_buf_puts(struct idp_buf *b, const char *s)
 }
 
 int
-idp_buf_putc(struct idp_buf *b, char c)
+idp_buf_putc_slow(struct idp_buf *b, char c)
 {
 	return idp_buf_append(b, &c, 1);
 }

@@ -106,6 +106,34 @@ request_id_is_echoed_when_well_formed_and_replaced_otherwise(void **state)
 	assert_true(harness_log_contains(&idpd, "\"request_id\":\"trace-42.abc:1\""));
 }
 
+/* Header sections up to about 12 KiB are read (large IdP tokens, proxy
+ * headers); a larger one gets 431, and the next connection is served. */
+static void
+large_header_sections_are_read_and_oversized_ones_refused(void **state)
+{
+	static char pad[24 * 1024];
+	const char *h[] = {pad, NULL};
+	struct http_resp r;
+	char url[256];
+
+	(void)state;
+	snprintf(url, sizeof(url), "%s/healthz", idpd.base);
+	memcpy(pad, "X-Pad: ", 7);
+	memset(pad + 7, 'p', 12 * 1024);
+	pad[7 + 12 * 1024] = '\0';
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	memset(pad + 7, 'p', 20 * 1024);
+	pad[7 + 20 * 1024] = '\0';
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 431);
+	harness_resp_free(&r);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+}
+
 static void
 readyz_reports_the_schema_version(void **state)
 {
@@ -226,6 +254,7 @@ main(void)
 		cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
 		cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
 		cmocka_unit_test(readyz_reports_the_schema_version),
+		cmocka_unit_test(large_header_sections_are_read_and_oversized_ones_refused),
 		cmocka_unit_test(metrics_expose_requests_pool_listener_and_build),
 		cmocka_unit_test(unknown_path_is_a_404_problem),
 		cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
