@@ -162,10 +162,14 @@ metrics_expose_requests_pool_listener_and_build(void **state)
 	harness_resp_free(&r);
 	get("/nope", &r);
 	harness_resp_free(&r);
-	/* The listener connects in the background: give it a moment. */
+	/* The listener connects in the background, and a request is counted
+	 * when its completion runs, which may be just after its client has
+	 * the answer: give both a moment. */
 	for (int i = 0; i < 100; i++) {
 		get("/metrics", &r);
-		if (strstr(r.body, "idpd_listener_connected 1\n") != NULL)
+		if (strstr(r.body, "idpd_listener_connected 1\n") != NULL &&
+		    strstr(r.body, "idpd_http_requests_total{route=\"unmatched\",status=\"404\"}") !=
+		        NULL)
 			break;
 		harness_resp_free(&r);
 		struct timespec ts = {0, 50 * 1000 * 1000};
