@@ -90,14 +90,14 @@ api POST /v1/token "$cred" "{\"audience\":\"https://aws.example.com\",\"scope\":
 api POST /v1/delegations "$cred" "{\"delegation_token\":\"$root\",\"to_agent\":\"helper\",\"scope\":\"cloud:DescribeInstances\",\"ttl\":\"10m\"}" | jget delegation_token >/dev/null
 
 cat >"$work/post.lua" <<'LUA'
+-- One request, built once per thread: wrk then sends it as it is, with no
+-- Lua call per request (the client's CPU is not what is measured).
 function init(args)
-	path = args[1]
-	cred = args[2]
-	body = io.open(args[3]):read("*a")
-end
-function request()
-	return wrk.format("POST", path, {["Authorization"] = "Bearer " .. cred,
-		["Content-Type"] = "application/json"}, body)
+	wrk.method = "POST"
+	wrk.path = args[1]
+	wrk.headers["Authorization"] = "Bearer " .. args[2]
+	wrk.headers["Content-Type"] = "application/json"
+	wrk.body = io.open(args[3]):read("*a")
 end
 LUA
 printf '{"audience":"https://aws.example.com","scope":"cloud:DescribeInstances","task_id":"%s","delegation_token":"%s","reason":"bench"}' \
@@ -107,19 +107,31 @@ printf '{"delegation_token":"%s","to_agent":"helper","scope":"cloud:DescribeInst
 
 events() { psql_bench -d "$db" -At -c "SELECT count(*) FROM audit_events WHERE type = '$1'"; }
 
-# One run: rate = events of type $1 committed per second; p99 from wrk.
+# CPU ticks (user + system) of the processes given, and of the benchmark PostgreSQL's.
+ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+pg_pids() { pgrep -P "$(head -n 1 "$BENCH_PG_DIR/data/postmaster.pid")" | tr '\n' ' '; }
+
+# One run: rate = events of type $1 committed per second; p99 from wrk; the
+# CPU of idpd and of PostgreSQL per committed event; and, run just before,
+# openssl's signs per second, so that drift of this shared machine's speed
+# over the benchmark affects both sides of each ratio alike.
 run() {
-	local type=$1 cpu0 cpu1 n0 n1
+	local type=$1 cpu0 cpu1 pg0 pg1 n0 n1 sign
 	shift
+	sign=$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print int($7)}')
+	echo "$sign" >>"$work/sign.$type"
 	n0=$(events "$type")
-	cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+	cpu0=$(ticks "$pid")
+	pg0=$(ticks $(pg_pids))
 	bench_wrk_run "events $type" "$work/rate.$type" "$work/p99.$type" -t1 -c"$conns" "$@"
-	cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+	pg1=$(ticks $(pg_pids))
+	cpu1=$(ticks "$pid")
 	n1=$(events "$type")
-	# idpd's CPU time (user + system, in clock ticks) per committed event, in us
-	awk -v c="$((cpu1 - cpu0))" -v n="$((n1 - n0))" -v hz="$(getconf CLK_TCK)" \
-		'BEGIN {if (n > 0) printf "%.0f\n", c * 1e6 / hz / n}' >>"$work/cpu.$type"
-	[ -n "${BENCH_VERBOSE:-}" ] && echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx" >&2
+	# CPU time in clock ticks per committed event, in us
+	awk -v c="$((cpu1 - cpu0))" -v p="$((pg1 - pg0))" -v n="$((n1 - n0))" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN {if (n > 0) printf "%.0f %.0f\n", c * 1e6 / hz / n, p * 1e6 / hz / n}' >>"$work/cpu.$type"
+	tail -n 1 "$work/rate.$type" | awk -v s="$sign" '{printf "%.1f\n", 100 * $1 / s}' >>"$work/ratio.$type"
+	[ -n "${BENCH_VERBOSE:-}" ] && { echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx"; echo "sign/s $sign, cpu us/event $(tail -n 1 "$work/cpu.$type")"; } >&2
 	echo "$BENCH_WRK_OUT" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$type"
 }
 
@@ -129,12 +141,14 @@ done
 for _ in $(seq "$runs"); do
 	run delegation.created -s "$work/post.lua" "$base" -- /v1/delegations "$cred" "$work/deleg.json"
 done
-sign_rate=$(openssl speed -seconds 3 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print int($7)}')
+sign_rate=$(median <"$work/sign.token.issued")
 tok_rate=$(median <"$work/rate.token.issued"); tok_p99=$(median <"$work/p99.token.issued")
-tok_cpu=$(median <"$work/cpu.token.issued")
+tok_cpu=$(awk '{print $1}' "$work/cpu.token.issued" | median)
+tok_pg=$(awk '{print $2}' "$work/cpu.token.issued" | median)
+ratio=$(median <"$work/ratio.token.issued")
 del_rate=$(median <"$work/rate.delegation.created"); del_p99=$(median <"$work/p99.delegation.created")
 errors=$(cat "$work"/errors.* 2>/dev/null | awk '{s += $1} END {print s + 0}')
-ratio=$(awk -v a="$tok_rate" -v b="$sign_rate" 'BEGIN {printf "%.0f", 100 * a / b}')
+[ -n "${BENCH_VERBOSE:-}" ] && echo "ratios: $(tr '\n' ' ' <"$work/ratio.token.issued")" >&2
 kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 
 {
