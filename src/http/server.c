@@ -1037,20 +1037,18 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	s->n_stats = http_router_count(r) + 1;
 	s->stats = idp_xcalloc(s->n_stats, sizeof(*s->stats));
 	/* The logger goes first, so MHD sends even its option errors to it. */
-	s->mhd = MHD_start_daemon(flags, (uint16_t)o->port, on_accept, s, on_request, s,
-	                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-	                          &ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads,
-	                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
-	                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->connection_timeout_s,
-	                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-	                          MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-	                          /* The pool holds a request's header section and the
-	                           * response's; MHD zeroes all of it between requests,
-	                           * so its default of 32 KiB costs a visible share of a
-	                           * small request.  16 KiB still takes headers of
-	                           * about 12 KiB. */
-	                          MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-	                          (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+	s->mhd = MHD_start_daemon(
+	    flags, (uint16_t)o->port, on_accept, s, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+	    mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE,
+	    (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->connection_timeout_s,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+	    /* The pool holds a request's header section and the
+	     * response's; MHD zeroes all of it between requests,
+	     * so its default of 32 KiB costs a visible share of a
+	     * small request.  16 KiB still takes headers of
+	     * about 12 KiB. */
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
 	if (s->mhd == NULL) {
 		idp_diag_add(diag,
 		             "cannot listen on %s:%d (in use, or not an address of this host)",

@@ -1159,7 +1159,7 @@ sign_input(const struct idp_jws_key *key, const char *input, size_t len, unsigne
 	EVP_PKEY_CTX *ctx = NULL;
 	int rc = IDP_EINTERNAL;
 
-	if (EVP_Digest(input, len, digest, NULL, key->sha256, NULL) != 1 ||
+	if (idp_sha256(input, len, NULL, 0, digest) != IDP_OK ||
 	    (ctx = EVP_PKEY_CTX_dup(key->sign_tpl)) == NULL ||
 	    EVP_PKEY_sign(ctx, der, &der_len, digest, sizeof(digest)) != 1) {
 		ossl_diag(diag, "signing");
@@ -1207,7 +1207,7 @@ jws_check_signature(const struct idp_jws_key *key, const char *input, size_t len
 		vlen = ecdsa_raw_to_der(sig, der);
 		vsig = der;
 	}
-	if (EVP_Digest(input, len, digest, NULL, key->sha256, NULL) == 1) {
+	if (idp_sha256(input, len, NULL, 0, digest) == IDP_OK) {
 		ctx = EVP_PKEY_CTX_dup(key->verify_tpl);
 		if (ctx != NULL && EVP_PKEY_verify(ctx, vsig, vlen, digest, sizeof(digest)) == 1)
 			reason = IDP_JWS_OK;

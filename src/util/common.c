@@ -181,13 +181,29 @@ idp_ct_equal(const void *a, const void *b, size_t n)
 	return CRYPTO_memcmp(a, b, n) == 0;
 }
 
+/*
+ * SHA-256 state: the algorithm fetched once, and one digest context per
+ * thread, reset between uses (a context per call costs two allocations);
+ * a thread's context is freed when the thread ends.
+ */
 static EVP_MD *sha256_md;
+static pthread_key_t sha256_ctx_key;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 
 static void
-sha256_fetch(void)
+sha256_ctx_free(void *ctx)
+{
+	EVP_MD_CTX_free(ctx);
+}
+
+static void
+sha256_init(void)
 {
 	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (pthread_key_create(&sha256_ctx_key, sha256_ctx_free) != 0) {
+		EVP_MD_free(sha256_md);
+		sha256_md = NULL;
+	}
 }
 
 int
@@ -195,16 +211,23 @@ idp_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8_t out[I
 {
 	EVP_MD_CTX *ctx;
 	unsigned int n = 0;
-	int ok;
 
-	pthread_once(&sha256_once, sha256_fetch);
-	if (sha256_md == NULL || (ctx = EVP_MD_CTX_new()) == NULL)
+	pthread_once(&sha256_once, sha256_init);
+	if (sha256_md == NULL)
 		return IDP_EINTERNAL;
-	ok = EVP_DigestInit_ex2(ctx, sha256_md, NULL) == 1 && EVP_DigestUpdate(ctx, a, alen) == 1 &&
-	     (blen == 0 || EVP_DigestUpdate(ctx, b, blen) == 1) &&
-	     EVP_DigestFinal_ex(ctx, out, &n) == 1 && n == IDP_SHA256_LEN;
-	EVP_MD_CTX_free(ctx);
-	return ok ? IDP_OK : IDP_EINTERNAL;
+	ctx = pthread_getspecific(sha256_ctx_key);
+	if (ctx == NULL) {
+		ctx = EVP_MD_CTX_new();
+		if (ctx == NULL || pthread_setspecific(sha256_ctx_key, ctx) != 0) {
+			EVP_MD_CTX_free(ctx);
+			return IDP_EINTERNAL;
+		}
+	}
+	if (EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 || EVP_DigestUpdate(ctx, a, alen) != 1 ||
+	    (blen != 0 && EVP_DigestUpdate(ctx, b, blen) != 1) ||
+	    EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != IDP_SHA256_LEN)
+		return IDP_EINTERNAL;
+	return IDP_OK;
 }
 
 const char *

@@ -58,8 +58,8 @@ assert_problem(const struct http_resp *r, long status, const char *code)
 	assert_string_equal(json_string_value(json_object_get(j, "code")), code);
 	assert_non_null(json_string_value(json_object_get(j, "title")));
 	assert_non_null(json_string_value(json_object_get(j, "detail")));
-	assert_true(strncmp(json_string_value(json_object_get(j, "type")), "urn:idpd:problem:",
-			    17) == 0);
+	assert_true(
+	    strncmp(json_string_value(json_object_get(j, "type")), "urn:idpd:problem:", 17) == 0);
 	/* The problem names the request, and so does the header. */
 	assert_true(harness_resp_header(r, "X-Request-Id", rid, sizeof(rid)));
 	assert_string_equal(json_string_value(json_object_get(j, "request_id")), rid);
@@ -145,9 +145,9 @@ readyz_reports_the_schema_version(void **state)
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ready");
 	assert_int_equal(harness_sql_value("t_foundation",
-					   "SELECT max(version) FROM schema_migrations", v,
-					   sizeof(v)),
-			 0);
+	                                   "SELECT max(version) FROM schema_migrations", v,
+	                                   sizeof(v)),
+	                 0);
 	assert_int_equal(json_integer_value(json_object_get(r.json, "schema_version")), atoi(v));
 	harness_resp_free(&r);
 }
@@ -168,8 +168,8 @@ metrics_expose_requests_pool_listener_and_build(void **state)
 	for (int i = 0; i < 100; i++) {
 		get("/metrics", &r);
 		if (strstr(r.body, "idpd_listener_connected 1\n") != NULL &&
-		    strstr(r.body, "idpd_http_requests_total{route=\"unmatched\",status=\"404\"}") !=
-		        NULL)
+		    strstr(r.body,
+		           "idpd_http_requests_total{route=\"unmatched\",status=\"404\"}") != NULL)
 			break;
 		harness_resp_free(&r);
 		struct timespec ts = {0, 50 * 1000 * 1000};
@@ -177,11 +177,11 @@ metrics_expose_requests_pool_listener_and_build(void **state)
 	}
 	assert_int_equal(r.status, 200);
 	assert_non_null(
-		strstr(r.body, "idpd_http_requests_total{route=\"/healthz\",status=\"200\"} "));
+	    strstr(r.body, "idpd_http_requests_total{route=\"/healthz\",status=\"200\"} "));
 	assert_non_null(
-		strstr(r.body, "idpd_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"));
+	    strstr(r.body, "idpd_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"));
 	assert_non_null(strstr(r.body, "idpd_http_request_duration_seconds_bucket{route="
-				       "\"/healthz\",le=\"+Inf\"}"));
+	                               "\"/healthz\",le=\"+Inf\"}"));
 	assert_non_null(strstr(r.body, "idpd_db_pool_connections{state=\"idle\"}"));
 	assert_non_null(strstr(r.body, "idpd_db_pool_connections{state=\"in_use\"}"));
 	assert_non_null(strstr(r.body, "idpd_listener_connected 1\n"));
@@ -255,15 +255,15 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
-		cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
-		cmocka_unit_test(readyz_reports_the_schema_version),
-		cmocka_unit_test(large_header_sections_are_read_and_oversized_ones_refused),
-		cmocka_unit_test(metrics_expose_requests_pool_listener_and_build),
-		cmocka_unit_test(unknown_path_is_a_404_problem),
-		cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
-		cmocka_unit_test(head_is_answered_like_get_without_a_body),
-		cmocka_unit_test(responses_are_not_cacheable_by_default),
+	    cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
+	    cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
+	    cmocka_unit_test(readyz_reports_the_schema_version),
+	    cmocka_unit_test(large_header_sections_are_read_and_oversized_ones_refused),
+	    cmocka_unit_test(metrics_expose_requests_pool_listener_and_build),
+	    cmocka_unit_test(unknown_path_is_a_404_problem),
+	    cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
+	    cmocka_unit_test(head_is_answered_like_get_without_a_body),
+	    cmocka_unit_test(responses_are_not_cacheable_by_default),
 	};
 	return cmocka_run_group_tests_name("foundation", tests, group_setup, group_teardown);
 }
