@@ -14,20 +14,6 @@ static const char *const secret_words[] = {
     "apikey",   "privatekey", "credential", "cookie", "session", "jwt",
 };
 
-/* Whether a secret word starts at s (normalized). */
-static bool
-word_at(const char *s)
-{
-	/* Only positions holding a word's first letter are worth a look. */
-	if (strchr("pstacj", *s) == NULL)
-		return false;
-	for (size_t i = 0; i < IDP_ARRAY_LEN(secret_words); i++)
-		if (secret_words[i][0] == *s &&
-		    strncmp(s, secret_words[i], strlen(secret_words[i])) == 0)
-			return true;
-	return false;
-}
-
 bool
 audit_key_is_secret(const char *key)
 {
@@ -44,8 +30,8 @@ audit_key_is_secret(const char *key)
 		norm[n++] = (char)(c < 0x80 ? tolower(c) : c);
 	}
 	norm[n] = '\0';
-	for (size_t i = 0; i < n && !hit; i++)
-		hit = word_at(norm + i);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(secret_words) && !hit; i++)
+		hit = strstr(norm, secret_words[i]) != NULL;
 	if (norm != small)
 		free(norm);
 	return hit;

@@ -127,6 +127,14 @@ bench_wait() {
 	exit 1
 }
 
+# cpu_times: the machine's total and stolen CPU time so far (clock ticks, /proc/stat).
+# On a virtual machine the hypervisor may give the cores to another guest
+# ("steal"): a run with much of it measures the neighbours, not idpd.
+cpu_times() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
+
+# steal_pct BEFORE AFTER: the share of CPU time stolen between two cpu_times.
+steal_pct() { echo "$1 $2" | awk '{ if ($3 > $1) printf "%.0f\n", 100 * ($4 - $2) / ($3 - $1); else print 0 }'; }
+
 # wrk's latencies on stdin ("456.00us", "1.23ms", "1.02s") in microseconds.
 wrk_us() {
 	awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 }

@@ -116,22 +116,25 @@ pg_pids() { pgrep -P "$(head -n 1 "$BENCH_PG_DIR/data/postmaster.pid")" | tr '\n
 # openssl's signs per second, so that drift of this shared machine's speed
 # over the benchmark affects both sides of each ratio alike.
 run() {
-	local type=$1 cpu0 cpu1 pg0 pg1 n0 n1 sign
+	local type=$1 cpu0 cpu1 pg0 pg1 n0 n1 sign st0 st1
 	shift
 	sign=$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print int($7)}')
 	echo "$sign" >>"$work/sign.$type"
 	n0=$(events "$type")
+	st0=$(cpu_times)
 	cpu0=$(ticks "$pid")
 	pg0=$(ticks $(pg_pids))
 	bench_wrk_run "events $type" "$work/rate.$type" "$work/p99.$type" -t1 -c"$conns" "$@"
 	pg1=$(ticks $(pg_pids))
 	cpu1=$(ticks "$pid")
+	st1=$(cpu_times)
+	steal_pct "$st0" "$st1" >>"$work/steal.$type"
 	n1=$(events "$type")
 	# CPU time in clock ticks per committed event, in us
 	awk -v c="$((cpu1 - cpu0))" -v p="$((pg1 - pg0))" -v n="$((n1 - n0))" -v hz="$(getconf CLK_TCK)" \
 		'BEGIN {if (n > 0) printf "%.0f %.0f\n", c * 1e6 / hz / n, p * 1e6 / hz / n}' >>"$work/cpu.$type"
 	tail -n 1 "$work/rate.$type" | awk -v s="$sign" '{printf "%.1f\n", 100 * $1 / s}' >>"$work/ratio.$type"
-	[ -n "${BENCH_VERBOSE:-}" ] && { echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx"; echo "sign/s $sign, cpu us/event $(tail -n 1 "$work/cpu.$type")"; } >&2
+	[ -n "${BENCH_VERBOSE:-}" ] && { echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx"; echo "sign/s $sign, cpu us/event $(tail -n 1 "$work/cpu.$type"), steal $(tail -n 1 "$work/steal.$type")%"; } >&2
 	echo "$BENCH_WRK_OUT" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$type"
 }
 
@@ -146,6 +149,7 @@ tok_rate=$(median <"$work/rate.token.issued"); tok_p99=$(median <"$work/p99.toke
 tok_cpu=$(awk '{print $1}' "$work/cpu.token.issued" | median)
 tok_pg=$(awk '{print $2}' "$work/cpu.token.issued" | median)
 ratio=$(median <"$work/ratio.token.issued")
+steal=$(median <"$work/steal.token.issued")
 del_rate=$(median <"$work/rate.delegation.created"); del_p99=$(median <"$work/p99.delegation.created")
 errors=$(cat "$work"/errors.* 2>/dev/null | awk '{s += $1} END {print s + 0}')
 [ -n "${BENCH_VERBOSE:-}" ] && echo "ratios: $(tr '\n' ' ' <"$work/ratio.token.issued")" >&2
