@@ -1,0 +1,217 @@
+/*
+ * The audit writer in this process, against the test PostgreSQL: the
+ * promise of audit_emit_then, which token issuance stands on.  done is
+ * called exactly once per event: IDP_OK once its batch committed;
+ * IDP_EUNAVAIL when audit.timeout passes first (and the event is then
+ * dropped, never written), or when the writer stops without writing it.
+ * In "async" durability there is nothing to wait for and done is not
+ * called at all.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include "idpd/audit_writer.h"
+#include "idpd/clock.h"
+#include "harness.h"
+
+#define N_EVENTS 300
+
+/* What each event's done saw: how often it was called, with which code. */
+struct outcome {
+	_Atomic int calls;
+	_Atomic int rc;
+};
+
+static struct outcome outcomes[N_EVENTS];
+
+static void
+record(void *arg, int rc)
+{
+	struct outcome *o = arg;
+
+	atomic_store(&o->rc, rc);
+	atomic_fetch_add(&o->calls, 1);
+}
+
+static void
+outcomes_reset(void)
+{
+	for (int i = 0; i < N_EVENTS; i++) {
+		atomic_store(&outcomes[i].calls, 0);
+		atomic_store(&outcomes[i].rc, 1);
+	}
+}
+
+/* Wait (10 s at most) until the first n events have had their word. */
+static void
+wait_for_calls(int n)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		int done = 0;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		for (int i = 0; i < n; i++)
+			done += atomic_load(&outcomes[i].calls) > 0;
+		if (done == n)
+			return;
+		nanosleep(&ts, NULL);
+	}
+	fail_msg("not every done was called");
+}
+
+static struct audit_event *
+event(const char *task)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, AUDIT_TIME_UNSET);
+
+	assert_non_null(ev);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_AGENT_ID, "writer-test-agent"), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, task), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TOOL, "aws_ec2_describe_instances"), IDP_OK);
+	return ev;
+}
+
+static void
+start(const char *url, bool sync, int64_t timeout_ms)
+{
+	struct audit_writer_opts o = {0};
+	struct idp_diag d;
+
+	o.url = url;
+	o.instance_id = "writer-test";
+	o.queue_max = 1024;
+	o.batch_max = 64;
+	o.sync = sync;
+	o.timeout_ms = timeout_ms;
+	idp_diag_init(&d);
+	if (audit_writer_start(&o, &d) != IDP_OK)
+		fail_msg("audit_writer_start: %s", idp_diag_str(&d));
+}
+
+/* A URL where nothing listens: the writer can never connect. */
+static void
+dead_url(char *out, size_t len)
+{
+	snprintf(out, len, "postgresql://postgres@127.0.0.1:%d/none?connect_timeout=1",
+	         harness_free_port());
+}
+
+static void
+each_event_is_called_back_once_after_its_commit(void **state)
+{
+	char url[512], n[32], sql[256];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_ok"), 0);
+	harness_db_url("t_writer_ok", url, sizeof(url));
+	outcomes_reset();
+	start(url, true, 5000);
+	for (int i = 0; i < N_EVENTS; i++)
+		assert_int_equal(audit_emit_then(event("task-writer-ok"), record, &outcomes[i]),
+		                 AUDIT_PENDING);
+	wait_for_calls(N_EVENTS);
+	/* Everything acknowledged is in the table, each done was called once. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE task_id = 'task-writer-ok' AND "
+	         "writer_id = '%s'",
+	         audit_writer_chain_id());
+	assert_int_equal(harness_sql_value("t_writer_ok", sql, n, sizeof(n)), 0);
+	assert_string_equal(n, "300");
+	assert_int_equal(audit_writer_stop(5000), 0);
+	for (int i = 0; i < N_EVENTS; i++) {
+		assert_int_equal(atomic_load(&outcomes[i].calls), 1);
+		assert_int_equal(atomic_load(&outcomes[i].rc), IDP_OK);
+	}
+}
+
+static void
+the_timeout_fails_an_event_postgresql_never_took(void **state)
+{
+	struct audit_writer_stats st;
+	char url[512];
+	int64_t t0;
+
+	(void)state;
+	dead_url(url, sizeof(url));
+	outcomes_reset();
+	start(url, true, 300);
+	t0 = idp_mono_us();
+	assert_int_equal(audit_emit_then(event("task-writer-dead"), record, &outcomes[0]),
+	                 AUDIT_PENDING);
+	wait_for_calls(1);
+	assert_int_equal(atomic_load(&outcomes[0].rc), IDP_EUNAVAIL);
+	/* Not before its time. */
+	assert_true(idp_mono_us() - t0 >= 300 * 1000);
+	audit_writer_get_stats(&st);
+	assert_true(st.timeouts >= 1);
+	audit_writer_stop(0);
+	assert_int_equal(atomic_load(&outcomes[0].calls), 1);
+}
+
+static void
+stopping_fails_the_events_left_unwritten(void **state)
+{
+	char url[512];
+
+	(void)state;
+	dead_url(url, sizeof(url));
+	outcomes_reset();
+	start(url, true, 60000);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(audit_emit_then(event("task-writer-stop"), record, &outcomes[i]),
+		                 AUDIT_PENDING);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(atomic_load(&outcomes[i].calls), 0);
+	audit_writer_stop(100);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(atomic_load(&outcomes[i].calls), 1);
+		assert_int_equal(atomic_load(&outcomes[i].rc), IDP_EUNAVAIL);
+	}
+	/* No writer: refused at once, and done is not called. */
+	assert_int_equal(audit_emit_then(event("task-writer-stop"), record, &outcomes[3]),
+	                 IDP_EUNAVAIL);
+	assert_int_equal(atomic_load(&outcomes[3].calls), 0);
+}
+
+static void
+async_durability_has_nothing_to_wait_for(void **state)
+{
+	char url[512], n[32];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_async"), 0);
+	harness_db_url("t_writer_async", url, sizeof(url));
+	outcomes_reset();
+	start(url, false, 5000);
+	assert_int_equal(audit_emit_then(event("task-writer-async"), record, &outcomes[0]), IDP_OK);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(atomic_load(&outcomes[0].calls), 0);
+	/* Queued all the same, and written by the time the writer stopped. */
+	assert_int_equal(harness_sql_value("t_writer_async",
+	                                   "SELECT count(*) FROM audit_events WHERE task_id = "
+	                                   "'task-writer-async'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "1");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(each_event_is_called_back_once_after_its_commit),
+	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
+	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
+	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
