@@ -465,34 +465,10 @@ audit_event_chain_clear(struct audit_event *ev)
 }
 
 /*
- * Replace *slot with a redacted, bounded deep copy of v (an object); an
- * empty object or NULL clears.  *slot is untouched on error.
+ * Make v (an object nobody else holds; the reference is stolen) the value of
+ * *slot, redacted in place and bounded (audit_redact_params); NULL or {}
+ * clears.  *slot is untouched on error.
  */
-static int
-set_json_object(json_t **slot, const json_t *v)
-{
-	json_t *copy;
-	int rc;
-
-	if (v == NULL || (json_is_object(v) && json_object_size(v) == 0)) {
-		json_decref(*slot);
-		*slot = NULL;
-		return IDP_OK;
-	}
-	if (!json_is_object(v) || audit_json_depth(v, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH)
-		return IDP_EINVAL;
-	copy = audit_json_must(json_deep_copy(v));
-	rc = audit_redact_params(copy);
-	if (rc != IDP_OK) {
-		json_decref(copy);
-		return rc;
-	}
-	json_decref(*slot);
-	*slot = copy;
-	return IDP_OK;
-}
-
-/* set_json_object for an object nobody else holds: redacted in place, not copied. */
 static int
 adopt_json_object(json_t **slot, json_t *v)
 {
@@ -504,12 +480,7 @@ adopt_json_object(json_t **slot, json_t *v)
 		*slot = NULL;
 		return IDP_OK;
 	}
-	if (!json_is_object(v) ||
-	    audit_json_depth(v, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH) {
-		json_decref(v);
-		return IDP_EINVAL;
-	}
-	rc = audit_redact_params(v);
+	rc = json_is_object(v) ? audit_redact_params(v) : IDP_EINVAL;
 	if (rc != IDP_OK) {
 		json_decref(v);
 		return rc;
@@ -517,6 +488,17 @@ adopt_json_object(json_t **slot, json_t *v)
 	json_decref(*slot);
 	*slot = v;
 	return IDP_OK;
+}
+
+/* The same for an object the caller keeps: a copy is adopted, once v's
+ * depth is known to be sane (the copy recurses as deep as v goes). */
+static int
+set_json_object(json_t **slot, const json_t *v)
+{
+	if (v != NULL && (!json_is_object(v) ||
+	                  audit_json_depth(v, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH))
+		return IDP_EINVAL;
+	return adopt_json_object(slot, v != NULL ? audit_json_must(json_deep_copy(v)) : NULL);
 }
 
 int

@@ -678,6 +678,22 @@ collect(struct idp_buf *out, void *ctx)
 		log_warn("metrics: audit output truncated");
 }
 
+/* What audit_writer_start allocated; the URL (it may hold a password) wiped. */
+static void
+free_buffers(void)
+{
+	free(W.ring);
+	W.ring = NULL;
+	free(W.waiters);
+	W.waiters = NULL;
+	free(W.inflight_cancel);
+	W.inflight_cancel = NULL;
+	if (W.url != NULL)
+		idp_wipe(W.url, strlen(W.url));
+	free(W.url);
+	W.url = NULL;
+}
+
 static void
 timer_stop(void)
 {
@@ -756,14 +772,7 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 fail:
 	audit_alerts_free(W.alerts);
 	W.alerts = NULL;
-	free(W.ring);
-	W.ring = NULL;
-	free(W.waiters);
-	W.waiters = NULL;
-	free(W.inflight_cancel);
-	W.inflight_cancel = NULL;
-	free(W.url);
-	W.url = NULL;
+	free_buffers();
 	return IDP_EINTERNAL;
 }
 
@@ -808,15 +817,7 @@ audit_writer_stop(int64_t timeout_ms)
 		failed[i].done(failed[i].arg, IDP_EUNAVAIL);
 	free(failed);
 	pthread_cond_destroy(&W.timer_wake);
-	free(W.waiters);
-	W.waiters = NULL;
-	free(W.ring);
-	W.ring = NULL;
-	free(W.inflight_cancel);
-	W.inflight_cancel = NULL;
-	idp_wipe(W.url, strlen(W.url));
-	free(W.url);
-	W.url = NULL;
+	free_buffers();
 	return left;
 }
 
