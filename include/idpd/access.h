@@ -27,6 +27,7 @@
 #include "idpd/attest.h"
 #include "idpd/common.h"
 #include "idpd/policy_service.h"
+#include "idpd/registry.h"
 #include "idpd/tasks.h"
 
 struct agent_principal;
@@ -70,6 +71,9 @@ struct access_grant {
 	 * token.denied), and the approval to record for a REQUIRE_APPROVAL. */
 	struct audit_event *event;
 	struct approval_subject *approval;
+	/* Issued: to whom and when, for last_active once the event is durable. */
+	char agent_id[REGISTRY_ID_MAX + 1];
+	int64_t issued_ms;
 };
 
 /*

@@ -74,8 +74,9 @@ int audit_emit_nowait(struct audit_event *ev) IDP_WUR;
  * Called once an event emitted with audit_emit_then is settled: rc is
  * IDP_OK when it is committed, IDP_EUNAVAIL when audit.timeout passed first
  * or the writer stopped without writing it (it may still be committed
- * later, as with audit_emit).  Runs on the writer or the audit timer
- * thread, outside every audit lock: keep it short and never emit from it.
+ * later, as with audit_emit).  Runs on the writer's thread, the audit
+ * timer's, or the one calling audit_writer_stop, outside every audit lock:
+ * keep it short and never emit from it.
  */
 typedef void (*audit_done_fn)(void *arg, int rc);
 #define AUDIT_PENDING 1

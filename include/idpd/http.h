@@ -179,9 +179,10 @@ bool http_req_may_wait(const struct http_req *req);
  * with http_reply_* and then calls http_req_resume, after which req is
  * gone.  Until then the connection is suspended and nothing else touches
  * req.  Any handler, inline or pooled; http_server_stop waits for every
- * suspended request to be resumed.
+ * suspended request to be resumed.  Returns false, and suspends nothing,
+ * once the server is stopping: then answer on this thread.
  */
-void http_req_suspend(struct http_req *req);
+bool http_req_suspend(struct http_req *req);
 void http_req_resume(struct http_req *req);
 /*
  * Take back the answer a suspended request holds, not yet sent, so that
@@ -273,6 +274,10 @@ void http_reply_data(struct http_req *req, int status, const char *content_type,
 /* As http_reply_data, but takes data (from malloc) instead of copying it. */
 void http_reply_take(struct http_req *req, int status, const char *content_type, char *data,
                      size_t len);
+/* The same for a body that carries a secret (a token; NUL-terminated):
+ * wiped when libmicrohttpd frees it, sent or withdrawn. */
+void http_reply_take_secret(struct http_req *req, int status, const char *content_type, char *data,
+                            size_t len);
 /* 204 or any status without a body. */
 void http_reply_empty(struct http_req *req, int status);
 

@@ -58,6 +58,8 @@ struct http_server {
 		pthread_cond_t cond;
 		struct http_req *head, *tail;
 		bool stop;
+		/* http_server_stop is waiting for held requests: no more. */
+		bool closing;
 		pthread_t *threads;
 		int n;
 	} pool;
@@ -122,27 +124,30 @@ static bool pool_push(struct http_req *req);
 
 /* ---- responses ---- */
 
-static void
-queue(struct http_req *req, int status, const char *ctype, void *data, size_t len,
-      enum MHD_ResponseMemoryMode mode)
+/* A handler that answers twice is a bug: said, and the second answer dropped. */
+static bool
+second_answer(struct http_req *req)
 {
-	struct MHD_Response *r;
+	if (!req->answered)
+		return false;
+	log_error("bug: second response for %s %s (request %s)", req->method_text,
+	          http_req_route(req), req->request_id);
+	return true;
+}
+
+/*
+ * Give r as req's answer, with the common headers; NULL (it could not be
+ * made) becomes an empty 500.  A suspended request holds it until resumed.
+ */
+static void
+queue_response(struct http_req *req, int status, const char *ctype, struct MHD_Response *r)
+{
 	bool has_cache = false;
 
-	if (req->answered) {
-		log_error("bug: second response for %s %s (request %s)", req->method_text,
-		          http_req_route(req), req->request_id);
-		if (mode == MHD_RESPMEM_MUST_FREE)
-			free(data);
-		return;
-	}
 	req->answered = true;
 	req->status = status;
-	r = MHD_create_response_from_buffer(len, data, mode);
 	if (r == NULL) {
 		log_error("cannot create a response for request %s", req->request_id);
-		if (mode == MHD_RESPMEM_MUST_FREE)
-			free(data);
 		/* A pooled request must still get something, or its suspended
 		 * connection would wait for its timeout. */
 		r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
@@ -178,6 +183,23 @@ queue(struct http_req *req, int status, const char *ctype, void *data, size_t le
 	MHD_destroy_response(r);
 }
 
+static void
+queue(struct http_req *req, int status, const char *ctype, void *data, size_t len,
+      enum MHD_ResponseMemoryMode mode)
+{
+	struct MHD_Response *r;
+
+	if (second_answer(req)) {
+		if (mode == MHD_RESPMEM_MUST_FREE)
+			free(data);
+		return;
+	}
+	r = MHD_create_response_from_buffer(len, data, mode);
+	if (r == NULL && mode == MHD_RESPMEM_MUST_FREE)
+		free(data);
+	queue_response(req, status, ctype, r);
+}
+
 void
 http_add_header(struct http_req *req, const char *name, const char *value)
 {
@@ -204,6 +226,32 @@ void
 http_reply_take(struct http_req *req, int status, const char *content_type, char *data, size_t len)
 {
 	queue(req, status, content_type, data, len, MHD_RESPMEM_MUST_FREE);
+}
+
+/* MHD's free callback for a body that carries a secret (NUL-terminated). */
+static void
+wipe_free(void *p)
+{
+	if (p != NULL) {
+		idp_wipe(p, strlen(p));
+		free(p);
+	}
+}
+
+void
+http_reply_take_secret(struct http_req *req, int status, const char *content_type, char *data,
+                       size_t len)
+{
+	struct MHD_Response *r;
+
+	if (second_answer(req)) {
+		wipe_free(data);
+		return;
+	}
+	r = MHD_create_response_from_buffer_with_free_callback(len, data, wipe_free);
+	if (r == NULL)
+		wipe_free(data);
+	queue_response(req, status, content_type, r);
 }
 
 void
@@ -401,15 +449,26 @@ http_req_defer(struct http_req *req)
 	return true;
 }
 
-void
+bool
 http_req_suspend(struct http_req *req)
 {
+	struct http_server *s = req->srv;
+
+	/* Counted under the pool's lock, so that http_server_stop, once it has
+	 * set closing, waits for every request held before and sees no new one. */
+	pthread_mutex_lock(&s->pool.lock);
+	if (s->pool.closing) {
+		pthread_mutex_unlock(&s->pool.lock);
+		return false;
+	}
+	atomic_fetch_add(&s->held, 1);
+	pthread_mutex_unlock(&s->pool.lock);
 	if (!req->on_pool) {
 		req->on_pool = true;
 		MHD_suspend_connection(req->conn);
 	}
-	atomic_fetch_add(&req->srv->held, 1);
 	given_away = req;
+	return true;
 }
 
 void
@@ -1108,7 +1167,11 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	for (int i = 0; i < s->pool.n; i++)
 		pthread_join(s->pool.threads[i], NULL);
 	/* A request handed to the audit writer is answered within
-	 * audit.timeout, committed or not: wait for it. */
+	 * audit.timeout, committed or not: wait for it.  From here no request
+	 * may be held any more (http_req_suspend refuses). */
+	pthread_mutex_lock(&s->pool.lock);
+	s->pool.closing = true;
+	pthread_mutex_unlock(&s->pool.lock);
 	while (atomic_load(&s->held) > 0) {
 		struct timespec ts = {0, 10 * 1000 * 1000};
 

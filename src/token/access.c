@@ -773,7 +773,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	}
 	g->status = 200;
 	g->expires_in = exp_ms / 1000 - now_ms / 1000;
-	registry_touch(s.agent->id, now_ms);
+	/* last_active moves once the event is durable (access_finish). */
+	snprintf(g->agent_id, sizeof(g->agent_id), "%s", s.agent->id);
+	g->issued_ms = now_ms;
 	goto done;
 
 refused:
@@ -811,11 +813,18 @@ access_grant_cleanup(struct access_grant *g)
 
 /* ---- finishing: the outcome made durable, then the answer ---- */
 
-/* A grant on its way to its answer, owned by whichever thread holds it. */
+/*
+ * A grant on its way to its answer, owned by whichever thread holds it.
+ * Once the answer is written and held, g is released and only what the
+ * audit writer's word needs is kept.
+ */
 struct finishing {
 	struct http_req *req;
 	access_reply_fn reply;
 	struct access_grant g;
+	int status;
+	const char *code; /* static text */
+	char jti[ATTEST_JTI_LEN + 1];
 };
 
 static void
@@ -826,11 +835,34 @@ finish_answer(struct finishing *f)
 	free(f);
 }
 
+/* The outcome's event is durable: the agent was active (batched write). */
+static void
+touch_if_issued(const struct access_grant *g, int status, int rc)
+{
+	if (rc == IDP_OK && status == 200 && g->agent_id[0] != '\0')
+		registry_touch(g->agent_id, g->issued_ms);
+}
+
+/* A token whose event is not durable is not issued: wiped, and a 503. */
+static void
+withhold(struct access_grant *g, const char *jti)
+{
+	log_warn("access: token %s withheld: its audit event is not durable", jti);
+	if (g->token != NULL) {
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+		g->token = NULL;
+	}
+	g->status = 503;
+	g->code = "unavailable";
+	g->decided = false;
+}
+
 /*
- * The audit writer's word on the outcome's event (writer or timer thread).
- * The answer is already written and held by the suspended request: on
- * success it only goes out; a token whose event did not commit is taken
- * back and becomes a 503.  f->g holds only the status and jti by now.
+ * The audit writer's word on the outcome's event (the writer's thread, the
+ * audit timer's, or the one stopping it).  The answer is already written
+ * and held by the suspended request: on success it only goes out; a token
+ * whose event did not commit is taken back and becomes a 503.
  */
 static void
 audited(void *arg, int rc)
@@ -838,15 +870,15 @@ audited(void *arg, int rc)
 	struct finishing *f = arg;
 	struct http_req *req = f->req;
 
-	if (rc != IDP_OK && f->g.status == 200) {
-		log_warn("access: token %s withheld: its audit event is not durable", f->g.jti);
+	touch_if_issued(&f->g, f->status, rc);
+	if (rc != IDP_OK && f->status == 200) {
 		http_req_withdraw(req);
-		f->g.status = 503;
-		f->g.code = "unavailable";
+		withhold(&f->g, f->jti);
 		f->reply(req, &f->g);
 	} else if (rc != IDP_OK) {
-		log_warn("access: cannot record the refusal (%s) in the audit log", f->g.code);
+		log_warn("access: cannot record the refusal (%s) in the audit log", f->code);
 	}
+	access_grant_cleanup(&f->g);
 	free(f);
 	http_req_resume(req);
 }
@@ -887,23 +919,34 @@ access_finish(struct http_req *req, struct access_grant *g, access_reply_fn repl
 		http_req_continue(req, request_approval, f);
 		return;
 	}
-	/* The answer is written here, on this thread, and held until the event
-	 * commits: the writer's thread, which every request goes through, only
-	 * releases it. */
 	ev = f->g.event;
 	f->g.event = NULL;
-	http_req_suspend(req);
+	if (!http_req_suspend(req)) {
+		/* The server is stopping and would not resume the connection:
+		 * wait for the commit here, as a pooled handler would. */
+		rc = audit_emit(ev);
+		touch_if_issued(&f->g, f->g.status, rc);
+		if (rc != IDP_OK && f->g.status == 200)
+			withhold(&f->g, f->g.jti);
+		finish_answer(f);
+		return;
+	}
+	/* The answer is written here, on this thread, and held until the event
+	 * commits: the writer's thread, which every request goes through, only
+	 * releases it.  The grant is released with it; its token lives on
+	 * only in the held answer, which is wiped when freed. */
 	reply(req, &f->g);
+	f->status = f->g.status;
+	f->code = f->g.code;
+	memcpy(f->jti, f->g.jti, sizeof(f->jti));
 	{
-		int status = f->g.status;
-		const char *code = f->g.code; /* static text */
-		char jti[sizeof(f->g.jti)];
+		char agent_id[sizeof(f->g.agent_id)];
+		int64_t issued_ms = f->g.issued_ms;
 
-		memcpy(jti, f->g.jti, sizeof(jti));
+		memcpy(agent_id, f->g.agent_id, sizeof(agent_id));
 		access_grant_cleanup(&f->g);
-		f->g.status = status;
-		f->g.code = code;
-		memcpy(f->g.jti, jti, sizeof(jti));
+		memcpy(f->g.agent_id, agent_id, sizeof(agent_id));
+		f->g.issued_ms = issued_ms;
 	}
 	/* From here f belongs to the audit writer: the callback may run before
 	 * audit_emit_then returns. */
@@ -993,7 +1036,7 @@ reply_issued(struct http_req *req, const struct access_grant *g)
 		size_t len;
 		char *body = idp_buf_take(&b, &len);
 
-		http_reply_take(req, 200, "application/json", body, len);
+		http_reply_take_secret(req, 200, "application/json", body, len);
 	}
 }
 
