@@ -279,6 +279,45 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	return rc;
 }
 
+/*
+ * audit_chains tells the sinks how far each chain goes.  Each writer
+ * advances its own row in the transaction of its batch; an idpd older than
+ * migration 0011 (a rolling upgrade) writes rows without doing so, and its
+ * chain would never be shipped.  This job brings every chain's row up to
+ * the chain's highest seq: one index probe per chain (a loose scan of the
+ * (writer_id, seq) index), never lowering a row.
+ */
+static int
+audit_chains_resync(const struct maintenance_run *run, void *ctx, json_t *counts,
+                    struct idp_diag *diag)
+{
+	static struct store_stmt resync = {
+	    "cleanup_audit_chains",
+	    "WITH RECURSIVE w AS ("
+	    " (SELECT writer_id FROM audit_events ORDER BY writer_id LIMIT 1)"
+	    " UNION ALL"
+	    " SELECT (SELECT e.writer_id FROM audit_events e WHERE e.writer_id > w.writer_id"
+	    "  ORDER BY e.writer_id LIMIT 1) FROM w WHERE w.writer_id IS NOT NULL)"
+	    " INSERT INTO audit_chains (writer_id, last_seq)"
+	    " SELECT w.writer_id, (SELECT max(e.seq) FROM audit_events e"
+	    "  WHERE e.writer_id = w.writer_id) FROM w WHERE w.writer_id IS NOT NULL"
+	    " ON CONFLICT (writer_id) DO UPDATE SET last_seq = excluded.last_seq,"
+	    "  updated_at = now() WHERE audit_chains.last_seq < excluded.last_seq",
+	    0, 0};
+	PGresult *r;
+	int rc;
+
+	(void)ctx;
+	rc = store_exec(run->conn, &resync, NULL, &r);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "bringing audit_chains up to date: %s", idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(counts, "advanced", json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	PQclear(r);
+	return IDP_OK;
+}
+
 int
 registry_register_jobs(const struct idpd_config *cfg)
 {
@@ -293,6 +332,7 @@ registry_register_jobs(const struct idpd_config *cfg)
 	rc |= maintenance_register("stale_agents", stale_agents, NULL);
 	rc |= maintenance_register("departed_owners", departed_owners, NULL);
 	rc |= maintenance_register("audit_retention", audit_retention, NULL);
+	rc |= maintenance_register("audit_chains", audit_chains_resync, NULL);
 	return rc == 0 ? IDP_OK : IDP_EINVAL;
 }
 

@@ -706,7 +706,7 @@ list_filters_and_pages_through_every_agent_once(void **state)
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?limit=0", auditor_key, NULL, NULL), 400);
 	/* A filter that is not valid UTF-8 is the client's error. */
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?team=%FF%FE", auditor_key, NULL, NULL),
-			 400);
+	                 400);
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?cursor=a-03", auditor_key, NULL, NULL),
 	                 400);
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?status=gone", auditor_key, NULL, NULL),
@@ -1012,6 +1012,48 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	rmdir(dir);
 }
 
+/*
+ * An idpd older than migration 0011 writes audit rows without advancing its
+ * chain in audit_chains (the table the sinks read to find work): the
+ * cleanup brings such a chain up to date, and a second run finds nothing.
+ */
+static void
+cleanup_brings_chains_written_by_older_instances_up_to_date(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_chains"), 0);
+	start(&p, "t_reg_chains", NULL);
+	register_agent(&p, "chains-1", "a@b.co", "[\"a:b\"]", NULL);
+	/* Three rows as an older instance writes them: no audit_chains upsert. */
+	assert_int_equal(
+	    harness_sql("t_reg_chains",
+	                "INSERT INTO audit_events (event_id, writer_id, seq, ts, type, "
+	                "severity, body, prev_hash, hash) SELECT event_id || '-old', "
+	                "'older-instance/1', seq, ts, type, severity, body, prev_hash, "
+	                "hash FROM audit_events ORDER BY id LIMIT 3"),
+	    0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "audit_chains"), "advanced"), 1);
+	harness_resp_free(&r);
+	assert_int_equal(harness_sql_value("t_reg_chains",
+	                                   "SELECT last_seq FROM audit_chains WHERE writer_id = "
+	                                   "'older-instance/1'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "3");
+	/* This instance's own chain was current all along; nothing is left. */
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "audit_chains"), "advanced"), 0);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 cleanup_deletes_expired_audit_events_keeping_chains_verifiable(void **state)
 {
@@ -1139,6 +1181,7 @@ main(void)
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
+	    cmocka_unit_test(cleanup_brings_chains_written_by_older_instances_up_to_date),
 	    cmocka_unit_test(a_second_cleanup_while_one_runs_gets_409),
 	};
 
