@@ -1,6 +1,7 @@
 /*
  * buf.c - growable byte buffer with a hard cap (see buf.h).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +34,12 @@ idp_buf_reset(struct idp_buf *b)
 		b->data[0] = '\0';
 }
 
-/* Make room for n more bytes plus the terminating NUL. */
+/*
+ * Make room for n more bytes plus the terminating NUL: exactly that much
+ * when exact (the caller knows the size), else by doubling.
+ */
 static int
-reserve(struct idp_buf *b, size_t n)
+grow(struct idp_buf *b, size_t n, bool exact)
 {
 	size_t need, cap;
 
@@ -44,32 +48,32 @@ reserve(struct idp_buf *b, size_t n)
 	need = b->len + n + 1;
 	if (need <= b->cap)
 		return IDP_OK;
-	/* Most buffers hold a JSON document or a token: start past the
-	 * first few doublings. */
-	cap = b->cap ? b->cap : 256;
-	while (cap < need)
-		cap *= 2;
-	b->data = idp_xrealloc(b->data, cap);
-	b->cap = cap;
-	return IDP_OK;
-}
-
-int
-idp_buf_reserve(struct idp_buf *b, size_t n)
-{
-	size_t need, cap;
-
-	if (n > b->max || b->len > b->max - n)
-		return IDP_ETOOBIG;
-	need = b->len + n + 1;
-	if (need <= b->cap)
-		return IDP_OK;
-	cap = need < 64 ? 64 : need;
+	if (exact) {
+		cap = need < 64 ? 64 : need;
+	} else {
+		/* Most buffers hold a JSON document or a token: start past
+		 * the first few doublings. */
+		cap = b->cap ? b->cap : 256;
+		while (cap < need)
+			cap *= 2;
+	}
 	b->data = idp_xrealloc(b->data, cap);
 	b->cap = cap;
 	if (b->len == 0)
 		b->data[0] = '\0';
 	return IDP_OK;
+}
+
+static int
+reserve(struct idp_buf *b, size_t n)
+{
+	return grow(b, n, false);
+}
+
+int
+idp_buf_reserve(struct idp_buf *b, size_t n)
+{
+	return grow(b, n, true);
 }
 
 int
