@@ -483,8 +483,10 @@ waiters_committed(struct waiter *out, int max)
 /*
  * The timer thread: fails the waiters whose deadline has passed, the
  * oldest first, and drops their events if still queued (cancel_queued), as
- * an emitter that waited would.  It sleeps until the oldest deadline, or
- * until a first waiter arrives.
+ * an emitter that waited would.  It sleeps until the oldest deadline; with
+ * no waiter, for audit.timeout, since a waiter arriving meanwhile has a
+ * deadline no earlier than that.  So no emitter has to wake it (a wake-up
+ * per batch, measurable on the token path).
  */
 static void *
 timer_main(void *arg)
@@ -497,17 +499,14 @@ timer_main(void *arg)
 		int64_t now = idp_mono_us();
 		int n = 0;
 
-		if (W.wcount == 0) {
-			pthread_cond_wait(&W.timer_wake, &W.lock);
-			continue;
-		}
 		while (W.wcount > 0 && W.waiters[W.whead].deadline_us <= now) {
 			waiter_pop(&due[n]);
 			cancel_queued(due[n].seq);
 			n++;
 		}
 		if (n == 0) {
-			int64_t at = W.waiters[W.whead].deadline_us;
+			int64_t at = W.wcount > 0 ? W.waiters[W.whead].deadline_us
+			                          : now + W.o.timeout_ms * 1000;
 			struct timespec ts = {(time_t)(at / 1000000), (long)(at % 1000000) * 1000};
 
 			pthread_cond_timedwait(&W.timer_wake, &W.lock, &ts);
@@ -927,8 +926,7 @@ audit_emit_then(struct audit_event *ev, audit_done_fn done, void *arg)
 	}
 	W.waiters[(W.whead + W.wcount) % W.wcap] =
 	    (struct waiter){mine, done, arg, idp_mono_us() + W.o.timeout_ms * 1000};
-	if (W.wcount++ == 0)
-		pthread_cond_signal(&W.timer_wake);
+	W.wcount++;
 	pthread_mutex_unlock(&W.lock);
 	return AUDIT_PENDING;
 }

@@ -511,6 +511,20 @@ audit_queries_have_an_index_path(void **state)
 		    strstr(plan, q[i].index) == NULL)
 			fail_msg("%s\nexpected %s, got:\n%s", q[i].sql, q[i].index, plan);
 	}
+	/* The BRIN index asks autovacuum for nothing per filled range (0012):
+	 * the VACUUM above summarized every full range, only the table's
+	 * partial last one (if any) is left. */
+	assert_int_equal(harness_sql_value(db,
+					   "SELECT coalesce(array_to_string(reloptions, ','), '') "
+					   "FROM pg_class WHERE relname = 'audit_events_ts_brin'",
+					   plan, sizeof(plan)),
+			 0);
+	assert_null(strstr(plan, "autosummarize=on"));
+	assert_int_equal(harness_sql_value(db,
+					   "SELECT brin_summarize_new_values('audit_events_ts_brin')",
+					   plan, sizeof(plan)),
+			 0);
+	assert_true(atoi(plan) <= 1);
 }
 
 static struct idpd_proc outage;

@@ -1,0 +1,13 @@
+-- 0012_audit_brin: the ts index's new ranges are summarized by VACUUM, not
+-- by autosummarize.
+--
+-- With autosummarize, every 128 filled pages ask the autovacuum launcher for
+-- a work item.  Its queue is short and is drained only when autovacuum
+-- visits the database, so at a sustained event rate most requests are
+-- refused, and each refusal writes a LOG line ("request for BRIN range
+-- summarization ... was not recorded") from the writer's session: several
+-- a second under load, for nothing.  audit_events only grows, so
+-- PostgreSQL's insert-driven autovacuum visits it regularly and summarizes
+-- every new range; until then a scan reads the unsummarized tail whole, so
+-- answers stay exact.
+ALTER INDEX IF EXISTS audit_events_ts_brin SET (autosummarize = off);
