@@ -49,8 +49,15 @@ bench_pg_start() {
 	# Checkpoints as a write-heavy deployment would space them (the
 	# defaults, 1 GB of WAL or 5 minutes, suit a small idle database):
 	# right after one, every index page touched is logged whole.
+	# WAL segments as a server that has run a while has them: such a
+	# server renames the segments its checkpoints retire and writes into
+	# them, while a new cluster creates every 16 MB segment, zero-filled
+	# and flushed before use; under this load that stalled a commit for
+	# 60 ms every half second (PostgreSQL's log, log_min_duration_statement).
+	# wal_init_zero = off creates a segment without the zeros.
 	psql_bench -d postgres -c "ALTER SYSTEM SET max_wal_size = '8GB'" \
 		-c "ALTER SYSTEM SET checkpoint_timeout = '15min'" \
+		-c "ALTER SYSTEM SET wal_init_zero = off" \
 		-c "SELECT pg_reload_conf()" >/dev/null
 }
 
@@ -130,10 +137,12 @@ bench_wait() {
 # cpu_times: the machine's total and stolen CPU time so far (clock ticks, /proc/stat).
 # On a virtual machine the hypervisor may give the cores to another guest
 # ("steal"): a run with much of it measures the neighbours, not idpd.
-cpu_times() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
+cpu_times() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9, $5 + $6}' /proc/stat; }
 
 # steal_pct BEFORE AFTER: the share of CPU time stolen between two cpu_times.
-steal_pct() { echo "$1 $2" | awk '{ if ($3 > $1) printf "%.0f\n", 100 * ($4 - $2) / ($3 - $1); else print 0 }'; }
+steal_pct() { echo "$1 $2" | awk '{ if ($4 > $1) printf "%.0f\n", 100 * ($5 - $2) / ($4 - $1); else print 0 }'; }
+# idle_pct BEFORE AFTER: the share of CPU time no process used (idle or waiting for I/O).
+idle_pct() { echo "$1 $2" | awk '{ if ($4 > $1) printf "%.0f\n", 100 * ($6 - $3) / ($4 - $1); else print 0 }'; }
 
 # wrk's latencies on stdin ("456.00us", "1.23ms", "1.02s") in microseconds.
 wrk_us() {
@@ -145,14 +154,29 @@ wrk_us() {
 # wrk_pct P: percentile P ("50%", "99%") of the wrk --latency output on stdin, in us.
 wrk_pct() { awk -v p="$1" '$1 == p {print $2}' | wrk_us; }
 
+# children_cpu FILE: CPU seconds (user + system) of a shell's ended children, from
+# the output of `times` in FILE.  (`times` must run in the measuring shell itself,
+# redirected to a file: in a pipe or $(...) it runs in a subshell with no children.)
+children_cpu() {
+	awk 'NR == 2 {
+		n = split($1 " " $2, f, " "); t = 0
+		for (i = 1; i <= n; i++) { split(f[i], ms, "m"); sub(/s$/, "", ms[2]); t += ms[1] * 60 + ms[2] }
+		printf "%.3f\n", t }' "$1"
+}
+
 # bench_wrk_run COUNT RATE P99 WRK_ARG...: one wrk run of $dur seconds.  COUNT (a
 # command printing a number) is read before and after: the difference per second is
-# appended to file RATE, wrk's p99 (us) to file P99; wrk's output stays in BENCH_WRK_OUT.
+# appended to file RATE, wrk's p99 (us) to file P99; wrk's output stays in BENCH_WRK_OUT,
+# the CPU seconds wrk used in BENCH_WRK_CPU.
 bench_wrk_run() {
-	local count=$1 rate=$2 p99=$3 before after
+	local count=$1 rate=$2 p99=$3 before after tf=${TMPDIR:-/tmp}/bench-times.$$
 	shift 3
 	before=$($count)
+	times >"$tf.0"
 	BENCH_WRK_OUT=$(wrk -d"${dur}s" --latency "$@")
+	times >"$tf.1"
+	BENCH_WRK_CPU=$(echo "$(children_cpu "$tf.0") $(children_cpu "$tf.1")" | awk '{printf "%.3f\n", $2 - $1}')
+	rm -f "$tf.0" "$tf.1"
 	after=$($count)
 	echo "$after $before $dur" | awk '{printf "%.0f\n", ($1 - $2) / $3}' >>"$rate"
 	printf '%s\n' "$BENCH_WRK_OUT" | wrk_pct 99% >>"$p99"
