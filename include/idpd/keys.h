@@ -202,6 +202,16 @@ int keys_signing_key(struct keys *km, struct idp_jws_key **out, int64_t *not_aft
 struct idp_jws_keyset *keys_verify_set(struct keys *km);
 
 /*
+ * Whether a key id missing from keys_verify_set may still be one this
+ * deployment signs with: true from keys_subscribe until the listener's first
+ * reload, and from the listener's loss until the reload after it
+ * reconnects (another instance may have published a key meanwhile).  A
+ * verifier then answers 503 rather than calling the token invalid: idpd
+ * cannot know.
+ */
+bool keys_may_lack_kid(struct keys *km);
+
+/*
  * The longest lifetime a token signed now may have and still verify until
  * it expires: keys.retire_after.  A signer caps exp at now plus this.
  */

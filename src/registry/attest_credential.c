@@ -301,8 +301,15 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 	pthread_once(&cred_cache_once, cred_cache_make);
 	rc = credential_verify(set, token, strlen(token), &id, conf->leeway_ms, idp_clock_system(),
 	                       cred_cache, &out->cred, &why);
-	if (rc != IDP_OK)
+	if (rc != IDP_OK) {
+		/* Signed with a key this instance may not have heard of yet. */
+		if (why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&
+		    keys_may_lack_kid(km)) {
+			why = "keys_unavailable";
+			rc = IDP_EUNAVAIL;
+		}
 		goto done;
+	}
 	if (!may_block && registry_get_would_block(out->cred.agent_id)) {
 		rc = IDP_EWOULDBLOCK;
 		goto done;

@@ -6,6 +6,7 @@
  * happen outside it, on a slot the caller has marked in use.  The pool never
  * holds the lock across network I/O.
  */
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -135,6 +136,26 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	return pg;
 }
 
+/*
+ * Whether an idle connection is still usable.  A pooled connection listens
+ * to nothing, so while idle it has nothing to read: a readable socket means
+ * the server has ended the session (a restart, pg_terminate_backend:
+ * PostgreSQL sends a FATAL message, then closes), or, rarely, sent a
+ * notice; either way a fresh connection is the safe choice.  Without this,
+ * the first statement on every pooled connection fails once after
+ * PostgreSQL restarts, the reloads that follow a reconnect among them.
+ */
+static bool
+idle_alive(PGconn *pg)
+{
+	struct pollfd p = {.fd = PQsocket(pg), .events = POLLIN};
+
+	if (PQstatus(pg) != CONNECTION_OK || p.fd < 0)
+		return false;
+	/* Nothing arrived (a poll error is left to the statement to find). */
+	return poll(&p, 1, 0) <= 0;
+}
+
 int
 store_acquire(struct store *s, struct store_conn **out)
 {
@@ -170,7 +191,7 @@ store_acquire(struct store *s, struct store_conn **out)
 	c->in_use = true;
 	pthread_mutex_unlock(&s->lock);
 
-	if (c->pg != NULL && PQstatus(c->pg) != CONNECTION_OK) {
+	if (c->pg != NULL && !idle_alive(c->pg)) {
 		PQfinish(c->pg);
 		c->pg = NULL;
 	}

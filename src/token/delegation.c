@@ -231,8 +231,13 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 		return IDP_EUNAVAIL;
 	}
 	*reason = "delegation_token_invalid";
-	if (idp_jws_verify(set, tok, strlen(tok), &o, v, &why) != IDP_OK)
+	if (idp_jws_verify(set, tok, strlen(tok), &o, v, &why) != IDP_OK) {
+		if (why == IDP_JWS_KID_UNKNOWN && keys_may_lack_kid(km)) {
+			*reason = "unavailable";
+			rc = IDP_EUNAVAIL;
+		}
 		goto done;
+	}
 	c = v->claims;
 	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
 	                       &why) != IDP_OK) {

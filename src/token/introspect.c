@@ -394,6 +394,10 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 			*reason = "typ_mismatch";
 			break;
 		case IDP_JWS_KID_UNKNOWN:
+			if (keys_may_lack_kid(km))
+				return IDP_EUNAVAIL;
+			*reason = "kid_unknown";
+			break;
 		case IDP_JWS_KID_MISSING:
 			*reason = "kid_unknown";
 			break;

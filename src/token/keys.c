@@ -12,9 +12,11 @@
  * PostgreSQL advisory lock serializes changes across every instance.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
@@ -39,6 +41,10 @@ struct keys {
 	pthread_mutex_t policy_lock; /* keys.policy_lock */
 	struct keys_policy policy;
 	int64_t jwks_max_age_ms;
+
+	/* Set from subscription or the listener's loss until the reload after
+	 * it (re)connects: keys published elsewhere meanwhile may be missing. */
+	_Atomic bool may_lack;
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -654,19 +660,61 @@ on_notify(const char *channel, const char *payload, void *ctx)
 		log_warn("%s; keeping the keys loaded before", idp_diag_str(&d));
 }
 
+/*
+ * After the listener (re)connects: the reload catches up on what it missed.
+ * A few tries, since until one succeeds unknown key ids answer 503; if all
+ * fail, the next reconnect tries again.
+ */
 static void
 on_resync(void *ctx)
 {
-	on_notify("keys", NULL, ctx);
+	struct keys *km = ctx;
+	struct idp_diag d;
+
+	for (int i = 0, wait_ms = 100; i < 4; i++, wait_ms *= 2) {
+		idp_diag_init(&d);
+		if (keys_reload(km, &d) == IDP_OK) {
+			atomic_store(&km->may_lack, false);
+			return;
+		}
+		if (i < 3) {
+			struct timespec ts = {0, wait_ms * 1000000L};
+
+			nanosleep(&ts, NULL);
+		}
+	}
+	log_warn("%s; keeping the keys loaded before, unknown key ids answer 503",
+	         idp_diag_str(&d));
+}
+
+static void
+on_lost(void *ctx)
+{
+	struct keys *km = ctx;
+
+	if (!atomic_exchange(&km->may_lack, true))
+		log_warn(
+		    "keys: lost the notifications; until they are back a token signed with a key "
+		    "this instance does not know answers 503");
 }
 
 int
 keys_subscribe(struct keys *km, struct store_listener *l)
 {
-	struct store_subscription sub = {
-	    .channel = "keys", .on_notify = on_notify, .on_resync = on_resync, .ctx = km};
+	struct store_subscription sub = {.channel = "keys",
+	                                 .on_notify = on_notify,
+	                                 .on_resync = on_resync,
+	                                 .on_lost = on_lost,
+	                                 .ctx = km};
 
+	atomic_store(&km->may_lack, true); /* until the first connection's reload */
 	return store_listener_subscribe(l, &sub) == IDP_OK ? IDP_OK : IDP_EINVAL;
+}
+
+bool
+keys_may_lack_kid(struct keys *km)
+{
+	return km == NULL || atomic_load(&km->may_lack);
 }
 
 /* ---- for the token service ---- */
@@ -1062,7 +1110,7 @@ keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
 	in_tx = false;
 	if (rc != IDP_OK) {
 		log_error("keys: COMMIT failed after the key change was audited; the key.* events "
-			  "just written describe a change that did not happen");
+		          "just written describe a change that did not happen");
 		goto db_failed;
 	}
 	log_info("keys: %s (%s): active %s, next %s%s%s; %u generated, %u retired",

@@ -127,6 +127,10 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	}
 	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK) {
+		/* A key published elsewhere may be missing here: "nothing to
+		 * revoke" would tell the caller its token is dead when it may not be. */
+		if (why == IDP_JWS_KID_UNKNOWN && keys_may_lack_kid(km))
+			return IDP_EUNAVAIL;
 		log_debug("revoke: the token does not verify (%s); nothing to revoke",
 		          idp_jws_reason_name(why));
 		return IDP_EUNAUTH;
@@ -387,7 +391,10 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	    &why);
 	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK)
-		return IDP_ENOTFOUND;
+		return why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&
+		               keys_may_lack_kid(km)
+		           ? IDP_EUNAVAIL
+		           : IDP_ENOTFOUND;
 	struct target t = {
 	    .access = true, .jti = cred.jti, .sub = cred.agent_id, .exp_s = cred.expires_at_s};
 	if (who->kind == CALLER_HUMAN ||

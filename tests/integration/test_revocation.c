@@ -875,6 +875,90 @@ revocation_on_one_instance_reaches_the_other(void **state)
 	setting_stop(&w);
 }
 
+/*
+ * A token signed with a key this instance has never seen: definitely not
+ * valid while the keys' notifications arrive, but while they are lost
+ * another instance may have published that key, so the answer is 503
+ * (introspection and revocation alike), until the reload after the
+ * listener is back.  A bad signature under a known key is answered all along.
+ */
+static void
+unknown_kid_is_503_while_key_notifications_are_lost(void **state)
+{
+	struct setting w;
+	struct idp_jws_key *elsewhere = NULL, *ours = NULL;
+	struct http_resp r;
+	json_t *dc, *c;
+	char *live, *stranger, *forged;
+	long long now = (long long)time(NULL);
+	long st = 0;
+	int64_t t0;
+
+	(void)state;
+	setting_start(&w, "t_rev_kid", "60s");
+	live = mint_access(&w.sg, w.d1);
+	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
+	assert_int_equal(idp_jws_key_generate("published-elsewhere", &elsewhere, NULL), IDP_OK);
+	c = access_claims(dc, "https://s3.internal", now, now + 600);
+	assert_int_equal(idp_jws_sign(elsewhere, IDP_JWS_TYP_ACCESS, c, &stranger, NULL, NULL),
+	                 IDP_OK);
+	idp_jws_key_unref(elsewhere);
+	/* And one under the active key's kid, signed by a key of its own. */
+	assert_int_equal(keys_signing_key(w.sg.km, &ours, NULL), IDP_OK);
+	assert_int_equal(idp_jws_key_generate(idp_jws_key_kid(ours), &elsewhere, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(elsewhere, IDP_JWS_TYP_ACCESS, c, &forged, NULL, NULL),
+	                 IDP_OK);
+	idp_jws_key_unref(elsewhere);
+	idp_jws_key_unref(ours);
+	json_decref(c);
+	json_decref(dc);
+
+	/* Notifications flowing (after the listener's first reload): not ours. */
+	t0 = idp_mono_us();
+	do {
+		introspect(&w.w, stranger, &r);
+		st = r.status;
+		harness_resp_free(&r);
+	} while (st == 503 && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
+	assert_int_equal(st, 200);
+	assert_false(active(&w.w, stranger));
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), stranger, NULL), 200);
+	assert_true(active(&w.w, live));
+
+	assert_int_equal(harness_pg_stop("immediate"), 0);
+	t0 = idp_mono_us();
+	do {
+		introspect(&w.w, stranger, &r);
+		st = r.status;
+		harness_resp_free(&r);
+	} while (st == 200 && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
+	assert_int_equal(st, 503);
+	introspect(&w.w, stranger, &r);
+	assert_int_equal(r.status, 503);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "unavailable");
+	harness_resp_free(&r);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), stranger, NULL), 503);
+	/* A bad signature under a key idpd knows is still a definite answer. */
+	assert_false(active(&w.w, forged));
+
+	assert_int_equal(harness_pg_start(), 0);
+	t0 = idp_mono_us();
+	do {
+		introspect(&w.w, stranger, &r);
+		st = r.status;
+		harness_resp_free(&r);
+	} while (st == 503 && idp_mono_us() - t0 < 30 * 1000000LL && usleep(100000) == 0);
+	if (st != 200)
+		harness_idpd_dump_log(&w.w.p);
+	assert_int_equal(st, 200);
+	assert_false(active(&w.w, stranger));
+	assert_true(active(&w.w, live));
+	free(live);
+	free(stranger);
+	free(forged);
+	setting_stop(&w);
+}
+
 static void
 postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 {
@@ -954,6 +1038,7 @@ main(void)
 	    cmocka_unit_test(bad_callers_and_bad_bodies_are_refused_with_oauth_errors),
 	    cmocka_unit_test(cleanup_job_prunes_revocations_past_their_expiry),
 	    cmocka_unit_test(revocation_on_one_instance_reaches_the_other),
+	    cmocka_unit_test(unknown_kid_is_503_while_key_notifications_are_lost),
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	};
 
