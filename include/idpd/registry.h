@@ -129,6 +129,13 @@ int registry_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
  * the cache is loaded.
  */
 int registry_get(const char *id, const struct registry_agent **out) IDP_WUR;
+/*
+ * registry_get for a thread that must not wait (an I/O thread): with
+ * may_block false, IDP_EWOULDBLOCK when only PostgreSQL can answer (the
+ * cache is not loaded, or id is being refreshed), decided in the same step
+ * as the lookup, so the answer cannot change between a check and the read.
+ */
+int registry_lookup(const char *id, bool may_block, const struct registry_agent **out) IDP_WUR;
 const struct registry_agent *registry_agent_ref(const struct registry_agent *a);
 /* NULL is a no-op. */
 void registry_agent_unref(const struct registry_agent *a);

@@ -192,9 +192,12 @@ get_one(struct http_req *req, void *ctx)
 		return;
 	/* Served from memory on the I/O thread; a read that would wait on
 	 * PostgreSQL moves to the handler pool instead. */
-	if (registry_get_would_block(id) && http_req_defer(req))
-		return;
-	rc = registry_get(id, &a);
+	rc = registry_lookup(id, false, &a);
+	if (rc == IDP_EWOULDBLOCK) {
+		if (http_req_defer(req))
+			return;
+		rc = registry_get(id, &a); /* on a pool thread already */
+	}
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
 		reply_not_found(req, id);
 		return;

@@ -310,11 +310,9 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 		}
 		goto done;
 	}
-	if (!may_block && registry_get_would_block(out->cred.agent_id)) {
-		rc = IDP_EWOULDBLOCK;
+	rc = registry_lookup(out->cred.agent_id, may_block, &a);
+	if (rc == IDP_EWOULDBLOCK)
 		goto done;
-	}
-	rc = registry_get(out->cred.agent_id, &a);
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
 		why = "unknown_agent";
 		rc = IDP_EUNAUTH;

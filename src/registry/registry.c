@@ -318,6 +318,12 @@ registry_publish(struct registry_agent *rec)
 int
 registry_get(const char *id, const struct registry_agent **out)
 {
+	return registry_lookup(id, true, out);
+}
+
+int
+registry_lookup(const char *id, bool may_block, const struct registry_agent **out)
+{
 	struct registry_agent *a;
 	int rc;
 
@@ -330,6 +336,8 @@ registry_get(const char *id, const struct registry_agent **out)
 		*out = agent_cache_get(reg->cache, id);
 		return *out != NULL ? IDP_OK : IDP_ENOTFOUND;
 	}
+	if (!may_block)
+		return IDP_EWOULDBLOCK;
 	rc = registry_db_get(reg->store, id, &a);
 	if (rc == IDP_OK) {
 		*out = registry_agent_ref(a);

@@ -408,11 +408,11 @@ chain_agents_ok(struct issuing *s)
 		bool live;
 		int rc;
 
-		if (!s->a->may_block && registry_get_would_block(l->agent_id)) {
+		rc = registry_lookup(l->agent_id, s->a->may_block, &ag);
+		if (rc == IDP_EWOULDBLOCK) {
 			s->g->would_block = true;
 			return false;
 		}
-		rc = registry_get(l->agent_id, &ag);
 		if (rc == IDP_EUNAVAIL) {
 			refuse(s, 503, "unavailable");
 			return false;

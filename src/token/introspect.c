@@ -246,9 +246,9 @@ agent_ok(const char *id, int64_t iat_s, bool may_block, const struct registry_ag
 
 	if (out != NULL)
 		*out = NULL;
-	if (!may_block && registry_get_would_block(id))
+	rc = registry_lookup(id, may_block, &a);
+	if (rc == IDP_EWOULDBLOCK)
 		return REV_WOULD_BLOCK;
-	rc = registry_get(id, &a);
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {
 		*reason = "agent_unknown";
 		return IDP_EFORBIDDEN;

@@ -257,6 +257,32 @@ shutdown_writes_what_is_left(void **state)
 	registry_touch("cloud", now + 1);
 }
 
+/*
+ * With the cache not loaded (this world never starts the listener), a
+ * lookup that must not wait says so instead of reading PostgreSQL, and one
+ * that may wait reads it.
+ */
+static void
+a_lookup_that_must_not_wait_never_reads_postgres(void **state)
+{
+	struct world w;
+	const struct registry_agent *a = NULL;
+
+	(void)state;
+	world_start(&w, "t_la_lookup", 0);
+	assert_false(registry_cache_ready());
+	assert_int_equal(registry_lookup("planner", false, &a), IDP_EWOULDBLOCK);
+	assert_null(a);
+	assert_int_equal(registry_lookup("nobody", false, &a), IDP_EWOULDBLOCK);
+	assert_int_equal(registry_lookup("planner", true, &a), IDP_OK);
+	assert_non_null(a);
+	assert_string_equal(a->id, "planner");
+	registry_agent_unref(a);
+	assert_int_equal(registry_lookup("nobody", true, &a), IDP_ENOTFOUND);
+	assert_int_equal(registry_lookup("not an id!", false, &a), IDP_EINVAL);
+	world_stop(&w);
+}
+
 static int
 teardown(void **state)
 {
@@ -275,6 +301,7 @@ main(void)
 	    cmocka_unit_test_teardown(a_flush_sends_no_notification, teardown),
 	    cmocka_unit_test_teardown(the_flusher_writes_on_its_period, teardown),
 	    cmocka_unit_test_teardown(shutdown_writes_what_is_left, teardown),
+	    cmocka_unit_test_teardown(a_lookup_that_must_not_wait_never_reads_postgres, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
