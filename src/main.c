@@ -49,6 +49,7 @@ usage(FILE *f)
 	           "       idpd check-config FILE\n"
 	           "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
 	           "       idpd keys rotate|list --config FILE [--reason TEXT]\n"
+	           "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
 	           "       idpd check-config --keys\n"
 	           "       idpd policy check DIR | idpd policy test DIR\n"
 	           "       idpd version\n");

@@ -32,6 +32,7 @@ struct idp_jws_key;
 #define IDP_KEK_OVERHEAD (1 + IDP_KEK_NONCE_LEN + IDP_KEK_TAG_LEN)
 #define IDP_KEK_MAX_PLAINTEXT 65536
 #define IDP_KEK_ENV "IDPD_KEK"
+#define IDP_KEK_OLD_ENV "IDPD_KEK_OLD" /* the KEK being replaced, for `idpd keys reseal` */
 
 /*
  * Build a KEK from text: 64 hex digits, standard base64 (44 characters,
@@ -68,6 +69,8 @@ void idp_kek_free(struct idp_kek *kek);
  * Main thread, before other threads read the environment.
  */
 void idp_kek_scrub_env(void);
+/* The same for another variable holding a KEK ($IDPD_KEK_OLD). */
+void idp_kek_scrub_env_var(const char *name);
 
 /*
  * A short non-secret identifier of the KEK ("kek-" and 16 hex digits, from

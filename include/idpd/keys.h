@@ -259,6 +259,21 @@ int keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trig
                 const struct keys_origin *who, struct keys_result *res,
                 struct idp_diag *diag) IDP_WUR;
 
+/*
+ * KEK rotation (`idpd keys reseal`): every live key sealed under old is
+ * opened with it, checked against its public JWK, sealed under km's KEK,
+ * opened again with that and checked, and stored, all in one transaction
+ * under the keys lock; audited (key.resealed) before COMMIT.  Keys already
+ * under km's KEK are left as they are, so running it again changes
+ * nothing.  A live key under any other KEK, or one old does not open, stops
+ * it with nothing changed (IDP_EFORBIDDEN, diag names the kid and KEK ids).
+ * *n_resealed gets the count.  Instances still running with the old KEK go
+ * on signing with the key they hold; restart them with the new KEK before
+ * the next key becomes active (they cannot open it).  Any thread.
+ */
+int keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin *who,
+                size_t *n_resealed, struct idp_diag *diag) IDP_WUR;
+
 /* Rotate now (POST /v1/keys/rotate, `idpd keys rotate`). */
 int keys_rotate(struct keys *km, const struct keys_origin *who, struct keys_result *res,
                 struct idp_diag *diag) IDP_WUR;

@@ -52,6 +52,7 @@ static const struct {
     [AUDIT_KEY_GENERATED] = {"key.generated", "key", "Signing key generated", 4},
     [AUDIT_KEY_ROTATED] = {"key.rotated", "key", "Signing key rotated", 4},
     [AUDIT_KEY_RETIRED] = {"key.retired", "key", "Signing key retired", 3},
+    [AUDIT_KEY_RESEALED] = {"key.resealed", "key", "Signing key resealed under a new KEK", 4},
     [AUDIT_TOOL_INVOCATION] = {"tool_invocation", "tool", "Tool invocation", 2},
     [AUDIT_ALERT] = {"alert", "alert", "Alert", 7},
     [AUDIT_CONFIG_RELOADED] = {"config.reloaded", "config", "Configuration reloaded", 4},

@@ -177,13 +177,19 @@ idp_kek_load(const char *kek_file, struct idp_kek **out, struct idp_diag *diag)
 void
 idp_kek_scrub_env(void)
 {
-	char *env = getenv(IDP_KEK_ENV);
+	idp_kek_scrub_env_var(IDP_KEK_ENV);
+}
+
+void
+idp_kek_scrub_env_var(const char *name)
+{
+	char *env = getenv(name);
 
 	/* getenv points into the process's environment block, which is what
 	 * /proc/<pid>/environ shows: overwrite it there, then drop the name. */
 	if (env != NULL)
 		idp_wipe(env, strlen(env));
-	unsetenv(IDP_KEK_ENV);
+	unsetenv(name);
 }
 
 void

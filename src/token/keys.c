@@ -1029,6 +1029,149 @@ rollback(struct store_conn *c)
 		log_debug("keys: ROLLBACK failed; the connection is gone");
 }
 
+/*
+ * The private half of row under kek, checked against the row's public JWK;
+ * the caller unrefs *out.
+ */
+static int
+open_row(const struct keys_row *row, const struct idp_kek *kek, struct idp_jws_key **out,
+         struct idp_diag *diag)
+{
+	struct idp_jws_key *pub = NULL;
+	int rc = row_public_key(row, &pub, diag);
+
+	*out = NULL;
+	if (rc == IDP_OK)
+		rc = row_private_key(row, pub, kek, out, diag);
+	idp_jws_key_unref(pub);
+	return rc;
+}
+
+/* Seal key under km's KEK and prove the blob opens to the same key. */
+static int
+seal_checked(struct keys *km, const struct keys_row *row, const struct idp_jws_key *key,
+             unsigned char **sealed, size_t *len, struct idp_diag *diag)
+{
+	struct keys_row again = *row;
+	struct idp_jws_key *back = NULL;
+	int rc;
+
+	*sealed = NULL;
+	if (idp_kek_seal_key(km->kek, key, sealed, len) != IDP_OK) {
+		idp_diag_add(diag, "keys: cannot seal key %s", row->info.kid);
+		return IDP_EINTERNAL;
+	}
+	again.sealed = *sealed;
+	again.sealed_len = *len;
+	rc = open_row(&again, km->kek, &back, diag);
+	idp_jws_key_unref(back);
+	if (rc != IDP_OK) {
+		free(*sealed);
+		*sealed = NULL;
+		return IDP_EINTERNAL;
+	}
+	return IDP_OK;
+}
+
+int
+keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin *who,
+            size_t *n_resealed, struct idp_diag *diag)
+{
+	struct keys_row *rows = NULL;
+	struct store_conn *c = NULL;
+	char old_id[21];
+	size_t n = 0, done_n = 0;
+	unsigned failures = 0;
+	int rc;
+
+	*n_resealed = 0;
+	idp_kek_id(old, old_id);
+	if (strcmp(old_id, km->kek_id) == 0) {
+		idp_diag_add(diag, "keys: the old and the new KEK are the same (%s)", old_id);
+		return IDP_EINVAL;
+	}
+	if (store_acquire(km->store, &c) != IDP_OK) {
+		idp_diag_add(diag, "keys: PostgreSQL is unavailable");
+		return IDP_EUNAVAIL;
+	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc == IDP_OK)
+		rc = keys_db_lock(c);
+	if (rc == IDP_OK)
+		rc = keys_db_read_live(c, &rows, &n);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "keys: the signing keys could not be read (%s)",
+		             idp_err_name(rc));
+		goto done;
+	}
+	/* First every check, so that a key nobody here can open changes nothing. */
+	for (size_t i = 0; i < n; i++) {
+		const char *kek = rows[i].info.kek_id;
+
+		if (strcmp(kek, km->kek_id) != 0 && strcmp(kek, old_id) != 0) {
+			idp_diag_add(
+			    diag,
+			    "keys: the %s key %s is sealed with %s, neither the old KEK (%s) "
+			    "nor the new one (%s from %s); nothing was changed",
+			    keys_state_name(rows[i].info.state), rows[i].info.kid, kek, old_id,
+			    km->kek_id, km->kek_source);
+			rc = IDP_EFORBIDDEN;
+			goto done;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct keys_row *row = &rows[i];
+		struct idp_jws_key *key = NULL;
+		unsigned char *sealed = NULL;
+		size_t len = 0;
+		json_t *d;
+
+		if (strcmp(row->info.kek_id, old_id) != 0)
+			continue;
+		rc = open_row(row, old, &key, diag);
+		if (rc == IDP_OK)
+			rc = seal_checked(km, row, key, &sealed, &len, diag);
+		idp_jws_key_unref(key);
+		if (rc == IDP_OK)
+			rc = keys_db_reseal(c, row->info.kid, sealed, len, km->kek_id, old_id);
+		free(sealed);
+		if (rc != IDP_OK) {
+			idp_diag_add(diag, "keys: key %s was not resealed; nothing was changed",
+			             row->info.kid);
+			goto done;
+		}
+		d = json_pack("{s:s,s:s,s:s,s:s}", "kid", row->info.kid, "state",
+		              keys_state_name(row->info.state), "from_kek_id", old_id, "kek_id",
+		              km->kek_id);
+		failures += emit(AUDIT_KEY_RESEALED, AUDIT_OUTCOME_SUCCESS, who, d);
+		done_n++;
+	}
+	if (failures > 0) {
+		idp_diag_add(diag, "keys: the change could not be audited, so it was not made");
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "COMMIT");
+	if (rc != IDP_OK) {
+		idp_diag_add(diag,
+		             "keys: COMMIT failed (%s); the key.resealed events just written "
+		             "describe a change that did not happen",
+		             idp_err_name(rc));
+		goto done;
+	}
+	*n_resealed = done_n;
+	log_info("keys: %zu key(s) resealed from %s to %s", done_n, old_id, km->kek_id);
+	reload_after_change(km, c);
+	store_release(km->store, c);
+	keys_rows_free(rows, n);
+	return IDP_OK;
+done:
+	rollback(c);
+	store_release(km->store, c);
+	keys_rows_free(rows, n);
+	return rc;
+}
+
 int
 keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
             const struct keys_origin *who, struct keys_result *res, struct idp_diag *diag)

@@ -340,8 +340,12 @@ keys_maintenance_job(const struct maintenance_run *run, void *ctx, json_t *count
 static void
 cli_usage(void)
 {
-	fprintf(stderr, "usage: idpd keys rotate --config FILE [--reason TEXT]\n"
-	                "       idpd keys list --config FILE\n");
+	fprintf(stderr,
+	        "usage: idpd keys rotate --config FILE [--reason TEXT]\n"
+	        "       idpd keys list --config FILE\n"
+	        "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
+	        "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
+	        " or --old-kek-file)\n");
 }
 
 /* "cli:<login>" for the audit actor. */
@@ -404,13 +408,76 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
 	return 0;
 }
 
+/* The KEK being replaced: $IDPD_KEK_OLD (scrubbed once read) or the file. */
+static int
+old_kek_load(const char *file, struct idp_kek **out, struct idp_diag *diag)
+{
+	const char *env = getenv(IDP_KEK_OLD_ENV);
+	int rc;
+
+	if (env != NULL && env[0] != '\0') {
+		rc = idp_kek_from_string(env, out, diag);
+		idp_kek_scrub_env_var(IDP_KEK_OLD_ENV);
+		return rc;
+	}
+	if (file != NULL)
+		return idp_kek_from_file(file, out, diag);
+	idp_diag_add(diag,
+	             "keys reseal: the old KEK comes from $" IDP_KEK_OLD_ENV " or --old-kek-file");
+	return IDP_EINVAL;
+}
+
+static int
+cli_reseal(const struct idpd_config *cfg, struct keys *km, struct idp_kek *old, const char *reason)
+{
+	struct audit_writer_opts ao = {
+	    .url = cfg->database.url,
+	    .queue_max = 64,
+	    .batch_max = 16,
+	    .sync = true,
+	    .timeout_ms = cfg->audit.timeout_ms,
+	};
+	struct keys_origin origin = {.actor_kind = AUDIT_ACTOR_OPERATOR, .reason = reason};
+	struct idp_diag diag;
+	char actor[128], instance[128], old_id[21];
+	size_t n = 0;
+	int rc, left;
+
+	cli_actor(actor, sizeof(actor));
+	snprintf(instance, sizeof(instance), "idpd-keys:%d", (int)getpid());
+	ao.instance_id = instance;
+	origin.actor = actor;
+	idp_diag_init(&diag);
+	if (audit_writer_start(&ao, &diag) != IDP_OK) {
+		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
+		return 1;
+	}
+	rc = keys_reseal(km, old, &origin, &n, &diag);
+	left = audit_writer_stop(cfg->audit.timeout_ms);
+	if (rc != IDP_OK) {
+		fprintf(stderr, "idpd: keys reseal: %s\n", idp_diag_str(&diag));
+		return 1;
+	}
+	idp_kek_id(old, old_id);
+	printf("{\"resealed\":%zu,\"from_kek_id\":\"%s\",\"kek_id\":\"%s\"}\n", n, old_id,
+	       keys_kek_id(km));
+	if (left > 0) {
+		fprintf(stderr, "idpd: keys reseal: %d audit event(s) could not be written\n",
+		        left);
+		return 1;
+	}
+	return 0;
+}
+
 int
 keys_cli(int argc, char **argv)
 {
 	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
 	                                     {"reason", required_argument, NULL, 'r'},
+	                                     {"old-kek-file", required_argument, NULL, 'o'},
 	                                     {NULL, 0, NULL, 0}};
-	const char *config = NULL, *reason = NULL, *sub;
+	const char *config = NULL, *reason = NULL, *old_file = NULL, *sub;
+	struct idp_kek *old = NULL;
 	struct idpd_config *cfg = NULL;
 	struct store *store = NULL;
 	struct keys *km = NULL;
@@ -418,7 +485,8 @@ keys_cli(int argc, char **argv)
 	struct store_opts so;
 	int c, rc = 1;
 
-	if (argc < 2 || (strcmp(argv[1], "rotate") != 0 && strcmp(argv[1], "list") != 0)) {
+	if (argc < 2 || (strcmp(argv[1], "rotate") != 0 && strcmp(argv[1], "list") != 0 &&
+	                 strcmp(argv[1], "reseal") != 0)) {
 		cli_usage();
 		return 2;
 	}
@@ -432,12 +500,16 @@ keys_cli(int argc, char **argv)
 		case 'r':
 			reason = optarg;
 			break;
+		case 'o':
+			old_file = optarg;
+			break;
 		default:
 			cli_usage();
 			return 2;
 		}
 	}
-	if (config == NULL || optind != argc || (reason != NULL && strcmp(sub, "rotate") != 0) ||
+	if (config == NULL || optind != argc || (reason != NULL && strcmp(sub, "list") == 0) ||
+	    (old_file != NULL && strcmp(sub, "reseal") != 0) ||
 	    (reason != NULL && (reason[0] == '\0' || strlen(reason) > REASON_MAX))) {
 		cli_usage();
 		return 2;
@@ -477,13 +549,19 @@ keys_cli(int argc, char **argv)
 		rc = 0;
 		goto done;
 	}
+	if (strcmp(sub, "reseal") == 0 && old_kek_load(old_file, &old, &diag) != IDP_OK) {
+		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
+		rc = 1;
+		goto done;
+	}
 	if (open_from_config(cfg, store, &km, &diag) != IDP_OK) {
 		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
 		rc = 1;
 		goto done;
 	}
-	rc = cli_rotate(cfg, km, reason);
+	rc = old != NULL ? cli_reseal(cfg, km, old, reason) : cli_rotate(cfg, km, reason);
 done:
+	idp_kek_free(old);
 	keys_free(km);
 	store_close(store);
 	idpd_config_free(cfg);

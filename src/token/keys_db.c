@@ -53,6 +53,11 @@ static struct store_stmt st_demote = {
 	"UPDATE signing_keys SET state = 'retiring', retiring_at = " TS("$2") ", "
 	"retire_after = " TS("$3") " WHERE kid = $1 AND state = 'active'",
 	3, 0};
+static struct store_stmt st_reseal = {
+	"keys_reseal",
+	"UPDATE signing_keys SET private_sealed = decode($2, 'hex'), kek_id = $3 "
+	"WHERE kid = $1 AND kek_id = $4 AND state <> 'retired'",
+	4, 0};
 static struct store_stmt st_retire = {
 	"keys_retire",
 	"UPDATE signing_keys SET state = 'retired', retired_at = " TS("$2") ", "
@@ -276,6 +281,18 @@ keys_db_demote(struct store_conn *c, const char *kid, int64_t now_ms, int64_t re
 	snprintf(now, sizeof(now), "%lld", (long long)now_ms);
 	snprintf(until, sizeof(until), "%lld", (long long)retire_after_ms);
 	return exec_one(c, &st_demote, params);
+}
+
+int
+keys_db_reseal(struct store_conn *c, const char *kid, const unsigned char *sealed,
+               size_t sealed_len, const char *kek_id, const char *old_kek_id)
+{
+	char *hex = hex_encode(sealed, sealed_len);
+	const char *params[4] = {kid, hex, kek_id, old_kek_id};
+	int rc = exec_one(c, &st_reseal, params);
+
+	free(hex);
+	return rc;
 }
 
 int

@@ -98,5 +98,8 @@ int keys_db_demote(struct store_conn *c, const char *kid, int64_t now_ms,
                    int64_t retire_after_ms) IDP_WUR;
 /* next or retiring (or an expired active) -> retired at now; the sealed key is erased. */
 int keys_db_retire(struct store_conn *c, const char *kid, int64_t now_ms) IDP_WUR;
+/* A live row sealed under old_kek_id gets sealed (under kek_id) instead. */
+int keys_db_reseal(struct store_conn *c, const char *kid, const unsigned char *sealed,
+                   size_t sealed_len, const char *kek_id, const char *old_kek_id) IDP_WUR;
 
 #endif /* IDPD_KEYS_INT_H */

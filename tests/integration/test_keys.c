@@ -722,6 +722,108 @@ wrong_kek_refuses_to_start_and_changes_nothing(void **state)
 	free(jwks_after);
 }
 
+#define NEW_KEK "6e65772d6b656b2d616674657a2d726f746174696f6e2d6f662d6b656b732121"
+
+/* Run idpd keys reseal with the config of p; its exit status, output in path. */
+static int
+reseal(const struct idpd_proc *p, const char *path)
+{
+	const char *args[] = {"keys", "reseal", "--config", p->config, NULL};
+
+	return harness_idpd_run(args, path);
+}
+
+/*
+ * KEK rotation: with the new KEK as idpd's and the old one in
+ * $IDPD_KEK_OLD, `idpd keys reseal` seals every live key again, audited,
+ * in one step; a second run finds nothing to do; an old KEK that is not
+ * the one that sealed the keys changes nothing.  Afterwards idpd starts
+ * with the new KEK only, publishes the same keys and rotates under it.
+ */
+static void
+kek_rotation_reseals_every_live_key(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char fp[64], fp2[64], new_id[32], *jwks_before, *jwks_after;
+	const char *out = "/tmp/idpd-test-keys-reseal.out";
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_reseal"), 0);
+	start(&p, "t_keys_reseal", NULL);
+	/* active, next and retiring: three live keys. */
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(db_int("t_keys_reseal",
+	                        "SELECT count(*) FROM signing_keys WHERE state <> 'retired'"),
+	                 3);
+	jwks_before = jwks_text(&p);
+	table_fingerprint("t_keys_reseal", fp);
+
+	/* Refusals first: none changes anything. */
+	setenv("IDPD_KEK", NEW_KEK, 1);
+	unsetenv("IDPD_KEK_OLD");
+	assert_int_equal(reseal(&p, out), 1);
+	assert_true(harness_file_contains(out, "IDPD_KEK_OLD or --old-kek-file"));
+	setenv("IDPD_KEK_OLD", WRONG_KEK, 1);
+	assert_int_equal(reseal(&p, out), 1);
+	assert_true(harness_file_contains(out, "neither the old KEK"));
+	assert_false(harness_file_contains(out, WRONG_KEK));
+	assert_false(harness_file_contains(out, NEW_KEK));
+	setenv("IDPD_KEK_OLD", NEW_KEK, 1);
+	assert_int_equal(reseal(&p, out), 1);
+	assert_true(harness_file_contains(out, "are the same"));
+	table_fingerprint("t_keys_reseal", fp2);
+	assert_string_equal(fp, fp2);
+
+	/* The real thing. */
+	setenv("IDPD_KEK_OLD", TEST_KEK, 1);
+	assert_int_equal(reseal(&p, out), 0);
+	assert_true(harness_file_contains(out, "\"resealed\":3"));
+	db_text("t_keys_reseal", "SELECT DISTINCT kek_id FROM signing_keys WHERE state <> 'retired'",
+	        new_id, sizeof(new_id));
+	assert_true(harness_file_contains(out, new_id));
+	assert_int_equal(db_int("t_keys_reseal",
+	                        "SELECT count(*) FROM signing_keys WHERE state <> 'retired' "
+	                        "AND kek_id <> (SELECT kek_id FROM signing_keys WHERE state = "
+	                        "'active')"),
+	                 0);
+	assert_int_equal(db_int("t_keys_reseal",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.resealed' AND "
+	                        "body LIKE '%\"from_kek_id\":\"kek-%' AND "
+	                        "body LIKE '%\"name\":\"cli:%'"),
+	                 3);
+	/* Again: nothing left under the old KEK. */
+	setenv("IDPD_KEK_OLD", TEST_KEK, 1);
+	assert_int_equal(reseal(&p, out), 0);
+	assert_true(harness_file_contains(out, "\"resealed\":0"));
+	/* The running instance (old KEK) still serves: it keeps the key it opened. */
+	assert_int_equal(call("GET", &p, "/readyz", NULL, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+
+	/* The old KEK no longer starts idpd; the new one does, with the same keys. */
+	setenv("IDPD_KEK", TEST_KEK, 1);
+	assert_int_equal(harness_idpd_start(&p, "t_keys_reseal", NULL, config_with(NULL)), -1);
+	assert_true(harness_log_contains(&p, "was sealed with key-encryption key kek-"));
+	setenv("IDPD_KEK", NEW_KEK, 1);
+	start(&p, "t_keys_reseal", NULL);
+	jwks_after = jwks_text(&p);
+	assert_string_equal(jwks_before, jwks_after);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(db_int("t_keys_reseal",
+	                        "SELECT count(DISTINCT kek_id) FROM signing_keys WHERE state <> "
+	                        "'retired'"),
+	                 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	setenv("IDPD_KEK", TEST_KEK, 1);
+	unsetenv("IDPD_KEK_OLD");
+	unlink(out);
+	free(jwks_before);
+	free(jwks_after);
+}
+
 static void
 rotation_and_listing_require_the_right_roles(void **state)
 {
@@ -784,6 +886,7 @@ main(void)
 	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
+	    cmocka_unit_test(kek_rotation_reseals_every_live_key),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 
