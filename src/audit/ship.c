@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "idpd/app.h"
 #include "idpd/audit.h"
 #include "idpd/audit_ship.h"
 #include "idpd/audit_sink.h"
@@ -38,10 +39,19 @@ struct shipper {
 	_Atomic uint64_t shipped, errors, skipped;
 	_Atomic int64_t last_ts_ms;
 	_Atomic bool behind;
+	char *fingerprint; /* the sink's configuration, to tell a reload what changed */
 };
 
+/*
+ * ship.lock guards the list of running shippers: the metrics collector
+ * reads it while a reload changes it.  Starting and stopping a shipper
+ * (its thread) happens outside the lock.
+ */
+static pthread_mutex_t ship_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct shipper *shippers[MAX_SHIPPERS];
 static size_t n_shippers;
+static char ship_version[64]; /* main thread only */
+static bool hook_added;       /* main thread only */
 
 /* Sleep up to ms; true when asked to stop. */
 static bool
@@ -261,6 +271,7 @@ collect(struct idp_buf *out, void *ctx)
 	int rc = 0;
 
 	(void)ctx;
+	pthread_mutex_lock(&ship_lock);
 	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_shipped_total Events delivered per sink.\n"
 				"# TYPE idpd_audit_sink_shipped_total counter\n");
 	for (size_t i = 0; i < n_shippers; i++)
@@ -293,6 +304,7 @@ collect(struct idp_buf *out, void *ctx)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_lag_seconds{sink=\"%s\"} %.3f\n",
 				     shippers[i]->name, lag);
 	}
+	pthread_mutex_unlock(&ship_lock);
 	if (rc != 0)
 		log_warn("metrics: sink output truncated");
 }
@@ -311,7 +323,168 @@ free_shipper(struct shipper *sh)
 		idp_wipe(sh->url, strlen(sh->url));
 		free(sh->url);
 	}
+	free(sh->fingerprint);
 	free(sh);
+}
+
+/* Everything a shipper is made from, as one string; equal strings, same shipper. */
+static char *
+fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
+{
+	struct idp_buf b;
+
+	idp_buf_init(&b, 0);
+	if (idp_buf_printf(&b, "%s|%s|%s|%s|%s|%s|%s|%d|%lld|%lld|%d|%d|%lld", sc->name, sc->type,
+			   sc->format, sc->path, sc->address, sc->protocol, sc->hostname,
+			   sc->facility, (long long)sc->connect_timeout_ms,
+			   (long long)sc->send_timeout_ms, sc->udp_max, sc->fsync ? 1 : 0,
+			   (long long)cfg->audit.ship_interval_ms) != IDP_OK) {
+		idp_buf_cleanup(&b);
+		return idp_xstrdup("?");
+	}
+	return idp_buf_take(&b, NULL);
+}
+
+/* A shipper for sink i of cfg, not started; NULL with diag when the sink is not usable. */
+static struct shipper *
+make_shipper(const struct idpd_config *cfg, size_t i, struct idp_diag *diag)
+{
+	const struct idpd_audit_sink_cfg *sc = &cfg->audit.sinks[i];
+	struct audit_sink_config c;
+	struct shipper *sh = idp_xcalloc(1, sizeof(*sh));
+	int rc = 0;
+
+	sh->wake[0] = sh->wake[1] = -1;
+	audit_sink_config_defaults(&c);
+	rc |= audit_sink_type_parse(sc->type, &c.type);
+	rc |= audit_format_parse(sc->format, &c.format);
+	rc |= audit_sink_proto_parse(sc->protocol, &c.protocol);
+	c.path = sc->path[0] ? sc->path : NULL;
+	c.address = sc->address[0] ? sc->address : NULL;
+	c.hostname = sc->hostname[0] ? sc->hostname : NULL;
+	c.version = ship_version;
+	c.facility = sc->facility;
+	c.connect_timeout_ms = sc->connect_timeout_ms;
+	c.send_timeout_ms = sc->send_timeout_ms;
+	c.udp_max = (size_t)sc->udp_max;
+	c.fsync = sc->fsync;
+	if (rc != 0 || audit_sink_new(&c, &sh->sink, diag) != IDP_OK) {
+		idp_diag_add(diag, "audit.sinks[%zu] (%s) is not usable", i, sc->name);
+		free_shipper(sh);
+		return NULL;
+	}
+	snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
+	sh->url = idp_xstrdup(cfg->database.url);
+	sh->interval_ms = cfg->audit.ship_interval_ms;
+	sh->fingerprint = fingerprint(cfg, sc);
+	if (pipe(sh->wake) != 0) {
+		idp_diag_add(diag, "audit sink %s: cannot make a pipe", sc->name);
+		free_shipper(sh);
+		return NULL;
+	}
+	return sh;
+}
+
+/* Ask a running shipper to stop, wait for it (it finishes its batch), free it. */
+static void
+stop_shipper(struct shipper *sh)
+{
+	if (write(sh->wake[1], "x", 1) != 1)
+		log_warn("audit sink %s: cannot wake", sh->name);
+	pthread_join(sh->thread, NULL);
+	free_shipper(sh);
+}
+
+/* Start the shippers of made[0..n) and list them; a failure is logged and that one freed. */
+static size_t
+start_shippers(struct shipper **made, size_t n, struct idp_diag *diag)
+{
+	size_t started = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (pthread_create(&made[i]->thread, NULL, run, made[i]) != 0) {
+			idp_diag_add(diag, "audit sink %s: cannot start its thread", made[i]->name);
+			free_shipper(made[i]);
+			continue;
+		}
+		log_info("audit sink %s: shipping to %s", made[i]->name,
+			 audit_sink_describe(made[i]->sink));
+		pthread_mutex_lock(&ship_lock);
+		shippers[n_shippers++] = made[i];
+		pthread_mutex_unlock(&ship_lock);
+		started++;
+	}
+	return started;
+}
+
+/*
+ * A reload: sinks whose configuration is unchanged keep shipping without a
+ * pause; removed and changed ones stop (each finishes its batch, its cursor
+ * stays where it got to), then new and changed ones start from their
+ * cursors.  If any new sink is not usable, nothing changes.
+ */
+static int
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
+	  struct idp_diag *diag)
+{
+	struct shipper *made[MAX_SHIPPERS], *gone[MAX_SHIPPERS], *kept[MAX_SHIPPERS];
+	size_t n_made = 0, n_gone = 0, n_kept = 0, n_need;
+
+	(void)app;
+	(void)ctx;
+	if (next->audit.n_sinks > MAX_SHIPPERS) {
+		idp_diag_add(diag, "audit.sinks: at most %d sinks; sinks unchanged", MAX_SHIPPERS);
+		return IDP_EINVAL;
+	}
+	n_need = next->audit.n_sinks;
+	for (size_t i = 0; i < n_need; i++) {
+		char *fp = fingerprint(next, &next->audit.sinks[i]);
+		bool same = false;
+
+		pthread_mutex_lock(&ship_lock);
+		for (size_t j = 0; j < n_shippers && !same; j++)
+			same = strcmp(shippers[j]->fingerprint, fp) == 0;
+		pthread_mutex_unlock(&ship_lock);
+		free(fp);
+		if (same)
+			continue;
+		if ((made[n_made] = make_shipper(next, i, diag)) == NULL) {
+			for (size_t k = 0; k < n_made; k++)
+				free_shipper(made[k]);
+			idp_diag_add(diag, "audit sinks unchanged");
+			return IDP_EINVAL;
+		}
+		n_made++;
+	}
+	pthread_mutex_lock(&ship_lock);
+	for (size_t j = 0; j < n_shippers; j++) {
+		bool wanted = false;
+
+		for (size_t i = 0; i < n_need && !wanted; i++) {
+			char *fp = fingerprint(next, &next->audit.sinks[i]);
+
+			wanted = strcmp(shippers[j]->fingerprint, fp) == 0;
+			free(fp);
+		}
+		if (wanted)
+			kept[n_kept++] = shippers[j];
+		else
+			gone[n_gone++] = shippers[j];
+	}
+	memcpy(shippers, kept, n_kept * sizeof(*kept));
+	n_shippers = n_kept;
+	pthread_mutex_unlock(&ship_lock);
+	/* A changed sink's old shipper lets go of the sink's lock before the new one asks. */
+	for (size_t j = 0; j < n_gone; j++) {
+		log_info("audit sink %s: stopped (reload)", gone[j]->name);
+		stop_shipper(gone[j]);
+	}
+	if (start_shippers(made, n_made, diag) != n_made)
+		return IDP_EINTERNAL;
+	if (n_made + n_gone > 0)
+		log_info("reload: audit sinks: %zu kept, %zu stopped, %zu started", n_kept, n_gone,
+			 n_made);
+	return IDP_OK;
 }
 
 int
@@ -324,74 +497,46 @@ audit_ship_start(const struct idpd_config *cfg, const char *version, struct idp_
 		idp_diag_add(diag, "audit.sinks: at most %d sinks", MAX_SHIPPERS);
 		return IDP_EINVAL;
 	}
+	snprintf(ship_version, sizeof(ship_version), "%s", version);
 	for (size_t i = 0; i < cfg->audit.n_sinks; i++) {
-		const struct idpd_audit_sink_cfg *sc = &cfg->audit.sinks[i];
-		struct audit_sink_config c;
-		struct shipper *sh = idp_xcalloc(1, sizeof(*sh));
-		int rc = 0;
-
-		sh->wake[0] = sh->wake[1] = -1;
-		made[n++] = sh;
-		audit_sink_config_defaults(&c);
-		rc |= audit_sink_type_parse(sc->type, &c.type);
-		rc |= audit_format_parse(sc->format, &c.format);
-		rc |= audit_sink_proto_parse(sc->protocol, &c.protocol);
-		c.path = sc->path[0] ? sc->path : NULL;
-		c.address = sc->address[0] ? sc->address : NULL;
-		c.hostname = sc->hostname[0] ? sc->hostname : NULL;
-		c.version = version;
-		c.facility = sc->facility;
-		c.connect_timeout_ms = sc->connect_timeout_ms;
-		c.send_timeout_ms = sc->send_timeout_ms;
-		c.udp_max = (size_t)sc->udp_max;
-		c.fsync = sc->fsync;
-		if (rc != 0 || audit_sink_new(&c, &sh->sink, diag) != IDP_OK) {
-			idp_diag_add(diag, "audit.sinks[%zu] (%s) is not usable", i, sc->name);
-			goto fail;
+		if ((made[n] = make_shipper(cfg, i, diag)) == NULL) {
+			for (size_t k = 0; k < n; k++)
+				free_shipper(made[k]);
+			return IDP_EINVAL;
 		}
-		snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
-		sh->url = idp_xstrdup(cfg->database.url);
-		sh->interval_ms = cfg->audit.ship_interval_ms;
-		if (pipe(sh->wake) != 0) {
-			idp_diag_add(diag, "audit sink %s: cannot make a pipe", sc->name);
-			goto fail;
-		}
+		n++;
 	}
-	for (size_t i = 0; i < n; i++) {
-		if (pthread_create(&made[i]->thread, NULL, run, made[i]) != 0) {
-			idp_diag_add(diag, "audit sink %s: cannot start its thread", made[i]->name);
-			/* Stop the ones already running. */
-			for (size_t j = 0; j < i; j++) {
-				if (write(made[j]->wake[1], "x", 1) != 1)
-					log_warn("audit sink %s: cannot wake", made[j]->name);
-				pthread_join(made[j]->thread, NULL);
-			}
-			goto fail;
-		}
-		shippers[n_shippers++] = made[i];
-		log_info("audit sink %s: shipping to %s", made[i]->name,
-			 audit_sink_describe(made[i]->sink));
+	if (start_shippers(made, n, diag) != n) {
+		audit_ship_stop();
+		return IDP_EINVAL;
 	}
-	if (n > 0 && metrics_register(collect, NULL) != IDP_OK)
-		log_warn("metrics: too many collectors; sink metrics not exported");
+	if (!hook_added) {
+		if (app_on_reload(on_reload, NULL) != IDP_OK)
+			log_warn("audit sinks: cannot register the reload hook; sinks change on "
+				 "restart only");
+		if (metrics_register(collect, NULL) != IDP_OK)
+			log_warn("metrics: too many collectors; sink metrics not exported");
+		hook_added = true;
+	}
 	return IDP_OK;
-fail:
-	n_shippers = 0;
-	for (size_t i = 0; i < n; i++)
-		free_shipper(made[i]);
-	return IDP_EINVAL;
 }
 
 void
 audit_ship_stop(void)
 {
-	for (size_t i = 0; i < n_shippers; i++)
-		if (write(shippers[i]->wake[1], "x", 1) != 1)
-			log_warn("audit sink %s: cannot wake", shippers[i]->name);
-	for (size_t i = 0; i < n_shippers; i++) {
-		pthread_join(shippers[i]->thread, NULL);
-		free_shipper(shippers[i]);
-		shippers[i] = NULL;
-	}
+	struct shipper *all[MAX_SHIPPERS];
+	size_t n;
+
+	pthread_mutex_lock(&ship_lock);
+	n = n_shippers;
+	memcpy(all, shippers, n * sizeof(*all));
 	n_shippers = 0;
+	pthread_mutex_unlock(&ship_lock);
+	for (size_t i = 0; i < n; i++)
+		if (write(all[i]->wake[1], "x", 1) != 1)
+			log_warn("audit sink %s: cannot wake", all[i]->name);
+	for (size_t i = 0; i < n; i++) {
+		pthread_join(all[i]->thread, NULL);
+		free_shipper(all[i]);
+	}
 }

@@ -4,6 +4,7 @@
  * twice in a row changes nothing the second time (report mode reports the
  * same agents again, since they still need a human's attention).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +19,40 @@
 /* Batches audit retention deletes per run at most; the next run goes on. */
 #define RETENTION_BATCHES 1000
 
-/* The sinks' names as a text[] literal: retention keeps what they have not shipped. */
+/*
+ * The sinks' names as a text[] literal: retention keeps what they have not
+ * shipped.  A reload replaces it while a job may run: jobs.sinks_lock.
+ */
+static pthread_mutex_t sinks_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *sink_names_pg;
+
+/* A copy of sink_names_pg for one run (free it). */
+static char *
+sink_names(void)
+{
+	char *s;
+
+	pthread_mutex_lock(&sinks_lock);
+	s = idp_xstrdup(sink_names_pg != NULL ? sink_names_pg : "{}");
+	pthread_mutex_unlock(&sinks_lock);
+	return s;
+}
+
+void
+registry_jobs_set_sinks(const struct idpd_config *cfg)
+{
+	json_t *names = json_array();
+	char *pg;
+
+	for (size_t i = 0; i < cfg->audit.n_sinks; i++)
+		json_array_append_new(names, json_string(cfg->audit.sinks[i].name));
+	pg = pg_text_array_json(names);
+	json_decref(names);
+	pthread_mutex_lock(&sinks_lock);
+	free(sink_names_pg);
+	sink_names_pg = pg;
+	pthread_mutex_unlock(&sinks_lock);
+}
 
 static void
 add_id(json_t *counts, const char *key, const char *id)
@@ -226,7 +259,7 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "WHERE writer_id = $1 AND seq <= $2::bigint ORDER BY seq LIMIT $3::int)",
 	    3, 0};
 	struct registry_settings s;
-	char cutoff[24], limit[16];
+	char cutoff[24], limit[16], *sinks;
 	const char *params[3];
 	json_int_t deleted = 0;
 	int batches = 0, rc;
@@ -241,8 +274,10 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	}
 	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.audit_retention_ms));
 	params[0] = cutoff;
-	params[1] = sink_names_pg != NULL ? sink_names_pg : "{}";
+	sinks = sink_names();
+	params[1] = sinks;
 	rc = store_exec(run->conn, &bounds, params, &b);
+	free(sinks);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "finding expired audit events: %s", idp_err_name(rc));
 		return rc;
@@ -321,14 +356,9 @@ audit_chains_resync(const struct maintenance_run *run, void *ctx, json_t *counts
 int
 registry_register_jobs(const struct idpd_config *cfg)
 {
-	json_t *names = json_array();
 	int rc = 0;
 
-	for (size_t i = 0; i < cfg->audit.n_sinks; i++)
-		json_array_append_new(names, json_string(cfg->audit.sinks[i].name));
-	free(sink_names_pg);
-	sink_names_pg = pg_text_array_json(names);
-	json_decref(names);
+	registry_jobs_set_sinks(cfg);
 	rc |= maintenance_register("stale_agents", stale_agents, NULL);
 	rc |= maintenance_register("departed_owners", departed_owners, NULL);
 	rc |= maintenance_register("audit_retention", audit_retention, NULL);
@@ -339,6 +369,8 @@ registry_register_jobs(const struct idpd_config *cfg)
 void
 registry_jobs_cleanup(void)
 {
+	pthread_mutex_lock(&sinks_lock);
 	free(sink_names_pg);
 	sink_names_pg = NULL;
+	pthread_mutex_unlock(&sinks_lock);
 }

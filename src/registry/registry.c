@@ -76,6 +76,7 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	reg->settings = s;
 	pthread_mutex_unlock(&reg->settings_lock);
 	touch_set_interval(next->registry.last_active_flush_ms);
+	registry_jobs_set_sinks(next);
 	return IDP_OK;
 }
 

@@ -232,6 +232,8 @@ void registry_publish(struct registry_agent *rec);
  * backlog retention keeps.  registry_jobs_cleanup frees what it copied.
  */
 int registry_register_jobs(const struct idpd_config *cfg) IDP_WUR;
+/* The sinks retention waits for, from cfg (at start and on every reload).  Any thread. */
+void registry_jobs_set_sinks(const struct idpd_config *cfg);
 void registry_jobs_cleanup(void);
 
 /*

@@ -220,6 +220,9 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "commit's flush would not idle the CPUs. With two, PostgreSQL spent 35 to 41 us per row instead"
 	echo "of 21 to 23 (two backends inserting into the same right-most index pages) and the rate fell from"
 	echo "17,000-19,000 to 14,500-16,500 tokens/s, three or four did worse still; one writer stays."
+	echo "libmicrohttpd's MHD_USE_TURBO took about 5 us of idpd CPU off a token (52 against 58, three"
+	echo "runs each, alternated), but its header calls what it enables potentially unsafe (no shutdown()"
+	echo "before a close, connections read before they are watched); not for an identity service."
 	echo
 	echo "Delegations here all derive from one task's root token, 64 at a time: every transaction"
 	echo "share-locks the same task row and key-share-locks the same parent row, and every commit"

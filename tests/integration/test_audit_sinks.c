@@ -1,8 +1,9 @@
 /*
  * Integration tests of SIEM shipping: events reach a file sink and a syslog
  * TCP receiver in order, a receiver that is down for a while gets every
- * event once it is back (and none twice in a normal run), and a restarted
- * idpd resumes from its cursor instead of shipping everything again.
+ * event once it is back (and none twice in a normal run), a restarted
+ * idpd resumes from its cursor instead of shipping everything again, and
+ * sinks are added, kept and removed by a reload.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -276,12 +277,132 @@ syslog_receiver_down_for_a_while_gets_every_event_once(void **state)
 	free(rc.data);
 }
 
+/* Replace old with new in p's configuration file and send SIGHUP. */
+static void
+reconfigure(const struct idpd_proc *p, const char *old, const char *new)
+{
+	char *text, *at;
+	size_t n;
+	FILE *f = fopen(p->config, "r");
+
+	assert_non_null(f);
+	text = calloc(1, 65536);
+	assert_non_null(text);
+	n = fread(text, 1, 65535, f);
+	fclose(f);
+	text[n] = '\0';
+	at = strstr(text, old);
+	assert_non_null(at);
+	f = fopen(p->config, "w");
+	assert_non_null(f);
+	fprintf(f, "%.*s%s%s", (int)(at - text), text, new, at + strlen(old));
+	fclose(f);
+	free(text);
+	assert_int_equal(kill(p->pid, SIGHUP), 0);
+}
+
+/* Wait (5 s at most) until path has n lines mentioning s; the count then. */
+static int
+wait_lines(const char *path, const char *s, int n)
+{
+	for (int i = 0; i < 100 && count_lines(path, s) < n; i++)
+		sleep_ms(50);
+	return count_lines(path, s);
+}
+
+static bool
+wait_log(const struct idpd_proc *p, const char *s)
+{
+	for (int i = 0; i < 100 && !harness_log_contains(p, s); i++)
+		sleep_ms(50);
+	return harness_log_contains(p, s);
+}
+
+/*
+ * Sinks change with a reload: a sink added ships everything from its own
+ * cursor, an unchanged one goes on without a pause or a duplicate, a
+ * removed one stops; a reload naming an unusable sink changes nothing.
+ */
+static void
+sinks_change_on_reload(void **state)
+{
+	struct idpd_proc p;
+	char a_path[] = "/tmp/idpd-sink-a-XXXXXX", b_path[] = "/tmp/idpd-sink-b-XXXXXX";
+	char keys[256], sink_a[512], sink_b[512], bad[512], extra[2048];
+	struct http_resp r;
+	char url[256];
+	int fd;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	fd = mkstemp(a_path);
+	close(fd);
+	fd = mkstemp(b_path);
+	close(fd);
+	snprintf(keys, sizeof(keys),
+		 "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+		 reporter_hash);
+	snprintf(sink_a, sizeof(sink_a),
+		 "[[audit.sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"%s\"\n", a_path);
+	snprintf(sink_b, sizeof(sink_b),
+		 "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"cef\"\n"
+		 "path = \"%s\"\n",
+		 b_path);
+	snprintf(bad, sizeof(bad),
+		 "[[audit.sinks]]\nname = \"c\"\ntype = \"syslog\"\naddress = \"no-port\"\n");
+	snprintf(extra, sizeof(extra), "%s[audit]\nship_interval = \"50ms\"\n%s", keys, sink_a);
+	assert_int_equal(harness_db_create("t_sink_reload"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_reload", NULL, extra), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
+	assert_int_equal(wait_lines(a_path, "task-reload", 3), 3);
+
+	/* b added: it ships all three from its own cursor; a is kept. */
+	{
+		char both[1100];
+
+		snprintf(both, sizeof(both), "%s%s", sink_a, sink_b);
+		reconfigure(&p, sink_a, both);
+	}
+	assert_true(wait_log(&p, "audit sinks: 1 kept, 0 stopped, 1 started"));
+	assert_int_equal(wait_lines(b_path, "task-reload", 3), 3);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
+	assert_int_equal(wait_lines(b_path, "task-reload", 5), 5);
+	assert_int_equal(wait_lines(a_path, "task-reload", 5), 5);
+
+	/* a removed: it stops where it got to, b goes on. */
+	reconfigure(&p, sink_a, "");
+	assert_true(wait_log(&p, "audit sinks: 1 kept, 1 stopped, 0 started"));
+	assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
+	assert_int_equal(wait_lines(b_path, "task-reload", 6), 6);
+	sleep_ms(200);
+	assert_int_equal(count_lines(a_path, "task-reload"), 5);
+	snprintf(url, sizeof(url), "%s/metrics", p.base);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	assert_non_null(strstr(r.body, "idpd_audit_sink_shipped_total{sink=\"b\"}"));
+	assert_null(strstr(r.body, "sink=\"a\""));
+	harness_resp_free(&r);
+
+	/* An unusable sink in the new file: nothing changes, b still ships. */
+	snprintf(extra, sizeof(extra), "%s%s", sink_b, bad);
+	reconfigure(&p, sink_b, extra);
+	assert_true(wait_log(&p, "audit sinks unchanged"));
+	assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
+	assert_int_equal(wait_lines(b_path, "task-reload", 7), 7);
+	assert_int_equal(count_lines(a_path, "task-reload"), 5);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	unlink(a_path);
+	unlink(b_path);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
 		cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
+		cmocka_unit_test(sinks_change_on_reload),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }
