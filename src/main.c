@@ -34,6 +34,7 @@
 #include "idpd/policy_service.h"
 #include "idpd/registry.h"
 #include "idpd/revocation.h"
+#include "idpd/scope.h"
 #include "idpd/store.h"
 #include "idpd/tasks.h"
 
@@ -287,6 +288,35 @@ reload(struct idpd_app *app)
 	log_info("reload: done");
 }
 
+/* The verb classes: the built-in map plus [[policy.verbs]].  0, or -1 (logged). */
+static int
+install_verbs(const struct idpd_config *cfg)
+{
+	const char **verbs = idp_xcalloc(cfg->policy.n_verbs + 1, sizeof(*verbs));
+	enum idp_action_class *classes = idp_xcalloc(cfg->policy.n_verbs + 1, sizeof(*classes));
+	struct scope_verb_map *m;
+	struct idp_diag diag;
+
+	for (size_t i = 0; i < cfg->policy.n_verbs; i++) {
+		verbs[i] = cfg->policy.verbs[i].verb;
+		classes[i] =
+		    (enum idp_action_class)idp_action_class_parse(cfg->policy.verbs[i].class);
+	}
+	idp_diag_init(&diag);
+	m = scope_verb_map_with(verbs, classes, cfg->policy.n_verbs, &diag);
+	free(verbs);
+	free(classes);
+	if (m == NULL) {
+		log_error("policy.verbs: %s", idp_diag_str(&diag));
+		return -1;
+	}
+	scope_verb_map_install(m);
+	if (cfg->policy.n_verbs > 0)
+		log_info("policy: %zu verb(s) added to the built-in verb classes",
+		         cfg->policy.n_verbs);
+	return 0;
+}
+
 /* idpd serve --config FILE [--migrate] */
 static int
 cmd_serve(int argc, char **argv)
@@ -332,6 +362,10 @@ cmd_serve(int argc, char **argv)
 		int lvl = idp_log_level_parse(app.cfg->log.level);
 
 		idp_log_set_level(lvl >= 0 ? (enum idp_log_level)lvl : IDP_LOG_INFO);
+	}
+	if (install_verbs(app.cfg) != 0) {
+		idpd_config_free(app.cfg);
+		return 1;
 	}
 	app.started_ms = idp_now_ms(idp_clock_system());
 	if (app.cfg->node.instance_id[0] != '\0') {
@@ -523,6 +557,7 @@ done:
 		log_error("audit: %d queued event(s) could not be written before exit", left);
 	store_close(app.store);
 	auth_keys_install(NULL);
+	scope_verb_map_install(NULL); /* frees the installed map */
 	idpd_config_free(app.cfg);
 	if (rc == 0)
 		log_info("stopped");

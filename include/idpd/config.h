@@ -79,6 +79,12 @@ struct idpd_idp_cfg {
  * One [[resources]] section: an API that access tokens are issued for,
  * named by its audience.  Policies see it as resource.*.
  */
+/* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */
+struct idpd_verb_cfg {
+	char *verb;  /* "Search*", "query" */
+	char *class; /* "read" | "write" | "delete" | "admin" */
+};
+
 struct idpd_resource_cfg {
 	char *audience;       /* the token's "aud"; unique */
 	char *domain;         /* business domain, resource.domain */
@@ -177,8 +183,10 @@ struct idpd_config {
 	} attestation;
 
 	struct {
-		char *dir;      /* "policies": the *.policy files */
-		char *timezone; /* "UTC": IANA zone for hours and weekdays */
+		char *dir;                   /* "policies": the *.policy files */
+		char *timezone;              /* "UTC": IANA zone for hours and weekdays */
+		struct idpd_verb_cfg *verbs; /* [[policy.verbs]], added to the built-in map */
+		size_t n_verbs;
 	} policy;
 
 	struct {

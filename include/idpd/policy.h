@@ -211,9 +211,9 @@ policy_input_has(const struct policy_input *in, enum policy_attr a)
 
 /*
  * Options for building an input from JSON.  verbs derives
- * request.action_class from request.scopes when the JSON has none (NULL: the
- * default map); tz converts context.time (NULL: UTC); lenient ignores
- * unknown keys instead of refusing them.
+ * request.action_class from request.scopes when the JSON has none (NULL:
+ * scope_verb_map_current); tz converts context.time (NULL: UTC); lenient
+ * ignores unknown keys instead of refusing them.
  */
 struct policy_tz;
 struct policy_json_opts {
@@ -232,7 +232,7 @@ struct policy_json_opts {
 int policy_input_validate(const struct policy_input *in, struct idp_diag *diag) IDP_WUR;
 /*
  * Raise request.action_class to what request.scopes imply (derived when
- * unset), as the JSON reader does; verbs NULL means the default map.
+ * unset), as the JSON reader does; verbs NULL means the current map (scope_verb_map_current).
  */
 void policy_input_derive_action_class(struct policy_input *in, const struct scope_verb_map *verbs);
 

@@ -102,6 +102,33 @@ void scope_verb_map_free(struct scope_verb_map *m);
 int scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_class c,
                        struct idp_diag *diag) IDP_WUR;
 
+/* Whether verb is a valid verb pattern for scope_verb_map_add. */
+bool scope_verb_valid(const char *verb);
+
+/*
+ * The built-in entries followed by the deployment's ([[policy.verbs]]):
+ * since a verb takes the highest class of the entries that match it, a
+ * deployment can name its own read verbs ("Search*" is write until then)
+ * or raise a built-in one, never lower one.  NULL with diag on a bad entry.
+ * Caller owns the map.
+ */
+struct scope_verb_map *scope_verb_map_with(const char *const *verbs,
+                                           const enum idp_action_class *classes, size_t n,
+                                           struct idp_diag *diag);
+
+/*
+ * The map every check uses: delegation's max_scope_per_delegation and
+ * requires_human_approval_for, and the policy input's action class.  The
+ * built-in map until scope_verb_map_install.  Any thread.
+ */
+const struct scope_verb_map *scope_verb_map_current(void);
+/*
+ * Make m the current map; takes ownership.  Main thread, at startup before
+ * the threads that read it start (the map is restart-only); the previous
+ * installed map, if any, is freed (tests).
+ */
+void scope_verb_map_install(struct scope_verb_map *m);
+
 /* The class of a verb or verb pattern (see above).  Invalid verbs are admin. */
 enum idp_action_class scope_verb_class(const struct scope_verb_map *m, const char *verb);
 /* The class of a scope's verb; an invalid scope is admin. */

@@ -23,6 +23,7 @@
 #include "idpd/buf.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
+#include "idpd/scope.h"
 #include "idpd/toml.h"
 
 #define CONFIG_MAX_ERRORS 50
@@ -88,6 +89,7 @@ struct section {
 
 static const char *check_ip(const char *s);
 static const char *check_label(const char *s);
+static const char *check_verb(const char *s);
 static const char *check_sha256(const char *s);
 static const char *check_trust_domain(const char *s);
 static const char *check_selector_map(const char *s);
@@ -265,6 +267,26 @@ static const struct key resource_keys[] = {
 
 static const struct section resource_section = {resource_keys, IDP_ARRAY_LEN(resource_keys),
                                                 sizeof(struct idpd_resource_cfg)};
+
+static const char *const action_classes[] = {"read", "write", "delete", "admin", NULL};
+
+static const struct key verb_keys[] = {
+    {.name = "verb",
+     STRING_AT(struct idpd_verb_cfg, verb),
+     .flags = K_REQUIRED | K_UNIQUE,
+     .min = 1,
+     .max = 128,
+     .check = check_verb,
+     .help = "a verb or verb pattern, '*' a wildcard (\"Search*\", \"query\")"},
+    {.name = "class",
+     ENUM_AT(struct idpd_verb_cfg, class),
+     .flags = K_REQUIRED,
+     .choices = action_classes,
+     .help = "the action class it implies: read, write, delete or admin"},
+};
+
+static const struct section verb_section = {verb_keys, IDP_ARRAY_LEN(verb_keys),
+                                            sizeof(struct idpd_verb_cfg)};
 
 static const char *const durabilities[] = {"sync", "async", NULL};
 static const char *const on_full_modes[] = {"block", "fail_closed", NULL};
@@ -767,6 +789,11 @@ static const struct key config_keys[] = {
      .max = 64,
      .def = "UTC",
      .help = "IANA time zone in which policies see hours and weekdays (e.g. Europe/Paris)"},
+    {.name = "policy.verbs",
+     TABLES_AT(struct idpd_config, policy.verbs, policy.n_verbs, struct idpd_verb_cfg,
+               verb_section),
+     .help = "verbs added to the built-in verb classes (read-only delegation, approvals, "
+             "request.action_class)"},
     {.name = "api_keys",
      TABLES_AT(struct idpd_config, api_keys, n_api_keys, struct idpd_api_key_cfg, api_key_section),
      .flags = K_RELOAD,
@@ -786,6 +813,14 @@ check_ip(const char *s)
 	if (inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1)
 		return NULL;
 	return "expected an IPv4 or IPv6 address such as 127.0.0.1 or ::1";
+}
+
+static const char *
+check_verb(const char *s)
+{
+	return scope_verb_valid(s) ? NULL
+	                           : "expected a verb: letters, digits, '.', '_', '-', '/', '*' "
+	                             "(at most 4), no ':'";
 }
 
 static const char *

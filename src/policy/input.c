@@ -355,7 +355,7 @@ read_value(struct policy_input_doc *doc, int a, const json_t *v, struct idp_diag
 void
 policy_input_derive_action_class(struct policy_input *in, const struct scope_verb_map *verbs)
 {
-	const struct scope_verb_map *m = verbs != NULL ? verbs : scope_verb_map_default();
+	const struct scope_verb_map *m = verbs != NULL ? verbs : scope_verb_map_current();
 	const union policy_slot *s = &in->slot[POLICY_ATTR_REQUEST_SCOPES];
 	enum idp_action_class c = IDP_ACTION_READ;
 

@@ -344,6 +344,48 @@ verb_validate(const char *verb)
 	return IDP_OK;
 }
 
+bool
+scope_verb_valid(const char *verb)
+{
+	return verb != NULL && verb_validate(verb) == IDP_OK;
+}
+
+struct scope_verb_map *
+scope_verb_map_with(const char *const *verbs, const enum idp_action_class *classes, size_t n,
+                    struct idp_diag *diag)
+{
+	struct scope_verb_map *m = scope_verb_map_new();
+	int rc = IDP_OK;
+
+	for (size_t i = 0; i < IDP_ARRAY_LEN(default_entries) && rc == IDP_OK; i++)
+		rc = scope_verb_map_add(m, default_entries[i].verb, default_entries[i].cls, diag);
+	for (size_t i = 0; i < n && rc == IDP_OK; i++)
+		rc = scope_verb_map_add(m, verbs[i], classes[i], diag);
+	if (rc != IDP_OK) {
+		scope_verb_map_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+/* Written on the main thread before readers start; read-only afterwards. */
+static struct scope_verb_map *installed;
+
+const struct scope_verb_map *
+scope_verb_map_current(void)
+{
+	return installed != NULL ? installed : &default_map;
+}
+
+void
+scope_verb_map_install(struct scope_verb_map *m)
+{
+	struct scope_verb_map *prev = installed;
+
+	installed = m;
+	scope_verb_map_free(prev);
+}
+
 int
 scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_class c,
                    struct idp_diag *diag)

@@ -304,7 +304,7 @@ static bool
 check_request(struct deleg *g, int64_t now_s)
 {
 	const struct registry_agent *me = g->who.agent;
-	const struct scope_verb_map *vm = scope_verb_map_default();
+	const struct scope_verb_map *vm = scope_verb_map_current();
 	int rc = registry_get(g->to_agent, &g->target);
 
 	if (rc == IDP_ENOTFOUND || rc == IDP_EINVAL) {

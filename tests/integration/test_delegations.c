@@ -253,6 +253,61 @@ delegation_of_an_approval_class_requires_approval(void **state)
 	setting_stop(&w);
 }
 
+/*
+ * A read-only delegator may pass on a verb idpd does not know only once the
+ * deployment names it a read verb ([[policy.verbs]]); until then an unknown
+ * verb is a write and the delegation is refused.
+ */
+static void
+deployment_verbs_decide_what_read_only_delegation_allows(void **state)
+{
+	static const char *verbs = "[[policy.verbs]]\nverb = \"Search*\"\nclass = \"read\"\n";
+	const char *dbs[2] = {"t_deleg_verbs_none", "t_deleg_verbs_read"};
+
+	(void)state;
+	for (int with = 0; with < 2; with++) {
+		const struct world_opts o = {.max_ttl = "2h", .extra_toml = with ? verbs : NULL};
+		const struct world_agent searcher = {.id = "search-agent",
+		                                     .type = "searcher",
+		                                     .owner = "alice@example.com",
+		                                     .caps = "[\"cloud:Search*\"]",
+		                                     .delegate_to = "[]",
+		                                     .max_depth = 2,
+		                                     .approvals = "[]"};
+		const struct world_agent planner = {.id = "planning-agent",
+		                                    .type = "planner",
+		                                    .owner = "alice@example.com",
+		                                    .caps = "[\"cloud:Search*\"]",
+		                                    .delegate_to = "[\"search-agent\"]",
+		                                    .max_depth = 2,
+		                                    .approvals = "[]"};
+		struct world w;
+		struct http_resp r;
+		char cred[4096], task_id[80], *alice, *root;
+
+		world_start_opts(&w, dbs[with], &o);
+		world_agent(&w, &searcher);
+		world_agent(&w, &planner); /* max_scope_per_delegation: read */
+		world_credential(&w, "planning-agent", cred, sizeof(cred));
+		alice = world_human_token("alice@example.com");
+		world_task_ttl(&w, alice, "planning-agent", "[\"cloud:SearchInstances\"]", "1h",
+		               task_id, NULL, &root);
+		world_delegation(&w, cred, root, "search-agent", "cloud:SearchInstances", "600",
+		                 NULL, &r);
+		if (with) {
+			assert_int_equal(r.status, 201);
+		} else {
+			assert_int_equal(r.status, 403);
+			assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
+			                    "scope_exceeds_max_per_delegation");
+		}
+		harness_resp_free(&r);
+		free(alice);
+		free(root);
+		world_stop(&w);
+	}
+}
+
 int
 main(void)
 {
@@ -260,6 +315,7 @@ main(void)
 	    cmocka_unit_test(delegation_issues_a_narrower_chained_token),
 	    cmocka_unit_test(delegation_refusals_issue_nothing),
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
+	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -318,6 +318,12 @@ config_rejects_bad_strings(void **state)
 	expect_error("[node]\ninstance_id = "
 	             "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n",
 	             "c.toml:2:15: node.instance_id: must be at most 64 bytes long");
+	expect_error("[[policy.verbs]]\nverb = \"cloud:Search\"\nclass = \"read\"\n",
+	             "c.toml:2:8: policy.verbs[0].verb: expected a verb: letters, digits, '.', "
+	             "'_', '-', '/', '*' (at most 4), no ':'");
+	expect_error("[[policy.verbs]]\nverb = \"Search*\"\nclass = \"peek\"\n",
+	             "c.toml:3:9: policy.verbs[0].class: \"peek\" is not one of \"read\", "
+	             "\"write\", \"delete\", \"admin\"");
 }
 
 static void
