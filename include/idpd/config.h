@@ -75,16 +75,16 @@ struct idpd_idp_cfg {
 	char *principal_claim; /* the claim naming the human, e.g. "email" */
 };
 
-/*
- * One [[resources]] section: an API that access tokens are issued for,
- * named by its audience.  Policies see it as resource.*.
- */
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */
 struct idpd_verb_cfg {
 	char *verb;  /* "Search*", "query" */
 	char *class; /* "read" | "write" | "delete" | "admin" */
 };
 
+/*
+ * One [[resources]] section: an API that access tokens are issued for,
+ * named by its audience.  Policies see it as resource.*.
+ */
 struct idpd_resource_cfg {
 	char *audience;       /* the token's "aud"; unique */
 	char *domain;         /* business domain, resource.domain */
