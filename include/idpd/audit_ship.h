@@ -12,6 +12,8 @@
 #ifndef IDPD_AUDIT_SHIP_H
 #define IDPD_AUDIT_SHIP_H
 
+#include <jansson.h>
+
 #include "idpd/config.h"
 
 /*
@@ -22,5 +24,12 @@ int audit_ship_start(const struct idpd_config *cfg, const char *version,
 		     struct idp_diag *diag) IDP_WUR;
 /* Stop every shipper (each finishes its current batch).  Main thread. */
 void audit_ship_stop(void);
+/*
+ * The names of the sinks shipping now, as a new JSON array (json_decref it):
+ * audit retention keeps what they have not shipped.  A reload that was
+ * refused leaves the running sinks, and so this list, as they were.  Any
+ * thread.
+ */
+json_t *audit_ship_names(void);
 
 #endif /* IDPD_AUDIT_SHIP_H */

@@ -203,11 +203,11 @@ struct idp_jws_keyset *keys_verify_set(struct keys *km);
 
 /*
  * Whether a key id missing from keys_verify_set may still be one this
- * deployment signs with: true from keys_subscribe until the listener's first
- * reload, and from the listener's loss until the reload after it
- * reconnects (another instance may have published a key meanwhile).  A
- * verifier then answers 503 rather than calling the token invalid: idpd
- * cannot know.
+ * deployment signs with: true from keys_subscribe, and from each loss of
+ * the listener, until a reload made while it is connected succeeds (after
+ * a reconnect, retried until one does); another instance may have
+ * published a key meanwhile.  A verifier then answers 503 rather than
+ * calling the token invalid: idpd cannot know.
  */
 bool keys_may_lack_kid(struct keys *km);
 
@@ -265,7 +265,8 @@ int keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trig
  * opened again with that and checked, and stored, all in one transaction
  * under the keys lock; audited (key.resealed) before COMMIT.  Keys already
  * under km's KEK are left as they are, so running it again changes
- * nothing.  A live key under any other KEK, or one old does not open, stops
+ * nothing; so is a retiring key under a third KEK (it signs no more).  A
+ * next or active key under any other KEK, or a key old does not open, stops
  * it with nothing changed (IDP_EFORBIDDEN, diag names the kid and KEK ids).
  * *n_resealed gets the count.  Instances still running with the old KEK go
  * on signing with the key they hold; restart them with the new KEK before

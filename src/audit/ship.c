@@ -255,8 +255,12 @@ run(void *arg)
 			continue;
 		}
 		backoff = 100;
-		if (n == SHIP_BATCH)
-			continue; /* more waiting: no nap */
+		if (n == SHIP_BATCH) {
+			/* More waiting: no nap, but a stop is heard between batches. */
+			if (nap(sh, 0))
+				break;
+			continue;
+		}
 		if (nap(sh, sh->interval_ms))
 			break;
 	}
@@ -333,12 +337,18 @@ fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
 {
 	struct idp_buf b;
 
+	const char *text[] = {sc->name,    sc->type,     sc->format,  sc->path,
+			      sc->address, sc->protocol, sc->hostname};
+	int rc = 0;
+
 	idp_buf_init(&b, 0);
-	if (idp_buf_printf(&b, "%s|%s|%s|%s|%s|%s|%s|%d|%lld|%lld|%d|%d|%lld", sc->name, sc->type,
-			   sc->format, sc->path, sc->address, sc->protocol, sc->hostname,
-			   sc->facility, (long long)sc->connect_timeout_ms,
-			   (long long)sc->send_timeout_ms, sc->udp_max, sc->fsync ? 1 : 0,
-			   (long long)cfg->audit.ship_interval_ms) != IDP_OK) {
+	/* Each string with its length first, so no field can pass for another. */
+	for (size_t i = 0; i < IDP_ARRAY_LEN(text); i++)
+		rc |= idp_buf_printf(&b, "%zu:%s|", strlen(text[i]), text[i]);
+	rc |= idp_buf_printf(&b, "%d|%lld|%lld|%d|%d|%lld", sc->facility,
+			     (long long)sc->connect_timeout_ms, (long long)sc->send_timeout_ms,
+			     sc->udp_max, sc->fsync ? 1 : 0, (long long)cfg->audit.ship_interval_ms);
+	if (rc != IDP_OK) {
 		idp_buf_cleanup(&b);
 		return idp_xstrdup("?");
 	}
@@ -471,16 +481,35 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
 		else
 			gone[n_gone++] = shippers[j];
 	}
-	memcpy(shippers, kept, n_kept * sizeof(*kept));
-	n_shippers = n_kept;
 	pthread_mutex_unlock(&ship_lock);
-	/* A changed sink's old shipper lets go of the sink's lock before the new one asks. */
+	/*
+	 * The new ones start first, so that a failure changes nothing: a
+	 * changed sink's new shipper waits for the sink's advisory lock until
+	 * the old one, stopped next, lets go of it.
+	 */
+	for (size_t i = 0; i < n_made; i++) {
+		if (pthread_create(&made[i]->thread, NULL, run, made[i]) != 0) {
+			idp_diag_add(diag, "audit sink %s: cannot start its thread; sinks unchanged",
+				     made[i]->name);
+			for (size_t k = 0; k < i; k++)
+				stop_shipper(made[k]);
+			for (size_t k = i; k < n_made; k++)
+				free_shipper(made[k]);
+			return IDP_EINTERNAL;
+		}
+	}
+	pthread_mutex_lock(&ship_lock);
+	memcpy(shippers, kept, n_kept * sizeof(*kept));
+	memcpy(shippers + n_kept, made, n_made * sizeof(*made));
+	n_shippers = n_kept + n_made;
+	pthread_mutex_unlock(&ship_lock);
+	for (size_t i = 0; i < n_made; i++)
+		log_info("audit sink %s: shipping to %s", made[i]->name,
+			 audit_sink_describe(made[i]->sink));
 	for (size_t j = 0; j < n_gone; j++) {
 		log_info("audit sink %s: stopped (reload)", gone[j]->name);
 		stop_shipper(gone[j]);
 	}
-	if (start_shippers(made, n_made, diag) != n_made)
-		return IDP_EINTERNAL;
 	if (n_made + n_gone > 0)
 		log_info("reload: audit sinks: %zu kept, %zu stopped, %zu started", n_kept, n_gone,
 			 n_made);
@@ -519,6 +548,18 @@ audit_ship_start(const struct idpd_config *cfg, const char *version, struct idp_
 		hook_added = true;
 	}
 	return IDP_OK;
+}
+
+json_t *
+audit_ship_names(void)
+{
+	json_t *a = json_array();
+
+	pthread_mutex_lock(&ship_lock);
+	for (size_t i = 0; i < n_shippers; i++)
+		json_array_append_new(a, json_string(shippers[i]->name));
+	pthread_mutex_unlock(&ship_lock);
+	return a;
 }
 
 void

@@ -712,8 +712,8 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 		idp_diag_add(diag, "audit writer already running");
 		return IDP_EINVAL;
 	}
-	if (o->queue_max < 1 || o->batch_max < 1 || o->url == NULL) {
-		idp_diag_add(diag, "audit: queue_max and batch_max must be positive");
+	if (o->queue_max < 1 || o->batch_max < 1 || o->timeout_ms < 1 || o->url == NULL) {
+		idp_diag_add(diag, "audit: queue_max, batch_max and timeout_ms must be positive");
 		return IDP_EINVAL;
 	}
 	W.o = *o;

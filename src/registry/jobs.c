@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idpd/audit_ship.h"
 #include "idpd/clock.h"
 #include "idpd/log.h"
 #include "idpd/maintenance.h"
@@ -20,38 +21,17 @@
 #define RETENTION_BATCHES 1000
 
 /*
- * The sinks' names as a text[] literal: retention keeps what they have not
- * shipped.  A reload replaces it while a job may run: jobs.sinks_lock.
+ * The running sinks' names as a text[] literal (free it): retention keeps
+ * what they have not shipped.
  */
-static pthread_mutex_t sinks_lock = PTHREAD_MUTEX_INITIALIZER;
-static char *sink_names_pg;
-
-/* A copy of sink_names_pg for one run (free it). */
 static char *
 sink_names(void)
 {
-	char *s;
+	json_t *names = audit_ship_names();
+	char *pg = pg_text_array_json(names);
 
-	pthread_mutex_lock(&sinks_lock);
-	s = idp_xstrdup(sink_names_pg != NULL ? sink_names_pg : "{}");
-	pthread_mutex_unlock(&sinks_lock);
-	return s;
-}
-
-void
-registry_jobs_set_sinks(const struct idpd_config *cfg)
-{
-	json_t *names = json_array();
-	char *pg;
-
-	for (size_t i = 0; i < cfg->audit.n_sinks; i++)
-		json_array_append_new(names, json_string(cfg->audit.sinks[i].name));
-	pg = pg_text_array_json(names);
 	json_decref(names);
-	pthread_mutex_lock(&sinks_lock);
-	free(sink_names_pg);
-	sink_names_pg = pg;
-	pthread_mutex_unlock(&sinks_lock);
+	return pg;
 }
 
 static void
@@ -354,11 +334,10 @@ audit_chains_resync(const struct maintenance_run *run, void *ctx, json_t *counts
 }
 
 int
-registry_register_jobs(const struct idpd_config *cfg)
+registry_register_jobs(void)
 {
 	int rc = 0;
 
-	registry_jobs_set_sinks(cfg);
 	rc |= maintenance_register("stale_agents", stale_agents, NULL);
 	rc |= maintenance_register("departed_owners", departed_owners, NULL);
 	rc |= maintenance_register("audit_retention", audit_retention, NULL);
@@ -366,11 +345,3 @@ registry_register_jobs(const struct idpd_config *cfg)
 	return rc == 0 ? IDP_OK : IDP_EINVAL;
 }
 
-void
-registry_jobs_cleanup(void)
-{
-	pthread_mutex_lock(&sinks_lock);
-	free(sink_names_pg);
-	sink_names_pg = NULL;
-	pthread_mutex_unlock(&sinks_lock);
-}

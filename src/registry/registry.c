@@ -76,7 +76,6 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	reg->settings = s;
 	pthread_mutex_unlock(&reg->settings_lock);
 	touch_set_interval(next->registry.last_active_flush_ms);
-	registry_jobs_set_sinks(next);
 	return IDP_OK;
 }
 
@@ -399,7 +398,7 @@ registry_init(struct idpd_app *app, struct idp_diag *diag)
 	}
 	if (metrics_register(collect, NULL) != IDP_OK)
 		log_warn("metrics: too many collectors; registry metrics not exported");
-	if (registry_register_jobs(app->cfg) != IDP_OK) {
+	if (registry_register_jobs() != IDP_OK) {
 		idp_diag_add(diag, "registry: cannot register the cleanup jobs");
 		registry_shutdown();
 		return IDP_EINVAL;
@@ -421,7 +420,6 @@ registry_shutdown(void)
 	touch_stop();
 	pending_clear();
 	free(reg->pending);
-	registry_jobs_cleanup();
 	agent_cache_free(reg->cache);
 	pthread_mutex_destroy(&reg->pending_lock);
 	pthread_mutex_destroy(&reg->settings_lock);

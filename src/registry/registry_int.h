@@ -228,13 +228,10 @@ void registry_publish(struct registry_agent *rec);
 
 /*
  * The built-in cleanup jobs (jobs.c): stale agents, departed owners, audit
- * retention.  Registered by registry_init; cfg gives the audit sinks whose
- * backlog retention keeps.  registry_jobs_cleanup frees what it copied.
+ * retention (which keeps what the running sinks, audit_ship_names, have not
+ * shipped), audit chains.  Registered by registry_init.
  */
-int registry_register_jobs(const struct idpd_config *cfg) IDP_WUR;
-/* The sinks retention waits for, from cfg (at start and on every reload).  Any thread. */
-void registry_jobs_set_sinks(const struct idpd_config *cfg);
-void registry_jobs_cleanup(void);
+int registry_register_jobs(void) IDP_WUR;
 
 /*
  * The map behind registry_touch (touch.c): agent id -> latest time, open

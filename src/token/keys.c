@@ -42,9 +42,21 @@ struct keys {
 	struct keys_policy policy;
 	int64_t jwks_max_age_ms;
 
-	/* Set from subscription or the listener's loss until the reload after
-	 * it (re)connects: keys published elsewhere meanwhile may be missing. */
+	/*
+	 * Set from subscription or the listener's loss until a reload that
+	 * began while it was connected succeeds: keys published elsewhere
+	 * meanwhile may be missing.  epoch counts the listener's losses and
+	 * connections, so a reload that straddles one does not count.  A
+	 * failed catch-up is retried by the refresher thread.
+	 */
 	_Atomic bool may_lack;
+	_Atomic bool listening;
+	_Atomic uint64_t epoch;
+	pthread_mutex_t retry_lock; /* keys.retry_lock: the three below */
+	pthread_cond_t retry_wake;
+	bool retry_due, retry_stop;
+	pthread_t retry_thread;
+	bool has_retry; /* main thread only */
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -506,6 +518,15 @@ keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out, str
 	pthread_mutex_init(&km->lock, NULL);
 	pthread_mutex_init(&km->reload_lock, NULL);
 	pthread_mutex_init(&km->policy_lock, NULL);
+	pthread_mutex_init(&km->retry_lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&km->retry_wake, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	*out = km;
 	return IDP_OK;
 }
@@ -517,6 +538,15 @@ keys_free(struct keys *km)
 		return;
 	if (process_keys == km)
 		process_keys = NULL;
+	if (km->has_retry) {
+		pthread_mutex_lock(&km->retry_lock);
+		km->retry_stop = true;
+		pthread_cond_signal(&km->retry_wake);
+		pthread_mutex_unlock(&km->retry_lock);
+		pthread_join(km->retry_thread, NULL);
+	}
+	pthread_cond_destroy(&km->retry_wake);
+	pthread_mutex_destroy(&km->retry_lock);
 	keys_snapshot_unref(km->current);
 	idp_kek_free(km->kek);
 	pthread_mutex_destroy(&km->lock);
@@ -648,43 +678,67 @@ keys_reload(struct keys *km, struct idp_diag *diag)
 	return rc;
 }
 
+/*
+ * A full reload; if it began and ended within one connection of the
+ * listener, the keys are as current as the notifications will keep them,
+ * and may_lack is cleared.  IDP_OK when the reload succeeded.
+ */
+static int
+catch_up(struct keys *km, struct idp_diag *diag)
+{
+	uint64_t e0 = atomic_load(&km->epoch);
+	int rc;
+
+	if (!atomic_load(&km->listening))
+		return keys_reload(km, diag);
+	rc = keys_reload(km, diag);
+	if (rc == IDP_OK && atomic_load(&km->listening) && atomic_load(&km->epoch) == e0)
+		atomic_store(&km->may_lack, false);
+	return rc;
+}
+
+/* Ask the refresher to retry until a catch-up succeeds. */
+static void
+retry_later(struct keys *km)
+{
+	pthread_mutex_lock(&km->retry_lock);
+	km->retry_due = true;
+	pthread_cond_signal(&km->retry_wake);
+	pthread_mutex_unlock(&km->retry_lock);
+}
+
 static void
 on_notify(const char *channel, const char *payload, void *ctx)
 {
+	struct keys *km = ctx;
 	struct idp_diag d;
 
 	(void)channel;
 	(void)payload;
 	idp_diag_init(&d);
-	if (keys_reload(ctx, &d) != IDP_OK)
+	if (catch_up(km, &d) != IDP_OK) {
 		log_warn("%s; keeping the keys loaded before", idp_diag_str(&d));
+		retry_later(km);
+	}
 }
 
-/*
- * After the listener (re)connects: the reload catches up on what it missed.
- * A few tries, since until one succeeds unknown key ids answer 503; if all
- * fail, the next reconnect tries again.
- */
+/* After the listener (re)connects: the reload catches up on what it missed. */
 static void
 on_resync(void *ctx)
 {
 	struct keys *km = ctx;
 	struct idp_diag d;
 
-	for (int i = 0, wait_ms = 100; i < 4; i++, wait_ms *= 2) {
-		idp_diag_init(&d);
-		if (keys_reload(km, &d) == IDP_OK) {
-			atomic_store(&km->may_lack, false);
-			return;
-		}
-		if (i < 3) {
-			struct timespec ts = {0, wait_ms * 1000000L};
-
-			nanosleep(&ts, NULL);
-		}
+	atomic_store(&km->listening, true);
+	atomic_fetch_add(&km->epoch, 1);
+	idp_diag_init(&d);
+	if (catch_up(km, &d) != IDP_OK) {
+		log_warn(
+		    "%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
+		    "answer 503",
+		    idp_diag_str(&d));
+		retry_later(km);
 	}
-	log_warn("%s; keeping the keys loaded before, unknown key ids answer 503",
-	         idp_diag_str(&d));
 }
 
 static void
@@ -692,10 +746,58 @@ on_lost(void *ctx)
 {
 	struct keys *km = ctx;
 
+	atomic_store(&km->listening, false);
+	atomic_fetch_add(&km->epoch, 1);
 	if (!atomic_exchange(&km->may_lack, true))
 		log_warn(
 		    "keys: lost the notifications; until they are back a token signed with a key "
 		    "this instance does not know answers 503");
+}
+
+/*
+ * The refresher: after a failed catch-up, retry (200 ms, doubling to 5 s)
+ * while the listener is connected and the keys may lack one, so an idle
+ * instance recovers without waiting for a notification.  A lost listener
+ * ends the retries; its reconnect catches up on its own.
+ */
+static void *
+retry_main(void *arg)
+{
+	struct keys *km = arg;
+	int64_t wait_ms = 200;
+
+	pthread_mutex_lock(&km->retry_lock);
+	while (!km->retry_stop) {
+		struct timespec ts;
+		struct idp_diag d;
+
+		if (!km->retry_due) {
+			pthread_cond_wait(&km->retry_wake, &km->retry_lock);
+			wait_ms = 200;
+			continue;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += wait_ms / 1000;
+		ts.tv_nsec += (wait_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&km->retry_wake, &km->retry_lock, &ts);
+		if (km->retry_stop)
+			break;
+		pthread_mutex_unlock(&km->retry_lock);
+		idp_diag_init(&d);
+		if (atomic_load(&km->listening) && atomic_load(&km->may_lack))
+			(void)catch_up(km, &d);
+		pthread_mutex_lock(&km->retry_lock);
+		if (!atomic_load(&km->listening) || !atomic_load(&km->may_lack))
+			km->retry_due = false;
+		else if (wait_ms < 5000)
+			wait_ms *= 2;
+	}
+	pthread_mutex_unlock(&km->retry_lock);
+	return NULL;
 }
 
 int
@@ -708,7 +810,14 @@ keys_subscribe(struct keys *km, struct store_listener *l)
 	                                 .ctx = km};
 
 	atomic_store(&km->may_lack, true); /* until the first connection's reload */
-	return store_listener_subscribe(l, &sub) == IDP_OK ? IDP_OK : IDP_EINVAL;
+	if (store_listener_subscribe(l, &sub) != IDP_OK)
+		return IDP_EINVAL;
+	if (!km->has_retry) {
+		if (pthread_create(&km->retry_thread, NULL, retry_main, km) != 0)
+			return IDP_EINTERNAL;
+		km->has_retry = true;
+	}
+	return IDP_OK;
 }
 
 bool
@@ -1080,6 +1189,7 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 	struct keys_row *rows = NULL;
 	struct store_conn *c = NULL;
 	char old_id[21];
+	bool *resealed = NULL;
 	size_t n = 0, done_n = 0;
 	unsigned failures = 0;
 	int rc;
@@ -1104,11 +1214,16 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 		             idp_err_name(rc));
 		goto done;
 	}
-	/* First every check, so that a key nobody here can open changes nothing. */
+	/*
+	 * First every check, so that a key nobody here can open changes
+	 * nothing.  A retiring key signs no more: one under a third KEK (the
+	 * KEK changed once before, while it was retiring) is left as it is.
+	 */
 	for (size_t i = 0; i < n; i++) {
 		const char *kek = rows[i].info.kek_id;
 
-		if (strcmp(kek, km->kek_id) != 0 && strcmp(kek, old_id) != 0) {
+		if (strcmp(kek, km->kek_id) != 0 && strcmp(kek, old_id) != 0 &&
+		    rows[i].info.state != KEYS_RETIRING) {
 			idp_diag_add(
 			    diag,
 			    "keys: the %s key %s is sealed with %s, neither the old KEK (%s) "
@@ -1119,12 +1234,12 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 			goto done;
 		}
 	}
+	resealed = idp_xcalloc(n ? n : 1, sizeof(*resealed));
 	for (size_t i = 0; i < n; i++) {
 		struct keys_row *row = &rows[i];
 		struct idp_jws_key *key = NULL;
 		unsigned char *sealed = NULL;
 		size_t len = 0;
-		json_t *d;
 
 		if (strcmp(row->info.kek_id, old_id) != 0)
 			continue;
@@ -1140,11 +1255,16 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 			             row->info.kid);
 			goto done;
 		}
-		d = json_pack("{s:s,s:s,s:s,s:s}", "kid", row->info.kid, "state",
-		              keys_state_name(row->info.state), "from_kek_id", old_id, "kek_id",
-		              km->kek_id);
-		failures += emit(AUDIT_KEY_RESEALED, AUDIT_OUTCOME_SUCCESS, who, d);
+		resealed[i] = true;
 		done_n++;
+	}
+	/* Every key done: now the events, before COMMIT, as every change. */
+	for (size_t i = 0; i < n; i++) {
+		if (resealed[i])
+			failures += emit(AUDIT_KEY_RESEALED, AUDIT_OUTCOME_SUCCESS, who,
+			                 json_pack("{s:s,s:s,s:s,s:s}", "kid", rows[i].info.kid,
+			                           "state", keys_state_name(rows[i].info.state),
+			                           "from_kek_id", old_id, "kek_id", km->kek_id));
 	}
 	if (failures > 0) {
 		idp_diag_add(diag, "keys: the change could not be audited, so it was not made");
@@ -1153,10 +1273,11 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 	}
 	rc = store_cmd(c, "COMMIT");
 	if (rc != IDP_OK) {
-		idp_diag_add(diag,
-		             "keys: COMMIT failed (%s); the key.resealed events just written "
-		             "describe a change that did not happen",
-		             idp_err_name(rc));
+		idp_diag_add(
+		    diag,
+		    "keys: COMMIT failed (%s); the change and the key.resealed events just "
+		    "written may not have happened: run it again to be sure",
+		    idp_err_name(rc));
 		goto done;
 	}
 	*n_resealed = done_n;
@@ -1164,11 +1285,13 @@ keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin
 	reload_after_change(km, c);
 	store_release(km->store, c);
 	keys_rows_free(rows, n);
+	free(resealed);
 	return IDP_OK;
 done:
 	rollback(c);
 	store_release(km->store, c);
 	keys_rows_free(rows, n);
+	free(resealed);
 	return rc;
 }
 

@@ -415,6 +415,12 @@ old_kek_load(const char *file, struct idp_kek **out, struct idp_diag *diag)
 	const char *env = getenv(IDP_KEK_OLD_ENV);
 	int rc;
 
+	if (env != NULL && env[0] != '\0' && file != NULL) {
+		idp_kek_scrub_env_var(IDP_KEK_OLD_ENV);
+		idp_diag_add(diag, "keys reseal: the old KEK from $" IDP_KEK_OLD_ENV
+		                   " or --old-kek-file, not both");
+		return IDP_EINVAL;
+	}
 	if (env != NULL && env[0] != '\0') {
 		rc = idp_kek_from_string(env, out, diag);
 		idp_kek_scrub_env_var(IDP_KEK_OLD_ENV);

@@ -384,12 +384,30 @@ sinks_change_on_reload(void **state)
 	assert_null(strstr(r.body, "sink=\"a\""));
 	harness_resp_free(&r);
 
+	/* b changed (now JSON): it goes on from its cursor, nothing is shipped twice. */
+	{
+		char b_json[512];
+
+		snprintf(b_json, sizeof(b_json),
+			 "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"json\"\n"
+			 "path = \"%s\"\n",
+			 b_path);
+		reconfigure(&p, sink_b, b_json);
+		assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+		assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
+		assert_int_equal(wait_lines(b_path, "task-reload", 7), 7);
+		sleep_ms(200);
+		assert_int_equal(count_lines(b_path, "task-reload"), 7);
+		assert_int_equal(count_lines(b_path, "\"task_id\":\"task-reload\""), 1);
+		snprintf(sink_b, sizeof(sink_b), "%s", b_json);
+	}
+
 	/* An unusable sink in the new file: nothing changes, b still ships. */
 	snprintf(extra, sizeof(extra), "%s%s", sink_b, bad);
 	reconfigure(&p, sink_b, extra);
 	assert_true(wait_log(&p, "audit sinks unchanged"));
 	assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
-	assert_int_equal(wait_lines(b_path, "task-reload", 7), 7);
+	assert_int_equal(wait_lines(b_path, "task-reload", 8), 8);
 	assert_int_equal(count_lines(a_path, "task-reload"), 5);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	unlink(a_path);

@@ -754,9 +754,9 @@ kek_rotation_reseals_every_live_key(void **state)
 	/* active, next and retiring: three live keys. */
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
 	harness_resp_free(&r);
-	assert_int_equal(db_int("t_keys_reseal",
-	                        "SELECT count(*) FROM signing_keys WHERE state <> 'retired'"),
-	                 3);
+	assert_int_equal(
+	    db_int("t_keys_reseal", "SELECT count(*) FROM signing_keys WHERE state <> 'retired'"),
+	    3);
 	jwks_before = jwks_text(&p);
 	table_fingerprint("t_keys_reseal", fp);
 
@@ -776,12 +776,57 @@ kek_rotation_reseals_every_live_key(void **state)
 	table_fingerprint("t_keys_reseal", fp2);
 	assert_string_equal(fp, fp2);
 
+	/* Both sources of the old KEK at once. */
+	{
+		const char *args[] = {"keys",           "reseal",    "--config", p.config,
+		                      "--old-kek-file", "/dev/null", NULL};
+
+		setenv("IDPD_KEK_OLD", TEST_KEK, 1);
+		assert_int_equal(harness_idpd_run(args, out), 1);
+		assert_true(harness_file_contains(out, "not both"));
+	}
+	/* A key that does not open stops the run midway: no key changed, no event written. */
+	{
+		char blob[4096];
+
+		db_text(
+		    "t_keys_reseal",
+		    "SELECT encode(private_sealed, 'hex') FROM signing_keys WHERE state = 'next'",
+		    blob, sizeof(blob));
+		assert_int_equal(
+		    harness_sql("t_keys_reseal",
+		                "UPDATE signing_keys SET private_sealed = "
+		                "overlay(private_sealed placing '\\xff'::bytea from 20) "
+		                "WHERE state = 'next'"),
+		    0);
+		table_fingerprint("t_keys_reseal", fp);
+		setenv("IDPD_KEK_OLD", TEST_KEK, 1);
+		assert_int_equal(reseal(&p, out), 1);
+		assert_true(harness_file_contains(out, "was not resealed; nothing was changed"));
+		table_fingerprint("t_keys_reseal", fp2);
+		assert_string_equal(fp, fp2);
+		assert_int_equal(db_int("t_keys_reseal", "SELECT count(*) FROM audit_events WHERE "
+		                                         "type = 'key.resealed'"),
+		                 0);
+		{
+			char sql[4300];
+
+			snprintf(
+			    sql, sizeof(sql),
+			    "UPDATE signing_keys SET private_sealed = decode('%s', 'hex') WHERE "
+			    "state = 'next'",
+			    blob);
+			assert_int_equal(harness_sql("t_keys_reseal", sql), 0);
+		}
+	}
+
 	/* The real thing. */
 	setenv("IDPD_KEK_OLD", TEST_KEK, 1);
 	assert_int_equal(reseal(&p, out), 0);
 	assert_true(harness_file_contains(out, "\"resealed\":3"));
-	db_text("t_keys_reseal", "SELECT DISTINCT kek_id FROM signing_keys WHERE state <> 'retired'",
-	        new_id, sizeof(new_id));
+	db_text("t_keys_reseal",
+	        "SELECT DISTINCT kek_id FROM signing_keys WHERE state <> 'retired'", new_id,
+	        sizeof(new_id));
 	assert_true(harness_file_contains(out, new_id));
 	assert_int_equal(db_int("t_keys_reseal",
 	                        "SELECT count(*) FROM signing_keys WHERE state <> 'retired' "
