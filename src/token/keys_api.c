@@ -361,8 +361,14 @@ cli_actor(char *out, size_t len)
 		snprintf(out, len, "cli:uid-%u", (unsigned)geteuid());
 }
 
+/*
+ * A key change from the command line: its own audit writer (the change is
+ * audited like any other) and the operator it acts for, in *origin (which
+ * points into actor).  0, or 1 after saying why.
+ */
 static int
-cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
+cli_begin(const struct idpd_config *cfg, const char *reason, char actor[128],
+          struct keys_origin *origin)
 {
 	struct audit_writer_opts ao = {
 	    .url = cfg->database.url,
@@ -371,22 +377,35 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
 	    .sync = true,
 	    .timeout_ms = cfg->audit.timeout_ms,
 	};
-	struct keys_origin origin = {.actor_kind = AUDIT_ACTOR_OPERATOR, .reason = reason};
-	struct keys_result res;
 	struct idp_diag diag;
-	char actor[128], instance[128], *text;
-	json_t *out;
-	int rc, left;
+	char instance[128];
 
-	cli_actor(actor, sizeof(actor));
+	cli_actor(actor, 128);
 	snprintf(instance, sizeof(instance), "idpd-keys:%d", (int)getpid());
-	ao.instance_id = instance;
-	origin.actor = actor;
+	ao.instance_id = instance; /* copied by the writer */
+	*origin = (struct keys_origin){
+	    .actor_kind = AUDIT_ACTOR_OPERATOR, .actor = actor, .reason = reason};
 	idp_diag_init(&diag);
 	if (audit_writer_start(&ao, &diag) != IDP_OK) {
 		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
 		return 1;
 	}
+	return 0;
+}
+
+static int
+cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
+{
+	struct keys_origin origin;
+	struct keys_result res;
+	struct idp_diag diag;
+	char actor[128], *text;
+	json_t *out;
+	int rc, left;
+
+	if (cli_begin(cfg, reason, actor, &origin) != 0)
+		return 1;
+	idp_diag_init(&diag);
 	rc = keys_rotate(km, &origin, &res, &diag);
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
@@ -436,28 +455,15 @@ old_kek_load(const char *file, struct idp_kek **out, struct idp_diag *diag)
 static int
 cli_reseal(const struct idpd_config *cfg, struct keys *km, struct idp_kek *old, const char *reason)
 {
-	struct audit_writer_opts ao = {
-	    .url = cfg->database.url,
-	    .queue_max = 64,
-	    .batch_max = 16,
-	    .sync = true,
-	    .timeout_ms = cfg->audit.timeout_ms,
-	};
-	struct keys_origin origin = {.actor_kind = AUDIT_ACTOR_OPERATOR, .reason = reason};
+	struct keys_origin origin;
 	struct idp_diag diag;
-	char actor[128], instance[128], old_id[21];
+	char actor[128], old_id[21];
 	size_t n = 0;
 	int rc, left;
 
-	cli_actor(actor, sizeof(actor));
-	snprintf(instance, sizeof(instance), "idpd-keys:%d", (int)getpid());
-	ao.instance_id = instance;
-	origin.actor = actor;
-	idp_diag_init(&diag);
-	if (audit_writer_start(&ao, &diag) != IDP_OK) {
-		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
+	if (cli_begin(cfg, reason, actor, &origin) != 0)
 		return 1;
-	}
+	idp_diag_init(&diag);
 	rc = keys_reseal(km, old, &origin, &n, &diag);
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
