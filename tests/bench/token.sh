@@ -184,7 +184,7 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "/proc/stat), and ${idle}% of it was idle."
 	echo
 	echo "CPU per access token: idpd ${tok_cpu} us (all its threads, \`/proc/<pid>/stat\`), PostgreSQL"
-	echo "${tok_pg} us (its backends and background processes), wrk ${tok_wrk} us. With all ${cores} cores busy"
+	echo "${tok_pg} us (its backends and background processes), wrk ${tok_wrk} us. With the machine's ${cores} cores busy"
 	echo "and nothing else running, that allows at most ${ceiling} tokens/s, ${ceiling_pct}% of the sign rate:"
 	echo "the 40% target asks the whole of a token, HTTP, checks, signature and a durable PostgreSQL row,"
 	echo "to cost about $(awk -v n="$cores" 'BEGIN {printf "%g", n / 0.4}') signatures of CPU on ${cores} shared cores, and the signature alone is one."
