@@ -173,8 +173,6 @@ bool registry_agent_can(const struct registry_agent *a, const char *scope);
 
 /* Agents in the cache, and whether it has been loaded. */
 size_t registry_cached_count(void);
-/* Whether registry_get(id) would read PostgreSQL now (cache not ready or id being refreshed). */
-bool registry_get_would_block(const char *id);
 bool registry_cache_ready(void);
 
 /* ---- validation, shared with the tests ---- */

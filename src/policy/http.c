@@ -321,10 +321,53 @@ policy_agent_json(const struct registry_agent *a)
  * without what only idpd may know (time, calls, risk, approval), and with
  * context.delegation moved to the delegation section (absent: depth 0).
  */
+/* The registry's answer for one evaluation's subject. */
+struct subject {
+	const struct registry_agent *ra; /* a reference, or NULL */
+	int rc;                          /* registry_lookup's */
+};
+
+static void
+subjects_free(struct subject *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		registry_agent_unref(s[i].ra);
+}
+
+/*
+ * The subjects of n evaluations, all looked up before any is evaluated.
+ * From an I/O thread, a subject only PostgreSQL can answer moves the whole
+ * request to the handler pool (false: the deferral was granted; return),
+ * so the I/O thread never waits and no evaluation is made (and logged)
+ * twice.  In the one step of registry_lookup, so a cache refresh cannot
+ * slip between a check and the read.
+ */
+static bool
+lookup_subjects(struct http_req *req, json_t *const *subjects, size_t n, struct subject *out)
+{
+	bool may_block = http_req_may_wait(req);
+
+	for (size_t i = 0; i < n; i++) {
+		const char *id = json_string_value(json_object_get(subjects[i], "id"));
+
+		out[i].ra = NULL;
+		out[i].rc = id != NULL ? registry_lookup(id, may_block, &out[i].ra) : IDP_EINVAL;
+		if (out[i].rc == IDP_EWOULDBLOCK) {
+			subjects_free(out, i);
+			if (http_req_defer(req))
+				return false;
+			/* Not granted (the server is stopping): read them, waiting. */
+			may_block = true;
+			i = (size_t)-1;
+		}
+	}
+	return true;
+}
+
 /* jansson's reference counts make even a read-only update take json_t *. */
 static json_t *
-authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *context,
-		 const char **why, int *status)
+authzen_to_input(json_t *subject, const struct subject *who, json_t *action, json_t *resource,
+		 json_t *context, const char **why, int *status)
 {
 	json_t *in = json_object(), *agent = json_object(), *request = json_object(),
 	       *res = json_object(), *ctx = json_object();
@@ -347,24 +390,18 @@ authzen_to_input(json_t *subject, json_t *action, json_t *resource, json_t *cont
 	 * id.  An id the registry does not know is refused; subject.properties
 	 * is ignored.
 	 */
-	{
-		const struct registry_agent *ra = NULL;
-		int rc = registry_get(json_string_value(json_object_get(subject, "id")), &ra);
-
-		if (rc == IDP_EUNAVAIL) {
-			*why = "the registry cannot be read";
-			*status = 503;
-			goto fail;
-		}
-		if (rc != IDP_OK) {
-			*why = "unknown agent";
-			*status = 404;
-			goto fail;
-		}
-		json_decref(agent);
-		agent = policy_agent_json(ra);
-		registry_agent_unref(ra);
+	if (who->rc == IDP_EUNAVAIL) {
+		*why = "the registry cannot be read";
+		*status = 503;
+		goto fail;
 	}
+	if (who->rc != IDP_OK) {
+		*why = "unknown agent";
+		*status = 404;
+		goto fail;
+	}
+	json_decref(agent);
+	agent = policy_agent_json(who->ra);
 	if (json_is_object(json_object_get(action, "properties")))
 		json_object_update(request, json_object_get(action, "properties"));
 	json_object_set_new(request, "scopes", json_pack("[O]", json_object_get(action, "name")));
@@ -427,13 +464,13 @@ authzen_answer(const json_t *full)
 
 /* One AuthZEN evaluation; answers the request itself on bad input. */
 static json_t *
-authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resource,
-	    json_t *context)
+authzen_one(struct http_req *req, json_t *subject, const struct subject *who, json_t *action,
+	    json_t *resource, json_t *context)
 {
 	const char *why;
 	int status = 400;
-	json_t *in = authzen_to_input(subject, action, resource, context, &why, &status), *full,
-	       *ans;
+	json_t *in = authzen_to_input(subject, who, action, resource, context, &why, &status),
+	       *full, *ans;
 
 	if (in == NULL) {
 		if (status == 404) /* AuthZEN: a decision, not an error, for an unknown subject */
@@ -452,25 +489,6 @@ authzen_one(struct http_req *req, json_t *subject, json_t *action, json_t *resou
 	return ans;
 }
 
-/* Whether looking up the subjects of body would read PostgreSQL. */
-static bool
-subjects_would_block(json_t *body)
-{
-	json_t *items = json_object_get(body, "evaluations"), *it;
-	const char *id = json_string_value(json_object_get(json_object_get(body, "subject"), "id"));
-	size_t i;
-
-	if (id != NULL && registry_get_would_block(id))
-		return true;
-	json_array_foreach(items, i, it)
-	{
-		id = json_string_value(json_object_get(json_object_get(it, "subject"), "id"));
-		if (id != NULL && registry_get_would_block(id))
-			return true;
-	}
-	return false;
-}
-
 /* POST /access/v1/evaluation (AuthZEN 1.0). */
 static void
 authzen_evaluation(struct http_req *req, void *ctx)
@@ -481,15 +499,20 @@ authzen_evaluation(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
 		return;
+	json_t *subject;
+	struct subject sub;
+
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
-	if (subjects_would_block(body) && http_req_defer(req)) {
+	subject = json_object_get(body, "subject");
+	if (!lookup_subjects(req, &subject, 1, &sub)) {
 		json_decref(body);
 		return;
 	}
-	ans = authzen_one(req, json_object_get(body, "subject"), json_object_get(body, "action"),
+	ans = authzen_one(req, subject, &sub, json_object_get(body, "action"),
 			  json_object_get(body, "resource"), json_object_get(body, "context"));
+	subjects_free(&sub, 1);
 	json_decref(body);
 	if (ans != NULL)
 		http_reply_json(req, 200, ans);
@@ -509,8 +532,9 @@ static void
 authzen_evaluations(struct http_req *req, void *ctx)
 {
 	struct auth_principal who;
-	json_t *body, *items, *out;
-	size_t i;
+	struct subject subs[AUTHZEN_MAX_BATCH];
+	json_t *body, *items, *out, *subjects[AUTHZEN_MAX_BATCH] = {NULL};
+	size_t i, n;
 
 	(void)ctx;
 	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
@@ -518,17 +542,19 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
-	if (subjects_would_block(body) && http_req_defer(req)) {
-		json_decref(body);
-		return;
-	}
 	items = json_object_get(body, "evaluations");
 	if (items == NULL) {
 		/* Without a list it is a single evaluation, answered as a list of one. */
-		json_t *ans = authzen_one(
-		    req, json_object_get(body, "subject"), json_object_get(body, "action"),
-		    json_object_get(body, "resource"), json_object_get(body, "context"));
+		json_t *ans;
 
+		subjects[0] = json_object_get(body, "subject");
+		if (!lookup_subjects(req, subjects, 1, subs)) {
+			json_decref(body);
+			return;
+		}
+		ans = authzen_one(req, subjects[0], &subs[0], json_object_get(body, "action"),
+				  json_object_get(body, "resource"), json_object_get(body, "context"));
+		subjects_free(subs, 1);
 		json_decref(body);
 		if (ans != NULL)
 			http_reply_json(req, 200, json_pack("{s:[o]}", "evaluations", ans));
@@ -541,27 +567,37 @@ authzen_evaluations(struct http_req *req, void *ctx)
 		                   AUTHZEN_MAX_BATCH);
 		return;
 	}
-	out = json_array();
-	for (i = 0; i < json_array_size(items); i++) {
+	n = json_array_size(items);
+	for (i = 0; i < n; i++) {
 		json_t *it = json_array_get(items, i);
-		json_t *ans;
 
 		if (!json_is_object(it)) {
-			json_decref(out);
 			json_decref(body);
 			http_reply_problem(req, 400, "bad_request", NULL,
 					   "evaluations[%zu] must be an object", i);
 			return;
 		}
-		ans = authzen_one(req, pick(it, body, "subject"), pick(it, body, "action"),
-				  pick(it, body, "resource"), pick(it, body, "context"));
+		subjects[i] = pick(it, body, "subject");
+	}
+	if (!lookup_subjects(req, subjects, n, subs)) {
+		json_decref(body);
+		return;
+	}
+	out = json_array();
+	for (i = 0; i < n; i++) {
+		json_t *it = json_array_get(items, i);
+		json_t *ans = authzen_one(req, subjects[i], &subs[i], pick(it, body, "action"),
+					  pick(it, body, "resource"), pick(it, body, "context"));
+
 		if (ans == NULL) {
 			json_decref(out);
+			subjects_free(subs, n);
 			json_decref(body);
 			return;
 		}
 		json_array_append_new(out, ans);
 	}
+	subjects_free(subs, n);
 	json_decref(body);
 	http_reply_json(req, 200, json_pack("{s:o}", "evaluations", out));
 }

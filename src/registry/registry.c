@@ -347,13 +347,6 @@ registry_lookup(const char *id, bool may_block, const struct registry_agent **ou
 	return rc == IDP_ENOTFOUND ? IDP_ENOTFOUND : IDP_EUNAVAIL;
 }
 
-bool
-registry_get_would_block(const char *id)
-{
-	return reg == NULL || !atomic_load_explicit(&reg->ready, memory_order_acquire) ||
-	       pending_has(id);
-}
-
 size_t
 registry_cached_count(void)
 {
