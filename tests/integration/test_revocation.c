@@ -959,6 +959,81 @@ unknown_kid_is_503_while_key_notifications_are_lost(void **state)
 	setting_stop(&w);
 }
 
+/* Introspect tok until the status is want (10 s at most); the last status. */
+static long
+introspect_until(struct world *w, const char *tok, long want)
+{
+	struct http_resp r;
+	long st = 0;
+	int64_t t0 = idp_mono_us();
+
+	do {
+		introspect(w, tok, &r);
+		st = r.status;
+		harness_resp_free(&r);
+	} while (st != want && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
+	return st;
+}
+
+/*
+ * The listener reconnects but the key reload after it fails: unknown key
+ * ids stay 503 (idpd still cannot know), and the refresher retries until a
+ * reload succeeds, with no further reconnect or notification to prompt it.
+ */
+static void
+a_failed_key_reload_after_a_reconnect_is_retried(void **state)
+{
+	struct setting w;
+	struct idp_jws_key *elsewhere = NULL;
+	json_t *dc, *c;
+	char *stranger, n[32];
+	long long now = (long long)time(NULL);
+
+	(void)state;
+	setting_start(&w, "t_rev_kid_retry", "60s");
+	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
+	assert_int_equal(idp_jws_key_generate("published-elsewhere", &elsewhere, NULL), IDP_OK);
+	c = access_claims(dc, "https://s3.internal", now, now + 600);
+	assert_int_equal(idp_jws_sign(elsewhere, IDP_JWS_TYP_ACCESS, c, &stranger, NULL, NULL),
+	                 IDP_OK);
+	idp_jws_key_unref(elsewhere);
+	json_decref(c);
+	json_decref(dc);
+	assert_int_equal(introspect_until(&w.w, stranger, 200), 200);
+	assert_false(active(&w.w, stranger));
+
+	/* The keys cannot be read, and the listener's session is cut. */
+	assert_int_equal(
+	    harness_sql("t_rev_kid_retry", "ALTER TABLE signing_keys RENAME TO signing_keys_away"),
+	    0);
+	assert_int_equal(harness_sql_value("t_rev_kid_retry",
+	                                   "SELECT count(pg_terminate_backend(pid)) FROM "
+	                                   "pg_stat_activity WHERE datname = 't_rev_kid_retry' AND "
+	                                   "application_name = 'idpd listener'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "1");
+	assert_int_equal(introspect_until(&w.w, stranger, 503), 503);
+	/* Reconnected, reloads failing: still 503, a second later too. */
+	usleep(1000000);
+	{
+		struct http_resp r;
+
+		introspect(&w.w, stranger, &r);
+		assert_int_equal(r.status, 503);
+		harness_resp_free(&r);
+	}
+
+	/* The keys readable again: the refresher's next try ends the 503s. */
+	assert_int_equal(
+	    harness_sql("t_rev_kid_retry", "ALTER TABLE signing_keys_away RENAME TO signing_keys"),
+	    0);
+	assert_int_equal(introspect_until(&w.w, stranger, 200), 200);
+	assert_false(active(&w.w, stranger));
+	free(stranger);
+	setting_stop(&w);
+}
+
 static void
 postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 {
@@ -1039,6 +1114,7 @@ main(void)
 	    cmocka_unit_test(cleanup_job_prunes_revocations_past_their_expiry),
 	    cmocka_unit_test(revocation_on_one_instance_reaches_the_other),
 	    cmocka_unit_test(unknown_kid_is_503_while_key_notifications_are_lost),
+	    cmocka_unit_test(a_failed_key_reload_after_a_reconnect_is_retried),
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	};
 
