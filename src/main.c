@@ -292,20 +292,11 @@ reload(struct idpd_app *app)
 static int
 install_verbs(const struct idpd_config *cfg)
 {
-	const char **verbs = idp_xcalloc(cfg->policy.n_verbs + 1, sizeof(*verbs));
-	enum idp_action_class *classes = idp_xcalloc(cfg->policy.n_verbs + 1, sizeof(*classes));
-	struct scope_verb_map *m;
 	struct idp_diag diag;
+	struct scope_verb_map *m;
 
-	for (size_t i = 0; i < cfg->policy.n_verbs; i++) {
-		verbs[i] = cfg->policy.verbs[i].verb;
-		classes[i] =
-		    (enum idp_action_class)idp_action_class_parse(cfg->policy.verbs[i].class);
-	}
 	idp_diag_init(&diag);
-	m = scope_verb_map_with(verbs, classes, cfg->policy.n_verbs, &diag);
-	free(verbs);
-	free(classes);
+	m = scope_verb_map_from_config(cfg, &diag);
 	if (m == NULL) {
 		log_error("policy.verbs: %s", idp_diag_str(&diag));
 		return -1;

@@ -116,6 +116,14 @@ struct scope_verb_map *scope_verb_map_with(const char *const *verbs,
                                            const enum idp_action_class *classes, size_t n,
                                            struct idp_diag *diag);
 
+struct idpd_config;
+/*
+ * scope_verb_map_with over cfg's [[policy.verbs]]: the map `idpd serve`
+ * installs, and `idpd policy test --config` too.  NULL with diag.
+ */
+struct scope_verb_map *scope_verb_map_from_config(const struct idpd_config *cfg,
+                                                  struct idp_diag *diag);
+
 /*
  * The map every check uses: delegation's max_scope_per_delegation and
  * requires_human_approval_for, and the policy input's action class.  The

@@ -15,14 +15,19 @@
 #include <string.h>
 
 #include "idpd/buf.h"
+#include "idpd/config.h"
+#include "idpd/scope.h"
 #include "policy_int.h"
 
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: idpd policy check DIR\n"
-	           "       idpd policy test DIR [--time-zone NAME]\n"
-	           "       idpd policy eval DIR INPUT.json [--time-zone NAME]\n");
+	fprintf(f,
+	        "usage: idpd policy check DIR\n"
+	        "       idpd policy test DIR [--time-zone NAME] [--config FILE]\n"
+	        "       idpd policy eval DIR INPUT.json [--time-zone NAME] [--config FILE]\n"
+	        "  --config: the deployment's [[policy.verbs]] and policy.timezone, as idpd serve "
+	        "sees them\n");
 }
 
 static int
@@ -369,16 +374,47 @@ done:
 	return rc;
 }
 
+/*
+ * --config FILE: the deployment's verb classes, installed as `idpd serve`
+ * does, and its time zone unless --time-zone names one.  0, or 1 after
+ * saying why.
+ */
+static int
+use_config(const char *path, struct idpd_config **cfg, const char **tz)
+{
+	struct idp_diag diag;
+	struct scope_verb_map *m;
+
+	idp_diag_init(&diag);
+	if (idpd_config_load(path, cfg, &diag) != IDP_OK) {
+		fprintf(stderr, "%s\nidpd: %u error(s) in %s\n", idp_diag_str(&diag), diag.count,
+		        path);
+		return 1;
+	}
+	m = scope_verb_map_from_config(*cfg, &diag);
+	if (m == NULL) {
+		fprintf(stderr, "policy.verbs: %s\n", idp_diag_str(&diag));
+		return 1;
+	}
+	scope_verb_map_install(m);
+	if (*tz == NULL)
+		*tz = (*cfg)->policy.timezone;
+	return 0;
+}
+
 int
 policy_cli_main(int argc, char **argv)
 {
-	const char *tz = NULL;
+	const char *tz = NULL, *config = NULL;
 	const char *pos[3] = {NULL, NULL, NULL};
-	int npos = 0;
+	struct idpd_config *cfg = NULL;
+	int npos = 0, rc = 2;
 
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--time-zone") == 0 && i + 1 < argc) {
 			tz = argv[++i];
+		} else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+			config = argv[++i];
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(stdout);
 			return 0;
@@ -389,12 +425,22 @@ policy_cli_main(int argc, char **argv)
 			pos[npos++] = argv[i];
 		}
 	}
-	if (npos == 2 && strcmp(pos[0], "check") == 0)
+	if (npos == 2 && strcmp(pos[0], "check") == 0 && config == NULL)
 		return cmd_check(pos[1]);
+	if (config != NULL && (npos < 2 || strcmp(pos[0], "check") == 0)) {
+		usage(stderr);
+		return 2;
+	}
+	if (config != NULL && use_config(config, &cfg, &tz) != 0)
+		return 1;
 	if (npos == 2 && strcmp(pos[0], "test") == 0)
-		return cmd_test(pos[1], tz);
-	if (npos == 3 && strcmp(pos[0], "eval") == 0)
-		return cmd_eval(pos[1], pos[2], tz);
-	usage(stderr);
-	return 2;
+		rc = cmd_test(pos[1], tz);
+	else if (npos == 3 && strcmp(pos[0], "eval") == 0)
+		rc = cmd_eval(pos[1], pos[2], tz);
+	else
+		usage(stderr);
+	/* tz may point into cfg: both are done with by now. */
+	scope_verb_map_install(NULL);
+	idpd_config_free(cfg);
+	return rc;
 }

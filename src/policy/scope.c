@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idpd/config.h"
 #include "idpd/scope.h"
 #include "policy_int.h"
 
@@ -365,6 +366,27 @@ scope_verb_map_with(const char *const *verbs, const enum idp_action_class *class
 		scope_verb_map_free(m);
 		return NULL;
 	}
+	return m;
+}
+
+struct scope_verb_map *
+scope_verb_map_from_config(const struct idpd_config *cfg, struct idp_diag *diag)
+{
+	size_t n = cfg->policy.n_verbs;
+	const char **verbs = idp_xcalloc(n + 1, sizeof(*verbs));
+	enum idp_action_class *classes = idp_xcalloc(n + 1, sizeof(*classes));
+	struct scope_verb_map *m;
+
+	for (size_t i = 0; i < n; i++) {
+		int c = idp_action_class_parse(cfg->policy.verbs[i].class);
+
+		verbs[i] = cfg->policy.verbs[i].verb;
+		/* The config reader admits only the four names; admin if not. */
+		classes[i] = c >= 0 ? (enum idp_action_class)c : IDP_ACTION_ADMIN;
+	}
+	m = scope_verb_map_with(verbs, classes, n, diag);
+	free(verbs);
+	free(classes);
 	return m;
 }
 

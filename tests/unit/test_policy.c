@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "idpd/policy.h"
+#include "idpd/scope.h"
 
 #define P "@id(\"r\") @reason(\"r\") " /* the effect starts at column 23 */
 
@@ -1176,7 +1177,8 @@ set_input_is_validated_like_json_input(void **state)
 	/* Valid: accepted, and the action class derived as from JSON. */
 	policy_input_init(&in);
 	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_AGENT_ID, "a"), IDP_OK);
-	assert_int_equal(policy_input_set_list(&in, POLICY_ATTR_AGENT_CAPABILITIES, caps, 1), IDP_OK);
+	assert_int_equal(policy_input_set_list(&in, POLICY_ATTR_AGENT_CAPABILITIES, caps, 1),
+	                 IDP_OK);
 	assert_int_equal(policy_input_set_list(&in, POLICY_ATTR_REQUEST_SCOPES, scopes, 2), IDP_OK);
 	idp_diag_init(&dd);
 	assert_int_equal(policy_input_validate(&in, &dd), IDP_OK);
@@ -1428,6 +1430,43 @@ cli_check_and_test_report_and_exit(void **state)
 	assert_int_equal(run_cli("frobnicate", tmpdir), 2);
 }
 
+/*
+ * `policy test --config` sees the verbs a deployment adds: "Query" is a
+ * write for the built-in map and a read once [[policy.verbs]] says so.
+ */
+static void
+cli_test_uses_the_deployments_verbs_with_config(void **state)
+{
+	char cfg[160];
+	char *argv[] = {"policy", "test", tmpdir, "--config", cfg, NULL};
+	int rc;
+
+	(void)state;
+	write_file(
+	    tmpdir, "a.policy",
+	    "@id(\"w\") @reason(\"writes\") deny when { request.action_class >= \"write\" };\n"
+	    "@id(\"a\") @reason(\"ok\") allow when { true };\n");
+	write_file(tmpdir, "tests/a.json",
+	           "{\"cases\": [{\"name\": \"query is a read\", \"input\": {\"request\": "
+	           "{\"scopes\": [\"search:Query\"]}}, \"expect\": {\"decision\": \"ALLOW\"}}]}");
+	write_file(tmpdir, "c.toml", "[[policy.verbs]]\nverb = \"Query\"\nclass = \"read\"\n");
+	snprintf(cfg, sizeof(cfg), "%s/c.toml", tmpdir);
+	assert_int_equal(run_cli("test", tmpdir), 1);
+	fflush(stdout);
+	rc = policy_cli_main(5, argv);
+	fflush(stdout);
+	assert_int_equal(rc, 0);
+	/* The installed map is the built-in one again afterwards. */
+	assert_int_equal(scope_action_class(scope_verb_map_current(), "search:Query"),
+	                 IDP_ACTION_WRITE);
+	/* A config that does not load stops the run. */
+	write_file(tmpdir, "c.toml", "[[policy.verbs]]\nverb = \"a:b\"\nclass = \"read\"\n");
+	fflush(stdout);
+	rc = policy_cli_main(5, argv);
+	fflush(stdout);
+	assert_int_equal(rc, 1);
+}
+
 static void
 shipped_policies_pass_their_tests(void **state)
 {
@@ -1478,6 +1517,8 @@ main(void)
 	                                    tmp_setup, tmp_teardown),
 	    cmocka_unit_test_setup_teardown(cli_check_and_test_report_and_exit, tmp_setup,
 	                                    tmp_teardown),
+	    cmocka_unit_test_setup_teardown(cli_test_uses_the_deployments_verbs_with_config,
+	                                    tmp_setup, tmp_teardown),
 	    cmocka_unit_test(shipped_policies_pass_their_tests),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
