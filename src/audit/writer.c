@@ -420,11 +420,14 @@ build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
 }
 
 /*
- * Between two attempts at a batch: drop the events whose emitters gave up
- * meanwhile, but only when PostgreSQL confirms none of the batch committed
- * (a lost COMMIT reply would otherwise make the rebuilt rows differ from
- * what is stored).  Then rebuild the rows from the chain state before the
- * batch.  Returns the new row count.
+ * Before each new attempt at a batch: drop the events whose emitters gave
+ * up meanwhile, but only when PostgreSQL confirms none of the batch
+ * committed (a lost COMMIT reply would otherwise make the rebuilt rows
+ * differ from what is stored).  Then rebuild the rows from the chain state
+ * before the batch.  Returns the new row count; -1 when there are events to
+ * drop and PostgreSQL cannot say yet: then the batch is not written either
+ * (PostgreSQL coming back between this check and the write would otherwise
+ * let a given-up event through).
  */
 static int
 apply_cancellations(struct slot *batch, int n, int m, struct idp_buf *b, struct row *rows,
@@ -437,10 +440,14 @@ apply_cancellations(struct slot *batch, int n, int m, struct idp_buf *b, struct 
 	for (int i = 0; i < n; i++)
 		any |= W.inflight_cancel[i] && batch[i].ev != NULL;
 	pthread_mutex_unlock(&W.lock);
-	if (!any || m == 0 || !writer_connect())
+	if (!any || m == 0)
 		return m;
+	if (!writer_connect())
+		return -1;
 	max = committed_max();
-	if (max < 0 || (uint64_t)max >= rows[0].seq)
+	if (max < 0)
+		return -1;
+	if ((uint64_t)max >= rows[0].seq)
 		return m;
 	pthread_mutex_lock(&W.lock);
 	for (int i = 0; i < n; i++) {
@@ -575,9 +582,15 @@ run(void *arg)
 		m = build_rows(batch, n, &b, rows);
 		t0 = idp_mono_us();
 		while (!written) {
-			if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK) {
-				written = true;
-				break;
+			int k = retry ? apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0)
+			              : m;
+
+			if (k >= 0) {
+				m = k;
+				if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK) {
+					written = true;
+					break;
+				}
 			}
 			atomic_fetch_add(&W.failures, 1);
 			retry = true;
@@ -590,7 +603,6 @@ run(void *arg)
 				nanosleep(&ts, NULL);
 			}
 			backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
-			m = apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0);
 		}
 		if (written) {
 			atomic_fetch_add(&W.commit_us, (uint64_t)(idp_mono_us() - t0));
