@@ -203,10 +203,10 @@ struct idp_jws_keyset *keys_verify_set(struct keys *km);
 
 /*
  * Whether a key id missing from keys_verify_set may still be one this
- * deployment signs with: true from keys_subscribe, and from each loss of
- * the listener, until a reload made while it is connected succeeds (after
- * a reconnect, retried until one does); another instance may have
- * published a key meanwhile.  A verifier then answers 503 rather than
+ * deployment signs with: true from keys_subscribe, from each loss of the
+ * listener and from each notification whose reload failed, until a reload
+ * made while it is connected succeeds (retried until one does); another
+ * instance may have published a key meanwhile.  A verifier then answers 503 rather than
  * calling the token invalid: idpd cannot know.
  */
 bool keys_may_lack_kid(struct keys *km);

@@ -717,7 +717,11 @@ on_notify(const char *channel, const char *payload, void *ctx)
 	(void)payload;
 	idp_diag_init(&d);
 	if (catch_up(km, &d) != IDP_OK) {
-		log_warn("%s; keeping the keys loaded before", idp_diag_str(&d));
+		/* The change notified is not here: a key may be missing. */
+		atomic_store(&km->may_lack, true);
+		log_warn("%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
+		         "answer 503",
+		         idp_diag_str(&d));
 		retry_later(km);
 	}
 }
