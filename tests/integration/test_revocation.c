@@ -875,6 +875,28 @@ revocation_on_one_instance_reaches_the_other(void **state)
 	setting_stop(&w);
 }
 
+/* Introspect tok until the status is want (for s seconds at most); the last status. */
+static long
+introspect_until_s(struct world *w, const char *tok, long want, int s)
+{
+	struct http_resp r;
+	long st = 0;
+	int64_t t0 = idp_mono_us();
+
+	do {
+		introspect(w, tok, &r);
+		st = r.status;
+		harness_resp_free(&r);
+	} while (st != want && idp_mono_us() - t0 < s * 1000000LL && usleep(50000) == 0);
+	return st;
+}
+
+static long
+introspect_until(struct world *w, const char *tok, long want)
+{
+	return introspect_until_s(w, tok, want, 10);
+}
+
 /*
  * A token signed with a key this instance has never seen: definitely not
  * valid while the keys' notifications arrive, but while they are lost
@@ -891,8 +913,7 @@ unknown_kid_is_503_while_key_notifications_are_lost(void **state)
 	json_t *dc, *c;
 	char *live, *stranger, *forged;
 	long long now = (long long)time(NULL);
-	long st = 0;
-	int64_t t0;
+	long st;
 
 	(void)state;
 	setting_start(&w, "t_rev_kid", "60s");
@@ -914,25 +935,13 @@ unknown_kid_is_503_while_key_notifications_are_lost(void **state)
 	json_decref(dc);
 
 	/* Notifications flowing (after the listener's first reload): not ours. */
-	t0 = idp_mono_us();
-	do {
-		introspect(&w.w, stranger, &r);
-		st = r.status;
-		harness_resp_free(&r);
-	} while (st == 503 && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
-	assert_int_equal(st, 200);
+	assert_int_equal(introspect_until(&w.w, stranger, 200), 200);
 	assert_false(active(&w.w, stranger));
 	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.admin), stranger, NULL), 200);
 	assert_true(active(&w.w, live));
 
 	assert_int_equal(harness_pg_stop("immediate"), 0);
-	t0 = idp_mono_us();
-	do {
-		introspect(&w.w, stranger, &r);
-		st = r.status;
-		harness_resp_free(&r);
-	} while (st == 200 && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
-	assert_int_equal(st, 503);
+	assert_int_equal(introspect_until(&w.w, stranger, 503), 503);
 	introspect(&w.w, stranger, &r);
 	assert_int_equal(r.status, 503);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "unavailable");
@@ -942,12 +951,7 @@ unknown_kid_is_503_while_key_notifications_are_lost(void **state)
 	assert_false(active(&w.w, forged));
 
 	assert_int_equal(harness_pg_start(), 0);
-	t0 = idp_mono_us();
-	do {
-		introspect(&w.w, stranger, &r);
-		st = r.status;
-		harness_resp_free(&r);
-	} while (st == 503 && idp_mono_us() - t0 < 30 * 1000000LL && usleep(100000) == 0);
+	st = introspect_until_s(&w.w, stranger, 200, 30);
 	if (st != 200)
 		harness_idpd_dump_log(&w.w.p);
 	assert_int_equal(st, 200);
@@ -957,22 +961,6 @@ unknown_kid_is_503_while_key_notifications_are_lost(void **state)
 	free(stranger);
 	free(forged);
 	setting_stop(&w);
-}
-
-/* Introspect tok until the status is want (10 s at most); the last status. */
-static long
-introspect_until(struct world *w, const char *tok, long want)
-{
-	struct http_resp r;
-	long st = 0;
-	int64_t t0 = idp_mono_us();
-
-	do {
-		introspect(w, tok, &r);
-		st = r.status;
-		harness_resp_free(&r);
-	} while (st != want && idp_mono_us() - t0 < 10 * 1000000LL && usleep(50000) == 0);
-	return st;
 }
 
 /*
