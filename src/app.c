@@ -1,5 +1,7 @@
 /*
- * app.c - reload hooks: the components that SIGHUP refreshes register here.
+ * app.c - the hooks components register at start: what SIGHUP refreshes and
+ * what /readyz asks.  Both tables are written on the main thread before the
+ * server starts and only read afterwards.
  */
 #include "idpd/app.h"
 #include "idpd/log.h"
@@ -31,5 +33,39 @@ app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next, struc
 	for (size_t i = 0; i < n_hooks; i++)
 		if (hooks[i].fn(app, next, hooks[i].ctx, diag) != IDP_OK)
 			failed++;
+	return failed;
+}
+
+static struct {
+	const char *name;
+	app_ready_fn fn;
+	void *ctx;
+} checks[MAX_HOOKS];
+static size_t n_checks;
+
+int
+app_on_ready(const char *name, app_ready_fn fn, void *ctx)
+{
+	if (n_checks == MAX_HOOKS)
+		return IDP_ETOOBIG;
+	checks[n_checks].name = name;
+	checks[n_checks].fn = fn;
+	checks[n_checks].ctx = ctx;
+	n_checks++;
+	return IDP_OK;
+}
+
+int
+app_run_ready_checks(void (*visit)(const char *name, const char *reason, void *arg), void *arg)
+{
+	int failed = 0;
+
+	for (size_t i = 0; i < n_checks; i++) {
+		const char *why = checks[i].fn(checks[i].ctx);
+
+		if (why != NULL)
+			failed++;
+		visit(checks[i].name, why, arg);
+	}
 	return failed;
 }

@@ -428,6 +428,8 @@ cmd_serve(int argc, char **argv)
 			log_error("%s", idp_diag_str(&diag));
 			goto done;
 		}
+		if (app_on_ready("audit", audit_writer_unready, NULL) != IDP_OK)
+			log_warn("bug: cannot register the audit writer's readiness check");
 		idp_diag_init(&diag);
 		if (audit_ship_start(app.cfg, IDPD_VERSION, &diag) != IDP_OK) {
 			log_error("%s", idp_diag_str(&diag));

@@ -41,6 +41,23 @@ int app_on_reload(app_reload_fn fn, void *ctx) IDP_WUR;
 int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
                          struct idp_diag *diag);
 
+/*
+ * A readiness check: NULL while its component can serve the requests that
+ * need it, else a short reason (a static snake_case string) why they would
+ * fail.  /readyz runs every check and answers 503 if any gives a reason, so
+ * that a load balancer sends work only to instances that can do it.  Checks
+ * run on I/O threads: they read state and never block.
+ */
+typedef const char *(*app_ready_fn)(void *ctx);
+
+/* Register before the server starts; name labels the check in /readyz
+ * (a static string).  IDP_ETOOBIG past a fixed number. */
+int app_on_ready(const char *name, app_ready_fn fn, void *ctx) IDP_WUR;
+
+/* Calls visit(name, reason, arg) for every check, in registration order;
+ * returns how many gave a reason. */
+int app_run_ready_checks(void (*visit)(const char *name, const char *reason, void *arg), void *arg);
+
 /* Add the ops routes (/healthz, /readyz, /metrics) to r. */
 int ops_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
 /*

@@ -106,4 +106,11 @@ void audit_writer_get_stats(struct audit_writer_stats *st);
 /* This process's chain id ("<instance>/<start ms>"); "" before start. */
 const char *audit_writer_chain_id(void);
 
+/*
+ * A readiness check (app_on_ready): NULL while events can become durable;
+ * "audit_writer_failing" while a batch is failing to commit (PostgreSQL
+ * unreachable or refusing it), "audit_writer_stopped" when no writer runs.
+ */
+const char *audit_writer_unready(void *ctx);
+
 #endif /* IDPD_AUDIT_WRITER_H */

@@ -110,6 +110,7 @@ static struct {
 	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures,
 	    cancelled;
 	_Atomic bool connected;
+	_Atomic bool failing; /* the batch in hand has failed and is not yet written */
 } W = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -582,8 +583,9 @@ run(void *arg)
 		m = build_rows(batch, n, &b, rows);
 		t0 = idp_mono_us();
 		while (!written) {
-			int k = retry ? apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0)
-			              : m;
+			int k = retry
+			            ? apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0)
+			            : m;
 
 			if (k >= 0) {
 				m = k;
@@ -593,6 +595,7 @@ run(void *arg)
 				}
 			}
 			atomic_fetch_add(&W.failures, 1);
+			atomic_store(&W.failing, true);
 			retry = true;
 			if (stopping_past_deadline())
 				break;
@@ -605,6 +608,7 @@ run(void *arg)
 			backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
 		}
 		if (written) {
+			atomic_store(&W.failing, false);
 			atomic_fetch_add(&W.commit_us, (uint64_t)(idp_mono_us() - t0));
 			atomic_fetch_add(&W.batches, 1);
 			atomic_fetch_add(&W.committed, (uint64_t)m);
@@ -957,6 +961,25 @@ audit_writer_get_stats(struct audit_writer_stats *st)
 	pthread_mutex_lock(&W.lock);
 	st->depth = W.count;
 	pthread_mutex_unlock(&W.lock);
+}
+
+/*
+ * Not "connected": the writer connects when it has something to write, so
+ * an idle writer whose session dropped is still ready.  What stops events
+ * from becoming durable is a batch that has failed and is being retried.
+ */
+const char *
+audit_writer_unready(void *ctx)
+{
+	bool running;
+
+	(void)ctx;
+	pthread_mutex_lock(&W.lock);
+	running = W.running && !W.stop;
+	pthread_mutex_unlock(&W.lock);
+	if (!running)
+		return "audit_writer_stopped";
+	return atomic_load(&W.failing) ? "audit_writer_failing" : NULL;
 }
 
 const char *

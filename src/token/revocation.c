@@ -898,6 +898,16 @@ usable(void)
 	return IDP_OK;
 }
 
+/* The readiness check: what every check below would answer 503 for. */
+static const char *
+unready(void *ctx)
+{
+	(void)ctx;
+	if (!atomic_load_explicit(&state.loaded, memory_order_acquire))
+		return "revocation_state_not_loaded";
+	return usable() == IDP_OK ? NULL : "revocation_state_stale";
+}
+
 /*
  * Read a delegation token's chain and its task from PostgreSQL into the
  * state: a token made on another instance whose notification has not
@@ -1465,9 +1475,11 @@ revocation_init(struct idpd_app *app, struct idp_diag *diag)
 		return IDP_EINVAL;
 	}
 	if (app_on_reload(on_reload, NULL) != IDP_OK ||
+	    app_on_ready("revocation", unready, NULL) != IDP_OK ||
 	    maintenance_register("revocations", cleanup_job, NULL) != IDP_OK) {
 		idp_diag_add(diag,
-		             "revocation: cannot register the reload hook or the cleanup job");
+		             "revocation: cannot register the reload hook, the readiness check "
+		             "or the cleanup job");
 		return IDP_EINVAL;
 	}
 	if (metrics_register(collect, NULL) != IDP_OK)

@@ -149,6 +149,12 @@ readyz_reports_the_schema_version(void **state)
 	                                   sizeof(v)),
 	                 0);
 	assert_int_equal(json_integer_value(json_object_get(r.json, "schema_version")), atoi(v));
+	/* Each component that can make requests fail says it can serve. */
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(r.json, "checks"), "audit")), "ok");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(r.json, "checks"), "revocation")),
+	    "ok");
 	harness_resp_free(&r);
 }
 

@@ -239,6 +239,89 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 	assert_int_equal(harness_idpd_stop(p, SIGTERM, 10000), 0);
 }
 
+static struct idpd_proc writer_proc;
+
+static int
+writer_teardown(void **state)
+{
+	(void)state;
+	(void)harness_sql("t_life_writer", "DROP TRIGGER IF EXISTS refuse ON audit_events");
+	if (writer_proc.pid > 0)
+		harness_idpd_stop(&writer_proc, SIGKILL, 2000);
+	return 0;
+}
+
+/*
+ * PostgreSQL up but refusing the audit writer's batches: every request that
+ * must be audited would answer 503, so /readyz says so (the pool alone
+ * would call the instance ready), and turns 200 once the batch commits.
+ */
+static void
+readyz_turns_503_while_audit_events_cannot_commit(void **state)
+{
+	struct idpd_proc *p = &writer_proc;
+	char key[64], hash[80], extra[512], req[1024], v[32];
+	const char *body = "{\"id\":\"agent-w\",\"agent_type\":\"worker\",\"owner\":"
+	                   "\"alice@company.com\",\"capabilities\":[\"a:read\"],"
+	                   "\"delegation_constraints\":{\"max_chain_depth\":1,"
+	                   "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
+	json_t *j = NULL;
+	int fd;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	/* The emitter waits long enough for the failing batch to be seen. */
+	snprintf(extra, sizeof(extra),
+	         "[audit]\ntimeout = \"60s\"\n[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\n"
+	         "roles = [\"admin\"]\n",
+	         hash);
+	assert_int_equal(harness_db_create("t_life_writer"), 0);
+	assert_int_equal(harness_idpd_start(p, "t_life_writer", NULL, extra), 0);
+	assert_int_equal(wait_ready(p, 200, &j), 200);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "checks"), "audit")),
+	                    "ok");
+	json_decref(j);
+	j = NULL;
+	assert_int_equal(
+	    harness_sql("t_life_writer",
+	                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+	                "$$BEGIN RAISE EXCEPTION 'refused by the test'; END$$; "
+	                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+	                "FOR EACH ROW EXECUTE FUNCTION refuse()"),
+	    0);
+
+	/* A registration, left waiting for its audit event. */
+	fd = harness_connect(p->port);
+	assert_true(fd >= 0);
+	snprintf(req, sizeof(req),
+	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+	         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+	         key, strlen(body), body);
+	assert_int_equal(send_all(fd, req), 0);
+
+	assert_int_equal(wait_ready(p, 503, &j), 503);
+	assert_non_null(j);
+	assert_string_equal(json_string_value(json_object_get(j, "reason")),
+	                    "audit_writer_failing");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "checks"), "audit")),
+	                    "audit_writer_failing");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(j, "checks"), "revocation")), "ok");
+	json_decref(j);
+
+	assert_int_equal(harness_sql("t_life_writer", "DROP TRIGGER refuse ON audit_events"), 0);
+	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	/* The registration's event was the batch retried: it is there once. */
+	assert_int_equal(harness_sql_value("t_life_writer",
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'agent.registered' AND agent_id = 'agent-w'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "1");
+	close(fd);
+	assert_int_equal(harness_idpd_stop(p, SIGTERM, 10000), 0);
+}
+
 static void
 sigterm_drains_a_slow_in_flight_request(void **state)
 {
@@ -460,6 +543,8 @@ main(void)
 		cmocka_unit_test_teardown(
 			readyz_turns_503_while_postgres_is_down_and_recovers_without_restart,
 			outage_teardown),
+		cmocka_unit_test_teardown(readyz_turns_503_while_audit_events_cannot_commit,
+		                          writer_teardown),
 		cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
 		cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 		cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
