@@ -252,17 +252,20 @@ approval_owner_form(const char *principal, char *out, size_t len)
 
 bool
 approval_human_may_decide(const char *principal, const char *idp, const char *human,
-                          const char *owner)
+                          const char *human_idp, const char *owner)
 {
 	char form[330];
 	size_t n = strlen(idp);
 
-	if (strcmp(principal, human) == 0)
+	if (strcmp(principal, human) == 0 && strcmp(idp, human_idp) == 0)
 		return true;
-	approval_owner_form(principal, form, sizeof(form));
-	if (strcmp(form, owner) == 0)
-		return true;
-	/* An owner named by IdP subject: "corp:00u1abc" for principal 00u1abc of corp. */
+	if (strchr(owner, ':') == NULL) {
+		/* An email owner; a principal with a colon never is one. */
+		approval_owner_form(principal, form, sizeof(form));
+		return strchr(principal, ':') == NULL && strcmp(form, owner) == 0;
+	}
+	/* An owner named by IdP subject: "corp:00u1abc" for principal 00u1abc of
+	 * corp only, not for a principal "corp:00u1abc" of another provider. */
 	return n > 0 && strncmp(owner, idp, n) == 0 && owner[n] == ':' &&
 	       strcmp(owner + n + 1, principal) == 0;
 }
@@ -374,9 +377,10 @@ approval_emit(struct approval_event *e)
 
 static struct store_stmt st_insert = {
     "apr_insert",
-    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, agent_owner, scope, "
-    "target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, "
-    "$7::text[], $8, $9, $10::text[], now() + $11::bigint * interval '1 millisecond', $12) "
+    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, human_idp, "
+    "agent_owner, scope, target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, "
+    "$4, $5, (SELECT idp FROM tasks WHERE id = $4), $6, $7::text[], $8, $9, $10::text[], "
+    "now() + $11::bigint * interval '1 millisecond', $12) "
     "RETURNING floor(extract(epoch FROM expires_at))::bigint",
     12, 0};
 

@@ -51,6 +51,7 @@ may_see(const struct caller *c, const PGresult *r)
 		return true; /* identify() required approver, auditor or admin */
 	case CALLER_HUMAN:
 		return approval_human_may_decide(c->name, c->idp, PQgetvalue(r, 0, APR_C_HUMAN),
+		                                 PQgetvalue(r, 0, APR_C_HUMAN_IDP),
 		                                 PQgetvalue(r, 0, APR_C_OWNER));
 	case CALLER_AGENT:
 		return strcmp(c->name, PQgetvalue(r, 0, APR_C_AGENT)) == 0;
@@ -240,19 +241,31 @@ list(struct http_req *req, void *ctx)
 		}
 		rc |= idp_buf_puts(&sql, status_filters[i].sql);
 	}
-	if (approver != NULL) {
+	if (approver != NULL && who.kind == CALLER_HUMAN) {
+		/* What approval_human_may_decide allows, in SQL: the task's human
+		 * of the same provider, an email owner (never matched by a
+		 * principal with a colon) or an "idp:subject" owner. */
 		approval_owner_form(approver, owner_form, sizeof(owner_form));
-		if (who.kind == CALLER_HUMAN)
-			snprintf(idp_form, sizeof(idp_form), "%s:%s", who.idp, approver);
-		else
-			snprintf(idp_form, sizeof(idp_form), "%s", owner_form);
+		if (strchr(approver, ':') != NULL)
+			owner_form[0] = '\0'; /* matches no owner: they are 3+ characters */
+		snprintf(idp_form, sizeof(idp_form), "%s:%s", who.idp, approver);
 		params[n++] = approver;
+		params[n++] = who.idp;
 		params[n++] = owner_form;
 		params[n++] = idp_form;
 		rc |= idp_buf_printf(&sql,
+		                     " AND ((human_principal = $%d AND human_idp = $%d) OR "
+		                     "agent_owner = $%d OR agent_owner = $%d)",
+		                     n - 3, n - 2, n - 1, n);
+	} else if (approver != NULL) {
+		/* An operator's filter: no provider to tell principals apart by. */
+		approval_owner_form(approver, owner_form, sizeof(owner_form));
+		params[n++] = approver;
+		params[n++] = owner_form;
+		rc |= idp_buf_printf(&sql,
 		                     " AND (human_principal = $%d OR agent_owner = $%d OR "
 		                     "agent_owner = $%d)",
-		                     n - 2, n - 1, n);
+		                     n - 1, n, n - 1);
 	}
 	if (task_id != NULL) {
 		params[n++] = task_id;
@@ -283,7 +296,8 @@ list(struct http_req *req, void *ctx)
 		/* IDP_EINVAL is a filter value PostgreSQL cannot take, such as
 		 * invalid UTF-8: the client's error (400), not ours. */
 		http_reply_error(req, rc == IDP_EINVAL ? IDP_EINVAL : IDP_EUNAVAIL,
-		                 rc == IDP_EINVAL ? "a filter value is not valid text" : "the approval query failed");
+		                 rc == IDP_EINVAL ? "a filter value is not valid text"
+		                                  : "the approval query failed");
 		return;
 	}
 	rows = PQntuples(res);

@@ -40,7 +40,7 @@ struct store *approvals_store(void);
 	"floor(extract(epoch FROM created_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM expires_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM decided_at) * 1000)::bigint, decided_by, decided_by_kind, "      \
-	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status"
+	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp"
 
 enum approval_col {
 	APR_C_ID,
@@ -62,6 +62,7 @@ enum approval_col {
 	APR_C_NOTE,
 	APR_C_USED,
 	APR_C_STORED_STATUS, /* as stored: pending, approved, denied, used */
+	APR_C_HUMAN_IDP,     /* the [[idp]] of the task's human */
 };
 
 /* Row `row` of r (APPROVAL_COLUMNS) as the API shows it; a new object. */
@@ -97,12 +98,13 @@ const char *approval_refusal(bool found, bool bound, const char *status, bool li
 
 /*
  * Whether the human principal (authenticated by [[idp]] idp) may decide an
- * approval of the task's human `human` for an agent of `owner`: they are
- * that human, or the owner (an email owner compares without case, an
- * "idp:subject" owner as idp ":" principal).
+ * approval of the task's human `human` (of [[idp]] human_idp) for an agent
+ * of `owner`: they are that human of that provider, or the owner (an email
+ * owner compares without case, an "idp:subject" owner only as
+ * idp ":" principal, whatever the principal looks like).
  */
 bool approval_human_may_decide(const char *principal, const char *idp, const char *human,
-                               const char *owner);
+                               const char *human_idp, const char *owner);
 
 /*
  * principal as an agent owner is stored (registry_owner_normalize): an

@@ -164,6 +164,9 @@ static struct store_stmt st_chain = {
     "SELECT agent_id, task_id FROM c ORDER BY n",
     1, 0};
 
+static struct store_stmt st_task_idp = {"revoke_task_idp", "SELECT idp FROM tasks WHERE id = $1", 1,
+                                        0};
+
 static struct store_stmt st_revoke_subtree = {
     "revoke_subtree",
     "WITH RECURSIVE s AS (SELECT jti, 0 AS n FROM delegation_tokens WHERE jti = $1 "
@@ -226,15 +229,22 @@ emit(struct http_req *req, const struct caller *who, const struct target *t,
 	return audit_emit(ev) == IDP_OK ? IDP_OK : IDP_EUNAVAIL;
 }
 
-/* Whether who may revoke t, whose chain (agents, nearest first) is chain. */
+/*
+ * Whether who may revoke t, whose chain (agents, nearest first) is chain
+ * and whose task's human authenticated with [[idp]] task_idp (NULL: not
+ * known).
+ */
 static bool
-may_revoke(const struct caller *who, const struct target *t, PGresult *chain)
+may_revoke(const struct caller *who, const struct target *t, PGresult *chain, const char *task_idp)
 {
 	switch (who->kind) {
 	case CALLER_OPERATOR:
 		return true;
 	case CALLER_HUMAN:
-		return t->human != NULL && strcmp(t->human, who->name) == 0;
+		/* The task's human, of the task's provider: another [[idp]] may
+		 * assert the same principal for someone else. */
+		return t->human != NULL && strcmp(t->human, who->name) == 0 && task_idp != NULL &&
+		       strcmp(task_idp, who->idp) == 0;
 	case CALLER_AGENT:
 		if (strcmp(t->sub, who->name) == 0)
 			return true;
@@ -264,7 +274,7 @@ revoke_tx(struct http_req *req, const struct caller *who, const struct target *t
           const char *reason, PGresult **revoked, bool *recorded)
 {
 	struct store_conn *c = NULL;
-	PGresult *chain = NULL, *r = NULL;
+	PGresult *chain = NULL, *r = NULL, *task = NULL;
 	char exp[24], by[HUMAN_PRINCIPAL_MAX + 16];
 	const char *params[7];
 	json_t *jtis = NULL;
@@ -287,7 +297,18 @@ revoke_tx(struct http_req *req, const struct caller *who, const struct target *t
 			goto done;
 		}
 	}
-	if (!may_revoke(who, t, chain)) {
+	if (who->kind == CALLER_HUMAN && t->task_id != NULL) {
+		params[0] = t->task_id;
+		rc = store_exec(c, &st_task_idp, params, &task);
+		if (rc == IDP_EINVAL) {
+			rc = IDP_OK; /* not a task id PostgreSQL can take: no such task */
+			task = NULL;
+		} else if (rc != IDP_OK) {
+			goto done;
+		}
+	}
+	if (!may_revoke(who, t, chain,
+	                task != NULL && PQntuples(task) == 1 ? PQgetvalue(task, 0, 0) : NULL)) {
 		rc = IDP_EFORBIDDEN;
 		goto done;
 	}
@@ -358,6 +379,7 @@ done:
 		*recorded = false;
 	}
 	PQclear(chain);
+	PQclear(task);
 	PQclear(r);
 	return rc;
 }

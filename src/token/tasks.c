@@ -679,7 +679,10 @@ may_touch(const struct caller *c, PGresult *r, unsigned op_roles)
 {
 	switch (c->kind) {
 	case CALLER_HUMAN:
-		return strcmp(c->name, PQgetvalue(r, 0, 1)) == 0;
+		/* The principal of the task's provider: another [[idp]] may
+		 * assert the same principal for someone else. */
+		return strcmp(c->name, PQgetvalue(r, 0, 1)) == 0 &&
+		       strcmp(c->idp, PQgetvalue(r, 0, 2)) == 0;
 	case CALLER_AGENT:
 		return strcmp(c->name, PQgetvalue(r, 0, 3)) == 0;
 	case CALLER_OPERATOR:

@@ -54,7 +54,7 @@ register_agent(struct world *w, const char *id, const char *owner, const char *c
 static void
 setting_start(struct setting *s, const char *db)
 {
-	const struct world_opts o = {.max_ttl = "2h"};
+	const struct world_opts o = {.max_ttl = "2h", .extra_toml = world_partner_toml()};
 
 	memset(s, 0, sizeof(*s));
 	world_start_opts(&s->w, db, &o);
@@ -550,6 +550,63 @@ who_may_read_and_decide(void **state)
 	setting_stop(w);
 }
 
+/*
+ * "partners" asserts alice@example.com too, for someone else: a human is a
+ * principal of one provider, so that user is neither the task's human nor
+ * anyone's owner, and sees, decides, completes and revokes nothing of alice's.
+ */
+static void
+another_provider_asserting_the_same_principal_is_someone_else(void **state)
+{
+	struct setting *w = &the_setting;
+	struct http_resp r;
+	char id[80], path[160], ids[1024], auth[4200];
+	char *eve, *bobp, *carol;
+
+	(void)state;
+	setting_start(w, "t_apr_idps");
+	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
+	snprintf(path, sizeof(path), "/v1/approvals/%s", id);
+	eve = world_partner_token("alice@example.com");
+	bobp = world_partner_token("bob@example.com");
+	carol = world_partner_token("carol@example.com");
+
+	/* The partner's users authenticate: what follows is not a 401. */
+	assert_int_equal(listed(w, "/v1/approvals", carol, ids, sizeof(ids)), 0);
+	assert_int_equal(get_status(w, path, eve), 404);
+	assert_int_equal(decide_status(w, id, "approve", eve), 404);
+	assert_int_equal(listed(w, "/v1/approvals", eve, ids, sizeof(ids)), 0);
+	assert_int_equal(
+	    listed(w, "/v1/approvals?approver=alice@example.com", eve, ids, sizeof(ids)), 0);
+	/* An email owner is a person's address, whichever provider vouches for
+	 * it: bob of partners decides for bob@example.com's agent. */
+	assert_int_equal(get_status(w, path, bobp), 200);
+	assert_int_equal(
+	    world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'pending'"), 1);
+
+	snprintf(path, sizeof(path), "/v1/tasks/%s", w->task_id);
+	assert_int_equal(get_status(w, path, eve), 403);
+	assert_int_equal(get_status(w, path, w->alice), 200);
+	snprintf(path, sizeof(path), "/v1/tasks/%s/timeline", w->task_id);
+	assert_int_equal(get_status(w, path, eve), 403);
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", w->task_id);
+	world_call(&w->w, "POST", path, eve, NULL, &r);
+	assert_int_equal(r.status, 403);
+	harness_resp_free(&r);
+	snprintf(auth, sizeof(auth), "Bearer %s", eve);
+	assert_int_equal(world_revoke_as(&w->w, auth, w->root_token, NULL), 403);
+	assert_true(world_active(&w->w, w->root_token, NULL));
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM tasks WHERE status = 'open'"), 1);
+
+	/* alice of corp still may. */
+	snprintf(auth, sizeof(auth), "Bearer %s", w->alice);
+	assert_int_equal(world_revoke_as(&w->w, auth, w->root_token, NULL), 200);
+	free(eve);
+	free(bobp);
+	free(carol);
+	setting_stop(w);
+}
+
 static void
 approvals_list_in_keyset_pages(void **state)
 {
@@ -594,6 +651,8 @@ main(void)
 	    cmocka_unit_test_teardown(denied_and_expired_approvals_issue_nothing, teardown),
 	    cmocka_unit_test_teardown(who_may_read_and_decide, teardown),
 	    cmocka_unit_test_teardown(approvals_list_in_keyset_pages, teardown),
+	    cmocka_unit_test_teardown(another_provider_asserting_the_same_principal_is_someone_else,
+	                              teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -20,6 +20,8 @@
 /* Made once per test binary: the IdP's key and JWKS file, the API keys. */
 static struct idp_jws_key *idp_key;
 static char jwks_path[64];
+static struct idp_jws_key *partner_key;
+static char partner_jwks[64];
 static struct world_keys keys;
 static char keys_toml[2048];
 
@@ -147,6 +149,10 @@ world_teardown(void **state)
 	(void)state;
 	if (jwks_path[0] != '\0')
 		unlink(jwks_path);
+	if (partner_jwks[0] != '\0')
+		unlink(partner_jwks);
+	idp_jws_key_unref(partner_key);
+	partner_key = NULL;
 	idp_jws_key_unref(idp_key);
 	idp_key = NULL;
 	return 0;
@@ -173,6 +179,50 @@ char *
 world_human_token(const char *email)
 {
 	return world_idp_token(NULL, email, "idpd", 600);
+}
+
+const char *
+world_partner_toml(void)
+{
+	static char toml[512];
+	json_t *doc;
+	FILE *f;
+	int fd;
+
+	if (partner_key == NULL) {
+		assert_int_equal(idp_jws_key_generate("partner-1", &partner_key, NULL), IDP_OK);
+		snprintf(partner_jwks, sizeof(partner_jwks), "/tmp/idpd_world_partner_XXXXXX");
+		fd = mkstemp(partner_jwks);
+		assert_true(fd >= 0);
+		f = fdopen(fd, "w");
+		assert_non_null(f);
+		doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(partner_key));
+		assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
+		json_decref(doc);
+		assert_int_equal(fclose(f), 0);
+	}
+	snprintf(toml, sizeof(toml),
+	         "[[idp]]\nname = \"partners\"\nissuer = \"" WORLD_PARTNER_ISS "\"\n"
+	         "audience = \"idpd\"\njwks_file = \"%s\"\nalgs = [\"ES256\"]\n"
+	         "principal_claim = \"email\"\n",
+	         partner_jwks);
+	return toml;
+}
+
+char *
+world_partner_token(const char *email)
+{
+	long long now = (long long)time(NULL);
+	char *tok = NULL;
+	json_t *c;
+
+	assert_non_null(partner_key); /* world_partner_toml() first */
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", WORLD_PARTNER_ISS, "sub", email, "aud",
+	              "idpd", "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + 600), "email",
+	              email);
+	assert_int_equal(idp_jws_sign(partner_key, NULL, c, &tok, NULL, NULL), IDP_OK);
+	json_decref(c);
+	return tok;
 }
 
 void

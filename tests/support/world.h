@@ -16,6 +16,7 @@
 struct idp_jws_key;
 
 #define WORLD_IDP_ISS "https://sso.example.com"
+#define WORLD_PARTNER_ISS "https://sso.partner.example"
 #define WORLD_AWS "https://aws.example.com"
 #define WORLD_BILLING "https://billing.example.com"
 #define WORLD_REPORTS "https://reports.example.com"
@@ -66,6 +67,15 @@ char *world_human_token(const char *email);
  */
 char *world_idp_token(const struct idp_jws_key *key, const char *email, const char *aud,
                       long exp_in);
+
+/*
+ * A second identity provider, "partners", with its own key: the [[idp]]
+ * table to add to a world's configuration (static storage), and a bearer
+ * token of it for email (free() it).  Its principals may spell the same
+ * strings as the world's "corp" for other people.
+ */
+const char *world_partner_toml(void);
+char *world_partner_token(const char *email);
 
 /*
  * An agent to register.  id, type, owner and caps are required; the other
