@@ -393,6 +393,17 @@ static struct store_stmt st_pending = {
     "'pending' AND expires_at > now() ORDER BY created_at DESC LIMIT 1",
     5, 0};
 
+/*
+ * Requests for the same approval queue on one transaction-scoped lock, so
+ * that two sent at once find one pending approval instead of each missing
+ * the other's and inserting two.
+ */
+static struct store_stmt st_same_request = {
+    "apr_same_request",
+    "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || $3 || "
+    "chr(31) || $4 || chr(31) || $5, 0))",
+    5, 0};
+
 /* A printable string of 1..max bytes without control characters. */
 static bool
 text_ok(const char *s, size_t max)
@@ -501,24 +512,30 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 		rc = IDP_EUNAVAIL;
 		goto done;
 	}
+	rc = store_cmd(c, "BEGIN");
+	if (rc != IDP_OK)
+		goto done;
 	{
 		const char *p5[5] = {params[1], params[2], params[3], params[6], params[7]};
 
-		rc = store_exec(c, &st_pending, p5, &r);
+		rc = store_exec(c, &st_same_request, p5, &r);
+		PQclear(r);
+		r = NULL;
+		if (rc == IDP_OK)
+			rc = store_exec(c, &st_pending, p5, &r);
 		if (rc != IDP_OK)
 			goto done;
 		if (PQntuples(r) == 1) {
 			snprintf(id, APPROVAL_ID_MAX + 1, "%s", PQgetvalue(r, 0, 0));
 			*expires_s = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
 			log_debug("approvals: %s asked again by %s", id, s->agent_id);
+			/* Nothing written: end the transaction, and its lock. */
+			rc = store_cmd(c, "COMMIT");
 			goto done;
 		}
 		PQclear(r);
 		r = NULL;
 	}
-	rc = store_cmd(c, "BEGIN");
-	if (rc != IDP_OK)
-		goto done;
 	/* A task or agent that does not exist fails its foreign key: IDP_EINVAL. */
 	rc = store_exec(c, &st_insert, params, &r);
 	if (rc != IDP_OK)

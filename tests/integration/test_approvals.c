@@ -9,6 +9,7 @@
  * an unknown id are refused with their reason, audited, and issue nothing.
  * Who may read, list and decide is checked for every kind of caller.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -607,6 +608,70 @@ another_provider_asserting_the_same_principal_is_someone_else(void **state)
 	setting_stop(w);
 }
 
+struct asker {
+	struct setting *s;
+	const char *scope;
+	long status;
+	char id[80];
+};
+
+/* One delegation request needing approval; no cmocka here (another thread). */
+static void *
+ask(void *arg)
+{
+	struct asker *a = arg;
+	struct http_resp r;
+	char body[8192];
+
+	snprintf(body, sizeof(body),
+	         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\",\"scope\":\"%s\"}",
+	         a->s->root_token, a->scope);
+	if (harness_call(&a->s->w.p, "POST", "/v1/delegations", a->s->planner, body, &r) != 0)
+		return NULL;
+	a->status = r.status;
+	if (json_string_value(json_object_get(r.json, "approval_id")) != NULL)
+		snprintf(a->id, sizeof(a->id), "%s",
+		         json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	return NULL;
+}
+
+/* The same request sent eight times at once waits on one approval. */
+static void
+the_same_request_at_once_waits_on_one_approval(void **state)
+{
+	struct setting *w = &the_setting;
+	const char *scopes[] = {"cloud:DescribeInstances", "cloud:DescribeVolumes"};
+	struct asker as[8];
+	pthread_t th[8];
+
+	(void)state;
+	setting_start(w, "t_apr_race");
+	for (size_t k = 0; k < sizeof(scopes) / sizeof(scopes[0]); k++) {
+		char sql[256];
+
+		for (int i = 0; i < 8; i++) {
+			as[i] = (struct asker){.s = w, .scope = scopes[k]};
+			assert_int_equal(pthread_create(&th[i], NULL, ask, &as[i]), 0);
+		}
+		for (int i = 0; i < 8; i++) {
+			assert_int_equal(pthread_join(th[i], NULL), 0);
+			assert_int_equal(as[i].status, 202);
+			assert_string_equal(as[i].id, as[0].id);
+		}
+		snprintf(sql, sizeof(sql),
+		         "SELECT count(*) FROM approvals WHERE status = 'pending' AND scope = "
+		         "ARRAY['%s']",
+		         scopes[k]);
+		assert_int_equal(world_count(&w->w, sql), 1);
+	}
+	assert_int_equal(
+	    world_count(&w->w,
+	                "SELECT count(*) FROM audit_events WHERE type = 'approval.requested'"),
+	    2);
+	setting_stop(w);
+}
+
 static void
 approvals_list_in_keyset_pages(void **state)
 {
@@ -651,6 +716,7 @@ main(void)
 	    cmocka_unit_test_teardown(denied_and_expired_approvals_issue_nothing, teardown),
 	    cmocka_unit_test_teardown(who_may_read_and_decide, teardown),
 	    cmocka_unit_test_teardown(approvals_list_in_keyset_pages, teardown),
+	    cmocka_unit_test_teardown(the_same_request_at_once_waits_on_one_approval, teardown),
 	    cmocka_unit_test_teardown(another_provider_asserting_the_same_principal_is_someone_else,
 	                              teardown),
 	};
