@@ -39,26 +39,34 @@ key_section(const char *name, const char *role, char secret[64], size_t *used)
 	*used += (size_t)n;
 }
 
+/* A JWKS of key's public half into a new file named from the mkstemp template path. */
+static void
+write_jwks(const struct idp_jws_key *key, char *path)
+{
+	json_t *doc;
+	FILE *f;
+	int fd;
+
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	assert_non_null(f);
+	doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(key));
+	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
+	json_decref(doc);
+	assert_int_equal(fclose(f), 0);
+}
+
 static void
 world_once(void)
 {
 	size_t used = 0;
-	json_t *doc;
-	FILE *f;
-	int fd;
 
 	if (idp_key != NULL)
 		return;
 	assert_int_equal(idp_jws_key_generate("sso-1", &idp_key, NULL), IDP_OK);
 	snprintf(jwks_path, sizeof(jwks_path), "/tmp/idpd_world_idp_XXXXXX");
-	fd = mkstemp(jwks_path);
-	assert_true(fd >= 0);
-	f = fdopen(fd, "w");
-	assert_non_null(f);
-	doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(idp_key));
-	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
-	json_decref(doc);
-	assert_int_equal(fclose(f), 0);
+	write_jwks(idp_key, jwks_path);
 	key_section("ci-registrar", "registrar", keys.registrar, &used);
 	key_section("ci-admin", "admin", keys.admin, &used);
 	key_section("resource-api", "introspector", keys.introspector, &used);
@@ -185,21 +193,11 @@ const char *
 world_partner_toml(void)
 {
 	static char toml[512];
-	json_t *doc;
-	FILE *f;
-	int fd;
 
 	if (partner_key == NULL) {
 		assert_int_equal(idp_jws_key_generate("partner-1", &partner_key, NULL), IDP_OK);
 		snprintf(partner_jwks, sizeof(partner_jwks), "/tmp/idpd_world_partner_XXXXXX");
-		fd = mkstemp(partner_jwks);
-		assert_true(fd >= 0);
-		f = fdopen(fd, "w");
-		assert_non_null(f);
-		doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(partner_key));
-		assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
-		json_decref(doc);
-		assert_int_equal(fclose(f), 0);
+		write_jwks(partner_key, partner_jwks);
 	}
 	snprintf(toml, sizeof(toml),
 	         "[[idp]]\nname = \"partners\"\nissuer = \"" WORLD_PARTNER_ISS "\"\n"
