@@ -106,34 +106,52 @@ get_one(struct http_req *req, void *ctx)
 
 /* ---- GET /v1/approvals ---- */
 
+/*
+ * A list cursor is the last row's position, (created_at in microseconds,
+ * id), not a reference to the row: paging goes on when that row has been
+ * deleted meanwhile (cleanup removes the oldest approvals, exactly the ones
+ * an oldest-first listing pages through).
+ */
 static void
-cursor_encode(const char *last_id, char *out, size_t len)
+cursor_encode(const char *created_us, const char *last_id, char *out, size_t len)
 {
-	size_t n = strlen(last_id);
+	char pos[APPROVAL_ID_MAX + 32];
+	int n = snprintf(pos, sizeof(pos), "%s:%s", created_us, last_id);
 
-	if (len < 3 + idp_b64url_encoded_len(n)) {
+	if (n < 0 || (size_t)n >= sizeof(pos) || len < 3 + idp_b64url_encoded_len((size_t)n)) {
 		if (len > 0)
 			out[0] = '\0';
 		return;
 	}
-	memcpy(out, "p1", 2);
-	idp_b64url_encode_to(last_id, n, out + 2);
+	memcpy(out, "p2", 2);
+	idp_b64url_encode_to(pos, (size_t)n, out + 2);
 }
 
+/* The position in cursor into *created_us (digits) and id; false if it is not one of ours. */
 static bool
-cursor_decode(const char *cursor, char *id, size_t len)
+cursor_decode(const char *cursor, char created_us[24], char *id, size_t len)
 {
-	size_t n, got;
+	char pos[APPROVAL_ID_MAX + 32];
+	size_t n, got, digits = 0;
 
-	if (cursor == NULL || strncmp(cursor, "p1", 2) != 0 || len == 0)
+	if (cursor == NULL || strncmp(cursor, "p2", 2) != 0)
 		return false;
 	cursor += 2;
 	n = strlen(cursor);
-	if (n == 0 || n > 120 ||
-	    idp_b64url_decode(cursor, n, (unsigned char *)id, len - 1, &got) != IDP_OK)
+	if (n == 0 || n > 160 ||
+	    idp_b64url_decode(cursor, n, (unsigned char *)pos, sizeof(pos) - 1, &got) != IDP_OK)
 		return false;
-	id[got] = '\0';
-	return memchr(id, '\0', got) == NULL && approval_id_valid(id);
+	pos[got] = '\0';
+	if (memchr(pos, '\0', got) != NULL)
+		return false;
+	while (digits < got && pos[digits] >= '0' && pos[digits] <= '9')
+		digits++;
+	if (digits == 0 || digits > 19 || pos[digits] != ':' || strlen(pos + digits + 1) >= len)
+		return false;
+	memcpy(created_us, pos, digits);
+	created_us[digits] = '\0';
+	snprintf(id, len, "%s", pos + digits + 1);
+	return approval_id_valid(id);
 }
 
 static const struct {
@@ -168,9 +186,9 @@ list(struct http_req *req, void *ctx)
 	const char *task_id = http_req_query(req, "task_id");
 	const char *agent_id = http_req_query(req, "agent_id");
 	const char *cursor = http_req_query(req, "cursor");
-	char after[APPROVAL_ID_MAX + 1], limit_s[24], next[200];
+	char after[APPROVAL_ID_MAX + 1], after_us[24], limit_s[24], next[240];
 	char owner_form[HUMAN_PRINCIPAL_MAX + 1], idp_form[HUMAN_PRINCIPAL_MAX + 70];
-	const char *params[8];
+	const char *params[9];
 	struct caller who;
 	struct idp_buf sql;
 	json_t *items;
@@ -187,7 +205,7 @@ list(struct http_req *req, void *ctx)
 		                   "limit must be an integer from 1 to %d", APPROVAL_PAGE_MAX);
 		return;
 	}
-	if (cursor != NULL && !cursor_decode(cursor, after, sizeof(after))) {
+	if (cursor != NULL && !cursor_decode(cursor, after_us, after, sizeof(after))) {
 		http_reply_problem(req, 400, "bad_request", NULL,
 		                   "cursor is not one idpd issued; start again without it");
 		return;
@@ -276,11 +294,13 @@ list(struct http_req *req, void *ctx)
 		rc |= idp_buf_printf(&sql, " AND agent_id = $%d", n);
 	}
 	if (cursor != NULL) {
+		params[n++] = after_us;
 		params[n++] = after;
-		rc |= idp_buf_printf(&sql,
-		                     " AND (created_at, id) > "
-		                     "(SELECT created_at, id FROM approvals WHERE id = $%d)",
-		                     n);
+		rc |=
+		    idp_buf_printf(&sql,
+		                   " AND (created_at, id) > ('epoch'::timestamptz + $%d::bigint * "
+		                   "interval '1 microsecond', $%d)",
+		                   n - 1, n);
 	}
 	snprintf(limit_s, sizeof(limit_s), "%ld", limit + 1);
 	params[n++] = limit_s;
@@ -305,7 +325,8 @@ list(struct http_req *req, void *ctx)
 	for (int i = 0; i < rows && i < limit; i++)
 		json_array_append_new(items, approval_json(res, i));
 	if (rows > limit) {
-		cursor_encode(PQgetvalue(res, (int)limit - 1, APR_C_ID), next, sizeof(next));
+		cursor_encode(PQgetvalue(res, (int)limit - 1, APR_C_CREATED_US),
+		              PQgetvalue(res, (int)limit - 1, APR_C_ID), next, sizeof(next));
 		http_reply_json(req, 200,
 		                json_pack("{s:o,s:s}", "approvals", items, "next_cursor", next));
 	} else {

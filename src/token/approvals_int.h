@@ -40,7 +40,8 @@ struct store *approvals_store(void);
 	"floor(extract(epoch FROM created_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM expires_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM decided_at) * 1000)::bigint, decided_by, decided_by_kind, "      \
-	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp"
+	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp, "    \
+	"floor(extract(epoch FROM created_at) * 1000000)::bigint"
 
 enum approval_col {
 	APR_C_ID,
@@ -63,6 +64,7 @@ enum approval_col {
 	APR_C_USED,
 	APR_C_STORED_STATUS, /* as stored: pending, approved, denied, used */
 	APR_C_HUMAN_IDP,     /* the [[idp]] of the task's human */
+	APR_C_CREATED_US,    /* created_at, exactly: a list cursor's position */
 };
 
 /* Row `row` of r (APPROVAL_COLUMNS) as the API shows it; a new object. */
