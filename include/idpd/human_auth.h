@@ -11,10 +11,11 @@
  * A token authenticates only if: its kid names a key of a provider (the
  * first in configuration order whose key set knows the kid decides), its
  * alg is in that provider's algs and matches the key (never "none", never
- * HMAC), the signature verifies, iss equals the provider's issuer, aud holds its audience, exp is present and in the
- * future and iat/nbf are not in the future (identity.leeway of tolerance),
- * and the principal claim is a non-empty string of at most
- * HUMAN_PRINCIPAL_MAX printable characters.
+ * HMAC), the signature verifies, iss equals the provider's issuer, aud
+ * holds its audience, exp is present and in the future and iat/nbf are not
+ * in the future (identity.leeway of tolerance), and the principal claim is
+ * a non-empty string of at most HUMAN_PRINCIPAL_MAX bytes of UTF-8 without
+ * spaces or control characters (C1 included).
  */
 #ifndef IDPD_HUMAN_AUTH_H
 #define IDPD_HUMAN_AUTH_H

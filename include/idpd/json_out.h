@@ -26,6 +26,12 @@
  * error the buffer may hold part of the string.
  */
 int idp_json_put_strn(struct idp_buf *b, const char *s, size_t len) IDP_WUR;
+
+/*
+ * Length of the UTF-8 sequence at s (n >= 1 bytes available), or 0 if it is
+ * not valid: truncated, overlong, a surrogate or past U+10FFFF.
+ */
+size_t idp_utf8_seq(const unsigned char *s, size_t n);
 /*
  * How many leading bytes of s[0..len) are plain: printable ASCII other
  * than '"' and '\\', which JSON carries as they are in either direction.

@@ -10,14 +10,17 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "idpd/app.h"
+#include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/json_out.h"
 #include "idpd/human_auth.h"
 #include "idpd/jws.h"
 #include "idpd/log.h"
@@ -140,21 +143,62 @@ audience_holds(const json_t *aud, const char *want)
 	return false;
 }
 
-/* A principal is printable ASCII or UTF-8 without controls or spaces, 1..MAX bytes. */
+/*
+ * A principal is 1..HUMAN_PRINCIPAL_MAX bytes of UTF-8 (no overlongs, no
+ * surrogates) without spaces or control characters, C1 (U+0080..U+009F)
+ * included: it goes into logs, audit events and tokens, where a NEL or an
+ * invalid byte could split or garble a line.  jansson refuses invalid
+ * UTF-8 already; the check is repeated so this rule stands on its own.
+ */
 static bool
 principal_ok(const char *s)
 {
-	size_t n = strlen(s);
+	const unsigned char *u = (const unsigned char *)s;
+	size_t n = strlen(s), i = 0;
 
 	if (n == 0 || n > HUMAN_PRINCIPAL_MAX)
 		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
+	while (i < n) {
+		size_t len = idp_utf8_seq(u + i, n - i);
 
-		if (c <= 0x20 || c == 0x7f)
+		if (len == 0 || (len == 1 && (u[i] <= 0x20 || u[i] == 0x7f)))
 			return false;
+		/* C1: U+0080..U+009F, encoded C2 80..C2 9F. */
+		if (len == 2 && u[i] == 0xc2 && u[i + 1] <= 0x9f)
+			return false;
+		i += len;
 	}
 	return true;
+}
+
+/*
+ * Copy the kid of token's header into kid.  false if the header cannot be
+ * read or its kid is missing, too long or holds a NUL: such a kid names no
+ * key of any provider.  Only called after idp_jws_verify has bounded len.
+ */
+static bool
+token_kid(const char *token, size_t len, char kid[IDP_JWS_MAX_KID + 1])
+{
+	const char *dot = memchr(token, '.', len);
+	unsigned char *text = NULL;
+	size_t text_len;
+	json_t *hdr = NULL, *v;
+	bool ok = false;
+
+	if (dot == NULL ||
+	    idp_b64url_decode_alloc(token, (size_t)(dot - token), &text, &text_len) != IDP_OK)
+		goto done;
+	hdr = json_loadb((const char *)text, text_len, JSON_REJECT_DUPLICATES, NULL);
+	v = json_object_get(hdr, "kid");
+	if (!json_is_string(v) || json_string_length(v) > IDP_JWS_MAX_KID ||
+	    json_string_length(v) != strlen(json_string_value(v)))
+		goto done;
+	memcpy(kid, json_string_value(v), json_string_length(v) + 1);
+	ok = true;
+done:
+	json_decref(hdr);
+	free(text);
+	return ok;
 }
 
 int
@@ -164,7 +208,9 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 	struct idp_jws_verified ver = {0};
 	enum idp_jws_reason why = IDP_JWS_KID_UNKNOWN;
 	const struct human_idp *h = NULL;
-	const char *r = NULL, *p;
+	const char *r = NULL, *p, *kid = NULL;
+	char kid_buf[IDP_JWS_MAX_KID + 1];
+	bool kid_read = false;
 	int rc = IDP_EUNAUTH;
 
 	memset(out, 0, sizeof(*out));
@@ -179,7 +225,28 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 			h = &v->idps[i];
 			break;
 		}
-		/* Any failure but an unknown kid is this provider's verdict. */
+		/*
+		 * idp_jws_verify checks the alg pin before it looks the kid
+		 * up, so "alg_not_allowed" may come from a provider that does
+		 * not hold the kid, for a token of another provider with
+		 * other pins: that is no verdict, move on, and if no provider
+		 * holds the kid say so.  A provider that holds the kid keeps
+		 * its pin and decides.
+		 */
+		if (why == IDP_JWS_ALG_NOT_ALLOWED) {
+			if (!kid_read) {
+				kid_read = true;
+				if (token_kid(token, len, kid_buf))
+					kid = kid_buf;
+			}
+			if (kid == NULL)
+				continue; /* no kid to hold: the alg stays the reason */
+			if (idp_jws_keyset_find(v->idps[i].keys, kid) == NULL) {
+				why = IDP_JWS_KID_UNKNOWN;
+				continue;
+			}
+		}
+		/* Any other failure but an unknown kid is this provider's verdict. */
 		if (why != IDP_JWS_KID_UNKNOWN)
 			break;
 	}

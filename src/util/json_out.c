@@ -9,9 +9,8 @@
 
 #include "idpd/json_out.h"
 
-/* Length of the UTF-8 sequence at s (at most n bytes), or 0 if it is not valid. */
-static size_t
-utf8_seq(const unsigned char *s, size_t n)
+size_t
+idp_utf8_seq(const unsigned char *s, size_t n)
 {
 	unsigned c = s[0];
 	size_t len;
@@ -96,7 +95,7 @@ idp_json_put_strn(struct idp_buf *b, const char *s, size_t len)
 			break;
 		c = u[i];
 		if (c >= 0x20 && c != '"' && c != '\\') {
-			n = c < 0x80 ? 1 : utf8_seq(u + i, len - i);
+			n = c < 0x80 ? 1 : idp_utf8_seq(u + i, len - i);
 			if (n == 0)
 				return IDP_EINVAL;
 			i += n;

@@ -3,7 +3,7 @@
  * delegation hash chain against vectors computed with openssl, the claims
  * of a task's root delegation token, and human token verification against
  * an [[idp]] key set (pinned algorithms, issuer, audience, expiry,
- * principal claim).
+ * principal claim) and against several providers with different pins.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "idpd/b64.h"
 #include "idpd/clock.h"
@@ -284,6 +286,251 @@ human_token_alg_none_refused(void **state)
 	free(b);
 }
 
+/*
+ * Verify a token of the corp provider (setup's verifier) whose email claim
+ * is the JSON text email_json between quotes, as given: the payload is
+ * written by hand so that bytes jansson would not serialize reach the
+ * verifier.  On IDP_OK, *principal gets the principal.
+ */
+static int
+verify_principal(const char *email_json, const char **why, char *principal, size_t cap)
+{
+	struct human_principal p;
+	char payload[512], *tok = NULL;
+	int rc;
+
+	snprintf(payload, sizeof(payload),
+	         "{\"iss\":\"https://sso.example.com\",\"aud\":\"idpd\",\"iat\":%lld,"
+	         "\"exp\":%lld,\"email\":\"%s\"}",
+	         NOW_S - 10, NOW_S + 600, email_json);
+	assert_int_equal(
+	    idp_jws_sign_payload(idp_key, NULL, payload, strlen(payload), &tok, NULL, NULL),
+	    IDP_OK);
+	rc = verify(tok, why, &p);
+	if (rc != IDP_OK)
+		assert_string_equal(p.principal, "");
+	snprintf(principal, cap, "%s", p.principal);
+	free(tok);
+	return rc;
+}
+
+static void
+human_principal_refuses_controls_and_bad_utf8(void **state)
+{
+	/* Valid UTF-8 that holds a control or a space: principal_ok refuses it. */
+	static const char *const controls[] = {
+	    "a\xc2\x85"
+	    "b@example.com",         /* U+0085 NEL, a C1 control */
+	    "a\\u0085b@example.com", /* the same, escaped */
+	    "a\xc2\x80@example.com", /* U+0080, the first C1 */
+	    "a\xc2\x9f@example.com", /* U+009F, the last C1 */
+	    "a\x7f@example.com",     /* DEL */
+	    "a\\u0007@example.com",  /* BEL */
+	    "a b@example.com",
+	};
+	/*
+	 * Not UTF-8.  jansson already refuses these when it parses the
+	 * payload (bad_payload); principal_ok checks again, so the rule does
+	 * not hang on the JSON parser's.
+	 */
+	static const char *const not_utf8[] = {
+	    "a\x85@example.com",             /* a lone continuation byte */
+	    "a\xc3@example.com",             /* a truncated sequence */
+	    "a\xc0\xaf@example.com",         /* an overlong '/' */
+	    "a\xed\xa0\x80@example.com",     /* a UTF-16 surrogate */
+	    "a\xf4\x90\x80\x80@example.com", /* past U+10FFFF */
+	    "a\xff@example.com",             /* never in UTF-8 */
+	};
+	static const char *const good[] = {
+	    "alice@example.com", "zo\xc3\xab@example.com", /* U+00EB */
+	    "\xe7\x94\xb0\xe4\xb8\xad@example.com",        /* three-byte characters */
+	    "a\xf0\x9f\x94\x91@example.com",               /* a four-byte character */
+	};
+	char principal[HUMAN_PRINCIPAL_MAX + 1];
+	const char *why = NULL;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(controls) / sizeof(controls[0]); i++) {
+		if (verify_principal(controls[i], &why, principal, sizeof(principal)) !=
+		    IDP_EUNAUTH)
+			fail_msg("principal with a control (%zu) accepted", i);
+		assert_string_equal(why, "principal_missing");
+	}
+	for (size_t i = 0; i < sizeof(not_utf8) / sizeof(not_utf8[0]); i++) {
+		if (verify_principal(not_utf8[i], &why, principal, sizeof(principal)) !=
+		    IDP_EUNAUTH)
+			fail_msg("principal not in UTF-8 (%zu) accepted", i);
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		if (verify_principal(good[i], &why, principal, sizeof(principal)) != IDP_OK)
+			fail_msg("principal %zu refused: %s", i, why);
+		assert_string_equal(principal, good[i]);
+	}
+}
+
+/* ---- several providers ---- */
+
+/*
+ * Provider "a" pins ES256 and holds a-es; provider "b" pins RS256 and holds
+ * b-rs and, if asked, the same RSA key under the kid "a-es" too.  With that
+ * second entry a token of b's key with a's kid would pass b, so a refusal
+ * by a shows that a kept it.
+ */
+struct two_idps {
+	struct idp_jws_key *a_es, *b_rs, *b_rs_as_a;
+	char jwks_a[64], jwks_b[64];
+};
+
+static void
+write_jwks(char path[64], struct idp_jws_key *const *keys, size_t n)
+{
+	json_t *doc = json_pack("{s:[]}", "keys");
+	FILE *f;
+	int fd;
+
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(json_object_get(doc, "keys"),
+		                      idp_jws_key_public_jwk(keys[i]));
+	snprintf(path, 64, "/tmp/test_tasks_jwks_XXXXXX");
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	assert_non_null(f);
+	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
+	assert_int_equal(fclose(f), 0);
+	json_decref(doc);
+}
+
+static void
+two_idps_init(struct two_idps *t, bool b_holds_a_kid)
+{
+	EVP_PKEY *rsa = EVP_RSA_gen(2048);
+	BIO *bio = BIO_new(BIO_s_mem());
+	struct idp_jws_key *b_keys[2];
+	char *pem;
+	long n;
+
+	assert_non_null(rsa);
+	assert_non_null(bio);
+	assert_int_equal(PEM_write_bio_PrivateKey(bio, rsa, NULL, NULL, 0, NULL, NULL), 1);
+	n = BIO_get_mem_data(bio, &pem);
+	assert_int_equal(idp_jws_key_from_pem(pem, (size_t)n, "b-rs", &t->b_rs, NULL), IDP_OK);
+	assert_int_equal(idp_jws_key_from_pem(pem, (size_t)n, "a-es", &t->b_rs_as_a, NULL), IDP_OK);
+	BIO_free(bio);
+	EVP_PKEY_free(rsa);
+	assert_int_equal(idp_jws_key_generate("a-es", &t->a_es, NULL), IDP_OK);
+	write_jwks(t->jwks_a, &t->a_es, 1);
+	b_keys[0] = t->b_rs;
+	b_keys[1] = t->b_rs_as_a;
+	write_jwks(t->jwks_b, b_keys, b_holds_a_kid ? 2 : 1);
+}
+
+static void
+two_idps_cleanup(struct two_idps *t)
+{
+	idp_jws_key_unref(t->a_es);
+	idp_jws_key_unref(t->b_rs);
+	idp_jws_key_unref(t->b_rs_as_a);
+	unlink(t->jwks_a);
+	unlink(t->jwks_b);
+}
+
+/* A verifier over a and b, in that order or (b_first) the other. */
+static struct human_verifier *
+two_idps_verifier(struct two_idps *t, bool b_first)
+{
+	struct idpd_config *cfg = idpd_config_defaults();
+	struct idpd_idp_cfg ics[2] = {
+	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email"},
+	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email"},
+	};
+	struct idpd_idp_cfg swapped[2] = {ics[1], ics[0]};
+	struct human_verifier *v;
+	struct idp_diag d;
+
+	cfg->idps = b_first ? swapped : ics;
+	cfg->n_idps = 2;
+	idp_diag_init(&d);
+	v = human_verifier_new(cfg, &d);
+	cfg->idps = NULL;
+	cfg->n_idps = 0;
+	idpd_config_free(cfg);
+	assert_non_null(v);
+	return v;
+}
+
+static void
+human_token_each_provider_accepted_in_either_order(void **state)
+{
+	struct two_idps t = {0};
+	char *tok_a, *tok_b;
+
+	(void)state;
+	two_idps_init(&t, false);
+	tok_a = mint(t.a_es, "https://a.example.com", "idpd", NOW_S + 600, "ann@a.example.com");
+	tok_b = mint(t.b_rs, "https://b.example.com", "idpd", NOW_S + 600, "bob@b.example.com");
+	for (int b_first = 0; b_first <= 1; b_first++) {
+		struct human_verifier *v = two_idps_verifier(&t, b_first);
+		struct human_principal p;
+		const char *why = NULL;
+
+		if (human_token_verify(v, tok_a, strlen(tok_a), &clk, &p, &why) != IDP_OK)
+			fail_msg("a's ES256 token refused (b_first=%d): %s", b_first, why);
+		assert_string_equal(p.idp, "a");
+		assert_string_equal(p.principal, "ann@a.example.com");
+		if (human_token_verify(v, tok_b, strlen(tok_b), &clk, &p, &why) != IDP_OK)
+			fail_msg("b's RS256 token refused (b_first=%d): %s", b_first, why);
+		assert_string_equal(p.idp, "b");
+		assert_string_equal(p.principal, "bob@b.example.com");
+		human_verifier_free(v);
+	}
+	free(tok_a);
+	free(tok_b);
+	two_idps_cleanup(&t);
+}
+
+static void
+human_token_kid_holder_enforces_its_alg_pin(void **state)
+{
+	struct two_idps t = {0};
+	struct human_verifier *v;
+	struct human_principal p;
+	const char *why = NULL;
+	char *tok;
+
+	(void)state;
+	two_idps_init(&t, false);
+	/* RS256 under a's kid: a holds the kid and does not allow RS256. */
+	tok = mint(t.b_rs_as_a, "https://a.example.com", "idpd", NOW_S + 600, "ann@a.example.com");
+	for (int b_first = 0; b_first <= 1; b_first++) {
+		v = two_idps_verifier(&t, b_first);
+		assert_int_equal(human_token_verify(v, tok, strlen(tok), &clk, &p, &why),
+		                 IDP_EUNAUTH);
+		assert_string_equal(why, idp_jws_reason_name(IDP_JWS_ALG_NOT_ALLOWED));
+		human_verifier_free(v);
+	}
+	free(tok);
+	/* A kid no provider holds is refused. */
+	v = two_idps_verifier(&t, false);
+	tok = mint(idp_key, "https://a.example.com", "idpd", NOW_S + 600, "ann@a.example.com");
+	assert_int_equal(human_token_verify(v, tok, strlen(tok), &clk, &p, &why), IDP_EUNAUTH);
+	assert_string_equal(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN));
+	free(tok);
+	human_verifier_free(v);
+	two_idps_cleanup(&t);
+
+	/* b would take this one (its key, its claims); a, first, must not pass it on. */
+	two_idps_init(&t, true);
+	v = two_idps_verifier(&t, false);
+	tok = mint(t.b_rs_as_a, "https://b.example.com", "idpd", NOW_S + 600, "bob@b.example.com");
+	assert_int_equal(human_token_verify(v, tok, strlen(tok), &clk, &p, &why), IDP_EUNAUTH);
+	assert_string_equal(why, idp_jws_reason_name(IDP_JWS_ALG_NOT_ALLOWED));
+	assert_string_equal(p.principal, "");
+	free(tok);
+	human_verifier_free(v);
+	two_idps_cleanup(&t);
+}
+
 int
 main(void)
 {
@@ -296,6 +543,9 @@ main(void)
 	    cmocka_unit_test(human_token_valid_names_principal),
 	    cmocka_unit_test(human_token_refusals_name_their_reason),
 	    cmocka_unit_test(human_token_alg_none_refused),
+	    cmocka_unit_test(human_principal_refuses_controls_and_bad_utf8),
+	    cmocka_unit_test(human_token_each_provider_accepted_in_either_order),
+	    cmocka_unit_test(human_token_kid_holder_enforces_its_alg_pin),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
