@@ -246,6 +246,15 @@ struct http_form {
  */
 int http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct http_form *out,
                     struct idp_diag *diag) IDP_WUR;
+/*
+ * Decode one form-encoded component s[0..n) (a name, a value, or an HTTP
+ * Basic user or password, RFC 6749 section 2.3.1) into out, cap bytes
+ * NUL-terminated, with http_form_parse's rules, its length into *len.
+ * The caller's storage, so that a decoded secret can be wiped: on error
+ * out may hold part of it.  IDP_EINVAL for a bad escape or bad text,
+ * IDP_ETOOBIG when the result needs more than cap - 1 bytes.  Pure.
+ */
+int http_form_decode(const char *s, size_t n, char *out, size_t cap, size_t *len) IDP_WUR;
 /* The value of name, or NULL when the form does not have it. */
 const char *http_form_get(const struct http_form *f, const char *name);
 /* Whether req's Content-Type is application/x-www-form-urlencoded (parameters allowed). */

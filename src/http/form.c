@@ -73,6 +73,38 @@ text_ok(const unsigned char *s, size_t n)
 }
 
 /*
+ * Unescape s[0..n) into out, at most max bytes ('+' is a space, %XX its
+ * byte; never longer than s), its length into *len.  IDP_EINVAL for a '%'
+ * without two hex digits, IDP_ETOOBIG past max.
+ */
+static int
+unescape(const char *s, size_t n, char *out, size_t max, size_t *len)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (c == '+') {
+			c = ' ';
+		} else if (c == '%') {
+			int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
+			int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+
+			if (hi < 0 || lo < 0)
+				return IDP_EINVAL;
+			c = (char)(hi * 16 + lo);
+			i += 2;
+		}
+		if (o == max)
+			return IDP_ETOOBIG;
+		out[o++] = c;
+	}
+	*len = o;
+	return IDP_OK;
+}
+
+/*
  * Decode s[0..n) into a new arena string; NULL with diag on a bad escape,
  * bad text, a result longer than max, or a full arena.
  */
@@ -89,23 +121,9 @@ decode(const char *s, size_t n, size_t max, const char *what, struct idp_arena *
 		idp_diag_add(diag, "the form is too large");
 		return NULL;
 	}
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '+') {
-			out[o++] = ' ';
-		} else if (s[i] == '%') {
-			int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
-			int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-
-			if (hi < 0 || lo < 0) {
-				idp_diag_add(diag, "%s: '%%' must be followed by two hex digits",
-				             what);
-				return NULL;
-			}
-			out[o++] = (char)(hi * 16 + lo);
-			i += 2;
-		} else {
-			out[o++] = s[i];
-		}
+	if (unescape(s, n, out, n, &o) != IDP_OK) {
+		idp_diag_add(diag, "%s: '%%' must be followed by two hex digits", what);
+		return NULL;
 	}
 	out[o] = '\0';
 	if (o > max) {
@@ -118,6 +136,24 @@ decode(const char *s, size_t n, size_t max, const char *what, struct idp_arena *
 		return NULL;
 	}
 	return out;
+}
+
+int
+http_form_decode(const char *s, size_t n, char *out, size_t cap, size_t *len)
+{
+	size_t o = 0;
+	int rc = cap > 0 ? unescape(s, n, out, cap - 1, &o) : IDP_ETOOBIG;
+
+	if (rc == IDP_OK && !text_ok((const unsigned char *)out, o))
+		rc = IDP_EINVAL;
+	if (rc != IDP_OK) {
+		if (cap > 0)
+			out[0] = '\0';
+		return rc;
+	}
+	out[o] = '\0';
+	*len = o;
+	return IDP_OK;
 }
 
 int

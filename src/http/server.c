@@ -45,6 +45,7 @@ static const int64_t lat_bounds[] = {100,   250,   500,    1000,   2500,   5000,
 
 struct route_stats {
 	_Atomic uint64_t by_status[N_STATUS];
+	_Atomic uint64_t aborted; /* the answer was never delivered (or never made) */
 	_Atomic uint64_t buckets[N_BOUNDS + 1];
 	_Atomic uint64_t sum_us;
 	_Atomic uint64_t count;
@@ -93,6 +94,7 @@ struct http_req {
 	int route;
 	struct http_match match;
 	char scratch[1024];
+	char *bearer; /* http_req_bearer's copy without trailing whitespace; wiped */
 	char request_id[129];
 	char peer[INET6_ADDRSTRLEN];
 	struct idp_buf body;
@@ -408,17 +410,35 @@ http_req_header(struct http_req *req, const char *name)
 	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
+/*
+ * MHD strips the whitespace before a field value but not after it, which
+ * RFC 9110 section 5.5 also excludes from the value: a client or proxy
+ * that leaves a space after the token must not make a valid key fail.
+ * The trimmed token is a copy (MHD's buffer is not ours to write), made at
+ * most once per request and wiped when the request ends.
+ */
 const char *
 http_req_bearer(struct http_req *req)
 {
 	const char *h = http_req_header(req, "Authorization");
+	size_t n;
 
+	if (req->bearer != NULL)
+		return req->bearer;
 	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
 		return NULL;
 	h += 7;
 	while (*h == ' ')
 		h++;
-	return *h != '\0' ? h : NULL;
+	n = strlen(h);
+	while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+		n--;
+	if (n == 0)
+		return NULL;
+	if (h[n] == '\0')
+		return h;
+	req->bearer = idp_xstrndup(h, n);
+	return req->bearer;
 }
 
 const char *
@@ -819,12 +839,43 @@ route(struct http_req *req)
 	return true;
 }
 
+static enum MHD_Result
+count_authorization(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	unsigned *n = cls;
+
+	(void)kind;
+	(void)value;
+	if (strcasecmp(key, "Authorization") == 0)
+		(*n)++;
+	return MHD_YES;
+}
+
+/*
+ * Authorization is a singleton field, and MHD keeps every line of it while
+ * http_req_header gives the first: a proxy, a WAF or a log that honours the
+ * last would see another caller than idpd.  So a request with more than one
+ * is refused here, before any handler (and so any authentication) runs.
+ */
+static bool
+authorization_ambiguous(struct http_req *req)
+{
+	unsigned n = 0;
+
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_authorization, &n);
+	if (n <= 1)
+		return false;
+	http_reply_problem(req, 400, "bad_request", NULL,
+	                   "the request has %u Authorization headers; send one", n);
+	return true;
+}
+
 static void
 dispatch(struct http_req *req)
 {
 	struct http_server *s = req->srv;
 
-	if (!route(req))
+	if (authorization_ambiguous(req) || !route(req))
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		if (!run_handler(req) || !req->deferred)
@@ -903,7 +954,9 @@ stats_record(struct http_server *s, int route, int status, int64_t us)
 	struct route_stats *st = &s->stats[slot];
 	size_t b = 0;
 
-	if (status > 0 && status < N_STATUS)
+	if (status == 0)
+		atomic_fetch_add_explicit(&st->aborted, 1, memory_order_relaxed);
+	else if (status > 0 && status < N_STATUS)
 		atomic_fetch_add_explicit(&st->by_status[status], 1, memory_order_relaxed);
 	while (b < N_BOUNDS && us > lat_bounds[b])
 		b++;
@@ -930,6 +983,13 @@ access_log(struct http_req *req, int64_t us)
 		idp_log_raw(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
+/*
+ * MHD's completion callback.  Only COMPLETED_OK means the whole answer was
+ * handed to the client's socket; any other code (the client left, a write
+ * failed, a timeout, shutdown) means the status idpd chose was never
+ * delivered, so the request is logged with status 0 and counted as
+ * "aborted", never as the answer the client did not get.
+ */
 static void
 on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
              enum MHD_RequestTerminationCode toe)
@@ -943,12 +1003,16 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	us = idp_mono_us() - req->start_us;
 	if (!req->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-		req->status = req->answered ? req->status : 0;
+		req->status = 0;
 	stats_record(s, req->route, req->status, us);
 	if (s->opts.access_log)
 		access_log(req, us);
 	if (req->resp != NULL)
 		MHD_destroy_response(req->resp);
+	if (req->bearer != NULL) {
+		idp_wipe(req->bearer, strlen(req->bearer));
+		free(req->bearer);
+	}
 	idp_buf_cleanup(&req->body);
 	idp_arena_cleanup(&req->arena);
 	free(req);
@@ -981,10 +1045,12 @@ collect(struct idp_buf *out, void *ctx)
 	int rc = 0;
 
 	rc |= idp_buf_puts(out, "# HELP idpd_http_requests_total HTTP requests by route and "
-	                        "status.\n# TYPE idpd_http_requests_total counter\n");
+	                        "status (\"aborted\": no answer reached the client).\n"
+	                        "# TYPE idpd_http_requests_total counter\n");
 	for (size_t i = 0; i < s->n_stats; i++) {
 		const char *route =
 		    http_router_pattern(s->router, i + 1 == s->n_stats ? -1 : (int)i);
+		uint64_t aborted;
 
 		for (int st = 100; st < N_STATUS; st++) {
 			uint64_t v =
@@ -996,6 +1062,11 @@ collect(struct idp_buf *out, void *ctx)
 				    "idpd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
 				    route, st, (unsigned long long)v);
 		}
+		aborted = atomic_load_explicit(&s->stats[i].aborted, memory_order_relaxed);
+		if (aborted != 0)
+			rc |= idp_buf_printf(
+			    out, "idpd_http_requests_total{route=\"%s\",status=\"aborted\"} %llu\n",
+			    route, (unsigned long long)aborted);
 	}
 	rc |= idp_buf_puts(out, "# HELP idpd_http_request_duration_seconds Time from request "
 	                        "headers to response completion.\n"

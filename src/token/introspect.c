@@ -55,6 +55,51 @@
 
 /* ---- operator keys, Bearer or Basic ---- */
 
+/*
+ * The credentials of "Authorization: Basic <h>" as RFC 6749 section 2.3.1
+ * has them: base64 of the form-encoded client id, ':', the form-encoded
+ * secret.  So the split is at the first ':' (an encoded one is "%3A"), and
+ * a key named "svc:introspect" is sent as "svc%3Aintrospect".  The id is
+ * optional; when given it must be the name of the key the secret is.
+ * IDP_OK or IDP_EUNAUTH.  Every buffer that held the secret is wiped, on
+ * every path.
+ */
+static int
+basic_key(const char *h, struct auth_principal *out)
+{
+	unsigned char buf[512];
+	char user[256], pass[256];
+	size_t len = 0, n = strlen(h), ulen, plen;
+	const unsigned char *colon;
+	struct auth_keys *k;
+	int rc = IDP_EUNAUTH;
+
+	/* Trailing whitespace is not part of the field value (RFC 9110 5.5). */
+	while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+		n--;
+	if (idp_b64_decode(h, n, buf, sizeof(buf), &len) != IDP_OK)
+		goto done;
+	colon = memchr(buf, ':', len);
+	if (colon == NULL)
+		goto done;
+	/* Decoded text never holds a NUL or a control character. */
+	if (http_form_decode((const char *)buf, (size_t)(colon - buf), user, sizeof(user), &ulen) !=
+	        IDP_OK ||
+	    http_form_decode((const char *)colon + 1, len - (size_t)(colon - buf) - 1, pass,
+	                     sizeof(pass), &plen) != IDP_OK)
+		goto done;
+	k = auth_keys_current();
+	rc = auth_check_key(k, pass, out);
+	auth_keys_unref(k);
+	if (rc == IDP_OK && ulen > 0 && strcmp(user, out->name) != 0)
+		rc = IDP_EUNAUTH;
+done:
+	idp_wipe(buf, sizeof(buf));
+	idp_wipe(user, sizeof(user));
+	idp_wipe(pass, sizeof(pass));
+	return rc == IDP_OK ? IDP_OK : IDP_EUNAUTH;
+}
+
 int
 rev_operator_key(struct http_req *req, struct auth_principal *out)
 {
@@ -70,30 +115,10 @@ rev_operator_key(struct http_req *req, struct auth_principal *out)
 		return rc == IDP_OK ? IDP_OK : IDP_EUNAUTH;
 	}
 	if (h != NULL && strncasecmp(h, "Basic ", 6) == 0) {
-		unsigned char buf[512];
-		size_t len = 0;
-		char *colon;
-
 		h += 6;
 		while (*h == ' ')
 			h++;
-		if (idp_b64_decode(h, strlen(h), buf, sizeof(buf) - 1, &len) != IDP_OK)
-			return IDP_EUNAUTH;
-		buf[len] = '\0';
-		colon = memchr(buf, ':', len);
-		if (colon == NULL || strlen((char *)buf) != len) {
-			idp_wipe(buf, sizeof(buf));
-			return IDP_EUNAUTH;
-		}
-		*colon = '\0';
-		k = auth_keys_current();
-		rc = auth_check_key(k, colon + 1, out);
-		auth_keys_unref(k);
-		/* The user name is the key's name, or nothing. */
-		if (rc == IDP_OK && buf[0] != '\0' && strcmp((char *)buf, out->name) != 0)
-			rc = IDP_EUNAUTH;
-		idp_wipe(buf, sizeof(buf));
-		return rc == IDP_OK ? IDP_OK : IDP_EUNAUTH;
+		return basic_key(h, out);
 	}
 	return rc;
 }

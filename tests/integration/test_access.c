@@ -651,9 +651,10 @@ token_exchange_errors_are_oauth_bodies(void **state)
 static void
 metadata_names_the_endpoints(void **state)
 {
+	static const struct world_opts abs = {.issuer = "https://idp.example.com"};
 	struct world w;
 	struct http_resp r;
-	char want[256];
+	char want[256], v[64];
 
 	(void)state;
 	world_start(&w, "t_access_metadata", NULL);
@@ -670,6 +671,24 @@ metadata_names_the_endpoints(void **state)
 	assert_string_equal(
 	    json_string_value(json_array_get(json_object_get(r.json, "grant_types_supported"), 0)),
 	    "urn:ietf:params:oauth:grant-type:token-exchange");
+	/* Endpoints made from the Host header are right for that Host only: a
+	 * cache must not give them to a client that used another. */
+	assert_true(harness_resp_header(&r, "Cache-Control", v, sizeof(v)));
+	assert_string_equal(v, "no-store");
+	assert_true(harness_resp_header(&r, "Vary", v, sizeof(v)));
+	assert_string_equal(v, "Host");
+	harness_resp_free(&r);
+	world_stop(&w);
+
+	/* Under an absolute issuer they are the same for everyone: cacheable. */
+	world_start_opts(&w, "t_access_metadata_abs", &abs);
+	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "token_endpoint")),
+	                    "https://idp.example.com/oauth2/token");
+	assert_true(harness_resp_header(&r, "Cache-Control", v, sizeof(v)));
+	assert_string_equal(v, "max-age=300");
+	assert_false(harness_resp_header(&r, "Vary", v, sizeof(v)));
 	harness_resp_free(&r);
 	world_stop(&w);
 }

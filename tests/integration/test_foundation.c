@@ -11,21 +11,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "harness.h"
+#include "idpd/auth.h"
 
 static struct idpd_proc idpd;
+/* An admin API key, for the routes that authenticate. */
+static char admin_key[64];
 
 static int
 group_setup(void **state)
 {
+	char hash[80], toml[256];
+
 	(void)state;
-	if (harness_db_create("t_foundation") != 0)
+	if (harness_db_create("t_foundation") != 0 || auth_key_generate(admin_key, hash) != IDP_OK)
 		return -1;
-	return harness_idpd_start(&idpd, "t_foundation", NULL, NULL);
+	snprintf(toml, sizeof(toml),
+	         "[[api_keys]]\nname = \"ci-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
+	return harness_idpd_start(&idpd, "t_foundation", NULL, toml);
 }
 
 static int
@@ -63,6 +72,30 @@ assert_problem(const struct http_resp *r, long status, const char *code)
 	/* The problem names the request, and so does the header. */
 	assert_true(harness_resp_header(r, "X-Request-Id", rid, sizeof(rid)));
 	assert_string_equal(json_string_value(json_object_get(j, "request_id")), rid);
+}
+
+/*
+ * Send request (which asks for Connection: close) on a new connection and
+ * read the answer into out until idpd closes it.  A raw socket, because
+ * libcurl would not send what these tests need (a header twice, trailing
+ * whitespace kept).
+ */
+static void
+raw(const char *request, char *out, size_t len)
+{
+	struct timeval tv = {10, 0};
+	int fd = harness_connect(idpd.port);
+	size_t got = 0;
+	ssize_t n;
+
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	assert_int_equal(send(fd, request, strlen(request), MSG_NOSIGNAL),
+	                 (ssize_t)strlen(request));
+	while (got + 1 < len && (n = recv(fd, out + got, len - 1 - got, 0)) > 0)
+		got += (size_t)n;
+	out[got] = '\0';
+	close(fd);
 }
 
 static void
@@ -257,6 +290,134 @@ responses_are_not_cacheable_by_default(void **state)
 	harness_resp_free(&r);
 }
 
+/*
+ * Authorization is a singleton field.  With two, idpd would take the first
+ * and a proxy or log that honours the last would see another caller, so
+ * the request is refused before any handler runs, on every route, whichever
+ * of the two carries the valid key and however the names are spelled.
+ */
+static void
+two_authorization_headers_are_a_400_problem(void **state)
+{
+	static const char *const paths[] = {"/v1/agents", "/v1/agents/nobody", "/v1/keys"};
+	char req[1024], resp[8192];
+
+	(void)state;
+	for (size_t i = 0; i < IDP_ARRAY_LEN(paths); i++) {
+		for (int order = 0; order < 3; order++) {
+			snprintf(req, sizeof(req),
+			         "GET %s HTTP/1.1\r\nHost: t\r\n"
+			         "Authorization: Bearer %s\r\n"
+			         "%s: Bearer %s\r\nConnection: close\r\n\r\n",
+			         paths[i], order == 1 ? "idpk_someone_else" : admin_key,
+			         order == 2 ? "authorization" : "Authorization",
+			         order == 1 ? admin_key : "idpk_someone_else");
+			raw(req, resp, sizeof(resp));
+			if (strncmp(resp, "HTTP/1.1 400 ", 13) != 0)
+				fail_msg("%s, case %d: %.200s", paths[i], order, resp);
+			assert_non_null(strstr(resp, "application/problem+json"));
+			assert_non_null(strstr(resp, "\"code\":\"bad_request\""));
+		}
+	}
+	/* One header with the key is served. */
+	snprintf(req, sizeof(req),
+	         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+	         "Connection: close\r\n\r\n",
+	         admin_key);
+	raw(req, resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 200 ", 13) == 0);
+}
+
+/* Trailing spaces and tabs are not part of a field value (RFC 9110 section 5.5). */
+static void
+bearer_with_trailing_whitespace_is_accepted(void **state)
+{
+	static const char *const tails[] = {" ", "\t", " \t  "};
+	char req[1024], resp[8192];
+
+	(void)state;
+	for (size_t i = 0; i < IDP_ARRAY_LEN(tails); i++) {
+		snprintf(req, sizeof(req),
+		         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s%s\r\n"
+		         "Connection: close\r\n\r\n",
+		         admin_key, tails[i]);
+		raw(req, resp, sizeof(resp));
+		if (strncmp(resp, "HTTP/1.1 200 ", 13) != 0)
+			fail_msg("case %zu: %.200s", i, resp);
+	}
+	/* Whitespace alone is no credential. */
+	raw("GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer  \t \r\n"
+	    "Connection: close\r\n\r\n",
+	    resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 401 ", 13) == 0);
+	assert_non_null(strstr(resp, "an API key is required"));
+}
+
+/*
+ * A client that leaves before its answer is sent is not counted as
+ * answered.  Made deterministic with a lock: the handler of GET /v1/agents
+ * waits on it (seen in pg_stat_activity), the client resets its
+ * connection, then the lock goes and the handler answers into a socket
+ * that is gone.
+ */
+static void
+a_response_the_client_never_received_is_counted_as_aborted(void **state)
+{
+	static const char waiting[] =
+	    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+	    "AND wait_event_type = 'Lock' AND query LIKE 'SELECT%FROM agents WHERE true%'";
+	struct linger lg = {1, 0};
+	struct http_resp r;
+	char url[256], req[512], v[32] = "0";
+	PGresult *res;
+	PGconn *pg;
+	int fd;
+	bool seen = false;
+
+	(void)state;
+	harness_db_url("t_foundation", url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	res = PQexec(pg, "BEGIN; LOCK TABLE agents IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+
+	fd = harness_connect(idpd.port);
+	assert_true(fd >= 0);
+	snprintf(req, sizeof(req),
+	         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n",
+	         admin_key);
+	assert_int_equal(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+	for (int i = 0; i < 200 && atoi(v) == 0; i++) {
+		struct timespec ts = {0, 25 * 1000 * 1000};
+
+		assert_int_equal(harness_sql_value("t_foundation", waiting, v, sizeof(v)), 0);
+		if (atoi(v) == 0)
+			nanosleep(&ts, NULL);
+	}
+	assert_int_not_equal(atoi(v), 0);
+	/* A reset, not a FIN: idpd's write of the answer then fails. */
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+	close(fd);
+	res = PQexec(pg, "COMMIT");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+	PQfinish(pg);
+
+	for (int i = 0; i < 100 && !seen; i++) {
+		struct timespec ts = {0, 50 * 1000 * 1000};
+
+		get("/metrics", &r);
+		seen = strstr(r.body, "idpd_http_requests_total{route=\"/v1/agents\","
+		                      "status=\"aborted\"} 1\n") != NULL;
+		harness_resp_free(&r);
+		if (!seen)
+			nanosleep(&ts, NULL);
+	}
+	assert_true(seen);
+	assert_true(harness_log_contains(&idpd, "\"route\":\"/v1/agents\",\"status\":0,"));
+}
+
 int
 main(void)
 {
@@ -270,6 +431,9 @@ main(void)
 	    cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
 	    cmocka_unit_test(head_is_answered_like_get_without_a_body),
 	    cmocka_unit_test(responses_are_not_cacheable_by_default),
+	    cmocka_unit_test(two_authorization_headers_are_a_400_problem),
+	    cmocka_unit_test(bearer_with_trailing_whitespace_is_accepted),
+	    cmocka_unit_test(a_response_the_client_never_received_is_counted_as_aborted),
 	};
 	return cmocka_run_group_tests_name("foundation", tests, group_setup, group_teardown);
 }

@@ -32,6 +32,7 @@
 #include <cmocka.h>
 
 #include "idpd/attest.h"
+#include "idpd/auth.h"
 #include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/delegation.h"
@@ -699,6 +700,70 @@ agent_decommissioned_or_suspended_mid_task_makes_its_tokens_inactive(void **stat
 	setting_stop(&w);
 }
 
+/* POST /introspect of a token that is not one, with Basic user:pass; the status. */
+static long
+introspect_basic(struct world *w, const char *user, const char *pass)
+{
+	char up[256], b64[400], basic[420];
+	struct http_resp r;
+	long status;
+
+	snprintf(up, sizeof(up), "%s:%s", user, pass);
+	idp_b64_encode_to(up, strlen(up), b64);
+	snprintf(basic, sizeof(basic), "Basic %s", b64);
+	world_post(w, "/introspect", basic, NULL, "token=not-a-token", &r);
+	status = r.status;
+	if (status == 200)
+		assert_string_equal(r.body, "{\"active\":false}");
+	harness_resp_free(&r);
+	return status;
+}
+
+/*
+ * RFC 6749 section 2.3.1: the client id and the secret are each
+ * form-encoded before they are joined with ':' and base64-encoded.  So a
+ * key whose name holds a ':' can be named (its ':' encoded), any encoded
+ * character decodes, and an unencoded ':' ends the user name.
+ */
+static void
+basic_credentials_are_form_decoded(void **state)
+{
+	char key[64], hash[80], toml[256], enc[80];
+	struct world w;
+	const char *intro;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	snprintf(toml, sizeof(toml),
+	         "[[api_keys]]\nname = \"svc:introspect\"\nhash = \"%s\"\n"
+	         "roles = [\"introspector\"]\n",
+	         hash);
+	world_start(&w, "t_rev_basic", toml);
+	intro = w.k.introspector;
+
+	/* A plain name, as is and with a character encoded. */
+	assert_int_equal(introspect_basic(&w, "resource-api", intro), 200);
+	assert_int_equal(introspect_basic(&w, "resource%2Dapi", intro), 200);
+	assert_int_equal(introspect_basic(&w, "resource-api", key), 401);
+	/* A name with a ':', encoded either case. */
+	assert_int_equal(introspect_basic(&w, "svc%3Aintrospect", key), 200);
+	assert_int_equal(introspect_basic(&w, "svc%3aintrospect", key), 200);
+	assert_int_equal(introspect_basic(&w, "", key), 200);
+	/* The secret is decoded too: its '_' sent as %5F. */
+	snprintf(enc, sizeof(enc), "idpk%%5F%s", key + strlen(AUTH_KEY_PREFIX));
+	assert_int_equal(introspect_basic(&w, "svc%3Aintrospect", enc), 200);
+	/* Not encoded, the ':' ends the name: "svc" and a password that is no key. */
+	assert_int_equal(introspect_basic(&w, "svc:introspect", key), 401);
+	assert_int_equal(introspect_basic(&w, "svc", key), 401);
+	/* A bad escape, an encoded NUL or control character: refused. */
+	assert_int_equal(introspect_basic(&w, "svc%3Xintrospect", key), 401);
+	assert_int_equal(introspect_basic(&w, "svc%3", key), 401);
+	assert_int_equal(introspect_basic(&w, "svc%00", key), 401);
+	snprintf(enc, sizeof(enc), "%s%%0A", key);
+	assert_int_equal(introspect_basic(&w, "svc%3Aintrospect", enc), 401);
+	world_stop(&w);
+}
+
 static void
 bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 {
@@ -1099,6 +1164,7 @@ main(void)
 	    cmocka_unit_test(completing_the_task_makes_every_token_inactive),
 	    cmocka_unit_test(agent_decommissioned_or_suspended_mid_task_makes_its_tokens_inactive),
 	    cmocka_unit_test(bad_callers_and_bad_bodies_are_refused_with_oauth_errors),
+	    cmocka_unit_test(basic_credentials_are_form_decoded),
 	    cmocka_unit_test(cleanup_job_prunes_revocations_past_their_expiry),
 	    cmocka_unit_test(revocation_on_one_instance_reaches_the_other),
 	    cmocka_unit_test(unknown_kid_is_503_while_key_notifications_are_lost),

@@ -158,6 +158,38 @@ form_enforces_its_limits(void **state)
 	    IDP_ETOOBIG);
 }
 
+/* One component into the caller's buffer (HTTP Basic credentials), with the parser's rules. */
+static void
+form_decode_one_component_into_a_buffer(void **state)
+{
+	char out[8];
+	size_t len = 99;
+
+	(void)state;
+	assert_int_equal(http_form_decode("svc%3Aa+b", 9, out, sizeof(out), &len), IDP_OK);
+	assert_string_equal(out, "svc:a b");
+	assert_int_equal(len, 7);
+	assert_int_equal(http_form_decode("", 0, out, sizeof(out), &len), IDP_OK);
+	assert_string_equal(out, "");
+	assert_int_equal(len, 0);
+	/* Only n bytes are read: no NUL needed. */
+	assert_int_equal(http_form_decode("ab%41zz", 5, out, sizeof(out), &len), IDP_OK);
+	assert_string_equal(out, "abA");
+	/* Bad escapes, a NUL or control character, bad UTF-8. */
+	assert_int_equal(http_form_decode("a%4", 3, out, sizeof(out), &len), IDP_EINVAL);
+	assert_string_equal(out, "");
+	assert_int_equal(http_form_decode("a%zz", 4, out, sizeof(out), &len), IDP_EINVAL);
+	assert_int_equal(http_form_decode("a%00", 4, out, sizeof(out), &len), IDP_EINVAL);
+	assert_int_equal(http_form_decode("a\nb", 3, out, sizeof(out), &len), IDP_EINVAL);
+	assert_int_equal(http_form_decode("%C3%28", 6, out, sizeof(out), &len), IDP_EINVAL);
+	/* The result and its NUL must fit; an escape counts as one byte. */
+	assert_int_equal(http_form_decode("1234567", 7, out, sizeof(out), &len), IDP_OK);
+	assert_int_equal(http_form_decode("12345678", 8, out, sizeof(out), &len), IDP_ETOOBIG);
+	assert_int_equal(http_form_decode("123456%37", 9, out, sizeof(out), &len), IDP_OK);
+	assert_string_equal(out, "1234567");
+	assert_int_equal(http_form_decode("a", 1, out, 0, &len), IDP_ETOOBIG);
+}
+
 int
 main(void)
 {
@@ -170,6 +202,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(form_rejects_nul_control_characters_and_invalid_utf8,
 	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(form_enforces_its_limits, setup, teardown),
+	    cmocka_unit_test(form_decode_one_component_into_a_buffer),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
