@@ -319,13 +319,12 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 {
 	/* Valid UTF-8 that holds a control or a space: principal_ok refuses it. */
 	static const char *const controls[] = {
-	    "a\xc2\x85"
-	    "b@example.com",         /* U+0085 NEL, a C1 control */
-	    "a\\u0085b@example.com", /* the same, escaped */
-	    "a\xc2\x80@example.com", /* U+0080, the first C1 */
-	    "a\xc2\x9f@example.com", /* U+009F, the last C1 */
-	    "a\x7f@example.com",     /* DEL */
-	    "a\\u0007@example.com",  /* BEL */
+	    "a\xc2\x85\x62@example.com", /* U+0085 NEL, a C1 control ("\x62" is b) */
+	    "a\\u0085b@example.com",     /* the same, escaped */
+	    "a\xc2\x80@example.com",     /* U+0080, the first C1 */
+	    "a\xc2\x9f@example.com",     /* U+009F, the last C1 */
+	    "a\x7f@example.com",         /* DEL */
+	    "a\\u0007@example.com",      /* BEL */
 	    "a b@example.com",
 	};
 	/*
