@@ -379,10 +379,25 @@ http_req_param(const struct http_req *req, const char *name)
 	return NULL;
 }
 
+/*
+ * Query values arrive still percent-encoded (keep_escaped) and are decoded
+ * here, once, by the form rules; dispatch has refused a query that does not
+ * decode, so NULL here means only "absent" (or a full arena).
+ */
 const char *
 http_req_query(struct http_req *req, const char *name)
 {
-	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+	const char *raw = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+	size_t n, len;
+	char *out;
+
+	if (raw == NULL || strchr(raw, '%') == NULL)
+		return raw;
+	n = strlen(raw);
+	out = idp_arena_alloc(&req->arena, n + 1);
+	if (out == NULL || http_form_decode(raw, n, out, n + 1, &len) != IDP_OK)
+		return NULL;
+	return out;
 }
 
 bool
@@ -857,6 +872,53 @@ count_authorization(void *cls, enum MHD_ValueKind kind, const char *key, const c
  * last would see another caller than idpd.  So a request with more than one
  * is refused here, before any handler (and so any authentication) runs.
  */
+/* Whether s decodes by the form rules (no bad escape, no %00, no control). */
+static bool
+decodable(const char *s)
+{
+	char small[256], *out = small;
+	size_t n = strlen(s), len;
+	bool ok;
+
+	if (n >= sizeof(small))
+		out = idp_xmalloc(n + 1);
+	ok = http_form_decode(s, n, out, n + 1, &len) == IDP_OK;
+	if (out != small)
+		free(out);
+	return ok;
+}
+
+static enum MHD_Result
+check_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	bool *bad = cls;
+
+	(void)kind;
+	if (!decodable(key) || (value != NULL && !decodable(value))) {
+		*bad = true;
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+/*
+ * A query argument that does not decode (a bad escape, %00, a control
+ * character) is refused whole, before any handler: decoded in place it
+ * would have been cut short at the NUL and read as another value.
+ */
+static bool
+query_malformed(struct http_req *req)
+{
+	bool bad = false;
+
+	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_query_arg, &bad);
+	if (bad)
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "the query string holds a malformed percent-escape, %%00 or a "
+		                   "control character");
+	return bad;
+}
+
 static bool
 authorization_ambiguous(struct http_req *req)
 {
@@ -875,7 +937,7 @@ dispatch(struct http_req *req)
 {
 	struct http_server *s = req->srv;
 
-	if (authorization_ambiguous(req) || !route(req))
+	if (authorization_ambiguous(req) || query_malformed(req) || !route(req))
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		if (!run_handler(req) || !req->deferred)
@@ -885,6 +947,22 @@ dispatch(struct http_req *req)
 	/* The last requests of a shutdown run here. */
 	if (!pool_push(req))
 		(void)run_handler(req);
+}
+
+/*
+ * MHD would percent-decode the path and every query argument in place,
+ * where a %00 cuts the string short (/v1/agents/x%00/y served as
+ * /v1/agents/x) and a %2F becomes a separator that a proxy in front did
+ * not see.  So nothing is decoded here: the router decodes the path once,
+ * segment by segment, refusing %00 and %2F, and http_req_query decodes a
+ * query value once.  MHD has already turned the query's '+' into ' '.
+ */
+static size_t
+keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+	(void)cls;
+	(void)conn;
+	return strlen(s);
 }
 
 static enum MHD_Result
@@ -1172,7 +1250,8 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	    mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE,
 	    (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->connection_timeout_s,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK,
+	    keep_escaped, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
 	    /* The pool holds a request's header section and the
 	     * response's; MHD zeroes all of it between requests,
 	     * so its default of 32 KiB costs a visible share of a

@@ -296,6 +296,46 @@ responses_are_not_cacheable_by_default(void **state)
  * the request is refused before any handler runs, on every route, whichever
  * of the two carries the valid key and however the names are spelled.
  */
+/*
+ * The path and the query are percent-decoded once, by idpd: a %00 or %2F
+ * never names a route (decoded in place, /healthz%00/x was served as
+ * /healthz), %25 stays a percent sign, and a query value that does not
+ * decode is a 400.
+ */
+static void
+escapes_are_decoded_once(void **state)
+{
+	static const struct {
+		const char *target;
+		int status;
+	} cases[] = {
+	    {"/healthz", 200},
+	    {"/health%7A", 200},
+	    {"/healthz%00/x", 404},
+	    {"/healthz%00", 404},
+	    {"/.well-known/jwks.json", 200},
+	    {"/.well-known%2Fjwks.json", 404},
+	    {"/health%257A", 404},
+	    {"/healthz?x=a%20b+c%2B", 200},
+	    {"/healthz?x=%00", 400},
+	    {"/healthz?x=a%zz", 400},
+	    {"/healthz?x%00=1", 400},
+	    {"/healthz?x=%0A", 400},
+	};
+	char req[512], resp[8192], want[32];
+
+	(void)state;
+	for (size_t i = 0; i < IDP_ARRAY_LEN(cases); i++) {
+		snprintf(req, sizeof(req),
+		         "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+		         cases[i].target);
+		raw(req, resp, sizeof(resp));
+		snprintf(want, sizeof(want), "HTTP/1.1 %d ", cases[i].status);
+		if (strncmp(resp, want, strlen(want)) != 0)
+			fail_msg("%s: want %d, got %.120s", cases[i].target, cases[i].status, resp);
+	}
+}
+
 static void
 two_authorization_headers_are_a_400_problem(void **state)
 {
@@ -431,6 +471,7 @@ main(void)
 	    cmocka_unit_test(wrong_method_is_a_405_problem_with_allow),
 	    cmocka_unit_test(head_is_answered_like_get_without_a_body),
 	    cmocka_unit_test(responses_are_not_cacheable_by_default),
+	    cmocka_unit_test(escapes_are_decoded_once),
 	    cmocka_unit_test(two_authorization_headers_are_a_400_problem),
 	    cmocka_unit_test(bearer_with_trailing_whitespace_is_accepted),
 	    cmocka_unit_test(a_response_the_client_never_received_is_counted_as_aborted),
