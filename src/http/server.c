@@ -854,24 +854,6 @@ route(struct http_req *req)
 	return true;
 }
 
-static enum MHD_Result
-count_authorization(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-	unsigned *n = cls;
-
-	(void)kind;
-	(void)value;
-	if (strcasecmp(key, "Authorization") == 0)
-		(*n)++;
-	return MHD_YES;
-}
-
-/*
- * Authorization is a singleton field, and MHD keeps every line of it while
- * http_req_header gives the first: a proxy, a WAF or a log that honours the
- * last would see another caller than idpd.  So a request with more than one
- * is refused here, before any handler (and so any authentication) runs.
- */
 /* Whether s decodes by the form rules (no bad escape, no %00, no control). */
 static bool
 decodable(const char *s)
@@ -919,17 +901,49 @@ query_malformed(struct http_req *req)
 	return bad;
 }
 
-static bool
-authorization_ambiguous(struct http_req *req)
-{
-	unsigned n = 0;
+/* Fields a request may carry once (RFC 9110 5.3, RFC 9112 3.2 and 6.3). */
+static const char *const singletons[] = {"Authorization", "Host", "Content-Length"};
 
-	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_authorization, &n);
-	if (n <= 1)
-		return false;
-	http_reply_problem(req, 400, "bad_request", NULL,
-	                   "the request has %u Authorization headers; send one", n);
-	return true;
+struct field_count {
+	unsigned n[IDP_ARRAY_LEN(singletons)];
+};
+
+static enum MHD_Result
+count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct field_count *fc = cls;
+
+	(void)kind;
+	(void)value;
+	for (size_t i = 0; i < IDP_ARRAY_LEN(singletons); i++)
+		if (strcasecmp(key, singletons[i]) == 0)
+			fc->n[i]++;
+	return MHD_YES;
+}
+
+/*
+ * MHD keeps every line of a repeated field while http_req_header gives the
+ * first: a proxy, a WAF or a log that honours the last would see another
+ * caller (Authorization), another host (Host) or another body length
+ * (Content-Length, the classic request smuggling) than idpd.  So a request
+ * repeating one is refused here, before any handler, and so any
+ * authentication, runs.
+ */
+static bool
+singleton_repeated(struct http_req *req)
+{
+	struct field_count fc = {{0}};
+
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_singletons, &fc);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(singletons); i++) {
+		if (fc.n[i] > 1) {
+			http_reply_problem(req, 400, "bad_request", NULL,
+			                   "the request has %u %s headers; send one", fc.n[i],
+			                   singletons[i]);
+			return true;
+		}
+	}
+	return false;
 }
 
 static void
@@ -937,7 +951,7 @@ dispatch(struct http_req *req)
 {
 	struct http_server *s = req->srv;
 
-	if (authorization_ambiguous(req) || query_malformed(req) || !route(req))
+	if (singleton_repeated(req) || query_malformed(req) || !route(req))
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		if (!run_handler(req) || !req->deferred)

@@ -359,6 +359,21 @@ two_authorization_headers_are_a_400_problem(void **state)
 			assert_non_null(strstr(resp, "\"code\":\"bad_request\""));
 		}
 	}
+	/* Host and Content-Length may not repeat either. */
+	snprintf(req, sizeof(req),
+	         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nHost: other.example\r\n"
+	         "Authorization: Bearer %s\r\nConnection: close\r\n\r\n",
+	         admin_key);
+	raw(req, resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	assert_non_null(strstr(resp, "Host headers"));
+	snprintf(req, sizeof(req),
+	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+	         "Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 2\r\n"
+	         "Connection: close\r\n\r\n{}",
+	         admin_key);
+	raw(req, resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
 	/* One header with the key is served. */
 	snprintf(req, sizeof(req),
 	         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
