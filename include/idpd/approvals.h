@@ -86,6 +86,16 @@ struct approval_subject *approval_subject_dup(const struct approval_subject *s);
 int approval_consume(const char *id, const struct approval_subject *s, const char **reason) IDP_WUR;
 
 /*
+ * Whether approval_consume would take id for s now, without spending it:
+ * IDP_OK, or what approval_consume answers (a refusal recorded as it
+ * records one).  For a caller with work left that may fail on idpd's side
+ * (a policy to run, a token to sign): it checks first and spends at the
+ * end, so that its own failure never burns a human's approval; a use in
+ * between makes the spending fail with "approval_used".  Any worker thread.
+ */
+int approval_check(const char *id, const struct approval_subject *s, const char **reason) IDP_WUR;
+
+/*
  * approval_consume inside the caller's open transaction on c, so the
  * approval is spent if and only if the caller commits what it was for.
  * The approval.used event is written before this returns, that is before

@@ -11,10 +11,11 @@
  * with the resource from [[resources]].  The token comes first so that
  * even a refusal names the task, the human and the chain in its event.
  *
- * A presented approval is used only after every check before the policy
+ * A presented approval is checked only after every check before the policy
  * has passed, so such a refusal never burns one; the policy then sees
  * context.approval (a DENY after that still stands: an approval lifts
- * REQUIRE_APPROVAL, never a deny).  The token's lifetime is the smallest of
+ * REQUIRE_APPROVAL, never a deny).  It is spent once the token is signed,
+ * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the smallest of
  * the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl
  * condition, the delegation token's exp, the keys' longest lifetime and
  * the signing key's not-after.
@@ -685,7 +686,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	    .request_id = http_req_id(a->req),
 	};
 	if (a->approval_id != NULL) {
-		rc = approval_consume(a->approval_id, &subj, &why);
+		/* Checked here for the policy to see; spent once the token is
+		 * signed (below), so that no failure of idpd's own burns it. */
+		rc = approval_check(a->approval_id, &subj, &why);
 		if (rc == IDP_EUNAVAIL) {
 			refuse(&s, 503, "unavailable");
 			goto refused;
@@ -760,6 +763,19 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	    idp_jws_sign_payload(key, ACCESS_TOKEN_TYP, claims.data, claims.len, &g->token, NULL,
 	                         NULL) != IDP_OK) {
 		refuse(&s, 500, "internal");
+		goto refused;
+	}
+	if (a->approval_id != NULL &&
+	    (rc = approval_consume(a->approval_id, &subj, &why)) != IDP_OK) {
+		/* Spent by another request since the check, or PostgreSQL gone:
+		 * this token never existed. */
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+		g->token = NULL;
+		if (rc == IDP_EUNAVAIL)
+			refuse(&s, 503, "unavailable");
+		else
+			refuse(&s, 403, why != NULL ? why : "approval_invalid");
 		goto refused;
 	}
 	g->event = outcome_event(&s, true, g->scope, exp_ms / 1000);

@@ -628,6 +628,81 @@ refused(const char *id, const struct approval_subject *s, const char *reason)
 		log_warn("approvals: cannot record the refused use (%s) of an approval", reason);
 }
 
+/*
+ * The parameters of st_use and st_why for a use of id by s; *scopes (the
+ * caller frees it) holds the scope set.  IDP_EFORBIDDEN, recorded, with
+ * *reason for an id or a request no approval can be bound to.
+ */
+static int
+use_params(const char *id, const struct approval_subject *s, const char *params[6], char **scopes,
+           const char **reason)
+{
+	/* The id goes into the event only once it is known to be well formed. */
+	if (!approval_id_valid(id)) {
+		*reason = "approval_unknown";
+		refused(NULL, s, *reason);
+		return IDP_EFORBIDDEN;
+	}
+	/* No approval is bound to a request that is not well formed. */
+	*scopes = subject_ok(s) ? approval_scope_set(s->scope) : NULL;
+	if (*scopes == NULL) {
+		*reason = "approval_mismatch";
+		refused(id, s, *reason);
+		return IDP_EFORBIDDEN;
+	}
+	params[0] = id;
+	params[1] = approval_kind_name(s->kind);
+	params[2] = s->agent_id;
+	params[3] = s->task_id;
+	params[4] = *scopes;
+	params[5] = s->target;
+	return IDP_OK;
+}
+
+/* The refusal st_why's answer r gives (recorded); IDP_EFORBIDDEN. */
+static int
+refuse_use(const char *id, const struct approval_subject *s, const PGresult *r, const char **reason)
+{
+	*reason = PQntuples(r) == 1
+	              ? approval_refusal(true, strcmp(PQgetvalue(r, 0, 0), "t") == 0,
+	                                 PQgetvalue(r, 0, 1), strcmp(PQgetvalue(r, 0, 2), "t") == 0)
+	              : approval_refusal(false, false, "", false);
+	refused(id, s, *reason);
+	return IDP_EFORBIDDEN;
+}
+
+int
+approval_check(const char *id, const struct approval_subject *s, const char **reason)
+{
+	const char *params[6];
+	struct store_conn *c = NULL;
+	char *scopes = NULL;
+	PGresult *r = NULL;
+	int rc;
+
+	*reason = NULL;
+	rc = use_params(id, s, params, &scopes, reason);
+	if (rc != IDP_OK)
+		return rc;
+	if (store == NULL || store_acquire(store, &c) != IDP_OK) {
+		free(scopes);
+		return IDP_EUNAVAIL;
+	}
+	rc = store_exec(c, &st_why, params, &r);
+	store_release(store, c);
+	if (rc != IDP_OK)
+		rc = IDP_EUNAVAIL;
+	else if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0 &&
+	         strcmp(PQgetvalue(r, 0, 1), "approved") == 0 &&
+	         strcmp(PQgetvalue(r, 0, 2), "t") == 0)
+		rc = IDP_OK;
+	else
+		rc = refuse_use(id, s, r, reason);
+	PQclear(r);
+	free(scopes);
+	return rc;
+}
+
 int
 approval_consume_in(struct store_conn *c, const char *id, const struct approval_subject *s,
                     const char **reason)
@@ -638,25 +713,9 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 	int rc;
 
 	*reason = NULL;
-	/* The id goes into the event only once it is known to be well formed. */
-	if (!approval_id_valid(id)) {
-		*reason = "approval_unknown";
-		refused(NULL, s, *reason);
-		return IDP_EFORBIDDEN;
-	}
-	/* No approval is bound to a request that is not well formed. */
-	scopes = subject_ok(s) ? approval_scope_set(s->scope) : NULL;
-	if (scopes == NULL) {
-		*reason = "approval_mismatch";
-		refused(id, s, *reason);
-		return IDP_EFORBIDDEN;
-	}
-	params[0] = id;
-	params[1] = approval_kind_name(s->kind);
-	params[2] = s->agent_id;
-	params[3] = s->task_id;
-	params[4] = scopes;
-	params[5] = s->target;
+	rc = use_params(id, s, params, &scopes, reason);
+	if (rc != IDP_OK)
+		return rc;
 	rc = store_exec(c, &st_use, params, &r);
 	if (rc != IDP_OK) {
 		rc = IDP_EUNAVAIL;
@@ -692,12 +751,7 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 		rc = IDP_EUNAVAIL;
 		goto done;
 	}
-	*reason = PQntuples(r) == 1
-	              ? approval_refusal(true, strcmp(PQgetvalue(r, 0, 0), "t") == 0,
-	                                 PQgetvalue(r, 0, 1), strcmp(PQgetvalue(r, 0, 2), "t") == 0)
-	              : approval_refusal(false, false, "", false);
-	refused(id, s, *reason);
-	rc = IDP_EFORBIDDEN;
+	rc = refuse_use(id, s, r, reason);
 done:
 	PQclear(r);
 	free(scopes);

@@ -11,6 +11,7 @@
  * refusal is checked for its status and code, for its token.denied event,
  * and for issuing nothing (no token.issued event appears).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <signal.h>
@@ -526,6 +527,113 @@ approval_is_bound_and_single_use(void **state)
 	setting_stop(&s);
 }
 
+/* Write (or, with rules NULL, remove) policies/stop.policy and reload the set. */
+static void
+stop_rules(struct setting *s, const char *rules)
+{
+	char path[512];
+	struct http_resp r;
+
+	snprintf(path, sizeof(path), "%s/stop.policy", policy_dir);
+	if (rules != NULL) {
+		FILE *out = fopen(path, "w");
+
+		assert_non_null(out);
+		assert_true(fputs(rules, out) >= 0);
+		assert_int_equal(fclose(out), 0);
+	} else {
+		assert_int_equal(unlink(path), 0);
+	}
+	world_call(&s->w, "POST", "/v1/policies/reload", s->w.k.admin, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+}
+
+struct spender {
+	struct setting *s;
+	const char *extra;
+	long status;
+	char error[64];
+};
+
+/* One approved retry; no cmocka here (another thread). */
+static void *
+spend(void *arg)
+{
+	struct spender *sp = arg;
+	struct http_resp r;
+	char body[8192];
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"billing:export\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory for the quarterly review\",\"delegation_token\":\"%s\"%s}",
+	         WORLD_BILLING, sp->s->task_id, sp->s->cost_token, sp->extra);
+	if (harness_call(&sp->s->w.p, "POST", "/v1/token", sp->s->cost, body, &r) != 0)
+		return NULL;
+	sp->status = r.status;
+	if (json_string_value(json_object_get(r.json, "code")) != NULL)
+		snprintf(sp->error, sizeof(sp->error), "%s",
+		         json_string_value(json_object_get(r.json, "code")));
+	harness_resp_free(&r);
+	return NULL;
+}
+
+/*
+ * An approval is checked before the policy and spent only once the token
+ * is signed: a DENY leaves it for the retry, and of eight retries at once
+ * one gets the token and seven approval_used.
+ */
+static void
+an_approval_is_spent_only_by_an_issued_token(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	struct spender sp[8];
+	pthread_t th[8];
+	char approval[128], path[256], extra[256], sql[256];
+	int ok = 0, used = 0;
+
+	(void)state;
+	setting_start(&s, "t_access_spend");
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", "", &r);
+	assert_int_equal(r.status, 202);
+	snprintf(approval, sizeof(approval), "%s",
+	         json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", approval);
+	world_call(&s.w, "POST", path, s.alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	snprintf(extra, sizeof(extra), ",\"approval_id\":\"%s\"", approval);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM approvals WHERE id = '%s' AND status = "
+	         "'approved'",
+	         approval);
+
+	/* Denied after the check: no token, and the approval is still there. */
+	stop_rules(&s, "@id(\"test-stop-exports\")\n@reason(\"exports are stopped\")\n"
+	               "deny when { resource.domain == \"finance\" };\n");
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
+	               "policy_denied");
+	assert_int_equal(world_count(&s.w, sql), 1);
+	stop_rules(&s, NULL);
+
+	for (int i = 0; i < 8; i++) {
+		sp[i] = (struct spender){.s = &s, .extra = extra};
+		assert_int_equal(pthread_create(&th[i], NULL, spend, &sp[i]), 0);
+	}
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		ok += sp[i].status == 200;
+		used += sp[i].status == 403 && strcmp(sp[i].error, "approval_used") == 0;
+	}
+	assert_int_equal(ok, 1);
+	assert_int_equal(used, 7);
+	assert_int_equal(issued(&s), 1);
+	assert_int_equal(world_count(&s.w, sql), 0);
+	setting_stop(&s);
+}
+
 /* A form value with the characters RFC 3986 reserves percent-encoded (tokens are base64url: none).
  */
 static void
@@ -833,6 +941,7 @@ main(void)
 	    cmocka_unit_test(root_agent_needs_no_delegation_token),
 	    cmocka_unit_test(completed_task_and_decommissioned_agent_get_nothing),
 	    cmocka_unit_test(approval_is_bound_and_single_use),
+	    cmocka_unit_test(an_approval_is_spent_only_by_an_issued_token),
 	    cmocka_unit_test(token_exchange_issues_the_same_token),
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
 	    cmocka_unit_test(metadata_names_the_endpoints),
