@@ -144,11 +144,34 @@ audience_holds(const json_t *aud, const char *want)
 }
 
 /*
+ * Whether the valid UTF-8 sequence u[0..len) is a space or an invisible
+ * format character: U+00A0, U+2000..U+200F, U+2028..U+202F, U+205F..U+2064,
+ * U+3000, U+FEFF.  "alice@example.com" followed by a U+200B would display
+ * as alice and be someone else.
+ */
+static bool
+invisible(const unsigned char *u, size_t len)
+{
+	if (len == 2)
+		return u[0] == 0xc2 && u[1] == 0xa0;
+	if (len != 3)
+		return false;
+	if (u[0] == 0xe2 && u[1] == 0x80)
+		return u[2] <= 0x8f || (u[2] >= 0xa8 && u[2] <= 0xaf);
+	if (u[0] == 0xe2 && u[1] == 0x81)
+		return u[2] >= 0x9f && u[2] <= 0xa4;
+	return (u[0] == 0xe3 && u[1] == 0x80 && u[2] == 0x80) ||
+	       (u[0] == 0xef && u[1] == 0xbb && u[2] == 0xbf);
+}
+
+/*
  * A principal is 1..HUMAN_PRINCIPAL_MAX bytes of UTF-8 (no overlongs, no
- * surrogates) without spaces or control characters, C1 (U+0080..U+009F)
- * included: it goes into logs, audit events and tokens, where a NEL or an
- * invalid byte could split or garble a line.  jansson refuses invalid
- * UTF-8 already; the check is repeated so this rule stands on its own.
+ * surrogates) without spaces, invisible format characters or control
+ * characters, C1 (U+0080..U+009F) included: it goes into logs, audit
+ * events and tokens, where a NEL or an invalid byte could split or garble a
+ * line, and it names a person, whom a lookalike must not pass for.  jansson
+ * refuses invalid UTF-8 already; the check is repeated so this rule stands
+ * on its own.
  */
 static bool
 principal_ok(const char *s)
@@ -164,7 +187,7 @@ principal_ok(const char *s)
 		if (len == 0 || (len == 1 && (u[i] <= 0x20 || u[i] == 0x7f)))
 			return false;
 		/* C1: U+0080..U+009F, encoded C2 80..C2 9F. */
-		if (len == 2 && u[i] == 0xc2 && u[i + 1] <= 0x9f)
+		if ((len == 2 && u[i] == 0xc2 && u[i + 1] <= 0x9f) || invisible(u + i, len))
 			return false;
 		i += len;
 	}

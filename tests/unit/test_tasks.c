@@ -326,6 +326,15 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "a\x7f@example.com",         /* DEL */
 	    "a\\u0007@example.com",      /* BEL */
 	    "a b@example.com",
+	    /* Spaces and invisible format characters: lookalikes of another principal. */
+	    "alice@example.com\xc2\xa0",        /* U+00A0 no-break space */
+	    "alice@example.com\xe2\x80\x8b",    /* U+200B zero-width space */
+	    "alice\xe2\x80\x8d@example.com",    /* U+200D zero-width joiner */
+	    "alice@example.com\xe2\x80\xa8",    /* U+2028 line separator */
+	    "alice@example.com\xe2\x80\xaf",    /* U+202F narrow no-break space */
+	    "alice@example.com\xe2\x81\xa0",    /* U+2060 word joiner */
+	    "alice@example.com\xe3\x80\x80",    /* U+3000 ideographic space */
+	    "\xef\xbb\xbf\x61lice@example.com", /* U+FEFF byte order mark ("\x61" is a) */
 	};
 	/*
 	 * Not UTF-8.  jansson already refuses these when it parses the
@@ -341,9 +350,11 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "a\xff@example.com",             /* never in UTF-8 */
 	};
 	static const char *const good[] = {
-	    "alice@example.com", "zo\xc3\xab@example.com", /* U+00EB */
-	    "\xe7\x94\xb0\xe4\xb8\xad@example.com",        /* three-byte characters */
-	    "a\xf0\x9f\x94\x91@example.com",               /* a four-byte character */
+	    "alice@example.com",
+	    "zo\xc3\xab@example.com",               /* U+00EB */
+	    "\xe7\x94\xb0\xe4\xb8\xad@example.com", /* three-byte characters */
+	    "a\xf0\x9f\x94\x91@example.com",        /* a four-byte character */
+	    "a\xe2\x80\x90\x62@example.com",        /* U+2010 hyphen, visible; "\x62" is b */
 	};
 	char principal[HUMAN_PRINCIPAL_MAX + 1];
 	const char *why = NULL;
