@@ -926,8 +926,8 @@ count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, const char
  * first: a proxy, a WAF or a log that honours the last would see another
  * caller (Authorization), another host (Host) or another body length
  * (Content-Length, the classic request smuggling) than idpd.  So a request
- * repeating one is refused here, before any handler, and so any
- * authentication, runs.
+ * repeating one is refused on its first call, before its body is read and
+ * before any handler, and so any authentication, runs.
  */
 static bool
 singleton_repeated(struct http_req *req)
@@ -951,7 +951,7 @@ dispatch(struct http_req *req)
 {
 	struct http_server *s = req->srv;
 
-	if (singleton_repeated(req) || query_malformed(req) || !route(req))
+	if (query_malformed(req) || !route(req))
 		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		if (!run_handler(req) || !req->deferred)
@@ -993,6 +993,11 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		req = req_new(s, conn, url, method);
 		*con_cls = req;
 		atomic_fetch_add(&s->in_flight, 1);
+		/* Refused before MHD reads a body by one of two lengths: a reply
+		 * queued now also closes the connection, so no byte after this
+		 * request is read as another (request smuggling). */
+		if (singleton_repeated(req))
+			return MHD_YES;
 		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 		if (cl != NULL) {
 			char *end;

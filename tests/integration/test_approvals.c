@@ -599,6 +599,29 @@ another_provider_asserting_the_same_principal_is_someone_else(void **state)
 	assert_true(world_active(&w->w, w->root_token, NULL));
 	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM tasks WHERE status = 'open'"), 1);
 
+	/* An approval inserted without its human's provider, as an idpd older
+	 * than migration 0013 would, takes its task's. */
+	{
+		char sql[512], v[64];
+
+		snprintf(
+		    sql, sizeof(sql),
+		    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, "
+		    "agent_owner, scope, target, reason, expires_at) VALUES "
+		    "('apr_0123456789abcdefXYZ', 'token', 'cloud-agent', '%s', "
+		    "'alice@example.com', "
+		    "'carol@example.com', '{cloud:DescribeInstances}', 'x', 'r', now() + interval "
+		    "'1 hour')",
+		    w->task_id);
+		assert_int_equal(harness_sql(w->w.db, sql), 0);
+		assert_int_equal(harness_sql_value(w->w.db,
+		                                   "SELECT human_idp FROM approvals WHERE id = "
+		                                   "'apr_0123456789abcdefXYZ'",
+		                                   v, sizeof(v)),
+		                 0);
+		assert_string_equal(v, "corp");
+	}
+
 	/* alice of corp still may. */
 	snprintf(auth, sizeof(auth), "Bearer %s", w->alice);
 	assert_int_equal(world_revoke_as(&w->w, auth, w->root_token, NULL), 200);

@@ -316,7 +316,6 @@ escapes_are_decoded_once(void **state)
 	    {"/.well-known/jwks.json", 200},
 	    {"/.well-known%2Fjwks.json", 404},
 	    {"/health%257A", 404},
-	    {"/healthz?x=a%20b+c%2B", 200},
 	    {"/healthz?x=%00", 400},
 	    {"/healthz?x=a%zz", 400},
 	    {"/healthz?x%00=1", 400},
@@ -374,6 +373,16 @@ two_authorization_headers_are_a_400_problem(void **state)
 	         admin_key);
 	raw(req, resp, sizeof(resp));
 	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	/* Two lengths on a kept-alive connection: the 400 closes it, so the
+	 * bytes a proxy honouring the second length would send as the body
+	 * are never read as a request of their own (smuggling). */
+	snprintf(req, sizeof(req),
+	         "POST /v1/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+	         "Content-Length: 0\r\nContent-Length: 34\r\n\r\n"
+	         "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+	raw(req, resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	assert_null(strstr(resp + 1, "HTTP/1.1 "));
 	/* One header with the key is served. */
 	snprintf(req, sizeof(req),
 	         "GET /v1/agents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
