@@ -12,6 +12,7 @@
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/buf.h"
+#include "idpd/clock.h"
 #include "idpd/log.h"
 
 #define PAGE_DEFAULT 100
@@ -24,12 +25,11 @@ static const struct {
 	const char *param;
 	const char *column;
 } filters[] = {
-	{"task_id", "task_id"},
-	{"agent_id", "agent_id"},
-	{"human_principal", "human_principal"},
-	{"type", "type"},
+    {"task_id", "task_id"},
+    {"agent_id", "agent_id"},
+    {"human_principal", "human_principal"},
+    {"type", "type"},
 };
-
 
 /*
  * RFC 3339 date-time, strictly: "2026-03-27T14:15:23Z", optional fraction,
@@ -101,12 +101,12 @@ query_events(struct http_req *req, void *ctx)
 	desc = order != NULL && strcmp(order, "desc") == 0;
 	if (!http_req_query_int(req, "limit", 1, PAGE_MAX, PAGE_DEFAULT, &limit)) {
 		http_reply_problem(req, 400, "bad_request", NULL,
-				   "limit must be an integer from 1 to %d", PAGE_MAX);
+		                   "limit must be an integer from 1 to %d", PAGE_MAX);
 		return;
 	}
 	if ((since != NULL && !rfc3339(since)) || (until != NULL && !rfc3339(until))) {
 		http_reply_problem(req, 400, "bad_request", NULL,
-				   "since and until must be RFC 3339 timestamps");
+		                   "since and until must be RFC 3339 timestamps");
 		return;
 	}
 	if (http_req_query(req, "cursor") != NULL &&
@@ -127,7 +127,7 @@ query_events(struct http_req *req, void *ctx)
 		if (strlen(v) > 1024) {
 			idp_buf_cleanup(&sql);
 			http_reply_problem(req, 400, "bad_request", NULL, "%s is too long",
-					   filters[i].param);
+			                   filters[i].param);
 			return;
 		}
 		params[n++] = v;
@@ -164,13 +164,15 @@ query_events(struct http_req *req, void *ctx)
 	idp_buf_cleanup(&sql);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		/* 22xxx: since/until did not parse as timestamps.  Read before
+		 * PQclear: st points into res. */
+		bool bad_time = st != NULL && strncmp(st, "22", 2) == 0;
 
 		PQclear(res);
 		store_release(app->store, c);
-		/* 22xxx: since/until did not parse as timestamps. */
-		if (st != NULL && strncmp(st, "22", 2) == 0)
+		if (bad_time)
 			http_reply_problem(req, 400, "bad_request", NULL,
-					   "since and until must be RFC 3339 timestamps");
+			                   "since and until must be RFC 3339 timestamps");
 		else
 			http_reply_error(req, IDP_EUNAVAIL, "the audit query failed");
 		return;
@@ -222,8 +224,8 @@ stamp_from_token(struct audit_event *ev, const json_t *t)
 	    audit_event_set(ev, AUDIT_F_AGENT_ID, sub) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_TYPE,
 	                    json_string_value(json_object_get(t, "agent_type"))) != IDP_OK ||
-	    audit_event_set(ev, AUDIT_F_TASK_ID, json_string_value(json_object_get(t, "task_id"))) !=
-	        IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_TASK_ID,
+	                    json_string_value(json_object_get(t, "task_id"))) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, human) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_TOKEN_ID, json_string_value(json_object_get(t, "jti"))) !=
 	        IDP_OK ||
@@ -294,14 +296,14 @@ ingest_event(struct http_req *req, void *ctx)
 	if (rc != IDP_OK) {
 		errs = http_diag_lines(&diag);
 		http_reply_problem(req, rc == IDP_ETOOBIG ? 413 : 422,
-				   rc == IDP_ETOOBIG ? "payload_too_large" : "unprocessable",
-				   json_pack("{s:o}", "errors", errs), "the event is not valid");
+		                   rc == IDP_ETOOBIG ? "payload_too_large" : "unprocessable",
+		                   json_pack("{s:o}", "errors", errs), "the event is not valid");
 		goto done;
 	}
 	if (audit_event_type(ev) != AUDIT_TOOL_INVOCATION) {
 		audit_event_free(ev);
 		http_reply_problem(req, 422, "unprocessable", NULL,
-				   "only tool_invocation events may be reported");
+		                   "only tool_invocation events may be reported");
 		goto done;
 	}
 	/* What the reporter may not choose: identity, time, origin. */
@@ -311,9 +313,9 @@ ingest_event(struct http_req *req, void *ctx)
 	    audit_event_set(ev, AUDIT_F_INSTANCE_ID, NULL) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS,
-			    http_req_peer(req)[0] ? http_req_peer(req) : NULL) != IDP_OK ||
+	                    http_req_peer(req)[0] ? http_req_peer(req) : NULL) != IDP_OK ||
 	    (token != NULL ? stamp_from_token(ev, token)
-			   : audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who.name)) != IDP_OK) {
+	                   : audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who.name)) != IDP_OK) {
 		audit_event_free(ev);
 		http_reply_error(req, IDP_EINTERNAL, "cannot stamp the event");
 		goto done;
@@ -333,10 +335,24 @@ done:
 struct verify_state {
 	char writer[320];
 	long long seq;
+	long long last_seq; /* audit_chains.last_seq of the chain, as the row's page saw it */
 	uint8_t prev[AUDIT_HASH_LEN];
 	bool in_chain;
 	long long events, chains;
 };
+
+/*
+ * Whether the chain verified so far ends where audit_chains says it does.
+ * A chain's row and its events commit together, and the row's last_seq
+ * was read in the same statement as the chain's last rows, so a shorter
+ * chain means rows were deleted from its end (retention removes the oldest
+ * rows, never the newest).
+ */
+static bool
+chain_complete(const struct verify_state *st)
+{
+	return !st->in_chain || st->last_seq <= st->seq;
+}
 
 static bool
 hex_bytea(const char *s, uint8_t out[AUDIT_HASH_LEN])
@@ -398,31 +414,59 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 		return false;
 	}
 	j = json_loads(body, 0, NULL);
-	ok = j != NULL && same(PQgetvalue(r, i, 6), json_str_at(j, NULL, "type")) &&
-	     same(PQgetvalue(r, i, 7), json_str_at(j, NULL, "agent_id")) &&
-	     same(PQgetvalue(r, i, 8), json_str_at(j, NULL, "task_id")) &&
-	     same(PQgetvalue(r, i, 9), json_str_at(j, NULL, "human_principal")) &&
-	     same(PQgetvalue(r, i, 10), json_str_at(j, NULL, "id"));
+	{
+		char ts[32];
+
+		idp_time_format(strtoll(PQgetvalue(r, i, 11), NULL, 10), ts);
+		ok = j != NULL && same(PQgetvalue(r, i, 6), json_str_at(j, NULL, "type")) &&
+		     same(PQgetvalue(r, i, 7), json_str_at(j, NULL, "agent_id")) &&
+		     same(PQgetvalue(r, i, 8), json_str_at(j, NULL, "task_id")) &&
+		     same(PQgetvalue(r, i, 9), json_str_at(j, NULL, "human_principal")) &&
+		     same(PQgetvalue(r, i, 10), json_str_at(j, NULL, "id")) &&
+		     same(ts, json_str_at(j, NULL, "timestamp")) &&
+		     json_integer_value(json_object_get(j, "severity")) ==
+		         strtoll(PQgetvalue(r, i, 12), NULL, 10) &&
+		     same(PQgetvalue(r, i, 13), json_str_at(j, NULL, "outcome"));
+	}
 	json_decref(j);
 	if (!ok) {
 		*reason = "an indexed column disagrees with the hashed body";
 		return false;
 	}
 	st->seq = seq;
+	st->last_seq = strtoll(PQgetvalue(r, i, 14), NULL, 10);
 	memcpy(st->prev, hash, AUDIT_HASH_LEN);
 	st->events++;
 	return true;
+}
+
+/* The answer for a chain whose last rows are gone: no row to name, its chain and first missing seq.
+ */
+static void
+reply_tail_missing(struct http_req *req, const struct verify_state *st)
+{
+	log_warn("audit: verification failed: chain %s ends at seq %lld, before its last_seq %lld",
+	         st->writer, st->seq, st->last_seq);
+	http_reply_json(req, 200,
+	                json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
+	                          (json_int_t)st->events, "chains", (json_int_t)st->chains,
+	                          "broken_at", "chain", st->writer, "seq",
+	                          (json_int_t)(st->seq + 1), "reason",
+	                          "rows are missing at the end of the chain (audit_chains.last_seq "
+	                          "is beyond its last row)"));
 }
 
 static void
 verify(struct http_req *req, void *ctx)
 {
 	static struct store_stmt page = {
-		"audit_verify_page",
-		"SELECT id, writer_id, seq, body, prev_hash, hash, type, agent_id, task_id, "
-		"human_principal, event_id FROM audit_events "
-		"WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
-		2, 0};
+	    "audit_verify_page",
+	    "SELECT id, writer_id, seq, body, prev_hash, hash, type, agent_id, task_id, "
+	    "human_principal, event_id, floor(extract(epoch FROM ts) * 1000)::bigint, "
+	    "severity, outcome, coalesce((SELECT last_seq FROM audit_chains c WHERE "
+	    "c.writer_id = e.writer_id), 0) FROM audit_events e "
+	    "WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
+	    2, 0};
 	struct idpd_app *app = ctx;
 	struct auth_principal who;
 	struct verify_state st;
@@ -451,19 +495,26 @@ verify(struct http_req *req, void *ctx)
 		for (int i = 0; i < n; i++) {
 			const char *reason = NULL;
 
+			if (st.in_chain && strcmp(st.writer, PQgetvalue(r, i, 1)) != 0 &&
+			    !chain_complete(&st)) {
+				PQclear(r);
+				store_release(app->store, c);
+				reply_tail_missing(req, &st);
+				return;
+			}
 			if (!verify_row(&st, r, i, &reason)) {
 				out = json_pack("{s:b,s:I,s:I,s:{s:I,s:s,s:I,s:s,s:s}}", "ok", 0,
-						"events_verified", (json_int_t)st.events, "chains",
-						(json_int_t)st.chains, "broken_at", "row",
-						(json_int_t)strtoll(PQgetvalue(r, i, 0), NULL, 10),
-						"chain", PQgetvalue(r, i, 1), "seq",
-						(json_int_t)strtoll(PQgetvalue(r, i, 2), NULL, 10),
-						"event_id", PQgetvalue(r, i, 10), "reason", reason);
+				                "events_verified", (json_int_t)st.events, "chains",
+				                (json_int_t)st.chains, "broken_at", "row",
+				                (json_int_t)strtoll(PQgetvalue(r, i, 0), NULL, 10),
+				                "chain", PQgetvalue(r, i, 1), "seq",
+				                (json_int_t)strtoll(PQgetvalue(r, i, 2), NULL, 10),
+				                "event_id", PQgetvalue(r, i, 10), "reason", reason);
 				PQclear(r);
 				store_release(app->store, c);
 				log_warn("audit: verification failed at row %s",
-					 json_string_value(json_object_get(
-						 json_object_get(out, "broken_at"), "event_id")));
+				         json_string_value(json_object_get(
+				             json_object_get(out, "broken_at"), "event_id")));
 				http_reply_json(req, 200, out);
 				return;
 			}
@@ -477,9 +528,13 @@ verify(struct http_req *req, void *ctx)
 			break;
 	}
 	store_release(app->store, c);
+	if (!chain_complete(&st)) {
+		reply_tail_missing(req, &st);
+		return;
+	}
 	http_reply_json(req, 200,
-			json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",
-				  (json_int_t)st.events, "chains", (json_int_t)st.chains));
+	                json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",
+	                          (json_int_t)st.events, "chains", (json_int_t)st.chains));
 }
 
 int

@@ -33,11 +33,12 @@ make_keys(void)
 		return;
 	assert_int_equal(auth_key_generate(auditor_key, h1), IDP_OK);
 	assert_int_equal(auth_key_generate(reporter_key, h2), IDP_OK);
-	snprintf(keys_toml, sizeof(keys_toml),
-		 "[audit]\ntimeout = \"1s\"\n"
-		 "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
-		 "[[api_keys]]\nname = \"billing-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-		 h1, h2);
+	snprintf(
+	    keys_toml, sizeof(keys_toml),
+	    "[audit]\ntimeout = \"1s\"\n"
+	    "[[api_keys]]\nname = \"siem-reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
+	    "[[api_keys]]\nname = \"billing-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	    h1, h2);
 }
 
 static void
@@ -80,15 +81,15 @@ get_as(const struct idpd_proc *p, const char *key, const char *path, struct http
 }
 
 static const char *tool_event =
-	"{\"type\":\"tool_invocation\",\"agent_id\":\"agent-planning-prod-001\","
-	"\"agent_type\":\"planning-orchestrator\",\"human_principal\":\"alice@company.com\","
-	"\"task_id\":\"infra-review-q1-2026\",\"delegation_chain\":[\"alice@company.com\","
-	"\"planning-agent\",\"inventory-agent\"],\"action\":{\"tool\":\"aws_ec2_describe_instances\","
-	"\"parameters\":{\"region\":\"us-east-1\",\"db_password\":\"hunter2\"},"
-	"\"result\":\"success (247 instances returned)\"},\"authorization\":{\"token_id\":"
-	"\"tok_abc123\",\"granted_scope\":\"ec2:DescribeInstances\",\"policy_decision\":\"ALLOW\","
-	"\"policy_rule\":\"agent-cloud-read-v2\"},\"context\":{\"step\":\"3 of 12\","
-	"\"previous_step\":\"Listed S3 buckets (success)\",\"next_step\":\"Query cost data\"}}";
+    "{\"type\":\"tool_invocation\",\"agent_id\":\"agent-planning-prod-001\","
+    "\"agent_type\":\"planning-orchestrator\",\"human_principal\":\"alice@company.com\","
+    "\"task_id\":\"infra-review-q1-2026\",\"delegation_chain\":[\"alice@company.com\","
+    "\"planning-agent\",\"inventory-agent\"],\"action\":{\"tool\":\"aws_ec2_describe_instances\","
+    "\"parameters\":{\"region\":\"us-east-1\",\"db_password\":\"hunter2\"},"
+    "\"result\":\"success (247 instances returned)\"},\"authorization\":{\"token_id\":"
+    "\"tok_abc123\",\"granted_scope\":\"ec2:DescribeInstances\",\"policy_decision\":\"ALLOW\","
+    "\"policy_rule\":\"agent-cloud-read-v2\"},\"context\":{\"step\":\"3 of 12\","
+    "\"previous_step\":\"Listed S3 buckets (success)\",\"next_step\":\"Query cost data\"}}";
 
 static void
 reported_event_is_stored_redacted_and_attributed(void **state)
@@ -112,16 +113,17 @@ reported_event_is_stored_redacted_and_attributed(void **state)
 	ev = json_array_get(json_object_get(r.json, "events"), 0);
 	assert_string_equal(json_string_value(json_object_get(ev, "id")), id);
 	assert_string_equal(json_string_value(json_object_get(ev, "type")), "tool_invocation");
-	assert_string_equal(json_string_value(json_object_get(json_object_get(ev, "actor"), "name")),
-			    "billing-api");
 	assert_string_equal(
-		json_string_value(json_object_get(
-			json_object_get(json_object_get(ev, "action"), "parameters"), "db_password")),
-		"[REDACTED]");
-	assert_string_equal(json_string_value(json_object_get(
-				    json_object_get(json_object_get(ev, "action"), "parameters"),
-				    "region")),
-			    "us-east-1");
+	    json_string_value(json_object_get(json_object_get(ev, "actor"), "name")),
+	    "billing-api");
+	assert_string_equal(
+	    json_string_value(json_object_get(
+	        json_object_get(json_object_get(ev, "action"), "parameters"), "db_password")),
+	    "[REDACTED]");
+	assert_string_equal(
+	    json_string_value(json_object_get(
+	        json_object_get(json_object_get(ev, "action"), "parameters"), "region")),
+	    "us-east-1");
 	assert_int_equal(json_array_size(json_object_get(ev, "delegation_chain")), 3);
 	assert_non_null(json_string_value(json_object_get(ev, "timestamp")));
 	{
@@ -136,10 +138,10 @@ reported_event_is_stored_redacted_and_attributed(void **state)
 		char n[16];
 
 		assert_int_equal(harness_sql_value("t_audit_ingest",
-						   "SELECT count(*) FROM audit_events WHERE body "
-						   "LIKE '%hunter2%'",
-						   n, sizeof(n)),
-				 0);
+		                                   "SELECT count(*) FROM audit_events WHERE body "
+		                                   "LIKE '%hunter2%'",
+		                                   n, sizeof(n)),
+		                 0);
 		assert_string_equal(n, "0");
 	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
@@ -187,8 +189,8 @@ bad_reports_are_rejected_and_nothing_is_written(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_audit_bad", NULL, keys_toml), 0);
 	assert_int_equal(report(&p, "{\"type\":\"tool_invocation\",\"bogus\":1}", NULL, 0), 422);
 	assert_int_equal(report(&p, "{\"type\":\"token.issued\"}", NULL, 0), 422);
-	assert_int_equal(report(&p, "{\"type\":\"tool_invocation\",\"severity\":\"high\"}", NULL, 0),
-			 422);
+	assert_int_equal(
+	    report(&p, "{\"type\":\"tool_invocation\",\"severity\":\"high\"}", NULL, 0), 422);
 	assert_int_equal(report(&p, "{\"type\":", NULL, 0), 400);
 	assert_int_equal(report(&p, "[1,2]", NULL, 0), 400);
 	big = malloc(len + 64);
@@ -199,10 +201,10 @@ bad_reports_are_rejected_and_nothing_is_written(void **state)
 	assert_true(report(&p, big, NULL, 0) == 413 || report(&p, big, NULL, 0) == 422);
 	free(big);
 	assert_int_equal(harness_sql_value("t_audit_bad",
-					   "SELECT count(*) FROM audit_events WHERE type = "
-					   "'tool_invocation'",
-					   n, sizeof(n)),
-			 0);
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'tool_invocation'",
+	                                   n, sizeof(n)),
+	                 0);
 	assert_string_equal(n, "0");
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
@@ -225,20 +227,20 @@ query_pages_through_events_in_order_both_ways(void **state)
 		json_t *evs;
 
 		snprintf(path, sizeof(path), "/v1/audit/events?type=tool_invocation&limit=3%s%s",
-			 cursor[0] ? "&cursor=" : "", cursor);
+		         cursor[0] ? "&cursor=" : "", cursor);
 		get_as(&p, auditor_key, path, &r);
 		assert_int_equal(r.status, 200);
 		evs = json_object_get(r.json, "events");
 		for (size_t i = 0; i < json_array_size(evs); i++)
 			assert_string_equal(
-				json_string_value(json_object_get(json_array_get(evs, i), "id")),
-				ids[seen++]);
+			    json_string_value(json_object_get(json_array_get(evs, i), "id")),
+			    ids[seen++]);
 		if (json_object_get(r.json, "next_cursor") == NULL) {
 			harness_resp_free(&r);
 			break;
 		}
 		snprintf(cursor, sizeof(cursor), "%s",
-			 json_string_value(json_object_get(r.json, "next_cursor")));
+		         json_string_value(json_object_get(r.json, "next_cursor")));
 		harness_resp_free(&r);
 	}
 	assert_int_equal(seen, 7);
@@ -246,9 +248,10 @@ query_pages_through_events_in_order_both_ways(void **state)
 		struct http_resp r;
 
 		get_as(&p, auditor_key, "/v1/audit/events?order=desc&limit=2", &r);
-		assert_string_equal(json_string_value(json_object_get(
-					    json_array_get(json_object_get(r.json, "events"), 0), "id")),
-				    ids[6]);
+		assert_string_equal(
+		    json_string_value(json_object_get(
+		        json_array_get(json_object_get(r.json, "events"), 0), "id")),
+		    ids[6]);
 		harness_resp_free(&r);
 		get_as(&p, auditor_key, "/v1/audit/events?limit=0", &r);
 		assert_int_equal(r.status, 400);
@@ -288,7 +291,7 @@ verify_names_the_row_edited_behind_idpds_back(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_audit_tamper", NULL, keys_toml), 0);
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(report(&p, tool_event, i == 2 ? victim : NULL, sizeof(victim)),
-				 201);
+		                 201);
 	get_as(&p, auditor_key, "/v1/audit/verify", &r);
 	assert_int_equal(r.status, 200);
 	assert_true(json_is_true(json_object_get(r.json, "ok")));
@@ -302,27 +305,100 @@ verify_names_the_row_edited_behind_idpds_back(void **state)
 		char sql[512];
 
 		snprintf(sql, sizeof(sql),
-			 "UPDATE audit_events SET body = replace(body, '247 instances', "
-			 "'0 instances') WHERE event_id = '%s'",
-			 victim);
+		         "UPDATE audit_events SET body = replace(body, '247 instances', "
+		         "'0 instances') WHERE event_id = '%s'",
+		         victim);
 		assert_int_equal(harness_sql("t_audit_tamper", sql), 0);
 		snprintf(sql, sizeof(sql), "SELECT id FROM audit_events WHERE event_id = '%s'",
-			 victim);
+		         victim);
 		assert_int_equal(harness_sql_value("t_audit_tamper", sql, rowid, sizeof(rowid)), 0);
 	}
 	get_as(&p, auditor_key, "/v1/audit/verify", &r);
 	assert_int_equal(r.status, 200);
 	assert_true(json_is_false(json_object_get(r.json, "ok")));
-	assert_string_equal(json_string_value(json_object_get(json_object_get(r.json, "broken_at"),
-							       "event_id")),
-			    victim);
-	assert_int_equal(json_integer_value(
-				 json_object_get(json_object_get(r.json, "broken_at"), "row")),
-			 atoll(rowid));
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(r.json, "broken_at"), "event_id")),
+	    victim);
+	assert_int_equal(
+	    json_integer_value(json_object_get(json_object_get(r.json, "broken_at"), "row")),
+	    atoll(rowid));
 	/* Everything before the edited row verified; the row itself did not. */
 	assert_int_equal(json_integer_value(json_object_get(r.json, "events_verified")),
-			 before - 5 + 2);
+	                 before - 5 + 2);
 	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/* GET /v1/audit/verify; returns the answer's broken_at.reason, or "ok" (static storage). */
+static const char *
+verify_says(const struct idpd_proc *p)
+{
+	static char said[256];
+	struct http_resp r;
+	json_t *b;
+
+	get_as(p, auditor_key, "/v1/audit/verify", &r);
+	assert_int_equal(r.status, 200);
+	b = json_object_get(r.json, "broken_at");
+	snprintf(said, sizeof(said), "%s",
+	         json_is_true(json_object_get(r.json, "ok"))
+	             ? "ok"
+	             : json_string_value(json_object_get(b, "reason")));
+	harness_resp_free(&r);
+	return said;
+}
+
+/*
+ * The columns queries filter on (ts, severity, outcome too) must agree with
+ * the hashed body, and a chain must reach its audit_chains.last_seq: rows
+ * deleted from its end are a break, not a shorter log.
+ */
+static void
+verify_sees_edited_columns_and_a_missing_tail(void **state)
+{
+	static const char *const edits[] = {
+	    "ts = '2000-01-01T00:00:00Z'",
+	    "severity = 1",
+	    "outcome = 'failure'",
+	};
+	struct idpd_proc p;
+	char victim[80], sql[512];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_columns"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(report(&p, tool_event, victim, sizeof(victim)), 201);
+	assert_string_equal(verify_says(&p), "ok");
+	snprintf(sql, sizeof(sql),
+	         "CREATE TABLE saved AS SELECT ts, severity, outcome FROM audit_events WHERE "
+	         "event_id = '%s'",
+	         victim);
+	assert_int_equal(harness_sql("t_audit_columns", sql), 0);
+	for (size_t i = 0; i < sizeof(edits) / sizeof(edits[0]); i++) {
+		snprintf(sql, sizeof(sql), "UPDATE audit_events SET %s WHERE event_id = '%s'",
+		         edits[i], victim);
+		assert_int_equal(harness_sql("t_audit_columns", sql), 0);
+		assert_string_equal(verify_says(&p),
+		                    "an indexed column disagrees with the hashed body");
+		/* Put it back. */
+		snprintf(sql, sizeof(sql),
+		         "UPDATE audit_events e SET ts = s.ts, severity = s.severity, outcome = "
+		         "s.outcome FROM saved s WHERE e.event_id = '%s'",
+		         victim);
+		assert_int_equal(harness_sql("t_audit_columns", sql), 0);
+		assert_string_equal(verify_says(&p), "ok");
+	}
+	/* The chain's newest row deleted, idpd stopped so that nothing follows it. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(
+	    harness_sql("t_audit_columns",
+	                "DELETE FROM audit_events WHERE id = (SELECT max(id) FROM audit_events)"),
+	    0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
+	assert_string_equal(verify_says(&p), "rows are missing at the end of the chain "
+	                                     "(audit_chains.last_seq is beyond its last row)");
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
@@ -350,49 +426,50 @@ writer_rows_match_their_bodies_and_keep_audit_chains(void **state)
 		assert_int_equal(report(&p, tool_event, NULL, 0), 201);
 
 	assert_int_equal(harness_sql_value(db,
-					   "SELECT count(*) FROM pg_trigger WHERE tgrelid = "
-					   "'audit_events'::regclass AND NOT tgisinternal",
-					   v, sizeof(v)),
-			 0);
+	                                   "SELECT count(*) FROM pg_trigger WHERE tgrelid = "
+	                                   "'audit_events'::regclass AND NOT tgisinternal",
+	                                   v, sizeof(v)),
+	                 0);
 	assert_string_equal(v, "0");
 	assert_int_equal(harness_sql_value(db,
-					   "SELECT count(*) FROM (SELECT writer_id, max(seq) AS m "
-					   "FROM audit_events GROUP BY writer_id) e LEFT JOIN "
-					   "audit_chains c USING (writer_id) "
-					   "WHERE c.last_seq IS DISTINCT FROM e.m",
-					   v, sizeof(v)),
-			 0);
+	                                   "SELECT count(*) FROM (SELECT writer_id, max(seq) AS m "
+	                                   "FROM audit_events GROUP BY writer_id) e LEFT JOIN "
+	                                   "audit_chains c USING (writer_id) "
+	                                   "WHERE c.last_seq IS DISTINCT FROM e.m",
+	                                   v, sizeof(v)),
+	                 0);
 	assert_string_equal(v, "0");
 	assert_int_equal(harness_sql_value(db,
-					   "SELECT count(*) FROM audit_events WHERE "
-					   "ts <> (body::json->>'timestamp')::timestamptz OR "
-					   "severity <> (body::json->>'severity')::int OR "
-					   "outcome IS DISTINCT FROM body::json->>'outcome'",
-					   v, sizeof(v)),
-			 0);
+	                                   "SELECT count(*) FROM audit_events WHERE "
+	                                   "ts <> (body::json->>'timestamp')::timestamptz OR "
+	                                   "severity <> (body::json->>'severity')::int OR "
+	                                   "outcome IS DISTINCT FROM body::json->>'outcome'",
+	                                   v, sizeof(v)),
+	                 0);
 	assert_string_equal(v, "0");
-	assert_int_equal(harness_sql_value(db,
-					   "SELECT count(*) FROM audit_events WHERE event_id !~ "
-					   "'^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
-					   "[0-9a-f]{12}$'",
-					   v, sizeof(v)),
-			 0);
+	assert_int_equal(
+	    harness_sql_value(db,
+	                      "SELECT count(*) FROM audit_events WHERE event_id !~ "
+	                      "'^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+	                      "[0-9a-f]{12}$'",
+	                      v, sizeof(v)),
+	    0);
 	assert_string_equal(v, "0");
-	assert_int_equal(harness_sql_value(db,
-					   "SELECT count(*) FROM (SELECT event_id >= lead(event_id) "
-					   "OVER (PARTITION BY writer_id ORDER BY seq) AS down "
-					   "FROM audit_events) s WHERE down",
-					   v, sizeof(v)),
-			 0);
+	assert_int_equal(
+	    harness_sql_value(db,
+	                      "SELECT count(*) FROM (SELECT event_id >= lead(event_id) "
+	                      "OVER (PARTITION BY writer_id ORDER BY seq) AS down "
+	                      "FROM audit_events) s WHERE down",
+	                      v, sizeof(v)),
+	    0);
 	assert_string_equal(v, "0");
 	assert_int_equal(harness_sql_value(db, "SELECT count(*) FROM audit_events", v, sizeof(v)),
-			 0);
+	                 0);
 	n = atol(v);
 	assert_true(n >= 6);
 
 	/* 0011 once more, over the rows written: idempotent, nothing lost. */
-	snprintf(path, sizeof(path), "%s/migrations/0011_audit_rows.sql",
-		 getenv("IDPD_TEST_TOP"));
+	snprintf(path, sizeof(path), "%s/migrations/0011_audit_rows.sql", getenv("IDPD_TEST_TOP"));
 	f = fopen(path, "r");
 	assert_non_null(f);
 	mig = calloc(1, 65536);
@@ -464,7 +541,8 @@ audit_queries_have_an_index_path(void **state)
 	     "ORDER BY id ASC LIMIT 101",
 	     "audit_events_type"},
 	    {"SELECT id, body FROM audit_events WHERE true AND "
-	     "ts >= '2026-01-05T00:00:00Z'::timestamptz AND ts < '2026-01-05T01:00:00Z'::timestamptz "
+	     "ts >= '2026-01-05T00:00:00Z'::timestamptz AND ts < "
+	     "'2026-01-05T01:00:00Z'::timestamptz "
 	     "ORDER BY id ASC LIMIT 101",
 	     "audit_events_ts_brin"},
 	    {"SELECT id, body FROM audit_events WHERE true AND id > 19000::bigint "
@@ -495,14 +573,15 @@ audit_queries_have_an_index_path(void **state)
 	assert_int_equal(harness_db_create(db), 0);
 	/* 20000 events, one a minute from 2026-01-01, over 4 chains. */
 	assert_int_equal(
-	    harness_sql(db, "INSERT INTO audit_events (event_id, writer_id, seq, ts, type, agent_id, "
-			    "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
-			    "SELECT 'ev-' || i, 'w-' || (i % 4), i / 4 + 1, "
-			    "'2026-01-01T00:00:00Z'::timestamptz + i * interval '1 minute', "
-			    "'type-' || (i % 2000), 'agent-' || (i % 200), 'h' || (i % 300) || "
-			    "'@example.com', 'task-' || (i % 500), 2, 'success', '{}', "
-			    "decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex') "
-			    "FROM generate_series(0, 19999) AS i"),
+	    harness_sql(db,
+	                "INSERT INTO audit_events (event_id, writer_id, seq, ts, type, agent_id, "
+	                "human_principal, task_id, severity, outcome, body, prev_hash, hash) "
+	                "SELECT 'ev-' || i, 'w-' || (i % 4), i / 4 + 1, "
+	                "'2026-01-01T00:00:00Z'::timestamptz + i * interval '1 minute', "
+	                "'type-' || (i % 2000), 'agent-' || (i % 200), 'h' || (i % 300) || "
+	                "'@example.com', 'task-' || (i % 500), 2, 'success', '{}', "
+	                "decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex') "
+	                "FROM generate_series(0, 19999) AS i"),
 	    0);
 	assert_int_equal(harness_sql(db, "VACUUM ANALYZE audit_events"), 0);
 	for (size_t i = 0; i < sizeof(q) / sizeof(q[0]); i++) {
@@ -515,15 +594,15 @@ audit_queries_have_an_index_path(void **state)
 	 * the VACUUM above summarized every full range, only the table's
 	 * partial last one (if any) is left. */
 	assert_int_equal(harness_sql_value(db,
-					   "SELECT coalesce(array_to_string(reloptions, ','), '') "
-					   "FROM pg_class WHERE relname = 'audit_events_ts_brin'",
-					   plan, sizeof(plan)),
-			 0);
+	                                   "SELECT coalesce(array_to_string(reloptions, ','), '') "
+	                                   "FROM pg_class WHERE relname = 'audit_events_ts_brin'",
+	                                   plan, sizeof(plan)),
+	                 0);
 	assert_null(strstr(plan, "autosummarize=on"));
-	assert_int_equal(harness_sql_value(db,
-					   "SELECT brin_summarize_new_values('audit_events_ts_brin')",
-					   plan, sizeof(plan)),
-			 0);
+	assert_int_equal(
+	    harness_sql_value(db, "SELECT brin_summarize_new_values('audit_events_ts_brin')", plan,
+	                      sizeof(plan)),
+	    0);
 	assert_true(atoi(plan) <= 1);
 }
 
@@ -555,9 +634,9 @@ sync_emit_fails_closed_while_postgres_is_down_then_resumes(void **state)
 	 * And since it was told "not recorded", the event must not turn up
 	 * later either: the writer drops it before writing again. */
 	st = report(&outage,
-		    "{\"type\":\"tool_invocation\",\"task_id\":\"task-given-up\","
-		    "\"action\":{\"tool\":\"x\"}}",
-		    NULL, 0);
+	            "{\"type\":\"tool_invocation\",\"task_id\":\"task-given-up\","
+	            "\"action\":{\"tool\":\"x\"}}",
+	            NULL, 0);
 	assert_int_equal(st, 503);
 	assert_int_equal(harness_pg_start(), 0);
 	for (int i = 0; i < 100; i++) {
@@ -569,14 +648,14 @@ sync_emit_fails_closed_while_postgres_is_down_then_resumes(void **state)
 	}
 	assert_int_equal(st, 201);
 	snprintf(sql, sizeof(sql),
-		 "SELECT count(*) FROM audit_events WHERE event_id IN ('%s', '%s')", before, after);
+	         "SELECT count(*) FROM audit_events WHERE event_id IN ('%s', '%s')", before, after);
 	assert_int_equal(harness_sql_value("t_audit_outage", sql, n, sizeof(n)), 0);
 	assert_string_equal(n, "2");
 	assert_int_equal(harness_sql_value("t_audit_outage",
-					   "SELECT count(*) FROM audit_events WHERE task_id = "
-					   "'task-given-up'",
-					   n, sizeof(n)),
-			 0);
+	                                   "SELECT count(*) FROM audit_events WHERE task_id = "
+	                                   "'task-given-up'",
+	                                   n, sizeof(n)),
+	                 0);
 	assert_string_equal(n, "0");
 	assert_int_equal(harness_idpd_stop(&outage, SIGTERM, 10000), 0);
 }
@@ -642,8 +721,8 @@ kill_9_under_load_loses_no_acknowledged_event(void **state)
 			char sql[256], n[16];
 
 			snprintf(sql, sizeof(sql),
-				 "SELECT count(*) FROM audit_events WHERE event_id = '%s'",
-				 ls[i].acked[j]);
+			         "SELECT count(*) FROM audit_events WHERE event_id = '%s'",
+			         ls[i].acked[j]);
 			assert_int_equal(harness_sql_value("t_audit_kill", sql, n, sizeof(n)), 0);
 			assert_string_equal(n, "1");
 		}
@@ -662,16 +741,17 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(reported_event_is_stored_redacted_and_attributed),
-		cmocka_unit_test(audit_endpoints_require_the_right_key),
-		cmocka_unit_test(bad_reports_are_rejected_and_nothing_is_written),
-		cmocka_unit_test(query_pages_through_events_in_order_both_ways),
-		cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
-		cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
-		cmocka_unit_test(audit_queries_have_an_index_path),
-		cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,
-					  outage_teardown),
-		cmocka_unit_test(kill_9_under_load_loses_no_acknowledged_event),
+	    cmocka_unit_test(reported_event_is_stored_redacted_and_attributed),
+	    cmocka_unit_test(audit_endpoints_require_the_right_key),
+	    cmocka_unit_test(bad_reports_are_rejected_and_nothing_is_written),
+	    cmocka_unit_test(query_pages_through_events_in_order_both_ways),
+	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
+	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),
+	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
+	    cmocka_unit_test(audit_queries_have_an_index_path),
+	    cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,
+	                              outage_teardown),
+	    cmocka_unit_test(kill_9_under_load_loses_no_acknowledged_event),
 	};
 	return cmocka_run_group_tests_name("audit", tests, NULL, NULL);
 }
