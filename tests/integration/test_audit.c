@@ -262,6 +262,10 @@ query_pages_through_events_in_order_both_ways(void **state)
 		get_as(&p, auditor_key, "/v1/audit/events?since=yesterday", &r);
 		assert_int_equal(r.status, 400);
 		harness_resp_free(&r);
+		/* Well formed, but no such day: PostgreSQL refuses it (SQLSTATE 22008). */
+		get_as(&p, auditor_key, "/v1/audit/events?since=2026-02-30T00:00:00Z", &r);
+		assert_int_equal(r.status, 400);
+		harness_resp_free(&r);
 		get_as(&p, auditor_key,
 		       "/v1/audit/events?type=tool_invocation&since=2000-01-01T00:00:00Z"
 		       "&until=2999-01-01T00:00:00.5%2B01:00",
