@@ -49,6 +49,7 @@ struct audit_sink {
 	bool fsync;
 
 	int fd;               /* -1 when closed */
+	bool unflushed;       /* TCP: bytes sent on fd since the last good flush */
 	struct idp_buf line;  /* write_event's formatted line */
 	struct idp_buf frame; /* file: line + LF; syslog: header + line */
 	struct idp_buf wire;  /* TCP: length prefix + frame, sent with one send() */
@@ -254,6 +255,7 @@ audit_sink_close(struct audit_sink *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	s->unflushed = false;
 }
 
 void
@@ -532,7 +534,11 @@ tcp_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag 
 	rc = idp_buf_printf(&s->wire, "%zu ", s->frame.len);
 	if (rc == IDP_OK)
 		rc = idp_buf_append(&s->wire, s->frame.data, s->frame.len);
-	return rc == IDP_OK ? send_all(s, s->wire.data, s->wire.len, diag) : rc;
+	if (rc == IDP_OK)
+		rc = send_all(s, s->wire.data, s->wire.len, diag);
+	if (rc == IDP_OK)
+		s->unflushed = true;
+	return rc;
 }
 
 /* The longest prefix of p[0..n) of at most max bytes that ends on a UTF-8 boundary. */
@@ -589,8 +595,16 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 		return IDP_ETOOBIG;
 	}
 	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol == AUDIT_PROTO_TCP &&
-	    tcp_peer_gone(s->fd))
+	    tcp_peer_gone(s->fd)) {
+		/* What was sent since the last flush may never have arrived: the
+		 * caller must send it again from its cursor, not carry on over a
+		 * new connection as if it had. */
+		bool lost = s->unflushed;
+
 		audit_sink_close(s);
+		if (lost)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "send", ECONNRESET);
+	}
 	rc = audit_sink_open(s, diag);
 	if (rc != IDP_OK)
 		return rc;
@@ -672,7 +686,12 @@ audit_sink_flush(struct audit_sink *s, struct idp_diag *diag)
 		file_check_rotation(s);
 		return IDP_OK;
 	}
-	if (s->protocol == AUDIT_PROTO_TCP)
-		return tcp_drain(s, diag);
+	if (s->protocol == AUDIT_PROTO_TCP) {
+		int rc = tcp_drain(s, diag);
+
+		if (rc == IDP_OK)
+			s->unflushed = false;
+		return rc;
+	}
 	return IDP_OK;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <arpa/inet.h>
@@ -440,6 +441,52 @@ tcp_sink_reconnects_when_the_receiver_comes_back(void **state)
 	close(lfd);
 }
 
+/*
+ * The receiver resets the connection before acknowledging what was sent
+ * (it closes with the bytes unread): the next write must not carry on over
+ * a new connection as if they had arrived, but ask for a resend from the
+ * cursor.  Only with nothing sent since the last flush is a reconnect silent.
+ */
+static void
+tcp_sink_reset_before_a_flush_asks_to_resend(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port), cfd;
+	struct audit_sink *s = syslog_sink(AUDIT_PROTO_TCP, port, AUDIT_FORMAT_JSON, 0);
+	struct audit_sink_msg one = msg("one", "x", 2), two = msg("two", "x", 2);
+	struct timespec pause = {0, 50 * 1000000L};
+	struct idp_diag d;
+	int rc;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4), 0);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	cfd = accept_one(lfd);
+	assert_true(cfd >= 0);
+	nanosleep(&pause, NULL); /* "one" is in the receiver's buffer, unread */
+	close(cfd);              /* unread data: the kernel answers with a reset */
+	nanosleep(&pause, NULL);
+	rc = audit_sink_write(s, &two, &d);
+	assert_int_equal(rc, IDP_EUNAVAIL);
+	assert_true(audit_sink_retryable(rc));
+
+	/* The resend from the cursor goes out on a new connection. */
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	assert_int_equal(audit_sink_write(s, &two, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	cfd = accept_one(lfd);
+	assert_true(cfd >= 0);
+	/* After a good flush, a receiver that left costs a silent reconnect. */
+	close(cfd);
+	nanosleep(&pause, NULL);
+	assert_int_equal(audit_sink_write(s, &one, &d), IDP_OK);
+	audit_sink_free(s);
+	cfd = accept_one(lfd);
+	if (cfd >= 0)
+		close(cfd);
+	close(lfd);
+}
+
 /* ---- syslog over UDP ---------------------------------------------------- */
 
 static void
@@ -599,6 +646,7 @@ main(void)
 	    cmocka_unit_test(tcp_sink_sends_octet_counted_rfc5424_frames),
 	    cmocka_unit_test(tcp_sink_to_a_closed_port_asks_to_retry),
 	    cmocka_unit_test(tcp_sink_reconnects_when_the_receiver_comes_back),
+	    cmocka_unit_test(tcp_sink_reset_before_a_flush_asks_to_resend),
 	    cmocka_unit_test(udp_sink_sends_one_datagram_per_message),
 	    cmocka_unit_test(udp_sink_truncates_on_a_utf8_boundary),
 	    cmocka_unit_test(sink_new_rejects_bad_settings),
