@@ -93,9 +93,9 @@ ensure_session(struct shipper *sh)
 	snprintf(key, sizeof(key), "idpd-sink:%s", sh->name);
 	p[0] = key;
 	r = PQexecParams(sh->pg, "SELECT pg_try_advisory_lock(hashtext($1))", 1, NULL, p, NULL,
-			 NULL, 0);
+	                 NULL, 0);
 	sh->locked = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-		     strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+	             strcmp(PQgetvalue(r, 0, 0), "t") == 0;
 	PQclear(r);
 	return sh->locked;
 }
@@ -105,11 +105,11 @@ move_cursor(struct shipper *sh, const char *writer, const char *seq)
 {
 	const char *p[3] = {sh->name, writer, seq};
 	PGresult *r = PQexecParams(
-		sh->pg,
-		"INSERT INTO audit_sink_cursors (sink, writer_id, last_seq) VALUES ($1, $2, $3) "
-		"ON CONFLICT (sink, writer_id) DO UPDATE SET last_seq = excluded.last_seq, "
-		"updated_at = now() WHERE audit_sink_cursors.last_seq < excluded.last_seq",
-		3, NULL, p, NULL, NULL, 0);
+	    sh->pg,
+	    "INSERT INTO audit_sink_cursors (sink, writer_id, last_seq) VALUES ($1, $2, $3) "
+	    "ON CONFLICT (sink, writer_id) DO UPDATE SET last_seq = excluded.last_seq, "
+	    "updated_at = now() WHERE audit_sink_cursors.last_seq < excluded.last_seq",
+	    3, NULL, p, NULL, NULL, 0);
 	bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
 
 	PQclear(r);
@@ -122,7 +122,7 @@ move_cursor(struct shipper *sh, const char *writer, const char *seq)
  * an error after which the same rows are sent again.
  */
 static int
-ship_chain(struct shipper *sh, const char *writer, const char *after)
+ship_chain(struct shipper *sh, const char *writer, const char *after, const char *last_seq)
 {
 	const char *p[3];
 	char lim[16];
@@ -134,16 +134,32 @@ ship_chain(struct shipper *sh, const char *writer, const char *after)
 	p[0] = writer;
 	p[1] = after;
 	p[2] = lim;
-	r = PQexecParams(sh->pg,
-			 "SELECT seq, body FROM audit_events WHERE writer_id = $1 AND seq > $2::bigint "
-			 "ORDER BY seq LIMIT $3::int",
-			 3, NULL, p, NULL, NULL, 0);
+	r = PQexecParams(
+	    sh->pg,
+	    "SELECT seq, body FROM audit_events WHERE writer_id = $1 AND seq > $2::bigint "
+	    "ORDER BY seq LIMIT $3::int",
+	    3, NULL, p, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		PQclear(r);
 		drop_session(sh);
 		return -1;
 	}
 	n = PQntuples(r);
+	if (n == 0) {
+		/*
+		 * audit_chains says the chain goes on to last_seq, yet no row
+		 * past the cursor is left: a chain's rows commit with its
+		 * audit_chains row, so retention has removed them.  The cursor
+		 * moves past them, or a sink that never saw this chain would
+		 * ask for it forever (and, with 64 such chains, ship nothing).
+		 */
+		PQclear(r);
+		if (!move_cursor(sh, writer, last_seq)) {
+			drop_session(sh);
+			return -1;
+		}
+		return 0;
+	}
 	for (int i = 0; i < n; i++) {
 		const char *body = PQgetvalue(r, i, 1);
 		struct audit_event *ev = NULL;
@@ -152,8 +168,8 @@ ship_chain(struct shipper *sh, const char *writer, const char *after)
 		if (audit_event_from_json(body, strlen(body), &ev, &diag) != IDP_OK) {
 			/* Only a row written by another version, or by hand, can
 			 * get here; skipping it is logged and counted, never silent. */
-			log_error("audit sink %s: event %s/%s does not parse (%s); skipped", sh->name,
-				  writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
+			log_error("audit sink %s: event %s/%s does not parse (%s); skipped",
+			          sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
 			atomic_fetch_add(&sh->skipped, 1);
 			continue;
 		}
@@ -164,13 +180,13 @@ ship_chain(struct shipper *sh, const char *writer, const char *after)
 		audit_event_free(ev);
 		if (rc == IDP_ETOOBIG || rc == IDP_EINVAL) {
 			log_error("audit sink %s: event %s/%s cannot be carried (%s); skipped",
-				  sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
+			          sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
 			atomic_fetch_add(&sh->skipped, 1);
 			continue;
 		}
 		if (rc != IDP_OK) {
 			log_warn("audit sink %s: %s; will send again from the cursor", sh->name,
-				 idp_diag_str(&diag));
+			         idp_diag_str(&diag));
 			PQclear(r);
 			return -1;
 		}
@@ -178,7 +194,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after)
 	idp_diag_init(&diag);
 	if (n > 0 && audit_sink_flush(sh->sink, &diag) != IDP_OK) {
 		log_warn("audit sink %s: flush: %s; will send again from the cursor", sh->name,
-			 idp_diag_str(&diag));
+		         idp_diag_str(&diag));
 		PQclear(r);
 		return -1;
 	}
@@ -206,11 +222,12 @@ ship_batch(struct shipper *sh)
 	int total = 0, n;
 	bool full = false;
 
-	r = PQexecParams(sh->pg,
-			 "SELECT ch.writer_id, coalesce(c.last_seq, 0) FROM audit_chains ch "
-			 "LEFT JOIN audit_sink_cursors c ON c.sink = $1 AND c.writer_id = ch.writer_id "
-			 "WHERE ch.last_seq > coalesce(c.last_seq, 0) ORDER BY ch.updated_at LIMIT 64",
-			 1, NULL, p, NULL, NULL, 0);
+	r = PQexecParams(
+	    sh->pg,
+	    "SELECT ch.writer_id, coalesce(c.last_seq, 0), ch.last_seq FROM audit_chains ch "
+	    "LEFT JOIN audit_sink_cursors c ON c.sink = $1 AND c.writer_id = ch.writer_id "
+	    "WHERE ch.last_seq > coalesce(c.last_seq, 0) ORDER BY ch.updated_at LIMIT 64",
+	    1, NULL, p, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		PQclear(r);
 		drop_session(sh);
@@ -218,7 +235,8 @@ ship_batch(struct shipper *sh)
 	}
 	n = PQntuples(r);
 	for (int i = 0; i < n; i++) {
-		int k = ship_chain(sh, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+		int k =
+		    ship_chain(sh, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
 
 		if (k < 0) {
 			PQclear(r);
@@ -277,36 +295,36 @@ collect(struct idp_buf *out, void *ctx)
 	(void)ctx;
 	pthread_mutex_lock(&ship_lock);
 	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_shipped_total Events delivered per sink.\n"
-				"# TYPE idpd_audit_sink_shipped_total counter\n");
+	                        "# TYPE idpd_audit_sink_shipped_total counter\n");
 	for (size_t i = 0; i < n_shippers; i++)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_shipped_total{sink=\"%s\"} %llu\n",
-				     shippers[i]->name,
-				     (unsigned long long)atomic_load(&shippers[i]->shipped));
+		                     shippers[i]->name,
+		                     (unsigned long long)atomic_load(&shippers[i]->shipped));
 	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_errors_total Failed sends (retried).\n"
-				"# TYPE idpd_audit_sink_errors_total counter\n");
+	                        "# TYPE idpd_audit_sink_errors_total counter\n");
 	for (size_t i = 0; i < n_shippers; i++)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_errors_total{sink=\"%s\"} %llu\n",
-				     shippers[i]->name,
-				     (unsigned long long)atomic_load(&shippers[i]->errors));
+		                     shippers[i]->name,
+		                     (unsigned long long)atomic_load(&shippers[i]->errors));
 	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_skipped_total Events a sink cannot carry "
-				"(logged).\n# TYPE idpd_audit_sink_skipped_total counter\n");
+	                        "(logged).\n# TYPE idpd_audit_sink_skipped_total counter\n");
 	for (size_t i = 0; i < n_shippers; i++)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_skipped_total{sink=\"%s\"} %llu\n",
-				     shippers[i]->name,
-				     (unsigned long long)atomic_load(&shippers[i]->skipped));
+		                     shippers[i]->name,
+		                     (unsigned long long)atomic_load(&shippers[i]->skipped));
 	rc |= idp_buf_puts(out,
-			   "# HELP idpd_audit_sink_lag_seconds Age of the newest event delivered, "
-			   "when the sink is behind; 0 when caught up.\n"
-			   "# TYPE idpd_audit_sink_lag_seconds gauge\n");
+	                   "# HELP idpd_audit_sink_lag_seconds Age of the newest event delivered, "
+	                   "when the sink is behind; 0 when caught up.\n"
+	                   "# TYPE idpd_audit_sink_lag_seconds gauge\n");
 	for (size_t i = 0; i < n_shippers; i++) {
 		int64_t last = atomic_load(&shippers[i]->last_ts_ms);
 		double lag = 0;
 
 		if (atomic_load(&shippers[i]->behind) || atomic_load(&shippers[i]->errors) > 0)
-			lag = last > 0 ? (double)(idp_now_ms(idp_clock_system()) - last) / 1000.0
-				       : 0;
+			lag =
+			    last > 0 ? (double)(idp_now_ms(idp_clock_system()) - last) / 1000.0 : 0;
 		rc |= idp_buf_printf(out, "idpd_audit_sink_lag_seconds{sink=\"%s\"} %.3f\n",
-				     shippers[i]->name, lag);
+		                     shippers[i]->name, lag);
 	}
 	pthread_mutex_unlock(&ship_lock);
 	if (rc != 0)
@@ -338,16 +356,17 @@ fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
 	struct idp_buf b;
 
 	const char *text[] = {sc->name,    sc->type,     sc->format,  sc->path,
-			      sc->address, sc->protocol, sc->hostname};
+	                      sc->address, sc->protocol, sc->hostname};
 	int rc = 0;
 
 	idp_buf_init(&b, 0);
 	/* Each string with its length first, so no field can pass for another. */
 	for (size_t i = 0; i < IDP_ARRAY_LEN(text); i++)
 		rc |= idp_buf_printf(&b, "%zu:%s|", strlen(text[i]), text[i]);
-	rc |= idp_buf_printf(&b, "%d|%lld|%lld|%d|%d|%lld", sc->facility,
-			     (long long)sc->connect_timeout_ms, (long long)sc->send_timeout_ms,
-			     sc->udp_max, sc->fsync ? 1 : 0, (long long)cfg->audit.ship_interval_ms);
+	rc |=
+	    idp_buf_printf(&b, "%d|%lld|%lld|%d|%d|%lld", sc->facility,
+	                   (long long)sc->connect_timeout_ms, (long long)sc->send_timeout_ms,
+	                   sc->udp_max, sc->fsync ? 1 : 0, (long long)cfg->audit.ship_interval_ms);
 	if (rc != IDP_OK) {
 		idp_buf_cleanup(&b);
 		return idp_xstrdup("?");
@@ -418,7 +437,7 @@ start_shippers(struct shipper **made, size_t n, struct idp_diag *diag)
 			continue;
 		}
 		log_info("audit sink %s: shipping to %s", made[i]->name,
-			 audit_sink_describe(made[i]->sink));
+		         audit_sink_describe(made[i]->sink));
 		pthread_mutex_lock(&ship_lock);
 		shippers[n_shippers++] = made[i];
 		pthread_mutex_unlock(&ship_lock);
@@ -434,8 +453,7 @@ start_shippers(struct shipper **made, size_t n, struct idp_diag *diag)
  * cursors.  If any new sink is not usable, nothing changes.
  */
 static int
-on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
-	  struct idp_diag *diag)
+on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
 {
 	struct shipper *made[MAX_SHIPPERS], *gone[MAX_SHIPPERS], *kept[MAX_SHIPPERS];
 	size_t n_made = 0, n_gone = 0, n_kept = 0, n_need;
@@ -489,8 +507,9 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
 	 */
 	for (size_t i = 0; i < n_made; i++) {
 		if (pthread_create(&made[i]->thread, NULL, run, made[i]) != 0) {
-			idp_diag_add(diag, "audit sink %s: cannot start its thread; sinks unchanged",
-				     made[i]->name);
+			idp_diag_add(diag,
+			             "audit sink %s: cannot start its thread; sinks unchanged",
+			             made[i]->name);
 			for (size_t k = 0; k < i; k++)
 				stop_shipper(made[k]);
 			for (size_t k = i; k < n_made; k++)
@@ -505,14 +524,14 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
 	pthread_mutex_unlock(&ship_lock);
 	for (size_t i = 0; i < n_made; i++)
 		log_info("audit sink %s: shipping to %s", made[i]->name,
-			 audit_sink_describe(made[i]->sink));
+		         audit_sink_describe(made[i]->sink));
 	for (size_t j = 0; j < n_gone; j++) {
 		log_info("audit sink %s: stopped (reload)", gone[j]->name);
 		stop_shipper(gone[j]);
 	}
 	if (n_made + n_gone > 0)
 		log_info("reload: audit sinks: %zu kept, %zu stopped, %zu started", n_kept, n_gone,
-			 n_made);
+		         n_made);
 	return IDP_OK;
 }
 
@@ -542,7 +561,7 @@ audit_ship_start(const struct idpd_config *cfg, const char *version, struct idp_
 	if (!hook_added) {
 		if (app_on_reload(on_reload, NULL) != IDP_OK)
 			log_warn("audit sinks: cannot register the reload hook; sinks change on "
-				 "restart only");
+			         "restart only");
 		if (metrics_register(collect, NULL) != IDP_OK)
 			log_warn("metrics: too many collectors; sink metrics not exported");
 		hook_added = true;

@@ -46,9 +46,9 @@ report(const struct idpd_proc *p, const char *task, char *id, size_t id_len)
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", reporter_key);
 	snprintf(url, sizeof(url), "%s/v1/audit/events", p->base);
 	snprintf(body, sizeof(body),
-		 "{\"type\":\"tool_invocation\",\"agent_id\":\"cost-agent\",\"task_id\":\"%s\","
-		 "\"action\":{\"tool\":\"billing|read\",\"result\":\"ok=1\\\\done\"}}",
-		 task);
+	         "{\"type\":\"tool_invocation\",\"agent_id\":\"cost-agent\",\"task_id\":\"%s\","
+	         "\"action\":{\"tool\":\"billing|read\",\"result\":\"ok=1\\\\done\"}}",
+	         task);
 	if (harness_http("POST", url, h, body, strlen(body), &r) != 0) {
 		harness_resp_free(&r);
 		return -1;
@@ -77,12 +77,57 @@ count_lines(const char *path, const char *s)
 	return n;
 }
 
+/*
+ * Retention empties old chains but keeps their audit_chains rows.  A sink
+ * added later has no cursor on them: it must step past them, not ask for
+ * them forever (with 64 of them, it shipped nothing at all).
+ */
+static void
+a_new_sink_steps_past_chains_retention_emptied(void **state)
+{
+	struct idpd_proc p;
+	char extra[1024], id[80], path[] = "/tmp/idpd-sink-late-XXXXXX";
+	int fd, i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	fd = mkstemp(path);
+	close(fd);
+	assert_int_equal(harness_db_create("t_sink_emptied"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_emptied", NULL, NULL), 0);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(harness_sql("t_sink_emptied",
+	                             "INSERT INTO audit_chains (writer_id, last_seq, updated_at) "
+	                             "SELECT 'emptied-' || g, 7, now() - interval '400 days' "
+	                             "FROM generate_series(1, 70) g"),
+	                 0);
+	snprintf(extra, sizeof(extra),
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"late\"\ntype = \"file\"\nformat = \"json\"\n"
+	         "path = \"%s\"\n"
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         path, reporter_hash);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_emptied", NULL, extra), 0);
+	assert_int_equal(report(&p, "task-late", id, sizeof(id)), 201);
+	for (i = 0; i < 200 && count_lines(path, "task-late") < 1; i++)
+		sleep_ms(50);
+	assert_int_equal(count_lines(path, "task-late"), 1);
+	assert_int_equal(
+	    harness_sql("t_sink_emptied",
+	                "DO $$ BEGIN IF (SELECT count(*) FROM audit_sink_cursors WHERE "
+	                "sink = 'late' AND writer_id LIKE 'emptied-%' AND last_seq = 7) "
+	                "<> 70 THEN RAISE EXCEPTION 'cursors'; END IF; END $$"),
+	    0);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	unlink(path);
+}
+
 static void
 file_sinks_receive_every_event_in_order_in_each_format(void **state)
 {
 	struct idpd_proc p;
 	char extra[2048], ids[5][80], json_path[] = "/tmp/idpd-sink-json-XXXXXX",
-					cef_path[] = "/tmp/idpd-sink-cef-XXXXXX";
+	                              cef_path[] = "/tmp/idpd-sink-cef-XXXXXX";
 	char line[8192];
 	FILE *f;
 	int fd, i;
@@ -94,16 +139,20 @@ file_sinks_receive_every_event_in_order_in_each_format(void **state)
 	fd = mkstemp(cef_path);
 	close(fd);
 	snprintf(extra, sizeof(extra),
-		 "[audit]\nship_interval = \"50ms\"\n"
-		 "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\npath = \"%s\"\n"
-		 "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\npath = \"%s\"\n"
-		 "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-		 json_path, cef_path, reporter_hash);
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\npath "
+	         "= \"%s\"\n"
+	         "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\npath = "
+	         "\"%s\"\n"
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         json_path, cef_path, reporter_hash);
 	assert_int_equal(harness_db_create("t_sink_file"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_file", NULL, extra), 0);
 	for (i = 0; i < 5; i++)
 		assert_int_equal(report(&p, "task-file", ids[i], sizeof(ids[i])), 201);
-	for (i = 0; i < 100 && (count_lines(json_path, "task-file") < 5 || count_lines(cef_path, "task-file") < 5); i++)
+	for (i = 0; i < 100 && (count_lines(json_path, "task-file") < 5 ||
+	                        count_lines(cef_path, "task-file") < 5);
+	     i++)
 		sleep_ms(50);
 	assert_int_equal(count_lines(json_path, "task-file"), 5);
 	assert_int_equal(count_lines(cef_path, "task-file"), 5);
@@ -243,11 +292,11 @@ syslog_receiver_down_for_a_while_gets_every_event_once(void **state)
 	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
 	rc.port = harness_free_port();
 	snprintf(extra, sizeof(extra),
-		 "[audit]\nship_interval = \"50ms\"\n"
-		 "[[audit.sinks]]\nname = \"siem\"\ntype = \"syslog\"\nformat = \"leef\"\n"
-		 "address = \"127.0.0.1:%d\"\nprotocol = \"tcp\"\nconnect_timeout = \"200ms\"\n"
-		 "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-		 rc.port, reporter_hash);
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem\"\ntype = \"syslog\"\nformat = \"leef\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tcp\"\nconnect_timeout = \"200ms\"\n"
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         rc.port, reporter_hash);
 	assert_int_equal(harness_db_create("t_sink_syslog"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_syslog", NULL, extra), 0);
 
@@ -340,16 +389,16 @@ sinks_change_on_reload(void **state)
 	fd = mkstemp(b_path);
 	close(fd);
 	snprintf(keys, sizeof(keys),
-		 "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-		 reporter_hash);
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         reporter_hash);
 	snprintf(sink_a, sizeof(sink_a),
-		 "[[audit.sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"%s\"\n", a_path);
+	         "[[audit.sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"%s\"\n", a_path);
 	snprintf(sink_b, sizeof(sink_b),
-		 "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"cef\"\n"
-		 "path = \"%s\"\n",
-		 b_path);
+	         "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"cef\"\n"
+	         "path = \"%s\"\n",
+	         b_path);
 	snprintf(bad, sizeof(bad),
-		 "[[audit.sinks]]\nname = \"c\"\ntype = \"syslog\"\naddress = \"no-port\"\n");
+	         "[[audit.sinks]]\nname = \"c\"\ntype = \"syslog\"\naddress = \"no-port\"\n");
 	snprintf(extra, sizeof(extra), "%s[audit]\nship_interval = \"50ms\"\n%s", keys, sink_a);
 	assert_int_equal(harness_db_create("t_sink_reload"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_reload", NULL, extra), 0);
@@ -389,9 +438,9 @@ sinks_change_on_reload(void **state)
 		char b_json[512];
 
 		snprintf(b_json, sizeof(b_json),
-			 "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"json\"\n"
-			 "path = \"%s\"\n",
-			 b_path);
+		         "[[audit.sinks]]\nname = \"b\"\ntype = \"file\"\nformat = \"json\"\n"
+		         "path = \"%s\"\n",
+		         b_path);
 		reconfigure(&p, sink_b, b_json);
 		assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
 		assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
@@ -418,9 +467,10 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
-		cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
-		cmocka_unit_test(sinks_change_on_reload),
+	    cmocka_unit_test(a_new_sink_steps_past_chains_retention_emptied),
+	    cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
+	    cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
+	    cmocka_unit_test(sinks_change_on_reload),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }
