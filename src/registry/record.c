@@ -180,7 +180,9 @@ agent_from_row(const PGresult *r, int row)
 	static const int strs[] = {C_ID,         C_TYPE,       C_VERSION_S, C_MODEL,
 	                           C_DEPLOYMENT, C_OWNER,      C_TEAM,      C_CRED_TYPE,
 	                           C_ENV,        C_CHANGED_BY, C_REASON};
-	static const int arrays[] = {C_CAPS, C_DELEGATE_TO, C_DOMAINS, C_SELECTORS};
+	/* Every array bump_lines copies below: one left out here overruns the
+	 * block (bump_alloc aborts) once its size passes the slack. */
+	static const int arrays[] = {C_CAPS, C_DELEGATE_TO, C_DOMAINS, C_SELECTORS, C_APPROVAL};
 	const char *id = col(r, row, C_ID), *labels_text = col(r, row, C_LABELS);
 	json_t *labels = NULL;
 	size_t size = sizeof(struct agent_box) + 64, n;
@@ -219,7 +221,7 @@ agent_from_row(const PGresult *r, int row)
 		size += sizeof(struct registry_label) + strlen(k) + 1 +
 		        strlen(json_string_value(v) ? json_string_value(v) : "") + 1;
 	}
-	size += sizeof(struct registry_label);
+	size += sizeof(struct registry_label) + sizeof(char *); /* the terminator, the alignment */
 
 	box = idp_xcalloc(1, size);
 	atomic_init(&box->refs, 1);

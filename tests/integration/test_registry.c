@@ -511,6 +511,48 @@ patch_needs_if_match_and_refuses_a_stale_version(void **state)
 
 /* ---- status transitions ---- */
 
+/*
+ * An agent needing approval for all four action classes, with field lengths
+ * that once made its in-memory record overrun its block (the approval list
+ * was left out of the size): registering, suspending and decommissioning
+ * it answer, and idpd lives on.
+ */
+static void
+an_agent_needing_approval_for_every_class_is_served(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char body[1024], path[128];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_classes"), 0);
+	start(&p, "t_reg_classes", NULL);
+	/* Sixteen layouts: ids and owners of every length modulo 8 and more. */
+	for (int i = 0; i < 16; i++) {
+		snprintf(
+		    body, sizeof(body),
+		    "{\"id\":\"a%.*s\",\"agent_type\":\"b\",\"owner\":\"%.*s@example.co\","
+		    "\"capabilities\":[\"abc:read\"],\"delegation_constraints\":{"
+		    "\"max_chain_depth\":1,\"max_scope_per_delegation\":\"read\","
+		    "\"requires_human_approval_for\":[\"read\",\"write\",\"delete\",\"admin\"]}}",
+		    i, "bbbbbbbbbbbbbbbb", 1 + i % 8, "xxxxxxxx");
+		call(&p, "POST", "/v1/agents", registrar_key, body, NULL, &r);
+		assert_int_equal(r.status, 201);
+		assert_int_equal(json_array_size(json_object_get(
+		                     json_object_get(r.json, "delegation_constraints"),
+		                     "requires_human_approval_for")),
+		                 4);
+		harness_resp_free(&r);
+		/* Suspending adds who and why to the record: another layout. */
+		snprintf(path, sizeof(path), "/v1/agents/a%.*s/suspend", i, "bbbbbbbbbbbbbbbb");
+		call(&p, "POST", path, registrar_key, "{\"reason\":\"incident\"}", NULL, &r);
+		assert_int_equal(r.status, 200);
+		harness_resp_free(&r);
+	}
+	assert_int_equal(kill(p.pid, 0), 0);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 transitions_suspend_resume_and_decommission_is_terminal(void **state)
 {
@@ -1174,6 +1216,7 @@ main(void)
 	    cmocka_unit_test(bad_input_gets_422_naming_the_field_and_writes_nothing),
 	    cmocka_unit_test(auth_failures_are_401_and_403),
 	    cmocka_unit_test(patch_needs_if_match_and_refuses_a_stale_version),
+	    cmocka_unit_test(an_agent_needing_approval_for_every_class_is_served),
 	    cmocka_unit_test(transitions_suspend_resume_and_decommission_is_terminal),
 	    cmocka_unit_test(list_filters_and_pages_through_every_agent_once),
 	    cmocka_unit_test(a_change_through_one_instance_shows_on_the_other_within_100ms),
