@@ -301,12 +301,6 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	}
 	if (rc != IDP_OK)
 		goto done;
-	if (a->status != REGISTRY_ACTIVE) {
-		at->reason =
-		    a->status == REGISTRY_SUSPENDED ? "agent_suspended" : "agent_decommissioned";
-		rc = IDP_EFORBIDDEN;
-		goto done;
-	}
 	if (at->at != NULL) {
 		const char *failed = NULL;
 
@@ -319,6 +313,14 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 			goto done;
 		}
 		at->matched = strings_json(a->attestation_selectors, a->n_attestation_selectors);
+	}
+	/* After the selectors: evidence that is not this agent's learns
+	 * nothing of its status (401 like an unknown agent, not 403). */
+	if (a->status != REGISTRY_ACTIVE) {
+		at->reason =
+		    a->status == REGISTRY_SUSPENDED ? "agent_suspended" : "agent_decommissioned";
+		rc = IDP_EFORBIDDEN;
+		goto done;
 	}
 
 	rc = keys_signing_key(km, &key, &not_after);

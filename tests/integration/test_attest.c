@@ -617,6 +617,22 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 	assert_int_equal(
 	    harness_status(&p, "POST", "/v1/agents/planner-2/join-tokens", registrar_key, NULL),
 	    409);
+	/* A workload token that is not the agent's learns nothing of its status:
+	 * 401 as for an active or unknown agent; the agent's own evidence gets 403. */
+	register_agent(&p, "k8s-held", "[\"k8s:ns:agents\",\"k8s:sa:planner\"]");
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/k8s-held/suspend", registrar_key, NULL), 200);
+	{
+		char *intruder = k8s_token(RSA_K8S, K8S_ISS, "idpd", "dev", "intruder", 600);
+		char *own = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 600);
+
+		assert_int_equal(attest_jwt(&p, "k8s-held", intruder, NULL, 0), 401);
+		assert_last_failure("t_att_status", "k8s-held", "selector_mismatch");
+		assert_int_equal(attest_jwt(&p, "k8s-held", own, NULL, 0), 403);
+		assert_last_failure("t_att_status", "k8s-held", "agent_suspended");
+		free(intruder);
+		free(own);
+	}
 	/* The refused attempt did not spend the token: resumed, the agent attests. */
 	assert_int_equal(
 	    harness_status(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL), 200);
