@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idpd/attest.h"
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
 #include "idpd/log.h"
@@ -66,9 +67,10 @@ static struct store_stmt st_status = {
     "registry_set_status",
     "UPDATE agents SET status = $2, version = version + 1, updated_at = now(), "
     "status_changed_at = now(), status_changed_by = $3, status_reason = $4, "
-    "revocation_epoch = CASE WHEN $5::bool THEN now() ELSE revocation_epoch END "
+    "revocation_epoch = CASE WHEN $5::bool THEN clock_timestamp() + $6::bigint * "
+    "interval '1 millisecond' ELSE revocation_epoch END "
     "WHERE id = $1 RETURNING " AGENT_COLUMNS,
-    5, 0};
+    6, 0};
 
 #define LOAD_PAGE 5000
 
@@ -523,9 +525,10 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	    [REGISTRY_DECOMMISSIONED] = AUDIT_AGENT_DECOMMISSIONED,
 	};
 	struct registry_agent *cur = NULL, *a = NULL;
-	const char *params[5];
+	struct attest_identity_copy idc;
+	const char *params[6];
 	PGresult *r;
-	char epoch[32];
+	char epoch[32], margin[24];
 	int rc;
 
 	*out = NULL;
@@ -551,6 +554,18 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	/* Suspending or decommissioning cuts every credential issued so far;
 	 * resuming does not bring them back. */
 	params[4] = to == REGISTRY_ACTIVE ? "false" : "true";
+	/*
+	 * The epoch is this statement's time (not the transaction's start:
+	 * the row lock may have been waited for) plus identity.leeway.  Until
+	 * the commit has reached every instance's cache, and across the skew
+	 * between PostgreSQL's clock and the iat of idpd's, tokens may still
+	 * be issued: stamped before the epoch, they die with the rest and do
+	 * not come back on a resume.  The cost: tokens issued within the
+	 * leeway after a quick resume are born revoked.
+	 */
+	attest_identity_get(&idc);
+	snprintf(margin, sizeof(margin), "%lld", (long long)idc.leeway_ms);
+	params[5] = margin;
 	rc = store_exec(c, &st_status, params, &r);
 	if (rc != IDP_OK)
 		goto done;

@@ -19,6 +19,7 @@
  * a second; the delay is printed), and PostgreSQL stopped (503 past
  * revocation.max_staleness, correct answers again after the restart).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "idpd/attest.h"
 #include "idpd/auth.h"
@@ -1153,6 +1155,89 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	setting_stop(&w);
 }
 
+struct suspender {
+	struct world *w;
+	long status;
+};
+
+static void *
+suspend_cloud_agent(void *arg)
+{
+	struct suspender *sp = arg;
+
+	sp->status = harness_status(&sp->w->p, "POST", "/v1/agents/cloud-agent/suspend",
+	                            sp->w->k.registrar, "{\"reason\":\"incident\"}");
+	return NULL;
+}
+
+/*
+ * A token issued while a suspension is under way (here: waiting for a row
+ * lock, while every cache still says active) is cut by it, and stays cut
+ * after a resume: the epoch is taken when the suspension writes, plus the
+ * identity leeway, not when its transaction began.
+ */
+static void
+a_token_issued_during_a_suspension_does_not_survive_it(void **state)
+{
+	const struct world_agent cloud = {.id = "cloud-agent",
+	                                  .type = "cloud-inventory",
+	                                  .owner = "alice@example.com",
+	                                  .caps = "[\"cloud:Describe*\"]",
+	                                  .delegate_to = "[]",
+	                                  .max_depth = 2,
+	                                  .approvals = "[]"};
+	const struct world_agent planner = {.id = "planning-agent",
+	                                    .type = "planner",
+	                                    .owner = "alice@example.com",
+	                                    .caps = "[\"cloud:Describe*\"]",
+	                                    .delegate_to = "[\"cloud-agent\"]",
+	                                    .max_depth = 2,
+	                                    .approvals = "[]"};
+	const struct world_opts o = {.max_ttl = "2h"};
+	char cred[4096], task_id[80], root_jti[80], url[512];
+	char *alice, *root, *during;
+	struct suspender sp;
+	struct world w;
+	pthread_t th;
+	PGconn *pg;
+	PGresult *r;
+
+	(void)state;
+	world_start_opts(&w, "t_rev_epoch", &o);
+	world_agent(&w, &cloud);
+	world_agent(&w, &planner);
+	world_credential(&w, "planning-agent", cred, sizeof(cred));
+	alice = world_human_token("alice@example.com");
+	world_task_ttl(&w, alice, "planning-agent", "[\"cloud:DescribeInstances\"]", "1h", task_id,
+	               root_jti, &root);
+
+	/* Another session holds cloud-agent's row: the suspension waits. */
+	harness_db_url(w.db, url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	PQclear(PQexec(pg, "BEGIN"));
+	r = PQexec(pg, "SELECT 1 FROM agents WHERE id = 'cloud-agent' FOR SHARE");
+	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	PQclear(r);
+	sp = (struct suspender){.w = &w};
+	assert_int_equal(pthread_create(&th, NULL, suspend_cloud_agent, &sp), 0);
+	sleep(2);
+	during = world_delegate(&w, cred, root, "cloud-agent", "cloud:DescribeInstances", NULL);
+	PQclear(PQexec(pg, "COMMIT"));
+	PQfinish(pg);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(sp.status, 200);
+	assert_false(world_active(&w, during, NULL));
+	assert_int_equal(
+	    harness_status(&w.p, "POST", "/v1/agents/cloud-agent/resume", w.k.registrar, "{}"),
+	    200);
+	assert_false(world_active(&w, during, NULL));
+	free(during);
+	free(root);
+	free(alice);
+	world_stop(&w);
+}
+
 int
 main(void)
 {
@@ -1170,6 +1255,7 @@ main(void)
 	    cmocka_unit_test(unknown_kid_is_503_while_key_notifications_are_lost),
 	    cmocka_unit_test(a_failed_key_reload_after_a_reconnect_is_retried),
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
+	    cmocka_unit_test(a_token_issued_during_a_suspension_does_not_survive_it),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);
