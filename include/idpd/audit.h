@@ -227,6 +227,15 @@ int audit_event_take_detail(struct audit_event *ev, json_t *detail) IDP_WUR;
  */
 int audit_event_put_detail(struct audit_event *ev, const char *key, json_t *value) IDP_WUR;
 /*
+ * A detail value echoing request text s (valid UTF-8), cut to at most max
+ * bytes on a character boundary and marked with how much was left out, so
+ * that a caller cannot push its own refusal's event past
+ * AUDIT_JSON_MAX_BYTES and out of the log.  NULL for NULL s or no memory.
+ */
+json_t *audit_json_clip(const char *s, size_t max);
+/* How much request text a refusal's event echoes (audit_json_clip). */
+#define AUDIT_ECHO_MAX 2048
+/*
  * Set AUDIT_F_ID to a time-ordered UUID (version 7, RFC 9562): ids a process
  * assigns strictly increase.  IDP_EINTERNAL if the RNG fails.  Any thread.
  */

@@ -1326,3 +1326,26 @@ audit_hash_from_hex(const char *hex, uint8_t out[AUDIT_HASH_LEN])
 	memcpy(out, tmp, sizeof(tmp));
 	return IDP_OK;
 }
+
+json_t *
+audit_json_clip(const char *s, size_t max)
+{
+	size_t n, cut;
+	char *t;
+	json_t *v;
+
+	if (s == NULL)
+		return NULL;
+	n = strlen(s);
+	if (n <= max)
+		return json_stringn(s, n);
+	cut = max;
+	while (cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80)
+		cut--; /* not inside a character */
+	t = idp_xmalloc(cut + 48);
+	memcpy(t, s, cut);
+	snprintf(t + cut, 48, "...[%zu more bytes]", n - cut);
+	v = json_string(t);
+	free(t);
+	return v;
+}

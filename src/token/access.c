@@ -15,10 +15,9 @@
  * has passed, so such a refusal never burns one; the policy then sees
  * context.approval (a DENY after that still stands: an approval lifts
  * REQUIRE_APPROVAL, never a deny).  It is spent once the token is signed,
- * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the smallest of
- * the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl
- * condition, the delegation token's exp, the keys' longest lifetime and
- * the signing key's not-after.
+ * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the
+ * smallest of the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition,
+ * the delegation token's exp, the keys' longest lifetime and the signing key's not-after.
  *
  * Every outcome is audited: token.issued durably before the token goes
  * out (audit.durability "sync"), token.denied best effort (a refusal stands
@@ -276,9 +275,9 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	    audit_event_chain_append(ev, s->agent->id) != IDP_OK)
 		rc = IDP_EINTERNAL;
 	/* detail.reason is the refusal code: the alert rules classify by it. */
-	detail =
-	    json_pack("{s:s,s:s,s:s?,s:s?}", "audience", a->audience, "requested_scope",
-	              a->scopes->joined, "stated_reason", a->reason, "delegation_jti", s->djti);
+	detail = json_pack("{s:s,s:o,s:o?,s:s?}", "audience", a->audience, "requested_scope",
+	                   audit_json_clip(a->scopes->joined, AUDIT_ECHO_MAX), "stated_reason",
+	                   audit_json_clip(a->reason, AUDIT_ECHO_MAX), "delegation_jti", s->djti);
 	if (detail != NULL) {
 		if (!issued)
 			json_object_set_new(detail, "reason", json_string(s->g->code));

@@ -202,8 +202,9 @@ deny(struct deleg *g, int status, const char *reason)
 	bool ok;
 
 	emit_event(g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_DENIED,
-	           json_pack("{s:s,s:s?,s:s?}", "reason", reason, "to_agent", g->to_agent,
-	                     "requested_scope", g->sc.n > 0 ? g->sc.joined : NULL),
+	           json_pack("{s:s,s:s?,s:o?}", "reason", reason, "to_agent", g->to_agent,
+	                     "requested_scope",
+	                     g->sc.n > 0 ? audit_json_clip(g->sc.joined, AUDIT_ECHO_MAX) : NULL),
 	           &ok);
 	if (!ok)
 		log_warn("delegation: cannot record the refusal (%s) in the audit log", reason);

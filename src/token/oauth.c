@@ -161,6 +161,16 @@ exchange(struct http_req *req, void *ctx)
 		                       "audience and resource name different resources");
 		goto done;
 	}
+	{
+		const char *stated = http_form_get(f, "reason");
+
+		/* As POST /v1/token: the reason is echoed in the audit events. */
+		if (stated != NULL && strlen(stated) > 1024) {
+			http_reply_oauth_error(req, 400, "invalid_request",
+			                       "reason: at most 1024 bytes");
+			goto done;
+		}
+	}
 	rc = authenticate_agent_token(actor, &who, &why);
 	if (rc != IDP_OK) {
 		log_info("oauth: actor token refused: %s", why ? why : "unknown");

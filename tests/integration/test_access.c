@@ -701,25 +701,32 @@ static void
 token_exchange_errors_are_oauth_bodies(void **state)
 {
 	static char form[16384];
+	static char long_reason[1100];
 	static const struct {
 		const char *audience, *scope, *subject, *actor_type;
 		long status;
 		const char *error;
+		const char *reason;
 	} cases[] = {
 	    {WORLD_AWS, "cloud:DescribeInstances", "garbage.token.here",
-	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_grant"},
+	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_grant", NULL},
 	    {"https://evil.example.com", "cloud:DescribeInstances", NULL,
-	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_target"},
+	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_target", NULL},
 	    {WORLD_AWS, "cloud:TerminateInstances", NULL, "urn:ietf:params:oauth:token-type:jwt",
-	     400, "invalid_scope"},
+	     400, "invalid_scope", NULL},
 	    {WORLD_BILLING, "billing:read", NULL, "urn:ietf:params:oauth:token-type:jwt", 403,
-	     "access_denied"},
-	    {WORLD_AWS, "cloud:DescribeInstances", NULL, "urn:x:unknown", 400, "invalid_request"},
+	     "access_denied", NULL},
+	    {WORLD_AWS, "cloud:DescribeInstances", NULL, "urn:x:unknown", 400, "invalid_request",
+	     NULL},
+	    /* A reason over 1024 bytes, as POST /v1/token refuses it. */
+	    {WORLD_AWS, "cloud:DescribeInstances", NULL, "urn:ietf:params:oauth:token-type:jwt",
+	     400, "invalid_request", long_reason},
 	};
 	struct setting s;
 	struct http_resp r;
 
 	(void)state;
+	memset(long_reason, 'r', sizeof(long_reason) - 1);
 	setting_start(&s, "t_access_exchange_err");
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		form[0] = '\0';
@@ -733,6 +740,8 @@ token_exchange_errors_are_oauth_bodies(void **state)
 		form_add(form, sizeof(form), "actor_token_type", cases[i].actor_type);
 		form_add(form, sizeof(form), "resource", cases[i].audience);
 		form_add(form, sizeof(form), "scope", cases[i].scope);
+		if (cases[i].reason != NULL)
+			form_add(form, sizeof(form), "reason", cases[i].reason);
 		world_form(&s.w, "/oauth2/token", NULL, form, &r);
 		if (r.status != cases[i].status)
 			fprintf(stderr, "case %zu: %ld %s\n", i, r.status, r.body);

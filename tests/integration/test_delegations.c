@@ -200,6 +200,31 @@ delegation_refusals_issue_nothing(void **state)
 	expect_refusal(&w, w.cloud, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
 	               "delegation_token_not_yours");
 	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
+	/* A request that echoes 16 KiB of scopes is still recorded, its scope
+	 * clipped: an agent cannot push its refusal out of the log. */
+	{
+		static char body[24000];
+		size_t n;
+
+		n = (size_t)snprintf(body, sizeof(body),
+		                     "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+		                     "\"scope\":[",
+		                     w.root_token);
+		for (int i = 0; i < 64; i++)
+			n += (size_t)snprintf(body + n, sizeof(body) - n,
+			                      "%s\"cloud:Describe%03d%0239d\"", i > 0 ? "," : "", i,
+			                      0);
+		snprintf(body + n, sizeof(body) - n, "]}");
+		world_call(&w.w, "POST", "/v1/delegations", w.planner, body, &r);
+		assert_int_equal(r.status, 403);
+		harness_resp_free(&r);
+		assert_int_equal(
+		    world_count(&w.w,
+		                "SELECT count(*) FROM audit_events WHERE type = "
+		                "'delegation.denied' AND body::json->'detail'->>'requested_scope' "
+		                "LIKE 'cloud:Describe000%more bytes]'"),
+		    1);
+	}
 
 	/* cloud-agent allows a chain of depth 1 only. */
 	delegate(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL, &r);

@@ -816,6 +816,29 @@ hash_from_hex_rejects_bad_input(void **state)
 	assert_int_equal(audit_hash_from_hex("", h), IDP_EINVAL);
 }
 
+static void
+clip_cuts_echoed_text_on_a_character_boundary(void **state)
+{
+	char big[600];
+	json_t *v;
+
+	(void)state;
+	v = audit_json_clip("short", 16);
+	assert_string_equal(json_string_value(v), "short");
+	json_decref(v);
+	assert_null(audit_json_clip(NULL, 16));
+	/* 300 two-byte characters: a cut at 101 bytes falls inside one. */
+	for (int i = 0; i < 300; i++)
+		memcpy(big + 2 * i, "\xc3\xa9", 2);
+	big[600 - 1] = '\0';
+	big[598] = '\0';
+	v = audit_json_clip(big, 101);
+	assert_non_null(v); /* valid UTF-8, or jansson would refuse it */
+	assert_int_equal(strncmp(json_string_value(v), big, 100), 0);
+	assert_string_equal(json_string_value(v) + 100, "...[498 more bytes]");
+	json_decref(v);
+}
+
 int
 main(void)
 {
@@ -851,6 +874,7 @@ main(void)
 	    cmocka_unit_test(chain_hash_is_sha256_of_prev_and_canonical),
 	    cmocka_unit_test(chain_links_events_and_exposes_a_change),
 	    cmocka_unit_test(hash_from_hex_rejects_bad_input),
+	    cmocka_unit_test(clip_cuts_echoed_text_on_a_character_boundary),
 	};
 	return cmocka_run_group_tests_name("audit_event", tests, NULL, NULL);
 }
