@@ -371,12 +371,14 @@ static struct store_stmt st_task_share = {
 /* The parent and its ancestors, nearest first. */
 static struct store_stmt st_chain = {
     "deleg_chain",
-    "WITH RECURSIVE c(jti, parent_jti, agent_id, depth, revoked, n) AS ("
-    " SELECT jti, parent_jti, agent_id, depth, revoked_at IS NOT NULL, 0 FROM delegation_tokens"
-    " WHERE jti = $1 AND task_id = $2"
+    "WITH RECURSIVE c(jti, parent_jti, agent_id, depth, revoked, issued, n) AS ("
+    " SELECT jti, parent_jti, agent_id, depth, revoked_at IS NOT NULL, issued_at, 0"
+    " FROM delegation_tokens WHERE jti = $1 AND task_id = $2"
     " UNION ALL SELECT d.jti, d.parent_jti, d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
-    " c.n + 1 FROM delegation_tokens d JOIN c ON d.jti = c.parent_jti WHERE c.n < 64)"
-    " SELECT agent_id, depth, revoked FROM c ORDER BY n",
+    " d.issued_at, c.n + 1 FROM delegation_tokens d JOIN c ON d.jti = c.parent_jti"
+    " WHERE c.n < 64)"
+    " SELECT agent_id, depth, revoked, floor(extract(epoch FROM issued))::bigint FROM c"
+    " ORDER BY n",
     2, 0};
 
 static struct store_stmt st_insert = {
@@ -402,7 +404,12 @@ subject_of(const struct deleg *g)
 	};
 }
 
-/* Every agent on the stored chain allows depth; false with g->reason otherwise. */
+/*
+ * Every agent on the stored chain allows depth and is still what its link
+ * was issued to: active, and not revoked after the link (a suspension cuts
+ * the links before it, a resume does not bring them back), as introspection
+ * and POST /v1/token judge the chain; false with g->reason otherwise.
+ */
 static bool
 chain_ok(struct deleg *g, PGresult *r, int depth)
 {
@@ -430,6 +437,12 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 		if (depth > a->max_chain_depth) {
 			registry_agent_unref(a);
 			g->reason = "chain_depth_exceeded";
+			return false;
+		}
+		if (a->status != REGISTRY_ACTIVE ||
+		    registry_issued_before_revocation(a, strtoll(PQgetvalue(r, i, 3), NULL, 10))) {
+			registry_agent_unref(a);
+			g->reason = "chain_agent_inactive";
 			return false;
 		}
 		registry_agent_unref(a);

@@ -1238,6 +1238,75 @@ a_token_issued_during_a_suspension_does_not_survive_it(void **state)
 	world_stop(&w);
 }
 
+/*
+ * A link whose agent was suspended after it was issued is dead, resumed or
+ * not: it delegates nothing (before, the delegation was created, dead on
+ * arrival), as it is refused by introspection and POST /v1/token.
+ */
+static void
+a_link_cut_by_a_suspension_delegates_nothing(void **state)
+{
+	const struct world_agent sub = {.id = "sub-agent",
+	                                .type = "helper",
+	                                .owner = "alice@example.com",
+	                                .caps = "[\"cloud:Describe*\"]",
+	                                .delegate_to = "[]",
+	                                .max_depth = 3,
+	                                .approvals = "[]"};
+	const struct world_agent cloud = {.id = "cloud-agent",
+	                                  .type = "cloud-inventory",
+	                                  .owner = "alice@example.com",
+	                                  .caps = "[\"cloud:Describe*\"]",
+	                                  .delegate_to = "[\"sub-agent\"]",
+	                                  .max_depth = 3,
+	                                  .approvals = "[]"};
+	const struct world_agent planner = {.id = "planning-agent",
+	                                    .type = "planner",
+	                                    .owner = "alice@example.com",
+	                                    .caps = "[\"cloud:Describe*\"]",
+	                                    .delegate_to = "[\"cloud-agent\"]",
+	                                    .max_depth = 3,
+	                                    .approvals = "[]"};
+	const struct world_opts o = {.max_ttl = "2h", .leeway = "0s"};
+	char pcred[4096], ccred[4096], task_id[80], root_jti[80], sql[256];
+	char *alice, *root, *d1;
+	struct http_resp r;
+	struct world w;
+
+	(void)state;
+	world_start_opts(&w, "t_rev_cut_link", &o);
+	world_agent(&w, &sub);
+	world_agent(&w, &cloud);
+	world_agent(&w, &planner);
+	world_credential(&w, "planning-agent", pcred, sizeof(pcred));
+	alice = world_human_token("alice@example.com");
+	world_task_ttl(&w, alice, "planning-agent", "[\"cloud:DescribeInstances\"]", "1h", task_id,
+	               root_jti, &root);
+	d1 = world_delegate(&w, pcred, root, "cloud-agent", "cloud:DescribeInstances", NULL);
+	sleep(1); /* iat has whole seconds */
+	assert_int_equal(
+	    harness_status(&w.p, "POST", "/v1/agents/cloud-agent/suspend", w.k.registrar, "{}"),
+	    200);
+	assert_int_equal(
+	    harness_status(&w.p, "POST", "/v1/agents/cloud-agent/resume", w.k.registrar, "{}"),
+	    200);
+	sleep(1);
+	world_credential(&w, "cloud-agent", ccred, sizeof(ccred));
+	assert_false(world_active(&w, d1, NULL));
+	world_delegation(&w, ccred, d1, "sub-agent", "cloud:DescribeInstances", NULL, NULL, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
+	                    "chain_agent_inactive");
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM delegation_tokens WHERE agent_id = 'sub-agent'");
+	assert_int_equal(world_count(&w, sql), 0);
+	free(d1);
+	free(root);
+	free(alice);
+	world_stop(&w);
+}
+
 int
 main(void)
 {
@@ -1256,6 +1325,7 @@ main(void)
 	    cmocka_unit_test(a_failed_key_reload_after_a_reconnect_is_retried),
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	    cmocka_unit_test(a_token_issued_during_a_suspension_does_not_survive_it),
+	    cmocka_unit_test(a_link_cut_by_a_suspension_delegates_nothing),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -99,8 +99,10 @@ world_start_opts(struct world *w, const char *db, const struct world_opts *o)
 	snprintf(w->db, sizeof(w->db), "%s", db);
 	w->k = keys;
 	assert_int_equal(harness_db_create(db), 0);
-	if (o->issuer != NULL)
-		snprintf(issuer, sizeof(issuer), "issuer = \"%s\"\n", o->issuer);
+	snprintf(issuer, sizeof(issuer), "%s%s%s%s%s%s", o->issuer != NULL ? "issuer = \"" : "",
+	         o->issuer != NULL ? o->issuer : "", o->issuer != NULL ? "\"\n" : "",
+	         o->leeway != NULL ? "leeway = \"" : "", o->leeway != NULL ? o->leeway : "",
+	         o->leeway != NULL ? "\"\n" : "");
 	w->toml = malloc(len);
 	assert_non_null(w->toml);
 	n = snprintf(w->toml, len,

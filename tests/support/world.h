@@ -42,6 +42,7 @@ struct world_opts {
 	const char *issuer;        /* identity.issuer (default: idpd's own) */
 	const char *max_ttl;       /* tasks.max_ttl (default "8h") */
 	const char *max_staleness; /* revocation.max_staleness (default "2s") */
+	const char *leeway;        /* identity.leeway (default idpd's) */
 	const char *extra_toml;    /* appended; a [policy] table replaces the shipped policies */
 };
 
