@@ -48,6 +48,7 @@
 #include "idpd/revocation.h"
 #include "idpd/scope.h"
 #include "idpd/tasks.h"
+#include "revocation_int.h"
 
 #define GENERIC_401 "a valid agent credential is required"
 /* Walking more links than this means a corrupt chain: no agent allows it. */
@@ -240,8 +241,13 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 		goto done;
 	}
 	c = v->claims;
-	if (idp_jwt_check_time(c, idp_clock_system(), 0, IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT,
-	                       &why) != IDP_OK) {
+	/* identity.leeway for iat, as introspection allows: a token from an
+	 * instance whose clock runs a little ahead is not "from the future";
+	 * exp is held exactly, a token past it delegates nothing. */
+	if (idp_jwt_check_time(c, idp_clock_system(), rev_leeway_s(),
+	                       IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT, &why) != IDP_OK ||
+	    json_integer_value(json_object_get(c, "exp")) <=
+	        idp_now_ms(idp_clock_system()) / 1000) {
 		*reason = "delegation_token_expired";
 		goto done;
 	}

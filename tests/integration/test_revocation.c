@@ -1155,6 +1155,35 @@ postgres_down_means_503_after_max_staleness_then_correct_again(void **state)
 	setting_stop(&w);
 }
 
+/*
+ * A delegation token from an instance whose clock runs a little ahead (iat
+ * two seconds in the future, within identity.leeway) still delegates (a
+ * token past its exp is refused: test_access, expired_or_other_kind...).
+ */
+static void
+a_delegation_token_from_a_clock_ahead_still_delegates(void **state)
+{
+	struct setting w;
+	struct http_resp r;
+	json_t *dc;
+	char *ahead;
+	long long now = (long long)time(NULL);
+
+	(void)state;
+	setting_start(&w, "t_rev_clock_ahead", NULL);
+	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
+	json_object_set_new(dc, "iat", json_integer(now + 2));
+	ahead = sign_as(&w.sg, TASK_TOKEN_TYP, dc);
+	world_delegation(&w.w, w.cloud, ahead, "sub-agent", "cloud:DescribeInstances", NULL, NULL,
+	                 &r);
+	if (r.status != 201)
+		fprintf(stderr, "clock ahead: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	free(ahead);
+	setting_stop(&w);
+}
+
 struct suspender {
 	struct world *w;
 	long status;
@@ -1326,6 +1355,7 @@ main(void)
 	    cmocka_unit_test(postgres_down_means_503_after_max_staleness_then_correct_again),
 	    cmocka_unit_test(a_token_issued_during_a_suspension_does_not_survive_it),
 	    cmocka_unit_test(a_link_cut_by_a_suspension_delegates_nothing),
+	    cmocka_unit_test(a_delegation_token_from_a_clock_ahead_still_delegates),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);
