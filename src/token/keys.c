@@ -378,6 +378,44 @@ keys_snapshot_unref(struct keys_snapshot *s)
 	free(s);
 }
 
+/* Whether two keys are the same key (their RFC 7638 thumbprints agree). */
+static bool
+same_key(const struct idp_jws_key *a, const struct idp_jws_key *b)
+{
+	char ta[44], tb[44];
+
+	idp_jws_key_thumbprint(a, ta);
+	idp_jws_key_thumbprint(b, tb);
+	return strcmp(ta, tb) == 0;
+}
+
+/*
+ * Whether a published row holds up: a row sealed under this instance's KEK
+ * must open, and its private half must be the key its public JWK names.
+ * Without that check a public JWK swapped in the database under a known
+ * kid would be trusted by every instance, and tokens signed with the
+ * swapper's key would verify.  A row sealed under another KEK (between a
+ * reseal and the restart with the new one) cannot be checked here and is
+ * published as it is.
+ */
+static bool
+row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
+             struct idp_diag *diag)
+{
+	struct idp_jws_key *priv = NULL;
+	char mine[21];
+	bool ok;
+
+	if (kek == NULL)
+		return true;
+	idp_kek_id(kek, mine);
+	if (strcmp(row->info.kek_id, mine) != 0)
+		return true;
+	ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+	idp_jws_key_unref(priv);
+	return ok;
+}
+
 int
 keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
                     const struct keys_snapshot *prev, struct keys_snapshot **out,
@@ -411,13 +449,24 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 			rc = row_public_key(row, &pub, diag);
 			if (rc != IDP_OK)
 				goto done;
+			if (!row_holds_up(row, pub, kek, signing_diag)) {
+				/* Left out, not fatal: the other keys stay usable. */
+				log_error("keys: signing key %s does not match its sealed private "
+				          "key (the row was altered); it is neither published nor "
+				          "trusted",
+				          row->info.kid);
+				idp_jws_key_unref(pub);
+				continue;
+			}
 			pubs[np++] = pub;
 			s->info[s->n_info++] = row->info;
 			if (row->info.state != KEYS_ACTIVE)
 				continue;
 			s->signing_not_after_ms = row->info.not_after_ms;
+			/* The loaded key again, if the row still publishes it. */
 			if (prev != NULL && prev->signing != NULL &&
-			    strcmp(idp_jws_key_kid(prev->signing), row->info.kid) == 0)
+			    strcmp(idp_jws_key_kid(prev->signing), row->info.kid) == 0 &&
+			    same_key(prev->signing, pub))
 				s->signing = idp_jws_key_ref(prev->signing);
 			else if (row_private_key(row, pub, kek, &s->signing, signing_diag) !=
 			         IDP_OK)
@@ -719,9 +768,10 @@ on_notify(const char *channel, const char *payload, void *ctx)
 	if (catch_up(km, &d) != IDP_OK) {
 		/* The change notified is not here: a key may be missing. */
 		atomic_store(&km->may_lack, true);
-		log_warn("%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
-		         "answer 503",
-		         idp_diag_str(&d));
+		log_warn(
+		    "%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
+		    "answer 503",
+		    idp_diag_str(&d));
 		retry_later(km);
 	}
 }

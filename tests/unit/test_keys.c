@@ -615,6 +615,51 @@ snapshot_refuses_a_public_jwk_that_names_another_key(void **state)
 	idp_kek_free(a);
 }
 
+/* Replace row's public JWK with a new key's under the same kid, as someone
+ * with write access to the table could. */
+static void
+swap_public_jwk(struct keys_row *row)
+{
+	struct idp_jws_key *other = NULL;
+	json_t *jwk;
+
+	assert_int_equal(idp_jws_key_generate(row->info.kid, &other, NULL), IDP_OK);
+	jwk = idp_jws_key_public_jwk(other);
+	free(row->public_jwk);
+	row->public_jwk = json_dumps(jwk, JSON_COMPACT);
+	json_decref(jwk);
+	idp_jws_key_unref(other);
+}
+
+static void
+snapshot_leaves_out_a_row_whose_public_jwk_was_swapped(void **state)
+{
+	struct idp_kek *a = kek(KEK_A);
+	struct keys_row *rows = make_rows(a);
+	struct keys_snapshot *first = build(rows, 3, a, NULL, NULL), *second, *third;
+
+	(void)state;
+	assert_int_equal(idp_jws_keyset_count(first->verify), 3);
+	/* A retiring key swapped: left out, the others stay. */
+	swap_public_jwk(&rows[1]);
+	second = build(rows, 3, a, first, NULL);
+	assert_int_equal(idp_jws_keyset_count(second->verify), 2);
+	assert_null(strstr(second->jwks, rows[1].info.kid));
+	assert_non_null(second->signing);
+	/* The active key swapped: the loaded private key is not reused under
+	 * another public key; nothing signs (503), nothing trusts the swap. */
+	swap_public_jwk(&rows[2]);
+	third = build(rows, 3, a, second, NULL);
+	assert_null(third->signing);
+	assert_int_equal(idp_jws_keyset_count(third->verify), 1);
+	assert_null(strstr(third->jwks, rows[2].info.kid));
+	keys_snapshot_unref(first);
+	keys_snapshot_unref(second);
+	keys_snapshot_unref(third);
+	keys_rows_free(rows, 3);
+	idp_kek_free(a);
+}
+
 static void
 check_kek_accepts_the_kek_that_sealed_the_keys(void **state)
 {
@@ -953,6 +998,7 @@ main(void)
 	    cmocka_unit_test(snapshot_with_the_wrong_kek_verifies_but_cannot_sign),
 	    cmocka_unit_test(snapshot_reuses_the_loaded_active_key_without_decrypting),
 	    cmocka_unit_test(snapshot_refuses_a_public_jwk_that_names_another_key),
+	    cmocka_unit_test(snapshot_leaves_out_a_row_whose_public_jwk_was_swapped),
 	    cmocka_unit_test(check_kek_accepts_the_kek_that_sealed_the_keys),
 	    cmocka_unit_test(check_kek_names_both_kek_ids_and_no_secret),
 	    cmocka_unit_test(check_kek_refuses_a_blob_that_does_not_open_under_a_matching_id),
