@@ -145,8 +145,8 @@ departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	static struct store_stmt find = {
 	    "cleanup_departed_find",
 	    "SELECT id, owner, count(*) OVER () FROM agents WHERE owner = ANY($1::text[]) "
-	    "AND status <> 'decommissioned' ORDER BY id",
-	    1, 0};
+	    "AND status <> 'decommissioned' ORDER BY id LIMIT $2::int",
+	    2, 0};
 	static struct store_stmt active = {
 	    "cleanup_departed_active",
 	    "SELECT id FROM agents WHERE owner = ANY($1::text[]) AND status = 'active' "
@@ -194,7 +194,9 @@ departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, st
 			goto done;
 	}
 	/* Every agent still owned by someone who left, suspended or not: each
-	 * needs a new accountable human. */
+	 * needs a new accountable human.  Counted whole, listed up to REPORT_IDS. */
+	snprintf(limit, sizeof(limit), "%d", REPORT_IDS);
+	params[1] = limit;
 	rc = store_exec(run->conn, &find, params, &r);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "finding agents of departed owners: %s", idp_err_name(rc));

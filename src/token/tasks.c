@@ -389,8 +389,9 @@ ttl_parse(const json_t *j, int64_t *ms, struct idp_diag *d)
 	           json_integer_value(j) <= 366LL * 86400) {
 		*ms = (int64_t)json_integer_value(j) * 1000;
 	} else if (!json_is_string(j) || idp_duration_parse(json_string_value(j), ms) != IDP_OK ||
-	           *ms <= 0) {
-		idp_diag_add(d, "ttl: a positive duration (\"30m\") or a number of seconds");
+	           *ms < 1000) {
+		/* Tokens carry whole seconds: less than one would be born expired. */
+		idp_diag_add(d, "ttl: a duration of at least 1s (\"30m\") or a number of seconds");
 		return false;
 	}
 	if (*ms > atomic_load(&max_ttl_ms))

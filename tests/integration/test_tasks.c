@@ -216,6 +216,12 @@ task_refusals_issue_nothing(void **state)
 	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
 	                   "\"ttl\":\"forever\"}"),
 	    400);
+	/* Under a second: tokens carry whole seconds, it would be born expired. */
+	assert_int_equal(
+	    harness_status(&w.p, "POST", "/v1/tasks", alice,
+	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
+	                   "\"ttl\":\"1ms\"}"),
+	    400);
 
 	/* Nothing was issued or recorded. */
 	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 0);
