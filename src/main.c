@@ -272,6 +272,14 @@ reload(struct idpd_app *app)
 		log_error("reload: %s; keeping the running configuration", idp_diag_str(&diag));
 		return;
 	}
+	{
+		struct idp_diag rd;
+
+		/* Read at start only: said, so that nobody waits for them. */
+		idp_diag_init(&rd);
+		if (idpd_config_restart_keys(app->cfg, next, &rd) > 0)
+			log_warn("reload: %s", idp_diag_str(&rd));
+	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
 		log_error("reload: %s; components that failed keep their state",
 		          idp_diag_str(&diag));

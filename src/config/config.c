@@ -1622,7 +1622,16 @@ apply_table(struct loader *l, const struct idp_toml_node *t, const struct sectio
 		const struct key *k = find_key(sec, name);
 		char hint[64];
 
-		if (k != NULL) {
+		if (strchr(idp_toml_key(c), '.') != NULL) {
+			/* A quoted key holding a dot ("server.port" = 1) would pass
+			 * for the dotted path it spells and slip past the duplicate
+			 * checks (the later value winning unseen); no key of idpd's
+			 * has a dot, so it is refused. */
+			lerr(l, idp_toml_key_line(c), idp_toml_key_col(c), IDP_TOML_EXCERPT_KEY,
+			     "%s: a key may not contain '.'; write the table or the dotted key "
+			     "unquoted",
+			     shown);
+		} else if (k != NULL) {
 			seen[k - sec->keys] = true;
 			if (k->type == K_TABLES)
 				apply_tables(l, k, c, base, shown);

@@ -451,6 +451,11 @@ sinks_change_on_reload(void **state)
 		snprintf(sink_b, sizeof(sink_b), "%s", b_json);
 	}
 
+	/* A restart-only key changed with it: the reload says so. */
+	reconfigure(&p, "ship_interval = \"50ms\"\n",
+	            "ship_interval = \"50ms\"\nqueue_max = 777\n");
+	assert_true(wait_log(&p, "audit.queue_max: changed; takes effect after a restart"));
+
 	/* An unusable sink in the new file: nothing changes, b still ships. */
 	snprintf(extra, sizeof(extra), "%s%s", sink_b, bad);
 	reconfigure(&p, sink_b, extra);

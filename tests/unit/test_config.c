@@ -539,6 +539,25 @@ config_rejects_repeated_api_key_name_or_hash(void **state)
 	                          "api_keys[0].hash; each must be unique\n"));
 }
 
+/* A quoted key spelling a dotted path is refused, not taken for the path:
+ * it would replace what was set before unseen. */
+static void
+config_rejects_quoted_keys_with_a_dot(void **state)
+{
+	unsigned count;
+	const char *d = load_fail("[server]\nport = 80\n\"server.port\" = 9090\n",
+	                          IDP_EUNPROCESSABLE, &count);
+
+	(void)state;
+	assert_int_equal(count, 1);
+	assert_non_null(strstr(d, "a key may not contain '.'"));
+	d = load_fail("[[policy.verbs]]\nverb = \"Purge*\"\nclass = \"admin\"\n"
+	              "[[\"policy.verbs\"]]\nverb = \"Search*\"\nclass = \"read\"\n",
+	              IDP_EUNPROCESSABLE, &count);
+	assert_int_equal(count, 1);
+	assert_non_null(strstr(d, "a key may not contain '.'"));
+}
+
 static void
 config_rejects_malformed_api_keys(void **state)
 {
@@ -961,6 +980,7 @@ main(void)
 	    cmocka_unit_test(config_rejects_bad_role),
 	    cmocka_unit_test(config_rejects_bad_hash),
 	    cmocka_unit_test(config_rejects_repeated_api_key_name_or_hash),
+	    cmocka_unit_test(config_rejects_quoted_keys_with_a_dot),
 	    cmocka_unit_test(config_rejects_malformed_api_keys),
 	    cmocka_unit_test(config_env_overrides_database_url),
 	    cmocka_unit_test(config_never_prints_secrets),
