@@ -14,6 +14,8 @@
 
 #include "policy_int.h"
 
+#define POLICY_MAX_TTL_S (366LL * 86400)
+
 struct checker {
 	struct perrors *errs;
 	struct ppool *pool;
@@ -512,15 +514,17 @@ check_conditions(struct checker *c, struct ast_rule *r)
 		if (which == 0) {
 			int64_t ms = -1;
 
-			if (v->kind == A_INT && v->i > 0) {
+			/* Bounded (a year) so that the token service's arithmetic on it
+			 * cannot overflow; no token lives that long anyway. */
+			if (v->kind == A_INT && v->i > 0 && v->i <= POLICY_MAX_TTL_S) {
 				r->ttl = v->i;
 			} else if (v->kind == A_STR && idp_duration_parse(v->s, &ms) == IDP_OK &&
-			           ms >= 1000 && ms % 1000 == 0) {
+			           ms >= 1000 && ms % 1000 == 0 && ms / 1000 <= POLICY_MAX_TTL_S) {
 				r->ttl = ms / 1000;
 			} else {
 				ERR(c, v,
 				    "max_ttl must be a positive number of seconds or a duration "
-				    "such as \"5m\"");
+				    "such as \"5m\", at most a year");
 				continue;
 			}
 			r->has_ttl = true;

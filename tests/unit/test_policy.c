@@ -391,9 +391,18 @@ rule_errors_name_position(void **state)
 	    {P "allow_with_conditions with { max_ttl: 5, max_ttl: 6 };", "max_ttl: 6",
 	     "duplicate condition \"max_ttl\""},
 	    {P "allow_with_conditions with { max_ttl: 0 };", "0",
-	     "max_ttl must be a positive number of seconds or a duration such as \"5m\""},
+	     "max_ttl must be a positive number of seconds or a duration such as \"5m\", at most "
+	     "a year"},
 	    {P "allow_with_conditions with { max_ttl: \"1500ms\" };", "\"1500ms\"",
-	     "max_ttl must be a positive number of seconds or a duration such as \"5m\""},
+	     "max_ttl must be a positive number of seconds or a duration such as \"5m\", at most "
+	     "a year"},
+	    {P "allow_with_conditions with { max_ttl: 9223372036854775807 };",
+	     "9223372036854775807",
+	     "max_ttl must be a positive number of seconds or a duration such as \"5m\", at most "
+	     "a year"},
+	    {P "allow_with_conditions with { max_ttl: \"9000h\" };", "\"9000h\"",
+	     "max_ttl must be a positive number of seconds or a duration such as \"5m\", at most "
+	     "a year"},
 	    {P "allow_with_conditions with { scopes: \"a:b\" };", "\"a:b\"",
 	     "scopes must be a non-empty list of scope patterns"},
 	    {P "allow_with_conditions with { scopes: [] };", "[]",
