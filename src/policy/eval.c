@@ -416,6 +416,7 @@ policy_eval(const struct policy_set *set, const struct policy_input *in,
 	unsigned action_bit =
 	    has_action ? 1u << (in->slot[POLICY_ATTR_REQUEST_ACTION_CLASS].i & 3) : 0;
 	int best = -1;
+	const char *restricted_by = NULL;
 
 	out->effect = POLICY_DENY;
 	out->reason = "no rule allows";
@@ -437,7 +438,7 @@ policy_eval(const struct policy_set *set, const struct policy_input *in,
 			    &set->rules[w * 64 + (size_t)__builtin_ctzll(x)];
 			const char *err = NULL;
 			enum tv t;
-			bool applied;
+			bool applied, restricts;
 
 			x &= x - 1;
 			if (has_action && !(r->action_mask & action_bit))
@@ -448,15 +449,26 @@ policy_eval(const struct policy_set *set, const struct policy_input *in,
 				continue;
 			applied = t == TV_TRUE || r->effect == POLICY_DENY ||
 			          r->effect == POLICY_REQUIRE_APPROVAL;
+			/* An allow_with_conditions that cannot be evaluated grants
+			 * nothing, but its conditions are restrictions: they hold
+			 * for whatever another rule grants (missing data never
+			 * loosens). */
+			restricts = t == TV_ERR && r->effect == POLICY_ALLOW_WITH_CONDITIONS;
 			if (out->n_matches < POLICY_MAX_MATCHES) {
 				struct policy_match *m = &out->matches[out->n_matches++];
 
 				m->rule = r;
 				m->error = t == TV_ERR ? (err != NULL ? err : "cannot be evaluated")
 				                       : NULL;
-				m->applied = applied;
+				m->applied = applied || restricts;
 			}
 			out->n_matches_total++;
+			if (restricts) {
+				apply_conditions(out, in, r);
+				if (restricted_by == NULL)
+					restricted_by = r->reason;
+				continue;
+			}
 			if (!applied)
 				continue;
 			if ((int)r->effect > best) {
@@ -466,6 +478,17 @@ policy_eval(const struct policy_set *set, const struct policy_input *in,
 			if (r->effect == POLICY_ALLOW_WITH_CONDITIONS)
 				apply_conditions(out, in, r);
 		}
+	}
+	if (best == POLICY_ALLOW && restricted_by != NULL) {
+		best = POLICY_ALLOW_WITH_CONDITIONS;
+		out->reason = restricted_by;
+	}
+	if (best != POLICY_ALLOW_WITH_CONDITIONS) {
+		/* Not a conditional grant: no errored condition rule took part. */
+		for (size_t i = 0; i < out->n_matches; i++)
+			if (out->matches[i].error != NULL &&
+			    out->matches[i].rule->effect == POLICY_ALLOW_WITH_CONDITIONS)
+				out->matches[i].applied = false;
 	}
 	if (best < 0)
 		return;

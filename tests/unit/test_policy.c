@@ -651,6 +651,53 @@ errors_follow_three_valued_logic(void **state)
 	policy_set_unref(set);
 }
 
+/*
+ * An allow_with_conditions that cannot be evaluated grants nothing, yet its
+ * conditions restrict what another rule grants: with the attribute it
+ * reads missing, the grant is not wider than with it present.
+ */
+static void
+conditions_of_an_errored_rule_still_restrict(void **state)
+{
+	struct policy_set *set = compile_ok(
+	    "@id(\"base\") @reason(\"within capabilities\") allow when { request.scopes within "
+	    "agent.capabilities };\n"
+	    "@id(\"prod\") @reason(\"production is read-only and short\") allow_with_conditions "
+	    "when { agent.environment == \"production\" } with { max_ttl: \"5m\", scopes: "
+	    "[\"ec2:Describe*\"], enhanced_logging: true };\n"
+	    "@id(\"only\") @reason(\"r\") allow_with_conditions when { agent.environment == "
+	    "\"lab\" } with { max_ttl: 60 };\n");
+	struct policy_decision d;
+
+	(void)state;
+	eval_json(set,
+	          "{\"agent\": {\"environment\": \"production\", \"capabilities\": "
+	          "[\"ec2:*\"]}, \"request\": {\"scopes\": [\"ec2:*\"]}}",
+	          &d);
+	assert_int_equal(d.effect, POLICY_ALLOW_WITH_CONDITIONS);
+	assert_int_equal(d.cond.max_ttl, 300);
+	/* The environment missing: the same restrictions, not a full ALLOW. */
+	eval_json(set,
+	          "{\"agent\": {\"capabilities\": [\"ec2:*\"]}, \"request\": {\"scopes\": "
+	          "[\"ec2:*\"]}}",
+	          &d);
+	assert_int_equal(d.effect, POLICY_ALLOW_WITH_CONDITIONS);
+	assert_true(d.cond.has_max_ttl);
+	assert_int_equal(d.cond.max_ttl, 60);
+	assert_true(d.cond.enhanced_logging);
+	assert_true(d.cond.narrowed);
+	assert_int_equal(d.cond.n_scopes, 1);
+	assert_string_equal(d.cond.scopes[0], "ec2:Describe*");
+	assert_true(d.matches[1].applied);
+	assert_non_null(d.matches[1].error);
+	/* Nothing else grants: an errored condition rule grants nothing. */
+	eval_json(set, "{\"request\": {\"scopes\": [\"ec2:*\"]}}", &d);
+	assert_int_equal(d.effect, POLICY_DENY);
+	for (size_t i = 0; i < d.n_matches; i++)
+		assert_false(d.matches[i].applied);
+	policy_set_unref(set);
+}
+
 static void
 integer_overflow_fails_closed(void **state)
 {
@@ -1505,6 +1552,7 @@ main(void)
 	    cmocka_unit_test_teardown(deny_cannot_be_bypassed_by_leaving_attributes_out,
 	                              doc_teardown),
 	    cmocka_unit_test_teardown(errors_follow_three_valued_logic, doc_teardown),
+	    cmocka_unit_test_teardown(conditions_of_an_errored_rule_still_restrict, doc_teardown),
 	    cmocka_unit_test_teardown(integer_overflow_fails_closed, doc_teardown),
 	    cmocka_unit_test_teardown(operators_evaluate_as_documented, doc_teardown),
 	    cmocka_unit_test_teardown(conditions_combine_to_the_strictest, doc_teardown),
