@@ -52,6 +52,7 @@ struct revocation_link {
 	int depth;      /* 0 for a task's root token */
 	int64_t iat_s;
 	int64_t exp_s;
+	bool approved; /* issued on a human's approval (delegation.approvals counts these) */
 };
 
 /* A delegation token's chain, root (depth 0) first; the caller owns it. */
@@ -91,7 +92,7 @@ int revocation_check_jti(const char *jti) IDP_WUR;
  */
 void revocation_note_delegation(const char *jti, const char *parent_jti, const char *task_id,
                                 const char *agent_id, const char *scope, int depth, int64_t iat_s,
-                                int64_t exp_s);
+                                int64_t exp_s, bool approved);
 void revocation_note_task_closed(const char *task_id);
 
 /*

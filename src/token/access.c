@@ -505,7 +505,13 @@ policy_input_build(struct issuing *s, const struct resource *r, int64_t ttl_s,
 	(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_DEPTH,
 	                           n_chain > 0 ? s->chain->links[n_chain - 1].depth : 0);
 	(void)policy_input_set_list(in, POLICY_ATTR_DELEGATION_CHAIN, chain, n_chain);
-	(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_APPROVALS, 0);
+	{
+		int64_t approved = 0;
+
+		for (size_t i = 0; i < n_chain; i++)
+			approved += s->chain->links[i].approved;
+		(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_APPROVALS, approved);
+	}
 	(void)policy_input_set_bool(in, POLICY_ATTR_CONTEXT_APPROVAL, s->approved);
 	return true;
 }

@@ -602,7 +602,7 @@ issue(struct deleg *g, int64_t now_ms)
 	} else {
 		revocation_note_delegation(g->jti, g->parent_jti, g->task_id, g->to_agent,
 		                           g->sc.joined, g->parent_depth + 1, now_ms / 1000,
-		                           g->exp_s);
+		                           g->exp_s, g->approval_id != NULL);
 	}
 done:
 	PQclear(r);

@@ -71,6 +71,7 @@ struct rev_entry {
 	char kind;
 	bool dead;     /* 'd': revoked; 't': completed; 'r': always */
 	bool partial;  /* 't' made from a local note: exp and human unknown */
+	bool approved; /* 'd': issued on a human's approval */
 	int depth;     /* 'd' */
 	int64_t iat_s; /* 'd' */
 	int64_t exp_s;
@@ -175,6 +176,7 @@ struct entry_fields {
 	int depth;
 	int64_t iat_s, exp_s;
 	const char *key, *parent, *task_id, *agent_id, *scope, *human;
+	bool approved;
 };
 
 /* A new entry with one reference; the strings are copied into it. */
@@ -192,6 +194,7 @@ entry_new(const struct entry_fields *f)
 	e->kind = f->kind;
 	e->dead = f->dead || f->kind == K_REVOKED;
 	e->partial = f->partial;
+	e->approved = f->approved;
 	e->depth = f->depth;
 	e->iat_s = f->iat_s;
 	e->exp_s = f->exp_s;
@@ -225,8 +228,19 @@ entry_unref(struct rev_entry *e)
 static struct rev_entry *
 entry_killed(const struct rev_entry *e)
 {
-	struct entry_fields f = {e->kind, true,      e->partial, e->depth,    e->iat_s, e->exp_s,
-	                         e->key,  e->parent, e->task_id, e->agent_id, e->scope, e->human};
+	struct entry_fields f = {.kind = e->kind,
+	                         .dead = true,
+	                         .partial = e->partial,
+	                         .depth = e->depth,
+	                         .iat_s = e->iat_s,
+	                         .exp_s = e->exp_s,
+	                         .key = e->key,
+	                         .parent = e->parent,
+	                         .task_id = e->task_id,
+	                         .agent_id = e->agent_id,
+	                         .scope = e->scope,
+	                         .human = e->human,
+	                         .approved = e->approved};
 
 	return entry_new(&f);
 }
@@ -503,7 +517,8 @@ apply(struct rev_entry **es, size_t n)
 #define DELEG_COLUMNS                                                                              \
 	"jti, parent_jti, task_id, agent_id, array_to_string(scope, ' '), depth, "                 \
 	"floor(extract(epoch FROM issued_at))::bigint, "                                           \
-	"floor(extract(epoch FROM expires_at))::bigint, revoked_at IS NOT NULL"
+	"floor(extract(epoch FROM expires_at))::bigint, revoked_at IS NOT NULL, "                  \
+	"approval_id IS NOT NULL"
 #define TASK_COLUMNS_REV                                                                           \
 	"id, human_principal, status <> 'open', floor(extract(epoch FROM expires_at))::bigint"
 #define REVOKED_COLUMNS "jti, floor(extract(epoch FROM expires_at))::bigint"
@@ -557,6 +572,7 @@ deleg_from_row(PGresult *r, int i)
 	    .iat_s = col_i64(r, i, 6),
 	    .exp_s = col_i64(r, i, 7),
 	    .dead = strcmp(PQgetvalue(r, i, 8), "t") == 0,
+	    .approved = strcmp(PQgetvalue(r, i, 9), "t") == 0,
 	};
 
 	return entry_new(&f);
@@ -1026,8 +1042,8 @@ walk(const struct rev_snap *s, const char *jti, const char *task_id, int64_t now
 	for (size_t i = 0; i < n; i++) {
 		const struct rev_entry *l = chain[n - 1 - i];
 
-		v->links[i] = (struct rev_link_view){l->key,   l->agent_id, l->scope,
-		                                     l->depth, l->iat_s,    l->exp_s};
+		v->links[i] = (struct rev_link_view){l->key,   l->agent_id, l->scope,   l->depth,
+		                                     l->iat_s, l->exp_s,    l->approved};
 	}
 	return W_OK;
 }
@@ -1155,6 +1171,7 @@ revocation_check_delegation(const char *jti, const char *task_id, int64_t now, b
 			c->links[i].depth = v.links[i].depth;
 			c->links[i].iat_s = v.links[i].iat_s;
 			c->links[i].exp_s = v.links[i].exp_s;
+			c->links[i].approved = v.links[i].approved;
 		}
 		*out = c;
 	}
@@ -1201,9 +1218,10 @@ revocation_check_jti(const char *jti)
 void
 revocation_note_delegation(const char *jti, const char *parent_jti, const char *task_id,
                            const char *agent_id, const char *scope, int depth, int64_t iat_s,
-                           int64_t exp_s)
+                           int64_t exp_s, bool approved)
 {
 	struct entry_fields f = {.kind = K_DELEG,
+	                         .approved = approved,
 	                         .key = jti,
 	                         .parent = parent_jti,
 	                         .task_id = task_id,

@@ -31,6 +31,7 @@ struct rev_link_view {
 	int depth;
 	int64_t iat_s;
 	int64_t exp_s;
+	bool approved; /* issued on a human's approval */
 };
 
 /*

@@ -577,7 +577,7 @@ task_open(struct http_req *req, const struct human_principal *who, const char *a
 	rc = commit_or_flag(c, &e);
 	if (rc == IDP_OK) {
 		revocation_note_delegation(o->jti, NULL, task_id, a->id, sc->joined, 0,
-		                           now_ms / 1000, o->exp_s);
+		                           now_ms / 1000, o->exp_s, false);
 		log_debug("tasks: %s opened by %s for %s", task_id, who->principal, a->id);
 	}
 done:

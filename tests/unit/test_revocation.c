@@ -89,11 +89,11 @@ three_links(void)
 	rev_testing_load_empty();
 	rev_testing_task(TASK, "alice@example.com", NOW + 3600, false);
 	revocation_note_delegation(ROOT, NULL, TASK, "planner", "cloud:Describe* reports:write", 0,
-	                           NOW - 60, NOW + 3600);
+	                           NOW - 60, NOW + 3600, false);
 	revocation_note_delegation(MID, ROOT, TASK, "cloud", "cloud:Describe*", 1, NOW - 30,
-	                           NOW + 1800);
+	                           NOW + 1800, true);
 	revocation_note_delegation(LEAF, MID, TASK, "sub", "cloud:DescribeInstances", 2, NOW - 10,
-	                           NOW + 600);
+	                           NOW + 600, false);
 }
 
 static void
@@ -128,6 +128,10 @@ check_delegation_returns_the_chain_root_first(void **state)
 	assert_string_equal(c->links[2].scope, "cloud:DescribeInstances");
 	assert_int_equal(c->links[2].iat_s, NOW - 10);
 	assert_int_equal(c->links[2].exp_s, NOW + 600);
+	/* Which links a human approved (delegation.approvals counts them). */
+	assert_false(c->links[0].approved);
+	assert_true(c->links[1].approved);
+	assert_false(c->links[2].approved);
 	revocation_chain_free(c);
 }
 
@@ -150,7 +154,7 @@ revoked_ancestor_makes_descendants_revoked(void **state)
 	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW, true, NULL, &reason), IDP_OK);
 	/* A late fact saying the token is alive does not revive it. */
 	revocation_note_delegation(MID, ROOT, TASK, "cloud", "cloud:Describe*", 1, NOW - 30,
-	                           NOW + 1800);
+	                           NOW + 1800, false);
 	assert_int_equal(revocation_check_delegation(LEAF, TASK, NOW, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "token_revoked");
@@ -204,7 +208,7 @@ closed_or_expired_task_and_expired_links_are_refused(void **state)
 	rev_testing_load_empty();
 	rev_testing_task(TASK, "alice@example.com", NOW + 100, false);
 	revocation_note_delegation(ROOT, NULL, TASK, "planner", "cloud:Describe*", 0, NOW - 60,
-	                           NOW + 3600);
+	                           NOW + 3600, false);
 	assert_int_equal(revocation_check_delegation(ROOT, TASK, NOW + 100, true, NULL, &reason),
 	                 IDP_EFORBIDDEN);
 	assert_string_equal(reason, "task_not_open");
@@ -228,7 +232,7 @@ unknown_jti_with_store_down_is_unavailable_never_unknown(void **state)
 	    IDP_EUNAVAIL);
 	/* A missing ancestor is a miss too. */
 	revocation_note_delegation("orphanjti-AAAAAAAAAAAA", "gonejti-AAAAAAAAAAAAAA", TASK, "x",
-	                           "a:b", 1, NOW, NOW + 60);
+	                           "a:b", 1, NOW, NOW + 60, false);
 	assert_int_equal(
 	    revocation_check_delegation("orphanjti-AAAAAAAAAAAA", TASK, NOW, true, NULL, &reason),
 	    IDP_EUNAVAIL);
@@ -274,7 +278,7 @@ overlay_merges_into_a_new_base_and_loses_nothing(void **state)
 	for (int i = 0; i < 1500; i++) {
 		snprintf(jti, sizeof(jti), "bulkjti-%014d", i);
 		revocation_note_delegation(jti, ROOT, TASK, "cloud", "cloud:Describe*", 1, NOW,
-		                           NOW + 60);
+		                           NOW + 60, false);
 		if (i % 3 == 0)
 			rev_note_revoked_delegation(jti);
 	}
