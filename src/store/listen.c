@@ -118,6 +118,53 @@ connect_and_listen(struct store_listener *l)
 	return pg;
 }
 
+#define PROBE_TIMEOUT_MS 5000
+
+/*
+ * One "SELECT 1" on the idle session, answered within PROBE_TIMEOUT_MS:
+ * 1 when it was, 0 when the session is gone or silent (a stalled backend or
+ * a proxy that still holds the TCP connection would otherwise block the
+ * thread, keep "connected" true while nothing can arrive, and hold up
+ * shutdown), -1 when woken to stop.  Notifications that arrive meanwhile
+ * stay queued in libpq for the caller.
+ */
+static int
+probe(PGconn *pg, int wake)
+{
+	int64_t deadline = idp_mono_us() + PROBE_TIMEOUT_MS * 1000LL;
+	PGresult *r;
+	bool ok = true;
+
+	if (PQsetnonblocking(pg, 1) != 0 || !PQsendQuery(pg, "SELECT 1"))
+		return 0;
+	for (;;) {
+		int flush = PQflush(pg);
+		int64_t left_ms = (deadline - idp_mono_us()) / 1000;
+		struct pollfd p[2] = {
+		    {PQsocket(pg), (short)(POLLIN | (flush == 1 ? POLLOUT : 0)), 0},
+		    {wake, POLLIN, 0}};
+
+		if (flush < 0 || !PQconsumeInput(pg))
+			return 0;
+		if (flush == 0 && !PQisBusy(pg))
+			break;
+		if (left_ms <= 0) {
+			log_warn("listener: no answer to the idle probe within %d ms",
+			         PROBE_TIMEOUT_MS);
+			return 0;
+		}
+		if (poll(p, 2, (int)left_ms) < 0 && errno != EINTR)
+			return 0;
+		if (p[1].revents)
+			return -1;
+	}
+	while ((r = PQgetResult(pg)) != NULL) {
+		ok &= PQresultStatus(r) == PGRES_TUPLES_OK;
+		PQclear(r);
+	}
+	return ok && PQstatus(pg) == CONNECTION_OK ? 1 : 0;
+}
+
 static void *
 run(void *arg)
 {
@@ -143,8 +190,8 @@ run(void *arg)
 			}
 			if (ever)
 				atomic_fetch_add(&l->reconnects, 1);
-			log_info("listener: %s on %zu channel(s)", ever ? "reconnected" : "listening",
-				 l->n_subs);
+			log_info("listener: %s on %zu channel(s)",
+			         ever ? "reconnected" : "listening", l->n_subs);
 			ever = true;
 			warned = false;
 			backoff = 100;
@@ -171,16 +218,12 @@ run(void *arg)
 			break;
 		if (p[0].revents == 0) {
 			/* Idle for a while: make sure the session is still there. */
-			PGresult *r;
+			int alive = probe(pg, l->wake[0]);
 
-			PQsetnonblocking(pg, 0);
-			r = PQexec(pg, "SELECT 1");
-			if (PQresultStatus(r) != PGRES_TUPLES_OK || PQstatus(pg) != CONNECTION_OK) {
-				PQclear(r);
+			if (alive < 0)
+				break;
+			if (alive == 0)
 				goto lost;
-			}
-			PQclear(r);
-			PQsetnonblocking(pg, 1);
 		}
 		if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK)
 			goto lost;
@@ -192,7 +235,7 @@ run(void *arg)
 			PQfreemem(n);
 		}
 		continue;
-lost:
+	lost:
 		log_warn("listener: connection lost; notifications may be missed until it is back");
 		atomic_store(&l->connected, false);
 		PQfinish(pg);
@@ -267,35 +310,35 @@ collect(struct idp_buf *out, void *ctx)
 	(void)ctx;
 	if (metrics_pool != NULL) {
 		store_get_stats(metrics_pool, &st);
-		rc |= idp_buf_printf(out,
-				     "# HELP idpd_db_pool_connections Pool connections by state.\n"
-				     "# TYPE idpd_db_pool_connections gauge\n"
-				     "idpd_db_pool_connections{state=\"in_use\"} %d\n"
-				     "idpd_db_pool_connections{state=\"idle\"} %d\n"
-				     "# HELP idpd_db_pool_size Configured pool size.\n"
-				     "# TYPE idpd_db_pool_size gauge\nidpd_db_pool_size %d\n"
-				     "# HELP idpd_db_connects_total Connections opened.\n"
-				     "# TYPE idpd_db_connects_total counter\nidpd_db_connects_total %d\n"
-				     "# HELP idpd_db_connect_failures_total Failed connection attempts.\n"
-				     "# TYPE idpd_db_connect_failures_total counter\n"
-				     "idpd_db_connect_failures_total %d\n",
-				     st.in_use, st.idle_open, st.size, st.connects,
-				     st.connect_failures);
+		rc |= idp_buf_printf(
+		    out,
+		    "# HELP idpd_db_pool_connections Pool connections by state.\n"
+		    "# TYPE idpd_db_pool_connections gauge\n"
+		    "idpd_db_pool_connections{state=\"in_use\"} %d\n"
+		    "idpd_db_pool_connections{state=\"idle\"} %d\n"
+		    "# HELP idpd_db_pool_size Configured pool size.\n"
+		    "# TYPE idpd_db_pool_size gauge\nidpd_db_pool_size %d\n"
+		    "# HELP idpd_db_connects_total Connections opened.\n"
+		    "# TYPE idpd_db_connects_total counter\nidpd_db_connects_total %d\n"
+		    "# HELP idpd_db_connect_failures_total Failed connection attempts.\n"
+		    "# TYPE idpd_db_connect_failures_total counter\n"
+		    "idpd_db_connect_failures_total %d\n",
+		    st.in_use, st.idle_open, st.size, st.connects, st.connect_failures);
 	}
 	if (metrics_listener != NULL) {
 		rc |= idp_buf_printf(
-			out,
-			"# HELP idpd_listener_connected 1 when the LISTEN/NOTIFY connection is up.\n"
-			"# TYPE idpd_listener_connected gauge\nidpd_listener_connected %d\n"
-			"# HELP idpd_listener_reconnects_total Reconnects of the listener.\n"
-			"# TYPE idpd_listener_reconnects_total counter\n"
-			"idpd_listener_reconnects_total %llu\n"
-			"# HELP idpd_listener_notifications_total Notifications received.\n"
-			"# TYPE idpd_listener_notifications_total counter\n"
-			"idpd_listener_notifications_total %llu\n",
-			store_listener_connected(metrics_listener) ? 1 : 0,
-			(unsigned long long)store_listener_reconnects(metrics_listener),
-			(unsigned long long)atomic_load(&metrics_listener->notifications));
+		    out,
+		    "# HELP idpd_listener_connected 1 when the LISTEN/NOTIFY connection is up.\n"
+		    "# TYPE idpd_listener_connected gauge\nidpd_listener_connected %d\n"
+		    "# HELP idpd_listener_reconnects_total Reconnects of the listener.\n"
+		    "# TYPE idpd_listener_reconnects_total counter\n"
+		    "idpd_listener_reconnects_total %llu\n"
+		    "# HELP idpd_listener_notifications_total Notifications received.\n"
+		    "# TYPE idpd_listener_notifications_total counter\n"
+		    "idpd_listener_notifications_total %llu\n",
+		    store_listener_connected(metrics_listener) ? 1 : 0,
+		    (unsigned long long)store_listener_reconnects(metrics_listener),
+		    (unsigned long long)atomic_load(&metrics_listener->notifications));
 	}
 	if (rc != 0)
 		log_warn("metrics: store output truncated");

@@ -91,16 +91,16 @@ body_over_the_limit_is_a_413_problem(void **state)
 	assert_int_equal(r.status, 413);
 	assert_non_null(r.json);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
-			    "payload_too_large");
+	                    "payload_too_large");
 	harness_resp_free(&r);
 
 	/* Without a Content-Length the cap still holds: chunked upload. */
 	fd = harness_connect(p.port);
 	assert_true(fd >= 0);
 	assert_int_equal(send_all(fd, "POST /healthz HTTP/1.1\r\nHost: t\r\n"
-				      "Content-Type: application/json\r\n"
-				      "Transfer-Encoding: chunked\r\n\r\n"),
-			 0);
+	                              "Content-Type: application/json\r\n"
+	                              "Transfer-Encoding: chunked\r\n\r\n"),
+	                 0);
 	for (int i = 0; i < 4; i++) {
 		char chunk[700];
 
@@ -177,7 +177,7 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 	(void)state;
 	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
 	snprintf(extra, sizeof(extra),
-		 "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
+	         "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);
 	assert_int_equal(harness_db_create("t_life_outage"), 0);
 	assert_int_equal(harness_idpd_start(p, "t_life_outage", NULL, extra), 0);
@@ -185,9 +185,10 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 	assert_int_equal(wait_ready(p, 200, NULL), 200);
 	{
 		const char *body =
-			"{\"id\":\"agent-x\",\"agent_type\":\"worker\",\"owner\":\"alice@company.com\","
-			"\"capabilities\":[\"a:read\"],\"delegation_constraints\":{\"max_chain_depth\":1,"
-			"\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
+		    "{\"id\":\"agent-x\",\"agent_type\":\"worker\",\"owner\":\"alice@company.com\","
+		    "\"capabilities\":[\"a:read\"],\"delegation_constraints\":{\"max_chain_depth\":"
+		    "1,"
+		    "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
 
 		snprintf(url, sizeof(url), "%s/v1/agents", p->base);
 		assert_int_equal(harness_http("POST", url, hdr, body, strlen(body), &r), 0);
@@ -215,7 +216,7 @@ readyz_turns_503_while_postgres_is_down_and_recovers_without_restart(void **stat
 	assert_non_null(j);
 	assert_string_equal(json_string_value(json_object_get(j, "code")), "not_ready");
 	assert_string_equal(json_string_value(json_object_get(j, "reason")),
-			    "database_unreachable");
+	                    "database_unreachable");
 	json_decref(j);
 
 	assert_int_equal(harness_pg_start(), 0);
@@ -261,10 +262,11 @@ readyz_turns_503_while_audit_events_cannot_commit(void **state)
 {
 	struct idpd_proc *p = &writer_proc;
 	char key[64], hash[80], extra[512], req[1024], v[32];
-	const char *body = "{\"id\":\"agent-w\",\"agent_type\":\"worker\",\"owner\":"
-	                   "\"alice@company.com\",\"capabilities\":[\"a:read\"],"
-	                   "\"delegation_constraints\":{\"max_chain_depth\":1,"
-	                   "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
+	const char *body =
+	    "{\"id\":\"agent-w\",\"agent_type\":\"worker\",\"owner\":"
+	    "\"alice@company.com\",\"capabilities\":[\"a:read\"],"
+	    "\"delegation_constraints\":{\"max_chain_depth\":1,"
+	    "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}";
 	json_t *j = NULL;
 	int fd;
 
@@ -278,17 +280,16 @@ readyz_turns_503_while_audit_events_cannot_commit(void **state)
 	assert_int_equal(harness_db_create("t_life_writer"), 0);
 	assert_int_equal(harness_idpd_start(p, "t_life_writer", NULL, extra), 0);
 	assert_int_equal(wait_ready(p, 200, &j), 200);
-	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "checks"), "audit")),
-	                    "ok");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(j, "checks"), "audit")), "ok");
 	json_decref(j);
 	j = NULL;
-	assert_int_equal(
-	    harness_sql("t_life_writer",
-	                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-	                "$$BEGIN RAISE EXCEPTION 'refused by the test'; END$$; "
-	                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
-	                "FOR EACH ROW EXECUTE FUNCTION refuse()"),
-	    0);
+	assert_int_equal(harness_sql("t_life_writer",
+	                             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+	                             "$$BEGIN RAISE EXCEPTION 'refused by the test'; END$$; "
+	                             "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+	                             "FOR EACH ROW EXECUTE FUNCTION refuse()"),
+	                 0);
 
 	/* A registration, left waiting for its audit event. */
 	fd = harness_connect(p->port);
@@ -303,8 +304,9 @@ readyz_turns_503_while_audit_events_cannot_commit(void **state)
 	assert_non_null(j);
 	assert_string_equal(json_string_value(json_object_get(j, "reason")),
 	                    "audit_writer_failing");
-	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "checks"), "audit")),
-	                    "audit_writer_failing");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(j, "checks"), "audit")),
+	    "audit_writer_failing");
 	assert_string_equal(
 	    json_string_value(json_object_get(json_object_get(j, "checks"), "revocation")), "ok");
 	json_decref(j);
@@ -322,6 +324,64 @@ readyz_turns_503_while_audit_events_cannot_commit(void **state)
 	assert_int_equal(harness_idpd_stop(p, SIGTERM, 10000), 0);
 }
 
+static struct idpd_proc stall_proc;
+static pid_t stalled_backend;
+
+static int
+stall_teardown(void **state)
+{
+	(void)state;
+	if (stalled_backend > 0)
+		kill(stalled_backend, SIGCONT);
+	stalled_backend = 0;
+	if (stall_proc.pid > 0)
+		harness_idpd_stop(&stall_proc, SIGKILL, 2000);
+	return 0;
+}
+
+/*
+ * The listener's backend stops answering while its TCP connection stays
+ * up: the idle probe gives up within seconds and the listener moves to a
+ * new session, and SIGTERM still stops idpd promptly.  Before, the probe
+ * waited forever: "connected" the while, nothing arriving, and shutdown
+ * stuck joining the thread.
+ */
+static void
+a_silent_listener_session_is_noticed(void **state)
+{
+	struct idpd_proc *p = &stall_proc;
+	char v[32];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_stall"), 0);
+	assert_int_equal(
+	    harness_idpd_start(p, "t_life_stall", NULL, "[revocation]\nmax_staleness = \"1s\"\n"),
+	    0);
+	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	assert_int_equal(
+	    harness_sql_value("t_life_stall",
+	                      "SELECT pid FROM pg_stat_activity WHERE application_name "
+	                      "= 'idpd listener' AND datname = 't_life_stall'",
+	                      v, sizeof(v)),
+	    0);
+	stalled_backend = (pid_t)atoi(v);
+	assert_true(stalled_backend > 0);
+	assert_int_equal(kill(stalled_backend, SIGSTOP), 0);
+	/* 10 s idle, then 5 s for the probe's answer. */
+	for (int i = 0; i < 250 && !harness_log_contains(p, "no answer to the idle probe"); i++)
+		sleep_ms(100);
+	assert_true(harness_log_contains(p, "no answer to the idle probe"));
+	/* A new session replaces the silent one; its resync makes the state
+	 * current again. */
+	for (int i = 0; i < 100 && !harness_log_contains(p, "listener: reconnected"); i++)
+		sleep_ms(100);
+	assert_true(harness_log_contains(p, "listener: reconnected"));
+	assert_int_equal(wait_ready(p, 200, NULL), 200);
+	assert_int_equal(harness_idpd_stop(p, SIGTERM, 10000), 0);
+	kill(stalled_backend, SIGCONT);
+	stalled_backend = 0;
+}
+
 static void
 sigterm_drains_a_slow_in_flight_request(void **state)
 {
@@ -337,9 +397,9 @@ sigterm_drains_a_slow_in_flight_request(void **state)
 	fd = harness_connect(p.port);
 	assert_true(fd >= 0);
 	assert_int_equal(send_all(fd, "POST /healthz HTTP/1.1\r\nHost: t\r\n"
-				      "Content-Type: application/json\r\n"
-				      "Content-Length: 20\r\n\r\n{\"half\":\"a"),
-			 0);
+	                              "Content-Type: application/json\r\n"
+	                              "Content-Length: 20\r\n\r\n{\"half\":\"a"),
+	                 0);
 	sleep_ms(300);
 	assert_int_equal(kill(p.pid, SIGTERM), 0);
 	sleep_ms(500);
@@ -443,7 +503,7 @@ serve_refuses_a_database_whose_schema_is_behind(void **state)
 	(void)state;
 	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_empty"), 0);
 	assert_int_equal(harness_sql("postgres", "CREATE DATABASE t_life_empty TEMPLATE template0"),
-			 0);
+	                 0);
 	assert_int_equal(harness_idpd_start(&p, "t_life_empty", NULL, NULL), -1);
 	assert_int_equal(p.exit_status, 1);
 	assert_true(harness_log_contains(&p, "the database schema is at version 0"));
@@ -452,9 +512,9 @@ serve_refuses_a_database_whose_schema_is_behind(void **state)
 	/* With --migrate it brings the schema up and serves. */
 	assert_int_equal(harness_idpd_start_ex(&p, "t_life_empty", NULL, NULL, true), 0);
 	assert_int_equal(wait_ready(&p, 200, NULL), 200);
-	assert_int_equal(harness_sql_value("t_life_empty",
-					   "SELECT count(*) FROM schema_migrations", v, sizeof(v)),
-			 0);
+	assert_int_equal(harness_sql_value("t_life_empty", "SELECT count(*) FROM schema_migrations",
+	                                   v, sizeof(v)),
+	                 0);
 	assert_true(atoi(v) >= 1);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
@@ -471,7 +531,7 @@ concurrent_migrate_runs_apply_each_migration_once(void **state)
 	snprintf(dir, sizeof(dir), "%s/migrations", top ? top : ".");
 	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_mig"), 0);
 	assert_int_equal(harness_sql("postgres", "CREATE DATABASE t_life_mig TEMPLATE template0"),
-			 0);
+	                 0);
 	harness_db_url("t_life_mig", url, sizeof(url));
 	{
 		const char *args[] = {"migrate", "--database-url", url, "--migrations", dir, NULL};
@@ -482,16 +542,16 @@ concurrent_migrate_runs_apply_each_migration_once(void **state)
 		assert_int_equal(harness_wait(b), 0);
 		/* A third run finds nothing to do. */
 		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-mig-c.log"), 0);
-		assert_true(harness_file_contains("/tmp/idpd-test-mig-c.log",
-						  "0 migration(s) applied"));
+		assert_true(
+		    harness_file_contains("/tmp/idpd-test-mig-c.log", "0 migration(s) applied"));
 	}
 	assert_int_equal(harness_sql_value("t_life_mig", "SELECT count(*) FROM schema_migrations",
-					   n1, sizeof(n1)),
-			 0);
+	                                   n1, sizeof(n1)),
+	                 0);
 	assert_int_equal(harness_sql_value("t_life_mig",
-					   "SELECT count(DISTINCT version) FROM schema_migrations",
-					   n2, sizeof(n2)),
-			 0);
+	                                   "SELECT count(DISTINCT version) FROM schema_migrations",
+	                                   n2, sizeof(n2)),
+	                 0);
 	assert_string_equal(n1, n2);
 	assert_true(atoi(n1) >= 1);
 }
@@ -506,9 +566,9 @@ migrate_refuses_an_applied_migration_that_changed(void **state)
 	snprintf(dir, sizeof(dir), "%s/migrations", top ? top : ".");
 	assert_int_equal(harness_db_create("t_life_changed"), 0);
 	assert_int_equal(harness_sql("t_life_changed",
-				     "UPDATE schema_migrations SET checksum = 'tampered' "
-				     "WHERE version = 1"),
-			 0);
+	                             "UPDATE schema_migrations SET checksum = 'tampered' "
+	                             "WHERE version = 1"),
+	                 0);
 	harness_db_url("t_life_changed", url, sizeof(url));
 	{
 		const char *args[] = {"migrate", "--database-url", url, "--migrations", dir, NULL};
@@ -516,7 +576,7 @@ migrate_refuses_an_applied_migration_that_changed(void **state)
 		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-mig-d.log"), 1);
 	}
 	assert_true(harness_file_contains("/tmp/idpd-test-mig-d.log",
-					  "0001_init.sql was changed after it was applied"));
+	                                  "0001_init.sql was changed after it was applied"));
 }
 
 static void
@@ -539,18 +599,19 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(body_over_the_limit_is_a_413_problem),
-		cmocka_unit_test_teardown(
-			readyz_turns_503_while_postgres_is_down_and_recovers_without_restart,
-			outage_teardown),
-		cmocka_unit_test_teardown(readyz_turns_503_while_audit_events_cannot_commit,
-		                          writer_teardown),
-		cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
-		cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
-		cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
-		cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
-		cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
-		cmocka_unit_test(check_config_names_file_line_and_column),
+	    cmocka_unit_test(body_over_the_limit_is_a_413_problem),
+	    cmocka_unit_test_teardown(
+	        readyz_turns_503_while_postgres_is_down_and_recovers_without_restart,
+	        outage_teardown),
+	    cmocka_unit_test_teardown(a_silent_listener_session_is_noticed, stall_teardown),
+	    cmocka_unit_test_teardown(readyz_turns_503_while_audit_events_cannot_commit,
+	                              writer_teardown),
+	    cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
+	    cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
+	    cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
+	    cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
+	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
+	    cmocka_unit_test(check_config_names_file_line_and_column),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
 }
