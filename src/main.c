@@ -145,10 +145,9 @@ cmd_api_key(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (strlen(name) == 0 || strlen(name) > 100 ||
-	    strcspn(name, "\"\\\n\r\t") != strlen(name)) {
-		fprintf(stderr, "idpd: --name must be 1..100 characters without quotes or "
-		                "control characters\n");
+	if (idpd_config_label_problem(name) != NULL) {
+		/* As [[api_keys]] name: the block printed below must load. */
+		fprintf(stderr, "idpd: --name: %s\n", idpd_config_label_problem(name));
 		return 2;
 	}
 	if (auth_roles_parse(roles_csv, &roles) != IDP_OK) {
@@ -554,8 +553,12 @@ done:
 	/* After HTTP: every request that emitted has been answered. */
 	audit_ship_stop();
 	left = audit_writer_stop(app.cfg ? app.cfg->server.shutdown_timeout_ms : 0);
-	if (left > 0)
+	if (left > 0) {
 		log_error("audit: %d queued event(s) could not be written before exit", left);
+		/* Audit events lost: not a clean stop, whatever systemd expects. */
+		if (rc == 0)
+			rc = 1;
+	}
 	store_close(app.store);
 	auth_keys_install(NULL);
 	scope_verb_map_install(NULL); /* frees the installed map */
@@ -565,8 +568,8 @@ done:
 	return rc;
 }
 
-int
-main(int argc, char **argv)
+static int
+dispatch(int argc, char **argv)
 {
 	if (argc < 2) {
 		usage(stderr);
@@ -595,4 +598,19 @@ main(int argc, char **argv)
 	fprintf(stderr, "idpd: unknown command \"%s\"\n", argv[1]);
 	usage(stderr);
 	return 2;
+}
+
+int
+main(int argc, char **argv)
+{
+	int rc = dispatch(argc, argv);
+
+	/* What a command printed may be all there is of its result (a new API
+	 * key is shown once): output that did not reach its file is a failure,
+	 * not an exit 0 with an empty file. */
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "idpd: cannot write to standard output\n");
+		return rc != 0 ? rc : 1;
+	}
+	return rc;
 }

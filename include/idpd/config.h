@@ -248,6 +248,13 @@ struct idpd_config *idpd_config_defaults(void);
 void idpd_config_free(struct idpd_config *cfg);
 
 /*
+ * Why s cannot be a label such as an API key's name (1..64 letters,
+ * digits, '.', '_', '-', ':'), or NULL when it can: what the configuration
+ * accepts, so that a tool printing a config block prints one that loads.
+ */
+const char *idpd_config_label_problem(const char *s);
+
+/*
  * For a reload: add one diag line naming each restart-only key whose value
  * differs between old and cur ("server.port: changed; takes effect after a
  * restart") and return how many there are.  Values are never printed.

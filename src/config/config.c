@@ -836,6 +836,16 @@ check_label(const char *s)
 	return NULL;
 }
 
+const char *
+idpd_config_label_problem(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64)
+		return "expected 1 to 64 characters";
+	return check_label(s);
+}
+
 static const char *
 check_sha256(const char *s)
 {

@@ -105,7 +105,24 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	                      NULL};
 	const char *vals[10];
 	PGconn *pg;
+	PQconninfoOption *parsed;
+	char *why = NULL;
 	int64_t secs = (connect_timeout_ms + 999) / 1000;
+
+	/* libpq's message for a URL it cannot parse quotes the offending part,
+	 * which may be the password: that message is not passed on. */
+	parsed = PQconninfoParse(url, &why);
+	if (parsed == NULL) {
+		if (why != NULL) {
+			idp_wipe(why, strlen(why));
+			PQfreemem(why);
+		}
+		snprintf(err, err_len,
+		         "the database URL does not parse (not shown: it may hold a password); "
+		         "check its form, and percent-encode special characters in the password");
+		return NULL;
+	}
+	PQconninfoFree(parsed);
 
 	snprintf(ct, sizeof(ct), "%lld", (long long)(secs < 2 ? 2 : secs));
 	snprintf(opt, sizeof(opt), "-c statement_timeout=%lld", (long long)stmt_timeout_ms);
