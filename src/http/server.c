@@ -1270,7 +1270,7 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	    (unsigned)o->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->connection_timeout_s,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK,
-	    keep_escaped, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+	    keep_escaped, NULL,
 	    /* The pool holds a request's header section and the
 	     * response's; MHD zeroes all of it between requests,
 	     * so its default of 32 KiB costs a visible share of a

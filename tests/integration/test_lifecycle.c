@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -382,6 +383,47 @@ a_silent_listener_session_is_noticed(void **state)
 	stalled_backend = 0;
 }
 
+/*
+ * A second idpd on a port one is serving refuses to start (exit 1) instead
+ * of sharing it: requests split between two processes, perhaps with other
+ * configurations, policies or keys, would be nobody's intent.
+ */
+static void
+a_second_instance_on_the_same_port_refuses_to_start(void **state)
+{
+	struct idpd_proc p;
+	char out[400];
+	pid_t second;
+	int status = -1;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_port"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_port", NULL, NULL), 0);
+	snprintf(out, sizeof(out), "%s/second.log", p.dir);
+	{
+		const char *args[] = {"serve", "--config", p.config, NULL};
+
+		second = harness_idpd_spawn(args, out);
+	}
+	assert_true(second > 0);
+	for (int i = 0; i < 100; i++) {
+		pid_t w = waitpid(second, &status, WNOHANG);
+
+		if (w == second)
+			break;
+		status = -1;
+		sleep_ms(100);
+	}
+	if (status == -1) {
+		kill(second, SIGKILL);
+		waitpid(second, NULL, 0);
+		fail_msg("the second idpd is still running on port %d", p.port);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 sigterm_drains_a_slow_in_flight_request(void **state)
 {
@@ -606,6 +648,7 @@ main(void)
 	    cmocka_unit_test_teardown(a_silent_listener_session_is_noticed, stall_teardown),
 	    cmocka_unit_test_teardown(readyz_turns_503_while_audit_events_cannot_commit,
 	                              writer_teardown),
+	    cmocka_unit_test(a_second_instance_on_the_same_port_refuses_to_start),
 	    cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
 	    cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 	    cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
