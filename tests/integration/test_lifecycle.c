@@ -400,6 +400,7 @@ a_second_instance_on_the_same_port_refuses_to_start(void **state)
 	assert_int_equal(harness_db_create("t_life_port"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_life_port", NULL, NULL), 0);
 	snprintf(out, sizeof(out), "%s/second.log", p.dir);
+	setenv("IDPD_KEK", HARNESS_KEK, 1); /* the first's, so only the port stands in the way */
 	{
 		const char *args[] = {"serve", "--config", p.config, NULL};
 
@@ -421,6 +422,18 @@ a_second_instance_on_the_same_port_refuses_to_start(void **state)
 	}
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 1);
+	{
+		FILE *f = fopen(out, "r");
+		char log[8192];
+		size_t n;
+
+		assert_non_null(f);
+		n = fread(log, 1, sizeof(log) - 1, f);
+		fclose(f);
+		log[n] = '\0';
+		if (strstr(log, "cannot listen") == NULL)
+			fail_msg("the second idpd failed for another reason: %s", log);
+	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 

@@ -48,7 +48,6 @@
 
 #define ISSUER "https://idpd.test"
 /* The KEK the harness gives every idpd. */
-#define HARNESS_KEK "746573742d6f6e6c792d6b656b2d6e657665722d7573652d69742d666f722121"
 
 /* ---- idpd's signing key, opened here with the harness KEK ---- */
 

@@ -42,7 +42,7 @@ void
 harness_db_url(const char *name, char *out, size_t len)
 {
 	snprintf(out, len, "postgresql://postgres@127.0.0.1:%s/%s",
-		 env_or("IDPD_TEST_PG_PORT", "55400"), name);
+	         env_or("IDPD_TEST_PG_PORT", "55400"), name);
 }
 
 static void
@@ -80,7 +80,7 @@ harness_sql(const char *name, const char *sql)
 		return -1;
 	r = PQexec(pg, sql);
 	rc = (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) ? 0
-												: -1;
+	                                                                                     : -1;
 	if (rc != 0)
 		fprintf(stderr, "harness: %s: %s", sql, PQresultErrorMessage(r));
 	PQclear(r);
@@ -182,14 +182,14 @@ harness_log_contains(const struct idpd_proc *p, const char *s)
 
 int
 harness_idpd_start(struct idpd_proc *p, const char *db, const char *server_keys,
-		   const char *extra_toml)
+                   const char *extra_toml)
 {
 	return harness_idpd_start_ex(p, db, server_keys, extra_toml, false);
 }
 
 int
 harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_keys,
-		      const char *extra_toml, bool migrate)
+                      const char *extra_toml, bool migrate)
 {
 	const char *top = env_or("IDPD_TEST_TOP", ".");
 	const char *bin = env_or("IDPD_BIN", "build/idpd");
@@ -210,13 +210,13 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 	if (f == NULL)
 		return -1;
 	fprintf(f,
-		"[server]\nlisten = \"127.0.0.1\"\nport = %d\nthreads = 2\n"
-		"shutdown_timeout = \"10s\"\n%s"
-		"[database]\nurl = \"%s\"\npool_size = 4\nacquire_timeout = \"1s\"\n"
-		"connect_timeout = \"2s\"\n"
-		"[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%d\"\n"
-		"[log]\nlevel = \"debug\"\n",
-		p->port, server_keys != NULL ? server_keys : "", url, top, p->port);
+	        "[server]\nlisten = \"127.0.0.1\"\nport = %d\nthreads = 2\n"
+	        "shutdown_timeout = \"10s\"\n%s"
+	        "[database]\nurl = \"%s\"\npool_size = 4\nacquire_timeout = \"1s\"\n"
+	        "connect_timeout = \"2s\"\n"
+	        "[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%d\"\n"
+	        "[log]\nlevel = \"debug\"\n",
+	        p->port, server_keys != NULL ? server_keys : "", url, top, p->port);
 	/* The shipped policy set, unless the test brings its own. */
 	if (extra_toml == NULL || strstr(extra_toml, "[policy]") == NULL)
 		fprintf(f, "[policy]\ndir = \"%s/policies\"\n", top);
@@ -244,8 +244,7 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 		unsetenv("IDPD_DATABASE_URL");
 		/* Every idpd needs a KEK.  A test may set its own IDPD_KEK, or set it
 		 * empty to have idpd read keys.kek_file instead. */
-		setenv("IDPD_KEK",
-		       "746573742d6f6e6c792d6b656b2d6e657665722d7573652d69742d666f722121", 0);
+		setenv("IDPD_KEK", HARNESS_KEK, 0);
 		if (migrate)
 			execl(bin, bin, "serve", "--config", p->config, "--migrate", (char *)NULL);
 		else
@@ -325,7 +324,7 @@ on_data(char *ptr, size_t size, size_t n, void *arg)
 
 int
 harness_http(const char *method, const char *url, const char *const *headers, const char *body,
-	     size_t body_len, struct http_resp *r)
+             size_t body_len, struct http_resp *r)
 {
 	static bool inited;
 	struct sink b = {NULL, 0}, h = {NULL, 0};
@@ -375,7 +374,7 @@ harness_http(const char *method, const char *url, const char *const *headers, co
 
 int
 harness_call(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-	     const char *body, struct http_resp *r)
+             const char *body, struct http_resp *r)
 {
 	char url[1024], auth[4200];
 	const char *h[3];
@@ -393,7 +392,7 @@ harness_call(const struct idpd_proc *p, const char *method, const char *path, co
 
 long
 harness_status(const struct idpd_proc *p, const char *method, const char *path, const char *bearer,
-	       const char *body)
+               const char *body)
 {
 	struct http_resp r;
 	long st = -1;
@@ -446,7 +445,7 @@ pg_script(const char *args)
 	char cmd[1024];
 
 	snprintf(cmd, sizeof(cmd), "'%s/tests/support/pg.sh' %s >/dev/null 2>&1",
-		 env_or("IDPD_TEST_TOP", "."), args);
+	         env_or("IDPD_TEST_TOP", "."), args);
 	return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -455,8 +454,7 @@ harness_pg_stop(const char *mode)
 {
 	char args[512];
 
-	snprintf(args, sizeof(args), "stop '%s' %s", env_or("IDPD_TEST_PG_DIR", "build/pg"),
-		 mode);
+	snprintf(args, sizeof(args), "stop '%s' %s", env_or("IDPD_TEST_PG_DIR", "build/pg"), mode);
 	return pg_script(args);
 }
 
@@ -466,7 +464,7 @@ harness_pg_start(void)
 	char args[512];
 
 	snprintf(args, sizeof(args), "start '%s' %s fast", env_or("IDPD_TEST_PG_DIR", "build/pg"),
-		 env_or("IDPD_TEST_PG_PORT", "55400"));
+	         env_or("IDPD_TEST_PG_PORT", "55400"));
 	return pg_script(args);
 }
 

@@ -15,23 +15,26 @@
 
 #include <jansson.h>
 
+/* The KEK every idpd a test starts gets, unless the test sets its own IDPD_KEK. */
+#define HARNESS_KEK "746573742d6f6e6c792d6b656b2d6e657665722d7573652d69742d666f722121"
+
 struct idpd_proc {
 	pid_t pid;
 	int port;
-	char dir[256];      /* temp dir with config and log */
+	char dir[256]; /* temp dir with config and log */
 	char config[300];
 	char log[300];
-	char base[64];      /* "http://127.0.0.1:PORT" */
+	char base[64]; /* "http://127.0.0.1:PORT" */
 	char db[64];
-	int exit_status;    /* when start failed because idpd exited */
+	int exit_status; /* when start failed because idpd exited */
 };
 
 struct http_resp {
 	long status;
 	char *body;
 	size_t len;
-	char *headers;      /* raw response header block */
-	json_t *json;       /* parsed body when it is JSON, else NULL */
+	char *headers; /* raw response header block */
+	json_t *json;  /* parsed body when it is JSON, else NULL */
 };
 
 /* Create database name from the template (drops an old one first). */
@@ -51,10 +54,10 @@ int harness_sql_value(const char *name, const char *sql, char *out, size_t len);
  * if it exited; the log stays in p->log).
  */
 int harness_idpd_start(struct idpd_proc *p, const char *db, const char *server_keys,
-		       const char *extra_toml);
+                       const char *extra_toml);
 /* The same; migrate adds --migrate.  If idpd exits, exit_status says how. */
 int harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_keys,
-			  const char *extra_toml, bool migrate);
+                          const char *extra_toml, bool migrate);
 
 /* Run idpd with args (NULL-terminated) to completion; output to out_path. */
 int harness_idpd_run(const char *const *args, const char *out_path);
@@ -74,8 +77,8 @@ bool harness_log_contains(const struct idpd_proc *p, const char *s);
  * strings (may be NULL); body may be NULL.  Returns 0 when a response
  * arrived (any status).  Free with harness_resp_free.
  */
-int harness_http(const char *method, const char *url, const char *const *headers,
-		 const char *body, size_t body_len, struct http_resp *r);
+int harness_http(const char *method, const char *url, const char *const *headers, const char *body,
+                 size_t body_len, struct http_resp *r);
 void harness_resp_free(struct http_resp *r);
 /*
  * A request to idpd p: path relative to its base URL, bearer (may be NULL)
@@ -84,9 +87,9 @@ void harness_resp_free(struct http_resp *r);
  * (-1 when none) and frees the response.
  */
 int harness_call(const struct idpd_proc *p, const char *method, const char *path,
-		 const char *bearer, const char *body, struct http_resp *r);
+                 const char *bearer, const char *body, struct http_resp *r);
 long harness_status(const struct idpd_proc *p, const char *method, const char *path,
-		    const char *bearer, const char *body);
+                    const char *bearer, const char *body);
 /* Value of response header name (case-insensitive) into out; false if absent. */
 bool harness_resp_header(const struct http_resp *r, const char *name, char *out, size_t len);
 
