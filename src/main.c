@@ -390,8 +390,18 @@ cmd_serve(int argc, char **argv)
 		log_error("migrations: %s", idp_diag_str(&diag));
 		goto done;
 	}
-	if (migrate && run_migrations(app.cfg->database.url, app.cfg->node.migrations_dir) != 0)
+	if (migrate && run_migrations(app.cfg->database.url, app.cfg->node.migrations_dir) != 0) {
+		sigset_t pending;
+
+		/* Asked to stop while waiting for another instance's migration:
+		 * a clean stop before serving, not a failure. */
+		if (sigpending(&pending) == 0 &&
+		    (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1)) {
+			log_info("stopped before serving");
+			rc = 0;
+		}
 		goto done;
+	}
 
 	so.url = app.cfg->database.url;
 	so.pool_size = app.cfg->database.pool_size;

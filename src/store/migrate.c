@@ -10,9 +10,11 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/sha.h>
 
@@ -95,8 +97,8 @@ list_migrations(const char *dir, struct migration **out, int *n_out, struct idp_
 	qsort(m, (size_t)n, sizeof(*m), cmp_migration);
 	for (int i = 1; i < n; i++) {
 		if (m[i].version == m[i - 1].version) {
-			idp_diag_add(diag, "%s: %s and %s have the same version", dir, m[i - 1].name,
-				     m[i].name);
+			idp_diag_add(diag, "%s: %s and %s have the same version", dir,
+			             m[i - 1].name, m[i].name);
 			free(m);
 			return IDP_EINVAL;
 		}
@@ -175,6 +177,48 @@ exec_ok(PGconn *pg, const char *sql, const char *what, struct idp_diag *diag)
 	return ok;
 }
 
+/* Whether SIGTERM or SIGINT waits for this thread (idpd serve blocks them). */
+static bool
+stop_pending(void)
+{
+	sigset_t p;
+
+	return sigpending(&p) == 0 &&
+	       (sigismember(&p, SIGTERM) == 1 || sigismember(&p, SIGINT) == 1);
+}
+
+/*
+ * The migration lock, tried every 200 ms rather than waited for in one
+ * call: a stop asked for meanwhile (idpd serve --migrate under systemctl
+ * stop, another instance migrating for long) ends the wait instead of
+ * being ignored until the lock comes.
+ */
+static bool
+lock_or_stop(PGconn *pg, struct idp_diag *diag)
+{
+	for (int tries = 0;; tries++) {
+		PGresult *r = PQexec(pg, "SELECT pg_try_advisory_lock(" MIGRATION_LOCK_KEY ")");
+		bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+		bool got = ok && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+
+		if (!ok) {
+			const char *msg = PQresultErrorMessage(r);
+
+			idp_diag_add(diag, "advisory lock: %.*s", (int)strcspn(msg, "\n"), msg);
+		}
+		PQclear(r);
+		if (!ok || got)
+			return got;
+		if (stop_pending()) {
+			idp_diag_add(diag, "stopped while waiting for another migration to finish");
+			return false;
+		}
+		if (tries % 50 == 0)
+			log_info("migrate: another idpd holds the migration lock; waiting");
+		nanosleep(&(struct timespec){0, 200 * 1000000L}, NULL);
+	}
+}
+
 int
 store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *diag)
 {
@@ -197,16 +241,16 @@ store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *d
 		goto done;
 	}
 	rc = IDP_EINTERNAL;
-	if (!exec_ok(pg, "SELECT pg_advisory_lock(" MIGRATION_LOCK_KEY ")", "advisory lock", diag))
+	if (!lock_or_stop(pg, diag))
 		goto done;
 	locked = true;
 	if (!exec_ok(pg,
-		     "CREATE TABLE IF NOT EXISTS schema_migrations ("
-		     " version integer PRIMARY KEY,"
-		     " name text NOT NULL,"
-		     " checksum text NOT NULL,"
-		     " applied_at timestamptz NOT NULL DEFAULT now())",
-		     "schema_migrations", diag))
+	             "CREATE TABLE IF NOT EXISTS schema_migrations ("
+	             " version integer PRIMARY KEY,"
+	             " name text NOT NULL,"
+	             " checksum text NOT NULL,"
+	             " applied_at timestamptz NOT NULL DEFAULT now())",
+	             "schema_migrations", diag))
 		goto done;
 
 	for (int i = 0; i < n; i++) {
@@ -223,7 +267,7 @@ store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *d
 		snprintf(ver, sizeof(ver), "%d", m[i].version);
 		params[0] = ver;
 		r = PQexecParams(pg, "SELECT checksum FROM schema_migrations WHERE version = $1", 1,
-				 NULL, params, NULL, NULL, 0);
+		                 NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 			idp_diag_add(diag, "%s: %s", m[i].name, PQresultErrorMessage(r));
 			free(sql);
@@ -232,9 +276,9 @@ store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *d
 		if (PQntuples(r) == 1) {
 			if (strcmp(PQgetvalue(r, 0, 0), sum) != 0) {
 				idp_diag_add(diag,
-					     "%s was changed after it was applied (checksum %s, "
-					     "recorded %s); write a new migration instead",
-					     m[i].name, sum, PQgetvalue(r, 0, 0));
+				             "%s was changed after it was applied (checksum %s, "
+				             "recorded %s); write a new migration instead",
+				             m[i].name, sum, PQgetvalue(r, 0, 0));
 				free(sql);
 				goto done;
 			}
@@ -253,9 +297,9 @@ store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *d
 		params[1] = m[i].name;
 		params[2] = sum;
 		r = PQexecParams(pg,
-				 "INSERT INTO schema_migrations (version, name, checksum) "
-				 "VALUES ($1, $2, $3)",
-				 3, NULL, params, NULL, NULL, 0);
+		                 "INSERT INTO schema_migrations (version, name, checksum) "
+		                 "VALUES ($1, $2, $3)",
+		                 3, NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 			idp_diag_add(diag, "%s: %s", m[i].name, PQresultErrorMessage(r));
 			goto done;
@@ -277,7 +321,8 @@ done:
 			PQclear(rb);
 		}
 		if (locked) {
-			PGresult *ul = PQexec(pg, "SELECT pg_advisory_unlock(" MIGRATION_LOCK_KEY ")");
+			PGresult *ul =
+			    PQexec(pg, "SELECT pg_advisory_unlock(" MIGRATION_LOCK_KEY ")");
 
 			PQclear(ul);
 		}
@@ -293,8 +338,7 @@ int
 store_schema_version(struct store_conn *c)
 {
 	static struct store_stmt st = {
-		"schema_version",
-		"SELECT coalesce(max(version), 0) FROM schema_migrations", 0, 0};
+	    "schema_version", "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, 0};
 	PGresult *r;
 	int rc = store_exec(c, &st, NULL, &r);
 

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "harness.h"
 #include "idpd/auth.h"
@@ -574,6 +575,89 @@ serve_refuses_a_database_whose_schema_is_behind(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* Whether the file at path holds s. */
+static bool
+file_holds(const char *path, const char *s)
+{
+	static char text[65536];
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	if (f == NULL)
+		return false;
+	n = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	text[n] = '\0';
+	return strstr(text, s) != NULL;
+}
+
+/*
+ * serve --migrate waiting for the migration lock (another instance holds
+ * it) stops at once on SIGTERM, cleanly, instead of ignoring it until the
+ * lock comes and then starting to serve.
+ */
+static void
+sigterm_while_waiting_for_the_migration_lock_stops_cleanly(void **state)
+{
+	const char *top = getenv("IDPD_TEST_TOP");
+	char url[256], cfg[128], out[128], text[1024];
+	int status = -1;
+	PGresult *r;
+	PGconn *pg;
+	FILE *f;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_miglock"), 0);
+	assert_int_equal(
+	    harness_sql("postgres", "CREATE DATABASE t_life_miglock TEMPLATE template0"), 0);
+	harness_db_url("t_life_miglock", url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	r = PQexec(pg, "SELECT pg_advisory_lock(1768189796)"); /* the migrations' lock */
+	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	PQclear(r);
+	snprintf(cfg, sizeof(cfg), "/tmp/idpd-miglock-%d.toml", (int)getpid());
+	snprintf(out, sizeof(out), "/tmp/idpd-miglock-%d.log", (int)getpid());
+	snprintf(text, sizeof(text),
+	         "[server]\nlisten = \"127.0.0.1\"\nport = %d\n[database]\nurl = \"%s\"\n"
+	         "[node]\nmigrations_dir = \"%s/migrations\"\n",
+	         harness_free_port(), url, top ? top : ".");
+	f = fopen(cfg, "w");
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+	setenv("IDPD_KEK", HARNESS_KEK, 1);
+	{
+		const char *args[] = {"serve", "--config", cfg, "--migrate", NULL};
+
+		pid = harness_idpd_spawn(args, out);
+	}
+	assert_true(pid > 0);
+	for (int i = 0; i < 100 && !file_holds(out, "holds the migration lock"); i++)
+		sleep_ms(100);
+	assert_true(file_holds(out, "holds the migration lock"));
+	assert_int_equal(kill(pid, SIGTERM), 0);
+	for (int i = 0; i < 50; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		status = -1;
+		sleep_ms(100);
+	}
+	if (status == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		PQfinish(pg);
+		fail_msg("idpd still waits for the migration lock after SIGTERM");
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_true(file_holds(out, "stopped before serving"));
+	PQfinish(pg);
+	unlink(cfg);
+	unlink(out);
+}
+
 static void
 concurrent_migrate_runs_apply_each_migration_once(void **state)
 {
@@ -666,6 +750,7 @@ main(void)
 	    cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 	    cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
 	    cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
+	    cmocka_unit_test(sigterm_while_waiting_for_the_migration_lock_stops_cleanly),
 	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
 	    cmocka_unit_test(check_config_names_file_line_and_column),
 	};
