@@ -208,6 +208,14 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "pages they evict (hence the falling rate run by run): 1.2 kB of heap, seven btree entries and"
 	echo "1.8 kB of WAL per row."
 	echo
+	echo "Why a core idles (\`perf sched\`, 2026-12-04): the scheduler keeps the two I/O threads and wrk"
+	echo "on one core, where each response wakes wrk, which preempts the I/O thread for about 11 us, and"
+	echo "PostgreSQL and the audit writer on the other. That core's gaps (a WAL flush, the writer's turn)"
+	echo "last 30 to 400 us, too short for the kernel to pull a waiting I/O thread over: one was seen"
+	echo "runnable for 1.2 ms beside an idle core. Four I/O threads instead of two idled less (12 to 17%)"
+	echo "without issuing more. With every idle microsecond used, the CPU per token above would still cap"
+	echo "issuance at the ceiling it gives, short of 40%."
+	echo
 	echo "How it got here: the token was first issued on a handler-pool thread that slept until its audit"
 	echo "event committed (about 450 us of idpd CPU per token; then 246 us once the policy input, claims,"
 	echo "answer and canonical form no longer went through JSON trees). Now the request runs on the I/O"
