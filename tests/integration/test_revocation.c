@@ -1204,23 +1204,33 @@ suspend_cloud_agent(void *arg)
  * after a resume: the epoch is taken when the suspension writes, plus the
  * identity leeway, not when its transaction began.
  */
+/* A world with planning-agent -> cloud-agent -> sub-agent, each allowing depth 3. */
+static void
+chain_world(struct world *w, const char *db, const struct world_opts *o)
+{
+	static const char *const ids[][3] = {
+	    {"sub-agent", "helper", "[]"},
+	    {"cloud-agent", "cloud-inventory", "[\"sub-agent\"]"},
+	    {"planning-agent", "planner", "[\"cloud-agent\"]"},
+	};
+
+	world_start_opts(w, db, o);
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		const struct world_agent a = {.id = ids[i][0],
+		                              .type = ids[i][1],
+		                              .owner = "alice@example.com",
+		                              .caps = "[\"cloud:Describe*\"]",
+		                              .delegate_to = ids[i][2],
+		                              .max_depth = 3,
+		                              .approvals = "[]"};
+
+		world_agent(w, &a);
+	}
+}
+
 static void
 a_token_issued_during_a_suspension_does_not_survive_it(void **state)
 {
-	const struct world_agent cloud = {.id = "cloud-agent",
-	                                  .type = "cloud-inventory",
-	                                  .owner = "alice@example.com",
-	                                  .caps = "[\"cloud:Describe*\"]",
-	                                  .delegate_to = "[]",
-	                                  .max_depth = 2,
-	                                  .approvals = "[]"};
-	const struct world_agent planner = {.id = "planning-agent",
-	                                    .type = "planner",
-	                                    .owner = "alice@example.com",
-	                                    .caps = "[\"cloud:Describe*\"]",
-	                                    .delegate_to = "[\"cloud-agent\"]",
-	                                    .max_depth = 2,
-	                                    .approvals = "[]"};
 	const struct world_opts o = {.max_ttl = "2h"};
 	char cred[4096], task_id[80], root_jti[80], url[512];
 	char *alice, *root, *during;
@@ -1231,9 +1241,7 @@ a_token_issued_during_a_suspension_does_not_survive_it(void **state)
 	PGresult *r;
 
 	(void)state;
-	world_start_opts(&w, "t_rev_epoch", &o);
-	world_agent(&w, &cloud);
-	world_agent(&w, &planner);
+	chain_world(&w, "t_rev_epoch", &o);
 	world_credential(&w, "planning-agent", cred, sizeof(cred));
 	alice = world_human_token("alice@example.com");
 	world_task_ttl(&w, alice, "planning-agent", "[\"cloud:DescribeInstances\"]", "1h", task_id,
@@ -1274,27 +1282,6 @@ a_token_issued_during_a_suspension_does_not_survive_it(void **state)
 static void
 a_link_cut_by_a_suspension_delegates_nothing(void **state)
 {
-	const struct world_agent sub = {.id = "sub-agent",
-	                                .type = "helper",
-	                                .owner = "alice@example.com",
-	                                .caps = "[\"cloud:Describe*\"]",
-	                                .delegate_to = "[]",
-	                                .max_depth = 3,
-	                                .approvals = "[]"};
-	const struct world_agent cloud = {.id = "cloud-agent",
-	                                  .type = "cloud-inventory",
-	                                  .owner = "alice@example.com",
-	                                  .caps = "[\"cloud:Describe*\"]",
-	                                  .delegate_to = "[\"sub-agent\"]",
-	                                  .max_depth = 3,
-	                                  .approvals = "[]"};
-	const struct world_agent planner = {.id = "planning-agent",
-	                                    .type = "planner",
-	                                    .owner = "alice@example.com",
-	                                    .caps = "[\"cloud:Describe*\"]",
-	                                    .delegate_to = "[\"cloud-agent\"]",
-	                                    .max_depth = 3,
-	                                    .approvals = "[]"};
 	const struct world_opts o = {.max_ttl = "2h", .leeway = "0s"};
 	char pcred[4096], ccred[4096], task_id[80], root_jti[80], sql[256];
 	char *alice, *root, *d1;
@@ -1302,10 +1289,7 @@ a_link_cut_by_a_suspension_delegates_nothing(void **state)
 	struct world w;
 
 	(void)state;
-	world_start_opts(&w, "t_rev_cut_link", &o);
-	world_agent(&w, &sub);
-	world_agent(&w, &cloud);
-	world_agent(&w, &planner);
+	chain_world(&w, "t_rev_cut_link", &o);
 	world_credential(&w, "planning-agent", pcred, sizeof(pcred));
 	alice = world_human_token("alice@example.com");
 	world_task_ttl(&w, alice, "planning-agent", "[\"cloud:DescribeInstances\"]", "1h", task_id,
