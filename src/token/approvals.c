@@ -375,12 +375,12 @@ approval_emit(struct approval_event *e)
 
 /* ---- requesting ---- */
 
-/* human_idp is the task's provider, filled in by a trigger (migration 0013). */
 static struct store_stmt st_insert = {
     "apr_insert",
-    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, agent_owner, scope, "
-    "target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, "
-    "$7::text[], $8, $9, $10::text[], now() + $11::bigint * interval '1 millisecond', $12) "
+    "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, human_idp, "
+    "agent_owner, scope, target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, "
+    "$4, $5, (SELECT idp FROM tasks WHERE id = $4), $6, $7::text[], $8, $9, $10::text[], "
+    "now() + $11::bigint * interval '1 millisecond', $12) "
     "RETURNING floor(extract(epoch FROM expires_at))::bigint",
     12, 0};
 

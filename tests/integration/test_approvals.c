@@ -600,7 +600,7 @@ another_provider_asserting_the_same_principal_is_someone_else(void **state)
 	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM tasks WHERE status = 'open'"), 1);
 
 	/* An approval inserted without its human's provider, as an idpd older
-	 * than migration 0013 would, takes its task's. */
+	 * than migration 0013 would, takes its task's (0014's trigger). */
 	{
 		char sql[512], v[64];
 
