@@ -275,7 +275,8 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	    audit_event_chain_append(ev, s->agent->id) != IDP_OK)
 		rc = IDP_EINTERNAL;
 	/* detail.reason is the refusal code: the alert rules classify by it. */
-	detail = json_pack("{s:s,s:o,s:o?,s:s?}", "audience", a->audience, "requested_scope",
+	detail = json_pack("{s:o,s:o,s:o?,s:s?}", "audience",
+	                   audit_json_clip(a->audience, AUDIT_ECHO_MAX), "requested_scope",
 	                   audit_json_clip(a->scopes->joined, AUDIT_ECHO_MAX), "stated_reason",
 	                   audit_json_clip(a->reason, AUDIT_ECHO_MAX), "delegation_jti", s->djti);
 	if (detail != NULL) {

@@ -203,8 +203,8 @@ deny(struct deleg *g, int status, const char *reason)
 	bool ok;
 
 	emit_event(g, AUDIT_DELEGATION_DENIED, AUDIT_OUTCOME_DENIED,
-	           json_pack("{s:s,s:s?,s:o?}", "reason", reason, "to_agent", g->to_agent,
-	                     "requested_scope",
+	           json_pack("{s:s,s:o?,s:o?}", "reason", reason, "to_agent",
+	                     audit_json_clip(g->to_agent, AUDIT_ECHO_MAX), "requested_scope",
 	                     g->sc.n > 0 ? audit_json_clip(g->sc.joined, AUDIT_ECHO_MAX) : NULL),
 	           &ok);
 	if (!ok)

@@ -203,7 +203,7 @@ delegation_refusals_issue_nothing(void **state)
 	/* A request that echoes 16 KiB of scopes is still recorded, its scope
 	 * clipped: an agent cannot push its refusal out of the log. */
 	{
-		static char body[24000];
+		static char body[48000];
 		size_t n;
 
 		n = (size_t)snprintf(body, sizeof(body),
@@ -223,6 +223,22 @@ delegation_refusals_issue_nothing(void **state)
 		                "SELECT count(*) FROM audit_events WHERE type = "
 		                "'delegation.denied' AND body::json->'detail'->>'requested_scope' "
 		                "LIKE 'cloud:Describe000%more bytes]'"),
+		    1);
+		/* The same for 20 KB of to_agent. */
+		n = (size_t)snprintf(
+		    body, sizeof(body),
+		    "{\"delegation_token\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+		    "\"to_agent\":\"",
+		    w.root_token);
+		memset(body + n, 'x', 20000);
+		snprintf(body + n + 20000, sizeof(body) - n - 20000, "\"}");
+		world_call(&w.w, "POST", "/v1/delegations", w.planner, body, &r);
+		assert_int_equal(r.status, 403);
+		harness_resp_free(&r);
+		assert_int_equal(
+		    world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+		                      "'delegation.denied' AND body::json->'detail'->>'to_agent' "
+		                      "LIKE 'xxx%more bytes]'"),
 		    1);
 	}
 
