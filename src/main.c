@@ -260,6 +260,14 @@ reload_api_keys(struct idpd_app *app, const struct idpd_config *next, void *ctx,
 	return IDP_OK;
 }
 
+/*
+ * The configuration serve started with, once a reload has replaced
+ * app->cfg: the restart-only keys still have its values, so each reload
+ * compares against it (not against the previous reload's file).  Main
+ * thread only.
+ */
+static struct idpd_config *started_cfg;
+
 static void
 reload(struct idpd_app *app)
 {
@@ -276,7 +284,8 @@ reload(struct idpd_app *app)
 
 		/* Read at start only: said, so that nobody waits for them. */
 		idp_diag_init(&rd);
-		if (idpd_config_restart_keys(app->cfg, next, &rd) > 0)
+		if (idpd_config_restart_keys(started_cfg != NULL ? started_cfg : app->cfg, next,
+		                             &rd) > 0)
 			log_warn("reload: %s", idp_diag_str(&rd));
 	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
@@ -289,8 +298,12 @@ reload(struct idpd_app *app)
 		if (lvl >= 0)
 			idp_log_set_level((enum idp_log_level)lvl);
 	}
-	/* Components copied what they need, so the old config can go. */
-	idpd_config_free(app->cfg);
+	/* Components copied what they need, so the old config can go, except
+	 * the one serve started with. */
+	if (started_cfg == NULL)
+		started_cfg = app->cfg;
+	else
+		idpd_config_free(app->cfg);
 	app->cfg = next;
 	log_info("reload: done");
 }
@@ -573,6 +586,8 @@ done:
 	auth_keys_install(NULL);
 	scope_verb_map_install(NULL); /* frees the installed map */
 	idpd_config_free(app.cfg);
+	idpd_config_free(started_cfg);
+	started_cfg = NULL;
 	if (rc == 0)
 		log_info("stopped");
 	return rc;

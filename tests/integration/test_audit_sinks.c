@@ -460,6 +460,8 @@ sinks_change_on_reload(void **state)
 	snprintf(extra, sizeof(extra), "%s%s", sink_b, bad);
 	reconfigure(&p, sink_b, extra);
 	assert_true(wait_log(&p, "audit sinks unchanged"));
+	/* queue_max still differs from what idpd started with: said again. */
+	assert_int_equal(count_lines(p.log, "audit.queue_max: changed"), 2);
 	assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
 	assert_int_equal(wait_lines(b_path, "task-reload", 8), 8);
 	assert_int_equal(count_lines(a_path, "task-reload"), 5);
