@@ -93,14 +93,20 @@ cmd_check_config(int argc, char **argv)
 	return 0;
 }
 
+/* run_migrations: a stop asked for while waiting for the migration lock. */
+#define MIGRATE_STOPPED 3
+
 static int
 run_migrations(const char *url, const char *dir)
 {
 	struct idp_diag diag;
-	int applied = 0;
+	int applied = 0, rc;
 
 	idp_diag_init(&diag);
-	if (store_migrate(url, dir, &applied, &diag) != IDP_OK) {
+	rc = store_migrate(url, dir, &applied, &diag);
+	if (rc == IDP_EWOULDBLOCK)
+		return MIGRATE_STOPPED;
+	if (rc != IDP_OK) {
 		fprintf(stderr, "idpd: migrate: %s\n", idp_diag_str(&diag));
 		return 1;
 	}
@@ -216,6 +222,8 @@ cmd_migrate(int argc, char **argv)
 			dir = cfg->node.migrations_dir;
 	}
 	rc = run_migrations(url, dir ? dir : "migrations");
+	if (rc == MIGRATE_STOPPED)
+		rc = 1; /* not reached: this command does not block signals */
 	idpd_config_free(cfg);
 	return rc;
 }
@@ -403,17 +411,17 @@ cmd_serve(int argc, char **argv)
 		log_error("migrations: %s", idp_diag_str(&diag));
 		goto done;
 	}
-	if (migrate && run_migrations(app.cfg->database.url, app.cfg->node.migrations_dir) != 0) {
-		sigset_t pending;
+	if (migrate) {
+		int m = run_migrations(app.cfg->database.url, app.cfg->node.migrations_dir);
 
 		/* Asked to stop while waiting for another instance's migration:
 		 * a clean stop before serving, not a failure. */
-		if (sigpending(&pending) == 0 &&
-		    (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1)) {
+		if (m == MIGRATE_STOPPED) {
 			log_info("stopped before serving");
 			rc = 0;
 		}
-		goto done;
+		if (m != 0)
+			goto done;
 	}
 
 	so.url = app.cfg->database.url;

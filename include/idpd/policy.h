@@ -62,7 +62,10 @@ struct policy_match {
 	 * NULL when the condition held.  Otherwise why it could not be
 	 * evaluated ("agent.environment is missing"): a deny or
 	 * require_approval rule then counts as matched (applied is true), an
-	 * allow rule as not matched (applied is false).
+	 * allow rule as not matched (applied is false), and an
+	 * allow_with_conditions rule grants nothing but its conditions restrict
+	 * another rule's grant (applied is true exactly when the decision is
+	 * ALLOW_WITH_CONDITIONS).
 	 */
 	const char *error;
 	bool applied;

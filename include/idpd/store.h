@@ -116,6 +116,8 @@ void store_get_stats(struct store *s, struct store_stats *st);
  * session advisory lock so concurrent runners serialize.  An applied
  * migration whose file changed since is an error.  Connects on its own.
  * diag explains failures; *applied counts what was applied (may be NULL).
+ * IDP_EWOULDBLOCK when a pending SIGTERM or SIGINT ended the wait for the
+ * lock (the caller blocks them to sigwait: idpd serve).
  */
 int store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *diag) IDP_WUR;
 

@@ -193,7 +193,7 @@ stop_pending(void)
  * stop, another instance migrating for long) ends the wait instead of
  * being ignored until the lock comes.
  */
-static bool
+static int
 lock_or_stop(PGconn *pg, struct idp_diag *diag)
 {
 	for (int tries = 0;; tries++) {
@@ -207,11 +207,13 @@ lock_or_stop(PGconn *pg, struct idp_diag *diag)
 			idp_diag_add(diag, "advisory lock: %.*s", (int)strcspn(msg, "\n"), msg);
 		}
 		PQclear(r);
-		if (!ok || got)
-			return got;
+		if (!ok)
+			return IDP_EINTERNAL;
+		if (got)
+			return IDP_OK;
 		if (stop_pending()) {
 			idp_diag_add(diag, "stopped while waiting for another migration to finish");
-			return false;
+			return IDP_EWOULDBLOCK;
 		}
 		if (tries % 50 == 0)
 			log_info("migrate: another idpd holds the migration lock; waiting");
@@ -241,8 +243,10 @@ store_migrate(const char *url, const char *dir, int *applied, struct idp_diag *d
 		goto done;
 	}
 	rc = IDP_EINTERNAL;
-	if (!lock_or_stop(pg, diag))
+	rc = lock_or_stop(pg, diag);
+	if (rc != IDP_OK)
 		goto done;
+	rc = IDP_EINTERNAL;
 	locked = true;
 	if (!exec_ok(pg,
 	             "CREATE TABLE IF NOT EXISTS schema_migrations ("

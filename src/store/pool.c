@@ -111,7 +111,10 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 
 	/* libpq's message for a URL it cannot parse quotes the offending part,
 	 * which may be the password: that message is not passed on. */
-	parsed = PQconninfoParse(url, &why);
+	/* A bare database name is no connection string to parse (libpq takes
+	 * it as dbname); only a URI or key=value text can carry a password. */
+	parsed = strstr(url, "://") != NULL || strchr(url, '=') != NULL ? PQconninfoParse(url, &why)
+	                                                                : PQconninfoParse("", &why);
 	if (parsed == NULL) {
 		if (why != NULL) {
 			idp_wipe(why, strlen(why));

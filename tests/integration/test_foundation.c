@@ -316,6 +316,7 @@ escapes_are_decoded_once(void **state)
 	    {"/.well-known/jwks.json", 200},
 	    {"/.well-known%2Fjwks.json", 404},
 	    {"/health%257A", 404},
+	    {"/healthz?x=a%20b+c%2B", 200},
 	    {"/healthz?x=%00", 400},
 	    {"/healthz?x=a%zz", 400},
 	    {"/healthz?x%00=1", 400},
