@@ -756,24 +756,31 @@ retry_later(struct keys *km)
 	pthread_mutex_unlock(&km->retry_lock);
 }
 
+/*
+ * Catch up now; if that fails, a key may be missing (503 for unknown key
+ * ids) until the refresher's retry succeeds.
+ */
+static void
+catch_up_or_retry(struct keys *km)
+{
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	if (catch_up(km, &d) == IDP_OK)
+		return;
+	atomic_store(&km->may_lack, true);
+	log_warn("%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
+	         "answer 503",
+	         idp_diag_str(&d));
+	retry_later(km);
+}
+
 static void
 on_notify(const char *channel, const char *payload, void *ctx)
 {
-	struct keys *km = ctx;
-	struct idp_diag d;
-
 	(void)channel;
 	(void)payload;
-	idp_diag_init(&d);
-	if (catch_up(km, &d) != IDP_OK) {
-		/* The change notified is not here: a key may be missing. */
-		atomic_store(&km->may_lack, true);
-		log_warn(
-		    "%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
-		    "answer 503",
-		    idp_diag_str(&d));
-		retry_later(km);
-	}
+	catch_up_or_retry(ctx);
 }
 
 /* After the listener (re)connects: the reload catches up on what it missed. */
@@ -781,18 +788,10 @@ static void
 on_resync(void *ctx)
 {
 	struct keys *km = ctx;
-	struct idp_diag d;
 
 	atomic_store(&km->listening, true);
 	atomic_fetch_add(&km->epoch, 1);
-	idp_diag_init(&d);
-	if (catch_up(km, &d) != IDP_OK) {
-		log_warn(
-		    "%s; keeping the keys loaded before and retrying; meanwhile unknown key ids "
-		    "answer 503",
-		    idp_diag_str(&d));
-		retry_later(km);
-	}
+	catch_up_or_retry(km);
 }
 
 static void
