@@ -795,9 +795,8 @@ kek_rotation_reseals_every_live_key(void **state)
 		    blob, sizeof(blob));
 		assert_int_equal(
 		    harness_sql("t_keys_reseal",
-		                "UPDATE signing_keys SET private_sealed = "
-		                "overlay(private_sealed placing '\\xff'::bytea from 20) "
-		                "WHERE state = 'next'"),
+		                "UPDATE signing_keys SET private_sealed = set_byte(private_sealed, 19, "
+		                "get_byte(private_sealed, 19) # 255) WHERE state = 'next'"),
 		    0);
 		table_fingerprint("t_keys_reseal", fp);
 		setenv("IDPD_KEK_OLD", TEST_KEK, 1);
