@@ -32,6 +32,7 @@
 #include "idpd/oauth.h"
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
+#include "idpd/presign.h"
 #include "idpd/registry.h"
 #include "idpd/revocation.h"
 #include "idpd/scope.h"
@@ -488,6 +489,12 @@ cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	idp_diag_init(&diag);
+	if (app.cfg->tokens.presign_pool > 0 &&
+	    idp_presign_start((size_t)app.cfg->tokens.presign_pool, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
+		goto done;
+	}
+	idp_diag_init(&diag);
 	if (attest_init(&app, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
@@ -578,6 +585,7 @@ done:
 	access_shutdown();
 	registry_shutdown(); /* after HTTP and the listener, its two users */
 	keys_free(keys);     /* likewise */
+	idp_presign_stop();
 	attest_shutdown();
 	human_auth_shutdown();
 	policy_service_stop();

@@ -735,6 +735,13 @@ static const struct key config_keys[] = {
      .max = HOURS(24),
      .def = "1h",
      .help = "longest lifetime of an access token; a longer ttl is cut to it"},
+    {.name = "tokens.presign_pool",
+     INT_AT(struct idpd_config, tokens.presign_pool),
+     .min = 0,
+     .max = 65536,
+     .def = "1024",
+     .help = "ECDSA nonces computed ahead in idle CPU time, so that a signature costs "
+             "about a microsecond; 0 computes each one when signing"},
     {.name = "approvals.ttl",
      DURATION_AT(struct idpd_config, approvals.ttl_ms),
      .flags = K_RELOAD,

@@ -39,6 +39,8 @@ port=$(bench_port)
 {
 	bench_config_head "$port" "$db" "handler_threads = ${BENCH_HANDLERS:-128}"
 	cat <<CFG
+[tokens]
+presign_pool = ${BENCH_PRESIGN:-1024}
 [tasks]
 max_ttl = "8h"
 [[resources]]
