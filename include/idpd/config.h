@@ -197,7 +197,7 @@ struct idpd_config {
 	struct {
 		int64_t default_ttl_ms; /* "15m": an access token's ttl when none is asked */
 		int64_t max_ttl_ms;     /* "1h": longest access token */
-		int presign_pool;       /* 1024 precomputed ECDSA nonces; 0 = none */
+		int presign_pool;       /* 0: no precomputed ECDSA nonces (docs/tokens.md) */
 	} tokens;
 
 	struct {

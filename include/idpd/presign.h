@@ -12,8 +12,11 @@
  *
  * A nonce used for two signatures reveals the private key, so a pair leaves
  * the pool exactly once, under the pool's one lock (presign.lock), and is
- * wiped by the signature that used it.  Nonces are drawn from OpenSSL's
- * private DRBG, as for a signature made inline.
+ * wiped by the signature that used it; signers only try the lock, never
+ * wait on it.  Nonces are drawn from OpenSSL's private DRBG.  Unlike a
+ * nonce made inline they do not depend on the message, so two copies of
+ * a snapshotted or cloned process would share them: the pool is off unless
+ * configured (tokens.presign_pool, docs/tokens.md).
  *
  * A struct idp_presign_key is the legacy EC_KEY form of a P-256 private key
  * that OpenSSL's precomputed-nonce signing takes; it is immutable and may be
@@ -45,8 +48,12 @@ int idp_presign_start(size_t capacity, struct idp_diag *diag);
 /* Stop the thread and wipe every pair left.  Safe to call when not running. */
 void idp_presign_stop(void);
 
-/* Pairs ready now, and signatures that found the pool empty since start. */
+/*
+ * Pairs ready now; since the last start, signatures that took a pair (hits)
+ * and those that found none while the pool ran (misses).  Any thread.
+ */
 size_t idp_presign_available(void);
+uint64_t idp_presign_hits(void);
 uint64_t idp_presign_misses(void);
 
 /*

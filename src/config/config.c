@@ -739,9 +739,10 @@ static const struct key config_keys[] = {
      INT_AT(struct idpd_config, tokens.presign_pool),
      .min = 0,
      .max = 65536,
-     .def = "1024",
+     .def = "0",
      .help = "ECDSA nonces computed ahead in idle CPU time, so that a signature costs "
-             "about a microsecond; 0 computes each one when signing"},
+             "about a microsecond; 0 computes each one when signing. Not for a process "
+             "that may be snapshotted or cloned while it runs (docs/tokens.md)"},
     {.name = "approvals.ttl",
      DURATION_AT(struct idpd_config, approvals.ttl_ms),
      .flags = K_RELOAD,

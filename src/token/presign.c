@@ -48,7 +48,10 @@ static struct {
 	 * does not use it.
 	 */
 	EC_KEY *scratch;
-	atomic_uint_fast64_t misses;
+	/* Readable without the lock: running and not stopping, and n. */
+	atomic_bool on;
+	atomic_size_t ready;
+	atomic_uint_fast64_t hits, misses;
 } P = {.lock = PTHREAD_MUTEX_INITIALIZER, .room = PTHREAD_COND_INITIALIZER};
 
 static void
@@ -94,6 +97,7 @@ refill(void *arg)
 		if (P.n < P.cap) {
 			P.pairs[P.n++] = p;
 			p.kinv = p.r = NULL;
+			atomic_store(&P.ready, P.n);
 		}
 		pthread_mutex_unlock(&P.lock);
 		pair_wipe(&p);
@@ -110,11 +114,58 @@ collect(struct idp_buf *out, void *ctx)
 	        out,
 	        "# HELP idpd_presign_nonces ECDSA nonces computed ahead and not yet used.\n"
 	        "# TYPE idpd_presign_nonces gauge\nidpd_presign_nonces %zu\n"
-	        "# HELP idpd_presign_misses_total Signatures that found no nonce ready "
-	        "and computed their own.\n"
-	        "# TYPE idpd_presign_misses_total counter\nidpd_presign_misses_total %llu\n",
-	        idp_presign_available(), (unsigned long long)idp_presign_misses()) != IDP_OK)
+	        "# HELP idpd_presign_signatures_total ES256 signatures by where their nonce came "
+	        "from.\n"
+	        "# TYPE idpd_presign_signatures_total counter\n"
+	        "idpd_presign_signatures_total{nonce=\"pool\"} %llu\n"
+	        "idpd_presign_signatures_total{nonce=\"inline\"} %llu\n",
+	        idp_presign_available(), (unsigned long long)idp_presign_hits(),
+	        (unsigned long long)idp_presign_misses()) != IDP_OK)
 		log_warn("metrics: presign output truncated");
+}
+
+/*
+ * A forked child must not inherit nonces its parent may also use.  idpd
+ * does not fork, but a library it links might.  The lock is held across
+ * fork so that the child finds the pool in one piece; the child has no
+ * refill thread.
+ */
+static void
+before_fork(void)
+{
+	pthread_mutex_lock(&P.lock);
+}
+
+static void
+after_fork_parent(void)
+{
+	pthread_mutex_unlock(&P.lock);
+}
+
+static void
+after_fork_child(void)
+{
+	while (P.n > 0)
+		pair_wipe(&P.pairs[--P.n]);
+	atomic_store(&P.ready, 0);
+	atomic_store(&P.on, false);
+	P.running = false; /* the child has no refill thread to join */
+	pthread_mutex_unlock(&P.lock);
+}
+
+/* Once per process, from the first start (the main thread, before serving). */
+static void
+register_once(void)
+{
+	static bool done;
+
+	if (done)
+		return;
+	done = true;
+	if (pthread_atfork(before_fork, after_fork_parent, after_fork_child) != 0)
+		log_warn("presign: cannot register the fork handlers");
+	if (metrics_register(collect, NULL) != IDP_OK)
+		log_warn("metrics: too many collectors; presign metrics not exported");
 }
 
 int
@@ -142,15 +193,17 @@ idp_presign_start(size_t capacity, struct idp_diag *diag)
 	P.cap = capacity;
 	P.n = 0;
 	P.stopping = false;
+	atomic_store(&P.ready, 0);
+	atomic_store(&P.hits, 0);
 	atomic_store(&P.misses, 0);
 	if (pthread_create(&P.thread, NULL, refill, NULL) != 0) {
 		idp_diag_add(diag, "presign: cannot start its thread");
 		goto fail;
 	}
 	P.running = true;
+	atomic_store(&P.on, true);
 	pthread_mutex_unlock(&P.lock);
-	if (metrics_register(collect, NULL) != IDP_OK)
-		log_warn("metrics: too many collectors; presign metrics not exported");
+	register_once();
 	return IDP_OK;
 fail:
 	free(P.pairs);
@@ -166,11 +219,12 @@ void
 idp_presign_stop(void)
 {
 	pthread_mutex_lock(&P.lock);
-	if (!P.running) {
+	if (!P.running || P.stopping) { /* not started, or another caller is stopping it */
 		pthread_mutex_unlock(&P.lock);
 		return;
 	}
 	P.stopping = true;
+	atomic_store(&P.on, false);
 	pthread_cond_signal(&P.room);
 	pthread_mutex_unlock(&P.lock);
 	pthread_join(P.thread, NULL);
@@ -178,6 +232,7 @@ idp_presign_stop(void)
 	pthread_mutex_lock(&P.lock);
 	while (P.n > 0)
 		pair_wipe(&P.pairs[--P.n]);
+	atomic_store(&P.ready, 0);
 	free(P.pairs);
 	P.pairs = NULL;
 	P.cap = 0;
@@ -190,12 +245,13 @@ idp_presign_stop(void)
 size_t
 idp_presign_available(void)
 {
-	size_t n;
+	return atomic_load(&P.ready);
+}
 
-	pthread_mutex_lock(&P.lock);
-	n = P.n;
-	pthread_mutex_unlock(&P.lock);
-	return n;
+uint64_t
+idp_presign_hits(void)
+{
+	return atomic_load(&P.hits);
 }
 
 uint64_t
@@ -204,25 +260,32 @@ idp_presign_misses(void)
 	return atomic_load(&P.misses);
 }
 
-/* Move one pair out of the pool into *out; false if there is none. */
+/*
+ * Move one pair out of the pool into *out; false if there is none.  A
+ * signer never waits for the lock: the refill thread, at idle priority,
+ * may hold it and then not run for as long as the machine is busy, so a
+ * lock held elsewhere counts as an empty pool.
+ */
 static bool
 take(struct pair *out)
 {
-	bool got = false, running;
+	bool got = false;
 
-	pthread_mutex_lock(&P.lock);
-	running = P.running;
-	if (P.n > 0) {
-		*out = P.pairs[--P.n];
-		P.pairs[P.n] = (struct pair){NULL, NULL};
-		got = true;
-		/* The thread waits only on a full pool. */
-		if (P.n + 1 == P.cap)
-			pthread_cond_signal(&P.room);
+	if (!atomic_load(&P.on))
+		return false;
+	if (atomic_load(&P.ready) > 0 && pthread_mutex_trylock(&P.lock) == 0) {
+		if (P.running && !P.stopping && P.n > 0) {
+			*out = P.pairs[--P.n];
+			P.pairs[P.n] = (struct pair){NULL, NULL};
+			atomic_store(&P.ready, P.n);
+			got = true;
+			/* The thread waits only on a full pool. */
+			if (P.n + 1 == P.cap)
+				pthread_cond_signal(&P.room);
+		}
+		pthread_mutex_unlock(&P.lock);
 	}
-	pthread_mutex_unlock(&P.lock);
-	if (!got && running)
-		atomic_fetch_add(&P.misses, 1);
+	atomic_fetch_add(got ? &P.hits : &P.misses, 1);
 	return got;
 }
 

@@ -104,6 +104,7 @@ presign_signatures_verify_and_never_share_a_nonce(void **state)
 		for (int j = 0; j < i; j++)
 			assert_memory_not_equal(sigs[i], sigs[j], 32);
 	}
+	assert_int_equal(idp_presign_hits(), POOL);
 	assert_int_equal(idp_presign_misses(), 0);
 	/* The check can fail: a signature with one bit changed does not verify. */
 	sigs[0][63] ^= 1;
@@ -178,12 +179,16 @@ presign_tokens_verify_with_and_without_the_pool(void **state)
 			json_decref(claims);
 		}
 		if (round == 0) {
-			/* Every signature took a nonce or counted a miss. */
-			taken = 2 * POOL - idp_presign_misses();
+			/* Each signature took a nonce or counted a miss; the pool was
+			 * full, so at least its size took one. */
+			taken = idp_presign_hits();
+			assert_int_equal(taken + idp_presign_misses(), 2 * POOL);
 			assert_true(taken >= POOL);
 			idp_presign_stop();
 		}
 	}
+	/* Stopped: signatures are made inline and counted nowhere. */
+	assert_int_equal(idp_presign_hits(), taken);
 	assert_int_equal(idp_presign_misses(), 2 * POOL - taken);
 	idp_jws_keyset_unref(set);
 	idp_jws_key_unref(key);
