@@ -80,7 +80,7 @@ event(const char *task)
 }
 
 static void
-start(const char *url, bool sync, int64_t timeout_ms)
+start_batches(const char *url, bool sync, int64_t timeout_ms, int batch_max)
 {
 	struct audit_writer_opts o = {0};
 	struct idp_diag d;
@@ -88,12 +88,18 @@ start(const char *url, bool sync, int64_t timeout_ms)
 	o.url = url;
 	o.instance_id = "writer-test";
 	o.queue_max = 1024;
-	o.batch_max = 64;
+	o.batch_max = batch_max;
 	o.sync = sync;
 	o.timeout_ms = timeout_ms;
 	idp_diag_init(&d);
 	if (audit_writer_start(&o, &d) != IDP_OK)
 		fail_msg("audit_writer_start: %s", idp_diag_str(&d));
+}
+
+static void
+start(const char *url, bool sync, int64_t timeout_ms)
+{
+	start_batches(url, sync, timeout_ms, 64);
 }
 
 /* A URL where nothing listens: the writer can never connect. */
@@ -130,6 +136,51 @@ each_event_is_called_back_once_after_its_commit(void **state)
 		assert_int_equal(atomic_load(&outcomes[i].calls), 1);
 		assert_int_equal(atomic_load(&outcomes[i].rc), IDP_OK);
 	}
+}
+
+/*
+ * A committed event is called back without waiting for the batch after it.
+ * One event per batch: the first commits; the second, which a trigger
+ * refuses, fails and is retried until its timeout.  The first's done comes
+ * while the second is still pending, not after the second's timeout.
+ */
+static void
+a_commit_is_called_back_while_the_next_batch_fails(void **state)
+{
+	char url[512], n[32];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_next"), 0);
+	assert_int_equal(
+	    harness_sql(
+	        "t_writer_next",
+	        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS "
+	        "$$BEGIN RAISE EXCEPTION 'poison'; END$$; "
+	        "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit_events FOR EACH ROW "
+	        "WHEN (NEW.task_id = 'task-writer-poison') EXECUTE FUNCTION refuse_poison()"),
+	    0);
+	harness_db_url("t_writer_next", url, sizeof(url));
+	outcomes_reset();
+	start_batches(url, true, 3000, 1);
+	assert_int_equal(audit_emit_then(event("task-writer-next"), record, &outcomes[0]),
+	                 AUDIT_PENDING);
+	assert_int_equal(audit_emit_then(event("task-writer-poison"), record, &outcomes[1]),
+	                 AUDIT_PENDING);
+	wait_for_calls(1);
+	assert_int_equal(atomic_load(&outcomes[0].rc), IDP_OK);
+	assert_int_equal(atomic_load(&outcomes[1].calls), 0);
+	/* The refused one fails at its timeout, and only it is in the table. */
+	wait_for_calls(2);
+	assert_int_equal(atomic_load(&outcomes[1].rc), IDP_EUNAVAIL);
+	audit_writer_stop(0);
+	assert_int_equal(harness_sql_value("t_writer_next",
+	                                   "SELECT string_agg(task_id, ',') FROM audit_events "
+	                                   "WHERE task_id LIKE 'task-writer-%'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "task-writer-next");
+	assert_int_equal(atomic_load(&outcomes[0].calls), 1);
+	assert_int_equal(atomic_load(&outcomes[1].calls), 1);
 }
 
 static void
@@ -208,6 +259,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(each_event_is_called_back_once_after_its_commit),
+	    cmocka_unit_test(a_commit_is_called_back_while_the_next_batch_fails),
 	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
 	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
