@@ -110,7 +110,7 @@ bench_config_head() {
 [server]
 listen = "127.0.0.1"
 port = $1
-threads = 2
+threads = ${BENCH_THREADS:-2}
 ${3:-}
 [database]
 url = "postgresql://postgres@127.0.0.1:$BENCH_PG_PORT/$2"

@@ -40,7 +40,7 @@ port=$(bench_port)
 	bench_config_head "$port" "$db" "handler_threads = ${BENCH_HANDLERS:-128}"
 	cat <<CFG
 [tokens]
-presign_pool = ${BENCH_PRESIGN:-1024}
+presign_pool = 0
 [tasks]
 max_ttl = "8h"
 [[resources]]
@@ -57,6 +57,9 @@ principal_claim = "email"
 $(printf '%s\n' "$key_out" | tail -n +3)
 CFG
 } >"$work/idpd.toml"
+
+# The same with precomputed nonces (tokens.presign_pool, off by default).
+sed 's/^presign_pool = 0$/presign_pool = 1024/' "$work/idpd.toml" >"$work/idpd-presign.toml"
 
 pid=
 bench_idpd_start "$work/idpd.toml" "$work/idpd.log"
@@ -113,33 +116,42 @@ events() { psql_bench -d "$db" -At -c "SELECT count(*) FROM audit_events WHERE t
 ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 pg_pids() { pgrep -P "$(head -n 1 "$BENCH_PG_DIR/data/postmaster.pid")" | tr '\n' ' '; }
 
-# One run: rate = events of type $1 committed per second; p99 from wrk; the
-# CPU of idpd and of PostgreSQL per committed event; and, run just before,
-# openssl's signs per second, so that drift of this shared machine's speed
-# over the benchmark affects both sides of each ratio alike.
+# serve CONFIG: idpd restarted on CONFIG, ready (same database, keys and KEK).
+serve() {
+	kill -INT "$pid"
+	wait "$pid" 2>/dev/null || true
+	bench_idpd_start "$1" "$work/idpd.log"
+	bench_wait "$work/idpd.log" curl -sf "$base/readyz"
+}
+
+# One run, its figures filed under LABEL: rate = events of TYPE committed
+# per second; p99 from wrk; the CPU of idpd and of PostgreSQL per committed
+# event; and, run just before, openssl's signs per second, so that drift of
+# this shared machine's speed over the benchmark affects both sides of each
+# ratio alike.
 run() {
-	local type=$1 cpu0 cpu1 pg0 pg1 n0 n1 sign st0 st1
-	shift
+	local label=$1 type=$2 cpu0 cpu1 pg0 pg1 n0 n1 sign st0 st1
+	shift 2
 	sign=$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print int($7)}')
-	echo "$sign" >>"$work/sign.$type"
+	echo "$sign" >>"$work/sign.$label"
 	n0=$(events "$type")
 	st0=$(cpu_times)
 	cpu0=$(ticks "$pid")
 	pg0=$(ticks $(pg_pids))
-	bench_wrk_run "events $type" "$work/rate.$type" "$work/p99.$type" -t1 -c"$conns" "$@"
+	bench_wrk_run "events $type" "$work/rate.$label" "$work/p99.$label" -t1 -c"$conns" "$@"
 	pg1=$(ticks $(pg_pids))
 	cpu1=$(ticks "$pid")
 	st1=$(cpu_times)
-	steal_pct "$st0" "$st1" >>"$work/steal.$type"
-	idle_pct "$st0" "$st1" >>"$work/idle.$type"
+	steal_pct "$st0" "$st1" >>"$work/steal.$label"
+	idle_pct "$st0" "$st1" >>"$work/idle.$label"
 	n1=$(events "$type")
 	# CPU time in clock ticks per committed event, in us
 	awk -v c="$((cpu1 - cpu0))" -v p="$((pg1 - pg0))" -v n="$((n1 - n0))" -v hz="$(getconf CLK_TCK)" \
 		-v w="$BENCH_WRK_CPU" \
-		'BEGIN {if (n > 0) printf "%.0f %.0f %.0f\n", c * 1e6 / hz / n, p * 1e6 / hz / n, w * 1e6 / n}' >>"$work/cpu.$type"
-	tail -n 1 "$work/rate.$type" | awk -v s="$sign" '{printf "%.1f\n", 100 * $1 / s}' >>"$work/ratio.$type"
-	[ -n "${BENCH_VERBOSE:-}" ] && { echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx"; echo "sign/s $sign, cpu us/event $(tail -n 1 "$work/cpu.$type"), steal $(tail -n 1 "$work/steal.$type")%, idle $(tail -n 1 "$work/idle.$type")%"; } >&2
-	echo "$BENCH_WRK_OUT" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$type"
+		'BEGIN {if (n > 0) printf "%.0f %.0f %.0f\n", c * 1e6 / hz / n, p * 1e6 / hz / n, w * 1e6 / n}' >>"$work/cpu.$label"
+	tail -n 1 "$work/rate.$label" | awk -v s="$sign" '{printf "%.1f\n", 100 * $1 / s}' >>"$work/ratio.$label"
+	[ -n "${BENCH_VERBOSE:-}" ] && { echo "$BENCH_WRK_OUT" | grep -E "Requests/sec|99%|Non-2xx"; echo "sign/s $sign, cpu us/event $(tail -n 1 "$work/cpu.$label"), steal $(tail -n 1 "$work/steal.$label")%, idle $(tail -n 1 "$work/idle.$label")%"; } >&2
+	echo "$BENCH_WRK_OUT" | awk '/Non-2xx/ {print $NF}' >>"$work/errors.$label"
 }
 
 # Warm-up, not counted: caches, a table past shared_buffers and WAL written,
@@ -147,12 +159,22 @@ run() {
 wrk -t1 -c"$conns" -d"${BENCH_WARMUP_SECONDS:-10}s" -s "$work/post.lua" "$base" -- /v1/token "$cred" \
 	"$work/token.json" >/dev/null
 bench_pg_steady
+# Alternately without and with the nonce pool, so that the table's growth
+# over the runs weighs on both alike.
 for _ in $(seq "$runs"); do
-	run token.issued -s "$work/post.lua" "$base" -- /v1/token "$cred" "$work/token.json"
+	run token.issued token.issued -s "$work/post.lua" "$base" -- /v1/token "$cred" "$work/token.json"
+	serve "$work/idpd-presign.toml"
+	run presign token.issued -s "$work/post.lua" "$base" -- /v1/token "$cred" "$work/token.json"
+	serve "$work/idpd.toml"
 done
 for _ in $(seq "$runs"); do
-	run delegation.created -s "$work/post.lua" "$base" -- /v1/delegations "$cred" "$work/deleg.json"
+	run delegation.created delegation.created -s "$work/post.lua" "$base" -- /v1/delegations "$cred" "$work/deleg.json"
 done
+pre_rate=$(median <"$work/rate.presign"); pre_p99=$(median <"$work/p99.presign")
+pre_ratio=$(median <"$work/ratio.presign"); pre_idle=$(median <"$work/idle.presign")
+pre_cpu=$(awk '{print $1}' "$work/cpu.presign" | median)
+pre_pg=$(awk '{print $2}' "$work/cpu.presign" | median)
+pre_runs=$(tr '\n' ' ' <"$work/rate.presign" | sed 's/ $//')
 sign_rate=$(median <"$work/sign.token.issued")
 tok_rate=$(median <"$work/rate.token.issued"); tok_p99=$(median <"$work/p99.token.issued")
 tok_cpu=$(awk '{print $1}' "$work/cpu.token.issued" | median)
@@ -192,6 +214,12 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "hypervisor took a median ${steal}% of the machine's CPU during the token runs (\`steal\` in"
 	echo "/proc/stat), and ${idle}% of it was idle."
 	echo
+	echo "With precomputed nonces (\`tokens.presign_pool = 1024\`, off by default: docs/tokens.md,"
+	echo "\"Signing\"), in runs alternating with those above: a median ${pre_rate} tokens/s, ${pre_ratio}% of the"
+	echo "sign rate, p99 ${pre_p99} us; tokens per second run by run: ${pre_runs}. idpd used ${pre_cpu} us of CPU per"
+	echo "token, its presign thread's included (that thread runs only on an otherwise idle core),"
+	echo "PostgreSQL ${pre_pg} us, and ${pre_idle}% of the machine was idle."
+	echo
 	echo "CPU per access token: idpd ${tok_cpu} us (all its threads, \`/proc/<pid>/stat\`), PostgreSQL"
 	echo "${tok_pg} us (its backends and background processes), wrk ${tok_wrk} us. With the machine's ${cores} cores busy"
 	echo "and nothing else running, that allows at most ${ceiling} tokens/s, ${ceiling_pct}% of the sign rate:"
@@ -210,13 +238,24 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "pages they evict (hence the falling rate run by run): 1.2 kB of heap, seven btree entries and"
 	echo "1.8 kB of WAL per row."
 	echo
-	echo "Why a core idles (\`perf sched\`, 2026-12-04): the scheduler keeps the two I/O threads and wrk"
-	echo "on one core, where each response wakes wrk, which preempts the I/O thread for about 11 us, and"
-	echo "PostgreSQL and the audit writer on the other. That core's gaps (a WAL flush, the writer's turn)"
-	echo "last 30 to 400 us, too short for the kernel to pull a waiting I/O thread over: one was seen"
-	echo "runnable for 1.2 ms beside an idle core. Four I/O threads instead of two idled less (12 to 17%)"
-	echo "without issuing more. With every idle microsecond used, the CPU per token above would still cap"
-	echo "issuance at the ceiling it gives, short of 40%."
+	echo "Why a core idles (\`perf sched\` and idpd's metrics during one run with the nonce pool,"
+	echo "2026-12-05): 64 connections make two halves of about 32, one being committed while the other"
+	echo "is answered, sent again by wrk and queued, so the writer commits about 620 batches of 32 rows a"
+	echo "second, 1.3 ms each, of which PostgreSQL's CPU is about 0.6 ms. The rest is waiting: in one"
+	echo "second, PostgreSQL was runnable but not running for 274 ms, the I/O threads for 334 ms and wrk"
+	echo "for 226 ms, while 336 ms of CPU time went idle. Answers come out in bursts of a batch, and the"
+	echo "work they start (the answers, wrk's next requests) competes for the two cores with the"
+	echo "PostgreSQL backend that the next batch waits for; when that burst is done, both cores wait for"
+	echo "PostgreSQL. It is not the WAL flush: with \`synchronous_commit = off\` the rate stayed within"
+	echo "the noise (21,700 to 23,300 tokens/s against 22,000), and one I/O thread instead of two"
+	echo "changed nothing either. What helped: the writer now sends the next batch before it releases"
+	echo "the answers of the last one (docs/architecture.md), and the nonce pool moves the signature's"
+	echo "scalar multiplication into the idle time. Without the nonce pool, the CPU per token above caps"
+	echo "issuance at the ceiling it gives even with every idle microsecond used."
+	echo
+	echo "The writer's order, measured alone (2026-12-05, two rounds of three runs of each build,"
+	echo "alternated; medians of the ratio): with the nonce pool 34.7% and 35.7% against 30.1% and 34.2%"
+	echo "before; without it 29.3% and 29.1% against 27.2% and 30.7%, which is within this machine's noise."
 	echo
 	echo "How it got here: the token was first issued on a handler-pool thread that slept until its audit"
 	echo "event committed (about 450 us of idpd CPU per token; then 246 us once the policy input, claims,"
