@@ -29,12 +29,6 @@
  * same rows are retried after a reconnect, skipping those that turn out to
  * have committed already (the COMMIT reply can be lost with the connection),
  * so the chain never forks and no event is written twice.
- *
- * A committed batch's waiters are called once the next batch's rows have
- * been sent (or at once when no batch follows): PostgreSQL then has its
- * next COPY in hand before the answers those waiters release, and the
- * requests that follow them, compete with it for the CPU (measured on a
- * machine shared with PostgreSQL: docs/benchmarks.md).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -253,51 +247,6 @@ committed_max(void)
 	return v;
 }
 
-/*
- * The tail of a committed batch: its waiters to call, its events to feed to
- * the alert rules and free.  The writer runs it once the next batch's rows
- * are on their way to PostgreSQL (write_rows), so that PostgreSQL has its
- * next COPY in hand before the answers those waiters release compete with
- * it for the CPU; or at once when there is no next batch.  Writer thread
- * only.
- */
-static void enqueue_own(struct audit_event *ev);
-
-struct batch_tail {
-	bool pending;
-	bool written;
-	struct slot *batch;
-	int n;
-	struct waiter *wake;
-	int n_wake;
-};
-
-static struct batch_tail D;
-
-static void
-finish_batch(void)
-{
-	if (!D.pending)
-		return;
-	D.pending = false;
-	for (int i = 0; i < D.n_wake; i++)
-		D.wake[i].done(D.wake[i].arg, IDP_OK);
-	for (int i = 0; i < D.n; i++) {
-		if (D.batch[i].ev == NULL)
-			continue;
-		if (D.written && W.alerts != NULL) {
-			struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
-			size_t k = audit_alerts_feed(W.alerts, D.batch[i].ev, raised);
-
-			for (size_t j = 0; j < k; j++)
-				enqueue_own(raised[j]);
-		}
-		audit_event_free(D.batch[i].ev);
-		free(D.batch[i].canon);
-		D.batch[i] = (struct slot){NULL, NULL, 0};
-	}
-}
-
 #define COPY_SQL                                                                                   \
 	"COPY audit_events (event_id, writer_id, seq, ts, type, agent_id, human_principal, "       \
 	"task_id, severity, outcome, body, prev_hash, hash) FROM STDIN (FORMAT binary)"
@@ -317,10 +266,6 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	int first = 0;
 	bool ok = true;
 
-	/* The tail waits only for a send on the session that just committed;
-	 * not for a reconnect, which may take connect_timeout. */
-	if (W.pg == NULL || retry)
-		finish_batch();
 	if (!writer_connect())
 		return IDP_EUNAVAIL;
 	if (retry) {
@@ -353,7 +298,6 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	    PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
 	    PQputCopyData(W.pg, copy_tail, sizeof(copy_tail)) != 1 || PQputCopyEnd(W.pg, NULL) != 1)
 		goto lost;
-	finish_batch(); /* the previous batch's, while PostgreSQL works on this one */
 	while ((r = PQgetResult(W.pg)) != NULL) {
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 			if (ok)
@@ -590,20 +534,14 @@ timer_main(void *arg)
 static void *
 run(void *arg)
 {
-	/* Two of each: one batch being written while the last one's tail waits (D). */
-	struct slot *batches[2] = {idp_xcalloc((size_t)W.o.batch_max, sizeof(struct slot)),
-	                           idp_xcalloc((size_t)W.o.batch_max, sizeof(struct slot))};
-	struct waiter *wakes[2] = {idp_xcalloc((size_t)W.o.batch_max, sizeof(struct waiter)),
-	                           idp_xcalloc((size_t)W.o.batch_max, sizeof(struct waiter))};
+	struct slot *batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
 	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
+	struct waiter *wake = idp_xcalloc((size_t)W.o.batch_max, sizeof(*wake));
 	struct idp_buf b;
-	int cur = 0;
 
 	(void)arg;
 	idp_buf_init(&b, 0);
 	for (;;) {
-		struct slot *batch = batches[cur];
-		struct waiter *wake = wakes[cur];
 		int n = 0, m, n_wake = 0, backoff_ms = 50;
 		bool retry = false, written = false;
 		uint8_t hash0[AUDIT_HASH_LEN];
@@ -611,12 +549,6 @@ run(void *arg)
 		int64_t t0;
 
 		pthread_mutex_lock(&W.lock);
-		/* Nothing to write next: the last batch's tail cannot wait for it. */
-		if (D.pending && (W.count == 0 || W.o.batch_wait_ms > 0)) {
-			pthread_mutex_unlock(&W.lock);
-			finish_batch();
-			continue;
-		}
 		while (!W.stop && W.count == 0)
 			pthread_cond_wait(&W.work, &W.lock);
 		if (W.count == 0 && W.stop) {
@@ -657,13 +589,11 @@ run(void *arg)
 
 			if (k >= 0) {
 				m = k;
-				if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK)
+				if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK) {
 					written = true;
+					break;
+				}
 			}
-			/* Done in write_rows once the rows were sent; if they never were, now. */
-			finish_batch();
-			if (written)
-				break;
 			atomic_fetch_add(&W.failures, 1);
 			atomic_store(&W.failing, true);
 			retry = true;
@@ -691,28 +621,33 @@ run(void *arg)
 			W.inflight_n = 0;
 			n_wake = waiters_committed(wake, W.o.batch_max);
 			pthread_mutex_unlock(&W.lock);
+			for (int i = 0; i < n_wake; i++)
+				wake[i].done(wake[i].arg, IDP_OK);
 		} else {
 			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
 			          "unreachable); their emitters were not acknowledged",
 			          n);
 		}
-		D = (struct batch_tail){.pending = true,
-		                        .written = written,
-		                        .batch = batch,
-		                        .n = n,
-		                        .wake = wake,
-		                        .n_wake = n_wake};
-		cur ^= 1;
+		for (int i = 0; i < n; i++) {
+			if (batch[i].ev == NULL)
+				continue;
+			if (written && W.alerts != NULL) {
+				struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
+				size_t k = audit_alerts_feed(W.alerts, batch[i].ev, raised);
+
+				for (size_t j = 0; j < k; j++)
+					enqueue_own(raised[j]);
+			}
+			audit_event_free(batch[i].ev);
+			free(batch[i].canon);
+		}
 		if (!written)
 			break;
 	}
-	finish_batch();
 	idp_buf_cleanup(&b);
-	for (int i = 0; i < 2; i++) {
-		free(batches[i]);
-		free(wakes[i]);
-	}
+	free(batch);
 	free(rows);
+	free(wake);
 	if (W.pg != NULL)
 		PQfinish(W.pg);
 	W.pg = NULL;
