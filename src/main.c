@@ -50,7 +50,7 @@ usage(FILE *f)
 	           "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
 	           "       idpd check-config FILE\n"
 	           "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
-	           "       idpd keys rotate|list --config FILE [--reason TEXT]\n"
+	           "       idpd keys rotate|list --config FILE [--reason TEXT] [--force]\n"
 	           "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
 	           "       idpd check-config --keys\n"
 	           "       idpd policy check DIR | idpd policy test DIR\n"

@@ -72,6 +72,13 @@ struct keys_policy {
 	int64_t rotate_every_ms; /* the active key is rotated when this old; 0: never scheduled */
 	int64_t retire_after_ms; /* a key stays published this long after it last signed */
 	int64_t max_age_ms;      /* a key's not-after is its creation plus this */
+	/*
+	 * A next key is promoted, on demand or on schedule, only once it has
+	 * been published this long (keys.jwks_max_age, how long a verifier may
+	 * cache the JWKS), so that verifiers hold it before it signs.  Set by
+	 * the manager from its jwks_max_age; 0: at once.
+	 */
+	int64_t min_published_ms;
 };
 
 /*
@@ -95,9 +102,10 @@ struct keys_info {
 enum keys_trigger {
 	KEYS_TRIGGER_START,    /* startup: make the set usable, rotate nothing that works */
 	KEYS_TRIGGER_SCHEDULE, /* the cleanup job: rotate when due, retire what has served */
-	KEYS_TRIGGER_DEMAND,   /* an operator: rotate now */
+	KEYS_TRIGGER_DEMAND,   /* an operator: rotate now to a next key verifiers already hold */
+	KEYS_TRIGGER_FORCE,    /* an operator: rotate now, whatever the next key's age */
 };
-/* "start", "schedule", "demand". */
+/* "start", "schedule", "demand", "force". */
 const char *keys_trigger_name(enum keys_trigger t);
 
 /*
@@ -275,8 +283,13 @@ int keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trig
 int keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_origin *who,
                 size_t *n_resealed, struct idp_diag *diag) IDP_WUR;
 
-/* Rotate now (POST /v1/keys/rotate, `idpd keys rotate`). */
-int keys_rotate(struct keys *km, const struct keys_origin *who, struct keys_result *res,
+/*
+ * Rotate now (POST /v1/keys/rotate, `idpd keys rotate`).  Without force,
+ * IDP_EPRECOND (and nothing changes) when there is no next key or it has
+ * been published for less than keys.jwks_max_age: a verifier that cached
+ * the JWKS before it appeared would refuse its tokens.
+ */
+int keys_rotate(struct keys *km, bool force, const struct keys_origin *who, struct keys_result *res,
                 struct idp_diag *diag) IDP_WUR;
 
 /*

@@ -91,6 +91,8 @@ keys_trigger_name(enum keys_trigger t)
 		return "schedule";
 	case KEYS_TRIGGER_DEMAND:
 		return "demand";
+	case KEYS_TRIGGER_FORCE:
+		return "force";
 	}
 	return "unknown";
 }
@@ -116,7 +118,7 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
                struct idp_diag *diag)
 {
 	int active = -1, next = -1;
-	bool next_usable, active_expired, rotate;
+	bool next_usable, next_ready, active_expired, rotate;
 	int64_t earliest_retire = INT64_MAX;
 	size_t after;
 
@@ -162,14 +164,41 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 	if (next >= 0 && !next_usable)
 		plan_retire(plan, (size_t)next);
 	active_expired = active >= 0 && now_ms >= live[active].not_after_ms;
+	/* Published long enough for every verifier's cached JWKS to hold it. */
+	next_ready = next_usable && now_ms - live[next].created_ms >= pol->min_published_ms;
 
 	switch (trigger) {
 	case KEYS_TRIGGER_DEMAND:
+		/* A key that cannot sign is replaced at once, ready or not. */
+		if (!next_ready && active >= 0 && !active_expired) {
+			char when[32];
+
+			if (!next_usable) {
+				idp_diag_add(diag,
+				             "no next key is published to rotate to; the cleanup "
+				             "job or a restart makes one (or force the rotation)");
+				return IDP_EPRECOND;
+			}
+			idp_time_format(live[next].created_ms + pol->min_published_ms, when);
+			idp_diag_add(diag,
+			             "the next key %s has been published for %llds, less than "
+			             "keys.jwks_max_age (%llds): verifiers that cached the JWKS "
+			             "before it would refuse its tokens; rotate at %s or later, or "
+			             "force the rotation",
+			             live[next].kid,
+			             (long long)((now_ms - live[next].created_ms) / 1000),
+			             (long long)(pol->min_published_ms / 1000), when);
+			return IDP_EPRECOND;
+		}
+		rotate = true;
+		break;
+	case KEYS_TRIGGER_FORCE:
 		rotate = true;
 		break;
 	case KEYS_TRIGGER_SCHEDULE:
+		/* When due, it waits for a next key verifiers already hold. */
 		rotate = active < 0 || active_expired ||
-		         (pol->rotate_every_ms > 0 &&
+		         (pol->rotate_every_ms > 0 && next_ready &&
 		          now_ms - live[active].activated_ms >= pol->rotate_every_ms);
 		break;
 	default:
@@ -183,6 +212,8 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 		plan->why = "expired";
 	else if (trigger == KEYS_TRIGGER_DEMAND)
 		plan->why = "on_demand";
+	else if (trigger == KEYS_TRIGGER_FORCE)
+		plan->why = "forced";
 	else if (rotate)
 		plan->why = "scheduled";
 	else if (!next_usable)
@@ -625,6 +656,7 @@ keys_get_policy(struct keys *km, struct keys_policy *pol)
 {
 	pthread_mutex_lock(&km->policy_lock);
 	*pol = km->policy;
+	pol->min_published_ms = km->jwks_max_age_ms;
 	pthread_mutex_unlock(&km->policy_lock);
 }
 
@@ -1452,7 +1484,7 @@ done:
 		new_key_cleanup(&made[i]);
 	free(infos);
 	keys_rows_free(rows, n);
-	if (rc != IDP_OK && trigger == KEYS_TRIGGER_DEMAND) {
+	if (rc != IDP_OK && (trigger == KEYS_TRIGGER_DEMAND || trigger == KEYS_TRIGGER_FORCE)) {
 		json_t *d = json_pack("{s:s,s:s}", "error", idp_err_name(rc), "trigger",
 		                      keys_trigger_name(trigger));
 
@@ -1486,10 +1518,11 @@ keys_ensure(struct keys *km, struct idp_diag *diag)
 }
 
 int
-keys_rotate(struct keys *km, const struct keys_origin *who, struct keys_result *res,
+keys_rotate(struct keys *km, bool force, const struct keys_origin *who, struct keys_result *res,
             struct idp_diag *diag)
 {
-	return keys_change(km, NULL, KEYS_TRIGGER_DEMAND, who, res, diag);
+	return keys_change(km, NULL, force ? KEYS_TRIGGER_FORCE : KEYS_TRIGGER_DEMAND, who, res,
+	                   diag);
 }
 
 int

@@ -210,9 +210,12 @@ result_json(const struct keys_result *res)
 	return o;
 }
 
-/* The optional body {"reason": "..."}: NULL reason when there is none. */
+/*
+ * The optional body {"reason": "...", "force": true|false}: NULL reason
+ * when there is none, force false unless given.
+ */
 static bool
-read_reason(struct http_req *req, json_t **holder, const char **reason)
+read_rotate_body(struct http_req *req, json_t **holder, const char **reason, bool *force)
 {
 	const char *k;
 	json_t *v;
@@ -220,6 +223,7 @@ read_reason(struct http_req *req, json_t **holder, const char **reason)
 
 	*holder = NULL;
 	*reason = NULL;
+	*force = false;
 	(void)http_req_body(req, &len);
 	if (len == 0)
 		return true;
@@ -228,10 +232,21 @@ read_reason(struct http_req *req, json_t **holder, const char **reason)
 		return false;
 	json_object_foreach(*holder, k, v)
 	{
+		if (strcmp(k, "force") == 0) {
+			if (!json_is_boolean(v)) {
+				http_reply_problem(req, 422, "unprocessable", NULL,
+				                   "force must be true or false");
+				return false;
+			}
+			*force = json_is_true(v);
+			continue;
+		}
 		if (strcmp(k, "reason") != 0) {
-			http_reply_problem(req, 422, "unprocessable", NULL,
-			                   "unknown member \"%.64s\": only \"reason\" is accepted",
-			                   k);
+			http_reply_problem(
+			    req, 422, "unprocessable", NULL,
+			    "unknown member \"%.64s\": only \"reason\" and \"force\" "
+			    "are accepted",
+			    k);
 			return false;
 		}
 		if (!json_is_string(v) || json_string_length(v) == 0 ||
@@ -255,11 +270,12 @@ rotate(struct http_req *req, void *ctx)
 	struct idp_diag diag;
 	json_t *holder;
 	const char *reason;
+	bool force;
 	int rc;
 
 	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
 		return;
-	if (!read_reason(req, &holder, &reason)) {
+	if (!read_rotate_body(req, &holder, &reason, &force)) {
 		json_decref(holder);
 		return;
 	}
@@ -269,8 +285,13 @@ rotate(struct http_req *req, void *ctx)
 	origin.source_address = http_req_peer(req);
 	origin.reason = reason;
 	idp_diag_init(&diag);
-	rc = keys_rotate(a->km, &origin, &res, &diag);
+	rc = keys_rotate(a->km, force, &origin, &res, &diag);
 	json_decref(holder);
+	if (rc == IDP_EPRECOND) {
+		log_warn("keys: rotation asked by %s refused: %s", who.name, idp_diag_str(&diag));
+		http_reply_problem(req, 409, "next_key_not_ready", NULL, "%s", idp_diag_str(&diag));
+		return;
+	}
 	if (rc != IDP_OK) {
 		log_error("keys: rotation asked by %s failed: %s", who.name, idp_diag_str(&diag));
 		if (rc == IDP_ECONFLICT)
@@ -341,7 +362,7 @@ static void
 cli_usage(void)
 {
 	fprintf(stderr,
-	        "usage: idpd keys rotate --config FILE [--reason TEXT]\n"
+	        "usage: idpd keys rotate --config FILE [--reason TEXT] [--force]\n"
 	        "       idpd keys list --config FILE\n"
 	        "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
 	        "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
@@ -394,7 +415,7 @@ cli_begin(const struct idpd_config *cfg, const char *reason, char actor[128],
 }
 
 static int
-cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
+cli_rotate(const struct idpd_config *cfg, struct keys *km, bool force, const char *reason)
 {
 	struct keys_origin origin;
 	struct keys_result res;
@@ -406,7 +427,7 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, const char *reason)
 	if (cli_begin(cfg, reason, actor, &origin) != 0)
 		return 1;
 	idp_diag_init(&diag);
-	rc = keys_rotate(km, &origin, &res, &diag);
+	rc = keys_rotate(km, force, &origin, &res, &diag);
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
 		fprintf(stderr, "idpd: keys rotate: %s\n", idp_diag_str(&diag));
@@ -487,8 +508,10 @@ keys_cli(int argc, char **argv)
 	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
 	                                     {"reason", required_argument, NULL, 'r'},
 	                                     {"old-kek-file", required_argument, NULL, 'o'},
+	                                     {"force", no_argument, NULL, 'f'},
 	                                     {NULL, 0, NULL, 0}};
 	const char *config = NULL, *reason = NULL, *old_file = NULL, *sub;
+	bool force = false;
 	struct idp_kek *old = NULL;
 	struct idpd_config *cfg = NULL;
 	struct store *store = NULL;
@@ -515,6 +538,9 @@ keys_cli(int argc, char **argv)
 		case 'o':
 			old_file = optarg;
 			break;
+		case 'f':
+			force = true;
+			break;
 		default:
 			cli_usage();
 			return 2;
@@ -522,6 +548,7 @@ keys_cli(int argc, char **argv)
 	}
 	if (config == NULL || optind != argc || (reason != NULL && strcmp(sub, "list") == 0) ||
 	    (old_file != NULL && strcmp(sub, "reseal") != 0) ||
+	    (force && strcmp(sub, "rotate") != 0) ||
 	    (reason != NULL && (reason[0] == '\0' || strlen(reason) > REASON_MAX))) {
 		cli_usage();
 		return 2;
@@ -571,7 +598,7 @@ keys_cli(int argc, char **argv)
 		rc = 1;
 		goto done;
 	}
-	rc = old != NULL ? cli_reseal(cfg, km, old, reason) : cli_rotate(cfg, km, reason);
+	rc = old != NULL ? cli_reseal(cfg, km, old, reason) : cli_rotate(cfg, km, force, reason);
 done:
 	idp_kek_free(old);
 	keys_free(km);

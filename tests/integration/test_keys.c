@@ -62,14 +62,21 @@ make_api_keys(void)
 	         h1, h2, h3);
 }
 
-/* [keys] lines (may be NULL) followed by the API keys. */
+/*
+ * A [keys] table with the given lines (which may be NULL or start with
+ * "[keys]"), then the API keys.  Unless the lines set it,
+ * keys.jwks_max_age is 0, so that a rotation has no next key's age to wait
+ * for; next_key_must_be_published_for_jwks_max_age is about that wait.
+ */
 static const char *
 config_with(const char *keys_section)
 {
 	static char buf[4096];
+	const char *ks = keys_section != NULL ? keys_section : "[keys]\n";
 
 	make_api_keys();
-	snprintf(buf, sizeof(buf), "%s%s", keys_section ? keys_section : "", roles_toml);
+	snprintf(buf, sizeof(buf), "%s%s%s", ks,
+	         strstr(ks, "jwks_max_age") != NULL ? "" : "jwks_max_age = \"0s\"\n", roles_toml);
 	return buf;
 }
 
@@ -274,7 +281,7 @@ first_start_generates_a_key_and_jwks_serves_it(void **state)
 	(void)state;
 	assert_int_equal(harness_db_create("t_keys_first"), 0);
 	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM signing_keys"), 0);
-	start(&p, "t_keys_first", NULL);
+	start(&p, "t_keys_first", "[keys]\njwks_max_age = \"5m\"\n"); /* the default */
 
 	/* One active and one next key, sealed with this KEK. */
 	assert_int_equal(
@@ -331,7 +338,7 @@ first_start_generates_a_key_and_jwks_serves_it(void **state)
 	/* A restart loads the same keys and generates nothing. */
 	before = jwks_text(&p);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
-	start(&p, "t_keys_first", NULL);
+	start(&p, "t_keys_first", "[keys]\njwks_max_age = \"5m\"\n"); /* the default */
 	after = jwks_text(&p);
 	assert_string_equal(before, after);
 	assert_int_equal(db_int("t_keys_first", "SELECT count(*) FROM signing_keys"), 2);
@@ -587,6 +594,75 @@ two_instances_start_together_and_agree_on_keys_after_a_rotation(void **state)
 	stop_spawned(&sb);
 }
 
+/*
+ * A next key signs only once verifiers that cache the JWKS for
+ * keys.jwks_max_age hold it.  Until then a rotation is refused with 409 and
+ * changes nothing, unless forced; the key made by a forced rotation must age
+ * in turn.  The CLI follows the same rule.
+ */
+static void
+next_key_must_be_published_for_jwks_max_age(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char fp[64], fp2[64], next[IDP_JWS_MAX_KID + 1];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_age"), 0);
+	start(&p, "t_keys_age", "[keys]\njwks_max_age = \"2s\"\n");
+	table_fingerprint("t_keys_age", fp);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 409);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+	                    "next_key_not_ready");
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "force"));
+	harness_resp_free(&r);
+	table_fingerprint("t_keys_age", fp2);
+	assert_string_equal(fp, fp2);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"force\":\"yes\"}", &r),
+	                 422);
+	harness_resp_free(&r);
+	{
+		const char *args[] = {"keys", "rotate", "--config", p.config, NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-age.out"), 1);
+		assert_true(harness_file_contains("/tmp/idpd-test-keys-age.out", "force"));
+	}
+	table_fingerprint("t_keys_age", fp2);
+	assert_string_equal(fp, fp2);
+
+	/* Forced, it rotates; the new next key is as young as can be. */
+	db_text("t_keys_age", "SELECT kid FROM signing_keys WHERE state = 'next'", next,
+	        sizeof(next));
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key,
+	                      "{\"force\":true,\"reason\":\"key compromised\"}", &r),
+	                 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "active")), next);
+	assert_string_equal(json_string_value(json_object_get(r.json, "why")), "forced");
+	snprintf(next, sizeof(next), "%s", json_string_value(json_object_get(r.json, "next")));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 409);
+	harness_resp_free(&r);
+	/* Two seconds on, verifiers have had time to fetch it. */
+	sleep_ms(2100);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "active")), next);
+	assert_string_equal(json_string_value(json_object_get(r.json, "why")), "on_demand");
+	harness_resp_free(&r);
+	assert_int_equal(db_int("t_keys_age", "SELECT count(*) FROM audit_events WHERE type = "
+	                                      "'key.rotated' AND outcome = 'success' AND body "
+	                                      "LIKE '%\"trigger\":\"force\"%'"),
+	                 1);
+	/* And from the shell, forced. */
+	{
+		const char *args[] = {"keys", "rotate", "--config", p.config, "--force", NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-age.out"), 0);
+		assert_true(
+		    harness_file_contains("/tmp/idpd-test-keys-age.out", "\"why\":\"forced\""));
+	}
+	harness_idpd_stop(&p, SIGTERM, 5000);
+}
+
 static void
 cli_rotation_is_followed_by_a_running_instance(void **state)
 {
@@ -794,9 +870,10 @@ kek_rotation_reseals_every_live_key(void **state)
 		    "SELECT encode(private_sealed, 'hex') FROM signing_keys WHERE state = 'next'",
 		    blob, sizeof(blob));
 		assert_int_equal(
-		    harness_sql("t_keys_reseal",
-		                "UPDATE signing_keys SET private_sealed = set_byte(private_sealed, 19, "
-		                "get_byte(private_sealed, 19) # 255) WHERE state = 'next'"),
+		    harness_sql(
+		        "t_keys_reseal",
+		        "UPDATE signing_keys SET private_sealed = set_byte(private_sealed, 19, "
+		        "get_byte(private_sealed, 19) # 255) WHERE state = 'next'"),
 		    0);
 		table_fingerprint("t_keys_reseal", fp);
 		setenv("IDPD_KEK_OLD", TEST_KEK, 1);
@@ -928,6 +1005,7 @@ main(void)
 	    cmocka_unit_test(rotation_keeps_old_tokens_verifiable_and_new_tokens_carry_the_new_kid),
 	    cmocka_unit_test(scheduled_rotation_runs_in_the_cleanup_job_when_due),
 	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
+	    cmocka_unit_test(next_key_must_be_published_for_jwks_max_age),
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),

@@ -235,20 +235,82 @@ plan_retiring_key_retires_exactly_at_retire_after(void **state)
 }
 
 static void
-plan_expired_next_is_retired_and_a_fresh_key_becomes_active(void **state)
+plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced(void **state)
 {
 	struct keys_info live[2] = {info("a", KEYS_ACTIVE, T0, T0 + 90 * DAY),
 	                            info("n", KEYS_NEXT, T0 - 10 * DAY, T0 + 80 * DAY)};
 	struct keys_plan p;
 
+	struct idp_diag d;
+
 	(void)state;
-	plan_ok(live, 2, T0 + 80 * DAY, KEYS_TRIGGER_DEMAND, &p);
+	/* No next key to rotate to: an operator must force it. */
+	idp_diag_init(&d);
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 80 * DAY, &policy, KEYS_TRIGGER_DEMAND, &p, &d),
+	    IDP_EPRECOND);
+	assert_non_null(strstr(idp_diag_str(&d), "no next key"));
+	plan_ok(live, 2, T0 + 80 * DAY, KEYS_TRIGGER_FORCE, &p);
+	assert_string_equal(p.why, "forced");
 	assert_int_equal(p.n_retire, 1);
 	assert_int_equal(p.retire[0], 1);
 	assert_int_equal(p.promote, -1);
 	assert_true(p.generate_active);
 	assert_true(p.generate_next);
 	assert_int_equal(p.demote, 0);
+}
+
+/*
+ * A next key signs only once every verifier's cached JWKS holds it: on
+ * demand, a younger one is refused unless forced; on schedule, a due
+ * rotation waits for it; a key that can no longer sign is replaced anyway.
+ */
+static void
+plan_promotes_only_a_next_key_published_for_jwks_max_age(void **state)
+{
+	struct keys_policy aged = policy;
+	struct keys_info live[2] = {info("a", KEYS_ACTIVE, T0 - 40 * DAY, T0 + 50 * DAY),
+	                            info("n", KEYS_NEXT, T0, T0 + 90 * DAY)};
+	struct keys_plan p;
+	struct idp_diag d;
+
+	(void)state;
+	aged.min_published_ms = 300 * SEC;
+	idp_diag_init(&d);
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 299 * SEC, &aged, KEYS_TRIGGER_DEMAND, &p, &d),
+	    IDP_EPRECOND);
+	assert_non_null(strstr(idp_diag_str(&d), "has been published for 299s"));
+	assert_true(keys_plan_empty(&p));
+	/* Forced: promoted all the same. */
+	idp_diag_init(&d);
+	assert_int_equal(keys_plan_make(live, 2, T0 + 299 * SEC, &aged, KEYS_TRIGGER_FORCE, &p, &d),
+	                 IDP_OK);
+	assert_int_equal(p.promote, 1);
+	assert_string_equal(p.why, "forced");
+	/* Old enough: on demand. */
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 300 * SEC, &aged, KEYS_TRIGGER_DEMAND, &p, &d), IDP_OK);
+	assert_int_equal(p.promote, 1);
+	assert_string_equal(p.why, "on_demand");
+	/* The active key is 40 days into a 30-day period: due, but the job waits. */
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 299 * SEC, &aged, KEYS_TRIGGER_SCHEDULE, &p, &d), IDP_OK);
+	assert_true(keys_plan_empty(&p));
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 300 * SEC, &aged, KEYS_TRIGGER_SCHEDULE, &p, &d), IDP_OK);
+	assert_int_equal(p.promote, 1);
+	assert_string_equal(p.why, "scheduled");
+	/* An active key past its not-after cannot sign: replaced by a young one. */
+	live[1].created_ms = T0 + 50 * DAY - SEC;
+	live[1].not_after_ms = T0 + 140 * DAY;
+	assert_int_equal(
+	    keys_plan_make(live, 2, T0 + 50 * DAY, &aged, KEYS_TRIGGER_SCHEDULE, &p, &d), IDP_OK);
+	assert_int_equal(p.promote, 1);
+	assert_string_equal(p.why, "expired");
+	assert_int_equal(keys_plan_make(live, 2, T0 + 50 * DAY, &aged, KEYS_TRIGGER_DEMAND, &p, &d),
+	                 IDP_OK);
+	assert_int_equal(p.promote, 1);
 }
 
 static void
@@ -990,7 +1052,9 @@ main(void)
 	    cmocka_unit_test(plan_expired_active_retires_from_its_not_after_not_from_now),
 	    cmocka_unit_test(plan_long_expired_active_is_retired_at_once),
 	    cmocka_unit_test(plan_retiring_key_retires_exactly_at_retire_after),
-	    cmocka_unit_test(plan_expired_next_is_retired_and_a_fresh_key_becomes_active),
+	    cmocka_unit_test(
+	        plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced),
+	    cmocka_unit_test(plan_promotes_only_a_next_key_published_for_jwks_max_age),
 	    cmocka_unit_test(plan_refuses_broken_tables),
 	    cmocka_unit_test(plan_refuses_a_rotation_past_the_live_limit),
 	    cmocka_unit_test(lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after),
