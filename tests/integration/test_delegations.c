@@ -295,6 +295,113 @@ delegation_of_an_approval_class_requires_approval(void **state)
 }
 
 /*
+ * The shipped delegation-depth rule asks a human to approve each level of a
+ * chain past the third before a token is issued there.  A link issued on a
+ * human's approval (its delegator's requires_human_approval_for) counts as
+ * one: the agent at depth 4 under an approved link gets its access token at
+ * once, where the same agent under a link nobody approved must wait for an
+ * approval of its own.
+ */
+static void
+an_approved_link_counts_for_the_chain_below_it(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	char cred[4096], c1[4096], c2[4096], c3[4096], c4[4096], c4b[4096];
+	char task_id[80], root_jti[80], approval[80], path[160], body[8192];
+	char *t0, *t1, *t2, *t3, *approved = NULL, *plain, *alice;
+	const struct world_opts o = {.max_ttl = "2h"};
+	const char *caps = "[\"cloud:Describe*\"]";
+
+	(void)state;
+	world_start_opts(&w, "t_deleg_deep", &o);
+	{
+		/* The one that asks for access tokens: registered for the cloud domain. */
+		const struct world_agent a = {.id = "deep-5",
+		                              .type = "deep-worker",
+		                              .owner = "alice@example.com",
+		                              .caps = caps,
+		                              .domains = "[\"cloud\"]",
+		                              .environment = "production",
+		                              .delegate_to = "[]",
+		                              .max_depth = 5,
+		                              .approvals = "[]"};
+
+		world_agent(&w, &a);
+	}
+	register_agent(&w, "deep-4", "deep-worker", caps, "[\"deep-5\"]", 5, "[\"read\"]");
+	register_agent(&w, "deep-4b", "deep-worker", caps, "[\"deep-5\"]", 5, "[]");
+	register_agent(&w, "deep-3", "deep-worker", caps, "[\"deep-4\",\"deep-4b\"]", 5, "[]");
+	register_agent(&w, "deep-2", "deep-worker", caps, "[\"deep-3\"]", 5, "[]");
+	register_agent(&w, "deep-1", "deep-worker", caps, "[\"deep-2\"]", 5, "[]");
+	world_credential(&w, "deep-1", c1, sizeof(c1));
+	world_credential(&w, "deep-2", c2, sizeof(c2));
+	world_credential(&w, "deep-3", c3, sizeof(c3));
+	world_credential(&w, "deep-4", c4, sizeof(c4));
+	world_credential(&w, "deep-4b", c4b, sizeof(c4b));
+	world_credential(&w, "deep-5", cred, sizeof(cred));
+	alice = world_human_token("alice@example.com");
+	world_task_ttl(&w, alice, "deep-1", "[\"cloud:DescribeInstances\"]", "1h", task_id,
+	               root_jti, &t0);
+	t1 = world_delegate(&w, c1, t0, "deep-2", "cloud:DescribeInstances", NULL);
+	t2 = world_delegate(&w, c2, t1, "deep-3", "cloud:DescribeInstances", NULL);
+	t3 = world_delegate(&w, c3, t2, "deep-4", "cloud:DescribeInstances", NULL);
+	free(t3);
+	/* Depth 4 through deep-4b: nobody approved the link. */
+	t3 = world_delegate(&w, c3, t2, "deep-4b", "cloud:DescribeInstances", NULL);
+	plain = world_delegate(&w, c4b, t3, "deep-5", "cloud:DescribeInstances", NULL);
+	free(t3);
+	/* Depth 4 through deep-4, whose delegations a human approves. */
+	t3 = world_delegate(&w, c3, t2, "deep-4", "cloud:DescribeInstances", NULL);
+	world_delegation(&w, c4, t3, "deep-5", "cloud:DescribeInstances", NULL, NULL, &r);
+	assert_int_equal(r.status, 202);
+	snprintf(approval, sizeof(approval), "%s",
+	         json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", approval);
+	world_call(&w, "POST", path, alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	world_delegation(&w, c4, t3, "deep-5", "cloud:DescribeInstances", NULL, approval, &r);
+	if (r.status != 201)
+		fprintf(stderr, "approved delegation: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 201);
+	assert_int_equal(json_integer_value(json_object_get(r.json, "depth")), 4);
+	approved = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
+	harness_resp_free(&r);
+
+	/* Under the unapproved link, the token waits for a human. */
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, task_id, plain);
+	world_call(&w, "POST", "/v1/token", cred, body, &r);
+	if (r.status != 202)
+		fprintf(stderr, "token under the plain link: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 202);
+	harness_resp_free(&r);
+	/* Under the approved one, it is issued at once. */
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, task_id, approved);
+	world_call(&w, "POST", "/v1/token", cred, body, &r);
+	if (r.status != 200)
+		fprintf(stderr, "token under the approved link: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_non_null(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	free(approved);
+	free(plain);
+	free(t3);
+	free(t2);
+	free(t1);
+	free(t0);
+	free(alice);
+	world_stop(&w);
+}
+
+/*
  * A read-only delegator may pass on a verb idpd does not know only once the
  * deployment names it a read verb ([[policy.verbs]]); until then an unknown
  * verb is a write and the delegation is refused.
@@ -356,6 +463,7 @@ main(void)
 	    cmocka_unit_test(delegation_issues_a_narrower_chained_token),
 	    cmocka_unit_test(delegation_refusals_issue_nothing),
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
+	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	};
 
