@@ -172,21 +172,25 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 		/* A key that cannot sign is replaced at once, ready or not. */
 		if (!next_ready && active >= 0 && !active_expired) {
 			char when[32];
+			int64_t age;
 
 			if (!next_usable) {
-				idp_diag_add(diag,
-				             "no next key is published to rotate to; the cleanup "
-				             "job or a restart makes one (or force the rotation)");
+				idp_diag_add(
+				    diag,
+				    "no next key that can still sign is published; the cleanup "
+				    "job or a restart makes one (or force the rotation)");
 				return IDP_EPRECOND;
 			}
-			idp_time_format(live[next].created_ms + pol->min_published_ms, when);
+			/* Ages come from the instances' clocks: a key made by a host whose
+			 * clock runs ahead looks younger, never negative. */
+			age = now_ms > live[next].created_ms ? now_ms - live[next].created_ms : 0;
+			idp_time_format(now_ms + pol->min_published_ms - age, when);
 			idp_diag_add(diag,
 			             "the next key %s has been published for %llds, less than "
 			             "keys.jwks_max_age (%llds): verifiers that cached the JWKS "
 			             "before it would refuse its tokens; rotate at %s or later, or "
 			             "force the rotation",
-			             live[next].kid,
-			             (long long)((now_ms - live[next].created_ms) / 1000),
+			             live[next].kid, (long long)(age / 1000),
 			             (long long)(pol->min_published_ms / 1000), when);
 			return IDP_EPRECOND;
 		}
@@ -568,6 +572,11 @@ policy_check(const struct keys_policy *pol, int64_t jwks_max_age_ms, struct idp_
 		log_warn("keys: keys.max_age is less than twice keys.rotate_every, so a key "
 		         "made as next reaches its not-after before its scheduled rotation "
 		         "ends; it is then rotated as expired");
+	/* A next key must be published jwks_max_age before it signs. */
+	if (pol->max_age_ms < 2 * jwks_max_age_ms)
+		log_warn("keys: keys.max_age is less than twice keys.jwks_max_age, so a next key "
+		         "may reach its not-after before it has been published long enough to "
+		         "sign; rotations are then refused unless forced");
 	return IDP_OK;
 }
 

@@ -126,8 +126,16 @@ jwks(struct http_req *req, void *ctx)
 		http_reply_error(req, IDP_EUNAVAIL, "the signing keys are not loaded");
 		return;
 	}
-	snprintf(cache, sizeof(cache), "public, max-age=%lld",
-	         (long long)(keys_jwks_max_age_ms(km) / 1000));
+	/*
+	 * Missing the notification of a key published elsewhere, this set may
+	 * lack it: not to be cached, or a verifier would keep it past the time
+	 * a rotation waits for (keys.jwks_max_age) and refuse the new key.
+	 */
+	if (keys_may_lack_kid(km))
+		snprintf(cache, sizeof(cache), "no-store");
+	else
+		snprintf(cache, sizeof(cache), "public, max-age=%lld",
+		         (long long)(keys_jwks_max_age_ms(km) / 1000));
 	http_add_header(req, "Cache-Control", cache);
 	http_reply_data(req, 200, "application/json", body, len);
 	free(body);
@@ -431,7 +439,8 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, bool force, const cha
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
 		fprintf(stderr, "idpd: keys rotate: %s\n", idp_diag_str(&diag));
-		return 1;
+		/* Not yet, rather than broken: a script may retry later. */
+		return rc == IDP_EPRECOND ? 3 : 1;
 	}
 	out = result_json(&res);
 	text = json_dumps(out, JSON_COMPACT);

@@ -596,39 +596,45 @@ two_instances_start_together_and_agree_on_keys_after_a_rotation(void **state)
 
 /*
  * A next key signs only once verifiers that cache the JWKS for
- * keys.jwks_max_age hold it.  Until then a rotation is refused with 409 and
- * changes nothing, unless forced; the key made by a forced rotation must age
- * in turn.  The CLI follows the same rule.
+ * keys.jwks_max_age hold it.  Until then a rotation is refused with 409 (the
+ * CLI exits 3), is audited as a failure and changes nothing, unless forced;
+ * the key made by a forced rotation must age in turn.  Ageing is simulated
+ * by moving the next key's creation back an hour.
  */
 static void
 next_key_must_be_published_for_jwks_max_age(void **state)
 {
+	static const char *const age_next =
+	    "UPDATE signing_keys SET created_at = created_at - interval '61 minutes' "
+	    "WHERE state = 'next'";
 	struct idpd_proc p;
 	struct http_resp r;
 	char fp[64], fp2[64], next[IDP_JWS_MAX_KID + 1];
 
 	(void)state;
 	assert_int_equal(harness_db_create("t_keys_age"), 0);
-	start(&p, "t_keys_age", "[keys]\njwks_max_age = \"2s\"\n");
+	start(&p, "t_keys_age", "[keys]\njwks_max_age = \"1h\"\nmax_age = \"90d\"\n");
 	table_fingerprint("t_keys_age", fp);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 409);
 	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
 	                    "next_key_not_ready");
 	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "force"));
 	harness_resp_free(&r);
-	table_fingerprint("t_keys_age", fp2);
-	assert_string_equal(fp, fp2);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"force\":\"yes\"}", &r),
 	                 422);
 	harness_resp_free(&r);
 	{
 		const char *args[] = {"keys", "rotate", "--config", p.config, NULL};
 
-		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-age.out"), 1);
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-age.out"), 3);
 		assert_true(harness_file_contains("/tmp/idpd-test-keys-age.out", "force"));
 	}
 	table_fingerprint("t_keys_age", fp2);
 	assert_string_equal(fp, fp2);
+	assert_int_equal(db_int("t_keys_age", "SELECT count(*) FROM audit_events WHERE type = "
+	                                      "'key.rotated' AND outcome = 'failure' AND body LIKE "
+	                                      "'%\"trigger\":\"demand\"%'"),
+	                 2);
 
 	/* Forced, it rotates; the new next key is as young as can be. */
 	db_text("t_keys_age", "SELECT kid FROM signing_keys WHERE state = 'next'", next,
@@ -642,8 +648,8 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 	harness_resp_free(&r);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 409);
 	harness_resp_free(&r);
-	/* Two seconds on, verifiers have had time to fetch it. */
-	sleep_ms(2100);
+	/* Published an hour ago: verifiers have had time to fetch it. */
+	assert_int_equal(harness_sql("t_keys_age", age_next), 0);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "active")), next);
 	assert_string_equal(json_string_value(json_object_get(r.json, "why")), "on_demand");
@@ -652,14 +658,78 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 	                                      "'key.rotated' AND outcome = 'success' AND body "
 	                                      "LIKE '%\"trigger\":\"force\"%'"),
 	                 1);
-	/* And from the shell, forced. */
+	/* And from the shell: refused, then forced. */
 	{
 		const char *args[] = {"keys", "rotate", "--config", p.config, "--force", NULL};
+		const char *plain[] = {"keys", "rotate", "--config", p.config, NULL};
 
+		assert_int_equal(harness_idpd_run(plain, "/tmp/idpd-test-keys-age.out"), 3);
 		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-age.out"), 0);
 		assert_true(
 		    harness_file_contains("/tmp/idpd-test-keys-age.out", "\"why\":\"forced\""));
 	}
+	harness_idpd_stop(&p, SIGTERM, 5000);
+}
+
+/*
+ * An instance that may have missed a key published elsewhere (its listener
+ * lost and the reload failing) serves its JWKS with no-store, so that no
+ * verifier keeps a set that lacks the next key past the time a rotation
+ * waits for; once it has reloaded, the JWKS is cacheable again.
+ */
+static void
+jwks_is_not_cached_while_keys_may_be_missing(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char cache[128], n[16];
+	bool seen = false;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_lack"), 0);
+	start(&p, "t_keys_lack", "[keys]\njwks_max_age = \"5m\"\n");
+	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+	assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+	assert_string_equal(cache, "public, max-age=300");
+	harness_resp_free(&r);
+	/* The keys cannot be read, and the listener's session is cut. */
+	assert_int_equal(
+	    harness_sql("t_keys_lack", "ALTER TABLE signing_keys RENAME TO signing_keys_away"), 0);
+	assert_int_equal(harness_sql_value("t_keys_lack",
+	                                   "SELECT count(pg_terminate_backend(pid)) FROM "
+	                                   "pg_stat_activity WHERE datname = 't_keys_lack' AND "
+	                                   "application_name = 'idpd listener'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "1");
+	for (int i = 0; i < 200 && !seen; i++) {
+		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+		seen = strcmp(cache, "no-store") == 0;
+		harness_resp_free(&r);
+		if (!seen)
+			sleep_ms(25);
+	}
+	assert_true(seen);
+	/* Reconnected, reloads failing: still not cacheable, a second later too. */
+	sleep_ms(1000);
+	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+	assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+	assert_string_equal(cache, "no-store");
+	harness_resp_free(&r);
+	/* Readable again: the refresher's next reload makes it cacheable. */
+	assert_int_equal(
+	    harness_sql("t_keys_lack", "ALTER TABLE signing_keys_away RENAME TO signing_keys"), 0);
+	seen = false;
+	for (int i = 0; i < 400 && !seen; i++) {
+		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+		seen = strcmp(cache, "public, max-age=300") == 0;
+		harness_resp_free(&r);
+		if (!seen)
+			sleep_ms(25);
+	}
+	assert_true(seen);
 	harness_idpd_stop(&p, SIGTERM, 5000);
 }
 
@@ -1006,6 +1076,7 @@ main(void)
 	    cmocka_unit_test(scheduled_rotation_runs_in_the_cleanup_job_when_due),
 	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
 	    cmocka_unit_test(next_key_must_be_published_for_jwks_max_age),
+	    cmocka_unit_test(jwks_is_not_cached_while_keys_may_be_missing),
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),

@@ -373,6 +373,8 @@ struct sim {
 	struct sim_key keys[256];
 	size_t n;
 	unsigned made;
+	const struct keys_policy *pol;
+	unsigned refused; /* demands refused for a next key too young */
 };
 
 static void
@@ -382,7 +384,7 @@ sim_new_key(struct sim *s, enum keys_state st, int64_t now)
 
 	assert_true(s->n < IDP_ARRAY_LEN(s->keys));
 	snprintf(kid, sizeof(kid), "k%u", s->made++);
-	s->keys[s->n].info = info(kid, st, now, now + policy.max_age_ms);
+	s->keys[s->n].info = info(kid, st, now, now + s->pol->max_age_ms);
 	s->keys[s->n].retired = false;
 	s->n++;
 }
@@ -394,6 +396,8 @@ sim_step(struct sim *s, int64_t now, enum keys_trigger t)
 	struct keys_info live[KEYS_MAX_LIVE];
 	size_t map[KEYS_MAX_LIVE], n = 0;
 	struct keys_plan p;
+	struct idp_diag d;
+	int rc;
 
 	for (size_t i = 0; i < s->n; i++) {
 		if (s->keys[i].retired)
@@ -401,7 +405,15 @@ sim_step(struct sim *s, int64_t now, enum keys_trigger t)
 		map[n] = i;
 		live[n++] = s->keys[i].info;
 	}
-	plan_ok(live, n, now, t, &p);
+	idp_diag_init(&d);
+	rc = keys_plan_make(live, n, now, s->pol, t, &p, &d);
+	/* An operator's rotation refused for a young next key changes nothing. */
+	if (rc == IDP_EPRECOND && t == KEYS_TRIGGER_DEMAND) {
+		s->refused++;
+		return;
+	}
+	if (rc != IDP_OK)
+		fail_msg("plan failed: %s", idp_diag_str(&d));
 	for (size_t i = 0; i < p.n_retire; i++) {
 		s->keys[map[p.retire[i]]].retired = true;
 		s->keys[map[p.retire[i]]].info.state = KEYS_RETIRED;
@@ -449,10 +461,15 @@ sim_published(const struct sim *s, const char *kid)
 	return false;
 }
 
-static void
-lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after(void **state)
+/*
+ * The cleanup job runs every 6 hours; an operator rotates every 45 days.
+ * Every token stays verifiable while it lives, no key signs past its
+ * not-after, and a key that becomes active on schedule or on demand was
+ * published for pol->min_published_ms first.
+ */
+static unsigned
+lifecycle(const struct keys_policy *pol)
 {
-	/* The cleanup job runs every 6 hours; an operator rotates every 45 days. */
 	struct sim *s = calloc(1, sizeof(*s));
 	struct {
 		char kid[IDP_JWS_MAX_KID + 1];
@@ -461,9 +478,10 @@ lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after(void **sta
 	size_t n_tokens = 0;
 	unsigned rotations = 0, retirements = 0;
 	char last_active[IDP_JWS_MAX_KID + 1] = "";
+	unsigned refused;
 
-	(void)state;
 	assert_non_null(s);
+	s->pol = pol;
 	sim_step(s, T0, KEYS_TRIGGER_START);
 	for (int64_t now = T0; now < T0 + 400 * DAY; now += 6 * HOUR) {
 		const struct keys_info *active, *next;
@@ -481,12 +499,15 @@ lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after(void **sta
 		assert_true(now < active->not_after_ms);
 		assert_true(now < next->not_after_ms);
 		if (strcmp(last_active, active->kid) != 0) {
+			/* Published long enough before it signs (none expire here). */
+			if (last_active[0] != '\0')
+				assert_true(now - active->created_ms >= pol->min_published_ms);
 			rotations++;
 			snprintf(last_active, sizeof(last_active), "%s", active->kid);
 		}
 		/* A token signed now with the longest lifetime the keys cover. */
 		snprintf(tokens[n_tokens].kid, sizeof(tokens[0].kid), "%s", active->kid);
-		tokens[n_tokens++].exp = now + policy.retire_after_ms;
+		tokens[n_tokens++].exp = now + pol->retire_after_ms;
 		/* Every unexpired token still has its key published. */
 		for (size_t i = 0; i < n_tokens; i++) {
 			if (tokens[i].exp <= now)
@@ -504,7 +525,32 @@ lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after(void **sta
 	/* 400 days of 30-day rotations plus the demanded ones. */
 	assert_true(rotations >= 14);
 	assert_true(retirements >= 12);
+	refused = s->refused;
 	free(s);
+	return refused;
+}
+
+static void
+lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after(void **state)
+{
+	(void)state;
+	assert_int_equal(lifecycle(&policy), 0);
+}
+
+/*
+ * The same year with a next key that must be published for 20 days: the
+ * operator's rotations that come earlier are refused, and every key that
+ * becomes active was published that long (a scheduled rotation's wait is
+ * plan_promotes_only_a_next_key_published_for_jwks_max_age's).
+ */
+static void
+lifecycle_waits_for_next_keys_published_long_enough(void **state)
+{
+	struct keys_policy aged = policy;
+
+	(void)state;
+	aged.min_published_ms = 20 * DAY;
+	assert_true(lifecycle(&aged) > 0);
 }
 
 /* ---- snapshots ---- */
@@ -1058,6 +1104,7 @@ main(void)
 	    cmocka_unit_test(plan_refuses_broken_tables),
 	    cmocka_unit_test(plan_refuses_a_rotation_past_the_live_limit),
 	    cmocka_unit_test(lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after),
+	    cmocka_unit_test(lifecycle_waits_for_next_keys_published_long_enough),
 	    cmocka_unit_test(snapshot_signs_with_active_and_publishes_next_active_retiring),
 	    cmocka_unit_test(snapshot_with_the_wrong_kek_verifies_but_cannot_sign),
 	    cmocka_unit_test(snapshot_reuses_the_loaded_active_key_without_decrypting),
