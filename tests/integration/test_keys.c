@@ -104,6 +104,25 @@ call(const char *method, const struct idpd_proc *p, const char *path, const char
 	return r->status;
 }
 
+/* Whether the JWKS comes with Cache-Control want within 5 s (polled). */
+static bool
+jwks_cache_becomes(const struct idpd_proc *p, const char *want)
+{
+	struct http_resp r;
+	char cache[128];
+	bool seen = false;
+
+	for (int i = 0; i < 200 && !seen; i++) {
+		assert_int_equal(call("GET", p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
+		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
+		seen = strcmp(cache, want) == 0;
+		harness_resp_free(&r);
+		if (!seen)
+			sleep_ms(25);
+	}
+	return seen;
+}
+
 /* The served JWKS document, as text the caller frees. */
 static char *
 jwks_text(const struct idpd_proc *p)
@@ -273,7 +292,7 @@ first_start_generates_a_key_and_jwks_serves_it(void **state)
 {
 	struct idpd_proc p;
 	struct http_resp r;
-	char cache[128], kek_id[21], stored[32], active[IDP_JWS_MAX_KID + 1], *before, *after;
+	char kek_id[21], stored[32], active[IDP_JWS_MAX_KID + 1], *before, *after;
 	struct idp_kek *k = NULL;
 	struct idp_diag d;
 	json_t *keys;
@@ -299,15 +318,8 @@ first_start_generates_a_key_and_jwks_serves_it(void **state)
 
 	/* The JWKS serves both public keys, cacheable once the listener's first
 	 * reload has run (no-store until then: keys may be missing). */
-	for (int i = 0;; i++) {
-		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
-		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
-		if (strcmp(cache, "no-store") != 0 || i == 200)
-			break;
-		harness_resp_free(&r);
-		sleep_ms(25);
-	}
-	assert_string_equal(cache, "public, max-age=300");
+	assert_true(jwks_cache_becomes(&p, "public, max-age=300"));
+	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
 	keys = json_object_get(r.json, "keys");
 	assert_int_equal(json_array_size(keys), 2);
 	for (size_t i = 0; i < 2; i++) {
@@ -690,21 +702,11 @@ jwks_is_not_cached_while_keys_may_be_missing(void **state)
 	struct idpd_proc p;
 	struct http_resp r;
 	char cache[128], n[16];
-	bool seen = false;
 
 	(void)state;
 	assert_int_equal(harness_db_create("t_keys_lack"), 0);
 	start(&p, "t_keys_lack", "[keys]\njwks_max_age = \"5m\"\n");
-	for (int i = 0; i < 200 && !seen; i++) {
-		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
-		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
-		seen = strcmp(cache, "public, max-age=300") == 0;
-		harness_resp_free(&r);
-		if (!seen)
-			sleep_ms(25);
-	}
-	assert_true(seen);
-	seen = false;
+	assert_true(jwks_cache_becomes(&p, "public, max-age=300"));
 	/* The keys cannot be read, and the listener's session is cut. */
 	assert_int_equal(
 	    harness_sql("t_keys_lack", "ALTER TABLE signing_keys RENAME TO signing_keys_away"), 0);
@@ -715,15 +717,7 @@ jwks_is_not_cached_while_keys_may_be_missing(void **state)
 	                                   n, sizeof(n)),
 	                 0);
 	assert_string_equal(n, "1");
-	for (int i = 0; i < 200 && !seen; i++) {
-		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
-		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
-		seen = strcmp(cache, "no-store") == 0;
-		harness_resp_free(&r);
-		if (!seen)
-			sleep_ms(25);
-	}
-	assert_true(seen);
+	assert_true(jwks_cache_becomes(&p, "no-store"));
 	/* Reconnected, reloads failing: still not cacheable, a second later too. */
 	sleep_ms(1000);
 	assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
@@ -733,16 +727,7 @@ jwks_is_not_cached_while_keys_may_be_missing(void **state)
 	/* Readable again: the refresher's next reload makes it cacheable. */
 	assert_int_equal(
 	    harness_sql("t_keys_lack", "ALTER TABLE signing_keys_away RENAME TO signing_keys"), 0);
-	seen = false;
-	for (int i = 0; i < 400 && !seen; i++) {
-		assert_int_equal(call("GET", &p, "/.well-known/jwks.json", NULL, NULL, &r), 200);
-		assert_true(harness_resp_header(&r, "Cache-Control", cache, sizeof(cache)));
-		seen = strcmp(cache, "public, max-age=300") == 0;
-		harness_resp_free(&r);
-		if (!seen)
-			sleep_ms(25);
-	}
-	assert_true(seen);
+	assert_true(jwks_cache_becomes(&p, "public, max-age=300"));
 	harness_idpd_stop(&p, SIGTERM, 5000);
 }
 
