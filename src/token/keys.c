@@ -93,6 +93,8 @@ keys_trigger_name(enum keys_trigger t)
 		return "demand";
 	case KEYS_TRIGGER_FORCE:
 		return "force";
+	case KEYS_TRIGGER_COMPROMISE:
+		return "compromise";
 	}
 	return "unknown";
 }
@@ -197,6 +199,7 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 		rotate = true;
 		break;
 	case KEYS_TRIGGER_FORCE:
+	case KEYS_TRIGGER_COMPROMISE:
 		rotate = true;
 		break;
 	case KEYS_TRIGGER_SCHEDULE:
@@ -216,7 +219,7 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 		plan->why = "expired";
 	else if (trigger == KEYS_TRIGGER_DEMAND)
 		plan->why = "on_demand";
-	else if (trigger == KEYS_TRIGGER_FORCE)
+	else if (trigger == KEYS_TRIGGER_FORCE || trigger == KEYS_TRIGGER_COMPROMISE)
 		plan->why = "forced";
 	else if (rotate)
 		plan->why = "scheduled";
@@ -233,7 +236,9 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 			    now_ms < live[active].not_after_ms ? now_ms : live[active].not_after_ms;
 			int64_t until = last_signed + pol->retire_after_ms;
 
-			if (until <= now_ms) {
+			/* A compromised key is unpublished now: tokens it signed (and
+			 * any forged with it) stop verifying. */
+			if (until <= now_ms || trigger == KEYS_TRIGGER_COMPROMISE) {
 				plan_retire(plan, (size_t)active);
 			} else {
 				plan->demote = active;
@@ -1153,6 +1158,8 @@ fill_result(struct keys_result *res, const struct keys_row *rows, size_t n,
 
 		for (size_t r = 0; r < plan->n_retire; r++)
 			retired |= plan->retire[r] == i;
+		if (retired && rows[i].info.state == KEYS_ACTIVE)
+			snprintf(res->previous, sizeof(res->previous), "%s", rows[i].info.kid);
 		if (retired || (int)i == plan->demote)
 			continue;
 		if ((int)i == plan->promote || (rows[i].info.state == KEYS_ACTIVE))
@@ -1493,7 +1500,8 @@ done:
 		new_key_cleanup(&made[i]);
 	free(infos);
 	keys_rows_free(rows, n);
-	if (rc != IDP_OK && (trigger == KEYS_TRIGGER_DEMAND || trigger == KEYS_TRIGGER_FORCE)) {
+	if (rc != IDP_OK && (trigger == KEYS_TRIGGER_DEMAND || trigger == KEYS_TRIGGER_FORCE ||
+	                     trigger == KEYS_TRIGGER_COMPROMISE)) {
 		json_t *d = json_pack("{s:s,s:s}", "error", idp_err_name(rc), "trigger",
 		                      keys_trigger_name(trigger));
 
@@ -1527,11 +1535,15 @@ keys_ensure(struct keys *km, struct idp_diag *diag)
 }
 
 int
-keys_rotate(struct keys *km, bool force, const struct keys_origin *who, struct keys_result *res,
-            struct idp_diag *diag)
+keys_rotate(struct keys *km, enum keys_trigger trigger, const struct keys_origin *who,
+            struct keys_result *res, struct idp_diag *diag)
 {
-	return keys_change(km, NULL, force ? KEYS_TRIGGER_FORCE : KEYS_TRIGGER_DEMAND, who, res,
-	                   diag);
+	if (trigger != KEYS_TRIGGER_DEMAND && trigger != KEYS_TRIGGER_FORCE &&
+	    trigger != KEYS_TRIGGER_COMPROMISE) {
+		idp_diag_add(diag, "keys: a rotation is on demand, forced or for a compromise");
+		return IDP_EINVAL;
+	}
+	return keys_change(km, NULL, trigger, who, res, diag);
 }
 
 int

@@ -219,19 +219,22 @@ result_json(const struct keys_result *res)
 }
 
 /*
- * The optional body {"reason": "...", "force": true|false}: NULL reason
- * when there is none, force false unless given.
+ * The optional body {"reason": "...", "force": bool, "retire_previous":
+ * bool}: NULL reason when there is none; the trigger it asks for.
+ * retire_previous (the active key is compromised) needs force.
  */
 static bool
-read_rotate_body(struct http_req *req, json_t **holder, const char **reason, bool *force)
+read_rotate_body(struct http_req *req, json_t **holder, const char **reason,
+                 enum keys_trigger *trigger)
 {
+	bool force = false, retire = false;
 	const char *k;
 	json_t *v;
 	size_t len;
 
 	*holder = NULL;
 	*reason = NULL;
-	*force = false;
+	*trigger = KEYS_TRIGGER_DEMAND;
 	(void)http_req_body(req, &len);
 	if (len == 0)
 		return true;
@@ -240,20 +243,20 @@ read_rotate_body(struct http_req *req, json_t **holder, const char **reason, boo
 		return false;
 	json_object_foreach(*holder, k, v)
 	{
-		if (strcmp(k, "force") == 0) {
+		if (strcmp(k, "force") == 0 || strcmp(k, "retire_previous") == 0) {
 			if (!json_is_boolean(v)) {
 				http_reply_problem(req, 422, "unprocessable", NULL,
-				                   "force must be true or false");
+				                   "%s must be true or false", k);
 				return false;
 			}
-			*force = json_is_true(v);
+			*(strcmp(k, "force") == 0 ? &force : &retire) = json_is_true(v);
 			continue;
 		}
 		if (strcmp(k, "reason") != 0) {
 			http_reply_problem(
 			    req, 422, "unprocessable", NULL,
-			    "unknown member \"%.64s\": only \"reason\" and \"force\" "
-			    "are accepted",
+			    "unknown member \"%.64s\": only \"reason\", \"force\" and "
+			    "\"retire_previous\" are accepted",
 			    k);
 			return false;
 		}
@@ -265,6 +268,14 @@ read_rotate_body(struct http_req *req, json_t **holder, const char **reason, boo
 		}
 		*reason = json_string_value(v);
 	}
+	if (retire && !force) {
+		http_reply_problem(req, 422, "unprocessable", NULL,
+		                   "retire_previous needs \"force\": true");
+		return false;
+	}
+	*trigger = retire  ? KEYS_TRIGGER_COMPROMISE
+	           : force ? KEYS_TRIGGER_FORCE
+	                   : KEYS_TRIGGER_DEMAND;
 	return true;
 }
 
@@ -278,12 +289,12 @@ rotate(struct http_req *req, void *ctx)
 	struct idp_diag diag;
 	json_t *holder;
 	const char *reason;
-	bool force;
+	enum keys_trigger trigger;
 	int rc;
 
 	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
 		return;
-	if (!read_rotate_body(req, &holder, &reason, &force)) {
+	if (!read_rotate_body(req, &holder, &reason, &trigger)) {
 		json_decref(holder);
 		return;
 	}
@@ -293,7 +304,7 @@ rotate(struct http_req *req, void *ctx)
 	origin.source_address = http_req_peer(req);
 	origin.reason = reason;
 	idp_diag_init(&diag);
-	rc = keys_rotate(a->km, force, &origin, &res, &diag);
+	rc = keys_rotate(a->km, trigger, &origin, &res, &diag);
 	json_decref(holder);
 	if (rc == IDP_EPRECOND) {
 		log_warn("keys: rotation asked by %s refused: %s", who.name, idp_diag_str(&diag));
@@ -369,12 +380,13 @@ keys_maintenance_job(const struct maintenance_run *run, void *ctx, json_t *count
 static void
 cli_usage(void)
 {
-	fprintf(stderr,
-	        "usage: idpd keys rotate --config FILE [--reason TEXT] [--force]\n"
-	        "       idpd keys list --config FILE\n"
-	        "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
-	        "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
-	        " or --old-kek-file)\n");
+	fprintf(
+	    stderr,
+	    "usage: idpd keys rotate --config FILE [--reason TEXT] [--force [--retire-previous]]\n"
+	    "       idpd keys list --config FILE\n"
+	    "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
+	    "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
+	    " or --old-kek-file)\n");
 }
 
 /* "cli:<login>" for the audit actor. */
@@ -423,7 +435,8 @@ cli_begin(const struct idpd_config *cfg, const char *reason, char actor[128],
 }
 
 static int
-cli_rotate(const struct idpd_config *cfg, struct keys *km, bool force, const char *reason)
+cli_rotate(const struct idpd_config *cfg, struct keys *km, enum keys_trigger trigger,
+           const char *reason)
 {
 	struct keys_origin origin;
 	struct keys_result res;
@@ -435,7 +448,7 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, bool force, const cha
 	if (cli_begin(cfg, reason, actor, &origin) != 0)
 		return 1;
 	idp_diag_init(&diag);
-	rc = keys_rotate(km, force, &origin, &res, &diag);
+	rc = keys_rotate(km, trigger, &origin, &res, &diag);
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
 		fprintf(stderr, "idpd: keys rotate: %s\n", idp_diag_str(&diag));
@@ -518,9 +531,10 @@ keys_cli(int argc, char **argv)
 	                                     {"reason", required_argument, NULL, 'r'},
 	                                     {"old-kek-file", required_argument, NULL, 'o'},
 	                                     {"force", no_argument, NULL, 'f'},
+	                                     {"retire-previous", no_argument, NULL, 'x'},
 	                                     {NULL, 0, NULL, 0}};
 	const char *config = NULL, *reason = NULL, *old_file = NULL, *sub;
-	bool force = false;
+	bool force = false, retire = false;
 	struct idp_kek *old = NULL;
 	struct idpd_config *cfg = NULL;
 	struct store *store = NULL;
@@ -550,6 +564,9 @@ keys_cli(int argc, char **argv)
 		case 'f':
 			force = true;
 			break;
+		case 'x':
+			retire = true;
+			break;
 		default:
 			cli_usage();
 			return 2;
@@ -557,7 +574,7 @@ keys_cli(int argc, char **argv)
 	}
 	if (config == NULL || optind != argc || (reason != NULL && strcmp(sub, "list") == 0) ||
 	    (old_file != NULL && strcmp(sub, "reseal") != 0) ||
-	    (force && strcmp(sub, "rotate") != 0) ||
+	    (force && strcmp(sub, "rotate") != 0) || (retire && !force) ||
 	    (reason != NULL && (reason[0] == '\0' || strlen(reason) > REASON_MAX))) {
 		cli_usage();
 		return 2;
@@ -607,7 +624,12 @@ keys_cli(int argc, char **argv)
 		rc = 1;
 		goto done;
 	}
-	rc = old != NULL ? cli_reseal(cfg, km, old, reason) : cli_rotate(cfg, km, force, reason);
+	rc = old != NULL ? cli_reseal(cfg, km, old, reason)
+	                 : cli_rotate(cfg, km,
+	                              retire  ? KEYS_TRIGGER_COMPROMISE
+	                              : force ? KEYS_TRIGGER_FORCE
+	                                      : KEYS_TRIGGER_DEMAND,
+	                              reason);
 done:
 	idp_kek_free(old);
 	keys_free(km);

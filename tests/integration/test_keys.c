@@ -691,6 +691,70 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 }
 
 /*
+ * After a compromise, a forced rotation with retire_previous unpublishes the
+ * active key at once (its private half erased), so that tokens it signed,
+ * and any forged with it, stop verifying; retire_previous without force is
+ * refused, and changes nothing.
+ */
+static void
+a_compromised_key_is_unpublished_at_once(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	struct signer s;
+	enum idp_jws_reason why;
+	char k1[IDP_JWS_MAX_KID + 1], fp[64], fp2[64], q[512], *t1;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_keys_compromise"), 0);
+	start(&p, "t_keys_compromise", "[keys]\njwks_max_age = \"1h\"\n");
+	signer_open(&s, "t_keys_compromise");
+	t1 = sign_token(&s, k1);
+	assert_true(jwks_cache_becomes(&p, "public, max-age=3600"));
+	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_OK);
+	table_fingerprint("t_keys_compromise", fp);
+	assert_int_equal(
+	    call("POST", &p, "/v1/keys/rotate", admin_key, "{\"retire_previous\":true}", &r), 422);
+	harness_resp_free(&r);
+	{
+		const char *args[] = {"keys", "rotate", "--config", p.config, "--retire-previous",
+		                      NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-compromise.out"), 2);
+	}
+	table_fingerprint("t_keys_compromise", fp2);
+	assert_string_equal(fp, fp2);
+
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key,
+	                      "{\"force\":true,\"retire_previous\":true,\"reason\":\"key leaked\"}",
+	                      &r),
+	                 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "previous")), k1);
+	assert_int_equal(json_integer_value(json_object_get(r.json, "retired")), 1);
+	harness_resp_free(&r);
+	assert_false(jwks_has(&p, k1));
+	assert_int_equal(jwks_count(&p), 2);
+	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_EUNAUTH);
+	assert_int_equal(why, IDP_JWS_KID_UNKNOWN);
+	snprintf(q, sizeof(q),
+	         "SELECT count(*) FROM signing_keys WHERE kid = '%s' AND state = 'retired' AND "
+	         "private_sealed IS NULL",
+	         k1);
+	assert_int_equal(db_int("t_keys_compromise", q), 1);
+	assert_int_equal(db_int("t_keys_compromise",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.rotated' AND "
+	                        "outcome = 'success' AND body LIKE '%\"trigger\":\"compromise\"%' "
+	                        "AND body LIKE '%key leaked%'"),
+	                 1);
+	assert_int_equal(db_int("t_keys_compromise",
+	                        "SELECT count(*) FROM audit_events WHERE type = 'key.retired'"),
+	                 1);
+	free(t1);
+	signer_close(&s);
+	harness_idpd_stop(&p, SIGTERM, 5000);
+}
+
+/*
  * An instance that may have missed a key published elsewhere (its listener
  * lost and the reload failing) serves its JWKS with no-store, so that no
  * verifier keeps a set that lacks the next key past the time a rotation
@@ -1075,6 +1139,7 @@ main(void)
 	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
 	    cmocka_unit_test(next_key_must_be_published_for_jwks_max_age),
 	    cmocka_unit_test(jwks_is_not_cached_while_keys_may_be_missing),
+	    cmocka_unit_test(a_compromised_key_is_unpublished_at_once),
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),

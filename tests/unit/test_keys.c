@@ -313,6 +313,31 @@ plan_promotes_only_a_next_key_published_for_jwks_max_age(void **state)
 	assert_int_equal(p.promote, 1);
 }
 
+/* After a compromise the active key is retired at once, not demoted, even under a young next key.
+ */
+static void
+plan_compromise_retires_the_active_key_at_once(void **state)
+{
+	struct keys_policy aged = policy;
+	struct keys_info live[2] = {info("a", KEYS_ACTIVE, T0 - 40 * DAY, T0 + 50 * DAY),
+	                            info("n", KEYS_NEXT, T0, T0 + 90 * DAY)};
+	struct keys_plan p;
+	struct idp_diag d;
+
+	(void)state;
+	aged.min_published_ms = 300 * SEC;
+	idp_diag_init(&d);
+	assert_int_equal(keys_plan_make(live, 2, T0 + SEC, &aged, KEYS_TRIGGER_COMPROMISE, &p, &d),
+	                 IDP_OK);
+	assert_int_equal(p.n_retire, 1);
+	assert_int_equal(p.retire[0], 0);
+	assert_int_equal(p.demote, -1);
+	assert_int_equal(p.promote, 1);
+	assert_true(p.generate_next);
+	assert_string_equal(p.why, "forced");
+	assert_string_equal(keys_trigger_name(KEYS_TRIGGER_COMPROMISE), "compromise");
+}
+
 static void
 plan_refuses_broken_tables(void **state)
 {
@@ -1101,6 +1126,7 @@ main(void)
 	    cmocka_unit_test(
 	        plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced),
 	    cmocka_unit_test(plan_promotes_only_a_next_key_published_for_jwks_max_age),
+	    cmocka_unit_test(plan_compromise_retires_the_active_key_at_once),
 	    cmocka_unit_test(plan_refuses_broken_tables),
 	    cmocka_unit_test(plan_refuses_a_rotation_past_the_live_limit),
 	    cmocka_unit_test(lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after),
