@@ -46,16 +46,17 @@
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: idpd serve --config FILE [--migrate]\n"
-	           "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
-	           "       idpd check-config FILE\n"
-	           "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
-	           "       idpd keys rotate|list --config FILE [--reason TEXT] [--force "
-	           "[--retire-previous]]\n"
-	           "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
-	           "       idpd check-config --keys\n"
-	           "       idpd policy check DIR | idpd policy test DIR\n"
-	           "       idpd version\n");
+	fprintf(
+	    f,
+	    "usage: idpd serve --config FILE [--migrate]\n"
+	    "       idpd migrate (--config FILE | --database-url URL) [--migrations DIR]\n"
+	    "       idpd check-config FILE\n"
+	    "       idpd api-key new --name NAME --roles ROLE[,ROLE...]\n"
+	    "       idpd keys rotate|list --config FILE [--reason TEXT] [--force | --retire KID]\n"
+	    "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
+	    "       idpd check-config --keys\n"
+	    "       idpd policy check DIR | idpd policy test DIR\n"
+	    "       idpd version\n");
 }
 
 static struct idpd_config *

@@ -104,7 +104,7 @@ enum keys_trigger {
 	KEYS_TRIGGER_SCHEDULE,   /* the cleanup job: rotate when due, retire what has served */
 	KEYS_TRIGGER_DEMAND,     /* an operator: rotate now to a next key verifiers already hold */
 	KEYS_TRIGGER_FORCE,      /* an operator: rotate now, whatever the next key's age */
-	KEYS_TRIGGER_COMPROMISE, /* as FORCE, and the active key is retired at once, not demoted */
+	KEYS_TRIGGER_COMPROMISE, /* keys_retire_now: a named key is retired at once */
 };
 /* "start", "schedule", "demand", "force", "compromise". */
 const char *keys_trigger_name(enum keys_trigger t);
@@ -285,14 +285,23 @@ int keys_reseal(struct keys *km, const struct idp_kek *old, const struct keys_or
                 size_t *n_resealed, struct idp_diag *diag) IDP_WUR;
 
 /*
- * Rotate now (POST /v1/keys/rotate, `idpd keys rotate`), with trigger
- * KEYS_TRIGGER_DEMAND, _FORCE or _COMPROMISE.  On demand, IDP_EPRECOND (and
- * nothing changes) when there is no next key or it has been published for
- * less than keys.jwks_max_age: a verifier that cached the JWKS before it
- * appeared would refuse its tokens.
+ * Rotate now (POST /v1/keys/rotate, `idpd keys rotate`).  Without force,
+ * IDP_EPRECOND (and nothing changes) when there is no next key or it has
+ * been published for less than keys.jwks_max_age: a verifier that cached
+ * the JWKS before it appeared would refuse its tokens.
  */
-int keys_rotate(struct keys *km, enum keys_trigger trigger, const struct keys_origin *who,
-                struct keys_result *res, struct idp_diag *diag) IDP_WUR;
+int keys_rotate(struct keys *km, bool force, const struct keys_origin *who, struct keys_result *res,
+                struct idp_diag *diag) IDP_WUR;
+
+/*
+ * A compromised key, kid, is retired at once (POST /v1/keys/rotate with
+ * "retire", `idpd keys rotate --retire KID`): unpublished and its private
+ * half erased.  The active key is rotated out first, whatever the next
+ * key's age; a next key is replaced.  IDP_ENOTFOUND (nothing changes) when
+ * kid is not live, as on a retry.
+ */
+int keys_retire_now(struct keys *km, const char *kid, const struct keys_origin *who,
+                    struct keys_result *res, struct idp_diag *diag) IDP_WUR;
 
 /*
  * Rotate if keys.rotate_every says so and retire what has served: the

@@ -219,8 +219,10 @@ keys_plan_make(const struct keys_info *live, size_t n, int64_t now_ms,
 		plan->why = "expired";
 	else if (trigger == KEYS_TRIGGER_DEMAND)
 		plan->why = "on_demand";
-	else if (trigger == KEYS_TRIGGER_FORCE || trigger == KEYS_TRIGGER_COMPROMISE)
+	else if (trigger == KEYS_TRIGGER_FORCE)
 		plan->why = "forced";
+	else if (trigger == KEYS_TRIGGER_COMPROMISE)
+		plan->why = "compromise";
 	else if (rotate)
 		plan->why = "scheduled";
 	else if (!next_usable)
@@ -1202,7 +1204,8 @@ emit_change(const struct keys_row *rows, size_t n_rows, const struct keys_plan *
 			json_object_set_new(d, "previous_kid", json_string(res->previous));
 			put_time(d, "previous_retire_after", plan->demote_retire_after_ms);
 		} else if (was >= 0) {
-			/* Past its not-after long enough that nothing it signed is still valid. */
+			/* Retired at once: past its not-after long enough that nothing it
+			 * signed is still valid, or compromised. */
 			json_object_set_new(d, "previous_kid", json_string(rows[was].info.kid));
 			json_object_set_new(d, "previous_retired", json_true());
 		}
@@ -1396,9 +1399,51 @@ done:
 	return rc;
 }
 
+static int change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
+                  const char *retire_kid, const struct keys_origin *who, struct keys_result *res,
+                  struct idp_diag *diag);
+
 int
 keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
             const struct keys_origin *who, struct keys_result *res, struct idp_diag *diag)
+{
+	return change(km, conn, trigger, NULL, who, res, diag);
+}
+
+/*
+ * The plan for a compromised key, kid, found at live[i]: the active key is
+ * rotated out and retired at once; a next or retiring key is retired at once
+ * (a next key replaced), and the rest of the table changes as it would at a
+ * start.  Naming the key makes a retried request harmless: the second finds
+ * it retired (IDP_ENOTFOUND), where "retire the active key" would retire
+ * the key that replaced it.
+ */
+static int
+compromise_plan(const struct keys_info *live, size_t n, size_t i, int64_t now,
+                const struct keys_policy *pol, struct keys_plan *plan, struct idp_diag *diag)
+{
+	bool listed = false;
+	int rc;
+
+	if (live[i].state == KEYS_ACTIVE)
+		rc = keys_plan_make(live, n, now, pol, KEYS_TRIGGER_COMPROMISE, plan, diag);
+	else
+		rc = keys_plan_make(live, n, now, pol, KEYS_TRIGGER_START, plan, diag);
+	if (rc != IDP_OK)
+		return rc;
+	for (size_t r = 0; r < plan->n_retire; r++)
+		listed |= plan->retire[r] == i;
+	if (!listed)
+		plan_retire(plan, i);
+	if (live[i].state == KEYS_NEXT)
+		plan->generate_next = true;
+	plan->why = "compromise";
+	return IDP_OK;
+}
+
+static int
+change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger, const char *retire_kid,
+       const struct keys_origin *who, struct keys_result *res, struct idp_diag *diag)
 {
 	static const struct keys_origin system_origin = {.actor_kind = AUDIT_ACTOR_SYSTEM};
 	struct store_conn *c = conn;
@@ -1443,7 +1488,23 @@ keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
 	infos = idp_xcalloc(n ? n : 1, sizeof(*infos));
 	for (size_t i = 0; i < n; i++)
 		infos[i] = rows[i].info;
-	rc = keys_plan_make(infos, n, now, &pol, trigger, &plan, diag);
+	if (trigger == KEYS_TRIGGER_COMPROMISE) {
+		size_t i = 0;
+
+		while (i < n && (retire_kid == NULL || strcmp(infos[i].kid, retire_kid) != 0))
+			i++;
+		if (i == n) {
+			idp_diag_add(
+			    diag,
+			    "keys: %s is not a live signing key (unknown, or already retired)",
+			    retire_kid != NULL ? retire_kid : "(none)");
+			rc = IDP_ENOTFOUND;
+			goto done;
+		}
+		rc = compromise_plan(infos, n, i, now, &pol, &plan, diag);
+	} else {
+		rc = keys_plan_make(infos, n, now, &pol, trigger, &plan, diag);
+	}
 	if (rc != IDP_OK)
 		goto done;
 	if (keys_plan_empty(&plan)) {
@@ -1482,7 +1543,7 @@ keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
 	}
 	log_info("keys: %s (%s): active %s, next %s%s%s; %u generated, %u retired",
 	         res->rotated ? "rotated" : "changed", plan.why, res->active, res->next,
-	         res->previous[0] ? ", retiring " : "", res->previous, res->generated,
+	         res->previous[0] ? ", previous " : "", res->previous, res->generated,
 	         res->retired);
 	reload_after_change(km, c);
 	goto done;
@@ -1535,15 +1596,18 @@ keys_ensure(struct keys *km, struct idp_diag *diag)
 }
 
 int
-keys_rotate(struct keys *km, enum keys_trigger trigger, const struct keys_origin *who,
-            struct keys_result *res, struct idp_diag *diag)
+keys_rotate(struct keys *km, bool force, const struct keys_origin *who, struct keys_result *res,
+            struct idp_diag *diag)
 {
-	if (trigger != KEYS_TRIGGER_DEMAND && trigger != KEYS_TRIGGER_FORCE &&
-	    trigger != KEYS_TRIGGER_COMPROMISE) {
-		idp_diag_add(diag, "keys: a rotation is on demand, forced or for a compromise");
-		return IDP_EINVAL;
-	}
-	return keys_change(km, NULL, trigger, who, res, diag);
+	return keys_change(km, NULL, force ? KEYS_TRIGGER_FORCE : KEYS_TRIGGER_DEMAND, who, res,
+	                   diag);
+}
+
+int
+keys_retire_now(struct keys *km, const char *kid, const struct keys_origin *who,
+                struct keys_result *res, struct idp_diag *diag)
+{
+	return change(km, NULL, KEYS_TRIGGER_COMPROMISE, kid, who, res, diag);
 }
 
 int

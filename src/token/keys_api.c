@@ -219,22 +219,22 @@ result_json(const struct keys_result *res)
 }
 
 /*
- * The optional body {"reason": "...", "force": bool, "retire_previous":
- * bool}: NULL reason when there is none; the trigger it asks for.
- * retire_previous (the active key is compromised) needs force.
+ * The optional body {"reason": "...", "force": bool, "retire": "<kid>"}:
+ * NULL reason and retire when absent.  retire names a compromised key to
+ * retire at once; it implies force.
  */
 static bool
-read_rotate_body(struct http_req *req, json_t **holder, const char **reason,
-                 enum keys_trigger *trigger)
+read_rotate_body(struct http_req *req, json_t **holder, const char **reason, bool *force,
+                 const char **retire)
 {
-	bool force = false, retire = false;
 	const char *k;
 	json_t *v;
 	size_t len;
 
 	*holder = NULL;
 	*reason = NULL;
-	*trigger = KEYS_TRIGGER_DEMAND;
+	*force = false;
+	*retire = NULL;
 	(void)http_req_body(req, &len);
 	if (len == 0)
 		return true;
@@ -243,20 +243,30 @@ read_rotate_body(struct http_req *req, json_t **holder, const char **reason,
 		return false;
 	json_object_foreach(*holder, k, v)
 	{
-		if (strcmp(k, "force") == 0 || strcmp(k, "retire_previous") == 0) {
+		if (strcmp(k, "force") == 0) {
 			if (!json_is_boolean(v)) {
 				http_reply_problem(req, 422, "unprocessable", NULL,
-				                   "%s must be true or false", k);
+				                   "force must be true or false");
 				return false;
 			}
-			*(strcmp(k, "force") == 0 ? &force : &retire) = json_is_true(v);
+			*force = json_is_true(v);
+			continue;
+		}
+		if (strcmp(k, "retire") == 0) {
+			if (!json_is_string(v) || json_string_length(v) == 0 ||
+			    json_string_length(v) > IDP_JWS_MAX_KID) {
+				http_reply_problem(req, 422, "unprocessable", NULL,
+				                   "retire must be the kid of a signing key");
+				return false;
+			}
+			*retire = json_string_value(v);
 			continue;
 		}
 		if (strcmp(k, "reason") != 0) {
 			http_reply_problem(
 			    req, 422, "unprocessable", NULL,
 			    "unknown member \"%.64s\": only \"reason\", \"force\" and "
-			    "\"retire_previous\" are accepted",
+			    "\"retire\" are accepted",
 			    k);
 			return false;
 		}
@@ -268,14 +278,6 @@ read_rotate_body(struct http_req *req, json_t **holder, const char **reason,
 		}
 		*reason = json_string_value(v);
 	}
-	if (retire && !force) {
-		http_reply_problem(req, 422, "unprocessable", NULL,
-		                   "retire_previous needs \"force\": true");
-		return false;
-	}
-	*trigger = retire  ? KEYS_TRIGGER_COMPROMISE
-	           : force ? KEYS_TRIGGER_FORCE
-	                   : KEYS_TRIGGER_DEMAND;
 	return true;
 }
 
@@ -288,13 +290,13 @@ rotate(struct http_req *req, void *ctx)
 	struct keys_result res;
 	struct idp_diag diag;
 	json_t *holder;
-	const char *reason;
-	enum keys_trigger trigger;
+	const char *reason, *retire;
+	bool force;
 	int rc;
 
 	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
 		return;
-	if (!read_rotate_body(req, &holder, &reason, &trigger)) {
+	if (!read_rotate_body(req, &holder, &reason, &force, &retire)) {
 		json_decref(holder);
 		return;
 	}
@@ -304,8 +306,13 @@ rotate(struct http_req *req, void *ctx)
 	origin.source_address = http_req_peer(req);
 	origin.reason = reason;
 	idp_diag_init(&diag);
-	rc = keys_rotate(a->km, trigger, &origin, &res, &diag);
+	rc = retire != NULL ? keys_retire_now(a->km, retire, &origin, &res, &diag)
+	                    : keys_rotate(a->km, force, &origin, &res, &diag);
 	json_decref(holder);
+	if (rc == IDP_ENOTFOUND) {
+		http_reply_problem(req, 409, "key_not_live", NULL, "%s", idp_diag_str(&diag));
+		return;
+	}
 	if (rc == IDP_EPRECOND) {
 		log_warn("keys: rotation asked by %s refused: %s", who.name, idp_diag_str(&diag));
 		http_reply_problem(req, 409, "next_key_not_ready", NULL, "%s", idp_diag_str(&diag));
@@ -380,13 +387,12 @@ keys_maintenance_job(const struct maintenance_run *run, void *ctx, json_t *count
 static void
 cli_usage(void)
 {
-	fprintf(
-	    stderr,
-	    "usage: idpd keys rotate --config FILE [--reason TEXT] [--force [--retire-previous]]\n"
-	    "       idpd keys list --config FILE\n"
-	    "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
-	    "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
-	    " or --old-kek-file)\n");
+	fprintf(stderr,
+	        "usage: idpd keys rotate --config FILE [--reason TEXT] [--force | --retire KID]\n"
+	        "       idpd keys list --config FILE\n"
+	        "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
+	        "         (the new KEK as for idpd serve; the old one from $" IDP_KEK_OLD_ENV
+	        " or --old-kek-file)\n");
 }
 
 /* "cli:<login>" for the audit actor. */
@@ -435,7 +441,7 @@ cli_begin(const struct idpd_config *cfg, const char *reason, char actor[128],
 }
 
 static int
-cli_rotate(const struct idpd_config *cfg, struct keys *km, enum keys_trigger trigger,
+cli_rotate(const struct idpd_config *cfg, struct keys *km, bool force, const char *retire,
            const char *reason)
 {
 	struct keys_origin origin;
@@ -448,12 +454,13 @@ cli_rotate(const struct idpd_config *cfg, struct keys *km, enum keys_trigger tri
 	if (cli_begin(cfg, reason, actor, &origin) != 0)
 		return 1;
 	idp_diag_init(&diag);
-	rc = keys_rotate(km, trigger, &origin, &res, &diag);
+	rc = retire != NULL ? keys_retire_now(km, retire, &origin, &res, &diag)
+	                    : keys_rotate(km, force, &origin, &res, &diag);
 	left = audit_writer_stop(cfg->audit.timeout_ms);
 	if (rc != IDP_OK) {
 		fprintf(stderr, "idpd: keys rotate: %s\n", idp_diag_str(&diag));
 		/* Not yet, rather than broken: a script may retry later. */
-		return rc == IDP_EPRECOND ? 3 : 1;
+		return rc == IDP_EPRECOND || rc == IDP_ENOTFOUND ? 3 : 1;
 	}
 	out = result_json(&res);
 	text = json_dumps(out, JSON_COMPACT);
@@ -531,10 +538,11 @@ keys_cli(int argc, char **argv)
 	                                     {"reason", required_argument, NULL, 'r'},
 	                                     {"old-kek-file", required_argument, NULL, 'o'},
 	                                     {"force", no_argument, NULL, 'f'},
-	                                     {"retire-previous", no_argument, NULL, 'x'},
+	                                     {"retire", required_argument, NULL, 'x'},
 	                                     {NULL, 0, NULL, 0}};
 	const char *config = NULL, *reason = NULL, *old_file = NULL, *sub;
-	bool force = false, retire = false;
+	bool force = false;
+	const char *retire = NULL;
 	struct idp_kek *old = NULL;
 	struct idpd_config *cfg = NULL;
 	struct store *store = NULL;
@@ -565,7 +573,7 @@ keys_cli(int argc, char **argv)
 			force = true;
 			break;
 		case 'x':
-			retire = true;
+			retire = optarg;
 			break;
 		default:
 			cli_usage();
@@ -574,7 +582,8 @@ keys_cli(int argc, char **argv)
 	}
 	if (config == NULL || optind != argc || (reason != NULL && strcmp(sub, "list") == 0) ||
 	    (old_file != NULL && strcmp(sub, "reseal") != 0) ||
-	    (force && strcmp(sub, "rotate") != 0) || (retire && !force) ||
+	    (force && strcmp(sub, "rotate") != 0) ||
+	    (retire != NULL && (strcmp(sub, "rotate") != 0 || retire[0] == '\0')) ||
 	    (reason != NULL && (reason[0] == '\0' || strlen(reason) > REASON_MAX))) {
 		cli_usage();
 		return 2;
@@ -625,11 +634,7 @@ keys_cli(int argc, char **argv)
 		goto done;
 	}
 	rc = old != NULL ? cli_reseal(cfg, km, old, reason)
-	                 : cli_rotate(cfg, km,
-	                              retire  ? KEYS_TRIGGER_COMPROMISE
-	                              : force ? KEYS_TRIGGER_FORCE
-	                                      : KEYS_TRIGGER_DEMAND,
-	                              reason);
+	                 : cli_rotate(cfg, km, force, retire, reason);
 done:
 	idp_kek_free(old);
 	keys_free(km);

@@ -691,10 +691,12 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 }
 
 /*
- * After a compromise, a forced rotation with retire_previous unpublishes the
- * active key at once (its private half erased), so that tokens it signed,
- * and any forged with it, stop verifying; retire_previous without force is
- * refused, and changes nothing.
+ * A compromised key, named by its kid, is retired at once: the active key is
+ * rotated out and unpublished (its private half erased), so that tokens it
+ * signed, and any forged with it, stop verifying.  A retried request finds
+ * it retired and changes nothing (409 key_not_live; the CLI exits 3), where
+ * "retire the active key" would retire its healthy successor.  A leaked next
+ * key is retired and replaced without a rotation.
  */
 static void
 a_compromised_key_is_unpublished_at_once(void **state)
@@ -703,7 +705,8 @@ a_compromised_key_is_unpublished_at_once(void **state)
 	struct http_resp r;
 	struct signer s;
 	enum idp_jws_reason why;
-	char k1[IDP_JWS_MAX_KID + 1], fp[64], fp2[64], q[512], *t1;
+	char k1[IDP_JWS_MAX_KID + 1], k2[IDP_JWS_MAX_KID + 1], next[IDP_JWS_MAX_KID + 1];
+	char fp[64], fp2[64], q[512], body[256], *t1;
 
 	(void)state;
 	assert_int_equal(harness_db_create("t_keys_compromise"), 0);
@@ -713,24 +716,22 @@ a_compromised_key_is_unpublished_at_once(void **state)
 	assert_true(jwks_cache_becomes(&p, "public, max-age=3600"));
 	assert_int_equal(verify_with_served_jwks(&p, t1, &why), IDP_OK);
 	table_fingerprint("t_keys_compromise", fp);
-	assert_int_equal(
-	    call("POST", &p, "/v1/keys/rotate", admin_key, "{\"retire_previous\":true}", &r), 422);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"retire\":5}", &r), 422);
 	harness_resp_free(&r);
-	{
-		const char *args[] = {"keys", "rotate", "--config", p.config, "--retire-previous",
-		                      NULL};
-
-		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-compromise.out"), 2);
-	}
+	assert_int_equal(
+	    call("POST", &p, "/v1/keys/rotate", admin_key, "{\"retire\":\"no-such-kid\"}", &r),
+	    409);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "key_not_live");
+	harness_resp_free(&r);
 	table_fingerprint("t_keys_compromise", fp2);
 	assert_string_equal(fp, fp2);
 
-	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key,
-	                      "{\"force\":true,\"retire_previous\":true,\"reason\":\"key leaked\"}",
-	                      &r),
-	                 200);
+	snprintf(body, sizeof(body), "{\"retire\":\"%s\",\"reason\":\"key leaked\"}", k1);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, body, &r), 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "previous")), k1);
+	assert_string_equal(json_string_value(json_object_get(r.json, "why")), "compromise");
 	assert_int_equal(json_integer_value(json_object_get(r.json, "retired")), 1);
+	snprintf(k2, sizeof(k2), "%s", json_string_value(json_object_get(r.json, "active")));
 	harness_resp_free(&r);
 	assert_false(jwks_has(&p, k1));
 	assert_int_equal(jwks_count(&p), 2);
@@ -746,9 +747,41 @@ a_compromised_key_is_unpublished_at_once(void **state)
 	                        "outcome = 'success' AND body LIKE '%\"trigger\":\"compromise\"%' "
 	                        "AND body LIKE '%key leaked%'"),
 	                 1);
+
+	/* The same request again: the key is retired, its successor untouched. */
+	table_fingerprint("t_keys_compromise", fp);
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, body, &r), 409);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "key_not_live");
+	harness_resp_free(&r);
+	{
+		const char *args[] = {"keys", "rotate", "--config", p.config, "--retire", k1, NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-compromise.out"), 3);
+	}
+	table_fingerprint("t_keys_compromise", fp2);
+	assert_string_equal(fp, fp2);
+	assert_true(jwks_has(&p, k2));
+
+	/* A leaked next key, from the shell: retired and replaced; k2 still signs. */
+	db_text("t_keys_compromise", "SELECT kid FROM signing_keys WHERE state = 'next'", next,
+	        sizeof(next));
+	{
+		const char *args[] = {"keys",     "rotate", "--config", p.config,
+		                      "--retire", next,     NULL};
+
+		assert_int_equal(harness_idpd_run(args, "/tmp/idpd-test-keys-compromise.out"), 0);
+	}
+	for (int i = 0; i < 200 && jwks_has(&p, next); i++)
+		sleep_ms(25);
+	assert_false(jwks_has(&p, next));
+	active_kid("t_keys_compromise", q);
+	assert_string_equal(q, k2);
+	assert_int_equal(
+	    db_int("t_keys_compromise", "SELECT count(*) FROM signing_keys WHERE state = 'next'"),
+	    1);
 	assert_int_equal(db_int("t_keys_compromise",
 	                        "SELECT count(*) FROM audit_events WHERE type = 'key.retired'"),
-	                 1);
+	                 2);
 	free(t1);
 	signer_close(&s);
 	harness_idpd_stop(&p, SIGTERM, 5000);

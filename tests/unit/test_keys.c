@@ -334,7 +334,7 @@ plan_compromise_retires_the_active_key_at_once(void **state)
 	assert_int_equal(p.demote, -1);
 	assert_int_equal(p.promote, 1);
 	assert_true(p.generate_next);
-	assert_string_equal(p.why, "forced");
+	assert_string_equal(p.why, "compromise");
 	assert_string_equal(keys_trigger_name(KEYS_TRIGGER_COMPROMISE), "compromise");
 }
 
