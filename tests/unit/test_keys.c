@@ -260,6 +260,17 @@ plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced(void **s
 	assert_int_equal(p.demote, 0);
 }
 
+/* An active key 40 days into its life, a next key made at T0, keys published for 5 min. */
+static void
+aged_setting(struct keys_policy *aged, struct keys_info live[2], struct idp_diag *d)
+{
+	*aged = policy;
+	aged->min_published_ms = 300 * SEC;
+	live[0] = info("a", KEYS_ACTIVE, T0 - 40 * DAY, T0 + 50 * DAY);
+	live[1] = info("n", KEYS_NEXT, T0, T0 + 90 * DAY);
+	idp_diag_init(d);
+}
+
 /*
  * A next key signs only once every verifier's cached JWKS holds it: on
  * demand, a younger one is refused unless forced; on schedule, a due
@@ -268,15 +279,13 @@ plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced(void **s
 static void
 plan_promotes_only_a_next_key_published_for_jwks_max_age(void **state)
 {
-	struct keys_policy aged = policy;
-	struct keys_info live[2] = {info("a", KEYS_ACTIVE, T0 - 40 * DAY, T0 + 50 * DAY),
-	                            info("n", KEYS_NEXT, T0, T0 + 90 * DAY)};
+	struct keys_policy aged;
+	struct keys_info live[2];
 	struct keys_plan p;
 	struct idp_diag d;
 
 	(void)state;
-	aged.min_published_ms = 300 * SEC;
-	idp_diag_init(&d);
+	aged_setting(&aged, live, &d);
 	assert_int_equal(
 	    keys_plan_make(live, 2, T0 + 299 * SEC, &aged, KEYS_TRIGGER_DEMAND, &p, &d),
 	    IDP_EPRECOND);
@@ -313,20 +322,17 @@ plan_promotes_only_a_next_key_published_for_jwks_max_age(void **state)
 	assert_int_equal(p.promote, 1);
 }
 
-/* After a compromise the active key is retired at once, not demoted, even under a young next key.
- */
+/* A compromised active key is retired at once, not demoted, even for a young next key. */
 static void
 plan_compromise_retires_the_active_key_at_once(void **state)
 {
-	struct keys_policy aged = policy;
-	struct keys_info live[2] = {info("a", KEYS_ACTIVE, T0 - 40 * DAY, T0 + 50 * DAY),
-	                            info("n", KEYS_NEXT, T0, T0 + 90 * DAY)};
+	struct keys_policy aged;
+	struct keys_info live[2];
 	struct keys_plan p;
 	struct idp_diag d;
 
 	(void)state;
-	aged.min_published_ms = 300 * SEC;
-	idp_diag_init(&d);
+	aged_setting(&aged, live, &d);
 	assert_int_equal(keys_plan_make(live, 2, T0 + SEC, &aged, KEYS_TRIGGER_COMPROMISE, &p, &d),
 	                 IDP_OK);
 	assert_int_equal(p.n_retire, 1);
