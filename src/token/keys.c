@@ -1418,7 +1418,7 @@ keys_change(struct keys *km, struct store_conn *conn, enum keys_trigger trigger,
  * it retired (IDP_ENOTFOUND), where "retire the active key" would retire
  * the key that replaced it.
  */
-static int
+IDP_STATIC int
 compromise_plan(const struct keys_info *live, size_t n, size_t i, int64_t now,
                 const struct keys_policy *pol, struct keys_plan *plan, struct idp_diag *diag)
 {
@@ -1435,6 +1435,12 @@ compromise_plan(const struct keys_info *live, size_t n, size_t i, int64_t now,
 		listed |= plan->retire[r] == i;
 	if (!listed)
 		plan_retire(plan, i);
+	/* A start-time plan may promote the next key being retired (its active
+	 * key expired): a fresh key becomes active instead. */
+	if (plan->promote == (int)i) {
+		plan->promote = -1;
+		plan->generate_active = true;
+	}
 	if (live[i].state == KEYS_NEXT)
 		plan->generate_next = true;
 	plan->why = "compromise";

@@ -344,6 +344,42 @@ plan_compromise_retires_the_active_key_at_once(void **state)
 	assert_string_equal(keys_trigger_name(KEYS_TRIGGER_COMPROMISE), "compromise");
 }
 
+int compromise_plan(const struct keys_info *live, size_t n, size_t i, int64_t now,
+                    const struct keys_policy *pol, struct keys_plan *plan, struct idp_diag *diag);
+
+/*
+ * A compromised next or retiring key is retired without a rotation, a next
+ * key replaced; and when the active key has expired too, the retired next
+ * key is not the one promoted: a fresh key becomes active.
+ */
+static void
+plan_compromise_of_a_next_key_replaces_it(void **state)
+{
+	struct keys_policy aged;
+	struct keys_info live[2];
+	struct keys_plan p;
+	struct idp_diag d;
+
+	(void)state;
+	aged_setting(&aged, live, &d);
+	assert_int_equal(compromise_plan(live, 2, 1, T0 + SEC, &aged, &p, &d), IDP_OK);
+	assert_int_equal(p.n_retire, 1);
+	assert_int_equal(p.retire[0], 1);
+	assert_int_equal(p.promote, -1);
+	assert_int_equal(p.demote, -1);
+	assert_false(p.generate_active);
+	assert_true(p.generate_next);
+	assert_string_equal(p.why, "compromise");
+	/* The active key is past its not-after as well. */
+	assert_int_equal(compromise_plan(live, 2, 1, T0 + 50 * DAY, &aged, &p, &d), IDP_OK);
+	assert_int_equal(p.promote, -1);
+	assert_true(p.generate_active);
+	assert_true(p.generate_next);
+	for (size_t r = 0; r < p.n_retire; r++)
+		assert_true(p.retire[r] == 1 || (int)p.retire[r] != p.promote);
+	assert_true(p.retire[0] == 1 || (p.n_retire > 1 && p.retire[1] == 1));
+}
+
 static void
 plan_refuses_broken_tables(void **state)
 {
@@ -1133,6 +1169,7 @@ main(void)
 	        plan_expired_next_is_retired_and_a_fresh_key_becomes_active_when_forced),
 	    cmocka_unit_test(plan_promotes_only_a_next_key_published_for_jwks_max_age),
 	    cmocka_unit_test(plan_compromise_retires_the_active_key_at_once),
+	    cmocka_unit_test(plan_compromise_of_a_next_key_replaces_it),
 	    cmocka_unit_test(plan_refuses_broken_tables),
 	    cmocka_unit_test(plan_refuses_a_rotation_past_the_live_limit),
 	    cmocka_unit_test(lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after),
