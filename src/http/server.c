@@ -870,35 +870,55 @@ decodable(const char *s)
 	return ok;
 }
 
+#define QUERY_MAX 32
+
+/* What the walk over a query's arguments found wrong, if anything. */
+struct query_check {
+	const char *why; /* NULL: nothing */
+	const char *names[QUERY_MAX];
+	size_t n;
+};
+
 static enum MHD_Result
 check_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-	bool *bad = cls;
+	struct query_check *q = cls;
 
 	(void)kind;
 	if (!decodable(key) || (value != NULL && !decodable(value))) {
-		*bad = true;
-		return MHD_NO;
+		q->why = "the query string holds a malformed percent-escape, %00 or a control "
+		         "character";
+	} else if (strchr(key, '%') != NULL) {
+		/* Matched as sent, an escaped name would be a filter silently left out. */
+		q->why = "a query parameter's name is percent-encoded; idpd's names are plain";
+	} else if (q->n == QUERY_MAX) {
+		q->why = "the query string has more than 32 parameters";
+	} else {
+		for (size_t i = 0; i < q->n && q->why == NULL; i++)
+			if (strcmp(q->names[i], key) == 0)
+				q->why = "a query parameter is repeated; which one counts would be "
+				         "a guess";
+		q->names[q->n++] = key;
 	}
-	return MHD_YES;
+	return q->why == NULL ? MHD_YES : MHD_NO;
 }
 
 /*
  * A query argument that does not decode (a bad escape, %00, a control
  * character) is refused whole, before any handler: decoded in place it
- * would have been cut short at the NUL and read as another value.
+ * would have been cut short at the NUL and read as another value.  So is
+ * one whose name is percent-encoded or given twice: handlers look names up
+ * as sent and take the first, and would silently ignore the other spelling.
  */
 static bool
 query_malformed(struct http_req *req)
 {
-	bool bad = false;
+	struct query_check q = {.why = NULL, .n = 0};
 
-	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_query_arg, &bad);
-	if (bad)
-		http_reply_problem(req, 400, "bad_request", NULL,
-		                   "the query string holds a malformed percent-escape, %%00 or a "
-		                   "control character");
-	return bad;
+	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_query_arg, &q);
+	if (q.why != NULL)
+		http_reply_problem(req, 400, "bad_request", NULL, "%s", q.why);
+	return q.why != NULL;
 }
 
 /* Fields a request may carry once (RFC 9110 5.3, RFC 9112 3.2 and 6.3). */
