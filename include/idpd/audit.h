@@ -68,7 +68,13 @@ enum audit_type {
 	AUDIT_CONFIG_RELOADED,
 	AUDIT_MAINTENANCE_CLEANUP,
 	AUDIT_AUDIT_VERIFIED,
-	AUDIT_TYPE_COUNT
+	AUDIT_TYPE_COUNT,
+	/*
+	 * Only in an event read back from a row that a newer idpd wrote, of a
+	 * type this version does not know (audit_event_from_stored): the
+	 * event keeps the name.  Never emitted; no rule or alert matches it.
+	 */
+	AUDIT_TYPE_UNKNOWN
 };
 
 /* "token.issued", "tool_invocation", ...; NULL for an out-of-range value. */
@@ -244,6 +250,14 @@ int audit_event_assign_id(struct audit_event *ev) IDP_WUR;
 /* ---- getters: borrowed pointers, valid until the field changes ---------- */
 
 enum audit_type audit_event_type(const struct audit_event *ev);
+/*
+ * The type's name, title and category (audit_type_name and the others); for
+ * AUDIT_TYPE_UNKNOWN the name as stored, which is also its title, and the
+ * part of it before the first '.'.  Never NULL.
+ */
+const char *audit_event_type_name(const struct audit_event *ev);
+const char *audit_event_type_title(const struct audit_event *ev);
+const char *audit_event_type_category(const struct audit_event *ev);
 int64_t audit_event_time(const struct audit_event *ev); /* AUDIT_TIME_UNSET if not set */
 int audit_event_severity(const struct audit_event *ev);
 enum audit_outcome audit_event_outcome(const struct audit_event *ev);
@@ -286,6 +300,20 @@ int audit_event_from_json(const char *text, size_t len, struct audit_event **out
 int audit_event_from_jsonv(const json_t *j, struct audit_event **out,
                            struct idp_diag *diag) IDP_WUR;
 
+/*
+ * An event read back from an audit_events row's body, for the sinks.  Rows
+ * outlive the version that wrote them, and during a rolling upgrade a
+ * newer idpd writes rows this one ships, so this accepts what
+ * audit_event_from_json refuses only because it is new: a type this version
+ * does not know (kept by name, AUDIT_TYPE_UNKNOWN) and members it does not
+ * know (passed over).  Everything else is checked as there.  The event keeps
+ * text, and audit_event_canonical gives it back byte for byte: a JSON sink
+ * ships the row as it was written and hashed, unknown members included.
+ * Such an event is for reading: a setter would not change that text.
+ */
+int audit_event_from_stored(const char *text, size_t len, struct audit_event **out,
+                            struct idp_diag *diag) IDP_WUR;
+
 /* ---- canonical form and hash chain ------------------------------------- */
 
 /*
@@ -294,8 +322,10 @@ int audit_event_from_jsonv(const json_t *j, struct audit_event **out,
  * no whitespace outside strings, strings as UTF-8 (only '"', '\\' and
  * control characters escaped), integers in decimal, reals with 17
  * significant digits ("%.17g", so a parse/serialise round trip gives the
- * same bytes), and absent fields omitted.  Returns a NUL-terminated string
- * the caller frees; *len (if not NULL) gets its length.  Cannot fail.
+ * same bytes), and absent fields omitted.  An event from
+ * audit_event_from_stored gives back the text it was read from.  Returns a
+ * NUL-terminated string the caller frees; *len (if not NULL) gets its
+ * length.  Cannot fail.
  */
 char *audit_event_canonical(const struct audit_event *ev, size_t *len);
 

@@ -23,6 +23,11 @@ struct audit_event {
 	size_t chain_len;
 	json_t *params; /* an object, never empty; NULL when absent */
 	json_t *detail; /* likewise */
+	/* Set only by audit_event_from_stored: */
+	char *type_name;     /* AUDIT_TYPE_UNKNOWN's name as stored, */
+	char *type_category; /* and the part of it before the first '.' */
+	char *stored;        /* the row's text, given back as the canonical form */
+	size_t stored_len;
 };
 
 /*

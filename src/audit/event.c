@@ -338,6 +338,9 @@ audit_event_free(struct audit_event *ev)
 	audit_event_chain_clear(ev);
 	json_decref(ev->params);
 	json_decref(ev->detail);
+	free(ev->type_name);
+	free(ev->type_category);
+	free(ev->stored);
 	free(ev);
 }
 
@@ -358,6 +361,9 @@ audit_event_clone(const struct audit_event *ev)
 	}
 	c->params = ev->params ? audit_json_must(json_deep_copy(ev->params)) : NULL;
 	c->detail = ev->detail ? audit_json_must(json_deep_copy(ev->detail)) : NULL;
+	c->type_name = ev->type_name ? idp_xstrdup(ev->type_name) : NULL;
+	c->type_category = ev->type_category ? idp_xstrdup(ev->type_category) : NULL;
+	c->stored = ev->stored ? idp_xstrndup(ev->stored, ev->stored_len) : NULL;
 	return c;
 }
 
@@ -604,6 +610,24 @@ audit_event_type(const struct audit_event *ev)
 	return ev->type;
 }
 
+const char *
+audit_event_type_name(const struct audit_event *ev)
+{
+	return ev->type == AUDIT_TYPE_UNKNOWN ? ev->type_name : types[ev->type].name;
+}
+
+const char *
+audit_event_type_title(const struct audit_event *ev)
+{
+	return ev->type == AUDIT_TYPE_UNKNOWN ? ev->type_name : types[ev->type].title;
+}
+
+const char *
+audit_event_type_category(const struct audit_event *ev)
+{
+	return ev->type == AUDIT_TYPE_UNKNOWN ? ev->type_category : types[ev->type].category;
+}
+
 int64_t
 audit_event_time(const struct audit_event *ev)
 {
@@ -763,7 +787,7 @@ audit_event_to_json(const struct audit_event *ev)
 	json_t *o = audit_json_must(json_object());
 	char ts[32];
 
-	put(o, "type", json_string(types[ev->type].name));
+	put(o, "type", json_string(audit_event_type_name(ev)));
 	put(o, "severity", json_integer(ev->severity));
 	if (ev->ts_ms != AUDIT_TIME_UNSET) {
 		idp_time_format(ev->ts_ms, ts);
@@ -899,7 +923,12 @@ audit_event_canonical(const struct audit_event *ev, size_t *len)
 	char ts[32];
 	char *s;
 
-	top[n++] = (struct centry){.key = "type", .kind = CE_STR, .s = types[ev->type].name};
+	if (ev->stored != NULL) {
+		if (len != NULL)
+			*len = ev->stored_len;
+		return idp_xstrndup(ev->stored, ev->stored_len);
+	}
+	top[n++] = (struct centry){.key = "type", .kind = CE_STR, .s = audit_event_type_name(ev)};
 	top[n++] = (struct centry){.key = "severity", .kind = CE_INT, .i = ev->severity};
 	if (ev->ts_ms != AUDIT_TIME_UNSET) {
 		idp_time_format(ev->ts_ms, ts);
@@ -957,7 +986,8 @@ audit_event_canonical(const struct audit_event *ev, size_t *len)
 
 struct parse_state {
 	struct idp_diag *diag;
-	int rc; /* the first error, 0 while none */
+	int rc;      /* the first error, 0 while none */
+	bool stored; /* audit_event_from_stored: members not known here pass */
 };
 
 static void fail(struct parse_state *st, int rc, const char *fmt, ...) IDP_PRINTF(3, 4);
@@ -1008,6 +1038,8 @@ check_keys(struct parse_state *st, const json_t *o, const char *path, const char
 	json_t *v;
 	char shown[68];
 
+	if (st->stored)
+		return;
 	json_object_foreach((json_t *)o, key, v)
 	{
 		if (!in_list(key, allowed, n)) {
@@ -1208,68 +1240,160 @@ parse_chain(struct parse_state *st, const json_t *j, struct audit_event *ev)
 	}
 }
 
-int
-audit_event_from_jsonv(const json_t *j, struct audit_event **out, struct idp_diag *diag)
+/*
+ * The shape of every type name idpd has used: a lower-case letter, then
+ * lower-case letters, digits, '_' and '.'.  A name from a newer version is
+ * held to it, so what a sink puts in a CEF or LEEF header stays plain.
+ */
+static bool
+type_name_plain(const char *s)
 {
-	struct parse_state st = {diag, IDP_OK};
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64 || s[0] < 'a' || s[0] > 'z')
+		return false;
+	for (size_t i = 1; i < n; i++) {
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
+		      s[i] == '.'))
+			return false;
+	}
+	return true;
+}
+
+/* The severity of an event of a type unknown here, unless the row says (every version's rows do).
+ */
+#define UNKNOWN_TYPE_SEVERITY 5
+
+static int
+parse_event(struct parse_state *st, const json_t *j, struct audit_event **out)
+{
 	struct audit_event *ev;
 	enum audit_type type = AUDIT_TOOL_INVOCATION;
 	const json_t *v, *action;
+	const char *unknown = NULL;
 
 	*out = NULL;
 	if (!json_is_object(j)) {
-		fail(&st, IDP_EINVAL, "event: expected a JSON object");
-		return st.rc;
+		fail(st, IDP_EINVAL, "event: expected a JSON object");
+		return st->rc;
 	}
-	check_keys(&st, j, "", top_keys, IDP_ARRAY_LEN(top_keys));
+	check_keys(st, j, "", top_keys, IDP_ARRAY_LEN(top_keys));
 	v = json_object_get(j, "type");
 	if (v == NULL)
-		fail(&st, IDP_EINVAL, "type: missing");
-	else if (!json_is_string(v) || audit_type_parse(json_string_value(v), &type) != IDP_OK)
-		fail(&st, IDP_EINVAL, "type: not a known event type");
+		fail(st, IDP_EINVAL, "type: missing");
+	else if (!json_is_string(v))
+		fail(st, IDP_EINVAL, "type: not a known event type");
+	else if (audit_type_parse(json_string_value(v), &type) != IDP_OK) {
+		if (st->stored && type_name_plain(json_string_value(v)))
+			unknown = json_string_value(v);
+		else
+			fail(st, IDP_EINVAL, "type: not a known event type");
+	}
 	/* Go on with a stand-in type so that every other problem is reported too. */
 	ev = audit_event_new(type, AUDIT_TIME_UNSET);
-	parse_group(&st, j, "action", action_keys, IDP_ARRAY_LEN(action_keys));
-	parse_group(&st, j, "authorization", authz_keys, IDP_ARRAY_LEN(authz_keys));
-	parse_group(&st, j, "context", context_keys, IDP_ARRAY_LEN(context_keys));
-	parse_strings(&st, j, ev);
-	parse_enums(&st, j, ev);
-	parse_actor(&st, j, ev);
-	parse_chain(&st, j, ev);
+	if (unknown != NULL) {
+		ev->type = AUDIT_TYPE_UNKNOWN;
+		ev->type_name = idp_xstrdup(unknown);
+		ev->type_category = idp_xstrndup(unknown, strcspn(unknown, "."));
+		ev->severity = UNKNOWN_TYPE_SEVERITY;
+	}
+	parse_group(st, j, "action", action_keys, IDP_ARRAY_LEN(action_keys));
+	parse_group(st, j, "authorization", authz_keys, IDP_ARRAY_LEN(authz_keys));
+	parse_group(st, j, "context", context_keys, IDP_ARRAY_LEN(context_keys));
+	parse_strings(st, j, ev);
+	parse_enums(st, j, ev);
+	parse_actor(st, j, ev);
+	parse_chain(st, j, ev);
 	action = json_object_get(j, "action");
 	if (json_is_object(action))
-		parse_object_field(&st, json_object_get(action, "parameters"), "action.parameters",
+		parse_object_field(st, json_object_get(action, "parameters"), "action.parameters",
 		                   audit_event_set_params, ev);
-	parse_object_field(&st, json_object_get(j, "detail"), "detail", audit_event_set_detail, ev);
-	if (st.rc != IDP_OK) {
+	parse_object_field(st, json_object_get(j, "detail"), "detail", audit_event_set_detail, ev);
+	if (st->rc != IDP_OK) {
 		audit_event_free(ev);
-		return st.rc;
+		return st->rc;
 	}
 	*out = ev;
 	return IDP_OK;
 }
 
 int
+audit_event_from_jsonv(const json_t *j, struct audit_event **out, struct idp_diag *diag)
+{
+	struct parse_state st = {diag, IDP_OK, false};
+
+	return parse_event(&st, j, out);
+}
+
+/* text as JSON into *j, under the size bound; IDP_OK or st's error. */
+static int
+load_text(struct parse_state *st, const char *text, size_t len, json_t **j)
+{
+	json_error_t err;
+	char shown[68];
+
+	*j = NULL;
+	if (len > AUDIT_EVENT_JSON_MAX) {
+		fail(st, IDP_ETOOBIG, "event: larger than %d bytes", AUDIT_EVENT_JSON_MAX);
+		return st->rc;
+	}
+	/* JSON has no raw NUL; jansson can stop reading at one and accept the rest unread. */
+	if (memchr(text, '\0', len) != NULL) {
+		fail(st, IDP_EINVAL, "event: contains a NUL byte");
+		return st->rc;
+	}
+	*j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+	if (*j == NULL) {
+		printable(err.text, shown);
+		fail(st, IDP_EINVAL, "event: line %d, column %d: %s", err.line, err.column, shown);
+		return st->rc;
+	}
+	return IDP_OK;
+}
+
+int
 audit_event_from_json(const char *text, size_t len, struct audit_event **out, struct idp_diag *diag)
 {
-	struct parse_state st = {diag, IDP_OK};
-	json_error_t err;
+	struct parse_state st = {diag, IDP_OK, false};
 	json_t *j;
-	char shown[68];
 	int rc;
 
 	*out = NULL;
-	if (len > AUDIT_EVENT_JSON_MAX) {
-		fail(&st, IDP_ETOOBIG, "event: larger than %d bytes", AUDIT_EVENT_JSON_MAX);
+	if (load_text(&st, text, len, &j) != IDP_OK)
 		return st.rc;
-	}
-	j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
-	if (j == NULL) {
-		printable(err.text, shown);
-		fail(&st, IDP_EINVAL, "event: line %d, column %d: %s", err.line, err.column, shown);
+	rc = parse_event(&st, j, out);
+	json_decref(j);
+	return rc;
+}
+
+int
+audit_event_from_stored(const char *text, size_t len, struct audit_event **out,
+                        struct idp_diag *diag)
+{
+	struct parse_state st = {diag, IDP_OK, true};
+	json_t *j;
+	int rc;
+
+	*out = NULL;
+	if (load_text(&st, text, len, &j) != IDP_OK)
 		return st.rc;
+	rc = parse_event(&st, j, out);
+	if (rc == IDP_OK) {
+		/* Every idpd writes a body without line breaks (its canonical
+		 * form, which the chain hashes).  One written otherwise, by
+		 * hand, is made compact, or it would break a sink's lines. */
+		if (memchr(text, '\n', len) == NULL && memchr(text, '\r', len) == NULL) {
+			(*out)->stored = idp_xstrndup(text, len);
+			(*out)->stored_len = len;
+		} else {
+			(*out)->stored = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+			if ((*out)->stored == NULL) {
+				log_error("audit: out of memory serialising an event");
+				abort();
+			}
+			(*out)->stored_len = strlen((*out)->stored);
+		}
 	}
-	rc = audit_event_from_jsonv(j, out, diag);
 	json_decref(j);
 	return rc;
 }

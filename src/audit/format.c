@@ -180,9 +180,9 @@ format_cef(const struct audit_event *ev, const char *version, struct idp_buf *b)
 	int rc;
 
 	if (ev->type == AUDIT_ALERT && rule != NULL)
-		name = idp_xasprintf("%s: %s", audit_type_title(ev->type), rule);
+		name = idp_xasprintf("%s: %s", audit_event_type_title(ev), rule);
 	else
-		name = idp_xstrdup(audit_type_title(ev->type));
+		name = idp_xstrdup(audit_event_type_title(ev));
 	rc = idp_buf_puts(b, "CEF:0|");
 	if (rc == IDP_OK)
 		rc = header_field(b, VENDOR);
@@ -191,7 +191,7 @@ format_cef(const struct audit_event *ev, const char *version, struct idp_buf *b)
 	if (rc == IDP_OK)
 		rc = header_field(b, version);
 	if (rc == IDP_OK)
-		rc = header_field(b, audit_type_name(ev->type));
+		rc = header_field(b, audit_event_type_name(ev));
 	if (rc == IDP_OK)
 		rc = header_field(b, name);
 	if (rc == IDP_OK)
@@ -203,7 +203,7 @@ format_cef(const struct audit_event *ev, const char *version, struct idp_buf *b)
 	}
 	pair(&p, "externalId", ev->str[AUDIT_F_ID]);
 	pair(&p, "deviceExternalId", ev->str[AUDIT_F_INSTANCE_ID]);
-	pair(&p, "cat", audit_type_category(ev->type));
+	pair(&p, "cat", audit_event_type_category(ev));
 	pair(&p, "act", ev->str[AUDIT_F_TOOL]);
 	pair(&p, "outcome", audit_outcome_name(ev->outcome));
 	pair(&p, "suser", ev->str[AUDIT_F_HUMAN_PRINCIPAL]);
@@ -242,7 +242,7 @@ format_leef(const struct audit_event *ev, const char *version, struct idp_buf *b
 	if (rc == IDP_OK)
 		rc = header_field(b, version);
 	if (rc == IDP_OK)
-		rc = header_field(b, audit_type_name(ev->type));
+		rc = header_field(b, audit_event_type_name(ev));
 	/* LEEF 2.0 names the attribute delimiter in hex: a tab. */
 	if (rc == IDP_OK)
 		rc = idp_buf_puts(b, "x09|");
@@ -252,7 +252,7 @@ format_leef(const struct audit_event *ev, const char *version, struct idp_buf *b
 		pair(&p, "devTime", ts);
 		pair(&p, "devTimeFormat", LEEF_TIME_FORMAT);
 	}
-	pair(&p, "cat", audit_type_category(ev->type));
+	pair(&p, "cat", audit_event_type_category(ev));
 	/* LEEF severities run from 1 to 10. */
 	snprintf(sev, sizeof(sev), "%d", ev->severity > 0 ? ev->severity : 1);
 	pair(&p, "sev", sev);

@@ -629,7 +629,7 @@ audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev, struc
 	m.line = idp_buf_str(&s->line);
 	m.len = s->line.len;
 	m.ts_ms = audit_event_time(ev);
-	m.msgid = audit_type_name(audit_event_type(ev));
+	m.msgid = audit_event_type_name(ev);
 	m.severity = audit_event_severity(ev);
 	return audit_sink_write(s, &m, diag);
 }

@@ -189,7 +189,7 @@ build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 	rc |= put_text(b, W.chain_id);
 	rc |= put_be(b, 8, 4) | put_be(b, r->seq, 8);
 	rc |= put_be(b, 8, 4) | put_be(b, (uint64_t)ts_us, 8);
-	rc |= put_text(b, audit_type_name(audit_event_type(ev)));
+	rc |= put_text(b, audit_event_type_name(ev));
 	rc |= put_text(b, audit_event_get(ev, AUDIT_F_AGENT_ID));
 	rc |= put_text(b, audit_event_get(ev, AUDIT_F_HUMAN_PRINCIPAL));
 	rc |= put_text(b, audit_event_get(ev, AUDIT_F_TASK_ID));

@@ -470,6 +470,99 @@ sinks_change_on_reload(void **state)
 	unlink(b_path);
 }
 
+/* path's lines that mention s, each into out[] (NUL-terminated, newline cut); how many. */
+static int
+lines_with(const char *path, const char *s, char out[][1024], int max)
+{
+	FILE *f = fopen(path, "r");
+	char line[1024];
+	int n = 0;
+
+	assert_non_null(f);
+	while (n < max && fgets(line, sizeof(line), f) != NULL) {
+		if (strstr(line, s) == NULL)
+			continue;
+		line[strcspn(line, "\n")] = '\0';
+		memcpy(out[n++], line, sizeof(line));
+	}
+	fclose(f);
+	return n;
+}
+
+/*
+ * During a rolling upgrade a newer idpd writes rows of types, and with
+ * members, this version does not know; its sinks ship them (a JSON sink
+ * as written, unknown members included) instead of stepping past them.
+ * A row that does not parse at all is still skipped, logged and counted.
+ */
+static void
+rows_a_newer_version_wrote_are_shipped(void **state)
+{
+	static const char newer[] =
+	    "{\"future\":{\"depth\":2},\"severity\":6,\"task_id\":\"task-newer\","
+	    "\"timestamp\":\"2026-12-05T10:00:00.000Z\",\"type\":\"session.resumed\"}";
+	static const char known[] =
+	    "{\"agent_id\":\"planner\",\"scope_hash\":\"ab12\",\"severity\":2,\"task_id\":"
+	    "\"task-newer\",\"timestamp\":\"2026-12-05T10:00:00.001Z\",\"type\":\"token.issued\"}";
+	static const char broken[] =
+	    "{\"outcome\":\"maybe\",\"task_id\":\"task-newer\",\"type\":\"token.issued\"}";
+	struct idpd_proc p;
+	struct http_resp r;
+	char extra[1024], sql[2048], url[256], got[4][1024];
+	char json_path[] = "/tmp/idpd-sink-newer-json-XXXXXX",
+	     cef_path[] = "/tmp/idpd-sink-newer-cef-XXXXXX";
+	int fd;
+
+	(void)state;
+	fd = mkstemp(json_path);
+	close(fd);
+	fd = mkstemp(cef_path);
+	close(fd);
+	snprintf(extra, sizeof(extra),
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\n"
+	         "path = \"%s\"\n"
+	         "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\n"
+	         "path = \"%s\"\n",
+	         json_path, cef_path);
+	assert_int_equal(harness_db_create("t_sink_newer"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_newer", NULL, extra), 0);
+	/* One statement string, one transaction: the chain's rows and its
+	 * audit_chains row commit together, as a writer's do. */
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO audit_events (event_id, writer_id, seq, ts, type, task_id, severity, "
+	         "body, prev_hash, hash) SELECT 'e' || n, 'newer-1', n, now(), t, 'task-newer', 5, "
+	         "b, decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex') FROM (VALUES "
+	         "(1, 'session.resumed', '%s'), (2, 'token.issued', '%s'), (3, 'token.issued', "
+	         "'%s')) v(n, t, b);"
+	         "INSERT INTO audit_chains (writer_id, last_seq, updated_at) "
+	         "VALUES ('newer-1', 3, now())",
+	         newer, broken, known);
+	assert_int_equal(harness_sql("t_sink_newer", sql), 0);
+
+	assert_int_equal(wait_lines(json_path, "task-newer", 2), 2);
+	assert_int_equal(wait_lines(cef_path, "task-newer", 2), 2);
+	/* JSON: the rows as written, in chain order, the broken one left out. */
+	assert_int_equal(lines_with(json_path, "task-newer", got, 4), 2);
+	assert_string_equal(got[0], newer);
+	assert_string_equal(got[1], known);
+	/* CEF: the new type by name, its category its first part. */
+	assert_int_equal(lines_with(cef_path, "task-newer", got, 4), 2);
+	assert_non_null(strstr(got[0], "|session.resumed|session.resumed|6|"));
+	assert_non_null(strstr(got[0], "cat=session "));
+	assert_non_null(strstr(got[1], "|token.issued|Token issued|2|"));
+	assert_non_null(strstr(got[1], "duser=planner"));
+	assert_true(wait_log(&p, "event newer-1/2 does not parse"));
+	snprintf(url, sizeof(url), "%s/metrics", p.base);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	assert_non_null(strstr(r.body, "idpd_audit_sink_skipped_total{sink=\"json-file\"} 1\n"));
+	assert_non_null(strstr(r.body, "idpd_audit_sink_skipped_total{sink=\"cef-file\"} 1\n"));
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	unlink(json_path);
+	unlink(cef_path);
+}
+
 int
 main(void)
 {
@@ -478,6 +571,7 @@ main(void)
 	    cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
 	    cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
 	    cmocka_unit_test(sinks_change_on_reload),
+	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }

@@ -662,6 +662,169 @@ clone_is_independent(void **state)
 	audit_event_free(c);
 }
 
+/* A row as a newer idpd might write it: a type and members unknown here. */
+static const char newer_row[] =
+    "{\"agent_id\":\"planner\",\"authorization\":{\"granted_scope\":\"cloud:Describe*\","
+    "\"scope_hash\":\"ab12\"},\"future\":{\"depth\":[1,2]},\"id\":"
+    "\"01a24401-44d4-7004-8265-857ac3cb9e05\",\"severity\":6,\"task_id\":\"task-1\","
+    "\"timestamp\":\"2026-12-05T10:00:00.000Z\",\"type\":\"session.resumed\"}";
+
+static struct audit_event *
+stored_ok(const char *text)
+{
+	struct audit_event *ev = NULL;
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	if (audit_event_from_stored(text, strlen(text), &ev, &d) != IDP_OK)
+		fail_msg("stored row refused: %s", idp_diag_str(&d));
+	return ev;
+}
+
+static void
+stored_rows_of_a_newer_version_are_read(void **state)
+{
+	struct audit_event *ev, *c;
+	char *canon;
+	size_t len;
+	json_t *j;
+
+	(void)state;
+	/* What an ingested event may not be... */
+	parse_fails(newer_row, IDP_EINVAL, "type: not a known event type");
+	parse_fails(newer_row, IDP_EINVAL, "future: unknown key");
+	parse_fails(newer_row, IDP_EINVAL, "authorization.scope_hash: unknown key");
+	/* ...a stored row may be. */
+	ev = stored_ok(newer_row);
+	assert_int_equal(audit_event_type(ev), AUDIT_TYPE_UNKNOWN);
+	assert_string_equal(audit_event_type_name(ev), "session.resumed");
+	assert_string_equal(audit_event_type_title(ev), "session.resumed");
+	assert_string_equal(audit_event_type_category(ev), "session");
+	assert_int_equal(audit_event_severity(ev), 6);
+	assert_int_equal(audit_event_time(ev), 1796464800000LL);
+	assert_string_equal(audit_event_get(ev, AUDIT_F_AGENT_ID), "planner");
+	assert_string_equal(audit_event_get(ev, AUDIT_F_TASK_ID), "task-1");
+	assert_string_equal(audit_event_get(ev, AUDIT_F_GRANTED_SCOPE), "cloud:Describe*");
+	/* The row's own text is its canonical form, unknown members and all. */
+	canon = audit_event_canonical(ev, &len);
+	assert_string_equal(canon, newer_row);
+	assert_int_equal(len, strlen(newer_row));
+	free(canon);
+	j = audit_event_to_json(ev);
+	assert_string_equal(json_string_value(json_object_get(j, "type")), "session.resumed");
+	json_decref(j);
+	c = audit_event_clone(ev);
+	audit_event_free(ev);
+	assert_string_equal(audit_event_type_name(c), "session.resumed");
+	assert_string_equal(audit_event_type_category(c), "session");
+	canon = audit_event_canonical(c, NULL);
+	assert_string_equal(canon, newer_row);
+	free(canon);
+	audit_event_free(c);
+}
+
+/* A body with line breaks (not one idpd wrote) comes back compact, so a sink's lines stay lines. */
+static void
+stored_row_with_line_breaks_comes_back_compact(void **state)
+{
+	struct audit_event *ev = stored_ok("{\"type\": \"session.resumed\",\r\n \"zeta\": [1, 2],\n"
+	                                   " \"agent_id\": \"a\\nb\"}");
+	char *canon;
+
+	(void)state;
+	canon = audit_event_canonical(ev, NULL);
+	assert_string_equal(canon,
+	                    "{\"type\":\"session.resumed\",\"zeta\":[1,2],\"agent_id\":\"a\\nb\"}");
+	free(canon);
+	audit_event_free(ev);
+}
+
+/* A type without a '.' is its own category, as with the known ones. */
+static void
+stored_type_without_a_dot_is_its_own_category(void **state)
+{
+	struct audit_event *ev = stored_ok("{\"type\":\"heartbeat\"}");
+
+	(void)state;
+	assert_int_equal(audit_event_type(ev), AUDIT_TYPE_UNKNOWN);
+	assert_string_equal(audit_event_type_category(ev), "heartbeat");
+	assert_int_equal(audit_event_severity(ev), 5);
+	audit_event_free(ev);
+}
+
+static void
+stored_fails(const char *text, int rc, const char *mention)
+{
+	struct audit_event *ev = (struct audit_event *)1;
+	struct idp_diag d;
+
+	idp_diag_init(&d);
+	assert_int_equal(audit_event_from_stored(text, strlen(text), &ev, &d), rc);
+	assert_null(ev);
+	if (strstr(idp_diag_str(&d), mention) == NULL)
+		fail_msg("diag \"%s\" does not mention \"%s\"", idp_diag_str(&d), mention);
+}
+
+/* Only newness passes: what this version knows is checked as on ingestion. */
+static void
+stored_rows_are_checked_like_ingested_ones(void **state)
+{
+	char big[AUDIT_EVENT_JSON_MAX + 64], name[80];
+
+	(void)state;
+	stored_fails("{\"type\":\"Session Resumed\"}", IDP_EINVAL, "type: not a known");
+	stored_fails("{\"type\":\"session|resumed\"}", IDP_EINVAL, "type: not a known");
+	stored_fails("{\"type\":\"9lives\"}", IDP_EINVAL, "type: not a known");
+	stored_fails("{\"type\":\"\"}", IDP_EINVAL, "type: not a known");
+	stored_fails("{\"type\":7}", IDP_EINVAL, "type: not a known");
+	stored_fails("{\"agent_id\":\"a\"}", IDP_EINVAL, "type: missing");
+	memset(name, 'a', 65);
+	name[65] = '\0';
+	snprintf(big, sizeof(big), "{\"type\":\"%s\"}", name);
+	stored_fails(big, IDP_EINVAL, "type: not a known");
+	stored_fails("{\"type\":\"session.resumed\",\"agent_id\":5}", IDP_EINVAL,
+	             "agent_id: expected a string");
+	stored_fails("{\"type\":\"token.issued\",\"outcome\":\"maybe\"}", IDP_EINVAL, "outcome:");
+	stored_fails("{\"type\":\"token.issued\",\"severity\":11}", IDP_EINVAL, "severity:");
+	stored_fails("[\"token.issued\"]", IDP_EINVAL, "expected a JSON object");
+	stored_fails("{\"type\":", IDP_EINVAL, "event: line 1");
+	stored_fails("{\"type\":\"a\",\"type\":\"b\"}", IDP_EINVAL, "event: line 1");
+	{
+		static const char nul[] = "{\"type\":\"heartbeat\",\"severity\":1\0}";
+		struct audit_event *ev = (struct audit_event *)1;
+		struct idp_diag d;
+
+		idp_diag_init(&d);
+		assert_int_equal(audit_event_from_stored(nul, sizeof(nul) - 1, &ev, &d),
+		                 IDP_EINVAL);
+		assert_null(ev);
+		assert_non_null(strstr(idp_diag_str(&d), "NUL byte"));
+	}
+	memset(big, ' ', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	stored_fails(big, IDP_ETOOBIG, "larger than");
+}
+
+/* A row of this version reads back as the event that was written. */
+static void
+stored_row_of_this_version_reads_back_whole(void **state)
+{
+	char *text = golden("full.json"), *canon;
+	struct audit_event *ev = stored_ok(text);
+
+	(void)state;
+	assert_int_equal(audit_event_type(ev), AUDIT_TOOL_INVOCATION);
+	assert_string_equal(audit_event_type_name(ev), "tool_invocation");
+	assert_string_equal(audit_event_type_title(ev), "Tool invocation");
+	assert_string_equal(audit_event_type_category(ev), "tool");
+	assert_int_equal(audit_event_chain_len(ev), 3);
+	canon = audit_event_canonical(ev, NULL);
+	assert_string_equal(canon, text);
+	free(canon);
+	audit_event_free(ev);
+	free(text);
+}
+
 uint64_t audit_uuid7_stamp(_Atomic uint64_t *last_stamp, int64_t now_ms);
 
 /* The 48-bit millisecond field of a version-7 id. */
@@ -867,6 +1030,11 @@ main(void)
 	    cmocka_unit_test(set_params_copies_and_redacts),
 	    cmocka_unit_test(put_detail_adds_keys_and_redacts),
 	    cmocka_unit_test(clone_is_independent),
+	    cmocka_unit_test(stored_rows_of_a_newer_version_are_read),
+	    cmocka_unit_test(stored_type_without_a_dot_is_its_own_category),
+	    cmocka_unit_test(stored_row_with_line_breaks_comes_back_compact),
+	    cmocka_unit_test(stored_rows_are_checked_like_ingested_ones),
+	    cmocka_unit_test(stored_row_of_this_version_reads_back_whole),
 	    cmocka_unit_test(assigned_ids_are_uuid_v7_of_now),
 	    cmocka_unit_test(assigned_ids_strictly_increase),
 	    cmocka_unit_test(

@@ -206,6 +206,34 @@ minimal_event_gives_minimal_lines(void **state)
 	audit_event_free(ev);
 }
 
+/* A row of a newer version: its type is carried by name, its unknown member in JSON only. */
+static void
+newer_type_is_carried_in_every_format(void **state)
+{
+	static const char row[] = "{\"agent_id\":\"planner\",\"future\":1,\"severity\":6,"
+	                          "\"type\":\"session.resumed\"}";
+	struct audit_event *ev = NULL;
+	struct idp_diag d;
+	struct idp_buf b;
+
+	(void)state;
+	idp_diag_init(&d);
+	assert_int_equal(audit_event_from_stored(row, strlen(row), &ev, &d), IDP_OK);
+	idp_buf_init(&b, 0);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_CEF, ev, "2", &b), IDP_OK);
+	assert_string_equal(idp_buf_str(&b), "CEF:0|idpd|idpd|2|session.resumed|session.resumed|6|"
+	                                     "cat=session duser=planner");
+	idp_buf_reset(&b);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_LEEF, ev, "2", &b), IDP_OK);
+	assert_string_equal(idp_buf_str(&b), "LEEF:2.0|idpd|idpd|2|session.resumed|x09|"
+	                                     "cat=session\tsev=6\tagentId=planner");
+	idp_buf_reset(&b);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_JSON, ev, "2", &b), IDP_OK);
+	assert_string_equal(idp_buf_str(&b), row);
+	idp_buf_cleanup(&b);
+	audit_event_free(ev);
+}
+
 static void
 alert_name_carries_its_rule(void **state)
 {
@@ -300,6 +328,7 @@ main(void)
 	    cmocka_unit_test(cef_escapes_header_and_extension),
 	    cmocka_unit_test(leef_escapes_header_and_attributes),
 	    cmocka_unit_test(minimal_event_gives_minimal_lines),
+	    cmocka_unit_test(newer_type_is_carried_in_every_format),
 	    cmocka_unit_test(alert_name_carries_its_rule),
 	    cmocka_unit_test(control_characters_in_detail_become_spaces),
 	    cmocka_unit_test(format_line_appends_and_undoes_on_overflow),
