@@ -309,10 +309,16 @@ int audit_event_from_jsonv(const json_t *j, struct audit_event **out,
  * know (passed over).  Everything else is checked as there.  The event keeps
  * text, and audit_event_canonical gives it back byte for byte: a JSON sink
  * ships the row as it was written and hashed, unknown members included.
- * Such an event is for reading: a setter would not change that text.
+ * Such an event is for reading: a setter would not change that text, and
+ * the audit writer refuses to emit it.  Two exceptions to "byte for byte",
+ * both for rows idpd did not write: a body with line breaks comes back
+ * compact, and one whose parameters or detail this version would redact
+ * comes back with them redacted.
  */
 int audit_event_from_stored(const char *text, size_t len, struct audit_event **out,
                             struct idp_diag *diag) IDP_WUR;
+/* Whether ev came from audit_event_from_stored. */
+bool audit_event_is_stored(const struct audit_event *ev);
 
 /* ---- canonical form and hash chain ------------------------------------- */
 

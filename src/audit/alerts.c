@@ -269,7 +269,7 @@ alert_new(struct audit_alerts *a, const struct audit_event *trigger, const char 
 		ev->chain_len = trigger->chain_len;
 	}
 	put(ev, "rule", json_string(rule));
-	put(ev, "trigger_type", json_string(audit_type_name(trigger->type)));
+	put(ev, "trigger_type", json_string(audit_event_type_name(trigger)));
 	if (trigger->str[AUDIT_F_ID] != NULL)
 		put(ev, "trigger_event_id", json_string(trigger->str[AUDIT_F_ID]));
 	return ev;

@@ -1337,7 +1337,8 @@ load_text(struct parse_state *st, const char *text, size_t len, json_t **j)
 		fail(st, IDP_ETOOBIG, "event: larger than %d bytes", AUDIT_EVENT_JSON_MAX);
 		return st->rc;
 	}
-	/* JSON has no raw NUL; jansson can stop reading at one and accept the rest unread. */
+	/* JSON has no raw NUL, yet jansson accepted one right after a number
+	 * (a fuzzer found it), and a copy of the text would stop there. */
 	if (memchr(text, '\0', len) != NULL) {
 		fail(st, IDP_EINVAL, "event: contains a NUL byte");
 		return st->rc;
@@ -1366,6 +1367,43 @@ audit_event_from_json(const char *text, size_t len, struct audit_event **out, st
 	return rc;
 }
 
+/* Whether a (the member as parsed) is what ev kept of it: NULL and {} are both "none". */
+static bool
+same_object(const json_t *a, const json_t *kept)
+{
+	if (kept == NULL)
+		return a == NULL || (json_is_object(a) && json_object_size(a) == 0);
+	return a != NULL && json_equal(a, kept);
+}
+
+/*
+ * Put ev's parameters and detail, which the parse redacted, into j where
+ * they differ from what j has; whether any did.
+ */
+static bool
+redact_stored(json_t *j, const struct audit_event *ev)
+{
+	json_t *action = json_object_get(j, "action");
+	json_t *params = json_is_object(action) ? json_object_get(action, "parameters") : NULL;
+	bool changed = false;
+
+	if (!same_object(params, ev->params)) {
+		json_object_set(action, "parameters", ev->params);
+		changed = true;
+	}
+	if (!same_object(json_object_get(j, "detail"), ev->detail)) {
+		json_object_set(j, "detail", ev->detail);
+		changed = true;
+	}
+	return changed;
+}
+
+bool
+audit_event_is_stored(const struct audit_event *ev)
+{
+	return ev->stored != NULL;
+}
+
 int
 audit_event_from_stored(const char *text, size_t len, struct audit_event **out,
                         struct idp_diag *diag)
@@ -1380,9 +1418,14 @@ audit_event_from_stored(const char *text, size_t len, struct audit_event **out,
 	rc = parse_event(&st, j, out);
 	if (rc == IDP_OK) {
 		/* Every idpd writes a body without line breaks (its canonical
-		 * form, which the chain hashes).  One written otherwise, by
-		 * hand, is made compact, or it would break a sink's lines. */
-		if (memchr(text, '\n', len) == NULL && memchr(text, '\r', len) == NULL) {
+		 * form, which the chain hashes), and redacts it on the way in.
+		 * One written otherwise, by hand say, is made compact, or it
+		 * would break a sink's lines, and redacted as this version
+		 * would, or a JSON sink would ship what CEF and LEEF hide. */
+		bool redacted = redact_stored(j, *out);
+
+		if (!redacted && memchr(text, '\n', len) == NULL &&
+		    memchr(text, '\r', len) == NULL) {
 			(*out)->stored = idp_xstrndup(text, len);
 			(*out)->stored_len = len;
 		} else {

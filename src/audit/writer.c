@@ -325,6 +325,12 @@ prepare(struct audit_event *ev, struct slot *sl)
 {
 	if (ev == NULL)
 		return IDP_EINVAL;
+	/* Its canonical form is the row it came from, not what a setter changes. */
+	if (audit_event_is_stored(ev)) {
+		log_error("audit: bug: an event read back from a row was emitted again");
+		audit_event_free(ev);
+		return IDP_EINVAL;
+	}
 	if (audit_event_get(ev, AUDIT_F_ID) == NULL && audit_event_assign_id(ev) != IDP_OK) {
 		audit_event_free(ev);
 		return IDP_EINTERNAL;

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "idpd/audit.h"
+#include "idpd/audit_writer.h"
 #include "idpd/clock.h"
 
 /* Read tests/golden/audit/<name> (from $IDPD_TEST_TOP or the current directory), minus its final
@@ -739,6 +740,56 @@ stored_row_with_line_breaks_comes_back_compact(void **state)
 	audit_event_free(ev);
 }
 
+/*
+ * A row that holds what this version redacts (written by hand, or by a
+ * version with other rules) ships redacted, also in JSON; members this
+ * version does not know are kept.
+ */
+static void
+stored_row_is_redacted_as_this_version_would(void **state)
+{
+	struct audit_event *ev =
+	    stored_ok("{\"type\":\"tool_invocation\",\"future\":1,\"action\":{\"tool\":\"db\","
+	              "\"parameters\":{\"db_password\":\"hunter2\",\"query\":\"select 1\"}},"
+	              "\"detail\":{\"session\":\"s1\",\"count\":2}}");
+	char *c = audit_event_canonical(ev, NULL);
+
+	(void)state;
+	assert_string_equal(c,
+	                    "{\"type\":\"tool_invocation\",\"future\":1,\"action\":{\"tool\":"
+	                    "\"db\",\"parameters\":{\"db_password\":\"[REDACTED]\",\"query\":"
+	                    "\"select 1\"}},\"detail\":{\"session\":\"[REDACTED]\",\"count\":2}}");
+	free(c);
+	audit_event_free(ev);
+	/* Only the parameters need it: the detail is kept as written. */
+	ev =
+	    stored_ok("{\"type\":\"tool_invocation\",\"action\":{\"parameters\":{\"token\":\"t\"}},"
+	              "\"detail\":{\"count\":2}}");
+	c = audit_event_canonical(ev, NULL);
+	assert_string_equal(c,
+	                    "{\"type\":\"tool_invocation\",\"action\":{\"parameters\":{\"token\":"
+	                    "\"[REDACTED]\"}},\"detail\":{\"count\":2}}");
+	free(c);
+	audit_event_free(ev);
+}
+
+/* An event read back is never written again: its text is the old row's. */
+static void
+stored_event_is_not_emitted(void **state)
+{
+	struct audit_event *ev = stored_ok("{\"type\":\"session.resumed\"}");
+
+	(void)state;
+	assert_true(audit_event_is_stored(ev));
+	assert_int_equal(audit_emit(ev), IDP_EINVAL);
+	ev = stored_ok("{\"type\":\"token.issued\"}");
+	assert_int_equal(audit_emit(ev), IDP_EINVAL);
+	/* The same event from intake gets past that check (to "no writer"). */
+	ev = parse_ok("{\"type\":\"token.issued\"}");
+	assert_false(audit_event_is_stored(ev));
+	assert_int_not_equal(audit_emit(ev), IDP_EINVAL);
+}
+
 /* A type without a '.' is its own category, as with the known ones. */
 static void
 stored_type_without_a_dot_is_its_own_category(void **state)
@@ -1032,6 +1083,8 @@ main(void)
 	    cmocka_unit_test(clone_is_independent),
 	    cmocka_unit_test(stored_rows_of_a_newer_version_are_read),
 	    cmocka_unit_test(stored_type_without_a_dot_is_its_own_category),
+	    cmocka_unit_test(stored_row_is_redacted_as_this_version_would),
+	    cmocka_unit_test(stored_event_is_not_emitted),
 	    cmocka_unit_test(stored_row_with_line_breaks_comes_back_compact),
 	    cmocka_unit_test(stored_rows_are_checked_like_ingested_ones),
 	    cmocka_unit_test(stored_row_of_this_version_reads_back_whole),
