@@ -266,6 +266,18 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "instead of 18 (a row at a time where COPY inserts them in bulk), and the rate did not rise"
 	echo "(15,600 to 20,300 tokens/s against 17,600 to 20,800, three runs of each, alternated)."
 	echo
+	echo "Looked at and left (2026-12-05): fewer bytes per row. On this machine a page of memory touched for"
+	echo "the first time costs 25 to 40 us (1 GB written to a new file took 11 s, rewritten in place 0.14 s;"
+	echo "1 GB of fresh anonymous memory took 6.8 s to touch): free memory is handed back to the host and"
+	echo "backed again on first use, and the kernel pages out file pages idle for a minute (a DAMON scheme)."
+	echo "A long-running database here pays it for every new page of heap, index and WAL: in a profile of"
+	echo "one, extending audit_events and its indexes and writing WAL into reclaimed segments took 14% of"
+	echo "the machine's CPU, about 20 us per token. This benchmark's fresh database and recycled WAL keep"
+	echo "it under 1% (0.45% in a profile of a run), so the figures above do not carry it. Dropping three"
+	echo "of the seven btree indexes (\`event_id\`, \`type\`, \`human_principal\`) for a trial made no"
+	echo "difference beyond the noise (18,030 to 20,235 tokens/s against 12,614 to 20,116, two rounds of"
+	echo "four runs each)."
+	echo
 	echo "How it got here: the token was first issued on a handler-pool thread that slept until its audit"
 	echo "event committed (about 450 us of idpd CPU per token; then 246 us once the policy input, claims,"
 	echo "answer and canonical form no longer went through JSON trees). Now the request runs on the I/O"
