@@ -202,9 +202,41 @@ default_verb_map_classifies_verbs(void **state)
 	assert_int_equal(scope_verb_class(m, "delete"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_verb_class(m, "admin"), IDP_ACTION_ADMIN);
 	assert_int_equal(scope_verb_class(m, "GrantRole"), IDP_ACTION_ADMIN);
+	assert_int_equal(scope_verb_class(m, "DropTable"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "TruncateTable"), IDP_ACTION_DELETE);
 	/* Unknown is write, never read, even if it looks harmless. */
-	assert_int_equal(scope_verb_class(m, "describeinstances"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "view"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "ViewInstances"), IDP_ACTION_WRITE);
+}
+
+/*
+ * Classes ignore case: a resource server may read "terminateinstances" as
+ * TerminateInstances (AWS IAM does), so another spelling must not lower
+ * the class and slip past read-only delegation or an approval class.
+ */
+static void
+verb_classes_ignore_case(void **state)
+{
+	const struct scope_verb_map *m = scope_verb_map_default();
+	struct scope_verb_map *c = scope_verb_map_new();
+	struct idp_diag d;
+
+	(void)state;
+	assert_int_equal(scope_verb_class(m, "terminateinstances"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "TERMINATEINSTANCES"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "deleteBucket"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "DELETE"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "grantrole"), IDP_ACTION_ADMIN);
+	assert_int_equal(scope_verb_class(m, "ADMIN"), IDP_ACTION_ADMIN);
+	assert_int_equal(scope_verb_class(m, "de*"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_action_class(m, "ec2:terminate*"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "describeinstances"), IDP_ACTION_READ);
+	/* An entry a deployment adds is matched the same way. */
+	idp_diag_init(&d);
+	assert_int_equal(scope_verb_map_add(c, "Reboot*", IDP_ACTION_ADMIN, &d), IDP_OK);
+	assert_int_equal(scope_verb_class(c, "rebootinstances"), IDP_ACTION_ADMIN);
+	assert_int_equal(scope_verb_class(c, "REBOOTINSTANCES"), IDP_ACTION_ADMIN);
+	scope_verb_map_free(c);
 }
 
 static void
@@ -440,6 +472,7 @@ main(void)
 	    cmocka_unit_test(overlap_examples),
 	    cmocka_unit_test(action_class_names_round_trip),
 	    cmocka_unit_test(default_verb_map_classifies_verbs),
+	    cmocka_unit_test(verb_classes_ignore_case),
 	    cmocka_unit_test(wildcard_verb_takes_highest_class_it_could_match),
 	    cmocka_unit_test(custom_verb_map_replaces_defaults),
 	    cmocka_unit_test_setup_teardown(within_agrees_with_brute_force, brute_setup,
