@@ -739,9 +739,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	}
 
 	/* 7. The lifetime, the scope, the signature. */
-	exp_ms = now_ms + (a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms);
-	if (exp_ms > now_ms + max_ttl_ms)
-		exp_ms = now_ms + max_ttl_ms;
+	/* Capped before the sum: a ttl parsed from "9223372036854775s" would overflow it. */
+	exp_ms = a->ttl_s > 0 ? a->ttl_s * 1000 : default_ttl_ms;
+	exp_ms = now_ms + (exp_ms < max_ttl_ms ? exp_ms : max_ttl_ms);
 	if (g->decision.has_max_ttl && exp_ms > now_ms + g->decision.max_ttl * 1000)
 		exp_ms = now_ms + g->decision.max_ttl * 1000;
 	if (exp_ms > s.parent_exp_s * 1000)

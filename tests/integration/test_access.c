@@ -337,6 +337,14 @@ conditions_narrow_scope_and_lifetime(void **state)
 	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) <= 3600);
 	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) >= 3590);
 	harness_resp_free(&r);
+	/* So does an ask at the top of what a duration can say (the cap
+	 * comes before the sum with the time, which would overflow). */
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read",
+	      ",\"ttl\":\"9223372036854775s\"", &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) <= 3600);
+	assert_true(json_integer_value(json_object_get(r.json, "expires_in")) >= 3590);
+	harness_resp_free(&r);
 	setting_stop(&s);
 }
 
