@@ -549,6 +549,7 @@ cmd_serve(int argc, char **argv)
 		ho.threads = 1;
 	ho.handler_threads = app.cfg->server.handler_threads;
 	ho.max_body = (size_t)app.cfg->server.max_body;
+	ho.max_body_memory = (size_t)app.cfg->server.max_body_memory;
 	ho.max_connections = app.cfg->server.max_connections;
 	ho.connection_timeout_s = (int)(app.cfg->server.connection_timeout_ms / 1000);
 	ho.json_max_depth = app.cfg->server.json_max_depth;

@@ -102,6 +102,7 @@ struct idpd_config {
 		int threads;                   /* 0 = number of cores */
 		int handler_threads;           /* 32: handlers that may block */
 		int64_t max_body;              /* bytes, 1 MiB */
+		int64_t max_body_memory;       /* bytes of bodies held at once, 64 MiB */
 		int max_connections;           /* 1024 */
 		int64_t connection_timeout_ms; /* idle keep-alive, "30s" */
 		int64_t shutdown_timeout_ms;   /* drain bound on SIGTERM, "10s" */

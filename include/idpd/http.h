@@ -113,6 +113,9 @@ struct http_server_opts {
 	int threads;         /* I/O threads (MHD's pool), >= 1 */
 	int handler_threads; /* handler pool; 0 runs every handler inline */
 	size_t max_body;     /* bytes; larger bodies get 413 */
+	/* Bytes of bodies held at once over all connections (at least max_body);
+	 * a body that would pass it gets 503. */
+	size_t max_body_memory;
 	int max_connections;
 	int connection_timeout_s;
 	int json_max_depth;

@@ -411,6 +411,13 @@ static const struct key config_keys[] = {
      .max = 64 * 1024 * 1024,
      .def = "1048576",
      .help = "largest request body accepted, in bytes"},
+    {.name = "server.max_body_memory",
+     INT64_AT(struct idpd_config, server.max_body_memory),
+     .min = 1024 * 1024,
+     .max = 16LL * 1024 * 1024 * 1024,
+     .def = "67108864",
+     .help = "request bodies held in memory at once, all connections together, in bytes; "
+             "a body past it gets 503 (one of server.max_body always fits)"},
     {.name = "server.max_connections",
      INT_AT(struct idpd_config, server.max_connections),
      .min = 1,

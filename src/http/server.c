@@ -68,6 +68,10 @@ struct http_server {
 	struct http_server_opts opts;
 	char listen[64];
 	_Atomic int in_flight;
+	/* Bytes of request bodies held now, all connections together: bounded
+	 * by opts.max_body_memory, so that many slow uploads, authenticated or
+	 * not, cannot hold max_connections times max_body. */
+	_Atomic size_t body_bytes;
 	/* Requests handed to another thread by http_req_suspend, not yet
 	 * resumed: MHD must not stop while one is suspended. */
 	_Atomic int held;
@@ -108,7 +112,9 @@ struct http_req {
 	struct http_req *next_job;
 	http_handler cont; /* the job is this continuation, not the route's handler */
 	void *cont_arg;
-	bool too_big; /* body passed the cap: discard the rest, answer 413 at the end */
+	bool too_big;     /* body passed the cap: discard the rest, answer 413 at the end */
+	bool too_busy;    /* bodies held passed max_body_memory: likewise, 503 */
+	size_t body_held; /* this body's share of srv->body_bytes */
 	size_t discarded;
 	int status;
 	int64_t start_us;
@@ -888,6 +894,9 @@ check_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char 
 	if (!decodable(key) || (value != NULL && !decodable(value))) {
 		q->why = "the query string holds a malformed percent-escape, %00 or a control "
 		         "character";
+	} else if (value == NULL) {
+		/* "?status" would otherwise read as no filter at all. */
+		q->why = "a query parameter has no value; send name=value";
 	} else if (strchr(key, '%') != NULL) {
 		/* Matched as sent, an escaped name would be a filter silently left out. */
 		q->why = "a query parameter's name is percent-encoded; idpd's names are plain";
@@ -922,7 +931,8 @@ query_malformed(struct http_req *req)
 }
 
 /* Fields a request may carry once (RFC 9110 5.3, RFC 9112 3.2 and 6.3). */
-static const char *const singletons[] = {"Authorization", "Host", "Content-Length"};
+static const char *const singletons[] = {"Authorization", "Host", "Content-Length",
+                                         "Transfer-Encoding"};
 
 struct field_count {
 	unsigned n[IDP_ARRAY_LEN(singletons)];
@@ -971,8 +981,6 @@ dispatch(struct http_req *req)
 {
 	struct http_server *s = req->srv;
 
-	if (query_malformed(req) || !route(req))
-		return;
 	if (s->pool.n == 0 || (http_router_flags(s->router, req->route) & HTTP_ROUTE_INLINE)) {
 		if (!run_handler(req) || !req->deferred)
 			return;
@@ -999,6 +1007,67 @@ keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
 	return strlen(s);
 }
 
+/*
+ * Free req's body and give its bytes back.  The body may hold a secret (a
+ * join token, a form's token=, a subject token), so it is wiped first.
+ */
+static void
+body_release(struct http_req *req)
+{
+	if (req->body.data != NULL)
+		idp_wipe(req->body.data, req->body.len);
+	idp_buf_cleanup(&req->body);
+	atomic_fetch_sub(&req->srv->body_bytes, req->body_held);
+	req->body_held = 0;
+}
+
+/*
+ * Count n more bytes of req's body against max_body_memory; false (and
+ * nothing counted) when they would pass it.
+ */
+static bool
+body_hold(struct http_req *req, size_t n)
+{
+	struct http_server *s = req->srv;
+	size_t held = atomic_fetch_add(&s->body_bytes, n) + n;
+
+	if (held > s->opts.max_body_memory) {
+		atomic_fetch_sub(&s->body_bytes, n);
+		body_release(req);
+		return false;
+	}
+	req->body_held += n;
+	return true;
+}
+
+/*
+ * A body is framed by Content-Length or by chunked coding, never both
+ * (RFC 9112 6.3: a proxy that reads the other framing sees other requests,
+ * request smuggling), and idpd decodes no other coding.  Refused on the
+ * first call, which also closes the connection.
+ */
+static bool
+coding_refused(struct http_req *req)
+{
+	const char *te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+	                                             MHD_HTTP_HEADER_TRANSFER_ENCODING);
+
+	if (te == NULL)
+		return false;
+	if (MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+	                                MHD_HTTP_HEADER_CONTENT_LENGTH) != NULL) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "the request has both Content-Length and Transfer-Encoding");
+		return true;
+	}
+	if (strcasecmp(te, "chunked") != 0) {
+		http_reply_problem(req, 501, "not_implemented", NULL,
+		                   "Transfer-Encoding: only chunked is supported");
+		return true;
+	}
+	return false;
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
            const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
@@ -1016,7 +1085,11 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		/* Refused before MHD reads a body by one of two lengths: a reply
 		 * queued now also closes the connection, so no byte after this
 		 * request is read as another (request smuggling). */
-		if (singleton_repeated(req))
+		if (singleton_repeated(req) || coding_refused(req))
+			return MHD_YES;
+		/* A request for nothing here is answered before its body is
+		 * read, so no one can make idpd hold bodies it would refuse. */
+		if (query_malformed(req) || !route(req))
 			return MHD_YES;
 		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 		if (cl != NULL) {
@@ -1034,13 +1107,16 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		/* MHD cannot queue a response in the middle of an upload, so an
 		 * oversize chunked body is read and dropped, then answered 413;
 		 * past DISCARD_MAX the connection is simply closed. */
-		if (req->too_big || req->answered) {
+		if (!req->too_big && !req->too_busy && !req->answered &&
+		    !body_hold(req, *upload_size))
+			req->too_busy = true;
+		if (req->too_big || req->too_busy || req->answered) {
 			req->discarded += *upload_size;
 			*upload_size = 0;
 			return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
 		}
 		if (idp_buf_append(&req->body, upload_data, *upload_size) != IDP_OK) {
-			idp_buf_cleanup(&req->body);
+			body_release(req);
 			req->too_big = true;
 		}
 		*upload_size = 0;
@@ -1056,10 +1132,14 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		req->resp = NULL;
 		return MHD_YES;
 	}
-	if (req->too_big)
+	if (req->too_big) {
 		http_reply_problem(req, 413, "payload_too_large", NULL,
 		                   "the body is larger than %zu bytes", s->opts.max_body);
-	else if (!req->answered)
+	} else if (req->too_busy) {
+		http_add_header(req, "Retry-After", "1");
+		http_reply_problem(req, 503, "unavailable", NULL,
+		                   "too many request bodies are being received; try again");
+	} else if (!req->answered)
 		dispatch(req);
 	return MHD_YES;
 }
@@ -1130,7 +1210,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		idp_wipe(req->bearer, strlen(req->bearer));
 		free(req->bearer);
 	}
-	idp_buf_cleanup(&req->body);
+	body_release(req);
 	idp_arena_cleanup(&req->arena);
 	free(req);
 	*con_cls = NULL;
@@ -1278,6 +1358,8 @@ http_server_start(const struct http_server_opts *o, struct http_router *r, struc
 	}
 	(void)sl;
 	s->opts = *o;
+	if (s->opts.max_body_memory < s->opts.max_body)
+		s->opts.max_body_memory = s->opts.max_body;
 	snprintf(s->listen, sizeof(s->listen), "%s", o->listen);
 	s->opts.listen = s->listen;
 	s->router = r;

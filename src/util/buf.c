@@ -56,6 +56,9 @@ grow(struct idp_buf *b, size_t n, bool exact)
 		cap = b->cap ? b->cap : 256;
 		while (cap < need)
 			cap *= 2;
+		/* Never past what max allows: a body of max bytes takes max + 1, not twice. */
+		if (cap > b->max + 1)
+			cap = b->max + 1;
 	}
 	b->data = idp_xrealloc(b->data, cap);
 	b->cap = cap;

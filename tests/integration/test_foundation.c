@@ -490,6 +490,183 @@ a_response_the_client_never_received_is_counted_as_aborted(void **state)
 	assert_true(harness_log_contains(&idpd, "\"route\":\"/v1/agents\",\"status\":0,"));
 }
 
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+/* A connection to port with a receive timeout of ms; request (len bytes, or strlen if 0) sent. */
+static int
+send_on(int port, const char *request, size_t len, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	int fd = harness_connect(port);
+
+	if (len == 0)
+		len = strlen(request);
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	assert_int_equal(send(fd, request, len, MSG_NOSIGNAL), (ssize_t)len);
+	return fd;
+}
+
+/* Read from fd until it closes or times out; what came. */
+static void
+read_all(int fd, char *out, size_t len)
+{
+	size_t got = 0;
+	ssize_t n;
+
+	while (got + 1 < len && (n = recv(fd, out + got, len - 1 - got, 0)) > 0)
+		got += (size_t)n;
+	out[got] = '\0';
+}
+
+/*
+ * A body framed both by Content-Length and by chunked coding is refused,
+ * and the connection closed, so what a proxy reading the other framing
+ * would forward as the body is never served as a request of its own.  A
+ * coding idpd does not decode is refused at once, not waited on.
+ */
+static void
+a_body_framed_two_ways_or_in_an_unknown_coding_is_refused(void **state)
+{
+	char resp[8192];
+	int fd;
+
+	(void)state;
+	raw("POST /introspect HTTP/1.1\r\nHost: t\r\nContent-Length: 39\r\n"
+	    "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+	    resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	assert_non_null(strstr(resp, "both Content-Length and Transfer-Encoding"));
+	assert_null(strstr(resp + 1, "HTTP/1.1 "));
+	raw("POST /introspect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+	    "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+	    resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	/* Answered within the second, not at the connection timeout. */
+	fd = send_on(
+	    idpd.port,
+	    "POST /introspect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 0,
+	    1000);
+	read_all(fd, resp, sizeof(resp));
+	close(fd);
+	assert_true(strncmp(resp, "HTTP/1.1 501 ", 13) == 0);
+	assert_non_null(strstr(resp, "application/problem+json"));
+	assert_non_null(strstr(resp, "\"title\":\"Not Implemented\""));
+	/* Chunked alone is read as ever. */
+	raw("POST /introspect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+	    "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
+	    "7\r\ntoken=x\r\n0\r\n\r\n",
+	    resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 401 ", 13) == 0);
+}
+
+/* A request for nothing here is answered before its body is read. */
+static void
+no_route_is_answered_before_the_body(void **state)
+{
+	char resp[4096];
+	int fd;
+
+	(void)state;
+	fd = send_on(idpd.port,
+	             "POST /no/such/route HTTP/1.1\r\nHost: t\r\nContent-Length: 500000\r\n\r\n", 0,
+	             2000);
+	read_all(fd, resp, sizeof(resp));
+	close(fd);
+	assert_true(strncmp(resp, "HTTP/1.1 404 ", 13) == 0);
+	fd = send_on(idpd.port,
+	             "DELETE /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 500000\r\n\r\n", 0,
+	             2000);
+	read_all(fd, resp, sizeof(resp));
+	close(fd);
+	assert_true(strncmp(resp, "HTTP/1.1 405 ", 13) == 0);
+}
+
+/* "?status" is not "no filter": a parameter without a value is a 400. */
+static void
+a_query_parameter_without_a_value_is_refused(void **state)
+{
+	struct http_resp r;
+	char url[256], auth[128];
+	const char *h[] = {auth, NULL};
+
+	(void)state;
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", admin_key);
+	snprintf(url, sizeof(url), "%s/v1/agents?status", idpd.base);
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	assert_problem(&r, 400, "bad_request");
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "no value"));
+	harness_resp_free(&r);
+	snprintf(url, sizeof(url), "%s/v1/agents?status=active", idpd.base);
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+}
+
+/*
+ * Bodies held at once are bounded over all connections: slow uploads
+ * (no credentials needed to start one) cannot make idpd hold
+ * max_connections times max_body.  Past the bound a body gets 503 with
+ * Retry-After; once the others are gone, the same request is read.
+ */
+static void
+bodies_held_at_once_are_bounded(void **state)
+{
+	struct idpd_proc p;
+	char head[256], resp[4096], *body;
+	int a, b, c;
+	size_t hl;
+
+	(void)state;
+	assert_int_equal(harness_idpd_start(&p, "t_foundation",
+	                                    "max_body = 600000\nmax_body_memory = 1048576\n", NULL),
+	                 0);
+	body = malloc(600000);
+	assert_non_null(body);
+	memset(body, 'x', 600000);
+	/* Two uploads of 500,000 bytes each, held one byte short of done... */
+	snprintf(head, sizeof(head),
+	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+	         "Content-Length: 500001\r\n\r\n");
+	hl = strlen(head);
+	a = send_on(p.port, head, hl, 10000);
+	assert_int_equal(send(a, body, 500000, MSG_NOSIGNAL), 500000);
+	b = send_on(p.port, head, hl, 10000);
+	assert_int_equal(send(b, body, 500000, MSG_NOSIGNAL), 500000);
+	sleep_ms(500);
+	/* ...leave no room for a third of 100,000. */
+	snprintf(head, sizeof(head),
+	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+	         "Content-Length: 100000\r\nConnection: close\r\n\r\n");
+	c = send_on(p.port, head, strlen(head), 10000);
+	assert_int_equal(send(c, body, 100000, MSG_NOSIGNAL), 100000);
+	read_all(c, resp, sizeof(resp));
+	close(c);
+	if (strncmp(resp, "HTTP/1.1 503 ", 13) != 0)
+		fail_msg("expected 503: %.200s", resp);
+	assert_non_null(strstr(resp, "Retry-After: 1"));
+	assert_non_null(strstr(resp, "application/problem+json"));
+	close(a);
+	close(b);
+	sleep_ms(500);
+	/* Their bytes given back, the same request is read (and refused for
+	 * want of credentials, as any). */
+	c = send_on(p.port, head, strlen(head), 10000);
+	assert_int_equal(send(c, body, 100000, MSG_NOSIGNAL), 100000);
+	read_all(c, resp, sizeof(resp));
+	close(c);
+	if (strncmp(resp, "HTTP/1.1 401 ", 13) != 0)
+		fail_msg("expected 401: %.200s", resp);
+	free(body);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 int
 main(void)
 {
@@ -507,6 +684,10 @@ main(void)
 	    cmocka_unit_test(two_authorization_headers_are_a_400_problem),
 	    cmocka_unit_test(bearer_with_trailing_whitespace_is_accepted),
 	    cmocka_unit_test(a_response_the_client_never_received_is_counted_as_aborted),
+	    cmocka_unit_test(a_body_framed_two_ways_or_in_an_unknown_coding_is_refused),
+	    cmocka_unit_test(no_route_is_answered_before_the_body),
+	    cmocka_unit_test(a_query_parameter_without_a_value_is_refused),
+	    cmocka_unit_test(bodies_held_at_once_are_bounded),
 	};
 	return cmocka_run_group_tests_name("foundation", tests, group_setup, group_teardown);
 }
