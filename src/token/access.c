@@ -399,14 +399,19 @@ done:
 	return ok;
 }
 
-/* Every agent on the chain is active and its link was made after its revocation epoch. */
+/*
+ * Every agent on the chain is active, its link was made after its
+ * revocation epoch, and its capabilities still hold the asked scopes: an
+ * agent's authority is the least of its delegators' as they are now, so
+ * narrowing one's capabilities reaches the tokens below it at once.
+ */
 static bool
 chain_agents_ok(struct issuing *s)
 {
 	for (size_t i = 0; i < s->chain->n; i++) {
 		const struct revocation_link *l = &s->chain->links[i];
 		const struct registry_agent *ag = NULL;
-		bool live;
+		bool live, can = true;
 		int rc;
 
 		rc = registry_lookup(l->agent_id, s->a->may_block, &ag);
@@ -420,9 +425,15 @@ chain_agents_ok(struct issuing *s)
 		}
 		live = rc == IDP_OK && ag->status == REGISTRY_ACTIVE &&
 		       !registry_issued_before_revocation(ag, l->iat_s);
+		for (size_t j = 0; live && can && j < s->a->scopes->n; j++)
+			can = registry_agent_can(ag, s->a->scopes->v[j]);
 		registry_agent_unref(ag);
 		if (!live) {
 			refuse(s, 403, "chain_agent_inactive");
+			return false;
+		}
+		if (!can) {
+			refuse(s, 403, "scope_outside_chain_capabilities");
 			return false;
 		}
 	}

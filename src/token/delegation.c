@@ -338,8 +338,11 @@ check_request(struct deleg *g, int64_t now_s)
 			return false;
 		}
 	}
+	/* Within what both ends may do now: capabilities narrowed since the
+	 * parent was issued bound what the delegator passes on. */
 	for (size_t i = 0; i < g->sc.n; i++) {
-		if (!registry_agent_can(g->target, g->sc.v[i])) {
+		if (!registry_agent_can(me, g->sc.v[i]) ||
+		    !registry_agent_can(g->target, g->sc.v[i])) {
 			g->reason = AUDIT_REASON_SCOPE_ESCALATION;
 			return false;
 		}

@@ -40,9 +40,13 @@ static void
 register_agent(struct world *w, const char *id, const char *type, const char *caps,
                const char *delegate_to, int depth, const char *approvals)
 {
+	/* In production and the cloud domain, so that the shipped policies
+	 * issue their access tokens. */
 	const struct world_agent a = {.id = id,
 	                              .type = type,
 	                              .owner = "alice@example.com",
+	                              .environment = "production",
+	                              .domains = "[\"cloud\",\"reports\"]",
 	                              .caps = caps,
 	                              .delegate_to = delegate_to,
 	                              .max_depth = depth,
@@ -452,6 +456,91 @@ deployment_verbs_decide_what_read_only_delegation_allows(void **state)
 	}
 }
 
+/* PATCH planning-agent's capabilities (a JSON array text) as the registrar, with its current ETag.
+ */
+static void
+set_planner_capabilities(struct setting *w, const char *caps)
+{
+	char url[256], auth[128], match[160], body[256];
+	const char *get_h[] = {auth, NULL};
+	const char *patch_h[] = {auth, "Content-Type: application/json", match, NULL};
+	struct http_resp r;
+	char etag[128];
+
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", w->w.k.registrar);
+	snprintf(url, sizeof(url), "%s/v1/agents/planning-agent", w->w.p.base);
+	assert_int_equal(harness_http("GET", url, get_h, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	assert_true(harness_resp_header(&r, "ETag", etag, sizeof(etag)));
+	harness_resp_free(&r);
+	snprintf(match, sizeof(match), "If-Match: %s", etag);
+	snprintf(body, sizeof(body), "{\"capabilities\":%s}", caps);
+	assert_int_equal(harness_http("PATCH", url, patch_h, body, strlen(body), &r), 0);
+	if (r.status != 200)
+		fprintf(stderr, "PATCH: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+}
+
+/* cloud-agent's POST /v1/token for cloud:DescribeInstances under tok: the status, the code in code.
+ */
+static long
+cloud_token(struct setting *w, const char *tok, char *code, size_t len)
+{
+	char body[4096];
+	struct http_resp r;
+	long st;
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, w->task_id, tok);
+	world_call(&w->w, "POST", "/v1/token", w->cloud, body, &r);
+	st = r.status;
+	if (st != 200)
+		fprintf(stderr, "token: %ld %s\n", st, r.body);
+	snprintf(code, len, "%s",
+	         r.json != NULL && json_string_value(json_object_get(r.json, "code")) != NULL
+	             ? json_string_value(json_object_get(r.json, "code"))
+	             : "");
+	harness_resp_free(&r);
+	return st;
+}
+
+/*
+ * An agent's authority is the least of its delegators' as they are now:
+ * once an admin narrows the planner's capabilities, neither a delegation it
+ * made before nor one it makes now carries what it lost, and giving the
+ * capability back restores both (a check, not a revocation).
+ */
+static void
+narrowing_a_delegators_capabilities_reaches_below_it(void **state)
+{
+	struct setting w;
+	char code[128];
+	char *child;
+
+	(void)state;
+	setting_start(&w, "t_deleg_narrow", "[]");
+	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
+	                       "cloud:DescribeInstances", NULL);
+	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
+
+	set_planner_capabilities(&w, "[\"reports:write\"]");
+	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
+	assert_string_equal(code, "scope_outside_chain_capabilities");
+	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
+	               "scope_outside_capabilities");
+
+	set_planner_capabilities(&w, "[\"cloud:Describe*\",\"reports:write\"]");
+	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
+	free(child);
+	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
+	                       "cloud:DescribeInstances", NULL);
+	free(child);
+	setting_stop(&w);
+}
+
 int
 main(void)
 {
@@ -461,6 +550,7 @@ main(void)
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
+	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);
