@@ -37,7 +37,15 @@ struct auth_keys *auth_keys_current(void);   /* a new reference; any thread */
 struct auth_principal {
 	char name[128]; /* the key's configured name: the actor in audit events */
 	unsigned roles;
+	char audiences[1025]; /* the key's audiences, space-separated; "" for any */
 };
+
+/*
+ * Whether p may see a token for auds (one audience, or several separated by
+ * spaces): always for a key without audiences, else when one of auds is
+ * one of the key's.
+ */
+bool auth_audience_allowed(const struct auth_principal *p, const char *auds);
 
 /*
  * Check the presented key against k.  IDP_OK and *out filled on a match;

@@ -28,9 +28,10 @@ enum idpd_role {
 
 /* One [[api_keys]] section. */
 struct idpd_api_key_cfg {
-	char *name;     /* unique label, the principal in audit events */
-	char *hash;     /* "sha256:" + 64 lowercase hex digits of the key */
-	unsigned roles; /* IDPD_ROLE_* bits; none by default */
+	char *name;      /* unique label, the principal in audit events */
+	char *hash;      /* "sha256:" + 64 lowercase hex digits of the key */
+	unsigned roles;  /* IDPD_ROLE_* bits; none by default */
+	char *audiences; /* space-separated resource audiences; NULL: any */
 };
 
 /* One [[audit.sinks]] section: where the audit log is shipped. */

@@ -94,6 +94,7 @@ static const char *check_sha256(const char *s);
 static const char *check_trust_domain(const char *s);
 static const char *check_selector_map(const char *s);
 static const char *check_visible(const char *s);
+static const char *check_audiences(const char *s);
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 /* In the order of the IDPD_ROLE_* bits. */
@@ -122,6 +123,14 @@ static const struct key api_key_keys[] = {
      .def = "[]",
      .choices = role_names,
      .help = "what the key may do"},
+    {.name = "audiences",
+     STRING_AT(struct idpd_api_key_cfg, audiences),
+     .flags = K_RELOAD,
+     .min = 1,
+     .max = 1024,
+     .check = check_audiences,
+     .help = "space-separated [[resources]] audiences: introspection by this key answers "
+             "active only for access tokens for one of them; unset, for any"},
 };
 
 static const struct section api_key_section = {api_key_keys, IDP_ARRAY_LEN(api_key_keys),
@@ -896,6 +905,35 @@ check_visible(const char *s)
 	for (; *s != '\0'; s++)
 		if (*s <= ' ' || *s >= 0x7f)
 			return "expected printable characters without spaces";
+	return NULL;
+}
+
+/* Audiences separated by single spaces: printable, none empty, none twice. */
+static const char *
+check_audiences(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (s[0] == ' ' || s[n - 1] == ' ' || strstr(s, "  ") != NULL)
+		return "expected audiences separated by single spaces";
+	for (const char *p = s; *p != '\0'; p++)
+		if ((*p < ' ' || *p >= 0x7f))
+			return "expected printable characters";
+	for (const char *a = s; *a != '\0';) {
+		size_t len = strcspn(a, " ");
+
+		for (const char *b = a + len; *b != '\0';) {
+			size_t blen;
+
+			b += strspn(b, " ");
+			blen = strcspn(b, " ");
+			if (blen == len && strncmp(a, b, len) == 0)
+				return "an audience is listed twice";
+			b += blen;
+		}
+		a += len;
+		a += strspn(a, " ");
+	}
 	return NULL;
 }
 

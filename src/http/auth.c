@@ -18,6 +18,7 @@ struct key {
 	char name[128];
 	uint8_t hash[SHA256_DIGEST_LENGTH];
 	unsigned roles;
+	char audiences[1025];
 };
 
 struct auth_keys {
@@ -101,6 +102,8 @@ auth_keys_new(const struct idpd_api_key_cfg *cfg, size_t n)
 		}
 		snprintf(dst->name, sizeof(dst->name), "%s", cfg[i].name);
 		dst->roles = cfg[i].roles;
+		snprintf(dst->audiences, sizeof(dst->audiences), "%s",
+		         cfg[i].audiences != NULL ? cfg[i].audiences : "");
 		k->n++;
 	}
 	return k;
@@ -169,7 +172,41 @@ auth_check_key(const struct auth_keys *k, const char *key, struct auth_principal
 		return IDP_EUNAUTH;
 	snprintf(out->name, sizeof(out->name), "%s", match->name);
 	out->roles = match->roles;
+	memcpy(out->audiences, match->audiences, sizeof(out->audiences));
 	return IDP_OK;
+}
+
+/* Whether the word w (len bytes) is one of the space-separated list. */
+static bool
+listed(const char *list, const char *w, size_t len)
+{
+	while (*list != '\0') {
+		size_t n = strcspn(list, " ");
+
+		if (n == len && strncmp(list, w, len) == 0)
+			return true;
+		list += n;
+		list += strspn(list, " ");
+	}
+	return false;
+}
+
+bool
+auth_audience_allowed(const struct auth_principal *p, const char *auds)
+{
+	if (p->audiences[0] == '\0')
+		return true;
+	if (auds == NULL)
+		return false;
+	while (*auds != '\0') {
+		size_t n = strcspn(auds, " ");
+
+		if (n > 0 && listed(p->audiences, auds, n))
+			return true;
+		auds += n;
+		auds += strspn(auds, " ");
+	}
+	return false;
 }
 
 bool

@@ -137,6 +137,7 @@ struct vc_entry {
 	char *task_id;
 	char *chain_jti;     /* the delegation token to walk from; NULL: the task alone */
 	char *agent_version; /* delegation tokens: the registry's when rendered, or NULL */
+	char *aud;           /* the token's aud, its audiences separated by spaces */
 	char *body;
 	size_t body_len;
 	size_t bytes;
@@ -156,11 +157,11 @@ static struct {
 
 /* Reasons an inactive answer is counted under; anything else is "other". */
 static const char *const inactive_reasons[] = {
-    "malformed",         "bad_signature", "alg_not_allowed", "typ_mismatch",
-    "kid_unknown",       "expired",       "claims_invalid",  "issuer_mismatch",
-    "audience_mismatch", "token_revoked", "token_unknown",   "token_expired",
-    "task_mismatch",     "task_not_open", "chain_mismatch",  "agent_unknown",
-    "agent_not_active",  "agent_revoked", "other",
+    "malformed",         "bad_signature", "alg_not_allowed",      "typ_mismatch",
+    "kid_unknown",       "expired",       "claims_invalid",       "issuer_mismatch",
+    "audience_mismatch", "token_revoked", "token_unknown",        "token_expired",
+    "task_mismatch",     "task_not_open", "chain_mismatch",       "agent_unknown",
+    "agent_not_active",  "agent_revoked", "audience_not_allowed", "other",
 };
 static _Atomic uint64_t inactive_counts[IDP_ARRAY_LEN(inactive_reasons)];
 
@@ -188,6 +189,7 @@ vc_unref(struct vc_entry *e)
 	free(e->task_id);
 	free(e->chain_jti);
 	free(e->agent_version);
+	free(e->aud);
 	free(e->body);
 	free(e);
 }
@@ -352,6 +354,27 @@ static const char *
 claim_str(const json_t *c, const char *name)
 {
 	return json_string_value(json_object_get(c, name));
+}
+
+/* aud (a string or an array of strings, aud_ok) as one string, its audiences separated by spaces.
+ */
+static char *
+aud_list(const json_t *aud)
+{
+	struct idp_buf b;
+	const json_t *v;
+	size_t i;
+
+	if (json_is_string(aud))
+		return idp_xstrdup(json_string_value(aud));
+	idp_buf_init(&b, 0);
+	json_array_foreach(aud, i, v)
+	{
+		if ((i > 0 && idp_buf_puts(&b, " ") != IDP_OK) ||
+		    idp_buf_puts(&b, json_string_value(v)) != IDP_OK)
+			break;
+	}
+	return b.data != NULL ? b.data : idp_xstrdup("");
 }
 
 static bool
@@ -576,6 +599,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	e->chain_jti = t.chain_jti != NULL ? idp_xstrdup(t.chain_jti) : NULL;
 	e->agent_version =
 	    !access && sub->agent_version != NULL ? idp_xstrdup(sub->agent_version) : NULL;
+	e->aud = aud_list(json_object_get(c, "aud"));
 	e->body = render(c, access, &v, sub, &e->body_len);
 	if (e->body == NULL) {
 		vc_unref(e);
@@ -768,6 +792,15 @@ introspect(struct http_req *req, void *ctx)
 			return;
 		}
 		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, &e, &reason);
+	}
+	/* A key bound to audiences sees only tokens for them: a resource
+	 * server learns nothing of another's tokens, nor of delegation tokens
+	 * (whose audience is idpd), which are not its to accept. */
+	if (rc == IDP_OK && !auth_audience_allowed(&op, e->aud)) {
+		vc_unref(e);
+		e = NULL;
+		reason = "audience_not_allowed";
+		rc = IDP_EFORBIDDEN;
 	}
 	switch (rc) {
 	case IDP_OK:

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "idpd/auth.h"
 #include "idpd/revocation.h"
 #include "idpd/tasks.h"
 #include "world.h"
@@ -947,6 +948,76 @@ a_fresh_instance_issues_from_cold_caches(void **state)
 	setting_stop(&s);
 }
 
+/* The introspection answer for tok with key (a form POST); whether active, and the body in out. */
+static bool
+introspect_as(struct setting *s, const char *key, const char *tok, char *out, size_t len)
+{
+	char form[9000];
+	struct http_resp r;
+	bool active;
+
+	snprintf(form, sizeof(form), "token=%s", tok);
+	world_form(&s->w, "/introspect", key, form, &r);
+	assert_int_equal(r.status, 200);
+	active = json_is_true(json_object_get(r.json, "active"));
+	snprintf(out, len, "%s", r.body);
+	harness_resp_free(&r);
+	return active;
+}
+
+/*
+ * An introspector key bound to audiences (a resource server's) sees only
+ * access tokens for them: another resource's token and a delegation token
+ * are exactly {"active":false} to it, while a key without audiences sees
+ * every token as before.
+ */
+static void
+an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	struct world_opts o = {0};
+	char key[64], hash[80], extra[320], body[8192], url[256];
+	char *aws, *billing;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"aws-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "audiences = \"https://other.example.com %s\"\n",
+	         hash, WORLD_AWS);
+	o.extra_toml = extra;
+	setting_start_with(&s, "t_access_bound", &o);
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	aws = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read", "", &r);
+	assert_int_equal(r.status, 200);
+	billing = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+
+	assert_true(introspect_as(&s, key, aws, body, sizeof(body)));
+	assert_false(introspect_as(&s, key, billing, body, sizeof(body)));
+	assert_string_equal(body, "{\"active\":false}");
+	assert_false(introspect_as(&s, key, s.cloud_token, body, sizeof(body)));
+	assert_string_equal(body, "{\"active\":false}");
+	/* Asked again (now from the verified-token cache), the same. */
+	assert_false(introspect_as(&s, key, billing, body, sizeof(body)));
+	/* A key without audiences sees them all. */
+	assert_true(introspect_as(&s, s.w.k.introspector, billing, body, sizeof(body)));
+	assert_true(introspect_as(&s, s.w.k.introspector, s.cloud_token, body, sizeof(body)));
+	assert_true(introspect_as(&s, key, aws, body, sizeof(body)));
+	snprintf(url, sizeof(url), "%s/metrics", s.w.p.base);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	assert_non_null(strstr(
+	    r.body, "idpd_introspection_inactive_total{reason=\"audience_not_allowed\"} 3\n"));
+	harness_resp_free(&r);
+	free(aws);
+	free(billing);
+	setting_stop(&s);
+}
+
 int
 main(void)
 {
@@ -965,6 +1036,7 @@ main(void)
 	    cmocka_unit_test(expired_or_other_kind_tokens_are_refused),
 	    cmocka_unit_test(token_is_withheld_when_its_event_cannot_commit),
 	    cmocka_unit_test(a_fresh_instance_issues_from_cold_caches),
+	    cmocka_unit_test(an_introspector_bound_to_audiences_sees_only_their_tokens),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

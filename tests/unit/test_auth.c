@@ -20,8 +20,8 @@ generated_keys_have_the_documented_shape(void **state)
 	assert_int_equal(strncmp(key, "idpk_", 5), 0);
 	assert_int_equal(strlen(key), 5 + 43);
 	assert_int_equal(strspn(key + 5, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-					 "0123456789-_"),
-			 43);
+	                                 "0123456789-_"),
+	                 43);
 	assert_int_equal(strncmp(hash, "sha256:", 7), 0);
 	assert_int_equal(strlen(hash), 71);
 	auth_key_hash(key, again);
@@ -38,7 +38,7 @@ known_vector_hashes_as_sha256(void **state)
 	(void)state;
 	auth_key_hash("abc", hash);
 	assert_string_equal(
-		hash, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	    hash, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 static void
@@ -53,8 +53,9 @@ check_key_matches_only_a_configured_key(void **state)
 	assert_int_equal(auth_key_generate(k1, h1), IDP_OK);
 	assert_int_equal(auth_key_generate(k2, h2), IDP_OK);
 	assert_int_equal(auth_key_generate(k3, h3), IDP_OK);
-	cfg[0] = (struct idpd_api_key_cfg){"ops", h1, IDPD_ROLE_REGISTRAR};
-	cfg[1] = (struct idpd_api_key_cfg){"siem", h2, IDPD_ROLE_AUDITOR | IDPD_ROLE_INTROSPECTOR};
+	cfg[0] = (struct idpd_api_key_cfg){"ops", h1, IDPD_ROLE_REGISTRAR, NULL};
+	cfg[1] =
+	    (struct idpd_api_key_cfg){"siem", h2, IDPD_ROLE_AUDITOR | IDPD_ROLE_INTROSPECTOR, NULL};
 	keys = auth_keys_new(cfg, 2);
 
 	assert_int_equal(auth_check_key(keys, k1, &p), IDP_OK);
@@ -78,7 +79,7 @@ check_key_matches_only_a_configured_key(void **state)
 static void
 malformed_configured_hash_is_ignored(void **state)
 {
-	struct idpd_api_key_cfg cfg[1] = {{"bad", "sha256:zz", IDPD_ROLE_ADMIN}};
+	struct idpd_api_key_cfg cfg[1] = {{"bad", "sha256:zz", IDPD_ROLE_ADMIN, NULL}};
 	struct auth_keys *keys = auth_keys_new(cfg, 1);
 	struct auth_principal p;
 
@@ -114,7 +115,7 @@ installed_set_is_reference_counted(void **state)
 
 	(void)state;
 	assert_int_equal(auth_key_generate(k, h), IDP_OK);
-	cfg[0] = (struct idpd_api_key_cfg){"one", h, IDPD_ROLE_ADMIN};
+	cfg[0] = (struct idpd_api_key_cfg){"one", h, IDPD_ROLE_ADMIN, NULL};
 	a = auth_keys_new(cfg, 1);
 	auth_keys_install(a);
 	held = auth_keys_current();
@@ -128,16 +129,38 @@ installed_set_is_reference_counted(void **state)
 	auth_keys_install(NULL);
 }
 
+/* A key's audiences match whole words only; a key without any sees every audience. */
+static void
+audiences_match_whole_words(void **state)
+{
+	struct auth_principal p = {.name = "rs", .roles = IDPD_ROLE_INTROSPECTOR};
+
+	(void)state;
+	assert_true(auth_audience_allowed(&p, "https://anything"));
+	assert_true(auth_audience_allowed(&p, NULL));
+	snprintf(p.audiences, sizeof(p.audiences), "https://a https://b");
+	assert_true(auth_audience_allowed(&p, "https://a"));
+	assert_true(auth_audience_allowed(&p, "https://b"));
+	assert_true(auth_audience_allowed(&p, "https://x https://b"));
+	assert_false(auth_audience_allowed(&p, "https://ab"));
+	assert_false(auth_audience_allowed(&p, "https://"));
+	assert_false(auth_audience_allowed(&p, "https://a/"));
+	assert_false(auth_audience_allowed(&p, "idpd"));
+	assert_false(auth_audience_allowed(&p, ""));
+	assert_false(auth_audience_allowed(&p, NULL));
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(generated_keys_have_the_documented_shape),
-		cmocka_unit_test(known_vector_hashes_as_sha256),
-		cmocka_unit_test(check_key_matches_only_a_configured_key),
-		cmocka_unit_test(malformed_configured_hash_is_ignored),
-		cmocka_unit_test(roles_parse_names_and_rejects_unknown),
-		cmocka_unit_test(installed_set_is_reference_counted),
+	    cmocka_unit_test(generated_keys_have_the_documented_shape),
+	    cmocka_unit_test(known_vector_hashes_as_sha256),
+	    cmocka_unit_test(check_key_matches_only_a_configured_key),
+	    cmocka_unit_test(malformed_configured_hash_is_ignored),
+	    cmocka_unit_test(roles_parse_names_and_rejects_unknown),
+	    cmocka_unit_test(installed_set_is_reference_counted),
+	    cmocka_unit_test(audiences_match_whole_words),
 	};
 	return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
 }

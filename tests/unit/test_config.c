@@ -376,6 +376,37 @@ config_collects_every_error(void **state)
 	assert_non_null(strstr(d, "c.toml:7:1: api_keys[0].hash: required key is missing"));
 }
 
+/* An API key's audiences: single spaces between them, printable, none twice. */
+static void
+config_checks_api_key_audiences(void **state)
+{
+	static const char head[] =
+	    "[[api_keys]]\nname = \"rs\"\nhash = \"sha256:"
+	    "d479b3180985a397d3cc5bf641ca9628588344241f8a8a89c59062fc3a574f8d\"\n";
+	static const struct {
+		const char *value, *why;
+	} bad[] = {
+	    {"a  b", "expected audiences separated by single spaces"},
+	    {" a", "expected audiences separated by single spaces"},
+	    {"a ", "expected audiences separated by single spaces"},
+	    {"https://a https://b https://a", "an audience is listed twice"},
+	    {"a\\tb", "expected printable characters"},
+	};
+	char text[512];
+	struct idpd_config *c;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "%saudiences = \"%s\"\n", head, bad[i].value);
+		if (strstr(load_fail(text, IDP_EUNPROCESSABLE, NULL), bad[i].why) == NULL)
+			fail_msg("%s: %s", bad[i].value, load_fail(text, IDP_EUNPROCESSABLE, NULL));
+	}
+	snprintf(text, sizeof(text), "%saudiences = \"https://a https://ab\"\n", head);
+	c = load_ok(text);
+	assert_string_equal(c->api_keys[0].audiences, "https://a https://ab");
+	idpd_config_free(c);
+}
+
 static void
 config_stops_reporting_after_fifty_errors(void **state)
 {
@@ -545,8 +576,8 @@ static void
 config_rejects_quoted_keys_with_a_dot(void **state)
 {
 	unsigned count;
-	const char *d = load_fail("[server]\nport = 80\n\"server.port\" = 9090\n",
-	                          IDP_EUNPROCESSABLE, &count);
+	const char *d =
+	    load_fail("[server]\nport = 80\n\"server.port\" = 9090\n", IDP_EUNPROCESSABLE, &count);
 
 	(void)state;
 	assert_int_equal(count, 1);
@@ -973,6 +1004,7 @@ main(void)
 	    cmocka_unit_test(config_rejects_bad_strings),
 	    cmocka_unit_test(config_reports_toml_errors_unchanged),
 	    cmocka_unit_test(config_collects_every_error),
+	    cmocka_unit_test(config_checks_api_key_audiences),
 	    cmocka_unit_test(config_stops_reporting_after_fifty_errors),
 	    cmocka_unit_test(config_reads_api_keys),
 	    cmocka_unit_test(config_role_names_map_to_their_bits),
