@@ -122,6 +122,31 @@ a_new_sink_steps_past_chains_retention_emptied(void **state)
 	unlink(path);
 }
 
+/*
+ * Create the two files json_path and cef_path (mkstemp templates) and put
+ * in extra the [audit] table with a JSON file sink "json-file" and a CEF
+ * file sink "cef-file" writing to them, shipping every 50 ms.
+ */
+static void
+two_file_sinks(char *extra, size_t len, char *json_path, char *cef_path)
+{
+	int fd;
+
+	fd = mkstemp(json_path);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = mkstemp(cef_path);
+	assert_true(fd >= 0);
+	close(fd);
+	snprintf(extra, len,
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\n"
+	         "path = \"%s\"\n"
+	         "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\n"
+	         "path = \"%s\"\n",
+	         json_path, cef_path);
+}
+
 static void
 file_sinks_receive_every_event_in_order_in_each_format(void **state)
 {
@@ -130,22 +155,14 @@ file_sinks_receive_every_event_in_order_in_each_format(void **state)
 	                              cef_path[] = "/tmp/idpd-sink-cef-XXXXXX";
 	char line[8192];
 	FILE *f;
-	int fd, i;
+	int i;
 
 	(void)state;
 	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
-	fd = mkstemp(json_path);
-	close(fd);
-	fd = mkstemp(cef_path);
-	close(fd);
-	snprintf(extra, sizeof(extra),
-	         "[audit]\nship_interval = \"50ms\"\n"
-	         "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\npath "
-	         "= \"%s\"\n"
-	         "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\npath = "
-	         "\"%s\"\n"
+	two_file_sinks(extra, sizeof(extra), json_path, cef_path);
+	snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-	         json_path, cef_path, reporter_hash);
+	         reporter_hash);
 	assert_int_equal(harness_db_create("t_sink_file"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_file", NULL, extra), 0);
 	for (i = 0; i < 5; i++)
@@ -511,20 +528,9 @@ rows_a_newer_version_wrote_are_shipped(void **state)
 	char extra[1024], sql[2048], url[256], got[4][1024];
 	char json_path[] = "/tmp/idpd-sink-newer-json-XXXXXX",
 	     cef_path[] = "/tmp/idpd-sink-newer-cef-XXXXXX";
-	int fd;
 
 	(void)state;
-	fd = mkstemp(json_path);
-	close(fd);
-	fd = mkstemp(cef_path);
-	close(fd);
-	snprintf(extra, sizeof(extra),
-	         "[audit]\nship_interval = \"50ms\"\n"
-	         "[[audit.sinks]]\nname = \"json-file\"\ntype = \"file\"\nformat = \"json\"\n"
-	         "path = \"%s\"\n"
-	         "[[audit.sinks]]\nname = \"cef-file\"\ntype = \"file\"\nformat = \"cef\"\n"
-	         "path = \"%s\"\n",
-	         json_path, cef_path);
+	two_file_sinks(extra, sizeof(extra), json_path, cef_path);
 	assert_int_equal(harness_db_create("t_sink_newer"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_newer", NULL, extra), 0);
 	/* One statement string, one transaction: the chain's rows and its
