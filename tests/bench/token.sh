@@ -266,6 +266,16 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "instead of 18 (a row at a time where COPY inserts them in bulk), and the rate did not rise"
 	echo "(15,600 to 20,300 tokens/s against 17,600 to 20,800, three runs of each, alternated)."
 	echo
+	echo "Re-measured later on 2026-12-05, after the day's changes to the HTTP layer, the audit sinks and the"
+	echo "chain checks: the machine itself was slower (\`openssl speed\` between 57,000 and 70,000 signs/s"
+	echo "against 72,891 earlier), and a first full run gave a median of 13,051 tokens/s (20.1%) where the one"
+	echo "above gave 15,785. To tell the code from the machine, the code before and after those changes ran"
+	echo "alternately in one environment, three rounds of two 6 s runs each at 64 connections: 17,330 15,400"
+	echo "18,602 17,909 20,433 17,832 tokens/s after, 18,131 19,219 15,457 16,670 21,224 20,881 before, and"
+	echo "idpd's CPU per token 60, 53 and 52 us after against 54, 58 and 50 before: no difference beyond the"
+	echo "noise. Delegations likewise, one 5 s run on a fresh database at a time, five of each in both"
+	echo "orders: 1,368 1,461 1,678 1,838 1,866 after, 1,688 1,644 1,746 1,369 1,563 before."
+	echo
 	echo "Looked at and left (2026-12-05): fewer bytes per row. On this machine a page of memory touched for"
 	echo "the first time costs 25 to 40 us (1 GB written to a new file took 11 s, rewritten in place 0.14 s;"
 	echo "1 GB of fresh anonymous memory took 6.8 s to touch): free memory is handed back to the host and"
