@@ -586,6 +586,25 @@ no_route_is_answered_before_the_body(void **state)
 	read_all(fd, resp, sizeof(resp));
 	close(fd);
 	assert_true(strncmp(resp, "HTTP/1.1 405 ", 13) == 0);
+	/* Answered early, the body is never read as a request of its own. */
+	fd = send_on(idpd.port,
+	             "POST /no/such/route HTTP/1.1\r\nHost: t\r\nContent-Length: 34\r\n\r\n"
+	             "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+	             0, 2000);
+	read_all(fd, resp, sizeof(resp));
+	close(fd);
+	assert_true(strncmp(resp, "HTTP/1.1 404 ", 13) == 0);
+	assert_null(strstr(resp + 1, "HTTP/1.1 "));
+	/* Nor when it comes after the answer: the answer closed the connection. */
+	fd = send_on(idpd.port,
+	             "POST /no/such/route HTTP/1.1\r\nHost: t\r\nContent-Length: 34\r\n\r\n", 0,
+	             2000);
+	sleep_ms(300);
+	(void)send(fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 34, MSG_NOSIGNAL);
+	read_all(fd, resp, sizeof(resp));
+	close(fd);
+	assert_true(strncmp(resp, "HTTP/1.1 404 ", 13) == 0);
+	assert_null(strstr(resp + 1, "HTTP/1.1 "));
 }
 
 /* "?status" is not "no filter": a parameter without a value is a 400. */
