@@ -269,24 +269,18 @@ struct scope_verb_map {
 	bool owned; /* entries and their strings are heap copies */
 };
 
-/*
- * Classes ignore case: a resource server may read "terminateinstances" as
- * TerminateInstances (AWS IAM's actions are case-insensitive), so it must
- * not get a lower class.  Entries are kept in lower case, verbs are folded
- * before matching (scope_verb_class).
- */
 static const struct verb_entry default_entries[] = {
-    {"describe*", IDP_ACTION_READ},  {"list*", IDP_ACTION_READ},
-    {"get*", IDP_ACTION_READ},       {"read*", IDP_ACTION_READ},
+    {"Describe*", IDP_ACTION_READ},  {"List*", IDP_ACTION_READ},
+    {"Get*", IDP_ACTION_READ},       {"Read*", IDP_ACTION_READ},
     {"read", IDP_ACTION_READ},       {"write", IDP_ACTION_WRITE},
-    {"put*", IDP_ACTION_WRITE},      {"create*", IDP_ACTION_WRITE},
-    {"update*", IDP_ACTION_WRITE},   {"modify*", IDP_ACTION_WRITE},
-    {"delete", IDP_ACTION_DELETE},   {"delete*", IDP_ACTION_DELETE},
-    {"remove*", IDP_ACTION_DELETE},  {"terminate*", IDP_ACTION_DELETE},
-    {"destroy*", IDP_ACTION_DELETE}, {"purge*", IDP_ACTION_DELETE},
-    {"drop*", IDP_ACTION_DELETE},    {"truncate*", IDP_ACTION_DELETE},
-    {"admin", IDP_ACTION_ADMIN},     {"admin*", IDP_ACTION_ADMIN},
-    {"grant*", IDP_ACTION_ADMIN},    {"revoke*", IDP_ACTION_ADMIN},
+    {"Put*", IDP_ACTION_WRITE},      {"Create*", IDP_ACTION_WRITE},
+    {"Update*", IDP_ACTION_WRITE},   {"Modify*", IDP_ACTION_WRITE},
+    {"delete", IDP_ACTION_DELETE},   {"Delete*", IDP_ACTION_DELETE},
+    {"Remove*", IDP_ACTION_DELETE},  {"Terminate*", IDP_ACTION_DELETE},
+    {"Destroy*", IDP_ACTION_DELETE}, {"Purge*", IDP_ACTION_DELETE},
+    {"Drop*", IDP_ACTION_DELETE},    {"Truncate*", IDP_ACTION_DELETE},
+    {"admin", IDP_ACTION_ADMIN},     {"Admin*", IDP_ACTION_ADMIN},
+    {"Grant*", IDP_ACTION_ADMIN},    {"Revoke*", IDP_ACTION_ADMIN},
 };
 
 /* s (a valid verb, so at most IDP_SCOPE_MAX_LEN bytes) in lower case into out, strlen(s) + 1 long.
@@ -431,7 +425,6 @@ int
 scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_class c,
                    struct idp_diag *diag)
 {
-	char *folded;
 
 	if (verb_validate(verb) != IDP_OK || (unsigned)c >= IDP_ACTION_COUNT) {
 		if (diag != NULL)
@@ -443,9 +436,7 @@ scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_c
 			idp_diag_add(diag, "verb map: more than %d entries", VERB_MAP_MAX);
 		return IDP_ETOOBIG;
 	}
-	folded = idp_xstrdup(verb);
-	fold(verb, folded);
-	m->entries[m->n].verb = folded;
+	m->entries[m->n].verb = idp_xstrdup(verb);
 	m->entries[m->n].cls = c;
 	m->n++;
 	return IDP_OK;
@@ -456,16 +447,24 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 {
 	enum idp_action_class best = IDP_ACTION_READ;
 	bool covered = false;
-	char folded[IDP_SCOPE_MAX_LEN + 1];
+	char folded[IDP_SCOPE_MAX_LEN + 1], entry[IDP_SCOPE_MAX_LEN + 1];
 
 	if (verb_validate(verb) != IDP_OK)
 		return IDP_ACTION_ADMIN;
 	fold(verb, folded);
-	verb = folded;
 	for (size_t i = 0; i < m->n; i++) {
 		const struct verb_entry *e = &m->entries[i];
 
-		if (!scope_glob_overlap(verb, e->verb))
+		/*
+		 * Case only ever raises a class: a resource server may read
+		 * "terminateinstances" as TerminateInstances (AWS IAM's
+		 * actions ignore case), so folded, the verb takes the class of
+		 * every entry it could then match.  But what covers a verb,
+		 * and so lets it be read, is decided case for case: folded,
+		 * "readwrite" would be covered by "Read*".
+		 */
+		fold(e->verb, entry);
+		if (!scope_glob_overlap(folded, entry))
 			continue;
 		if (e->cls > best)
 			best = e->cls;

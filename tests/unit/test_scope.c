@@ -205,6 +205,7 @@ default_verb_map_classifies_verbs(void **state)
 	assert_int_equal(scope_verb_class(m, "DropTable"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_verb_class(m, "TruncateTable"), IDP_ACTION_DELETE);
 	/* Unknown is write, never read, even if it looks harmless. */
+	assert_int_equal(scope_verb_class(m, "describeinstances"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "view"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "ViewInstances"), IDP_ACTION_WRITE);
 }
@@ -230,7 +231,16 @@ verb_classes_ignore_case(void **state)
 	assert_int_equal(scope_verb_class(m, "ADMIN"), IDP_ACTION_ADMIN);
 	assert_int_equal(scope_verb_class(m, "de*"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_action_class(m, "ec2:terminate*"), IDP_ACTION_DELETE);
-	assert_int_equal(scope_verb_class(m, "describeinstances"), IDP_ACTION_READ);
+	/* Only ever upward: what another case would make read stays write
+	 * ("Read*" covers ReadBucket, not readwrite). */
+	assert_int_equal(scope_verb_class(m, "describeinstances"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "DESCRIBEINSTANCES"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "readwrite"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "read_write"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "getorcreate"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "listen"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "READ"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "ReadBucket"), IDP_ACTION_READ);
 	/* An entry a deployment adds is matched the same way. */
 	idp_diag_init(&d);
 	assert_int_equal(scope_verb_map_add(c, "Reboot*", IDP_ACTION_ADMIN, &d), IDP_OK);
