@@ -891,6 +891,8 @@ check_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char 
 	struct query_check *q = cls;
 
 	(void)kind;
+	if (key[0] == '\0' && value == NULL)
+		return MHD_YES; /* "?&" or "a=1&&b=2": an empty item, nothing asked */
 	if (!decodable(key) || (value != NULL && !decodable(value))) {
 		q->why = "the query string holds a malformed percent-escape, %00 or a control "
 		         "character";
@@ -1022,6 +1024,21 @@ body_release(struct http_req *req)
 }
 
 /*
+ * The first BODY_FREE bytes of every body are not counted: otherwise slow
+ * uploads of large bodies, which need no credentials to start, could hold
+ * the whole budget and get every request with a body refused, a token
+ * request of a few hundred bytes too.  What those bytes cost is bounded by
+ * server.max_connections.
+ */
+#define BODY_FREE ((size_t)64 * 1024)
+
+static size_t
+body_counted(size_t len)
+{
+	return len > BODY_FREE ? len - BODY_FREE : 0;
+}
+
+/*
  * Count n more bytes of req's body against max_body_memory; false (and
  * nothing counted) when they would pass it.
  */
@@ -1029,14 +1046,17 @@ static bool
 body_hold(struct http_req *req, size_t n)
 {
 	struct http_server *s = req->srv;
-	size_t held = atomic_fetch_add(&s->body_bytes, n) + n;
+	size_t more = body_counted(req->body.len + n) - body_counted(req->body.len), held;
 
+	if (more == 0)
+		return true;
+	held = atomic_fetch_add(&s->body_bytes, more) + more;
 	if (held > s->opts.max_body_memory) {
-		atomic_fetch_sub(&s->body_bytes, n);
+		atomic_fetch_sub(&s->body_bytes, more);
 		body_release(req);
 		return false;
 	}
-	req->body_held += n;
+	req->body_held += more;
 	return true;
 }
 

@@ -56,6 +56,7 @@ oauth_error_for(const struct access_grant *g, int *status)
 	if (strcmp(c, "invalid_target") == 0)
 		return "invalid_target";
 	if (strcmp(c, "scope_outside_capabilities") == 0 ||
+	    strcmp(c, "scope_outside_chain_capabilities") == 0 ||
 	    strcmp(c, "scope_not_within_delegation") == 0)
 		return "invalid_scope";
 	if (strcmp(c, "policy_denied") == 0) {

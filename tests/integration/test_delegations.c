@@ -529,6 +529,27 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 	set_planner_capabilities(&w, "[\"reports:write\"]");
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
 	assert_string_equal(code, "scope_outside_chain_capabilities");
+	/* The same through OAuth token exchange: RFC 6749's invalid_scope. */
+	{
+		static char form[12288];
+		struct http_resp r;
+
+		snprintf(
+		    form, sizeof(form),
+		    "grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Atoken-exchange"
+		    "&subject_token=%s&subject_token_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Atoken-"
+		    "type%%3Ajwt&actor_token=%s&actor_token_type=urn%%3Aietf%%3Aparams%%3Aoauth%%"
+		    "3Atoken-type%%3Ajwt&resource=https%%3A%%2F%%2Faws.example.com"
+		    "&scope=cloud%%3ADescribeInstances",
+		    child, w.cloud);
+		world_form(&w.w, "/oauth2/token", NULL, form, &r);
+		if (r.status != 400)
+			fprintf(stderr, "exchange: %ld %s\n", r.status, r.body);
+		assert_int_equal(r.status, 400);
+		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+		                    "invalid_scope");
+		harness_resp_free(&r);
+	}
 	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
 	               "scope_outside_capabilities");
 

@@ -626,6 +626,11 @@ a_query_parameter_without_a_value_is_refused(void **state)
 	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
 	assert_int_equal(r.status, 200);
 	harness_resp_free(&r);
+	/* An empty item asks nothing and is no error. */
+	snprintf(url, sizeof(url), "%s/v1/agents?&status=active&&limit=5&", idpd.base);
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
 }
 
 /*
@@ -649,35 +654,47 @@ bodies_held_at_once_are_bounded(void **state)
 	body = malloc(600000);
 	assert_non_null(body);
 	memset(body, 'x', 600000);
-	/* Two uploads of 500,000 bytes each, held one byte short of done... */
+	/* Two uploads of 524,000 bytes each, held one byte short of done... */
 	snprintf(head, sizeof(head),
 	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-	         "Content-Length: 500001\r\n\r\n");
+	         "Content-Length: 524001\r\n\r\n");
 	hl = strlen(head);
 	a = send_on(p.port, head, hl, 10000);
-	assert_int_equal(send(a, body, 500000, MSG_NOSIGNAL), 500000);
+	assert_int_equal(send(a, body, 524000, MSG_NOSIGNAL), 524000);
 	b = send_on(p.port, head, hl, 10000);
-	assert_int_equal(send(b, body, 500000, MSG_NOSIGNAL), 500000);
+	assert_int_equal(send(b, body, 524000, MSG_NOSIGNAL), 524000);
 	sleep_ms(500);
-	/* ...leave no room for a third of 100,000. */
+	/* ...count all but their first 64 KiB (916,928 bytes) and leave no
+	 * room for a third of 300,000... */
 	snprintf(head, sizeof(head),
 	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-	         "Content-Length: 100000\r\nConnection: close\r\n\r\n");
+	         "Content-Length: 300000\r\nConnection: close\r\n\r\n");
 	c = send_on(p.port, head, strlen(head), 10000);
-	assert_int_equal(send(c, body, 100000, MSG_NOSIGNAL), 100000);
+	assert_int_equal(send(c, body, 300000, MSG_NOSIGNAL), 300000);
 	read_all(c, resp, sizeof(resp));
 	close(c);
 	if (strncmp(resp, "HTTP/1.1 503 ", 13) != 0)
 		fail_msg("expected 503: %.200s", resp);
 	assert_non_null(strstr(resp, "Retry-After: 1"));
 	assert_non_null(strstr(resp, "application/problem+json"));
+	/* ...while a small body is still read: 2 KiB, which would not fit
+	 * were every byte counted (1,048,000 are held). */
+	c = send_on(p.port,
+	            "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+	            "Content-Length: 2048\r\nConnection: close\r\n\r\n",
+	            0, 10000);
+	assert_int_equal(send(c, body, 2048, MSG_NOSIGNAL), 2048);
+	read_all(c, resp, sizeof(resp));
+	close(c);
+	if (strncmp(resp, "HTTP/1.1 401 ", 13) != 0)
+		fail_msg("expected 401: %.200s", resp);
 	close(a);
 	close(b);
 	sleep_ms(500);
 	/* Their bytes given back, the same request is read (and refused for
 	 * want of credentials, as any). */
 	c = send_on(p.port, head, strlen(head), 10000);
-	assert_int_equal(send(c, body, 100000, MSG_NOSIGNAL), 100000);
+	assert_int_equal(send(c, body, 300000, MSG_NOSIGNAL), 300000);
 	read_all(c, resp, sizeof(resp));
 	close(c);
 	if (strncmp(resp, "HTTP/1.1 401 ", 13) != 0)
