@@ -138,6 +138,7 @@ struct vc_entry {
 	char *chain_jti;     /* the delegation token to walk from; NULL: the task alone */
 	char *agent_version; /* delegation tokens: the registry's when rendered, or NULL */
 	char *aud;           /* the token's aud, its audiences separated by spaces */
+	char *scope;         /* the token's scope claim */
 	char *body;
 	size_t body_len;
 	size_t bytes;
@@ -157,11 +158,27 @@ static struct {
 
 /* Reasons an inactive answer is counted under; anything else is "other". */
 static const char *const inactive_reasons[] = {
-    "malformed",         "bad_signature", "alg_not_allowed",      "typ_mismatch",
-    "kid_unknown",       "expired",       "claims_invalid",       "issuer_mismatch",
-    "audience_mismatch", "token_revoked", "token_unknown",        "token_expired",
-    "task_mismatch",     "task_not_open", "chain_mismatch",       "agent_unknown",
-    "agent_not_active",  "agent_revoked", "audience_not_allowed", "other",
+    "malformed",
+    "bad_signature",
+    "alg_not_allowed",
+    "typ_mismatch",
+    "kid_unknown",
+    "expired",
+    "claims_invalid",
+    "issuer_mismatch",
+    "audience_mismatch",
+    "token_revoked",
+    "token_unknown",
+    "token_expired",
+    "task_mismatch",
+    "task_not_open",
+    "chain_mismatch",
+    "agent_unknown",
+    "agent_not_active",
+    "agent_revoked",
+    "audience_not_allowed",
+    "scope_outside_chain_capabilities",
+    "other",
 };
 static _Atomic uint64_t inactive_counts[IDP_ARRAY_LEN(inactive_reasons)];
 
@@ -190,6 +207,7 @@ vc_unref(struct vc_entry *e)
 	free(e->chain_jti);
 	free(e->agent_version);
 	free(e->aud);
+	free(e->scope);
 	free(e->body);
 	free(e);
 }
@@ -263,10 +281,37 @@ vc_put(struct vc_entry *e, int64_t now)
 
 /* ---- the checks ---- */
 
-/* One agent of the chain: known, active, not revoked at or after iat_s. */
+/* Whether a has every scope of the space-separated list scopes (NULL: no list). */
+static bool
+agent_has_scopes(const struct registry_agent *a, const char *scopes)
+{
+	char one[IDP_SCOPE_MAX_LEN + 1];
+
+	while (scopes != NULL && *scopes != '\0') {
+		size_t n = strcspn(scopes, " ");
+
+		if (n > 0) {
+			if (n > IDP_SCOPE_MAX_LEN)
+				return false;
+			memcpy(one, scopes, n);
+			one[n] = '\0';
+			if (!registry_agent_can(a, one))
+				return false;
+		}
+		scopes += n;
+		scopes += strspn(scopes, " ");
+	}
+	return true;
+}
+
+/*
+ * One agent of the chain: known, active, not revoked at or after iat_s,
+ * and still capable of every scope of the token (an agent's authority is
+ * the least of its delegators' as they are now: see docs/tokens.md).
+ */
 static int
-agent_ok(const char *id, int64_t iat_s, bool may_block, const struct registry_agent **out,
-         const char **reason)
+agent_ok(const char *id, int64_t iat_s, const char *scopes, bool may_block,
+         const struct registry_agent **out, const char **reason)
 {
 	const struct registry_agent *a = NULL;
 	int rc;
@@ -288,6 +333,9 @@ agent_ok(const char *id, int64_t iat_s, bool may_block, const struct registry_ag
 	} else if (registry_issued_before_revocation(a, iat_s)) {
 		*reason = "agent_revoked";
 		rc = IDP_EFORBIDDEN;
+	} else if (!agent_has_scopes(a, scopes)) {
+		*reason = "scope_outside_chain_capabilities";
+		rc = IDP_EFORBIDDEN;
 	}
 	if (rc == IDP_OK && out != NULL)
 		*out = a;
@@ -300,6 +348,7 @@ agent_ok(const char *id, int64_t iat_s, bool may_block, const struct registry_ag
 struct tok {
 	bool access;
 	const char *jti, *sub, *task_id, *chain_jti;
+	const char *scope; /* the scope claim */
 	int64_t iat_s, exp_s;
 };
 
@@ -340,9 +389,10 @@ live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v
 		rc = IDP_EFORBIDDEN;
 	}
 	for (size_t i = 0; rc == IDP_OK && i < v->n; i++)
-		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, may_block, NULL, reason);
+		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, t->scope, may_block, NULL,
+		              reason);
 	if (rc == IDP_OK)
-		rc = agent_ok(t->sub, t->iat_s, may_block, sub_agent, reason);
+		rc = agent_ok(t->sub, t->iat_s, t->scope, may_block, sub_agent, reason);
 	if (rc != IDP_OK)
 		rev_view_release(v);
 	return rc;
@@ -573,6 +623,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .sub = claim_str(c, "sub"),
 	    .task_id = claim_str(c, "task_id"),
 	    .chain_jti = access ? claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) : claim_str(c, "jti"),
+	    .scope = claim_str(c, "scope"),
 	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
 	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),
 	};
@@ -600,6 +651,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	e->agent_version =
 	    !access && sub->agent_version != NULL ? idp_xstrdup(sub->agent_version) : NULL;
 	e->aud = aud_list(json_object_get(c, "aud"));
+	e->scope = idp_xstrdup(t.scope);
 	e->body = render(c, access, &v, sub, &e->body_len);
 	if (e->body == NULL) {
 		vc_unref(e);
@@ -660,6 +712,7 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 	                               .sub = e->sub,
 	                               .task_id = e->task_id,
 	                               .chain_jti = e->chain_jti,
+	                               .scope = e->scope,
 	                               .iat_s = e->iat_s,
 	                               .exp_s = e->exp_s},
 	                 now, may_block, &v, &sub, reason);

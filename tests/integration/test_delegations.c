@@ -482,10 +482,13 @@ set_planner_capabilities(struct setting *w, const char *caps)
 	harness_resp_free(&r);
 }
 
-/* cloud-agent's POST /v1/token for cloud:DescribeInstances under tok: the status, the code in code.
+/*
+ * cloud-agent's POST /v1/token for cloud:DescribeInstances under tok: the
+ * status, the code in code, and (when out is not NULL) the access token,
+ * which the caller frees.
  */
 static long
-cloud_token(struct setting *w, const char *tok, char *code, size_t len)
+cloud_token_out(struct setting *w, const char *tok, char *code, size_t len, char **out)
 {
 	char body[4096];
 	struct http_resp r;
@@ -503,8 +506,16 @@ cloud_token(struct setting *w, const char *tok, char *code, size_t len)
 	         r.json != NULL && json_string_value(json_object_get(r.json, "code")) != NULL
 	             ? json_string_value(json_object_get(r.json, "code"))
 	             : "");
+	if (out != NULL && st == 200)
+		*out = strdup(json_string_value(json_object_get(r.json, "access_token")));
 	harness_resp_free(&r);
 	return st;
+}
+
+static long
+cloud_token(struct setting *w, const char *tok, char *code, size_t len)
+{
+	return cloud_token_out(w, tok, code, len, NULL);
 }
 
 /*
@@ -518,15 +529,20 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 {
 	struct setting w;
 	char code[128];
-	char *child;
+	char *child, *access = NULL;
 
 	(void)state;
 	setting_start(&w, "t_deleg_narrow", "[]");
 	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
 	                       "cloud:DescribeInstances", NULL);
-	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
+	assert_int_equal(cloud_token_out(&w, child, code, sizeof(code), &access), 200);
+	assert_true(world_active(&w.w, access, NULL));
+	assert_true(world_active(&w.w, child, NULL));
 
 	set_planner_capabilities(&w, "[\"reports:write\"]");
+	/* What was issued before goes inactive with it, the delegation too. */
+	assert_false(world_active(&w.w, access, NULL));
+	assert_false(world_active(&w.w, child, NULL));
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
 	assert_string_equal(code, "scope_outside_chain_capabilities");
 	/* The same through OAuth token exchange: RFC 6749's invalid_scope. */
@@ -555,6 +571,9 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 
 	set_planner_capabilities(&w, "[\"cloud:Describe*\",\"reports:write\"]");
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
+	assert_true(world_active(&w.w, access, NULL));
+	assert_true(world_active(&w.w, child, NULL));
+	free(access);
 	free(child);
 	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
 	                       "cloud:DescribeInstances", NULL);
