@@ -191,8 +191,8 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u / 1000}'; }
 	echo "prepared body; without it, each request also verifies an ES256 signature."
 	echo
 	echo "The chain capability check added on 2026-12-05 (each agent on the chain must still hold the token's"
-	echo "scopes) costs little beside the noise: single runs alternated before and after it gave 87,851 and"
-	echo "106,450 introspections/s before, 86,492 and 86,543 after."
+	echo "scopes) may cost up to a tenth of the rate, about as much as this machine's noise: single runs"
+	echo "alternated before and after it gave 87,851 and 106,450 introspections/s before, 86,492 and 86,543 after."
 	echo
 } | replace_section introspection
 echo "bench: introspection done"
