@@ -1028,9 +1028,9 @@ body_release(struct http_req *req)
  * uploads of large bodies, which need no credentials to start, could hold
  * the whole budget and get every request with a body refused, a token
  * request of a few hundred bytes too.  What those bytes cost is bounded by
- * server.max_connections.
+ * server.max_connections: a buffer holding them grows to 32 KiB at most.
  */
-#define BODY_FREE ((size_t)64 * 1024)
+#define BODY_FREE ((size_t)16 * 1024)
 
 static size_t
 body_counted(size_t len)

@@ -391,8 +391,10 @@ live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v
 	for (size_t i = 0; rc == IDP_OK && i < v->n; i++)
 		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, t->scope, may_block, NULL,
 		              reason);
+	/* The subject is the chain's last agent, its scopes checked there. */
 	if (rc == IDP_OK)
-		rc = agent_ok(t->sub, t->iat_s, t->scope, may_block, sub_agent, reason);
+		rc = agent_ok(t->sub, t->iat_s, v->n > 0 ? NULL : t->scope, may_block, sub_agent,
+		              reason);
 	if (rc != IDP_OK)
 		rev_view_release(v);
 	return rc;
@@ -658,7 +660,8 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 		rc = IDP_EINTERNAL;
 		goto release;
 	}
-	e->bytes = sizeof(*e) + e->body_len + strlen(token) / 4 + 256;
+	e->bytes =
+	    sizeof(*e) + e->body_len + strlen(token) / 4 + strlen(e->aud) + strlen(e->scope) + 256;
 	vc_put(e, now);
 	*out = e;
 release:

@@ -664,7 +664,7 @@ bodies_held_at_once_are_bounded(void **state)
 	b = send_on(p.port, head, hl, 10000);
 	assert_int_equal(send(b, body, 524000, MSG_NOSIGNAL), 524000);
 	sleep_ms(500);
-	/* ...count all but their first 64 KiB (916,928 bytes) and leave no
+	/* ...count all but their first 16 KiB (1,015,232 bytes) and leave no
 	 * room for a third of 300,000... */
 	snprintf(head, sizeof(head),
 	         "POST /v1/agents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
