@@ -10,6 +10,7 @@
 #define IDPD_COMMON_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,6 +86,15 @@ char *idp_xasprintf(const char *fmt, ...) IDP_PRINTF(1, 2);
 /* Overwrite a secret so the compiler cannot elide it. */
 void idp_wipe(void *p, size_t n);
 
+/*
+ * The words of a space-separated list (scopes, audiences), one per call:
+ * the next word of *s, *len bytes long, or NULL when none is left; *s moves
+ * past it.  Runs of spaces separate as one.
+ */
+const char *idp_word_next(const char **s, size_t *len);
+/* Whether the word w (len bytes) is one of list's. */
+bool idp_word_listed(const char *list, const char *w, size_t len);
+
 /* Constant-time equality of two byte strings of equal length n. */
 int idp_ct_equal(const void *a, const void *b, size_t n);
 /*
@@ -95,7 +105,7 @@ int idp_ct_equal(const void *a, const void *b, size_t n);
  */
 #define IDP_SHA256_LEN 32
 int idp_sha256(const void *a, size_t alen, const void *b, size_t blen,
-	       uint8_t out[IDP_SHA256_LEN]) IDP_WUR;
+               uint8_t out[IDP_SHA256_LEN]) IDP_WUR;
 
 /* strerror_r wrapper that always yields a string. */
 const char *idp_strerror(int errnum, char *buf, size_t len);

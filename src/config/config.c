@@ -919,21 +919,9 @@ check_audiences(const char *s)
 	for (const char *p = s; *p != '\0'; p++)
 		if ((*p < ' ' || *p >= 0x7f))
 			return "expected printable characters";
-	for (const char *a = s; *a != '\0';) {
-		size_t len = strcspn(a, " ");
-
-		for (const char *b = a + len; *b != '\0';) {
-			size_t blen;
-
-			b += strspn(b, " ");
-			blen = strcspn(b, " ");
-			if (blen == len && strncmp(a, b, len) == 0)
-				return "an audience is listed twice";
-			b += blen;
-		}
-		a += len;
-		a += strspn(a, " ");
-	}
+	for (const char *rest = s, *w; (w = idp_word_next(&rest, &n)) != NULL;)
+		if (idp_word_listed(rest, w, n))
+			return "an audience is listed twice";
 	return NULL;
 }
 

@@ -176,36 +176,17 @@ auth_check_key(const struct auth_keys *k, const char *key, struct auth_principal
 	return IDP_OK;
 }
 
-/* Whether the word w (len bytes) is one of the space-separated list. */
-static bool
-listed(const char *list, const char *w, size_t len)
-{
-	while (*list != '\0') {
-		size_t n = strcspn(list, " ");
-
-		if (n == len && strncmp(list, w, len) == 0)
-			return true;
-		list += n;
-		list += strspn(list, " ");
-	}
-	return false;
-}
-
 bool
 auth_audience_allowed(const struct auth_principal *p, const char *auds)
 {
+	const char *w;
+	size_t n;
+
 	if (p->audiences[0] == '\0')
 		return true;
-	if (auds == NULL)
-		return false;
-	while (*auds != '\0') {
-		size_t n = strcspn(auds, " ");
-
-		if (n > 0 && listed(p->audiences, auds, n))
+	while (auds != NULL && (w = idp_word_next(&auds, &n)) != NULL)
+		if (idp_word_listed(p->audiences, w, n))
 			return true;
-		auds += n;
-		auds += strspn(auds, " ");
-	}
 	return false;
 }
 

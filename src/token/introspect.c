@@ -286,20 +286,16 @@ static bool
 agent_has_scopes(const struct registry_agent *a, const char *scopes)
 {
 	char one[IDP_SCOPE_MAX_LEN + 1];
+	const char *w;
+	size_t n;
 
-	while (scopes != NULL && *scopes != '\0') {
-		size_t n = strcspn(scopes, " ");
-
-		if (n > 0) {
-			if (n > IDP_SCOPE_MAX_LEN)
-				return false;
-			memcpy(one, scopes, n);
-			one[n] = '\0';
-			if (!registry_agent_can(a, one))
-				return false;
-		}
-		scopes += n;
-		scopes += strspn(scopes, " ");
+	while (scopes != NULL && (w = idp_word_next(&scopes, &n)) != NULL) {
+		if (n > IDP_SCOPE_MAX_LEN)
+			return false;
+		memcpy(one, w, n);
+		one[n] = '\0';
+		if (!registry_agent_can(a, one))
+			return false;
 	}
 	return true;
 }

@@ -175,6 +175,32 @@ idp_wipe(void *p, size_t n)
 		OPENSSL_cleanse(p, n);
 }
 
+const char *
+idp_word_next(const char **s, size_t *len)
+{
+	const char *w = *s + strspn(*s, " ");
+
+	if (*w == '\0') {
+		*s = w;
+		return NULL;
+	}
+	*len = strcspn(w, " ");
+	*s = w + *len;
+	return w;
+}
+
+bool
+idp_word_listed(const char *list, const char *w, size_t len)
+{
+	const char *x;
+	size_t n;
+
+	while ((x = idp_word_next(&list, &n)) != NULL)
+		if (n == len && strncmp(x, w, len) == 0)
+			return true;
+	return false;
+}
+
 int
 idp_ct_equal(const void *a, const void *b, size_t n)
 {

@@ -140,18 +140,42 @@ random_id_bytes_differ_across_refills_and_refuse_oversize(void **state)
 	assert_int_equal(idp_random_id_bytes(big, sizeof(big)), IDP_EINVAL);
 }
 
+/* Words of a space-separated list: runs of spaces separate as one, none is empty. */
+static void
+words_walk_a_space_separated_list(void **state)
+{
+	const char *s = "  a bc   def ", *w;
+	const char *want[] = {"a", "bc", "def"};
+	size_t n, i = 0;
+
+	(void)state;
+	while ((w = idp_word_next(&s, &n)) != NULL) {
+		assert_true(i < 3);
+		assert_int_equal(n, strlen(want[i]));
+		assert_memory_equal(w, want[i], n);
+		i++;
+	}
+	assert_int_equal(i, 3);
+	s = "";
+	assert_null(idp_word_next(&s, &n));
+	assert_true(idp_word_listed("x https://a  https://b", "https://b", 9));
+	assert_false(idp_word_listed("x https://ab", "https://a", 9));
+	assert_false(idp_word_listed("", "x", 1));
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(buf_append_respects_cap),
-		cmocka_unit_test(random_id_bytes_differ_across_refills_and_refuse_oversize),
-		cmocka_unit_test(buf_take_hands_over_storage),
-		cmocka_unit_test(diag_joins_lines_and_bounds_size),
-		cmocka_unit_test(duration_parse_accepts_units_only),
-		cmocka_unit_test(time_format_is_rfc3339_utc_ms),
-		cmocka_unit_test(fixed_clock_does_not_move),
-		cmocka_unit_test(ct_equal_compares_bytes),
+	    cmocka_unit_test(words_walk_a_space_separated_list),
+	    cmocka_unit_test(buf_append_respects_cap),
+	    cmocka_unit_test(random_id_bytes_differ_across_refills_and_refuse_oversize),
+	    cmocka_unit_test(buf_take_hands_over_storage),
+	    cmocka_unit_test(diag_joins_lines_and_bounds_size),
+	    cmocka_unit_test(duration_parse_accepts_units_only),
+	    cmocka_unit_test(time_format_is_rfc3339_utc_ms),
+	    cmocka_unit_test(fixed_clock_does_not_move),
+	    cmocka_unit_test(ct_equal_compares_bytes),
 	};
 	return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }
