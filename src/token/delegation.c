@@ -416,8 +416,10 @@ subject_of(const struct deleg *g)
 /*
  * Every agent on the stored chain allows depth and is still what its link
  * was issued to: active, and not revoked after the link (a suspension cuts
- * the links before it, a resume does not bring them back), as introspection
- * and POST /v1/token judge the chain; false with g->reason otherwise.
+ * the links before it, a resume does not bring them back), and still holds
+ * the scopes passed on (an ancestor's narrowed capabilities bind every
+ * delegation below it), as introspection and POST /v1/token judge the
+ * chain; false with g->reason otherwise.
  */
 static bool
 chain_ok(struct deleg *g, PGresult *r, int depth)
@@ -453,6 +455,13 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 			registry_agent_unref(a);
 			g->reason = "chain_agent_inactive";
 			return false;
+		}
+		for (size_t j = 0; j < g->sc.n; j++) {
+			if (!registry_agent_can(a, g->sc.v[j])) {
+				registry_agent_unref(a);
+				g->reason = "scope_outside_chain_capabilities";
+				return false;
+			}
 		}
 		registry_agent_unref(a);
 	}

@@ -459,27 +459,35 @@ deployment_verbs_decide_what_read_only_delegation_allows(void **state)
 /* PATCH planning-agent's capabilities (a JSON array text) as the registrar, with its current ETag.
  */
 static void
-set_planner_capabilities(struct setting *w, const char *caps)
+patch_agent(struct setting *w, const char *id, const char *body)
 {
-	char url[256], auth[128], match[160], body[256];
+	char url[256], auth[128], match[160];
 	const char *get_h[] = {auth, NULL};
 	const char *patch_h[] = {auth, "Content-Type: application/json", match, NULL};
 	struct http_resp r;
 	char etag[128];
 
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", w->w.k.registrar);
-	snprintf(url, sizeof(url), "%s/v1/agents/planning-agent", w->w.p.base);
+	snprintf(url, sizeof(url), "%s/v1/agents/%s", w->w.p.base, id);
 	assert_int_equal(harness_http("GET", url, get_h, NULL, 0, &r), 0);
 	assert_int_equal(r.status, 200);
 	assert_true(harness_resp_header(&r, "ETag", etag, sizeof(etag)));
 	harness_resp_free(&r);
 	snprintf(match, sizeof(match), "If-Match: %s", etag);
-	snprintf(body, sizeof(body), "{\"capabilities\":%s}", caps);
 	assert_int_equal(harness_http("PATCH", url, patch_h, body, strlen(body), &r), 0);
 	if (r.status != 200)
 		fprintf(stderr, "PATCH: %ld %s\n", r.status, r.body);
 	assert_int_equal(r.status, 200);
 	harness_resp_free(&r);
+}
+
+static void
+set_planner_capabilities(struct setting *w, const char *caps)
+{
+	char body[256];
+
+	snprintf(body, sizeof(body), "{\"capabilities\":%s}", caps);
+	patch_agent(w, "planning-agent", body);
 }
 
 /*
@@ -533,6 +541,10 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 
 	(void)state;
 	setting_start(&w, "t_deleg_narrow", "[]");
+	/* Room for cloud-agent to delegate on, to sub-agent. */
+	patch_agent(&w, "cloud-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":3,"
+	            "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}");
 	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
 	                       "cloud:DescribeInstances", NULL);
 	assert_int_equal(cloud_token_out(&w, child, code, sizeof(code), &access), 200);
@@ -568,11 +580,16 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 	}
 	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
 	               "scope_outside_capabilities");
+	/* Nor can the delegate pass on, further down, what its delegator lost. */
+	expect_refusal(&w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL,
+	               "scope_outside_chain_capabilities");
 
 	set_planner_capabilities(&w, "[\"cloud:Describe*\",\"reports:write\"]");
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
 	assert_true(world_active(&w.w, access, NULL));
 	assert_true(world_active(&w.w, child, NULL));
+	free(access);
+	access = world_delegate(&w.w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL);
 	free(access);
 	free(child);
 	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
