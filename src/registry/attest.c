@@ -161,16 +161,16 @@ static int
 attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
 {
 	static struct store_stmt tokens = {
-		"cleanup_join_tokens",
-		"DELETE FROM agent_join_tokens WHERE id IN (SELECT id FROM agent_join_tokens "
-		"WHERE coalesce(used_at, expires_at) < to_timestamp($1::bigint / 1000.0) "
-		"LIMIT $2::int)",
-		2, 0};
+	    "cleanup_join_tokens",
+	    "DELETE FROM agent_join_tokens WHERE id IN (SELECT id FROM agent_join_tokens "
+	    "WHERE coalesce(used_at, expires_at) < to_timestamp($1::bigint / 1000.0) "
+	    "LIMIT $2::int)",
+	    2, 0};
 	static struct store_stmt creds = {
-		"cleanup_credentials",
-		"DELETE FROM agent_credentials WHERE jti IN (SELECT jti FROM agent_credentials "
-		"WHERE expires_at < to_timestamp($1::bigint / 1000.0) LIMIT $2::int)",
-		2, 0};
+	    "cleanup_credentials",
+	    "DELETE FROM agent_credentials WHERE jti IN (SELECT jti FROM agent_credentials "
+	    "WHERE expires_at < to_timestamp($1::bigint / 1000.0) LIMIT $2::int)",
+	    2, 0};
 	char cutoff[24];
 	const char *params[2] = {cutoff, ATTEST_CLEANUP_BATCH};
 	PGresult *r;
@@ -184,7 +184,7 @@ attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, str
 		return rc;
 	}
 	json_object_set_new(counts, "join_tokens_deleted",
-			    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	                    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
 	PQclear(r);
 	rc = store_exec(run->conn, &creds, params, &r);
 	if (rc != IDP_OK) {
@@ -192,7 +192,7 @@ attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, str
 		return rc;
 	}
 	json_object_set_new(counts, "credentials_deleted",
-			    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
+	                    json_integer(strtoll(PQcmdTuples(r), NULL, 10)));
 	PQclear(r);
 	return IDP_OK;
 }
@@ -498,7 +498,15 @@ attest(struct http_req *req, void *ctx)
 			                                 ? "suspended"
 			                                 : "decommissioned"),
 			                   "the agent is not active and cannot attest");
-		else
+		else if (at.retry_after_s > 0) {
+			char ra[24];
+
+			snprintf(ra, sizeof(ra), "%lld", (long long)at.retry_after_s);
+			http_add_header(req, "Retry-After", ra);
+			http_reply_problem(req, 503, "unavailable", NULL,
+			                   "the agent was resumed moments ago; a credential issued "
+			                   "before its revocation epoch would be born revoked");
+		} else
 			http_reply_error(req, rc, "the attestation could not be completed");
 		goto done;
 	}

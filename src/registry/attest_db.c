@@ -41,14 +41,17 @@ static struct store_stmt st_join_spend = {
     "attest_join_spend",
     "UPDATE agent_join_tokens SET used_at = now() "
     "WHERE token_hash = $1 AND agent_id = $2 AND used_at IS NULL AND expires_at > now() "
-    "RETURNING id",
-    2, 0};
+    "AND created_at > coalesce((SELECT revocation_epoch FROM agents WHERE id = $2) - "
+    "$3::bigint * interval '1 millisecond', '-infinity') RETURNING id",
+    3, 0};
 
 static struct store_stmt st_join_why = {
     "attest_join_why",
-    "SELECT agent_id = $2, used_at IS NOT NULL, expires_at <= now() "
+    "SELECT agent_id = $2, used_at IS NOT NULL, expires_at <= now(), created_at <= "
+    "coalesce((SELECT revocation_epoch FROM agents WHERE id = $2) - $3::bigint * "
+    "interval '1 millisecond', '-infinity') "
     "FROM agent_join_tokens WHERE token_hash = $1",
-    2, 0};
+    3, 0};
 
 static struct store_stmt st_cred_insert = {
     "attest_cred_insert",
@@ -216,9 +219,9 @@ done:
 
 /* Why spending a join token matched nothing: for the audit event only. */
 static const char *
-join_failure(struct store_conn *c, const char *hash, const char *agent_id)
+join_failure(struct store_conn *c, const char *hash, const char *agent_id, const char *leeway)
 {
-	const char *params[2] = {hash, agent_id};
+	const char *params[3] = {hash, agent_id, leeway};
 	const char *why = "join_token_unknown";
 	PGresult *r;
 
@@ -231,6 +234,8 @@ join_failure(struct store_conn *c, const char *hash, const char *agent_id)
 			why = "join_token_used";
 		else if (strcmp(PQgetvalue(r, 0, 2), "t") == 0)
 			why = "join_token_expired";
+		else if (strcmp(PQgetvalue(r, 0, 3), "t") == 0)
+			why = "join_token_revoked";
 		else
 			why = "join_token_rejected";
 	}
@@ -262,7 +267,7 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	struct keys *km = keys_process();
 	struct attest_identity id = {conf->trust_domain, conf->issuer, conf->audience};
 	const char *params[7];
-	char iat_s[24], expv[24], now_ms_s[24], exp_text[32], tid[24];
+	char iat_s[24], expv[24], now_ms_s[24], exp_text[32], tid[24], leeway[24];
 	json_t *claims = NULL;
 	int64_t not_after = 0, now_ms, iat;
 	PGresult *r;
@@ -277,15 +282,21 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	if (rc != IDP_OK)
 		goto done;
 	if (at->join_hash != NULL) {
+		/* A join token made before the agent's last suspension is
+		 * dead with its credentials; the epoch minus the leeway is the
+		 * suspension's own instant, on PostgreSQL's clock like
+		 * created_at. */
+		snprintf(leeway, sizeof(leeway), "%lld", (long long)conf->leeway_ms);
 		params[0] = at->join_hash;
 		params[1] = at->agent_id;
+		params[2] = leeway;
 		rc = store_exec(c, &st_join_spend, params, &r);
 		if (rc != IDP_OK)
 			goto done;
 		if (PQntuples(r) != 1) {
 			PQclear(r);
 			rollback(c);
-			at->reason = join_failure(c, at->join_hash, at->agent_id);
+			at->reason = join_failure(c, at->join_hash, at->agent_id, leeway);
 			rc = IDP_EUNAUTH;
 			goto done_released;
 		}
@@ -323,13 +334,24 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 		goto done;
 	}
 
+	/*
+	 * Just after a resume the revocation epoch (the suspension plus
+	 * identity.leeway) may still be ahead: a credential signed now would
+	 * be born revoked.  Refuse before anything is spent, and say when.
+	 */
+	now_ms = idp_now_ms(clock);
+	if (registry_issued_before_revocation(a, now_ms / 1000)) {
+		at->reason = "revocation_epoch_ahead";
+		at->retry_after_s = a->revocation_epoch_ms / 1000 - now_ms / 1000 + 1;
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
 	rc = keys_signing_key(km, &key, &not_after);
 	if (rc != IDP_OK)
 		goto done;
 	rc = attest_jti_new(jti);
 	if (rc != IDP_OK)
 		goto done;
-	now_ms = idp_now_ms(clock);
 	claims = attest_credential_claims(&id, a->id, jti, now_ms, a->credential_rotation_ms,
 	                                  not_after, keys_max_token_lifetime_ms(km));
 	if (claims == NULL) {

@@ -78,6 +78,8 @@ struct attest_attempt {
 	char failed_sel[300]; /* the selector that failed, if one did ("" if none) */
 	json_t *matched;      /* jwt: the selectors matched (array), owned by the attempt */
 	int64_t join_token_id;
+	/* > 0: an IDP_EUNAVAIL that passes by then (a revocation epoch ahead) */
+	int64_t retry_after_s;
 };
 
 /*
@@ -87,7 +89,10 @@ struct attest_attempt {
  * credential_last_rotated, emit agent.attested, commit, publish the new
  * record.  Returns IDP_OK with *credential (caller frees), *jti_out,
  * *exp_s; IDP_EUNAUTH (a->reason set) for wrong evidence; IDP_EFORBIDDEN
- * (a->reason "agent_suspended" / "agent_decommissioned"); IDP_EUNAVAIL.
+ * (a->reason "agent_suspended" / "agent_decommissioned"); IDP_EUNAVAIL, with
+ * a->retry_after_s set when it is the agent's revocation epoch, still ahead
+ * just after a resume (a->reason "revocation_epoch_ahead"); nothing is
+ * spent then.
  * Emits nothing on failure: the caller records agent.attestation_failed.
  */
 int attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,

@@ -98,7 +98,8 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 	static struct store_stmt find = {
 	    "cleanup_stale_find",
 	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' AND "
-	    "coalesce(last_active, created_at) < to_timestamp($1::bigint / 1000.0) "
+	    "greatest(coalesce(last_active, created_at), coalesce(status_changed_at, created_at)) "
+	    "< to_timestamp($1::bigint / 1000.0) "
 	    "ORDER BY id LIMIT $2::int",
 	    2, 0};
 	struct registry_settings s;
@@ -346,4 +347,3 @@ registry_register_jobs(void)
 	rc |= maintenance_register("audit_chains", audit_chains_resync, NULL);
 	return rc == 0 ? IDP_OK : IDP_EINVAL;
 }
-

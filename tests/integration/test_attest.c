@@ -137,6 +137,9 @@ make_keys(void)
 	         h1, h2, h3);
 }
 
+/* identity.leeway of the next start(). */
+static const char *leeway = "0s";
+
 static void
 start(struct idpd_proc *p, const char *db, const char *identity)
 {
@@ -144,7 +147,7 @@ start(struct idpd_proc *p, const char *db, const char *identity)
 
 	make_keys();
 	snprintf(toml, sizeof(toml),
-	         "[identity]\ntrust_domain = \"example.org\"\nleeway = \"0s\"\n%s\n"
+	         "[identity]\ntrust_domain = \"example.org\"\nleeway = \"%s\"\n%s\n"
 	         "[[attestors]]\nname = \"k8s\"\nissuer = \"" K8S_ISS "\"\naudience = \"idpd\"\n"
 	         "jwks_file = \"%s\"\nalgs = [\"RS256\"]\n"
 	         "selectors = \"k8s:ns=kubernetes.io/namespace "
@@ -152,7 +155,7 @@ start(struct idpd_proc *p, const char *db, const char *identity)
 	         "[[attestors]]\nname = \"spire\"\nissuer = \"" SPIRE_ISS
 	         "\"\naudience = \"idpd\"\n"
 	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nselectors = \"spiffe_id=sub\"\n%s",
-	         identity ? identity : "", jwks_k8s, jwks_spire, keys_toml);
+	         leeway, identity ? identity : "", jwks_k8s, jwks_spire, keys_toml);
 	assert_int_equal(harness_idpd_start(p, db, NULL, toml), 0);
 }
 
@@ -605,14 +608,19 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 	join_token(&p, "planner-2", tok2, sizeof(tok2));
 	assert_int_equal(
 	    harness_status(&p, "POST", "/v1/agents/planner-1/suspend", registrar_key, NULL), 200);
+	/* The join token made before the suspension died with it ... */
+	assert_int_equal(attest_join(&p, "planner-1", tok, NULL, 0), 401);
+	assert_last_failure("t_att_status", "planner-1", "join_token_revoked");
+	/* ... and one made since proves the agent, which is suspended. */
+	join_token(&p, "planner-1", tok, sizeof(tok));
 	assert_int_equal(attest_join(&p, "planner-1", tok, NULL, 0), 403);
 	assert_last_failure("t_att_status", "planner-1", "agent_suspended");
 	call(&p, "POST", "/v1/agents/planner-2/decommission", registrar_key,
 	     "{\"reason\":\"retired\"}", &r);
 	assert_int_equal(r.status, 200);
 	harness_resp_free(&r);
-	assert_int_equal(attest_join(&p, "planner-2", tok2, NULL, 0), 403);
-	assert_last_failure("t_att_status", "planner-2", "agent_decommissioned");
+	assert_int_equal(attest_join(&p, "planner-2", tok2, NULL, 0), 401);
+	assert_last_failure("t_att_status", "planner-2", "join_token_revoked");
 	/* No join token for a decommissioned agent. */
 	assert_int_equal(
 	    harness_status(&p, "POST", "/v1/agents/planner-2/join-tokens", registrar_key, NULL),
@@ -633,10 +641,56 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 		free(intruder);
 		free(own);
 	}
-	/* The refused attempt did not spend the token: resumed, the agent attests. */
+	/* The refused attempt did not spend the token made during the
+	 * suspension: resumed, the agent attests with it. */
 	assert_int_equal(
 	    harness_status(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL), 200);
+	sleep_ms(1100); /* past the suspension's second: the epoch is behind */
 	assert_int_equal(attest_join(&p, "planner-1", tok, NULL, 0), 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/*
+ * Within identity.leeway of a resume the agent's revocation epoch is still
+ * ahead: a credential signed then would be revoked at birth.  The attempt
+ * gets 503 with Retry-After and spends nothing; the retry then works.
+ */
+static void
+attest_just_after_a_resume_waits_for_the_epoch(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char tok[128], body[512], ra[16], cred[2048], used[16];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_epoch"), 0);
+	leeway = "2s";
+	start(&p, "t_att_epoch", NULL);
+	leeway = "0s";
+	register_agent(&p, "planner-1", NULL);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/planner-1/suspend", registrar_key, NULL), 200);
+	assert_int_equal(
+	    harness_status(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL), 200);
+	join_token(&p, "planner-1", tok, sizeof(tok));
+	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}", tok);
+	attest(&p, "planner-1", body, &r);
+	if (r.status != 503)
+		fprintf(stderr, "attest: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 503);
+	assert_true(harness_resp_header(&r, "Retry-After", ra, sizeof(ra)));
+	assert_true(atoi(ra) >= 1 && atoi(ra) <= 3);
+	harness_resp_free(&r);
+	assert_last_failure("t_att_epoch", "planner-1", "revocation_epoch_ahead");
+	assert_int_equal(harness_sql_value("t_att_epoch",
+	                                   "SELECT count(*) FROM agent_join_tokens WHERE used_at "
+	                                   "IS NOT NULL",
+	                                   used, sizeof(used)),
+	                 0);
+	assert_string_equal(used, "0");
+	sleep_ms(atoi(ra) * 1000 + 100);
+	assert_int_equal(attest_join(&p, "planner-1", tok, cred, sizeof(cred)), 200);
+	assert_int_equal(me_status(&p, cred), 200);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
@@ -884,6 +938,7 @@ main(void)
 	    cmocka_unit_test(join_token_expired_or_for_another_agent_is_refused),
 	    cmocka_unit_test(join_token_concurrent_uses_succeed_exactly_once),
 	    cmocka_unit_test(suspended_or_decommissioned_agent_cannot_attest),
+	    cmocka_unit_test(attest_just_after_a_resume_waits_for_the_epoch),
 	    cmocka_unit_test(jwt_attestation_with_kubernetes_and_spire_tokens),
 	    cmocka_unit_test(jwt_attestation_refuses_wrong_issuer_audience_alg_and_expiry),
 	    cmocka_unit_test(credential_revoked_suspended_or_decommissioned_does_not_authenticate),

@@ -951,6 +951,17 @@ cleanup_reports_or_suspends_stale_agents_idempotently(void **state)
 	          "count(*) FILTER (WHERE type = 'maintenance.cleanup') FROM audit_events",
 	          n, sizeof(n));
 	assert_string_equal(n, "3|3");
+	/* A resume restarts the idle clock: the next run leaves the agent be. */
+	call(&p, "POST", "/v1/agents/idle-old/resume", registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "suspended"), 0);
+	harness_resp_free(&r);
+	call(&p, "GET", "/v1/agents/idle-old", auditor_key, NULL, NULL, &r);
+	assert_string_equal(jstr(r.json, "status"), "active");
+	harness_resp_free(&r);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
