@@ -76,6 +76,36 @@ actor_of(struct http_req *req, const struct auth_principal *who, struct registry
 }
 
 /*
+ * If-None-Match: "*", or a list of entity tags compared weakly (RFC 9110
+ * 13.1.2), so W/"7" and "3", "7" both hit version 7.  A tag that is not
+ * quoted ends the walk: what follows cannot be read as a list.
+ */
+static bool
+if_none_match_hits(const char *h, int64_t version)
+{
+	char etag[32];
+	size_t n = (size_t)snprintf(etag, sizeof(etag), "\"%lld\"", (long long)version);
+
+	for (;;) {
+		const char *close;
+
+		while (*h == ' ' || *h == '\t' || *h == ',')
+			h++;
+		if (*h == '\0')
+			return false;
+		if (*h == '*')
+			return true;
+		if (strncmp(h, "W/", 2) == 0)
+			h += 2;
+		if (*h != '"' || (close = strchr(h + 1, '"')) == NULL)
+			return false;
+		if ((size_t)(close + 1 - h) == n && memcmp(h, etag, n) == 0)
+			return true;
+		h = close + 1;
+	}
+}
+
+/*
  * If-Match: one strong ETag ("7") or "*".  Returns 0 with *version set
  * (-1 for "*" or no header), or -1 for a value idpd never issued, after
  * answering 400.
@@ -207,16 +237,11 @@ get_one(struct http_req *req, void *ctx)
 		return;
 	}
 	inm = http_req_header(req, "If-None-Match");
-	if (inm != NULL) {
-		char etag[32];
-
-		snprintf(etag, sizeof(etag), "\"%lld\"", (long long)a->version);
-		if (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0) {
-			set_etag(req, a);
-			registry_agent_unref(a);
-			http_reply_empty(req, 304);
-			return;
-		}
+	if (inm != NULL && if_none_match_hits(inm, a->version)) {
+		set_etag(req, a);
+		registry_agent_unref(a);
+		http_reply_empty(req, 304);
+		return;
 	}
 	reply_agent(req, 200, a);
 	registry_agent_unref(a);
@@ -346,7 +371,8 @@ list(struct http_req *req, void *ctx)
 		/* IDP_EINVAL is a filter value PostgreSQL cannot take, such as
 		 * invalid UTF-8: the client's error (400), not ours. */
 		http_reply_error(req, rc == IDP_EINVAL ? IDP_EINVAL : IDP_EUNAVAIL,
-		                 rc == IDP_EINVAL ? "a filter value is not valid text" : "the registry query failed");
+		                 rc == IDP_EINVAL ? "a filter value is not valid text"
+		                                  : "the registry query failed");
 		return;
 	}
 	rows = PQntuples(res);

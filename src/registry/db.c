@@ -430,12 +430,15 @@ registry_db_patch(struct store *st, const char *id, int64_t if_match, const json
 	rc = read_one(c, &st_lock, id, &cur);
 	if (rc != IDP_OK)
 		goto done;
-	if (if_match >= 0 && cur->version != if_match) {
-		rc = IDP_EPRECOND;
-		goto done;
-	}
+	/* A request that fails without its precondition fails so with it
+	 * (RFC 9110 13.2.1): a stale ETag does not hide that the agent is
+	 * decommissioned for good. */
 	if (cur->status == REGISTRY_DECOMMISSIONED) {
 		rc = IDP_ECONFLICT;
+		goto done;
+	}
+	if (if_match >= 0 && cur->version != if_match) {
+		rc = IDP_EPRECOND;
 		goto done;
 	}
 	base = agent_writable_json(cur);
@@ -539,12 +542,13 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	if (rc != IDP_OK)
 		goto done;
 	*from = cur->status;
-	if (if_match >= 0 && cur->version != if_match) {
-		rc = IDP_EPRECOND;
-		goto done;
-	}
+	/* The conflict first, as in a patch (RFC 9110 13.2.1). */
 	if (!transition_allowed(cur->status, to)) {
 		rc = IDP_ECONFLICT;
+		goto done;
+	}
+	if (if_match >= 0 && cur->version != if_match) {
+		rc = IDP_EPRECOND;
 		goto done;
 	}
 	params[0] = id;

@@ -205,6 +205,19 @@ register_then_read_back_with_location_etag_and_audit(void **state)
 	assert_int_equal(status_of(&p, "GET", "/v1/agents/agent-planning-prod-001", auditor_key,
 	                           NULL, "If-None-Match: \"1\""),
 	                 304);
+	/* Compared weakly, and any tag of a list may match (RFC 9110 13.1.2). */
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/agent-planning-prod-001", auditor_key,
+	                           NULL, "If-None-Match: W/\"1\""),
+	                 304);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/agent-planning-prod-001", auditor_key,
+	                           NULL, "If-None-Match: \"0\", W/\"1\""),
+	                 304);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/agent-planning-prod-001", auditor_key,
+	                           NULL, "If-None-Match: \"0\", \"11\""),
+	                 200);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/agent-planning-prod-001", auditor_key,
+	                           NULL, "If-None-Match: 1"),
+	                 200);
 	assert_int_equal(status_of(&p, "GET", "/v1/agents/no-such-agent", auditor_key, NULL, NULL),
 	                 404);
 	assert_int_equal(status_of(&p, "GET", "/v1/agents/Not%20Valid", auditor_key, NULL, NULL),
@@ -618,6 +631,13 @@ transitions_suspend_resume_and_decommission_is_terminal(void **state)
 	                 409);
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/cycle-agent", registrar_key,
 	                           "{\"team\":\"x\"}", "If-Match: \"4\""),
+	                 409);
+	/* A stale ETag does not hide that it is final (RFC 9110 13.2.1). */
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/cycle-agent", registrar_key,
+	                           "{\"team\":\"x\"}", "If-Match: \"1\""),
+	                 409);
+	assert_int_equal(status_of(&p, "POST", "/v1/agents/cycle-agent/resume", registrar_key, NULL,
+	                           "If-Match: \"1\""),
 	                 409);
 	/* The id is never reused. */
 	{
