@@ -674,11 +674,13 @@ check_credential(const char *path, const json_t *v, json_t *errors)
 	type = json_object_get(v, "type");
 	if (type != NULL && !json_is_null(type)) {
 		snprintf(p, sizeof(p), "%s.type", path);
+		/* What attestation issues: a record must not promise X.509. */
 		if (!json_is_string(type) ||
-		    (strcmp(json_string_value(type), "spiffe-jwt-svid") != 0 &&
-		     strcmp(json_string_value(type), "spiffe-x509-svid") != 0)) {
-			agent_error(errors, p,
-			            "must be \"spiffe-jwt-svid\" or \"spiffe-x509-svid\"");
+		    strcmp(json_string_value(type), "spiffe-jwt-svid") != 0) {
+			agent_error(
+			    errors, p,
+			    "must be \"spiffe-jwt-svid\": idpd issues identity credentials as "
+			    "JWTs, not X.509 SVIDs");
 			bad = true;
 		} else {
 			tname = json_string_value(type);

@@ -188,6 +188,28 @@ valid_registration_is_normalised_with_defaults(void **state)
 	json_decref(errors);
 }
 
+/* idpd signs JWT credentials only: a type it would not issue is refused, not stored. */
+static void
+credential_type_is_what_idpd_issues(void **state)
+{
+	json_t *in = parse(valid_body), *errors = json_array(), *norm;
+
+	(void)state;
+	json_object_set_new(in, "credential", json_pack("{s:s}", "type", "spiffe-x509-svid"));
+	norm = agent_input_validate(in, errors);
+	assert_null(norm);
+	assert_true(has_error(errors, "credential.type"));
+	json_decref(errors);
+	errors = json_array();
+	json_object_set_new(in, "credential", json_pack("{s:s}", "type", "spiffe-jwt-svid"));
+	norm = agent_input_validate(in, errors);
+	assert_non_null(norm);
+	assert_int_equal(json_array_size(errors), 0);
+	json_decref(norm);
+	json_decref(errors);
+	json_decref(in);
+}
+
 static void
 every_problem_is_reported_with_its_field(void **state)
 {
@@ -966,6 +988,7 @@ main(void)
 	    cmocka_unit_test(email_owners_normalise_to_lower_case_subjects_do_not),
 	    cmocka_unit_test(valid_registration_is_normalised_with_defaults),
 	    cmocka_unit_test(every_problem_is_reported_with_its_field),
+	    cmocka_unit_test(credential_type_is_what_idpd_issues),
 	    cmocka_unit_test(required_fields_and_empty_capabilities_are_refused),
 	    cmocka_unit_test(limits_on_list_sizes_and_lengths_hold),
 	    cmocka_unit_test(self_delegation_is_refused),
