@@ -59,6 +59,16 @@ struct attest_selector_map *attest_selector_map_parse(const char *s, struct idp_
 void attest_selector_map_free(struct attest_selector_map *m);
 
 /*
+ * A prefix of a under which some selector would also be read by b (the
+ * same prefix, or one of them the other plus ":..."), or NULL when none.
+ * Two attestors must not share one: an agent's selectors would not say
+ * which of them has to vouch for it, so another cluster's workload with
+ * the same namespace and service account would attest as the agent.
+ */
+const char *attest_selector_maps_overlap(const struct attest_selector_map *a,
+                                         const struct attest_selector_map *b);
+
+/*
  * Check that claims satisfy every selector of sel[0..n).  None at all is a
  * failure ("no_selectors"): an agent nobody described cannot be attested by
  * a workload token.  Each selector is read with the longest prefix of m

@@ -116,6 +116,21 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 			conf_free(c);
 			return NULL;
 		}
+		for (size_t j = 0; j + 1 < c->n_attestors; j++) {
+			const char *p = attest_selector_maps_overlap(at->map, c->attestors[j].map);
+
+			if (p != NULL) {
+				idp_diag_add(
+				    diag,
+				    "attestors \"%s\" and \"%s\" both read selectors under "
+				    "\"%s\": give each attestor prefixes of its own (e.g. "
+				    "\"k8s-prod:ns\"), so an agent's selectors name the attestor "
+				    "that must vouch for it",
+				    c->attestors[j].name, ac->name, p);
+				conf_free(c);
+				return NULL;
+			}
+		}
 	}
 	return c;
 }

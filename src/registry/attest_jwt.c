@@ -119,6 +119,28 @@ fail:
 	return NULL;
 }
 
+/* Whether one selector could be read by both p and q: equal, or one is the other and ':' more. */
+static bool
+prefixes_overlap(const char *p, const char *q)
+{
+	size_t np = strlen(p), nq = strlen(q);
+
+	if (np < nq)
+		return prefixes_overlap(q, p);
+	return strncmp(p, q, nq) == 0 && (p[nq] == '\0' || p[nq] == ':');
+}
+
+const char *
+attest_selector_maps_overlap(const struct attest_selector_map *a,
+                             const struct attest_selector_map *b)
+{
+	for (size_t i = 0; i < a->n; i++)
+		for (size_t j = 0; j < b->n; j++)
+			if (prefixes_overlap(a->e[i].prefix, b->e[j].prefix))
+				return a->e[i].prefix;
+	return NULL;
+}
+
 void
 attest_selector_map_free(struct attest_selector_map *m)
 {

@@ -694,6 +694,32 @@ attest_just_after_a_resume_waits_for_the_epoch(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * Two clusters' attestors that read the same selectors would let a workload
+ * of one attest as an agent meant for the other: idpd refuses to start.
+ */
+static void
+attestors_reading_the_same_selectors_are_refused(void **state)
+{
+	struct idpd_proc p;
+	char toml[8192];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_overlap"), 0);
+	make_keys();
+	snprintf(toml, sizeof(toml),
+	         "[identity]\ntrust_domain = \"example.org\"\n"
+	         "[[attestors]]\nname = \"k8s-prod\"\nissuer = \"" K8S_ISS
+	         "\"\naudience = \"idpd\"\n"
+	         "jwks_file = \"%s\"\nselectors = \"k8s:ns=kubernetes.io/namespace\"\n"
+	         "[[attestors]]\nname = \"k8s-staging\"\nissuer = \"https://staging.example\"\n"
+	         "audience = \"idpd\"\njwks_file = \"%s\"\n"
+	         "selectors = \"k8s=kubernetes.io/namespace\"\n%s",
+	         jwks_k8s, jwks_k8s, keys_toml);
+	assert_int_equal(harness_idpd_start(&p, "t_att_overlap", NULL, toml), -1);
+	assert_true(harness_log_contains(&p, "both read selectors under"));
+}
+
 /* ---- jwt attestation ---- */
 
 static void
@@ -939,6 +965,7 @@ main(void)
 	    cmocka_unit_test(join_token_concurrent_uses_succeed_exactly_once),
 	    cmocka_unit_test(suspended_or_decommissioned_agent_cannot_attest),
 	    cmocka_unit_test(attest_just_after_a_resume_waits_for_the_epoch),
+	    cmocka_unit_test(attestors_reading_the_same_selectors_are_refused),
 	    cmocka_unit_test(jwt_attestation_with_kubernetes_and_spire_tokens),
 	    cmocka_unit_test(jwt_attestation_refuses_wrong_issuer_audience_alg_and_expiry),
 	    cmocka_unit_test(credential_revoked_suspended_or_decommissioned_does_not_authenticate),

@@ -81,6 +81,33 @@ selector_map_rejects_malformed_entries(void **state)
 	map_bad("a=b/c/d/e/f/g/h/i/j", "non-empty names");
 }
 
+/* Two attestors may not read the same selectors: which one vouches would be unsaid. */
+static void
+selector_maps_of_two_attestors_must_not_overlap(void **state)
+{
+	struct attest_selector_map *prod = map_ok("k8s:ns=ns k8s:sa=sa");
+	struct attest_selector_map *same = map_ok("k8s:ns=ns k8s:sa=sa");
+	struct attest_selector_map *wider = map_ok("k8s=ns");
+	struct attest_selector_map *longer = map_ok("k8s:sa:x=sa");
+	struct attest_selector_map *own = map_ok("k8s-staging:ns=ns k8s-staging:sa=sa");
+	struct attest_selector_map *spire = map_ok("spiffe_id=sub");
+
+	(void)state;
+	assert_non_null(attest_selector_maps_overlap(prod, same));
+	assert_string_equal(attest_selector_maps_overlap(prod, wider), "k8s:ns");
+	assert_string_equal(attest_selector_maps_overlap(wider, prod), "k8s");
+	assert_string_equal(attest_selector_maps_overlap(prod, longer), "k8s:sa");
+	assert_null(attest_selector_maps_overlap(prod, own));
+	assert_null(attest_selector_maps_overlap(own, prod));
+	assert_null(attest_selector_maps_overlap(prod, spire));
+	attest_selector_map_free(prod);
+	attest_selector_map_free(same);
+	attest_selector_map_free(wider);
+	attest_selector_map_free(longer);
+	attest_selector_map_free(own);
+	attest_selector_map_free(spire);
+}
+
 static void
 selectors_match_kubernetes_service_account_claims(void **state)
 {
@@ -422,6 +449,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(selector_map_rejects_malformed_entries),
+	    cmocka_unit_test(selector_maps_of_two_attestors_must_not_overlap),
 	    cmocka_unit_test(selectors_match_kubernetes_service_account_claims),
 	    cmocka_unit_test(selectors_match_spire_jwt_svid_subject),
 	    cmocka_unit_test(selectors_refuse_mismatch_missing_unmapped_and_none),
