@@ -89,6 +89,7 @@ struct section {
 
 static const char *check_ip(const char *s);
 static const char *check_label(const char *s);
+static const char *check_idp_name(const char *s);
 static const char *check_verb(const char *s);
 static const char *check_sha256(const char *s);
 static const char *check_trust_domain(const char *s);
@@ -192,7 +193,7 @@ static const struct key idp_keys[] = {
      .flags = K_RELOAD | K_REQUIRED | K_UNIQUE,
      .min = 1,
      .max = 64,
-     .check = check_label,
+     .check = check_idp_name,
      .help = "label of the identity provider; named in audit events"},
     {.name = "issuer",
      STRING_AT(struct idpd_idp_cfg, issuer),
@@ -858,6 +859,20 @@ check_label(const char *s)
 			return "expected only letters, digits, '.', '_', '-' and ':'";
 	}
 	return NULL;
+}
+
+/*
+ * An owner "idp:subject" is split at its first ':', so an IdP named
+ * "okta:eu" would make owner "okta:eu:00u1" the subject "eu:00u1" of IdP
+ * "okta" and the subject "00u1" of "okta:eu" at once: two people.
+ */
+static const char *
+check_idp_name(const char *s)
+{
+	if (strchr(s, ':') != NULL)
+		return "expected only letters, digits, '.', '_' and '-' (an owner \"idp:subject\" "
+		       "ends the IdP's name at the first ':')";
+	return check_label(s);
 }
 
 const char *

@@ -113,6 +113,24 @@ assert_defaults(const struct idpd_config *c)
 	assert_int_equal(c->n_api_keys, 0);
 }
 
+/* An owner "idp:subject" ends the IdP's name at its first ':', so no name may hold one. */
+static void
+idp_name_holds_no_colon(void **state)
+{
+	static const char fmt[] = "[[idp]]\nname = \"%s\"\nissuer = \"https://idp.example\"\n"
+	                          "audience = \"idpd\"\njwks_file = \"/etc/idpd/idp.jwks.json\"\n";
+	char text[512];
+	struct idpd_config *c;
+
+	(void)state;
+	snprintf(text, sizeof(text), fmt, "okta:eu");
+	assert_non_null(strstr(load_fail(text, IDP_EUNPROCESSABLE, NULL), "idp:subject"));
+	snprintf(text, sizeof(text), fmt, "okta-eu");
+	c = load_ok(text);
+	assert_string_equal(c->idps[0].name, "okta-eu");
+	idpd_config_free(c);
+}
+
 static void
 config_defaults_match_the_documented_values(void **state)
 {
@@ -992,6 +1010,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(config_defaults_match_the_documented_values),
+	    cmocka_unit_test(idp_name_holds_no_colon),
 	    cmocka_unit_test(config_reads_every_key_type),
 	    cmocka_unit_test(config_accepts_dotted_keys_for_tables),
 	    cmocka_unit_test(config_free_null_is_noop),
