@@ -1085,16 +1085,18 @@ reply(struct http_req *req, struct access_grant *g)
 		reply_issued(req, g);
 		return;
 	case 202: {
-		char loc[128];
+		char loc[128], when[32];
 
+		/* The shape of the delegation's 202, so one client handles both. */
+		idp_time_format(g->approval_expires_s * 1000, when);
 		snprintf(loc, sizeof(loc), "/v1/approvals/%s", g->approval_id);
 		http_add_header(req, "Location", loc);
 		http_reply_json(req, 202,
-		                json_pack("{s:s,s:s*,s:o*,s:s,s:I}", "decision", "REQUIRE_APPROVAL",
-		                          "reason", dec ? dec->reason : NULL, "rules",
-		                          dec ? policy_outcome_rules_json(dec) : NULL,
-		                          "approval_id", g->approval_id, "expires_at",
-		                          (json_int_t)g->approval_expires_s));
+		                json_pack("{s:s,s:s*,s:o*,s:s,s:s,s:s}", "decision",
+		                          "REQUIRE_APPROVAL", "reason", dec ? dec->reason : NULL,
+		                          "rules", dec ? policy_outcome_rules_json(dec) : NULL,
+		                          "approval_id", g->approval_id, "status", "pending",
+		                          "expires_at", when));
 		return;
 	}
 	case 400:

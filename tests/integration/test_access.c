@@ -499,6 +499,10 @@ approval_is_bound_and_single_use(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "decision")),
 	                    "REQUIRE_APPROVAL");
 	assert_true(has_rule(r.json, "test-confidential-writes"));
+	/* The delegation's 202 shape: a status and an RFC 3339 expiry. */
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "pending");
+	assert_non_null(json_string_value(json_object_get(r.json, "expires_at")));
+	assert_int_equal(strlen(json_string_value(json_object_get(r.json, "expires_at"))), 24);
 	snprintf(approval, sizeof(approval), "%s",
 	         json_string_value(json_object_get(r.json, "approval_id")));
 	harness_resp_free(&r);
