@@ -75,7 +75,9 @@ answer(struct http_req *req, struct access_grant *g)
 	json_t *body;
 	int status;
 
+	/* RFC 6749 5.1: both, on every answer of the token endpoint. */
 	http_add_header(req, "Cache-Control", "no-store");
+	http_add_header(req, "Pragma", "no-cache");
 	if (g->status == 200) {
 		http_reply_json(req, 200,
 		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g->token,

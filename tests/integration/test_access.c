@@ -698,6 +698,8 @@ token_exchange_issues_the_same_token(void **state)
 	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 900);
 	assert_true(harness_resp_header(&r, "Cache-Control", cc, sizeof(cc)));
 	assert_string_equal(cc, "no-store");
+	assert_true(harness_resp_header(&r, "Pragma", cc, sizeof(cc))); /* RFC 6749 5.1 */
+	assert_string_equal(cc, "no-cache");
 	c = world_verify(&s.w, json_string_value(json_object_get(r.json, "access_token")),
 	                 ACCESS_TOKEN_TYP);
 	assert_string_equal(json_string_value(json_object_get(c, "sub")), "cloud-agent");
