@@ -452,16 +452,18 @@ decide(struct http_req *req, bool approve)
 		refused = NOT_FOUND;
 		goto done;
 	}
-	if (strcmp(PQgetvalue(t, 0, APR_C_STORED_STATUS), "pending") != 0) {
-		refused = DECIDED;
-		goto done;
-	}
+	/* Expired first, decided or not, as GET reads it (an approval approved
+	 * and never used expires too). */
 	if (strcmp(PQgetvalue(t, 0, APR_C_STATUS), "expired") == 0) {
 		/* Nothing changes; the attempt is on the record. */
 		if (emit_decision(req, &who, AUDIT_APPROVAL_EXPIRED, AUDIT_OUTCOME_DENIED, t, note,
 		                  approve ? "approve" : "deny") != IDP_OK)
 			log_warn("approvals: cannot record the decision attempt on expired %s", id);
 		refused = EXPIRED;
+		goto done;
+	}
+	if (strcmp(PQgetvalue(t, 0, APR_C_STORED_STATUS), "pending") != 0) {
+		refused = DECIDED;
 		goto done;
 	}
 	params[1] = approve ? "approved" : "denied";
@@ -503,7 +505,7 @@ done:
 	} else if (refused == EXPIRED) {
 		http_reply_problem(req, 409, "approval_expired",
 		                   json_pack("{s:s}", "approval_status", "expired"),
-		                   "the approval expired before it was decided");
+		                   "the approval has expired");
 	} else {
 		http_reply_error(req, rc == IDP_EINTERNAL ? IDP_EINTERNAL : IDP_EUNAVAIL,
 		                 "the approval cannot be decided now");

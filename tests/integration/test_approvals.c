@@ -409,6 +409,17 @@ denied_and_expired_approvals_issue_nothing(void **state)
 	         late);
 	assert_int_equal(harness_sql(w->w.db, sql), 0);
 	expect_refusal(w, "cloud-agent", "cloud:DescribeInstances", late, "approval_expired");
+	/* Deciding it again is refused as expired, as GET reads it, not as still approved. */
+	{
+		char path[128];
+
+		snprintf(path, sizeof(path), "/v1/approvals/%s/deny", late);
+		world_call(&w->w, "POST", path, w->w.k.approver, NULL, &r);
+		assert_int_equal(r.status, 409);
+		assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+		                    "approval_expired");
+		harness_resp_free(&r);
+	}
 
 	/* Listed as expired, not as pending or approved. */
 	world_call(&w->w, "GET", "/v1/approvals?status=expired", w->w.k.approver, NULL, &r);
