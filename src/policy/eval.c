@@ -323,8 +323,27 @@ granted_has(const char *const *v, size_t n, const char *s)
 }
 
 /*
- * Intersect the granted scopes with rule r's scope set.  A scope within one
- * of r's patterns stays; otherwise each of r's patterns within it takes its
+ * Whether one of r's patterns admits scope: scope within it, and of no
+ * higher action class.  A pattern names verbs by their spelling, a class
+ * by what they do: "*:Read*" spells "db:ReadWrite" too, which writes.
+ */
+static bool
+admitted(const char *scope, const struct policy_rule *r)
+{
+	const struct scope_verb_map *vm = scope_verb_map_current();
+	enum idp_action_class c = scope_action_class(vm, scope);
+
+	for (size_t j = 0; j < r->n_scopes; j++) {
+		if (scope_within_valid(scope, r->scopes[j]) &&
+		    c <= scope_action_class(vm, r->scopes[j]))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Intersect the granted scopes with rule r's scope set.  A scope one of r's
+ * patterns admits stays; otherwise each of r's patterns within it takes its
  * place (the request "ec2:*" under "ec2:Describe*" becomes "ec2:Describe*").
  * Partial overlaps are dropped: the grant may only shrink.
  */
@@ -344,7 +363,7 @@ narrow(struct policy_decision *d, const struct policy_input *in, const struct po
 	for (size_t i = 0; i < nc; i++) {
 		if (cur[i] == NULL || scope_validate(cur[i], NULL) != IDP_OK)
 			continue;
-		if (scope_within(cur[i], r->scopes, r->n_scopes)) {
+		if (admitted(cur[i], r)) {
 			if (nn < POLICY_MAX_GRANTED && !granted_has(next, nn, cur[i]))
 				next[nn++] = cur[i];
 			continue;

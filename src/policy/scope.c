@@ -14,6 +14,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "idpd/config.h"
 #include "idpd/scope.h"
@@ -442,6 +443,67 @@ scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_c
 	return IDP_OK;
 }
 
+/* Whether a verb's byte at i starts a new word: after a separator, or at a CamelCase hump. */
+static bool
+word_starts(const char *v, size_t i)
+{
+	char c = v[i], p = i > 0 ? v[i - 1] : '\0', n = c != '\0' ? v[i + 1] : '\0';
+
+	if (i == 0)
+		return true;
+	if (c < 'A' || c > 'Z')
+		return false;
+	return (p >= 'a' && p <= 'z') || (p >= '0' && p <= '9') ||
+	       (p >= 'A' && p <= 'Z' && n >= 'a' && n <= 'z');
+}
+
+static bool
+word_sep(char c)
+{
+	return c == '_' || c == '-' || c == '.' || c == '/';
+}
+
+/*
+ * The highest class any word of a compound verb names on its own: an entry
+ * "Stem" or "Stem*" above read whose stem is the whole word, case ignored.
+ * "ReadWrite" and "GetOrCreateUser" start like reads but say write; the
+ * prefix entries alone would call them read.  "GetSettings" stays read:
+ * "Settings" is not a word any entry names.  A word with a '*' in it is
+ * not known yet and names nothing: a pattern keeps the class its prefix
+ * entries give it (docs/policy-language.md says what that means).
+ */
+static enum idp_action_class
+word_class(const struct scope_verb_map *m, const char *verb)
+{
+	enum idp_action_class best = IDP_ACTION_READ;
+	size_t i = 0;
+
+	while (verb[i] != '\0') {
+		size_t start, len;
+
+		while (word_sep(verb[i]))
+			i++;
+		if (verb[i] == '\0')
+			break;
+		start = i++;
+		while (verb[i] != '\0' && !word_sep(verb[i]) && !word_starts(verb, i))
+			i++;
+		len = i - start;
+		if (memchr(verb + start, '*', len) != NULL)
+			continue;
+		for (size_t k = 0; k < m->n; k++) {
+			const struct verb_entry *e = &m->entries[k];
+			size_t n = strcspn(e->verb, "*");
+
+			if (e->cls <= best || (e->verb[n] != '\0' && e->verb[n + 1] != '\0'))
+				continue; /* not above, or a glob other than one trailing '*' */
+			if (n == len && strncasecmp(e->verb, verb + start, len) == 0)
+				best = e->cls;
+		}
+	}
+	return best;
+}
+
 enum idp_action_class
 scope_verb_class(const struct scope_verb_map *m, const char *verb)
 {
@@ -474,6 +536,12 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 	}
 	if (!covered && best < IDP_ACTION_WRITE)
 		best = IDP_ACTION_WRITE;
+	{
+		enum idp_action_class w = word_class(m, verb);
+
+		if (w > best)
+			best = w;
+	}
 	return best;
 }
 

@@ -820,6 +820,23 @@ conditions_combine_to_the_strictest(void **state)
 	json_decref(j);
 	json_decref(want);
 
+	/* A pattern admits no scope above its own class, whatever the spelling:
+	 * "ec2:Describe*" spells ec2:DescribeAndTerminate, which deletes. */
+	{
+		struct policy_set *one =
+		    compile_ok("@id(\"n\") @reason(\"r\") allow_with_conditions "
+		               "with { scopes: [\"ec2:Describe*\"] };\n");
+
+		eval_json(one,
+		          "{\"request\": {\"scopes\": [\"ec2:DescribeAndTerminate\", "
+		          "\"ec2:DescribeInstances\"]}}",
+		          &d);
+		assert_int_equal(d.effect, POLICY_ALLOW_WITH_CONDITIONS);
+		assert_int_equal(d.cond.n_scopes, 1);
+		assert_string_equal(d.cond.scopes[0], "ec2:DescribeInstances");
+		policy_set_unref(one);
+	}
+
 	/* Nothing left to grant: the allow becomes a deny. */
 	eval_json(set, "{\"request\": {\"scopes\": [\"iam:ListUsers\"]}}", &d);
 	assert_int_equal(d.effect, POLICY_DENY);

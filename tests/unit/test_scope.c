@@ -241,6 +241,20 @@ verb_classes_ignore_case(void **state)
 	assert_int_equal(scope_verb_class(m, "listen"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "READ"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "ReadBucket"), IDP_ACTION_READ);
+	/* A compound verb takes the class of every word an entry names:
+	 * spelling it like a read does not make a write one. */
+	assert_int_equal(scope_verb_class(m, "ReadWrite"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "Read_Write"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "GetOrCreateUser"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "ListAndDeleteObjects"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "DescribeThenTerminateIt*"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(m, "GetXMLWrite"), IDP_ACTION_WRITE);
+	/* Words no entry names, or names only as a part, change nothing. */
+	assert_int_equal(scope_verb_class(m, "GetSettings"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(m, "GetOutput"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(m, "ListGrants"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(m, "GetUpdatedRecords"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(m, "DescribeInstances"), IDP_ACTION_READ);
 	/* An entry a deployment adds is matched the same way. */
 	idp_diag_init(&d);
 	assert_int_equal(scope_verb_map_add(c, "Reboot*", IDP_ACTION_ADMIN, &d), IDP_OK);
