@@ -321,6 +321,12 @@ const char *http_status_title(int status);
  */
 json_t *http_json_parse(const char *text, size_t len, int max_depth, char *err, size_t err_len);
 
+/*
+ * A line in d for each member of obj not named in known (NULL-terminated):
+ * a misspelt optional field ("tll") must not silently become its default.
+ */
+void http_json_unknown_members(const json_t *obj, const char *const *known, struct idp_diag *d);
+
 /* ---- ids ---- */
 
 /* A well-formed request id: 1..128 of [A-Za-z0-9._:-]. */

@@ -216,3 +216,21 @@ http_json_parse(const char *text, size_t len, int max_depth, char *err, size_t e
 	}
 	return j;
 }
+
+void
+http_json_unknown_members(const json_t *obj, const char *const *known, struct idp_diag *d)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach((json_t *)obj, k, v)
+	{
+		size_t i = 0;
+
+		(void)v;
+		while (known[i] != NULL && strcmp(known[i], k) != 0)
+			i++;
+		if (known[i] == NULL)
+			idp_diag_add(d, "%.64s: not a member of this request", k);
+	}
+}

@@ -1189,6 +1189,11 @@ post_token(struct http_req *req, void *ctx)
 			             "ttl: a positive duration (\"5m\") or a number of seconds");
 		a.ttl_s = ttl_ms / 1000;
 	}
+	http_json_unknown_members(body,
+	                          (const char *const[]){"audience", "task_id", "scope",
+	                                                "delegation_token", "approval_id", "reason",
+	                                                "ttl", NULL},
+	                          &d);
 	if (d.count > 0) {
 		http_reply_problem(req, 400, "invalid_request",
 		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),

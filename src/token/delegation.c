@@ -721,6 +721,10 @@ post_delegation(struct http_req *req, void *ctx)
 		else
 			g.approval_id = json_string_value(v);
 	}
+	http_json_unknown_members(body,
+	                          (const char *const[]){"delegation_token", "to_agent", "scope",
+	                                                "ttl", "approval_id", NULL},
+	                          &d);
 	if (d.count > 0) {
 		http_reply_problem(req, 400, "invalid_request",
 		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),

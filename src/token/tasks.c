@@ -642,6 +642,8 @@ post_task(struct http_req *req, void *ctx)
 	}
 	(void)task_scopes_parse(json_object_get(body, "scope"), &sc, &d);
 	(void)ttl_parse(json_object_get(body, "ttl"), &ttl_ms, &d);
+	http_json_unknown_members(
+	    body, (const char *const[]){"root_agent", "scope", "description", "ttl", NULL}, &d);
 	if (d.count > 0) {
 		http_reply_problem(req, 400, "invalid_request",
 		                   json_pack("{s:o}", "errors", http_diag_lines(&d)),

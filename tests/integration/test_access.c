@@ -380,6 +380,20 @@ refusals_issue_nothing(void **state)
 
 	(void)state;
 	setting_start(&s, "t_access_refusals");
+	/* A misspelt field is an error, not a default. */
+	{
+		struct http_resp r;
+		long before = issued(&s);
+
+		token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances",
+		      ",\"tll\":\"1m\"", &r);
+		assert_int_equal(r.status, 400);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(r.json, "errors"), 0)),
+		    "tll: not a member of this request");
+		harness_resp_free(&r);
+		assert_int_equal(issued(&s), before);
+	}
 	/* An audience that is not a resource. */
 	expect_refusal(&s, s.cloud, s.cloud_token, "https://evil.example.com",
 	               "cloud:DescribeInstances", "", 400, "invalid_target");

@@ -203,6 +203,21 @@ delegation_refusals_issue_nothing(void **state)
 	               "\"2h\"", "chain_lifetime_exceeds_parent");
 	expect_refusal(&w, w.cloud, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
 	               "delegation_token_not_yours");
+	/* A misspelt field is an error, not its default. */
+	{
+		static char body[8192];
+
+		snprintf(body, sizeof(body),
+		         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+		         "\"scope\":\"cloud:DescribeInstances\",\"tll\":\"5m\"}",
+		         w.root_token);
+		world_call(&w.w, "POST", "/v1/delegations", w.planner, body, &r);
+		assert_int_equal(r.status, 400);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(r.json, "errors"), 0)),
+		    "tll: not a member of this request");
+		harness_resp_free(&r);
+	}
 	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
 	/* A request that echoes 16 KiB of scopes is still recorded, its scope
 	 * clipped: an agent cannot push its refusal out of the log. */

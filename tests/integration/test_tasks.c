@@ -216,6 +216,15 @@ task_refusals_issue_nothing(void **state)
 	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
 	                   "\"ttl\":\"forever\"}"),
 	    400);
+	/* A misspelt field is an error, not its default (here a ttl left at 8h). */
+	world_call(&w, "POST", "/v1/tasks", alice,
+	           "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\","
+	           "\"tll\":\"5m\"}",
+	           &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(r.json, "errors"), 0)),
+	                    "tll: not a member of this request");
+	harness_resp_free(&r);
 	/* Under a second: tokens carry whole seconds, it would be born expired. */
 	assert_int_equal(
 	    harness_status(&w.p, "POST", "/v1/tasks", alice,
