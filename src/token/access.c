@@ -740,6 +740,16 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 403, "policy_denied");
 		goto refused;
 	}
+	if (strcmp(dec, "REQUIRE_APPROVAL") == 0 && s.approved) {
+		/*
+		 * An approval was presented and still approval is required: the
+		 * rule does not yield to one (context.approval is all a rule
+		 * sees), so another would not help either.  A refusal, not a
+		 * new approval to wait on forever; the presented one is kept.
+		 */
+		refuse(&s, 403, "approval_insufficient");
+		goto refused;
+	}
 	if (strcmp(dec, "REQUIRE_APPROVAL") == 0) {
 		/* Recorded by access_finish, where PostgreSQL may be waited on. */
 		subj.reason = g->decision.reason;

@@ -59,7 +59,7 @@ oauth_error_for(const struct access_grant *g, int *status)
 	    strcmp(c, "scope_outside_chain_capabilities") == 0 ||
 	    strcmp(c, "scope_not_within_delegation") == 0)
 		return "invalid_scope";
-	if (strcmp(c, "policy_denied") == 0) {
+	if (strcmp(c, "policy_denied") == 0 || strcmp(c, "approval_insufficient") == 0) {
 		*status = 403;
 		return "access_denied";
 	}

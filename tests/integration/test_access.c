@@ -496,6 +496,8 @@ completed_task_and_decommissioned_agent_get_nothing(void **state)
 	setting_stop(&s);
 }
 
+static void stop_rules(struct setting *s, const char *rules);
+
 /* REQUIRE_APPROVAL: 202 with an approval; alice approves; the retry is issued once. */
 static void
 approval_is_bound_and_single_use(void **state)
@@ -541,6 +543,14 @@ approval_is_bound_and_single_use(void **state)
 	/* Used for another scope: refused, and still usable for its own. */
 	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:read billing:export",
 	               extra, 403, "approval_mismatch");
+	/* A rule no approval lifts: refused, not a new approval to wait on
+	 * forever, and the presented one is kept. */
+	stop_rules(&s, "@id(\"test-exports-always-approved\")\n@reason(\"r\")\n"
+	               "require_approval when { request.action_class >= \"write\" };\n");
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
+	               "approval_insufficient");
+	assert_int_equal(world_count(&s.w, "SELECT count(*) FROM approvals"), 1);
+	stop_rules(&s, NULL);
 	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, &r);
 	if (r.status != 200)
 		fprintf(stderr, "approved retry: %ld %s\n", r.status, r.body);
