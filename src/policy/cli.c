@@ -156,7 +156,13 @@ check_case(const struct policy_decision *d, const json_t *expect, struct idp_buf
 		say(why, "reason: got \"%s\"; ", d->reason);
 		ok = false;
 	}
-	if ((v = json_object_get(expect, "conditions")) != NULL) {
+	/* Conditions are applied only with ALLOW_WITH_CONDITIONS: a case must
+	 * not prove a limit that another decision would never enforce. */
+	if ((v = json_object_get(expect, "conditions")) != NULL &&
+	    d->effect != POLICY_ALLOW_WITH_CONDITIONS) {
+		say(why, "conditions: none apply to %s; ", policy_effect_name(d->effect));
+		ok = false;
+	} else if (v != NULL) {
 		const json_t *ttl = json_object_get(v, "max_ttl");
 		const json_t *sc = json_object_get(v, "scopes");
 		const json_t *lg = json_object_get(v, "enhanced_logging");

@@ -1485,6 +1485,13 @@ cli_check_and_test_report_and_exit(void **state)
 	           "{\"cases\": [{\"name\": \"wrong\", \"input\": {\"agent\": {\"team\": \"a\"}}, "
 	           "\"expect\": {\"decision\": \"DENY\"}}]}");
 	assert_int_equal(run_cli("test", tmpdir), 1);
+	/* Conditions expected of a decision that applies none fail it: a DENY
+	 * enforces no max_ttl, whatever the engine computed. */
+	write_file(tmpdir, "tests/b.json",
+	           "{\"cases\": [{\"name\": \"no conditions on a deny\", \"input\": {\"agent\": "
+	           "{\"team\": \"b\"}}, \"expect\": {\"decision\": \"DENY\", \"conditions\": "
+	           "{\"enhanced_logging\": false}}}]}");
+	assert_int_equal(run_cli("test", tmpdir), 1);
 	write_file(tmpdir, "tests/b.json", "{\"cases\": []}");
 	assert_int_equal(run_cli("test", tmpdir), 1);
 	write_file(tmpdir, "tests/b.json", "{not json");
