@@ -443,7 +443,22 @@ scope_verb_map_add(struct scope_verb_map *m, const char *verb, enum idp_action_c
 	return IDP_OK;
 }
 
-/* Whether a verb's byte at i starts a new word: after a separator, or at a CamelCase hump. */
+static bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool
+is_alpha(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/*
+ * Whether a verb's byte at i starts a new word: at a CamelCase hump
+ * ("GetObject", "XMLWrite"), or where letters and digits meet ("V2write").
+ */
 static bool
 word_starts(const char *v, size_t i)
 {
@@ -451,10 +466,11 @@ word_starts(const char *v, size_t i)
 
 	if (i == 0)
 		return true;
+	if ((is_digit(c) && is_alpha(p)) || (is_alpha(c) && is_digit(p)))
+		return true;
 	if (c < 'A' || c > 'Z')
 		return false;
-	return (p >= 'a' && p <= 'z') || (p >= '0' && p <= '9') ||
-	       (p >= 'A' && p <= 'Z' && n >= 'a' && n <= 'z');
+	return (p >= 'a' && p <= 'z') || (p >= 'A' && p <= 'Z' && n >= 'a' && n <= 'z');
 }
 
 static bool

@@ -249,6 +249,9 @@ verb_classes_ignore_case(void **state)
 	assert_int_equal(scope_verb_class(m, "ListAndDeleteObjects"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_verb_class(m, "DescribeThenTerminateIt*"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_verb_class(m, "GetXMLWrite"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "GetV2write"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "ReadWrite2"), IDP_ACTION_WRITE);
+	assert_int_equal(scope_verb_class(m, "DescribeEc2Instances"), IDP_ACTION_READ);
 	/* Words no entry names, or names only as a part, change nothing. */
 	assert_int_equal(scope_verb_class(m, "GetSettings"), IDP_ACTION_READ);
 	assert_int_equal(scope_verb_class(m, "GetOutput"), IDP_ACTION_READ);
