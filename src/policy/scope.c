@@ -473,20 +473,37 @@ word_starts(const char *v, size_t i)
 	return (p >= 'a' && p <= 'z') || (p >= 'A' && p <= 'Z' && n >= 'a' && n <= 'z');
 }
 
+/* '*' ends a word too: "GetOrCreate*" has the word "Create". */
 static bool
 word_sep(char c)
 {
-	return c == '_' || c == '-' || c == '.' || c == '/';
+	return c == '_' || c == '-' || c == '.' || c == '/' || c == '*';
+}
+
+static bool
+is_upper(char c)
+{
+	return c >= 'A' && c <= 'Z';
+}
+
+/* The stem of entry e above best ("Create" of "Create*"), or NULL: a glob other than one trailing
+ * '*'. */
+static const char *
+entry_stem(const struct verb_entry *e, enum idp_action_class best, size_t *n)
+{
+	*n = strcspn(e->verb, "*");
+	if (e->cls <= best || (e->verb[*n] != '\0' && e->verb[*n + 1] != '\0'))
+		return NULL;
+	return e->verb;
 }
 
 /*
- * The highest class any word of a compound verb names on its own: an entry
- * "Stem" or "Stem*" above read whose stem is the whole word, case ignored.
- * "ReadWrite" and "GetOrCreateUser" start like reads but say write; the
- * prefix entries alone would call them read.  "GetSettings" stays read:
- * "Settings" is not a word any entry names.  A word with a '*' in it is
- * not known yet and names nothing: a pattern keeps the class its prefix
- * entries give it (docs/policy-language.md says what that means).
+ * The highest class any word of a compound verb names, case ignored: an
+ * entry "Stem" or "Stem*" whose stem is a whole word ("ReadWrite",
+ * "GetOrCreateUser": they start like reads, the prefix entries alone would
+ * call them read), or begins a run of capitals ("GetDELETEitem",
+ * "ReadWRITEs", where the humps do not fall on the word).  "GetSettings"
+ * stays read: no entry names "Settings".
  */
 static enum idp_action_class
 word_class(const struct scope_verb_map *m, const char *verb)
@@ -495,7 +512,7 @@ word_class(const struct scope_verb_map *m, const char *verb)
 	size_t i = 0;
 
 	while (verb[i] != '\0') {
-		size_t start, len;
+		size_t start, len, run_end;
 
 		while (word_sep(verb[i]))
 			i++;
@@ -505,19 +522,48 @@ word_class(const struct scope_verb_map *m, const char *verb)
 		while (verb[i] != '\0' && !word_sep(verb[i]) && !word_starts(verb, i))
 			i++;
 		len = i - start;
-		if (memchr(verb + start, '*', len) != NULL)
-			continue;
+		/* A run of capitals, with the lower case letters after it. */
+		run_end = start;
+		if (is_upper(verb[start]) && is_upper(verb[start + 1])) {
+			while (is_alpha(verb[run_end]))
+				run_end++;
+		}
 		for (size_t k = 0; k < m->n; k++) {
-			const struct verb_entry *e = &m->entries[k];
-			size_t n = strcspn(e->verb, "*");
+			size_t n;
+			const char *stem = entry_stem(&m->entries[k], best, &n);
 
-			if (e->cls <= best || (e->verb[n] != '\0' && e->verb[n + 1] != '\0'))
-				continue; /* not above, or a glob other than one trailing '*' */
-			if (n == len && strncasecmp(e->verb, verb + start, len) == 0)
-				best = e->cls;
+			if (stem == NULL)
+				continue;
+			if ((n == len && strncasecmp(stem, verb + start, len) == 0) ||
+			    (n >= 2 && n <= run_end - start &&
+			     strncasecmp(stem, verb + start, n) == 0))
+				best = m->entries[k].cls;
 		}
 	}
 	return best;
+}
+
+/* The highest class of the map: what a verb with a '*' inside it could be. */
+static enum idp_action_class
+map_top(const struct scope_verb_map *m)
+{
+	enum idp_action_class top = IDP_ACTION_WRITE;
+
+	for (size_t k = 0; k < m->n; k++)
+		if (m->entries[k].cls > top)
+			top = m->entries[k].cls;
+	return top;
+}
+
+/* Whether an entry without a glob names verb exactly: the deployment's word on it. */
+static bool
+named_exactly(const struct scope_verb_map *m, const char *verb)
+{
+	for (size_t k = 0; k < m->n; k++)
+		if (strchr(m->entries[k].verb, '*') == NULL &&
+		    strcmp(m->entries[k].verb, verb) == 0)
+			return true;
+	return false;
 }
 
 enum idp_action_class
@@ -552,7 +598,22 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 	}
 	if (!covered && best < IDP_ACTION_WRITE)
 		best = IDP_ACTION_WRITE;
+	/*
+	 * A '*' before the end stands for anything in the middle of a verb,
+	 * words that write or delete included ("Describe*Terminate*"): the
+	 * highest class there is.  A trailing one extends the last word only,
+	 * and a prefix pattern keeps its prefix's class ("Describe*" is read).
+	 */
 	{
+		const char *star = strchr(verb, '*');
+
+		if (star != NULL && star[1] != '\0') {
+			enum idp_action_class top = map_top(m);
+
+			return top > best ? top : best;
+		}
+	}
+	if (!named_exactly(m, verb)) {
 		enum idp_action_class w = word_class(m, verb);
 
 		if (w > best)
