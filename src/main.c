@@ -55,7 +55,7 @@ usage(FILE *f)
 	    "       idpd keys rotate|list --config FILE [--reason TEXT] [--force | --retire KID]\n"
 	    "       idpd keys reseal --config FILE [--old-kek-file PATH] [--reason TEXT]\n"
 	    "       idpd check-config --keys\n"
-	    "       idpd policy check DIR | idpd policy test DIR\n"
+	    "       idpd policy check DIR | idpd policy test|eval ... (idpd policy --help)\n"
 	    "       idpd version\n");
 }
 

@@ -59,8 +59,9 @@ open_from_config(const struct idpd_config *cfg, struct store *store, struct keys
 	*out = NULL;
 	rc = idp_kek_load(cfg->keys.kek_file, &kek, diag);
 	if (rc != IDP_OK) {
-		idp_diag_add(diag, "keys: idpd needs the key-encryption key that seals its signing "
-		                   "keys; not starting");
+		idp_diag_add(diag, "keys: the signing keys are sealed with the key-encryption key; "
+		                   "give idpd the one it was started with (under `make run`, "
+		                   "IDPD_KEK=$(cat var/dev-kek))");
 		return rc;
 	}
 	kek_source(cfg, source, sizeof(source));
