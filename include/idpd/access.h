@@ -55,7 +55,9 @@ struct access_ask {
 struct access_grant {
 	int status;       /* 200 issued, 202 approval required, 400, 403, 500, 503 */
 	const char *code; /* a stable code when status != 200 ("scope_outside_capabilities") */
-	bool decided;     /* the policy made a decision: */
+	/* The requested scope a scope check refused, for the answer; "" when none. */
+	char refused_scope[IDP_SCOPE_MAX_LEN + 1];
+	bool decided;                   /* the policy made a decision: */
 	struct policy_outcome decision; /* ... this one */
 	char *token;                    /* the JWT, when issued */
 	char jti[ATTEST_JTI_LEN + 1];

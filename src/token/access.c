@@ -209,6 +209,14 @@ refuse(struct issuing *s, int status, const char *code)
 	s->g->code = code;
 }
 
+/* A refusal of one requested scope, which the answer names. */
+static void
+refuse_scope(struct issuing *s, const char *code, const char *scope)
+{
+	refuse(s, 403, code);
+	snprintf(s->g->refused_scope, sizeof(s->g->refused_scope), "%s", scope);
+}
+
 static const char *
 decision_name(const struct issuing *s)
 {
@@ -423,9 +431,11 @@ chain_agents_ok(struct issuing *s)
 			refuse(s, 503, "unavailable");
 			return false;
 		}
+		size_t j = 0;
+
 		live = rc == IDP_OK && ag->status == REGISTRY_ACTIVE &&
 		       !registry_issued_before_revocation(ag, l->iat_s);
-		for (size_t j = 0; live && can && j < s->a->scopes->n; j++)
+		for (; live && can && j < s->a->scopes->n; j++)
 			can = registry_agent_can(ag, s->a->scopes->v[j]);
 		registry_agent_unref(ag);
 		if (!live) {
@@ -433,7 +443,7 @@ chain_agents_ok(struct issuing *s)
 			return false;
 		}
 		if (!can) {
-			refuse(s, 403, "scope_outside_chain_capabilities");
+			refuse_scope(s, "scope_outside_chain_capabilities", s->a->scopes->v[j - 1]);
 			return false;
 		}
 	}
@@ -676,13 +686,13 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	/* 4. Within the agent's capabilities, and within its delegation token. */
 	for (size_t i = 0; i < a->scopes->n; i++) {
 		if (!registry_agent_can(s.agent, a->scopes->v[i])) {
-			refuse(&s, 403, AUDIT_REASON_SCOPE_ESCALATION);
+			refuse_scope(&s, AUDIT_REASON_SCOPE_ESCALATION, a->scopes->v[i]);
 			goto refused;
 		}
 	}
 	for (size_t i = 0; i < a->scopes->n; i++) {
 		if (!scope_within(a->scopes->v[i], s.parent_sc->v, s.parent_sc->n)) {
-			refuse(&s, 403, "scope_not_within_delegation");
+			refuse_scope(&s, "scope_not_within_delegation", a->scopes->v[i]);
 			goto refused;
 		}
 	}
@@ -1115,6 +1125,13 @@ reply(struct http_req *req, struct access_grant *g)
 		return;
 	case 403:
 		extra = json_pack("{s:s}", "reason", g->code);
+		if (extra != NULL && g->refused_scope[0] != '\0') {
+			json_object_set_new(extra, "scope", json_string(g->refused_scope));
+			http_reply_problem(req, 403, g->code, extra,
+			                   "the token is refused: %s (%s)", g->code,
+			                   g->refused_scope);
+			return;
+		}
 		if (extra != NULL && dec != NULL) {
 			json_object_set_new(extra, "decision",
 			                    json_string(policy_effect_name(dec->effect)));

@@ -144,6 +144,7 @@ struct deleg {
 	const char *approval_id; /* presented with the request, or NULL */
 	/* the outcome */
 	const char *reason;
+	const char *refused_scope; /* the scope a scope check refused, in sc; or NULL */
 	char jti[ATTEST_JTI_LEN + 1];
 	char chain[TASK_CHAIN_TEXT_LEN];
 	char *token;
@@ -209,8 +210,14 @@ deny(struct deleg *g, int status, const char *reason)
 	           &ok);
 	if (!ok)
 		log_warn("delegation: cannot record the refusal (%s) in the audit log", reason);
-	http_reply_problem(g->req, status, reason, json_pack("{s:s}", "reason", reason),
-	                   "the delegation is refused: %s", reason);
+	if (g->refused_scope != NULL)
+		http_reply_problem(
+		    g->req, status, reason,
+		    json_pack("{s:s,s:s}", "reason", reason, "scope", g->refused_scope),
+		    "the delegation is refused: %s (%s)", reason, g->refused_scope);
+	else
+		http_reply_problem(g->req, status, reason, json_pack("{s:s}", "reason", reason),
+		                   "the delegation is refused: %s", reason);
 }
 
 int
@@ -335,6 +342,7 @@ check_request(struct deleg *g, int64_t now_s)
 	for (size_t i = 0; i < g->sc.n; i++) {
 		if (!scope_within(g->sc.v[i], g->parent_sc.v, g->parent_sc.n)) {
 			g->reason = "scope_not_within_parent";
+			g->refused_scope = g->sc.v[i];
 			return false;
 		}
 	}
@@ -344,12 +352,14 @@ check_request(struct deleg *g, int64_t now_s)
 		if (!registry_agent_can(me, g->sc.v[i]) ||
 		    !registry_agent_can(g->target, g->sc.v[i])) {
 			g->reason = AUDIT_REASON_SCOPE_ESCALATION;
+			g->refused_scope = g->sc.v[i];
 			return false;
 		}
 	}
 	for (size_t i = 0; i < g->sc.n; i++) {
 		if (scope_action_class(vm, g->sc.v[i]) > me->max_scope_per_delegation) {
 			g->reason = "scope_exceeds_max_per_delegation";
+			g->refused_scope = g->sc.v[i];
 			return false;
 		}
 	}
@@ -460,6 +470,7 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 			if (!registry_agent_can(a, g->sc.v[j])) {
 				registry_agent_unref(a);
 				g->reason = "scope_outside_chain_capabilities";
+				g->refused_scope = g->sc.v[j];
 				return false;
 			}
 		}

@@ -72,6 +72,7 @@ static void
 answer(struct http_req *req, struct access_grant *g)
 {
 	const char *err, *desc;
+	char named[IDP_SCOPE_MAX_LEN + 96];
 	json_t *body;
 	int status;
 
@@ -88,6 +89,10 @@ answer(struct http_req *req, struct access_grant *g)
 	}
 	err = oauth_error_for(g, &status);
 	desc = g->decided ? g->decision.reason : (g->code != NULL ? g->code : "refused");
+	if (g->refused_scope[0] != '\0') {
+		snprintf(named, sizeof(named), "%s (%s)", desc, g->refused_scope);
+		desc = named;
+	}
 	body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc, "idpd_code",
 	                 g->code);
 	if (body != NULL && g->status == 202) {

@@ -400,6 +400,19 @@ refusals_issue_nothing(void **state)
 	/* Outside the agent's capabilities (an escalation attempt). */
 	expect_refusal(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:TerminateInstances", "", 403,
 	               "scope_outside_capabilities");
+	/* The answer names the scope refused, not only why. */
+	{
+		struct http_resp r;
+
+		token(&s, s.cloud, s.cloud_token, WORLD_AWS,
+		      "cloud:DescribeInstances cloud:TerminateInstances", "", &r);
+		assert_int_equal(r.status, 403);
+		assert_string_equal(json_string_value(json_object_get(r.json, "scope")),
+		                    "cloud:TerminateInstances");
+		assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")),
+		                       "cloud:TerminateInstances"));
+		harness_resp_free(&r);
+	}
 	/* Within its capabilities but wider than its delegation token. */
 	expect_refusal(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeVolumes", "", 403,
 	               "scope_not_within_delegation");

@@ -197,6 +197,11 @@ delegation_refusals_issue_nothing(void **state)
 	               "scope_not_within_parent");
 	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "reports:write", NULL,
 	               "scope_outside_capabilities");
+	/* The answer names the scope refused, not only why. */
+	delegate(&w, w.planner, w.root_token, "cloud-agent", "reports:write", NULL, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "reports:write");
+	harness_resp_free(&r);
 	expect_refusal(&w, w.planner, w.root_token, "report-agent", "reports:write", NULL,
 	               "scope_exceeds_max_per_delegation");
 	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances",
