@@ -263,7 +263,7 @@ join_tokens(struct http_req *req, void *ctx)
 	struct attest_conf *conf;
 	const char *id = http_req_param(req, "id");
 	char token[ATTEST_JOIN_TOKEN_LEN + 1], hash[65], exp[32];
-	int64_t token_id = 0, expires_ms = 0;
+	int64_t token_id = 0, expires_ms = 0, retry_after_s = 0;
 	int rc;
 
 	(void)ctx;
@@ -287,7 +287,7 @@ join_tokens(struct http_req *req, void *ctx)
 	actor.request_id = http_req_id(req);
 	actor.source_address = http_req_peer(req);
 	rc = attest_db_join_token_create(id, hash, conf->join_token_ttl_ms, &actor, &token_id,
-	                                 &expires_ms);
+	                                 &expires_ms, &retry_after_s);
 	attest_conf_unref(conf);
 	switch (rc) {
 	case IDP_OK:
@@ -307,6 +307,16 @@ join_tokens(struct http_req *req, void *ctx)
 		                   "a decommissioned agent cannot attest");
 		break;
 	default:
+		if (rc == IDP_EUNAVAIL && retry_after_s > 0) {
+			char ra[24];
+
+			snprintf(ra, sizeof(ra), "%lld", (long long)retry_after_s);
+			http_add_header(req, "Retry-After", ra);
+			http_reply_problem(req, 503, "unavailable", NULL,
+			                   "the agent was suspended moments ago; a join token made "
+			                   "before its revocation epoch would be dead at birth");
+			break;
+		}
 		http_reply_error(req, rc, "the join token could not be made");
 		break;
 	}

@@ -41,17 +41,23 @@ static struct store_stmt st_join_spend = {
     "attest_join_spend",
     "UPDATE agent_join_tokens SET used_at = now() "
     "WHERE token_hash = $1 AND agent_id = $2 AND used_at IS NULL AND expires_at > now() "
-    "AND created_at > coalesce((SELECT revocation_epoch FROM agents WHERE id = $2) - "
-    "$3::bigint * interval '1 millisecond', '-infinity') RETURNING id",
-    3, 0};
+    "AND created_at > coalesce((SELECT revocation_epoch FROM agents WHERE id = $2), "
+    "'-infinity') RETURNING id",
+    2, 0};
 
 static struct store_stmt st_join_why = {
     "attest_join_why",
     "SELECT agent_id = $2, used_at IS NOT NULL, expires_at <= now(), created_at <= "
-    "coalesce((SELECT revocation_epoch FROM agents WHERE id = $2) - $3::bigint * "
-    "interval '1 millisecond', '-infinity') "
+    "coalesce((SELECT revocation_epoch FROM agents WHERE id = $2), '-infinity') "
     "FROM agent_join_tokens WHERE token_hash = $1",
-    3, 0};
+    2, 0};
+
+/* Seconds until the agent's revocation epoch has passed, on PostgreSQL's clock; 0 if it has. */
+static struct store_stmt st_epoch_ahead = {
+    "attest_epoch_ahead",
+    "SELECT coalesce(ceil(extract(epoch FROM revocation_epoch - now())), 0)::bigint "
+    "FROM agents WHERE id = $1",
+    1, 0};
 
 static struct store_stmt st_cred_insert = {
     "attest_cred_insert",
@@ -164,7 +170,7 @@ rollback(struct store_conn *c)
 int
 attest_db_join_token_create(const char *id, const char *hash, int64_t ttl_ms,
                             const struct registry_actor *who, int64_t *token_id,
-                            int64_t *expires_ms)
+                            int64_t *expires_ms, int64_t *retry_after_s)
 {
 	struct store *st = registry_store();
 	struct store_conn *c = NULL;
@@ -185,6 +191,18 @@ attest_db_join_token_create(const char *id, const char *hash, int64_t ttl_ms,
 		goto done;
 	if (a->status == REGISTRY_DECOMMISSIONED) {
 		rc = IDP_ECONFLICT;
+		goto done;
+	}
+	/* Within identity.leeway of a suspension the epoch is still ahead: a
+	 * token made now would be dead at birth (it predates the epoch). */
+	*retry_after_s = 0;
+	rc = store_exec(c, &st_epoch_ahead, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	*retry_after_s = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+	PQclear(r);
+	if (*retry_after_s > 0) {
+		rc = IDP_EUNAVAIL;
 		goto done;
 	}
 	snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);
@@ -219,9 +237,9 @@ done:
 
 /* Why spending a join token matched nothing: for the audit event only. */
 static const char *
-join_failure(struct store_conn *c, const char *hash, const char *agent_id, const char *leeway)
+join_failure(struct store_conn *c, const char *hash, const char *agent_id)
 {
-	const char *params[3] = {hash, agent_id, leeway};
+	const char *params[2] = {hash, agent_id};
 	const char *why = "join_token_unknown";
 	PGresult *r;
 
@@ -267,7 +285,7 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	struct keys *km = keys_process();
 	struct attest_identity id = {conf->trust_domain, conf->issuer, conf->audience};
 	const char *params[7];
-	char iat_s[24], expv[24], now_ms_s[24], exp_text[32], tid[24], leeway[24];
+	char iat_s[24], expv[24], now_ms_s[24], exp_text[32], tid[24];
 	json_t *claims = NULL;
 	int64_t not_after = 0, now_ms, iat;
 	PGresult *r;
@@ -282,21 +300,18 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	if (rc != IDP_OK)
 		goto done;
 	if (at->join_hash != NULL) {
-		/* A join token made before the agent's last suspension is
-		 * dead with its credentials; the epoch minus the leeway is the
-		 * suspension's own instant, on PostgreSQL's clock like
-		 * created_at. */
-		snprintf(leeway, sizeof(leeway), "%lld", (long long)conf->leeway_ms);
+		/* A join token made before the agent's revocation epoch is dead
+		 * with its credentials (creating one while the epoch is ahead is
+		 * refused, so none is born dead). */
 		params[0] = at->join_hash;
 		params[1] = at->agent_id;
-		params[2] = leeway;
 		rc = store_exec(c, &st_join_spend, params, &r);
 		if (rc != IDP_OK)
 			goto done;
 		if (PQntuples(r) != 1) {
 			PQclear(r);
 			rollback(c);
-			at->reason = join_failure(c, at->join_hash, at->agent_id, leeway);
+			at->reason = join_failure(c, at->join_hash, at->agent_id);
 			rc = IDP_EUNAUTH;
 			goto done_released;
 		}

@@ -58,11 +58,13 @@ int attest_emit(enum audit_type type, enum audit_outcome outcome, const struct r
  * (IDP_ENOTFOUND; IDP_ECONFLICT when decommissioned), insert its hash,
  * emit agent.join_token_created (no secret), commit.  *token_id and
  * *expires_ms describe it.  IDP_EUNAVAIL when PostgreSQL or the audit log
- * cannot take it.
+ * cannot take it, or with *retry_after_s > 0 while the agent's revocation
+ * epoch is still ahead (just after a suspension): a token made then would
+ * be dead at birth.
  */
 int attest_db_join_token_create(const char *id, const char *hash, int64_t ttl_ms,
                                 const struct registry_actor *who, int64_t *token_id,
-                                int64_t *expires_ms) IDP_WUR;
+                                int64_t *expires_ms, int64_t *retry_after_s) IDP_WUR;
 
 /* The evidence an attempt presents, and what becomes of it. */
 struct attest_attempt {

@@ -651,46 +651,60 @@ suspended_or_decommissioned_agent_cannot_attest(void **state)
 }
 
 /*
- * Within identity.leeway of a resume the agent's revocation epoch is still
- * ahead: a credential signed then would be revoked at birth.  The attempt
- * gets 503 with Retry-After and spends nothing; the retry then works.
+ * Within identity.leeway of a suspension the agent's revocation epoch is
+ * still ahead: a join token made then, or a credential signed then, would be
+ * dead at birth.  Both get 503 with Retry-After and spend nothing; the
+ * retries then work.
  */
 static void
 attest_just_after_a_resume_waits_for_the_epoch(void **state)
 {
 	struct idpd_proc p;
 	struct http_resp r;
-	char tok[128], body[512], ra[16], cred[2048], used[16];
+	char tok[128], ra[16], cred[2048], used[16];
+	char *own;
 
 	(void)state;
 	assert_int_equal(harness_db_create("t_att_epoch"), 0);
 	leeway = "2s";
 	start(&p, "t_att_epoch", NULL);
 	leeway = "0s";
-	register_agent(&p, "planner-1", NULL);
+	register_agent(&p, "k8s-held", "[\"k8s:ns:agents\",\"k8s:sa:planner\"]");
 	assert_int_equal(
-	    harness_status(&p, "POST", "/v1/agents/planner-1/suspend", registrar_key, NULL), 200);
+	    harness_status(&p, "POST", "/v1/agents/k8s-held/suspend", registrar_key, NULL), 200);
 	assert_int_equal(
-	    harness_status(&p, "POST", "/v1/agents/planner-1/resume", registrar_key, NULL), 200);
-	join_token(&p, "planner-1", tok, sizeof(tok));
-	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}", tok);
-	attest(&p, "planner-1", body, &r);
+	    harness_status(&p, "POST", "/v1/agents/k8s-held/resume", registrar_key, NULL), 200);
+	/* A join token now would predate the epoch. */
+	call(&p, "POST", "/v1/agents/k8s-held/join-tokens", registrar_key, NULL, &r);
+	assert_int_equal(r.status, 503);
+	assert_true(harness_resp_header(&r, "Retry-After", ra, sizeof(ra)));
+	assert_true(atoi(ra) >= 1 && atoi(ra) <= 3);
+	harness_resp_free(&r);
+	/* So would a credential: the workload's own token is refused for now. */
+	own = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 600);
+	{
+		char body[8192];
+
+		snprintf(body, sizeof(body), "{\"method\":\"jwt\",\"token\":\"%s\"}", own);
+		attest(&p, "k8s-held", body, &r);
+	}
 	if (r.status != 503)
 		fprintf(stderr, "attest: %ld %s\n", r.status, r.body);
 	assert_int_equal(r.status, 503);
 	assert_true(harness_resp_header(&r, "Retry-After", ra, sizeof(ra)));
 	assert_true(atoi(ra) >= 1 && atoi(ra) <= 3);
 	harness_resp_free(&r);
-	assert_last_failure("t_att_epoch", "planner-1", "revocation_epoch_ahead");
-	assert_int_equal(harness_sql_value("t_att_epoch",
-	                                   "SELECT count(*) FROM agent_join_tokens WHERE used_at "
-	                                   "IS NOT NULL",
+	assert_last_failure("t_att_epoch", "k8s-held", "revocation_epoch_ahead");
+	assert_int_equal(harness_sql_value("t_att_epoch", "SELECT count(*) FROM agent_join_tokens",
 	                                   used, sizeof(used)),
 	                 0);
 	assert_string_equal(used, "0");
 	sleep_ms(atoi(ra) * 1000 + 100);
-	assert_int_equal(attest_join(&p, "planner-1", tok, cred, sizeof(cred)), 200);
+	assert_int_equal(attest_jwt(&p, "k8s-held", own, cred, sizeof(cred)), 200);
 	assert_int_equal(me_status(&p, cred), 200);
+	join_token(&p, "k8s-held", tok, sizeof(tok));
+	assert_int_equal(attest_join(&p, "k8s-held", tok, NULL, 0), 200);
+	free(own);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
