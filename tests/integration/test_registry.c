@@ -566,6 +566,48 @@ an_agent_needing_approval_for_every_class_is_served(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * A record stored as spiffe-x509-svid by an earlier version (writes now
+ * refuse it) is set to the JWT credential it always got by migration 0015,
+ * with a new version; then it can be patched like any other.
+ */
+static void
+migration_0015_sets_legacy_credential_types_to_what_agents_get(void **state)
+{
+	struct idpd_proc p;
+	char sql[16384], n[64];
+	FILE *f;
+	size_t len;
+	const char *top = getenv("IDPD_TEST_TOP");
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_x509"), 0);
+	start(&p, "t_reg_x509", NULL);
+	register_agent(&p, "legacy", "a@b.co", "[\"a:b\"]", NULL);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(
+	    harness_sql(
+	        "t_reg_x509",
+	        "UPDATE agents SET credential_type = 'spiffe-x509-svid' WHERE id = 'legacy'"),
+	    0);
+	snprintf(sql, sizeof(sql), "%s/migrations/0015_credential_type_jwt.sql", top ? top : ".");
+	f = fopen(sql, "r");
+	assert_non_null(f);
+	len = fread(sql, 1, sizeof(sql) - 1, f);
+	fclose(f);
+	sql[len] = '\0';
+	assert_int_equal(harness_sql("t_reg_x509", sql), 0);
+	sql_value("t_reg_x509",
+	          "SELECT credential_type || '|' || version FROM agents WHERE id = 'legacy'", n,
+	          sizeof(n));
+	assert_string_equal(n, "spiffe-jwt-svid|2");
+	start(&p, "t_reg_x509", NULL);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/legacy", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"2\""),
+	                 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 transitions_suspend_resume_and_decommission_is_terminal(void **state)
 {
@@ -1249,6 +1291,7 @@ main(void)
 	    cmocka_unit_test(patch_needs_if_match_and_refuses_a_stale_version),
 	    cmocka_unit_test(an_agent_needing_approval_for_every_class_is_served),
 	    cmocka_unit_test(transitions_suspend_resume_and_decommission_is_terminal),
+	    cmocka_unit_test(migration_0015_sets_legacy_credential_types_to_what_agents_get),
 	    cmocka_unit_test(list_filters_and_pages_through_every_agent_once),
 	    cmocka_unit_test(a_change_through_one_instance_shows_on_the_other_within_100ms),
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
