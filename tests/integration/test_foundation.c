@@ -17,6 +17,8 @@
 #include <cmocka.h>
 #include <libpq-fe.h>
 
+#include <sys/resource.h>
+
 #include "harness.h"
 #include "idpd/auth.h"
 
@@ -34,6 +36,16 @@ group_setup(void **state)
 		return -1;
 	snprintf(toml, sizeof(toml),
 	         "[[api_keys]]\nname = \"ci-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
+	/* idpd inherits core files allowed, so that turning them off is its own doing. */
+	{
+		struct rlimit any = {RLIM_INFINITY, RLIM_INFINITY};
+
+		if (setrlimit(RLIMIT_CORE, &any) != 0) {
+			getrlimit(RLIMIT_CORE, &any);
+			any.rlim_cur = any.rlim_max;
+			(void)setrlimit(RLIMIT_CORE, &any);
+		}
+	}
 	return harness_idpd_start(&idpd, "t_foundation", NULL, toml);
 }
 
@@ -42,6 +54,31 @@ group_teardown(void **state)
 {
 	(void)state;
 	return harness_idpd_stop(&idpd, SIGTERM, 10000) == 0 ? 0 : -1;
+}
+
+/* The signing keys' secrets must not reach a core file: idpd turns them off for itself. */
+static void
+idpd_writes_no_core_file(void **state)
+{
+	char path[64], line[256];
+	bool seen = false;
+	FILE *f;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/proc/%d/limits", (int)idpd.pid);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		unsigned long long soft, hard;
+
+		if (strncmp(line, "Max core file size", 18) != 0)
+			continue;
+		assert_int_equal(sscanf(line + 18, "%llu %llu", &soft, &hard), 2);
+		assert_true(soft == 0 && hard == 0);
+		seen = true;
+	}
+	fclose(f);
+	assert_true(seen);
 }
 
 static void
@@ -707,6 +744,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(idpd_writes_no_core_file),
 	    cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
 	    cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
 	    cmocka_unit_test(readyz_reports_the_schema_version),
