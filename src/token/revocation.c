@@ -56,8 +56,9 @@
 
 /* Patches kept beside the base before they are merged into a new one. */
 #define OVERLAY_MAX 512
-/* An entry expired this long is dropped from the next base. */
-#define DROP_MARGIN_S 300
+/* An entry expired this long is dropped from the next base: well past the
+ * largest identity.leeway (5 min) that a check may still add to exp. */
+#define DROP_MARGIN_S 600
 /* Rows per page of a full load. */
 #define LOAD_PAGE "5000"
 /* Attempts at a statement: after PostgreSQL restarts, each pooled session fails once. */
