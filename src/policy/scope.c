@@ -12,6 +12,7 @@
  * character of the charset the argument weakens, but only towards "not
  * within": a literal match still proves containment.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -486,59 +487,90 @@ is_upper(char c)
 	return c >= 'A' && c <= 'Z';
 }
 
-/* The stem of entry e above best ("Create" of "Create*"), or NULL: a glob other than one trailing
- * '*'. */
-static const char *
-entry_stem(const struct verb_entry *e, enum idp_action_class best, size_t *n)
+/*
+ * Entry e's stem in lower case without separators ("kill" of "Kill_*"),
+ * into out; its length, or 0 when e is not "Stem" or "Stem*" or is not
+ * above best.
+ */
+static size_t
+entry_stem(const struct verb_entry *e, enum idp_action_class best, char *out, size_t cap)
 {
-	*n = strcspn(e->verb, "*");
-	if (e->cls <= best || (e->verb[*n] != '\0' && e->verb[*n + 1] != '\0'))
-		return NULL;
-	return e->verb;
+	size_t n = strcspn(e->verb, "*"), k = 0;
+
+	if (e->cls <= best || (e->verb[n] != '\0' && e->verb[n + 1] != '\0'))
+		return 0;
+	for (size_t i = 0; i < n && k + 1 < cap; i++)
+		if (!word_sep(e->verb[i]))
+			out[k++] = (char)tolower((unsigned char)e->verb[i]);
+	out[k] = '\0';
+	return k;
 }
 
+#define WORDS_MAX (IDP_SCOPE_MAX_LEN / 2 + 1)
+
 /*
- * The highest class any word of a compound verb names, case ignored: an
- * entry "Stem" or "Stem*" whose stem is a whole word ("ReadWrite",
- * "GetOrCreateUser": they start like reads, the prefix entries alone would
- * call them read), or begins a run of capitals ("GetDELETEitem",
- * "ReadWRITEs", where the humps do not fall on the word).  "GetSettings"
- * stays read: no entry names "Settings".
+ * The highest class a compound verb's words name, case ignored, when an
+ * entry "Stem" or "Stem*" above read has for its stem:
+ *   - one or more whole words in a row: "ReadWrite" and "GetOrCreateUser"
+ *     start like reads but say write, and odd capitals split a word into
+ *     several ("GetDeLeTe", "ReadWrItE"), as they split a stem with a digit
+ *     or two words ("Nuke2", "ForceStop");
+ *   - a part of a run of capitals, at any offset ("GetObjectANDDELETE",
+ *     "GetREADWRITE"): a run is one word to the humps, not to a reader.
+ * "GetSettings" stays read (no entry names "Settings"), and so does
+ * "DescribeComputeEnvironments": "put" inside "Compute" is no word.
  */
 static enum idp_action_class
 word_class(const struct scope_verb_map *m, const char *verb)
 {
 	enum idp_action_class best = IDP_ACTION_READ;
-	size_t i = 0;
+	size_t ws[WORDS_MAX], wl[WORDS_MAX], nw = 0, i = 0;
+	char stem[IDP_SCOPE_MAX_LEN + 1], joined[IDP_SCOPE_MAX_LEN + 1];
 
-	while (verb[i] != '\0') {
-		size_t start, len, run_end;
-
+	while (verb[i] != '\0' && nw < WORDS_MAX) {
 		while (word_sep(verb[i]))
 			i++;
 		if (verb[i] == '\0')
 			break;
-		start = i++;
+		ws[nw] = i++;
 		while (verb[i] != '\0' && !word_sep(verb[i]) && !word_starts(verb, i))
 			i++;
-		len = i - start;
-		/* A run of capitals, with the lower case letters after it. */
-		run_end = start;
-		if (is_upper(verb[start]) && is_upper(verb[start + 1])) {
-			while (is_alpha(verb[run_end]))
-				run_end++;
-		}
-		for (size_t k = 0; k < m->n; k++) {
-			size_t n;
-			const char *stem = entry_stem(&m->entries[k], best, &n);
+		wl[nw] = i - ws[nw];
+		nw++;
+	}
+	for (size_t k = 0; k < m->n; k++) {
+		size_t n = entry_stem(&m->entries[k], best, stem, sizeof(stem));
+		bool hit = false;
 
-			if (stem == NULL)
-				continue;
-			if ((n == len && strncasecmp(stem, verb + start, len) == 0) ||
-			    (n >= 2 && n <= run_end - start &&
-			     strncasecmp(stem, verb + start, n) == 0))
-				best = m->entries[k].cls;
+		if (n == 0)
+			continue;
+		/* Whole words in a row. */
+		for (size_t a = 0; a < nw && !hit; a++) {
+			size_t len = 0;
+
+			for (size_t b = a; b < nw && len < n; b++) {
+				for (size_t c = 0; c < wl[b]; c++)
+					joined[len++] =
+					    (char)tolower((unsigned char)verb[ws[b] + c]);
+				hit = len == n && memcmp(joined, stem, n) == 0;
+			}
 		}
+		/* Inside a run of capitals (and the lower case letters after it). */
+		for (size_t p = 0; verb[p] != '\0' && !hit && n >= 3; p++) {
+			size_t run = 0, tail = 0;
+
+			if (!is_upper(verb[p]) || (p > 0 && is_upper(verb[p - 1])))
+				continue;
+			while (is_upper(verb[p + run]))
+				run++;
+			while (is_alpha(verb[p + run + tail]))
+				tail++;
+			for (size_t o = 0; run >= 2 && o < run && !hit; o++)
+				hit =
+				    o + n <= run + tail && strncasecmp(verb + p + o, stem, n) == 0;
+		}
+		if (hit)
+			best = m->entries[k].cls;
 	}
 	return best;
 }
@@ -555,14 +587,23 @@ map_top(const struct scope_verb_map *m)
 	return top;
 }
 
-/* Whether an entry without a glob names verb exactly: the deployment's word on it. */
+/*
+ * Whether an entry that is not a prefix pattern covers verb: an exact name
+ * ("DescribeUpdateActions") or a suffix or inner pattern ("*\/read",
+ * "compute.*.get").  Such an entry is the deployment's own word on what
+ * the verb does, over the guesses from words and inner wildcards.
+ */
 static bool
-named_exactly(const struct scope_verb_map *m, const char *verb)
+named_by_entry(const struct scope_verb_map *m, const char *verb)
 {
-	for (size_t k = 0; k < m->n; k++)
-		if (strchr(m->entries[k].verb, '*') == NULL &&
-		    strcmp(m->entries[k].verb, verb) == 0)
+	for (size_t k = 0; k < m->n; k++) {
+		const char *v = m->entries[k].verb, *star = strchr(v, '*');
+
+		if (star != NULL && star[1] == '\0' && strchr(v, '*') == star)
+			continue; /* "Stem*": a prefix, subject to the words after it */
+		if (scope_glob_match(v, verb))
 			return true;
+	}
 	return false;
 }
 
@@ -598,6 +639,8 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 	}
 	if (!covered && best < IDP_ACTION_WRITE)
 		best = IDP_ACTION_WRITE;
+	if (named_by_entry(m, verb))
+		return best;
 	/*
 	 * A '*' before the end stands for anything in the middle of a verb,
 	 * words that write or delete included ("Describe*Terminate*"): the
@@ -613,7 +656,7 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 			return top > best ? top : best;
 		}
 	}
-	if (!named_exactly(m, verb)) {
+	{
 		enum idp_action_class w = word_class(m, verb);
 
 		if (w > best)

@@ -263,6 +263,31 @@ verb_classes_ignore_case(void **state)
 	assert_int_equal(scope_verb_class(m, "GetDELETEitem"), IDP_ACTION_DELETE);
 	assert_int_equal(scope_verb_class(m, "ReadWRITEs"), IDP_ACTION_WRITE);
 	assert_int_equal(scope_verb_class(m, "DescribeDBInstances"), IDP_ACTION_READ);
+	/* Odd capitals split a word into several, and a run of capitals hides
+	 * words: a case-blind server reads them all the same. */
+	{
+		static const char *const raised[] = {
+		    "GetObjectANDDELETE", "GetXMLDELETE", "GetIAMDELETE", "GetREADWRITE",
+		    "ReadANDWRITE",       "GetXDELETE",   "GetDeLeTe",    "GetDeletE",
+		    "ReadWrItE",          "GetAdMin",     "GetGrAnt",     "GetTerminaTE"};
+		static const char *const reads[] = {"DescribeComputeEnvironments",
+		                                    "GetDNSSEC",
+		                                    "ListMFADevices",
+		                                    "GetSAMLProvider",
+		                                    "DescribeDBProxyTargets",
+		                                    "GetIPSet",
+		                                    "GetSSHPublicKey",
+		                                    "ListAPIs",
+		                                    "DescribeDRTAccess",
+		                                    "GetOutput"};
+
+		for (size_t i = 0; i < IDP_ARRAY_LEN(raised); i++)
+			if (scope_verb_class(m, raised[i]) <= IDP_ACTION_READ)
+				fail_msg("%s should be above read", raised[i]);
+		for (size_t i = 0; i < IDP_ARRAY_LEN(reads); i++)
+			if (scope_verb_class(m, reads[i]) != IDP_ACTION_READ)
+				fail_msg("%s should be read", reads[i]);
+	}
 	/* Words no entry names, or names only as a part, change nothing. */
 	assert_int_equal(scope_verb_class(m, "GetSettings"), IDP_ACTION_READ);
 	assert_int_equal(scope_verb_class(m, "GetOutput"), IDP_ACTION_READ);
@@ -278,6 +303,20 @@ verb_classes_ignore_case(void **state)
 	                 IDP_OK);
 	assert_int_equal(scope_verb_class(c, "DescribeUpdateActions"), IDP_ACTION_READ);
 	assert_int_equal(scope_verb_class(c, "DescribeUpdateActionsX"), IDP_ACTION_WRITE);
+	/* A deployment's suffix or inner pattern is its word on what a verb
+	 * does; stems with a digit or two words still count as words. */
+	assert_int_equal(scope_verb_map_add(c, "*/read", IDP_ACTION_READ, &d), IDP_OK);
+	assert_int_equal(scope_verb_map_add(c, "compute.*.get", IDP_ACTION_READ, &d), IDP_OK);
+	assert_int_equal(scope_verb_map_add(c, "Get*", IDP_ACTION_READ, &d), IDP_OK);
+	assert_int_equal(scope_verb_map_add(c, "Nuke2*", IDP_ACTION_DELETE, &d), IDP_OK);
+	assert_int_equal(scope_verb_map_add(c, "ForceStop*", IDP_ACTION_ADMIN, &d), IDP_OK);
+	assert_int_equal(scope_verb_map_add(c, "Kill_*", IDP_ACTION_DELETE, &d), IDP_OK);
+	assert_int_equal(scope_verb_class(c, "Microsoft.Authorization/*/read"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(c, "compute.*.get"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(c, "compute.instances.get"), IDP_ACTION_READ);
+	assert_int_equal(scope_verb_class(c, "GetNuke2"), IDP_ACTION_DELETE);
+	assert_int_equal(scope_verb_class(c, "GetForceStop"), IDP_ACTION_ADMIN);
+	assert_int_equal(scope_verb_class(c, "Get_Kill_now"), IDP_ACTION_DELETE);
 	/* An entry a deployment adds is matched the same way. */
 	idp_diag_init(&d);
 	assert_int_equal(scope_verb_map_add(c, "Reboot*", IDP_ACTION_ADMIN, &d), IDP_OK);
