@@ -12,8 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "idpd/app.h"
@@ -28,6 +26,7 @@
 #include "idpd/delegation.h"
 #include "idpd/http.h"
 #include "idpd/human_auth.h"
+#include "idpd/kek.h"
 #include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/maintenance.h"
@@ -646,44 +645,12 @@ dispatch(int argc, char **argv)
 	return 2;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define IDPD_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define IDPD_SANITIZED 1
-#endif
-#endif
-
-/*
- * The process holds the key-encryption key for its whole life, and every
- * signing key it opens passes through memory OpenSSL frees without wiping:
- * no core file may carry them to disk, and no other process of the same
- * user may read them through /proc/<pid>/mem or ptrace.  Not dumpable does
- * both.  IDPD_ALLOW_CORE_DUMPS=1 lifts it for debugging; a sanitizer build
- * keeps the process dumpable, since LeakSanitizer attaches to its threads.
- */
-static void
-keep_secrets_in(void)
-{
-	const char *allow = getenv("IDPD_ALLOW_CORE_DUMPS");
-	struct rlimit none = {0, 0};
-
-	if (allow != NULL && strcmp(allow, "1") == 0)
-		return;
-	if (setrlimit(RLIMIT_CORE, &none) != 0)
-		fprintf(stderr, "idpd: cannot turn core files off: %s\n", strerror(errno));
-#ifndef IDPD_SANITIZED
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-		fprintf(stderr, "idpd: cannot make the process undumpable: %s\n", strerror(errno));
-#endif
-}
-
 int
 main(int argc, char **argv)
 {
 	int rc;
 
-	keep_secrets_in();
+	(void)idp_kek_guard_process();
 	rc = dispatch(argc, argv);
 
 	/* What a command printed may be all there is of its result (a new API

@@ -69,6 +69,18 @@ void idp_kek_free(struct idp_kek *kek);
  * Main thread, before other threads read the environment.
  */
 void idp_kek_scrub_env(void);
+
+/*
+ * Keep what the process holds out of core files and out of other processes'
+ * reach: the KEK lives for the process's life, and OpenSSL frees the keys
+ * it parses without wiping them.  Core files off (RLIMIT_CORE 0) and the
+ * process undumpable (no core, no ptrace or /proc/<pid>/mem for the same
+ * user); a sanitizer build stays dumpable, since LeakSanitizer attaches to
+ * its threads.  IDPD_ALLOW_CORE_DUMPS=1 in the environment leaves both as
+ * they are, for debugging.  Returns 0, or -1 when a step failed (reported
+ * on stderr; the process still runs).
+ */
+int idp_kek_guard_process(void);
 /* The same for another variable holding a KEK ($IDPD_KEK_OLD). */
 void idp_kek_scrub_env_var(const char *name);
 

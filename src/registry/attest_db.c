@@ -52,10 +52,15 @@ static struct store_stmt st_join_why = {
     "FROM agent_join_tokens WHERE token_hash = $1",
     2, 0};
 
-/* Seconds until the agent's revocation epoch has passed, on PostgreSQL's clock; 0 if it has. */
+/*
+ * Seconds until the agent's revocation epoch has passed, on PostgreSQL's
+ * clock; 0 once it has.  At the epoch itself it is still ahead: a token
+ * made then would be no later than the epoch, which a spend refuses.
+ */
 static struct store_stmt st_epoch_ahead = {
     "attest_epoch_ahead",
-    "SELECT coalesce(ceil(extract(epoch FROM revocation_epoch - now())), 0)::bigint "
+    "SELECT CASE WHEN revocation_epoch >= now() THEN "
+    "greatest(1, ceil(extract(epoch FROM revocation_epoch - now())))::bigint ELSE 0 END "
     "FROM agents WHERE id = $1",
     1, 0};
 

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -373,5 +375,35 @@ idp_kek_open_key(const struct idp_kek *kek, const char *kid, const unsigned char
 		             kid);
 	idp_wipe(der, der_len);
 	free(der);
+	return rc;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define IDP_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IDP_SANITIZED 1
+#endif
+#endif
+
+int
+idp_kek_guard_process(void)
+{
+	const char *allow = getenv("IDPD_ALLOW_CORE_DUMPS");
+	struct rlimit none = {0, 0};
+	int rc = 0;
+
+	if (allow != NULL && strcmp(allow, "1") == 0)
+		return 0;
+	if (setrlimit(RLIMIT_CORE, &none) != 0) {
+		fprintf(stderr, "idpd: cannot turn core files off: %s\n", strerror(errno));
+		rc = -1;
+	}
+#ifndef IDP_SANITIZED
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		fprintf(stderr, "idpd: cannot make the process undumpable: %s\n", strerror(errno));
+		rc = -1;
+	}
+#endif
 	return rc;
 }

@@ -585,10 +585,15 @@ migration_0015_sets_legacy_credential_types_to_what_agents_get(void **state)
 	start(&p, "t_reg_x509", NULL);
 	register_agent(&p, "legacy", "a@b.co", "[\"a:b\"]", NULL);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	/* The schema before 0015: x509 allowed. */
 	assert_int_equal(
-	    harness_sql(
-	        "t_reg_x509",
-	        "UPDATE agents SET credential_type = 'spiffe-x509-svid' WHERE id = 'legacy'"),
+	    harness_sql("t_reg_x509",
+	                "ALTER TABLE agents DROP CONSTRAINT agents_credential_type_check;"
+	                "ALTER TABLE agents ADD CONSTRAINT agents_credential_type_check "
+	                "CHECK (credential_type IN ('spiffe-jwt-svid', "
+	                "'spiffe-x509-svid'));"
+	                "UPDATE agents SET credential_type = 'spiffe-x509-svid' "
+	                "WHERE id = 'legacy'"),
 	    0);
 	snprintf(sql, sizeof(sql), "%s/migrations/0015_credential_type_jwt.sql", top ? top : ".");
 	f = fopen(sql, "r");
@@ -601,6 +606,12 @@ migration_0015_sets_legacy_credential_types_to_what_agents_get(void **state)
 	          "SELECT credential_type || '|' || version FROM agents WHERE id = 'legacy'", n,
 	          sizeof(n));
 	assert_string_equal(n, "spiffe-jwt-svid|2");
+	/* And the column takes nothing else any more. */
+	assert_int_not_equal(
+	    harness_sql(
+	        "t_reg_x509",
+	        "UPDATE agents SET credential_type = 'spiffe-x509-svid' WHERE id = 'legacy'"),
+	    0);
 	start(&p, "t_reg_x509", NULL);
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/legacy", registrar_key,
 	                           "{\"team\":\"sre\"}", "If-Match: \"2\""),

@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -466,10 +469,67 @@ kek_sealed_signing_key_refuses_wrong_kek_and_kid(void **state)
 	idp_kek_free(other);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+#define DUMPABLE_AFTER 1 /* LeakSanitizer needs it */
+#else
+#define DUMPABLE_AFTER 0
+#endif
+
+/* In a child: with core files allowed, what the guard leaves; the exit status says. */
+static int
+guarded_child(const char *allow)
+{
+	pid_t pid = fork();
+	int status = -1;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct rlimit any = {RLIM_INFINITY, RLIM_INFINITY}, got;
+
+		if (setrlimit(RLIMIT_CORE, &any) != 0) {
+			getrlimit(RLIMIT_CORE, &any);
+			any.rlim_cur = any.rlim_max;
+			(void)setrlimit(RLIMIT_CORE, &any);
+		}
+		if (allow != NULL)
+			setenv("IDPD_ALLOW_CORE_DUMPS", allow, 1);
+		else
+			unsetenv("IDPD_ALLOW_CORE_DUMPS");
+		if (idp_kek_guard_process() != 0)
+			_exit(10);
+		getrlimit(RLIMIT_CORE, &got);
+		_exit((got.rlim_cur == 0 ? 1 : 0) | (prctl(PR_GET_DUMPABLE) == 1 ? 2 : 0));
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+static void
+guard_keeps_core_files_and_other_processes_out(void **state)
+{
+	struct rlimit now;
+
+	(void)state;
+	/* Core files off; undumpable (but for LeakSanitizer's sake). */
+	assert_int_equal(guarded_child(NULL), 1 | (DUMPABLE_AFTER ? 2 : 0));
+	/* Lifted for debugging: dumpable, and the limit as it was. */
+	getrlimit(RLIMIT_CORE, &now);
+	assert_int_equal(guarded_child("1"), 2 | (now.rlim_max == 0 ? 1 : 0));
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(guard_keeps_core_files_and_other_processes_out),
 	    cmocka_unit_test(kek_seal_open_round_trip),
 	    cmocka_unit_test(kek_seal_uses_a_fresh_nonce_each_time),
 	    cmocka_unit_test(kek_sealed_blob_opens_with_plain_openssl),
