@@ -417,6 +417,7 @@ keys_snapshot_unref(struct keys_snapshot *s)
 	idp_jws_keyset_unref(s->verify);
 	free(s->jwks);
 	free(s->info);
+	free(s->held);
 	free(s);
 }
 
@@ -438,23 +439,39 @@ same_key(const struct idp_jws_key *a, const struct idp_jws_key *b)
  * kid would be trusted by every instance, and tokens signed with the
  * swapper's key would verify.  A row sealed under another KEK (between a
  * reseal and the restart with the new one) cannot be checked here and is
- * published as it is.
+ * published as it is.  A row prev found to hold up, byte for byte the same,
+ * is not opened again: every reload would otherwise decrypt every key, and
+ * OpenSSL frees the private keys it parses without wiping them.  Rows that
+ * held up are noted in s.
  */
 static bool
 row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
-             struct idp_diag *diag)
+             const struct keys_snapshot *prev, struct keys_snapshot *s, struct idp_diag *diag)
 {
 	struct idp_jws_key *priv = NULL;
+	uint8_t fp[IDP_SHA256_LEN];
 	char mine[21];
-	bool ok;
+	bool ok = false;
 
 	if (kek == NULL)
 		return true;
 	idp_kek_id(kek, mine);
 	if (strcmp(row->info.kek_id, mine) != 0)
 		return true;
-	ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
-	idp_jws_key_unref(priv);
+	if (row->sealed == NULL || idp_sha256(row->public_jwk, strlen(row->public_jwk), row->sealed,
+	                                      row->sealed_len, fp) != IDP_OK) {
+		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		idp_jws_key_unref(priv);
+		return ok;
+	}
+	for (size_t i = 0; prev != NULL && i < prev->n_held && !ok; i++)
+		ok = memcmp(prev->held[i], fp, sizeof(fp)) == 0;
+	if (!ok) {
+		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		idp_jws_key_unref(priv);
+	}
+	if (ok)
+		memcpy(s->held[s->n_held++], fp, sizeof(fp));
 	return ok;
 }
 
@@ -481,6 +498,7 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->warned_expired, false);
 	s->info = idp_xcalloc(n ? n : 1, sizeof(*s->info));
+	s->held = idp_xcalloc(n ? n : 1, sizeof(*s->held));
 	for (size_t o = 0; o < IDP_ARRAY_LEN(order); o++) {
 		for (size_t i = 0; i < n; i++) {
 			const struct keys_row *row = &rows[i];
@@ -491,7 +509,7 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 			rc = row_public_key(row, &pub, diag);
 			if (rc != IDP_OK)
 				goto done;
-			if (!row_holds_up(row, pub, kek, signing_diag)) {
+			if (!row_holds_up(row, pub, kek, prev, s, signing_diag)) {
 				/* Left out, not fatal: the other keys stay usable. */
 				log_error("keys: signing key %s does not match its sealed private "
 				          "key (the row was altered); it is neither published nor "

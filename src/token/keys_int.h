@@ -40,6 +40,10 @@ struct keys_snapshot {
 	size_t jwks_len;
 	struct keys_info *info; /* the live keys, active first, then next, then retiring */
 	size_t n_info;
+	/* SHA-256 of each row opened and found to hold up (its public JWK and
+	 * sealed blob): the next build skips opening a row it finds here. */
+	uint8_t (*held)[IDP_SHA256_LEN];
+	size_t n_held;
 	atomic_bool warned_expired; /* logged once that the active key is past its not-after */
 };
 
