@@ -346,6 +346,9 @@ struct tok {
 	const char *jti, *sub, *task_id, *chain_jti;
 	const char *scope; /* the scope claim */
 	int64_t iat_s, exp_s;
+	/* Each chain agent must still hold the scopes: false only for an
+	 * agent reporting what it did (revocation_introspect_access). */
+	bool caps;
 };
 
 /*
@@ -385,12 +388,12 @@ live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v
 		rc = IDP_EFORBIDDEN;
 	}
 	for (size_t i = 0; rc == IDP_OK && i < v->n; i++)
-		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, t->scope, may_block, NULL,
-		              reason);
+		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, t->caps ? t->scope : NULL,
+		              may_block, NULL, reason);
 	/* The subject is the chain's last agent, its scopes checked there. */
 	if (rc == IDP_OK)
-		rc = agent_ok(t->sub, t->iat_s, v->n > 0 ? NULL : t->scope, may_block, sub_agent,
-		              reason);
+		rc = agent_ok(t->sub, t->iat_s, v->n > 0 || !t->caps ? NULL : t->scope, may_block,
+		              sub_agent, reason);
 	if (rc != IDP_OK)
 		rev_view_release(v);
 	return rc;
@@ -599,7 +602,7 @@ render(const json_t *c, bool access, const struct rev_view *v, const struct regi
  */
 static int
 cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hint, int64_t now,
-     bool may_block, struct vc_entry **out, const char **reason)
+     bool may_block, bool caps, struct vc_entry **out, const char **reason)
 {
 	struct idp_jws_verified jv;
 	const struct registry_agent *sub = NULL;
@@ -624,6 +627,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .scope = claim_str(c, "scope"),
 	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
 	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),
+	    .caps = caps,
 	};
 	rc = live_checks(&t, now, may_block, &v, &sub, reason);
 	if (rc != IDP_OK)
@@ -688,8 +692,8 @@ kid_trusted(const char *kid)
 
 /* The decision for token: IDP_OK with *out (unref it), or as live_checks. */
 static int
-decide(const char *token, const char *hint, int64_t now, bool may_block, struct vc_entry **out,
-       const char **reason)
+decide(const char *token, const char *hint, int64_t now, bool may_block, bool caps,
+       struct vc_entry **out, const char **reason)
 {
 	uint8_t key[SHA256_DIGEST_LENGTH];
 	const struct registry_agent *sub = NULL;
@@ -704,7 +708,7 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 	if (e == NULL || !kid_trusted(e->kid)) {
 		vc_unref(e);
 		atomic_fetch_add_explicit(&stats.misses, 1, memory_order_relaxed);
-		return cold(token, key, hint, now, may_block, out, reason);
+		return cold(token, key, hint, now, may_block, caps, out, reason);
 	}
 	rc = live_checks(&(struct tok){.access = e->access,
 	                               .jti = e->jti,
@@ -713,7 +717,8 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 	                               .chain_jti = e->chain_jti,
 	                               .scope = e->scope,
 	                               .iat_s = e->iat_s,
-	                               .exp_s = e->exp_s},
+	                               .exp_s = e->exp_s,
+	                               .caps = caps},
 	                 now, may_block, &v, &sub, reason);
 	if (rc != IDP_OK) {
 		vc_unref(e);
@@ -725,7 +730,7 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, struct 
 		registry_agent_unref(sub);
 		vc_unref(e);
 		atomic_fetch_add_explicit(&stats.misses, 1, memory_order_relaxed);
-		return cold(token, key, hint, now, may_block, out, reason);
+		return cold(token, key, hint, now, may_block, caps, out, reason);
 	}
 	rev_view_release(&v);
 	registry_agent_unref(sub);
@@ -746,7 +751,10 @@ revocation_introspect_access(const char *token, json_t **out)
 	*out = NULL;
 	if (token == NULL)
 		return IDP_EUNAUTH;
-	rc = decide(token, "access_token", now, true, &e, &reason);
+	/* A report of what the agent did stands even once a capability on its
+	 * chain was narrowed: the trail needs it, and the token still proves
+	 * the agent (signature, expiry, revocation, task and agents checked). */
+	rc = decide(token, "access_token", now, true, false, &e, &reason);
 	if (rc == IDP_EUNAVAIL)
 		return IDP_EUNAVAIL;
 	if (rc != IDP_OK)
@@ -837,13 +845,14 @@ introspect(struct http_req *req, void *ctx)
 		return;
 	}
 	now = idp_now_ms(idp_clock_system()) / 1000;
-	rc = decide(token, http_form_get(&form, "token_type_hint"), now, false, &e, &reason);
+	rc = decide(token, http_form_get(&form, "token_type_hint"), now, false, true, &e, &reason);
 	if (rc == REV_WOULD_BLOCK) {
 		if (http_req_defer(req)) {
 			atomic_fetch_add_explicit(&stats.deferred, 1, memory_order_relaxed);
 			return;
 		}
-		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, &e, &reason);
+		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, true, &e,
+		            &reason);
 	}
 	/* A key bound to audiences sees only tokens for them: a resource
 	 * server learns nothing of another's tokens, nor of delegation tokens

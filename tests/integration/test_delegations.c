@@ -575,6 +575,20 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 	/* What was issued before goes inactive with it, the delegation too. */
 	assert_false(world_active(&w.w, access, NULL));
 	assert_false(world_active(&w.w, child, NULL));
+	/* But what the agent did with it before is still reported: the token
+	 * still proves the agent, and the audit trail needs the report. */
+	{
+		struct http_resp r;
+
+		world_call(&w.w, "POST", "/v1/audit/events", access,
+		           "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"ec2.describe\","
+		           "\"result\":\"success\"}}",
+		           &r);
+		if (r.status != 201)
+			fprintf(stderr, "report: %ld %s\n", r.status, r.body);
+		assert_int_equal(r.status, 201);
+		harness_resp_free(&r);
+	}
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
 	assert_string_equal(code, "scope_outside_chain_capabilities");
 	/* The same through OAuth token exchange: RFC 6749's invalid_scope. */
