@@ -231,19 +231,45 @@ writer_connect(void)
 	return true;
 }
 
-/* Highest seq of this chain already committed; -1 if it cannot be known. */
+/*
+ * Every batch's transaction holds this chain's lock (an advisory lock of
+ * class CHAIN_LOCK_CLASS, keyed by the chain id's hash) until it commits.
+ * A session lost on this side may leave its transaction alive on the
+ * server, waiting on a lock and committing later; reading the chain's
+ * height without waiting for it would drop or renumber events it then
+ * commits (an acknowledged event missing, a fork in the chain).
+ */
+#define CHAIN_LOCK_CLASS 1635083369 /* "audi" */
+
+/*
+ * Highest seq of this chain already committed, once no earlier batch's
+ * transaction can still commit (it takes the chain's lock, so it waits for
+ * one); -1 if it cannot be known.
+ */
 static int64_t
 committed_max(void)
 {
-	const char *p[1] = {W.chain_id};
-	PGresult *r = PQexecParams(
-	    W.pg, "SELECT coalesce(max(seq), 0) FROM audit_events WHERE writer_id = $1", 1, NULL, p,
-	    NULL, NULL, 0);
+	char cls[16];
+	const char *p[2] = {W.chain_id, cls};
+	PGresult *r;
 	int64_t v = -1;
 
-	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-		v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	snprintf(cls, sizeof(cls), "%d", CHAIN_LOCK_CLASS);
+	if (!exec_ok(W.pg, "BEGIN", PGRES_COMMAND_OK))
+		return -1;
+	r = PQexecParams(W.pg, "SELECT pg_advisory_xact_lock($2::int, hashtext($1))", 2, NULL, p,
+	                 NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+		PQclear(r);
+		r = PQexecParams(
+		    W.pg, "SELECT coalesce(max(seq), 0) FROM audit_events WHERE writer_id = $1", 1,
+		    NULL, p, NULL, NULL, 0);
+		if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+			v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	}
 	PQclear(r);
+	if (!exec_ok(W.pg, v >= 0 ? "COMMIT" : "ROLLBACK", PGRES_COMMAND_OK))
+		return -1;
 	return v;
 }
 
@@ -260,7 +286,8 @@ static int
 write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 {
 	PGresult *r;
-	char sql[sizeof(COPY_SQL) + sizeof(CHAIN_SQL_HEAD) + sizeof(CHAIN_SQL_TAIL) + 2 * 320 + 64];
+	char
+	    sql[sizeof(COPY_SQL) + sizeof(CHAIN_SQL_HEAD) + sizeof(CHAIN_SQL_TAIL) + 3 * 320 + 128];
 	char *lit;
 	size_t from = 0;
 	int first = 0;
@@ -284,12 +311,15 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	 * the statements of one simple query as one implicit transaction, so
 	 * the rows and audit_chains commit together or not at all, in one
 	 * round trip, committed (and flushed, with synchronous_commit) when
-	 * the last result has arrived.
+	 * the last result has arrived.  The chain's lock first, held to the
+	 * commit (see CHAIN_LOCK_CLASS).
 	 */
 	lit = PQescapeLiteral(W.pg, W.chain_id, strlen(W.chain_id));
 	if (lit == NULL)
 		goto lost;
-	snprintf(sql, sizeof(sql), "%s; %s (%s, %llu) %s", COPY_SQL, CHAIN_SQL_HEAD, lit,
+	snprintf(sql, sizeof(sql),
+	         "SELECT pg_advisory_xact_lock(%d, hashtext(%s)); %s; %s (%s, %llu) %s",
+	         CHAIN_LOCK_CLASS, lit, COPY_SQL, CHAIN_SQL_HEAD, lit,
 	         (unsigned long long)rows[n - 1].seq, CHAIN_SQL_TAIL);
 	PQfreemem(lit);
 	if (!exec_ok(W.pg, sql, PGRES_COPY_IN))

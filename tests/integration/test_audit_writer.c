@@ -16,7 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
@@ -254,11 +260,94 @@ async_durability_has_nothing_to_wait_for(void **state)
 	assert_string_equal(n, "1");
 }
 
+/* shutdown() this process's sockets to PostgreSQL's port but keep: a session
+ * lost on this side only, its transaction still alive on the server. */
+static int
+cut_pg_sockets(int port, int keep)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int cut = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)) != NULL) {
+		int fd = atoi(e->d_name);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+
+		if (fd <= 2 || fd == keep || fd == dirfd(d) ||
+		    getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+			continue;
+		if (ss.ss_family == AF_INET &&
+		    ntohs(((struct sockaddr_in *)&ss)->sin_port) == port) {
+			shutdown(fd, SHUT_RDWR);
+			cut++;
+		}
+	}
+	closedir(d);
+	return cut;
+}
+
+/*
+ * A batch whose session is lost while its transaction waits on a lock, and
+ * commits later: the retry must wait for it, not drop or renumber what it
+ * commits.  Otherwise an event acknowledged afterwards is missing and the
+ * chain forks.
+ */
+static void
+a_transaction_left_behind_is_waited_for(void **state)
+{
+	char url[512], v[256];
+	const char *port_at;
+	PGconn *lk;
+	PGresult *r;
+	struct timespec ts = {0, 600 * 1000 * 1000};
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_behind"), 0);
+	harness_db_url("t_writer_behind", url, sizeof(url));
+	port_at = strrchr(url, ':');
+	assert_non_null(port_at);
+	start(url, true, 500);
+	assert_int_equal(audit_emit(event("t-e0")), IDP_OK);
+	lk = PQconnectdb(url);
+	assert_int_equal(PQstatus(lk), CONNECTION_OK);
+	r = PQexec(lk, "BEGIN; LOCK TABLE audit_chains IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	/* Its batch waits on the lock; the emitter gives up. */
+	assert_int_not_equal(audit_emit(event("t-e1")), IDP_OK);
+	assert_true(cut_pg_sockets(atoi(port_at + 1), PQsocket(lk)) >= 1);
+	nanosleep(&ts, NULL); /* the writer reconnects and retries meanwhile */
+	r = PQexec(lk, "COMMIT");
+	PQclear(r);
+	PQfinish(lk);
+	/* Acknowledged, so stored; and the chain links up. */
+	assert_int_equal(audit_emit(event("t-e2")), IDP_OK);
+	assert_int_equal(audit_emit(event("t-e3")), IDP_OK);
+	audit_writer_stop(5000);
+	assert_int_equal(harness_sql_value("t_writer_behind",
+	                                   "SELECT count(*) FROM audit_events WHERE task_id IN "
+	                                   "('t-e2', 't-e3')",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "2");
+	assert_int_equal(harness_sql_value(
+	                     "t_writer_behind",
+	                     "SELECT count(*) = max(a.seq) AND bool_and(b.prev_hash = a.hash) IS NOT "
+	                     "FALSE FROM audit_events a LEFT JOIN audit_events b ON b.writer_id = "
+	                     "a.writer_id AND b.seq = a.seq + 1",
+	                     v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "t");
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(each_event_is_called_back_once_after_its_commit),
+	    cmocka_unit_test(a_transaction_left_behind_is_waited_for),
 	    cmocka_unit_test(a_commit_is_called_back_while_the_next_batch_fails),
 	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
 	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
