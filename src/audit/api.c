@@ -306,6 +306,25 @@ ingest_event(struct http_req *req, void *ctx)
 		                   "only tool_invocation events may be reported");
 		goto done;
 	}
+	/*
+	 * An agent reports what it did, not what idpd decided or how much it
+	 * matters: a policy decision or rule it wrote would be shipped as the
+	 * policy engine's, a severity of its own would hide or inflate the
+	 * event.  A downstream API (an introspector key) may state its own.
+	 */
+	if (token != NULL &&
+	    (audit_event_decision(ev) != AUDIT_DECISION_NONE ||
+	     audit_event_get(ev, AUDIT_F_POLICY_RULE) != NULL ||
+	     audit_event_severity(ev) != audit_type_default_severity(AUDIT_TOOL_INVOCATION))) {
+		audit_event_free(ev);
+		http_reply_problem(
+		    req, 422, "unprocessable",
+		    json_pack("{s:[s]}", "errors",
+		              "authorization.policy_decision, authorization.policy_rule "
+		              "and severity are not an agent's to report"),
+		    "the event is not valid");
+		goto done;
+	}
 	/* What the reporter may not choose: identity, time, origin. */
 	if (audit_event_set(ev, AUDIT_F_ID, NULL) != IDP_OK ||
 	    audit_event_assign_id(ev) != IDP_OK ||

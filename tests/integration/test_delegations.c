@@ -588,6 +588,20 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 			fprintf(stderr, "report: %ld %s\n", r.status, r.body);
 		assert_int_equal(r.status, 201);
 		harness_resp_free(&r);
+		/* What idpd decided, or how much it matters, is not the agent's to say. */
+		world_call(&w.w, "POST", "/v1/audit/events", access,
+		           "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"ec2.describe\"},"
+		           "\"authorization\":{\"policy_decision\":\"ALLOW\",\"policy_rule\":"
+		           "\"security-team-override\"}}",
+		           &r);
+		assert_int_equal(r.status, 422);
+		harness_resp_free(&r);
+		world_call(&w.w, "POST", "/v1/audit/events", access,
+		           "{\"type\":\"tool_invocation\",\"severity\":0,\"action\":{\"tool\":"
+		           "\"ec2.describe\"}}",
+		           &r);
+		assert_int_equal(r.status, 422);
+		harness_resp_free(&r);
 	}
 	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
 	assert_string_equal(code, "scope_outside_chain_capabilities");
