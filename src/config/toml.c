@@ -328,6 +328,21 @@ put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsign
 	eol = memchr(p, '\n', (size_t)(end - p));
 	if (eol == NULL)
 		eol = end;
+	/*
+	 * A line with a URL that carries credentials ("scheme://user:pw@host")
+	 * is never quoted, whatever its key: the secret-key check goes by the
+	 * key's name, and an inline table or a misplaced value names another.
+	 */
+	{
+		const char *scheme = memmem(p, (size_t)(eol - p), "://", 3);
+
+		if (scheme != NULL && memchr(scheme, '@', (size_t)(eol - scheme)) != NULL) {
+			rc |= idp_buf_printf(b, "\n    (the line is not shown: it holds a URL with "
+			                        "credentials)");
+			(void)rc;
+			return;
+		}
+	}
 	if (eol > p && eol[-1] == '\r')
 		eol--;
 	stop = eol;

@@ -112,9 +112,16 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	/* libpq's message for a URL it cannot parse quotes the offending part,
 	 * which may be the password: that message is not passed on. */
 	/* A bare database name is no connection string to parse (libpq takes
-	 * it as dbname); only a URI or key=value text can carry a password. */
-	parsed = strstr(url, "://") != NULL || strchr(url, '=') != NULL ? PQconninfoParse(url, &why)
-	                                                                : PQconninfoParse("", &why);
+	 * it as dbname); only a URI or key=value text can carry a password.
+	 * One with an '@' is a URL mistyped ("postgresql//user:pw@host"): as a
+	 * database name it would come back, password and all, in the server's
+	 * "database ... does not exist". */
+	if (strstr(url, "://") == NULL && strchr(url, '=') == NULL && strchr(url, '@') != NULL)
+		parsed = NULL;
+	else
+		parsed = strstr(url, "://") != NULL || strchr(url, '=') != NULL
+		             ? PQconninfoParse(url, &why)
+		             : PQconninfoParse("", &why);
 	if (parsed == NULL) {
 		if (why != NULL) {
 			idp_wipe(why, strlen(why));

@@ -661,6 +661,39 @@ sigterm_while_waiting_for_the_migration_lock_stops_cleanly(void **state)
 	unlink(out);
 }
 
+/*
+ * A URL mistyped so that libpq would take all of it for a database name
+ * ("postgresql//user:pw@host/db"): a server then names that database, the
+ * password in it, in "database ... does not exist".  idpd refuses it first.
+ */
+static void
+a_mistyped_database_url_is_not_sent_to_the_server(void **state)
+{
+	char url[256], port[16];
+	const char *colon;
+
+	(void)state;
+	harness_db_url("postgres", url, sizeof(url));
+	colon = strrchr(url, ':');
+	assert_non_null(colon);
+	snprintf(port, sizeof(port), "%d", atoi(colon + 1));
+	/* Where libpq would go with a bare database name: this cluster. */
+	setenv("PGHOST", "127.0.0.1", 1);
+	setenv("PGPORT", port, 1);
+	setenv("PGUSER", "postgres", 1);
+	{
+		const char *args[] = {"migrate", "--database-url",
+		                      "postgresql//idpd:S3cr3tPW@db.example/idpd", NULL};
+
+		assert_int_not_equal(harness_idpd_run(args, "/tmp/idpd-test-mistyped.log"), 0);
+	}
+	unsetenv("PGHOST");
+	unsetenv("PGPORT");
+	unsetenv("PGUSER");
+	assert_true(harness_file_contains("/tmp/idpd-test-mistyped.log", "does not parse"));
+	assert_false(harness_file_contains("/tmp/idpd-test-mistyped.log", "S3cr3tPW"));
+}
+
 static void
 concurrent_migrate_runs_apply_each_migration_once(void **state)
 {
@@ -753,6 +786,7 @@ main(void)
 	    cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 	    cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
 	    cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),
+	    cmocka_unit_test(a_mistyped_database_url_is_not_sent_to_the_server),
 	    cmocka_unit_test(sigterm_while_waiting_for_the_migration_lock_stops_cleanly),
 	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
 	    cmocka_unit_test(check_config_names_file_line_and_column),

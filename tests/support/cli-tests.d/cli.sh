@@ -23,6 +23,15 @@ rc=$?
 check "a bad database URL fails" test "$rc" -ne 0
 check "a bad database URL is not echoed" bash -c '! grep -q s3cr <<<"$1"' _ "$out"
 
+# A URL with credentials is never quoted in a configuration error, whatever its key.
+cfg=$(mktemp)
+printf 'database = { url = "postgresql://idpd:S3cr3tPW@db/idpd" }\n[log]\nlevel = "postgresql://u:S3cr3tPW@h"\n' >"$cfg"
+out=$("$IDPD_BIN" check-config "$cfg" 2>&1)
+rc=$?
+check "a config with an inline table fails" test "$rc" -ne 0
+check "a URL in a config error is not quoted" bash -c '! grep -q S3cr3tPW <<<"$1"' _ "$out"
+rm -f "$cfg"
+
 # api-key new: a name the configuration would refuse is refused here too.
 "$IDPD_BIN" api-key new --name "cleanup cron" --roles maintenance >/dev/null 2>&1
 check "api-key new refuses a name with a space" test $? -eq 2
