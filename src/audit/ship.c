@@ -51,7 +51,11 @@ static pthread_mutex_t ship_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct shipper *shippers[MAX_SHIPPERS];
 static size_t n_shippers;
 static char ship_version[64]; /* main thread only */
-static bool hook_added;       /* main thread only */
+/* The database the process started with: database.url is restart-only, so
+ * a sink added at a reload ships from this one, not the file's new value.
+ * Main thread only, written by audit_ship_start. */
+static char *ship_url;
+static bool hook_added; /* main thread only */
 
 /* Sleep up to ms; true when asked to stop. */
 static bool
@@ -405,7 +409,7 @@ make_shipper(const struct idpd_config *cfg, size_t i, struct idp_diag *diag)
 		return NULL;
 	}
 	snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
-	sh->url = idp_xstrdup(cfg->database.url);
+	sh->url = idp_xstrdup(ship_url != NULL ? ship_url : cfg->database.url);
 	sh->interval_ms = cfg->audit.ship_interval_ms;
 	sh->fingerprint = fingerprint(cfg, sc);
 	if (pipe(sh->wake) != 0) {
@@ -548,6 +552,10 @@ audit_ship_start(const struct idpd_config *cfg, const char *version, struct idp_
 		return IDP_EINVAL;
 	}
 	snprintf(ship_version, sizeof(ship_version), "%s", version);
+	if (ship_url != NULL)
+		idp_wipe(ship_url, strlen(ship_url));
+	free(ship_url);
+	ship_url = idp_xstrdup(cfg->database.url);
 	for (size_t i = 0; i < cfg->audit.n_sinks; i++) {
 		if ((made[n] = make_shipper(cfg, i, diag)) == NULL) {
 			for (size_t k = 0; k < n; k++)
@@ -601,4 +609,8 @@ audit_ship_stop(void)
 		pthread_join(all[i]->thread, NULL);
 		free_shipper(all[i]);
 	}
+	if (ship_url != NULL)
+		idp_wipe(ship_url, strlen(ship_url));
+	free(ship_url);
+	ship_url = NULL;
 }

@@ -423,6 +423,10 @@ sinks_change_on_reload(void **state)
 		assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
 	assert_int_equal(wait_lines(a_path, "task-reload", 3), 3);
 
+	/* database.url is restart-only: a file naming another database changes
+	 * nothing until a restart, not even for a sink added meanwhile. */
+	reconfigure(&p, "/t_sink_reload\"", "/t_sink_elsewhere\"");
+	assert_true(wait_log(&p, "database.url"));
 	/* b added: it ships all three from its own cursor; a is kept. */
 	{
 		char both[1100];
