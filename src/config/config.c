@@ -493,7 +493,6 @@ static const struct key config_keys[] = {
      .help = "least severe level written to stderr"},
     {.name = "log.access",
      BOOL_AT(struct idpd_config, log.access),
-     .flags = K_RELOAD,
      .def = "true",
      .help = "one JSON line per request on stderr"},
     {.name = "node.instance_id",
