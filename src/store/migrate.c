@@ -80,7 +80,18 @@ list_migrations(const char *dir, struct migration **out, int *n_out, struct idp_
 	m = idp_xcalloc(MAX_MIGRATIONS, sizeof(*m));
 	while ((e = readdir(d)) != NULL) {
 		int v = parse_name(e->d_name);
+		size_t len = strlen(e->d_name);
 
+		/* A .sql file that is not named as a migration would be skipped
+		 * without a word, and the schema reported current without it. */
+		if (v < 0 && len >= 4 && strcmp(e->d_name + len - 4, ".sql") == 0) {
+			idp_diag_add(
+			    diag, "%s: %s is not named as a migration (NNNN_lower_case_name.sql)",
+			    dir, e->d_name);
+			closedir(d);
+			free(m);
+			return IDP_EINVAL;
+		}
 		if (v < 0)
 			continue;
 		if (n == MAX_MIGRATIONS) {

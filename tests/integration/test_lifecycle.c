@@ -754,6 +754,42 @@ migrate_refuses_an_applied_migration_that_changed(void **state)
 	                                  "0001_init.sql was changed after it was applied"));
 }
 
+/* A .sql file not named as a migration is an error, not silently skipped. */
+static void
+migrate_refuses_a_misnamed_migration(void **state)
+{
+	char url[256], dir[] = "/tmp/idpd-test-migs-XXXXXX", path[512];
+	FILE *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/0001_init.sql", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("CREATE TABLE t1 (x int);\n", f);
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/0002_Add_Table.sql", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("CREATE TABLE t2 (x int);\n", f);
+	fclose(f);
+	assert_int_equal(harness_sql("postgres", "DROP DATABASE IF EXISTS t_life_misnamed"), 0);
+	assert_int_equal(
+	    harness_sql("postgres", "CREATE DATABASE t_life_misnamed TEMPLATE template0"), 0);
+	harness_db_url("t_life_misnamed", url, sizeof(url));
+	{
+		const char *args[] = {"migrate", "--database-url", url, "--migrations", dir, NULL};
+
+		assert_int_not_equal(harness_idpd_run(args, "/tmp/idpd-test-mig-e.log"), 0);
+	}
+	assert_true(harness_file_contains("/tmp/idpd-test-mig-e.log",
+	                                  "0002_Add_Table.sql is not named as a migration"));
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/0001_init.sql", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void
 check_config_names_file_line_and_column(void **state)
 {
@@ -789,6 +825,7 @@ main(void)
 	    cmocka_unit_test(a_mistyped_database_url_is_not_sent_to_the_server),
 	    cmocka_unit_test(sigterm_while_waiting_for_the_migration_lock_stops_cleanly),
 	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
+	    cmocka_unit_test(migrate_refuses_a_misnamed_migration),
 	    cmocka_unit_test(check_config_names_file_line_and_column),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
