@@ -364,6 +364,15 @@ int audit_hash_from_hex(const char *hex, uint8_t out[AUDIT_HASH_LEN]) IDP_WUR;
 bool audit_key_is_secret(const char *key);
 
 /*
+ * Whether a string holds a credential, whatever its key: it is an HTTP
+ * authorization value ("Bearer ...", "Basic ..."), or has anywhere in it a
+ * bearer token, an idpd API key (idpk_...) or a compact JWS/JWE
+ * ("eyJ..." with two dots), leading and trailing spaces aside.  Such a
+ * value is stored as [REDACTED], whole.
+ */
+bool audit_value_is_secret(const char *s);
+
+/*
  * Redact params in place and check its bounds.  Values (of any JSON type)
  * under a secret-looking key become "[REDACTED]", at every depth, inside
  * arrays too; so do strings that are themselves credentials ("Bearer ...",

@@ -387,6 +387,13 @@ audit_event_set(struct audit_event *ev, enum audit_field f, const char *value)
 	rc = field_check(f, value, len, &why);
 	if (rc != IDP_OK)
 		return rc;
+	/* Free text a reporter writes may carry a credential copied in. */
+	if ((f == AUDIT_F_RESULT || f == AUDIT_F_STEP || f == AUDIT_F_PREVIOUS_STEP ||
+	     f == AUDIT_F_NEXT_STEP) &&
+	    audit_value_is_secret(value)) {
+		value = AUDIT_REDACTED;
+		len = strlen(value);
+	}
 	free(ev->str[f]);
 	ev->str[f] = idp_xstrndup(value, len);
 	return IDP_OK;

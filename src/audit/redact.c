@@ -10,8 +10,9 @@
 
 /* Compared against keys lower-cased and stripped of '_', '-', '.' and ' '. */
 static const char *const secret_words[] = {
-    "password", "passwd",     "passphrase", "secret", "token",   "authorization",
-    "apikey",   "privatekey", "credential", "cookie", "session", "jwt",
+    "password",      "passwd", "passphrase", "secret",     "token",
+    "authorization", "apikey", "privatekey", "credential", "cookie",
+    "session",       "jwt",    "pwd",        "accesskey",  "signingkey",
 };
 
 bool
@@ -43,30 +44,76 @@ has_prefix_nocase(const char *s, const char *prefix)
 	return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/*
- * Whether a string value is itself a credential, whatever its key: an HTTP
- * authorization value, an idpd API key, or a compact JWS/JWE (base64url
- * segments, the first a JSON header, so it starts with "eyJ").
- */
 static bool
-value_is_secret(const char *s)
+b64url_char(unsigned char c)
 {
-	size_t dots = 0;
+	return isalnum(c) || c == '-' || c == '_' || c == '=';
+}
 
-	if (has_prefix_nocase(s, "bearer ") || has_prefix_nocase(s, "basic ") ||
-	    strncmp(s, "idpk_", 5) == 0)
-		return true;
-	if (strncmp(s, "eyJ", 3) != 0)
+/* Whether a compact JWS/JWE starts at p: "eyJ", then base64url segments, two dots or more. */
+static bool
+jwt_at(const char *p)
+{
+	size_t dots = 0, seg = 0;
+
+	if (strncmp(p, "eyJ", 3) != 0)
 		return false;
-	for (const char *p = s; *p != '\0'; p++) {
+	for (; *p != '\0'; p++) {
 		unsigned char c = (unsigned char)*p;
 
-		if (c == '.')
+		if (c == '.') {
+			if (seg == 0)
+				return false;
 			dots++;
-		else if (!isalnum(c) && c != '-' && c != '_' && c != '=')
-			return false;
+			seg = 0;
+		} else if (b64url_char(c)) {
+			seg++;
+		} else {
+			break;
+		}
 	}
 	return dots >= 2;
+}
+
+/* Whether a run of at least n characters none of which is a space starts at p. */
+static bool
+word_at_least(const char *p, size_t n)
+{
+	size_t k = 0;
+
+	while (p[k] != '\0' && !isspace((unsigned char)p[k]))
+		k++;
+	return k >= n;
+}
+
+bool
+audit_value_is_secret(const char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	/* The whole value: an HTTP authorization value, a scheme and one word
+	 * ("Basic dXNlcjpwdw==", not "basic usage of the API"). */
+	if (has_prefix_nocase(s, "bearer ") || has_prefix_nocase(s, "basic ")) {
+		const char *w = s + (tolower((unsigned char)s[1]) == 'e' ? 7 : 6);
+
+		while (*w == ' ')
+			w++;
+		while (*w != '\0' && !isspace((unsigned char)*w))
+			w++;
+		while (isspace((unsigned char)*w))
+			w++;
+		if (*w == '\0')
+			return true;
+	}
+	/* Anywhere in it: a bearer token, an idpd API key, a JWS/JWE, as in a
+	 * command line or a header copied into a result. */
+	for (const char *p = s; *p != '\0'; p++) {
+		if ((p == s || !isalnum((unsigned char)p[-1])) &&
+		    ((has_prefix_nocase(p, "bearer ") && word_at_least(p + 7, 8)) ||
+		     (strncmp(p, "idpk_", 5) == 0 && word_at_least(p + 5, 8)) || jwt_at(p)))
+			return true;
+	}
+	return false;
 }
 
 static json_t *
@@ -85,7 +132,8 @@ redact(json_t *v)
 			json_t *child = json_object_iter_value(it);
 
 			if (audit_key_is_secret(json_object_iter_key(it)) ||
-			    (json_is_string(child) && value_is_secret(json_string_value(child)))) {
+			    (json_is_string(child) &&
+			     audit_value_is_secret(json_string_value(child)))) {
 				if (json_object_iter_set_new(v, it, redacted()) != 0)
 					audit_json_must(NULL);
 			} else {
@@ -96,7 +144,8 @@ redact(json_t *v)
 		for (size_t i = 0; i < json_array_size(v); i++) {
 			json_t *child = json_array_get(v, i);
 
-			if (json_is_string(child) && value_is_secret(json_string_value(child))) {
+			if (json_is_string(child) &&
+			    audit_value_is_secret(json_string_value(child))) {
 				if (json_array_set_new(v, i, redacted()) != 0)
 					audit_json_must(NULL);
 			} else {

@@ -477,6 +477,38 @@ from_json_redacts_parameters_and_detail(void **state)
 	audit_event_free(ev);
 }
 
+/* A credential inside free text, or under a key the words miss, is hidden too. */
+static void
+credentials_anywhere_in_a_value_are_redacted(void **state)
+{
+	const char *in =
+	    "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"sh\",\"parameters\":{"
+	    "\"cmd\":\"curl -H 'Authorization: Bearer abcdef0123456789' https://x\","
+	    "\"k\":\"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig\\n\",\"pwd\":\"hunter2\","
+	    "\"access_key\":\"AKIA1234\",\"ok\":\"basic usage of the API\"},"
+	    "\"result\":\"got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig and "
+	    "idpk_0123456789abcdef\"},"
+	    "\"context\":{\"step\":\"used Bearer abcdef0123456789\"}}";
+	struct audit_event *ev = parse_ok(in);
+	char *c = audit_event_canonical(ev, NULL);
+
+	(void)state;
+	assert_null(strstr(c, "abcdef0123456789"));
+	assert_null(strstr(c, "eyJhbGciOiJIUzI1NiJ9"));
+	assert_null(strstr(c, "hunter2"));
+	assert_null(strstr(c, "AKIA1234"));
+	assert_null(strstr(c, "idpk_0123456789abcdef"));
+	assert_string_equal(audit_event_get(ev, AUDIT_F_RESULT), AUDIT_REDACTED);
+	assert_string_equal(audit_event_get(ev, AUDIT_F_STEP), AUDIT_REDACTED);
+	/* Ordinary text stays. */
+	assert_non_null(strstr(c, "basic usage of the API"));
+	assert_false(audit_value_is_secret("a token bucket of 10 per second"));
+	assert_false(audit_value_is_secret("Bearer"));
+	assert_true(audit_value_is_secret("  Basic dXNlcjpwdw==  "));
+	free(c);
+	audit_event_free(ev);
+}
+
 static void
 secret_keys_match_case_and_separators(void **state)
 {
@@ -1061,6 +1093,7 @@ main(void)
 	    cmocka_unit_test(type_parse_rejects_unknown_and_case_variants),
 	    cmocka_unit_test(enum_names_parse_back),
 	    cmocka_unit_test(new_event_has_type_defaults_only),
+	    cmocka_unit_test(credentials_anywhere_in_a_value_are_redacted),
 	    cmocka_unit_test(setters_copy_their_strings),
 	    cmocka_unit_test(set_rejects_bad_values_and_keeps_the_old_one),
 	    cmocka_unit_test(empty_string_clears_a_field),
