@@ -742,10 +742,15 @@ toml_never_quotes_secret_lines(void **state)
 	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
 	assert_null(strstr(d, "hunter2"));
 	assert_null(strstr(d, " | "));
-	/* The same error on a key that is not secret shows its line. */
-	text = "[db]\nname = \"postgresql://u:hunter2@h/\\q\"\n";
+	/* The same error on a key that is not secret shows its line ... */
+	text = "[db]\nname = \"postgres-main\\q\"\n";
 	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
 	assert_non_null(strstr(d, " 2 | name = "));
+	/* ... unless the line holds a URL with credentials, whatever its key. */
+	text = "[db]\nname = \"postgresql://u:hunter2@h/\\q\"\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_null(strstr(d, "hunter2"));
+	assert_non_null(strstr(d, "not shown"));
 }
 
 static void
