@@ -25,6 +25,34 @@ app_on_reload(app_reload_fn fn, void *ctx)
 	return IDP_OK;
 }
 
+static struct {
+	app_reload_fn fn;
+	void *ctx;
+} reload_checks[MAX_HOOKS];
+static size_t n_reload_checks;
+
+int
+app_on_reload_check(app_reload_fn fn, void *ctx)
+{
+	if (n_reload_checks == MAX_HOOKS)
+		return IDP_ETOOBIG;
+	reload_checks[n_reload_checks].fn = fn;
+	reload_checks[n_reload_checks].ctx = ctx;
+	n_reload_checks++;
+	return IDP_OK;
+}
+
+int
+app_run_reload_checks(struct idpd_app *app, const struct idpd_config *next, struct idp_diag *diag)
+{
+	int failed = 0;
+
+	for (size_t i = 0; i < n_reload_checks; i++)
+		if (reload_checks[i].fn(app, next, reload_checks[i].ctx, diag) != IDP_OK)
+			failed++;
+	return failed;
+}
+
 int
 app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next, struct idp_diag *diag)
 {

@@ -300,6 +300,14 @@ reload(struct idpd_app *app)
 		                             &rd) > 0)
 			log_warn("reload: %s", idp_diag_str(&rd));
 	}
+	/* Everything that reads a file or compiles first: a failure there
+	 * leaves the whole running configuration as it was. */
+	if (app_run_reload_checks(app, next, &diag) != 0) {
+		log_error("reload: %s; nothing was changed, the running configuration stays",
+		          idp_diag_str(&diag));
+		idpd_config_free(next);
+		return;
+	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
 		log_error("reload: %s; components that failed keep their state",
 		          idp_diag_str(&diag));

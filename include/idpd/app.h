@@ -42,6 +42,19 @@ int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
                          struct idp_diag *diag);
 
 /*
+ * A reload check: builds what its component's reload hook would from next
+ * (reading key files, compiling rules) and throws it away, changing
+ * nothing.  Every check runs before any hook, so a file that cannot be read
+ * stops the whole reload instead of leaving it half applied.  IDP_OK, or an
+ * error with diag filled.  Main thread.
+ */
+int app_on_reload_check(app_reload_fn fn, void *ctx) IDP_WUR;
+
+/* Run every check; returns the number that failed. */
+int app_run_reload_checks(struct idpd_app *app, const struct idpd_config *next,
+                          struct idp_diag *diag);
+
+/*
  * A readiness check: NULL while its component can serve the requests that
  * need it, else a short reason (a static snake_case string) why they would
  * fail.  /readyz runs every check and answers 503 if any gives a reason, so

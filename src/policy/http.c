@@ -68,12 +68,12 @@ fill_context(struct policy_input *in, bool live, int64_t now)
 	}
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL)
 		(void)policy_input_set_int(
-			in, POLICY_ATTR_CONTEXT_CALLS,
-			live ? policy_counters_hit(P.counters, agent, resource, now)
-			     : policy_counters_get(P.counters, agent, resource, now));
+		    in, POLICY_ATTR_CONTEXT_CALLS,
+		    live ? policy_counters_hit(P.counters, agent, resource, now)
+		         : policy_counters_get(P.counters, agent, resource, now));
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
 		(void)policy_input_set_int(
-			in, POLICY_ATTR_CONTEXT_RISK,
+		    in, POLICY_ATTR_CONTEXT_RISK,
 		    policy_baseline_score(
 		        P.baseline, agent,
 		        has_scopes ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v : NULL,
@@ -242,8 +242,8 @@ evaluate(struct http_req *req, const json_t *input, bool live)
 	rc = policy_service_decide(input, live, &out, &diag);
 	if (rc == IDP_EUNPROCESSABLE)
 		http_reply_problem(req, 422, "unprocessable",
-				   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
-				   "the input does not fit the policy input model");
+		                   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
+		                   "the input does not fit the policy input model");
 	else if (rc != IDP_OK)
 		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
 	return out;
@@ -367,7 +367,7 @@ lookup_subjects(struct http_req *req, json_t *const *subjects, size_t n, struct 
 /* jansson's reference counts make even a read-only update take json_t *. */
 static json_t *
 authzen_to_input(json_t *subject, const struct subject *who, json_t *action, json_t *resource,
-		 json_t *context, const char **why, int *status)
+                 json_t *context, const char **why, int *status)
 {
 	json_t *in = json_object(), *agent = json_object(), *request = json_object(),
 	       *res = json_object(), *ctx = json_object();
@@ -430,7 +430,7 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	} else {
 		json_object_set_new(
 		    in, "delegation",
-				    json_pack("{s:i,s:[],s:i}", "depth", 0, "chain", "approvals", 0));
+		    json_pack("{s:i,s:[],s:i}", "depth", 0, "chain", "approvals", 0));
 	}
 	json_object_set_new(in, "agent", agent);
 	json_object_set_new(in, "request", request);
@@ -454,8 +454,8 @@ authzen_answer(const json_t *full)
 	bool allow =
 	    d != NULL && (strcmp(d, "ALLOW") == 0 || strcmp(d, "ALLOW_WITH_CONDITIONS") == 0);
 	json_t *ctx = json_pack("{s:O*,s:O*,s:O*}", "reason", json_object_get(full, "reason"),
-				"idpd_decision", json_object_get(full, "decision"), "rules",
-				json_object_get(full, "rules"));
+	                        "idpd_decision", json_object_get(full, "decision"), "rules",
+	                        json_object_get(full, "rules"));
 
 	if (json_object_get(full, "conditions") != NULL)
 		json_object_set(ctx, "conditions", json_object_get(full, "conditions"));
@@ -465,7 +465,7 @@ authzen_answer(const json_t *full)
 /* One AuthZEN evaluation; answers the request itself on bad input. */
 static json_t *
 authzen_one(struct http_req *req, json_t *subject, const struct subject *who, json_t *action,
-	    json_t *resource, json_t *context)
+            json_t *resource, json_t *context)
 {
 	const char *why;
 	int status = 400;
@@ -475,9 +475,9 @@ authzen_one(struct http_req *req, json_t *subject, const struct subject *who, js
 	if (in == NULL) {
 		if (status == 404) /* AuthZEN: a decision, not an error, for an unknown subject */
 			return json_pack("{s:b,s:{s:s}}", "decision", 0, "context", "reason",
-					 "unknown agent");
+			                 "unknown agent");
 		http_reply_problem(req, status, status == 503 ? "unavailable" : "bad_request", NULL,
-				   "%s", why);
+		                   "%s", why);
 		return NULL;
 	}
 	full = evaluate(req, in, true);
@@ -511,7 +511,7 @@ authzen_evaluation(struct http_req *req, void *ctx)
 		return;
 	}
 	ans = authzen_one(req, subject, &sub, json_object_get(body, "action"),
-			  json_object_get(body, "resource"), json_object_get(body, "context"));
+	                  json_object_get(body, "resource"), json_object_get(body, "context"));
 	subjects_free(&sub, 1);
 	json_decref(body);
 	if (ans != NULL)
@@ -553,7 +553,8 @@ authzen_evaluations(struct http_req *req, void *ctx)
 			return;
 		}
 		ans = authzen_one(req, subjects[0], &subs[0], json_object_get(body, "action"),
-				  json_object_get(body, "resource"), json_object_get(body, "context"));
+		                  json_object_get(body, "resource"),
+		                  json_object_get(body, "context"));
 		subjects_free(subs, 1);
 		json_decref(body);
 		if (ans != NULL)
@@ -574,7 +575,7 @@ authzen_evaluations(struct http_req *req, void *ctx)
 		if (!json_is_object(it)) {
 			json_decref(body);
 			http_reply_problem(req, 400, "bad_request", NULL,
-					   "evaluations[%zu] must be an object", i);
+			                   "evaluations[%zu] must be an object", i);
 			return;
 		}
 		subjects[i] = pick(it, body, "subject");
@@ -587,7 +588,7 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	for (i = 0; i < n; i++) {
 		json_t *it = json_array_get(items, i);
 		json_t *ans = authzen_one(req, subjects[i], &subs[i], pick(it, body, "action"),
-					  pick(it, body, "resource"), pick(it, body, "context"));
+		                          pick(it, body, "resource"), pick(it, body, "context"));
 
 		if (ans == NULL) {
 			json_decref(out);
@@ -618,9 +619,9 @@ authzen_metadata(struct http_req *req, void *ctx)
 	snprintf(base, sizeof(base), "http://%s", host);
 	http_add_header(req, "Cache-Control", "public, max-age=3600");
 	http_reply_json(req, 200,
-			json_pack("{s:s,s:s+,s:s+}", "policy_decision_point", base,
-				  "access_evaluation_endpoint", base, "/access/v1/evaluation",
-				  "access_evaluations_endpoint", base, "/access/v1/evaluations"));
+	                json_pack("{s:s,s:s+,s:s+}", "policy_decision_point", base,
+	                          "access_evaluation_endpoint", base, "/access/v1/evaluation",
+	                          "access_evaluations_endpoint", base, "/access/v1/evaluations"));
 }
 
 /* GET /v1/policies */
@@ -656,20 +657,20 @@ reload(const char *actor_kind_name, enum audit_actor_kind kind, const char *requ
 		    audit_event_set(ev, AUDIT_F_REQUEST_ID, request_id) != IDP_OK)
 			log_warn("policy: cannot describe the reload event");
 		audit_event_set_outcome(ev, rc == IDP_OK ? AUDIT_OUTCOME_SUCCESS
-							 : AUDIT_OUTCOME_FAILURE);
+		                                         : AUDIT_OUTCOME_FAILURE);
 		if (set != NULL &&
 		    (audit_event_put_detail(ev, "policy_hash", json_string(policy_set_hash(set))) !=
-			     IDP_OK ||
+		         IDP_OK ||
 		     audit_event_put_detail(ev, "rules",
-					    json_integer((json_int_t)policy_set_rule_count(set))) !=
-			     IDP_OK))
+		                            json_integer((json_int_t)policy_set_rule_count(set))) !=
+		         IDP_OK))
 			log_warn("policy: cannot describe the reload event");
 		if (audit_emit(ev) != IDP_OK)
 			log_warn("policy: the reload could not be audited");
 	}
 	if (rc == IDP_OK && set != NULL)
 		log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set),
-			 P.dir, policy_set_hash(set));
+		         P.dir, policy_set_hash(set));
 	policy_set_unref(set);
 	return rc;
 }
@@ -688,8 +689,8 @@ reload_policies(struct http_req *req, void *ctx)
 	idp_diag_init(&diag);
 	if (reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag) != IDP_OK) {
 		http_reply_problem(req, 422, "unprocessable",
-				   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
-				   "the policy set has errors; the old set stays in force");
+		                   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
+		                   "the policy set has errors; the old set stays in force");
 		return;
 	}
 	set = policy_engine_acquire(P.engine);
@@ -704,6 +705,23 @@ on_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	(void)next;
 	(void)ctx;
 	return reload("sighup", AUDIT_ACTOR_SYSTEM, NULL, diag);
+}
+
+/* The rules a SIGHUP would load compile, or the reload stops before it changes anything. */
+static int
+check_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+{
+	struct policy_set *set = NULL;
+
+	(void)app;
+	(void)next;
+	(void)ctx;
+	if (policy_set_load_dir(P.dir, NULL, &set, diag) != IDP_OK) {
+		idp_diag_add(diag, "policy.dir: %s does not load", P.dir);
+		return IDP_EINVAL;
+	}
+	policy_set_unref(set);
+	return IDP_OK;
 }
 
 int
@@ -727,8 +745,10 @@ policy_service_start(struct idpd_app *app, struct idp_diag *diag)
 	P.counters = policy_counters_new(CONTEXT_CAPACITY);
 	P.baseline = policy_baseline_new(CONTEXT_CAPACITY, P.tz, NULL);
 	log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set), P.dir,
-		 policy_set_hash(set));
+	         policy_set_hash(set));
 	policy_engine_swap(P.engine, set);
+	if (app_on_reload_check(check_sighup, NULL) != IDP_OK)
+		return IDP_ETOOBIG;
 	return app_on_reload(on_sighup, NULL);
 }
 
@@ -762,13 +782,13 @@ policy_routes(struct http_router *r, struct idpd_app *app)
 
 	(void)app;
 	rc |= http_router_add_ex(r, HTTP_POST, "/v1/policy/evaluate", dry_run, NULL,
-				 HTTP_ROUTE_INLINE);
+	                         HTTP_ROUTE_INLINE);
 	rc |= http_router_add_ex(r, HTTP_POST, "/access/v1/evaluation", authzen_evaluation, NULL,
-				 HTTP_ROUTE_INLINE);
+	                         HTTP_ROUTE_INLINE);
 	rc |= http_router_add_ex(r, HTTP_POST, "/access/v1/evaluations", authzen_evaluations, NULL,
-				 HTTP_ROUTE_INLINE);
+	                         HTTP_ROUTE_INLINE);
 	rc |= http_router_add_ex(r, HTTP_GET, "/.well-known/authzen-configuration",
-				 authzen_metadata, NULL, HTTP_ROUTE_INLINE);
+	                         authzen_metadata, NULL, HTTP_ROUTE_INLINE);
 	rc |=
 	    http_router_add_ex(r, HTTP_GET, "/v1/policies", list_policies, NULL, HTTP_ROUTE_INLINE);
 	/* A reload reads files and waits on the audit commit: off the I/O threads. */

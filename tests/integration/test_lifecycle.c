@@ -754,6 +754,62 @@ migrate_refuses_an_applied_migration_that_changed(void **state)
 	                                  "0001_init.sql was changed after it was applied"));
 }
 
+/* Append text to p's configuration file and send SIGHUP. */
+static void
+append_and_reload(const struct idpd_proc *p, const char *text)
+{
+	FILE *f = fopen(p->config, "a");
+
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(kill(p->pid, SIGHUP), 0);
+}
+
+static long
+agents_status(const struct idpd_proc *p, const char *key)
+{
+	char url[256], auth[128];
+	const char *h[] = {auth, NULL};
+	struct http_resp r;
+	long st;
+
+	snprintf(url, sizeof(url), "%s/v1/agents", p->base);
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);
+	assert_int_equal(harness_http("GET", url, h, NULL, 0, &r), 0);
+	st = r.status;
+	harness_resp_free(&r);
+	return st;
+}
+
+/*
+ * A reload applies all of a new configuration or none of it: a file one
+ * component cannot read (an IdP's JWKS) stops the reload before an API key
+ * added in the same edit, or any other change, takes effect.
+ */
+static void
+a_reload_that_cannot_read_a_file_changes_nothing(void **state)
+{
+	struct idpd_proc p;
+	char key[64], hash[80], block[512];
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(harness_db_create("t_life_reload"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_reload", NULL, NULL), 0);
+	snprintf(block, sizeof(block),
+	         "\n[[api_keys]]\nname = \"late-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
+	         "[[idp]]\nname = \"broken\"\nissuer = \"https://idp.broken\"\naudience = "
+	         "\"idpd\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+	         hash);
+	append_and_reload(&p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(&p, "nothing was changed"); i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(&p, "nothing was changed"));
+	assert_int_equal(agents_status(&p, key), 401);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* A .sql file not named as a migration is an error, not silently skipped. */
 static void
 migrate_refuses_a_misnamed_migration(void **state)
@@ -826,6 +882,7 @@ main(void)
 	    cmocka_unit_test(sigterm_while_waiting_for_the_migration_lock_stops_cleanly),
 	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
 	    cmocka_unit_test(migrate_refuses_a_misnamed_migration),
+	    cmocka_unit_test(a_reload_that_cannot_read_a_file_changes_nothing),
 	    cmocka_unit_test(check_config_names_file_line_and_column),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
