@@ -92,6 +92,20 @@ cmd_check_config(int argc, char **argv)
 	cfg = load_config(argv[1]);
 	if (cfg == NULL)
 		return 1;
+	/* What serve would refuse past the file's syntax: the time zone. */
+	if (strcmp(cfg->policy.timezone, "UTC") != 0) {
+		struct policy_tz *tz = NULL;
+		struct idp_diag diag;
+
+		idp_diag_init(&diag);
+		if (policy_tz_load(cfg->policy.timezone, NULL, &tz, &diag) != IDP_OK) {
+			fprintf(stderr, "%s: policy.timezone: cannot load \"%s\": %s\n", argv[1],
+			        cfg->policy.timezone, idp_diag_str(&diag));
+			idpd_config_free(cfg);
+			return 1;
+		}
+		policy_tz_free(tz);
+	}
 	printf("%s: ok\n", argv[1]);
 	idpd_config_free(cfg);
 	return 0;

@@ -32,6 +32,15 @@ check "a config with an inline table fails" test "$rc" -ne 0
 check "a URL in a config error is not quoted" bash -c '! grep -q S3cr3tPW <<<"$1"' _ "$out"
 rm -f "$cfg"
 
+# check-config refuses what serve would: a time zone that does not load.
+cfg=$(mktemp)
+printf '[policy]\ntimezone = "Mars/Olympus"\n' >"$cfg"
+"$IDPD_BIN" check-config "$cfg" >/dev/null 2>&1
+check "check-config refuses an unknown time zone" test $? -ne 0
+printf '[policy]\ntimezone = "Europe/Paris"\n' >"$cfg"
+check "check-config takes a known time zone" bash -c '"$1" check-config "$2" >/dev/null 2>&1' _ "$IDPD_BIN" "$cfg"
+rm -f "$cfg"
+
 # api-key new: a name the configuration would refuse is refused here too.
 "$IDPD_BIN" api-key new --name "cleanup cron" --roles maintenance >/dev/null 2>&1
 check "api-key new refuses a name with a space" test $? -eq 2
