@@ -147,34 +147,25 @@ install(struct attest_conf *c)
 	attest_conf_unref(old);
 }
 
+/* Registered as the reload check (ctx NULL: build and drop) and as the hook (ctx set: install). */
+static const int apply_it = 1;
+
 static int
 on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
 {
 	struct attest_conf *old = attest_conf_current(), *c;
 
 	(void)app;
-	(void)ctx;
 	c = conf_build(next, old, diag);
 	attest_conf_unref(old);
 	if (c == NULL)
 		return IDP_EINVAL;
+	if (ctx == NULL) {
+		conf_free(c);
+		return IDP_OK;
+	}
 	install(c);
 	log_info("attest: %zu attestor(s) loaded", c->n_attestors);
-	return IDP_OK;
-}
-
-static int
-check_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
-{
-	struct attest_conf *old = attest_conf_current(), *c;
-
-	(void)app;
-	(void)ctx;
-	c = conf_build(next, old, diag);
-	attest_conf_unref(old);
-	if (c == NULL)
-		return IDP_EINVAL;
-	conf_free(c);
 	return IDP_OK;
 }
 
@@ -236,8 +227,8 @@ attest_init(struct idpd_app *app, struct idp_diag *diag)
 		return IDP_EINVAL;
 	install(c);
 	agent_credential_cache_size((size_t)app->cfg->introspection.cache_size);
-	if (app_on_reload(on_reload, NULL) != IDP_OK ||
-	    app_on_reload_check(check_reload, NULL) != IDP_OK) {
+	if (app_on_reload(on_reload, (void *)&apply_it) != IDP_OK ||
+	    app_on_reload_check(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "attest: cannot register the reload hook");
 		return IDP_EINVAL;
 	}

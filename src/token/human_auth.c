@@ -307,30 +307,23 @@ done:
 	return rc;
 }
 
+/* Registered as the reload check (ctx NULL: build and drop) and as the hook (ctx set: install). */
+static const int apply_it = 1;
+
 static int
 on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
 {
 	struct human_verifier *v = human_verifier_new(next, diag);
 
 	(void)app;
-	(void)ctx;
 	if (v == NULL)
 		return IDP_EINVAL;
+	if (ctx == NULL) {
+		verifier_unref(v);
+		return IDP_OK;
+	}
 	install(v);
 	log_info("human_auth: %zu identity provider(s) loaded", v->n_idps);
-	return IDP_OK;
-}
-
-static int
-check_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
-{
-	struct human_verifier *v = human_verifier_new(next, diag);
-
-	(void)app;
-	(void)ctx;
-	if (v == NULL)
-		return IDP_EINVAL;
-	verifier_unref(v);
 	return IDP_OK;
 }
 
@@ -342,8 +335,8 @@ human_auth_init(struct idpd_app *app, struct idp_diag *diag)
 	if (v == NULL)
 		return IDP_EINVAL;
 	install(v);
-	if (app_on_reload(on_reload, NULL) != IDP_OK ||
-	    app_on_reload_check(check_reload, NULL) != IDP_OK) {
+	if (app_on_reload(on_reload, (void *)&apply_it) != IDP_OK ||
+	    app_on_reload_check(on_reload, NULL) != IDP_OK) {
 		idp_diag_add(diag, "human_auth: cannot register the reload hook");
 		return IDP_EINVAL;
 	}

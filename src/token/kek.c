@@ -391,17 +391,20 @@ idp_kek_guard_process(void)
 {
 	const char *allow = getenv("IDPD_ALLOW_CORE_DUMPS");
 	struct rlimit none = {0, 0};
+	char eb[128];
 	int rc = 0;
 
 	if (allow != NULL && strcmp(allow, "1") == 0)
 		return 0;
 	if (setrlimit(RLIMIT_CORE, &none) != 0) {
-		fprintf(stderr, "idpd: cannot turn core files off: %s\n", strerror(errno));
+		fprintf(stderr, "idpd: cannot turn core files off: %s\n",
+		        idp_strerror(errno, eb, sizeof(eb)));
 		rc = -1;
 	}
 #ifndef IDP_SANITIZED
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-		fprintf(stderr, "idpd: cannot make the process undumpable: %s\n", strerror(errno));
+		fprintf(stderr, "idpd: cannot make the process undumpable: %s\n",
+		        idp_strerror(errno, eb, sizeof(eb)));
 		rc = -1;
 	}
 #endif
