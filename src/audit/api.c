@@ -412,11 +412,34 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 		return false;
 	}
 	if (!st->in_chain || strcmp(st->writer, writer) != 0) {
-		/* A chain's oldest remaining row: retention may have removed the
-		 * ones before it, so its prev_hash is where verification starts. */
+		/* A chain's oldest remaining row follows the anchor retention
+		 * left (0016), or the genesis hash if nothing was pruned. */
+		long long pruned = strtoll(PQgetvalue(r, i, 15), NULL, 10);
+		const char *anchor = PQgetvalue(r, i, 16);
+		uint8_t want_prev[AUDIT_HASH_LEN];
+
 		snprintf(st->writer, sizeof(st->writer), "%s", writer);
 		st->in_chain = true;
 		st->chains++;
+		if (seq != pruned + 1) {
+			*reason = seq > pruned
+			              ? "rows are missing at the start of the chain (after "
+			                "the last row retention removed)"
+			              : "the row is older than the chain's retention anchor";
+			return false;
+		}
+		if (pruned == 0)
+			memcpy(want_prev, audit_genesis_hash, AUDIT_HASH_LEN);
+		else if (PQgetisnull(r, i, 16))
+			memcpy(want_prev, prev, AUDIT_HASH_LEN); /* emptied before 0016 */
+		else if (!hex_bytea(anchor, want_prev)) {
+			*reason = "the chain's retention anchor is malformed";
+			return false;
+		}
+		if (memcmp(prev, want_prev, AUDIT_HASH_LEN) != 0) {
+			*reason = "prev_hash does not match the chain's retention anchor";
+			return false;
+		}
 	} else {
 		if (seq != st->seq + 1) {
 			*reason = "a row is missing before this one (sequence gap)";
@@ -459,20 +482,55 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 	return true;
 }
 
-/* The answer for a chain whose last rows are gone: no row to name, its chain and first missing seq.
- */
+/* The answer for a break with no row to name: its chain and first missing seq. */
 static void
-reply_tail_missing(struct http_req *req, const struct verify_state *st)
+reply_chain_broken(struct http_req *req, const struct verify_state *st, const char *chain,
+                   long long seq, const char *reason)
 {
-	log_warn("audit: verification failed: chain %s ends at seq %lld, before its last_seq %lld",
-	         st->writer, st->seq, st->last_seq);
+	log_warn("audit: verification failed: chain %s at seq %lld: %s", chain, seq, reason);
 	http_reply_json(req, 200,
 	                json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
 	                          (json_int_t)st->events, "chains", (json_int_t)st->chains,
-	                          "broken_at", "chain", st->writer, "seq",
-	                          (json_int_t)(st->seq + 1), "reason",
-	                          "rows are missing at the end of the chain (audit_chains.last_seq "
-	                          "is beyond its last row)"));
+	                          "broken_at", "chain", chain, "seq", (json_int_t)seq, "reason",
+	                          reason));
+}
+
+static void
+reply_tail_missing(struct http_req *req, const struct verify_state *st)
+{
+	reply_chain_broken(req, st, st->writer, st->seq + 1,
+	                   "rows are missing at the end of the chain (audit_chains.last_seq "
+	                   "is beyond its last row)");
+}
+
+/*
+ * A chain whose every row is gone though retention removed fewer: one
+ * statement, so a chain retention empties meanwhile (its delete and anchor
+ * commit together) is never taken for one.  0 when there is none, 1 when
+ * answered, negative when the store failed.
+ */
+static int
+check_emptied_chains(struct http_req *req, struct store_conn *c, const struct verify_state *st)
+{
+	static struct store_stmt q = {
+	    "audit_verify_emptied",
+	    "SELECT writer_id, pruned_seq + 1 FROM audit_chains c WHERE last_seq > pruned_seq "
+	    "AND NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.writer_id = c.writer_id) "
+	    "ORDER BY writer_id LIMIT 1",
+	    0, 0};
+	PGresult *r;
+
+	if (store_exec(c, &q, NULL, &r) != IDP_OK)
+		return IDP_EUNAVAIL;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return 0;
+	}
+	reply_chain_broken(req, st, PQgetvalue(r, 0, 0), strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+	                   "every row of the chain is missing (audit_chains.last_seq is beyond "
+	                   "what retention removed)");
+	PQclear(r);
+	return 1;
 }
 
 static void
@@ -483,7 +541,9 @@ verify(struct http_req *req, void *ctx)
 	    "SELECT id, writer_id, seq, body, prev_hash, hash, type, agent_id, task_id, "
 	    "human_principal, event_id, floor(extract(epoch FROM ts) * 1000)::bigint, "
 	    "severity, outcome, coalesce((SELECT last_seq FROM audit_chains c WHERE "
-	    "c.writer_id = e.writer_id), 0) FROM audit_events e "
+	    "c.writer_id = e.writer_id), 0), coalesce((SELECT pruned_seq FROM audit_chains c "
+	    "WHERE c.writer_id = e.writer_id), 0), (SELECT pruned_hash FROM audit_chains c "
+	    "WHERE c.writer_id = e.writer_id) FROM audit_events e "
 	    "WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
 	    2, 0};
 	struct idpd_app *app = ctx;
@@ -546,10 +606,19 @@ verify(struct http_req *req, void *ctx)
 		if (n < VERIFY_BATCH)
 			break;
 	}
-	store_release(app->store, c);
 	if (!chain_complete(&st)) {
+		store_release(app->store, c);
 		reply_tail_missing(req, &st);
 		return;
+	}
+	{
+		int rc = check_emptied_chains(req, c, &st);
+
+		store_release(app->store, c);
+		if (rc < 0)
+			http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
+		if (rc != 0)
+			return;
 	}
 	http_reply_json(req, 200,
 	                json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",

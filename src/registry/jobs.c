@@ -218,8 +218,8 @@ done:
 
 /*
  * Deletes audit events older than audit.retention, as a prefix of each
- * writer's hash chain (so GET /v1/audit/verify starts at the oldest row
- * left, as it is built to), and never past what a configured sink has
+ * writer's hash chain (GET /v1/audit/verify starts at the anchor it
+ * records in audit_chains), and never past what a configured sink has
  * shipped: a sink that has been down keeps its backlog.  The prefix ends at
  * the last event older than the cutoff; events a few seconds younger that a
  * writer committed before it go with it, which retention can afford and
@@ -236,10 +236,24 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "FROM (SELECT writer_id, max(seq) AS upto FROM audit_events "
 	    "WHERE ts < to_timestamp($1::bigint / 1000.0) GROUP BY writer_id) o",
 	    2, 0};
+	/*
+	 * The delete and the chain's new anchor (the seq and hash of the last
+	 * row removed) in one statement, so one commits with the other: verify
+	 * then tells a prefix retention removed from one removed behind its
+	 * back.  A chain an instance older than 0011 wrote may have no row yet.
+	 */
 	static struct store_stmt del = {
 	    "cleanup_audit_delete",
-	    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
-	    "WHERE writer_id = $1 AND seq <= $2::bigint ORDER BY seq LIMIT $3::int)",
+	    "WITH d AS (DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
+	    "WHERE writer_id = $1 AND seq <= $2::bigint ORDER BY seq LIMIT $3::int) "
+	    "RETURNING seq, hash), "
+	    "m AS (SELECT seq, hash FROM d ORDER BY seq DESC LIMIT 1), "
+	    "a AS (INSERT INTO audit_chains AS c (writer_id, last_seq, pruned_seq, pruned_hash) "
+	    "SELECT $1, m.seq, m.seq, m.hash FROM m ON CONFLICT (writer_id) DO UPDATE "
+	    "SET pruned_seq = excluded.pruned_seq, pruned_hash = excluded.pruned_hash, "
+	    "last_seq = greatest(c.last_seq, excluded.last_seq) "
+	    "WHERE c.pruned_seq < excluded.pruned_seq) "
+	    "SELECT count(*) FROM d",
 	    3, 0};
 	struct registry_settings s;
 	char cutoff[24], limit[16], *sinks;
@@ -285,7 +299,7 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 				break;
 			}
 			batches++;
-			n = strtoll(PQcmdTuples(r), NULL, 10);
+			n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
 			PQclear(r);
 			deleted += n;
 			if (n < s.batch_size)

@@ -406,6 +406,131 @@ verify_sees_edited_columns_and_a_missing_tail(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* Run a migration file's SQL against db (as an operator re-running it would). */
+static void
+run_migration(const char *db, const char *file)
+{
+	char path[1024], *mig;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/migrations/%s", getenv("IDPD_TEST_TOP"), file);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	mig = calloc(1, 65536);
+	assert_non_null(mig);
+	assert_true(fread(mig, 1, 65535, f) > 0);
+	fclose(f);
+	assert_int_equal(harness_sql(db, mig), 0);
+	free(mig);
+}
+
+/*
+ * A chain must begin where retention says it ends (0016): at seq 1 after
+ * the genesis hash, or just after the last row retention removed, with
+ * that row's hash.  Rows deleted from the start of a chain, or a whole
+ * chain deleted, behind idpd's back are a break; a prefix retention
+ * removed is not.
+ */
+static void
+verify_sees_rows_missing_at_the_start_of_a_chain(void **state)
+{
+	const char *db = "t_audit_head";
+	struct idpd_proc p;
+	char chain[320], sql[2048], v[128];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(harness_idpd_start(&p, db, NULL, keys_toml), 0);
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(report(&p, tool_event, NULL, 0), 201);
+	assert_string_equal(verify_says(&p), "ok");
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT writer_id FROM audit_events ORDER BY id DESC "
+	                                   "LIMIT 1",
+	                                   chain, sizeof(chain)),
+	                 0);
+
+	/* The chain's first row deleted behind idpd's back. */
+	assert_int_equal(harness_sql(db, "CREATE TABLE saved AS SELECT * FROM audit_events"), 0);
+	snprintf(sql, sizeof(sql), "DELETE FROM audit_events WHERE writer_id = '%s' AND seq = 1",
+	         chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	assert_string_equal(verify_says(&p), "rows are missing at the start of the chain (after "
+	                                     "the last row retention removed)");
+
+	/* As retention removes it: the anchor names seq 1 and its hash. */
+	snprintf(sql, sizeof(sql),
+	         "UPDATE audit_chains SET pruned_seq = 1, pruned_hash = (SELECT hash FROM saved "
+	         "WHERE writer_id = '%s' AND seq = 1) WHERE writer_id = '%s'",
+	         chain, chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	assert_string_equal(verify_says(&p), "ok");
+	/* An anchor that does not match the next row's prev_hash. */
+	snprintf(sql, sizeof(sql),
+	         "UPDATE audit_chains SET pruned_hash = decode(repeat('ab', 32), 'hex') "
+	         "WHERE writer_id = '%s'",
+	         chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	assert_string_equal(verify_says(&p), "prev_hash does not match the chain's retention "
+	                                     "anchor");
+	/* A row put back below the anchor. */
+	snprintf(sql, sizeof(sql),
+	         "UPDATE audit_chains SET pruned_hash = (SELECT hash FROM saved WHERE writer_id "
+	         "= '%s' AND seq = 1) WHERE writer_id = '%s'; INSERT INTO audit_events SELECT * "
+	         "FROM saved WHERE writer_id = '%s' AND seq = 1",
+	         chain, chain, chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	assert_string_equal(verify_says(&p), "the row is older than the chain's retention anchor");
+	snprintf(sql, sizeof(sql),
+	         "UPDATE audit_chains SET pruned_seq = 0, pruned_hash = NULL "
+	         "WHERE writer_id = '%s'",
+	         chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	assert_string_equal(verify_says(&p), "ok");
+
+	/* Before 0016 nothing recorded an anchor: the migration takes the first
+	 * remaining row of a pruned chain as one, and an emptied chain as
+	 * pruned to its end. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	snprintf(sql, sizeof(sql), "DELETE FROM audit_events WHERE writer_id = '%s' AND seq <= 2",
+	         chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	run_migration(db, "0016_audit_chain_anchor.sql");
+	snprintf(sql, sizeof(sql), "SELECT pruned_seq FROM audit_chains WHERE writer_id = '%s'",
+	         chain);
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	assert_string_equal(v, "2");
+	assert_int_equal(harness_idpd_start(&p, db, NULL, keys_toml), 0);
+	assert_string_equal(verify_says(&p), "ok");
+
+	/* A whole chain deleted, its audit_chains row left: a break naming it. */
+	snprintf(sql, sizeof(sql), "DELETE FROM audit_events WHERE writer_id = '%s'", chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	{
+		struct http_resp r;
+		json_t *b;
+
+		get_as(&p, auditor_key, "/v1/audit/verify", &r);
+		assert_int_equal(r.status, 200);
+		assert_true(json_is_false(json_object_get(r.json, "ok")));
+		b = json_object_get(r.json, "broken_at");
+		assert_string_equal(json_string_value(json_object_get(b, "chain")), chain);
+		assert_int_equal(json_integer_value(json_object_get(b, "seq")), 3);
+		assert_string_equal(json_string_value(json_object_get(b, "reason")),
+		                    "every row of the chain is missing (audit_chains.last_seq is "
+		                    "beyond what retention removed)");
+		harness_resp_free(&r);
+	}
+	/* The same chain emptied by a migration's reading (pre-0016 retention). */
+	snprintf(sql, sizeof(sql), "UPDATE audit_chains SET pruned_seq = 0 WHERE writer_id = '%s'",
+	         chain);
+	assert_int_equal(harness_sql(db, sql), 0);
+	run_migration(db, "0016_audit_chain_anchor.sql");
+	assert_string_equal(verify_says(&p), "ok");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /*
  * The writer keeps audit_chains itself (no trigger since 0011), in the same
  * transaction as its rows; the binary COPY stores the body's own time,
@@ -418,8 +543,7 @@ writer_rows_match_their_bodies_and_keep_audit_chains(void **state)
 	const char *db = "t_audit_rows";
 	struct idpd_proc p;
 	struct http_resp r;
-	char v[64], path[1024], *mig;
-	FILE *f;
+	char v[64];
 	long n;
 
 	(void)state;
@@ -473,15 +597,7 @@ writer_rows_match_their_bodies_and_keep_audit_chains(void **state)
 	assert_true(n >= 6);
 
 	/* 0011 once more, over the rows written: idempotent, nothing lost. */
-	snprintf(path, sizeof(path), "%s/migrations/0011_audit_rows.sql", getenv("IDPD_TEST_TOP"));
-	f = fopen(path, "r");
-	assert_non_null(f);
-	mig = calloc(1, 65536);
-	assert_non_null(mig);
-	assert_true(fread(mig, 1, 65535, f) > 0);
-	fclose(f);
-	assert_int_equal(harness_sql(db, mig), 0);
-	free(mig);
+	run_migration(db, "0011_audit_rows.sql");
 	assert_int_equal(report(&p, tool_event, NULL, 0), 201);
 	get_as(&p, auditor_key, "/v1/audit/verify", &r);
 	assert_int_equal(r.status, 200);
@@ -751,6 +867,7 @@ main(void)
 	    cmocka_unit_test(query_pages_through_events_in_order_both_ways),
 	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
 	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),
+	    cmocka_unit_test(verify_sees_rows_missing_at_the_start_of_a_chain),
 	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
 	    cmocka_unit_test(audit_queries_have_an_index_path),
 	    cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,

@@ -1221,6 +1221,13 @@ cleanup_deletes_expired_audit_events_keeping_chains_verifiable(void **state)
 	          "SELECT min(seq) FROM audit_events WHERE type = 'agent.registered'", n,
 	          sizeof(n));
 	assert_string_equal(n, "4");
+	/* The anchor verify starts from: the last row removed, its hash next in line. */
+	sql_value("t_reg_retention",
+	          "SELECT c.pruned_seq || ' ' || (c.pruned_hash = e.prev_hash) FROM audit_chains c "
+	          "JOIN audit_events e ON e.writer_id = c.writer_id AND e.seq = 4 "
+	          "WHERE e.type = 'agent.registered'",
+	          n, sizeof(n));
+	assert_string_equal(n, "3 true");
 	call(&p, "GET", "/v1/audit/verify", admin_key, NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_true(json_is_true(json_object_get(r.json, "ok")));
@@ -1228,6 +1235,18 @@ cleanup_deletes_expired_audit_events_keeping_chains_verifiable(void **state)
 	/* Idempotent. */
 	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
 	assert_int_equal(jint(cleanup_job(&r, "audit_retention"), "deleted"), 0);
+	harness_resp_free(&r);
+	/* The next row deleted behind retention's back is a break. */
+	assert_int_equal(harness_sql("t_reg_retention",
+	                             "DELETE FROM audit_events WHERE seq = 4 AND type = "
+	                             "'agent.registered'"),
+	                 0);
+	call(&p, "GET", "/v1/audit/verify", admin_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_false(json_object_get(r.json, "ok")));
+	assert_string_equal(jstr(json_object_get(r.json, "broken_at"), "reason"),
+	                    "rows are missing at the start of the chain (after the last row "
+	                    "retention removed)");
 	harness_resp_free(&r);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 
