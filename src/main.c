@@ -601,7 +601,7 @@ cmd_serve(int argc, char **argv)
 	left = http_server_stop(app.http, app.cfg->server.shutdown_timeout_ms);
 	app.http = NULL;
 	if (left > 0)
-		log_warn("shutdown: %d request(s) still in flight were cut off", left);
+		log_warn("shutdown: %d request(s) ended without their answer", left);
 	rc = 0;
 done:
 	if (app.http != NULL)

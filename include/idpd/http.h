@@ -132,8 +132,8 @@ struct http_server *http_server_start(const struct http_server_opts *o, struct h
 /*
  * Stop accepting new connections, wait up to timeout_ms for requests in
  * flight to complete, then stop the daemon and free everything.  Returns the
- * number of requests that were still in flight when the wait gave up.
- * Main thread only.
+ * number of requests that ended without their answer once draining began
+ * (closed by the stop, or by their client).  Main thread only.
  */
 int http_server_stop(struct http_server *s, int64_t timeout_ms);
 

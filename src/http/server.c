@@ -68,6 +68,7 @@ struct http_server {
 	struct http_server_opts opts;
 	char listen[64];
 	_Atomic int in_flight;
+	_Atomic int cut_off; /* requests ended unanswered once draining began */
 	/* Bytes of request bodies held now, all connections together: bounded
 	 * by opts.max_body_memory, so that many slow uploads, authenticated or
 	 * not, cannot hold max_connections times max_body. */
@@ -1219,8 +1220,11 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (req == NULL)
 		return;
 	us = idp_mono_us() - req->start_us;
-	if (!req->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+	if (!req->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
 		req->status = 0;
+		if (atomic_load(&s->draining))
+			atomic_fetch_add(&s->cut_off, 1);
+	}
 	stats_record(s, req->route, req->status, us);
 	if (s->opts.access_log)
 		access_log(req, us);
@@ -1435,7 +1439,7 @@ int
 http_server_stop(struct http_server *s, int64_t timeout_ms)
 {
 	int64_t deadline;
-	int left;
+	int cut;
 
 	if (s == NULL)
 		return 0;
@@ -1443,7 +1447,7 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	 * answer says Connection: close, so the open ones end too. */
 	atomic_store(&s->draining, true);
 	deadline = idp_mono_us() + timeout_ms * 1000;
-	while ((left = atomic_load(&s->in_flight)) > 0 && idp_mono_us() < deadline) {
+	while (atomic_load(&s->in_flight) > 0 && idp_mono_us() < deadline) {
 		struct timespec ts = {0, 10 * 1000 * 1000};
 
 		nanosleep(&ts, NULL);
@@ -1468,7 +1472,10 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 
 		nanosleep(&ts, NULL);
 	}
+	/* Past the wait, queued jobs and held requests were still answered;
+	 * what the daemon's stop closes unanswered is what was cut off. */
 	MHD_stop_daemon(s->mhd);
+	cut = atomic_load(&s->cut_off);
 	pthread_cond_destroy(&s->pool.cond);
 	pthread_mutex_destroy(&s->pool.lock);
 	free(s->pool.threads);
@@ -1476,5 +1483,5 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	http_router_free(s->router);
 	free(s->stats);
 	free(s);
-	return left;
+	return cut;
 }

@@ -531,6 +531,70 @@ verify_sees_rows_missing_at_the_start_of_a_chain(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+struct held_report {
+	const struct idpd_proc *p;
+	long status;
+};
+
+static void *
+held_report_main(void *arg)
+{
+	struct held_report *h = arg;
+
+	h->status = report(h->p, tool_event, NULL, 0);
+	return NULL;
+}
+
+/*
+ * A request held for its audit commit past server.shutdown_timeout is still
+ * answered (the HTTP layer waits for held requests): the shutdown log must
+ * not count it as cut off.
+ */
+static void
+a_request_answered_after_the_drain_deadline_is_not_counted_as_cut_off(void **state)
+{
+	const char *db = "t_audit_drain";
+	struct idpd_proc p;
+	struct held_report h;
+	pthread_t th;
+	char url[512];
+	PGconn *pg;
+	PGresult *r;
+	struct timespec ts = {0, 200 * 1000 * 1000};
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(harness_idpd_start(&p, db, "shutdown_timeout = \"200ms\"\n", keys_toml),
+	                 0);
+	assert_int_equal(report(&p, tool_event, NULL, 0), 201);
+	/* The writer's commit waits on this lock. */
+	harness_db_url(db, url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	r = PQexec(pg, "BEGIN; LOCK TABLE audit_chains IN EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	h.p = &p;
+	h.status = 0;
+	pthread_create(&th, NULL, held_report_main, &h);
+	nanosleep(&ts, NULL);
+	assert_int_equal(kill(p.pid, SIGTERM), 0);
+	/* Past the 200 ms drain deadline, within the 1 s audit.timeout. */
+	ts.tv_nsec = 350 * 1000 * 1000;
+	nanosleep(&ts, NULL);
+	r = PQexec(pg, "COMMIT");
+	PQclear(r);
+	PQfinish(pg);
+	pthread_join(th, NULL);
+	if (h.status != 201)
+		harness_idpd_dump_log(&p);
+	assert_int_equal(h.status, 201);
+	assert_int_equal(harness_idpd_stop(&p, 0, 10000), 0);
+	assert_true(harness_log_contains(&p, "SIGTERM: draining"));
+	assert_false(harness_log_contains(&p, "without their answer"));
+}
+
 /*
  * The writer keeps audit_chains itself (no trigger since 0011), in the same
  * transaction as its rows; the binary COPY stores the body's own time,
@@ -868,6 +932,7 @@ main(void)
 	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
 	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),
 	    cmocka_unit_test(verify_sees_rows_missing_at_the_start_of_a_chain),
+	    cmocka_unit_test(a_request_answered_after_the_drain_deadline_is_not_counted_as_cut_off),
 	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
 	    cmocka_unit_test(audit_queries_have_an_index_path),
 	    cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,

@@ -485,6 +485,37 @@ sigterm_drains_a_slow_in_flight_request(void **state)
 	assert_int_equal(rc, 0);
 	assert_true(harness_log_contains(&p, "SIGTERM: draining"));
 	assert_true(harness_log_contains(&p, "stopped"));
+	assert_false(harness_log_contains(&p, "without their answer"));
+}
+
+/*
+ * Past server.shutdown_timeout the daemon stops: a request still reading
+ * its body then ends unanswered, and the log counts it.
+ */
+static void
+sigterm_counts_the_requests_it_cuts_off(void **state)
+{
+	struct idpd_proc p;
+	char buf[256];
+	int fd;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_life_cut"), 0);
+	assert_int_equal(
+	    harness_idpd_start(&p, "t_life_cut", "shutdown_timeout = \"300ms\"\n", NULL), 0);
+	fd = harness_connect(p.port);
+	assert_true(fd >= 0);
+	assert_int_equal(send_all(fd, "POST /v1/agents HTTP/1.1\r\nHost: t\r\n"
+	                              "Content-Type: application/json\r\n"
+	                              "Content-Length: 20\r\n\r\n{\"half\":\"a"),
+	                 0);
+	sleep_ms(300);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	buf[0] = '\0';
+	read_all(fd, buf, sizeof(buf), 1000);
+	close(fd);
+	assert_null(strstr(buf, "HTTP/1.1"));
+	assert_true(harness_log_contains(&p, "shutdown: 1 request(s) ended without their answer"));
 }
 
 /* ---- keep-alive clients hammering during shutdown ---- */
@@ -875,6 +906,7 @@ main(void)
 	                              writer_teardown),
 	    cmocka_unit_test(a_second_instance_on_the_same_port_refuses_to_start),
 	    cmocka_unit_test(sigterm_drains_a_slow_in_flight_request),
+	    cmocka_unit_test(sigterm_counts_the_requests_it_cuts_off),
 	    cmocka_unit_test(sigterm_with_busy_keep_alive_clients_still_exits_cleanly),
 	    cmocka_unit_test(serve_refuses_a_database_whose_schema_is_behind),
 	    cmocka_unit_test(concurrent_migrate_runs_apply_each_migration_once),

@@ -209,14 +209,19 @@ harness_idpd_start_ex(struct idpd_proc *p, const char *db, const char *server_ke
 	f = fopen(p->config, "w");
 	if (f == NULL)
 		return -1;
+	/* A test's own shutdown_timeout replaces the default one. */
 	fprintf(f,
 	        "[server]\nlisten = \"127.0.0.1\"\nport = %d\nthreads = 2\n"
-	        "shutdown_timeout = \"10s\"\n%s"
+	        "%s%s"
 	        "[database]\nurl = \"%s\"\npool_size = 4\nacquire_timeout = \"1s\"\n"
 	        "connect_timeout = \"2s\"\n"
 	        "[node]\nmigrations_dir = \"%s/migrations\"\ninstance_id = \"test-%d\"\n"
 	        "[log]\nlevel = \"debug\"\n",
-	        p->port, server_keys != NULL ? server_keys : "", url, top, p->port);
+	        p->port,
+	        server_keys != NULL && strstr(server_keys, "shutdown_timeout") != NULL
+	            ? ""
+	            : "shutdown_timeout = \"10s\"\n",
+	        server_keys != NULL ? server_keys : "", url, top, p->port);
 	/* The shipped policy set, unless the test brings its own. */
 	if (extra_toml == NULL || strstr(extra_toml, "[policy]") == NULL)
 		fprintf(f, "[policy]\ndir = \"%s/policies\"\n", top);
