@@ -43,6 +43,17 @@ struct idpd_app;
  * issued under: its ancestors are that token and that token's ancestors.
  */
 #define ACCESS_CLAIM_DELEGATION_JTI "delegation_jti"
+/*
+ * The private claim of an access token naming the identity credential that
+ * asked for it: revoking that credential ends the token too.
+ */
+#define ACCESS_CLAIM_CREDENTIAL_JTI "credential_jti"
+/*
+ * How long past its exp a revoked identity credential stays in the
+ * revocation state: the longest an access token it obtained can live
+ * (tokens.max_ttl's maximum).  Migration 0017 keeps its rows as long.
+ */
+#define REV_CREDENTIAL_SPAN_S (24 * 3600)
 
 /* One link of a delegation chain: a delegation token as stored. */
 struct revocation_link {

@@ -748,6 +748,7 @@ static const struct key config_keys[] = {
      DURATION_AT(struct idpd_config, tokens.max_ttl_ms),
      .flags = K_RELOAD,
      .min = SECONDS(10),
+     /* REV_CREDENTIAL_SPAN_S and migration 0017 rely on this bound. */
      .max = HOURS(24),
      .def = "1h",
      .help = "longest lifetime of an access token; a longer ttl is cut to it"},

@@ -17,7 +17,9 @@
  * REQUIRE_APPROVAL, never a deny).  It is spent once the token is signed,
  * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the
  * smallest of the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition,
- * the delegation token's exp, the keys' longest lifetime and the signing key's not-after.
+ * the delegation token's exp, the keys' longest lifetime and the signing key's not-after.  The
+ * token names the identity credential that asked for it (credential_jti): revoking that
+ * credential ends the token too.
  *
  * Every outcome is audited: token.issued durably before the token goes
  * out (audit.durability "sync"), token.denied best effort (a refusal stands
@@ -594,6 +596,8 @@ claims_write(struct issuing *s, struct idp_buf *b, const char *scope, int64_t ia
 		rc = put_member(b, "client_id", s->agent->id);
 	if (rc == IDP_OK)
 		rc = put_member(b, ACCESS_CLAIM_DELEGATION_JTI, s->djti);
+	if (rc == IDP_OK)
+		rc = put_member(b, ACCESS_CLAIM_CREDENTIAL_JTI, s->a->who->cred.jti);
 	if (rc == IDP_OK)
 		rc = idp_json_put_key(b, "act", false);
 	if (rc == IDP_OK)

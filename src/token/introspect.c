@@ -136,6 +136,7 @@ struct vc_entry {
 	char *sub;
 	char *task_id;
 	char *chain_jti;     /* the delegation token to walk from; NULL: the task alone */
+	char *cred_jti;      /* the credential that asked for an access token, or NULL */
 	char *agent_version; /* delegation tokens: the registry's when rendered, or NULL */
 	char *aud;           /* the token's aud, its audiences separated by spaces */
 	char *scope;         /* the token's scope claim */
@@ -178,6 +179,7 @@ static const char *const inactive_reasons[] = {
     "agent_revoked",
     "audience_not_allowed",
     "scope_outside_chain_capabilities",
+    "credential_revoked",
     "other",
 };
 static _Atomic uint64_t inactive_counts[IDP_ARRAY_LEN(inactive_reasons)];
@@ -205,6 +207,7 @@ vc_unref(struct vc_entry *e)
 	free(e->sub);
 	free(e->task_id);
 	free(e->chain_jti);
+	free(e->cred_jti);
 	free(e->agent_version);
 	free(e->aud);
 	free(e->scope);
@@ -344,7 +347,8 @@ agent_ok(const char *id, int64_t iat_s, const char *scopes, bool may_block,
 struct tok {
 	bool access;
 	const char *jti, *sub, *task_id, *chain_jti;
-	const char *scope; /* the scope claim */
+	const char *cred_jti; /* an access token's credential_jti; NULL in tokens older than it */
+	const char *scope;    /* the scope claim */
 	int64_t iat_s, exp_s;
 	/* Each chain agent must still hold the scopes: false only for an
 	 * agent reporting what it did (revocation_introspect_access). */
@@ -373,6 +377,13 @@ live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v
 		rc = revocation_check_jti(t->jti);
 		if (rc == IDP_EFORBIDDEN)
 			*reason = "token_revoked";
+		if (rc != IDP_OK)
+			return rc;
+	}
+	if (t->cred_jti != NULL) {
+		rc = revocation_check_jti(t->cred_jti);
+		if (rc == IDP_EFORBIDDEN)
+			*reason = "credential_revoked";
 		if (rc != IDP_OK)
 			return rc;
 	}
@@ -537,6 +548,8 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	    claim_str(c, "task_id") == NULL || claim_str(c, "scope") == NULL ||
 	    (*access && json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI) != NULL &&
 	     claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) == NULL) ||
+	    (*access && json_object_get(c, ACCESS_CLAIM_CREDENTIAL_JTI) != NULL &&
+	     claim_str(c, ACCESS_CLAIM_CREDENTIAL_JTI) == NULL) ||
 	    (!*access && (!json_is_integer(json_object_get(c, "depth")) ||
 	                  !json_is_object(json_object_get(c, "act"))))) {
 		*reason = "claims_invalid";
@@ -624,6 +637,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .sub = claim_str(c, "sub"),
 	    .task_id = claim_str(c, "task_id"),
 	    .chain_jti = access ? claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) : claim_str(c, "jti"),
+	    .cred_jti = access ? claim_str(c, ACCESS_CLAIM_CREDENTIAL_JTI) : NULL,
 	    .scope = claim_str(c, "scope"),
 	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
 	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),
@@ -650,6 +664,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	e->sub = idp_xstrdup(t.sub);
 	e->task_id = idp_xstrdup(t.task_id);
 	e->chain_jti = t.chain_jti != NULL ? idp_xstrdup(t.chain_jti) : NULL;
+	e->cred_jti = t.cred_jti != NULL ? idp_xstrdup(t.cred_jti) : NULL;
 	e->agent_version =
 	    !access && sub->agent_version != NULL ? idp_xstrdup(sub->agent_version) : NULL;
 	e->aud = aud_list(json_object_get(c, "aud"));
@@ -715,6 +730,7 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, bool ca
 	                               .sub = e->sub,
 	                               .task_id = e->task_id,
 	                               .chain_jti = e->chain_jti,
+	                               .cred_jti = e->cred_jti,
 	                               .scope = e->scope,
 	                               .iat_s = e->iat_s,
 	                               .exp_s = e->exp_s,

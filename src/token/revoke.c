@@ -455,7 +455,7 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	if (rc != IDP_OK)
 		return IDP_EUNAVAIL;
 	/* Read your writes: authentication checks the revocation state (0010). */
-	rev_note_revoked_jti(cred.jti, cred.expires_at_s);
+	rev_note_revoked_jti(cred.jti, cred.expires_at_s + REV_CREDENTIAL_SPAN_S);
 	log_info("revoke: identity credential %s of %s revoked by %s", cred.jti, cred.agent_id,
 	         who->name);
 	return IDP_OK;

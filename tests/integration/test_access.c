@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "idpd/auth.h"
+#include "idpd/jws.h"
 #include "idpd/revocation.h"
 #include "idpd/tasks.h"
 #include "world.h"
@@ -704,6 +705,66 @@ form_add(char *out, size_t len, const char *name, const char *value)
 }
 
 /* RFC 8693 token exchange reaches the same core: same checks, same token. */
+/*
+ * An access token names the identity credential that asked for it; revoking
+ * that credential (stolen, say) ends the tokens it obtained, on every
+ * instance, and not those the agent obtained with another credential.
+ */
+static void
+revoking_a_credential_ends_the_access_tokens_it_obtained(void **state)
+{
+	struct setting s;
+	struct world peer;
+	struct http_resp r;
+	char second[4096], auth[4200];
+	char *at1, *at2;
+	json_t *c, *cc;
+
+	(void)state;
+	setting_start(&s, "t_access_cred");
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	at1 = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	c = world_verify(&s.w, at1, ACCESS_TOKEN_TYP);
+	cc = world_verify(&s.w, s.cloud, IDP_JWS_TYP_IDENTITY);
+	assert_string_equal(json_string_value(json_object_get(c, ACCESS_CLAIM_CREDENTIAL_JTI)),
+	                    json_string_value(json_object_get(cc, "jti")));
+	json_decref(c);
+	json_decref(cc);
+	/* The same agent attests again: a second credential, a second token. */
+	world_credential(&s.w, "cloud-agent", second, sizeof(second));
+	token(&s, second, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	at2 = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	assert_true(world_active(&s.w, at1, NULL));
+	assert_true(world_active(&s.w, at2, NULL));
+
+	snprintf(auth, sizeof(auth), "Bearer %s", s.cloud);
+	assert_int_equal(world_revoke_as(&s.w, auth, s.cloud, NULL), 200);
+	assert_false(world_active(&s.w, at1, NULL));
+	assert_true(world_active(&s.w, at2, NULL));
+	world_call(&s.w, "GET", "/metrics", NULL, NULL, &r);
+	assert_non_null(
+	    strstr(r.body, "idpd_introspection_inactive_total{reason=\"credential_revoked\"} 1\n"));
+	harness_resp_free(&r);
+	/* Kept as long as such a token can live: its exp plus tokens.max_ttl's maximum. */
+	assert_int_equal(world_count(&s.w, "SELECT count(*) FROM revoked_tokens r JOIN "
+	                                   "agent_credentials c USING (jti) WHERE r.kind = "
+	                                   "'identity' AND r.expires_at = c.expires_at + "
+	                                   "interval '24 hours'"),
+	                 1);
+	/* An instance started now reads it from PostgreSQL. */
+	world_start_peer(&s.w, &peer);
+	assert_false(world_active(&peer, at1, NULL));
+	assert_true(world_active(&peer, at2, NULL));
+	world_stop(&peer);
+	free(at1);
+	free(at2);
+	setting_stop(&s);
+}
+
 static void
 token_exchange_issues_the_same_token(void **state)
 {
@@ -1073,6 +1134,7 @@ main(void)
 	    cmocka_unit_test(completed_task_and_decommissioned_agent_get_nothing),
 	    cmocka_unit_test(approval_is_bound_and_single_use),
 	    cmocka_unit_test(an_approval_is_spent_only_by_an_issued_token),
+	    cmocka_unit_test(revoking_a_credential_ends_the_access_tokens_it_obtained),
 	    cmocka_unit_test(token_exchange_issues_the_same_token),
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
 	    cmocka_unit_test(metadata_names_the_endpoints),
