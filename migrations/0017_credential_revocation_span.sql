@@ -2,7 +2,7 @@
 -- the revocation state as long as a token it obtained can live.
 --
 -- Access tokens now name the credential that asked for them
--- (credential_jti), and introspection refuses one whose credential was
+-- (identity_jti), and introspection refuses one whose credential was
 -- revoked.  Such a token may outlive its credential by up to
 -- tokens.max_ttl (at most 24 hours), so the revocation's record is kept
 -- until the credential's exp plus 24 hours instead of its exp alone.

@@ -47,7 +47,7 @@ struct idpd_app;
  * The private claim of an access token naming the identity credential that
  * asked for it: revoking that credential ends the token too.
  */
-#define ACCESS_CLAIM_CREDENTIAL_JTI "credential_jti"
+#define ACCESS_CLAIM_IDENTITY_JTI "identity_jti"
 /*
  * How long past its exp a revoked identity credential stays in the
  * revocation state: the longest an access token it obtained can live

@@ -18,7 +18,7 @@
  * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the
  * smallest of the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition,
  * the delegation token's exp, the keys' longest lifetime and the signing key's not-after.  The
- * token names the identity credential that asked for it (credential_jti): revoking that
+ * token names the identity credential that asked for it (identity_jti): revoking that
  * credential ends the token too.
  *
  * Every outcome is audited: token.issued durably before the token goes
@@ -285,10 +285,12 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	    audit_event_chain_append(ev, s->agent->id) != IDP_OK)
 		rc = IDP_EINTERNAL;
 	/* detail.reason is the refusal code: the alert rules classify by it. */
-	detail = json_pack("{s:o,s:o,s:o?,s:s?}", "audience",
+	/* identity_jti: which of the agent's credentials asked (a stolen one is traced by it). */
+	detail = json_pack("{s:o,s:o,s:o?,s:s?,s:s}", "audience",
 	                   audit_json_clip(a->audience, AUDIT_ECHO_MAX), "requested_scope",
 	                   audit_json_clip(a->scopes->joined, AUDIT_ECHO_MAX), "stated_reason",
-	                   audit_json_clip(a->reason, AUDIT_ECHO_MAX), "delegation_jti", s->djti);
+	                   audit_json_clip(a->reason, AUDIT_ECHO_MAX), "delegation_jti", s->djti,
+	                   "identity_jti", a->who->cred.jti);
 	if (detail != NULL) {
 		if (!issued)
 			json_object_set_new(detail, "reason", json_string(s->g->code));
@@ -597,7 +599,7 @@ claims_write(struct issuing *s, struct idp_buf *b, const char *scope, int64_t ia
 	if (rc == IDP_OK)
 		rc = put_member(b, ACCESS_CLAIM_DELEGATION_JTI, s->djti);
 	if (rc == IDP_OK)
-		rc = put_member(b, ACCESS_CLAIM_CREDENTIAL_JTI, s->a->who->cred.jti);
+		rc = put_member(b, ACCESS_CLAIM_IDENTITY_JTI, s->a->who->cred.jti);
 	if (rc == IDP_OK)
 		rc = idp_json_put_key(b, "act", false);
 	if (rc == IDP_OK)

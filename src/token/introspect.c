@@ -347,7 +347,7 @@ agent_ok(const char *id, int64_t iat_s, const char *scopes, bool may_block,
 struct tok {
 	bool access;
 	const char *jti, *sub, *task_id, *chain_jti;
-	const char *cred_jti; /* an access token's credential_jti; NULL in tokens older than it */
+	const char *cred_jti; /* an access token's identity_jti; NULL in tokens older than it */
 	const char *scope;    /* the scope claim */
 	int64_t iat_s, exp_s;
 	/* Each chain agent must still hold the scopes: false only for an
@@ -548,8 +548,8 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	    claim_str(c, "task_id") == NULL || claim_str(c, "scope") == NULL ||
 	    (*access && json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI) != NULL &&
 	     claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) == NULL) ||
-	    (*access && json_object_get(c, ACCESS_CLAIM_CREDENTIAL_JTI) != NULL &&
-	     claim_str(c, ACCESS_CLAIM_CREDENTIAL_JTI) == NULL) ||
+	    (*access && json_object_get(c, ACCESS_CLAIM_IDENTITY_JTI) != NULL &&
+	     claim_str(c, ACCESS_CLAIM_IDENTITY_JTI) == NULL) ||
 	    (!*access && (!json_is_integer(json_object_get(c, "depth")) ||
 	                  !json_is_object(json_object_get(c, "act"))))) {
 		*reason = "claims_invalid";
@@ -637,7 +637,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .sub = claim_str(c, "sub"),
 	    .task_id = claim_str(c, "task_id"),
 	    .chain_jti = access ? claim_str(c, ACCESS_CLAIM_DELEGATION_JTI) : claim_str(c, "jti"),
-	    .cred_jti = access ? claim_str(c, ACCESS_CLAIM_CREDENTIAL_JTI) : NULL,
+	    .cred_jti = access ? claim_str(c, ACCESS_CLAIM_IDENTITY_JTI) : NULL,
 	    .scope = claim_str(c, "scope"),
 	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
 	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),

@@ -728,8 +728,18 @@ revoking_a_credential_ends_the_access_tokens_it_obtained(void **state)
 	harness_resp_free(&r);
 	c = world_verify(&s.w, at1, ACCESS_TOKEN_TYP);
 	cc = world_verify(&s.w, s.cloud, IDP_JWS_TYP_IDENTITY);
-	assert_string_equal(json_string_value(json_object_get(c, ACCESS_CLAIM_CREDENTIAL_JTI)),
+	assert_string_equal(json_string_value(json_object_get(c, ACCESS_CLAIM_IDENTITY_JTI)),
 	                    json_string_value(json_object_get(cc, "jti")));
+	/* The audit trail says which credential asked. */
+	{
+		char sql[512];
+
+		snprintf(sql, sizeof(sql),
+		         "SELECT count(*) FROM audit_events WHERE type = 'token.issued' AND "
+		         "body::json->'detail'->>'identity_jti' = '%s'",
+		         json_string_value(json_object_get(cc, "jti")));
+		assert_int_equal(world_count(&s.w, sql), 1);
+	}
 	json_decref(c);
 	json_decref(cc);
 	/* The same agent attests again: a second credential, a second token. */
