@@ -26,6 +26,9 @@
 #include "idpd/store.h"
 #include "keys_int.h"
 
+/* How often the keys are read while the notifications are lost. */
+#define KEYS_LOST_POLL_MS 5000
+
 struct keys {
 	struct store *store;
 	const struct idp_clock *clock;
@@ -870,14 +873,20 @@ on_lost(void *ctx)
 	if (!atomic_exchange(&km->may_lack, true))
 		log_warn(
 		    "keys: lost the notifications; until they are back a token signed with a key "
-		    "this instance does not know answers 503");
+		    "this instance does not know answers 503, and the keys are read again every "
+		    "%d s",
+		    KEYS_LOST_POLL_MS / 1000);
+	retry_later(km);
 }
 
 /*
  * The refresher: after a failed catch-up, retry (200 ms, doubling to 5 s)
  * while the listener is connected and the keys may lack one, so an idle
- * instance recovers without waiting for a notification.  A lost listener
- * ends the retries; its reconnect catches up on its own.
+ * instance recovers without waiting for a notification.  While the
+ * listener is lost, read the keys every KEYS_LOST_POLL_MS: a rotation or a
+ * retirement made elsewhere then reaches this instance's signing within
+ * that bound instead of whenever the notifications come back (the pool
+ * may well reach PostgreSQL while the listening session cannot).
  */
 static void *
 retry_main(void *arg)
@@ -890,14 +899,19 @@ retry_main(void *arg)
 		struct timespec ts;
 		struct idp_diag d;
 
+		int64_t this_wait;
+		bool lost;
+
 		if (!km->retry_due) {
 			pthread_cond_wait(&km->retry_wake, &km->retry_lock);
 			wait_ms = 200;
 			continue;
 		}
+		lost = !atomic_load(&km->listening);
+		this_wait = lost ? KEYS_LOST_POLL_MS : wait_ms;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += wait_ms / 1000;
-		ts.tv_nsec += (wait_ms % 1000) * 1000000L;
+		ts.tv_sec += this_wait / 1000;
+		ts.tv_nsec += (this_wait % 1000) * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;
@@ -907,12 +921,16 @@ retry_main(void *arg)
 			break;
 		pthread_mutex_unlock(&km->retry_lock);
 		idp_diag_init(&d);
-		if (atomic_load(&km->listening) && atomic_load(&km->may_lack))
+		if (!atomic_load(&km->listening)) {
+			if (keys_reload(km, &d) != IDP_OK)
+				log_debug("%s", idp_diag_str(&d));
+		} else if (atomic_load(&km->may_lack)) {
 			(void)catch_up(km, &d);
+		}
 		pthread_mutex_lock(&km->retry_lock);
-		if (!atomic_load(&km->listening) || !atomic_load(&km->may_lack))
+		if (atomic_load(&km->listening) && !atomic_load(&km->may_lack))
 			km->retry_due = false;
-		else if (wait_ms < 5000)
+		else if (!lost && wait_ms < 5000)
 			wait_ms *= 2;
 	}
 	pthread_mutex_unlock(&km->retry_lock);

@@ -828,6 +828,64 @@ jwks_is_not_cached_while_keys_may_be_missing(void **state)
 	harness_idpd_stop(&p, SIGTERM, 5000);
 }
 
+/*
+ * An instance whose notifications are lost (its listening session cut and
+ * unable to come back, its pool still connected) reads the keys every 5 s:
+ * a key retired as compromised elsewhere leaves its JWKS, and its signing,
+ * within that bound, not whenever the notifications return.
+ */
+static void
+a_retirement_reaches_an_instance_whose_notifications_are_lost(void **state)
+{
+	const char *db = "t_keys_lost";
+	struct idpd_proc a, b;
+	struct http_resp r;
+	char k1[IDP_JWS_MAX_KID + 1], body[256], n[16];
+	int i;
+
+	(void)state;
+	assert_int_equal(harness_db_create(db), 0);
+	start(&a, db, NULL);
+	/* b connects as a role of its own, so that its new sessions can be refused. */
+	assert_int_equal(harness_sql(db, "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles "
+	                                 "WHERE rolname = 'idpd_b') THEN CREATE ROLE idpd_b "
+	                                 "LOGIN; END IF; END $$; ALTER ROLE idpd_b CONNECTION "
+	                                 "LIMIT -1; GRANT ALL ON SCHEMA public TO idpd_b; GRANT "
+	                                 "ALL ON ALL TABLES IN SCHEMA public TO idpd_b; GRANT ALL "
+	                                 "ON ALL SEQUENCES IN SCHEMA public TO idpd_b"),
+	                 0);
+	start(&b, "t_keys_lost?user=idpd_b", NULL);
+	active_kid(db, k1);
+	assert_true(jwks_has(&b, k1));
+	/* b's pool holds its sessions; no new one may open, its listener's is cut. */
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(call("GET", &b, "/v1/keys", admin_key, NULL, &r), 200);
+		harness_resp_free(&r);
+	}
+	assert_int_equal(harness_sql(db, "ALTER ROLE idpd_b CONNECTION LIMIT 0"), 0);
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(pg_terminate_backend(pid)) FROM "
+	                                   "pg_stat_activity WHERE usename = 'idpd_b' AND "
+	                                   "application_name = 'idpd listener'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "1");
+	sleep_ms(500);
+	assert_true(harness_log_contains(&b, "keys: lost the notifications"));
+
+	/* Retired as compromised through a. */
+	snprintf(body, sizeof(body), "{\"retire\":\"%s\",\"reason\":\"key leaked\"}", k1);
+	assert_int_equal(call("POST", &a, "/v1/keys/rotate", admin_key, body, &r), 200);
+	harness_resp_free(&r);
+	assert_false(jwks_has(&a, k1));
+	for (i = 0; i < 160 && jwks_has(&b, k1); i++)
+		sleep_ms(50);
+	assert_false(jwks_has(&b, k1));
+	assert_int_equal(harness_sql(db, "ALTER ROLE idpd_b CONNECTION LIMIT -1"), 0);
+	harness_idpd_stop(&b, SIGTERM, 5000);
+	harness_idpd_stop(&a, SIGTERM, 5000);
+}
+
 static void
 cli_rotation_is_followed_by_a_running_instance(void **state)
 {
@@ -1172,6 +1230,7 @@ main(void)
 	    cmocka_unit_test(two_instances_start_together_and_agree_on_keys_after_a_rotation),
 	    cmocka_unit_test(next_key_must_be_published_for_jwks_max_age),
 	    cmocka_unit_test(jwks_is_not_cached_while_keys_may_be_missing),
+	    cmocka_unit_test(a_retirement_reaches_an_instance_whose_notifications_are_lost),
 	    cmocka_unit_test(a_compromised_key_is_unpublished_at_once),
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
