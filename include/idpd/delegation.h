@@ -43,9 +43,10 @@ struct delegation_token {
 
 /*
  * The claims of a delegated token, a new object the caller owns; act is
- * {"sub": delegator, "sub_type": "agent", "act": parent_act}, parent_act
- * copied.  NULL if exp_s <= iat_s or parent_act is not an object.  Any
- * thread.
+ * {"sub": agent_id, "sub_type": "agent", "act": parent_act}, parent_act
+ * copied: RFC 8693 section 4.1's nesting, the outermost act the current
+ * actor (the agent the token is given to), the innermost the human.  NULL
+ * if exp_s <= iat_s or parent_act is not an object.  Any thread.
  */
 json_t *delegation_claims(const struct delegation_token *t, const json_t *parent_act);
 /* The raw hash of a "sha256:<64 lower-case hex>" text; IDP_EINVAL otherwise.  Any thread. */

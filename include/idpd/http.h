@@ -236,6 +236,8 @@ struct http_form {
 		const char *name;
 		const char *value;
 	} p[HTTP_FORM_MAX_PARAMS];
+	/* After a refusal for a name given twice: that name (some answers depend on it). */
+	const char *repeated;
 };
 
 /*
@@ -245,7 +247,8 @@ struct http_form {
  * IDP_EINVAL for a '%' without two hex digits, a name or value that is not
  * UTF-8 text without control characters (so never a NUL), an empty name, or
  * a name given twice (RFC 6749 section 3.2); IDP_ETOOBIG past the limits
- * above or a full arena.  out is unspecified on error.  Pure; no MHD.
+ * above or a full arena.  out is unspecified on error, but for
+ * out->repeated.  Pure; no MHD.
  */
 int http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct http_form *out,
                     struct idp_diag *diag) IDP_WUR;
@@ -268,10 +271,15 @@ int http_req_form(struct http_req *req, struct http_form *out, struct idp_diag *
 /* ---- responses: each answers the request; call exactly one, once ---- */
 
 /*
+ * An RFC 6749 §5.2 error_description made of s: printable ASCII but '"' and
+ * '\\' (a description may quote the request); any other byte becomes '?'.
+ */
+json_t *http_oauth_description(const char *s);
+/*
  * An OAuth error (RFC 6749 section 5.2): {"error": error,
- * "error_description": description} (description may be NULL), with
- * Cache-Control: no-store and Pragma: no-cache.  Headers such as
- * WWW-Authenticate are added by the caller first.
+ * "error_description": description} (description may be NULL, made as
+ * above), with Cache-Control: no-store and Pragma: no-cache.  Headers such
+ * as WWW-Authenticate are added by the caller first.
  */
 void http_reply_oauth_error(struct http_req *req, int status, const char *error,
                             const char *description);

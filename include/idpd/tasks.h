@@ -94,9 +94,11 @@ struct task_root_token {
 /*
  * The claims of a task's root delegation token, a new object the caller
  * owns: iss, sub, aud, iat, exp, jti, task_id, scope, human_principal,
- * delegation_chain_hash, depth 0, and act {"sub": human, "sub_type":
- * "human", "idp": idp} (RFC 8693 section 4.1: the party that acted, here
- * the human who started the task).  NULL if exp_s <= iat_s.  Any thread.
+ * delegation_chain_hash, depth 0, and act {"sub": agent_id, "sub_type":
+ * "agent", "act": {"sub": human, "sub_type": "human", "idp": idp}}
+ * (RFC 8693 section 4.1: the current actor outermost, the root agent, and
+ * before it the human who started the task).  NULL if exp_s <= iat_s.  Any
+ * thread.
  */
 json_t *task_root_claims(const struct task_root_token *t);
 

@@ -11,6 +11,7 @@
  * ("a=1&&b=2") are skipped and a pair without '=' is a name with an empty
  * value, as browsers send them.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -203,6 +204,7 @@ http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct ht
 			return err;
 		if (http_form_get(out, name) != NULL) {
 			idp_diag_add(diag, "%s: given more than once", name);
+			out->repeated = name;
 			return IDP_EINVAL;
 		}
 		out->p[out->n].name = name;
@@ -245,13 +247,30 @@ http_req_form(struct http_req *req, struct http_form *out, struct idp_diag *diag
 	return http_form_parse(body, len, http_req_arena(req), out, diag);
 }
 
+json_t *
+http_oauth_description(const char *s)
+{
+	char *d = idp_xstrdup(s);
+	json_t *j;
+
+	for (char *p = d; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
+			*p = '?';
+	}
+	j = json_string(d);
+	free(d);
+	return j;
+}
+
 void
 http_reply_oauth_error(struct http_req *req, int status, const char *error, const char *description)
 {
 	json_t *body = json_pack("{s:s}", "error", error);
 
 	if (body != NULL && description != NULL)
-		json_object_set_new(body, "error_description", json_string(description));
+		json_object_set_new(body, "error_description", http_oauth_description(description));
 	http_add_header(req, "Cache-Control", "no-store");
 	http_add_header(req, "Pragma", "no-cache");
 	http_reply_json(req, status, body);

@@ -389,8 +389,10 @@ root_token(struct issuing *s)
 	s->own =
 	    json_pack("{s:s,s:s,s:s,s:s}", "jti", PQgetvalue(r, 0, 0), "chain", PQgetvalue(r, 0, 1),
 	              "scope", PQgetvalue(r, 0, 2), "human", PQgetvalue(r, 0, 3));
-	s->act = json_pack("{s:s,s:s,s:s}", "sub", PQgetvalue(r, 0, 3), "sub_type", "human", "idp",
-	                   PQgetvalue(r, 0, 4));
+	/* As the root token's act: the root agent acting, after the human. */
+	s->act =
+	    json_pack("{s:s,s:s,s:{s:s,s:s,s:s}}", "sub", s->agent->id, "sub_type", "agent", "act",
+	              "sub", PQgetvalue(r, 0, 3), "sub_type", "human", "idp", PQgetvalue(r, 0, 4));
 	if (s->own == NULL || s->act == NULL) {
 		refuse(s, 500, "internal");
 		goto done;

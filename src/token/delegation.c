@@ -82,7 +82,7 @@ delegation_claims(const struct delegation_token *t, const json_t *parent_act)
 	if (t->exp_s <= t->iat_s || !json_is_object(parent_act))
 		return NULL;
 	act =
-	    json_pack("{s:s,s:s,s:O}", "sub", t->delegator, "sub_type", "agent", "act", parent_act);
+	    json_pack("{s:s,s:s,s:O}", "sub", t->agent_id, "sub_type", "agent", "act", parent_act);
 	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:i,s:o}", "iss", t->issuer, "sub",
 	              t->agent_id, "aud", t->audience, "iat", (json_int_t)t->iat_s, "exp",
 	              (json_int_t)t->exp_s, "jti", t->jti, "task_id", t->task_id, "scope", t->scope,

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "idpd/access.h"
 #include "idpd/agent_auth.h"
@@ -40,15 +41,22 @@ oauth_init(struct idpd_app *app, struct idp_diag *diag)
 	return IDP_OK;
 }
 
-/* RFC 6749 §5.2 codes for access_issue's refusals. */
+/*
+ * RFC 6749 §5.2 codes for access_issue's refusals, all 400 but idpd's own
+ * failures.  The approval a REQUIRE_APPROVAL waits on is answered as RFC
+ * 8628 §3.5 answers a device grant (authorization_pending, access_denied,
+ * expired_token); an approval id that is no approval of this request is an
+ * invalid grant; anything wrong with the subject token is RFC 8693
+ * §2.2.2's invalid_request.
+ */
 static const char *
 oauth_error_for(const struct access_grant *g, int *status)
 {
 	const char *c = g->code != NULL ? g->code : "";
 
 	*status = 400;
-	if (g->status == 202)
-		return "authorization_pending"; /* RFC 8628 §3.5: retry with the approval */
+	if (g->status == 202 || strcmp(c, "approval_pending") == 0)
+		return "authorization_pending";
 	if (g->status >= 500) {
 		*status = g->status;
 		return g->status == 503 ? "temporarily_unavailable" : "server_error";
@@ -59,12 +67,14 @@ oauth_error_for(const struct access_grant *g, int *status)
 	    strcmp(c, "scope_outside_chain_capabilities") == 0 ||
 	    strcmp(c, "scope_not_within_delegation") == 0)
 		return "invalid_scope";
-	if (strcmp(c, "policy_denied") == 0 || strcmp(c, "approval_insufficient") == 0) {
-		*status = 403;
+	if (strcmp(c, "policy_denied") == 0 || strcmp(c, "approval_insufficient") == 0 ||
+	    strcmp(c, "approval_denied") == 0)
 		return "access_denied";
-	}
-	/* The subject token: invalid, expired, revoked, another's, its task closed; approvals. */
-	return "invalid_grant";
+	if (strcmp(c, "approval_expired") == 0)
+		return "expired_token";
+	if (strncmp(c, "approval_", 9) == 0)
+		return "invalid_grant";
+	return "invalid_request";
 }
 
 /* The token endpoint's answer to an outcome: RFC 8693 §2.2. */
@@ -93,8 +103,8 @@ answer(struct http_req *req, struct access_grant *g)
 		snprintf(named, sizeof(named), "%s (%s)", desc, g->refused_scope);
 		desc = named;
 	}
-	body = json_pack("{s:s,s:s,s:s?}", "error", err, "error_description", desc, "idpd_code",
-	                 g->code);
+	body = json_pack("{s:s,s:o,s:s?}", "error", err, "error_description",
+	                 http_oauth_description(desc), "idpd_code", g->code);
 	if (body != NULL && g->status == 202) {
 		json_object_set_new(body, "approval_id", json_string(g->approval_id));
 		json_object_set_new(body, "approval_expires_at",
@@ -121,12 +131,39 @@ exchange(struct http_req *req, void *ctx)
 	(void)ctx;
 	memset(&g, 0, sizeof(g));
 	memset(&who, 0, sizeof(who));
+	f->repeated = NULL;
 	idp_diag_init(&d);
+	/*
+	 * The agent authenticates with its actor_token; there are no OAuth
+	 * clients here (token_endpoint_auth_methods_supported is "none").
+	 * Client authentication offered anyway is refused rather than ignored,
+	 * with the challenge of the scheme the client used (RFC 6749 §5.2).
+	 */
+	{
+		const char *authz = http_req_header(req, "Authorization");
+
+		if (authz != NULL) {
+			http_add_header(req, "WWW-Authenticate",
+			                strncasecmp(authz, "Basic", 5) == 0
+			                    ? "Basic realm=\"idpd\""
+			                    : "Bearer realm=\"idpd\"");
+			http_reply_oauth_error(req, 401, "invalid_client",
+			                       "no client authentication is taken here: the agent "
+			                       "authenticates with its actor_token");
+			return;
+		}
+	}
 	if (!http_req_is_form(req) || http_req_form(req, f, &d) != IDP_OK) {
-		http_reply_oauth_error(req, 400, "invalid_request",
-		                       d.count > 0
-		                           ? idp_diag_str(&d)
-		                           : "the body must be application/x-www-form-urlencoded");
+		/* RFC 8693 §2.1 allows several; one token names one resource here. */
+		if (f->repeated != NULL &&
+		    (strcmp(f->repeated, "audience") == 0 || strcmp(f->repeated, "resource") == 0))
+			http_reply_oauth_error(req, 400, "invalid_target",
+			                       "one audience or resource per token");
+		else
+			http_reply_oauth_error(
+			    req, 400, "invalid_request",
+			    d.count > 0 ? idp_diag_str(&d)
+			                : "the body must be application/x-www-form-urlencoded");
 		return;
 	}
 	grant = http_form_get(f, "grant_type");
@@ -144,12 +181,17 @@ exchange(struct http_req *req, void *ctx)
 	res = http_form_get(f, "resource");
 	scope = http_form_get(f, "scope");
 	rtt = http_form_get(f, "requested_token_type");
-	if (subject == NULL || stt == NULL || actor == NULL || att == NULL || scope == NULL ||
+	if (subject == NULL || stt == NULL || actor == NULL || att == NULL ||
 	    (aud == NULL && res == NULL)) {
-		http_reply_oauth_error(
-		    req, 400, "invalid_request",
-		    "subject_token, subject_token_type, actor_token, "
-		    "actor_token_type, scope and audience or resource are required");
+		http_reply_oauth_error(req, 400, "invalid_request",
+		                       "subject_token, subject_token_type, actor_token, "
+		                       "actor_token_type and audience or resource are required");
+		goto done;
+	}
+	/* RFC 6749 §3.3: without a default scope, its absence is invalid_scope. */
+	if (scope == NULL) {
+		http_reply_oauth_error(req, 400, "invalid_scope",
+		                       "scope is required: a token is for the scopes named");
 		goto done;
 	}
 	if ((strcmp(stt, TT_JWT) != 0 && strcmp(stt, TT_DELEGATION) != 0) ||
@@ -182,8 +224,8 @@ exchange(struct http_req *req, void *ctx)
 	rc = authenticate_agent_token(actor, &who, &why);
 	if (rc != IDP_OK) {
 		log_info("oauth: actor token refused: %s", why ? why : "unknown");
-		if (rc == IDP_EUNAUTH)
-			http_reply_oauth_error(req, 400, "invalid_grant",
+		if (rc == IDP_EUNAUTH) /* RFC 8693 §2.2.2 */
+			http_reply_oauth_error(req, 400, "invalid_request",
 			                       "the actor_token is not a valid agent credential");
 		else
 			http_reply_oauth_error(req, 503, "temporarily_unavailable",

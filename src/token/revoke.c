@@ -69,7 +69,7 @@ identify(struct http_req *req, struct caller *c)
 	rc = rev_operator_key(req, &op);
 	if (rc == IDP_OK) {
 		if ((op.roles & IDPD_ROLE_ADMIN) == 0) {
-			http_reply_oauth_error(req, 403, "unauthorized_client",
+			http_reply_oauth_error(req, 400, "unauthorized_client",
 			                       "an operator key needs the admin role to revoke");
 			return false;
 		}
@@ -499,6 +499,15 @@ revoke(struct http_req *req, void *ctx)
 		                       "reason: 1 to 256 bytes when given");
 		return;
 	}
+	/* RFC 7009 §2.2.1: kinds of token this endpoint does not revoke. */
+	if (strncmp(token, AUTH_KEY_PREFIX, strlen(AUTH_KEY_PREFIX)) == 0 ||
+	    strncmp(token, ATTEST_JOIN_TOKEN_PREFIX, strlen(ATTEST_JOIN_TOKEN_PREFIX)) == 0) {
+		http_reply_oauth_error(
+		    req, 400, "unsupported_token_type",
+		    "API keys are withdrawn in the configuration and join tokens "
+		    "by suspending the agent; /revoke takes idpd's JWTs");
+		return;
+	}
 	now = idp_now_ms(idp_clock_system()) / 1000;
 	rc = verify(token, http_form_get(&form, "token_type_hint"), now, &v, &t);
 	if (rc == IDP_EUNAVAIL) {
@@ -508,7 +517,7 @@ revoke(struct http_req *req, void *ctx)
 	if (rc != IDP_OK) {
 		rc = revoke_credential(req, &who, token, now);
 		if (rc == IDP_EFORBIDDEN)
-			http_reply_oauth_error(req, 403, "unauthorized_client",
+			http_reply_oauth_error(req, 400, "unauthorized_client",
 			                       "the caller may not revoke this credential");
 		else if (rc == IDP_EUNAVAIL)
 			http_reply_error(req, IDP_EUNAVAIL, "the token cannot be revoked now");
@@ -527,7 +536,7 @@ revoke(struct http_req *req, void *ctx)
 		         revoked != NULL ? PQntuples(revoked) : (recorded ? 1 : 0));
 		http_reply_data(req, 200, "application/json", "{}", 2);
 	} else if (rc == IDP_EFORBIDDEN) {
-		http_reply_oauth_error(req, 403, "unauthorized_client",
+		http_reply_oauth_error(req, 400, "unauthorized_client",
 		                       "the caller may not revoke this token");
 	} else {
 		http_reply_error(req, IDP_EUNAVAIL, "the token cannot be revoked now");

@@ -102,12 +102,13 @@ task_root_claims(const struct task_root_token *t)
 {
 	if (t->exp_s <= t->iat_s)
 		return NULL;
-	return json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:i,s:{s:s,s:s,s:s}}", "iss",
-	                 t->issuer, "sub", t->agent_id, "aud", t->audience, "iat",
-	                 (json_int_t)t->iat_s, "exp", (json_int_t)t->exp_s, "jti", t->jti,
-	                 "task_id", t->task_id, "scope", t->scope, "human_principal", t->human,
-	                 "delegation_chain_hash", t->chain_hash, "depth", 0, "act", "sub", t->human,
-	                 "sub_type", "human", "idp", t->idp);
+	return json_pack(
+	    "{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:i,s:{s:s,s:s,s:{s:s,s:s,s:s}}}", "iss",
+	    t->issuer, "sub", t->agent_id, "aud", t->audience, "iat", (json_int_t)t->iat_s, "exp",
+	    (json_int_t)t->exp_s, "jti", t->jti, "task_id", t->task_id, "scope", t->scope,
+	    "human_principal", t->human, "delegation_chain_hash", t->chain_hash, "depth", 0, "act",
+	    "sub", t->agent_id, "sub_type", "agent", "act", "sub", t->human, "sub_type", "human",
+	    "idp", t->idp);
 }
 
 /* ---- settings ---- */

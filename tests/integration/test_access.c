@@ -280,7 +280,11 @@ access_token_carries_the_seed_claims(void **state)
 	assert_string_equal(json_string_value(json_object_get(c, ACCESS_CLAIM_DELEGATION_JTI)),
 	                    json_string_value(json_object_get(dc, "jti")));
 	assert_true(json_equal(json_object_get(c, "act"), json_object_get(dc, "act")));
+	/* RFC 8693 4.1: the agent acting now outermost, its delegator next. */
 	assert_string_equal(json_string_value(json_object_get(json_object_get(c, "act"), "sub")),
+	                    "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(
+	                        json_object_get(json_object_get(c, "act"), "act"), "sub")),
 	                    "planning-agent");
 	json_decref(c);
 	json_decref(dc);
@@ -475,7 +479,11 @@ root_agent_needs_no_delegation_token(void **state)
 	assert_int_equal(r.status, 200);
 	c = world_verify(&s.w, json_string_value(json_object_get(r.json, "access_token")),
 	                 ACCESS_TOKEN_TYP);
+	/* As the root token's act: the root agent acting, the human before it. */
 	assert_string_equal(json_string_value(json_object_get(json_object_get(c, "act"), "sub")),
+	                    "planning-agent");
+	assert_string_equal(json_string_value(json_object_get(
+	                        json_object_get(json_object_get(c, "act"), "act"), "sub")),
 	                    "alice@example.com");
 	json_decref(c);
 	harness_resp_free(&r);
@@ -831,14 +839,19 @@ token_exchange_errors_are_oauth_bodies(void **state)
 		const char *error;
 		const char *reason;
 	} cases[] = {
+	    /* RFC 8693 §2.2.2: a subject token invalid for any reason. */
 	    {WORLD_AWS, "cloud:DescribeInstances", "garbage.token.here",
-	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_grant", NULL},
+	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_request", NULL},
 	    {"https://evil.example.com", "cloud:DescribeInstances", NULL,
 	     "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_target", NULL},
 	    {WORLD_AWS, "cloud:TerminateInstances", NULL, "urn:ietf:params:oauth:token-type:jwt",
 	     400, "invalid_scope", NULL},
-	    {WORLD_BILLING, "billing:read", NULL, "urn:ietf:params:oauth:token-type:jwt", 403,
+	    /* A policy DENY, as RFC 8628 §3.5 answers a denied grant. */
+	    {WORLD_BILLING, "billing:read", NULL, "urn:ietf:params:oauth:token-type:jwt", 400,
 	     "access_denied", NULL},
+	    /* No scope: RFC 6749 §3.3, there is no default. */
+	    {WORLD_AWS, NULL, NULL, "urn:ietf:params:oauth:token-type:jwt", 400, "invalid_scope",
+	     NULL},
 	    {WORLD_AWS, "cloud:DescribeInstances", NULL, "urn:x:unknown", 400, "invalid_request",
 	     NULL},
 	    /* A reason over 1024 bytes, as POST /v1/token refuses it. */
@@ -862,7 +875,8 @@ token_exchange_errors_are_oauth_bodies(void **state)
 		form_add(form, sizeof(form), "actor_token", s.cloud);
 		form_add(form, sizeof(form), "actor_token_type", cases[i].actor_type);
 		form_add(form, sizeof(form), "resource", cases[i].audience);
-		form_add(form, sizeof(form), "scope", cases[i].scope);
+		if (cases[i].scope != NULL)
+			form_add(form, sizeof(form), "scope", cases[i].scope);
 		if (cases[i].reason != NULL)
 			form_add(form, sizeof(form), "reason", cases[i].reason);
 		world_form(&s.w, "/oauth2/token", NULL, form, &r);
@@ -884,6 +898,46 @@ token_exchange_errors_are_oauth_bodies(void **state)
 	assert_int_equal(r.status, 400);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_request");
 	harness_resp_free(&r);
+	/* The description quotes the request, within RFC 6749's characters. */
+	world_form(&s.w, "/oauth2/token", NULL, "%22q%5C%22=1&%22q%5C%22=2", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error_description")),
+	                    "?q??: given more than once");
+	harness_resp_free(&r);
+	/* Several audiences (RFC 8693 allows them): one resource per token here. */
+	world_form(&s.w, "/oauth2/token", NULL,
+	           "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&"
+	           "audience=https%3A%2F%2Fa&audience=https%3A%2F%2Fb",
+	           &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_target");
+	harness_resp_free(&r);
+	/* An actor token that is no credential: RFC 8693 §2.2.2 again. */
+	form[0] = '\0';
+	form_add(form, sizeof(form), "grant_type",
+	         "urn:ietf:params:oauth:grant-type:token-exchange");
+	form_add(form, sizeof(form), "subject_token", s.cloud_token);
+	form_add(form, sizeof(form), "subject_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	form_add(form, sizeof(form), "actor_token", "not.a.credential");
+	form_add(form, sizeof(form), "actor_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_request");
+	harness_resp_free(&r);
+	/* Client authentication is no way in: refused with its scheme's challenge. */
+	{
+		char www[128];
+
+		world_post(&s.w, "/oauth2/token", "Basic Y2xpZW50OnNlY3JldA==", NULL, form, &r);
+		assert_int_equal(r.status, 401);
+		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+		                    "invalid_client");
+		assert_true(harness_resp_header(&r, "WWW-Authenticate", www, sizeof(www)));
+		assert_string_equal(www, "Basic realm=\"idpd\"");
+		harness_resp_free(&r);
+	}
 	assert_int_equal(issued(&s), 0);
 	setting_stop(&s);
 }

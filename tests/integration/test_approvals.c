@@ -606,7 +606,7 @@ another_provider_asserting_the_same_principal_is_someone_else(void **state)
 	assert_int_equal(r.status, 403);
 	harness_resp_free(&r);
 	snprintf(auth, sizeof(auth), "Bearer %s", eve);
-	assert_int_equal(world_revoke_as(&w->w, auth, w->root_token, NULL), 403);
+	assert_int_equal(world_revoke_as(&w->w, auth, w->root_token, NULL), 400);
 	assert_true(world_active(&w->w, w->root_token, NULL));
 	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM tasks WHERE status = 'open'"), 1);
 

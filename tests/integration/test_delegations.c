@@ -158,8 +158,12 @@ delegation_issues_a_narrower_chained_token(void **state)
 	task_chain_format(h, chain);
 	assert_string_equal(json_string_value(json_object_get(vc, "delegation_chain_hash")), chain);
 
-	/* The delegator outermost, wrapping the parent's act (the human). */
+	/* RFC 8693 4.1: the current actor (the delegate) outermost, wrapping the
+	 * parent's act: the delegator, then the human. */
 	act = json_object_get(vc, "act");
+	assert_string_equal(json_string_value(json_object_get(act, "sub")), "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(act, "sub_type")), "agent");
+	act = json_object_get(act, "act");
 	assert_string_equal(json_string_value(json_object_get(act, "sub")), "planning-agent");
 	assert_string_equal(json_string_value(json_object_get(act, "sub_type")), "agent");
 	act = json_object_get(act, "act");

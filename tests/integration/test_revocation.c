@@ -305,10 +305,13 @@ introspect_active_token_carries_its_claims_and_a_recomputable_chain(void **state
 	assert_true(json_is_integer(json_object_get(r.json, "exp")));
 	assert_true(json_is_integer(json_object_get(r.json, "iat")));
 	assert_non_null(json_string_value(json_object_get(r.json, "jti")));
-	/* act as the delegation token carries it: planning-agent, then alice. */
+	/* act as the delegation token carries it: cloud-agent (acting now), planning-agent, alice.
+	 */
 	act = json_object_get(r.json, "act");
 	assert_true(json_equal(act, json_object_get(dc, "act")));
-	assert_string_equal(json_string_value(json_object_get(act, "sub")), "planning-agent");
+	assert_string_equal(json_string_value(json_object_get(act, "sub")), "cloud-agent");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(act, "act"), "sub")),
+	                    "planning-agent");
 	/* The chain, root first, and its hash recomputed as a downstream would. */
 	chain = json_object_get(r.json, "delegation_chain");
 	assert_int_equal(json_array_size(chain), 2);
@@ -544,7 +547,7 @@ revoking_a_delegation_token_cascades_to_everything_derived_from_it(void **state)
 	assert_true(active(&w.w, w.d2));
 
 	/* An agent off the chain may not; the token stays active. */
-	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.d1, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.d1, &r), 400);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
@@ -595,7 +598,7 @@ revoking_a_delegation_token_cascades_to_everything_derived_from_it(void **state)
 	assert_false(active(&w.w, at_root));
 	free(at_root);
 	at_root = mint_access(&w.sg, w.root);
-	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.auditor), at_root, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.w.k.auditor), at_root, &r), 400);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
@@ -623,7 +626,7 @@ revoking_an_identity_credential_ends_its_use(void **state)
 	setting_start(&w, "t_rev_credential", NULL);
 	assert_int_equal(harness_status(&w.w.p, "GET", "/v1/me", w.cloud, NULL), 200);
 	/* Another agent may not; the agent itself may. */
-	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.cloud, &r), 403);
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.outsider), w.cloud, &r), 400);
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 	                    "unauthorized_client");
 	harness_resp_free(&r);
@@ -799,9 +802,10 @@ bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 		world_post(&w.w, paths[i], "Basic !!!", NULL, body, &r);
 		assert_int_equal(r.status, 401);
 		harness_resp_free(&r);
-		/* A key without the role. */
+		/* A key without the role: RFC 7009 answers as RFC 6749 §5.2 (400);
+		 * introspection, which RFC 7662 leaves to HTTP, 403. */
 		world_post(&w.w, paths[i], bearer(w.w.k.auditor), NULL, body, &r);
-		assert_int_equal(r.status, 403);
+		assert_int_equal(r.status, strcmp(paths[i], "/revoke") == 0 ? 400 : 403);
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "unauthorized_client");
 		harness_resp_free(&r);
@@ -826,6 +830,21 @@ bad_callers_and_bad_bodies_are_refused_with_oauth_errors(void **state)
 		assert_string_equal(json_string_value(json_object_get(r.json, "error")),
 		                    "invalid_request");
 		harness_resp_free(&r);
+		if (strcmp(paths[i], "/revoke") == 0) {
+			/* Kinds of token /revoke does not take (RFC 7009 §2.2.1). */
+			static const char *const other[] = {
+			    "token=idpk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+			    "token=idpj_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"};
+
+			for (size_t j = 0; j < 2; j++) {
+				world_post(&w.w, paths[i], bearer(key), NULL, other[j], &r);
+				assert_int_equal(r.status, 400);
+				assert_string_equal(
+				    json_string_value(json_object_get(r.json, "error")),
+				    "unsupported_token_type");
+				harness_resp_free(&r);
+			}
+		}
 		world_post(&w.w, paths[i], bearer(key), NULL, "token=%zz", &r);
 		assert_int_equal(r.status, 400);
 		harness_resp_free(&r);

@@ -95,7 +95,9 @@ task_starts_with_a_verifiable_delegation_token(void **state)
 	                    "alice@example.com");
 	assert_int_equal(json_integer_value(json_object_get(claims, "depth")), 0);
 	act = json_object_get(claims, "act");
-	assert_string_equal(json_string_value(json_object_get(act, "sub")), "alice@example.com");
+	assert_string_equal(json_string_value(json_object_get(act, "sub")), "planning-agent");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(act, "act"), "sub")),
+	                    "alice@example.com");
 	/* exp is the task's ttl (1h, under tasks.max_ttl). */
 	long long exp = json_integer_value(json_object_get(claims, "exp"));
 	assert_true(exp >= now + 3600 - 5 && exp <= now + 3600 + 5);

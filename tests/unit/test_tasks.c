@@ -125,7 +125,12 @@ root_claims_carry_task_chain_and_act(void **state)
 	assert_string_equal(json_string_value(json_object_get(c, "delegation_chain_hash")),
 	                    "sha256:" H1_HEX);
 	assert_int_equal(json_integer_value(json_object_get(c, "depth")), 0);
+	/* RFC 8693 4.1: the current actor outermost (the root agent), the human before it. */
 	act = json_object_get(c, "act");
+	assert_true(json_is_object(act));
+	assert_string_equal(json_string_value(json_object_get(act, "sub")), "planning-agent");
+	assert_string_equal(json_string_value(json_object_get(act, "sub_type")), "agent");
+	act = json_object_get(act, "act");
 	assert_true(json_is_object(act));
 	assert_string_equal(json_string_value(json_object_get(act, "sub")), "alice@example.com");
 	assert_string_equal(json_string_value(json_object_get(act, "sub_type")), "human");
