@@ -2,12 +2,15 @@
  * Fuzz target: application/x-www-form-urlencoded bodies.  Parsing may not
  * crash, leak or read out of bounds; an accepted form has distinct names,
  * and every name and value is NUL-free text without control characters
- * that fits the limits.
+ * that fits the limits.  The refusal's text, made an error_description,
+ * keeps to RFC 6749's characters, and a refused repeat names a parameter.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "idpd/http.h"
 
@@ -34,7 +37,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	idp_arena_init(&arena, 1u << 20);
 	idp_diag_init(&d);
-	if (http_form_parse((const char *)data, size, &arena, &f, &d) == IDP_OK) {
+	if (http_form_parse((const char *)data, size, &arena, &f, &d) != IDP_OK) {
+		json_t *desc = http_oauth_description(idp_diag_str(&d));
+		const char *t = json_string_value(desc);
+
+		if (t == NULL)
+			abort();
+		for (; *t != '\0'; t++)
+			if (*t < 0x20 || *t > 0x7e || *t == '"' || *t == '\\')
+				abort();
+		json_decref(desc);
+		if (f.repeated != NULL && strstr(idp_diag_str(&d), f.repeated) == NULL)
+			abort();
+	} else {
 		if (f.n > HTTP_FORM_MAX_PARAMS)
 			abort();
 		for (size_t i = 0; i < f.n; i++) {
