@@ -156,7 +156,23 @@ const char *http_req_query(struct http_req *req, const char *name);
  */
 bool http_req_query_int(struct http_req *req, const char *name, long min, long max, long dflt,
                         long *out);
+/* A header's value without the whitespace around it, or NULL. */
 const char *http_req_header(struct http_req *req, const char *name);
+/*
+ * The host the client addressed: an absolute-form target's authority, else
+ * Host (checked before any handler runs: a reg-name or IP and a port).
+ */
+const char *http_req_host(struct http_req *req);
+/*
+ * The URL clients reach this service by, for the metadata documents: issuer
+ * when it is an http(s) URL (the setting behind an ingress; the answer may
+ * be cached max_age_s), else "http://" and http_req_host (right only for
+ * that host: the answer is not stored and varies by Host).  Adds the
+ * Cache-Control (and Vary) headers; no trailing '/'.  IDP_EINVAL without a
+ * host (an HTTP/1.0 request without Host): the caller answers 400.
+ */
+int http_req_public_base(struct http_req *req, const char *issuer, int max_age_s, char *out,
+                         size_t len) IDP_WUR;
 /* The token of "Authorization: Bearer <token>", or NULL when there is none. */
 const char *http_req_bearer(struct http_req *req);
 const char *http_req_body(const struct http_req *req, size_t *len);

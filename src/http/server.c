@@ -15,6 +15,7 @@
  * waits for it to reach zero (bounded) before stopping the daemon.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <netinet/in.h>
@@ -96,6 +97,7 @@ struct http_req {
 	unsigned method;
 	const char *method_text;
 	const char *path;
+	const char *authority; /* of an absolute-form target (RFC 9112 3.2.2), or NULL */
 	int route;
 	struct http_match match;
 	char scratch[1024];
@@ -426,10 +428,60 @@ http_req_query_int(struct http_req *req, const char *name, long min, long max, l
 	return true;
 }
 
+/*
+ * MHD strips the whitespace before a field value but not after it, which
+ * RFC 9110 section 5.5 excludes from the value too: such a value is given
+ * trimmed, a copy in the request's arena (MHD's buffer is not ours).
+ */
 const char *
 http_req_header(struct http_req *req, const char *name)
 {
-	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+	const char *v = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+	size_t n;
+
+	if (v == NULL)
+		return NULL;
+	n = strlen(v);
+	if (n == 0 || (v[n - 1] != ' ' && v[n - 1] != '\t'))
+		return v;
+	while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	return idp_arena_strndup(&req->arena, v, n);
+}
+
+const char *
+http_req_host(struct http_req *req)
+{
+	return req->authority != NULL ? req->authority : http_req_header(req, "Host");
+}
+
+int
+http_req_public_base(struct http_req *req, const char *issuer, int max_age_s, char *out, size_t len)
+{
+	const char *host;
+	char cc[32];
+	int n;
+
+	if (strncmp(issuer, "https://", 8) == 0 || strncmp(issuer, "http://", 7) == 0) {
+		n = snprintf(out, len, "%s", issuer);
+		snprintf(cc, sizeof(cc), "max-age=%d", max_age_s);
+		http_add_header(req, "Cache-Control", cc);
+	} else {
+		host = http_req_host(req);
+		if (host == NULL)
+			return IDP_EINVAL;
+		n = snprintf(out, len, "http://%s", host);
+		/* Right only for this host: a shared cache keyed without Host
+		 * would hand one client's answer, perhaps a forged Host's, to
+		 * the next. */
+		http_add_header(req, "Cache-Control", "no-store");
+		http_add_header(req, "Vary", "Host");
+	}
+	if (n < 0 || (size_t)n >= len)
+		return IDP_ETOOBIG;
+	if (n > 0 && out[n - 1] == '/')
+		out[n - 1] = '\0';
+	return IDP_OK;
 }
 
 /*
@@ -728,6 +780,15 @@ req_new(struct http_server *s, struct MHD_Connection *conn, const char *url, con
 	idp_buf_init(&req->body, s->opts.max_body);
 	req->method_text = idp_arena_strdup(&req->arena, method);
 	req->method = http_method_parse(method);
+	/* RFC 9112 3.2.2: an absolute-form target is served as its path, its
+	 * authority standing for Host (checked with it, host_refused). */
+	if (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0) {
+		const char *a = url + (url[4] == ':' ? 7 : 8);
+		size_t alen = strcspn(a, "/");
+
+		req->authority = idp_arena_strndup(&req->arena, a, alen);
+		url = a[alen] == '/' ? a + alen : "/";
+	}
 	req->path = idp_arena_strndup(&req->arena, url, strnlen(url, 4096));
 	rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
 	if (http_request_id_valid(rid))
@@ -939,15 +1000,25 @@ static const char *const singletons[] = {"Authorization", "Host", "Content-Lengt
 
 struct field_count {
 	unsigned n[IDP_ARRAY_LEN(singletons)];
+	const char *bad; /* why a field is refused, or NULL */
 };
 
 static enum MHD_Result
-count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                 const char *value, size_t value_size)
 {
 	struct field_count *fc = cls;
 
 	(void)kind;
+	/*
+	 * RFC 9112 5.1: whitespace between a field name and its colon is a
+	 * 400 (MHD keeps it in the name, so "Content-Length : 5" would frame
+	 * nothing here and a body there).
+	 */
 	(void)value;
+	(void)value_size;
+	if (key_size == 0 || strcspn(key, " \t") != key_size)
+		fc->bad = "a header field name is empty or holds whitespace";
 	for (size_t i = 0; i < IDP_ARRAY_LEN(singletons); i++)
 		if (strcasecmp(key, singletons[i]) == 0)
 			fc->n[i]++;
@@ -965,9 +1036,13 @@ count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, const char
 static bool
 singleton_repeated(struct http_req *req)
 {
-	struct field_count fc = {{0}};
+	struct field_count fc = {{0}, NULL};
 
-	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_singletons, &fc);
+	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, count_singletons, &fc);
+	if (fc.bad != NULL) {
+		http_reply_problem(req, 400, "bad_request", NULL, "%s", fc.bad);
+		return true;
+	}
 	for (size_t i = 0; i < IDP_ARRAY_LEN(singletons); i++) {
 		if (fc.n[i] > 1) {
 			http_reply_problem(req, 400, "bad_request", NULL,
@@ -1070,6 +1145,9 @@ body_hold(struct http_req *req, size_t n)
 static bool
 coding_refused(struct http_req *req)
 {
+	/* Untrimmed: MHD decodes chunked only for exactly that value, so
+	 * "chunked " must not pass as chunked here (the body would be read as
+	 * the next request). */
 	const char *te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
 	                                             MHD_HTTP_HEADER_TRANSFER_ENCODING);
 
@@ -1089,6 +1167,43 @@ coding_refused(struct http_req *req)
 	return false;
 }
 
+/* A reg-name, IPv4 or IP-literal, and an optional port (RFC 3986 3.2.2, 3.2.3). */
+static bool
+authority_valid(const char *a)
+{
+	size_t n = strlen(a);
+
+	if (n == 0 || n > 255)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)a[i];
+
+		if (!isalnum(c) && strchr("-._~!$&'()*+,;=:[]%", c) == NULL)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * RFC 9112 3.2: an HTTP/1.1 request carries Host, and a Host (or an
+ * absolute-form target's authority) must be one; the metadata documents
+ * build URLs from it.
+ */
+static bool
+host_refused(struct http_req *req, const char *version)
+{
+	const char *host = http_req_host(req);
+
+	if (host == NULL && version != NULL && strcmp(version, MHD_HTTP_VERSION_1_0) == 0)
+		return false;
+	if (host != NULL && authority_valid(host))
+		return false;
+	http_reply_problem(req, 400, "bad_request", NULL,
+	                   host == NULL ? "the request has no Host header"
+	                                : "the Host header is not a host and port");
+	return true;
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
            const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
@@ -1096,7 +1211,6 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 	struct http_server *s = cls;
 	struct http_req *req = *con_cls;
 
-	(void)version;
 	if (req == NULL) {
 		const char *cl;
 
@@ -1106,7 +1220,7 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 		/* Refused before MHD reads a body by one of two lengths: a reply
 		 * queued now also closes the connection, so no byte after this
 		 * request is read as another (request smuggling). */
-		if (singleton_repeated(req) || coding_refused(req))
+		if (singleton_repeated(req) || coding_refused(req) || host_refused(req, version))
 			return MHD_YES;
 		/* A request for nothing here is answered before its body is
 		 * read, so no one can make idpd hold bodies it would refuse. */

@@ -603,21 +603,20 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	http_reply_json(req, 200, json_pack("{s:o}", "evaluations", out));
 }
 
-/* GET /.well-known/authzen-configuration */
+/* identity.issuer, for the metadata's URLs (restart-only). */
+static char authzen_issuer[513];
+
+/* GET /.well-known/authzen-configuration: URLs as the OAuth metadata's. */
 static void
 authzen_metadata(struct http_req *req, void *ctx)
 {
-	const char *host = http_req_header(req, "Host");
-	char base[300];
+	char base[600];
 
 	(void)ctx;
-	if (host == NULL || strlen(host) > 255 || strpbrk(host, " \"\\/<>") != NULL) {
-		http_reply_problem(req, 400, "bad_request", NULL,
-		                   "a valid Host header is required");
+	if (http_req_public_base(req, authzen_issuer, 3600, base, sizeof(base)) != IDP_OK) {
+		http_reply_problem(req, 400, "bad_request", NULL, "a Host header is required");
 		return;
 	}
-	snprintf(base, sizeof(base), "http://%s", host);
-	http_add_header(req, "Cache-Control", "public, max-age=3600");
 	http_reply_json(req, 200,
 	                json_pack("{s:s,s:s+,s:s+}", "policy_decision_point", base,
 	                          "access_evaluation_endpoint", base, "/access/v1/evaluation",
@@ -780,7 +779,7 @@ policy_routes(struct http_router *r, struct idpd_app *app)
 {
 	int rc = 0;
 
-	(void)app;
+	snprintf(authzen_issuer, sizeof(authzen_issuer), "%s", app->cfg->identity.issuer);
 	rc |= http_router_add_ex(r, HTTP_POST, "/v1/policy/evaluate", dry_run, NULL,
 	                         HTTP_ROUTE_INLINE);
 	rc |= http_router_add_ex(r, HTTP_POST, "/access/v1/evaluation", authzen_evaluation, NULL,

@@ -260,30 +260,20 @@ done:
 
 /*
  * RFC 8414.  The endpoints are absolute URLs: under identity.issuer when it
- * is one (the recommended setting behind an ingress), else under the
- * address the client used (Host).  The first answer is the same for every
- * client and may be cached; the second is right only for that Host, so it
- * is not stored (a shared cache keyed without Host would hand one client's
- * endpoints, perhaps a forged Host's, to the next), and says it varies by
- * Host for any cache that ignores no-store.
+ * is one (the recommended setting behind an ingress), else under the host
+ * the client used (http_req_public_base, which sets the caching).
  */
 static void
 metadata(struct http_req *req, void *ctx)
 {
-	const char *host = http_req_header(req, "Host");
-	bool from_host = false;
 	char base[600];
 	json_t *m;
 
 	(void)ctx;
-	if (strncmp(issuer, "https://", 8) == 0 || strncmp(issuer, "http://", 7) == 0) {
-		snprintf(base, sizeof(base), "%s", issuer);
-	} else {
-		snprintf(base, sizeof(base), "http://%s", host != NULL ? host : "127.0.0.1");
-		from_host = true;
+	if (http_req_public_base(req, issuer, 300, base, sizeof(base)) != IDP_OK) {
+		http_reply_problem(req, 400, "bad_request", NULL, "a Host header is required");
+		return;
 	}
-	if (base[0] != '\0' && base[strlen(base) - 1] == '/')
-		base[strlen(base) - 1] = '\0';
 	m = json_pack("{s:s,s:s+,s:s+,s:s+,s:s+}", "issuer", issuer, "token_endpoint", base,
 	              "/oauth2/token", "introspection_endpoint", base, "/introspect",
 	              "revocation_endpoint", base, "/revoke", "jwks_uri", base,
@@ -307,12 +297,6 @@ metadata(struct http_req *req, void *ctx)
 		json_object_set_new(m, "issued_token_types_supported", json_pack("[s]", TT_ACCESS));
 		json_object_set_new(m, "token_signing_alg_values_supported",
 		                    json_pack("[s]", "ES256"));
-	}
-	if (from_host) {
-		http_add_header(req, "Cache-Control", "no-store");
-		http_add_header(req, "Vary", "Host");
-	} else {
-		http_add_header(req, "Cache-Control", "max-age=300");
 	}
 	http_reply_json(req, 200, m);
 }

@@ -321,6 +321,15 @@ authzen_answers_a_pep_in_the_standard_shape(void **state)
 	assert_non_null(strstr(json_string_value(json_object_get(r.json,
 							      "access_evaluation_endpoint")),
 			       "/access/v1/evaluation"));
+	/* URLs from the Host (identity.issuer is no URL here): never stored for another host. */
+	{
+		char v[64];
+
+		assert_true(harness_resp_header(&r, "Cache-Control", v, sizeof(v)));
+		assert_string_equal(v, "no-store");
+		assert_true(harness_resp_header(&r, "Vary", v, sizeof(v)));
+		assert_string_equal(v, "Host");
+	}
 	harness_resp_free(&r);
 }
 
