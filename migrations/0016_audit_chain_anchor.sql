@@ -12,8 +12,14 @@ ALTER TABLE audit_chains
     ADD COLUMN IF NOT EXISTS pruned_hash bytea
         CHECK (pruned_hash IS NULL OR length(pruned_hash) = 32);
 
+-- Upgrade every instance before the next cleanup run: an older idpd's
+-- retention deletes without moving the anchor, and verify then reports
+-- those chains broken at their start.
+--
 -- Chains pruned before this migration: their first remaining row is the
--- anchor, the most that can be known now.  One index probe per chain.
+-- anchor, the most that can be known now (so running this file again by
+-- hand would also take rows deleted since as pruned).  One index probe per
+-- chain.
 UPDATE audit_chains c
    SET pruned_seq = f.seq - 1, pruned_hash = f.prev_hash
   FROM audit_chains c2

@@ -49,6 +49,13 @@ struct delegation_token {
  * if exp_s <= iat_s or parent_act is not an object.  Any thread.
  */
 json_t *delegation_claims(const struct delegation_token *t, const json_t *parent_act);
+/*
+ * act as the token of holder carries it: act itself (a new reference) when
+ * its outermost actor is holder, else act wrapped in {"sub": holder,
+ * "sub_type": "agent"}, for tokens issued before the outermost act named
+ * the holder.  NULL if act is not an object.  Any thread.
+ */
+json_t *delegation_act_of(const json_t *act, const char *holder);
 /* The raw hash of a "sha256:<64 lower-case hex>" text; IDP_EINVAL otherwise.  Any thread. */
 int delegation_chain_parse(const char *text, uint8_t out[TASK_CHAIN_HASH_LEN]) IDP_WUR;
 /* Whether to's id or agent type is in from's delegate_to.  Any thread. */

@@ -347,8 +347,9 @@ parent_verify(struct issuing *s)
 		return false;
 	}
 	s->parent_exp_s = p.exp_s;
-	/* The verified claims are never modified: share act rather than copy it. */
-	s->act = json_incref((json_t *)p.act);
+	/* The verified claims are never modified: act is shared, not copied,
+	 * unless a token older than the current nesting needs its holder added. */
+	s->act = delegation_act_of(p.act, s->agent->id);
 	idp_diag_init(&d);
 	if (!task_scopes_parse(p.scope, s->parent_sc, &d)) {
 		refuse(s, 403, "delegation_token_invalid");

@@ -75,14 +75,29 @@ delegation_init(struct idpd_app *app, struct idp_diag *diag)
 /* ---- the pure parts ---- */
 
 json_t *
+delegation_act_of(const json_t *act, const char *holder)
+{
+	const char *sub = json_string_value(json_object_get(act, "sub"));
+
+	if (!json_is_object(act))
+		return NULL;
+	if (sub != NULL && strcmp(sub, holder) == 0)
+		return json_incref((json_t *)act);
+	return json_pack("{s:s,s:s,s:O}", "sub", holder, "sub_type", "agent", "act", act);
+}
+
+json_t *
 delegation_claims(const struct delegation_token *t, const json_t *parent_act)
 {
-	json_t *c, *act;
+	json_t *c, *act, *parent;
 
 	if (t->exp_s <= t->iat_s || !json_is_object(parent_act))
 		return NULL;
-	act =
-	    json_pack("{s:s,s:s,s:O}", "sub", t->agent_id, "sub_type", "agent", "act", parent_act);
+	/* The parent's act with its holder, the delegator, outermost. */
+	parent = delegation_act_of(parent_act, t->delegator);
+	act = parent == NULL ? NULL
+	                     : json_pack("{s:s,s:s,s:o}", "sub", t->agent_id, "sub_type", "agent",
+	                                 "act", parent);
 	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:i,s:o}", "iss", t->issuer, "sub",
 	              t->agent_id, "aud", t->audience, "iat", (json_int_t)t->iat_s, "exp",
 	              (json_int_t)t->exp_s, "jti", t->jti, "task_id", t->task_id, "scope", t->scope,

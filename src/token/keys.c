@@ -893,6 +893,7 @@ retry_main(void *arg)
 {
 	struct keys *km = arg;
 	int64_t wait_ms = 200;
+	bool poll_failing = false;
 
 	pthread_mutex_lock(&km->retry_lock);
 	while (!km->retry_stop) {
@@ -922,8 +923,15 @@ retry_main(void *arg)
 		pthread_mutex_unlock(&km->retry_lock);
 		idp_diag_init(&d);
 		if (!atomic_load(&km->listening)) {
-			if (keys_reload(km, &d) != IDP_OK)
-				log_debug("%s", idp_diag_str(&d));
+			/* Said once per failing stretch, not every 5 s. */
+			if (keys_reload(km, &d) != IDP_OK) {
+				if (!poll_failing)
+					log_warn("%s; the keys are read again every %d s",
+					         idp_diag_str(&d), KEYS_LOST_POLL_MS / 1000);
+				poll_failing = true;
+			} else {
+				poll_failing = false;
+			}
 		} else if (atomic_load(&km->may_lack)) {
 			(void)catch_up(km, &d);
 		}
@@ -954,6 +962,10 @@ keys_subscribe(struct keys *km, struct store_listener *l)
 			return IDP_EINTERNAL;
 		km->has_retry = true;
 	}
+	/* Until the listener's first connection the keys are polled too: one
+	 * that never connects (a pooler without LISTEN) must not leave them
+	 * unread for good. */
+	retry_later(km);
 	return IDP_OK;
 }
 

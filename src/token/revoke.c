@@ -408,15 +408,16 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	attest_identity_get(&idc);
 	idp_clock_fixed(&fixed, now * 1000);
 	/*
-	 * At least the leeway authentication grants (identity.leeway, plus the
-	 * second now was rounded down by): a credential that still
-	 * authenticates must not be "nothing to revoke".  Revoking one that
-	 * has just expired costs a row until cleanup.
+	 * A credential is revocable as long as an access token it obtained may
+	 * live (REV_CREDENTIAL_SPAN_S past its exp, plus identity.leeway and
+	 * the second now was rounded down by): one stolen and found out after
+	 * it expired still ends the tokens minted with it.  The caller is
+	 * authenticated on its own; this only reads what the token names.
 	 */
 	rc = agent_credential_verify(
 	    set, tok, strlen(tok),
 	    &(struct attest_identity){idc.trust_domain, idc.issuer, idc.audience},
-	    rev_leeway_s() * 1000 + 1000, &fixed, &cred, &why);
+	    ((int64_t)REV_CREDENTIAL_SPAN_S + rev_leeway_s()) * 1000 + 1000, &fixed, &cred, &why);
 	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK)
 		return why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&

@@ -647,6 +647,58 @@ revoking_an_identity_credential_ends_its_use(void **state)
 	setting_stop(&w);
 }
 
+/*
+ * A credential found stolen only after it expired still ends the access
+ * tokens it obtained (they may outlive it by tokens.max_ttl): /revoke takes
+ * it, and introspection refuses its tokens (identity_jti).
+ */
+static void
+an_expired_credential_can_still_be_revoked_with_its_tokens(void **state)
+{
+	struct setting w;
+	char jti[23], sql[512], *old_cred, *at;
+	long long now = (long long)time(NULL);
+	json_t *cc, *dc, *ac;
+
+	(void)state;
+	setting_start(&w, "t_rev_expired_cred", NULL);
+	/* cloud-agent's credential as attestation made it, but an hour old
+	 * and expired half an hour ago; its record as attestation left it. */
+	random_jti(jti);
+	cc = claims_of(&w.sg, w.cloud, IDP_JWS_TYP_IDENTITY);
+	json_object_set_new(cc, "jti", json_string(jti));
+	json_object_set_new(cc, "iat", json_integer(now - 3600));
+	json_object_set_new(cc, "exp", json_integer(now - 1800));
+	if (json_object_get(cc, "nbf") != NULL)
+		json_object_set_new(cc, "nbf", json_integer(now - 3600));
+	old_cred = sign_as(&w.sg, IDP_JWS_TYP_IDENTITY, cc);
+	snprintf(
+	    sql, sizeof(sql),
+	    "INSERT INTO agent_credentials (jti, agent_id, kid, method, issued_at, expires_at) "
+	    "SELECT '%s', agent_id, kid, method, now() - interval '1 hour', now() - interval "
+	    "'30 minutes' FROM agent_credentials WHERE agent_id = 'cloud-agent' LIMIT 1",
+	    jti);
+	assert_int_equal(harness_sql(w.w.db, sql), 0);
+	/* An access token it obtained before it expired, still alive. */
+	dc = claims_of(&w.sg, w.d1, TASK_TOKEN_TYP);
+	ac = access_claims(dc, "https://s3.internal", now - 1900, now + 900);
+	json_object_set_new(ac, ACCESS_CLAIM_IDENTITY_JTI, json_string(jti));
+	at = sign_as(&w.sg, IDP_JWS_TYP_ACCESS, ac);
+	json_decref(dc);
+	assert_true(active(&w.w, at));
+	/* The agent, with its live credential, revokes the expired one. */
+	assert_int_equal(world_revoke_as(&w.w, bearer(w.cloud), old_cred, NULL), 200);
+	assert_false(active(&w.w, at));
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM agent_credentials WHERE jti = '%s' AND revoked_at IS NOT NULL",
+	    jti);
+	assert_int_equal(world_count(&w.w, sql), 1);
+	free(old_cred);
+	free(at);
+	setting_stop(&w);
+}
+
 static void
 completing_the_task_makes_every_token_inactive(void **state)
 {
@@ -1348,6 +1400,7 @@ main(void)
 	    cmocka_unit_test(introspect_answers_exactly_active_false_for_bad_tokens),
 	    cmocka_unit_test(revoking_a_delegation_token_cascades_to_everything_derived_from_it),
 	    cmocka_unit_test(revoking_an_identity_credential_ends_its_use),
+	    cmocka_unit_test(an_expired_credential_can_still_be_revoked_with_its_tokens),
 	    cmocka_unit_test(completing_the_task_makes_every_token_inactive),
 	    cmocka_unit_test(agent_decommissioned_or_suspended_mid_task_makes_its_tokens_inactive),
 	    cmocka_unit_test(bad_callers_and_bad_bodies_are_refused_with_oauth_errors),

@@ -22,6 +22,7 @@
 #include "idpd/config.h"
 #include "idpd/human_auth.h"
 #include "idpd/jws.h"
+#include "idpd/delegation.h"
 #include "idpd/tasks.h"
 
 /*
@@ -546,6 +547,57 @@ human_token_kid_holder_enforces_its_alg_pin(void **state)
 	two_idps_cleanup(&t);
 }
 
+/*
+ * A delegated token's act: the delegate outermost, then the parent's act
+ * with its holder (the delegator) outermost, whether the parent was issued
+ * with that nesting or with the earlier one (its delegator outermost).
+ */
+static void
+delegated_act_nests_the_current_actor_outermost(void **state)
+{
+	struct delegation_token t = {.issuer = "idpd",
+	                             .audience = "idpd",
+	                             .agent_id = "cloud-agent",
+	                             .delegator = "planning-agent",
+	                             .jti = "jti-1",
+	                             .task_id = "task_1",
+	                             .scope = "cloud:read",
+	                             .human = "alice@example.com",
+	                             .chain_hash = "sha256:" H1_HEX,
+	                             .depth = 1,
+	                             .iat_s = 1700000000,
+	                             .exp_s = 1700003600};
+	json_t *now_form =
+	    json_pack("{s:s,s:s,s:{s:s,s:s}}", "sub", "planning-agent", "sub_type", "agent", "act",
+	              "sub", "alice@example.com", "sub_type", "human");
+	json_t *old_form = json_pack("{s:s,s:s}", "sub", "alice@example.com", "sub_type", "human");
+	json_t *want =
+	    json_pack("{s:s,s:s,s:O}", "sub", "cloud-agent", "sub_type", "agent", "act", now_form);
+	json_t *c, *a;
+
+	(void)state;
+	c = delegation_claims(&t, now_form);
+	assert_non_null(c);
+	assert_true(json_equal(json_object_get(c, "act"), want));
+	json_decref(c);
+	/* A root token of the earlier nesting named only the human. */
+	c = delegation_claims(&t, old_form);
+	assert_non_null(c);
+	assert_true(json_equal(json_object_get(c, "act"), want));
+	json_decref(c);
+	/* As the holder's: unchanged when it is outermost, wrapped when not. */
+	a = delegation_act_of(now_form, "planning-agent");
+	assert_ptr_equal(a, now_form);
+	json_decref(a);
+	a = delegation_act_of(now_form, "cloud-agent");
+	assert_true(json_equal(a, want));
+	json_decref(a);
+	assert_null(delegation_act_of(NULL, "cloud-agent"));
+	json_decref(want);
+	json_decref(old_form);
+	json_decref(now_form);
+}
+
 int
 main(void)
 {
@@ -554,6 +606,7 @@ main(void)
 	    cmocka_unit_test(chain_link_matches_openssl_vector),
 	    cmocka_unit_test(chain_depends_on_every_input),
 	    cmocka_unit_test(root_claims_carry_task_chain_and_act),
+	    cmocka_unit_test(delegated_act_nests_the_current_actor_outermost),
 	    cmocka_unit_test(root_claims_refuse_empty_lifetime),
 	    cmocka_unit_test(human_token_valid_names_principal),
 	    cmocka_unit_test(human_token_refusals_name_their_reason),
