@@ -420,9 +420,12 @@ http_req_query_int(struct http_req *req, const char *name, long min, long max, l
 		*out = dflt;
 		return true;
 	}
+	/* Digits only, an optional '-' first: strtol would also take " 1" and "+1". */
+	if (!isdigit((unsigned char)s[s[0] == '-']))
+		return false;
 	errno = 0;
 	v = strtol(s, &end, 10);
-	if (*s == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+	if (*end != '\0' || errno != 0 || v < min || v > max)
 		return false;
 	*out = v;
 	return true;

@@ -819,6 +819,11 @@ list_filters_and_pages_through_every_agent_once(void **state)
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?limit=501", auditor_key, NULL, NULL),
 	                 400);
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?limit=0", auditor_key, NULL, NULL), 400);
+	/* A number is digits: no sign, no space before it. */
+	assert_int_equal(status_of(&p, "GET", "/v1/agents?limit=%201", auditor_key, NULL, NULL),
+	                 400);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents?limit=%2B1", auditor_key, NULL, NULL),
+	                 400);
 	/* A filter that is not valid UTF-8 is the client's error. */
 	assert_int_equal(status_of(&p, "GET", "/v1/agents?team=%FF%FE", auditor_key, NULL, NULL),
 	                 400);
