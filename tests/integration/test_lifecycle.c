@@ -440,6 +440,21 @@ a_second_instance_on_the_same_port_refuses_to_start(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* A connection with a request's head and half its 20-byte body sent, and a moment to arrive. */
+static int
+half_sent_request(int port)
+{
+	int fd = harness_connect(port);
+
+	assert_true(fd >= 0);
+	assert_int_equal(send_all(fd, "POST /v1/agents HTTP/1.1\r\nHost: t\r\n"
+	                              "Content-Type: application/json\r\n"
+	                              "Content-Length: 20\r\n\r\n{\"half\":\"a"),
+	                 0);
+	sleep_ms(300);
+	return fd;
+}
+
 static void
 sigterm_drains_a_slow_in_flight_request(void **state)
 {
@@ -452,13 +467,7 @@ sigterm_drains_a_slow_in_flight_request(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_life_drain", NULL, NULL), 0);
 
 	/* Headers and half the body now; the rest after SIGTERM. */
-	fd = harness_connect(p.port);
-	assert_true(fd >= 0);
-	assert_int_equal(send_all(fd, "POST /v1/agents HTTP/1.1\r\nHost: t\r\n"
-	                              "Content-Type: application/json\r\n"
-	                              "Content-Length: 20\r\n\r\n{\"half\":\"a"),
-	                 0);
-	sleep_ms(300);
+	fd = half_sent_request(p.port);
 	assert_int_equal(kill(p.pid, SIGTERM), 0);
 	sleep_ms(500);
 
@@ -503,13 +512,7 @@ sigterm_counts_the_requests_it_cuts_off(void **state)
 	assert_int_equal(harness_db_create("t_life_cut"), 0);
 	assert_int_equal(
 	    harness_idpd_start(&p, "t_life_cut", "shutdown_timeout = \"300ms\"\n", NULL), 0);
-	fd = harness_connect(p.port);
-	assert_true(fd >= 0);
-	assert_int_equal(send_all(fd, "POST /v1/agents HTTP/1.1\r\nHost: t\r\n"
-	                              "Content-Type: application/json\r\n"
-	                              "Content-Length: 20\r\n\r\n{\"half\":\"a"),
-	                 0);
-	sleep_ms(300);
+	fd = half_sent_request(p.port);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	buf[0] = '\0';
 	read_all(fd, buf, sizeof(buf), 1000);
