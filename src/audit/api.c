@@ -560,6 +560,16 @@ verify(struct http_req *req, void *ctx)
 		http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
 		return;
 	}
+	/*
+	 * Every page and the last check read one snapshot: retention pruning a
+	 * chain between two pages would otherwise look like rows deleted from
+	 * its middle.  store_release ends the transaction.
+	 */
+	if (store_cmd(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") != IDP_OK) {
+		store_release(app->store, c);
+		http_reply_error(req, IDP_EUNAVAIL, "the audit store is unavailable");
+		return;
+	}
 	for (;;) {
 		const char *params[2] = {last_writer, last_seq};
 		PGresult *r;
