@@ -588,6 +588,9 @@ http_req_withdraw(struct http_req *req)
 		MHD_destroy_response(req->resp);
 		req->resp = NULL;
 	}
+	/* The headers went with the answer; the next one adds its own (they
+	 * live in the request's arena, freed with it). */
+	req->headers = NULL;
 	req->answered = false;
 	req->status = 0;
 }
