@@ -103,5 +103,11 @@ int access_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
 void access_shutdown(void);
 /* POST /v1/token. */
 int access_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
+/*
+ * The [[resources]] entry of audience aud as policy input:
+ * {"domain", "classification", "environment"?}, a new object; NULL when aud
+ * is no configured resource.  Any thread.
+ */
+json_t *access_resource_json(const char *aud);
 
 #endif /* IDPD_ACCESS_H */

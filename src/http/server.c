@@ -739,10 +739,11 @@ http_request_id_valid(const char *s)
 	for (; s[n] != '\0'; n++) {
 		unsigned char c = (unsigned char)s[n];
 
+		/* Visible ASCII (AuthZEN 10.1 asks that the PEP's id come back),
+		 * but for the characters that quote or mark up where ids are shown. */
 		if (n >= 128)
 			return false;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '.' || c == '_' || c == ':' || c == '-'))
+		if (c < 0x21 || c > 0x7e || strchr("\"'\\<>`", c) != NULL)
 			return false;
 	}
 	return n > 0;

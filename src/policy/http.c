@@ -6,10 +6,12 @@
  * acquires a reference, evaluates on that set and drops it, so a reload
  * never waits for an evaluation and an evaluation never sees half a set.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "idpd/access.h"
 #include "idpd/app.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
@@ -60,17 +62,27 @@ fill_context(struct policy_input *in, bool live, int64_t now)
 
 	if (resource == NULL)
 		resource = slot_str(in, POLICY_ATTR_REQUEST_AUDIENCE);
-	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_HOUR) &&
-	    !policy_input_has(in, POLICY_ATTR_CONTEXT_WEEKDAY)) {
-		struct policy_context ctx = {idp_clock_system(), P.tz, NULL, NULL};
+	/* Each of the time attributes the caller left out, from one reading. */
+	if (P.tz != NULL && (!policy_input_has(in, POLICY_ATTR_CONTEXT_HOUR) ||
+	                     !policy_input_has(in, POLICY_ATTR_CONTEXT_MINUTE) ||
+	                     !policy_input_has(in, POLICY_ATTR_CONTEXT_WEEKDAY))) {
+		struct policy_localtime lt;
 
-		policy_context_fill(&ctx, in);
+		policy_tz_local(P.tz, now, &lt);
+		if (!policy_input_has(in, POLICY_ATTR_CONTEXT_HOUR))
+			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_HOUR, lt.hour);
+		if (!policy_input_has(in, POLICY_ATTR_CONTEXT_MINUTE))
+			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_MINUTE, lt.minute);
+		if (!policy_input_has(in, POLICY_ATTR_CONTEXT_WEEKDAY))
+			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_WEEKDAY, lt.weekday);
 	}
+	/* A dry run counts the request it asks about, as a live one does, so
+	 * both answer the same question the same way. */
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL)
 		(void)policy_input_set_int(
 		    in, POLICY_ATTR_CONTEXT_CALLS,
 		    live ? policy_counters_hit(P.counters, agent, resource, now)
-		         : policy_counters_get(P.counters, agent, resource, now));
+		         : policy_counters_get(P.counters, agent, resource, now) + 1);
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
 		(void)policy_input_set_int(
 		    in, POLICY_ATTR_CONTEXT_RISK,
@@ -118,28 +130,35 @@ decide(struct policy_input *in, bool live, struct policy_decision *d)
 	return set;
 }
 
+/* decide() on a parsed input: the decision as JSON with policy_hash, or NULL (no set). */
+static json_t *
+decide_doc(struct policy_input_doc *doc, bool live)
+{
+	struct policy_decision d;
+	struct policy_set *set = decide(policy_input_doc_input(doc), live, &d);
+	json_t *out;
+
+	if (set == NULL)
+		return NULL;
+	/* The decision points into the set: turn it into JSON while it is held. */
+	out = policy_decision_json(&d);
+	json_object_set_new(out, "policy_hash", json_string(policy_set_hash(set)));
+	policy_set_unref(set);
+	return out;
+}
+
 int
 policy_service_decide(const json_t *input, bool live, json_t **out, struct idp_diag *diag)
 {
 	struct policy_json_opts jo = {NULL, P.tz, false};
 	struct policy_input_doc *doc = NULL;
-	struct policy_decision d;
-	struct policy_set *set;
 
 	*out = NULL;
 	if (policy_input_from_json(input, &jo, &doc, diag) != IDP_OK)
 		return IDP_EUNPROCESSABLE;
-	set = decide(policy_input_doc_input(doc), live, &d);
-	if (set == NULL) {
-		policy_input_doc_free(doc);
-		return IDP_EUNAVAIL;
-	}
-	/* The decision points into the set: turn it into JSON while it is held. */
-	*out = policy_decision_json(&d);
-	json_object_set_new(*out, "policy_hash", json_string(policy_set_hash(set)));
-	policy_set_unref(set);
+	*out = decide_doc(doc, live);
 	policy_input_doc_free(doc);
-	return IDP_OK;
+	return *out != NULL ? IDP_OK : IDP_EUNAVAIL;
 }
 
 /* Copy what an outcome keeps of d (pointing into the set and the input) into one block. */
@@ -227,33 +246,17 @@ policy_outcome_conditions_json(const struct policy_outcome *o)
 	return c;
 }
 
-/*
- * Evaluate a policy-shaped JSON object; on bad input answers 422 and returns
- * NULL.  live: a PEP's real question (counted, learnt from), not a dry run.
- */
-static json_t *
-evaluate(struct http_req *req, const json_t *input, bool live)
-{
-	struct idp_diag diag;
-	json_t *out = NULL;
-	int rc;
-
-	idp_diag_init(&diag);
-	rc = policy_service_decide(input, live, &out, &diag);
-	if (rc == IDP_EUNPROCESSABLE)
-		http_reply_problem(req, 422, "unprocessable",
-		                   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
-		                   "the input does not fit the policy input model");
-	else if (rc != IDP_OK)
-		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
-	return out;
-}
+static void audit_evaluated(struct http_req *req, const struct auth_principal *who,
+                            const char *kind, const struct policy_input *in, const json_t *full);
 
 /* POST /v1/policy/evaluate: the full input in, the full decision out. */
 static void
 dry_run(struct http_req *req, void *ctx)
 {
+	const struct policy_json_opts jo = {NULL, P.tz, false};
+	struct policy_input_doc *doc = NULL;
 	struct auth_principal who;
+	struct idp_diag diag;
 	json_t *body, *out;
 
 	(void)ctx;
@@ -262,10 +265,24 @@ dry_run(struct http_req *req, void *ctx)
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
-	out = evaluate(req, body, false);
+	idp_diag_init(&diag);
+	if (policy_input_from_json(body, &jo, &doc, &diag) != IDP_OK) {
+		json_decref(body);
+		http_reply_problem(req, 422, "unprocessable",
+		                   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
+		                   "the input does not fit the policy input model");
+		return;
+	}
 	json_decref(body);
-	if (out != NULL)
-		http_reply_json(req, 200, out);
+	out = decide_doc(doc, false);
+	if (out == NULL) {
+		policy_input_doc_free(doc);
+		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
+		return;
+	}
+	audit_evaluated(req, &who, "dry_run", policy_input_doc_input(doc), out);
+	policy_input_doc_free(doc);
+	http_reply_json(req, 200, out);
 }
 
 static json_t *
@@ -374,12 +391,14 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	const char *s;
 
 	*why = NULL;
-	if (!json_is_object(subject) || !json_is_string(json_object_get(subject, "id")))
-		*why = "subject.id is required";
+	if (!json_is_object(subject) || !json_is_string(json_object_get(subject, "id")) ||
+	    !json_is_string(json_object_get(subject, "type")))
+		*why = "subject.type and subject.id are required";
 	else if (!json_is_object(action) || !json_is_string(json_object_get(action, "name")))
 		*why = "action.name is required";
-	else if (!json_is_object(resource) || !json_is_string(json_object_get(resource, "id")))
-		*why = "resource.id is required";
+	else if (!json_is_object(resource) || !json_is_string(json_object_get(resource, "id")) ||
+	         !json_is_string(json_object_get(resource, "type")))
+		*why = "resource.type and resource.id are required";
 	else if (context != NULL && !json_is_object(context))
 		*why = "context must be an object";
 	if (*why != NULL)
@@ -408,6 +427,16 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	if (json_is_object(json_object_get(resource, "properties")))
 		json_object_update(res, json_object_get(resource, "properties"));
 	s = json_string_value(json_object_get(resource, "id"));
+	/* A resource idpd knows ([[resources]]) is as configured, whatever the
+	 * PEP says of it: the billing API cannot be asked about as public. */
+	{
+		json_t *known = access_resource_json(s);
+
+		if (known != NULL) {
+			json_object_update(res, known);
+			json_decref(known);
+		}
+	}
 	json_object_set_new(res, "audience", json_string(s));
 	if (json_object_get(request, "audience") == NULL)
 		json_object_set_new(request, "audience", json_string(s));
@@ -462,28 +491,129 @@ authzen_answer(const json_t *full)
 	return json_pack("{s:b,s:o}", "decision", allow, "context", ctx);
 }
 
-/* One AuthZEN evaluation; answers the request itself on bad input. */
-static json_t *
-authzen_one(struct http_req *req, json_t *subject, const struct subject *who, json_t *action,
-            json_t *resource, json_t *context)
+/*
+ * A decided evaluation as a policy.evaluated event, queued without waiting
+ * (a flood of questions may neither slow the answers nor fill the queue):
+ * who asked about whom, what, and what the policy said.
+ */
+static void
+audit_evaluated(struct http_req *req, const struct auth_principal *who, const char *kind,
+                const struct policy_input *in, const json_t *full)
 {
-	const char *why;
-	int status = 400;
-	json_t *in = authzen_to_input(subject, who, action, resource, context, &why, &status),
-	       *full, *ans;
+	struct audit_event *ev = audit_event_new(AUDIT_POLICY_EVALUATED, AUDIT_TIME_UNSET);
+	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
+	const char *aud = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
+	const char *peer = http_req_peer(req);
+	json_t *scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES)
+	                     ? strings(in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v,
+	                               in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n)
+	                     : json_array();
 
-	if (in == NULL) {
-		if (status == 404) /* AuthZEN: a decision, not an error, for an unknown subject */
-			return json_pack("{s:b,s:{s:s}}", "decision", 0, "context", "reason",
-			                 "unknown agent");
-		http_reply_problem(req, status, status == 503 ? "unavailable" : "bad_request", NULL,
-		                   "%s", why);
-		return NULL;
+	if (ev == NULL) {
+		json_decref(scopes);
+		return;
 	}
-	full = evaluate(req, in, true);
+	audit_event_set_outcome(ev, AUDIT_OUTCOME_SUCCESS);
+	if (audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who->name) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+	    (agent != NULL && audit_event_set(ev, AUDIT_F_AGENT_ID, agent) != IDP_OK) ||
+	    audit_event_put_detail(ev, "kind", json_string(kind)) != IDP_OK ||
+	    audit_event_put_detail(ev, "resource", aud != NULL ? json_string(aud) : json_null()) !=
+	        IDP_OK ||
+	    audit_event_put_detail(ev, "scopes", json_incref(scopes)) != IDP_OK ||
+	    audit_event_put_detail(ev, "decision",
+	                           json_incref(json_object_get(full, "decision"))) != IDP_OK ||
+	    audit_event_put_detail(ev, "rules", json_incref(json_object_get(full, "rules"))) !=
+	        IDP_OK ||
+	    audit_event_put_detail(ev, "policy_hash",
+	                           json_incref(json_object_get(full, "policy_hash"))) != IDP_OK) {
+		json_decref(scopes);
+		audit_event_free(ev);
+		return;
+	}
+	json_decref(scopes);
+	if (audit_emit_nowait(ev) != IDP_OK)
+		log_debug("policy: an evaluation was not recorded (audit queue full)");
+}
+
+/* One AuthZEN evaluation made ready: its input checked, nothing counted yet. */
+struct prepared {
+	struct policy_input_doc *doc; /* NULL when the answer needs no evaluation */
+	json_t *answer;               /* that answer (an unknown agent), owned */
+};
+
+static void
+prepared_free(struct prepared *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		policy_input_doc_free(p[i].doc);
+		json_decref(p[i].answer);
+	}
+}
+
+/*
+ * Build one evaluation's input.  200 with *p, or the status of the
+ * request's refusal (400, 422, 503) with *why or diag.  Pure: a batch is
+ * prepared whole before any of it is counted or learnt from, so a bad item
+ * changes nothing.  Unknown members are ignored (AuthZEN 10.1.1); those the
+ * policy input model knows must still fit it.
+ */
+static int
+authzen_prepare(json_t *subject, const struct subject *who, json_t *action, json_t *resource,
+                json_t *context, struct prepared *p, const char **why, struct idp_diag *diag)
+{
+	const struct policy_json_opts jo = {NULL, P.tz, true};
+	int status = 400;
+	json_t *in = authzen_to_input(subject, who, action, resource, context, why, &status);
+
+	memset(p, 0, sizeof(*p));
+	if (in == NULL) {
+		if (status != 404)
+			return status;
+		/* AuthZEN: a decision, not an error, for an unknown subject. */
+		p->answer =
+		    json_pack("{s:b,s:{s:s}}", "decision", 0, "context", "reason", "unknown agent");
+		return 200;
+	}
+	if (policy_input_from_json(in, &jo, &p->doc, diag) != IDP_OK) {
+		json_decref(in);
+		*why = "the input does not fit the policy input model";
+		return 422;
+	}
 	json_decref(in);
+	return 200;
+}
+
+/* Answer a refused preparation; item is the batch index, or -1. */
+static void
+authzen_refuse(struct http_req *req, int status, long item, const char *why, struct idp_diag *diag)
+{
+	char at[48] = "";
+
+	if (item >= 0)
+		snprintf(at, sizeof(at), "evaluations[%ld]: ", item);
+	if (status == 422)
+		http_reply_problem(req, 422, "unprocessable",
+		                   json_pack("{s:o}", "errors", http_diag_lines(diag)), "%s%s", at,
+		                   why);
+	else
+		http_reply_problem(req, status, status == 503 ? "unavailable" : "bad_request", NULL,
+		                   "%s%s", at, why);
+}
+
+/* Evaluate a prepared question live: its AuthZEN answer, or NULL (no policy set). */
+static json_t *
+authzen_decide(struct http_req *req, const struct auth_principal *who, struct prepared *p)
+{
+	json_t *full, *ans;
+
+	if (p->doc == NULL)
+		return json_incref(p->answer);
+	full = decide_doc(p->doc, true);
 	if (full == NULL)
 		return NULL;
+	audit_evaluated(req, who, "authzen", policy_input_doc_input(p->doc), full);
 	ans = authzen_answer(full);
 	json_decref(full);
 	return ans;
@@ -494,14 +624,16 @@ static void
 authzen_evaluation(struct http_req *req, void *ctx)
 {
 	struct auth_principal who;
-	json_t *body, *ans;
+	struct prepared p;
+	struct subject sub;
+	struct idp_diag diag;
+	const char *why = NULL;
+	json_t *body, *subject, *ans;
+	int status;
 
 	(void)ctx;
 	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
 		return;
-	json_t *subject;
-	struct subject sub;
-
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
@@ -510,11 +642,21 @@ authzen_evaluation(struct http_req *req, void *ctx)
 		json_decref(body);
 		return;
 	}
-	ans = authzen_one(req, subject, &sub, json_object_get(body, "action"),
-	                  json_object_get(body, "resource"), json_object_get(body, "context"));
+	idp_diag_init(&diag);
+	status = authzen_prepare(subject, &sub, json_object_get(body, "action"),
+	                         json_object_get(body, "resource"),
+	                         json_object_get(body, "context"), &p, &why, &diag);
 	subjects_free(&sub, 1);
 	json_decref(body);
-	if (ans != NULL)
+	if (status != 200) {
+		authzen_refuse(req, status, -1, why, &diag);
+		return;
+	}
+	ans = authzen_decide(req, &who, &p);
+	prepared_free(&p, 1);
+	if (ans == NULL)
+		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
+	else
 		http_reply_json(req, 200, ans);
 }
 
@@ -527,14 +669,50 @@ pick(json_t *item, json_t *body, const char *key)
 	return v != NULL ? v : json_object_get(body, key);
 }
 
-/* POST /access/v1/evaluations: defaults at the top level, overrides per item. */
+/* AuthZEN 7.1.2: when a batch stops. */
+enum semantic { EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT };
+
+static bool
+semantic_parse(json_t *options, enum semantic *out, const char **why)
+{
+	json_t *v = json_object_get(options, "evaluations_semantic");
+	const char *s = json_string_value(v);
+
+	*out = EXECUTE_ALL;
+	if (options == NULL || v == NULL)
+		return options == NULL || json_is_object(options) ||
+		       (*why = "options must be an object", false);
+	if (s != NULL && strcmp(s, "execute_all") == 0)
+		return true;
+	if (s != NULL && strcmp(s, "deny_on_first_deny") == 0)
+		*out = DENY_ON_FIRST_DENY;
+	else if (s != NULL && strcmp(s, "permit_on_first_permit") == 0)
+		*out = PERMIT_ON_FIRST_PERMIT;
+	else
+		*why = "options.evaluations_semantic must be execute_all, deny_on_first_deny or "
+		       "permit_on_first_permit";
+	return *why == NULL;
+}
+
+/*
+ * POST /access/v1/evaluations: defaults at the top level, overrides per
+ * item.  Every item is prepared before any is evaluated; then they are
+ * evaluated in order, up to the one that ends the batch under its
+ * semantic (the answer then has fewer items than the request).
+ */
 static void
 authzen_evaluations(struct http_req *req, void *ctx)
 {
 	struct auth_principal who;
 	struct subject subs[AUTHZEN_MAX_BATCH];
+	struct prepared prep[AUTHZEN_MAX_BATCH];
 	json_t *body, *items, *out, *subjects[AUTHZEN_MAX_BATCH] = {NULL};
+	json_t *single[1] = {NULL};
+	enum semantic sem;
+	const char *why = NULL;
+	struct idp_diag diag;
 	size_t i, n;
+	int status = 200;
 
 	(void)ctx;
 	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
@@ -543,36 +721,32 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	if (body == NULL)
 		return;
 	items = json_object_get(body, "evaluations");
-	if (items == NULL) {
-		/* Without a list it is a single evaluation, answered as a list of one. */
-		json_t *ans;
-
-		subjects[0] = json_object_get(body, "subject");
-		if (!lookup_subjects(req, subjects, 1, subs)) {
-			json_decref(body);
-			return;
-		}
-		ans = authzen_one(req, subjects[0], &subs[0], json_object_get(body, "action"),
-		                  json_object_get(body, "resource"),
-		                  json_object_get(body, "context"));
-		subjects_free(subs, 1);
-		json_decref(body);
-		if (ans != NULL)
-			http_reply_json(req, 200, json_pack("{s:[o]}", "evaluations", ans));
-		return;
-	}
-	if (!json_is_array(items) || json_array_size(items) > AUTHZEN_MAX_BATCH) {
+	if (items != NULL &&
+	    (!json_is_array(items) || json_array_size(items) > AUTHZEN_MAX_BATCH)) {
 		json_decref(body);
 		http_reply_problem(req, 400, "bad_request", NULL,
 		                   "evaluations must be a list of at most %d items",
 		                   AUTHZEN_MAX_BATCH);
 		return;
 	}
+	if (!semantic_parse(json_object_get(body, "options"), &sem, &why)) {
+		json_decref(body);
+		http_reply_problem(req, 400, "bad_request", NULL, "%s", why);
+		return;
+	}
+	/* Absent or empty (AuthZEN 7.1): the top level is the one evaluation. */
+	if (items == NULL || json_array_size(items) == 0) {
+		single[0] = json_object();
+		items = json_pack("[o]", single[0]);
+	} else {
+		json_incref(items);
+	}
 	n = json_array_size(items);
 	for (i = 0; i < n; i++) {
 		json_t *it = json_array_get(items, i);
 
 		if (!json_is_object(it)) {
+			json_decref(items);
 			json_decref(body);
 			http_reply_problem(req, 400, "bad_request", NULL,
 			                   "evaluations[%zu] must be an object", i);
@@ -581,25 +755,44 @@ authzen_evaluations(struct http_req *req, void *ctx)
 		subjects[i] = pick(it, body, "subject");
 	}
 	if (!lookup_subjects(req, subjects, n, subs)) {
+		json_decref(items);
 		json_decref(body);
+		return;
+	}
+	idp_diag_init(&diag);
+	for (i = 0; i < n && status == 200; i++) {
+		json_t *it = json_array_get(items, i);
+
+		status = authzen_prepare(subjects[i], &subs[i], pick(it, body, "action"),
+		                         pick(it, body, "resource"), pick(it, body, "context"),
+		                         &prep[i], &why, &diag);
+	}
+	subjects_free(subs, n);
+	json_decref(items);
+	json_decref(body);
+	if (status != 200) {
+		prepared_free(prep, i - 1);
+		authzen_refuse(req, status, (long)(i - 1), why, &diag);
 		return;
 	}
 	out = json_array();
 	for (i = 0; i < n; i++) {
-		json_t *it = json_array_get(items, i);
-		json_t *ans = authzen_one(req, subjects[i], &subs[i], pick(it, body, "action"),
-		                          pick(it, body, "resource"), pick(it, body, "context"));
+		json_t *ans = authzen_decide(req, &who, &prep[i]);
+		bool allow;
 
 		if (ans == NULL) {
 			json_decref(out);
-			subjects_free(subs, n);
-			json_decref(body);
+			prepared_free(prep, n);
+			http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
 			return;
 		}
+		allow = json_is_true(json_object_get(ans, "decision"));
 		json_array_append_new(out, ans);
+		if ((sem == DENY_ON_FIRST_DENY && !allow) ||
+		    (sem == PERMIT_ON_FIRST_PERMIT && allow))
+			break;
 	}
-	subjects_free(subs, n);
-	json_decref(body);
+	prepared_free(prep, n);
 	http_reply_json(req, 200, json_pack("{s:o}", "evaluations", out));
 }
 
@@ -642,35 +835,66 @@ list_policies(struct http_req *req, void *ctx)
 	policy_set_unref(set);
 }
 
-/* Reload and audit; on failure the old set stays and diag says why. */
-static int
-reload(const char *actor_kind_name, enum audit_actor_kind kind, const char *request_id,
-       struct idp_diag *diag)
-{
-	struct audit_event *ev = audit_event_new(AUDIT_POLICY_RELOADED, AUDIT_TIME_UNSET);
-	int rc = policy_engine_reload(P.engine, P.dir, NULL, diag);
-	struct policy_set *set = policy_engine_acquire(P.engine);
+/* policy.reload_lock: one reload at a time, so its event and its answer describe its own set. */
+static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/*
+ * Load policy.dir, audit the outcome, and only then install the new set:
+ * a reload that cannot be audited changes nothing.  IDP_OK with *loaded (a
+ * reference the caller drops; may be NULL) the set now in force;
+ * IDP_EUNAVAIL when the audit log cannot take the event; another error with
+ * diag when the files do not load.  On failure the old set stays.
+ */
+static int
+reload(const char *actor_name, enum audit_actor_kind kind, const char *request_id,
+       struct idp_diag *diag, struct policy_set **loaded)
+{
+	struct policy_set *set = NULL;
+	struct audit_event *ev;
+	int rc, arc = IDP_EINTERNAL;
+
+	if (loaded != NULL)
+		*loaded = NULL;
+	pthread_mutex_lock(&reload_lock);
+	rc = policy_set_load_dir(P.dir, NULL, &set, diag);
+	ev = audit_event_new(AUDIT_POLICY_RELOADED, AUDIT_TIME_UNSET);
 	if (ev != NULL) {
-		if (audit_event_set_actor(ev, kind, actor_kind_name) != IDP_OK ||
-		    audit_event_set(ev, AUDIT_F_REQUEST_ID, request_id) != IDP_OK)
-			log_warn("policy: cannot describe the reload event");
 		audit_event_set_outcome(ev, rc == IDP_OK ? AUDIT_OUTCOME_SUCCESS
 		                                         : AUDIT_OUTCOME_FAILURE);
-		if (set != NULL &&
-		    (audit_event_put_detail(ev, "policy_hash", json_string(policy_set_hash(set))) !=
-		         IDP_OK ||
-		     audit_event_put_detail(ev, "rules",
-		                            json_integer((json_int_t)policy_set_rule_count(set))) !=
-		         IDP_OK))
-			log_warn("policy: cannot describe the reload event");
-		if (audit_emit(ev) != IDP_OK)
-			log_warn("policy: the reload could not be audited");
+		if (audit_event_set_actor(ev, kind, actor_name) != IDP_OK ||
+		    (request_id != NULL &&
+		     audit_event_set(ev, AUDIT_F_REQUEST_ID, request_id) != IDP_OK) ||
+		    (rc == IDP_OK &&
+		     (audit_event_put_detail(ev, "policy_hash",
+		                             json_string(policy_set_hash(set))) != IDP_OK ||
+		      audit_event_put_detail(
+		          ev, "rules", json_integer((json_int_t)policy_set_rule_count(set))) !=
+		          IDP_OK)) ||
+		    (rc != IDP_OK &&
+		     audit_event_put_detail(ev, "errors", http_diag_lines(diag)) != IDP_OK)) {
+			audit_event_free(ev);
+			ev = NULL;
+		}
 	}
-	if (rc == IDP_OK && set != NULL)
+	if (ev != NULL)
+		arc = audit_emit(ev);
+	if (arc != IDP_OK) {
+		log_warn("policy: the reload could not be audited; the set in force stays");
+		if (rc == IDP_OK) {
+			policy_set_unref(set);
+			set = NULL;
+			idp_diag_add(diag, "the reload cannot be audited now; the old set stays");
+			rc = IDP_EUNAVAIL;
+		}
+	}
+	if (rc == IDP_OK) {
 		log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set),
 		         P.dir, policy_set_hash(set));
-	policy_set_unref(set);
+		if (loaded != NULL)
+			*loaded = policy_set_ref(set);
+		policy_engine_swap(P.engine, set);
+	}
+	pthread_mutex_unlock(&reload_lock);
 	return rc;
 }
 
@@ -681,18 +905,24 @@ reload_policies(struct http_req *req, void *ctx)
 	struct auth_principal who;
 	struct idp_diag diag;
 	struct policy_set *set;
+	int rc;
 
 	(void)ctx;
 	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
 		return;
 	idp_diag_init(&diag);
-	if (reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag) != IDP_OK) {
+	rc = reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag, &set);
+	if (rc == IDP_EUNAVAIL) {
+		http_reply_error(req, IDP_EUNAVAIL,
+		                 "the reload cannot be audited now; the old set stays in force");
+		return;
+	}
+	if (rc != IDP_OK) {
 		http_reply_problem(req, 422, "unprocessable",
 		                   json_pack("{s:o}", "errors", http_diag_lines(&diag)),
 		                   "the policy set has errors; the old set stays in force");
 		return;
 	}
-	set = policy_engine_acquire(P.engine);
 	http_reply_json(req, 200, policy_set_describe(set));
 	policy_set_unref(set);
 }
@@ -703,7 +933,7 @@ on_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	(void)app;
 	(void)next;
 	(void)ctx;
-	return reload("sighup", AUDIT_ACTOR_SYSTEM, NULL, diag);
+	return reload("sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
 }
 
 /* The rules a SIGHUP would load compile, or the reload stops before it changes anything. */

@@ -184,6 +184,22 @@ resource_get(const char *aud, struct resource *r, int64_t *default_ttl_ms, int64
 	return found;
 }
 
+json_t *
+access_resource_json(const char *aud)
+{
+	struct resource r;
+	int64_t dflt, max;
+	json_t *o;
+
+	if (aud == NULL || !resource_get(aud, &r, &dflt, &max))
+		return NULL;
+	o = json_pack("{s:s,s:s}", "domain", r.domain, "classification", r.classification);
+	if (o != NULL && r.environment[0] != '\0')
+		json_object_set_new(o, "environment", json_string(r.environment));
+	free(r.audience);
+	return o;
+}
+
 /* ---- one request ---- */
 
 struct issuing {

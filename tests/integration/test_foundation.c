@@ -156,6 +156,7 @@ static void
 request_id_is_echoed_when_well_formed_and_replaced_otherwise(void **state)
 {
 	const char *good[] = {"X-Request-Id: trace-42.abc:1", NULL};
+	const char *also_good[] = {"X-Request-Id: tenant=1;trace=x/y+z==", NULL};
 	const char *bad[] = {"X-Request-Id: <script>", NULL};
 	struct http_resp r;
 	char url[256], rid[160];
@@ -165,6 +166,10 @@ request_id_is_echoed_when_well_formed_and_replaced_otherwise(void **state)
 	assert_int_equal(harness_http("GET", url, good, NULL, 0, &r), 0);
 	assert_true(harness_resp_header(&r, "X-Request-Id", rid, sizeof(rid)));
 	assert_string_equal(rid, "trace-42.abc:1");
+	harness_resp_free(&r);
+	assert_int_equal(harness_http("GET", url, also_good, NULL, 0, &r), 0);
+	assert_true(harness_resp_header(&r, "X-Request-Id", rid, sizeof(rid)));
+	assert_string_equal(rid, "tenant=1;trace=x/y+z==");
 	harness_resp_free(&r);
 
 	assert_int_equal(harness_http("GET", url, bad, NULL, 0, &r), 0);

@@ -86,6 +86,8 @@ group_setup(void **state)
 	if (system(cmd) != 0)
 		return -1;
 	snprintf(keys_toml, sizeof(keys_toml),
+		 "[[resources]]\naudience = \"billing-api\"\ndomain = \"finance\"\n"
+		 "classification = \"confidential\"\n"
 		 "[policy]\ndir = \"%s\"\n"
 		 "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
 		 "[[api_keys]]\nname = \"reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
@@ -346,6 +348,131 @@ current_hash(void)
 	return h;
 }
 
+/* POST /access/v1/evaluations with body; the answer's decisions as a string ("tf..."). */
+static void
+batch(const char *body, long want_status, char *decisions, size_t len, struct http_resp *keep)
+{
+	struct http_resp r;
+	json_t *list;
+	size_t i;
+
+	assert_int_equal(call("POST", "/access/v1/evaluations", pep_key, body, &r), want_status);
+	decisions[0] = '\0';
+	list = json_object_get(r.json, "evaluations");
+	for (i = 0; i < json_array_size(list) && i + 1 < len; i++)
+		decisions[i] = json_is_true(json_object_get(json_array_get(list, i), "decision"))
+				       ? 't'
+				       : 'f';
+	decisions[i] = '\0';
+	if (keep != NULL)
+		*keep = r;
+	else
+		harness_resp_free(&r);
+}
+
+/* Count of policy.evaluated events, once the queue has written them. */
+static long
+evaluated_events(void)
+{
+	char v[32];
+
+	sleep_ms(300);
+	assert_int_equal(harness_sql_value("t_policy_api",
+					   "SELECT count(*) FROM audit_events WHERE type = "
+					   "'policy.evaluated'",
+					   v, sizeof(v)),
+			 0);
+	return atol(v);
+}
+
+/*
+ * AuthZEN 1.0 as a PEP library sends it: evaluation semantics (7.1.2), an
+ * empty list as one evaluation (7.1), required types (5.1, 5.3), unknown
+ * members ignored (10.1.1).  A batch with a bad item is refused whole and
+ * counts nothing; a resource idpd knows is judged as configured, whatever
+ * the PEP says of it; every evaluation is recorded.
+ */
+static void
+authzen_batches_follow_the_spec(void **state)
+{
+	static const char head[] =
+		"{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\"},"
+		"\"resource\":{\"type\":\"api\",\"id\":\"cloud-inventory-api\",\"properties\":"
+		"{\"domain\":\"cloud\",\"classification\":\"internal\",\"environment\":"
+		"\"production\",\"library_record\":{\"title\":\"x\"}}},"
+		"\"context\":{\"schema\":\"urn:example\"}";
+	static const char three[] =
+		"\"evaluations\":[{\"action\":{\"name\":\"ec2:DescribeInstances\"}},"
+		"{\"action\":{\"name\":\"ec2:TerminateInstances\"}},"
+		"{\"action\":{\"name\":\"ec2:DescribeVpcs\",\"properties\":{\"method\":\"GET\"}}}]}";
+	char body[2048], d[80];
+	long before;
+	struct http_resp r;
+
+	(void)state;
+	before = evaluated_events();
+	snprintf(body, sizeof(body), "%s,%s", head, three);
+	batch(body, 200, d, sizeof(d), NULL);
+	assert_string_equal(d, "tft");
+	snprintf(body, sizeof(body), "%s,\"options\":{\"evaluations_semantic\":"
+				     "\"deny_on_first_deny\"},%s",
+		 head, three);
+	batch(body, 200, d, sizeof(d), NULL);
+	assert_string_equal(d, "tf");
+	snprintf(body, sizeof(body), "%s,\"options\":{\"evaluations_semantic\":"
+				     "\"permit_on_first_permit\"},%s",
+		 head, three);
+	batch(body, 200, d, sizeof(d), NULL);
+	assert_string_equal(d, "t");
+	assert_int_equal(evaluated_events(), before + 6);
+	snprintf(body, sizeof(body), "%s,\"options\":{\"evaluations_semantic\":\"bogus\"},%s",
+		 head, three);
+	batch(body, 400, d, sizeof(d), NULL);
+	/* An empty list: the top level is the one question. */
+	snprintf(body, sizeof(body),
+		 "%s,\"action\":{\"name\":\"ec2:DescribeInstances\"},\"evaluations\":[]}", head);
+	batch(body, 200, d, sizeof(d), NULL);
+	assert_string_equal(d, "t");
+	before = evaluated_events();
+	/* A bad third item: refused whole, naming it, and nothing evaluated. */
+	snprintf(body, sizeof(body),
+		 "%s,\"evaluations\":[{\"action\":{\"name\":\"ec2:DescribeInstances\"}},"
+		 "{\"action\":{\"name\":\"ec2:DescribeVpcs\"}},{\"action\":{\"name\":123}}]}",
+		 head);
+	batch(body, 400, d, sizeof(d), &r);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")),
+			       "evaluations[2]"));
+	harness_resp_free(&r);
+	assert_int_equal(evaluated_events(), before);
+	/* subject.type and resource.type are required. */
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key,
+			      "{\"subject\":{\"id\":\"agent-cloud-inventory-001\"},\"action\":"
+			      "{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"type\":\"api\","
+			      "\"id\":\"cloud-inventory-api\"}}",
+			      &r),
+			 400);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key,
+			      "{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\"},"
+			      "\"action\":{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"id\":"
+			      "\"cloud-inventory-api\"}}",
+			      &r),
+			 400);
+	harness_resp_free(&r);
+	/* billing-api is configured (finance, confidential): a PEP calling it a
+	 * cloud resource does not make cost-agent (cloud only) allowed there. */
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key,
+			      "{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\"},\"action\":"
+			      "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
+			      "\"billing-api\",\"properties\":{\"domain\":\"cloud\","
+			      "\"classification\":\"public\"}}}",
+			      &r),
+			 200);
+	assert_true(json_is_false(json_object_get(r.json, "decision")));
+	assert_true(json_has(json_object_get(r.json, "context"), "cross-domain"));
+	harness_resp_free(&r);
+}
+
 static void
 reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
 {
@@ -384,6 +511,39 @@ reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "DENY");
 	assert_true(json_has(json_object_get(r.json, "rules"), "no-mondays"));
 	harness_resp_free(&r);
+	free(before);
+}
+
+/* A reload that cannot be audited changes nothing: 503, the old set stays. */
+static void
+a_reload_that_cannot_be_audited_changes_nothing(void **state)
+{
+	struct http_resp r;
+	char path[256], *before, *after;
+	FILE *f;
+
+	(void)state;
+	before = current_hash();
+	assert_int_equal(harness_sql("t_policy_api",
+				     "CREATE FUNCTION refuse_reload() RETURNS trigger LANGUAGE plpgsql "
+				     "AS $$ BEGIN IF NEW.type = 'policy.reloaded' THEN RAISE "
+				     "EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; "
+				     "CREATE TRIGGER refuse_reload BEFORE INSERT ON audit_events FOR "
+				     "EACH ROW EXECUTE FUNCTION refuse_reload()"),
+			 0);
+	snprintf(path, sizeof(path), "%s/zz-unaudited.policy", policy_dir);
+	f = fopen(path, "w");
+	fputs("@id(\"unaudited\")\n@reason(\"x\")\ndeny when { context.hour == 99 };\n", f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 503);
+	harness_resp_free(&r);
+	after = current_hash();
+	assert_string_equal(before, after);
+	free(after);
+	assert_int_equal(harness_sql("t_policy_api", "DROP TRIGGER refuse_reload ON audit_events; "
+						     "DROP FUNCTION refuse_reload()"),
+			 0);
+	unlink(path);
 	free(before);
 }
 
@@ -427,7 +587,9 @@ main(void)
 		cmocka_unit_test(dry_run_denies_a_scope_outside_capabilities_with_the_reason),
 		cmocka_unit_test(dry_run_rejects_bad_input_with_a_problem),
 		cmocka_unit_test(authzen_answers_a_pep_in_the_standard_shape),
+		cmocka_unit_test(authzen_batches_follow_the_spec),
 		cmocka_unit_test(reload_refuses_a_broken_set_and_keeps_the_old_one),
+		cmocka_unit_test(a_reload_that_cannot_be_audited_changes_nothing),
 		cmocka_unit_test(sighup_reloads_the_set),
 	};
 	return cmocka_run_group_tests_name("policy_api", tests, group_setup, group_teardown);
