@@ -124,6 +124,19 @@ dry_run_allows_and_names_the_rule(void **state)
 				 "sha256:", 7),
 			 0);
 	harness_resp_free(&r);
+	/* A time given in part: the rest is filled in, the part given kept. */
+	{
+		json_t *b = json_loads(input_ok, 0, NULL);
+		char *body;
+
+		json_object_del(json_object_get(b, "context"), "minute");
+		body = json_dumps(b, JSON_COMPACT);
+		assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, body, &r), 200);
+		assert_string_equal(json_string_value(json_object_get(r.json, "decision")), "ALLOW");
+		harness_resp_free(&r);
+		free(body);
+		json_decref(b);
+	}
 }
 
 static void
