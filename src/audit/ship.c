@@ -149,14 +149,29 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 		return -1;
 	}
 	n = PQntuples(r);
-	if (n == 0) {
+	{
 		/*
-		 * audit_chains says the chain goes on to last_seq, yet no row
-		 * past the cursor is left: a chain's rows commit with its
-		 * audit_chains row, so retention has removed them.  The cursor
-		 * moves past them, or a sink that never saw this chain would
-		 * ask for it forever (and, with 64 such chains, ship nothing).
+		 * Rows past the cursor that are gone: audit_chains says the
+		 * chain goes on (its rows commit with it), so retention, or
+		 * someone, removed them before this sink shipped them.  Never
+		 * silent: logged with the range, and counted as skipped.
 		 */
+		long long from = strtoll(after, NULL, 10) + 1;
+		long long upto = n > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) - 1
+		                       : strtoll(last_seq, NULL, 10);
+
+		if (upto >= from) {
+			log_error(
+			    "audit sink %s: events %s/%lld..%lld were deleted before this sink "
+			    "shipped them",
+			    sh->name, writer, from, upto);
+			atomic_fetch_add(&sh->skipped, (uint64_t)(upto - from + 1));
+		}
+	}
+	if (n == 0) {
+		/* The cursor moves past them, or a sink that never saw this
+		 * chain would ask for it forever (and, with 64 such chains,
+		 * ship nothing). */
 		PQclear(r);
 		if (!move_cursor(sh, writer, last_seq)) {
 			drop_session(sh);

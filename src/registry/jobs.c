@@ -228,11 +228,19 @@ done:
 static int
 audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
 {
+	/*
+	 * The sinks whose backlog is kept: this process's, and every sink of
+	 * any instance that has shipped since the cut-off (its cursor moved;
+	 * another instance's sinks are not configured here).  A sink silent
+	 * for a whole retention period no longer holds retention back.
+	 */
 	static struct store_stmt bounds = {
 	    "cleanup_audit_bounds",
 	    "SELECT o.writer_id, LEAST(o.upto, coalesce((SELECT min(coalesce(k.last_seq, 0)) "
-	    "FROM unnest($2::text[]) AS s(name) LEFT JOIN audit_sink_cursors k "
-	    "ON k.sink = s.name AND k.writer_id = o.writer_id), o.upto)) "
+	    "FROM (SELECT unnest($2::text[]) UNION SELECT sink FROM audit_sink_cursors "
+	    "WHERE updated_at >= to_timestamp($1::bigint / 1000.0)) AS s(name) "
+	    "LEFT JOIN audit_sink_cursors k ON k.sink = s.name AND k.writer_id = o.writer_id), "
+	    "o.upto)) "
 	    "FROM (SELECT writer_id, max(seq) AS upto FROM audit_events "
 	    "WHERE ts < to_timestamp($1::bigint / 1000.0) GROUP BY writer_id) o",
 	    2, 0};

@@ -118,7 +118,92 @@ a_new_sink_steps_past_chains_retention_emptied(void **state)
 	                "sink = 'late' AND writer_id LIKE 'emptied-%' AND last_seq = 7) "
 	                "<> 70 THEN RAISE EXCEPTION 'cursors'; END IF; END $$"),
 	    0);
+	/* Never silently: the rows it never got are counted and logged. */
+	{
+		char url[256];
+		struct http_resp r;
+
+		snprintf(url, sizeof(url), "%s/metrics", p.base);
+		assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+		assert_non_null(
+		    strstr(r.body, "idpd_audit_sink_skipped_total{sink=\"late\"} 490\n"));
+		harness_resp_free(&r);
+		assert_true(harness_log_contains(&p, "emptied-1/1..7 were deleted before this sink "
+		                                     "shipped them"));
+	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	unlink(path);
+}
+
+/*
+ * Retention run by an instance without sinks keeps what another
+ * instance's sink has not shipped: every sink whose cursor moved within
+ * the retention period holds it back, configured here or not.
+ */
+static void
+retention_keeps_what_another_instances_sink_has_not_shipped(void **state)
+{
+	struct idpd_proc a, b;
+	char extra[1024], maint[64], maint_hash[80], v[32], url[256];
+	char path[] = "/tmp/idpd-sink-other-XXXXXX";
+	struct http_resp r;
+	char auth[128];
+	long total;
+	int fd, i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(auth_key_generate(maint, maint_hash), IDP_OK);
+	fd = mkstemp(path);
+	close(fd);
+	assert_int_equal(harness_db_create("t_sink_other"), 0);
+	snprintf(extra, sizeof(extra),
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem-a\"\ntype = \"file\"\nformat = \"json\"\n"
+	         "path = \"%s\"\n"
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         path, reporter_hash);
+	assert_int_equal(harness_idpd_start(&a, "t_sink_other", NULL, extra), 0);
+	for (i = 0; i < 4; i++)
+		assert_int_equal(report(&a, "task-other", NULL, 0), 201);
+	for (i = 0; i < 200 && count_lines(path, "task-other") < 4; i++)
+		sleep_ms(50);
+	assert_int_equal(count_lines(path, "task-other"), 4);
+	assert_int_equal(harness_idpd_stop(&a, SIGTERM, 10000), 0);
+	/* As if siem-a's receiver had been down: its cursor back at seq 1, and
+	 * every event old enough for retention. */
+	assert_int_equal(
+	    harness_sql("t_sink_other",
+	                "UPDATE audit_sink_cursors SET last_seq = 1 WHERE sink = "
+	                "'siem-a'; UPDATE audit_events SET ts = ts - interval '2 days'"),
+	    0);
+	assert_int_equal(
+	    harness_sql_value("t_sink_other", "SELECT count(*) FROM audit_events", v, sizeof(v)),
+	    0);
+	total = atol(v);
+	/* Instance b has no sinks and keeps a day. */
+	snprintf(extra, sizeof(extra),
+	         "[audit]\nretention = \"1d\"\n"
+	         "[[api_keys]]\nname = \"cron\"\nhash = \"%s\"\nroles = [\"maintenance\"]\n",
+	         maint_hash);
+	assert_int_equal(harness_idpd_start(&b, "t_sink_other", NULL, extra), 0);
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", maint);
+	snprintf(url, sizeof(url), "%s/v1/maintenance/cleanup", b.base);
+	{
+		const char *hh[] = {auth, NULL};
+
+		assert_int_equal(harness_http("POST", url, hh, NULL, 0, &r), 0);
+	}
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	/* Only the chain's first row, the one siem-a shipped, went. */
+	assert_int_equal(harness_sql_value("t_sink_other",
+	                                   "SELECT count(*) FROM audit_events WHERE ts < now() - "
+	                                   "interval '1 day'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_int_equal(atol(v), total - 1);
+	assert_int_equal(harness_idpd_stop(&b, SIGTERM, 10000), 0);
 	unlink(path);
 }
 
@@ -578,6 +663,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(a_new_sink_steps_past_chains_retention_emptied),
+	    cmocka_unit_test(retention_keeps_what_another_instances_sink_has_not_shipped),
 	    cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
 	    cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
 	    cmocka_unit_test(sinks_change_on_reload),
