@@ -1235,6 +1235,17 @@ parse_chain(struct parse_state *st, const json_t *j, struct audit_event *ev)
 			fail(st, IDP_EINVAL, "delegation_chain[%zu]: expected a string", i);
 			continue;
 		}
+		/* CEF and LEEF join the chain with " -> ": a principal holding
+		 * it would add a hop the chain never had (rows already stored
+		 * pass, as they were accepted). */
+		if (!st->stored && strstr(json_string_value(v), "->") != NULL) {
+			fail(st, IDP_EINVAL,
+			     "delegation_chain[%zu]: may not contain \"->\" (the chain's separator "
+			     "in "
+			     "CEF and LEEF)",
+			     i);
+			continue;
+		}
 		rc = audit_event_chain_append(ev, json_string_value(v));
 		if (rc == IDP_ETOOBIG)
 			fail(st, rc, "delegation_chain[%zu]: longer than %d bytes", i,
@@ -1401,6 +1412,24 @@ redact_stored(json_t *j, const struct audit_event *ev)
 	if (!same_object(json_object_get(j, "detail"), ev->detail)) {
 		json_object_set(j, "detail", ev->detail);
 		changed = true;
+	}
+	/* The free text the setters redact (rows older than that redaction). */
+	{
+		static const enum audit_field text[] = {AUDIT_F_RESULT, AUDIT_F_STEP,
+		                                        AUDIT_F_PREVIOUS_STEP, AUDIT_F_NEXT_STEP};
+
+		for (size_t i = 0; i < IDP_ARRAY_LEN(text); i++) {
+			json_t *group = json_object_get(j, fields[text[i]].group);
+			const char *was =
+			    json_string_value(json_object_get(group, fields[text[i]].key));
+
+			if (was != NULL && ev->str[text[i]] != NULL &&
+			    strcmp(was, ev->str[text[i]]) != 0) {
+				json_object_set_new(group, fields[text[i]].key,
+				                    json_string(ev->str[text[i]]));
+				changed = true;
+			}
+		}
 	}
 	return changed;
 }

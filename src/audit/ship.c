@@ -38,6 +38,8 @@ struct shipper {
 	bool locked;
 	_Atomic uint64_t shipped, errors, skipped;
 	_Atomic int64_t last_ts_ms;
+	_Atomic int64_t
+	    failing_since_ms; /* since the first failure in a row; 0 when the last batch went */
 	_Atomic bool behind;
 	char *fingerprint; /* the sink's configuration, to tell a reload what changed */
 };
@@ -287,13 +289,18 @@ run(void *arg)
 		}
 		n = ship_batch(sh);
 		if (n < 0) {
+			int64_t none = 0;
+
 			atomic_fetch_add(&sh->errors, 1);
+			atomic_compare_exchange_strong(&sh->failing_since_ms, &none,
+			                               idp_now_ms(idp_clock_system()));
 			if (nap(sh, backoff))
 				break;
 			backoff = backoff < 5000 ? backoff * 2 : 5000;
 			continue;
 		}
 		backoff = 100;
+		atomic_store(&sh->failing_since_ms, 0);
 		if (n == SHIP_BATCH) {
 			/* More waiting: no nap, but a stop is heard between batches. */
 			if (nap(sh, 0))
@@ -333,17 +340,26 @@ collect(struct idp_buf *out, void *ctx)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_skipped_total{sink=\"%s\"} %llu\n",
 		                     shippers[i]->name,
 		                     (unsigned long long)atomic_load(&shippers[i]->skipped));
-	rc |= idp_buf_puts(out,
-	                   "# HELP idpd_audit_sink_lag_seconds Age of the newest event delivered, "
-	                   "when the sink is behind; 0 when caught up.\n"
-	                   "# TYPE idpd_audit_sink_lag_seconds gauge\n");
+	rc |= idp_buf_puts(
+	    out, "# HELP idpd_audit_sink_lag_seconds While a sink is behind or failing: the "
+	         "age of the newest event it delivered or the time since it began failing, "
+	         "whichever is larger; 0 when caught up.\n"
+	         "# TYPE idpd_audit_sink_lag_seconds gauge\n");
 	for (size_t i = 0; i < n_shippers; i++) {
 		int64_t last = atomic_load(&shippers[i]->last_ts_ms);
-		double lag = 0;
+		int64_t failing = atomic_load(&shippers[i]->failing_since_ms);
+		int64_t now = idp_now_ms(idp_clock_system()), lag_ms = 0;
+		double lag;
 
-		if (atomic_load(&shippers[i]->behind) || atomic_load(&shippers[i]->errors) > 0)
-			lag =
-			    last > 0 ? (double)(idp_now_ms(idp_clock_system()) - last) / 1000.0 : 0;
+		/* A sink that failed once and caught up since is not behind; one
+		 * failing since it started (nothing delivered) is. */
+		if (atomic_load(&shippers[i]->behind) || failing > 0) {
+			if (last > 0)
+				lag_ms = now - last;
+			if (failing > 0 && now - failing > lag_ms)
+				lag_ms = now - failing;
+		}
+		lag = lag_ms > 0 ? (double)lag_ms / 1000.0 : 0;
 		rc |= idp_buf_printf(out, "idpd_audit_sink_lag_seconds{sink=\"%s\"} %.3f\n",
 		                     shippers[i]->name, lag);
 	}

@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/sockios.h>
@@ -655,9 +656,10 @@ static int
 tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 {
 	int64_t deadline = deadline_after(s->send_timeout_ms);
+	int last = -1;
 
 	for (;;) {
-		struct pollfd p = {s->fd, POLLRDHUP, 0};
+		struct timespec ts = {0, 5 * 1000 * 1000};
 		int queued = 0, state;
 
 		if (ioctl(s->fd, SIOCOUTQ, &queued) != 0)
@@ -667,11 +669,20 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
 		if (queued == 0)
 			return IDP_OK;
+		/*
+		 * send_timeout is how long nothing may be acknowledged, not
+		 * how long the whole backlog may take: a slow receiver that
+		 * keeps reading is waited for (giving up would send the same
+		 * batch again and again), one that stopped is given up on.
+		 */
+		if (last >= 0 && queued < last)
+			deadline = deadline_after(s->send_timeout_ms);
+		last = queued;
 		if (ms_left(deadline) == 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ETIMEDOUT);
-		/* Acknowledgements raise no event to wait for: look again shortly. */
-		if (poll(&p, 1, 5) < 0 && errno != EINTR)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "poll", errno);
+		/* Acknowledgements raise no event to wait for: look again
+		 * shortly (a sleep: poll would return at once after a FIN). */
+		nanosleep(&ts, NULL);
 	}
 }
 

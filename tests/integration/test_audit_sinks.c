@@ -77,6 +77,25 @@ count_lines(const char *path, const char *s)
 	return n;
 }
 
+/* idpd_audit_sink_lag_seconds of sink, from /metrics. */
+static double
+sink_lag(const struct idpd_proc *p, const char *sink)
+{
+	char url[256], want[128];
+	struct http_resp r;
+	const char *at;
+	double lag;
+
+	snprintf(url, sizeof(url), "%s/metrics", p->base);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	snprintf(want, sizeof(want), "idpd_audit_sink_lag_seconds{sink=\"%s\"} ", sink);
+	at = strstr(r.body, want);
+	assert_non_null(at);
+	lag = strtod(at + strlen(want), NULL);
+	harness_resp_free(&r);
+	return lag;
+}
+
 /*
  * Retention empties old chains but keeps their audit_chains rows.  A sink
  * added later has no cursor on them: it must step past them, not ask for
@@ -402,10 +421,12 @@ syslog_receiver_down_for_a_while_gets_every_event_once(void **state)
 	assert_int_equal(harness_db_create("t_sink_syslog"), 0);
 	assert_int_equal(harness_idpd_start(&p, "t_sink_syslog", NULL, extra), 0);
 
-	/* The SIEM is down: events are committed and wait in the outbox. */
+	/* The SIEM is down: events are committed and wait in the outbox, and
+	 * the sink says it is behind. */
 	for (i = 0; i < 10; i++)
 		assert_int_equal(report(&p, "task-syslog", ids[i], sizeof(ids[i])), 201);
 	sleep_ms(600);
+	assert_true(sink_lag(&p, "siem") > 0.1);
 
 	/* It comes back. */
 	rc.listen_fd = listen_on(rc.port);
@@ -420,6 +441,10 @@ syslog_receiver_down_for_a_while_gets_every_event_once(void **state)
 		assert_int_equal(frames_with(&rc, ids[i]), 1);
 	/* LEEF 2.0 with the tab delimiter declared. */
 	assert_non_null(strstr(rc.data, "LEEF:2.0|idpd|idpd|"));
+	/* Caught up: no lag, whatever errors it had on the way. */
+	for (int w = 0; w < 100 && sink_lag(&p, "siem") > 0; w++)
+		sleep_ms(50);
+	assert_true(sink_lag(&p, "siem") == 0);
 
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	rc.stop = 1;

@@ -385,6 +385,9 @@ from_json_rejects_malformed_events(void **state)
 	parse_fails("{\"type\":\"alert\",\"actor\":{\"name\":\"x\"}}", IDP_EINVAL, "actor.kind");
 	parse_fails("{\"type\":\"alert\",\"delegation_chain\":[\"a\",3]}", IDP_EINVAL,
 	            "delegation_chain[1]");
+	/* A hop CEF and LEEF would show that the chain never had. */
+	parse_fails("{\"type\":\"alert\",\"delegation_chain\":[\"alice\",\"bob -> eve\"]}",
+	            IDP_EINVAL, "delegation_chain[1]: may not contain");
 	parse_fails("{\"type\":\"alert\",\"source_address\":\"localhost\"}", IDP_EINVAL,
 	            "source_address: not an IPv4 or IPv6");
 	parse_fails("{\"type\":\"alert\",\"action\":{\"parameters\":[1]}}", IDP_EINVAL,
@@ -712,6 +715,34 @@ stored_ok(const char *text)
 	if (audit_event_from_stored(text, strlen(text), &ev, &d) != IDP_OK)
 		fail_msg("stored row refused: %s", idp_diag_str(&d));
 	return ev;
+}
+
+/*
+ * A row stored before free text was redacted: what a JSON sink ships of it
+ * (its stored text) is redacted as CEF and LEEF show it.
+ */
+static void
+stored_free_text_is_redacted_for_every_format(void **state)
+{
+	static const char row[] =
+	    "{\"action\":{\"result\":\"curl -H 'Authorization: Bearer sk_live_abcdefghijklmnop' "
+	    "ok\",\"tool\":\"http\"},\"context\":{\"step\":\"used idpk_"
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"},\"id\":"
+	    "\"01a24401-44d4-7004-8265-857ac3cb9e05\",\"severity\":2,\"timestamp\":"
+	    "\"2026-12-05T10:00:00.000Z\",\"type\":\"tool_invocation\"}";
+	struct audit_event *ev;
+	char *canon;
+
+	(void)state;
+	ev = stored_ok(row);
+	assert_string_equal(audit_event_get(ev, AUDIT_F_RESULT), AUDIT_REDACTED);
+	canon = audit_event_canonical(ev, NULL);
+	assert_null(strstr(canon, "sk_live"));
+	assert_null(strstr(canon, "idpk_"));
+	assert_non_null(strstr(canon, "\"result\":\"[REDACTED]\""));
+	assert_non_null(strstr(canon, "\"step\":\"[REDACTED]\""));
+	free(canon);
+	audit_event_free(ev);
 }
 
 static void
@@ -1115,6 +1146,7 @@ main(void)
 	    cmocka_unit_test(put_detail_adds_keys_and_redacts),
 	    cmocka_unit_test(clone_is_independent),
 	    cmocka_unit_test(stored_rows_of_a_newer_version_are_read),
+	    cmocka_unit_test(stored_free_text_is_redacted_for_every_format),
 	    cmocka_unit_test(stored_type_without_a_dot_is_its_own_category),
 	    cmocka_unit_test(stored_row_is_redacted_as_this_version_would),
 	    cmocka_unit_test(stored_event_is_not_emitted),
