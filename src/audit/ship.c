@@ -35,7 +35,7 @@ struct shipper {
 	pthread_t thread;
 	int wake[2];
 	PGconn *pg;
-	bool locked;
+	_Atomic bool locked; /* this instance holds the sink's lock: it is the one shipping */
 	_Atomic uint64_t shipped, errors, skipped;
 	_Atomic int64_t last_ts_ms;
 	_Atomic int64_t
@@ -74,7 +74,7 @@ drop_session(struct shipper *sh)
 	if (sh->pg != NULL)
 		PQfinish(sh->pg);
 	sh->pg = NULL;
-	sh->locked = false;
+	atomic_store(&sh->locked, false);
 }
 
 /* A session holding this sink's advisory lock, or false for "not now". */
@@ -94,16 +94,16 @@ ensure_session(struct shipper *sh)
 		if (sh->pg == NULL)
 			return false;
 	}
-	if (sh->locked)
+	if (atomic_load(&sh->locked))
 		return true;
 	snprintf(key, sizeof(key), "idpd-sink:%s", sh->name);
 	p[0] = key;
 	r = PQexecParams(sh->pg, "SELECT pg_try_advisory_lock(hashtext($1))", 1, NULL, p, NULL,
 	                 NULL, 0);
-	sh->locked = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-	             strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+	atomic_store(&sh->locked, PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+	                              strcmp(PQgetvalue(r, 0, 0), "t") == 0);
 	PQclear(r);
-	return sh->locked;
+	return atomic_load(&sh->locked);
 }
 
 static bool
@@ -328,6 +328,12 @@ collect(struct idp_buf *out, void *ctx)
 		rc |= idp_buf_printf(out, "idpd_audit_sink_shipped_total{sink=\"%s\"} %llu\n",
 		                     shippers[i]->name,
 		                     (unsigned long long)atomic_load(&shippers[i]->shipped));
+	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_active Whether this instance is the one "
+	                        "shipping the sink (holds its lock); across instances, exactly one "
+	                        "should.\n# TYPE idpd_audit_sink_active gauge\n");
+	for (size_t i = 0; i < n_shippers; i++)
+		rc |= idp_buf_printf(out, "idpd_audit_sink_active{sink=\"%s\"} %d\n",
+		                     shippers[i]->name, atomic_load(&shippers[i]->locked) ? 1 : 0);
 	rc |= idp_buf_puts(out, "# HELP idpd_audit_sink_errors_total Failed sends (retried).\n"
 	                        "# TYPE idpd_audit_sink_errors_total counter\n");
 	for (size_t i = 0; i < n_shippers; i++)

@@ -146,6 +146,8 @@ a_new_sink_steps_past_chains_retention_emptied(void **state)
 		assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
 		assert_non_null(
 		    strstr(r.body, "idpd_audit_sink_skipped_total{sink=\"late\"} 490\n"));
+		/* The one instance, so the one shipping. */
+		assert_non_null(strstr(r.body, "idpd_audit_sink_active{sink=\"late\"} 1\n"));
 		harness_resp_free(&r);
 		assert_true(harness_log_contains(&p, "emptied-1/1..7 were deleted before this sink "
 		                                     "shipped them"));
