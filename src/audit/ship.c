@@ -122,6 +122,17 @@ move_cursor(struct shipper *sh, const char *writer, const char *seq)
 	return ok;
 }
 
+/* Rows from..upto of writer were deleted before this sink shipped them (none if upto < from). */
+static void
+note_gap(struct shipper *sh, const char *writer, long long from, long long upto)
+{
+	if (upto < from)
+		return;
+	log_error("audit sink %s: events %s/%lld..%lld were deleted before this sink shipped them",
+	          sh->name, writer, from, upto);
+	atomic_fetch_add(&sh->skipped, (uint64_t)(upto - from + 1));
+}
+
 /*
  * Ship what one chain has past the sink's cursor, at most SHIP_BATCH rows:
  * write, flush, then move the cursor.  Returns the rows shipped, or -1 on
@@ -134,6 +145,8 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 	char lim[16];
 	PGresult *r;
 	struct idp_diag diag;
+	long long gap_from, gap_upto;
+	uint64_t skipped = 0; /* counted once the cursor has moved past them */
 	int n, rc;
 
 	snprintf(lim, sizeof(lim), "%d", SHIP_BATCH);
@@ -151,25 +164,15 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 		return -1;
 	}
 	n = PQntuples(r);
-	{
-		/*
-		 * Rows past the cursor that are gone: audit_chains says the
-		 * chain goes on (its rows commit with it), so retention, or
-		 * someone, removed them before this sink shipped them.  Never
-		 * silent: logged with the range, and counted as skipped.
-		 */
-		long long from = strtoll(after, NULL, 10) + 1;
-		long long upto = n > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) - 1
-		                       : strtoll(last_seq, NULL, 10);
-
-		if (upto >= from) {
-			log_error(
-			    "audit sink %s: events %s/%lld..%lld were deleted before this sink "
-			    "shipped them",
-			    sh->name, writer, from, upto);
-			atomic_fetch_add(&sh->skipped, (uint64_t)(upto - from + 1));
-		}
-	}
+	/*
+	 * Rows past the cursor that are gone: audit_chains says the chain goes
+	 * on (its rows commit with it), so retention, or someone, removed them
+	 * before this sink shipped them.  Never silent: logged with the range
+	 * and counted as skipped, once the cursor has moved past them (a retry
+	 * would otherwise say it again).
+	 */
+	gap_from = strtoll(after, NULL, 10) + 1;
+	gap_upto = n > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) - 1 : strtoll(last_seq, NULL, 10);
 	if (n == 0) {
 		/* The cursor moves past them, or a sink that never saw this
 		 * chain would ask for it forever (and, with 64 such chains,
@@ -179,6 +182,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 			drop_session(sh);
 			return -1;
 		}
+		note_gap(sh, writer, gap_from, gap_upto);
 		return 0;
 	}
 	for (int i = 0; i < n; i++) {
@@ -193,7 +197,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 			 * here; skipping it is logged and counted, never silent. */
 			log_error("audit sink %s: event %s/%s does not parse (%s); skipped",
 			          sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
-			atomic_fetch_add(&sh->skipped, 1);
+			skipped++;
 			continue;
 		}
 		idp_diag_init(&diag);
@@ -204,7 +208,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 		if (rc == IDP_ETOOBIG || rc == IDP_EINVAL) {
 			log_error("audit sink %s: event %s/%s cannot be carried (%s); skipped",
 			          sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
-			atomic_fetch_add(&sh->skipped, 1);
+			skipped++;
 			continue;
 		}
 		if (rc != IDP_OK) {
@@ -227,6 +231,8 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 		drop_session(sh);
 		return -1;
 	}
+	note_gap(sh, writer, gap_from, gap_upto);
+	atomic_fetch_add(&sh->skipped, skipped);
 	atomic_fetch_add(&sh->shipped, (uint64_t)n);
 	PQclear(r);
 	return n;

@@ -652,10 +652,16 @@ tcp_state(int fd)
  * queue alone proves nothing: a reset empties it too, so the connection must
  * also not have been closed under us.
  */
+/* A flush waits at most this many send_timeouts, acknowledgements or not. */
+#define DRAIN_CAP_TIMEOUTS 12
+
 static int
 tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 {
 	int64_t deadline = deadline_after(s->send_timeout_ms);
+	/* However slowly it keeps acknowledging, a flush ends: a reload or a
+	 * stop waits for it. */
+	int64_t cap = deadline_after(s->send_timeout_ms * DRAIN_CAP_TIMEOUTS);
 	int last = -1;
 
 	for (;;) {
@@ -678,7 +684,7 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 		if (last >= 0 && queued < last)
 			deadline = deadline_after(s->send_timeout_ms);
 		last = queued;
-		if (ms_left(deadline) == 0)
+		if (ms_left(deadline) == 0 || ms_left(cap) == 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ETIMEDOUT);
 		/* Acknowledgements raise no event to wait for: look again
 		 * shortly (a sleep: poll would return at once after a FIN). */

@@ -423,23 +423,28 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	agent = policy_agent_json(who->ra);
 	if (json_is_object(json_object_get(action, "properties")))
 		json_object_update(request, json_object_get(action, "properties"));
+	/* What the request is comes from action.name and resource.id alone: a
+	 * PEP may not call a destructive scope a read, nor name another
+	 * audience. */
+	json_object_del(request, "action_class");
+	json_object_del(request, "audience");
 	json_object_set_new(request, "scopes", json_pack("[O]", json_object_get(action, "name")));
-	if (json_is_object(json_object_get(resource, "properties")))
-		json_object_update(res, json_object_get(resource, "properties"));
 	s = json_string_value(json_object_get(resource, "id"));
-	/* A resource idpd knows ([[resources]]) is as configured, whatever the
-	 * PEP says of it: the billing API cannot be asked about as public. */
+	/* A resource idpd knows ([[resources]]) is as configured and nothing
+	 * else, whatever the PEP says of it: the billing API cannot be asked
+	 * about as public, nor given an environment it is not configured with. */
 	{
 		json_t *known = access_resource_json(s);
 
 		if (known != NULL) {
-			json_object_update(res, known);
-			json_decref(known);
+			json_decref(res);
+			res = known;
+		} else if (json_is_object(json_object_get(resource, "properties"))) {
+			json_object_update(res, json_object_get(resource, "properties"));
 		}
 	}
 	json_object_set_new(res, "audience", json_string(s));
-	if (json_object_get(request, "audience") == NULL)
-		json_object_set_new(request, "audience", json_string(s));
+	json_object_set_new(request, "audience", json_string(s));
 	if (context != NULL)
 		json_object_update(ctx, context);
 	/* The clock, the call counters, the risk score and approvals are

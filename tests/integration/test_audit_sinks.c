@@ -402,6 +402,76 @@ frames_with(const struct receiver *rc, const char *s)
 	return n;
 }
 
+/* idpd_audit_sink_skipped_total of sink, from /metrics. */
+static long
+sink_skipped(const struct idpd_proc *p, const char *sink)
+{
+	char url[256], want[128];
+	struct http_resp r;
+	const char *at;
+	long n;
+
+	snprintf(url, sizeof(url), "%s/metrics", p->base);
+	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+	snprintf(want, sizeof(want), "idpd_audit_sink_skipped_total{sink=\"%s\"} ", sink);
+	at = strstr(r.body, want);
+	assert_non_null(at);
+	n = strtol(at + strlen(want), NULL, 10);
+	harness_resp_free(&r);
+	return n;
+}
+
+/*
+ * Rows deleted before a sink shipped them are counted once, when the sink
+ * moves past them, however many times it retried before that.
+ */
+static void
+a_gap_is_counted_once_across_retries(void **state)
+{
+	struct idpd_proc p;
+	struct receiver rc;
+	char extra[2048];
+	int i;
+
+	(void)state;
+	memset(&rc, 0, sizeof(rc));
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_db_create("t_sink_gap"), 0);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         reporter_hash);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_gap", NULL, extra), 0);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(report(&p, "task-gap", NULL, 0), 201);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(harness_sql("t_sink_gap", "DELETE FROM audit_events WHERE seq <= 2"), 0);
+
+	rc.port = harness_free_port();
+	snprintf(extra, sizeof(extra),
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"gap\"\ntype = \"syslog\"\nformat = \"json\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tcp\"\nconnect_timeout = \"200ms\"\n"
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
+	         rc.port, reporter_hash);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_gap", NULL, extra), 0);
+	/* The receiver is down: several attempts, nothing passed, nothing counted. */
+	sleep_ms(1500);
+	assert_int_equal(sink_skipped(&p, "gap"), 0);
+	rc.listen_fd = listen_on(rc.port);
+	assert_true(rc.listen_fd >= 0);
+	pthread_create(&rc.th, NULL, receive, &rc);
+	for (int w = 0; w < 200 && sink_skipped(&p, "gap") < 2; w++)
+		sleep_ms(50);
+	sleep_ms(300);
+	assert_int_equal(sink_skipped(&p, "gap"), 2);
+	assert_true(frames_with(&rc, "task-gap") >= 3);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	rc.stop = 1;
+	pthread_join(rc.th, NULL);
+	close(rc.listen_fd);
+	free(rc.data);
+}
+
 static void
 syslog_receiver_down_for_a_while_gets_every_event_once(void **state)
 {
@@ -693,6 +763,7 @@ main(void)
 	    cmocka_unit_test(retention_keeps_what_another_instances_sink_has_not_shipped),
 	    cmocka_unit_test(file_sinks_receive_every_event_in_order_in_each_format),
 	    cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
+	    cmocka_unit_test(a_gap_is_counted_once_across_retries),
 	    cmocka_unit_test(sinks_change_on_reload),
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	};

@@ -490,6 +490,29 @@ authzen_batches_follow_the_spec(void **state)
 	assert_true(json_is_false(json_object_get(r.json, "decision")));
 	assert_true(json_has(json_object_get(r.json, "context"), "cross-domain"));
 	harness_resp_free(&r);
+	/* Nor may it add what the configuration leaves out: billing-api has no
+	 * environment, so a development agent is kept from it (fail closed),
+	 * whatever environment the PEP claims for it. */
+	assert_int_equal(call("POST", "/v1/agents", admin_key,
+			      "{\"id\":\"dev-biller\",\"agent_type\":\"worker\",\"owner\":"
+			      "\"alice@company.com\",\"environment\":\"development\",\"domains\":"
+			      "[\"finance\"],\"capabilities\":[\"billing:read\"],\"delegate_to\":[],"
+			      "\"delegation_constraints\":{\"max_chain_depth\":1,"
+			      "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":"
+			      "[]},\"credential\":{\"type\":\"spiffe-jwt-svid\",\"rotation\":\"1h\"}}",
+			      &r),
+			 201);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key,
+			      "{\"subject\":{\"type\":\"agent\",\"id\":\"dev-biller\"},\"action\":"
+			      "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
+			      "\"billing-api\",\"properties\":{\"environment\":\"staging\"}}}",
+			      &r),
+			 200);
+	assert_true(json_is_false(json_object_get(r.json, "decision")));
+	assert_true(json_has(json_object_get(r.json, "context"),
+			     "development-agent-production-data"));
+	harness_resp_free(&r);
 }
 
 static void
