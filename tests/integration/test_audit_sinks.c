@@ -77,23 +77,29 @@ count_lines(const char *path, const char *s)
 	return n;
 }
 
-/* idpd_audit_sink_lag_seconds of sink, from /metrics. */
+/* The value of metric{sink="sink"} on /metrics. */
 static double
-sink_lag(const struct idpd_proc *p, const char *sink)
+sink_metric(const struct idpd_proc *p, const char *metric, const char *sink)
 {
-	char url[256], want[128];
+	char url[256], want[160];
 	struct http_resp r;
 	const char *at;
-	double lag;
+	double v;
 
 	snprintf(url, sizeof(url), "%s/metrics", p->base);
 	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
-	snprintf(want, sizeof(want), "idpd_audit_sink_lag_seconds{sink=\"%s\"} ", sink);
+	snprintf(want, sizeof(want), "%s{sink=\"%s\"} ", metric, sink);
 	at = strstr(r.body, want);
 	assert_non_null(at);
-	lag = strtod(at + strlen(want), NULL);
+	v = strtod(at + strlen(want), NULL);
 	harness_resp_free(&r);
-	return lag;
+	return v;
+}
+
+static double
+sink_lag(const struct idpd_proc *p, const char *sink)
+{
+	return sink_metric(p, "idpd_audit_sink_lag_seconds", sink);
 }
 
 /*
@@ -402,23 +408,10 @@ frames_with(const struct receiver *rc, const char *s)
 	return n;
 }
 
-/* idpd_audit_sink_skipped_total of sink, from /metrics. */
 static long
 sink_skipped(const struct idpd_proc *p, const char *sink)
 {
-	char url[256], want[128];
-	struct http_resp r;
-	const char *at;
-	long n;
-
-	snprintf(url, sizeof(url), "%s/metrics", p->base);
-	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
-	snprintf(want, sizeof(want), "idpd_audit_sink_skipped_total{sink=\"%s\"} ", sink);
-	at = strstr(r.body, want);
-	assert_non_null(at);
-	n = strtol(at + strlen(want), NULL, 10);
-	harness_resp_free(&r);
-	return n;
+	return (long)sink_metric(p, "idpd_audit_sink_skipped_total", sink);
 }
 
 /*
