@@ -565,14 +565,23 @@ prepared_free(struct prepared *p, size_t n)
  * policy input model knows must still fit it.
  */
 static int
-authzen_prepare(json_t *subject, const struct subject *who, json_t *action, json_t *resource,
-                json_t *context, struct prepared *p, const char **why, struct idp_diag *diag)
+authzen_prepare(const struct auth_principal *caller, json_t *subject, const struct subject *who,
+                json_t *action, json_t *resource, json_t *context, struct prepared *p,
+                const char **why, struct idp_diag *diag)
 {
 	const struct policy_json_opts jo = {NULL, P.tz, true};
+	const char *rid = json_string_value(json_object_get(resource, "id"));
 	int status = 400;
-	json_t *in = authzen_to_input(subject, who, action, resource, context, why, &status);
+	json_t *in;
 
 	memset(p, 0, sizeof(*p));
+	/* A key bound to audiences asks about its own resources only: it may
+	 * neither learn another's answers nor count calls against them. */
+	if (rid != NULL && !auth_audience_allowed(caller, rid)) {
+		*why = "this key may not ask about that resource (api_keys[].audiences)";
+		return 403;
+	}
+	in = authzen_to_input(subject, who, action, resource, context, why, &status);
 	if (in == NULL) {
 		if (status != 404)
 			return status;
@@ -603,8 +612,11 @@ authzen_refuse(struct http_req *req, int status, long item, const char *why, str
 		                   json_pack("{s:o}", "errors", http_diag_lines(diag)), "%s%s", at,
 		                   why);
 	else
-		http_reply_problem(req, status, status == 503 ? "unavailable" : "bad_request", NULL,
-		                   "%s%s", at, why);
+		http_reply_problem(req, status,
+		                   status == 503   ? "unavailable"
+		                   : status == 403 ? "forbidden"
+		                                   : "bad_request",
+		                   NULL, "%s%s", at, why);
 }
 
 /* Evaluate a prepared question live: its AuthZEN answer, or NULL (no policy set). */
@@ -648,7 +660,7 @@ authzen_evaluation(struct http_req *req, void *ctx)
 		return;
 	}
 	idp_diag_init(&diag);
-	status = authzen_prepare(subject, &sub, json_object_get(body, "action"),
+	status = authzen_prepare(&who, subject, &sub, json_object_get(body, "action"),
 	                         json_object_get(body, "resource"),
 	                         json_object_get(body, "context"), &p, &why, &diag);
 	subjects_free(&sub, 1);
@@ -768,7 +780,7 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	for (i = 0; i < n && status == 200; i++) {
 		json_t *it = json_array_get(items, i);
 
-		status = authzen_prepare(subjects[i], &subs[i], pick(it, body, "action"),
+		status = authzen_prepare(&who, subjects[i], &subs[i], pick(it, body, "action"),
 		                         pick(it, body, "resource"), pick(it, body, "context"),
 		                         &prep[i], &why, &diag);
 	}

@@ -18,7 +18,7 @@
 #include "harness.h"
 #include "idpd/auth.h"
 
-static char admin_key[64], auditor_key[64], pep_key[64], keys_toml[2048];
+static char admin_key[64], auditor_key[64], pep_key[64], cloud_pep_key[64], keys_toml[2560];
 static char policy_dir[128];
 static struct idpd_proc idpd;
 
@@ -71,11 +71,11 @@ call(const char *method, const char *path, const char *key, const char *body,
 static int
 group_setup(void **state)
 {
-	char h1[80], h2[80], h3[80], cmd[512];
+	char h1[80], h2[80], h3[80], h4[80], cmd[512];
 
 	(void)state;
 	if (auth_key_generate(admin_key, h1) != IDP_OK || auth_key_generate(auditor_key, h2) != IDP_OK ||
-	    auth_key_generate(pep_key, h3) != IDP_OK)
+	    auth_key_generate(pep_key, h3) != IDP_OK || auth_key_generate(cloud_pep_key, h4) != IDP_OK)
 		return -1;
 	/* A private copy of the shipped set, so the reload tests can edit it. */
 	snprintf(policy_dir, sizeof(policy_dir), "/tmp/idpd-policies-XXXXXX");
@@ -91,8 +91,10 @@ group_setup(void **state)
 		 "[policy]\ndir = \"%s\"\n"
 		 "[[api_keys]]\nname = \"ops\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
 		 "[[api_keys]]\nname = \"reader\"\nhash = \"%s\"\nroles = [\"auditor\"]\n"
-		 "[[api_keys]]\nname = \"pep\"\nhash = \"%s\"\nroles = [\"introspector\"]\n",
-		 policy_dir, h1, h2, h3);
+		 "[[api_keys]]\nname = \"pep\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+		 "[[api_keys]]\nname = \"cloud-pep\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+		 "audiences = \"cloud-inventory-api\"\n",
+		 policy_dir, h1, h2, h3, h4);
 	if (harness_db_create("t_policy_api") != 0)
 		return -1;
 	return harness_idpd_start(&idpd, "t_policy_api", NULL, keys_toml);
@@ -513,6 +515,23 @@ authzen_batches_follow_the_spec(void **state)
 	assert_true(json_has(json_object_get(r.json, "context"),
 			     "development-agent-production-data"));
 	harness_resp_free(&r);
+	/* A key bound to an audience asks about that resource only. */
+	assert_int_equal(call("POST", "/access/v1/evaluation", cloud_pep_key,
+			      "{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\"},"
+			      "\"action\":{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"type\":"
+			      "\"api\",\"id\":\"cloud-inventory-api\"}}",
+			      &r),
+			 200);
+	harness_resp_free(&r);
+	before = evaluated_events();
+	assert_int_equal(call("POST", "/access/v1/evaluation", cloud_pep_key,
+			      "{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\"},\"action\":"
+			      "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
+			      "\"billing-api\"}}",
+			      &r),
+			 403);
+	harness_resp_free(&r);
+	assert_int_equal(evaluated_events(), before);
 }
 
 static void
