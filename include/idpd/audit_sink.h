@@ -114,6 +114,12 @@ int audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev,
  */
 int audit_sink_flush(struct audit_sink *s, struct idp_diag *diag) IDP_WUR;
 
+/*
+ * A descriptor whose becoming readable cuts a connect's, a send's or a TCP
+ * flush's wait short (it then fails, as a timeout does): the shipper's
+ * stop.  -1 for none (the default).  Borrowed; before the sink is used.
+ */
+void audit_sink_stop_fd(struct audit_sink *s, int fd);
 /* Close the transport; the next write reopens it.  Idempotent. */
 void audit_sink_close(struct audit_sink *s);
 /* Close and free.  NULL is a no-op. */

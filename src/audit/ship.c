@@ -460,6 +460,8 @@ make_shipper(const struct idpd_config *cfg, size_t i, struct idp_diag *diag)
 		free_shipper(sh);
 		return NULL;
 	}
+	/* A stop (reload, shutdown) cuts a slow receiver's flush short. */
+	audit_sink_stop_fd(sh->sink, sh->wake[0]);
 	return sh;
 }
 

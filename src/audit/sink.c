@@ -50,6 +50,7 @@ struct audit_sink {
 	bool fsync;
 
 	int fd;               /* -1 when closed */
+	int stop_fd;          /* readable: stop waiting in a flush; -1 for none */
 	bool unflushed;       /* TCP: bytes sent on fd since the last good flush */
 	struct idp_buf line;  /* write_event's formatted line */
 	struct idp_buf frame; /* file: line + LF; syslog: header + line */
@@ -182,6 +183,7 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 	}
 	s = idp_xcalloc(1, sizeof(*s));
 	s->fd = -1;
+	s->stop_fd = -1;
 	s->type = cfg->type;
 	s->format = cfg->format;
 	s->protocol = cfg->protocol;
@@ -370,17 +372,22 @@ ms_left(int64_t deadline)
 	return left <= 0 ? 0 : left > 60000 ? 60000 : (int)left;
 }
 
-/* Wait until fd is ready for events; 0, or ETIMEDOUT / an errno. */
+/*
+ * Wait until fd is ready for events; 0, or ETIMEDOUT / an errno, or
+ * ECANCELED once stop_fd (-1 for none) is readable: the shipper stops.
+ */
 static int
-wait_fd(int fd, short events, int64_t deadline)
+wait_fd(int fd, short events, int64_t deadline, int stop_fd)
 {
 	for (;;) {
-		struct pollfd p = {fd, events, 0};
+		struct pollfd p[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
 		int left = ms_left(deadline), n;
 
 		if (left == 0)
 			return ETIMEDOUT;
-		n = poll(&p, 1, left);
+		n = poll(p, stop_fd >= 0 ? 2 : 1, left);
+		if (n > 0 && stop_fd >= 0 && (p[1].revents & POLLIN))
+			return ECANCELED;
 		if (n > 0)
 			return 0;
 		if (n < 0 && errno != EINTR)
@@ -389,7 +396,7 @@ wait_fd(int fd, short events, int64_t deadline)
 }
 
 static int
-connect_one(const struct addrinfo *ai, int64_t deadline, int *err)
+connect_one(const struct addrinfo *ai, int64_t deadline, int stop_fd, int *err)
 {
 	int fd =
 	    socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
@@ -403,7 +410,7 @@ connect_one(const struct addrinfo *ai, int64_t deadline, int *err)
 		return fd;
 	*err = errno;
 	if (*err == EINPROGRESS) {
-		*err = wait_fd(fd, POLLOUT, deadline);
+		*err = wait_fd(fd, POLLOUT, deadline, stop_fd);
 		if (*err == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) != 0)
 			*err = errno;
 		if (*err == 0)
@@ -432,7 +439,7 @@ sock_open(struct audit_sink *s, struct idp_diag *diag)
 		                                                               : IDP_EIO;
 	}
 	for (struct addrinfo *ai = res; ai != NULL && s->fd < 0; ai = ai->ai_next)
-		s->fd = connect_one(ai, deadline, &err);
+		s->fd = connect_one(ai, deadline, s->stop_fd, &err);
 	freeaddrinfo(res);
 	if (s->fd < 0)
 		return sys_fail(s, diag, IDP_EUNAVAIL, "connect", err);
@@ -481,7 +488,7 @@ send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *diag)
 			continue;
 		if (e != EAGAIN && e != EWOULDBLOCK)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
-		e = wait_fd(s->fd, POLLOUT, deadline);
+		e = wait_fd(s->fd, POLLOUT, deadline, s->stop_fd);
 		if (e != 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
 	}
@@ -687,9 +694,23 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 		if (ms_left(deadline) == 0 || ms_left(cap) == 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ETIMEDOUT);
 		/* Acknowledgements raise no event to wait for: look again
-		 * shortly (a sleep: poll would return at once after a FIN). */
-		nanosleep(&ts, NULL);
+		 * shortly (not a poll of the socket, which would return at once
+		 * after a FIN), unless the shipper is told to stop meanwhile. */
+		if (s->stop_fd >= 0) {
+			struct pollfd stop = {s->stop_fd, POLLIN, 0};
+
+			if (poll(&stop, 1, 5) > 0)
+				return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECANCELED);
+		} else {
+			nanosleep(&ts, NULL);
+		}
 	}
+}
+
+void
+audit_sink_stop_fd(struct audit_sink *s, int fd)
+{
+	s->stop_fd = fd;
 }
 
 int

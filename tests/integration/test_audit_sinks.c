@@ -560,6 +560,68 @@ wait_log(const struct idpd_proc *p, const char *s)
 }
 
 /*
+ * A receiver that takes the connection and never reads holds a shipper in
+ * its send or flush wait for up to send_timeout (and more, were it to
+ * trickle): a reload removing that sink must not wait for it.
+ */
+static void
+a_reload_does_not_wait_for_a_stalled_receiver(void **state)
+{
+	struct idpd_proc p;
+	char extra[2048], sink[512];
+	int lfd, cfd = -1, small = 4096, i;
+	struct timespec t0, t1;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	{
+		int port = harness_free_port();
+		struct sockaddr_in sa;
+		int one = 1;
+
+		lfd = socket(AF_INET, SOCK_STREAM, 0);
+		setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+		memset(&sa, 0, sizeof(sa));
+		sa.sin_family = AF_INET;
+		sa.sin_port = htons((uint16_t)port);
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(listen(lfd, 4), 0);
+		snprintf(
+		    sink, sizeof(sink),
+		    "[[audit.sinks]]\nname = \"stalled\"\ntype = \"syslog\"\nformat = \"json\"\n"
+		    "address = \"127.0.0.1:%d\"\nprotocol = \"tcp\"\nsend_timeout = \"1m\"\n",
+		    port);
+	}
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n%s",
+	         reporter_hash, sink);
+	assert_int_equal(harness_db_create("t_sink_stalled"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_stalled", NULL, extra), 0);
+	for (i = 0; i < 400; i++)
+		assert_int_equal(report(&p, "task-stalled", NULL, 0), 201);
+	/* Taken, never read: the window closes, the shipper waits. */
+	for (i = 0; i < 100 && cfd < 0; i++) {
+		struct pollfd pf = {lfd, POLLIN, 0};
+
+		if (poll(&pf, 1, 50) > 0)
+			cfd = accept(lfd, NULL, NULL);
+	}
+	assert_true(cfd >= 0);
+	sleep_ms(1000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	reconfigure(&p, sink, "");
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 0 started"));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_true(t1.tv_sec - t0.tv_sec < 5);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	close(cfd);
+	close(lfd);
+}
+
+/*
  * Sinks change with a reload: a sink added ships everything from its own
  * cursor, an unchanged one goes on without a pause or a duplicate, a
  * removed one stops; a reload naming an unusable sink changes nothing.
@@ -758,6 +820,7 @@ main(void)
 	    cmocka_unit_test(syslog_receiver_down_for_a_while_gets_every_event_once),
 	    cmocka_unit_test(a_gap_is_counted_once_across_retries),
 	    cmocka_unit_test(sinks_change_on_reload),
+	    cmocka_unit_test(a_reload_does_not_wait_for_a_stalled_receiver),
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
