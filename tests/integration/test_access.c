@@ -712,6 +712,21 @@ form_add(char *out, size_t len, const char *name, const char *value)
 	out[at] = '\0';
 }
 
+#define TT_JWT "urn:ietf:params:oauth:token-type:jwt"
+
+/* Start form (len bytes) as a token exchange of subject (of stt) by actor (of att). */
+static void
+exchange_form(char *form, size_t len, const char *subject, const char *stt, const char *actor,
+              const char *att)
+{
+	form[0] = '\0';
+	form_add(form, len, "grant_type", "urn:ietf:params:oauth:grant-type:token-exchange");
+	form_add(form, len, "subject_token", subject);
+	form_add(form, len, "subject_token_type", stt);
+	form_add(form, len, "actor_token", actor);
+	form_add(form, len, "actor_token_type", att);
+}
+
 /* RFC 8693 token exchange reaches the same core: same checks, same token. */
 /*
  * An access token names the identity credential that asked for it; revoking
@@ -794,14 +809,8 @@ token_exchange_issues_the_same_token(void **state)
 
 	(void)state;
 	setting_start(&s, "t_access_exchange");
-	form[0] = '\0';
-	form_add(form, sizeof(form), "grant_type",
-	         "urn:ietf:params:oauth:grant-type:token-exchange");
-	form_add(form, sizeof(form), "subject_token", s.cloud_token);
-	form_add(form, sizeof(form), "subject_token_type",
-	         "urn:idpd:params:oauth:token-type:delegation");
-	form_add(form, sizeof(form), "actor_token", s.cloud);
-	form_add(form, sizeof(form), "actor_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	exchange_form(form, sizeof(form), s.cloud_token,
+	              "urn:idpd:params:oauth:token-type:delegation", s.cloud, TT_JWT);
 	form_add(form, sizeof(form), "audience", WORLD_AWS);
 	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
 	world_form(&s.w, "/oauth2/token", NULL, form, &r);
@@ -865,15 +874,9 @@ token_exchange_errors_are_oauth_bodies(void **state)
 	memset(long_reason, 'r', sizeof(long_reason) - 1);
 	setting_start(&s, "t_access_exchange_err");
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		form[0] = '\0';
-		form_add(form, sizeof(form), "grant_type",
-		         "urn:ietf:params:oauth:grant-type:token-exchange");
-		form_add(form, sizeof(form), "subject_token",
-		         cases[i].subject ? cases[i].subject : s.cloud_token);
-		form_add(form, sizeof(form), "subject_token_type",
-		         "urn:ietf:params:oauth:token-type:jwt");
-		form_add(form, sizeof(form), "actor_token", s.cloud);
-		form_add(form, sizeof(form), "actor_token_type", cases[i].actor_type);
+		exchange_form(form, sizeof(form),
+		              cases[i].subject ? cases[i].subject : s.cloud_token, TT_JWT, s.cloud,
+		              cases[i].actor_type);
 		form_add(form, sizeof(form), "resource", cases[i].audience);
 		if (cases[i].scope != NULL)
 			form_add(form, sizeof(form), "scope", cases[i].scope);
@@ -913,13 +916,7 @@ token_exchange_errors_are_oauth_bodies(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_target");
 	harness_resp_free(&r);
 	/* An actor token that is no credential: RFC 8693 §2.2.2 again. */
-	form[0] = '\0';
-	form_add(form, sizeof(form), "grant_type",
-	         "urn:ietf:params:oauth:grant-type:token-exchange");
-	form_add(form, sizeof(form), "subject_token", s.cloud_token);
-	form_add(form, sizeof(form), "subject_token_type", "urn:ietf:params:oauth:token-type:jwt");
-	form_add(form, sizeof(form), "actor_token", "not.a.credential");
-	form_add(form, sizeof(form), "actor_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	exchange_form(form, sizeof(form), s.cloud_token, TT_JWT, "not.a.credential", TT_JWT);
 	form_add(form, sizeof(form), "audience", WORLD_AWS);
 	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
 	world_form(&s.w, "/oauth2/token", NULL, form, &r);
@@ -1067,15 +1064,7 @@ token_is_withheld_when_its_event_cannot_commit(void **state)
 		static char form[16384];
 		int n = 0;
 
-		form[0] = '\0';
-		form_add(form, sizeof(form), "grant_type",
-		         "urn:ietf:params:oauth:grant-type:token-exchange");
-		form_add(form, sizeof(form), "subject_token", s.cloud_token);
-		form_add(form, sizeof(form), "subject_token_type",
-		         "urn:ietf:params:oauth:token-type:jwt");
-		form_add(form, sizeof(form), "actor_token", s.cloud);
-		form_add(form, sizeof(form), "actor_token_type",
-		         "urn:ietf:params:oauth:token-type:jwt");
+		exchange_form(form, sizeof(form), s.cloud_token, TT_JWT, s.cloud, TT_JWT);
 		form_add(form, sizeof(form), "audience", WORLD_AWS);
 		form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
 		form_add(form, sizeof(form), "reason", "withheld-marker");
