@@ -171,7 +171,8 @@ invisible(const unsigned char *u, size_t len)
  * events and tokens, where a NEL or an invalid byte could split or garble a
  * line, and it names a person, whom a lookalike must not pass for.  jansson
  * refuses invalid UTF-8 already; the check is repeated so this rule stands
- * on its own.
+ * on its own.  Nor "->": CEF and LEEF join a delegation chain's elements
+ * with it, so a principal holding it would read as one hop more.
  */
 static bool
 principal_ok(const char *s)
@@ -179,7 +180,7 @@ principal_ok(const char *s)
 	const unsigned char *u = (const unsigned char *)s;
 	size_t n = strlen(s), i = 0;
 
-	if (n == 0 || n > HUMAN_PRINCIPAL_MAX)
+	if (n == 0 || n > HUMAN_PRINCIPAL_MAX || strstr(s, "->") != NULL)
 		return false;
 	while (i < n) {
 		size_t len = idp_utf8_seq(u + i, n - i);

@@ -341,6 +341,8 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "alice@example.com\xe2\x81\xa0",    /* U+2060 word joiner */
 	    "alice@example.com\xe3\x80\x80",    /* U+3000 ideographic space */
 	    "\xef\xbb\xbf\x61lice@example.com", /* U+FEFF byte order mark ("\x61" is a) */
+	    /* The chain separator of CEF and LEEF: one hop more in a SIEM. */
+	    "alice@example.com->mallory@example.com",
 	};
 	/*
 	 * Not UTF-8.  jansson already refuses these when it parses the
@@ -361,6 +363,7 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "\xe7\x94\xb0\xe4\xb8\xad@example.com", /* three-byte characters */
 	    "a\xf0\x9f\x94\x91@example.com",        /* a four-byte character */
 	    "a\xe2\x80\x90\x62@example.com",        /* U+2010 hyphen, visible; "\x62" is b */
+	    "a-b>c@example.com",                    /* '-' and '>' apart */
 	};
 	char principal[HUMAN_PRINCIPAL_MAX + 1];
 	const char *why = NULL;
