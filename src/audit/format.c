@@ -176,6 +176,7 @@ format_cef(const struct audit_event *ev, const char *version, struct idp_buf *b)
 {
 	struct pairs p = {b, ESC_CEF_VALUE, ' ', true, IDP_OK};
 	const char *rule = audit_event_detail_str(ev, "rule");
+	const char *src = ev->str[AUDIT_F_SOURCE_ADDRESS];
 	char *chain = chain_text(ev), *actor = actor_text(ev), *name, num[24];
 	int rc;
 
@@ -209,7 +210,11 @@ format_cef(const struct audit_event *ev, const char *version, struct idp_buf *b)
 	pair(&p, "suser", ev->str[AUDIT_F_HUMAN_PRINCIPAL]);
 	pair(&p, "duser", ev->str[AUDIT_F_AGENT_ID]);
 	pair(&p, "suid", actor);
-	pair(&p, "src", ev->str[AUDIT_F_SOURCE_ADDRESS]);
+	/* CEF's src is an IPv4 address; an IPv6 one has its own key. */
+	if (src != NULL && strchr(src, ':') != NULL)
+		labelled(&p, "c6a2", "sourceIPv6Address", src);
+	else
+		pair(&p, "src", src);
 	pair(&p, "msg", ev->str[AUDIT_F_RESULT]);
 	pair(&p, "reason", audit_event_detail_str(ev, "reason"));
 	pair(&p, "destinationServiceName", audit_event_detail_str(ev, "audience"));

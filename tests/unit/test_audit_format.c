@@ -122,6 +122,26 @@ check_line(struct audit_event *ev, enum audit_format f, const char *version, con
 	free(want);
 }
 
+/* CEF's src takes IPv4 only: an IPv6 peer goes to c6a2, LEEF's src takes both. */
+static void
+ipv6_source_has_its_own_cef_key(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOKEN_ISSUED, SEED_TIME);
+	struct idp_buf b;
+
+	(void)state;
+	set(ev, AUDIT_F_SOURCE_ADDRESS, "2001:db8::7");
+	idp_buf_init(&b, 0);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_CEF, ev, "0.1.0", &b), IDP_OK);
+	assert_non_null(strstr(idp_buf_str(&b), " c6a2Label=sourceIPv6Address c6a2=2001:db8::7"));
+	assert_null(strstr(idp_buf_str(&b), "src="));
+	idp_buf_reset(&b);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_LEEF, ev, "0.1.0", &b), IDP_OK);
+	assert_non_null(strstr(idp_buf_str(&b), "\tsrc=2001:db8::7"));
+	idp_buf_cleanup(&b);
+	audit_event_free(ev);
+}
+
 static void
 json_line_is_the_canonical_form(void **state)
 {
@@ -323,6 +343,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(json_line_is_the_canonical_form),
 	    cmocka_unit_test(cef_line_maps_every_field),
+	    cmocka_unit_test(ipv6_source_has_its_own_cef_key),
 	    cmocka_unit_test(leef_line_maps_every_field),
 	    cmocka_unit_test(json_line_escapes_control_characters),
 	    cmocka_unit_test(cef_escapes_header_and_extension),
