@@ -497,6 +497,53 @@ start_shippers(struct shipper **made, size_t n, struct idp_diag *diag)
 	return started;
 }
 
+/* Whether a running shipper has configuration fp.  Main thread (reloads). */
+static bool
+running(const char *fp)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&ship_lock);
+	for (size_t j = 0; j < n_shippers && !found; j++)
+		found = strcmp(shippers[j]->fingerprint, fp) == 0;
+	pthread_mutex_unlock(&ship_lock);
+	return found;
+}
+
+/*
+ * Before any component takes a reload: every sink it adds or changes must
+ * be usable (its address parses, its file opens), so that a bad sink
+ * leaves the whole running configuration as it was, API keys and policy
+ * included.  The shippers built here are thrown away; on_reload builds
+ * them again.
+ */
+static int
+check_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
+             struct idp_diag *diag)
+{
+	(void)app;
+	(void)ctx;
+	if (next->audit.n_sinks > MAX_SHIPPERS) {
+		idp_diag_add(diag, "audit.sinks: at most %d sinks; sinks unchanged", MAX_SHIPPERS);
+		return IDP_EINVAL;
+	}
+	for (size_t i = 0; i < next->audit.n_sinks; i++) {
+		char *fp = fingerprint(next, &next->audit.sinks[i]);
+		bool same = running(fp);
+		struct shipper *sh;
+
+		free(fp);
+		if (same)
+			continue;
+		if ((sh = make_shipper(next, i, diag)) == NULL) {
+			idp_diag_add(diag, "audit sinks unchanged");
+			return IDP_EINVAL;
+		}
+		free_shipper(sh);
+	}
+	return IDP_OK;
+}
+
 /*
  * A reload: sinks whose configuration is unchanged keep shipping without a
  * pause; removed and changed ones stop (each finishes its batch, its cursor
@@ -518,12 +565,8 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	n_need = next->audit.n_sinks;
 	for (size_t i = 0; i < n_need; i++) {
 		char *fp = fingerprint(next, &next->audit.sinks[i]);
-		bool same = false;
+		bool same = running(fp);
 
-		pthread_mutex_lock(&ship_lock);
-		for (size_t j = 0; j < n_shippers && !same; j++)
-			same = strcmp(shippers[j]->fingerprint, fp) == 0;
-		pthread_mutex_unlock(&ship_lock);
 		free(fp);
 		if (same)
 			continue;
@@ -614,8 +657,9 @@ audit_ship_start(const struct idpd_config *cfg, const char *version, struct idp_
 		return IDP_EINVAL;
 	}
 	if (!hook_added) {
-		if (app_on_reload(on_reload, NULL) != IDP_OK)
-			log_warn("audit sinks: cannot register the reload hook; sinks change on "
+		if (app_on_reload_check(check_reload, NULL) != IDP_OK ||
+		    app_on_reload(on_reload, NULL) != IDP_OK)
+			log_warn("audit sinks: cannot register the reload hooks; sinks change on "
 			         "restart only");
 		if (metrics_register(collect, NULL) != IDP_OK)
 			log_warn("metrics: too many collectors; sink metrics not exported");

@@ -714,10 +714,25 @@ sinks_change_on_reload(void **state)
 	            "ship_interval = \"50ms\"\nqueue_max = 777\n");
 	assert_true(wait_log(&p, "audit.queue_max: changed; takes effect after a restart"));
 
-	/* An unusable sink in the new file: nothing changes, b still ships. */
-	snprintf(extra, sizeof(extra), "%s%s", sink_b, bad);
-	reconfigure(&p, sink_b, extra);
-	assert_true(wait_log(&p, "audit sinks unchanged"));
+	/* An unusable sink in the new file: nothing changes, b still ships,
+	 * and an API key added with it is not taken either (the sinks are
+	 * checked before any component applies the file). */
+	{
+		char late_key[64], late_hash[80], saved[64];
+
+		assert_int_equal(auth_key_generate(late_key, late_hash), IDP_OK);
+		snprintf(extra, sizeof(extra),
+		         "%s%s[[api_keys]]\nname = \"late\"\nhash = \"%s\"\n"
+		         "roles = [\"introspector\"]\n",
+		         sink_b, bad, late_hash);
+		reconfigure(&p, sink_b, extra);
+		assert_true(wait_log(&p, "audit sinks unchanged"));
+		memcpy(saved, reporter_key, sizeof(saved));
+		memcpy(reporter_key, late_key, sizeof(late_key));
+		assert_int_equal(report(&p, "task-late", NULL, 0), 401);
+		memcpy(reporter_key, saved, sizeof(saved));
+		assert_true(wait_log(&p, "nothing was changed"));
+	}
 	/* queue_max still differs from what idpd started with: said again. */
 	assert_int_equal(count_lines(p.log, "audit.queue_max: changed"), 2);
 	assert_int_equal(report(&p, "task-reload", NULL, 0), 201);
