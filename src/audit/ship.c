@@ -518,8 +518,7 @@ running(const char *fp)
  * them again.
  */
 static int
-check_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx,
-             struct idp_diag *diag)
+check_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
 {
 	(void)app;
 	(void)ctx;
