@@ -1,7 +1,10 @@
 /*
  * audit_sink.h - transports that carry formatted audit lines to a SIEM: an
- * append-only file, or syslog (RFC 5424) over TCP (RFC 6587 octet counting)
- * or UDP (one datagram per message).
+ * append-only file, syslog (RFC 5424) over TCP (RFC 6587 octet counting)
+ * or UDP (one datagram per message), or a webhook: an HTTP POST of the
+ * lines written since the last flush, as one JSON document, to a receiver
+ * such as a portal that tells people what happened (a task completed, an
+ * approval waiting).
  *
  * A sink owns its configuration copy, its file descriptor and its buffers.
  * It is used by one thread at a time (a sink's shipper); distinct sinks are
@@ -32,10 +35,10 @@
 
 struct audit_sink;
 
-enum audit_sink_type { AUDIT_SINK_FILE, AUDIT_SINK_SYSLOG };
+enum audit_sink_type { AUDIT_SINK_FILE, AUDIT_SINK_SYSLOG, AUDIT_SINK_WEBHOOK };
 enum audit_sink_proto { AUDIT_PROTO_TCP, AUDIT_PROTO_UDP };
 
-const char *audit_sink_type_name(enum audit_sink_type t); /* "file", "syslog" */
+const char *audit_sink_type_name(enum audit_sink_type t); /* "file", "syslog", "webhook" */
 int audit_sink_type_parse(const char *s, enum audit_sink_type *out) IDP_WUR;
 const char *audit_sink_proto_name(enum audit_sink_proto p); /* "tcp", "udp" */
 int audit_sink_proto_parse(const char *s, enum audit_sink_proto *out) IDP_WUR;
@@ -62,6 +65,8 @@ struct audit_sink_config {
 	int64_t send_timeout_ms;        /* 5000; also bounds a TCP flush */
 	size_t udp_max;                 /* whole datagram, 2048; see truncation */
 	bool fsync;                     /* file: flush() calls fdatasync(); true */
+	const char *url;                /* webhook: "http://host[:port][/path]" */
+	const char *bearer;             /* webhook: sent as "Authorization: Bearer"; NULL: none */
 };
 
 void audit_sink_config_defaults(struct audit_sink_config *c);
@@ -96,7 +101,9 @@ struct audit_sink_msg {
  * write is cut short the file is truncated back, so it holds whole lines
  * only.  TCP gets "<len> <syslog message>"; UDP one datagram of at most
  * udp_max bytes, the message cut at a UTF-8 boundary if longer.  Reopens a
- * closed or broken transport first; never raises SIGPIPE.
+ * closed or broken transport first; never raises SIGPIPE.  A webhook only
+ * adds the line (a JSON document: the format must be json) to the next
+ * flush's body; nothing is sent before the flush.
  */
 int audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m,
                      struct idp_diag *diag) IDP_WUR;
@@ -109,8 +116,11 @@ int audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev,
  * Make what was written durable as far as the transport can tell: a file is
  * fdatasync()ed (when fsync is set); a TCP sink waits, up to
  * send_timeout_ms, until the receiver's TCP has acknowledged every byte; a
- * UDP sink cannot know and returns 0.  On an error the transport is closed,
- * and everything since the last successful flush must be written again.
+ * UDP sink cannot know and returns 0.  A webhook POSTs
+ * {"events":[<line>,...]} on a new connection and succeeds only
+ * on a 2xx status (anything else, or no answer within send_timeout_ms, is
+ * IDP_EUNAVAIL).  On an error the transport is closed, and everything since
+ * the last successful flush must be written again.
  */
 int audit_sink_flush(struct audit_sink *s, struct idp_diag *diag) IDP_WUR;
 
@@ -120,7 +130,8 @@ int audit_sink_flush(struct audit_sink *s, struct idp_diag *diag) IDP_WUR;
  * stop.  -1 for none (the default).  Borrowed; before the sink is used.
  */
 void audit_sink_stop_fd(struct audit_sink *s, int fd);
-/* Close the transport; the next write reopens it.  Idempotent. */
+/* Close the transport (a webhook's unsent body is dropped); the next write reopens it.  Idempotent.
+ */
 void audit_sink_close(struct audit_sink *s);
 /* Close and free.  NULL is a no-op. */
 void audit_sink_free(struct audit_sink *s);

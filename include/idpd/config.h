@@ -36,14 +36,17 @@ struct idpd_api_key_cfg {
 
 /* One [[audit.sinks]] section: where the audit log is shipped. */
 struct idpd_audit_sink_cfg {
-	char *name;     /* names the sink's cursor; unique */
-	char *type;     /* "file" | "syslog" */
-	char *format;   /* "json" | "cef" | "leef" */
-	char *path;     /* file */
-	char *address;  /* syslog: "host:port" */
-	char *protocol; /* syslog: "tcp" | "udp" */
-	char *hostname; /* RFC 5424 HOSTNAME; "" = gethostname() */
-	int facility;   /* 13 (log audit) */
+	char *name;       /* names the sink's cursor; unique */
+	char *type;       /* "file" | "syslog" | "webhook" */
+	char *format;     /* "json" | "cef" | "leef" */
+	char *path;       /* file */
+	char *address;    /* syslog: "host:port" */
+	char *url;        /* webhook: "http://host[:port][/path]" */
+	char *bearer_env; /* webhook: names the variable holding its bearer token; "" = none */
+	char *types;      /* space-separated event types carried; "" = all */
+	char *protocol;   /* syslog: "tcp" | "udp" */
+	char *hostname;   /* RFC 5424 HOSTNAME; "" = gethostname() */
+	int facility;     /* 13 (log audit) */
 	int64_t connect_timeout_ms;
 	int64_t send_timeout_ms;
 	int udp_max; /* bytes per datagram */

@@ -42,6 +42,8 @@ struct shipper {
 	    failing_since_ms; /* since the first failure in a row; 0 when the last batch went */
 	_Atomic bool behind;
 	char *fingerprint; /* the sink's configuration, to tell a reload what changed */
+	bool filtered;     /* only the types marked in carries[] are sent */
+	bool carries[AUDIT_TYPE_COUNT];
 };
 
 /*
@@ -198,6 +200,12 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 			log_error("audit sink %s: event %s/%s does not parse (%s); skipped",
 			          sh->name, writer, PQgetvalue(r, i, 0), idp_diag_str(&diag));
 			skipped++;
+			continue;
+		}
+		if (sh->filtered && (audit_event_type(ev) >= AUDIT_TYPE_COUNT ||
+		                     !sh->carries[audit_event_type(ev)])) {
+			/* Not for this sink: the cursor passes it by. */
+			audit_event_free(ev);
 			continue;
 		}
 		idp_diag_init(&diag);
@@ -404,8 +412,8 @@ fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
 {
 	struct idp_buf b;
 
-	const char *text[] = {sc->name,    sc->type,     sc->format,  sc->path,
-	                      sc->address, sc->protocol, sc->hostname};
+	const char *text[] = {sc->name,     sc->type,     sc->format, sc->path,       sc->address,
+	                      sc->protocol, sc->hostname, sc->url,    sc->bearer_env, sc->types};
 	int rc = 0;
 
 	idp_buf_init(&b, 0);
@@ -421,6 +429,34 @@ fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
 		return idp_xstrdup("?");
 	}
 	return idp_buf_take(&b, NULL);
+}
+
+/* sh->carries from a space-separated list of type names; false (diag) for an unknown one. */
+static bool
+parse_types(struct shipper *sh, const char *list, struct idp_diag *diag)
+{
+	const char *p = list;
+
+	sh->filtered = list[0] != '\0';
+	while (*p != '\0') {
+		size_t n;
+		char name[64];
+		enum audit_type t;
+
+		p += strspn(p, " ");
+		n = strcspn(p, " ");
+		if (n == 0)
+			break;
+		snprintf(name, sizeof(name), "%.*s", (int)n, p);
+		if (n >= sizeof(name) || audit_type_parse(name, &t) != IDP_OK) {
+			idp_diag_add(diag, "audit sink %s: types: \"%.*s\" is not an event type",
+			             sh->name, (int)(n > 64 ? 64 : n), p);
+			return false;
+		}
+		sh->carries[t] = true;
+		p += n;
+	}
+	return true;
 }
 
 /* A shipper for sink i of cfg, not started; NULL with diag when the sink is not usable. */
@@ -446,12 +482,24 @@ make_shipper(const struct idpd_config *cfg, size_t i, struct idp_diag *diag)
 	c.send_timeout_ms = sc->send_timeout_ms;
 	c.udp_max = (size_t)sc->udp_max;
 	c.fsync = sc->fsync;
-	if (rc != 0 || audit_sink_new(&c, &sh->sink, diag) != IDP_OK) {
+	c.url = sc->url[0] ? sc->url : NULL;
+	snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
+	if (sc->bearer_env[0] != '\0') {
+		/* The token stays out of the file; a variable named but unset is
+		 * a mistake, not "no token". */
+		c.bearer = getenv(sc->bearer_env);
+		if (c.bearer == NULL || c.bearer[0] == '\0') {
+			idp_diag_add(diag, "audit sink %s: bearer_env: %s is not set", sc->name,
+			             sc->bearer_env);
+			rc = -1;
+		}
+	}
+	if (rc != 0 || !parse_types(sh, sc->types, diag) ||
+	    audit_sink_new(&c, &sh->sink, diag) != IDP_OK) {
 		idp_diag_add(diag, "audit.sinks[%zu] (%s) is not usable", i, sc->name);
 		free_shipper(sh);
 		return NULL;
 	}
-	snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
 	sh->url = idp_xstrdup(ship_url != NULL ? ship_url : cfg->database.url);
 	sh->interval_ms = cfg->audit.ship_interval_ms;
 	sh->fingerprint = fingerprint(cfg, sc);

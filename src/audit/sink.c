@@ -1,5 +1,5 @@
 /*
- * sink.c - the file and syslog transports of audit_sink.h.
+ * sink.c - the file, syslog and webhook transports of audit_sink.h.
  *
  * Sockets are non-blocking from creation; every wait is a poll(2) against a
  * deadline on the monotonic clock, so no call blocks longer than the
@@ -39,8 +39,13 @@ struct audit_sink {
 	enum audit_format format;
 	enum audit_sink_proto protocol;
 	char *path;
-	char *host; /* syslog: the address split in two */
+	char *host; /* syslog, webhook: the address split in two */
 	char *port;
+	char *target;        /* webhook: the request target ("/path") */
+	char *authority;     /* webhook: the Host header, as the URL gave it */
+	char *bearer;        /* webhook: the receiver's bearer token, or NULL */
+	size_t pending;      /* webhook: events in body */
+	struct idp_buf body; /* webhook: {"events":[ ... lines so far */
 	char hostname[HOSTNAME_MAX + 1];
 	char *version;
 	int facility;
@@ -58,7 +63,7 @@ struct audit_sink {
 	char desc[320];
 };
 
-static const char *const type_names[] = {"file", "syslog"};
+static const char *const type_names[] = {"file", "syslog", "webhook"};
 static const char *const proto_names[] = {"tcp", "udp"};
 
 const char *
@@ -166,6 +171,44 @@ split_address(const char *addr, char **host, char **port)
 	return true;
 }
 
+/*
+ * "http://host[:port][/path]" -> host, port (80 by default), the authority
+ * for Host and the request target; false if malformed.  No userinfo (a
+ * password would sit in the configuration and every log line naming the
+ * sink) and no fragment; the target is visible ASCII.
+ */
+static bool
+split_url(const char *url, char **host, char **port, char **authority, char **target)
+{
+	const char *rest, *slash;
+	char *addr;
+	size_t alen;
+	bool ok;
+
+	if (strncmp(url, "http://", 7) != 0)
+		return false;
+	rest = url + 7;
+	slash = strchr(rest, '/');
+	alen = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
+	if (alen == 0 || memchr(rest, '@', alen) != NULL || memchr(rest, '?', alen) != NULL)
+		return false;
+	for (const char *t = slash; t != NULL && *t != '\0'; t++)
+		if (*t <= 0x20 || *t >= 0x7f || *t == '#')
+			return false;
+	/* Without a port (after the bracket of an IPv6 literal), 80. */
+	if (rest[alen - 1] == ']' || (rest[0] != '[' && memchr(rest, ':', alen) == NULL))
+		addr = idp_xasprintf("%.*s:80", (int)alen, rest);
+	else
+		addr = idp_xstrndup(rest, alen);
+	ok = split_address(addr, host, port);
+	free(addr);
+	if (!ok)
+		return false;
+	*authority = idp_xstrndup(rest, alen);
+	*target = idp_xstrdup(slash != NULL ? slash : "/");
+	return true;
+}
+
 int
 audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, struct idp_diag *diag)
 {
@@ -196,6 +239,7 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 	idp_buf_init(&s->line, AUDIT_SINK_LINE_MAX);
 	idp_buf_init(&s->frame, 0);
 	idp_buf_init(&s->wire, 0);
+	idp_buf_init(&s->body, 0);
 
 	if (cfg->type == AUDIT_SINK_FILE) {
 		if (cfg->path == NULL || cfg->path[0] == '\0') {
@@ -235,8 +279,35 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 		snprintf(s->desc, sizeof(s->desc), "syslog %s %.264s (%s)",
 		         audit_sink_proto_name(s->protocol), cfg->address,
 		         audit_format_name(s->format));
+	} else if (cfg->type == AUDIT_SINK_WEBHOOK) {
+		if (cfg->url != NULL && strncmp(cfg->url, "https://", 8) == 0) {
+			idp_diag_add(diag, "audit sink: a webhook is plain http; put a TLS relay "
+			                   "beside idpd for https (docs/audit.md)");
+			goto fail;
+		}
+		if (cfg->url == NULL ||
+		    !split_url(cfg->url, &s->host, &s->port, &s->authority, &s->target)) {
+			idp_diag_add(diag, "audit sink: url must be http://host[:port][/path]");
+			goto fail;
+		}
+		if (cfg->format != AUDIT_FORMAT_JSON) {
+			idp_diag_add(diag, "audit sink: a webhook carries the json format only");
+			goto fail;
+		}
+		if (cfg->bearer != NULL) {
+			for (const char *c = cfg->bearer; *c != '\0'; c++)
+				if (*c <= 0x20 || *c >= 0x7f) {
+					idp_diag_add(diag, "audit sink: the bearer token must be "
+					                   "visible ASCII");
+					goto fail;
+				}
+			s->bearer = idp_xstrdup(cfg->bearer);
+		}
+		s->protocol = AUDIT_PROTO_TCP;
+		snprintf(s->desc, sizeof(s->desc), "webhook http://%.200s%.100s", s->authority,
+		         s->target);
 	} else {
-		idp_diag_add(diag, "audit sink: type must be file or syslog");
+		idp_diag_add(diag, "audit sink: type must be file, syslog or webhook");
 		goto fail;
 	}
 	*out = s;
@@ -259,6 +330,8 @@ audit_sink_close(struct audit_sink *s)
 		close(s->fd);
 	s->fd = -1;
 	s->unflushed = false;
+	idp_buf_reset(&s->body);
+	s->pending = 0;
 }
 
 void
@@ -270,7 +343,13 @@ audit_sink_free(struct audit_sink *s)
 	free(s->path);
 	free(s->host);
 	free(s->port);
+	free(s->target);
+	free(s->authority);
+	if (s->bearer != NULL)
+		idp_wipe(s->bearer, strlen(s->bearer));
+	free(s->bearer);
 	free(s->version);
+	idp_buf_cleanup(&s->body);
 	idp_buf_cleanup(&s->line);
 	idp_buf_cleanup(&s->frame);
 	idp_buf_cleanup(&s->wire);
@@ -578,12 +657,113 @@ udp_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag 
 	return IDP_OK;
 }
 
+/* ---- webhook ------------------------------------------------------------ */
+
+/* The line joins the next flush's body; nothing is sent yet. */
+static int
+webhook_write(struct audit_sink *s, const struct audit_sink_msg *m)
+{
+	int rc = idp_buf_puts(&s->body, s->pending == 0 ? "{\"events\":[" : ",");
+
+	if (rc == IDP_OK)
+		rc = idp_buf_append(&s->body, m->line, m->len);
+	if (rc == IDP_OK)
+		s->pending++;
+	return rc;
+}
+
+/*
+ * Read the receiver's status line, within send_timeout_ms.  The rest of the
+ * answer is not read: the request said Connection: close.
+ */
+static int
+webhook_status(struct audit_sink *s, int *status, struct idp_diag *diag)
+{
+	int64_t deadline = deadline_after(s->send_timeout_ms);
+	char buf[512];
+	size_t n = 0;
+
+	while (n == 0 || memchr(buf, '\n', n) == NULL) {
+		ssize_t r;
+		int e;
+
+		if (n == sizeof(buf) - 1) {
+			idp_diag_add(diag, "%s: the answer's status line is too long", s->desc);
+			audit_sink_close(s);
+			return IDP_EUNAVAIL;
+		}
+		e = wait_fd(s->fd, POLLIN, deadline, s->stop_fd);
+		if (e != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", e);
+		r = recv(s->fd, buf + n, sizeof(buf) - 1 - n, MSG_DONTWAIT);
+		if (r > 0)
+			n += (size_t)r;
+		else if (r == 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", ECONNRESET);
+		else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", errno);
+	}
+	buf[n] = '\0';
+	/* "HTTP/1.x NNN ..." */
+	if (strncmp(buf, "HTTP/1.", 7) != 0 || buf[7] < '0' || buf[7] > '9' || buf[8] != ' ' ||
+	    buf[9] < '1' || buf[9] > '5' || buf[10] < '0' || buf[10] > '9' || buf[11] < '0' ||
+	    buf[11] > '9') {
+		idp_diag_add(diag, "%s: the answer is not HTTP/1", s->desc);
+		audit_sink_close(s);
+		return IDP_EUNAVAIL;
+	}
+	*status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+	return IDP_OK;
+}
+
+/* POST the body on a connection of its own; IDP_OK on a 2xx. */
+static int
+webhook_flush(struct audit_sink *s, struct idp_diag *diag)
+{
+	int status = 0, rc;
+
+	if (s->pending == 0)
+		return IDP_OK;
+	rc = idp_buf_puts(&s->body, "]}");
+	idp_buf_reset(&s->wire);
+	if (rc == IDP_OK)
+		rc = idp_buf_printf(&s->wire,
+		                    "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s/%s\r\n"
+		                    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+		                    "Connection: close\r\n",
+		                    s->target, s->authority, APP_NAME, s->version, s->body.len);
+	if (rc == IDP_OK && s->bearer != NULL)
+		rc = idp_buf_printf(&s->wire, "Authorization: Bearer %s\r\n", s->bearer);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(&s->wire, "\r\n");
+	if (rc != IDP_OK) {
+		audit_sink_close(s);
+		return rc;
+	}
+	if ((rc = sock_open(s, diag)) != IDP_OK)
+		return rc;
+	rc = send_all(s, s->wire.data, s->wire.len, diag);
+	idp_wipe(s->wire.data, s->wire.len); /* the bearer token */
+	if (rc == IDP_OK)
+		rc = send_all(s, s->body.data, s->body.len, diag);
+	if (rc == IDP_OK)
+		rc = webhook_status(s, &status, diag);
+	if (rc != IDP_OK)
+		return rc;
+	audit_sink_close(s);
+	if (status < 200 || status > 299) {
+		idp_diag_add(diag, "%s: the receiver answered %d", s->desc, status);
+		return IDP_EUNAVAIL;
+	}
+	return IDP_OK;
+}
+
 /* ---- the interface ------------------------------------------------------ */
 
 int
 audit_sink_open(struct audit_sink *s, struct idp_diag *diag)
 {
-	if (s->fd >= 0)
+	if (s->fd >= 0 || s->type == AUDIT_SINK_WEBHOOK) /* a webhook connects per flush */
 		return IDP_OK;
 	return s->type == AUDIT_SINK_FILE ? file_open(s, diag) : sock_open(s, diag);
 }
@@ -602,6 +782,8 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 		             m->len, AUDIT_SINK_LINE_MAX);
 		return IDP_ETOOBIG;
 	}
+	if (s->type == AUDIT_SINK_WEBHOOK)
+		return webhook_write(s, m);
 	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol == AUDIT_PROTO_TCP &&
 	    tcp_peer_gone(s->fd)) {
 		/* What was sent since the last flush may never have arrived: the
@@ -716,6 +898,8 @@ audit_sink_stop_fd(struct audit_sink *s, int fd)
 int
 audit_sink_flush(struct audit_sink *s, struct idp_diag *diag)
 {
+	if (s->type == AUDIT_SINK_WEBHOOK)
+		return webhook_flush(s, diag);
 	if (s->fd < 0)
 		return IDP_OK;
 	if (s->type == AUDIT_SINK_FILE) {

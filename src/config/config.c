@@ -300,7 +300,7 @@ static const struct section verb_section = {verb_keys, IDP_ARRAY_LEN(verb_keys),
 
 static const char *const durabilities[] = {"sync", "async", NULL};
 static const char *const on_full_modes[] = {"block", "fail_closed", NULL};
-static const char *const sink_types[] = {"file", "syslog", NULL};
+static const char *const sink_types[] = {"file", "syslog", "webhook", NULL};
 static const char *const sink_formats[] = {"json", "cef", "leef", NULL};
 static const char *const sink_protocols[] = {"tcp", "udp", NULL};
 static const char *const cleanup_actions[] = {"report", "suspend", NULL};
@@ -317,7 +317,7 @@ static const struct key audit_sink_keys[] = {
      ENUM_AT(struct idpd_audit_sink_cfg, type),
      .flags = K_RELOAD | K_REQUIRED,
      .choices = sink_types,
-     .help = "file (append JSON/CEF/LEEF lines) or syslog (RFC 5424)"},
+     .help = "file (append JSON/CEF/LEEF lines), syslog (RFC 5424) or webhook (HTTP POST of JSON)"},
     {.name = "format",
      ENUM_AT(struct idpd_audit_sink_cfg, format),
      .flags = K_RELOAD,
@@ -338,6 +338,27 @@ static const struct key audit_sink_keys[] = {
      .max = 300,
      .def = "",
      .help = "syslog sinks: \"host:port\" or \"[v6addr]:port\""},
+    {.name = "url",
+     STRING_AT(struct idpd_audit_sink_cfg, url),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 2048,
+     .def = "",
+     .help = "webhook sinks: \"http://host[:port][/path]\", POSTed the events as JSON"},
+    {.name = "bearer_env",
+     STRING_AT(struct idpd_audit_sink_cfg, bearer_env),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 128,
+     .def = "",
+     .help = "webhook sinks: the environment variable holding the receiver's bearer token"},
+    {.name = "types",
+     STRING_AT(struct idpd_audit_sink_cfg, types),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 4096,
+     .def = "",
+     .help = "event types this sink carries, space-separated; empty means every type"},
     {.name = "protocol",
      ENUM_AT(struct idpd_audit_sink_cfg, protocol),
      .flags = K_RELOAD,

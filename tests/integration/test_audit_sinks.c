@@ -2,8 +2,9 @@
  * Integration tests of SIEM shipping: events reach a file sink and a syslog
  * TCP receiver in order, a receiver that is down for a while gets every
  * event once it is back (and none twice in a normal run), a restarted
- * idpd resumes from its cursor instead of shipping everything again, and
- * sinks are added, kept and removed by a reload.
+ * idpd resumes from its cursor instead of shipping everything again,
+ * sinks are added, kept and removed by a reload, and a webhook receiver
+ * gets the types it asked for until it takes them.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -825,6 +826,111 @@ rows_a_newer_version_wrote_are_shipped(void **state)
 	unlink(cef_path);
 }
 
+/* The ids of the events in a webhook request's body, each followed by a space; "" if none. */
+static void
+hook_event_ids(const char *request, char *out, size_t len, bool *only_reports)
+{
+	const char *body = strstr(request, "\r\n\r\n");
+	json_t *doc = body != NULL ? json_loads(body + 4, 0, NULL) : NULL;
+	json_t *events = json_object_get(doc, "events"), *ev;
+	size_t i, used = 0;
+
+	assert_non_null(doc);
+	assert_true(json_is_array(events));
+	out[0] = '\0';
+	json_array_foreach(events, i, ev)
+	{
+		const char *type = json_string_value(json_object_get(ev, "type"));
+		const char *id = json_string_value(json_object_get(ev, "id"));
+
+		if (type == NULL || strcmp(type, "tool_invocation") != 0)
+			*only_reports = false;
+		if (id != NULL && used + strlen(id) + 2 < len)
+			used += (size_t)snprintf(out + used, len - used, "%s ", id);
+	}
+	json_decref(doc);
+}
+
+/*
+ * A webhook sink POSTs the events of the types it names, with its bearer
+ * token from the environment; a receiver that answers 503 gets the same
+ * events again, and the token never reaches the log.
+ */
+static void
+webhook_sink_posts_its_types_until_taken(void **state)
+{
+	struct idpd_proc p;
+	struct harness_hook h;
+	static const int statuses[] = {503, 204};
+	const char *start = "POST /idpd/events HTTP/1.1\r\n";
+	char extra[1024], ids[3][80], first[4096], all[16384] = "";
+	bool only_reports = true;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_hook_start(&h, statuses, 2), 0);
+	assert_int_equal(setenv("IDPD_TEST_HOOK_TOKEN", "hook-secret-7f3a", 1), 0);
+	snprintf(
+	    extra, sizeof(extra),
+	    "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	    "[audit]\nship_interval = \"50ms\"\n"
+	    "[[audit.sinks]]\nname = \"portal\"\ntype = \"webhook\"\n"
+	    "url = \"http://127.0.0.1:%d/idpd/events\"\nbearer_env = \"IDPD_TEST_HOOK_TOKEN\"\n"
+	    "types = \"tool_invocation\"\nsend_timeout = \"2s\"\n",
+	    reporter_hash, h.port);
+	assert_int_equal(harness_db_create("t_sink_hook"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_hook", NULL, extra), 0);
+	/* Make sure other types are written meanwhile: a key rotation's events. */
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(report(&p, "task-hook", ids[i], sizeof(ids[i])), 201);
+	for (int i = 0; i < 3; i++)
+		assert_true(harness_hook_wait(&h, ids[i], 5000));
+	/* The first POST was refused: wait for a taken one, then another
+	 * round (what is taken is not sent again). */
+	for (int i = 0; i < 250 && harness_hook_count(&h) < 2; i++)
+		sleep_ms(20);
+	sleep_ms(300);
+	n = harness_hook_count(&h);
+	assert_true(n >= 2);
+	for (size_t i = 0; i < n; i++) {
+		char *req = harness_hook_request(&h, i), got[4096];
+
+		assert_non_null(req);
+		assert_true(strncmp(req, start, strlen(start)) == 0);
+		assert_non_null(strstr(req, "\r\nAuthorization: Bearer hook-secret-7f3a\r\n"));
+		hook_event_ids(req, got, sizeof(got), &only_reports);
+		if (i == 0)
+			snprintf(first, sizeof(first), "%s", got);
+		else
+			strncat(all, got, sizeof(all) - strlen(all) - 1);
+		free(req);
+	}
+	assert_true(only_reports);
+	assert_true(first[0] != '\0');
+	{
+		char *id = strtok(first, " ");
+
+		for (; id != NULL; id = strtok(NULL, " ")) {
+			char *at = strstr(all, id);
+
+			/* Delivered again, and once only. */
+			assert_non_null(at);
+			assert_null(strstr(at + 1, id));
+		}
+	}
+	for (int i = 0; i < 3; i++)
+		assert_non_null(strstr(all, ids[i]));
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_false(harness_log_contains(&p, "hook-secret-7f3a"));
+	harness_hook_stop(&h);
+
+	/* A variable named but not set: the sink is not usable, idpd does not start. */
+	assert_int_equal(unsetenv("IDPD_TEST_HOOK_TOKEN"), 0);
+	assert_int_not_equal(harness_idpd_start(&p, "t_sink_hook", NULL, extra), 0);
+	assert_true(harness_log_contains(&p, "IDPD_TEST_HOOK_TOKEN is not set"));
+}
+
 int
 main(void)
 {
@@ -837,6 +943,7 @@ main(void)
 	    cmocka_unit_test(sinks_change_on_reload),
 	    cmocka_unit_test(a_reload_does_not_wait_for_a_stalled_receiver),
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
+	    cmocka_unit_test(webhook_sink_posts_its_types_until_taken),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }

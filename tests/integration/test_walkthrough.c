@@ -8,7 +8,8 @@
  * approval, and the risk score counts off-hours (08:00-19:00).  The test
  * reads the clock once and expects what the policies say for that moment:
  * in office hours the report is written straight away; outside them Alice
- * approves it first.  Both paths assert every answer.
+ * approves it first.  Both paths assert every answer.  Alice's portal is a
+ * webhook receiver, told when the task completes.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -107,6 +108,8 @@ active(struct day *d, const char *tok, json_t **claims)
 	return world_active(&d->w, tok, claims);
 }
 
+static struct harness_hook portal;
+
 static void
 a_day_in_the_life(void **state)
 {
@@ -126,7 +129,19 @@ a_day_in_the_life(void **state)
 	office = utc.tm_wday >= 1 && utc.tm_wday <= 5 && utc.tm_hour >= 8 && utc.tm_hour < 18;
 	risk_off = !(utc.tm_wday >= 1 && utc.tm_wday <= 5 && utc.tm_hour >= 8 && utc.tm_hour < 19);
 	memset(&d, 0, sizeof(d));
-	world_start(&d.w, "t_walkthrough", NULL);
+	/* Alice's agent portal: told by a webhook sink when a task completes. */
+	{
+		static const int ok[] = {204};
+		char sink[512];
+
+		assert_int_equal(harness_hook_start(&portal, ok, 1), 0);
+		snprintf(sink, sizeof(sink),
+		         "[audit]\nship_interval = \"50ms\"\n"
+		         "[[audit.sinks]]\nname = \"portal\"\ntype = \"webhook\"\n"
+		         "url = \"http://127.0.0.1:%d/notify\"\ntypes = \"task.completed\"\n",
+		         portal.port);
+		world_start(&d.w, "t_walkthrough", sink);
+	}
 
 	/* The agents, registered by an operator, each accountable to alice. */
 	agent(&d, "planning-agent", "planner",
@@ -262,11 +277,33 @@ a_day_in_the_life(void **state)
 	    d.task_id);
 	assert_int_equal(world_count(&d.w, sql), 1);
 
-	/* 7. The task completes, and every token of it is inactive on introspection. */
+	/* 7. The planning agent marks the task complete, and every token of it
+	 *    is inactive on introspection. */
 	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", d.task_id);
-	world_call(&d.w, "POST", path, d.alice, NULL, &r);
+	world_call(&d.w, "POST", path, d.planner, NULL, &r);
 	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "completed");
 	harness_resp_free(&r);
+	/*    10:31: Alice receives a notification that the review is complete. */
+	{
+		char want[160], *note;
+
+		snprintf(want, sizeof(want), "\"task_id\":\"%s\"", d.task_id);
+		assert_true(harness_hook_wait(&portal, want, 5000));
+		note = harness_hook_request(&portal, harness_hook_count(&portal) - 1);
+		assert_non_null(note);
+		assert_non_null(strstr(note, "\"type\":\"task.completed\""));
+		assert_non_null(strstr(note, "\"human_principal\":\"alice@example.com\""));
+		assert_non_null(strstr(note, "\"completed_by\":\"planning-agent\""));
+		/* Nothing but completions: the sink names its types. */
+		for (size_t i = 0; i < harness_hook_count(&portal); i++) {
+			char *req = harness_hook_request(&portal, i);
+
+			assert_null(strstr(req, "\"type\":\"token."));
+			free(req);
+		}
+		free(note);
+	}
 	for (size_t i = 0; i < d.n_tokens; i++)
 		assert_false(active(&d, d.tokens[i], NULL));
 	/*    Each inactive answer is in the audit log (queued without waiting:
@@ -352,6 +389,7 @@ a_day_in_the_life(void **state)
 	free(d.rep_deleg);
 	free(d.alice);
 	world_stop(&d.w);
+	harness_hook_stop(&portal);
 }
 
 int

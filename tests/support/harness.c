@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -530,4 +531,175 @@ harness_file_contains(const char *path, const char *s)
 		found = strstr(line, s) != NULL;
 	fclose(f);
 	return found;
+}
+
+/* ---- a webhook receiver ---- */
+
+/* Read one request (head, then Content-Length bytes of body); NULL on EOF or 5 s of silence. */
+static char *
+hook_read(int fd)
+{
+	size_t cap = 8192, len = 0;
+	char *buf = malloc(cap);
+
+	if (buf == NULL)
+		return NULL;
+	for (;;) {
+		struct pollfd p = {fd, POLLIN, 0};
+		const char *end, *cl;
+		ssize_t n;
+
+		buf[len] = '\0';
+		if ((end = strstr(buf, "\r\n\r\n")) != NULL) {
+			size_t want = (size_t)(end + 4 - buf);
+
+			cl = strcasestr(buf, "\r\nContent-Length:");
+			if (cl != NULL && cl < end)
+				want += strtoul(cl + 17, NULL, 10);
+			if (len >= want)
+				return buf;
+		}
+		if (len + 4097 > cap) {
+			char *more = realloc(buf, cap * 2);
+
+			if (more == NULL)
+				break;
+			buf = more;
+			cap *= 2;
+		}
+		if (poll(&p, 1, 5000) <= 0 || (n = read(fd, buf + len, 4096)) <= 0)
+			break;
+		len += (size_t)n;
+	}
+	free(buf);
+	return NULL;
+}
+
+static void *
+hook_run(void *arg)
+{
+	struct harness_hook *h = arg;
+
+	for (;;) {
+		struct pollfd p = {h->lfd, POLLIN, 0};
+		char answer[128], *req;
+		size_t i;
+		int fd, status;
+		bool stop;
+
+		pthread_mutex_lock(&h->lock);
+		stop = h->stop;
+		pthread_mutex_unlock(&h->lock);
+		if (stop)
+			break;
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		fd = accept(h->lfd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		req = hook_read(fd);
+		if (req != NULL) {
+			pthread_mutex_lock(&h->lock);
+			i = h->n_requests;
+			status = h->statuses[i < h->n_statuses ? i : h->n_statuses - 1];
+			h->requests = realloc(h->requests, (i + 1) * sizeof(*h->requests));
+			h->requests[i] = req;
+			h->n_requests = i + 1;
+			pthread_mutex_unlock(&h->lock);
+			snprintf(
+			    answer, sizeof(answer),
+			    "HTTP/1.1 %d Status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+			    status);
+			if (write(fd, answer, strlen(answer)) < 0)
+				perror("hook: write");
+		}
+		close(fd);
+	}
+	return NULL;
+}
+
+int
+harness_hook_start(struct harness_hook *h, const int *statuses, size_t n)
+{
+	struct sockaddr_in sa;
+	socklen_t sl = sizeof(sa);
+
+	memset(h, 0, sizeof(*h));
+	if (n == 0 || n > 4)
+		return -1;
+	memcpy(h->statuses, statuses, n * sizeof(*statuses));
+	h->n_statuses = n;
+	h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (h->lfd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(h->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(h->lfd, 16) != 0 ||
+	    getsockname(h->lfd, (struct sockaddr *)&sa, &sl) != 0) {
+		close(h->lfd);
+		return -1;
+	}
+	h->port = ntohs(sa.sin_port);
+	pthread_mutex_init(&h->lock, NULL);
+	if (pthread_create(&h->thread, NULL, hook_run, h) != 0) {
+		close(h->lfd);
+		return -1;
+	}
+	return 0;
+}
+
+size_t
+harness_hook_count(struct harness_hook *h)
+{
+	size_t n;
+
+	pthread_mutex_lock(&h->lock);
+	n = h->n_requests;
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+char *
+harness_hook_request(struct harness_hook *h, size_t i)
+{
+	char *copy = NULL;
+
+	pthread_mutex_lock(&h->lock);
+	if (i < h->n_requests)
+		copy = strdup(h->requests[i]);
+	pthread_mutex_unlock(&h->lock);
+	return copy;
+}
+
+bool
+harness_hook_wait(struct harness_hook *h, const char *s, int timeout_ms)
+{
+	for (int waited = 0;; waited += 20) {
+		bool found = false;
+
+		pthread_mutex_lock(&h->lock);
+		for (size_t i = 0; i < h->n_requests && !found; i++)
+			found = strstr(h->requests[i], s) != NULL;
+		pthread_mutex_unlock(&h->lock);
+		if (found)
+			return true;
+		if (waited >= timeout_ms)
+			return false;
+		usleep(20 * 1000);
+	}
+}
+
+void
+harness_hook_stop(struct harness_hook *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->stop = true;
+	pthread_mutex_unlock(&h->lock);
+	pthread_join(h->thread, NULL);
+	close(h->lfd);
+	for (size_t i = 0; i < h->n_requests; i++)
+		free(h->requests[i]);
+	free(h->requests);
+	pthread_mutex_destroy(&h->lock);
 }

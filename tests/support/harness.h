@@ -9,6 +9,7 @@
 #ifndef IDPD_TEST_HARNESS_H
 #define IDPD_TEST_HARNESS_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -102,5 +103,33 @@ int harness_free_port(void);
 
 /* Connect a raw TCP socket to 127.0.0.1:port; -1 on failure. */
 int harness_connect(int port);
+
+/*
+ * A webhook receiver on 127.0.0.1 (an audit sink's destination): a thread
+ * that answers each POST with the next status of statuses (the last one
+ * repeats) and keeps every request that arrived, head and body.
+ */
+struct harness_hook {
+	int port;
+	int lfd;
+	int statuses[4];
+	size_t n_statuses;
+	pthread_t thread;
+	pthread_mutex_t lock; /* guards requests, n_requests, stop */
+	char **requests;
+	size_t n_requests;
+	bool stop;
+};
+
+/* Start h answering with statuses (1..4 of them, e.g. {503, 204}). */
+int harness_hook_start(struct harness_hook *h, const int *statuses, size_t n);
+/* Wait up to timeout_ms until some request holds s; true if one does. */
+bool harness_hook_wait(struct harness_hook *h, const char *s, int timeout_ms);
+/* A copy of request i (NULL past the end); the caller frees it. */
+char *harness_hook_request(struct harness_hook *h, size_t i);
+/* Requests so far. */
+size_t harness_hook_count(struct harness_hook *h);
+/* Stop the thread and free what it kept. */
+void harness_hook_stop(struct harness_hook *h);
 
 #endif /* IDPD_TEST_HARNESS_H */

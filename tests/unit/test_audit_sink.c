@@ -1,7 +1,7 @@
 /*
  * Unit tests for the sink transports: a file in a private directory, and
- * syslog receivers (TCP and UDP) that the tests open on 127.0.0.1 with
- * port 0.  Nothing leaves the loopback interface.
+ * syslog receivers (TCP and UDP) and a webhook receiver that the tests open
+ * on 127.0.0.1 with port 0.  Nothing leaves the loopback interface.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,7 +17,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <jansson.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -547,6 +549,302 @@ udp_sink_truncates_on_a_utf8_boundary(void **state)
 	close(fd);
 }
 
+/* ---- webhook ------------------------------------------------------------ */
+
+/*
+ * One HTTP exchange on a thread of its own (the sink's flush waits for the
+ * answer): accept, read the head and Content-Length bytes of body, answer
+ * with answer (NULL: say nothing, until the sink gives up), close.
+ */
+struct hook_receiver {
+	int lfd;
+	const char *answer;
+	char *request; /* what arrived, head and body */
+	char *body;    /* points into request */
+	pthread_t thread;
+};
+
+static void *
+hook_serve(void *arg)
+{
+	struct hook_receiver *h = arg;
+	struct idp_buf b;
+	char chunk[4096];
+	int fd;
+
+	idp_buf_init(&b, 0);
+	fd = accept_one(h->lfd);
+	for (;;) {
+		struct pollfd p = {fd, POLLIN, 0};
+		const char *head_end, *cl;
+		ssize_t n;
+
+		if (b.len > 0 && (head_end = strstr(idp_buf_str(&b), "\r\n\r\n")) != NULL &&
+		    (cl = strstr(idp_buf_str(&b), "Content-Length: ")) != NULL &&
+		    b.len >= (size_t)(head_end + 4 - b.data) + strtoul(cl + 16, NULL, 10))
+			break;
+		if (fd < 0 || poll(&p, 1, 5000) <= 0 || (n = read(fd, chunk, sizeof(chunk))) <= 0)
+			break;
+		if (idp_buf_append(&b, chunk, (size_t)n) != IDP_OK)
+			break;
+	}
+	if (h->answer != NULL) {
+		if (write(fd, h->answer, strlen(h->answer)) < 0)
+			perror("write");
+	} else {
+		/* Silent until the sink hangs up. */
+		struct pollfd p = {fd, POLLIN, 0};
+
+		(void)poll(&p, 1, 5000);
+	}
+	close(fd);
+	h->request = idp_buf_take(&b, NULL);
+	h->body = strstr(h->request, "\r\n\r\n");
+	h->body = h->body != NULL ? h->body + 4 : h->request + strlen(h->request);
+	return NULL;
+}
+
+static void
+hook_start(struct hook_receiver *h, int lfd, const char *answer)
+{
+	memset(h, 0, sizeof(*h));
+	h->lfd = lfd;
+	h->answer = answer;
+	assert_int_equal(pthread_create(&h->thread, NULL, hook_serve, h), 0);
+}
+
+static void
+hook_join(struct hook_receiver *h)
+{
+	assert_int_equal(pthread_join(h->thread, NULL), 0);
+}
+
+static bool
+starts_with(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static struct audit_sink *
+webhook_sink(const char *url, const char *bearer, int64_t send_timeout_ms)
+{
+	struct audit_sink_config c;
+	struct audit_sink *s = NULL;
+	struct idp_diag d;
+
+	audit_sink_config_defaults(&c);
+	c.type = AUDIT_SINK_WEBHOOK;
+	c.url = url;
+	c.bearer = bearer;
+	c.version = "0.1.0";
+	c.connect_timeout_ms = 2000;
+	c.send_timeout_ms = send_timeout_ms;
+	idp_diag_init(&d);
+	if (audit_sink_new(&c, &s, &d) != IDP_OK)
+		fail_msg("sink: %s", idp_diag_str(&d));
+	return s;
+}
+
+#define HTTP_OK "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+
+/* The lines written since the last flush arrive as one JSON document, in one POST. */
+static void
+webhook_posts_the_lines_as_one_json_document(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port);
+	struct audit_event *ev = sample_event(AUDIT_TASK_COMPLETED, "t-done");
+	struct audit_sink_msg m = msg("{\"first\":1}", "x", 1);
+	struct hook_receiver h;
+	struct audit_sink *s;
+	struct idp_diag d;
+	struct pollfd p;
+	json_t *doc, *events;
+	char url[64], host[64];
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4), 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/hooks/idpd?v=1", port);
+	snprintf(host, sizeof(host), "\r\nHost: 127.0.0.1:%d\r\n", port);
+	s = webhook_sink(url, "tok-123", 2000);
+	assert_non_null(strstr(audit_sink_describe(s), "webhook http://127.0.0.1:"));
+	idp_diag_init(&d);
+	/* Nothing written: a flush sends nothing. */
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	p = (struct pollfd){lfd, POLLIN, 0};
+	assert_int_equal(poll(&p, 1, 100), 0);
+	/* Writes connect to nothing either: the flush carries them. */
+	assert_int_equal(audit_sink_write(s, &m, &d), IDP_OK);
+	assert_int_equal(audit_sink_write_event(s, ev, &d), IDP_OK);
+	assert_int_equal(poll(&p, 1, 100), 0);
+	hook_start(&h, lfd, HTTP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	hook_join(&h);
+	assert_true(starts_with(h.request, "POST /hooks/idpd?v=1 HTTP/1.1\r\n"));
+	assert_non_null(strstr(h.request, host));
+	assert_non_null(strstr(h.request, "\r\nContent-Type: application/json\r\n"));
+	assert_non_null(strstr(h.request, "\r\nAuthorization: Bearer tok-123\r\n"));
+	assert_non_null(strstr(h.request, "\r\nUser-Agent: idpd/0.1.0\r\n"));
+	doc = json_loads(h.body, 0, NULL);
+	assert_non_null(doc);
+	events = json_object_get(doc, "events");
+	assert_int_equal(json_array_size(events), 2);
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(events, 0), "first")),
+	                 1);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(events, 1), "type")),
+	                    "task.completed");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_array_get(events, 1), "task_id")), "t-done");
+	json_decref(doc);
+	free(h.request);
+	/* Delivered: the next flush starts a new document. */
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	assert_int_equal(poll(&p, 1, 100), 0);
+	audit_event_free(ev);
+	audit_sink_free(s);
+	close(lfd);
+}
+
+/*
+ * A receiver that answers anything but 2xx, or nothing, has not taken the
+ * events: the flush asks for them again, and the next document holds only
+ * what is written again (the failed body is not sent twice).
+ */
+static void
+webhook_without_a_2xx_asks_to_resend(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port);
+	struct audit_sink_msg a = msg("{\"n\":1}", "x", 1), b = msg("{\"n\":2}", "x", 1);
+	struct hook_receiver h;
+	struct idp_diag d;
+	char url[64];
+	struct audit_sink *s;
+	int rc;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4), 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
+	s = webhook_sink(url, NULL, 300);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	hook_start(&h, lfd, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+	rc = audit_sink_flush(s, &d);
+	hook_join(&h);
+	assert_int_equal(rc, IDP_EUNAVAIL);
+	assert_true(audit_sink_retryable(rc));
+	assert_non_null(strstr(idp_diag_str(&d), "answered 503"));
+	/* No Authorization without a bearer token; the target defaults to "/". */
+	assert_true(starts_with(h.request, "POST / HTTP/1.1\r\n"));
+	assert_null(strstr(h.request, "Authorization"));
+	free(h.request);
+
+	/* Silence: given up after send_timeout. */
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	hook_start(&h, lfd, NULL);
+	rc = audit_sink_flush(s, &d);
+	hook_join(&h);
+	assert_int_equal(rc, IDP_EUNAVAIL);
+	assert_non_null(strstr(idp_diag_str(&d), "answer"));
+	free(h.request);
+
+	/* Not HTTP. */
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	hook_start(&h, lfd, "SSH-2.0-OpenSSH\r\n");
+	rc = audit_sink_flush(s, &d);
+	hook_join(&h);
+	assert_int_equal(rc, IDP_EUNAVAIL);
+	assert_non_null(strstr(idp_diag_str(&d), "not HTTP"));
+	free(h.request);
+
+	/* Sent again, and taken: only what was written since. */
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	assert_int_equal(audit_sink_write(s, &b, &d), IDP_OK);
+	hook_start(&h, lfd, "HTTP/1.0 200 OK\r\n\r\n");
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	hook_join(&h);
+	assert_string_equal(h.body, "{\"events\":[{\"n\":1},{\"n\":2}]}");
+	free(h.request);
+	audit_sink_free(s);
+	close(lfd);
+
+	/* Nobody listening. */
+	lfd = loopback_socket(SOCK_STREAM, &port);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", port);
+	s = webhook_sink(url, NULL, 300);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_EUNAVAIL);
+	assert_non_null(strstr(idp_diag_str(&d), "connect"));
+	audit_sink_free(s);
+	close(lfd);
+}
+
+static void
+webhook_refuses_bad_settings(void **state)
+{
+	static const struct {
+		const char *url, *bearer;
+		enum audit_format format;
+		const char *mention;
+	} bad[] = {
+	    {NULL, NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"https://portal.example/hook", NULL, AUDIT_FORMAT_JSON, "TLS relay"},
+	    {"ftp://portal.example/hook", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http:///hook", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://user:pw@portal.example/hook", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example:0/hook", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example:99999/", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example?x=1", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example/a b", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example/a#frag", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example/hook", NULL, AUDIT_FORMAT_CEF, "json"},
+	    {"http://portal.example/hook", "two words", AUDIT_FORMAT_JSON, "bearer"},
+	    {"http://portal.example/hook", "line\r\nX-Evil: 1", AUDIT_FORMAT_JSON, "bearer"},
+	};
+	static const char *const good[][2] = {
+	    {"http://portal.example", "webhook http://portal.example/"},
+	    {"http://portal.example:8081/a/b?c=d", "webhook http://portal.example:8081/a/b?c=d"},
+	    {"http://[::1]/hook", "webhook http://[::1]/hook"},
+	    {"http://[::1]:9000/hook", "webhook http://[::1]:9000/hook"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = (struct audit_sink *)1;
+		struct idp_diag d;
+
+		audit_sink_config_defaults(&c);
+		c.type = AUDIT_SINK_WEBHOOK;
+		c.url = bad[i].url;
+		c.bearer = bad[i].bearer;
+		c.format = bad[i].format;
+		idp_diag_init(&d);
+		assert_int_equal(audit_sink_new(&c, &s, &d), IDP_EINVAL);
+		assert_null(s);
+		if (strstr(idp_diag_str(&d), bad[i].mention) == NULL)
+			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, idp_diag_str(&d),
+			         bad[i].mention);
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = NULL;
+		struct idp_diag d;
+
+		audit_sink_config_defaults(&c);
+		c.type = AUDIT_SINK_WEBHOOK;
+		c.url = good[i][0];
+		idp_diag_init(&d);
+		if (audit_sink_new(&c, &s, &d) != IDP_OK)
+			fail_msg("case %zu: %s", i, idp_diag_str(&d));
+		assert_string_equal(audit_sink_describe(s), good[i][1]);
+		audit_sink_free(s);
+	}
+}
+
 /* ---- configuration ------------------------------------------------------ */
 
 static void
@@ -632,6 +930,8 @@ sink_names_parse_back(void **state)
 	assert_int_equal(p, AUDIT_PROTO_UDP);
 	assert_int_equal(audit_sink_proto_parse("TCP", &p), IDP_EINVAL);
 	assert_string_equal(audit_sink_type_name(AUDIT_SINK_FILE), "file");
+	assert_int_equal(audit_sink_type_parse("webhook", &t), IDP_OK);
+	assert_int_equal(t, AUDIT_SINK_WEBHOOK);
 	assert_string_equal(audit_sink_proto_name(AUDIT_PROTO_TCP), "tcp");
 }
 
@@ -649,6 +949,9 @@ main(void)
 	    cmocka_unit_test(tcp_sink_reset_before_a_flush_asks_to_resend),
 	    cmocka_unit_test(udp_sink_sends_one_datagram_per_message),
 	    cmocka_unit_test(udp_sink_truncates_on_a_utf8_boundary),
+	    cmocka_unit_test(webhook_posts_the_lines_as_one_json_document),
+	    cmocka_unit_test(webhook_without_a_2xx_asks_to_resend),
+	    cmocka_unit_test(webhook_refuses_bad_settings),
 	    cmocka_unit_test(sink_new_rejects_bad_settings),
 	    cmocka_unit_test(sink_accepts_ipv6_addresses_and_describes_itself),
 	    cmocka_unit_test(sink_names_parse_back),
