@@ -101,9 +101,10 @@ struct audit_sink_msg {
  * write is cut short the file is truncated back, so it holds whole lines
  * only.  TCP gets "<len> <syslog message>"; UDP one datagram of at most
  * udp_max bytes, the message cut at a UTF-8 boundary if longer.  Reopens a
- * closed or broken transport first; never raises SIGPIPE.  A webhook only
+ * closed or broken transport first; never raises SIGPIPE.  A webhook
  * adds the line (a JSON document: the format must be json) to the next
- * flush's body; nothing is sent before the flush.
+ * flush's body; nothing is sent before the flush unless the body has
+ * reached 4 MiB, which is then POSTed first (as a flush would).
  */
 int audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m,
                      struct idp_diag *diag) IDP_WUR;

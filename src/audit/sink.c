@@ -33,6 +33,8 @@
 #define APP_NAME "idpd"
 #define HOSTNAME_MAX 255 /* RFC 5424 */
 #define MSGID_MAX 32     /* RFC 5424 */
+/* A webhook POST carries at most about this many bytes of events. */
+#define WEBHOOK_BODY_MAX (4 * 1024 * 1024)
 
 struct audit_sink {
 	enum audit_sink_type type;
@@ -659,11 +661,23 @@ udp_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag 
 
 /* ---- webhook ------------------------------------------------------------ */
 
-/* The line joins the next flush's body; nothing is sent yet. */
+static int webhook_flush(struct audit_sink *s, struct idp_diag *diag);
+
+/*
+ * The line joins the next flush's body; nothing is sent yet, unless the
+ * body has reached WEBHOOK_BODY_MAX: then it goes first, so that a batch
+ * of large events is not held in memory whole.  (If that POST fails, the
+ * caller sends everything again from its cursor, as after any error.)
+ */
 static int
-webhook_write(struct audit_sink *s, const struct audit_sink_msg *m)
+webhook_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
 {
-	int rc = idp_buf_puts(&s->body, s->pending == 0 ? "{\"events\":[" : ",");
+	int rc;
+
+	if (s->body.len + m->len > WEBHOOK_BODY_MAX && s->pending > 0 &&
+	    (rc = webhook_flush(s, diag)) != IDP_OK)
+		return rc;
+	rc = idp_buf_puts(&s->body, s->pending == 0 ? "{\"events\":[" : ",");
 
 	if (rc == IDP_OK)
 		rc = idp_buf_append(&s->body, m->line, m->len);
@@ -783,7 +797,7 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 		return IDP_ETOOBIG;
 	}
 	if (s->type == AUDIT_SINK_WEBHOOK)
-		return webhook_write(s, m);
+		return webhook_write(s, m, diag);
 	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol == AUDIT_PROTO_TCP &&
 	    tcp_peer_gone(s->fd)) {
 		/* What was sent since the last flush may never have arrived: the

@@ -781,6 +781,54 @@ webhook_without_a_2xx_asks_to_resend(void **state)
 	close(lfd);
 }
 
+/* A batch of large events goes in several POSTs of at most about 4 MiB each. */
+static void
+webhook_splits_a_large_batch(void **state)
+{
+	int port, lfd = loopback_socket(SOCK_STREAM, &port);
+	size_t len = 250 * 1024;
+	char *line = malloc(len + 1), url[64];
+	struct audit_sink_msg m;
+	struct hook_receiver h;
+	struct audit_sink *s;
+	struct idp_diag d;
+	json_t *doc;
+
+	(void)state;
+	assert_non_null(line);
+	/* {"pad":"xxx...x"} */
+	memset(line, 'x', len);
+	memcpy(line, "{\"pad\":\"", 8);
+	memcpy(line + len - 2, "\"}", 2);
+	line[len] = '\0';
+	m = msg(line, "x", 1);
+	assert_int_equal(listen(lfd, 4), 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", port);
+	s = webhook_sink(url, NULL, 2000);
+	idp_diag_init(&d);
+	hook_start(&h, lfd, HTTP_OK);
+	for (int i = 0; i < 17; i++)
+		assert_int_equal(audit_sink_write(s, &m, &d), IDP_OK);
+	hook_join(&h);
+	doc = json_loads(h.body, 0, NULL);
+	assert_non_null(doc);
+	assert_int_equal(json_array_size(json_object_get(doc, "events")), 16);
+	assert_true(strlen(h.body) <= 4 * 1024 * 1024 + 64);
+	json_decref(doc);
+	free(h.request);
+	hook_start(&h, lfd, HTTP_OK);
+	assert_int_equal(audit_sink_flush(s, &d), IDP_OK);
+	hook_join(&h);
+	doc = json_loads(h.body, 0, NULL);
+	assert_non_null(doc);
+	assert_int_equal(json_array_size(json_object_get(doc, "events")), 1);
+	json_decref(doc);
+	free(h.request);
+	free(line);
+	audit_sink_free(s);
+	close(lfd);
+}
+
 static void
 webhook_refuses_bad_settings(void **state)
 {
@@ -951,6 +999,7 @@ main(void)
 	    cmocka_unit_test(udp_sink_truncates_on_a_utf8_boundary),
 	    cmocka_unit_test(webhook_posts_the_lines_as_one_json_document),
 	    cmocka_unit_test(webhook_without_a_2xx_asks_to_resend),
+	    cmocka_unit_test(webhook_splits_a_large_batch),
 	    cmocka_unit_test(webhook_refuses_bad_settings),
 	    cmocka_unit_test(sink_new_rejects_bad_settings),
 	    cmocka_unit_test(sink_accepts_ipv6_addresses_and_describes_itself),
