@@ -165,6 +165,15 @@ int keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out,
               struct idp_diag *diag) IDP_WUR;
 /* Free the manager and its snapshot (readers holding references keep theirs).  NULL is a no-op. */
 void keys_free(struct keys *km);
+/*
+ * Hand the manager the KEK being replaced ($IDPD_KEK_OLD), which it owns
+ * from then on (wiped when freed; NULL drops one it held).  Keys sealed
+ * under it are then checked with it when loaded, as keys under the
+ * manager's own KEK are, instead of being trusted only if already known.
+ * It never seals, and changes still need every next and active key under
+ * the manager's own KEK.  Main thread, before the first load.
+ */
+void keys_hold_old_kek(struct keys *km, struct idp_kek *old);
 
 /*
  * Make the stored keys usable and load them: under the lock, check that

@@ -33,6 +33,7 @@ struct keys {
 	struct store *store;
 	const struct idp_clock *clock;
 	struct idp_kek *kek;
+	struct idp_kek *old_kek; /* the KEK being replaced ($IDPD_KEK_OLD), or NULL */
 	char kek_id[21];
 	char kek_source[192];
 
@@ -435,53 +436,92 @@ same_key(const struct idp_jws_key *a, const struct idp_jws_key *b)
 	return strcmp(ta, tb) == 0;
 }
 
+/* Why a row was left out of a snapshot, or ROW_TRUSTED. */
+enum row_verdict {
+	ROW_TRUSTED,
+	ROW_ALTERED,   /* it does not open, or its private half is not its public key */
+	ROW_UNVOUCHED, /* sealed under a KEK this instance does not hold, and new to it */
+};
+
 /*
- * Whether a published row holds up: a row sealed under this instance's KEK
- * must open, and its private half must be the key its public JWK names.
- * Without that check a public JWK swapped in the database under a known
- * kid would be trusted by every instance, and tokens signed with the
- * swapper's key would verify.  A row sealed under another KEK (between a
- * reseal and the restart with the new one) cannot be checked here and is
- * published as it is.  A row prev found to hold up, byte for byte the same,
- * is not opened again: every reload would otherwise decrypt every key, and
- * OpenSSL frees the private keys it parses without wiping them.  Rows that
- * held up are noted in s.
+ * Whether the key row publishes is one this instance verified before: prev
+ * trusted the same kid with the same public key.
  */
 static bool
-row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
-             const struct keys_snapshot *prev, struct keys_snapshot *s, struct idp_diag *diag)
+known_before(const struct keys_row *row, const struct idp_jws_key *pub,
+             const struct keys_snapshot *prev)
 {
+	const struct idp_jws_key *had =
+	    prev != NULL ? idp_jws_keyset_find(prev->verify, row->info.kid) : NULL;
+
+	return had != NULL && same_key(had, pub);
+}
+
+/*
+ * Whether a published row holds up: a row sealed under a KEK this instance
+ * holds (its own, or the old one of a KEK change) must open, and its
+ * private half must be the key its public JWK names.  Without that check a
+ * public JWK swapped in the database under a known kid would be trusted by
+ * every instance, and tokens signed with the swapper's key would verify.
+ *
+ * A row sealed under any other KEK cannot be checked here.  Anyone who can
+ * write the table can write such a row, with a public key of their own and
+ * junk for the sealed half, so it is trusted only as far as this instance
+ * already vouched for it: the same kid with the same public key was in prev.
+ * That keeps the keys of a running instance published and verifying after
+ * `idpd keys reseal` moves them to a KEK it does not have yet, and leaves out
+ * any key that is new to it, or changed, under a KEK it does not hold (an
+ * instance that starts trusts no such row at all).
+ *
+ * A row prev found to hold up, byte for byte the same, is not opened again:
+ * every reload would otherwise decrypt every key, and OpenSSL frees the
+ * private keys it parses without wiping them.  Rows that held up are noted
+ * in s.
+ */
+static enum row_verdict
+row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
+             const struct idp_kek *old_kek, const struct keys_snapshot *prev,
+             struct keys_snapshot *s, struct idp_diag *diag)
+{
+	const struct idp_kek *opener = NULL;
 	struct idp_jws_key *priv = NULL;
 	uint8_t fp[IDP_SHA256_LEN];
-	char mine[21];
+	char id[21];
 	bool ok = false;
 
-	if (kek == NULL)
-		return true;
-	idp_kek_id(kek, mine);
-	if (strcmp(row->info.kek_id, mine) != 0)
-		return true;
+	for (int i = 0; i < 2 && opener == NULL; i++) {
+		const struct idp_kek *k = i == 0 ? kek : old_kek;
+
+		if (k == NULL)
+			continue;
+		idp_kek_id(k, id);
+		if (strcmp(row->info.kek_id, id) == 0)
+			opener = k;
+	}
+	if (opener == NULL)
+		return known_before(row, pub, prev) ? ROW_TRUSTED : ROW_UNVOUCHED;
 	if (row->sealed == NULL || idp_sha256(row->public_jwk, strlen(row->public_jwk), row->sealed,
 	                                      row->sealed_len, fp) != IDP_OK) {
-		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		ok = row_private_key(row, pub, opener, &priv, diag) == IDP_OK;
 		idp_jws_key_unref(priv);
-		return ok;
+		return ok ? ROW_TRUSTED : ROW_ALTERED;
 	}
 	for (size_t i = 0; prev != NULL && i < prev->n_held && !ok; i++)
 		ok = memcmp(prev->held[i], fp, sizeof(fp)) == 0;
 	if (!ok) {
-		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		ok = row_private_key(row, pub, opener, &priv, diag) == IDP_OK;
 		idp_jws_key_unref(priv);
 	}
 	if (ok)
 		memcpy(s->held[s->n_held++], fp, sizeof(fp));
-	return ok;
+	return ok ? ROW_TRUSTED : ROW_ALTERED;
 }
 
 int
 keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
-                    const struct keys_snapshot *prev, struct keys_snapshot **out,
-                    struct idp_diag *diag, struct idp_diag *signing_diag)
+                    const struct idp_kek *old_kek, const struct keys_snapshot *prev,
+                    struct keys_snapshot **out, struct idp_diag *diag,
+                    struct idp_diag *signing_diag)
 {
 	static const enum keys_state order[] = {KEYS_ACTIVE, KEYS_NEXT, KEYS_RETIRING};
 	struct idp_diag scratch;
@@ -512,12 +552,30 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 			rc = row_public_key(row, &pub, diag);
 			if (rc != IDP_OK)
 				goto done;
-			if (!row_holds_up(row, pub, kek, prev, s, signing_diag)) {
+			switch (row_holds_up(row, pub, kek, old_kek, prev, s, signing_diag)) {
+			case ROW_TRUSTED:
+				break;
+			case ROW_ALTERED:
 				/* Left out, not fatal: the other keys stay usable. */
 				log_error("keys: signing key %s does not match its sealed private "
 				          "key (the row was altered); it is neither published nor "
 				          "trusted",
 				          row->info.kid);
+				idp_jws_key_unref(pub);
+				continue;
+			case ROW_UNVOUCHED:
+				log_error(
+				    "keys: signing key %s is sealed under %s, a key-encryption "
+				    "key this instance does not hold, and is new to it (or its "
+				    "public key changed); it is neither published nor trusted "
+				    "until this instance runs with that KEK",
+				    row->info.kid, row->info.kek_id);
+				if (row->info.state == KEYS_ACTIVE)
+					idp_diag_add(
+					    signing_diag,
+					    "the active signing key %s is sealed under %s, "
+					    "which this instance does not hold",
+					    row->info.kid, row->info.kek_id);
 				idp_jws_key_unref(pub);
 				continue;
 			}
@@ -666,10 +724,18 @@ keys_free(struct keys *km)
 	pthread_mutex_destroy(&km->retry_lock);
 	keys_snapshot_unref(km->current);
 	idp_kek_free(km->kek);
+	idp_kek_free(km->old_kek);
 	pthread_mutex_destroy(&km->lock);
 	pthread_mutex_destroy(&km->reload_lock);
 	pthread_mutex_destroy(&km->policy_lock);
 	free(km);
+}
+
+void
+keys_hold_old_kek(struct keys *km, struct idp_kek *old)
+{
+	idp_kek_free(km->old_kek);
+	km->old_kek = old;
 }
 
 void
@@ -760,7 +826,7 @@ reload_on(struct keys *km, struct store_conn *c, struct idp_diag *diag)
 	}
 	prev = keys_current(km);
 	idp_diag_init(&sdiag);
-	rc = keys_snapshot_build(rows, n, km->kek, prev, &snap, diag, &sdiag);
+	rc = keys_snapshot_build(rows, n, km->kek, km->old_kek, prev, &snap, diag, &sdiag);
 	if (rc == IDP_OK) {
 		const char *was =
 		    prev != NULL && prev->signing ? idp_jws_key_kid(prev->signing) : "";

@@ -97,6 +97,23 @@ keys_start(struct idpd_app *app, struct keys **out, struct idp_diag *diag)
 	rc = open_from_config(app->cfg, app->store, &km, diag);
 	if (rc != IDP_OK)
 		return rc;
+	/* The KEK being replaced, if given: keys still sealed under it are
+	 * checked with it rather than trusted only when already known. */
+	{
+		const char *env = getenv(IDP_KEK_OLD_ENV);
+		struct idp_kek *old = NULL;
+
+		if (env != NULL && env[0] != '\0') {
+			rc = idp_kek_from_string(env, &old, diag);
+			idp_kek_scrub_env_var(IDP_KEK_OLD_ENV);
+			if (rc != IDP_OK) {
+				idp_diag_add(diag, "keys: $" IDP_KEK_OLD_ENV " is not a KEK");
+				keys_free(km);
+				return rc;
+			}
+			keys_hold_old_kek(km, old);
+		}
+	}
 	rc = keys_ensure(km, diag);
 	if (rc != IDP_OK) {
 		keys_free(km);

@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "world.h"
 #include "idpd/auth.h"
 #include "idpd/clock.h"
 #include "idpd/jws.h"
@@ -1168,6 +1169,71 @@ kek_rotation_reseals_every_live_key(void **state)
 	free(jwks_after);
 }
 
+/*
+ * A row written behind idpd's back, as anyone who can write the table
+ * could: state retiring, the writer's own public key, junk for the sealed
+ * private half and the id of a KEK no instance holds.  It is neither
+ * published nor trusted, so an identity credential forged with that key
+ * does not authenticate the agent it names.
+ */
+static void
+a_key_under_a_kek_no_instance_holds_is_not_trusted(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	struct idp_jws_key *forger = NULL;
+	char cred[4096], sql[4096], *jwk_text, *forged = NULL;
+	json_t *claims, *jwk;
+
+	(void)state;
+	world_start(&w, "t_keys_forged_row", NULL);
+	world_agent(&w, &(struct world_agent){.id = "victim",
+	                                      .type = "helper",
+	                                      .owner = "alice@example.com",
+	                                      .caps = "[\"cloud:Describe*\"]"});
+	world_credential(&w, "victim", cred, sizeof(cred));
+	world_call(&w, "GET", "/v1/me", cred, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	claims = world_verify(&w, cred, IDP_JWS_TYP_IDENTITY);
+
+	assert_int_equal(idp_jws_key_generate(NULL, &forger, NULL), IDP_OK);
+	jwk = idp_jws_key_public_jwk(forger);
+	jwk_text = json_dumps(jwk, JSON_COMPACT);
+	json_decref(jwk);
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO signing_keys (kid, state, public_jwk, private_sealed, kek_id, "
+	         "created_at, retiring_at, retire_after, not_after) VALUES ('%s', 'retiring', "
+	         "'%s', decode(repeat('5a', 64), 'hex'), 'kek-0123456789abcdef', now(), now(), "
+	         "now() + interval '1 hour', now() + interval '90 days')",
+	         idp_jws_key_kid(forger), jwk_text);
+	free(jwk_text);
+	assert_int_equal(harness_sql(w.db, sql), 0);
+	/* A rotation reloads the keys before it answers, the forged row among them. */
+	world_call(&w, "POST", "/v1/keys/rotate", w.k.admin, "{\"force\":true}", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+
+	world_call(&w, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_null(strstr(r.body, idp_jws_key_kid(forger)));
+	harness_resp_free(&r);
+	assert_int_equal(idp_jws_sign(forger, IDP_JWS_TYP_IDENTITY, claims, &forged, NULL, NULL),
+	                 IDP_OK);
+	world_call(&w, "GET", "/v1/me", forged, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	/* The real credential, signed by a key idpd made, still works. */
+	world_call(&w, "GET", "/v1/me", cred, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_true(harness_log_contains(&w.p, "a key-encryption key this instance does not hold"));
+	free(forged);
+	json_decref(claims);
+	idp_jws_key_unref(forger);
+	world_stop(&w);
+}
+
 static void
 rotation_and_listing_require_the_right_roles(void **state)
 {
@@ -1235,10 +1301,11 @@ main(void)
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),
+	    cmocka_unit_test(a_key_under_a_kek_no_instance_holds_is_not_trusted),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 
 	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
 	setenv("IDPD_KEK", TEST_KEK, 1);
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }
