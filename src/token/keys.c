@@ -517,6 +517,24 @@ row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const st
 	return ok ? ROW_TRUSTED : ROW_ALTERED;
 }
 
+/* d's lines joined with "; ", for one log line. */
+static void
+one_line(const struct idp_diag *d, char *out, size_t len)
+{
+	const char *p = idp_diag_str(d);
+	size_t n = 0;
+
+	for (; *p != '\0' && n + 3 < len; p++) {
+		if (*p == '\n') {
+			out[n++] = ';';
+			out[n++] = ' ';
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
+}
+
 int
 keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
                     const struct idp_kek *old_kek, const struct keys_snapshot *prev,
@@ -546,12 +564,26 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 		for (size_t i = 0; i < n; i++) {
 			const struct keys_row *row = &rows[i];
 			struct idp_jws_key *pub;
+			struct idp_diag bad;
 
 			if (row->info.state != order[o])
 				continue;
-			rc = row_public_key(row, &pub, diag);
-			if (rc != IDP_OK)
-				goto done;
+			/*
+			 * A row idpd cannot have written is left out, not fatal:
+			 * failing the whole snapshot would keep the previous one,
+			 * and with it a key retired meanwhile (compromised, say)
+			 * trusted and signing on every instance.
+			 */
+			idp_diag_init(&bad);
+			if (row_public_key(row, &pub, &bad) != IDP_OK) {
+				char why[IDP_DIAG_MAX];
+
+				one_line(&bad, why, sizeof(why));
+				log_error("keys: %s; it is neither published nor trusted", why);
+				if (row->info.state == KEYS_ACTIVE)
+					idp_diag_add(signing_diag, "%s", why);
+				continue;
+			}
 			switch (row_holds_up(row, pub, kek, old_kek, prev, s, signing_diag)) {
 			case ROW_TRUSTED:
 				break;

@@ -56,9 +56,10 @@ struct keys_snapshot {
  * under kek or old_kek (either may be NULL) must open to the key it
  * publishes; a row sealed under any other KEK is trusted only if prev
  * trusted the same kid with the same public key.  A row that fails either
- * rule is left out and logged.  Fails (IDP_EINTERNAL, diag) only for rows
- * idpd cannot have written: a public JWK that does not parse or names
- * another kid.  Any thread.
+ * rule, or that idpd cannot have written (a public JWK that does not parse
+ * or names another kid), is left out and logged, and the other keys load:
+ * an active key left out means no signing key.  Fails (IDP_EINTERNAL,
+ * diag) only when the key set or the JWKS cannot be made.  Any thread.
  */
 int keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
                         const struct idp_kek *old_kek, const struct keys_snapshot *prev,

@@ -781,20 +781,69 @@ snapshot_reuses_the_loaded_active_key_without_decrypting(void **state)
 }
 
 static void
-snapshot_refuses_a_public_jwk_that_names_another_key(void **state)
+snapshot_leaves_out_a_public_jwk_that_names_another_key(void **state)
 {
 	struct idp_kek *a = kek(KEK_A);
 	struct keys_row *rows = make_rows(a);
-	struct keys_snapshot *s = NULL;
-	struct idp_diag d;
+	struct keys_snapshot *s;
 
 	(void)state;
 	free(rows[1].public_jwk);
 	rows[1].public_jwk = idp_xstrdup(rows[0].public_jwk);
-	idp_diag_init(&d);
-	assert_int_equal(keys_snapshot_build(rows, 3, a, NULL, NULL, &s, &d, NULL), IDP_EINTERNAL);
-	assert_null(s);
-	assert_non_null(strstr(idp_diag_str(&d), rows[1].info.kid));
+	s = build(rows, 3, a, NULL, NULL);
+	assert_int_equal(idp_jws_keyset_count(s->verify), 2);
+	assert_null(idp_jws_keyset_find(s->verify, rows[1].info.kid));
+	assert_null(strstr(s->jwks, rows[1].info.kid));
+	assert_non_null(idp_jws_keyset_find(s->verify, rows[0].info.kid));
+	assert_non_null(s->signing);
+	keys_snapshot_unref(s);
+	keys_rows_free(rows, 3);
+	idp_kek_free(a);
+}
+
+/*
+ * One unreadable row does not freeze the keys: the active key is retired
+ * as compromised while a retiring row's public JWK is unreadable, and the
+ * next snapshot still drops the retired key and signs with its successor.
+ * With the active row itself unreadable nothing signs.
+ */
+static void
+snapshot_skips_an_unreadable_row_and_still_drops_a_retired_key(void **state)
+{
+	struct idp_kek *a = kek(KEK_A);
+	struct keys_row *rows = make_rows(a);
+	struct keys_snapshot *first = build(rows, 3, a, NULL, NULL), *second, *third;
+	char retired[IDP_JWS_MAX_KID + 1], junk[256];
+	struct idp_diag sd;
+
+	(void)state;
+	snprintf(retired, sizeof(retired), "%s", rows[2].info.kid);
+	/* The active key retired (no longer read as live), the next one active. */
+	free(rows[2].public_jwk);
+	free(rows[2].sealed);
+	rows[2].public_jwk = NULL;
+	rows[2].sealed = NULL;
+	rows[0].info.state = KEYS_ACTIVE;
+	rows[0].info.activated_ms = T0 + HOUR;
+	snprintf(junk, sizeof(junk), "{\"kid\":\"%s\",\"kty\":\"EC\"}", rows[1].info.kid);
+	free(rows[1].public_jwk);
+	rows[1].public_jwk = idp_xstrdup(junk);
+	second = build(rows, 2, a, first, NULL);
+	assert_null(idp_jws_keyset_find(second->verify, retired));
+	assert_null(idp_jws_keyset_find(second->verify, rows[1].info.kid));
+	assert_int_equal(idp_jws_keyset_count(second->verify), 1);
+	assert_non_null(second->signing);
+	assert_string_equal(idp_jws_key_kid(second->signing), rows[0].info.kid);
+	/* The active row unreadable too: nothing signs, and the reason names it. */
+	free(rows[0].public_jwk);
+	rows[0].public_jwk = idp_xstrdup("not json");
+	third = build(rows, 2, a, second, &sd);
+	assert_null(third->signing);
+	assert_int_equal(idp_jws_keyset_count(third->verify), 0);
+	assert_non_null(strstr(idp_diag_str(&sd), rows[0].info.kid));
+	keys_snapshot_unref(first);
+	keys_snapshot_unref(second);
+	keys_snapshot_unref(third);
 	keys_rows_free(rows, 3);
 	idp_kek_free(a);
 }
@@ -1271,7 +1320,8 @@ main(void)
 	    cmocka_unit_test(snapshot_leaves_out_a_new_key_under_a_kek_it_does_not_hold),
 	    cmocka_unit_test(snapshot_checks_keys_under_the_old_kek_with_it),
 	    cmocka_unit_test(snapshot_reuses_the_loaded_active_key_without_decrypting),
-	    cmocka_unit_test(snapshot_refuses_a_public_jwk_that_names_another_key),
+	    cmocka_unit_test(snapshot_leaves_out_a_public_jwk_that_names_another_key),
+	    cmocka_unit_test(snapshot_skips_an_unreadable_row_and_still_drops_a_retired_key),
 	    cmocka_unit_test(snapshot_leaves_out_a_row_whose_public_jwk_was_swapped),
 	    cmocka_unit_test(check_kek_accepts_the_kek_that_sealed_the_keys),
 	    cmocka_unit_test(check_kek_names_both_kek_ids_and_no_secret),
