@@ -870,10 +870,13 @@ introspect(struct http_req *req, void *ctx)
 		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, true, &e,
 		            &reason);
 	}
-	/* A key bound to audiences sees only tokens for them: a resource
-	 * server learns nothing of another's tokens, nor of delegation tokens
-	 * (whose audience is idpd), which are not its to accept. */
-	if (rc == IDP_OK && !auth_audience_allowed(&op, e->aud)) {
+	/* A key bound to audiences sees only access tokens for them: a
+	 * resource server learns nothing of another's tokens, nor of
+	 * delegation tokens, which are not its to accept.  Those are refused
+	 * by their kind, not by their audience: a key whose audiences happen
+	 * to name identity.audience must not see them either. */
+	if (rc == IDP_OK &&
+	    (!auth_audience_allowed(&op, e->aud) || (op.audiences[0] != '\0' && !e->access))) {
 		vc_unref(e);
 		e = NULL;
 		reason = "audience_not_allowed";

@@ -1162,15 +1162,20 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	struct setting s;
 	struct http_resp r;
 	struct world_opts o = {0};
-	char key[64], hash[80], extra[320], body[8192], url[256];
+	char key[64], hash[80], idpd_key[64], idpd_hash[80], extra[640], body[8192], url[256];
 	char *aws, *billing;
 
 	(void)state;
 	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(auth_key_generate(idpd_key, idpd_hash), IDP_OK);
+	/* The second key's audiences name idpd's own (identity.audience, the
+	 * aud of delegation tokens): still no delegation token for it. */
 	snprintf(extra, sizeof(extra),
 	         "[[api_keys]]\nname = \"aws-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
-	         "audiences = \"https://other.example.com %s\"\n",
-	         hash, WORLD_AWS);
+	         "audiences = \"https://other.example.com %s\"\n"
+	         "[[api_keys]]\nname = \"odd-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "audiences = \"%s idpd\"\n",
+	         hash, WORLD_AWS, idpd_hash, WORLD_AWS);
 	o.extra_toml = extra;
 	setting_start_with(&s, "t_access_bound", &o);
 	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
@@ -1187,6 +1192,10 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	assert_string_equal(body, "{\"active\":false}");
 	assert_false(introspect_as(&s, key, s.cloud_token, body, sizeof(body)));
 	assert_string_equal(body, "{\"active\":false}");
+	assert_false(introspect_as(&s, idpd_key, s.cloud_token, body, sizeof(body)));
+	assert_string_equal(body, "{\"active\":false}");
+	assert_false(introspect_as(&s, idpd_key, s.root_token, body, sizeof(body)));
+	assert_true(introspect_as(&s, idpd_key, aws, body, sizeof(body)));
 	/* Asked again (now from the verified-token cache), the same. */
 	assert_false(introspect_as(&s, key, billing, body, sizeof(body)));
 	/* A key without audiences sees them all. */
@@ -1196,7 +1205,7 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	snprintf(url, sizeof(url), "%s/metrics", s.w.p.base);
 	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
 	assert_non_null(strstr(
-	    r.body, "idpd_introspection_inactive_total{reason=\"audience_not_allowed\"} 3\n"));
+	    r.body, "idpd_introspection_inactive_total{reason=\"audience_not_allowed\"} 5\n"));
 	harness_resp_free(&r);
 	free(aws);
 	free(billing);
