@@ -493,6 +493,89 @@ jws_rejects_r_or_s_equal_to_group_order(void **state)
 	free(h);
 }
 
+static char *splice(const char *tok, int i, const char *part);
+
+/* The s of an ES256 token (its last 32 signature bytes) as a new BIGNUM. */
+static BIGNUM *
+token_s(const char *tok)
+{
+	unsigned char sig[64];
+	size_t len = 0;
+
+	assert_int_equal(idp_b64url_decode(strrchr(tok, '.') + 1, 86, sig, 64, &len), IDP_OK);
+	assert_int_equal(len, 64);
+	return BN_bin2bn(sig + 32, 32, NULL);
+}
+
+/* tok with s replaced by n - s: the other valid spelling of its signature. */
+static char *
+high_s_twin(const char *tok)
+{
+	static const unsigned char order[32] = {
+	    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+	    0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+	    0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+	};
+	BIGNUM *n = BN_bin2bn(order, 32, NULL), *s = token_s(tok);
+	unsigned char sig[64];
+	size_t len = 0;
+	char *enc, *twin;
+
+	assert_int_equal(idp_b64url_decode(strrchr(tok, '.') + 1, 86, sig, 64, &len), IDP_OK);
+	assert_int_equal(BN_sub(s, n, s), 1);
+	assert_int_equal(BN_bn2binpad(s, sig + 32, 32), 32);
+	enc = b64u(sig, 64);
+	twin = splice(tok, 2, enc);
+	free(enc);
+	BN_free(n);
+	BN_free(s);
+	return twin;
+}
+
+/*
+ * ECDSA's two spellings of one signature: idpd signs only the one with the
+ * lower s, and with low_s (its own tokens) refuses the other, which
+ * verifies as well; without it (foreign tokens) either is accepted.
+ */
+static void
+jws_signs_low_s_and_refuses_the_high_s_twin_of_its_own_tokens(void **state)
+{
+	static const unsigned char half[32] = {
+	    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff,
+	    0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b,
+	    0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+	};
+	const struct idp_jws_verify_opts own = {.typ = IDP_JWS_TYP_ACCESS, .low_s = true};
+	const struct idp_jws_verify_opts any = {.typ = IDP_JWS_TYP_ACCESS};
+	BIGNUM *h = BN_bin2bn(half, 32, NULL);
+	char *tok = NULL, *twin;
+	int rc;
+
+	(void)state;
+	/* Half of the raw signatures would have a high s: 64 in a row do not. */
+	for (int i = 0; i < 64; i++) {
+		json_t *claims = json_pack("{s:s,s:i}", "sub", "agent-1", "n", i);
+		BIGNUM *s;
+
+		free(tok);
+		tok = NULL;
+		assert_int_equal(
+		    idp_jws_sign(fx->ec1, IDP_JWS_TYP_ACCESS, claims, &tok, NULL, NULL), IDP_OK);
+		json_decref(claims);
+		s = token_s(tok);
+		assert_true(BN_cmp(s, h) <= 0);
+		BN_free(s);
+		assert_int_equal(verify_reason(fx->own, tok, &own, NULL), IDP_JWS_OK);
+	}
+	twin = high_s_twin(tok);
+	assert_int_equal(verify_reason(fx->own, twin, &any, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, twin, &own, &rc), IDP_JWS_BAD_SIGNATURE_FORMAT);
+	assert_int_equal(rc, IDP_EUNAUTH);
+	free(twin);
+	free(tok);
+	BN_free(h);
+}
+
 static void
 jws_rejects_wrong_signature_length(void **state)
 {
@@ -1696,6 +1779,7 @@ main(void)
 	    cmocka_unit_test(jws_rejects_stripped_signature),
 	    cmocka_unit_test(jws_rejects_zero_r_and_s),
 	    cmocka_unit_test(jws_rejects_r_or_s_equal_to_group_order),
+	    cmocka_unit_test(jws_signs_low_s_and_refuses_the_high_s_twin_of_its_own_tokens),
 	    cmocka_unit_test(jws_rejects_wrong_signature_length),
 	    cmocka_unit_test(jws_rejects_modified_payload),
 	    cmocka_unit_test(jws_rejects_modified_header),
