@@ -43,6 +43,7 @@
 struct idp_clock;
 struct idp_kek;
 struct idpd_app;
+struct idpd_config;
 struct http_router;
 struct maintenance_run;
 struct store;
@@ -330,15 +331,38 @@ int keys_maintenance_job(const struct maintenance_run *run, void *ctx, json_t *c
 /* ---- the process's manager ---- */
 
 /*
- * For `idpd serve`, after the store is open and before the listener and
- * HTTP start: load the KEK (IDPD_KEK, else keys.kek_file), open a manager
- * with app->cfg's keys.* settings, keys_ensure, subscribe to app->listener,
- * and register the reload hook.  On success *out is the process's manager
- * (keys_process() returns it too); free it with keys_free after the HTTP
- * server and the listener stop.  Any failure is fatal for startup: diag says
- * why.  Main thread.
+ * The key-encryption keys of `idpd serve`, read before any thread starts:
+ * the environment is scrubbed of them at once, and unsetenv while another
+ * thread (libpq's, say) calls getenv is a race.
  */
-int keys_start(struct idpd_app *app, struct keys **out, struct idp_diag *diag) IDP_WUR;
+struct keys_keks {
+	struct idp_kek *kek; /* $IDPD_KEK, else keys.kek_file */
+	struct idp_kek *old; /* $IDPD_KEK_OLD when set, else NULL */
+	char source[160];    /* where kek came from, for messages ("$IDPD_KEK") */
+};
+
+/*
+ * Fill *out from the environment and cfg, then overwrite and unset
+ * $IDPD_KEK and $IDPD_KEK_OLD, also on failure.  On failure nothing is
+ * held and diag says why (no KEK, or one that is not a KEK).  Main thread,
+ * before any other thread exists.
+ */
+int keys_load_keks(const struct idpd_config *cfg, struct keys_keks *out,
+                   struct idp_diag *diag) IDP_WUR;
+/* Wipe and free what *k still holds; harmless when keys_start took it. */
+void keys_keks_cleanup(struct keys_keks *k);
+
+/*
+ * For `idpd serve`, after the store is open and before the listener and
+ * HTTP start: open a manager with the KEKs of keys_load_keks (taken, also
+ * on failure) and app->cfg's keys.* settings, keys_ensure, subscribe to
+ * app->listener, and register the reload hook.  On success *out is the
+ * process's manager (keys_process() returns it too); free it with
+ * keys_free after the HTTP server and the listener stop.  Any failure is
+ * fatal for startup: diag says why.  Main thread.
+ */
+int keys_start(struct idpd_app *app, struct keys_keks *keks, struct keys **out,
+               struct idp_diag *diag) IDP_WUR;
 /* The manager keys_start made, or NULL. */
 struct keys *keys_process(void);
 

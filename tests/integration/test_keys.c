@@ -1025,6 +1025,25 @@ wrong_kek_refuses_to_start_and_changes_nothing(void **state)
 #define NEW_KEK "6e65772d6b656b2d616674657a2d726f746174696f6e2d6f662d6b656b732121"
 
 /* Run idpd keys reseal with the config of p; its exit status, output in path. */
+/* Whether the environment block of process pid (/proc/<pid>/environ) holds text. */
+static bool
+environ_holds(pid_t pid, const char *text)
+{
+	char path[64], buf[65536];
+	size_t n, tlen = strlen(text);
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+	f = fopen(path, "rb");
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	for (size_t i = 0; i + tlen <= n; i++)
+		if (memcmp(buf + i, text, tlen) == 0)
+			return true;
+	return false;
+}
+
 static int
 reseal(const struct idpd_proc *p, const char *path)
 {
@@ -1153,6 +1172,9 @@ kek_rotation_reseals_every_live_key(void **state)
 	assert_true(harness_log_contains(&p, "was sealed with key-encryption key kek-"));
 	setenv("IDPD_KEK", NEW_KEK, 1);
 	start(&p, "t_keys_reseal", NULL);
+	/* Both KEKs were read, then wiped from what /proc shows of its environment. */
+	assert_false(environ_holds(p.pid, NEW_KEK));
+	assert_false(environ_holds(p.pid, TEST_KEK));
 	jwks_after = jwks_text(&p);
 	assert_string_equal(jwks_before, jwks_after);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
