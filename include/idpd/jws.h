@@ -222,9 +222,12 @@ int idp_jws_sign_payload(const struct idp_jws_key *key, const char *typ, const c
  * as long as the key that signed it is still in the set it is checked
  * against.  It holds the parsed header and claims, shared read-only.  Only
  * the signature is skipped: every caller still checks the time claims,
- * revocation and status itself.  Direct-mapped, bounded, striped locks;
- * any thread.  One cache serves one kind of token: always pass it with the
- * same verify options.
+ * revocation and status itself.  An entry records the expected typ, the
+ * allowed algorithms and low_s it was verified with, and a hit needs the
+ * same: a token cached for one kind is verified again when asked for as
+ * another.  Direct-mapped, bounded, striped locks; any thread.  One cache
+ * still best serves one kind of token (pass it with the same verify
+ * options), or the kinds evict each other.
  */
 struct idp_jws_cache;
 /* A cache of slots entries (rounded up to a power of two); 0 means NULL: no cache. */

@@ -1607,11 +1607,12 @@ idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
 	/* Without a key (OpenSSL failing) the cache is left alone. */
 	if (opts == NULL || opts->cache == NULL ||
 	    len > (opts->max_len ? opts->max_len : IDP_JWS_MAX_TOKEN) ||
-	    !jws_cache_key(token, len, key))
+	    !jws_cache_can_hold(opts) || !jws_cache_key(token, len, key))
 		return verify_token(set, token, len, opts, out, reason);
 	memset(out, 0, sizeof(*out));
-	/* A hit counts only while the key that signed it is still trusted. */
-	if (jws_cache_get(opts->cache, key, out)) {
+	/* A hit counts only while the key that signed it is still trusted, and
+	 * only if it was verified with the checks asked for now. */
+	if (jws_cache_get(opts->cache, key, opts, out)) {
 		const struct idp_jws_key *k =
 		    out->kid != NULL ? idp_jws_keyset_find(set, out->kid) : NULL;
 
@@ -1624,7 +1625,7 @@ idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
 	}
 	rc = verify_token(set, token, len, opts, out, reason);
 	if (rc == IDP_OK)
-		jws_cache_put(opts->cache, key, out);
+		jws_cache_put(opts->cache, key, opts, out);
 	return rc;
 }
 

@@ -1766,6 +1766,48 @@ jws_cache_skips_only_what_it_verified(void **state)
 	free(tok);
 }
 
+/*
+ * A hit is taken only under the checks the entry was verified with: a
+ * token cached for one typ, algorithm list or signature form is verified
+ * again, and refused, when the same cache is asked with stricter ones.
+ */
+static void
+jws_cache_hit_needs_the_checks_it_was_filled_with(void **state)
+{
+	struct idp_jws_cache *c = idp_jws_cache_new(4);
+	struct idp_jws_verify_opts access = {.typ = IDP_JWS_TYP_ACCESS, .cache = c};
+	struct idp_jws_verify_opts identity = {.typ = IDP_JWS_TYP_IDENTITY, .cache = c};
+	struct idp_jws_verify_opts any_typ = {.cache = c};
+	struct idp_jws_verify_opts both = {.algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256,
+	                                   .cache = c};
+	struct idp_jws_verify_opts es_only = {.cache = c};
+	struct idp_jws_verify_opts low = {.typ = IDP_JWS_TYP_ACCESS, .cache = c, .low_s = true};
+	json_t *claims = json_pack("{s:s}", "sub", "agent-1");
+	char *tok = NULL, *rs = NULL, *twin;
+
+	(void)state;
+	assert_int_equal(idp_jws_sign(fx->ec1, IDP_JWS_TYP_ACCESS, claims, &tok, NULL, NULL),
+	                 IDP_OK);
+	/* typ: an access token cached without a typ, then asked for as a credential. */
+	assert_int_equal(verify_reason(fx->own, tok, &any_typ, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, tok, &identity, NULL), IDP_JWS_TYP_MISMATCH);
+	assert_int_equal(verify_reason(fx->own, tok, &access, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, tok, &identity, NULL), IDP_JWS_TYP_MISMATCH);
+	/* algs: an RS256 token cached for a caller that allows it, then asked ES256-only. */
+	assert_int_equal(idp_jws_sign(fx->rsa1, NULL, claims, &rs, NULL, NULL), IDP_OK);
+	assert_int_equal(verify_reason(fx->foreign, rs, &both, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->foreign, rs, &es_only, NULL), IDP_JWS_ALG_NOT_ALLOWED);
+	/* low_s: the high-S twin cached where either s goes, then asked for as idpd's own. */
+	twin = high_s_twin(tok);
+	assert_int_equal(verify_reason(fx->own, twin, &access, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, twin, &low, NULL), IDP_JWS_BAD_SIGNATURE_FORMAT);
+	free(twin);
+	free(rs);
+	free(tok);
+	json_decref(claims);
+	idp_jws_cache_free(c);
+}
+
 int
 main(void)
 {
@@ -1820,6 +1862,7 @@ main(void)
 	    cmocka_unit_test(jws_concurrent_sign_and_verify_with_one_key),
 	    cmocka_unit_test(jws_reason_names_are_stable),
 	    cmocka_unit_test(jws_cache_skips_only_what_it_verified),
+	    cmocka_unit_test(jws_cache_hit_needs_the_checks_it_was_filled_with),
 	};
 	return cmocka_run_group_tests_name("jws", tests, group_setup, group_teardown);
 }
