@@ -229,6 +229,20 @@ struct idp_jws_keyset *keys_verify_set(struct keys *km);
  * calling the token invalid: idpd cannot know.
  */
 bool keys_may_lack_kid(struct keys *km);
+/*
+ * For a token whose kid keys_verify_set lacks while keys_may_lack_kid is
+ * false: a key another instance activated a moment ago is in the table
+ * before its notification reaches this instance.  Reload the keys now,
+ * unless a reload for this reason ran within the last KEYS_KID_RELOAD_MS
+ * (then wait for one in flight and look at what is loaded), so that tokens
+ * naming made-up kids cost at most one read a second.  IDP_OK when kid is
+ * known afterwards, IDP_ENOTFOUND when it is not, IDP_EUNAVAIL when the
+ * reload failed (idpd cannot know).  Reads PostgreSQL: not on an I/O thread.
+ */
+#define KEYS_KID_RELOAD_MS 1000
+int keys_reload_for_kid(struct keys *km, const char *kid) IDP_WUR;
+/* Whether kid has the shape of the kids idpd makes (an RFC 7638 thumbprint). */
+bool keys_kid_plausible(const char *kid);
 
 /*
  * The longest lifetime a token signed now may have and still verify until

@@ -61,6 +61,9 @@ struct keys {
 	bool retry_due, retry_stop;
 	pthread_t retry_thread;
 	bool has_retry; /* main thread only */
+
+	/* CLOCK_MONOTONIC ms of the last keys_reload_for_kid reload, 0: none yet. */
+	_Atomic int64_t kid_reload_ms;
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -1071,6 +1074,62 @@ bool
 keys_may_lack_kid(struct keys *km)
 {
 	return km == NULL || atomic_load(&km->may_lack);
+}
+
+static int64_t
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether the current snapshot's verify set holds kid. */
+static bool
+kid_loaded(struct keys *km, const char *kid)
+{
+	struct idp_jws_keyset *set = keys_verify_set(km);
+	bool found = set != NULL && idp_jws_keyset_find(set, kid) != NULL;
+
+	idp_jws_keyset_unref(set);
+	return found;
+}
+
+int
+keys_reload_for_kid(struct keys *km, const char *kid)
+{
+	int64_t now = monotonic_ms(), last = atomic_load(&km->kid_reload_ms);
+	struct idp_diag d;
+
+	if (kid_loaded(km, kid))
+		return IDP_OK;
+	if ((last == 0 || now - last >= KEYS_KID_RELOAD_MS) &&
+	    atomic_compare_exchange_strong(&km->kid_reload_ms, &last, now)) {
+		idp_diag_init(&d);
+		if (keys_reload(km, &d) != IDP_OK) {
+			log_warn("%s; a token naming the unknown key %s answers 503",
+			         idp_diag_str(&d), kid);
+			return IDP_EUNAVAIL;
+		}
+	} else {
+		/* Rate-limited: a reload another thread began may still bring it. */
+		pthread_mutex_lock(&km->reload_lock);
+		pthread_mutex_unlock(&km->reload_lock);
+	}
+	return kid_loaded(km, kid) ? IDP_OK : IDP_ENOTFOUND;
+}
+
+bool
+keys_kid_plausible(const char *kid)
+{
+	size_t n = 0;
+
+	for (; kid[n] != '\0'; n++)
+		if (!(kid[n] >= 'A' && kid[n] <= 'Z') && !(kid[n] >= 'a' && kid[n] <= 'z') &&
+		    !(kid[n] >= '0' && kid[n] <= '9') && kid[n] != '-' && kid[n] != '_')
+			return false;
+	return n == 43;
 }
 
 /* ---- for the token service ---- */

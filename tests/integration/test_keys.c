@@ -26,11 +26,13 @@
 #include "harness.h"
 #include "world.h"
 #include "idpd/auth.h"
+#include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/jws.h"
 #include "idpd/kek.h"
 #include "idpd/keys.h"
 #include "idpd/store.h"
+#include "idpd/tasks.h"
 
 /* This test's KEK, and another one. */
 #define TEST_KEK "6b6579732d746573742d6b656b2d7468697274792d74776f2d62797465732121"
@@ -1256,6 +1258,84 @@ a_key_under_a_kek_no_instance_holds_is_not_trusted(void **state)
 	world_stop(&w);
 }
 
+/* The kid in a compact token's header, into kid. */
+static void
+token_kid(const char *tok, char kid[IDP_JWS_MAX_KID + 1])
+{
+	unsigned char *text = NULL;
+	size_t len = 0;
+	json_t *hdr;
+
+	assert_int_equal(
+	    idp_b64url_decode_alloc(tok, (size_t)(strchr(tok, '.') - tok), &text, &len), IDP_OK);
+	hdr = json_loadb((const char *)text, len, 0, NULL);
+	assert_non_null(hdr);
+	snprintf(kid, IDP_JWS_MAX_KID + 1, "%s", json_string_value(json_object_get(hdr, "kid")));
+	json_decref(hdr);
+	free(text);
+}
+
+/*
+ * A key activated on one instance reaches another by NOTIFY, a few
+ * milliseconds later.  Until then a token it signed must not be called
+ * inactive there: introspection reads the keys once (at most once a
+ * second) for a kid it does not know.  Here the notification never comes
+ * (the trigger is disabled), so only that read can find the key.  A kid
+ * no instance made stays unknown.
+ */
+static void
+introspection_reads_the_keys_again_for_an_unknown_kid(void **state)
+{
+	struct world w, peer;
+	struct http_resp r;
+	struct idp_jws_key *stranger = NULL;
+	char task_id[80], kid[IDP_JWS_MAX_KID + 1], *human, *root, *forged = NULL;
+	json_t *claims;
+
+	(void)state;
+	world_start(&w, "t_keys_unknown_kid", NULL);
+	world_start_peer(&w, &peer);
+	world_agent(&w, &(struct world_agent){.id = "planner",
+	                                      .type = "planner",
+	                                      .owner = "alice@example.com",
+	                                      .caps = "[\"cloud:Describe*\"]"});
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys DISABLE TRIGGER signing_keys_notify"), 0);
+	/* Twice: the first promotes the next key, which the peer already has. */
+	for (int i = 0; i < 2; i++) {
+		world_call(&w, "POST", "/v1/keys/rotate", w.k.admin, "{\"force\":true}", &r);
+		assert_int_equal(r.status, 200);
+		harness_resp_free(&r);
+	}
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planner", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	token_kid(root, kid);
+	world_call(&peer, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_null(strstr(r.body, kid));
+	harness_resp_free(&r);
+	assert_true(world_active(&peer, root, NULL));
+	world_call(&peer, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_non_null(strstr(r.body, kid));
+	harness_resp_free(&r);
+
+	/* The same claims under a key of nobody's: inactive, after a look. */
+	claims = world_verify(&w, root, TASK_TOKEN_TYP);
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(stranger, TASK_TOKEN_TYP, claims, &forged, NULL, NULL),
+	                 IDP_OK);
+	assert_false(world_active(&peer, forged, NULL));
+	assert_false(world_active(&peer, forged, NULL));
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
+	json_decref(claims);
+	idp_jws_key_unref(stranger);
+	free(forged);
+	free(root);
+	free(human);
+	world_stop(&peer);
+	world_stop(&w);
+}
+
 static void
 rotation_and_listing_require_the_right_roles(void **state)
 {
@@ -1324,6 +1404,7 @@ main(void)
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),
 	    cmocka_unit_test(a_key_under_a_kek_no_instance_holds_is_not_trusted),
+	    cmocka_unit_test(introspection_reads_the_keys_again_for_an_unknown_kid),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 

@@ -1173,6 +1173,29 @@ signing_key_is_refused_from_its_not_after(void **state)
 	}
 }
 
+/*
+ * An unknown kid reads the keys at most once a second: here PostgreSQL is
+ * unreachable, so the read that is made answers "cannot know", and the
+ * next ask within the second reads nothing and finds the kid unknown.
+ */
+static void
+unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
+{
+	struct fixture *f = *state;
+	const char *made_up = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+	keys_install(f->km, build(f->rows, 3, f->kek, NULL, NULL));
+	assert_true(keys_kid_plausible(made_up));
+	assert_true(keys_kid_plausible(f->rows[0].info.kid));
+	assert_false(keys_kid_plausible("short"));
+	assert_false(keys_kid_plausible("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+	/* A kid already loaded needs no read. */
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[2].info.kid), IDP_OK);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_EUNAVAIL);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_ENOTFOUND);
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid), IDP_OK);
+}
+
 static void
 readers_keep_their_snapshot_across_a_swap(void **state)
 {
@@ -1331,6 +1354,8 @@ main(void)
 	    cmocka_unit_test_setup_teardown(signing_key_is_unavailable_before_the_first_load, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(signing_key_is_refused_from_its_not_after, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(unknown_kid_reads_the_keys_at_most_once_a_second, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(readers_keep_their_snapshot_across_a_swap, setup,
 	                                    teardown),
