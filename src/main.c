@@ -373,6 +373,7 @@ cmd_serve(int argc, char **argv)
 	struct http_server_opts ho;
 	struct http_router *router;
 	struct keys *keys = NULL;
+	struct keys_keks keks = {0};
 	struct idp_diag diag;
 	struct store_opts so;
 	const char *config = NULL;
@@ -409,6 +410,18 @@ cmd_serve(int argc, char **argv)
 		idp_log_set_level(lvl >= 0 ? (enum idp_log_level)lvl : IDP_LOG_INFO);
 	}
 	if (install_verbs(app.cfg) != 0) {
+		idpd_config_free(app.cfg);
+		return 1;
+	}
+	/*
+	 * The KEKs now, while this is the only thread: reading them scrubs
+	 * them from the environment, and unsetenv racing a getenv in another
+	 * thread (libpq reads PG* variables) is undefined.  A missing or bad
+	 * KEK is refused here, before anything is started.
+	 */
+	idp_diag_init(&diag);
+	if (keys_load_keks(app.cfg, &keks, &diag) != IDP_OK) {
+		log_error("%s", idp_diag_str(&diag));
 		idpd_config_free(app.cfg);
 		return 1;
 	}
@@ -507,9 +520,9 @@ cmd_serve(int argc, char **argv)
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
-	/* A wrong or missing KEK ends startup here, before anything is served. */
+	/* A KEK that does not open the keys ends startup here, before anything is served. */
 	idp_diag_init(&diag);
-	if (keys_start(&app, &keys, &diag) != IDP_OK) {
+	if (keys_start(&app, &keks, &keys, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
 		goto done;
 	}
@@ -609,8 +622,9 @@ done:
 	store_listener_free(app.listener);
 	revocation_shutdown(); /* after HTTP and the listener, its users */
 	access_shutdown();
-	registry_shutdown(); /* after HTTP and the listener, its two users */
-	keys_free(keys);     /* likewise */
+	registry_shutdown();      /* after HTTP and the listener, its two users */
+	keys_free(keys);          /* likewise */
+	keys_keks_cleanup(&keks); /* if startup ended before keys_start took them */
 	idp_presign_stop();
 	attest_shutdown();
 	human_auth_shutdown();

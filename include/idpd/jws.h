@@ -22,8 +22,9 @@
  * (ES256 only unless the caller says otherwise; "none" and HMAC never), a
  * missing or unknown kid, the key-carrying headers jku, jwk, x5u, x5c, any
  * crit, and a typ other than the expected one.  ES256 signatures must be 64
- * bytes with r and s in [1, n-1].  The payload must be a JSON object without
- * duplicate members.
+ * bytes with r and s in [1, n-1], and s at most (n-1)/2 when the caller
+ * asks (its own tokens: idpd signs only that form).  The payload must be a
+ * JSON object without duplicate members.
  */
 #ifndef IDPD_JWS_H
 #define IDPD_JWS_H
@@ -197,7 +198,8 @@ json_t *idp_jws_keyset_to_jwks(const struct idp_jws_keyset *set);
  * with its kid and typ (1 to 64 bytes; NULL leaves it out; the headers for
  * no typ and the two IDP_JWS_TYP_ values are prepared with the key).  *out
  * is a new NUL-terminated compact token the caller frees; *out_len (if not
- * NULL) gets its length.
+ * NULL) gets its length.  An ES256 signature is always the one with the
+ * lower s of its two valid forms.
  * IDP_EINVAL if the key has no private half or claims is not an object;
  * IDP_ETOOBIG if the token would pass IDP_JWS_MAX_TOKEN; IDP_EINTERNAL if
  * OpenSSL fails.  Any thread, concurrently with one key.
@@ -220,9 +222,12 @@ int idp_jws_sign_payload(const struct idp_jws_key *key, const char *typ, const c
  * as long as the key that signed it is still in the set it is checked
  * against.  It holds the parsed header and claims, shared read-only.  Only
  * the signature is skipped: every caller still checks the time claims,
- * revocation and status itself.  Direct-mapped, bounded, striped locks;
- * any thread.  One cache serves one kind of token: always pass it with the
- * same verify options.
+ * revocation and status itself.  An entry records the expected typ, the
+ * allowed algorithms and low_s it was verified with, and a hit needs the
+ * same: a token cached for one kind is verified again when asked for as
+ * another.  Direct-mapped, bounded, striped locks; any thread.  One cache
+ * still best serves one kind of token (pass it with the same verify
+ * options), or the kinds evict each other.
  */
 struct idp_jws_cache;
 /* A cache of slots entries (rounded up to a power of two); 0 means NULL: no cache. */
@@ -244,6 +249,14 @@ struct idp_jws_verify_opts {
 	size_t max_len;
 	/* Verified tokens to consult and fill; NULL: verify every time. */
 	struct idp_jws_cache *cache;
+	/*
+	 * Refuse an ES256 signature whose s is in the upper half
+	 * (IDP_JWS_BAD_SIGNATURE_FORMAT): the twin (r, n - s) of a valid
+	 * signature verifies too, and idpd signs only the lower one.  Set it
+	 * for idpd's own tokens, never for foreign ones, whose signers need
+	 * not normalise.
+	 */
+	bool low_s;
 };
 
 /* What a successful verification hands back; idp_jws_verified_cleanup() releases it. */

@@ -43,6 +43,7 @@
 struct idp_clock;
 struct idp_kek;
 struct idpd_app;
+struct idpd_config;
 struct http_router;
 struct maintenance_run;
 struct store;
@@ -165,6 +166,15 @@ int keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out,
               struct idp_diag *diag) IDP_WUR;
 /* Free the manager and its snapshot (readers holding references keep theirs).  NULL is a no-op. */
 void keys_free(struct keys *km);
+/*
+ * Hand the manager the KEK being replaced ($IDPD_KEK_OLD), which it owns
+ * from then on (wiped when freed; NULL drops one it held).  Keys sealed
+ * under it are then checked with it when loaded, as keys under the
+ * manager's own KEK are, instead of being trusted only if already known.
+ * It never seals, and changes still need every next and active key under
+ * the manager's own KEK.  Main thread, before the first load.
+ */
+void keys_hold_old_kek(struct keys *km, struct idp_kek *old);
 
 /*
  * Make the stored keys usable and load them: under the lock, check that
@@ -219,6 +229,20 @@ struct idp_jws_keyset *keys_verify_set(struct keys *km);
  * calling the token invalid: idpd cannot know.
  */
 bool keys_may_lack_kid(struct keys *km);
+/*
+ * For a token whose kid keys_verify_set lacks while keys_may_lack_kid is
+ * false: a key another instance activated a moment ago is in the table
+ * before its notification reaches this instance.  Reload the keys now,
+ * unless a reload for this reason ran within the last KEYS_KID_RELOAD_MS
+ * (then wait for one in flight and look at what is loaded), so that tokens
+ * naming made-up kids cost at most one read a second.  IDP_OK when kid is
+ * known afterwards, IDP_ENOTFOUND when it is not, IDP_EUNAVAIL when the
+ * reload failed (idpd cannot know).  Reads PostgreSQL: not on an I/O thread.
+ */
+#define KEYS_KID_RELOAD_MS 1000
+int keys_reload_for_kid(struct keys *km, const char *kid) IDP_WUR;
+/* Whether kid has the shape of the kids idpd makes (an RFC 7638 thumbprint). */
+bool keys_kid_plausible(const char *kid);
 
 /*
  * The longest lifetime a token signed now may have and still verify until
@@ -321,15 +345,38 @@ int keys_maintenance_job(const struct maintenance_run *run, void *ctx, json_t *c
 /* ---- the process's manager ---- */
 
 /*
- * For `idpd serve`, after the store is open and before the listener and
- * HTTP start: load the KEK (IDPD_KEK, else keys.kek_file), open a manager
- * with app->cfg's keys.* settings, keys_ensure, subscribe to app->listener,
- * and register the reload hook.  On success *out is the process's manager
- * (keys_process() returns it too); free it with keys_free after the HTTP
- * server and the listener stop.  Any failure is fatal for startup: diag says
- * why.  Main thread.
+ * The key-encryption keys of `idpd serve`, read before any thread starts:
+ * the environment is scrubbed of them at once, and unsetenv while another
+ * thread (libpq's, say) calls getenv is a race.
  */
-int keys_start(struct idpd_app *app, struct keys **out, struct idp_diag *diag) IDP_WUR;
+struct keys_keks {
+	struct idp_kek *kek; /* $IDPD_KEK, else keys.kek_file */
+	struct idp_kek *old; /* $IDPD_KEK_OLD when set, else NULL */
+	char source[160];    /* where kek came from, for messages ("$IDPD_KEK") */
+};
+
+/*
+ * Fill *out from the environment and cfg, then overwrite and unset
+ * $IDPD_KEK and $IDPD_KEK_OLD, also on failure.  On failure nothing is
+ * held and diag says why (no KEK, or one that is not a KEK).  Main thread,
+ * before any other thread exists.
+ */
+int keys_load_keks(const struct idpd_config *cfg, struct keys_keks *out,
+                   struct idp_diag *diag) IDP_WUR;
+/* Wipe and free what *k still holds; harmless when keys_start took it. */
+void keys_keks_cleanup(struct keys_keks *k);
+
+/*
+ * For `idpd serve`, after the store is open and before the listener and
+ * HTTP start: open a manager with the KEKs of keys_load_keks (taken, also
+ * on failure) and app->cfg's keys.* settings, keys_ensure, subscribe to
+ * app->listener, and register the reload hook.  On success *out is the
+ * process's manager (keys_process() returns it too); free it with
+ * keys_free after the HTTP server and the listener stop.  Any failure is
+ * fatal for startup: diag says why.  Main thread.
+ */
+int keys_start(struct idpd_app *app, struct keys_keks *keks, struct keys **out,
+               struct idp_diag *diag) IDP_WUR;
 /* The manager keys_start made, or NULL. */
 struct keys *keys_process(void);
 

@@ -199,8 +199,10 @@ credential_verify(const struct idp_jws_keyset *set, const char *token, size_t le
                   const struct idp_clock *clock, struct idp_jws_cache *cache,
                   struct agent_credential *out, const char **reason)
 {
-	struct idp_jws_verify_opts opts = {
-	    .typ = IDP_JWS_TYP_IDENTITY, .algs = IDP_JWS_ALLOW_ES256, .cache = cache};
+	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
+	                                   .algs = IDP_JWS_ALLOW_ES256,
+	                                   .cache = cache,
+	                                   .low_s = true};
 	struct idp_jws_verified v = {0};
 	enum idp_jws_reason jr = IDP_JWS_OK;
 	char prefix[ATTEST_SPIFFE_ID_MAX];

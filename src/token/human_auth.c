@@ -144,29 +144,66 @@ audience_holds(const json_t *aud, const char *want)
 }
 
 /*
- * Whether the valid UTF-8 sequence u[0..len) is a space or an invisible
- * format character: U+00A0, U+2000..U+200F, U+2028..U+202F, U+205F..U+2064,
- * U+3000, U+FEFF.  "alice@example.com" followed by a U+200B would display
- * as alice and be someone else.
+ * Spaces (Zs but U+0020, which is refused as ASCII) and the code points
+ * Unicode lists as Default_Ignorable_Code_Point (DerivedCoreProperties.txt):
+ * characters a renderer shows as nothing, bidi controls among them, and
+ * the unassigned code points reserved as such.  "alice@example.com"
+ * followed by a U+200B, a U+00AD, a tag character or a variation selector
+ * would display as alice and be someone else; a U+2066..U+2069 isolate or
+ * a U+202E override reorders what follows it on screen.
+ */
+static const struct {
+	uint32_t lo, hi;
+} invisible_ranges[] = {
+    {0x00A0, 0x00A0},   /* no-break space */
+    {0x00AD, 0x00AD},   /* soft hyphen */
+    {0x034F, 0x034F},   /* combining grapheme joiner */
+    {0x061C, 0x061C},   /* Arabic letter mark (bidi) */
+    {0x115F, 0x1160},   /* Hangul choseong and jungseong fillers */
+    {0x1680, 0x1680},   /* Ogham space mark */
+    {0x17B4, 0x17B5},   /* Khmer inherent vowels */
+    {0x180B, 0x180F},   /* Mongolian variation selectors, vowel separator */
+    {0x2000, 0x200F},   /* spaces, zero-width space and joiners, LRM, RLM */
+    {0x2028, 0x202F},   /* separators, bidi embeddings and overrides, narrow space */
+    {0x205F, 0x206F},   /* medium space, word joiner, invisible operators, isolates */
+    {0x3000, 0x3000},   /* ideographic space */
+    {0x3164, 0x3164},   /* Hangul filler */
+    {0xFE00, 0xFE0F},   /* variation selectors */
+    {0xFEFF, 0xFEFF},   /* zero-width no-break space (BOM) */
+    {0xFFA0, 0xFFA0},   /* halfwidth Hangul filler */
+    {0xFFF0, 0xFFF8},   /* reserved default-ignorable */
+    {0x1BCA0, 0x1BCA3}, /* shorthand format controls */
+    {0x1D173, 0x1D17A}, /* musical symbol format controls */
+    {0xE0000, 0xE0FFF}, /* tag characters, variation selectors supplement, reserved */
+};
+
+/*
+ * Whether the valid UTF-8 sequence u[0..len) (2 to 4 bytes) encodes a
+ * space or a default-ignorable code point (invisible_ranges).
  */
 static bool
 invisible(const unsigned char *u, size_t len)
 {
+	uint32_t cp;
+
 	if (len == 2)
-		return u[0] == 0xc2 && u[1] == 0xa0;
-	if (len != 3)
+		cp = (uint32_t)(u[0] & 0x1f) << 6 | (u[1] & 0x3f);
+	else if (len == 3)
+		cp = (uint32_t)(u[0] & 0x0f) << 12 | (uint32_t)(u[1] & 0x3f) << 6 | (u[2] & 0x3f);
+	else if (len == 4)
+		cp = (uint32_t)(u[0] & 0x07) << 18 | (uint32_t)(u[1] & 0x3f) << 12 |
+		     (uint32_t)(u[2] & 0x3f) << 6 | (u[3] & 0x3f);
+	else
 		return false;
-	if (u[0] == 0xe2 && u[1] == 0x80)
-		return u[2] <= 0x8f || (u[2] >= 0xa8 && u[2] <= 0xaf);
-	if (u[0] == 0xe2 && u[1] == 0x81)
-		return u[2] >= 0x9f && u[2] <= 0xa4;
-	return (u[0] == 0xe3 && u[1] == 0x80 && u[2] == 0x80) ||
-	       (u[0] == 0xef && u[1] == 0xbb && u[2] == 0xbf);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(invisible_ranges); i++)
+		if (cp >= invisible_ranges[i].lo && cp <= invisible_ranges[i].hi)
+			return true;
+	return false;
 }
 
 /*
  * A principal is 1..HUMAN_PRINCIPAL_MAX bytes of UTF-8 (no overlongs, no
- * surrogates) without spaces, invisible format characters or control
+ * surrogates) without spaces, default-ignorable (invisible) characters or control
  * characters, C1 (U+0080..U+009F) included: it goes into logs, audit
  * events and tokens, where a NEL or an invalid byte could split or garble a
  * line, and it names a person, whom a lookalike must not pass for.  jansson

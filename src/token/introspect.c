@@ -458,37 +458,90 @@ aud_ok(const json_t *aud)
 }
 
 /*
+ * The kid in token's header, if it has the shape of one idpd makes
+ * (keys_kid_plausible); false otherwise.  Only for a token idp_jws_verify
+ * has bounded and parsed as far as its kid.
+ */
+static bool
+plausible_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
+{
+	const char *dot = strchr(token, '.');
+	unsigned char *text = NULL;
+	size_t len = 0;
+	json_t *hdr = NULL;
+	const json_t *v;
+	bool ok = false;
+
+	if (dot == NULL ||
+	    idp_b64url_decode_alloc(token, (size_t)(dot - token), &text, &len) != IDP_OK)
+		return false;
+	hdr = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, NULL);
+	v = json_object_get(hdr, "kid");
+	if (json_is_string(v) && json_string_length(v) <= IDP_JWS_MAX_KID &&
+	    keys_kid_plausible(json_string_value(v))) {
+		memcpy(kid, json_string_value(v), json_string_length(v) + 1);
+		ok = true;
+	}
+	json_decref(hdr);
+	free(text);
+	return ok;
+}
+
+/*
  * Verify token and check its claims (not yet its state): IDP_OK with *out
  * filled (the caller cleans it up) and *access set; IDP_EFORBIDDEN with
- * *reason; IDP_EUNAVAIL when no key set is loaded.
+ * *reason; IDP_EUNAVAIL when no key set is loaded or the keys cannot be
+ * read; REV_WOULD_BLOCK when !may_block and the keys would be read.
  */
 static int
-verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified *out, bool *access,
-       const char **reason)
+verify(const char *token, const char *hint, int64_t now, bool may_block,
+       struct idp_jws_verified *out, bool *access, const char **reason)
 {
 	const struct rev_identity *id = rev_identity();
 	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 	bool deleg_first = hint != NULL && strcmp(hint, "delegation_token") == 0;
 	const char *typs[2] = {deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP,
 	                       deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP};
 	enum idp_jws_reason why = IDP_JWS_OK;
+	char kid[IDP_JWS_MAX_KID + 1];
 	struct idp_clock fixed;
 	const json_t *c;
 	int rc = IDP_EUNAUTH;
 
 	memset(out, 0, sizeof(*out));
-	if (set == NULL)
-		return IDP_EUNAVAIL;
-	for (size_t i = 0; i < 2; i++) {
-		struct idp_jws_verify_opts o = {.typ = typs[i]};
+	for (int attempt = 0;; attempt++) {
+		struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 
-		rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
-		*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
-		if (rc == IDP_OK || why != IDP_JWS_TYP_MISMATCH)
+		if (set == NULL)
+			return IDP_EUNAVAIL;
+		for (size_t i = 0; i < 2; i++) {
+			struct idp_jws_verify_opts o = {.typ = typs[i], .low_s = true};
+
+			rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
+			*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
+			if (rc == IDP_OK || why != IDP_JWS_TYP_MISMATCH)
+				break;
+		}
+		idp_jws_keyset_unref(set);
+		/*
+		 * A kid unknown while the notifications are connected may still
+		 * be a key another instance activated a moment ago, its NOTIFY
+		 * not yet handled: read the keys once (rate-limited) before
+		 * calling a good token inactive.
+		 */
+		if (rc == IDP_OK || why != IDP_JWS_KID_UNKNOWN || attempt > 0 ||
+		    keys_may_lack_kid(km) || !plausible_kid(token, kid))
 			break;
+		if (!may_block)
+			return REV_WOULD_BLOCK;
+		rc = keys_reload_for_kid(km, kid);
+		if (rc == IDP_EUNAVAIL)
+			return IDP_EUNAVAIL;
+		if (rc != IDP_OK) {
+			rc = IDP_EUNAUTH;
+			break;
+		}
 	}
-	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK) {
 		switch (why) {
 		case IDP_JWS_BAD_SIGNATURE:
@@ -627,7 +680,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	int rc;
 
 	*out = NULL;
-	rc = verify(token, hint, now, &jv, &access, reason);
+	rc = verify(token, hint, now, may_block, &jv, &access, reason);
 	if (rc != IDP_OK)
 		return rc;
 	c = jv.claims;
@@ -870,10 +923,13 @@ introspect(struct http_req *req, void *ctx)
 		rc = decide(token, http_form_get(&form, "token_type_hint"), now, true, true, &e,
 		            &reason);
 	}
-	/* A key bound to audiences sees only tokens for them: a resource
-	 * server learns nothing of another's tokens, nor of delegation tokens
-	 * (whose audience is idpd), which are not its to accept. */
-	if (rc == IDP_OK && !auth_audience_allowed(&op, e->aud)) {
+	/* A key bound to audiences sees only access tokens for them: a
+	 * resource server learns nothing of another's tokens, nor of
+	 * delegation tokens, which are not its to accept.  Those are refused
+	 * by their kind, not by their audience: a key whose audiences happen
+	 * to name identity.audience must not see them either. */
+	if (rc == IDP_OK &&
+	    (!auth_audience_allowed(&op, e->aud) || (op.audiences[0] != '\0' && !e->access))) {
 		vc_unref(e);
 		e = NULL;
 		reason = "audience_not_allowed";

@@ -76,6 +76,12 @@ static const unsigned char p256_order[P256_COORD_LEN] = {
     0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 };
 
+/* (n - 1) / 2: an s above it is the high-S twin of the signature with n - s. */
+static const unsigned char p256_half_order[P256_COORD_LEN] = {
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+};
+
 const char *
 idp_jws_alg_name(enum idp_jws_alg alg)
 {
@@ -1082,6 +1088,34 @@ p256_scalar_in_range(const unsigned char s[P256_COORD_LEN])
 	return any != 0 && memcmp(s, p256_order, P256_COORD_LEN) < 0;
 }
 
+/* Whether s (in [1, n-1]) is in the lower half: s <= (n - 1) / 2. */
+static bool
+p256_scalar_low(const unsigned char s[P256_COORD_LEN])
+{
+	return memcmp(s, p256_half_order, P256_COORD_LEN) <= 0;
+}
+
+/*
+ * ECDSA signatures are malleable: (r, s) and (r, n - s) both verify.  idpd
+ * signs only the form with the lower s, so each of its tokens has one
+ * spelling (its hash keys the caches; a second spelling would be a token
+ * nobody issued).  s is in [1, n-1], so n - s is too.
+ */
+static void
+p256_low_s(unsigned char s[P256_COORD_LEN])
+{
+	unsigned borrow = 0;
+
+	if (p256_scalar_low(s))
+		return;
+	for (size_t i = P256_COORD_LEN; i-- > 0;) {
+		unsigned d = (unsigned)p256_order[i] - s[i] - borrow;
+
+		s[i] = (unsigned char)d;
+		borrow = (d >> 8) & 1;
+	}
+}
+
 /*
  * DER ECDSA-Sig-Value (as OpenSSL produces it) -> 64-byte r || s.  For P-256
  * each INTEGER is at most 33 bytes, so every DER length is in short form.
@@ -1171,6 +1205,7 @@ sign_input(const struct idp_jws_key *key, const char *input, size_t len, unsigne
 	}
 	/* A precomputed nonce when the pool has one (presign.h), else inline. */
 	if (key->presign != NULL && idp_presign_sign(key->presign, digest, sig) == IDP_OK) {
+		p256_low_s(sig + P256_COORD_LEN);
 		*sig_len = ES256_SIG_LEN;
 		rc = IDP_OK;
 		goto done;
@@ -1185,6 +1220,7 @@ sign_input(const struct idp_jws_key *key, const char *input, size_t len, unsigne
 			idp_diag_add(diag, "unexpected ECDSA signature encoding");
 			goto done;
 		}
+		p256_low_s(sig + P256_COORD_LEN);
 		*sig_len = ES256_SIG_LEN;
 	} else {
 		memcpy(sig, der, der_len);
@@ -1480,7 +1516,7 @@ verify_token(const struct idp_jws_keyset *set, const char *token, size_t len,
              const struct idp_jws_verify_opts *opts, struct idp_jws_verified *out,
              enum idp_jws_reason *reason)
 {
-	static const struct idp_jws_verify_opts defaults = {NULL, 0, 0, NULL};
+	static const struct idp_jws_verify_opts defaults = {0};
 	unsigned char sig[MAX_SIG_LEN];
 	unsigned char *hbytes = NULL, *pbytes = NULL;
 	size_t hlen, plen, slen, max;
@@ -1530,6 +1566,12 @@ verify_token(const struct idp_jws_keyset *set, const char *token, size_t len,
 	if (r != IDP_JWS_OK)
 		goto done;
 
+	/* idpd's own tokens come in their one spelling, with the lower s. */
+	r = IDP_JWS_BAD_SIGNATURE_FORMAT;
+	if (opts->low_s && alg == IDP_JWS_ALG_ES256 && slen == ES256_SIG_LEN &&
+	    !p256_scalar_low(sig + P256_COORD_LEN))
+		goto done;
+
 	/* Only now does any signature arithmetic run. */
 	r = jws_check_signature(key, token, (size_t)(d2 - token), sig, slen);
 	if (r != IDP_JWS_OK)
@@ -1565,11 +1607,12 @@ idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
 	/* Without a key (OpenSSL failing) the cache is left alone. */
 	if (opts == NULL || opts->cache == NULL ||
 	    len > (opts->max_len ? opts->max_len : IDP_JWS_MAX_TOKEN) ||
-	    !jws_cache_key(token, len, key))
+	    !jws_cache_can_hold(opts) || !jws_cache_key(token, len, key))
 		return verify_token(set, token, len, opts, out, reason);
 	memset(out, 0, sizeof(*out));
-	/* A hit counts only while the key that signed it is still trusted. */
-	if (jws_cache_get(opts->cache, key, out)) {
+	/* A hit counts only while the key that signed it is still trusted, and
+	 * only if it was verified with the checks asked for now. */
+	if (jws_cache_get(opts->cache, key, opts, out)) {
 		const struct idp_jws_key *k =
 		    out->kid != NULL ? idp_jws_keyset_find(set, out->kid) : NULL;
 
@@ -1582,7 +1625,7 @@ idp_jws_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
 	}
 	rc = verify_token(set, token, len, opts, out, reason);
 	if (rc == IDP_OK)
-		jws_cache_put(opts->cache, key, out);
+		jws_cache_put(opts->cache, key, opts, out);
 	return rc;
 }
 

@@ -11,6 +11,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,11 +24,23 @@
 
 #define JWS_CACHE_STRIPES 64
 
+/* The longest expected typ an entry records (idp_jws_sign's limit). */
+#define TYP_MAX 64
+
+/*
+ * One verified token, and what it was verified against: a hit must have
+ * been checked as strictly as the caller asks now, so a token that passed
+ * for one typ, algorithm list or signature form is not taken for another.
+ */
 struct slot {
 	uint8_t key[SHA256_DIGEST_LENGTH];
 	json_t *header; /* NULL: empty */
 	json_t *claims;
 	enum idp_jws_alg alg;
+	bool has_typ;          /* opts->typ was not NULL */
+	char typ[TYP_MAX + 1]; /* opts->typ */
+	unsigned algs;         /* opts->algs, 0 made ES256 */
+	bool low_s;            /* opts->low_s */
 };
 
 struct idp_jws_cache {
@@ -93,8 +106,30 @@ jws_cache_key(const char *token, size_t len, uint8_t key[SHA256_DIGEST_LENGTH])
 }
 
 bool
+jws_cache_can_hold(const struct idp_jws_verify_opts *opts)
+{
+	return opts->typ == NULL || strlen(opts->typ) <= TYP_MAX;
+}
+
+static unsigned
+algs_of(const struct idp_jws_verify_opts *opts)
+{
+	return opts->algs ? opts->algs : IDP_JWS_ALLOW_ES256;
+}
+
+/* Whether s was filled under the same checks as opts ask for. */
+static bool
+same_checks(const struct slot *s, const struct idp_jws_verify_opts *opts)
+{
+	if (s->has_typ != (opts->typ != NULL) ||
+	    (opts->typ != NULL && strcmp(s->typ, opts->typ) != 0))
+		return false;
+	return s->algs == algs_of(opts) && s->low_s == opts->low_s;
+}
+
+bool
 jws_cache_get(struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH],
-              struct idp_jws_verified *out)
+              const struct idp_jws_verify_opts *opts, struct idp_jws_verified *out)
 {
 	size_t i = slot_of(c, key);
 	pthread_mutex_t *m = &c->stripe[i % JWS_CACHE_STRIPES];
@@ -102,7 +137,8 @@ jws_cache_get(struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH],
 	bool hit = false;
 
 	pthread_mutex_lock(m);
-	if (s->header != NULL && CRYPTO_memcmp(s->key, key, SHA256_DIGEST_LENGTH) == 0) {
+	if (s->header != NULL && CRYPTO_memcmp(s->key, key, SHA256_DIGEST_LENGTH) == 0 &&
+	    same_checks(s, opts)) {
 		out->header = json_incref(s->header);
 		out->claims = json_incref(s->claims);
 		out->alg = s->alg;
@@ -117,7 +153,7 @@ jws_cache_get(struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH],
 
 void
 jws_cache_put(struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH],
-              const struct idp_jws_verified *v)
+              const struct idp_jws_verify_opts *opts, const struct idp_jws_verified *v)
 {
 	size_t i = slot_of(c, key);
 	pthread_mutex_t *m = &c->stripe[i % JWS_CACHE_STRIPES];
@@ -131,6 +167,10 @@ jws_cache_put(struct idp_jws_cache *c, const uint8_t key[SHA256_DIGEST_LENGTH],
 	s->header = json_incref(v->header);
 	s->claims = json_incref(v->claims);
 	s->alg = v->alg;
+	s->has_typ = opts->typ != NULL;
+	snprintf(s->typ, sizeof(s->typ), "%s", opts->typ != NULL ? opts->typ : "");
+	s->algs = algs_of(opts);
+	s->low_s = opts->low_s;
 	pthread_mutex_unlock(m);
 	json_decref(old_h);
 	json_decref(old_c);

@@ -33,6 +33,7 @@ struct keys {
 	struct store *store;
 	const struct idp_clock *clock;
 	struct idp_kek *kek;
+	struct idp_kek *old_kek; /* the KEK being replaced ($IDPD_KEK_OLD), or NULL */
 	char kek_id[21];
 	char kek_source[192];
 
@@ -60,6 +61,9 @@ struct keys {
 	bool retry_due, retry_stop;
 	pthread_t retry_thread;
 	bool has_retry; /* main thread only */
+
+	/* CLOCK_MONOTONIC ms of the last keys_reload_for_kid reload, 0: none yet. */
+	_Atomic int64_t kid_reload_ms;
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -435,53 +439,110 @@ same_key(const struct idp_jws_key *a, const struct idp_jws_key *b)
 	return strcmp(ta, tb) == 0;
 }
 
+/* Why a row was left out of a snapshot, or ROW_TRUSTED. */
+enum row_verdict {
+	ROW_TRUSTED,
+	ROW_ALTERED,   /* it does not open, or its private half is not its public key */
+	ROW_UNVOUCHED, /* sealed under a KEK this instance does not hold, and new to it */
+};
+
 /*
- * Whether a published row holds up: a row sealed under this instance's KEK
- * must open, and its private half must be the key its public JWK names.
- * Without that check a public JWK swapped in the database under a known
- * kid would be trusted by every instance, and tokens signed with the
- * swapper's key would verify.  A row sealed under another KEK (between a
- * reseal and the restart with the new one) cannot be checked here and is
- * published as it is.  A row prev found to hold up, byte for byte the same,
- * is not opened again: every reload would otherwise decrypt every key, and
- * OpenSSL frees the private keys it parses without wiping them.  Rows that
- * held up are noted in s.
+ * Whether the key row publishes is one this instance verified before: prev
+ * trusted the same kid with the same public key.
  */
 static bool
-row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
-             const struct keys_snapshot *prev, struct keys_snapshot *s, struct idp_diag *diag)
+known_before(const struct keys_row *row, const struct idp_jws_key *pub,
+             const struct keys_snapshot *prev)
 {
+	const struct idp_jws_key *had =
+	    prev != NULL ? idp_jws_keyset_find(prev->verify, row->info.kid) : NULL;
+
+	return had != NULL && same_key(had, pub);
+}
+
+/*
+ * Whether a published row holds up: a row sealed under a KEK this instance
+ * holds (its own, or the old one of a KEK change) must open, and its
+ * private half must be the key its public JWK names.  Without that check a
+ * public JWK swapped in the database under a known kid would be trusted by
+ * every instance, and tokens signed with the swapper's key would verify.
+ *
+ * A row sealed under any other KEK cannot be checked here.  Anyone who can
+ * write the table can write such a row, with a public key of their own and
+ * junk for the sealed half, so it is trusted only as far as this instance
+ * already vouched for it: the same kid with the same public key was in prev.
+ * That keeps the keys of a running instance published and verifying after
+ * `idpd keys reseal` moves them to a KEK it does not have yet, and leaves out
+ * any key that is new to it, or changed, under a KEK it does not hold (an
+ * instance that starts trusts no such row at all).
+ *
+ * A row prev found to hold up, byte for byte the same, is not opened again:
+ * every reload would otherwise decrypt every key, and OpenSSL frees the
+ * private keys it parses without wiping them.  Rows that held up are noted
+ * in s.
+ */
+static enum row_verdict
+row_holds_up(const struct keys_row *row, const struct idp_jws_key *pub, const struct idp_kek *kek,
+             const struct idp_kek *old_kek, const struct keys_snapshot *prev,
+             struct keys_snapshot *s, struct idp_diag *diag)
+{
+	const struct idp_kek *opener = NULL;
 	struct idp_jws_key *priv = NULL;
 	uint8_t fp[IDP_SHA256_LEN];
-	char mine[21];
+	char id[21];
 	bool ok = false;
 
-	if (kek == NULL)
-		return true;
-	idp_kek_id(kek, mine);
-	if (strcmp(row->info.kek_id, mine) != 0)
-		return true;
+	for (int i = 0; i < 2 && opener == NULL; i++) {
+		const struct idp_kek *k = i == 0 ? kek : old_kek;
+
+		if (k == NULL)
+			continue;
+		idp_kek_id(k, id);
+		if (strcmp(row->info.kek_id, id) == 0)
+			opener = k;
+	}
+	if (opener == NULL)
+		return known_before(row, pub, prev) ? ROW_TRUSTED : ROW_UNVOUCHED;
 	if (row->sealed == NULL || idp_sha256(row->public_jwk, strlen(row->public_jwk), row->sealed,
 	                                      row->sealed_len, fp) != IDP_OK) {
-		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		ok = row_private_key(row, pub, opener, &priv, diag) == IDP_OK;
 		idp_jws_key_unref(priv);
-		return ok;
+		return ok ? ROW_TRUSTED : ROW_ALTERED;
 	}
 	for (size_t i = 0; prev != NULL && i < prev->n_held && !ok; i++)
 		ok = memcmp(prev->held[i], fp, sizeof(fp)) == 0;
 	if (!ok) {
-		ok = row_private_key(row, pub, kek, &priv, diag) == IDP_OK;
+		ok = row_private_key(row, pub, opener, &priv, diag) == IDP_OK;
 		idp_jws_key_unref(priv);
 	}
 	if (ok)
 		memcpy(s->held[s->n_held++], fp, sizeof(fp));
-	return ok;
+	return ok ? ROW_TRUSTED : ROW_ALTERED;
+}
+
+/* d's lines joined with "; ", for one log line. */
+static void
+one_line(const struct idp_diag *d, char *out, size_t len)
+{
+	const char *p = idp_diag_str(d);
+	size_t n = 0;
+
+	for (; *p != '\0' && n + 3 < len; p++) {
+		if (*p == '\n') {
+			out[n++] = ';';
+			out[n++] = ' ';
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
 }
 
 int
 keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
-                    const struct keys_snapshot *prev, struct keys_snapshot **out,
-                    struct idp_diag *diag, struct idp_diag *signing_diag)
+                    const struct idp_kek *old_kek, const struct keys_snapshot *prev,
+                    struct keys_snapshot **out, struct idp_diag *diag,
+                    struct idp_diag *signing_diag)
 {
 	static const enum keys_state order[] = {KEYS_ACTIVE, KEYS_NEXT, KEYS_RETIRING};
 	struct idp_diag scratch;
@@ -506,18 +567,50 @@ keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek 
 		for (size_t i = 0; i < n; i++) {
 			const struct keys_row *row = &rows[i];
 			struct idp_jws_key *pub;
+			struct idp_diag bad;
 
 			if (row->info.state != order[o])
 				continue;
-			rc = row_public_key(row, &pub, diag);
-			if (rc != IDP_OK)
-				goto done;
-			if (!row_holds_up(row, pub, kek, prev, s, signing_diag)) {
+			/*
+			 * A row idpd cannot have written is left out, not fatal:
+			 * failing the whole snapshot would keep the previous one,
+			 * and with it a key retired meanwhile (compromised, say)
+			 * trusted and signing on every instance.
+			 */
+			idp_diag_init(&bad);
+			if (row_public_key(row, &pub, &bad) != IDP_OK) {
+				char why[IDP_DIAG_MAX];
+
+				one_line(&bad, why, sizeof(why));
+				log_error("keys: %s; it is neither published nor trusted", why);
+				if (row->info.state == KEYS_ACTIVE)
+					idp_diag_add(signing_diag, "%s", why);
+				continue;
+			}
+			switch (row_holds_up(row, pub, kek, old_kek, prev, s, signing_diag)) {
+			case ROW_TRUSTED:
+				break;
+			case ROW_ALTERED:
 				/* Left out, not fatal: the other keys stay usable. */
 				log_error("keys: signing key %s does not match its sealed private "
 				          "key (the row was altered); it is neither published nor "
 				          "trusted",
 				          row->info.kid);
+				idp_jws_key_unref(pub);
+				continue;
+			case ROW_UNVOUCHED:
+				log_error(
+				    "keys: signing key %s is sealed under %s, a key-encryption "
+				    "key this instance does not hold, and is new to it (or its "
+				    "public key changed); it is neither published nor trusted "
+				    "until this instance runs with that KEK",
+				    row->info.kid, row->info.kek_id);
+				if (row->info.state == KEYS_ACTIVE)
+					idp_diag_add(
+					    signing_diag,
+					    "the active signing key %s is sealed under %s, "
+					    "which this instance does not hold",
+					    row->info.kid, row->info.kek_id);
 				idp_jws_key_unref(pub);
 				continue;
 			}
@@ -666,10 +759,18 @@ keys_free(struct keys *km)
 	pthread_mutex_destroy(&km->retry_lock);
 	keys_snapshot_unref(km->current);
 	idp_kek_free(km->kek);
+	idp_kek_free(km->old_kek);
 	pthread_mutex_destroy(&km->lock);
 	pthread_mutex_destroy(&km->reload_lock);
 	pthread_mutex_destroy(&km->policy_lock);
 	free(km);
+}
+
+void
+keys_hold_old_kek(struct keys *km, struct idp_kek *old)
+{
+	idp_kek_free(km->old_kek);
+	km->old_kek = old;
 }
 
 void
@@ -760,7 +861,7 @@ reload_on(struct keys *km, struct store_conn *c, struct idp_diag *diag)
 	}
 	prev = keys_current(km);
 	idp_diag_init(&sdiag);
-	rc = keys_snapshot_build(rows, n, km->kek, prev, &snap, diag, &sdiag);
+	rc = keys_snapshot_build(rows, n, km->kek, km->old_kek, prev, &snap, diag, &sdiag);
 	if (rc == IDP_OK) {
 		const char *was =
 		    prev != NULL && prev->signing ? idp_jws_key_kid(prev->signing) : "";
@@ -973,6 +1074,62 @@ bool
 keys_may_lack_kid(struct keys *km)
 {
 	return km == NULL || atomic_load(&km->may_lack);
+}
+
+static int64_t
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether the current snapshot's verify set holds kid. */
+static bool
+kid_loaded(struct keys *km, const char *kid)
+{
+	struct idp_jws_keyset *set = keys_verify_set(km);
+	bool found = set != NULL && idp_jws_keyset_find(set, kid) != NULL;
+
+	idp_jws_keyset_unref(set);
+	return found;
+}
+
+int
+keys_reload_for_kid(struct keys *km, const char *kid)
+{
+	int64_t now = monotonic_ms(), last = atomic_load(&km->kid_reload_ms);
+	struct idp_diag d;
+
+	if (kid_loaded(km, kid))
+		return IDP_OK;
+	if ((last == 0 || now - last >= KEYS_KID_RELOAD_MS) &&
+	    atomic_compare_exchange_strong(&km->kid_reload_ms, &last, now)) {
+		idp_diag_init(&d);
+		if (keys_reload(km, &d) != IDP_OK) {
+			log_warn("%s; a token naming the unknown key %s answers 503",
+			         idp_diag_str(&d), kid);
+			return IDP_EUNAVAIL;
+		}
+	} else {
+		/* Rate-limited: a reload another thread began may still bring it. */
+		pthread_mutex_lock(&km->reload_lock);
+		pthread_mutex_unlock(&km->reload_lock);
+	}
+	return kid_loaded(km, kid) ? IDP_OK : IDP_ENOTFOUND;
+}
+
+bool
+keys_kid_plausible(const char *kid)
+{
+	size_t n = 0;
+
+	for (; kid[n] != '\0'; n++)
+		if (!(kid[n] >= 'A' && kid[n] <= 'Z') && !(kid[n] >= 'a' && kid[n] <= 'z') &&
+		    !(kid[n] >= '0' && kid[n] <= '9') && kid[n] != '-' && kid[n] != '_')
+			return false;
+	return n == 43;
 }
 
 /* ---- for the token service ---- */

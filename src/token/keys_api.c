@@ -46,26 +46,34 @@ kek_source(const struct idpd_config *cfg, char *out, size_t len)
 		snprintf(out, len, "keys.kek_file (%s)", cfg->keys.kek_file);
 }
 
-/* Load the KEK and open a manager on store.  Shared by serve and the CLI. */
+/*
+ * Load the KEK as idp_kek_load decides and scrub $IDPD_KEK, whether or not
+ * it held a KEK; source gets where it came from.  Before other threads.
+ */
 static int
-open_from_config(const struct idpd_config *cfg, struct store *store, struct keys **out,
-                 struct idp_diag *diag)
+load_kek(const struct idpd_config *cfg, struct idp_kek **kek, char *source, size_t len,
+         struct idp_diag *diag)
 {
-	struct keys_opts o;
-	struct idp_kek *kek = NULL;
-	char source[160];
 	int rc;
 
-	*out = NULL;
-	rc = idp_kek_load(cfg->keys.kek_file, &kek, diag);
-	if (rc != IDP_OK) {
+	kek_source(cfg, source, len);
+	rc = idp_kek_load(cfg->keys.kek_file, kek, diag);
+	idp_kek_scrub_env();
+	if (rc != IDP_OK)
 		idp_diag_add(diag, "keys: the signing keys are sealed with the key-encryption key; "
 		                   "give idpd the one it was started with (under `make run`, "
 		                   "IDPD_KEK=$(cat var/dev-kek))");
-		return rc;
-	}
-	kek_source(cfg, source, sizeof(source));
-	idp_kek_scrub_env();
+	return rc;
+}
+
+/* Open a manager on store with kek (taken, also on error).  Shared by serve and the CLI. */
+static int
+open_with(const struct idpd_config *cfg, struct store *store, struct idp_kek *kek,
+          const char *source, struct keys **out, struct idp_diag *diag)
+{
+	struct keys_opts o;
+
+	*out = NULL;
 	memset(&o, 0, sizeof(o));
 	o.store = store;
 	o.clock = idp_clock_system();
@@ -73,6 +81,36 @@ open_from_config(const struct idpd_config *cfg, struct store *store, struct keys
 	o.jwks_max_age_ms = cfg->keys.jwks_max_age_ms;
 	o.kek_source = source;
 	return keys_open(&o, kek, out, diag);
+}
+
+int
+keys_load_keks(const struct idpd_config *cfg, struct keys_keks *out, struct idp_diag *diag)
+{
+	const char *env;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = load_kek(cfg, &out->kek, out->source, sizeof(out->source), diag);
+	/* The KEK being replaced, if given: keys still sealed under it are
+	 * checked with it rather than trusted only when already known. */
+	env = getenv(IDP_KEK_OLD_ENV);
+	if (rc == IDP_OK && env != NULL && env[0] != '\0') {
+		rc = idp_kek_from_string(env, &out->old, diag);
+		if (rc != IDP_OK)
+			idp_diag_add(diag, "keys: $" IDP_KEK_OLD_ENV " is not a KEK");
+	}
+	idp_kek_scrub_env_var(IDP_KEK_OLD_ENV);
+	if (rc != IDP_OK)
+		keys_keks_cleanup(out);
+	return rc;
+}
+
+void
+keys_keks_cleanup(struct keys_keks *k)
+{
+	idp_kek_free(k->kek);
+	idp_kek_free(k->old);
+	k->kek = k->old = NULL;
 }
 
 static int
@@ -88,15 +126,22 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 }
 
 int
-keys_start(struct idpd_app *app, struct keys **out, struct idp_diag *diag)
+keys_start(struct idpd_app *app, struct keys_keks *keks, struct keys **out, struct idp_diag *diag)
 {
+	struct idp_kek *old = keks->old;
 	struct keys *km;
 	int rc;
 
 	*out = NULL;
-	rc = open_from_config(app->cfg, app->store, &km, diag);
-	if (rc != IDP_OK)
+	keks->old = NULL;
+	rc = open_with(app->cfg, app->store, keks->kek, keks->source, &km, diag);
+	keks->kek = NULL;
+	if (rc != IDP_OK) {
+		idp_kek_free(old);
 		return rc;
+	}
+	if (old != NULL)
+		keys_hold_old_kek(km, old);
 	rc = keys_ensure(km, diag);
 	if (rc != IDP_OK) {
 		keys_free(km);
@@ -629,10 +674,16 @@ keys_cli(int argc, char **argv)
 		rc = 1;
 		goto done;
 	}
-	if (open_from_config(cfg, store, &km, &diag) != IDP_OK) {
-		fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
-		rc = 1;
-		goto done;
+	{
+		struct idp_kek *kek = NULL;
+		char source[160];
+
+		if (load_kek(cfg, &kek, source, sizeof(source), &diag) != IDP_OK ||
+		    open_with(cfg, store, kek, source, &km, &diag) != IDP_OK) {
+			fprintf(stderr, "idpd: %s\n", idp_diag_str(&diag));
+			rc = 1;
+			goto done;
+		}
 	}
 	rc = old != NULL ? cli_reseal(cfg, km, old, reason)
 	                 : cli_rotate(cfg, km, force, retire, reason);

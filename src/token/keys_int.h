@@ -52,13 +52,19 @@ struct keys_snapshot {
  * taken from prev when prev has the same active kid (no decryption),
  * otherwise opened with kek and checked against its public JWK.  If that
  * fails the snapshot has no signing key, *signing_diag (may be NULL) says
- * why, and the call still succeeds: verification must go on.  Fails
- * (IDP_EINTERNAL, diag) only for rows idpd cannot have written: a public
- * JWK that does not parse or names another kid.  Any thread.
+ * why, and the call still succeeds: verification must go on.  A row sealed
+ * under kek or old_kek (either may be NULL) must open to the key it
+ * publishes; a row sealed under any other KEK is trusted only if prev
+ * trusted the same kid with the same public key.  A row that fails either
+ * rule, or that idpd cannot have written (a public JWK that does not parse
+ * or names another kid), is left out and logged, and the other keys load:
+ * an active key left out means no signing key.  Fails (IDP_EINTERNAL,
+ * diag) only when the key set or the JWKS cannot be made.  Any thread.
  */
 int keys_snapshot_build(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
-                        const struct keys_snapshot *prev, struct keys_snapshot **out,
-                        struct idp_diag *diag, struct idp_diag *signing_diag) IDP_WUR;
+                        const struct idp_kek *old_kek, const struct keys_snapshot *prev,
+                        struct keys_snapshot **out, struct idp_diag *diag,
+                        struct idp_diag *signing_diag) IDP_WUR;
 struct keys_snapshot *keys_snapshot_ref(struct keys_snapshot *s);
 void keys_snapshot_unref(struct keys_snapshot *s);
 

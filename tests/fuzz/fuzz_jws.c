@@ -75,7 +75,7 @@ verify(const struct idp_jws_keyset *set, const struct idp_jws_verify_opts *opts,
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct idp_jws_verify_opts own_opts = {.typ = IDP_JWS_TYP_ACCESS};
+	struct idp_jws_verify_opts own_opts = {.typ = IDP_JWS_TYP_ACCESS, .low_s = true};
 	struct idp_jws_verify_opts foreign_opts = {.algs =
 	                                               IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256};
 	const char *text = (const char *)data + 1;

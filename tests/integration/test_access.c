@@ -26,7 +26,10 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <openssl/bn.h>
+
 #include "idpd/auth.h"
+#include "idpd/b64.h"
 #include "idpd/jws.h"
 #include "idpd/revocation.h"
 #include "idpd/tasks.h"
@@ -1162,15 +1165,20 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	struct setting s;
 	struct http_resp r;
 	struct world_opts o = {0};
-	char key[64], hash[80], extra[320], body[8192], url[256];
+	char key[64], hash[80], idpd_key[64], idpd_hash[80], extra[640], body[8192], url[256];
 	char *aws, *billing;
 
 	(void)state;
 	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(auth_key_generate(idpd_key, idpd_hash), IDP_OK);
+	/* The second key's audiences name idpd's own (identity.audience, the
+	 * aud of delegation tokens): still no delegation token for it. */
 	snprintf(extra, sizeof(extra),
 	         "[[api_keys]]\nname = \"aws-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
-	         "audiences = \"https://other.example.com %s\"\n",
-	         hash, WORLD_AWS);
+	         "audiences = \"https://other.example.com %s\"\n"
+	         "[[api_keys]]\nname = \"odd-api\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "audiences = \"%s idpd\"\n",
+	         hash, WORLD_AWS, idpd_hash, WORLD_AWS);
 	o.extra_toml = extra;
 	setting_start_with(&s, "t_access_bound", &o);
 	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
@@ -1187,6 +1195,10 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	assert_string_equal(body, "{\"active\":false}");
 	assert_false(introspect_as(&s, key, s.cloud_token, body, sizeof(body)));
 	assert_string_equal(body, "{\"active\":false}");
+	assert_false(introspect_as(&s, idpd_key, s.cloud_token, body, sizeof(body)));
+	assert_string_equal(body, "{\"active\":false}");
+	assert_false(introspect_as(&s, idpd_key, s.root_token, body, sizeof(body)));
+	assert_true(introspect_as(&s, idpd_key, aws, body, sizeof(body)));
 	/* Asked again (now from the verified-token cache), the same. */
 	assert_false(introspect_as(&s, key, billing, body, sizeof(body)));
 	/* A key without audiences sees them all. */
@@ -1196,10 +1208,88 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	snprintf(url, sizeof(url), "%s/metrics", s.w.p.base);
 	assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
 	assert_non_null(strstr(
-	    r.body, "idpd_introspection_inactive_total{reason=\"audience_not_allowed\"} 3\n"));
+	    r.body, "idpd_introspection_inactive_total{reason=\"audience_not_allowed\"} 5\n"));
 	harness_resp_free(&r);
 	free(aws);
 	free(billing);
+	setting_stop(&s);
+}
+
+/* tok with its ES256 s replaced by n - s: the other valid spelling of its signature. */
+static char *
+high_s_twin(const char *tok)
+{
+	static const unsigned char order[32] = {
+	    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+	    0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+	    0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+	};
+	const char *dot = strrchr(tok, '.');
+	unsigned char sig[64];
+	size_t len = 0;
+	BIGNUM *n = BN_bin2bn(order, 32, NULL), *sv;
+	char *enc, *twin;
+
+	assert_int_equal(idp_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof(sig), &len),
+	                 IDP_OK);
+	assert_int_equal(len, 64);
+	sv = BN_bin2bn(sig + 32, 32, NULL);
+	assert_int_equal(BN_sub(sv, n, sv), 1);
+	assert_int_equal(BN_bn2binpad(sv, sig + 32, 32), 32);
+	enc = idp_b64url_encode(sig, 64, NULL);
+	twin = idp_xasprintf("%.*s.%s", (int)(dot - tok), tok, enc);
+	free(enc);
+	BN_free(n);
+	BN_free(sv);
+	return twin;
+}
+
+/*
+ * Each ECDSA signature has a second valid spelling, (r, n - s).  idpd signs
+ * only the one with the lower s, so the other, which no one was issued, is
+ * refused wherever idpd checks a token of its own: an access or delegation
+ * token at introspection, an identity credential.  A human IdP's token is
+ * accepted in either spelling: its signer need not normalise.
+ */
+static void
+the_high_s_twin_of_an_idpd_token_is_refused(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char body[8192], task_id[80], *at, *twin, *human;
+
+	(void)state;
+	setting_start(&s, "t_access_high_s");
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	at = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	assert_true(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
+	twin = high_s_twin(at);
+	assert_false(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	free(twin);
+	twin = high_s_twin(s.cloud_token);
+	assert_false(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	free(twin);
+	twin = high_s_twin(s.cloud);
+	world_call(&s.w, "GET", "/v1/me", twin, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	free(twin);
+	world_call(&s.w, "GET", "/v1/me", s.cloud, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	/* Alice's IdP token in its other spelling still starts a task. */
+	twin = world_human_token("alice@example.com");
+	human = high_s_twin(twin);
+	free(twin);
+	world_task_body(&s.w, human,
+	                "{\"root_agent\":\"planning-agent\",\"scope\":[\"billing:read\"],"
+	                "\"description\":\"high-S spelling\"}",
+	                task_id, NULL, &twin);
+	free(twin);
+	free(human);
+	free(at);
 	setting_stop(&s);
 }
 
@@ -1223,6 +1313,7 @@ main(void)
 	    cmocka_unit_test(token_is_withheld_when_its_event_cannot_commit),
 	    cmocka_unit_test(a_fresh_instance_issues_from_cold_caches),
 	    cmocka_unit_test(an_introspector_bound_to_audiences_sees_only_their_tokens),
+	    cmocka_unit_test(the_high_s_twin_of_an_idpd_token_is_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

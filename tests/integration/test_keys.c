@@ -24,12 +24,15 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "world.h"
 #include "idpd/auth.h"
+#include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/jws.h"
 #include "idpd/kek.h"
 #include "idpd/keys.h"
 #include "idpd/store.h"
+#include "idpd/tasks.h"
 
 /* This test's KEK, and another one. */
 #define TEST_KEK "6b6579732d746573742d6b656b2d7468697274792d74776f2d62797465732121"
@@ -1024,6 +1027,25 @@ wrong_kek_refuses_to_start_and_changes_nothing(void **state)
 #define NEW_KEK "6e65772d6b656b2d616674657a2d726f746174696f6e2d6f662d6b656b732121"
 
 /* Run idpd keys reseal with the config of p; its exit status, output in path. */
+/* Whether the environment block of process pid (/proc/<pid>/environ) holds text. */
+static bool
+environ_holds(pid_t pid, const char *text)
+{
+	char path[64], buf[65536];
+	size_t n, tlen = strlen(text);
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+	f = fopen(path, "rb");
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	for (size_t i = 0; i + tlen <= n; i++)
+		if (memcmp(buf + i, text, tlen) == 0)
+			return true;
+	return false;
+}
+
 static int
 reseal(const struct idpd_proc *p, const char *path)
 {
@@ -1152,6 +1174,9 @@ kek_rotation_reseals_every_live_key(void **state)
 	assert_true(harness_log_contains(&p, "was sealed with key-encryption key kek-"));
 	setenv("IDPD_KEK", NEW_KEK, 1);
 	start(&p, "t_keys_reseal", NULL);
+	/* Both KEKs were read, then wiped from what /proc shows of its environment. */
+	assert_false(environ_holds(p.pid, NEW_KEK));
+	assert_false(environ_holds(p.pid, TEST_KEK));
 	jwks_after = jwks_text(&p);
 	assert_string_equal(jwks_before, jwks_after);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
@@ -1166,6 +1191,149 @@ kek_rotation_reseals_every_live_key(void **state)
 	unlink(out);
 	free(jwks_before);
 	free(jwks_after);
+}
+
+/*
+ * A row written behind idpd's back, as anyone who can write the table
+ * could: state retiring, the writer's own public key, junk for the sealed
+ * private half and the id of a KEK no instance holds.  It is neither
+ * published nor trusted, so an identity credential forged with that key
+ * does not authenticate the agent it names.
+ */
+static void
+a_key_under_a_kek_no_instance_holds_is_not_trusted(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	struct idp_jws_key *forger = NULL;
+	char cred[4096], sql[4096], *jwk_text, *forged = NULL;
+	json_t *claims, *jwk;
+
+	(void)state;
+	world_start(&w, "t_keys_forged_row", NULL);
+	world_agent(&w, &(struct world_agent){.id = "victim",
+	                                      .type = "helper",
+	                                      .owner = "alice@example.com",
+	                                      .caps = "[\"cloud:Describe*\"]"});
+	world_credential(&w, "victim", cred, sizeof(cred));
+	world_call(&w, "GET", "/v1/me", cred, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	claims = world_verify(&w, cred, IDP_JWS_TYP_IDENTITY);
+
+	assert_int_equal(idp_jws_key_generate(NULL, &forger, NULL), IDP_OK);
+	jwk = idp_jws_key_public_jwk(forger);
+	jwk_text = json_dumps(jwk, JSON_COMPACT);
+	json_decref(jwk);
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO signing_keys (kid, state, public_jwk, private_sealed, kek_id, "
+	         "created_at, retiring_at, retire_after, not_after) VALUES ('%s', 'retiring', "
+	         "'%s', decode(repeat('5a', 64), 'hex'), 'kek-0123456789abcdef', now(), now(), "
+	         "now() + interval '1 hour', now() + interval '90 days')",
+	         idp_jws_key_kid(forger), jwk_text);
+	free(jwk_text);
+	assert_int_equal(harness_sql(w.db, sql), 0);
+	/* A rotation reloads the keys before it answers, the forged row among them. */
+	world_call(&w, "POST", "/v1/keys/rotate", w.k.admin, "{\"force\":true}", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+
+	world_call(&w, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_null(strstr(r.body, idp_jws_key_kid(forger)));
+	harness_resp_free(&r);
+	assert_int_equal(idp_jws_sign(forger, IDP_JWS_TYP_IDENTITY, claims, &forged, NULL, NULL),
+	                 IDP_OK);
+	world_call(&w, "GET", "/v1/me", forged, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	/* The real credential, signed by a key idpd made, still works. */
+	world_call(&w, "GET", "/v1/me", cred, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_true(harness_log_contains(&w.p, "a key-encryption key this instance does not hold"));
+	free(forged);
+	json_decref(claims);
+	idp_jws_key_unref(forger);
+	world_stop(&w);
+}
+
+/* The kid in a compact token's header, into kid. */
+static void
+token_kid(const char *tok, char kid[IDP_JWS_MAX_KID + 1])
+{
+	unsigned char *text = NULL;
+	size_t len = 0;
+	json_t *hdr;
+
+	assert_int_equal(
+	    idp_b64url_decode_alloc(tok, (size_t)(strchr(tok, '.') - tok), &text, &len), IDP_OK);
+	hdr = json_loadb((const char *)text, len, 0, NULL);
+	assert_non_null(hdr);
+	snprintf(kid, IDP_JWS_MAX_KID + 1, "%s", json_string_value(json_object_get(hdr, "kid")));
+	json_decref(hdr);
+	free(text);
+}
+
+/*
+ * A key activated on one instance reaches another by NOTIFY, a few
+ * milliseconds later.  Until then a token it signed must not be called
+ * inactive there: introspection reads the keys once (at most once a
+ * second) for a kid it does not know.  Here the notification never comes
+ * (the trigger is disabled), so only that read can find the key.  A kid
+ * no instance made stays unknown.
+ */
+static void
+introspection_reads_the_keys_again_for_an_unknown_kid(void **state)
+{
+	struct world w, peer;
+	struct http_resp r;
+	struct idp_jws_key *stranger = NULL;
+	char task_id[80], kid[IDP_JWS_MAX_KID + 1], *human, *root, *forged = NULL;
+	json_t *claims;
+
+	(void)state;
+	world_start(&w, "t_keys_unknown_kid", NULL);
+	world_start_peer(&w, &peer);
+	world_agent(&w, &(struct world_agent){.id = "planner",
+	                                      .type = "planner",
+	                                      .owner = "alice@example.com",
+	                                      .caps = "[\"cloud:Describe*\"]"});
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys DISABLE TRIGGER signing_keys_notify"), 0);
+	/* Twice: the first promotes the next key, which the peer already has. */
+	for (int i = 0; i < 2; i++) {
+		world_call(&w, "POST", "/v1/keys/rotate", w.k.admin, "{\"force\":true}", &r);
+		assert_int_equal(r.status, 200);
+		harness_resp_free(&r);
+	}
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planner", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	token_kid(root, kid);
+	world_call(&peer, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_null(strstr(r.body, kid));
+	harness_resp_free(&r);
+	assert_true(world_active(&peer, root, NULL));
+	world_call(&peer, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_non_null(strstr(r.body, kid));
+	harness_resp_free(&r);
+
+	/* The same claims under a key of nobody's: inactive, after a look. */
+	claims = world_verify(&w, root, TASK_TOKEN_TYP);
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(stranger, TASK_TOKEN_TYP, claims, &forged, NULL, NULL),
+	                 IDP_OK);
+	assert_false(world_active(&peer, forged, NULL));
+	assert_false(world_active(&peer, forged, NULL));
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
+	json_decref(claims);
+	idp_jws_key_unref(stranger);
+	free(forged);
+	free(root);
+	free(human);
+	world_stop(&peer);
+	world_stop(&w);
 }
 
 static void
@@ -1235,10 +1403,12 @@ main(void)
 	    cmocka_unit_test(cli_rotation_is_followed_by_a_running_instance),
 	    cmocka_unit_test(wrong_kek_refuses_to_start_and_changes_nothing),
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),
+	    cmocka_unit_test(a_key_under_a_kek_no_instance_holds_is_not_trusted),
+	    cmocka_unit_test(introspection_reads_the_keys_again_for_an_unknown_kid),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 
 	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
 	setenv("IDPD_KEK", TEST_KEK, 1);
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, world_teardown);
 }

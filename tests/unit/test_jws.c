@@ -493,6 +493,89 @@ jws_rejects_r_or_s_equal_to_group_order(void **state)
 	free(h);
 }
 
+static char *splice(const char *tok, int i, const char *part);
+
+/* The s of an ES256 token (its last 32 signature bytes) as a new BIGNUM. */
+static BIGNUM *
+token_s(const char *tok)
+{
+	unsigned char sig[64];
+	size_t len = 0;
+
+	assert_int_equal(idp_b64url_decode(strrchr(tok, '.') + 1, 86, sig, 64, &len), IDP_OK);
+	assert_int_equal(len, 64);
+	return BN_bin2bn(sig + 32, 32, NULL);
+}
+
+/* tok with s replaced by n - s: the other valid spelling of its signature. */
+static char *
+high_s_twin(const char *tok)
+{
+	static const unsigned char order[32] = {
+	    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+	    0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+	    0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+	};
+	BIGNUM *n = BN_bin2bn(order, 32, NULL), *s = token_s(tok);
+	unsigned char sig[64];
+	size_t len = 0;
+	char *enc, *twin;
+
+	assert_int_equal(idp_b64url_decode(strrchr(tok, '.') + 1, 86, sig, 64, &len), IDP_OK);
+	assert_int_equal(BN_sub(s, n, s), 1);
+	assert_int_equal(BN_bn2binpad(s, sig + 32, 32), 32);
+	enc = b64u(sig, 64);
+	twin = splice(tok, 2, enc);
+	free(enc);
+	BN_free(n);
+	BN_free(s);
+	return twin;
+}
+
+/*
+ * ECDSA's two spellings of one signature: idpd signs only the one with the
+ * lower s, and with low_s (its own tokens) refuses the other, which
+ * verifies as well; without it (foreign tokens) either is accepted.
+ */
+static void
+jws_signs_low_s_and_refuses_the_high_s_twin_of_its_own_tokens(void **state)
+{
+	static const unsigned char half[32] = {
+	    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff,
+	    0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b,
+	    0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+	};
+	const struct idp_jws_verify_opts own = {.typ = IDP_JWS_TYP_ACCESS, .low_s = true};
+	const struct idp_jws_verify_opts any = {.typ = IDP_JWS_TYP_ACCESS};
+	BIGNUM *h = BN_bin2bn(half, 32, NULL);
+	char *tok = NULL, *twin;
+	int rc;
+
+	(void)state;
+	/* Half of the raw signatures would have a high s: 64 in a row do not. */
+	for (int i = 0; i < 64; i++) {
+		json_t *claims = json_pack("{s:s,s:i}", "sub", "agent-1", "n", i);
+		BIGNUM *s;
+
+		free(tok);
+		tok = NULL;
+		assert_int_equal(
+		    idp_jws_sign(fx->ec1, IDP_JWS_TYP_ACCESS, claims, &tok, NULL, NULL), IDP_OK);
+		json_decref(claims);
+		s = token_s(tok);
+		assert_true(BN_cmp(s, h) <= 0);
+		BN_free(s);
+		assert_int_equal(verify_reason(fx->own, tok, &own, NULL), IDP_JWS_OK);
+	}
+	twin = high_s_twin(tok);
+	assert_int_equal(verify_reason(fx->own, twin, &any, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, twin, &own, &rc), IDP_JWS_BAD_SIGNATURE_FORMAT);
+	assert_int_equal(rc, IDP_EUNAUTH);
+	free(twin);
+	free(tok);
+	BN_free(h);
+}
+
 static void
 jws_rejects_wrong_signature_length(void **state)
 {
@@ -1683,6 +1766,48 @@ jws_cache_skips_only_what_it_verified(void **state)
 	free(tok);
 }
 
+/*
+ * A hit is taken only under the checks the entry was verified with: a
+ * token cached for one typ, algorithm list or signature form is verified
+ * again, and refused, when the same cache is asked with stricter ones.
+ */
+static void
+jws_cache_hit_needs_the_checks_it_was_filled_with(void **state)
+{
+	struct idp_jws_cache *c = idp_jws_cache_new(4);
+	struct idp_jws_verify_opts access = {.typ = IDP_JWS_TYP_ACCESS, .cache = c};
+	struct idp_jws_verify_opts identity = {.typ = IDP_JWS_TYP_IDENTITY, .cache = c};
+	struct idp_jws_verify_opts any_typ = {.cache = c};
+	struct idp_jws_verify_opts both = {.algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256,
+	                                   .cache = c};
+	struct idp_jws_verify_opts es_only = {.cache = c};
+	struct idp_jws_verify_opts low = {.typ = IDP_JWS_TYP_ACCESS, .cache = c, .low_s = true};
+	json_t *claims = json_pack("{s:s}", "sub", "agent-1");
+	char *tok = NULL, *rs = NULL, *twin;
+
+	(void)state;
+	assert_int_equal(idp_jws_sign(fx->ec1, IDP_JWS_TYP_ACCESS, claims, &tok, NULL, NULL),
+	                 IDP_OK);
+	/* typ: an access token cached without a typ, then asked for as a credential. */
+	assert_int_equal(verify_reason(fx->own, tok, &any_typ, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, tok, &identity, NULL), IDP_JWS_TYP_MISMATCH);
+	assert_int_equal(verify_reason(fx->own, tok, &access, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, tok, &identity, NULL), IDP_JWS_TYP_MISMATCH);
+	/* algs: an RS256 token cached for a caller that allows it, then asked ES256-only. */
+	assert_int_equal(idp_jws_sign(fx->rsa1, NULL, claims, &rs, NULL, NULL), IDP_OK);
+	assert_int_equal(verify_reason(fx->foreign, rs, &both, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->foreign, rs, &es_only, NULL), IDP_JWS_ALG_NOT_ALLOWED);
+	/* low_s: the high-S twin cached where either s goes, then asked for as idpd's own. */
+	twin = high_s_twin(tok);
+	assert_int_equal(verify_reason(fx->own, twin, &access, NULL), IDP_JWS_OK);
+	assert_int_equal(verify_reason(fx->own, twin, &low, NULL), IDP_JWS_BAD_SIGNATURE_FORMAT);
+	free(twin);
+	free(rs);
+	free(tok);
+	json_decref(claims);
+	idp_jws_cache_free(c);
+}
+
 int
 main(void)
 {
@@ -1696,6 +1821,7 @@ main(void)
 	    cmocka_unit_test(jws_rejects_stripped_signature),
 	    cmocka_unit_test(jws_rejects_zero_r_and_s),
 	    cmocka_unit_test(jws_rejects_r_or_s_equal_to_group_order),
+	    cmocka_unit_test(jws_signs_low_s_and_refuses_the_high_s_twin_of_its_own_tokens),
 	    cmocka_unit_test(jws_rejects_wrong_signature_length),
 	    cmocka_unit_test(jws_rejects_modified_payload),
 	    cmocka_unit_test(jws_rejects_modified_header),
@@ -1736,6 +1862,7 @@ main(void)
 	    cmocka_unit_test(jws_concurrent_sign_and_verify_with_one_key),
 	    cmocka_unit_test(jws_reason_names_are_stable),
 	    cmocka_unit_test(jws_cache_skips_only_what_it_verified),
+	    cmocka_unit_test(jws_cache_hit_needs_the_checks_it_was_filled_with),
 	};
 	return cmocka_run_group_tests_name("jws", tests, group_setup, group_teardown);
 }

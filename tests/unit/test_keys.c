@@ -680,7 +680,7 @@ build(const struct keys_row *rows, size_t n, const struct idp_kek *k,
 	idp_diag_init(&d);
 	if (sd != NULL)
 		idp_diag_init(sd);
-	if (keys_snapshot_build(rows, n, k, prev, &s, &d, sd) != IDP_OK)
+	if (keys_snapshot_build(rows, n, k, NULL, prev, &s, &d, sd) != IDP_OK)
 		fail_msg("%s", idp_diag_str(&d));
 	return s;
 }
@@ -734,19 +734,28 @@ snapshot_signs_with_active_and_publishes_next_active_retiring(void **state)
 }
 
 static void
-snapshot_with_the_wrong_kek_verifies_but_cannot_sign(void **state)
+snapshot_with_the_wrong_kek_trusts_only_the_keys_it_knew(void **state)
 {
 	struct idp_kek *a = kek(KEK_A), *b = kek(KEK_B);
 	struct keys_row *rows = make_rows(a);
 	struct idp_diag sd;
-	struct keys_snapshot *s = build(rows, 3, b, NULL, &sd);
+	struct keys_snapshot *s = build(rows, 3, b, NULL, &sd), *known, *again;
 
 	(void)state;
+	/* Starting with the wrong KEK: no row can be checked, none is trusted. */
 	assert_null(s->signing);
-	assert_int_equal(idp_jws_keyset_count(s->verify), 3);
+	assert_int_equal(idp_jws_keyset_count(s->verify), 0);
 	assert_non_null(strstr(idp_diag_str(&sd), rows[2].info.kid));
 	assert_null(strstr(idp_diag_str(&sd), KEK_B));
+	/* Keys it verified under its own KEK stay trusted when they move to
+	 * another (a reseal before this instance has the new KEK). */
+	known = build(rows, 3, a, NULL, NULL);
+	again = build(rows, 3, b, known, NULL);
+	assert_int_equal(idp_jws_keyset_count(again->verify), 3);
+	assert_ptr_equal(again->signing, known->signing);
 	keys_snapshot_unref(s);
+	keys_snapshot_unref(known);
+	keys_snapshot_unref(again);
 	keys_rows_free(rows, 3);
 	idp_kek_free(a);
 	idp_kek_free(b);
@@ -772,20 +781,69 @@ snapshot_reuses_the_loaded_active_key_without_decrypting(void **state)
 }
 
 static void
-snapshot_refuses_a_public_jwk_that_names_another_key(void **state)
+snapshot_leaves_out_a_public_jwk_that_names_another_key(void **state)
 {
 	struct idp_kek *a = kek(KEK_A);
 	struct keys_row *rows = make_rows(a);
-	struct keys_snapshot *s = NULL;
-	struct idp_diag d;
+	struct keys_snapshot *s;
 
 	(void)state;
 	free(rows[1].public_jwk);
 	rows[1].public_jwk = idp_xstrdup(rows[0].public_jwk);
-	idp_diag_init(&d);
-	assert_int_equal(keys_snapshot_build(rows, 3, a, NULL, &s, &d, NULL), IDP_EINTERNAL);
-	assert_null(s);
-	assert_non_null(strstr(idp_diag_str(&d), rows[1].info.kid));
+	s = build(rows, 3, a, NULL, NULL);
+	assert_int_equal(idp_jws_keyset_count(s->verify), 2);
+	assert_null(idp_jws_keyset_find(s->verify, rows[1].info.kid));
+	assert_null(strstr(s->jwks, rows[1].info.kid));
+	assert_non_null(idp_jws_keyset_find(s->verify, rows[0].info.kid));
+	assert_non_null(s->signing);
+	keys_snapshot_unref(s);
+	keys_rows_free(rows, 3);
+	idp_kek_free(a);
+}
+
+/*
+ * One unreadable row does not freeze the keys: the active key is retired
+ * as compromised while a retiring row's public JWK is unreadable, and the
+ * next snapshot still drops the retired key and signs with its successor.
+ * With the active row itself unreadable nothing signs.
+ */
+static void
+snapshot_skips_an_unreadable_row_and_still_drops_a_retired_key(void **state)
+{
+	struct idp_kek *a = kek(KEK_A);
+	struct keys_row *rows = make_rows(a);
+	struct keys_snapshot *first = build(rows, 3, a, NULL, NULL), *second, *third;
+	char retired[IDP_JWS_MAX_KID + 1], junk[256];
+	struct idp_diag sd;
+
+	(void)state;
+	snprintf(retired, sizeof(retired), "%s", rows[2].info.kid);
+	/* The active key retired (no longer read as live), the next one active. */
+	free(rows[2].public_jwk);
+	free(rows[2].sealed);
+	rows[2].public_jwk = NULL;
+	rows[2].sealed = NULL;
+	rows[0].info.state = KEYS_ACTIVE;
+	rows[0].info.activated_ms = T0 + HOUR;
+	snprintf(junk, sizeof(junk), "{\"kid\":\"%s\",\"kty\":\"EC\"}", rows[1].info.kid);
+	free(rows[1].public_jwk);
+	rows[1].public_jwk = idp_xstrdup(junk);
+	second = build(rows, 2, a, first, NULL);
+	assert_null(idp_jws_keyset_find(second->verify, retired));
+	assert_null(idp_jws_keyset_find(second->verify, rows[1].info.kid));
+	assert_int_equal(idp_jws_keyset_count(second->verify), 1);
+	assert_non_null(second->signing);
+	assert_string_equal(idp_jws_key_kid(second->signing), rows[0].info.kid);
+	/* The active row unreadable too: nothing signs, and the reason names it. */
+	free(rows[0].public_jwk);
+	rows[0].public_jwk = idp_xstrdup("not json");
+	third = build(rows, 2, a, second, &sd);
+	assert_null(third->signing);
+	assert_int_equal(idp_jws_keyset_count(third->verify), 0);
+	assert_non_null(strstr(idp_diag_str(&sd), rows[0].info.kid));
+	keys_snapshot_unref(first);
+	keys_snapshot_unref(second);
+	keys_snapshot_unref(third);
 	keys_rows_free(rows, 3);
 	idp_kek_free(a);
 }
@@ -833,6 +891,89 @@ snapshot_leaves_out_a_row_whose_public_jwk_was_swapped(void **state)
 	keys_snapshot_unref(third);
 	keys_rows_free(rows, 3);
 	idp_kek_free(a);
+}
+
+/*
+ * A row written behind idpd's back under a KEK it does not hold: someone's
+ * own public key, junk for the sealed half, state retiring.  It is neither
+ * published nor trusted, and a token signed with its key does not verify;
+ * nor is a known kid whose public key is swapped under such a KEK.  The rows
+ * idpd verified before stay trusted when relabelled with that KEK.
+ */
+static void
+snapshot_leaves_out_a_new_key_under_a_kek_it_does_not_hold(void **state)
+{
+	struct idp_kek *a = kek(KEK_A);
+	struct keys_row *rows = make_rows(a), *more;
+	struct keys_snapshot *first = build(rows, 3, a, NULL, NULL), *second, *third;
+	struct idp_jws_key *forger = NULL;
+	struct idp_jws_verified v;
+	enum idp_jws_reason why = IDP_JWS_OK;
+	json_t *claims = json_pack("{s:s}", "sub", "spiffe://idpd.local/agent/victim");
+	char *tok = NULL;
+
+	(void)state;
+	more = calloc(4, sizeof(*more));
+	assert_non_null(more);
+	memcpy(more, rows, 3 * sizeof(*rows));
+	free(rows);
+	make_row(&more[3], a, KEYS_RETIRING, &forger);
+	more[3].info.retire_after_ms = T0 + DAY;
+	snprintf(more[3].info.kek_id, sizeof(more[3].info.kek_id), "kek-0123456789abcdef");
+	memset(more[3].sealed, 0x5a, more[3].sealed_len);
+	second = build(more, 4, a, first, NULL);
+	assert_int_equal(idp_jws_keyset_count(second->verify), 3);
+	assert_null(idp_jws_keyset_find(second->verify, more[3].info.kid));
+	assert_null(strstr(second->jwks, more[3].info.kid));
+	assert_int_equal(second->n_info, 3);
+	assert_int_equal(idp_jws_sign(forger, IDP_JWS_TYP_IDENTITY, claims, &tok, NULL, NULL),
+	                 IDP_OK);
+	assert_int_equal(idp_jws_verify(second->verify, tok, strlen(tok), NULL, &v, &why),
+	                 IDP_EUNAUTH);
+	assert_int_equal(why, IDP_JWS_KID_UNKNOWN);
+	/* The known rows relabelled with that KEK stay; the next key, its public
+	 * key swapped at the same time, does not. */
+	for (size_t i = 0; i < 3; i++)
+		snprintf(more[i].info.kek_id, sizeof(more[i].info.kek_id), "kek-0123456789abcdef");
+	swap_public_jwk(&more[0]);
+	third = build(more, 4, a, second, NULL);
+	assert_int_equal(idp_jws_keyset_count(third->verify), 2);
+	assert_null(idp_jws_keyset_find(third->verify, more[0].info.kid));
+	assert_null(idp_jws_keyset_find(third->verify, more[3].info.kid));
+	assert_ptr_equal(third->signing, first->signing);
+	free(tok);
+	json_decref(claims);
+	idp_jws_key_unref(forger);
+	keys_snapshot_unref(first);
+	keys_snapshot_unref(second);
+	keys_snapshot_unref(third);
+	keys_rows_free(more, 4);
+	idp_kek_free(a);
+}
+
+/* With the old KEK of a KEK change at hand, rows under it are opened and
+ * checked as rows under idpd's own KEK are, even on a first load. */
+static void
+snapshot_checks_keys_under_the_old_kek_with_it(void **state)
+{
+	struct idp_kek *a = kek(KEK_A), *b = kek(KEK_B);
+	struct keys_row *rows = make_rows(b);
+	struct keys_snapshot *s = NULL;
+	struct idp_diag d;
+
+	(void)state;
+	swap_public_jwk(&rows[0]);
+	idp_diag_init(&d);
+	assert_int_equal(keys_snapshot_build(rows, 3, a, b, NULL, &s, &d, NULL), IDP_OK);
+	/* The retiring and active keys check out under b; the swapped next key does not. */
+	assert_int_equal(idp_jws_keyset_count(s->verify), 2);
+	assert_non_null(idp_jws_keyset_find(s->verify, rows[1].info.kid));
+	assert_non_null(idp_jws_keyset_find(s->verify, rows[2].info.kid));
+	assert_null(idp_jws_keyset_find(s->verify, rows[0].info.kid));
+	keys_snapshot_unref(s);
+	keys_rows_free(rows, 3);
+	idp_kek_free(a);
+	idp_kek_free(b);
 }
 
 static void
@@ -1032,6 +1173,29 @@ signing_key_is_refused_from_its_not_after(void **state)
 	}
 }
 
+/*
+ * An unknown kid reads the keys at most once a second: here PostgreSQL is
+ * unreachable, so the read that is made answers "cannot know", and the
+ * next ask within the second reads nothing and finds the kid unknown.
+ */
+static void
+unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
+{
+	struct fixture *f = *state;
+	const char *made_up = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+	keys_install(f->km, build(f->rows, 3, f->kek, NULL, NULL));
+	assert_true(keys_kid_plausible(made_up));
+	assert_true(keys_kid_plausible(f->rows[0].info.kid));
+	assert_false(keys_kid_plausible("short"));
+	assert_false(keys_kid_plausible("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+	/* A kid already loaded needs no read. */
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[2].info.kid), IDP_OK);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_EUNAVAIL);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_ENOTFOUND);
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid), IDP_OK);
+}
+
 static void
 readers_keep_their_snapshot_across_a_swap(void **state)
 {
@@ -1175,9 +1339,12 @@ main(void)
 	    cmocka_unit_test(lifecycle_keeps_every_token_verifiable_and_never_signs_past_not_after),
 	    cmocka_unit_test(lifecycle_waits_for_next_keys_published_long_enough),
 	    cmocka_unit_test(snapshot_signs_with_active_and_publishes_next_active_retiring),
-	    cmocka_unit_test(snapshot_with_the_wrong_kek_verifies_but_cannot_sign),
+	    cmocka_unit_test(snapshot_with_the_wrong_kek_trusts_only_the_keys_it_knew),
+	    cmocka_unit_test(snapshot_leaves_out_a_new_key_under_a_kek_it_does_not_hold),
+	    cmocka_unit_test(snapshot_checks_keys_under_the_old_kek_with_it),
 	    cmocka_unit_test(snapshot_reuses_the_loaded_active_key_without_decrypting),
-	    cmocka_unit_test(snapshot_refuses_a_public_jwk_that_names_another_key),
+	    cmocka_unit_test(snapshot_leaves_out_a_public_jwk_that_names_another_key),
+	    cmocka_unit_test(snapshot_skips_an_unreadable_row_and_still_drops_a_retired_key),
 	    cmocka_unit_test(snapshot_leaves_out_a_row_whose_public_jwk_was_swapped),
 	    cmocka_unit_test(check_kek_accepts_the_kek_that_sealed_the_keys),
 	    cmocka_unit_test(check_kek_names_both_kek_ids_and_no_secret),
@@ -1187,6 +1354,8 @@ main(void)
 	    cmocka_unit_test_setup_teardown(signing_key_is_unavailable_before_the_first_load, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(signing_key_is_refused_from_its_not_after, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(unknown_kid_reads_the_keys_at_most_once_a_second, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(readers_keep_their_snapshot_across_a_swap, setup,
 	                                    teardown),

@@ -341,6 +341,33 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "alice@example.com\xe2\x81\xa0",    /* U+2060 word joiner */
 	    "alice@example.com\xe3\x80\x80",    /* U+3000 ideographic space */
 	    "\xef\xbb\xbf\x61lice@example.com", /* U+FEFF byte order mark ("\x61" is a) */
+	    /* The other default-ignorable code points, bidi controls among them. */
+	    "ali\xc2\xad\x63\x65@example.com",   /* U+00AD soft hyphen ("\x63\x65" is ce) */
+	    "alice\xcd\x8f@example.com",         /* U+034F combining grapheme joiner */
+	    "alice\xd8\x9c@example.com",         /* U+061C Arabic letter mark */
+	    "alice\xe1\x85\x9f@example.com",     /* U+115F Hangul choseong filler */
+	    "alice\xe1\x85\xa0@example.com",     /* U+1160 Hangul jungseong filler */
+	    "alice\xe1\x9a\x80@example.com",     /* U+1680 Ogham space mark */
+	    "alice\xe1\x9e\xb4@example.com",     /* U+17B4 Khmer vowel inherent aq */
+	    "alice\xe1\x9e\xb5@example.com",     /* U+17B5 Khmer vowel inherent aa */
+	    "alice\xe1\xa0\x8b@example.com",     /* U+180B Mongolian variation selector */
+	    "alice\xe1\xa0\x8e@example.com",     /* U+180E Mongolian vowel separator */
+	    "alice@example.com\xe2\x80\xae",     /* U+202E right-to-left override */
+	    "alice\xe2\x81\xa6@example.com",     /* U+2066 left-to-right isolate */
+	    "alice\xe2\x81\xa9@example.com",     /* U+2069 pop directional isolate */
+	    "alice\xe3\x85\xa4@example.com",     /* U+3164 Hangul filler */
+	    "alice\xef\xb8\x80@example.com",     /* U+FE00 variation selector-1 */
+	    "alice\xef\xb8\x8f@example.com",     /* U+FE0F variation selector-16 */
+	    "alice\xef\xbe\xa0@example.com",     /* U+FFA0 halfwidth Hangul filler */
+	    "alice\xef\xbf\xb0@example.com",     /* U+FFF0, reserved default-ignorable */
+	    "alice\xef\xbf\xb8@example.com",     /* U+FFF8, reserved default-ignorable */
+	    "alice\xf0\x9b\xb2\xa0@example.com", /* U+1BCA0 shorthand format letter overlap */
+	    "alice\xf0\x9d\x85\xb3@example.com", /* U+1D173 musical symbol begin beam */
+	    "alice\xf0\x9d\x85\xba@example.com", /* U+1D17A musical symbol end phrase */
+	    "alice@example.com\xf3\xa0\x80\x81", /* U+E0001 language tag */
+	    "alice@example.com\xf3\xa0\x81\xbf", /* U+E007F cancel tag */
+	    "alice\xf3\xa0\x84\x80@example.com", /* U+E0100 variation selector-17 */
+	    "alice\xf3\xa0\x87\xaf@example.com", /* U+E01EF variation selector-256 */
 	    /* The chain separator of CEF and LEEF: one hop more in a SIEM. */
 	    "alice@example.com->mallory@example.com",
 	};
@@ -358,12 +385,18 @@ human_principal_refuses_controls_and_bad_utf8(void **state)
 	    "a\xff@example.com",             /* never in UTF-8 */
 	};
 	static const char *const good[] = {
-	    "alice@example.com",
-	    "zo\xc3\xab@example.com",               /* U+00EB */
-	    "\xe7\x94\xb0\xe4\xb8\xad@example.com", /* three-byte characters */
-	    "a\xf0\x9f\x94\x91@example.com",        /* a four-byte character */
-	    "a\xe2\x80\x90\x62@example.com",        /* U+2010 hyphen, visible; "\x62" is b */
-	    "a-b>c@example.com",                    /* '-' and '>' apart */
+	    "alice@example.com", "zo\xc3\xab@example.com", /* U+00EB */
+	    "\xe7\x94\xb0\xe4\xb8\xad@example.com",        /* three-byte characters */
+	    "a\xf0\x9f\x94\x91@example.com",               /* a four-byte character */
+	    "a\xe2\x80\x90\x62@example.com",               /* U+2010 hyphen, visible; "\x62" is b */
+	    "a-b>c@example.com",                           /* '-' and '>' apart */
+	    /* Visible neighbours of the invisible ranges. */
+	    "a\xc2\xac@example.com",         /* U+00AC not sign */
+	    "a\xe1\x85\xa1@example.com",     /* U+1161 Hangul jungseong a */
+	    "a\xe1\xa0\x8a@example.com",     /* U+180A Mongolian nirugu */
+	    "a\xe2\x81\xb0@example.com",     /* U+2070 superscript zero */
+	    "a\xef\xb8\x90@example.com",     /* U+FE10 presentation form comma */
+	    "a\xf0\x9d\x85\xbb@example.com", /* U+1D17B musical symbol combining accent */
 	};
 	char principal[HUMAN_PRINCIPAL_MAX + 1];
 	const char *why = NULL;
