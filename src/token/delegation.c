@@ -19,13 +19,14 @@
  * effort: a refusal stands even when its event cannot be written.
  *
  * An action class listed in the delegator's requires_human_approval_for
- * turns a request that passes every other check into 202 REQUIRE_APPROVAL
- * with a pending approval (approvals.h) bound to it: kind delegation, the
- * delegator, the task, the scope set and to_agent as target.  The agent
- * retries with "approval_id"; the approval is then spent inside the
- * delegation's own transaction, after every other check and just before
- * the token's row is inserted, so it is used if and only if the delegation
- * commits.  A presented approval_id is always checked and spent, also when
+ * turns a request that passes every other check, the database's included
+ * (run in a transaction rolled back before the approval is recorded), into
+ * 202 REQUIRE_APPROVAL with a pending approval (approvals.h) bound to it:
+ * kind delegation, the delegator, the task, the scope set and to_agent as
+ * target.  The agent retries with "approval_id"; the approval is then
+ * spent inside the delegation's own transaction, after every other check
+ * and just before the token's row is inserted, so it is used if and only if
+ * the delegation commits.  A presented approval_id is always checked and spent, also when
  * no approval is required (any more); the new token's row names it, which
  * makes that link of the chain human-approved.
  */
@@ -495,6 +496,68 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 }
 
 /*
+ * The checks the database answers, in the caller's open transaction on c:
+ * the task is open (its row share-locked, so a completion either waits for
+ * the caller's COMMIT or is seen here) and the stored chain is live
+ * (chain_ok).  IDP_OK; IDP_EFORBIDDEN with g->reason; another code when
+ * the store fails (the caller rolls back).
+ */
+static int
+tx_checks(struct deleg *g, struct store_conn *c)
+{
+	const char *params[2];
+	PGresult *r = NULL;
+	int rc;
+
+	params[0] = g->task_id;
+	rc = store_exec(c, &st_task_share, params, &r);
+	if (rc != IDP_OK)
+		return rc;
+	if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "open") != 0 ||
+	    strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
+		PQclear(r);
+		g->reason = "task_not_open";
+		return IDP_EFORBIDDEN;
+	}
+	PQclear(r);
+	r = NULL;
+	params[0] = g->parent_jti;
+	params[1] = g->task_id;
+	rc = store_exec(c, &st_chain, params, &r);
+	if (rc != IDP_OK)
+		return rc;
+	if (!chain_ok(g, r, g->parent_depth + 1))
+		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
+	PQclear(r);
+	return rc;
+}
+
+/*
+ * Before a request that needs an approval is recorded as pending, the
+ * checks the database answers, in a transaction rolled back at once: an
+ * approval is asked for only when every check passes, so a closed task or
+ * a revoked chain is refused here, not put in front of a human.  The
+ * delegation's own transaction runs them again when the approval is spent.
+ * Same results as tx_checks.
+ */
+static int
+precheck(struct deleg *g)
+{
+	struct store_conn *c = NULL;
+	int rc;
+
+	if (store_acquire(store, &c) != IDP_OK)
+		return IDP_EUNAVAIL;
+	rc = store_cmd(c, "BEGIN");
+	if (rc == IDP_OK)
+		rc = tx_checks(g, c);
+	if (store_cmd(c, "ROLLBACK") != IDP_OK)
+		store_discard(c);
+	store_release(store, c);
+	return rc;
+}
+
+/*
  * The transaction.  IDP_EFORBIDDEN with g->reason for a refusal found in
  * the database, IDP_EUNAVAIL when the store or the audit log is down.
  */
@@ -567,30 +630,9 @@ issue(struct deleg *g, int64_t now_ms)
 	rc = store_cmd(c, "BEGIN");
 	if (rc != IDP_OK)
 		goto done;
-	/* Under the share lock a completion waits for this delegation or is seen by it. */
-	params[0] = g->task_id;
-	rc = store_exec(c, &st_task_share, params, &r);
+	rc = tx_checks(g, c);
 	if (rc != IDP_OK)
 		goto done;
-	if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "open") != 0 ||
-	    strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
-		g->reason = "task_not_open";
-		rc = IDP_EFORBIDDEN;
-		goto done;
-	}
-	PQclear(r);
-	r = NULL;
-	params[0] = g->parent_jti;
-	params[1] = g->task_id;
-	rc = store_exec(c, &st_chain, params, &r);
-	if (rc != IDP_OK)
-		goto done;
-	if (!chain_ok(g, r, g->parent_depth + 1)) {
-		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
-		goto done;
-	}
-	PQclear(r);
-	r = NULL;
 	if (g->approval_id != NULL) {
 		struct approval_subject s = subject_of(g);
 		const char *why = NULL;
@@ -769,7 +811,14 @@ post_delegation(struct http_req *req, void *ctx)
 		if (strcmp(g.reason, "unavailable") == 0) {
 			http_reply_error(req, IDP_EUNAVAIL, "the registry is not reachable");
 		} else if (strcmp(g.reason, "approval_required") == 0) {
-			require_approval(&g);
+			rc = precheck(&g);
+			if (rc == IDP_OK)
+				require_approval(&g);
+			else if (rc == IDP_EFORBIDDEN)
+				deny(&g, 403, g.reason);
+			else
+				http_reply_error(req, IDP_EUNAVAIL,
+				                 "the delegation cannot be checked now");
 		} else {
 			deny(&g, 403, g.reason);
 		}

@@ -323,6 +323,41 @@ delegation_of_an_approval_class_requires_approval(void **state)
 }
 
 /*
+ * An approval is asked for only when every check passes, the database's
+ * too: a delegation that needs one under a revoked parent or in a completed
+ * task is refused (403) and leaves no approval for a human to decide.
+ */
+static void
+an_approval_is_asked_only_when_the_stored_checks_pass(void **state)
+{
+	struct setting w;
+	char auth[128], task2[80], path[160];
+	char *root2;
+
+	(void)state;
+	setting_start(&w, "t_deleg_apr_checks", "[\"read\"]");
+	snprintf(auth, sizeof(auth), "Bearer %s", w.w.k.admin);
+	assert_int_equal(world_revoke_as(&w.w, auth, w.root_token, NULL), 200);
+	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
+	               "chain_token_revoked");
+
+	world_task_ttl(&w.w, w.alice, "planning-agent", "[\"cloud:DescribeInstances\"]", "1h",
+	               task2, NULL, &root2);
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", task2);
+	assert_int_equal(harness_status(&w.w.p, "POST", path, w.alice, NULL), 200);
+	expect_refusal(&w, w.planner, root2, "cloud-agent", "cloud:DescribeInstances", NULL,
+	               "task_not_open");
+
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM approvals"), 0);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type IN "
+	                                   "('approval.requested', 'delegation.denied') AND "
+	                                   "outcome = 'pending'"),
+	                 0);
+	free(root2);
+	setting_stop(&w);
+}
+
+/*
  * The shipped delegation-depth rule asks a human to approve each level of a
  * chain past the third before a token is issued there.  A link issued on a
  * human's approval (its delegator's requires_human_approval_for) counts as
@@ -657,6 +692,7 @@ main(void)
 	    cmocka_unit_test(delegation_issues_a_narrower_chained_token),
 	    cmocka_unit_test(delegation_refusals_issue_nothing),
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
+	    cmocka_unit_test(an_approval_is_asked_only_when_the_stored_checks_pass),
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
