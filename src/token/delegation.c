@@ -388,10 +388,12 @@ check_request(struct deleg *g, int64_t now_s)
 		g->reason = "chain_lifetime_exceeds_parent";
 		return false;
 	}
+	/* Any class a scope could do counts, not only its highest: "cloud:*"
+	 * is admin, and writes too. */
 	for (size_t i = 0; i < g->sc.n; i++) {
-		enum idp_action_class k = scope_action_class(vm, g->sc.v[i]);
+		unsigned k = scope_action_classes(vm, g->sc.v[i]);
 
-		if ((me->requires_human_approval_for & (1u << k)) != 0 && g->approval_id == NULL) {
+		if ((me->requires_human_approval_for & k) != 0 && g->approval_id == NULL) {
 			g->reason = "approval_required";
 			return false;
 		}

@@ -323,6 +323,56 @@ delegation_of_an_approval_class_requires_approval(void **state)
 }
 
 /*
+ * requires_human_approval_for ["write"] holds for every scope that can
+ * write: "cloud:*" is admin by its highest class, yet it covers every write
+ * verb, so it needs the approval "cloud:PutObject" needs; a read needs none.
+ */
+static void
+a_wildcard_scope_needs_the_approval_of_every_class_it_covers(void **state)
+{
+	const struct world_opts o = {.max_ttl = "2h"};
+	const struct world_agent store = {.id = "store-agent",
+	                                  .type = "store",
+	                                  .owner = "alice@example.com",
+	                                  .caps = "[\"cloud:*\"]",
+	                                  .delegate_to = "[]",
+	                                  .max_depth = 2,
+	                                  .approvals = "[]"};
+	const struct world_agent planner = {.id = "planning-agent",
+	                                    .type = "planner",
+	                                    .owner = "alice@example.com",
+	                                    .caps = "[\"cloud:*\"]",
+	                                    .delegate_to = "[\"store-agent\"]",
+	                                    .max_depth = 2,
+	                                    .max_scope = "admin",
+	                                    .approvals = "[\"write\"]"};
+	const char *scopes[] = {"cloud:PutObject", "cloud:Put*", "cloud:*", "cloud:Describe*"};
+	const long want[] = {202, 202, 202, 201};
+	struct world w;
+	struct http_resp r;
+	char cred[4096], task_id[80], *alice, *root;
+
+	(void)state;
+	world_start_opts(&w, "t_deleg_apr_wild", &o);
+	world_agent(&w, &store);
+	world_agent(&w, &planner);
+	world_credential(&w, "planning-agent", cred, sizeof(cred));
+	alice = world_human_token("alice@example.com");
+	world_task_ttl(&w, alice, "planning-agent", "[\"cloud:*\"]", "1h", task_id, NULL, &root);
+	for (size_t i = 0; i < sizeof(scopes) / sizeof(scopes[0]); i++) {
+		world_delegation(&w, cred, root, "store-agent", scopes[i], NULL, NULL, &r);
+		if (r.status != want[i])
+			fprintf(stderr, "%s: %ld %s\n", scopes[i], r.status, r.body);
+		assert_int_equal(r.status, want[i]);
+		harness_resp_free(&r);
+	}
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM approvals"), 3);
+	free(alice);
+	free(root);
+	world_stop(&w);
+}
+
+/*
  * An approval is asked for only when every check passes, the database's
  * too: a delegation that needs one under a revoked parent or in a completed
  * task is refused (403) and leaves no approval for a human to decide.
@@ -693,6 +743,7 @@ main(void)
 	    cmocka_unit_test(delegation_refusals_issue_nothing),
 	    cmocka_unit_test(delegation_of_an_approval_class_requires_approval),
 	    cmocka_unit_test(an_approval_is_asked_only_when_the_stored_checks_pass),
+	    cmocka_unit_test(a_wildcard_scope_needs_the_approval_of_every_class_it_covers),
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
