@@ -473,6 +473,29 @@ chain_agents_ok(struct issuing *s)
 	return true;
 }
 
+/*
+ * The chain's agents, root first, space-separated: what an approval of
+ * this request records.  NULL when there is no chain; the caller frees it.
+ */
+static char *
+chain_agents_text(const struct revocation_chain *c)
+{
+	struct idp_buf b;
+
+	if (c == NULL || c->n == 0)
+		return NULL;
+	idp_buf_init(&b, 64 * 1024);
+	for (size_t i = 0; i < c->n; i++) {
+		/* At most 64 ids of 128 bytes: the cap is never reached. */
+		if ((i > 0 && idp_buf_putc(&b, ' ') != IDP_OK) ||
+		    idp_buf_puts(&b, c->links[i].agent_id) != IDP_OK) {
+			idp_buf_cleanup(&b);
+			return NULL;
+		}
+	}
+	return idp_buf_take(&b, NULL);
+}
+
 /* Room for the lists of one policy input, on the caller's stack. */
 #define INPUT_CHAIN_MAX 32
 struct input_lists {
@@ -676,6 +699,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	int64_t now_ms = idp_now_ms(idp_clock_system()), default_ttl_ms, max_ttl_ms, exp_ms;
 	int64_t not_after = 0;
 	struct idp_diag d;
+	char *agents = NULL; /* s.chain's agents, once an approval needs them */
 	int rc;
 
 	memset(g, 0, sizeof(*g));
@@ -738,6 +762,8 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	    .request_id = http_req_id(a->req),
 	};
 	if (a->approval_id != NULL) {
+		agents = chain_agents_text(s.chain);
+		subj.chain = agents;
 		/* Checked here for the policy to see; spent once the token is
 		 * signed (below), so that no failure of idpd's own burns it. */
 		rc = approval_check(a->approval_id, &subj, &why);
@@ -789,6 +815,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		/* Recorded by access_finish, where PostgreSQL may be waited on. */
 		subj.reason = g->decision.reason;
 		subj.rules = s.rules[0] != '\0' ? s.rules : NULL;
+		if (agents == NULL)
+			agents = chain_agents_text(s.chain);
+		subj.chain = agents;
 		g->approval = approval_subject_dup(&subj);
 		refuse(&s, 202, "approval_required");
 		goto refused;
@@ -871,6 +900,7 @@ done:
 	free(lists.chain_heap);
 	json_decref(s.act);
 	json_decref(s.own);
+	free(agents);
 	revocation_chain_free(s.chain);
 	idp_jws_verified_cleanup(&s.parent);
 }

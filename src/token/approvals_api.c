@@ -394,6 +394,7 @@ emit_decision(struct http_req *req, const struct caller *who, enum audit_type ty
 	    .task_id = PQgetvalue(r, 0, APR_C_TASK),
 	    .human = PQgetvalue(r, 0, APR_C_HUMAN),
 	    .agent_id = PQgetvalue(r, 0, APR_C_AGENT),
+	    .chain = PQgetvalue(r, 0, APR_C_CHAIN),
 	    .actor = caller_actor_kind(who),
 	    .actor_name = who->name,
 	    .granted_scope = type == AUDIT_APPROVAL_GRANTED ? scope : NULL,

@@ -41,7 +41,8 @@ struct store *approvals_store(void);
 	"floor(extract(epoch FROM expires_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM decided_at) * 1000)::bigint, decided_by, decided_by_kind, "      \
 	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp, "    \
-	"floor(extract(epoch FROM created_at) * 1000000)::bigint"
+	"floor(extract(epoch FROM created_at) * 1000000)::bigint, "                                \
+	"array_to_string(delegation_chain, ' ')"
 
 enum approval_col {
 	APR_C_ID,
@@ -65,6 +66,7 @@ enum approval_col {
 	APR_C_STORED_STATUS, /* as stored: pending, approved, denied, used */
 	APR_C_HUMAN_IDP,     /* the [[idp]] of the task's human */
 	APR_C_CREATED_US,    /* created_at, exactly: a list cursor's position */
+	APR_C_CHAIN,         /* the agents root first, space-separated; "" before 0018 */
 };
 
 /* Row `row` of r (APPROVAL_COLUMNS) as the API shows it; a new object. */
@@ -123,6 +125,8 @@ struct approval_event {
 	const char *task_id;
 	const char *human;
 	const char *agent_id;
+	const char *chain; /* agents root first ending with agent_id, space-separated; NULL or "":
+	                      agent_id alone */
 	enum audit_actor_kind actor;
 	const char *actor_name;
 	const char *granted_scope; /* approval.granted, approval.used: the approved scopes */

@@ -87,6 +87,27 @@ delegation_act_of(const json_t *act, const char *holder)
 	return json_pack("{s:s,s:s,s:O}", "sub", holder, "sub_type", "agent", "act", act);
 }
 
+size_t
+delegation_act_agents(const json_t *act, const char *holder, const char **out, size_t max)
+{
+	const char *rev[CHAIN_MAX];
+	size_t n = 0, k = 0;
+
+	for (const json_t *j = act; json_is_object(j) && n < CHAIN_MAX;
+	     j = json_object_get(j, "act")) {
+		const char *sub = json_string_value(json_object_get(j, "sub"));
+		const char *type = json_string_value(json_object_get(j, "sub_type"));
+
+		if (sub != NULL && type != NULL && strcmp(type, "agent") == 0)
+			rev[n++] = sub;
+	}
+	for (size_t i = n; i > 0 && k < max; i--)
+		out[k++] = rev[i - 1];
+	if (holder != NULL && (n == 0 || strcmp(rev[0], holder) != 0) && k < max)
+		out[k++] = holder;
+	return k;
+}
+
 json_t *
 delegation_claims(const struct delegation_token *t, const json_t *parent_act)
 {
@@ -158,6 +179,9 @@ struct deleg {
 	int64_t parent_exp_s;
 	int64_t ttl_s;           /* 0: absent */
 	const char *approval_id; /* presented with the request, or NULL */
+	bool parent_ok;          /* the token verified as the caller's own */
+	/* The chain's agents from the root to the caller, space-separated: for approvals. */
+	char agents[CHAIN_MAX * (REGISTRY_ID_MAX + 1)];
 	/* the outcome */
 	const char *reason;
 	const char *refused_scope; /* the scope a scope check refused, in sc; or NULL */
@@ -195,10 +219,23 @@ emit_event(struct deleg *g, enum audit_type type, enum audit_outcome outcome, js
 	    (audit_event_set(ev, AUDIT_F_TOKEN_ID, g->jti) != IDP_OK ||
 	     audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, g->sc.joined) != IDP_OK))
 		rc = IDP_EINTERNAL;
+	/* The chain: the human, then every agent from the root to the caller
+	 * (the parent's act, signed by idpd), then the delegate once it is one. */
 	if (rc == IDP_OK && g->human != NULL && audit_event_chain_append(ev, g->human) != IDP_OK)
 		rc = IDP_EINTERNAL;
-	if (rc == IDP_OK && agent != NULL && audit_event_chain_append(ev, agent) != IDP_OK)
-		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && agent != NULL) {
+		const char *agents[CHAIN_MAX];
+		size_t n = g->parent_ok
+		               ? delegation_act_agents(json_object_get(g->parent.claims, "act"),
+		                                       agent, agents, CHAIN_MAX)
+		               : 0;
+
+		if (n == 0)
+			agents[n++] = agent;
+		for (size_t i = 0; rc == IDP_OK && i < n; i++)
+			if (audit_event_chain_append(ev, agents[i]) != IDP_OK)
+				rc = IDP_EINTERNAL;
+	}
 	if (rc == IDP_OK && g->to_agent != NULL && type == AUDIT_DELEGATION_CREATED &&
 	    audit_event_chain_append(ev, g->to_agent) != IDP_OK)
 		rc = IDP_EINTERNAL;
@@ -326,6 +363,22 @@ parent_verify(struct deleg *g, const char *tok)
 		g->reason = "delegation_token_invalid";
 		return false;
 	}
+	g->parent_ok = true;
+	{
+		const char *agents[CHAIN_MAX];
+		size_t n = delegation_act_agents(p.act, g->who.agent->id, agents, CHAIN_MAX),
+		       at = 0;
+
+		g->agents[0] = '\0';
+		for (size_t i = 0; i < n; i++) {
+			int w = snprintf(g->agents + at, sizeof(g->agents) - at, "%s%s",
+			                 i > 0 ? " " : "", agents[i]);
+
+			if (w < 0 || (size_t)w >= sizeof(g->agents) - at)
+				break;
+			at += (size_t)w;
+		}
+	}
 	return true;
 }
 
@@ -438,6 +491,7 @@ subject_of(const struct deleg *g)
 	    .target = g->to_agent,
 	    .reason = "approval_required",
 	    .request_id = http_req_id(g->req),
+	    .chain = g->agents[0] != '\0' ? g->agents : NULL,
 	};
 }
 

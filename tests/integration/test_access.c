@@ -580,6 +580,13 @@ approval_is_bound_and_single_use(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "billing:export");
 	harness_resp_free(&r);
 	assert_int_equal(issued(&s), 1);
+	/* The approval's events name the whole chain: alice, the planner, the asker. */
+	assert_int_equal(
+	    world_count(&s.w, "SELECT count(*) FROM audit_events WHERE type IN "
+	                      "('approval.requested', 'approval.granted', 'approval.used') AND "
+	                      "outcome <> 'denied' AND body::jsonb->'delegation_chain' = "
+	                      "'[\"alice@example.com\",\"planning-agent\",\"cost-agent\"]'::jsonb"),
+	    3);
 	/* Replayed: refused. */
 	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
 	               "approval_used");

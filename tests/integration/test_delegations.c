@@ -735,6 +735,89 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 	setting_stop(&w);
 }
 
+/* How many events of type by agent carry chain (a JSON array) as their delegation chain. */
+static long
+events_with_chain(struct setting *w, const char *type, const char *agent, const char *chain)
+{
+	char sql[1024];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = '%s' AND agent_id = '%s' AND "
+	         "body::jsonb->'delegation_chain' = '%s'::jsonb",
+	         type, agent, chain);
+	return world_count(&w->w, sql);
+}
+
+/*
+ * An event names the whole chain: the human, then every agent from the root
+ * down to the one acting (docs/audit.md), for a delegation made, refused or
+ * waiting on an approval three links down, and for that approval's events.
+ */
+static void
+delegation_events_name_the_whole_chain(void **state)
+{
+	struct setting w;
+	struct http_resp r;
+	char *child, *sub, id[80], path[160];
+
+	(void)state;
+	setting_start(&w, "t_deleg_chain", "[]");
+	patch_agent(&w, "cloud-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":3,"
+	            "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}");
+	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
+	                       "cloud:DescribeInstances", NULL);
+	sub = world_delegate(&w.w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL);
+	assert_int_equal(events_with_chain(&w, "delegation.created", "cloud-agent",
+	                                   "[\"alice@example.com\",\"planning-agent\","
+	                                   "\"cloud-agent\",\"sub-agent\"]"),
+	                 1);
+	assert_int_equal(events_with_chain(&w, "delegation.created", "planning-agent",
+	                                   "[\"alice@example.com\",\"planning-agent\","
+	                                   "\"cloud-agent\"]"),
+	                 1);
+	expect_refusal(&w, w.cloud, child, "outsider", "cloud:DescribeInstances", NULL,
+	               "chain_delegate_not_allowed");
+	assert_int_equal(events_with_chain(&w, "delegation.denied", "cloud-agent",
+	                                   "[\"alice@example.com\",\"planning-agent\","
+	                                   "\"cloud-agent\"]"),
+	                 1);
+
+	/* The approval of a delegation three links down, and its events. */
+	patch_agent(&w, "cloud-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":3,"
+	            "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":"
+	            "[\"read\"]}}");
+	world_delegation(&w.w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL, NULL,
+	                 &r);
+	assert_int_equal(r.status, 202);
+	snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", id);
+	world_call(&w.w, "POST", path, w.alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "delegation_chain")), 2);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "delegation_chain"), 0)),
+	    "planning-agent");
+	harness_resp_free(&r);
+	world_delegation(&w.w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL, id,
+	                 &r);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	for (int i = 0; i < 3; i++) {
+		const char *types[] = {"approval.requested", "approval.granted", "approval.used"};
+
+		assert_int_equal(events_with_chain(&w, types[i], "cloud-agent",
+		                                   "[\"alice@example.com\",\"planning-agent\","
+		                                   "\"cloud-agent\"]"),
+		                 1);
+	}
+	free(sub);
+	free(child);
+	setting_stop(&w);
+}
+
 int
 main(void)
 {
@@ -747,6 +830,7 @@ main(void)
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
+	    cmocka_unit_test(delegation_events_name_the_whole_chain),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -596,6 +596,20 @@ delegated_act_nests_the_current_actor_outermost(void **state)
 	assert_true(json_equal(a, want));
 	json_decref(a);
 	assert_null(delegation_act_of(NULL, "cloud-agent"));
+	/* Its agents, root first and the holder last, whichever the nesting. */
+	{
+		const char *agents[8];
+
+		assert_int_equal(delegation_act_agents(want, "cloud-agent", agents, 8), 2);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_string_equal(agents[1], "cloud-agent");
+		assert_int_equal(delegation_act_agents(now_form, "cloud-agent", agents, 8), 2);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_string_equal(agents[1], "cloud-agent");
+		assert_int_equal(delegation_act_agents(old_form, "planning-agent", agents, 8), 1);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_int_equal(delegation_act_agents(want, "cloud-agent", agents, 1), 1);
+	}
 	json_decref(want);
 	json_decref(old_form);
 	json_decref(now_form);
