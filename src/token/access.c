@@ -49,6 +49,7 @@
 #include "idpd/revocation.h"
 #include "idpd/scope.h"
 #include "idpd/store.h"
+#include "idpd/tasks.h"
 
 #define GENERIC_401 "a valid agent credential is required"
 
@@ -209,6 +210,9 @@ struct issuing {
 	struct idp_jws_verified parent;     /* the delegation token presented */
 	const char *djti;                   /* its jti */
 	const char *task_id;                /* a->task_id, or the delegation token's */
+	/* The task the events name: the presented token's own (idpd signed it) or
+	 * the task whose root agent asked, never a task_id the request only claims. */
+	const char *event_task;
 	const char *human;
 	const char *chain_hash;
 	json_t *act; /* owned */
@@ -278,7 +282,7 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	if (dec != NULL && audit_decision_parse(dec, &ad) == IDP_OK)
 		audit_event_set_decision(ev, ad);
 	audit_event_set_outcome(ev, issued ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_DENIED);
-	if (audit_event_set(ev, AUDIT_F_TASK_ID, s->task_id) != IDP_OK ||
+	if (audit_event_set(ev, AUDIT_F_TASK_ID, s->event_task) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, s->human) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_ID, s->agent->id) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_TYPE, s->agent->agent_type) != IDP_OK ||
@@ -320,6 +324,11 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 				    detail, "conditions",
 				    policy_outcome_conditions_json(&s->g->decision));
 		}
+		/* A task the request named but the token does not: kept, as a claim. */
+		if (a->task_id != NULL &&
+		    (s->event_task == NULL || strcmp(s->event_task, a->task_id) != 0))
+			json_object_set_new(detail, "requested_task_id",
+			                    audit_json_clip(a->task_id, AUDIT_ECHO_MAX));
 		if (s->approved)
 			json_object_set_new(detail, "approval_id", json_string(a->approval_id));
 		if (s->g->approval_id[0] != '\0')
@@ -352,6 +361,7 @@ parent_verify(struct issuing *s)
 	s->human = p.human;
 	s->djti = p.jti;
 	s->chain_hash = p.chain_hash;
+	s->event_task = p.task_id;
 	if (s->a->task_id == NULL)
 		s->task_id = p.task_id;
 	if (rc != IDP_OK) {
@@ -417,6 +427,8 @@ root_token(struct issuing *s)
 	s->djti = json_string_value(json_object_get(s->own, "jti"));
 	s->chain_hash = json_string_value(json_object_get(s->own, "chain"));
 	s->human = json_string_value(json_object_get(s->own, "human"));
+	/* The task exists and the caller is its root agent: it is the caller's task. */
+	s->event_task = s->task_id;
 	s->parent_exp_s = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
 	idp_diag_init(&d);
 	if (!task_scopes_parse(json_object_get(s->own, "scope"), s->parent_sc, &d)) {
@@ -1246,6 +1258,11 @@ post_token(struct http_req *req, void *ctx)
 	a.task_id = json_string_value(json_object_get(body, "task_id"));
 	if (a.task_id == NULL)
 		idp_diag_add(&d, "task_id: required, the task the token serves");
+	else if (!task_id_valid(a.task_id))
+		idp_diag_add(&d,
+		             "task_id: a task id (\"task_\" and up to %d letters, digits, "
+		             "'_' or '-')",
+		             TASK_ID_MAX - 5);
 	(void)task_scopes_parse(json_object_get(body, "scope"), sc, &d);
 	v = json_object_get(body, "delegation_token");
 	if (v != NULL && !json_is_null(v) && (a.delegation_token = json_string_value(v)) == NULL)
