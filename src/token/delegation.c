@@ -6,12 +6,12 @@
  * The caller authenticates with its identity credential and presents its
  * own delegation token in the body.  Every check that needs no database
  * runs first (the token, delegate-to, scope diminishment, capabilities,
- * max-scope-per-delegation, lifetime); then one transaction locks the task
- * row (so a completion cannot slip in), walks the stored chain from the
- * parent jti up to the root (every link unrevoked, every agent's
- * max_chain_depth respected), inserts the new token with its parent jti,
- * emits delegation.created and COMMITs.  The token is handed out only after
- * its event is durable.
+ * max-scope-per-delegation, lifetime); then one transaction share-locks the
+ * task row and the stored chain from the parent jti up to the root (so
+ * neither a completion nor a revocation can slip in), checks it (every link
+ * unrevoked, every agent's max_chain_depth respected), inserts the new
+ * token with its parent jti, emits delegation.created and COMMITs.  The
+ * token is handed out only after its event is durable.
  *
  * Refusals are 403 problems whose "reason" is a stable code; chain
  * violations start with AUDIT_REASON_CHAIN_PREFIX so the audit alert rule
@@ -458,17 +458,24 @@ static struct store_stmt st_task_share = {
     "deleg_task_share", "SELECT status, expires_at > now() FROM tasks WHERE id = $1 FOR SHARE", 1,
     0};
 
-/* The parent and its ancestors, nearest first. */
+/*
+ * The parent and its ancestors, root first, share-locked: POST /revoke
+ * updates revoked_at (a FOR NO KEY UPDATE lock, which FOR SHARE conflicts
+ * with), so a revocation of any link either commits first and is seen here
+ * (the locked row is read again as committed) or waits for this
+ * delegation's COMMIT and then reaches the new token too.  Locked root
+ * first, the order a revocation of an ancestor locks its subtree in, so
+ * the two never wait on each other in a cycle.
+ */
 static struct store_stmt st_chain = {
     "deleg_chain",
-    "WITH RECURSIVE c(jti, parent_jti, agent_id, depth, revoked, issued, n) AS ("
-    " SELECT jti, parent_jti, agent_id, depth, revoked_at IS NOT NULL, issued_at, 0"
-    " FROM delegation_tokens WHERE jti = $1 AND task_id = $2"
-    " UNION ALL SELECT d.jti, d.parent_jti, d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
-    " d.issued_at, c.n + 1 FROM delegation_tokens d JOIN c ON d.jti = c.parent_jti"
-    " WHERE c.n < 64)"
-    " SELECT agent_id, depth, revoked, floor(extract(epoch FROM issued))::bigint FROM c"
-    " ORDER BY n",
+    "WITH RECURSIVE c(jti, parent_jti, n) AS ("
+    " SELECT jti, parent_jti, 0 FROM delegation_tokens WHERE jti = $1 AND task_id = $2"
+    " UNION ALL SELECT d.jti, d.parent_jti, c.n + 1 FROM delegation_tokens d"
+    " JOIN c ON d.jti = c.parent_jti WHERE c.n < 64)"
+    " SELECT d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
+    " floor(extract(epoch FROM d.issued_at))::bigint FROM c JOIN delegation_tokens d"
+    " ON d.jti = c.jti ORDER BY c.n DESC FOR SHARE OF d",
     2, 0};
 
 static struct store_stmt st_insert = {
@@ -508,20 +515,22 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 {
 	int n = PQntuples(r);
 
-	/* The stored parent must be the token presented, held by the caller. */
+	/* The stored parent (the last row) must be the token presented, held by the caller. */
 	if (n != g->parent_depth + 1 || n > CHAIN_MAX ||
-	    strcmp(PQgetvalue(r, 0, 0), g->who.agent->id) != 0) {
+	    strcmp(PQgetvalue(r, n - 1, 0), g->who.agent->id) != 0) {
 		g->reason = "chain_broken";
 		return false;
+	}
+	for (int i = 0; i < n; i++) {
+		if (strcmp(PQgetvalue(r, i, 2), "t") == 0) {
+			g->reason = "chain_token_revoked";
+			return false;
+		}
 	}
 	for (int i = 0; i < n; i++) {
 		const struct registry_agent *a = NULL;
 		int rc;
 
-		if (strcmp(PQgetvalue(r, i, 2), "t") == 0) {
-			g->reason = "chain_token_revoked";
-			return false;
-		}
 		rc = registry_get(PQgetvalue(r, i, 0), &a);
 		if (rc != IDP_OK) {
 			g->reason = rc == IDP_EUNAVAIL ? "unavailable" : "chain_agent_unknown";

@@ -22,6 +22,10 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include "idpd/delegation.h"
 #include "idpd/jws.h"
 #include "idpd/tasks.h"
@@ -818,6 +822,162 @@ delegation_events_name_the_whole_chain(void **state)
 	setting_stop(&w);
 }
 
+/* A connection of the test's own to w's database, as another instance's transaction. */
+static PGconn *
+db_session(struct setting *w)
+{
+	char url[256];
+	PGconn *pg;
+
+	harness_db_url(w->w.db, url, sizeof(url));
+	pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(pg), CONNECTION_OK);
+	return pg;
+}
+
+static void
+db_do(PGconn *pg, const char *sql)
+{
+	PGresult *r = PQexec(pg, sql);
+
+	if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+		fprintf(stderr, "%s: %s\n", sql, PQerrorMessage(pg));
+	assert_true(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK);
+	PQclear(r);
+}
+
+/* One POST on its own thread; no cmocka here. */
+struct racer {
+	char url[256];
+	char auth[4200];
+	const char *ctype; /* the Content-Type header */
+	char body[8192];
+	long status;
+	char reason[64];
+	_Atomic bool done;
+};
+
+static void *
+race(void *arg)
+{
+	struct racer *x = arg;
+	const char *h[] = {x->auth, x->ctype, NULL};
+	struct http_resp r;
+
+	if (harness_http("POST", x->url, h, x->body, strlen(x->body), &r) == 0) {
+		x->status = r.status;
+		if (json_string_value(json_object_get(r.json, "reason")) != NULL)
+			snprintf(x->reason, sizeof(x->reason), "%s",
+			         json_string_value(json_object_get(r.json, "reason")));
+		harness_resp_free(&r);
+	}
+	atomic_store(&x->done, true);
+	return NULL;
+}
+
+/* Whether x finishes within ms. */
+static bool
+finishes_within(struct racer *x, int ms)
+{
+	for (int i = 0; i < ms / 10 && !atomic_load(&x->done); i++)
+		usleep(10 * 1000);
+	return atomic_load(&x->done);
+}
+
+/*
+ * A delegation racing a revocation of its parent is never issued dead: while
+ * the revocation's transaction holds the parent's row (revoked, not yet
+ * committed), the delegation waits for it, then sees it and is refused.
+ */
+static void
+a_delegation_waits_for_a_revocation_of_its_parent_in_progress(void **state)
+{
+	struct setting w;
+	struct racer x = {.done = false};
+	pthread_t th;
+	PGconn *pg;
+	char sql[256];
+
+	(void)state;
+	setting_start(&w, "t_deleg_race_revoke", "[]");
+	pg = db_session(&w);
+	db_do(pg, "BEGIN");
+	snprintf(sql, sizeof(sql),
+	         "UPDATE delegation_tokens SET revoked_at = now() WHERE jti = '%s'", w.root_jti);
+	db_do(pg, sql);
+	snprintf(x.url, sizeof(x.url), "%s/v1/delegations", w.w.p.base);
+	snprintf(x.auth, sizeof(x.auth), "Authorization: Bearer %s", w.planner);
+	x.ctype = "Content-Type: application/json";
+	snprintf(x.body, sizeof(x.body),
+	         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+	         "\"scope\":\"cloud:DescribeInstances\"}",
+	         w.root_token);
+	assert_int_equal(pthread_create(&th, NULL, race, &x), 0);
+	if (finishes_within(&x, 500))
+		fprintf(stderr, "not held by the revocation: %ld %s\n", x.status, x.reason);
+	assert_false(atomic_load(&x.done));
+	db_do(pg, "COMMIT");
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(x.status, 403);
+	assert_string_equal(x.reason, "chain_token_revoked");
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
+	PQfinish(pg);
+	setting_stop(&w);
+}
+
+/*
+ * The other order: a revocation that comes while a delegation under the
+ * revoked token is being made waits for it and revokes the new token too
+ * (its row, its event), rather than reading the subtree without it.
+ */
+static void
+a_revocation_waits_for_a_delegation_in_progress_and_reaches_it(void **state)
+{
+	struct setting w;
+	struct racer x = {.done = false};
+	char sql[1024];
+	pthread_t th;
+	PGconn *pg;
+
+	(void)state;
+	setting_start(&w, "t_deleg_race_deleg", "[]");
+	/* A delegation in progress, as delegation.c makes it: the chain share-locked, the new
+	 * row inserted, not yet committed. */
+	pg = db_session(&w);
+	db_do(pg, "BEGIN");
+	snprintf(sql, sizeof(sql), "SELECT 1 FROM delegation_tokens WHERE jti = '%s' FOR SHARE",
+	         w.root_jti);
+	db_do(pg, sql);
+	snprintf(
+	    sql, sizeof(sql),
+	    "INSERT INTO delegation_tokens (jti, task_id, parent_jti, agent_id, scope, depth, "
+	    "chain_hash, kid, issued_at, expires_at) SELECT 'racejti-AAAAAAAAAAAAAA', task_id, "
+	    "jti, 'cloud-agent', scope, 1, chain_hash, kid, issued_at, expires_at FROM "
+	    "delegation_tokens WHERE jti = '%s'",
+	    w.root_jti);
+	db_do(pg, sql);
+	snprintf(x.url, sizeof(x.url), "%s/revoke", w.w.p.base);
+	snprintf(x.auth, sizeof(x.auth), "Authorization: Bearer %s", w.w.k.admin);
+	x.ctype = "Content-Type: application/x-www-form-urlencoded";
+	snprintf(x.body, sizeof(x.body), "token=%s", w.root_token);
+	assert_int_equal(pthread_create(&th, NULL, race, &x), 0);
+	if (finishes_within(&x, 500))
+		fprintf(stderr, "not held by the delegation: %ld\n", x.status);
+	assert_false(atomic_load(&x.done));
+	db_do(pg, "COMMIT");
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(x.status, 200);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens WHERE jti = "
+	                                   "'racejti-AAAAAAAAAAAAAA' AND revoked_at IS NOT NULL"),
+	                 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'delegation.revoked' AND "
+	                                   "(body::json->'detail'->>'revoked_count')::int = 2"),
+	                 1);
+	PQfinish(pg);
+	setting_stop(&w);
+}
+
 int
 main(void)
 {
@@ -831,6 +991,8 @@ main(void)
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
 	    cmocka_unit_test(delegation_events_name_the_whole_chain),
+	    cmocka_unit_test(a_delegation_waits_for_a_revocation_of_its_parent_in_progress),
+	    cmocka_unit_test(a_revocation_waits_for_a_delegation_in_progress_and_reaches_it),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);
