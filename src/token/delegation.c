@@ -832,6 +832,11 @@ post_delegation(struct http_req *req, void *ctx)
 	g.to_agent = json_string_value(json_object_get(body, "to_agent"));
 	if (g.to_agent == NULL)
 		idp_diag_add(&d, "to_agent: required, an agent id");
+	else if (!registry_id_valid(g.to_agent))
+		idp_diag_add(&d,
+		             "to_agent: not an agent id (1 to %d of a-z 0-9 . _ -, starting "
+		             "with a letter or digit)",
+		             REGISTRY_ID_MAX);
 	(void)task_scopes_parse(json_object_get(body, "scope"), &g.sc, &d);
 	v = json_object_get(body, "ttl");
 	if (v != NULL) {

@@ -256,7 +256,8 @@ delegation_refusals_issue_nothing(void **state)
 		                "'delegation.denied' AND body::json->'detail'->>'requested_scope' "
 		                "LIKE 'cloud:Describe000%more bytes]'"),
 		    1);
-		/* The same for 20 KB of to_agent. */
+		/* 20 KB of to_agent, or any to_agent that is no agent id: a bad
+		 * request (400), not a delegation refused, so no chain violation. */
 		n = (size_t)snprintf(
 		    body, sizeof(body),
 		    "{\"delegation_token\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
@@ -264,14 +265,31 @@ delegation_refusals_issue_nothing(void **state)
 		    w.root_token);
 		memset(body + n, 'x', 20000);
 		snprintf(body + n + 20000, sizeof(body) - n - 20000, "\"}");
-		world_call(&w.w, "POST", "/v1/delegations", w.planner, body, &r);
-		assert_int_equal(r.status, 403);
-		harness_resp_free(&r);
+		for (int k = 0; k < 3; k++) {
+			if (k == 1)
+				snprintf(body, sizeof(body),
+				         "{\"delegation_token\":\"%s\",\"scope\":"
+				         "\"cloud:DescribeInstances\",\"to_agent\":\"Bad Id!\"}",
+				         w.root_token);
+			if (k == 2)
+				snprintf(body, sizeof(body),
+				         "{\"delegation_token\":\"%s\",\"scope\":"
+				         "\"cloud:DescribeInstances\",\"to_agent\":\"\"}",
+				         w.root_token);
+			world_call(&w.w, "POST", "/v1/delegations", w.planner, body, &r);
+			assert_int_equal(r.status, 400);
+			assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+			                    "invalid_request");
+			assert_int_equal(strncmp(json_string_value(json_array_get(
+			                             json_object_get(r.json, "errors"), 0)),
+			                         "to_agent: not an agent id", 25),
+			                 0);
+			harness_resp_free(&r);
+		}
 		assert_int_equal(
-		    world_count(&w.w, "SELECT count(*) FROM audit_events WHERE type = "
-		                      "'delegation.denied' AND body::json->'detail'->>'to_agent' "
-		                      "LIKE 'xxx%more bytes]'"),
-		    1);
+		    world_count(&w.w, "SELECT count(*) FROM audit_events WHERE "
+		                      "body::json->'detail'->>'reason' = 'chain_delegate_unknown'"),
+		    0);
 	}
 
 	/* cloud-agent allows a chain of depth 1 only. */
