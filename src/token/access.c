@@ -221,6 +221,7 @@ struct issuing {
 	struct task_scopes *parent_sc; /* the token's scopes: thread-local storage */
 	struct revocation_chain *chain;
 	bool approved;
+	int top_class; /* the requested scopes' highest action class; -1 until needed */
 	char rules[1024];
 };
 
@@ -442,15 +443,70 @@ done:
 	return ok;
 }
 
+/* The highest action class of the requested scopes, computed once into s->top_class. */
+static enum idp_action_class
+requested_top_class(struct issuing *s)
+{
+	if (s->top_class < 0) {
+		const struct scope_verb_map *vm = scope_verb_map_current();
+		enum idp_action_class top = IDP_ACTION_READ;
+
+		for (size_t j = 0; j < s->a->scopes->n; j++) {
+			enum idp_action_class k = scope_action_class(vm, s->a->scopes->v[j]);
+
+			if (k > top)
+				top = k;
+		}
+		s->top_class = (int)top;
+	}
+	return (enum idp_action_class)s->top_class;
+}
+
+/*
+ * Whether the link from delegator `from` to `to` still stands as from's
+ * constraints are now: to is in from's delegate_to, and no requested scope
+ * is above from's max_scope_per_delegation.  Refuses s otherwise, with
+ * the codes a new delegation is refused with.
+ */
+static bool
+link_ok(struct issuing *s, const struct registry_agent *from, const struct registry_agent *to)
+{
+	const struct scope_verb_map *vm;
+
+	if (!delegation_may_delegate_to(from, to)) {
+		refuse(s, 403, "chain_delegate_not_allowed");
+		return false;
+	}
+	/* Every class is within admin: no need to classify the scopes. */
+	if (from->max_scope_per_delegation >= IDP_ACTION_ADMIN ||
+	    requested_top_class(s) <= from->max_scope_per_delegation)
+		return true;
+	vm = scope_verb_map_current();
+	for (size_t j = 0; j < s->a->scopes->n; j++) {
+		if (scope_action_class(vm, s->a->scopes->v[j]) > from->max_scope_per_delegation) {
+			refuse_scope(s, "scope_exceeds_max_per_delegation", s->a->scopes->v[j]);
+			return false;
+		}
+	}
+	return true;
+}
+
 /*
  * Every agent on the chain is active, its link was made after its
  * revocation epoch, and its capabilities still hold the asked scopes: an
  * agent's authority is the least of its delegators' as they are now, so
- * narrowing one's capabilities reaches the tokens below it at once.
+ * narrowing one's capabilities reaches the tokens below it at once.  So
+ * do its delegation constraints: each link must still be one its
+ * delegator may make (link_ok), so taking an agent out of a delegate_to,
+ * or lowering a max_scope_per_delegation, reaches what was delegated
+ * before too.
  */
 static bool
 chain_agents_ok(struct issuing *s)
 {
+	const struct registry_agent *prev = NULL;
+	bool ok = false;
+
 	for (size_t i = 0; i < s->chain->n; i++) {
 		const struct revocation_link *l = &s->chain->links[i];
 		const struct registry_agent *ag = NULL;
@@ -460,11 +516,11 @@ chain_agents_ok(struct issuing *s)
 		rc = registry_lookup(l->agent_id, s->a->may_block, &ag);
 		if (rc == IDP_EWOULDBLOCK) {
 			s->g->would_block = true;
-			return false;
+			goto done;
 		}
 		if (rc == IDP_EUNAVAIL) {
 			refuse(s, 503, "unavailable");
-			return false;
+			goto done;
 		}
 		size_t j = 0;
 
@@ -472,17 +528,27 @@ chain_agents_ok(struct issuing *s)
 		       !registry_issued_before_revocation(ag, l->iat_s);
 		for (; live && can && j < s->a->scopes->n; j++)
 			can = registry_agent_can(ag, s->a->scopes->v[j]);
-		registry_agent_unref(ag);
 		if (!live) {
+			registry_agent_unref(ag);
 			refuse(s, 403, "chain_agent_inactive");
-			return false;
+			goto done;
 		}
 		if (!can) {
+			registry_agent_unref(ag);
 			refuse_scope(s, "scope_outside_chain_capabilities", s->a->scopes->v[j - 1]);
-			return false;
+			goto done;
 		}
+		if (prev != NULL && !link_ok(s, prev, ag)) {
+			registry_agent_unref(ag);
+			goto done;
+		}
+		registry_agent_unref(prev);
+		prev = ag;
 	}
-	return true;
+	ok = true;
+done:
+	registry_agent_unref(prev);
+	return ok;
 }
 
 /*
@@ -698,8 +764,12 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	 * the heap of every request (a handler thread serves one at a time).
 	 */
 	static _Thread_local struct task_scopes parent_sc;
-	struct issuing s = {
-	    .a = a, .g = g, .agent = a->who->agent, .task_id = a->task_id, .parent_sc = &parent_sc};
+	struct issuing s = {.a = a,
+	                    .g = g,
+	                    .agent = a->who->agent,
+	                    .task_id = a->task_id,
+	                    .parent_sc = &parent_sc,
+	                    .top_class = -1};
 	struct approval_subject subj;
 	struct keys *km = keys_process();
 	struct idp_jws_key *key = NULL;

@@ -503,17 +503,72 @@ subject_of(const struct deleg *g)
 }
 
 /*
+ * Whether the stored link from `from` to `to` still stands as from's
+ * constraints are now, for the scopes passed on: to in from's delegate_to,
+ * no requested scope above from's max_scope_per_delegation (the codes a
+ * new link is refused with).  false with g->reason otherwise.
+ */
+static bool
+link_ok(struct deleg *g, const struct registry_agent *from, const struct registry_agent *to)
+{
+	const struct scope_verb_map *vm = scope_verb_map_current();
+
+	if (!delegation_may_delegate_to(from, to)) {
+		g->reason = "chain_delegate_not_allowed";
+		return false;
+	}
+	for (size_t j = 0; from->max_scope_per_delegation < IDP_ACTION_ADMIN && j < g->sc.n; j++) {
+		if (scope_action_class(vm, g->sc.v[j]) > from->max_scope_per_delegation) {
+			g->reason = "scope_exceeds_max_per_delegation";
+			g->refused_scope = g->sc.v[j];
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
  * Every agent on the stored chain allows depth and is still what its link
  * was issued to: active, and not revoked after the link (a suspension cuts
  * the links before it, a resume does not bring them back), and still holds
  * the scopes passed on (an ancestor's narrowed capabilities bind every
- * delegation below it), as introspection and POST /v1/token judge the
- * chain; false with g->reason otherwise.
+ * delegation below it), and each link is still one its delegator may make
+ * (link_ok: a delegate_to or max_scope_per_delegation tightened since binds
+ * what was delegated before), as introspection and POST /v1/token judge
+ * the chain; false with g->reason otherwise.
  */
+/*
+ * One agent a of the stored chain, whose link was issued at iat_s by prev
+ * (NULL for the root): see chain_ok.  false with g->reason otherwise.
+ */
+static bool
+chain_agent_ok(struct deleg *g, const struct registry_agent *a, const struct registry_agent *prev,
+               int depth, int64_t iat_s)
+{
+	if (depth > a->max_chain_depth) {
+		g->reason = "chain_depth_exceeded";
+		return false;
+	}
+	if (a->status != REGISTRY_ACTIVE || registry_issued_before_revocation(a, iat_s)) {
+		g->reason = "chain_agent_inactive";
+		return false;
+	}
+	for (size_t j = 0; j < g->sc.n; j++) {
+		if (!registry_agent_can(a, g->sc.v[j])) {
+			g->reason = "scope_outside_chain_capabilities";
+			g->refused_scope = g->sc.v[j];
+			return false;
+		}
+	}
+	return prev == NULL || link_ok(g, prev, a);
+}
+
 static bool
 chain_ok(struct deleg *g, PGresult *r, int depth)
 {
+	const struct registry_agent *prev = NULL;
 	int n = PQntuples(r);
+	bool ok = true;
 
 	/* The stored parent (the last row) must be the token presented, held by the caller. */
 	if (n != g->parent_depth + 1 || n > CHAIN_MAX ||
@@ -527,37 +582,21 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 			return false;
 		}
 	}
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; ok && i < n; i++) {
 		const struct registry_agent *a = NULL;
-		int rc;
+		int rc = registry_get(PQgetvalue(r, i, 0), &a);
 
-		rc = registry_get(PQgetvalue(r, i, 0), &a);
 		if (rc != IDP_OK) {
 			g->reason = rc == IDP_EUNAVAIL ? "unavailable" : "chain_agent_unknown";
-			return false;
+			ok = false;
+			break;
 		}
-		if (depth > a->max_chain_depth) {
-			registry_agent_unref(a);
-			g->reason = "chain_depth_exceeded";
-			return false;
-		}
-		if (a->status != REGISTRY_ACTIVE ||
-		    registry_issued_before_revocation(a, strtoll(PQgetvalue(r, i, 3), NULL, 10))) {
-			registry_agent_unref(a);
-			g->reason = "chain_agent_inactive";
-			return false;
-		}
-		for (size_t j = 0; j < g->sc.n; j++) {
-			if (!registry_agent_can(a, g->sc.v[j])) {
-				registry_agent_unref(a);
-				g->reason = "scope_outside_chain_capabilities";
-				g->refused_scope = g->sc.v[j];
-				return false;
-			}
-		}
-		registry_agent_unref(a);
+		ok = chain_agent_ok(g, a, prev, depth, strtoll(PQgetvalue(r, i, 3), NULL, 10));
+		registry_agent_unref(prev);
+		prev = a;
 	}
-	return true;
+	registry_agent_unref(prev);
+	return ok;
 }
 
 /*

@@ -757,6 +757,72 @@ narrowing_a_delegators_capabilities_reaches_below_it(void **state)
 	setting_stop(&w);
 }
 
+/*
+ * A delegator's constraints as they are now bind what it delegated before,
+ * as its capabilities do: once planning-agent may no longer delegate to
+ * cloud-agent (delegate_to []), the delegation it made is inactive and
+ * serves no access token, and a lowered max_scope_per_delegation does the
+ * same to a delegation of a class above it; restoring either restores them
+ * (a check, not a revocation).
+ */
+static void
+tightening_a_delegators_constraints_reaches_what_it_delegated(void **state)
+{
+	struct setting w;
+	char code[128], rep_cred[4096], body[4096];
+	char *child, *access = NULL, *rep;
+	struct http_resp r;
+
+	(void)state;
+	setting_start(&w, "t_deleg_tighten", "[]");
+	patch_agent(&w, "cloud-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":3,"
+	            "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}");
+	child = world_delegate(&w.w, w.planner, w.root_token, "cloud-agent",
+	                       "cloud:DescribeInstances", NULL);
+	assert_int_equal(cloud_token_out(&w, child, code, sizeof(code), &access), 200);
+
+	patch_agent(&w, "planning-agent", "{\"delegate_to\":[]}");
+	assert_false(world_active(&w.w, child, NULL));
+	assert_false(world_active(&w.w, access, NULL));
+	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 403);
+	assert_string_equal(code, "chain_delegate_not_allowed");
+	expect_refusal(&w, w.cloud, child, "sub-agent", "cloud:DescribeInstances", NULL,
+	               "chain_delegate_not_allowed");
+	patch_agent(&w, "planning-agent", "{\"delegate_to\":[\"cloud-agent\",\"reporter\"]}");
+	assert_true(world_active(&w.w, child, NULL));
+	assert_true(world_active(&w.w, access, NULL));
+	assert_int_equal(cloud_token(&w, child, code, sizeof(code)), 200);
+
+	/* A write delegated while the planner might, no longer once it may only pass on reads. */
+	patch_agent(&w, "planning-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":2,"
+	            "\"max_scope_per_delegation\":\"write\",\"requires_human_approval_for\":[]}}");
+	rep = world_delegate(&w.w, w.planner, w.root_token, "report-agent", "reports:write", NULL);
+	assert_true(world_active(&w.w, rep, NULL));
+	patch_agent(&w, "planning-agent",
+	            "{\"delegation_constraints\":{\"max_chain_depth\":2,"
+	            "\"max_scope_per_delegation\":\"read\",\"requires_human_approval_for\":[]}}");
+	assert_false(world_active(&w.w, rep, NULL));
+	world_credential(&w.w, "report-agent", rep_cred, sizeof(rep_cred));
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"reports:write\",\"task_id\":\"%s\","
+	         "\"delegation_token\":\"%s\"}",
+	         WORLD_REPORTS, w.task_id, rep);
+	world_call(&w.w, "POST", "/v1/token", rep_cred, body, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+	                    "scope_exceeds_max_per_delegation");
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "reports:write");
+	harness_resp_free(&r);
+	/* The read-only link to cloud-agent still stands. */
+	assert_true(world_active(&w.w, child, NULL));
+	free(rep);
+	free(access);
+	free(child);
+	setting_stop(&w);
+}
+
 /* How many events of type by agent carry chain (a JSON array) as their delegation chain. */
 static long
 events_with_chain(struct setting *w, const char *type, const char *agent, const char *chain)
@@ -1008,6 +1074,7 @@ main(void)
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
+	    cmocka_unit_test(tightening_a_delegators_constraints_reaches_what_it_delegated),
 	    cmocka_unit_test(delegation_events_name_the_whole_chain),
 	    cmocka_unit_test(a_delegation_waits_for_a_revocation_of_its_parent_in_progress),
 	    cmocka_unit_test(a_revocation_waits_for_a_delegation_in_progress_and_reaches_it),
