@@ -251,7 +251,7 @@ approval_owner_form(const char *principal, char *out, size_t len)
 }
 
 bool
-approval_human_may_decide(const char *principal, const char *idp, const char *human,
+approval_human_may_decide(const char *principal, const char *idp, bool vouches, const char *human,
                           const char *human_idp, const char *owner)
 {
 	char form[330];
@@ -260,9 +260,10 @@ approval_human_may_decide(const char *principal, const char *idp, const char *hu
 	if (strcmp(principal, human) == 0 && strcmp(idp, human_idp) == 0)
 		return true;
 	if (strchr(owner, ':') == NULL) {
-		/* An email owner; a principal with a colon never is one. */
+		/* An email owner, whom only a provider trusted for it stands for
+		 * (idp[].vouches_for_owners); a principal with a colon never is one. */
 		approval_owner_form(principal, form, sizeof(form));
-		return strchr(principal, ':') == NULL && strcmp(form, owner) == 0;
+		return vouches && strchr(principal, ':') == NULL && strcmp(form, owner) == 0;
 	}
 	/* An owner named by IdP subject: "corp:00u1abc" for principal 00u1abc of
 	 * corp only, not for a principal "corp:00u1abc" of another provider. */
@@ -321,6 +322,7 @@ approval_json(const PGresult *r, int row)
 	put_time(o, "decided_at", r, row, APR_C_DECIDED);
 	put_text(o, "decided_by", r, row, APR_C_DECIDED_BY);
 	put_text(o, "decided_by_kind", r, row, APR_C_DECIDED_KIND);
+	put_text(o, "decided_by_idp", r, row, APR_C_DECIDED_IDP);
 	put_text(o, "note", r, row, APR_C_NOTE);
 	put_time(o, "used_at", r, row, APR_C_USED);
 	{
@@ -651,7 +653,8 @@ static struct store_stmt st_use = {
     "apr_use",
     "UPDATE approvals SET status = 'used', used_at = now() WHERE id = $1 AND status = 'approved' "
     "AND expires_at > now() AND kind = $2 AND agent_id = $3 AND task_id = $4 "
-    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind",
+    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind, "
+    "decided_by_idp",
     6, 0};
 
 static struct store_stmt st_why = {
@@ -791,10 +794,11 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 		    .actor_name = s->agent_id,
 		    .granted_scope = s->scope,
 		    .request_id = s->request_id,
-		    .detail =
-		        json_pack("{s:s,s:s,s:s,s:s,s:s}", "approval_id", id, "kind",
-		                  approval_kind_name(s->kind), "target", s->target, "approved_by",
-		                  PQgetvalue(r, 0, 0), "approved_by_kind", PQgetvalue(r, 0, 1)),
+		    .detail = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "approval_id", id, "kind",
+		                        approval_kind_name(s->kind), "target", s->target,
+		                        "approved_by", PQgetvalue(r, 0, 0), "approved_by_kind",
+		                        PQgetvalue(r, 0, 1), "approved_by_idp",
+		                        PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2)),
 		};
 
 		rc = approval_emit(&e);

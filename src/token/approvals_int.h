@@ -42,7 +42,7 @@ struct store *approvals_store(void);
 	"floor(extract(epoch FROM decided_at) * 1000)::bigint, decided_by, decided_by_kind, "      \
 	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp, "    \
 	"floor(extract(epoch FROM created_at) * 1000000)::bigint, "                                \
-	"array_to_string(delegation_chain, ' ')"
+	"array_to_string(delegation_chain, ' '), decided_by_idp"
 
 enum approval_col {
 	APR_C_ID,
@@ -67,6 +67,7 @@ enum approval_col {
 	APR_C_HUMAN_IDP,     /* the [[idp]] of the task's human */
 	APR_C_CREATED_US,    /* created_at, exactly: a list cursor's position */
 	APR_C_CHAIN,         /* the agents root first, space-separated; "" before 0018 */
+	APR_C_DECIDED_IDP,   /* the [[idp]] of a human decider; NULL otherwise (0019) */
 };
 
 /* Row `row` of r (APPROVAL_COLUMNS) as the API shows it; a new object. */
@@ -101,14 +102,15 @@ char *approval_words_array(const char *s, size_t max);
 const char *approval_refusal(bool found, bool bound, const char *status, bool live);
 
 /*
- * Whether the human principal (authenticated by [[idp]] idp) may decide an
- * approval of the task's human `human` (of [[idp]] human_idp) for an agent
- * of `owner`: they are that human of that provider, or the owner (an email
- * owner compares without case, an "idp:subject" owner only as
- * idp ":" principal, whatever the principal looks like).
+ * Whether the human principal (authenticated by [[idp]] idp, whose
+ * vouches_for_owners is vouches) may decide an approval of the task's human
+ * `human` (of [[idp]] human_idp) for an agent of `owner`: they are that
+ * human of that provider, or the owner (an email owner compares without
+ * case, and only for a provider that vouches for owners; an "idp:subject"
+ * owner only as idp ":" principal, whatever the principal looks like).
  */
-bool approval_human_may_decide(const char *principal, const char *idp, const char *human,
-                               const char *human_idp, const char *owner);
+bool approval_human_may_decide(const char *principal, const char *idp, bool vouches,
+                               const char *human, const char *human_idp, const char *owner);
 
 /*
  * principal as an agent owner is stored (registry_owner_normalize): an
