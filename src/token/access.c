@@ -652,10 +652,16 @@ policy_input_build(struct issuing *s, const struct resource *r, int64_t ttl_s,
 	                           n_chain > 0 ? s->chain->links[n_chain - 1].depth : 0);
 	(void)policy_input_set_list(in, POLICY_ATTR_DELEGATION_CHAIN, chain, n_chain);
 	{
+		/*
+		 * The deepest links a human approved, counted from the last one
+		 * up to the first that nobody approved: an approval answers for
+		 * its own level, so one given at depth 1 is not that of depth 4
+		 * (the delegation-depth rule wants each level past the third).
+		 */
 		int64_t approved = 0;
 
-		for (size_t i = 0; i < n_chain; i++)
-			approved += s->chain->links[i].approved;
+		for (size_t i = n_chain; i > 0 && s->chain->links[i - 1].approved; i--)
+			approved++;
 		(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_APPROVALS, approved);
 	}
 	(void)policy_input_set_bool(in, POLICY_ATTR_CONTEXT_APPROVAL, s->approved);

@@ -533,6 +533,84 @@ an_approved_link_counts_for_the_chain_below_it(void **state)
 }
 
 /*
+ * An approval answers for its own level: a link a human approved at depth 1
+ * is not the approval the delegation-depth rule wants for depth 4, so the
+ * agent at depth 4 under unapproved deeper links still waits for a human.
+ */
+static void
+an_approved_shallow_link_is_not_the_approval_of_a_deep_level(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	char c1[4096], c2[4096], c3[4096], c4[4096], cred[4096];
+	char task_id[80], approval[80], path[160], body[8192];
+	char *t0, *t1, *t2, *t3, *t4, *alice;
+	const struct world_opts o = {.max_ttl = "2h"};
+	const char *caps = "[\"cloud:Describe*\"]";
+
+	(void)state;
+	world_start_opts(&w, "t_deleg_shallow", &o);
+	{
+		const struct world_agent a = {.id = "deep-5",
+		                              .type = "deep-worker",
+		                              .owner = "alice@example.com",
+		                              .caps = caps,
+		                              .domains = "[\"cloud\"]",
+		                              .environment = "production",
+		                              .delegate_to = "[]",
+		                              .max_depth = 5,
+		                              .approvals = "[]"};
+
+		world_agent(&w, &a);
+	}
+	register_agent(&w, "deep-4", "deep-worker", caps, "[\"deep-5\"]", 5, "[]");
+	register_agent(&w, "deep-3", "deep-worker", caps, "[\"deep-4\"]", 5, "[]");
+	register_agent(&w, "deep-2", "deep-worker", caps, "[\"deep-3\"]", 5, "[]");
+	/* deep-1's delegations need a human: the link at depth 1 is approved. */
+	register_agent(&w, "deep-1", "deep-worker", caps, "[\"deep-2\"]", 5, "[\"read\"]");
+	world_credential(&w, "deep-1", c1, sizeof(c1));
+	world_credential(&w, "deep-2", c2, sizeof(c2));
+	world_credential(&w, "deep-3", c3, sizeof(c3));
+	world_credential(&w, "deep-4", c4, sizeof(c4));
+	world_credential(&w, "deep-5", cred, sizeof(cred));
+	alice = world_human_token("alice@example.com");
+	world_task_ttl(&w, alice, "deep-1", "[\"cloud:DescribeInstances\"]", "1h", task_id, NULL,
+	               &t0);
+	world_delegation(&w, c1, t0, "deep-2", "cloud:DescribeInstances", NULL, NULL, &r);
+	assert_int_equal(r.status, 202);
+	snprintf(approval, sizeof(approval), "%s",
+	         json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", approval);
+	world_call(&w, "POST", path, alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	world_delegation(&w, c1, t0, "deep-2", "cloud:DescribeInstances", NULL, approval, &r);
+	assert_int_equal(r.status, 201);
+	t1 = strdup(json_string_value(json_object_get(r.json, "delegation_token")));
+	harness_resp_free(&r);
+	t2 = world_delegate(&w, c2, t1, "deep-3", "cloud:DescribeInstances", NULL);
+	t3 = world_delegate(&w, c3, t2, "deep-4", "cloud:DescribeInstances", NULL);
+	t4 = world_delegate(&w, c4, t3, "deep-5", "cloud:DescribeInstances", NULL);
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+	         "\"task_id\":\"%s\",\"reason\":\"inventory\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, task_id, t4);
+	world_call(&w, "POST", "/v1/token", cred, body, &r);
+	if (r.status != 202)
+		fprintf(stderr, "token at depth 4: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 202);
+	harness_resp_free(&r);
+	free(t4);
+	free(t3);
+	free(t2);
+	free(t1);
+	free(t0);
+	free(alice);
+	world_stop(&w);
+}
+
+/*
  * A read-only delegator may pass on a verb idpd does not know only once the
  * deployment names it a read verb ([[policy.verbs]]); until then an unknown
  * verb is a write and the delegation is refused.
@@ -1072,6 +1150,7 @@ main(void)
 	    cmocka_unit_test(an_approval_is_asked_only_when_the_stored_checks_pass),
 	    cmocka_unit_test(a_wildcard_scope_needs_the_approval_of_every_class_it_covers),
 	    cmocka_unit_test(an_approved_link_counts_for_the_chain_below_it),
+	    cmocka_unit_test(an_approved_shallow_link_is_not_the_approval_of_a_deep_level),
 	    cmocka_unit_test(deployment_verbs_decide_what_read_only_delegation_allows),
 	    cmocka_unit_test(narrowing_a_delegators_capabilities_reaches_below_it),
 	    cmocka_unit_test(tightening_a_delegators_constraints_reaches_what_it_delegated),
