@@ -45,6 +45,9 @@ struct approval_subject {
 	const char *reason; /* why an approval is needed: the policy's reason or a check's code */
 	const char *rules; /* the deciding rule ids, space-separated; NULL when no policy decided */
 	const char *request_id;
+	/* The agents from the task's root agent down to agent_id, space-separated, root
+	 * first; NULL: agent_id alone.  Recorded and audited, not bound. */
+	const char *chain;
 };
 
 /*

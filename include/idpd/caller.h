@@ -20,6 +20,7 @@ struct caller {
 	enum caller_kind kind;
 	char name[HUMAN_PRINCIPAL_MAX + 1]; /* principal, agent id or API key name */
 	char idp[65];                       /* a human's [[idp]] */
+	bool vouches_for_owners;            /* a human's: that [[idp]] may vouch for owners */
 	unsigned roles;                     /* an operator's */
 };
 

@@ -71,12 +71,13 @@ struct idpd_attestor_cfg {
  * humans (POST /v1/tasks and the endpoints a task's human may call).
  */
 struct idpd_idp_cfg {
-	char *name;            /* unique label, named in audit events */
-	char *issuer;          /* the exact "iss" of its tokens */
-	char *audience;        /* an "aud" its tokens must carry */
-	char *jwks_file;       /* its public keys, a JWKS document */
-	unsigned algs;         /* bit 0 ES256, bit 1 RS256; none set means both */
-	char *principal_claim; /* the claim naming the human, e.g. "email" */
+	char *name;              /* unique label, named in audit events */
+	char *issuer;            /* the exact "iss" of its tokens */
+	char *audience;          /* an "aud" its tokens must carry */
+	char *jwks_file;         /* its public keys, a JWKS document */
+	unsigned algs;           /* bit 0 ES256, bit 1 RS256; none set means both */
+	char *principal_claim;   /* the claim naming the human, e.g. "email" */
+	bool vouches_for_owners; /* its principals may act as email-named agent owners */
 };
 
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */

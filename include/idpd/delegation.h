@@ -56,6 +56,14 @@ json_t *delegation_claims(const struct delegation_token *t, const json_t *parent
  * the holder.  NULL if act is not an object.  Any thread.
  */
 json_t *delegation_act_of(const json_t *act, const char *holder);
+/*
+ * The agents of a delegation token's act (as verified) for its holder,
+ * root first and holder last, into out (pointers into act, and holder
+ * itself when act's outermost actor is not it, as in a token of the
+ * earlier nesting).  The human is not among them.  The count, at most max.
+ * Any thread.
+ */
+size_t delegation_act_agents(const json_t *act, const char *holder, const char **out, size_t max);
 /* The raw hash of a "sha256:<64 lower-case hex>" text; IDP_EINVAL otherwise.  Any thread. */
 int delegation_chain_parse(const char *text, uint8_t out[TASK_CHAIN_HASH_LEN]) IDP_WUR;
 /* Whether to's id or agent type is in from's delegate_to.  Any thread. */

@@ -20,6 +20,7 @@
 #ifndef IDPD_HUMAN_AUTH_H
 #define IDPD_HUMAN_AUTH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "idpd/common.h"
@@ -35,6 +36,7 @@ struct idpd_config;
 struct human_principal {
 	char principal[HUMAN_PRINCIPAL_MAX + 1]; /* the principal claim's value */
 	char idp[65];                            /* the [[idp]] name that vouched for it */
+	bool vouches_for_owners;                 /* that [[idp]]'s vouches_for_owners */
 	int64_t expires_at_s;                    /* the token's exp */
 };
 

@@ -68,6 +68,8 @@ enum idp_action_class {
 	IDP_ACTION_ADMIN = 3,
 };
 #define IDP_ACTION_COUNT 4
+/* Every class, as a set of bits 1u << class. */
+#define IDP_ACTION_MASK_ALL ((1u << IDP_ACTION_COUNT) - 1)
 
 /* "read", "write", "delete", "admin". */
 const char *idp_action_class_name(enum idp_action_class c);
@@ -141,5 +143,18 @@ void scope_verb_map_install(struct scope_verb_map *m);
 enum idp_action_class scope_verb_class(const struct scope_verb_map *m, const char *verb);
 /* The class of a scope's verb; an invalid scope is admin. */
 enum idp_action_class scope_action_class(const struct scope_verb_map *m, const char *scope);
+
+/*
+ * Every class a verb or verb pattern could have, as bits 1u << class: the
+ * class of a concrete verb alone; for a pattern, also the class of every
+ * entry it overlaps, write when no single entry covers it, and every class
+ * of the map when a '*' before its end stands for whole words.  Its
+ * highest bit is scope_verb_class.  Where the question is "may it do
+ * anything of class c" (requires_human_approval_for), this is the answer:
+ * "cloud:*" is admin by its highest class, yet it writes too.  An invalid
+ * verb or scope gives every class.
+ */
+unsigned scope_verb_classes(const struct scope_verb_map *m, const char *verb);
+unsigned scope_action_classes(const struct scope_verb_map *m, const char *scope);
 
 #endif /* IDPD_SCOPE_H */

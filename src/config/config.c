@@ -229,6 +229,12 @@ static const struct key idp_keys[] = {
      .def = "email",
      .check = check_visible,
      .help = "the string claim that names the human (the task's human principal)"},
+    {.name = "vouches_for_owners",
+     BOOL_AT(struct idpd_idp_cfg, vouches_for_owners),
+     .flags = K_RELOAD,
+     .def = "true",
+     .help = "whether a principal it asserts may act as the owner of an agent owned by that "
+             "email address (approvals); false for a provider not trusted for the whole domain"},
 };
 
 static const struct section idp_section = {idp_keys, IDP_ARRAY_LEN(idp_keys),

@@ -672,3 +672,47 @@ scope_action_class(const struct scope_verb_map *m, const char *scope)
 		return IDP_ACTION_ADMIN;
 	return scope_verb_class(m, strchr(scope, ':') + 1);
 }
+
+unsigned
+scope_verb_classes(const struct scope_verb_map *m, const char *verb)
+{
+	char folded[IDP_SCOPE_MAX_LEN + 1], entry[IDP_SCOPE_MAX_LEN + 1];
+	const char *star;
+	bool covered = false;
+	unsigned mask;
+
+	if (verb_validate(verb) != IDP_OK)
+		return IDP_ACTION_MASK_ALL;
+	mask = 1u << scope_verb_class(m, verb);
+	star = strchr(verb, '*');
+	if (star == NULL)
+		return mask;
+	/* Every entry it overlaps, case folded as scope_verb_class folds. */
+	fold(verb, folded);
+	for (size_t i = 0; i < m->n; i++) {
+		const struct verb_entry *e = &m->entries[i];
+
+		fold(e->verb, entry);
+		if (scope_glob_overlap(folded, entry))
+			mask |= 1u << e->cls;
+		if (scope_glob_match(e->verb, verb))
+			covered = true;
+	}
+	/* Not within one entry: it can match a verb no entry names, a write. */
+	if (!covered)
+		mask |= 1u << IDP_ACTION_WRITE;
+	/* A '*' before the end stands for words of any class (scope_verb_class). */
+	if (star[1] != '\0' && !named_by_entry(m, verb)) {
+		for (size_t i = 0; i < m->n; i++)
+			mask |= 1u << m->entries[i].cls;
+	}
+	return mask;
+}
+
+unsigned
+scope_action_classes(const struct scope_verb_map *m, const char *scope)
+{
+	if (scope_validate(scope, NULL) != IDP_OK)
+		return IDP_ACTION_MASK_ALL;
+	return scope_verb_classes(m, strchr(scope, ':') + 1);
+}

@@ -49,6 +49,7 @@
 #include "idpd/revocation.h"
 #include "idpd/scope.h"
 #include "idpd/store.h"
+#include "idpd/tasks.h"
 
 #define GENERIC_401 "a valid agent credential is required"
 
@@ -209,6 +210,9 @@ struct issuing {
 	struct idp_jws_verified parent;     /* the delegation token presented */
 	const char *djti;                   /* its jti */
 	const char *task_id;                /* a->task_id, or the delegation token's */
+	/* The task the events name: the presented token's own (idpd signed it) or
+	 * the task whose root agent asked, never a task_id the request only claims. */
+	const char *event_task;
 	const char *human;
 	const char *chain_hash;
 	json_t *act; /* owned */
@@ -217,6 +221,7 @@ struct issuing {
 	struct task_scopes *parent_sc; /* the token's scopes: thread-local storage */
 	struct revocation_chain *chain;
 	bool approved;
+	int top_class; /* the requested scopes' highest action class; -1 until needed */
 	char rules[1024];
 };
 
@@ -278,7 +283,7 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 	if (dec != NULL && audit_decision_parse(dec, &ad) == IDP_OK)
 		audit_event_set_decision(ev, ad);
 	audit_event_set_outcome(ev, issued ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_DENIED);
-	if (audit_event_set(ev, AUDIT_F_TASK_ID, s->task_id) != IDP_OK ||
+	if (audit_event_set(ev, AUDIT_F_TASK_ID, s->event_task) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, s->human) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_ID, s->agent->id) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_TYPE, s->agent->agent_type) != IDP_OK ||
@@ -320,6 +325,11 @@ outcome_event(struct issuing *s, bool issued, const char *granted, int64_t exp_s
 				    detail, "conditions",
 				    policy_outcome_conditions_json(&s->g->decision));
 		}
+		/* A task the request named but the token does not: kept, as a claim. */
+		if (a->task_id != NULL &&
+		    (s->event_task == NULL || strcmp(s->event_task, a->task_id) != 0))
+			json_object_set_new(detail, "requested_task_id",
+			                    audit_json_clip(a->task_id, AUDIT_ECHO_MAX));
 		if (s->approved)
 			json_object_set_new(detail, "approval_id", json_string(a->approval_id));
 		if (s->g->approval_id[0] != '\0')
@@ -352,6 +362,7 @@ parent_verify(struct issuing *s)
 	s->human = p.human;
 	s->djti = p.jti;
 	s->chain_hash = p.chain_hash;
+	s->event_task = p.task_id;
 	if (s->a->task_id == NULL)
 		s->task_id = p.task_id;
 	if (rc != IDP_OK) {
@@ -417,6 +428,8 @@ root_token(struct issuing *s)
 	s->djti = json_string_value(json_object_get(s->own, "jti"));
 	s->chain_hash = json_string_value(json_object_get(s->own, "chain"));
 	s->human = json_string_value(json_object_get(s->own, "human"));
+	/* The task exists and the caller is its root agent: it is the caller's task. */
+	s->event_task = s->task_id;
 	s->parent_exp_s = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
 	idp_diag_init(&d);
 	if (!task_scopes_parse(json_object_get(s->own, "scope"), s->parent_sc, &d)) {
@@ -430,15 +443,70 @@ done:
 	return ok;
 }
 
+/* The highest action class of the requested scopes, computed once into s->top_class. */
+static enum idp_action_class
+requested_top_class(struct issuing *s)
+{
+	if (s->top_class < 0) {
+		const struct scope_verb_map *vm = scope_verb_map_current();
+		enum idp_action_class top = IDP_ACTION_READ;
+
+		for (size_t j = 0; j < s->a->scopes->n; j++) {
+			enum idp_action_class k = scope_action_class(vm, s->a->scopes->v[j]);
+
+			if (k > top)
+				top = k;
+		}
+		s->top_class = (int)top;
+	}
+	return (enum idp_action_class)s->top_class;
+}
+
+/*
+ * Whether the link from delegator `from` to `to` still stands as from's
+ * constraints are now: to is in from's delegate_to, and no requested scope
+ * is above from's max_scope_per_delegation.  Refuses s otherwise, with
+ * the codes a new delegation is refused with.
+ */
+static bool
+link_ok(struct issuing *s, const struct registry_agent *from, const struct registry_agent *to)
+{
+	const struct scope_verb_map *vm;
+
+	if (!delegation_may_delegate_to(from, to)) {
+		refuse(s, 403, "chain_delegate_not_allowed");
+		return false;
+	}
+	/* Every class is within admin: no need to classify the scopes. */
+	if (from->max_scope_per_delegation >= IDP_ACTION_ADMIN ||
+	    requested_top_class(s) <= from->max_scope_per_delegation)
+		return true;
+	vm = scope_verb_map_current();
+	for (size_t j = 0; j < s->a->scopes->n; j++) {
+		if (scope_action_class(vm, s->a->scopes->v[j]) > from->max_scope_per_delegation) {
+			refuse_scope(s, "scope_exceeds_max_per_delegation", s->a->scopes->v[j]);
+			return false;
+		}
+	}
+	return true;
+}
+
 /*
  * Every agent on the chain is active, its link was made after its
  * revocation epoch, and its capabilities still hold the asked scopes: an
  * agent's authority is the least of its delegators' as they are now, so
- * narrowing one's capabilities reaches the tokens below it at once.
+ * narrowing one's capabilities reaches the tokens below it at once.  So
+ * do its delegation constraints: each link must still be one its
+ * delegator may make (link_ok), so taking an agent out of a delegate_to,
+ * or lowering a max_scope_per_delegation, reaches what was delegated
+ * before too.
  */
 static bool
 chain_agents_ok(struct issuing *s)
 {
+	const struct registry_agent *prev = NULL;
+	bool ok = false;
+
 	for (size_t i = 0; i < s->chain->n; i++) {
 		const struct revocation_link *l = &s->chain->links[i];
 		const struct registry_agent *ag = NULL;
@@ -448,11 +516,11 @@ chain_agents_ok(struct issuing *s)
 		rc = registry_lookup(l->agent_id, s->a->may_block, &ag);
 		if (rc == IDP_EWOULDBLOCK) {
 			s->g->would_block = true;
-			return false;
+			goto done;
 		}
 		if (rc == IDP_EUNAVAIL) {
 			refuse(s, 503, "unavailable");
-			return false;
+			goto done;
 		}
 		size_t j = 0;
 
@@ -460,17 +528,50 @@ chain_agents_ok(struct issuing *s)
 		       !registry_issued_before_revocation(ag, l->iat_s);
 		for (; live && can && j < s->a->scopes->n; j++)
 			can = registry_agent_can(ag, s->a->scopes->v[j]);
-		registry_agent_unref(ag);
 		if (!live) {
+			registry_agent_unref(ag);
 			refuse(s, 403, "chain_agent_inactive");
-			return false;
+			goto done;
 		}
 		if (!can) {
+			registry_agent_unref(ag);
 			refuse_scope(s, "scope_outside_chain_capabilities", s->a->scopes->v[j - 1]);
-			return false;
+			goto done;
+		}
+		if (prev != NULL && !link_ok(s, prev, ag)) {
+			registry_agent_unref(ag);
+			goto done;
+		}
+		registry_agent_unref(prev);
+		prev = ag;
+	}
+	ok = true;
+done:
+	registry_agent_unref(prev);
+	return ok;
+}
+
+/*
+ * The chain's agents, root first, space-separated: what an approval of
+ * this request records.  NULL when there is no chain; the caller frees it.
+ */
+static char *
+chain_agents_text(const struct revocation_chain *c)
+{
+	struct idp_buf b;
+
+	if (c == NULL || c->n == 0)
+		return NULL;
+	idp_buf_init(&b, 64 * 1024);
+	for (size_t i = 0; i < c->n; i++) {
+		/* At most 64 ids of 128 bytes: the cap is never reached. */
+		if ((i > 0 && idp_buf_putc(&b, ' ') != IDP_OK) ||
+		    idp_buf_puts(&b, c->links[i].agent_id) != IDP_OK) {
+			idp_buf_cleanup(&b);
+			return NULL;
 		}
 	}
-	return true;
+	return idp_buf_take(&b, NULL);
 }
 
 /* Room for the lists of one policy input, on the caller's stack. */
@@ -551,10 +652,16 @@ policy_input_build(struct issuing *s, const struct resource *r, int64_t ttl_s,
 	                           n_chain > 0 ? s->chain->links[n_chain - 1].depth : 0);
 	(void)policy_input_set_list(in, POLICY_ATTR_DELEGATION_CHAIN, chain, n_chain);
 	{
+		/*
+		 * The deepest links a human approved, counted from the last one
+		 * up to the first that nobody approved: an approval answers for
+		 * its own level, so one given at depth 1 is not that of depth 4
+		 * (the delegation-depth rule wants each level past the third).
+		 */
 		int64_t approved = 0;
 
-		for (size_t i = 0; i < n_chain; i++)
-			approved += s->chain->links[i].approved;
+		for (size_t i = n_chain; i > 0 && s->chain->links[i - 1].approved; i--)
+			approved++;
 		(void)policy_input_set_int(in, POLICY_ATTR_DELEGATION_APPROVALS, approved);
 	}
 	(void)policy_input_set_bool(in, POLICY_ATTR_CONTEXT_APPROVAL, s->approved);
@@ -663,8 +770,12 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	 * the heap of every request (a handler thread serves one at a time).
 	 */
 	static _Thread_local struct task_scopes parent_sc;
-	struct issuing s = {
-	    .a = a, .g = g, .agent = a->who->agent, .task_id = a->task_id, .parent_sc = &parent_sc};
+	struct issuing s = {.a = a,
+	                    .g = g,
+	                    .agent = a->who->agent,
+	                    .task_id = a->task_id,
+	                    .parent_sc = &parent_sc,
+	                    .top_class = -1};
 	struct approval_subject subj;
 	struct keys *km = keys_process();
 	struct idp_jws_key *key = NULL;
@@ -676,6 +787,7 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	int64_t now_ms = idp_now_ms(idp_clock_system()), default_ttl_ms, max_ttl_ms, exp_ms;
 	int64_t not_after = 0;
 	struct idp_diag d;
+	char *agents = NULL; /* s.chain's agents, once an approval needs them */
 	int rc;
 
 	memset(g, 0, sizeof(*g));
@@ -738,6 +850,8 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 	    .request_id = http_req_id(a->req),
 	};
 	if (a->approval_id != NULL) {
+		agents = chain_agents_text(s.chain);
+		subj.chain = agents;
 		/* Checked here for the policy to see; spent once the token is
 		 * signed (below), so that no failure of idpd's own burns it. */
 		rc = approval_check(a->approval_id, &subj, &why);
@@ -789,6 +903,9 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		/* Recorded by access_finish, where PostgreSQL may be waited on. */
 		subj.reason = g->decision.reason;
 		subj.rules = s.rules[0] != '\0' ? s.rules : NULL;
+		if (agents == NULL)
+			agents = chain_agents_text(s.chain);
+		subj.chain = agents;
 		g->approval = approval_subject_dup(&subj);
 		refuse(&s, 202, "approval_required");
 		goto refused;
@@ -871,6 +988,7 @@ done:
 	free(lists.chain_heap);
 	json_decref(s.act);
 	json_decref(s.own);
+	free(agents);
 	revocation_chain_free(s.chain);
 	idp_jws_verified_cleanup(&s.parent);
 }
@@ -1216,6 +1334,11 @@ post_token(struct http_req *req, void *ctx)
 	a.task_id = json_string_value(json_object_get(body, "task_id"));
 	if (a.task_id == NULL)
 		idp_diag_add(&d, "task_id: required, the task the token serves");
+	else if (!task_id_valid(a.task_id))
+		idp_diag_add(&d,
+		             "task_id: a task id (\"task_\" and up to %d letters, digits, "
+		             "'_' or '-')",
+		             TASK_ID_MAX - 5);
 	(void)task_scopes_parse(json_object_get(body, "scope"), sc, &d);
 	v = json_object_get(body, "delegation_token");
 	if (v != NULL && !json_is_null(v) && (a.delegation_token = json_string_value(v)) == NULL)

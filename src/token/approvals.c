@@ -251,7 +251,7 @@ approval_owner_form(const char *principal, char *out, size_t len)
 }
 
 bool
-approval_human_may_decide(const char *principal, const char *idp, const char *human,
+approval_human_may_decide(const char *principal, const char *idp, bool vouches, const char *human,
                           const char *human_idp, const char *owner)
 {
 	char form[330];
@@ -260,9 +260,10 @@ approval_human_may_decide(const char *principal, const char *idp, const char *hu
 	if (strcmp(principal, human) == 0 && strcmp(idp, human_idp) == 0)
 		return true;
 	if (strchr(owner, ':') == NULL) {
-		/* An email owner; a principal with a colon never is one. */
+		/* An email owner, whom only a provider trusted for it stands for
+		 * (idp[].vouches_for_owners); a principal with a colon never is one. */
 		approval_owner_form(principal, form, sizeof(form));
-		return strchr(principal, ':') == NULL && strcmp(form, owner) == 0;
+		return vouches && strchr(principal, ':') == NULL && strcmp(form, owner) == 0;
 	}
 	/* An owner named by IdP subject: "corp:00u1abc" for principal 00u1abc of
 	 * corp only, not for a principal "corp:00u1abc" of another provider. */
@@ -321,8 +322,18 @@ approval_json(const PGresult *r, int row)
 	put_time(o, "decided_at", r, row, APR_C_DECIDED);
 	put_text(o, "decided_by", r, row, APR_C_DECIDED_BY);
 	put_text(o, "decided_by_kind", r, row, APR_C_DECIDED_KIND);
+	put_text(o, "decided_by_idp", r, row, APR_C_DECIDED_IDP);
 	put_text(o, "note", r, row, APR_C_NOTE);
 	put_time(o, "used_at", r, row, APR_C_USED);
+	{
+		const char *c = PQgetvalue(r, row, APR_C_CHAIN), *w;
+		json_t *a = json_array();
+		size_t n;
+
+		while ((w = idp_word_next(&c, &n)) != NULL)
+			json_array_append_new(a, json_stringn(w, n));
+		json_object_set_new(o, "delegation_chain", a);
+	}
 	return o;
 }
 
@@ -353,13 +364,30 @@ approval_emit(struct approval_event *e)
 	    audit_event_set_actor(ev, e->actor, e->actor_name) != IDP_OK ||
 	    (e->severity > 0 && audit_event_set_severity(ev, e->severity) != IDP_OK))
 		rc = IDP_EINTERNAL;
-	/* The chain the approval belongs to: the task's human, then the agent. */
+	/* The chain the approval belongs to: the task's human, then the agents
+	 * from the root to the one that asked (that one alone when not known). */
 	if (rc == IDP_OK && e->human != NULL && e->human[0] != '\0' &&
 	    audit_event_chain_append(ev, e->human) != IDP_OK)
 		rc = IDP_EINTERNAL;
-	if (rc == IDP_OK && e->agent_id != NULL && e->agent_id[0] != '\0' &&
-	    audit_event_chain_append(ev, e->agent_id) != IDP_OK)
+	if (rc == IDP_OK && e->chain != NULL && e->chain[0] != '\0') {
+		const char *c = e->chain, *w;
+		char one[REGISTRY_ID_MAX + 1];
+		size_t n;
+
+		while (rc == IDP_OK && (w = idp_word_next(&c, &n)) != NULL) {
+			if (n >= sizeof(one)) {
+				rc = IDP_EINTERNAL;
+				break;
+			}
+			memcpy(one, w, n);
+			one[n] = '\0';
+			if (audit_event_chain_append(ev, one) != IDP_OK)
+				rc = IDP_EINTERNAL;
+		}
+	} else if (rc == IDP_OK && e->agent_id != NULL && e->agent_id[0] != '\0' &&
+	           audit_event_chain_append(ev, e->agent_id) != IDP_OK) {
 		rc = IDP_EINTERNAL;
+	}
 	if (rc == IDP_OK && e->detail != NULL && audit_event_set_detail(ev, e->detail) != IDP_OK)
 		rc = IDP_EINTERNAL;
 	json_decref(e->detail);
@@ -378,11 +406,11 @@ approval_emit(struct approval_event *e)
 static struct store_stmt st_insert = {
     "apr_insert",
     "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, human_idp, "
-    "agent_owner, scope, target, reason, rules, expires_at, request_id) VALUES ($1, $2, $3, "
-    "$4, $5, (SELECT idp FROM tasks WHERE id = $4), $6, $7::text[], $8, $9, $10::text[], "
-    "now() + $11::bigint * interval '1 millisecond', $12) "
+    "agent_owner, scope, target, reason, rules, expires_at, request_id, delegation_chain) "
+    "VALUES ($1, $2, $3, $4, $5, (SELECT idp FROM tasks WHERE id = $4), $6, $7::text[], $8, "
+    "$9, $10::text[], now() + $11::bigint * interval '1 millisecond', $12, $13::text[]) "
     "RETURNING floor(extract(epoch FROM expires_at))::bigint",
-    12, 0};
+    13, 0};
 
 /* A pending approval for the same request, so that an agent retrying before the human decides
  * gets the same approval back instead of a new one each time. */
@@ -421,6 +449,29 @@ text_ok(const char *s, size_t max)
 	return true;
 }
 
+/* Whether chain (NULL: none) is agent ids, at most 64, ending with agent. */
+static bool
+chain_ok(const char *chain, const char *agent)
+{
+	const char *w = NULL, *last = NULL;
+	char one[REGISTRY_ID_MAX + 1];
+	size_t n, count = 0, last_n = 0;
+
+	if (chain == NULL)
+		return true;
+	while ((w = idp_word_next(&chain, &n)) != NULL) {
+		if (n >= sizeof(one) || ++count > 64)
+			return false;
+		memcpy(one, w, n);
+		one[n] = '\0';
+		if (!registry_id_valid(one))
+			return false;
+		last = w;
+		last_n = n;
+	}
+	return last != NULL && last_n == strlen(agent) && memcmp(last, agent, last_n) == 0;
+}
+
 static bool
 subject_ok(const struct approval_subject *s)
 {
@@ -432,8 +483,9 @@ subject_ok(const struct approval_subject *s)
 struct approval_subject *
 approval_subject_dup(const struct approval_subject *s)
 {
-	const char *const *from[] = {&s->agent_id, &s->task_id, &s->human, &s->scope,
-	                             &s->target,   &s->reason,  &s->rules, &s->request_id};
+	const char *const *from[] = {&s->agent_id, &s->task_id,    &s->human,
+	                             &s->scope,    &s->target,     &s->reason,
+	                             &s->rules,    &s->request_id, &s->chain};
 	struct approval_subject *c;
 	size_t size = sizeof(*c);
 	char *p;
@@ -444,8 +496,9 @@ approval_subject_dup(const struct approval_subject *s)
 	c->kind = s->kind;
 	p = (char *)(c + 1);
 	{
-		const char **to[] = {&c->agent_id, &c->task_id, &c->human, &c->scope,
-		                     &c->target,   &c->reason,  &c->rules, &c->request_id};
+		const char **to[] = {&c->agent_id, &c->task_id,    &c->human,
+		                     &c->scope,    &c->target,     &c->reason,
+		                     &c->rules,    &c->request_id, &c->chain};
 
 		for (size_t i = 0; i < IDP_ARRAY_LEN(from); i++) {
 			size_t n;
@@ -467,8 +520,8 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 	const struct registry_agent *a = NULL;
 	struct store_conn *c = NULL;
 	char jti[ATTEST_JTI_LEN + 1], ttl[24], exp_text[32];
-	char *scopes = NULL, *rules = NULL;
-	const char *params[12];
+	char *scopes = NULL, *rules = NULL, *chain = NULL;
+	const char *params[13];
 	PGresult *r = NULL;
 	int rc;
 
@@ -476,11 +529,13 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 	*expires_s = 0;
 	if (!subject_ok(s) || !text_ok(s->reason, APPROVAL_TEXT_MAX) ||
 	    (s->rules != NULL && strlen(s->rules) > APPROVAL_TEXT_MAX) ||
-	    (s->request_id != NULL && strlen(s->request_id) > 128))
+	    (s->request_id != NULL && strlen(s->request_id) > 128) ||
+	    !chain_ok(s->chain, s->agent_id))
 		return IDP_EINVAL;
 	scopes = approval_scope_set(s->scope);
 	rules = approval_words_array(s->rules, APPROVAL_RULES_MAX);
-	if (scopes == NULL || rules == NULL) {
+	chain = approval_words_array(s->chain, 64);
+	if (scopes == NULL || rules == NULL || chain == NULL) {
 		rc = IDP_EINVAL;
 		goto done;
 	}
@@ -507,6 +562,7 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 	params[9] = rules;
 	params[10] = ttl;
 	params[11] = s->request_id != NULL && s->request_id[0] != '\0' ? s->request_id : NULL;
+	params[12] = chain;
 
 	if (store == NULL || store_acquire(store, &c) != IDP_OK) {
 		rc = IDP_EUNAVAIL;
@@ -550,6 +606,7 @@ approval_request(const struct approval_subject *s, char id[APPROVAL_ID_MAX + 1],
 	    .task_id = s->task_id,
 	    .human = s->human,
 	    .agent_id = s->agent_id,
+	    .chain = s->chain,
 	    .actor = AUDIT_ACTOR_AGENT,
 	    .actor_name = s->agent_id,
 	    .rules = s->rules,
@@ -580,6 +637,7 @@ done:
 	registry_agent_unref(a);
 	free(scopes);
 	free(rules);
+	free(chain);
 	if (rc != IDP_OK) {
 		id[0] = '\0';
 		*expires_s = 0;
@@ -595,7 +653,8 @@ static struct store_stmt st_use = {
     "apr_use",
     "UPDATE approvals SET status = 'used', used_at = now() WHERE id = $1 AND status = 'approved' "
     "AND expires_at > now() AND kind = $2 AND agent_id = $3 AND task_id = $4 "
-    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind",
+    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind, "
+    "decided_by_idp",
     6, 0};
 
 static struct store_stmt st_why = {
@@ -615,6 +674,7 @@ refused(const char *id, const struct approval_subject *s, const char *reason)
 	    .task_id = s->task_id,
 	    .human = s->human,
 	    .agent_id = s->agent_id,
+	    .chain = s->chain,
 	    .actor = AUDIT_ACTOR_AGENT,
 	    .actor_name = s->agent_id,
 	    .request_id = s->request_id,
@@ -729,14 +789,16 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 		    .task_id = s->task_id,
 		    .human = s->human,
 		    .agent_id = s->agent_id,
+		    .chain = s->chain,
 		    .actor = AUDIT_ACTOR_AGENT,
 		    .actor_name = s->agent_id,
 		    .granted_scope = s->scope,
 		    .request_id = s->request_id,
-		    .detail =
-		        json_pack("{s:s,s:s,s:s,s:s,s:s}", "approval_id", id, "kind",
-		                  approval_kind_name(s->kind), "target", s->target, "approved_by",
-		                  PQgetvalue(r, 0, 0), "approved_by_kind", PQgetvalue(r, 0, 1)),
+		    .detail = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "approval_id", id, "kind",
+		                        approval_kind_name(s->kind), "target", s->target,
+		                        "approved_by", PQgetvalue(r, 0, 0), "approved_by_kind",
+		                        PQgetvalue(r, 0, 1), "approved_by_idp",
+		                        PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2)),
 		};
 
 		rc = approval_emit(&e);

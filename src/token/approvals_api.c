@@ -50,9 +50,9 @@ may_see(const struct caller *c, const PGresult *r)
 	case CALLER_OPERATOR:
 		return true; /* identify() required approver, auditor or admin */
 	case CALLER_HUMAN:
-		return approval_human_may_decide(c->name, c->idp, PQgetvalue(r, 0, APR_C_HUMAN),
-		                                 PQgetvalue(r, 0, APR_C_HUMAN_IDP),
-		                                 PQgetvalue(r, 0, APR_C_OWNER));
+		return approval_human_may_decide(
+		    c->name, c->idp, c->vouches_for_owners, PQgetvalue(r, 0, APR_C_HUMAN),
+		    PQgetvalue(r, 0, APR_C_HUMAN_IDP), PQgetvalue(r, 0, APR_C_OWNER));
 	case CALLER_AGENT:
 		return strcmp(c->name, PQgetvalue(r, 0, APR_C_AGENT)) == 0;
 	}
@@ -264,8 +264,10 @@ list(struct http_req *req, void *ctx)
 		 * of the same provider, an email owner (never matched by a
 		 * principal with a colon) or an "idp:subject" owner. */
 		approval_owner_form(approver, owner_form, sizeof(owner_form));
-		if (strchr(approver, ':') != NULL)
-			owner_form[0] = '\0'; /* matches no owner: they are 3+ characters */
+		/* "" matches no owner (they are 3+ characters): a principal with a
+		 * colon, or one of a provider that does not vouch for owners. */
+		if (strchr(approver, ':') != NULL || !who.vouches_for_owners)
+			owner_form[0] = '\0';
 		snprintf(idp_form, sizeof(idp_form), "%s:%s", who.idp, approver);
 		params[n++] = approver;
 		params[n++] = who.idp;
@@ -350,9 +352,9 @@ static struct store_stmt st_lock = {
 static struct store_stmt st_decide = {
     "apr_decide",
     "UPDATE approvals SET status = $2, decided_at = now(), decided_by = $3, "
-    "decided_by_kind = $4, decision_note = $5 WHERE id = $1 AND status = 'pending' "
-    "AND expires_at > now() RETURNING " APPROVAL_COLUMNS,
-    5, 0};
+    "decided_by_kind = $4, decision_note = $5, decided_by_idp = $6 WHERE id = $1 AND "
+    "status = 'pending' AND expires_at > now() RETURNING " APPROVAL_COLUMNS,
+    6, 0};
 
 /* The scope column (a JSON array) of row 0 of r, space-separated, into out. */
 static void
@@ -394,18 +396,20 @@ emit_decision(struct http_req *req, const struct caller *who, enum audit_type ty
 	    .task_id = PQgetvalue(r, 0, APR_C_TASK),
 	    .human = PQgetvalue(r, 0, APR_C_HUMAN),
 	    .agent_id = PQgetvalue(r, 0, APR_C_AGENT),
+	    .chain = PQgetvalue(r, 0, APR_C_CHAIN),
 	    .actor = caller_actor_kind(who),
 	    .actor_name = who->name,
 	    .granted_scope = type == AUDIT_APPROVAL_GRANTED ? scope : NULL,
 	    .request_id = http_req_id(req),
 	    .peer = http_req_peer(req),
-	    .detail = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s?,s:s?,s:s}", "approval_id",
+	    .detail = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s?,s:s?,s:s,s:s?}", "approval_id",
 	                        PQgetvalue(r, 0, APR_C_ID), "kind", PQgetvalue(r, 0, APR_C_KIND),
 	                        "target", PQgetvalue(r, 0, APR_C_TARGET), "scope",
 	                        scopes != NULL ? scopes : json_array(), "reason",
 	                        PQgetvalue(r, 0, APR_C_REASON), "decided_by_kind",
 	                        who->kind == CALLER_HUMAN ? "human" : "operator", "note", note,
-	                        "attempted", attempted, "expires_at", when),
+	                        "attempted", attempted, "expires_at", when, "decided_by_idp",
+	                        who->kind == CALLER_HUMAN ? who->idp : NULL),
 	};
 	return approval_emit(&e);
 }
@@ -414,7 +418,7 @@ static void
 decide(struct http_req *req, bool approve)
 {
 	const char *id = http_req_param(req, "id");
-	const char *note = NULL, *params[5];
+	const char *note = NULL, *params[6];
 	struct store_conn *c = NULL;
 	struct caller who;
 	json_t *holder = NULL, *out = NULL;
@@ -470,6 +474,8 @@ decide(struct http_req *req, bool approve)
 	params[2] = who.name;
 	params[3] = who.kind == CALLER_HUMAN ? "human" : "operator";
 	params[4] = note;
+	/* A principal names a person only with its provider: recorded with it. */
+	params[5] = who.kind == CALLER_HUMAN ? who.idp : NULL;
 	rc = store_exec(c, &st_decide, params, &r);
 	if (rc != IDP_OK)
 		goto done;

@@ -41,7 +41,8 @@ struct store *approvals_store(void);
 	"floor(extract(epoch FROM expires_at) * 1000)::bigint, "                                   \
 	"floor(extract(epoch FROM decided_at) * 1000)::bigint, decided_by, decided_by_kind, "      \
 	"decision_note, floor(extract(epoch FROM used_at) * 1000)::bigint, status, human_idp, "    \
-	"floor(extract(epoch FROM created_at) * 1000000)::bigint"
+	"floor(extract(epoch FROM created_at) * 1000000)::bigint, "                                \
+	"array_to_string(delegation_chain, ' '), decided_by_idp"
 
 enum approval_col {
 	APR_C_ID,
@@ -65,6 +66,8 @@ enum approval_col {
 	APR_C_STORED_STATUS, /* as stored: pending, approved, denied, used */
 	APR_C_HUMAN_IDP,     /* the [[idp]] of the task's human */
 	APR_C_CREATED_US,    /* created_at, exactly: a list cursor's position */
+	APR_C_CHAIN,         /* the agents root first, space-separated; "" before 0018 */
+	APR_C_DECIDED_IDP,   /* the [[idp]] of a human decider; NULL otherwise (0019) */
 };
 
 /* Row `row` of r (APPROVAL_COLUMNS) as the API shows it; a new object. */
@@ -99,14 +102,15 @@ char *approval_words_array(const char *s, size_t max);
 const char *approval_refusal(bool found, bool bound, const char *status, bool live);
 
 /*
- * Whether the human principal (authenticated by [[idp]] idp) may decide an
- * approval of the task's human `human` (of [[idp]] human_idp) for an agent
- * of `owner`: they are that human of that provider, or the owner (an email
- * owner compares without case, an "idp:subject" owner only as
- * idp ":" principal, whatever the principal looks like).
+ * Whether the human principal (authenticated by [[idp]] idp, whose
+ * vouches_for_owners is vouches) may decide an approval of the task's human
+ * `human` (of [[idp]] human_idp) for an agent of `owner`: they are that
+ * human of that provider, or the owner (an email owner compares without
+ * case, and only for a provider that vouches for owners; an "idp:subject"
+ * owner only as idp ":" principal, whatever the principal looks like).
  */
-bool approval_human_may_decide(const char *principal, const char *idp, const char *human,
-                               const char *human_idp, const char *owner);
+bool approval_human_may_decide(const char *principal, const char *idp, bool vouches,
+                               const char *human, const char *human_idp, const char *owner);
 
 /*
  * principal as an agent owner is stored (registry_owner_normalize): an
@@ -123,6 +127,8 @@ struct approval_event {
 	const char *task_id;
 	const char *human;
 	const char *agent_id;
+	const char *chain; /* agents root first ending with agent_id, space-separated; NULL or "":
+	                      agent_id alone */
 	enum audit_actor_kind actor;
 	const char *actor_name;
 	const char *granted_scope; /* approval.granted, approval.used: the approved scopes */

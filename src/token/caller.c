@@ -26,6 +26,7 @@ caller_authenticate(struct http_req *req, struct caller *c, const char **why_hum
 		c->kind = CALLER_HUMAN;
 		snprintf(c->name, sizeof(c->name), "%s", h.principal);
 		snprintf(c->idp, sizeof(c->idp), "%s", h.idp);
+		c->vouches_for_owners = h.vouches_for_owners;
 		return IDP_OK;
 	}
 	if (rc != IDP_EUNAUTH)

@@ -6,12 +6,12 @@
  * The caller authenticates with its identity credential and presents its
  * own delegation token in the body.  Every check that needs no database
  * runs first (the token, delegate-to, scope diminishment, capabilities,
- * max-scope-per-delegation, lifetime); then one transaction locks the task
- * row (so a completion cannot slip in), walks the stored chain from the
- * parent jti up to the root (every link unrevoked, every agent's
- * max_chain_depth respected), inserts the new token with its parent jti,
- * emits delegation.created and COMMITs.  The token is handed out only after
- * its event is durable.
+ * max-scope-per-delegation, lifetime); then one transaction share-locks the
+ * task row and the stored chain from the parent jti up to the root (so
+ * neither a completion nor a revocation can slip in), checks it (every link
+ * unrevoked, every agent's max_chain_depth respected), inserts the new
+ * token with its parent jti, emits delegation.created and COMMITs.  The
+ * token is handed out only after its event is durable.
  *
  * Refusals are 403 problems whose "reason" is a stable code; chain
  * violations start with AUDIT_REASON_CHAIN_PREFIX so the audit alert rule
@@ -19,13 +19,14 @@
  * effort: a refusal stands even when its event cannot be written.
  *
  * An action class listed in the delegator's requires_human_approval_for
- * turns a request that passes every other check into 202 REQUIRE_APPROVAL
- * with a pending approval (approvals.h) bound to it: kind delegation, the
- * delegator, the task, the scope set and to_agent as target.  The agent
- * retries with "approval_id"; the approval is then spent inside the
- * delegation's own transaction, after every other check and just before
- * the token's row is inserted, so it is used if and only if the delegation
- * commits.  A presented approval_id is always checked and spent, also when
+ * turns a request that passes every other check, the database's included
+ * (run in a transaction rolled back before the approval is recorded), into
+ * 202 REQUIRE_APPROVAL with a pending approval (approvals.h) bound to it:
+ * kind delegation, the delegator, the task, the scope set and to_agent as
+ * target.  The agent retries with "approval_id"; the approval is then
+ * spent inside the delegation's own transaction, after every other check
+ * and just before the token's row is inserted, so it is used if and only if
+ * the delegation commits.  A presented approval_id is always checked and spent, also when
  * no approval is required (any more); the new token's row names it, which
  * makes that link of the chain human-approved.
  */
@@ -84,6 +85,27 @@ delegation_act_of(const json_t *act, const char *holder)
 	if (sub != NULL && strcmp(sub, holder) == 0)
 		return json_incref((json_t *)act);
 	return json_pack("{s:s,s:s,s:O}", "sub", holder, "sub_type", "agent", "act", act);
+}
+
+size_t
+delegation_act_agents(const json_t *act, const char *holder, const char **out, size_t max)
+{
+	const char *rev[CHAIN_MAX];
+	size_t n = 0, k = 0;
+
+	for (const json_t *j = act; json_is_object(j) && n < CHAIN_MAX;
+	     j = json_object_get(j, "act")) {
+		const char *sub = json_string_value(json_object_get(j, "sub"));
+		const char *type = json_string_value(json_object_get(j, "sub_type"));
+
+		if (sub != NULL && type != NULL && strcmp(type, "agent") == 0)
+			rev[n++] = sub;
+	}
+	for (size_t i = n; i > 0 && k < max; i--)
+		out[k++] = rev[i - 1];
+	if (holder != NULL && (n == 0 || strcmp(rev[0], holder) != 0) && k < max)
+		out[k++] = holder;
+	return k;
 }
 
 json_t *
@@ -157,6 +179,9 @@ struct deleg {
 	int64_t parent_exp_s;
 	int64_t ttl_s;           /* 0: absent */
 	const char *approval_id; /* presented with the request, or NULL */
+	bool parent_ok;          /* the token verified as the caller's own */
+	/* The chain's agents from the root to the caller, space-separated: for approvals. */
+	char agents[CHAIN_MAX * (REGISTRY_ID_MAX + 1)];
 	/* the outcome */
 	const char *reason;
 	const char *refused_scope; /* the scope a scope check refused, in sc; or NULL */
@@ -194,10 +219,23 @@ emit_event(struct deleg *g, enum audit_type type, enum audit_outcome outcome, js
 	    (audit_event_set(ev, AUDIT_F_TOKEN_ID, g->jti) != IDP_OK ||
 	     audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, g->sc.joined) != IDP_OK))
 		rc = IDP_EINTERNAL;
+	/* The chain: the human, then every agent from the root to the caller
+	 * (the parent's act, signed by idpd), then the delegate once it is one. */
 	if (rc == IDP_OK && g->human != NULL && audit_event_chain_append(ev, g->human) != IDP_OK)
 		rc = IDP_EINTERNAL;
-	if (rc == IDP_OK && agent != NULL && audit_event_chain_append(ev, agent) != IDP_OK)
-		rc = IDP_EINTERNAL;
+	if (rc == IDP_OK && agent != NULL) {
+		const char *agents[CHAIN_MAX];
+		size_t n = g->parent_ok
+		               ? delegation_act_agents(json_object_get(g->parent.claims, "act"),
+		                                       agent, agents, CHAIN_MAX)
+		               : 0;
+
+		if (n == 0)
+			agents[n++] = agent;
+		for (size_t i = 0; rc == IDP_OK && i < n; i++)
+			if (audit_event_chain_append(ev, agents[i]) != IDP_OK)
+				rc = IDP_EINTERNAL;
+	}
 	if (rc == IDP_OK && g->to_agent != NULL && type == AUDIT_DELEGATION_CREATED &&
 	    audit_event_chain_append(ev, g->to_agent) != IDP_OK)
 		rc = IDP_EINTERNAL;
@@ -325,6 +363,22 @@ parent_verify(struct deleg *g, const char *tok)
 		g->reason = "delegation_token_invalid";
 		return false;
 	}
+	g->parent_ok = true;
+	{
+		const char *agents[CHAIN_MAX];
+		size_t n = delegation_act_agents(p.act, g->who.agent->id, agents, CHAIN_MAX),
+		       at = 0;
+
+		g->agents[0] = '\0';
+		for (size_t i = 0; i < n; i++) {
+			int w = snprintf(g->agents + at, sizeof(g->agents) - at, "%s%s",
+			                 i > 0 ? " " : "", agents[i]);
+
+			if (w < 0 || (size_t)w >= sizeof(g->agents) - at)
+				break;
+			at += (size_t)w;
+		}
+	}
 	return true;
 }
 
@@ -387,10 +441,12 @@ check_request(struct deleg *g, int64_t now_s)
 		g->reason = "chain_lifetime_exceeds_parent";
 		return false;
 	}
+	/* Any class a scope could do counts, not only its highest: "cloud:*"
+	 * is admin, and writes too. */
 	for (size_t i = 0; i < g->sc.n; i++) {
-		enum idp_action_class k = scope_action_class(vm, g->sc.v[i]);
+		unsigned k = scope_action_classes(vm, g->sc.v[i]);
 
-		if ((me->requires_human_approval_for & (1u << k)) != 0 && g->approval_id == NULL) {
+		if ((me->requires_human_approval_for & k) != 0 && g->approval_id == NULL) {
 			g->reason = "approval_required";
 			return false;
 		}
@@ -402,17 +458,24 @@ static struct store_stmt st_task_share = {
     "deleg_task_share", "SELECT status, expires_at > now() FROM tasks WHERE id = $1 FOR SHARE", 1,
     0};
 
-/* The parent and its ancestors, nearest first. */
+/*
+ * The parent and its ancestors, root first, share-locked: POST /revoke
+ * updates revoked_at (a FOR NO KEY UPDATE lock, which FOR SHARE conflicts
+ * with), so a revocation of any link either commits first and is seen here
+ * (the locked row is read again as committed) or waits for this
+ * delegation's COMMIT and then reaches the new token too.  Locked root
+ * first, the order a revocation of an ancestor locks its subtree in, so
+ * the two never wait on each other in a cycle.
+ */
 static struct store_stmt st_chain = {
     "deleg_chain",
-    "WITH RECURSIVE c(jti, parent_jti, agent_id, depth, revoked, issued, n) AS ("
-    " SELECT jti, parent_jti, agent_id, depth, revoked_at IS NOT NULL, issued_at, 0"
-    " FROM delegation_tokens WHERE jti = $1 AND task_id = $2"
-    " UNION ALL SELECT d.jti, d.parent_jti, d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
-    " d.issued_at, c.n + 1 FROM delegation_tokens d JOIN c ON d.jti = c.parent_jti"
-    " WHERE c.n < 64)"
-    " SELECT agent_id, depth, revoked, floor(extract(epoch FROM issued))::bigint FROM c"
-    " ORDER BY n",
+    "WITH RECURSIVE c(jti, parent_jti, n) AS ("
+    " SELECT jti, parent_jti, 0 FROM delegation_tokens WHERE jti = $1 AND task_id = $2"
+    " UNION ALL SELECT d.jti, d.parent_jti, c.n + 1 FROM delegation_tokens d"
+    " JOIN c ON d.jti = c.parent_jti WHERE c.n < 64)"
+    " SELECT d.agent_id, d.depth, d.revoked_at IS NOT NULL,"
+    " floor(extract(epoch FROM d.issued_at))::bigint FROM c JOIN delegation_tokens d"
+    " ON d.jti = c.jti ORDER BY c.n DESC FOR SHARE OF d",
     2, 0};
 
 static struct store_stmt st_insert = {
@@ -435,7 +498,33 @@ subject_of(const struct deleg *g)
 	    .target = g->to_agent,
 	    .reason = "approval_required",
 	    .request_id = http_req_id(g->req),
+	    .chain = g->agents[0] != '\0' ? g->agents : NULL,
 	};
+}
+
+/*
+ * Whether the stored link from `from` to `to` still stands as from's
+ * constraints are now, for the scopes passed on: to in from's delegate_to,
+ * no requested scope above from's max_scope_per_delegation (the codes a
+ * new link is refused with).  false with g->reason otherwise.
+ */
+static bool
+link_ok(struct deleg *g, const struct registry_agent *from, const struct registry_agent *to)
+{
+	const struct scope_verb_map *vm = scope_verb_map_current();
+
+	if (!delegation_may_delegate_to(from, to)) {
+		g->reason = "chain_delegate_not_allowed";
+		return false;
+	}
+	for (size_t j = 0; from->max_scope_per_delegation < IDP_ACTION_ADMIN && j < g->sc.n; j++) {
+		if (scope_action_class(vm, g->sc.v[j]) > from->max_scope_per_delegation) {
+			g->reason = "scope_exceeds_max_per_delegation";
+			g->refused_scope = g->sc.v[j];
+			return false;
+		}
+	}
+	return true;
 }
 
 /*
@@ -443,55 +532,133 @@ subject_of(const struct deleg *g)
  * was issued to: active, and not revoked after the link (a suspension cuts
  * the links before it, a resume does not bring them back), and still holds
  * the scopes passed on (an ancestor's narrowed capabilities bind every
- * delegation below it), as introspection and POST /v1/token judge the
- * chain; false with g->reason otherwise.
+ * delegation below it), and each link is still one its delegator may make
+ * (link_ok: a delegate_to or max_scope_per_delegation tightened since binds
+ * what was delegated before), as introspection and POST /v1/token judge
+ * the chain; false with g->reason otherwise.
  */
+/*
+ * One agent a of the stored chain, whose link was issued at iat_s by prev
+ * (NULL for the root): see chain_ok.  false with g->reason otherwise.
+ */
+static bool
+chain_agent_ok(struct deleg *g, const struct registry_agent *a, const struct registry_agent *prev,
+               int depth, int64_t iat_s)
+{
+	if (depth > a->max_chain_depth) {
+		g->reason = "chain_depth_exceeded";
+		return false;
+	}
+	if (a->status != REGISTRY_ACTIVE || registry_issued_before_revocation(a, iat_s)) {
+		g->reason = "chain_agent_inactive";
+		return false;
+	}
+	for (size_t j = 0; j < g->sc.n; j++) {
+		if (!registry_agent_can(a, g->sc.v[j])) {
+			g->reason = "scope_outside_chain_capabilities";
+			g->refused_scope = g->sc.v[j];
+			return false;
+		}
+	}
+	return prev == NULL || link_ok(g, prev, a);
+}
+
 static bool
 chain_ok(struct deleg *g, PGresult *r, int depth)
 {
+	const struct registry_agent *prev = NULL;
 	int n = PQntuples(r);
+	bool ok = true;
 
-	/* The stored parent must be the token presented, held by the caller. */
+	/* The stored parent (the last row) must be the token presented, held by the caller. */
 	if (n != g->parent_depth + 1 || n > CHAIN_MAX ||
-	    strcmp(PQgetvalue(r, 0, 0), g->who.agent->id) != 0) {
+	    strcmp(PQgetvalue(r, n - 1, 0), g->who.agent->id) != 0) {
 		g->reason = "chain_broken";
 		return false;
 	}
 	for (int i = 0; i < n; i++) {
-		const struct registry_agent *a = NULL;
-		int rc;
-
 		if (strcmp(PQgetvalue(r, i, 2), "t") == 0) {
 			g->reason = "chain_token_revoked";
 			return false;
 		}
-		rc = registry_get(PQgetvalue(r, i, 0), &a);
+	}
+	for (int i = 0; ok && i < n; i++) {
+		const struct registry_agent *a = NULL;
+		int rc = registry_get(PQgetvalue(r, i, 0), &a);
+
 		if (rc != IDP_OK) {
 			g->reason = rc == IDP_EUNAVAIL ? "unavailable" : "chain_agent_unknown";
-			return false;
+			ok = false;
+			break;
 		}
-		if (depth > a->max_chain_depth) {
-			registry_agent_unref(a);
-			g->reason = "chain_depth_exceeded";
-			return false;
-		}
-		if (a->status != REGISTRY_ACTIVE ||
-		    registry_issued_before_revocation(a, strtoll(PQgetvalue(r, i, 3), NULL, 10))) {
-			registry_agent_unref(a);
-			g->reason = "chain_agent_inactive";
-			return false;
-		}
-		for (size_t j = 0; j < g->sc.n; j++) {
-			if (!registry_agent_can(a, g->sc.v[j])) {
-				registry_agent_unref(a);
-				g->reason = "scope_outside_chain_capabilities";
-				g->refused_scope = g->sc.v[j];
-				return false;
-			}
-		}
-		registry_agent_unref(a);
+		ok = chain_agent_ok(g, a, prev, depth, strtoll(PQgetvalue(r, i, 3), NULL, 10));
+		registry_agent_unref(prev);
+		prev = a;
 	}
-	return true;
+	registry_agent_unref(prev);
+	return ok;
+}
+
+/*
+ * The checks the database answers, in the caller's open transaction on c:
+ * the task is open (its row share-locked, so a completion either waits for
+ * the caller's COMMIT or is seen here) and the stored chain is live
+ * (chain_ok).  IDP_OK; IDP_EFORBIDDEN with g->reason; another code when
+ * the store fails (the caller rolls back).
+ */
+static int
+tx_checks(struct deleg *g, struct store_conn *c)
+{
+	const char *params[2];
+	PGresult *r = NULL;
+	int rc;
+
+	params[0] = g->task_id;
+	rc = store_exec(c, &st_task_share, params, &r);
+	if (rc != IDP_OK)
+		return rc;
+	if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "open") != 0 ||
+	    strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
+		PQclear(r);
+		g->reason = "task_not_open";
+		return IDP_EFORBIDDEN;
+	}
+	PQclear(r);
+	r = NULL;
+	params[0] = g->parent_jti;
+	params[1] = g->task_id;
+	rc = store_exec(c, &st_chain, params, &r);
+	if (rc != IDP_OK)
+		return rc;
+	if (!chain_ok(g, r, g->parent_depth + 1))
+		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
+	PQclear(r);
+	return rc;
+}
+
+/*
+ * Before a request that needs an approval is recorded as pending, the
+ * checks the database answers, in a transaction rolled back at once: an
+ * approval is asked for only when every check passes, so a closed task or
+ * a revoked chain is refused here, not put in front of a human.  The
+ * delegation's own transaction runs them again when the approval is spent.
+ * Same results as tx_checks.
+ */
+static int
+precheck(struct deleg *g)
+{
+	struct store_conn *c = NULL;
+	int rc;
+
+	if (store_acquire(store, &c) != IDP_OK)
+		return IDP_EUNAVAIL;
+	rc = store_cmd(c, "BEGIN");
+	if (rc == IDP_OK)
+		rc = tx_checks(g, c);
+	if (store_cmd(c, "ROLLBACK") != IDP_OK)
+		store_discard(c);
+	store_release(store, c);
+	return rc;
 }
 
 /*
@@ -567,30 +734,9 @@ issue(struct deleg *g, int64_t now_ms)
 	rc = store_cmd(c, "BEGIN");
 	if (rc != IDP_OK)
 		goto done;
-	/* Under the share lock a completion waits for this delegation or is seen by it. */
-	params[0] = g->task_id;
-	rc = store_exec(c, &st_task_share, params, &r);
+	rc = tx_checks(g, c);
 	if (rc != IDP_OK)
 		goto done;
-	if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "open") != 0 ||
-	    strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
-		g->reason = "task_not_open";
-		rc = IDP_EFORBIDDEN;
-		goto done;
-	}
-	PQclear(r);
-	r = NULL;
-	params[0] = g->parent_jti;
-	params[1] = g->task_id;
-	rc = store_exec(c, &st_chain, params, &r);
-	if (rc != IDP_OK)
-		goto done;
-	if (!chain_ok(g, r, g->parent_depth + 1)) {
-		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
-		goto done;
-	}
-	PQclear(r);
-	r = NULL;
 	if (g->approval_id != NULL) {
 		struct approval_subject s = subject_of(g);
 		const char *why = NULL;
@@ -725,6 +871,11 @@ post_delegation(struct http_req *req, void *ctx)
 	g.to_agent = json_string_value(json_object_get(body, "to_agent"));
 	if (g.to_agent == NULL)
 		idp_diag_add(&d, "to_agent: required, an agent id");
+	else if (!registry_id_valid(g.to_agent))
+		idp_diag_add(&d,
+		             "to_agent: not an agent id (1 to %d of a-z 0-9 . _ -, starting "
+		             "with a letter or digit)",
+		             REGISTRY_ID_MAX);
 	(void)task_scopes_parse(json_object_get(body, "scope"), &g.sc, &d);
 	v = json_object_get(body, "ttl");
 	if (v != NULL) {
@@ -769,7 +920,14 @@ post_delegation(struct http_req *req, void *ctx)
 		if (strcmp(g.reason, "unavailable") == 0) {
 			http_reply_error(req, IDP_EUNAVAIL, "the registry is not reachable");
 		} else if (strcmp(g.reason, "approval_required") == 0) {
-			require_approval(&g);
+			rc = precheck(&g);
+			if (rc == IDP_OK)
+				require_approval(&g);
+			else if (rc == IDP_EFORBIDDEN)
+				deny(&g, 403, g.reason);
+			else
+				http_reply_error(req, IDP_EUNAVAIL,
+				                 "the delegation cannot be checked now");
 		} else {
 			deny(&g, 403, g.reason);
 		}

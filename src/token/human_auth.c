@@ -30,6 +30,7 @@ struct human_idp {
 	char *issuer;
 	char *audience;
 	char *claim;
+	bool vouches_for_owners;
 	unsigned algs; /* IDP_JWS_ALLOW bits */
 	struct idp_jws_keyset *keys;
 };
@@ -109,6 +110,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 		h->issuer = idp_xstrdup(ic->issuer);
 		h->audience = idp_xstrdup(ic->audience);
 		h->claim = idp_xstrdup(ic->principal_claim);
+		h->vouches_for_owners = ic->vouches_for_owners;
 		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
 		h->algs = (ic->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
 		          (ic->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
@@ -336,6 +338,7 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 	}
 	snprintf(out->principal, sizeof(out->principal), "%s", p);
 	snprintf(out->idp, sizeof(out->idp), "%s", h->name);
+	out->vouches_for_owners = h->vouches_for_owners;
 	out->expires_at_s = (int64_t)json_number_value(json_object_get(ver.claims, "exp"));
 	rc = IDP_OK;
 done:

@@ -41,6 +41,7 @@
 #include "idpd/auth.h"
 #include "idpd/b64.h"
 #include "idpd/clock.h"
+#include "idpd/delegation.h"
 #include "idpd/http.h"
 #include "idpd/jws.h"
 #include "idpd/keys.h"
@@ -140,6 +141,7 @@ struct vc_entry {
 	char *agent_version; /* delegation tokens: the registry's when rendered, or NULL */
 	char *aud;           /* the token's aud, its audiences separated by spaces */
 	char *scope;         /* the token's scope claim */
+	int top_class;       /* its highest action class (the verb map is restart-only) */
 	char *body;
 	size_t body_len;
 	size_t bytes;
@@ -179,6 +181,8 @@ static const char *const inactive_reasons[] = {
     "agent_revoked",
     "audience_not_allowed",
     "scope_outside_chain_capabilities",
+    "chain_delegate_not_allowed",
+    "scope_exceeds_max_per_delegation",
     "credential_revoked",
     "other",
 };
@@ -343,6 +347,55 @@ agent_ok(const char *id, int64_t iat_s, const char *scopes, bool may_block,
 	return rc;
 }
 
+/* The highest action class of the space-separated scopes (admin for one too long to be a scope). */
+static enum idp_action_class
+scopes_top_class(const char *scopes)
+{
+	const struct scope_verb_map *vm = scope_verb_map_current();
+	enum idp_action_class top = IDP_ACTION_READ;
+	char one[IDP_SCOPE_MAX_LEN + 1];
+	const char *w;
+	size_t n;
+
+	while (scopes != NULL && (w = idp_word_next(&scopes, &n)) != NULL) {
+		enum idp_action_class k;
+
+		if (n > IDP_SCOPE_MAX_LEN)
+			return IDP_ACTION_ADMIN;
+		memcpy(one, w, n);
+		one[n] = '\0';
+		k = scope_action_class(vm, one);
+		if (k > top)
+			top = k;
+	}
+	return top;
+}
+
+/*
+ * The link from delegator `from` to `to` as from's constraints are now: to
+ * in from's delegate_to, and the token's scopes (highest class computed
+ * once into *top, -1 until needed) within from's max_scope_per_delegation.
+ * IDP_OK, or IDP_EFORBIDDEN with *reason the code a new delegation gets.
+ */
+static int
+link_ok(const struct registry_agent *from, const struct registry_agent *to, const char *scopes,
+        int *top, const char **reason)
+{
+	if (!delegation_may_delegate_to(from, to)) {
+		*reason = "chain_delegate_not_allowed";
+		return IDP_EFORBIDDEN;
+	}
+	if (from->max_scope_per_delegation >= IDP_ACTION_ADMIN)
+		return IDP_OK;
+	if (*top < 0)
+		*top = (int)scopes_top_class(scopes);
+	if (*top > (int)from->max_scope_per_delegation) {
+		*reason = "scope_exceeds_max_per_delegation";
+		return IDP_EFORBIDDEN;
+	}
+	return IDP_OK;
+}
+
 /* What the live checks need to know of a token. */
 struct tok {
 	bool access;
@@ -350,6 +403,7 @@ struct tok {
 	const char *cred_jti; /* an access token's identity_jti; NULL in tokens older than it */
 	const char *scope;    /* the scope claim */
 	int64_t iat_s, exp_s;
+	int top_class; /* scope's highest action class, or -1: computed when needed */
 	/* Each chain agent must still hold the scopes: false only for an
 	 * agent reporting what it did (revocation_introspect_access). */
 	bool caps;
@@ -398,9 +452,25 @@ live_checks(const struct tok *t, int64_t now, bool may_block, struct rev_view *v
 		*reason = "chain_mismatch";
 		rc = IDP_EFORBIDDEN;
 	}
-	for (size_t i = 0; rc == IDP_OK && i < v->n; i++)
-		rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s, t->caps ? t->scope : NULL,
-		              may_block, NULL, reason);
+	/* Each link must still be one its delegator may make (delegate_to,
+	 * max_scope_per_delegation), as capabilities must still hold. */
+	{
+		const struct registry_agent *prev = NULL, *cur = NULL;
+		int top = t->top_class;
+
+		for (size_t i = 0; rc == IDP_OK && i < v->n; i++) {
+			rc = agent_ok(v->links[i].agent_id, v->links[i].iat_s,
+			              t->caps ? t->scope : NULL, may_block, &cur, reason);
+			if (rc == IDP_OK && prev != NULL && t->caps)
+				rc = link_ok(prev, cur, t->scope, &top, reason);
+			registry_agent_unref(prev);
+			prev = rc == IDP_OK ? cur : NULL;
+			if (rc != IDP_OK)
+				registry_agent_unref(cur);
+			cur = NULL;
+		}
+		registry_agent_unref(prev);
+	}
 	/* The subject is the chain's last agent, its scopes checked there. */
 	if (rc == IDP_OK)
 		rc = agent_ok(t->sub, t->iat_s, v->n > 0 || !t->caps ? NULL : t->scope, may_block,
@@ -694,6 +764,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    .scope = claim_str(c, "scope"),
 	    .iat_s = (int64_t)json_integer_value(json_object_get(c, "iat")),
 	    .exp_s = (int64_t)json_integer_value(json_object_get(c, "exp")),
+	    .top_class = (int)scopes_top_class(claim_str(c, "scope")),
 	    .caps = caps,
 	};
 	rc = live_checks(&t, now, may_block, &v, &sub, reason);
@@ -722,6 +793,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	    !access && sub->agent_version != NULL ? idp_xstrdup(sub->agent_version) : NULL;
 	e->aud = aud_list(json_object_get(c, "aud"));
 	e->scope = idp_xstrdup(t.scope);
+	e->top_class = t.top_class;
 	e->body = render(c, access, &v, sub, &e->body_len);
 	if (e->body == NULL) {
 		vc_unref(e);
@@ -787,6 +859,7 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, bool ca
 	                               .scope = e->scope,
 	                               .iat_s = e->iat_s,
 	                               .exp_s = e->exp_s,
+	                               .top_class = e->top_class,
 	                               .caps = caps},
 	                 now, may_block, &v, &sub, reason);
 	if (rc != IDP_OK) {

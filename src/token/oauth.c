@@ -65,6 +65,7 @@ oauth_error_for(const struct access_grant *g, int *status)
 		return "invalid_target";
 	if (strcmp(c, "scope_outside_capabilities") == 0 ||
 	    strcmp(c, "scope_outside_chain_capabilities") == 0 ||
+	    strcmp(c, "scope_exceeds_max_per_delegation") == 0 ||
 	    strcmp(c, "scope_not_within_delegation") == 0)
 		return "invalid_scope";
 	if (strcmp(c, "policy_denied") == 0 || strcmp(c, "approval_insufficient") == 0 ||

@@ -724,10 +724,48 @@ became_stale(bool want_reload)
 	}
 }
 
+#ifdef IDP_TESTING
+/* Unit tests: run between settle's check and its swap, where on_lost may come. */
+void (*rev_testing_settle_window)(void);
+#endif
+
+/*
+ * Call the state current if the listener is connected and nothing that
+ * could make it stale happened since state.gen was g; whether it is
+ * current.  on_lost may run at any moment, and its became_stale finds the
+ * state already stale and leaves it: so the staleness is cleared by a
+ * compare-and-swap from the value seen, and the conditions are read again
+ * after it; if they no longer hold, the staleness is put back as it was.
+ * A plain store after the check could call the state current with no
+ * listener.  Listener or refresher thread.
+ */
+IDP_STATIC bool
+settle(uint64_t g)
+{
+	int64_t since = atomic_load(&state.stale_since_us), zero = 0;
+
+	if (!atomic_load(&state.listener_up) || atomic_load(&state.gen) != g)
+		return false;
+	if (since == 0)
+		return true;
+#ifdef IDP_TESTING
+	if (rev_testing_settle_window != NULL)
+		rev_testing_settle_window();
+#endif
+	/* Fails only when another settle got there first: it checked too. */
+	if (!atomic_compare_exchange_strong(&state.stale_since_us, &since, 0))
+		return false;
+	if (atomic_load(&state.listener_up) && atomic_load(&state.gen) == g)
+		return true;
+	/* Lost meanwhile; a loss after the swap has marked it stale itself. */
+	(void)atomic_compare_exchange_strong(&state.stale_since_us, &zero, since);
+	return false;
+}
+
 /*
  * Reload, and call the state current if nothing that could make it stale
- * happened meanwhile and the listener is connected.  Returns whether the
- * reload itself succeeded.
+ * happened meanwhile and the listener is connected (settle).  Returns
+ * whether the reload itself succeeded.
  */
 static bool
 reload_and_settle(void)
@@ -736,10 +774,8 @@ reload_and_settle(void)
 
 	if (reload() != IDP_OK)
 		return false;
-	if (atomic_load(&state.listener_up) && atomic_load(&state.gen) == g) {
-		atomic_store(&state.stale_since_us, 0);
+	if (settle(g))
 		log_debug("revocation: the state is current");
-	}
 	return true;
 }
 
@@ -1326,6 +1362,13 @@ uint64_t
 rev_testing_merges(void)
 {
 	return atomic_load(&state.merges);
+}
+
+/* Unit tests: the staleness generation settle compares against. */
+uint64_t
+rev_testing_gen(void)
+{
+	return atomic_load(&state.gen);
 }
 #endif
 

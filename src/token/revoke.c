@@ -167,6 +167,16 @@ static struct store_stmt st_chain = {
 static struct store_stmt st_task_idp = {"revoke_task_idp", "SELECT idp FROM tasks WHERE id = $1", 1,
                                         0};
 
+/*
+ * The revoked token's row, locked before its subtree is read: a delegation
+ * being made under it holds its chain's rows share-locked (delegation.c), so
+ * this waits for it to commit, and the subtree read next, in a statement of
+ * its own (a snapshot of its own), holds the new token too.  A delegation
+ * that starts after this waits for the revocation and sees it.
+ */
+static struct store_stmt st_lock_target = {
+    "revoke_lock_target", "SELECT 1 FROM delegation_tokens WHERE jti = $1 FOR NO KEY UPDATE", 1, 0};
+
 static struct store_stmt st_revoke_subtree = {
     "revoke_subtree",
     "WITH RECURSIVE s AS (SELECT jti, 0 AS n FROM delegation_tokens WHERE jti = $1 "
@@ -318,7 +328,11 @@ revoke_tx(struct http_req *req, const struct caller *who, const struct target *t
 	}
 	if (!t->access) {
 		params[0] = t->jti;
-		rc = store_exec(c, &st_revoke_subtree, params, revoked);
+		rc = store_exec(c, &st_lock_target, params, &r);
+		PQclear(r);
+		r = NULL;
+		if (rc == IDP_OK)
+			rc = store_exec(c, &st_revoke_subtree, params, revoked);
 		if (rc != IDP_OK)
 			goto done;
 	}

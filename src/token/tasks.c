@@ -633,6 +633,11 @@ post_task(struct http_req *req, void *ctx)
 	agent_id = json_string_value(json_object_get(body, "root_agent"));
 	if (agent_id == NULL)
 		idp_diag_add(&d, "root_agent: required, an agent id");
+	else if (!registry_id_valid(agent_id))
+		idp_diag_add(&d,
+		             "root_agent: not an agent id (1 to %d of a-z 0-9 . _ -, starting "
+		             "with a letter or digit)",
+		             REGISTRY_ID_MAX);
 	v = json_object_get(body, "description");
 	if (v != NULL) {
 		if (!json_is_string(v) || json_string_length(v) > TASK_DESCRIPTION_MAX)

@@ -521,6 +521,92 @@ completed_task_and_decommissioned_agent_get_nothing(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * A token request names its task, but only the token it stands on proves
+ * it: a refusal goes into the timeline of the task the token is for, never
+ * of a task the request merely claims.  An outsider naming alice's task is
+ * audited without a task (the claim kept in detail.requested_task_id), and
+ * a task_id that is no task id is a 400 that changes nothing.
+ */
+static void
+a_refusal_goes_only_into_the_timeline_of_a_proven_task(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char body[4096], path[160], sql[512];
+	json_t *e;
+	size_t i;
+
+	(void)state;
+	setting_start(&s, "t_access_claimed_task");
+	/* No delegation token: the outsider is not the task's root agent. */
+	expect_refusal(&s, s.outsider, NULL, WORLD_AWS, "cloud:DescribeInstances", "", 403,
+	               "delegation_token_required");
+	/* cloud-agent's own token, for a task it claims is another. */
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+	         "\"task_id\":\"task_notthetokenstask\",\"delegation_token\":\"%s\"}",
+	         WORLD_AWS, s.cloud_token);
+	world_call(&s.w, "POST", "/v1/token", s.cloud, body, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "task_mismatch");
+	harness_resp_free(&r);
+
+	snprintf(path, sizeof(path), "/v1/tasks/%s/timeline", s.task_id);
+	world_call(&s.w, "GET", path, s.alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	json_array_foreach(json_object_get(r.json, "events"), i, e)
+	{
+		assert_string_not_equal(json_string_value(json_object_get(e, "agent_id")),
+		                        "outsider");
+	}
+	harness_resp_free(&r);
+	/* Still audited, with the claim aside. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'token.denied' AND agent_id = "
+	         "'outsider' AND task_id IS NULL AND body::json->'detail'->>'requested_task_id' = "
+	         "'%s'",
+	         s.task_id);
+	assert_int_equal(world_count(&s.w, sql), 1);
+	/* The mismatch belongs to the token's own task, the claim aside. */
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM audit_events WHERE type = 'token.denied' AND agent_id = "
+	    "'cloud-agent' AND task_id = '%s' AND body::json->'detail'->>'requested_task_id' = "
+	    "'task_notthetokenstask'",
+	    s.task_id);
+	assert_int_equal(world_count(&s.w, sql), 1);
+
+	/* Not a task id: 400, nothing recorded. */
+	{
+		static const char *const bad[] = {"Bad Id!", "nope", ""};
+		long before = world_count(&s.w, "SELECT count(*) FROM audit_events WHERE type = "
+		                                "'token.denied'");
+		char longid[400];
+
+		memset(longid, 'a', sizeof(longid) - 1);
+		memcpy(longid, "task_", 5);
+		longid[sizeof(longid) - 1] = '\0';
+		for (int k = 0; k < 4; k++) {
+			snprintf(body, sizeof(body),
+			         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+			         "\"task_id\":\"%s\"}",
+			         WORLD_AWS, k < 3 ? bad[k] : longid);
+			world_call(&s.w, "POST", "/v1/token", s.outsider, body, &r);
+			if (r.status != 400)
+				fprintf(stderr, "task_id %d: %ld %s\n", k, r.status, r.body);
+			assert_int_equal(r.status, 400);
+			assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+			                    "invalid_request");
+			harness_resp_free(&r);
+		}
+		assert_int_equal(world_count(&s.w, "SELECT count(*) FROM audit_events WHERE type = "
+		                                   "'token.denied'"),
+		                 before);
+	}
+	setting_stop(&s);
+}
+
 static void stop_rules(struct setting *s, const char *rules);
 
 /* REQUIRE_APPROVAL: 202 with an approval; alice approves; the retry is issued once. */
@@ -583,6 +669,13 @@ approval_is_bound_and_single_use(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), "billing:export");
 	harness_resp_free(&r);
 	assert_int_equal(issued(&s), 1);
+	/* The approval's events name the whole chain: alice, the planner, the asker. */
+	assert_int_equal(
+	    world_count(&s.w, "SELECT count(*) FROM audit_events WHERE type IN "
+	                      "('approval.requested', 'approval.granted', 'approval.used') AND "
+	                      "outcome <> 'denied' AND body::jsonb->'delegation_chain' = "
+	                      "'[\"alice@example.com\",\"planning-agent\",\"cost-agent\"]'::jsonb"),
+	    3);
 	/* Replayed: refused. */
 	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
 	               "approval_used");
@@ -1297,6 +1390,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(a_refusal_goes_only_into_the_timeline_of_a_proven_task),
 	    cmocka_unit_test(access_token_carries_the_seed_claims),
 	    cmocka_unit_test(conditions_narrow_scope_and_lifetime),
 	    cmocka_unit_test(policy_deny_answers_403_with_rules),

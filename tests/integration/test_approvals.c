@@ -52,10 +52,14 @@ register_agent(struct world *w, const char *id, const char *owner, const char *c
 	world_agent(w, &a);
 }
 
+/* The setting on database db, with more appended to the partners' [[idp]] table (may be ""). */
 static void
-setting_start(struct setting *s, const char *db)
+setting_start_with(struct setting *s, const char *db, const char *partners_more)
 {
-	const struct world_opts o = {.max_ttl = "2h", .extra_toml = world_partner_toml()};
+	char extra[1024];
+	const struct world_opts o = {.max_ttl = "2h", .extra_toml = extra};
+
+	snprintf(extra, sizeof(extra), "%s%s", world_partner_toml(), partners_more);
 
 	memset(s, 0, sizeof(*s));
 	world_start_opts(&s->w, db, &o);
@@ -77,6 +81,12 @@ setting_start(struct setting *s, const char *db)
 	                "\"cloud:DescribeVolumes\",\"reports:write\"],\"description\":\"quarterly "
 	                "review\",\"ttl\":\"1h\"}",
 	                s->task_id, NULL, &s->root_token);
+}
+
+static void
+setting_start(struct setting *s, const char *db)
+{
+	setting_start_with(s, db, "");
 }
 
 static void
@@ -642,6 +652,62 @@ another_provider_asserting_the_same_principal_is_someone_else(void **state)
 	setting_stop(w);
 }
 
+/*
+ * With vouches_for_owners = false, the partners' bob@example.com is not the
+ * owner of bob@example.com's agent: he neither sees nor decides its
+ * approval, while the corporate bob and the task's own human still may.  A
+ * decision records the provider that vouched for its human.
+ */
+static void
+a_provider_that_does_not_vouch_for_owners_decides_nothing_as_owner(void **state)
+{
+	struct setting *w = &the_setting;
+	struct http_resp r;
+	char id[80], path[160], ids[1024], sql[512];
+	char *bobp;
+
+	(void)state;
+	setting_start_with(w, "t_apr_vouch", "vouches_for_owners = false\n");
+	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
+	snprintf(path, sizeof(path), "/v1/approvals/%s", id);
+	bobp = world_partner_token("bob@example.com");
+	assert_int_equal(get_status(w, path, bobp), 404);
+	assert_int_equal(decide_status(w, id, "approve", bobp), 404);
+	assert_int_equal(listed(w, "/v1/approvals", bobp, ids, sizeof(ids)), 0);
+	assert_int_equal(
+	    world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'pending'"), 1);
+	/* The corporate bob is still the owner. */
+	assert_int_equal(get_status(w, path, w->bob), 200);
+	assert_int_equal(listed(w, "/v1/approvals", w->bob, ids, sizeof(ids)), 1);
+
+	/* alice, the task's human, approves; the decision names her provider. */
+	assert_int_equal(decide(w, id, "approve", w->alice, NULL, &r), 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "decided_by")),
+	                    "alice@example.com");
+	assert_string_equal(json_string_value(json_object_get(r.json, "decided_by_idp")), "corp");
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM approvals WHERE id = '%s' AND decided_by_idp = 'corp'", id);
+	assert_int_equal(world_count(&w->w, sql), 1);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'approval.granted' AND "
+	         "body::json->'detail'->>'decided_by_idp' = 'corp' AND "
+	         "body::json->'detail'->>'approval_id' = '%s'",
+	         id);
+	assert_int_equal(world_count(&w->w, sql), 1);
+	delegate(w, "cloud-agent", "cloud:DescribeInstances", id, &r);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'approval.used' AND outcome = "
+	         "'success' AND body::json->'detail'->>'approved_by_idp' = 'corp' AND "
+	         "body::json->'detail'->>'approval_id' = '%s'",
+	         id);
+	assert_int_equal(world_count(&w->w, sql), 1);
+	free(bobp);
+	setting_stop(w);
+}
+
 struct asker {
 	struct setting *s;
 	const char *scope;
@@ -759,6 +825,8 @@ main(void)
 	    cmocka_unit_test_teardown(the_same_request_at_once_waits_on_one_approval, teardown),
 	    cmocka_unit_test_teardown(another_provider_asserting_the_same_principal_is_someone_else,
 	                              teardown),
+	    cmocka_unit_test_teardown(
+	        a_provider_that_does_not_vouch_for_owners_decides_nothing_as_owner, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

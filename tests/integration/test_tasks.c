@@ -195,6 +195,16 @@ task_refusals_issue_nothing(void **state)
 	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
 	                    "root_agent_unknown");
 	harness_resp_free(&r);
+	/* Not an agent id at all: a bad request. */
+	world_call(&w, "POST", "/v1/tasks", alice,
+	           "{\"root_agent\":\"Bad Id!\",\"scope\":\"reports:write\"}", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "invalid_request");
+	assert_int_equal(
+	    strncmp(json_string_value(json_array_get(json_object_get(r.json, "errors"), 0)),
+	            "root_agent: not an agent id", 27),
+	    0);
+	harness_resp_free(&r);
 	/* Suspended root agent. */
 	assert_int_equal(
 	    harness_status(&w.p, "POST", "/v1/agents/sleepy-agent/suspend", w.k.registrar, NULL),

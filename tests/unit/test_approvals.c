@@ -132,33 +132,42 @@ task_human_or_agent_owner_may_decide(void **state)
 {
 	(void)state;
 	/* The task's human, exactly, of the task's provider. */
-	assert_true(approval_human_may_decide("alice@example.com", "corp", "alice@example.com",
-	                                      "corp", "bob@example.com"));
-	assert_false(approval_human_may_decide("Alice@example.com", "corp", "alice@example.com",
-	                                       "corp", "bob@example.com"));
+	assert_true(approval_human_may_decide("alice@example.com", "corp", true,
+	                                      "alice@example.com", "corp", "bob@example.com"));
+	assert_false(approval_human_may_decide("Alice@example.com", "corp", true,
+	                                       "alice@example.com", "corp", "bob@example.com"));
 	/* Another provider asserting the same principal is someone else. */
-	assert_false(approval_human_may_decide("alice@example.com", "partners", "alice@example.com",
-	                                       "corp", "bob@example.com"));
+	assert_false(approval_human_may_decide("alice@example.com", "partners", true,
+	                                       "alice@example.com", "corp", "bob@example.com"));
 	/* The owner: an email owner without case, a subject owner as idp:principal. */
-	assert_true(approval_human_may_decide("Bob@Example.com", "corp", "alice@example.com",
+	assert_true(approval_human_may_decide("Bob@Example.com", "corp", true, "alice@example.com",
 	                                      "corp", "bob@example.com"));
-	assert_true(approval_human_may_decide("00u1abc", "okta", "alice@example.com", "corp",
+	assert_true(approval_human_may_decide("00u1abc", "okta", true, "alice@example.com", "corp",
 	                                      "okta:00u1abc"));
-	assert_false(approval_human_may_decide("00u1abc", "corp", "alice@example.com", "corp",
+	assert_false(approval_human_may_decide("00u1abc", "corp", true, "alice@example.com", "corp",
 	                                       "okta:00u1abc"));
-	assert_false(approval_human_may_decide("00u1ab", "okta", "alice@example.com", "corp",
+	assert_false(approval_human_may_decide("00u1ab", "okta", true, "alice@example.com", "corp",
 	                                       "okta:00u1abc"));
 	/* A principal that spells a subject owner whole, from any provider, is
 	 * not that subject. */
-	assert_false(approval_human_may_decide("okta:00u1abc", "partners", "alice@example.com",
+	assert_false(approval_human_may_decide("okta:00u1abc", "partners", true,
+	                                       "alice@example.com", "corp", "okta:00u1abc"));
+	assert_false(approval_human_may_decide("okta:00u1abc", "okta", true, "alice@example.com",
 	                                       "corp", "okta:00u1abc"));
-	assert_false(approval_human_may_decide("okta:00u1abc", "okta", "alice@example.com", "corp",
-	                                       "okta:00u1abc"));
+	/* A provider that does not vouch for owners stands for no email owner,
+	 * yet its principal is still the task's human of a task it opened, and
+	 * a subject owner that names it. */
+	assert_false(approval_human_may_decide("Bob@Example.com", "partners", false,
+	                                       "alice@example.com", "corp", "bob@example.com"));
+	assert_true(approval_human_may_decide("alice@example.com", "partners", false,
+	                                      "alice@example.com", "partners", "bob@example.com"));
+	assert_true(approval_human_may_decide("00u1abc", "okta", false, "alice@example.com", "corp",
+	                                      "okta:00u1abc"));
 	/* Anyone else. */
-	assert_false(approval_human_may_decide("mallory@example.com", "corp", "alice@example.com",
-	                                       "corp", "bob@example.com"));
-	assert_false(
-	    approval_human_may_decide("", "corp", "alice@example.com", "corp", "bob@example.com"));
+	assert_false(approval_human_may_decide("mallory@example.com", "corp", true,
+	                                       "alice@example.com", "corp", "bob@example.com"));
+	assert_false(approval_human_may_decide("", "corp", true, "alice@example.com", "corp",
+	                                       "bob@example.com"));
 }
 
 static void

@@ -29,6 +29,9 @@ void on_resync(void *ctx);
 void rev_testing_load_empty(void);
 void rev_testing_task(const char *id, const char *human, int64_t exp_s, bool closed);
 uint64_t rev_testing_merges(void);
+uint64_t rev_testing_gen(void);
+bool settle(uint64_t g);
+extern void (*rev_testing_settle_window)(void);
 
 static int64_t fake_us;
 static struct idpd_app app;
@@ -266,6 +269,37 @@ state_answers_until_max_staleness_after_the_listener_is_lost(void **state)
 }
 
 static void
+lose_the_listener(void)
+{
+	on_lost(NULL);
+}
+
+/*
+ * A reload settling the state current while the listener is lost between
+ * its check and its write: the loss's own marking finds the state stale
+ * already, so settling must not then call it current.  It stays stale, and
+ * past max_staleness every check fails closed.
+ */
+static void
+a_loss_while_settling_leaves_the_state_stale(void **state)
+{
+	(void)state;
+	three_links();
+	on_lost(NULL);
+	/* Reconnected; its reload fails here, so the state is still stale. */
+	on_resync(NULL);
+	rev_testing_settle_window = lose_the_listener;
+	assert_false(settle(rev_testing_gen()));
+	rev_testing_settle_window = NULL;
+	fake_us += 5100 * 1000;
+	assert_int_equal(revocation_check_jti(LEAF), IDP_EUNAVAIL);
+	/* Reconnected and settled with nothing in between: current again. */
+	on_resync(NULL);
+	assert_true(settle(rev_testing_gen()));
+	assert_int_equal(revocation_check_jti(LEAF), IDP_OK);
+}
+
+static void
 overlay_merges_into_a_new_base_and_loses_nothing(void **state)
 {
 	const char *reason = NULL;
@@ -303,6 +337,7 @@ main(void)
 	    cmocka_unit_test(unknown_jti_with_store_down_is_unavailable_never_unknown),
 	    cmocka_unit_test(state_answers_until_max_staleness_after_the_listener_is_lost),
 	    cmocka_unit_test(overlay_merges_into_a_new_base_and_loses_nothing),
+	    cmocka_unit_test(a_loss_while_settling_leaves_the_state_stale),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

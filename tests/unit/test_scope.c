@@ -343,6 +343,28 @@ wildcard_verb_takes_highest_class_it_could_match(void **state)
 	assert_int_equal(scope_action_class(m, "not a scope"), IDP_ACTION_ADMIN);
 }
 
+#define BIT(c) (1u << (c))
+
+/* Every class a pattern could do, not only its highest. */
+static void
+wildcard_verb_has_every_class_it_could_match(void **state)
+{
+	const struct scope_verb_map *m = scope_verb_map_default();
+
+	(void)state;
+	assert_int_equal(scope_action_classes(m, "cloud:*"), IDP_ACTION_MASK_ALL);
+	assert_int_equal(scope_action_classes(m, "cloud:Put*"), BIT(IDP_ACTION_WRITE));
+	assert_int_equal(scope_action_classes(m, "cloud:PutObject"), BIT(IDP_ACTION_WRITE));
+	assert_int_equal(scope_action_classes(m, "cloud:Describe*"), BIT(IDP_ACTION_READ));
+	assert_int_equal(scope_action_classes(m, "cloud:DeleteBucket"), BIT(IDP_ACTION_DELETE));
+	/* DescribeX, DeleteX, or a verb no entry names. */
+	assert_int_equal(scope_verb_classes(m, "De*"),
+	                 BIT(IDP_ACTION_READ) | BIT(IDP_ACTION_WRITE) | BIT(IDP_ACTION_DELETE));
+	/* A '*' inside may stand for words of any class. */
+	assert_int_equal(scope_verb_classes(m, "Get*Object"), IDP_ACTION_MASK_ALL);
+	assert_int_equal(scope_action_classes(m, "not a scope"), IDP_ACTION_MASK_ALL);
+}
+
 static void
 custom_verb_map_replaces_defaults(void **state)
 {
@@ -542,6 +564,15 @@ verb_class_agrees_with_brute_force(void **state)
 		} else if ((int)scope_verb_class(m, patterns[i]) != expect) {
 			fail_msg("class(%s) should be %d", patterns[i], expect);
 		}
+		/* The set of classes holds the class of every verb it matches. */
+		for (size_t t = 0; t < n_texts; t++) {
+			if (texts[t][0] == '\0' || !naive_match(patterns[i], texts[t]))
+				continue;
+			if ((scope_verb_classes(m, patterns[i]) &
+			     (1u << brute_concrete_class(texts[t]))) == 0)
+				fail_msg("classes(%s) should hold %d, the class of %s", patterns[i],
+				         brute_concrete_class(texts[t]), texts[t]);
+		}
 		seen[expect]++;
 	}
 	/* Each class comes up. */
@@ -567,6 +598,7 @@ main(void)
 	    cmocka_unit_test(default_verb_map_classifies_verbs),
 	    cmocka_unit_test(verb_classes_ignore_case),
 	    cmocka_unit_test(wildcard_verb_takes_highest_class_it_could_match),
+	    cmocka_unit_test(wildcard_verb_has_every_class_it_could_match),
 	    cmocka_unit_test(custom_verb_map_replaces_defaults),
 	    cmocka_unit_test_setup_teardown(within_agrees_with_brute_force, brute_setup,
 	                                    brute_teardown),

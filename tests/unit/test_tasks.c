@@ -162,8 +162,8 @@ static int
 setup(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
-	struct idpd_idp_cfg ic = {"corp", "https://sso.example.com", "idpd", jwks_path, 1u,
-	                          "email"};
+	struct idpd_idp_cfg ic = {"corp", "https://sso.example.com", "idpd", jwks_path, 1u, "email",
+	                          true};
 	json_t *doc;
 	struct idp_diag d;
 	FILE *f;
@@ -493,8 +493,8 @@ two_idps_verifier(struct two_idps *t, bool b_first)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
 	struct idpd_idp_cfg ics[2] = {
-	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email"},
-	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email"},
+	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email", true},
+	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email", false},
 	};
 	struct idpd_idp_cfg swapped[2] = {ics[1], ics[0]};
 	struct human_verifier *v;
@@ -530,10 +530,13 @@ human_token_each_provider_accepted_in_either_order(void **state)
 			fail_msg("a's ES256 token refused (b_first=%d): %s", b_first, why);
 		assert_string_equal(p.idp, "a");
 		assert_string_equal(p.principal, "ann@a.example.com");
+		assert_true(p.vouches_for_owners);
 		if (human_token_verify(v, tok_b, strlen(tok_b), &clk, &p, &why) != IDP_OK)
 			fail_msg("b's RS256 token refused (b_first=%d): %s", b_first, why);
 		assert_string_equal(p.idp, "b");
 		assert_string_equal(p.principal, "bob@b.example.com");
+		/* Each principal carries its own provider's vouches_for_owners. */
+		assert_false(p.vouches_for_owners);
 		human_verifier_free(v);
 	}
 	free(tok_a);
@@ -629,6 +632,20 @@ delegated_act_nests_the_current_actor_outermost(void **state)
 	assert_true(json_equal(a, want));
 	json_decref(a);
 	assert_null(delegation_act_of(NULL, "cloud-agent"));
+	/* Its agents, root first and the holder last, whichever the nesting. */
+	{
+		const char *agents[8];
+
+		assert_int_equal(delegation_act_agents(want, "cloud-agent", agents, 8), 2);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_string_equal(agents[1], "cloud-agent");
+		assert_int_equal(delegation_act_agents(now_form, "cloud-agent", agents, 8), 2);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_string_equal(agents[1], "cloud-agent");
+		assert_int_equal(delegation_act_agents(old_form, "planning-agent", agents, 8), 1);
+		assert_string_equal(agents[0], "planning-agent");
+		assert_int_equal(delegation_act_agents(want, "cloud-agent", agents, 1), 1);
+	}
 	json_decref(want);
 	json_decref(old_form);
 	json_decref(now_form);
