@@ -15,6 +15,7 @@
  * which check failed; the precise reason goes into the
  * agent.attestation_failed audit event.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,7 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 		at->name = idp_xstrdup(ac->name);
 		at->issuer = idp_xstrdup(ac->issuer);
 		at->audience = idp_xstrdup(ac->audience);
+		at->max_token_age_ms = ac->max_token_age_ms;
 		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
 		at->algs = (ac->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
 		           (ac->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
@@ -333,13 +335,6 @@ join_tokens(struct http_req *req, void *ctx)
 /* ---- POST /v1/agents/{id}/attest ---- */
 
 /*
- * Find the attestor that vouches for token: its signature verifies with the
- * attestor's keys and algorithms, and its iss, aud and time claims are the
- * attestor's.  On success *claims is the verified payload (caller decrefs)
- * and the attestor is returned; otherwise NULL with *reason the most
- * specific failure (that of an attestor that knew the token's kid).
- */
-/*
  * The kid of token's header, when the header decodes; the verification that
  * follows checks the header again, strictly.
  */
@@ -366,8 +361,55 @@ header_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
 	return ok;
 }
 
+/*
+ * A NumericDate claim in milliseconds; false when absent.  Called after
+ * idp_jwt_check_time, which refused a time claim that is not a number in
+ * range.
+ */
+static bool
+claim_ms(const json_t *claims, const char *name, int64_t *ms)
+{
+	const json_t *v = json_object_get(claims, name);
+
+	if (json_is_integer(v)) {
+		*ms = (int64_t)json_integer_value(v) * 1000;
+		return true;
+	}
+	if (json_is_real(v)) {
+		*ms = (int64_t)floor(json_real_value(v) * 1000.0);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Whether a workload token lives no longer than max_ms: exp - iat, or
+ * without iat what is left of it.  A token made to last for years is a
+ * standing credential, not evidence of a running workload; and a leaked
+ * one could be replayed for as long as it lasts.
+ */
+static bool
+token_age_ok(const json_t *claims, int64_t max_ms, int64_t now_ms, int64_t *exp_ms)
+{
+	int64_t iat;
+
+	if (!claim_ms(claims, "exp", exp_ms))
+		return false;
+	if (!claim_ms(claims, "iat", &iat))
+		iat = now_ms;
+	return *exp_ms - iat <= max_ms;
+}
+
+/*
+ * Find the attestor that vouches for token: its signature verifies with the
+ * attestor's keys and algorithms, its iss, aud and time claims are the
+ * attestor's, and it lives no longer than the attestor's max_token_age.  On
+ * success *claims is the verified payload (caller decrefs), *exp_ms its
+ * exp, and the attestor is returned; otherwise NULL with *reason the most
+ * specific failure (that of an attestor that knew the token's kid).
+ */
 static const struct attestor *
-find_attestor(const struct attest_conf *conf, const char *token, json_t **claims,
+find_attestor(const struct attest_conf *conf, const char *token, json_t **claims, int64_t *exp_ms,
               const char **reason)
 {
 	/* A failure after the signature verified says more than one before,
@@ -377,6 +419,7 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 	bool have_kid = header_kid(token, kid);
 
 	*claims = NULL;
+	*exp_ms = 0;
 	*reason =
 	    conf->n_attestors == 0 ? "no_attestors" : idp_jws_reason_name(IDP_JWS_KID_UNKNOWN);
 	for (size_t i = 0; i < conf->n_attestors; i++) {
@@ -404,6 +447,9 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 			why = "issuer_mismatch";
 		else if (!attest_audience_holds(json_object_get(v.claims, "aud"), at->audience))
 			why = "audience_mismatch";
+		else if (!token_age_ok(v.claims, at->max_token_age_ms,
+		                       idp_now_ms(idp_clock_system()), exp_ms))
+			why = "token_lifetime_too_long";
 		else {
 			*claims = json_incref(v.claims);
 			idp_jws_verified_cleanup(&v);
@@ -512,7 +558,7 @@ attest(struct http_req *req, void *ctx)
 			rc = IDP_EUNAUTH;
 		}
 	} else {
-		who = find_attestor(conf, evidence, &claims, &at.reason);
+		who = find_attestor(conf, evidence, &claims, &at.evidence_exp_ms, &at.reason);
 		at.at = who;
 		at.claims = claims;
 		rc = who != NULL ? IDP_OK : IDP_EUNAUTH;

@@ -372,8 +372,22 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	rc = attest_jti_new(jti);
 	if (rc != IDP_OK)
 		goto done;
+	/*
+	 * A credential never outlives the workload token that proved the
+	 * agent: a token that leaked cannot buy more time than it has itself,
+	 * and the agent re-attests with a fresh one, as workloads whose tokens
+	 * rotate (SPIRE, projected service-account tokens) do anyway.
+	 */
+	if (at->evidence_exp_ms > 0 && (not_after == 0 || at->evidence_exp_ms < not_after))
+		not_after = at->evidence_exp_ms;
 	claims = attest_credential_claims(&id, a->id, jti, now_ms, a->credential_rotation_ms,
 	                                  not_after, keys_max_token_lifetime_ms(km));
+	if (claims == NULL && at->evidence_exp_ms > 0 && not_after == at->evidence_exp_ms) {
+		/* Expired, or about to (accepted within identity.leeway). */
+		at->reason = idp_jws_reason_name(IDP_JWS_EXPIRED);
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
 	if (claims == NULL) {
 		log_warn("attest: the signing key expires too soon to issue a credential");
 		rc = IDP_EUNAVAIL;
