@@ -165,7 +165,7 @@ create(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
@@ -218,7 +218,7 @@ get_one(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, READ_ROLES, &who))
+	if (!auth_require(req, READ_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	/* Served from memory on the I/O thread; a read that would wait on
 	 * PostgreSQL moves to the handler pool instead. */
@@ -293,6 +293,8 @@ list(struct http_req *req, void *ctx)
 	    {"status", " AND status = ", ""},
 	    {"capability", " AND idpd_scope_within(", ", capabilities)"},
 	};
+	static const char *const params_known[] = {"owner",      "team",  "type",   "status",
+	                                           "capability", "limit", "cursor", NULL};
 	struct auth_principal who;
 	struct idp_buf sql, out;
 	const char *params[8];
@@ -303,7 +305,8 @@ list(struct http_req *req, void *ctx)
 	PGresult *res;
 
 	(void)ctx;
-	if (!auth_require(req, READ_ROLES, &who))
+	/* A misspelt filter ("statu=") would otherwise list every agent. */
+	if (!auth_require(req, READ_ROLES, &who) || !http_req_query_only(req, params_known))
 		return;
 	if (!http_req_query_int(req, "limit", 1, REGISTRY_PAGE_MAX, REGISTRY_PAGE_DEFAULT,
 	                        &limit)) {
@@ -418,7 +421,7 @@ patch(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!registry_id_valid(id)) {
 		reply_not_found(req, id);
@@ -483,7 +486,7 @@ transition(struct http_req *req, enum registry_status to)
 	int64_t version;
 	int rc;
 
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!registry_id_valid(id)) {
 		reply_not_found(req, id);

@@ -276,7 +276,10 @@ join_tokens(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	/* Nothing to choose: a "ttl" in a body or query would be ignored, and a
+	 * token of the configured lifetime made anyway. */
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL) ||
+	    !http_req_no_body(req))
 		return;
 	if (!registry_id_valid(id)) {
 		http_reply_problem(req, 404, "not_found", NULL, "no agent has this id");
@@ -532,6 +535,8 @@ attest(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
+	if (!http_req_query_only(req, NULL))
+		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
@@ -617,6 +622,8 @@ me(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
+	if (!http_req_query_only(req, NULL))
+		return;
 	rc = authenticate_agent(req, &p, &why);
 	if (rc == IDP_EUNAUTH) {
 		log_info("attest: agent authentication refused (%s), request %s", why,

@@ -1044,6 +1044,85 @@ cleanup_reports_or_suspends_stale_agents_idempotently(void **state)
 }
 
 static void
+options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_opts"), 0);
+	start(&p, "t_reg_opts", "[cleanup]\nstale_after = \"30d\"\nstale_action = \"suspend\"\n");
+	register_agent(&p, "idle", "a@b.co", "[\"a:b\"]", NULL);
+	assert_int_equal(harness_sql("t_reg_opts", "UPDATE agents SET created_at = now() - "
+	                                           "interval '90 days'"),
+	                 0);
+
+	/* A cleanup asked for a dry run, in the body or the query, runs nothing. */
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, "{\"dry_run\":true}", NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(jstr(r.json, "code"), "bad_request");
+	assert_non_null(strstr(jstr(r.json, "detail"), "no body"));
+	harness_resp_free(&r);
+	call(&p, "POST", "/v1/maintenance/cleanup?dry_run=true", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "dry_run");
+	harness_resp_free(&r);
+	sql_value("t_reg_opts",
+	          "SELECT (SELECT status FROM agents WHERE id = 'idle') || '|' || "
+	          "(SELECT count(*) FROM audit_events WHERE type = 'maintenance.cleanup')",
+	          n, sizeof(n));
+	assert_string_equal(n, "active|0");
+
+	/* A join token with a ttl of its own is not made with the default one. */
+	call(&p, "POST", "/v1/agents/idle/join-tokens", registrar_key, "{\"ttl\":\"1m\"}", NULL,
+	     &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "join_token"));
+	harness_resp_free(&r);
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/idle/join-tokens?ttl=1m", registrar_key, NULL, NULL),
+	    400);
+	sql_value("t_reg_opts", "SELECT count(*) FROM agent_join_tokens", n, sizeof(n));
+	assert_string_equal(n, "0");
+
+	/* A misspelt filter does not list every agent; each unknown name is given. */
+	call(&p, "GET", "/v1/agents?statu=decommissioned&limit=5&colour=red", auditor_key, NULL,
+	     NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "agents"));
+	assert_int_equal(json_array_size(json_object_get(r.json, "parameters")), 2);
+	assert_non_null(strstr(jstr(r.json, "detail"), "\"statu\""));
+	assert_non_null(strstr(jstr(r.json, "detail"), "\"colour\""));
+	harness_resp_free(&r);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents?status=active&limit=5&owner=a@b.co",
+	                           auditor_key, NULL, NULL),
+	                 200);
+
+	/* The other registry endpoints read no query at all. */
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/idle/suspend?reason=x", registrar_key, NULL, NULL),
+	    400);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/idle?fields=id", auditor_key, NULL, NULL),
+	                 400);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/idle?force=1", registrar_key,
+	                           "{\"team\":\"x\"}", "If-Match: \"1\""),
+	                 400);
+	call(&p, "GET", "/v1/agents/idle", auditor_key, NULL, NULL, &r);
+	assert_string_equal(jstr(r.json, "status"), "active");
+	assert_null(jstr(r.json, "team"));
+	harness_resp_free(&r);
+
+	/* Without the options, the same calls do their work. */
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "suspended"), 1);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
 cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 {
 	struct idpd_proc p;
@@ -1331,6 +1410,7 @@ main(void)
 	    cmocka_unit_test(a_change_through_one_instance_shows_on_the_other_within_100ms),
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
+	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
 	    cmocka_unit_test(cleanup_brings_chains_written_by_older_instances_up_to_date),
