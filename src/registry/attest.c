@@ -175,7 +175,9 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
  * Cleanup job: join tokens that were spent or have expired, and records of
  * identity credentials that expired, both older than a day (kept that long
  * for investigations; the audit log keeps the story for good).  Bounded
- * batches, like every cleanup job.
+ * batches, like every cleanup job.  The cutoff is PostgreSQL's now() less
+ * the interval, as the timestamps it is compared with are PostgreSQL's:
+ * this instance's clock may be off.
  */
 #define ATTEST_KEEP_MS (24LL * 3600 * 1000)
 #define ATTEST_CLEANUP_BATCH "10000"
@@ -186,21 +188,21 @@ attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, str
 	static struct store_stmt tokens = {
 	    "cleanup_join_tokens",
 	    "DELETE FROM agent_join_tokens WHERE id IN (SELECT id FROM agent_join_tokens "
-	    "WHERE coalesce(used_at, expires_at) < to_timestamp($1::bigint / 1000.0) "
+	    "WHERE coalesce(used_at, expires_at) < now() - $1::bigint * interval '1 millisecond' "
 	    "LIMIT $2::int)",
 	    2, 0};
 	static struct store_stmt creds = {
 	    "cleanup_credentials",
 	    "DELETE FROM agent_credentials WHERE jti IN (SELECT jti FROM agent_credentials "
-	    "WHERE expires_at < to_timestamp($1::bigint / 1000.0) LIMIT $2::int)",
+	    "WHERE expires_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2::int)",
 	    2, 0};
-	char cutoff[24];
-	const char *params[2] = {cutoff, ATTEST_CLEANUP_BATCH};
+	char keep[24];
+	const char *params[2] = {keep, ATTEST_CLEANUP_BATCH};
 	PGresult *r;
 	int rc;
 
 	(void)ctx;
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - ATTEST_KEEP_MS));
+	snprintf(keep, sizeof(keep), "%lld", (long long)ATTEST_KEEP_MS);
 	rc = store_exec(run->conn, &tokens, params, &r);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "deleting old join tokens: %s", idp_err_name(rc));

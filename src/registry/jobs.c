@@ -3,6 +3,11 @@
  * departed owners, and audit retention.  Each is idempotent: running it
  * twice in a row changes nothing the second time (report mode reports the
  * same agents again, since they still need a human's attention).
+ *
+ * Every cutoff is computed in SQL from PostgreSQL's now(), never from this
+ * instance's clock: the timestamps it is compared with are PostgreSQL's,
+ * and an instance whose clock runs ahead would otherwise suspend agents
+ * and delete audit events early.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -99,12 +104,12 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 	    "cleanup_stale_find",
 	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' AND "
 	    "greatest(coalesce(last_active, created_at), coalesce(status_changed_at, created_at)) "
-	    "< to_timestamp($1::bigint / 1000.0) "
+	    "< now() - $1::bigint * interval '1 millisecond' "
 	    "ORDER BY id LIMIT $2::int",
 	    2, 0};
 	struct registry_settings s;
-	char cutoff[24], limit[16], after[32], reason[160];
-	const char *params[2] = {cutoff, limit};
+	char idle[24], limit[16], after[32], reason[160];
+	const char *params[2] = {idle, limit};
 	PGresult *r;
 	int rc;
 
@@ -115,7 +120,7 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 		json_object_set_new(counts, "skipped", json_true());
 		return IDP_OK;
 	}
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.stale_after_ms));
+	snprintf(idle, sizeof(idle), "%lld", (long long)s.stale_after_ms);
 	snprintf(limit, sizeof(limit), "%d", s.stale_suspend ? s.batch_size : REPORT_IDS);
 	rc = store_exec(run->conn, &find, params, &r);
 	if (rc != IDP_OK) {
@@ -238,11 +243,11 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "cleanup_audit_bounds",
 	    "SELECT o.writer_id, LEAST(o.upto, coalesce((SELECT min(coalesce(k.last_seq, 0)) "
 	    "FROM (SELECT unnest($2::text[]) UNION SELECT sink FROM audit_sink_cursors "
-	    "WHERE updated_at >= to_timestamp($1::bigint / 1000.0)) AS s(name) "
+	    "WHERE updated_at >= now() - $1::bigint * interval '1 millisecond') AS s(name) "
 	    "LEFT JOIN audit_sink_cursors k ON k.sink = s.name AND k.writer_id = o.writer_id), "
 	    "o.upto)) "
 	    "FROM (SELECT writer_id, max(seq) AS upto FROM audit_events "
-	    "WHERE ts < to_timestamp($1::bigint / 1000.0) GROUP BY writer_id) o",
+	    "WHERE ts < now() - $1::bigint * interval '1 millisecond' GROUP BY writer_id) o",
 	    2, 0};
 	/*
 	 * The delete and the chain's new anchor (the seq and hash of the last
@@ -264,7 +269,7 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "SELECT count(*) FROM d",
 	    3, 0};
 	struct registry_settings s;
-	char cutoff[24], limit[16], *sinks;
+	char keep[24], limit[16], *sinks;
 	const char *params[3];
 	json_int_t deleted = 0;
 	int batches = 0, rc;
@@ -277,8 +282,8 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 		json_object_set_new(counts, "deleted", json_integer(0));
 		return IDP_OK;
 	}
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.audit_retention_ms));
-	params[0] = cutoff;
+	snprintf(keep, sizeof(keep), "%lld", (long long)s.audit_retention_ms);
+	params[0] = keep;
 	sinks = sink_names();
 	params[1] = sinks;
 	rc = store_exec(run->conn, &bounds, params, &b);

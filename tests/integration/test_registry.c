@@ -1122,6 +1122,64 @@ options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+/*
+ * An instance whose clock runs two days ahead of PostgreSQL's (libfaketime,
+ * a real clock fault) cuts nothing early: the cutoffs are PostgreSQL's.
+ */
+static void
+cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+	int rc;
+
+	(void)state;
+	if (access(FAKETIME_LIB, R_OK) != 0) {
+		fprintf(stderr, "libfaketime is not installed (make deps); skipped\n");
+		skip();
+	}
+	assert_int_equal(harness_db_create("t_reg_skew"), 0);
+	start(&p, "t_reg_skew", NULL);
+	register_agent(&p, "fresh", "a@b.co", "[\"a:b\"]", NULL);
+	call(&p, "POST", "/v1/agents/fresh/join-tokens", registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+
+	setenv("LD_PRELOAD", FAKETIME_LIB, 1);
+	setenv("FAKETIME", "+2d", 1);
+	make_keys();
+	{
+		char toml[4096];
+
+		snprintf(toml, sizeof(toml),
+		         "[cleanup]\nstale_after = \"1d\"\nstale_action = \"suspend\"\n%s",
+		         keys_toml);
+		rc = harness_idpd_start(&p, "t_reg_skew", NULL, toml);
+	}
+	unsetenv("LD_PRELOAD");
+	unsetenv("FAKETIME");
+	assert_int_equal(rc, 0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	if (r.status != 200) {
+		fprintf(stderr, "cleanup: %ld %s\n", r.status, r.body);
+		harness_idpd_dump_log(&p);
+	}
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "stale"), 0);
+	assert_int_equal(jint(cleanup_job(&r, "attestation"), "join_tokens_deleted"), 0);
+	harness_resp_free(&r);
+	sql_value("t_reg_skew",
+	          "SELECT (SELECT status FROM agents WHERE id = 'fresh') || '|' || "
+	          "(SELECT count(*) FROM agent_join_tokens)",
+	          n, sizeof(n));
+	assert_string_equal(n, "active|1");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 {
@@ -1411,6 +1469,7 @@ main(void)
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
 	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
+	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
 	    cmocka_unit_test(cleanup_brings_chains_written_by_older_instances_up_to_date),
