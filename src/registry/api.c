@@ -512,7 +512,7 @@ transition(struct http_req *req, enum registry_status to)
 		return;
 	}
 	actor_of(req, &who, &actor);
-	rc = registry_db_transition(c, id, to, version, reason, &actor, &from, &a);
+	rc = registry_db_transition(c, id, to, version, reason, &actor, NULL, &from, &a);
 	store_release(registry_store(), c);
 	json_decref(holder);
 	switch (rc) {

@@ -595,6 +595,8 @@ attest(struct http_req *req, void *ctx)
 			http_reply_error(req, rc, "the attestation could not be completed");
 		goto done;
 	}
+	/* An attestation is activity too (the stale-agents job reads it). */
+	registry_touch(id, idp_now_ms(idp_clock_system()));
 	if (!attest_spiffe_id(conf->trust_domain, id, spiffe, sizeof(spiffe)))
 		spiffe[0] = '\0';
 	idp_time_format(exp_s * 1000, exp);

@@ -63,14 +63,26 @@ static struct store_stmt st_page = {
     "registry_load_page",
     "SELECT " AGENT_COLUMNS " FROM agents WHERE id > $1 ORDER BY id LIMIT 5000", 1, 0};
 
-static struct store_stmt st_status = {
-    "registry_set_status",
-    "UPDATE agents SET status = $2, version = version + 1, updated_at = now(), "
-    "status_changed_at = now(), status_changed_by = $3, status_reason = $4, "
-    "revocation_epoch = CASE WHEN $5::bool THEN clock_timestamp() + $6::bigint * "
-    "interval '1 millisecond' ELSE revocation_epoch END "
-    "WHERE id = $1 RETURNING " AGENT_COLUMNS,
-    6, 0};
+#define STATUS_SET                                                                                 \
+	"UPDATE agents SET status = $2, version = version + 1, updated_at = now(), "               \
+	"status_changed_at = now(), status_changed_by = $3, status_reason = $4, "                  \
+	"revocation_epoch = CASE WHEN $5::bool THEN clock_timestamp() + $6::bigint * "             \
+	"interval '1 millisecond' ELSE revocation_epoch END "                                      \
+	"WHERE id = $1"
+
+static struct store_stmt st_status = {"registry_set_status", STATUS_SET " RETURNING " AGENT_COLUMNS,
+                                      6, 0};
+
+/* The cleanup jobs' transitions: the condition that found the agent, again (registry_guard). */
+static struct store_stmt st_status_idle = {
+    "registry_set_status_idle",
+    STATUS_SET " AND status = 'active' AND " AGENT_LAST_SEEN_SQL
+               " < now() - $7::bigint * interval '1 millisecond' RETURNING " AGENT_COLUMNS,
+    7, 0};
+
+static struct store_stmt st_status_owner = {
+    "registry_set_status_owner",
+    STATUS_SET " AND status = 'active' AND owner = $7 RETURNING " AGENT_COLUMNS, 7, 0};
 
 #define LOAD_PAGE 5000
 
@@ -520,7 +532,8 @@ transition_allowed(enum registry_status from, enum registry_status to)
 int
 registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                        int64_t if_match, const char *reason, const struct registry_actor *who,
-                       enum registry_status *from, struct registry_agent **out)
+                       const struct registry_guard *guard, enum registry_status *from,
+                       struct registry_agent **out)
 {
 	static const enum audit_type types[] = {
 	    [REGISTRY_ACTIVE] = AUDIT_AGENT_RESUMED,
@@ -529,7 +542,8 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	};
 	struct registry_agent *cur = NULL, *a = NULL;
 	struct attest_identity_copy idc;
-	const char *params[6];
+	const char *params[7];
+	struct store_stmt *st = &st_status;
 	PGresult *r;
 	char epoch[32], margin[24];
 	int rc;
@@ -570,9 +584,19 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	attest_identity_get(&idc);
 	snprintf(margin, sizeof(margin), "%lld", (long long)idc.leeway_ms);
 	params[5] = margin;
-	rc = store_exec(c, &st_status, params, &r);
+	if (guard != NULL) {
+		st = guard->kind == REGISTRY_GUARD_IDLE ? &st_status_idle : &st_status_owner;
+		params[6] = guard->arg;
+	}
+	rc = store_exec(c, st, params, &r);
 	if (rc != IDP_OK)
 		goto done;
+	if (guard != NULL && PQntuples(r) == 0) {
+		/* Used, or given a new owner, since the job found it. */
+		PQclear(r);
+		rc = IDP_ECONFLICT;
+		goto done;
+	}
 	a = PQntuples(r) == 1 ? agent_from_row(r, 0) : NULL;
 	PQclear(r);
 	if (a == NULL) {

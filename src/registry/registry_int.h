@@ -82,6 +82,15 @@ void agent_error(json_t *errors, const char *field, const char *fmt, ...) IDP_PR
 #define AGENT_NCOLUMNS 28
 
 /*
+ * When an agent last showed signs of use, as SQL over the agents row: a
+ * token (last_active), an attestation (credential_last_rotated), its
+ * registration, or its last status change (a resume restarts the clock).
+ */
+#define AGENT_LAST_SEEN_SQL                                                                        \
+	"greatest(coalesce(last_active, created_at), coalesce(status_changed_at, created_at), "    \
+	"coalesce(credential_last_rotated, created_at))"
+
+/*
  * Build a record from row `row` of r (selected with AGENT_COLUMNS), with one
  * reference.  NULL when the row does not hold a record idpd could have
  * written (logged as a warning with the id).
@@ -182,17 +191,36 @@ int registry_db_patch(struct store *st, const char *id, int64_t if_match, const 
                       struct registry_agent **out) IDP_WUR;
 
 /*
+ * A condition a cleanup job's transition must still meet when it writes:
+ * what made the agent a candidate (idle, or owned by someone who left) may
+ * have changed between the job's query and the write.  Both also require
+ * the agent to be active.
+ */
+enum registry_guard_kind {
+	REGISTRY_GUARD_IDLE,  /* arg: milliseconds; AGENT_LAST_SEEN_SQL older than now() - arg */
+	REGISTRY_GUARD_OWNER, /* arg: the owner the job found */
+};
+
+struct registry_guard {
+	enum registry_guard_kind kind;
+	const char *arg;
+};
+
+/*
  * Move agent id to status `to` (suspended, active or decommissioned)
  * under a row lock, with reason (may be NULL except for decommissioning),
  * emitting the matching agent.* event before the commit.  Suspension and
- * decommissioning set the revocation epoch.  IDP_ENOTFOUND, IDP_EPRECOND,
- * IDP_ECONFLICT (the transition is not allowed from the current status;
- * *from gets that status), IDP_EUNAVAIL.  c is a connection the caller holds
- * (outside a transaction); the function runs its own transaction on it.
+ * decommissioning set the revocation epoch.  guard (NULL for none) is
+ * repeated in the UPDATE's WHERE.  IDP_ENOTFOUND, IDP_EPRECOND,
+ * IDP_ECONFLICT (the transition is not allowed from the current status, or
+ * the guard no longer holds; *from gets the current status), IDP_EUNAVAIL.
+ * c is a connection the caller holds (outside a transaction); the function
+ * runs its own transaction on it.
  */
 int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                            int64_t if_match, const char *reason, const struct registry_actor *who,
-                           enum registry_status *from, struct registry_agent **out) IDP_WUR;
+                           const struct registry_guard *guard, enum registry_status *from,
+                           struct registry_agent **out) IDP_WUR;
 
 /* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
 int registry_db_get(struct store *st, const char *id, struct registry_agent **out) IDP_WUR;
@@ -213,6 +241,7 @@ struct registry_settings {
 	bool departed_suspend;
 	int batch_size;
 	int64_t audit_retention_ms;
+	int64_t last_active_flush_ms; /* registry.last_active_flush */
 };
 
 void registry_settings_get(struct registry_settings *out);

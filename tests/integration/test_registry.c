@@ -1122,6 +1122,95 @@ options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* A join token for id, spent at once: the agent attests. */
+static void
+attest_now(const struct idpd_proc *p, const char *id)
+{
+	char path[160], body[256];
+	struct http_resp r;
+
+	snprintf(path, sizeof(path), "/v1/agents/%s/join-tokens", id);
+	call(p, "POST", path, registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 201);
+	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}",
+	         jstr(r.json, "join_token"));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/agents/%s/attest", id);
+	assert_int_equal(status_of(p, "POST", path, NULL, body, NULL), 200);
+}
+
+static const char *
+status_in_db(const char *db, const char *id, char *out, size_t len)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT status FROM agents WHERE id = '%s'", id);
+	sql_value(db, sql, out, len);
+	return out;
+}
+
+/*
+ * Every agent here was registered three days ago; stale_after is one day.
+ * What counts as use: an attestation (credential_last_rotated), a touch
+ * still in this instance's memory (written before the job reads), and a
+ * use within one last_active_flush of the cutoff (another instance may not
+ * have written it yet).
+ */
+static void
+cleanup_does_not_suspend_an_agent_in_use(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char v[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_in_use"), 0);
+	start(&p, "t_reg_in_use",
+	      "[cleanup]\nstale_after = \"1d\"\nstale_action = \"suspend\"\n"
+	      "[registry]\nlast_active_flush = \"1h\"\n");
+	register_agent(&p, "idle", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "attested", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "rotated", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "touched", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "recent", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "long-gone", "a@b.co", "[\"a:b\"]", NULL);
+	assert_int_equal(harness_sql("t_reg_in_use", "UPDATE agents SET created_at = now() - "
+	                                             "interval '3 days'"),
+	                 0);
+	attest_now(&p, "attested");
+	attest_now(&p, "touched");
+	/* rotated attested an hour ago, on whichever instance: only the column says so. */
+	assert_int_equal(harness_sql("t_reg_in_use",
+	                             "UPDATE agents SET credential_last_rotated = now() - interval "
+	                             "'1 hour' WHERE id = 'rotated';"
+	                             /* touched: only its touch, unwritten, says so */
+	                             "UPDATE agents SET credential_last_rotated = now() - interval "
+	                             "'3 days' WHERE id = 'touched';"
+	                             /* within one flush period (1h) of the cutoff */
+	                             "UPDATE agents SET last_active = now() - interval '1 day 30 "
+	                             "minutes' WHERE id = 'recent';"
+	                             "UPDATE agents SET last_active = now() - interval '1 day 2 "
+	                             "hours' WHERE id = 'long-gone'"),
+	                 0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "suspended"), 2);
+	harness_resp_free(&r);
+	assert_string_equal(status_in_db("t_reg_in_use", "idle", v, sizeof(v)), "suspended");
+	assert_string_equal(status_in_db("t_reg_in_use", "long-gone", v, sizeof(v)), "suspended");
+	assert_string_equal(status_in_db("t_reg_in_use", "attested", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "rotated", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "touched", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "recent", v, sizeof(v)), "active");
+	/* The attestation's touch was written by the job, not by the flusher. */
+	sql_value(
+	    "t_reg_in_use",
+	    "SELECT last_active > now() - interval '1 minute' FROM agents WHERE id = 'touched'", v,
+	    sizeof(v));
+	assert_string_equal(v, "t");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 #define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 /*
@@ -1469,6 +1558,7 @@ main(void)
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
 	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
+	    cmocka_unit_test(cleanup_does_not_suspend_an_agent_in_use),
 	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
