@@ -508,19 +508,27 @@ read_evidence(struct http_req *req, json_t *body, const char **method, const cha
 	return true;
 }
 
+/*
+ * agent.attestation_failed, queued without waiting: the attempt changed
+ * nothing and anyone who reaches idpd can make one, so a flood of bogus
+ * evidence must not hold a worker per attempt for an audit commit.  When
+ * the queue is full the event is dropped and counted (refused, in
+ * /metrics); the answer is the same either way.
+ */
 static void
 record_failure(struct http_req *req, const char *id, const struct attest_attempt *at,
                const char *attestor, int rc)
 {
 	enum audit_outcome o = rc == IDP_EUNAVAIL ? AUDIT_OUTCOME_ERROR : AUDIT_OUTCOME_DENIED;
 
-	if (attest_emit(AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
-	                AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
-	                json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
-	                          "reason", at->reason ? at->reason : "unavailable", "selector",
-	                          at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
-		log_warn("attest: the failed attestation of %s could not be audited",
-		         registry_id_valid(id) ? id : "(malformed id)");
+	if (attest_emit_nowait(
+	        AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
+	        AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
+	        json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
+	                  "reason", at->reason ? at->reason : "unavailable", "selector",
+	                  at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
+		log_debug("attest: the failed attestation of %s was not queued for the audit log",
+		          registry_id_valid(id) ? id : "(malformed id)");
 }
 
 static void

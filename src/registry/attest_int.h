@@ -53,6 +53,16 @@ int attest_emit(enum audit_type type, enum audit_outcome outcome, const struct r
                 const char *agent_id, enum audit_actor_kind actor, const char *actor_name,
                 const char *request_id, const char *source_address, const char *token_id,
                 json_t *detail) IDP_WUR;
+/*
+ * The same, queued without waiting for room or the commit (audit_emit_nowait):
+ * for an event no answer depends on, sent by callers anyone can be, so a
+ * flood of them holds no worker.  IDP_EUNAVAIL when the queue is full (the
+ * event is dropped and counted as refused).
+ */
+int attest_emit_nowait(enum audit_type type, enum audit_outcome outcome,
+                       const struct registry_agent *a, const char *agent_id,
+                       enum audit_actor_kind actor, const char *actor_name, const char *request_id,
+                       const char *source_address, const char *token_id, json_t *detail) IDP_WUR;
 
 /*
  * Make a join token for agent id: under a share lock on the agent row

@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include <jwt.h>
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -261,11 +262,25 @@ last_failure(const char *db, const char *id, char *out, size_t len)
 	assert_int_equal(harness_sql_value(db, sql, out, len), 0);
 }
 
+/*
+ * The latest failure's reason is want.  A failure's event is queued
+ * without waiting for its commit, so it may land just after the answer.
+ */
 static void
 assert_last_failure(const char *db, const char *id, const char *want)
 {
-	char got[128];
+	char got[128] = "", sql[512];
 
+	snprintf(sql, sizeof(sql),
+	         "SELECT coalesce((SELECT body::json->'detail'->>'reason' FROM audit_events WHERE "
+	         "type = 'agent.attestation_failed' AND agent_id = '%s' ORDER BY id DESC LIMIT 1), "
+	         "'')",
+	         id);
+	for (int i = 0; i < 300; i++) {
+		if (harness_sql_value(db, sql, got, sizeof(got)) == 0 && strcmp(got, want) == 0)
+			return;
+		sleep_ms(10);
+	}
 	last_failure(db, id, got, sizeof(got));
 	assert_string_equal(got, want);
 }
@@ -922,6 +937,67 @@ jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused(vo
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * While the audit log cannot commit, wrong evidence is still answered at
+ * once (its event is queued, and lands once the log commits again), and
+ * good evidence still gets no credential before its event is durable.
+ */
+static void
+a_failed_attempt_is_audited_without_waiting_for_the_commit(void **state)
+{
+	struct idpd_proc p;
+	char tok[128], url[256];
+	PGconn *hold;
+	PGresult *res;
+	int64_t t0, took;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_nowait"), 0);
+	start(&p, "t_att_nowait", "[audit]\ntimeout = \"3s\"\n");
+	register_agent(&p, "agent-a", NULL);
+	join_token(&p, "agent-a", tok, sizeof(tok));
+
+	/* Another session holds audit_events: no batch can commit. */
+	harness_db_url("t_att_nowait", url, sizeof(url));
+	hold = PQconnectdb(url);
+	assert_int_equal(PQstatus(hold), CONNECTION_OK);
+	res = PQexec(hold, "BEGIN; LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+
+	t0 = mono_ms();
+	assert_int_equal(attest_join(&p, "agent-a", "idpj_not-a-token", NULL, 0), 401);
+	took = mono_ms() - t0;
+	assert_true(took < 1000);
+	/* A good token: no credential without its durable event (503 after
+	 * audit.timeout), and the token is not spent. */
+	assert_int_equal(attest_join(&p, "agent-a", tok, NULL, 0), 503);
+
+	res = PQexec(hold, "ROLLBACK");
+	PQclear(res);
+	PQfinish(hold);
+	/* Both attempts are in the log once it commits again. */
+	assert_last_failure("t_att_nowait", "agent-a", "unavailable");
+	assert_int_equal(harness_sql_value("t_att_nowait",
+	                                   "SELECT string_agg(body::json->'detail'->>'reason', ',' "
+	                                   "ORDER BY id) FROM audit_events WHERE type = "
+	                                   "'agent.attestation_failed'",
+	                                   url, sizeof(url)),
+	                 0);
+	assert_string_equal(url, "join_token_malformed,unavailable");
+	assert_int_equal(attest_join(&p, "agent-a", tok, NULL, 0), 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* ---- authenticate_agent, through GET /v1/me ---- */
 
 static void
@@ -1070,6 +1146,7 @@ main(void)
 	    cmocka_unit_test(jwt_attestation_refuses_wrong_issuer_audience_alg_and_expiry),
 	    cmocka_unit_test(
 	        jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused),
+	    cmocka_unit_test(a_failed_attempt_is_audited_without_waiting_for_the_commit),
 	    cmocka_unit_test(credential_revoked_suspended_or_decommissioned_does_not_authenticate),
 	    cmocka_unit_test(credential_for_another_audience_does_not_authenticate),
 	    cmocka_unit_test(credential_expires_with_the_signing_key_not_after),
