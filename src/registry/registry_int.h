@@ -151,8 +151,8 @@ size_t owner_set_count(const struct owner_set *s);
 char *owner_set_pg_array(const struct owner_set *s);
 
 /*
- * The departed owners from path, re-read when the file changes (size or
- * mtime).  IDP_OK with *out a set the caller frees with owner_set_free
+ * The departed owners from path, re-read when the file changes (device,
+ * inode, size, mtime or ctime).  IDP_OK with *out a set the caller frees with owner_set_free
  * (an empty set for path ""); IDP_EIO / IDP_EINVAL / IDP_ETOOBIG with diag.
  * Any thread.
  */

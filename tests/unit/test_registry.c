@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -947,6 +949,65 @@ departed_file_is_reread_when_it_changes(void **state)
 	rmdir(dir);
 }
 
+/* Write text to path. */
+static void
+write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+}
+
+/*
+ * An HR feed that replaces the file with mv, and keeps the old size and
+ * modification time (cp -p, rsync -t): the cache must not take it for the
+ * file it read.
+ */
+static void
+departed_file_replaced_with_the_same_size_and_mtime_is_reread(void **state)
+{
+	char dir[] = "/tmp/idpd-owners-XXXXXX", path[128], next[128];
+	struct owner_set *s;
+	struct idp_diag d;
+	struct stat st;
+	struct timespec times[2];
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/departed", dir);
+	snprintf(next, sizeof(next), "%s/departed.new", dir);
+	idp_diag_init(&d);
+	write_text(path, "alice@company.com\n");
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "alice@company.com"));
+	owner_set_free(s);
+
+	write_text(next, "carol@company.com\n");
+	assert_int_equal(stat(path, &st), 0);
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	assert_int_equal(utimensat(AT_FDCWD, next, times, 0), 0);
+	assert_int_equal(rename(next, path), 0);
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "carol@company.com"));
+	assert_false(owner_set_contains(s, "alice@company.com"));
+	owner_set_free(s);
+
+	/* Rewritten in place, then given its old mtime back: the change time moved. */
+	assert_int_equal(stat(path, &st), 0);
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	write_text(path, "dave1@company.com\n");
+	assert_int_equal(utimensat(AT_FDCWD, path, times, 0), 0);
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "dave1@company.com"));
+	owner_set_free(s);
+	unlink(path);
+	rmdir(dir);
+}
+
 /* ---- PostgreSQL literals ---- */
 
 static void
@@ -1010,6 +1071,7 @@ main(void)
 	    cmocka_unit_test(departed_list_parses_comments_blanks_and_case),
 	    cmocka_unit_test(departed_list_with_a_bad_line_names_it),
 	    cmocka_unit_test(departed_file_is_reread_when_it_changes),
+	    cmocka_unit_test(departed_file_replaced_with_the_same_size_and_mtime_is_reread),
 	    cmocka_unit_test(text_array_literal_escapes_quotes_and_backslashes),
 	    cmocka_unit_test(status_names_round_trip),
 	};
