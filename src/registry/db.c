@@ -422,8 +422,9 @@ diff_json(const json_t *before, const json_t *after)
 }
 
 int
-registry_db_patch(struct store *st, const char *id, int64_t if_match, const json_t *patch,
-                  const struct registry_actor *who, json_t *errors, struct registry_agent **out)
+registry_db_patch(struct store *st, const char *id, const struct registry_if_match *if_match,
+                  const json_t *patch, const struct registry_actor *who, json_t *errors,
+                  struct registry_agent **out)
 {
 	struct store_conn *c = NULL;
 	struct registry_agent *cur = NULL, *a = NULL;
@@ -449,7 +450,7 @@ registry_db_patch(struct store *st, const char *id, int64_t if_match, const json
 		rc = IDP_ECONFLICT;
 		goto done;
 	}
-	if (if_match >= 0 && cur->version != if_match) {
+	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
 		goto done;
 	}
@@ -531,9 +532,9 @@ transition_allowed(enum registry_status from, enum registry_status to)
 
 int
 registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
-                       int64_t if_match, const char *reason, const struct registry_actor *who,
-                       const struct registry_guard *guard, enum registry_status *from,
-                       struct registry_agent **out)
+                       const struct registry_if_match *if_match, const char *reason,
+                       const struct registry_actor *who, const struct registry_guard *guard,
+                       enum registry_status *from, struct registry_agent **out)
 {
 	static const enum audit_type types[] = {
 	    [REGISTRY_ACTIVE] = AUDIT_AGENT_RESUMED,
@@ -561,7 +562,7 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 		rc = IDP_ECONFLICT;
 		goto done;
 	}
-	if (if_match >= 0 && cur->version != if_match) {
+	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
 		goto done;
 	}

@@ -81,8 +81,8 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_gua
 		struct registry_guard g = {
 		    kind, kind == REGISTRY_GUARD_OWNER ? PQgetvalue(ids, i, 1) : idle_ms};
 		int rc =
-		    registry_db_transition(run->conn, PQgetvalue(ids, i, 0), REGISTRY_SUSPENDED, -1,
-		                           reason, &actor, &g, &from, &a);
+		    registry_db_transition(run->conn, PQgetvalue(ids, i, 0), REGISTRY_SUSPENDED,
+		                           NULL, reason, &actor, &g, &from, &a);
 
 		if (rc == IDP_OK) {
 			add_id(counts, "suspended_ids", a->id);

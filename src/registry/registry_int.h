@@ -163,6 +163,29 @@ int departed_owners_load(const char *path, struct owner_set **out, struct idp_di
 /* A PostgreSQL text[] literal of the strings of a JSON array (caller frees). */
 char *pg_text_array_json(const json_t *arr);
 
+/*
+ * An If-Match precondition (RFC 9110 13.1.1), parsed by
+ * registry_if_match_parse: "*" (any), or the versions of the strong ETags
+ * idpd could have sent among those it lists.  A weak tag or an ETag idpd
+ * never sends is kept as nothing: it can match no version.
+ */
+#define REGISTRY_IF_MATCH_MAX 32
+struct registry_if_match {
+	bool any;
+	size_t n;
+	int64_t versions[REGISTRY_IF_MATCH_MAX];
+};
+
+/*
+ * Parse an If-Match value: "*" or a comma-separated list of entity tags
+ * (W/"x" or "x"; empty elements allowed).  IDP_OK, or IDP_EINVAL for a
+ * value that is neither (an unquoted tag, a missing quote, "*" in a list,
+ * nothing at all, more than REGISTRY_IF_MATCH_MAX tags).  Pure.
+ */
+int registry_if_match_parse(const char *h, struct registry_if_match *out) IDP_WUR;
+/* Whether m (NULL: no precondition) lets a change to version through.  Pure. */
+bool registry_if_match_holds(const struct registry_if_match *m, int64_t version);
+
 /* Who asked for a write, for the audit event and status_changed_by. */
 struct registry_actor {
 	const char *name; /* the API key's name */
@@ -180,14 +203,14 @@ int registry_db_create(struct store *st, const json_t *norm, const struct regist
                        struct registry_agent **out) IDP_WUR;
 
 /*
- * The PATCH path under one row lock: read the agent, check if_match (a
- * version, or -1 for none) and its status, merge patch, validate, update,
+ * The PATCH path under one row lock: read the agent, check if_match (NULL
+ * for none) and its status, merge patch, validate, update,
  * emit agent.updated, commit.  IDP_ENOTFOUND, IDP_EPRECOND (stale
  * version), IDP_ECONFLICT (decommissioned), IDP_EUNPROCESSABLE with errors
  * filled, IDP_EUNAVAIL.  *out gets the new record.  Any worker thread.
  */
-int registry_db_patch(struct store *st, const char *id, int64_t if_match, const json_t *patch,
-                      const struct registry_actor *who, json_t *errors,
+int registry_db_patch(struct store *st, const char *id, const struct registry_if_match *if_match,
+                      const json_t *patch, const struct registry_actor *who, json_t *errors,
                       struct registry_agent **out) IDP_WUR;
 
 /*
@@ -218,9 +241,9 @@ struct registry_guard {
  * runs its own transaction on it.
  */
 int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
-                           int64_t if_match, const char *reason, const struct registry_actor *who,
-                           const struct registry_guard *guard, enum registry_status *from,
-                           struct registry_agent **out) IDP_WUR;
+                           const struct registry_if_match *if_match, const char *reason,
+                           const struct registry_actor *who, const struct registry_guard *guard,
+                           enum registry_status *from, struct registry_agent **out) IDP_WUR;
 
 /* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
 int registry_db_get(struct store *st, const char *id, struct registry_agent **out) IDP_WUR;

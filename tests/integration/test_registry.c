@@ -444,14 +444,29 @@ patch_needs_if_match_and_refuses_a_stale_version(void **state)
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	                           "{\"team\":\"sre\"}", "If-Match: \"7\""),
 	                 412);
+	/* If-Match compares strongly (RFC 9110 13.1.1): a weak tag, or one idpd
+	 * never sends, fails the precondition; only a broken header is a 400. */
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	                           "{\"team\":\"sre\"}", "If-Match: W/\"1\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"0\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"7\", W/\"1\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"1"),
 	                 400);
-	/* A merge patch: one field set, one label removed, one added. */
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: 1"),
+	                 400);
+	/* A merge patch: one field set, one label removed, one added; the list
+	 * holds the current version. */
 	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	     "{\"team\":\"sre\",\"owner\":\"dave@company.com\",\"labels\":{\"cost\":null,"
 	     "\"region\":\"eu\"},\"delegation_constraints\":{\"max_chain_depth\":1}}",
-	     "If-Match: \"1\"", &r);
+	     "If-Match: \"5\", \"1\"", &r);
 	assert_int_equal(r.status, 200);
 	assert_true(harness_resp_header(&r, "ETag", hv, sizeof(hv)));
 	assert_string_equal(hv, "\"2\"");

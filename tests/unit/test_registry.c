@@ -1008,6 +1008,49 @@ departed_file_replaced_with_the_same_size_and_mtime_is_reread(void **state)
 	rmdir(dir);
 }
 
+/* ---- If-Match ---- */
+
+static void
+if_match_takes_star_or_a_list_and_matches_strong_tags_only(void **state)
+{
+	static const char *const broken[] = {
+	    "",         "  ",  ",",       "1",       "\"1",    "\"1\" \"2\"",
+	    "*, \"1\"", "W/1", "\"a b\"", "w/\"1\"", "\"1\"x",
+	};
+	struct registry_if_match m;
+	char many[512] = "";
+
+	(void)state;
+	assert_true(registry_if_match_holds(NULL, 3));
+	assert_int_equal(registry_if_match_parse("*", &m), IDP_OK);
+	assert_true(m.any && registry_if_match_holds(&m, 42));
+	assert_int_equal(registry_if_match_parse("\"1\"", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 1));
+	assert_false(registry_if_match_holds(&m, 2));
+	assert_int_equal(registry_if_match_parse("\"1\", \"5\"", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 5));
+	assert_false(registry_if_match_holds(&m, 2));
+	assert_int_equal(registry_if_match_parse(" , \"3\" ,,\t\"4\" ,", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 3) && registry_if_match_holds(&m, 4));
+	/* Valid, but never a match: weak, zero, leading zero, not a version. */
+	assert_int_equal(registry_if_match_parse("W/\"1\"", &m), IDP_OK);
+	assert_false(registry_if_match_holds(&m, 1));
+	assert_int_equal(registry_if_match_parse("\"0\", \"01\", \"abc\", \"\"", &m), IDP_OK);
+	assert_false(registry_if_match_holds(&m, 0) || registry_if_match_holds(&m, 1));
+	assert_int_equal(registry_if_match_parse("\"99999999999999999999\"", &m), IDP_OK);
+	assert_int_equal(m.n, 0);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(broken); i++)
+		if (registry_if_match_parse(broken[i], &m) != IDP_EINVAL)
+			fail_msg("If-Match [%s] was taken", broken[i]);
+	/* A bounded list. */
+	for (int i = 0; i < REGISTRY_IF_MATCH_MAX; i++)
+		snprintf(many + strlen(many), sizeof(many) - strlen(many), "\"%d\",", i + 1);
+	assert_int_equal(registry_if_match_parse(many, &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, REGISTRY_IF_MATCH_MAX));
+	strcat(many, "\"99\"");
+	assert_int_equal(registry_if_match_parse(many, &m), IDP_EINVAL);
+}
+
 /* ---- PostgreSQL literals ---- */
 
 static void
@@ -1072,6 +1115,7 @@ main(void)
 	    cmocka_unit_test(departed_list_with_a_bad_line_names_it),
 	    cmocka_unit_test(departed_file_is_reread_when_it_changes),
 	    cmocka_unit_test(departed_file_replaced_with_the_same_size_and_mtime_is_reread),
+	    cmocka_unit_test(if_match_takes_star_or_a_list_and_matches_strong_tags_only),
 	    cmocka_unit_test(text_array_literal_escapes_quotes_and_backslashes),
 	    cmocka_unit_test(status_names_round_trip),
 	};
