@@ -428,7 +428,8 @@ registry_db_patch(struct store *st, const char *id, const struct registry_if_mat
 {
 	struct store_conn *c = NULL;
 	struct registry_agent *cur = NULL, *a = NULL;
-	json_t *base = NULL, *merged = NULL, *norm = NULL, *changes = NULL;
+	json_t *base = NULL, *accepted = NULL, *merged = NULL, *norm = NULL, *changes = NULL;
+	size_t refused;
 	struct write_params p;
 	bool have_params = false;
 	PGresult *r;
@@ -459,13 +460,13 @@ registry_db_patch(struct store *st, const char *id, const struct registry_if_mat
 		rc = IDP_EINTERNAL;
 		goto done;
 	}
-	if (agent_patch_check(patch, base, errors) > 0) {
-		rc = IDP_EUNPROCESSABLE;
-		goto done;
-	}
-	merged = json_merge_patch(base, patch);
+	/* Every problem at once: the members the check refuses are left out
+	 * of the merge, and the merged record is validated all the same. */
+	accepted = json_object();
+	refused = agent_patch_check(patch, base, errors, accepted);
+	merged = json_merge_patch(base, accepted);
 	norm = agent_input_validate(merged, errors);
-	if (norm == NULL) {
+	if (refused > 0 || norm == NULL) {
 		rc = IDP_EUNPROCESSABLE;
 		goto done;
 	}
@@ -510,6 +511,7 @@ done:
 	registry_agent_unref(cur);
 	registry_agent_unref(a);
 	json_decref(base);
+	json_decref(accepted);
 	json_decref(merged);
 	json_decref(norm);
 	json_decref(changes);

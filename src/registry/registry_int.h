@@ -46,8 +46,12 @@ json_t *agent_input_validate(const json_t *body, json_t *errors);
  * Check the top level of a PATCH body against current (the record's
  * writable form): unknown and read-only fields, and changes to id or
  * agent_type, are appended to errors.  Returns the number of errors added.
+ * accepted (an object, or NULL) receives the members that passed, so the
+ * rest of the patch can still be merged and validated: a 422 then lists
+ * every problem, not only these.
  */
-size_t agent_patch_check(const json_t *patch, const json_t *current, json_t *errors);
+size_t agent_patch_check(const json_t *patch, const json_t *current, json_t *errors,
+                         json_t *accepted);
 
 /* RFC 7396 JSON merge patch: returns a new value (caller owns it). */
 json_t *json_merge_patch(const json_t *target, const json_t *patch);

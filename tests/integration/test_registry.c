@@ -514,6 +514,19 @@ patch_needs_if_match_and_refuses_a_stale_version(void **state)
 			harness_resp_free(&r);
 		}
 	}
+	/* Every problem at once: an unknown member does not hide what is wrong
+	 * with the merged record. */
+	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	     "{\"bogus\":1,\"status\":\"active\",\"labels\":{\"a\":5},\"capabilities\":[\"x\"]}",
+	     "If-Match: \"2\"", &r);
+	if (r.status != 422 || json_array_size(json_object_get(r.json, "errors")) != 4)
+		fprintf(stderr, "patch with four problems: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 422);
+	assert_int_equal(json_array_size(json_object_get(r.json, "errors")), 4);
+	assert_true(names_field(r.json, "bogus"));
+	assert_true(names_field(r.json, "status"));
+	assert_true(names_field(r.json, "capabilities[0]"));
+	harness_resp_free(&r);
 	/* A patch that changes nothing keeps the version and writes nothing. */
 	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key, "{\"team\":\"sre\"}",
 	     "If-Match: \"2\"", &r);

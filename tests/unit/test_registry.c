@@ -404,21 +404,30 @@ merge_patch_follows_rfc7396(void **state)
 static void
 patch_check_refuses_identity_and_read_only_fields(void **state)
 {
-	json_t *cur = parse(valid_body), *errors = json_array(), *p;
+	json_t *cur = parse(valid_body), *errors = json_array(), *p, *acc;
 
 	(void)state;
 	p = parse("{\"id\":\"agent-planning-prod-001\",\"team\":\"x\"}");
-	assert_int_equal(agent_patch_check(p, cur, errors), 0); /* same id: a no-op */
+	assert_int_equal(agent_patch_check(p, cur, errors, NULL), 0); /* same id: a no-op */
 	json_decref(p);
 	p = parse("{\"id\":\"other\",\"agent_type\":\"x\",\"status\":\"active\",\"owner\":null,"
 	          "\"version\":3,\"colour\":\"red\"}");
-	assert_int_equal(agent_patch_check(p, cur, errors), 6);
+	assert_int_equal(agent_patch_check(p, cur, errors, NULL), 6);
 	assert_true(has_error(errors, "id"));
 	assert_true(has_error(errors, "agent_type"));
 	assert_true(has_error(errors, "status"));
 	assert_true(has_error(errors, "owner"));
 	assert_true(has_error(errors, "version"));
 	assert_true(has_error(errors, "colour"));
+	json_decref(p);
+	/* What passes is handed on, for the merged record's own checks. */
+	acc = json_object();
+	p = parse("{\"team\":\"sre\",\"bogus\":1,\"status\":\"active\",\"labels\":{\"a\":5}}");
+	assert_int_equal(agent_patch_check(p, cur, errors, acc), 2);
+	assert_int_equal(json_object_size(acc), 2);
+	assert_string_equal(json_string_value(json_object_get(acc, "team")), "sre");
+	assert_non_null(json_object_get(acc, "labels"));
+	json_decref(acc);
 	json_decref(p);
 	json_decref(cur);
 	json_decref(errors);
