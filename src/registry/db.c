@@ -84,6 +84,18 @@ static struct store_stmt st_status_owner = {
     "registry_set_status_owner",
     STATUS_SET " AND status = 'active' AND owner = $7 RETURNING " AGENT_COLUMNS, 7, 0};
 
+/*
+ * The revocation epoch once more, right before the COMMIT: the first stamp
+ * preceded the audit wait (up to audit.timeout), and tokens that other
+ * instances issue until the committed change reaches them must still fall
+ * before it.  Never moves the epoch back.
+ */
+static struct store_stmt st_epoch = {
+    "registry_epoch_restamp",
+    "UPDATE agents SET revocation_epoch = greatest(revocation_epoch, clock_timestamp() + "
+    "$2::bigint * interval '1 millisecond') WHERE id = $1 RETURNING " AGENT_COLUMNS,
+    2, 0};
+
 #define LOAD_PAGE 5000
 
 /* ---- parameters ---- */
@@ -577,12 +589,13 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	params[4] = to == REGISTRY_ACTIVE ? "false" : "true";
 	/*
 	 * The epoch is this statement's time (not the transaction's start:
-	 * the row lock may have been waited for) plus identity.leeway.  Until
-	 * the commit has reached every instance's cache, and across the skew
-	 * between PostgreSQL's clock and the iat of idpd's, tokens may still
-	 * be issued: stamped before the epoch, they die with the rest and do
-	 * not come back on a resume.  The cost: tokens issued within the
-	 * leeway after a quick resume are born revoked.
+	 * the row lock may have been waited for) plus identity.leeway, and is
+	 * stamped again right before the COMMIT (st_epoch), after the audit
+	 * wait.  Until the commit has reached every instance's cache, and
+	 * across the skew between PostgreSQL's clock and the iat of idpd's,
+	 * tokens may still be issued: stamped before the epoch, they die with
+	 * the rest and do not come back on a resume.  The cost: tokens issued
+	 * within the leeway after a quick resume are born revoked.
 	 */
 	attest_identity_get(&idc);
 	snprintf(margin, sizeof(margin), "%lld", (long long)idc.leeway_ms);
@@ -615,6 +628,23 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	                   a->revocation_epoch_ms > 0 ? epoch : NULL));
 	if (rc != IDP_OK)
 		goto done;
+	if (to != REGISTRY_ACTIVE) {
+		/* The event keeps the first stamp, a lower bound of the final one. */
+		struct registry_agent *restamped;
+		const char *ep[2] = {id, margin};
+
+		rc = store_exec(c, &st_epoch, ep, &r);
+		if (rc != IDP_OK)
+			goto done;
+		restamped = PQntuples(r) == 1 ? agent_from_row(r, 0) : NULL;
+		PQclear(r);
+		if (restamped == NULL) {
+			rc = IDP_EINTERNAL;
+			goto done;
+		}
+		registry_agent_unref(a);
+		a = restamped;
+	}
 	rc = commit_or_flag(c, types[to], a, who);
 	if (rc == IDP_OK) {
 		*out = a;

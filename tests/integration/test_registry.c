@@ -5,6 +5,7 @@
  * audit trail of each write, two instances on one database (propagation
  * and resync after the listener reconnects), and the cleanup endpoint.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1150,6 +1151,67 @@ options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* Hands a PostgreSQL session holding a lock back after hold_ms. */
+struct lock_holder {
+	PGconn *pg;
+	int hold_ms;
+};
+
+static void *
+release_after(void *arg)
+{
+	struct lock_holder *h = arg;
+
+	sleep_ms(h->hold_ms);
+	PQclear(PQexec(h->pg, "ROLLBACK"));
+	return NULL;
+}
+
+/*
+ * A suspension whose audit event takes long to commit stamps its
+ * revocation epoch when it commits, not when it began: other instances
+ * issue tokens until the change reaches them, and those must fall before
+ * the epoch whatever the audit wait was.
+ */
+static void
+revocation_epoch_is_stamped_after_the_audit_wait(void **state)
+{
+	struct idpd_proc p;
+	struct lock_holder h = {NULL, 1500};
+	pthread_t t;
+	char url[256], v[64];
+	PGresult *res;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_epoch"), 0);
+	start(&p, "t_reg_epoch", "[identity]\nleeway = \"0s\"\n[audit]\ntimeout = \"10s\"\n");
+	register_agent(&p, "slow", "a@b.co", "[\"a:b\"]", NULL);
+	harness_db_url("t_reg_epoch", url, sizeof(url));
+	h.pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(h.pg), CONNECTION_OK);
+	res = PQexec(h.pg, "BEGIN; LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+	assert_int_equal(pthread_create(&t, NULL, release_after, &h), 0);
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/slow/suspend", registrar_key, NULL, NULL), 200);
+	pthread_join(t, NULL);
+	PQfinish(h.pg);
+	sql_value("t_reg_epoch",
+	          "SELECT revocation_epoch >= status_changed_at + interval '1400 milliseconds' "
+	          "FROM agents WHERE id = 'slow'",
+	          v, sizeof(v));
+	assert_string_equal(v, "t");
+	/* The event says when the change was stamped first: never later. */
+	sql_value("t_reg_epoch",
+	          "SELECT (e.body::json->'detail'->>'revocation_epoch')::timestamptz <= "
+	          "a.revocation_epoch FROM audit_events e, agents a WHERE a.id = 'slow' AND "
+	          "e.type = 'agent.suspended'",
+	          v, sizeof(v));
+	assert_string_equal(v, "t");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* A join token for id, spent at once: the agent attests. */
 static void
 attest_now(const struct idpd_proc *p, const char *id)
@@ -1586,6 +1648,7 @@ main(void)
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
 	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
+	    cmocka_unit_test(revocation_epoch_is_stamped_after_the_audit_wait),
 	    cmocka_unit_test(cleanup_does_not_suspend_an_agent_in_use),
 	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
