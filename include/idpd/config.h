@@ -58,12 +58,13 @@ struct idpd_audit_sink_cfg {
  * service-account tokens, SPIRE JWT-SVIDs, ...) that attestation trusts.
  */
 struct idpd_attestor_cfg {
-	char *name;      /* unique label, named in audit events */
-	char *issuer;    /* the exact "iss" of its tokens */
-	char *audience;  /* an "aud" its tokens must carry */
-	char *jwks_file; /* its public keys, a JWKS document */
-	unsigned algs;   /* bit 0 ES256, bit 1 RS256; none set means both */
-	char *selectors; /* "prefix=claim/path ..." (docs/tokens.md) */
+	char *name;               /* unique label, named in audit events */
+	char *issuer;             /* the exact "iss" of its tokens */
+	char *audience;           /* an "aud" its tokens must carry */
+	char *jwks_file;          /* its public keys, a JWKS document */
+	unsigned algs;            /* bit 0 ES256, bit 1 RS256; none set means both */
+	char *selectors;          /* "prefix=claim/path ..." (docs/tokens.md) */
+	int64_t max_token_age_ms; /* longest exp - iat of a token it vouches with */
 };
 
 /*

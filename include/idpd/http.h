@@ -238,6 +238,22 @@ json_t *http_req_json_object(struct http_req *req);
 bool http_req_optional_text(struct http_req *req, const char *field, size_t max, json_t **holder,
                             const char **out);
 
+/*
+ * For an endpoint that takes no body: true when the request carries none;
+ * otherwise answers 400 bad_request (the endpoint would ignore what the
+ * body asks, and still act) and returns false.
+ */
+bool http_req_no_body(struct http_req *req);
+
+/*
+ * Refuse query parameters the endpoint does not read: true when every
+ * parameter's name is in allowed (NULL-terminated; NULL for an endpoint
+ * that reads none); otherwise answers 400 bad_request naming the others
+ * (detail and "parameters") and returns false.  A misspelt filter or an
+ * option the endpoint lacks would otherwise be silently ignored.
+ */
+bool http_req_query_only(struct http_req *req, const char *const *allowed);
+
 /* ---- application/x-www-form-urlencoded (the OAuth endpoints' bodies) ---- */
 
 #define HTTP_FORM_MAX_PARAMS 32

@@ -31,6 +31,9 @@ struct maintenance_run {
 	/* Holds the advisory lock.  A job may run its own transactions on it,
 	 * and must leave it outside a transaction when it returns. */
 	struct store_conn *conn;
+	/* This instance's clock when the run started.  A cutoff compared with
+	 * PostgreSQL's timestamps is computed in SQL from now() instead: the
+	 * two clocks may differ. */
 	int64_t now_ms;
 	const char *actor;      /* the API key that asked for the run */
 	const char *request_id; /* for the audit events the job emits */

@@ -149,7 +149,8 @@ void registry_agent_unref(const struct registry_agent *a);
 bool registry_issued_before_revocation(const struct registry_agent *a, int64_t issued_at_s);
 
 /*
- * Note that agent id was active at now_ms (it was issued a token).  Kept in
+ * Note that agent id was active at now_ms (it was issued a token or an
+ * identity credential).  Kept in
  * memory and written for all agents at once every registry.last_active_flush
  * (one statement, no notification), so a busy agent costs no write per
  * token; last_active never moves backwards.  Holds registry.touch_lock for

@@ -182,6 +182,14 @@ static const struct key attestor_keys[] = {
      .check = check_selector_map,
      .help = "space-separated \"prefix=claim/path\" mappings from selector prefixes to "
              "claims"},
+    {.name = "max_token_age",
+     DURATION_AT(struct idpd_attestor_cfg, max_token_age_ms),
+     .flags = K_RELOAD,
+     .min = SECONDS(60),
+     .max = 30LL * 86400 * 1000,
+     .def = "1h",
+     .help = "longest lifetime (exp - iat, or exp - now without iat) of a workload token it "
+             "accepts; a longer-lived token is refused"},
 };
 
 static const struct section attestor_section = {attestor_keys, IDP_ARRAY_LEN(attestor_keys),

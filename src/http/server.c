@@ -727,6 +727,74 @@ http_req_optional_text(struct http_req *req, const char *field, size_t max, json
 	return true;
 }
 
+bool
+http_req_no_body(struct http_req *req)
+{
+	if (req->body.len == 0)
+		return true;
+	http_reply_problem(req, 400, "bad_request", NULL,
+	                   "this endpoint takes no body; nothing was done (a body's options "
+	                   "would be ignored, not applied)");
+	return false;
+}
+
+struct query_allow {
+	const char *const *allowed;
+	json_t *unknown; /* names not in allowed */
+};
+
+static enum MHD_Result
+collect_unknown(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct query_allow *q = cls;
+	bool known = false;
+
+	(void)kind;
+	if (key[0] == '\0' && value == NULL)
+		return MHD_YES; /* an empty item asks nothing (see check_query_arg) */
+	for (size_t i = 0; q->allowed != NULL && q->allowed[i] != NULL && !known; i++)
+		known = strcmp(q->allowed[i], key) == 0;
+	if (!known) {
+		size_t n = strnlen(key, 64);
+		json_t *name;
+
+		/* Cut on a character boundary: the name is UTF-8 (dispatch checked). */
+		while (key[n] != '\0' && n > 0 && ((unsigned char)key[n] & 0xc0) == 0x80)
+			n--;
+		name = json_stringn(key, n);
+		json_array_append_new(q->unknown, name != NULL ? name : json_string("?"));
+	}
+	return MHD_YES;
+}
+
+bool
+http_req_query_only(struct http_req *req, const char *const *allowed)
+{
+	struct query_allow q = {allowed, json_array()};
+	struct idp_buf names;
+	size_t i;
+	json_t *v;
+
+	/* Dispatch has refused more than 32 parameters, so this is bounded. */
+	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, collect_unknown, &q);
+	if (json_array_size(q.unknown) == 0) {
+		json_decref(q.unknown);
+		return true;
+	}
+	idp_buf_init(&names, 4096);
+	json_array_foreach(q.unknown, i, v)
+	{
+		if (idp_buf_printf(&names, "%s\"%s\"", i > 0 ? ", " : "", json_string_value(v)) !=
+		    IDP_OK)
+			break;
+	}
+	http_reply_problem(req, 400, "bad_request", json_pack("{s:o}", "parameters", q.unknown),
+	                   "unknown query parameter%s %s; nothing was done",
+	                   json_array_size(q.unknown) > 1 ? "s" : "", idp_buf_str(&names));
+	idp_buf_cleanup(&names);
+	return false;
+}
+
 /* ---- ids ---- */
 
 bool

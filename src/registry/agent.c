@@ -812,9 +812,9 @@ agent_input_validate(const json_t *body, json_t *errors)
 }
 
 size_t
-agent_patch_check(const json_t *patch, const json_t *current, json_t *errors)
+agent_patch_check(const json_t *patch, const json_t *current, json_t *errors, json_t *accepted)
 {
-	size_t before = json_array_size(errors);
+	size_t before = json_array_size(errors), had;
 	const char *k;
 	json_t *v;
 
@@ -824,6 +824,7 @@ agent_patch_check(const json_t *patch, const json_t *current, json_t *errors)
 	}
 	json_object_foreach((json_t *)patch, k, v)
 	{
+		had = json_array_size(errors);
 		if (strcmp(k, "id") == 0 || strcmp(k, "agent_type") == 0) {
 			if (!json_equal(v, json_object_get(current, k)))
 				agent_error(errors, k, "cannot be changed; register a new agent");
@@ -839,6 +840,8 @@ agent_patch_check(const json_t *patch, const json_t *current, json_t *errors)
 		} else if (find_field(k) == NULL) {
 			agent_error(errors, k, "unknown field");
 		}
+		if (accepted != NULL && json_array_size(errors) == had)
+			json_object_set(accepted, k, v);
 	}
 	return json_array_size(errors) - before;
 }

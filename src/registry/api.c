@@ -105,19 +105,100 @@ if_none_match_hits(const char *h, int64_t version)
 	}
 }
 
+/* etagc of RFC 9110 8.8.3: what an opaque tag may hold between its quotes. */
+static bool
+etagc(unsigned char c)
+{
+	return c == 0x21 || (c >= 0x23 && c <= 0x7e) || c >= 0x80;
+}
+
+/* The version a strong tag's opaque part names, or 0 when idpd never sends that tag. */
+static int64_t
+tag_version(const char *s, size_t n)
+{
+	int64_t v = 0;
+
+	if (n == 0 || n > 18 || s[0] == '0')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return 0;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v;
+}
+
+int
+registry_if_match_parse(const char *h, struct registry_if_match *out)
+{
+	size_t tags = 0;
+
+	memset(out, 0, sizeof(*out));
+	while (*h == ' ' || *h == '\t')
+		h++;
+	if (strcmp(h, "*") == 0) {
+		out->any = true;
+		return IDP_OK;
+	}
+	for (;;) {
+		const char *open, *close;
+		bool weak = false;
+		int64_t v;
+
+		/* Empty list elements are allowed (RFC 9110 5.6.1). */
+		while (*h == ' ' || *h == '\t' || *h == ',')
+			h++;
+		if (*h == '\0')
+			break;
+		if (strncmp(h, "W/", 2) == 0) {
+			weak = true;
+			h += 2;
+		}
+		if (*h != '"')
+			return IDP_EINVAL;
+		open = h + 1;
+		for (close = open; *close != '"'; close++)
+			if (!etagc((unsigned char)*close))
+				return IDP_EINVAL; /* '\0' too: the quote never closes */
+		if (++tags > REGISTRY_IF_MATCH_MAX)
+			return IDP_EINVAL;
+		/* If-Match compares strongly (RFC 9110 13.1.1): a weak tag
+		 * matches nothing, nor does a tag idpd never sends. */
+		v = weak ? 0 : tag_version(open, (size_t)(close - open));
+		if (v > 0)
+			out->versions[out->n++] = v;
+		h = close + 1;
+		while (*h == ' ' || *h == '\t')
+			h++;
+		if (*h != ',' && *h != '\0')
+			return IDP_EINVAL;
+	}
+	return tags > 0 ? IDP_OK : IDP_EINVAL;
+}
+
+bool
+registry_if_match_holds(const struct registry_if_match *m, int64_t version)
+{
+	if (m == NULL || m->any)
+		return true;
+	for (size_t i = 0; i < m->n; i++)
+		if (m->versions[i] == version)
+			return true;
+	return false;
+}
+
 /*
- * If-Match: one strong ETag ("7") or "*".  Returns 0 with *version set
- * (-1 for "*" or no header), or -1 for a value idpd never issued, after
- * answering 400.
+ * If-Match: "*" or a list of entity tags.  Returns 1 with *m filled, 0
+ * when the header is absent and not required, or -1 after answering (428
+ * when required and absent; 400 for a value that is neither form).  A tag
+ * that names no current version is not an error: the change fails its
+ * precondition (412) under the row lock.
  */
 static int
-if_match(struct http_req *req, bool required, int64_t *version)
+if_match(struct http_req *req, bool required, struct registry_if_match *m)
 {
 	const char *h = http_req_header(req, "If-Match");
-	char *end;
-	long long v;
 
-	*version = -1;
 	if (h == NULL) {
 		if (required) {
 			http_reply_problem(
@@ -128,21 +209,14 @@ if_match(struct http_req *req, bool required, int64_t *version)
 		}
 		return 0;
 	}
-	while (*h == ' ')
-		h++;
-	if (strcmp(h, "*") == 0)
-		return 0;
-	if (h[0] != '"' || h[1] < '0' || h[1] > '9')
-		goto bad;
-	v = strtoll(h + 1, &end, 10);
-	if (end[0] != '"' || end[1] != '\0' || v < 1)
-		goto bad;
-	*version = v;
-	return 0;
-bad:
-	http_reply_problem(req, 400, "bad_request", NULL,
-	                   "If-Match must be one ETag as idpd sends it (\"7\") or *");
-	return -1;
+	if (registry_if_match_parse(h, m) != IDP_OK) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "If-Match must be * or a list of at most %d entity tags, such "
+		                   "as \"7\" or \"7\", \"8\"",
+		                   REGISTRY_IF_MATCH_MAX);
+		return -1;
+	}
+	return 1;
 }
 
 static void
@@ -165,7 +239,7 @@ create(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
@@ -218,7 +292,7 @@ get_one(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, READ_ROLES, &who))
+	if (!auth_require(req, READ_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	/* Served from memory on the I/O thread; a read that would wait on
 	 * PostgreSQL moves to the handler pool instead. */
@@ -293,6 +367,8 @@ list(struct http_req *req, void *ctx)
 	    {"status", " AND status = ", ""},
 	    {"capability", " AND idpd_scope_within(", ", capabilities)"},
 	};
+	static const char *const params_known[] = {"owner",      "team",  "type",   "status",
+	                                           "capability", "limit", "cursor", NULL};
 	struct auth_principal who;
 	struct idp_buf sql, out;
 	const char *params[8];
@@ -303,7 +379,8 @@ list(struct http_req *req, void *ctx)
 	PGresult *res;
 
 	(void)ctx;
-	if (!auth_require(req, READ_ROLES, &who))
+	/* A misspelt filter ("statu=") would otherwise list every agent. */
+	if (!auth_require(req, READ_ROLES, &who) || !http_req_query_only(req, params_known))
 		return;
 	if (!http_req_query_int(req, "limit", 1, REGISTRY_PAGE_MAX, REGISTRY_PAGE_DEFAULT,
 	                        &limit)) {
@@ -414,24 +491,24 @@ patch(struct http_req *req, void *ctx)
 	struct registry_agent *a = NULL;
 	const char *id = http_req_param(req, "id");
 	json_t *body, *errors;
-	int64_t version;
+	struct registry_if_match im;
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!registry_id_valid(id)) {
 		reply_not_found(req, id);
 		return;
 	}
-	if (if_match(req, true, &version) != 0)
+	if (if_match(req, true, &im) < 0)
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
 	errors = json_array();
 	actor_of(req, &who, &actor);
-	rc = registry_db_patch(registry_store(), id, version, body, &actor, errors, &a);
+	rc = registry_db_patch(registry_store(), id, &im, body, &actor, errors, &a);
 	json_decref(body);
 	switch (rc) {
 	case IDP_OK:
@@ -480,16 +557,17 @@ transition(struct http_req *req, enum registry_status to)
 	const char *id = http_req_param(req, "id"), *reason;
 	struct store_conn *c;
 	json_t *holder;
-	int64_t version;
-	int rc;
+	struct registry_if_match im;
+	int rc, present;
 
-	if (!auth_require(req, WRITE_ROLES, &who))
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!registry_id_valid(id)) {
 		reply_not_found(req, id);
 		return;
 	}
-	if (if_match(req, false, &version) != 0)
+	present = if_match(req, false, &im);
+	if (present < 0)
 		return;
 	if (!read_reason(req, &holder, &reason))
 		return;
@@ -509,7 +587,8 @@ transition(struct http_req *req, enum registry_status to)
 		return;
 	}
 	actor_of(req, &who, &actor);
-	rc = registry_db_transition(c, id, to, version, reason, &actor, &from, &a);
+	rc = registry_db_transition(c, id, to, present ? &im : NULL, reason, &actor, NULL, &from,
+	                            &a);
 	store_release(registry_store(), c);
 	json_decref(holder);
 	switch (rc) {

@@ -15,6 +15,7 @@
  * which check failed; the precise reason goes into the
  * agent.attestation_failed audit event.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,7 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 		at->name = idp_xstrdup(ac->name);
 		at->issuer = idp_xstrdup(ac->issuer);
 		at->audience = idp_xstrdup(ac->audience);
+		at->max_token_age_ms = ac->max_token_age_ms;
 		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
 		at->algs = (ac->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
 		           (ac->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
@@ -173,7 +175,9 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
  * Cleanup job: join tokens that were spent or have expired, and records of
  * identity credentials that expired, both older than a day (kept that long
  * for investigations; the audit log keeps the story for good).  Bounded
- * batches, like every cleanup job.
+ * batches, like every cleanup job.  The cutoff is PostgreSQL's now() less
+ * the interval, as the timestamps it is compared with are PostgreSQL's:
+ * this instance's clock may be off.
  */
 #define ATTEST_KEEP_MS (24LL * 3600 * 1000)
 #define ATTEST_CLEANUP_BATCH "10000"
@@ -184,21 +188,21 @@ attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, str
 	static struct store_stmt tokens = {
 	    "cleanup_join_tokens",
 	    "DELETE FROM agent_join_tokens WHERE id IN (SELECT id FROM agent_join_tokens "
-	    "WHERE coalesce(used_at, expires_at) < to_timestamp($1::bigint / 1000.0) "
+	    "WHERE coalesce(used_at, expires_at) < now() - $1::bigint * interval '1 millisecond' "
 	    "LIMIT $2::int)",
 	    2, 0};
 	static struct store_stmt creds = {
 	    "cleanup_credentials",
 	    "DELETE FROM agent_credentials WHERE jti IN (SELECT jti FROM agent_credentials "
-	    "WHERE expires_at < to_timestamp($1::bigint / 1000.0) LIMIT $2::int)",
+	    "WHERE expires_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2::int)",
 	    2, 0};
-	char cutoff[24];
-	const char *params[2] = {cutoff, ATTEST_CLEANUP_BATCH};
+	char keep[24];
+	const char *params[2] = {keep, ATTEST_CLEANUP_BATCH};
 	PGresult *r;
 	int rc;
 
 	(void)ctx;
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - ATTEST_KEEP_MS));
+	snprintf(keep, sizeof(keep), "%lld", (long long)ATTEST_KEEP_MS);
 	rc = store_exec(run->conn, &tokens, params, &r);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "deleting old join tokens: %s", idp_err_name(rc));
@@ -274,7 +278,10 @@ join_tokens(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, WRITE_ROLES, &who))
+	/* Nothing to choose: a "ttl" in a body or query would be ignored, and a
+	 * token of the configured lifetime made anyway. */
+	if (!auth_require(req, WRITE_ROLES, &who) || !http_req_query_only(req, NULL) ||
+	    !http_req_no_body(req))
 		return;
 	if (!registry_id_valid(id)) {
 		http_reply_problem(req, 404, "not_found", NULL, "no agent has this id");
@@ -333,13 +340,6 @@ join_tokens(struct http_req *req, void *ctx)
 /* ---- POST /v1/agents/{id}/attest ---- */
 
 /*
- * Find the attestor that vouches for token: its signature verifies with the
- * attestor's keys and algorithms, and its iss, aud and time claims are the
- * attestor's.  On success *claims is the verified payload (caller decrefs)
- * and the attestor is returned; otherwise NULL with *reason the most
- * specific failure (that of an attestor that knew the token's kid).
- */
-/*
  * The kid of token's header, when the header decodes; the verification that
  * follows checks the header again, strictly.
  */
@@ -366,8 +366,55 @@ header_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
 	return ok;
 }
 
+/*
+ * A NumericDate claim in milliseconds; false when absent.  Called after
+ * idp_jwt_check_time, which refused a time claim that is not a number in
+ * range.
+ */
+static bool
+claim_ms(const json_t *claims, const char *name, int64_t *ms)
+{
+	const json_t *v = json_object_get(claims, name);
+
+	if (json_is_integer(v)) {
+		*ms = (int64_t)json_integer_value(v) * 1000;
+		return true;
+	}
+	if (json_is_real(v)) {
+		*ms = (int64_t)floor(json_real_value(v) * 1000.0);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Whether a workload token lives no longer than max_ms: exp - iat, or
+ * without iat what is left of it.  A token made to last for years is a
+ * standing credential, not evidence of a running workload; and a leaked
+ * one could be replayed for as long as it lasts.
+ */
+static bool
+token_age_ok(const json_t *claims, int64_t max_ms, int64_t now_ms, int64_t *exp_ms)
+{
+	int64_t iat;
+
+	if (!claim_ms(claims, "exp", exp_ms))
+		return false;
+	if (!claim_ms(claims, "iat", &iat))
+		iat = now_ms;
+	return *exp_ms - iat <= max_ms;
+}
+
+/*
+ * Find the attestor that vouches for token: its signature verifies with the
+ * attestor's keys and algorithms, its iss, aud and time claims are the
+ * attestor's, and it lives no longer than the attestor's max_token_age.  On
+ * success *claims is the verified payload (caller decrefs), *exp_ms its
+ * exp, and the attestor is returned; otherwise NULL with *reason the most
+ * specific failure (that of an attestor that knew the token's kid).
+ */
 static const struct attestor *
-find_attestor(const struct attest_conf *conf, const char *token, json_t **claims,
+find_attestor(const struct attest_conf *conf, const char *token, json_t **claims, int64_t *exp_ms,
               const char **reason)
 {
 	/* A failure after the signature verified says more than one before,
@@ -377,6 +424,7 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 	bool have_kid = header_kid(token, kid);
 
 	*claims = NULL;
+	*exp_ms = 0;
 	*reason =
 	    conf->n_attestors == 0 ? "no_attestors" : idp_jws_reason_name(IDP_JWS_KID_UNKNOWN);
 	for (size_t i = 0; i < conf->n_attestors; i++) {
@@ -404,6 +452,9 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 			why = "issuer_mismatch";
 		else if (!attest_audience_holds(json_object_get(v.claims, "aud"), at->audience))
 			why = "audience_mismatch";
+		else if (!token_age_ok(v.claims, at->max_token_age_ms,
+		                       idp_now_ms(idp_clock_system()), exp_ms))
+			why = "token_lifetime_too_long";
 		else {
 			*claims = json_incref(v.claims);
 			idp_jws_verified_cleanup(&v);
@@ -457,19 +508,27 @@ read_evidence(struct http_req *req, json_t *body, const char **method, const cha
 	return true;
 }
 
+/*
+ * agent.attestation_failed, queued without waiting: the attempt changed
+ * nothing and anyone who reaches idpd can make one, so a flood of bogus
+ * evidence must not hold a worker per attempt for an audit commit.  When
+ * the queue is full the event is dropped and counted (refused, in
+ * /metrics); the answer is the same either way.
+ */
 static void
 record_failure(struct http_req *req, const char *id, const struct attest_attempt *at,
                const char *attestor, int rc)
 {
 	enum audit_outcome o = rc == IDP_EUNAVAIL ? AUDIT_OUTCOME_ERROR : AUDIT_OUTCOME_DENIED;
 
-	if (attest_emit(AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
-	                AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
-	                json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
-	                          "reason", at->reason ? at->reason : "unavailable", "selector",
-	                          at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
-		log_warn("attest: the failed attestation of %s could not be audited",
-		         registry_id_valid(id) ? id : "(malformed id)");
+	if (attest_emit_nowait(
+	        AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
+	        AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
+	        json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
+	                  "reason", at->reason ? at->reason : "unavailable", "selector",
+	                  at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
+		log_debug("attest: the failed attestation of %s was not queued for the audit log",
+		          registry_id_valid(id) ? id : "(malformed id)");
 }
 
 static void
@@ -486,6 +545,8 @@ attest(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
+	if (!http_req_query_only(req, NULL))
+		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
@@ -512,7 +573,7 @@ attest(struct http_req *req, void *ctx)
 			rc = IDP_EUNAUTH;
 		}
 	} else {
-		who = find_attestor(conf, evidence, &claims, &at.reason);
+		who = find_attestor(conf, evidence, &claims, &at.evidence_exp_ms, &at.reason);
 		at.at = who;
 		at.claims = claims;
 		rc = who != NULL ? IDP_OK : IDP_EUNAUTH;
@@ -542,6 +603,8 @@ attest(struct http_req *req, void *ctx)
 			http_reply_error(req, rc, "the attestation could not be completed");
 		goto done;
 	}
+	/* An attestation is activity too (the stale-agents job reads it). */
+	registry_touch(id, idp_now_ms(idp_clock_system()));
 	if (!attest_spiffe_id(conf->trust_domain, id, spiffe, sizeof(spiffe)))
 		spiffe[0] = '\0';
 	idp_time_format(exp_s * 1000, exp);
@@ -571,6 +634,8 @@ me(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
+	if (!http_req_query_only(req, NULL))
+		return;
 	rc = authenticate_agent(req, &p, &why);
 	if (rc == IDP_EUNAUTH) {
 		log_info("attest: agent authentication refused (%s), request %s", why,

@@ -84,8 +84,9 @@ static struct store_stmt st_cred_check = {
 
 /* ---- audit ---- */
 
-int
-attest_emit(enum audit_type type, enum audit_outcome outcome, const struct registry_agent *a,
+/* The event attest_emit and attest_emit_nowait send; NULL (logged) for a bug.  Steals detail. */
+static struct audit_event *
+event_build(enum audit_type type, enum audit_outcome outcome, const struct registry_agent *a,
             const char *agent_id, enum audit_actor_kind actor, const char *actor_name,
             const char *request_id, const char *source_address, const char *token_id,
             json_t *detail)
@@ -95,7 +96,7 @@ attest_emit(enum audit_type type, enum audit_outcome outcome, const struct regis
 
 	if (ev == NULL) {
 		json_decref(detail);
-		return IDP_EINTERNAL;
+		return NULL;
 	}
 	audit_event_set_outcome(ev, outcome);
 	if (a != NULL && (audit_event_set(ev, AUDIT_F_AGENT_TYPE, a->agent_type) != IDP_OK ||
@@ -118,9 +119,37 @@ attest_emit(enum audit_type type, enum audit_outcome outcome, const struct regis
 	if (rc != IDP_OK) {
 		log_error("attest: bug: cannot build the %s event", audit_type_name(type));
 		audit_event_free(ev);
-		return rc;
+		return NULL;
 	}
+	return ev;
+}
+
+int
+attest_emit(enum audit_type type, enum audit_outcome outcome, const struct registry_agent *a,
+            const char *agent_id, enum audit_actor_kind actor, const char *actor_name,
+            const char *request_id, const char *source_address, const char *token_id,
+            json_t *detail)
+{
+	struct audit_event *ev = event_build(type, outcome, a, agent_id, actor, actor_name,
+	                                     request_id, source_address, token_id, detail);
+
+	if (ev == NULL)
+		return IDP_EINTERNAL;
 	return audit_emit(ev) == IDP_OK ? IDP_OK : IDP_EUNAVAIL;
+}
+
+int
+attest_emit_nowait(enum audit_type type, enum audit_outcome outcome, const struct registry_agent *a,
+                   const char *agent_id, enum audit_actor_kind actor, const char *actor_name,
+                   const char *request_id, const char *source_address, const char *token_id,
+                   json_t *detail)
+{
+	struct audit_event *ev = event_build(type, outcome, a, agent_id, actor, actor_name,
+	                                     request_id, source_address, token_id, detail);
+
+	if (ev == NULL)
+		return IDP_EINTERNAL;
+	return audit_emit_nowait(ev) == IDP_OK ? IDP_OK : IDP_EUNAVAIL;
 }
 
 /* COMMIT, or flag the event just emitted as describing a change that may not have happened. */
@@ -372,8 +401,22 @@ attest_db_issue(const struct attest_conf *conf, const struct idp_clock *clock,
 	rc = attest_jti_new(jti);
 	if (rc != IDP_OK)
 		goto done;
+	/*
+	 * A credential never outlives the workload token that proved the
+	 * agent: a token that leaked cannot buy more time than it has itself,
+	 * and the agent re-attests with a fresh one, as workloads whose tokens
+	 * rotate (SPIRE, projected service-account tokens) do anyway.
+	 */
+	if (at->evidence_exp_ms > 0 && (not_after == 0 || at->evidence_exp_ms < not_after))
+		not_after = at->evidence_exp_ms;
 	claims = attest_credential_claims(&id, a->id, jti, now_ms, a->credential_rotation_ms,
 	                                  not_after, keys_max_token_lifetime_ms(km));
+	if (claims == NULL && at->evidence_exp_ms > 0 && not_after == at->evidence_exp_ms) {
+		/* Expired, or about to (accepted within identity.leeway). */
+		at->reason = idp_jws_reason_name(IDP_JWS_EXPIRED);
+		rc = IDP_EUNAUTH;
+		goto done;
+	}
 	if (claims == NULL) {
 		log_warn("attest: the signing key expires too soon to issue a credential");
 		rc = IDP_EUNAVAIL;

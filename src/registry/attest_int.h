@@ -21,6 +21,7 @@ struct attestor {
 	unsigned algs; /* IDP_JWS_ALLOW bits */
 	struct idp_jws_keyset *keys;
 	struct attest_selector_map *map;
+	int64_t max_token_age_ms; /* a token living longer than this is refused */
 };
 
 /* The settings in force: immutable once published, reference counted. */
@@ -52,6 +53,16 @@ int attest_emit(enum audit_type type, enum audit_outcome outcome, const struct r
                 const char *agent_id, enum audit_actor_kind actor, const char *actor_name,
                 const char *request_id, const char *source_address, const char *token_id,
                 json_t *detail) IDP_WUR;
+/*
+ * The same, queued without waiting for room or the commit (audit_emit_nowait):
+ * for an event no answer depends on, sent by callers anyone can be, so a
+ * flood of them holds no worker.  IDP_EUNAVAIL when the queue is full (the
+ * event is dropped and counted as refused).
+ */
+int attest_emit_nowait(enum audit_type type, enum audit_outcome outcome,
+                       const struct registry_agent *a, const char *agent_id,
+                       enum audit_actor_kind actor, const char *actor_name, const char *request_id,
+                       const char *source_address, const char *token_id, json_t *detail) IDP_WUR;
 
 /*
  * Make a join token for agent id: under a share lock on the agent row
@@ -73,6 +84,8 @@ struct attest_attempt {
 	const char *join_hash;     /* join_token: the presented token's hash */
 	const struct attestor *at; /* jwt: the attestor that verified the token */
 	const json_t *claims;      /* jwt: the verified claims */
+	/* jwt: the workload token's exp (ms); the credential ends no later */
+	int64_t evidence_exp_ms;
 	const char *request_id;
 	const char *source_address;
 	/* results */
@@ -87,10 +100,12 @@ struct attest_attempt {
 /*
  * The issuing half of an attestation, in one transaction: spend the join
  * token (join_token), lock the agent row, check its status and (jwt) its
- * selectors, sign the credential with the active key, record its jti, set
+ * selectors, sign the credential with the active key (its exp cut back to
+ * a->evidence_exp_ms when set), record its jti, set
  * credential_last_rotated, emit agent.attested, commit, publish the new
  * record.  Returns IDP_OK with *credential (caller frees), *jti_out,
- * *exp_s; IDP_EUNAUTH (a->reason set) for wrong evidence; IDP_EFORBIDDEN
+ * *exp_s; IDP_EUNAUTH (a->reason set) for wrong evidence, or evidence that
+ * expires before a credential of one second could be cut; IDP_EFORBIDDEN
  * (a->reason "agent_suspended" / "agent_decommissioned"); IDP_EUNAVAIL, with
  * a->retry_after_s set when it is the agent's revocation epoch, still ahead
  * just after a resume (a->reason "revocation_epoch_ahead"); nothing is

@@ -63,14 +63,38 @@ static struct store_stmt st_page = {
     "registry_load_page",
     "SELECT " AGENT_COLUMNS " FROM agents WHERE id > $1 ORDER BY id LIMIT 5000", 1, 0};
 
-static struct store_stmt st_status = {
-    "registry_set_status",
-    "UPDATE agents SET status = $2, version = version + 1, updated_at = now(), "
-    "status_changed_at = now(), status_changed_by = $3, status_reason = $4, "
-    "revocation_epoch = CASE WHEN $5::bool THEN clock_timestamp() + $6::bigint * "
-    "interval '1 millisecond' ELSE revocation_epoch END "
-    "WHERE id = $1 RETURNING " AGENT_COLUMNS,
-    6, 0};
+#define STATUS_SET                                                                                 \
+	"UPDATE agents SET status = $2, version = version + 1, updated_at = now(), "               \
+	"status_changed_at = now(), status_changed_by = $3, status_reason = $4, "                  \
+	"revocation_epoch = CASE WHEN $5::bool THEN clock_timestamp() + $6::bigint * "             \
+	"interval '1 millisecond' ELSE revocation_epoch END "                                      \
+	"WHERE id = $1"
+
+static struct store_stmt st_status = {"registry_set_status", STATUS_SET " RETURNING " AGENT_COLUMNS,
+                                      6, 0};
+
+/* The cleanup jobs' transitions: the condition that found the agent, again (registry_guard). */
+static struct store_stmt st_status_idle = {
+    "registry_set_status_idle",
+    STATUS_SET " AND status = 'active' AND " AGENT_LAST_SEEN_SQL
+               " < now() - $7::bigint * interval '1 millisecond' RETURNING " AGENT_COLUMNS,
+    7, 0};
+
+static struct store_stmt st_status_owner = {
+    "registry_set_status_owner",
+    STATUS_SET " AND status = 'active' AND owner = $7 RETURNING " AGENT_COLUMNS, 7, 0};
+
+/*
+ * The revocation epoch once more, right before the COMMIT: the first stamp
+ * preceded the audit wait (up to audit.timeout), and tokens that other
+ * instances issue until the committed change reaches them must still fall
+ * before it.  Never moves the epoch back.
+ */
+static struct store_stmt st_epoch = {
+    "registry_epoch_restamp",
+    "UPDATE agents SET revocation_epoch = greatest(revocation_epoch, clock_timestamp() + "
+    "$2::bigint * interval '1 millisecond') WHERE id = $1 RETURNING " AGENT_COLUMNS,
+    2, 0};
 
 #define LOAD_PAGE 5000
 
@@ -410,12 +434,14 @@ diff_json(const json_t *before, const json_t *after)
 }
 
 int
-registry_db_patch(struct store *st, const char *id, int64_t if_match, const json_t *patch,
-                  const struct registry_actor *who, json_t *errors, struct registry_agent **out)
+registry_db_patch(struct store *st, const char *id, const struct registry_if_match *if_match,
+                  const json_t *patch, const struct registry_actor *who, json_t *errors,
+                  struct registry_agent **out)
 {
 	struct store_conn *c = NULL;
 	struct registry_agent *cur = NULL, *a = NULL;
-	json_t *base = NULL, *merged = NULL, *norm = NULL, *changes = NULL;
+	json_t *base = NULL, *accepted = NULL, *merged = NULL, *norm = NULL, *changes = NULL;
+	size_t refused;
 	struct write_params p;
 	bool have_params = false;
 	PGresult *r;
@@ -437,7 +463,7 @@ registry_db_patch(struct store *st, const char *id, int64_t if_match, const json
 		rc = IDP_ECONFLICT;
 		goto done;
 	}
-	if (if_match >= 0 && cur->version != if_match) {
+	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
 		goto done;
 	}
@@ -446,13 +472,13 @@ registry_db_patch(struct store *st, const char *id, int64_t if_match, const json
 		rc = IDP_EINTERNAL;
 		goto done;
 	}
-	if (agent_patch_check(patch, base, errors) > 0) {
-		rc = IDP_EUNPROCESSABLE;
-		goto done;
-	}
-	merged = json_merge_patch(base, patch);
+	/* Every problem at once: the members the check refuses are left out
+	 * of the merge, and the merged record is validated all the same. */
+	accepted = json_object();
+	refused = agent_patch_check(patch, base, errors, accepted);
+	merged = json_merge_patch(base, accepted);
 	norm = agent_input_validate(merged, errors);
-	if (norm == NULL) {
+	if (refused > 0 || norm == NULL) {
 		rc = IDP_EUNPROCESSABLE;
 		goto done;
 	}
@@ -497,6 +523,7 @@ done:
 	registry_agent_unref(cur);
 	registry_agent_unref(a);
 	json_decref(base);
+	json_decref(accepted);
 	json_decref(merged);
 	json_decref(norm);
 	json_decref(changes);
@@ -519,7 +546,8 @@ transition_allowed(enum registry_status from, enum registry_status to)
 
 int
 registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
-                       int64_t if_match, const char *reason, const struct registry_actor *who,
+                       const struct registry_if_match *if_match, const char *reason,
+                       const struct registry_actor *who, const struct registry_guard *guard,
                        enum registry_status *from, struct registry_agent **out)
 {
 	static const enum audit_type types[] = {
@@ -529,7 +557,8 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	};
 	struct registry_agent *cur = NULL, *a = NULL;
 	struct attest_identity_copy idc;
-	const char *params[6];
+	const char *params[7];
+	struct store_stmt *st = &st_status;
 	PGresult *r;
 	char epoch[32], margin[24];
 	int rc;
@@ -547,7 +576,7 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 		rc = IDP_ECONFLICT;
 		goto done;
 	}
-	if (if_match >= 0 && cur->version != if_match) {
+	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
 		goto done;
 	}
@@ -560,19 +589,30 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	params[4] = to == REGISTRY_ACTIVE ? "false" : "true";
 	/*
 	 * The epoch is this statement's time (not the transaction's start:
-	 * the row lock may have been waited for) plus identity.leeway.  Until
-	 * the commit has reached every instance's cache, and across the skew
-	 * between PostgreSQL's clock and the iat of idpd's, tokens may still
-	 * be issued: stamped before the epoch, they die with the rest and do
-	 * not come back on a resume.  The cost: tokens issued within the
-	 * leeway after a quick resume are born revoked.
+	 * the row lock may have been waited for) plus identity.leeway, and is
+	 * stamped again right before the COMMIT (st_epoch), after the audit
+	 * wait.  Until the commit has reached every instance's cache, and
+	 * across the skew between PostgreSQL's clock and the iat of idpd's,
+	 * tokens may still be issued: stamped before the epoch, they die with
+	 * the rest and do not come back on a resume.  The cost: tokens issued
+	 * within the leeway after a quick resume are born revoked.
 	 */
 	attest_identity_get(&idc);
 	snprintf(margin, sizeof(margin), "%lld", (long long)idc.leeway_ms);
 	params[5] = margin;
-	rc = store_exec(c, &st_status, params, &r);
+	if (guard != NULL) {
+		st = guard->kind == REGISTRY_GUARD_IDLE ? &st_status_idle : &st_status_owner;
+		params[6] = guard->arg;
+	}
+	rc = store_exec(c, st, params, &r);
 	if (rc != IDP_OK)
 		goto done;
+	if (guard != NULL && PQntuples(r) == 0) {
+		/* Used, or given a new owner, since the job found it. */
+		PQclear(r);
+		rc = IDP_ECONFLICT;
+		goto done;
+	}
 	a = PQntuples(r) == 1 ? agent_from_row(r, 0) : NULL;
 	PQclear(r);
 	if (a == NULL) {
@@ -588,6 +628,23 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	                   a->revocation_epoch_ms > 0 ? epoch : NULL));
 	if (rc != IDP_OK)
 		goto done;
+	if (to != REGISTRY_ACTIVE) {
+		/* The event keeps the first stamp, a lower bound of the final one. */
+		struct registry_agent *restamped;
+		const char *ep[2] = {id, margin};
+
+		rc = store_exec(c, &st_epoch, ep, &r);
+		if (rc != IDP_OK)
+			goto done;
+		restamped = PQntuples(r) == 1 ? agent_from_row(r, 0) : NULL;
+		PQclear(r);
+		if (restamped == NULL) {
+			rc = IDP_EINTERNAL;
+			goto done;
+		}
+		registry_agent_unref(a);
+		a = restamped;
+	}
 	rc = commit_or_flag(c, types[to], a, who);
 	if (rc == IDP_OK) {
 		*out = a;

@@ -3,6 +3,11 @@
  * departed owners, and audit retention.  Each is idempotent: running it
  * twice in a row changes nothing the second time (report mode reports the
  * same agents again, since they still need a human's attention).
+ *
+ * Every cutoff is computed in SQL from PostgreSQL's now(), never from this
+ * instance's clock: the timestamps it is compared with are PostgreSQL's,
+ * and an instance whose clock runs ahead would otherwise suspend agents
+ * and delete audit events early.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -56,13 +61,15 @@ actor_of(const struct maintenance_run *run, struct registry_actor *a)
 }
 
 /*
- * Suspend each agent of ids (a result's column 0) that is still active,
- * with reason; counts "suspended" and lists them.  Stops at the first
- * database failure.
+ * Suspend each agent of ids (a result's column 0) that still meets the
+ * condition that found it: still active and, for REGISTRY_GUARD_IDLE, idle
+ * for idle_ms; for REGISTRY_GUARD_OWNER, still owned by the owner in
+ * column 1.  With reason; counts "suspended" and lists them.  Stops at the
+ * first database failure.
  */
 static int
-suspend_each(const struct maintenance_run *run, PGresult *ids, const char *reason, json_t *counts,
-             struct idp_diag *diag)
+suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_guard_kind kind,
+             const char *idle_ms, const char *reason, json_t *counts, struct idp_diag *diag)
 {
 	struct registry_actor actor;
 	json_int_t done = 0;
@@ -71,8 +78,11 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, const char *reaso
 	for (int i = 0; i < PQntuples(ids); i++) {
 		struct registry_agent *a = NULL;
 		enum registry_status from;
-		int rc = registry_db_transition(run->conn, PQgetvalue(ids, i, 0),
-		                                REGISTRY_SUSPENDED, -1, reason, &actor, &from, &a);
+		struct registry_guard g = {
+		    kind, kind == REGISTRY_GUARD_OWNER ? PQgetvalue(ids, i, 1) : idle_ms};
+		int rc =
+		    registry_db_transition(run->conn, PQgetvalue(ids, i, 0), REGISTRY_SUSPENDED,
+		                           NULL, reason, &actor, &g, &from, &a);
 
 		if (rc == IDP_OK) {
 			add_id(counts, "suspended_ids", a->id);
@@ -92,19 +102,30 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, const char *reaso
 
 /* ---- stale agents ---- */
 
+/*
+ * An agent is stale when nothing shows it in use for cleanup.stale_after:
+ * no token (last_active), no attestation (credential_last_rotated), no
+ * registration or resume.  last_active is batched in memory: this
+ * instance's touches are written before the job reads, and the idle period
+ * is widened by registry.last_active_flush for the touches other instances
+ * have not written yet.  An agent that wakes on another instance within
+ * that last period after being idle for the whole of stale_after is still
+ * covered whenever stale_after passes 24h: a token needs an identity
+ * credential, which lives 24h at most, and attesting writes
+ * credential_last_rotated at once.
+ */
 static int
 stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
 {
 	static struct store_stmt find = {
 	    "cleanup_stale_find",
-	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' AND "
-	    "greatest(coalesce(last_active, created_at), coalesce(status_changed_at, created_at)) "
-	    "< to_timestamp($1::bigint / 1000.0) "
-	    "ORDER BY id LIMIT $2::int",
+	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' "
+	    "AND " AGENT_LAST_SEEN_SQL
+	    " < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2::int",
 	    2, 0};
 	struct registry_settings s;
-	char cutoff[24], limit[16], after[32], reason[160];
-	const char *params[2] = {cutoff, limit};
+	char idle[24], limit[16], after[32], reason[160];
+	const char *params[2] = {idle, limit};
 	PGresult *r;
 	int rc;
 
@@ -115,7 +136,15 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 		json_object_set_new(counts, "skipped", json_true());
 		return IDP_OK;
 	}
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.stale_after_ms));
+	rc = registry_touch_flush();
+	if (rc != IDP_OK) {
+		/* Without them an agent in use could look idle: fail closed. */
+		idp_diag_add(diag, "writing this instance's last_active times first: %s",
+		             idp_err_name(rc));
+		return rc;
+	}
+	snprintf(idle, sizeof(idle), "%lld",
+	         (long long)(s.stale_after_ms + s.last_active_flush_ms));
 	snprintf(limit, sizeof(limit), "%d", s.stale_suspend ? s.batch_size : REPORT_IDS);
 	rc = store_exec(run->conn, &find, params, &r);
 	if (rc != IDP_OK) {
@@ -133,7 +162,7 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 	}
 	registry_duration_format(s.stale_after_ms, after);
 	snprintf(reason, sizeof(reason), "stale: no activity for %s (cleanup.stale_after)", after);
-	rc = suspend_each(run, r, reason, counts, diag);
+	rc = suspend_each(run, r, REGISTRY_GUARD_IDLE, idle, reason, counts, diag);
 	PQclear(r);
 	return rc;
 }
@@ -150,7 +179,7 @@ departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    2, 0};
 	static struct store_stmt active = {
 	    "cleanup_departed_active",
-	    "SELECT id FROM agents WHERE owner = ANY($1::text[]) AND status = 'active' "
+	    "SELECT id, owner FROM agents WHERE owner = ANY($1::text[]) AND status = 'active' "
 	    "ORDER BY id LIMIT $2::int",
 	    2, 0};
 	struct registry_settings s;
@@ -185,7 +214,7 @@ departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, st
 			             idp_err_name(rc));
 			goto done;
 		}
-		rc = suspend_each(run, r,
+		rc = suspend_each(run, r, REGISTRY_GUARD_OWNER, NULL,
 		                  "owner departed: reassign the agent to an accountable "
 		                  "human (registry.departed_owners)",
 		                  counts, diag);
@@ -238,11 +267,11 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "cleanup_audit_bounds",
 	    "SELECT o.writer_id, LEAST(o.upto, coalesce((SELECT min(coalesce(k.last_seq, 0)) "
 	    "FROM (SELECT unnest($2::text[]) UNION SELECT sink FROM audit_sink_cursors "
-	    "WHERE updated_at >= to_timestamp($1::bigint / 1000.0)) AS s(name) "
+	    "WHERE updated_at >= now() - $1::bigint * interval '1 millisecond') AS s(name) "
 	    "LEFT JOIN audit_sink_cursors k ON k.sink = s.name AND k.writer_id = o.writer_id), "
 	    "o.upto)) "
 	    "FROM (SELECT writer_id, max(seq) AS upto FROM audit_events "
-	    "WHERE ts < to_timestamp($1::bigint / 1000.0) GROUP BY writer_id) o",
+	    "WHERE ts < now() - $1::bigint * interval '1 millisecond' GROUP BY writer_id) o",
 	    2, 0};
 	/*
 	 * The delete and the chain's new anchor (the seq and hash of the last
@@ -264,7 +293,7 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	    "SELECT count(*) FROM d",
 	    3, 0};
 	struct registry_settings s;
-	char cutoff[24], limit[16], *sinks;
+	char keep[24], limit[16], *sinks;
 	const char *params[3];
 	json_int_t deleted = 0;
 	int batches = 0, rc;
@@ -277,8 +306,8 @@ audit_retention(const struct maintenance_run *run, void *ctx, json_t *counts, st
 		json_object_set_new(counts, "deleted", json_integer(0));
 		return IDP_OK;
 	}
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - s.audit_retention_ms));
-	params[0] = cutoff;
+	snprintf(keep, sizeof(keep), "%lld", (long long)s.audit_retention_ms);
+	params[0] = keep;
 	sinks = sink_names();
 	params[1] = sinks;
 	rc = store_exec(run->conn, &bounds, params, &b);

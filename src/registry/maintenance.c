@@ -167,7 +167,10 @@ cleanup(struct http_req *req, void *ctx)
 	bool all_ok = true;
 	int locked;
 
-	if (!auth_require(req, IDPD_ROLE_MAINTENANCE, &who))
+	/* No options: a "dry_run" in a body or query would be ignored, and every
+	 * job run for real. */
+	if (!auth_require(req, IDPD_ROLE_MAINTENANCE, &who) || !http_req_query_only(req, NULL) ||
+	    !http_req_no_body(req))
 		return;
 	if (store_acquire(app->store, &c) != IDP_OK) {
 		http_reply_error(req, IDP_EUNAVAIL, "the database is unavailable");

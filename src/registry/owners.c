@@ -3,9 +3,11 @@
  *
  * An HR feed writes the file; idpd reads it when it needs it (each cleanup
  * run, each registration or owner change) and keeps the parsed set until the
- * file's size or modification time changes, so a registration does not
- * re-read an unchanged file.  The cached set sits behind owners_lock and is
- * copied out, so callers never share it.
+ * file changes, so a registration does not re-read an unchanged file.  A
+ * change is any of device, inode, size, modification or change time: a feed
+ * that replaces the file with mv, or keeps the old mtime (cp -p, rsync -t),
+ * still moves the inode or the change time, which no one can set back.  The cached set sits behind
+ * owners_lock and is copied out, so callers never share it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -165,15 +167,23 @@ owner_set_copy(const struct owner_set *s)
 	return c;
 }
 
-/* ---- the file, cached by (path, size, mtime) ---- */
+/* ---- the file, cached by (path, device, inode, size, mtime, ctime) ---- */
 
 static pthread_mutex_t owners_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
 	char path[4096];
+	dev_t dev;
+	ino_t ino;
 	off_t size;
-	struct timespec mtime;
+	struct timespec mtime, ctime;
 	struct owner_set *set;
 } cached;
+
+static bool
+same_time(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
 
 static int
 read_file(const char *path, char **out, size_t *len, struct idp_diag *diag)
@@ -240,9 +250,9 @@ departed_owners_load(const char *path, struct owner_set **out, struct idp_diag *
 		return IDP_EIO;
 	}
 	pthread_mutex_lock(&owners_lock);
-	if (cached.set != NULL && strcmp(cached.path, path) == 0 && cached.size == st.st_size &&
-	    cached.mtime.tv_sec == st.st_mtim.tv_sec &&
-	    cached.mtime.tv_nsec == st.st_mtim.tv_nsec) {
+	if (cached.set != NULL && strcmp(cached.path, path) == 0 && cached.dev == st.st_dev &&
+	    cached.ino == st.st_ino && cached.size == st.st_size &&
+	    same_time(&cached.mtime, &st.st_mtim) && same_time(&cached.ctime, &st.st_ctim)) {
 		*out = owner_set_copy(cached.set);
 		pthread_mutex_unlock(&owners_lock);
 		return IDP_OK;
@@ -263,8 +273,11 @@ departed_owners_load(const char *path, struct owner_set **out, struct idp_diag *
 	owner_set_free(cached.set);
 	cached.set = owner_set_copy(set);
 	snprintf(cached.path, sizeof(cached.path), "%s", path);
+	cached.dev = st.st_dev;
+	cached.ino = st.st_ino;
 	cached.size = st.st_size;
 	cached.mtime = st.st_mtim;
+	cached.ctime = st.st_ctim;
 	pthread_mutex_unlock(&owners_lock);
 	*out = set;
 	return IDP_OK;

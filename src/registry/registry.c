@@ -51,6 +51,7 @@ settings_from(struct registry_settings *s, const struct idpd_config *cfg)
 	                      strcmp(cfg->cleanup.departed_action, "suspend") == 0;
 	s->batch_size = cfg->cleanup.batch_size > 0 ? cfg->cleanup.batch_size : 1000;
 	s->audit_retention_ms = cfg->audit.retention_ms;
+	s->last_active_flush_ms = cfg->registry.last_active_flush_ms;
 }
 
 void

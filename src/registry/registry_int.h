@@ -46,8 +46,12 @@ json_t *agent_input_validate(const json_t *body, json_t *errors);
  * Check the top level of a PATCH body against current (the record's
  * writable form): unknown and read-only fields, and changes to id or
  * agent_type, are appended to errors.  Returns the number of errors added.
+ * accepted (an object, or NULL) receives the members that passed, so the
+ * rest of the patch can still be merged and validated: a 422 then lists
+ * every problem, not only these.
  */
-size_t agent_patch_check(const json_t *patch, const json_t *current, json_t *errors);
+size_t agent_patch_check(const json_t *patch, const json_t *current, json_t *errors,
+                         json_t *accepted);
 
 /* RFC 7396 JSON merge patch: returns a new value (caller owns it). */
 json_t *json_merge_patch(const json_t *target, const json_t *patch);
@@ -80,6 +84,15 @@ void agent_error(json_t *errors, const char *field, const char *fmt, ...) IDP_PR
 	"coalesce(floor(extract(epoch FROM status_changed_at) * 1000)::bigint, 0), "               \
 	"status_changed_by, status_reason"
 #define AGENT_NCOLUMNS 28
+
+/*
+ * When an agent last showed signs of use, as SQL over the agents row: a
+ * token (last_active), an attestation (credential_last_rotated), its
+ * registration, or its last status change (a resume restarts the clock).
+ */
+#define AGENT_LAST_SEEN_SQL                                                                        \
+	"greatest(coalesce(last_active, created_at), coalesce(status_changed_at, created_at), "    \
+	"coalesce(credential_last_rotated, created_at))"
 
 /*
  * Build a record from row `row` of r (selected with AGENT_COLUMNS), with one
@@ -142,8 +155,8 @@ size_t owner_set_count(const struct owner_set *s);
 char *owner_set_pg_array(const struct owner_set *s);
 
 /*
- * The departed owners from path, re-read when the file changes (size or
- * mtime).  IDP_OK with *out a set the caller frees with owner_set_free
+ * The departed owners from path, re-read when the file changes (device,
+ * inode, size, mtime or ctime).  IDP_OK with *out a set the caller frees with owner_set_free
  * (an empty set for path ""); IDP_EIO / IDP_EINVAL / IDP_ETOOBIG with diag.
  * Any thread.
  */
@@ -153,6 +166,29 @@ int departed_owners_load(const char *path, struct owner_set **out, struct idp_di
 
 /* A PostgreSQL text[] literal of the strings of a JSON array (caller frees). */
 char *pg_text_array_json(const json_t *arr);
+
+/*
+ * An If-Match precondition (RFC 9110 13.1.1), parsed by
+ * registry_if_match_parse: "*" (any), or the versions of the strong ETags
+ * idpd could have sent among those it lists.  A weak tag or an ETag idpd
+ * never sends is kept as nothing: it can match no version.
+ */
+#define REGISTRY_IF_MATCH_MAX 32
+struct registry_if_match {
+	bool any;
+	size_t n;
+	int64_t versions[REGISTRY_IF_MATCH_MAX];
+};
+
+/*
+ * Parse an If-Match value: "*" or a comma-separated list of entity tags
+ * (W/"x" or "x"; empty elements allowed).  IDP_OK, or IDP_EINVAL for a
+ * value that is neither (an unquoted tag, a missing quote, "*" in a list,
+ * nothing at all, more than REGISTRY_IF_MATCH_MAX tags).  Pure.
+ */
+int registry_if_match_parse(const char *h, struct registry_if_match *out) IDP_WUR;
+/* Whether m (NULL: no precondition) lets a change to version through.  Pure. */
+bool registry_if_match_holds(const struct registry_if_match *m, int64_t version);
 
 /* Who asked for a write, for the audit event and status_changed_by. */
 struct registry_actor {
@@ -171,27 +207,46 @@ int registry_db_create(struct store *st, const json_t *norm, const struct regist
                        struct registry_agent **out) IDP_WUR;
 
 /*
- * The PATCH path under one row lock: read the agent, check if_match (a
- * version, or -1 for none) and its status, merge patch, validate, update,
+ * The PATCH path under one row lock: read the agent, check if_match (NULL
+ * for none) and its status, merge patch, validate, update,
  * emit agent.updated, commit.  IDP_ENOTFOUND, IDP_EPRECOND (stale
  * version), IDP_ECONFLICT (decommissioned), IDP_EUNPROCESSABLE with errors
  * filled, IDP_EUNAVAIL.  *out gets the new record.  Any worker thread.
  */
-int registry_db_patch(struct store *st, const char *id, int64_t if_match, const json_t *patch,
-                      const struct registry_actor *who, json_t *errors,
+int registry_db_patch(struct store *st, const char *id, const struct registry_if_match *if_match,
+                      const json_t *patch, const struct registry_actor *who, json_t *errors,
                       struct registry_agent **out) IDP_WUR;
+
+/*
+ * A condition a cleanup job's transition must still meet when it writes:
+ * what made the agent a candidate (idle, or owned by someone who left) may
+ * have changed between the job's query and the write.  Both also require
+ * the agent to be active.
+ */
+enum registry_guard_kind {
+	REGISTRY_GUARD_IDLE,  /* arg: milliseconds; AGENT_LAST_SEEN_SQL older than now() - arg */
+	REGISTRY_GUARD_OWNER, /* arg: the owner the job found */
+};
+
+struct registry_guard {
+	enum registry_guard_kind kind;
+	const char *arg;
+};
 
 /*
  * Move agent id to status `to` (suspended, active or decommissioned)
  * under a row lock, with reason (may be NULL except for decommissioning),
  * emitting the matching agent.* event before the commit.  Suspension and
- * decommissioning set the revocation epoch.  IDP_ENOTFOUND, IDP_EPRECOND,
- * IDP_ECONFLICT (the transition is not allowed from the current status;
- * *from gets that status), IDP_EUNAVAIL.  c is a connection the caller holds
- * (outside a transaction); the function runs its own transaction on it.
+ * decommissioning set the revocation epoch.  guard (NULL for none) is
+ * repeated in the UPDATE's WHERE.  IDP_ENOTFOUND, IDP_EPRECOND,
+ * IDP_ECONFLICT (the transition is not allowed from the current status, or
+ * the guard no longer holds; *from gets the current status), IDP_EUNAVAIL.
+ * c is a connection the caller holds (outside a transaction); the function
+ * runs its own transaction on it.
  */
 int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
-                           int64_t if_match, const char *reason, const struct registry_actor *who,
+                           const struct registry_if_match *if_match, const char *reason,
+                           const struct registry_actor *who, const struct registry_guard *guard,
                            enum registry_status *from, struct registry_agent **out) IDP_WUR;
 
 /* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
@@ -213,6 +268,7 @@ struct registry_settings {
 	bool departed_suspend;
 	int batch_size;
 	int64_t audit_retention_ms;
+	int64_t last_active_flush_ms; /* registry.last_active_flush */
 };
 
 void registry_settings_get(struct registry_settings *out);

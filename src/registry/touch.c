@@ -1,8 +1,8 @@
 /*
  * touch.c - agents' last_active, batched: registry_touch() notes in memory
- * when an agent was last issued a token, and one background thread writes
- * what was noted for every agent at once, in one UPDATE, every
- * registry.last_active_flush, and a last time at shutdown.
+ * when an agent was last issued a token or an identity credential, and one
+ * background thread writes what was noted for every agent at once, in one
+ * UPDATE, every registry.last_active_flush, and a last time at shutdown.
  *
  * DESIGN
  *

@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include <jwt.h>
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -154,7 +155,8 @@ start(struct idpd_proc *p, const char *db, const char *identity)
 	         "k8s:sa=kubernetes.io/serviceaccount/name\"\n"
 	         "[[attestors]]\nname = \"spire\"\nissuer = \"" SPIRE_ISS
 	         "\"\naudience = \"idpd\"\n"
-	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nselectors = \"spiffe_id=sub\"\n%s",
+	         "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nselectors = \"spiffe_id=sub\"\n"
+	         "max_token_age = \"10m\"\n%s",
 	         leeway, identity ? identity : "", jwks_k8s, jwks_spire, keys_toml);
 	assert_int_equal(harness_idpd_start(p, db, NULL, toml), 0);
 }
@@ -260,11 +262,25 @@ last_failure(const char *db, const char *id, char *out, size_t len)
 	assert_int_equal(harness_sql_value(db, sql, out, len), 0);
 }
 
+/*
+ * The latest failure's reason is want.  A failure's event is queued
+ * without waiting for its commit, so it may land just after the answer.
+ */
 static void
 assert_last_failure(const char *db, const char *id, const char *want)
 {
-	char got[128];
+	char got[128] = "", sql[512];
 
+	snprintf(sql, sizeof(sql),
+	         "SELECT coalesce((SELECT body::json->'detail'->>'reason' FROM audit_events WHERE "
+	         "type = 'agent.attestation_failed' AND agent_id = '%s' ORDER BY id DESC LIMIT 1), "
+	         "'')",
+	         id);
+	for (int i = 0; i < 300; i++) {
+		if (harness_sql_value(db, sql, got, sizeof(got)) == 0 && strcmp(got, want) == 0)
+			return;
+		sleep_ms(10);
+	}
 	last_failure(db, id, got, sizeof(got));
 	assert_string_equal(got, want);
 }
@@ -279,9 +295,12 @@ me_status(const struct idpd_proc *p, const char *cred)
 
 enum signer { RSA_K8S, EC_K8S, EC_SPIRE };
 
-/* A workload token: claims (a JSON object text) signed by signer, exp from now. */
+/*
+ * A workload token: claims (a JSON object text) signed by signer, exp from
+ * now, and iat now unless with_iat is false.
+ */
 static char *
-workload_token(enum signer s, const char *claims_json, long exp_in_s)
+workload_token_iat(enum signer s, const char *claims_json, bool with_iat, long exp_in_s)
 {
 	const char *pem = s == RSA_K8S ? rsa_pem : s == EC_K8S ? ec_k8s_pem : ec_spire_pem;
 	const char *kid = s == RSA_K8S ? "rsa-k8s" : s == EC_K8S ? "ec-k8s" : "ec-spire";
@@ -291,7 +310,8 @@ workload_token(enum signer s, const char *claims_json, long exp_in_s)
 
 	c = json_loads(claims_json, 0, NULL);
 	assert_non_null(c);
-	json_object_set_new(c, "iat", json_integer((json_int_t)time(NULL)));
+	if (with_iat)
+		json_object_set_new(c, "iat", json_integer((json_int_t)time(NULL)));
 	json_object_set_new(c, "exp", json_integer((json_int_t)time(NULL) + exp_in_s));
 	claims = json_dumps(c, JSON_COMPACT);
 	json_decref(c);
@@ -310,19 +330,32 @@ workload_token(enum signer s, const char *claims_json, long exp_in_s)
 	return out;
 }
 
+static char *
+workload_token(enum signer s, const char *claims_json, long exp_in_s)
+{
+	return workload_token_iat(s, claims_json, true, exp_in_s);
+}
+
 /* Kubernetes service-account token claims (projected, audience idpd). */
+static void
+k8s_claims(char *claims, size_t len, const char *iss, const char *aud, const char *ns,
+           const char *sa)
+{
+	snprintf(claims, len,
+	         "{\"iss\":\"%s\",\"aud\":[\"%s\"],\"sub\":\"system:serviceaccount:%s:%s\","
+	         "\"kubernetes.io\":{\"namespace\":\"%s\",\"serviceaccount\":{\"name\":\"%s\","
+	         "\"uid\":\"0b7c3f1e-1d2a-4f5b-8c9d-0e1f2a3b4c5d\"},\"pod\":{\"name\":"
+	         "\"planner-7d9f\",\"uid\":\"a0d2b1c4-1111-2222-3333-444455556666\"}}}",
+	         iss, aud, ns, sa, ns, sa);
+}
+
 static char *
 k8s_token(enum signer s, const char *iss, const char *aud, const char *ns, const char *sa,
           long exp_in_s)
 {
 	char claims[1024];
 
-	snprintf(claims, sizeof(claims),
-	         "{\"iss\":\"%s\",\"aud\":[\"%s\"],\"sub\":\"system:serviceaccount:%s:%s\","
-	         "\"kubernetes.io\":{\"namespace\":\"%s\",\"serviceaccount\":{\"name\":\"%s\","
-	         "\"uid\":\"0b7c3f1e-1d2a-4f5b-8c9d-0e1f2a3b4c5d\"},\"pod\":{\"name\":"
-	         "\"planner-7d9f\",\"uid\":\"a0d2b1c4-1111-2222-3333-444455556666\"}}}",
-	         iss, aud, ns, sa, ns, sa);
+	k8s_claims(claims, sizeof(claims), iss, aud, ns, sa);
 	return workload_token(s, claims, exp_in_s);
 }
 
@@ -836,6 +869,135 @@ jwt_attestation_refuses_wrong_issuer_audience_alg_and_expiry(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* The exp claim of a compact JWT. */
+static int64_t
+exp_of(const char *tok)
+{
+	json_t *c = jwt_payload(tok);
+	int64_t exp = json_integer_value(json_object_get(c, "exp"));
+
+	json_decref(c);
+	return exp;
+}
+
+static void
+jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused(void **state)
+{
+	struct idpd_proc p;
+	char cred[4096], claims[1024];
+	char *t;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_jwt_age"), 0);
+	start(&p, "t_att_jwt_age", NULL);
+	register_agent(&p, "k8s-agent", "[\"k8s:ns:agents\",\"k8s:sa:planner\"]");
+	register_agent(&p, "svid-agent",
+	               "[\"spiffe_id:spiffe://example.org/ns/agents/sa/planner\"]");
+
+	/* The record's rotation is 30m; a token with 10 minutes left gives a
+	 * credential that ends when the token does. */
+	t = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 600);
+	assert_int_equal(attest_jwt(&p, "k8s-agent", t, cred, sizeof(cred)), 200);
+	assert_int_equal(exp_of(cred), exp_of(t));
+	assert_int_equal(me_status(&p, cred), 200);
+	free(t);
+
+	/* k8s keeps the default max_token_age (1h): a token made for ten years
+	 * is refused like any wrong evidence, and so is one without iat that
+	 * has two hours left. */
+	t = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 10L * 365 * 86400);
+	assert_int_equal(attest_jwt(&p, "k8s-agent", t, NULL, 0), 401);
+	assert_last_failure("t_att_jwt_age", "k8s-agent", "token_lifetime_too_long");
+	free(t);
+	k8s_claims(claims, sizeof(claims), K8S_ISS, "idpd", "agents", "planner");
+	t = workload_token_iat(RSA_K8S, claims, false, 2 * 3600);
+	assert_int_equal(attest_jwt(&p, "k8s-agent", t, NULL, 0), 401);
+	assert_last_failure("t_att_jwt_age", "k8s-agent", "token_lifetime_too_long");
+	free(t);
+	/* Within the bound, with or without iat. */
+	t = workload_token_iat(RSA_K8S, claims, false, 1800);
+	assert_int_equal(attest_jwt(&p, "k8s-agent", t, cred, sizeof(cred)), 200);
+	assert_int_equal(exp_of(cred), exp_of(t));
+	free(t);
+	t = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 3600);
+	assert_int_equal(attest_jwt(&p, "k8s-agent", t, cred, sizeof(cred)), 200);
+	/* Here the rotation (30m) ends the credential first. */
+	assert_true(exp_of(cred) < exp_of(t));
+	free(t);
+
+	/* spire sets max_token_age = "10m". */
+	t = svid_token("spiffe://example.org/ns/agents/sa/planner", 300);
+	assert_int_equal(attest_jwt(&p, "svid-agent", t, cred, sizeof(cred)), 200);
+	assert_int_equal(exp_of(cred), exp_of(t));
+	free(t);
+	t = svid_token("spiffe://example.org/ns/agents/sa/planner", 900);
+	assert_int_equal(attest_jwt(&p, "svid-agent", t, NULL, 0), 401);
+	assert_last_failure("t_att_jwt_age", "svid-agent", "token_lifetime_too_long");
+	free(t);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * While the audit log cannot commit, wrong evidence is still answered at
+ * once (its event is queued, and lands once the log commits again), and
+ * good evidence still gets no credential before its event is durable.
+ */
+static void
+a_failed_attempt_is_audited_without_waiting_for_the_commit(void **state)
+{
+	struct idpd_proc p;
+	char tok[128], url[256];
+	PGconn *hold;
+	PGresult *res;
+	int64_t t0, took;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_nowait"), 0);
+	start(&p, "t_att_nowait", "[audit]\ntimeout = \"3s\"\n");
+	register_agent(&p, "agent-a", NULL);
+	join_token(&p, "agent-a", tok, sizeof(tok));
+
+	/* Another session holds audit_events: no batch can commit. */
+	harness_db_url("t_att_nowait", url, sizeof(url));
+	hold = PQconnectdb(url);
+	assert_int_equal(PQstatus(hold), CONNECTION_OK);
+	res = PQexec(hold, "BEGIN; LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+
+	t0 = mono_ms();
+	assert_int_equal(attest_join(&p, "agent-a", "idpj_not-a-token", NULL, 0), 401);
+	took = mono_ms() - t0;
+	assert_true(took < 1000);
+	/* A good token: no credential without its durable event (503 after
+	 * audit.timeout), and the token is not spent. */
+	assert_int_equal(attest_join(&p, "agent-a", tok, NULL, 0), 503);
+
+	res = PQexec(hold, "ROLLBACK");
+	PQclear(res);
+	PQfinish(hold);
+	/* Both attempts are in the log once it commits again. */
+	assert_last_failure("t_att_nowait", "agent-a", "unavailable");
+	assert_int_equal(harness_sql_value("t_att_nowait",
+	                                   "SELECT string_agg(body::json->'detail'->>'reason', ',' "
+	                                   "ORDER BY id) FROM audit_events WHERE type = "
+	                                   "'agent.attestation_failed'",
+	                                   url, sizeof(url)),
+	                 0);
+	assert_string_equal(url, "join_token_malformed,unavailable");
+	assert_int_equal(attest_join(&p, "agent-a", tok, NULL, 0), 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* ---- authenticate_agent, through GET /v1/me ---- */
 
 static void
@@ -982,6 +1144,9 @@ main(void)
 	    cmocka_unit_test(attestors_reading_the_same_selectors_are_refused),
 	    cmocka_unit_test(jwt_attestation_with_kubernetes_and_spire_tokens),
 	    cmocka_unit_test(jwt_attestation_refuses_wrong_issuer_audience_alg_and_expiry),
+	    cmocka_unit_test(
+	        jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused),
+	    cmocka_unit_test(a_failed_attempt_is_audited_without_waiting_for_the_commit),
 	    cmocka_unit_test(credential_revoked_suspended_or_decommissioned_does_not_authenticate),
 	    cmocka_unit_test(credential_for_another_audience_does_not_authenticate),
 	    cmocka_unit_test(credential_expires_with_the_signing_key_not_after),

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 #include <libpq-fe.h>
 
+#include "../../src/registry/registry_int.h"
 #include "harness.h"
 #include "idpd/app.h"
 #include "idpd/clock.h"
@@ -283,6 +284,53 @@ a_lookup_that_must_not_wait_never_reads_postgres(void **state)
 	world_stop(&w);
 }
 
+/*
+ * A cleanup job's suspension repeats, in its UPDATE, the condition that
+ * found the agent: one used or given a new owner since is left alone.
+ * This world has no audit writer, so a suspension the guard lets through
+ * stops at its event (IDP_EUNAVAIL, rolled back); one it stops never gets
+ * that far (IDP_ECONFLICT).
+ */
+static void
+a_cleanup_suspension_rechecks_what_found_the_agent(void **state)
+{
+	struct world *w = &the_world;
+	const struct registry_actor who = {"cron", "req-1", ""};
+	const struct registry_guard idle_1d = {REGISTRY_GUARD_IDLE, "86400000"};
+	const struct registry_guard bob = {REGISTRY_GUARD_OWNER, "bob@example.com"};
+	const struct registry_guard alice = {REGISTRY_GUARD_OWNER, "alice@example.com"};
+	struct registry_agent *a = NULL;
+	enum registry_status from;
+	struct store_conn *c;
+
+	(void)state;
+	world_start(w, "t_la_guard", 3600 * 1000);
+	assert_int_equal(harness_sql(w->db, "UPDATE agents SET created_at = now() - interval "
+	                                    "'3 days', last_active = now() WHERE id = 'planner';"
+	                                    "UPDATE agents SET created_at = now() - interval "
+	                                    "'3 days' WHERE id = 'cloud'"),
+	                 0);
+	assert_int_equal(store_acquire(w->app.store, &c), IDP_OK);
+	/* planner was used just now; cloud has been idle for three days. */
+	assert_int_equal(registry_db_transition(c, "planner", REGISTRY_SUSPENDED, NULL, "stale",
+	                                        &who, &idle_1d, &from, &a),
+	                 IDP_ECONFLICT);
+	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "stale", &who,
+	                                        &idle_1d, &from, &a),
+	                 IDP_EUNAVAIL);
+	/* Both are alice's, not bob's. */
+	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
+	                                        &who, &bob, &from, &a),
+	                 IDP_ECONFLICT);
+	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
+	                                        &who, &alice, &from, &a),
+	                 IDP_EUNAVAIL);
+	assert_null(a);
+	store_release(w->app.store, c);
+	assert_int_equal(value(w->db, "SELECT count(*) FROM agents WHERE status <> 'active'"), 0);
+	world_stop(w);
+}
+
 static int
 teardown(void **state)
 {
@@ -302,6 +350,7 @@ main(void)
 	    cmocka_unit_test_teardown(the_flusher_writes_on_its_period, teardown),
 	    cmocka_unit_test_teardown(shutdown_writes_what_is_left, teardown),
 	    cmocka_unit_test_teardown(a_lookup_that_must_not_wait_never_reads_postgres, teardown),
+	    cmocka_unit_test_teardown(a_cleanup_suspension_rechecks_what_found_the_agent, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

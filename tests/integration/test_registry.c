@@ -5,6 +5,7 @@
  * audit trail of each write, two instances on one database (propagation
  * and resync after the listener reconnects), and the cleanup endpoint.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -444,14 +445,29 @@ patch_needs_if_match_and_refuses_a_stale_version(void **state)
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	                           "{\"team\":\"sre\"}", "If-Match: \"7\""),
 	                 412);
+	/* If-Match compares strongly (RFC 9110 13.1.1): a weak tag, or one idpd
+	 * never sends, fails the precondition; only a broken header is a 400. */
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	                           "{\"team\":\"sre\"}", "If-Match: W/\"1\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"0\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"7\", W/\"1\""),
+	                 412);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: \"1"),
 	                 400);
-	/* A merge patch: one field set, one label removed, one added. */
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	                           "{\"team\":\"sre\"}", "If-Match: 1"),
+	                 400);
+	/* A merge patch: one field set, one label removed, one added; the list
+	 * holds the current version. */
 	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
 	     "{\"team\":\"sre\",\"owner\":\"dave@company.com\",\"labels\":{\"cost\":null,"
 	     "\"region\":\"eu\"},\"delegation_constraints\":{\"max_chain_depth\":1}}",
-	     "If-Match: \"1\"", &r);
+	     "If-Match: \"5\", \"1\"", &r);
 	assert_int_equal(r.status, 200);
 	assert_true(harness_resp_header(&r, "ETag", hv, sizeof(hv)));
 	assert_string_equal(hv, "\"2\"");
@@ -499,6 +515,19 @@ patch_needs_if_match_and_refuses_a_stale_version(void **state)
 			harness_resp_free(&r);
 		}
 	}
+	/* Every problem at once: an unknown member does not hide what is wrong
+	 * with the merged record. */
+	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key,
+	     "{\"bogus\":1,\"status\":\"active\",\"labels\":{\"a\":5},\"capabilities\":[\"x\"]}",
+	     "If-Match: \"2\"", &r);
+	if (r.status != 422 || json_array_size(json_object_get(r.json, "errors")) != 4)
+		fprintf(stderr, "patch with four problems: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 422);
+	assert_int_equal(json_array_size(json_object_get(r.json, "errors")), 4);
+	assert_true(names_field(r.json, "bogus"));
+	assert_true(names_field(r.json, "status"));
+	assert_true(names_field(r.json, "capabilities[0]"));
+	harness_resp_free(&r);
 	/* A patch that changes nothing keeps the version and writes nothing. */
 	call(&p, "PATCH", "/v1/agents/patch-agent", registrar_key, "{\"team\":\"sre\"}",
 	     "If-Match: \"2\"", &r);
@@ -1044,6 +1073,293 @@ cleanup_reports_or_suspends_stale_agents_idempotently(void **state)
 }
 
 static void
+options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_opts"), 0);
+	start(&p, "t_reg_opts", "[cleanup]\nstale_after = \"30d\"\nstale_action = \"suspend\"\n");
+	register_agent(&p, "idle", "a@b.co", "[\"a:b\"]", NULL);
+	assert_int_equal(harness_sql("t_reg_opts", "UPDATE agents SET created_at = now() - "
+	                                           "interval '90 days'"),
+	                 0);
+
+	/* A cleanup asked for a dry run, in the body or the query, runs nothing. */
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, "{\"dry_run\":true}", NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(jstr(r.json, "code"), "bad_request");
+	assert_non_null(strstr(jstr(r.json, "detail"), "no body"));
+	harness_resp_free(&r);
+	call(&p, "POST", "/v1/maintenance/cleanup?dry_run=true", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "dry_run");
+	harness_resp_free(&r);
+	sql_value("t_reg_opts",
+	          "SELECT (SELECT status FROM agents WHERE id = 'idle') || '|' || "
+	          "(SELECT count(*) FROM audit_events WHERE type = 'maintenance.cleanup')",
+	          n, sizeof(n));
+	assert_string_equal(n, "active|0");
+
+	/* A join token with a ttl of its own is not made with the default one. */
+	call(&p, "POST", "/v1/agents/idle/join-tokens", registrar_key, "{\"ttl\":\"1m\"}", NULL,
+	     &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "join_token"));
+	harness_resp_free(&r);
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/idle/join-tokens?ttl=1m", registrar_key, NULL, NULL),
+	    400);
+	sql_value("t_reg_opts", "SELECT count(*) FROM agent_join_tokens", n, sizeof(n));
+	assert_string_equal(n, "0");
+
+	/* A misspelt filter does not list every agent; each unknown name is given. */
+	call(&p, "GET", "/v1/agents?statu=decommissioned&limit=5&colour=red", auditor_key, NULL,
+	     NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "agents"));
+	assert_int_equal(json_array_size(json_object_get(r.json, "parameters")), 2);
+	assert_non_null(strstr(jstr(r.json, "detail"), "\"statu\""));
+	assert_non_null(strstr(jstr(r.json, "detail"), "\"colour\""));
+	harness_resp_free(&r);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents?status=active&limit=5&owner=a@b.co",
+	                           auditor_key, NULL, NULL),
+	                 200);
+
+	/* The other registry endpoints read no query at all. */
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/idle/suspend?reason=x", registrar_key, NULL, NULL),
+	    400);
+	assert_int_equal(status_of(&p, "GET", "/v1/agents/idle?fields=id", auditor_key, NULL, NULL),
+	                 400);
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/idle?force=1", registrar_key,
+	                           "{\"team\":\"x\"}", "If-Match: \"1\""),
+	                 400);
+	call(&p, "GET", "/v1/agents/idle", auditor_key, NULL, NULL, &r);
+	assert_string_equal(jstr(r.json, "status"), "active");
+	assert_null(jstr(r.json, "team"));
+	harness_resp_free(&r);
+
+	/* Without the options, the same calls do their work. */
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "suspended"), 1);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/* Hands a PostgreSQL session holding a lock back after hold_ms. */
+struct lock_holder {
+	PGconn *pg;
+	int hold_ms;
+};
+
+static void *
+release_after(void *arg)
+{
+	struct lock_holder *h = arg;
+
+	sleep_ms(h->hold_ms);
+	PQclear(PQexec(h->pg, "ROLLBACK"));
+	return NULL;
+}
+
+/*
+ * A suspension whose audit event takes long to commit stamps its
+ * revocation epoch when it commits, not when it began: other instances
+ * issue tokens until the change reaches them, and those must fall before
+ * the epoch whatever the audit wait was.
+ */
+static void
+revocation_epoch_is_stamped_after_the_audit_wait(void **state)
+{
+	struct idpd_proc p;
+	struct lock_holder h = {NULL, 1500};
+	pthread_t t;
+	char url[256], v[64];
+	PGresult *res;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_epoch"), 0);
+	start(&p, "t_reg_epoch", "[identity]\nleeway = \"0s\"\n[audit]\ntimeout = \"10s\"\n");
+	register_agent(&p, "slow", "a@b.co", "[\"a:b\"]", NULL);
+	harness_db_url("t_reg_epoch", url, sizeof(url));
+	h.pg = PQconnectdb(url);
+	assert_int_equal(PQstatus(h.pg), CONNECTION_OK);
+	res = PQexec(h.pg, "BEGIN; LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+	assert_int_equal(pthread_create(&t, NULL, release_after, &h), 0);
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/slow/suspend", registrar_key, NULL, NULL), 200);
+	pthread_join(t, NULL);
+	PQfinish(h.pg);
+	sql_value("t_reg_epoch",
+	          "SELECT revocation_epoch >= status_changed_at + interval '1400 milliseconds' "
+	          "FROM agents WHERE id = 'slow'",
+	          v, sizeof(v));
+	assert_string_equal(v, "t");
+	/* The event says when the change was stamped first: never later. */
+	sql_value("t_reg_epoch",
+	          "SELECT (e.body::json->'detail'->>'revocation_epoch')::timestamptz <= "
+	          "a.revocation_epoch FROM audit_events e, agents a WHERE a.id = 'slow' AND "
+	          "e.type = 'agent.suspended'",
+	          v, sizeof(v));
+	assert_string_equal(v, "t");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/* A join token for id, spent at once: the agent attests. */
+static void
+attest_now(const struct idpd_proc *p, const char *id)
+{
+	char path[160], body[256];
+	struct http_resp r;
+
+	snprintf(path, sizeof(path), "/v1/agents/%s/join-tokens", id);
+	call(p, "POST", path, registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 201);
+	snprintf(body, sizeof(body), "{\"method\":\"join_token\",\"join_token\":\"%s\"}",
+	         jstr(r.json, "join_token"));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/agents/%s/attest", id);
+	assert_int_equal(status_of(p, "POST", path, NULL, body, NULL), 200);
+}
+
+static const char *
+status_in_db(const char *db, const char *id, char *out, size_t len)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT status FROM agents WHERE id = '%s'", id);
+	sql_value(db, sql, out, len);
+	return out;
+}
+
+/*
+ * Every agent here was registered three days ago; stale_after is one day.
+ * What counts as use: an attestation (credential_last_rotated), a touch
+ * still in this instance's memory (written before the job reads), and a
+ * use within one last_active_flush of the cutoff (another instance may not
+ * have written it yet).
+ */
+static void
+cleanup_does_not_suspend_an_agent_in_use(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char v[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_in_use"), 0);
+	start(&p, "t_reg_in_use",
+	      "[cleanup]\nstale_after = \"1d\"\nstale_action = \"suspend\"\n"
+	      "[registry]\nlast_active_flush = \"1h\"\n");
+	register_agent(&p, "idle", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "attested", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "rotated", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "touched", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "recent", "a@b.co", "[\"a:b\"]", NULL);
+	register_agent(&p, "long-gone", "a@b.co", "[\"a:b\"]", NULL);
+	assert_int_equal(harness_sql("t_reg_in_use", "UPDATE agents SET created_at = now() - "
+	                                             "interval '3 days'"),
+	                 0);
+	attest_now(&p, "attested");
+	attest_now(&p, "touched");
+	/* rotated attested an hour ago, on whichever instance: only the column says so. */
+	assert_int_equal(harness_sql("t_reg_in_use",
+	                             "UPDATE agents SET credential_last_rotated = now() - interval "
+	                             "'1 hour' WHERE id = 'rotated';"
+	                             /* touched: only its touch, unwritten, says so */
+	                             "UPDATE agents SET credential_last_rotated = now() - interval "
+	                             "'3 days' WHERE id = 'touched';"
+	                             /* within one flush period (1h) of the cutoff */
+	                             "UPDATE agents SET last_active = now() - interval '1 day 30 "
+	                             "minutes' WHERE id = 'recent';"
+	                             "UPDATE agents SET last_active = now() - interval '1 day 2 "
+	                             "hours' WHERE id = 'long-gone'"),
+	                 0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "suspended"), 2);
+	harness_resp_free(&r);
+	assert_string_equal(status_in_db("t_reg_in_use", "idle", v, sizeof(v)), "suspended");
+	assert_string_equal(status_in_db("t_reg_in_use", "long-gone", v, sizeof(v)), "suspended");
+	assert_string_equal(status_in_db("t_reg_in_use", "attested", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "rotated", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "touched", v, sizeof(v)), "active");
+	assert_string_equal(status_in_db("t_reg_in_use", "recent", v, sizeof(v)), "active");
+	/* The attestation's touch was written by the job, not by the flusher. */
+	sql_value(
+	    "t_reg_in_use",
+	    "SELECT last_active > now() - interval '1 minute' FROM agents WHERE id = 'touched'", v,
+	    sizeof(v));
+	assert_string_equal(v, "t");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+/*
+ * An instance whose clock runs two days ahead of PostgreSQL's (libfaketime,
+ * a real clock fault) cuts nothing early: the cutoffs are PostgreSQL's.
+ */
+static void
+cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+	int rc;
+
+	(void)state;
+	if (access(FAKETIME_LIB, R_OK) != 0) {
+		fprintf(stderr, "libfaketime is not installed (make deps); skipped\n");
+		skip();
+	}
+	assert_int_equal(harness_db_create("t_reg_skew"), 0);
+	start(&p, "t_reg_skew", NULL);
+	register_agent(&p, "fresh", "a@b.co", "[\"a:b\"]", NULL);
+	call(&p, "POST", "/v1/agents/fresh/join-tokens", registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+
+	setenv("LD_PRELOAD", FAKETIME_LIB, 1);
+	setenv("FAKETIME", "+2d", 1);
+	make_keys();
+	{
+		char toml[4096];
+
+		snprintf(toml, sizeof(toml),
+		         "[cleanup]\nstale_after = \"1d\"\nstale_action = \"suspend\"\n%s",
+		         keys_toml);
+		rc = harness_idpd_start(&p, "t_reg_skew", NULL, toml);
+	}
+	unsetenv("LD_PRELOAD");
+	unsetenv("FAKETIME");
+	assert_int_equal(rc, 0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	if (r.status != 200) {
+		fprintf(stderr, "cleanup: %ld %s\n", r.status, r.body);
+		harness_idpd_dump_log(&p);
+	}
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "stale"), 0);
+	assert_int_equal(jint(cleanup_job(&r, "attestation"), "join_tokens_deleted"), 0);
+	harness_resp_free(&r);
+	sql_value("t_reg_skew",
+	          "SELECT (SELECT status FROM agents WHERE id = 'fresh') || '|' || "
+	          "(SELECT count(*) FROM agent_join_tokens)",
+	          n, sizeof(n));
+	assert_string_equal(n, "active|1");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static void
 cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 {
 	struct idpd_proc p;
@@ -1331,6 +1647,10 @@ main(void)
 	    cmocka_unit_test(a_change_through_one_instance_shows_on_the_other_within_100ms),
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
+	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
+	    cmocka_unit_test(revocation_epoch_is_stamped_after_the_audit_wait),
+	    cmocka_unit_test(cleanup_does_not_suspend_an_agent_in_use),
+	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
 	    cmocka_unit_test(cleanup_brings_chains_written_by_older_instances_up_to_date),

@@ -8,6 +8,7 @@ pkgs=(
 	libmicrohttpd-dev libpq-dev libjansson-dev libssl-dev openssl
 	libcmocka-dev libcurl4-openssl-dev libjwt-dev
 	postgresql postgresql-contrib util-linux iproute2 wrk tzdata curl jq xxd
+	libfaketime
 )
 
 missing=()

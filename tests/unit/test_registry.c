@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -402,21 +404,30 @@ merge_patch_follows_rfc7396(void **state)
 static void
 patch_check_refuses_identity_and_read_only_fields(void **state)
 {
-	json_t *cur = parse(valid_body), *errors = json_array(), *p;
+	json_t *cur = parse(valid_body), *errors = json_array(), *p, *acc;
 
 	(void)state;
 	p = parse("{\"id\":\"agent-planning-prod-001\",\"team\":\"x\"}");
-	assert_int_equal(agent_patch_check(p, cur, errors), 0); /* same id: a no-op */
+	assert_int_equal(agent_patch_check(p, cur, errors, NULL), 0); /* same id: a no-op */
 	json_decref(p);
 	p = parse("{\"id\":\"other\",\"agent_type\":\"x\",\"status\":\"active\",\"owner\":null,"
 	          "\"version\":3,\"colour\":\"red\"}");
-	assert_int_equal(agent_patch_check(p, cur, errors), 6);
+	assert_int_equal(agent_patch_check(p, cur, errors, NULL), 6);
 	assert_true(has_error(errors, "id"));
 	assert_true(has_error(errors, "agent_type"));
 	assert_true(has_error(errors, "status"));
 	assert_true(has_error(errors, "owner"));
 	assert_true(has_error(errors, "version"));
 	assert_true(has_error(errors, "colour"));
+	json_decref(p);
+	/* What passes is handed on, for the merged record's own checks. */
+	acc = json_object();
+	p = parse("{\"team\":\"sre\",\"bogus\":1,\"status\":\"active\",\"labels\":{\"a\":5}}");
+	assert_int_equal(agent_patch_check(p, cur, errors, acc), 2);
+	assert_int_equal(json_object_size(acc), 2);
+	assert_string_equal(json_string_value(json_object_get(acc, "team")), "sre");
+	assert_non_null(json_object_get(acc, "labels"));
+	json_decref(acc);
 	json_decref(p);
 	json_decref(cur);
 	json_decref(errors);
@@ -947,6 +958,108 @@ departed_file_is_reread_when_it_changes(void **state)
 	rmdir(dir);
 }
 
+/* Write text to path. */
+static void
+write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+}
+
+/*
+ * An HR feed that replaces the file with mv, and keeps the old size and
+ * modification time (cp -p, rsync -t): the cache must not take it for the
+ * file it read.
+ */
+static void
+departed_file_replaced_with_the_same_size_and_mtime_is_reread(void **state)
+{
+	char dir[] = "/tmp/idpd-owners-XXXXXX", path[128], next[128];
+	struct owner_set *s;
+	struct idp_diag d;
+	struct stat st;
+	struct timespec times[2];
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/departed", dir);
+	snprintf(next, sizeof(next), "%s/departed.new", dir);
+	idp_diag_init(&d);
+	write_text(path, "alice@company.com\n");
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "alice@company.com"));
+	owner_set_free(s);
+
+	write_text(next, "carol@company.com\n");
+	assert_int_equal(stat(path, &st), 0);
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	assert_int_equal(utimensat(AT_FDCWD, next, times, 0), 0);
+	assert_int_equal(rename(next, path), 0);
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "carol@company.com"));
+	assert_false(owner_set_contains(s, "alice@company.com"));
+	owner_set_free(s);
+
+	/* Rewritten in place, then given its old mtime back: the change time moved. */
+	assert_int_equal(stat(path, &st), 0);
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	write_text(path, "dave1@company.com\n");
+	assert_int_equal(utimensat(AT_FDCWD, path, times, 0), 0);
+	assert_int_equal(departed_owners_load(path, &s, &d), IDP_OK);
+	assert_true(owner_set_contains(s, "dave1@company.com"));
+	owner_set_free(s);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* ---- If-Match ---- */
+
+static void
+if_match_takes_star_or_a_list_and_matches_strong_tags_only(void **state)
+{
+	static const char *const broken[] = {
+	    "",         "  ",  ",",       "1",       "\"1",    "\"1\" \"2\"",
+	    "*, \"1\"", "W/1", "\"a b\"", "w/\"1\"", "\"1\"x",
+	};
+	struct registry_if_match m;
+	char many[512] = "";
+
+	(void)state;
+	assert_true(registry_if_match_holds(NULL, 3));
+	assert_int_equal(registry_if_match_parse("*", &m), IDP_OK);
+	assert_true(m.any && registry_if_match_holds(&m, 42));
+	assert_int_equal(registry_if_match_parse("\"1\"", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 1));
+	assert_false(registry_if_match_holds(&m, 2));
+	assert_int_equal(registry_if_match_parse("\"1\", \"5\"", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 5));
+	assert_false(registry_if_match_holds(&m, 2));
+	assert_int_equal(registry_if_match_parse(" , \"3\" ,,\t\"4\" ,", &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, 3) && registry_if_match_holds(&m, 4));
+	/* Valid, but never a match: weak, zero, leading zero, not a version. */
+	assert_int_equal(registry_if_match_parse("W/\"1\"", &m), IDP_OK);
+	assert_false(registry_if_match_holds(&m, 1));
+	assert_int_equal(registry_if_match_parse("\"0\", \"01\", \"abc\", \"\"", &m), IDP_OK);
+	assert_false(registry_if_match_holds(&m, 0) || registry_if_match_holds(&m, 1));
+	assert_int_equal(registry_if_match_parse("\"99999999999999999999\"", &m), IDP_OK);
+	assert_int_equal(m.n, 0);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(broken); i++)
+		if (registry_if_match_parse(broken[i], &m) != IDP_EINVAL)
+			fail_msg("If-Match [%s] was taken", broken[i]);
+	/* A bounded list. */
+	for (int i = 0; i < REGISTRY_IF_MATCH_MAX; i++)
+		snprintf(many + strlen(many), sizeof(many) - strlen(many), "\"%d\",", i + 1);
+	assert_int_equal(registry_if_match_parse(many, &m), IDP_OK);
+	assert_true(registry_if_match_holds(&m, REGISTRY_IF_MATCH_MAX));
+	strcat(many, "\"99\"");
+	assert_int_equal(registry_if_match_parse(many, &m), IDP_EINVAL);
+}
+
 /* ---- PostgreSQL literals ---- */
 
 static void
@@ -1010,6 +1123,8 @@ main(void)
 	    cmocka_unit_test(departed_list_parses_comments_blanks_and_case),
 	    cmocka_unit_test(departed_list_with_a_bad_line_names_it),
 	    cmocka_unit_test(departed_file_is_reread_when_it_changes),
+	    cmocka_unit_test(departed_file_replaced_with_the_same_size_and_mtime_is_reread),
+	    cmocka_unit_test(if_match_takes_star_or_a_list_and_matches_strong_tags_only),
 	    cmocka_unit_test(text_array_literal_escapes_quotes_and_backslashes),
 	    cmocka_unit_test(status_names_round_trip),
 	};
