@@ -125,6 +125,9 @@ int audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev,
  */
 int audit_sink_flush(struct audit_sink *s, struct idp_diag *diag) IDP_WUR;
 
+/* Events a webhook holds for its next flush (0 for the other types). */
+size_t audit_sink_pending(const struct audit_sink *s);
+
 /*
  * A descriptor whose becoming readable cuts a connect's, a send's or a TCP
  * flush's wait short (it then fails, as a timeout does): the shipper's

@@ -149,6 +149,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 	struct idp_diag diag;
 	long long gap_from, gap_upto;
 	uint64_t skipped = 0; /* counted once the cursor has moved past them */
+	uint64_t written = 0; /* sent: not skipped, nor passed by for its type */
 	int n, rc;
 
 	snprintf(lim, sizeof(lim), "%d", SHIP_BATCH);
@@ -210,8 +211,10 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 		}
 		idp_diag_init(&diag);
 		rc = audit_sink_write_event(sh->sink, ev, &diag);
-		if (rc == IDP_OK)
+		if (rc == IDP_OK) {
 			atomic_store(&sh->last_ts_ms, audit_event_time(ev));
+			written++;
+		}
 		audit_event_free(ev);
 		if (rc == IDP_ETOOBIG || rc == IDP_EINVAL) {
 			log_error("audit sink %s: event %s/%s cannot be carried (%s); skipped",
@@ -241,7 +244,7 @@ ship_chain(struct shipper *sh, const char *writer, const char *after, const char
 	}
 	note_gap(sh, writer, gap_from, gap_upto);
 	atomic_fetch_add(&sh->skipped, skipped);
-	atomic_fetch_add(&sh->shipped, (uint64_t)n);
+	atomic_fetch_add(&sh->shipped, written);
 	PQclear(r);
 	return n;
 }
@@ -437,7 +440,7 @@ parse_types(struct shipper *sh, const char *list, struct idp_diag *diag)
 {
 	const char *p = list;
 
-	sh->filtered = list[0] != '\0';
+	sh->filtered = false;
 	while (*p != '\0') {
 		size_t n;
 		char name[64];
@@ -454,7 +457,15 @@ parse_types(struct shipper *sh, const char *list, struct idp_diag *diag)
 			return false;
 		}
 		sh->carries[t] = true;
+		sh->filtered = true;
 		p += n;
+	}
+	/* Blanks only: a sink that silently carries nothing is a mistake. */
+	if (list[0] != '\0' && !sh->filtered) {
+		idp_diag_add(diag,
+		             "audit sink %s: types names no event type (leave it out for all)",
+		             sh->name);
+		return false;
 	}
 	return true;
 }

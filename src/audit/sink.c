@@ -194,6 +194,10 @@ split_url(const char *url, char **host, char **port, char **authority, char **ta
 	alen = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
 	if (alen == 0 || memchr(rest, '@', alen) != NULL || memchr(rest, '?', alen) != NULL)
 		return false;
+	/* It becomes the Host header: nothing that could end the line or the field. */
+	for (size_t i = 0; i < alen; i++)
+		if (rest[i] <= 0x20 || rest[i] >= 0x7f)
+			return false;
 	for (const char *t = slash; t != NULL && *t != '\0'; t++)
 		if (*t <= 0x20 || *t >= 0x7f || *t == '#')
 			return false;
@@ -730,9 +734,10 @@ webhook_status(struct audit_sink *s, int *status, struct idp_diag *diag)
 	return IDP_OK;
 }
 
-/* POST the body on a connection of its own; IDP_OK on a 2xx. */
+/* The body as a POST on a connection of its own; IDP_OK on a 2xx.  Leaves the body for
+ * webhook_flush to drop. */
 static int
-webhook_flush(struct audit_sink *s, struct idp_diag *diag)
+webhook_post(struct audit_sink *s, struct idp_diag *diag)
 {
 	int status = 0, rc;
 
@@ -750,26 +755,35 @@ webhook_flush(struct audit_sink *s, struct idp_diag *diag)
 		rc = idp_buf_printf(&s->wire, "Authorization: Bearer %s\r\n", s->bearer);
 	if (rc == IDP_OK)
 		rc = idp_buf_puts(&s->wire, "\r\n");
-	if (rc != IDP_OK) {
-		audit_sink_close(s);
-		return rc;
+	if (rc == IDP_OK)
+		rc = sock_open(s, diag);
+	if (rc == IDP_OK) {
+		rc = send_all(s, s->wire.data, s->wire.len, diag);
+		idp_wipe(s->wire.data, s->wire.len); /* the bearer token */
 	}
-	if ((rc = sock_open(s, diag)) != IDP_OK)
-		return rc;
-	rc = send_all(s, s->wire.data, s->wire.len, diag);
-	idp_wipe(s->wire.data, s->wire.len); /* the bearer token */
 	if (rc == IDP_OK)
 		rc = send_all(s, s->body.data, s->body.len, diag);
 	if (rc == IDP_OK)
 		rc = webhook_status(s, &status, diag);
-	if (rc != IDP_OK)
-		return rc;
-	audit_sink_close(s);
-	if (status < 200 || status > 299) {
+	if (rc == IDP_OK && (status < 200 || status > 299)) {
 		idp_diag_add(diag, "%s: the receiver answered %d", s->desc, status);
-		return IDP_EUNAVAIL;
+		rc = IDP_EUNAVAIL;
 	}
-	return IDP_OK;
+	return rc;
+}
+/*
+ * POST the body on a connection of its own; IDP_OK on a 2xx.  Whatever
+ * happens, the body is gone afterwards (audit_sink_close): after a failure
+ * the caller writes the same events again from its cursor, and a body kept
+ * would send them twice, behind a "]}" that ends the document early.
+ */
+static int
+webhook_flush(struct audit_sink *s, struct idp_diag *diag)
+{
+	int rc = webhook_post(s, diag);
+
+	audit_sink_close(s);
+	return rc;
 }
 
 /* ---- the interface ------------------------------------------------------ */
@@ -901,6 +915,12 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 			nanosleep(&ts, NULL);
 		}
 	}
+}
+
+size_t
+audit_sink_pending(const struct audit_sink *s)
+{
+	return s->pending;
 }
 
 void

@@ -921,10 +921,31 @@ webhook_sink_posts_its_types_until_taken(void **state)
 	}
 	for (int i = 0; i < 3; i++)
 		assert_non_null(strstr(all, ids[i]));
+	/* Counted as shipped: the three reports, not the rows passed by. */
+	{
+		char url[256];
+		struct http_resp r;
+
+		snprintf(url, sizeof(url), "%s/metrics", p.base);
+		assert_int_equal(harness_http("GET", url, NULL, NULL, 0, &r), 0);
+		assert_non_null(
+		    strstr(r.body, "idpd_audit_sink_shipped_total{sink=\"portal\"} 3\n"));
+		harness_resp_free(&r);
+	}
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	assert_false(harness_log_contains(&p, "hook-secret-7f3a"));
 	harness_hook_stop(&h);
 
+	/* types of blanks only would carry nothing: not usable. */
+	{
+		char blank[1024];
+
+		snprintf(blank, sizeof(blank), "%s", extra);
+		memcpy(strstr(blank, "types = \"tool_invocation\""), "types = \"               \"",
+		       strlen("types = \"tool_invocation\""));
+		assert_int_not_equal(harness_idpd_start(&p, "t_sink_hook", NULL, blank), 0);
+		assert_true(harness_log_contains(&p, "types names no event type"));
+	}
 	/* A variable named but not set: the sink is not usable, idpd does not start. */
 	assert_int_equal(unsetenv("IDPD_TEST_HOOK_TOKEN"), 0);
 	assert_int_not_equal(harness_idpd_start(&p, "t_sink_hook", NULL, extra), 0);

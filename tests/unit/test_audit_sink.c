@@ -769,6 +769,17 @@ webhook_without_a_2xx_asks_to_resend(void **state)
 	audit_sink_free(s);
 	close(lfd);
 
+	/* A name that does not resolve: nothing kept for the next flush
+	 * either, which starts a new document with what is written again. */
+	s = webhook_sink("http://idpd-test-no-such-host.invalid/", NULL, 300);
+	idp_diag_init(&d);
+	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
+	assert_int_equal(audit_sink_pending(s), 1);
+	assert_int_not_equal(audit_sink_flush(s, &d), IDP_OK);
+	assert_non_null(strstr(idp_diag_str(&d), "resolve"));
+	assert_int_equal(audit_sink_pending(s), 0);
+	audit_sink_free(s);
+
 	/* Nobody listening. */
 	lfd = loopback_socket(SOCK_STREAM, &port);
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", port);
@@ -777,6 +788,7 @@ webhook_without_a_2xx_asks_to_resend(void **state)
 	assert_int_equal(audit_sink_write(s, &a, &d), IDP_OK);
 	assert_int_equal(audit_sink_flush(s, &d), IDP_EUNAVAIL);
 	assert_non_null(strstr(idp_diag_str(&d), "connect"));
+	assert_int_equal(audit_sink_pending(s), 0);
 	audit_sink_free(s);
 	close(lfd);
 }
@@ -848,6 +860,9 @@ webhook_refuses_bad_settings(void **state)
 	    {"http://portal.example?x=1", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"http://portal.example/a b", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"http://portal.example/a#frag", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal example/hook", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://[a\r\nX-Evil: 1.example]:80/", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"http://portal.example\x7f/", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"http://portal.example/hook", NULL, AUDIT_FORMAT_CEF, "json"},
 	    {"http://portal.example/hook", "two words", AUDIT_FORMAT_JSON, "bearer"},
 	    {"http://portal.example/hook", "line\r\nX-Evil: 1", AUDIT_FORMAT_JSON, "bearer"},
