@@ -259,6 +259,14 @@ struct idp_jws_verify_opts {
 	bool low_s;
 };
 
+/*
+ * Whether idpd's own verifiers set low_s (tokens.require_low_s).  Off by
+ * default: versions before low-S signing issued tokens with either s, and
+ * those live up to a day.  Any thread; the setting is one atomic flag.
+ */
+bool idp_jws_own_low_s(void);
+void idp_jws_own_low_s_set(bool on);
+
 /* What a successful verification hands back; idp_jws_verified_cleanup() releases it. */
 struct idp_jws_verified {
 	json_t *header;  /* the protected header object */

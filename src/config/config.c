@@ -787,6 +787,12 @@ static const struct key config_keys[] = {
      .max = HOURS(24),
      .def = "1h",
      .help = "longest lifetime of an access token; a longer ttl is cut to it"},
+    {.name = "tokens.require_low_s",
+     BOOL_AT(struct idpd_config, tokens.require_low_s),
+     .flags = K_RELOAD,
+     .def = "false",
+     .help = "refuse the high-S twin of idpd's own tokens; turn on once tokens issued before "
+             "low-S signing have expired"},
     {.name = "tokens.presign_pool",
      INT_AT(struct idpd_config, tokens.presign_pool),
      .min = 0,

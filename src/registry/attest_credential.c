@@ -202,7 +202,7 @@ credential_verify(const struct idp_jws_keyset *set, const char *token, size_t le
 	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
 	                                   .algs = IDP_JWS_ALLOW_ES256,
 	                                   .cache = cache,
-	                                   .low_s = true};
+	                                   .low_s = idp_jws_own_low_s()};
 	struct idp_jws_verified v = {0};
 	enum idp_jws_reason jr = IDP_JWS_OK;
 	char prefix[ATTEST_SPIFFE_ID_MAX];

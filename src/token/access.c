@@ -102,6 +102,7 @@ settings_set(const struct idpd_config *cfg)
 	pthread_rwlock_wrlock(&S.lock);
 	S.default_ttl_ms = cfg->tokens.default_ttl_ms;
 	S.max_ttl_ms = cfg->tokens.max_ttl_ms;
+	idp_jws_own_low_s_set(cfg->tokens.require_low_s);
 	old = S.res;
 	n_old = S.n_res;
 	S.res = r;

@@ -280,7 +280,8 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 {
 	struct keys *km = keys_process();
 	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-	struct idp_jws_verify_opts o = {.typ = TASK_TOKEN_TYP, .cache = cache, .low_s = true};
+	struct idp_jws_verify_opts o = {
+	    .typ = TASK_TOKEN_TYP, .cache = cache, .low_s = idp_jws_own_low_s()};
 	enum idp_jws_reason why;
 	const json_t *c;
 	const char *iss, *aud;

@@ -585,7 +585,8 @@ verify(const char *token, const char *hint, int64_t now, bool may_block,
 		if (set == NULL)
 			return IDP_EUNAVAIL;
 		for (size_t i = 0; i < 2; i++) {
-			struct idp_jws_verify_opts o = {.typ = typs[i], .low_s = true};
+			struct idp_jws_verify_opts o = {.typ = typs[i],
+			                                .low_s = idp_jws_own_low_s()};
 
 			rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
 			*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;

@@ -1702,3 +1702,17 @@ idp_jwt_check_time(const json_t *claims, const struct idp_clock *clock, int64_t 
 		*reason = r;
 	return r == IDP_JWS_OK ? IDP_OK : IDP_EUNAUTH;
 }
+
+static _Atomic bool own_low_s;
+
+bool
+idp_jws_own_low_s(void)
+{
+	return atomic_load_explicit(&own_low_s, memory_order_relaxed);
+}
+
+void
+idp_jws_own_low_s_set(bool on)
+{
+	atomic_store_explicit(&own_low_s, on, memory_order_relaxed);
+}

@@ -118,7 +118,9 @@ verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified
 	if (set == NULL)
 		return IDP_EUNAVAIL;
 	for (size_t i = 0; i < 2; i++) {
-		struct idp_jws_verify_opts o = {.typ = typs[i], .low_s = true};
+		/* Either s: a twin names the same jti, and a revocation must
+		 * never do nothing for a token idpd issued. */
+		struct idp_jws_verify_opts o = {.typ = typs[i]};
 
 		rc = idp_jws_verify(set, token, strlen(token), &o, v, &why);
 		t->access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;

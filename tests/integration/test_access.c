@@ -1339,20 +1339,40 @@ high_s_twin(const char *tok)
 
 /*
  * Each ECDSA signature has a second valid spelling, (r, n - s).  idpd signs
- * only the one with the lower s, so the other, which no one was issued, is
- * refused wherever idpd checks a token of its own: an access or delegation
- * token at introspection, an identity credential.  A human IdP's token is
- * accepted in either spelling: its signer need not normalise.
+ * only the one with the lower s.  By default the other is still accepted,
+ * since versions before low-S signing issued either and their tokens live
+ * up to a day; a twin names the same jti, so revoking it revokes the token.
+ * With tokens.require_low_s, the twin is refused wherever idpd checks a
+ * token of its own: an access or delegation token at introspection, an
+ * identity credential.  A human IdP's token is accepted in either
+ * spelling: its signer need not normalise.
  */
 static void
 the_high_s_twin_of_an_idpd_token_is_refused(void **state)
 {
 	struct setting s;
+	struct world_opts strict = {.extra_toml = "[tokens]\nrequire_low_s = true\n"};
 	struct http_resp r;
-	char body[8192], task_id[80], *at, *twin, *human;
+	char body[8192], task_id[80], auth[4200], *at, *twin, *human;
 
 	(void)state;
-	setting_start(&s, "t_access_high_s");
+	/* Default: a twin of a token issued before the upgrade still works,
+	 * and revoking through it ends the token. */
+	setting_start(&s, "t_access_high_s_compat");
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	at = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	twin = high_s_twin(at);
+	assert_true(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	snprintf(auth, sizeof(auth), "Bearer %s", s.cloud);
+	assert_int_equal(world_revoke_as(&s.w, auth, twin, NULL), 200);
+	assert_false(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
+	free(twin);
+	free(at);
+	setting_stop(&s);
+
+	setting_start_with(&s, "t_access_high_s", &strict);
 	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
 	assert_int_equal(r.status, 200);
 	at = strdup(json_string_value(json_object_get(r.json, "access_token")));
@@ -1360,6 +1380,10 @@ the_high_s_twin_of_an_idpd_token_is_refused(void **state)
 	assert_true(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
 	twin = high_s_twin(at);
 	assert_false(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	/* Revocation takes either spelling even so: it must never do nothing. */
+	snprintf(auth, sizeof(auth), "Bearer %s", s.cloud);
+	assert_int_equal(world_revoke_as(&s.w, auth, twin, NULL), 200);
+	assert_false(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
 	free(twin);
 	twin = high_s_twin(s.cloud_token);
 	assert_false(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
