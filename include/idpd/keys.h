@@ -234,10 +234,11 @@ bool keys_may_lack_kid(struct keys *km);
  * false: a key another instance activated a moment ago is in the table
  * before its notification reaches this instance.  Reload the keys now,
  * unless a reload for this reason ran within the last KEYS_KID_RELOAD_MS
- * (then wait for one in flight and look at what is loaded), so that tokens
- * naming made-up kids cost at most one read a second.  IDP_OK when kid is
- * known afterwards, IDP_ENOTFOUND when it is not, IDP_EUNAVAIL when the
- * reload failed (idpd cannot know).  Reads PostgreSQL: not on an I/O thread.
+ * (a caller that comes while one is in flight waits for it; within the
+ * window, the last reload's result stands), so that tokens naming made-up
+ * kids cost at most one read a second.  IDP_OK when kid is known
+ * afterwards, IDP_ENOTFOUND when it is not, IDP_EUNAVAIL when the reload
+ * failed (idpd cannot know).  Reads PostgreSQL: not on an I/O thread.
  */
 #define KEYS_KID_RELOAD_MS 1000
 int keys_reload_for_kid(struct keys *km, const char *kid) IDP_WUR;

@@ -62,8 +62,14 @@ struct keys {
 	pthread_t retry_thread;
 	bool has_retry; /* main thread only */
 
-	/* CLOCK_MONOTONIC ms of the last keys_reload_for_kid reload, 0: none yet. */
-	_Atomic int64_t kid_reload_ms;
+	/*
+	 * keys.kid_lock serialises keys_reload_for_kid: a caller that finds a
+	 * reload for an unknown kid in flight waits for it, then takes its
+	 * result; within KEYS_KID_RELOAD_MS of the last one, its result stands.
+	 */
+	pthread_mutex_t kid_lock;
+	int64_t kid_reload_ms; /* CLOCK_MONOTONIC ms of the last such reload, 0: none yet */
+	int kid_reload_rc;     /* what it returned */
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -727,6 +733,7 @@ keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out, str
 	km->jwks_max_age_ms = o->jwks_max_age_ms;
 	pthread_mutex_init(&km->lock, NULL);
 	pthread_mutex_init(&km->reload_lock, NULL);
+	pthread_mutex_init(&km->kid_lock, NULL);
 	pthread_mutex_init(&km->policy_lock, NULL);
 	pthread_mutex_init(&km->retry_lock, NULL);
 	{
@@ -762,6 +769,7 @@ keys_free(struct keys *km)
 	idp_kek_free(km->old_kek);
 	pthread_mutex_destroy(&km->lock);
 	pthread_mutex_destroy(&km->reload_lock);
+	pthread_mutex_destroy(&km->kid_lock);
 	pthread_mutex_destroy(&km->policy_lock);
 	free(km);
 }
@@ -1099,24 +1107,33 @@ kid_loaded(struct keys *km, const char *kid)
 int
 keys_reload_for_kid(struct keys *km, const char *kid)
 {
-	int64_t now = monotonic_ms(), last = atomic_load(&km->kid_reload_ms);
 	struct idp_diag d;
+	int64_t now;
+	int rc;
 
 	if (kid_loaded(km, kid))
 		return IDP_OK;
-	if ((last == 0 || now - last >= KEYS_KID_RELOAD_MS) &&
-	    atomic_compare_exchange_strong(&km->kid_reload_ms, &last, now)) {
+	/* Held across the read: whoever comes meanwhile waits for its result
+	 * instead of judging by keys it has not finished loading. */
+	pthread_mutex_lock(&km->kid_lock);
+	now = monotonic_ms();
+	if (kid_loaded(km, kid)) {
+		rc = IDP_OK;
+	} else if (km->kid_reload_ms == 0 || now - km->kid_reload_ms >= KEYS_KID_RELOAD_MS) {
+		km->kid_reload_ms = now;
 		idp_diag_init(&d);
-		if (keys_reload(km, &d) != IDP_OK) {
+		km->kid_reload_rc = keys_reload(km, &d);
+		if (km->kid_reload_rc != IDP_OK)
 			log_warn("%s; a token naming the unknown key %s answers 503",
 			         idp_diag_str(&d), kid);
-			return IDP_EUNAVAIL;
-		}
+		rc = km->kid_reload_rc;
 	} else {
-		/* Rate-limited: a reload another thread began may still bring it. */
-		pthread_mutex_lock(&km->reload_lock);
-		pthread_mutex_unlock(&km->reload_lock);
+		/* Rate-limited: the last read's word stands, a failure included. */
+		rc = km->kid_reload_rc;
 	}
+	pthread_mutex_unlock(&km->kid_lock);
+	if (rc != IDP_OK)
+		return IDP_EUNAVAIL;
 	return kid_loaded(km, kid) ? IDP_OK : IDP_ENOTFOUND;
 }
 

@@ -10,6 +10,7 @@
  * service will sign them; they are verified against the JWKS that idpd
  * serves over HTTP.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1336,6 +1337,98 @@ introspection_reads_the_keys_again_for_an_unknown_kid(void **state)
 	world_stop(&w);
 }
 
+/* One introspection of many at once: *active set from the answer, *status the HTTP status. */
+struct racer {
+	struct world *w;
+	const char *token;
+	pthread_barrier_t *start;
+	long status;
+	bool active;
+};
+
+static void *
+race_introspect(void *arg)
+{
+	struct racer *rc = arg;
+	char url[256], auth[256], *form;
+	const char *h[] = {auth, "Content-Type: application/x-www-form-urlencoded", NULL};
+	struct http_resp r;
+
+	snprintf(url, sizeof(url), "%s/introspect", rc->w->p.base);
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", rc->w->k.introspector);
+	form = malloc(strlen(rc->token) + 8);
+	if (form == NULL)
+		return NULL;
+	sprintf(form, "token=%s", rc->token);
+	pthread_barrier_wait(rc->start);
+	if (harness_http("POST", url, h, form, strlen(form), &r) == 0) {
+		rc->status = r.status;
+		rc->active = json_is_true(json_object_get(r.json, "active"));
+		harness_resp_free(&r);
+	}
+	free(form);
+	return NULL;
+}
+
+/*
+ * Many introspections at once of a good token whose key the instance has
+ * not loaded yet: one reads the keys, the others wait for that read
+ * instead of calling the token inactive meanwhile.
+ */
+static void
+concurrent_introspections_of_a_new_key_wait_for_one_read(void **state)
+{
+	enum { RACERS = 24 };
+	struct world w, peer;
+	struct http_resp r;
+	char task_id[80], *human, *root;
+
+	(void)state;
+	world_start(&w, "t_keys_kid_race", NULL);
+	world_start_peer(&w, &peer);
+	world_agent(&w, &(struct world_agent){.id = "planner",
+	                                      .type = "planner",
+	                                      .owner = "alice@example.com",
+	                                      .caps = "[\"cloud:Describe*\"]"});
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys DISABLE TRIGGER signing_keys_notify"), 0);
+	human = world_human_token("alice@example.com");
+	for (int round = 0; round < 3; round++) {
+		struct racer racers[RACERS];
+		pthread_t t[RACERS];
+		pthread_barrier_t start;
+
+		for (int i = 0; i < 2; i++) {
+			world_call(&w, "POST", "/v1/keys/rotate", w.k.admin, "{\"force\":true}",
+			           &r);
+			assert_int_equal(r.status, 200);
+			harness_resp_free(&r);
+		}
+		world_task(&w, human, "planner", "[\"cloud:DescribeInstances\"]", task_id, &root);
+		sleep(2); /* past the one-read-a-second limit of the round before */
+		assert_int_equal(pthread_barrier_init(&start, NULL, RACERS), 0);
+		for (int i = 0; i < RACERS; i++) {
+			racers[i] = (struct racer){&peer, root, &start, 0, false};
+			assert_int_equal(pthread_create(&t[i], NULL, race_introspect, &racers[i]),
+			                 0);
+		}
+		for (int i = 0; i < RACERS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&start);
+		for (int i = 0; i < RACERS; i++) {
+			if (racers[i].status != 200 || !racers[i].active)
+				fail_msg("round %d, racer %d: status %ld, active %d", round, i,
+				         racers[i].status, racers[i].active);
+		}
+		free(root);
+	}
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
+	free(human);
+	world_stop(&peer);
+	world_stop(&w);
+}
+
 static void
 rotation_and_listing_require_the_right_roles(void **state)
 {
@@ -1405,6 +1498,7 @@ main(void)
 	    cmocka_unit_test(kek_rotation_reseals_every_live_key),
 	    cmocka_unit_test(a_key_under_a_kek_no_instance_holds_is_not_trusted),
 	    cmocka_unit_test(introspection_reads_the_keys_again_for_an_unknown_kid),
+	    cmocka_unit_test(concurrent_introspections_of_a_new_key_wait_for_one_read),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 
