@@ -250,7 +250,8 @@ bool http_req_no_body(struct http_req *req);
  * parameter's name is in allowed (NULL-terminated; NULL for an endpoint
  * that reads none); otherwise answers 400 bad_request naming the others
  * (detail and "parameters") and returns false.  A misspelt filter or an
- * option the endpoint lacks would otherwise be silently ignored.
+ * option the endpoint lacks would otherwise be silently ignored.  A
+ * request without a query costs one comparison (dispatch counted them).
  */
 bool http_req_query_only(struct http_req *req, const char *const *allowed);
 

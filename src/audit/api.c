@@ -77,6 +77,9 @@ parse_cursor(const char *s, long long *out)
 static void
 query_events(struct http_req *req, void *ctx)
 {
+	static const char *const params_known[] = {
+	    "task_id", "agent_id", "human_principal", "type",   "since",
+	    "until",   "order",    "limit",           "cursor", NULL};
 	struct idpd_app *app = ctx;
 	struct auth_principal who;
 	struct idp_buf sql;
@@ -92,7 +95,8 @@ query_events(struct http_req *req, void *ctx)
 	PGresult *res = NULL;
 	json_t *events, *out;
 
-	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+	/* A misspelt filter ("task=") would otherwise answer every event. */
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who) || !http_req_query_only(req, params_known))
 		return;
 	if (order != NULL && strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0) {
 		http_reply_problem(req, 400, "bad_request", NULL, "order must be asc or desc");
@@ -287,6 +291,8 @@ ingest_event(struct http_req *req, void *ctx)
 	(void)ctx;
 	if (!reporter(req, &who, &token))
 		return;
+	if (!http_req_query_only(req, NULL))
+		goto done;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		goto done;
@@ -553,7 +559,7 @@ verify(struct http_req *req, void *ctx)
 	struct store_conn *c;
 	json_t *out;
 
-	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	memset(&st, 0, sizeof(st));
 	if (store_acquire(app->store, &c) != IDP_OK) {

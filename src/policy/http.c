@@ -260,7 +260,7 @@ dry_run(struct http_req *req, void *ctx)
 	json_t *body, *out;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
@@ -649,7 +649,7 @@ authzen_evaluation(struct http_req *req, void *ctx)
 	int status;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
@@ -732,7 +732,7 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	int status = 200;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who))
+	if (!auth_require(req, IDPD_ROLE_INTROSPECTOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
@@ -841,7 +841,7 @@ list_policies(struct http_req *req, void *ctx)
 	struct policy_set *set;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	set = policy_engine_acquire(P.engine);
 	if (set == NULL) {
@@ -925,7 +925,9 @@ reload_policies(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
+	/* Reloads policy.dir and nothing else: options in a query or body would be ignored. */
+	if (!auth_require(req, IDPD_ROLE_ADMIN, &who) || !http_req_query_only(req, NULL) ||
+	    !http_req_no_body(req))
 		return;
 	idp_diag_init(&diag);
 	rc = reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag, &set);

@@ -1325,6 +1325,8 @@ post_token(struct http_req *req, void *ctx)
 		                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
 		return;
 	}
+	if (!http_req_query_only(req, NULL))
+		goto done;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		goto done;

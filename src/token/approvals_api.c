@@ -81,7 +81,7 @@ get_one(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!caller_identify(req, READ_ROLES, "approvals", &who))
+	if (!caller_identify(req, READ_ROLES, "approvals", &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!approval_id_valid(id)) {
 		reply_not_found(req);
@@ -181,6 +181,8 @@ principal_ok(const char *s)
 static void
 list(struct http_req *req, void *ctx)
 {
+	static const char *const params_known[] = {"status", "approver", "task_id", "agent_id",
+	                                           "cursor", "limit",    NULL};
 	const char *status = http_req_query(req, "status");
 	const char *approver = http_req_query(req, "approver");
 	const char *task_id = http_req_query(req, "task_id");
@@ -197,7 +199,9 @@ list(struct http_req *req, void *ctx)
 	int n = 0, rc = 0, rows;
 
 	(void)ctx;
-	if (!caller_identify(req, READ_ROLES, "approvals", &who))
+	/* A misspelt filter ("statu=") would otherwise list every approval. */
+	if (!caller_identify(req, READ_ROLES, "approvals", &who) ||
+	    !http_req_query_only(req, params_known))
 		return;
 	if (!http_req_query_int(req, "limit", 1, APPROVAL_PAGE_MAX, APPROVAL_PAGE_DEFAULT,
 	                        &limit)) {
@@ -426,7 +430,8 @@ decide(struct http_req *req, bool approve)
 	enum { NONE, NOT_FOUND, DECIDED, EXPIRED } refused = NONE;
 	int rc;
 
-	if (!caller_identify(req, DECIDE_ROLES, "approvals", &who))
+	if (!caller_identify(req, DECIDE_ROLES, "approvals", &who) ||
+	    !http_req_query_only(req, NULL))
 		return;
 	if (who.kind == CALLER_AGENT) {
 		http_reply_problem(

@@ -243,7 +243,7 @@ list(struct http_req *req, void *ctx)
 	struct auth_principal who;
 	json_t *keys;
 
-	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who))
+	if (!auth_require(req, IDPD_ROLE_AUDITOR, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (list_keys(a->store, &keys) != IDP_OK) {
 		http_reply_error(req, IDP_EUNAVAIL, "the signing keys cannot be read now");
@@ -340,7 +340,8 @@ rotate(struct http_req *req, void *ctx)
 	bool force;
 	int rc;
 
-	if (!auth_require(req, IDPD_ROLE_ADMIN, &who))
+	/* Its options are the body's: ?force=1 would rotate without force. */
+	if (!auth_require(req, IDPD_ROLE_ADMIN, &who) || !http_req_query_only(req, NULL))
 		return;
 	if (!read_rotate_body(req, &holder, &reason, &force, &retire)) {
 		json_decref(holder);

@@ -626,6 +626,8 @@ post_task(struct http_req *req, void *ctx)
 		                 rc == IDP_EUNAUTH ? GENERIC_401 : "cannot authenticate now");
 		return;
 	}
+	if (!http_req_query_only(req, NULL))
+		return;
 	body = http_req_json_object(req);
 	if (body == NULL)
 		return;
@@ -728,7 +730,8 @@ get_task(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
+	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who) ||
+	    !http_req_query_only(req, NULL))
 		return;
 	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
@@ -764,7 +767,9 @@ complete_task(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!caller_identify(req, IDPD_ROLE_ADMIN, "tasks", &who))
+	/* Takes no options: a body or query asking for one would be ignored. */
+	if (!caller_identify(req, IDPD_ROLE_ADMIN, "tasks", &who) ||
+	    !http_req_query_only(req, NULL) || !http_req_no_body(req))
 		return;
 	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);
@@ -860,7 +865,8 @@ task_timeline(struct http_req *req, void *ctx)
 	int rc, n;
 
 	(void)ctx;
-	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who))
+	if (!caller_identify(req, IDPD_ROLE_AUDITOR, "tasks", &who) ||
+	    !http_req_query_only(req, NULL))
 		return;
 	if (!task_id_valid(id)) {
 		http_reply_problem(req, 403, "forbidden", NULL, NOT_YOURS);

@@ -402,6 +402,25 @@ refusals_issue_nothing(void **state)
 		harness_resp_free(&r);
 		assert_int_equal(issued(&s), before);
 	}
+	/* So is a query parameter, which the endpoint does not read. */
+	{
+		struct http_resp r;
+		char body[8192];
+		long before = issued(&s);
+
+		snprintf(body, sizeof(body),
+		         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\","
+		         "\"task_id\":\"%s\",\"delegation_token\":\"%s\"}",
+		         WORLD_AWS, s.task_id, s.cloud_token);
+		world_call(&s.w, "POST", "/v1/token?ttl=1m", s.cloud, body, &r);
+		assert_int_equal(r.status, 400);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)),
+		    "ttl");
+		assert_null(json_object_get(r.json, "access_token"));
+		harness_resp_free(&r);
+		assert_int_equal(issued(&s), before);
+	}
 	/* An audience that is not a resource. */
 	expect_refusal(&s, s.cloud, s.cloud_token, "https://evil.example.com",
 	               "cloud:DescribeInstances", "", 400, "invalid_target");

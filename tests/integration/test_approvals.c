@@ -813,6 +813,60 @@ approvals_list_in_keyset_pages(void **state)
 	setting_stop(w);
 }
 
+/*
+ * A query parameter an approval endpoint does not read is a 400 naming it,
+ * and nothing is decided; a misspelt filter is not an unfiltered list.
+ */
+static void
+options_an_approval_endpoint_does_not_read_are_refused(void **state)
+{
+	struct setting *w = &the_setting;
+	struct http_resp r;
+	char id[80], path[200];
+
+	(void)state;
+	setting_start(w, "t_apr_opts");
+	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
+
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve?note=ok", id);
+	world_call(&w->w, "POST", path, w->alice, NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "bad_request");
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "note");
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/deny?force=1", id);
+	assert_int_equal(harness_status(&w->w.p, "POST", path, w->w.k.approver, NULL), 400);
+	/* A body's unknown member is named too. */
+	assert_int_equal(decide(w, id, "approve", w->alice, "{\"notes\":\"ok\"}", &r), 422);
+	assert_string_equal(json_string_value(json_object_get(
+	                        json_array_get(json_object_get(r.json, "errors"), 0), "field")),
+	                    "notes");
+	harness_resp_free(&r);
+	assert_int_equal(
+	    world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'pending'"), 1);
+	assert_int_equal(world_count(&w->w, "SELECT count(*) FROM audit_events WHERE type IN "
+	                                    "('approval.granted', 'approval.denied')"),
+	                 0);
+
+	/* A misspelt filter lists nothing rather than every approval. */
+	world_call(&w->w, "GET", "/v1/approvals?statu=approved&limit=5", w->w.k.approver, NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "approvals"));
+	assert_int_equal(json_array_size(json_object_get(r.json, "parameters")), 1);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "\"statu\""));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s?fields=id", id);
+	assert_int_equal(get_status(w, path, w->w.k.approver), 400);
+
+	/* Without them, the same calls do their work. */
+	assert_int_equal(get_status(w, "/v1/approvals?status=pending&limit=5", w->w.k.approver),
+	                 200);
+	assert_int_equal(decide(w, id, "approve", w->alice, "{\"note\":\"ok\"}", &r), 200);
+	harness_resp_free(&r);
+	setting_stop(w);
+}
+
 int
 main(void)
 {
@@ -821,6 +875,8 @@ main(void)
 	    cmocka_unit_test_teardown(an_approval_serves_only_its_own_request, teardown),
 	    cmocka_unit_test_teardown(denied_and_expired_approvals_issue_nothing, teardown),
 	    cmocka_unit_test_teardown(who_may_read_and_decide, teardown),
+	    cmocka_unit_test_teardown(options_an_approval_endpoint_does_not_read_are_refused,
+	                              teardown),
 	    cmocka_unit_test_teardown(approvals_list_in_keyset_pages, teardown),
 	    cmocka_unit_test_teardown(the_same_request_at_once_waits_on_one_approval, teardown),
 	    cmocka_unit_test_teardown(another_provider_asserting_the_same_principal_is_someone_else,

@@ -209,6 +209,71 @@ bad_reports_are_rejected_and_nothing_is_written(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * A query parameter an audit endpoint does not read is a 400 naming it: a
+ * report with one is not written, and a misspelt filter is not an answer
+ * of every event.
+ */
+static void
+options_an_audit_endpoint_does_not_read_are_refused(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char url[256], auth[128], n[16];
+	const char *h[] = {auth, "Content-Type: application/json", NULL};
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_opts"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_opts", NULL, keys_toml), 0);
+
+	bearer(auth, sizeof(auth), reporter_key);
+	snprintf(url, sizeof(url), "%s/v1/audit/events?dry_run=true", p.base);
+	assert_int_equal(harness_http("POST", url, h, tool_event, strlen(tool_event), &r), 0);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "dry_run");
+	harness_resp_free(&r);
+	assert_int_equal(harness_sql_value("t_audit_opts",
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'tool_invocation'",
+	                                   n, sizeof(n)),
+	                 0);
+	assert_string_equal(n, "0");
+
+	/* Two events of two tasks; "task=" is no filter, and does not answer both. */
+	assert_int_equal(report(&p, tool_event, NULL, 0), 201);
+	assert_int_equal(report(&p,
+	                        "{\"type\":\"tool_invocation\",\"task_id\":\"another-task\","
+	                        "\"action\":{\"tool\":\"x\"}}",
+	                        NULL, 0),
+	                 201);
+	get_as(&p, auditor_key, "/v1/audit/events?task=infra-review-q1-2026&type=tool_invocation",
+	       &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "events"));
+	assert_int_equal(json_array_size(json_object_get(r.json, "parameters")), 1);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "\"task\""));
+	harness_resp_free(&r);
+	get_as(&p, auditor_key, "/v1/audit/verify?from=1", &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "ok"));
+	harness_resp_free(&r);
+
+	/* The filters it reads still filter. */
+	get_as(&p, auditor_key,
+	       "/v1/audit/events?task_id=infra-review-q1-2026&type=tool_invocation&order=desc&"
+	       "limit=5",
+	       &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "events")), 1);
+	harness_resp_free(&r);
+	get_as(&p, auditor_key, "/v1/audit/verify", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 static void
 query_pages_through_events_in_order_both_ways(void **state)
 {
@@ -941,6 +1006,7 @@ main(void)
 	    cmocka_unit_test(reported_event_is_stored_redacted_and_attributed),
 	    cmocka_unit_test(audit_endpoints_require_the_right_key),
 	    cmocka_unit_test(bad_reports_are_rejected_and_nothing_is_written),
+	    cmocka_unit_test(options_an_audit_endpoint_does_not_read_are_refused),
 	    cmocka_unit_test(query_pages_through_events_in_order_both_ways),
 	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
 	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),

@@ -231,6 +231,22 @@ delegation_refusals_issue_nothing(void **state)
 		    "tll: not a member of this request");
 		harness_resp_free(&r);
 	}
+	/* So is a query parameter, which the endpoint does not read. */
+	{
+		static char body[8192];
+
+		snprintf(body, sizeof(body),
+		         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+		         "\"scope\":\"cloud:DescribeInstances\"}",
+		         w.root_token);
+		world_call(&w.w, "POST", "/v1/delegations?ttl=5m", w.planner, body, &r);
+		assert_int_equal(r.status, 400);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)),
+		    "ttl");
+		assert_null(json_object_get(r.json, "delegation_token"));
+		harness_resp_free(&r);
+	}
 	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
 	/* A request that echoes 16 KiB of scopes is still recorded, its scope
 	 * clipped: an agent cannot push its refusal out of the log. */

@@ -646,6 +646,14 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, "{\"force\":\"yes\"}", &r),
 	                 422);
 	harness_resp_free(&r);
+	/* force is a body member: in the query it is refused, not read as a plain rotation. */
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate?force=1", admin_key, NULL, &r), 400);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "force");
+	harness_resp_free(&r);
+	assert_int_equal(call("GET", &p, "/v1/keys?state=next", admin_key, NULL, &r), 400);
+	assert_null(json_object_get(r.json, "keys"));
+	harness_resp_free(&r);
 	{
 		const char *args[] = {"keys", "rotate", "--config", p.config, NULL};
 
@@ -673,6 +681,10 @@ next_key_must_be_published_for_jwks_max_age(void **state)
 	harness_resp_free(&r);
 	/* Published an hour ago: verifiers have had time to fetch it. */
 	assert_int_equal(harness_sql("t_keys_age", age_next), 0);
+	/* A rotation asking for what the endpoint does not read rotates nothing. */
+	assert_int_equal(call("POST", &p, "/v1/keys/rotate?dry_run=true", admin_key, NULL, &r),
+	                 400);
+	harness_resp_free(&r);
 	assert_int_equal(call("POST", &p, "/v1/keys/rotate", admin_key, NULL, &r), 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "active")), next);
 	assert_string_equal(json_string_value(json_object_get(r.json, "why")), "on_demand");

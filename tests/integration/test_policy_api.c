@@ -575,6 +575,79 @@ reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
 	free(before);
 }
 
+/* The policy.reloaded events so far. */
+static long
+reload_events(void)
+{
+	char v[32];
+
+	assert_int_equal(harness_sql_value("t_policy_api",
+					   "SELECT count(*) FROM audit_events WHERE type = "
+					   "'policy.reloaded'",
+					   v, sizeof(v)),
+			 0);
+	return atol(v);
+}
+
+/*
+ * A query parameter a policy endpoint does not read, or a body sent to the
+ * reload, which reads none, is a 400: no reload, no decision.
+ */
+static void
+options_a_policy_endpoint_does_not_read_are_refused(void **state)
+{
+	static const char *const nobody =
+		"{\"subject\":{\"type\":\"agent\",\"id\":\"nobody-here\"},\"action\":{\"name\":"
+		"\"ec2:DescribeInstances\"},\"resource\":{\"type\":\"api\",\"id\":"
+		"\"cloud-inventory-api\"}}";
+	struct http_resp r;
+	char path[256], *before, *after;
+	long reloads;
+	FILE *f;
+
+	(void)state;
+	before = current_hash();
+	reloads = reload_events();
+	snprintf(path, sizeof(path), "%s/zz-options.policy", policy_dir);
+	f = fopen(path, "w");
+	fputs("@id(\"options\")\n@reason(\"x\")\ndeny when { context.hour == 99 };\n", f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, "{\"dry_run\":true}", &r),
+			 400);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "no body"));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/v1/policies/reload?dry_run=true", admin_key, NULL, &r), 400);
+	assert_string_equal(
+		json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)),
+		"dry_run");
+	harness_resp_free(&r);
+	after = current_hash();
+	assert_string_equal(before, after);
+	free(after);
+	assert_int_equal(reload_events(), reloads);
+	unlink(path);
+
+	assert_int_equal(call("GET", "/v1/policies?verbose=1", auditor_key, NULL, &r), 400);
+	assert_null(json_object_get(r.json, "rules"));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/v1/policy/evaluate?explain=1", auditor_key, input_ok, &r),
+			 400);
+	assert_null(json_object_get(r.json, "decision"));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluation?trace=1", pep_key, nobody, &r), 400);
+	assert_null(json_object_get(r.json, "decision"));
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/access/v1/evaluations?trace=1", pep_key, nobody, &r), 400);
+	assert_null(json_object_get(r.json, "evaluations"));
+	harness_resp_free(&r);
+	/* Without them, the same calls answer. */
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, nobody, &r), 200);
+	harness_resp_free(&r);
+	assert_int_equal(call("POST", "/v1/policy/evaluate", auditor_key, input_ok, &r), 200);
+	harness_resp_free(&r);
+	free(before);
+}
+
 /* A reload that cannot be audited changes nothing: 503, the old set stays. */
 static void
 a_reload_that_cannot_be_audited_changes_nothing(void **state)
@@ -651,6 +724,7 @@ main(void)
 		cmocka_unit_test(authzen_batches_follow_the_spec),
 		cmocka_unit_test(reload_refuses_a_broken_set_and_keeps_the_old_one),
 		cmocka_unit_test(a_reload_that_cannot_be_audited_changes_nothing),
+		cmocka_unit_test(options_a_policy_endpoint_does_not_read_are_refused),
 		cmocka_unit_test(sighup_reloads_the_set),
 	};
 	return cmocka_run_group_tests_name("policy_api", tests, group_setup, group_teardown);

@@ -353,6 +353,67 @@ task_read_and_complete_by_who_may(void **state)
 	world_stop(&w);
 }
 
+/*
+ * A query parameter a task endpoint does not read, or a body sent to the
+ * completion, which reads none, is a 400: the task is not started or
+ * completed, its tokens stay good, nothing is audited.
+ */
+static void
+options_a_task_endpoint_does_not_read_are_refused(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	char *alice, task_id[80], path[160], sql[512];
+
+	(void)state;
+	start(&w, "t_tasks_opts");
+	register_agent(&w, "planning-agent");
+	alice = world_idp_token(NULL, "alice@example.com", "idpd", 600);
+	world_call(&w, "POST", "/v1/tasks?ttl=1h", alice,
+	           "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\"}", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "parameters"), 0)), "ttl");
+	harness_resp_free(&r);
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 0);
+
+	world_call(&w, "POST", "/v1/tasks", alice,
+	           "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\"}", &r);
+	assert_int_equal(r.status, 201);
+	snprintf(task_id, sizeof(task_id), "%s",
+	         json_string_value(json_object_get(json_object_get(r.json, "task"), "id")));
+	harness_resp_free(&r);
+
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete?x=1", task_id);
+	assert_int_equal(harness_status(&w.p, "POST", path, alice, NULL), 400);
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", task_id);
+	world_call(&w, "POST", path, alice, "{\"reason\":\"done\"}", &r);
+	assert_int_equal(r.status, 400);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")), "no body"));
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM tasks t WHERE id = '%s' AND status = 'open' AND "
+	         "(SELECT count(*) FROM delegation_tokens WHERE task_id = t.id AND revoked_at IS "
+	         "NULL) = 1 AND NOT EXISTS (SELECT 1 FROM audit_events WHERE type = "
+	         "'task.completed')",
+	         task_id);
+	assert_int_equal(world_count(&w, sql), 1);
+
+	snprintf(path, sizeof(path), "/v1/tasks/%s?fields=id", task_id);
+	assert_int_equal(harness_status(&w.p, "GET", path, alice, NULL), 400);
+	snprintf(path, sizeof(path), "/v1/tasks/%s/timeline?type=task.completed", task_id);
+	world_call(&w, "GET", path, alice, NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_null(json_object_get(r.json, "events"));
+	harness_resp_free(&r);
+
+	/* Without them, the same calls do their work. */
+	snprintf(path, sizeof(path), "/v1/tasks/%s/complete", task_id);
+	assert_int_equal(harness_status(&w.p, "POST", path, alice, NULL), 200);
+	free(alice);
+	world_stop(&w);
+}
+
 static int
 teardown(void **state)
 {
@@ -367,6 +428,7 @@ main(void)
 	    cmocka_unit_test(task_starts_with_a_verifiable_delegation_token),
 	    cmocka_unit_test(task_refusals_issue_nothing),
 	    cmocka_unit_test(task_read_and_complete_by_who_may),
+	    cmocka_unit_test(options_a_task_endpoint_does_not_read_are_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, teardown);
