@@ -162,8 +162,10 @@ void registry_touch(const char *id, int64_t now_ms);
  * Write what registry_touch noted now, on the caller's thread, in one
  * statement, as the flusher thread does every registry.last_active_flush.
  * IDP_OK (also when nothing was noted); IDP_EUNAVAIL when PostgreSQL cannot
- * take it, in which case the times stay noted for the next flush.  Any
- * thread; waits on PostgreSQL.
+ * take it, in which case the times stay noted for the next flush.  A
+ * flush in progress (the flusher thread's) is waited for first, so on
+ * IDP_OK every touch made before the call is written.  Any thread; waits
+ * on PostgreSQL.
  */
 int registry_touch_flush(void) IDP_WUR;
 /* How many flush statements have succeeded since the process started.  Any thread. */

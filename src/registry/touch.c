@@ -41,6 +41,13 @@
 static struct {
 	/* registry.touch_lock: guards map, running, stop, wake and cond. */
 	pthread_mutex_t lock;
+	/*
+	 * registry.touch_flush_lock: one flush at a time, taken before lock.
+	 * A flush that finds another writing waits for it, so "flushed" means
+	 * every touch made before the call is in PostgreSQL (the stale-agents
+	 * job reads right after), not merely swapped out by someone else.
+	 */
+	pthread_mutex_t flush_lock;
 	pthread_cond_t cond;
 	struct touch_map map;
 	bool running; /* touches are accepted (between touch_start and touch_stop) */
@@ -53,7 +60,7 @@ static struct {
 	_Atomic uint64_t flushes;
 	_Atomic uint64_t dropped;
 	_Atomic uint64_t written;
-} T = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .flush_lock = PTHREAD_MUTEX_INITIALIZER};
 
 IDP_STATIC uint32_t
 touch_hash(const char *s)
@@ -223,9 +230,22 @@ merge_back(struct touch_map *m)
 	map_free(m);
 }
 
-/* One flush; see registry_touch_flush.  A failure is logged here. */
+static int flush_locked(void);
+
+/* One flush, after any in progress; see registry_touch_flush.  A failure is logged here. */
 static int
 flush_now(void)
+{
+	int rc;
+
+	pthread_mutex_lock(&T.flush_lock);
+	rc = flush_locked();
+	pthread_mutex_unlock(&T.flush_lock);
+	return rc;
+}
+
+static int
+flush_locked(void)
 {
 	struct touch_map old;
 	struct touch_map fresh = {0};
