@@ -388,21 +388,24 @@ claim_ms(const json_t *claims, const char *name, int64_t *ms)
 }
 
 /*
- * Whether a workload token lives no longer than max_ms: exp - iat, or
- * without iat what is left of it.  A token made to last for years is a
- * standing credential, not evidence of a running workload; and a leaked
- * one could be replayed for as long as it lasts.
+ * Why a workload token lives too long to be evidence, or NULL: exp - iat
+ * (or exp - nbf) must be at most max_ms.  A token made to last for years is
+ * a standing credential, not evidence of a running workload; and a leaked
+ * one could be replayed for as long as it lasts.  A token with neither iat
+ * nor nbf does not say how long it was made to last: judged by what is
+ * left of it, one made for years would pass in its last hour, so it is
+ * refused.
  */
-static bool
-token_age_ok(const json_t *claims, int64_t max_ms, int64_t now_ms, int64_t *exp_ms)
+static const char *
+token_age_refusal(const json_t *claims, int64_t max_ms, int64_t *exp_ms)
 {
-	int64_t iat;
+	int64_t start;
 
 	if (!claim_ms(claims, "exp", exp_ms))
-		return false;
-	if (!claim_ms(claims, "iat", &iat))
-		iat = now_ms;
-	return *exp_ms - iat <= max_ms;
+		return "token_lifetime_too_long";
+	if (!claim_ms(claims, "iat", &start) && !claim_ms(claims, "nbf", &start))
+		return "token_issue_time_missing";
+	return *exp_ms - start <= max_ms ? NULL : "token_lifetime_too_long";
 }
 
 /*
@@ -452,10 +455,8 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 			why = "issuer_mismatch";
 		else if (!attest_audience_holds(json_object_get(v.claims, "aud"), at->audience))
 			why = "audience_mismatch";
-		else if (!token_age_ok(v.claims, at->max_token_age_ms,
-		                       idp_now_ms(idp_clock_system()), exp_ms))
-			why = "token_lifetime_too_long";
-		else {
+		else if ((why = token_age_refusal(v.claims, at->max_token_age_ms, exp_ms)) ==
+		         NULL) {
 			*claims = json_incref(v.claims);
 			idp_jws_verified_cleanup(&v);
 			*reason = NULL;
