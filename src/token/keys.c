@@ -7,7 +7,9 @@
  *                     read is the one installed;
  *   keys.lock         guards the current snapshot pointer; held only to swap
  *                     it or to take a reference;
- *   keys.policy_lock  guards the policy and the JWKS max-age.
+ *   keys.policy_lock  guards the policy and the JWKS max-age;
+ *   keys.kid_lock     guards the state of keys_reload_for_kid (never held
+ *                     across a read; taken after reload_lock by reload_on).
  * A change (keys_change) holds none of them during its transaction: the
  * PostgreSQL advisory lock serializes changes across every instance.
  */
@@ -63,13 +65,17 @@ struct keys {
 	bool has_retry; /* main thread only */
 
 	/*
-	 * keys.kid_lock serialises keys_reload_for_kid: a caller that finds a
-	 * reload for an unknown kid in flight waits for it, then takes its
-	 * result; within KEYS_KID_RELOAD_MS of the last one, its result stands.
+	 * keys.kid_lock guards what keys_reload_for_kid shares: a caller that
+	 * finds a read for an unknown kid in flight waits on kid_done for it
+	 * and takes its result; within KEYS_KID_RELOAD_MS of the end of the
+	 * last one, its result stands.  No one holds the lock during a read.
 	 */
 	pthread_mutex_t kid_lock;
-	int64_t kid_reload_ms; /* CLOCK_MONOTONIC ms of the last such reload, 0: none yet */
-	int kid_reload_rc;     /* what it returned */
+	pthread_cond_t kid_done;
+	bool kid_in_flight;
+	uint64_t kid_gen;      /* reads finished */
+	int64_t kid_reload_ms; /* CLOCK_MONOTONIC ms the last such read ended, 0: none yet */
+	int kid_reload_rc;     /* its result; IDP_OK again once any reload succeeds */
 };
 
 /* The process's manager (keys_start); written on the main thread before workers start. */
@@ -734,6 +740,7 @@ keys_open(const struct keys_opts *o, struct idp_kek *kek, struct keys **out, str
 	pthread_mutex_init(&km->lock, NULL);
 	pthread_mutex_init(&km->reload_lock, NULL);
 	pthread_mutex_init(&km->kid_lock, NULL);
+	pthread_cond_init(&km->kid_done, NULL);
 	pthread_mutex_init(&km->policy_lock, NULL);
 	pthread_mutex_init(&km->retry_lock, NULL);
 	{
@@ -770,6 +777,7 @@ keys_free(struct keys *km)
 	pthread_mutex_destroy(&km->lock);
 	pthread_mutex_destroy(&km->reload_lock);
 	pthread_mutex_destroy(&km->kid_lock);
+	pthread_cond_destroy(&km->kid_done);
 	pthread_mutex_destroy(&km->policy_lock);
 	free(km);
 }
@@ -883,6 +891,10 @@ reload_on(struct keys *km, struct store_conn *c, struct idp_diag *diag)
 			log_info("keys: signing with %s%s%s; %zu key(s) published", now,
 			         was[0] ? ", was " : "", was, snap->n_info);
 		keys_install(km, snap);
+		/* The keys are current: a failed kid read's 503 no longer holds. */
+		pthread_mutex_lock(&km->kid_lock);
+		km->kid_reload_rc = IDP_OK;
+		pthread_mutex_unlock(&km->kid_lock);
 	}
 	keys_snapshot_unref(prev);
 	keys_rows_free(rows, n);
@@ -1108,28 +1120,38 @@ int
 keys_reload_for_kid(struct keys *km, const char *kid)
 {
 	struct idp_diag d;
-	int64_t now;
 	int rc;
 
 	if (kid_loaded(km, kid))
 		return IDP_OK;
-	/* Held across the read: whoever comes meanwhile waits for its result
-	 * instead of judging by keys it has not finished loading. */
 	pthread_mutex_lock(&km->kid_lock);
-	now = monotonic_ms();
-	if (kid_loaded(km, kid)) {
-		rc = IDP_OK;
-	} else if (km->kid_reload_ms == 0 || now - km->kid_reload_ms >= KEYS_KID_RELOAD_MS) {
-		km->kid_reload_ms = now;
-		idp_diag_init(&d);
-		km->kid_reload_rc = keys_reload(km, &d);
-		if (km->kid_reload_rc != IDP_OK)
-			log_warn("%s; a token naming the unknown key %s answers 503",
-			         idp_diag_str(&d), kid);
+	if (km->kid_in_flight) {
+		/* Someone is reading: its result is ours. */
+		uint64_t gen = km->kid_gen;
+
+		while (km->kid_in_flight && km->kid_gen == gen)
+			pthread_cond_wait(&km->kid_done, &km->kid_lock);
 		rc = km->kid_reload_rc;
-	} else {
+	} else if (km->kid_reload_ms != 0 &&
+	           monotonic_ms() - km->kid_reload_ms < KEYS_KID_RELOAD_MS) {
 		/* Rate-limited: the last read's word stands, a failure included. */
 		rc = km->kid_reload_rc;
+	} else {
+		km->kid_in_flight = true;
+		pthread_mutex_unlock(&km->kid_lock);
+		idp_diag_init(&d);
+		rc = keys_reload(km, &d);
+		if (rc != IDP_OK)
+			log_warn("%s; a token naming the unknown key %s answers 503",
+			         idp_diag_str(&d), kid);
+		pthread_mutex_lock(&km->kid_lock);
+		km->kid_reload_rc = rc;
+		/* From the end of the read: a slow one does not open the window
+		 * to every caller that waited for it. */
+		km->kid_reload_ms = monotonic_ms();
+		km->kid_in_flight = false;
+		km->kid_gen++;
+		pthread_cond_broadcast(&km->kid_done);
 	}
 	pthread_mutex_unlock(&km->kid_lock);
 	if (rc != IDP_OK)

@@ -6,8 +6,13 @@
  * swaps under concurrent readers.  Everything that needs PostgreSQL is in
  * tests/integration/test_keys.c.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1176,7 +1181,8 @@ signing_key_is_refused_from_its_not_after(void **state)
 /*
  * An unknown kid reads the keys at most once a second: here PostgreSQL is
  * unreachable, so the read that is made answers "cannot know", and the
- * next ask within the second reads nothing and finds the kid unknown.
+ * next ask within the second reads nothing and keeps that answer (idpd
+ * still cannot know), rather than calling the kid unknown.
  */
 static void
 unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
@@ -1196,6 +1202,83 @@ unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
 	 * (idpd still cannot know), not "unknown". */
 	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_EUNAVAIL);
 	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid), IDP_OK);
+}
+
+struct kid_caller {
+	struct keys *km;
+	int rc;
+};
+
+static void *
+ask_unknown_kid(void *arg)
+{
+	struct kid_caller *c = arg;
+
+	c->rc = keys_reload_for_kid(c->km, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+	return NULL;
+}
+
+/*
+ * Callers that come while a read for an unknown kid is in flight wait for
+ * it and take its result: one read, however long it takes.  "PostgreSQL"
+ * here accepts TCP and never answers, so the read lasts the connect
+ * timeout (past KEYS_KID_RELOAD_MS); each read is a connection attempt,
+ * which the listener counts.
+ */
+static void
+callers_during_a_slow_kid_read_wait_for_it(void **state)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	socklen_t alen = sizeof(a);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), conns = 0;
+	char url[128];
+	struct store_opts so = {.url = url,
+	                        .pool_size = 8,
+	                        .connect_timeout_ms = 1500,
+	                        .acquire_timeout_ms = 100,
+	                        .statement_timeout_ms = 100};
+	struct idp_clock clock;
+	struct keys_opts o = {.policy = policy, .jwks_max_age_ms = 300 * SEC, .clock = &clock};
+	struct kid_caller callers[4];
+	pthread_t t[4];
+	struct keys *km;
+	struct idp_diag d;
+
+	(void)state;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 64), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+	snprintf(url, sizeof(url), "postgresql://nobody@127.0.0.1:%d/none", ntohs(a.sin_port));
+	o.store = store_open(&so);
+	idp_clock_fixed(&clock, T0);
+	idp_diag_init(&d);
+	assert_int_equal(keys_open(&o, kek(KEK_A), &km, &d), IDP_OK);
+	for (int i = 0; i < 4; i++) {
+		struct timespec gap = {0, 20 * 1000 * 1000};
+
+		callers[i] = (struct kid_caller){km, IDP_OK};
+		assert_int_equal(pthread_create(&t[i], NULL, ask_unknown_kid, &callers[i]), 0);
+		nanosleep(&gap, NULL);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(callers[i].rc, IDP_EUNAVAIL);
+	}
+	for (;;) {
+		struct pollfd p = {lfd, POLLIN, 0};
+		int fd;
+
+		if (poll(&p, 1, 0) <= 0 || (fd = accept(lfd, NULL, NULL)) < 0)
+			break;
+		close(fd);
+		conns++;
+	}
+	assert_int_equal(conns, 1);
+	keys_free(km);
+	store_close(o.store);
+	close(lfd);
 }
 
 static void
@@ -1359,6 +1442,7 @@ main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(unknown_kid_reads_the_keys_at_most_once_a_second, setup,
 	                                    teardown),
+	    cmocka_unit_test(callers_during_a_slow_kid_read_wait_for_it),
 	    cmocka_unit_test_setup_teardown(readers_keep_their_snapshot_across_a_swap, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(concurrent_readers_see_whole_snapshots_while_they_swap,
