@@ -43,7 +43,9 @@ struct agent_credential {
  * and check typ, iss, aud, time claims (leeway_ms) and the form of sub and
  * jti against id.  Fills *out and returns IDP_OK, or returns IDP_EUNAUTH
  * with *reason a stable code ("expired", "audience_mismatch", ...).
- * Touches no global state; any thread.
+ * Either spelling of the ES256 signature is taken, whatever
+ * tokens.require_low_s says: this is the check of a revocation, and both
+ * spellings name the same jti.  Touches no global state; any thread.
  */
 int agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
                             const struct attest_identity *id, int64_t leeway_ms,

@@ -181,7 +181,7 @@ agent_credential_cache_size(size_t slots)
 
 static int credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
                              const struct attest_identity *id, int64_t leeway_ms,
-                             const struct idp_clock *clock, struct idp_jws_cache *cache,
+                             const struct idp_clock *clock, struct idp_jws_cache *cache, bool low_s,
                              struct agent_credential *out, const char **reason);
 
 int
@@ -190,19 +190,19 @@ agent_credential_verify(const struct idp_jws_keyset *set, const char *token, siz
                         const struct idp_clock *clock, struct agent_credential *out,
                         const char **reason)
 {
-	return credential_verify(set, token, len, id, leeway_ms, clock, NULL, out, reason);
+	return credential_verify(set, token, len, id, leeway_ms, clock, NULL, false, out, reason);
 }
 
 static int
 credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
                   const struct attest_identity *id, int64_t leeway_ms,
-                  const struct idp_clock *clock, struct idp_jws_cache *cache,
+                  const struct idp_clock *clock, struct idp_jws_cache *cache, bool low_s,
                   struct agent_credential *out, const char **reason)
 {
 	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
 	                                   .algs = IDP_JWS_ALLOW_ES256,
 	                                   .cache = cache,
-	                                   .low_s = idp_jws_own_low_s()};
+	                                   .low_s = low_s};
 	struct idp_jws_verified v = {0};
 	enum idp_jws_reason jr = IDP_JWS_OK;
 	char prefix[ATTEST_SPIFFE_ID_MAX];
@@ -302,7 +302,7 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 	id.audience = conf->audience;
 	pthread_once(&cred_cache_once, cred_cache_make);
 	rc = credential_verify(set, token, strlen(token), &id, conf->leeway_ms, idp_clock_system(),
-	                       cred_cache, &out->cred, &why);
+	                       cred_cache, idp_jws_own_low_s(), &out->cred, &why);
 	if (rc != IDP_OK) {
 		/* Signed with a key this instance may not have heard of yet. */
 		if (why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&

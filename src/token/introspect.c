@@ -142,6 +142,7 @@ struct vc_entry {
 	char *aud;           /* the token's aud, its audiences separated by spaces */
 	char *scope;         /* the token's scope claim */
 	int top_class;       /* its highest action class (the verb map is restart-only) */
+	bool low_s;          /* verified with tokens.require_low_s on: a high-S twin was refused */
 	char *body;
 	size_t body_len;
 	size_t bytes;
@@ -564,7 +565,7 @@ plausible_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
  * read; REV_WOULD_BLOCK when !may_block and the keys would be read.
  */
 static int
-verify(const char *token, const char *hint, int64_t now, bool may_block,
+verify(const char *token, const char *hint, int64_t now, bool may_block, bool low_s,
        struct idp_jws_verified *out, bool *access, const char **reason)
 {
 	const struct rev_identity *id = rev_identity();
@@ -585,8 +586,7 @@ verify(const char *token, const char *hint, int64_t now, bool may_block,
 		if (set == NULL)
 			return IDP_EUNAVAIL;
 		for (size_t i = 0; i < 2; i++) {
-			struct idp_jws_verify_opts o = {.typ = typs[i],
-			                                .low_s = idp_jws_own_low_s()};
+			struct idp_jws_verify_opts o = {.typ = typs[i], .low_s = low_s};
 
 			rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
 			*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
@@ -747,11 +747,11 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	struct tok t;
 	struct vc_entry *e;
 	const json_t *c;
-	bool access = false;
+	bool access = false, low_s = idp_jws_own_low_s(); /* read once: the entry says which */
 	int rc;
 
 	*out = NULL;
-	rc = verify(token, hint, now, may_block, &jv, &access, reason);
+	rc = verify(token, hint, now, may_block, low_s, &jv, &access, reason);
 	if (rc != IDP_OK)
 		return rc;
 	c = jv.claims;
@@ -795,6 +795,7 @@ cold(const char *token, const uint8_t key[SHA256_DIGEST_LENGTH], const char *hin
 	e->aud = aud_list(json_object_get(c, "aud"));
 	e->scope = idp_xstrdup(t.scope);
 	e->top_class = t.top_class;
+	e->low_s = low_s;
 	e->body = render(c, access, &v, sub, &e->body_len);
 	if (e->body == NULL) {
 		vc_unref(e);
@@ -846,7 +847,9 @@ decide(const char *token, const char *hint, int64_t now, bool may_block, bool ca
 	if (idp_sha256(token, strlen(token), NULL, 0, key) != IDP_OK)
 		return IDP_EUNAVAIL;
 	e = vc_get(key);
-	if (e == NULL || !kid_trusted(e->kid)) {
+	/* An entry verified before tokens.require_low_s was turned on may be a
+	 * high-S twin: verified again, as if not cached. */
+	if (e == NULL || !kid_trusted(e->kid) || (idp_jws_own_low_s() && !e->low_s)) {
 		vc_unref(e);
 		atomic_fetch_add_explicit(&stats.misses, 1, memory_order_relaxed);
 		return cold(token, key, hint, now, may_block, caps, out, reason);

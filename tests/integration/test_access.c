@@ -1389,6 +1389,37 @@ the_high_s_twin_of_an_idpd_token_is_refused(void **state)
 	assert_false(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
 	free(twin);
 	free(at);
+	/* A twin introspected (and cached) before the setting is turned on by
+	 * a reload is refused after it; the token itself stays active. */
+	token(&s, s.cloud, s.cloud_token, WORLD_AWS, "cloud:DescribeInstances", "", &r);
+	assert_int_equal(r.status, 200);
+	at = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	twin = high_s_twin(at);
+	assert_true(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	{
+		FILE *f = fopen(s.w.p.config, "a");
+
+		assert_non_null(f);
+		fputs("\n[tokens]\nrequire_low_s = true\n", f);
+		fclose(f);
+		assert_int_equal(kill(s.w.p.pid, SIGHUP), 0);
+		for (int i = 0; i < 200 && !harness_log_contains(&s.w.p, "reload: done"); i++)
+			usleep(10 * 1000);
+		assert_true(harness_log_contains(&s.w.p, "reload: done"));
+	}
+	assert_false(introspect_as(&s, s.w.k.introspector, twin, body, sizeof(body)));
+	assert_true(introspect_as(&s, s.w.k.introspector, at, body, sizeof(body)));
+	free(twin);
+	free(at);
+	/* An identity credential is revoked through its twin too, setting on. */
+	twin = high_s_twin(s.cost);
+	snprintf(auth, sizeof(auth), "Bearer %s", s.cost);
+	assert_int_equal(world_revoke_as(&s.w, auth, twin, NULL), 200);
+	free(twin);
+	world_call(&s.w, "GET", "/v1/me", s.cost, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
 	setting_stop(&s);
 
 	setting_start_with(&s, "t_access_high_s", &strict);
