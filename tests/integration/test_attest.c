@@ -916,6 +916,25 @@ jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused(vo
 	assert_int_equal(attest_jwt(&p, "k8s-agent", t, NULL, 0), 401);
 	assert_last_failure("t_att_jwt_age", "k8s-agent", "token_issue_time_missing");
 	free(t);
+	/* Without iat, nbf says when it began: exp - nbf is judged. */
+	{
+		json_t *c = json_loads(claims, 0, NULL);
+		char *with_nbf;
+
+		assert_non_null(c);
+		json_object_set_new(c, "nbf", json_integer((json_int_t)time(NULL)));
+		with_nbf = json_dumps(c, JSON_COMPACT);
+		json_decref(c);
+		t = workload_token_iat(RSA_K8S, with_nbf, false, 2 * 3600);
+		assert_int_equal(attest_jwt(&p, "k8s-agent", t, NULL, 0), 401);
+		assert_last_failure("t_att_jwt_age", "k8s-agent", "token_lifetime_too_long");
+		free(t);
+		t = workload_token_iat(RSA_K8S, with_nbf, false, 1800);
+		assert_int_equal(attest_jwt(&p, "k8s-agent", t, cred, sizeof(cred)), 200);
+		assert_int_equal(exp_of(cred), exp_of(t));
+		free(t);
+		free(with_nbf);
+	}
 	t = k8s_token(RSA_K8S, K8S_ISS, "idpd", "agents", "planner", 3600);
 	assert_int_equal(attest_jwt(&p, "k8s-agent", t, cred, sizeof(cred)), 200);
 	/* Here the rotation (30m) ends the credential first. */

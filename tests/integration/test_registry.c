@@ -6,6 +6,7 @@
  * and resync after the listener reconnects), and the cleanup endpoint.
  */
 #include <pthread.h>
+#include <glob.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1301,7 +1302,21 @@ cleanup_does_not_suspend_an_agent_in_use(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
-#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+/* Where Debian's libfaketime is, for this machine's architecture; false if nowhere. */
+static bool
+faketime_lib(char *out, size_t len)
+{
+	glob_t g;
+	bool found;
+
+	if (glob("/usr/lib/*/faketime/libfaketimeMT.so.1", 0, NULL, &g) != 0)
+		return false;
+	found = g.gl_pathc > 0 && access(g.gl_pathv[0], R_OK) == 0;
+	if (found)
+		snprintf(out, len, "%s", g.gl_pathv[0]);
+	globfree(&g);
+	return found;
+}
 
 /*
  * An instance whose clock runs two days ahead of PostgreSQL's (libfaketime,
@@ -1310,7 +1325,7 @@ cleanup_does_not_suspend_an_agent_in_use(void **state)
 static void
 cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 {
-	char bin[4096] = "";
+	char bin[4096] = "", lib[512];
 	struct idpd_proc p;
 	struct http_resp r;
 	char n[64];
@@ -1318,8 +1333,8 @@ cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 
 	(void)state;
 	/* make deps installs it; without it this test cannot run, and says so by failing. */
-	if (access(FAKETIME_LIB, R_OK) != 0)
-		fail_msg("%s is missing: run make deps (package libfaketime)", FAKETIME_LIB);
+	if (!faketime_lib(lib, sizeof(lib)))
+		fail_msg("libfaketimeMT.so.1 is missing: run make deps (package libfaketime)");
 	assert_int_equal(harness_db_create("t_reg_skew"), 0);
 	start(&p, "t_reg_skew", NULL);
 	register_agent(&p, "fresh", "a@b.co", "[\"a:b\"]", NULL);
@@ -1336,7 +1351,7 @@ cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 		assert_int_equal(access(getenv("IDPD_PLAIN_BIN"), X_OK), 0);
 		setenv("IDPD_BIN", getenv("IDPD_PLAIN_BIN"), 1);
 	}
-	setenv("LD_PRELOAD", FAKETIME_LIB, 1);
+	setenv("LD_PRELOAD", lib, 1);
 	setenv("FAKETIME", "+2d", 1);
 	make_keys();
 	{
