@@ -588,6 +588,66 @@ map_top(const struct scope_verb_map *m)
 }
 
 /*
+ * The classes a trailing '*' reaches beyond what the verb's whole words
+ * say, as a mask; 0 when verb does not end in '*'.  The star may finish
+ * the last word, so a fragment that begins an entry's stem takes that
+ * entry's class ("Del" of "ListAndDel*", "Adm" of "GetAdm*", "Cre" of
+ * "GetOrCre*", "DE" of "GetDE*"), from any word start and, inside a run
+ * of capitals, from any offset leaving two letters or more.  After a
+ * separator ("Get_*", "instances.*") the star may be any words at all:
+ * every class of the map.  A star right after a whole word keeps that
+ * word's class ("Describe*" is read): the documented prefix convention.
+ */
+static unsigned
+trailing_classes(const struct scope_verb_map *m, const char *verb)
+{
+	size_t end = strlen(verb);
+	char stem[IDP_SCOPE_MAX_LEN + 1], frag[IDP_SCOPE_MAX_LEN + 1];
+	unsigned mask = 0;
+
+	if (end < 2 || verb[end - 1] != '*')
+		return 0;
+	end--;
+	if (word_sep(verb[end - 1])) {
+		mask = 1u << IDP_ACTION_WRITE;
+		for (size_t k = 0; k < m->n; k++)
+			mask |= 1u << m->entries[k].cls;
+		return mask;
+	}
+	for (size_t s = 0; s < end; s++) {
+		size_t fl = 0;
+
+		if (word_sep(verb[s]))
+			continue;
+		if (!(s == 0 || word_sep(verb[s - 1]) || word_starts(verb, s) ||
+		      (is_upper(verb[s]) && is_upper(verb[s - 1]) && end - s >= 2)))
+			continue;
+		for (size_t i = s; i < end; i++)
+			if (!word_sep(verb[i]))
+				frag[fl++] = (char)tolower((unsigned char)verb[i]);
+		for (size_t k = 0; k < m->n; k++) {
+			size_t n = entry_stem(&m->entries[k], IDP_ACTION_READ, stem, sizeof(stem));
+
+			if (n > fl && memcmp(frag, stem, fl) == 0)
+				mask |= 1u << m->entries[k].cls;
+		}
+	}
+	return mask;
+}
+
+/* The highest class in a non-empty mask of classes. */
+static enum idp_action_class
+mask_top(unsigned mask)
+{
+	enum idp_action_class top = IDP_ACTION_READ;
+
+	for (int c = 0; c < IDP_ACTION_COUNT; c++)
+		if (mask & (1u << c))
+			top = (enum idp_action_class)c;
+	return top;
+}
+
+/*
  * Whether an entry that is not a prefix pattern covers verb: an exact name
  * ("DescribeUpdateActions") or a suffix or inner pattern ("*\/read",
  * "compute.*.get").  Such an entry is the deployment's own word on what
@@ -644,8 +704,9 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 	/*
 	 * A '*' before the end stands for anything in the middle of a verb,
 	 * words that write or delete included ("Describe*Terminate*"): the
-	 * highest class there is.  A trailing one extends the last word only,
-	 * and a prefix pattern keeps its prefix's class ("Describe*" is read).
+	 * highest class there is.  A trailing one extends the last word only
+	 * (trailing_classes), and a prefix pattern keeps its prefix's class
+	 * ("Describe*" is read).
 	 */
 	{
 		const char *star = strchr(verb, '*');
@@ -658,9 +719,12 @@ scope_verb_class(const struct scope_verb_map *m, const char *verb)
 	}
 	{
 		enum idp_action_class w = word_class(m, verb);
+		unsigned t = trailing_classes(m, verb);
 
 		if (w > best)
 			best = w;
+		if (t != 0 && mask_top(t) > best)
+			best = mask_top(t);
 	}
 	return best;
 }
@@ -706,6 +770,9 @@ scope_verb_classes(const struct scope_verb_map *m, const char *verb)
 		for (size_t i = 0; i < m->n; i++)
 			mask |= 1u << m->entries[i].cls;
 	}
+	/* A trailing '*' after a separator or inside a word (scope_verb_class). */
+	if (!named_by_entry(m, verb))
+		mask |= trailing_classes(m, verb);
 	return mask;
 }
 

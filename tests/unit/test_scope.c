@@ -365,6 +365,90 @@ wildcard_verb_has_every_class_it_could_match(void **state)
 	assert_int_equal(scope_action_classes(m, "not a scope"), IDP_ACTION_MASK_ALL);
 }
 
+/* The highest class in a mask, to compare scope_verb_classes with scope_verb_class. */
+static int
+top_of(unsigned mask)
+{
+	int top = -1;
+
+	for (int c = 0; c < IDP_ACTION_COUNT; c++)
+		if (mask & (1u << c))
+			top = c;
+	return top;
+}
+
+/*
+ * A trailing '*' can finish a word: a fragment of a destructive word before
+ * it takes that word's class, and a '*' after a separator may be any words.
+ */
+static void
+trailing_star_takes_the_class_of_the_word_it_could_finish(void **state)
+{
+	const struct scope_verb_map *m = scope_verb_map_default();
+	static const struct {
+		const char *verb;
+		enum idp_action_class cls;
+	} cases[] = {
+	    {"ListAndDel*", IDP_ACTION_DELETE},
+	    {"GetOrCre*", IDP_ACTION_WRITE},
+	    {"DescribeAndTerm*", IDP_ACTION_DELETE},
+	    {"ReadWr*", IDP_ACTION_WRITE},
+	    {"GetAdm*", IDP_ACTION_ADMIN},
+	    {"GetDE*", IDP_ACTION_DELETE},
+	    {"GETADM*", IDP_ACTION_ADMIN},
+	    {"Get_*", IDP_ACTION_ADMIN},
+	    {"Get.*", IDP_ACTION_ADMIN},
+	    {"Get-*", IDP_ACTION_ADMIN},
+	    {"instances.*", IDP_ACTION_ADMIN},
+	    {"GetOrCreate*", IDP_ACTION_WRITE},
+	    /* A star right after a whole word keeps the word's class. */
+	    {"Describe*", IDP_ACTION_READ},
+	    {"Get*", IDP_ACTION_READ},
+	    {"List*", IDP_ACTION_READ},
+	    {"Read*", IDP_ACTION_READ},
+	    {"GetObject*", IDP_ACTION_READ},
+	    {"DescribeVPC*", IDP_ACTION_READ},
+	    {"Delete*", IDP_ACTION_DELETE},
+	};
+	static const char *const stems[] = {"Put",    "Create",   "Update",    "Modify",  "Write",
+	                                    "Delete", "Remove",   "Terminate", "Destroy", "Purge",
+	                                    "Drop",   "Truncate", "Admin",     "Grant",   "Revoke"};
+	static const char *const leads[] = {"Get", "ListAnd", "Describe", "Read", "Get_", "x."};
+	char verb[IDP_SCOPE_MAX_LEN + 1];
+
+	(void)state;
+	for (size_t i = 0; i < IDP_ARRAY_LEN(cases); i++) {
+		if (scope_verb_class(m, cases[i].verb) != cases[i].cls)
+			fail_msg("class(%s) is %d, should be %d", cases[i].verb,
+			         scope_verb_class(m, cases[i].verb), cases[i].cls);
+		if (top_of(scope_verb_classes(m, cases[i].verb)) != (int)cases[i].cls)
+			fail_msg("classes(%s) top is %d, should be %d", cases[i].verb,
+			         top_of(scope_verb_classes(m, cases[i].verb)), cases[i].cls);
+	}
+	assert_int_equal(scope_verb_classes(m, "Get_*"), IDP_ACTION_MASK_ALL);
+	assert_int_equal(scope_action_classes(m, "compute:instances.*"), IDP_ACTION_MASK_ALL);
+	/* Every proper prefix of every word above read, after any lead. */
+	for (size_t s = 0; s < IDP_ARRAY_LEN(stems); s++) {
+		size_t len = strlen(stems[s]);
+		enum idp_action_class want = scope_verb_class(m, stems[s]);
+
+		for (size_t l = 0; l < IDP_ARRAY_LEN(leads); l++) {
+			for (size_t k = 1; k < len; k++) {
+				snprintf(verb, sizeof(verb), "%s%.*s*", leads[l], (int)k, stems[s]);
+				if (scope_verb_class(m, verb) < want)
+					fail_msg("class(%s) is %d, below %s's %d", verb,
+					         scope_verb_class(m, verb), stems[s], want);
+				if ((scope_verb_classes(m, verb) & (1u << want)) == 0)
+					fail_msg("classes(%s) lack %s's class %d", verb, stems[s],
+					         want);
+				if (top_of(scope_verb_classes(m, verb)) !=
+				    (int)scope_verb_class(m, verb))
+					fail_msg("classes(%s) and class(%s) disagree", verb, verb);
+			}
+		}
+	}
+}
+
 static void
 custom_verb_map_replaces_defaults(void **state)
 {
@@ -599,6 +683,7 @@ main(void)
 	    cmocka_unit_test(verb_classes_ignore_case),
 	    cmocka_unit_test(wildcard_verb_takes_highest_class_it_could_match),
 	    cmocka_unit_test(wildcard_verb_has_every_class_it_could_match),
+	    cmocka_unit_test(trailing_star_takes_the_class_of_the_word_it_could_finish),
 	    cmocka_unit_test(custom_verb_map_replaces_defaults),
 	    cmocka_unit_test_setup_teardown(within_agrees_with_brute_force, brute_setup,
 	                                    brute_teardown),
