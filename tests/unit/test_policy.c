@@ -1547,6 +1547,62 @@ cli_test_uses_the_deployments_verbs_with_config(void **state)
 	assert_int_equal(rc, 1);
 }
 
+/* A shipped policy file copied into the test directory. */
+static void
+copy_shipped(const char *name)
+{
+	char path[160], text[8192];
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "policies/%s", name);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	n = fread(text, 1, sizeof(text) - 1, f);
+	assert_true(n > 0 && n < sizeof(text) - 1);
+	text[n] = '\0';
+	fclose(f);
+	write_file(tmpdir, name, text);
+}
+
+/*
+ * The shipped allow_with_conditions rules grant no more than base-allow:
+ * without scope-boundary.policy, scopes outside the capabilities are still
+ * denied at an elevated risk and on sensitive data.
+ */
+static void
+shipped_conditions_grant_nothing_beyond_base_allow(void **state)
+{
+	static const char *const files[] = {
+	    "base.policy",  "cross-domain.policy",   "delegation-depth.policy",
+	    "risk.policy",  "sensitive-data.policy", "time-of-day.policy",
+	    "volume.policy"};
+	json_t *risk = json_load_file("policies/tests/risk.json", 0, NULL);
+	json_t *cases = json_loads(
+	    "[{\"name\": \"elevated risk, scopes outside the capabilities\", \"input\": "
+	    "{\"request\": {\"scopes\": [\"billing:GetInvoices\", \"hr:ListEmployees\"]}, "
+	    "\"context\": {\"risk\": 45}}, \"expect\": {\"decision\": \"DENY\"}},"
+	    "{\"name\": \"cleared pii, scopes outside the capabilities\", \"input\": "
+	    "{\"request\": {\"scopes\": [\"billing:GetInvoices\"]}, \"agent\": {\"labels\": "
+	    "{\"clearance\": \"pii\"}}, \"resource\": {\"classification\": \"pii\"}}, "
+	    "\"expect\": {\"decision\": \"DENY\"}},"
+	    "{\"name\": \"elevated risk, scopes within\", \"input\": {\"context\": "
+	    "{\"risk\": 45}}, \"expect\": {\"decision\": \"ALLOW_WITH_CONDITIONS\"}}]",
+	    0, NULL);
+	char path[160];
+
+	(void)state;
+	assert_non_null(risk);
+	assert_non_null(cases);
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		copy_shipped(files[i]);
+	assert_int_equal(json_object_set_new(risk, "cases", cases), 0);
+	snprintf(path, sizeof(path), "%s/tests/x.json", tmpdir);
+	assert_int_equal(json_dump_file(risk, path, 0), 0);
+	json_decref(risk);
+	assert_int_equal(run_cli("test", tmpdir), 0);
+}
+
 static void
 shipped_policies_pass_their_tests(void **state)
 {
@@ -1601,6 +1657,8 @@ main(void)
 	    cmocka_unit_test_setup_teardown(cli_test_uses_the_deployments_verbs_with_config,
 	                                    tmp_setup, tmp_teardown),
 	    cmocka_unit_test(shipped_policies_pass_their_tests),
+	    cmocka_unit_test_setup_teardown(shipped_conditions_grant_nothing_beyond_base_allow,
+	                                    tmp_setup, tmp_teardown),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
