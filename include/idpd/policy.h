@@ -377,19 +377,25 @@ void policy_tz_local(const struct policy_tz *tz, int64_t ms, struct policy_local
 /*
  * Per-agent, per-resource call counters over a sliding minute (one-second
  * buckets).  A fixed table of capacity entries (rounded up to a power of two,
- * at least 64), split into stripes with a lock each; an entry idle for a
- * minute is free for reuse, and when a stripe is full the least recently used
- * entry in the probe window is evicted.  Keys are keyed hashes of
- * (agent, resource), so memory does not depend on id lengths.
+ * at least 64), split into stripes with a lock each; an entry with no call
+ * in the last minute is free for reuse.  An entry with calls in it is never
+ * evicted: when a new key finds no free slot in its probe window, its count
+ * is POLICY_COUNT_UNKNOWN (the attribute is then left missing, and a rule
+ * on it fails closed) rather than a fresh zero.  Keys are keyed hashes of
+ * (agent, resource), so memory does not depend on id lengths.  now_ms need
+ * only be monotonic.
  */
 struct policy_counters;
 
+#define POLICY_COUNT_UNKNOWN UINT32_MAX
+
 struct policy_counters *policy_counters_new(size_t capacity);
 void policy_counters_free(struct policy_counters *c);
-/* Count one call at now_ms; returns the calls in the last 60 s, this one included. */
+/* Count one call at now_ms; returns the calls in the last 60 s, this one
+ * included, or POLICY_COUNT_UNKNOWN (no slot: the call is not counted). */
 uint32_t policy_counters_hit(struct policy_counters *c, const char *agent, const char *resource,
                              int64_t now_ms);
-/* The calls in the last 60 s, without counting one. */
+/* The calls in the last 60 s, without counting one, or POLICY_COUNT_UNKNOWN. */
 uint32_t policy_counters_get(struct policy_counters *c, const char *agent, const char *resource,
                              int64_t now_ms);
 /* Entries active within the last minute (for tests and metrics). */

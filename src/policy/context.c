@@ -754,26 +754,53 @@ cnt_advance(struct cnt_entry *e, int64_t now)
 	e->last_sec = now;
 }
 
+/* The calls e would hold once moved to now, without moving it. */
+static uint32_t
+cnt_calls_at(const struct cnt_entry *e, int64_t now)
+{
+	uint32_t total = e->total;
+
+	if (now <= e->last_sec)
+		return total;
+	if (now - e->last_sec >= WINDOW)
+		return 0;
+	for (int64_t s = e->last_sec + 1; s <= now; s++)
+		total -= e->buckets[s % WINDOW];
+	return total;
+}
+
 /*
  * The entry for key in its stripe (locked by the caller), or NULL when absent
- * and !create.  Creating reuses an empty or idle slot of the probe window,
- * else evicts the one used least recently.
+ * and !create.  Creating reuses an empty or idle slot of the probe window
+ * (no call left in its minute), the one used least recently first.  A live
+ * entry is never evicted: its count would restart at zero and a volume rule
+ * would stop firing for a busy agent, which anyone able to make up keys
+ * (AuthZEN resource ids) could arrange.  So when every slot is live, *full
+ * is set and the result is NULL, for a lookup as for a creation: the new
+ * key's count is unknown, not zero.
  */
 static struct cnt_entry *
-cnt_find(struct policy_counters *c, size_t base, uint64_t key, int64_t now, bool create)
+cnt_find(struct policy_counters *c, size_t base, uint64_t key, int64_t now, bool create, bool *full)
 {
 	struct cnt_entry *victim = NULL;
 	size_t start = (size_t)(key >> 32) % STRIPE_SLOTS;
 
+	*full = false;
 	for (size_t i = 0; i < POLICY_PROBE; i++) {
 		struct cnt_entry *e = &c->e[base + (start + i) % STRIPE_SLOTS];
 
 		if (e->key == key)
 			return e;
-		/* Prefer a free slot, then the least recently used (idle ones first). */
+		if (e->key != 0 && cnt_calls_at(e, now) != 0)
+			continue;
+		/* Prefer a free slot, then the least recently used idle one. */
 		if (victim == NULL ||
 		    (victim->key != 0 && (e->key == 0 || e->last_sec < victim->last_sec)))
 			victim = e;
+	}
+	if (victim == NULL) {
+		*full = true;
+		return NULL;
 	}
 	if (!create)
 		return NULL;
@@ -791,9 +818,10 @@ cnt_op(struct policy_counters *c, const char *agent, const char *resource, int64
 	int64_t now = floor_div(now_ms, 1000);
 	struct cnt_entry *e;
 	uint32_t n = 0;
+	bool full;
 
 	pthread_mutex_lock(&c->stripes[stripe].lock);
-	e = cnt_find(c, stripe * STRIPE_SLOTS, key, now, hit);
+	e = cnt_find(c, stripe * STRIPE_SLOTS, key, now, hit, &full);
 	if (e != NULL) {
 		cnt_advance(e, now);
 		if (hit) {
@@ -806,6 +834,8 @@ cnt_op(struct policy_counters *c, const char *agent, const char *resource, int64
 			}
 		}
 		n = e->total;
+	} else if (full) {
+		n = POLICY_COUNT_UNKNOWN;
 	}
 	pthread_mutex_unlock(&c->stripes[stripe].lock);
 	return n;

@@ -78,11 +78,18 @@ fill_context(struct policy_input *in, bool live, int64_t now)
 	}
 	/* A dry run counts the request it asks about, as a live one does, so
 	 * both answer the same question the same way. */
-	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL)
-		(void)policy_input_set_int(
-		    in, POLICY_ATTR_CONTEXT_CALLS,
-		    live ? policy_counters_hit(P.counters, agent, resource, now)
-		         : policy_counters_get(P.counters, agent, resource, now) + 1);
+	/* Counted on the monotonic clock, so a wall clock step neither empties
+	 * nor stretches the minute.  An unknown count (the table is full of
+	 * live entries) leaves the attribute missing: a rule on it fails closed. */
+	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL) {
+		int64_t mono = idp_mono_us() / 1000;
+		uint32_t n = live ? policy_counters_hit(P.counters, agent, resource, mono)
+		                  : policy_counters_get(P.counters, agent, resource, mono);
+
+		if (n != POLICY_COUNT_UNKNOWN)
+			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_CALLS,
+			                           (int64_t)n + (live ? 0 : 1));
+	}
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
 		(void)policy_input_set_int(
 		    in, POLICY_ATTR_CONTEXT_RISK,

@@ -256,6 +256,38 @@ counters_count_calls_in_a_sliding_minute(void **state)
 	policy_counters_free(NULL);
 }
 
+/*
+ * An entry with calls in its minute is never evicted: a new key that finds
+ * no idle slot gets an unknown count, never a fresh zero for a busy one.
+ */
+static void
+live_counters_are_never_evicted(void **state)
+{
+	struct policy_counters *c = policy_counters_new(64);
+	int64_t t0 = MONDAY_10_UTC;
+	uint32_t got[1000];
+	int unknown = 0;
+	char name[32];
+
+	(void)state;
+	for (int i = 0; i < 1000; i++) {
+		snprintf(name, sizeof(name), "agent-%d", i);
+		got[i] = policy_counters_hit(c, name, "db", t0 + i);
+		assert_true(got[i] == 1 || got[i] == POLICY_COUNT_UNKNOWN);
+		unknown += got[i] == POLICY_COUNT_UNKNOWN;
+	}
+	assert_true(unknown > 0);
+	assert_int_equal(policy_counters_live(c, t0 + 1000), 1000 - unknown);
+	/* Every counted agent keeps its count; the others stay unknown. */
+	for (int i = 0; i < 1000; i++) {
+		snprintf(name, sizeof(name), "agent-%d", i);
+		assert_int_equal(policy_counters_get(c, name, "db", t0 + 1000), got[i]);
+	}
+	/* A minute later they are all idle, and the slots free again. */
+	assert_int_equal(policy_counters_hit(c, "agent-999", "db", t0 + 61000), 1);
+	policy_counters_free(c);
+}
+
 static void
 counters_stay_bounded_and_evict_idle_agents_first(void **state)
 {
@@ -264,12 +296,13 @@ counters_stay_bounded_and_evict_idle_agents_first(void **state)
 	char name[32];
 
 	(void)state;
+	/* One a minute: each finds the one before idle. */
 	for (int i = 0; i < 1000; i++) {
 		snprintf(name, sizeof(name), "agent-%d", i);
-		assert_int_equal(policy_counters_hit(c, name, "db", t0 + i), 1);
+		assert_int_equal(policy_counters_hit(c, name, "db", t0 + i * 60000), 1);
 	}
-	assert_true(policy_counters_live(c, t0 + 1000) <= 64);
-	assert_true(policy_counters_live(c, t0 + 1000) > 0);
+	assert_int_equal(policy_counters_live(c, t0 + 999 * 60000), 1);
+	t0 += 1000 * 60000;
 	/* A busy agent keeps its count while idle ones come and go. */
 	for (int i = 0; i < 50; i++)
 		(void)policy_counters_hit(c, "busy", "db", t0 + 2000);
@@ -440,6 +473,7 @@ main(void)
 	    cmocka_unit_test(day_lists_and_clock_times_parse),
 	    cmocka_unit_test(counters_count_calls_in_a_sliding_minute),
 	    cmocka_unit_test(counters_stay_bounded_and_evict_idle_agents_first),
+	    cmocka_unit_test(live_counters_are_never_evicted),
 	    cmocka_unit_test(counters_are_exact_under_two_threads),
 	    cmocka_unit_test(risk_formula_adds_its_factors),
 	    cmocka_unit_test(baseline_learns_scopes_audiences_rate_and_denials),
