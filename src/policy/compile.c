@@ -417,7 +417,11 @@ compile_rules(struct ast_rule **rules, size_t n, struct policy_set *set)
 
 /* ---- sets ------------------------------------------------------------------ */
 
-/* "sha256:<hex>" over each source's name, length and text, in the given order. */
+/*
+ * "sha256:<hex>" over each source's base name, length and text, in the given
+ * order.  Only the base name: the same files loaded as "policies",
+ * "policies/" or an absolute path are the same set and hash alike.
+ */
 static void
 hash_sources(struct policy_set *set, const struct policy_source *src, size_t n)
 {
@@ -430,10 +434,12 @@ hash_sources(struct policy_set *set, const struct policy_source *src, size_t n)
 	for (size_t i = 0; ok && i < n; i++) {
 		unsigned char len[8];
 		uint64_t l = src[i].len;
+		const char *slash = strrchr(src[i].name, '/');
+		const char *name = slash != NULL ? slash + 1 : src[i].name;
 
 		for (int b = 0; b < 8; b++)
 			len[b] = (unsigned char)(l >> (56 - 8 * b));
-		ok = EVP_DigestUpdate(ctx, src[i].name, strlen(src[i].name) + 1) == 1 &&
+		ok = EVP_DigestUpdate(ctx, name, strlen(name) + 1) == 1 &&
 		     EVP_DigestUpdate(ctx, len, sizeof(len)) == 1 &&
 		     EVP_DigestUpdate(ctx, src[i].text, src[i].len) == 1;
 	}

@@ -1432,6 +1432,31 @@ engine_keeps_the_old_set_when_a_reload_fails(void **state)
 	policy_engine_free(e);
 }
 
+/* The set's hash names the files, not the spelling of their directory. */
+static void
+set_hash_ignores_how_the_directory_is_spelled(void **state)
+{
+	const char *const tails[] = {"", "/", "//", "/../"};
+	char first[80] = "", dir[160];
+
+	(void)state;
+	write_file(tmpdir, "a.policy", P "allow;");
+	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
+		struct policy_set *set = NULL;
+
+		/* "/tmp/idpd-policy-X/../idpd-policy-X" names the same directory. */
+		snprintf(dir, sizeof(dir), "%s%s%s", tmpdir, tails[i],
+		         i == 3 ? strrchr(tmpdir, '/') + 1 : "");
+		idp_diag_init(&diag);
+		assert_int_equal(policy_set_load_dir(dir, NULL, &set, &diag), IDP_OK);
+		if (i == 0)
+			snprintf(first, sizeof(first), "%s", policy_set_hash(set));
+		else
+			assert_string_equal(policy_set_hash(set), first);
+		policy_set_unref(set);
+	}
+}
+
 static void
 load_dir_reports_missing_and_empty_directories(void **state)
 {
@@ -1648,6 +1673,8 @@ main(void)
 	    cmocka_unit_test(setters_refuse_the_wrong_type),
 	    cmocka_unit_test(set_input_is_validated_like_json_input),
 	    cmocka_unit_test(set_hash_covers_names_and_texts),
+	    cmocka_unit_test_setup_teardown(set_hash_ignores_how_the_directory_is_spelled,
+	                                    tmp_setup, tmp_teardown),
 	    cmocka_unit_test_setup_teardown(engine_keeps_the_old_set_when_a_reload_fails, tmp_setup,
 	                                    tmp_teardown),
 	    cmocka_unit_test_setup_teardown(load_dir_reports_missing_and_empty_directories,
