@@ -487,13 +487,40 @@ fail:
 	return NULL;
 }
 
-/* {decision: bool, context: {reason, ...}} from a full decision. */
+/* Whether the scope conditions of a full decision keep asked itself. */
+static bool
+conditions_keep(const json_t *full, const char *asked)
+{
+	const json_t *scopes = json_object_get(json_object_get(full, "conditions"), "scopes");
+	size_t i;
+	json_t *v;
+
+	if (scopes == NULL)
+		return true; /* not narrowed: the asked action stands */
+	if (asked == NULL)
+		return false;
+	json_array_foreach(scopes, i, v)
+	{
+		if (json_is_string(v) && strcmp(json_string_value(v), asked) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * {decision: bool, context: {reason, ...}} from a full decision on the
+ * asked action.  A PEP reads true as "yes, this action": so an
+ * ALLOW_WITH_CONDITIONS whose scope conditions put other scopes in the
+ * asked one's place ("ec2:*" narrowed to "ec2:Describe*") is false, with
+ * the decision and its conditions in the context for a PEP that can use them.
+ */
 static json_t *
-authzen_answer(const json_t *full)
+authzen_answer(const json_t *full, const char *asked)
 {
 	const char *d = json_string_value(json_object_get(full, "decision"));
-	bool allow =
-	    d != NULL && (strcmp(d, "ALLOW") == 0 || strcmp(d, "ALLOW_WITH_CONDITIONS") == 0);
+	bool allow = d != NULL &&
+	             (strcmp(d, "ALLOW") == 0 ||
+	              (strcmp(d, "ALLOW_WITH_CONDITIONS") == 0 && conditions_keep(full, asked)));
 	json_t *ctx = json_pack("{s:O*,s:O*,s:O*}", "reason", json_object_get(full, "reason"),
 	                        "idpd_decision", json_object_get(full, "decision"), "rules",
 	                        json_object_get(full, "rules"));
@@ -630,6 +657,7 @@ authzen_refuse(struct http_req *req, int status, long item, const char *why, str
 static json_t *
 authzen_decide(struct http_req *req, const struct auth_principal *who, struct prepared *p)
 {
+	const struct policy_input *in;
 	json_t *full, *ans;
 
 	if (p->doc == NULL)
@@ -637,8 +665,12 @@ authzen_decide(struct http_req *req, const struct auth_principal *who, struct pr
 	full = decide_doc(p->doc, true);
 	if (full == NULL)
 		return NULL;
-	audit_evaluated(req, who, "authzen", policy_input_doc_input(p->doc), full);
-	ans = authzen_answer(full);
+	in = policy_input_doc_input(p->doc);
+	audit_evaluated(req, who, "authzen", in, full);
+	ans = authzen_answer(full, policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES) &&
+	                                   in->slot[POLICY_ATTR_REQUEST_SCOPES].list.n == 1
+	                               ? in->slot[POLICY_ATTR_REQUEST_SCOPES].list.v[0]
+	                               : NULL);
 	json_decref(full);
 	return ans;
 }

@@ -534,6 +534,66 @@ authzen_batches_follow_the_spec(void **state)
 	assert_int_equal(evaluated_events(), before);
 }
 
+/* An AuthZEN question about action on narrow-api for narrowed-agent. */
+static void
+narrow_question(char *body, size_t len, const char *action)
+{
+	snprintf(body, len,
+		 "{\"subject\":{\"type\":\"agent\",\"id\":\"narrowed-agent\"},"
+		 "\"action\":{\"name\":\"%s\"},"
+		 "\"resource\":{\"type\":\"api\",\"id\":\"narrow-api\",\"properties\":"
+		 "{\"domain\":\"cloud\",\"classification\":\"internal\","
+		 "\"environment\":\"production\"}}}",
+		 action);
+}
+
+/*
+ * An ALLOW_WITH_CONDITIONS whose scope conditions put other scopes in place
+ * of the asked action is a "no" to a PEP: true would grant the action asked.
+ */
+static void
+authzen_says_no_when_conditions_replace_the_action(void **state)
+{
+	struct http_resp r;
+	char path[256];
+	FILE *f;
+	char body[512];
+	json_t *ctx;
+
+	(void)state;
+	register_agent("narrowed-agent", "[\"ec2:Describe*\"]", "[\"cloud\"]");
+	snprintf(path, sizeof(path), "%s/zz-narrow.policy", policy_dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("@id(\"narrow-test\")\n@reason(\"only instances here\")\n"
+	      "allow_with_conditions when { resource.audience == \"narrow-api\" }\n"
+	      "\twith { scopes: [\"ec2:DescribeInstances\"] };\n",
+	      f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+
+	/* "ec2:Describe*" narrowed to "ec2:DescribeInstances": not a yes to "ec2:Describe*". */
+	narrow_question(body, sizeof(body), "ec2:Describe*");
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, body, &r), 200);
+	assert_true(json_is_false(json_object_get(r.json, "decision")));
+	ctx = json_object_get(r.json, "context");
+	assert_string_equal(json_string_value(json_object_get(ctx, "idpd_decision")),
+			    "ALLOW_WITH_CONDITIONS");
+	assert_true(json_has(json_object_get(json_object_get(ctx, "conditions"), "scopes"),
+			     "ec2:DescribeInstances"));
+	harness_resp_free(&r);
+	/* The scope the conditions keep is a yes. */
+	narrow_question(body, sizeof(body), "ec2:DescribeInstances");
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, body, &r), 200);
+	assert_true(json_is_true(json_object_get(r.json, "decision")));
+	harness_resp_free(&r);
+
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+}
+
 static void
 reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
 {
@@ -722,6 +782,7 @@ main(void)
 		cmocka_unit_test(dry_run_rejects_bad_input_with_a_problem),
 		cmocka_unit_test(authzen_answers_a_pep_in_the_standard_shape),
 		cmocka_unit_test(authzen_batches_follow_the_spec),
+		cmocka_unit_test(authzen_says_no_when_conditions_replace_the_action),
 		cmocka_unit_test(reload_refuses_a_broken_set_and_keeps_the_old_one),
 		cmocka_unit_test(a_reload_that_cannot_be_audited_changes_nothing),
 		cmocka_unit_test(options_a_policy_endpoint_does_not_read_are_refused),
