@@ -26,6 +26,7 @@
 
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
+#include "idpd/store.h"
 #include "harness.h"
 
 #define N_EVENTS 300
@@ -342,6 +343,57 @@ a_transaction_left_behind_is_waited_for(void **state)
 	assert_string_equal(v, "t");
 }
 
+/*
+ * A database that turns synchronous_commit off does not turn it off for
+ * idpd: the writer's batches (seen by a trigger inside the writer's own
+ * transaction) and the pool's sessions, which commit registry writes
+ * together with their events, both run with it on.
+ */
+static void
+commits_are_synchronous_whatever_the_database_sets(void **state)
+{
+	char url[512], v[64];
+	struct store_opts so = {0};
+	struct store *s;
+	PGresult *r = NULL;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_sync"), 0);
+	assert_int_equal(harness_sql("t_writer_sync",
+	                             "ALTER DATABASE t_writer_sync SET synchronous_commit = off; "
+	                             "CREATE TABLE seen (setting text); "
+	                             "CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE "
+	                             "plpgsql AS $$BEGIN INSERT INTO seen VALUES "
+	                             "(current_setting('synchronous_commit')); RETURN NEW; END$$; "
+	                             "CREATE TRIGGER note AFTER INSERT ON audit_events FOR EACH "
+	                             "ROW EXECUTE FUNCTION note_setting()"),
+	                 0);
+	/* The setting reaches new sessions: a plain one sees it off. */
+	assert_int_equal(harness_sql_value("t_writer_sync", "SHOW synchronous_commit", v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "off");
+	harness_db_url("t_writer_sync", url, sizeof(url));
+	start(url, false, 5000);
+	assert_int_equal(audit_emit(event("t-sync")), IDP_OK);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value("t_writer_sync",
+	                                   "SELECT string_agg(DISTINCT setting, ',') FROM seen", v,
+	                                   sizeof(v)),
+	                 0);
+	assert_string_equal(v, "on");
+
+	so.url = url;
+	so.pool_size = 1;
+	so.connect_timeout_ms = 5000;
+	so.acquire_timeout_ms = 5000;
+	so.statement_timeout_ms = 5000;
+	s = store_open(&so);
+	assert_int_equal(store_query(s, "SHOW synchronous_commit", 0, NULL, &r), IDP_OK);
+	assert_string_equal(PQgetvalue(r, 0, 0), "on");
+	PQclear(r);
+	store_close(s);
+}
+
 int
 main(void)
 {
@@ -352,6 +404,7 @@ main(void)
 	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
 	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
+	    cmocka_unit_test(commits_are_synchronous_whatever_the_database_sets),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
