@@ -427,6 +427,15 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 		snprintf(st->writer, sizeof(st->writer), "%s", writer);
 		st->in_chain = true;
 		st->chains++;
+		/* Every writer commits its chain's row with each batch, and
+		 * migrations 0006 and 0011 made one for every older chain: a
+		 * chain without one has lost it, and with it the record of how
+		 * far the chain went (its newest rows may be gone too). */
+		if (strcmp(PQgetvalue(r, i, 17), "t") != 0) {
+			*reason = "the chain has no audit_chains row (how far it went is unknown: "
+			          "rows may be missing at its end)";
+			return false;
+		}
 		if (seq != pruned + 1) {
 			*reason = seq > pruned
 			              ? "rows are missing at the start of the chain (after "
@@ -549,7 +558,8 @@ verify(struct http_req *req, void *ctx)
 	    "severity, outcome, coalesce((SELECT last_seq FROM audit_chains c WHERE "
 	    "c.writer_id = e.writer_id), 0), coalesce((SELECT pruned_seq FROM audit_chains c "
 	    "WHERE c.writer_id = e.writer_id), 0), (SELECT pruned_hash FROM audit_chains c "
-	    "WHERE c.writer_id = e.writer_id) FROM audit_events e "
+	    "WHERE c.writer_id = e.writer_id), EXISTS (SELECT 1 FROM audit_chains c WHERE "
+	    "c.writer_id = e.writer_id) FROM audit_events e "
 	    "WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
 	    2, 0};
 	struct idpd_app *app = ctx;

@@ -468,6 +468,13 @@ verify_sees_edited_columns_and_a_missing_tail(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
 	assert_string_equal(verify_says(&p), "rows are missing at the end of the chain "
 	                                     "(audit_chains.last_seq is beyond its last row)");
+	/* The same with the chain's audit_chains row deleted too: a chain with
+	 * rows and no row of its own is a break, not a shorter log. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(harness_sql("t_audit_columns", "DELETE FROM audit_chains"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
+	assert_string_equal(verify_says(&p), "the chain has no audit_chains row (how far it went "
+	                                     "is unknown: rows may be missing at its end)");
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
