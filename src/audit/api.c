@@ -497,23 +497,65 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 	return true;
 }
 
+/*
+ * Answer a finished walk with out (stolen), and record that who walked the
+ * chain: audit.verified with the result and, for a break, where.  Queued
+ * without waiting, like policy.evaluated: the answer does not depend on
+ * it, and a full queue must not turn a verification into a 503.
+ */
+static void
+reply_verified(struct http_req *req, const struct auth_principal *who, json_t *out)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_AUDIT_VERIFIED, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(req);
+	json_t *broken = json_object_get(out, "broken_at");
+	bool ok = json_is_true(json_object_get(out, "ok"));
+
+	if (ev != NULL) {
+		audit_event_set_outcome(ev, ok ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_FAILURE);
+		/* A broken chain is evidence of tampering: as severe as an alert. */
+		if ((!ok && audit_event_set_severity(ev, 8) != IDP_OK) ||
+		    audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who->name) != IDP_OK ||
+		    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+		    (peer[0] != '\0' &&
+		     audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+		    audit_event_put_detail(ev, "result", json_string(ok ? "ok" : "broken")) !=
+		        IDP_OK ||
+		    audit_event_put_detail(ev, "events_verified",
+		                           json_incref(json_object_get(out, "events_verified"))) !=
+		        IDP_OK ||
+		    audit_event_put_detail(ev, "chains",
+		                           json_incref(json_object_get(out, "chains"))) != IDP_OK ||
+		    (broken != NULL &&
+		     audit_event_put_detail(ev, "broken_at", json_deep_copy(broken)) != IDP_OK)) {
+			log_error("audit: cannot record a verification");
+			audit_event_free(ev);
+		} else if (audit_emit_nowait(ev) != IDP_OK) {
+			log_warn("audit: a verification was not recorded (audit queue full)");
+		}
+	}
+	http_reply_json(req, 200, out);
+}
+
 /* The answer for a break with no row to name: its chain and first missing seq. */
 static void
-reply_chain_broken(struct http_req *req, const struct verify_state *st, const char *chain,
-                   long long seq, const char *reason)
+reply_chain_broken(struct http_req *req, const struct auth_principal *who,
+                   const struct verify_state *st, const char *chain, long long seq,
+                   const char *reason)
 {
 	log_warn("audit: verification failed: chain %s at seq %lld: %s", chain, seq, reason);
-	http_reply_json(req, 200,
-	                json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
-	                          (json_int_t)st->events, "chains", (json_int_t)st->chains,
-	                          "broken_at", "chain", chain, "seq", (json_int_t)seq, "reason",
-	                          reason));
+	reply_verified(req, who,
+	               json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
+	                         (json_int_t)st->events, "chains", (json_int_t)st->chains,
+	                         "broken_at", "chain", chain, "seq", (json_int_t)seq, "reason",
+	                         reason));
 }
 
 static void
-reply_tail_missing(struct http_req *req, const struct verify_state *st)
+reply_tail_missing(struct http_req *req, const struct auth_principal *who,
+                   const struct verify_state *st)
 {
-	reply_chain_broken(req, st, st->writer, st->seq + 1,
+	reply_chain_broken(req, who, st, st->writer, st->seq + 1,
 	                   "rows are missing at the end of the chain (audit_chains.last_seq "
 	                   "is beyond its last row)");
 }
@@ -525,7 +567,8 @@ reply_tail_missing(struct http_req *req, const struct verify_state *st)
  * answered, negative when the store failed.
  */
 static int
-check_emptied_chains(struct http_req *req, struct store_conn *c, const struct verify_state *st)
+check_emptied_chains(struct http_req *req, const struct auth_principal *who, struct store_conn *c,
+                     const struct verify_state *st)
 {
 	static struct store_stmt q = {
 	    "audit_verify_emptied",
@@ -541,7 +584,8 @@ check_emptied_chains(struct http_req *req, struct store_conn *c, const struct ve
 		PQclear(r);
 		return 0;
 	}
-	reply_chain_broken(req, st, PQgetvalue(r, 0, 0), strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+	reply_chain_broken(req, who, st, PQgetvalue(r, 0, 0),
+	                   strtoll(PQgetvalue(r, 0, 1), NULL, 10),
 	                   "every row of the chain is missing (audit_chains.last_seq is beyond "
 	                   "what retention removed)");
 	PQclear(r);
@@ -604,7 +648,7 @@ verify(struct http_req *req, void *ctx)
 			    !chain_complete(&st)) {
 				PQclear(r);
 				store_release(app->store, c);
-				reply_tail_missing(req, &st);
+				reply_tail_missing(req, &who, &st);
 				return;
 			}
 			if (!verify_row(&st, r, i, &reason)) {
@@ -620,7 +664,7 @@ verify(struct http_req *req, void *ctx)
 				log_warn("audit: verification failed at row %s",
 				         json_string_value(json_object_get(
 				             json_object_get(out, "broken_at"), "event_id")));
-				http_reply_json(req, 200, out);
+				reply_verified(req, &who, out);
 				return;
 			}
 		}
@@ -634,11 +678,11 @@ verify(struct http_req *req, void *ctx)
 	}
 	if (!chain_complete(&st)) {
 		store_release(app->store, c);
-		reply_tail_missing(req, &st);
+		reply_tail_missing(req, &who, &st);
 		return;
 	}
 	{
-		int rc = check_emptied_chains(req, c, &st);
+		int rc = check_emptied_chains(req, &who, c, &st);
 
 		store_release(app->store, c);
 		if (rc < 0)
@@ -646,9 +690,9 @@ verify(struct http_req *req, void *ctx)
 		if (rc != 0)
 			return;
 	}
-	http_reply_json(req, 200,
-	                json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",
-	                          (json_int_t)st.events, "chains", (json_int_t)st.chains));
+	reply_verified(req, &who,
+	               json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified", (json_int_t)st.events,
+	                         "chains", (json_int_t)st.chains));
 }
 
 int

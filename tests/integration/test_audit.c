@@ -478,6 +478,44 @@ verify_sees_edited_columns_and_a_missing_tail(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * Every walk of the chain is itself recorded (audit.verified): who walked
+ * it, whether it held, and where it broke.
+ */
+static void
+verification_is_audited(void **state)
+{
+	struct idpd_proc p;
+	char victim[80], sql[512], v[512];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_verified"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_verified", NULL, keys_toml), 0);
+	assert_int_equal(report(&p, tool_event, victim, sizeof(victim)), 201);
+	assert_string_equal(verify_says(&p), "ok");
+	snprintf(sql, sizeof(sql), "UPDATE audit_events SET severity = 1 WHERE event_id = '%s'",
+	         victim);
+	assert_int_equal(harness_sql("t_audit_verified", sql), 0);
+	assert_string_equal(verify_says(&p), "an indexed column disagrees with the hashed body");
+	/* Stopping flushes the queue. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(
+	    harness_sql_value(
+	        "t_audit_verified",
+	        "SELECT string_agg(concat_ws(' ', outcome, severity, b->'actor'->>'kind', "
+	        "b->'actor'->>'name', b->'detail'->>'result', b->'detail'->'broken_at'->>'event_id', "
+	        "b->'detail'->'broken_at'->>'reason'), ' | ' ORDER BY seq) FROM (SELECT outcome, "
+	        "severity, seq, body::jsonb AS b FROM audit_events WHERE type = 'audit.verified') x",
+	        v, sizeof(v)),
+	    0);
+	snprintf(sql, sizeof(sql),
+	         "success 3 operator siem-reader ok | failure 8 operator siem-reader broken %s an "
+	         "indexed column disagrees with the hashed body",
+	         victim);
+	assert_string_equal(v, sql);
+}
+
 /* Run a migration file's SQL against db (as an operator re-running it would). */
 static void
 run_migration(const char *db, const char *file)
@@ -1018,6 +1056,7 @@ main(void)
 	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
 	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),
 	    cmocka_unit_test(verify_sees_rows_missing_at_the_start_of_a_chain),
+	    cmocka_unit_test(verification_is_audited),
 	    cmocka_unit_test(a_request_answered_after_the_drain_deadline_is_not_counted_as_cut_off),
 	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
 	    cmocka_unit_test(audit_queries_have_an_index_path),
