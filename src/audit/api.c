@@ -331,6 +331,31 @@ ingest_event(struct http_req *req, void *ctx)
 		    "the event is not valid");
 		goto done;
 	}
+	/*
+	 * Keys of detail that idpd gives meaning to (the alert rules and the
+	 * CEF and LEEF lines read them as idpd's own: why it refused, for
+	 * which audience, which rule fired) are no reporter's to write.
+	 */
+	{
+		static const char *const owned[] = {"reason", "audience", "rule"};
+		const json_t *detail = audit_event_detail(ev);
+		char named[64] = "";
+		size_t used = 0;
+
+		for (size_t i = 0; detail != NULL && i < IDP_ARRAY_LEN(owned); i++)
+			if (json_object_get(detail, owned[i]) != NULL)
+				used +=
+				    (size_t)snprintf(named + used, sizeof(named) - used,
+				                     "%sdetail.%s", used > 0 ? ", " : "", owned[i]);
+		if (used > 0) {
+			audit_event_free(ev);
+			http_reply_problem(
+			    req, 422, "unprocessable",
+			    json_pack("{s:[s+]}", "errors", named, ": set by idpd, not reported"),
+			    "the event is not valid");
+			goto done;
+		}
+	}
 	/* What the reporter may not choose: identity, time, origin. */
 	if (audit_event_set(ev, AUDIT_F_ID, NULL) != IDP_OK ||
 	    audit_event_assign_id(ev) != IDP_OK ||

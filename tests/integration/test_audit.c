@@ -193,6 +193,30 @@ bad_reports_are_rejected_and_nothing_is_written(void **state)
 	    report(&p, "{\"type\":\"tool_invocation\",\"severity\":\"high\"}", NULL, 0), 422);
 	assert_int_equal(report(&p, "{\"type\":", NULL, 0), 400);
 	assert_int_equal(report(&p, "[1,2]", NULL, 0), 400);
+	/* detail keys idpd gives meaning to (SIEM lines and alert rules read
+	 * them as idpd's): refused, named. */
+	{
+		static const char *const owned[] = {"reason", "audience", "rule"};
+		char url[256], auth[128], body[256], want[64];
+		const char *h[] = {auth, "Content-Type: application/json", NULL};
+		struct http_resp r;
+
+		bearer(auth, sizeof(auth), reporter_key);
+		snprintf(url, sizeof(url), "%s/v1/audit/events", p.base);
+		for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++) {
+			snprintf(body, sizeof(body),
+			         "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"t\"},"
+			         "\"detail\":{\"%s\":\"x\"}}",
+			         owned[i]);
+			assert_int_equal(harness_http("POST", url, h, body, strlen(body), &r), 0);
+			assert_int_equal(r.status, 422);
+			snprintf(want, sizeof(want), "detail.%s: set by idpd, not reported", owned[i]);
+			assert_string_equal(json_string_value(json_array_get(
+			                        json_object_get(r.json, "errors"), 0)),
+			                    want);
+			harness_resp_free(&r);
+		}
+	}
 	big = malloc(len + 64);
 	snprintf(big, len + 64, "{\"type\":\"tool_invocation\",\"action\":{\"result\":\"");
 	memset(big + strlen(big), 'r', len - strlen(big));
