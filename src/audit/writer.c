@@ -94,6 +94,9 @@ static struct {
 	bool *inflight_cancel;
 	bool running;
 	pthread_t thread;
+	/* Events of the batch the writer held when it gave up at stop: set by
+	 * the writer thread before it ends, read after it is joined. */
+	int unwritten;
 	/* The waiters of audit_emit_then, oldest first, and their timer. */
 	struct waiter *waiters;
 	int wcap, whead, wcount;
@@ -660,9 +663,14 @@ run(void *arg)
 			for (int i = 0; i < n_wake; i++)
 				wake[i].done(wake[i].arg, IDP_OK);
 		} else {
-			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
-			          "unreachable); their emitters were not acknowledged",
-			          n);
+			/* Not cancelled ones only: those were withdrawn, not lost.
+			 * An async emitter was acknowledged at enqueue, so these
+			 * are lost events, which audit_writer_stop reports. */
+			for (int i = 0; i < n; i++)
+				W.unwritten += batch[i].ev != NULL;
+			log_error("audit: shutting down with %d event(s) of the batch in hand "
+			          "unwritten (PostgreSQL unreachable)",
+			          W.unwritten);
 		}
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
@@ -795,6 +803,7 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	W.head = W.count = 0;
 	W.enq_seq = W.committed_seq = 0;
 	W.stop = false;
+	W.unwritten = 0;
 	W.chain_seq = 0;
 	memcpy(W.chain_hash, audit_genesis_hash, sizeof(W.chain_hash));
 	pthread_condattr_init(&ca);
@@ -847,7 +856,8 @@ audit_writer_stop(int64_t timeout_ms)
 	timer_stop();
 
 	pthread_mutex_lock(&W.lock);
-	left = W.count;
+	/* The batch the writer gave up on, and what it never took. */
+	left = W.unwritten + W.count;
 	while (W.count > 0) {
 		audit_event_free(W.ring[W.head].ev);
 		free(W.ring[W.head].canon);

@@ -239,6 +239,26 @@ stopping_fails_the_events_left_unwritten(void **state)
 	assert_int_equal(atomic_load(&outcomes[3].calls), 0);
 }
 
+/*
+ * Stopping with PostgreSQL away counts every event left unwritten, those
+ * of the batch the writer holds too: in async durability their emitters
+ * were answered, so they are lost, and the caller (main) must say so.
+ */
+static void
+stopping_counts_the_batch_in_hand(void **state)
+{
+	char url[512];
+	struct timespec ts = {0, 200 * 1000 * 1000};
+
+	(void)state;
+	dead_url(url, sizeof(url));
+	start(url, false, 60000);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(audit_emit(event("task-writer-lost")), IDP_OK);
+	nanosleep(&ts, NULL); /* the writer takes them and fails to connect */
+	assert_int_equal(audit_writer_stop(100), 3);
+}
+
 static void
 async_durability_has_nothing_to_wait_for(void **state)
 {
@@ -403,6 +423,7 @@ main(void)
 	    cmocka_unit_test(a_commit_is_called_back_while_the_next_batch_fails),
 	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
 	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
+	    cmocka_unit_test(stopping_counts_the_batch_in_hand),
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
 	    cmocka_unit_test(commits_are_synchronous_whatever_the_database_sets),
 	};
