@@ -414,6 +414,60 @@ commits_are_synchronous_whatever_the_database_sets(void **state)
 	store_close(s);
 }
 
+/*
+ * An emitter that gave up (503, its change undone) while its batch's
+ * attempt was merely slow, not failed: the attempt commits the event all
+ * the same, and the writer follows it with audit.withdrawn naming it, so
+ * the log does not leave the undone action standing.
+ */
+static void
+an_event_committed_after_its_emitter_gave_up_is_withdrawn(void **state)
+{
+	char url[512], v[256], sql[512];
+	PGconn *lk;
+	PGresult *r;
+	struct timespec ts = {0, 600 * 1000 * 1000};
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_slow"), 0);
+	harness_db_url("t_writer_slow", url, sizeof(url));
+	start(url, true, 300);
+	assert_int_equal(audit_emit(event("t-slow-0")), IDP_OK);
+	lk = PQconnectdb(url);
+	assert_int_equal(PQstatus(lk), CONNECTION_OK);
+	r = PQexec(lk, "BEGIN; LOCK TABLE audit_chains IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	/* Its batch waits on the lock past audit.timeout: the emitter gives up. */
+	assert_int_equal(audit_emit(event("t-slow-1")), IDP_EUNAVAIL);
+	nanosleep(&ts, NULL);
+	r = PQexec(lk, "COMMIT");
+	PQclear(r);
+	PQfinish(lk);
+	assert_int_equal(audit_emit(event("t-slow-2")), IDP_OK);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value("t_writer_slow",
+	                                   "SELECT event_id FROM audit_events WHERE task_id = "
+	                                   "'t-slow-1'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_true(v[0] != '\0');
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'audit.withdrawn' AND task_id = "
+	         "'t-slow-1' AND outcome = 'error' AND body::jsonb->'detail'->>'withdrawn_event_id' "
+	         "= '%s' AND body::jsonb->'detail'->>'withdrawn_type' = 'tool_invocation'",
+	         v);
+	assert_int_equal(harness_sql_value("t_writer_slow", sql, v, sizeof(v)), 0);
+	assert_string_equal(v, "1");
+	/* Only the one whose emitter gave up. */
+	assert_int_equal(harness_sql_value("t_writer_slow",
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'audit.withdrawn'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "1");
+}
+
 int
 main(void)
 {
@@ -426,6 +480,7 @@ main(void)
 	    cmocka_unit_test(stopping_counts_the_batch_in_hand),
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
 	    cmocka_unit_test(commits_are_synchronous_whatever_the_database_sets),
+	    cmocka_unit_test(an_event_committed_after_its_emitter_gave_up_is_withdrawn),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
