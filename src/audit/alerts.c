@@ -24,9 +24,9 @@ struct agent {
 	char *id;
 	struct agent *hnext;       /* hash chain */
 	struct agent *prev, *next; /* recency list, most recent first */
-	int64_t *denials;          /* ring of the last escalation_threshold denial times */
+	int64_t *denials;          /* ring of the last denial times (idp_elapsed_ms) */
 	unsigned ndenials, head;   /* head: the oldest entry once the ring is full */
-	int64_t quiet_until;       /* no escalation alert before this */
+	int64_t quiet_until;       /* no escalation alert before this (idp_elapsed_ms) */
 	unsigned history;          /* tool and audience events seen, saturating */
 	char **items;              /* "t:<tool>" / "a:<audience>", most recent first */
 	unsigned nitems;
@@ -288,7 +288,9 @@ static struct audit_event *
 escalation(struct audit_alerts *a, struct agent *g, const struct audit_event *ev)
 {
 	unsigned n = a->cfg.escalation_threshold, in_window = 0;
-	int64_t now = idp_now_ms(a->clock), since = now - a->cfg.escalation_window_ms;
+	/* Monotonic: a wall clock set back would stretch quiet_until and the
+	 * window, and hide the alerts due meanwhile. */
+	int64_t now = idp_elapsed_ms(a->clock), since = now - a->cfg.escalation_window_ms;
 	struct audit_event *alert;
 
 	if (now < g->quiet_until)

@@ -188,6 +188,62 @@ escalation_counts_only_denials_inside_the_window(void **state)
 	fixture_free(fx);
 }
 
+/* A clock whose wall time the test sets apart from its monotonic time. */
+static int64_t wall_ms, mono_ms;
+
+static int64_t
+wall_now(const struct idp_clock *c)
+{
+	(void)c;
+	return wall_ms;
+}
+
+static int64_t
+mono_now(const struct idp_clock *c)
+{
+	(void)c;
+	return mono_ms;
+}
+
+/*
+ * Escalation windows run on the monotonic clock: the wall clock set back
+ * an hour right after an alert does not keep the rule quiet for that hour.
+ */
+static void
+escalation_ignores_a_wall_clock_set_back(void **state)
+{
+	struct idp_clock clock = {wall_now, 0, mono_now};
+	struct audit_alert_config c;
+	struct audit_alerts *a;
+	struct idp_diag d;
+	struct fixture fx;
+
+	(void)state;
+	audit_alert_config_defaults(&c);
+	three_in_ten(&c);
+	idp_diag_init(&d);
+	assert_int_equal(audit_alerts_new(&c, &clock, &a, &d), IDP_OK);
+	fx.alerts = a;
+	wall_ms = T0;
+	mono_ms = 1000 * MIN;
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    feed_n(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION)),
+		    0);
+	feed(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION),
+	     "scope_escalation", NULL);
+	/* Eleven minutes on, with the wall clock an hour behind. */
+	wall_ms = T0 - 60 * MIN;
+	mono_ms += 11 * MIN;
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    feed_n(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION)),
+		    0);
+	feed(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION),
+	     "scope_escalation", NULL);
+	audit_alerts_free(a);
+}
+
 static void
 escalation_is_counted_per_agent_and_reason(void **state)
 {
@@ -509,6 +565,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(escalation_raises_one_alert_per_burst),
 	    cmocka_unit_test(escalation_counts_only_denials_inside_the_window),
+	    cmocka_unit_test(escalation_ignores_a_wall_clock_set_back),
 	    cmocka_unit_test(escalation_is_counted_per_agent_and_reason),
 	    cmocka_unit_test(escalation_rule_can_be_turned_off),
 	    cmocka_unit_test(every_chain_violation_alerts),
