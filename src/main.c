@@ -633,7 +633,7 @@ done:
 	audit_ship_stop();
 	left = audit_writer_stop(app.cfg ? app.cfg->server.shutdown_timeout_ms : 0);
 	if (left > 0) {
-		log_error("audit: %d queued event(s) could not be written before exit", left);
+		log_error("audit: %d event(s) could not be written before exit", left);
 		/* Audit events lost: not a clean stop, whatever systemd expects. */
 		if (rc == 0)
 			rc = 1;

@@ -68,6 +68,7 @@ enum audit_type {
 	AUDIT_CONFIG_RELOADED,
 	AUDIT_MAINTENANCE_CLEANUP,
 	AUDIT_AUDIT_VERIFIED,
+	AUDIT_AUDIT_WITHDRAWN, /* an event committed after its emitter gave up on it */
 	AUDIT_TYPE_COUNT,
 	/*
 	 * Only in an event read back from a row that a newer idpd wrote, of a

@@ -48,7 +48,9 @@ int audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 
 /*
  * Write what is queued (waiting up to timeout_ms), stop the thread, close
- * the connection.  Returns the number of events left unwritten.  Main thread.
+ * the connection.  Returns the number of events left unwritten: those still
+ * queued and those of the batch the writer held, acknowledged or not (an
+ * async emitter was answered at enqueue).  Main thread.
  */
 int audit_writer_stop(int64_t timeout_ms);
 

@@ -15,6 +15,9 @@ struct idp_clock {
 	/* Wall-clock milliseconds since the Unix epoch (UTC). */
 	int64_t (*now_ms)(const struct idp_clock *c);
 	int64_t fixed_ms; /* used by idp_clock_fixed() */
+	/* Milliseconds from an arbitrary origin that never steps back: for
+	 * windows and durations, which a wall clock set back would stretch. */
+	int64_t (*elapsed_ms)(const struct idp_clock *c);
 };
 
 /* The real clock: a static object, safe from any thread. */
@@ -26,6 +29,13 @@ static inline int64_t
 idp_now_ms(const struct idp_clock *c)
 {
 	return c->now_ms(c);
+}
+
+/* The clock's monotonic reading (elapsed_ms); a fixed clock gives fixed_ms. */
+static inline int64_t
+idp_elapsed_ms(const struct idp_clock *c)
+{
+	return c->elapsed_ms(c);
 }
 
 /* Monotonic microseconds, for durations only. */

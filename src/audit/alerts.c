@@ -24,9 +24,9 @@ struct agent {
 	char *id;
 	struct agent *hnext;       /* hash chain */
 	struct agent *prev, *next; /* recency list, most recent first */
-	int64_t *denials;          /* ring of the last escalation_threshold denial times */
+	int64_t *denials;          /* ring of the last denial times (idp_elapsed_ms) */
 	unsigned ndenials, head;   /* head: the oldest entry once the ring is full */
-	int64_t quiet_until;       /* no escalation alert before this */
+	int64_t quiet_until;       /* no escalation alert before this (idp_elapsed_ms) */
 	unsigned history;          /* tool and audience events seen, saturating */
 	char **items;              /* "t:<tool>" / "a:<audience>", most recent first */
 	unsigned nitems;
@@ -288,7 +288,9 @@ static struct audit_event *
 escalation(struct audit_alerts *a, struct agent *g, const struct audit_event *ev)
 {
 	unsigned n = a->cfg.escalation_threshold, in_window = 0;
-	int64_t now = idp_now_ms(a->clock), since = now - a->cfg.escalation_window_ms;
+	/* Monotonic: a wall clock set back would stretch quiet_until and the
+	 * window, and hide the alerts due meanwhile. */
+	int64_t now = idp_elapsed_ms(a->clock), since = now - a->cfg.escalation_window_ms;
 	struct audit_event *alert;
 
 	if (now < g->quiet_until)
@@ -399,17 +401,33 @@ run(struct audit_alerts *a, const struct audit_event *ev, bool raise,
 	const char *agent_id = ev->str[AUDIT_F_AGENT_ID];
 	const char *reason = audit_event_detail_str(ev, "reason");
 	struct audit_event *alert;
-	struct agent *g;
+	struct agent *g = NULL;
 	size_t n = 0;
+	char kind;
+	bool denial, escalates, novel;
 
 	if (ev->type == AUDIT_ALERT || agent_id == NULL)
 		return 0;
+	/*
+	 * Only the events a rule reads get a tracker, or refresh one: denials
+	 * and the events that show an agent using a tool or an audience, all
+	 * of them made for an authenticated agent.  Any other event naming an
+	 * agent (agent.attestation_failed carries whatever id an
+	 * unauthenticated caller sent) would otherwise let a flood of made-up
+	 * ids evict every real agent's tracker, and with it their history and
+	 * their pending denials.
+	 */
+	denial = raise && is_denial(ev) && reason != NULL;
+	escalates = denial && a->cfg.escalation_threshold > 0 &&
+	            strcmp(reason, AUDIT_REASON_SCOPE_ESCALATION) == 0;
+	novel = a->cfg.novelty && novelty_item(ev, &kind) != NULL;
+	if (!denial && !novel)
+		return 0;
 	pthread_mutex_lock(&a->lock);
-	g = agent_get(a, agent_id);
-	if (raise && is_denial(ev) && reason != NULL) {
-		if (a->cfg.escalation_threshold > 0 &&
-		    strcmp(reason, AUDIT_REASON_SCOPE_ESCALATION) == 0 &&
-		    (alert = escalation(a, g, ev)) != NULL)
+	if (escalates || novel)
+		g = agent_get(a, agent_id);
+	if (denial) {
+		if (escalates && (alert = escalation(a, g, ev)) != NULL)
 			out[n++] = alert;
 		if (a->cfg.chain_violation && strncmp(reason, AUDIT_REASON_CHAIN_PREFIX,
 		                                      strlen(AUDIT_REASON_CHAIN_PREFIX)) == 0) {
@@ -418,7 +436,7 @@ run(struct audit_alerts *a, const struct audit_event *ev, bool raise,
 			out[n++] = alert;
 		}
 	}
-	if (a->cfg.novelty && (alert = novelty(a, g, ev, raise)) != NULL)
+	if (novel && (alert = novelty(a, g, ev, raise)) != NULL)
 		out[n++] = alert;
 	pthread_mutex_unlock(&a->lock);
 	return n;

@@ -331,6 +331,31 @@ ingest_event(struct http_req *req, void *ctx)
 		    "the event is not valid");
 		goto done;
 	}
+	/*
+	 * Keys of detail that idpd gives meaning to (the alert rules and the
+	 * CEF and LEEF lines read them as idpd's own: why it refused, for
+	 * which audience, which rule fired) are no reporter's to write.
+	 */
+	{
+		static const char *const owned[] = {"reason", "audience", "rule"};
+		const json_t *detail = audit_event_detail(ev);
+		char named[64] = "";
+		size_t used = 0;
+
+		for (size_t i = 0; detail != NULL && i < IDP_ARRAY_LEN(owned); i++)
+			if (json_object_get(detail, owned[i]) != NULL)
+				used +=
+				    (size_t)snprintf(named + used, sizeof(named) - used,
+				                     "%sdetail.%s", used > 0 ? ", " : "", owned[i]);
+		if (used > 0) {
+			audit_event_free(ev);
+			http_reply_problem(
+			    req, 422, "unprocessable",
+			    json_pack("{s:[s+]}", "errors", named, ": set by idpd, not reported"),
+			    "the event is not valid");
+			goto done;
+		}
+	}
 	/* What the reporter may not choose: identity, time, origin. */
 	if (audit_event_set(ev, AUDIT_F_ID, NULL) != IDP_OK ||
 	    audit_event_assign_id(ev) != IDP_OK ||
@@ -427,6 +452,15 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 		snprintf(st->writer, sizeof(st->writer), "%s", writer);
 		st->in_chain = true;
 		st->chains++;
+		/* Every writer commits its chain's row with each batch, and
+		 * migrations 0006 and 0011 made one for every older chain: a
+		 * chain without one has lost it, and with it the record of how
+		 * far the chain went (its newest rows may be gone too). */
+		if (strcmp(PQgetvalue(r, i, 17), "t") != 0) {
+			*reason = "the chain has no audit_chains row (how far it went is unknown: "
+			          "rows may be missing at its end)";
+			return false;
+		}
 		if (seq != pruned + 1) {
 			*reason = seq > pruned
 			              ? "rows are missing at the start of the chain (after "
@@ -488,23 +522,65 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 	return true;
 }
 
+/*
+ * Answer a finished walk with out (stolen), and record that who walked the
+ * chain: audit.verified with the result and, for a break, where.  Queued
+ * without waiting, like policy.evaluated: the answer does not depend on
+ * it, and a full queue must not turn a verification into a 503.
+ */
+static void
+reply_verified(struct http_req *req, const struct auth_principal *who, json_t *out)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_AUDIT_VERIFIED, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(req);
+	json_t *broken = json_object_get(out, "broken_at");
+	bool ok = json_is_true(json_object_get(out, "ok"));
+
+	if (ev != NULL) {
+		audit_event_set_outcome(ev, ok ? AUDIT_OUTCOME_SUCCESS : AUDIT_OUTCOME_FAILURE);
+		/* A broken chain is evidence of tampering: as severe as an alert. */
+		if ((!ok && audit_event_set_severity(ev, 8) != IDP_OK) ||
+		    audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who->name) != IDP_OK ||
+		    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+		    (peer[0] != '\0' &&
+		     audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+		    audit_event_put_detail(ev, "result", json_string(ok ? "ok" : "broken")) !=
+		        IDP_OK ||
+		    audit_event_put_detail(ev, "events_verified",
+		                           json_incref(json_object_get(out, "events_verified"))) !=
+		        IDP_OK ||
+		    audit_event_put_detail(ev, "chains",
+		                           json_incref(json_object_get(out, "chains"))) != IDP_OK ||
+		    (broken != NULL &&
+		     audit_event_put_detail(ev, "broken_at", json_deep_copy(broken)) != IDP_OK)) {
+			log_error("audit: cannot record a verification");
+			audit_event_free(ev);
+		} else if (audit_emit_nowait(ev) != IDP_OK) {
+			log_warn("audit: a verification was not recorded (audit queue full)");
+		}
+	}
+	http_reply_json(req, 200, out);
+}
+
 /* The answer for a break with no row to name: its chain and first missing seq. */
 static void
-reply_chain_broken(struct http_req *req, const struct verify_state *st, const char *chain,
-                   long long seq, const char *reason)
+reply_chain_broken(struct http_req *req, const struct auth_principal *who,
+                   const struct verify_state *st, const char *chain, long long seq,
+                   const char *reason)
 {
 	log_warn("audit: verification failed: chain %s at seq %lld: %s", chain, seq, reason);
-	http_reply_json(req, 200,
-	                json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
-	                          (json_int_t)st->events, "chains", (json_int_t)st->chains,
-	                          "broken_at", "chain", chain, "seq", (json_int_t)seq, "reason",
-	                          reason));
+	reply_verified(req, who,
+	               json_pack("{s:b,s:I,s:I,s:{s:s,s:I,s:s}}", "ok", 0, "events_verified",
+	                         (json_int_t)st->events, "chains", (json_int_t)st->chains,
+	                         "broken_at", "chain", chain, "seq", (json_int_t)seq, "reason",
+	                         reason));
 }
 
 static void
-reply_tail_missing(struct http_req *req, const struct verify_state *st)
+reply_tail_missing(struct http_req *req, const struct auth_principal *who,
+                   const struct verify_state *st)
 {
-	reply_chain_broken(req, st, st->writer, st->seq + 1,
+	reply_chain_broken(req, who, st, st->writer, st->seq + 1,
 	                   "rows are missing at the end of the chain (audit_chains.last_seq "
 	                   "is beyond its last row)");
 }
@@ -516,7 +592,8 @@ reply_tail_missing(struct http_req *req, const struct verify_state *st)
  * answered, negative when the store failed.
  */
 static int
-check_emptied_chains(struct http_req *req, struct store_conn *c, const struct verify_state *st)
+check_emptied_chains(struct http_req *req, const struct auth_principal *who, struct store_conn *c,
+                     const struct verify_state *st)
 {
 	static struct store_stmt q = {
 	    "audit_verify_emptied",
@@ -532,7 +609,8 @@ check_emptied_chains(struct http_req *req, struct store_conn *c, const struct ve
 		PQclear(r);
 		return 0;
 	}
-	reply_chain_broken(req, st, PQgetvalue(r, 0, 0), strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+	reply_chain_broken(req, who, st, PQgetvalue(r, 0, 0),
+	                   strtoll(PQgetvalue(r, 0, 1), NULL, 10),
 	                   "every row of the chain is missing (audit_chains.last_seq is beyond "
 	                   "what retention removed)");
 	PQclear(r);
@@ -549,7 +627,8 @@ verify(struct http_req *req, void *ctx)
 	    "severity, outcome, coalesce((SELECT last_seq FROM audit_chains c WHERE "
 	    "c.writer_id = e.writer_id), 0), coalesce((SELECT pruned_seq FROM audit_chains c "
 	    "WHERE c.writer_id = e.writer_id), 0), (SELECT pruned_hash FROM audit_chains c "
-	    "WHERE c.writer_id = e.writer_id) FROM audit_events e "
+	    "WHERE c.writer_id = e.writer_id), EXISTS (SELECT 1 FROM audit_chains c WHERE "
+	    "c.writer_id = e.writer_id) FROM audit_events e "
 	    "WHERE (writer_id, seq) > ($1, $2::bigint) ORDER BY writer_id, seq LIMIT 2000",
 	    2, 0};
 	struct idpd_app *app = ctx;
@@ -594,7 +673,7 @@ verify(struct http_req *req, void *ctx)
 			    !chain_complete(&st)) {
 				PQclear(r);
 				store_release(app->store, c);
-				reply_tail_missing(req, &st);
+				reply_tail_missing(req, &who, &st);
 				return;
 			}
 			if (!verify_row(&st, r, i, &reason)) {
@@ -610,7 +689,7 @@ verify(struct http_req *req, void *ctx)
 				log_warn("audit: verification failed at row %s",
 				         json_string_value(json_object_get(
 				             json_object_get(out, "broken_at"), "event_id")));
-				http_reply_json(req, 200, out);
+				reply_verified(req, &who, out);
 				return;
 			}
 		}
@@ -624,11 +703,11 @@ verify(struct http_req *req, void *ctx)
 	}
 	if (!chain_complete(&st)) {
 		store_release(app->store, c);
-		reply_tail_missing(req, &st);
+		reply_tail_missing(req, &who, &st);
 		return;
 	}
 	{
-		int rc = check_emptied_chains(req, c, &st);
+		int rc = check_emptied_chains(req, &who, c, &st);
 
 		store_release(app->store, c);
 		if (rc < 0)
@@ -636,9 +715,9 @@ verify(struct http_req *req, void *ctx)
 		if (rc != 0)
 			return;
 	}
-	http_reply_json(req, 200,
-	                json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified",
-	                          (json_int_t)st.events, "chains", (json_int_t)st.chains));
+	reply_verified(req, &who,
+	               json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified", (json_int_t)st.events,
+	                         "chains", (json_int_t)st.chains));
 }
 
 int

@@ -58,6 +58,7 @@ static const struct {
     [AUDIT_CONFIG_RELOADED] = {"config.reloaded", "config", "Configuration reloaded", 4},
     [AUDIT_MAINTENANCE_CLEANUP] = {"maintenance.cleanup", "maintenance", "Maintenance cleanup", 2},
     [AUDIT_AUDIT_VERIFIED] = {"audit.verified", "audit", "Audit chain verified", 3},
+    [AUDIT_AUDIT_WITHDRAWN] = {"audit.withdrawn", "audit", "Audit event withdrawn", 4},
 };
 
 static bool

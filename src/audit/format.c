@@ -283,7 +283,9 @@ format_leef(const struct audit_event *ev, const char *version, struct idp_buf *b
 	pair(&p, "nextStep", ev->str[AUDIT_F_NEXT_STEP]);
 	pair(&p, "reason", audit_event_detail_str(ev, "reason"));
 	pair(&p, "audience", audit_event_detail_str(ev, "audience"));
-	pair(&p, "rule", audit_event_detail_str(ev, "rule"));
+	/* Only an alert's rule is a detection rule of idpd's. */
+	if (ev->type == AUDIT_ALERT)
+		pair(&p, "rule", audit_event_detail_str(ev, "rule"));
 	free(chain);
 	free(actor);
 	return p.rc;

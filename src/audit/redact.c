@@ -8,6 +8,20 @@
 
 #include "audit_int.h"
 
+/*
+ * Characters the token scan examined, in this thread: tests check through
+ * it that the scan stays linear in its input.
+ */
+#ifdef IDP_TESTING
+_Thread_local size_t redact_scan_steps;
+#define SCAN_STEP() (redact_scan_steps++)
+#else
+#define SCAN_STEP() ((void)0)
+#endif
+
+/* The largest parameters or detail object redaction scans: an event's whole text. */
+#define REDACT_INPUT_MAX AUDIT_EVENT_JSON_MAX
+
 /* Compared against keys lower-cased and stripped of '_', '-', '.' and ' '. */
 static const char *const secret_words[] = {
     "password",      "passwd", "passphrase", "secret",     "token",
@@ -50,29 +64,45 @@ b64url_char(unsigned char c)
 	return isalnum(c) || c == '-' || c == '_' || c == '=';
 }
 
-/* Whether a compact JWS/JWE starts at p: "eyJ", then base64url segments, two dots or more. */
+/*
+ * Whether a compact JWS/JWE starts at p, and where the run of base64url
+ * characters and dots that starts there ends (*end).  A token is "eyJ", the
+ * rest of its header, then at least two dots and one non-empty segment
+ * after the header.  Empty segments are allowed (a JWE with alg "dir" has
+ * no encrypted key; a detached-payload JWS has no payload), and so are
+ * dots after the last segment ("...", as audit_json_clip appends).
+ *
+ * An "eyJ" inside a run that is not a token cannot start one either (its
+ * run ends where this one does, with no more dots, and any segment after
+ * its header would have been one after this header), so the caller
+ * looks for the next token only from *end and the whole scan stays linear.
+ */
 static bool
-jwt_at(const char *p)
+jwt_at(const char *p, const char **end)
 {
 	size_t dots = 0, seg = 0;
+	bool filled = false; /* a non-empty segment after the header */
 
+	*end = p + 1;
 	if (strncmp(p, "eyJ", 3) != 0)
 		return false;
 	for (; *p != '\0'; p++) {
 		unsigned char c = (unsigned char)*p;
 
+		SCAN_STEP();
 		if (c == '.') {
-			if (seg == 0)
-				return false;
 			dots++;
 			seg = 0;
 		} else if (b64url_char(c)) {
 			seg++;
+			if (dots > 0)
+				filled = true;
 		} else {
 			break;
 		}
 	}
-	return dots >= 2;
+	*end = p;
+	return dots >= 2 && filled;
 }
 
 /* Whether a run of at least n characters none of which is a space starts at p. */
@@ -81,7 +111,8 @@ word_at_least(const char *p, size_t n)
 {
 	size_t k = 0;
 
-	while (p[k] != '\0' && !isspace((unsigned char)p[k]))
+	/* Stops at n: the caller tries every position, and must stay linear. */
+	while (k < n && p[k] != '\0' && !isspace((unsigned char)p[k]))
 		k++;
 	return k >= n;
 }
@@ -89,6 +120,8 @@ word_at_least(const char *p, size_t n)
 bool
 audit_value_is_secret(const char *s)
 {
+	const char *p, *next; /* next: where a token may start */
+
 	while (isspace((unsigned char)*s))
 		s++;
 	/* The whole value: an HTTP authorization value, a scheme and one word
@@ -105,12 +138,19 @@ audit_value_is_secret(const char *s)
 		if (*w == '\0')
 			return true;
 	}
-	/* Anywhere in it: a bearer token, an idpd API key, a JWS/JWE, as in a
-	 * command line or a header copied into a result. */
-	for (const char *p = s; *p != '\0'; p++) {
-		if ((p == s || !isalnum((unsigned char)p[-1])) &&
-		    ((has_prefix_nocase(p, "bearer ") && word_at_least(p + 7, 8)) ||
-		     (strncmp(p, "idpk_", 5) == 0 && word_at_least(p + 5, 8)) || jwt_at(p)))
+	/*
+	 * Anywhere in it: a bearer token, an idpd API key, a JWS/JWE, as in a
+	 * command line or a header copied into a result.  Only "bearer" needs
+	 * a word boundary before it (else "cupbearer" would match); a key or
+	 * a token may follow anything, as in "Bearer%20eyJ...".
+	 */
+	for (p = s, next = s; *p != '\0'; p++) {
+		if ((p == s || !isalnum((unsigned char)p[-1])) && has_prefix_nocase(p, "bearer ") &&
+		    word_at_least(p + 7, 8))
+			return true;
+		if (strncmp(p, "idpk_", 5) == 0 && word_at_least(p + 5, 8))
+			return true;
+		if (p >= next && jwt_at(p, &next))
 			return true;
 	}
 	return false;
@@ -248,6 +288,12 @@ audit_redact_params(json_t *params)
 		return IDP_EINVAL;
 	if (audit_json_depth(params, AUDIT_JSON_MAX_DEPTH) > AUDIT_JSON_MAX_DEPTH)
 		return IDP_EINVAL;
+	/* Bounded before the scan too: redaction may shrink a value (a long
+	 * token becomes "[REDACTED]"), so the bound here is looser, but the
+	 * work the scan does stays bounded whoever calls. */
+	if (json_size_bound(params, REDACT_INPUT_MAX) > REDACT_INPUT_MAX &&
+	    json_dumpb(params, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(17)) > REDACT_INPUT_MAX)
+		return IDP_ETOOBIG;
 	redact(params);
 	/* The exact size only when the cheap bound cannot vouch for it. */
 	if (json_size_bound(params, AUDIT_JSON_MAX_BYTES) > AUDIT_JSON_MAX_BYTES &&

@@ -28,7 +28,10 @@
  * the COPY rows of a batch are computed once; if the transaction fails the
  * same rows are retried after a reconnect, skipping those that turn out to
  * have committed already (the COMMIT reply can be lost with the connection),
- * so the chain never forks and no event is written twice.
+ * so the chain never forks and no event is written twice.  An event whose
+ * emitter gave up (503) but which committed all the same (a lost COMMIT
+ * reply, or an attempt slower than audit.timeout) is followed by an
+ * audit.withdrawn event naming it.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -94,6 +97,9 @@ static struct {
 	bool *inflight_cancel;
 	bool running;
 	pthread_t thread;
+	/* Events of the batch the writer held when it gave up at stop: set by
+	 * the writer thread before it ends, read after it is joined. */
+	int unwritten;
 	/* The waiters of audit_emit_then, oldest first, and their timer. */
 	struct waiter *waiters;
 	int wcap, whead, wcount;
@@ -415,14 +421,57 @@ enqueue_own(struct audit_event *ev)
 		return;
 	pthread_mutex_lock(&W.lock);
 	if (W.count == W.cap) {
-		log_error("audit: queue full, alert %s refused",
+		log_error("audit: queue full, %s %s refused", audit_event_type_name(ev),
 		          audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
-		                                             : "?");
+		                                             : "event");
 		(void)refuse_locked(&sl);
 		return;
 	}
 	(void)enqueue(&sl);
 	pthread_mutex_unlock(&W.lock);
+}
+
+/*
+ * The event that says ev, just committed, records a request that was
+ * answered 503 and undone: its emitter gave up waiting (audit.timeout)
+ * while the batch's attempt was slow, not failed, so the event could not
+ * be withdrawn from the batch.  NULL only on a bug.
+ */
+static struct audit_event *
+withdrawal(const struct audit_event *ev)
+{
+	static const enum audit_field copied[] = {
+	    AUDIT_F_AGENT_ID, AUDIT_F_AGENT_TYPE, AUDIT_F_HUMAN_PRINCIPAL,
+	    AUDIT_F_TASK_ID,  AUDIT_F_REQUEST_ID, AUDIT_F_SOURCE_ADDRESS,
+	};
+	struct audit_event *w = audit_event_new(AUDIT_AUDIT_WITHDRAWN, AUDIT_TIME_UNSET);
+	int rc = IDP_OK;
+
+	if (w == NULL)
+		return NULL;
+	audit_event_set_outcome(w, AUDIT_OUTCOME_ERROR);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(copied) && rc == IDP_OK; i++)
+		rc = audit_event_set(w, copied[i], audit_event_get(ev, copied[i]));
+	if (rc == IDP_OK)
+		rc = audit_event_set_actor(w, AUDIT_ACTOR_SYSTEM, "audit");
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(w, "withdrawn_event_id",
+		                            json_string(audit_event_get(ev, AUDIT_F_ID)));
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(w, "withdrawn_type",
+		                            json_string(audit_event_type_name(ev)));
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(
+		    w, "message",
+		    json_string("committed after its emitter gave up waiting: the request it "
+		                "records was answered 503 and its change undone"));
+	if (rc != IDP_OK) {
+		log_error("audit: bug: cannot build the withdrawal of event %s",
+		          audit_event_get(ev, AUDIT_F_ID));
+		audit_event_free(w);
+		return NULL;
+	}
+	return w;
 }
 
 static bool
@@ -573,6 +622,7 @@ run(void *arg)
 	struct slot *batch = idp_xcalloc((size_t)W.o.batch_max, sizeof(*batch));
 	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
 	struct waiter *wake = idp_xcalloc((size_t)W.o.batch_max, sizeof(*wake));
+	bool *gave_up = idp_xcalloc((size_t)W.o.batch_max, sizeof(*gave_up));
 	struct idp_buf b;
 
 	(void)arg;
@@ -654,15 +704,24 @@ run(void *arg)
 			     q++)
 				pthread_cond_broadcast(&W.done[q % DONE_WAYS]);
 			W.committed_seq += (uint64_t)n;
+			/* Emitters that gave up before this commit answered 503:
+			 * their events, written all the same, are withdrawn below. */
+			for (int i = 0; i < n; i++)
+				gave_up[i] = W.inflight_cancel[i] && batch[i].ev != NULL;
 			W.inflight_n = 0;
 			n_wake = waiters_committed(wake, W.o.batch_max);
 			pthread_mutex_unlock(&W.lock);
 			for (int i = 0; i < n_wake; i++)
 				wake[i].done(wake[i].arg, IDP_OK);
 		} else {
-			log_error("audit: shutting down with %d event(s) unwritten (PostgreSQL "
-			          "unreachable); their emitters were not acknowledged",
-			          n);
+			/* Not cancelled ones only: those were withdrawn, not lost.
+			 * An async emitter was acknowledged at enqueue, so these
+			 * are lost events, which audit_writer_stop reports. */
+			for (int i = 0; i < n; i++)
+				W.unwritten += batch[i].ev != NULL;
+			log_error("audit: shutting down with %d event(s) of the batch in hand "
+			          "unwritten (PostgreSQL unreachable)",
+			          W.unwritten);
 		}
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
@@ -674,6 +733,12 @@ run(void *arg)
 				for (size_t j = 0; j < k; j++)
 					enqueue_own(raised[j]);
 			}
+			if (written && gave_up[i]) {
+				struct audit_event *w = withdrawal(batch[i].ev);
+
+				if (w != NULL)
+					enqueue_own(w);
+			}
 			audit_event_free(batch[i].ev);
 			free(batch[i].canon);
 		}
@@ -684,6 +749,7 @@ run(void *arg)
 	free(batch);
 	free(rows);
 	free(wake);
+	free(gave_up);
 	if (W.pg != NULL)
 		PQfinish(W.pg);
 	W.pg = NULL;
@@ -795,6 +861,7 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	W.head = W.count = 0;
 	W.enq_seq = W.committed_seq = 0;
 	W.stop = false;
+	W.unwritten = 0;
 	W.chain_seq = 0;
 	memcpy(W.chain_hash, audit_genesis_hash, sizeof(W.chain_hash));
 	pthread_condattr_init(&ca);
@@ -847,7 +914,8 @@ audit_writer_stop(int64_t timeout_ms)
 	timer_stop();
 
 	pthread_mutex_lock(&W.lock);
-	left = W.count;
+	/* The batch the writer gave up on, and what it never took. */
+	left = W.unwritten + W.count;
 	while (W.count > 0) {
 		audit_event_free(W.ring[W.head].ev);
 		free(W.ring[W.head].canon);

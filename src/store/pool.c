@@ -92,7 +92,7 @@ PGconn *
 store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_timeout_ms, char *err,
                   size_t err_len)
 {
-	char ct[32], opt[64];
+	char ct[32], opt[96];
 	const char *keys[] = {"dbname",
 	                      "connect_timeout",
 	                      "application_name",
@@ -135,7 +135,12 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	PQconninfoFree(parsed);
 
 	snprintf(ct, sizeof(ct), "%lld", (long long)(secs < 2 ? 2 : secs));
-	snprintf(opt, sizeof(opt), "-c statement_timeout=%lld", (long long)stmt_timeout_ms);
+	/* synchronous_commit is forced on: a database or role that sets it off
+	 * would let a COMMIT return before its WAL is flushed, and the audit
+	 * events (and the registry writes they accompany) that idpd then
+	 * acknowledges as durable could vanish in a PostgreSQL crash. */
+	snprintf(opt, sizeof(opt), "-c statement_timeout=%lld -c synchronous_commit=on",
+	         (long long)stmt_timeout_ms);
 	vals[0] = url;
 	vals[1] = ct;
 	vals[2] = "idpd";

@@ -19,7 +19,14 @@ system_now(const struct idp_clock *c)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static const struct idp_clock system_clock = {system_now, 0};
+static int64_t
+system_elapsed(const struct idp_clock *c)
+{
+	(void)c;
+	return idp_mono_us() / 1000;
+}
+
+static const struct idp_clock system_clock = {system_now, 0, system_elapsed};
 
 const struct idp_clock *
 idp_clock_system(void)
@@ -38,6 +45,7 @@ idp_clock_fixed(struct idp_clock *c, int64_t ms)
 {
 	c->now_ms = fixed_now;
 	c->fixed_ms = ms;
+	c->elapsed_ms = fixed_now;
 }
 
 int64_t

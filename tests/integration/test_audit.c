@@ -193,6 +193,30 @@ bad_reports_are_rejected_and_nothing_is_written(void **state)
 	    report(&p, "{\"type\":\"tool_invocation\",\"severity\":\"high\"}", NULL, 0), 422);
 	assert_int_equal(report(&p, "{\"type\":", NULL, 0), 400);
 	assert_int_equal(report(&p, "[1,2]", NULL, 0), 400);
+	/* detail keys idpd gives meaning to (SIEM lines and alert rules read
+	 * them as idpd's): refused, named. */
+	{
+		static const char *const owned[] = {"reason", "audience", "rule"};
+		char url[256], auth[128], body[256], want[64];
+		const char *h[] = {auth, "Content-Type: application/json", NULL};
+		struct http_resp r;
+
+		bearer(auth, sizeof(auth), reporter_key);
+		snprintf(url, sizeof(url), "%s/v1/audit/events", p.base);
+		for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++) {
+			snprintf(body, sizeof(body),
+			         "{\"type\":\"tool_invocation\",\"action\":{\"tool\":\"t\"},"
+			         "\"detail\":{\"%s\":\"x\"}}",
+			         owned[i]);
+			assert_int_equal(harness_http("POST", url, h, body, strlen(body), &r), 0);
+			assert_int_equal(r.status, 422);
+			snprintf(want, sizeof(want), "detail.%s: set by idpd, not reported", owned[i]);
+			assert_string_equal(json_string_value(json_array_get(
+			                        json_object_get(r.json, "errors"), 0)),
+			                    want);
+			harness_resp_free(&r);
+		}
+	}
 	big = malloc(len + 64);
 	snprintf(big, len + 64, "{\"type\":\"tool_invocation\",\"action\":{\"result\":\"");
 	memset(big + strlen(big), 'r', len - strlen(big));
@@ -468,7 +492,52 @@ verify_sees_edited_columns_and_a_missing_tail(void **state)
 	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
 	assert_string_equal(verify_says(&p), "rows are missing at the end of the chain "
 	                                     "(audit_chains.last_seq is beyond its last row)");
+	/* The same with the chain's audit_chains row deleted too: a chain with
+	 * rows and no row of its own is a break, not a shorter log. */
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(harness_sql("t_audit_columns", "DELETE FROM audit_chains"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_columns", NULL, keys_toml), 0);
+	assert_string_equal(verify_says(&p), "the chain has no audit_chains row (how far it went "
+	                                     "is unknown: rows may be missing at its end)");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+/*
+ * Every walk of the chain is itself recorded (audit.verified): who walked
+ * it, whether it held, and where it broke.
+ */
+static void
+verification_is_audited(void **state)
+{
+	struct idpd_proc p;
+	char victim[80], sql[512], v[512];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create("t_audit_verified"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_audit_verified", NULL, keys_toml), 0);
+	assert_int_equal(report(&p, tool_event, victim, sizeof(victim)), 201);
+	assert_string_equal(verify_says(&p), "ok");
+	snprintf(sql, sizeof(sql), "UPDATE audit_events SET severity = 1 WHERE event_id = '%s'",
+	         victim);
+	assert_int_equal(harness_sql("t_audit_verified", sql), 0);
+	assert_string_equal(verify_says(&p), "an indexed column disagrees with the hashed body");
+	/* Stopping flushes the queue. */
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_int_equal(
+	    harness_sql_value(
+	        "t_audit_verified",
+	        "SELECT string_agg(concat_ws(' ', outcome, severity, b->'actor'->>'kind', "
+	        "b->'actor'->>'name', b->'detail'->>'result', b->'detail'->'broken_at'->>'event_id', "
+	        "b->'detail'->'broken_at'->>'reason'), ' | ' ORDER BY seq) FROM (SELECT outcome, "
+	        "severity, seq, body::jsonb AS b FROM audit_events WHERE type = 'audit.verified') x",
+	        v, sizeof(v)),
+	    0);
+	snprintf(sql, sizeof(sql),
+	         "success 3 operator siem-reader ok | failure 8 operator siem-reader broken %s an "
+	         "indexed column disagrees with the hashed body",
+	         victim);
+	assert_string_equal(v, sql);
 }
 
 /* Run a migration file's SQL against db (as an operator re-running it would). */
@@ -1011,6 +1080,7 @@ main(void)
 	    cmocka_unit_test(verify_names_the_row_edited_behind_idpds_back),
 	    cmocka_unit_test(verify_sees_edited_columns_and_a_missing_tail),
 	    cmocka_unit_test(verify_sees_rows_missing_at_the_start_of_a_chain),
+	    cmocka_unit_test(verification_is_audited),
 	    cmocka_unit_test(a_request_answered_after_the_drain_deadline_is_not_counted_as_cut_off),
 	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
 	    cmocka_unit_test(audit_queries_have_an_index_path),

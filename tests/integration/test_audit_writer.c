@@ -26,6 +26,7 @@
 
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
+#include "idpd/store.h"
 #include "harness.h"
 
 #define N_EVENTS 300
@@ -238,6 +239,26 @@ stopping_fails_the_events_left_unwritten(void **state)
 	assert_int_equal(atomic_load(&outcomes[3].calls), 0);
 }
 
+/*
+ * Stopping with PostgreSQL away counts every event left unwritten, those
+ * of the batch the writer holds too: in async durability their emitters
+ * were answered, so they are lost, and the caller (main) must say so.
+ */
+static void
+stopping_counts_the_batch_in_hand(void **state)
+{
+	char url[512];
+	struct timespec ts = {0, 200 * 1000 * 1000};
+
+	(void)state;
+	dead_url(url, sizeof(url));
+	start(url, false, 60000);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(audit_emit(event("task-writer-lost")), IDP_OK);
+	nanosleep(&ts, NULL); /* the writer takes them and fails to connect */
+	assert_int_equal(audit_writer_stop(100), 3);
+}
+
 static void
 async_durability_has_nothing_to_wait_for(void **state)
 {
@@ -342,6 +363,111 @@ a_transaction_left_behind_is_waited_for(void **state)
 	assert_string_equal(v, "t");
 }
 
+/*
+ * A database that turns synchronous_commit off does not turn it off for
+ * idpd: the writer's batches (seen by a trigger inside the writer's own
+ * transaction) and the pool's sessions, which commit registry writes
+ * together with their events, both run with it on.
+ */
+static void
+commits_are_synchronous_whatever_the_database_sets(void **state)
+{
+	char url[512], v[64];
+	struct store_opts so = {0};
+	struct store *s;
+	PGresult *r = NULL;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_sync"), 0);
+	assert_int_equal(harness_sql("t_writer_sync",
+	                             "ALTER DATABASE t_writer_sync SET synchronous_commit = off; "
+	                             "CREATE TABLE seen (setting text); "
+	                             "CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE "
+	                             "plpgsql AS $$BEGIN INSERT INTO seen VALUES "
+	                             "(current_setting('synchronous_commit')); RETURN NEW; END$$; "
+	                             "CREATE TRIGGER note AFTER INSERT ON audit_events FOR EACH "
+	                             "ROW EXECUTE FUNCTION note_setting()"),
+	                 0);
+	/* The setting reaches new sessions: a plain one sees it off. */
+	assert_int_equal(harness_sql_value("t_writer_sync", "SHOW synchronous_commit", v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "off");
+	harness_db_url("t_writer_sync", url, sizeof(url));
+	start(url, false, 5000);
+	assert_int_equal(audit_emit(event("t-sync")), IDP_OK);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value("t_writer_sync",
+	                                   "SELECT string_agg(DISTINCT setting, ',') FROM seen", v,
+	                                   sizeof(v)),
+	                 0);
+	assert_string_equal(v, "on");
+
+	so.url = url;
+	so.pool_size = 1;
+	so.connect_timeout_ms = 5000;
+	so.acquire_timeout_ms = 5000;
+	so.statement_timeout_ms = 5000;
+	s = store_open(&so);
+	assert_int_equal(store_query(s, "SHOW synchronous_commit", 0, NULL, &r), IDP_OK);
+	assert_string_equal(PQgetvalue(r, 0, 0), "on");
+	PQclear(r);
+	store_close(s);
+}
+
+/*
+ * An emitter that gave up (503, its change undone) while its batch's
+ * attempt was merely slow, not failed: the attempt commits the event all
+ * the same, and the writer follows it with audit.withdrawn naming it, so
+ * the log does not leave the undone action standing.
+ */
+static void
+an_event_committed_after_its_emitter_gave_up_is_withdrawn(void **state)
+{
+	char url[512], v[256], sql[512];
+	PGconn *lk;
+	PGresult *r;
+	struct timespec ts = {0, 600 * 1000 * 1000};
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_writer_slow"), 0);
+	harness_db_url("t_writer_slow", url, sizeof(url));
+	start(url, true, 300);
+	assert_int_equal(audit_emit(event("t-slow-0")), IDP_OK);
+	lk = PQconnectdb(url);
+	assert_int_equal(PQstatus(lk), CONNECTION_OK);
+	r = PQexec(lk, "BEGIN; LOCK TABLE audit_chains IN ACCESS EXCLUSIVE MODE");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	/* Its batch waits on the lock past audit.timeout: the emitter gives up. */
+	assert_int_equal(audit_emit(event("t-slow-1")), IDP_EUNAVAIL);
+	nanosleep(&ts, NULL);
+	r = PQexec(lk, "COMMIT");
+	PQclear(r);
+	PQfinish(lk);
+	assert_int_equal(audit_emit(event("t-slow-2")), IDP_OK);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value("t_writer_slow",
+	                                   "SELECT event_id FROM audit_events WHERE task_id = "
+	                                   "'t-slow-1'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_true(v[0] != '\0');
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'audit.withdrawn' AND task_id = "
+	         "'t-slow-1' AND outcome = 'error' AND body::jsonb->'detail'->>'withdrawn_event_id' "
+	         "= '%s' AND body::jsonb->'detail'->>'withdrawn_type' = 'tool_invocation'",
+	         v);
+	assert_int_equal(harness_sql_value("t_writer_slow", sql, v, sizeof(v)), 0);
+	assert_string_equal(v, "1");
+	/* Only the one whose emitter gave up. */
+	assert_int_equal(harness_sql_value("t_writer_slow",
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'audit.withdrawn'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "1");
+}
+
 int
 main(void)
 {
@@ -351,7 +477,10 @@ main(void)
 	    cmocka_unit_test(a_commit_is_called_back_while_the_next_batch_fails),
 	    cmocka_unit_test(the_timeout_fails_an_event_postgresql_never_took),
 	    cmocka_unit_test(stopping_fails_the_events_left_unwritten),
+	    cmocka_unit_test(stopping_counts_the_batch_in_hand),
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
+	    cmocka_unit_test(commits_are_synchronous_whatever_the_database_sets),
+	    cmocka_unit_test(an_event_committed_after_its_emitter_gave_up_is_withdrawn),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -188,6 +188,62 @@ escalation_counts_only_denials_inside_the_window(void **state)
 	fixture_free(fx);
 }
 
+/* A clock whose wall time the test sets apart from its monotonic time. */
+static int64_t wall_ms, mono_ms;
+
+static int64_t
+wall_now(const struct idp_clock *c)
+{
+	(void)c;
+	return wall_ms;
+}
+
+static int64_t
+mono_now(const struct idp_clock *c)
+{
+	(void)c;
+	return mono_ms;
+}
+
+/*
+ * Escalation windows run on the monotonic clock: the wall clock set back
+ * an hour right after an alert does not keep the rule quiet for that hour.
+ */
+static void
+escalation_ignores_a_wall_clock_set_back(void **state)
+{
+	struct idp_clock clock = {wall_now, 0, mono_now};
+	struct audit_alert_config c;
+	struct audit_alerts *a;
+	struct idp_diag d;
+	struct fixture fx;
+
+	(void)state;
+	audit_alert_config_defaults(&c);
+	three_in_ten(&c);
+	idp_diag_init(&d);
+	assert_int_equal(audit_alerts_new(&c, &clock, &a, &d), IDP_OK);
+	fx.alerts = a;
+	wall_ms = T0;
+	mono_ms = 1000 * MIN;
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    feed_n(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION)),
+		    0);
+	feed(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION),
+	     "scope_escalation", NULL);
+	/* Eleven minutes on, with the wall clock an hour behind. */
+	wall_ms = T0 - 60 * MIN;
+	mono_ms += 11 * MIN;
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    feed_n(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION)),
+		    0);
+	feed(&fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION),
+	     "scope_escalation", NULL);
+	audit_alerts_free(a);
+}
+
 static void
 escalation_is_counted_per_agent_and_reason(void **state)
 {
@@ -339,6 +395,49 @@ tracked_agents_are_bounded(void **state)
 }
 
 static void
+three_denials_two_agents(struct audit_alert_config *c)
+{
+	c->escalation_threshold = 3;
+	c->novelty_min_events = 0;
+	c->max_agents = 2;
+}
+
+/*
+ * Events no rule reads do not take a tracker: a flood of failed
+ * attestations under made-up agent ids (anyone can send one) evicts
+ * neither a real agent's history nor its pending denials.
+ */
+static void
+unread_events_do_not_evict_trackers(void **state)
+{
+	struct fixture *fx = fixture_new(three_denials_two_agents);
+	char id[32];
+
+	(void)state;
+	feed(fx, invocation("a1", "X"), "new_tool", NULL);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    feed_n(fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION)), 0);
+	for (int i = 0; i < 100; i++) {
+		struct audit_event *ev = audit_event_new(AUDIT_AGENT_ATTESTATION_FAILED, T0);
+
+		snprintf(id, sizeof(id), "made-up-%d", i);
+		assert_int_equal(audit_event_set(ev, AUDIT_F_AGENT_ID, id), IDP_OK);
+		assert_int_equal(feed_n(fx, ev), 0);
+		ev = audit_event_new(AUDIT_AGENT_ATTESTATION_FAILED, T0);
+		assert_int_equal(audit_event_set(ev, AUDIT_F_AGENT_ID, id), IDP_OK);
+		audit_alerts_observe(fx->alerts, ev);
+		audit_event_free(ev);
+	}
+	assert_int_equal(audit_alerts_tracked(fx->alerts), 1);
+	/* a1's history and its two denials are still there. */
+	assert_int_equal(feed_n(fx, invocation("a1", "X")), 0);
+	feed(fx, denial(AUDIT_TOKEN_DENIED, "a1", AUDIT_REASON_SCOPE_ESCALATION),
+	     "scope_escalation", NULL);
+	fixture_free(fx);
+}
+
+static void
 observe_learns_without_alerting(void **state)
 {
 	struct fixture *fx = fixture_new(three_events_of_history);
@@ -466,12 +565,14 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(escalation_raises_one_alert_per_burst),
 	    cmocka_unit_test(escalation_counts_only_denials_inside_the_window),
+	    cmocka_unit_test(escalation_ignores_a_wall_clock_set_back),
 	    cmocka_unit_test(escalation_is_counted_per_agent_and_reason),
 	    cmocka_unit_test(escalation_rule_can_be_turned_off),
 	    cmocka_unit_test(every_chain_violation_alerts),
 	    cmocka_unit_test(new_tool_and_audience_alert_once_history_exists),
 	    cmocka_unit_test(least_recently_used_tool_is_forgotten),
 	    cmocka_unit_test(tracked_agents_are_bounded),
+	    cmocka_unit_test(unread_events_do_not_evict_trackers),
 	    cmocka_unit_test(observe_learns_without_alerting),
 	    cmocka_unit_test(alerts_and_agentless_events_are_ignored),
 	    cmocka_unit_test(bad_thresholds_are_refused),

@@ -16,6 +16,9 @@
 #include "idpd/audit_writer.h"
 #include "idpd/clock.h"
 
+/* redact.c, test builds: characters its token scan examined in this thread. */
+extern _Thread_local size_t redact_scan_steps;
+
 /* Read tests/golden/audit/<name> (from $IDPD_TEST_TOP or the current directory), minus its final
  * newline. */
 static char *
@@ -510,6 +513,82 @@ credentials_anywhere_in_a_value_are_redacted(void **state)
 	assert_true(audit_value_is_secret("  Basic dXNlcjpwdw==  "));
 	free(c);
 	audit_event_free(ev);
+}
+
+/*
+ * Every compact token shape is a secret wherever it sits: empty segments
+ * (a JWE with alg "dir", a detached-payload JWS), dots after it (as
+ * audit_json_clip leaves), and anything before it ("Bearer%20").
+ */
+static void
+every_token_shape_is_secret(void **state)
+{
+	static const char *const secret[] = {
+	    "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXZpdml2aXY.Y2lwaGVydGV4dA.dGFndGFndGFn",
+	    "eyJhbGciOiJFUzI1NiJ9..c2lnbmF0dXJlc2lnbmF0dXJl",
+	    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln..",
+	    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln...",
+	    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln...[120 more bytes]",
+	    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+	    "curl -H Authorization:%20Bearer%20eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+	    "key=xidpk_0123456789abcdef",
+	};
+	static const char *const plain[] = {
+	    "eyJ",
+	    "eyJhbGciOiJFUzI1NiJ9",
+	    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0",
+	    "eyJhbGci...",
+	    "the eyJ prefix is base64 for {\"",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+		if (!audit_value_is_secret(secret[i]))
+			fail_msg("not a secret: %s", secret[i]);
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+		if (audit_value_is_secret(plain[i]))
+			fail_msg("a secret: %s", plain[i]);
+}
+
+/*
+ * A value made of token starts that are no token ("eyJ-eyJ-...") costs a
+ * scan of each character a bounded number of times, not one scan per
+ * start; and a real token after them is still found.
+ */
+static void
+token_scan_is_linear(void **state)
+{
+	size_t n = 60000, steps;
+	char *v = malloc(n + 64);
+
+	(void)state;
+	assert_non_null(v);
+	for (size_t i = 0; i < n; i += 4)
+		memcpy(v + i, "eyJ-", 4);
+	v[n] = '\0';
+	redact_scan_steps = 0;
+	assert_false(audit_value_is_secret(v));
+	steps = redact_scan_steps;
+	assert_true(steps <= 2 * n);
+	strcpy(v + n, " eyJhbGci.eyJz.c2ln");
+	assert_true(audit_value_is_secret(v));
+	/* The same in a parameters object, larger than any event, refused unscanned. */
+	{
+		json_t *p = json_object();
+		char *big = malloc(2 * AUDIT_EVENT_JSON_MAX);
+
+		assert_non_null(big);
+		memset(big, 'a', 2 * AUDIT_EVENT_JSON_MAX - 1);
+		big[2 * AUDIT_EVENT_JSON_MAX - 1] = '\0';
+		memcpy(big, "eyJ-", 4);
+		json_object_set_new(p, "q", json_string(big));
+		redact_scan_steps = 0;
+		assert_int_equal(audit_redact_params(p), IDP_ETOOBIG);
+		assert_int_equal(redact_scan_steps, 0);
+		json_decref(p);
+		free(big);
+	}
+	free(v);
 }
 
 static void
@@ -1138,6 +1217,8 @@ main(void)
 	    cmocka_unit_test(from_json_reports_size_bounds_as_too_big),
 	    cmocka_unit_test(from_json_collects_every_error),
 	    cmocka_unit_test(from_json_redacts_parameters_and_detail),
+	    cmocka_unit_test(every_token_shape_is_secret),
+	    cmocka_unit_test(token_scan_is_linear),
 	    cmocka_unit_test(secret_keys_match_case_and_separators),
 	    cmocka_unit_test(redact_bounds_depth_and_size),
 	    cmocka_unit_test(redact_twice_changes_nothing_more),

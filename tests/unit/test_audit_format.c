@@ -278,6 +278,23 @@ alert_name_carries_its_rule(void **state)
 	audit_event_free(ev);
 }
 
+/* LEEF's rule is an alert's detection rule: any other event's detail.rule is not shipped as one. */
+static void
+only_an_alert_carries_a_rule(void **state)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_TOOL_INVOCATION, 1000);
+	struct idp_buf b;
+
+	(void)state;
+	assert_int_equal(audit_event_put_detail(ev, "rule", json_string("scope_escalation")),
+	                 IDP_OK);
+	idp_buf_init(&b, 0);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_LEEF, ev, "1", &b), IDP_OK);
+	assert_null(strstr(idp_buf_str(&b), "rule="));
+	idp_buf_cleanup(&b);
+	audit_event_free(ev);
+}
+
 static void
 control_characters_in_detail_become_spaces(void **state)
 {
@@ -351,6 +368,7 @@ main(void)
 	    cmocka_unit_test(minimal_event_gives_minimal_lines),
 	    cmocka_unit_test(newer_type_is_carried_in_every_format),
 	    cmocka_unit_test(alert_name_carries_its_rule),
+	    cmocka_unit_test(only_an_alert_carries_a_rule),
 	    cmocka_unit_test(control_characters_in_detail_become_spaces),
 	    cmocka_unit_test(format_line_appends_and_undoes_on_overflow),
 	    cmocka_unit_test(format_names_parse_back),
