@@ -135,12 +135,7 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 	PQconninfoFree(parsed);
 
 	snprintf(ct, sizeof(ct), "%lld", (long long)(secs < 2 ? 2 : secs));
-	/* synchronous_commit is forced on: a database or role that sets it off
-	 * would let a COMMIT return before its WAL is flushed, and the audit
-	 * events (and the registry writes they accompany) that idpd then
-	 * acknowledges as durable could vanish in a PostgreSQL crash. */
-	snprintf(opt, sizeof(opt), "-c statement_timeout=%lld -c synchronous_commit=on",
-	         (long long)stmt_timeout_ms);
+	snprintf(opt, sizeof(opt), "-c statement_timeout=%lld", (long long)stmt_timeout_ms);
 	vals[0] = url;
 	vals[1] = ct;
 	vals[2] = "idpd";
@@ -165,6 +160,26 @@ store_connect_url(const char *url, int64_t connect_timeout_ms, int64_t stmt_time
 		return NULL;
 	}
 	PQsetNoticeProcessor(pg, notice_sink, NULL);
+	/*
+	 * synchronous_commit off (for the database or the role) would let a
+	 * COMMIT return before its WAL is flushed, and the audit events (and
+	 * the registry writes they accompany) that idpd then acknowledges as
+	 * durable could vanish in a PostgreSQL crash: it is raised to on.  Any
+	 * other value flushes locally, and a stronger one (remote_apply) is
+	 * kept as the operator set it.
+	 */
+	{
+		PGresult *r = PQexec(pg, "SELECT set_config('synchronous_commit', 'on', false) "
+		                         "WHERE current_setting('synchronous_commit') = 'off'");
+		bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+
+		PQclear(r);
+		if (!ok) {
+			snprintf(err, err_len, "cannot check synchronous_commit");
+			PQfinish(pg);
+			return NULL;
+		}
+	}
 	return pg;
 }
 

@@ -412,6 +412,17 @@ commits_are_synchronous_whatever_the_database_sets(void **state)
 	assert_string_equal(PQgetvalue(r, 0, 0), "on");
 	PQclear(r);
 	store_close(s);
+
+	/* A stronger setting is the operator's to keep: not lowered to on. */
+	assert_int_equal(
+	    harness_sql("t_writer_sync", "ALTER DATABASE t_writer_sync SET synchronous_commit = "
+	                                 "remote_apply"),
+	    0);
+	s = store_open(&so);
+	assert_int_equal(store_query(s, "SHOW synchronous_commit", 0, NULL, &r), IDP_OK);
+	assert_string_equal(PQgetvalue(r, 0, 0), "remote_apply");
+	PQclear(r);
+	store_close(s);
 }
 
 /*
