@@ -464,7 +464,9 @@ withdrawal(const struct audit_event *ev)
 		rc = audit_event_put_detail(
 		    w, "message",
 		    json_string("committed after its emitter gave up waiting: the request it "
-		                "records was answered 503 and its change undone"));
+		                "records was answered 503; where that request was a change made "
+		                "with its event, the change was rolled back, and this event "
+		                "did not happen"));
 	if (rc != IDP_OK) {
 		log_error("audit: bug: cannot build the withdrawal of event %s",
 		          audit_event_get(ev, AUDIT_F_ID));
@@ -714,11 +716,14 @@ run(void *arg)
 			for (int i = 0; i < n_wake; i++)
 				wake[i].done(wake[i].arg, IDP_OK);
 		} else {
-			/* Not cancelled ones only: those were withdrawn, not lost.
-			 * An async emitter was acknowledged at enqueue, so these
-			 * are lost events, which audit_writer_stop reports. */
+			/* Not cancelled ones: their emitters were answered 503, so
+			 * nothing acknowledged is lost with them.  The others (an
+			 * async emitter was acknowledged at enqueue) are lost
+			 * events, which audit_writer_stop reports. */
+			pthread_mutex_lock(&W.lock);
 			for (int i = 0; i < n; i++)
-				W.unwritten += batch[i].ev != NULL;
+				W.unwritten += batch[i].ev != NULL && !W.inflight_cancel[i];
+			pthread_mutex_unlock(&W.lock);
 			log_error("audit: shutting down with %d event(s) of the batch in hand "
 			          "unwritten (PostgreSQL unreachable)",
 			          W.unwritten);
@@ -726,7 +731,8 @@ run(void *arg)
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
 				continue;
-			if (written && W.alerts != NULL) {
+			/* An event whose emitter gave up is withdrawn: no rule counts it. */
+			if (written && W.alerts != NULL && !gave_up[i]) {
 				struct audit_event *raised[AUDIT_ALERTS_MAX_PER_EVENT];
 				size_t k = audit_alerts_feed(W.alerts, batch[i].ev, raised);
 
