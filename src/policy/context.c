@@ -660,6 +660,17 @@ siphash2(const uint64_t k[2], const char *a, const char *b)
 	return (v0 ^ v1 ^ v2 ^ v3) | 1; /* never 0, which marks a free slot */
 }
 
+/*
+ * The stripe of a key.  Not its low bits: siphash2 sets bit 0 so that no key
+ * is 0, and with a power-of-two stripe count only the odd stripes were ever
+ * used, half the table, which filled long before it was half full.
+ */
+static size_t
+stripe_of(uint64_t key, size_t nstripes)
+{
+	return (size_t)((key >> 1) % nstripes);
+}
+
 static void
 random_key(uint64_t k[2])
 {
@@ -771,8 +782,10 @@ cnt_calls_at(const struct cnt_entry *e, int64_t now)
 
 /*
  * The entry for key in its stripe (locked by the caller), or NULL when absent
- * and !create.  Creating reuses an empty or idle slot of the probe window
- * (no call left in its minute), the one used least recently first.  A live
+ * and !create.  Creating reuses an empty or idle slot of the stripe (no call
+ * left in its minute), the one used least recently first.  The whole stripe
+ * is searched, not a probe window: with a window of 8, a table 46% full of
+ * live keys already left one new key in eleven without a count.  A live
  * entry is never evicted: its count would restart at zero and a volume rule
  * would stop firing for a busy agent, which anyone able to make up keys
  * (AuthZEN resource ids) could arrange.  So when every slot is live, *full
@@ -786,7 +799,7 @@ cnt_find(struct policy_counters *c, size_t base, uint64_t key, int64_t now, bool
 	size_t start = (size_t)(key >> 32) % STRIPE_SLOTS;
 
 	*full = false;
-	for (size_t i = 0; i < POLICY_PROBE; i++) {
+	for (size_t i = 0; i < STRIPE_SLOTS; i++) {
 		struct cnt_entry *e = &c->e[base + (start + i) % STRIPE_SLOTS];
 
 		if (e->key == key)
@@ -814,7 +827,7 @@ static uint32_t
 cnt_op(struct policy_counters *c, const char *agent, const char *resource, int64_t now_ms, bool hit)
 {
 	uint64_t key = siphash2(c->key, agent, resource);
-	size_t stripe = (size_t)(key % c->nstripes);
+	size_t stripe = stripe_of(key, c->nstripes);
 	int64_t now = floor_div(now_ms, 1000);
 	struct cnt_entry *e;
 	uint32_t n = 0;
@@ -1036,7 +1049,7 @@ policy_baseline_score(struct policy_baseline *b, const char *agent, const char *
                       struct policy_risk_breakdown *out)
 {
 	uint64_t key = siphash2(b->key, agent, NULL);
-	size_t stripe = (size_t)(key % b->nstripes);
+	size_t stripe = stripe_of(key, b->nstripes);
 	int64_t now = floor_div(now_ms, 1000);
 	struct policy_risk_factors f;
 	struct policy_risk_breakdown tmp;
@@ -1073,7 +1086,7 @@ policy_baseline_record(struct policy_baseline *b, const char *agent, const char 
                        size_t n_scopes, const char *audience, bool denied, int64_t now_ms)
 {
 	uint64_t key = siphash2(b->key, agent, NULL);
-	size_t stripe = (size_t)(key % b->nstripes);
+	size_t stripe = stripe_of(key, b->nstripes);
 	int64_t now = floor_div(now_ms, 1000);
 	struct bl_entry *e;
 

@@ -288,6 +288,28 @@ live_counters_are_never_evicted(void **state)
 	policy_counters_free(c);
 }
 
+/*
+ * A table under half full of live keys counts every new one: a key looks for
+ * room in its whole stripe, not only in a few slots next to its hash.
+ */
+static void
+a_half_full_table_counts_every_key(void **state)
+{
+	struct policy_counters *c = policy_counters_new(65536);
+	int64_t t0 = MONDAY_10_UTC;
+	char name[32];
+	int unknown = 0;
+
+	(void)state;
+	for (int i = 0; i < 30000; i++) {
+		snprintf(name, sizeof(name), "agent-%d", i);
+		unknown += policy_counters_hit(c, name, "db", t0) == POLICY_COUNT_UNKNOWN;
+	}
+	assert_int_equal(unknown, 0);
+	assert_int_equal(policy_counters_live(c, t0), 30000);
+	policy_counters_free(c);
+}
+
 static void
 counters_stay_bounded_and_evict_idle_agents_first(void **state)
 {
@@ -474,6 +496,7 @@ main(void)
 	    cmocka_unit_test(counters_count_calls_in_a_sliding_minute),
 	    cmocka_unit_test(counters_stay_bounded_and_evict_idle_agents_first),
 	    cmocka_unit_test(live_counters_are_never_evicted),
+	    cmocka_unit_test(a_half_full_table_counts_every_key),
 	    cmocka_unit_test(counters_are_exact_under_two_threads),
 	    cmocka_unit_test(risk_formula_adds_its_factors),
 	    cmocka_unit_test(baseline_learns_scopes_audiences_rate_and_denials),
