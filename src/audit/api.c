@@ -382,6 +382,8 @@ done:
 
 /* ---- GET /v1/audit/verify ---- */
 
+#define VERIFY_UNANCHORED_LISTED 16
+
 struct verify_state {
 	char writer[320];
 	long long seq;
@@ -389,6 +391,9 @@ struct verify_state {
 	uint8_t prev[AUDIT_HASH_LEN];
 	bool in_chain;
 	long long events, chains;
+	/* Chains with rows but no audit_chains row: the first few, and how many. */
+	char unanchored[VERIFY_UNANCHORED_LISTED][320];
+	long long n_unanchored;
 };
 
 /*
@@ -452,14 +457,21 @@ verify_row(struct verify_state *st, PGresult *r, int i, const char **reason)
 		snprintf(st->writer, sizeof(st->writer), "%s", writer);
 		st->in_chain = true;
 		st->chains++;
-		/* Every writer commits its chain's row with each batch, and
-		 * migrations 0006 and 0011 made one for every older chain: a
-		 * chain without one has lost it, and with it the record of how
-		 * far the chain went (its newest rows may be gone too). */
+		/*
+		 * Every writer since 0011 commits its chain's row with each
+		 * batch, and migrations 0006 and 0011 made one for every older
+		 * chain.  A chain without one was written by a version before
+		 * 0011 still running during an upgrade (the cleanup job gives it
+		 * a row), or has lost its row, and with it the record of how far
+		 * it went (its newest rows may be gone too).  verify cannot tell
+		 * which, so it names such chains instead of calling them broken:
+		 * one still listed after a cleanup run is the second kind.
+		 */
 		if (strcmp(PQgetvalue(r, i, 17), "t") != 0) {
-			*reason = "the chain has no audit_chains row (how far it went is unknown: "
-			          "rows may be missing at its end)";
-			return false;
+			if (st->n_unanchored < VERIFY_UNANCHORED_LISTED)
+				snprintf(st->unanchored[st->n_unanchored],
+				         sizeof(st->unanchored[0]), "%s", writer);
+			st->n_unanchored++;
 		}
 		if (seq != pruned + 1) {
 			*reason = seq > pruned
@@ -552,7 +564,11 @@ reply_verified(struct http_req *req, const struct auth_principal *who, json_t *o
 		    audit_event_put_detail(ev, "chains",
 		                           json_incref(json_object_get(out, "chains"))) != IDP_OK ||
 		    (broken != NULL &&
-		     audit_event_put_detail(ev, "broken_at", json_deep_copy(broken)) != IDP_OK)) {
+		     audit_event_put_detail(ev, "broken_at", json_deep_copy(broken)) != IDP_OK) ||
+		    (json_object_get(out, "unanchored_chains") != NULL &&
+		     audit_event_put_detail(
+		         ev, "unanchored_chains",
+		         json_deep_copy(json_object_get(out, "unanchored_chains"))) != IDP_OK)) {
 			log_error("audit: cannot record a verification");
 			audit_event_free(ev);
 		} else if (audit_emit_nowait(ev) != IDP_OK) {
@@ -715,9 +731,17 @@ verify(struct http_req *req, void *ctx)
 		if (rc != 0)
 			return;
 	}
-	reply_verified(req, &who,
-	               json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified", (json_int_t)st.events,
-	                         "chains", (json_int_t)st.chains));
+	out = json_pack("{s:b,s:I,s:I}", "ok", 1, "events_verified", (json_int_t)st.events,
+	                "chains", (json_int_t)st.chains);
+	if (st.n_unanchored > 0) {
+		json_t *names = json_array();
+
+		for (long long k = 0; k < st.n_unanchored && k < VERIFY_UNANCHORED_LISTED; k++)
+			json_array_append_new(names, json_string(st.unanchored[k]));
+		json_object_set_new(out, "unanchored_chains", names);
+		json_object_set_new(out, "unanchored_count", json_integer(st.n_unanchored));
+	}
+	reply_verified(req, &who, out);
 }
 
 int
