@@ -77,6 +77,10 @@ struct http_server {
 	/* Requests handed to another thread by http_req_suspend, not yet
 	 * resumed: MHD must not stop while one is suspended. */
 	_Atomic int held;
+	/* Requests resumed with their answer whose connection has not completed
+	 * yet: the stop waits for them, or MHD_stop_daemon would close the
+	 * connection before the I/O thread sent an answer already made. */
+	_Atomic int resuming;
 	/* Set when shutdown begins: responses then carry "Connection: close",
 	 * so keep-alive clients leave and in_flight can reach zero. */
 	_Atomic bool draining;
@@ -108,6 +112,7 @@ struct http_req {
 	struct resp_header *headers;
 	bool answered;
 	bool on_pool;              /* the handler runs on the pool: stash the response */
+	bool resuming;             /* counted in srv->resuming until on_completed */
 	bool deferred;             /* an inline handler asked to be run on the pool */
 	bool no_defer;             /* the pool is stopping: the handler must finish here */
 	struct MHD_Response *resp; /* stashed until the connection is resumed */
@@ -578,6 +583,9 @@ http_req_resume(struct http_req *req)
 		log_error("bug: request %s resumed without an answer", req->request_id);
 		http_reply_problem(req, 500, "internal", NULL, "internal error");
 	}
+	/* Counted before held drops, so that the stop never sees neither. */
+	req->resuming = true;
+	atomic_fetch_add(&s->resuming, 1);
 	MHD_resume_connection(req->conn);
 	atomic_fetch_sub(&s->held, 1);
 }
@@ -941,8 +949,11 @@ pool_main(void *arg)
 		/* Hand the connection back to MHD; it calls on_request again and
 		 * the stashed response is queued there.  req is not touched after
 		 * this line: it may be freed at any moment. */
-		if (run_handler(req))
+		if (run_handler(req)) {
+			req->resuming = true;
+			atomic_fetch_add(&s->resuming, 1);
 			MHD_resume_connection(req->conn);
+		}
 	}
 	return NULL;
 }
@@ -1415,6 +1426,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void)conn;
 	if (req == NULL)
 		return;
+	if (req->resuming)
+		atomic_fetch_sub(&s->resuming, 1);
 	us = idp_mono_us() - req->start_us;
 	if (!req->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
 		req->status = 0;
@@ -1665,6 +1678,15 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
 	pthread_mutex_unlock(&s->pool.lock);
 	while (atomic_load(&s->held) > 0) {
 		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	/* And for the answers those made to leave: resumed, the connection is
+	 * the I/O thread's to write, which MHD_stop_daemon would cut short.
+	 * Bounded: a client that stopped reading does not hold the stop. */
+	deadline = idp_mono_us() + 2000 * 1000;
+	while (atomic_load(&s->resuming) > 0 && idp_mono_us() < deadline) {
+		struct timespec ts = {0, 5 * 1000 * 1000};
 
 		nanosleep(&ts, NULL);
 	}
