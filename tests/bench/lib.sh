@@ -58,11 +58,22 @@ bench_pg_start() {
 	# keeps up to min_wal_size of retired segments for reuse.  Past them,
 	# wal_init_zero = off creates a segment without the zeros (still
 	# slower than reuse: a stall of 20-60 ms now and then).
-	psql_bench -d postgres -c "ALTER SYSTEM SET max_wal_size = '8GB'" \
+	# RESET ALL first: the cluster under build/ outlives a benchmark, and a
+	# setting left by an experiment (a larger shared_buffers, say, whose
+	# pages are then touched for the first time all through the runs) would
+	# weigh on every later figure unseen.
+	psql_bench -d postgres -c "ALTER SYSTEM RESET ALL" \
+		-c "ALTER SYSTEM SET max_wal_size = '8GB'" \
 		-c "ALTER SYSTEM SET min_wal_size = '4GB'" \
 		-c "ALTER SYSTEM SET checkpoint_timeout = '15min'" \
 		-c "ALTER SYSTEM SET wal_init_zero = off" \
 		-c "SELECT pg_reload_conf()" >/dev/null
+	# A setting that only a restart applies (shared_buffers) may still hold
+	# the removed value.
+	if [ "$(psql_bench -d postgres -At -c "SELECT count(*) FROM pg_settings WHERE pending_restart")" != 0 ]; then
+		tests/support/pg.sh stop "$BENCH_PG_DIR" >/dev/null
+		tests/support/pg.sh start "$BENCH_PG_DIR" "$BENCH_PG_PORT"
+	fi
 }
 
 # bench_pg_steady: after a warm-up, a checkpoint, so that what follows writes into
