@@ -33,7 +33,6 @@
 #include "idpd/oauth.h"
 #include "idpd/policy.h"
 #include "idpd/policy_service.h"
-#include "idpd/presign.h"
 #include "idpd/registry.h"
 #include "idpd/revocation.h"
 #include "idpd/scope.h"
@@ -527,11 +526,9 @@ cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	idp_diag_init(&diag);
-	if (app.cfg->tokens.presign_pool > 0 &&
-	    idp_presign_start((size_t)app.cfg->tokens.presign_pool, &diag) != IDP_OK) {
-		log_error("%s", idp_diag_str(&diag));
-		goto done;
-	}
+	if (app.cfg->tokens.presign_pool > 0)
+		log_warn("config: tokens.presign_pool is ignored: precomputed ECDSA nonces were "
+		         "removed (docs/tokens.md, \"Signing\")");
 	idp_diag_init(&diag);
 	if (attest_init(&app, &diag) != IDP_OK) {
 		log_error("%s", idp_diag_str(&diag));
@@ -625,7 +622,6 @@ done:
 	registry_shutdown();      /* after HTTP and the listener, its two users */
 	keys_free(keys);          /* likewise */
 	keys_keks_cleanup(&keks); /* if startup ended before keys_start took them */
-	idp_presign_stop();
 	attest_shutdown();
 	human_auth_shutdown();
 	policy_service_stop();

@@ -204,7 +204,7 @@ struct idpd_config {
 	struct {
 		int64_t default_ttl_ms; /* "15m": an access token's ttl when none is asked */
 		int64_t max_ttl_ms;     /* "1h": longest access token */
-		int presign_pool;       /* 0: no precomputed ECDSA nonces (docs/tokens.md) */
+		int presign_pool;       /* ignored; read so that older files load (docs/tokens.md) */
 		bool require_low_s;     /* refuse the high-S twin of idpd's own tokens */
 	} tokens;
 

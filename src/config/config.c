@@ -798,9 +798,8 @@ static const struct key config_keys[] = {
      .min = 0,
      .max = 65536,
      .def = "0",
-     .help = "ECDSA nonces computed ahead in idle CPU time, so that a signature costs "
-             "about a microsecond; 0 computes each one when signing. Not for a process "
-             "that may be snapshotted or cloned while it runs (docs/tokens.md)"},
+     .help = "ignored: precomputed ECDSA nonces were removed; accepted so that files "
+             "written for earlier versions still load (docs/tokens.md)"},
     {.name = "approvals.ttl",
      DURATION_AT(struct idpd_config, approvals.ttl_ms),
      .flags = K_RELOAD,

@@ -33,7 +33,6 @@
 #include "idpd/b64.h"
 #include "idpd/clock.h"
 #include "idpd/jws.h"
-#include "idpd/presign.h"
 #include "jws_cache_int.h"
 
 #define ES256_SIG_LEN 64
@@ -59,7 +58,6 @@ struct idp_jws_key {
 	EVP_MD *sha256;
 	EVP_PKEY_CTX *sign_tpl; /* NULL without a private half */
 	EVP_PKEY_CTX *verify_tpl;
-	struct idp_presign_key *presign; /* an ES256 private key's, for pooled nonces */
 	/* base64url headers for no typ, IDP_JWS_TYP_ACCESS, IDP_JWS_TYP_IDENTITY */
 	char *hdr_b64[3];
 };
@@ -260,7 +258,6 @@ key_free(struct idp_jws_key *k)
 	/* EVP_PKEY_free clears the private scalar or exponents it holds. */
 	EVP_PKEY_CTX_free(k->sign_tpl);
 	EVP_PKEY_CTX_free(k->verify_tpl);
-	idp_presign_key_free(k->presign);
 	EVP_MD_free(k->sha256);
 	EVP_PKEY_free(k->pkey);
 	free(k->pub_a);
@@ -338,9 +335,6 @@ key_prepare(struct idp_jws_key *k, struct idp_diag *diag)
 		ossl_diag(diag, "preparing the key for signing");
 		return IDP_EINTERNAL;
 	}
-	/* NULL only if OpenSSL cannot make the legacy copy: then it signs inline. */
-	if (k->alg == IDP_JWS_ALG_ES256)
-		k->presign = idp_presign_key_new(k->pkey);
 	for (size_t i = 0; i < IDP_ARRAY_LEN(typs); i++) {
 		k->hdr_b64[i] = header_b64(k, typs[i]);
 		if (k->hdr_b64[i] == NULL) {
@@ -1201,13 +1195,6 @@ sign_input(const struct idp_jws_key *key, const char *input, size_t len, unsigne
 
 	if (idp_sha256(input, len, NULL, 0, digest) != IDP_OK) {
 		ossl_diag(diag, "signing");
-		goto done;
-	}
-	/* A precomputed nonce when the pool has one (presign.h), else inline. */
-	if (key->presign != NULL && idp_presign_sign(key->presign, digest, sig) == IDP_OK) {
-		p256_low_s(sig + P256_COORD_LEN);
-		*sig_len = ES256_SIG_LEN;
-		rc = IDP_OK;
 		goto done;
 	}
 	if ((ctx = EVP_PKEY_CTX_dup(key->sign_tpl)) == NULL ||

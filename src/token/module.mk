@@ -1,9 +1,7 @@
 LIB_SRCS += src/token/b64.c src/token/jws.c src/token/jws_cache.c src/token/kek.c
-# Precomputed ECDSA nonces, filled in idle time.
-LIB_SRCS += src/token/presign.c
 # Signing keys: the manager and its rules, its SQL, and its endpoints, job and CLI.
 LIB_SRCS += src/token/keys.c src/token/keys_db.c src/token/keys_api.c
-UNIT_TESTS += b64 jws kek keys presign
+UNIT_TESTS += b64 jws kek keys
 FUZZ_TARGETS += jws
 BENCH_BINS += $(BUILD)/tests/bench/jws_bench
 

@@ -39,8 +39,6 @@ port=$(bench_port)
 {
 	bench_config_head "$port" "$db" "handler_threads = ${BENCH_HANDLERS:-128}"
 	cat <<CFG
-[tokens]
-presign_pool = 0
 [tasks]
 max_ttl = "8h"
 [[resources]]
@@ -57,9 +55,6 @@ principal_claim = "email"
 $(printf '%s\n' "$key_out" | tail -n +3)
 CFG
 } >"$work/idpd.toml"
-
-# The same with precomputed nonces (tokens.presign_pool, off by default).
-sed 's/^presign_pool = 0$/presign_pool = 1024/' "$work/idpd.toml" >"$work/idpd-presign.toml"
 
 pid=
 bench_idpd_start "$work/idpd.toml" "$work/idpd.log"
@@ -159,22 +154,12 @@ run() {
 wrk -t1 -c"$conns" -d"${BENCH_WARMUP_SECONDS:-10}s" -s "$work/post.lua" "$base" -- /v1/token "$cred" \
 	"$work/token.json" >/dev/null
 bench_pg_steady
-# Alternately without and with the nonce pool, so that the table's growth
-# over the runs weighs on both alike.
 for _ in $(seq "$runs"); do
 	run token.issued token.issued -s "$work/post.lua" "$base" -- /v1/token "$cred" "$work/token.json"
-	serve "$work/idpd-presign.toml"
-	run presign token.issued -s "$work/post.lua" "$base" -- /v1/token "$cred" "$work/token.json"
-	serve "$work/idpd.toml"
 done
 for _ in $(seq "$runs"); do
 	run delegation.created delegation.created -s "$work/post.lua" "$base" -- /v1/delegations "$cred" "$work/deleg.json"
 done
-pre_rate=$(median <"$work/rate.presign"); pre_p99=$(median <"$work/p99.presign")
-pre_ratio=$(median <"$work/ratio.presign"); pre_idle=$(median <"$work/idle.presign")
-pre_cpu=$(awk '{print $1}' "$work/cpu.presign" | median)
-pre_pg=$(awk '{print $2}' "$work/cpu.presign" | median)
-pre_runs=$(tr '\n' ' ' <"$work/rate.presign" | sed 's/ $//')
 sign_rate=$(median <"$work/sign.token.issued")
 tok_rate=$(median <"$work/rate.token.issued"); tok_p99=$(median <"$work/p99.token.issued")
 tok_cpu=$(awk '{print $1}' "$work/cpu.token.issued" | median)
@@ -214,11 +199,9 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "hypervisor took a median ${steal}% of the machine's CPU during the token runs (\`steal\` in"
 	echo "/proc/stat), and ${idle}% of it was idle."
 	echo
-	echo "With precomputed nonces (\`tokens.presign_pool = 1024\`, off by default: docs/tokens.md,"
-	echo "\"Signing\"), in runs alternating with those above: a median ${pre_rate} tokens/s, ${pre_ratio}% of the"
-	echo "sign rate, p99 ${pre_p99} us; tokens per second run by run: ${pre_runs}. idpd used ${pre_cpu} us of CPU per"
-	echo "token, its presign thread's included (that thread runs only on an otherwise idle core),"
-	echo "PostgreSQL ${pre_pg} us, and ${pre_idle}% of the machine was idle."
+	echo "Precomputed nonces (\`tokens.presign_pool\`, removed 2026-12-05: docs/tokens.md, \"Signing\"), in"
+	echo "runs alternating with those of the same day's measurement on a clean cluster, gave a median"
+	echo "16,451 tokens/s (23.8%), p99 45 ms, against 16,726 (25.8%) without them."
 	echo
 	echo "CPU per access token: idpd ${tok_cpu} us (all its threads, \`/proc/<pid>/stat\`), PostgreSQL"
 	echo "${tok_pg} us (its backends and background processes), wrk ${tok_wrk} us. With the machine's ${cores} cores busy"
@@ -250,8 +233,8 @@ kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	echo "the noise (21,700 to 23,300 tokens/s against 22,000), and one I/O thread instead of two"
 	echo "changed nothing either. Neither \`SCHED_BATCH\` nor nice 5 for the I/O threads helped, nor"
 	echo "\`audit.batch_wait = \"1ms\"\` (fewer, larger batches: 20,400 to 21,000 tokens/s). The nonce pool"
-	echo "moves the signature's scalar multiplication into the idle time. Without it, the CPU per token"
-	echo "above caps issuance at the ceiling it gives even with every idle microsecond used."
+	echo "(since removed) moved the signature's scalar multiplication into the idle time. Without it, the"
+	echo "CPU per token above caps issuance at the ceiling it gives even with every idle microsecond used."
 	echo
 	echo "Tried and taken back (2026-12-05): the writer releasing a committed batch's answers only once"
 	echo "the next batch's rows were sent, so that PostgreSQL would hold its next COPY before the answers'"

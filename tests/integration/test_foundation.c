@@ -29,13 +29,16 @@ static char admin_key[64];
 static int
 group_setup(void **state)
 {
-	char hash[80], toml[256];
+	char hash[80], toml[384];
 
 	(void)state;
 	if (harness_db_create("t_foundation") != 0 || auth_key_generate(admin_key, hash) != IDP_OK)
 		return -1;
 	snprintf(toml, sizeof(toml),
-	         "[[api_keys]]\nname = \"ci-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n", hash);
+	         "[[api_keys]]\nname = \"ci-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
+	         /* a key of earlier versions, still read: see the test of it below */
+	         "[tokens]\npresign_pool = 8\n",
+	         hash);
 	/* idpd inherits core files allowed, so that turning them off is its own doing. */
 	{
 		struct rlimit any = {RLIM_INFINITY, RLIM_INFINITY};
@@ -179,6 +182,15 @@ request_id_is_echoed_when_well_formed_and_replaced_otherwise(void **state)
 	harness_resp_free(&r);
 	/* And the access log carries the id it answered with. */
 	assert_true(harness_log_contains(&idpd, "\"request_id\":\"trace-42.abc:1\""));
+}
+
+/* tokens.presign_pool (precomputed nonces, removed) still loads, and says it is ignored. */
+static void
+a_removed_config_key_loads_and_is_reported_ignored(void **state)
+{
+	(void)state;
+	assert_int_equal(harness_status(&idpd, "GET", "/healthz", NULL, NULL), 200);
+	assert_true(harness_log_contains(&idpd, "tokens.presign_pool is ignored"));
 }
 
 /* Header sections up to about 12 KiB are read (large IdP tokens, proxy
@@ -813,6 +825,7 @@ main(void)
 	    cmocka_unit_test(idpd_writes_no_core_file),
 	    cmocka_unit_test(healthz_answers_ok_with_a_generated_request_id),
 	    cmocka_unit_test(request_id_is_echoed_when_well_formed_and_replaced_otherwise),
+	    cmocka_unit_test(a_removed_config_key_loads_and_is_reported_ignored),
 	    cmocka_unit_test(readyz_reports_the_schema_version),
 	    cmocka_unit_test(large_header_sections_are_read_and_oversized_ones_refused),
 	    cmocka_unit_test(metrics_expose_requests_pool_listener_and_build),
