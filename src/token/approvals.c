@@ -74,7 +74,8 @@ cleanup_job(const struct maintenance_run *run, void *ctx, json_t *counts, struct
 	static struct store_stmt st_delete = {
 	    "apr_cleanup",
 	    "DELETE FROM approvals WHERE id IN (SELECT a.id FROM approvals a WHERE a.expires_at < "
-	    "to_timestamp($1::bigint / 1000.0) AND NOT EXISTS (SELECT 1 FROM delegation_tokens d "
+	    "now() - $1::bigint * interval '1 millisecond' AND NOT EXISTS (SELECT 1 FROM "
+	    "delegation_tokens d "
 	    "WHERE d.approval_id = a.id) LIMIT $2::int)",
 	    2, 0};
 	int64_t keep = atomic_load(&retention_ms);
@@ -88,7 +89,8 @@ cleanup_job(const struct maintenance_run *run, void *ctx, json_t *counts, struct
 		json_object_set_new(counts, "approvals_deleted", json_integer(0));
 		return IDP_OK;
 	}
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms - keep));
+	/* PostgreSQL's clock, not this instance's (as every cleanup cutoff). */
+	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)keep);
 	rc = store_exec(run->conn, &st_delete, params, &r);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "deleting old approvals: %s", idp_err_name(rc));

@@ -1390,12 +1390,13 @@ cleanup_job(const struct maintenance_run *run, void *ctx, json_t *counts, struct
 	static struct store_stmt revoked = {
 	    "rev_cleanup_revoked",
 	    "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens WHERE "
-	    "expires_at < to_timestamp($1::bigint) LIMIT $2::int)",
+	    "expires_at < now() - make_interval(secs => $1::int) LIMIT $2::int)",
 	    2, 0};
 	static struct store_stmt deleg = {
 	    "rev_cleanup_delegations",
 	    "DELETE FROM delegation_tokens WHERE jti IN (SELECT jti FROM delegation_tokens WHERE "
-	    "expires_at < to_timestamp($1::bigint) ORDER BY depth DESC LIMIT $2::int)",
+	    "expires_at < now() - make_interval(secs => $1::int) ORDER BY depth DESC LIMIT "
+	    "$2::int)",
 	    2, 0};
 	char cutoff[24];
 	const char *params[2] = {cutoff, CLEANUP_BATCH};
@@ -1403,7 +1404,12 @@ cleanup_job(const struct maintenance_run *run, void *ctx, json_t *counts, struct
 	int rc;
 
 	(void)ctx;
-	snprintf(cutoff, sizeof(cutoff), "%lld", (long long)(run->now_ms / 1000 - DROP_MARGIN_S));
+	/*
+	 * PostgreSQL's clock, not this instance's: one running fast would drop
+	 * the record of a token the others still accept (within their margin),
+	 * and an instance reloading its state would then call it active.
+	 */
+	snprintf(cutoff, sizeof(cutoff), "%d", DROP_MARGIN_S);
 	rc = store_exec(run->conn, &revoked, params, &r);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "deleting expired revocation records: %s", idp_err_name(rc));

@@ -1342,6 +1342,22 @@ cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 	assert_int_equal(r.status, 201);
 	harness_resp_free(&r);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	/* An approval expired an hour ago (kept for the 1d retention below), and
+	 * the record of a revoked token that expires in an hour. */
+	assert_int_equal(
+	    harness_sql(
+	        "t_reg_skew",
+	        "INSERT INTO tasks (id, human_principal, idp, root_agent, scope, expires_at) "
+	        "VALUES ('task_skew0123456789abcdef', 'a@b.co', 'corp', 'fresh', '{a:b}', "
+	        "now() + interval '1 hour');"
+	        "INSERT INTO approvals (id, kind, agent_id, task_id, human_principal, "
+	        "agent_owner, scope, target, reason, human_idp, created_at, expires_at) "
+	        "VALUES ('apr_skew0123456789abcdef', 'token', 'fresh', "
+	        "'task_skew0123456789abcdef', 'a@b.co', 'a@b.co', '{a:b}', 'https://x', 'r', "
+	        "'corp', now() - interval '2 hours', now() - interval '1 hour');"
+	        "INSERT INTO revoked_tokens (jti, kind, expires_at, revoked_by) VALUES "
+	        "('skew0123456789abcdef', 'access', now() + interval '1 hour', 'test')"),
+	    0);
 
 	/* libfaketime hangs a process that ASan instruments: under make sanitize
 	 * this one idpd is the plain build (IDPD_PLAIN_BIN); the question here
@@ -1358,6 +1374,7 @@ cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 		char toml[4096];
 
 		snprintf(toml, sizeof(toml),
+		         "[audit]\nretention = \"1d\"\n"
 		         "[cleanup]\nstale_after = \"1d\"\nstale_action = \"suspend\"\n%s",
 		         keys_toml);
 		rc = harness_idpd_start(&p, "t_reg_skew", NULL, toml);
@@ -1375,12 +1392,16 @@ cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock(void **state)
 	assert_int_equal(r.status, 200);
 	assert_int_equal(jint(cleanup_job(&r, "stale_agents"), "stale"), 0);
 	assert_int_equal(jint(cleanup_job(&r, "attestation"), "join_tokens_deleted"), 0);
+	assert_int_equal(jint(cleanup_job(&r, "approvals"), "approvals_deleted"), 0);
+	assert_int_equal(jint(cleanup_job(&r, "revocations"), "revoked_tokens_deleted"), 0);
 	harness_resp_free(&r);
-	sql_value("t_reg_skew",
-	          "SELECT (SELECT status FROM agents WHERE id = 'fresh') || '|' || "
-	          "(SELECT count(*) FROM agent_join_tokens)",
-	          n, sizeof(n));
-	assert_string_equal(n, "active|1");
+	sql_value(
+	    "t_reg_skew",
+	    "SELECT (SELECT status FROM agents WHERE id = 'fresh') || '|' || "
+	    "(SELECT count(*) FROM agent_join_tokens) || '|' || "
+	    "(SELECT count(*) FROM approvals) || '|' || (SELECT count(*) FROM revoked_tokens)",
+	    n, sizeof(n));
+	assert_string_equal(n, "active|1|1|1");
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
