@@ -76,6 +76,11 @@ struct access_grant {
 	/* Issued: to whom and when, for last_active once the event is durable. */
 	char agent_id[REGISTRY_ID_MAX + 1];
 	int64_t issued_ms;
+	/* Issued with an approval, which it spent: its id and what it was
+	 * bound to (owned), for access_finish to give it back if the token is
+	 * withheld.  spent is NULL when no approval was spent. */
+	char spent_id[APPROVAL_ID_MAX + 1];
+	struct approval_subject *spent;
 };
 
 /*
@@ -92,6 +97,9 @@ void access_grant_cleanup(struct access_grant *g);
  * within audit.timeout is withheld: 503), and an approval is recorded on
  * the handler pool.  Neither blocks the calling thread: req is suspended
  * meanwhile, and reply runs on the audit writer's thread or a pool thread.
+ * The exception is a token that spent an approval (g->spent), issued on a
+ * thread that may wait: it waits there for its commit, so that a withheld
+ * one gives its approval back (approval_restore) before the 503 goes out.
  * Takes over g's contents (g is left empty); the caller must not touch req
  * after this returns.  The thread of any handler.
  */

@@ -77,7 +77,9 @@ struct approval_subject *approval_subject_dup(const struct approval_subject *s);
 /*
  * Use approval id for s: it must be approved, unexpired, unused and bound
  * to exactly s (kind, agent, task, scope set, target).  On IDP_OK it is
- * marked used in the same statement, so it can never serve twice.
+ * marked used in the same statement, so it can never serve twice, and
+ * used_by (the jti of the token it is spent on; NULL when there is none)
+ * is recorded with it, for approval_restore.
  * IDP_EFORBIDDEN with *reason one of "approval_unknown",
  * "approval_pending", "approval_denied", "approval_used",
  * "approval_expired", "approval_mismatch" (bound to something else);
@@ -86,7 +88,8 @@ struct approval_subject *approval_subject_dup(const struct approval_subject *s);
  * detail.reason).  Runs and commits its own transaction.  Any worker
  * thread.
  */
-int approval_consume(const char *id, const struct approval_subject *s, const char **reason) IDP_WUR;
+int approval_consume(const char *id, const struct approval_subject *s, const char *used_by,
+                     const char **reason) IDP_WUR;
 
 /*
  * Whether approval_consume would take id for s now, without spending it:
@@ -108,7 +111,24 @@ int approval_check(const char *id, const struct approval_subject *s, const char 
  * roll back.  Any worker thread.
  */
 int approval_consume_in(struct store_conn *c, const char *id, const struct approval_subject *s,
-                        const char **reason) IDP_WUR;
+                        const char *used_by, const char **reason) IDP_WUR;
+
+/*
+ * Give back approval id, spent (approval_consume) on the token used_by that
+ * was then withheld: its token.issued event did not become durable within
+ * audit.timeout, so the token never left and the agent may ask again.  It
+ * is approved again only if it is still spent on used_by (a compare and
+ * set, so that no other use is ever undone), audited as approval.restored
+ * before that commits; withheld_event (may be NULL) is the id of the
+ * token.issued event, which may still commit later and is then followed by
+ * the writer's audit.withdrawn naming it.  IDP_OK once given back;
+ * IDP_ENOTFOUND when it is not (or no longer) spent on used_by: nothing
+ * changes; IDP_EUNAVAIL when PostgreSQL or the audit log cannot take it:
+ * it stays spent.  Runs and commits its own transaction.  Any worker
+ * thread; waits on PostgreSQL and on the audit commit.
+ */
+int approval_restore(const char *id, const struct approval_subject *s, const char *used_by,
+                     const char *withheld_event) IDP_WUR;
 
 /* "token", "delegation". */
 const char *approval_kind_name(enum approval_kind k);

@@ -54,7 +54,8 @@ enum audit_type {
 	AUDIT_APPROVAL_GRANTED,
 	AUDIT_APPROVAL_DENIED,
 	AUDIT_APPROVAL_EXPIRED,
-	AUDIT_APPROVAL_USED, /* spent by the request it was for, or a refused use */
+	AUDIT_APPROVAL_USED,     /* spent by the request it was for, or a refused use */
+	AUDIT_APPROVAL_RESTORED, /* given back: the token it was spent on was withheld */
 	AUDIT_TASK_STARTED,
 	AUDIT_TASK_COMPLETED,
 	AUDIT_POLICY_RELOADED,

@@ -29,7 +29,7 @@
 struct audit_writer_opts {
 	const char *url;         /* PostgreSQL; the writer connects on its own */
 	const char *instance_id; /* stamped on every event */
-	int queue_max;           /* events waiting at most */
+	int queue_max;           /* events waiting at most; the writer's own: batch_max more */
 	int batch_max;           /* events per transaction at most */
 	int64_t batch_wait_ms;   /* how long a batch may wait to fill; 0 = never */
 	bool sync;               /* durability "sync" (true) or "async" */

@@ -252,6 +252,11 @@ bool http_req_no_body(struct http_req *req);
  * (detail and "parameters") and returns false.  A misspelt filter or an
  * option the endpoint lacks would otherwise be silently ignored.  A
  * request without a query costs one comparison (dispatch counted them).
+ * A GET, HEAD or DELETE with a non-empty body is refused the same way
+ * (400 bad_request): no such endpoint reads one, and what it asks would be
+ * ignored.  Every endpoint with this strictness calls this once it has
+ * authenticated the caller; those without it (OAuth, probes, metrics,
+ * /.well-known) do not, and so take both as they always did.
  */
 bool http_req_query_only(struct http_req *req, const char *const *allowed);
 

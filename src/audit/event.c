@@ -45,6 +45,7 @@ static const struct {
     [AUDIT_APPROVAL_DENIED] = {"approval.denied", "approval", "Approval denied", 4},
     [AUDIT_APPROVAL_EXPIRED] = {"approval.expired", "approval", "Approval expired", 3},
     [AUDIT_APPROVAL_USED] = {"approval.used", "approval", "Approval used", 3},
+    [AUDIT_APPROVAL_RESTORED] = {"approval.restored", "approval", "Approval restored", 4},
     [AUDIT_TASK_STARTED] = {"task.started", "task", "Task started", 2},
     [AUDIT_TASK_COMPLETED] = {"task.completed", "task", "Task completed", 2},
     [AUDIT_POLICY_RELOADED] = {"policy.reloaded", "policy", "Policies reloaded", 4},

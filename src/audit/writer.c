@@ -86,6 +86,7 @@ static struct {
 	pthread_cond_t done[DONE_WAYS];
 	struct slot *ring;
 	int cap, head, count;
+	int room; /* what emitters may fill: cap less the writer's own reserve */
 	uint64_t enq_seq;
 	uint64_t committed_seq;
 	bool stop;
@@ -408,27 +409,30 @@ refuse_locked(struct slot *sl)
 }
 
 /*
- * Queue an event raised by the writer itself (an alert).  The writer cannot
- * wait for its own commit or for space, so a full queue refuses the alert;
- * the refusal is counted and logged, never silent.
+ * Queue an event raised by the writer itself (a withdrawal, an alert).  The
+ * writer cannot wait for its own commit or for space; it may use the
+ * reserve past the emitters' room (see DESIGN), and only when that too is
+ * full is the event refused: counted and logged, never silent.  IDP_OK
+ * once queued, IDP_EUNAVAIL when refused.  Takes ownership of ev.  Writer
+ * thread only (a test in a test build).
  */
-static void
+IDP_STATIC int
 enqueue_own(struct audit_event *ev)
 {
 	struct slot sl;
 
 	if (prepare(ev, &sl) != IDP_OK)
-		return;
+		return IDP_EUNAVAIL;
 	pthread_mutex_lock(&W.lock);
 	if (W.count == W.cap) {
 		log_error("audit: queue full, %s %s refused", audit_event_type_name(ev),
 		          audit_event_detail_str(ev, "rule") ? audit_event_detail_str(ev, "rule")
 		                                             : "event");
-		(void)refuse_locked(&sl);
-		return;
+		return refuse_locked(&sl);
 	}
 	(void)enqueue(&sl);
 	pthread_mutex_unlock(&W.lock);
+	return IDP_OK;
 }
 
 /*
@@ -437,7 +441,7 @@ enqueue_own(struct audit_event *ev)
  * while the batch's attempt was slow, not failed, so the event could not
  * be withdrawn from the batch.  NULL only on a bug.
  */
-static struct audit_event *
+IDP_STATIC struct audit_event *
 withdrawal(const struct audit_event *ev)
 {
 	static const enum audit_field copied[] = {
@@ -728,6 +732,16 @@ run(void *arg)
 			          "unwritten (PostgreSQL unreachable)",
 			          W.unwritten);
 		}
+		/* The withdrawals first, so that alerts never take the reserved
+		 * room they need (see DESIGN). */
+		for (int i = 0; written && i < n; i++) {
+			if (batch[i].ev != NULL && gave_up[i]) {
+				struct audit_event *w = withdrawal(batch[i].ev);
+
+				if (w != NULL)
+					(void)enqueue_own(w);
+			}
+		}
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
 				continue;
@@ -737,13 +751,7 @@ run(void *arg)
 				size_t k = audit_alerts_feed(W.alerts, batch[i].ev, raised);
 
 				for (size_t j = 0; j < k; j++)
-					enqueue_own(raised[j]);
-			}
-			if (written && gave_up[i]) {
-				struct audit_event *w = withdrawal(batch[i].ev);
-
-				if (w != NULL)
-					enqueue_own(w);
+					(void)enqueue_own(raised[j]);
 			}
 			audit_event_free(batch[i].ev);
 			free(batch[i].canon);
@@ -854,7 +862,8 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 		return IDP_EINVAL;
 	}
 	W.o.alerts = NULL; /* borrowed only for the constructor */
-	W.cap = o->queue_max;
+	W.room = o->queue_max;
+	W.cap = o->queue_max + o->batch_max;
 	W.ring = idp_xcalloc((size_t)W.cap, sizeof(*W.ring));
 	/* A waiter's event is queued or in the batch being written. */
 	W.wcap = o->queue_max + o->batch_max;
@@ -989,7 +998,7 @@ emit(struct audit_event *ev, bool wait)
 	if (!W.running)
 		return refuse_locked(&sl);
 	deadline_in(&deadline, W.o.timeout_ms);
-	while (W.count == W.cap) {
+	while (W.count >= W.room) {
 		if (!wait || W.o.fail_closed || !W.running ||
 		    pthread_cond_timedwait(&W.space, &W.lock, &deadline) == ETIMEDOUT)
 			return refuse_locked(&sl);
@@ -1043,7 +1052,7 @@ audit_emit_then(struct audit_event *ev, audit_done_fn done, void *arg)
 	/* Never waits for room: a full queue is refused, as under fail_closed.
 	 * The waiters ring holds every queued and in-flight event, so it has
 	 * room whenever the queue has. */
-	if (!W.running || W.count == W.cap || W.wcount == W.wcap)
+	if (!W.running || W.count >= W.room || W.wcount == W.wcap)
 		return refuse_locked(&sl);
 	mine = enqueue(&sl);
 	if (!W.o.sync) {

@@ -784,6 +784,15 @@ http_req_query_only(struct http_req *req, const char *const *allowed)
 	size_t i;
 	json_t *v;
 
+	/* Every endpoint that checks its query checks here, after it has
+	 * authenticated the caller: the one place for a GET's body too. */
+	if ((req->method & (HTTP_GET | HTTP_HEAD | HTTP_DELETE)) != 0 && req->body.len > 0) {
+		http_reply_problem(req, 400, "bad_request", NULL,
+		                   "a %s request takes no body; nothing was done (a body's options "
+		                   "would be ignored, not applied)",
+		                   http_method_name(req->method));
+		return false;
+	}
 	/* Most requests (every token request) have no query: they cost a
 	 * comparison, not a walk over the connection's values. */
 	if (req->query_n == 0)

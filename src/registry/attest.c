@@ -635,8 +635,6 @@ me(struct http_req *req, void *ctx)
 	int rc;
 
 	(void)ctx;
-	if (!http_req_query_only(req, NULL))
-		return;
 	rc = authenticate_agent(req, &p, &why);
 	if (rc == IDP_EUNAUTH) {
 		log_info("attest: agent authentication refused (%s), request %s", why,
@@ -648,6 +646,12 @@ me(struct http_req *req, void *ctx)
 	}
 	if (rc != IDP_OK) {
 		http_reply_error(req, rc, "agent authentication is not available now");
+		return;
+	}
+	/* After authentication, as every endpoint checks: a stranger learns
+	 * nothing about what the endpoint reads. */
+	if (!http_req_query_only(req, NULL)) {
+		agent_principal_cleanup(&p);
 		return;
 	}
 	idp_buf_init(&b, AGENT_JSON_MAX);

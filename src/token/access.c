@@ -15,7 +15,9 @@
  * has passed, so such a refusal never burns one; the policy then sees
  * context.approval (a DENY after that still stands: an approval lifts
  * REQUIRE_APPROVAL, never a deny).  It is spent once the token is signed,
- * so that a DENY or a failure of idpd's own leaves it for the retry.  The token's lifetime is the
+ * so that a DENY or a failure of idpd's own leaves it for the retry; and a
+ * token withheld after that (its event not durable in time) gives it back
+ * (access_finish).  The token's lifetime is the
  * smallest of the asked ttl (tokens.default_ttl), tokens.max_ttl, the policy's max_ttl condition,
  * the delegation token's exp, the keys' longest lifetime and the signing key's not-after.  The
  * token names the identity credential that asked for it (identity_jti): revoking that
@@ -945,19 +947,8 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		refuse(&s, 500, "internal");
 		goto refused;
 	}
-	if (a->approval_id != NULL &&
-	    (rc = approval_consume(a->approval_id, &subj, &why)) != IDP_OK) {
-		/* Spent by another request since the check, or PostgreSQL gone:
-		 * this token never existed. */
-		idp_wipe(g->token, strlen(g->token));
-		free(g->token);
-		g->token = NULL;
-		if (rc == IDP_EUNAVAIL)
-			refuse(&s, 503, "unavailable");
-		else
-			refuse(&s, 403, why != NULL ? why : "approval_invalid");
-		goto refused;
-	}
+	/* Built before the approval is spent, so that failing to build it
+	 * (a bug) leaves the approval as it was. */
 	g->event = outcome_event(&s, true, g->scope, exp_ms / 1000);
 	if (g->event == NULL) {
 		/* Not durable, not issued. */
@@ -966,6 +957,26 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		g->token = NULL;
 		refuse(&s, 503, "unavailable");
 		goto done;
+	}
+	if (a->approval_id != NULL &&
+	    (rc = approval_consume(a->approval_id, &subj, g->jti, &why)) != IDP_OK) {
+		/* Spent by another request since the check, or PostgreSQL gone:
+		 * this token never existed. */
+		idp_wipe(g->token, strlen(g->token));
+		free(g->token);
+		g->token = NULL;
+		audit_event_free(g->event);
+		g->event = NULL;
+		if (rc == IDP_EUNAVAIL)
+			refuse(&s, 503, "unavailable");
+		else
+			refuse(&s, 403, why != NULL ? why : "approval_invalid");
+		goto refused;
+	}
+	if (a->approval_id != NULL) {
+		/* Spent on this token: given back if the token is withheld. */
+		snprintf(g->spent_id, sizeof(g->spent_id), "%s", a->approval_id);
+		g->spent = approval_subject_dup(&subj);
 	}
 	g->status = 200;
 	g->expires_in = exp_ms / 1000 - now_ms / 1000;
@@ -1003,6 +1014,7 @@ access_grant_cleanup(struct access_grant *g)
 	}
 	audit_event_free(g->event);
 	free(g->approval);
+	free(g->spent);
 	free(g->scope);
 	policy_outcome_cleanup(&g->decision);
 	memset(g, 0, sizeof(*g));
@@ -1053,6 +1065,30 @@ withhold(struct access_grant *g, const char *jti)
 	g->status = 503;
 	g->code = "unavailable";
 	g->decided = false;
+}
+
+/*
+ * The token g spent its approval on was withheld (jti; event_id is its
+ * token.issued event's id): give the approval back, so that the agent's
+ * retry may use it.  When that cannot be done now the approval stays
+ * spent, as a human would have to approve again: logged, never silent.
+ * A thread that may wait on PostgreSQL and the audit commit.
+ */
+static void
+give_back(const struct access_grant *g, const char *jti, const char *event_id)
+{
+	int rc = approval_restore(g->spent_id, g->spent, jti, event_id);
+
+	if (rc == IDP_OK)
+		log_info("access: approval %s given back: token %s was withheld", g->spent_id, jti);
+	else if (rc == IDP_ENOTFOUND)
+		log_warn("access: approval %s not given back: it is no longer spent on token %s",
+		         g->spent_id, jti);
+	else
+		log_error(
+		    "access: approval %s stays spent on withheld token %s: it cannot be given "
+		    "back now (%s)",
+		    g->spent_id, jti, idp_err_name(rc));
 }
 
 /*
@@ -1118,13 +1154,30 @@ access_finish(struct http_req *req, struct access_grant *g, access_reply_fn repl
 	}
 	ev = f->g.event;
 	f->g.event = NULL;
-	if (!http_req_suspend(req)) {
-		/* The server is stopping and would not resume the connection:
-		 * wait for the commit here, as a pooled handler would. */
+	/*
+	 * Wait for the commit here, as a pooled handler would, when the token
+	 * spent an approval (spending it waited on PostgreSQL, so this thread
+	 * may wait), so that a withheld token gives its approval back before
+	 * its 503 goes out and the agent's retry finds it approved; and when
+	 * the server is stopping and would not resume the connection.
+	 */
+	if (f->g.spent != NULL || !http_req_suspend(req)) {
+		char event_id[65] = ""; /* an event id is at most 64 bytes (audit.h) */
+
+		/* Named before audit_emit takes it: a withheld token's event may
+		 * still commit, and the writer's audit.withdrawn then names it. */
+		if (f->g.spent != NULL && audit_event_get(ev, AUDIT_F_ID) == NULL &&
+		    audit_event_assign_id(ev) != IDP_OK)
+			log_warn("access: the token event has no id yet");
+		if (f->g.spent != NULL && audit_event_get(ev, AUDIT_F_ID) != NULL)
+			snprintf(event_id, sizeof(event_id), "%s", audit_event_get(ev, AUDIT_F_ID));
 		rc = audit_emit(ev);
 		touch_if_issued(&f->g, f->g.status, rc);
-		if (rc != IDP_OK && f->g.status == 200)
+		if (rc != IDP_OK && f->g.status == 200) {
 			withhold(&f->g, f->g.jti);
+			if (f->g.spent != NULL)
+				give_back(&f->g, f->g.jti, event_id[0] != '\0' ? event_id : NULL);
+		}
 		finish_answer(f);
 		return;
 	}

@@ -10,7 +10,9 @@
  * target); concurrent attempts serialise on the row lock and the second
  * finds it used.  When the UPDATE takes no row, one SELECT of the approval
  * names the precise reason.  Both a use and a refused use are audited as
- * approval.used.
+ * approval.used.  A use records the token it was spent on (used_by), so
+ * that an access token withheld after the use gives its approval back
+ * without ever undoing another's (approval_restore).
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -359,6 +361,7 @@ approval_emit(struct approval_event *e)
 	    audit_event_set(ev, AUDIT_F_HUMAN_PRINCIPAL, e->human) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_AGENT_ID, e->agent_id) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_GRANTED_SCOPE, e->granted_scope) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_TOKEN_ID, e->token_id) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_POLICY_RULE, e->rules) != IDP_OK ||
 	    audit_event_set(ev, AUDIT_F_REQUEST_ID, e->request_id) != IDP_OK ||
 	    (e->peer != NULL && e->peer[0] != '\0' &&
@@ -653,11 +656,11 @@ done:
 
 static struct store_stmt st_use = {
     "apr_use",
-    "UPDATE approvals SET status = 'used', used_at = now() WHERE id = $1 AND status = 'approved' "
-    "AND expires_at > now() AND kind = $2 AND agent_id = $3 AND task_id = $4 "
-    "AND scope = $5::text[] AND target = $6 RETURNING decided_by, decided_by_kind, "
-    "decided_by_idp",
-    6, 0};
+    "UPDATE approvals SET status = 'used', used_at = now(), used_by = $7 WHERE id = $1 AND "
+    "status = 'approved' AND expires_at > now() AND kind = $2 AND agent_id = $3 AND "
+    "task_id = $4 AND scope = $5::text[] AND target = $6 RETURNING decided_by, "
+    "decided_by_kind, decided_by_idp",
+    7, 0};
 
 static struct store_stmt st_why = {
     "apr_why",
@@ -767,9 +770,9 @@ approval_check(const char *id, const struct approval_subject *s, const char **re
 
 int
 approval_consume_in(struct store_conn *c, const char *id, const struct approval_subject *s,
-                    const char **reason)
+                    const char *used_by, const char **reason)
 {
-	const char *params[6];
+	const char *params[7];
 	char *scopes = NULL;
 	PGresult *r = NULL;
 	int rc;
@@ -778,6 +781,7 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 	rc = use_params(id, s, params, &scopes, reason);
 	if (rc != IDP_OK)
 		return rc;
+	params[6] = used_by;
 	rc = store_exec(c, &st_use, params, &r);
 	if (rc != IDP_OK) {
 		rc = IDP_EUNAVAIL;
@@ -795,6 +799,7 @@ approval_consume_in(struct store_conn *c, const char *id, const struct approval_
 		    .actor = AUDIT_ACTOR_AGENT,
 		    .actor_name = s->agent_id,
 		    .granted_scope = s->scope,
+		    .token_id = used_by,
 		    .request_id = s->request_id,
 		    .detail = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "approval_id", id, "kind",
 		                        approval_kind_name(s->kind), "target", s->target,
@@ -823,7 +828,8 @@ done:
 }
 
 int
-approval_consume(const char *id, const struct approval_subject *s, const char **reason)
+approval_consume(const char *id, const struct approval_subject *s, const char *used_by,
+                 const char **reason)
 {
 	struct store_conn *c = NULL;
 	int rc;
@@ -833,7 +839,7 @@ approval_consume(const char *id, const struct approval_subject *s, const char **
 		return IDP_EUNAVAIL;
 	rc = store_cmd(c, "BEGIN");
 	if (rc == IDP_OK)
-		rc = approval_consume_in(c, id, s, reason);
+		rc = approval_consume_in(c, id, s, used_by, reason);
 	if (rc == IDP_OK) {
 		rc = store_cmd(c, "COMMIT");
 		if (rc != IDP_OK) {
@@ -847,5 +853,80 @@ approval_consume(const char *id, const struct approval_subject *s, const char **
 	store_release(store, c);
 	if (rc != IDP_OK && rc != IDP_EFORBIDDEN)
 		rc = IDP_EUNAVAIL;
+	return rc;
+}
+
+/* ---- giving back ---- */
+
+static struct store_stmt st_restore = {
+    "apr_restore",
+    "UPDATE approvals SET status = 'approved', used_at = NULL, used_by = NULL WHERE id = $1 "
+    "AND status = 'used' AND used_by = $2 RETURNING kind",
+    2, 0};
+
+int
+approval_restore(const char *id, const struct approval_subject *s, const char *used_by,
+                 const char *withheld_event)
+{
+	const char *params[2] = {id, used_by};
+	struct store_conn *c = NULL;
+	PGresult *r = NULL;
+	int rc;
+
+	if (!approval_id_valid(id) || used_by == NULL || used_by[0] == '\0' || !subject_ok(s))
+		return IDP_EINVAL;
+	if (store == NULL || store_acquire(store, &c) != IDP_OK)
+		return IDP_EUNAVAIL;
+	rc = store_cmd(c, "BEGIN");
+	if (rc == IDP_OK)
+		rc = store_exec(c, &st_restore, params, &r);
+	if (rc != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	if (PQntuples(r) != 1) {
+		/* Spent on another token, or given back already: not ours to touch. */
+		rc = IDP_ENOTFOUND;
+		goto done;
+	}
+
+	struct approval_event e = {
+	    .type = AUDIT_APPROVAL_RESTORED,
+	    .outcome = AUDIT_OUTCOME_SUCCESS,
+	    .approval_id = id,
+	    .task_id = s->task_id,
+	    .human = s->human,
+	    .agent_id = s->agent_id,
+	    .chain = s->chain,
+	    .actor = AUDIT_ACTOR_SYSTEM,
+	    .actor_name = "approvals",
+	    .token_id = used_by,
+	    .request_id = s->request_id,
+	    /* The token is authorization.token_id: a detail key naming a token
+	     * would be redacted. */
+	    .detail = json_pack(
+	        "{s:s,s:s,s:s,s:s,s:s?,s:s}", "approval_id", id, "kind",
+	        approval_kind_name(s->kind), "target", s->target, "reason", "token_withheld",
+	        "withheld_event_id", withheld_event, "message",
+	        "the token this approval was spent on was withheld (its token.issued event was not "
+	        "durable within audit.timeout; the request was answered 503 and the token never "
+	        "left): the approval is approved again, for the agent's retry"),
+	};
+	rc = approval_emit(&e);
+	if (rc != IDP_OK) {
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	rc = store_cmd(c, "COMMIT");
+	if (rc != IDP_OK) {
+		log_error("approvals: COMMIT failed after approval.restored for %s was written",
+		          id);
+		rc = IDP_EUNAVAIL;
+	}
+done:
+	PQclear(r);
+	if (rc != IDP_OK && store_cmd(c, "ROLLBACK") != IDP_OK)
+		store_discard(c);
+	store_release(store, c);
 	return rc;
 }

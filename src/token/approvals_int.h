@@ -132,6 +132,7 @@ struct approval_event {
 	enum audit_actor_kind actor;
 	const char *actor_name;
 	const char *granted_scope; /* approval.granted, approval.used: the approved scopes */
+	const char *token_id;      /* approval.used, approval.restored: the token it was spent on */
 	const char *rules;         /* authorization.policy_rule */
 	const char *request_id;
 	const char *peer; /* "" or NULL when unknown */

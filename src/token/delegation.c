@@ -742,7 +742,7 @@ issue(struct deleg *g, int64_t now_ms)
 		struct approval_subject s = subject_of(g);
 		const char *why = NULL;
 
-		rc = approval_consume_in(c, g->approval_id, &s, &why);
+		rc = approval_consume_in(c, g->approval_id, &s, g->jti, &why);
 		if (rc == IDP_EFORBIDDEN) {
 			g->reason = why;
 			goto done;

@@ -808,6 +808,197 @@ an_approval_is_spent_only_by_an_issued_token(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * The setting on db with audit.timeout 2 s, an approval of cost-agent's
+ * billing:export that alice approved (its id into approval, the request's
+ * member for it into extra), and a trigger that makes the batch holding
+ * an event that names "withheld-marker" take 2.5 s: its emitter gives up
+ * first, and the event commits after all.
+ */
+static void
+approved_with_slow_marker(struct setting *s, const char *db, char approval[128], char extra[256])
+{
+	const struct world_opts o = {.extra_toml = "[audit]\ntimeout = \"2s\"\n"};
+	struct http_resp r;
+	char path[256];
+
+	setting_start_with(s, db, &o);
+	token(s, s->cost, s->cost_token, WORLD_BILLING, "billing:export", "", &r);
+	assert_int_equal(r.status, 202);
+	snprintf(approval, 128, "%s", json_string_value(json_object_get(r.json, "approval_id")));
+	harness_resp_free(&r);
+	snprintf(path, sizeof(path), "/v1/approvals/%s/approve", approval);
+	world_call(&s->w, "POST", path, s->alice, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	snprintf(extra, 256, ",\"approval_id\":\"%s\"", approval);
+	assert_int_equal(harness_sql(db, "CREATE FUNCTION slow_marker() RETURNS trigger LANGUAGE "
+	                                 "plpgsql AS $$ BEGIN IF NEW.body LIKE "
+	                                 "'%withheld-marker%' THEN PERFORM pg_sleep(2.5); END IF; "
+	                                 "RETURN NEW; END $$; CREATE TRIGGER slow_marker BEFORE "
+	                                 "INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION "
+	                                 "slow_marker()"),
+	                 0);
+}
+
+/* The approved retry whose token.issued names the marker: withheld, 503. */
+static long
+withheld_retry(struct setting *s, const char *extra)
+{
+	struct http_resp r;
+	char body[8192];
+	long status;
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"billing:export\",\"task_id\":\"%s\","
+	         "\"reason\":\"withheld-marker\",\"delegation_token\":\"%s\"%s}",
+	         WORLD_BILLING, s->task_id, s->cost_token, extra);
+	if (harness_call(&s->w.p, "POST", "/v1/token", s->cost, body, &r) != 0)
+		return -1;
+	status = r.status;
+	if (status != 503 || strstr(r.body, "eyJ") != NULL ||
+	    json_string_value(json_object_get(r.json, "code")) == NULL ||
+	    strcmp(json_string_value(json_object_get(r.json, "code")), "unavailable") != 0) {
+		fprintf(stderr, "withheld: %ld %s\n", r.status, r.body);
+		status = -1;
+	}
+	harness_resp_free(&r);
+	return status;
+}
+
+/*
+ * A token withheld after it spent its approval (its token.issued event not
+ * durable within audit.timeout: 503, the token never leaves) gives the
+ * approval back, audited as approval.restored, so that the agent's retry
+ * is issued without a human approving again, and only once.  Here a
+ * trigger of the test's makes the batch holding that one event slow: it
+ * commits after the emitter gave up, and the writer's audit.withdrawn then
+ * names the same event as the approval.restored does.
+ */
+static void
+a_withheld_token_gives_its_approval_back(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char approval[128], extra[256], sql[1024];
+
+	(void)state;
+	approved_with_slow_marker(&s, "t_access_give_back", approval, extra);
+	assert_int_equal(withheld_retry(&s, extra), 503);
+
+	/* Approved again by the time the 503 came, and the log says why. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM approvals WHERE id = '%s' AND status = 'approved' AND "
+	         "used_at IS NULL AND used_by IS NULL",
+	         approval);
+	assert_int_equal(world_count(&s.w, sql), 1);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'approval.restored' AND "
+	         "outcome = 'success' AND agent_id = 'cost-agent' AND task_id = '%s' AND "
+	         "body::jsonb->'detail'->>'approval_id' = '%s' AND "
+	         "body::jsonb->'detail'->>'reason' = 'token_withheld'",
+	         s.task_id, approval);
+	assert_int_equal(world_count(&s.w, sql), 1);
+	/* The withheld token's event committed late: withdrawn, and it is the
+	 * one (event and token) that the approval was given back for. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events t JOIN audit_events w ON w.type = "
+	         "'audit.withdrawn' AND w.body::jsonb->'detail'->>'withdrawn_event_id' = "
+	         "t.event_id::text JOIN audit_events a ON a.type = 'approval.restored' AND "
+	         "a.body::jsonb->'detail'->>'withheld_event_id' = t.event_id::text AND "
+	         "a.body::jsonb->'authorization'->>'token_id' = "
+	         "t.body::jsonb->'authorization'->>'token_id' WHERE t.type = 'token.issued' AND "
+	         "t.body::jsonb->'detail'->>'approval_id' = '%s'",
+	         approval);
+	for (int i = 0; i < 100 && world_count(&s.w, sql) == 0; i++) {
+		struct timespec ts = {0, 100 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(world_count(&s.w, sql), 1);
+
+	/* The retry is issued without anyone approving again... */
+	token(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, &r);
+	if (r.status != 200)
+		fprintf(stderr, "retry: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_non_null(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	/* ...and once: the approval is single use again. */
+	expect_refusal(&s, s.cost, s.cost_token, WORLD_BILLING, "billing:export", extra, 403,
+	               "approval_used");
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'approval.used' AND outcome = "
+	         "'success' AND body::jsonb->'detail'->>'approval_id' = '%s'",
+	         approval);
+	assert_int_equal(world_count(&s.w, sql), 2);
+	world_call(&s.w, "GET", "/v1/audit/verify", s.w.k.auditor, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_true(json_object_get(r.json, "ok")));
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
+struct withheld_asker {
+	struct setting *s;
+	const char *extra;
+	long status;
+};
+
+static void *
+ask_withheld(void *arg)
+{
+	struct withheld_asker *a = arg;
+
+	a->status = withheld_retry(a->s, a->extra);
+	return NULL;
+}
+
+/*
+ * Giving an approval back is a compare and set on the token it was spent
+ * on: when, by then, the approval reads as spent on another token (here
+ * the test rewrites its row while the withheld token waits for its audit
+ * commit), that use is left alone and nothing is recorded as given back.
+ */
+static void
+a_withheld_token_never_undoes_another_use(void **state)
+{
+	struct setting s;
+	struct withheld_asker a;
+	pthread_t th;
+	char approval[128], extra[256], sql[512];
+
+	(void)state;
+	approved_with_slow_marker(&s, "t_access_give_back_cas", approval, extra);
+	a = (struct withheld_asker){.s = &s, .extra = extra};
+	assert_int_equal(pthread_create(&th, NULL, ask_withheld, &a), 0);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM approvals WHERE id = '%s' AND status = 'used' AND used_by "
+	         "IS NOT NULL",
+	         approval);
+	for (int i = 0; i < 150 && world_count(&s.w, sql) == 0; i++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(world_count(&s.w, sql), 1);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE approvals SET used_by = 'another-token-jti' WHERE id = '%s'", approval);
+	assert_int_equal(harness_sql("t_access_give_back_cas", sql), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(a.status, 503);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM approvals WHERE id = '%s' AND status = 'used' AND used_by = "
+	         "'another-token-jti'",
+	         approval);
+	assert_int_equal(world_count(&s.w, sql), 1);
+	assert_int_equal(world_count(&s.w, "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'approval.restored'"),
+	                 0);
+	assert_true(harness_log_contains(&s.w.p, "not given back"));
+	setting_stop(&s);
+}
+
 /* A form value with the characters RFC 3986 reserves percent-encoded (tokens are base64url: none).
  */
 static void
@@ -1473,6 +1664,8 @@ main(void)
 	    cmocka_unit_test(completed_task_and_decommissioned_agent_get_nothing),
 	    cmocka_unit_test(approval_is_bound_and_single_use),
 	    cmocka_unit_test(an_approval_is_spent_only_by_an_issued_token),
+	    cmocka_unit_test(a_withheld_token_gives_its_approval_back),
+	    cmocka_unit_test(a_withheld_token_never_undoes_another_use),
 	    cmocka_unit_test(revoking_a_credential_ends_the_access_tokens_it_obtained),
 	    cmocka_unit_test(token_exchange_issues_the_same_token),
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),

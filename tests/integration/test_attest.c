@@ -453,6 +453,17 @@ join_token_attests_once_and_is_never_stored_in_clear(void **state)
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "id")), "planner-1");
 	harness_resp_free(&r);
+	/* A body or a query is refused, once the agent is known: a stranger
+	 * gets the 401 whatever else the request carries. */
+	call(&p, "GET", "/v1/me", cred, "{\"fields\":[\"id\"]}", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "bad_request");
+	assert_null(json_object_get(r.json, "id"));
+	harness_resp_free(&r);
+	assert_int_equal(harness_status(&p, "GET", "/v1/me?fields=id", cred, NULL), 400);
+	assert_int_equal(harness_status(&p, "GET", "/v1/me", NULL, "{}"), 401);
+	assert_int_equal(harness_status(&p, "GET", "/v1/me?fields=id", NULL, NULL), 401);
+	assert_int_equal(harness_status(&p, "GET", "/v1/me", cred, ""), 200);
 
 	/* Spent: a second use fails with the generic 401. */
 	attest(

@@ -1152,6 +1152,75 @@ options_an_endpoint_does_not_read_are_refused_and_nothing_changes(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * A GET that carries a body asks for something no GET reads: refused, once
+ * the caller is authenticated, and nothing is done.  An empty body
+ * (Content-Length: 0) is no body.  The probes and the /.well-known
+ * documents still ignore one.
+ */
+static void
+a_body_sent_with_a_get_is_refused_and_nothing_is_done(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char n[64];
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_get_body"), 0);
+	start(&p, "t_reg_get_body", NULL);
+	register_agent(&p, "reader", "a@b.co", "[\"a:b\"]", NULL);
+
+	/* A filter in the body is not applied, and no unfiltered list comes back. */
+	call(&p, "GET", "/v1/agents", auditor_key, "{\"status\":\"suspended\"}", NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(jstr(r.json, "code"), "bad_request");
+	assert_non_null(strstr(jstr(r.json, "detail"), "no body"));
+	assert_null(json_object_get(r.json, "agents"));
+	harness_resp_free(&r);
+	/* The same on a route served on the I/O thread. */
+	call(&p, "GET", "/v1/agents/reader", auditor_key, "{}", NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(jstr(r.json, "code"), "bad_request");
+	assert_null(jstr(r.json, "owner"));
+	harness_resp_free(&r);
+	/* A verification asked with a body walks nothing and records nothing. */
+	call(&p, "GET", "/v1/audit/verify", auditor_key, "{\"from\":1}", NULL, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(jstr(r.json, "code"), "bad_request");
+	assert_null(json_object_get(r.json, "ok"));
+	harness_resp_free(&r);
+	sql_value("t_reg_get_body",
+	          "SELECT count(*) FROM audit_events WHERE type = 'audit.verified'", n, sizeof(n));
+	assert_string_equal(n, "0");
+	/* Authentication comes first: without a key it is a 401, body or not. */
+	assert_int_equal(status_of(&p, "GET", "/v1/agents", NULL, "{}", NULL), 401);
+
+	/* An empty body is none: the same calls are answered. */
+	call(&p, "GET", "/v1/agents/reader", auditor_key, "", NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(jstr(r.json, "id"), "reader");
+	harness_resp_free(&r);
+	call(&p, "GET", "/v1/audit/verify", auditor_key, "", NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_true(json_object_get(r.json, "ok")));
+	harness_resp_free(&r);
+	/* Recorded without waiting: it may land just after the answer. */
+	for (int i = 0; i < 100; i++) {
+		sql_value("t_reg_get_body",
+		          "SELECT count(*) FROM audit_events WHERE type = 'audit.verified'", n,
+		          sizeof(n));
+		if (strcmp(n, "0") != 0)
+			break;
+		sleep_ms(50);
+	}
+	assert_string_equal(n, "1");
+
+	/* The probes and the published documents take a GET as they always did. */
+	assert_int_equal(status_of(&p, "GET", "/healthz", NULL, "{}", NULL), 200);
+	assert_int_equal(status_of(&p, "GET", "/.well-known/jwks.json", NULL, "{}", NULL), 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* Hands a PostgreSQL session holding a lock back after hold_ms. */
 struct lock_holder {
 	PGconn *pg;
@@ -1694,6 +1763,7 @@ main(void)
 	    cmocka_unit_test(cache_reloads_after_the_listener_reconnects),
 	    cmocka_unit_test(cleanup_reports_or_suspends_stale_agents_idempotently),
 	    cmocka_unit_test(options_an_endpoint_does_not_read_are_refused_and_nothing_changes),
+	    cmocka_unit_test(a_body_sent_with_a_get_is_refused_and_nothing_is_done),
 	    cmocka_unit_test(revocation_epoch_is_stamped_after_the_audit_wait),
 	    cmocka_unit_test(cleanup_does_not_suspend_an_agent_in_use),
 	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
