@@ -1248,6 +1248,71 @@ mutual_tls_presents_the_client_certificate(void **state)
 	harness_tls_pki_remove(pki);
 }
 
+/* Copy from over to, in place (the same inode, new content), as cp does. */
+static void
+copy_file(const char *from, const char *to)
+{
+	char buf[8192];
+	size_t n;
+	FILE *in = fopen(from, "r"), *out = fopen(to, "w");
+
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+/*
+ * A TLS sink reads its files once, when it is made; a reload after a file
+ * was replaced at the same path (a CA bundle renewed, say) makes it again,
+ * though the configuration's text did not change.
+ */
+static void
+a_reload_takes_a_ca_file_replaced_at_the_same_path(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], rogue_ca[128], trust[128], cert[128], key[128];
+	char extra[2048], id[80];
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(rogue_ca, sizeof(rogue_ca), pki, "rogue-ca.pem");
+	pki_file(trust, sizeof(trust), pki, "trust.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	copy_file(rogue_ca, trust);
+	assert_int_equal(harness_tls_start(&t, false, cert, key, NULL), 0);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem-renewed\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         reporter_hash, t.port, trust);
+	assert_int_equal(harness_db_create("t_sink_renewed"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_renewed", NULL, extra), 0);
+	assert_int_equal(report(&p, "task-renewed", id, sizeof(id)), 201);
+	wait_refused(&t, 1);
+
+	/* The same configuration, a new CA file under the old name. */
+	copy_file(ca, trust);
+	assert_int_equal(kill(p.pid, SIGHUP), 0);
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	for (i = 0; i < 200 && tls_frames(&t, id) < 1; i++)
+		sleep_ms(50);
+	assert_int_equal(tls_frames(&t, id), 1);
+	assert_int_equal(wait_passed("t_sink_renewed", "siem-renewed", "task-renewed", 1), 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
 int
 main(void)
 {
@@ -1264,6 +1329,7 @@ main(void)
 	    cmocka_unit_test(syslog_over_tls_ships_only_to_a_receiver_it_verifies),
 	    cmocka_unit_test(https_webhook_ships_only_to_the_name_it_expects),
 	    cmocka_unit_test(mutual_tls_presents_the_client_certificate),
+	    cmocka_unit_test(a_reload_takes_a_ca_file_replaced_at_the_same_path),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }
