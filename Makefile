@@ -17,7 +17,7 @@ WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wpointer-arith -W
 OPT      = -O2 -g
 SAN      =
 DEFS     =
-PKGS     = libmicrohttpd libpq jansson libcrypto
+PKGS     = libmicrohttpd libpq jansson libssl libcrypto
 TESTPKGS = cmocka libcurl libjwt
 
 BUILD   ?= build

@@ -1,10 +1,16 @@
 /*
  * audit_sink.h - transports that carry formatted audit lines to a SIEM: an
- * append-only file, syslog (RFC 5424) over TCP (RFC 6587 octet counting)
- * or UDP (one datagram per message), or a webhook: an HTTP POST of the
- * lines written since the last flush, as one JSON document, to a receiver
- * such as a portal that tells people what happened (a task completed, an
- * approval waiting).
+ * append-only file, syslog (RFC 5424) over TCP (RFC 6587 octet counting),
+ * over TLS (RFC 5425: the same framing inside TLS) or over UDP (one
+ * datagram per message), or a webhook: an HTTP POST, over http or https,
+ * of the lines written since the last flush, as one JSON document, to a
+ * receiver such as a portal that tells people what happened (a task
+ * completed, an approval waiting).
+ *
+ * TLS always verifies the receiver: its certificate must chain to ca_file
+ * (or to OpenSSL's default trust store) and name the host of the address
+ * or URL (or server_name); TLS 1.2 at least.  There is no way to turn
+ * verification off.
  *
  * A sink owns its configuration copy, its file descriptor and its buffers.
  * It is used by one thread at a time (a sink's shipper); distinct sinks are
@@ -36,11 +42,11 @@
 struct audit_sink;
 
 enum audit_sink_type { AUDIT_SINK_FILE, AUDIT_SINK_SYSLOG, AUDIT_SINK_WEBHOOK };
-enum audit_sink_proto { AUDIT_PROTO_TCP, AUDIT_PROTO_UDP };
+enum audit_sink_proto { AUDIT_PROTO_TCP, AUDIT_PROTO_UDP, AUDIT_PROTO_TLS };
 
 const char *audit_sink_type_name(enum audit_sink_type t); /* "file", "syslog", "webhook" */
 int audit_sink_type_parse(const char *s, enum audit_sink_type *out) IDP_WUR;
-const char *audit_sink_proto_name(enum audit_sink_proto p); /* "tcp", "udp" */
+const char *audit_sink_proto_name(enum audit_sink_proto p); /* "tcp", "udp", "tls" */
 int audit_sink_proto_parse(const char *s, enum audit_sink_proto *out) IDP_WUR;
 
 #define AUDIT_SINK_LINE_MAX (256 * 1024) /* one formatted line, header excluded */
@@ -57,7 +63,7 @@ struct audit_sink_config {
 	enum audit_format format;       /* json (default), cef, leef */
 	const char *path;               /* file: appended to, created 0640 */
 	const char *address;            /* syslog: "host:port" or "[v6addr]:port" */
-	enum audit_sink_proto protocol; /* syslog: tcp (default) or udp */
+	enum audit_sink_proto protocol; /* syslog: tcp (default), tls or udp */
 	const char *hostname;           /* RFC 5424 HOSTNAME; NULL: gethostname() */
 	const char *version;            /* idpd's version for CEF/LEEF headers */
 	int facility;                   /* syslog facility 0-23; 13 (log audit) */
@@ -65,23 +71,34 @@ struct audit_sink_config {
 	int64_t send_timeout_ms;        /* 5000; also bounds a TCP flush */
 	size_t udp_max;                 /* whole datagram, 2048; see truncation */
 	bool fsync;                     /* file: flush() calls fdatasync(); true */
-	const char *url;                /* webhook: "http://host[:port][/path]" */
+	const char *url;                /* webhook: "http[s]://host[:port][/path]" */
 	const char *bearer;             /* webhook: sent as "Authorization: Bearer"; NULL: none */
+	/* TLS (syslog over tls, https webhook) only; each NULL when unset. */
+	const char *ca_file; /* PEM bundle the receiver must chain to; NULL: OpenSSL's default */
+	const char *server_name; /* the name verified and sent as SNI; NULL: the host */
+	const char *cert_file;   /* client certificate chain (PEM) for mutual TLS */
+	const char *key_file;    /* its private key (PEM, not encrypted); both or neither */
 };
 
 void audit_sink_config_defaults(struct audit_sink_config *c);
 
 /*
- * Validate cfg and make a sink in the closed state; no I/O happens here.
- * On success *out is the caller's (audit_sink_free).  On failure *out is
- * NULL, the result is IDP_EINVAL and diag says which setting is wrong.
+ * Validate cfg and make a sink in the closed state; no network I/O happens
+ * here.  A TLS sink reads its ca_file, cert_file and key_file now, once:
+ * one that cannot be read or parsed, or a key that does not match its
+ * certificate, is a setting that is wrong.  On success *out is the
+ * caller's (audit_sink_free).  On failure *out is NULL, the result is
+ * IDP_EINVAL and diag says which setting is wrong (never what a key holds).
  */
 int audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out,
                    struct idp_diag *diag) IDP_WUR;
 
 /*
  * Open the transport now if it is closed: open the file, or resolve the
- * address and connect (non-blocking, bounded by connect_timeout_ms).
+ * address and connect (non-blocking, bounded by connect_timeout_ms; with
+ * TLS, the handshake and the receiver's verification within the same
+ * bound: a receiver that fails verification is IDP_EUNAVAIL, as one that
+ * is down).
  * Writes do this themselves; call it to learn early that a sink is
  * unreachable.  Errors as described at the top of this file.
  */
@@ -99,7 +116,7 @@ struct audit_sink_msg {
 /*
  * Send one message.  A file gets line + "\n" in one write(2), and if that
  * write is cut short the file is truncated back, so it holds whole lines
- * only.  TCP gets "<len> <syslog message>"; UDP one datagram of at most
+ * only.  TCP and TLS get "<len> <syslog message>"; UDP one datagram of at most
  * udp_max bytes, the message cut at a UTF-8 boundary if longer.  Reopens a
  * closed or broken transport first; never raises SIGPIPE.  A webhook
  * adds the line (a JSON document: the format must be json) to the next
@@ -115,7 +132,7 @@ int audit_sink_write_event(struct audit_sink *s, const struct audit_event *ev,
 
 /*
  * Make what was written durable as far as the transport can tell: a file is
- * fdatasync()ed (when fsync is set); a TCP sink waits, up to
+ * fdatasync()ed (when fsync is set); a TCP or TLS sink waits, up to
  * send_timeout_ms, until the receiver's TCP has acknowledged every byte; a
  * UDP sink cannot know and returns 0.  A webhook POSTs
  * {"events":[<line>,...]} on a new connection and succeeds only

@@ -41,12 +41,17 @@ struct idpd_audit_sink_cfg {
 	char *format;     /* "json" | "cef" | "leef" */
 	char *path;       /* file */
 	char *address;    /* syslog: "host:port" */
-	char *url;        /* webhook: "http://host[:port][/path]" */
+	char *url;        /* webhook: "http[s]://host[:port][/path]" */
 	char *bearer_env; /* webhook: names the variable holding its bearer token; "" = none */
 	char *types;      /* space-separated event types carried; "" = all */
-	char *protocol;   /* syslog: "tcp" | "udp" */
+	char *protocol;   /* syslog: "tcp" | "tls" | "udp" */
 	char *hostname;   /* RFC 5424 HOSTNAME; "" = gethostname() */
-	int facility;     /* 13 (log audit) */
+	/* TLS (syslog over tls, https webhooks); each "" when unset. */
+	char *ca_file;     /* PEM CAs the receiver must chain to; "" = OpenSSL's default */
+	char *server_name; /* name verified and sent as SNI; "" = the address's host */
+	char *cert_file;   /* client certificate chain for mutual TLS */
+	char *key_file;    /* its private key; with cert_file */
+	int facility;      /* 13 (log audit) */
 	int64_t connect_timeout_ms;
 	int64_t send_timeout_ms;
 	int udp_max; /* bytes per datagram */

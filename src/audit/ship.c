@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "idpd/app.h"
@@ -409,20 +410,42 @@ free_shipper(struct shipper *sh)
 	free(sh);
 }
 
+/*
+ * Which file path names now: a TLS sink reads its certificate files once,
+ * when it is made, so a reload after a certificate was replaced at the
+ * same path must make the sink again.  "-" for no file or none readable.
+ */
+static int
+file_identity(struct idp_buf *b, const char *path)
+{
+	struct stat st;
+
+	if (path[0] == '\0' || stat(path, &st) != 0)
+		return idp_buf_puts(b, "-|");
+	return idp_buf_printf(b, "%llu:%llu:%lld:%lld.%09ld|", (unsigned long long)st.st_dev,
+	                      (unsigned long long)st.st_ino, (long long)st.st_size,
+	                      (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+}
+
 /* Everything a shipper is made from, as one string; equal strings, same shipper. */
 static char *
 fingerprint(const struct idpd_config *cfg, const struct idpd_audit_sink_cfg *sc)
 {
 	struct idp_buf b;
 
-	const char *text[] = {sc->name,     sc->type,     sc->format, sc->path,       sc->address,
-	                      sc->protocol, sc->hostname, sc->url,    sc->bearer_env, sc->types};
+	const char *text[] = {sc->name,       sc->type,     sc->format,   sc->path,
+	                      sc->address,    sc->protocol, sc->hostname, sc->url,
+	                      sc->bearer_env, sc->types,    sc->ca_file,  sc->server_name,
+	                      sc->cert_file,  sc->key_file};
 	int rc = 0;
 
 	idp_buf_init(&b, 0);
 	/* Each string with its length first, so no field can pass for another. */
 	for (size_t i = 0; i < IDP_ARRAY_LEN(text); i++)
 		rc |= idp_buf_printf(&b, "%zu:%s|", strlen(text[i]), text[i]);
+	rc |= file_identity(&b, sc->ca_file);
+	rc |= file_identity(&b, sc->cert_file);
+	rc |= file_identity(&b, sc->key_file);
 	rc |=
 	    idp_buf_printf(&b, "%d|%lld|%lld|%d|%d|%lld", sc->facility,
 	                   (long long)sc->connect_timeout_ms, (long long)sc->send_timeout_ms,
@@ -494,6 +517,10 @@ make_shipper(const struct idpd_config *cfg, size_t i, struct idp_diag *diag)
 	c.udp_max = (size_t)sc->udp_max;
 	c.fsync = sc->fsync;
 	c.url = sc->url[0] ? sc->url : NULL;
+	c.ca_file = sc->ca_file[0] ? sc->ca_file : NULL;
+	c.server_name = sc->server_name[0] ? sc->server_name : NULL;
+	c.cert_file = sc->cert_file[0] ? sc->cert_file : NULL;
+	c.key_file = sc->key_file[0] ? sc->key_file : NULL;
 	snprintf(sh->name, sizeof(sh->name), "%s", sc->name);
 	if (sc->bearer_env[0] != '\0') {
 		/* The token stays out of the file; a variable named but unset is

@@ -6,14 +6,17 @@
  * configured timeouts (name resolution excepted: getaddrinfo has no
  * timeout, so an address should be a literal or resolve from /etc/hosts).
  * Every send passes MSG_NOSIGNAL, so a closed peer is an error, not a
- * signal.
+ * signal.  TLS (OpenSSL) runs over the same socket through a BIO of this
+ * file's, so it keeps both rules: see "TLS" below.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,10 @@
 #include <unistd.h>
 
 #include <linux/sockios.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "idpd/audit_sink.h"
 #include "idpd/clock.h"
@@ -55,8 +62,18 @@ struct audit_sink {
 	int64_t send_timeout_ms;
 	size_t udp_max;
 	bool fsync;
+	bool tls;         /* syslog over tls, or an https webhook */
+	SSL_CTX *tls_ctx; /* every connection's TLS settings, made once by audit_sink_new */
+	char *tls_name;   /* the name the receiver's certificate must hold */
+	bool tls_name_ip; /* tls_name is an IP literal: checked as one, and no SNI */
 
 	int fd;               /* -1 when closed */
+	SSL *ssl;             /* TLS over fd; NULL when closed or plain */
+	bool tls_clean;       /* the TLS connection is sound: close sends close_notify */
+	bool tls_eof;         /* the socket BIO read the end of the stream */
+	int tls_errno;        /* the socket BIO's last failure, for the diag */
+	bool tls_cert_asked;  /* the receiver asked for a client certificate */
+	bool tls_ticket;      /* the receiver sent a session ticket (TLS 1.3: it took us) */
 	int stop_fd;          /* readable: stop waiting in a flush; -1 for none */
 	bool unflushed;       /* TCP: bytes sent on fd since the last good flush */
 	struct idp_buf line;  /* write_event's formatted line */
@@ -66,7 +83,7 @@ struct audit_sink {
 };
 
 static const char *const type_names[] = {"file", "syslog", "webhook"};
-static const char *const proto_names[] = {"tcp", "udp"};
+static const char *const proto_names[] = {"tcp", "udp", "tls"};
 
 const char *
 audit_sink_type_name(enum audit_sink_type t)
@@ -174,22 +191,31 @@ split_address(const char *addr, char **host, char **port)
 }
 
 /*
- * "http://host[:port][/path]" -> host, port (80 by default), the authority
- * for Host and the request target; false if malformed.  No userinfo (a
- * password would sit in the configuration and every log line naming the
- * sink) and no fragment; the target is visible ASCII.
+ * "http[s]://host[:port][/path]" -> whether it is https, host, port (80 or
+ * 443 by default), the authority for Host and the request target; false if
+ * malformed.  No userinfo (a password would sit in the configuration and
+ * every log line naming the sink) and no fragment; the target is visible
+ * ASCII.
  */
 static bool
-split_url(const char *url, char **host, char **port, char **authority, char **target)
+split_url(const char *url, bool *tls, char **host, char **port, char **authority, char **target)
 {
-	const char *rest, *slash;
+	const char *rest, *slash, *defport;
 	char *addr;
 	size_t alen;
 	bool ok;
 
-	if (strncmp(url, "http://", 7) != 0)
+	if (strncmp(url, "http://", 7) == 0) {
+		*tls = false;
+		rest = url + 7;
+		defport = "80";
+	} else if (strncmp(url, "https://", 8) == 0) {
+		*tls = true;
+		rest = url + 8;
+		defport = "443";
+	} else {
 		return false;
-	rest = url + 7;
+	}
 	slash = strchr(rest, '/');
 	alen = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
 	if (alen == 0 || memchr(rest, '@', alen) != NULL || memchr(rest, '?', alen) != NULL)
@@ -201,9 +227,9 @@ split_url(const char *url, char **host, char **port, char **authority, char **ta
 	for (const char *t = slash; t != NULL && *t != '\0'; t++)
 		if (*t <= 0x20 || *t >= 0x7f || *t == '#')
 			return false;
-	/* Without a port (after the bracket of an IPv6 literal), 80. */
+	/* Without a port (after the bracket of an IPv6 literal), the scheme's. */
 	if (rest[alen - 1] == ']' || (rest[0] != '[' && memchr(rest, ':', alen) == NULL))
-		addr = idp_xasprintf("%.*s:80", (int)alen, rest);
+		addr = idp_xasprintf("%.*s:%s", (int)alen, rest, defport);
 	else
 		addr = idp_xstrndup(rest, alen);
 	ok = split_address(addr, host, port);
@@ -213,6 +239,180 @@ split_url(const char *url, char **host, char **port, char **authority, char **ta
 	*authority = idp_xstrndup(rest, alen);
 	*target = idp_xstrdup(slash != NULL ? slash : "/");
 	return true;
+}
+
+/* ---- TLS settings --------------------------------------------------- */
+
+/* NULL for NULL or "": an unset optional setting. */
+static const char *
+setting(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
+/* Whether name is an IPv4 or IPv6 literal (without brackets). */
+static bool
+is_ip_literal(const char *name)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
+}
+
+/* Whether name can be a certificate's DNS name: letters, digits, '-' and '.'. */
+static bool
+is_dns_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > 253 || name[0] == '.' || name[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+		      (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '.'))
+			return false;
+	return true;
+}
+
+/* Why the first failed OpenSSL call of this thread failed; empties its error queue. */
+static const char *
+tls_reason(char *buf, size_t len)
+{
+	unsigned long e = ERR_peek_error();
+	const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+
+	if (r != NULL)
+		snprintf(buf, len, "%s", r);
+	else if (e != 0)
+		ERR_error_string_n(e, buf, len);
+	else
+		snprintf(buf, len, "no reason given");
+	ERR_clear_error();
+	return buf;
+}
+
+/* An encrypted key fails to load, instead of OpenSSL asking the terminal for a passphrase. */
+static int
+no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return 0;
+}
+
+/*
+ * The receiver sent a session ticket.  Under TLS 1.3 that is its word that
+ * it took our certificate (see tls_verdict).  The session is not kept:
+ * every connection makes a full handshake and a full verification.
+ */
+static int
+tls_on_ticket(SSL *ssl, SSL_SESSION *sess)
+{
+	struct audit_sink *s = SSL_get_app_data(ssl);
+
+	(void)sess;
+	if (s != NULL)
+		s->tls_ticket = true;
+	return 0;
+}
+
+/* Whether path can be opened for reading; if not, diag says why. */
+static bool
+file_readable(const char *key, const char *path, struct idp_diag *diag)
+{
+	char buf[128];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		close(fd);
+		return true;
+	}
+	idp_diag_add(diag, "audit sink: %s %.256s cannot be read: %s", key, path,
+	             idp_strerror(errno, buf, sizeof(buf)));
+	return false;
+}
+
+/*
+ * s->tls_ctx and s->tls_name from cfg: what every connection of the sink
+ * verifies and presents.  The files are read here, once, so that a sink
+ * whose files are missing, unreadable or mismatched is refused when it is
+ * configured (at start or in a reload's check), not when it first ships.
+ * Messages name the setting and the file, never a key's content.
+ */
+static int
+tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_diag *diag)
+{
+	const char *ca = setting(cfg->ca_file), *cert = setting(cfg->cert_file);
+	const char *key = setting(cfg->key_file), *name = setting(cfg->server_name);
+	char why[256];
+	SSL_CTX *ctx;
+
+	if ((cert == NULL) != (key == NULL)) {
+		idp_diag_add(diag, "audit sink: cert_file and key_file go together: set both for a "
+		                   "client certificate, or neither");
+		return IDP_EINVAL;
+	}
+	if (name == NULL)
+		name = s->host;
+	s->tls_name_ip = is_ip_literal(name);
+	if (!s->tls_name_ip && !is_dns_name(name)) {
+		idp_diag_add(diag,
+		             "audit sink: server_name \"%.64s\" is neither a DNS name nor an IP "
+		             "address",
+		             name);
+		return IDP_EINVAL;
+	}
+	s->tls_name = idp_xstrdup(name);
+	if ((ca != NULL && !file_readable("ca_file", ca, diag)) ||
+	    (cert != NULL && !file_readable("cert_file", cert, diag)) ||
+	    (key != NULL && !file_readable("key_file", key, diag)))
+		return IDP_EINVAL;
+
+	ERR_clear_error();
+	ctx = s->tls_ctx = SSL_CTX_new(TLS_client_method());
+	if (ctx == NULL || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+		idp_diag_add(diag, "audit sink: cannot make a TLS context: %s",
+		             tls_reason(why, sizeof(why)));
+		return IDP_EINVAL;
+	}
+	/* Verification is always on; the name is set on each connection. */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	/* A send may be cut short and resumed, as with plain TCP. */
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+	/* Told of tickets (tls_on_ticket), never storing them. */
+	SSL_CTX_set_session_cache_mode(ctx,
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, tls_on_ticket);
+	if (ca != NULL && SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+		idp_diag_add(diag, "audit sink: ca_file %.256s holds no usable PEM certificate: %s",
+		             ca, tls_reason(why, sizeof(why)));
+		return IDP_EINVAL;
+	}
+	if (ca == NULL && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		idp_diag_add(diag,
+		             "audit sink: OpenSSL's default CA certificates cannot be loaded: %s",
+		             tls_reason(why, sizeof(why)));
+		return IDP_EINVAL;
+	}
+	if (cert != NULL && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+		idp_diag_add(diag,
+		             "audit sink: cert_file %.256s is not a PEM certificate chain: %s",
+		             cert, tls_reason(why, sizeof(why)));
+		return IDP_EINVAL;
+	}
+	if (key != NULL && (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+	                    SSL_CTX_check_private_key(ctx) != 1)) {
+		idp_diag_add(diag,
+		             "audit sink: key_file %.256s is not an unencrypted PEM key matching "
+		             "cert_file: %s",
+		             key, tls_reason(why, sizeof(why)));
+		return IDP_EINVAL;
+	}
+	return IDP_OK;
 }
 
 int
@@ -252,14 +452,21 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 			idp_diag_add(diag, "audit sink: a file sink needs a path");
 			goto fail;
 		}
+		if (cfg->protocol == AUDIT_PROTO_TLS) {
+			idp_diag_add(diag,
+			             "audit sink: protocol \"tls\" is for syslog sinks; a file "
+			             "sink has no connection to protect");
+			goto fail;
+		}
 		s->path = idp_xstrdup(cfg->path);
 		snprintf(s->desc, sizeof(s->desc), "file %.256s (%s)", s->path,
 		         audit_format_name(s->format));
 	} else if (cfg->type == AUDIT_SINK_SYSLOG) {
 		if (audit_sink_proto_name(cfg->protocol) == NULL) {
-			idp_diag_add(diag, "audit sink: protocol must be tcp or udp");
+			idp_diag_add(diag, "audit sink: protocol must be tcp, tls or udp");
 			goto fail;
 		}
+		s->tls = cfg->protocol == AUDIT_PROTO_TLS;
 		if (cfg->address == NULL || !split_address(cfg->address, &s->host, &s->port)) {
 			idp_diag_add(diag, "audit sink: address must be host:port or [v6]:port");
 			goto fail;
@@ -286,14 +493,14 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 		         audit_sink_proto_name(s->protocol), cfg->address,
 		         audit_format_name(s->format));
 	} else if (cfg->type == AUDIT_SINK_WEBHOOK) {
-		if (cfg->url != NULL && strncmp(cfg->url, "https://", 8) == 0) {
-			idp_diag_add(diag, "audit sink: a webhook is plain http; put a TLS relay "
-			                   "beside idpd for https (docs/audit.md)");
+		if (cfg->protocol == AUDIT_PROTO_TLS) {
+			idp_diag_add(diag, "audit sink: a webhook takes TLS from an https:// url, "
+			                   "not from protocol");
 			goto fail;
 		}
 		if (cfg->url == NULL ||
-		    !split_url(cfg->url, &s->host, &s->port, &s->authority, &s->target)) {
-			idp_diag_add(diag, "audit sink: url must be http://host[:port][/path]");
+		    !split_url(cfg->url, &s->tls, &s->host, &s->port, &s->authority, &s->target)) {
+			idp_diag_add(diag, "audit sink: url must be http[s]://host[:port][/path]");
 			goto fail;
 		}
 		if (cfg->format != AUDIT_FORMAT_JSON) {
@@ -310,11 +517,31 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 			s->bearer = idp_xstrdup(cfg->bearer);
 		}
 		s->protocol = AUDIT_PROTO_TCP;
-		snprintf(s->desc, sizeof(s->desc), "webhook http://%.200s%.100s", s->authority,
-		         s->target);
+		snprintf(s->desc, sizeof(s->desc), "webhook %s://%.200s%.100s",
+		         s->tls ? "https" : "http", s->authority, s->target);
 	} else {
 		idp_diag_add(diag, "audit sink: type must be file, syslog or webhook");
 		goto fail;
+	}
+	if (s->tls) {
+		if (tls_setup(s, cfg, diag) != IDP_OK)
+			goto fail;
+	} else {
+		/* Fail closed: someone who set a CA believes the sink is protected. */
+		static const char *const keys[] = {"ca_file", "server_name", "cert_file",
+		                                   "key_file"};
+		const char *set[] = {cfg->ca_file, cfg->server_name, cfg->cert_file, cfg->key_file};
+
+		for (size_t i = 0; i < IDP_ARRAY_LEN(keys); i++)
+			if (setting(set[i]) != NULL) {
+				idp_diag_add(
+				    diag,
+				    "audit sink: %s is for TLS, which this sink does not use "
+				    "(protocol \"tls\" for syslog, an https:// url for a "
+				    "webhook)",
+				    keys[i]);
+				goto fail;
+			}
 	}
 	*out = s;
 	return IDP_OK;
@@ -332,6 +559,17 @@ audit_sink_describe(const struct audit_sink *s)
 void
 audit_sink_close(struct audit_sink *s)
 {
+	if (s->ssl != NULL) {
+		/* close_notify, one try without waiting, on a sound connection only
+		 * (OpenSSL forbids a shutdown after a fatal error). */
+		ERR_clear_error();
+		if (s->tls_clean)
+			(void)SSL_shutdown(s->ssl);
+		ERR_clear_error();
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+	}
+	s->tls_clean = false;
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
@@ -355,6 +593,8 @@ audit_sink_free(struct audit_sink *s)
 		idp_wipe(s->bearer, strlen(s->bearer));
 	free(s->bearer);
 	free(s->version);
+	SSL_CTX_free(s->tls_ctx);
+	free(s->tls_name);
 	idp_buf_cleanup(&s->body);
 	idp_buf_cleanup(&s->line);
 	idp_buf_cleanup(&s->frame);
@@ -369,6 +609,7 @@ sys_fail(struct audit_sink *s, struct idp_diag *diag, int err, const char *what,
 	char buf[128];
 
 	idp_diag_add(diag, "%s: %s: %s", s->desc, what, idp_strerror(errnum, buf, sizeof(buf)));
+	s->tls_clean = false; /* a TLS operation may be half done: no close_notify */
 	audit_sink_close(s);
 	return err;
 }
@@ -480,6 +721,294 @@ wait_fd(int fd, short events, int64_t deadline, int stop_fd)
 	}
 }
 
+/* ---- TLS connections ------------------------------------------------- */
+
+/*
+ * OpenSSL reads and writes the sink's socket through this BIO: its own
+ * socket BIO writes with write(2), which raises SIGPIPE on a closed peer.
+ * Here every send passes MSG_NOSIGNAL, the socket stays non-blocking, and
+ * a "would block" goes back to the caller, who polls against its deadline
+ * (tls_wait) exactly as for plain TCP.  The BIO's data is the sink.
+ */
+static BIO_METHOD *sock_bio_method; /* made once, kept for the process's life */
+static pthread_once_t sock_bio_once = PTHREAD_ONCE_INIT;
+
+static int
+sock_bio_write(BIO *b, const char *p, size_t n, size_t *done)
+{
+	struct audit_sink *s = BIO_get_data(b);
+	ssize_t w;
+
+	BIO_clear_retry_flags(b);
+	do {
+		w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} while (w < 0 && errno == EINTR);
+	if (w >= 0) {
+		*done = (size_t)w;
+		return 1;
+	}
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		BIO_set_retry_write(b);
+	else
+		s->tls_errno = errno;
+	return 0;
+}
+
+static int
+sock_bio_read(BIO *b, char *p, size_t n, size_t *done)
+{
+	struct audit_sink *s = BIO_get_data(b);
+	ssize_t r;
+
+	BIO_clear_retry_flags(b);
+	do {
+		r = recv(s->fd, p, n, MSG_DONTWAIT);
+	} while (r < 0 && errno == EINTR);
+	if (r > 0) {
+		*done = (size_t)r;
+		return 1;
+	}
+	if (r == 0)
+		s->tls_eof = true;
+	else if (errno == EAGAIN || errno == EWOULDBLOCK)
+		BIO_set_retry_read(b);
+	else
+		s->tls_errno = errno;
+	return 0;
+}
+
+static long
+sock_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct audit_sink *s = BIO_get_data(b);
+
+	(void)num;
+	(void)ptr;
+	if (cmd == BIO_CTRL_FLUSH) /* nothing is buffered here */
+		return 1;
+	if (cmd == BIO_CTRL_EOF)
+		return s != NULL && s->tls_eof;
+	return 0;
+}
+
+static void
+sock_bio_make(void)
+{
+	int type = BIO_get_new_index();
+	BIO_METHOD *m = type > 0 ? BIO_meth_new(type | BIO_TYPE_SOURCE_SINK, "idpd sink") : NULL;
+
+	if (m != NULL && (BIO_meth_set_write_ex(m, sock_bio_write) != 1 ||
+	                  BIO_meth_set_read_ex(m, sock_bio_read) != 1 ||
+	                  BIO_meth_set_ctrl(m, sock_bio_ctrl) != 1)) {
+		BIO_meth_free(m);
+		m = NULL;
+	}
+	sock_bio_method = m;
+}
+
+/*
+ * A TLS call on s->ssl returned ret and failed: say why in diag, close
+ * the transport.  Always IDP_EUNAVAIL: a receiver that is not trusted
+ * today may be fixed on its side, and the shipper tries again from its
+ * cursor either way.
+ */
+static int
+tls_fail(struct audit_sink *s, struct idp_diag *diag, const char *what, int ret)
+{
+	int err = SSL_get_error(s->ssl, ret);
+	long verify = SSL_get_verify_result(s->ssl);
+	char buf[256];
+
+	if (verify != X509_V_OK)
+		idp_diag_add(diag, "%s: %s: the receiver's certificate failed verification: %s",
+		             s->desc, what, X509_verify_cert_error_string(verify));
+	else if (err == SSL_ERROR_SYSCALL && s->tls_errno != 0)
+		idp_diag_add(diag, "%s: %s: %s", s->desc, what,
+		             idp_strerror(s->tls_errno, buf, sizeof(buf)));
+	else if (err == SSL_ERROR_ZERO_RETURN ||
+	         (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+		idp_diag_add(diag, "%s: %s: the receiver closed the connection", s->desc, what);
+	else
+		idp_diag_add(diag, "%s: %s: %s", s->desc, what, tls_reason(buf, sizeof(buf)));
+	ERR_clear_error();
+	s->tls_clean = false;
+	audit_sink_close(s);
+	return IDP_EUNAVAIL;
+}
+
+/*
+ * A TLS call on s->ssl returned ret: wait until the socket can do what it
+ * asks for (read or write), at most until deadline; IDP_OK to call it
+ * again, or the error (the transport closed).
+ */
+static int
+tls_wait(struct audit_sink *s, int ret, int64_t deadline, const char *what, struct idp_diag *diag)
+{
+	int err = SSL_get_error(s->ssl, ret), e;
+
+	if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
+		return tls_fail(s, diag, what, ret);
+	e = wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline, s->stop_fd);
+	return e == 0 ? IDP_OK : sys_fail(s, diag, IDP_EUNAVAIL, what, e);
+}
+
+/* The receiver asked for a client certificate (whether we have one or not). */
+static int
+tls_on_cert_request(SSL *ssl, void *arg)
+{
+	struct audit_sink *s = arg;
+
+	(void)ssl;
+	s->tls_cert_asked = true;
+	return 1; /* go on with the certificate set, if any */
+}
+
+/*
+ * TLS 1.3 ends the client's handshake before the server has judged the
+ * client's certificate (or its lack of one): a receiver that refuses it
+ * says so afterwards, with an alert.  Syslog lines sent meanwhile would be
+ * acknowledged by its TCP, then thrown away, and the flush would take them
+ * for delivered.  So when the receiver asked for a certificate, a syslog
+ * connection first waits for the verdict: a session ticket (it took us) or
+ * an alert (it did not), until deadline.  A receiver that sends neither is
+ * taken at its word.  (A webhook needs no such wait: only the HTTP status
+ * moves its cursor.)
+ */
+static int
+tls_verdict(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
+{
+	while (!s->tls_ticket) {
+		char scratch[256];
+		size_t got;
+		int r, err, e;
+
+		ERR_clear_error();
+		r = SSL_read_ex(s->ssl, scratch, sizeof(scratch), &got);
+		if (r == 1)
+			break; /* it speaks to us: it took us */
+		err = SSL_get_error(s->ssl, r);
+		if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
+			return tls_fail(s, diag, "TLS handshake", r);
+		if (s->tls_ticket)
+			break;
+		e = wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline,
+		            s->stop_fd);
+		if (e == ETIMEDOUT)
+			break;
+		if (e != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "TLS handshake", e);
+	}
+	ERR_clear_error();
+	return IDP_OK;
+}
+
+/*
+ * TLS over the freshly connected s->fd, until deadline: the handshake, the
+ * receiver's certificate verified against the sink's CAs and its name
+ * (s->tls_name, as an IP address for a literal, otherwise as a DNS name
+ * that is also sent as SNI).  On an error the transport is closed.
+ */
+static int
+tls_connect(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
+{
+	char why[256];
+	BIO *bio = NULL;
+	int r, rc;
+	bool named;
+
+	pthread_once(&sock_bio_once, sock_bio_make);
+	ERR_clear_error();
+	s->tls_eof = s->tls_cert_asked = s->tls_ticket = false;
+	s->tls_errno = 0;
+	if (sock_bio_method == NULL || (s->ssl = SSL_new(s->tls_ctx)) == NULL ||
+	    (bio = BIO_new(sock_bio_method)) == NULL) {
+		idp_diag_add(diag, "%s: TLS: %s", s->desc, tls_reason(why, sizeof(why)));
+		audit_sink_close(s);
+		return IDP_EUNAVAIL;
+	}
+	BIO_set_data(bio, s);
+	BIO_set_init(bio, 1);
+	SSL_set_bio(s->ssl, bio, bio);
+	SSL_set_app_data(s->ssl, s);
+	SSL_set_cert_cb(s->ssl, tls_on_cert_request, s);
+	if (s->tls_name_ip) {
+		named = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), s->tls_name) == 1;
+	} else {
+		SSL_set_hostflags(s->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		named = SSL_set1_host(s->ssl, s->tls_name) == 1 &&
+		        SSL_set_tlsext_host_name(s->ssl, s->tls_name) == 1;
+	}
+	if (!named) {
+		idp_diag_add(diag, "%s: TLS: cannot set the name to verify: %s", s->desc,
+		             tls_reason(why, sizeof(why)));
+		audit_sink_close(s);
+		return IDP_EUNAVAIL;
+	}
+	for (;;) {
+		ERR_clear_error();
+		r = SSL_connect(s->ssl);
+		if (r == 1)
+			break;
+		if ((rc = tls_wait(s, r, deadline, "TLS handshake", diag)) != IDP_OK)
+			return rc;
+	}
+	s->tls_clean = true;
+	if (s->type == AUDIT_SINK_SYSLOG && s->tls_cert_asked &&
+	    SSL_version(s->ssl) == TLS1_3_VERSION)
+		return tls_verdict(s, deadline, diag);
+	return IDP_OK;
+}
+
+/*
+ * As tcp_peer_gone, through TLS: whatever the receiver sent is read
+ * (session tickets are taken, data dropped); a close_notify, the end of
+ * the stream or an error means it is gone.
+ */
+static bool
+tls_peer_gone(struct audit_sink *s)
+{
+	for (;;) {
+		char scratch[512];
+		size_t got;
+		int r, err;
+
+		ERR_clear_error();
+		r = SSL_read_ex(s->ssl, scratch, sizeof(scratch), &got);
+		if (r == 1)
+			continue;
+		err = SSL_get_error(s->ssl, r);
+		ERR_clear_error();
+		if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+			return false;
+		s->tls_clean = false;
+		return true;
+	}
+}
+
+/* send_all through TLS: the same deadline for the whole buffer. */
+static int
+tls_send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *diag)
+{
+	int64_t deadline = deadline_after(s->send_timeout_ms);
+
+	while (n > 0) {
+		size_t w = 0;
+		int r, rc;
+
+		ERR_clear_error();
+		r = SSL_write_ex(s->ssl, p, n, &w);
+		if (r == 1) {
+			p += w;
+			n -= w;
+			continue;
+		}
+		/* Called again with the same p and n, as OpenSSL wants after a retry. */
+		if ((rc = tls_wait(s, r, deadline, "send", diag)) != IDP_OK)
+			return rc;
+	}
+	return IDP_OK;
+}
+
 static int
 connect_one(const struct addrinfo *ai, int64_t deadline, int stop_fd, int *err)
 {
@@ -514,7 +1043,7 @@ sock_open(struct audit_sink *s, struct idp_diag *diag)
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = s->protocol == AUDIT_PROTO_TCP ? SOCK_STREAM : SOCK_DGRAM;
+	hints.ai_socktype = s->protocol == AUDIT_PROTO_UDP ? SOCK_DGRAM : SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV;
 	rc = getaddrinfo(s->host, s->port, &hints, &res);
 	if (rc != 0) {
@@ -528,7 +1057,7 @@ sock_open(struct audit_sink *s, struct idp_diag *diag)
 	freeaddrinfo(res);
 	if (s->fd < 0)
 		return sys_fail(s, diag, IDP_EUNAVAIL, "connect", err);
-	return IDP_OK;
+	return s->tls ? tls_connect(s, deadline, diag) : IDP_OK;
 }
 
 /*
@@ -559,6 +1088,8 @@ send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *diag)
 {
 	int64_t deadline = deadline_after(s->send_timeout_ms);
 
+	if (s->ssl != NULL)
+		return tls_send_all(s, p, n, diag);
 	while (n > 0) {
 		ssize_t w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 		int e;
@@ -691,6 +1222,45 @@ webhook_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_d
 }
 
 /*
+ * Some bytes of the answer into buf, waiting for them until deadline; *got
+ * is 0 at the end of the stream.  On an error the transport is closed.
+ */
+static int
+sock_recv(struct audit_sink *s, char *buf, size_t len, int64_t deadline, size_t *got,
+          struct idp_diag *diag)
+{
+	for (;;) {
+		ssize_t r;
+		int e;
+
+		if (s->ssl != NULL) {
+			/* Read first: TLS may hold decrypted bytes the socket no longer shows. */
+			ERR_clear_error();
+			e = SSL_read_ex(s->ssl, buf, len, got);
+			if (e == 1)
+				return IDP_OK;
+			if (SSL_get_error(s->ssl, e) == SSL_ERROR_ZERO_RETURN) {
+				*got = 0;
+				return IDP_OK;
+			}
+			if ((e = tls_wait(s, e, deadline, "answer", diag)) != IDP_OK)
+				return e;
+			continue;
+		}
+		e = wait_fd(s->fd, POLLIN, deadline, s->stop_fd);
+		if (e != 0)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", e);
+		r = recv(s->fd, buf, len, MSG_DONTWAIT);
+		if (r >= 0) {
+			*got = (size_t)r;
+			return IDP_OK;
+		}
+		if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", errno);
+	}
+}
+
+/*
  * Read the receiver's status line, within send_timeout_ms.  The rest of the
  * answer is not read: the request said Connection: close.
  */
@@ -702,24 +1272,20 @@ webhook_status(struct audit_sink *s, int *status, struct idp_diag *diag)
 	size_t n = 0;
 
 	while (n == 0 || memchr(buf, '\n', n) == NULL) {
-		ssize_t r;
-		int e;
+		size_t got = 0;
+		int rc;
 
 		if (n == sizeof(buf) - 1) {
 			idp_diag_add(diag, "%s: the answer's status line is too long", s->desc);
 			audit_sink_close(s);
 			return IDP_EUNAVAIL;
 		}
-		e = wait_fd(s->fd, POLLIN, deadline, s->stop_fd);
-		if (e != 0)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", e);
-		r = recv(s->fd, buf + n, sizeof(buf) - 1 - n, MSG_DONTWAIT);
-		if (r > 0)
-			n += (size_t)r;
-		else if (r == 0)
+		rc = sock_recv(s, buf + n, sizeof(buf) - 1 - n, deadline, &got, diag);
+		if (rc != IDP_OK)
+			return rc;
+		if (got == 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", ECONNRESET);
-		else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", errno);
+		n += got;
 	}
 	buf[n] = '\0';
 	/* "HTTP/1.x NNN ..." */
@@ -812,8 +1378,8 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 	}
 	if (s->type == AUDIT_SINK_WEBHOOK)
 		return webhook_write(s, m, diag);
-	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol == AUDIT_PROTO_TCP &&
-	    tcp_peer_gone(s->fd)) {
+	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol != AUDIT_PROTO_UDP &&
+	    (s->ssl != NULL ? tls_peer_gone(s) : tcp_peer_gone(s->fd))) {
 		/* What was sent since the last flush may never have arrived: the
 		 * caller must send it again from its cursor, not carry on over a
 		 * new connection as if it had. */
@@ -828,7 +1394,8 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 		return rc;
 	if (s->type == AUDIT_SINK_FILE)
 		return file_write(s, m, diag);
-	return s->protocol == AUDIT_PROTO_TCP ? tcp_write(s, m, diag) : udp_write(s, m, diag);
+	/* TLS (RFC 5425) frames as TCP does; send_all encrypts. */
+	return s->protocol == AUDIT_PROTO_UDP ? udp_write(s, m, diag) : tcp_write(s, m, diag);
 }
 
 int
@@ -942,9 +1509,14 @@ audit_sink_flush(struct audit_sink *s, struct idp_diag *diag)
 		file_check_rotation(s);
 		return IDP_OK;
 	}
-	if (s->protocol == AUDIT_PROTO_TCP) {
+	if (s->protocol != AUDIT_PROTO_UDP) {
 		int rc = tcp_drain(s, diag);
 
+		/* TLS bytes are on the wire once SSL_write returns (this file's
+		 * BIO buffers nothing), so the drain counts them all; a receiver
+		 * that refused us meanwhile has said so with an alert. */
+		if (rc == IDP_OK && s->ssl != NULL && tls_peer_gone(s))
+			rc = sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
 		if (rc == IDP_OK)
 			s->unflushed = false;
 		return rc;

@@ -316,7 +316,7 @@ static const char *const durabilities[] = {"sync", "async", NULL};
 static const char *const on_full_modes[] = {"block", "fail_closed", NULL};
 static const char *const sink_types[] = {"file", "syslog", "webhook", NULL};
 static const char *const sink_formats[] = {"json", "cef", "leef", NULL};
-static const char *const sink_protocols[] = {"tcp", "udp", NULL};
+static const char *const sink_protocols[] = {"tcp", "tls", "udp", NULL};
 static const char *const cleanup_actions[] = {"report", "suspend", NULL};
 
 static const struct key audit_sink_keys[] = {
@@ -358,7 +358,7 @@ static const struct key audit_sink_keys[] = {
      .min = 0,
      .max = 2048,
      .def = "",
-     .help = "webhook sinks: \"http://host[:port][/path]\", POSTed the events as JSON"},
+     .help = "webhook sinks: \"http[s]://host[:port][/path]\", POSTed the events as JSON"},
     {.name = "bearer_env",
      STRING_AT(struct idpd_audit_sink_cfg, bearer_env),
      .flags = K_RELOAD,
@@ -378,7 +378,39 @@ static const struct key audit_sink_keys[] = {
      .flags = K_RELOAD,
      .def = "tcp",
      .choices = sink_protocols,
-     .help = "syslog sinks: tcp (octet-counted, acknowledged) or udp (may lose messages)"},
+     .help = "syslog sinks: tcp (octet-counted, acknowledged), tls (the same over TLS, RFC "
+             "5425) or udp (may lose messages)"},
+    {.name = "ca_file",
+     STRING_AT(struct idpd_audit_sink_cfg, ca_file),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 4096,
+     .def = "",
+     .help = "TLS sinks: PEM file of the CAs the receiver's certificate must chain to; empty "
+             "means OpenSSL's default CAs"},
+    {.name = "server_name",
+     STRING_AT(struct idpd_audit_sink_cfg, server_name),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 253,
+     .def = "",
+     .check = check_visible,
+     .help = "TLS sinks: the name the receiver's certificate must hold, sent as SNI; empty "
+             "means the host of address or url"},
+    {.name = "cert_file",
+     STRING_AT(struct idpd_audit_sink_cfg, cert_file),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 4096,
+     .def = "",
+     .help = "TLS sinks: PEM client certificate chain for mutual TLS; needs key_file"},
+    {.name = "key_file",
+     STRING_AT(struct idpd_audit_sink_cfg, key_file),
+     .flags = K_RELOAD,
+     .min = 0,
+     .max = 4096,
+     .def = "",
+     .help = "TLS sinks: the unencrypted PEM private key of cert_file"},
     {.name = "hostname",
      STRING_AT(struct idpd_audit_sink_cfg, hostname),
      .flags = K_RELOAD,

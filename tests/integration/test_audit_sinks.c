@@ -386,27 +386,33 @@ listen_on(int port)
 	return fd;
 }
 
-/* Count octet-counted frames ("LEN SP MSG") holding s; -1 on a broken frame. */
+/* Count octet-counted frames ("LEN SP MSG") of data holding s; -1 on a broken frame. */
 static int
-frames_with(const struct receiver *rc, const char *s)
+frames_in(const char *data, size_t data_len, const char *s)
 {
 	size_t off = 0;
 	int n = 0;
 
-	while (off < rc->len) {
+	while (off < data_len) {
 		char *end;
-		unsigned long len = strtoul(rc->data + off, &end, 10);
+		unsigned long len = strtoul(data + off, &end, 10);
 
-		if (end == rc->data + off || *end != ' ')
+		if (end == data + off || *end != ' ')
 			return -1;
-		off = (size_t)(end - rc->data) + 1;
-		if (off + len > rc->len)
+		off = (size_t)(end - data) + 1;
+		if (off + len > data_len)
 			break; /* a frame still arriving */
-		if (s == NULL || memmem(rc->data + off, len, s, strlen(s)) != NULL)
+		if (s == NULL || memmem(data + off, len, s, strlen(s)) != NULL)
 			n++;
 		off += len;
 	}
 	return n;
+}
+
+static int
+frames_with(const struct receiver *rc, const char *s)
+{
+	return frames_in(rc->data, rc->len, s);
 }
 
 static long
@@ -952,6 +958,361 @@ webhook_sink_posts_its_types_until_taken(void **state)
 	assert_true(harness_log_contains(&p, "IDPD_TEST_HOOK_TOKEN is not set"));
 }
 
+/* ---- TLS ---- */
+
+/* Octet-counted frames holding s (NULL: any) that the TLS receiver decrypted. */
+static int
+tls_frames(struct harness_tls *t, const char *s)
+{
+	size_t len;
+	char *data = harness_tls_data(t, &len);
+	int n = frames_in(data, len, s);
+
+	free(data);
+	return n;
+}
+
+/*
+ * How many of task's events the sink's cursor has passed, that is, taken
+ * for delivered.  (A cursor may pass events of other types that a sink
+ * does not carry without sending anything.)
+ */
+static int
+sink_passed(const char *db, const char *sink, const char *task)
+{
+	char sql[512], v[32];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events e JOIN audit_sink_cursors c ON "
+	         "c.writer_id = e.writer_id AND c.sink = '%s' WHERE e.task_id = '%s' AND "
+	         "e.seq <= c.last_seq",
+	         sink, task);
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	return atoi(v);
+}
+
+/* Wait (5 s at most) until the sink's cursor passed n of task's events; how many it did. */
+static int
+wait_passed(const char *db, const char *sink, const char *task, int n)
+{
+	for (int i = 0; i < 100 && sink_passed(db, sink, task) < n; i++)
+		sleep_ms(50);
+	return sink_passed(db, sink, task);
+}
+
+/* Wait (5 s at most) until the TLS receiver refused at least n handshakes. */
+static void
+wait_refused(struct harness_tls *t, unsigned n)
+{
+	unsigned ok = 0, refused = 0;
+
+	for (int i = 0; i < 100; i++) {
+		harness_tls_counts(t, &ok, &refused, NULL, 0);
+		if (refused >= n)
+			break;
+		sleep_ms(50);
+	}
+	assert_true(refused >= n);
+	assert_int_equal(ok, 0);
+}
+
+/* pki/name into out. */
+static void
+pki_file(char *out, size_t len, const char *pki, const char *name)
+{
+	snprintf(out, len, "%s/%s", pki, name);
+}
+
+/*
+ * Syslog over TLS (RFC 5425): a receiver whose certificate does not chain
+ * to ca_file gets nothing, the cursor stays where it was and the sink says
+ * it is failing; once the receiver presents a certificate of the trusted
+ * CA, every event arrives, once, octet-counted inside TLS.  A reload that
+ * names an unreadable ca_file changes nothing.
+ */
+static void
+syslog_over_tls_ships_only_to_a_receiver_it_verifies(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], rogue[128], rogue_key[128], missing[128];
+	char sink[1024], bad_sink[1024], extra[2048], ids[6][80];
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	pki_file(rogue, sizeof(rogue), pki, "rogue.pem");
+	pki_file(rogue_key, sizeof(rogue_key), pki, "rogue.key");
+	pki_file(missing, sizeof(missing), pki, "missing.pem");
+	assert_int_equal(harness_tls_start(&t, false, rogue, rogue_key, NULL), 0);
+	snprintf(sink, sizeof(sink),
+	         "[[audit.sinks]]\nname = \"siem-tls\"\ntype = \"syslog\"\nformat = \"json\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         t.port, ca);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n%s",
+	         reporter_hash, sink);
+	assert_int_equal(harness_db_create("t_sink_tls"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_tls", NULL, extra), 0);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(report(&p, "task-tls", ids[i], sizeof(ids[i])), 201);
+
+	/* Not signed by ca_file: refused at every try, nothing delivered. */
+	assert_true(wait_log(&p, "the receiver's certificate failed verification: unable to get "
+	                         "local issuer certificate"));
+	wait_refused(&t, 2);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_int_equal(sink_passed("t_sink_tls", "siem-tls", "task-tls"), 0);
+	assert_true(sink_metric(&p, "idpd_audit_sink_errors_total", "siem-tls") >= 2);
+	assert_true(sink_lag(&p, "siem-tls") > 0);
+
+	/* The receiver presents the right certificate: all of it arrives, once. */
+	assert_int_equal(harness_tls_use(&t, cert, key, NULL), 0);
+	for (i = 0; i < 200 && tls_frames(&t, "task-tls") < 5; i++)
+		sleep_ms(50);
+	assert_int_equal(tls_frames(&t, "task-tls"), 5);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(tls_frames(&t, ids[i]), 1);
+	assert_int_equal(wait_passed("t_sink_tls", "siem-tls", "task-tls", 5), 5);
+	for (i = 0; i < 100 && sink_lag(&p, "siem-tls") > 0; i++)
+		sleep_ms(50);
+	assert_true(sink_lag(&p, "siem-tls") == 0);
+
+	/* A reload naming a ca_file that cannot be read: refused, the sink goes on. */
+	snprintf(bad_sink, sizeof(bad_sink),
+	         "[[audit.sinks]]\nname = \"siem-tls\"\ntype = \"syslog\"\nformat = \"json\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         t.port, missing);
+	reconfigure(&p, sink, bad_sink);
+	assert_true(wait_log(&p, "missing.pem cannot be read: No such file or directory"));
+	assert_true(wait_log(&p, "audit sinks unchanged"));
+	assert_int_equal(report(&p, "task-tls", ids[5], sizeof(ids[5])), 201);
+	for (i = 0; i < 100 && tls_frames(&t, "task-tls") < 6; i++)
+		sleep_ms(50);
+	assert_int_equal(tls_frames(&t, ids[5]), 1);
+	assert_int_equal(tls_frames(&t, "task-tls"), 6);
+
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/*
+ * An https webhook verifies the receiver's name: with a server_name its
+ * certificate does not hold, nothing is sent; with the right one, the
+ * events and the bearer token go inside TLS.
+ */
+static void
+https_webhook_ships_only_to_the_name_it_expects(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], extra[2048], ids[3][80], want[128];
+	char *data;
+	size_t len;
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	assert_int_equal(setenv("IDPD_TEST_HOOK_TOKEN", "hook-secret-tls-5e1d", 1), 0);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"portal-tls\"\ntype = \"webhook\"\n"
+	         "url = \"https://127.0.0.1:%d/idpd/events\"\nca_file = \"%s\"\n"
+	         "server_name = \"siem.example\"\nbearer_env = \"IDPD_TEST_HOOK_TOKEN\"\n"
+	         "types = \"tool_invocation\"\nconnect_timeout = \"1s\"\nsend_timeout = \"2s\"\n",
+	         reporter_hash, t.port, ca);
+	assert_int_equal(harness_db_create("t_sink_https"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_https", NULL, extra), 0);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(report(&p, "task-https", ids[i], sizeof(ids[i])), 201);
+
+	/* The certificate is for 127.0.0.1 and localhost, not siem.example. */
+	assert_true(wait_log(&p, "the receiver's certificate failed verification: hostname "
+	                         "mismatch"));
+	wait_refused(&t, 1);
+	data = harness_tls_data(&t, &len);
+	assert_int_equal(len, 0);
+	free(data);
+	assert_int_equal(sink_passed("t_sink_https", "portal-tls", "task-https"), 0);
+
+	reconfigure(&p, "server_name = \"siem.example\"", "server_name = \"localhost\"");
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	for (i = 0; i < 3; i++)
+		assert_true(harness_tls_wait(&t, ids[i], 10000));
+	data = harness_tls_data(&t, &len);
+	assert_int_equal(strncmp(data, "POST /idpd/events HTTP/1.1\r\n", 28), 0);
+	snprintf(want, sizeof(want), "\r\nHost: 127.0.0.1:%d\r\n", t.port);
+	assert_non_null(strstr(data, want));
+	assert_non_null(strstr(data, "\r\nAuthorization: Bearer hook-secret-tls-5e1d\r\n"));
+	free(data);
+	assert_int_equal(wait_passed("t_sink_https", "portal-tls", "task-https", 3), 3);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_false(harness_log_contains(&p, "hook-secret-tls-5e1d"));
+	assert_int_equal(unsetenv("IDPD_TEST_HOOK_TOKEN"), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/*
+ * Mutual TLS: a receiver that requires a client certificate refuses a
+ * sink without one, then a sink whose certificate it does not trust, and
+ * neither time is anything taken for delivered, though under TLS 1.3 the
+ * refusal comes after idpd's handshake has ended (here 400 ms after, as
+ * from a receiver that checks revocation); once it trusts idpd's
+ * certificate it gets it, and the events.
+ */
+static void
+mutual_tls_presents_the_client_certificate(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], rogue_ca[128], cert[128], key[128], ccert[128], ckey[128];
+	char sink[1024], with_cert[1400], extra[2048], ids[3][80], cn[128];
+	unsigned ok, refused, before;
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(rogue_ca, sizeof(rogue_ca), pki, "rogue-ca.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	pki_file(ccert, sizeof(ccert), pki, "client.pem");
+	pki_file(ckey, sizeof(ckey), pki, "client.key");
+	assert_int_equal(harness_tls_start(&t, false, cert, key, ca), 0);
+	snprintf(sink, sizeof(sink),
+	         "[[audit.sinks]]\nname = \"siem-mtls\"\ntype = \"syslog\"\nformat = \"cef\"\n"
+	         "address = \"localhost:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         t.port, ca);
+	snprintf(with_cert, sizeof(with_cert), "%scert_file = \"%s\"\nkey_file = \"%s\"\n", sink,
+	         ccert, ckey);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n%s",
+	         reporter_hash, sink);
+	assert_int_equal(harness_db_create("t_sink_mtls"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_mtls", NULL, extra), 0);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(report(&p, "task-mtls", ids[i], sizeof(ids[i])), 201);
+
+	/* No client certificate: refused, and the cursor does not move. */
+	wait_refused(&t, 2);
+	sleep_ms(300);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_int_equal(sink_passed("t_sink_mtls", "siem-mtls", "task-mtls"), 0);
+	assert_true(wait_log(&p, "certificate required"));
+
+	/* A certificate the receiver does not trust, refused late: the same. */
+	assert_int_equal(harness_tls_use(&t, cert, key, rogue_ca), 0);
+	harness_tls_slow_refusal(&t, 400);
+	harness_tls_counts(&t, &ok, &before, NULL, 0);
+	reconfigure(&p, sink, with_cert);
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	wait_refused(&t, before + 1);
+	sleep_ms(600);
+	assert_int_equal(sink_passed("t_sink_mtls", "siem-mtls", "task-mtls"), 0);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_true(wait_log(&p, "unknown ca"));
+	wait_refused(&t, before + 2);
+
+	/* Trusted: the receiver gets idpd's certificate, and every event once. */
+	assert_int_equal(harness_tls_use(&t, cert, key, ca), 0);
+	for (i = 0; i < 200 && tls_frames(&t, "task-mtls") < 3; i++)
+		sleep_ms(50);
+	assert_int_equal(tls_frames(&t, "task-mtls"), 3);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(tls_frames(&t, ids[i]), 1);
+	harness_tls_counts(&t, &ok, &refused, cn, sizeof(cn));
+	assert_true(ok >= 1);
+	assert_string_equal(cn, "idpd-client");
+	assert_int_equal(wait_passed("t_sink_mtls", "siem-mtls", "task-mtls", 3), 3);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_false(harness_log_contains(&p, "PRIVATE KEY"));
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/* Copy from over to, in place (the same inode, new content), as cp does. */
+static void
+copy_file(const char *from, const char *to)
+{
+	char buf[8192];
+	size_t n;
+	FILE *in = fopen(from, "r"), *out = fopen(to, "w");
+
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+/*
+ * A TLS sink reads its files once, when it is made; a reload after a file
+ * was replaced at the same path (a CA bundle renewed, say) makes it again,
+ * though the configuration's text did not change.
+ */
+static void
+a_reload_takes_a_ca_file_replaced_at_the_same_path(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], rogue_ca[128], trust[128], cert[128], key[128];
+	char extra[2048], id[80];
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(rogue_ca, sizeof(rogue_ca), pki, "rogue-ca.pem");
+	pki_file(trust, sizeof(trust), pki, "trust.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	copy_file(rogue_ca, trust);
+	assert_int_equal(harness_tls_start(&t, false, cert, key, NULL), 0);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem-renewed\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         reporter_hash, t.port, trust);
+	assert_int_equal(harness_db_create("t_sink_renewed"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_renewed", NULL, extra), 0);
+	assert_int_equal(report(&p, "task-renewed", id, sizeof(id)), 201);
+	wait_refused(&t, 1);
+
+	/* The same configuration, a new CA file under the old name. */
+	copy_file(ca, trust);
+	assert_int_equal(kill(p.pid, SIGHUP), 0);
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	for (i = 0; i < 200 && tls_frames(&t, id) < 1; i++)
+		sleep_ms(50);
+	assert_int_equal(tls_frames(&t, id), 1);
+	assert_int_equal(wait_passed("t_sink_renewed", "siem-renewed", "task-renewed", 1), 1);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
 int
 main(void)
 {
@@ -965,6 +1326,10 @@ main(void)
 	    cmocka_unit_test(a_reload_does_not_wait_for_a_stalled_receiver),
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	    cmocka_unit_test(webhook_sink_posts_its_types_until_taken),
+	    cmocka_unit_test(syslog_over_tls_ships_only_to_a_receiver_it_verifies),
+	    cmocka_unit_test(https_webhook_ships_only_to_the_name_it_expects),
+	    cmocka_unit_test(mutual_tls_presents_the_client_certificate),
+	    cmocka_unit_test(a_reload_takes_a_ca_file_replaced_at_the_same_path),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
 }

@@ -20,6 +20,9 @@
 
 #include <curl/curl.h>
 #include <libpq-fe.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "harness.h"
 
@@ -702,4 +705,299 @@ harness_hook_stop(struct harness_hook *h)
 		free(h->requests[i]);
 	free(h->requests);
 	pthread_mutex_destroy(&h->lock);
+}
+
+/* ---- a TLS receiver ---- */
+
+int
+harness_tls_pki(char *dir, size_t len)
+{
+	char cmd[1024];
+
+	if (snprintf(dir, len, "/tmp/idpd-pki-XXXXXX") >= (int)len || mkdtemp(dir) == NULL)
+		return -1;
+	snprintf(cmd, sizeof(cmd), "%s/tests/support/tls-pki.sh %s", env_or("IDPD_TEST_TOP", "."),
+	         dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+void
+harness_tls_pki_remove(const char *dir)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "harness: cannot remove %s\n", dir);
+}
+
+/* A client certificate's verdict, late if the test asked for a slow refusal. */
+static int
+tls_verify(int ok, X509_STORE_CTX *x)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct harness_tls *t = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+	int delay = 0;
+
+	if (!ok && t != NULL) {
+		pthread_mutex_lock(&t->lock);
+		delay = t->slow_refusal_ms;
+		pthread_mutex_unlock(&t->lock);
+	}
+	if (delay > 0)
+		sleep_ms(delay);
+	return ok;
+}
+
+static SSL_CTX *
+tls_server_ctx(const char *cert, const char *key, const char *client_ca)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL || SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		goto fail;
+	if (client_ca != NULL) {
+		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
+
+		if (names == NULL || SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1)
+			goto fail;
+		SSL_CTX_set_client_CA_list(ctx, names);
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+		                   tls_verify);
+	}
+	return ctx;
+fail:
+	ERR_print_errors_fp(stderr);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static void
+tls_keep(struct harness_tls *t, const char *p, size_t n)
+{
+	pthread_mutex_lock(&t->lock);
+	t->data = realloc(t->data, t->len + n + 1);
+	memcpy(t->data + t->len, p, n);
+	t->len += n;
+	t->data[t->len] = '\0';
+	pthread_mutex_unlock(&t->lock);
+}
+
+static bool
+tls_stopping(struct harness_tls *t)
+{
+	bool stop;
+
+	pthread_mutex_lock(&t->lock);
+	stop = t->stop;
+	pthread_mutex_unlock(&t->lock);
+	return stop;
+}
+
+/* One connection, after its handshake: read until it ends (syslog) or one request (http). */
+static void
+tls_serve(struct harness_tls *t, SSL *ssl, int fd)
+{
+	char req[65536];
+	size_t got = 0;
+
+	while (!tls_stopping(t)) {
+		struct pollfd p = {fd, POLLIN, 0};
+		const char *end;
+		size_t n;
+
+		if (SSL_pending(ssl) == 0 && poll(&p, 1, 100) <= 0)
+			continue;
+		if (SSL_read_ex(ssl, req + got, sizeof(req) - 1 - got, &n) != 1)
+			return;
+		if (!t->http) {
+			tls_keep(t, req, n);
+			continue;
+		}
+		got += n;
+		req[got] = '\0';
+		end = strstr(req, "\r\n\r\n");
+		if (end != NULL) {
+			const char *cl = strcasestr(req, "\r\nContent-Length:");
+			size_t want = (size_t)(end + 4 - req);
+			static const char answer[] = "HTTP/1.1 204 No Content\r\nContent-Length: "
+			                             "0\r\nConnection: close\r\n\r\n";
+
+			if (cl != NULL && cl < end)
+				want += strtoul(cl + 17, NULL, 10);
+			if (got >= want) {
+				size_t w;
+
+				tls_keep(t, req, got);
+				if (SSL_write_ex(ssl, answer, strlen(answer), &w) == 1)
+					SSL_shutdown(ssl);
+				return;
+			}
+		}
+		if (got == sizeof(req) - 1)
+			return;
+	}
+}
+
+static void *
+tls_run(void *arg)
+{
+	struct harness_tls *t = arg;
+
+	while (!tls_stopping(t)) {
+		struct pollfd p = {t->lfd, POLLIN, 0};
+		struct timeval tv = {5, 0};
+		SSL_CTX *ctx;
+		SSL *ssl;
+		X509 *peer;
+		int fd;
+
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		fd = accept(t->lfd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		/* Blocking, but never for long: a stop is heard between reads. */
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		pthread_mutex_lock(&t->lock);
+		ctx = t->ctx;
+		SSL_CTX_up_ref(ctx);
+		pthread_mutex_unlock(&t->lock);
+		ssl = SSL_new(ctx);
+		SSL_set_app_data(ssl, t);
+		SSL_set_fd(ssl, fd);
+		if (SSL_accept(ssl) != 1) {
+			pthread_mutex_lock(&t->lock);
+			t->refused++;
+			pthread_mutex_unlock(&t->lock);
+		} else {
+			pthread_mutex_lock(&t->lock);
+			t->handshakes++;
+			t->client[0] = '\0';
+			peer = SSL_get1_peer_certificate(ssl);
+			if (peer != NULL)
+				X509_NAME_get_text_by_NID(X509_get_subject_name(peer),
+				                          NID_commonName, t->client,
+				                          sizeof(t->client));
+			X509_free(peer);
+			pthread_mutex_unlock(&t->lock);
+			tls_serve(t, ssl, fd);
+		}
+		ERR_clear_error();
+		SSL_free(ssl);
+		SSL_CTX_free(ctx);
+		close(fd);
+	}
+	return NULL;
+}
+
+int
+harness_tls_use(struct harness_tls *t, const char *cert, const char *key, const char *client_ca)
+{
+	SSL_CTX *ctx = tls_server_ctx(cert, key, client_ca), *old;
+
+	if (ctx == NULL)
+		return -1;
+	pthread_mutex_lock(&t->lock);
+	old = t->ctx;
+	t->ctx = ctx;
+	pthread_mutex_unlock(&t->lock);
+	SSL_CTX_free(old);
+	return 0;
+}
+
+int
+harness_tls_start(struct harness_tls *t, bool http, const char *cert, const char *key,
+                  const char *client_ca)
+{
+	struct sockaddr_in sa;
+	socklen_t sl = sizeof(sa);
+
+	memset(t, 0, sizeof(*t));
+	/* A client that goes away mid-answer must not kill the test. */
+	signal(SIGPIPE, SIG_IGN);
+	t->http = http;
+	pthread_mutex_init(&t->lock, NULL);
+	if (harness_tls_use(t, cert, key, client_ca) != 0)
+		return -1;
+	t->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (t->lfd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(t->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(t->lfd, 16) != 0 ||
+	    getsockname(t->lfd, (struct sockaddr *)&sa, &sl) != 0 ||
+	    pthread_create(&t->thread, NULL, tls_run, t) != 0) {
+		close(t->lfd);
+		return -1;
+	}
+	t->port = ntohs(sa.sin_port);
+	return 0;
+}
+
+void
+harness_tls_slow_refusal(struct harness_tls *t, int ms)
+{
+	pthread_mutex_lock(&t->lock);
+	t->slow_refusal_ms = ms;
+	pthread_mutex_unlock(&t->lock);
+}
+
+char *
+harness_tls_data(struct harness_tls *t, size_t *len)
+{
+	char *copy;
+
+	pthread_mutex_lock(&t->lock);
+	copy = malloc(t->len + 1);
+	if (t->len > 0)
+		memcpy(copy, t->data, t->len);
+	copy[t->len] = '\0';
+	*len = t->len;
+	pthread_mutex_unlock(&t->lock);
+	return copy;
+}
+
+bool
+harness_tls_wait(struct harness_tls *t, const char *s, int timeout_ms)
+{
+	for (int waited = 0;; waited += 20) {
+		bool found;
+
+		pthread_mutex_lock(&t->lock);
+		found = t->data != NULL && memmem(t->data, t->len, s, strlen(s)) != NULL;
+		pthread_mutex_unlock(&t->lock);
+		if (found)
+			return true;
+		if (waited >= timeout_ms)
+			return false;
+		sleep_ms(20);
+	}
+}
+
+void
+harness_tls_counts(struct harness_tls *t, unsigned *ok, unsigned *refused, char *cn, size_t cn_len)
+{
+	pthread_mutex_lock(&t->lock);
+	*ok = t->handshakes;
+	*refused = t->refused;
+	if (cn != NULL)
+		snprintf(cn, cn_len, "%s", t->client);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void
+harness_tls_stop(struct harness_tls *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->stop = true;
+	pthread_mutex_unlock(&t->lock);
+	pthread_join(t->thread, NULL);
+	close(t->lfd);
+	SSL_CTX_free(t->ctx);
+	free(t->data);
+	pthread_mutex_destroy(&t->lock);
 }

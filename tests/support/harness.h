@@ -132,4 +132,59 @@ size_t harness_hook_count(struct harness_hook *h);
 /* Stop the thread and free what it kept. */
 void harness_hook_stop(struct harness_hook *h);
 
+/*
+ * A throwaway PKI for TLS tests (tests/support/tls-pki.sh lists its files)
+ * in a new directory, whose path goes into dir; 0 on success.
+ * harness_tls_pki_remove deletes it.
+ */
+int harness_tls_pki(char *dir, size_t len);
+void harness_tls_pki_remove(const char *dir);
+
+/*
+ * A TLS receiver on 127.0.0.1 (a TLS audit sink's destination): a thread
+ * that takes one connection at a time and keeps every byte it decrypts.
+ * As a syslog receiver it reads until the connection ends; with http set
+ * it reads one request (head, then Content-Length bytes of body), answers
+ * 204 and closes.  Each connection gets the certificate set last
+ * (harness_tls_use), so a test can fix a receiver while a sink retries.
+ * With a client CA, a client certificate signed by it is required.
+ */
+struct harness_tls {
+	int port;
+	int lfd;
+	bool http;
+	pthread_t thread;
+	pthread_mutex_t lock; /* guards what follows */
+	void *ctx;            /* the SSL_CTX the next connection gets */
+	char *data;           /* every byte received, decrypted; NUL-terminated */
+	size_t len;
+	unsigned handshakes; /* completed */
+	unsigned refused;    /* failed: the client refused us or we refused it */
+	char client[128];    /* the CN of the last client certificate; "" for none */
+	int slow_refusal_ms; /* an untrusted client certificate is refused this much later */
+	bool stop;
+};
+
+/* Start t presenting cert/key (PEM files); client_ca NULL for no client certificate. */
+int harness_tls_start(struct harness_tls *t, bool http, const char *cert, const char *key,
+                      const char *client_ca);
+/* Present cert/key from the next connection on (client_ca as in start). */
+int harness_tls_use(struct harness_tls *t, const char *cert, const char *key,
+                    const char *client_ca);
+/*
+ * Refuse a client certificate it does not trust only ms later, as a
+ * receiver that checks revocation over the network might: under TLS 1.3
+ * the client has finished its handshake by then.
+ */
+void harness_tls_slow_refusal(struct harness_tls *t, int ms);
+/* A copy of what was received (NUL-terminated, *len its length); the caller frees it. */
+char *harness_tls_data(struct harness_tls *t, size_t *len);
+/* Wait up to timeout_ms until what was received holds s; true if it does. */
+bool harness_tls_wait(struct harness_tls *t, const char *s, int timeout_ms);
+/* Handshakes completed and failed so far; the last client certificate's CN into cn. */
+void harness_tls_counts(struct harness_tls *t, unsigned *ok, unsigned *refused, char *cn,
+                        size_t cn_len);
+/* Stop the thread and free what it kept. */
+void harness_tls_stop(struct harness_tls *t);
+
 #endif /* IDPD_TEST_HARNESS_H */

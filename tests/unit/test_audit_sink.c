@@ -850,7 +850,8 @@ webhook_refuses_bad_settings(void **state)
 		const char *mention;
 	} bad[] = {
 	    {NULL, NULL, AUDIT_FORMAT_JSON, "url"},
-	    {"https://portal.example/hook", NULL, AUDIT_FORMAT_JSON, "TLS relay"},
+	    {"https://", NULL, AUDIT_FORMAT_JSON, "url"},
+	    {"https://user:pw@portal.example/hook", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"ftp://portal.example/hook", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"http://", NULL, AUDIT_FORMAT_JSON, "url"},
 	    {"http:///hook", NULL, AUDIT_FORMAT_JSON, "url"},
@@ -872,6 +873,8 @@ webhook_refuses_bad_settings(void **state)
 	    {"http://portal.example:8081/a/b?c=d", "webhook http://portal.example:8081/a/b?c=d"},
 	    {"http://[::1]/hook", "webhook http://[::1]/hook"},
 	    {"http://[::1]:9000/hook", "webhook http://[::1]:9000/hook"},
+	    {"https://portal.example/hook", "webhook https://portal.example/hook"},
+	    {"https://[::1]:8443/hook", "webhook https://[::1]:8443/hook"},
 	};
 
 	(void)state;
@@ -959,6 +962,153 @@ sink_new_rejects_bad_settings(void **state)
 	}
 }
 
+/* A throwaway PKI in a new directory (tests/support/tls-pki.sh says what is in it). */
+static char *
+make_pki(void)
+{
+	const char *top = getenv("IDPD_TEST_TOP");
+	char *dir = tmpdir(), cmd[512];
+
+	snprintf(cmd, sizeof(cmd), "%s/tests/support/tls-pki.sh %s",
+	         top != NULL && *top != '\0' ? top : ".", dir);
+	if (system(cmd) != 0)
+		fail_msg("%s failed", cmd);
+	return dir;
+}
+
+static void
+remove_pki(char *dir)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+	free(dir);
+}
+
+/*
+ * TLS settings are checked when the sink is made, files read included, so
+ * that a start or a reload refuses them before anything ships; the message
+ * names the setting.
+ */
+static void
+tls_settings_are_checked_when_the_sink_is_made(void **state)
+{
+	char *dir = make_pki();
+	char *ca = path_in(dir, "ca.pem"), *cert = path_in(dir, "client.pem");
+	char *key = path_in(dir, "client.key"), *other = path_in(dir, "other.key");
+	char *locked = path_in(dir, "client-encrypted.key"), *missing = path_in(dir, "none.pem");
+	const struct {
+		enum audit_sink_type type;
+		enum audit_sink_proto proto;
+		const char *url, *ca, *name, *cert, *key;
+		const char *mention;
+	} bad[] = {
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, cert, NULL,
+	     "cert_file and key_file go together"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, NULL, key,
+	     "cert_file and key_file go together"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, missing, NULL, NULL, NULL,
+	     "ca_file %s/none.pem cannot be read: No such file or directory"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, other, NULL, NULL, NULL,
+	     "ca_file %s/other.key holds no usable PEM certificate"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, other, key,
+	     "cert_file %s/other.key is not a PEM certificate chain"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, cert, other,
+	     "key_file %s/other.key is not an unencrypted PEM key matching cert_file"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, cert, locked,
+	     "key_file %s/client-encrypted.key is not an unencrypted PEM key"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, NULL, cert, missing,
+	     "key_file %s/none.pem cannot be read"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TLS, NULL, ca, "siem example", NULL, NULL,
+	     "server_name \"siem example\" is neither a DNS name nor an IP address"},
+	    {AUDIT_SINK_FILE, AUDIT_PROTO_TLS, NULL, NULL, NULL, NULL, NULL,
+	     "protocol \"tls\" is for syslog sinks"},
+	    {AUDIT_SINK_WEBHOOK, AUDIT_PROTO_TLS, "https://127.0.0.1/hook", NULL, NULL, NULL, NULL,
+	     "a webhook takes TLS from an https:// url"},
+	    /* TLS settings on a sink without TLS: it would not be protected. */
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_TCP, NULL, ca, NULL, NULL, NULL,
+	     "ca_file is for TLS, which this sink does not use"},
+	    {AUDIT_SINK_SYSLOG, AUDIT_PROTO_UDP, NULL, NULL, "localhost", NULL, NULL,
+	     "server_name is for TLS"},
+	    {AUDIT_SINK_WEBHOOK, AUDIT_PROTO_TCP, "http://127.0.0.1/hook", NULL, NULL, cert, key,
+	     "cert_file is for TLS"},
+	    {AUDIT_SINK_FILE, AUDIT_PROTO_TCP, NULL, ca, NULL, NULL, NULL, "ca_file is for TLS"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = (struct audit_sink *)1;
+		struct idp_diag d;
+		const char *at;
+		char want[512];
+
+		audit_sink_config_defaults(&c);
+		c.type = bad[i].type;
+		c.protocol = bad[i].proto;
+		c.path = "/tmp/idpd-tls-test.log";
+		c.address = "127.0.0.1:6514";
+		c.url = bad[i].url;
+		c.ca_file = bad[i].ca;
+		c.server_name = bad[i].name;
+		c.cert_file = bad[i].cert;
+		c.key_file = bad[i].key;
+		idp_diag_init(&d);
+		assert_int_equal(audit_sink_new(&c, &s, &d), IDP_EINVAL);
+		assert_null(s);
+		/* "%s" in the mention stands for the PKI's directory. */
+		at = strstr(bad[i].mention, "%s");
+		if (at != NULL)
+			snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - bad[i].mention),
+			         bad[i].mention, dir, at + 2);
+		else
+			snprintf(want, sizeof(want), "%s", bad[i].mention);
+		if (strstr(idp_diag_str(&d), want) == NULL)
+			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, idp_diag_str(&d), want);
+		/* Nothing of a key in the message. */
+		assert_null(strstr(idp_diag_str(&d), "PRIVATE KEY"));
+	}
+
+	/* Good settings, with and without a client certificate. */
+	{
+		struct audit_sink_config c;
+		struct audit_sink *s = NULL;
+		struct idp_diag d;
+
+		audit_sink_config_defaults(&c);
+		c.type = AUDIT_SINK_SYSLOG;
+		c.protocol = AUDIT_PROTO_TLS;
+		c.address = "127.0.0.1:6514";
+		c.ca_file = ca;
+		c.cert_file = cert;
+		c.key_file = key;
+		idp_diag_init(&d);
+		if (audit_sink_new(&c, &s, &d) != IDP_OK)
+			fail_msg("%s", idp_diag_str(&d));
+		assert_string_equal(audit_sink_describe(s), "syslog tls 127.0.0.1:6514 (json)");
+		audit_sink_free(s);
+
+		audit_sink_config_defaults(&c);
+		c.type = AUDIT_SINK_WEBHOOK;
+		c.url = "https://127.0.0.1:8443/hook";
+		c.ca_file = ca;
+		c.server_name = "localhost";
+		idp_diag_init(&d);
+		if (audit_sink_new(&c, &s, &d) != IDP_OK)
+			fail_msg("%s", idp_diag_str(&d));
+		assert_string_equal(audit_sink_describe(s), "webhook https://127.0.0.1:8443/hook");
+		audit_sink_free(s);
+	}
+	free(ca);
+	free(cert);
+	free(key);
+	free(other);
+	free(locked);
+	free(missing);
+	remove_pki(dir);
+}
+
 static void
 sink_accepts_ipv6_addresses_and_describes_itself(void **state)
 {
@@ -992,6 +1142,9 @@ sink_names_parse_back(void **state)
 	assert_int_equal(audit_sink_proto_parse("udp", &p), IDP_OK);
 	assert_int_equal(p, AUDIT_PROTO_UDP);
 	assert_int_equal(audit_sink_proto_parse("TCP", &p), IDP_EINVAL);
+	assert_int_equal(audit_sink_proto_parse("tls", &p), IDP_OK);
+	assert_int_equal(p, AUDIT_PROTO_TLS);
+	assert_string_equal(audit_sink_proto_name(AUDIT_PROTO_TLS), "tls");
 	assert_string_equal(audit_sink_type_name(AUDIT_SINK_FILE), "file");
 	assert_int_equal(audit_sink_type_parse("webhook", &t), IDP_OK);
 	assert_int_equal(t, AUDIT_SINK_WEBHOOK);
@@ -1017,6 +1170,7 @@ main(void)
 	    cmocka_unit_test(webhook_splits_a_large_batch),
 	    cmocka_unit_test(webhook_refuses_bad_settings),
 	    cmocka_unit_test(sink_new_rejects_bad_settings),
+	    cmocka_unit_test(tls_settings_are_checked_when_the_sink_is_made),
 	    cmocka_unit_test(sink_accepts_ipv6_addresses_and_describes_itself),
 	    cmocka_unit_test(sink_names_parse_back),
 	};
