@@ -275,11 +275,9 @@ deny(struct deleg *g, int status, const char *reason)
 
 int
 delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_cache *cache,
-                        struct idp_jws_verified *v, struct delegation_presented *p,
+                        bool may_block, struct idp_jws_verified *v, struct delegation_presented *p,
                         const char **reason)
 {
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 	struct idp_jws_verify_opts o = {
 	    .typ = TASK_TOKEN_TYP, .cache = cache, .low_s = idp_jws_own_low_s()};
 	enum idp_jws_reason why;
@@ -288,18 +286,19 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 	int rc = IDP_EFORBIDDEN;
 
 	memset(p, 0, sizeof(*p));
-	memset(v, 0, sizeof(*v));
-	if (set == NULL) {
+	*reason = "delegation_token_invalid";
+	switch (
+	    keys_verify_own(keys_process(), tok, strlen(tok), &o, 1, may_block, v, NULL, &why)) {
+	case IDP_OK:
+		break;
+	case IDP_EWOULDBLOCK:
+		*reason = NULL;
+		return IDP_EWOULDBLOCK;
+	case IDP_EUNAVAIL:
 		*reason = "unavailable";
 		return IDP_EUNAVAIL;
-	}
-	*reason = "delegation_token_invalid";
-	if (idp_jws_verify(set, tok, strlen(tok), &o, v, &why) != IDP_OK) {
-		if (why == IDP_JWS_KID_UNKNOWN && keys_may_lack_kid(km)) {
-			*reason = "unavailable";
-			rc = IDP_EUNAVAIL;
-		}
-		goto done;
+	default:
+		return IDP_EFORBIDDEN;
 	}
 	c = v->claims;
 	/* identity.leeway for iat, as introspection allows: a token from an
@@ -338,7 +337,7 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 	*reason = NULL;
 	rc = IDP_OK;
 done:
-	idp_jws_keyset_unref(set);
+	/* *v stays filled on a refusal too: *p points into its claims. */
 	return rc;
 }
 
@@ -348,7 +347,8 @@ parent_verify(struct deleg *g, const char *tok)
 {
 	struct delegation_presented p;
 	struct idp_diag d;
-	int rc = delegation_token_verify(tok, g->who.agent->id, parent_cache, &g->parent, &p,
+	/* A pooled route: the keys may be read here. */
+	int rc = delegation_token_verify(tok, g->who.agent->id, parent_cache, true, &g->parent, &p,
 	                                 &g->reason);
 
 	/* Even a refusal names the task and the human when the token said them. */
