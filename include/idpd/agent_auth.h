@@ -52,6 +52,18 @@ int agent_credential_verify(const struct idp_jws_keyset *set, const char *token,
                             const struct idp_clock *clock, struct agent_credential *out,
                             const char **reason) IDP_WUR;
 
+/*
+ * The same with the process's keys (keys_verify_own): a credential signed
+ * with a key another instance activated a moment ago is found by reading
+ * the keys.  Also IDP_EUNAVAIL (*reason "keys_unavailable") when idpd
+ * cannot tell whether the credential's key is one of the deployment's (the
+ * keys cannot be read, or their notifications are lost).  May wait on
+ * PostgreSQL: a worker thread, not an I/O thread.
+ */
+int agent_credential_verify_own(const char *token, size_t len, const struct attest_identity *id,
+                                int64_t leeway_ms, const struct idp_clock *clock,
+                                struct agent_credential *out, const char **reason) IDP_WUR;
+
 /* What authenticate_agent hands back; agent_principal_cleanup releases it. */
 struct agent_principal {
 	const struct registry_agent *agent; /* a reference to the current record */
@@ -65,15 +77,18 @@ struct agent_principal {
  * agent_principal_cleanup); IDP_EUNAUTH for a missing or bad credential
  * (*reason, if not NULL, gets the precise code for logs and audit, never
  * for the client); IDP_EUNAVAIL when idpd cannot tell (no keys loaded,
- * PostgreSQL down): fail closed with 503.  Any worker thread; may wait on
- * PostgreSQL for the jti lookup.
+ * PostgreSQL down): fail closed with 503.  A credential whose key this
+ * instance has not loaded is looked up in PostgreSQL once (keys_verify_own)
+ * before it is refused: another instance may have activated it a moment
+ * ago.  Any worker thread; may wait on PostgreSQL for that read and for the
+ * jti lookup.
  */
 int authenticate_agent(struct http_req *req, struct agent_principal *out,
                        const char **reason) IDP_WUR;
 /*
  * The same on a thread that must not wait (an HTTP I/O thread): where
- * PostgreSQL would be read (an agent not cached, a revocation state that
- * cannot answer) it returns IDP_EWOULDBLOCK instead, having changed
+ * PostgreSQL would be read (a key not loaded, an agent not cached, a
+ * revocation state that cannot answer) it returns IDP_EWOULDBLOCK instead, having changed
  * nothing; the caller defers to the handler pool (http_req_defer).
  */
 int authenticate_agent_nowait(struct http_req *req, struct agent_principal *out,

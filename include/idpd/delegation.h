@@ -90,12 +90,17 @@ struct delegation_presented {
  * with idp_jws_verified_cleanup) and *p filled; IDP_EFORBIDDEN with
  * *reason "delegation_token_invalid", "delegation_token_expired" or
  * "delegation_token_not_yours" (then *p is filled too when the claims
- * were whole: the refusal can name the task); IDP_EUNAVAIL when no keys
- * are loaded.  Any thread.
+ * were whole: the refusal can name the task); IDP_EUNAVAIL (*reason
+ * "unavailable") when idpd cannot tell whether the token's key is one of
+ * the deployment's (keys_verify_own: a kid this instance has not loaded is
+ * read for once, as another instance may have activated it a moment ago).
+ * With may_block false (an I/O thread), IDP_EWOULDBLOCK with *reason NULL
+ * where that read would be made: nothing was read, and the caller defers
+ * the request to the handler pool.  Any thread.
  */
 int delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_cache *cache,
-                            struct idp_jws_verified *v, struct delegation_presented *p,
-                            const char **reason) IDP_WUR;
+                            bool may_block, struct idp_jws_verified *v,
+                            struct delegation_presented *p, const char **reason) IDP_WUR;
 
 /* Copy the identity settings and the store from app.  Main thread, after tasks_init. */
 int delegation_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;

@@ -244,6 +244,29 @@ bool keys_may_lack_kid(struct keys *km);
 int keys_reload_for_kid(struct keys *km, const char *kid) IDP_WUR;
 /* Whether kid has the shape of the kids idpd makes (an RFC 7638 thumbprint). */
 bool keys_kid_plausible(const char *kid);
+/*
+ * Verify token (len bytes), one of idpd's own, against km's verify set:
+ * with opts[0], then opts[1] and so on while the typ is the wrong one
+ * (nopts >= 1).  Every verifier of idpd's own tokens goes through here, so
+ * that each treats a key another instance activated a moment ago alike: a
+ * kid the set lacks, of the shape idpd makes (keys_kid_plausible), is
+ * looked up once more with keys_reload_for_kid before the token is called
+ * invalid.
+ *
+ * IDP_OK with *out filled (idp_jws_verified_cleanup) and *which (if not
+ * NULL) the index of the opts it verified with.  IDP_EUNAUTH with *why
+ * the reason it does not verify (IDP_JWS_KID_UNKNOWN: signed with no key of
+ * this deployment's, as far as idpd can tell).  IDP_EUNAVAIL when idpd
+ * cannot tell: no key set loaded (km NULL included), the kid unknown while
+ * keys_may_lack_kid, or the read for it failed; fail closed (503).
+ * IDP_EWOULDBLOCK when !may_block and the keys would be read: nothing was
+ * read, and the caller hands the request to the handler pool
+ * (http_req_defer) and calls again there.  *out is empty on every failure.
+ * Any thread; reads PostgreSQL only when may_block.
+ */
+int keys_verify_own(struct keys *km, const char *token, size_t len,
+                    const struct idp_jws_verify_opts *opts, size_t nopts, bool may_block,
+                    struct idp_jws_verified *out, size_t *which, enum idp_jws_reason *why) IDP_WUR;
 
 /*
  * The longest lifetime a token signed now may have and still verify until

@@ -179,31 +179,16 @@ agent_credential_cache_size(size_t slots)
 	cred_cache_slots = slots;
 }
 
-static int credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
-                             const struct attest_identity *id, int64_t leeway_ms,
-                             const struct idp_clock *clock, struct idp_jws_cache *cache, bool low_s,
-                             struct agent_credential *out, const char **reason);
-
-int
-agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
-                        const struct attest_identity *id, int64_t leeway_ms,
-                        const struct idp_clock *clock, struct agent_credential *out,
-                        const char **reason)
-{
-	return credential_verify(set, token, len, id, leeway_ms, clock, NULL, false, out, reason);
-}
-
+/*
+ * The claims of a credential whose signature verified (v): time (leeway_ms),
+ * iss, aud, and the form of sub and jti.  IDP_OK with *out filled, or
+ * IDP_EUNAUTH with *reason a stable code.
+ */
 static int
-credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
-                  const struct attest_identity *id, int64_t leeway_ms,
-                  const struct idp_clock *clock, struct idp_jws_cache *cache, bool low_s,
-                  struct agent_credential *out, const char **reason)
+credential_claims(const struct idp_jws_verified *v, const struct attest_identity *id,
+                  int64_t leeway_ms, const struct idp_clock *clock, struct agent_credential *out,
+                  const char **reason)
 {
-	struct idp_jws_verify_opts opts = {.typ = IDP_JWS_TYP_IDENTITY,
-	                                   .algs = IDP_JWS_ALLOW_ES256,
-	                                   .cache = cache,
-	                                   .low_s = low_s};
-	struct idp_jws_verified v = {0};
 	enum idp_jws_reason jr = IDP_JWS_OK;
 	char prefix[ATTEST_SPIFFE_ID_MAX];
 	const char *sub, *jti, *iss;
@@ -211,47 +196,119 @@ credential_verify(const struct idp_jws_keyset *set, const char *token, size_t le
 	int rc = IDP_EUNAUTH;
 
 	memset(out, 0, sizeof(*out));
-	if (idp_jws_verify(set, token, len, &opts, &v, &jr) != IDP_OK) {
-		*reason = idp_jws_reason_name(jr);
-		return IDP_EUNAUTH;
-	}
-	if (idp_jwt_check_time(v.claims, clock, leeway_ms / 1000,
+	if (idp_jwt_check_time(v->claims, clock, leeway_ms / 1000,
 	                       IDP_JWT_REQUIRE_EXP | IDP_JWT_REQUIRE_IAT, &jr) != IDP_OK) {
 		*reason = idp_jws_reason_name(jr);
 		goto done;
 	}
-	iss = json_string_value(json_object_get(v.claims, "iss"));
+	iss = json_string_value(json_object_get(v->claims, "iss"));
 	if (iss == NULL || strcmp(iss, id->issuer) != 0) {
 		*reason = "issuer_mismatch";
 		goto done;
 	}
-	if (!attest_audience_holds(json_object_get(v.claims, "aud"), id->audience)) {
+	if (!attest_audience_holds(json_object_get(v->claims, "aud"), id->audience)) {
 		*reason = "audience_mismatch";
 		goto done;
 	}
-	sub = json_string_value(json_object_get(v.claims, "sub"));
+	sub = json_string_value(json_object_get(v->claims, "sub"));
 	if (!attest_spiffe_id(id->trust_domain, "", prefix, sizeof(prefix)) || sub == NULL ||
 	    strncmp(sub, prefix, (plen = strlen(prefix))) != 0 || !registry_id_valid(sub + plen)) {
 		*reason = "subject_invalid";
 		goto done;
 	}
-	jti = json_string_value(json_object_get(v.claims, "jti"));
+	jti = json_string_value(json_object_get(v->claims, "jti"));
 	if (jti == NULL || !jti_ok(jti)) {
 		*reason = "jti_invalid";
 		goto done;
 	}
 	snprintf(out->agent_id, sizeof(out->agent_id), "%s", sub + plen);
 	snprintf(out->jti, sizeof(out->jti), "%s", jti);
-	snprintf(out->kid, sizeof(out->kid), "%s", v.kid);
-	out->issued_at_s = (int64_t)json_number_value(json_object_get(v.claims, "iat"));
-	out->expires_at_s = (int64_t)json_number_value(json_object_get(v.claims, "exp"));
+	snprintf(out->kid, sizeof(out->kid), "%s", v->kid);
+	out->issued_at_s = (int64_t)json_number_value(json_object_get(v->claims, "iat"));
+	out->expires_at_s = (int64_t)json_number_value(json_object_get(v->claims, "exp"));
 	*reason = NULL;
 	rc = IDP_OK;
 done:
-	idp_jws_verified_cleanup(&v);
 	if (rc != IDP_OK)
 		memset(out, 0, sizeof(*out));
 	return rc;
+}
+
+/* What a credential's signature is verified with: its typ, ES256 only. */
+static struct idp_jws_verify_opts
+credential_opts(struct idp_jws_cache *cache, bool low_s)
+{
+	return (struct idp_jws_verify_opts){.typ = IDP_JWS_TYP_IDENTITY,
+	                                    .algs = IDP_JWS_ALLOW_ES256,
+	                                    .cache = cache,
+	                                    .low_s = low_s};
+}
+
+int
+agent_credential_verify(const struct idp_jws_keyset *set, const char *token, size_t len,
+                        const struct attest_identity *id, int64_t leeway_ms,
+                        const struct idp_clock *clock, struct agent_credential *out,
+                        const char **reason)
+{
+	struct idp_jws_verify_opts opts = credential_opts(NULL, false);
+	struct idp_jws_verified v = {0};
+	enum idp_jws_reason jr = IDP_JWS_OK;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (idp_jws_verify(set, token, len, &opts, &v, &jr) != IDP_OK) {
+		*reason = idp_jws_reason_name(jr);
+		return IDP_EUNAUTH;
+	}
+	rc = credential_claims(&v, id, leeway_ms, clock, out, reason);
+	idp_jws_verified_cleanup(&v);
+	return rc;
+}
+
+/*
+ * agent_credential_verify with km's keys through keys_verify_own: a
+ * credential signed with a key another instance activated a moment ago is
+ * found.  Also IDP_EUNAVAIL (*reason "keys_unavailable") when idpd cannot
+ * tell whether the key is one of the deployment's, and IDP_EWOULDBLOCK
+ * when !may_block and the keys would be read (*reason NULL).
+ */
+static int
+credential_verify_own(struct keys *km, bool may_block, const char *token, size_t len,
+                      const struct attest_identity *id, int64_t leeway_ms,
+                      const struct idp_clock *clock, struct idp_jws_cache *cache, bool low_s,
+                      struct agent_credential *out, const char **reason)
+{
+	struct idp_jws_verify_opts opts = credential_opts(cache, low_s);
+	struct idp_jws_verified v;
+	enum idp_jws_reason jr = IDP_JWS_OK;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = keys_verify_own(km, token, len, &opts, 1, may_block, &v, NULL, &jr);
+	if (rc == IDP_OK) {
+		rc = credential_claims(&v, id, leeway_ms, clock, out, reason);
+		idp_jws_verified_cleanup(&v);
+		return rc;
+	}
+	if (rc == IDP_EWOULDBLOCK) {
+		*reason = NULL;
+		return IDP_EWOULDBLOCK;
+	}
+	if (rc == IDP_EUNAVAIL) {
+		*reason = "keys_unavailable";
+		return IDP_EUNAVAIL;
+	}
+	*reason = idp_jws_reason_name(jr);
+	return IDP_EUNAUTH;
+}
+
+int
+agent_credential_verify_own(const char *token, size_t len, const struct attest_identity *id,
+                            int64_t leeway_ms, const struct idp_clock *clock,
+                            struct agent_credential *out, const char **reason)
+{
+	return credential_verify_own(keys_process(), true, token, len, id, leeway_ms, clock, NULL,
+	                             false, out, reason);
 }
 
 static int authenticate(const char *token, bool may_block, struct agent_principal *out,
@@ -279,7 +336,6 @@ static int
 authenticate(const char *token, bool may_block, struct agent_principal *out, const char **reason)
 {
 	struct attest_conf *conf = attest_conf_current();
-	struct idp_jws_keyset *set = NULL;
 	struct keys *km = keys_process();
 	const struct registry_agent *a = NULL;
 	const char *why = NULL;
@@ -287,7 +343,7 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	if (conf == NULL || km == NULL || (set = keys_verify_set(km)) == NULL) {
+	if (conf == NULL || km == NULL) {
 		why = "not_ready";
 		rc = IDP_EUNAVAIL;
 		goto done;
@@ -301,17 +357,13 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 	id.issuer = conf->issuer;
 	id.audience = conf->audience;
 	pthread_once(&cred_cache_once, cred_cache_make);
-	rc = credential_verify(set, token, strlen(token), &id, conf->leeway_ms, idp_clock_system(),
-	                       cred_cache, idp_jws_own_low_s(), &out->cred, &why);
-	if (rc != IDP_OK) {
-		/* Signed with a key this instance may not have heard of yet. */
-		if (why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&
-		    keys_may_lack_kid(km)) {
-			why = "keys_unavailable";
-			rc = IDP_EUNAVAIL;
-		}
+	/* A key this instance has not heard of yet is read for (or, on an I/O
+	 * thread, the request deferred first); one it cannot know about is 503. */
+	rc = credential_verify_own(km, may_block, token, strlen(token), &id, conf->leeway_ms,
+	                           idp_clock_system(), cred_cache, idp_jws_own_low_s(), &out->cred,
+	                           &why);
+	if (rc != IDP_OK)
 		goto done;
-	}
 	rc = registry_lookup(out->cred.agent_id, may_block, &a);
 	if (rc == IDP_EWOULDBLOCK)
 		goto done;
@@ -354,7 +406,6 @@ authenticate(const char *token, bool may_block, struct agent_principal *out, con
 	a = NULL;
 done:
 	registry_agent_unref(a);
-	idp_jws_keyset_unref(set);
 	attest_conf_unref(conf);
 	if (rc != IDP_OK) {
 		if (rc == IDP_EUNAVAIL && why == NULL)

@@ -359,8 +359,13 @@ parent_verify(struct issuing *s)
 	struct idp_diag d;
 	const char *why = NULL;
 	int rc = delegation_token_verify(s->a->delegation_token, s->agent->id, parent_cache,
-	                                 &s->parent, &p, &why);
+	                                 s->a->may_block, &s->parent, &p, &why);
 
+	/* A key not loaded here yet: read for it on the handler pool. */
+	if (rc == IDP_EWOULDBLOCK) {
+		s->g->would_block = true;
+		return false;
+	}
 	/* Even a refusal names the task, the human and the chain when the token said them. */
 	s->human = p.human;
 	s->djti = p.jti;
@@ -806,8 +811,11 @@ access_issue(const struct access_ask *a, struct access_grant *g)
 		goto refused;
 	}
 	/* 2. The delegation token it stands on: who delegated, for which task. */
-	if (a->delegation_token != NULL ? !parent_verify(&s) : !root_token(&s))
+	if (a->delegation_token != NULL ? !parent_verify(&s) : !root_token(&s)) {
+		if (g->would_block)
+			goto done;
 		goto refused;
+	}
 	/* 3. The chain is live: no link revoked, the task open. */
 	rc = revocation_check_delegation(s.djti, s.task_id, now_ms / 1000, a->may_block, &s.chain,
 	                                 &why);

@@ -7,11 +7,13 @@
  * own delegation token in the body.  Every check that needs no database
  * runs first (the token, delegate-to, scope diminishment, capabilities,
  * max-scope-per-delegation, lifetime); then one transaction share-locks the
- * task row and the stored chain from the parent jti up to the root (so
- * neither a completion nor a revocation can slip in), checks it (every link
- * unrevoked, every agent's max_chain_depth respected), inserts the new
- * token with its parent jti, emits delegation.created and COMMITs.  The
- * token is handed out only after its event is durable.
+ * task row, the stored chain from the parent jti up to the root, and the
+ * rows of the chain's agents and the delegate (so neither a completion, a
+ * revocation nor a suspension can slip in, even one this instance's
+ * registry has not heard of yet), checks them (every link unrevoked, every
+ * agent active and its max_chain_depth respected), inserts the new token
+ * with its parent jti, emits delegation.created and COMMITs.  The token is
+ * handed out only after its event is durable.
  *
  * Refusals are 403 problems whose "reason" is a stable code; chain
  * violations start with AUDIT_REASON_CHAIN_PREFIX so the audit alert rule
@@ -275,11 +277,9 @@ deny(struct deleg *g, int status, const char *reason)
 
 int
 delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_cache *cache,
-                        struct idp_jws_verified *v, struct delegation_presented *p,
+                        bool may_block, struct idp_jws_verified *v, struct delegation_presented *p,
                         const char **reason)
 {
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 	struct idp_jws_verify_opts o = {
 	    .typ = TASK_TOKEN_TYP, .cache = cache, .low_s = idp_jws_own_low_s()};
 	enum idp_jws_reason why;
@@ -288,18 +288,19 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 	int rc = IDP_EFORBIDDEN;
 
 	memset(p, 0, sizeof(*p));
-	memset(v, 0, sizeof(*v));
-	if (set == NULL) {
+	*reason = "delegation_token_invalid";
+	switch (
+	    keys_verify_own(keys_process(), tok, strlen(tok), &o, 1, may_block, v, NULL, &why)) {
+	case IDP_OK:
+		break;
+	case IDP_EWOULDBLOCK:
+		*reason = NULL;
+		return IDP_EWOULDBLOCK;
+	case IDP_EUNAVAIL:
 		*reason = "unavailable";
 		return IDP_EUNAVAIL;
-	}
-	*reason = "delegation_token_invalid";
-	if (idp_jws_verify(set, tok, strlen(tok), &o, v, &why) != IDP_OK) {
-		if (why == IDP_JWS_KID_UNKNOWN && keys_may_lack_kid(km)) {
-			*reason = "unavailable";
-			rc = IDP_EUNAVAIL;
-		}
-		goto done;
+	default:
+		return IDP_EFORBIDDEN;
 	}
 	c = v->claims;
 	/* identity.leeway for iat, as introspection allows: a token from an
@@ -338,7 +339,7 @@ delegation_token_verify(const char *tok, const char *agent_id, struct idp_jws_ca
 	*reason = NULL;
 	rc = IDP_OK;
 done:
-	idp_jws_keyset_unref(set);
+	/* *v stays filled on a refusal too: *p points into its claims. */
 	return rc;
 }
 
@@ -348,7 +349,8 @@ parent_verify(struct deleg *g, const char *tok)
 {
 	struct delegation_presented p;
 	struct idp_diag d;
-	int rc = delegation_token_verify(tok, g->who.agent->id, parent_cache, &g->parent, &p,
+	/* A pooled route: the keys may be read here. */
+	int rc = delegation_token_verify(tok, g->who.agent->id, parent_cache, true, &g->parent, &p,
 	                                 &g->reason);
 
 	/* Even a refusal names the task and the human when the token said them. */
@@ -479,6 +481,22 @@ static struct store_stmt st_chain = {
     " ON d.jti = c.jti ORDER BY c.n DESC FOR SHARE OF d",
     2, 0};
 
+/*
+ * The delegate and every agent of the stored chain (the delegator last) as
+ * PostgreSQL has them now, their rows share-locked in id order (the order
+ * the registry's touches lock theirs in): id, status, revocation epoch (ms,
+ * 0: none).  A suspension or decommissioning is an UPDATE of the row,
+ * which FOR SHARE conflicts with, so one committed before this read is
+ * seen here even while this instance's registry has not yet heard of it,
+ * and one that comes later waits for this delegation's COMMIT (and its
+ * revocation epoch, stamped then, cuts the new token with the rest).
+ */
+static struct store_stmt st_agents_share = {
+    "deleg_agents_share",
+    "SELECT id, status, coalesce(floor(extract(epoch FROM revocation_epoch) * 1000)::bigint, 0)"
+    " FROM agents WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE",
+    1, 0};
+
 static struct store_stmt st_insert = {
     "deleg_insert",
     "INSERT INTO delegation_tokens (jti, task_id, parent_jti, agent_id, scope, depth, "
@@ -600,12 +618,84 @@ chain_ok(struct deleg *g, PGresult *r, int depth)
 	return ok;
 }
 
+/* The row of r (st_agents_share) for agent id, or -1. */
+static int
+agent_row(PGresult *r, const char *id)
+{
+	for (int i = 0; i < PQntuples(r); i++)
+		if (strcmp(PQgetvalue(r, i, 0), id) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * The agents' status once more, from their rows rather than the registry
+ * cache, which learns of a change by a notification that may still be on
+ * its way (st_agents_share): the delegate active, and each agent of the
+ * stored chain (chain, st_chain's rows) active and its link issued after
+ * its revocation epoch.  The codes are those of the cached checks.
+ * IDP_OK; IDP_EFORBIDDEN with g->reason; a store error.
+ */
+static int
+agents_live(struct deleg *g, struct store_conn *c, PGresult *chain)
+{
+	struct idp_buf ids;
+	const char *params[1];
+	PGresult *r = NULL;
+	int n = PQntuples(chain), row, rc;
+
+	/* Quoted: an id may be spelled "null".  Ids are [a-z0-9._-] (a CHECK
+	 * of agents; the chain's rows reference them), nothing to escape. */
+	idp_buf_init(&ids, 0);
+	rc = idp_buf_printf(&ids, "{\"%s\"", g->to_agent);
+	for (int i = 0; rc == IDP_OK && i < n; i++)
+		rc = idp_buf_printf(&ids, ",\"%s\"", PQgetvalue(chain, i, 0));
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&ids, '}');
+	if (rc != IDP_OK)
+		goto done;
+	params[0] = ids.data;
+	rc = store_exec(c, &st_agents_share, params, &r);
+	if (rc != IDP_OK)
+		goto done;
+	row = agent_row(r, g->to_agent);
+	if (row < 0 || strcmp(PQgetvalue(r, row, 1), "active") != 0) {
+		g->reason = row < 0 ? "chain_delegate_unknown" : "chain_delegate_not_active";
+		rc = IDP_EFORBIDDEN;
+		goto done;
+	}
+	for (int i = 0; i < n; i++) {
+		struct registry_agent epoch = {0};
+
+		row = agent_row(r, PQgetvalue(chain, i, 0));
+		if (row < 0) {
+			g->reason = "chain_agent_unknown";
+			rc = IDP_EFORBIDDEN;
+			goto done;
+		}
+		epoch.revocation_epoch_ms = strtoll(PQgetvalue(r, row, 2), NULL, 10);
+		if (strcmp(PQgetvalue(r, row, 1), "active") != 0 ||
+		    registry_issued_before_revocation(&epoch,
+		                                      strtoll(PQgetvalue(chain, i, 3), NULL, 10))) {
+			g->reason = "chain_agent_inactive";
+			rc = IDP_EFORBIDDEN;
+			goto done;
+		}
+	}
+done:
+	PQclear(r);
+	idp_buf_cleanup(&ids);
+	return rc;
+}
+
 /*
  * The checks the database answers, in the caller's open transaction on c:
  * the task is open (its row share-locked, so a completion either waits for
- * the caller's COMMIT or is seen here) and the stored chain is live
- * (chain_ok).  IDP_OK; IDP_EFORBIDDEN with g->reason; another code when
- * the store fails (the caller rolls back).
+ * the caller's COMMIT or is seen here), the stored chain is live
+ * (chain_ok), and so are its agents and the delegate as their rows say
+ * (agents_live: a suspension committed elsewhere is seen here, or waits).
+ * IDP_OK; IDP_EFORBIDDEN with g->reason; another code when the store fails
+ * (the caller rolls back).
  */
 static int
 tx_checks(struct deleg *g, struct store_conn *c)
@@ -633,6 +723,8 @@ tx_checks(struct deleg *g, struct store_conn *c)
 		return rc;
 	if (!chain_ok(g, r, g->parent_depth + 1))
 		rc = strcmp(g->reason, "unavailable") == 0 ? IDP_EUNAVAIL : IDP_EFORBIDDEN;
+	else
+		rc = agents_live(g, c, r);
 	PQclear(r);
 	return rc;
 }

@@ -529,36 +529,6 @@ aud_ok(const json_t *aud)
 }
 
 /*
- * The kid in token's header, if it has the shape of one idpd makes
- * (keys_kid_plausible); false otherwise.  Only for a token idp_jws_verify
- * has bounded and parsed as far as its kid.
- */
-static bool
-plausible_kid(const char *token, char kid[IDP_JWS_MAX_KID + 1])
-{
-	const char *dot = strchr(token, '.');
-	unsigned char *text = NULL;
-	size_t len = 0;
-	json_t *hdr = NULL;
-	const json_t *v;
-	bool ok = false;
-
-	if (dot == NULL ||
-	    idp_b64url_decode_alloc(token, (size_t)(dot - token), &text, &len) != IDP_OK)
-		return false;
-	hdr = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, NULL);
-	v = json_object_get(hdr, "kid");
-	if (json_is_string(v) && json_string_length(v) <= IDP_JWS_MAX_KID &&
-	    keys_kid_plausible(json_string_value(v))) {
-		memcpy(kid, json_string_value(v), json_string_length(v) + 1);
-		ok = true;
-	}
-	json_decref(hdr);
-	free(text);
-	return ok;
-}
-
-/*
  * Verify token and check its claims (not yet its state): IDP_OK with *out
  * filled (the caller cleans it up) and *access set; IDP_EFORBIDDEN with
  * *reason; IDP_EUNAVAIL when no key set is loaded or the keys cannot be
@@ -569,50 +539,24 @@ verify(const char *token, const char *hint, int64_t now, bool may_block, bool lo
        struct idp_jws_verified *out, bool *access, const char **reason)
 {
 	const struct rev_identity *id = rev_identity();
-	struct keys *km = keys_process();
 	bool deleg_first = hint != NULL && strcmp(hint, "delegation_token") == 0;
-	const char *typs[2] = {deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP,
-	                       deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP};
+	const struct idp_jws_verify_opts opts[2] = {
+	    {.typ = deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP, .low_s = low_s},
+	    {.typ = deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP, .low_s = low_s}};
 	enum idp_jws_reason why = IDP_JWS_OK;
-	char kid[IDP_JWS_MAX_KID + 1];
 	struct idp_clock fixed;
 	const json_t *c;
-	int rc = IDP_EUNAUTH;
+	size_t which = 0;
+	int rc;
 
-	memset(out, 0, sizeof(*out));
-	for (int attempt = 0;; attempt++) {
-		struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
-
-		if (set == NULL)
-			return IDP_EUNAVAIL;
-		for (size_t i = 0; i < 2; i++) {
-			struct idp_jws_verify_opts o = {.typ = typs[i], .low_s = low_s};
-
-			rc = idp_jws_verify(set, token, strlen(token), &o, out, &why);
-			*access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
-			if (rc == IDP_OK || why != IDP_JWS_TYP_MISMATCH)
-				break;
-		}
-		idp_jws_keyset_unref(set);
-		/*
-		 * A kid unknown while the notifications are connected may still
-		 * be a key another instance activated a moment ago, its NOTIFY
-		 * not yet handled: read the keys once (rate-limited) before
-		 * calling a good token inactive.
-		 */
-		if (rc == IDP_OK || why != IDP_JWS_KID_UNKNOWN || attempt > 0 ||
-		    keys_may_lack_kid(km) || !plausible_kid(token, kid))
-			break;
-		if (!may_block)
-			return REV_WOULD_BLOCK;
-		rc = keys_reload_for_kid(km, kid);
-		if (rc == IDP_EUNAVAIL)
-			return IDP_EUNAVAIL;
-		if (rc != IDP_OK) {
-			rc = IDP_EUNAUTH;
-			break;
-		}
-	}
+	/* A kid unknown here may be a key another instance activated a moment
+	 * ago: keys_verify_own reads the keys once before calling it unknown. */
+	rc = keys_verify_own(keys_process(), token, strlen(token), opts, 2, may_block, out, &which,
+	                     &why);
+	if (rc == IDP_EWOULDBLOCK)
+		return REV_WOULD_BLOCK;
+	if (rc == IDP_EUNAVAIL)
+		return IDP_EUNAVAIL;
 	if (rc != IDP_OK) {
 		switch (why) {
 		case IDP_JWS_BAD_SIGNATURE:
@@ -628,10 +572,6 @@ verify(const char *token, const char *hint, int64_t now, bool may_block, bool lo
 			*reason = "typ_mismatch";
 			break;
 		case IDP_JWS_KID_UNKNOWN:
-			if (keys_may_lack_kid(km))
-				return IDP_EUNAVAIL;
-			*reason = "kid_unknown";
-			break;
 		case IDP_JWS_KID_MISSING:
 			*reason = "kid_unknown";
 			break;
@@ -640,6 +580,7 @@ verify(const char *token, const char *hint, int64_t now, bool may_block, bool lo
 		}
 		return IDP_EFORBIDDEN;
 	}
+	*access = strcmp(opts[which].typ, ACCESS_TOKEN_TYP) == 0;
 	c = out->claims;
 	idp_clock_fixed(&fixed, now * 1000);
 	/* The leeway is for an iat (or nbf) from a clock running ahead; exp is

@@ -104,39 +104,33 @@ static int
 verify(const char *token, const char *hint, int64_t now, struct idp_jws_verified *v,
        struct target *t)
 {
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 	bool deleg_first = hint != NULL && strcmp(hint, "delegation_token") == 0;
-	const char *typs[2] = {deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP,
-	                       deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP};
+	/* Either s: a twin names the same jti, and a revocation must never do
+	 * nothing for a token idpd issued. */
+	const struct idp_jws_verify_opts opts[2] = {
+	    {.typ = deleg_first ? TASK_TOKEN_TYP : ACCESS_TOKEN_TYP},
+	    {.typ = deleg_first ? ACCESS_TOKEN_TYP : TASK_TOKEN_TYP}};
 	enum idp_jws_reason why = IDP_JWS_OK;
 	const char *iss;
-	int rc = IDP_EUNAUTH;
+	size_t which = 0;
+	int rc;
 
-	memset(v, 0, sizeof(*v));
 	memset(t, 0, sizeof(*t));
-	if (set == NULL)
+	/*
+	 * A key published elsewhere a moment ago is looked up before the token
+	 * is called none of ours, and one that may be missing answers 503:
+	 * "nothing to revoke" would tell the caller its token is dead when it
+	 * may not be.  A pooled route: the read may wait.
+	 */
+	rc = keys_verify_own(keys_process(), token, strlen(token), opts, 2, true, v, &which, &why);
+	if (rc == IDP_EUNAVAIL)
 		return IDP_EUNAVAIL;
-	for (size_t i = 0; i < 2; i++) {
-		/* Either s: a twin names the same jti, and a revocation must
-		 * never do nothing for a token idpd issued. */
-		struct idp_jws_verify_opts o = {.typ = typs[i]};
-
-		rc = idp_jws_verify(set, token, strlen(token), &o, v, &why);
-		t->access = strcmp(typs[i], ACCESS_TOKEN_TYP) == 0;
-		if (rc == IDP_OK || why != IDP_JWS_TYP_MISMATCH)
-			break;
-	}
-	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK) {
-		/* A key published elsewhere may be missing here: "nothing to
-		 * revoke" would tell the caller its token is dead when it may not be. */
-		if (why == IDP_JWS_KID_UNKNOWN && keys_may_lack_kid(km))
-			return IDP_EUNAVAIL;
 		log_debug("revoke: the token does not verify (%s); nothing to revoke",
 		          idp_jws_reason_name(why));
 		return IDP_EUNAUTH;
 	}
+	t->access = strcmp(opts[which].typ, ACCESS_TOKEN_TYP) == 0;
 	iss = json_string_value(json_object_get(v->claims, "iss"));
 	t->jti = json_string_value(json_object_get(v->claims, "jti"));
 	t->sub = json_string_value(json_object_get(v->claims, "sub"));
@@ -410,8 +404,6 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 {
 	struct attest_identity_copy idc;
 	struct agent_credential cred;
-	struct keys *km = keys_process();
-	struct idp_jws_keyset *set = km != NULL ? keys_verify_set(km) : NULL;
 	struct idp_clock fixed;
 	struct store_conn *c = NULL;
 	const char *params[2], *why = NULL;
@@ -419,8 +411,6 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	char by[HUMAN_PRINCIPAL_MAX + 16];
 	int rc;
 
-	if (set == NULL)
-		return IDP_EUNAVAIL;
 	attest_identity_get(&idc);
 	idp_clock_fixed(&fixed, now * 1000);
 	/*
@@ -428,18 +418,15 @@ revoke_credential(struct http_req *req, const struct caller *who, const char *to
 	 * live (REV_CREDENTIAL_SPAN_S past its exp, plus identity.leeway and
 	 * the second now was rounded down by): one stolen and found out after
 	 * it expired still ends the tokens minted with it.  The caller is
-	 * authenticated on its own; this only reads what the token names.
+	 * authenticated on its own; this only reads what the token names.  A
+	 * key published elsewhere a moment ago is looked up first; one idpd
+	 * cannot know about is IDP_EUNAVAIL.
 	 */
-	rc = agent_credential_verify(
-	    set, tok, strlen(tok),
-	    &(struct attest_identity){idc.trust_domain, idc.issuer, idc.audience},
+	rc = agent_credential_verify_own(
+	    tok, strlen(tok), &(struct attest_identity){idc.trust_domain, idc.issuer, idc.audience},
 	    ((int64_t)REV_CREDENTIAL_SPAN_S + rev_leeway_s()) * 1000 + 1000, &fixed, &cred, &why);
-	idp_jws_keyset_unref(set);
 	if (rc != IDP_OK)
-		return why != NULL && strcmp(why, idp_jws_reason_name(IDP_JWS_KID_UNKNOWN)) == 0 &&
-		               keys_may_lack_kid(km)
-		           ? IDP_EUNAVAIL
-		           : IDP_ENOTFOUND;
+		return rc == IDP_EUNAVAIL ? IDP_EUNAVAIL : IDP_ENOTFOUND;
 	struct target t = {
 	    .access = true, .jti = cred.jti, .sub = cred.agent_id, .exp_s = cred.expires_at_s};
 	if (who->kind == CALLER_HUMAN ||

@@ -1156,6 +1156,116 @@ a_revocation_waits_for_a_delegation_in_progress_and_reaches_it(void **state)
 	setting_stop(&w);
 }
 
+/* The number of delegation.denied events for reason. */
+static long
+denials(struct setting *w, const char *reason)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'delegation.denied' AND "
+	         "body::json->'detail'->>'reason' = '%s'",
+	         reason);
+	return world_count(&w->w, sql);
+}
+
+/*
+ * A suspension committed on another connection reaches this instance's
+ * registry by a notification that may still be on its way.  Here it never
+ * comes (the trigger is disabled): the delegation reads the agents' rows in
+ * its own transaction and is refused all the same, for a suspended
+ * delegate, a suspended delegator, and a delegator resumed after a
+ * suspension (its revocation epoch cuts the token it delegates from).
+ */
+static void
+a_suspension_not_yet_notified_is_seen_by_the_delegation(void **state)
+{
+	struct setting w;
+	struct http_resp r;
+
+	(void)state;
+	setting_start(&w, "t_deleg_suspended", "[]");
+	assert_int_equal(
+	    harness_sql(w.w.db, "ALTER TABLE agents DISABLE TRIGGER agents_notify_update"), 0);
+
+	/* The delegate. */
+	assert_int_equal(harness_sql(w.w.db, "UPDATE agents SET status = 'suspended', "
+	                                     "revocation_epoch = now() WHERE id = 'cloud-agent'"),
+	                 0);
+	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
+	               "chain_delegate_not_active");
+	assert_int_equal(harness_sql(w.w.db, "UPDATE agents SET status = 'active', "
+	                                     "revocation_epoch = NULL WHERE id = 'cloud-agent'"),
+	                 0);
+
+	/* The delegator: its credential still authenticates (the cache says
+	 * active), the delegation is refused in its transaction. */
+	assert_int_equal(harness_sql(w.w.db,
+	                             "UPDATE agents SET status = 'suspended', "
+	                             "revocation_epoch = now() WHERE id = 'planning-agent'"),
+	                 0);
+	expect_refusal(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL,
+	               "chain_agent_inactive");
+
+	/* Resumed: active again, but the token it holds is from before the epoch. */
+	assert_int_equal(harness_sql(w.w.db, "UPDATE agents SET status = 'active' WHERE id = "
+	                                     "'planning-agent'"),
+	                 0);
+	delegate(&w, w.planner, w.root_token, "cloud-agent", "cloud:DescribeInstances", NULL, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
+	                    "chain_agent_inactive");
+	harness_resp_free(&r);
+	assert_int_equal(denials(&w, "chain_agent_inactive"), 2);
+	/* Nothing was issued: the root token is the only one. */
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
+
+	assert_int_equal(
+	    harness_sql(w.w.db, "ALTER TABLE agents ENABLE TRIGGER agents_notify_update"), 0);
+	setting_stop(&w);
+}
+
+/*
+ * A suspension of the delegate in progress on another connection (its row
+ * updated, not yet committed) holds a delegation to it until it commits;
+ * the delegation then sees it and is refused, rather than issuing a token
+ * to an agent whose suspension committed first.
+ */
+static void
+a_delegation_waits_for_a_suspension_in_progress(void **state)
+{
+	struct setting w;
+	struct racer x = {.done = false};
+	pthread_t th;
+	PGconn *pg;
+
+	(void)state;
+	setting_start(&w, "t_deleg_race_suspend", "[]");
+	pg = db_session(&w);
+	db_do(pg, "BEGIN");
+	db_do(pg, "UPDATE agents SET status = 'suspended', revocation_epoch = now() WHERE id = "
+	          "'cloud-agent'");
+	snprintf(x.url, sizeof(x.url), "%s/v1/delegations", w.w.p.base);
+	snprintf(x.auth, sizeof(x.auth), "Authorization: Bearer %s", w.planner);
+	x.ctype = "Content-Type: application/json";
+	snprintf(x.body, sizeof(x.body),
+	         "{\"delegation_token\":\"%s\",\"to_agent\":\"cloud-agent\","
+	         "\"scope\":\"cloud:DescribeInstances\"}",
+	         w.root_token);
+	assert_int_equal(pthread_create(&th, NULL, race, &x), 0);
+	if (finishes_within(&x, 500))
+		fprintf(stderr, "not held by the suspension: %ld %s\n", x.status, x.reason);
+	assert_false(atomic_load(&x.done));
+	db_do(pg, "COMMIT");
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(x.status, 403);
+	assert_string_equal(x.reason, "chain_delegate_not_active");
+	assert_int_equal(denials(&w, "chain_delegate_not_active"), 1);
+	assert_int_equal(world_count(&w.w, "SELECT count(*) FROM delegation_tokens"), 1);
+	PQfinish(pg);
+	setting_stop(&w);
+}
+
 int
 main(void)
 {
@@ -1173,6 +1283,8 @@ main(void)
 	    cmocka_unit_test(delegation_events_name_the_whole_chain),
 	    cmocka_unit_test(a_delegation_waits_for_a_revocation_of_its_parent_in_progress),
 	    cmocka_unit_test(a_revocation_waits_for_a_delegation_in_progress_and_reaches_it),
+	    cmocka_unit_test(a_suspension_not_yet_notified_is_seen_by_the_delegation),
+	    cmocka_unit_test(a_delegation_waits_for_a_suspension_in_progress),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -1441,6 +1441,342 @@ concurrent_introspections_of_a_new_key_wait_for_one_read(void **state)
 	world_stop(&w);
 }
 
+/* ---- every verifier of idpd's own tokens, not only introspection ---- */
+
+/* The agents of the tests below: a planner that delegates to an inventory agent. */
+static void
+kid_agents(struct world *w)
+{
+	world_agent(w, &(struct world_agent){.id = "planning-agent",
+	                                     .type = "planner",
+	                                     .owner = "alice@example.com",
+	                                     .environment = "production",
+	                                     .domains = "[\"cloud\"]",
+	                                     .caps = "[\"cloud:Describe*\"]",
+	                                     .delegate_to = "[\"cloud-inventory\"]"});
+	world_agent(w, &(struct world_agent){.id = "inventory-agent",
+	                                     .type = "cloud-inventory",
+	                                     .owner = "alice@example.com",
+	                                     .environment = "production",
+	                                     .domains = "[\"cloud\"]",
+	                                     .caps = "[\"cloud:Describe*\"]"});
+}
+
+/*
+ * Two forced rotations on w while the keys' notifications are off: w signs
+ * with a key its peers have not loaded.  Then past the one-read-a-second
+ * limit of a peer's last read for an unknown kid.
+ */
+static void
+activate_unseen_key(struct world *w)
+{
+	struct http_resp r;
+
+	for (int i = 0; i < 2; i++) {
+		world_call(w, "POST", "/v1/keys/rotate", w->k.admin, "{\"force\":true}", &r);
+		assert_int_equal(r.status, 200);
+		harness_resp_free(&r);
+	}
+	sleep_ms(1100);
+}
+
+/* Whether w serves the key that signed tok. */
+static bool
+serves_key_of(struct world *w, const char *tok)
+{
+	struct http_resp r;
+	char kid[IDP_JWS_MAX_KID + 1];
+	bool found;
+
+	token_kid(tok, kid);
+	world_call(w, "GET", "/.well-known/jwks.json", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	found = strstr(r.body, kid) != NULL;
+	harness_resp_free(&r);
+	return found;
+}
+
+/* POST /v1/token on w for the inventory agent (credential cred) on dtoken. */
+static void
+ask_token(struct world *w, const char *cred, const char *task_id, const char *dtoken,
+          struct http_resp *r)
+{
+	static char body[16384];
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"cloud:DescribeInstances\",\"task_id\":\"%s\","
+	         "\"delegation_token\":\"%s\",\"reason\":\"inventory\"}",
+	         WORLD_AWS, task_id, dtoken);
+	world_call(w, "POST", "/v1/token", cred, body, r);
+	if (r->status != 200 && r->status != 503)
+		fprintf(stderr, "POST /v1/token: %ld %s\n", r->status, r->body);
+}
+
+/* value, form-encoded, appended to form (len bytes) as name=value. */
+static void
+form_add(char *form, size_t len, const char *name, const char *value)
+{
+	size_t at = strlen(form);
+
+	snprintf(form + at, len - at, "%s%s=", at > 0 ? "&" : "", name);
+	at = strlen(form);
+	for (const char *p = value; *p != '\0' && at + 4 < len; p++) {
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+		    (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~')
+			form[at++] = *p;
+		else
+			at += (size_t)snprintf(form + at, len - at, "%%%02X", (unsigned char)*p);
+	}
+	form[at] = '\0';
+}
+
+/* RFC 8693 token exchange on w: subject, a delegation token, by actor, a credential. */
+static void
+exchange(struct world *w, const char *subject, const char *actor, struct http_resp *r)
+{
+	static char form[16384];
+
+	form[0] = '\0';
+	form_add(form, sizeof(form), "grant_type",
+	         "urn:ietf:params:oauth:grant-type:token-exchange");
+	form_add(form, sizeof(form), "subject_token", subject);
+	form_add(form, sizeof(form), "subject_token_type",
+	         "urn:idpd:params:oauth:token-type:delegation");
+	form_add(form, sizeof(form), "actor_token", actor);
+	form_add(form, sizeof(form), "actor_token_type", "urn:ietf:params:oauth:token-type:jwt");
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
+	world_form(w, "/oauth2/token", NULL, form, r);
+	if (r->status != 200 && r->status != 503)
+		fprintf(stderr, "POST /oauth2/token: %ld %s\n", r->status, r->body);
+}
+
+/* The jti of tok (of typ), as w verifies it, into jti. */
+static void
+jti_of(struct world *w, const char *tok, const char *typ, char jti[80])
+{
+	json_t *c = world_verify(w, tok, typ);
+
+	snprintf(jti, 80, "%s", json_string_value(json_object_get(c, "jti")));
+	json_decref(c);
+}
+
+/*
+ * What introspection does for a key another instance activated a moment
+ * ago (introspection_reads_the_keys_again_for_an_unknown_kid), every other
+ * verifier of idpd's own tokens does too: GET /v1/me, POST /v1/token (the
+ * identity credential, and the delegation token, whose check runs on the
+ * I/O thread and hands the read to the handler pool), POST
+ * /v1/delegations, POST /revoke (a delegation token and a credential: "nothing
+ * to revoke" would have left them live) and POST /oauth2/token.  Each
+ * step signs with a key the peer has never loaded, its notification never
+ * sent (the trigger is disabled), so only the read for the kid can find it.
+ */
+static void
+every_verifier_reads_the_keys_for_a_key_activated_elsewhere(void **state)
+{
+	struct world w, peer;
+	struct http_resp r;
+	char planner[4096], inventory[4096], fresh[4096], task_id[80], task2[80], jti[80];
+	char sql[256], admin[128];
+	char *human, *root, *inv, *tok, *root2;
+
+	(void)state;
+	world_start(&w, "t_keys_kid_everywhere", NULL);
+	world_start_peer(&w, &peer);
+	kid_agents(&w);
+	world_credential(&w, "planning-agent", planner, sizeof(planner));
+	world_credential(&w, "inventory-agent", inventory, sizeof(inventory));
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	inv = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	/* Keys the peer knows: it answers, and has the agents cached. */
+	ask_token(&peer, inventory, task_id, inv, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	snprintf(admin, sizeof(admin), "Bearer %s", w.k.admin);
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys DISABLE TRIGGER signing_keys_notify"), 0);
+
+	/* GET /v1/me. */
+	activate_unseen_key(&w);
+	world_credential(&w, "planning-agent", fresh, sizeof(fresh));
+	assert_false(serves_key_of(&peer, fresh));
+	world_call(&peer, "GET", "/v1/me", fresh, NULL, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_true(serves_key_of(&peer, fresh));
+
+	/* POST /v1/token, the credential new. */
+	activate_unseen_key(&w);
+	world_credential(&w, "inventory-agent", fresh, sizeof(fresh));
+	assert_false(serves_key_of(&peer, fresh));
+	ask_token(&peer, fresh, task_id, inv, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+
+	/* POST /v1/token, the delegation token new. */
+	activate_unseen_key(&w);
+	tok = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	assert_false(serves_key_of(&peer, tok));
+	ask_token(&peer, inventory, task_id, tok, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	free(tok);
+
+	/* POST /v1/delegations, the delegator's token new. */
+	activate_unseen_key(&w);
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task2, &root2);
+	assert_false(serves_key_of(&peer, root2));
+	world_delegation(&peer, planner, root2, "inventory-agent", "cloud:DescribeInstances", NULL,
+	                 NULL, &r);
+	assert_int_equal(r.status, 201);
+	harness_resp_free(&r);
+
+	/* POST /revoke of a delegation token: revoked, not "nothing to revoke". */
+	activate_unseen_key(&w);
+	tok = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	assert_false(serves_key_of(&peer, tok));
+	jti_of(&w, tok, TASK_TOKEN_TYP, jti);
+	assert_int_equal(world_revoke_as(&peer, admin, tok, NULL), 200);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM delegation_tokens WHERE jti = '%s' AND revoked_at IS NOT "
+	         "NULL",
+	         jti);
+	assert_int_equal(world_count(&w, sql), 1);
+	free(tok);
+
+	/* POST /revoke of an identity credential. */
+	activate_unseen_key(&w);
+	world_credential(&w, "inventory-agent", fresh, sizeof(fresh));
+	assert_false(serves_key_of(&peer, fresh));
+	jti_of(&w, fresh, IDP_JWS_TYP_IDENTITY, jti);
+	assert_int_equal(world_revoke_as(&peer, admin, fresh, NULL), 200);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM agent_credentials WHERE jti = '%s' AND revoked_at IS NOT "
+	         "NULL",
+	         jti);
+	assert_int_equal(world_count(&w, sql), 1);
+
+	/* POST /oauth2/token, the actor's credential new. */
+	activate_unseen_key(&w);
+	world_credential(&w, "inventory-agent", fresh, sizeof(fresh));
+	assert_false(serves_key_of(&peer, fresh));
+	exchange(&peer, inv, fresh, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
+	free(root2);
+	free(inv);
+	free(root);
+	free(human);
+	world_stop(&peer);
+	world_stop(&w);
+}
+
+/* tok's claims (of typ) signed by key, as a new token (free() it). */
+static char *
+resign(struct world *w, const char *tok, const char *typ, const struct idp_jws_key *key)
+{
+	json_t *c = world_verify(w, tok, typ);
+	char *out = NULL;
+
+	assert_int_equal(idp_jws_sign(key, typ, c, &out, NULL, NULL), IDP_OK);
+	json_decref(c);
+	return out;
+}
+
+/*
+ * The read for an unknown kid fails (the keys' table cannot be read, the
+ * listener still connected): idpd cannot tell whether another instance
+ * activated that key, so every verifier answers 503, never "invalid".
+ * Once the keys are readable again (and a second has passed), the same
+ * tokens, signed with a key of nobody's, get each endpoint's usual answer
+ * for an invalid token.
+ */
+static void
+a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	struct idp_jws_key *stranger = NULL;
+	char planner[4096], inventory[4096], task_id[80], admin[128];
+	char *human, *root, *inv, *f_cred, *f_root, *f_inv;
+
+	(void)state;
+	world_start(&w, "t_keys_kid_503", NULL);
+	kid_agents(&w);
+	world_credential(&w, "planning-agent", planner, sizeof(planner));
+	world_credential(&w, "inventory-agent", inventory, sizeof(inventory));
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	inv = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	snprintf(admin, sizeof(admin), "Bearer %s", w.k.admin);
+	/* A key of nobody's, with a kid of the shape idpd makes (a thumbprint). */
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	f_cred = resign(&w, inventory, IDP_JWS_TYP_IDENTITY, stranger);
+	f_root = resign(&w, root, TASK_TOKEN_TYP, stranger);
+	f_inv = resign(&w, inv, TASK_TOKEN_TYP, stranger);
+
+	assert_int_equal(harness_sql(w.db, "ALTER TABLE signing_keys RENAME TO signing_keys_away"),
+	                 0);
+	world_call(&w, "GET", "/v1/me", f_cred, NULL, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	ask_token(&w, f_cred, task_id, inv, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	ask_token(&w, inventory, task_id, f_inv, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	world_delegation(&w, planner, f_root, "inventory-agent", "cloud:DescribeInstances", NULL,
+	                 NULL, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	assert_int_equal(world_revoke_as(&w, admin, f_inv, NULL), 503);
+	assert_int_equal(world_revoke_as(&w, admin, f_cred, NULL), 503);
+	exchange(&w, inv, f_cred, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	exchange(&w, f_inv, inventory, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+
+	/* Readable again: the kid is looked up, unknown, and the tokens invalid. */
+	assert_int_equal(harness_sql(w.db, "ALTER TABLE signing_keys_away RENAME TO signing_keys"),
+	                 0);
+	sleep_ms(1100);
+	world_call(&w, "GET", "/v1/me", f_cred, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	ask_token(&w, inventory, task_id, f_inv, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
+	                    "delegation_token_invalid");
+	harness_resp_free(&r);
+	world_delegation(&w, planner, f_root, "inventory-agent", "cloud:DescribeInstances", NULL,
+	                 NULL, &r);
+	assert_int_equal(r.status, 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "reason")),
+	                    "delegation_token_invalid");
+	harness_resp_free(&r);
+	assert_int_equal(world_revoke_as(&w, admin, f_inv, NULL), 200);
+	/* The real tokens were never affected. */
+	ask_token(&w, inventory, task_id, inv, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	free(f_cred);
+	free(f_root);
+	free(f_inv);
+	idp_jws_key_unref(stranger);
+	free(inv);
+	free(root);
+	free(human);
+	world_stop(&w);
+}
+
 static void
 rotation_and_listing_require_the_right_roles(void **state)
 {
@@ -1511,6 +1847,8 @@ main(void)
 	    cmocka_unit_test(a_key_under_a_kek_no_instance_holds_is_not_trusted),
 	    cmocka_unit_test(introspection_reads_the_keys_again_for_an_unknown_kid),
 	    cmocka_unit_test(concurrent_introspections_of_a_new_key_wait_for_one_read),
+	    cmocka_unit_test(every_verifier_reads_the_keys_for_a_key_activated_elsewhere),
+	    cmocka_unit_test(a_failed_read_for_an_unknown_kid_answers_503_everywhere),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 

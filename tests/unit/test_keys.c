@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "idpd/clock.h"
+#include "idpd/jws.h"
 #include "idpd/kek.h"
 #include "idpd/keys.h"
 #include "idpd/store.h"
@@ -1204,6 +1205,80 @@ unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
 	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid), IDP_OK);
 }
 
+/*
+ * keys_verify_own, every verifier's way to idpd's own tokens: a token
+ * signed with a loaded key verifies (under the second typ offered when the
+ * first is not its), and one whose kid is unknown but of the shape idpd
+ * makes is not called invalid before the keys are read: on a thread that
+ * must not wait the answer is "would block" (nothing read), elsewhere the
+ * read is made, and here it fails (PostgreSQL is unreachable), so the
+ * answer is "cannot know".  A kid of another shape, or a bad signature
+ * under a known kid, is invalid at once, with no read to wait for.
+ */
+static void
+verify_own_reads_the_keys_for_an_unknown_kid_and_fails_closed(void **state)
+{
+	struct fixture *f = *state;
+	const struct idp_jws_verify_opts opts[2] = {{.typ = "idpd-delegation+jwt"},
+	                                            {.typ = "at+jwt"}};
+	struct idp_jws_key *active = NULL, *stranger = NULL, *odd = NULL, *forger = NULL;
+	struct idp_jws_verified v;
+	enum idp_jws_reason why;
+	json_t *claims = json_pack("{s:s}", "sub", "agent-1");
+	char *good, *unknown, *odd_kid, *forged;
+	size_t which = 9;
+
+	assert_int_equal(keys_verify_own(NULL, "a.b.c", 5, opts, 2, true, &v, &which, &why),
+	                 IDP_EUNAVAIL);
+	/* Before the first load: no keys, nothing can be told. */
+	assert_int_equal(keys_verify_own(f->km, "a.b.c", 5, opts, 2, true, &v, &which, &why),
+	                 IDP_EUNAVAIL);
+	keys_install(f->km, build(f->rows, 3, f->kek, NULL, NULL));
+	assert_int_equal(keys_signing_key(f->km, &active, NULL), IDP_OK);
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	assert_true(keys_kid_plausible(idp_jws_key_kid(stranger)));
+	assert_int_equal(idp_jws_key_generate("published-elsewhere", &odd, NULL), IDP_OK);
+	assert_int_equal(idp_jws_key_generate(idp_jws_key_kid(active), &forger, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(active, "at+jwt", claims, &good, NULL, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(stranger, "at+jwt", claims, &unknown, NULL, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(odd, "at+jwt", claims, &odd_kid, NULL, NULL), IDP_OK);
+	assert_int_equal(idp_jws_sign(forger, "at+jwt", claims, &forged, NULL, NULL), IDP_OK);
+
+	assert_int_equal(
+	    keys_verify_own(f->km, good, strlen(good), opts, 2, false, &v, &which, &why), IDP_OK);
+	assert_int_equal(which, 1);
+	assert_string_equal(json_string_value(json_object_get(v.claims, "sub")), "agent-1");
+	idp_jws_verified_cleanup(&v);
+
+	assert_int_equal(
+	    keys_verify_own(f->km, unknown, strlen(unknown), opts, 2, false, &v, &which, &why),
+	    IDP_EWOULDBLOCK);
+	assert_null(v.claims);
+	assert_int_equal(
+	    keys_verify_own(f->km, unknown, strlen(unknown), opts, 2, true, &v, &which, &why),
+	    IDP_EUNAVAIL);
+	assert_null(v.claims);
+
+	assert_int_equal(
+	    keys_verify_own(f->km, odd_kid, strlen(odd_kid), opts, 2, false, &v, &which, &why),
+	    IDP_EUNAUTH);
+	assert_int_equal(why, IDP_JWS_KID_UNKNOWN);
+	assert_int_equal(
+	    keys_verify_own(f->km, forged, strlen(forged), opts, 2, false, &v, &which, &why),
+	    IDP_EUNAUTH);
+	assert_int_equal(why, IDP_JWS_BAD_SIGNATURE);
+
+	free(good);
+	free(unknown);
+	free(odd_kid);
+	free(forged);
+	json_decref(claims);
+	idp_jws_key_unref(active);
+	idp_jws_key_unref(stranger);
+	idp_jws_key_unref(odd);
+	idp_jws_key_unref(forger);
+}
+
 struct kid_caller {
 	struct keys *km;
 	int rc;
@@ -1442,6 +1517,8 @@ main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(unknown_kid_reads_the_keys_at_most_once_a_second, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(
+	        verify_own_reads_the_keys_for_an_unknown_kid_and_fails_closed, setup, teardown),
 	    cmocka_unit_test(callers_during_a_slow_kid_read_wait_for_it),
 	    cmocka_unit_test_setup_teardown(readers_keep_their_snapshot_across_a_swap, setup,
 	                                    teardown),
