@@ -167,6 +167,7 @@ exchange(struct http_req *req, void *ctx)
 			                : "the body must be application/x-www-form-urlencoded");
 		return;
 	}
+	/* http_form_get reads a parameter without a value as omitted (RFC 6749 §3.1). */
 	grant = http_form_get(f, "grant_type");
 	if (grant == NULL || strcmp(grant, GRANT_TOKEN_EXCHANGE) != 0) {
 		http_reply_oauth_error(req, 400,
