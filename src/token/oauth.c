@@ -33,11 +33,32 @@
 
 static char issuer[513];
 
+/*
+ * RFC 8414 section 2: the issuer is an https URL without query or fragment,
+ * and section 3.3: a client checks that it equals the URL it fetched the
+ * metadata under, less the well-known suffix.  A client that checks refuses
+ * metadata naming "idpd"; the document is served anyway (the endpoint URLs
+ * in it are right, and clients that do not check use them), with a warning
+ * at start.  identity.issuer is restart-only, so one warning is enough.
+ */
+static bool
+issuer_is_rfc8414(const char *s)
+{
+	return strncmp(s, "https://", 8) == 0 && s[8] != '\0' && strpbrk(s, "?#") == NULL;
+}
+
 int
 oauth_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	(void)diag;
 	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
+	if (!issuer_is_rfc8414(issuer))
+		log_warn(
+		    "oauth: identity.issuer \"%s\" is not an https URL: the metadata at "
+		    "/.well-known/oauth-authorization-server will not satisfy RFC 8414 clients, "
+		    "which require an https issuer equal to the URL they fetch it under; set "
+		    "identity.issuer to idpd's public https URL (docs/tokens.md, \"OAuth\")",
+		    issuer);
 	return IDP_OK;
 }
 

@@ -1124,12 +1124,15 @@ static void
 metadata_names_the_endpoints(void **state)
 {
 	static const struct world_opts abs = {.issuer = "https://idp.example.com"};
+	static const struct world_opts plain = {.issuer = "http://idp.example.com"};
 	struct world w;
 	struct http_resp r;
 	char want[256], v[64];
 
 	(void)state;
 	world_start(&w, "t_access_metadata", NULL);
+	/* RFC 8414 wants an https issuer: served anyway, with a warning at start. */
+	assert_true(harness_log_contains(&w.p, "identity.issuer \"idpd\" is not an https URL"));
 	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "issuer")), "idpd");
@@ -1154,6 +1157,7 @@ metadata_names_the_endpoints(void **state)
 
 	/* Under an absolute issuer they are the same for everyone: cacheable. */
 	world_start_opts(&w, "t_access_metadata_abs", &abs);
+	assert_false(harness_log_contains(&w.p, "is not an https URL"));
 	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_endpoint")),
@@ -1162,6 +1166,12 @@ metadata_names_the_endpoints(void **state)
 	assert_string_equal(v, "max-age=300");
 	assert_false(harness_resp_header(&r, "Vary", v, sizeof(v)));
 	harness_resp_free(&r);
+	world_stop(&w);
+
+	/* An http URL is no RFC 8414 issuer either. */
+	world_start_opts(&w, "t_access_metadata_http", &plain);
+	assert_true(harness_log_contains(
+	    &w.p, "identity.issuer \"http://idp.example.com\" is not an https URL"));
 	world_stop(&w);
 }
 
