@@ -206,7 +206,9 @@ void http_req_resume(struct http_req *req);
 /*
  * Take back the answer a suspended request holds, not yet sent, so that
  * another can be given: a token answered before its audit event was
- * committed becomes a 503 when the commit fails.
+ * committed becomes a 503 when the commit fails.  The answer is freed at
+ * once; a body given with http_reply_take_secret is wiped as it is, so an
+ * answer that may be withdrawn with a token in it must be given that way.
  */
 void http_req_withdraw(struct http_req *req);
 

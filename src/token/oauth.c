@@ -18,8 +18,11 @@
 #include "idpd/access.h"
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
+#include "idpd/buf.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/json_out.h"
+#include "idpd/jws.h"
 #include "idpd/log.h"
 #include "idpd/oauth.h"
 #include "idpd/revocation.h"
@@ -100,6 +103,48 @@ oauth_error_for(const struct access_grant *g, int *status)
 }
 
 /* The token endpoint's answer to an outcome: RFC 8693 §2.2. */
+/*
+ * The RFC 8693 §2.2.1 success body, written into one buffer sized up front
+ * (so that no realloc leaves a copy of the token behind) and handed to
+ * http_reply_take_secret, which wipes it once sent or withdrawn: the token
+ * passes through no jansson string or dump that would be freed unwiped.
+ */
+static void
+answer_issued(struct http_req *req, const struct access_grant *g)
+{
+	struct idp_buf b;
+	size_t len;
+	char *body;
+	int rc;
+
+	idp_buf_init(&b, 2 * IDP_JWS_MAX_TOKEN);
+	/* A scope character escapes to at most 6 bytes (\u00XX). */
+	rc = idp_buf_reserve(&b, strlen(g->token) + 6 * strlen(g->scope) + 256);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(&b, "{\"access_token\":");
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->token);
+	if (rc == IDP_OK)
+		rc = idp_buf_printf(&b,
+		                    ",\"issued_token_type\":\"" TT_ACCESS
+		                    "\",\"token_type\":\"Bearer\",\"expires_in\":%lld,\"scope\":",
+		                    (long long)g->expires_in);
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->scope);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	if (rc != IDP_OK) {
+		log_error("oauth: bug: cannot write the token answer");
+		if (b.data != NULL)
+			idp_wipe(b.data, b.len);
+		idp_buf_cleanup(&b);
+		http_reply_oauth_error(req, 500, "server_error", "the token cannot be issued");
+		return;
+	}
+	body = idp_buf_take(&b, &len);
+	http_reply_take_secret(req, 200, "application/json", body, len);
+}
+
 static void
 answer(struct http_req *req, struct access_grant *g)
 {
@@ -112,11 +157,7 @@ answer(struct http_req *req, struct access_grant *g)
 	http_add_header(req, "Cache-Control", "no-store");
 	http_add_header(req, "Pragma", "no-cache");
 	if (g->status == 200) {
-		http_reply_json(req, 200,
-		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g->token,
-		                          "issued_token_type", TT_ACCESS, "token_type", "Bearer",
-		                          "expires_in", (json_int_t)g->expires_in, "scope",
-		                          g->scope));
+		answer_issued(req, g);
 		return;
 	}
 	err = oauth_error_for(g, &status);

@@ -936,6 +936,12 @@ token_exchange_issues_the_same_token(void **state)
 	                    "urn:ietf:params:oauth:token-type:access_token");
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
 	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 900);
+	/* RFC 8693 2.2.1's members, and only those (the body is written by hand). */
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")),
+	                    "cloud:DescribeInstances");
+	assert_int_equal(json_object_size(r.json), 5);
+	assert_true(harness_resp_header(&r, "Content-Type", cc, sizeof(cc)));
+	assert_string_equal(cc, "application/json");
 	assert_true(harness_resp_header(&r, "Cache-Control", cc, sizeof(cc)));
 	assert_string_equal(cc, "no-store");
 	assert_true(harness_resp_header(&r, "Pragma", cc, sizeof(cc))); /* RFC 6749 5.1 */
