@@ -4,6 +4,8 @@
  * An arena hands out memory that lives until idp_arena_cleanup(), so a
  * handler can build strings and small objects without freeing each one.
  * Each request owns one arena, released in the server's completion callback.
+ * idp_arena_cleanup() wipes every byte it handed out (they may hold a
+ * token a form carried) before giving the memory back.
  * Not thread-safe: one arena belongs to one request on one thread.
  */
 #ifndef IDPD_ARENA_H
@@ -15,8 +17,8 @@ struct idp_arena_chunk;
 
 struct idp_arena {
 	struct idp_arena_chunk *head;
-	size_t total; /* bytes handed out, for the cap */
-	size_t max;   /* 0 = unbounded */
+	size_t total;     /* bytes handed out, for the cap */
+	size_t max;       /* 0 = unbounded */
 	char first[1024]; /* first allocations come from here, no malloc */
 	size_t first_used;
 };

@@ -84,6 +84,8 @@ struct idpd_idp_cfg {
 	unsigned algs;           /* bit 0 ES256, bit 1 RS256; none set means both */
 	char *principal_claim;   /* the claim naming the human, e.g. "email" */
 	bool vouches_for_owners; /* its principals may act as email-named agent owners */
+	/* With principal_claim "email": a token without email_verified is refused. */
+	bool require_email_verified;
 };
 
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */
@@ -209,8 +211,8 @@ struct idpd_config {
 	struct {
 		int64_t default_ttl_ms; /* "15m": an access token's ttl when none is asked */
 		int64_t max_ttl_ms;     /* "1h": longest access token */
-		int presign_pool;       /* ignored; read so that older files load (docs/tokens.md) */
-		bool require_low_s;     /* refuse the high-S twin of idpd's own tokens */
+		int presign_pool;   /* ignored; read so that older files load (docs/tokens.md) */
+		bool require_low_s; /* refuse the high-S twin of idpd's own tokens */
 	} tokens;
 
 	struct {

@@ -206,7 +206,9 @@ void http_req_resume(struct http_req *req);
 /*
  * Take back the answer a suspended request holds, not yet sent, so that
  * another can be given: a token answered before its audit event was
- * committed becomes a 503 when the commit fails.
+ * committed becomes a 503 when the commit fails.  The answer is freed at
+ * once; a body given with http_reply_take_secret is wiped as it is, so an
+ * answer that may be withdrawn with a token in it must be given that way.
  */
 void http_req_withdraw(struct http_req *req);
 
@@ -267,7 +269,10 @@ bool http_req_query_only(struct http_req *req, const char *const *allowed);
 #define HTTP_FORM_MAX_VALUE 16384 /* bytes, decoded */
 #define HTTP_FORM_MAX_BODY 65536  /* bytes, encoded */
 
-/* A parsed form: names and values decoded, NUL-terminated, each name once. */
+/*
+ * A parsed form: names and values decoded, NUL-terminated, each name once
+ * (one given with an empty value too).  Read it with http_form_get.
+ */
 struct http_form {
 	size_t n;
 	struct {
@@ -281,7 +286,8 @@ struct http_form {
 /*
  * Parse len bytes of body into out, the strings allocated from arena.
  * '+' decodes to a space and %XX to its byte; empty pairs are skipped; a
- * pair without '=' has an empty value.  Refused with a line in diag:
+ * pair without '=' has an empty value, and http_form_get reads an empty
+ * value as absent.  Refused with a line in diag:
  * IDP_EINVAL for a '%' without two hex digits, a name or value that is not
  * UTF-8 text without control characters (so never a NUL), an empty name, or
  * a name given twice (RFC 6749 section 3.2); IDP_ETOOBIG past the limits
@@ -299,7 +305,11 @@ int http_form_parse(const char *body, size_t len, struct idp_arena *arena, struc
  * IDP_ETOOBIG when the result needs more than cap - 1 bytes.  Pure.
  */
 int http_form_decode(const char *s, size_t n, char *out, size_t cap, size_t *len) IDP_WUR;
-/* The value of name, or NULL when the form does not have it. */
+/*
+ * The value of name, never empty; NULL when the form does not have it or
+ * gives it without a value ("name=" or "name"), which RFC 6749 section 3.1
+ * says is to be treated as omitted.
+ */
 const char *http_form_get(const struct http_form *f, const char *name);
 /* Whether req's Content-Type is application/x-www-form-urlencoded (parameters allowed). */
 bool http_req_is_form(struct http_req *req);

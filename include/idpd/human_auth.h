@@ -55,8 +55,10 @@ void human_verifier_free(struct human_verifier *v);
  * Verify token (len bytes) with v at clock's time.  IDP_OK with *out
  * filled, or IDP_EUNAUTH with *reason (if not NULL) a stable code for logs
  * and audit ("no_idp", "kid_unknown", "alg_not_allowed", "issuer_mismatch",
- * "audience_mismatch", "expired", "principal_missing", ...), never for the
- * client.  Pure: any thread.
+ * "audience_mismatch", "expired", "idpd_token" (one of idpd's own tokens),
+ * "principal_missing", "email_unverified" (email_verified present and not
+ * true), "email_verified_missing", ...), never for the client.  Pure: any
+ * thread.
  */
 int human_token_verify(const struct human_verifier *v, const char *token, size_t len,
                        const struct idp_clock *clock, struct human_principal *out,

@@ -12,7 +12,10 @@
 struct http_router;
 struct idpd_app;
 
-/* Copy identity.issuer.  Main thread. */
+/*
+ * Copy identity.issuer, and log a warning when it is not an https URL
+ * (the metadata then falls short of RFC 8414).  Main thread.
+ */
 int oauth_init(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
 int oauth_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;
 

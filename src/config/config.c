@@ -243,6 +243,13 @@ static const struct key idp_keys[] = {
      .def = "true",
      .help = "whether a principal it asserts may act as the owner of an agent owned by that "
              "email address (approvals); false for a provider not trusted for the whole domain"},
+    {.name = "require_email_verified",
+     BOOL_AT(struct idpd_idp_cfg, require_email_verified),
+     .flags = K_RELOAD,
+     .def = "true",
+     .help = "with principal_claim \"email\", refuse a token that does not carry "
+             "email_verified true; false accepts one without the claim (a provider that never "
+             "sends it). email_verified present and not true is always refused"},
 };
 
 static const struct section idp_section = {idp_keys, IDP_ARRAY_LEN(idp_keys),

@@ -9,7 +9,10 @@
  * nothing that reaches a handler, a log line or an audit event can carry a
  * NUL or a newline.  '+' is a space, as the format says.  Empty pairs
  * ("a=1&&b=2") are skipped and a pair without '=' is a name with an empty
- * value, as browsers send them.
+ * value, as browsers send them.  A parameter with an empty value is kept
+ * (it still counts as given, so "a=&a=1" is a repetition) but reads as
+ * absent: RFC 6749 section 3.1 says it "MUST be treated as if [it was]
+ * omitted from the request".
  */
 #include <stdlib.h>
 #include <string.h>
@@ -157,6 +160,16 @@ http_form_decode(const char *s, size_t n, char *out, size_t cap, size_t *len)
 	return IDP_OK;
 }
 
+/* The value of name as given, "" included; NULL when the form does not have it. */
+static const char *
+find(const struct http_form *f, const char *name)
+{
+	for (size_t i = 0; i < f->n; i++)
+		if (strcmp(f->p[i].name, name) == 0)
+			return f->p[i].value;
+	return NULL;
+}
+
 int
 http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct http_form *out,
                 struct idp_diag *diag)
@@ -202,7 +215,7 @@ http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct ht
 		                   : decode("", 0, HTTP_FORM_MAX_VALUE, name, arena, diag, &err);
 		if (value == NULL)
 			return err;
-		if (http_form_get(out, name) != NULL) {
+		if (find(out, name) != NULL) {
 			idp_diag_add(diag, "%s: given more than once", name);
 			out->repeated = name;
 			return IDP_EINVAL;
@@ -217,10 +230,9 @@ http_form_parse(const char *body, size_t len, struct idp_arena *arena, struct ht
 const char *
 http_form_get(const struct http_form *f, const char *name)
 {
-	for (size_t i = 0; i < f->n; i++)
-		if (strcmp(f->p[i].name, name) == 0)
-			return f->p[i].value;
-	return NULL;
+	const char *v = find(f, name);
+
+	return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
 bool

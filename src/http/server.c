@@ -1096,9 +1096,13 @@ query_malformed(struct http_req *req)
 	return q.why != NULL;
 }
 
-/* Fields a request may carry once (RFC 9110 5.3, RFC 9112 3.2 and 6.3). */
+/*
+ * Fields a request may carry once (RFC 9110 5.3 and 8.3, RFC 9112 3.2 and
+ * 6.3).  Content-Type among them: a body read as a form here and as JSON by
+ * a filter in front (or the other way round) would be two requests.
+ */
 static const char *const singletons[] = {"Authorization", "Host", "Content-Length",
-                                         "Transfer-Encoding"};
+                                         "Transfer-Encoding", "Content-Type"};
 
 struct field_count {
 	unsigned n[IDP_ARRAY_LEN(singletons)];
@@ -1130,8 +1134,9 @@ count_singletons(void *cls, enum MHD_ValueKind kind, const char *key, size_t key
 /*
  * MHD keeps every line of a repeated field while http_req_header gives the
  * first: a proxy, a WAF or a log that honours the last would see another
- * caller (Authorization), another host (Host) or another body length
- * (Content-Length, the classic request smuggling) than idpd.  So a request
+ * caller (Authorization), another host (Host), another body length
+ * (Content-Length, the classic request smuggling) or another body format
+ * (Content-Type) than idpd.  So a request
  * repeating one is refused on its first call, before its body is read and
  * before any handler, and so any authentication, runs.
  */

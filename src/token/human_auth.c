@@ -24,6 +24,8 @@
 #include "idpd/human_auth.h"
 #include "idpd/jws.h"
 #include "idpd/log.h"
+#include "idpd/revocation.h"
+#include "idpd/tasks.h"
 
 struct human_idp {
 	char *name;
@@ -31,6 +33,7 @@ struct human_idp {
 	char *audience;
 	char *claim;
 	bool vouches_for_owners;
+	bool require_email_verified;
 	unsigned algs; /* IDP_JWS_ALLOW bits */
 	struct idp_jws_keyset *keys;
 };
@@ -38,6 +41,7 @@ struct human_idp {
 struct human_verifier {
 	_Atomic int refs;
 	int64_t leeway_ms;
+	char *own_issuer; /* identity.issuer: the iss of idpd's own tokens */
 	struct human_idp *idps;
 	size_t n_idps;
 };
@@ -58,6 +62,7 @@ human_verifier_free(struct human_verifier *v)
 		idp_jws_keyset_unref(v->idps[i].keys);
 	}
 	free(v->idps);
+	free(v->own_issuer);
 	free(v);
 }
 
@@ -100,6 +105,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 
 	atomic_init(&v->refs, 1);
 	v->leeway_ms = cfg->identity.leeway_ms;
+	v->own_issuer = idp_xstrdup(cfg->identity.issuer);
 	v->idps = idp_xcalloc(cfg->n_idps ? cfg->n_idps : 1, sizeof(*v->idps));
 	for (size_t i = 0; i < cfg->n_idps; i++) {
 		const struct idpd_idp_cfg *ic = &cfg->idps[i];
@@ -111,6 +117,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 		h->audience = idp_xstrdup(ic->audience);
 		h->claim = idp_xstrdup(ic->principal_claim);
 		h->vouches_for_owners = ic->vouches_for_owners;
+		h->require_email_verified = ic->require_email_verified;
 		/* Config bit i is the i-th name of ["ES256", "RS256"]. */
 		h->algs = (ic->algs & 1u ? IDP_JWS_ALLOW_ES256 : 0) |
 		          (ic->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
@@ -235,6 +242,58 @@ principal_ok(const char *s)
 }
 
 /*
+ * Whether a verified token is one of idpd's own rather than a provider's:
+ * its typ is a delegation token's or an identity credential's, or it is an
+ * access token (at+jwt) whose iss is identity.issuer.  Such a token verifies
+ * here only when a provider's JWKS holds idpd's key (idpd configured as its
+ * own provider, or a provider fed idpd's key set); it names an agent, never
+ * a human, and must not pass for one.  at+jwt alone decides nothing:
+ * providers issue RFC 9068 access tokens with that typ too.
+ */
+static bool
+idpd_own_token(const struct human_verifier *v, const struct idp_jws_verified *ver)
+{
+	const char *typ = json_string_value(json_object_get(ver->header, "typ"));
+	const char *iss = json_string_value(json_object_get(ver->claims, "iss"));
+
+	if (typ == NULL)
+		return false;
+	if (idp_jws_typ_matches(typ, TASK_TOKEN_TYP) ||
+	    idp_jws_typ_matches(typ, IDP_JWS_TYP_IDENTITY))
+		return true;
+	return idp_jws_typ_matches(typ, ACCESS_TOKEN_TYP) && iss != NULL && v->own_issuer != NULL &&
+	       strcmp(iss, v->own_issuer) == 0;
+}
+
+/*
+ * The email_verified rule, for a provider whose principal claim is "email":
+ * NULL if claims may name the human, else the reason to refuse.  An
+ * address the provider has not verified may be one its user typed in (the
+ * "nOAuth" mistake: set your email to a colleague's, become the colleague),
+ * so email_verified must be true, the JSON boolean or the string "true" that
+ * some providers send.  Absent, it is refused unless the provider is known
+ * never to send it (require_email_verified = false); present and anything
+ * else (false, "false", null, 1) it is always refused.
+ */
+static const char *
+email_verified_refusal(const struct human_idp *h, const json_t *claims)
+{
+	const json_t *ev;
+
+	if (strcmp(h->claim, "email") != 0)
+		return NULL;
+	ev = json_object_get(claims, "email_verified");
+	if (ev == NULL)
+		return h->require_email_verified ? "email_verified_missing" : NULL;
+	if (json_is_true(ev))
+		return NULL;
+	if (json_is_string(ev) && json_string_length(ev) == 4 &&
+	    memcmp(json_string_value(ev), "true", 4) == 0)
+		return NULL;
+	return "email_unverified";
+}
+
+/*
  * Copy the kid of token's header into kid.  false if the header cannot be
  * read or its kid is missing, too long or holds a NUL: such a kid names no
  * key of any provider.  Only called after idp_jws_verify has bounded len.
@@ -317,6 +376,10 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 		r = idp_jws_reason_name(why);
 		goto done;
 	}
+	if (idpd_own_token(v, &ver)) {
+		r = "idpd_token";
+		goto done;
+	}
 	p = json_string_value(json_object_get(ver.claims, "iss"));
 	if (p == NULL || strcmp(p, h->issuer) != 0) {
 		r = "issuer_mismatch";
@@ -336,6 +399,9 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 		r = "principal_missing";
 		goto done;
 	}
+	r = email_verified_refusal(h, ver.claims);
+	if (r != NULL)
+		goto done;
 	snprintf(out->principal, sizeof(out->principal), "%s", p);
 	snprintf(out->idp, sizeof(out->idp), "%s", h->name);
 	out->vouches_for_owners = h->vouches_for_owners;

@@ -926,8 +926,9 @@ introspect(struct http_req *req, void *ctx)
 		http_reply_oauth_error(req, 400, "invalid_request", idp_diag_str(&d));
 		return;
 	}
+	/* http_form_get: a parameter without a value is an omitted one. */
 	token = http_form_get(&form, "token");
-	if (token == NULL || token[0] == '\0') {
+	if (token == NULL) {
 		http_reply_oauth_error(req, 400, "invalid_request", "token is required");
 		return;
 	}

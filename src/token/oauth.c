@@ -18,8 +18,11 @@
 #include "idpd/access.h"
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
+#include "idpd/buf.h"
 #include "idpd/config.h"
 #include "idpd/http.h"
+#include "idpd/json_out.h"
+#include "idpd/jws.h"
 #include "idpd/log.h"
 #include "idpd/oauth.h"
 #include "idpd/revocation.h"
@@ -33,11 +36,32 @@
 
 static char issuer[513];
 
+/*
+ * RFC 8414 section 2: the issuer is an https URL without query or fragment,
+ * and section 3.3: a client checks that it equals the URL it fetched the
+ * metadata under, less the well-known suffix.  A client that checks refuses
+ * metadata naming "idpd"; the document is served anyway (the endpoint URLs
+ * in it are right, and clients that do not check use them), with a warning
+ * at start.  identity.issuer is restart-only, so one warning is enough.
+ */
+static bool
+issuer_is_rfc8414(const char *s)
+{
+	return strncmp(s, "https://", 8) == 0 && s[8] != '\0' && strpbrk(s, "?#") == NULL;
+}
+
 int
 oauth_init(struct idpd_app *app, struct idp_diag *diag)
 {
 	(void)diag;
 	snprintf(issuer, sizeof(issuer), "%s", app->cfg->identity.issuer);
+	if (!issuer_is_rfc8414(issuer))
+		log_warn(
+		    "oauth: identity.issuer \"%s\" is not an https URL: the metadata at "
+		    "/.well-known/oauth-authorization-server will not satisfy RFC 8414 clients, "
+		    "which require an https issuer equal to the URL they fetch it under; set "
+		    "identity.issuer to idpd's public https URL (docs/tokens.md, \"OAuth\")",
+		    issuer);
 	return IDP_OK;
 }
 
@@ -79,6 +103,48 @@ oauth_error_for(const struct access_grant *g, int *status)
 }
 
 /* The token endpoint's answer to an outcome: RFC 8693 §2.2. */
+/*
+ * The RFC 8693 §2.2.1 success body, written into one buffer sized up front
+ * (so that no realloc leaves a copy of the token behind) and handed to
+ * http_reply_take_secret, which wipes it once sent or withdrawn: the token
+ * passes through no jansson string or dump that would be freed unwiped.
+ */
+static void
+answer_issued(struct http_req *req, const struct access_grant *g)
+{
+	struct idp_buf b;
+	size_t len;
+	char *body;
+	int rc;
+
+	idp_buf_init(&b, 2 * IDP_JWS_MAX_TOKEN);
+	/* A scope character escapes to at most 6 bytes (\u00XX). */
+	rc = idp_buf_reserve(&b, strlen(g->token) + 6 * strlen(g->scope) + 256);
+	if (rc == IDP_OK)
+		rc = idp_buf_puts(&b, "{\"access_token\":");
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->token);
+	if (rc == IDP_OK)
+		rc = idp_buf_printf(&b,
+		                    ",\"issued_token_type\":\"" TT_ACCESS
+		                    "\",\"token_type\":\"Bearer\",\"expires_in\":%lld,\"scope\":",
+		                    (long long)g->expires_in);
+	if (rc == IDP_OK)
+		rc = idp_json_put_str(&b, g->scope);
+	if (rc == IDP_OK)
+		rc = idp_buf_putc(&b, '}');
+	if (rc != IDP_OK) {
+		log_error("oauth: bug: cannot write the token answer");
+		if (b.data != NULL)
+			idp_wipe(b.data, b.len);
+		idp_buf_cleanup(&b);
+		http_reply_oauth_error(req, 500, "server_error", "the token cannot be issued");
+		return;
+	}
+	body = idp_buf_take(&b, &len);
+	http_reply_take_secret(req, 200, "application/json", body, len);
+}
+
 static void
 answer(struct http_req *req, struct access_grant *g)
 {
@@ -91,11 +157,7 @@ answer(struct http_req *req, struct access_grant *g)
 	http_add_header(req, "Cache-Control", "no-store");
 	http_add_header(req, "Pragma", "no-cache");
 	if (g->status == 200) {
-		http_reply_json(req, 200,
-		                json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", g->token,
-		                          "issued_token_type", TT_ACCESS, "token_type", "Bearer",
-		                          "expires_in", (json_int_t)g->expires_in, "scope",
-		                          g->scope));
+		answer_issued(req, g);
 		return;
 	}
 	err = oauth_error_for(g, &status);
@@ -167,6 +229,7 @@ exchange(struct http_req *req, void *ctx)
 			                : "the body must be application/x-www-form-urlencoded");
 		return;
 	}
+	/* http_form_get reads a parameter without a value as omitted (RFC 6749 §3.1). */
 	grant = http_form_get(f, "grant_type");
 	if (grant == NULL || strcmp(grant, GRANT_TOKEN_EXCHANGE) != 0) {
 		http_reply_oauth_error(req, 400,

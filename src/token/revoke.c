@@ -492,13 +492,14 @@ revoke(struct http_req *req, void *ctx)
 		http_reply_oauth_error(req, 400, "invalid_request", idp_diag_str(&d));
 		return;
 	}
+	/* http_form_get: a parameter without a value is an omitted one. */
 	token = http_form_get(&form, "token");
 	reason = http_form_get(&form, "reason");
-	if (token == NULL || token[0] == '\0') {
+	if (token == NULL) {
 		http_reply_oauth_error(req, 400, "invalid_request", "token is required");
 		return;
 	}
-	if (reason != NULL && (reason[0] == '\0' || strlen(reason) > REASON_MAX)) {
+	if (reason != NULL && strlen(reason) > REASON_MAX) {
 		http_reply_oauth_error(req, 400, "invalid_request",
 		                       "reason: 1 to 256 bytes when given");
 		return;

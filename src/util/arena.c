@@ -25,6 +25,12 @@ idp_arena_init(struct idp_arena *a, size_t max)
 	a->first_used = 0;
 }
 
+/*
+ * What was handed out is wiped before it goes back: a request's arena holds
+ * the form values it decoded, subject and actor tokens among them, and the
+ * inline first block is freed later with the request, unwiped otherwise.
+ * Only used bytes are wiped, a few KiB for a request.
+ */
 void
 idp_arena_cleanup(struct idp_arena *a)
 {
@@ -32,9 +38,11 @@ idp_arena_cleanup(struct idp_arena *a)
 
 	while (c != NULL) {
 		next = c->next;
+		idp_wipe(c->data, c->used);
 		free(c);
 		c = next;
 	}
+	idp_wipe(a->first, a->first_used);
 	a->head = NULL;
 	a->total = 0;
 	a->first_used = 0;
@@ -58,7 +66,8 @@ idp_arena_alloc(struct idp_arena *a, size_t n)
 	/* first[] is aligned only to the struct; round its offset explicitly. */
 	{
 		uintptr_t base = (uintptr_t)a->first;
-		size_t off = (size_t)(((base + a->first_used + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1)) - base);
+		size_t off =
+		    (size_t)(((base + a->first_used + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1)) - base);
 
 		if (off + rounded <= sizeof(a->first)) {
 			a->first_used = off + rounded;

@@ -63,9 +63,9 @@ cmd_idp(const char *dir)
 	json_dumpf(doc, f, JSON_COMPACT);
 	json_decref(doc);
 	fclose(f);
-	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", "https://sso.bench", "sub", "alice",
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:b}", "iss", "https://sso.bench", "sub", "alice",
 	              "aud", "idpd", "iat", (json_int_t)now, "exp", (json_int_t)(now + 3600),
-	              "email", "alice@example.com");
+	              "email", "alice@example.com", "email_verified", 1);
 	if (idp_jws_sign(k, NULL, c, &tok, NULL, NULL) != IDP_OK)
 		return die("cannot sign");
 	printf("%s\n", tok);
@@ -173,11 +173,12 @@ post(int fd, const char *path, const char *key, const char *body, char *out, siz
 	char *eoh, *cl;
 	int n, status;
 
-	n = snprintf(req, sizeof(req),
-	             "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
-	             "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %zu\r\n\r\n"
-	             "%s",
-	             path, key, strlen(body), body);
+	n = snprintf(
+	    req, sizeof(req),
+	    "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+	    "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %zu\r\n\r\n"
+	    "%s",
+	    path, key, strlen(body), body);
 	if (n <= 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n)
 		return -1;
 	for (;;) {
@@ -287,8 +288,9 @@ main(int argc, char **argv)
 	}
 	if (argc == 9 && strcmp(argv[1], "propagate") == 0)
 		return cmd_propagate(argv + 1);
-	fprintf(stderr, "usage: introspect_helper idp DIR | access DB_URL DELEGATION_TOKEN AUDIENCE |"
-	                " propagate DB_URL DELEGATION_TOKEN PORT_A PORT_B ADMIN_KEY INTRO_KEY "
-	                "ROUNDS\n");
+	fprintf(stderr,
+	        "usage: introspect_helper idp DIR | access DB_URL DELEGATION_TOKEN AUDIENCE |"
+	        " propagate DB_URL DELEGATION_TOKEN PORT_A PORT_B ADMIN_KEY INTRO_KEY "
+	        "ROUNDS\n");
 	return 2;
 }

@@ -29,7 +29,7 @@ bench_db "$db"
 # The human's IdP: an RSA key and its JWKS.
 bench_idp_key "$work/idp" bench-idp
 now=$(date +%s)
-alice=$(bench_jwt "$work/idp" bench-idp "$(printf '{"iss":"https://idp.bench","aud":"idpd","sub":"alice","email":"alice@example.com","iat":%d,"exp":%d}' \
+alice=$(bench_jwt "$work/idp" bench-idp "$(printf '{"iss":"https://idp.bench","aud":"idpd","sub":"alice","email":"alice@example.com","email_verified":true,"iat":%d,"exp":%d}' \
 	"$now" $((now + 3600)))")
 
 export IDPD_KEK=${IDPD_KEK:-$(openssl rand -hex 32)}

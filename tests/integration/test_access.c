@@ -1127,6 +1127,12 @@ token_exchange_issues_the_same_token(void **state)
 	                    "urn:ietf:params:oauth:token-type:access_token");
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
 	assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 900);
+	/* RFC 8693 2.2.1's members, and only those (the body is written by hand). */
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")),
+	                    "cloud:DescribeInstances");
+	assert_int_equal(json_object_size(r.json), 5);
+	assert_true(harness_resp_header(&r, "Content-Type", cc, sizeof(cc)));
+	assert_string_equal(cc, "application/json");
 	assert_true(harness_resp_header(&r, "Cache-Control", cc, sizeof(cc)));
 	assert_string_equal(cc, "no-store");
 	assert_true(harness_resp_header(&r, "Pragma", cc, sizeof(cc))); /* RFC 6749 5.1 */
@@ -1245,16 +1251,85 @@ token_exchange_errors_are_oauth_bodies(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * A parameter sent without a value is treated as omitted (RFC 6749 section
+ * 3.1): an empty audience beside a resource does not name a second
+ * resource, an empty approval_id names no approval, an empty grant_type or
+ * scope is a missing one, and /introspect and /revoke read an empty
+ * token_type_hint or reason as none.
+ */
+static void
+oauth_empty_parameters_are_omitted(void **state)
+{
+	static char form[16384];
+	struct setting s;
+	struct http_resp r;
+	char auth[128], *at;
+
+	(void)state;
+	setting_start(&s, "t_access_form_empty");
+	exchange_form(form, sizeof(form), s.cloud_token, TT_JWT, s.cloud, TT_JWT);
+	strcat(form, "&audience=&reason=");
+	form_add(form, sizeof(form), "resource", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	if (r.status != 200)
+		fprintf(stderr, "exchange: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	at = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	harness_resp_free(&r);
+	exchange_form(form, sizeof(form), s.cloud_token, TT_JWT, s.cloud, TT_JWT);
+	strcat(form, "&approval_id=");
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", "cloud:DescribeInstances");
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	if (r.status != 200)
+		fprintf(stderr, "exchange: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 2);
+
+	exchange_form(form, sizeof(form), s.cloud_token, TT_JWT, s.cloud, TT_JWT);
+	strcat(form, "&scope=");
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error_description")),
+	                    "scope is required: a token is for the scopes named");
+	harness_resp_free(&r);
+	world_form(&s.w, "/oauth2/token", NULL, "grant_type=", &r);
+	assert_int_equal(r.status, 400);
+	assert_string_equal(json_string_value(json_object_get(r.json, "error")), "invalid_request");
+	harness_resp_free(&r);
+	assert_int_equal(issued(&s), 2);
+
+	world_introspect(&s.w, at, "", &r);
+	assert_int_equal(r.status, 200);
+	assert_true(json_is_true(json_object_get(r.json, "active")));
+	harness_resp_free(&r);
+	snprintf(form, sizeof(form), "token=%s&token_type_hint=&reason=", at);
+	snprintf(auth, sizeof(auth), "Bearer %s", s.w.k.admin);
+	world_post(&s.w, "/revoke", auth, NULL, form, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	assert_false(world_active(&s.w, at, NULL));
+	free(at);
+	setting_stop(&s);
+}
+
 static void
 metadata_names_the_endpoints(void **state)
 {
 	static const struct world_opts abs = {.issuer = "https://idp.example.com"};
+	static const struct world_opts plain = {.issuer = "http://idp.example.com"};
 	struct world w;
 	struct http_resp r;
 	char want[256], v[64];
 
 	(void)state;
 	world_start(&w, "t_access_metadata", NULL);
+	/* RFC 8414 wants an https issuer: served anyway, with a warning at start. */
+	assert_true(harness_log_contains(&w.p, "identity.issuer \"idpd\" is not an https URL"));
 	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "issuer")), "idpd");
@@ -1279,6 +1354,7 @@ metadata_names_the_endpoints(void **state)
 
 	/* Under an absolute issuer they are the same for everyone: cacheable. */
 	world_start_opts(&w, "t_access_metadata_abs", &abs);
+	assert_false(harness_log_contains(&w.p, "is not an https URL"));
 	world_call(&w, "GET", "/.well-known/oauth-authorization-server", NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
 	assert_string_equal(json_string_value(json_object_get(r.json, "token_endpoint")),
@@ -1287,6 +1363,12 @@ metadata_names_the_endpoints(void **state)
 	assert_string_equal(v, "max-age=300");
 	assert_false(harness_resp_header(&r, "Vary", v, sizeof(v)));
 	harness_resp_free(&r);
+	world_stop(&w);
+
+	/* An http URL is no RFC 8414 issuer either. */
+	world_start_opts(&w, "t_access_metadata_http", &plain);
+	assert_true(harness_log_contains(
+	    &w.p, "identity.issuer \"http://idp.example.com\" is not an https URL"));
 	world_stop(&w);
 }
 
@@ -1669,6 +1751,7 @@ main(void)
 	    cmocka_unit_test(revoking_a_credential_ends_the_access_tokens_it_obtained),
 	    cmocka_unit_test(token_exchange_issues_the_same_token),
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
+	    cmocka_unit_test(oauth_empty_parameters_are_omitted),
 	    cmocka_unit_test(metadata_names_the_endpoints),
 	    cmocka_unit_test(expired_or_other_kind_tokens_are_refused),
 	    cmocka_unit_test(token_is_withheld_when_its_event_cannot_commit),

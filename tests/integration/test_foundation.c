@@ -435,6 +435,17 @@ two_authorization_headers_are_a_400_problem(void **state)
 	         admin_key);
 	raw(req, resp, sizeof(resp));
 	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	/* Nor Content-Type: a form to idpd could be JSON to a filter in front. */
+	snprintf(req, sizeof(req),
+	         "POST /introspect HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+	         "Content-Type: application/x-www-form-urlencoded\r\n"
+	         "content-type: application/json\r\nContent-Length: 9\r\n"
+	         "Connection: close\r\n\r\ntoken=abc",
+	         admin_key);
+	raw(req, resp, sizeof(resp));
+	assert_true(strncmp(resp, "HTTP/1.1 400 ", 13) == 0);
+	assert_non_null(strstr(resp, "\"code\":\"bad_request\""));
+	assert_non_null(strstr(resp, "2 Content-Type headers"));
 	/* Two lengths on a kept-alive connection: the 400 closes it, so the
 	 * bytes a proxy honouring the second length would send as the body
 	 * are never read as a request of their own (smuggling). */

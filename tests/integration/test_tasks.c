@@ -4,7 +4,8 @@
  * starts a task for a root agent and gets a delegation token that verifies
  * against the served JWKS and carries the recomputable hash chain; the
  * refusals (scope outside the capabilities, unknown or suspended root
- * agent, bad, expired, other-audience and alg-none IdP tokens); who may
+ * agent, bad, expired, other-audience and alg-none IdP tokens, an email
+ * not verified, a typ of idpd's own tokens); who may
  * read a task; completion revoking every token of the task, idempotently;
  * the audit events of each write, and the task's timeline.
  */
@@ -414,6 +415,97 @@ options_a_task_endpoint_does_not_read_are_refused(void **state)
 	world_stop(&w);
 }
 
+/* POST /v1/tasks with an IdP token of typ (NULL: none) and claims; the status. */
+static long
+start_with(struct world *w, const char *typ, const char *claims)
+{
+	char *tok = world_idp_token_claims(typ, claims);
+	long status =
+	    harness_status(&w->p, "POST", "/v1/tasks", tok,
+	                   "{\"root_agent\":\"planning-agent\",\"scope\":\"reports:write\"}");
+
+	free(tok);
+	return status;
+}
+
+#define ALICE "\"sub\":\"u-alice\",\"email\":\"alice@example.com\""
+
+/*
+ * With principal_claim "email", an address its provider has not verified
+ * names nobody: a user of a provider that lets users type in their email
+ * would otherwise become whoever they wrote.  email_verified false (or
+ * anything but true) is a 401, also with require_email_verified = false,
+ * which only lets a token without the claim through; by default that one
+ * is a 401 too.  Each refusal logs its reason and starts nothing.
+ */
+static void
+task_human_email_must_be_verified(void **state)
+{
+	struct world w;
+	const struct world_opts lax = {.idp_toml = "require_email_verified = false\n"};
+
+	(void)state;
+	world_start(&w, "t_tasks_email_verified", NULL);
+	register_agent(&w, "planning-agent");
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":false}"), 401);
+	assert_true(harness_log_contains(&w.p, "human authentication failed: email_unverified"));
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":\"false\"}"), 401);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":null}"), 401);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":1}"), 401);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE "}"), 401);
+	assert_true(
+	    harness_log_contains(&w.p, "human authentication failed: email_verified_missing"));
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 0);
+	/* true, and the string "true" some providers send. */
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":true}"), 201);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":\"true\"}"), 201);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":\"TRUE\"}"), 401);
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 2);
+	world_stop(&w);
+
+	/* A provider that never sends the claim: absent passes, false still does not. */
+	world_start_opts(&w, "t_tasks_email_lax", &lax);
+	register_agent(&w, "planning-agent");
+	assert_int_equal(start_with(&w, NULL, "{" ALICE "}"), 201);
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":false}"), 401);
+	assert_true(harness_log_contains(&w.p, "human authentication failed: email_unverified"));
+	assert_int_equal(start_with(&w, NULL, "{" ALICE ",\"email_verified\":\"false\"}"), 401);
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 1);
+	world_stop(&w);
+}
+
+/*
+ * A token whose typ is one of idpd's own (a delegation token's, an
+ * identity credential's) is not a human's, even signed by a provider's key;
+ * at+jwt is too when its iss is identity.issuer (an access token of idpd's),
+ * but not from a provider that issues RFC 9068 access tokens itself.
+ */
+static void
+task_human_token_of_idpd_typ_refused(void **state)
+{
+	struct world w;
+	const struct world_opts same_iss = {.issuer = WORLD_IDP_ISS};
+	const char *ok = "{" ALICE ",\"email_verified\":true}";
+
+	(void)state;
+	world_start(&w, "t_tasks_typ", NULL);
+	register_agent(&w, "planning-agent");
+	assert_int_equal(start_with(&w, TASK_TOKEN_TYP, ok), 401);
+	assert_true(harness_log_contains(&w.p, "human authentication failed: idpd_token"));
+	assert_int_equal(start_with(&w, IDP_JWS_TYP_IDENTITY, ok), 401);
+	assert_int_equal(start_with(&w, "application/IDPD-agent+jwt", ok), 401);
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM tasks"), 0);
+	assert_int_equal(start_with(&w, IDP_JWS_TYP_ACCESS, ok), 201);
+	assert_int_equal(start_with(&w, "JWT", ok), 201);
+	world_stop(&w);
+
+	world_start_opts(&w, "t_tasks_typ_iss", &same_iss);
+	register_agent(&w, "planning-agent");
+	assert_int_equal(start_with(&w, IDP_JWS_TYP_ACCESS, ok), 401);
+	assert_int_equal(start_with(&w, "JWT", ok), 201);
+	world_stop(&w);
+}
+
 static int
 teardown(void **state)
 {
@@ -429,6 +521,8 @@ main(void)
 	    cmocka_unit_test(task_refusals_issue_nothing),
 	    cmocka_unit_test(task_read_and_complete_by_who_may),
 	    cmocka_unit_test(options_a_task_endpoint_does_not_read_are_refused),
+	    cmocka_unit_test(task_human_email_must_be_verified),
+	    cmocka_unit_test(task_human_token_of_idpd_typ_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, teardown);

@@ -118,9 +118,10 @@ world_start_opts(struct world *w, const char *db, const struct world_opts *o)
 	             "classification = \"internal\"\n"
 	             "[[idp]]\nname = \"corp\"\nissuer = \"" WORLD_IDP_ISS
 	             "\"\naudience = \"idpd\"\n"
-	             "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s%s",
+	             "jwks_file = \"%s\"\nalgs = [\"ES256\"]\nprincipal_claim = \"email\"\n%s%s%s",
 	             issuer, o->max_ttl != NULL ? o->max_ttl : "8h",
-	             o->max_staleness != NULL ? o->max_staleness : "2s", jwks_path, keys_toml,
+	             o->max_staleness != NULL ? o->max_staleness : "2s", jwks_path,
+	             o->idp_toml != NULL ? o->idp_toml : "", keys_toml,
 	             o->extra_toml != NULL ? o->extra_toml : "");
 	assert_true(n > 0 && (size_t)n < len);
 	start_on(w, db);
@@ -176,9 +177,9 @@ world_idp_token(const struct idp_jws_key *key, const char *email, const char *au
 	char *tok = NULL;
 
 	world_once();
-	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", WORLD_IDP_ISS, "sub", email, "aud", aud,
-	              "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + exp_in), "email",
-	              email);
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:b}", "iss", WORLD_IDP_ISS, "sub", email, "aud",
+	              aud, "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + exp_in), "email",
+	              email, "email_verified", 1);
 	assert_int_equal(idp_jws_sign(key != NULL ? key : idp_key, NULL, c, &tok, NULL, NULL),
 	                 IDP_OK);
 	json_decref(c);
@@ -189,6 +190,25 @@ char *
 world_human_token(const char *email)
 {
 	return world_idp_token(NULL, email, "idpd", 600);
+}
+
+char *
+world_idp_token_claims(const char *typ, const char *claims)
+{
+	long long now = (long long)time(NULL);
+	json_t *c, *defaults;
+	char *tok = NULL;
+
+	world_once();
+	c = json_loads(claims, 0, NULL);
+	assert_true(json_is_object(c));
+	defaults = json_pack("{s:s,s:s,s:I,s:I}", "iss", WORLD_IDP_ISS, "aud", "idpd", "iat",
+	                     (json_int_t)(now - 5), "exp", (json_int_t)(now + 600));
+	assert_int_equal(json_object_update_missing(c, defaults), 0);
+	json_decref(defaults);
+	assert_int_equal(idp_jws_sign(idp_key, typ, c, &tok, NULL, NULL), IDP_OK);
+	json_decref(c);
+	return tok;
 }
 
 const char *
@@ -217,9 +237,9 @@ world_partner_token(const char *email)
 	json_t *c;
 
 	assert_non_null(partner_key); /* world_partner_toml() first */
-	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "iss", WORLD_PARTNER_ISS, "sub", email, "aud",
-	              "idpd", "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + 600), "email",
-	              email);
+	c = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:b}", "iss", WORLD_PARTNER_ISS, "sub", email,
+	              "aud", "idpd", "iat", (json_int_t)(now - 5), "exp", (json_int_t)(now + 600),
+	              "email", email, "email_verified", 1);
 	assert_int_equal(idp_jws_sign(partner_key, NULL, c, &tok, NULL, NULL), IDP_OK);
 	json_decref(c);
 	return tok;

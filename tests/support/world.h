@@ -43,6 +43,7 @@ struct world_opts {
 	const char *max_ttl;       /* tasks.max_ttl (default "8h") */
 	const char *max_staleness; /* revocation.max_staleness (default "2s") */
 	const char *leeway;        /* identity.leeway (default idpd's) */
+	const char *idp_toml;      /* lines appended to the world IdP's [[idp]] table */
 	const char *extra_toml;    /* appended; a [policy] table replaces the shipped policies */
 };
 
@@ -59,12 +60,15 @@ void world_stop(struct world *w);
 /* A cmocka group teardown: removes the IdP's JWKS file and frees its key. */
 int world_teardown(void **state);
 
-/* A bearer token of the world's IdP for email, valid 10 minutes; free() it. */
+/*
+ * A bearer token of the world's IdP for email (email_verified true), valid
+ * 10 minutes; free() it.
+ */
 char *world_human_token(const char *email);
 /*
- * An IdP token for email with audience aud, expiring exp_in seconds from
- * now (negative: already expired), signed by key (NULL: the world's IdP
- * key); free() it.
+ * An IdP token for email (email_verified true) with audience aud, expiring
+ * exp_in seconds from now (negative: already expired), signed by key (NULL:
+ * the world's IdP key); free() it.
  */
 char *world_idp_token(const struct idp_jws_key *key, const char *email, const char *aud,
                       long exp_in);
@@ -75,6 +79,14 @@ char *world_idp_token(const struct idp_jws_key *key, const char *email, const ch
  * token of it for email (free() it).  Its principals may spell the same
  * strings as the world's "corp" for other people.
  */
+/*
+ * A token of the world's IdP with header typ (NULL: none) and the claims of
+ * the JSON object text claims, to which iss, aud ("idpd"), iat and exp (10
+ * minutes) are added when claims lacks them; nothing else is added
+ * (email_verified neither).  free() it.
+ */
+char *world_idp_token_claims(const char *typ, const char *claims);
+
 const char *world_partner_toml(void);
 char *world_partner_token(const char *email);
 

@@ -162,8 +162,8 @@ static int
 setup(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
-	struct idpd_idp_cfg ic = {"corp", "https://sso.example.com", "idpd", jwks_path, 1u, "email",
-	                          true};
+	struct idpd_idp_cfg ic = {
+	    "corp", "https://sso.example.com", "idpd", jwks_path, 1u, "email", true, true};
 	json_t *doc;
 	struct idp_diag d;
 	FILE *f;
@@ -211,8 +211,10 @@ mint(const struct idp_jws_key *key, const char *iss, const char *aud, long long 
 	                      (json_int_t)(NOW_S - 10), "exp", (json_int_t)exp, "sub", "u-1");
 	char *tok = NULL;
 
-	if (email != NULL)
+	if (email != NULL) {
 		json_object_set_new(c, "email", json_string(email));
+		json_object_set_new(c, "email_verified", json_true());
+	}
 	assert_int_equal(idp_jws_sign(key, NULL, c, &tok, NULL, NULL), IDP_OK);
 	json_decref(c);
 	return tok;
@@ -271,6 +273,48 @@ human_token_refusals_name_their_reason(void **state)
 	free(tok);
 }
 
+/*
+ * The email_verified rule binds a provider whose principal claim is email:
+ * with another claim (an immutable sub) the email and its flag name nobody
+ * and are not looked at.
+ */
+static void
+human_token_email_rule_only_for_email_claim(void **state)
+{
+	struct idpd_config *cfg = idpd_config_defaults();
+	struct idpd_idp_cfg ic = {
+	    "corp", "https://sso.example.com", "idpd", jwks_path, 1u, "sub", true, true};
+	struct human_verifier *v;
+	struct human_principal p;
+	const char *why = NULL;
+	json_t *c =
+	    json_pack("{s:s,s:s,s:I,s:I,s:s,s:s,s:b}", "iss", "https://sso.example.com", "aud",
+	              "idpd", "iat", (json_int_t)(NOW_S - 10), "exp", (json_int_t)(NOW_S + 600),
+	              "sub", "u-1", "email", "a@example.com", "email_verified", 0);
+	char *tok = NULL;
+	struct idp_diag d;
+
+	(void)state;
+	cfg->idps = &ic;
+	cfg->n_idps = 1;
+	idp_diag_init(&d);
+	v = human_verifier_new(cfg, &d);
+	cfg->idps = NULL;
+	cfg->n_idps = 0;
+	idpd_config_free(cfg);
+	assert_non_null(v);
+	assert_int_equal(idp_jws_sign(idp_key, NULL, c, &tok, NULL, NULL), IDP_OK);
+	if (human_token_verify(v, tok, strlen(tok), &clk, &p, &why) != IDP_OK)
+		fail_msg("a sub-named token refused for its email_verified: %s", why);
+	assert_string_equal(p.principal, "u-1");
+	/* The same token is refused where email names the human. */
+	assert_int_equal(verify(tok, &why, &p), IDP_EUNAUTH);
+	assert_string_equal(why, "email_unverified");
+	free(tok);
+	json_decref(c);
+	human_verifier_free(v);
+}
+
 static void
 human_token_alg_none_refused(void **state)
 {
@@ -307,7 +351,7 @@ verify_principal(const char *email_json, const char **why, char *principal, size
 
 	snprintf(payload, sizeof(payload),
 	         "{\"iss\":\"https://sso.example.com\",\"aud\":\"idpd\",\"iat\":%lld,"
-	         "\"exp\":%lld,\"email\":\"%s\"}",
+	         "\"exp\":%lld,\"email_verified\":true,\"email\":\"%s\"}",
 	         NOW_S - 10, NOW_S + 600, email_json);
 	assert_int_equal(
 	    idp_jws_sign_payload(idp_key, NULL, payload, strlen(payload), &tok, NULL, NULL),
@@ -493,8 +537,8 @@ two_idps_verifier(struct two_idps *t, bool b_first)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
 	struct idpd_idp_cfg ics[2] = {
-	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email", true},
-	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email", false},
+	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email", true, true},
+	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email", false, true},
 	};
 	struct idpd_idp_cfg swapped[2] = {ics[1], ics[0]};
 	struct human_verifier *v;
@@ -664,6 +708,7 @@ main(void)
 	    cmocka_unit_test(human_token_valid_names_principal),
 	    cmocka_unit_test(human_token_refusals_name_their_reason),
 	    cmocka_unit_test(human_token_alg_none_refused),
+	    cmocka_unit_test(human_token_email_rule_only_for_email_claim),
 	    cmocka_unit_test(human_principal_refuses_controls_and_bad_utf8),
 	    cmocka_unit_test(human_token_each_provider_accepted_in_either_order),
 	    cmocka_unit_test(human_token_kid_holder_enforces_its_alg_pin),

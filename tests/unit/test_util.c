@@ -10,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "idpd/arena.h"
 #include "idpd/buf.h"
 #include "idpd/clock.h"
 #include "idpd/common.h"
@@ -163,6 +164,31 @@ words_walk_a_space_separated_list(void **state)
 	assert_false(idp_word_listed("", "x", 1));
 }
 
+/*
+ * A request's arena holds what its form decoded (subject and actor tokens):
+ * cleanup wipes the bytes it handed out before the memory goes back, the
+ * inline first block (freed later with the request) included.
+ */
+static void
+arena_cleanup_wipes_what_it_handed_out(void **state)
+{
+	static const char zero[sizeof(((struct idp_arena *)0)->first)];
+	struct idp_arena a;
+	char *big;
+
+	(void)state;
+	memset(&a, 0, sizeof(a)); /* the unused rest of first is not the arena's to wipe */
+	idp_arena_init(&a, 0);
+	assert_non_null(idp_arena_strdup(&a, "eyJhbGciOiJFUzI1NiJ9.secret.sig"));
+	big = idp_arena_alloc(&a, 20000); /* past the first block: a chunk of its own */
+	assert_non_null(big);
+	memset(big, 'x', 20000);
+	idp_arena_cleanup(&a);
+	assert_memory_equal(a.first, zero, sizeof(zero));
+	assert_null(a.head);
+	assert_int_equal(a.first_used, 0);
+}
+
 int
 main(void)
 {
@@ -176,6 +202,7 @@ main(void)
 	    cmocka_unit_test(time_format_is_rfc3339_utc_ms),
 	    cmocka_unit_test(fixed_clock_does_not_move),
 	    cmocka_unit_test(ct_equal_compares_bytes),
+	    cmocka_unit_test(arena_cleanup_wipes_what_it_handed_out),
 	};
 	return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }
