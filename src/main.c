@@ -4,7 +4,7 @@
  * serve: load the configuration, make sure the schema is current, open the
  * pool and the listener, start HTTP, then wait for signals on the main
  * thread.  Every other thread is started with SIGINT, SIGTERM and SIGHUP
- * blocked, so sigwait() here is the one place that sees them.
+ * blocked, so sigwaitinfo() here is the one place that sees them.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +18,7 @@
 #include "idpd/access.h"
 #include "idpd/approvals.h"
 #include "idpd/attest.h"
+#include "idpd/audit.h"
 #include "idpd/audit_ship.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
@@ -293,15 +294,162 @@ reload_api_keys(struct idpd_app *app, const struct idpd_config *next, void *ctx,
  */
 static struct idpd_config *started_cfg;
 
+/* How much of a diagnostic a config.reloaded event quotes. */
+#define RELOAD_ERRORS_MAX 20
+#define RELOAD_ERROR_BYTES 512
+
+/*
+ * The message lines of diag, at most RELOAD_ERRORS_MAX of them, each cut
+ * to RELOAD_ERROR_BYTES: not the source lines quoted under a message
+ * (indented), which may show any value of the file, an API key's hash
+ * among them.  The messages themselves never hold a secret's value.
+ */
+static json_t *
+reload_errors(const struct idp_diag *diag)
+{
+	json_t *a = json_array();
+	const char *p = idp_diag_str(diag);
+
+	while (*p != '\0' && json_array_size(a) < RELOAD_ERRORS_MAX) {
+		size_t n = strcspn(p, "\n");
+
+		if (n > 0 && p[0] != ' ' && p[0] != '\t') {
+			char *line = idp_xstrndup(p, n);
+
+			json_array_append_new(a, audit_json_clip(line, RELOAD_ERROR_BYTES));
+			free(line);
+		}
+		p += n;
+		if (*p == '\n')
+			p++;
+	}
+	return a;
+}
+
+/* Sets o[k] to v, which it steals; a NULL v (a path that is not UTF-8) is left out. */
 static void
-reload(struct idpd_app *app)
+set_member(json_t *o, const char *k, json_t *v)
+{
+	if (v != NULL)
+		json_object_set_new(o, k, v);
+}
+
+/* The detail every config.reloaded event starts from: the file and its SHA-256. */
+static json_t *
+reload_detail(const char *path, const char *sum)
+{
+	json_t *d = json_object();
+
+	set_member(d, "path", json_string(path));
+	if (sum != NULL && sum[0] != '\0')
+		set_member(d, "sha256", json_string(sum));
+	return d;
+}
+
+/*
+ * A new config.reloaded event by idpd itself (actor system "sighup", as
+ * policy.reloaded on SIGHUP), with outcome and detail, which it steals.
+ * The process that sent the signal, when the kernel names one (kill(2),
+ * sigqueue(3)), goes in detail.sent_by.  NULL when detail is too large
+ * for an event.  Main thread.
+ */
+static struct audit_event *
+reload_event(enum audit_outcome outcome, json_t *detail, const siginfo_t *si)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_CONFIG_RELOADED, AUDIT_TIME_UNSET);
+
+	if (ev == NULL) {
+		json_decref(detail);
+		return NULL;
+	}
+	audit_event_set_outcome(ev, outcome);
+	if (si != NULL && (si->si_code == SI_USER || si->si_code == SI_QUEUE))
+		set_member(detail, "sent_by",
+		           json_pack("{s:I,s:I}", "pid", (json_int_t)si->si_pid, "uid",
+		                     (json_int_t)si->si_uid));
+	if (audit_event_set_actor(ev, AUDIT_ACTOR_SYSTEM, "sighup") != IDP_OK ||
+	    audit_event_take_detail(ev, detail) != IDP_OK) {
+		audit_event_free(ev);
+		return NULL;
+	}
+	return ev;
+}
+
+/*
+ * Audit a reload that failed at stage ("load": the file does not load;
+ * "check": a component cannot use it; "apply": a component failed to take
+ * it after the reload was announced, reload_id naming that event).  Best
+ * effort: the reload has failed already, so an audit log that cannot take
+ * this is only logged.  Main thread.
+ */
+static void
+reload_failed(const char *path, const char *sum, const char *stage, const char *reload_id,
+              const struct idp_diag *diag, const siginfo_t *si)
+{
+	json_t *d = reload_detail(path, sum);
+	struct audit_event *ev;
+
+	set_member(d, "stage", json_string(stage));
+	if (reload_id != NULL)
+		set_member(d, "reload_event_id", json_string(reload_id));
+	set_member(d, "errors", reload_errors(diag));
+	set_member(d, "error_count", json_integer((json_int_t)diag->count));
+	ev = reload_event(AUDIT_OUTCOME_FAILURE, d, si);
+	if (ev == NULL || audit_emit(ev) != IDP_OK)
+		log_warn("reload: the failed reload could not be audited (config.reloaded)");
+}
+
+/*
+ * Audit the reload to next before any component takes it: the
+ * config.reloaded event names what changes (idpd_config_changes), the file
+ * and its SHA-256, and the hash of the configuration it replaces.  A change
+ * too large to list in one event is counted instead (detail.truncated).
+ * IDP_OK once the event is written as audit.durability says, its id in id;
+ * otherwise the reload must change nothing, as a policy reload that cannot
+ * be audited does.  Main thread.
+ */
+static int
+reload_announce(const struct idpd_app *app, const struct idpd_config *next, const siginfo_t *si,
+                char id[65])
+{
+	const struct idpd_config *started = started_cfg != NULL ? started_cfg : app->cfg;
+	struct audit_event *ev = NULL;
+
+	for (int compact = 0; compact <= 1 && ev == NULL; compact++) {
+		json_t *d = reload_detail(next->path, next->sha256);
+
+		if (app->cfg->sha256[0] != '\0')
+			set_member(d, "previous_sha256", json_string(app->cfg->sha256));
+		json_object_update_new(d, idpd_config_changes(started, app->cfg, next, compact));
+		if (compact)
+			set_member(d, "truncated", json_true());
+		ev = reload_event(AUDIT_OUTCOME_SUCCESS, d, si);
+	}
+	if (ev == NULL || audit_event_assign_id(ev) != IDP_OK) {
+		audit_event_free(ev);
+		return IDP_EINTERNAL;
+	}
+	snprintf(id, 65, "%s", audit_event_get(ev, AUDIT_F_ID));
+	return audit_emit(ev);
+}
+
+/*
+ * SIGHUP: load the file again, check it with every component, audit it,
+ * then apply it.  Every failure before the apply leaves the running
+ * configuration as it was and is audited too (config.reloaded, outcome
+ * failure).  si is the signal's information.  Main thread.
+ */
+static void
+reload(struct idpd_app *app, const siginfo_t *si)
 {
 	struct idpd_config *next = NULL;
 	struct idp_diag diag;
+	char sum[IDPD_CONFIG_SUM_LEN + 1], id[65];
 
 	idp_diag_init(&diag);
-	if (idpd_config_load(app->cfg->path, &next, &diag) != IDP_OK) {
+	if (idpd_config_load_ex(app->cfg->path, &next, sum, &diag) != IDP_OK) {
 		log_error("reload: %s; keeping the running configuration", idp_diag_str(&diag));
+		reload_failed(app->cfg->path, sum, "load", NULL, &diag, si);
 		return;
 	}
 	{
@@ -318,12 +466,22 @@ reload(struct idpd_app *app)
 	if (app_run_reload_checks(app, next, &diag) != 0) {
 		log_error("reload: %s; nothing was changed, the running configuration stays",
 		          idp_diag_str(&diag));
+		reload_failed(next->path, next->sha256, "check", NULL, &diag, si);
+		idpd_config_free(next);
+		return;
+	}
+	/* A new API key or trust anchor is live only once its event is
+	 * written: a reload the audit log cannot take changes nothing. */
+	if (reload_announce(app, next, si, id) != IDP_OK) {
+		log_error("reload: the audit log cannot take its config.reloaded event; nothing "
+		          "was changed, the running configuration stays");
 		idpd_config_free(next);
 		return;
 	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
 		log_error("reload: %s; components that failed keep their state",
 		          idp_diag_str(&diag));
+		reload_failed(next->path, next->sha256, "apply", id, &diag, si);
 	}
 	{
 		int lvl = idp_log_level_parse(next->log.level);
@@ -435,7 +593,7 @@ cmd_serve(int argc, char **argv)
 	}
 
 	/* Block the signals before any thread exists, so all threads inherit
-	 * the mask and only sigwait() below sees them. */
+	 * the mask and only sigwaitinfo() below sees them. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
@@ -597,11 +755,15 @@ cmd_serve(int argc, char **argv)
 	         IDPD_VERSION, ho.listen, ho.port, ho.threads, ho.handler_threads, app.instance_id);
 
 	for (;;) {
-		if (sigwait(&sigs, &sig) != 0)
+		siginfo_t si;
+
+		/* sigwaitinfo, not sigwait: a reload's audit event names who sent it. */
+		sig = sigwaitinfo(&sigs, &si);
+		if (sig < 0)
 			continue;
 		if (sig == SIGHUP) {
 			log_info("SIGHUP: reloading %s", app.cfg->path);
-			reload(&app);
+			reload(&app, &si);
 			continue;
 		}
 		log_info("%s: draining (up to %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",

@@ -14,6 +14,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "idpd/common.h"
 
 /* What an API key may do; bit i is the i-th name in the `roles` key's list. */
@@ -106,8 +108,13 @@ struct idpd_resource_cfg {
 	char *description;    /* "" when not set */
 };
 
+#define IDPD_CONFIG_SUM_LEN 64 /* hex digits of a configuration's SHA-256 */
+
 struct idpd_config {
 	char *path; /* the file it was read from */
+	/* Lower-case hex SHA-256 of the bytes parsed, so that an audit event
+	 * can name the version of the file; "" for idpd_config_defaults(). */
+	char sha256[IDPD_CONFIG_SUM_LEN + 1];
 
 	struct {
 		char *listen;                  /* "127.0.0.1" */
@@ -252,6 +259,13 @@ struct idpd_config {
  * Any thread may call it.
  */
 int idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *diag) IDP_WUR;
+/*
+ * The same, and sum (if not NULL) gets the hex SHA-256 of the file's bytes
+ * whenever they could be read, also when they do not load; "" when the
+ * file could not be read.  A reload audits a refused file by it.
+ */
+int idpd_config_load_ex(const char *path, struct idpd_config **out,
+                        char sum[IDPD_CONFIG_SUM_LEN + 1], struct idp_diag *diag) IDP_WUR;
 
 /* Parse len bytes from memory; name is used in messages.  Same contract as load. */
 int idpd_config_parse(const char *name, const char *text, size_t len, struct idpd_config **out,
@@ -278,6 +292,29 @@ const char *idpd_config_label_problem(const char *s);
  */
 unsigned idpd_config_restart_keys(const struct idpd_config *old, const struct idpd_config *cur,
                                   struct idp_diag *diag);
+
+/*
+ * What a reload from running to next changes, by name only, for the
+ * config.reloaded audit event (docs/audit.md): a new object with
+ *   "settings": reloadable keys outside arrays of tables whose value
+ *       differs from running's ("log.level");
+ *   "restart_pending": restart-only keys whose value differs from
+ *       started's, the configuration serve started with (they do not take
+ *       effect);
+ *   "sections": one object per reloadable array of tables that changed:
+ *       {"section": "api_keys", "added": [...], "removed": [...],
+ *        "changed": [...]}, empty lists left out.  An element is named by
+ *       its first unique key ({"name": "ops"}, a resource by "audience")
+ *       with the keys the table marks as shown (an API key's roles, an
+ *       IdP's and an attestor's issuer); a changed one also has "fields",
+ *       the names of its keys that differ.
+ * With compact, added, removed and changed are counts instead of lists,
+ * for a change too large to list in one event.  No value of any other key
+ * is ever in it: no hash, no URL, no path to a key file.  NULL only when
+ * memory runs out; reads the three configs only; any thread.
+ */
+json_t *idpd_config_changes(const struct idpd_config *started, const struct idpd_config *running,
+                            const struct idpd_config *next, bool compact);
 
 /*
  * Print each key with its type, default and help, one per line; used by

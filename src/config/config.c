@@ -43,6 +43,10 @@ enum key_type {
 #define K_SECRET 0x2u   /* never printed; wiped on free */
 #define K_REQUIRED 0x4u /* no default: the file must set it */
 #define K_UNIQUE 0x8u   /* in an array of tables, no two elements share the value */
+/* In an array of tables, named beside the element in a reload's audit event
+ * (idpd_config_changes): only for values that are no secret and say what
+ * the element may do or whom it trusts. */
+#define K_SHOWN 0x10u
 
 struct section;
 
@@ -120,7 +124,7 @@ static const struct key api_key_keys[] = {
              "stored"},
     {.name = "roles",
      FLAGS_AT(struct idpd_api_key_cfg, roles),
-     .flags = K_RELOAD,
+     .flags = K_RELOAD | K_SHOWN,
      .def = "[]",
      .choices = role_names,
      .help = "what the key may do"},
@@ -150,7 +154,7 @@ static const struct key attestor_keys[] = {
      .help = "label of the attestor; named in audit events"},
     {.name = "issuer",
      STRING_AT(struct idpd_attestor_cfg, issuer),
-     .flags = K_RELOAD | K_REQUIRED,
+     .flags = K_RELOAD | K_REQUIRED | K_SHOWN,
      .min = 1,
      .max = 512,
      .check = check_visible,
@@ -205,7 +209,7 @@ static const struct key idp_keys[] = {
      .help = "label of the identity provider; named in audit events"},
     {.name = "issuer",
      STRING_AT(struct idpd_idp_cfg, issuer),
-     .flags = K_RELOAD | K_REQUIRED,
+     .flags = K_RELOAD | K_REQUIRED | K_SHOWN,
      .min = 1,
      .max = 512,
      .check = check_visible,
@@ -1312,6 +1316,23 @@ idpd_config_free(struct idpd_config *cfg)
 
 /* ---- loading ---- */
 
+/* out = lower-case hex SHA-256 of data, or "" if OpenSSL fails (no version is then named). */
+static void
+sha256_hex(const char *data, size_t len, char out[IDPD_CONFIG_SUM_LEN + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8_t h[IDP_SHA256_LEN];
+
+	out[0] = '\0';
+	if (idp_sha256(data, len, NULL, 0, h) != IDP_OK)
+		return;
+	for (size_t i = 0; i < IDP_SHA256_LEN; i++) {
+		out[2 * i] = hex[h[i] >> 4];
+		out[2 * i + 1] = hex[h[i] & 0xf];
+	}
+	out[IDPD_CONFIG_SUM_LEN] = '\0';
+}
+
 struct loader {
 	const struct idp_toml *doc;
 	struct idp_diag *diag;
@@ -1873,6 +1894,7 @@ idpd_config_parse(const char *name, const char *text, size_t len, struct idpd_co
 		return rc;
 	cfg = idpd_config_defaults();
 	cfg->path = idp_xstrdup(idp_toml_name(doc));
+	sha256_hex(text, len, cfg->sha256);
 	l.doc = doc;
 	l.diag = diag;
 	l.nerr = 0;
@@ -1893,12 +1915,21 @@ idpd_config_parse(const char *name, const char *text, size_t len, struct idpd_co
 int
 idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *diag)
 {
+	return idpd_config_load_ex(path, out, NULL, diag);
+}
+
+int
+idpd_config_load_ex(const char *path, struct idpd_config **out, char sum[IDPD_CONFIG_SUM_LEN + 1],
+                    struct idp_diag *diag)
+{
 	char ebuf[128];
 	size_t cap = IDP_TOML_MAX_INPUT + 1, len = 0;
 	char *data = NULL;
 	int fd, rc;
 
 	*out = NULL;
+	if (sum != NULL)
+		sum[0] = '\0';
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		idp_diag_add(diag, "%s: cannot open: %s", path,
@@ -1928,6 +1959,9 @@ idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *di
 		rc = IDP_ETOOBIG;
 		goto done;
 	}
+	/* Only of a whole file: the hash of a prefix would match no version. */
+	if (sum != NULL)
+		sha256_hex(data, len, sum);
 	rc = idpd_config_parse(path, data, len, out, diag);
 done:
 	idp_wipe(data, len);
@@ -2004,6 +2038,173 @@ idpd_config_restart_keys(const struct idpd_config *old, const struct idpd_config
 		n++;
 	}
 	return n;
+}
+
+/* ---- what a reload changes ---- */
+
+/* What names an element of sec: its first unique string key, never a secret. */
+static const struct key *
+identity_key(const struct section *sec)
+{
+	for (size_t i = 0; i < sec->n; i++) {
+		const struct key *k = &sec->keys[i];
+
+		if ((k->flags & K_UNIQUE) && !(k->flags & K_SECRET) && k->type == K_STRING)
+			return k;
+	}
+	return NULL;
+}
+
+static const char *
+elem_str(const struct key *k, const void *elem)
+{
+	return *(char *const *)cfield(elem, k->off);
+}
+
+/* Sets o[name] to v, which it steals; a NULL v (no memory, bad UTF-8) is left out. */
+static void
+put(json_t *o, const char *name, json_t *v)
+{
+	if (v != NULL)
+		json_object_set_new(o, name, v);
+}
+
+/*
+ * One element, named by idk and its K_SHOWN keys; with before (the same
+ * element in the running configuration), also the names of the keys that
+ * differ.
+ */
+static json_t *
+elem_json(const struct section *sec, const struct key *idk, const void *elem, const void *before)
+{
+	json_t *o = json_object(), *fields;
+
+	put(o, idk->name, json_string(elem_str(idk, elem)));
+	for (size_t i = 0; i < sec->n; i++) {
+		const struct key *k = &sec->keys[i];
+
+		if (!(k->flags & K_SHOWN) || (k->flags & K_SECRET))
+			continue;
+		if ((k->type == K_STRING || k->type == K_ENUM) && elem_str(k, elem) != NULL) {
+			put(o, k->name, json_string(elem_str(k, elem)));
+		} else if (k->type == K_FLAGS) {
+			unsigned bits = *(const unsigned *)cfield(elem, k->off);
+			json_t *a = json_array();
+
+			for (size_t c = 0; k->choices[c] != NULL; c++)
+				if (bits & (1u << c))
+					json_array_append_new(a, json_string(k->choices[c]));
+			put(o, k->name, a);
+		}
+	}
+	if (before == NULL)
+		return o;
+	fields = json_array();
+	for (size_t i = 0; i < sec->n; i++)
+		if (!key_equal(&sec->keys[i], before, elem))
+			json_array_append_new(fields, json_string(sec->keys[i].name));
+	put(o, "fields", fields);
+	return o;
+}
+
+/* The index of the element of elems (n of them) whose identity is id, or n. */
+static size_t
+find_elem(const struct section *sec, const struct key *idk, const char *elems, size_t n,
+          const char *id)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *s = elem_str(idk, elems + i * sec->size);
+
+		if (s != NULL && id != NULL && strcmp(s, id) == 0)
+			return i;
+	}
+	return n;
+}
+
+/* Adds a (stolen) list, or its length when compact, to o unless it is empty. */
+static void
+put_list(json_t *o, const char *name, json_t *a, bool compact)
+{
+	size_t n = json_array_size(a);
+
+	if (n > 0)
+		put(o, name, compact ? json_integer((json_int_t)n) : json_incref(a));
+	json_decref(a);
+}
+
+/*
+ * The changes to the array of tables k between running and next, or NULL
+ * when there are none.  Elements are matched by identity, so a reordered
+ * file changes nothing; the search is quadratic, which the 1 MiB bound on
+ * the file keeps to a fraction of a second.
+ */
+static json_t *
+section_changes(const struct key *k, const void *running, const void *next, bool compact)
+{
+	const struct section *sec = k->sub;
+	const struct key *idk = identity_key(sec);
+	const char *ea = *(char *const *)cfield(running, k->off);
+	const char *eb = *(char *const *)cfield(next, k->off);
+	size_t na = *(const size_t *)cfield(running, k->count_off);
+	size_t nb = *(const size_t *)cfield(next, k->count_off);
+	json_t *o, *added, *removed, *changed;
+
+	if (key_equal(k, running, next))
+		return NULL;
+	o = json_object();
+	put(o, "section", json_string(k->name));
+	if (idk == NULL)
+		return o; /* nothing names its elements: that it changed is all there is to say */
+	added = json_array();
+	removed = json_array();
+	changed = json_array();
+	for (size_t j = 0; j < nb; j++) {
+		const char *b = eb + j * sec->size;
+		size_t i = find_elem(sec, idk, ea, na, elem_str(idk, b));
+
+		if (i == na)
+			json_array_append_new(added, elem_json(sec, idk, b, NULL));
+		else if (!section_equal(sec, ea + i * sec->size, b))
+			json_array_append_new(changed, elem_json(sec, idk, b, ea + i * sec->size));
+	}
+	for (size_t i = 0; i < na; i++) {
+		const char *a = ea + i * sec->size;
+
+		if (find_elem(sec, idk, eb, nb, elem_str(idk, a)) == nb)
+			json_array_append_new(removed, elem_json(sec, idk, a, NULL));
+	}
+	put_list(o, "added", added, compact);
+	put_list(o, "removed", removed, compact);
+	put_list(o, "changed", changed, compact);
+	return o;
+}
+
+json_t *
+idpd_config_changes(const struct idpd_config *started, const struct idpd_config *running,
+                    const struct idpd_config *next, bool compact)
+{
+	json_t *out = json_object(), *settings = json_array(), *pending = json_array();
+	json_t *sections = json_array();
+
+	for (size_t i = 0; i < config_section.n; i++) {
+		const struct key *k = &config_section.keys[i];
+
+		if (!(k->flags & K_RELOAD)) {
+			if (!key_equal(k, started, next))
+				json_array_append_new(pending, json_string(k->name));
+		} else if (k->type == K_TABLES) {
+			json_t *s = section_changes(k, running, next, compact);
+
+			if (s != NULL)
+				json_array_append_new(sections, s);
+		} else if (!key_equal(k, running, next)) {
+			json_array_append_new(settings, json_string(k->name));
+		}
+	}
+	put(out, "settings", settings);
+	put(out, "restart_pending", pending);
+	put(out, "sections", sections);
+	return out;
 }
 
 /* ---- describe ---- */

@@ -1,7 +1,7 @@
 /*
  * Integration tests of idpd's life cycle and limits: body caps, readiness
- * across a PostgreSQL outage, draining on SIGTERM, schema checks and the
- * migrations runner.  Real processes and a real database; no mocks.
+ * across a PostgreSQL outage, draining on SIGTERM, reloads and their audit
+ * events, schema checks and the migrations runner.  Real processes and a real database; no mocks.
  */
 #include <errno.h>
 #include <poll.h>
@@ -23,6 +23,7 @@
 
 #include "harness.h"
 #include "idpd/auth.h"
+#include "world.h"
 
 static void
 sleep_ms(int ms)
@@ -854,6 +855,223 @@ a_reload_that_cannot_read_a_file_changes_nothing(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* The SHA-256 of path's contents, in hex, as config.reloaded names it. */
+static void
+file_sha256_hex(const char *path, char out[65])
+{
+	static char text[1 << 16];
+	uint8_t h[IDP_SHA256_LEN];
+	FILE *f = fopen(path, "rb");
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(text, 1, sizeof(text), f);
+	assert_true(n < sizeof(text));
+	fclose(f);
+	assert_int_equal(idp_sha256(text, n, NULL, 0, h), IDP_OK);
+	for (size_t i = 0; i < sizeof(h); i++)
+		snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+/*
+ * The config.reloaded events in db, oldest first, once there are at least
+ * want of them (waiting up to 10 s): a new JSON array the caller frees.
+ */
+static json_t *
+reload_events(const char *db, size_t want)
+{
+	static char text[65536];
+	json_t *a = NULL;
+
+	for (int i = 0; i < 100; i++) {
+		json_decref(a);
+		assert_int_equal(
+		    harness_sql_value(db,
+		                      "SELECT coalesce(json_agg(body::json ORDER BY id), "
+		                      "'[]')::text FROM audit_events "
+		                      "WHERE type = 'config.reloaded'",
+		                      text, sizeof(text)),
+		    0);
+		a = json_loads(text, 0, NULL);
+		assert_non_null(a);
+		if (json_array_size(a) >= want)
+			break;
+		sleep_ms(100);
+	}
+	return a;
+}
+
+/* The section of a config.reloaded event's detail named name, or NULL. */
+static json_t *
+reload_section(json_t *ev, const char *name)
+{
+	json_t *sections = json_object_get(json_object_get(ev, "detail"), "sections"), *s;
+	size_t i;
+
+	json_array_foreach(sections, i, s)
+	{
+		if (strcmp(json_string_value(json_object_get(s, "section")), name) == 0)
+			return s;
+	}
+	return NULL;
+}
+
+/*
+ * A SIGHUP that makes a new admin API key and a new IdP live is audited
+ * before they take effect: config.reloaded names the key (with its roles)
+ * and the IdP (with its issuer), the file and its SHA-256, and who sent the
+ * signal; never the key's hash.  A file that then does not parse is audited
+ * as a failed reload and changes nothing.
+ */
+static void
+a_reload_is_audited_naming_what_it_changes(void **state)
+{
+	struct idpd_proc p;
+	char key[64], hash[80], key2[64], hash2[80], block[2048], sum[65];
+	json_t *evs, *ev, *d, *s, *e;
+	char *body;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(auth_key_generate(key2, hash2), IDP_OK);
+	assert_int_equal(harness_db_create("t_life_reload_audit"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_reload_audit", NULL, NULL), 0);
+	assert_int_equal(agents_status(&p, key), 401);
+	snprintf(block, sizeof(block),
+	         "\n[[api_keys]]\nname = \"late-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n%s",
+	         hash, world_partner_toml());
+	append_and_reload(&p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(&p, "reload: done"); i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(&p, "reload: done"));
+	assert_int_equal(agents_status(&p, key), 200);
+
+	evs = reload_events(p.db, 1);
+	assert_int_equal(json_array_size(evs), 1);
+	ev = json_array_get(evs, 0);
+	d = json_object_get(ev, "detail");
+	assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "success");
+	assert_int_equal(json_integer_value(json_object_get(ev, "severity")), 4);
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(ev, "actor"), "kind")), "system");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(ev, "actor"), "name")), "sighup");
+	assert_string_equal(json_string_value(json_object_get(d, "path")), p.config);
+	file_sha256_hex(p.config, sum);
+	assert_string_equal(json_string_value(json_object_get(d, "sha256")), sum);
+	assert_non_null(json_object_get(d, "previous_sha256"));
+	assert_string_not_equal(json_string_value(json_object_get(d, "previous_sha256")), sum);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(d, "sent_by"), "pid")),
+	                 (json_int_t)getpid());
+	s = reload_section(ev, "api_keys");
+	assert_non_null(s);
+	assert_int_equal(json_array_size(json_object_get(s, "added")), 1);
+	e = json_array_get(json_object_get(s, "added"), 0);
+	assert_string_equal(json_string_value(json_object_get(e, "name")), "late-admin");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(e, "roles"), 0)),
+	                    "admin");
+	s = reload_section(ev, "idp");
+	assert_non_null(s);
+	e = json_array_get(json_object_get(s, "added"), 0);
+	assert_string_equal(json_string_value(json_object_get(e, "name")), "partners");
+	assert_string_equal(json_string_value(json_object_get(e, "issuer")), WORLD_PARTNER_ISS);
+	body = json_dumps(ev, JSON_COMPACT);
+	assert_null(strstr(body, hash + strlen("sha256:")));
+	assert_null(strstr(body, "idpd_world_partner")); /* the JWKS file */
+	free(body);
+	json_decref(evs);
+
+	/* A file that does not parse: audited as refused, and nothing changes. */
+	snprintf(block, sizeof(block),
+	         "[[api_keys]]\nname = \"second\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
+	         "this is not toml\n",
+	         hash2);
+	append_and_reload(&p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(&p, "keeping the running configuration");
+	     i++)
+		sleep_ms(50);
+	evs = reload_events(p.db, 2);
+	assert_int_equal(json_array_size(evs), 2);
+	ev = json_array_get(evs, 1);
+	d = json_object_get(ev, "detail");
+	assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "failure");
+	assert_string_equal(json_string_value(json_object_get(d, "stage")), "load");
+	file_sha256_hex(p.config, sum);
+	assert_string_equal(json_string_value(json_object_get(d, "sha256")), sum);
+	assert_true(json_array_size(json_object_get(d, "errors")) >= 1);
+	assert_non_null(strstr(json_string_value(json_array_get(json_object_get(d, "errors"), 0)),
+	                       "idpd.toml:"));
+	body = json_dumps(ev, JSON_COMPACT);
+	assert_null(strstr(body, hash2 + strlen("sha256:")));
+	free(body);
+	json_decref(evs);
+	assert_int_equal(agents_status(&p, key2), 401);
+	assert_int_equal(agents_status(&p, key), 200);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	(void)world_teardown(NULL);
+}
+
+static struct idpd_proc refuse_proc;
+
+static int
+refuse_teardown(void **state)
+{
+	(void)state;
+	(void)harness_sql("t_life_reload_refuse", "DROP TRIGGER IF EXISTS refuse ON audit_events");
+	if (refuse_proc.pid > 0)
+		harness_idpd_stop(&refuse_proc, SIGKILL, 2000);
+	return 0;
+}
+
+/*
+ * A reload whose config.reloaded event cannot be written changes nothing:
+ * an API key it would add stays unknown, and the log never claims a reload
+ * that did not happen.
+ */
+static void
+a_reload_the_audit_log_cannot_take_changes_nothing(void **state)
+{
+	struct idpd_proc *p = &refuse_proc;
+	char key[64], hash[80], block[512];
+	json_t *evs, *ev;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(harness_db_create("t_life_reload_refuse"), 0);
+	assert_int_equal(
+	    harness_idpd_start(p, "t_life_reload_refuse", NULL, "[audit]\ntimeout = \"1s\"\n"), 0);
+	assert_int_equal(harness_sql("t_life_reload_refuse",
+	                             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+	                             "$$BEGIN RAISE EXCEPTION 'refused by the test'; END$$; "
+	                             "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+	                             "FOR EACH ROW WHEN (NEW.type = 'config.reloaded') "
+	                             "EXECUTE FUNCTION refuse()"),
+	                 0);
+	snprintf(block, sizeof(block),
+	         "\n[[api_keys]]\nname = \"late-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n",
+	         hash);
+	append_and_reload(p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(p, "cannot take its config.reloaded"); i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(p, "cannot take its config.reloaded"));
+	assert_int_equal(agents_status(p, key), 401);
+
+	assert_int_equal(harness_sql("t_life_reload_refuse", "DROP TRIGGER refuse ON audit_events"),
+	                 0);
+	/* The refused event was cancelled, not written: once the log takes
+	 * events again, the same file reloads and is the one reload audited. */
+	assert_int_equal(kill(p->pid, SIGHUP), 0);
+	for (int i = 0; i < 100 && !harness_log_contains(p, "reload: done"); i++)
+		sleep_ms(50);
+	assert_int_equal(agents_status(p, key), 200);
+	evs = reload_events(p->db, 1);
+	assert_int_equal(json_array_size(evs), 1);
+	ev = json_array_get(evs, 0);
+	assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "success");
+	assert_non_null(reload_section(ev, "api_keys"));
+	json_decref(evs);
+}
+
 /* A .sql file not named as a migration is an error, not silently skipped. */
 static void
 migrate_refuses_a_misnamed_migration(void **state)
@@ -928,6 +1146,9 @@ main(void)
 	    cmocka_unit_test(migrate_refuses_an_applied_migration_that_changed),
 	    cmocka_unit_test(migrate_refuses_a_misnamed_migration),
 	    cmocka_unit_test(a_reload_that_cannot_read_a_file_changes_nothing),
+	    cmocka_unit_test(a_reload_is_audited_naming_what_it_changes),
+	    cmocka_unit_test_teardown(a_reload_the_audit_log_cannot_take_changes_nothing,
+	                              refuse_teardown),
 	    cmocka_unit_test(check_config_names_file_line_and_column),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "idpd/audit.h"
 #include "idpd/buf.h"
 #include "idpd/config.h"
 #include "idpd/toml.h"
@@ -772,6 +773,90 @@ config_restart_keys_names_changed_restart_only_keys(void **state)
 	idpd_config_free(b);
 }
 
+/* What a reload's audit event says changed: names, roles, issuers; never a hash. */
+static void
+config_changes_name_what_a_reload_changes(void **state)
+{
+	struct idpd_config *started, *running, *next;
+	json_t *got, *want, *copy;
+	char *text;
+
+	(void)state;
+	started = load_ok("[[api_keys]]\nname = \"ops\"\nhash = \"" HASH_A "\"\n"
+	                  "roles = [\"admin\"]\n");
+	running = load_ok("[log]\nlevel = \"info\"\n"
+	                  "[[api_keys]]\nname = \"ops\"\nhash = \"" HASH_A "\"\n"
+	                  "roles = [\"admin\"]\n"
+	                  "[[api_keys]]\nname = \"old\"\nhash = \"" HASH_B "\"\n"
+	                  "roles = [\"auditor\"]\n"
+	                  "[[idp]]\nname = \"corp\"\nissuer = \"https://corp\"\n"
+	                  "audience = \"idpd\"\njwks_file = \"/j\"\n"
+	                  "[[resources]]\naudience = \"billing\"\ndomain = \"finance\"\n");
+	/* ops rotated under its name with fewer roles, old gone, a new admin
+	 * key with old's hash, a second IdP, billing moved domain; the
+	 * elements are reordered, which changes nothing by itself. */
+	next = load_ok("[server]\nport = 9000\n[log]\nlevel = \"warn\"\n"
+	               "[[resources]]\naudience = \"billing\"\ndomain = \"sales\"\n"
+	               "[[idp]]\nname = \"second\"\nissuer = \"https://second\"\n"
+	               "audience = \"idpd\"\njwks_file = \"/k\"\n"
+	               "[[idp]]\nname = \"corp\"\nissuer = \"https://corp\"\n"
+	               "audience = \"idpd\"\njwks_file = \"/j\"\n"
+	               "[[api_keys]]\nname = \"late-admin\"\nhash = \"" HASH_B "\"\n"
+	               "roles = [\"admin\", \"auditor\"]\n"
+	               "[[api_keys]]\nname = \"ops\"\nhash = \"" HASH_A "\"\n"
+	               "roles = [\"registrar\"]\naudiences = \"billing\"\n");
+
+	got = idpd_config_changes(started, running, next, false);
+	want = json_loads(
+	    "{\"settings\": [\"log.level\"], \"restart_pending\": [\"server.port\"],"
+	    " \"sections\": ["
+	    "  {\"section\": \"resources\", \"changed\": [{\"audience\": \"billing\","
+	    "   \"fields\": [\"domain\"]}]},"
+	    "  {\"section\": \"idp\", \"added\": [{\"name\": \"second\","
+	    "   \"issuer\": \"https://second\"}]},"
+	    "  {\"section\": \"api_keys\","
+	    "   \"added\": [{\"name\": \"late-admin\", \"roles\": [\"admin\", \"auditor\"]}],"
+	    "   \"removed\": [{\"name\": \"old\", \"roles\": [\"auditor\"]}],"
+	    "   \"changed\": [{\"name\": \"ops\", \"roles\": [\"registrar\"],"
+	    "    \"fields\": [\"roles\", \"audiences\"]}]}]}",
+	    0, NULL);
+	assert_non_null(want);
+	text = json_dumps(got, JSON_SORT_KEYS);
+	if (!json_equal(got, want))
+		fail_msg("got %s", text);
+	/* Names only: no key hash, no JWKS path; and nothing the audit log
+	 * would take for a secret and hide. */
+	assert_null(strstr(text, "sha256:"));
+	assert_null(strstr(text, "/k"));
+	copy = json_deep_copy(got);
+	assert_int_equal(audit_redact_params(copy), IDP_OK);
+	assert_true(json_equal(copy, got));
+	json_decref(copy);
+	free(text);
+	json_decref(got);
+	json_decref(want);
+
+	/* Too much to list: the lists become counts. */
+	got = idpd_config_changes(started, running, next, true);
+	text = json_dumps(json_object_get(got, "sections"), JSON_SORT_KEYS);
+	assert_string_equal(text, "[{\"changed\": 1, \"section\": \"resources\"}, "
+	                          "{\"added\": 1, \"section\": \"idp\"}, "
+	                          "{\"added\": 1, \"changed\": 1, \"removed\": 1, "
+	                          "\"section\": \"api_keys\"}]");
+	free(text);
+	json_decref(got);
+
+	/* No change: empty lists, still there for a SIEM to read. */
+	got = idpd_config_changes(running, running, running, false);
+	text = json_dumps(got, JSON_SORT_KEYS | JSON_COMPACT);
+	assert_string_equal(text, "{\"restart_pending\":[],\"sections\":[],\"settings\":[]}");
+	free(text);
+	json_decref(got);
+	idpd_config_free(started);
+	idpd_config_free(running);
+	idpd_config_free(next);
+}
+
 /* ---- files ---- */
 
 static char *
@@ -801,6 +886,9 @@ config_load_reads_file_and_reports_io_errors(void **state)
 	assert_int_equal(idpd_config_load(path, &c, &d), IDP_OK);
 	assert_int_equal(c->server.port, 1234);
 	assert_string_equal(c->path, path);
+	/* The SHA-256 of the bytes read, which an audit event names. */
+	assert_string_equal(c->sha256,
+	                    "1c1559ad67eed6545d3007a218776ea72273341769bc181efabe51c3df9d5b26");
 	idpd_config_free(c);
 	unlink(path);
 	assert_int_equal(idpd_config_load(path, &c, &d), IDP_EIO);
@@ -810,6 +898,25 @@ config_load_reads_file_and_reports_io_errors(void **state)
 	assert_string_equal(idp_diag_str(&d), want);
 	free(want);
 	free(path);
+
+	/* A file that does not load still has its hash taken; one that cannot
+	 * be read has none. */
+	{
+		const char bad[] = "[server]\nport = \n";
+		char sum[IDPD_CONFIG_SUM_LEN + 1];
+
+		path = temp_file(bad, sizeof(bad) - 1);
+		idp_diag_init(&d);
+		assert_int_equal(idpd_config_load_ex(path, &c, sum, &d), IDP_EINVAL);
+		assert_null(c);
+		assert_string_equal(
+		    sum, "6abca688b3afcf831312c2789a0bf4b4e82b2ef0372769f8281cff4e14e40dbf");
+		unlink(path);
+		idp_diag_init(&d);
+		assert_int_equal(idpd_config_load_ex(path, &c, sum, &d), IDP_EIO);
+		assert_string_equal(sum, "");
+		free(path);
+	}
 
 	big = malloc(IDP_TOML_MAX_INPUT + 10);
 	assert_non_null(big);
@@ -1037,6 +1144,7 @@ main(void)
 	    cmocka_unit_test(config_never_prints_secrets),
 	    cmocka_unit_test(config_describe_lists_keys_and_hides_secrets),
 	    cmocka_unit_test(config_restart_keys_names_changed_restart_only_keys),
+	    cmocka_unit_test(config_changes_name_what_a_reload_changes),
 	    cmocka_unit_test(config_load_reads_file_and_reports_io_errors),
 	    cmocka_unit_test(config_example_documents_every_key_and_loads),
 	    cmocka_unit_test(config_reference_documents_every_key),
