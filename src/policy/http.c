@@ -415,6 +415,10 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	if (!json_is_object(subject) || !json_is_string(json_object_get(subject, "id")) ||
 	    !json_is_string(json_object_get(subject, "type")))
 		*why = "subject.type and subject.id are required";
+	/* The subjects idpd decides for are its agents; a PEP asking about a
+	 * user or a group would get an answer about a namesake agent. */
+	else if (strcmp(json_string_value(json_object_get(subject, "type")), "agent") != 0)
+		*why = "subject.type must be \"agent\"";
 	else if (!json_is_object(action) || !json_is_string(json_object_get(action, "name")))
 		*why = "action.name is required";
 	else if (!json_is_object(resource) || !json_is_string(json_object_get(resource, "id")) ||
@@ -446,9 +450,13 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 		json_object_update(request, json_object_get(action, "properties"));
 	/* What the request is comes from action.name and resource.id alone: a
 	 * PEP may not call a destructive scope a read, nor name another
-	 * audience. */
+	 * audience.  Nor may it name the human or the task: the token path
+	 * takes both from a verified task, and a rule trusting them (a task's
+	 * owner may do more) must not be satisfied by a PEP's say-so. */
 	json_object_del(request, "action_class");
 	json_object_del(request, "audience");
+	json_object_del(request, "human");
+	json_object_del(request, "task_id");
 	json_object_set_new(request, "scopes", json_pack("[O]", json_object_get(action, "name")));
 	s = json_string_value(json_object_get(resource, "id"));
 	/* A resource idpd knows ([[resources]]) is as configured and nothing
@@ -607,7 +615,7 @@ prepared_free(struct prepared *p, size_t n)
 
 /*
  * Build one evaluation's input.  200 with *p, or the status of the
- * request's refusal (400, 422, 503) with *why or diag.  Pure: a batch
+ * request's refusal (400, 403, 422, 503) with *why or diag.  Pure: a batch
  * is prepared whole before any of it is counted, so a bad item changes
  * nothing.  Unknown members are ignored (AuthZEN 10.1.1); those the
  * policy input model knows must still fit it.
@@ -624,8 +632,9 @@ authzen_prepare(const struct auth_principal *caller, json_t *subject, const stru
 
 	memset(p, 0, sizeof(*p));
 	/* A key bound to audiences asks about its own resources only: it may
-	 * neither learn another's answers nor count calls against them. */
-	if (rid != NULL && !auth_audience_allowed(caller, rid)) {
+	 * neither learn another's answers nor count calls against them.  The
+	 * id is one audience, matched whole: "billing-api x" is not x. */
+	if (rid != NULL && !auth_resource_allowed(caller, rid)) {
 		*why = "this key may not ask about that resource (api_keys[].audiences)";
 		return 403;
 	}
