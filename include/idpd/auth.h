@@ -46,6 +46,13 @@ struct auth_principal {
  * one of the key's.
  */
 bool auth_audience_allowed(const struct auth_principal *p, const char *auds);
+/*
+ * Whether p may ask about the one resource aud (an AuthZEN resource.id):
+ * always for a key without audiences, else when aud, whole, is one of the
+ * key's.  aud is never split: "billing x" is no audience of a key bound to
+ * "x", as it would be to auth_audience_allowed.
+ */
+bool auth_resource_allowed(const struct auth_principal *p, const char *aud);
 
 /*
  * Check the presented key against k.  IDP_OK and *out filled on a match;

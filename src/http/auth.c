@@ -191,6 +191,14 @@ auth_audience_allowed(const struct auth_principal *p, const char *auds)
 }
 
 bool
+auth_resource_allowed(const struct auth_principal *p, const char *aud)
+{
+	if (p->audiences[0] == '\0')
+		return true;
+	return aud != NULL && aud[0] != '\0' && idp_word_listed(p->audiences, aud, strlen(aud));
+}
+
+bool
 auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out)
 {
 	struct auth_keys *k = auth_keys_current();

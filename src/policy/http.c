@@ -27,7 +27,7 @@
 /*
  * The live context state: per-agent call counters and behavioural
  * baselines, shared by every evaluation of this process (the token service
- * will use the same ones), each bounded and internally locked.
+ * uses the same ones), each bounded and internally locked.
  */
 #define CONTEXT_CAPACITY 65536
 
@@ -41,6 +41,18 @@ static struct {
 
 static json_t *strings(const char *const *v, size_t n);
 
+/*
+ * What an evaluation may change of the live state.  A token request is a
+ * call: it is counted and teaches the agent's baseline.  An AuthZEN question
+ * is counted for its (agent, resource) pair only, the pair its key may ask
+ * about, and reads the baseline without teaching it: the baseline is the
+ * agent's across every resource, and the token service reads it, so a key
+ * limited to one resource could otherwise raise (with denied questions) or
+ * lower (asking a scope makes it "seen") the agent's risk for all of them.
+ * A dry run only looks.
+ */
+enum use { USE_DRY_RUN, USE_QUESTION, USE_REQUEST };
+
 static const char *
 slot_str(const struct policy_input *in, enum policy_attr a)
 {
@@ -49,13 +61,15 @@ slot_str(const struct policy_input *in, enum policy_attr a)
 
 /*
  * Fill what the caller left out of context: the local time, the agent's
- * calls to this resource in the last minute, and its risk score.  A live
- * evaluation (a PEP asking before it acts) counts as a call; a dry run only
- * looks.  Values the caller gave are kept: a dry run may ask "what if".
+ * calls to this resource in the last minute, and its risk score.  A token
+ * request or an AuthZEN question counts as a call of the agent to the
+ * resource; a dry run only looks.  Values the caller gave are kept: a dry
+ * run may ask "what if".
  */
 static void
-fill_context(struct policy_input *in, bool live, int64_t now)
+fill_context(struct policy_input *in, enum use use, int64_t now)
 {
+	bool live = use != USE_DRY_RUN;
 	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
 	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
 	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
@@ -100,7 +114,7 @@ fill_context(struct policy_input *in, bool live, int64_t now)
 		        NULL));
 }
 
-/* Teach the baseline what a live request did and how it ended. */
+/* Teach the baseline what a token request did and how it ended. */
 static void
 learn(const struct policy_input *in, bool denied, int64_t now)
 {
@@ -118,31 +132,31 @@ learn(const struct policy_input *in, bool denied, int64_t now)
 }
 
 /*
- * The core both entry points share: on the current set (returned with a
- * reference the caller drops), fill the context, evaluate and, when live,
- * learn.  NULL when no set is loaded.
+ * The core every entry point shares: on the current set (returned with a
+ * reference the caller drops), fill the context, evaluate and, for a token
+ * request only, learn.  NULL when no set is loaded.
  */
 static struct policy_set *
-decide(struct policy_input *in, bool live, struct policy_decision *d)
+decide(struct policy_input *in, enum use use, struct policy_decision *d)
 {
 	int64_t now = idp_now_ms(idp_clock_system());
 	struct policy_set *set = policy_engine_acquire(P.engine);
 
 	if (set == NULL)
 		return NULL;
-	fill_context(in, live, now);
+	fill_context(in, use, now);
 	policy_eval(set, in, d);
-	if (live)
+	if (use == USE_REQUEST)
 		learn(in, d->effect == POLICY_DENY, now);
 	return set;
 }
 
 /* decide() on a parsed input: the decision as JSON with policy_hash, or NULL (no set). */
 static json_t *
-decide_doc(struct policy_input_doc *doc, bool live)
+decide_doc(struct policy_input_doc *doc, enum use use)
 {
 	struct policy_decision d;
-	struct policy_set *set = decide(policy_input_doc_input(doc), live, &d);
+	struct policy_set *set = decide(policy_input_doc_input(doc), use, &d);
 	json_t *out;
 
 	if (set == NULL)
@@ -163,7 +177,7 @@ policy_service_decide(const json_t *input, bool live, json_t **out, struct idp_d
 	*out = NULL;
 	if (policy_input_from_json(input, &jo, &doc, diag) != IDP_OK)
 		return IDP_EUNPROCESSABLE;
-	*out = decide_doc(doc, live);
+	*out = decide_doc(doc, live ? USE_REQUEST : USE_DRY_RUN);
 	policy_input_doc_free(doc);
 	return *out != NULL ? IDP_OK : IDP_EUNAVAIL;
 }
@@ -216,7 +230,7 @@ policy_service_decide_input(struct policy_input *in, bool live, struct policy_ou
 	if (policy_input_validate(in, diag) != IDP_OK)
 		return IDP_EUNPROCESSABLE;
 	policy_input_derive_action_class(in, NULL);
-	set = decide(in, live, &d);
+	set = decide(in, live ? USE_REQUEST : USE_DRY_RUN, &d);
 	if (set == NULL)
 		return IDP_EUNAVAIL;
 	outcome_copy(&d, out);
@@ -281,7 +295,7 @@ dry_run(struct http_req *req, void *ctx)
 		return;
 	}
 	json_decref(body);
-	out = decide_doc(doc, false);
+	out = decide_doc(doc, USE_DRY_RUN);
 	if (out == NULL) {
 		policy_input_doc_free(doc);
 		http_reply_error(req, IDP_EUNAVAIL, "no policy set is loaded");
@@ -401,6 +415,10 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 	if (!json_is_object(subject) || !json_is_string(json_object_get(subject, "id")) ||
 	    !json_is_string(json_object_get(subject, "type")))
 		*why = "subject.type and subject.id are required";
+	/* The subjects idpd decides for are its agents; a PEP asking about a
+	 * user or a group would get an answer about a namesake agent. */
+	else if (strcmp(json_string_value(json_object_get(subject, "type")), "agent") != 0)
+		*why = "subject.type must be \"agent\"";
 	else if (!json_is_object(action) || !json_is_string(json_object_get(action, "name")))
 		*why = "action.name is required";
 	else if (!json_is_object(resource) || !json_is_string(json_object_get(resource, "id")) ||
@@ -432,9 +450,13 @@ authzen_to_input(json_t *subject, const struct subject *who, json_t *action, jso
 		json_object_update(request, json_object_get(action, "properties"));
 	/* What the request is comes from action.name and resource.id alone: a
 	 * PEP may not call a destructive scope a read, nor name another
-	 * audience. */
+	 * audience.  Nor may it name the human or the task: the token path
+	 * takes both from a verified task, and a rule trusting them (a task's
+	 * owner may do more) must not be satisfied by a PEP's say-so. */
 	json_object_del(request, "action_class");
 	json_object_del(request, "audience");
+	json_object_del(request, "human");
+	json_object_del(request, "task_id");
 	json_object_set_new(request, "scopes", json_pack("[O]", json_object_get(action, "name")));
 	s = json_string_value(json_object_get(resource, "id"));
 	/* A resource idpd knows ([[resources]]) is as configured and nothing
@@ -593,9 +615,9 @@ prepared_free(struct prepared *p, size_t n)
 
 /*
  * Build one evaluation's input.  200 with *p, or the status of the
- * request's refusal (400, 422, 503) with *why or diag.  Pure: a batch is
- * prepared whole before any of it is counted or learnt from, so a bad item
- * changes nothing.  Unknown members are ignored (AuthZEN 10.1.1); those the
+ * request's refusal (400, 403, 422, 503) with *why or diag.  Pure: a batch
+ * is prepared whole before any of it is counted, so a bad item changes
+ * nothing.  Unknown members are ignored (AuthZEN 10.1.1); those the
  * policy input model knows must still fit it.
  */
 static int
@@ -610,8 +632,9 @@ authzen_prepare(const struct auth_principal *caller, json_t *subject, const stru
 
 	memset(p, 0, sizeof(*p));
 	/* A key bound to audiences asks about its own resources only: it may
-	 * neither learn another's answers nor count calls against them. */
-	if (rid != NULL && !auth_audience_allowed(caller, rid)) {
+	 * neither learn another's answers nor count calls against them.  The
+	 * id is one audience, matched whole: "billing-api x" is not x. */
+	if (rid != NULL && !auth_resource_allowed(caller, rid)) {
 		*why = "this key may not ask about that resource (api_keys[].audiences)";
 		return 403;
 	}
@@ -653,7 +676,10 @@ authzen_refuse(struct http_req *req, int status, long item, const char *why, str
 		                   NULL, "%s%s", at, why);
 }
 
-/* Evaluate a prepared question live: its AuthZEN answer, or NULL (no policy set). */
+/*
+ * Evaluate a prepared question (counted for its pair, the baseline only
+ * read): its AuthZEN answer, or NULL (no policy set).
+ */
 static json_t *
 authzen_decide(struct http_req *req, const struct auth_principal *who, struct prepared *p)
 {
@@ -662,7 +688,7 @@ authzen_decide(struct http_req *req, const struct auth_principal *who, struct pr
 
 	if (p->doc == NULL)
 		return json_incref(p->answer);
-	full = decide_doc(p->doc, true);
+	full = decide_doc(p->doc, USE_QUESTION);
 	if (full == NULL)
 		return NULL;
 	in = policy_input_doc_input(p->doc);

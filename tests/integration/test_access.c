@@ -45,7 +45,12 @@ static const char test_rules[] =
     "@reason(\"writes to confidential resources need a human approval\")\n"
     "require_approval when {\n"
     "\tresource.classification == \"confidential\" and request.action_class >= \"write\"\n"
-    "} unless { context.approval };\n";
+    "} unless { context.approval };\n"
+    "\n"
+    "@id(\"test-risk-watched\")\n"
+    "@reason(\"a watched agent at risk 60 or more needs a human\")\n"
+    "require_approval when { agent.type == \"risk-watched\" and context.risk >= 60 }\n"
+    "\tunless { context.approval };\n";
 
 static char policy_dir[64];
 
@@ -1600,6 +1605,142 @@ an_introspector_bound_to_audiences_sees_only_their_tokens(void **state)
 	setting_stop(&s);
 }
 
+/* POST /v1/token as a task's root agent (no delegation token); the answer in r. */
+static void
+root_token(struct setting *s, const char *cred, const char *task_id, const char *audience,
+           const char *scope, struct http_resp *r)
+{
+	char body[512];
+
+	snprintf(body, sizeof(body),
+	         "{\"audience\":\"%s\",\"scope\":\"%s\",\"task_id\":\"%s\","
+	         "\"reason\":\"inventory for the quarterly review\"}",
+	         audience, scope, task_id);
+	world_call(&s->w, "POST", "/v1/token", cred, body, r);
+}
+
+/* An AuthZEN question about agent, action on resource (JSON members after "id"), as key. */
+static json_t *
+ask(struct setting *s, const char *key, const char *agent, const char *action, const char *resource)
+{
+	char body[1024];
+	struct http_resp r;
+	json_t *answer;
+
+	snprintf(body, sizeof(body),
+	         "{\"subject\":{\"type\":\"agent\",\"id\":\"%s\"},\"action\":{\"name\":\"%s\"},"
+	         "\"resource\":{\"type\":\"api\",\"id\":%s}}",
+	         agent, action, resource);
+	world_call(&s->w, "POST", "/access/v1/evaluation", key, body, &r);
+	if (r.status != 200)
+		fprintf(stderr, "authzen: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	answer = json_incref(r.json);
+	harness_resp_free(&r);
+	return answer;
+}
+
+/*
+ * AuthZEN questions read an agent's risk but never change it.  The reports
+ * API's PEP (a key bound to that audience) asks about an agent again and
+ * again with a scope it does not have, and in a burst: the agent's token
+ * for another resource is decided as its twin's, which nobody asked about
+ * (with the questions counted as denials, its risk would pass the test
+ * rule's 60 and its token would wait for a human).  Its own denied token
+ * requests do raise its risk, and a question then sees it.
+ */
+static void
+authzen_questions_leave_the_risk_of_token_requests_alone(void **state)
+{
+	static const char *const ids[] = {"watched-agent", "twin-agent"};
+	struct setting s;
+	struct world_opts o = {0};
+	struct http_resp r;
+	char key[64], hash[80], extra[512], cred[2][4096], task[2][80], body[8192];
+	char decision[2][32];
+	char *root;
+	json_t *a;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reports-pep\"\nhash = \"%s\"\n"
+	         "roles = [\"introspector\"]\naudiences = \"" WORLD_REPORTS "\"\n",
+	         hash);
+	o.extra_toml = extra;
+	setting_start_with(&s, "t_access_authzen_risk", &o);
+	for (int i = 0; i < 2; i++) {
+		agent(&s, ids[i], "risk-watched", "[\"cloud:Describe*\"]", "[\"cloud\"]", "[]");
+		world_credential(&s.w, ids[i], cred[i], sizeof(cred[i]));
+		world_task(&s.w, s.alice, ids[i], "[\"cloud:DescribeInstances\"]", task[i], &root);
+		free(root);
+	}
+
+	for (int i = 0; i < 3; i++) {
+		a = ask(&s, key, "watched-agent", "reports:write", "\"" WORLD_REPORTS "\"");
+		assert_true(json_is_false(json_object_get(a, "decision")));
+		json_decref(a);
+	}
+	{
+		json_t *b =
+		    json_pack("{s:{s:s,s:s},s:{s:s},s:{s:s,s:s},s:[]}", "subject", "type", "agent",
+		              "id", "watched-agent", "action", "name", "reports:write", "resource",
+		              "type", "api", "id", WORLD_REPORTS, "evaluations");
+		char *text;
+
+		for (int i = 0; i < 64; i++)
+			json_array_append_new(json_object_get(b, "evaluations"), json_object());
+		text = json_dumps(b, JSON_COMPACT);
+		for (int i = 0; i < 4; i++) {
+			world_call(&s.w, "POST", "/access/v1/evaluations", key, text, &r);
+			assert_int_equal(r.status, 200);
+			assert_int_equal(json_array_size(json_object_get(r.json, "evaluations")),
+			                 64);
+			harness_resp_free(&r);
+		}
+		free(text);
+		json_decref(b);
+	}
+
+	for (int i = 0; i < 2; i++) {
+		root_token(&s, cred[i], task[i], WORLD_AWS, "cloud:DescribeInstances", &r);
+		if (r.status != 200)
+			fprintf(stderr, "%s: %ld %s\n", ids[i], r.status, r.body);
+		assert_int_equal(r.status, 200);
+		assert_false(has_rule(r.json, "test-risk-watched"));
+		snprintf(decision[i], sizeof(decision[i]), "%s",
+		         json_string_value(json_object_get(r.json, "decision")));
+		harness_resp_free(&r);
+	}
+	assert_string_equal(decision[0], decision[1]);
+
+	/* Three denied token requests (cloud-only agent, finance resource) are
+	 * the agent's own: 30 points.  A question about a scope and a resource
+	 * new to both agents now finds the watched one at 65 or more, and its
+	 * twin at 35 or 50 (off hours). */
+	for (int i = 0; i < 3; i++) {
+		root_token(&s, cred[0], task[0], WORLD_BILLING, "cloud:DescribeInstances", &r);
+		assert_int_equal(r.status, 403);
+		assert_string_equal(json_string_value(json_object_get(r.json, "code")),
+		                    "policy_denied");
+		harness_resp_free(&r);
+	}
+	snprintf(body, sizeof(body),
+	         "\"https://inventory.example.com\",\"properties\":{\"domain\":\"cloud\","
+	         "\"classification\":\"internal\",\"environment\":\"production\"}");
+	a = ask(&s, s.w.k.introspector, "watched-agent", "cloud:DescribeVolumes", body);
+	assert_true(json_is_false(json_object_get(a, "decision")));
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(a, "context"), "idpd_decision")),
+	    "REQUIRE_APPROVAL");
+	assert_true(has_rule(json_object_get(a, "context"), "test-risk-watched"));
+	json_decref(a);
+	a = ask(&s, s.w.k.introspector, "twin-agent", "cloud:DescribeVolumes", body);
+	assert_true(json_is_true(json_object_get(a, "decision")));
+	json_decref(a);
+	setting_stop(&s);
+}
+
 /* tok with its ES256 s replaced by n - s: the other valid spelling of its signature. */
 static char *
 high_s_twin(const char *tok)
@@ -1757,6 +1898,7 @@ main(void)
 	    cmocka_unit_test(token_is_withheld_when_its_event_cannot_commit),
 	    cmocka_unit_test(a_fresh_instance_issues_from_cold_caches),
 	    cmocka_unit_test(an_introspector_bound_to_audiences_sees_only_their_tokens),
+	    cmocka_unit_test(authzen_questions_leave_the_risk_of_token_requests_alone),
 	    cmocka_unit_test(the_high_s_twin_of_an_idpd_token_is_refused),
 	};
 

@@ -594,6 +594,92 @@ authzen_says_no_when_conditions_replace_the_action(void **state)
 	harness_resp_free(&r);
 }
 
+/*
+ * What a PEP may not say: that the subject is something other than an
+ * agent (400), who the human or the task behind a request is (ignored: the
+ * token path takes both from a verified task), or a resource id that spells
+ * its key's audience among other words (403, as any other resource).
+ * Nothing refused is evaluated.
+ */
+static void
+authzen_takes_from_a_pep_only_what_it_may_say(void **state)
+{
+	static const char claims_rules[] =
+		"@id(\"claimed-task\")\n@reason(\"the PEP named a task or a human\")\n"
+		"deny when { has(request.human) or has(request.task_id) };\n"
+		"@id(\"ttl-601\")\n@reason(\"a ttl of 601 seconds\")\n"
+		"deny when { has(request.ttl) and request.ttl == 601 };\n";
+	static const char user[] =
+		"{\"subject\":{\"type\":\"user\",\"id\":\"agent-cloud-inventory-001\"},"
+		"\"action\":{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"type\":\"api\","
+		"\"id\":\"cloud-inventory-api\"}}";
+	struct http_resp r;
+	char path[256], body[1024], d[8];
+	long before;
+	FILE *f;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/zz-claims.policy", policy_dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(claims_rules, f);
+	fclose(f);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+
+	/* action.properties may set the ttl, but not the human nor the task. */
+	for (int ttl = 600; ttl <= 601; ttl++) {
+		snprintf(body, sizeof(body),
+			 "{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\"},"
+			 "\"action\":{\"name\":\"ec2:DescribeInstances\",\"properties\":"
+			 "{\"human\":\"boss@company.com\",\"task_id\":\"task-1\",\"ttl\":%d}},"
+			 "\"resource\":{\"type\":\"api\",\"id\":\"cloud-inventory-api\",\"properties\":"
+			 "{\"domain\":\"cloud\",\"classification\":\"internal\","
+			 "\"environment\":\"production\"}}}",
+			 ttl);
+		assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, body, &r), 200);
+		assert_false(json_has(json_object_get(r.json, "context"), "claimed-task"));
+		assert_true(json_has(json_object_get(r.json, "context"), "ttl-601") == (ttl == 601));
+		assert_true(json_is_true(json_object_get(r.json, "decision")) == (ttl == 600));
+		harness_resp_free(&r);
+	}
+
+	before = evaluated_events();
+	/* The subjects idpd decides for are agents. */
+	assert_int_equal(call("POST", "/access/v1/evaluation", pep_key, user, &r), 400);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")),
+			       "subject.type"));
+	harness_resp_free(&r);
+	batch("{\"subject\":{\"type\":\"agent\",\"id\":\"agent-cloud-inventory-001\"},"
+	      "\"action\":{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"type\":\"api\","
+	      "\"id\":\"cloud-inventory-api\"},\"evaluations\":[{},{\"subject\":{\"type\":"
+	      "\"Agent\",\"id\":\"agent-cloud-inventory-001\"}}]}",
+	      400, d, sizeof(d), &r);
+	assert_non_null(strstr(json_string_value(json_object_get(r.json, "detail")),
+			       "evaluations[1]"));
+	harness_resp_free(&r);
+	/* A key bound to cloud-inventory-api: a resource id is that audience
+	 * whole or another resource. */
+	snprintf(body, sizeof(body),
+		 "{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\"},\"action\":"
+		 "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
+		 "\"billing-api cloud-inventory-api\"}}");
+	assert_int_equal(call("POST", "/access/v1/evaluation", cloud_pep_key, body, &r), 403);
+	assert_string_equal(json_string_value(json_object_get(r.json, "code")), "forbidden");
+	harness_resp_free(&r);
+	snprintf(body, sizeof(body),
+		 "{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\"},\"action\":"
+		 "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
+		 "\"cloud-inventory-api \"}}");
+	assert_int_equal(call("POST", "/access/v1/evaluation", cloud_pep_key, body, &r), 403);
+	harness_resp_free(&r);
+	assert_int_equal(evaluated_events(), before);
+
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
+	harness_resp_free(&r);
+}
+
 static void
 reload_refuses_a_broken_set_and_keeps_the_old_one(void **state)
 {
@@ -783,6 +869,7 @@ main(void)
 		cmocka_unit_test(authzen_answers_a_pep_in_the_standard_shape),
 		cmocka_unit_test(authzen_batches_follow_the_spec),
 		cmocka_unit_test(authzen_says_no_when_conditions_replace_the_action),
+		cmocka_unit_test(authzen_takes_from_a_pep_only_what_it_may_say),
 		cmocka_unit_test(reload_refuses_a_broken_set_and_keeps_the_old_one),
 		cmocka_unit_test(a_reload_that_cannot_be_audited_changes_nothing),
 		cmocka_unit_test(options_a_policy_endpoint_does_not_read_are_refused),

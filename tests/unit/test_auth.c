@@ -150,6 +150,27 @@ audiences_match_whole_words(void **state)
 	assert_false(auth_audience_allowed(&p, NULL));
 }
 
+/* An AuthZEN resource is one audience, matched whole: no list of them is split. */
+static void
+a_resource_matches_one_audience_whole(void **state)
+{
+	struct auth_principal p = {.name = "rs", .roles = IDPD_ROLE_INTROSPECTOR};
+
+	(void)state;
+	assert_true(auth_resource_allowed(&p, "billing x"));
+	snprintf(p.audiences, sizeof(p.audiences), "x https://b");
+	assert_true(auth_resource_allowed(&p, "x"));
+	assert_true(auth_resource_allowed(&p, "https://b"));
+	assert_false(auth_resource_allowed(&p, "billing x"));
+	assert_false(auth_resource_allowed(&p, "x billing"));
+	assert_false(auth_resource_allowed(&p, "x "));
+	assert_false(auth_resource_allowed(&p, " x"));
+	assert_false(auth_resource_allowed(&p, "x https://b"));
+	assert_false(auth_resource_allowed(&p, "xx"));
+	assert_false(auth_resource_allowed(&p, ""));
+	assert_false(auth_resource_allowed(&p, NULL));
+}
+
 int
 main(void)
 {
@@ -161,6 +182,7 @@ main(void)
 	    cmocka_unit_test(roles_parse_names_and_rejects_unknown),
 	    cmocka_unit_test(installed_set_is_reference_counted),
 	    cmocka_unit_test(audiences_match_whole_words),
+	    cmocka_unit_test(a_resource_matches_one_audience_whole),
 	};
 	return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
 }
