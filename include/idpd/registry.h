@@ -164,8 +164,10 @@ void registry_touch(const char *id, int64_t now_ms);
  * IDP_OK (also when nothing was noted); IDP_EUNAVAIL when PostgreSQL cannot
  * take it, in which case the times stay noted for the next flush.  A
  * flush in progress (the flusher thread's) is waited for first, so on
- * IDP_OK every touch made before the call is written.  Any thread; waits
- * on PostgreSQL.
+ * IDP_OK every touch made before the call is written, except those of
+ * agents whose rows another transaction held locked: the flush never waits
+ * for a row lock, and leaves those times noted for the next flush.  Any
+ * thread; waits on PostgreSQL (never on a row lock).
  */
 int registry_touch_flush(void) IDP_WUR;
 /* How many flush statements have succeeded since the process started.  Any thread. */

@@ -106,26 +106,30 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_gua
  * An agent is stale when nothing shows it in use for cleanup.stale_after:
  * no token (last_active), no attestation (credential_last_rotated), no
  * registration or resume.  last_active is batched in memory: this
- * instance's touches are written before the job reads, and the idle period
- * is widened by registry.last_active_flush for the touches other instances
- * have not written yet.  An agent that wakes on another instance within
- * that last period after being idle for the whole of stale_after is still
- * covered whenever stale_after passes 24h: a token needs an identity
- * credential, which lives 24h at most, and attesting writes
- * credential_last_rotated at once.
+ * instance's touches are written before the job reads, except those of
+ * agents whose rows another transaction held (the flush skips a locked row
+ * rather than wait, touch.c): every agent still noted in memory after the
+ * flush is in use, and left out.  The idle period is widened by
+ * registry.last_active_flush for the touches other instances have not
+ * written yet.  An agent that wakes on another instance within that last
+ * period after being idle for the whole of stale_after is still covered
+ * whenever stale_after passes 24h: a token needs an identity credential,
+ * which lives 24h at most, and attesting writes credential_last_rotated at
+ * once.
  */
-static int
+IDP_STATIC int
 stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
 {
 	static struct store_stmt find = {
 	    "cleanup_stale_find",
 	    "SELECT id, count(*) OVER () FROM agents WHERE status = 'active' "
-	    "AND " AGENT_LAST_SEEN_SQL
+	    "AND id <> ALL($3::text[]) AND " AGENT_LAST_SEEN_SQL
 	    " < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2::int",
-	    2, 0};
+	    3, 0};
 	struct registry_settings s;
 	char idle[24], limit[16], after[32], reason[160];
-	const char *params[2] = {idle, limit};
+	char *pending;
+	const char *params[3] = {idle, limit, NULL};
 	PGresult *r;
 	int rc;
 
@@ -143,10 +147,19 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 		             idp_err_name(rc));
 		return rc;
 	}
+	/* Taken after the flush: what it skipped, and what was touched since. */
+	pending = touch_pending_ids();
+	if (pending == NULL) {
+		idp_diag_add(diag, "listing the agents with unwritten last_active times: %s",
+		             idp_err_name(IDP_EINTERNAL));
+		return IDP_EINTERNAL;
+	}
 	snprintf(idle, sizeof(idle), "%lld",
 	         (long long)(s.stale_after_ms + s.last_active_flush_ms));
 	snprintf(limit, sizeof(limit), "%d", s.stale_suspend ? s.batch_size : REPORT_IDS);
+	params[2] = pending;
 	rc = store_exec(run->conn, &find, params, &r);
+	free(pending);
 	if (rc != IDP_OK) {
 		idp_diag_add(diag, "finding stale agents: %s", idp_err_name(rc));
 		return rc;

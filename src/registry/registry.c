@@ -289,9 +289,13 @@ collect(struct idp_buf *out, void *ctx)
 	        "# HELP idpd_registry_last_active_dropped_total last_active touches dropped "
 	        "(map full, or unwritten at exit).\n"
 	        "# TYPE idpd_registry_last_active_dropped_total counter\n"
-	        "idpd_registry_last_active_dropped_total %llu\n",
-	        ts.pending, (unsigned long long)ts.flushes,
-	        (unsigned long long)ts.dropped) != IDP_OK)
+	        "idpd_registry_last_active_dropped_total %llu\n"
+	        "# HELP idpd_registry_last_active_skipped_total last_active times a flush left "
+	        "for the next one: another transaction held the agent's row.\n"
+	        "# TYPE idpd_registry_last_active_skipped_total counter\n"
+	        "idpd_registry_last_active_skipped_total %llu\n",
+	        ts.pending, (unsigned long long)ts.flushes, (unsigned long long)ts.dropped,
+	        (unsigned long long)ts.skipped) != IDP_OK)
 		log_warn("metrics: registry output truncated");
 	if (idp_buf_printf(
 	        out,
@@ -363,12 +367,11 @@ registry_cache_ready(void)
 int
 registry_init(struct idpd_app *app, struct idp_diag *diag)
 {
-	struct store_subscription sub = {
-	    .channel = "agents",
-	    .on_notify = on_notify,
-	    .on_resync = on_resync,
-	    .on_lost = on_lost,
-	    .ctx = NULL};
+	struct store_subscription sub = {.channel = "agents",
+	                                 .on_notify = on_notify,
+	                                 .on_resync = on_resync,
+	                                 .on_lost = on_lost,
+	                                 .ctx = NULL};
 
 	if (reg != NULL) {
 		idp_diag_add(diag, "registry: already initialised");

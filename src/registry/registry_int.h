@@ -324,8 +324,17 @@ struct touch_stats {
 	uint64_t flushes; /* UPDATE statements that succeeded */
 	uint64_t dropped; /* touches dropped: the map was full, or a flush failed at exit */
 	uint64_t written; /* rows those statements moved forward */
+	uint64_t skipped; /* agents a flush left noted: another transaction held the row */
 };
 void touch_stats(struct touch_stats *out);
+
+/*
+ * The agents whose times are noted and not written (touched since the last
+ * flush, or skipped by it because their rows were locked), as a PostgreSQL
+ * text[] literal the caller frees; NULL if it cannot be formatted.  Holds
+ * registry.touch_lock while it formats.  Any thread.
+ */
+char *touch_pending_ids(void);
 
 /* Keyset cursors (api.c): opaque to clients. */
 void registry_cursor_encode(const char *last_id, char *out, size_t len);

@@ -17,12 +17,25 @@
  *
  * The UPDATE never moves last_active backwards (greatest() of the stored
  * and the noted time, and only rows where the noted time is later), and
- * locks the rows it changes in id order, so two instances flushing
- * overlapping sets cannot deadlock.  It changes neither version nor id, so
- * the agents trigger (migrations/0003_registry.sql) sends no notification
- * and no instance reloads a record for a touch.  When the UPDATE fails
- * (PostgreSQL away), what was taken is merged back into the map, bounded as
- * every touch is, and the next flush tries again.
+ * never waits for a row lock: it locks the rows it changes with SKIP
+ * LOCKED.  A row another transaction holds (a delegation holds its chain's
+ * agents FOR SHARE through its audit waits, a status change holds its row
+ * until it commits) would otherwise stall the one statement that writes
+ * every agent, while it holds the locks it already took: every request
+ * touching those agents would queue behind it.  The statement returns the
+ * agents it skipped (those it would have moved forward but found locked);
+ * their times go back into the map, keeping any later touch made
+ * meanwhile, and the next flush tries again.  Never waiting, two instances
+ * flushing overlapping sets cannot deadlock either.  The UPDATE changes
+ * neither version nor id, so the agents trigger
+ * (migrations/0003_registry.sql) sends no notification and no instance
+ * reloads a record for a touch.  When the statement fails (PostgreSQL
+ * away), everything taken is merged back into the map, bounded as every
+ * touch is, and the next flush tries again.
+ *
+ * So a noted time is either in PostgreSQL or still in the map: the
+ * stale-agents job (jobs.c) flushes, then treats every agent still in the
+ * map as in use (touch_pending_ids).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -44,8 +57,9 @@ static struct {
 	/*
 	 * registry.touch_flush_lock: one flush at a time, taken before lock.
 	 * A flush that finds another writing waits for it, so "flushed" means
-	 * every touch made before the call is in PostgreSQL (the stale-agents
-	 * job reads right after), not merely swapped out by someone else.
+	 * every touch made before the call is in PostgreSQL or, for an agent
+	 * whose row was locked, back in the map (the stale-agents job reads
+	 * both right after), not merely swapped out by someone else.
 	 */
 	pthread_mutex_t flush_lock;
 	pthread_cond_t cond;
@@ -60,6 +74,7 @@ static struct {
 	_Atomic uint64_t flushes;
 	_Atomic uint64_t dropped;
 	_Atomic uint64_t written;
+	_Atomic uint64_t skipped;
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER, .flush_lock = PTHREAD_MUTEX_INITIALIZER};
 
 IDP_STATIC uint32_t
@@ -173,27 +188,45 @@ registry_touch(const char *id, int64_t now_ms)
 /* ---- flushing ---- */
 
 /*
- * One statement for every agent touched: lock the rows that would move
- * forward in id order, then set each to the later of the two times.
+ * One statement for every agent touched.  t: the agents whose stored time
+ * the noted one would move forward, as of the statement's snapshot.  l:
+ * those of them whose rows are free now, locked; a row another transaction
+ * holds is skipped, never waited for.  u: each locked row set to the later
+ * of the two times (the condition again: the row may have moved since the
+ * snapshot).  The result: one row (NULL, rows written), and one row (id,
+ * NULL) per agent of t that l skipped.
  */
 static struct store_stmt st_flush = {
     "registry_touch_flush",
-    "WITH l AS MATERIALIZED ("
+    "WITH t AS MATERIALIZED ("
     " SELECT a.id, t.ms FROM agents a JOIN unnest($1::text[], $2::bigint[]) AS t(id, ms)"
     " ON a.id = t.id"
-    " WHERE a.last_active IS NULL OR a.last_active < to_timestamp(t.ms / 1000.0)"
-    " ORDER BY a.id FOR NO KEY UPDATE OF a)"
+    " WHERE a.last_active IS NULL OR a.last_active < to_timestamp(t.ms / 1000.0)),"
+    " l AS MATERIALIZED ("
+    " SELECT a.id, t.ms FROM agents a JOIN t ON a.id = t.id"
+    " FOR NO KEY UPDATE OF a SKIP LOCKED),"
+    " u AS ("
     " UPDATE agents a SET last_active = greatest(a.last_active, to_timestamp(l.ms / 1000.0))"
-    " FROM l WHERE a.id = l.id",
+    " FROM l WHERE a.id = l.id"
+    " AND (a.last_active IS NULL OR a.last_active < to_timestamp(l.ms / 1000.0))"
+    " RETURNING a.id)"
+    " SELECT NULL::text, count(*) FROM u"
+    " UNION ALL"
+    " SELECT t.id, NULL FROM t WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.id = t.id)",
     2, 0};
 
-/* The ids and times of m as two PostgreSQL array literals; false past the buffer caps. */
+/*
+ * The ids of m, and their times unless times is NULL, as PostgreSQL array
+ * literals; false past the buffer caps.
+ */
 static bool
 literals(const struct touch_map *m, struct idp_buf *ids, struct idp_buf *times)
 {
-	int rc = idp_buf_putc(ids, '{') | idp_buf_putc(times, '{');
+	int rc = idp_buf_putc(ids, '{');
 	size_t k = 0;
 
+	if (times != NULL)
+		rc |= idp_buf_putc(times, '{');
 	for (size_t i = 0; rc == IDP_OK && i < m->cap; i++) {
 		const struct touch_entry *e = &m->slots[i];
 
@@ -201,10 +234,13 @@ literals(const struct touch_map *m, struct idp_buf *ids, struct idp_buf *times)
 			continue;
 		/* Quoted: an agent may be called "null". */
 		rc |= idp_buf_printf(ids, "%s\"%s\"", k > 0 ? "," : "", e->id);
-		rc |= idp_buf_printf(times, "%s%lld", k > 0 ? "," : "", (long long)e->ms);
+		if (times != NULL)
+			rc |= idp_buf_printf(times, "%s%lld", k > 0 ? "," : "", (long long)e->ms);
 		k++;
 	}
-	rc |= idp_buf_putc(ids, '}') | idp_buf_putc(times, '}');
+	rc |= idp_buf_putc(ids, '}');
+	if (times != NULL)
+		rc |= idp_buf_putc(times, '}');
 	return rc == IDP_OK;
 }
 
@@ -228,6 +264,40 @@ merge_back(struct touch_map *m)
 	if (lost > 0)
 		atomic_fetch_add(&T.dropped, lost);
 	map_free(m);
+}
+
+/*
+ * Put back the times of the agents the flush skipped (the rows of r with an
+ * id), looked up in old, keeping later touches made meanwhile.  Copies the
+ * ids: old is still probed, and its owner frees it.  The count of rows
+ * written (the row without an id) into *written.
+ */
+static void
+keep_skipped(struct touch_map *old, PGresult *r, uint64_t *written)
+{
+	uint64_t skipped = 0, lost = 0;
+
+	*written = 0;
+	pthread_mutex_lock(&T.lock);
+	for (int i = 0; i < PQntuples(r); i++) {
+		const char *id = PQgetvalue(r, i, 0);
+		const struct touch_entry *e;
+
+		if (PQgetisnull(r, i, 0)) {
+			*written += strtoull(PQgetvalue(r, i, 1), NULL, 10);
+			continue;
+		}
+		e = map_slot(old, id, touch_hash(id));
+		if (e->id == NULL)
+			continue; /* not an id this flush sent: nothing to keep */
+		skipped++;
+		if (!T.running || !map_put(&T.map, e->id, false, e->hash, e->ms))
+			lost++;
+	}
+	pthread_mutex_unlock(&T.lock);
+	atomic_fetch_add(&T.skipped, skipped);
+	if (lost > 0)
+		atomic_fetch_add(&T.dropped, lost);
 }
 
 static int flush_locked(void);
@@ -289,8 +359,11 @@ flush_locked(void)
 	rc = store_exec(c, &st_flush, params, &r);
 	store_release(T.store, c);
 	if (rc == IDP_OK) {
+		uint64_t written;
+
+		keep_skipped(&old, r, &written);
 		atomic_fetch_add(&T.flushes, 1);
-		atomic_fetch_add(&T.written, strtoull(PQcmdTuples(r), NULL, 10));
+		atomic_fetch_add(&T.written, written);
 	}
 done:
 	PQclear(r);
@@ -327,6 +400,25 @@ touch_stats(struct touch_stats *out)
 	out->flushes = atomic_load(&T.flushes);
 	out->dropped = atomic_load(&T.dropped);
 	out->written = atomic_load(&T.written);
+	out->skipped = atomic_load(&T.skipped);
+}
+
+char *
+touch_pending_ids(void)
+{
+	struct idp_buf ids;
+	bool ok;
+
+	/* As the flush's literal: 64k ids of at most 128 bytes fit. */
+	idp_buf_init(&ids, 16u << 20);
+	pthread_mutex_lock(&T.lock);
+	ok = literals(&T.map, &ids, NULL);
+	pthread_mutex_unlock(&T.lock);
+	if (!ok) {
+		idp_buf_cleanup(&ids);
+		return NULL;
+	}
+	return idp_buf_take(&ids, NULL);
 }
 
 /* ---- the flusher thread ---- */
@@ -373,8 +465,20 @@ flusher(void *arg)
 	}
 	pthread_mutex_unlock(&T.lock);
 	/* The last flush, of every touch made before touch_stop. */
-	if (flush_now() != IDP_OK)
+	if (flush_now() != IDP_OK) {
 		log_warn("registry: last_active times noted since the last flush are lost");
+	} else {
+		size_t left;
+
+		/* Skipped rows (locked elsewhere) have no next flush: say so. */
+		pthread_mutex_lock(&T.lock);
+		left = T.map.n;
+		pthread_mutex_unlock(&T.lock);
+		if (left > 0)
+			log_warn("registry: last_active of %zu agent(s) not written at exit "
+			         "(rows locked, or touched during the last flush)",
+			         left);
+	}
 	return NULL;
 }
 

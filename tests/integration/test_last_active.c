@@ -6,7 +6,10 @@
  * last_active never moves backwards, a flush changes no version and sends
  * no notification on the agents channel (checked against a version bump
  * that does, in commit order), the flusher thread writes on its period,
- * and registry_shutdown writes what is left.
+ * registry_shutdown writes what is left, a flush never waits for a row
+ * another transaction holds (it writes the others and keeps the locked
+ * agent's time for a later flush), and the stale-agents job counts such a
+ * kept time as use.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #include "../../src/registry/registry_int.h"
@@ -37,6 +41,12 @@ struct world {
 /* Static, so that teardown can still stop the world of a failed test. */
 static struct world the_world;
 static struct world *current;
+/* A session holding a row lock, which teardown ends if a test failed first. */
+static PGconn *holder;
+
+/* The stale-agents cleanup job (jobs.c), reachable in test builds. */
+int stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts,
+                 struct idp_diag *diag);
 
 static void
 add_agent(const char *db, const char *id)
@@ -51,8 +61,9 @@ add_agent(const char *db, const char *id)
 	assert_int_equal(harness_sql(db, sql), 0);
 }
 
+/* A world whose cleanup.stale_after is stale_after_ms (0: the default). */
 static void
-world_start(struct world *w, const char *db, int64_t flush_ms)
+world_start_stale(struct world *w, const char *db, int64_t flush_ms, int64_t stale_after_ms)
 {
 	char url[256];
 	struct store_opts so = {.pool_size = 2,
@@ -72,12 +83,20 @@ world_start(struct world *w, const char *db, int64_t flush_ms)
 	w->app.cfg = idpd_config_defaults();
 	assert_non_null(w->app.cfg);
 	w->app.cfg->registry.last_active_flush_ms = flush_ms;
+	if (stale_after_ms > 0)
+		w->app.cfg->cleanup.stale_after_ms = stale_after_ms;
 	w->app.store = store_open(&so);
 	w->app.listener = store_listener_new(url);
 	idp_diag_init(&d);
 	if (registry_init(&w->app, &d) != IDP_OK)
 		fail_msg("registry_init: %s", idp_diag_str(&d));
 	current = w;
+}
+
+static void
+world_start(struct world *w, const char *db, int64_t flush_ms)
+{
+	world_start_stale(w, db, flush_ms, 0);
 }
 
 static void
@@ -331,10 +350,186 @@ a_cleanup_suspension_rechecks_what_found_the_agent(void **state)
 	world_stop(w);
 }
 
+/*
+ * Open a session on db that holds agent id's row FOR SHARE, as a delegation
+ * does through its audit waits, until release_row().
+ */
+static void
+hold_row(const char *db, const char *id)
+{
+	char url[256], sql[256];
+	PGresult *r;
+
+	harness_db_url(db, url, sizeof(url));
+	holder = PQconnectdb(url);
+	assert_int_equal(PQstatus(holder), CONNECTION_OK);
+	snprintf(sql, sizeof(sql), "BEGIN; SELECT 1 FROM agents WHERE id = '%s' FOR SHARE", id);
+	r = PQexec(holder, sql);
+	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	assert_int_equal(PQntuples(r), 1);
+	PQclear(r);
+}
+
+static void
+release_row(void)
+{
+	PGresult *r;
+
+	/* Still in its transaction: nothing waited for the lock and gave up on it. */
+	assert_int_equal(PQtransactionStatus(holder), PQTRANS_INTRANS);
+	r = PQexec(holder, "COMMIT");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	PQfinish(holder);
+	holder = NULL;
+}
+
+static int64_t
+elapsed_ms(const struct timespec *since)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)(now.tv_sec - since->tv_sec) * 1000 +
+	       (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+/*
+ * A flush asked for while another session holds planner's row FOR SHARE
+ * returns at once (well within the 5 s statement_timeout it would
+ * otherwise wait out), having written cloud ("cloud" sorts before
+ * "planner": an UPDATE that waited for planner would hold cloud's lock and
+ * write neither).  planner's time stays noted, an older touch does not
+ * replace it, and the first flush after the lock goes writes it.
+ */
+static void
+a_flush_skips_a_locked_agent_and_writes_it_later(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+	struct touch_stats before, after;
+	struct timespec t0;
+
+	(void)state;
+	world_start(w, "t_la_skip", 3600 * 1000);
+	hold_row(w->db, "planner");
+	touch_stats(&before);
+	registry_touch("planner", now);
+	registry_touch("cloud", now);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_true(elapsed_ms(&t0) < 2000);
+	assert_int_equal(last_active(w->db, "cloud"), now);
+	assert_int_equal(last_active(w->db, "planner"), -1);
+	touch_stats(&after);
+	assert_int_equal(after.pending, 1);
+	assert_int_equal(after.skipped, before.skipped + 1);
+	assert_int_equal(after.written, before.written + 1);
+
+	/* Skipped again while the lock is held; an older touch keeps the later time. */
+	registry_touch("planner", now - 5000);
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(last_active(w->db, "planner"), -1);
+	touch_stats(&after);
+	assert_int_equal(after.pending, 1);
+	assert_int_equal(after.skipped, before.skipped + 2);
+
+	release_row();
+	assert_int_equal(registry_touch_flush(), IDP_OK);
+	assert_int_equal(last_active(w->db, "planner"), now);
+	touch_stats(&after);
+	assert_int_equal(after.pending, 0);
+	assert_int_equal(after.skipped, before.skipped + 2);
+	world_stop(w);
+}
+
+/* Wait up to ms for id's last_active to be written; its value, or -1. */
+static long long
+wait_written(const char *db, const char *id, int ms)
+{
+	long long v;
+
+	for (int waited = 0; (v = last_active(db, id)) == -1 && waited < ms; waited += 50)
+		usleep(50000);
+	return v;
+}
+
+/*
+ * The same through the flusher thread (registry.last_active_flush 1 s), as
+ * in production: while planner's row is held, cloud is written by the
+ * period's flush; once it is released, a later flush writes planner.
+ */
+static void
+the_flusher_writes_around_a_locked_agent(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+
+	(void)state;
+	world_start(w, "t_la_skip_period", 1000);
+	hold_row(w->db, "planner");
+	registry_touch("planner", now);
+	registry_touch("cloud", now);
+	/* Within 3 s: before a flush that waited would have met its 5 s statement_timeout. */
+	assert_int_equal(wait_written(w->db, "cloud", 3000), now);
+	assert_int_equal(last_active(w->db, "planner"), -1);
+	release_row();
+	assert_int_equal(wait_written(w->db, "planner", 5000), now);
+	world_stop(w);
+}
+
+/*
+ * All three agents were registered three days ago; stale_after is one day.
+ * planner and cloud were just used, but planner's row is held by another
+ * session, so the job's flush writes only cloud: planner's time, still in
+ * memory, must count as use, and only "null" is stale.
+ */
+static void
+the_stale_agents_job_counts_an_unwritten_touch_as_use(void **state)
+{
+	struct world *w = &the_world;
+	int64_t now = idp_now_ms(idp_clock_system());
+	struct maintenance_run run = {.actor = "cron", .request_id = "req-1", .source_address = ""};
+	struct idp_diag d;
+	json_t *counts = json_object();
+	json_t *ids;
+	int rc;
+
+	(void)state;
+	world_start_stale(w, "t_la_skip_stale", 3600 * 1000, 86400000);
+	assert_int_equal(
+	    harness_sql(w->db, "UPDATE agents SET created_at = now() - interval '3 days'"), 0);
+	hold_row(w->db, "planner");
+	registry_touch("planner", now);
+	registry_touch("cloud", now);
+	run.store = w->app.store;
+	run.now_ms = now;
+	assert_int_equal(store_acquire(w->app.store, &run.conn), IDP_OK);
+	idp_diag_init(&d);
+	rc = stale_agents(&run, NULL, counts, &d);
+	store_release(w->app.store, run.conn);
+	if (rc != IDP_OK)
+		fail_msg("stale_agents: %s", idp_diag_str(&d));
+	assert_int_equal(last_active(w->db, "cloud"), now);
+	assert_int_equal(last_active(w->db, "planner"), -1);
+	assert_string_equal(json_string_value(json_object_get(counts, "action")), "report");
+	assert_int_equal(json_integer_value(json_object_get(counts, "stale")), 1);
+	ids = json_object_get(counts, "stale_ids");
+	assert_int_equal(json_array_size(ids), 1);
+	assert_string_equal(json_string_value(json_array_get(ids, 0)), "null");
+	json_decref(counts);
+	release_row();
+	world_stop(w);
+}
+
 static int
 teardown(void **state)
 {
 	(void)state;
+	if (holder != NULL) {
+		PQfinish(holder);
+		holder = NULL;
+	}
 	if (current != NULL)
 		world_stop(current);
 	return 0;
@@ -351,6 +546,10 @@ main(void)
 	    cmocka_unit_test_teardown(shutdown_writes_what_is_left, teardown),
 	    cmocka_unit_test_teardown(a_lookup_that_must_not_wait_never_reads_postgres, teardown),
 	    cmocka_unit_test_teardown(a_cleanup_suspension_rechecks_what_found_the_agent, teardown),
+	    cmocka_unit_test_teardown(a_flush_skips_a_locked_agent_and_writes_it_later, teardown),
+	    cmocka_unit_test_teardown(the_flusher_writes_around_a_locked_agent, teardown),
+	    cmocka_unit_test_teardown(the_stale_agents_job_counts_an_unwritten_touch_as_use,
+	                              teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
