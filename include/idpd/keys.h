@@ -236,12 +236,34 @@ bool keys_may_lack_kid(struct keys *km);
  * unless a reload for this reason ran within the last KEYS_KID_RELOAD_MS
  * (a caller that comes while one is in flight waits for it; within the
  * window, the last reload's result stands), so that tokens naming made-up
- * kids cost at most one read a second.  IDP_OK when kid is known
- * afterwards, IDP_ENOTFOUND when it is not, IDP_EUNAVAIL when the reload
- * failed (idpd cannot know).  Reads PostgreSQL: not on an I/O thread.
+ * kids cost at most one read a second.
+ *
+ * A read that did not find kid proves the token none of the deployment's
+ * only if it began after the token was signed (the key was active, its
+ * row committed, before that).  A read this caller made did, since the
+ * token came first; one made before this caller came (in flight, or within
+ * the window) counts only if iat_ms, the token's iat claim in ms
+ * (KEYS_NO_IAT: none), is older than that read's wall-clock start by more
+ * than KEYS_KID_SKEW_MS.  The iat is not verified: it only chooses between
+ * "invalid" and "cannot know".
+ *
+ * IDP_OK when kid is known afterwards, IDP_ENOTFOUND when it is not and
+ * that is definite, IDP_EUNAVAIL when the reload failed or the read that
+ * answered may have begun before the token was signed (idpd cannot know).
+ * Reads PostgreSQL: not on an I/O thread.
  */
 #define KEYS_KID_RELOAD_MS 1000
-int keys_reload_for_kid(struct keys *km, const char *kid) IDP_WUR;
+/*
+ * How much older than the start of a read of the keys a token's iat must
+ * be for that read's "not found" to hold for it: the iat is stamped by
+ * another instance's clock and rounded down to the second, the read's start
+ * by this one's, so this allows up to 4 s of difference between the clocks
+ * of a deployment's instances.
+ */
+#define KEYS_KID_SKEW_MS 5000
+/* A token without an iat claim of a NumericDate's shape. */
+#define KEYS_NO_IAT INT64_MIN
+int keys_reload_for_kid(struct keys *km, const char *kid, int64_t iat_ms) IDP_WUR;
 /* Whether kid has the shape of the kids idpd makes (an RFC 7638 thumbprint). */
 bool keys_kid_plausible(const char *kid);
 /*
@@ -258,7 +280,9 @@ bool keys_kid_plausible(const char *kid);
  * the reason it does not verify (IDP_JWS_KID_UNKNOWN: signed with no key of
  * this deployment's, as far as idpd can tell).  IDP_EUNAVAIL when idpd
  * cannot tell: no key set loaded (km NULL included), the kid unknown while
- * keys_may_lack_kid, or the read for it failed; fail closed (503).
+ * keys_may_lack_kid, the read for it failed, or the only read that answered
+ * may have begun before the token was signed (keys_reload_for_kid: the
+ * token's iat is recent or missing); fail closed (503).
  * IDP_EWOULDBLOCK when !may_block and the keys would be read: nothing was
  * read, and the caller hands the request to the handler pool
  * (http_req_defer) and calls again there.  *out is empty on every failure.

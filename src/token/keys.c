@@ -70,12 +70,17 @@ struct keys {
 	 * finds a read for an unknown kid in flight waits on kid_done for it
 	 * and takes its result; within KEYS_KID_RELOAD_MS of the end of the
 	 * last one, its result stands.  No one holds the lock during a read.
+	 * Such a result is told to a caller that came after the read began, so
+	 * the wall-clock start of each read is kept to weigh the token's iat
+	 * against (keys_kid_unknown_answer).
 	 */
 	pthread_mutex_t kid_lock;
 	pthread_cond_t kid_done;
 	bool kid_in_flight;
 	uint64_t kid_gen;      /* reads finished */
 	int64_t kid_reload_ms; /* CLOCK_MONOTONIC ms the last such read ended, 0: none yet */
+	int64_t kid_began_ms;  /* wall-clock ms the last such read began */
+	int64_t kid_flight_ms; /* wall-clock ms the read in flight began */
 	int kid_reload_rc;     /* its result; IDP_OK again once any reload succeeds */
 };
 
@@ -1118,9 +1123,21 @@ kid_loaded(struct keys *km, const char *kid)
 }
 
 int
-keys_reload_for_kid(struct keys *km, const char *kid)
+keys_kid_unknown_answer(bool own_read, int64_t read_began_ms, int64_t iat_ms)
+{
+	if (own_read)
+		return IDP_ENOTFOUND;
+	if (iat_ms >= 0 && read_began_ms - iat_ms > KEYS_KID_SKEW_MS)
+		return IDP_ENOTFOUND;
+	return IDP_EUNAVAIL;
+}
+
+int
+keys_reload_for_kid(struct keys *km, const char *kid, int64_t iat_ms)
 {
 	struct idp_diag d;
+	bool own = false;
+	int64_t began;
 	int rc;
 
 	if (kid_loaded(km, kid))
@@ -1138,7 +1155,11 @@ keys_reload_for_kid(struct keys *km, const char *kid)
 		/* Rate-limited: the last read's word stands, a failure included. */
 		rc = km->kid_reload_rc;
 	} else {
+		own = true;
 		km->kid_in_flight = true;
+		/* Taken before the read waits for a connection or reload_lock:
+		 * the read itself begins no earlier, so this errs toward 503. */
+		km->kid_flight_ms = idp_now_ms(km->clock);
 		pthread_mutex_unlock(&km->kid_lock);
 		idp_diag_init(&d);
 		rc = keys_reload(km, &d);
@@ -1150,14 +1171,28 @@ keys_reload_for_kid(struct keys *km, const char *kid)
 		/* From the end of the read: a slow one does not open the window
 		 * to every caller that waited for it. */
 		km->kid_reload_ms = monotonic_ms();
+		km->kid_began_ms = km->kid_flight_ms;
 		km->kid_in_flight = false;
 		km->kid_gen++;
 		pthread_cond_broadcast(&km->kid_done);
 	}
+	/*
+	 * The read that answered, or a later one.  A reload made since for
+	 * another reason (which resets kid_reload_rc) began after it, as
+	 * reload_lock orders them: the snapshot is no older than this start.
+	 */
+	began = km->kid_began_ms;
 	pthread_mutex_unlock(&km->kid_lock);
 	if (rc != IDP_OK)
 		return IDP_EUNAVAIL;
-	return kid_loaded(km, kid) ? IDP_OK : IDP_ENOTFOUND;
+	if (kid_loaded(km, kid))
+		return IDP_OK;
+	rc = keys_kid_unknown_answer(own, began, iat_ms);
+	if (rc == IDP_EUNAVAIL)
+		log_debug("keys: %s is unknown to a read that may predate its token; "
+		          "the token answers 503",
+		          kid);
+	return rc;
 }
 
 bool
@@ -1200,6 +1235,42 @@ token_kid_plausible(const char *token, size_t len, char kid[IDP_JWS_MAX_KID + 1]
 	json_decref(hdr);
 	free(text);
 	return ok;
+}
+
+/*
+ * The iat claim in token's payload as ms, not verified, or KEYS_NO_IAT when
+ * it has none of a NumericDate's shape (a number from 0 to 9999-12-31).
+ * Only for a token idp_jws_verify has bounded (len) and split.
+ */
+static int64_t
+token_iat_ms(const char *token, size_t len)
+{
+	const char *d1 = memchr(token, '.', len), *d2;
+	unsigned char *text = NULL;
+	size_t tlen = 0;
+	json_t *claims = NULL;
+	const json_t *v;
+	int64_t ms = KEYS_NO_IAT;
+	double sec = -1;
+
+	if (d1 == NULL)
+		return KEYS_NO_IAT;
+	d2 = memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token));
+	if (d2 == NULL ||
+	    idp_b64url_decode_alloc(d1 + 1, (size_t)(d2 - d1 - 1), &text, &tlen) != IDP_OK)
+		return KEYS_NO_IAT;
+	claims = json_loadb((const char *)text, tlen, JSON_REJECT_DUPLICATES, NULL);
+	v = json_object_get(claims, "iat");
+	if (json_is_integer(v))
+		sec = (double)json_integer_value(v);
+	else if (json_is_real(v))
+		sec = json_real_value(v);
+	/* 253402300799: 9999-12-31T23:59:59Z, as jws.c bounds NumericDates. */
+	if (sec >= 0 && sec <= 253402300799.0)
+		ms = (int64_t)(sec * 1000.0);
+	json_decref(claims);
+	free(text);
+	return ms;
 }
 
 int
@@ -1246,7 +1317,7 @@ keys_verify_own(struct keys *km, const char *token, size_t len,
 			return IDP_EUNAUTH;
 		if (!may_block)
 			return IDP_EWOULDBLOCK;
-		rc = keys_reload_for_kid(km, kid);
+		rc = keys_reload_for_kid(km, kid, token_iat_ms(token, len));
 		if (rc == IDP_EUNAVAIL)
 			return IDP_EUNAVAIL;
 		if (rc != IDP_OK)

@@ -90,6 +90,20 @@ void keys_set_process(struct keys *km);
 int keys_check_kek(const struct keys_row *rows, size_t n, const struct idp_kek *kek,
                    const char *kek_source, struct idp_diag *diag) IDP_WUR;
 
+/*
+ * What a read of the keys that did not find a token's kid says of the
+ * token: IDP_ENOTFOUND (none of the deployment's) when this caller made
+ * the read (own_read: it began after the token came, so after it was
+ * signed), or when the token's iat_ms (unverified; negative, as
+ * KEYS_NO_IAT, for none) is older than read_began_ms, the wall-clock start
+ * of the read, by more than KEYS_KID_SKEW_MS; IDP_EUNAVAIL (idpd cannot
+ * know) otherwise: the read may have begun before the key that signed the
+ * token was activated.  A forged iat can only turn a token whose payload
+ * it changed (so whose signature fails anyway) into "invalid", or any
+ * token into a 503.  Pure; any thread.
+ */
+int keys_kid_unknown_answer(bool own_read, int64_t read_began_ms, int64_t iat_ms) IDP_WUR;
+
 /* ---- keys_db.c: every statement on signing_keys ---- */
 
 /* pg_advisory_xact_lock(KEYS_LOCK_KEY); inside a transaction. */

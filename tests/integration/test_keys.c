@@ -1331,12 +1331,14 @@ introspection_reads_the_keys_again_for_an_unknown_kid(void **state)
 	assert_non_null(strstr(r.body, kid));
 	harness_resp_free(&r);
 
-	/* The same claims under a key of nobody's: inactive, after a look. */
+	/* The same claims under a key of nobody's: inactive, after a look of
+	 * its own (past the second of the read above, whose "not found" could
+	 * not tell for a token signed about when it began). */
 	claims = world_verify(&w, root, TASK_TOKEN_TYP);
 	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
 	assert_int_equal(idp_jws_sign(stranger, TASK_TOKEN_TYP, claims, &forged, NULL, NULL),
 	                 IDP_OK);
-	assert_false(world_active(&peer, forged, NULL));
+	sleep_ms(1100);
 	assert_false(world_active(&peer, forged, NULL));
 	assert_int_equal(
 	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
@@ -1676,13 +1678,22 @@ every_verifier_reads_the_keys_for_a_key_activated_elsewhere(void **state)
 	world_stop(&w);
 }
 
-/* tok's claims (of typ) signed by key, as a new token (free() it). */
+/*
+ * tok's claims (of typ) signed by key, as a new token (free() it), its iat
+ * moved age_s seconds back (0: kept; -1: no iat at all).
+ */
 static char *
-resign(struct world *w, const char *tok, const char *typ, const struct idp_jws_key *key)
+resign(struct world *w, const char *tok, const char *typ, const struct idp_jws_key *key, long age_s)
 {
 	json_t *c = world_verify(w, tok, typ);
 	char *out = NULL;
 
+	if (age_s < 0)
+		assert_int_equal(json_object_del(c, "iat"), 0);
+	else if (age_s > 0)
+		json_object_set_new(c, "iat",
+		                    json_integer(json_integer_value(json_object_get(c, "iat")) -
+		                                 (json_int_t)age_s));
 	assert_int_equal(idp_jws_sign(key, typ, c, &out, NULL, NULL), IDP_OK);
 	json_decref(c);
 	return out;
@@ -1694,7 +1705,9 @@ resign(struct world *w, const char *tok, const char *typ, const struct idp_jws_k
  * activated that key, so every verifier answers 503, never "invalid".
  * Once the keys are readable again (and a second has passed), the same
  * tokens, signed with a key of nobody's, get each endpoint's usual answer
- * for an invalid token.
+ * for an invalid token: the first after a read of its own, the others
+ * within that read's second because their iat is an hour old (a key
+ * removed long ago, which no read could have missed).
  */
 static void
 a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
@@ -1716,9 +1729,9 @@ a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
 	snprintf(admin, sizeof(admin), "Bearer %s", w.k.admin);
 	/* A key of nobody's, with a kid of the shape idpd makes (a thumbprint). */
 	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
-	f_cred = resign(&w, inventory, IDP_JWS_TYP_IDENTITY, stranger);
-	f_root = resign(&w, root, TASK_TOKEN_TYP, stranger);
-	f_inv = resign(&w, inv, TASK_TOKEN_TYP, stranger);
+	f_cred = resign(&w, inventory, IDP_JWS_TYP_IDENTITY, stranger, 3600);
+	f_root = resign(&w, root, TASK_TOKEN_TYP, stranger, 3600);
+	f_inv = resign(&w, inv, TASK_TOKEN_TYP, stranger, 3600);
 
 	assert_int_equal(harness_sql(w.db, "ALTER TABLE signing_keys RENAME TO signing_keys_away"),
 	                 0);
@@ -1774,6 +1787,224 @@ a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
 	free(inv);
 	free(root);
 	free(human);
+	world_stop(&w);
+}
+
+/* ---- a read's second does not speak for keys activated after it began ---- */
+
+static int64_t
+test_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * On peer, GET /v1/me with a credential re-signed by stranger (a made-up
+ * kid of the shape idpd makes, as any client may send, no valid
+ * credential needed): peer reads the keys for it, and for
+ * KEYS_KID_RELOAD_MS that read answers every kid peer does not know.  The
+ * 401 shows peer made the read then: within an earlier read's second this
+ * recent token would get 503.
+ */
+static void
+prime_kid_read(struct world *w, struct world *peer, const char *cred,
+               const struct idp_jws_key *stranger)
+{
+	struct http_resp r;
+	char *forged = resign(w, cred, IDP_JWS_TYP_IDENTITY, stranger, 0);
+
+	world_call(peer, "GET", "/v1/me", forged, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	free(forged);
+}
+
+/*
+ * A rotation on w that makes a brand-new key active at once: its next key,
+ * which every instance may have read, is retired first behind their backs
+ * (the keys' notifications are off), so no read made before the rotation
+ * can hold the key that signs after it.
+ */
+static void
+rotate_to_a_brand_new_key(struct world *w)
+{
+	struct http_resp r;
+
+	assert_int_equal(harness_sql(w->db, "UPDATE signing_keys SET state = 'retired', "
+	                                    "retired_at = now(), private_sealed = NULL "
+	                                    "WHERE state = 'next'"),
+	                 0);
+	world_call(w, "POST", "/v1/keys/rotate", w->k.admin, "{\"force\":true}", &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+}
+
+/* The access token of a POST /v1/token on w (free() it). */
+static char *
+access_token(struct world *w, const char *cred, const char *task_id, const char *dtoken)
+{
+	struct http_resp r;
+	char *tok;
+
+	ask_token(w, cred, task_id, dtoken, &r);
+	assert_int_equal(r.status, 200);
+	tok = strdup(json_string_value(json_object_get(r.json, "access_token")));
+	assert_non_null(tok);
+	harness_resp_free(&r);
+	return tok;
+}
+
+/*
+ * Any client can make the peer read the keys once a second (a token with a
+ * made-up kid); for that second the read's "not found" answers every kid
+ * the peer does not know.  It must not speak for a key activated after the
+ * read began: a token under such a key gets 503 (idpd cannot know), never
+ * "invalid", and above all /revoke must not answer 200 without revoking.
+ * A second later the peer reads again and finds the key.  Within the
+ * second a token with an hour-old iat (a key removed long ago) still gets
+ * each endpoint's usual answer; one without an iat, or a recent one, 503.
+ * Each step must land within the second after the priming read; a slow
+ * machine that misses it tries again.
+ */
+static void
+a_read_begun_before_a_key_was_activated_does_not_call_its_tokens_invalid(void **state)
+{
+	struct world w, peer;
+	struct http_resp r;
+	struct idp_jws_key *stranger = NULL;
+	char planner[4096], inventory[4096], task_id[80], admin[128], jti[80], sql[256];
+	char *human, *root, *inv, *access, *old_cred, *old_inv, *old_access, *new_access;
+	char *no_iat, *tok = NULL;
+	long me = 0, rev = 0, st_old = 0, st_new = 0, st_none = 0;
+	bool old_active = true;
+	int64_t t0, took = 0;
+
+	(void)state;
+	world_start(&w, "t_keys_kid_window", NULL);
+	world_start_peer(&w, &peer);
+	kid_agents(&w);
+	world_credential(&w, "planning-agent", planner, sizeof(planner));
+	world_credential(&w, "inventory-agent", inventory, sizeof(inventory));
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	inv = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	access = access_token(&w, inventory, task_id, inv);
+	snprintf(admin, sizeof(admin), "Bearer %s", w.k.admin);
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	old_cred = resign(&w, inventory, IDP_JWS_TYP_IDENTITY, stranger, 3600);
+	old_inv = resign(&w, inv, TASK_TOKEN_TYP, stranger, 3600);
+	old_access = resign(&w, access, IDP_JWS_TYP_ACCESS, stranger, 3600);
+	new_access = resign(&w, access, IDP_JWS_TYP_ACCESS, stranger, 0);
+	no_iat = resign(&w, access, IDP_JWS_TYP_ACCESS, stranger, -1);
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys DISABLE TRIGGER signing_keys_notify"), 0);
+
+	/* Within a read's second: an old iat is told, a recent or no iat is not. */
+	for (int attempt = 0;; attempt++) {
+		sleep_ms(1100);
+		t0 = test_mono_ms();
+		prime_kid_read(&w, &peer, inventory, stranger);
+		world_call(&peer, "GET", "/v1/me", old_cred, NULL, &r);
+		me = r.status;
+		harness_resp_free(&r);
+		world_introspect(&peer, old_access, NULL, &r);
+		st_old = r.status;
+		old_active = json_is_true(json_object_get(r.json, "active"));
+		harness_resp_free(&r);
+		world_introspect(&peer, new_access, NULL, &r);
+		st_new = r.status;
+		harness_resp_free(&r);
+		world_introspect(&peer, no_iat, NULL, &r);
+		st_none = r.status;
+		harness_resp_free(&r);
+		rev = world_revoke_as(&peer, admin, old_inv, NULL);
+		took = test_mono_ms() - t0;
+		if (took < KEYS_KID_RELOAD_MS)
+			break;
+		if (attempt == 4)
+			fail_msg("never within a second of the priming read (last: %lld ms)",
+			         (long long)took);
+	}
+	assert_int_equal(me, 401);
+	assert_int_equal(st_old, 200);
+	assert_false(old_active);
+	assert_int_equal(rev, 200);
+	assert_int_equal(st_new, 503);
+	assert_int_equal(st_none, 503);
+
+	/* POST /revoke of a delegation token under a key activated after the read. */
+	for (int attempt = 0;; attempt++) {
+		free(tok);
+		sleep_ms(1100);
+		t0 = test_mono_ms();
+		prime_kid_read(&w, &peer, inventory, stranger);
+		rotate_to_a_brand_new_key(&w);
+		tok = world_delegate(&w, planner, root, "inventory-agent",
+		                     "cloud:DescribeInstances", NULL);
+		rev = world_revoke_as(&peer, admin, tok, NULL);
+		took = test_mono_ms() - t0;
+		if (took < KEYS_KID_RELOAD_MS)
+			break;
+		if (attempt == 4)
+			fail_msg("never within a second of the priming read (last: %lld ms)",
+			         (long long)took);
+	}
+	assert_int_equal(rev, 503);
+	jti_of(&w, tok, TASK_TOKEN_TYP, jti);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM delegation_tokens WHERE jti = '%s' AND revoked_at IS NULL",
+	         jti);
+	assert_int_equal(world_count(&w, sql), 1);
+	/* A second later the peer reads the keys itself: revoked. */
+	sleep_ms(1100);
+	assert_int_equal(world_revoke_as(&peer, admin, tok, NULL), 200);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM delegation_tokens WHERE jti = '%s' AND revoked_at IS NOT "
+	         "NULL",
+	         jti);
+	assert_int_equal(world_count(&w, sql), 1);
+	free(tok);
+	tok = NULL;
+
+	/* POST /introspect of an access token under a key activated after the read. */
+	for (int attempt = 0;; attempt++) {
+		free(tok);
+		sleep_ms(1100);
+		t0 = test_mono_ms();
+		prime_kid_read(&w, &peer, inventory, stranger);
+		rotate_to_a_brand_new_key(&w);
+		tok = access_token(&w, inventory, task_id, inv);
+		world_introspect(&peer, tok, NULL, &r);
+		st_new = r.status;
+		harness_resp_free(&r);
+		took = test_mono_ms() - t0;
+		if (took < KEYS_KID_RELOAD_MS)
+			break;
+		if (attempt == 4)
+			fail_msg("never within a second of the priming read (last: %lld ms)",
+			         (long long)took);
+	}
+	assert_int_equal(st_new, 503);
+	sleep_ms(1100);
+	assert_true(world_active(&peer, tok, NULL));
+
+	assert_int_equal(
+	    harness_sql(w.db, "ALTER TABLE signing_keys ENABLE TRIGGER signing_keys_notify"), 0);
+	free(tok);
+	free(no_iat);
+	free(new_access);
+	free(old_access);
+	free(old_inv);
+	free(old_cred);
+	idp_jws_key_unref(stranger);
+	free(access);
+	free(inv);
+	free(root);
+	free(human);
+	world_stop(&peer);
 	world_stop(&w);
 }
 
@@ -1849,6 +2080,8 @@ main(void)
 	    cmocka_unit_test(concurrent_introspections_of_a_new_key_wait_for_one_read),
 	    cmocka_unit_test(every_verifier_reads_the_keys_for_a_key_activated_elsewhere),
 	    cmocka_unit_test(a_failed_read_for_an_unknown_kid_answers_503_everywhere),
+	    cmocka_unit_test(
+	        a_read_begun_before_a_key_was_activated_does_not_call_its_tokens_invalid),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	};
 

@@ -1197,12 +1197,12 @@ unknown_kid_reads_the_keys_at_most_once_a_second(void **state)
 	assert_false(keys_kid_plausible("short"));
 	assert_false(keys_kid_plausible("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
 	/* A kid already loaded needs no read. */
-	assert_int_equal(keys_reload_for_kid(f->km, f->rows[2].info.kid), IDP_OK);
-	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_EUNAVAIL);
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[2].info.kid, KEYS_NO_IAT), IDP_OK);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up, KEYS_NO_IAT), IDP_EUNAVAIL);
 	/* Within the second: no read, and the failed read's word stands
 	 * (idpd still cannot know), not "unknown". */
-	assert_int_equal(keys_reload_for_kid(f->km, made_up), IDP_EUNAVAIL);
-	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid), IDP_OK);
+	assert_int_equal(keys_reload_for_kid(f->km, made_up, KEYS_NO_IAT), IDP_EUNAVAIL);
+	assert_int_equal(keys_reload_for_kid(f->km, f->rows[1].info.kid, KEYS_NO_IAT), IDP_OK);
 }
 
 /*
@@ -1279,6 +1279,38 @@ verify_own_reads_the_keys_for_an_unknown_kid_and_fails_closed(void **state)
 	idp_jws_key_unref(forger);
 }
 
+/*
+ * A read of the keys that did not find a token's kid calls the token
+ * invalid only when the read began after the token was signed: when the
+ * caller made it itself, or when the token's iat is older than the read's
+ * start by more than KEYS_KID_SKEW_MS.  A token signed around or after
+ * the start of the read that answered (the key that signed it may have
+ * been activated just after the read), or one without an iat, cannot be
+ * told: 503.
+ */
+static void
+kid_not_found_is_definite_only_for_a_read_begun_after_the_token(void **state)
+{
+	const int64_t began = T0;
+
+	(void)state;
+	/* This caller's own read: whatever the iat says. */
+	assert_int_equal(keys_kid_unknown_answer(true, began, began + 60 * SEC), IDP_ENOTFOUND);
+	assert_int_equal(keys_kid_unknown_answer(true, began, KEYS_NO_IAT), IDP_ENOTFOUND);
+	/* Another caller's read (in flight or within the window). */
+	assert_int_equal(keys_kid_unknown_answer(false, began, began - 3600 * SEC), IDP_ENOTFOUND);
+	assert_int_equal(keys_kid_unknown_answer(false, began, began - KEYS_KID_SKEW_MS - 1),
+	                 IDP_ENOTFOUND);
+	assert_int_equal(keys_kid_unknown_answer(false, began, 0), IDP_ENOTFOUND);
+	assert_int_equal(keys_kid_unknown_answer(false, began, began - KEYS_KID_SKEW_MS),
+	                 IDP_EUNAVAIL);
+	assert_int_equal(keys_kid_unknown_answer(false, began, began - 1000), IDP_EUNAVAIL);
+	assert_int_equal(keys_kid_unknown_answer(false, began, began), IDP_EUNAVAIL);
+	assert_int_equal(keys_kid_unknown_answer(false, began, began + 1000), IDP_EUNAVAIL);
+	assert_int_equal(keys_kid_unknown_answer(false, began, KEYS_NO_IAT), IDP_EUNAVAIL);
+	assert_int_equal(keys_kid_unknown_answer(false, began, -1), IDP_EUNAVAIL);
+}
+
 struct kid_caller {
 	struct keys *km;
 	int rc;
@@ -1289,7 +1321,8 @@ ask_unknown_kid(void *arg)
 {
 	struct kid_caller *c = arg;
 
-	c->rc = keys_reload_for_kid(c->km, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+	c->rc =
+	    keys_reload_for_kid(c->km, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", KEYS_NO_IAT);
 	return NULL;
 }
 
@@ -1519,6 +1552,7 @@ main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(
 	        verify_own_reads_the_keys_for_an_unknown_kid_and_fails_closed, setup, teardown),
+	    cmocka_unit_test(kid_not_found_is_definite_only_for_a_read_begun_after_the_token),
 	    cmocka_unit_test(callers_during_a_slow_kid_read_wait_for_it),
 	    cmocka_unit_test_setup_teardown(readers_keep_their_snapshot_across_a_swap, setup,
 	                                    teardown),
