@@ -42,6 +42,14 @@
 #define MSGID_MAX 32     /* RFC 5424 */
 /* A webhook POST carries at most about this many bytes of events. */
 #define WEBHOOK_BODY_MAX (4 * 1024 * 1024)
+/*
+ * How long a syslog receiver is given, after a TLS 1.3 handshake in which
+ * it asked for a client certificate, to say whether it took us (see
+ * tls_verdict).  A receiver that sends no session ticket (syslog-ng sends
+ * none on purpose) and takes us is waited for this long on every new
+ * connection, so it is short, and apart from connect_timeout.
+ */
+#define TLS_VERDICT_MS 500
 
 struct audit_sink {
 	enum audit_sink_type type;
@@ -870,9 +878,11 @@ tls_on_cert_request(SSL *ssl, void *arg)
  * acknowledged by its TCP, then thrown away, and the flush would take them
  * for delivered.  So when the receiver asked for a certificate, a syslog
  * connection first waits for the verdict: a session ticket (it took us) or
- * an alert (it did not), until deadline.  A receiver that sends neither is
- * taken at its word.  (A webhook needs no such wait: only the HTTP status
- * moves its cursor.)
+ * an alert (it did not), until deadline, which the caller keeps short
+ * (TLS_VERDICT_MS, not connect_timeout): a receiver that sends neither,
+ * as one that sends no tickets at all, is taken to have accepted once it
+ * passes.  (A webhook needs no such wait: only the HTTP status moves its
+ * cursor.)
  */
 static int
 tls_verdict(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
@@ -954,8 +964,11 @@ tls_connect(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
 	}
 	s->tls_clean = true;
 	if (s->type == AUDIT_SINK_SYSLOG && s->tls_cert_asked &&
-	    SSL_version(s->ssl) == TLS1_3_VERSION)
-		return tls_verdict(s, deadline, diag);
+	    SSL_version(s->ssl) == TLS1_3_VERSION) {
+		int64_t bound = deadline_after(TLS_VERDICT_MS);
+
+		return tls_verdict(s, bound < deadline ? bound : deadline, diag);
+	}
 	return IDP_OK;
 }
 

@@ -1248,6 +1248,56 @@ mutual_tls_presents_the_client_certificate(void **state)
 	harness_tls_pki_remove(pki);
 }
 
+/*
+ * A receiver that asks for idpd's client certificate, takes it, and sends
+ * no session tickets (as syslog-ng does, on purpose): idpd's wait for its
+ * verdict is short and apart from connect_timeout, so the events arrive
+ * promptly, not once connect_timeout has passed on every connection.
+ */
+static void
+mutual_tls_to_a_receiver_without_tickets_ships_promptly(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], ccert[128], ckey[128];
+	char extra[2048], ids[2][80], cn[128];
+	unsigned ok, refused;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	pki_file(ccert, sizeof(ccert), pki, "client.pem");
+	pki_file(ckey, sizeof(ckey), pki, "client.key");
+	assert_int_equal(harness_tls_start(&t, false, cert, key, ca), 0);
+	harness_tls_tickets(&t, false);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem-noticket\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "cert_file = \"%s\"\nkey_file = \"%s\"\nconnect_timeout = \"10s\"\n",
+	         reporter_hash, t.port, ca, ccert, ckey);
+	assert_int_equal(harness_db_create("t_sink_noticket"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_noticket", NULL, extra), 0);
+
+	/* Well under connect_timeout, on a new connection and on the same one. */
+	assert_int_equal(report(&p, "task-noticket", ids[0], sizeof(ids[0])), 201);
+	assert_true(harness_tls_wait(&t, ids[0], 2000));
+	assert_int_equal(report(&p, "task-noticket", ids[1], sizeof(ids[1])), 201);
+	assert_true(harness_tls_wait(&t, ids[1], 2000));
+	assert_int_equal(tls_frames(&t, "task-noticket"), 2);
+	harness_tls_counts(&t, &ok, &refused, cn, sizeof(cn));
+	assert_int_equal(refused, 0);
+	assert_string_equal(cn, "idpd-client");
+	assert_int_equal(wait_passed("t_sink_noticket", "siem-noticket", "task-noticket", 2), 2);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
 /* Copy from over to, in place (the same inode, new content), as cp does. */
 static void
 copy_file(const char *from, const char *to)
@@ -1329,6 +1379,7 @@ main(void)
 	    cmocka_unit_test(syslog_over_tls_ships_only_to_a_receiver_it_verifies),
 	    cmocka_unit_test(https_webhook_ships_only_to_the_name_it_expects),
 	    cmocka_unit_test(mutual_tls_presents_the_client_certificate),
+	    cmocka_unit_test(mutual_tls_to_a_receiver_without_tickets_ships_promptly),
 	    cmocka_unit_test(a_reload_takes_a_ca_file_replaced_at_the_same_path),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);
