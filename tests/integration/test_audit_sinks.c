@@ -1000,13 +1000,16 @@ wait_passed(const char *db, const char *sink, const char *task, int n)
 	return sink_passed(db, sink, task);
 }
 
-/* Wait (5 s at most) until the TLS receiver refused at least n handshakes. */
+/*
+ * Wait (15 s at most: a failing sink's retries back off up to 5 s apart)
+ * until the TLS receiver refused at least n handshakes.
+ */
 static void
 wait_refused(struct harness_tls *t, unsigned n)
 {
 	unsigned ok = 0, refused = 0;
 
-	for (int i = 0; i < 100; i++) {
+	for (int i = 0; i < 300; i++) {
 		harness_tls_counts(t, &ok, &refused, NULL, 0);
 		if (refused >= n)
 			break;
@@ -1172,7 +1175,9 @@ https_webhook_ships_only_to_the_name_it_expects(void **state)
  * sink without one, then a sink whose certificate it does not trust, and
  * neither time is anything taken for delivered, though under TLS 1.3 the
  * refusal comes after idpd's handshake has ended (here 400 ms after, as
- * from a receiver that checks revocation); once it trusts idpd's
+ * from a receiver that checks revocation, and then 650 ms after: past
+ * idpd's wait before the first line, so the lines have gone and its TCP
+ * took them, but within the first flush's wait); once it trusts idpd's
  * certificate it gets it, and the events.
  */
 static void
@@ -1230,6 +1235,25 @@ mutual_tls_presents_the_client_certificate(void **state)
 	assert_int_equal(tls_frames(&t, NULL), 0);
 	assert_true(wait_log(&p, "unknown ca"));
 	wait_refused(&t, before + 2);
+
+	/* Refused after the lines went: the first flush hears it, the cursor stays. */
+	harness_tls_slow_refusal(&t, 650);
+	harness_tls_counts(&t, &ok, &before, NULL, 0);
+	refused = before;
+	/* Two more refusals (the second is 650 ms late for sure), unless the
+	 * cursor moves first: a sink that took its lines for delivered stops. */
+	for (i = 0; i < 300 && refused < before + 2; i++) {
+		if (sink_passed("t_sink_mtls", "siem-mtls", "task-mtls") != 0)
+			break;
+		sleep_ms(50);
+		harness_tls_counts(&t, &ok, &refused, NULL, 0);
+	}
+	sleep_ms(300);
+	assert_int_equal(sink_passed("t_sink_mtls", "siem-mtls", "task-mtls"), 0);
+	assert_true(refused >= before + 2);
+	assert_int_equal(ok, 0);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_true(wait_log(&p, "flush: tlsv1 alert unknown ca"));
 
 	/* Trusted: the receiver gets idpd's certificate, and every event once. */
 	assert_int_equal(harness_tls_use(&t, cert, key, ca), 0);
