@@ -1108,6 +1108,63 @@ syslog_over_tls_ships_only_to_a_receiver_it_verifies(void **state)
 }
 
 /*
+ * A sink whose address is an IP literal, without server_name, checks that
+ * address against the certificate's IP addresses: a certificate of the
+ * trusted CA that names only DNS:localhost is refused at 127.0.0.1, and
+ * nothing is delivered; with server_name = "localhost" the same receiver
+ * is taken.
+ */
+static void
+syslog_over_tls_to_an_ip_address_checks_it(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], sink[1024], named[1100], extra[2048];
+	char ids[2][80];
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "dnsonly.pem");
+	pki_file(key, sizeof(key), pki, "dnsonly.key");
+	assert_int_equal(harness_tls_start(&t, false, cert, key, NULL), 0);
+	snprintf(sink, sizeof(sink),
+	         "[[audit.sinks]]\nname = \"siem-ip\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         t.port, ca);
+	snprintf(named, sizeof(named), "%sserver_name = \"localhost\"\n", sink);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n%s",
+	         reporter_hash, sink);
+	assert_int_equal(harness_db_create("t_sink_tls_ip"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_tls_ip", NULL, extra), 0);
+	for (i = 0; i < 2; i++)
+		assert_int_equal(report(&p, "task-tls-ip", ids[i], sizeof(ids[i])), 201);
+
+	assert_true(wait_log(&p, "the receiver's certificate failed verification: IP address "
+	                         "mismatch"));
+	wait_refused(&t, 2);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_int_equal(sink_passed("t_sink_tls_ip", "siem-ip", "task-tls-ip"), 0);
+
+	/* Its DNS name, asked for by server_name: taken. */
+	reconfigure(&p, sink, named);
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	for (i = 0; i < 200 && tls_frames(&t, "task-tls-ip") < 2; i++)
+		sleep_ms(50);
+	for (i = 0; i < 2; i++)
+		assert_int_equal(tls_frames(&t, ids[i]), 1);
+	assert_int_equal(wait_passed("t_sink_tls_ip", "siem-ip", "task-tls-ip", 2), 2);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/*
  * An https webhook verifies the receiver's name: with a server_name its
  * certificate does not hold, nothing is sent; with the right one, the
  * events and the bearer token go inside TLS.
@@ -1401,6 +1458,7 @@ main(void)
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	    cmocka_unit_test(webhook_sink_posts_its_types_until_taken),
 	    cmocka_unit_test(syslog_over_tls_ships_only_to_a_receiver_it_verifies),
+	    cmocka_unit_test(syslog_over_tls_to_an_ip_address_checks_it),
 	    cmocka_unit_test(https_webhook_ships_only_to_the_name_it_expects),
 	    cmocka_unit_test(mutual_tls_presents_the_client_certificate),
 	    cmocka_unit_test(mutual_tls_to_a_receiver_without_tickets_ships_promptly),
