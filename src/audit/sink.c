@@ -270,20 +270,43 @@ is_ip_literal(const char *name)
 	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
 }
 
-/* Whether name can be a certificate's DNS name: letters, digits, '-' and '.'. */
+/*
+ * Whether name can be checked against a certificate's DNS names and sent
+ * as SNI: at most 253 bytes of labels joined by single dots, each label
+ * 1-63 letters, digits, '-' or '_', neither starting nor ending with '-'.
+ * No trailing dot: OpenSSL compares the name as written, and certificates
+ * hold none.  '_' is no hostname character, but resolvers take it (a host
+ * such as "siem_rx" in an address) and OpenSSL matches it exactly against
+ * a certificate's name; only a wildcard does not cover a label holding it.
+ */
 static bool
 is_dns_name(const char *name)
 {
-	size_t n = strlen(name);
+	size_t n = strlen(name), label = 0;
 
-	if (n == 0 || n > 253 || name[0] == '.' || name[0] == '-')
+	if (n == 0 || n > 253)
 		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
-		      (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '.'))
+	for (size_t i = 0; i <= n; i++) {
+		char c = name[i];
+
+		if (c == '.' || c == '\0') {
+			if (label == 0 || name[i - 1] == '-')
+				return false;
+			label = 0;
+		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		           (c >= '0' && c <= '9') || c == '_' || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return false;
+		} else {
 			return false;
+		}
+	}
 	return true;
 }
+
+#define DNS_NAME_RULE                                                                              \
+	"a DNS name is labels of 1-63 letters, digits, '-' or '_' joined by single dots, with no " \
+	"'-' at either end of a label and no trailing dot"
 
 /* Why the first failed OpenSSL call of this thread failed; empties its error queue. */
 static const char *
@@ -369,10 +392,22 @@ tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_
 		name = s->host;
 	s->tls_name_ip = is_ip_literal(name);
 	if (!s->tls_name_ip && !is_dns_name(name)) {
-		idp_diag_add(diag,
-		             "audit sink: server_name \"%.64s\" is neither a DNS name nor an IP "
-		             "address",
-		             name);
+		/* Say which setting the name came from: the host of an address
+		 * or url is fine for connecting, only not for the check. */
+		if (setting(cfg->server_name) != NULL)
+			idp_diag_add(
+			    diag,
+			    "audit sink: server_name \"%.64s\" is neither a DNS name nor an "
+			    "IP address (" DNS_NAME_RULE ")",
+			    name);
+		else
+			idp_diag_add(
+			    diag,
+			    "audit sink: the host \"%.64s\" of %s is neither a DNS name nor "
+			    "an IP address, so the receiver's certificate cannot be checked "
+			    "against it (" DNS_NAME_RULE "); set server_name to the name the "
+			    "certificate holds",
+			    name, s->type == AUDIT_SINK_WEBHOOK ? "url" : "address");
 		return IDP_EINVAL;
 	}
 	s->tls_name = idp_xstrdup(name);
