@@ -42,6 +42,15 @@
 #define MSGID_MAX 32     /* RFC 5424 */
 /* A webhook POST carries at most about this many bytes of events. */
 #define WEBHOOK_BODY_MAX (4 * 1024 * 1024)
+/*
+ * How long a syslog receiver is given to refuse us after a TLS 1.3
+ * handshake in which it asked for a client certificate, once before the
+ * first line and once after the first flush (see tls_verdict).  A
+ * receiver that sends no session ticket (syslog-ng sends none on purpose)
+ * and takes us is waited for that long on every new connection, so it is
+ * short, and apart from connect_timeout.
+ */
+#define TLS_VERDICT_MS 500
 
 struct audit_sink {
 	enum audit_sink_type type;
@@ -66,6 +75,7 @@ struct audit_sink {
 	SSL_CTX *tls_ctx; /* every connection's TLS settings, made once by audit_sink_new */
 	char *tls_name;   /* the name the receiver's certificate must hold */
 	bool tls_name_ip; /* tls_name is an IP literal: checked as one, and no SNI */
+	bool tls_cert;    /* a client certificate is set: sent when the receiver asks */
 
 	int fd;               /* -1 when closed */
 	SSL *ssl;             /* TLS over fd; NULL when closed or plain */
@@ -74,6 +84,7 @@ struct audit_sink {
 	int tls_errno;        /* the socket BIO's last failure, for the diag */
 	bool tls_cert_asked;  /* the receiver asked for a client certificate */
 	bool tls_ticket;      /* the receiver sent a session ticket (TLS 1.3: it took us) */
+	bool tls_unjudged;    /* it may still refuse us (TLS 1.3): the first flush waits */
 	int stop_fd;          /* readable: stop waiting in a flush; -1 for none */
 	bool unflushed;       /* TCP: bytes sent on fd since the last good flush */
 	struct idp_buf line;  /* write_event's formatted line */
@@ -259,20 +270,43 @@ is_ip_literal(const char *name)
 	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
 }
 
-/* Whether name can be a certificate's DNS name: letters, digits, '-' and '.'. */
+/*
+ * Whether name can be checked against a certificate's DNS names and sent
+ * as SNI: at most 253 bytes of labels joined by single dots, each label
+ * 1-63 letters, digits, '-' or '_', neither starting nor ending with '-'.
+ * No trailing dot: OpenSSL compares the name as written, and certificates
+ * hold none.  '_' is no hostname character, but resolvers take it (a host
+ * such as "siem_rx" in an address) and OpenSSL matches it exactly against
+ * a certificate's name; only a wildcard does not cover a label holding it.
+ */
 static bool
 is_dns_name(const char *name)
 {
-	size_t n = strlen(name);
+	size_t n = strlen(name), label = 0;
 
-	if (n == 0 || n > 253 || name[0] == '.' || name[0] == '-')
+	if (n == 0 || n > 253)
 		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
-		      (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '.'))
+	for (size_t i = 0; i <= n; i++) {
+		char c = name[i];
+
+		if (c == '.' || c == '\0') {
+			if (label == 0 || name[i - 1] == '-')
+				return false;
+			label = 0;
+		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		           (c >= '0' && c <= '9') || c == '_' || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return false;
+		} else {
 			return false;
+		}
+	}
 	return true;
 }
+
+#define DNS_NAME_RULE                                                                              \
+	"a DNS name is labels of 1-63 letters, digits, '-' or '_' joined by single dots, with no " \
+	"'-' at either end of a label and no trailing dot"
 
 /* Why the first failed OpenSSL call of this thread failed; empties its error queue. */
 static const char *
@@ -358,13 +392,26 @@ tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_
 		name = s->host;
 	s->tls_name_ip = is_ip_literal(name);
 	if (!s->tls_name_ip && !is_dns_name(name)) {
-		idp_diag_add(diag,
-		             "audit sink: server_name \"%.64s\" is neither a DNS name nor an IP "
-		             "address",
-		             name);
+		/* Say which setting the name came from: the host of an address
+		 * or url is fine for connecting, only not for the check. */
+		if (setting(cfg->server_name) != NULL)
+			idp_diag_add(
+			    diag,
+			    "audit sink: server_name \"%.64s\" is neither a DNS name nor an "
+			    "IP address (" DNS_NAME_RULE ")",
+			    name);
+		else
+			idp_diag_add(
+			    diag,
+			    "audit sink: the host \"%.64s\" of %s is neither a DNS name nor "
+			    "an IP address, so the receiver's certificate cannot be checked "
+			    "against it (" DNS_NAME_RULE "); set server_name to the name the "
+			    "certificate holds",
+			    name, s->type == AUDIT_SINK_WEBHOOK ? "url" : "address");
 		return IDP_EINVAL;
 	}
 	s->tls_name = idp_xstrdup(name);
+	s->tls_cert = cert != NULL;
 	if ((ca != NULL && !file_readable("ca_file", ca, diag)) ||
 	    (cert != NULL && !file_readable("cert_file", cert, diag)) ||
 	    (key != NULL && !file_readable("key_file", key, diag)))
@@ -569,7 +616,7 @@ audit_sink_close(struct audit_sink *s)
 		SSL_free(s->ssl);
 		s->ssl = NULL;
 	}
-	s->tls_clean = false;
+	s->tls_clean = s->tls_unjudged = false;
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
@@ -807,6 +854,60 @@ sock_bio_make(void)
 }
 
 /*
+ * Read whatever the receiver sent (session tickets are taken, data
+ * dropped) until nothing more is there.  SSL_ERROR_WANT_READ or
+ * SSL_ERROR_WANT_WRITE while the connection stands; otherwise it has
+ * ended, no close_notify will be sent, and why (len bytes) says how: the
+ * receiver's alert ("tlsv13 alert certificate required": SSL_ERROR_SSL),
+ * the socket's error, or its close.
+ */
+static int
+tls_read_all(struct audit_sink *s, char *why, size_t len)
+{
+	for (;;) {
+		char scratch[512], buf[128];
+		size_t got;
+		int r, err;
+
+		ERR_clear_error();
+		r = SSL_read_ex(s->ssl, scratch, sizeof(scratch), &got);
+		if (r == 1)
+			continue;
+		err = SSL_get_error(s->ssl, r);
+		if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+			ERR_clear_error();
+			return err;
+		}
+		if (err == SSL_ERROR_SSL)
+			tls_reason(why, len);
+		else if (err == SSL_ERROR_SYSCALL && s->tls_errno != 0)
+			snprintf(why, len, "%s", idp_strerror(s->tls_errno, buf, sizeof(buf)));
+		else
+			snprintf(why, len, "the receiver closed the connection");
+		ERR_clear_error();
+		s->tls_clean = false;
+		return err;
+	}
+}
+
+/*
+ * Why the socket under an established TLS connection failed (s->tls_errno,
+ * a reset say), into buf.  A receiver that refuses us after our handshake
+ * sends an alert and closes with our lines unread, so its TCP resets the
+ * connection; the alert, which says more, may still wait in the socket,
+ * and is read first.
+ */
+static const char *
+tls_reset_why(struct audit_sink *s, char *buf, size_t len)
+{
+	int e = s->tls_errno;
+
+	if (s->tls_clean && tls_read_all(s, buf, len) == SSL_ERROR_SSL)
+		return buf;
+	return idp_strerror(e, buf, len);
+}
+
+/*
  * A TLS call on s->ssl returned ret and failed: say why in diag, close
  * the transport.  Always IDP_EUNAVAIL: a receiver that is not trusted
  * today may be fixed on its side, and the shipper tries again from its
@@ -823,8 +924,7 @@ tls_fail(struct audit_sink *s, struct idp_diag *diag, const char *what, int ret)
 		idp_diag_add(diag, "%s: %s: the receiver's certificate failed verification: %s",
 		             s->desc, what, X509_verify_cert_error_string(verify));
 	else if (err == SSL_ERROR_SYSCALL && s->tls_errno != 0)
-		idp_diag_add(diag, "%s: %s: %s", s->desc, what,
-		             idp_strerror(s->tls_errno, buf, sizeof(buf)));
+		idp_diag_add(diag, "%s: %s: %s", s->desc, what, tls_reset_why(s, buf, sizeof(buf)));
 	else if (err == SSL_ERROR_ZERO_RETURN ||
 	         (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
 		idp_diag_add(diag, "%s: %s: the receiver closed the connection", s->desc, what);
@@ -866,16 +966,20 @@ tls_on_cert_request(SSL *ssl, void *arg)
 /*
  * TLS 1.3 ends the client's handshake before the server has judged the
  * client's certificate (or its lack of one): a receiver that refuses it
- * says so afterwards, with an alert.  Syslog lines sent meanwhile would be
- * acknowledged by its TCP, then thrown away, and the flush would take them
- * for delivered.  So when the receiver asked for a certificate, a syslog
- * connection first waits for the verdict: a session ticket (it took us) or
- * an alert (it did not), until deadline.  A receiver that sends neither is
- * taken at its word.  (A webhook needs no such wait: only the HTTP status
- * moves its cursor.)
+ * says so afterwards, with an alert.  Syslog lines sent meanwhile are
+ * acknowledged by its TCP, then thrown away, and a flush would take them
+ * for delivered.  So a syslog connection whose receiver asked for a
+ * certificate waits for the verdict: a session ticket or any data (it took
+ * us), an alert or the end of the stream (it did not), until deadline,
+ * which the callers keep short (TLS_VERDICT_MS, not connect_timeout).  A
+ * receiver that says nothing by then, as one that sends no tickets at
+ * all, is taken to have accepted, and s->tls_unjudged stays set.
+ * IDP_OK, or on a refusal the error, the transport closed and diag saying
+ * why, with what as the step.  (A webhook needs none of this: only the
+ * HTTP status moves its cursor.)
  */
 static int
-tls_verdict(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
+tls_verdict(struct audit_sink *s, int64_t deadline, const char *what, struct idp_diag *diag)
 {
 	while (!s->tls_ticket) {
 		char scratch[256];
@@ -888,17 +992,20 @@ tls_verdict(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
 			break; /* it speaks to us: it took us */
 		err = SSL_get_error(s->ssl, r);
 		if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
-			return tls_fail(s, diag, "TLS handshake", r);
+			return tls_fail(s, diag, what, r);
 		if (s->tls_ticket)
 			break;
 		e = wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline,
 		            s->stop_fd);
-		if (e == ETIMEDOUT)
-			break;
+		if (e == ETIMEDOUT) {
+			ERR_clear_error();
+			return IDP_OK; /* silence: taken, the verdict still open */
+		}
 		if (e != 0)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "TLS handshake", e);
+			return sys_fail(s, diag, IDP_EUNAVAIL, what, e);
 	}
 	ERR_clear_error();
+	s->tls_unjudged = false;
 	return IDP_OK;
 }
 
@@ -918,7 +1025,7 @@ tls_connect(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
 
 	pthread_once(&sock_bio_once, sock_bio_make);
 	ERR_clear_error();
-	s->tls_eof = s->tls_cert_asked = s->tls_ticket = false;
+	s->tls_eof = s->tls_cert_asked = s->tls_ticket = s->tls_unjudged = false;
 	s->tls_errno = 0;
 	if (sock_bio_method == NULL || (s->ssl = SSL_new(s->tls_ctx)) == NULL ||
 	    (bio = BIO_new(sock_bio_method)) == NULL) {
@@ -953,36 +1060,36 @@ tls_connect(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
 			return rc;
 	}
 	s->tls_clean = true;
-	if (s->type == AUDIT_SINK_SYSLOG && s->tls_cert_asked &&
-	    SSL_version(s->ssl) == TLS1_3_VERSION)
-		return tls_verdict(s, deadline, diag);
+	if (s->type != AUDIT_SINK_SYSLOG || !s->tls_cert_asked ||
+	    SSL_version(s->ssl) != TLS1_3_VERSION)
+		return IDP_OK;
+	/*
+	 * The receiver has yet to judge us.  With a certificate sent, no line
+	 * goes before its verdict or TLS_VERDICT_MS.  Without one there is
+	 * nothing to check, so a receiver that wants one refuses at once:
+	 * the first flush's wait hears it, and a receiver that takes clients
+	 * without certificates and sends no tickets is not made to wait twice.
+	 */
+	s->tls_unjudged = true;
+	if (s->tls_cert) {
+		int64_t bound = deadline_after(TLS_VERDICT_MS);
+
+		return tls_verdict(s, bound < deadline ? bound : deadline, "TLS handshake", diag);
+	}
 	return IDP_OK;
 }
 
 /*
- * As tcp_peer_gone, through TLS: whatever the receiver sent is read
- * (session tickets are taken, data dropped); a close_notify, the end of
- * the stream or an error means it is gone.
+ * As tcp_peer_gone, through TLS: whether the receiver has ended the
+ * connection (a close_notify, an alert, the end of the stream or an
+ * error), and if so, why (len bytes) says how; see tls_read_all.
  */
 static bool
-tls_peer_gone(struct audit_sink *s)
+tls_peer_gone(struct audit_sink *s, char *why, size_t len)
 {
-	for (;;) {
-		char scratch[512];
-		size_t got;
-		int r, err;
+	int e = tls_read_all(s, why, len);
 
-		ERR_clear_error();
-		r = SSL_read_ex(s->ssl, scratch, sizeof(scratch), &got);
-		if (r == 1)
-			continue;
-		err = SSL_get_error(s->ssl, r);
-		ERR_clear_error();
-		if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-			return false;
-		s->tls_clean = false;
-		return true;
-	}
+	return e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE;
 }
 
 /* send_all through TLS: the same deadline for the whole buffer. */
@@ -1081,6 +1188,18 @@ tcp_peer_gone(int fd)
 			continue;
 		return errno != EAGAIN && errno != EWOULDBLOCK;
 	}
+}
+
+/* Whether a syslog receiver over TCP or TLS is gone (see above); why (len bytes) says how. */
+static bool
+peer_gone(struct audit_sink *s, char *why, size_t len)
+{
+	char buf[128];
+
+	if (s->ssl != NULL)
+		return tls_peer_gone(s, why, len);
+	snprintf(why, len, "%s", idp_strerror(ECONNRESET, buf, sizeof(buf)));
+	return tcp_peer_gone(s->fd);
 }
 
 static int
@@ -1365,6 +1484,7 @@ audit_sink_open(struct audit_sink *s, struct idp_diag *diag)
 int
 audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct idp_diag *diag)
 {
+	char why[256];
 	int rc;
 
 	if (memchr(m->line, '\n', m->len) != NULL || memchr(m->line, '\r', m->len) != NULL) {
@@ -1379,15 +1499,17 @@ audit_sink_write(struct audit_sink *s, const struct audit_sink_msg *m, struct id
 	if (s->type == AUDIT_SINK_WEBHOOK)
 		return webhook_write(s, m, diag);
 	if (s->fd >= 0 && s->type == AUDIT_SINK_SYSLOG && s->protocol != AUDIT_PROTO_UDP &&
-	    (s->ssl != NULL ? tls_peer_gone(s) : tcp_peer_gone(s->fd))) {
+	    peer_gone(s, why, sizeof(why))) {
 		/* What was sent since the last flush may never have arrived: the
 		 * caller must send it again from its cursor, not carry on over a
 		 * new connection as if it had. */
 		bool lost = s->unflushed;
 
 		audit_sink_close(s);
-		if (lost)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "send", ECONNRESET);
+		if (lost) {
+			idp_diag_add(diag, "%s: send: %s", s->desc, why);
+			return IDP_EUNAVAIL;
+		}
 	}
 	rc = audit_sink_open(s, diag);
 	if (rc != IDP_OK)
@@ -1455,8 +1577,18 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 		if (ioctl(s->fd, SIOCOUTQ, &queued) != 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "ioctl(SIOCOUTQ)", errno);
 		state = tcp_state(s->fd);
-		if (state < 0 || state == TCP_CLOSE)
-			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
+		if (state < 0 || state == TCP_CLOSE) {
+			char why[256];
+
+			if (s->ssl == NULL)
+				return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
+			s->tls_errno = ECONNRESET;
+			idp_diag_add(diag, "%s: flush: %s", s->desc,
+			             tls_reset_why(s, why, sizeof(why)));
+			s->tls_clean = false;
+			audit_sink_close(s);
+			return IDP_EUNAVAIL;
+		}
 		if (queued == 0)
 			return IDP_OK;
 		/*
@@ -1511,12 +1643,29 @@ audit_sink_flush(struct audit_sink *s, struct idp_diag *diag)
 	}
 	if (s->protocol != AUDIT_PROTO_UDP) {
 		int rc = tcp_drain(s, diag);
+		char why[256];
 
-		/* TLS bytes are on the wire once SSL_write returns (this file's
-		 * BIO buffers nothing), so the drain counts them all; a receiver
-		 * that refused us meanwhile has said so with an alert. */
-		if (rc == IDP_OK && s->ssl != NULL && tls_peer_gone(s))
-			rc = sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
+		/*
+		 * TLS bytes are on the wire once SSL_write returns (this file's
+		 * BIO buffers nothing), so the drain counts them all.  On a new
+		 * connection whose receiver may still refuse our certificate
+		 * (tls_connect), its TCP took them without a verdict: the first
+		 * flush gives it TLS_VERDICT_MS more to refuse, and a refusal
+		 * fails the flush, so those lines go again.
+		 */
+		if (rc == IDP_OK && s->ssl != NULL && s->tls_unjudged) {
+			int64_t ms = s->send_timeout_ms < TLS_VERDICT_MS ? s->send_timeout_ms
+			                                                 : TLS_VERDICT_MS;
+
+			rc = tls_verdict(s, deadline_after(ms), "flush", diag);
+			if (rc == IDP_OK)
+				s->tls_unjudged = false; /* silence too: taken */
+		}
+		if (rc == IDP_OK && s->ssl != NULL && tls_peer_gone(s, why, sizeof(why))) {
+			idp_diag_add(diag, "%s: flush: %s", s->desc, why);
+			audit_sink_close(s);
+			rc = IDP_EUNAVAIL;
+		}
 		if (rc == IDP_OK)
 			s->unflushed = false;
 		return rc;

@@ -1000,13 +1000,16 @@ wait_passed(const char *db, const char *sink, const char *task, int n)
 	return sink_passed(db, sink, task);
 }
 
-/* Wait (5 s at most) until the TLS receiver refused at least n handshakes. */
+/*
+ * Wait (15 s at most: a failing sink's retries back off up to 5 s apart)
+ * until the TLS receiver refused at least n handshakes.
+ */
 static void
 wait_refused(struct harness_tls *t, unsigned n)
 {
 	unsigned ok = 0, refused = 0;
 
-	for (int i = 0; i < 100; i++) {
+	for (int i = 0; i < 300; i++) {
 		harness_tls_counts(t, &ok, &refused, NULL, 0);
 		if (refused >= n)
 			break;
@@ -1105,6 +1108,63 @@ syslog_over_tls_ships_only_to_a_receiver_it_verifies(void **state)
 }
 
 /*
+ * A sink whose address is an IP literal, without server_name, checks that
+ * address against the certificate's IP addresses: a certificate of the
+ * trusted CA that names only DNS:localhost is refused at 127.0.0.1, and
+ * nothing is delivered; with server_name = "localhost" the same receiver
+ * is taken.
+ */
+static void
+syslog_over_tls_to_an_ip_address_checks_it(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], sink[1024], named[1100], extra[2048];
+	char ids[2][80];
+	int i;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "dnsonly.pem");
+	pki_file(key, sizeof(key), pki, "dnsonly.key");
+	assert_int_equal(harness_tls_start(&t, false, cert, key, NULL), 0);
+	snprintf(sink, sizeof(sink),
+	         "[[audit.sinks]]\nname = \"siem-ip\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "connect_timeout = \"1s\"\n",
+	         t.port, ca);
+	snprintf(named, sizeof(named), "%sserver_name = \"localhost\"\n", sink);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n%s",
+	         reporter_hash, sink);
+	assert_int_equal(harness_db_create("t_sink_tls_ip"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_tls_ip", NULL, extra), 0);
+	for (i = 0; i < 2; i++)
+		assert_int_equal(report(&p, "task-tls-ip", ids[i], sizeof(ids[i])), 201);
+
+	assert_true(wait_log(&p, "the receiver's certificate failed verification: IP address "
+	                         "mismatch"));
+	wait_refused(&t, 2);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_int_equal(sink_passed("t_sink_tls_ip", "siem-ip", "task-tls-ip"), 0);
+
+	/* Its DNS name, asked for by server_name: taken. */
+	reconfigure(&p, sink, named);
+	assert_true(wait_log(&p, "audit sinks: 0 kept, 1 stopped, 1 started"));
+	for (i = 0; i < 200 && tls_frames(&t, "task-tls-ip") < 2; i++)
+		sleep_ms(50);
+	for (i = 0; i < 2; i++)
+		assert_int_equal(tls_frames(&t, ids[i]), 1);
+	assert_int_equal(wait_passed("t_sink_tls_ip", "siem-ip", "task-tls-ip", 2), 2);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/*
  * An https webhook verifies the receiver's name: with a server_name its
  * certificate does not hold, nothing is sent; with the right one, the
  * events and the bearer token go inside TLS.
@@ -1172,7 +1232,9 @@ https_webhook_ships_only_to_the_name_it_expects(void **state)
  * sink without one, then a sink whose certificate it does not trust, and
  * neither time is anything taken for delivered, though under TLS 1.3 the
  * refusal comes after idpd's handshake has ended (here 400 ms after, as
- * from a receiver that checks revocation); once it trusts idpd's
+ * from a receiver that checks revocation, and then 650 ms after: past
+ * idpd's wait before the first line, so the lines have gone and its TCP
+ * took them, but within the first flush's wait); once it trusts idpd's
  * certificate it gets it, and the events.
  */
 static void
@@ -1231,6 +1293,25 @@ mutual_tls_presents_the_client_certificate(void **state)
 	assert_true(wait_log(&p, "unknown ca"));
 	wait_refused(&t, before + 2);
 
+	/* Refused after the lines went: the first flush hears it, the cursor stays. */
+	harness_tls_slow_refusal(&t, 650);
+	harness_tls_counts(&t, &ok, &before, NULL, 0);
+	refused = before;
+	/* Two more refusals (the second is 650 ms late for sure), unless the
+	 * cursor moves first: a sink that took its lines for delivered stops. */
+	for (i = 0; i < 300 && refused < before + 2; i++) {
+		if (sink_passed("t_sink_mtls", "siem-mtls", "task-mtls") != 0)
+			break;
+		sleep_ms(50);
+		harness_tls_counts(&t, &ok, &refused, NULL, 0);
+	}
+	sleep_ms(300);
+	assert_int_equal(sink_passed("t_sink_mtls", "siem-mtls", "task-mtls"), 0);
+	assert_true(refused >= before + 2);
+	assert_int_equal(ok, 0);
+	assert_int_equal(tls_frames(&t, NULL), 0);
+	assert_true(wait_log(&p, "flush: tlsv1 alert unknown ca"));
+
 	/* Trusted: the receiver gets idpd's certificate, and every event once. */
 	assert_int_equal(harness_tls_use(&t, cert, key, ca), 0);
 	for (i = 0; i < 200 && tls_frames(&t, "task-mtls") < 3; i++)
@@ -1244,6 +1325,56 @@ mutual_tls_presents_the_client_certificate(void **state)
 	assert_int_equal(wait_passed("t_sink_mtls", "siem-mtls", "task-mtls", 3), 3);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	assert_false(harness_log_contains(&p, "PRIVATE KEY"));
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+}
+
+/*
+ * A receiver that asks for idpd's client certificate, takes it, and sends
+ * no session tickets (as syslog-ng does, on purpose): idpd's wait for its
+ * verdict is short and apart from connect_timeout, so the events arrive
+ * promptly, not once connect_timeout has passed on every connection.
+ */
+static void
+mutual_tls_to_a_receiver_without_tickets_ships_promptly(void **state)
+{
+	struct idpd_proc p;
+	struct harness_tls t;
+	char pki[64], ca[128], cert[128], key[128], ccert[128], ckey[128];
+	char extra[2048], ids[2][80], cn[128];
+	unsigned ok, refused;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(reporter_key, reporter_hash), IDP_OK);
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(ca, sizeof(ca), pki, "ca.pem");
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	pki_file(ccert, sizeof(ccert), pki, "client.pem");
+	pki_file(ckey, sizeof(ckey), pki, "client.key");
+	assert_int_equal(harness_tls_start(&t, false, cert, key, ca), 0);
+	harness_tls_tickets(&t, false);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"reporter\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "[audit]\nship_interval = \"50ms\"\n"
+	         "[[audit.sinks]]\nname = \"siem-noticket\"\ntype = \"syslog\"\n"
+	         "address = \"127.0.0.1:%d\"\nprotocol = \"tls\"\nca_file = \"%s\"\n"
+	         "cert_file = \"%s\"\nkey_file = \"%s\"\nconnect_timeout = \"10s\"\n",
+	         reporter_hash, t.port, ca, ccert, ckey);
+	assert_int_equal(harness_db_create("t_sink_noticket"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_sink_noticket", NULL, extra), 0);
+
+	/* Well under connect_timeout, on a new connection and on the same one. */
+	assert_int_equal(report(&p, "task-noticket", ids[0], sizeof(ids[0])), 201);
+	assert_true(harness_tls_wait(&t, ids[0], 2000));
+	assert_int_equal(report(&p, "task-noticket", ids[1], sizeof(ids[1])), 201);
+	assert_true(harness_tls_wait(&t, ids[1], 2000));
+	assert_int_equal(tls_frames(&t, "task-noticket"), 2);
+	harness_tls_counts(&t, &ok, &refused, cn, sizeof(cn));
+	assert_int_equal(refused, 0);
+	assert_string_equal(cn, "idpd-client");
+	assert_int_equal(wait_passed("t_sink_noticket", "siem-noticket", "task-noticket", 2), 2);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	harness_tls_stop(&t);
 	harness_tls_pki_remove(pki);
 }
@@ -1327,8 +1458,10 @@ main(void)
 	    cmocka_unit_test(rows_a_newer_version_wrote_are_shipped),
 	    cmocka_unit_test(webhook_sink_posts_its_types_until_taken),
 	    cmocka_unit_test(syslog_over_tls_ships_only_to_a_receiver_it_verifies),
+	    cmocka_unit_test(syslog_over_tls_to_an_ip_address_checks_it),
 	    cmocka_unit_test(https_webhook_ships_only_to_the_name_it_expects),
 	    cmocka_unit_test(mutual_tls_presents_the_client_certificate),
+	    cmocka_unit_test(mutual_tls_to_a_receiver_without_tickets_ships_promptly),
 	    cmocka_unit_test(a_reload_takes_a_ca_file_replaced_at_the_same_path),
 	};
 	return cmocka_run_group_tests_name("audit_sinks", tests, NULL, NULL);

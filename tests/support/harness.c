@@ -851,6 +851,7 @@ tls_run(void *arg)
 		SSL_CTX *ctx;
 		SSL *ssl;
 		X509 *peer;
+		bool tickets;
 		int fd;
 
 		if (poll(&p, 1, 50) <= 0)
@@ -864,8 +865,11 @@ tls_run(void *arg)
 		pthread_mutex_lock(&t->lock);
 		ctx = t->ctx;
 		SSL_CTX_up_ref(ctx);
+		tickets = !t->no_tickets;
 		pthread_mutex_unlock(&t->lock);
 		ssl = SSL_new(ctx);
+		if (!tickets)
+			SSL_set_num_tickets(ssl, 0);
 		SSL_set_app_data(ssl, t);
 		SSL_set_fd(ssl, fd);
 		if (SSL_accept(ssl) != 1) {
@@ -943,6 +947,14 @@ harness_tls_slow_refusal(struct harness_tls *t, int ms)
 {
 	pthread_mutex_lock(&t->lock);
 	t->slow_refusal_ms = ms;
+	pthread_mutex_unlock(&t->lock);
+}
+
+void
+harness_tls_tickets(struct harness_tls *t, bool send)
+{
+	pthread_mutex_lock(&t->lock);
+	t->no_tickets = !send;
 	pthread_mutex_unlock(&t->lock);
 }
 

@@ -162,6 +162,7 @@ struct harness_tls {
 	unsigned refused;    /* failed: the client refused us or we refused it */
 	char client[128];    /* the CN of the last client certificate; "" for none */
 	int slow_refusal_ms; /* an untrusted client certificate is refused this much later */
+	bool no_tickets;     /* TLS 1.3 session tickets are not sent */
 	bool stop;
 };
 
@@ -177,6 +178,11 @@ int harness_tls_use(struct harness_tls *t, const char *cert, const char *key,
  * the client has finished its handshake by then.
  */
 void harness_tls_slow_refusal(struct harness_tls *t, int ms);
+/*
+ * From the next connection on, send no TLS 1.3 session tickets, as
+ * syslog-ng does (or send them again, the default, with send set).
+ */
+void harness_tls_tickets(struct harness_tls *t, bool send);
 /* A copy of what was received (NUL-terminated, *len its length); the caller frees it. */
 char *harness_tls_data(struct harness_tls *t, size_t *len);
 /* Wait up to timeout_ms until what was received holds s; true if it does. */

@@ -5,6 +5,7 @@
 #
 #   ca.pem ca.key              the CA the tests trust (ca_file)
 #   server.pem server.key      a receiver: IP 127.0.0.1 and DNS localhost, signed by ca
+#   dnsonly.pem dnsonly.key    a receiver with DNS localhost only (no IP address), by ca
 #   client.pem client.key      idpd's client certificate for mutual TLS (CN idpd-client), by ca
 #   rogue-ca.pem rogue-ca.key  a CA nobody trusts
 #   rogue.pem rogue.key        a receiver with the same names, signed by rogue-ca
@@ -38,6 +39,8 @@ leaf() {
 ca ca
 ca rogue-ca
 leaf server ca "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+leaf dnsonly ca "subjectAltName=DNS:localhost
 extendedKeyUsage=serverAuth"
 leaf rogue rogue-ca "subjectAltName=IP:127.0.0.1,DNS:localhost
 extendedKeyUsage=serverAuth"

@@ -1109,6 +1109,114 @@ tls_settings_are_checked_when_the_sink_is_made(void **state)
 	remove_pki(dir);
 }
 
+/*
+ * The name a TLS sink checks the receiver's certificate against is taken
+ * label by label (1-63 letters, digits, '-' or '_'; no '-' at a label's
+ * ends; no empty label, so no trailing dot), and a bad one is blamed on
+ * the setting it came from: server_name, or the host of address or url.
+ */
+static void
+tls_names_are_checked_label_by_label(void **state)
+{
+	char *dir = make_pki(), *ca = path_in(dir, "ca.pem");
+	char long_label[80], long_name[300];
+	const struct {
+		enum audit_sink_type type;
+		const char *where, *name; /* where: an address or a url */
+		const char *mention;
+	} bad[] = {
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "siem..example", "server_name \"siem..example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "siem.example.", "server_name \"siem.example.\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", ".siem.example", "server_name \".siem.example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "-siem.example", "server_name \"-siem.example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "siem-.example", "server_name \"siem-.example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "siem.-example", "server_name \"siem.-example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "siem example", "server_name \"siem example\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514",
+	     "s\xc3\xaf"
+	     "em.example",
+	     "server_name \"s"},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", "[::1]", "server_name \"[::1]\""},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", long_label, "server_name \"aaaa"},
+	    {AUDIT_SINK_SYSLOG, "127.0.0.1:6514", long_name, "server_name \"a.a."},
+	    {AUDIT_SINK_SYSLOG, "siem..example:6514", NULL,
+	     "the host \"siem..example\" of address"},
+	    {AUDIT_SINK_SYSLOG, "siem.example.:6514", NULL,
+	     "the host \"siem.example.\" of address"},
+	    {AUDIT_SINK_SYSLOG, "siem-.example:6514", NULL,
+	     "the host \"siem-.example\" of address"},
+	    {AUDIT_SINK_WEBHOOK, "https://portal..example/hook", NULL,
+	     "the host \"portal..example\" of url"},
+	};
+	static const char *const good[][2] = {
+	    /* {address, server_name} */
+	    {"siem_rx:6514", NULL},
+	    {"127.0.0.1:6514", "_syslog.siem.example"},
+	    {"127.0.0.1:6514", "siem-rx.example"},
+	    {"127.0.0.1:6514", "SIEM.Example"},
+	    {"127.0.0.1:6514", "xn--bcher-kva.example"},
+	    {"127.0.0.1:6514", "localhost"},
+	    {"127.0.0.1:6514", "10.0.0.7"},
+	    {"127.0.0.1:6514", "::1"},
+	    {"[::1]:6514", NULL},
+	    {"siem.example:6514", NULL},
+	};
+
+	(void)state;
+	/* One label of 64 bytes; 127 labels of one byte: 253 bytes, then 255. */
+	memset(long_label, 'a', 64);
+	long_label[64] = '\0';
+	for (size_t i = 0; i < 128; i++)
+		memcpy(long_name + 2 * i, "a.", 2);
+	long_name[255] = '\0';
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = (struct audit_sink *)1;
+		struct idp_diag d;
+
+		audit_sink_config_defaults(&c);
+		c.type = bad[i].type;
+		c.protocol = bad[i].type == AUDIT_SINK_SYSLOG ? AUDIT_PROTO_TLS : AUDIT_PROTO_TCP;
+		c.address = bad[i].where;
+		c.url = bad[i].where;
+		c.server_name = bad[i].name;
+		c.ca_file = ca;
+		idp_diag_init(&d);
+		assert_int_equal(audit_sink_new(&c, &s, &d), IDP_EINVAL);
+		assert_null(s);
+		if (strstr(idp_diag_str(&d), bad[i].mention) == NULL ||
+		    strstr(idp_diag_str(&d), "is neither a DNS name nor an IP address") == NULL)
+			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, idp_diag_str(&d),
+			         bad[i].mention);
+		/* Blamed on the host, it says how to go on; no server_name was set. */
+		if (bad[i].name == NULL && (strstr(idp_diag_str(&d), "set server_name") == NULL ||
+		                            strstr(idp_diag_str(&d), "server_name \"") != NULL))
+			fail_msg("case %zu: \"%s\"", i, idp_diag_str(&d));
+	}
+	/* 63 bytes are a label, 253 a name. */
+	long_label[63] = '\0';
+	long_name[253] = '\0';
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]) + 2; i++) {
+		struct audit_sink_config c;
+		struct audit_sink *s = NULL;
+		struct idp_diag d;
+		size_t k = sizeof(good) / sizeof(good[0]);
+
+		audit_sink_config_defaults(&c);
+		c.type = AUDIT_SINK_SYSLOG;
+		c.protocol = AUDIT_PROTO_TLS;
+		c.address = i < k ? good[i][0] : "127.0.0.1:6514";
+		c.server_name = i < k ? good[i][1] : i == k ? long_label : long_name;
+		c.ca_file = ca;
+		idp_diag_init(&d);
+		if (audit_sink_new(&c, &s, &d) != IDP_OK)
+			fail_msg("case %zu: %s", i, idp_diag_str(&d));
+		audit_sink_free(s);
+	}
+	free(ca);
+	remove_pki(dir);
+}
+
 static void
 sink_accepts_ipv6_addresses_and_describes_itself(void **state)
 {
@@ -1171,6 +1279,7 @@ main(void)
 	    cmocka_unit_test(webhook_refuses_bad_settings),
 	    cmocka_unit_test(sink_new_rejects_bad_settings),
 	    cmocka_unit_test(tls_settings_are_checked_when_the_sink_is_made),
+	    cmocka_unit_test(tls_names_are_checked_label_by_label),
 	    cmocka_unit_test(sink_accepts_ipv6_addresses_and_describes_itself),
 	    cmocka_unit_test(sink_names_parse_back),
 	};
