@@ -113,13 +113,19 @@ static void
 answer_issued(struct http_req *req, const struct access_grant *g)
 {
 	struct idp_buf b;
-	size_t len;
+	size_t len, need;
 	char *body;
 	int rc;
 
-	idp_buf_init(&b, 2 * IDP_JWS_MAX_TOKEN);
-	/* A scope character escapes to at most 6 bytes (\u00XX). */
-	rc = idp_buf_reserve(&b, strlen(g->token) + 6 * strlen(g->scope) + 256);
+	/*
+	 * A scope character escapes to at most 6 bytes (\u00XX).  The cap is
+	 * that bound, not a fixed size: a 16 KiB cap refused the reserve for a
+	 * granted scope past about 2 KB, and a token already issued (and
+	 * audited) went out as a 500.
+	 */
+	need = strlen(g->token) + 6 * strlen(g->scope) + 256;
+	idp_buf_init(&b, need + 1);
+	rc = idp_buf_reserve(&b, need);
 	if (rc == IDP_OK)
 		rc = idp_buf_puts(&b, "{\"access_token\":");
 	if (rc == IDP_OK)

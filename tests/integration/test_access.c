@@ -1153,6 +1153,48 @@ token_exchange_issues_the_same_token(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * A granted scope of several kilobytes still goes out: the answer's buffer
+ * was capped at 16 KiB while sized for six bytes per scope character, so
+ * past about 2 KB of scope a token already issued and audited became a 500.
+ */
+static void
+token_exchange_answers_a_long_scope(void **state)
+{
+	static char form[32768], scope[4096];
+	struct setting s;
+	struct http_resp r;
+	char task_id[80];
+	char *root = NULL, *deleg;
+	size_t n = 0;
+
+	(void)state;
+	setting_start(&s, "t_access_exchange_long");
+	world_task(&s.w, s.alice, "planning-agent", "[\"cloud:Describe*\"]", task_id, &root);
+	deleg = world_delegate(&s.w, s.planner, root, "cloud-agent", "cloud:Describe*", "\"1h\"");
+	assert_non_null(deleg);
+	for (int i = 0; i < 12; i++) {
+		n += (size_t)snprintf(scope + n, sizeof(scope) - n, "%scloud:Describe%02d",
+		                      i ? " " : "", i);
+		for (int k = 0; k < 180; k++)
+			scope[n++] = 'x';
+		scope[n] = '\0';
+	}
+	exchange_form(form, sizeof(form), deleg, "urn:idpd:params:oauth:token-type:delegation",
+	              s.cloud, TT_JWT);
+	form_add(form, sizeof(form), "audience", WORLD_AWS);
+	form_add(form, sizeof(form), "scope", scope);
+	world_form(&s.w, "/oauth2/token", NULL, form, &r);
+	if (r.status != 200)
+		fprintf(stderr, "exchange: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "scope")), scope);
+	harness_resp_free(&r);
+	free(deleg);
+	free(root);
+	setting_stop(&s);
+}
+
 /* Failures are RFC 6749 section 5.2 bodies, and issue nothing. */
 static void
 token_exchange_errors_are_oauth_bodies(void **state)
@@ -1891,6 +1933,7 @@ main(void)
 	    cmocka_unit_test(a_withheld_token_never_undoes_another_use),
 	    cmocka_unit_test(revoking_a_credential_ends_the_access_tokens_it_obtained),
 	    cmocka_unit_test(token_exchange_issues_the_same_token),
+	    cmocka_unit_test(token_exchange_answers_a_long_scope),
 	    cmocka_unit_test(token_exchange_errors_are_oauth_bodies),
 	    cmocka_unit_test(oauth_empty_parameters_are_omitted),
 	    cmocka_unit_test(metadata_names_the_endpoints),
