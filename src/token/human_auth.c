@@ -404,7 +404,13 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 		goto done;
 	snprintf(out->principal, sizeof(out->principal), "%s", p);
 	snprintf(out->idp, sizeof(out->idp), "%s", h->name);
-	out->vouches_for_owners = h->vouches_for_owners;
+	/*
+	 * Agent owners are email addresses: a provider stands for one only when
+	 * its principal is the email it verified (email_verified_refusal).  With
+	 * another claim (sub, upn, preferred_username) the principal may merely
+	 * look like an address that the user chose.
+	 */
+	out->vouches_for_owners = h->vouches_for_owners && strcmp(h->claim, "email") == 0;
 	out->expires_at_s = (int64_t)json_number_value(json_object_get(ver.claims, "exp"));
 	rc = IDP_OK;
 done:

@@ -708,6 +708,37 @@ a_provider_that_does_not_vouch_for_owners_decides_nothing_as_owner(void **state)
 	setting_stop(w);
 }
 
+/*
+ * A provider whose principal is not the email it verified (here its sub,
+ * which users of some providers choose) stands for no email owner, even
+ * with vouches_for_owners left on: the partners' "bob@example.com" is not
+ * the owner of bob@example.com's agent.
+ */
+static void
+a_provider_whose_principal_is_not_its_email_decides_nothing_as_owner(void **state)
+{
+	struct setting *w = &the_setting;
+	char id[80], path[160], ids[1024];
+	char *bobp;
+
+	(void)state;
+	world_partner_claim = "sub";
+	setting_start_with(w, "t_apr_vouch_sub", "");
+	world_partner_claim = "email";
+	request_approval(w, "cloud-agent", "cloud:DescribeInstances", id, sizeof(id));
+	snprintf(path, sizeof(path), "/v1/approvals/%s", id);
+	bobp = world_partner_token("bob@example.com");
+	assert_int_equal(get_status(w, path, bobp), 404);
+	assert_int_equal(decide_status(w, id, "approve", bobp), 404);
+	assert_int_equal(listed(w, "/v1/approvals", bobp, ids, sizeof(ids)), 0);
+	assert_int_equal(
+	    world_count(&w->w, "SELECT count(*) FROM approvals WHERE status = 'pending'"), 1);
+	/* The corporate bob (principal: his verified email) still is. */
+	assert_int_equal(get_status(w, path, w->bob), 200);
+	free(bobp);
+	setting_stop(w);
+}
+
 struct asker {
 	struct setting *s;
 	const char *scope;
@@ -883,6 +914,8 @@ main(void)
 	                              teardown),
 	    cmocka_unit_test_teardown(
 	        a_provider_that_does_not_vouch_for_owners_decides_nothing_as_owner, teardown),
+	    cmocka_unit_test_teardown(
+	        a_provider_whose_principal_is_not_its_email_decides_nothing_as_owner, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, world_teardown);

@@ -211,6 +211,8 @@ world_idp_token_claims(const char *typ, const char *claims)
 	return tok;
 }
 
+const char *world_partner_claim = "email";
+
 const char *
 world_partner_toml(void)
 {
@@ -224,8 +226,8 @@ world_partner_toml(void)
 	snprintf(toml, sizeof(toml),
 	         "[[idp]]\nname = \"partners\"\nissuer = \"" WORLD_PARTNER_ISS "\"\n"
 	         "audience = \"idpd\"\njwks_file = \"%s\"\nalgs = [\"ES256\"]\n"
-	         "principal_claim = \"email\"\n",
-	         partner_jwks);
+	         "principal_claim = \"%s\"\n",
+	         partner_jwks, world_partner_claim);
 	return toml;
 }
 

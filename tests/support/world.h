@@ -88,6 +88,8 @@ char *world_idp_token(const struct idp_jws_key *key, const char *email, const ch
 char *world_idp_token_claims(const char *typ, const char *claims);
 
 const char *world_partner_toml(void);
+/* The partners' principal_claim in world_partner_toml (default "email"). */
+extern const char *world_partner_claim;
 char *world_partner_token(const char *email);
 
 /*
