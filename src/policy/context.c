@@ -788,9 +788,9 @@ cnt_calls_at(const struct cnt_entry *e, int64_t now)
  * live keys already left one new key in eleven without a count.  A live
  * entry is never evicted: its count would restart at zero and a volume rule
  * would stop firing for a busy agent, which anyone able to make up keys
- * (AuthZEN resource ids) could arrange.  So when every slot is live, *full
- * is set and the result is NULL, for a lookup as for a creation: the new
- * key's count is unknown, not zero.
+ * could arrange.  So when every slot is live, *full is set and the result
+ * is NULL, for a lookup as for a creation: the new key's count is unknown,
+ * not zero.
  */
 static struct cnt_entry *
 cnt_find(struct policy_counters *c, size_t base, uint64_t key, int64_t now, bool create, bool *full)

@@ -43,13 +43,17 @@ static json_t *strings(const char *const *v, size_t n);
 
 /*
  * What an evaluation may change of the live state.  A token request is a
- * call: it is counted and teaches the agent's baseline.  An AuthZEN question
- * is counted for its (agent, resource) pair only, the pair its key may ask
- * about, and reads the baseline without teaching it: the baseline is the
- * agent's across every resource, and the token service reads it, so a key
- * limited to one resource could otherwise raise (with denied questions) or
- * lower (asking a scope makes it "seen") the agent's risk for all of them.
- * A dry run only looks.
+ * call: it is counted for its (agent, resource) pair and teaches the agent's
+ * baseline.  An AuthZEN question and a dry run only look.  A question reads
+ * the count and the baseline, so its answer is the one a token request would
+ * get, but changes neither: the token service reads both, and a key may ask
+ * about any agent, and a key without audiences about any resource id.
+ * Counted questions would let it raise an agent's count for a resource until
+ * the volume rule holds its tokens there for a human, or fill the counter
+ * table with made-up resource ids until new pairs' counts are unknown and
+ * that rule fails closed for every agent; taught, they would raise (denied
+ * questions) or lower (asking a scope makes it "seen") the agent's risk
+ * for every resource.
  */
 enum use { USE_DRY_RUN, USE_QUESTION, USE_REQUEST };
 
@@ -61,15 +65,15 @@ slot_str(const struct policy_input *in, enum policy_attr a)
 
 /*
  * Fill what the caller left out of context: the local time, the agent's
- * calls to this resource in the last minute, and its risk score.  A token
- * request or an AuthZEN question counts as a call of the agent to the
- * resource; a dry run only looks.  Values the caller gave are kept: a dry
- * run may ask "what if".
+ * calls to this resource in the last minute, and its risk score.  Only a
+ * token request counts as a call of the agent to the resource; a question
+ * or a dry run reads the count without creating or raising an entry.
+ * Values the caller gave are kept: a dry run may ask "what if".
  */
 static void
 fill_context(struct policy_input *in, enum use use, int64_t now)
 {
-	bool live = use != USE_DRY_RUN;
+	bool counts = use == USE_REQUEST;
 	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
 	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
 	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
@@ -90,19 +94,20 @@ fill_context(struct policy_input *in, enum use use, int64_t now)
 		if (!policy_input_has(in, POLICY_ATTR_CONTEXT_WEEKDAY))
 			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_WEEKDAY, lt.weekday);
 	}
-	/* A dry run counts the request it asks about, as a live one does, so
-	 * both answer the same question the same way. */
+	/* A question or a dry run sees the count with the call it asks about
+	 * in it, as the token request it stands for would, so all three answer
+	 * the same question the same way. */
 	/* Counted on the monotonic clock, so a wall clock step neither empties
 	 * nor stretches the minute.  An unknown count (the table is full of
 	 * live entries) leaves the attribute missing: a rule on it fails closed. */
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_CALLS) && agent != NULL && resource != NULL) {
 		int64_t mono = idp_mono_us() / 1000;
-		uint32_t n = live ? policy_counters_hit(P.counters, agent, resource, mono)
-		                  : policy_counters_get(P.counters, agent, resource, mono);
+		uint32_t n = counts ? policy_counters_hit(P.counters, agent, resource, mono)
+		                    : policy_counters_get(P.counters, agent, resource, mono);
 
 		if (n != POLICY_COUNT_UNKNOWN)
 			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_CALLS,
-			                           (int64_t)n + (live ? 0 : 1));
+			                           (int64_t)n + (counts ? 0 : 1));
 	}
 	if (!policy_input_has(in, POLICY_ATTR_CONTEXT_RISK) && agent != NULL)
 		(void)policy_input_set_int(
@@ -598,7 +603,7 @@ audit_evaluated(struct http_req *req, const struct auth_principal *who, const ch
 		log_debug("policy: an evaluation was not recorded (audit queue full)");
 }
 
-/* One AuthZEN evaluation made ready: its input checked, nothing counted yet. */
+/* One AuthZEN evaluation made ready: its input checked, nothing evaluated yet. */
 struct prepared {
 	struct policy_input_doc *doc; /* NULL when the answer needs no evaluation */
 	json_t *answer;               /* that answer (an unknown agent), owned */
@@ -616,9 +621,9 @@ prepared_free(struct prepared *p, size_t n)
 /*
  * Build one evaluation's input.  200 with *p, or the status of the
  * request's refusal (400, 403, 422, 503) with *why or diag.  Pure: a batch
- * is prepared whole before any of it is counted, so a bad item changes
- * nothing.  Unknown members are ignored (AuthZEN 10.1.1); those the
- * policy input model knows must still fit it.
+ * is prepared whole before any of it is evaluated, so a bad item answers
+ * and records nothing.  Unknown members are ignored (AuthZEN 10.1.1);
+ * those the policy input model knows must still fit it.
  */
 static int
 authzen_prepare(const struct auth_principal *caller, json_t *subject, const struct subject *who,
@@ -632,8 +637,9 @@ authzen_prepare(const struct auth_principal *caller, json_t *subject, const stru
 
 	memset(p, 0, sizeof(*p));
 	/* A key bound to audiences asks about its own resources only: it may
-	 * neither learn another's answers nor count calls against them.  The
-	 * id is one audience, matched whole: "billing-api x" is not x. */
+	 * not learn another's answers (nor, through them, the agent's calls
+	 * there).  The id is one audience, matched whole: "billing-api x" is
+	 * not x. */
 	if (rid != NULL && !auth_resource_allowed(caller, rid)) {
 		*why = "this key may not ask about that resource (api_keys[].audiences)";
 		return 403;
@@ -677,8 +683,8 @@ authzen_refuse(struct http_req *req, int status, long item, const char *why, str
 }
 
 /*
- * Evaluate a prepared question (counted for its pair, the baseline only
- * read): its AuthZEN answer, or NULL (no policy set).
+ * Evaluate a prepared question (the call count and the baseline only read):
+ * its AuthZEN answer, or NULL (no policy set).
  */
 static json_t *
 authzen_decide(struct http_req *req, const struct auth_principal *who, struct prepared *p)

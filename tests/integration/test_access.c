@@ -50,7 +50,13 @@ static const char test_rules[] =
     "@id(\"test-risk-watched\")\n"
     "@reason(\"a watched agent at risk 60 or more needs a human\")\n"
     "require_approval when { agent.type == \"risk-watched\" and context.risk >= 60 }\n"
-    "\tunless { context.approval };\n";
+    "\tunless { context.approval };\n"
+    "\n"
+    "@id(\"test-volume-watched\")\n"
+    "@reason(\"a volume-watched agent's fourth call a minute to one resource needs a human\")\n"
+    "require_approval when {\n"
+    "\tagent.type == \"volume-watched\" and context.calls_last_minute > 3\n"
+    "} unless { context.approval };\n";
 
 static char policy_dir[64];
 
@@ -1783,6 +1789,84 @@ authzen_questions_leave_the_risk_of_token_requests_alone(void **state)
 	setting_stop(&s);
 }
 
+/* An AuthZEN question about the agent's AWS access, as key; whether test-volume-watched applied. */
+static bool
+volume_rule_answers(struct setting *s, const char *key, const char *agent_id, bool decision)
+{
+	json_t *a = ask(s, key, agent_id, "cloud:DescribeInstances", "\"" WORLD_AWS "\"");
+	bool applied = has_rule(json_object_get(a, "context"), "test-volume-watched");
+
+	assert_int_equal(json_is_true(json_object_get(a, "decision")), decision);
+	json_decref(a);
+	return applied;
+}
+
+/*
+ * AuthZEN questions read an agent's call count for a resource but never
+ * raise it.  A key with no audiences (it may ask about anything) asks about
+ * the agent's AWS access a dozen times and in a burst of 64: every answer
+ * sees one call (the one asked about), and the agent's first token request
+ * for AWS sees one too (with the questions counted, the test rule's "more
+ * than 3" would make it wait for a human).  The agent's own token requests
+ * do count, and a question then sees them: after three, a question answers
+ * false by that rule, and the fourth request waits for a human.
+ */
+static void
+authzen_questions_leave_the_call_count_of_token_requests_alone(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	char cred[4096], task[80];
+	char *root;
+	json_t *b;
+	char *text;
+
+	(void)state;
+	setting_start(&s, "t_access_authzen_volume");
+	agent(&s, "volume-agent", "volume-watched", "[\"cloud:Describe*\"]", "[\"cloud\"]", "[]");
+	world_credential(&s.w, "volume-agent", cred, sizeof(cred));
+	world_task(&s.w, s.alice, "volume-agent", "[\"cloud:DescribeInstances\"]", task, &root);
+	free(root);
+
+	for (int i = 0; i < 12; i++)
+		assert_false(volume_rule_answers(&s, s.w.k.introspector, "volume-agent", true));
+	b = json_pack("{s:{s:s,s:s},s:{s:s},s:{s:s,s:s},s:[]}", "subject", "type", "agent", "id",
+	              "volume-agent", "action", "name", "cloud:DescribeInstances", "resource",
+	              "type", "api", "id", WORLD_AWS, "evaluations");
+	for (int i = 0; i < 64; i++)
+		json_array_append_new(json_object_get(b, "evaluations"), json_object());
+	text = json_dumps(b, JSON_COMPACT);
+	world_call(&s.w, "POST", "/access/v1/evaluations", s.w.k.introspector, text, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(json_array_size(json_object_get(r.json, "evaluations")), 64);
+	for (size_t i = 0; i < 64; i++)
+		assert_true(json_is_true(json_object_get(
+		    json_array_get(json_object_get(r.json, "evaluations"), i), "decision")));
+	harness_resp_free(&r);
+	free(text);
+	json_decref(b);
+
+	for (int i = 0; i < 3; i++) {
+		root_token(&s, cred, task, WORLD_AWS, "cloud:DescribeInstances", &r);
+		if (r.status != 200)
+			fprintf(stderr, "token %d: %ld %s\n", i + 1, r.status, r.body);
+		assert_int_equal(r.status, 200);
+		assert_false(has_rule(r.json, "test-volume-watched"));
+		harness_resp_free(&r);
+	}
+	/* Three token requests: a question sees a fourth call, and asking does
+	 * not make it one. */
+	for (int i = 0; i < 3; i++)
+		assert_true(volume_rule_answers(&s, s.w.k.introspector, "volume-agent", false));
+	root_token(&s, cred, task, WORLD_AWS, "cloud:DescribeInstances", &r);
+	if (r.status != 202)
+		fprintf(stderr, "token 4: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 202);
+	assert_true(has_rule(r.json, "test-volume-watched"));
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
 /* tok with its ES256 s replaced by n - s: the other valid spelling of its signature. */
 static char *
 high_s_twin(const char *tok)
@@ -1942,6 +2026,7 @@ main(void)
 	    cmocka_unit_test(a_fresh_instance_issues_from_cold_caches),
 	    cmocka_unit_test(an_introspector_bound_to_audiences_sees_only_their_tokens),
 	    cmocka_unit_test(authzen_questions_leave_the_risk_of_token_requests_alone),
+	    cmocka_unit_test(authzen_questions_leave_the_call_count_of_token_requests_alone),
 	    cmocka_unit_test(the_high_s_twin_of_an_idpd_token_is_refused),
 	};
 

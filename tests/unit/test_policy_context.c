@@ -289,6 +289,31 @@ live_counters_are_never_evicted(void **state)
 }
 
 /*
+ * Reading a count takes no slot: AuthZEN questions read counts for pairs
+ * anyone may make up, and a flood of them must leave room for the token
+ * requests that do count.
+ */
+static void
+reading_counts_takes_no_slot(void **state)
+{
+	struct policy_counters *c = policy_counters_new(64);
+	int64_t t0 = MONDAY_10_UTC;
+	char name[32];
+
+	(void)state;
+	for (int i = 0; i < 10000; i++) {
+		snprintf(name, sizeof(name), "made-up-%d", i);
+		assert_int_equal(policy_counters_get(c, "agent", name, t0), 0);
+	}
+	assert_int_equal(policy_counters_live(c, t0), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(policy_counters_hit(c, "agent", "db", t0), (uint32_t)i + 1);
+	assert_int_equal(policy_counters_get(c, "agent", "db", t0), 3);
+	assert_int_equal(policy_counters_live(c, t0), 1);
+	policy_counters_free(c);
+}
+
+/*
  * A table under half full of live keys counts every new one: a key looks for
  * room in its whole stripe, not only in a few slots next to its hash.
  */
@@ -494,6 +519,7 @@ main(void)
 	    cmocka_unit_test(rfc3339_times_parse_with_offsets),
 	    cmocka_unit_test(day_lists_and_clock_times_parse),
 	    cmocka_unit_test(counters_count_calls_in_a_sliding_minute),
+	    cmocka_unit_test(reading_counts_takes_no_slot),
 	    cmocka_unit_test(counters_stay_bounded_and_evict_idle_agents_first),
 	    cmocka_unit_test(live_counters_are_never_evicted),
 	    cmocka_unit_test(a_half_full_table_counts_every_key),
