@@ -53,9 +53,14 @@ static json_t *strings(const char *const *v, size_t n);
  * table with made-up resource ids until new pairs' counts are unknown and
  * that rule fails closed for every agent; taught, they would raise (denied
  * questions) or lower (asking a scope makes it "seen") the agent's risk
- * for every resource.
+ * for every resource.  The exception is USE_PEP_CALL: a question from a key
+ * bound to audiences, about one of them (anything else was refused), is that
+ * resource server reporting a call made to it, and counts for that pair, as
+ * the volume rule needs; it still teaches nothing.  Such a key can raise
+ * counts for its own resources only, and holds at most one entry per
+ * registered agent and audience (an unknown agent is answered unevaluated).
  */
-enum use { USE_DRY_RUN, USE_QUESTION, USE_REQUEST };
+enum use { USE_DRY_RUN, USE_QUESTION, USE_PEP_CALL, USE_REQUEST };
 
 static const char *
 slot_str(const struct policy_input *in, enum policy_attr a)
@@ -65,15 +70,16 @@ slot_str(const struct policy_input *in, enum policy_attr a)
 
 /*
  * Fill what the caller left out of context: the local time, the agent's
- * calls to this resource in the last minute, and its risk score.  Only a
- * token request counts as a call of the agent to the resource; a question
- * or a dry run reads the count without creating or raising an entry.
+ * calls to this resource in the last minute, and its risk score.  A token
+ * request, or a question from the resource's own server (USE_PEP_CALL),
+ * counts as a call of the agent to the resource; another question or a dry
+ * run reads the count without creating or raising an entry.
  * Values the caller gave are kept: a dry run may ask "what if".
  */
 static void
 fill_context(struct policy_input *in, enum use use, int64_t now)
 {
-	bool counts = use == USE_REQUEST;
+	bool counts = use == USE_REQUEST || use == USE_PEP_CALL;
 	const char *agent = slot_str(in, POLICY_ATTR_AGENT_ID);
 	const char *resource = slot_str(in, POLICY_ATTR_RESOURCE_AUDIENCE);
 	bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
@@ -694,7 +700,9 @@ authzen_decide(struct http_req *req, const struct auth_principal *who, struct pr
 
 	if (p->doc == NULL)
 		return json_incref(p->answer);
-	full = decide_doc(p->doc, USE_QUESTION);
+	/* A key bound to audiences asks about its own resource (anything else
+	 * was a 403): its questions are that resource's calls, and count. */
+	full = decide_doc(p->doc, who->audiences[0] != '\0' ? USE_PEP_CALL : USE_QUESTION);
 	if (full == NULL)
 		return NULL;
 	in = policy_input_doc_input(p->doc);

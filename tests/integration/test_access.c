@@ -1867,6 +1867,44 @@ authzen_questions_leave_the_call_count_of_token_requests_alone(void **state)
 	setting_stop(&s);
 }
 
+/*
+ * A key bound to the resource's audience is that resource server: its
+ * questions report the API calls a token serves, and count for the pair
+ * (the volume rule's view of API calls).  Three such questions, then the
+ * agent's first token request is its fourth call and waits for a human.
+ */
+static void
+authzen_questions_of_the_resource_server_count_as_its_calls(void **state)
+{
+	struct setting s;
+	struct http_resp r;
+	struct world_opts o = {0};
+	char key[64], hash[80], extra[512], cred[4096], task[80];
+	char *root;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	snprintf(extra, sizeof(extra),
+	         "[[api_keys]]\nname = \"aws-pep\"\nhash = \"%s\"\nroles = [\"introspector\"]\n"
+	         "audiences = \"%s\"\n",
+	         hash, WORLD_AWS);
+	o.extra_toml = extra;
+	setting_start_with(&s, "t_access_authzen_pep", &o);
+	agent(&s, "volume-agent", "volume-watched", "[\"cloud:Describe*\"]", "[\"cloud\"]", "[]");
+	world_credential(&s.w, "volume-agent", cred, sizeof(cred));
+	world_task(&s.w, s.alice, "volume-agent", "[\"cloud:DescribeInstances\"]", task, &root);
+	free(root);
+	for (int i = 0; i < 3; i++)
+		assert_false(volume_rule_answers(&s, key, "volume-agent", true));
+	root_token(&s, cred, task, WORLD_AWS, "cloud:DescribeInstances", &r);
+	if (r.status != 202)
+		fprintf(stderr, "token: %ld %s\n", r.status, r.body);
+	assert_int_equal(r.status, 202);
+	assert_true(has_rule(r.json, "test-volume-watched"));
+	harness_resp_free(&r);
+	setting_stop(&s);
+}
+
 /* tok with its ES256 s replaced by n - s: the other valid spelling of its signature. */
 static char *
 high_s_twin(const char *tok)
@@ -2027,6 +2065,7 @@ main(void)
 	    cmocka_unit_test(an_introspector_bound_to_audiences_sees_only_their_tokens),
 	    cmocka_unit_test(authzen_questions_leave_the_risk_of_token_requests_alone),
 	    cmocka_unit_test(authzen_questions_leave_the_call_count_of_token_requests_alone),
+	    cmocka_unit_test(authzen_questions_of_the_resource_server_count_as_its_calls),
 	    cmocka_unit_test(the_high_s_twin_of_an_idpd_token_is_refused),
 	};
 
