@@ -28,6 +28,8 @@ enum idpd_role {
 	IDPD_ROLE_MAINTENANCE = 1u << 5,
 };
 
+#define IDPD_CONFIG_SUM_LEN 64 /* hex digits of a configuration's SHA-256 */
+
 /* One [[api_keys]] section. */
 struct idpd_api_key_cfg {
 	char *name;      /* unique label, the principal in audit events */
@@ -72,6 +74,9 @@ struct idpd_attestor_cfg {
 	unsigned algs;            /* bit 0 ES256, bit 1 RS256; none set means both */
 	char *selectors;          /* "prefix=claim/path ..." (docs/tokens.md) */
 	int64_t max_token_age_ms; /* longest exp - iat of a token it vouches with */
+	/* Hex SHA-256 of jwks_file as idpd_config_load read it, so that a
+	 * reload names a changed key set; "" when it could not be read. */
+	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1];
 };
 
 /*
@@ -88,6 +93,7 @@ struct idpd_idp_cfg {
 	bool vouches_for_owners; /* its principals may act as email-named agent owners */
 	/* With principal_claim "email": a token without email_verified is refused. */
 	bool require_email_verified;
+	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1]; /* as in struct idpd_attestor_cfg */
 };
 
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */
@@ -107,8 +113,6 @@ struct idpd_resource_cfg {
 	char *environment;    /* "" when not set */
 	char *description;    /* "" when not set */
 };
-
-#define IDPD_CONFIG_SUM_LEN 64 /* hex digits of a configuration's SHA-256 */
 
 struct idpd_config {
 	char *path; /* the file it was read from */
@@ -255,7 +259,8 @@ struct idpd_config {
  * error has no key), most followed by the source line and a caret.  Returns
  * IDP_EIO if the file cannot be read, IDP_ETOOBIG past 1 MiB, IDP_EINVAL for
  * TOML errors, IDP_EUNPROCESSABLE for keys or values the table rejects.
- * Reads the environment for secret overrides; touches no other global state.
+ * Reads the environment for secret overrides, and hashes (does not parse)
+ * every jwks_file it names (jwks_sha256); touches no other global state.
  * Any thread may call it.
  */
 int idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *diag) IDP_WUR;

@@ -18,11 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "idpd/buf.h"
 #include "idpd/clock.h"
 #include "idpd/config.h"
+#include "idpd/jws.h"
 #include "idpd/scope.h"
 #include "idpd/toml.h"
 
@@ -47,6 +49,10 @@ enum key_type {
  * (idpd_config_changes): only for values that are no secret and say what
  * the element may do or whom it trusts. */
 #define K_SHOWN 0x10u
+/* A file whose contents are trust (a jwks_file): idpd_config_load keeps
+ * their SHA-256 at sum_off, and a reload names the element changed, under
+ * sum_field, when they differ, also when the file's name does not. */
+#define K_FILE_SUM 0x20u
 
 struct section;
 
@@ -62,6 +68,8 @@ struct key {
 	const char *env;                     /* an environment variable that overrides the file */
 	const struct section *sub;           /* K_TABLES: the layout of one element */
 	size_t count_off;                    /* K_TABLES: where the element count goes */
+	size_t sum_off;                      /* K_FILE_SUM: char[IDPD_CONFIG_SUM_LEN + 1] */
+	const char *sum_field;               /* K_FILE_SUM: its name in a reload's event */
 	const char *help;
 };
 
@@ -168,7 +176,9 @@ static const struct key attestor_keys[] = {
      .help = "a value the token's \"aud\" claim must hold"},
     {.name = "jwks_file",
      STRING_AT(struct idpd_attestor_cfg, jwks_file),
-     .flags = K_RELOAD | K_REQUIRED,
+     .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
+     .sum_off = offsetof(struct idpd_attestor_cfg, jwks_sha256),
+     .sum_field = "jwks",
      .min = 1,
      .max = 4096,
      .help = "JWKS file of the attestor's public keys; re-read on reload"},
@@ -223,7 +233,9 @@ static const struct key idp_keys[] = {
      .help = "a value the token's \"aud\" claim must hold"},
     {.name = "jwks_file",
      STRING_AT(struct idpd_idp_cfg, jwks_file),
-     .flags = K_RELOAD | K_REQUIRED,
+     .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
+     .sum_off = offsetof(struct idpd_idp_cfg, jwks_sha256),
+     .sum_field = "jwks",
      .min = 1,
      .max = 4096,
      .help = "JWKS file of the identity provider's public keys; re-read on reload"},
@@ -1333,6 +1345,60 @@ sha256_hex(const char *data, size_t len, char out[IDPD_CONFIG_SUM_LEN + 1])
 	out[IDPD_CONFIG_SUM_LEN] = '\0';
 }
 
+/*
+ * out = the hex SHA-256 of the file at path, or "" when it cannot be read
+ * whole or is larger than a JWKS may be: the component that loads the file
+ * then refuses it, with a better message than this could give.
+ */
+static void
+file_sha256_hex(const char *path, char out[IDPD_CONFIG_SUM_LEN + 1])
+{
+	struct stat st;
+	char *data = NULL;
+	size_t got = 0;
+	int fd;
+
+	out[0] = '\0';
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > IDP_JWS_MAX_JWKS)
+		goto done;
+	data = idp_xmalloc((size_t)st.st_size + 1);
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, data + got, (size_t)st.st_size - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			goto done;
+		got += (size_t)n;
+	}
+	sha256_hex(data, got, out);
+done:
+	free(data);
+	close(fd);
+}
+
+/* Hashes every file a K_FILE_SUM key of sec (and its arrays of tables) names in obj. */
+static void
+hash_named_files(const struct section *sec, void *obj)
+{
+	for (size_t i = 0; i < sec->n; i++) {
+		const struct key *k = &sec->keys[i];
+
+		if (k->type == K_TABLES) {
+			char *elems = *(char **)field(obj, k->off);
+			size_t n = *(const size_t *)cfield(obj, k->count_off);
+
+			for (size_t e = 0; e < n; e++)
+				hash_named_files(k->sub, elems + e * k->sub->size);
+		} else if ((k->flags & K_FILE_SUM) && *(char **)field(obj, k->off) != NULL) {
+			file_sha256_hex(*(char **)field(obj, k->off), field(obj, k->sum_off));
+		}
+	}
+}
+
 struct loader {
 	const struct idp_toml *doc;
 	struct idp_diag *diag;
@@ -1963,6 +2029,11 @@ idpd_config_load_ex(const char *path, struct idpd_config **out, char sum[IDPD_CO
 	if (sum != NULL)
 		sha256_hex(data, len, sum);
 	rc = idpd_config_parse(path, data, len, out, diag);
+	/* Read here, where the TOML is, so that the reload's event is built
+	 * from one loaded configuration.  The components read the files again
+	 * to build their key sets (docs/audit.md says what that leaves open). */
+	if (rc == IDP_OK)
+		hash_named_files(&config_section, *out);
 done:
 	idp_wipe(data, len);
 	free(data);
@@ -1974,6 +2045,28 @@ done:
 
 static bool section_equal(const struct section *sec, const void *a, const void *b);
 
+/* The hex SHA-256 of the file the K_FILE_SUM key k names in obj; "" if none. */
+static const char *
+elem_sum(const struct key *k, const void *obj)
+{
+	return cfield(obj, k->sum_off);
+}
+
+static bool
+str_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+/* Whether the files k names in a and b hashed the same; true if k names none. */
+static bool
+sum_equal(const struct key *k, const void *a, const void *b)
+{
+	return !(k->flags & K_FILE_SUM) || strcmp(elem_sum(k, a), elem_sum(k, b)) == 0;
+}
+
 static bool
 key_equal(const struct key *k, const void *a, const void *b)
 {
@@ -1981,13 +2074,8 @@ key_equal(const struct key *k, const void *a, const void *b)
 
 	switch (k->type) {
 	case K_STRING:
-	case K_ENUM: {
-		const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
-
-		if (sa == NULL || sb == NULL)
-			return sa == sb;
-		return strcmp(sa, sb) == 0;
-	}
+	case K_ENUM:
+		return str_equal(*(char *const *)fa, *(char *const *)fb) && sum_equal(k, a, b);
 	case K_INT:
 		return *(const int *)fa == *(const int *)fb;
 	case K_INT64:
@@ -2069,6 +2157,16 @@ put(json_t *o, const char *name, json_t *v)
 		json_object_set_new(o, name, v);
 }
 
+/* o[prefix + name + "_sha256"] = sum. */
+static void
+put_sum(json_t *o, const char *prefix, const char *name, const char *sum)
+{
+	char key[64];
+
+	snprintf(key, sizeof(key), "%s%s_sha256", prefix, name);
+	put(o, key, json_string(sum));
+}
+
 /*
  * One element, named by idk and its K_SHOWN keys; with before (the same
  * element in the running configuration), also the names of the keys that
@@ -2083,6 +2181,13 @@ elem_json(const struct section *sec, const struct key *idk, const void *elem, co
 	for (size_t i = 0; i < sec->n; i++) {
 		const struct key *k = &sec->keys[i];
 
+		/* The hash of a public key set is no secret, and tells which
+		 * version of the file was trusted; the file's name is not shown. */
+		if ((k->flags & K_FILE_SUM) && *elem_sum(k, elem) != '\0')
+			put_sum(o, "", k->sum_field, elem_sum(k, elem));
+		if ((k->flags & K_FILE_SUM) && before != NULL && !sum_equal(k, before, elem) &&
+		    *elem_sum(k, before) != '\0')
+			put_sum(o, "previous_", k->sum_field, elem_sum(k, before));
 		if (!(k->flags & K_SHOWN) || (k->flags & K_SECRET))
 			continue;
 		if ((k->type == K_STRING || k->type == K_ENUM) && elem_str(k, elem) != NULL) {
@@ -2100,9 +2205,21 @@ elem_json(const struct section *sec, const struct key *idk, const void *elem, co
 	if (before == NULL)
 		return o;
 	fields = json_array();
-	for (size_t i = 0; i < sec->n; i++)
-		if (!key_equal(&sec->keys[i], before, elem))
-			json_array_append_new(fields, json_string(sec->keys[i].name));
+	for (size_t i = 0; i < sec->n; i++) {
+		const struct key *k = &sec->keys[i];
+
+		if (!(k->flags & K_FILE_SUM)) {
+			if (!key_equal(k, before, elem))
+				json_array_append_new(fields, json_string(k->name));
+			continue;
+		}
+		/* The file's name and its contents are told apart: new keys
+		 * in the same file are a change of trust of their own. */
+		if (!str_equal(elem_str(k, before), elem_str(k, elem)))
+			json_array_append_new(fields, json_string(k->name));
+		if (!sum_equal(k, before, elem))
+			json_array_append_new(fields, json_string(k->sum_field));
+	}
 	put(o, "fields", fields);
 	return o;
 }

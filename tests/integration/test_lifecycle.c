@@ -23,6 +23,7 @@
 
 #include "harness.h"
 #include "idpd/auth.h"
+#include "idpd/jws.h"
 #include "world.h"
 
 static void
@@ -920,8 +921,10 @@ reload_section(json_t *ev, const char *name)
  * A SIGHUP that makes a new admin API key and a new IdP live is audited
  * before they take effect: config.reloaded names the key (with its roles)
  * and the IdP (with its issuer), the file and its SHA-256, and who sent the
- * signal; never the key's hash.  A file that then does not parse is audited
- * as a failed reload and changes nothing.
+ * signal; never the key's hash.  New keys in the IdP's JWKS file with the
+ * TOML unchanged are named too (field "jwks", with the file's hashes).  A
+ * file that then does not parse is audited as a failed reload and changes
+ * nothing.
  */
 static void
 a_reload_is_audited_naming_what_it_changes(void **state)
@@ -981,6 +984,49 @@ a_reload_is_audited_naming_what_it_changes(void **state)
 	free(body);
 	json_decref(evs);
 
+	/* One more key in the partners' JWKS file, the TOML untouched: a new
+	 * trust anchor, named with the file's hashes before and after. */
+	{
+		char jwks[256], before[65], after[65];
+		const char *at = strstr(world_partner_toml(), "jwks_file = \"");
+		struct idp_jws_key *k2 = NULL;
+		json_t *doc;
+
+		assert_non_null(at);
+		assert_int_equal(sscanf(at, "jwks_file = \"%255[^\"]\"", jwks), 1);
+		file_sha256_hex(jwks, before);
+		doc = json_load_file(jwks, 0, NULL);
+		assert_non_null(doc);
+		assert_int_equal(idp_jws_key_generate("partner-2", &k2, NULL), IDP_OK);
+		assert_int_equal(
+		    json_array_append_new(json_object_get(doc, "keys"), idp_jws_key_public_jwk(k2)),
+		    0);
+		assert_int_equal(json_dump_file(doc, jwks, JSON_COMPACT), 0);
+		json_decref(doc);
+		idp_jws_key_unref(k2);
+		file_sha256_hex(jwks, after);
+		assert_int_equal(kill(p.pid, SIGHUP), 0);
+		evs = reload_events(p.db, 2);
+		assert_int_equal(json_array_size(evs), 2);
+		ev = json_array_get(evs, 1);
+		assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "success");
+		s = reload_section(ev, "idp");
+		assert_non_null(s);
+		assert_int_equal(json_array_size(json_object_get(s, "changed")), 1);
+		e = json_array_get(json_object_get(s, "changed"), 0);
+		assert_string_equal(json_string_value(json_object_get(e, "name")), "partners");
+		assert_int_equal(json_array_size(json_object_get(e, "fields")), 1);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(e, "fields"), 0)), "jwks");
+		assert_string_equal(json_string_value(json_object_get(e, "jwks_sha256")), after);
+		assert_string_equal(json_string_value(json_object_get(e, "previous_jwks_sha256")),
+		                    before);
+		body = json_dumps(ev, JSON_COMPACT);
+		assert_null(strstr(body, "idpd_world_partner"));
+		free(body);
+		json_decref(evs);
+	}
+
 	/* A file that does not parse: audited as refused, and nothing changes. */
 	snprintf(block, sizeof(block),
 	         "[[api_keys]]\nname = \"second\"\nhash = \"%s\"\nroles = [\"admin\"]\n"
@@ -990,9 +1036,9 @@ a_reload_is_audited_naming_what_it_changes(void **state)
 	for (int i = 0; i < 100 && !harness_log_contains(&p, "keeping the running configuration");
 	     i++)
 		sleep_ms(50);
-	evs = reload_events(p.db, 2);
-	assert_int_equal(json_array_size(evs), 2);
-	ev = json_array_get(evs, 1);
+	evs = reload_events(p.db, 3);
+	assert_int_equal(json_array_size(evs), 3);
+	ev = json_array_get(evs, 2);
 	d = json_object_get(ev, "detail");
 	assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "failure");
 	assert_string_equal(json_string_value(json_object_get(d, "stage")), "load");

@@ -5,6 +5,7 @@
  * reload check, and the documentation test over config.example.toml and
  * docs/configuration.md.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -934,6 +935,115 @@ config_load_reads_file_and_reports_io_errors(void **state)
 	free(big);
 }
 
+/*
+ * New keys in an IdP's or attestor's jwks_file are a change of trust even
+ * when the TOML is the same: the loader hashes the files it names, and a
+ * reload names the element changed under "jwks", with both hashes.
+ */
+static void
+config_changes_name_a_changed_jwks_file(void **state)
+{
+	const char one[] = "{\"keys\": []}", two[] = "{\"keys\": [{}]}";
+	char *jwks = temp_file(one, sizeof(one) - 1), *toml, *path, *text;
+	struct idpd_config *running, *next;
+	struct idp_diag d;
+	json_t *got, *e;
+
+	(void)state;
+	assert_true(asprintf(&toml,
+	                     "[[idp]]\nname = \"corp\"\nissuer = \"https://corp\"\n"
+	                     "audience = \"idpd\"\njwks_file = \"%s\"\n"
+	                     "[[attestors]]\nname = \"k8s\"\nissuer = \"https://k8s\"\n"
+	                     "audience = \"idpd\"\njwks_file = \"%s\"\n"
+	                     "selectors = \"k8s:sa=sub\"\n",
+	                     jwks, jwks) > 0);
+	path = temp_file(toml, strlen(toml));
+	idp_diag_init(&d);
+	assert_int_equal(idpd_config_load(path, &running, &d), IDP_OK);
+	/* sha256 of {"keys": []} */
+	assert_string_equal(running->idps[0].jwks_sha256,
+	                    "59dfe0420a79fab3b3016213dac9bc743393cd9204d028e496a5184651385fcc");
+	assert_string_equal(running->attestors[0].jwks_sha256, running->idps[0].jwks_sha256);
+
+	/* No change: nothing named. */
+	assert_int_equal(idpd_config_load(path, &next, &d), IDP_OK);
+	got = idpd_config_changes(running, running, next, false);
+	assert_int_equal(json_array_size(json_object_get(got, "sections")), 0);
+	json_decref(got);
+	idpd_config_free(next);
+
+	/* One more key in the same file, the TOML untouched. */
+	unlink(jwks);
+	{
+		int fd = open(jwks, O_WRONLY | O_CREAT | O_EXCL, 0600);
+
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, two, sizeof(two) - 1), (ssize_t)(sizeof(two) - 1));
+		close(fd);
+	}
+	assert_int_equal(idpd_config_load(path, &next, &d), IDP_OK);
+	assert_string_not_equal(next->idps[0].jwks_sha256, running->idps[0].jwks_sha256);
+	got = idpd_config_changes(running, running, next, false);
+	text = json_dumps(got, JSON_SORT_KEYS);
+	assert_int_equal(json_array_size(json_object_get(got, "sections")), 2);
+	for (size_t i = 0; i < 2; i++) {
+		json_t *s = json_array_get(json_object_get(got, "sections"), i);
+
+		assert_int_equal(json_array_size(json_object_get(s, "changed")), 1);
+		e = json_array_get(json_object_get(s, "changed"), 0);
+		assert_string_equal(
+		    json_string_value(json_array_get(json_object_get(e, "fields"), 0)), "jwks");
+		assert_int_equal(json_array_size(json_object_get(e, "fields")), 1);
+		assert_string_equal(json_string_value(json_object_get(e, "jwks_sha256")),
+		                    next->idps[0].jwks_sha256);
+		assert_string_equal(json_string_value(json_object_get(e, "previous_jwks_sha256")),
+		                    running->idps[0].jwks_sha256);
+	}
+	/* The file's name stays out of the event. */
+	assert_null(strstr(text, jwks));
+	free(text);
+	json_decref(got);
+
+	/* A removed IdP carries the hash of the file it trusted. */
+	got = idpd_config_changes(running, next, running, false);
+	e = json_array_get(
+	    json_object_get(json_array_get(json_object_get(got, "sections"), 0), "changed"), 0);
+	assert_string_equal(json_string_value(json_object_get(e, "previous_jwks_sha256")),
+	                    next->idps[0].jwks_sha256);
+	json_decref(got);
+	{
+		struct idpd_config *none = load_ok("");
+
+		got = idpd_config_changes(running, running, none, false);
+		e = json_array_get(
+		    json_object_get(json_array_get(json_object_get(got, "sections"), 0), "removed"),
+		    0);
+		assert_string_equal(json_string_value(json_object_get(e, "jwks_sha256")),
+		                    running->idps[0].jwks_sha256);
+		json_decref(got);
+		got = idpd_config_changes(running, none, running, false);
+		e = json_array_get(
+		    json_object_get(json_array_get(json_object_get(got, "sections"), 0), "added"),
+		    0);
+		assert_string_equal(json_string_value(json_object_get(e, "jwks_sha256")),
+		                    running->idps[0].jwks_sha256);
+		json_decref(got);
+		idpd_config_free(none);
+	}
+
+	/* A file that cannot be read has no hash; the component refuses it. */
+	unlink(jwks);
+	idpd_config_free(next);
+	assert_int_equal(idpd_config_load(path, &next, &d), IDP_OK);
+	assert_string_equal(next->idps[0].jwks_sha256, "");
+	idpd_config_free(next);
+	idpd_config_free(running);
+	unlink(path);
+	free(path);
+	free(toml);
+	free(jwks);
+}
+
 /* ---- the documentation test ---- */
 
 static char *
@@ -1146,6 +1256,7 @@ main(void)
 	    cmocka_unit_test(config_restart_keys_names_changed_restart_only_keys),
 	    cmocka_unit_test(config_changes_name_what_a_reload_changes),
 	    cmocka_unit_test(config_load_reads_file_and_reports_io_errors),
+	    cmocka_unit_test(config_changes_name_a_changed_jwks_file),
 	    cmocka_unit_test(config_example_documents_every_key_and_loads),
 	    cmocka_unit_test(config_reference_documents_every_key),
 	};
