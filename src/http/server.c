@@ -159,7 +159,7 @@ second_answer(struct http_req *req)
 static void
 queue_response(struct http_req *req, int status, const char *ctype, struct MHD_Response *r)
 {
-	bool has_cache = false;
+	bool has_cache = false, has_retry = false;
 
 	req->answered = true;
 	req->status = status;
@@ -181,7 +181,14 @@ queue_response(struct http_req *req, int status, const char *ctype, struct MHD_R
 		MHD_add_response_header(r, h->name, h->value);
 		if (strcasecmp(h->name, "Cache-Control") == 0)
 			has_cache = true;
+		else if (strcasecmp(h->name, "Retry-After") == 0)
+			has_retry = true;
 	}
+	/* Every 503 is "idpd cannot know right now" (a store, a key read, the
+	 * audit log): a client told when to come back does not hammer it
+	 * (RFC 9110 10.2.3).  A handler that knows better sets its own. */
+	if (status == 503 && !has_retry)
+		MHD_add_response_header(r, "Retry-After", "1");
 	/* Responses carry tokens and identity data: never cached unless a
 	 * handler says otherwise (JWKS, metadata). */
 	if (!has_cache)

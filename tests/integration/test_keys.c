@@ -1715,7 +1715,7 @@ a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
 	struct world w;
 	struct http_resp r;
 	struct idp_jws_key *stranger = NULL;
-	char planner[4096], inventory[4096], task_id[80], admin[128];
+	char planner[4096], inventory[4096], task_id[80], admin[128], ra[16];
 	char *human, *root, *inv, *f_cred, *f_root, *f_inv;
 
 	(void)state;
@@ -1737,6 +1737,9 @@ a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
 	                 0);
 	world_call(&w, "GET", "/v1/me", f_cred, NULL, &r);
 	assert_int_equal(r.status, 503);
+	/* Every 503 tells the client when to come back. */
+	assert_true(harness_resp_header(&r, "Retry-After", ra, sizeof(ra)));
+	assert_string_equal(ra, "1");
 	harness_resp_free(&r);
 	ask_token(&w, f_cred, task_id, inv, &r);
 	assert_int_equal(r.status, 503);
@@ -1752,6 +1755,7 @@ a_failed_read_for_an_unknown_kid_answers_503_everywhere(void **state)
 	assert_int_equal(world_revoke_as(&w, admin, f_cred, NULL), 503);
 	exchange(&w, inv, f_cred, &r);
 	assert_int_equal(r.status, 503);
+	assert_true(harness_resp_header(&r, "Retry-After", ra, sizeof(ra)));
 	harness_resp_free(&r);
 	exchange(&w, f_inv, inventory, &r);
 	assert_int_equal(r.status, 503);
