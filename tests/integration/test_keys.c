@@ -2064,6 +2064,108 @@ rotation_and_listing_require_the_right_roles(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* The "code" member of a problem or OAuth error body (or "error"), into out. */
+static void
+body_code(const struct http_resp *r, const char *member, char *out, size_t len)
+{
+	json_t *b = json_loads(r->body != NULL ? r->body : "", 0, NULL);
+
+	snprintf(out, len, "%s",
+	         b != NULL && json_is_string(json_object_get(b, member))
+	             ? json_string_value(json_object_get(b, member))
+	             : "");
+	json_decref(b);
+}
+
+/*
+ * Every token idpd signs is signed with the same key; only its typ says
+ * what it is.  Each verifier pins the typ it accepts: a delegation or
+ * access token is no identity credential, an identity credential or access
+ * token no delegation token, and an exchange takes each in its own place
+ * only.  Nothing is issued for any of them.
+ */
+static void
+a_token_of_another_kind_is_refused_everywhere(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	char planner[4096], inventory[4096], task_id[80], code[64], sql[256];
+	char *human, *root, *inv, *acc;
+	json_t *b;
+
+	(void)state;
+	world_start(&w, "t_keys_wrong_typ", NULL);
+	kid_agents(&w);
+	world_credential(&w, "planning-agent", planner, sizeof(planner));
+	world_credential(&w, "inventory-agent", inventory, sizeof(inventory));
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	inv = world_delegate(&w, planner, root, "inventory-agent", "cloud:DescribeInstances", NULL);
+	ask_token(&w, inventory, task_id, inv, &r);
+	assert_int_equal(r.status, 200);
+	b = json_loads(r.body, 0, NULL);
+	assert_non_null(b);
+	acc = strdup(json_string_value(json_object_get(b, "access_token")));
+	json_decref(b);
+	harness_resp_free(&r);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit_events WHERE type = 'token.issued'");
+	assert_int_equal(world_count(&w, sql), 1);
+
+	/* As the agent's identity credential. */
+	const char *not_credentials[] = {root, inv, acc};
+	for (size_t i = 0; i < IDP_ARRAY_LEN(not_credentials); i++) {
+		world_call(&w, "GET", "/v1/me", not_credentials[i], NULL, &r);
+		assert_int_equal(r.status, 401);
+		harness_resp_free(&r);
+		ask_token(&w, not_credentials[i], task_id, inv, &r);
+		assert_int_equal(r.status, 401);
+		harness_resp_free(&r);
+		world_delegation(&w, not_credentials[i], root, "inventory-agent",
+		                 "cloud:DescribeInstances", NULL, NULL, &r);
+		assert_int_equal(r.status, 401);
+		harness_resp_free(&r);
+		/* RFC 8693 2.2.2: either token invalid is an invalid_request. */
+		exchange(&w, inv, not_credentials[i], &r);
+		assert_int_equal(r.status, 400);
+		body_code(&r, "error", code, sizeof(code));
+		assert_string_equal(code, "invalid_request");
+		harness_resp_free(&r);
+	}
+	/* As a delegation token. */
+	const char *not_delegations[] = {inventory, acc};
+	for (size_t i = 0; i < IDP_ARRAY_LEN(not_delegations); i++) {
+		ask_token(&w, inventory, task_id, not_delegations[i], &r);
+		assert_int_equal(r.status, 403);
+		body_code(&r, "code", code, sizeof(code));
+		assert_string_equal(code, "delegation_token_invalid");
+		harness_resp_free(&r);
+		world_delegation(&w, planner, not_delegations[i], "inventory-agent",
+		                 "cloud:DescribeInstances", NULL, NULL, &r);
+		assert_int_equal(r.status, 403);
+		body_code(&r, "code", code, sizeof(code));
+		assert_string_equal(code, "delegation_token_invalid");
+		harness_resp_free(&r);
+		exchange(&w, not_delegations[i], inventory, &r);
+		assert_int_equal(r.status, 400);
+		body_code(&r, "error", code, sizeof(code));
+		assert_string_equal(code, "invalid_request");
+		body_code(&r, "idpd_code", code, sizeof(code));
+		assert_string_equal(code, "delegation_token_invalid");
+		harness_resp_free(&r);
+	}
+	/* Nothing more was issued, and the right tokens still work. */
+	assert_int_equal(world_count(&w, sql), 1);
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM delegation_tokens"), 2);
+	ask_token(&w, inventory, task_id, inv, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	free(acc);
+	free(inv);
+	free(root);
+	free(human);
+	world_stop(&w);
+}
+
 int
 main(void)
 {
@@ -2087,6 +2189,7 @@ main(void)
 	    cmocka_unit_test(
 	        a_read_begun_before_a_key_was_activated_does_not_call_its_tokens_invalid),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
+	    cmocka_unit_test(a_token_of_another_kind_is_refused_everywhere),
 	};
 
 	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
