@@ -424,6 +424,22 @@ valid_id(const char *s)
 	return true;
 }
 
+/*
+ * A reason is shown to people and stored with approvals, which take one
+ * printable line: no C0 control (a \t or \n escape included), DEL or C1
+ * control (U+0080..U+009F, UTF-8 0xc2 0x80..0x9f; the lexer checked the
+ * rest of the encoding).
+ */
+static bool
+reason_printable(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+			return false;
+	}
+	return true;
+}
+
 static void
 check_annotations(struct checker *c, struct ast_rule *r)
 {
@@ -460,6 +476,12 @@ check_annotations(struct checker *c, struct ast_rule *r)
 			if (a->value[0] == '\0') {
 				perr_add(c->errs, c->file, a->vline, a->vcol, a->vlen,
 				         "empty @reason");
+				continue;
+			}
+			if (!reason_printable(a->value)) {
+				perr_add(c->errs, c->file, a->vline, a->vcol, a->vlen,
+				         "@reason must be one line of printable text (no tab, "
+				         "newline or other control character)");
 				continue;
 			}
 			r->reason = a->value;

@@ -1130,10 +1130,13 @@ policy_context_fill(const struct policy_context *ctx, struct policy_input *in)
 		resource = in->slot[POLICY_ATTR_RESOURCE_AUDIENCE].s;
 	else if (policy_input_has(in, POLICY_ATTR_REQUEST_AUDIENCE))
 		resource = in->slot[POLICY_ATTR_REQUEST_AUDIENCE].s;
-	if (ctx->counters != NULL && agent != NULL && resource != NULL)
-		(void)policy_input_set_int(
-		    in, POLICY_ATTR_CONTEXT_CALLS,
-		    policy_counters_hit(ctx->counters, agent, resource, now));
+	if (ctx->counters != NULL && agent != NULL && resource != NULL) {
+		uint32_t n = policy_counters_hit(ctx->counters, agent, resource, now);
+
+		/* Unknown (no slot): left missing, so a rule on it fails closed. */
+		if (n != POLICY_COUNT_UNKNOWN)
+			(void)policy_input_set_int(in, POLICY_ATTR_CONTEXT_CALLS, n);
+	}
 	if (ctx->baseline != NULL && agent != NULL) {
 		bool has_scopes = policy_input_has(in, POLICY_ATTR_REQUEST_SCOPES);
 		const union policy_slot *s = &in->slot[POLICY_ATTR_REQUEST_SCOPES];

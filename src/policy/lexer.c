@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "idpd/json_out.h"
 #include "policy_int.h"
 
 static const struct {
@@ -136,7 +137,7 @@ lex_string(struct lexer *lx, struct token *t)
 			advance(lx);
 			c = (unsigned char)out;
 		} else {
-			if (c < 0x20 && c != '\t') {
+			if ((c < 0x20 && c != '\t') || c == 0x7f) {
 				perr_add(lx->errs, lx->file, lx->line, lx->col, 1,
 				         "control character 0x%02x in string", (unsigned)c);
 				t->kind = T_ERROR;
@@ -161,6 +162,20 @@ lex_string(struct lexer *lx, struct token *t)
 		perr_add(lx->errs, lx->file, t->line, t->col, t->len, "NUL byte in string");
 		t->kind = T_ERROR;
 		return;
+	}
+	/* Every value a rule is compared with, and every reason it gives,
+	 * travels as JSON: text that is not UTF-8 could never match an input
+	 * and could not be said in an answer or an audit event. */
+	for (size_t i = 0; i < n;) {
+		size_t k = idp_utf8_seq((const unsigned char *)buf + i, n - i);
+
+		if (k == 0) {
+			perr_add(lx->errs, lx->file, t->line, t->col, t->len,
+			         "string is not valid UTF-8 (byte 0x%02x)", (unsigned char)buf[i]);
+			t->kind = T_ERROR;
+			return;
+		}
+		i += k;
 	}
 	t->kind = T_STRING;
 	t->sval = ppool_strndup(lx->pool, buf, n);

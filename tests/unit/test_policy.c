@@ -121,6 +121,11 @@ lexer_errors_name_position_and_cause(void **state)
 	    {P "deny when { true && true };", "&&", "unexpected \"&&\" (use \"and\")"},
 	    {P "deny when { true || true };", "||", "unexpected \"||\" (use \"or\")"},
 	    {"@id(\"a\x02\")", "\x02", "control character 0x02 in string"},
+	    {"@id(\"a\x7f\")", "\x7f", "control character 0x7f in string"},
+	    {P "deny when { agent.id == \"caf\xe9\" };", "\"caf",
+	     "string is not valid UTF-8 (byte 0xe9)"},
+	    {P "deny when { agent.id == \"\xc0\xaf\" };", "\"\xc0",
+	     "string is not valid UTF-8 (byte 0xc0)"},
 	    {long_src, "\"x", "string longer than 1024 bytes"},
 	};
 
@@ -378,6 +383,15 @@ rule_errors_name_position(void **state)
 	    {"@id(\"\") @reason(\"r\") deny;", "\"\"",
 	     "invalid rule id \"\": use 1 to 64 letters, digits, '.', '_' or '-'"},
 	    {"@id(\"r\") @reason(\"\") deny;", "\"\")", "empty @reason"},
+	    {"@id(\"r\") @reason(\"two\\nlines\") deny;", "\"two",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
+	    {"@id(\"r\") @reason(\"a\ttab\") deny;", "\"a\t",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
+	    {"@id(\"r\") @reason(\"c1 \xc2\x85\") deny;", "\"c1",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
 	    {P "deny;\n" P "allow;", "\"r\") @reason(\"r\") allow",
 	     "duplicate rule id \"r\" (first defined at t.policy:1:5)"},
 	    {P "deny with { max_ttl: 5 };", "with",

@@ -508,6 +508,43 @@ context_fill_sets_time_calls_and_risk(void **state)
 	policy_tz_free(utc);
 }
 
+/*
+ * A count the table cannot keep (every slot live) is unknown: the fill
+ * leaves context.calls_last_minute missing, so a rule on it fails closed,
+ * rather than saying 4294967295 calls.
+ */
+static void
+context_fill_leaves_an_unknown_count_missing(void **state)
+{
+	struct policy_counters *c = policy_counters_new(64);
+	struct idp_clock clk;
+	struct policy_context ctx = {&clk, NULL, c, NULL};
+	struct policy_input in;
+	char name[32];
+	int i;
+
+	(void)state;
+	idp_clock_fixed(&clk, MONDAY_10_UTC);
+	for (i = 0; i < 1000; i++) {
+		snprintf(name, sizeof(name), "agent-%d", i);
+		if (policy_counters_hit(c, name, "db", MONDAY_10_UTC) == POLICY_COUNT_UNKNOWN)
+			break;
+	}
+	assert_true(i < 1000); /* the table is full of live entries */
+	policy_input_init(&in);
+	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_AGENT_ID, name), IDP_OK);
+	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_RESOURCE_AUDIENCE, "db"), IDP_OK);
+	policy_context_fill(&ctx, &in);
+	assert_false(policy_input_has(&in, POLICY_ATTR_CONTEXT_CALLS));
+	/* A counted agent still gets its count. */
+	policy_input_init(&in);
+	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_AGENT_ID, "agent-0"), IDP_OK);
+	assert_int_equal(policy_input_set_str(&in, POLICY_ATTR_RESOURCE_AUDIENCE, "db"), IDP_OK);
+	policy_context_fill(&ctx, &in);
+	assert_int_equal(in.slot[POLICY_ATTR_CONTEXT_CALLS].i, 2);
+	policy_counters_free(c);
+}
+
 int
 main(void)
 {
@@ -527,6 +564,7 @@ main(void)
 	    cmocka_unit_test(risk_formula_adds_its_factors),
 	    cmocka_unit_test(baseline_learns_scopes_audiences_rate_and_denials),
 	    cmocka_unit_test(context_fill_sets_time_calls_and_risk),
+	    cmocka_unit_test(context_fill_leaves_an_unknown_count_missing),
 	};
 	return cmocka_run_group_tests_name("policy_context", tests, NULL, NULL);
 }
