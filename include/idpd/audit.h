@@ -183,6 +183,15 @@ enum audit_field {
 struct audit_event *audit_event_new(enum audit_type type, int64_t ts_ms);
 /* Free an event and everything it owns.  NULL is a no-op. */
 void audit_event_free(struct audit_event *ev);
+/*
+ * An auth.failed event (outcome denied) for a request an endpoint refused
+ * its caller: actor, the request's id and source address (either may be
+ * NULL or ""), and detail {"endpoint", "reason"}.  NULL when a value does
+ * not fit the model.  The caller owns it, as with audit_event_new.
+ */
+struct audit_event *audit_refusal_new(enum audit_actor_kind kind, const char *actor,
+                                      const char *request_id, const char *peer,
+                                      const char *endpoint, const char *reason);
 /* A deep copy; cannot fail. */
 struct audit_event *audit_event_clone(const struct audit_event *ev);
 

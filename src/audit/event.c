@@ -431,6 +431,26 @@ audit_event_set_decision(struct audit_event *ev, enum audit_decision d)
 	ev->decision = audit_decision_name(d) ? d : AUDIT_DECISION_NONE;
 }
 
+struct audit_event *
+audit_refusal_new(enum audit_actor_kind kind, const char *actor, const char *request_id,
+                  const char *peer, const char *endpoint, const char *reason)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_AUTH_FAILED, AUDIT_TIME_UNSET);
+
+	if (ev == NULL)
+		return NULL;
+	audit_event_set_outcome(ev, AUDIT_OUTCOME_DENIED);
+	if (audit_event_set_actor(ev, kind, actor) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, request_id) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK ||
+	    audit_event_put_detail(ev, "endpoint", json_string(endpoint)) != IDP_OK ||
+	    audit_event_put_detail(ev, "reason", json_string(reason)) != IDP_OK) {
+		audit_event_free(ev);
+		return NULL;
+	}
+	return ev;
+}
+
 int
 audit_event_set_actor(struct audit_event *ev, enum audit_actor_kind kind, const char *name)
 {

@@ -613,6 +613,7 @@ audit_evaluated(struct http_req *req, const struct auth_principal *who, const ch
 struct prepared {
 	struct policy_input_doc *doc; /* NULL when the answer needs no evaluation */
 	json_t *answer;               /* that answer (an unknown agent), owned */
+	json_t *asked;                /* with it, {subject, resource, scope} asked, owned */
 };
 
 static void
@@ -621,7 +622,48 @@ prepared_free(struct prepared *p, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		policy_input_doc_free(p[i].doc);
 		json_decref(p[i].answer);
+		json_decref(p[i].asked);
 	}
+}
+
+/*
+ * The answer about an agent the registry does not know, recorded as a
+ * policy.evaluated event like any other (queued without waiting): a PEP
+ * probing for agent ids leaves a trace.  The ids asked about are request
+ * text, echoed clipped.
+ */
+static void
+audit_unknown_agent(struct http_req *req, const struct auth_principal *who, const json_t *asked)
+{
+	struct audit_event *ev = audit_event_new(AUDIT_POLICY_EVALUATED, AUDIT_TIME_UNSET);
+	const char *peer = http_req_peer(req);
+	const char *scope = json_string_value(json_object_get(asked, "scope"));
+
+	if (ev == NULL)
+		return;
+	audit_event_set_outcome(ev, AUDIT_OUTCOME_SUCCESS);
+	if (audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, who->name) != IDP_OK ||
+	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
+	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
+	    audit_event_put_detail(ev, "kind", json_string("authzen")) != IDP_OK ||
+	    audit_event_put_detail(
+	        ev, "subject",
+	        audit_json_clip(json_string_value(json_object_get(asked, "subject")), 256)) !=
+	        IDP_OK ||
+	    audit_event_put_detail(
+	        ev, "resource",
+	        audit_json_clip(json_string_value(json_object_get(asked, "resource")), 512)) !=
+	        IDP_OK ||
+	    audit_event_put_detail(ev, "scopes", json_pack("[o]", audit_json_clip(scope, 512))) !=
+	        IDP_OK ||
+	    audit_event_put_detail(ev, "decision", json_string("DENY")) != IDP_OK ||
+	    audit_event_put_detail(ev, "reason", json_string("unknown agent")) != IDP_OK ||
+	    audit_event_put_detail(ev, "rules", json_array()) != IDP_OK) {
+		audit_event_free(ev);
+		return;
+	}
+	if (audit_emit_nowait(ev) != IDP_OK)
+		log_debug("policy: an evaluation was not recorded (audit queue full)");
 }
 
 /*
@@ -657,6 +699,9 @@ authzen_prepare(const struct auth_principal *caller, json_t *subject, const stru
 		/* AuthZEN: a decision, not an error, for an unknown subject. */
 		p->answer =
 		    json_pack("{s:b,s:{s:s}}", "decision", 0, "context", "reason", "unknown agent");
+		p->asked = json_pack("{s:O,s:O,s:O}", "subject", json_object_get(subject, "id"),
+		                     "resource", json_object_get(resource, "id"), "scope",
+		                     json_object_get(action, "name"));
 		return 200;
 	}
 	if (policy_input_from_json(in, &jo, &p->doc, diag) != IDP_OK) {
@@ -668,11 +713,25 @@ authzen_prepare(const struct auth_principal *caller, json_t *subject, const stru
 	return 200;
 }
 
-/* Answer a refused preparation; item is the batch index, or -1. */
+/*
+ * Answer a refused preparation; item is the batch index, or -1.  A 403 (a
+ * key asking about a resource not its own) is recorded as auth.failed,
+ * as introspection records a token of another audience.
+ */
 static void
-authzen_refuse(struct http_req *req, int status, long item, const char *why, struct idp_diag *diag)
+authzen_refuse(struct http_req *req, const struct auth_principal *who, int status, long item,
+               const char *why, struct idp_diag *diag)
 {
 	char at[48] = "";
+
+	if (status == 403) {
+		struct audit_event *ev =
+		    audit_refusal_new(AUDIT_ACTOR_OPERATOR, who->name, http_req_id(req),
+		                      http_req_peer(req), "authzen", "audience_not_allowed");
+
+		if (ev != NULL && audit_emit_nowait(ev) != IDP_OK)
+			log_debug("policy: a refused question was not recorded (audit queue full)");
+	}
 
 	if (item >= 0)
 		snprintf(at, sizeof(at), "evaluations[%ld]: ", item);
@@ -698,8 +757,10 @@ authzen_decide(struct http_req *req, const struct auth_principal *who, struct pr
 	const struct policy_input *in;
 	json_t *full, *ans;
 
-	if (p->doc == NULL)
+	if (p->doc == NULL) {
+		audit_unknown_agent(req, who, p->asked);
 		return json_incref(p->answer);
+	}
 	/* A key bound to audiences asks about its own resource (anything else
 	 * was a 403): its questions are that resource's calls, and count. */
 	full = decide_doc(p->doc, who->audiences[0] != '\0' ? USE_PEP_CALL : USE_QUESTION);
@@ -745,7 +806,7 @@ authzen_evaluation(struct http_req *req, void *ctx)
 	subjects_free(&sub, 1);
 	json_decref(body);
 	if (status != 200) {
-		authzen_refuse(req, status, -1, why, &diag);
+		authzen_refuse(req, &who, status, -1, why, &diag);
 		return;
 	}
 	ans = authzen_decide(req, &who, &p);
@@ -868,7 +929,7 @@ authzen_evaluations(struct http_req *req, void *ctx)
 	json_decref(body);
 	if (status != 200) {
 		prepared_free(prep, i - 1);
-		authzen_refuse(req, status, (long)(i - 1), why, &diag);
+		authzen_refuse(req, &who, status, (long)(i - 1), why, &diag);
 		return;
 	}
 	out = json_array();

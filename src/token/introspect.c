@@ -869,21 +869,10 @@ revocation_introspect_access(const char *token, json_t **out)
 static void
 audit_inactive(struct http_req *req, const struct auth_principal *op, const char *reason)
 {
-	struct audit_event *ev = audit_event_new(AUDIT_AUTH_FAILED, AUDIT_TIME_UNSET);
-	const char *peer = http_req_peer(req);
+	struct audit_event *ev = audit_refusal_new(AUDIT_ACTOR_OPERATOR, op->name, http_req_id(req),
+	                                           http_req_peer(req), "introspect", reason);
 
-	if (ev == NULL)
-		return;
-	audit_event_set_outcome(ev, AUDIT_OUTCOME_DENIED);
-	if (audit_event_set_actor(ev, AUDIT_ACTOR_OPERATOR, op->name) != IDP_OK ||
-	    audit_event_set(ev, AUDIT_F_REQUEST_ID, http_req_id(req)) != IDP_OK ||
-	    (peer[0] != '\0' && audit_event_set(ev, AUDIT_F_SOURCE_ADDRESS, peer) != IDP_OK) ||
-	    audit_event_put_detail(ev, "endpoint", json_string("introspect")) != IDP_OK ||
-	    audit_event_put_detail(ev, "reason", json_string(reason)) != IDP_OK) {
-		audit_event_free(ev);
-		return;
-	}
-	if (audit_emit_nowait(ev) != IDP_OK)
+	if (ev != NULL && audit_emit_nowait(ev) != IDP_OK)
 		log_debug("introspect: the inactive answer was not recorded (audit queue full)");
 }
 

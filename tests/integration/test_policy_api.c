@@ -52,6 +52,17 @@ json_has(const json_t *j, const char *s)
 	return found;
 }
 
+/* The count sql answers in t_policy_api, once the audit queue has written what it holds. */
+static long
+sql_count(const char *sql)
+{
+	char v[32];
+
+	sleep_ms(300);
+	assert_int_equal(harness_sql_value("t_policy_api", sql, v, sizeof(v)), 0);
+	return atol(v);
+}
+
 static long
 call(const char *method, const char *path, const char *key, const char *body,
      struct http_resp *r)
@@ -278,6 +289,11 @@ authzen_answers_a_pep_in_the_standard_shape(void **state)
 		harness_resp_free(&r);
 		free(body);
 		json_decref(b);
+		/* The answer is recorded like any evaluation: who asked about whom. */
+		assert_int_equal(sql_count("SELECT count(*) FROM audit_events WHERE type = "
+					   "'policy.evaluated' AND body::jsonb->'detail'->>'subject' = "
+					   "'ghost-agent' AND body::jsonb->'detail'->>'decision' = 'DENY'"),
+				 1);
 	}
 	/* A suspended agent is refused whatever the PEP says about it. */
 	assert_int_equal(call("POST", "/v1/agents/agent-cloud-inventory-001/suspend", admin_key,
@@ -613,9 +629,13 @@ authzen_takes_from_a_pep_only_what_it_may_say(void **state)
 		"{\"subject\":{\"type\":\"user\",\"id\":\"agent-cloud-inventory-001\"},"
 		"\"action\":{\"name\":\"ec2:DescribeInstances\"},\"resource\":{\"type\":\"api\","
 		"\"id\":\"cloud-inventory-api\"}}";
+	static const char refused_sql[] =
+		"SELECT count(*) FROM audit_events WHERE type = 'auth.failed' AND "
+		"body::jsonb->'detail'->>'endpoint' = 'authzen' AND "
+		"body::jsonb->'detail'->>'reason' = 'audience_not_allowed'";
 	struct http_resp r;
 	char path[256], body[1024], d[8];
-	long before;
+	long before, refused;
 	FILE *f;
 
 	(void)state;
@@ -660,6 +680,7 @@ authzen_takes_from_a_pep_only_what_it_may_say(void **state)
 	harness_resp_free(&r);
 	/* A key bound to cloud-inventory-api: a resource id is that audience
 	 * whole or another resource. */
+	refused = sql_count(refused_sql);
 	snprintf(body, sizeof(body),
 		 "{\"subject\":{\"type\":\"agent\",\"id\":\"cost-agent\"},\"action\":"
 		 "{\"name\":\"billing:read\"},\"resource\":{\"type\":\"api\",\"id\":"
@@ -674,6 +695,9 @@ authzen_takes_from_a_pep_only_what_it_may_say(void **state)
 	assert_int_equal(call("POST", "/access/v1/evaluation", cloud_pep_key, body, &r), 403);
 	harness_resp_free(&r);
 	assert_int_equal(evaluated_events(), before);
+	/* Both refusals are recorded, as introspection records a token of
+	 * another audience. */
+	assert_int_equal(sql_count(refused_sql), refused + 2);
 
 	assert_int_equal(unlink(path), 0);
 	assert_int_equal(call("POST", "/v1/policies/reload", admin_key, NULL, &r), 200);
