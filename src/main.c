@@ -19,6 +19,7 @@
 #include "idpd/approvals.h"
 #include "idpd/attest.h"
 #include "idpd/audit.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/audit_ship.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
@@ -627,6 +628,7 @@ cmd_serve(int argc, char **argv)
 	so.statement_timeout_ms = app.cfg->database.statement_timeout_ms;
 	app.store = store_open(&so);
 	auth_keys_install(auth_keys_new(app.cfg->api_keys, app.cfg->n_api_keys));
+	auth_on_refusal(audit_refused_key);
 	if (app_on_reload(reload_api_keys, NULL) != IDP_OK)
 		log_warn("bug: cannot register the API key reload hook");
 	if (check_schema(&app) != 0)

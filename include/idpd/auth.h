@@ -70,6 +70,14 @@ int auth_check_key(const struct auth_keys *k, const char *key, struct auth_princ
 bool auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out);
 
 /*
+ * What auth_require calls for a key it refuses (one was sent, and no
+ * configured key matches), reason a stable code: the audit layer's
+ * recorder, set by main before the server starts (this module stays free
+ * of the audit writer).  NULL: nothing is called.
+ */
+void auth_on_refusal(void (*fn)(struct http_req *req, const char *reason));
+
+/*
  * A new random key "idpk_" + 43 base64url characters (256 bits) and its
  * config hash "sha256:<hex>".  IDP_EINTERNAL if the CSPRNG fails.
  */

@@ -41,6 +41,12 @@ int caller_authenticate(struct http_req *req, struct caller *c, const char **why
  */
 bool caller_identify(struct http_req *req, unsigned op_roles, const char *what, struct caller *c);
 
+/*
+ * The reason a refused bearer token is recorded with (audit_refused), from
+ * caller_authenticate's two: the agent's when no [[idp]] issued the token.
+ */
+const char *caller_refusal_reason(const char *why_human, const char *why_agent);
+
 /* The audit actor kind of c. */
 enum audit_actor_kind caller_actor_kind(const struct caller *c);
 

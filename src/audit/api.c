@@ -10,6 +10,7 @@
 
 #include "idpd/app.h"
 #include "idpd/audit_writer.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/auth.h"
 #include "idpd/buf.h"
 #include "idpd/clock.h"
@@ -272,6 +273,7 @@ reporter(struct http_req *req, struct auth_principal *who, json_t **agent_token)
 		http_reply_error(req, IDP_EUNAVAIL, "cannot tell whether the token is active now");
 		return false;
 	}
+	audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, "token_not_active");
 	http_add_header(req, "WWW-Authenticate", "Bearer realm=\"idpd\", error=\"invalid_token\"");
 	http_reply_problem(req, 401, "unauthorized", NULL,
 	                   "an active access token or an introspector API key is required");

@@ -198,6 +198,14 @@ auth_resource_allowed(const struct auth_principal *p, const char *aud)
 	return aud != NULL && aud[0] != '\0' && idp_word_listed(p->audiences, aud, strlen(aud));
 }
 
+static void (*_Atomic refusal_hook)(struct http_req *req, const char *reason);
+
+void
+auth_on_refusal(void (*fn)(struct http_req *req, const char *reason))
+{
+	atomic_store(&refusal_hook, fn);
+}
+
 bool
 auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out)
 {
@@ -207,6 +215,10 @@ auth_require(struct http_req *req, unsigned any_of, struct auth_principal *out)
 
 	auth_keys_unref(k);
 	if (rc != IDP_OK) {
+		void (*hook)(struct http_req *, const char *) = atomic_load(&refusal_hook);
+
+		if (key != NULL && hook != NULL)
+			hook(req, "unknown_key");
 		http_add_header(req, "WWW-Authenticate",
 		                key == NULL ? "Bearer realm=\"idpd\""
 		                            : "Bearer realm=\"idpd\", error=\"invalid_token\"");

@@ -13,6 +13,7 @@
 
 #include "idpd/access.h"
 #include "idpd/app.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/clock.h"
@@ -724,14 +725,9 @@ authzen_refuse(struct http_req *req, const struct auth_principal *who, int statu
 {
 	char at[48] = "";
 
-	if (status == 403) {
-		struct audit_event *ev =
-		    audit_refusal_new(AUDIT_ACTOR_OPERATOR, who->name, http_req_id(req),
-		                      http_req_peer(req), "authzen", "audience_not_allowed");
-
-		if (ev != NULL && audit_emit_nowait(ev) != IDP_OK)
-			log_debug("policy: a refused question was not recorded (audit queue full)");
-	}
+	if (status == 403)
+		audit_refused(req, AUDIT_ACTOR_OPERATOR, who->name, "authzen",
+		              "audience_not_allowed");
 
 	if (item >= 0)
 		snprintf(at, sizeof(at), "evaluations[%ld]: ", item);

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/app.h"
 #include "idpd/auth.h"
 #include "idpd/b64.h"
@@ -639,6 +640,8 @@ me(struct http_req *req, void *ctx)
 	if (rc == IDP_EUNAUTH) {
 		log_info("attest: agent authentication refused (%s), request %s", why,
 		         http_req_id(req));
+		if (http_req_bearer(req) != NULL)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, why);
 		http_add_header(req, "WWW-Authenticate", "Bearer realm=\"idpd\"");
 		http_reply_problem(req, 401, "unauthorized", NULL,
 		                   "send a valid identity credential as a Bearer token");

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "idpd/access.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
 #include "idpd/audit_writer.h"
@@ -1380,6 +1381,8 @@ post_token(struct http_req *req, void *ctx)
 	}
 	if (rc != IDP_OK) {
 		log_info("access: agent authentication failed: %s", why ? why : "unknown");
+		if (rc == IDP_EUNAUTH && http_req_bearer(req) != NULL)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, why);
 		if (rc == IDP_EUNAUTH)
 			http_add_header(req, "WWW-Authenticate", "Bearer");
 		http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,

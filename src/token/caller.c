@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/auth.h"
 #include "idpd/caller.h"
 #include "idpd/http.h"
@@ -62,12 +63,26 @@ caller_identify(struct http_req *req, unsigned op_roles, const char *what, struc
 		return true;
 	log_info("%s: caller not authenticated (human: %s, agent: %s)", what, why ? why : "-",
 	         why_agent ? why_agent : "-");
+	if (rc == IDP_EUNAUTH && bearer != NULL)
+		audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL,
+		              caller_refusal_reason(why, why_agent));
 	if (rc == IDP_EUNAUTH)
 		http_add_header(req, "WWW-Authenticate", "Bearer");
 	http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,
 	                 rc == IDP_EUNAUTH ? "a valid bearer token is required"
 	                                   : "cannot authenticate now");
 	return false;
+}
+
+const char *
+caller_refusal_reason(const char *why_human, const char *why_agent)
+{
+	/* A token no [[idp]] issued (or one of idpd's own) was meant as an
+	 * agent's credential: the agent check says why it failed. */
+	if (why_human == NULL || strcmp(why_human, "no_idp") == 0 ||
+	    strcmp(why_human, "kid_unknown") == 0 || strcmp(why_human, "idpd_token") == 0)
+		return why_agent != NULL ? why_agent : why_human;
+	return why_human;
 }
 
 enum audit_actor_kind

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/app.h"
 #include "idpd/approvals.h"
 #include "idpd/attest.h"
@@ -948,6 +949,8 @@ post_delegation(struct http_req *req, void *ctx)
 	if (rc != IDP_OK) {
 		log_info("delegation: agent authentication failed: %s", why ? why : "unknown");
 		g.who.agent = NULL;
+		if (rc == IDP_EUNAUTH && http_req_bearer(req) != NULL)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, why);
 		if (rc == IDP_EUNAUTH)
 			http_add_header(req, "WWW-Authenticate", "Bearer");
 		http_reply_error(req, rc == IDP_EUNAUTH ? IDP_EUNAUTH : IDP_EUNAVAIL,

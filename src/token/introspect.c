@@ -37,6 +37,7 @@
 
 #include <openssl/sha.h>
 
+#include "idpd/audit_refusal.h"
 #include "idpd/audit_writer.h"
 #include "idpd/auth.h"
 #include "idpd/b64.h"
@@ -869,11 +870,7 @@ revocation_introspect_access(const char *token, json_t **out)
 static void
 audit_inactive(struct http_req *req, const struct auth_principal *op, const char *reason)
 {
-	struct audit_event *ev = audit_refusal_new(AUDIT_ACTOR_OPERATOR, op->name, http_req_id(req),
-	                                           http_req_peer(req), "introspect", reason);
-
-	if (ev != NULL && audit_emit_nowait(ev) != IDP_OK)
-		log_debug("introspect: the inactive answer was not recorded (audit queue full)");
+	audit_refused(req, AUDIT_ACTOR_OPERATOR, op->name, "introspect", reason);
 }
 
 /* ---- the endpoint ---- */
@@ -892,6 +889,8 @@ introspect(struct http_req *req, void *ctx)
 	(void)ctx;
 	rc = rev_operator_key(req, &op);
 	if (rc != IDP_OK) {
+		if (rc != IDP_ENOTFOUND)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, "introspect", "unknown_key");
 		http_add_header(req, "WWW-Authenticate",
 		                "Basic realm=\"idpd\", Bearer realm=\"idpd\"");
 		http_reply_oauth_error(

@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "idpd/access.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/agent_auth.h"
 #include "idpd/app.h"
 #include "idpd/buf.h"
@@ -294,6 +295,8 @@ exchange(struct http_req *req, void *ctx)
 	rc = authenticate_agent_token(actor, &who, &why);
 	if (rc != IDP_OK) {
 		log_info("oauth: actor token refused: %s", why ? why : "unknown");
+		if (rc == IDP_EUNAUTH)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, why);
 		if (rc == IDP_EUNAUTH) /* RFC 8693 §2.2.2 */
 			http_reply_oauth_error(req, 400, "invalid_request",
 			                       "the actor_token is not a valid agent credential");

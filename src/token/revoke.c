@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/attest.h"
 #include "idpd/audit_writer.h"
 #include "idpd/caller.h"
@@ -87,6 +88,10 @@ identify(struct http_req *req, struct caller *c)
 		}
 		log_info("revoke: caller not authenticated (human: %s, agent: %s)",
 		         why != NULL ? why : "-", why_agent != NULL ? why_agent : "-");
+		audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL,
+		              caller_refusal_reason(why, why_agent));
+	} else if (rc != IDP_ENOTFOUND) {
+		audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, "unknown_key");
 	}
 	http_add_header(req, "WWW-Authenticate", "Basic realm=\"idpd\", Bearer realm=\"idpd\"");
 	http_reply_oauth_error(req, 401, "invalid_client",

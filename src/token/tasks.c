@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "idpd/agent_auth.h"
+#include "idpd/audit_refusal.h"
 #include "idpd/app.h"
 #include "idpd/attest.h"
 #include "idpd/audit_writer.h"
@@ -620,6 +621,8 @@ post_task(struct http_req *req, void *ctx)
 	rc = authenticate_human(req, &who, &why);
 	if (rc != IDP_OK) {
 		log_info("tasks: human authentication failed: %s", why ? why : "unknown");
+		if (rc == IDP_EUNAUTH && http_req_bearer(req) != NULL)
+			audit_refused(req, AUDIT_ACTOR_NONE, NULL, NULL, why);
 		if (rc == IDP_EUNAUTH)
 			http_add_header(req, "WWW-Authenticate", "Bearer");
 		http_reply_error(req, rc,

@@ -2166,6 +2166,105 @@ a_token_of_another_kind_is_refused_everywhere(void **state)
 	world_stop(&w);
 }
 
+/* The auth.failed events with this endpoint and reason, once the queue has written them. */
+static long
+refusals(struct world *w, const char *endpoint, const char *reason)
+{
+	char sql[512];
+
+	sleep_ms(300);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'auth.failed' AND "
+	         "body::jsonb->'detail'->>'endpoint' = '%s' AND "
+	         "body::jsonb->'detail'->>'reason' = '%s'",
+	         endpoint, reason);
+	return world_count(w, sql);
+}
+
+/*
+ * A refused credential is a security event: a guessed API key, a forged
+ * token, a suspended agent's credential replayed.  Each is recorded as
+ * auth.failed with the endpoint and a reason; the credential never is.  A
+ * request without any credential (a probe) records nothing.
+ */
+static void
+every_refused_credential_is_audited(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	struct idp_jws_key *stranger = NULL;
+	char inventory[4096], task_id[80], body[256];
+	char *human, *root, *forged;
+	long before;
+
+	(void)state;
+	world_start(&w, "t_keys_refusals", NULL);
+	kid_agents(&w);
+	world_credential(&w, "inventory-agent", inventory, sizeof(inventory));
+	human = world_human_token("alice@example.com");
+	world_task(&w, human, "planning-agent", "[\"cloud:DescribeInstances\"]", task_id, &root);
+	assert_int_equal(idp_jws_key_generate(NULL, &stranger, NULL), IDP_OK);
+	forged = resign(&w, inventory, IDP_JWS_TYP_IDENTITY, stranger, 3600);
+
+	/* Nothing sent: nothing recorded. */
+	before = world_count(&w, "SELECT count(*) FROM audit_events WHERE type = 'auth.failed'");
+	world_call(&w, "GET", "/v1/agents", NULL, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	world_call(&w, "GET", "/v1/me", NULL, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	sleep_ms(300);
+	assert_int_equal(
+	    world_count(&w, "SELECT count(*) FROM audit_events WHERE type = 'auth.failed'"),
+	    before);
+
+	/* A guessed API key. */
+	world_call(&w, "GET", "/v1/agents", "idpk_guessed", NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	assert_int_equal(refusals(&w, "/v1/agents", "unknown_key"), 1);
+	/* A forged credential, on /v1/me and on /v1/token. */
+	world_call(&w, "GET", "/v1/me", forged, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	ask_token(&w, forged, task_id, root, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	assert_int_equal(refusals(&w, "/v1/me", "kid_unknown"), 1);
+	assert_int_equal(refusals(&w, "/v1/token", "kid_unknown"), 1);
+	/* A suspended agent's credential, replayed. */
+	snprintf(body, sizeof(body), "{\"reason\":\"compromised\"}");
+	world_call(&w, "POST", "/v1/agents/inventory-agent/suspend", w.k.admin, body, &r);
+	assert_int_equal(r.status, 200);
+	harness_resp_free(&r);
+	sleep_ms(200);
+	world_call(&w, "GET", "/v1/me", inventory, NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	assert_int_equal(
+	    refusals(&w, "/v1/me", "agent_revoked") + refusals(&w, "/v1/me", "agent_suspended"), 1);
+	/* A token no IdP issued, where a human is expected. */
+	world_call(&w, "POST", "/v1/tasks", "not-a-jwt",
+	           "{\"root_agent\":\"planning-agent\",\"scope\":[\"cloud:DescribeInstances\"]}",
+	           &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	assert_int_equal(
+	    world_count(&w, "SELECT count(*) FROM audit_events WHERE type = 'auth.failed' AND "
+	                    "body::jsonb->'detail'->>'endpoint' = '/v1/tasks'"),
+	    1);
+	/* The credentials themselves are in no event. */
+	assert_int_equal(world_count(&w, "SELECT count(*) FROM audit_events WHERE "
+	                                 "body LIKE '%idpk_guessed%' OR body LIKE '%not-a-jwt%'"),
+	                 0);
+	idp_jws_key_unref(stranger);
+	free(forged);
+	free(root);
+	free(human);
+	world_stop(&w);
+}
+
 int
 main(void)
 {
@@ -2190,6 +2289,7 @@ main(void)
 	        a_read_begun_before_a_key_was_activated_does_not_call_its_tokens_invalid),
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	    cmocka_unit_test(a_token_of_another_kind_is_refused_everywhere),
+	    cmocka_unit_test(every_refused_credential_is_audited),
 	};
 
 	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
