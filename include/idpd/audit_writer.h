@@ -15,7 +15,9 @@
  * saturated pool cannot stall auditing.  When PostgreSQL is away the writer
  * keeps its batch and retries; emitters waiting for it give up after
  * audit.timeout with IDP_EUNAVAIL (the request answers 503), and their
- * events are written once PostgreSQL is back.
+ * events are written once PostgreSQL is back.  An event PostgreSQL refuses
+ * for good (SQLSTATE class 22 or 23) is dropped from its batch instead,
+ * failing its waiting emitter, and recorded by audit.event_refused.
  */
 #ifndef IDPD_AUDIT_WRITER_H
 #define IDPD_AUDIT_WRITER_H
@@ -41,7 +43,9 @@ struct audit_writer_opts {
 };
 
 /*
- * Start the process's writer.  Fails (IDP_EINVAL) if one is running.
+ * Start the process's writer.  Fails (IDP_EINVAL) if one is running, or if
+ * the instance id, which names the chain in every row, is not text the
+ * event model accepts (UTF-8, no control character) of at most 255 bytes.
  * Connects lazily, so it starts while PostgreSQL is down.  Main thread.
  */
 int audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag) IDP_WUR;
@@ -59,7 +63,8 @@ int audit_writer_stop(int64_t timeout_ms);
  * Fills in what the emitter left unset: id (a UUID), time (now) and
  * instance id.  Returns IDP_OK once the event is committed (sync) or queued
  * (async); IDP_EUNAVAIL when no writer runs, the queue is full under
- * fail_closed, or the wait passed audit.timeout.  IDP_EINVAL for NULL.
+ * fail_closed, the wait passed audit.timeout, or (sync) PostgreSQL refused
+ * the event for good and it was dropped.  IDP_EINVAL for NULL.
  * Any thread.
  */
 int audit_emit(struct audit_event *ev) IDP_WUR;
@@ -76,7 +81,8 @@ int audit_emit_nowait(struct audit_event *ev) IDP_WUR;
  * Called once an event emitted with audit_emit_then is settled: rc is
  * IDP_OK when it is committed, IDP_EUNAVAIL when audit.timeout passed first
  * or the writer stopped without writing it (it may still be committed
- * later, as with audit_emit).  Runs on the writer's thread, the audit
+ * later, as with audit_emit), or PostgreSQL refused it for good (dropped,
+ * never committed).  Runs on the writer's thread, the audit
  * timer's, or the one calling audit_writer_stop, outside every audit lock:
  * keep it short and never emit from it.
  */
@@ -99,7 +105,8 @@ struct audit_writer_stats {
 	uint64_t timeouts;  /* emitters that gave up waiting */
 	uint64_t batches;
 	uint64_t commit_us_total;
-	uint64_t failures; /* batches that failed and were retried */
+	uint64_t failures; /* attempts at a batch that failed */
+	uint64_t dropped;  /* refused for good by PostgreSQL: not in the log */
 	int depth;         /* waiting now */
 	bool connected;
 };

@@ -60,6 +60,8 @@ static const struct {
     [AUDIT_MAINTENANCE_CLEANUP] = {"maintenance.cleanup", "maintenance", "Maintenance cleanup", 2},
     [AUDIT_AUDIT_VERIFIED] = {"audit.verified", "audit", "Audit chain verified", 3},
     [AUDIT_AUDIT_WITHDRAWN] = {"audit.withdrawn", "audit", "Audit event withdrawn", 4},
+    [AUDIT_AUDIT_EVENT_REFUSED] = {"audit.event_refused", "audit",
+                                   "Audit event refused by the database", 7},
 };
 
 static bool

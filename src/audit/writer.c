@@ -28,7 +28,11 @@
  * the COPY rows of a batch are computed once; if the transaction fails the
  * same rows are retried after a reconnect, skipping those that turn out to
  * have committed already (the COMMIT reply can be lost with the connection),
- * so the chain never forks and no event is written twice.  An event whose
+ * so the chain never forks and no event is written twice.  A batch that
+ * PostgreSQL refuses for good instead (SQLSTATE class 22 or 23) is not
+ * retried as it is: write_batch finds the refused rows by halves, drops
+ * their events and chains the rest again (drop_refused), so one bad row
+ * never holds up the queue behind it.  An event whose
  * emitter gave up (503) but which committed all the same (a lost COMMIT
  * reply, or an attempt slower than audit.timeout) is followed by an
  * audit.withdrawn event naming it.
@@ -53,6 +57,8 @@
 struct row {
 	size_t off, len; /* this row's bytes in the batch's COPY data */
 	uint64_t seq;
+	int slot;                     /* its event's place in the batch */
+	uint8_t prev[AUDIT_HASH_LEN]; /* the chain's hash before it */
 };
 
 /*
@@ -61,9 +67,12 @@ struct row {
  * emitters instead of piling up on the one writer thread.
  */
 struct slot {
-	struct audit_event *ev; /* NULL: cancelled by its emitter, nothing to write */
+	struct audit_event *ev; /* NULL: cancelled by its emitter, or refused; nothing to write */
 	char *canon;
 	size_t clen;
+	/* A waiting audit_emit's answer, on its stack: set (under writer.lock,
+	 * unless the emitter gave up) when PostgreSQL refused the event. */
+	bool *refused;
 };
 
 /* An emitter that did not wait: called once its event is durable, or not. */
@@ -115,7 +124,7 @@ static struct {
 	uint8_t chain_hash[AUDIT_HASH_LEN];
 
 	_Atomic uint64_t queued, committed, refused, timeouts, batches, commit_us, failures,
-	    cancelled;
+	    cancelled, dropped;
 	_Atomic bool connected;
 	_Atomic bool failing; /* the batch in hand has failed and is not yet written */
 } W = {
@@ -179,11 +188,11 @@ static int
 build_row(const struct slot *sl, struct idp_buf *b, struct row *r)
 {
 	const struct audit_event *ev = sl->ev;
-	uint8_t prev[AUDIT_HASH_LEN];
+	uint8_t *prev = r->prev;
 	int64_t ts_us = audit_event_time(ev) * 1000 - PG_EPOCH_US;
 	int rc = 0;
 
-	memcpy(prev, W.chain_hash, sizeof(prev));
+	memcpy(prev, W.chain_hash, AUDIT_HASH_LEN);
 	if (audit_chain_hash(prev, sl->canon, sl->clen, W.chain_hash) != IDP_OK)
 		return IDP_EINTERNAL;
 	W.chain_seq++;
@@ -288,17 +297,61 @@ committed_max(void)
 	"ON CONFLICT (writer_id) DO UPDATE SET last_seq = greatest(c.last_seq, "                   \
 	"excluded.last_seq), updated_at = now()"
 
-/* One attempt to commit rows [0, n).  IDP_OK when all of them are durable. */
+/* What PostgreSQL said when it refused rows: its code and the names it gave. */
+struct refused {
+	char sqlstate[6];
+	char where[160]; /* ", constraint c, column x" or "": names, never values */
+};
+
+/*
+ * Whether a failed COPY was PostgreSQL refusing what it was sent, for good:
+ * a data exception (SQLSTATE class 22: bad encoding, a value out of range)
+ * or an integrity violation (class 23: a CHECK, NOT NULL, a trigger's
+ * refusal), which sending the same rows again would only repeat.  Every
+ * other failure (connection, 08; a conflict or deadlock, 40; resources, 53;
+ * an administrator, 57) may pass and is retried.  One exception: a
+ * duplicate (writer_id, seq) means another process writes under this
+ * chain's id, no fault of a row.  *why gets the code and names.
+ */
+static bool
+refused_for_good(const PGresult *r, struct refused *why)
+{
+	const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	const char *con = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
+	const char *col = PQresultErrorField(r, PG_DIAG_COLUMN_NAME);
+
+	if (st == NULL || strlen(st) != 5 ||
+	    (strncmp(st, "22", 2) != 0 && strncmp(st, "23", 2) != 0))
+		return false;
+	if (strcmp(st, "23505") == 0 && con != NULL &&
+	    strcmp(con, "audit_events_writer_id_seq_key") == 0)
+		return false;
+	memcpy(why->sqlstate, st, 6);
+	snprintf(why->where, sizeof(why->where), "%s%.64s%s%.64s",
+	         con != NULL ? ", constraint " : "", con != NULL ? con : "",
+	         col != NULL ? ", column " : "", col != NULL ? col : "");
+	return true;
+}
+
+/*
+ * One attempt to commit rows [0, n), consecutive in b.  IDP_OK when all of
+ * them are durable.  IDP_EINVAL when PostgreSQL refused the COPY for good
+ * (refused_for_good, described in *why): then none of them committed
+ * and the session is kept.  IDP_EUNAVAIL for any other failure: the
+ * session is closed, and whether the rows committed is for the next
+ * attempt (retry) to find out.  Logs a refusal by its code and names only,
+ * never PostgreSQL's message: its detail can quote the row.
+ */
 static int
-write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
+write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry, struct refused *why)
 {
 	PGresult *r;
 	char
 	    sql[sizeof(COPY_SQL) + sizeof(CHAIN_SQL_HEAD) + sizeof(CHAIN_SQL_TAIL) + 3 * 320 + 128];
 	char *lit;
-	size_t from = 0;
-	int first = 0;
-	bool ok = true;
+	size_t from = 0, to;
+	int first = 0, nth = 0;
+	bool ok = true, refused = false;
 
 	if (!writer_connect())
 		return IDP_EUNAVAIL;
@@ -313,6 +366,7 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 			return IDP_OK;
 	}
 	from = rows[first].off;
+	to = rows[n - 1].off + rows[n - 1].len;
 	/*
 	 * The COPY and the chain's upsert in one query string: PostgreSQL runs
 	 * the statements of one simple query as one implicit transaction, so
@@ -332,25 +386,37 @@ write_rows(const struct idp_buf *b, const struct row *rows, int n, bool retry)
 	if (!exec_ok(W.pg, sql, PGRES_COPY_IN))
 		goto lost;
 	if (PQputCopyData(W.pg, copy_head, sizeof(copy_head)) != 1 ||
-	    PQputCopyData(W.pg, b->data + from, (int)(b->len - from)) != 1 ||
+	    PQputCopyData(W.pg, b->data + from, (int)(to - from)) != 1 ||
 	    PQputCopyData(W.pg, copy_tail, sizeof(copy_tail)) != 1 || PQputCopyEnd(W.pg, NULL) != 1)
 		goto lost;
+	/* The COPY's result first, then the upsert's: only the COPY's rows
+	 * can be at fault. */
 	while ((r = PQgetResult(W.pg)) != NULL) {
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			if (ok)
+			if (ok && nth == 0 && refused_for_good(r, why)) {
+				refused = true;
+				log_debug(
+				    "audit: PostgreSQL refused %d row(s) of a batch: SQLSTATE %s%s",
+				    n - first, why->sqlstate, why->where);
+			} else if (ok) {
 				log_warn("audit: writing a batch: %s", PQresultErrorMessage(r));
+			}
 			ok = false;
 		}
+		nth++;
 		PQclear(r);
 	}
 	if (ok)
 		return IDP_OK;
+	/* PostgreSQL answered, and the session is idle again. */
+	if (refused && PQstatus(W.pg) == CONNECTION_OK && PQtransactionStatus(W.pg) == PQTRANS_IDLE)
+		return IDP_EINVAL;
 lost:
 	/* Start over on a fresh session: whatever state this one is in. */
 	PQfinish(W.pg);
 	W.pg = NULL;
 	atomic_store(&W.connected, false);
-	return IDP_EUNAVAIL;
+	return refused ? IDP_EINVAL : IDP_EUNAVAIL;
 }
 
 /*
@@ -383,6 +449,7 @@ prepare(struct audit_event *ev, struct slot *sl)
 		log_warn("audit: instance id rejected by the event model");
 	sl->ev = ev;
 	sl->canon = audit_event_canonical(ev, &sl->clen);
+	sl->refused = NULL;
 	return IDP_OK;
 }
 
@@ -480,6 +547,44 @@ withdrawal(const struct audit_event *ev)
 	return w;
 }
 
+/*
+ * The event that records the loss of ev, which PostgreSQL refused for good
+ * with SQLSTATE sqlstate: its id and type, nothing of its content (that is
+ * what was refused, and it can hold personal data).  NULL only on a bug.
+ */
+IDP_STATIC struct audit_event *
+refusal(const struct audit_event *ev, const char *sqlstate)
+{
+	struct audit_event *w = audit_event_new(AUDIT_AUDIT_EVENT_REFUSED, AUDIT_TIME_UNSET);
+	int rc = IDP_OK;
+
+	if (w == NULL)
+		return NULL;
+	audit_event_set_outcome(w, AUDIT_OUTCOME_ERROR);
+	rc = audit_event_set_actor(w, AUDIT_ACTOR_SYSTEM, "audit");
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(w, "refused_event_id",
+		                            json_string(audit_event_get(ev, AUDIT_F_ID)));
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(w, "refused_type",
+		                            json_string(audit_event_type_name(ev)));
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(w, "sqlstate", json_string(sqlstate));
+	if (rc == IDP_OK)
+		rc = audit_event_put_detail(
+		    w, "message",
+		    json_string("PostgreSQL refused this event for good; it was dropped from its "
+		                "batch and is not in the log. A request that waited for it was "
+		                "answered 503"));
+	if (rc != IDP_OK) {
+		log_error("audit: bug: cannot build the refusal of event %s",
+		          audit_event_get(ev, AUDIT_F_ID));
+		audit_event_free(w);
+		return NULL;
+	}
+	return w;
+}
+
 static bool
 stopping_past_deadline(void)
 {
@@ -491,16 +596,17 @@ stopping_past_deadline(void)
 	return past;
 }
 
-/* Rows of the batch's live events, extending the chain from where it is. */
+/*
+ * Rows m, m+1, ... for the live events of batch[from, n), appended to b,
+ * extending the chain from where it is.  Returns the new row count.
+ */
 static int
-build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
+build_rows_from(struct slot *batch, int from, int n, struct idp_buf *b, struct row *rows, int m)
 {
-	int m = 0;
-
-	idp_buf_reset(b);
-	for (int i = 0; i < n; i++) {
+	for (int i = from; i < n; i++) {
 		if (batch[i].ev == NULL)
-			continue; /* its emitter gave up and cancelled it */
+			continue; /* its emitter gave up and cancelled it, or it was refused */
+		rows[m].slot = i;
 		if (build_row(&batch[i], b, &rows[m++]) != IDP_OK) {
 			/* Only a bug can get here: valid events always serialize. */
 			log_error("audit: cannot serialize an event; aborting to keep the chain "
@@ -509,6 +615,52 @@ build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
 		}
 	}
 	return m;
+}
+
+/* Rows of the batch's live events, extending the chain from where it is. */
+static int
+build_rows(struct slot *batch, int n, struct idp_buf *b, struct row *rows)
+{
+	idp_buf_reset(b);
+	return build_rows_from(batch, 0, n, b, rows, 0);
+}
+
+/*
+ * PostgreSQL refused row lo for good (as *why says) and rows [0, lo)
+ * are committed: drop its event from the batch, as a cancellation would,
+ * and number and chain the rows after it again from the row before it, so
+ * the chain stays without a gap.  The loss is logged (id, type and code,
+ * never the body), counted, marked in dropped[] for the emitter's answer,
+ * and its audit.event_refused goes into *record (NULL when the refused
+ * event was such a record itself: that one is only logged, so a refusal
+ * that every row meets cannot feed itself).  Returns the new row count.
+ * Writer thread only.
+ */
+static int
+drop_refused(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int lo,
+             const struct refused *why, bool *dropped, struct audit_event **record)
+{
+	struct slot *sl = &batch[rows[lo].slot];
+	const char *sqlstate = why->sqlstate;
+
+	log_error("audit: PostgreSQL refused event %s (%s) for good, SQLSTATE %s%s: dropped, it is "
+	          "not in the log",
+	          audit_event_get(sl->ev, AUDIT_F_ID), audit_event_type_name(sl->ev), sqlstate,
+	          why->where);
+	atomic_fetch_add(&W.dropped, 1);
+	dropped[rows[lo].slot] = true;
+	*record = audit_event_type(sl->ev) == AUDIT_AUDIT_EVENT_REFUSED ? NULL
+	                                                                : refusal(sl->ev, sqlstate);
+	audit_event_free(sl->ev);
+	free(sl->canon);
+	sl->ev = NULL;
+	sl->canon = NULL;
+	W.chain_seq = rows[lo].seq - 1;
+	memcpy(W.chain_hash, rows[lo].prev, AUDIT_HASH_LEN);
+	b->len = rows[lo].off;
+	if (b->data != NULL)
+		b->data[b->len] = '\0';
+	return build_rows_from(batch, rows[lo].slot + 1, n, b, rows, lo);
 }
 
 /*
@@ -622,6 +774,80 @@ timer_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Write the batch's rows (*m of them, in b) until all are committed:
+ * returns true then, false when stopping past the deadline first, with
+ * *lo the rows known committed.  A failure PostgreSQL may get over is
+ * retried with back-off, dropping cancelled events first (see
+ * apply_cancellations).  A refusal for good is looked for instead: the rows
+ * are tried in halves, each committed piece moving on, until one row alone
+ * is refused; it is dropped (drop_refused) and the rest written on.  So a
+ * batch with k such rows costs about k * log2(batch) more transactions,
+ * and nothing PostgreSQL refuses for good can hold the writer up.  Writer
+ * thread only.
+ */
+static bool
+write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int *m, int *lo,
+            uint64_t chain_seq0, const uint8_t hash0[AUDIT_HASH_LEN], bool *dropped,
+            struct audit_event **records)
+{
+	int backoff_ms = 50, span = *m;
+	bool retry = false, again = false;
+
+	*lo = 0;
+	for (;;) {
+		/* Cancellations only while none of the batch is committed. */
+		int k = again && *lo == 0
+		            ? apply_cancellations(batch, n, *m, b, rows, chain_seq0, hash0)
+		            : *m;
+		struct refused why = {"", ""};
+
+		if (k >= 0) {
+			int len, rc;
+
+			if (k != *m)
+				span = k;
+			*m = k;
+			if (*lo == *m)
+				return true;
+			len = span < *m - *lo ? span : *m - *lo;
+			rc = write_rows(b, rows + *lo, len, retry, &why);
+			if (rc == IDP_OK) {
+				*lo += len;
+				span = *m - *lo;
+				retry = false;
+				continue;
+			}
+			if (rc == IDP_EINVAL) {
+				/* An answer: nothing of this attempt committed (retry
+				 * stays as it was: an earlier attempt's rows may have). */
+				again = true;
+				atomic_fetch_add(&W.failures, 1);
+				if (len > 1) {
+					span = len / 2;
+					continue;
+				}
+				*m = drop_refused(batch, n, b, rows, *lo, &why, dropped,
+				                  &records[rows[*lo].slot]);
+				span = *m - *lo;
+				continue;
+			}
+		}
+		atomic_fetch_add(&W.failures, 1);
+		atomic_store(&W.failing, true);
+		retry = again = true;
+		if (stopping_past_deadline())
+			return false;
+		{
+			struct timespec ts = {backoff_ms / 1000,
+			                      (long)(backoff_ms % 1000) * 1000000L};
+
+			nanosleep(&ts, NULL);
+		}
+		backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
+	}
+}
+
 static void *
 run(void *arg)
 {
@@ -629,15 +855,17 @@ run(void *arg)
 	struct row *rows = idp_xcalloc((size_t)W.o.batch_max, sizeof(*rows));
 	struct waiter *wake = idp_xcalloc((size_t)W.o.batch_max, sizeof(*wake));
 	bool *gave_up = idp_xcalloc((size_t)W.o.batch_max, sizeof(*gave_up));
+	bool *dropped = idp_xcalloc((size_t)W.o.batch_max, sizeof(*dropped));
+	struct audit_event **records = idp_xcalloc((size_t)W.o.batch_max, sizeof(*records));
 	struct idp_buf b;
 
 	(void)arg;
 	idp_buf_init(&b, 0);
 	for (;;) {
-		int n = 0, m, n_wake = 0, backoff_ms = 50;
-		bool retry = false, written = false;
+		int n = 0, m, lo, n_wake = 0;
+		bool written;
 		uint8_t hash0[AUDIT_HASH_LEN];
-		uint64_t chain_seq0;
+		uint64_t chain_seq0, first;
 		int64_t t0;
 
 		pthread_mutex_lock(&W.lock);
@@ -661,6 +889,8 @@ run(void *arg)
 		while (n < W.o.batch_max && W.count > 0) {
 			batch[n] = W.ring[W.head];
 			W.inflight_cancel[n] = false;
+			dropped[n] = false;
+			records[n] = NULL;
 			n++;
 			memset(&W.ring[W.head], 0, sizeof(W.ring[W.head]));
 			W.head = (W.head + 1) % W.cap;
@@ -674,31 +904,8 @@ run(void *arg)
 		memcpy(hash0, W.chain_hash, sizeof(hash0));
 		m = build_rows(batch, n, &b, rows);
 		t0 = idp_mono_us();
-		while (!written) {
-			int k = retry
-			            ? apply_cancellations(batch, n, m, &b, rows, chain_seq0, hash0)
-			            : m;
-
-			if (k >= 0) {
-				m = k;
-				if (m == 0 || write_rows(&b, rows, m, retry) == IDP_OK) {
-					written = true;
-					break;
-				}
-			}
-			atomic_fetch_add(&W.failures, 1);
-			atomic_store(&W.failing, true);
-			retry = true;
-			if (stopping_past_deadline())
-				break;
-			{
-				struct timespec ts = {backoff_ms / 1000,
-				                      (long)(backoff_ms % 1000) * 1000000L};
-
-				nanosleep(&ts, NULL);
-			}
-			backoff_ms = backoff_ms < 2000 ? backoff_ms * 2 : 2000;
-		}
+		written =
+		    write_batch(batch, n, &b, rows, &m, &lo, chain_seq0, hash0, dropped, records);
 		if (written) {
 			atomic_store(&W.failing, false);
 			atomic_fetch_add(&W.commit_us, (uint64_t)(idp_mono_us() - t0));
@@ -711,29 +918,42 @@ run(void *arg)
 				pthread_cond_broadcast(&W.done[q % DONE_WAYS]);
 			W.committed_seq += (uint64_t)n;
 			/* Emitters that gave up before this commit answered 503:
-			 * their events, written all the same, are withdrawn below. */
-			for (int i = 0; i < n; i++)
+			 * their events, written all the same, are withdrawn below.
+			 * Those still waiting for a refused event learn it failed. */
+			for (int i = 0; i < n; i++) {
 				gave_up[i] = W.inflight_cancel[i] && batch[i].ev != NULL;
+				if (dropped[i] && !W.inflight_cancel[i] && batch[i].refused != NULL)
+					*batch[i].refused = true;
+			}
 			W.inflight_n = 0;
+			first = W.inflight_first;
 			n_wake = waiters_committed(wake, W.o.batch_max);
 			pthread_mutex_unlock(&W.lock);
-			for (int i = 0; i < n_wake; i++)
-				wake[i].done(wake[i].arg, IDP_OK);
+			for (int i = 0; i < n_wake; i++) {
+				bool lost = wake[i].seq >= first &&
+				            wake[i].seq < first + (uint64_t)n &&
+				            dropped[wake[i].seq - first];
+
+				wake[i].done(wake[i].arg, lost ? IDP_EUNAVAIL : IDP_OK);
+			}
 		} else {
 			/* Not cancelled ones: their emitters were answered 503, so
 			 * nothing acknowledged is lost with them.  The others (an
 			 * async emitter was acknowledged at enqueue) are lost
-			 * events, which audit_writer_stop reports. */
+			 * events, which audit_writer_stop reports; those of rows
+			 * [0, lo) are committed, and refused ones were counted
+			 * when dropped. */
 			pthread_mutex_lock(&W.lock);
-			for (int i = 0; i < n; i++)
-				W.unwritten += batch[i].ev != NULL && !W.inflight_cancel[i];
+			for (int j = lo; j < m; j++)
+				W.unwritten += !W.inflight_cancel[rows[j].slot];
 			pthread_mutex_unlock(&W.lock);
 			log_error("audit: shutting down with %d event(s) of the batch in hand "
 			          "unwritten (PostgreSQL unreachable)",
 			          W.unwritten);
 		}
-		/* The withdrawals first, so that alerts never take the reserved
-		 * room they need (see DESIGN). */
+		/* The withdrawals and refusals first, so that alerts never take
+		 * the reserved room they need (see DESIGN): an event is one or
+		 * the other, never both. */
 		for (int i = 0; written && i < n; i++) {
 			if (batch[i].ev != NULL && gave_up[i]) {
 				struct audit_event *w = withdrawal(batch[i].ev);
@@ -741,6 +961,13 @@ run(void *arg)
 				if (w != NULL)
 					(void)enqueue_own(w);
 			}
+			if (records[i] != NULL)
+				(void)enqueue_own(records[i]);
+			records[i] = NULL;
+		}
+		for (int i = 0; !written && i < n; i++) {
+			audit_event_free(records[i]); /* logged when dropped */
+			records[i] = NULL;
 		}
 		for (int i = 0; i < n; i++) {
 			if (batch[i].ev == NULL)
@@ -764,6 +991,8 @@ run(void *arg)
 	free(rows);
 	free(wake);
 	free(gave_up);
+	free(dropped);
+	free(records);
 	if (W.pg != NULL)
 		PQfinish(W.pg);
 	W.pg = NULL;
@@ -782,13 +1011,15 @@ collect(struct idp_buf *out, void *ctx)
 	audit_writer_get_stats(&st);
 	if (idp_buf_printf(
 	        out,
-	        "# HELP idpd_audit_events_total Audit events by fate.\n"
+	        "# HELP idpd_audit_events_total Audit events by fate (dropped: refused for good by "
+	        "PostgreSQL, not in the log).\n"
 	        "# TYPE idpd_audit_events_total counter\n"
 	        "idpd_audit_events_total{state=\"queued\"} %llu\n"
 	        "idpd_audit_events_total{state=\"committed\"} %llu\n"
 	        "idpd_audit_events_total{state=\"refused\"} %llu\n"
 	        "idpd_audit_events_total{state=\"timed_out\"} %llu\n"
 	        "idpd_audit_events_total{state=\"cancelled\"} %llu\n"
+	        "idpd_audit_events_total{state=\"dropped\"} %llu\n"
 	        "# HELP idpd_audit_queue_depth Events waiting for the writer.\n"
 	        "# TYPE idpd_audit_queue_depth gauge\nidpd_audit_queue_depth %d\n"
 	        "# HELP idpd_audit_batches_total Transactions committed by the writer.\n"
@@ -803,8 +1034,8 @@ collect(struct idp_buf *out, void *ctx)
 	        "# TYPE idpd_audit_writer_connected gauge\nidpd_audit_writer_connected %d\n",
 	        (unsigned long long)st.queued, (unsigned long long)st.committed,
 	        (unsigned long long)st.refused, (unsigned long long)st.timeouts,
-	        (unsigned long long)atomic_load(&W.cancelled), st.depth,
-	        (unsigned long long)st.batches, (unsigned long long)st.failures,
+	        (unsigned long long)atomic_load(&W.cancelled), (unsigned long long)st.dropped,
+	        st.depth, (unsigned long long)st.batches, (unsigned long long)st.failures,
 	        (double)st.commit_us_total / 1e6, st.connected ? 1 : 0) != IDP_OK)
 		log_warn("metrics: audit output truncated");
 }
@@ -835,6 +1066,28 @@ timer_stop(void)
 	pthread_join(W.timer, NULL);
 }
 
+/*
+ * Whether id can name the chain: it is in every row's writer_id, so text
+ * PostgreSQL refuses (a host name of bytes that are not UTF-8) would have
+ * every event refused; and it must fit W.instance whole.  The event model's
+ * rules for text decide.  NULL is the empty id.
+ */
+static bool
+instance_ok(const char *id)
+{
+	struct audit_event *probe;
+	bool ok;
+
+	if (id == NULL)
+		return true;
+	if (strlen(id) >= sizeof(W.instance))
+		return false;
+	probe = audit_event_new(AUDIT_AUDIT_VERIFIED, AUDIT_TIME_UNSET);
+	ok = probe != NULL && audit_event_set(probe, AUDIT_F_INSTANCE_ID, id) == IDP_OK;
+	audit_event_free(probe);
+	return ok;
+}
+
 int
 audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 {
@@ -846,6 +1099,12 @@ audit_writer_start(const struct audit_writer_opts *o, struct idp_diag *diag)
 	}
 	if (o->queue_max < 1 || o->batch_max < 1 || o->timeout_ms < 1 || o->url == NULL) {
 		idp_diag_add(diag, "audit: queue_max, batch_max and timeout_ms must be positive");
+		return IDP_EINVAL;
+	}
+	if (!instance_ok(o->instance_id)) {
+		idp_diag_add(diag,
+		             "audit: the instance id (node.instance_id, else hostname:pid) is "
+		             "not valid UTF-8 text of at most 255 bytes; set node.instance_id");
 		return IDP_EINVAL;
 	}
 	W.o = *o;
@@ -990,10 +1249,13 @@ emit(struct audit_event *ev, bool wait)
 	struct slot sl;
 	struct timespec deadline;
 	uint64_t mine;
+	bool refused = false;
 	int rc;
 
 	if ((rc = prepare(ev, &sl)) != IDP_OK)
 		return rc;
+	if (W.o.sync && wait)
+		sl.refused = &refused;
 	pthread_mutex_lock(&W.lock);
 	if (!W.running)
 		return refuse_locked(&sl);
@@ -1018,6 +1280,9 @@ emit(struct audit_event *ev, bool wait)
 				break;
 			}
 		}
+		/* Settled, but PostgreSQL refused it: not in the log. */
+		if (refused)
+			rc = IDP_EUNAVAIL;
 	}
 	pthread_mutex_unlock(&W.lock);
 	return rc;
@@ -1076,6 +1341,7 @@ audit_writer_get_stats(struct audit_writer_stats *st)
 	st->batches = atomic_load(&W.batches);
 	st->commit_us_total = atomic_load(&W.commit_us);
 	st->failures = atomic_load(&W.failures);
+	st->dropped = atomic_load(&W.dropped);
 	st->connected = atomic_load(&W.connected);
 	pthread_mutex_lock(&W.lock);
 	st->depth = W.count;

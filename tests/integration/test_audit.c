@@ -1080,6 +1080,102 @@ kill_9_under_load_loses_no_acknowledged_event(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/* Poll SQL (5 s at most) until it answers want. */
+static void
+wait_for_value(const char *db, const char *sql, const char *want)
+{
+	char v[64] = "";
+
+	for (int i = 0; i < 100; i++) {
+		struct timespec ts = {0, 50 * 1000 * 1000};
+
+		assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+		if (strcmp(v, want) == 0)
+			return;
+		nanosleep(&ts, NULL);
+	}
+	fail_msg("%s: %s, not %s", sql, v, want);
+}
+
+static const char *refused_event = "{\"type\":\"tool_invocation\",\"agent_id\":\"agent-x\","
+                                   "\"task_id\":\"task-refused-http\",\"action\":{\"tool\":\"x\"}}";
+
+/*
+ * An event PostgreSQL refuses for good (here a CHECK an operator added) is
+ * dropped from the writer's batch instead of being retried for ever: its
+ * request answers 503 as when the audit log is down, the loss is counted
+ * and recorded by audit.event_refused, and the events after it are written
+ * and the chain verifies.  The log names the event and the SQLSTATE, never
+ * its content.
+ */
+static void
+an_event_postgresql_refuses_fails_its_request_and_is_recorded(void **state)
+{
+	const char *db = "t_audit_refused";
+	struct idpd_proc p;
+	struct http_resp m;
+	char id[80] = "", sql[256];
+
+	(void)state;
+	make_keys();
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(harness_idpd_start(&p, db, NULL, keys_toml), 0);
+	assert_int_equal(harness_sql(db, "ALTER TABLE audit_events ADD CONSTRAINT no_refused CHECK "
+	                                 "(task_id IS DISTINCT FROM 'task-refused-http')"),
+	                 0);
+	assert_int_equal(report(&p, refused_event, NULL, 0), 503);
+	assert_int_equal(report(&p, tool_event, id, sizeof(id)), 201);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit_events WHERE event_id = '%s'", id);
+	wait_for_value(db, sql, "1");
+	wait_for_value(db,
+	               "SELECT count(*) FROM audit_events WHERE type = 'audit.event_refused' AND "
+	               "body::jsonb->'detail'->>'sqlstate' = '23514' AND "
+	               "body::jsonb->'detail'->>'refused_type' = 'tool_invocation'",
+	               "1");
+	wait_for_value(db, "SELECT count(*) FROM audit_events WHERE task_id = 'task-refused-http'",
+	               "0");
+	get_as(&p, NULL, "/metrics", &m);
+	assert_non_null(strstr(m.body, "idpd_audit_events_total{state=\"dropped\"} 1\n"));
+	harness_resp_free(&m);
+	assert_string_equal(verify_says(&p), "ok");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+	assert_true(harness_log_contains(&p, "SQLSTATE 23514, constraint no_refused: dropped"));
+	assert_false(harness_log_contains(&p, "task-refused-http"));
+}
+
+/*
+ * With durability "async" the refused event was acknowledged (201) at
+ * enqueue; before, the writer retried it for ever and nothing after it was
+ * ever written.
+ */
+static void
+an_async_event_postgresql_refuses_does_not_stop_the_log(void **state)
+{
+	const char *db = "t_audit_refused_async";
+	struct idpd_proc p;
+	char toml[1200], id[80] = "", sql[256];
+	const char *tail;
+
+	(void)state;
+	make_keys();
+	tail = strstr(keys_toml, "[[api_keys]]");
+	assert_non_null(tail);
+	snprintf(toml, sizeof(toml), "[audit]\ntimeout = \"1s\"\ndurability = \"async\"\n%s", tail);
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(harness_idpd_start(&p, db, NULL, toml), 0);
+	assert_int_equal(harness_sql(db, "ALTER TABLE audit_events ADD CONSTRAINT no_refused CHECK "
+	                                 "(task_id IS DISTINCT FROM 'task-refused-http')"),
+	                 0);
+	assert_int_equal(report(&p, refused_event, NULL, 0), 201);
+	assert_int_equal(report(&p, tool_event, id, sizeof(id)), 201);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit_events WHERE event_id = '%s'", id);
+	wait_for_value(db, sql, "1");
+	wait_for_value(db, "SELECT count(*) FROM audit_events WHERE type = 'audit.event_refused'",
+	               "1");
+	assert_string_equal(verify_says(&p), "ok");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 int
 main(void)
 {
@@ -1095,6 +1191,8 @@ main(void)
 	    cmocka_unit_test(verification_is_audited),
 	    cmocka_unit_test(a_request_answered_after_the_drain_deadline_is_not_counted_as_cut_off),
 	    cmocka_unit_test(writer_rows_match_their_bodies_and_keep_audit_chains),
+	    cmocka_unit_test(an_event_postgresql_refuses_fails_its_request_and_is_recorded),
+	    cmocka_unit_test(an_async_event_postgresql_refuses_does_not_stop_the_log),
 	    cmocka_unit_test(audit_queries_have_an_index_path),
 	    cmocka_unit_test_teardown(sync_emit_fails_closed_while_postgres_is_down_then_resumes,
 	                              outage_teardown),

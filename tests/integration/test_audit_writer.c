@@ -179,6 +179,15 @@ a_commit_is_called_back_while_the_next_batch_fails(void **state)
 	/* The refused one fails at its timeout, and only it is in the table. */
 	wait_for_calls(2);
 	assert_int_equal(atomic_load(&outcomes[1].rc), IDP_EUNAVAIL);
+	/* A refusal of class P0 (a trigger's plain RAISE) may pass: retried,
+	 * never dropped. */
+	{
+		struct audit_writer_stats st;
+
+		audit_writer_get_stats(&st);
+		assert_int_equal(st.dropped, 0);
+		assert_true(st.failures >= 2);
+	}
 	audit_writer_stop(0);
 	assert_int_equal(harness_sql_value("t_writer_next",
 	                                   "SELECT string_agg(task_id, ',') FROM audit_events "
@@ -479,6 +488,214 @@ an_event_committed_after_its_emitter_gave_up_is_withdrawn(void **state)
 	assert_string_equal(v, "1");
 }
 
+/*
+ * The chain of every writer in db is whole: seq 1.. without a gap, each row
+ * linked to the one before, and each hash SHA-256(prev_hash || body).
+ */
+static void
+assert_chains_verify(const char *db)
+{
+	char v[64];
+
+	assert_int_equal(
+	    harness_sql_value(
+	        db,
+	        "SELECT bool_and(ok) FROM (SELECT count(*) = max(a.seq) AND "
+	        "bool_and(a.hash = sha256(a.prev_hash || convert_to(a.body, 'UTF8'))) "
+	        "AND bool_and(a.prev_hash = coalesce(p.hash, "
+	        "decode(repeat('00', 32), 'hex'))) AS ok FROM audit_events a LEFT JOIN "
+	        "audit_events p ON p.writer_id = a.writer_id AND p.seq = a.seq - 1 "
+	        "GROUP BY a.writer_id) c",
+	        v, sizeof(v)),
+	    0);
+	assert_string_equal(v, "t");
+}
+
+/* An event with a known id, so that its refusal can be found. */
+static struct audit_event *
+event_with_id(const char *task, char *id, size_t id_len)
+{
+	struct audit_event *ev = event(task);
+
+	assert_int_equal(audit_event_assign_id(ev), IDP_OK);
+	snprintf(id, id_len, "%s", audit_event_get(ev, AUDIT_F_ID));
+	return ev;
+}
+
+/* Refused in the test database: a CHECK (class 23) and a trigger (class 22). */
+static void
+refusing_db(const char *db)
+{
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(
+	    harness_sql(db, "ALTER TABLE audit_events ADD CONSTRAINT no_refused_task CHECK "
+	                    "(task_id IS DISTINCT FROM 'task-refused-23'); "
+	                    "CREATE FUNCTION refuse_22() RETURNS trigger LANGUAGE plpgsql AS "
+	                    "$$BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END$$; "
+	                    "CREATE TRIGGER refuse_22 BEFORE INSERT ON audit_events FOR EACH ROW "
+	                    "WHEN (NEW.task_id = 'task-refused-22') EXECUTE FUNCTION refuse_22()"),
+	    0);
+}
+
+/* The audit.event_refused rows naming id with sqlstate, as a count. */
+static void
+assert_refusal_recorded(const char *db, const char *id, const char *sqlstate)
+{
+	char sql[512], v[32];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'audit.event_refused' AND "
+	         "outcome = 'error' AND task_id IS NULL AND agent_id IS NULL AND "
+	         "body::jsonb->'detail'->>'refused_event_id' = '%s' AND "
+	         "body::jsonb->'detail'->>'refused_type' = 'tool_invocation' AND "
+	         "body::jsonb->'detail'->>'sqlstate' = '%s'",
+	         id, sqlstate);
+	assert_int_equal(harness_sql_value(db, sql, v, sizeof(v)), 0);
+	assert_string_equal(v, "1");
+}
+
+/*
+ * Rows PostgreSQL refuses for good (a data exception, an integrity
+ * violation) in the middle of a batch: only they are dropped; the rest of
+ * the batch commits, chained without a gap; the refused events' waiters
+ * fail (their requests answer 503, as with the audit log down), and the
+ * loss is counted and recorded by an audit.event_refused of its own.  The
+ * writer goes on with the next batch.
+ */
+static void
+rows_refused_for_good_are_dropped_from_their_batch(void **state)
+{
+	const char *db = "t_writer_refused";
+	char url[512], v[64], id22[64], id23[64];
+	struct audit_writer_stats st;
+	struct audit_writer_opts o = {0};
+	struct idp_diag d;
+
+	(void)state;
+	refusing_db(db);
+	harness_db_url(db, url, sizeof(url));
+	outcomes_reset();
+	o.url = url;
+	o.instance_id = "writer-test";
+	o.queue_max = 1024;
+	o.batch_max = 64;
+	o.batch_wait_ms = 300; /* all ten in one batch */
+	o.sync = true;
+	o.timeout_ms = 10000;
+	idp_diag_init(&d);
+	assert_int_equal(audit_writer_start(&o, &d), IDP_OK);
+	for (int i = 0; i < 10; i++) {
+		struct audit_event *ev =
+		    i == 3   ? event_with_id("task-refused-23", id23, sizeof(id23))
+		    : i == 7 ? event_with_id("task-refused-22", id22, sizeof(id22))
+		             : event("task-batch-kept");
+
+		assert_int_equal(audit_emit_then(ev, record, &outcomes[i]), AUDIT_PENDING);
+	}
+	wait_for_calls(10);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(atomic_load(&outcomes[i].rc),
+		                 i == 3 || i == 7 ? IDP_EUNAVAIL : IDP_OK);
+	/* A waiting emitter learns it too, long before audit.timeout. */
+	{
+		int64_t t0 = idp_mono_us();
+
+		assert_int_equal(audit_emit(event("task-refused-23")), IDP_EUNAVAIL);
+		assert_true(idp_mono_us() - t0 < 5000 * 1000);
+	}
+	/* And the writer goes on. */
+	assert_int_equal(audit_emit(event("task-after")), IDP_OK);
+	audit_writer_get_stats(&st);
+	assert_int_equal(st.dropped, 3);
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM audit_events WHERE task_id = "
+	                                   "'task-batch-kept'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "8");
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM audit_events WHERE task_id LIKE "
+	                                   "'task-refused-%'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "0");
+	assert_refusal_recorded(db, id23, "23514");
+	assert_refusal_recorded(db, id22, "22023");
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM audit_events WHERE type = "
+	                                   "'audit.event_refused'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "3");
+	assert_chains_verify(db);
+	/* The unique key the writer tells apart from a refused row (another
+	 * process on this chain id) still has the name it looks for. */
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM pg_constraint WHERE conname = "
+	                                   "'audit_events_writer_id_seq_key'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "1");
+}
+
+/*
+ * In "async" durability the refused event's emitter was answered at
+ * enqueue: the writer must not hold the queue up behind it (every later
+ * durable action would answer 503 until a restart, which loses the queue).
+ */
+static void
+an_async_event_refused_for_good_does_not_block_the_writer(void **state)
+{
+	const char *db = "t_writer_refused_async";
+	char url[512], v[64], id[64];
+
+	(void)state;
+	refusing_db(db);
+	harness_db_url(db, url, sizeof(url));
+	start_batches(url, false, 2000, 4);
+	assert_int_equal(audit_emit(event("task-async-kept")), IDP_OK);
+	assert_int_equal(audit_emit(event_with_id("task-refused-22", id, sizeof(id))), IDP_OK);
+	for (int i = 0; i < 9; i++)
+		assert_int_equal(audit_emit(event("task-async-kept")), IDP_OK);
+	/* Nothing left unwritten: the refused one is dropped, not pending. */
+	assert_int_equal(audit_writer_stop(5000), 0);
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM audit_events WHERE task_id = "
+	                                   "'task-async-kept'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "10");
+	assert_refusal_recorded(db, id, "22023");
+	assert_chains_verify(db);
+}
+
+/* An instance id that is not text would name a chain every row of which
+ * PostgreSQL refuses: the writer does not start with it. */
+static void
+an_instance_id_that_is_not_text_is_refused(void **state)
+{
+	struct audit_writer_opts o = {0};
+	struct idp_diag d;
+	char url[512];
+
+	(void)state;
+	dead_url(url, sizeof(url));
+	o.url = url;
+	o.queue_max = 16;
+	o.batch_max = 4;
+	o.timeout_ms = 1000;
+	idp_diag_init(&d);
+	o.instance_id = "host-\xff\xfe:42";
+	assert_int_equal(audit_writer_start(&o, &d), IDP_EINVAL);
+	assert_non_null(strstr(idp_diag_str(&d), "instance id"));
+	o.instance_id = "host-\x01:42";
+	assert_int_equal(audit_writer_start(&o, &d), IDP_EINVAL);
+	o.instance_id = "h\xc3\xb4te:42";
+	assert_int_equal(audit_writer_start(&o, &d), IDP_OK);
+	assert_int_equal(audit_writer_stop(100), 0);
+}
+
 int
 main(void)
 {
@@ -492,6 +709,9 @@ main(void)
 	    cmocka_unit_test(async_durability_has_nothing_to_wait_for),
 	    cmocka_unit_test(commits_are_synchronous_whatever_the_database_sets),
 	    cmocka_unit_test(an_event_committed_after_its_emitter_gave_up_is_withdrawn),
+	    cmocka_unit_test(rows_refused_for_good_are_dropped_from_their_batch),
+	    cmocka_unit_test(an_async_event_refused_for_good_does_not_block_the_writer),
+	    cmocka_unit_test(an_instance_id_that_is_not_text_is_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

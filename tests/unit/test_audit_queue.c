@@ -21,6 +21,7 @@
 /* writer.c's static functions, visible in test builds. */
 int enqueue_own(struct audit_event *ev);
 struct audit_event *withdrawal(const struct audit_event *ev);
+struct audit_event *refusal(const struct audit_event *ev, const char *sqlstate);
 
 #define QUEUE_MAX 16
 #define BATCH_MAX 4 /* the reserve */
@@ -131,11 +132,53 @@ a_full_queue_still_takes_a_withdrawal(void **state)
 	assert_int_equal(audit_writer_stop(50), 1 + QUEUE_MAX + BATCH_MAX);
 }
 
+/*
+ * The record of an event PostgreSQL refused names it by id and type and
+ * gives the SQLSTATE, and copies none of its content: that is what was
+ * refused (so copying it could have the record refused too), and it can
+ * hold personal data.
+ */
+static void
+a_refusal_names_the_event_and_copies_none_of_it(void **state)
+{
+	struct audit_event *ev = ordinary(), *r;
+	struct idp_buf line;
+	char *canon;
+
+	(void)state;
+	assert_int_equal(audit_event_assign_id(ev), IDP_OK);
+	assert_int_equal(audit_event_set(ev, AUDIT_F_TASK_ID, "task-with-personal-data"), IDP_OK);
+	r = refusal(ev, "23514");
+	assert_non_null(r);
+	assert_int_equal(audit_event_type(r), AUDIT_AUDIT_EVENT_REFUSED);
+	assert_string_equal(audit_event_type_name(r), "audit.event_refused");
+	assert_int_equal(audit_event_outcome(r), AUDIT_OUTCOME_ERROR);
+	assert_int_equal(audit_event_severity(r), 7);
+	assert_string_equal(audit_event_detail_str(r, "refused_event_id"),
+	                    audit_event_get(ev, AUDIT_F_ID));
+	assert_string_equal(audit_event_detail_str(r, "refused_type"), "tool_invocation");
+	assert_string_equal(audit_event_detail_str(r, "sqlstate"), "23514");
+	canon = audit_event_canonical(r, NULL);
+	assert_null(strstr(canon, "queue-test-agent"));
+	assert_null(strstr(canon, "task-with-personal-data"));
+	assert_null(strstr(canon, "aws_ec2_describe_instances"));
+	free(canon);
+	/* The SIEM formats have a name for it. */
+	idp_buf_init(&line, 0);
+	assert_int_equal(audit_format_line(AUDIT_FORMAT_CEF, r, "1.0", &line), IDP_OK);
+	assert_non_null(
+	    strstr(line.data, "|audit.event_refused|Audit event refused by the database|7|"));
+	idp_buf_cleanup(&line);
+	audit_event_free(r);
+	audit_event_free(ev);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(a_full_queue_still_takes_a_withdrawal),
+	    cmocka_unit_test(a_refusal_names_the_event_and_copies_none_of_it),
 	};
 
 	return cmocka_run_group_tests_name("audit_queue", tests, NULL, NULL);
