@@ -122,9 +122,11 @@ static const struct key api_key_keys[] = {
      .max = 64,
      .check = check_label,
      .help = "label of the key; the principal named in audit events"},
+    /* Secret: it is no key, but it is what a stolen key is checked
+     * against, and nothing needs it shown. */
     {.name = "hash",
      STRING_AT(struct idpd_api_key_cfg, hash),
-     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE,
+     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE | K_SECRET,
      .min = 0,
      .max = 128,
      .check = check_sha256,
@@ -1908,39 +1910,36 @@ apply_env(struct loader *l, const struct section *sec, void *base)
 	}
 }
 
-/* The last part of a dotted name. */
-static const char *
-leaf(const char *name)
-{
-	const char *dot = strrchr(name, '.');
-
-	return dot != NULL ? dot + 1 : name;
-}
-
-static bool
-leaf_is_secret(const struct section *sec, const char *path)
+/* The key of sec at the dotted path ("server.port", "api_keys.hash"), or NULL. */
+static const struct key *
+key_at(const struct section *sec, const char *path)
 {
 	for (size_t i = 0; i < sec->n; i++) {
 		const struct key *k = &sec->keys[i];
+		size_t n = strlen(k->name);
 
-		if ((k->flags & K_SECRET) && strcmp(leaf(k->name), leaf(path)) == 0)
-			return true;
-		if (k->type == K_TABLES && leaf_is_secret(k->sub, path))
-			return true;
+		if (strcmp(k->name, path) == 0)
+			return k;
+		if (k->type == K_TABLES && strncmp(path, k->name, n) == 0 && path[n] == '.')
+			return key_at(k->sub, path + n + 1);
 	}
-	return false;
+	return NULL;
 }
 
 /*
- * Any key whose last part is the last part of a secret key counts as secret
- * to the TOML reader, so a typo in the table name ("[databse] url = ...")
- * does not put a password in an error excerpt.
+ * To the TOML reader, every key is secret but the known keys that are not:
+ * an error excerpt then never quotes a secret's line, nor the line of a key
+ * idpd does not know, which may be a secret under a misspelt name
+ * ("[databse] url = ...", "hsah = ...").  An array of tables written
+ * inline may hold any of its keys.
  */
 static bool
 is_secret(const char *path, void *arg)
 {
+	const struct key *k = key_at(&config_section, path);
+
 	(void)arg;
-	return leaf_is_secret(&config_section, path);
+	return k == NULL || k->type == K_TABLES || (k->flags & K_SECRET);
 }
 
 int
@@ -2368,10 +2367,11 @@ put_default(struct idp_buf *b, const struct key *k)
 {
 	int rc;
 
-	if (k->flags & K_SECRET)
-		rc = idp_buf_puts(b, "<secret>");
-	else if (k->flags & K_REQUIRED)
+	/* A required key has no default to hide. */
+	if (k->flags & K_REQUIRED)
 		rc = idp_buf_puts(b, "(required)");
+	else if (k->flags & K_SECRET)
+		rc = idp_buf_puts(b, "<secret>");
 	else if (k->type == K_TABLES)
 		rc = idp_buf_puts(b, "(none)");
 	else if (k->type == K_STRING || k->type == K_DURATION || k->type == K_ENUM)
