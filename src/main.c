@@ -475,6 +475,7 @@ reload(struct idpd_app *app, const siginfo_t *si)
 	if (reload_announce(app, next, si, id) != IDP_OK) {
 		log_error("reload: the audit log cannot take its config.reloaded event; nothing "
 		          "was changed, the running configuration stays");
+		app_reload_discard();
 		idpd_config_free(next);
 		return;
 	}
