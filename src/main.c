@@ -301,8 +301,10 @@ static struct idpd_config *started_cfg;
 /*
  * The message lines of diag, at most RELOAD_ERRORS_MAX of them, each cut
  * to RELOAD_ERROR_BYTES: not the source lines quoted under a message
- * (indented), which may show any value of the file, an API key's hash
- * among them.  The messages themselves never hold a secret's value.
+ * (indented).  Those never quote a line that may hold a secret (the loader
+ * quotes only lines of known keys that are not secret), but they show the
+ * file's other values, which an event has no need of.  The messages
+ * themselves never hold a secret's value.
  */
 static json_t *
 reload_errors(const struct idp_diag *diag)

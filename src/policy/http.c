@@ -1037,6 +1037,23 @@ reload_policies(struct http_req *req, void *ctx)
 	policy_set_unref(set);
 }
 
+/* What a SIGHUP's check staged: the set it compiled, and the set in force then. */
+struct sighup_staged {
+	struct policy_set *set, *base;
+};
+
+static void
+sighup_discard(void *staged)
+{
+	struct sighup_staged *st = staged;
+
+	if (st == NULL)
+		return;
+	policy_set_unref(st->set);
+	policy_set_unref(st->base);
+	free(st);
+}
+
 /*
  * A SIGHUP's check: policy.dir is read and compiled here, once; the set
  * waits for the apply, or the reload stops before it changes anything.
@@ -1045,6 +1062,7 @@ static int
 sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
                struct idp_diag *diag)
 {
+	struct sighup_staged *st;
 	struct policy_set *set = NULL;
 
 	(void)app;
@@ -1054,33 +1072,42 @@ sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 		idp_diag_add(diag, "policy.dir: %s does not load", P.dir);
 		return IDP_EINVAL;
 	}
-	*staged = set;
+	st = idp_xcalloc(1, sizeof(*st));
+	st->set = set;
+	st->base = policy_engine_acquire(P.engine);
+	*staged = st;
 	return IDP_OK;
 }
 
 /*
  * A SIGHUP's apply: audit and install the set the check compiled, not the
  * files as they are now, so that the policy.reloaded event's hash is that
- * of the rules that were checked and go live.
+ * of the rules that were checked and go live.  A set that POST
+ * /v1/policies/reload installed since the check was read later: it stays.
  */
 static int
 sighup_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 {
-	int rc;
+	struct sighup_staged *st = staged;
+	struct policy_set *cur;
+	int rc = IDP_OK;
 
 	(void)app;
 	pthread_mutex_lock(&reload_lock);
-	rc = publish(staged, IDP_OK, "sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
+	cur = policy_engine_acquire(P.engine);
+	if (cur == st->base) {
+		rc = publish(st->set, IDP_OK, "sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
+		st->set = NULL;
+	} else {
+		log_info(
+		    "policy: a set reloaded by the API since the SIGHUP's check stays in force");
+	}
 	pthread_mutex_unlock(&reload_lock);
+	policy_set_unref(cur);
+	sighup_discard(st);
 	if (rc != IDP_OK)
 		idp_diag_add(diag, "policy: the set in force stays, not the one checked");
 	return rc;
-}
-
-static void
-sighup_discard(void *staged)
-{
-	policy_set_unref(staged);
 }
 
 static const struct app_reload_stage sighup_stage = {sighup_prepare, sighup_commit, sighup_discard};

@@ -312,12 +312,42 @@ a_reload_whose_check_fails_changes_nothing(void **state)
 	idp_jws_key_unref(key);
 }
 
+/*
+ * A policy set installed by the API between a SIGHUP's check and its apply
+ * was read after the check: the apply leaves it in force.
+ */
+static void
+a_policy_set_reloaded_between_the_phases_stays(void **state)
+{
+	struct policy_set *set = NULL;
+	struct idpd_config *next;
+	struct idp_diag d;
+
+	(void)state;
+	write_generation("sighup", NULL, NULL);
+	next = load();
+	idp_diag_init(&d);
+	if (app_run_reload_checks(&app, next, &d) != 0)
+		fail_msg("%s", idp_diag_str(&d));
+	write_policy("api");
+	assert_int_equal(policy_set_load_dir(policy_dir, NULL, &set, &d), IDP_OK);
+	policy_engine_swap(policy_service_engine(), set);
+	if (app_run_reload_hooks(&app, next, &d) != 0)
+		fail_msg("%s", idp_diag_str(&d));
+	assert_true(policy_has("api"));
+	assert_false(policy_has("sighup"));
+	assert_true(attestor_holds("sighup-att"));
+	idpd_config_free(app.cfg);
+	app.cfg = next;
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(a_reload_applies_what_its_load_read_and_its_check_built),
 	    cmocka_unit_test(a_reload_whose_check_fails_changes_nothing),
+	    cmocka_unit_test(a_policy_set_reloaded_between_the_phases_stays),
 	};
 	return cmocka_run_group_tests_name("reload", tests, setup, teardown);
 }
