@@ -350,8 +350,48 @@ key_only_excerpt(const struct idp_toml *doc, unsigned line, unsigned col)
 }
 
 /*
- * Append the source line and a caret under col.  Long lines show a window
- * around the column; bytes that would garble a terminal show as '?'.
+ * Where the excerpt of the line p..eol stops: before a comment, which may
+ * say anything (a key kept for later, say), and on a [header] line right
+ * after the header, since only the header is known to hold no value.
+ * Strings are stepped over, so a '#' or ']' inside one does not count.
+ */
+static const char *
+excerpt_end(const char *p, const char *eol, bool header)
+{
+	const char *c = p;
+
+	while (c < eol) {
+		if (*c == '"' || *c == '\'') {
+			char q = *c++;
+
+			while (c < eol && *c != q) {
+				if (q == '"' && *c == '\\' && c + 1 < eol)
+					c++;
+				c++;
+			}
+			if (c < eol)
+				c++;
+			continue;
+		}
+		if (*c == '#')
+			break;
+		if (header && *c == ']') {
+			c++;
+			if (c < eol && *c == ']')
+				c++;
+			return c;
+		}
+		c++;
+	}
+	while (c > p && (c[-1] == ' ' || c[-1] == '\t'))
+		c--;
+	return c;
+}
+
+/*
+ * Append the source line (up to excerpt_end) and a caret under col.  Long
+ * lines show a window around the column; bytes that would garble a
+ * terminal show as '?'.
  */
 static void
 put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsigned col,
@@ -393,12 +433,12 @@ put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsign
 	}
 	if (eol > p && eol[-1] == '\r')
 		eol--;
-	stop = eol;
 	/* A [header] holds no value, so all of it may be shown. */
 	for (c = p; c < eol && (*c == ' ' || *c == '\t'); c++)
 		;
 	if (c < eol && *c == '[')
 		ex = IDP_TOML_EXCERPT_LINE;
+	stop = excerpt_end(p, eol, c < eol && *c == '[');
 	first = col > BEFORE ? col - 1 - BEFORE : 0;
 	idp_buf_init(&src, 4 * WINDOW + 16);
 	idp_buf_init(&pad, 4 * WINDOW + 16);

@@ -758,6 +758,14 @@ toml_never_quotes_secret_lines(void **state)
 	assert_int_equal(count, 3);
 	assert_null(strstr(d, "hunter2"));
 	assert_non_null(strstr(d, " 4 | [db\n"));
+	/* Nor is a comment, or what follows a header on its line. */
+	text = "[db] junk = \"hunter2\"\nname = \"x\\q\" # hunter2\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_int_equal(count, 2);
+	assert_null(strstr(d, "hunter2"));
+	assert_non_null(strstr(d, " 1 | [db]\n"));
+	assert_non_null(strstr(d, " 2 | name = \"x\\q\"\n"));
+	text = "[db]\n\"hunter2\n= \"hunter2\"\n[db\n";
 	/* Without is_secret, every line may be quoted. */
 	d = parse_fail_n(text, strlen(text), NULL, IDP_EINVAL, &count);
 	assert_non_null(strstr(d, "hunter2"));
