@@ -3,43 +3,80 @@
  * what /readyz asks.  Both tables are written on the main thread before the
  * server starts and only read afterwards.
  */
+#include <stdbool.h>
+
 #include "idpd/app.h"
 #include "idpd/log.h"
 
 #define MAX_HOOKS 16
+#define MAX_RELOAD (3 * MAX_HOOKS)
 
+/*
+ * Everything a reload runs, in registration order: a check (fn in the
+ * check phase), a hook (fn in the apply phase) or a staged hook (prepare in
+ * the check phase, commit of what it staged in the apply phase).  staged
+ * holds a prepared object between the phases; main thread only.
+ */
 static struct {
+	enum { RELOAD_CHECK, RELOAD_HOOK, RELOAD_STAGED } kind;
 	app_reload_fn fn;
 	void *ctx;
-} hooks[MAX_HOOKS];
-static size_t n_hooks;
+	const struct app_reload_stage *stage;
+	void *staged;
+	bool prepared;
+} reloads[MAX_RELOAD];
+static size_t n_reloads, n_hooks, n_reload_checks;
+
+static int
+add_reload(int kind, app_reload_fn fn, void *ctx, const struct app_reload_stage *stage)
+{
+	if (n_reloads == MAX_RELOAD)
+		return IDP_ETOOBIG;
+	reloads[n_reloads].kind = kind;
+	reloads[n_reloads].fn = fn;
+	reloads[n_reloads].ctx = ctx;
+	reloads[n_reloads].stage = stage;
+	n_reloads++;
+	return IDP_OK;
+}
 
 int
 app_on_reload(app_reload_fn fn, void *ctx)
 {
 	if (n_hooks == MAX_HOOKS)
 		return IDP_ETOOBIG;
-	hooks[n_hooks].fn = fn;
-	hooks[n_hooks].ctx = ctx;
+	if (add_reload(RELOAD_HOOK, fn, ctx, NULL) != IDP_OK)
+		return IDP_ETOOBIG;
 	n_hooks++;
 	return IDP_OK;
 }
-
-static struct {
-	app_reload_fn fn;
-	void *ctx;
-} reload_checks[MAX_HOOKS];
-static size_t n_reload_checks;
 
 int
 app_on_reload_check(app_reload_fn fn, void *ctx)
 {
 	if (n_reload_checks == MAX_HOOKS)
 		return IDP_ETOOBIG;
-	reload_checks[n_reload_checks].fn = fn;
-	reload_checks[n_reload_checks].ctx = ctx;
+	if (add_reload(RELOAD_CHECK, fn, ctx, NULL) != IDP_OK)
+		return IDP_ETOOBIG;
 	n_reload_checks++;
 	return IDP_OK;
+}
+
+int
+app_on_reload_staged(const struct app_reload_stage *stage)
+{
+	return add_reload(RELOAD_STAGED, NULL, NULL, stage);
+}
+
+void
+app_reload_discard(void)
+{
+	for (size_t i = 0; i < n_reloads; i++) {
+		if (reloads[i].kind == RELOAD_STAGED && reloads[i].prepared)
+			reloads[i].stage->discard(reloads[i].staged);
+		reloads[i].staged = NULL;
+		reloads[i].prepared = false;
+	}
 }
 
 int
@@ -47,9 +84,25 @@ app_run_reload_checks(struct idpd_app *app, const struct idpd_config *next, stru
 {
 	int failed = 0;
 
-	for (size_t i = 0; i < n_reload_checks; i++)
-		if (reload_checks[i].fn(app, next, reload_checks[i].ctx, diag) != IDP_OK)
-			failed++;
+	app_reload_discard(); /* a previous reload's leftovers, if any */
+	for (size_t i = 0; i < n_reloads; i++) {
+		if (reloads[i].kind == RELOAD_CHECK) {
+			if (reloads[i].fn(app, next, reloads[i].ctx, diag) != IDP_OK)
+				failed++;
+		} else if (reloads[i].kind == RELOAD_STAGED) {
+			void *staged = NULL;
+
+			if (reloads[i].stage->prepare(app, next, &staged, diag) != IDP_OK) {
+				failed++;
+				continue;
+			}
+			reloads[i].staged = staged;
+			reloads[i].prepared = true;
+		}
+	}
+	/* Nothing is committed of a reload that does not pass. */
+	if (failed > 0)
+		app_reload_discard();
 	return failed;
 }
 
@@ -58,9 +111,23 @@ app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next, struc
 {
 	int failed = 0;
 
-	for (size_t i = 0; i < n_hooks; i++)
-		if (hooks[i].fn(app, next, hooks[i].ctx, diag) != IDP_OK)
-			failed++;
+	for (size_t i = 0; i < n_reloads; i++) {
+		if (reloads[i].kind == RELOAD_HOOK) {
+			if (reloads[i].fn(app, next, reloads[i].ctx, diag) != IDP_OK)
+				failed++;
+		} else if (reloads[i].kind == RELOAD_STAGED) {
+			if (!reloads[i].prepared) {
+				idp_diag_add(diag,
+				             "bug: a staged reload hook ran without its check");
+				failed++;
+				continue;
+			}
+			reloads[i].prepared = false;
+			if (reloads[i].stage->commit(app, reloads[i].staged, diag) != IDP_OK)
+				failed++;
+			reloads[i].staged = NULL;
+		}
+	}
 	return failed;
 }
 

@@ -302,8 +302,10 @@ static struct idpd_config *started_cfg;
 /*
  * The message lines of diag, at most RELOAD_ERRORS_MAX of them, each cut
  * to RELOAD_ERROR_BYTES: not the source lines quoted under a message
- * (indented), which may show any value of the file, an API key's hash
- * among them.  The messages themselves never hold a secret's value.
+ * (indented).  Those never quote a line that may hold a secret (the loader
+ * quotes only lines of known keys that are not secret), but they show the
+ * file's other values, which an event has no need of.  The messages
+ * themselves never hold a secret's value.
  */
 static json_t *
 reload_errors(const struct idp_diag *diag)
@@ -379,13 +381,14 @@ reload_event(enum audit_outcome outcome, json_t *detail, const siginfo_t *si)
 /*
  * Audit a reload that failed at stage ("load": the file does not load;
  * "check": a component cannot use it; "apply": a component failed to take
- * it after the reload was announced, reload_id naming that event).  Best
- * effort: the reload has failed already, so an audit log that cannot take
- * this is only logged.  Main thread.
+ * it after the reload was announced, reload_id naming that event, and
+ * running_sum naming the configuration the next reload is compared with).
+ * Best effort: the reload has failed already, so an audit log that cannot
+ * take this is only logged.  Main thread.
  */
 static void
 reload_failed(const char *path, const char *sum, const char *stage, const char *reload_id,
-              const struct idp_diag *diag, const siginfo_t *si)
+              const char *running_sum, const struct idp_diag *diag, const siginfo_t *si)
 {
 	json_t *d = reload_detail(path, sum);
 	struct audit_event *ev;
@@ -393,6 +396,8 @@ reload_failed(const char *path, const char *sum, const char *stage, const char *
 	set_member(d, "stage", json_string(stage));
 	if (reload_id != NULL)
 		set_member(d, "reload_event_id", json_string(reload_id));
+	if (running_sum != NULL && running_sum[0] != '\0')
+		set_member(d, "running_sha256", json_string(running_sum));
 	set_member(d, "errors", reload_errors(diag));
 	set_member(d, "error_count", json_integer((json_int_t)diag->count));
 	ev = reload_event(AUDIT_OUTCOME_FAILURE, d, si);
@@ -438,7 +443,12 @@ reload_announce(const struct idpd_app *app, const struct idpd_config *next, cons
  * SIGHUP: load the file again, check it with every component, audit it,
  * then apply it.  Every failure before the apply leaves the running
  * configuration as it was and is audited too (config.reloaded, outcome
- * failure).  si is the signal's information.  Main thread.
+ * failure).  A component that fails to apply keeps its state while the
+ * others switch; app->cfg then stays the configuration before the reload,
+ * the one every component last took, so that the next reload's event names
+ * every change that component has yet to take (and again those the others
+ * took, which this reload's event named).  si is the signal's information.
+ * Main thread.
  */
 static void
 reload(struct idpd_app *app, const siginfo_t *si)
@@ -450,7 +460,7 @@ reload(struct idpd_app *app, const siginfo_t *si)
 	idp_diag_init(&diag);
 	if (idpd_config_load_ex(app->cfg->path, &next, sum, &diag) != IDP_OK) {
 		log_error("reload: %s; keeping the running configuration", idp_diag_str(&diag));
-		reload_failed(app->cfg->path, sum, "load", NULL, &diag, si);
+		reload_failed(app->cfg->path, sum, "load", NULL, NULL, &diag, si);
 		return;
 	}
 	{
@@ -467,7 +477,7 @@ reload(struct idpd_app *app, const siginfo_t *si)
 	if (app_run_reload_checks(app, next, &diag) != 0) {
 		log_error("reload: %s; nothing was changed, the running configuration stays",
 		          idp_diag_str(&diag));
-		reload_failed(next->path, next->sha256, "check", NULL, &diag, si);
+		reload_failed(next->path, next->sha256, "check", NULL, NULL, &diag, si);
 		idpd_config_free(next);
 		return;
 	}
@@ -476,13 +486,18 @@ reload(struct idpd_app *app, const siginfo_t *si)
 	if (reload_announce(app, next, si, id) != IDP_OK) {
 		log_error("reload: the audit log cannot take its config.reloaded event; nothing "
 		          "was changed, the running configuration stays");
+		app_reload_discard();
 		idpd_config_free(next);
 		return;
 	}
 	if (app_run_reload_hooks(app, next, &diag) != 0) {
-		log_error("reload: %s; components that failed keep their state",
-		          idp_diag_str(&diag));
-		reload_failed(next->path, next->sha256, "apply", id, &diag, si);
+		log_error(
+		    "reload: %s; components that failed keep their state, the others switched; "
+		    "the next reload is compared with the configuration before this one",
+		    idp_diag_str(&diag));
+		reload_failed(next->path, next->sha256, "apply", id, app->cfg->sha256, &diag, si);
+		idpd_config_free(next);
+		return;
 	}
 	{
 		int lvl = idp_log_level_parse(next->log.level);

@@ -37,7 +37,8 @@ typedef int (*app_reload_fn)(struct idpd_app *app, const struct idpd_config *nex
 /* Register before the server starts; IDP_ETOOBIG past a fixed number. */
 int app_on_reload(app_reload_fn fn, void *ctx) IDP_WUR;
 
-/* Run every hook; returns the number that failed. */
+/* Run every hook, and commit what the staged hooks prepared, in registration
+ * order; returns the number that failed. */
 int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
                          struct idp_diag *diag);
 
@@ -50,9 +51,37 @@ int app_run_reload_hooks(struct idpd_app *app, const struct idpd_config *next,
  */
 int app_on_reload_check(app_reload_fn fn, void *ctx) IDP_WUR;
 
-/* Run every check; returns the number that failed. */
+/*
+ * A staged reload hook, for a component whose new state is built from
+ * files (key sets, policy rules).  prepare builds that state from next in
+ * the check phase, changing nothing, and hands it back in *staged; once the
+ * reload is announced, commit makes exactly that object live, so that what
+ * runs is what was checked and each file is read once per reload.  commit
+ * takes staged whatever it returns and, failing, keeps the old state with
+ * diag filled; discard frees a staged object that a refused reload will
+ * not commit.  All three run on the main thread.
+ */
+struct app_reload_stage {
+	int (*prepare)(struct idpd_app *app, const struct idpd_config *next, void **staged,
+	               struct idp_diag *diag);
+	int (*commit)(struct idpd_app *app, void *staged, struct idp_diag *diag);
+	void (*discard)(void *staged);
+};
+
+/* Register before the server starts; stage must outlive the process.  IDP_ETOOBIG when full. */
+int app_on_reload_staged(const struct app_reload_stage *stage) IDP_WUR;
+
+/*
+ * Run every check and every staged hook's prepare, in registration order;
+ * returns the number that failed.  On a failure, everything staged is
+ * discarded; otherwise it waits for app_run_reload_hooks or
+ * app_reload_discard.
+ */
 int app_run_reload_checks(struct idpd_app *app, const struct idpd_config *next,
                           struct idp_diag *diag);
+
+/* Discard what app_run_reload_checks staged, for a reload that will not apply.  Main thread. */
+void app_reload_discard(void);
 
 /*
  * A readiness check: NULL while its component can serve the requests that

@@ -30,6 +30,21 @@ enum idpd_role {
 
 #define IDPD_CONFIG_SUM_LEN 64 /* hex digits of a configuration's SHA-256 */
 
+/*
+ * A file the configuration names whose contents are trust (a jwks_file), as
+ * idpd_config_load read it, once: its component builds from these bytes, so
+ * that what it runs is what the hash beside them names, however the file
+ * changes afterwards.  data is NULL when the file could not be read whole,
+ * error then saying why ("PATH: No such file or directory"); both are NULL
+ * in a configuration not loaded from a file (idpd_config_parse, one built
+ * by hand), whose component reads the file itself.
+ */
+struct idpd_file_bytes {
+	char *data;
+	size_t len;
+	char *error;
+};
+
 /* One [[api_keys]] section. */
 struct idpd_api_key_cfg {
 	char *name;      /* unique label, the principal in audit events */
@@ -77,6 +92,7 @@ struct idpd_attestor_cfg {
 	/* Hex SHA-256 of jwks_file as idpd_config_load read it, so that a
 	 * reload names a changed key set; "" when it could not be read. */
 	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1];
+	struct idpd_file_bytes jwks; /* the bytes hashed, which the key set is built from */
 };
 
 /*
@@ -94,6 +110,7 @@ struct idpd_idp_cfg {
 	/* With principal_claim "email": a token without email_verified is refused. */
 	bool require_email_verified;
 	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1]; /* as in struct idpd_attestor_cfg */
+	struct idpd_file_bytes jwks;               /* likewise */
 };
 
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */
@@ -259,9 +276,9 @@ struct idpd_config {
  * error has no key), most followed by the source line and a caret.  Returns
  * IDP_EIO if the file cannot be read, IDP_ETOOBIG past 1 MiB, IDP_EINVAL for
  * TOML errors, IDP_EUNPROCESSABLE for keys or values the table rejects.
- * Reads the environment for secret overrides, and hashes (does not parse)
- * every jwks_file it names (jwks_sha256); touches no other global state.
- * Any thread may call it.
+ * Reads the environment for secret overrides, and reads every jwks_file it
+ * names once, keeping its bytes (jwks) and their hash (jwks_sha256) without
+ * parsing them; touches no other global state.  Any thread may call it.
  */
 int idpd_config_load(const char *path, struct idpd_config **out, struct idp_diag *diag) IDP_WUR;
 /*

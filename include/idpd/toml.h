@@ -50,8 +50,13 @@ struct idp_toml_opts {
 	/*
 	 * Optional.  Called with the dotted path of each key before its value
 	 * is read ("database.url"; array-of-tables elements carry no index).
-	 * When it returns true, no error excerpt ever quotes the lines from
-	 * that key to the end of its value.
+	 * When it is set, an error excerpt quotes only [header] lines and the
+	 * lines, from key to end of value, of keys for which it returned
+	 * false: never a line whose key it flagged (a secret, or a key it
+	 * does not know, which may be a misspelt secret) nor one whose key
+	 * could not be read.  An excerpt asked to stop at a key may still show
+	 * such a line up to that key when no '=' comes before it.  Unset,
+	 * every line may be quoted.
 	 */
 	bool (*is_secret)(const char *path, void *arg);
 	void *arg;
@@ -105,13 +110,13 @@ bool idp_toml_bool(const struct idp_toml_node *n);
 /* How much of the source line an error shows under its message. */
 enum idp_toml_excerpt {
 	IDP_TOML_EXCERPT_NONE, /* the message alone */
-	IDP_TOML_EXCERPT_LINE, /* the whole line (unless it holds a secret) */
+	IDP_TOML_EXCERPT_LINE, /* the whole line (only where opts->is_secret allows) */
 	IDP_TOML_EXCERPT_KEY,  /* the line only up to the end of the key at the column */
 };
 
 /*
  * Append one error about doc to diag: "name:line:column: message", then the
- * excerpt asked for.  Lines that hold a secret value are never shown.
+ * excerpt asked for, where opts->is_secret allows one (see there).
  */
 void idp_toml_error(const struct idp_toml *doc, struct idp_diag *diag, unsigned line, unsigned col,
                     enum idp_toml_excerpt excerpt, const char *fmt, ...) IDP_PRINTF(6, 7);

@@ -50,8 +50,9 @@ enum key_type {
  * the element may do or whom it trusts. */
 #define K_SHOWN 0x10u
 /* A file whose contents are trust (a jwks_file): idpd_config_load keeps
- * their SHA-256 at sum_off, and a reload names the element changed, under
- * sum_field, when they differ, also when the file's name does not. */
+ * its bytes at bytes_off and their SHA-256 at sum_off, and a reload names
+ * the element changed, under sum_field, when they differ, also when the
+ * file's name does not. */
 #define K_FILE_SUM 0x20u
 
 struct section;
@@ -69,6 +70,7 @@ struct key {
 	const struct section *sub;           /* K_TABLES: the layout of one element */
 	size_t count_off;                    /* K_TABLES: where the element count goes */
 	size_t sum_off;                      /* K_FILE_SUM: char[IDPD_CONFIG_SUM_LEN + 1] */
+	size_t bytes_off;                    /* K_FILE_SUM: struct idpd_file_bytes */
 	const char *sum_field;               /* K_FILE_SUM: its name in a reload's event */
 	const char *help;
 };
@@ -122,9 +124,11 @@ static const struct key api_key_keys[] = {
      .max = 64,
      .check = check_label,
      .help = "label of the key; the principal named in audit events"},
+    /* Secret: it is no key, but it is what a stolen key is checked
+     * against, and nothing needs it shown. */
     {.name = "hash",
      STRING_AT(struct idpd_api_key_cfg, hash),
-     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE,
+     .flags = K_RELOAD | K_REQUIRED | K_UNIQUE | K_SECRET,
      .min = 0,
      .max = 128,
      .check = check_sha256,
@@ -178,6 +182,7 @@ static const struct key attestor_keys[] = {
      STRING_AT(struct idpd_attestor_cfg, jwks_file),
      .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
      .sum_off = offsetof(struct idpd_attestor_cfg, jwks_sha256),
+     .bytes_off = offsetof(struct idpd_attestor_cfg, jwks),
      .sum_field = "jwks",
      .min = 1,
      .max = 4096,
@@ -235,6 +240,7 @@ static const struct key idp_keys[] = {
      STRING_AT(struct idpd_idp_cfg, jwks_file),
      .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
      .sum_off = offsetof(struct idpd_idp_cfg, jwks_sha256),
+     .bytes_off = offsetof(struct idpd_idp_cfg, jwks),
      .sum_field = "jwks",
      .min = 1,
      .max = 4096,
@@ -1292,6 +1298,13 @@ free_section(const struct section *sec, void *base)
 	for (size_t i = 0; i < sec->n; i++) {
 		const struct key *k = &sec->keys[i];
 
+		if (k->flags & K_FILE_SUM) {
+			struct idpd_file_bytes *fb = field(base, k->bytes_off);
+
+			free(fb->data);
+			free(fb->error);
+			memset(fb, 0, sizeof(*fb));
+		}
 		if (k->type == K_STRING || k->type == K_ENUM) {
 			str_free(str_field(base, k), k);
 		} else if (k->type == K_TABLES) {
@@ -1346,43 +1359,59 @@ sha256_hex(const char *data, size_t len, char out[IDPD_CONFIG_SUM_LEN + 1])
 }
 
 /*
- * out = the hex SHA-256 of the file at path, or "" when it cannot be read
- * whole or is larger than a JWKS may be: the component that loads the file
- * then refuses it, with a better message than this could give.
+ * Read the file at path whole, once, into out, and its hex SHA-256 into
+ * sum.  A file that cannot be read whole or is larger than a JWKS may be
+ * leaves out->data NULL and sum "", with out->error saying why: the
+ * component that needs the file then refuses it with that message.
  */
 static void
-file_sha256_hex(const char *path, char out[IDPD_CONFIG_SUM_LEN + 1])
+read_named_file(const char *path, struct idpd_file_bytes *out, char sum[IDPD_CONFIG_SUM_LEN + 1])
 {
+	char ebuf[128];
 	struct stat st;
 	char *data = NULL;
 	size_t got = 0;
 	int fd;
 
-	out[0] = '\0';
+	sum[0] = '\0';
 	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) {
+		out->error = idp_xasprintf("%s: %s", path, idp_strerror(errno, ebuf, sizeof(ebuf)));
 		return;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > IDP_JWS_MAX_JWKS)
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		out->error = idp_xasprintf("%s: not a regular file", path);
 		goto done;
+	}
+	if (st.st_size > IDP_JWS_MAX_JWKS) {
+		out->error = idp_xasprintf("%s: larger than %d bytes", path, IDP_JWS_MAX_JWKS);
+		goto done;
+	}
 	data = idp_xmalloc((size_t)st.st_size + 1);
 	while (got < (size_t)st.st_size) {
 		ssize_t n = read(fd, data + got, (size_t)st.st_size - got);
 
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
+		if (n <= 0) {
+			out->error = idp_xasprintf("%s: short read", path);
 			goto done;
+		}
 		got += (size_t)n;
 	}
-	sha256_hex(data, got, out);
+	data[got] = '\0';
+	sha256_hex(data, got, sum);
+	out->data = data;
+	out->len = got;
+	data = NULL;
 done:
 	free(data);
 	close(fd);
 }
 
-/* Hashes every file a K_FILE_SUM key of sec (and its arrays of tables) names in obj. */
+/* Reads every file a K_FILE_SUM key of sec (and its arrays of tables) names in obj. */
 static void
-hash_named_files(const struct section *sec, void *obj)
+read_named_files(const struct section *sec, void *obj)
 {
 	for (size_t i = 0; i < sec->n; i++) {
 		const struct key *k = &sec->keys[i];
@@ -1392,9 +1421,10 @@ hash_named_files(const struct section *sec, void *obj)
 			size_t n = *(const size_t *)cfield(obj, k->count_off);
 
 			for (size_t e = 0; e < n; e++)
-				hash_named_files(k->sub, elems + e * k->sub->size);
+				read_named_files(k->sub, elems + e * k->sub->size);
 		} else if ((k->flags & K_FILE_SUM) && *(char **)field(obj, k->off) != NULL) {
-			file_sha256_hex(*(char **)field(obj, k->off), field(obj, k->sum_off));
+			read_named_file(*(char **)field(obj, k->off), field(obj, k->bytes_off),
+			                field(obj, k->sum_off));
 		}
 	}
 }
@@ -1908,39 +1938,36 @@ apply_env(struct loader *l, const struct section *sec, void *base)
 	}
 }
 
-/* The last part of a dotted name. */
-static const char *
-leaf(const char *name)
-{
-	const char *dot = strrchr(name, '.');
-
-	return dot != NULL ? dot + 1 : name;
-}
-
-static bool
-leaf_is_secret(const struct section *sec, const char *path)
+/* The key of sec at the dotted path ("server.port", "api_keys.hash"), or NULL. */
+static const struct key *
+key_at(const struct section *sec, const char *path)
 {
 	for (size_t i = 0; i < sec->n; i++) {
 		const struct key *k = &sec->keys[i];
+		size_t n = strlen(k->name);
 
-		if ((k->flags & K_SECRET) && strcmp(leaf(k->name), leaf(path)) == 0)
-			return true;
-		if (k->type == K_TABLES && leaf_is_secret(k->sub, path))
-			return true;
+		if (strcmp(k->name, path) == 0)
+			return k;
+		if (k->type == K_TABLES && strncmp(path, k->name, n) == 0 && path[n] == '.')
+			return key_at(k->sub, path + n + 1);
 	}
-	return false;
+	return NULL;
 }
 
 /*
- * Any key whose last part is the last part of a secret key counts as secret
- * to the TOML reader, so a typo in the table name ("[databse] url = ...")
- * does not put a password in an error excerpt.
+ * To the TOML reader, every key is secret but the known keys that are not:
+ * an error excerpt then never quotes a secret's line, nor the line of a key
+ * idpd does not know, which may be a secret under a misspelt name
+ * ("[databse] url = ...", "hsah = ...").  An array of tables written
+ * inline may hold any of its keys.
  */
 static bool
 is_secret(const char *path, void *arg)
 {
+	const struct key *k = key_at(&config_section, path);
+
 	(void)arg;
-	return leaf_is_secret(&config_section, path);
+	return k == NULL || k->type == K_TABLES || (k->flags & K_SECRET);
 }
 
 int
@@ -2029,11 +2056,11 @@ idpd_config_load_ex(const char *path, struct idpd_config **out, char sum[IDPD_CO
 	if (sum != NULL)
 		sha256_hex(data, len, sum);
 	rc = idpd_config_parse(path, data, len, out, diag);
-	/* Read here, where the TOML is, so that the reload's event is built
-	 * from one loaded configuration.  The components read the files again
-	 * to build their key sets (docs/audit.md says what that leaves open). */
+	/* Read here, where the TOML is, and only here: the reload's event
+	 * names the hashes of these bytes, and the components build their key
+	 * sets from the same bytes, never from the file again. */
 	if (rc == IDP_OK)
-		hash_named_files(&config_section, *out);
+		read_named_files(&config_section, *out);
 done:
 	idp_wipe(data, len);
 	free(data);
@@ -2368,10 +2395,11 @@ put_default(struct idp_buf *b, const struct key *k)
 {
 	int rc;
 
-	if (k->flags & K_SECRET)
-		rc = idp_buf_puts(b, "<secret>");
-	else if (k->flags & K_REQUIRED)
+	/* A required key has no default to hide. */
+	if (k->flags & K_REQUIRED)
 		rc = idp_buf_puts(b, "(required)");
+	else if (k->flags & K_SECRET)
+		rc = idp_buf_puts(b, "<secret>");
 	else if (k->type == K_TABLES)
 		rc = idp_buf_puts(b, "(none)");
 	else if (k->type == K_STRING || k->type == K_DURATION || k->type == K_ENUM)

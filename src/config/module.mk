@@ -1,3 +1,3 @@
 LIB_SRCS += src/config/toml.c src/config/config.c
-UNIT_TESTS += toml config
+UNIT_TESTS += toml config reload
 FUZZ_TARGETS += toml

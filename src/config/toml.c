@@ -53,8 +53,8 @@ struct idp_toml_node {
 	} u;
 };
 
-/* Lines first..last hold a secret and are never quoted in an error. */
-struct hidden_lines {
+/* Lines first..last may be quoted in an error (see struct idp_toml). */
+struct line_range {
 	unsigned first, last;
 };
 
@@ -63,8 +63,16 @@ struct idp_toml {
 	char *text;
 	size_t len;
 	struct idp_toml_node *root;
-	struct hidden_lines *hidden;
-	size_t n_hidden, cap_hidden;
+	/*
+	 * With opts->is_secret (guarded), an error quotes only lines known to
+	 * hold no secret: [headers] and the lines of key/values whose key
+	 * is_secret cleared.  A line whose key could not be read, or whose key
+	 * is unknown or secret, may hold anything, so it is never quoted.
+	 * Without is_secret every line may be quoted.
+	 */
+	bool guarded;
+	struct line_range *shown;
+	size_t n_shown, cap_shown;
 };
 
 struct pos {
@@ -88,7 +96,7 @@ struct parser {
 	bool stop;                 /* a limit was hit, or no way to resynchronise */
 	struct idp_toml_node *cur; /* where key/values go; NULL after a bad header */
 	struct idp_buf path;       /* dotted path of cur, for opts->is_secret */
-	unsigned secret_from;      /* first line of the secret being read, or 0 */
+	unsigned shown_from;       /* first line of the cleared key or header being read, or 0 */
 };
 
 static const char escapes_help[] = "the escapes are \\b \\t \\n \\f \\r \\\" \\\\ \\uXXXX "
@@ -238,37 +246,44 @@ path_str(const struct idp_toml_node *n, const char *extra)
 	return idp_buf_take(&b, NULL);
 }
 
+/*
+ * Whether an error may quote line: always when doc is not guarded, else
+ * only a line of a cleared key/value or header, recorded (show_lines) or
+ * being read from shown_from on (0: none is).
+ */
 static bool
-line_hidden(const struct idp_toml *doc, unsigned line, unsigned hide_from)
+line_shown(const struct idp_toml *doc, unsigned line, unsigned shown_from)
 {
-	if (hide_from != 0 && line >= hide_from)
+	if (!doc->guarded)
 		return true;
-	for (size_t i = 0; i < doc->n_hidden; i++)
-		if (line >= doc->hidden[i].first && line <= doc->hidden[i].last)
+	if (shown_from != 0 && line >= shown_from)
+		return true;
+	for (size_t i = 0; i < doc->n_shown; i++)
+		if (line >= doc->shown[i].first && line <= doc->shown[i].last)
 			return true;
 	return false;
 }
 
 static void
-hide_lines(struct idp_toml *doc, unsigned first, unsigned last)
+show_lines(struct idp_toml *doc, unsigned first, unsigned last)
 {
-	struct hidden_lines *h;
+	struct line_range *h;
 
-	if (doc->n_hidden > 0) {
-		h = &doc->hidden[doc->n_hidden - 1];
+	if (doc->n_shown > 0) {
+		h = &doc->shown[doc->n_shown - 1];
 		if (first <= h->last + 1 && first >= h->first) {
 			if (last > h->last)
 				h->last = last;
 			return;
 		}
 	}
-	if (doc->n_hidden == doc->cap_hidden) {
-		doc->cap_hidden = doc->cap_hidden ? doc->cap_hidden * 2 : 4;
-		doc->hidden = idp_xrealloc(doc->hidden, doc->cap_hidden * sizeof(*doc->hidden));
+	if (doc->n_shown == doc->cap_shown) {
+		doc->cap_shown = doc->cap_shown ? doc->cap_shown * 2 : 4;
+		doc->shown = idp_xrealloc(doc->shown, doc->cap_shown * sizeof(*doc->shown));
 	}
-	doc->hidden[doc->n_hidden].first = first;
-	doc->hidden[doc->n_hidden].last = last;
-	doc->n_hidden++;
+	doc->shown[doc->n_shown].first = first;
+	doc->shown[doc->n_shown].last = last;
+	doc->n_shown++;
 }
 
 /* Byte length of the character group that starts at s (a lead byte and its continuations). */
@@ -302,8 +317,81 @@ key_end(const char *p, const char *end)
 }
 
 /*
- * Append the source line and a caret under col.  Long lines show a window
- * around the column; bytes that would garble a terminal show as '?'.
+ * Whether the excerpt of a line no key cleared may still stop at the key
+ * written at col: only when no '=' comes before that key's end on the
+ * line, so that all it shows is key names, which the message names too.
+ */
+static bool
+key_only_excerpt(const struct idp_toml *doc, unsigned line, unsigned col)
+{
+	const char *p = doc->text, *end = doc->text + doc->len, *eol, *c;
+	unsigned l = 1, i;
+
+	while (l < line && p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+		if (nl == NULL)
+			return false;
+		p = nl + 1;
+		l++;
+	}
+	if (l != line || col == 0)
+		return false;
+	eol = memchr(p, '\n', (size_t)(end - p));
+	if (eol == NULL)
+		eol = end;
+	for (c = p, i = 1; c < eol && i < col; i++) {
+		if (*c == '=')
+			return false;
+		c += char_len(c, eol);
+	}
+	c = key_end(c, eol);
+	return memchr(p, '=', (size_t)(c - p)) == NULL;
+}
+
+/*
+ * Where the excerpt of the line p..eol stops: before a comment, which may
+ * say anything (a key kept for later, say), and on a [header] line right
+ * after the header, since only the header is known to hold no value.
+ * Strings are stepped over, so a '#' or ']' inside one does not count.
+ */
+static const char *
+excerpt_end(const char *p, const char *eol, bool header)
+{
+	const char *c = p;
+
+	while (c < eol) {
+		if (*c == '"' || *c == '\'') {
+			char q = *c++;
+
+			while (c < eol && *c != q) {
+				if (q == '"' && *c == '\\' && c + 1 < eol)
+					c++;
+				c++;
+			}
+			if (c < eol)
+				c++;
+			continue;
+		}
+		if (*c == '#')
+			break;
+		if (header && *c == ']') {
+			c++;
+			if (c < eol && *c == ']')
+				c++;
+			return c;
+		}
+		c++;
+	}
+	while (c > p && (c[-1] == ' ' || c[-1] == '\t'))
+		c--;
+	return c;
+}
+
+/*
+ * Append the source line (up to excerpt_end) and a caret under col.  Long
+ * lines show a window around the column; bytes that would garble a
+ * terminal show as '?'.
  */
 static void
 put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsigned col,
@@ -345,12 +433,12 @@ put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsign
 	}
 	if (eol > p && eol[-1] == '\r')
 		eol--;
-	stop = eol;
 	/* A [header] holds no value, so all of it may be shown. */
 	for (c = p; c < eol && (*c == ' ' || *c == '\t'); c++)
 		;
 	if (c < eol && *c == '[')
 		ex = IDP_TOML_EXCERPT_LINE;
+	stop = excerpt_end(p, eol, c < eol && *c == '[');
 	first = col > BEFORE ? col - 1 - BEFORE : 0;
 	idp_buf_init(&src, 4 * WINDOW + 16);
 	idp_buf_init(&pad, 4 * WINDOW + 16);
@@ -392,12 +480,12 @@ put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsign
 }
 
 static void add_error_v(const struct idp_toml *doc, struct idp_diag *diag, unsigned line,
-                        unsigned col, enum idp_toml_excerpt ex, unsigned hide_from, const char *fmt,
-                        va_list ap) IDP_PRINTF(7, 0);
+                        unsigned col, enum idp_toml_excerpt ex, unsigned shown_from,
+                        const char *fmt, va_list ap) IDP_PRINTF(7, 0);
 
 static void
 add_error_v(const struct idp_toml *doc, struct idp_diag *diag, unsigned line, unsigned col,
-            enum idp_toml_excerpt ex, unsigned hide_from, const char *fmt, va_list ap)
+            enum idp_toml_excerpt ex, unsigned shown_from, const char *fmt, va_list ap)
 {
 	char msg[768];
 	struct idp_buf b;
@@ -409,8 +497,12 @@ add_error_v(const struct idp_toml *doc, struct idp_diag *diag, unsigned line, un
 	}
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	idp_buf_init(&b, sizeof(msg) + 1024);
+	if (ex != IDP_TOML_EXCERPT_NONE && !line_shown(doc, line, shown_from))
+		ex = ex == IDP_TOML_EXCERPT_KEY && key_only_excerpt(doc, line, col)
+		         ? IDP_TOML_EXCERPT_KEY
+		         : IDP_TOML_EXCERPT_NONE;
 	if (idp_buf_printf(&b, "%s:%u:%u: %s", doc->name, line, col, msg) == 0 &&
-	    ex != IDP_TOML_EXCERPT_NONE && !line_hidden(doc, line, hide_from))
+	    ex != IDP_TOML_EXCERPT_NONE)
 		put_excerpt(&b, doc, line, col, ex);
 	idp_diag_add(diag, "%s", idp_buf_str(&b));
 	idp_buf_cleanup(&b);
@@ -440,7 +532,7 @@ perr(struct parser *p, struct pos at, const char *fmt, ...)
 		return;
 	}
 	va_start(ap, fmt);
-	add_error_v(p->doc, p->diag, at.line, at.col, IDP_TOML_EXCERPT_LINE, p->secret_from, fmt,
+	add_error_v(p->doc, p->diag, at.line, at.col, IDP_TOML_EXCERPT_LINE, p->shown_from, fmt,
 	            ap);
 	va_end(ap);
 	if (++p->nerr == IDP_TOML_MAX_ERRORS) {
@@ -1338,8 +1430,8 @@ parse_keyval(struct parser *p)
 
 		idp_buf_init(&full, 8192);
 		join_path(&full, idp_buf_str(&p->path), parts, n);
-		if (p->opts->is_secret(idp_buf_str(&full), p->opts->arg))
-			p->secret_from = parts[0].at.line;
+		if (!p->opts->is_secret(idp_buf_str(&full), p->opts->arg))
+			p->shown_from = parts[0].at.line;
 		idp_buf_cleanup(&full);
 	}
 	skip_ws(p);
@@ -1365,9 +1457,9 @@ parse_keyval(struct parser *p)
 	}
 	rc = insert_dotted(p, parts, n, val);
 done:
-	if (p->secret_from != 0) {
-		hide_lines(p->doc, p->secret_from, p->line);
-		p->secret_from = 0;
+	if (p->shown_from != 0) {
+		show_lines(p->doc, p->shown_from, p->line);
+		p->shown_from = 0;
 	}
 	keyparts_free(parts, n);
 	return rc;
@@ -1419,6 +1511,8 @@ parse_header(struct parser *p)
 
 	p->cur = NULL;
 	idp_buf_reset(&p->path);
+	/* A [header] names tables and holds no value: its line may be quoted. */
+	p->shown_from = open.line;
 	adv(p);
 	if (aot)
 		adv(p);
@@ -1486,6 +1580,8 @@ parse_header(struct parser *p)
 		     path, what_is(old), old->line, old->col);
 	}
 done:
+	show_lines(p->doc, p->shown_from, p->line);
+	p->shown_from = 0;
 	free(path);
 	keyparts_free(parts, nparts);
 	if (p->stop)
@@ -1575,6 +1671,7 @@ idp_toml_parse(const char *name, const char *text, size_t len, const struct idp_
 	p.line = 1;
 	p.col = 1;
 	p.opts = opts;
+	doc->guarded = opts != NULL && opts->is_secret != NULL;
 	idp_buf_init(&p.path, 8192);
 	doc->root = node_new(&p, IDP_TOML_TABLE, ORIGIN_ROOT, start);
 	p.cur = doc->root;
@@ -1597,7 +1694,7 @@ idp_toml_free(struct idp_toml *doc)
 	idp_wipe(doc->text, doc->len);
 	free(doc->text);
 	free(doc->name);
-	free(doc->hidden);
+	free(doc->shown);
 	free(doc);
 }
 

@@ -992,24 +992,22 @@ list_policies(struct http_req *req, void *ctx)
 static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /*
- * Load policy.dir, audit the outcome, and only then install the new set:
- * a reload that cannot be audited changes nothing.  IDP_OK with *loaded (a
- * reference the caller drops; may be NULL) the set now in force;
- * IDP_EUNAVAIL when the audit log cannot take the event; another error with
- * diag when the files do not load.  On failure the old set stays.
+ * Audit the outcome of a load of policy.dir (rc, and set when it is
+ * IDP_OK, which this takes), and only then install set: a reload that
+ * cannot be audited changes nothing.  IDP_OK with *loaded (a reference the
+ * caller drops; may be NULL) the set now in force; IDP_EUNAVAIL when the
+ * audit log cannot take the event; rc, with diag, when the files did not
+ * load.  On failure the old set stays.  Called with policy.reload_lock held.
  */
 static int
-reload(const char *actor_name, enum audit_actor_kind kind, const char *request_id,
-       struct idp_diag *diag, struct policy_set **loaded)
+publish(struct policy_set *set, int rc, const char *actor_name, enum audit_actor_kind kind,
+        const char *request_id, struct idp_diag *diag, struct policy_set **loaded)
 {
-	struct policy_set *set = NULL;
 	struct audit_event *ev;
-	int rc, arc = IDP_EINTERNAL;
+	int arc = IDP_EINTERNAL;
 
 	if (loaded != NULL)
 		*loaded = NULL;
-	pthread_mutex_lock(&reload_lock);
-	rc = policy_set_load_dir(P.dir, NULL, &set, diag);
 	ev = audit_event_new(AUDIT_POLICY_RELOADED, AUDIT_TIME_UNSET);
 	if (ev != NULL) {
 		audit_event_set_outcome(ev, rc == IDP_OK ? AUDIT_OUTCOME_SUCCESS
@@ -1047,6 +1045,20 @@ reload(const char *actor_name, enum audit_actor_kind kind, const char *request_i
 			*loaded = policy_set_ref(set);
 		policy_engine_swap(P.engine, set);
 	}
+	return rc;
+}
+
+/* Load policy.dir, then publish() it.  The same contract. */
+static int
+reload(const char *actor_name, enum audit_actor_kind kind, const char *request_id,
+       struct idp_diag *diag, struct policy_set **loaded)
+{
+	struct policy_set *set = NULL;
+	int rc;
+
+	pthread_mutex_lock(&reload_lock);
+	rc = policy_set_load_dir(P.dir, NULL, &set, diag);
+	rc = publish(set, rc, actor_name, kind, request_id, diag, loaded);
 	pthread_mutex_unlock(&reload_lock);
 	return rc;
 }
@@ -1082,31 +1094,80 @@ reload_policies(struct http_req *req, void *ctx)
 	policy_set_unref(set);
 }
 
-static int
-on_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+/* What a SIGHUP's check staged: the set it compiled, and the set in force then. */
+struct sighup_staged {
+	struct policy_set *set, *base;
+};
+
+static void
+sighup_discard(void *staged)
 {
-	(void)app;
-	(void)next;
-	(void)ctx;
-	return reload("sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
+	struct sighup_staged *st = staged;
+
+	if (st == NULL)
+		return;
+	policy_set_unref(st->set);
+	policy_set_unref(st->base);
+	free(st);
 }
 
-/* The rules a SIGHUP would load compile, or the reload stops before it changes anything. */
+/*
+ * A SIGHUP's check: policy.dir is read and compiled here, once; the set
+ * waits for the apply, or the reload stops before it changes anything.
+ */
 static int
-check_sighup(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
+               struct idp_diag *diag)
 {
+	struct sighup_staged *st;
 	struct policy_set *set = NULL;
 
 	(void)app;
 	(void)next;
-	(void)ctx;
+	*staged = NULL;
 	if (policy_set_load_dir(P.dir, NULL, &set, diag) != IDP_OK) {
 		idp_diag_add(diag, "policy.dir: %s does not load", P.dir);
 		return IDP_EINVAL;
 	}
-	policy_set_unref(set);
+	st = idp_xcalloc(1, sizeof(*st));
+	st->set = set;
+	st->base = policy_engine_acquire(P.engine);
+	*staged = st;
 	return IDP_OK;
 }
+
+/*
+ * A SIGHUP's apply: audit and install the set the check compiled, not the
+ * files as they are now, so that the policy.reloaded event's hash is that
+ * of the rules that were checked and go live.  A set that POST
+ * /v1/policies/reload installed since the check was read later: it stays.
+ */
+static int
+sighup_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
+{
+	struct sighup_staged *st = staged;
+	struct policy_set *cur;
+	int rc = IDP_OK;
+
+	(void)app;
+	pthread_mutex_lock(&reload_lock);
+	cur = policy_engine_acquire(P.engine);
+	if (cur == st->base) {
+		rc = publish(st->set, IDP_OK, "sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
+		st->set = NULL;
+	} else {
+		log_info(
+		    "policy: a set reloaded by the API since the SIGHUP's check stays in force");
+	}
+	pthread_mutex_unlock(&reload_lock);
+	policy_set_unref(cur);
+	sighup_discard(st);
+	if (rc != IDP_OK)
+		idp_diag_add(diag, "policy: the set in force stays, not the one checked");
+	return rc;
+}
+
+static const struct app_reload_stage sighup_stage = {sighup_prepare, sighup_commit, sighup_discard};
 
 int
 policy_service_start(struct idpd_app *app, struct idp_diag *diag)
@@ -1131,9 +1192,7 @@ policy_service_start(struct idpd_app *app, struct idp_diag *diag)
 	log_info("policy: loaded %zu rule(s) from %s (%s)", policy_set_rule_count(set), P.dir,
 	         policy_set_hash(set));
 	policy_engine_swap(P.engine, set);
-	if (app_on_reload_check(check_sighup, NULL) != IDP_OK)
-		return IDP_ETOOBIG;
-	return app_on_reload(on_sighup, NULL);
+	return app_on_reload_staged(&sighup_stage);
 }
 
 struct policy_engine *

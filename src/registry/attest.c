@@ -7,9 +7,10 @@
  *
  * The service's settings (identity.*, attestation.*, [[attestors]] with
  * their key sets) are one immutable snapshot behind attest.lock, taken with
- * a reference by each request.  A reload re-reads the attestors' JWKS files
- * and swaps the snapshot; if any file fails, the reload is refused and the
- * old attestors stay.  identity.* are restart-only: a reload keeps them.
+ * a reference by each request.  A reload's check builds the new snapshot
+ * from the attestors' JWKS files as the configuration loader read them, and
+ * its apply swaps in that same snapshot; if any file fails, the reload is
+ * refused and the old attestors stay.  identity.* are restart-only: a reload keeps them.
  *
  * Wrong evidence always gets the same 401, so a caller learns nothing about
  * which check failed; the precise reason goes into the
@@ -81,6 +82,31 @@ attest_conf_current(void)
 }
 
 /*
+ * The key set of a jwks_file from the bytes the configuration loader read
+ * (so that it is the set the reload's event hashed), or from the file
+ * itself for a configuration not loaded from one.
+ */
+static int
+keyset_load(const char *path, const struct idpd_file_bytes *b, struct idp_jws_keyset **out,
+            struct idp_diag *diag)
+{
+	int rc;
+
+	if (b->data != NULL) {
+		rc = idp_jws_keyset_from_jwks(b->data, b->len, out, diag);
+		if (rc != IDP_OK)
+			idp_diag_add(diag, "in %s", path);
+		return rc;
+	}
+	if (b->error != NULL) {
+		*out = NULL;
+		idp_diag_add(diag, "%s", b->error);
+		return IDP_EIO;
+	}
+	return idp_jws_keyset_load_jwks_file(path, out, diag);
+}
+
+/*
  * A snapshot of cfg's attestation settings, with the identity strings of
  * keep (a reload) or of cfg (startup).  NULL with diag naming what failed.
  */
@@ -113,7 +139,7 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 		idp_diag_init(&d);
 		at->map = attest_selector_map_parse(ac->selectors, &d);
 		if (at->map == NULL ||
-		    idp_jws_keyset_load_jwks_file(ac->jwks_file, &at->keys, &d) != IDP_OK) {
+		    keyset_load(ac->jwks_file, &ac->jwks, &at->keys, &d) != IDP_OK) {
 			idp_diag_add(diag, "attestor \"%s\" (%s): %s", ac->name, ac->jwks_file,
 			             idp_diag_str(&d));
 			conf_free(c);
@@ -150,27 +176,40 @@ install(struct attest_conf *c)
 	attest_conf_unref(old);
 }
 
-/* Registered as the reload check (ctx NULL: build and drop) and as the hook (ctx set: install). */
-static const int apply_it = 1;
-
+/* The reload's check: the snapshot of next, its key sets built from the bytes its load read. */
 static int
-on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
+               struct idp_diag *diag)
 {
 	struct attest_conf *old = attest_conf_current(), *c;
 
 	(void)app;
 	c = conf_build(next, old, diag);
 	attest_conf_unref(old);
-	if (c == NULL)
-		return IDP_EINVAL;
-	if (ctx == NULL) {
-		conf_free(c);
-		return IDP_OK;
-	}
+	*staged = c;
+	return c != NULL ? IDP_OK : IDP_EINVAL;
+}
+
+/* The reload's apply: exactly the snapshot the check built.  Cannot fail. */
+static int
+reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
+{
+	struct attest_conf *c = staged;
+
+	(void)app;
+	(void)diag;
 	install(c);
 	log_info("attest: %zu attestor(s) loaded", c->n_attestors);
 	return IDP_OK;
 }
+
+static void
+reload_discard(void *staged)
+{
+	attest_conf_unref(staged);
+}
+
+static const struct app_reload_stage reload_stage = {reload_prepare, reload_commit, reload_discard};
 
 /*
  * Cleanup job: join tokens that were spent or have expired, and records of
@@ -232,8 +271,7 @@ attest_init(struct idpd_app *app, struct idp_diag *diag)
 		return IDP_EINVAL;
 	install(c);
 	agent_credential_cache_size((size_t)app->cfg->introspection.cache_size);
-	if (app_on_reload(on_reload, (void *)&apply_it) != IDP_OK ||
-	    app_on_reload_check(on_reload, NULL) != IDP_OK) {
+	if (app_on_reload_staged(&reload_stage) != IDP_OK) {
 		idp_diag_add(diag, "attest: cannot register the reload hook");
 		return IDP_EINVAL;
 	}

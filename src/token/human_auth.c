@@ -66,14 +66,15 @@ human_verifier_free(struct human_verifier *v)
 	free(v);
 }
 
-static void
+/* Visible in test builds, as is verifier_current: a test looks at the verifier in force. */
+IDP_STATIC void
 verifier_unref(struct human_verifier *v)
 {
 	if (v != NULL && atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1)
 		human_verifier_free(v);
 }
 
-static struct human_verifier *
+IDP_STATIC struct human_verifier *
 verifier_current(void)
 {
 	struct human_verifier *v;
@@ -96,6 +97,31 @@ install(struct human_verifier *v)
 	current = v;
 	pthread_mutex_unlock(&lock);
 	verifier_unref(old);
+}
+
+/*
+ * The key set of a jwks_file from the bytes the configuration loader read
+ * (so that it is the set the reload's event hashed), or from the file
+ * itself for a configuration not loaded from one.
+ */
+static int
+keyset_load(const char *path, const struct idpd_file_bytes *b, struct idp_jws_keyset **out,
+            struct idp_diag *diag)
+{
+	int rc;
+
+	if (b->data != NULL) {
+		rc = idp_jws_keyset_from_jwks(b->data, b->len, out, diag);
+		if (rc != IDP_OK)
+			idp_diag_add(diag, "in %s", path);
+		return rc;
+	}
+	if (b->error != NULL) {
+		*out = NULL;
+		idp_diag_add(diag, "%s", b->error);
+		return IDP_EIO;
+	}
+	return idp_jws_keyset_load_jwks_file(path, out, diag);
 }
 
 struct human_verifier *
@@ -124,7 +150,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 		if (h->algs == 0)
 			h->algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256;
 		idp_diag_init(&d);
-		if (idp_jws_keyset_load_jwks_file(ic->jwks_file, &h->keys, &d) != IDP_OK) {
+		if (keyset_load(ic->jwks_file, &ic->jwks, &h->keys, &d) != IDP_OK) {
 			idp_diag_add(diag, "idp \"%s\" (%s): %s", ic->name, ic->jwks_file,
 			             idp_diag_str(&d));
 			human_verifier_free(v);
@@ -420,25 +446,38 @@ done:
 	return rc;
 }
 
-/* Registered as the reload check (ctx NULL: build and drop) and as the hook (ctx set: install). */
-static const int apply_it = 1;
-
+/* The reload's check: the verifier of next, built from the bytes its load read. */
 static int
-on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
+reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
+               struct idp_diag *diag)
 {
 	struct human_verifier *v = human_verifier_new(next, diag);
 
 	(void)app;
-	if (v == NULL)
-		return IDP_EINVAL;
-	if (ctx == NULL) {
-		verifier_unref(v);
-		return IDP_OK;
-	}
+	*staged = v;
+	return v != NULL ? IDP_OK : IDP_EINVAL;
+}
+
+/* The reload's apply: exactly the verifier the check built.  Cannot fail. */
+static int
+reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
+{
+	struct human_verifier *v = staged;
+
+	(void)app;
+	(void)diag;
 	install(v);
 	log_info("human_auth: %zu identity provider(s) loaded", v->n_idps);
 	return IDP_OK;
 }
+
+static void
+reload_discard(void *staged)
+{
+	verifier_unref(staged);
+}
+
+static const struct app_reload_stage reload_stage = {reload_prepare, reload_commit, reload_discard};
 
 int
 human_auth_init(struct idpd_app *app, struct idp_diag *diag)
@@ -448,8 +487,7 @@ human_auth_init(struct idpd_app *app, struct idp_diag *diag)
 	if (v == NULL)
 		return IDP_EINVAL;
 	install(v);
-	if (app_on_reload(on_reload, (void *)&apply_it) != IDP_OK ||
-	    app_on_reload_check(on_reload, NULL) != IDP_OK) {
+	if (app_on_reload_staged(&reload_stage) != IDP_OK) {
 		idp_diag_add(diag, "human_auth: cannot register the reload hook");
 		return IDP_EINVAL;
 	}

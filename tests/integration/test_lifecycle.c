@@ -1118,6 +1118,152 @@ a_reload_the_audit_log_cannot_take_changes_nothing(void **state)
 	json_decref(evs);
 }
 
+/*
+ * A file that does not load because of a malformed line holding an API key
+ * hash: neither the log, nor the config.reloaded event, nor check-config
+ * quotes it, whether the line's key is secret, misspelt, or unreadable.
+ */
+static void
+a_refused_reload_never_quotes_a_key_hash(void **state)
+{
+	struct idpd_proc p;
+	char key[64], hash[80], key2[64], hash2[80], block[1024], out[512];
+	const char *hex, *hex2;
+	const char *args[] = {"check-config", NULL, NULL};
+	json_t *evs;
+	char *body;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(auth_key_generate(key2, hash2), IDP_OK);
+	hex = hash + strlen("sha256:");
+	hex2 = hash2 + strlen("sha256:");
+	assert_int_equal(harness_db_create("t_life_reload_leak"), 0);
+	assert_int_equal(harness_idpd_start(&p, "t_life_reload_leak", NULL, NULL), 0);
+	/* An unterminated hash, and a hash under a misspelt key with a bad escape. */
+	snprintf(block, sizeof(block),
+	         "\n[[api_keys]]\nname = \"leaky\"\nhash = \"%s\nhsah = \"%s\\q\"\n", hash, hash2);
+	append_and_reload(&p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(&p, "keeping the running configuration");
+	     i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(&p, "keeping the running configuration"));
+	assert_true(harness_log_contains(&p, "unterminated string"));
+	assert_false(harness_log_contains(&p, hex));
+	assert_false(harness_log_contains(&p, hex2));
+	evs = reload_events(p.db, 1);
+	assert_int_equal(json_array_size(evs), 1);
+	body = json_dumps(evs, JSON_COMPACT);
+	assert_non_null(strstr(body, "unterminated string"));
+	assert_null(strstr(body, hex));
+	assert_null(strstr(body, hex2));
+	free(body);
+	json_decref(evs);
+
+	snprintf(out, sizeof(out), "%s/check-config.out", p.dir);
+	args[1] = p.config;
+	assert_int_equal(harness_idpd_run(args, out), 1);
+	assert_true(harness_file_contains(out, "unterminated string"));
+	assert_false(harness_file_contains(out, hex));
+	assert_false(harness_file_contains(out, hex2));
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
+static struct idpd_proc partial_proc;
+
+static int
+partial_teardown(void **state)
+{
+	(void)state;
+	(void)harness_sql("t_life_reload_partial",
+	                  "DROP TRIGGER IF EXISTS refuse_policy ON audit_events");
+	if (partial_proc.pid > 0)
+		harness_idpd_stop(&partial_proc, SIGKILL, 2000);
+	return 0;
+}
+
+/*
+ * A component that fails to apply a reload (the policy service, whose
+ * policy.reloaded event the audit log refuses) keeps its state while the
+ * others switch (a new API key works), and the running configuration stays
+ * the one before: the next reload, of the same file, names that reload's
+ * changes again rather than nothing.
+ */
+static void
+a_reload_after_a_failed_apply_names_its_changes_again(void **state)
+{
+	struct idpd_proc *p = &partial_proc;
+	char key[64], hash[80], block[512];
+	json_t *evs, *ok, *failed, *again, *s;
+	const char *before;
+
+	(void)state;
+	assert_int_equal(auth_key_generate(key, hash), IDP_OK);
+	assert_int_equal(harness_db_create("t_life_reload_partial"), 0);
+	assert_int_equal(
+	    harness_idpd_start(p, "t_life_reload_partial", NULL, "[audit]\ntimeout = \"1s\"\n"), 0);
+	assert_int_equal(harness_sql("t_life_reload_partial",
+	                             "CREATE FUNCTION refuse_policy() RETURNS trigger LANGUAGE "
+	                             "plpgsql AS $$BEGIN RAISE EXCEPTION 'refused by the test'; "
+	                             "END$$; CREATE TRIGGER refuse_policy BEFORE INSERT ON "
+	                             "audit_events FOR EACH ROW WHEN (NEW.type = "
+	                             "'policy.reloaded') EXECUTE FUNCTION refuse_policy()"),
+	                 0);
+	snprintf(block, sizeof(block),
+	         "\n[[api_keys]]\nname = \"late-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n",
+	         hash);
+	append_and_reload(p, block);
+	for (int i = 0; i < 100 && !harness_log_contains(p, "components that failed keep"); i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(p, "components that failed keep"));
+	assert_int_equal(agents_status(p, key), 200);
+	evs = reload_events(p->db, 2);
+	assert_int_equal(json_array_size(evs), 2);
+	ok = json_array_get(evs, 0);
+	failed = json_array_get(evs, 1);
+	assert_string_equal(json_string_value(json_object_get(ok, "outcome")), "success");
+	assert_non_null(reload_section(ok, "api_keys"));
+	before =
+	    json_string_value(json_object_get(json_object_get(ok, "detail"), "previous_sha256"));
+	assert_non_null(before);
+	assert_string_equal(json_string_value(json_object_get(failed, "outcome")), "failure");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(failed, "detail"), "stage")),
+	    "apply");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(failed, "detail"),
+	                                                      "reload_event_id")),
+	                    json_string_value(json_object_get(ok, "id")));
+	assert_non_null(json_object_get(json_object_get(failed, "detail"), "running_sha256"));
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(failed, "detail"), "running_sha256")),
+	    before);
+
+	/* The audit log takes policy events again: the same file reloads, and
+	 * its event is compared with the configuration before the failed one. */
+	assert_int_equal(
+	    harness_sql("t_life_reload_partial", "DROP TRIGGER refuse_policy ON audit_events"), 0);
+	json_decref(evs);
+	assert_int_equal(kill(p->pid, SIGHUP), 0);
+	evs = reload_events(p->db, 3);
+	assert_int_equal(json_array_size(evs), 3);
+	ok = json_array_get(evs, 0);
+	again = json_array_get(evs, 2);
+	assert_string_equal(json_string_value(json_object_get(again, "outcome")), "success");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(again, "detail"), "previous_sha256")),
+	    json_string_value(json_object_get(json_object_get(ok, "detail"), "previous_sha256")));
+	s = reload_section(again, "api_keys");
+	assert_non_null(s);
+	assert_string_equal(json_string_value(json_object_get(
+	                        json_array_get(json_object_get(s, "added"), 0), "name")),
+	                    "late-admin");
+	json_decref(evs);
+	for (int i = 0; i < 100 && !harness_log_contains(p, "reload: done"); i++)
+		sleep_ms(50);
+	assert_true(harness_log_contains(p, "reload: done"));
+	assert_int_equal(agents_status(p, key), 200);
+}
+
 /* A .sql file not named as a migration is an error, not silently skipped. */
 static void
 migrate_refuses_a_misnamed_migration(void **state)
@@ -1196,6 +1342,9 @@ main(void)
 	    cmocka_unit_test_teardown(a_reload_the_audit_log_cannot_take_changes_nothing,
 	                              refuse_teardown),
 	    cmocka_unit_test(check_config_names_file_line_and_column),
+	    cmocka_unit_test(a_refused_reload_never_quotes_a_key_hash),
+	    cmocka_unit_test_teardown(a_reload_after_a_failed_apply_names_its_changes_again,
+	                              partial_teardown),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
 }

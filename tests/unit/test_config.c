@@ -586,8 +586,68 @@ config_rejects_repeated_api_key_name_or_hash(void **state)
 	assert_int_equal(count, 2);
 	assert_non_null(strstr(d, "c.toml:8:8: api_keys[2].name: the same value as "
 	                          "api_keys[0].name; each must be unique\n"));
+	/* A hash is secret: its line is not quoted. */
 	assert_non_null(strstr(d, "c.toml:9:8: api_keys[2].hash: the same value as "
-	                          "api_keys[0].hash; each must be unique\n"));
+	                          "api_keys[0].hash; each must be unique"));
+	assert_null(strstr(d, HASH_A));
+}
+
+/*
+ * No error quotes the value of a line whose key is secret (an API key's
+ * hash) or unknown (a misspelt secret), nor a line whose key cannot be
+ * read: a malformed line may hold any secret.  Other lines still are.
+ */
+static void
+config_errors_never_quote_a_line_that_may_hold_a_secret(void **state)
+{
+	static const char *const hexes[] = {
+	    "1111111111111111111111111111111111111111111111111111111111111111",
+	    "2222222222222222222222222222222222222222222222222222222222222222",
+	    "3333333333333333333333333333333333333333333333333333333333333333",
+	    "4444444444444444444444444444444444444444444444444444444444444444",
+	    "5555555555555555555555555555555555555555555555555555555555555555",
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+	};
+	const char *d;
+	char *text = NULL;
+	unsigned count;
+
+	(void)state;
+	/* The TOML reader: an unterminated hash, a bad escape under a
+	 * misspelt key, a hash where a key should be, a key without '='. */
+	assert_true(asprintf(&text,
+	                     "[[api_keys]]\nname = \"a\"\nhash = \"sha256:%s\n"
+	                     "hsah = \"sha256:%s\\q\"\n\"sha256:%s\"\nhash2 \"sha256:%s\"\n"
+	                     "[[api_keys]]\nname = \"b\\q\"\n[[api_keys]\n",
+	                     hexes[0], hexes[1], hexes[2], hexes[3]) > 0);
+	d = load_fail(text, IDP_EINVAL, &count);
+	free(text);
+	assert_int_equal(count, 6);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(hexes); i++)
+		assert_null(strstr(d, hexes[i]));
+	assert_null(strstr(d, " 3 | "));
+	assert_null(strstr(d, " 4 | "));
+	assert_null(strstr(d, " 5 | "));
+	assert_null(strstr(d, " 6 | "));
+	/* A known key that is no secret, and a header, are still quoted. */
+	assert_non_null(strstr(d, " 8 | name = \"b\\q\""));
+	assert_non_null(strstr(d, " 9 | [[api_keys]"));
+
+	/* The key table: a hash that is not one, a misspelt key. */
+	assert_true(asprintf(&text,
+	                     "[[api_keys]]\nname = \"a\"\nhash = \"sha256:%s\"\n"
+	                     "hsah = \"sha256:%s\"\n[server]\nport = \"80\"\n",
+	                     hexes[5], hexes[4]) > 0);
+	d = load_fail(text, IDP_EUNPROCESSABLE, &count);
+	free(text);
+	assert_int_equal(count, 3);
+	for (size_t i = 0; i < IDP_ARRAY_LEN(hexes); i++)
+		assert_null(strstr(d, hexes[i]));
+	assert_non_null(strstr(d, "c.toml:3:8: api_keys[0].hash: expected \"sha256:\""));
+	assert_null(strstr(d, " 3 | "));
+	/* Up to the key only, which the message names anyway. */
+	assert_non_null(strstr(d, " 4 | hsah\n"));
+	assert_non_null(strstr(d, " 6 | port = \"80\""));
 }
 
 /* A quoted key spelling a dotted path is refused, not taken for the path:
@@ -1248,6 +1308,7 @@ main(void)
 	    cmocka_unit_test(config_rejects_bad_role),
 	    cmocka_unit_test(config_rejects_bad_hash),
 	    cmocka_unit_test(config_rejects_repeated_api_key_name_or_hash),
+	    cmocka_unit_test(config_errors_never_quote_a_line_that_may_hold_a_secret),
 	    cmocka_unit_test(config_rejects_quoted_keys_with_a_dot),
 	    cmocka_unit_test(config_rejects_malformed_api_keys),
 	    cmocka_unit_test(config_env_overrides_database_url),

@@ -162,8 +162,11 @@ static int
 setup(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
-	struct idpd_idp_cfg ic = {
-	    "corp", "https://sso.example.com", "idpd", jwks_path, 1u, "email", true, true, ""};
+	struct idpd_idp_cfg ic = {"corp", "https://sso.example.com",
+	                          "idpd", jwks_path,
+	                          1u,     "email",
+	                          true,   true,
+	                          "",     {NULL, 0, NULL}};
 	json_t *doc;
 	struct idp_diag d;
 	FILE *f;
@@ -283,7 +286,8 @@ human_token_email_rule_only_for_email_claim(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
 	struct idpd_idp_cfg ic = {
-	    "corp", "https://sso.example.com", "idpd", jwks_path, 1u, "sub", true, true, ""};
+	    "corp",         "https://sso.example.com", "idpd", jwks_path, 1u, "sub", true, true, "",
+	    {NULL, 0, NULL}};
 	struct human_verifier *v;
 	struct human_principal p;
 	const char *why = NULL;
@@ -537,8 +541,26 @@ two_idps_verifier(struct two_idps *t, bool b_first)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
 	struct idpd_idp_cfg ics[2] = {
-	    {"a", "https://a.example.com", "idpd", t->jwks_a, 1u, "email", true, true, ""},
-	    {"b", "https://b.example.com", "idpd", t->jwks_b, 2u, "email", false, true, ""},
+	    {"a",
+	     "https://a.example.com",
+	     "idpd",
+	     t->jwks_a,
+	     1u,
+	     "email",
+	     true,
+	     true,
+	     "",
+	     {NULL, 0, NULL}},
+	    {"b",
+	     "https://b.example.com",
+	     "idpd",
+	     t->jwks_b,
+	     2u,
+	     "email",
+	     false,
+	     true,
+	     "",
+	     {NULL, 0, NULL}},
 	};
 	struct idpd_idp_cfg swapped[2] = {ics[1], ics[0]};
 	struct human_verifier *v;

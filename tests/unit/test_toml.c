@@ -751,6 +751,24 @@ toml_never_quotes_secret_lines(void **state)
 	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
 	assert_null(strstr(d, "hunter2"));
 	assert_non_null(strstr(d, "not shown"));
+	/* A line whose key cannot be read may hold anything: not shown either
+	 * (a quote left open, a value where a key goes), but a header is. */
+	text = "[db]\n\"hunter2\n= \"hunter2\"\n[db\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_int_equal(count, 3);
+	assert_null(strstr(d, "hunter2"));
+	assert_non_null(strstr(d, " 4 | [db\n"));
+	/* Nor is a comment, or what follows a header on its line. */
+	text = "[db] junk = \"hunter2\"\nname = \"x\\q\" # hunter2\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_int_equal(count, 2);
+	assert_null(strstr(d, "hunter2"));
+	assert_non_null(strstr(d, " 1 | [db]\n"));
+	assert_non_null(strstr(d, " 2 | name = \"x\\q\"\n"));
+	text = "[db]\n\"hunter2\n= \"hunter2\"\n[db\n";
+	/* Without is_secret, every line may be quoted. */
+	d = parse_fail_n(text, strlen(text), NULL, IDP_EINVAL, &count);
+	assert_non_null(strstr(d, "hunter2"));
 }
 
 static void
