@@ -127,6 +127,10 @@ static struct {
 	    cancelled, dropped;
 	_Atomic bool connected;
 	_Atomic bool failing; /* the batch in hand has failed and is not yet written */
+	/* Writer thread only: rows dropped as refused since the last commit
+	 * (write_batch), and whether the table's refusal was logged. */
+	int unconfirmed_drops;
+	bool refusing_logged;
 } W = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -783,8 +787,9 @@ timer_main(void *arg)
  * are tried in halves, each committed piece moving on, until one row alone
  * is refused; it is dropped (drop_refused) and the rest written on.  So a
  * batch with k such rows costs about k * log2(batch) more transactions,
- * and nothing PostgreSQL refuses for good can hold the writer up.  Writer
- * thread only.
+ * and one row PostgreSQL refuses for good cannot hold the writer up.  A
+ * second row refused alone before any row commits is the table refusing
+ * all (see below): that waits and fails closed.  Writer thread only.
  */
 static bool
 write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int *m, int *lo,
@@ -816,6 +821,8 @@ write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int 
 				*lo += len;
 				span = *m - *lo;
 				retry = false;
+				W.unconfirmed_drops = 0;
+				W.refusing_logged = false;
 				continue;
 			}
 			if (rc == IDP_EINVAL) {
@@ -823,14 +830,34 @@ write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int 
 				 * stays as it was: an earlier attempt's rows may have). */
 				again = true;
 				atomic_fetch_add(&W.failures, 1);
+				atomic_store(&W.failing, true);
 				if (len > 1) {
 					span = len / 2;
 					continue;
 				}
-				*m = drop_refused(batch, n, b, rows, *lo, &why, dropped,
-				                  &records[rows[*lo].slot]);
-				span = *m - *lo;
-				continue;
+				/*
+				 * A row is at fault only if the table takes others:
+				 * after one dropped row, a second refused alone with
+				 * no row committed in between is the table refusing
+				 * everything (a NOT NULL column added, no partition
+				 * for today), not two bad rows.  Then nothing more is
+				 * dropped: the batch waits, as for PostgreSQL away,
+				 * /readyz says so, and its emitters get 503.
+				 */
+				if (W.unconfirmed_drops == 0) {
+					W.unconfirmed_drops++;
+					*m = drop_refused(batch, n, b, rows, *lo, &why, dropped,
+					                  &records[rows[*lo].slot]);
+					span = *m - *lo;
+					continue;
+				}
+				if (!W.refusing_logged)
+					log_error(
+					    "audit: PostgreSQL refuses every row (SQLSTATE %s%s), "
+					    "not one: no more events are dropped; retrying until "
+					    "audit_events takes rows again",
+					    why.sqlstate, why.where);
+				W.refusing_logged = true;
 			}
 		}
 		atomic_fetch_add(&W.failures, 1);

@@ -59,6 +59,14 @@ outcomes_reset(void)
 
 /* Wait (10 s at most) until the first n events have had their word. */
 static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static void
 wait_for_calls(int n)
 {
 	for (int tries = 0; tries < 1000; tries++) {
@@ -362,13 +370,14 @@ a_transaction_left_behind_is_waited_for(void **state)
 	                                   v, sizeof(v)),
 	                 0);
 	assert_string_equal(v, "2");
-	assert_int_equal(harness_sql_value(
-	                     "t_writer_behind",
-	                     "SELECT count(*) = max(a.seq) AND bool_and(b.prev_hash = a.hash) IS NOT "
-	                     "FALSE FROM audit_events a LEFT JOIN audit_events b ON b.writer_id = "
-	                     "a.writer_id AND b.seq = a.seq + 1",
-	                     v, sizeof(v)),
-	                 0);
+	assert_int_equal(
+	    harness_sql_value(
+	        "t_writer_behind",
+	        "SELECT count(*) = max(a.seq) AND bool_and(b.prev_hash = a.hash) IS NOT "
+	        "FALSE FROM audit_events a LEFT JOIN audit_events b ON b.writer_id = "
+	        "a.writer_id AND b.seq = a.seq + 1",
+	        v, sizeof(v)),
+	    0);
 	assert_string_equal(v, "t");
 }
 
@@ -398,8 +407,8 @@ commits_are_synchronous_whatever_the_database_sets(void **state)
 	                             "ROW EXECUTE FUNCTION note_setting()"),
 	                 0);
 	/* The setting reaches new sessions: a plain one sees it off. */
-	assert_int_equal(harness_sql_value("t_writer_sync", "SHOW synchronous_commit", v, sizeof(v)),
-	                 0);
+	assert_int_equal(
+	    harness_sql_value("t_writer_sync", "SHOW synchronous_commit", v, sizeof(v)), 0);
 	assert_string_equal(v, "off");
 	harness_db_url("t_writer_sync", url, sizeof(url));
 	start(url, false, 5000);
@@ -423,10 +432,10 @@ commits_are_synchronous_whatever_the_database_sets(void **state)
 	store_close(s);
 
 	/* A stronger setting is the operator's to keep: not lowered to on. */
-	assert_int_equal(
-	    harness_sql("t_writer_sync", "ALTER DATABASE t_writer_sync SET synchronous_commit = "
-	                                 "remote_apply"),
-	    0);
+	assert_int_equal(harness_sql("t_writer_sync",
+	                             "ALTER DATABASE t_writer_sync SET synchronous_commit = "
+	                             "remote_apply"),
+	                 0);
 	s = store_open(&so);
 	assert_int_equal(store_query(s, "SHOW synchronous_commit", 0, NULL, &r), IDP_OK);
 	assert_string_equal(PQgetvalue(r, 0, 0), "remote_apply");
@@ -472,11 +481,12 @@ an_event_committed_after_its_emitter_gave_up_is_withdrawn(void **state)
 	                                   v, sizeof(v)),
 	                 0);
 	assert_true(v[0] != '\0');
-	snprintf(sql, sizeof(sql),
-	         "SELECT count(*) FROM audit_events WHERE type = 'audit.withdrawn' AND task_id = "
-	         "'t-slow-1' AND outcome = 'error' AND body::jsonb->'detail'->>'withdrawn_event_id' "
-	         "= '%s' AND body::jsonb->'detail'->>'withdrawn_type' = 'tool_invocation'",
-	         v);
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM audit_events WHERE type = 'audit.withdrawn' AND task_id = "
+	    "'t-slow-1' AND outcome = 'error' AND body::jsonb->'detail'->>'withdrawn_event_id' "
+	    "= '%s' AND body::jsonb->'detail'->>'withdrawn_type' = 'tool_invocation'",
+	    v);
 	assert_int_equal(harness_sql_value("t_writer_slow", sql, v, sizeof(v)), 0);
 	assert_string_equal(v, "1");
 	/* Only the one whose emitter gave up. */
@@ -670,6 +680,51 @@ an_async_event_refused_for_good_does_not_block_the_writer(void **state)
 	assert_chains_verify(db);
 }
 
+/*
+ * A change that makes the table refuse every row (a NOT NULL column added
+ * without a default) is no bad row: after the first refused row is
+ * dropped, the next refused alone before any commit stops the dropping.
+ * The writer waits as for PostgreSQL away and says so (/readyz), and once
+ * the table takes rows again everything queued is written, chained
+ * without a gap: at most one event is lost to the change.
+ */
+static void
+a_table_that_refuses_every_row_fails_closed(void **state)
+{
+	const char *db = "t_writer_refuses_all";
+	struct audit_writer_stats st0, st;
+	char url[512], v[64];
+
+	(void)state;
+	audit_writer_get_stats(&st0); /* the process's counts so far */
+	assert_int_equal(harness_db_create(db), 0);
+	assert_int_equal(
+	    harness_sql(db, "ALTER TABLE audit_events ADD COLUMN tenant text NOT NULL"), 0);
+	harness_db_url(db, url, sizeof(url));
+	start_batches(url, false, 2000, 4);
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(audit_emit(event("task-refused-all")), IDP_OK);
+	for (int i = 0; i < 100 && audit_writer_unready(NULL) == NULL; i++)
+		sleep_ms(50);
+	assert_non_null(audit_writer_unready(NULL));
+	sleep_ms(500);
+	audit_writer_get_stats(&st);
+	assert_true(st.dropped - st0.dropped <= 1);
+	assert_int_equal(harness_sql_value(db, "SELECT count(*) FROM audit_events", v, sizeof(v)),
+	                 0);
+	assert_string_equal(v, "0");
+	/* The table takes rows again: what waited is written. */
+	assert_int_equal(harness_sql(db, "ALTER TABLE audit_events DROP COLUMN tenant"), 0);
+	assert_int_equal(audit_writer_stop(10000), 0);
+	assert_int_equal(harness_sql_value(db,
+	                                   "SELECT count(*) FROM audit_events WHERE task_id = "
+	                                   "'task-refused-all'",
+	                                   v, sizeof(v)),
+	                 0);
+	assert_int_equal(atol(v), 20 - (long)(st.dropped - st0.dropped));
+	assert_chains_verify(db);
+}
+
 /* An instance id that is not text would name a chain every row of which
  * PostgreSQL refuses: the writer does not start with it. */
 static void
@@ -712,6 +767,7 @@ main(void)
 	    cmocka_unit_test(rows_refused_for_good_are_dropped_from_their_batch),
 	    cmocka_unit_test(an_async_event_refused_for_good_does_not_block_the_writer),
 	    cmocka_unit_test(an_instance_id_that_is_not_text_is_refused),
+	    cmocka_unit_test(a_table_that_refuses_every_row_fails_closed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
