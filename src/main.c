@@ -644,6 +644,8 @@ cmd_serve(int argc, char **argv)
 	app.store = store_open(&so);
 	auth_keys_install(auth_keys_new(app.cfg->api_keys, app.cfg->n_api_keys));
 	auth_on_refusal(audit_refused_key);
+	if (audit_refusal_init() != IDP_OK)
+		log_warn("bug: cannot register the refusal metrics");
 	if (app_on_reload(reload_api_keys, NULL) != IDP_OK)
 		log_warn("bug: cannot register the API key reload hook");
 	if (check_schema(&app) != 0)

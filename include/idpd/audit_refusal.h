@@ -7,9 +7,11 @@
  * agent, a forged token or a guessed API key is a security event, and
  * the SIEM sees it next to everything else.  A request that sent no
  * credential at all is not recorded (health probes and scanners would
- * fill the log with nothing).  The events are queued without waiting, as
- * introspection's inactive answers are: a flood of bad credentials can
- * neither slow the answers nor take the room durable events need.
+ * fill the log with nothing).  The events are queued without waiting, so
+ * recording never slows an answer, and rate limited (20 a second, bursts
+ * of 50, process wide; the next event recorded counts those left out in
+ * detail.suppressed): a flood of bad credentials adds a bounded number of
+ * rows and cannot fill the audit queue that durable events need.
  */
 #ifndef IDPD_AUDIT_REFUSAL_H
 #define IDPD_AUDIT_REFUSAL_H
@@ -27,6 +29,8 @@ struct http_req;
  */
 void audit_refused(struct http_req *req, enum audit_actor_kind kind, const char *actor,
                    const char *endpoint, const char *reason);
+/* Register the refusal counters with /metrics.  Main thread, before serving. */
+int audit_refusal_init(void) IDP_WUR;
 /* audit_refused for an API key auth_require refused (auth_on_refusal). */
 void audit_refused_key(struct http_req *req, const char *reason);
 

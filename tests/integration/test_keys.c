@@ -2265,6 +2265,47 @@ every_refused_credential_is_audited(void **state)
 	world_stop(&w);
 }
 
+/*
+ * Anyone can send bad credentials: their auth.failed events are rate
+ * limited (20 a second, bursts of 50), and the next event recorded counts
+ * those left out, so the log grows boundedly and still tells the flood's
+ * size: recorded events plus the counts they carry are every refusal.
+ */
+static void
+a_flood_of_bad_credentials_is_recorded_at_a_bounded_rate(void **state)
+{
+	struct world w;
+	struct http_resp r;
+	long recorded, carried;
+	const int sent = 150;
+
+	(void)state;
+	world_start(&w, "t_keys_refusal_flood", NULL);
+	for (int i = 0; i < sent; i++) {
+		world_call(&w, "GET", "/v1/agents", "idpk_flood", NULL, &r);
+		assert_int_equal(r.status, 401);
+		harness_resp_free(&r);
+	}
+	recorded = refusals(&w, "/v1/agents", "unknown_key");
+	assert_true(recorded >= 50);
+	assert_true(recorded < sent);
+	/* After a pause, the next one is recorded with the count left out. */
+	sleep_ms(1100);
+	world_call(&w, "GET", "/v1/agents", "idpk_flood", NULL, &r);
+	assert_int_equal(r.status, 401);
+	harness_resp_free(&r);
+	assert_int_equal(refusals(&w, "/v1/agents", "unknown_key"), recorded + 1);
+	carried =
+	    world_count(&w, "SELECT coalesce(sum((body::jsonb->'detail'->>'suppressed')::int), "
+	                    "0) FROM audit_events WHERE type = 'auth.failed'");
+	assert_int_equal(recorded + 1 + carried, sent + 1);
+	world_call(&w, "GET", "/metrics", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_non_null(strstr(r.body, "idpd_audit_refusals_total{state=\"suppressed\"}"));
+	harness_resp_free(&r);
+	world_stop(&w);
+}
+
 int
 main(void)
 {
@@ -2290,6 +2331,7 @@ main(void)
 	    cmocka_unit_test(rotation_and_listing_require_the_right_roles),
 	    cmocka_unit_test(a_token_of_another_kind_is_refused_everywhere),
 	    cmocka_unit_test(every_refused_credential_is_audited),
+	    cmocka_unit_test(a_flood_of_bad_credentials_is_recorded_at_a_bounded_rate),
 	};
 
 	/* Every idpd this test starts gets this KEK unless a test says otherwise. */
