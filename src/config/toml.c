@@ -248,15 +248,17 @@ path_str(const struct idp_toml_node *n, const char *extra)
 
 /*
  * Whether an error may quote line: always when doc is not guarded, else
- * only a line of a cleared key/value or header, recorded (show_lines) or
- * being read from shown_from on (0: none is).
+ * only a line of a cleared key/value or header, recorded (show_lines), or
+ * the first line of one being read (shown_from; 0: none is).  Only its
+ * first: a multi-line string or array left open swallows the lines after
+ * it, which may be another key's secret.
  */
 static bool
 line_shown(const struct idp_toml *doc, unsigned line, unsigned shown_from)
 {
 	if (!doc->guarded)
 		return true;
-	if (shown_from != 0 && line >= shown_from)
+	if (shown_from != 0 && line == shown_from)
 		return true;
 	for (size_t i = 0; i < doc->n_shown; i++)
 		if (line >= doc->shown[i].first && line <= doc->shown[i].last)

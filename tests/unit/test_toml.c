@@ -765,6 +765,14 @@ toml_never_quotes_secret_lines(void **state)
 	assert_null(strstr(d, "hunter2"));
 	assert_non_null(strstr(d, " 1 | [db]\n"));
 	assert_non_null(strstr(d, " 2 | name = \"x\\q\"\n"));
+	/* A multi-line string of a key that is not secret, left open, swallows
+	 * a secret line: an error inside it quotes only the value's first line. */
+	text = "[log]\nlevel = \"\"\"\n[db]\nurl = \"hunter2\\q\"\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_null(strstr(d, "hunter2"));
+	text = "[log]\nlevels = [\"a\",\n\"hunter2\\q\"]\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_null(strstr(d, "hunter2"));
 	text = "[db]\n\"hunter2\n= \"hunter2\"\n[db\n";
 	/* Without is_secret, every line may be quoted. */
 	d = parse_fail_n(text, strlen(text), NULL, IDP_EINVAL, &count);
