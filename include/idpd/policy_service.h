@@ -16,6 +16,15 @@ int policy_service_start(struct idpd_app *app, struct idp_diag *diag) IDP_WUR;
 void policy_service_stop(void);
 /* The engine holding the current set (policy_engine_acquire on it); any thread. */
 struct policy_engine *policy_service_engine(void);
+/*
+ * POST /v1/policies/reload: read policy.dir, audit (policy.reloaded, actor
+ * the operator actor_name) and install it.  IDP_OK with *loaded (if not
+ * NULL; unref it) the set now in force; IDP_EUNAVAIL when the audit log
+ * cannot take the event; IDP_EINVAL with diag when the files have errors.
+ * The old set stays on failure.  Any worker thread.
+ */
+int policy_service_reload(const char *actor_name, const char *request_id, struct idp_diag *diag,
+                          struct policy_set **loaded) IDP_WUR;
 const struct policy_tz *policy_service_tz(void);
 /*
  * Evaluate input, the JSON shape of docs/policy-language.md, against the

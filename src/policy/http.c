@@ -7,6 +7,8 @@
  * never waits for an evaluation and an evaluation never sees half a set.
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -990,6 +992,15 @@ list_policies(struct http_req *req, void *ctx)
 
 /* policy.reload_lock: one reload at a time, so its event and its answer describe its own set. */
 static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * Every read of policy.dir takes the next number before it reads (an API
+ * reload under reload_lock, a SIGHUP's check without it); installed is the
+ * number of the read in force, under reload_lock.  A SIGHUP's apply
+ * installs its set only if no read after its own is in force: the newest
+ * read of the files wins, whatever order the two finish in.
+ */
+static _Atomic uint64_t reads;
+static uint64_t installed;
 
 /*
  * Audit the outcome of a load of policy.dir (rc, and set when it is
@@ -1056,11 +1067,23 @@ reload(const char *actor_name, enum audit_actor_kind kind, const char *request_i
 	struct policy_set *set = NULL;
 	int rc;
 
+	uint64_t n;
+
 	pthread_mutex_lock(&reload_lock);
+	n = atomic_fetch_add(&reads, 1) + 1;
 	rc = policy_set_load_dir(P.dir, NULL, &set, diag);
 	rc = publish(set, rc, actor_name, kind, request_id, diag, loaded);
+	if (rc == IDP_OK)
+		installed = n;
 	pthread_mutex_unlock(&reload_lock);
 	return rc;
+}
+
+int
+policy_service_reload(const char *actor_name, const char *request_id, struct idp_diag *diag,
+                      struct policy_set **loaded)
+{
+	return reload(actor_name, AUDIT_ACTOR_OPERATOR, request_id, diag, loaded);
 }
 
 /* POST /v1/policies/reload */
@@ -1078,7 +1101,7 @@ reload_policies(struct http_req *req, void *ctx)
 	    !http_req_no_body(req))
 		return;
 	idp_diag_init(&diag);
-	rc = reload(who.name, AUDIT_ACTOR_OPERATOR, http_req_id(req), &diag, &set);
+	rc = policy_service_reload(who.name, http_req_id(req), &diag, &set);
 	if (rc == IDP_EUNAVAIL) {
 		http_reply_error(req, IDP_EUNAVAIL,
 		                 "the reload cannot be audited now; the old set stays in force");
@@ -1094,9 +1117,10 @@ reload_policies(struct http_req *req, void *ctx)
 	policy_set_unref(set);
 }
 
-/* What a SIGHUP's check staged: the set it compiled, and the set in force then. */
+/* What a SIGHUP's check staged: the set it compiled, and the number of its read. */
 struct sighup_staged {
-	struct policy_set *set, *base;
+	struct policy_set *set;
+	uint64_t read;
 };
 
 static void
@@ -1107,7 +1131,6 @@ sighup_discard(void *staged)
 	if (st == NULL)
 		return;
 	policy_set_unref(st->set);
-	policy_set_unref(st->base);
 	free(st);
 }
 
@@ -1121,6 +1144,7 @@ sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 {
 	struct sighup_staged *st;
 	struct policy_set *set = NULL;
+	uint64_t n = atomic_fetch_add(&reads, 1) + 1;
 
 	(void)app;
 	(void)next;
@@ -1131,7 +1155,7 @@ sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 	}
 	st = idp_xcalloc(1, sizeof(*st));
 	st->set = set;
-	st->base = policy_engine_acquire(P.engine);
+	st->read = n;
 	*staged = st;
 	return IDP_OK;
 }
@@ -1139,28 +1163,29 @@ sighup_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 /*
  * A SIGHUP's apply: audit and install the set the check compiled, not the
  * files as they are now, so that the policy.reloaded event's hash is that
- * of the rules that were checked and go live.  A set that POST
- * /v1/policies/reload installed since the check was read later: it stays.
+ * of the rules that were checked and go live.  A set in force from a read
+ * of the files that began after the check's (POST /v1/policies/reload)
+ * stays; one read before it is replaced, even if installed since.
  */
 static int
 sighup_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 {
 	struct sighup_staged *st = staged;
-	struct policy_set *cur;
 	int rc = IDP_OK;
 
 	(void)app;
 	pthread_mutex_lock(&reload_lock);
-	cur = policy_engine_acquire(P.engine);
-	if (cur == st->base) {
+	if (st->read > installed) {
 		rc = publish(st->set, IDP_OK, "sighup", AUDIT_ACTOR_SYSTEM, NULL, diag, NULL);
 		st->set = NULL;
+		if (rc == IDP_OK)
+			installed = st->read;
 	} else {
-		log_info(
-		    "policy: a set reloaded by the API since the SIGHUP's check stays in force");
+		log_warn("policy: a set the API read after the SIGHUP's check stays in force; the "
+		         "SIGHUP's older read of %s is not installed",
+		         P.dir);
 	}
 	pthread_mutex_unlock(&reload_lock);
-	policy_set_unref(cur);
 	sighup_discard(st);
 	if (rc != IDP_OK)
 		idp_diag_add(diag, "policy: the set in force stays, not the one checked");

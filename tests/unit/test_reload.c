@@ -330,8 +330,8 @@ a_policy_set_reloaded_between_the_phases_stays(void **state)
 	if (app_run_reload_checks(&app, next, &d) != 0)
 		fail_msg("%s", idp_diag_str(&d));
 	write_policy("api");
-	assert_int_equal(policy_set_load_dir(policy_dir, NULL, &set, &d), IDP_OK);
-	policy_engine_swap(policy_service_engine(), set);
+	assert_int_equal(policy_service_reload("tester", NULL, &d, &set), IDP_OK);
+	policy_set_unref(set);
 	if (app_run_reload_hooks(&app, next, &d) != 0)
 		fail_msg("%s", idp_diag_str(&d));
 	assert_true(policy_has("api"));
