@@ -427,8 +427,10 @@ valid_id(const char *s)
 /*
  * A reason is shown to people and stored with approvals, which take one
  * printable line: no C0 control (a \t or \n escape included), DEL or C1
- * control (U+0080..U+009F, UTF-8 0xc2 0x80..0x9f; the lexer checked the
- * rest of the encoding).
+ * control (U+0080..U+009F, UTF-8 0xc2 0x80..0x9f), no line or paragraph
+ * separator (U+2028, U+2029) and no bidirectional control (U+202A..U+202E,
+ * U+2066..U+2069), which would let a reason shown to an approver read
+ * otherwise than it is stored.  The lexer checked the rest of the encoding.
  */
 static bool
 reason_printable(const char *s)
@@ -436,6 +438,10 @@ reason_printable(const char *s)
 	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
 		if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
 			return false;
+		if (p[0] == 0xe2 && p[1] == 0x80 && p[2] >= 0xa8 && p[2] <= 0xae)
+			return false; /* U+2028..U+202E */
+		if (p[0] == 0xe2 && p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)
+			return false; /* U+2066..U+2069 */
 	}
 	return true;
 }

@@ -392,6 +392,15 @@ rule_errors_name_position(void **state)
 	    {"@id(\"r\") @reason(\"c1 \xc2\x85\") deny;", "\"c1",
 	     "@reason must be one line of printable text (no tab, newline or other control "
 	     "character)"},
+	    {"@id(\"r\") @reason(\"ls \xe2\x80\xa8\") deny;", "\"ls",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
+	    {"@id(\"r\") @reason(\"rlo \xe2\x80\xae\") deny;", "\"rlo",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
+	    {"@id(\"r\") @reason(\"fsi \xe2\x81\xa8\") deny;", "\"fsi",
+	     "@reason must be one line of printable text (no tab, newline or other control "
+	     "character)"},
 	    {P "deny;\n" P "allow;", "\"r\") @reason(\"r\") allow",
 	     "duplicate rule id \"r\" (first defined at t.policy:1:5)"},
 	    {P "deny with { max_ttl: 5 };", "with",
