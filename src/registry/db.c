@@ -548,7 +548,7 @@ int
 registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                        const struct registry_if_match *if_match, const char *reason,
                        const struct registry_actor *who, const struct registry_guard *guard,
-                       enum registry_status *from, struct registry_agent **out)
+                       json_t *errors, enum registry_status *from, struct registry_agent **out)
 {
 	static const enum audit_type types[] = {
 	    [REGISTRY_ACTIVE] = AUDIT_AGENT_RESUMED,
@@ -579,6 +579,16 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
 		goto done;
+	}
+	/* Active again only with someone accountable: the owner a
+	 * registration or an owner change would refuse is refused here too. */
+	if (to == REGISTRY_ACTIVE) {
+		json_t *scratch = errors == NULL ? json_array() : NULL;
+
+		rc = registry_owner_check(cur->owner, errors != NULL ? errors : scratch);
+		json_decref(scratch);
+		if (rc != IDP_OK)
+			goto done;
 	}
 	params[0] = id;
 	params[1] = registry_status_name(to);

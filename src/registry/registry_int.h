@@ -238,16 +238,20 @@ struct registry_guard {
  * under a row lock, with reason (may be NULL except for decommissioning),
  * emitting the matching agent.* event before the commit.  Suspension and
  * decommissioning set the revocation epoch.  guard (NULL for none) is
- * repeated in the UPDATE's WHERE.  IDP_ENOTFOUND, IDP_EPRECOND,
- * IDP_ECONFLICT (the transition is not allowed from the current status, or
- * the guard no longer holds; *from gets the current status), IDP_EUNAVAIL.
- * c is a connection the caller holds (outside a transaction); the function
- * runs its own transaction on it.
+ * repeated in the UPDATE's WHERE.  A resume checks the owner under the
+ * row lock as a registration does (registry_owner_check).  IDP_ENOTFOUND,
+ * IDP_EPRECOND, IDP_ECONFLICT (the
+ * transition is not allowed from the current status, or the guard no
+ * longer holds; *from gets the current status), IDP_EUNPROCESSABLE (a
+ * resume whose owner is refused; the reason appended to errors, which may
+ * be NULL), IDP_EUNAVAIL.  c is a connection the caller holds (outside a
+ * transaction); the function runs its own transaction on it.
  */
 int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                            const struct registry_if_match *if_match, const char *reason,
                            const struct registry_actor *who, const struct registry_guard *guard,
-                           enum registry_status *from, struct registry_agent **out) IDP_WUR;
+                           json_t *errors, enum registry_status *from,
+                           struct registry_agent **out) IDP_WUR;
 
 /* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
 int registry_db_get(struct store *st, const char *id, struct registry_agent **out) IDP_WUR;
@@ -273,11 +277,18 @@ struct registry_settings {
 
 void registry_settings_get(struct registry_settings *out);
 /*
- * Refuse an owner listed in registry.departed_owners: IDP_EUNPROCESSABLE
- * with an error on "owner" added to errors, else IDP_OK (also when the file
- * cannot be read: that is logged, and reported by the cleanup job).
+ * Refuse an owner no human can answer for: one "idp:subject" whose idp is
+ * not a configured [[idp]], or one listed in registry.departed_owners.
+ * IDP_EUNPROCESSABLE with an error on "owner" added to errors for each,
+ * else IDP_OK (also when the departed file cannot be read: that is logged,
+ * and reported by the cleanup job).  owner is a valid owner.  Any thread.
  */
 int registry_owner_check(const char *owner, json_t *errors) IDP_WUR;
+/*
+ * The names of the configured [[idp]] sections as a PostgreSQL text[]
+ * literal (caller frees).  Any thread.
+ */
+char *registry_idp_names_pg(void);
 struct store *registry_store(void);
 /* Install a record this instance just wrote (takes the reference). */
 void registry_publish(struct registry_agent *rec);

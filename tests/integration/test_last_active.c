@@ -332,17 +332,17 @@ a_cleanup_suspension_rechecks_what_found_the_agent(void **state)
 	assert_int_equal(store_acquire(w->app.store, &c), IDP_OK);
 	/* planner was used just now; cloud has been idle for three days. */
 	assert_int_equal(registry_db_transition(c, "planner", REGISTRY_SUSPENDED, NULL, "stale",
-	                                        &who, &idle_1d, &from, &a),
+	                                        &who, &idle_1d, NULL, &from, &a),
 	                 IDP_ECONFLICT);
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "stale", &who,
-	                                        &idle_1d, &from, &a),
+	                                        &idle_1d, NULL, &from, &a),
 	                 IDP_EUNAVAIL);
 	/* Both are alice's, not bob's. */
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
-	                                        &who, &bob, &from, &a),
+	                                        &who, &bob, NULL, &from, &a),
 	                 IDP_ECONFLICT);
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
-	                                        &who, &alice, &from, &a),
+	                                        &who, &alice, NULL, &from, &a),
 	                 IDP_EUNAVAIL);
 	assert_null(a);
 	store_release(w->app.store, c);
