@@ -590,6 +590,13 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 		if (rc != IDP_OK)
 			goto done;
 	}
+	/* Used on this instance since the job's flush: the time is only in
+	 * memory, which the idle guard's SQL cannot see.  Asked under the row
+	 * lock; a token issued after this is cut by the revocation epoch. */
+	if (guard != NULL && guard->kind == REGISTRY_GUARD_IDLE && touch_pending(id)) {
+		rc = IDP_ECONFLICT;
+		goto done;
+	}
 	params[0] = id;
 	params[1] = registry_status_name(to);
 	params[2] = who->name;

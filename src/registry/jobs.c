@@ -63,9 +63,10 @@ actor_of(const struct maintenance_run *run, struct registry_actor *a)
 /*
  * Suspend each agent of ids (a result's column 0) that still meets the
  * condition that found it: still active and, for REGISTRY_GUARD_IDLE, idle
- * for idle_ms; for REGISTRY_GUARD_OWNER, still owned by the owner in
- * column 1.  With reason; counts "suspended" and lists them.  Stops at the
- * first database failure.
+ * for idle_ms and not touched on this instance since the job's flush; for
+ * REGISTRY_GUARD_OWNER, still owned by the owner in column 1.  With
+ * reason; counts "suspended" and lists them.  Stops at the first database
+ * failure.
  */
 static int
 suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_guard_kind kind,
@@ -109,7 +110,9 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_gua
  * instance's touches are written before the job reads, except those of
  * agents whose rows another transaction held (the flush skips a locked row
  * rather than wait, touch.c): every agent still noted in memory after the
- * flush is in use, and left out.  The idle period is widened by
+ * flush is in use, and left out; so is one touched after the query, which
+ * each suspension asks the map about again under the row lock
+ * (registry_db_transition).  The idle period is widened by
  * registry.last_active_flush for the touches other instances have not
  * written yet.  An agent that wakes on another instance within that last
  * period after being idle for the whole of stale_after is still covered

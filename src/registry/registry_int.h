@@ -238,9 +238,10 @@ struct registry_guard {
  * under a row lock, with reason (may be NULL except for decommissioning),
  * emitting the matching agent.* event before the commit.  Suspension and
  * decommissioning set the revocation epoch.  guard (NULL for none) is
- * repeated in the UPDATE's WHERE.  A resume checks the owner under the
- * row lock as a registration does (registry_owner_check).  IDP_ENOTFOUND,
- * IDP_EPRECOND, IDP_ECONFLICT (the
+ * repeated in the UPDATE's WHERE; an idle guard also fails for an agent
+ * this instance touched since the job's flush (touch_pending).  A resume
+ * checks the owner under the row lock as a registration does
+ * (registry_owner_check).  IDP_ENOTFOUND, IDP_EPRECOND, IDP_ECONFLICT (the
  * transition is not allowed from the current status, or the guard no
  * longer holds; *from gets the current status), IDP_EUNPROCESSABLE (a
  * resume whose owner is refused; the reason appended to errors, which may
@@ -346,6 +347,16 @@ void touch_stats(struct touch_stats *out);
  * registry.touch_lock while it formats.  Any thread.
  */
 char *touch_pending_ids(void);
+
+/*
+ * Whether agent id's time is noted and not written, as touch_pending_ids
+ * lists it.  Waits for a flush in progress first (registry.touch_flush_lock),
+ * so a time that flush took out of the map and puts back (its row was
+ * locked) is seen; a flush never waits for a row lock, so a caller may hold
+ * one (at worst it waits out the flush's pool acquire or statement
+ * timeout).  Any thread.
+ */
+bool touch_pending(const char *id);
 
 /* Keyset cursors (api.c): opaque to clients. */
 void registry_cursor_encode(const char *last_id, char *out, size_t len);
