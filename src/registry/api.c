@@ -556,7 +556,7 @@ transition(struct http_req *req, enum registry_status to)
 	enum registry_status from = REGISTRY_ACTIVE;
 	const char *id = http_req_param(req, "id"), *reason;
 	struct store_conn *c;
-	json_t *holder;
+	json_t *holder, *errors;
 	struct registry_if_match im;
 	int rc, present;
 
@@ -572,8 +572,7 @@ transition(struct http_req *req, enum registry_status to)
 	if (!read_reason(req, &holder, &reason))
 		return;
 	if (to == REGISTRY_DECOMMISSIONED && reason == NULL) {
-		json_t *errors = json_array();
-
+		errors = json_array();
 		agent_error(errors, "reason",
 		            "is required: a decommissioning records who, when and why");
 		http_reply_problem(req, 422, "unprocessable", json_pack("{s:o}", "errors", errors),
@@ -587,8 +586,9 @@ transition(struct http_req *req, enum registry_status to)
 		return;
 	}
 	actor_of(req, &who, &actor);
-	rc = registry_db_transition(c, id, to, present ? &im : NULL, reason, &actor, NULL, &from,
-	                            &a);
+	errors = json_array();
+	rc = registry_db_transition(c, id, to, present ? &im : NULL, reason, &actor, NULL, errors,
+	                            &from, &a);
 	store_release(registry_store(), c);
 	json_decref(holder);
 	switch (rc) {
@@ -611,10 +611,19 @@ transition(struct http_req *req, enum registry_status to)
 		                   from == REGISTRY_DECOMMISSIONED ? " (decommissioned is final)"
 		                                                   : "");
 		break;
+	case IDP_EUNPROCESSABLE:
+		/* As an owner change to the same owner is refused (422 on owner);
+		 * like it, not audited: nothing changed. */
+		http_reply_problem(
+		    req, 422, "unprocessable", json_pack("{s:O}", "errors", errors),
+		    "the agent's owner cannot be accountable for it: give it another "
+		    "owner (PATCH) before resuming it");
+		break;
 	default:
 		http_reply_error(req, rc, "the status could not be changed");
 		break;
 	}
+	json_decref(errors);
 }
 
 static void

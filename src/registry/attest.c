@@ -548,6 +548,17 @@ read_evidence(struct http_req *req, json_t *body, const char **method, const cha
 	return true;
 }
 
+/* The body's method when it is "join_token" or "jwt", else NULL. */
+static const char *
+method_known(const json_t *body)
+{
+	const char *m = json_string_value(json_object_get(body, "method"));
+
+	if (m != NULL && (strcmp(m, "join_token") == 0 || strcmp(m, "jwt") == 0))
+		return m;
+	return NULL;
+}
+
 /*
  * agent.attestation_failed, queued without waiting: the attempt changed
  * nothing and anyone who reaches idpd can make one, so a flood of bogus
@@ -564,7 +575,7 @@ record_failure(struct http_req *req, const char *id, const struct attest_attempt
 	if (attest_emit_nowait(
 	        AUDIT_AGENT_ATTESTATION_FAILED, o, NULL, registry_id_valid(id) ? id : NULL,
 	        AUDIT_ACTOR_NONE, NULL, http_req_id(req), http_req_peer(req), NULL,
-	        json_pack("{s:s,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
+	        json_pack("{s:s?,s:s?,s:s,s:s?}", "method", at->method, "attestor", attestor,
 	                  "reason", at->reason ? at->reason : "unavailable", "selector",
 	                  at->failed_sel[0] != '\0' ? at->failed_sel : NULL)) != IDP_OK)
 		log_debug("attest: the failed attestation of %s was not queued for the audit log",
@@ -588,10 +599,14 @@ attest(struct http_req *req, void *ctx)
 	if (!http_req_query_only(req, NULL))
 		return;
 	body = http_req_json_object(req);
-	if (body == NULL)
-		return;
-	if (!read_evidence(req, body, &method, &evidence))
+	if (body == NULL || !read_evidence(req, body, &method, &evidence)) {
+		/* Answered (400/415); recorded as wrong evidence is, naming the
+		 * method only when it is one of the two, never what was sent. */
+		at.method = method_known(body);
+		at.reason = "evidence_malformed";
+		record_failure(req, id, &at, NULL, IDP_EUNAUTH);
 		goto done;
+	}
 	conf = attest_conf_current();
 	if (conf == NULL) {
 		http_reply_error(req, IDP_EUNAVAIL, "attestation is not ready");

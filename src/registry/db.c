@@ -548,7 +548,7 @@ int
 registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                        const struct registry_if_match *if_match, const char *reason,
                        const struct registry_actor *who, const struct registry_guard *guard,
-                       enum registry_status *from, struct registry_agent **out)
+                       json_t *errors, enum registry_status *from, struct registry_agent **out)
 {
 	static const enum audit_type types[] = {
 	    [REGISTRY_ACTIVE] = AUDIT_AGENT_RESUMED,
@@ -578,6 +578,23 @@ registry_db_transition(struct store_conn *c, const char *id, enum registry_statu
 	}
 	if (!registry_if_match_holds(if_match, cur->version)) {
 		rc = IDP_EPRECOND;
+		goto done;
+	}
+	/* Active again only with someone accountable: the owner a
+	 * registration or an owner change would refuse is refused here too. */
+	if (to == REGISTRY_ACTIVE) {
+		json_t *scratch = errors == NULL ? json_array() : NULL;
+
+		rc = registry_owner_check(cur->owner, errors != NULL ? errors : scratch);
+		json_decref(scratch);
+		if (rc != IDP_OK)
+			goto done;
+	}
+	/* Used on this instance since the job's flush: the time is only in
+	 * memory, which the idle guard's SQL cannot see.  Asked under the row
+	 * lock; a token issued after this is cut by the revocation epoch. */
+	if (guard != NULL && guard->kind == REGISTRY_GUARD_IDLE && touch_pending(id)) {
+		rc = IDP_ECONFLICT;
 		goto done;
 	}
 	params[0] = id;

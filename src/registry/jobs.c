@@ -63,9 +63,10 @@ actor_of(const struct maintenance_run *run, struct registry_actor *a)
 /*
  * Suspend each agent of ids (a result's column 0) that still meets the
  * condition that found it: still active and, for REGISTRY_GUARD_IDLE, idle
- * for idle_ms; for REGISTRY_GUARD_OWNER, still owned by the owner in
- * column 1.  With reason; counts "suspended" and lists them.  Stops at the
- * first database failure.
+ * for idle_ms and not touched on this instance since the job's flush; for
+ * REGISTRY_GUARD_OWNER, still owned by the owner in column 1.  With
+ * reason; counts "suspended" and lists them.  Stops at the first database
+ * failure.
  */
 static int
 suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_guard_kind kind,
@@ -82,7 +83,7 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_gua
 		    kind, kind == REGISTRY_GUARD_OWNER ? PQgetvalue(ids, i, 1) : idle_ms};
 		int rc =
 		    registry_db_transition(run->conn, PQgetvalue(ids, i, 0), REGISTRY_SUSPENDED,
-		                           NULL, reason, &actor, &g, &from, &a);
+		                           NULL, reason, &actor, &g, NULL, &from, &a);
 
 		if (rc == IDP_OK) {
 			add_id(counts, "suspended_ids", a->id);
@@ -109,7 +110,9 @@ suspend_each(const struct maintenance_run *run, PGresult *ids, enum registry_gua
  * instance's touches are written before the job reads, except those of
  * agents whose rows another transaction held (the flush skips a locked row
  * rather than wait, touch.c): every agent still noted in memory after the
- * flush is in use, and left out.  The idle period is widened by
+ * flush is in use, and left out; so is one touched after the query, which
+ * each suspension asks the map about again under the row lock
+ * (registry_db_transition).  The idle period is widened by
  * registry.last_active_flush for the touches other instances have not
  * written yet.  An agent that wakes on another instance within that last
  * period after being idle for the whole of stale_after is still covered
@@ -182,6 +185,44 @@ stale_agents(const struct maintenance_run *run, void *ctx, json_t *counts, struc
 
 /* ---- departed owners ---- */
 
+/*
+ * Report the agents not yet decommissioned whose owner "idp:subject" names
+ * no configured [[idp]] (one removed since they were registered): no human
+ * can act as their owner.  Counted whole ("owner_idp_unknown"), listed up
+ * to REPORT_IDS; never suspended, since removing a provider by mistake
+ * must not stop its owners' agents.
+ */
+static int
+owners_of_unknown_idps(const struct maintenance_run *run, json_t *counts, struct idp_diag *diag)
+{
+	static struct store_stmt find = {
+	    "cleanup_owner_idp_unknown",
+	    "SELECT id, count(*) OVER () FROM agents WHERE status <> 'decommissioned' "
+	    "AND strpos(owner, ':') > 0 AND split_part(owner, ':', 1) <> ALL($1::text[]) "
+	    "ORDER BY id LIMIT $2::int",
+	    2, 0};
+	char *names = registry_idp_names_pg(), limit[16];
+	const char *params[2] = {names, limit};
+	PGresult *r;
+	int rc;
+
+	snprintf(limit, sizeof(limit), "%d", REPORT_IDS);
+	rc = store_exec(run->conn, &find, params, &r);
+	free(names);
+	if (rc != IDP_OK) {
+		idp_diag_add(diag, "finding agents whose owner names no configured [[idp]]: %s",
+		             idp_err_name(rc));
+		return rc;
+	}
+	json_object_set_new(
+	    counts, "owner_idp_unknown",
+	    json_integer(PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 1), NULL, 10) : 0));
+	for (int i = 0; i < PQntuples(r); i++)
+		add_id(counts, "owner_idp_unknown_ids", PQgetvalue(r, i, 0));
+	PQclear(r);
+	return IDP_OK;
+}
+
 static int
 departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, struct idp_diag *diag)
 {
@@ -206,6 +247,10 @@ departed_owners(const struct maintenance_run *run, void *ctx, json_t *counts, st
 	registry_settings_get(&s);
 	json_object_set_new(counts, "action",
 	                    json_string(s.departed_suspend ? "suspend" : "report"));
+	/* With or without a departed-owners file. */
+	rc = owners_of_unknown_idps(run, counts, diag);
+	if (rc != IDP_OK)
+		return rc;
 	if (s.departed_owners[0] == '\0') {
 		json_object_set_new(counts, "skipped", json_true());
 		return IDP_OK;

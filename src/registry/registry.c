@@ -30,8 +30,12 @@ struct registry {
 	size_t n_pending;
 	_Atomic size_t n_pending_hint;
 
-	pthread_mutex_t settings_lock; /* guards settings */
+	pthread_mutex_t settings_lock; /* guards settings and idps */
 	struct registry_settings settings;
+	/* The names of the configured [[idp]] sections (a JSON array of
+	 * strings), replaced whole by a reload: an owner "idp:subject" must
+	 * name one of them. */
+	json_t *idps;
 };
 
 static struct registry *reg;
@@ -54,6 +58,16 @@ settings_from(struct registry_settings *s, const struct idpd_config *cfg)
 	s->last_active_flush_ms = cfg->registry.last_active_flush_ms;
 }
 
+static json_t *
+idp_names_from(const struct idpd_config *cfg)
+{
+	json_t *names = json_array();
+
+	for (size_t i = 0; i < cfg->n_idps; i++)
+		json_array_append_new(names, json_string(cfg->idps[i].name));
+	return names;
+}
+
 void
 registry_settings_get(struct registry_settings *out)
 {
@@ -66,6 +80,7 @@ static int
 on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struct idp_diag *diag)
 {
 	struct registry_settings s;
+	json_t *idps, *old;
 
 	(void)app;
 	(void)ctx;
@@ -73,9 +88,13 @@ on_reload(struct idpd_app *app, const struct idpd_config *next, void *ctx, struc
 	if (reg == NULL)
 		return IDP_OK;
 	settings_from(&s, next);
+	idps = idp_names_from(next);
 	pthread_mutex_lock(&reg->settings_lock);
 	reg->settings = s;
+	old = reg->idps;
+	reg->idps = idps;
 	pthread_mutex_unlock(&reg->settings_lock);
+	json_decref(old);
 	touch_set_interval(next->registry.last_active_flush_ms);
 	return IDP_OK;
 }
@@ -86,24 +105,66 @@ registry_store(void)
 	return reg->store;
 }
 
+/* Whether the [[idp]] named by the n bytes at name is configured.  Any thread. */
+static bool
+idp_configured(const char *name, size_t n)
+{
+	bool found = false;
+	size_t i;
+	json_t *v;
+
+	pthread_mutex_lock(&reg->settings_lock);
+	json_array_foreach(reg->idps, i, v)
+	{
+		if (json_string_length(v) == n && memcmp(json_string_value(v), name, n) == 0) {
+			found = true;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg->settings_lock);
+	return found;
+}
+
+char *
+registry_idp_names_pg(void)
+{
+	char *arr;
+
+	pthread_mutex_lock(&reg->settings_lock);
+	arr = pg_text_array_json(reg->idps);
+	pthread_mutex_unlock(&reg->settings_lock);
+	return arr;
+}
+
 int
 registry_owner_check(const char *owner, json_t *errors)
 {
 	struct registry_settings s;
 	struct owner_set *departed = NULL;
 	struct idp_diag d;
+	const char *colon = strchr(owner, ':');
 	int rc = IDP_OK;
 
+	/* An owner "idp:subject" is the principal subject of that [[idp]] and
+	 * no one else (docs/tokens.md, "Who decides"): without the provider,
+	 * no human can ever act as the owner. */
+	if (colon != NULL && !idp_configured(owner, (size_t)(colon - owner))) {
+		agent_error(errors, "owner",
+		            "names the identity provider \"%.*s\", which no [[idp]] configures: no "
+		            "one could act as this owner",
+		            (int)(colon - owner < 64 ? colon - owner : 64), owner);
+		rc = IDP_EUNPROCESSABLE;
+	}
 	registry_settings_get(&s);
 	if (s.departed_owners[0] == '\0')
-		return IDP_OK;
+		return rc;
 	idp_diag_init(&d);
 	if (departed_owners_load(s.departed_owners, &departed, &d) != IDP_OK) {
 		/* The HR feed being broken must not stop registrations; the
 		 * cleanup job reports it, so it does not go unnoticed. */
 		log_warn("registry: cannot check owners against the departed list: %s",
 		         idp_diag_str(&d));
-		return IDP_OK;
+		return rc;
 	}
 	if (owner_set_contains(departed, owner)) {
 		agent_error(errors, "owner",
@@ -383,6 +444,7 @@ registry_init(struct idpd_app *app, struct idp_diag *diag)
 	pthread_mutex_init(&reg->pending_lock, NULL);
 	pthread_mutex_init(&reg->settings_lock, NULL);
 	settings_from(&reg->settings, app->cfg);
+	reg->idps = idp_names_from(app->cfg);
 	if (store_listener_subscribe(app->listener, &sub) != IDP_OK) {
 		idp_diag_add(diag, "registry: cannot subscribe to the agents channel");
 		registry_shutdown();
@@ -420,6 +482,7 @@ registry_shutdown(void)
 	agent_cache_free(reg->cache);
 	pthread_mutex_destroy(&reg->pending_lock);
 	pthread_mutex_destroy(&reg->settings_lock);
+	json_decref(reg->idps);
 	free(reg);
 	reg = NULL;
 }

@@ -238,16 +238,21 @@ struct registry_guard {
  * under a row lock, with reason (may be NULL except for decommissioning),
  * emitting the matching agent.* event before the commit.  Suspension and
  * decommissioning set the revocation epoch.  guard (NULL for none) is
- * repeated in the UPDATE's WHERE.  IDP_ENOTFOUND, IDP_EPRECOND,
- * IDP_ECONFLICT (the transition is not allowed from the current status, or
- * the guard no longer holds; *from gets the current status), IDP_EUNAVAIL.
- * c is a connection the caller holds (outside a transaction); the function
- * runs its own transaction on it.
+ * repeated in the UPDATE's WHERE; an idle guard also fails for an agent
+ * this instance touched since the job's flush (touch_pending).  A resume
+ * checks the owner under the row lock as a registration does
+ * (registry_owner_check).  IDP_ENOTFOUND, IDP_EPRECOND, IDP_ECONFLICT (the
+ * transition is not allowed from the current status, or the guard no
+ * longer holds; *from gets the current status), IDP_EUNPROCESSABLE (a
+ * resume whose owner is refused; the reason appended to errors, which may
+ * be NULL), IDP_EUNAVAIL.  c is a connection the caller holds (outside a
+ * transaction); the function runs its own transaction on it.
  */
 int registry_db_transition(struct store_conn *c, const char *id, enum registry_status to,
                            const struct registry_if_match *if_match, const char *reason,
                            const struct registry_actor *who, const struct registry_guard *guard,
-                           enum registry_status *from, struct registry_agent **out) IDP_WUR;
+                           json_t *errors, enum registry_status *from,
+                           struct registry_agent **out) IDP_WUR;
 
 /* Read agent id straight from PostgreSQL.  IDP_ENOTFOUND, IDP_EUNAVAIL. */
 int registry_db_get(struct store *st, const char *id, struct registry_agent **out) IDP_WUR;
@@ -273,11 +278,18 @@ struct registry_settings {
 
 void registry_settings_get(struct registry_settings *out);
 /*
- * Refuse an owner listed in registry.departed_owners: IDP_EUNPROCESSABLE
- * with an error on "owner" added to errors, else IDP_OK (also when the file
- * cannot be read: that is logged, and reported by the cleanup job).
+ * Refuse an owner no human can answer for: one "idp:subject" whose idp is
+ * not a configured [[idp]], or one listed in registry.departed_owners.
+ * IDP_EUNPROCESSABLE with an error on "owner" added to errors for each,
+ * else IDP_OK (also when the departed file cannot be read: that is logged,
+ * and reported by the cleanup job).  owner is a valid owner.  Any thread.
  */
 int registry_owner_check(const char *owner, json_t *errors) IDP_WUR;
+/*
+ * The names of the configured [[idp]] sections as a PostgreSQL text[]
+ * literal (caller frees).  Any thread.
+ */
+char *registry_idp_names_pg(void);
 struct store *registry_store(void);
 /* Install a record this instance just wrote (takes the reference). */
 void registry_publish(struct registry_agent *rec);
@@ -335,6 +347,16 @@ void touch_stats(struct touch_stats *out);
  * registry.touch_lock while it formats.  Any thread.
  */
 char *touch_pending_ids(void);
+
+/*
+ * Whether agent id's time is noted and not written, as touch_pending_ids
+ * lists it.  Waits for a flush in progress first (registry.touch_flush_lock),
+ * so a time that flush took out of the map and puts back (its row was
+ * locked) is seen; a flush never waits for a row lock, so a caller may hold
+ * one (at worst it waits out the flush's pool acquire or statement
+ * timeout).  Any thread.
+ */
+bool touch_pending(const char *id);
 
 /* Keyset cursors (api.c): opaque to clients. */
 void registry_cursor_encode(const char *last_id, char *out, size_t len);

@@ -35,7 +35,9 @@
  *
  * So a noted time is either in PostgreSQL or still in the map: the
  * stale-agents job (jobs.c) flushes, then treats every agent still in the
- * map as in use (touch_pending_ids).
+ * map as in use (touch_pending_ids), and asks again for each agent under
+ * its row lock, right before suspending it (touch_pending): a token issued
+ * after the job's query lives only here until the next flush.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -419,6 +421,24 @@ touch_pending_ids(void)
 		return NULL;
 	}
 	return idp_buf_take(&ids, NULL);
+}
+
+bool
+touch_pending(const char *id)
+{
+	bool found = false;
+
+	if (id == NULL || !registry_id_valid(id))
+		return false;
+	/* After any flush in progress: it may hold id's time outside the map
+	 * and put it back (a locked row) only when its statement ends. */
+	pthread_mutex_lock(&T.flush_lock);
+	pthread_mutex_lock(&T.lock);
+	if (T.map.cap > 0)
+		found = map_slot(&T.map, id, touch_hash(id))->id != NULL;
+	pthread_mutex_unlock(&T.lock);
+	pthread_mutex_unlock(&T.flush_lock);
+	return found;
 }
 
 /* ---- the flusher thread ---- */

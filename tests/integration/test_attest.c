@@ -495,8 +495,9 @@ join_token_attests_once_and_is_never_stored_in_clear(void **state)
 	                                   "'agent.registered'",
 	                                   v, sizeof(v)),
 	                 0);
-	assert_string_equal(v, "agent.join_token_created,agent.attested,agent.attestation_failed,"
-	                       "agent.attestation_failed");
+	/* The first failure is the body with an extra field (evidence_malformed). */
+	assert_string_equal(v, "agent.join_token_created,agent.attestation_failed,agent.attested,"
+	                       "agent.attestation_failed,agent.attestation_failed");
 	assert_int_equal(
 	    harness_sql_value("t_att_join",
 	                      "SELECT body::json->'detail'->>'method' || ',' || "
@@ -1025,6 +1026,74 @@ a_failed_attempt_is_audited_without_waiting_for_the_commit(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
+/*
+ * A body that is not evidence of either shape (not JSON, an unknown method,
+ * an unknown field, evidence that is not a string) is a 400, and recorded as
+ * wrong evidence is: agent.attestation_failed with reason
+ * evidence_malformed, the method only when it is one of the two, and
+ * nothing of what was sent.
+ */
+static void
+a_malformed_attest_body_is_audited_without_the_evidence(void **state)
+{
+	static const struct {
+		const char *body, *method;
+	} cases[] = {
+	    {"{\"method\":", ""},
+	    {"{\"method\":\"password\",\"password\":\"hunter2-secret\"}", ""},
+	    {"{\"method\":\"join_token\",\"join_token\":\"idpj_secret-in-transit\","
+	     "\"extra\":1}",
+	     "join_token"},
+	    {"{\"method\":\"jwt\",\"token\":42}", "jwt"},
+	};
+	struct idpd_proc p;
+	struct http_resp r;
+	char want[256] = "", got[256] = "";
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_att_malformed"), 0);
+	start(&p, "t_att_malformed", NULL);
+	register_agent(&p, "agent-m", NULL);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		attest(&p, "agent-m", cases[i].body, &r);
+		assert_int_equal(r.status, 400);
+		harness_resp_free(&r);
+		snprintf(want + strlen(want), sizeof(want) - strlen(want),
+		         "%sevidence_malformed:%s", i > 0 ? "," : "", cases[i].method);
+	}
+	/* Queued without waiting: the events may land just after the answers. */
+	for (int i = 0; i < 300 && strcmp(got, want) != 0; i++) {
+		if (i > 0)
+			sleep_ms(10);
+		assert_int_equal(harness_sql_value(
+		                     "t_att_malformed",
+		                     "SELECT coalesce(string_agg((body::json->'detail'->>'reason') "
+		                     "|| ':' || coalesce(body::json->'detail'->>'method', ''), ',' "
+		                     "ORDER BY id), '') FROM audit_events WHERE type = "
+		                     "'agent.attestation_failed' AND agent_id = 'agent-m' AND "
+		                     "outcome = 'denied'",
+		                     got, sizeof(got)),
+		                 0);
+	}
+	assert_string_equal(got, want);
+	assert_int_equal(harness_sql_value("t_att_malformed",
+	                                   "SELECT count(*) FROM audit_events WHERE body LIKE "
+	                                   "'%hunter2%' OR body LIKE '%secret-in-transit%' OR "
+	                                   "body LIKE '%password%'",
+	                                   got, sizeof(got)),
+	                 0);
+	assert_string_equal(got, "0");
+	/* Nothing else happened to the agent. */
+	assert_int_equal(harness_sql_value("t_att_malformed",
+	                                   "SELECT count(*) FROM audit_events WHERE type LIKE "
+	                                   "'agent.%' AND type NOT IN ('agent.registered', "
+	                                   "'agent.attestation_failed')",
+	                                   got, sizeof(got)),
+	                 0);
+	assert_string_equal(got, "0");
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
+}
+
 /* ---- authenticate_agent, through GET /v1/me ---- */
 
 static void
@@ -1174,6 +1243,7 @@ main(void)
 	    cmocka_unit_test(
 	        jwt_credential_ends_with_the_workload_token_and_long_lived_tokens_are_refused),
 	    cmocka_unit_test(a_failed_attempt_is_audited_without_waiting_for_the_commit),
+	    cmocka_unit_test(a_malformed_attest_body_is_audited_without_the_evidence),
 	    cmocka_unit_test(credential_revoked_suspended_or_decommissioned_does_not_authenticate),
 	    cmocka_unit_test(credential_for_another_audience_does_not_authenticate),
 	    cmocka_unit_test(credential_expires_with_the_signing_key_not_after),

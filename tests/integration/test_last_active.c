@@ -9,8 +9,10 @@
  * registry_shutdown writes what is left, a flush never waits for a row
  * another transaction holds (it writes the others and keeps the locked
  * agent's time for a later flush), and the stale-agents job counts such a
- * kept time as use.
+ * kept time as use, as it does a touch made while its suspension waits for
+ * the agent's row.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -61,9 +63,13 @@ add_agent(const char *db, const char *id)
 	assert_int_equal(harness_sql(db, sql), 0);
 }
 
-/* A world whose cleanup.stale_after is stale_after_ms (0: the default). */
+/*
+ * A world whose cleanup.stale_after is stale_after_ms (0: the default) and
+ * cleanup.stale_action is action (NULL: the default).
+ */
 static void
-world_start_stale(struct world *w, const char *db, int64_t flush_ms, int64_t stale_after_ms)
+world_start_stale(struct world *w, const char *db, int64_t flush_ms, int64_t stale_after_ms,
+                  const char *action)
 {
 	char url[256];
 	struct store_opts so = {.pool_size = 2,
@@ -85,6 +91,10 @@ world_start_stale(struct world *w, const char *db, int64_t flush_ms, int64_t sta
 	w->app.cfg->registry.last_active_flush_ms = flush_ms;
 	if (stale_after_ms > 0)
 		w->app.cfg->cleanup.stale_after_ms = stale_after_ms;
+	if (action != NULL) {
+		free(w->app.cfg->cleanup.stale_action);
+		w->app.cfg->cleanup.stale_action = idp_xstrdup(action);
+	}
 	w->app.store = store_open(&so);
 	w->app.listener = store_listener_new(url);
 	idp_diag_init(&d);
@@ -96,7 +106,7 @@ world_start_stale(struct world *w, const char *db, int64_t flush_ms, int64_t sta
 static void
 world_start(struct world *w, const char *db, int64_t flush_ms)
 {
-	world_start_stale(w, db, flush_ms, 0);
+	world_start_stale(w, db, flush_ms, 0, NULL);
 }
 
 static void
@@ -332,17 +342,17 @@ a_cleanup_suspension_rechecks_what_found_the_agent(void **state)
 	assert_int_equal(store_acquire(w->app.store, &c), IDP_OK);
 	/* planner was used just now; cloud has been idle for three days. */
 	assert_int_equal(registry_db_transition(c, "planner", REGISTRY_SUSPENDED, NULL, "stale",
-	                                        &who, &idle_1d, &from, &a),
+	                                        &who, &idle_1d, NULL, &from, &a),
 	                 IDP_ECONFLICT);
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "stale", &who,
-	                                        &idle_1d, &from, &a),
+	                                        &idle_1d, NULL, &from, &a),
 	                 IDP_EUNAVAIL);
 	/* Both are alice's, not bob's. */
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
-	                                        &who, &bob, &from, &a),
+	                                        &who, &bob, NULL, &from, &a),
 	                 IDP_ECONFLICT);
 	assert_int_equal(registry_db_transition(c, "cloud", REGISTRY_SUSPENDED, NULL, "departed",
-	                                        &who, &alice, &from, &a),
+	                                        &who, &alice, NULL, &from, &a),
 	                 IDP_EUNAVAIL);
 	assert_null(a);
 	store_release(w->app.store, c);
@@ -496,7 +506,7 @@ the_stale_agents_job_counts_an_unwritten_touch_as_use(void **state)
 	int rc;
 
 	(void)state;
-	world_start_stale(w, "t_la_skip_stale", 3600 * 1000, 86400000);
+	world_start_stale(w, "t_la_skip_stale", 3600 * 1000, 86400000, NULL);
 	assert_int_equal(
 	    harness_sql(w->db, "UPDATE agents SET created_at = now() - interval '3 days'"), 0);
 	hold_row(w->db, "planner");
@@ -519,6 +529,76 @@ the_stale_agents_job_counts_an_unwritten_touch_as_use(void **state)
 	assert_string_equal(json_string_value(json_array_get(ids, 0)), "null");
 	json_decref(counts);
 	release_row();
+	world_stop(w);
+}
+
+struct stale_run {
+	struct maintenance_run run;
+	json_t *counts;
+	struct idp_diag d;
+	int rc;
+};
+
+static void *
+stale_job_thread(void *arg)
+{
+	struct stale_run *s = arg;
+
+	s->rc = stale_agents(&s->run, NULL, s->counts, &s->d);
+	return NULL;
+}
+
+/*
+ * planner has been idle for three days; cloud and null were used just now.
+ * The job (stale_action "suspend") finds planner, then waits for its row,
+ * which another session holds; meanwhile a token is issued to planner,
+ * noted only in memory (registry_touch, as the token service does).  The
+ * suspension asks the touch map again under the row lock and leaves
+ * planner active.  (This world has no audit writer: a suspension that went
+ * ahead would stop at its event and fail the job with IDP_EUNAVAIL.)
+ */
+static void
+a_token_issued_after_the_stale_query_keeps_the_agent_active(void **state)
+{
+	struct world *w = &the_world;
+	struct stale_run s = {
+	    .run = {.actor = "cron", .request_id = "req-1", .source_address = ""}};
+	pthread_t t;
+	int waited;
+
+	(void)state;
+	world_start_stale(w, "t_la_stale_race", 3600 * 1000, 86400000, "suspend");
+	assert_int_equal(harness_sql(w->db, "UPDATE agents SET created_at = now() - interval "
+	                                    "'3 days';"
+	                                    "UPDATE agents SET last_active = now() "
+	                                    "WHERE id IN ('cloud', 'null')"),
+	                 0);
+	hold_row(w->db, "planner");
+	s.counts = json_object();
+	idp_diag_init(&s.d);
+	s.run.store = w->app.store;
+	s.run.now_ms = idp_now_ms(idp_clock_system());
+	assert_int_equal(store_acquire(w->app.store, &s.run.conn), IDP_OK);
+	assert_int_equal(pthread_create(&t, NULL, stale_job_thread, &s), 0);
+	/* The job is past its query once it waits for planner's row lock. */
+	for (waited = 0; waited < 4000; waited += 20) {
+		if (value(w->db, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+		                 "current_database() AND wait_event_type = 'Lock'") > 0)
+			break;
+		usleep(20000);
+	}
+	assert_true(waited < 4000);
+	registry_touch("planner", idp_now_ms(idp_clock_system()));
+	release_row();
+	assert_int_equal(pthread_join(t, NULL), 0);
+	store_release(w->app.store, s.run.conn);
+	if (s.rc != IDP_OK)
+		fail_msg("stale_agents: %s (%s)", idp_err_name(s.rc), idp_diag_str(&s.d));
+	assert_string_equal(json_string_value(json_object_get(s.counts, "action")), "suspend");
+	assert_int_equal(json_integer_value(json_object_get(s.counts, "stale")), 1);
+	assert_int_equal(json_integer_value(json_object_get(s.counts, "suspended")), 0);
+	assert_int_equal(value(w->db, "SELECT count(*) FROM agents WHERE status <> 'active'"), 0);
+	json_decref(s.counts);
 	world_stop(w);
 }
 
@@ -549,6 +629,8 @@ main(void)
 	    cmocka_unit_test_teardown(a_flush_skips_a_locked_agent_and_writes_it_later, teardown),
 	    cmocka_unit_test_teardown(the_flusher_writes_around_a_locked_agent, teardown),
 	    cmocka_unit_test_teardown(the_stale_agents_job_counts_an_unwritten_touch_as_use,
+	                              teardown),
+	    cmocka_unit_test_teardown(a_token_issued_after_the_stale_query_keeps_the_agent_active,
 	                              teardown),
 	};
 

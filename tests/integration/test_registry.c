@@ -23,6 +23,7 @@
 
 #include "harness.h"
 #include "idpd/auth.h"
+#include "idpd/jws.h"
 #include "idpd/maintenance.h"
 
 static char registrar_key[64], auditor_key[64], maint_key[64], admin_key[64];
@@ -45,6 +46,40 @@ make_keys(void)
 	         "[[api_keys]]\nname = \"cron\"\nhash = \"%s\"\nroles = [\"maintenance\"]\n"
 	         "[[api_keys]]\nname = \"ops-admin\"\nhash = \"%s\"\nroles = [\"admin\"]\n",
 	         h1, h2, h3, h4);
+}
+
+/*
+ * An [[idp]] named "okta", so that owners "okta:<subject>" name a
+ * configured provider (its key set: one fresh key, written once).
+ */
+static const char *
+okta_idp_toml(void)
+{
+	static char toml[512];
+	char path[] = "/tmp/idpd-okta-jwks-XXXXXX";
+	struct idp_jws_key *key = NULL;
+	json_t *doc;
+	FILE *f;
+	int fd;
+
+	if (toml[0] != '\0')
+		return toml;
+	assert_int_equal(idp_jws_key_generate("okta-1", &key, NULL), IDP_OK);
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	assert_non_null(f);
+	doc = json_pack("{s:[o]}", "keys", idp_jws_key_public_jwk(key));
+	assert_int_equal(json_dumpf(doc, f, JSON_COMPACT), 0);
+	json_decref(doc);
+	assert_int_equal(fclose(f), 0);
+	idp_jws_key_unref(key);
+	snprintf(toml, sizeof(toml),
+	         "[[idp]]\nname = \"okta\"\nissuer = \"https://okta.example\"\n"
+	         "audience = \"idpd\"\njwks_file = \"%s\"\nalgs = [\"ES256\"]\n"
+	         "principal_claim = \"sub\"\n",
+	         path);
+	return toml;
 }
 
 static void
@@ -310,7 +345,7 @@ bad_input_gets_422_naming_the_field_and_writes_nothing(void **state)
 
 	(void)state;
 	assert_int_equal(harness_db_create("t_reg_bad"), 0);
-	start(&p, "t_reg_bad", NULL);
+	start(&p, "t_reg_bad", okta_idp_toml());
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		agent_body(body, sizeof(body), cases[i].id, cases[i].owner, cases[i].caps,
 		           cases[i].more);
@@ -1491,7 +1526,8 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	fclose(f);
 	assert_int_equal(harness_db_create("t_reg_departed"), 0);
 	snprintf(toml, sizeof(toml),
-	         "[registry]\ndeparted_owners = \"%s\"\n[cleanup]\nstale_after = \"0d\"\n", path);
+	         "[registry]\ndeparted_owners = \"%s\"\n[cleanup]\nstale_after = \"0d\"\n%s", path,
+	         okta_idp_toml());
 	start(&p, "t_reg_departed", toml);
 	register_agent(&p, "kept", "alice@company.com", "[\"a:b\"]", NULL);
 	/* Registered before bob left. */
@@ -1522,9 +1558,10 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	harness_resp_free(&r);
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 
-	snprintf(toml, sizeof(toml),
-	         "[registry]\ndeparted_owners = \"%s\"\n[cleanup]\ndeparted_action = \"suspend\"\n",
-	         path);
+	snprintf(
+	    toml, sizeof(toml),
+	    "[registry]\ndeparted_owners = \"%s\"\n[cleanup]\ndeparted_action = \"suspend\"\n%s",
+	    path, okta_idp_toml());
 	start(&p, "t_reg_departed", toml);
 	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
 	assert_int_equal(r.status, 200);
@@ -1538,6 +1575,34 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	call(&p, "GET", "/v1/agents/kept", auditor_key, NULL, NULL, &r);
 	assert_string_equal(jstr(r.json, "status"), "active");
 	harness_resp_free(&r);
+	/* Nor can an agent of someone who left be resumed (422 on owner, as an
+	 * owner change to them), with or without If-Match; nothing changes. */
+	call(&p, "POST", "/v1/agents/orphan-1/resume", registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 422);
+	assert_string_equal(jstr(r.json, "code"), "unprocessable");
+	assert_true(names_field(r.json, "owner"));
+	harness_resp_free(&r);
+	call(&p, "POST", "/v1/agents/orphan-2/resume", registrar_key,
+	     "{\"reason\":\"back from leave\"}", "If-Match: *", &r);
+	assert_int_equal(r.status, 422);
+	assert_true(names_field(r.json, "owner"));
+	harness_resp_free(&r);
+	call(&p, "GET", "/v1/agents/orphan-1", auditor_key, NULL, NULL, &r);
+	assert_string_equal(jstr(r.json, "status"), "suspended");
+	harness_resp_free(&r);
+	{
+		char n[64];
+
+		sql_value("t_reg_departed",
+		          "SELECT count(*) FROM agents WHERE status = 'suspended' AND id LIKE "
+		          "'orphan-%'",
+		          n, sizeof(n));
+		assert_string_equal(n, "2");
+		sql_value("t_reg_departed",
+		          "SELECT count(*) FROM audit_events WHERE type = 'agent.resumed'", n,
+		          sizeof(n));
+		assert_string_equal(n, "0");
+	}
 	/* Reassigning the owner clears the report; a second run suspends nothing. */
 	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/orphan-1", registrar_key,
 	                           "{\"owner\":\"carol@company.com\"}", NULL),
@@ -1558,6 +1623,16 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	assert_int_equal(jint(cleanup_job(&r, "departed_owners"), "suspended"), 0);
 	assert_int_equal(jint(cleanup_job(&r, "departed_owners"), "unowned"), 1);
 	harness_resp_free(&r);
+	/* With an accountable owner it resumes, and the next run leaves it active. */
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/orphan-1/resume", registrar_key, NULL, NULL), 200);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "departed_owners"), "suspended"), 0);
+	harness_resp_free(&r);
+	call(&p, "GET", "/v1/agents/orphan-1", auditor_key, NULL, NULL, &r);
+	assert_string_equal(jstr(r.json, "status"), "active");
+	harness_resp_free(&r);
 	/* A broken HR file fails its job (500, named), not the others. */
 	f = fopen(path, "w");
 	assert_non_null(f);
@@ -1572,6 +1647,100 @@ cleanup_handles_departed_owners_and_refuses_them_as_sponsors(void **state)
 	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 	unlink(path);
 	rmdir(dir);
+}
+
+/* Whether an error of problem on field has a message containing s. */
+static bool
+field_message_has(json_t *problem, const char *field, const char *s)
+{
+	json_t *e;
+	size_t i;
+
+	json_array_foreach(json_object_get(problem, "errors"), i, e)
+	{
+		if (jstr(e, "field") != NULL && strcmp(jstr(e, "field"), field) == 0 &&
+		    jstr(e, "message") != NULL && strstr(jstr(e, "message"), s) != NULL)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * An owner "idp:subject" is that provider's principal subject and no one
+ * else (docs/tokens.md, "Who decides"): one naming no configured [[idp]]
+ * could never act as the owner.  It is refused at registration and in an
+ * owner change (422 on owner, naming the label; nothing written); an agent
+ * registered before its provider was removed from the configuration is
+ * reported by the departed_owners job (with no departed-owners file, too),
+ * may still change its owner, and is not resumed once suspended.
+ */
+static void
+an_owner_naming_no_configured_idp_is_refused_and_reported(void **state)
+{
+	struct idpd_proc p;
+	struct http_resp r;
+	char body[4096], n[64];
+	json_t *ids;
+
+	(void)state;
+	assert_int_equal(harness_db_create("t_reg_owner_idp"), 0);
+	start(&p, "t_reg_owner_idp", okta_idp_toml());
+	register_agent(&p, "okta-owned", "okta:00u1abcd", "[\"a:b\"]", NULL);
+	agent_body(body, sizeof(body), "nowhere-owned", "nowhere:00u1abcd", "[\"a:b\"]", NULL);
+	call(&p, "POST", "/v1/agents", registrar_key, body, NULL, &r);
+	assert_int_equal(r.status, 422);
+	assert_true(field_message_has(r.json, "owner", "\"nowhere\""));
+	harness_resp_free(&r);
+	call(&p, "PATCH", "/v1/agents/okta-owned", registrar_key, "{\"owner\":\"nowhere:00u1\"}",
+	     "If-Match: \"1\"", &r);
+	assert_int_equal(r.status, 422);
+	assert_true(field_message_has(r.json, "owner", "\"nowhere\""));
+	harness_resp_free(&r);
+	sql_value("t_reg_owner_idp",
+	          "SELECT count(*) || '|' || max(version) || '|' || max(owner) || '|' || "
+	          "(SELECT count(*) FROM audit_events WHERE type LIKE 'agent.%') FROM agents",
+	          n, sizeof(n));
+	assert_string_equal(n, "1|1|okta:00u1abcd|1");
+
+	/* Registered while a provider "gone" was configured. */
+	assert_int_equal(
+	    harness_sql("t_reg_owner_idp",
+	                "INSERT INTO agents (id, agent_type, owner, capabilities, "
+	                "max_chain_depth, max_scope_per_delegation) VALUES "
+	                "('legacy', 't', 'gone:00u9', '{a:b}', 1, 'read'), "
+	                "('legacy-retired', 't', 'gone:00u8', '{a:b}', 1, 'read');"
+	                "UPDATE agents SET status = 'decommissioned', revocation_epoch "
+	                "= now(), status_changed_at = now(), status_changed_by = 'ops', "
+	                "status_reason = 'retired' WHERE id = 'legacy-retired'"),
+	    0);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(jstr(cleanup_job(&r, "departed_owners"), "status"), "ok");
+	assert_true(json_is_true(json_object_get(cleanup_job(&r, "departed_owners"), "skipped")));
+	assert_int_equal(jint(cleanup_job(&r, "departed_owners"), "owner_idp_unknown"), 1);
+	ids = json_object_get(cleanup_job(&r, "departed_owners"), "owner_idp_unknown_ids");
+	assert_int_equal(json_array_size(ids), 1);
+	assert_string_equal(json_string_value(json_array_get(ids, 0)), "legacy");
+	harness_resp_free(&r);
+	/* Reported, never suspended by the job; suspended by hand, it stays so. */
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/legacy/suspend", registrar_key, NULL, NULL), 200);
+	call(&p, "POST", "/v1/agents/legacy/resume", registrar_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 422);
+	assert_true(field_message_has(r.json, "owner", "\"gone\""));
+	harness_resp_free(&r);
+	/* Given an owner someone can act as, it resumes and is no longer reported. */
+	assert_int_equal(status_of(&p, "PATCH", "/v1/agents/legacy", registrar_key,
+	                           "{\"owner\":\"okta:00u9\"}", "If-Match: \"2\""),
+	                 200);
+	assert_int_equal(
+	    status_of(&p, "POST", "/v1/agents/legacy/resume", registrar_key, NULL, NULL), 200);
+	call(&p, "POST", "/v1/maintenance/cleanup", maint_key, NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(jint(cleanup_job(&r, "departed_owners"), "owner_idp_unknown"), 0);
+	assert_null(json_object_get(cleanup_job(&r, "departed_owners"), "owner_idp_unknown_ids"));
+	harness_resp_free(&r);
+	assert_int_equal(harness_idpd_stop(&p, SIGTERM, 10000), 0);
 }
 
 /*
@@ -1768,6 +1937,7 @@ main(void)
 	    cmocka_unit_test(cleanup_does_not_suspend_an_agent_in_use),
 	    cmocka_unit_test(cleanup_cutoffs_follow_postgres_clock_not_the_instance_clock),
 	    cmocka_unit_test(cleanup_handles_departed_owners_and_refuses_them_as_sponsors),
+	    cmocka_unit_test(an_owner_naming_no_configured_idp_is_refused_and_reported),
 	    cmocka_unit_test(cleanup_deletes_expired_audit_events_keeping_chains_verifiable),
 	    cmocka_unit_test(cleanup_brings_chains_written_by_older_instances_up_to_date),
 	    cmocka_unit_test(a_second_cleanup_while_one_runs_gets_409),
