@@ -38,6 +38,7 @@ struct human_principal {
 	char idp[65];                            /* the [[idp]] name that vouched for it */
 	bool vouches_for_owners;                 /* that [[idp]]'s vouches_for_owners */
 	int64_t expires_at_s;                    /* the token's exp */
+	int retry_after_s; /* with IDP_EUNAVAIL: when a key set being fetched may be there */
 };
 
 /* A verifier over one configuration's providers; immutable, any thread. */

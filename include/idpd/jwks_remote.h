@@ -1,0 +1,113 @@
+/*
+ * jwks_remote.h - foreign key sets fetched from a jwks_uri over HTTPS, as
+ * an OAuth/OIDC relying party does: an [[idp]] whose keys rotate (Entra ID,
+ * Okta) is followed without an operator copying files and sending SIGHUP.
+ *
+ * One background thread (the jwks thread) does every fetch: the first as
+ * soon as a remote is made, then one every refresh_ms, a failed one again
+ * after min_refresh_ms, and one when a verifier asks (jwks_remote_want,
+ * for a token naming a kid the set lacks), never two within
+ * min_refresh_ms, so made-up kids cannot make idpd hammer the provider.
+ * A fetch is HTTPS only with the server's certificate and name verified
+ * (tls_client.h), JWKS_REMOTE_TIMEOUT_MS in all, redirects not followed,
+ * only a 200 with a JSON body of at most JWKS_REMOTE_BODY_MAX bytes
+ * taken, parsed by idp_jws_keyset_from_jwks.
+ *
+ * Each remote publishes its last good key set, an immutable reference-
+ * counted idp_jws_keyset, with the wall-clock start of the fetch that last
+ * succeeded.  jwks.lock (one mutex for the module) guards the list of
+ * remotes and every remote's published set, reference count and schedule;
+ * it is held only to copy or swap pointers, never across I/O.  A failed
+ * fetch keeps the last good set.  A set older than max_stale_ms is not
+ * used (jwks_remote_view says it is not usable).  A changed set is logged
+ * and audited (jwks.changed: the provider and the kids added and removed);
+ * a failure is logged once when fetches start failing and once when they
+ * work again, not per attempt.
+ */
+#ifndef IDPD_JWKS_REMOTE_H
+#define IDPD_JWKS_REMOTE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "idpd/common.h"
+
+struct idp_clock;
+struct idp_jws_keyset;
+
+#define JWKS_REMOTE_TIMEOUT_MS 10000      /* one fetch: connect to the last byte */
+#define JWKS_REMOTE_BODY_MAX (512 * 1024) /* bytes of JWKS document */
+#define JWKS_REMOTE_START_WAIT_MS 12000   /* startup and reloads wait this long at most */
+
+/* One provider's remote key set; opaque, reference counted. */
+struct jwks_remote;
+
+struct jwks_remote_opts {
+	const char *kind;    /* "idp": in logs, audit events and metrics (a static string) */
+	const char *name;    /* the provider's name */
+	const char *uri;     /* https://... */
+	const char *ca_file; /* PEM CAs; NULL or "": the system's trust store */
+	int64_t refresh_ms;
+	int64_t min_refresh_ms;
+	int64_t max_stale_ms; /* longer than refresh_ms */
+};
+
+/*
+ * Register the module's metrics collector and readiness check ("jwks").
+ * Idempotent.  Main thread, before the server starts.
+ */
+int jwks_remote_init(void) IDP_WUR;
+/* Stop the jwks thread (an ongoing fetch ends within its timeout).  Main thread. */
+void jwks_remote_shutdown(void);
+
+/*
+ * Whether opts are usable: an https URL whose host can be verified, a
+ * ca_file that loads, max_stale_ms > refresh_ms.  IDP_OK, or IDP_EINVAL
+ * with diag naming the provider.  Fetches nothing.  Any thread.
+ */
+int jwks_remote_check(const struct jwks_remote_opts *o, struct idp_diag *diag) IDP_WUR;
+/*
+ * The remote for opts, with a new reference for the caller: the existing
+ * one of the same kind, name, uri and ca_file (its keys and state kept, its
+ * timings taken from opts), or a new one that the jwks thread (started if
+ * need be) fetches at once.  IDP_EINVAL as jwks_remote_check.  Main thread.
+ */
+int jwks_remote_get(const struct jwks_remote_opts *o, struct jwks_remote **out,
+                    struct idp_diag *diag) IDP_WUR;
+/* Drop a reference; the last one removes the remote.  NULL is a no-op.  Any thread. */
+void jwks_remote_unref(struct jwks_remote *r);
+/*
+ * Wait until every remote has had its first fetch (good or not), at most
+ * timeout_ms.  Main thread: startup and reloads, so that a provider's keys
+ * are there before its first tokens when it answers quickly.
+ */
+void jwks_remote_wait_tried(int64_t timeout_ms);
+
+/* What a verifier reads of a remote, at one moment. */
+struct jwks_remote_view {
+	struct idp_jws_keyset *keys; /* the last good set (a reference), or NULL: never fetched */
+	int64_t began_ms;            /* wall-clock start of the fetch that last succeeded */
+	bool usable;                 /* keys != NULL and began_ms within max_stale_ms of now */
+	int retry_after_s;           /* seconds until a fetch asked for now may have ended */
+};
+/* Fill v for r at clock's time.  Never blocks (jwks.lock, briefly).  Any thread. */
+void jwks_remote_view(struct jwks_remote *r, const struct idp_clock *clock,
+                      struct jwks_remote_view *v);
+/* Release v's reference. */
+void jwks_remote_view_cleanup(struct jwks_remote_view *v);
+/*
+ * Ask the jwks thread to fetch r again: at once if its last fetch began
+ * min_refresh_ms ago or more, else when that time has passed.  Never
+ * blocks.  Any thread.
+ */
+void jwks_remote_want(struct jwks_remote *r);
+
+/*
+ * The unverified iss (copied into iss, at most len - 1 bytes; "" when
+ * absent or not a string) and iat (ms; KEYS_NO_IAT when absent or absurd)
+ * of a compact token that idp_jws_verify has bounded.  They only choose
+ * whom to ask and whether an unknown kid is definitive, never accept.
+ */
+void jwks_token_iss_iat(const char *token, size_t len, char *iss, size_t iss_len, int64_t *iat_ms);
+
+#endif /* IDPD_JWKS_REMOTE_H */
