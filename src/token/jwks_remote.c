@@ -321,35 +321,16 @@ jwks_remote_want(struct jwks_remote *r)
 void
 jwks_token_iss_iat(const char *token, size_t len, char *iss, size_t iss_len, int64_t *iat_ms)
 {
-	const char *d1 = memchr(token, '.', len), *d2 = NULL;
-	unsigned char *text = NULL;
-	size_t tlen = 0;
-	json_t *claims = NULL;
-	const json_t *v;
-	double sec = -1;
+	json_t *claims = idp_jws_peek_claims(token, len);
+	const json_t *v = json_object_get(claims, "iss");
 
 	iss[0] = '\0';
-	*iat_ms = KEYS_NO_IAT;
-	if (d1 != NULL)
-		d2 = memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token));
-	if (d2 == NULL ||
-	    idp_b64url_decode_alloc(d1 + 1, (size_t)(d2 - d1 - 1), &text, &tlen) != IDP_OK)
-		return;
-	claims = json_loadb((const char *)text, tlen, JSON_REJECT_DUPLICATES, NULL);
-	v = json_object_get(claims, "iss");
 	if (json_is_string(v) && json_string_length(v) < iss_len &&
 	    json_string_length(v) == strlen(json_string_value(v)))
 		memcpy(iss, json_string_value(v), json_string_length(v) + 1);
-	v = json_object_get(claims, "iat");
-	if (json_is_integer(v))
-		sec = (double)json_integer_value(v);
-	else if (json_is_real(v))
-		sec = json_real_value(v);
-	/* 253402300799: 9999-12-31T23:59:59Z, as jws.c bounds NumericDates. */
-	if (sec >= 0 && sec <= 253402300799.0)
-		*iat_ms = (int64_t)(sec * 1000.0);
+	if (idp_jwt_numeric_date_ms(claims, "iat", iat_ms) != 1)
+		*iat_ms = KEYS_NO_IAT;
 	json_decref(claims);
-	free(text);
 }
 
 /* ---- one fetch (jwks thread) ---- */

@@ -8,9 +8,12 @@
  * jwks_min_refresh whatever the tokens say; a provider whose keys could
  * not be fetched answers 503, never 401, and /readyz says so; a bad
  * certificate, an oversize or non-200 answer fetch nothing and keep the
- * last good set; an http:// jwks_uri is refused.
+ * last good set; reloads add, keep and remove such providers; an http://
+ * jwks_uri is refused.
  */
 #include <setjmp.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -318,6 +321,95 @@ jwks_uri_unverified_server_answers_503_until_it_is_fixed(void **state)
 	idp_jws_key_unref(a);
 }
 
+/* Write text to path (append or replace), send SIGHUP and wait for the reload's n-th "done". */
+static void
+reload_with(struct world *w, const char *text, bool append, int n)
+{
+	FILE *f = fopen(w->p.config, append ? "a" : "w");
+	char *log;
+	size_t len = 0;
+	int done = 0;
+
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(kill(w->p.pid, SIGHUP), 0);
+	for (int i = 0; i < 1500 && done < n; i++) {
+		FILE *l = fopen(w->p.log, "r");
+
+		sleep_ms(10);
+		done = 0;
+		if (l == NULL)
+			continue;
+		log = NULL;
+		len = 0;
+		while (getline(&log, &len, l) > 0)
+			done += strstr(log, "reload: done") != NULL;
+		free(log);
+		fclose(l);
+	}
+	assert_int_equal(done, n);
+}
+
+static char *
+read_file(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *text = calloc(1, 1 << 17);
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(text, 1, (1 << 17) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	return text;
+}
+
+static void
+jwks_uri_providers_come_stay_and_go_with_reloads(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("key-a");
+	char pki[64], cert[128], key[128], toml[1024];
+	char *tok, *before;
+	unsigned fetched;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	world_start(&w, "t_jwks_reload", NULL);
+	tok = remote_token(a, 0);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
+	before = read_file(w.p.config);
+
+	/* Added by a reload: fetched before it takes over, so its first token works. */
+	remote_toml(toml, sizeof(toml), "https", t.port, pki);
+	reload_with(&w, toml, true, 1);
+	assert_int_equal(harness_tls_requests(&t), 1);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 400);
+
+	/* Reloaded unchanged: the provider keeps its keys, nothing is fetched. */
+	fetched = harness_tls_requests(&t);
+	reload_with(&w, "\n", true, 2);
+	assert_int_equal(harness_tls_requests(&t), fetched);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 400);
+
+	/* Removed by a reload: its tokens are no one's. */
+	reload_with(&w, before, false, 3);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
+
+	free(before);
+	free(tok);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+}
+
 /* idpd check-config on toml; its exit status, its output in out. */
 static int
 check_config(const char *toml, const char *out)
@@ -380,6 +472,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(jwks_uri_keys_authenticate_and_follow_rotation),
 	    cmocka_unit_test(jwks_uri_unverified_server_answers_503_until_it_is_fixed),
+	    cmocka_unit_test(jwks_uri_providers_come_stay_and_go_with_reloads),
 	    cmocka_unit_test(jwks_uri_must_be_https_and_alone),
 	};
 
