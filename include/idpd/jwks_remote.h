@@ -43,7 +43,7 @@ struct idp_jws_keyset;
 struct jwks_remote;
 
 struct jwks_remote_opts {
-	const char *kind;    /* "idp": in logs, audit events and metrics (a static string) */
+	const char *kind;    /* "idp" or "attestor": in logs, audit events and metrics */
 	const char *name;    /* the provider's name */
 	const char *uri;     /* https://... */
 	const char *ca_file; /* PEM CAs; NULL or "": the system's trust store */
@@ -101,6 +101,21 @@ void jwks_remote_view_cleanup(struct jwks_remote_view *v);
  * blocks.  Any thread.
  */
 void jwks_remote_want(struct jwks_remote *r);
+
+/*
+ * The answer for a token whose kid none of the caller's key sets holds and
+ * whose (unverified) iss is remote r's provider: the key may have been
+ * published after r's set was fetched.  IDP_EUNAUTH once that is ruled
+ * out: r's last good fetch began more than KEYS_KID_SKEW_MS after the
+ * token's iat_ms (the rule keys_verify_own applies to idpd's own kids read
+ * by another thread).  Otherwise (no usable set, a token without iat, or a
+ * fetch that may predate the key) a fetch of r is asked for and
+ * IDP_EUNAVAIL, with *reason ("jwks_unavailable",
+ * "kid_unknown_until_refresh") and *retry_after_s.  Never blocks.  Any
+ * thread.
+ */
+int jwks_remote_kid_unknown(struct jwks_remote *r, const struct idp_clock *clock, int64_t iat_ms,
+                            const char **reason, int *retry_after_s) IDP_WUR;
 
 /*
  * The unverified iss (copied into iss, at most len - 1 bytes; "" when

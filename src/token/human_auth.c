@@ -24,7 +24,6 @@
 #include "idpd/human_auth.h"
 #include "idpd/jwks_remote.h"
 #include "idpd/jws.h"
-#include "idpd/keys.h"
 #include "idpd/log.h"
 #include "idpd/revocation.h"
 #include "idpd/tasks.h"
@@ -403,14 +402,11 @@ idp_keys(const struct human_idp *h, const struct idp_clock *clock, struct jwks_r
 }
 
 /*
- * A token whose kid no provider holds, and whose (unverified) iss is that
- * of a jwks_uri provider: the key may be one the provider published after
- * its set was fetched.  IDP_EUNAUTH once that is ruled out, when the
- * provider's last good fetch began after the token was issued (its iat,
- * less KEYS_KID_SKEW_MS: the rule keys_verify_own applies to idpd's own
- * kids read by another thread); a token without iat cannot be judged.  Otherwise the provider is
- * asked to fetch again, and IDP_EUNAVAIL with *reason and out->retry_after_s: so is a provider
- * without a usable set, whose word is not known at all.
+ * A token whose kid no provider holds: if its (unverified) iss is that of a
+ * jwks_uri provider, that provider decides whether the kid is definitely
+ * unknown (IDP_EUNAUTH) or may be a key published since its set was
+ * fetched (IDP_EUNAVAIL, a fetch asked for, *reason and out->retry_after_s
+ * set): jwks_remote_kid_unknown.
  */
 static int
 remote_kid_unknown(const struct human_verifier *v, const char *token, size_t len,
@@ -421,26 +417,10 @@ remote_kid_unknown(const struct human_verifier *v, const char *token, size_t len
 	int rc = IDP_EUNAUTH;
 
 	jwks_token_iss_iat(token, len, iss, sizeof(iss), &iat_ms);
-	for (size_t i = 0; i < v->n_idps && rc == IDP_EUNAUTH && iss[0] != '\0'; i++) {
-		const struct human_idp *h = &v->idps[i];
-		struct jwks_remote_view rv;
-
-		if (h->remote == NULL || strcmp(h->issuer, iss) != 0)
-			continue;
-		(void)idp_keys(h, clock, &rv);
-		if (!rv.usable) {
-			*reason = "jwks_unavailable";
-			rc = IDP_EUNAVAIL;
-		} else if (iat_ms < 0 || rv.began_ms - iat_ms <= KEYS_KID_SKEW_MS) {
-			*reason = "kid_unknown_until_refresh";
-			rc = IDP_EUNAVAIL;
-		}
-		if (rc == IDP_EUNAVAIL) {
-			jwks_remote_want(h->remote);
-			out->retry_after_s = rv.retry_after_s;
-		}
-		jwks_remote_view_cleanup(&rv);
-	}
+	for (size_t i = 0; i < v->n_idps && rc == IDP_EUNAUTH && iss[0] != '\0'; i++)
+		if (v->idps[i].remote != NULL && strcmp(v->idps[i].issuer, iss) == 0)
+			rc = jwks_remote_kid_unknown(v->idps[i].remote, clock, iat_ms, reason,
+			                             &out->retry_after_s);
 	return rc;
 }
 

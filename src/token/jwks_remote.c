@@ -318,6 +318,28 @@ jwks_remote_want(struct jwks_remote *r)
 	pthread_mutex_unlock(&lock);
 }
 
+int
+jwks_remote_kid_unknown(struct jwks_remote *r, const struct idp_clock *clock, int64_t iat_ms,
+                        const char **reason, int *retry_after_s)
+{
+	struct jwks_remote_view rv;
+	int rc = IDP_EUNAVAIL;
+
+	jwks_remote_view(r, clock, &rv);
+	if (!rv.usable)
+		*reason = "jwks_unavailable";
+	else if (iat_ms < 0 || rv.began_ms - iat_ms <= KEYS_KID_SKEW_MS)
+		*reason = "kid_unknown_until_refresh";
+	else
+		rc = IDP_EUNAUTH;
+	if (rc == IDP_EUNAVAIL) {
+		jwks_remote_want(r);
+		*retry_after_s = rv.retry_after_s;
+	}
+	jwks_remote_view_cleanup(&rv);
+	return rc;
+}
+
 void
 jwks_token_iss_iat(const char *token, size_t len, char *iss, size_t iss_len, int64_t *iat_ms)
 {

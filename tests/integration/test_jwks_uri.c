@@ -8,7 +8,8 @@
  * jwks_min_refresh whatever the tokens say; a provider whose keys could
  * not be fetched answers 503, never 401, and /readyz says so; a bad
  * certificate, an oversize or non-200 answer fetch nothing and keep the
- * last good set; reloads add, keep and remove such providers; an http://
+ * last good set; reloads add, keep and remove such providers; an
+ * [[attestors]] with a jwks_uri follows rotation the same way; an http://
  * jwks_uri is refused.
  */
 #include <setjmp.h>
@@ -410,6 +411,112 @@ jwks_uri_providers_come_stay_and_go_with_reloads(void **state)
 	idp_jws_key_unref(a);
 }
 
+#define WL_ISS "https://spire.remote.example"
+
+/* A workload token of the jwks_uri attestor for the planner, signed by key, issued iat_ago s ago.
+ */
+static char *
+workload_token(const struct idp_jws_key *key, long iat_ago)
+{
+	long long now = (long long)time(NULL);
+	json_t *c = json_pack("{s:s,s:[s],s:s,s:I,s:I}", "iss", WL_ISS, "aud", "idpd", "sub",
+	                      "spiffe://example.org/planner", "iat", (json_int_t)(now - iat_ago),
+	                      "exp", (json_int_t)(now + 600));
+	char *tok = NULL;
+
+	assert_int_equal(idp_jws_sign(key, NULL, c, &tok, NULL, NULL), IDP_OK);
+	json_decref(c);
+	return tok;
+}
+
+/* POST /v1/agents/wl-agent/attest with jwt evidence tok: the status, Retry-After into ra. */
+static long
+attest_jwt(struct world *w, const char *tok, char *ra, size_t len)
+{
+	struct http_resp r;
+	char body[4096];
+	long status;
+
+	snprintf(body, sizeof(body), "{\"method\":\"jwt\",\"token\":\"%s\"}", tok);
+	world_call(w, "POST", "/v1/agents/wl-agent/attest", NULL, body, &r);
+	status = r.status;
+	if (ra != NULL && !harness_resp_header(&r, "Retry-After", ra, len))
+		ra[0] = '\0';
+	harness_resp_free(&r);
+	return status;
+}
+
+static void
+jwks_uri_attestor_follows_rotation(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("wl-a"), *b = new_key("wl-b"), *both[2], *made_up;
+	char pki[64], cert[128], key[128], toml[1024], ra[32], sql[512];
+	char *tok;
+	long s = 0;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	snprintf(toml, sizeof(toml),
+	         "[[attestors]]\nname = \"wl\"\nissuer = \"" WL_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\nca_file = \"%s/ca.pem\"\n"
+	         "algs = [\"ES256\"]\njwks_min_refresh = \"2s\"\nselectors = \"wl=sub\"\n",
+	         t.port, pki);
+	world_start(&w, "t_jwks_attestor", toml);
+	world_register(&w, "{\"id\":\"wl-agent\",\"agent_type\":\"planner\",\"owner\":"
+	                   "\"alice@example.com\",\"capabilities\":[\"reports:read\"],"
+	                   "\"delegation_constraints\":{\"max_chain_depth\":1,"
+	                   "\"max_scope_per_delegation\":\"read\","
+	                   "\"requires_human_approval_for\":[]},"
+	                   "\"credential\":{\"rotation\":\"30m\"},"
+	                   "\"attestation_selectors\":[\"wl:spiffe://example.org/planner\"]}");
+
+	/* Fetched at start: evidence under wl-a attests. */
+	tok = workload_token(a, 0);
+	assert_int_equal(attest_jwt(&w, tok, NULL, 0), 200);
+	free(tok);
+
+	/* Rotated: evidence under wl-b is a 503 with Retry-After, then attests. */
+	both[0] = a;
+	both[1] = b;
+	serve_keys(&t, both, 2);
+	tok = workload_token(b, 0);
+	assert_int_equal(attest_jwt(&w, tok, ra, sizeof(ra)), 503);
+	assert_true(atoi(ra) >= 1);
+	for (int i = 0; i < 32 && (s = attest_jwt(&w, tok, NULL, 0)) != 200; i++)
+		sleep_ms(250);
+	assert_int_equal(s, 200);
+	free(tok);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'agent.attestation_failed' AND "
+	         "agent_id = 'wl-agent' AND body::jsonb->'detail'->>'reason' = "
+	         "'kid_unknown_until_refresh'");
+	assert_true(world_count(&w, sql) >= 1);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'jwks.changed' AND "
+	         "body::jsonb->'detail'->>'kind' = 'attestor' AND "
+	         "body::jsonb->'detail'->'added' = '[\"wl-b\"]'::jsonb");
+	assert_int_equal(world_count(&w, sql), 1);
+
+	/* A made-up kid on evidence issued before the last fetch: 401. */
+	made_up = new_key("wl-made-up");
+	tok = workload_token(made_up, 60);
+	assert_int_equal(attest_jwt(&w, tok, NULL, 0), 401);
+	free(tok);
+	idp_jws_key_unref(made_up);
+
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+	idp_jws_key_unref(b);
+}
+
 /* idpd check-config on toml; its exit status, its output in out. */
 static int
 check_config(const char *toml, const char *out)
@@ -473,6 +580,7 @@ main(void)
 	    cmocka_unit_test(jwks_uri_keys_authenticate_and_follow_rotation),
 	    cmocka_unit_test(jwks_uri_unverified_server_answers_503_until_it_is_fixed),
 	    cmocka_unit_test(jwks_uri_providers_come_stay_and_go_with_reloads),
+	    cmocka_unit_test(jwks_uri_attestor_follows_rotation),
 	    cmocka_unit_test(jwks_uri_must_be_https_and_alone),
 	};
 
