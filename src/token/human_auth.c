@@ -441,6 +441,12 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 		r = "no_idp";
 		goto done;
 	}
+	/* The bound idp_jws_verify applies, here first: a provider without a
+	 * usable set reads the kid and iss without calling it. */
+	if (len > IDP_JWS_MAX_TOKEN) {
+		r = idp_jws_reason_name(IDP_JWS_TOO_LARGE);
+		goto done;
+	}
 	for (size_t i = 0; i < v->n_idps; i++) {
 		struct idp_jws_verify_opts o = {.typ = NULL, .algs = v->idps[i].algs};
 		struct jwks_remote_view rv;
