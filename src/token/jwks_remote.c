@@ -459,11 +459,12 @@ header(const char *head, size_t len, const char *name, char *out, size_t out_len
 /*
  * The JWKS in an answer: a 200 whose Content-Type is JSON (application/json
  * or a +json type such as application/jwk-set+json), without transfer
- * coding, whose body is whole.  *body and *body_len point into ans.
+ * coding, whose body is whole.  *body and *body_len point into ans.  uri
+ * names the answer in diag.  Pure; reached by the unit test (IDP_STATIC).
  */
-static int
-parse_answer(const struct jwks_remote *r, const struct idp_buf *ans, bool clean, const char **body,
-             size_t *body_len, struct idp_diag *diag)
+IDP_STATIC int
+jwks_parse_answer(const char *uri, const struct idp_buf *ans, bool clean, const char **body,
+                  size_t *body_len, struct idp_diag *diag)
 {
 	const char *data = ans->data, *end;
 	char ctype[128], clen[32];
@@ -472,13 +473,13 @@ parse_answer(const struct jwks_remote *r, const struct idp_buf *ans, bool clean,
 
 	if (ans->len < 12 || strncmp(data, "HTTP/1.", 7) != 0 || data[8] != ' ' || data[9] < '1' ||
 	    data[9] > '5' || data[10] < '0' || data[10] > '9' || data[11] < '0' || data[11] > '9') {
-		idp_diag_add(diag, "%s: the answer is not HTTP/1", r->uri);
+		idp_diag_add(diag, "%s: the answer is not HTTP/1", uri);
 		return IDP_EUNAVAIL;
 	}
 	status = (data[9] - '0') * 100 + (data[10] - '0') * 10 + (data[11] - '0');
 	end = memmem(data, ans->len < JWKS_HEAD_MAX ? ans->len : JWKS_HEAD_MAX, "\r\n\r\n", 4);
 	if (end == NULL) {
-		idp_diag_add(diag, "%s: the answer's head is incomplete or passes %d bytes", r->uri,
+		idp_diag_add(diag, "%s: the answer's head is incomplete or passes %d bytes", uri,
 		             JWKS_HEAD_MAX);
 		return IDP_EUNAVAIL;
 	}
@@ -487,34 +488,34 @@ parse_answer(const struct jwks_remote *r, const struct idp_buf *ans, bool clean,
 		idp_diag_add(diag,
 		             "%s: the server answered %d (a redirect; redirects are not followed: "
 		             "set jwks_uri to where the keys are)",
-		             r->uri, status);
+		             uri, status);
 		return IDP_EUNAVAIL;
 	}
 	if (status != 200) {
-		idp_diag_add(diag, "%s: the server answered %d", r->uri, status);
+		idp_diag_add(diag, "%s: the server answered %d", uri, status);
 		return IDP_EUNAVAIL;
 	}
 	if (header(data, head_len, "Transfer-Encoding", ctype, sizeof(ctype))) {
 		idp_diag_add(diag,
 		             "%s: the answer has a transfer coding (%s), which this HTTP/1.0 "
 		             "client did not ask for",
-		             r->uri, ctype);
+		             uri, ctype);
 		return IDP_EUNAVAIL;
 	}
 	if (!header(data, head_len, "Content-Type", ctype, sizeof(ctype))) {
-		idp_diag_add(diag, "%s: the answer has no Content-Type", r->uri);
+		idp_diag_add(diag, "%s: the answer has no Content-Type", uri);
 		return IDP_EUNAVAIL;
 	}
 	ctype[strcspn(ctype, "; ")] = '\0';
 	if (strcasecmp(ctype, "application/json") != 0 &&
 	    (strlen(ctype) < 5 || strcasecmp(ctype + strlen(ctype) - 5, "+json") != 0)) {
-		idp_diag_add(diag, "%s: the answer's Content-Type is %s, not JSON", r->uri, ctype);
+		idp_diag_add(diag, "%s: the answer's Content-Type is %s, not JSON", uri, ctype);
 		return IDP_EUNAVAIL;
 	}
 	*body = end + 4;
 	*body_len = ans->len - (size_t)(*body - data);
 	if (*body_len > JWKS_REMOTE_BODY_MAX) {
-		idp_diag_add(diag, "%s: the key set passes %d bytes", r->uri, JWKS_REMOTE_BODY_MAX);
+		idp_diag_add(diag, "%s: the key set passes %d bytes", uri, JWKS_REMOTE_BODY_MAX);
 		return IDP_ETOOBIG;
 	}
 	if (header(data, head_len, "Content-Length", clen, sizeof(clen))) {
@@ -525,14 +526,13 @@ parse_answer(const struct jwks_remote *r, const struct idp_buf *ans, bool clean,
 			idp_diag_add(diag,
 			             "%s: the body is %zu bytes, not the %s its Content-Length "
 			             "says",
-			             r->uri, *body_len, clen);
+			             uri, *body_len, clen);
 			return IDP_EUNAVAIL;
 		}
 	} else if (!clean) {
 		/* Without a length, only close_notify proves the body whole. */
-		idp_diag_add(diag,
-		             "%s: the answer has no Content-Length and its TLS stream was cut",
-		             r->uri);
+		idp_diag_add(
+		    diag, "%s: the answer has no Content-Length and its TLS stream was cut", uri);
 		return IDP_EUNAVAIL;
 	}
 	return IDP_OK;
@@ -603,7 +603,7 @@ fetch(const struct jwks_remote *r, struct idp_jws_keyset **out, struct idp_diag 
 		goto done;
 	rc = read_answer(r, ssl, &sock, deadline, &ans, &clean, diag);
 	if (rc == IDP_OK)
-		rc = parse_answer(r, &ans, clean, &body, &body_len, diag);
+		rc = jwks_parse_answer(r->uri, &ans, clean, &body, &body_len, diag);
 	if (rc == IDP_OK)
 		rc = idp_jws_keyset_from_jwks(body, body_len, out, diag);
 done:
