@@ -6,9 +6,9 @@
  * only against a fetch that began after the token was issued, otherwise
  * the answer is 503 with Retry-After and a fetch, at most one per
  * jwks_min_refresh whatever the tokens say; a provider whose keys could
- * not be fetched answers 503, never 401, and /readyz says so; a bad
- * certificate, an oversize or non-200 answer fetch nothing and keep the
- * last good set; reloads add, keep and remove such providers; an
+ * not be fetched, or whose set is past jwks_max_stale, answers 503, never
+ * 401, and /readyz says so; a bad certificate, an oversize or non-200
+ * answer fetch nothing and keep the last good set; reloads add, keep and remove such providers; an
  * [[attestors]] with a jwks_uri follows rotation the same way; an http://
  * jwks_uri is refused.
  */
@@ -411,6 +411,59 @@ jwks_uri_providers_come_stay_and_go_with_reloads(void **state)
 	idp_jws_key_unref(a);
 }
 
+static void
+jwks_uri_set_past_max_stale_answers_503(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	static const char oops[] = "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n";
+	struct world w;
+	struct http_resp r;
+	struct idp_jws_key *a = new_key("key-a");
+	char pki[64], cert[128], key[128], toml[1024], ra[32];
+	char *tok;
+	long s = 0;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	snprintf(toml, sizeof(toml),
+	         "[[idp]]\nname = \"remote\"\nissuer = \"" REMOTE_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\nca_file = \"%s/ca.pem\"\n"
+	         "jwks_min_refresh = \"2s\"\njwks_refresh = \"10s\"\njwks_max_stale = \"11s\"\n",
+	         t.port, pki);
+	world_start(&w, "t_jwks_stale", toml);
+	tok = remote_token(a, 0);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 400);
+
+	/* The provider fails from now on: its set serves until jwks_max_stale... */
+	harness_tls_answer(&t, oops, strlen(oops));
+	sleep_ms(3000);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 400);
+	/* ...and past it, its tokens answer 503, even under a key it held. */
+	for (int i = 0; i < 40 && (s = try_token(&w, tok, ra, sizeof(ra))) != 503; i++)
+		sleep_ms(250);
+	assert_int_equal(s, 503);
+	assert_true(atoi(ra) >= 1);
+	world_call(&w, "GET", "/readyz", NULL, NULL, &r);
+	assert_int_equal(r.status, 503);
+	harness_resp_free(&r);
+	assert_true(
+	    harness_log_contains(&w.p, "the last good set stays in use until jwks_max_stale"));
+
+	/* Back: the next fetch makes the set fresh again. */
+	serve_keys(&t, &a, 1);
+	assert_int_equal(until_status(&w, tok, 400, 8000), 400);
+
+	free(tok);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+}
+
 #define WL_ISS "https://spire.remote.example"
 
 /* A workload token of the jwks_uri attestor for the planner, signed by key, issued iat_ago s ago.
@@ -579,6 +632,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(jwks_uri_keys_authenticate_and_follow_rotation),
 	    cmocka_unit_test(jwks_uri_unverified_server_answers_503_until_it_is_fixed),
+	    cmocka_unit_test(jwks_uri_set_past_max_stale_answers_503),
 	    cmocka_unit_test(jwks_uri_providers_come_stay_and_go_with_reloads),
 	    cmocka_unit_test(jwks_uri_attestor_follows_rotation),
 	    cmocka_unit_test(jwks_uri_must_be_https_and_alone),
