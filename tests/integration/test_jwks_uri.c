@@ -140,6 +140,7 @@ jwks_uri_keys_authenticate_and_follow_rotation(void **state)
 	char pki[64], cert[128], key[128], toml[1024], ra[32], sql[512];
 	char *tok_a, *tok_b, *tok, *big;
 	unsigned before;
+	long s;
 	size_t big_len = 600 * 1024;
 
 	(void)state;
@@ -243,8 +244,15 @@ jwks_uri_keys_authenticate_and_follow_rotation(void **state)
 	free(tok_a);
 	tok_a = remote_token(a, 60);
 	assert_int_equal(try_token(&w, tok_a, NULL, 0), 400);
+	free(tok);
+	idp_jws_key_unref(made_up);
+	/* A fresh made-up kid asks for the fetch (a failed fetch's retry may
+	 * have come first: then the kid is already known to be unknown). */
 	sleep_ms(2200);
-	assert_int_equal(try_token(&w, tok, NULL, 0), 503);
+	made_up = new_key("made-up-trigger");
+	tok = remote_token(made_up, 0);
+	s = try_token(&w, tok, NULL, 0);
+	assert_true(s == 503 || s == 401);
 	free(tok);
 	idp_jws_key_unref(made_up);
 	assert_int_equal(until_status(&w, tok_a, 401, 8000), 401);
