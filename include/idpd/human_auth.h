@@ -47,9 +47,10 @@ struct human_verifier;
 
 /*
  * Build a verifier from cfg's [[idp]] sections and identity.leeway, reading
- * each JWKS file and taking each jwks_uri's remote (made, and fetched by
- * the jwks thread, if new).  NULL with diag naming the provider and file
- * that failed.  Caller owns it (human_verifier_free).  Main thread.
+ * each JWKS file and making each jwks_uri's remote (jwks_remote_new: not
+ * fetched until published, which human_auth_init and a reload's apply do).
+ * NULL with diag naming the provider and file that failed.  Caller owns it
+ * (human_verifier_free).  Any thread.
  */
 struct human_verifier *human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag);
 void human_verifier_free(struct human_verifier *v);

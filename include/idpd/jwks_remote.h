@@ -4,7 +4,7 @@
  * Okta) is followed without an operator copying files and sending SIGHUP.
  *
  * One background thread (the jwks thread) does every fetch: the first as
- * soon as a remote is made, then one every refresh_ms, a failed one again
+ * soon as a remote is published, then one every refresh_ms, a failed one again
  * after min_refresh_ms, and one when a verifier asks (jwks_remote_want,
  * for a token naming a kid the set lacks), never two within
  * min_refresh_ms, so made-up kids cannot make idpd hammer the provider.
@@ -61,19 +61,23 @@ int jwks_remote_init(void) IDP_WUR;
 void jwks_remote_shutdown(void);
 
 /*
- * Whether opts are usable: an https URL whose host can be verified, a
- * ca_file that loads, max_stale_ms > refresh_ms.  IDP_OK, or IDP_EINVAL
- * with diag naming the provider.  Fetches nothing.  Any thread.
+ * A new remote for opts with one reference for the caller, not yet listed:
+ * nothing is fetched for it until jwks_remote_publish.  Checks opts (an
+ * https URL whose host can be verified, max_stale_ms > refresh_ms) and
+ * loads ca_file now, so that everything that can fail fails here (a
+ * reload's check).  IDP_EINVAL with diag naming the provider.  Any thread.
  */
-int jwks_remote_check(const struct jwks_remote_opts *o, struct idp_diag *diag) IDP_WUR;
-/*
- * The remote for opts, with a new reference for the caller: the existing
- * one of the same kind, name, uri and ca_file (its keys and state kept, its
- * timings taken from opts), or a new one that the jwks thread (started if
- * need be) fetches at once.  IDP_EINVAL as jwks_remote_check.  Main thread.
- */
-int jwks_remote_get(const struct jwks_remote_opts *o, struct jwks_remote **out,
+int jwks_remote_new(const struct jwks_remote_opts *o, struct jwks_remote **out,
                     struct idp_diag *diag) IDP_WUR;
+/*
+ * List r (its reference taken) and return a reference to the remote in
+ * force: an already listed one of the same kind, name, uri and ca_file,
+ * which keeps its keys and state and takes r's timings (r is dropped), or r
+ * itself, which the jwks thread (started if need be) fetches at once.  r
+ * already listed is returned as it is.  Cannot fail.  Main thread (a
+ * reload's apply, startup).
+ */
+struct jwks_remote *jwks_remote_publish(struct jwks_remote *r);
 /* Drop a reference; the last one removes the remote.  NULL is a no-op.  Any thread. */
 void jwks_remote_unref(struct jwks_remote *r);
 /*

@@ -129,7 +129,7 @@ attestor_keys(const struct idpd_attestor_cfg *ac, struct attestor *at, struct id
 		return ac->jwks_file != NULL
 		           ? keyset_load(ac->jwks_file, &ac->jwks, &at->keys, diag)
 		           : IDP_EINVAL;
-	return jwks_remote_get(&o, &at->remote, diag);
+	return jwks_remote_new(&o, &at->remote, diag);
 }
 
 /*
@@ -190,6 +190,21 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 	return c;
 }
 
+/*
+ * Put c's jwks_uri remotes in force (jwks_remote_publish: an attestor
+ * already running keeps its remote and keys) and wait for the first fetch of
+ * new ones, JWKS_REMOTE_START_WAIT_MS at most.  Before c is installed.  Main
+ * thread.
+ */
+static void
+publish_remotes(struct attest_conf *c)
+{
+	for (size_t i = 0; i < c->n_attestors; i++)
+		if (c->attestors[i].remote != NULL)
+			c->attestors[i].remote = jwks_remote_publish(c->attestors[i].remote);
+	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+}
+
 static void
 install(struct attest_conf *c)
 {
@@ -204,8 +219,8 @@ install(struct attest_conf *c)
 
 /*
  * The reload's check: the snapshot of next, its key sets built from the
- * bytes its load read; a new jwks_uri attestor's remote is made and fetched
- * now (dropped again if the reload is refused).
+ * bytes its load read, its jwks_uri attestors' remotes made but not yet
+ * fetched.
  */
 static int
 reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
@@ -228,8 +243,7 @@ reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 
 	(void)app;
 	(void)diag;
-	/* A new jwks_uri attestor is fetched before it takes over. */
-	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+	publish_remotes(c);
 	install(c);
 	log_info("attest: %zu attestor(s) loaded", c->n_attestors);
 	return IDP_OK;
@@ -306,7 +320,7 @@ attest_init(struct idpd_app *app, struct idp_diag *diag)
 	c = conf_build(app->cfg, NULL, diag);
 	if (c == NULL)
 		return IDP_EINVAL;
-	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+	publish_remotes(c);
 	install(c);
 	agent_credential_cache_size((size_t)app->cfg->introspection.cache_size);
 	if (app_on_reload_staged(&reload_stage) != IDP_OK) {

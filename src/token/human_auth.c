@@ -164,7 +164,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 			    .max_stale_ms = ic->jwks_max_stale_ms,
 			};
 
-			rc = jwks_remote_get(&o, &h->remote, diag);
+			rc = jwks_remote_new(&o, &h->remote, diag);
 			if (rc != IDP_OK) {
 				human_verifier_free(v);
 				return NULL;
@@ -552,9 +552,8 @@ done:
 
 /*
  * The reload's check: the verifier of next, built from the bytes its load
- * read.  A jwks_uri provider the running verifier already has keeps its
- * remote, keys and all; a new one is made and fetched now (and dropped
- * again if the reload is refused).
+ * read, its jwks_uri providers' remotes made but not yet fetched, so that a
+ * refused reload leaves no trace.
  */
 static int
 reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
@@ -568,10 +567,22 @@ reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 }
 
 /*
- * The reload's apply: exactly the verifier the check built, once its new
- * jwks_uri providers have had their first fetch (JWKS_REMOTE_START_WAIT_MS
- * at most), so that their first tokens find their keys.  Cannot fail.
+ * Put v's jwks_uri remotes in force (jwks_remote_publish): a provider the
+ * running verifier already has keeps its remote, keys and all; a new one is
+ * fetched, and waited for (JWKS_REMOTE_START_WAIT_MS at most), so that its
+ * first tokens find its keys when it answers.  Before v is installed: v is
+ * still the caller's alone.  Main thread.
  */
+static void
+publish_remotes(struct human_verifier *v)
+{
+	for (size_t i = 0; i < v->n_idps; i++)
+		if (v->idps[i].remote != NULL)
+			v->idps[i].remote = jwks_remote_publish(v->idps[i].remote);
+	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+}
+
+/* The reload's apply: exactly the verifier the check built.  Cannot fail. */
 static int
 reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 {
@@ -579,7 +590,7 @@ reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 
 	(void)app;
 	(void)diag;
-	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+	publish_remotes(v);
 	install(v);
 	log_info("human_auth: %zu identity provider(s) loaded", v->n_idps);
 	return IDP_OK;
@@ -608,7 +619,7 @@ human_auth_init(struct idpd_app *app, struct idp_diag *diag)
 		return IDP_EINVAL;
 	/* Bounded: a provider that does not answer is not waited for, its
 	 * tokens answer 503 and /readyz says so until a fetch succeeds. */
-	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+	publish_remotes(v);
 	install(v);
 	if (app_on_reload_staged(&reload_stage) != IDP_OK) {
 		idp_diag_add(diag, "human_auth: cannot register the reload hook");

@@ -54,6 +54,7 @@ struct jwks_remote {
 
 	/* Guarded by jwks.lock. */
 	int refs;
+	bool listed; /* in remotes, fetched by the jwks thread */
 	struct jwks_remote *next;
 	int64_t refresh_ms, min_refresh_ms, max_stale_ms;
 	struct idp_jws_keyset *keys; /* the last good set, or NULL */
@@ -177,28 +178,28 @@ fail:
 }
 
 int
-jwks_remote_check(const struct jwks_remote_opts *o, struct idp_diag *diag)
+jwks_remote_new(const struct jwks_remote_opts *o, struct jwks_remote **out, struct idp_diag *diag)
 {
-	struct jwks_remote *r = remote_new(o, diag);
-
-	if (r == NULL)
+	*out = remote_new(o, diag);
+	if (*out == NULL)
 		return IDP_EINVAL;
-	remote_free(r);
+	(*out)->refs = 1;
 	return IDP_OK;
 }
 
 static void *run(void *arg);
 
-int
-jwks_remote_get(const struct jwks_remote_opts *o, struct jwks_remote **out, struct idp_diag *diag)
+struct jwks_remote *
+jwks_remote_publish(struct jwks_remote *r)
 {
-	struct jwks_remote *r = remote_new(o, diag), *have;
+	struct jwks_remote *have, *drop = NULL;
 
-	*out = NULL;
-	if (r == NULL)
-		return IDP_EINVAL;
 	pthread_once(&conds_once, conds_make);
 	pthread_mutex_lock(&lock);
+	if (r->listed) {
+		pthread_mutex_unlock(&lock);
+		return r;
+	}
 	for (have = remotes; have != NULL; have = have->next)
 		if (strcmp(have->kind, r->kind) == 0 && strcmp(have->name, r->name) == 0 &&
 		    strcmp(have->uri, r->uri) == 0 && str_eq(have->ca_file, r->ca_file))
@@ -211,13 +212,14 @@ jwks_remote_get(const struct jwks_remote_opts *o, struct jwks_remote **out, stru
 		/* The next periodic fetch follows the new refresh. */
 		if (have->tried && have->due_mono_ms > have->tried_mono_ms + have->refresh_ms)
 			have->due_mono_ms = have->tried_mono_ms + have->refresh_ms;
-		*out = have;
+		/* r was never listed: the last reference is the caller's. */
+		if (--r->refs == 0)
+			drop = r;
+		r = have;
 	} else {
-		r->refs = 1;
+		r->listed = true;
 		r->next = remotes;
 		remotes = r;
-		*out = r;
-		r = NULL;
 	}
 	if (!running) {
 		stopping = false;
@@ -229,9 +231,9 @@ jwks_remote_get(const struct jwks_remote_opts *o, struct jwks_remote **out, stru
 	}
 	pthread_cond_signal(&wake);
 	pthread_mutex_unlock(&lock);
-	if (r != NULL)
-		remote_free(r);
-	return IDP_OK;
+	if (drop != NULL)
+		remote_free(drop);
+	return r;
 }
 
 /* Drop a reference with jwks.lock held; the last one unlinks r, and *gone gets it to free. */
@@ -241,7 +243,7 @@ unref_locked(struct jwks_remote *r, struct jwks_remote **gone)
 	*gone = NULL;
 	if (--r->refs > 0)
 		return;
-	for (struct jwks_remote **p = &remotes; *p != NULL; p = &(*p)->next)
+	for (struct jwks_remote **p = &remotes; r->listed && *p != NULL; p = &(*p)->next)
 		if (*p == r) {
 			*p = r->next;
 			break;

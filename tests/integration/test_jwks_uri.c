@@ -395,8 +395,43 @@ jwks_uri_providers_come_stay_and_go_with_reloads(void **state)
 	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
 	before = read_file(w.p.config);
 
-	/* Added by a reload: fetched before it takes over, so its first token works. */
+	/* A refused reload (an attestor's JWKS file is no JSON) leaves no trace:
+	 * nothing is fetched for the provider it would have added, though every
+	 * other component's check still runs after human_auth's. */
 	remote_toml(toml, sizeof(toml), "https", t.port, pki);
+	{
+		char bad[64] = "/tmp/idpd_jwks_bad_XXXXXX", broken[1536];
+		int fd = mkstemp(bad);
+		FILE *f;
+
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, "not json", 8), 8);
+		close(fd);
+		snprintf(broken, sizeof(broken),
+		         "%s[[attestors]]\nname = \"broken\"\nissuer = \"https://broken.example\"\n"
+		         "audience = \"idpd\"\njwks_file = \"%s\"\nselectors = \"br=sub\"\n",
+		         toml, bad);
+		f = fopen(w.p.config, "a");
+		assert_non_null(f);
+		fputs(broken, f);
+		fclose(f);
+		assert_int_equal(kill(w.p.pid, SIGHUP), 0);
+		for (int i = 0; i < 500 && !harness_log_contains(&w.p, "nothing was changed"); i++)
+			sleep_ms(10);
+		assert_true(harness_log_contains(&w.p, "nothing was changed"));
+		sleep_ms(500);
+		assert_int_equal(harness_tls_requests(&t), 0);
+		unlink(bad);
+	}
+
+	/* Added by a reload: fetched before it takes over, so its first token works. */
+	{
+		FILE *f = fopen(w.p.config, "w");
+
+		assert_non_null(f);
+		fputs(before, f);
+		fclose(f);
+	}
 	reload_with(&w, toml, true, 1);
 	assert_int_equal(harness_tls_requests(&t), 1);
 	assert_int_equal(try_token(&w, tok, NULL, 0), 400);
