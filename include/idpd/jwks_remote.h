@@ -4,10 +4,11 @@
  * Okta) is followed without an operator copying files and sending SIGHUP.
  *
  * One background thread (the jwks thread) does every fetch: the first as
- * soon as a remote is published, then one every refresh_ms, a failed one again
- * after min_refresh_ms, and one when a verifier asks (jwks_remote_want,
- * for a token naming a kid the set lacks), never two within
- * min_refresh_ms, so made-up kids cannot make idpd hammer the provider.
+ * soon as a remote is published, then one every refresh_ms, a failed one
+ * again after min_refresh_ms, and one when a verifier asks
+ * (jwks_remote_want, for a token naming a kid the set lacks), never two
+ * within min_refresh_ms, so made-up kids cannot make idpd hammer the
+ * provider.
  * A fetch is HTTPS only with the server's certificate and name verified
  * (tls_client.h), JWKS_REMOTE_TIMEOUT_MS in all, redirects not followed,
  * only a 200 with a JSON body of at most JWKS_REMOTE_BODY_MAX bytes
