@@ -28,6 +28,7 @@
 #include "idpd/delegation.h"
 #include "idpd/http.h"
 #include "idpd/human_auth.h"
+#include "idpd/jwks_remote.h"
 #include "idpd/kek.h"
 #include "idpd/keys.h"
 #include "idpd/log.h"
@@ -805,6 +806,7 @@ done:
 	keys_keks_cleanup(&keks); /* if startup ended before keys_start took them */
 	attest_shutdown();
 	human_auth_shutdown();
+	jwks_remote_shutdown(); /* after its users, attest and human_auth */
 	policy_service_stop();
 	/* After HTTP: every request that emitted has been answered. */
 	audit_ship_stop();

@@ -71,6 +71,7 @@ enum audit_type {
 	AUDIT_AUDIT_VERIFIED,
 	AUDIT_AUDIT_WITHDRAWN,     /* an event committed after its emitter gave up on it */
 	AUDIT_AUDIT_EVENT_REFUSED, /* an event PostgreSQL refused for good, dropped from the log */
+	AUDIT_JWKS_CHANGED,        /* a provider's key set fetched from its jwks_uri changed */
 	AUDIT_TYPE_COUNT,
 	/*
 	 * Only in an event read back from a row that a newer idpd wrote, of a

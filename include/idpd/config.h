@@ -85,7 +85,7 @@ struct idpd_attestor_cfg {
 	char *name;               /* unique label, named in audit events */
 	char *issuer;             /* the exact "iss" of its tokens */
 	char *audience;           /* an "aud" its tokens must carry */
-	char *jwks_file;          /* its public keys, a JWKS document */
+	char *jwks_file;          /* its public keys, a JWKS document; NULL with jwks_uri */
 	unsigned algs;            /* bit 0 ES256, bit 1 RS256; none set means both */
 	char *selectors;          /* "prefix=claim/path ..." (docs/tokens.md) */
 	int64_t max_token_age_ms; /* longest exp - iat of a token it vouches with */
@@ -93,6 +93,11 @@ struct idpd_attestor_cfg {
 	 * reload names a changed key set; "" when it could not be read. */
 	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1];
 	struct idpd_file_bytes jwks; /* the bytes hashed, which the key set is built from */
+	char *jwks_uri;          /* or an https:// URL to fetch them from; NULL with jwks_file */
+	char *ca_file;           /* CAs for jwks_uri's server; NULL: the system's */
+	int64_t jwks_refresh_ms; /* jwks_uri: fetched again this often */
+	int64_t jwks_min_refresh_ms; /* jwks_uri: at most one fetch per this */
+	int64_t jwks_max_stale_ms;   /* jwks_uri: a key set older than this is not used */
 };
 
 /*
@@ -103,7 +108,7 @@ struct idpd_idp_cfg {
 	char *name;              /* unique label, named in audit events */
 	char *issuer;            /* the exact "iss" of its tokens */
 	char *audience;          /* an "aud" its tokens must carry */
-	char *jwks_file;         /* its public keys, a JWKS document */
+	char *jwks_file;         /* its public keys, a JWKS document; NULL with jwks_uri */
 	unsigned algs;           /* bit 0 ES256, bit 1 RS256; none set means both */
 	char *principal_claim;   /* the claim naming the human, e.g. "email" */
 	bool vouches_for_owners; /* its principals may act as email-named agent owners */
@@ -111,6 +116,11 @@ struct idpd_idp_cfg {
 	bool require_email_verified;
 	char jwks_sha256[IDPD_CONFIG_SUM_LEN + 1]; /* as in struct idpd_attestor_cfg */
 	struct idpd_file_bytes jwks;               /* likewise */
+	char *jwks_uri;          /* or an https:// URL to fetch them from; NULL with jwks_file */
+	char *ca_file;           /* CAs for jwks_uri's server; NULL: the system's */
+	int64_t jwks_refresh_ms; /* jwks_uri: fetched again this often */
+	int64_t jwks_min_refresh_ms; /* jwks_uri: at most one fetch per this */
+	int64_t jwks_max_stale_ms;   /* jwks_uri: a key set older than this is not used */
 };
 
 /* One [[policy.verbs]] entry: a verb pattern and the action class it implies. */

@@ -4,9 +4,10 @@
  * token of the corporate SSO).
  *
  * The module owns the providers snapshot: each [[idp]] with its key set
- * read from its JWKS file, immutable once published and reference counted,
- * swapped whole by a reload (SIGHUP).  A reload whose JWKS files do not all
- * load is refused and the old providers stay.
+ * read from its JWKS file, or the remote that fetches it from its jwks_uri
+ * (jwks_remote.h), immutable once published and reference counted, swapped
+ * whole by a reload (SIGHUP).  A reload whose JWKS files do not all load is
+ * refused and the old providers stay.
  *
  * A token authenticates only if: its kid names a key of a provider (the
  * first in configuration order whose key set knows the kid decides), its
@@ -38,6 +39,7 @@ struct human_principal {
 	char idp[65];                            /* the [[idp]] name that vouched for it */
 	bool vouches_for_owners;                 /* that [[idp]]'s vouches_for_owners */
 	int64_t expires_at_s;                    /* the token's exp */
+	int retry_after_s; /* with IDP_EUNAVAIL: when a key set being fetched may be there */
 };
 
 /* A verifier over one configuration's providers; immutable, any thread. */
@@ -45,8 +47,10 @@ struct human_verifier;
 
 /*
  * Build a verifier from cfg's [[idp]] sections and identity.leeway, reading
- * each JWKS file.  NULL with diag naming the provider and file that failed.
- * Caller owns it (human_verifier_free).  Any thread.
+ * each JWKS file and making each jwks_uri's remote (jwks_remote_new: not
+ * fetched until published, which human_auth_init and a reload's apply do).
+ * NULL with diag naming the provider and file that failed.  Caller owns it
+ * (human_verifier_free).  Any thread.
  */
 struct human_verifier *human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag);
 void human_verifier_free(struct human_verifier *v);
@@ -57,8 +61,12 @@ void human_verifier_free(struct human_verifier *v);
  * and audit ("no_idp", "kid_unknown", "alg_not_allowed", "issuer_mismatch",
  * "audience_mismatch", "expired", "idpd_token" (one of idpd's own tokens),
  * "principal_missing", "email_unverified" (email_verified present and not
- * true), "email_verified_missing", ...), never for the client.  Pure: any
- * thread.
+ * true), "email_verified_missing", ...), never for the client.
+ * IDP_EUNAVAIL, with out->retry_after_s, when a jwks_uri provider cannot
+ * tell yet: its key set is being fetched ("kid_unknown_until_refresh"), has
+ * never been fetched ("jwks_unavailable") or is past jwks_max_stale
+ * ("jwks_stale"); see jwks_remote_kid_unknown.  Never blocks; it may ask
+ * the jwks thread for a fetch.  Any thread.
  */
 int human_token_verify(const struct human_verifier *v, const char *token, size_t len,
                        const struct idp_clock *clock, struct human_principal *out,
@@ -76,7 +84,9 @@ void human_auth_shutdown(void);
  * Authenticate req's "Authorization: Bearer <jwt>" as a human with the
  * process's verifier and clock.  Does not answer the request.  IDP_OK with
  * *out filled; IDP_EUNAUTH for a missing or bad token (*reason as above);
- * IDP_EUNAVAIL before human_auth_init.  Any worker thread; never blocks.
+ * IDP_EUNAVAIL before human_auth_init, or as human_token_verify says (then
+ * with a Retry-After header added to req).  Any worker thread; never
+ * blocks.
  */
 int authenticate_human(struct http_req *req, struct human_principal *out,
                        const char **reason) IDP_WUR;

@@ -293,6 +293,20 @@ bool idp_jws_typ_matches(const char *typ, const char *expected);
 
 /* ---- time claims ---- */
 
+/*
+ * The payload of a compact token (len bytes) as a JSON object, NOT
+ * verified: for choosing whom to ask or how to answer a token that failed,
+ * never for accepting one.  A new reference, or NULL if it is not a JSON
+ * object.  Any thread.
+ */
+json_t *idp_jws_peek_claims(const char *token, size_t len);
+/*
+ * Read the NumericDate claim name of claims as milliseconds: 1 if present
+ * and valid, 0 if absent, -1 if present but not a number in [0,
+ * 9999-12-31T23:59:59Z].
+ */
+int idp_jwt_numeric_date_ms(const json_t *claims, const char *name, int64_t *ms) IDP_WUR;
+
 #define IDP_JWT_REQUIRE_EXP 0x1u
 #define IDP_JWT_REQUIRE_IAT 0x2u
 

@@ -62,6 +62,7 @@ static const struct {
     [AUDIT_AUDIT_WITHDRAWN] = {"audit.withdrawn", "audit", "Audit event withdrawn", 4},
     [AUDIT_AUDIT_EVENT_REFUSED] = {"audit.event_refused", "audit",
                                    "Audit event refused by the database", 7},
+    [AUDIT_JWKS_CHANGED] = {"jwks.changed", "jwks", "Identity provider keys changed", 4},
 };
 
 static bool

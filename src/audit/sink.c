@@ -34,6 +34,7 @@
 
 #include "idpd/audit_sink.h"
 #include "idpd/clock.h"
+#include "idpd/tls_client.h"
 
 #include "audit_int.h"
 
@@ -77,19 +78,18 @@ struct audit_sink {
 	bool tls_name_ip; /* tls_name is an IP literal: checked as one, and no SNI */
 	bool tls_cert;    /* a client certificate is set: sent when the receiver asks */
 
-	int fd;               /* -1 when closed */
-	SSL *ssl;             /* TLS over fd; NULL when closed or plain */
-	bool tls_clean;       /* the TLS connection is sound: close sends close_notify */
-	bool tls_eof;         /* the socket BIO read the end of the stream */
-	int tls_errno;        /* the socket BIO's last failure, for the diag */
-	bool tls_cert_asked;  /* the receiver asked for a client certificate */
-	bool tls_ticket;      /* the receiver sent a session ticket (TLS 1.3: it took us) */
-	bool tls_unjudged;    /* it may still refuse us (TLS 1.3): the first flush waits */
-	int stop_fd;          /* readable: stop waiting in a flush; -1 for none */
-	bool unflushed;       /* TCP: bytes sent on fd since the last good flush */
-	struct idp_buf line;  /* write_event's formatted line */
-	struct idp_buf frame; /* file: line + LF; syslog: header + line */
-	struct idp_buf wire;  /* TCP: length prefix + frame, sent with one send() */
+	int fd;                      /* -1 when closed */
+	SSL *ssl;                    /* TLS over fd; NULL when closed or plain */
+	bool tls_clean;              /* the TLS connection is sound: close sends close_notify */
+	struct tls_client_sock sock; /* fd as TLS's BIO sees it: its end, its last errno */
+	bool tls_cert_asked;         /* the receiver asked for a client certificate */
+	bool tls_ticket;             /* the receiver sent a session ticket (TLS 1.3: it took us) */
+	bool tls_unjudged;           /* it may still refuse us (TLS 1.3): the first flush waits */
+	int stop_fd;                 /* readable: stop waiting in a flush; -1 for none */
+	bool unflushed;              /* TCP: bytes sent on fd since the last good flush */
+	struct idp_buf line;         /* write_event's formatted line */
+	struct idp_buf frame;        /* file: line + LF; syslog: header + line */
+	struct idp_buf wire;         /* TCP: length prefix + frame, sent with one send() */
 	char desc[320];
 };
 
@@ -167,91 +167,6 @@ header_token(const char *s, char *out, size_t max)
 	out[n] = '\0';
 }
 
-/* "host:port" or "[v6]:port" -> host and port; false if malformed. */
-static bool
-split_address(const char *addr, char **host, char **port)
-{
-	const char *colon, *h = addr;
-	size_t hlen;
-	char *end;
-	long p;
-
-	if (addr[0] == '[') {
-		const char *close = strchr(addr, ']');
-
-		if (close == NULL || close[1] != ':')
-			return false;
-		h = addr + 1;
-		hlen = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (colon == NULL || strchr(addr, ':') != colon)
-			return false;
-		hlen = (size_t)(colon - addr);
-	}
-	if (hlen == 0 || hlen > 253)
-		return false;
-	errno = 0;
-	p = strtol(colon + 1, &end, 10);
-	if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 1 || p > 65535)
-		return false;
-	*host = idp_xstrndup(h, hlen);
-	*port = idp_xstrdup(colon + 1);
-	return true;
-}
-
-/*
- * "http[s]://host[:port][/path]" -> whether it is https, host, port (80 or
- * 443 by default), the authority for Host and the request target; false if
- * malformed.  No userinfo (a password would sit in the configuration and
- * every log line naming the sink) and no fragment; the target is visible
- * ASCII.
- */
-static bool
-split_url(const char *url, bool *tls, char **host, char **port, char **authority, char **target)
-{
-	const char *rest, *slash, *defport;
-	char *addr;
-	size_t alen;
-	bool ok;
-
-	if (strncmp(url, "http://", 7) == 0) {
-		*tls = false;
-		rest = url + 7;
-		defport = "80";
-	} else if (strncmp(url, "https://", 8) == 0) {
-		*tls = true;
-		rest = url + 8;
-		defport = "443";
-	} else {
-		return false;
-	}
-	slash = strchr(rest, '/');
-	alen = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
-	if (alen == 0 || memchr(rest, '@', alen) != NULL || memchr(rest, '?', alen) != NULL)
-		return false;
-	/* It becomes the Host header: nothing that could end the line or the field. */
-	for (size_t i = 0; i < alen; i++)
-		if (rest[i] <= 0x20 || rest[i] >= 0x7f)
-			return false;
-	for (const char *t = slash; t != NULL && *t != '\0'; t++)
-		if (*t <= 0x20 || *t >= 0x7f || *t == '#')
-			return false;
-	/* Without a port (after the bracket of an IPv6 literal), the scheme's. */
-	if (rest[alen - 1] == ']' || (rest[0] != '[' && memchr(rest, ':', alen) == NULL))
-		addr = idp_xasprintf("%.*s:%s", (int)alen, rest, defport);
-	else
-		addr = idp_xstrndup(rest, alen);
-	ok = split_address(addr, host, port);
-	free(addr);
-	if (!ok)
-		return false;
-	*authority = idp_xstrndup(rest, alen);
-	*target = idp_xstrdup(slash != NULL ? slash : "/");
-	return true;
-}
-
 /* ---- TLS settings --------------------------------------------------- */
 
 /* NULL for NULL or "": an unset optional setting. */
@@ -259,81 +174,6 @@ static const char *
 setting(const char *s)
 {
 	return s != NULL && s[0] != '\0' ? s : NULL;
-}
-
-/* Whether name is an IPv4 or IPv6 literal (without brackets). */
-static bool
-is_ip_literal(const char *name)
-{
-	unsigned char a[16];
-
-	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
-}
-
-/*
- * Whether name can be checked against a certificate's DNS names and sent
- * as SNI: at most 253 bytes of labels joined by single dots, each label
- * 1-63 letters, digits, '-' or '_', neither starting nor ending with '-'.
- * No trailing dot: OpenSSL compares the name as written, and certificates
- * hold none.  '_' is no hostname character, but resolvers take it (a host
- * such as "siem_rx" in an address) and OpenSSL matches it exactly against
- * a certificate's name; only a wildcard does not cover a label holding it.
- */
-static bool
-is_dns_name(const char *name)
-{
-	size_t n = strlen(name), label = 0;
-
-	if (n == 0 || n > 253)
-		return false;
-	for (size_t i = 0; i <= n; i++) {
-		char c = name[i];
-
-		if (c == '.' || c == '\0') {
-			if (label == 0 || name[i - 1] == '-')
-				return false;
-			label = 0;
-		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		           (c >= '0' && c <= '9') || c == '_' || (c == '-' && label > 0)) {
-			if (++label > 63)
-				return false;
-		} else {
-			return false;
-		}
-	}
-	return true;
-}
-
-#define DNS_NAME_RULE                                                                              \
-	"a DNS name is labels of 1-63 letters, digits, '-' or '_' joined by single dots, with no " \
-	"'-' at either end of a label and no trailing dot"
-
-/* Why the first failed OpenSSL call of this thread failed; empties its error queue. */
-static const char *
-tls_reason(char *buf, size_t len)
-{
-	unsigned long e = ERR_peek_error();
-	const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
-
-	if (r != NULL)
-		snprintf(buf, len, "%s", r);
-	else if (e != 0)
-		ERR_error_string_n(e, buf, len);
-	else
-		snprintf(buf, len, "no reason given");
-	ERR_clear_error();
-	return buf;
-}
-
-/* An encrypted key fails to load, instead of OpenSSL asking the terminal for a passphrase. */
-static int
-no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return 0;
 }
 
 /*
@@ -390,22 +230,23 @@ tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_
 	}
 	if (name == NULL)
 		name = s->host;
-	s->tls_name_ip = is_ip_literal(name);
-	if (!s->tls_name_ip && !is_dns_name(name)) {
+	s->tls_name_ip = tls_client_is_ip_literal(name);
+	if (!s->tls_name_ip && !tls_client_is_dns_name(name)) {
 		/* Say which setting the name came from: the host of an address
 		 * or url is fine for connecting, only not for the check. */
 		if (setting(cfg->server_name) != NULL)
 			idp_diag_add(
 			    diag,
 			    "audit sink: server_name \"%.64s\" is neither a DNS name nor an "
-			    "IP address (" DNS_NAME_RULE ")",
+			    "IP address (" TLS_CLIENT_DNS_NAME_RULE ")",
 			    name);
 		else
 			idp_diag_add(
 			    diag,
 			    "audit sink: the host \"%.64s\" of %s is neither a DNS name nor "
 			    "an IP address, so the receiver's certificate cannot be checked "
-			    "against it (" DNS_NAME_RULE "); set server_name to the name the "
+			    "against it (" TLS_CLIENT_DNS_NAME_RULE
+			    "); set server_name to the name the "
 			    "certificate holds",
 			    name, s->type == AUDIT_SINK_WEBHOOK ? "url" : "address");
 		return IDP_EINVAL;
@@ -417,38 +258,19 @@ tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_
 	    (key != NULL && !file_readable("key_file", key, diag)))
 		return IDP_EINVAL;
 
-	ERR_clear_error();
-	ctx = s->tls_ctx = SSL_CTX_new(TLS_client_method());
-	if (ctx == NULL || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
-		idp_diag_add(diag, "audit sink: cannot make a TLS context: %s",
-		             tls_reason(why, sizeof(why)));
+	ctx = s->tls_ctx = tls_client_ctx_new(ca, "audit sink", diag);
+	if (ctx == NULL)
 		return IDP_EINVAL;
-	}
-	/* Verification is always on; the name is set on each connection. */
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	/* A send may be cut short and resumed, as with plain TCP. */
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
-	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
 	/* Told of tickets (tls_on_ticket), never storing them. */
 	SSL_CTX_set_session_cache_mode(ctx,
 	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(ctx, tls_on_ticket);
-	if (ca != NULL && SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
-		idp_diag_add(diag, "audit sink: ca_file %.256s holds no usable PEM certificate: %s",
-		             ca, tls_reason(why, sizeof(why)));
-		return IDP_EINVAL;
-	}
-	if (ca == NULL && SSL_CTX_set_default_verify_paths(ctx) != 1) {
-		idp_diag_add(diag,
-		             "audit sink: OpenSSL's default CA certificates cannot be loaded: %s",
-		             tls_reason(why, sizeof(why)));
-		return IDP_EINVAL;
-	}
 	if (cert != NULL && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 		idp_diag_add(diag,
 		             "audit sink: cert_file %.256s is not a PEM certificate chain: %s",
-		             cert, tls_reason(why, sizeof(why)));
+		             cert, tls_client_reason(why, sizeof(why)));
 		return IDP_EINVAL;
 	}
 	if (key != NULL && (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
@@ -456,7 +278,7 @@ tls_setup(struct audit_sink *s, const struct audit_sink_config *cfg, struct idp_
 		idp_diag_add(diag,
 		             "audit sink: key_file %.256s is not an unencrypted PEM key matching "
 		             "cert_file: %s",
-		             key, tls_reason(why, sizeof(why)));
+		             key, tls_client_reason(why, sizeof(why)));
 		return IDP_EINVAL;
 	}
 	return IDP_OK;
@@ -514,7 +336,8 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 			goto fail;
 		}
 		s->tls = cfg->protocol == AUDIT_PROTO_TLS;
-		if (cfg->address == NULL || !split_address(cfg->address, &s->host, &s->port)) {
+		if (cfg->address == NULL ||
+		    !tls_client_split_address(cfg->address, &s->host, &s->port)) {
 			idp_diag_add(diag, "audit sink: address must be host:port or [v6]:port");
 			goto fail;
 		}
@@ -545,8 +368,8 @@ audit_sink_new(const struct audit_sink_config *cfg, struct audit_sink **out, str
 			                   "not from protocol");
 			goto fail;
 		}
-		if (cfg->url == NULL ||
-		    !split_url(cfg->url, &s->tls, &s->host, &s->port, &s->authority, &s->target)) {
+		if (cfg->url == NULL || !tls_client_split_url(cfg->url, &s->tls, &s->host, &s->port,
+		                                              &s->authority, &s->target)) {
 			idp_diag_add(diag, "audit sink: url must be http[s]://host[:port][/path]");
 			goto fail;
 		}
@@ -736,122 +559,7 @@ deadline_after(int64_t ms)
 	return idp_mono_us() + ms * 1000;
 }
 
-/* Milliseconds left until deadline, for poll(); 0 once it has passed. */
-static int
-ms_left(int64_t deadline)
-{
-	int64_t left = (deadline - idp_mono_us() + 999) / 1000;
-
-	return left <= 0 ? 0 : left > 60000 ? 60000 : (int)left;
-}
-
-/*
- * Wait until fd is ready for events; 0, or ETIMEDOUT / an errno, or
- * ECANCELED once stop_fd (-1 for none) is readable: the shipper stops.
- */
-static int
-wait_fd(int fd, short events, int64_t deadline, int stop_fd)
-{
-	for (;;) {
-		struct pollfd p[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
-		int left = ms_left(deadline), n;
-
-		if (left == 0)
-			return ETIMEDOUT;
-		n = poll(p, stop_fd >= 0 ? 2 : 1, left);
-		if (n > 0 && stop_fd >= 0 && (p[1].revents & POLLIN))
-			return ECANCELED;
-		if (n > 0)
-			return 0;
-		if (n < 0 && errno != EINTR)
-			return errno;
-	}
-}
-
 /* ---- TLS connections ------------------------------------------------- */
-
-/*
- * OpenSSL reads and writes the sink's socket through this BIO: its own
- * socket BIO writes with write(2), which raises SIGPIPE on a closed peer.
- * Here every send passes MSG_NOSIGNAL, the socket stays non-blocking, and
- * a "would block" goes back to the caller, who polls against its deadline
- * (tls_wait) exactly as for plain TCP.  The BIO's data is the sink.
- */
-static BIO_METHOD *sock_bio_method; /* made once, kept for the process's life */
-static pthread_once_t sock_bio_once = PTHREAD_ONCE_INIT;
-
-static int
-sock_bio_write(BIO *b, const char *p, size_t n, size_t *done)
-{
-	struct audit_sink *s = BIO_get_data(b);
-	ssize_t w;
-
-	BIO_clear_retry_flags(b);
-	do {
-		w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-	} while (w < 0 && errno == EINTR);
-	if (w >= 0) {
-		*done = (size_t)w;
-		return 1;
-	}
-	if (errno == EAGAIN || errno == EWOULDBLOCK)
-		BIO_set_retry_write(b);
-	else
-		s->tls_errno = errno;
-	return 0;
-}
-
-static int
-sock_bio_read(BIO *b, char *p, size_t n, size_t *done)
-{
-	struct audit_sink *s = BIO_get_data(b);
-	ssize_t r;
-
-	BIO_clear_retry_flags(b);
-	do {
-		r = recv(s->fd, p, n, MSG_DONTWAIT);
-	} while (r < 0 && errno == EINTR);
-	if (r > 0) {
-		*done = (size_t)r;
-		return 1;
-	}
-	if (r == 0)
-		s->tls_eof = true;
-	else if (errno == EAGAIN || errno == EWOULDBLOCK)
-		BIO_set_retry_read(b);
-	else
-		s->tls_errno = errno;
-	return 0;
-}
-
-static long
-sock_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-	struct audit_sink *s = BIO_get_data(b);
-
-	(void)num;
-	(void)ptr;
-	if (cmd == BIO_CTRL_FLUSH) /* nothing is buffered here */
-		return 1;
-	if (cmd == BIO_CTRL_EOF)
-		return s != NULL && s->tls_eof;
-	return 0;
-}
-
-static void
-sock_bio_make(void)
-{
-	int type = BIO_get_new_index();
-	BIO_METHOD *m = type > 0 ? BIO_meth_new(type | BIO_TYPE_SOURCE_SINK, "idpd sink") : NULL;
-
-	if (m != NULL && (BIO_meth_set_write_ex(m, sock_bio_write) != 1 ||
-	                  BIO_meth_set_read_ex(m, sock_bio_read) != 1 ||
-	                  BIO_meth_set_ctrl(m, sock_bio_ctrl) != 1)) {
-		BIO_meth_free(m);
-		m = NULL;
-	}
-	sock_bio_method = m;
-}
 
 /*
  * Read whatever the receiver sent (session tickets are taken, data
@@ -879,9 +587,9 @@ tls_read_all(struct audit_sink *s, char *why, size_t len)
 			return err;
 		}
 		if (err == SSL_ERROR_SSL)
-			tls_reason(why, len);
-		else if (err == SSL_ERROR_SYSCALL && s->tls_errno != 0)
-			snprintf(why, len, "%s", idp_strerror(s->tls_errno, buf, sizeof(buf)));
+			tls_client_reason(why, len);
+		else if (err == SSL_ERROR_SYSCALL && s->sock.err != 0)
+			snprintf(why, len, "%s", idp_strerror(s->sock.err, buf, sizeof(buf)));
 		else
 			snprintf(why, len, "the receiver closed the connection");
 		ERR_clear_error();
@@ -891,7 +599,7 @@ tls_read_all(struct audit_sink *s, char *why, size_t len)
 }
 
 /*
- * Why the socket under an established TLS connection failed (s->tls_errno,
+ * Why the socket under an established TLS connection failed (s->sock.err,
  * a reset say), into buf.  A receiver that refuses us after our handshake
  * sends an alert and closes with our lines unread, so its TCP resets the
  * connection; the alert, which says more, may still wait in the socket,
@@ -900,7 +608,7 @@ tls_read_all(struct audit_sink *s, char *why, size_t len)
 static const char *
 tls_reset_why(struct audit_sink *s, char *buf, size_t len)
 {
-	int e = s->tls_errno;
+	int e = s->sock.err;
 
 	if (s->tls_clean && tls_read_all(s, buf, len) == SSL_ERROR_SSL)
 		return buf;
@@ -923,13 +631,14 @@ tls_fail(struct audit_sink *s, struct idp_diag *diag, const char *what, int ret)
 	if (verify != X509_V_OK)
 		idp_diag_add(diag, "%s: %s: the receiver's certificate failed verification: %s",
 		             s->desc, what, X509_verify_cert_error_string(verify));
-	else if (err == SSL_ERROR_SYSCALL && s->tls_errno != 0)
+	else if (err == SSL_ERROR_SYSCALL && s->sock.err != 0)
 		idp_diag_add(diag, "%s: %s: %s", s->desc, what, tls_reset_why(s, buf, sizeof(buf)));
 	else if (err == SSL_ERROR_ZERO_RETURN ||
 	         (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
 		idp_diag_add(diag, "%s: %s: the receiver closed the connection", s->desc, what);
 	else
-		idp_diag_add(diag, "%s: %s: %s", s->desc, what, tls_reason(buf, sizeof(buf)));
+		idp_diag_add(diag, "%s: %s: %s", s->desc, what,
+		             tls_client_reason(buf, sizeof(buf)));
 	ERR_clear_error();
 	s->tls_clean = false;
 	audit_sink_close(s);
@@ -948,7 +657,8 @@ tls_wait(struct audit_sink *s, int ret, int64_t deadline, const char *what, stru
 
 	if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
 		return tls_fail(s, diag, what, ret);
-	e = wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline, s->stop_fd);
+	e = tls_client_wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline,
+	                       s->stop_fd);
 	return e == 0 ? IDP_OK : sys_fail(s, diag, IDP_EUNAVAIL, what, e);
 }
 
@@ -995,8 +705,8 @@ tls_verdict(struct audit_sink *s, int64_t deadline, const char *what, struct idp
 			return tls_fail(s, diag, what, r);
 		if (s->tls_ticket)
 			break;
-		e = wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline,
-		            s->stop_fd);
+		e = tls_client_wait_fd(s->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
+		                       deadline, s->stop_fd);
 		if (e == ETIMEDOUT) {
 			ERR_clear_error();
 			return IDP_OK; /* silence: taken, the verdict still open */
@@ -1023,31 +733,23 @@ tls_connect(struct audit_sink *s, int64_t deadline, struct idp_diag *diag)
 	int r, rc;
 	bool named;
 
-	pthread_once(&sock_bio_once, sock_bio_make);
 	ERR_clear_error();
-	s->tls_eof = s->tls_cert_asked = s->tls_ticket = s->tls_unjudged = false;
-	s->tls_errno = 0;
-	if (sock_bio_method == NULL || (s->ssl = SSL_new(s->tls_ctx)) == NULL ||
-	    (bio = BIO_new(sock_bio_method)) == NULL) {
-		idp_diag_add(diag, "%s: TLS: %s", s->desc, tls_reason(why, sizeof(why)));
+	s->sock.eof = s->tls_cert_asked = s->tls_ticket = s->tls_unjudged = false;
+	s->sock.err = 0;
+	s->sock.fd = s->fd;
+	if ((s->ssl = SSL_new(s->tls_ctx)) == NULL ||
+	    (bio = tls_client_bio_new(&s->sock)) == NULL) {
+		idp_diag_add(diag, "%s: TLS: %s", s->desc, tls_client_reason(why, sizeof(why)));
 		audit_sink_close(s);
 		return IDP_EUNAVAIL;
 	}
-	BIO_set_data(bio, s);
-	BIO_set_init(bio, 1);
 	SSL_set_bio(s->ssl, bio, bio);
 	SSL_set_app_data(s->ssl, s);
 	SSL_set_cert_cb(s->ssl, tls_on_cert_request, s);
-	if (s->tls_name_ip) {
-		named = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), s->tls_name) == 1;
-	} else {
-		SSL_set_hostflags(s->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		named = SSL_set1_host(s->ssl, s->tls_name) == 1 &&
-		        SSL_set_tlsext_host_name(s->ssl, s->tls_name) == 1;
-	}
+	named = tls_client_set_name(s->ssl, s->tls_name, s->tls_name_ip);
 	if (!named) {
 		idp_diag_add(diag, "%s: TLS: cannot set the name to verify: %s", s->desc,
-		             tls_reason(why, sizeof(why)));
+		             tls_client_reason(why, sizeof(why)));
 		audit_sink_close(s);
 		return IDP_EUNAVAIL;
 	}
@@ -1117,51 +819,19 @@ tls_send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *dia
 }
 
 static int
-connect_one(const struct addrinfo *ai, int64_t deadline, int stop_fd, int *err)
-{
-	int fd =
-	    socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-	socklen_t len = sizeof(*err);
-
-	if (fd < 0) {
-		*err = errno;
-		return -1;
-	}
-	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-		return fd;
-	*err = errno;
-	if (*err == EINPROGRESS) {
-		*err = wait_fd(fd, POLLOUT, deadline, stop_fd);
-		if (*err == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) != 0)
-			*err = errno;
-		if (*err == 0)
-			return fd;
-	}
-	close(fd);
-	return -1;
-}
-
-static int
 sock_open(struct audit_sink *s, struct idp_diag *diag)
 {
-	struct addrinfo hints, *res = NULL;
 	int64_t deadline = deadline_after(s->connect_timeout_ms);
-	int rc, err = ECONNREFUSED;
+	int err, gai;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = s->protocol == AUDIT_PROTO_UDP ? SOCK_DGRAM : SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	rc = getaddrinfo(s->host, s->port, &hints, &res);
-	if (rc != 0) {
-		idp_diag_add(diag, "%s: resolve: %s", s->desc, gai_strerror(rc));
+	tls_client_connect(s->host, s->port, s->protocol == AUDIT_PROTO_UDP, deadline, s->stop_fd,
+	                   &s->fd, &err, &gai);
+	if (gai != 0) {
+		idp_diag_add(diag, "%s: resolve: %s", s->desc, gai_strerror(gai));
 		/* A name that does not exist is a configuration error. */
-		return rc == EAI_AGAIN || rc == EAI_SYSTEM || rc == EAI_MEMORY ? IDP_EUNAVAIL
-		                                                               : IDP_EIO;
+		return gai == EAI_AGAIN || gai == EAI_SYSTEM || gai == EAI_MEMORY ? IDP_EUNAVAIL
+		                                                                  : IDP_EIO;
 	}
-	for (struct addrinfo *ai = res; ai != NULL && s->fd < 0; ai = ai->ai_next)
-		s->fd = connect_one(ai, deadline, s->stop_fd, &err);
-	freeaddrinfo(res);
 	if (s->fd < 0)
 		return sys_fail(s, diag, IDP_EUNAVAIL, "connect", err);
 	return s->tls ? tls_connect(s, deadline, diag) : IDP_OK;
@@ -1223,7 +893,7 @@ send_all(struct audit_sink *s, const char *p, size_t n, struct idp_diag *diag)
 			continue;
 		if (e != EAGAIN && e != EWOULDBLOCK)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
-		e = wait_fd(s->fd, POLLOUT, deadline, s->stop_fd);
+		e = tls_client_wait_fd(s->fd, POLLOUT, deadline, s->stop_fd);
 		if (e != 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "send", e);
 	}
@@ -1366,7 +1036,7 @@ sock_recv(struct audit_sink *s, char *buf, size_t len, int64_t deadline, size_t 
 				return e;
 			continue;
 		}
-		e = wait_fd(s->fd, POLLIN, deadline, s->stop_fd);
+		e = tls_client_wait_fd(s->fd, POLLIN, deadline, s->stop_fd);
 		if (e != 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "answer", e);
 		r = recv(s->fd, buf, len, MSG_DONTWAIT);
@@ -1582,7 +1252,7 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 
 			if (s->ssl == NULL)
 				return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ECONNRESET);
-			s->tls_errno = ECONNRESET;
+			s->sock.err = ECONNRESET;
 			idp_diag_add(diag, "%s: flush: %s", s->desc,
 			             tls_reset_why(s, why, sizeof(why)));
 			s->tls_clean = false;
@@ -1600,7 +1270,7 @@ tcp_drain(struct audit_sink *s, struct idp_diag *diag)
 		if (last >= 0 && queued < last)
 			deadline = deadline_after(s->send_timeout_ms);
 		last = queued;
-		if (ms_left(deadline) == 0 || ms_left(cap) == 0)
+		if (tls_client_ms_left(deadline) == 0 || tls_client_ms_left(cap) == 0)
 			return sys_fail(s, diag, IDP_EUNAVAIL, "flush", ETIMEDOUT);
 		/* Acknowledgements raise no event to wait for: look again
 		 * shortly (not a poll of the socket, which would return at once

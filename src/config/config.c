@@ -54,6 +54,9 @@ enum key_type {
  * the element changed, under sum_field, when they differ, also when the
  * file's name does not. */
 #define K_FILE_SUM 0x20u
+/* In a section, exactly one of the keys with this flag must be set (an
+ * [[idp]]'s jwks_file or jwks_uri): two ways to say one thing. */
+#define K_ONE_OF 0x40u
 
 struct section;
 
@@ -110,6 +113,7 @@ static const char *check_trust_domain(const char *s);
 static const char *check_selector_map(const char *s);
 static const char *check_visible(const char *s);
 static const char *check_audiences(const char *s);
+static const char *check_https_url(const char *s);
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 /* In the order of the IDPD_ROLE_* bits. */
@@ -153,6 +157,49 @@ static const struct key api_key_keys[] = {
 static const struct section api_key_section = {api_key_keys, IDP_ARRAY_LEN(api_key_keys),
                                                sizeof(struct idpd_api_key_cfg)};
 
+/*
+ * The keys of a key set fetched from a jwks_uri (jwks_remote.h), the same in
+ * [[idp]] and [[attestors]]: struct T has fields of these names.
+ */
+#define JWKS_URI_KEYS(T)                                                                           \
+	{.name = "jwks_uri",                                                                       \
+	 STRING_AT(T, jwks_uri),                                                                   \
+	 .flags = K_RELOAD | K_ONE_OF | K_SHOWN,                                                   \
+	 .min = 9,                                                                                 \
+	 .max = 2048,                                                                              \
+	 .check = check_https_url,                                                                 \
+	 .help = "https:// URL of its JWKS (an OIDC provider's jwks_uri), fetched in the "         \
+	         "background and refreshed; set this or jwks_file"},                               \
+	    {.name = "ca_file",                                                                    \
+	     STRING_AT(T, ca_file),                                                                \
+	     .flags = K_RELOAD,                                                                    \
+	     .min = 1,                                                                             \
+	     .max = 4096,                                                                          \
+	     .help = "PEM CA certificates that verify jwks_uri's server; unset, the system's "     \
+	             "trust store"},                                                               \
+	    {.name = "jwks_refresh",                                                               \
+	     DURATION_AT(T, jwks_refresh_ms),                                                      \
+	     .flags = K_RELOAD,                                                                    \
+	     .min = SECONDS(10),                                                                   \
+	     .max = HOURS(24),                                                                     \
+	     .def = "5m",                                                                          \
+	     .help = "how often jwks_uri is fetched again; a failed fetch is retried after "       \
+	             "jwks_min_refresh"},                                                          \
+	    {.name = "jwks_min_refresh",                                                           \
+	     DURATION_AT(T, jwks_min_refresh_ms),                                                  \
+	     .flags = K_RELOAD,                                                                    \
+	     .min = SECONDS(1),                                                                    \
+	     .max = HOURS(1),                                                                      \
+	     .def = "30s",                                                                         \
+	     .help = "shortest time between two fetches of jwks_uri: a token naming an unknown "   \
+	             "key asks for a fetch at most this often"},                                   \
+	{                                                                                          \
+		.name = "jwks_max_stale", DURATION_AT(T, jwks_max_stale_ms), .flags = K_RELOAD,    \
+		.min = SECONDS(10), .max = 30LL * 86400 * 1000, .def = "24h",                      \
+		.help = "how old the last key set fetched from jwks_uri may grow while fetches "   \
+		        "fail; past it its tokens answer 503"                                      \
+	}
+
 /* In the order of the attestor algs bits. */
 static const char *const attestor_algs[] = {"ES256", "RS256", NULL};
 
@@ -180,13 +227,15 @@ static const struct key attestor_keys[] = {
      .help = "a value the token's \"aud\" claim must hold"},
     {.name = "jwks_file",
      STRING_AT(struct idpd_attestor_cfg, jwks_file),
-     .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
+     .flags = K_RELOAD | K_ONE_OF | K_FILE_SUM,
      .sum_off = offsetof(struct idpd_attestor_cfg, jwks_sha256),
      .bytes_off = offsetof(struct idpd_attestor_cfg, jwks),
      .sum_field = "jwks",
      .min = 1,
      .max = 4096,
-     .help = "JWKS file of the attestor's public keys; re-read on reload"},
+     .help = "JWKS file of the attestor's public keys; re-read on reload. Set this or "
+             "jwks_uri"},
+    JWKS_URI_KEYS(struct idpd_attestor_cfg),
     {.name = "algs",
      FLAGS_AT(struct idpd_attestor_cfg, algs),
      .flags = K_RELOAD,
@@ -238,13 +287,15 @@ static const struct key idp_keys[] = {
      .help = "a value the token's \"aud\" claim must hold"},
     {.name = "jwks_file",
      STRING_AT(struct idpd_idp_cfg, jwks_file),
-     .flags = K_RELOAD | K_REQUIRED | K_FILE_SUM,
+     .flags = K_RELOAD | K_ONE_OF | K_FILE_SUM,
      .sum_off = offsetof(struct idpd_idp_cfg, jwks_sha256),
      .bytes_off = offsetof(struct idpd_idp_cfg, jwks),
      .sum_field = "jwks",
      .min = 1,
      .max = 4096,
-     .help = "JWKS file of the identity provider's public keys; re-read on reload"},
+     .help = "JWKS file of the identity provider's public keys; re-read on reload. Set this "
+             "or jwks_uri"},
+    JWKS_URI_KEYS(struct idpd_idp_cfg),
     {.name = "algs",
      FLAGS_AT(struct idpd_idp_cfg, algs),
      .flags = K_RELOAD,
@@ -1015,6 +1066,18 @@ check_trust_domain(const char *s)
 }
 
 /* Printable ASCII without spaces. */
+/* An https:// URL of visible ASCII: a key set over plain HTTP could be anyone's. */
+static const char *
+check_https_url(const char *s)
+{
+	if (strncmp(s, "https://", 8) != 0 || s[8] == '\0' || s[8] == '/')
+		return "expected an https:// URL (key sets are never fetched over plain HTTP)";
+	for (; *s != '\0'; s++)
+		if (*s <= ' ' || *s >= 0x7f || *s == '#')
+			return "expected printable characters without spaces or a fragment";
+	return NULL;
+}
+
 static const char *
 check_visible(const char *s)
 {
@@ -1824,15 +1887,27 @@ static void
 check_required(struct loader *l, const struct section *sec, const bool *seen, const char *label,
                unsigned line, unsigned col, enum idp_toml_excerpt ex)
 {
+	const char *one_of[2] = {NULL, NULL};
+	size_t n_one_of = 0, n_set = 0;
+
 	for (size_t i = 0; i < sec->n; i++) {
 		char *name;
 
+		if (sec->keys[i].flags & K_ONE_OF) {
+			if (n_one_of < 2)
+				one_of[n_one_of] = sec->keys[i].name;
+			n_one_of++;
+			n_set += seen[i];
+		}
 		if (!(sec->keys[i].flags & K_REQUIRED) || seen[i])
 			continue;
 		name = display_name(label, sec->keys[i].name);
 		lerr(l, line, col, ex, "%s: required key is missing", name);
 		free(name);
 	}
+	if (n_one_of == 2 && n_set != 1)
+		lerr(l, line, col, ex, "%s%s, %s%s: %s", label, one_of[0], label, one_of[1],
+		     n_set == 0 ? "one of the two is required" : "set one of the two, not both");
 }
 
 static void
@@ -2400,8 +2475,8 @@ put_default(struct idp_buf *b, const struct key *k)
 		rc = idp_buf_puts(b, "(required)");
 	else if (k->flags & K_SECRET)
 		rc = idp_buf_puts(b, "<secret>");
-	else if (k->type == K_TABLES)
-		rc = idp_buf_puts(b, "(none)");
+	else if (k->type == K_TABLES || k->def == NULL)
+		rc = idp_buf_puts(b, "(none)"); /* an optional key unset: no printf of NULL */
 	else if (k->type == K_STRING || k->type == K_DURATION || k->type == K_ENUM)
 		rc = idp_buf_printf(b, "\"%s\"", k->def);
 	else

@@ -10,7 +10,10 @@
  * a reference by each request.  A reload's check builds the new snapshot
  * from the attestors' JWKS files as the configuration loader read them, and
  * its apply swaps in that same snapshot; if any file fails, the reload is
- * refused and the old attestors stay.  identity.* are restart-only: a reload keeps them.
+ * refused and the old attestors stay.  An attestor with a jwks_uri holds a
+ * remote whose keys the jwks thread fetches (jwks_remote.h): evidence under
+ * a key it may not have fetched yet answers 503, never 401.  identity.* are
+ * restart-only: a reload keeps them.
  *
  * Wrong evidence always gets the same 401, so a caller learns nothing about
  * which check failed; the precise reason goes into the
@@ -28,6 +31,7 @@
 #include "idpd/auth.h"
 #include "idpd/b64.h"
 #include "idpd/clock.h"
+#include "idpd/jwks_remote.h"
 #include "idpd/log.h"
 #include "idpd/maintenance.h"
 #include "attest_int.h"
@@ -52,6 +56,7 @@ conf_free(struct attest_conf *c)
 		free(at->issuer);
 		free(at->audience);
 		idp_jws_keyset_unref(at->keys);
+		jwks_remote_unref(at->remote);
 		attest_selector_map_free(at->map);
 	}
 	free(c->attestors);
@@ -106,6 +111,27 @@ keyset_load(const char *path, const struct idpd_file_bytes *b, struct idp_jws_ke
 	return idp_jws_keyset_load_jwks_file(path, out, diag);
 }
 
+/* An attestor's keys: its jwks_file's (keyset_load), or its jwks_uri's remote. */
+static int
+attestor_keys(const struct idpd_attestor_cfg *ac, struct attestor *at, struct idp_diag *diag)
+{
+	struct jwks_remote_opts o = {
+	    .kind = "attestor",
+	    .name = ac->name,
+	    .uri = ac->jwks_uri,
+	    .ca_file = ac->ca_file,
+	    .refresh_ms = ac->jwks_refresh_ms,
+	    .min_refresh_ms = ac->jwks_min_refresh_ms,
+	    .max_stale_ms = ac->jwks_max_stale_ms,
+	};
+
+	if (ac->jwks_uri == NULL)
+		return ac->jwks_file != NULL
+		           ? keyset_load(ac->jwks_file, &ac->jwks, &at->keys, diag)
+		           : IDP_EINVAL;
+	return jwks_remote_new(&o, &at->remote, diag);
+}
+
 /*
  * A snapshot of cfg's attestation settings, with the identity strings of
  * keep (a reload) or of cfg (startup).  NULL with diag naming what failed.
@@ -138,9 +164,9 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 			at->algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256;
 		idp_diag_init(&d);
 		at->map = attest_selector_map_parse(ac->selectors, &d);
-		if (at->map == NULL ||
-		    keyset_load(ac->jwks_file, &ac->jwks, &at->keys, &d) != IDP_OK) {
-			idp_diag_add(diag, "attestor \"%s\" (%s): %s", ac->name, ac->jwks_file,
+		if (at->map == NULL || attestor_keys(ac, at, &d) != IDP_OK) {
+			idp_diag_add(diag, "attestor \"%s\" (%s): %s", ac->name,
+			             ac->jwks_uri != NULL ? ac->jwks_uri : ac->jwks_file,
 			             idp_diag_str(&d));
 			conf_free(c);
 			return NULL;
@@ -164,6 +190,21 @@ conf_build(const struct idpd_config *cfg, const struct attest_conf *keep, struct
 	return c;
 }
 
+/*
+ * Put c's jwks_uri remotes in force (jwks_remote_publish: an attestor
+ * already running keeps its remote and keys) and wait for the first fetch of
+ * new ones, JWKS_REMOTE_START_WAIT_MS at most.  Before c is installed.  Main
+ * thread.
+ */
+static void
+publish_remotes(struct attest_conf *c)
+{
+	for (size_t i = 0; i < c->n_attestors; i++)
+		if (c->attestors[i].remote != NULL)
+			c->attestors[i].remote = jwks_remote_publish(c->attestors[i].remote);
+	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+}
+
 static void
 install(struct attest_conf *c)
 {
@@ -176,7 +217,11 @@ install(struct attest_conf *c)
 	attest_conf_unref(old);
 }
 
-/* The reload's check: the snapshot of next, its key sets built from the bytes its load read. */
+/*
+ * The reload's check: the snapshot of next, its key sets built from the
+ * bytes its load read, its jwks_uri attestors' remotes made but not yet
+ * fetched.
+ */
 static int
 reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
                struct idp_diag *diag)
@@ -198,6 +243,7 @@ reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 
 	(void)app;
 	(void)diag;
+	publish_remotes(c);
 	install(c);
 	log_info("attest: %zu attestor(s) loaded", c->n_attestors);
 	return IDP_OK;
@@ -265,10 +311,16 @@ attest_cleanup(const struct maintenance_run *run, void *ctx, json_t *counts, str
 int
 attest_init(struct idpd_app *app, struct idp_diag *diag)
 {
-	struct attest_conf *c = conf_build(app->cfg, NULL, diag);
+	struct attest_conf *c;
 
+	if (jwks_remote_init() != IDP_OK) {
+		idp_diag_add(diag, "attest: cannot register the jwks metrics or readiness check");
+		return IDP_EINVAL;
+	}
+	c = conf_build(app->cfg, NULL, diag);
 	if (c == NULL)
 		return IDP_EINVAL;
+	publish_remotes(c);
 	install(c);
 	agent_credential_cache_size((size_t)app->cfg->introspection.cache_size);
 	if (app_on_reload_staged(&reload_stage) != IDP_OK) {
@@ -448,22 +500,75 @@ token_age_refusal(const json_t *claims, int64_t max_ms, int64_t *exp_ms)
 }
 
 /*
+ * The key set at verifies with: its file's, or the last good set of its
+ * jwks_uri while usable (rv holds the reference; the caller releases it).
+ * NULL for a remote without a usable set.
+ */
+static const struct idp_jws_keyset *
+attestor_set(const struct attestor *at, struct jwks_remote_view *rv)
+{
+	memset(rv, 0, sizeof(*rv));
+	if (at->remote == NULL)
+		return at->keys;
+	jwks_remote_view(at->remote, idp_clock_system(), rv);
+	return rv->usable ? rv->keys : NULL;
+}
+
+/*
+ * No attestor knew the token's kid.  If its (unverified) iss is a jwks_uri
+ * attestor's, that attestor decides whether the kid is definitely unknown
+ * or may be a key published since its set was fetched: then true, a fetch
+ * asked for, *reason and *retry_after_s set (jwks_remote_kid_unknown).
+ * stale: an attestor whose set, too old to use, holds the kid.
+ */
+static bool
+kid_may_come(const struct attest_conf *conf, const struct attestor *stale, const char *token,
+             const char **reason, int64_t *retry_after_s)
+{
+	char iss[600];
+	int64_t iat_ms;
+	int ra = 0;
+
+	if (stale != NULL) {
+		jwks_remote_want(stale->remote);
+		*reason = "jwks_stale";
+		*retry_after_s = 1;
+		return true;
+	}
+	jwks_token_iss_iat(token, strlen(token), iss, sizeof(iss), &iat_ms);
+	for (size_t i = 0; i < conf->n_attestors && iss[0] != '\0'; i++) {
+		const struct attestor *at = &conf->attestors[i];
+
+		if (at->remote != NULL && strcmp(at->issuer, iss) == 0 &&
+		    jwks_remote_kid_unknown(at->remote, idp_clock_system(), iat_ms, reason, &ra) ==
+		        IDP_EUNAVAIL) {
+			*retry_after_s = ra;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
  * Find the attestor that vouches for token: its signature verifies with the
  * attestor's keys and algorithms, its iss, aud and time claims are the
  * attestor's, and it lives no longer than the attestor's max_token_age.  On
  * success *claims is the verified payload (caller decrefs), *exp_ms its
  * exp, and the attestor is returned; otherwise NULL with *reason the most
- * specific failure (that of an attestor that knew the token's kid).
+ * specific failure (that of an attestor that knew the token's kid), and
+ * *retry_after_s > 0 when no attestor knows the kid yet one fetching its
+ * keys from a jwks_uri may (answer 503: kid_may_come).
  */
 static const struct attestor *
 find_attestor(const struct attest_conf *conf, const char *token, json_t **claims, int64_t *exp_ms,
-              const char **reason)
+              const char **reason, int64_t *retry_after_s)
 {
 	/* A failure after the signature verified says more than one before,
 	 * which says more than an unknown kid. */
 	int rank = 0;
 	char kid[IDP_JWS_MAX_KID + 1];
 	bool have_kid = header_kid(token, kid);
+	const struct attestor *stale = NULL;
 
 	*claims = NULL;
 	*exp_ms = 0;
@@ -474,12 +579,22 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 		struct idp_jws_verify_opts opts = {.typ = NULL, .algs = at->algs};
 		struct idp_jws_verified v = {0};
 		enum idp_jws_reason jr = IDP_JWS_OK;
+		struct jwks_remote_view rv;
+		const struct idp_jws_keyset *keys = attestor_set(at, &rv);
 		const char *iss, *why;
+		bool verified;
 
+		if (keys == NULL && have_kid && rv.keys != NULL &&
+		    idp_jws_keyset_find(rv.keys, kid) != NULL && stale == NULL)
+			stale = at;
 		/* Only the attestors that know the key are asked. */
-		if (have_kid && idp_jws_keyset_find(at->keys, kid) == NULL)
+		if (keys == NULL || (have_kid && idp_jws_keyset_find(keys, kid) == NULL)) {
+			jwks_remote_view_cleanup(&rv);
 			continue;
-		if (idp_jws_verify(at->keys, token, strlen(token), &opts, &v, &jr) != IDP_OK) {
+		}
+		verified = idp_jws_verify(keys, token, strlen(token), &opts, &v, &jr) == IDP_OK;
+		jwks_remote_view_cleanup(&rv);
+		if (!verified) {
 			if (jr != IDP_JWS_KID_UNKNOWN && rank < 1) {
 				*reason = idp_jws_reason_name(jr);
 				rank = 1;
@@ -507,6 +622,8 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 		}
 		idp_jws_verified_cleanup(&v);
 	}
+	if (rank == 0 && have_kid)
+		(void)kid_may_come(conf, stale, token, reason, retry_after_s);
 	return NULL;
 }
 
@@ -628,10 +745,11 @@ attest(struct http_req *req, void *ctx)
 			rc = IDP_EUNAUTH;
 		}
 	} else {
-		who = find_attestor(conf, evidence, &claims, &at.evidence_exp_ms, &at.reason);
+		who = find_attestor(conf, evidence, &claims, &at.evidence_exp_ms, &at.reason,
+		                    &at.retry_after_s);
 		at.at = who;
 		at.claims = claims;
-		rc = who != NULL ? IDP_OK : IDP_EUNAUTH;
+		rc = who != NULL ? IDP_OK : at.retry_after_s > 0 ? IDP_EUNAVAIL : IDP_EUNAUTH;
 	}
 	if (rc == IDP_OK)
 		rc = attest_db_issue(conf, idp_clock_system(), &at, &credential, jti, &exp_s);
@@ -651,9 +769,15 @@ attest(struct http_req *req, void *ctx)
 
 			snprintf(ra, sizeof(ra), "%lld", (long long)at.retry_after_s);
 			http_add_header(req, "Retry-After", ra);
-			http_reply_problem(req, 503, "unavailable", NULL,
-			                   "the agent was resumed moments ago; a credential issued "
-			                   "before its revocation epoch would be born revoked");
+			if (who == NULL)
+				http_reply_problem(
+				    req, 503, "unavailable", NULL,
+				    "the attestor's keys are being fetched; try again");
+			else
+				http_reply_problem(
+				    req, 503, "unavailable", NULL,
+				    "the agent was resumed moments ago; a credential issued "
+				    "before its revocation epoch would be born revoked");
 		} else
 			http_reply_error(req, rc, "the attestation could not be completed");
 		goto done;

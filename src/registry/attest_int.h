@@ -14,12 +14,15 @@
 #include "idpd/jws.h"
 #include "registry_int.h"
 
+struct jwks_remote;
+
 struct attestor {
 	char *name;
 	char *issuer;
 	char *audience;
-	unsigned algs; /* IDP_JWS_ALLOW bits */
-	struct idp_jws_keyset *keys;
+	unsigned algs;               /* IDP_JWS_ALLOW bits */
+	struct idp_jws_keyset *keys; /* from jwks_file; NULL with remote */
+	struct jwks_remote *remote;  /* from jwks_uri; NULL with keys */
 	struct attest_selector_map *map;
 	int64_t max_token_age_ms; /* a token living longer than this is refused */
 };

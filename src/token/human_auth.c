@@ -22,6 +22,7 @@
 #include "idpd/http.h"
 #include "idpd/json_out.h"
 #include "idpd/human_auth.h"
+#include "idpd/jwks_remote.h"
 #include "idpd/jws.h"
 #include "idpd/log.h"
 #include "idpd/revocation.h"
@@ -34,8 +35,9 @@ struct human_idp {
 	char *claim;
 	bool vouches_for_owners;
 	bool require_email_verified;
-	unsigned algs; /* IDP_JWS_ALLOW bits */
-	struct idp_jws_keyset *keys;
+	unsigned algs;               /* IDP_JWS_ALLOW bits */
+	struct idp_jws_keyset *keys; /* from jwks_file; NULL with remote */
+	struct jwks_remote *remote;  /* from jwks_uri; NULL with keys */
 };
 
 struct human_verifier {
@@ -60,6 +62,7 @@ human_verifier_free(struct human_verifier *v)
 		free(v->idps[i].audience);
 		free(v->idps[i].claim);
 		idp_jws_keyset_unref(v->idps[i].keys);
+		jwks_remote_unref(v->idps[i].remote);
 	}
 	free(v->idps);
 	free(v->own_issuer);
@@ -137,6 +140,7 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 		const struct idpd_idp_cfg *ic = &cfg->idps[i];
 		struct human_idp *h = &v->idps[v->n_idps++];
 		struct idp_diag d;
+		int rc;
 
 		h->name = idp_xstrdup(ic->name);
 		h->issuer = idp_xstrdup(ic->issuer);
@@ -149,9 +153,30 @@ human_verifier_new(const struct idpd_config *cfg, struct idp_diag *diag)
 		          (ic->algs & 2u ? IDP_JWS_ALLOW_RS256 : 0);
 		if (h->algs == 0)
 			h->algs = IDP_JWS_ALLOW_ES256 | IDP_JWS_ALLOW_RS256;
+		if (ic->jwks_uri != NULL) {
+			struct jwks_remote_opts o = {
+			    .kind = "idp",
+			    .name = ic->name,
+			    .uri = ic->jwks_uri,
+			    .ca_file = ic->ca_file,
+			    .refresh_ms = ic->jwks_refresh_ms,
+			    .min_refresh_ms = ic->jwks_min_refresh_ms,
+			    .max_stale_ms = ic->jwks_max_stale_ms,
+			};
+
+			rc = jwks_remote_new(&o, &h->remote, diag);
+			if (rc != IDP_OK) {
+				human_verifier_free(v);
+				return NULL;
+			}
+			continue;
+		}
 		idp_diag_init(&d);
-		if (keyset_load(ic->jwks_file, &ic->jwks, &h->keys, &d) != IDP_OK) {
-			idp_diag_add(diag, "idp \"%s\" (%s): %s", ic->name, ic->jwks_file,
+		if (ic->jwks_file == NULL ||
+		    keyset_load(ic->jwks_file, &ic->jwks, &h->keys, &d) != IDP_OK) {
+			idp_diag_add(diag, "idp \"%s\" (%s): %s", ic->name,
+			             ic->jwks_file != NULL ? ic->jwks_file
+			                                   : "no jwks_file or jwks_uri",
 			             idp_diag_str(&d));
 			human_verifier_free(v);
 			return NULL;
@@ -349,14 +374,64 @@ done:
 	return ok;
 }
 
+/* The token's kid, read once on first need into buf; NULL if it has none that fits. */
+static const char *
+lazy_kid(const char *token, size_t len, bool *read, char buf[IDP_JWS_MAX_KID + 1])
+{
+	if (!*read) {
+		*read = true;
+		if (!token_kid(token, len, buf))
+			buf[0] = '\0';
+	}
+	return buf[0] != '\0' ? buf : NULL;
+}
+
+/*
+ * The key set to verify with for h: its file's, or the last good set of
+ * its jwks_uri while that is usable (rv holds the reference; the caller
+ * releases it).  NULL for a remote that has no usable set.
+ */
+static const struct idp_jws_keyset *
+idp_keys(const struct human_idp *h, const struct idp_clock *clock, struct jwks_remote_view *rv)
+{
+	memset(rv, 0, sizeof(*rv));
+	if (h->remote == NULL)
+		return h->keys;
+	jwks_remote_view(h->remote, clock, rv);
+	return rv->usable ? rv->keys : NULL;
+}
+
+/*
+ * A token whose kid no provider holds: if its (unverified) iss is that of a
+ * jwks_uri provider, that provider decides whether the kid is definitely
+ * unknown (IDP_EUNAUTH) or may be a key published since its set was
+ * fetched (IDP_EUNAVAIL, a fetch asked for, *reason and out->retry_after_s
+ * set): jwks_remote_kid_unknown.
+ */
+static int
+remote_kid_unknown(const struct human_verifier *v, const char *token, size_t len,
+                   const struct idp_clock *clock, struct human_principal *out, const char **reason)
+{
+	char iss[600];
+	int64_t iat_ms;
+	int rc = IDP_EUNAUTH;
+
+	jwks_token_iss_iat(token, len, iss, sizeof(iss), &iat_ms);
+	for (size_t i = 0; i < v->n_idps && rc == IDP_EUNAUTH && iss[0] != '\0'; i++)
+		if (v->idps[i].remote != NULL && strcmp(v->idps[i].issuer, iss) == 0)
+			rc = jwks_remote_kid_unknown(v->idps[i].remote, clock, iat_ms, reason,
+			                             &out->retry_after_s);
+	return rc;
+}
+
 int
 human_token_verify(const struct human_verifier *v, const char *token, size_t len,
                    const struct idp_clock *clock, struct human_principal *out, const char **reason)
 {
 	struct idp_jws_verified ver = {0};
 	enum idp_jws_reason why = IDP_JWS_KID_UNKNOWN;
-	const struct human_idp *h = NULL;
-	const char *r = NULL, *p, *kid = NULL;
+	const struct human_idp *h = NULL, *stale = NULL;
+	const char *r = NULL, *p, *kid;
 	char kid_buf[IDP_JWS_MAX_KID + 1];
 	bool kid_read = false;
 	int rc = IDP_EUNAUTH;
@@ -366,37 +441,66 @@ human_token_verify(const struct human_verifier *v, const char *token, size_t len
 		r = "no_idp";
 		goto done;
 	}
+	/* The bound idp_jws_verify applies, here first: a provider without a
+	 * usable set reads the kid and iss without calling it. */
+	if (len > IDP_JWS_MAX_TOKEN) {
+		r = idp_jws_reason_name(IDP_JWS_TOO_LARGE);
+		goto done;
+	}
 	for (size_t i = 0; i < v->n_idps; i++) {
 		struct idp_jws_verify_opts o = {.typ = NULL, .algs = v->idps[i].algs};
+		struct jwks_remote_view rv;
+		const struct idp_jws_keyset *keys = idp_keys(&v->idps[i], clock, &rv);
+		bool decided = true;
 
-		if (idp_jws_verify(v->idps[i].keys, token, len, &o, &ver, &why) == IDP_OK) {
+		if (keys == NULL) {
+			/*
+			 * A jwks_uri provider without a usable set verifies
+			 * nothing.  If its stale set holds the kid, the token is
+			 * its own, and whether that key still stands is unknown.
+			 */
+			kid = rv.keys != NULL ? lazy_kid(token, len, &kid_read, kid_buf) : NULL;
+			if (kid != NULL && idp_jws_keyset_find(rv.keys, kid) != NULL &&
+			    stale == NULL)
+				stale = &v->idps[i];
+			decided = false;
+		} else if (idp_jws_verify(keys, token, len, &o, &ver, &why) == IDP_OK) {
 			h = &v->idps[i];
-			break;
-		}
-		/*
-		 * idp_jws_verify checks the alg pin before it looks the kid
-		 * up, so "alg_not_allowed" may come from a provider that does
-		 * not hold the kid, for a token of another provider with
-		 * other pins: that is no verdict, move on, and if no provider
-		 * holds the kid say so.  A provider that holds the kid keeps
-		 * its pin and decides.
-		 */
-		if (why == IDP_JWS_ALG_NOT_ALLOWED) {
-			if (!kid_read) {
-				kid_read = true;
-				if (token_kid(token, len, kid_buf))
-					kid = kid_buf;
-			}
-			if (kid == NULL)
-				continue; /* no kid to hold: the alg stays the reason */
-			if (idp_jws_keyset_find(v->idps[i].keys, kid) == NULL) {
+		} else if (why == IDP_JWS_ALG_NOT_ALLOWED) {
+			/*
+			 * idp_jws_verify checks the alg pin before it looks the
+			 * kid up, so "alg_not_allowed" may come from a provider
+			 * that does not hold the kid, for a token of another
+			 * provider with other pins: that is no verdict, move on,
+			 * and if no provider holds the kid say so.  A provider
+			 * that holds the kid keeps its pin and decides.
+			 */
+			kid = lazy_kid(token, len, &kid_read, kid_buf);
+			if (kid == NULL) {
+				decided = false; /* no kid to hold: the alg stays the reason */
+			} else if (idp_jws_keyset_find(keys, kid) == NULL) {
 				why = IDP_JWS_KID_UNKNOWN;
-				continue;
+				decided = false;
 			}
+		} else if (why == IDP_JWS_KID_UNKNOWN) {
+			/* Any other failure but an unknown kid is this provider's verdict. */
+			decided = false;
 		}
-		/* Any other failure but an unknown kid is this provider's verdict. */
-		if (why != IDP_JWS_KID_UNKNOWN)
+		jwks_remote_view_cleanup(&rv);
+		if (decided)
 			break;
+	}
+	if (h == NULL && stale != NULL) {
+		jwks_remote_want(stale->remote);
+		out->retry_after_s = 1;
+		r = "jwks_stale";
+		rc = IDP_EUNAVAIL;
+		goto done;
+	}
+	if (h == NULL && why == IDP_JWS_KID_UNKNOWN &&
+	    remote_kid_unknown(v, token, len, clock, out, &r) == IDP_EUNAVAIL) {
+		rc = IDP_EUNAVAIL;
+		goto done;
 	}
 	if (h == NULL) {
 		r = idp_jws_reason_name(why);
@@ -446,7 +550,11 @@ done:
 	return rc;
 }
 
-/* The reload's check: the verifier of next, built from the bytes its load read. */
+/*
+ * The reload's check: the verifier of next, built from the bytes its load
+ * read, its jwks_uri providers' remotes made but not yet fetched, so that a
+ * refused reload leaves no trace.
+ */
 static int
 reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **staged,
                struct idp_diag *diag)
@@ -458,6 +566,22 @@ reload_prepare(struct idpd_app *app, const struct idpd_config *next, void **stag
 	return v != NULL ? IDP_OK : IDP_EINVAL;
 }
 
+/*
+ * Put v's jwks_uri remotes in force (jwks_remote_publish): a provider the
+ * running verifier already has keeps its remote, keys and all; a new one is
+ * fetched, and waited for (JWKS_REMOTE_START_WAIT_MS at most), so that its
+ * first tokens find its keys when it answers.  Before v is installed: v is
+ * still the caller's alone.  Main thread.
+ */
+static void
+publish_remotes(struct human_verifier *v)
+{
+	for (size_t i = 0; i < v->n_idps; i++)
+		if (v->idps[i].remote != NULL)
+			v->idps[i].remote = jwks_remote_publish(v->idps[i].remote);
+	jwks_remote_wait_tried(JWKS_REMOTE_START_WAIT_MS);
+}
+
 /* The reload's apply: exactly the verifier the check built.  Cannot fail. */
 static int
 reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
@@ -466,6 +590,7 @@ reload_commit(struct idpd_app *app, void *staged, struct idp_diag *diag)
 
 	(void)app;
 	(void)diag;
+	publish_remotes(v);
 	install(v);
 	log_info("human_auth: %zu identity provider(s) loaded", v->n_idps);
 	return IDP_OK;
@@ -482,10 +607,19 @@ static const struct app_reload_stage reload_stage = {reload_prepare, reload_comm
 int
 human_auth_init(struct idpd_app *app, struct idp_diag *diag)
 {
-	struct human_verifier *v = human_verifier_new(app->cfg, diag);
+	struct human_verifier *v;
 
+	if (jwks_remote_init() != IDP_OK) {
+		idp_diag_add(diag,
+		             "human_auth: cannot register the jwks metrics or readiness check");
+		return IDP_EINVAL;
+	}
+	v = human_verifier_new(app->cfg, diag);
 	if (v == NULL)
 		return IDP_EINVAL;
+	/* Bounded: a provider that does not answer is not waited for, its
+	 * tokens answer 503 and /readyz says so until a fetch succeeds. */
+	publish_remotes(v);
 	install(v);
 	if (app_on_reload_staged(&reload_stage) != IDP_OK) {
 		idp_diag_add(diag, "human_auth: cannot register the reload hook");
@@ -521,5 +655,11 @@ authenticate_human(struct http_req *req, struct human_principal *out, const char
 	}
 	rc = human_token_verify(v, tok, strlen(tok), idp_clock_system(), out, reason);
 	verifier_unref(v);
+	if (rc == IDP_EUNAVAIL && out->retry_after_s > 0) {
+		char ra[16];
+
+		snprintf(ra, sizeof(ra), "%d", out->retry_after_s);
+		http_add_header(req, "Retry-After", ra);
+	}
 	return rc;
 }

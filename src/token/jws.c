@@ -1626,15 +1626,33 @@ idp_jws_verified_cleanup(struct idp_jws_verified *v)
 
 /* ---- time claims ---- */
 
+json_t *
+idp_jws_peek_claims(const char *token, size_t len)
+{
+	const char *d1 = memchr(token, '.', len), *d2 = NULL;
+	unsigned char *text = NULL;
+	size_t tlen = 0;
+	json_t *claims;
+
+	if (d1 != NULL)
+		d2 = memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token));
+	if (d2 == NULL ||
+	    idp_b64url_decode_alloc(d1 + 1, (size_t)(d2 - d1 - 1), &text, &tlen) != IDP_OK)
+		return NULL;
+	claims = json_loadb((const char *)text, tlen, JSON_REJECT_DUPLICATES, NULL);
+	free(text);
+	if (claims != NULL && !json_is_object(claims)) {
+		json_decref(claims);
+		claims = NULL;
+	}
+	return claims;
+}
+
 /* 9999-12-31T23:59:59Z: later NumericDates are nonsense, and bounding keeps ms arithmetic exact. */
 #define MAX_NUMERIC_DATE 253402300799LL
 
-/*
- * Read a NumericDate as milliseconds.  Returns 1 if present and valid, 0 if
- * absent, -1 if present but not a number in [0, MAX_NUMERIC_DATE].
- */
-static int
-numeric_date_ms(const json_t *claims, const char *name, int64_t *ms)
+int
+idp_jwt_numeric_date_ms(const json_t *claims, const char *name, int64_t *ms)
 {
 	const json_t *v = json_object_get(claims, name);
 
@@ -1672,9 +1690,9 @@ idp_jwt_check_time(const json_t *claims, const struct idp_clock *clock, int64_t 
 	if (leeway_s > 86400)
 		leeway_s = 86400;
 	leeway = leeway_s * 1000;
-	has_exp = numeric_date_ms(claims, "exp", &exp);
-	has_nbf = numeric_date_ms(claims, "nbf", &nbf);
-	has_iat = numeric_date_ms(claims, "iat", &iat);
+	has_exp = idp_jwt_numeric_date_ms(claims, "exp", &exp);
+	has_nbf = idp_jwt_numeric_date_ms(claims, "nbf", &nbf);
+	has_iat = idp_jwt_numeric_date_ms(claims, "iat", &iat);
 	if (has_exp < 0 || has_nbf < 0 || has_iat < 0 ||
 	    (has_exp == 0 && (flags & IDP_JWT_REQUIRE_EXP)) ||
 	    (has_iat == 0 && (flags & IDP_JWT_REQUIRE_IAT)))

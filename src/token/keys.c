@@ -1245,31 +1245,12 @@ token_kid_plausible(const char *token, size_t len, char kid[IDP_JWS_MAX_KID + 1]
 static int64_t
 token_iat_ms(const char *token, size_t len)
 {
-	const char *d1 = memchr(token, '.', len), *d2;
-	unsigned char *text = NULL;
-	size_t tlen = 0;
-	json_t *claims = NULL;
-	const json_t *v;
+	json_t *claims = idp_jws_peek_claims(token, len);
 	int64_t ms = KEYS_NO_IAT;
-	double sec = -1;
 
-	if (d1 == NULL)
-		return KEYS_NO_IAT;
-	d2 = memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token));
-	if (d2 == NULL ||
-	    idp_b64url_decode_alloc(d1 + 1, (size_t)(d2 - d1 - 1), &text, &tlen) != IDP_OK)
-		return KEYS_NO_IAT;
-	claims = json_loadb((const char *)text, tlen, JSON_REJECT_DUPLICATES, NULL);
-	v = json_object_get(claims, "iat");
-	if (json_is_integer(v))
-		sec = (double)json_integer_value(v);
-	else if (json_is_real(v))
-		sec = json_real_value(v);
-	/* 253402300799: 9999-12-31T23:59:59Z, as jws.c bounds NumericDates. */
-	if (sec >= 0 && sec <= 253402300799.0)
-		ms = (int64_t)(sec * 1000.0);
+	if (idp_jwt_numeric_date_ms(claims, "iat", &ms) != 1)
+		ms = KEYS_NO_IAT;
 	json_decref(claims);
-	free(text);
 	return ms;
 }
 

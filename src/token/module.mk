@@ -11,8 +11,8 @@ $(BUILD)/tests/bench/jws_bench: $(BUILD)/obj/tests/bench/jws_bench.o $(BUILD)/li
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 # Tasks: human identity ([[idp]]), tasks and their delegation tokens.
-LIB_SRCS += src/token/human_auth.c src/token/tasks.c
-UNIT_TESTS += tasks
+LIB_SRCS += src/token/human_auth.c src/token/jwks_remote.c src/token/tasks.c
+UNIT_TESTS += tasks jwks_remote
 # Delegation: POST /v1/delegations.
 LIB_SRCS += src/token/delegation.c
 # Revocation: the in-memory state, POST /introspect and POST /revoke.

@@ -827,11 +827,19 @@ tls_serve(struct harness_tls *t, SSL *ssl, int fd)
 			if (cl != NULL && cl < end)
 				want += strtoul(cl + 17, NULL, 10);
 			if (got >= want) {
-				size_t w;
+				char *ans;
+				size_t w, ans_len;
 
 				tls_keep(t, req, got);
-				if (SSL_write_ex(ssl, answer, strlen(answer), &w) == 1)
+				pthread_mutex_lock(&t->lock);
+				ans_len = t->answer != NULL ? t->answer_len : strlen(answer);
+				ans = malloc(ans_len);
+				memcpy(ans, t->answer != NULL ? t->answer : answer, ans_len);
+				t->requests++;
+				pthread_mutex_unlock(&t->lock);
+				if (SSL_write_ex(ssl, ans, ans_len, &w) == 1)
 					SSL_shutdown(ssl);
+				free(ans);
 				return;
 			}
 		}
@@ -958,6 +966,45 @@ harness_tls_tickets(struct harness_tls *t, bool send)
 	pthread_mutex_unlock(&t->lock);
 }
 
+void
+harness_tls_answer(struct harness_tls *t, const char *answer, size_t len)
+{
+	char *copy = malloc(len);
+
+	memcpy(copy, answer, len);
+	pthread_mutex_lock(&t->lock);
+	free(t->answer);
+	t->answer = copy;
+	t->answer_len = len;
+	pthread_mutex_unlock(&t->lock);
+}
+
+void
+harness_tls_answer_200(struct harness_tls *t, const char *ctype, const char *body)
+{
+	size_t n = strlen(body), cap = n + 256;
+	char *a = malloc(cap);
+	int h = snprintf(a, cap,
+	                 "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+	                 "Connection: close\r\n\r\n",
+	                 ctype, n);
+
+	memcpy(a + h, body, n);
+	harness_tls_answer(t, a, (size_t)h + n);
+	free(a);
+}
+
+unsigned
+harness_tls_requests(struct harness_tls *t)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->requests;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
 char *
 harness_tls_data(struct harness_tls *t, size_t *len)
 {
@@ -1011,5 +1058,6 @@ harness_tls_stop(struct harness_tls *t)
 	close(t->lfd);
 	SSL_CTX_free(t->ctx);
 	free(t->data);
+	free(t->answer);
 	pthread_mutex_destroy(&t->lock);
 }

@@ -163,6 +163,9 @@ struct harness_tls {
 	char client[128];    /* the CN of the last client certificate; "" for none */
 	int slow_refusal_ms; /* an untrusted client certificate is refused this much later */
 	bool no_tickets;     /* TLS 1.3 session tickets are not sent */
+	char *answer;        /* http: the raw answer to send (harness_tls_answer); NULL: a 204 */
+	size_t answer_len;
+	unsigned requests; /* http: requests answered */
 	bool stop;
 };
 
@@ -183,6 +186,16 @@ void harness_tls_slow_refusal(struct harness_tls *t, int ms);
  * syslog-ng does (or send them again, the default, with send set).
  */
 void harness_tls_tickets(struct harness_tls *t, bool send);
+/*
+ * From the next request on, answer with the raw bytes answer (len of them:
+ * status line, headers, body) instead of a 204, as a server of files (a
+ * JWKS) would.  Copied.
+ */
+void harness_tls_answer(struct harness_tls *t, const char *answer, size_t len);
+/* The same for a 200 with Content-Type ctype and body (NUL-terminated). */
+void harness_tls_answer_200(struct harness_tls *t, const char *ctype, const char *body);
+/* Requests answered so far (http). */
+unsigned harness_tls_requests(struct harness_tls *t);
 /* A copy of what was received (NUL-terminated, *len its length); the caller frees it. */
 char *harness_tls_data(struct harness_tls *t, size_t *len);
 /* Wait up to timeout_ms until what was received holds s; true if it does. */

@@ -1183,7 +1183,8 @@ uncomment_examples(const char *text)
 	return idp_buf_take(&out, NULL);
 }
 
-/* Find "a.b" or "t[].k" in a document: the first element stands for an array of tables. */
+/* Find "a.b" or "t[].k" in a document: for an array of tables, in its first element that sets it.
+ */
 static const struct idp_toml_node *
 find_key(const struct idp_toml_node *t, const char *name)
 {
@@ -1198,10 +1199,18 @@ find_key(const struct idp_toml_node *t, const char *name)
 		t = idp_toml_get(t, part);
 		name += n;
 		if (strncmp(name, "[]", 2) == 0) {
+			/* Any element may set it: keys that exclude each other
+			 * ([[idp]]'s jwks_file and jwks_uri) are shown in two. */
+			const struct idp_toml_node *found = NULL;
+
 			if (t == NULL || !idp_toml_is_table_array(t))
 				return NULL;
-			t = idp_toml_child(t, 0);
 			name += 2;
+			if (*name == '.')
+				name++;
+			for (size_t e = 0; e < idp_toml_count(t) && found == NULL; e++)
+				found = find_key(idp_toml_child(t, e), name);
+			return found;
 		}
 		if (*name == '.')
 			name++;

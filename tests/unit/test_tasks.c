@@ -162,11 +162,14 @@ static int
 setup(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
-	struct idpd_idp_cfg ic = {"corp", "https://sso.example.com",
-	                          "idpd", jwks_path,
-	                          1u,     "email",
-	                          true,   true,
-	                          "",     {NULL, 0, NULL}};
+	struct idpd_idp_cfg ic = {.name = "corp",
+	                          .issuer = "https://sso.example.com",
+	                          .audience = "idpd",
+	                          .jwks_file = jwks_path,
+	                          .algs = 1u,
+	                          .principal_claim = "email",
+	                          .vouches_for_owners = true,
+	                          .require_email_verified = true};
 	json_t *doc;
 	struct idp_diag d;
 	FILE *f;
@@ -285,9 +288,14 @@ static void
 human_token_email_rule_only_for_email_claim(void **state)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
-	struct idpd_idp_cfg ic = {
-	    "corp",         "https://sso.example.com", "idpd", jwks_path, 1u, "sub", true, true, "",
-	    {NULL, 0, NULL}};
+	struct idpd_idp_cfg ic = {.name = "corp",
+	                          .issuer = "https://sso.example.com",
+	                          .audience = "idpd",
+	                          .jwks_file = jwks_path,
+	                          .algs = 1u,
+	                          .principal_claim = "sub",
+	                          .vouches_for_owners = true,
+	                          .require_email_verified = true};
 	struct human_verifier *v;
 	struct human_principal p;
 	const char *why = NULL;
@@ -541,26 +549,22 @@ two_idps_verifier(struct two_idps *t, bool b_first)
 {
 	struct idpd_config *cfg = idpd_config_defaults();
 	struct idpd_idp_cfg ics[2] = {
-	    {"a",
-	     "https://a.example.com",
-	     "idpd",
-	     t->jwks_a,
-	     1u,
-	     "email",
-	     true,
-	     true,
-	     "",
-	     {NULL, 0, NULL}},
-	    {"b",
-	     "https://b.example.com",
-	     "idpd",
-	     t->jwks_b,
-	     2u,
-	     "email",
-	     false,
-	     true,
-	     "",
-	     {NULL, 0, NULL}},
+	    {.name = "a",
+	     .issuer = "https://a.example.com",
+	     .audience = "idpd",
+	     .jwks_file = t->jwks_a,
+	     .algs = 1u,
+	     .principal_claim = "email",
+	     .vouches_for_owners = true,
+	     .require_email_verified = true},
+	    {.name = "b",
+	     .issuer = "https://b.example.com",
+	     .audience = "idpd",
+	     .jwks_file = t->jwks_b,
+	     .algs = 2u,
+	     .principal_claim = "email",
+	     .vouches_for_owners = false,
+	     .require_email_verified = true},
 	};
 	struct idpd_idp_cfg swapped[2] = {ics[1], ics[0]};
 	struct human_verifier *v;
