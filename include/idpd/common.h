@@ -98,6 +98,11 @@ bool idp_word_listed(const char *list, const char *w, size_t len);
 /* Constant-time equality of two byte strings of equal length n. */
 int idp_ct_equal(const void *a, const void *b, size_t n);
 /*
+ * An OpenSSL pem_password_cb that gives no passphrase: an encrypted PEM key
+ * fails to load instead of OpenSSL asking the terminal.
+ */
+int idp_pem_no_passphrase(char *buf, int size, int rwflag, void *u);
+/*
  * SHA-256 of a (alen bytes) followed by b (blen bytes; NULL when 0) into
  * out.  The algorithm is fetched once per process: OpenSSL 3's SHA256()
  * and EVP_sha256() look it up again on every call, which costs more than

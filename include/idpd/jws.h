@@ -179,6 +179,14 @@ int idp_jws_keyset_from_jwks(const char *json, size_t len, struct idp_jws_keyset
 /* Read and parse a JWKS file; IDP_EIO if it cannot be read. */
 int idp_jws_keyset_load_jwks_file(const char *path, struct idp_jws_keyset **out,
                                   struct idp_diag *diag) IDP_WUR;
+/*
+ * The key set of the JWKS file path from what a loader already read: its
+ * bytes (data, len) when not NULL, so that the set is the one the loader
+ * hashed; else error (the read's failure, IDP_EIO) when not NULL; else the
+ * file itself, read now.  diag names path.
+ */
+int idp_jws_keyset_from_read(const char *path, const char *data, size_t len, const char *error,
+                             struct idp_jws_keyset **out, struct idp_diag *diag) IDP_WUR;
 
 struct idp_jws_keyset *idp_jws_keyset_ref(struct idp_jws_keyset *set);
 void idp_jws_keyset_unref(struct idp_jws_keyset *set);

@@ -95,20 +95,7 @@ static int
 keyset_load(const char *path, const struct idpd_file_bytes *b, struct idp_jws_keyset **out,
             struct idp_diag *diag)
 {
-	int rc;
-
-	if (b->data != NULL) {
-		rc = idp_jws_keyset_from_jwks(b->data, b->len, out, diag);
-		if (rc != IDP_OK)
-			idp_diag_add(diag, "in %s", path);
-		return rc;
-	}
-	if (b->error != NULL) {
-		*out = NULL;
-		idp_diag_add(diag, "%s", b->error);
-		return IDP_EIO;
-	}
-	return idp_jws_keyset_load_jwks_file(path, out, diag);
+	return idp_jws_keyset_from_read(path, b->data, b->len, b->error, out, diag);
 }
 
 /* An attestor's keys: its jwks_file's (keyset_load), or its jwks_uri's remote. */

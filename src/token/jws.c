@@ -427,17 +427,6 @@ idp_jws_key_generate(const char *kid, struct idp_jws_key **out, struct idp_diag 
 	return key_from_pkey(pkey, true, kid, out, diag);
 }
 
-/* Never prompt for a passphrase: encrypted PEM is refused. */
-static int
-no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return -1;
-}
-
 int
 idp_jws_key_from_pem(const char *pem, size_t len, const char *kid, struct idp_jws_key **out,
                      struct idp_diag *diag)
@@ -456,7 +445,7 @@ idp_jws_key_from_pem(const char *pem, size_t len, const char *kid, struct idp_jw
 		ossl_diag(diag, "PEM buffer");
 		return IDP_EINTERNAL;
 	}
-	pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+	pkey = PEM_read_bio_PrivateKey(bio, NULL, idp_pem_no_passphrase, NULL);
 	if (pkey != NULL) {
 		priv = true;
 	} else {
@@ -467,7 +456,7 @@ idp_jws_key_from_pem(const char *pem, size_t len, const char *kid, struct idp_jw
 			ossl_diag(diag, "PEM buffer");
 			return IDP_EINTERNAL;
 		}
-		pkey = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
+		pkey = PEM_read_bio_PUBKEY(bio, NULL, idp_pem_no_passphrase, NULL);
 	}
 	BIO_free(bio);
 	if (pkey == NULL) {
@@ -969,6 +958,26 @@ done:
 		idp_jws_key_unref(keys[i]);
 	json_decref(root);
 	return rc;
+}
+
+int
+idp_jws_keyset_from_read(const char *path, const char *data, size_t len, const char *error,
+                         struct idp_jws_keyset **out, struct idp_diag *diag)
+{
+	int rc;
+
+	if (data != NULL) {
+		rc = idp_jws_keyset_from_jwks(data, len, out, diag);
+		if (rc != IDP_OK)
+			idp_diag_add(diag, "in %s", path);
+		return rc;
+	}
+	if (error != NULL) {
+		*out = NULL;
+		idp_diag_add(diag, "%s", error);
+		return IDP_EIO;
+	}
+	return idp_jws_keyset_load_jwks_file(path, out, diag);
 }
 
 int

@@ -207,6 +207,16 @@ idp_ct_equal(const void *a, const void *b, size_t n)
 	return CRYPTO_memcmp(a, b, n) == 0;
 }
 
+int
+idp_pem_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return -1;
+}
+
 /*
  * SHA-256 state: the algorithm fetched once, and one digest context per
  * thread, reset between uses (a context per call costs two allocations);

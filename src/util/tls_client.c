@@ -160,17 +160,6 @@ tls_client_reason(char *buf, size_t len)
 	return buf;
 }
 
-/* An encrypted key fails to load, instead of OpenSSL asking the terminal for a passphrase. */
-static int
-no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return 0;
-}
-
 SSL_CTX *
 tls_client_ctx_new(const char *ca_file, const char *what, struct idp_diag *diag)
 {
@@ -189,7 +178,7 @@ tls_client_ctx_new(const char *ca_file, const char *what, struct idp_diag *diag)
 	/* Verification is always on; the name is set on each connection. */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
-	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+	SSL_CTX_set_default_passwd_cb(ctx, idp_pem_no_passphrase);
 	if (ca != NULL && SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
 		idp_diag_add(diag, "%s: ca_file %.256s holds no usable PEM certificate: %s", what,
 		             ca, tls_client_reason(why, sizeof(why)));
