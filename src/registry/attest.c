@@ -609,7 +609,8 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 		}
 		idp_jws_verified_cleanup(&v);
 	}
-	if (rank == 0 && have_kid)
+	/* Also without a kid: an attestor without a usable set asked no one. */
+	if (rank == 0)
 		(void)kid_may_come(conf, stale, token, reason, retry_after_s);
 	return NULL;
 }

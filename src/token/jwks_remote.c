@@ -205,6 +205,15 @@ jwks_remote_publish(struct jwks_remote *r)
 		    strcmp(have->uri, r->uri) == 0 && str_eq(have->ca_file, r->ca_file))
 			break;
 	if (have != NULL) {
+		SSL_CTX *ctx = have->ctx;
+
+		/* The ca_file as the reload read it: its contents may have
+		 * changed under the same name (a CA added, or one distrusted).
+		 * A fetch in progress holds its own reference to the old one. */
+		have->ctx = r->ctx;
+		r->ctx = ctx;
+		if (have->failing)
+			have->due_mono_ms = 0; /* try the new trust now (min_refresh still holds) */
 		have->refs++;
 		have->refresh_ms = r->refresh_ms;
 		have->min_refresh_ms = r->min_refresh_ms;
@@ -334,10 +343,12 @@ jwks_remote_kid_unknown(struct jwks_remote *r, const struct idp_clock *clock, in
 		*reason = "kid_unknown_until_refresh";
 	else
 		rc = IDP_EUNAUTH;
-	if (rc == IDP_EUNAVAIL) {
-		jwks_remote_want(r);
+	/* Even a definite "unknown": a provider whose clock runs behind (or
+	 * that backdates iat) has its new key fetched within min_refresh
+	 * rather than at the next scheduled refresh.  Rate limited. */
+	jwks_remote_want(r);
+	if (rc == IDP_EUNAVAIL)
 		*retry_after_s = rv.retry_after_s;
-	}
 	jwks_remote_view_cleanup(&rv);
 	return rc;
 }
@@ -540,9 +551,13 @@ jwks_parse_answer(const char *uri, const struct idp_buf *ans, bool clean, const 
 	return IDP_OK;
 }
 
-/* One fetch of r: its key set into *out, or an error with diag.  jwks thread. */
+/*
+ * One fetch of r, verifying its server with ctx (a reference the caller
+ * holds: a reload may swap r's): its key set into *out, or an error with
+ * diag.  jwks thread.
+ */
 static int
-fetch(const struct jwks_remote *r, struct idp_jws_keyset **out, struct idp_diag *diag)
+fetch(const struct jwks_remote *r, SSL_CTX *ctx, struct idp_jws_keyset **out, struct idp_diag *diag)
 {
 	int64_t deadline = idp_mono_us() + (int64_t)JWKS_REMOTE_TIMEOUT_MS * 1000;
 	struct tls_client_sock sock = {.fd = -1};
@@ -568,7 +583,7 @@ fetch(const struct jwks_remote *r, struct idp_jws_keyset **out, struct idp_diag 
 		goto done;
 	}
 	ERR_clear_error();
-	if ((ssl = SSL_new(r->ctx)) == NULL || (bio = tls_client_bio_new(&sock)) == NULL) {
+	if ((ssl = SSL_new(ctx)) == NULL || (bio = tls_client_bio_new(&sock)) == NULL) {
 		idp_diag_add(diag, "%s: TLS: %s", r->uri, tls_client_reason(buf, sizeof(buf)));
 		goto done;
 	}
@@ -647,7 +662,7 @@ kids_not_in(const struct idp_jws_keyset *a, const struct idp_jws_keyset *b)
 }
 
 /* Log and audit a changed set (jwks.changed).  Takes added and removed. */
-static void
+static int
 report_change(const struct jwks_remote *r, size_t n_keys, json_t *added, json_t *removed)
 {
 	struct audit_event *ev = audit_event_new(AUDIT_JWKS_CHANGED, AUDIT_TIME_UNSET);
@@ -668,7 +683,7 @@ report_change(const struct jwks_remote *r, size_t n_keys, json_t *added, json_t 
 		log_error("jwks: %s: cannot build the jwks.changed audit event", r->desc);
 		audit_event_free(ev);
 		json_decref(detail);
-		return;
+		return IDP_EINTERNAL;
 	}
 	json_decref(detail);
 	audit_event_set_outcome(ev, AUDIT_OUTCOME_SUCCESS);
@@ -676,65 +691,103 @@ report_change(const struct jwks_remote *r, size_t n_keys, json_t *added, json_t 
 	if (rc != IDP_OK)
 		log_error("jwks: %s: the jwks.changed audit event could not be written (%s)",
 		          r->desc, idp_err_name(rc));
+	return rc;
+}
+
+/* Count a failed fetch of r (or one whose change could not be audited); whether it is the first. */
+static bool
+count_failure(struct jwks_remote *r)
+{
+	bool first;
+
+	pthread_mutex_lock(&lock);
+	first = !r->failing || !r->tried;
+	r->failing = true;
+	r->n_failed++;
+	pthread_mutex_unlock(&lock);
+	return first;
 }
 
 /*
  * The result of one fetch of r, which began at began_ms (wall clock):
- * set (taken) on success, else diag says why.  Swaps the published set
- * under jwks.lock; logs and audits outside it.
+ * set (taken) on success, else diag says why.  A set that adds keys is
+ * trusted only once its jwks.changed event is written, as a reload's keys
+ * are; when it cannot be, the set in force stays and the fetch counts as
+ * failed (tried again after min_refresh).  A set that only removes keys is
+ * swapped first: a withdrawn key stops being trusted at once, and its
+ * event follows.  Swaps under jwks.lock; logs and audits outside it.
  */
 static void
 publish(struct jwks_remote *r, int rc, struct idp_jws_keyset *set, int64_t began_ms,
         const struct idp_diag *diag)
 {
 	struct idp_jws_keyset *old;
-	bool was_failing, first;
-	size_t n_old;
-
-	pthread_mutex_lock(&lock);
-	was_failing = r->failing;
-	first = !r->tried;
-	old = r->keys;
-	if (rc == IDP_OK) {
-		r->keys = set;
-		r->good_began_ms = began_ms;
-		r->failing = false;
-		r->n_ok++;
-	} else {
-		old = NULL; /* kept */
-		r->failing = true;
-		r->n_failed++;
-	}
-	n_old = r->keys != NULL ? idp_jws_keyset_count(r->keys) : 0;
-	pthread_mutex_unlock(&lock);
+	json_t *added, *removed;
+	size_t n_added, n_removed;
+	bool was_failing;
 
 	if (rc != IDP_OK) {
-		if (!was_failing || first)
+		size_t n_old;
+
+		pthread_mutex_lock(&lock);
+		n_old = r->keys != NULL ? idp_jws_keyset_count(r->keys) : 0;
+		pthread_mutex_unlock(&lock);
+		if (count_failure(r))
 			log_warn("jwks: %s: cannot fetch its keys: %s; %s", r->desc,
 			         idp_diag_str(diag),
 			         n_old > 0 ? "the last good set stays in use until jwks_max_stale"
 			                   : "its tokens answer 503 until a fetch succeeds");
 		return;
 	}
+	pthread_mutex_lock(&lock);
+	old = r->keys != NULL ? idp_jws_keyset_ref(r->keys) : NULL;
+	was_failing = r->failing;
+	pthread_mutex_unlock(&lock);
+	added = kids_not_in(set, old);
+	removed = kids_not_in(old, set);
+	n_added = json_array_size(added);
+	n_removed = json_array_size(removed);
+	/* report_change takes added and removed. */
+	if (n_added > 0 && report_change(r, idp_jws_keyset_count(set), added, removed) != IDP_OK) {
+		if (count_failure(r))
+			log_warn("jwks: %s: its new keys are not trusted until their jwks.changed "
+			         "event can be written",
+			         r->desc);
+		idp_jws_keyset_unref(set);
+		idp_jws_keyset_unref(old);
+		return;
+	}
+	pthread_mutex_lock(&lock);
+	idp_jws_keyset_unref(old);
+	old = r->keys;
+	r->keys = set;
+	r->good_began_ms = began_ms;
+	r->failing = false;
+	r->n_ok++;
+	pthread_mutex_unlock(&lock);
 	if (was_failing)
 		log_info("jwks: %s: its keys are fetched again", r->desc);
-	{
-		json_t *added = kids_not_in(set, old), *removed = kids_not_in(old, set);
-
-		if (json_array_size(added) > 0 || json_array_size(removed) > 0)
-			report_change(r, idp_jws_keyset_count(set), added, removed);
-		else {
-			json_decref(added);
-			json_decref(removed);
-		}
+	if (n_added == 0 && n_removed > 0)
+		(void)report_change(r, idp_jws_keyset_count(set), added, removed);
+	else if (n_added == 0) {
+		json_decref(added);
+		json_decref(removed);
 	}
 	idp_jws_keyset_unref(old);
 }
 
-/* The remote whose fetch is due first; NULL and *wake_at if none is due now.  jwks.lock held. */
+/*
+ * The remote whose fetch has been due longest (not the first due in list
+ * order: a provider kept wanted by made-up kids, whose fetches hang for
+ * the whole timeout, would be due again after each and starve the rest);
+ * NULL and *wake_at if none is due now.  jwks.lock held.
+ */
 static struct jwks_remote *
 next_due(int64_t now, int64_t *wake_at)
 {
+	struct jwks_remote *best = NULL;
+	int64_t best_at = 0;
+
 	*wake_at = now + 60000;
 	for (struct jwks_remote *r = remotes; r != NULL; r = r->next) {
 		int64_t at = r->due_mono_ms;
@@ -746,12 +799,17 @@ next_due(int64_t now, int64_t *wake_at)
 		/* Never two fetches of one provider within min_refresh. */
 		if (r->tried_mono_ms != 0 && at < r->tried_mono_ms + r->min_refresh_ms)
 			at = r->tried_mono_ms + r->min_refresh_ms;
-		if (at <= now)
-			return r;
+		if (at <= now) {
+			if (best == NULL || at < best_at) {
+				best = r;
+				best_at = at;
+			}
+			continue;
+		}
 		if (at < *wake_at)
 			*wake_at = at;
 	}
-	return NULL;
+	return best;
 }
 
 static void *
@@ -763,6 +821,7 @@ run(void *arg)
 		int64_t now = mono_ms(), wake_at;
 		struct jwks_remote *r = next_due(now, &wake_at), *gone;
 		struct idp_jws_keyset *set = NULL;
+		SSL_CTX *ctx;
 		struct idp_diag d;
 		int64_t began;
 		int rc;
@@ -775,13 +834,16 @@ run(void *arg)
 		r->fetching = true;
 		r->wanted = false;
 		r->tried_mono_ms = now;
+		ctx = r->ctx;
+		SSL_CTX_up_ref(ctx);
 		pthread_mutex_unlock(&lock);
 
 		/* Taken before the connection: the fetch begins no earlier, so a
 		 * kid judged against it errs toward 503, as keys.c does. */
 		began = idp_now_ms(idp_clock_system());
 		idp_diag_init(&d);
-		rc = fetch(r, &set, &d);
+		rc = fetch(r, ctx, &set, &d);
+		SSL_CTX_free(ctx);
 		publish(r, rc, set, began, &d);
 
 		pthread_mutex_lock(&lock);

@@ -198,16 +198,18 @@ jwks_uri_keys_authenticate_and_follow_rotation(void **state)
 	assert_true(harness_tls_requests(&t) - before <= 2);
 
 	/* A made-up kid on a token issued before the last fetch began is
-	 * definitively unknown: 401, and nothing fetched for it. */
+	 * definitively unknown: 401.  It still asks for a fetch (an IdP whose
+	 * clock runs behind gets its new key within min_refresh), once. */
 	sleep_ms(2200);
 	before = harness_tls_requests(&t);
 	made_up = new_key("made-up-old");
 	tok = remote_token(made_up, 60);
 	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
 	free(tok);
 	idp_jws_key_unref(made_up);
 	sleep_ms(300);
-	assert_int_equal(harness_tls_requests(&t), before);
+	assert_true(harness_tls_requests(&t) - before <= 1);
 
 	/* An oversize answer, and a 500, fetch nothing: the last good set stays. */
 	big = malloc(big_len + 1);
