@@ -135,32 +135,47 @@ static struct {
 	const char *name;
 	app_ready_fn fn;
 	void *ctx;
+	bool degraded; /* its reason does not fail /readyz */
 } checks[MAX_HOOKS];
 static size_t n_checks;
 
-int
-app_on_ready(const char *name, app_ready_fn fn, void *ctx)
+static int
+add_check(const char *name, app_ready_fn fn, void *ctx, bool degraded)
 {
 	if (n_checks == MAX_HOOKS)
 		return IDP_ETOOBIG;
 	checks[n_checks].name = name;
 	checks[n_checks].fn = fn;
 	checks[n_checks].ctx = ctx;
+	checks[n_checks].degraded = degraded;
 	n_checks++;
 	return IDP_OK;
 }
 
 int
-app_run_ready_checks(void (*visit)(const char *name, const char *reason, void *arg), void *arg)
+app_on_ready(const char *name, app_ready_fn fn, void *ctx)
+{
+	return add_check(name, fn, ctx, false);
+}
+
+int
+app_on_ready_degraded(const char *name, app_ready_fn fn, void *ctx)
+{
+	return add_check(name, fn, ctx, true);
+}
+
+int
+app_run_ready_checks(void (*visit)(const char *name, const char *reason, bool degraded, void *arg),
+                     void *arg)
 {
 	int failed = 0;
 
 	for (size_t i = 0; i < n_checks; i++) {
 		const char *why = checks[i].fn(checks[i].ctx);
 
-		if (why != NULL)
+		if (why != NULL && !checks[i].degraded)
 			failed++;
-		visit(checks[i].name, why, arg);
+		visit(checks[i].name, why, checks[i].degraded, arg);
 	}
 	return failed;
 }

@@ -95,10 +95,22 @@ typedef const char *(*app_ready_fn)(void *ctx);
 /* Register before the server starts; name labels the check in /readyz
  * (a static string).  IDP_ETOOBIG past a fixed number. */
 int app_on_ready(const char *name, app_ready_fn fn, void *ctx) IDP_WUR;
+/*
+ * A check of something the instance does not need to serve everyone: its
+ * reason shows in /readyz's checks (status "degraded"), and the answer
+ * stays 200.  For state every instance shares (one identity provider's
+ * keys out of reach): failing readiness would take every instance out of
+ * the load balancer for what concerns only that provider's tokens, which
+ * answer 503 on their own.
+ */
+int app_on_ready_degraded(const char *name, app_ready_fn fn, void *ctx) IDP_WUR;
 
-/* Calls visit(name, reason, arg) for every check, in registration order;
- * returns how many gave a reason. */
-int app_run_ready_checks(void (*visit)(const char *name, const char *reason, void *arg), void *arg);
+/* Calls visit(name, reason, degraded, arg) for every check, in
+ * registration order; returns how many that are not degraded-only gave a
+ * reason. */
+int app_run_ready_checks(void (*visit)(const char *name, const char *reason, bool degraded,
+                                       void *arg),
+                         void *arg);
 
 /* Add the ops routes (/healthz, /readyz, /metrics) to r. */
 int ops_routes(struct http_router *r, struct idpd_app *app) IDP_WUR;

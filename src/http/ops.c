@@ -27,19 +27,23 @@ healthz(struct http_req *req, void *ctx)
 	                          (json_int_t)(idp_now_ms(idp_clock_system()) - app->started_ms)));
 }
 
-/* One check's entry in /readyz's "checks", and the first reason given. */
+/* One check's entry in /readyz's "checks", the first failing reason, and whether any is degraded.
+ */
 struct ready_walk {
 	json_t *checks;
 	const char *first;
+	bool degraded;
 };
 
 static void
-ready_visit(const char *name, const char *reason, void *arg)
+ready_visit(const char *name, const char *reason, bool degraded, void *arg)
 {
 	struct ready_walk *w = arg;
 
 	json_object_set_new(w->checks, name, json_string(reason != NULL ? reason : "ok"));
-	if (reason != NULL && w->first == NULL)
+	if (reason != NULL && degraded)
+		w->degraded = true;
+	else if (reason != NULL && w->first == NULL)
 		w->first = reason;
 }
 
@@ -55,7 +59,7 @@ readyz(struct http_req *req, void *ctx)
 {
 	struct idpd_app *app = ctx;
 	struct store_conn *c;
-	struct ready_walk w = {NULL, NULL};
+	struct ready_walk w = {NULL, NULL, false};
 	int v;
 
 	if (store_acquire(app->store, &c) != IDP_OK) {
@@ -91,9 +95,9 @@ readyz(struct http_req *req, void *ctx)
 		                   "a component cannot serve: %s", w.first);
 		return;
 	}
-	http_reply_json(
-	    req, 200,
-	    json_pack("{s:s,s:i,s:o}", "status", "ready", "schema_version", v, "checks", w.checks));
+	http_reply_json(req, 200,
+	                json_pack("{s:s,s:i,s:o}", "status", w.degraded ? "degraded" : "ready",
+	                          "schema_version", v, "checks", w.checks));
 }
 
 static void

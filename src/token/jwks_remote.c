@@ -947,7 +947,7 @@ jwks_remote_init(void)
 	if (registered)
 		return IDP_OK;
 	if (metrics_register(collect, NULL) != IDP_OK ||
-	    app_on_ready("jwks", unready, NULL) != IDP_OK)
+	    app_on_ready_degraded("jwks", unready, NULL) != IDP_OK)
 		return IDP_ETOOBIG;
 	registered = true;
 	return IDP_OK;

@@ -7,7 +7,7 @@
  * the answer is 503 with Retry-After and a fetch, at most one per
  * jwks_min_refresh whatever the tokens say; a provider whose keys could
  * not be fetched, or whose set is past jwks_max_stale, answers 503, never
- * 401, and /readyz says so; a bad certificate, an oversize or non-200
+ * 401, and /readyz says so (200, "degraded"); a bad certificate, an oversize or non-200
  * answer fetch nothing and keep the last good set; reloads add, keep and remove such providers; an
  * [[attestors]] with a jwks_uri follows rotation the same way; an http://
  * jwks_uri is refused.
@@ -297,13 +297,16 @@ jwks_uri_unverified_server_answers_503_until_it_is_fixed(void **state)
 	assert_true(harness_log_contains(&w.p, "failed verification"));
 	assert_int_equal(harness_tls_requests(&t), 0);
 
-	/* Its tokens: 503 with Retry-After, never 401; /readyz names the reason. */
+	/* Its tokens: 503 with Retry-After, never 401; /readyz names the reason
+	 * but stays 200 ("degraded"): every instance shares the provider, and
+	 * failing readiness would take all of them out for its tokens alone. */
 	tok = remote_token(a, 0);
 	assert_int_equal(try_token(&w, tok, ra, sizeof(ra)), 503);
 	assert_true(atoi(ra) >= 1);
 	world_call(&w, "GET", "/readyz", NULL, NULL, &r);
-	assert_int_equal(r.status, 503);
+	assert_int_equal(r.status, 200);
 	assert_non_null(r.json);
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "degraded");
 	assert_string_equal(
 	    json_string_value(json_object_get(json_object_get(r.json, "checks"), "jwks")),
 	    "jwks_unavailable");
@@ -323,6 +326,7 @@ jwks_uri_unverified_server_answers_503_until_it_is_fixed(void **state)
 	world_call(&w, "GET", "/readyz", NULL, NULL, &r);
 	assert_string_equal(
 	    json_string_value(json_object_get(json_object_get(r.json, "checks"), "jwks")), "ok");
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ready");
 	harness_resp_free(&r);
 
 	free(tok);
@@ -493,7 +497,8 @@ jwks_uri_set_past_max_stale_answers_503(void **state)
 	assert_int_equal(s, 503);
 	assert_true(atoi(ra) >= 1);
 	world_call(&w, "GET", "/readyz", NULL, NULL, &r);
-	assert_int_equal(r.status, 503);
+	assert_int_equal(r.status, 200);
+	assert_string_equal(json_string_value(json_object_get(r.json, "status")), "degraded");
 	harness_resp_free(&r);
 	assert_true(
 	    harness_log_contains(&w.p, "the last good set stays in use until jwks_max_stale"));
