@@ -61,6 +61,17 @@ take(uint64_t *suppressed)
 	return ok;
 }
 
+/* n refusals taken as recorded that were not: counted as suppressed. */
+static void
+give_back(uint64_t n)
+{
+	pthread_mutex_lock(&R.lock);
+	R.unrecorded += n;
+	pthread_mutex_unlock(&R.lock);
+	atomic_fetch_sub(&R.recorded_total, 1);
+	atomic_fetch_add(&R.suppressed_total, 1);
+}
+
 void
 audit_refused(struct http_req *req, enum audit_actor_kind kind, const char *actor,
               const char *endpoint, const char *reason)
@@ -79,13 +90,13 @@ audit_refused(struct http_req *req, enum audit_actor_kind kind, const char *acto
 		audit_event_free(ev);
 		ev = NULL;
 	}
-	if (ev == NULL) {
-		log_debug("audit: a refusal on %s could not be recorded (%s)", where,
+	if (ev == NULL || audit_emit_nowait(ev) != IDP_OK) {
+		/* Not recorded after all (the queue full, as in a flood): it and
+		 * the count it carried go to the next one. */
+		give_back(suppressed + 1);
+		log_debug("audit: a refusal on %s was not recorded (%s)", where,
 		          reason != NULL ? reason : "unknown");
-		return;
 	}
-	if (audit_emit_nowait(ev) != IDP_OK)
-		log_debug("audit: a refusal on %s was not recorded (audit queue full)", where);
 }
 
 void

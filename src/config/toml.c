@@ -391,6 +391,56 @@ excerpt_end(const char *p, const char *eol, bool header)
 }
 
 /*
+ * Where the first key = value of the line p..eol ends (after a quoted
+ * string, a bracketed array or inline table, or a bare word), or stop if
+ * that is sooner.  A guarded excerpt ends there: what follows the value on
+ * the same line (another key run onto it, say) may be a secret.
+ */
+static const char *
+first_value_end(const char *p, const char *stop)
+{
+	const char *c = p;
+	int depth = 0;
+
+	while (c < stop && *c != '=') {
+		if (*c == '"' || *c == '\'')
+			return stop; /* a quoted key: no shortcut, excerpt_end's rules */
+		c++;
+	}
+	if (c == stop)
+		return stop;
+	for (c++; c < stop && (*c == ' ' || *c == '\t'); c++)
+		;
+	while (c < stop) {
+		if (*c == '"' || *c == '\'') {
+			char q = *c++;
+
+			while (c < stop && *c != q) {
+				if (q == '"' && *c == '\\' && c + 1 < stop)
+					c++;
+				c++;
+			}
+			if (c < stop)
+				c++;
+		} else if (*c == '[' || *c == '{') {
+			depth++;
+			c++;
+		} else if (*c == ']' || *c == '}') {
+			depth--;
+			c++;
+		} else if (depth == 0 && (*c == ' ' || *c == '\t')) {
+			break;
+		} else {
+			c++;
+		}
+		if (depth <= 0 && c > p &&
+		    (c[-1] == '"' || c[-1] == '\'' || c[-1] == ']' || c[-1] == '}'))
+			break;
+	}
+	return c;
+}
+
+/*
  * Append the source line (up to excerpt_end) and a caret under col.  Long
  * lines show a window around the column; bytes that would garble a
  * terminal show as '?'.
@@ -441,6 +491,8 @@ put_excerpt(struct idp_buf *b, const struct idp_toml *doc, unsigned line, unsign
 	if (c < eol && *c == '[')
 		ex = IDP_TOML_EXCERPT_LINE;
 	stop = excerpt_end(p, eol, c < eol && *c == '[');
+	if (doc->guarded && !(c < eol && *c == '['))
+		stop = first_value_end(p, stop);
 	first = col > BEFORE ? col - 1 - BEFORE : 0;
 	idp_buf_init(&src, 4 * WINDOW + 16);
 	idp_buf_init(&pad, 4 * WINDOW + 16);

@@ -609,8 +609,9 @@ find_attestor(const struct attest_conf *conf, const char *token, json_t **claims
 		}
 		idp_jws_verified_cleanup(&v);
 	}
-	/* Also without a kid: an attestor without a usable set asked no one. */
-	if (rank == 0)
+	/* A token without a kid can never verify (kid_missing): 401, whatever
+	 * the attestors' sets. */
+	if (rank == 0 && have_kid)
 		(void)kid_may_come(conf, stale, token, reason, retry_after_s);
 	return NULL;
 }

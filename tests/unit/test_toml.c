@@ -773,6 +773,14 @@ toml_never_quotes_secret_lines(void **state)
 	text = "[log]\nlevels = [\"a\",\n\"hunter2\\q\"]\n";
 	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
 	assert_null(strstr(d, "hunter2"));
+	/* A secret key run onto a harmless key's line is not quoted with it. */
+	text = "[db]\nname = \"x\" url = \"s3cr3t-hunter2\"\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_null(strstr(d, "hunter2"));
+	assert_non_null(strstr(d, " 2 | name = \"x\"\n"));
+	text = "[db]\nports = [1, 2] url = \"s3cr3t-hunter2\"\n";
+	d = parse_fail_n(text, strlen(text), &opts, IDP_EINVAL, &count);
+	assert_null(strstr(d, "hunter2"));
 	text = "[db]\n\"hunter2\n= \"hunter2\"\n[db\n";
 	/* Without is_secret, every line may be quoted. */
 	d = parse_fail_n(text, strlen(text), NULL, IDP_EINVAL, &count);
