@@ -709,15 +709,49 @@ count_failure(struct jwks_remote *r)
 }
 
 /*
+ * The keys of old that set still holds, the same key under the same kid:
+ * what may stay trusted while set's additions wait for their audit event.
+ * NULL when none does (or on a bug, logged): the provider then has no set.
+ */
+static struct idp_jws_keyset *
+kept_keys(const struct idp_jws_keyset *old, const struct idp_jws_keyset *set)
+{
+	size_t n = old != NULL ? idp_jws_keyset_count(old) : 0, k = 0;
+	struct idp_jws_key **keys = idp_xcalloc(n ? n : 1, sizeof(*keys));
+	struct idp_jws_keyset *out = NULL;
+	struct idp_diag d;
+
+	for (size_t i = 0; i < n; i++) {
+		const struct idp_jws_key *key = idp_jws_keyset_key(old, i);
+		const struct idp_jws_key *same = idp_jws_keyset_find(set, idp_jws_key_kid(key));
+		char t1[44], t2[44];
+
+		if (same == NULL)
+			continue;
+		idp_jws_key_thumbprint(key, t1);
+		idp_jws_key_thumbprint(same, t2);
+		if (strcmp(t1, t2) == 0)
+			keys[k++] = (struct idp_jws_key *)key; /* the set takes its own reference */
+	}
+	idp_diag_init(&d);
+	if (k > 0 && idp_jws_keyset_new(keys, k, &out, &d) != IDP_OK)
+		log_error("jwks: bug: cannot rebuild a key set: %s", idp_diag_str(&d));
+	free(keys);
+	return out;
+}
+
+/*
  * The result of one fetch of r, which began at began_ms (wall clock):
  * set (taken) on success, else diag says why.  A set that adds keys is
  * trusted only once its jwks.changed event is written, as a reload's keys
- * are; when it cannot be, the set in force stays and the fetch counts as
- * failed (tried again after min_refresh).  A set that only removes keys is
- * swapped first: a withdrawn key stops being trusted at once, and its
- * event follows.  Swaps under jwks.lock; logs and audits outside it.
+ * are; when it cannot be, only the keys of the set in force that the new
+ * one keeps stay trusted (a key withdrawn by the same rotation stops at
+ * once), and the fetch counts as failed: tried again after min_refresh.
+ * A set that only removes keys is swapped first, and its event follows.
+ * Swaps under jwks.lock; logs and audits outside it.  Whether the fetch
+ * succeeded, for the schedule.
  */
-static void
+static bool
 publish(struct jwks_remote *r, int rc, struct idp_jws_keyset *set, int64_t began_ms,
         const struct idp_diag *diag)
 {
@@ -737,7 +771,7 @@ publish(struct jwks_remote *r, int rc, struct idp_jws_keyset *set, int64_t began
 			         idp_diag_str(diag),
 			         n_old > 0 ? "the last good set stays in use until jwks_max_stale"
 			                   : "its tokens answer 503 until a fetch succeeds");
-		return;
+		return false;
 	}
 	pthread_mutex_lock(&lock);
 	old = r->keys != NULL ? idp_jws_keyset_ref(r->keys) : NULL;
@@ -749,13 +783,25 @@ publish(struct jwks_remote *r, int rc, struct idp_jws_keyset *set, int64_t began
 	n_removed = json_array_size(removed);
 	/* report_change takes added and removed. */
 	if (n_added > 0 && report_change(r, idp_jws_keyset_count(set), added, removed) != IDP_OK) {
+		struct idp_jws_keyset *kept = n_removed > 0 ? kept_keys(old, set) : NULL;
+
+		if (n_removed > 0) {
+			/* The withdrawn keys go now; the good_began_ms of the set
+			 * in force stays, so its kid rule is unchanged. */
+			pthread_mutex_lock(&lock);
+			idp_jws_keyset_unref(old);
+			old = r->keys;
+			r->keys = kept;
+			pthread_mutex_unlock(&lock);
+		}
 		if (count_failure(r))
 			log_warn("jwks: %s: its new keys are not trusted until their jwks.changed "
-			         "event can be written",
-			         r->desc);
+			         "event can be written%s",
+			         r->desc,
+			         n_removed > 0 ? "; the keys it withdrew are dropped now" : "");
 		idp_jws_keyset_unref(set);
 		idp_jws_keyset_unref(old);
-		return;
+		return false;
 	}
 	pthread_mutex_lock(&lock);
 	idp_jws_keyset_unref(old);
@@ -774,6 +820,7 @@ publish(struct jwks_remote *r, int rc, struct idp_jws_keyset *set, int64_t began
 		json_decref(removed);
 	}
 	idp_jws_keyset_unref(old);
+	return true;
 }
 
 /*
@@ -822,6 +869,7 @@ run(void *arg)
 		struct jwks_remote *r = next_due(now, &wake_at), *gone;
 		struct idp_jws_keyset *set = NULL;
 		SSL_CTX *ctx;
+		bool ok;
 		struct idp_diag d;
 		int64_t began;
 		int rc;
@@ -844,10 +892,10 @@ run(void *arg)
 		idp_diag_init(&d);
 		rc = fetch(r, ctx, &set, &d);
 		SSL_CTX_free(ctx);
-		publish(r, rc, set, began, &d);
+		ok = publish(r, rc, set, began, &d);
 
 		pthread_mutex_lock(&lock);
-		r->due_mono_ms = mono_ms() + (rc == IDP_OK ? r->refresh_ms : r->min_refresh_ms);
+		r->due_mono_ms = mono_ms() + (ok ? r->refresh_ms : r->min_refresh_ms);
 		r->fetching = false;
 		r->tried = true;
 		pthread_cond_broadcast(&tried_cond);
