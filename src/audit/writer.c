@@ -127,9 +127,7 @@ static struct {
 	    cancelled, dropped;
 	_Atomic bool connected;
 	_Atomic bool failing; /* the batch in hand has failed and is not yet written */
-	/* Writer thread only: rows dropped as refused since the last commit
-	 * (write_batch), and whether the table's refusal was logged. */
-	int unconfirmed_drops;
+	/* Writer thread only: whether the table's refusal of every row was logged (write_batch). */
 	bool refusing_logged;
 } W = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -779,6 +777,73 @@ timer_main(void *arg)
 }
 
 /*
+ * Whether audit_events takes a row at all, asked when the row at has just
+ * been refused alone: the audit.event_refused record that would replace
+ * it, at its place in the chain, is copied in a transaction that is rolled
+ * back, so nothing is written.  1: taken, so the refused row is at fault;
+ * 0: refused for good too, so the table refuses every row; -1: the session
+ * failed (closed: the caller's retry reconnects).  Writer thread only.
+ */
+static int
+probe_table(const struct slot *refused_sl, const struct row *at)
+{
+	struct audit_event *ev = refusal(refused_sl->ev, "00000");
+	uint8_t hash[AUDIT_HASH_LEN];
+	uint64_t seq = W.chain_seq;
+	struct slot sl = {0};
+	struct refused why;
+	struct idp_buf b;
+	struct row r;
+	PGresult *res;
+	int verdict = -1;
+
+	if (ev == NULL || prepare(ev, &sl) != IDP_OK || sl.canon == NULL)
+		goto out;
+	/* Chained as the refused row was, then the chain put back. */
+	memcpy(hash, W.chain_hash, sizeof(hash));
+	W.chain_seq = at->seq - 1;
+	memcpy(W.chain_hash, at->prev, sizeof(hash));
+	idp_buf_init(&b, 0);
+	verdict = build_row(&sl, &b, &r) == IDP_OK ? 1 : -1;
+	W.chain_seq = seq;
+	memcpy(W.chain_hash, hash, sizeof(hash));
+	if (verdict != 1 || !writer_connect()) {
+		verdict = -1;
+		goto done;
+	}
+	verdict = -1;
+	if (!exec_ok(W.pg, "BEGIN; " COPY_SQL, PGRES_COPY_IN))
+		goto lost;
+	if (PQputCopyData(W.pg, copy_head, sizeof(copy_head)) != 1 ||
+	    PQputCopyData(W.pg, b.data + r.off, (int)r.len) != 1 ||
+	    PQputCopyData(W.pg, copy_tail, sizeof(copy_tail)) != 1 || PQputCopyEnd(W.pg, NULL) != 1)
+		goto lost;
+	while ((res = PQgetResult(W.pg)) != NULL) {
+		if (verdict == -1)
+			verdict = PQresultStatus(res) == PGRES_COMMAND_OK ? 1
+			          : refused_for_good(res, &why)           ? 0
+			                                                  : -2;
+		PQclear(res);
+	}
+	if (verdict == -2 || !exec_ok(W.pg, "ROLLBACK", PGRES_COMMAND_OK))
+		goto lost;
+	goto done;
+lost:
+	verdict = -1;
+	PQfinish(W.pg);
+	W.pg = NULL;
+	atomic_store(&W.connected, false);
+done:
+	idp_buf_cleanup(&b);
+out:
+	if (sl.ev != NULL) {
+		audit_event_free(sl.ev);
+		free(sl.canon);
+	}
+	return verdict;
+}
+
+/*
  * Write the batch's rows (*m of them, in b) until all are committed:
  * returns true then, false when stopping past the deadline first, with
  * *lo the rows known committed.  A failure PostgreSQL may get over is
@@ -808,7 +873,7 @@ write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int 
 		struct refused why = {"", ""};
 
 		if (k >= 0) {
-			int len, rc;
+			int len, rc, probe;
 
 			if (k != *m)
 				span = k;
@@ -821,7 +886,6 @@ write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int 
 				*lo += len;
 				span = *m - *lo;
 				retry = false;
-				W.unconfirmed_drops = 0;
 				W.refusing_logged = false;
 				continue;
 			}
@@ -836,28 +900,27 @@ write_batch(struct slot *batch, int n, struct idp_buf *b, struct row *rows, int 
 					continue;
 				}
 				/*
-				 * A row is at fault only if the table takes others:
-				 * after one dropped row, a second refused alone with
-				 * no row committed in between is the table refusing
-				 * everything (a NOT NULL column added, no partition
-				 * for today), not two bad rows.  Then nothing more is
-				 * dropped: the batch waits, as for PostgreSQL away,
+				 * A row is at fault only if the table takes others
+				 * (probe_table): one refusing every row (a NOT NULL
+				 * column added, no partition for today) drops
+				 * nothing; the batch waits, as for PostgreSQL away,
 				 * /readyz says so, and its emitters get 503.
 				 */
-				if (W.unconfirmed_drops == 0) {
-					W.unconfirmed_drops++;
+				probe = probe_table(&batch[rows[*lo].slot], &rows[*lo]);
+				if (probe == 1) {
 					*m = drop_refused(batch, n, b, rows, *lo, &why, dropped,
 					                  &records[rows[*lo].slot]);
 					span = *m - *lo;
 					continue;
 				}
-				if (!W.refusing_logged)
+				if (probe == 0 && !W.refusing_logged) {
 					log_error(
 					    "audit: PostgreSQL refuses every row (SQLSTATE %s%s), "
-					    "not one: no more events are dropped; retrying until "
+					    "not one: no event is dropped; retrying until "
 					    "audit_events takes rows again",
 					    why.sqlstate, why.where);
-				W.refusing_logged = true;
+					W.refusing_logged = true;
+				}
 			}
 		}
 		atomic_fetch_add(&W.failures, 1);
