@@ -7,11 +7,19 @@
  * the answer is 503 with Retry-After and a fetch, at most one per
  * jwks_min_refresh whatever the tokens say; a provider whose keys could
  * not be fetched, or whose set is past jwks_max_stale, answers 503, never
- * 401, and /readyz says so (200, "degraded"); a bad certificate, an oversize or non-200
- * answer fetch nothing and keep the last good set; reloads add, keep and remove such providers; an
- * [[attestors]] with a jwks_uri follows rotation the same way; an http://
- * jwks_uri is refused.
+ * 401, and /readyz says so (200, "degraded"); a bad certificate, an
+ * oversize or non-200 answer fetch nothing and keep the last good set; a
+ * definitely unknown kid still asks for a fetch; reloads add, keep and
+ * remove such providers, and take a ca_file rewritten in place; a provider
+ * whose fetches hang does not starve the others; a rotated-in key is
+ * trusted only once its jwks.changed event is written; an [[attestors]]
+ * with a jwks_uri follows rotation the same way, and without keys answers
+ * 503 to evidence with a kid (evidence without one can never verify: 401);
+ * an http:// jwks_uri is refused.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -21,14 +29,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "idpd/b64.h"
 #include "idpd/jws.h"
 #include "world.h"
 
 #define REMOTE_ISS "https://login.remote.example"
+#define SLOW_ISS "https://login.slow.example"
 
 static void
 sleep_ms(int ms)
@@ -64,20 +75,27 @@ serve_keys(struct harness_tls *t, struct idp_jws_key **keys, size_t n)
 	idp_jws_keyset_unref(set);
 }
 
-/* A token of the remote provider for alice, signed by key, issued iat_ago seconds ago. */
+/* A token of the provider iss for alice, signed by key, issued iat_ago seconds ago. */
 static char *
-remote_token(const struct idp_jws_key *key, long iat_ago)
+token_of(const char *iss, const struct idp_jws_key *key, long iat_ago)
 {
 	long long now = (long long)time(NULL);
 	json_t *c =
-	    json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:b}", "iss", REMOTE_ISS, "sub", "alice", "aud",
-	              "idpd", "iat", (json_int_t)(now - iat_ago), "exp", (json_int_t)(now + 600),
-	              "email", "alice@example.com", "email_verified", 1);
+	    json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:b}", "iss", iss, "sub", "alice", "aud", "idpd",
+	              "iat", (json_int_t)(now - iat_ago), "exp", (json_int_t)(now + 600), "email",
+	              "alice@example.com", "email_verified", 1);
 	char *tok = NULL;
 
 	assert_int_equal(idp_jws_sign(key, NULL, c, &tok, NULL, NULL), IDP_OK);
 	json_decref(c);
 	return tok;
+}
+
+/* A token of the remote provider for alice, signed by key, issued iat_ago seconds ago. */
+static char *
+remote_token(const struct idp_jws_key *key, long iat_ago)
+{
+	return token_of(REMOTE_ISS, key, iat_ago);
 }
 
 /*
@@ -273,6 +291,49 @@ jwks_uri_keys_authenticate_and_follow_rotation(void **state)
 	idp_jws_key_unref(b);
 }
 
+/*
+ * A provider whose clock runs behind issues a token under a key it has
+ * just published, with an iat before idpd's last fetch: against that set
+ * the kid is definitely unknown (401), but the token still asks for a
+ * fetch, so the key is known within jwks_min_refresh, not at the next
+ * scheduled refresh (an hour here).
+ */
+static void
+jwks_uri_definitely_unknown_kid_still_asks_for_a_fetch(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("key-a"), *late = new_key("key-late"), *both[2];
+	char pki[64], cert[128], key[128], toml[1024];
+	char *tok;
+	unsigned before;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	remote_toml(toml, sizeof(toml), "https", t.port, pki);
+	world_start(&w, "t_jwks_behind", toml);
+	before = harness_tls_requests(&t);
+
+	both[0] = a;
+	both[1] = late;
+	serve_keys(&t, both, 2);
+	tok = remote_token(late, 60);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 401);
+	assert_int_equal(until_status(&w, tok, 400, 6000), 400);
+	assert_int_equal(harness_tls_requests(&t), before + 1);
+
+	free(tok);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+	idp_jws_key_unref(late);
+}
+
 static void
 jwks_uri_unverified_server_answers_503_until_it_is_fixed(void **state)
 {
@@ -461,6 +522,207 @@ jwks_uri_providers_come_stay_and_go_with_reloads(void **state)
 }
 
 static void
+write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/*
+ * The operator fixes a provider's trust by writing the right CA into the
+ * same ca_file and sending SIGHUP: the reload takes the file's new
+ * contents, though its name did not change, and the next fetch succeeds.
+ */
+static void
+jwks_uri_reload_takes_a_ca_file_rewritten_in_place(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("key-a");
+	char pki[64], cert[128], key[128], path[128], trust[128], toml[1024];
+	char *tok, *pem;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	pki_file(trust, sizeof(trust), pki, "trust.pem");
+	/* The wrong CA first: the server's certificate does not verify. */
+	pki_file(path, sizeof(path), pki, "rogue-ca.pem");
+	pem = read_file(path);
+	write_file(trust, pem);
+	free(pem);
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	snprintf(toml, sizeof(toml),
+	         "[[idp]]\nname = \"remote\"\nissuer = \"" REMOTE_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\nca_file = \"%s\"\n"
+	         "algs = [\"ES256\"]\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"\n",
+	         t.port, trust);
+	world_start(&w, "t_jwks_ca_file", toml);
+	assert_true(harness_log_contains(&w.p, "failed verification"));
+	tok = remote_token(a, 0);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 503);
+
+	/* The right CA, written over the same file, then SIGHUP. */
+	pki_file(path, sizeof(path), pki, "ca.pem");
+	pem = read_file(path);
+	write_file(trust, pem);
+	free(pem);
+	/* Fetches retried meanwhile (every jwks_min_refresh) still use the old trust. */
+	sleep_ms(1500);
+	assert_int_equal(try_token(&w, tok, NULL, 0), 503);
+	reload_with(&w, "\n", true, 1);
+	assert_int_equal(until_status(&w, tok, 400, 8000), 400);
+	assert_true(harness_log_contains(&w.p, "its keys are fetched again"));
+
+	free(tok);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+}
+
+/*
+ * A TCP listener on 127.0.0.1 that never accepts: the kernel completes
+ * each connection into its queue, where a TLS client waits for an answer
+ * to its ClientHello until its own timeout.  Its port into *port.
+ */
+static int
+stalled_listener(int *port)
+{
+	struct sockaddr_in sa;
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 64), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+/*
+ * Connections in the queue of a listener that never accepts, that is the
+ * fetches begun against it (Linux gives a listener's queue length as
+ * tcpi_unacked).
+ */
+static unsigned
+connections_queued(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+	return ti.tcpi_unacked;
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * One provider whose server never answers (each fetch hangs until the
+ * fetch timeout, then is due again after jwks_min_refresh) and a client
+ * that keeps asking for it with made-up kids do not starve another
+ * provider of fetches: the one due longest is fetched first, so a rotation
+ * of the working provider is followed within about one hanging fetch.
+ */
+static void
+jwks_uri_hanging_provider_does_not_starve_the_others(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("key-a"), *b = new_key("key-b"), *made_up, *both[2];
+	char pki[64], cert[128], key[128], toml[1024], slow[1024];
+	char *tok_a, *tok_b, *tok_slow;
+	int slow_fd, slow_port;
+	unsigned before;
+	int64_t rotated;
+	long s = 0;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	snprintf(toml, sizeof(toml),
+	         "[[idp]]\nname = \"remote\"\nissuer = \"" REMOTE_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\nca_file = \"%s/ca.pem\"\n"
+	         "algs = [\"ES256\"]\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"\n",
+	         t.port, pki);
+	world_start(&w, "t_jwks_fair", toml);
+	tok_a = remote_token(a, 1);
+	assert_int_equal(try_token(&w, tok_a, NULL, 0), 400);
+
+	/* "slow", added by a reload, goes before "remote" in the fetch thread's
+	 * list (as a provider listed later would at startup).  Its first fetch
+	 * hangs for the whole timeout; the reload waits for it. */
+	slow_fd = stalled_listener(&slow_port);
+	snprintf(slow, sizeof(slow),
+	         "[[idp]]\nname = \"slow\"\nissuer = \"" SLOW_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\nca_file = \"%s/ca.pem\"\n"
+	         "algs = [\"ES256\"]\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"\n",
+	         slow_port, pki);
+	reload_with(&w, slow, true, 1);
+	assert_true(harness_log_contains(&w.p, "jwks: idp \"slow\": cannot fetch its keys"));
+	made_up = new_key("made-up-slow");
+	tok_slow = token_of(SLOW_ISS, made_up, 0);
+	assert_int_equal(try_token(&w, tok_slow, NULL, 0), 503);
+	/* Its second fetch is hanging now. */
+	for (int i = 0; i < 50 && connections_queued(slow_fd) < 2; i++)
+		sleep_ms(100);
+	assert_int_equal(connections_queued(slow_fd), 2);
+
+	/* "remote" rotates, and its new key's token asks for a fetch, while a
+	 * client keeps "slow" wanted with made-up kids.  "remote" is fetched
+	 * once slow's hanging fetch ends (about 10 s), not never. */
+	both[0] = a;
+	both[1] = b;
+	serve_keys(&t, both, 2);
+	tok_b = remote_token(b, 0);
+	before = harness_tls_requests(&t);
+	rotated = now_ms();
+	while (now_ms() - rotated < 25000) {
+		assert_int_equal(try_token(&w, tok_slow, NULL, 0), 503);
+		s = try_token(&w, tok_b, NULL, 0);
+		if (s != 503)
+			break;
+		sleep_ms(300);
+	}
+	assert_int_equal(s, 400);
+	assert_int_equal(harness_tls_requests(&t) - before, 1);
+	assert_int_equal(try_token(&w, tok_a, NULL, 0), 400);
+
+	/* Closing the listener resets its queued connections: the hanging
+	 * fetch ends, and idpd stops without waiting for its timeout. */
+	close(slow_fd);
+	free(tok_a);
+	free(tok_b);
+	free(tok_slow);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(made_up);
+	idp_jws_key_unref(a);
+	idp_jws_key_unref(b);
+}
+
+static void
 jwks_uri_set_past_max_stale_answers_503(void **state)
 {
 	static struct harness_tls t; /* static: a failed test leaves its thread running */
@@ -514,6 +776,85 @@ jwks_uri_set_past_max_stale_answers_503(void **state)
 	idp_jws_key_unref(a);
 }
 
+/*
+ * A rotated-in key is trusted only once its jwks.changed event is written:
+ * while the audit log refuses that event, the fetched set is not taken and
+ * tokens under the new key answer 503, never pass; once the log takes it
+ * again, the next fetch trusts the key and its event is there.
+ */
+static void
+jwks_uri_added_key_is_trusted_only_once_audited(void **state)
+{
+	static struct harness_tls t; /* static: a failed test leaves its thread running */
+	struct world w;
+	struct idp_jws_key *a = new_key("key-a"), *b = new_key("key-b"), *both[2];
+	char pki[64], cert[128], key[128], toml[1024], sql[512];
+	char *tok_a, *tok_b;
+	unsigned before;
+
+	(void)state;
+	assert_int_equal(harness_tls_pki(pki, sizeof(pki)), 0);
+	pki_file(cert, sizeof(cert), pki, "server.pem");
+	pki_file(key, sizeof(key), pki, "server.key");
+	assert_int_equal(harness_tls_start(&t, true, cert, key, NULL), 0);
+	serve_keys(&t, &a, 1);
+	remote_toml(toml, sizeof(toml), "https", t.port, pki);
+	/* How long the fetch thread waits for the event's commit. */
+	strncat(toml, "[audit]\ntimeout = \"2s\"\n", sizeof(toml) - strlen(toml) - 1);
+	world_start(&w, "t_jwks_audit_first", toml);
+	tok_a = remote_token(a, 1);
+	assert_int_equal(try_token(&w, tok_a, NULL, 0), 400);
+
+	/* The audit log refuses jwks.changed events, for good (a trigger's
+	 * check_violation: the writer drops the row and tells its emitter),
+	 * and takes every other event. */
+	assert_int_equal(harness_sql(w.db, "CREATE FUNCTION refuse_jwks() RETURNS trigger "
+	                                   "LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION "
+	                                   "'refused by the test' USING ERRCODE = "
+	                                   "'check_violation'; END$$; CREATE TRIGGER "
+	                                   "refuse_jwks BEFORE INSERT ON audit_events FOR EACH "
+	                                   "ROW WHEN (NEW.type = 'jwks.changed') EXECUTE "
+	                                   "FUNCTION refuse_jwks()"),
+	                 0);
+
+	/* The provider rotates: the set holding key-b is fetched, more than
+	 * once, but key-b is not trusted. */
+	both[0] = a;
+	both[1] = b;
+	serve_keys(&t, both, 2);
+	tok_b = remote_token(b, 0);
+	before = harness_tls_requests(&t);
+	for (int i = 0; i < 22; i++) {
+		assert_int_equal(try_token(&w, tok_b, NULL, 0), 503);
+		sleep_ms(250);
+	}
+	assert_true(harness_tls_requests(&t) - before >= 2);
+	assert_true(harness_log_contains(&w.p, "its new keys are not trusted until their "
+	                                       "jwks.changed event can be written"));
+	assert_int_equal(try_token(&w, tok_a, NULL, 0), 400);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'audit.event_refused' AND "
+	         "body::jsonb->'detail'->>'refused_type' = 'jwks.changed'");
+	assert_true(world_count(&w, sql) >= 1);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'jwks.changed' AND "
+	         "body::jsonb->'detail'->'added' = '[\"key-b\"]'::jsonb");
+	assert_int_equal(world_count(&w, sql), 0);
+
+	/* The log takes the event again: the next fetch trusts key-b, once written. */
+	assert_int_equal(harness_sql(w.db, "DROP TRIGGER refuse_jwks ON audit_events"), 0);
+	assert_int_equal(until_status(&w, tok_b, 400, 8000), 400);
+	assert_int_equal(world_count(&w, sql), 1);
+
+	free(tok_a);
+	free(tok_b);
+	world_stop(&w);
+	harness_tls_stop(&t);
+	harness_tls_pki_remove(pki);
+	idp_jws_key_unref(a);
+	idp_jws_key_unref(b);
+}
+
 #define WL_ISS "https://spire.remote.example"
 
 /* A workload token of the jwks_uri attestor for the planner, signed by key, issued iat_ago s ago.
@@ -549,6 +890,19 @@ attest_jwt(struct world *w, const char *tok, char *ra, size_t len)
 	return status;
 }
 
+/* Register wl-agent, attested by the "wl" attestor's planner workload. */
+static void
+register_wl_agent(struct world *w)
+{
+	world_register(w, "{\"id\":\"wl-agent\",\"agent_type\":\"planner\",\"owner\":"
+	                  "\"alice@example.com\",\"capabilities\":[\"reports:read\"],"
+	                  "\"delegation_constraints\":{\"max_chain_depth\":1,"
+	                  "\"max_scope_per_delegation\":\"read\","
+	                  "\"requires_human_approval_for\":[]},"
+	                  "\"credential\":{\"rotation\":\"30m\"},"
+	                  "\"attestation_selectors\":[\"wl:spiffe://example.org/planner\"]}");
+}
+
 static void
 jwks_uri_attestor_follows_rotation(void **state)
 {
@@ -571,13 +925,7 @@ jwks_uri_attestor_follows_rotation(void **state)
 	         "algs = [\"ES256\"]\njwks_min_refresh = \"2s\"\nselectors = \"wl=sub\"\n",
 	         t.port, pki);
 	world_start(&w, "t_jwks_attestor", toml);
-	world_register(&w, "{\"id\":\"wl-agent\",\"agent_type\":\"planner\",\"owner\":"
-	                   "\"alice@example.com\",\"capabilities\":[\"reports:read\"],"
-	                   "\"delegation_constraints\":{\"max_chain_depth\":1,"
-	                   "\"max_scope_per_delegation\":\"read\","
-	                   "\"requires_human_approval_for\":[]},"
-	                   "\"credential\":{\"rotation\":\"30m\"},"
-	                   "\"attestation_selectors\":[\"wl:spiffe://example.org/planner\"]}");
+	register_wl_agent(&w);
 
 	/* Fetched at start: evidence under wl-a attests. */
 	tok = workload_token(a, 0);
@@ -618,6 +966,84 @@ jwks_uri_attestor_follows_rotation(void **state)
 	harness_tls_pki_remove(pki);
 	idp_jws_key_unref(a);
 	idp_jws_key_unref(b);
+}
+
+/*
+ * A planner workload token with no kid in its header.  Its signature is
+ * junk: no attestor has a set to check it with, and the answer must not
+ * depend on it.
+ */
+static char *
+kidless_workload_token(void)
+{
+	const char *header = "{\"alg\":\"ES256\",\"typ\":\"JWT\"}";
+	long long now = (long long)time(NULL);
+	char payload[512], *h64, *p64, *out;
+	unsigned char sig[64];
+	size_t n;
+
+	snprintf(payload, sizeof(payload),
+	         "{\"iss\":\"" WL_ISS "\",\"aud\":[\"idpd\"],"
+	         "\"sub\":\"spiffe://example.org/planner\",\"iat\":%lld,\"exp\":%lld}",
+	         now, now + 600);
+	memset(sig, 0x5a, sizeof(sig));
+	h64 = idp_b64url_encode(header, strlen(header), NULL);
+	p64 = idp_b64url_encode(payload, strlen(payload), NULL);
+	n = strlen(h64) + strlen(p64) + 100;
+	out = malloc(n);
+	assert_non_null(out);
+	snprintf(out, n, "%s.%s.", h64, p64);
+	idp_b64url_encode_to(sig, sizeof(sig), out + strlen(out));
+	free(h64);
+	free(p64);
+	return out;
+}
+
+/*
+ * An [[attestors]] entry whose jwks_uri server is down has no set: evidence
+ * under a kid answers 503 with Retry-After (try again once its keys are
+ * fetched), never 401.  Evidence without a kid can never verify, whatever
+ * the sets: 401, not a 503 that tells it to retry.
+ */
+static void
+jwks_uri_attestor_without_keys_answers_503_but_not_without_a_kid(void **state)
+{
+	struct world w;
+	struct idp_jws_key *a = new_key("wl-a");
+	char toml[1024], ra[32], sql[512];
+	char *tok;
+
+	(void)state;
+	/* Nothing listens on the port: each fetch is refused at once. */
+	snprintf(toml, sizeof(toml),
+	         "[[attestors]]\nname = \"wl\"\nissuer = \"" WL_ISS "\"\naudience = \"idpd\"\n"
+	         "jwks_uri = \"https://127.0.0.1:%d/keys/jwks.json\"\n"
+	         "algs = [\"ES256\"]\njwks_min_refresh = \"2s\"\nselectors = \"wl=sub\"\n",
+	         harness_free_port());
+	world_start(&w, "t_jwks_attestor_down", toml);
+	assert_true(harness_log_contains(&w.p, "jwks: attestor \"wl\": cannot fetch its keys"));
+	register_wl_agent(&w);
+
+	tok = kidless_workload_token();
+	assert_int_equal(attest_jwt(&w, tok, ra, sizeof(ra)), 401);
+	free(tok);
+	/* With a kid: 503. */
+	tok = workload_token(a, 0);
+	assert_int_equal(attest_jwt(&w, tok, ra, sizeof(ra)), 503);
+	assert_true(atoi(ra) >= 1);
+	free(tok);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM audit_events WHERE type = 'agent.attestation_failed' AND "
+	         "agent_id = 'wl-agent' AND body::jsonb->'detail'->>'reason' = "
+	         "'jwks_unavailable'");
+	/* Queued without waiting: give the writer a moment. */
+	for (int i = 0; i < 40 && world_count(&w, sql) < 1; i++)
+		sleep_ms(50);
+	sleep_ms(200);
+	assert_int_equal(world_count(&w, sql), 1);
+
+	world_stop(&w);
+	idp_jws_key_unref(a);
 }
 
 /* idpd check-config on toml; its exit status, its output in out. */
@@ -681,10 +1107,15 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(jwks_uri_keys_authenticate_and_follow_rotation),
+	    cmocka_unit_test(jwks_uri_definitely_unknown_kid_still_asks_for_a_fetch),
 	    cmocka_unit_test(jwks_uri_unverified_server_answers_503_until_it_is_fixed),
 	    cmocka_unit_test(jwks_uri_set_past_max_stale_answers_503),
+	    cmocka_unit_test(jwks_uri_added_key_is_trusted_only_once_audited),
 	    cmocka_unit_test(jwks_uri_providers_come_stay_and_go_with_reloads),
+	    cmocka_unit_test(jwks_uri_reload_takes_a_ca_file_rewritten_in_place),
+	    cmocka_unit_test(jwks_uri_hanging_provider_does_not_starve_the_others),
 	    cmocka_unit_test(jwks_uri_attestor_follows_rotation),
+	    cmocka_unit_test(jwks_uri_attestor_without_keys_answers_503_but_not_without_a_kid),
 	    cmocka_unit_test(jwks_uri_must_be_https_and_alone),
 	};
 
