@@ -357,6 +357,20 @@ key_only_excerpt(const struct idp_toml *doc, unsigned line, unsigned col)
  * after the header, since only the header is known to hold no value.
  * Strings are stepped over, so a '#' or ']' inside one does not count.
  */
+/* Past the quoted string opening at c (its quote included), or stop if it runs on. */
+static const char *
+skip_quoted(const char *c, const char *stop)
+{
+	char q = *c++;
+
+	while (c < stop && *c != q) {
+		if (q == '"' && *c == '\\' && c + 1 < stop)
+			c++;
+		c++;
+	}
+	return c < stop ? c + 1 : c;
+}
+
 static const char *
 excerpt_end(const char *p, const char *eol, bool header)
 {
@@ -364,15 +378,7 @@ excerpt_end(const char *p, const char *eol, bool header)
 
 	while (c < eol) {
 		if (*c == '"' || *c == '\'') {
-			char q = *c++;
-
-			while (c < eol && *c != q) {
-				if (q == '"' && *c == '\\' && c + 1 < eol)
-					c++;
-				c++;
-			}
-			if (c < eol)
-				c++;
+			c = skip_quoted(c, eol);
 			continue;
 		}
 		if (*c == '#')
@@ -413,15 +419,7 @@ first_value_end(const char *p, const char *stop)
 		;
 	while (c < stop) {
 		if (*c == '"' || *c == '\'') {
-			char q = *c++;
-
-			while (c < stop && *c != q) {
-				if (q == '"' && *c == '\\' && c + 1 < stop)
-					c++;
-				c++;
-			}
-			if (c < stop)
-				c++;
+			c = skip_quoted(c, stop);
 		} else if (*c == '[' || *c == '{') {
 			depth++;
 			c++;

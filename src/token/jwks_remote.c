@@ -638,6 +638,21 @@ done:
 
 /* ---- publishing (jwks thread) ---- */
 
+/* Whether set (NULL: none) holds k itself: the same key under the same kid. */
+static bool
+holds_key(const struct idp_jws_keyset *set, const struct idp_jws_key *k)
+{
+	const struct idp_jws_key *o =
+	    set != NULL ? idp_jws_keyset_find(set, idp_jws_key_kid(k)) : NULL;
+	char t1[44], t2[44];
+
+	if (o == NULL)
+		return false;
+	idp_jws_key_thumbprint(k, t1);
+	idp_jws_key_thumbprint(o, t2);
+	return strcmp(t1, t2) == 0;
+}
+
 /* The kids of a that b lacks, or holds for another key (a kid reused for a new key). */
 static json_t *
 kids_not_in(const struct idp_jws_keyset *a, const struct idp_jws_keyset *b)
@@ -646,17 +661,9 @@ kids_not_in(const struct idp_jws_keyset *a, const struct idp_jws_keyset *b)
 
 	for (size_t i = 0; a != NULL && i < idp_jws_keyset_count(a); i++) {
 		const struct idp_jws_key *k = idp_jws_keyset_key(a, i);
-		const struct idp_jws_key *o =
-		    b != NULL ? idp_jws_keyset_find(b, idp_jws_key_kid(k)) : NULL;
-		char t1[44], t2[44];
 
-		if (o != NULL) {
-			idp_jws_key_thumbprint(k, t1);
-			idp_jws_key_thumbprint(o, t2);
-			if (strcmp(t1, t2) == 0)
-				continue;
-		}
-		json_array_append_new(out, json_string(idp_jws_key_kid(k)));
+		if (!holds_key(b, k))
+			json_array_append_new(out, json_string(idp_jws_key_kid(k)));
 	}
 	return out;
 }
@@ -723,14 +730,8 @@ kept_keys(const struct idp_jws_keyset *old, const struct idp_jws_keyset *set)
 
 	for (size_t i = 0; i < n; i++) {
 		const struct idp_jws_key *key = idp_jws_keyset_key(old, i);
-		const struct idp_jws_key *same = idp_jws_keyset_find(set, idp_jws_key_kid(key));
-		char t1[44], t2[44];
 
-		if (same == NULL)
-			continue;
-		idp_jws_key_thumbprint(key, t1);
-		idp_jws_key_thumbprint(same, t2);
-		if (strcmp(t1, t2) == 0)
+		if (holds_key(set, key))
 			keys[k++] = (struct idp_jws_key *)key; /* the set takes its own reference */
 	}
 	idp_diag_init(&d);
